@@ -1,0 +1,53 @@
+//! The open spec of P2P OS: protobuf messages and gRPC services generated from `p2pos/**.proto`.
+//!
+//! # Layout
+//! - [`node::v1`]: node info, shutdown, app tokens.
+//! - [`overlay::v1`]: tickets, dialing, peers, ping, DHT look-ups.
+//! - [`app::v1`]: app sessions, channels and store-and-forward messages.
+//! - [`monitor::v1`]: status and event stream.
+//! - [`wire::v1`]: node-to-node frames of the `/p2pos/...` protocols.
+//!
+//! The prose spec is `proto/SPEC.md`.
+#![allow(missing_docs, unreachable_pub, clippy::all)]
+
+/// `p2pos.node.v1`
+pub mod node {
+    pub mod v1 {
+        tonic::include_proto!("p2pos.node.v1");
+    }
+}
+/// `p2pos.overlay.v1`
+pub mod overlay {
+    pub mod v1 {
+        tonic::include_proto!("p2pos.overlay.v1");
+    }
+}
+/// `p2pos.app.v1`
+pub mod app {
+    pub mod v1 {
+        tonic::include_proto!("p2pos.app.v1");
+    }
+}
+/// `p2pos.monitor.v1`
+pub mod monitor {
+    pub mod v1 {
+        tonic::include_proto!("p2pos.monitor.v1");
+    }
+}
+/// `p2pos.wire.v1`
+pub mod wire {
+    pub mod v1 {
+        tonic::include_proto!("p2pos.wire.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of the whole spec, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/p2pos_descriptor.bin"));
+
+/// The API versions this build serves.
+pub const API_VERSIONS: &[&str] = &[
+    "p2pos.node.v1",
+    "p2pos.overlay.v1",
+    "p2pos.app.v1",
+    "p2pos.monitor.v1",
+];

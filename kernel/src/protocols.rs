@@ -1,0 +1,146 @@
+//! The protocols the kernel routes between the gateway and the service actors.
+//!
+//! Control-plane protocols use the protobuf envelopes of the open spec (one `oneof` per
+//! service). The apps protocol hands out data-plane handles (byte streams and bounded
+//! receivers): the bytes themselves then flow without passing through any actor.
+
+use crate::registry::Protocol;
+
+/// `p2pos.overlay.v1`: tickets, dialing, peers, ping, DHT, overlay status.
+#[derive(Debug)]
+pub enum Overlay {}
+
+impl Protocol for Overlay {
+    const NAME: &'static str = "p2pos.overlay.v1";
+    type Request = p2pos_proto::overlay::v1::OverlayRequest;
+    type Response = p2pos_proto::overlay::v1::OverlayResponse;
+}
+
+/// `p2pos.monitor.v1`: node status.
+#[derive(Debug)]
+pub enum Monitor {}
+
+impl Protocol for Monitor {
+    const NAME: &'static str = "p2pos.monitor.v1";
+    type Request = p2pos_proto::monitor::v1::MonitorRequest;
+    type Response = p2pos_proto::monitor::v1::MonitorResponse;
+}
+
+/// `p2pos.app.v1`: app sessions, channels and messages.
+#[derive(Debug)]
+pub enum Apps {}
+
+impl Protocol for Apps {
+    const NAME: &'static str = "p2pos.app.v1";
+    type Request = apps::Request;
+    type Response = apps::Response;
+}
+
+/// Request and response types of the [`Apps`] protocol.
+pub mod apps {
+    use bytes::Bytes;
+    use p2pos_proto::app::v1::{
+        IncomingChannel, ListAppsReply, ReceivedMessage, Registered, SendReply,
+    };
+    use tokio::{
+        io::{AsyncRead, AsyncWrite},
+        sync::mpsc,
+    };
+
+    /// A bidirectional byte stream (a libp2p stream, behind a box).
+    pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+    impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Duplex for T {}
+
+    /// An open channel: its identity and the byte stream to the remote app, carrying
+    /// length-delimited frames (see [`crate::wire`]) after the handshake.
+    pub struct ChannelStream {
+        /// Node-local id of the channel.
+        pub channel_id: u64,
+        /// The remote peer.
+        pub peer_id: String,
+        /// The app on both ends.
+        pub app_id: String,
+        /// True when the remote peer opened it.
+        pub inbound: bool,
+        /// The bytes.
+        pub io: Box<dyn Duplex>,
+    }
+
+    impl std::fmt::Debug for ChannelStream {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ChannelStream")
+                .field("channel_id", &self.channel_id)
+                .field("peer_id", &self.peer_id)
+                .field("app_id", &self.app_id)
+                .field("inbound", &self.inbound)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// A live app session: the registration lasts until `incoming` is dropped.
+    #[derive(Debug)]
+    pub struct Session {
+        /// The registration.
+        pub registered: Registered,
+        /// Channels that remote copies of the app open.
+        pub incoming: mpsc::Receiver<IncomingChannel>,
+    }
+
+    /// One request; the app id has already been checked against the caller's scope.
+    #[derive(Debug)]
+    pub enum Request {
+        /// Register the app for as long as the returned session lives.
+        OpenSession {
+            /// The app.
+            app_id: String,
+        },
+        /// Open a channel to the same app on `peer` (peer id, ticket or multiaddr).
+        OpenChannel {
+            /// The app.
+            app_id: String,
+            /// The peer.
+            peer: String,
+        },
+        /// Accept an incoming channel announced on a session of `app_id`.
+        AcceptChannel {
+            /// The app.
+            app_id: String,
+            /// From the announcement.
+            channel_id: u64,
+        },
+        /// Store-and-forward one message.
+        Send {
+            /// The app.
+            app_id: String,
+            /// The peer.
+            peer: String,
+            /// At most [`crate::wire::MAX_PAYLOAD`] bytes.
+            payload: Bytes,
+        },
+        /// Follow the app's inbox.
+        Receive {
+            /// The app.
+            app_id: String,
+        },
+        /// List apps: all of them, or just one.
+        ListApps {
+            /// Only this app, for an app-scoped caller.
+            only: Option<String>,
+        },
+    }
+
+    /// The answer to a [`Request`], variant by variant.
+    #[derive(Debug)]
+    pub enum Response {
+        /// To `OpenSession`.
+        Session(Session),
+        /// To `OpenChannel` and `AcceptChannel`.
+        Channel(ChannelStream),
+        /// To `Send`.
+        Sent(SendReply),
+        /// To `Receive`: messages, oldest first; each leaves the inbox once taken from here.
+        Inbox(mpsc::Receiver<ReceivedMessage>),
+        /// To `ListApps`.
+        Apps(ListAppsReply),
+    }
+}

@@ -1,0 +1,565 @@
+//! The kernel actor: boots the node, starts service actors from child specs, supervises them
+//! with Erlang/OTP semantics and shuts everything down in reverse start order.
+//!
+//! actix restarts nothing on a panic: a panicking actor is simply dropped. Each child therefore
+//! holds a [`DeathGuard`] that reports to the kernel when it is dropped, saying whether the
+//! thread was panicking, the service failed, or it stopped normally. The kernel then applies
+//! the child's [`RestartType`], the strategy, and the restart intensity (more than
+//! `max_restarts` in `period_secs` shuts the node down with exit code 1).
+
+use std::{
+    collections::VecDeque,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+use libp2p::identity::Keypair;
+use p2pos_proto::monitor::v1::{ServiceRestarted, ServiceStateChanged, event::Kind};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::{
+    Config, EventBus, Registry, ServiceError, Store,
+    config::Strategy,
+    identity,
+    metrics::Metrics,
+    store::SledStore,
+};
+
+/// File name of the admin token in the data directory.
+pub const TOKEN_FILE: &str = "gateway.token";
+/// How long one service may take to stop before the kernel moves on.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// When a child is restarted (OTP restart types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartType {
+    /// Always restarted.
+    Permanent,
+    /// Restarted only if it exited abnormally (panic or failure).
+    Transient,
+    /// Never restarted.
+    Temporary,
+}
+
+/// The life-cycle state of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    /// Being started.
+    Starting,
+    /// Started and answering.
+    Running,
+    /// Exited abnormally; being restarted.
+    Restarting,
+    /// Stopped normally (or by shutdown).
+    Stopped,
+    /// Exited abnormally and will not be restarted.
+    Failed,
+}
+
+impl ServiceState {
+    /// Lower-case name, as in the monitor API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Starting => "starting",
+            ServiceState::Running => "running",
+            ServiceState::Restarting => "restarting",
+            ServiceState::Stopped => "stopped",
+            ServiceState::Failed => "failed",
+        }
+    }
+}
+
+/// What the kernel knows of one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    /// The service's name.
+    pub name: &'static str,
+    /// Its state.
+    pub state: ServiceState,
+    /// Restarts since the node started.
+    pub restarts: u32,
+    /// Why it last exited abnormally.
+    pub last_error: String,
+}
+
+/// Asks a service to stop; answered once it has.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StopService;
+
+/// Asks a service to panic (fault injection for testing supervision).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
+/// What the kernel keeps of a started child.
+#[derive(Clone)]
+pub struct ChildHandle {
+    /// Stops it.
+    pub stop: Recipient<StopService>,
+    /// Makes it panic.
+    pub panic: Recipient<InjectPanic>,
+}
+
+/// Starts a child's actor (registering its protocols) and gives it the guard to hold.
+pub type StartFn = Box<dyn Fn(ServiceContext, DeathGuard) -> Result<ChildHandle, String>>;
+
+/// How to start and restart one service.
+pub struct ChildSpec {
+    /// Its name: `overlay`, `monitor`, `gateway`.
+    pub name: &'static str,
+    /// When it is restarted.
+    pub restart: RestartType,
+    /// Starts it.
+    pub start: StartFn,
+}
+
+/// Everything a service gets from the kernel.
+#[derive(Clone)]
+pub struct ServiceContext {
+    /// The node's configuration.
+    pub config: Arc<Config>,
+    /// The node's identity.
+    pub keypair: Keypair,
+    /// The durable store.
+    pub store: Arc<dyn Store>,
+    /// Protocol routes to service actors.
+    pub registry: Registry,
+    /// The event bus.
+    pub events: EventBus,
+    /// Prometheus registries.
+    pub metrics: Metrics,
+    /// The kernel.
+    pub kernel: KernelHandle,
+    /// When the node started.
+    pub started_at: Instant,
+    /// The admin token (also in `gateway.token`).
+    pub admin_token: Arc<str>,
+    /// The services' states, as they change.
+    pub states: watch::Receiver<Vec<ServiceStatus>>,
+}
+
+/// Why a child exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// It stopped on its own or was asked to.
+    Normal,
+    /// It panicked.
+    Panicked,
+    /// It gave up, saying why.
+    Failed(String),
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Normal => f.write_str("stopped"),
+            ExitReason::Panicked => f.write_str("panicked"),
+            ExitReason::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ChildExited {
+    name: &'static str,
+    generation: u64,
+    reason: ExitReason,
+}
+
+/// Held by a service actor; reports the actor's end to the kernel when dropped.
+pub struct DeathGuard {
+    name: &'static str,
+    generation: u64,
+    kernel: Addr<Kernel>,
+    failure: Option<String>,
+}
+
+impl DeathGuard {
+    /// Records why the service is about to stop abnormally.
+    pub fn fail(&mut self, why: impl Into<String>) {
+        self.failure = Some(why.into());
+    }
+}
+
+impl Drop for DeathGuard {
+    fn drop(&mut self) {
+        let reason = if std::thread::panicking() {
+            ExitReason::Panicked
+        } else if let Some(why) = self.failure.take() {
+            ExitReason::Failed(why)
+        } else {
+            ExitReason::Normal
+        };
+        self.kernel.do_send(ChildExited {
+            name: self.name,
+            generation: self.generation,
+            reason,
+        });
+    }
+}
+
+/// Asks the node to stop with this exit code.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    /// 0 for a requested stop.
+    pub exit_code: i32,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), ServiceError>")]
+struct PanicService {
+    name: String,
+}
+
+/// A cheap, cloneable handle to the kernel.
+#[derive(Clone)]
+pub struct KernelHandle {
+    addr: Addr<Kernel>,
+}
+
+impl KernelHandle {
+    /// Starts an orderly shutdown; returns at once.
+    pub fn shutdown(&self, exit_code: i32) {
+        self.addr.do_send(Shutdown { exit_code });
+    }
+
+    /// Makes `service` panic, if fault injection is allowed.
+    pub async fn inject_panic(&self, service: &str) -> Result<(), ServiceError> {
+        self.addr
+            .send(PanicService {
+                name: service.to_owned(),
+            })
+            .await?
+    }
+}
+
+/// The node could not boot.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+struct Child {
+    spec: ChildSpec,
+    generation: u64,
+    handle: Option<ChildHandle>,
+    status: ServiceStatus,
+}
+
+/// The kernel actor.
+pub struct Kernel {
+    ctx: ServiceContext,
+    children: Vec<Child>,
+    restarts: VecDeque<Instant>,
+    states: watch::Sender<Vec<ServiceStatus>>,
+    shutting_down: bool,
+    exit_code: i32,
+}
+
+impl Kernel {
+    /// Prepares the data directory, identity, store and admin token, then starts the kernel
+    /// actor, which starts `children` in order. Must run inside an actix system.
+    pub fn boot(config: Config, children: Vec<ChildSpec>) -> Result<KernelHandle, BootError> {
+        config.validate()?;
+        prepare_data_dir(&config.data_dir)?;
+        let keypair = identity::load_or_create(&config.data_dir)?;
+        let store = SledStore::open(&config.data_dir.join("store"))?;
+        let admin_token = write_admin_token(&config.data_dir)?;
+        let (states_tx, states_rx) = watch::channel(Vec::new());
+        let config = Arc::new(config);
+        let addr = Kernel::create(move |actx| {
+            let ctx = ServiceContext {
+                config,
+                keypair,
+                store,
+                registry: Registry::default(),
+                events: EventBus::new(),
+                metrics: Metrics::default(),
+                kernel: KernelHandle {
+                    addr: actx.address(),
+                },
+                started_at: Instant::now(),
+                admin_token: admin_token.into(),
+                states: states_rx,
+            };
+            let children = children
+                .into_iter()
+                .map(|spec| Child {
+                    status: ServiceStatus {
+                        name: spec.name,
+                        state: ServiceState::Starting,
+                        restarts: 0,
+                        last_error: String::new(),
+                    },
+                    spec,
+                    generation: 0,
+                    handle: None,
+                })
+                .collect();
+            Kernel {
+                ctx,
+                children,
+                restarts: VecDeque::new(),
+                states: states_tx,
+                shutting_down: false,
+                exit_code: 0,
+            }
+        });
+        Ok(KernelHandle { addr })
+    }
+
+    fn set_state(&mut self, idx: usize, state: ServiceState) {
+        let child = &mut self.children[idx];
+        if child.status.state != state {
+            child.status.state = state;
+            self.ctx.events.publish(Kind::ServiceState(ServiceStateChanged {
+                service: child.spec.name.to_owned(),
+                state: state.as_str().to_owned(),
+            }));
+        }
+        let snapshot = self.children.iter().map(|c| c.status.clone()).collect();
+        self.states.send_replace(snapshot);
+    }
+
+    fn start_child(&mut self, idx: usize, ctx: &mut Context<Self>) {
+        self.set_state(idx, ServiceState::Starting);
+        let child = &mut self.children[idx];
+        child.generation += 1;
+        let guard = DeathGuard {
+            name: child.spec.name,
+            generation: child.generation,
+            kernel: ctx.address(),
+            failure: None,
+        };
+        match (child.spec.start)(self.ctx.clone(), guard) {
+            Ok(handle) => {
+                child.handle = Some(handle);
+                info!(service = child.spec.name, "service started");
+                self.set_state(idx, ServiceState::Running);
+            }
+            Err(why) => {
+                // The guard went with the failed start; report under a fresh generation so
+                // that its own report is ignored as stale.
+                child.generation += 1;
+                ctx.notify(ChildExited {
+                    name: child.spec.name,
+                    generation: child.generation,
+                    reason: ExitReason::Failed(why),
+                });
+            }
+        }
+    }
+
+    /// Records a restart; false if the intensity is exceeded.
+    fn within_intensity(&mut self) -> bool {
+        let now = Instant::now();
+        let period = Duration::from_secs(self.ctx.config.supervisor.period_secs);
+        self.restarts.push_back(now);
+        while let Some(first) = self.restarts.front() {
+            if now.duration_since(*first) > period {
+                self.restarts.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.restarts.len() <= self.ctx.config.supervisor.max_restarts as usize
+    }
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<(), BootError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| BootError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    Ok(())
+}
+
+fn write_admin_token(dir: &Path) -> Result<String, BootError> {
+    let bytes: [u8; 32] = rand::random();
+    let token = data_encoding::HEXLOWER.encode(&bytes);
+    let path = dir.join(TOKEN_FILE);
+    identity::write_private_atomically(&path, format!("{token}\n").as_bytes()).map_err(
+        |source| BootError::DataDir {
+            path: path.display().to_string(),
+            source,
+        },
+    )?;
+    Ok(token)
+}
+
+impl Actor for Kernel {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        info!(peer_id = %self.ctx.keypair.public().to_peer_id(), data_dir = %self.ctx.config.data_dir.display(), "kernel booting");
+        for idx in 0..self.children.len() {
+            self.start_child(idx, ctx);
+        }
+    }
+}
+
+impl Handler<ChildExited> for Kernel {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildExited, ctx: &mut Self::Context) {
+        let Some(idx) = self.children.iter().position(|c| c.spec.name == msg.name) else {
+            return;
+        };
+        if self.children[idx].generation != msg.generation {
+            return; // a stale report from an instance already replaced
+        }
+        self.children[idx].handle = None;
+        let normal = msg.reason == ExitReason::Normal;
+        if self.shutting_down {
+            self.set_state(idx, ServiceState::Stopped);
+            return;
+        }
+        let name = msg.name;
+        if normal {
+            info!(service = name, "service stopped");
+        } else {
+            warn!(service = name, reason = %msg.reason, "service exited abnormally");
+            self.children[idx].status.last_error = msg.reason.to_string();
+        }
+        let restart = match self.children[idx].spec.restart {
+            RestartType::Permanent => true,
+            RestartType::Transient => !normal,
+            RestartType::Temporary => false,
+        };
+        if !restart {
+            let state = if normal { ServiceState::Stopped } else { ServiceState::Failed };
+            self.set_state(idx, state);
+            return;
+        }
+        if !self.within_intensity() {
+            let sup = &self.ctx.config.supervisor;
+            error!(
+                service = name,
+                reason = %msg.reason,
+                "restart intensity exceeded: more than {} restarts within {} s; shutting the node down",
+                sup.max_restarts,
+                sup.period_secs
+            );
+            self.set_state(idx, ServiceState::Failed);
+            ctx.notify(Shutdown { exit_code: 1 });
+            return;
+        }
+        self.children[idx].status.restarts += 1;
+        self.set_state(idx, ServiceState::Restarting);
+        self.ctx.events.publish(Kind::ServiceRestarted(ServiceRestarted {
+            service: name.to_owned(),
+            reason: msg.reason.to_string(),
+            restarts: self.children[idx].status.restarts,
+        }));
+        match self.ctx.config.supervisor.strategy {
+            Strategy::OneForOne => self.start_child(idx, ctx),
+            Strategy::RestForOne => {
+                let mut stops = Vec::new();
+                for later in (idx + 1..self.children.len()).rev() {
+                    let child = &mut self.children[later];
+                    child.generation += 1; // its exit is part of this restart, not a crash
+                    if let Some(handle) = child.handle.take() {
+                        stops.push(handle.stop);
+                    }
+                }
+                let fut = async move {
+                    for stop in stops {
+                        let _ = tokio::time::timeout(STOP_TIMEOUT, stop.send(StopService)).await;
+                    }
+                };
+                ctx.wait(fut.into_actor(self).map(move |_, act, ctx| {
+                    for i in idx..act.children.len() {
+                        act.start_child(i, ctx);
+                    }
+                }));
+            }
+        }
+    }
+}
+
+impl Handler<Shutdown> for Kernel {
+    type Result = ();
+
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
+        self.exit_code = self.exit_code.max(msg.exit_code);
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        info!(exit_code = self.exit_code, "node shutting down");
+        let stops: Vec<_> = self
+            .children
+            .iter()
+            .rev()
+            .filter_map(|c| c.handle.clone().map(|h| (c.spec.name, h.stop)))
+            .collect();
+        let store = self.ctx.store.clone();
+        let fut = async move {
+            for (name, stop) in stops {
+                match tokio::time::timeout(STOP_TIMEOUT, stop.send(StopService)).await {
+                    Ok(_) => info!(service = name, "service stopped"),
+                    Err(_) => warn!(service = name, "service did not stop within {STOP_TIMEOUT:?}"),
+                }
+            }
+            match tokio::task::spawn_blocking(move || store.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!("flushing the store at shutdown: {e}"),
+                Err(e) => error!("flushing the store at shutdown: {e}"),
+            }
+        };
+        ctx.wait(fut.into_actor(self).map(|_, act, _| {
+            info!(exit_code = act.exit_code, "node stopped");
+            System::current().stop_with_code(act.exit_code);
+        }));
+    }
+}
+
+impl Handler<PanicService> for Kernel {
+    type Result = Result<(), ServiceError>;
+
+    fn handle(&mut self, msg: PanicService, _: &mut Self::Context) -> Self::Result {
+        if !self.ctx.config.allow_fault_injection {
+            return Err(ServiceError::new(
+                crate::ErrorCode::FailedPrecondition,
+                "fault injection is off; start p2posd with --allow-fault-injection",
+            ));
+        }
+        let child = self
+            .children
+            .iter()
+            .find(|c| c.spec.name == msg.name)
+            .ok_or_else(|| ServiceError::not_found(format!("no service named {:?}", msg.name)))?;
+        let handle = child
+            .handle
+            .as_ref()
+            .ok_or_else(|| ServiceError::unavailable(format!("{} is not running", msg.name)))?;
+        warn!(service = %msg.name, "injecting a panic");
+        handle.panic.do_send(InjectPanic);
+        Ok(())
+    }
+}

@@ -1,1 +1,195 @@
-fn main(){}
+//! `p2posd`, the P2P OS node daemon: parses flags, environment and the config file, then boots
+//! the kernel with every service's child spec. This binary is the one place that knows every
+//! service crate and wires them together.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use p2pos_kernel::{Config, Kernel, config::Strategy};
+use tracing::{error, info};
+
+/// The P2P OS node: a peer-to-peer application server for the apps on this computer.
+///
+/// With no flags it just works: data in the user's data directory, the gateway socket there,
+/// TCP and QUIC on all interfaces, mDNS and the DHT on.
+#[derive(Parser, Debug)]
+#[command(name = "p2posd", version, about)]
+struct Cli {
+    /// Data directory (identity, store, gateway socket, tokens).
+    #[arg(long, env = "P2POS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML config file. Default: `p2posd.toml` in the data directory, if it exists.
+    #[arg(long, env = "P2POS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Multiaddr to listen on (repeatable). Default: TCP and QUIC on 0.0.0.0, ports chosen once.
+    #[arg(long, env = "P2POS_LISTEN", value_delimiter = ',')]
+    listen: Vec<String>,
+    /// Peer to dial at start: a ticket or a multiaddr with /p2p/ (repeatable).
+    #[arg(long, env = "P2POS_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<String>,
+    /// Turn mDNS discovery off.
+    #[arg(long)]
+    no_mdns: bool,
+    /// Turn the Kademlia DHT off.
+    #[arg(long)]
+    no_kademlia: bool,
+    /// Never serve as a circuit relay for others.
+    #[arg(long)]
+    no_relay_server: bool,
+    /// Also serve the gateway on this loopback TCP address (every call then needs a token).
+    #[arg(long, env = "P2POS_GATEWAY_TCP")]
+    gateway_tcp: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (loopback only).
+    #[arg(long, env = "P2POS_METRICS")]
+    metrics: Option<SocketAddr>,
+    /// Supervision strategy: one-for-one or rest-for-one.
+    #[arg(long, value_parser = parse_strategy)]
+    strategy: Option<Strategy>,
+    /// Restart intensity: most restarts within --restart-period before the node stops.
+    #[arg(long)]
+    max_restarts: Option<u32>,
+    /// Restart intensity window, in seconds.
+    #[arg(long)]
+    restart_period: Option<u64>,
+    /// Allow the admin InjectPanic call (for testing supervision).
+    #[arg(long, hide = true)]
+    allow_fault_injection: bool,
+    /// Fault point SERVICE=panic-on-start (for testing crash loops; repeatable).
+    #[arg(long, hide = true)]
+    failpoint: Vec<String>,
+    /// Log filter, in `RUST_LOG` syntax.
+    #[arg(long, env = "P2POS_LOG", default_value = "info,libp2p=warn,sled=warn")]
+    log: String,
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    match s {
+        "one-for-one" | "one_for_one" => Ok(Strategy::OneForOne),
+        "rest-for-one" | "rest_for_one" => Ok(Strategy::RestForOne),
+        other => Err(format!(
+            "unknown strategy {other:?}; use one-for-one or rest-for-one"
+        )),
+    }
+}
+
+impl Cli {
+    /// Defaults, then the config file, then environment and flags.
+    fn into_config(self) -> Result<Config, String> {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(p2pos_client::default_data_dir);
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+            None => {
+                let implicit = data_dir.join("p2posd.toml");
+                if implicit.exists() {
+                    Config::from_file(&implicit).map_err(|e| e.to_string())?
+                } else {
+                    Config::default()
+                }
+            }
+        };
+        if self.data_dir.is_some() || config.data_dir.as_os_str().is_empty() {
+            config.data_dir = data_dir;
+        }
+        if !self.listen.is_empty() {
+            config.listen = self.listen;
+        }
+        config.bootstrap.extend(self.bootstrap);
+        config.mdns &= !self.no_mdns;
+        config.kademlia &= !self.no_kademlia;
+        config.relay_server &= !self.no_relay_server;
+        config.gateway_tcp = self.gateway_tcp.or(config.gateway_tcp);
+        config.metrics = self.metrics.or(config.metrics);
+        if let Some(strategy) = self.strategy {
+            config.supervisor.strategy = strategy;
+        }
+        if let Some(n) = self.max_restarts {
+            config.supervisor.max_restarts = n;
+        }
+        if let Some(secs) = self.restart_period {
+            config.supervisor.period_secs = secs;
+        }
+        config.allow_fault_injection |= self.allow_fault_injection;
+        config.failpoints.extend(self.failpoint);
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    // A panicking service is restarted by the kernel; say clearly where it panicked.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        error!(thread = thread.name().unwrap_or("?"), "panic: {info}");
+    }));
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    let config = match cli.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("p2posd: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runner = actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("cannot start the tokio runtime")
+    });
+    let booted = runner.block_on(async move {
+        let children = vec![
+            p2pos_overlay::child_spec(),
+            p2pos_monitor::child_spec(),
+            p2pos_gateway::child_spec(),
+        ];
+        let kernel = Kernel::boot(config, children)?;
+        actix::spawn(async move {
+            wait_for_signal().await;
+            info!("signal received; shutting down (send it again to stop at once)");
+            kernel.shutdown(0);
+            wait_for_signal().await;
+            error!("second signal: stopping at once");
+            std::process::exit(130);
+        });
+        Ok::<_, p2pos_kernel::BootError>(())
+    });
+    if let Err(e) = booted {
+        eprintln!("p2posd: error: {e}");
+        return ExitCode::from(1);
+    }
+    match runner.run_with_code() {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("p2posd: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -163,7 +163,9 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("listen address {addr:?}: {e}")))?;
         }
         if self.supervisor.period_secs == 0 {
-            return Err(ConfigError::Invalid("supervisor.period_secs must be > 0".into()));
+            return Err(ConfigError::Invalid(
+                "supervisor.period_secs must be > 0".into(),
+            ));
         }
         for fp in &self.failpoints {
             match fp.split_once('=') {

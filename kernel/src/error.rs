@@ -96,9 +96,10 @@ impl From<actix::MailboxError> for ServiceError {
             actix::MailboxError::Closed => {
                 Self::unavailable("the service is restarting; try again in a moment")
             }
-            actix::MailboxError::Timeout => {
-                Self::new(ErrorCode::DeadlineExceeded, "the service did not answer in time")
-            }
+            actix::MailboxError::Timeout => Self::new(
+                ErrorCode::DeadlineExceeded,
+                "the service did not answer in time",
+            ),
         }
     }
 }

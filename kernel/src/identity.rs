@@ -47,18 +47,18 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
         source,
     };
     match fs::read(&path) {
-        Ok(bytes) => {
-            Keypair::from_protobuf_encoding(&bytes).map_err(|e| IdentityError::Corrupt {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })
-        }
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| IdentityError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
-            let bytes = key.to_protobuf_encoding().map_err(|e| IdentityError::Corrupt {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| IdentityError::Corrupt {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
             write_private_atomically(&path, &bytes).map_err(io)?;
             Ok(key)
         }
@@ -110,6 +110,9 @@ mod tests {
         fs::write(dir.path().join(KEY_FILE), b"garbage").expect("write");
         let err = load_or_create(dir.path()).expect_err("must fail");
         assert!(err.to_string().contains("corrupt"), "{err}");
-        assert_eq!(fs::read(dir.path().join(KEY_FILE)).expect("read"), b"garbage");
+        assert_eq!(
+            fs::read(dir.path().join(KEY_FILE)).expect("read"),
+            b"garbage"
+        );
     }
 }

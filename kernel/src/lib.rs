@@ -30,6 +30,6 @@ pub use events::EventBus;
 pub use registry::{Call, Protocol, Registry};
 pub use store::Store;
 pub use supervisor::{
-    BootError, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Kernel, KernelHandle,
-    RestartType, ServiceContext, ServiceState, ServiceStatus, StopService,
+    BootError, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Kernel, KernelHandle, RestartType,
+    ServiceContext, ServiceState, ServiceStatus, StopService,
 };

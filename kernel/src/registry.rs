@@ -82,7 +82,10 @@ impl Registry {
     }
 
     /// Sends `request` to the actor that answers `P` and waits for its answer.
-    pub async fn call<P: Protocol>(&self, request: P::Request) -> Result<P::Response, ServiceError> {
+    pub async fn call<P: Protocol>(
+        &self,
+        request: P::Request,
+    ) -> Result<P::Response, ServiceError> {
         let recipient = self.recipient::<P>()?;
         recipient.send(Call::<P>(request)).await?
     }

@@ -21,15 +21,14 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::{
-    Config, EventBus, Registry, ServiceError, Store,
-    config::Strategy,
-    identity,
-    metrics::Metrics,
+    Config, EventBus, Registry, ServiceError, Store, config::Strategy, identity, metrics::Metrics,
     store::SledStore,
 };
 
 /// File name of the admin token in the data directory.
 pub const TOKEN_FILE: &str = "gateway.token";
+/// The first restart's back-off.
+pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
 /// How long one service may take to stop before the kernel moves on.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -334,10 +333,12 @@ impl Kernel {
         let child = &mut self.children[idx];
         if child.status.state != state {
             child.status.state = state;
-            self.ctx.events.publish(Kind::ServiceState(ServiceStateChanged {
-                service: child.spec.name.to_owned(),
-                state: state.as_str().to_owned(),
-            }));
+            self.ctx
+                .events
+                .publish(Kind::ServiceState(ServiceStateChanged {
+                    service: child.spec.name.to_owned(),
+                    state: state.as_str().to_owned(),
+                }));
         }
         let snapshot = self.children.iter().map(|c| c.status.clone()).collect();
         self.states.send_replace(snapshot);
@@ -370,6 +371,14 @@ impl Kernel {
                 });
             }
         }
+    }
+
+    /// Back-off before a restart: 100 ms, doubling with each restart still inside the
+    /// intensity window, at most 5 s. It keeps a crash loop from spinning, and gives
+    /// health watchers time to see the service down.
+    fn restart_delay(&self) -> Duration {
+        let recent = self.restarts.len().saturating_sub(1).min(6) as u32;
+        (RESTART_BACKOFF * 2u32.pow(recent)).min(Duration::from_secs(5))
     }
 
     /// Records a restart; false if the intensity is exceeded.
@@ -452,7 +461,11 @@ impl Handler<ChildExited> for Kernel {
             RestartType::Temporary => false,
         };
         if !restart {
-            let state = if normal { ServiceState::Stopped } else { ServiceState::Failed };
+            let state = if normal {
+                ServiceState::Stopped
+            } else {
+                ServiceState::Failed
+            };
             self.set_state(idx, state);
             return;
         }
@@ -471,13 +484,22 @@ impl Handler<ChildExited> for Kernel {
         }
         self.children[idx].status.restarts += 1;
         self.set_state(idx, ServiceState::Restarting);
-        self.ctx.events.publish(Kind::ServiceRestarted(ServiceRestarted {
-            service: name.to_owned(),
-            reason: msg.reason.to_string(),
-            restarts: self.children[idx].status.restarts,
-        }));
+        self.ctx
+            .events
+            .publish(Kind::ServiceRestarted(ServiceRestarted {
+                service: name.to_owned(),
+                reason: msg.reason.to_string(),
+                restarts: self.children[idx].status.restarts,
+            }));
+        let delay = self.restart_delay();
         match self.ctx.config.supervisor.strategy {
-            Strategy::OneForOne => self.start_child(idx, ctx),
+            Strategy::OneForOne => {
+                ctx.run_later(delay, move |act, ctx| {
+                    if !act.shutting_down {
+                        act.start_child(idx, ctx);
+                    }
+                });
+            }
             Strategy::RestForOne => {
                 let mut stops = Vec::new();
                 for later in (idx + 1..self.children.len()).rev() {
@@ -491,8 +513,12 @@ impl Handler<ChildExited> for Kernel {
                     for stop in stops {
                         let _ = tokio::time::timeout(STOP_TIMEOUT, stop.send(StopService)).await;
                     }
+                    tokio::time::sleep(delay).await;
                 };
                 ctx.wait(fut.into_actor(self).map(move |_, act, ctx| {
+                    if act.shutting_down {
+                        return;
+                    }
                     for i in idx..act.children.len() {
                         act.start_child(i, ctx);
                     }
@@ -523,7 +549,10 @@ impl Handler<Shutdown> for Kernel {
             for (name, stop) in stops {
                 match tokio::time::timeout(STOP_TIMEOUT, stop.send(StopService)).await {
                     Ok(_) => info!(service = name, "service stopped"),
-                    Err(_) => warn!(service = name, "service did not stop within {STOP_TIMEOUT:?}"),
+                    Err(_) => warn!(
+                        service = name,
+                        "service did not stop within {STOP_TIMEOUT:?}"
+                    ),
                 }
             }
             match tokio::task::spawn_blocking(move || store.flush()).await {

@@ -42,7 +42,8 @@ pub mod wire {
 }
 
 /// Encoded `FileDescriptorSet` of the whole spec, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/p2pos_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/p2pos_descriptor.bin"));
 
 /// The API versions this build serves.
 pub const API_VERSIONS: &[&str] = &[

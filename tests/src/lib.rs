@@ -1,1 +1,342 @@
-//! stub
+//! Harness for the integration tests: starts real `p2posd` processes on loopback addresses
+//! and temporary data directories, connects to them over gRPC, and waits on conditions with
+//! deadlines.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`); build them first
+//! (`cargo build --workspace --bins`), as the README's test command does.
+
+use std::{
+    fs::File,
+    future::Future,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use p2pos_client::{Client, Gateway, Target};
+
+/// How long a node may take to start answering.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Path of one of the workspace's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `deadline` saying `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `p2posd` process with its own data directory.
+pub struct Node {
+    /// Its data directory (kept across restarts).
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+    starts: u32,
+}
+
+impl Node {
+    /// Starts a node on 127.0.0.1 with mDNS off and `extra` flags.
+    pub fn start(extra: &[&str]) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("p2pos-")
+            .tempdir()
+            .expect("temp dir");
+        let data_dir = dir.path().join("node");
+        let mut node = Node {
+            log: dir.path().join("p2posd.log"),
+            data_dir,
+            _dir: Some(dir),
+            args: extra.iter().map(|s| (*s).to_owned()).collect(),
+            child: None,
+            starts: 0,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(bin("p2posd"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .args(&self.args)
+            .env("P2POS_LOG", "info,libp2p=warn,sled=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn p2posd");
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// The gateway target of this node (unix socket, admin).
+    pub fn target(&self) -> Target {
+        Target::new(
+            Gateway::Unix(self.data_dir.join("gateway.sock")),
+            None,
+            Some(self.data_dir.clone()),
+        )
+        .expect("target")
+    }
+
+    /// A connected client, once the node answers (fails the test after [`START_DEADLINE`]).
+    pub async fn client(&mut self) -> Client {
+        let target = self.target();
+        let until = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = self.try_exit() {
+                panic!(
+                    "p2posd exited with {status} before answering; log:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(client) = Client::connect(&target).await {
+                let info = client
+                    .node()
+                    .get_info(p2pos_proto::node::v1::GetInfoRequest {})
+                    .await;
+                if info.is_ok() {
+                    return client;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "p2posd did not answer within {START_DEADLINE:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The node's peer id.
+    pub async fn peer_id(&mut self) -> String {
+        let client = self.client().await;
+        client
+            .node()
+            .get_info(p2pos_proto::node::v1::GetInfoRequest {})
+            .await
+            .expect("get_info")
+            .into_inner()
+            .peer_id
+    }
+
+    /// The node's ticket.
+    pub async fn ticket(&mut self) -> String {
+        let client = self.client().await;
+        client
+            .overlay()
+            .get_ticket(p2pos_proto::overlay::v1::GetTicketRequest {})
+            .await
+            .expect("get_ticket")
+            .into_inner()
+            .ticket
+    }
+
+    /// Everything the node has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        wait_for("p2posd to exit", deadline, || {
+            let status = self.try_exit();
+            async move { status }
+        })
+        .await
+    }
+
+    /// SIGTERM, then waits (up to 15 s) for a clean exit.
+    pub async fn stop(&mut self) -> ExitStatus {
+        let child = self.child.as_ref().expect("running");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(15)).await;
+        self.child = None;
+        status
+    }
+
+    /// Starts the process again on the same data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node first");
+        self.spawn();
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- p2posd log ({}) ----\n{}",
+                self.data_dir.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// Runs `p2pctl` against `node` with `args`; returns (success, stdout, stderr).
+pub fn p2pctl(node: &Node, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("p2pctl"))
+        .arg("--data-dir")
+        .arg(&node.data_dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run p2pctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running `p2p-chat` process whose stdin we type into and whose stdout we read.
+pub struct Chat {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Chat {
+    /// Starts `p2p-chat --data-dir <node> [peer]`.
+    pub fn start(node: &Node, peer: Option<&str>) -> Chat {
+        let mut cmd = Command::new(bin("p2p-chat"));
+        cmd.arg("--data-dir").arg(&node.data_dir);
+        if let Some(peer) = peer {
+            cmd.arg(peer);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn p2p-chat");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Chat {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Types one line.
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to p2p-chat");
+        stdin.flush().expect("flush");
+    }
+
+    /// Waits for an output line containing `needle`; returns it.
+    pub fn expect_line(&mut self, needle: &str, deadline: Duration) -> String {
+        let until = Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "p2p-chat printed no line containing {needle:?} within {deadline:?}; it printed:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Closes stdin and waits for the process to exit.
+    pub fn finish(mut self, deadline: Duration) -> ExitStatus {
+        self.stdin = None;
+        let until = Instant::now() + deadline;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "p2p-chat did not exit within {deadline:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Chat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

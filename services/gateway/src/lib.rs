@@ -1,1 +1,24 @@
-//! stub
+//! The gateway: the node's local gRPC API, mapping the open spec onto the service actors.
+//!
+//! Each gRPC method is a thin adapter: resolve the caller's scope, validate, convert, call the
+//! service through the kernel's registry, convert back. Channel bytes are spliced between the
+//! gRPC stream and the libp2p stream in the request's own task, never through an actor.
+//!
+//! # Layout
+//! - [`auth`]: caller scopes (admin, app) from the socket's peer credentials and tokens.
+//! - [`server`]: the gateway actor, its listeners, health and reflection, graceful stop.
+//! - [`node_api`], [`overlay_api`], [`apps_api`], [`monitor_api`]: one adapter per service.
+//! - [`splice`]: the channel data path.
+
+pub mod apps_api;
+pub mod auth;
+pub mod monitor_api;
+pub mod node_api;
+pub mod overlay_api;
+pub mod server;
+pub mod splice;
+
+pub use server::child_spec;
+
+/// File name of the gateway's unix socket in the data directory.
+pub const SOCKET_FILE: &str = "gateway.sock";

@@ -1,1 +1,49 @@
-fn main() {}
+//! `p2pctl`: the admin command line of a P2P OS node, talking to the node's gRPC gateway
+//! through `p2pos-client`.
+//!
+//! On failure it prints one line `error: ...` to stderr and exits with status 1.
+//!
+//! # Layout
+//! - [`cli`]: the clap definitions (global options, one variant per command).
+//! - [`commands`]: one module per command group (`node`, `overlay`, `apps`, `monitor`).
+//! - [`output`]: stdout lines, tables, JSON shapes and value formatting.
+
+mod cli;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&anyhow::Error::from(err)),
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+/// Prints `error: <cause: cause: ...>` on one line.
+fn fail(err: &anyhow::Error) -> ExitCode {
+    let text = format!("{err:#}").replace('\n', " ");
+    eprintln!("error: {text}");
+    ExitCode::FAILURE
+}
+
+/// Whether stdout was closed by the reader (`p2pctl events | head`): not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,1 +1,32 @@
-//! stub
+//! Client SDK for P2P OS: how any app, tool or script reaches its local node, over gRPC only.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use p2pos_client::{Client, Target, TargetOptions};
+//! use p2pos_proto::node::v1::GetInfoRequest;
+//!
+//! let target = Target::resolve(TargetOptions::default())?; // flags > env > data dir
+//! let client = Client::connect(&target).await?;
+//! let info = client.node().get_info(GetInfoRequest {}).await?.into_inner();
+//! println!("{}", info.peer_id);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//! - [`target`]: where the gateway is and which token to present ([`Target`], [`Gateway`],
+//!   [`default_data_dir`]), from flags, environment variables and the node's data directory.
+//! - [`client`]: the connected [`Client`] and its per-service gRPC clients, with the token
+//!   added to every call by [`Auth`].
+//! - [`error`]: [`Error`] and [`describe_status`], readable one-line messages.
+
+pub mod client;
+pub mod error;
+pub mod target;
+
+pub use client::{Auth, AuthChannel, Client, MAX_MESSAGE_SIZE};
+pub use error::{Error, describe_status};
+pub use target::{
+    DATA_DIR_ENV, GATEWAY_ENV, Gateway, SOCKET_FILE, TOKEN_ENV, TOKEN_FILE, Target, TargetOptions,
+    default_data_dir,
+};

@@ -1,0 +1,192 @@
+//! `p2pos.app.v1.Apps`: sessions, channels, messages. Every call checks that the caller may
+//! act for the app id it names.
+
+use std::{pin::Pin, time::Duration};
+
+use futures::{Stream, StreamExt};
+use p2pos_kernel::{
+    ServiceContext, ServiceError,
+    protocols::{
+        Apps as AppsProtocol,
+        apps::{Request as AppsRequest, Response as AppsResponse},
+    },
+    wire::MAX_PAYLOAD,
+};
+use p2pos_proto::app::v1::{
+    ChannelInput, ListAppsReply, ListAppsRequest, ReceiveRequest, ReceivedMessage, SendReply,
+    SendRequest, SessionEvent, SessionRequest, apps_server::Apps, channel_input, session_event,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    auth::{Authenticator, Scope},
+    splice::{OutputStream, splice},
+};
+
+/// How long a client may take to send the first frame of a channel.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The adapter.
+pub struct AppsApi {
+    ctx: ServiceContext,
+    auth: Authenticator,
+}
+
+impl AppsApi {
+    /// For this node.
+    pub fn new(ctx: ServiceContext, auth: Authenticator) -> Self {
+        Self { ctx, auth }
+    }
+
+    async fn call(&self, request: AppsRequest) -> Result<AppsResponse, Status> {
+        Ok(self.ctx.registry.call::<AppsProtocol>(request).await?)
+    }
+}
+
+fn mismatch() -> Status {
+    ServiceError::internal("the apps service answered a different request").into()
+}
+
+fn require_peer(peer: &str) -> Result<(), Status> {
+    if peer.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "peer is empty: give a peer id, a ticket, or a multiaddr ending in /p2p/<peer id>",
+        ));
+    }
+    Ok(())
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Apps for AppsApi {
+    type SessionStream = BoxStream<SessionEvent>;
+
+    async fn session(
+        &self,
+        req: Request<SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let SessionRequest { app_id } = req.into_inner();
+        scope.require_app(&app_id)?;
+        let AppsResponse::Session(session) = self.call(AppsRequest::OpenSession { app_id }).await?
+        else {
+            return Err(mismatch());
+        };
+        let registered = SessionEvent {
+            kind: Some(session_event::Kind::Registered(session.registered)),
+        };
+        let incoming = ReceiverStream::new(session.incoming).map(|incoming| {
+            Ok(SessionEvent {
+                kind: Some(session_event::Kind::Incoming(incoming)),
+            })
+        });
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async { Ok(registered) }).chain(incoming),
+        )))
+    }
+
+    type ChannelStream = OutputStream;
+
+    async fn channel(
+        &self,
+        req: Request<Streaming<ChannelInput>>,
+    ) -> Result<Response<Self::ChannelStream>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let mut input = req.into_inner();
+        let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, input.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no open or accept frame within 30 s"))??
+            .ok_or_else(|| Status::invalid_argument("the channel ended before its first frame"))?;
+        let request = match first.kind {
+            Some(channel_input::Kind::Open(open)) => {
+                scope.require_app(&open.app_id)?;
+                require_peer(&open.peer)?;
+                AppsRequest::OpenChannel {
+                    app_id: open.app_id,
+                    peer: open.peer,
+                }
+            }
+            Some(channel_input::Kind::Accept(accept)) => {
+                scope.require_app(&accept.app_id)?;
+                AppsRequest::AcceptChannel {
+                    app_id: accept.app_id,
+                    channel_id: accept.channel_id,
+                }
+            }
+            Some(channel_input::Kind::Data(_)) | None => {
+                return Err(Status::invalid_argument(
+                    "the first frame of a channel must be `open` or `accept`",
+                ));
+            }
+        };
+        let AppsResponse::Channel(channel) = self.call(request).await? else {
+            return Err(mismatch());
+        };
+        Ok(Response::new(splice(
+            channel,
+            input,
+            self.ctx.events.clone(),
+        )))
+    }
+
+    async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendReply>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let SendRequest {
+            app_id,
+            peer,
+            payload,
+        } = req.into_inner();
+        scope.require_app(&app_id)?;
+        require_peer(&peer)?;
+        if payload.len() > MAX_PAYLOAD {
+            return Err(Status::resource_exhausted(format!(
+                "a message of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
+                payload.len()
+            )));
+        }
+        match self
+            .call(AppsRequest::Send {
+                app_id,
+                peer,
+                payload,
+            })
+            .await?
+        {
+            AppsResponse::Sent(reply) => Ok(Response::new(reply)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    type ReceiveStream = BoxStream<ReceivedMessage>;
+
+    async fn receive(
+        &self,
+        req: Request<ReceiveRequest>,
+    ) -> Result<Response<Self::ReceiveStream>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let ReceiveRequest { app_id } = req.into_inner();
+        scope.require_app(&app_id)?;
+        let AppsResponse::Inbox(inbox) = self.call(AppsRequest::Receive { app_id }).await? else {
+            return Err(mismatch());
+        };
+        Ok(Response::new(Box::pin(ReceiverStream::new(inbox).map(Ok))))
+    }
+
+    async fn list_apps(
+        &self,
+        req: Request<ListAppsRequest>,
+    ) -> Result<Response<ListAppsReply>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let ListAppsRequest {} = req.into_inner();
+        let only = match scope {
+            Scope::Admin => None,
+            Scope::App(app) => Some(app),
+        };
+        match self.call(AppsRequest::ListApps { only }).await? {
+            AppsResponse::Apps(apps) => Ok(Response::new(apps)),
+            _ => Err(mismatch()),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Who is calling: the scope of a request.
+//!
+//! - On the unix socket, the peer's uid must be the node's own (or root); a caller with no
+//!   token is then admin. A token, if given, must be valid and sets the scope.
+//! - On loopback TCP, every call needs a token (`authorization: Bearer <token>`): the admin
+//!   token from `gateway.token`, or an app token from `Node.CreateAppToken`.
+
+use std::sync::Arc;
+
+use p2pos_kernel::Store;
+use tonic::{Request, Status, transport::server::UdsConnectInfo};
+
+/// Store tree of app tokens: token → app id.
+pub const TOKENS_TREE: &str = "tokens";
+/// Longest app id.
+pub const MAX_APP_ID: usize = 64;
+
+/// What a caller may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything.
+    Admin,
+    /// Only what belongs to this app.
+    App(String),
+}
+
+impl Scope {
+    /// As reported by `Node.GetInfo`.
+    pub fn describe(&self) -> String {
+        match self {
+            Scope::Admin => "admin".to_owned(),
+            Scope::App(app) => format!("app:{app}"),
+        }
+    }
+
+    /// Fails unless admin.
+    pub fn require_admin(&self) -> Result<(), Status> {
+        match self {
+            Scope::Admin => Ok(()),
+            Scope::App(app) => Err(Status::permission_denied(format!(
+                "this call needs the admin scope; the token is scoped to app {app:?}"
+            ))),
+        }
+    }
+
+    /// Checks `app_id` is well formed and the caller may act for it.
+    pub fn require_app(&self, app_id: &str) -> Result<(), Status> {
+        validate_app_id(app_id)?;
+        match self {
+            Scope::Admin => Ok(()),
+            Scope::App(own) if own == app_id => Ok(()),
+            Scope::App(own) => Err(Status::permission_denied(format!(
+                "the token is scoped to app {own:?}, not {app_id:?}"
+            ))),
+        }
+    }
+}
+
+/// An app id is 1–64 characters of `[A-Za-z0-9._-]`.
+pub fn validate_app_id(app_id: &str) -> Result<(), Status> {
+    if app_id.is_empty() {
+        return Err(Status::invalid_argument("app_id is empty"));
+    }
+    if app_id.len() > MAX_APP_ID {
+        return Err(Status::invalid_argument(format!(
+            "app_id is {} bytes long; the limit is {MAX_APP_ID}",
+            app_id.len()
+        )));
+    }
+    if !app_id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(Status::invalid_argument(format!(
+            "app_id {app_id:?} may only hold letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves callers' scopes.
+#[derive(Clone)]
+pub struct Authenticator {
+    admin_token: Arc<str>,
+    store: Arc<dyn Store>,
+    own_uid: u32,
+}
+
+impl Authenticator {
+    /// For a node with this admin token and store.
+    pub fn new(admin_token: Arc<str>, store: Arc<dyn Store>) -> Self {
+        Self {
+            admin_token,
+            store,
+            own_uid: nix::unistd::getuid().as_raw(),
+        }
+    }
+
+    /// The scope of `req`'s caller, or the status that refuses it.
+    pub fn scope<T>(&self, req: &Request<T>) -> Result<Scope, Status> {
+        let token = bearer(req)?;
+        let on_socket = match req.extensions().get::<UdsConnectInfo>() {
+            Some(info) => {
+                let uid = info.peer_cred.map(|c| c.uid());
+                if uid != Some(self.own_uid) && uid != Some(0) {
+                    return Err(Status::permission_denied(format!(
+                        "caller uid {} is not the node's owner (uid {})",
+                        uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string()),
+                        self.own_uid
+                    )));
+                }
+                true
+            }
+            None => false,
+        };
+        match token {
+            Some(token) => self.token_scope(&token),
+            None if on_socket => Ok(Scope::Admin),
+            None => Err(Status::unauthenticated(
+                "missing token: send `authorization: Bearer <token>` (the admin token is in gateway.token in the data directory)",
+            )),
+        }
+    }
+
+    fn token_scope(&self, token: &str) -> Result<Scope, Status> {
+        if constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
+            return Ok(Scope::Admin);
+        }
+        match self.store.get(TOKENS_TREE, token.as_bytes()) {
+            Ok(Some(app)) => Ok(Scope::App(String::from_utf8_lossy(&app).into_owned())),
+            Ok(None) => Err(Status::unauthenticated("invalid token")),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+fn bearer<T>(req: &Request<T>) -> Result<Option<String>, Status> {
+    let Some(value) = req.metadata().get("authorization") else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("authorization header is not ASCII"))?;
+    match value.strip_prefix("Bearer ") {
+        Some(token) => Ok(Some(token.trim().to_owned())),
+        None => Err(Status::unauthenticated(
+            "authorization must be `Bearer <token>`",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_ids_are_checked() {
+        assert!(validate_app_id("chat").is_ok());
+        assert!(validate_app_id("my.app_2-x").is_ok());
+        assert!(validate_app_id("").is_err());
+        assert!(validate_app_id("a/b").is_err());
+        assert!(validate_app_id(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn an_app_scope_sees_only_its_own_app() {
+        let scope = Scope::App("chat".into());
+        assert!(scope.require_app("chat").is_ok());
+        let err = scope.require_app("other").expect_err("denied");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            scope.require_admin().expect_err("denied").code(),
+            tonic::Code::PermissionDenied
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! `p2pos.monitor.v1.Monitor`: status (through the monitor actor) and the event stream
+//! (straight from the kernel's event bus).
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use p2pos_kernel::{ServiceContext, events::now_ms, protocols::Monitor as MonitorProtocol};
+use p2pos_proto::monitor::v1::{
+    Event, EventsRequest, GetStatusRequest, Lagged, MonitorRequest, NodeStatus, event,
+    monitor_request, monitor_response, monitor_server::Monitor,
+};
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Authenticator, Scope};
+
+/// The adapter.
+pub struct MonitorApi {
+    ctx: ServiceContext,
+    auth: Authenticator,
+}
+
+impl MonitorApi {
+    /// For this node.
+    pub fn new(ctx: ServiceContext, auth: Authenticator) -> Self {
+        Self { ctx, auth }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Monitor for MonitorApi {
+    async fn get_status(
+        &self,
+        req: Request<GetStatusRequest>,
+    ) -> Result<Response<NodeStatus>, Status> {
+        self.auth.scope(&req)?;
+        let response = self
+            .ctx
+            .registry
+            .call::<MonitorProtocol>(MonitorRequest {
+                kind: Some(monitor_request::Kind::GetStatus(req.into_inner())),
+            })
+            .await?;
+        match response.kind {
+            Some(monitor_response::Kind::Status(s)) => Ok(Response::new(s)),
+            None => Err(Status::internal("the monitor gave an empty answer")),
+        }
+    }
+
+    type EventsStream = EventStream;
+
+    async fn events(
+        &self,
+        req: Request<EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let stream = BroadcastStream::new(self.ctx.events.subscribe()).filter_map(move |item| {
+            let out = match item {
+                Ok(event) => visible(&scope, &event).then_some(Ok(event)),
+                Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Ok(Event {
+                    at_ms: now_ms(),
+                    kind: Some(event::Kind::Lagged(Lagged { missed })),
+                })),
+            };
+            futures::future::ready(out)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// An app-scoped follower sees node-wide events and those of its own app only.
+fn visible(scope: &Scope, event: &Event) -> bool {
+    let Scope::App(own) = scope else {
+        return true;
+    };
+    let app = match &event.kind {
+        Some(event::Kind::ChannelOpened(e)) => &e.app_id,
+        Some(event::Kind::ChannelClosed(e)) => &e.app_id,
+        Some(event::Kind::MessageDelivered(e)) => &e.app_id,
+        Some(event::Kind::MessageFailed(e)) => &e.app_id,
+        Some(
+            event::Kind::PeerConnected(_)
+            | event::Kind::PeerGone(_)
+            | event::Kind::ServiceRestarted(_)
+            | event::Kind::ServiceState(_)
+            | event::Kind::Lagged(_),
+        )
+        | None => return true,
+    };
+    app == own
+}

@@ -1,0 +1,105 @@
+//! `p2pos.overlay.v1.Overlay`: tickets, dialing, peers, ping, DHT look-ups.
+
+use p2pos_kernel::{ServiceContext, ServiceError, protocols::Overlay as OverlayProtocol};
+use p2pos_proto::overlay::v1::{
+    DialReply, DialRequest, FindPeerReply, FindPeerRequest, GetTicketRequest, ListPeersReply,
+    ListPeersRequest, OverlayRequest, PingReply, PingRequest, Ticket, overlay_request::Kind as Req,
+    overlay_response::Kind as Resp, overlay_server::Overlay,
+};
+use tonic::{Request, Response, Status};
+
+use crate::auth::Authenticator;
+
+/// The adapter.
+pub struct OverlayApi {
+    ctx: ServiceContext,
+    auth: Authenticator,
+}
+
+impl OverlayApi {
+    /// For this node.
+    pub fn new(ctx: ServiceContext, auth: Authenticator) -> Self {
+        Self { ctx, auth }
+    }
+
+    async fn call(&self, kind: Req) -> Result<Resp, Status> {
+        let response = self
+            .ctx
+            .registry
+            .call::<OverlayProtocol>(OverlayRequest { kind: Some(kind) })
+            .await?;
+        response
+            .kind
+            .ok_or_else(|| ServiceError::internal("the overlay gave an empty answer").into())
+    }
+}
+
+fn mismatch() -> Status {
+    Status::internal("the overlay answered a different request")
+}
+
+fn require_peer(peer_id: &str) -> Result<(), Status> {
+    if peer_id.trim().is_empty() {
+        return Err(Status::invalid_argument("peer_id is empty"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Overlay for OverlayApi {
+    async fn get_ticket(&self, req: Request<GetTicketRequest>) -> Result<Response<Ticket>, Status> {
+        self.auth.scope(&req)?;
+        match self.call(Req::GetTicket(req.into_inner())).await? {
+            Resp::Ticket(t) => Ok(Response::new(t)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn dial(&self, req: Request<DialRequest>) -> Result<Response<DialReply>, Status> {
+        self.auth.scope(&req)?.require_admin()?;
+        let req = req.into_inner();
+        if req.target.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "target is empty: give a ticket, a multiaddr ending in /p2p/<peer id>, or a peer id",
+            ));
+        }
+        match self.call(Req::Dial(req)).await? {
+            Resp::Dial(d) => Ok(Response::new(d)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn list_peers(
+        &self,
+        req: Request<ListPeersRequest>,
+    ) -> Result<Response<ListPeersReply>, Status> {
+        self.auth.scope(&req)?;
+        match self.call(Req::ListPeers(req.into_inner())).await? {
+            Resp::ListPeers(p) => Ok(Response::new(p)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        self.auth.scope(&req)?;
+        let req = req.into_inner();
+        require_peer(&req.peer_id)?;
+        match self.call(Req::Ping(req)).await? {
+            Resp::Ping(p) => Ok(Response::new(p)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn find_peer(
+        &self,
+        req: Request<FindPeerRequest>,
+    ) -> Result<Response<FindPeerReply>, Status> {
+        self.auth.scope(&req)?;
+        let req = req.into_inner();
+        require_peer(&req.peer_id)?;
+        match self.call(Req::FindPeer(req)).await? {
+            Resp::FindPeer(p) => Ok(Response::new(p)),
+            _ => Err(mismatch()),
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The gateway actor: binds the unix socket (and, if configured, loopback TCP), serves the
+//! open spec with health and reflection, mirrors service states into gRPC health, and stops
+//! gracefully when the kernel asks.
+
+use std::{os::unix::fs::PermissionsExt, time::Duration};
+
+use actix::prelude::*;
+use p2pos_kernel::{
+    ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext, ServiceState,
+    StopService,
+};
+use p2pos_proto::{
+    FILE_DESCRIPTOR_SET, app::v1::apps_server::AppsServer,
+    monitor::v1::monitor_server::MonitorServer, node::v1::node_server::NodeServer,
+    overlay::v1::overlay_server::OverlayServer,
+};
+use tokio::{
+    sync::watch,
+    task::{AbortHandle, JoinHandle},
+};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::{service::Routes, transport::Server};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tracing::{info, warn};
+
+use crate::{
+    SOCKET_FILE, apps_api::AppsApi, auth::Authenticator, monitor_api::MonitorApi,
+    node_api::NodeApi, overlay_api::OverlayApi,
+};
+
+/// The service's name.
+pub const NAME: &str = "gateway";
+/// Largest gRPC message accepted: a 1 MiB payload plus its envelope. Larger messages are
+/// refused by tonic before they are buffered whole.
+pub const MAX_GRPC_MESSAGE: usize = 2 * 1024 * 1024;
+/// How long in-flight calls get to finish when the gateway stops.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// The child spec the daemon hands to the kernel.
+pub fn child_spec() -> ChildSpec {
+    ChildSpec {
+        name: NAME,
+        restart: RestartType::Permanent,
+        start: Box::new(start),
+    }
+}
+
+fn routes(ctx: &ServiceContext) -> Result<(Routes, HealthReporter), String> {
+    let auth = Authenticator::new(ctx.admin_token.clone(), ctx.store.clone());
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let routes = Routes::new(health)
+        .add_service(reflection)
+        .add_service(
+            NodeServer::new(NodeApi::new(ctx.clone(), auth.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE),
+        )
+        .add_service(
+            OverlayServer::new(OverlayApi::new(ctx.clone(), auth.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE),
+        )
+        .add_service(
+            AppsServer::new(AppsApi::new(ctx.clone(), auth.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE),
+        )
+        .add_service(
+            MonitorServer::new(MonitorApi::new(ctx.clone(), auth))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE),
+        );
+    Ok((routes, reporter))
+}
+
+fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> {
+    let (routes, reporter) = routes(&ctx)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let socket = ctx.config.data_dir.join(SOCKET_FILE);
+    let _ = std::fs::remove_file(&socket);
+    let uds = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| format!("cannot bind the gateway socket {}: {e}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", socket.display()))?;
+    info!("gateway on unix:{}", socket.display());
+    let mut servers = vec![tokio::spawn(
+        Server::builder()
+            .add_routes(routes.clone())
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(uds),
+                until_stopped(stop_rx.clone()),
+            ),
+    )];
+
+    if let Some(addr) = ctx.config.gateway_tcp {
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| format!("cannot bind the gateway on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        info!("gateway on http://{local} (token required)");
+        servers.push(tokio::spawn(
+            Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    until_stopped(stop_rx),
+                ),
+        ));
+    }
+
+    let health = tokio::spawn(mirror_health(ctx.states.clone(), reporter));
+    let addr = GatewayService::create(move |actx| {
+        let aborts = servers.iter().map(JoinHandle::abort_handle).collect();
+        for server in servers {
+            actx.spawn(
+                fut::wrap_future(server).map(|result, act: &mut GatewayService, ctx| {
+                    if act.stopping {
+                        return;
+                    }
+                    let why = match result {
+                        Ok(Ok(())) => "the gRPC server stopped".to_owned(),
+                        Ok(Err(e)) => format!("the gRPC server failed: {e}"),
+                        Err(e) => format!("the gRPC server task ended: {e}"),
+                    };
+                    act.guard.fail(why);
+                    ctx.stop();
+                }),
+            );
+        }
+        GatewayService {
+            guard,
+            stop_tx,
+            aborts,
+            health: health.abort_handle(),
+            stopping: false,
+        }
+    });
+    Ok(ChildHandle {
+        stop: addr.clone().recipient(),
+        panic: addr.recipient(),
+    })
+}
+
+/// gRPC service names answered by each node service.
+fn grpc_names(service: &str) -> &'static [&'static str] {
+    match service {
+        "overlay" => &["p2pos.overlay.v1.Overlay", "p2pos.app.v1.Apps"],
+        "monitor" => &["p2pos.monitor.v1.Monitor"],
+        "gateway" => &["p2pos.node.v1.Node"],
+        _ => &[],
+    }
+}
+
+async fn mirror_health(
+    mut states: watch::Receiver<Vec<p2pos_kernel::ServiceStatus>>,
+    reporter: HealthReporter,
+) {
+    loop {
+        let snapshot = states.borrow_and_update().clone();
+        let mut all_up = true;
+        for s in &snapshot {
+            // The gateway answering is proof enough that it runs.
+            let up = s.state == ServiceState::Running || s.name == NAME;
+            all_up &= up;
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            for name in grpc_names(s.name) {
+                reporter.set_service_status(*name, status).await;
+            }
+        }
+        let overall = if all_up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("", overall).await;
+        if states.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The gateway actor: owns the server tasks.
+struct GatewayService {
+    guard: DeathGuard,
+    stop_tx: watch::Sender<bool>,
+    aborts: Vec<AbortHandle>,
+    health: AbortHandle,
+    stopping: bool,
+}
+
+impl Drop for GatewayService {
+    fn drop(&mut self) {
+        for abort in &self.aborts {
+            abort.abort();
+        }
+        self.health.abort();
+    }
+}
+
+impl Actor for GatewayService {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        // Read here, not in `start`, so that the panic happens inside the actor.
+        let _ = &self.guard;
+    }
+}
+
+impl Handler<StopService> for GatewayService {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: StopService, _: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        let _ = self.stop_tx.send(true);
+        let aborts = self.aborts.clone();
+        Box::pin(
+            async move {
+                // Give in-flight calls a moment; long-lived streams are then cut.
+                let deadline = tokio::time::Instant::now() + GRACE;
+                while aborts.iter().any(|a| !a.is_finished()) {
+                    if tokio::time::Instant::now() >= deadline {
+                        warn!("gateway: cutting calls still open after {GRACE:?}");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                for abort in aborts {
+                    abort.abort();
+                }
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        )
+    }
+}
+
+impl Handler<InjectPanic> for GatewayService {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+        panic!("injected fault in {NAME}");
+    }
+}

@@ -1,0 +1,165 @@
+//! The channel data path: gRPC frames in, length-delimited frames onto the libp2p stream, and
+//! back. One task writes (awaiting each write, so the remote's flow control reaches the
+//! client); the response stream reads straight from the libp2p stream. No actor is involved.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::{SinkExt, Stream, StreamExt};
+use p2pos_kernel::{
+    EventBus,
+    protocols::apps::ChannelStream,
+    wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
+};
+use p2pos_proto::{
+    app::v1::{ChannelInput, ChannelOpened, ChannelOutput, channel_input, channel_output},
+    monitor::v1::{self, event::Kind},
+};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tonic::{Status, Streaming};
+use tracing::debug;
+
+/// The response stream of `Apps.Channel`.
+pub type OutputStream = Pin<Box<dyn Stream<Item = Result<ChannelOutput, Status>> + Send>>;
+
+/// Publishes `ChannelClosed` when the channel's output stream is dropped.
+struct ClosedOnDrop {
+    events: EventBus,
+    event: v1::ChannelClosed,
+}
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        self.events
+            .publish(Kind::ChannelClosed(std::mem::take(&mut self.event)));
+    }
+}
+
+/// Splices an open channel onto the rest of the client's input and returns the output.
+pub fn splice(
+    channel: ChannelStream,
+    mut input: Streaming<ChannelInput>,
+    events: EventBus,
+) -> OutputStream {
+    let ChannelStream {
+        channel_id,
+        peer_id,
+        app_id,
+        inbound,
+        io,
+    } = channel;
+    events.publish(Kind::ChannelOpened(v1::ChannelOpened {
+        channel_id,
+        peer_id: peer_id.clone(),
+        app_id: app_id.clone(),
+        inbound,
+    }));
+    let closed = ClosedOnDrop {
+        events,
+        event: v1::ChannelClosed {
+            channel_id,
+            peer_id: peer_id.clone(),
+            app_id: app_id.clone(),
+        },
+    };
+    let (read_half, write_half) = tokio::io::split(io);
+    let mut sink = FramedWrite::new(write_half, codec(MAX_CHANNEL_FRAME));
+    let (err_tx, err_rx) = tokio::sync::oneshot::channel::<Status>();
+    tokio::spawn(async move {
+        let outcome: Result<(), Status> = async {
+            while let Some(frame) = input.message().await? {
+                match frame.kind {
+                    Some(channel_input::Kind::Data(data)) => {
+                        if data.len() > MAX_PAYLOAD {
+                            return Err(Status::resource_exhausted(format!(
+                                "a channel frame of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
+                                data.len()
+                            )));
+                        }
+                        sink.send(data).await.map_err(|e| {
+                            Status::unavailable(format!("the channel to the peer broke: {e}"))
+                        })?;
+                    }
+                    Some(channel_input::Kind::Open(_) | channel_input::Kind::Accept(_)) => {
+                        return Err(Status::invalid_argument(
+                            "open/accept may only be the first frame of a channel",
+                        ));
+                    }
+                    None => return Err(Status::invalid_argument("empty channel frame")),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        // Half-close: the remote sees the end of our frames.
+        let _ = SinkExt::<Bytes>::close(&mut sink).await;
+        if let Err(status) = outcome {
+            debug!(channel_id, "channel input ended: {status}");
+            let _ = err_tx.send(status);
+        }
+    });
+    let opened = ChannelOutput {
+        kind: Some(channel_output::Kind::Opened(ChannelOpened {
+            channel_id,
+            peer_id,
+            app_id,
+        })),
+    };
+    let state = OutputState {
+        frames: FramedRead::new(read_half, codec(MAX_CHANNEL_FRAME)),
+        input_error: Some(err_rx),
+        done: false,
+        _closed: closed,
+    };
+    let frames = futures::stream::unfold(state, next_output);
+    Box::pin(futures::stream::once(async { Ok(opened) }).chain(frames))
+}
+
+struct OutputState {
+    frames: FramedRead<
+        tokio::io::ReadHalf<Box<dyn p2pos_kernel::protocols::apps::Duplex>>,
+        tokio_util::codec::LengthDelimitedCodec,
+    >,
+    input_error: Option<tokio::sync::oneshot::Receiver<Status>>,
+    done: bool,
+    _closed: ClosedOnDrop,
+}
+
+/// The next output: a frame from the peer, the end of the peer's frames, or the status that
+/// failed the client's input (which ends the channel at once).
+async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Status>, OutputState)> {
+    if st.done {
+        return None;
+    }
+    loop {
+        let input_failed = async {
+            match st.input_error.as_mut() {
+                Some(rx) => rx.await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            frame = st.frames.next() => {
+                return match frame {
+                    Some(Ok(bytes)) => Some((
+                        Ok(ChannelOutput { kind: Some(channel_output::Kind::Data(Bytes::from(bytes))) }),
+                        st,
+                    )),
+                    Some(Err(e)) => {
+                        st.done = true;
+                        Some((Err(Status::unavailable(format!("the channel from the peer broke: {e}"))), st))
+                    }
+                    None => None,
+                };
+            }
+            failed = input_failed => match failed {
+                Some(status) => {
+                    st.done = true;
+                    return Some((Err(status), st));
+                }
+                // The input ended cleanly: keep reading until the peer closes.
+                None => st.input_error = None,
+            }
+        }
+    }
+}

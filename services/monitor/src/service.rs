@@ -1,0 +1,211 @@
+//! The monitor actor: answers `p2pos.monitor.v1` status requests by combining the kernel's
+//! view of the services with the overlay's status, and owns the metrics endpoint.
+
+use actix::prelude::*;
+use p2pos_kernel::{
+    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext,
+    ServiceError, StopService,
+    protocols::{Monitor, Overlay},
+};
+use p2pos_proto::{
+    monitor::v1::{MonitorResponse, NodeStatus, ServiceState, monitor_request, monitor_response},
+    overlay::v1::{OverlayRequest, OverlayStatusRequest, overlay_request, overlay_response},
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+/// The service's name.
+pub const NAME: &str = "monitor";
+
+/// The child spec the daemon hands to the kernel.
+pub fn child_spec() -> ChildSpec {
+    ChildSpec {
+        name: NAME,
+        restart: RestartType::Permanent,
+        start: Box::new(start),
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> {
+    let mut registry = Registry::with_prefix("p2pos");
+    let restarts = Family::<ServiceLabel, Gauge>::default();
+    let up = Family::<ServiceLabel, Gauge>::default();
+    registry.register(
+        "service_restarts",
+        "Restarts of each service since the node started",
+        restarts.clone(),
+    );
+    registry.register("service_up", "1 while the service is running", up.clone());
+    ctx.metrics.set(NAME, registry);
+
+    let (metrics_url, server) = match ctx.config.metrics {
+        Some(addr) => {
+            let (local, serve) = p2pos_monitor_http(addr, &ctx)?;
+            info!("metrics on http://{local}/metrics");
+            (format!("http://{local}/metrics"), Some(tokio::spawn(serve)))
+        }
+        None => (String::new(), None),
+    };
+    let watcher = tokio::spawn(watch_states(ctx.clone(), restarts, up));
+    let addr = MonitorService {
+        ctx: ctx.clone(),
+        _guard: guard,
+        metrics_url,
+        tasks: [server, Some(watcher)].into_iter().flatten().collect(),
+    }
+    .start();
+    ctx.registry
+        .register::<Monitor>(NAME, addr.clone().recipient());
+    Ok(ChildHandle {
+        stop: addr.clone().recipient(),
+        panic: addr.recipient(),
+    })
+}
+
+fn p2pos_monitor_http(
+    addr: std::net::SocketAddr,
+    ctx: &ServiceContext,
+) -> Result<
+    (
+        std::net::SocketAddr,
+        impl Future<Output = ()> + Send + 'static,
+    ),
+    String,
+> {
+    crate::http::bind(addr, ctx.metrics.clone())
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+}
+
+async fn watch_states(
+    ctx: ServiceContext,
+    restarts: Family<ServiceLabel, Gauge>,
+    up: Family<ServiceLabel, Gauge>,
+) {
+    let mut states = ctx.states.clone();
+    loop {
+        for s in states.borrow_and_update().iter() {
+            let label = ServiceLabel {
+                service: s.name.to_owned(),
+            };
+            restarts.get_or_create(&label).set(i64::from(s.restarts));
+            let running = s.state == p2pos_kernel::ServiceState::Running;
+            up.get_or_create(&label).set(i64::from(running));
+        }
+        if states.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The monitor actor.
+struct MonitorService {
+    ctx: ServiceContext,
+    _guard: DeathGuard,
+    metrics_url: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for MonitorService {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Actor for MonitorService {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        if self.ctx.config.panics_on_start(NAME) {
+            panic!("failpoint {NAME}=panic-on-start");
+        }
+    }
+}
+
+impl Handler<StopService> for MonitorService {
+    type Result = ();
+
+    fn handle(&mut self, _: StopService, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<InjectPanic> for MonitorService {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+        panic!("injected fault in {NAME}");
+    }
+}
+
+impl Handler<Call<Monitor>> for MonitorService {
+    type Result = ResponseFuture<Result<MonitorResponse, ServiceError>>;
+
+    fn handle(&mut self, msg: Call<Monitor>, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx.clone();
+        let metrics_url = self.metrics_url.clone();
+        Box::pin(async move {
+            let kind = match msg.0.kind {
+                Some(monitor_request::Kind::GetStatus(_)) => {
+                    monitor_response::Kind::Status(status(&ctx, metrics_url).await)
+                }
+                None => return Err(ServiceError::invalid("empty monitor request")),
+            };
+            Ok(MonitorResponse { kind: Some(kind) })
+        })
+    }
+}
+
+/// The node's status; overlay fields stay empty while the overlay is down.
+async fn status(ctx: &ServiceContext, metrics_url: String) -> NodeStatus {
+    let services = ctx
+        .states
+        .borrow()
+        .iter()
+        .map(|s| ServiceState {
+            name: s.name.to_owned(),
+            state: s.state.as_str().to_owned(),
+            restarts: s.restarts,
+            last_error: s.last_error.clone(),
+        })
+        .collect();
+    let overlay = ctx
+        .registry
+        .call::<Overlay>(OverlayRequest {
+            kind: Some(overlay_request::Kind::Status(OverlayStatusRequest {})),
+        })
+        .await
+        .ok()
+        .and_then(|r| match r.kind {
+            Some(overlay_response::Kind::Status(s)) => Some(s),
+            _ => None,
+        })
+        .unwrap_or_default();
+    NodeStatus {
+        peer_id: ctx.keypair.public().to_peer_id().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_secs: ctx.started_at.elapsed().as_secs(),
+        listen_addresses: overlay.listen_addresses,
+        external_addresses: overlay.external_addresses,
+        reachability: if overlay.reachability.is_empty() {
+            "unknown".to_owned()
+        } else {
+            overlay.reachability
+        },
+        peers: overlay.peers,
+        services,
+        routing_table_size: overlay.routing_table_size,
+        metrics_url,
+    }
+}

@@ -1,0 +1,293 @@
+//! Bad input of every kind gets the right status or error, and the node keeps serving.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use p2pos_client::{Client, Gateway, Target};
+use p2pos_proto::{
+    app::v1::{
+        ChannelInput, OpenChannel, ReceiveRequest, SendRequest, SessionRequest, channel_input,
+    },
+    node::v1::{CreateAppTokenRequest, GetInfoRequest, ShutdownRequest},
+    overlay::v1::DialRequest,
+};
+use p2pos_tests::{Node, bin};
+
+const T: Duration = Duration::from_secs(30);
+/// A valid peer id that no node here has.
+const STRANGER: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+
+async fn still_serving(client: &Client) {
+    client
+        .node()
+        .get_info(GetInfoRequest {})
+        .await
+        .expect("the node still answers");
+}
+
+async fn open_channel(client: &Client, app: &str, peer: &str) -> Result<(), tonic::Status> {
+    let first = ChannelInput {
+        kind: Some(channel_input::Kind::Open(OpenChannel {
+            app_id: app.into(),
+            peer: peer.into(),
+        })),
+    };
+    let mut out = client
+        .apps()
+        .channel(futures::stream::iter(vec![first]).chain(futures::stream::pending()))
+        .await?
+        .into_inner();
+    match out.next().await {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(status)) => Err(status),
+        None => Err(tonic::Status::unknown("channel ended")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peers_apps_and_sizes() {
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    let client = a.client().await;
+    let b_ticket = b.ticket().await;
+
+    let err = client
+        .overlay()
+        .dial(DialRequest {
+            target: "not a ticket".into(),
+            timeout_ms: 0,
+        })
+        .await
+        .expect_err("garbage target");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+    let err = tokio::time::timeout(T, open_channel(&client, "chat", STRANGER))
+        .await
+        .expect("answers in time")
+        .expect_err("unknown peer");
+    assert!(
+        matches!(err.code(), tonic::Code::NotFound | tonic::Code::Unavailable),
+        "{err}"
+    );
+
+    // B is up but no app "nobody" listens there.
+    let err = open_channel(&client, "nobody", &b_ticket)
+        .await
+        .expect_err("app not listening");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::FailedPrecondition | tonic::Code::NotFound
+        ),
+        "{err}"
+    );
+    assert!(err.message().contains("nobody"), "{err}");
+
+    let too_big = Bytes::from(vec![7u8; 1024 * 1024 + 1]);
+    let err = client
+        .apps()
+        .send(SendRequest {
+            app_id: "chat".into(),
+            peer: b_ticket.clone(),
+            payload: too_big,
+        })
+        .await
+        .expect_err("oversize");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    let err = client
+        .apps()
+        .send(SendRequest {
+            app_id: "chat".into(),
+            peer: b_ticket.clone(),
+            payload: Bytes::from(vec![7u8; 5 * 1024 * 1024]),
+        })
+        .await
+        .expect_err("far oversize");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange
+        ),
+        "{err}"
+    );
+
+    let err = client
+        .apps()
+        .session(SessionRequest {
+            app_id: "bad/app".into(),
+        })
+        .await
+        .expect_err("bad app id");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    still_serving(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_gateway_needs_the_right_token_and_app_tokens_are_scoped() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut node = Node::start(&["--gateway-tcp", &addr]);
+    let admin = node.client().await;
+    let gateway = Gateway::Tcp(format!("http://{addr}"));
+
+    // No token: a raw channel without the interceptor's header.
+    let channel = tonic::transport::Endpoint::try_from(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("tcp connect");
+    let anonymous = Client::with_channel(channel, None).expect("client");
+    let err = anonymous
+        .node()
+        .get_info(GetInfoRequest {})
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+
+    let wrong =
+        Client::connect(&Target::new(gateway.clone(), Some("wrong".into()), None).expect("target"))
+            .await
+            .expect("connect");
+    let err = wrong
+        .node()
+        .get_info(GetInfoRequest {})
+        .await
+        .expect_err("wrong token");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+
+    let token = std::fs::read_to_string(node.data_dir.join("gateway.token")).expect("token file");
+    let right = Client::connect(
+        &Target::new(gateway.clone(), Some(token.trim().into()), None).expect("target"),
+    )
+    .await
+    .expect("connect");
+    let info = right
+        .node()
+        .get_info(GetInfoRequest {})
+        .await
+        .expect("admin token works")
+        .into_inner();
+    assert_eq!(info.caller_scope, "admin");
+
+    // An app token sees only its own app.
+    let app_token = admin
+        .node()
+        .create_app_token(CreateAppTokenRequest {
+            app_id: "chat".into(),
+        })
+        .await
+        .expect("app token")
+        .into_inner()
+        .token;
+    let app = Client::connect(&Target::new(gateway, Some(app_token), None).expect("target"))
+        .await
+        .expect("connect");
+    let info = app
+        .node()
+        .get_info(GetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.caller_scope, "app:chat");
+    let err = app
+        .apps()
+        .receive(ReceiveRequest {
+            app_id: "other".into(),
+        })
+        .await
+        .expect_err("another app's inbox");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let err = app
+        .node()
+        .shutdown(ShutdownRequest {})
+        .await
+        .expect_err("admin only");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    app.apps()
+        .receive(ReceiveRequest {
+            app_id: "chat".into(),
+        })
+        .await
+        .expect("its own inbox");
+
+    // The token file is private and rewritten at each start.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(node.data_dir.join("gateway.token"))
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(node.stop().await.success());
+    node.restart();
+    node.client().await;
+    let token2 = std::fs::read_to_string(node.data_dir.join("gateway.token")).expect("token file");
+    assert_ne!(token.trim(), token2.trim(), "a new token at each start");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_uid_cannot_use_the_socket() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("skipped: needs root to run a client as another uid");
+        return;
+    }
+    let mut node = Node::start(&[]);
+    let client = node.client().await;
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(bin("p2pctl"))
+        .arg("--data-dir")
+        .arg(&node.data_dir)
+        .arg("id")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run p2pctl as nobody");
+    assert!(!out.status.success(), "uid 65534 must be refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error:"), "one-line error: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    still_serving(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_config_file_stops_the_node_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("p2posd.toml");
+    std::fs::write(&config, "mdns = \"maybe\"\n[[[").expect("write");
+    let out = std::process::Command::new(bin("p2posd"))
+        .arg("--data-dir")
+        .arg(dir.path().join("node"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run p2posd");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid config file"), "{stderr}");
+    assert!(
+        !dir.path().join("node").exists(),
+        "nothing created for a bad config"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_the_same_data_dir_is_refused_and_the_first_keeps_serving() {
+    let mut first = Node::start(&[]);
+    let client = first.client().await;
+    let out = std::process::Command::new(bin("p2posd"))
+        .arg("--data-dir")
+        .arg(&first.data_dir)
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .output()
+        .expect("run p2posd");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot open the store"), "{stderr}");
+    tokio::time::timeout(T, still_serving(&client))
+        .await
+        .expect("in time");
+}

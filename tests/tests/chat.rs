@@ -1,0 +1,56 @@
+//! Three nodes on loopback: A dials B by ticket; C, knowing only B, finds A through the DHT and
+//! chats with it using the real `p2p-chat` program on both ends.
+
+use std::time::Duration;
+
+use p2pos_tests::{Chat, Node, p2pctl};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn c_finds_a_through_the_dht_and_two_chats_talk() {
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    let mut c = Node::start(&[]);
+    let b_ticket = b.ticket().await;
+    let a_id = a.peer_id().await;
+    let c_id = c.peer_id().await;
+
+    let (ok, out, err) = p2pctl(&a, &["dial", &b_ticket]);
+    assert!(ok, "A dials B: {out}{err}");
+    let (ok, out, err) = p2pctl(&c, &["dial", &b_ticket]);
+    assert!(ok, "C dials B: {out}{err}");
+
+    // C has never been told A's addresses.
+    let (ok, peers, err) = p2pctl(&c, &["peers", "--json"]);
+    assert!(ok, "{err}");
+    assert!(!peers.contains(&a_id), "C should not know A yet: {peers}");
+
+    let mut chat_a = Chat::start(&a, None);
+    chat_a.expect_line("* waiting for a chat", T);
+    let mut chat_c = Chat::start(&c, Some(&a_id));
+    chat_c.expect_line(&format!("* connected to {a_id}"), T);
+    chat_a.expect_line(&format!("* connected to {c_id}"), T);
+
+    chat_c.type_line("hello from C");
+    let line = chat_a.expect_line("hello from C", T);
+    assert!(line.starts_with(&c_id[..8]), "sender prefix in {line:?}");
+    chat_a.type_line("hi C, A here");
+    let line = chat_c.expect_line("hi C, A here", T);
+    assert!(line.starts_with(&a_id[..8]), "sender prefix in {line:?}");
+
+    // Both directions, several lines, in order.
+    for i in 0..20 {
+        chat_c.type_line(&format!("line {i}"));
+    }
+    for i in 0..20 {
+        chat_a.expect_line(&format!("line {i}"), T);
+    }
+
+    // C is now connected to A directly.
+    let (ok, peers, err) = p2pctl(&c, &["peers", "--json"]);
+    assert!(ok, "{err}");
+    assert!(peers.contains(&a_id), "C is connected to A: {peers}");
+
+    assert!(chat_c.finish(T).success());
+}

@@ -1,0 +1,140 @@
+//! Supervision: a service that panics is restarted and health shows it going down and up; a
+//! crash loop past the restart intensity stops the node with a non-zero exit.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use p2pos_proto::{
+    monitor::v1::{EventsRequest, GetStatusRequest, event},
+    node::v1::{InjectPanicRequest, ShutdownRequest},
+};
+use p2pos_tests::Node;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_service_is_restarted_and_health_follows() {
+    let mut node = Node::start(&["--allow-fault-injection"]);
+    let client = node.client().await;
+    let mut health = HealthClient::new(client.channel());
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "p2pos.monitor.v1.Monitor".into(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let first = watch.next().await.expect("first").expect("first");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let mut events = client
+        .monitor()
+        .events(EventsRequest {})
+        .await
+        .expect("events")
+        .into_inner();
+
+    client
+        .node()
+        .inject_panic(InjectPanicRequest {
+            service: "monitor".into(),
+        })
+        .await
+        .expect("inject panic");
+
+    let down = tokio::time::timeout(T, watch.next())
+        .await
+        .expect("update")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(down.status(), ServingStatus::NotServing);
+    let up = tokio::time::timeout(T, watch.next())
+        .await
+        .expect("update")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(up.status(), ServingStatus::Serving);
+
+    let restarted = tokio::time::timeout(T, async {
+        while let Some(Ok(ev)) = events.next().await {
+            if let Some(event::Kind::ServiceRestarted(r)) = ev.kind {
+                return r;
+            }
+        }
+        panic!("event stream ended");
+    })
+    .await
+    .expect("a ServiceRestarted event");
+    assert_eq!(restarted.service, "monitor");
+    assert_eq!(restarted.reason, "panicked");
+
+    // The restarted monitor answers, and counts the restart.
+    let status = client
+        .monitor()
+        .get_status(GetStatusRequest {})
+        .await
+        .expect("status after restart")
+        .into_inner();
+    let monitor = status
+        .services
+        .iter()
+        .find(|s| s.name == "monitor")
+        .expect("monitor");
+    assert_eq!(monitor.state, "running");
+    assert_eq!(monitor.restarts, 1);
+    assert!(
+        node.log().contains("injected fault in monitor"),
+        "the panic is logged"
+    );
+
+    // Without --allow-fault-injection the call is refused.
+    client
+        .node()
+        .shutdown(ShutdownRequest {})
+        .await
+        .expect("shutdown");
+    assert!(
+        node.wait_exit(T).await.success(),
+        "clean exit after Shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_injection_is_off_by_default() {
+    let mut node = Node::start(&[]);
+    let client = node.client().await;
+    let err = client
+        .node()
+        .inject_panic(InjectPanicRequest {
+            service: "monitor".into(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_loop_past_the_intensity_stops_the_node() {
+    let mut node = Node::start(&[
+        "--failpoint",
+        "monitor=panic-on-start",
+        "--max-restarts",
+        "3",
+        "--restart-period",
+        "60",
+    ]);
+    let status = node.wait_exit(T).await;
+    assert!(!status.success(), "non-zero exit, got {status}");
+    assert_eq!(status.code(), Some(1));
+    let log = node.log();
+    assert!(
+        log.contains("restart intensity exceeded"),
+        "clear log line; log:\n{log}"
+    );
+    assert!(
+        log.contains("service=\"monitor\"") || log.contains("service=monitor"),
+        "{log}"
+    );
+}

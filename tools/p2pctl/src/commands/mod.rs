@@ -1,0 +1,52 @@
+//! Runs a parsed command: resolves the target, connects, and hands over to the command group.
+
+mod apps;
+mod event_view;
+mod monitor;
+mod node;
+mod overlay;
+
+use p2pos_client::{Client, Target, describe_status};
+
+use crate::cli::{Cli, Command};
+
+/// Connects to the node and runs the command.
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cli { node, command } = cli;
+    let target = Target::resolve(node.target_options())?;
+    let client = Client::connect(&target).await?;
+    match command {
+        Command::Status(flag) => monitor::status(&client, flag.json).await,
+        Command::Events(flag) => monitor::events(&client, flag.json).await,
+        Command::Id(flag) => node::id(&client, flag.json).await,
+        Command::Shutdown => node::shutdown(&client).await,
+        Command::Ticket(flag) => overlay::ticket(&client, flag.json).await,
+        Command::Peers(flag) => overlay::peers(&client, flag.json).await,
+        Command::Dial {
+            target,
+            timeout,
+            json,
+        } => overlay::dial(&client, &target, timeout, json.json).await,
+        Command::Ping { peer, json } => overlay::ping(&client, &peer, json.json).await,
+        Command::Apps(flag) => apps::list(&client, flag.json).await,
+        Command::Send {
+            peer,
+            app,
+            text,
+            json,
+        } => apps::send(&client, &peer, &app, &text.join(" "), json.json).await,
+    }
+}
+
+/// Turns a failed call into a readable error: `<what>: <message> (<meaning>)`.
+pub(crate) trait RpcResult<T> {
+    /// Maps the status of a failed call, naming what was attempted.
+    fn or_fail(self, what: &str) -> anyhow::Result<T>;
+}
+
+impl<T> RpcResult<T> for Result<tonic::Response<T>, tonic::Status> {
+    fn or_fail(self, what: &str) -> anyhow::Result<T> {
+        self.map(tonic::Response::into_inner)
+            .map_err(|status| anyhow::anyhow!("{what}: {}", describe_status(&status)))
+    }
+}

@@ -1,0 +1,169 @@
+//! `status` and `events`: a snapshot of the node and its live events (`p2pos.monitor.v1.Monitor`).
+
+use p2pos_client::{Client, describe_status};
+use p2pos_proto::monitor::v1::{EventsRequest, GetStatusRequest, NodeStatus, ServiceState};
+use serde_json::{Value, json};
+
+use super::{RpcResult, event_view};
+use crate::output;
+
+/// Prints the status for people (key/values, a peers table, a services table); with `--json`
+/// one object (see [`status_json`]).
+pub(crate) async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
+    let status = client
+        .monitor()
+        .get_status(GetStatusRequest {})
+        .await
+        .or_fail("cannot get the node's status")?;
+    if json {
+        output::json_line(&status_json(&status))?;
+        return Ok(());
+    }
+    let NodeStatus {
+        peer_id,
+        version,
+        uptime_secs,
+        listen_addresses,
+        external_addresses,
+        reachability,
+        peers,
+        services,
+        routing_table_size,
+        metrics_url,
+    } = status;
+    let summary = output::key_values(vec![
+        ("peer id", peer_id),
+        ("version", version),
+        ("uptime", output::duration(uptime_secs)),
+        ("reachability", output::dash_if_empty(&reachability)),
+        ("listening", output::list_or_dash(&listen_addresses)),
+        ("external", output::list_or_dash(&external_addresses)),
+        ("routing table", format!("{routing_table_size} peers")),
+        ("metrics", output::dash_if_empty(&metrics_url)),
+    ]);
+    output::print_table(&summary)?;
+    output::line("")?;
+    output::line(format!("peers ({})", peers.len()))?;
+    if !peers.is_empty() {
+        output::print_table(&output::peers_table(&peers))?;
+    }
+    output::line("")?;
+    output::line(format!("services ({})", services.len()))?;
+    if !services.is_empty() {
+        let mut table = output::table(["SERVICE", "STATE", "RESTARTS", "LAST ERROR"]);
+        for service in &services {
+            table.add_row([
+                service.name.clone(),
+                service.state.clone(),
+                service.restarts.to_string(),
+                output::dash_if_empty(&service.last_error),
+            ]);
+        }
+        output::print_table(&table)?;
+    }
+    Ok(())
+}
+
+/// The status as JSON: `{peer_id, version, uptime_secs, listen_addresses, external_addresses,
+/// reachability, routing_table_size, metrics_url, peers: [peer], services: [{name, state,
+/// restarts, last_error}]}`.
+fn status_json(status: &NodeStatus) -> Value {
+    let NodeStatus {
+        peer_id,
+        version,
+        uptime_secs,
+        listen_addresses,
+        external_addresses,
+        reachability,
+        peers,
+        services,
+        routing_table_size,
+        metrics_url,
+    } = status;
+    json!({
+        "peer_id": peer_id,
+        "version": version,
+        "uptime_secs": uptime_secs,
+        "listen_addresses": listen_addresses,
+        "external_addresses": external_addresses,
+        "reachability": reachability,
+        "routing_table_size": routing_table_size,
+        "metrics_url": metrics_url,
+        "peers": peers.iter().map(output::peer_json).collect::<Vec<_>>(),
+        "services": services.iter().map(service_json).collect::<Vec<_>>(),
+    })
+}
+
+fn service_json(service: &ServiceState) -> Value {
+    let ServiceState {
+        name,
+        state,
+        restarts,
+        last_error,
+    } = service;
+    json!({ "name": name, "state": state, "restarts": restarts, "last_error": last_error })
+}
+
+/// Follows events until the stream ends: one line per event, or one JSON object per line.
+pub(crate) async fn events(client: &Client, json: bool) -> anyhow::Result<()> {
+    let mut stream = client
+        .monitor()
+        .events(EventsRequest {})
+        .await
+        .or_fail("cannot follow events")?;
+    loop {
+        match stream.message().await {
+            Ok(Some(event)) => {
+                if json {
+                    output::json_line(&event_view::json(&event))?;
+                } else {
+                    output::line(event_view::text(&event))?;
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(status) => anyhow::bail!("event stream ended: {}", describe_status(&status)),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_json_has_a_stable_shape() {
+        let status = NodeStatus {
+            peer_id: "p".into(),
+            version: "0.1.0".into(),
+            uptime_secs: 5,
+            services: vec![ServiceState {
+                name: "overlay".into(),
+                state: "running".into(),
+                restarts: 0,
+                last_error: String::new(),
+            }],
+            ..NodeStatus::default()
+        };
+        let value = status_json(&status);
+        let keys: Vec<&str> = value
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        for key in [
+            "peer_id",
+            "version",
+            "uptime_secs",
+            "listen_addresses",
+            "external_addresses",
+            "reachability",
+            "routing_table_size",
+            "metrics_url",
+            "peers",
+            "services",
+        ] {
+            assert!(keys.contains(&key), "missing {key}");
+        }
+        assert_eq!(value["services"][0]["state"], "running");
+    }
+}

@@ -34,10 +34,10 @@ async fn c_finds_a_through_the_dht_and_two_chats_talk() {
 
     chat_c.type_line("hello from C");
     let line = chat_a.expect_line("hello from C", T);
-    assert!(line.starts_with(&c_id[..8]), "sender prefix in {line:?}");
+    assert!(line.starts_with(&format!("{}> ", &c_id[c_id.len() - 8..])), "sender prefix in {line:?}");
     chat_a.type_line("hi C, A here");
     let line = chat_c.expect_line("hi C, A here", T);
-    assert!(line.starts_with(&a_id[..8]), "sender prefix in {line:?}");
+    assert!(line.starts_with(&format!("{}> ", &a_id[a_id.len() - 8..])), "sender prefix in {line:?}");
 
     // Both directions, several lines, in order.
     for i in 0..20 {
@@ -53,4 +53,38 @@ async fn c_finds_a_through_the_dht_and_two_chats_talk() {
     assert!(peers.contains(&a_id), "C is connected to A: {peers}");
 
     assert!(chat_c.finish(T).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_typed_while_the_peer_is_offline_arrive_when_it_returns() {
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    let b_id = b.peer_id().await;
+    let b_ticket = b.ticket().await;
+    let (ok, out, err) = p2pctl(&a, &["dial", &b_ticket]);
+    assert!(ok, "{out}{err}");
+    // Bob has used the chat before, so his node knows the app.
+    let mut chat_b = Chat::start(&b, None);
+    chat_b.expect_line("* waiting for a chat", T);
+    drop(chat_b);
+    assert!(b.stop().await.success());
+
+    let mut chat_a = Chat::start(&a, Some(&b_ticket));
+    chat_a.expect_line("is offline", T);
+    chat_a.type_line("are you there?");
+    chat_a.type_line("second line");
+    p2pos_tests::wait_for("two lines queued in A's outbox", T, || {
+        let (_, apps, _) = p2pctl(&a, &["apps", "--json"]);
+        async move { apps.contains("\"outbox\":2").then_some(()) }
+    })
+    .await;
+
+    b.restart();
+    let mut chat_b = Chat::start(&b, None);
+    chat_b.expect_line("are you there?", T);
+    chat_b.expect_line("second line", T);
+    // A's chat notices B is back and opens a channel.
+    chat_a.expect_line(&format!("* connected to {b_id}"), T);
+    chat_a.type_line("live now");
+    chat_b.expect_line("live now", T);
 }

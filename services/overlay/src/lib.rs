@@ -1,1 +1,38 @@
-//! stub
+//! The P2P OS overlay service: this node's place in the peer-to-peer network (rust-libp2p:
+//! TCP and QUIC, noise, yamux, identify, ping, Kademlia, mDNS, AutoNAT, circuit relay v2,
+//! DCUtR, connection limits), tickets, app channels and store-and-forward messages.
+//!
+//! One actor, [`OverlayService`], answers both `p2pos.overlay.v1` and the apps protocol. It
+//! holds a handle to one tokio task that owns the libp2p swarm (commands in on a bounded
+//! channel, answers out on oneshots) and aborts that task, and every other overlay task, when
+//! it goes. Channel and message bytes flow in tasks, never through the actor's mailbox.
+//!
+//! # Layout
+//! - [`service`]: the actor, its [`child_spec`], life cycle and the overlay protocol.
+//! - [`overlay_api`]: `p2pos.overlay.v1` requests, one exhaustive `match`.
+//! - `apps`: the apps protocol (sessions, channels, `Send`, `Receive`, `ListApps`).
+//! - `network`: the swarm task, its behaviour, connects and DHT look-ups, and what it
+//!   remembers (known peers, listen ports).
+//! - `channel`: opening and accepting `/p2pos/channel/1` channels.
+//! - `inbound`: accept loops and the receiving side of channels and messages.
+//! - `delivery`: the sending side of `/p2pos/msg/1`, one task per peer with mail.
+//! - `mailbox`: the store layout of apps, outbox and inbox, exactly once.
+//! - [`ticket`]: tickets and the parser of every way to name a peer.
+//! - `frame`: length-bounded frames; `task`: tasks that end with their owner.
+//! - [`error`]: the overlay's [`Error`] and its one mapping to `ServiceError`.
+
+mod apps;
+mod channel;
+mod delivery;
+pub mod error;
+mod frame;
+mod inbound;
+mod mailbox;
+mod network;
+pub mod overlay_api;
+pub mod service;
+mod task;
+pub mod ticket;
+
+pub use error::Error;
+pub use service::{NAME, OverlayService, child_spec};

@@ -95,6 +95,12 @@ impl Client {
         })
     }
 
+    /// The connection with the token interceptor, for other gRPC clients on the same gateway
+    /// (e.g. `grpc.health.v1.Health`: `HealthClient::new(client.channel())`).
+    pub fn channel(&self) -> AuthChannel {
+        InterceptedService::new(self.channel.clone(), self.auth.clone())
+    }
+
     /// The `p2pos.node.v1.Node` service: identity, shutdown, app tokens.
     pub fn node(&self) -> NodeClient<AuthChannel> {
         NodeClient::with_interceptor(self.channel.clone(), self.auth.clone())

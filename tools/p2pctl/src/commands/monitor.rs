@@ -17,8 +17,14 @@ pub(crate) async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         .or_fail("cannot get the node's status")?;
     if json {
         output::json_line(&status_json(&status))?;
-        return Ok(());
+    } else {
+        output::line(status_text(status))?;
     }
+    Ok(())
+}
+
+/// The status for people: key/values, then the peers and services tables.
+fn status_text(status: NodeStatus) -> String {
     let NodeStatus {
         peer_id,
         version,
@@ -41,14 +47,13 @@ pub(crate) async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         ("routing table", format!("{routing_table_size} peers")),
         ("metrics", output::dash_if_empty(&metrics_url)),
     ]);
-    output::print_table(&summary)?;
-    output::line("")?;
-    output::line(format!("peers ({})", peers.len()))?;
+    let mut text = summary.trim_fmt();
+    text.push_str(&format!("\n\npeers ({})", peers.len()));
     if !peers.is_empty() {
-        output::print_table(&output::peers_table(&peers))?;
+        text.push('\n');
+        text.push_str(&output::peers_table(&peers).trim_fmt());
     }
-    output::line("")?;
-    output::line(format!("services ({})", services.len()))?;
+    text.push_str(&format!("\n\nservices ({})", services.len()));
     if !services.is_empty() {
         let mut table = output::table(["SERVICE", "STATE", "RESTARTS", "LAST ERROR"]);
         for service in &services {
@@ -59,9 +64,10 @@ pub(crate) async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
                 output::dash_if_empty(&service.last_error),
             ]);
         }
-        output::print_table(&table)?;
+        text.push('\n');
+        text.push_str(&table.trim_fmt());
     }
-    Ok(())
+    text
 }
 
 /// The status as JSON: `{peer_id, version, uptime_secs, listen_addresses, external_addresses,
@@ -111,6 +117,8 @@ pub(crate) async fn events(client: &Client, json: bool) -> anyhow::Result<()> {
         .events(EventsRequest {})
         .await
         .or_fail("cannot follow events")?;
+    // On stderr, so that stdout holds only events: says the follower is attached.
+    eprintln!("following events (Ctrl-C to stop)");
     loop {
         match stream.message().await {
             Ok(Some(event)) => {
@@ -165,5 +173,39 @@ mod tests {
             assert!(keys.contains(&key), "missing {key}");
         }
         assert_eq!(value["services"][0]["state"], "running");
+    }
+
+    #[test]
+    fn status_text_reads_well() {
+        let status = NodeStatus {
+            peer_id: "12D3KooWMe".into(),
+            version: "0.1.0".into(),
+            uptime_secs: 3725,
+            listen_addresses: vec![
+                "/ip4/127.0.0.1/tcp/4001".into(),
+                "/ip4/127.0.0.1/udp/4001/quic-v1".into(),
+            ],
+            reachability: "private".into(),
+            routing_table_size: 2,
+            services: vec![ServiceState {
+                name: "overlay".into(),
+                state: "running".into(),
+                restarts: 1,
+                last_error: "boom".into(),
+            }],
+            ..NodeStatus::default()
+        };
+        let text = status_text(status);
+        assert!(text.starts_with("peer id        12D3KooWMe\n"), "{text}");
+        assert!(text.contains("uptime         1h 2m 5s\n"), "{text}");
+        assert!(
+            text.contains("\n               /ip4/127.0.0.1/udp/4001/quic-v1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("peers (0)\n\nservices (1)\nSERVICE"),
+            "{text}"
+        );
+        assert!(text.ends_with("overlay  running  1         boom"), "{text}");
     }
 }

@@ -1,0 +1,397 @@
+//! The apps protocol on the overlay actor: sessions, inbound channels waiting to be accepted,
+//! channel opens, `Send`, `Receive` and `ListApps`. The actor only keeps the bookkeeping; slow
+//! work runs in the futures it returns and channel and message bytes never pass through it.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
+use libp2p::PeerId;
+use p2pos_kernel::{
+    Call, ServiceError,
+    protocols::{
+        Apps,
+        apps::{Request, Response, Session},
+    },
+    wire::MAX_PAYLOAD,
+};
+use p2pos_proto::{
+    app::v1::{
+        AppInfo, DeliveryState, IncomingChannel, ListAppsReply, ReceivedMessage, Registered,
+        SendReply,
+    },
+    wire::v1::channel_welcome,
+};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::{
+    Error, channel,
+    delivery::Outcome,
+    error::validate_app_id,
+    inbound::{InboundChannel, Io, Refusal, refuse},
+    mailbox::Mailbox,
+    service::{MAX_OPENS, OverlayService},
+    task::AbortOnDrop,
+    ticket::parse_target,
+};
+
+/// Incoming-channel announcements buffered per session.
+const SESSION_BUFFER: usize = 64;
+/// Most live sessions, all apps together.
+const MAX_SESSIONS: usize = 1024;
+/// Messages buffered between the inbox and a `Receive` stream. A message leaves the inbox
+/// once it is in this buffer, so it is kept small.
+const RECEIVE_BUFFER: usize = 4;
+/// Messages read from the inbox at a time.
+const RECEIVE_BATCH: usize = 16;
+/// How long `Send` waits for the peer's acknowledgement before answering `QUEUED`.
+const SEND_WAIT: Duration = Duration::from_secs(3);
+
+/// One live session of an app.
+pub(crate) struct SessionSlot {
+    id: u64,
+    tx: mpsc::Sender<IncomingChannel>,
+}
+
+/// The live sessions of one app, oldest first.
+#[derive(Default)]
+pub(crate) struct AppState {
+    sessions: Vec<SessionSlot>,
+}
+
+/// An inbound channel announced to a session and not yet accepted.
+pub(crate) struct PendingChannel {
+    peer: PeerId,
+    app_id: String,
+    io: Io,
+    expiry: SpawnHandle,
+}
+
+type Reply = LocalBoxFuture<'static, Result<Response, Error>>;
+
+fn ready(result: Result<Response, Error>) -> Reply {
+    Box::pin(futures::future::ready(result))
+}
+
+impl Handler<Call<Apps>> for OverlayService {
+    type Result = ResponseFuture<Result<Response, ServiceError>>;
+
+    fn handle(&mut self, Call(request): Call<Apps>, ctx: &mut Self::Context) -> Self::Result {
+        let reply = match request {
+            Request::OpenSession { app_id } => self.open_session(app_id, ctx),
+            Request::OpenChannel { app_id, peer } => self.open_channel(app_id, &peer),
+            Request::AcceptChannel { app_id, channel_id } => {
+                self.accept_channel(app_id, channel_id, ctx)
+            }
+            Request::Send {
+                app_id,
+                peer,
+                payload,
+            } => self.send(app_id, &peer, payload),
+            Request::Receive { app_id } => self.receive(app_id),
+            Request::ListApps { only } => ready(self.list_apps(only)),
+        };
+        Box::pin(async move { reply.await.map_err(ServiceError::from) })
+    }
+}
+
+impl OverlayService {
+    fn open_session(&mut self, app_id: String, ctx: &mut Context<Self>) -> Reply {
+        if let Err(e) = validate_app_id(&app_id).and_then(|()| self.mailbox.register_app(&app_id)) {
+            return ready(Err(e));
+        }
+        let live: usize = self.apps.values().map(|a| a.sessions.len()).sum();
+        if live >= MAX_SESSIONS {
+            return ready(Err(Error::Busy {
+                what: "live app sessions",
+                limit: MAX_SESSIONS,
+            }));
+        }
+        let (tx, incoming) = mpsc::channel(SESSION_BUFFER);
+        let id = self.next_session;
+        self.next_session += 1;
+        self.apps
+            .entry(app_id.clone())
+            .or_default()
+            .sessions
+            .push(SessionSlot { id, tx: tx.clone() });
+        // The session ends when the client drops its receiver.
+        let app = app_id.clone();
+        ctx.spawn(
+            async move { tx.closed().await }
+                .into_actor(self)
+                .map(move |(), act, _| act.end_session(&app, id)),
+        );
+        let registered = Registered {
+            app_id,
+            peer_id: self.net.local_peer_id().to_string(),
+        };
+        let mailbox = self.mailbox.clone();
+        Box::pin(async move {
+            mailbox.flush().await?;
+            Ok(Response::Session(Session {
+                registered,
+                incoming,
+            }))
+        })
+    }
+
+    fn end_session(&mut self, app_id: &str, id: u64) {
+        if let Some(app) = self.apps.get_mut(app_id) {
+            app.sessions.retain(|s| s.id != id);
+            if app.sessions.is_empty() {
+                self.apps.remove(app_id);
+            }
+        }
+    }
+
+    fn open_channel(&mut self, app_id: String, peer: &str) -> Reply {
+        let target = validate_app_id(&app_id).and_then(|()| parse_target(peer));
+        let (peer, addrs) = match target {
+            Ok(t) => t,
+            Err(e) => return ready(Err(e)),
+        };
+        let Ok(permit) = self.opens.clone().try_acquire_owned() else {
+            return ready(Err(Error::Busy {
+                what: "channel opens in progress",
+                limit: MAX_OPENS,
+            }));
+        };
+        let (net, control, store) = (
+            self.net.clone(),
+            self.control.clone(),
+            self.ctx.store.clone(),
+        );
+        Box::pin(async move {
+            let _permit = permit;
+            let stream = channel::open(net, control, store, app_id, peer, addrs).await?;
+            Ok(Response::Channel(stream))
+        })
+    }
+
+    fn accept_channel(
+        &mut self,
+        app_id: String,
+        channel_id: u64,
+        ctx: &mut Context<Self>,
+    ) -> Reply {
+        match self.pending.remove(&channel_id) {
+            Some(pending) if pending.app_id == app_id => {
+                ctx.cancel_future(pending.expiry);
+                let PendingChannel { peer, io, .. } = pending;
+                Box::pin(async move {
+                    let stream = channel::accept(io, channel_id, peer, app_id).await?;
+                    Ok(Response::Channel(stream))
+                })
+            }
+            other => {
+                if let Some(pending) = other {
+                    self.pending.insert(channel_id, pending);
+                }
+                ready(Err(Error::ChannelNotFound { app_id, channel_id }))
+            }
+        }
+    }
+
+    fn expire(&mut self, channel_id: u64) {
+        if let Some(pending) = self.pending.remove(&channel_id) {
+            let welcome = channel::welcome(
+                channel_welcome::Result::Timeout,
+                format!(
+                    "app '{}' did not accept the channel within 30 s",
+                    pending.app_id
+                ),
+            );
+            // Bounded by the write timeout and by the pending limit.
+            tokio::spawn(refuse(Refusal {
+                io: pending.io,
+                welcome,
+            }));
+        }
+    }
+
+    fn send(&mut self, app_id: String, peer: &str, payload: Bytes) -> Reply {
+        let checked = validate_app_id(&app_id).and_then(|()| {
+            if payload.len() > MAX_PAYLOAD {
+                return Err(Error::MessageTooLarge {
+                    size: payload.len(),
+                });
+            }
+            let (peer, addrs) = parse_target(peer)?;
+            if peer == self.net.local_peer_id() {
+                return Err(Error::SelfTarget(peer));
+            }
+            Ok((peer, addrs))
+        });
+        let (peer, addrs) = match checked {
+            Ok(t) => t,
+            Err(e) => return ready(Err(e)),
+        };
+        self.net.remember(peer, addrs);
+        let size = payload.len();
+        let frame = match self
+            .mailbox
+            .register_app(&app_id)
+            .and_then(|()| self.mailbox.enqueue(&peer, &app_id, payload))
+        {
+            Ok(frame) => frame,
+            Err(e) => return ready(Err(e)),
+        };
+        let (mailbox, delivery) = (self.mailbox.clone(), self.delivery.clone());
+        Box::pin(async move {
+            mailbox.flush().await?;
+            let state = match delivery.deliver(peer, frame.sequence, SEND_WAIT).await {
+                Outcome::Delivered => DeliveryState::Delivered,
+                Outcome::Queued => DeliveryState::Queued,
+                Outcome::UnknownApp => return Err(Error::AppNotRegistered { app_id, peer }),
+                Outcome::TooLarge => return Err(Error::MessageTooLarge { size }),
+            };
+            Ok(Response::Sent(SendReply {
+                message_id: frame.message_id,
+                state: state.into(),
+            }))
+        })
+    }
+
+    fn receive(&mut self, app_id: String) -> Reply {
+        if let Err(e) = validate_app_id(&app_id).and_then(|()| self.mailbox.register_app(&app_id)) {
+            return ready(Err(e));
+        }
+        let (tx, rx) = mpsc::channel(RECEIVE_BUFFER);
+        let feeder = AbortOnDrop::spawn(feed_inbox(app_id.clone(), self.mailbox.clone(), tx));
+        // A new `Receive` replaces the old one, which ends.
+        self.receivers.insert(app_id, feeder);
+        ready(Ok(Response::Inbox(rx)))
+    }
+
+    fn list_apps(&self, only: Option<String>) -> Result<Response, Error> {
+        let mut names: BTreeSet<String> = match &only {
+            Some(app) => BTreeSet::from([app.clone()]),
+            None => self.mailbox.apps()?.into_iter().collect(),
+        };
+        names.extend(
+            self.apps
+                .keys()
+                .filter(|a| only.as_ref().is_none_or(|o| o == *a))
+                .cloned(),
+        );
+        let mut apps = Vec::new();
+        for app_id in names {
+            let sessions = self.apps.get(&app_id).map_or(0, |a| a.sessions.len());
+            if only.is_some() && sessions == 0 && !self.mailbox.is_app_known(&app_id)? {
+                continue;
+            }
+            apps.push(AppInfo {
+                sessions: u32::try_from(sessions).unwrap_or(u32::MAX),
+                inbox: self.mailbox.inbox_count(&app_id)?,
+                outbox: self.mailbox.outbox_count(&app_id)?,
+                app_id,
+            });
+        }
+        Ok(Response::Apps(ListAppsReply { apps }))
+    }
+}
+
+impl Handler<InboundChannel> for OverlayService {
+    type Result = Result<(), Refusal>;
+
+    fn handle(&mut self, msg: InboundChannel, ctx: &mut Self::Context) -> Self::Result {
+        let InboundChannel { peer, app_id, io } = msg;
+        let refusal = |io, result, message| Refusal {
+            io,
+            welcome: channel::welcome(result, message),
+        };
+        let max = usize::try_from(self.ctx.config.max_channels).unwrap_or(usize::MAX);
+        if self.pending.len() >= max {
+            let why = format!("{max} channels are waiting to be accepted");
+            return Err(refusal(io, channel_welcome::Result::Busy, why));
+        }
+        let local = self.net.local_peer_id();
+        let session = self
+            .apps
+            .get(&app_id)
+            .and_then(|a| a.sessions.iter().rev().find(|s| !s.tx.is_closed()));
+        let Some(session) = session else {
+            let why = format!("app '{app_id}' is not running on peer {local}");
+            return Err(refusal(io, channel_welcome::Result::AppNotListening, why));
+        };
+        let channel_id = match self.ctx.store.next_id() {
+            Ok(id) => id,
+            Err(e) => {
+                warn!("cannot number a channel: {e}");
+                let why = "the node cannot take channels now".to_owned();
+                return Err(refusal(io, channel_welcome::Result::Busy, why));
+            }
+        };
+        let announce = IncomingChannel {
+            channel_id,
+            peer_id: peer.to_string(),
+            app_id: app_id.clone(),
+        };
+        if let Err(e) = session.tx.try_send(announce) {
+            let (result, why) = match e {
+                mpsc::error::TrySendError::Full(_) => (
+                    channel_welcome::Result::Busy,
+                    format!("app '{app_id}' has too many channels waiting to be accepted"),
+                ),
+                mpsc::error::TrySendError::Closed(_) => (
+                    channel_welcome::Result::AppNotListening,
+                    format!("app '{app_id}' is not running on peer {local}"),
+                ),
+            };
+            return Err(refusal(io, result, why));
+        }
+        let expiry = ctx.run_later(channel::ACCEPT_WINDOW, move |act, _| act.expire(channel_id));
+        self.pending.insert(
+            channel_id,
+            PendingChannel {
+                peer,
+                app_id,
+                io,
+                expiry,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Streams the inbox of `app_id` into `tx`, oldest first, then new messages as they arrive.
+/// A message leaves the inbox once it is in `tx`.
+async fn feed_inbox(app_id: String, mailbox: Arc<Mailbox>, tx: mpsc::Sender<ReceivedMessage>) {
+    let mut arrivals = mailbox.subscribe(&app_id);
+    loop {
+        arrivals.borrow_and_update();
+        let batch = match mailbox.inbox(&app_id, RECEIVE_BATCH) {
+            Ok(batch) => batch,
+            Err(e) => {
+                warn!(app_id, "cannot read the inbox: {e}");
+                return;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                changed = arrivals.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+            continue;
+        }
+        for (key, message) in batch {
+            if tx.send(message).await.is_err() {
+                return;
+            }
+            // No await between the hand-over and the removal: an abort cannot split them.
+            if let Err(e) = mailbox.remove_incoming(&key, &app_id) {
+                warn!(
+                    app_id,
+                    "cannot remove a delivered message from the inbox: {e}"
+                );
+                return;
+            }
+        }
+        if let Err(e) = mailbox.flush().await {
+            warn!(app_id, "cannot flush the inbox: {e}");
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! App channels over `/p2pos/channel/1`: opening one to a peer (connect, hello, welcome) and
+//! accepting a pending inbound one. Both end in a [`ChannelStream`] that the gateway splices
+//! onto the client's gRPC stream; no channel byte passes through the actor.
+
+use std::{sync::Arc, time::Duration};
+
+use libp2p::{Multiaddr, PeerId};
+use libp2p_stream::{Control, OpenStreamError};
+use p2pos_kernel::{Store, protocols::apps::ChannelStream, wire};
+use p2pos_proto::wire::v1::{ChannelHello, ChannelWelcome, channel_welcome};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::{
+    Error,
+    frame::{read_message, write_message},
+    inbound::Io,
+    network::{CHANNEL_PROTOCOL, NetHandle},
+};
+
+/// How long connecting to the peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening the stream and writing the hello may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the remote app may take to accept (it has 30 s, plus the way there and back).
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long writing the welcome may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an inbound channel may wait to be accepted.
+pub(crate) const ACCEPT_WINDOW: Duration = Duration::from_secs(30);
+
+/// Opens a channel to `app_id` on `peer` and waits until the remote app accepts it.
+pub(crate) async fn open(
+    net: NetHandle,
+    mut control: Control,
+    store: Arc<dyn Store>,
+    app_id: String,
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+) -> Result<ChannelStream, Error> {
+    net.connect(peer, addrs, CONNECT_TIMEOUT).await?;
+    let broken = |reason: String| Error::Protocol {
+        peer,
+        protocol: wire::CHANNEL_PROTOCOL,
+        reason,
+    };
+    let stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, CHANNEL_PROTOCOL))
+        .await
+        .map_err(|_| broken(format!("no stream within {OPEN_TIMEOUT:?}")))?
+        .map_err(|e| match e {
+            OpenStreamError::UnsupportedProtocol(_) => Error::Unreachable {
+                peer,
+                reason: "it does not speak /p2pos/channel/1 (not a P2P OS node?)".into(),
+            },
+            other => Error::Unreachable {
+                peer,
+                reason: other.to_string(),
+            },
+        })?;
+    let mut io = stream.compat();
+    let hello = ChannelHello {
+        app_id: app_id.clone(),
+    };
+    write_message(&mut io, &hello, OPEN_TIMEOUT)
+        .await
+        .map_err(|e| broken(e.to_string()))?;
+    let welcome: ChannelWelcome = read_message(&mut io, wire::MAX_CONTROL_FRAME, WELCOME_TIMEOUT)
+        .await
+        .map_err(|e| broken(e.to_string()))?;
+    let ChannelWelcome { result, message } = welcome;
+    match channel_welcome::Result::try_from(result) {
+        Ok(channel_welcome::Result::Accepted) => Ok(ChannelStream {
+            channel_id: store.next_id()?,
+            peer_id: peer.to_string(),
+            app_id,
+            inbound: false,
+            io: Box::new(io),
+        }),
+        Ok(channel_welcome::Result::AppNotListening) => {
+            Err(Error::AppNotListening { app_id, peer })
+        }
+        Ok(channel_welcome::Result::Timeout) => Err(Error::ChannelNotAccepted { app_id, peer }),
+        Ok(channel_welcome::Result::Busy) => Err(Error::ChannelRefused { peer, message }),
+        Err(_) => Err(broken(format!(
+            "unknown welcome result {result}: {message}"
+        ))),
+    }
+}
+
+/// Accepts a pending inbound channel: answers the opener and hands over the stream.
+pub(crate) async fn accept(
+    mut io: Io,
+    channel_id: u64,
+    peer: PeerId,
+    app_id: String,
+) -> Result<ChannelStream, Error> {
+    let welcome = ChannelWelcome {
+        result: channel_welcome::Result::Accepted.into(),
+        message: String::new(),
+    };
+    write_message(&mut io, &welcome, WRITE_TIMEOUT)
+        .await
+        .map_err(|e| Error::Protocol {
+            peer,
+            protocol: wire::CHANNEL_PROTOCOL,
+            reason: format!("the opener went away: {e}"),
+        })?;
+    Ok(ChannelStream {
+        channel_id,
+        peer_id: peer.to_string(),
+        app_id,
+        inbound: true,
+        io: Box::new(io),
+    })
+}
+
+/// A refusal to write on an inbound channel.
+pub(crate) fn welcome(result: channel_welcome::Result, message: String) -> ChannelWelcome {
+    ChannelWelcome {
+        result: result.into(),
+        message,
+    }
+}

@@ -1,0 +1,419 @@
+//! Outbound store-and-forward: a manager task keeps one delivery task per peer with messages
+//! waiting; each drains that peer's outbox in sequence order over `/p2pos/msg/1`, one frame and
+//! one acknowledgement at a time, and deletes what the peer acknowledged.
+//!
+//! A delivery task runs while its peer has messages waiting: it tries at once, then backs off
+//! (5 s doubling to 60 s) and retries early whenever the peer connects or a new message comes
+//! while the peer is not known to be failing. `Send` waits (briefly) for the outcome of its own
+//! message through [`Delivery::deliver`].
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+use libp2p::PeerId;
+use libp2p_stream::Control;
+use p2pos_kernel::{EventBus, wire};
+use p2pos_proto::{
+    monitor::v1::{MessageDelivered, MessageFailed, event::Kind},
+    wire::v1::{MessageAck, MessageFrame, message_ack},
+};
+use tokio::{
+    sync::{Notify, broadcast, mpsc, oneshot},
+    task::JoinSet,
+};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tracing::{debug, warn};
+
+use crate::{
+    Error,
+    frame::{read_message, write_message},
+    mailbox::Mailbox,
+    network::{MESSAGE_PROTOCOL, NetEvent, NetHandle},
+};
+
+/// Commands waiting for the manager.
+const COMMAND_BUFFER: usize = 64;
+/// Reports from delivery tasks waiting for the manager.
+const REPORT_BUFFER: usize = 256;
+/// Most `Send` calls waiting for their outcome at once.
+const MAX_WAITERS: usize = 4096;
+/// Outcomes kept for a `Send` whose wait starts after its message was delivered.
+const RECENT_OUTCOMES: usize = 256;
+/// Messages read from the outbox at a time.
+const BATCH: usize = 16;
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the peer may take to store and acknowledge one message.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// First and longest wait before retrying a peer.
+const RETRY_MIN: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// What became of one message, as a `Send` call learns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The peer stored it.
+    Delivered,
+    /// The peer does not know the app; the message is dropped.
+    UnknownApp,
+    /// The peer refused the payload's size; the message is dropped.
+    TooLarge,
+    /// Still in the outbox.
+    Queued,
+}
+
+enum Command {
+    Deliver {
+        peer: PeerId,
+        sequence: u64,
+        reply: oneshot::Sender<Outcome>,
+    },
+}
+
+enum Report {
+    Acked {
+        peer: PeerId,
+        sequence: u64,
+        outcome: Outcome,
+    },
+    Failed {
+        peer: PeerId,
+    },
+}
+
+/// A cheap, cloneable handle to the delivery manager.
+#[derive(Clone)]
+pub(crate) struct Delivery {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Delivery {
+    /// Starts delivering message `sequence` (already durable in the outbox) and waits up to
+    /// `limit` for its outcome.
+    pub(crate) async fn deliver(&self, peer: PeerId, sequence: u64, limit: Duration) -> Outcome {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Deliver {
+            peer,
+            sequence,
+            reply,
+        };
+        if self.tx.send(cmd).await.is_err() {
+            return Outcome::Queued;
+        }
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => Outcome::Queued,
+        }
+    }
+}
+
+/// What every delivery task needs.
+struct Shared {
+    mailbox: Arc<Mailbox>,
+    net: NetHandle,
+    control: Control,
+    events: EventBus,
+}
+
+struct Slot {
+    kick: Arc<Notify>,
+    /// The last attempt failed and the peer has not connected since.
+    failing: bool,
+}
+
+/// Spawns the manager; it runs until the handle and the network are gone (or it is aborted).
+pub(crate) fn start(
+    mailbox: Arc<Mailbox>,
+    net: NetHandle,
+    control: Control,
+    events: EventBus,
+) -> (Delivery, tokio::task::JoinHandle<()>) {
+    let (tx, commands) = mpsc::channel(COMMAND_BUFFER);
+    let (reports_tx, reports) = mpsc::channel(REPORT_BUFFER);
+    let manager = Manager {
+        net_events: net.subscribe(),
+        shared: Arc::new(Shared {
+            mailbox,
+            net,
+            control,
+            events,
+        }),
+        commands,
+        reports,
+        reports_tx,
+        slots: HashMap::new(),
+        tasks: JoinSet::new(),
+        waiters: HashMap::new(),
+        recent: VecDeque::new(),
+    };
+    (Delivery { tx }, tokio::spawn(manager.run()))
+}
+
+struct Manager {
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    reports: mpsc::Receiver<Report>,
+    reports_tx: mpsc::Sender<Report>,
+    net_events: broadcast::Receiver<NetEvent>,
+    slots: HashMap<PeerId, Slot>,
+    /// Delivery tasks; dropping the manager aborts them all.
+    tasks: JoinSet<PeerId>,
+    waiters: HashMap<(PeerId, u64), oneshot::Sender<Outcome>>,
+    recent: VecDeque<((PeerId, u64), Outcome)>,
+}
+
+impl Manager {
+    async fn run(mut self) {
+        match self.shared.mailbox.pending_peers() {
+            Ok(peers) => peers.into_iter().for_each(|p| self.ensure(p)),
+            Err(e) => warn!("cannot read the outbox: {e}"),
+        }
+        let mut net_open = true;
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => return,
+                },
+                Some(report) = self.reports.recv() => self.on_report(report),
+                event = self.net_events.recv(), if net_open => match event {
+                    Ok(NetEvent::Connected(peer)) => self.on_connected(peer),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let peers: Vec<PeerId> = self.slots.keys().copied().collect();
+                        peers.into_iter().for_each(|p| self.on_connected(p));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => net_open = false,
+                },
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Ok(peer) = done {
+                        self.slots.remove(&peer);
+                        // A message may have come in as the task finished.
+                        if self.shared.mailbox.has_outgoing(&peer).unwrap_or(false) {
+                            self.ensure(peer);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let Command::Deliver {
+            peer,
+            sequence,
+            reply,
+        } = command;
+        if let Some((_, outcome)) = self.recent.iter().find(|(k, _)| *k == (peer, sequence)) {
+            let _ = reply.send(*outcome);
+            return;
+        }
+        if self.slots.get(&peer).is_some_and(|s| s.failing) {
+            // The peer was unreachable moments ago; it will be retried on its own schedule.
+            let _ = reply.send(Outcome::Queued);
+            return;
+        }
+        if self.waiters.len() < MAX_WAITERS {
+            self.waiters.insert((peer, sequence), reply);
+        }
+        self.ensure(peer);
+        if let Some(slot) = self.slots.get(&peer) {
+            slot.kick.notify_one();
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Acked {
+                peer,
+                sequence,
+                outcome,
+            } => {
+                if let Some(slot) = self.slots.get_mut(&peer) {
+                    slot.failing = false;
+                }
+                match self.waiters.remove(&(peer, sequence)) {
+                    Some(w) => {
+                        let _ = w.send(outcome);
+                    }
+                    None => {
+                        if self.recent.len() >= RECENT_OUTCOMES {
+                            self.recent.pop_front();
+                        }
+                        self.recent.push_back(((peer, sequence), outcome));
+                    }
+                }
+            }
+            Report::Failed { peer } => {
+                if let Some(slot) = self.slots.get_mut(&peer) {
+                    slot.failing = true;
+                }
+                let keys: Vec<_> = self
+                    .waiters
+                    .keys()
+                    .filter(|(p, _)| *p == peer)
+                    .copied()
+                    .collect();
+                for k in keys {
+                    if let Some(w) = self.waiters.remove(&k) {
+                        let _ = w.send(Outcome::Queued);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_connected(&mut self, peer: PeerId) {
+        if let Some(slot) = self.slots.get_mut(&peer) {
+            slot.failing = false;
+            slot.kick.notify_one();
+        } else if self.shared.mailbox.has_outgoing(&peer).unwrap_or(false) {
+            self.ensure(peer);
+        }
+    }
+
+    /// Makes sure a delivery task runs for `peer`.
+    fn ensure(&mut self, peer: PeerId) {
+        if self.slots.contains_key(&peer) {
+            return;
+        }
+        let kick = Arc::new(Notify::new());
+        self.slots.insert(
+            peer,
+            Slot {
+                kick: kick.clone(),
+                failing: false,
+            },
+        );
+        let shared = self.shared.clone();
+        let reports = self.reports_tx.clone();
+        self.tasks.spawn(deliver_to(peer, kick, shared, reports));
+    }
+}
+
+/// Delivers everything waiting for `peer`, retrying with back-off; ends once the outbox for
+/// `peer` is empty.
+async fn deliver_to(
+    peer: PeerId,
+    kick: Arc<Notify>,
+    shared: Arc<Shared>,
+    reports: mpsc::Sender<Report>,
+) -> PeerId {
+    let mut backoff = RETRY_MIN;
+    loop {
+        match drain(peer, &shared, &reports).await {
+            Ok(()) => return peer,
+            Err(e) => {
+                debug!(%peer, "message delivery failed; will retry: {e}");
+                let _ = reports.send(Report::Failed { peer }).await;
+            }
+        }
+        tokio::select! {
+            _ = kick.notified() => backoff = RETRY_MIN,
+            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(RETRY_MAX),
+        }
+    }
+}
+
+/// One attempt: connects, then sends the outbox for `peer` in order until it is empty.
+async fn drain(peer: PeerId, shared: &Shared, reports: &mpsc::Sender<Report>) -> Result<(), Error> {
+    let mut io = None;
+    loop {
+        // What is sent must be durable here first: a sequence number the peer has seen must
+        // never be handed out again after a crash.
+        shared.mailbox.flush().await?;
+        let batch = shared.mailbox.outgoing(&peer, BATCH)?;
+        if batch.is_empty() {
+            if let Some(mut io) = io {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+            }
+            return Ok(());
+        }
+        if io.is_none() {
+            shared
+                .net
+                .connect(peer, Vec::new(), CONNECT_TIMEOUT)
+                .await?;
+            let stream = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                shared.control.clone().open_stream(peer, MESSAGE_PROTOCOL),
+            )
+            .await
+            .map_err(|_| broken(peer, "no stream within 10 s".into()))?
+            .map_err(|e| broken(peer, e.to_string()))?;
+            io = Some(stream.compat());
+        }
+        let Some(stream) = io.as_mut() else {
+            continue; // just set above
+        };
+        for frame in batch {
+            write_message(stream, &frame, ACK_TIMEOUT)
+                .await
+                .map_err(|e| broken(peer, e.to_string()))?;
+            let ack: MessageAck = read_message(stream, wire::MAX_CONTROL_FRAME, ACK_TIMEOUT)
+                .await
+                .map_err(|e| broken(peer, e.to_string()))?;
+            if ack.sequence != frame.sequence {
+                return Err(broken(
+                    peer,
+                    format!(
+                        "acknowledged {} instead of {}",
+                        ack.sequence, frame.sequence
+                    ),
+                ));
+            }
+            let outcome = match message_ack::Result::try_from(ack.result) {
+                Ok(message_ack::Result::Stored) => Outcome::Delivered,
+                Ok(message_ack::Result::UnknownApp) => Outcome::UnknownApp,
+                Ok(message_ack::Result::TooLarge) => Outcome::TooLarge,
+                Err(_) => return Err(broken(peer, format!("unknown ack result {}", ack.result))),
+            };
+            shared.mailbox.remove_outgoing(&peer, &frame)?;
+            publish(&shared.events, peer, &frame, outcome);
+            let _ = reports
+                .send(Report::Acked {
+                    peer,
+                    sequence: frame.sequence,
+                    outcome,
+                })
+                .await;
+        }
+    }
+}
+
+fn publish(events: &EventBus, peer: PeerId, frame: &MessageFrame, outcome: Outcome) {
+    let reason = match outcome {
+        Outcome::Delivered => {
+            events.publish(Kind::MessageDelivered(MessageDelivered {
+                inbound: false,
+                peer_id: peer.to_string(),
+                app_id: frame.app_id.clone(),
+                message_id: frame.message_id,
+            }));
+            return;
+        }
+        Outcome::UnknownApp => format!("app {} is not registered on peer {peer}", frame.app_id),
+        Outcome::TooLarge => format!(
+            "peer {peer} refused a payload of {} bytes",
+            frame.payload.len()
+        ),
+        Outcome::Queued => return,
+    };
+    warn!(%peer, app_id = frame.app_id, message_id = frame.message_id, "message dropped: {reason}");
+    events.publish(Kind::MessageFailed(MessageFailed {
+        peer_id: peer.to_string(),
+        app_id: frame.app_id.clone(),
+        message_id: frame.message_id,
+        reason,
+    }));
+}
+
+fn broken(peer: PeerId, reason: String) -> Error {
+    Error::Protocol {
+        peer,
+        protocol: wire::MESSAGE_PROTOCOL,
+        reason,
+    }
+}

@@ -1,0 +1,179 @@
+//! Inbound `/p2pos/...` streams, served in tasks (never in the swarm task or the actor): accept
+//! loops with bounded concurrency, the receiving side of the channel handshake, and the
+//! receiving side of store-and-forward messages.
+
+use std::{sync::Arc, time::Duration};
+
+use actix::{Message, Recipient};
+use futures::StreamExt;
+use libp2p::{PeerId, Stream};
+use libp2p_stream::IncomingStreams;
+use p2pos_kernel::{EventBus, wire};
+use p2pos_proto::{
+    monitor::v1::{MessageDelivered, event::Kind},
+    wire::v1::{ChannelHello, ChannelWelcome, MessageAck, MessageFrame, message_ack},
+};
+use tokio::{io::AsyncWriteExt, task::JoinSet};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tracing::{debug, warn};
+
+use crate::{
+    frame::{read_message, write_message},
+    mailbox::{Incoming, Mailbox},
+};
+
+/// How long a peer may take to send its `ChannelHello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a message stream may stay silent before it is closed.
+const MESSAGE_IDLE: Duration = Duration::from_secs(60);
+/// How long writing a handshake or acknowledgement frame may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A libp2p stream as tokio I/O.
+pub(crate) type Io = Compat<Stream>;
+
+/// A remote peer asks for a channel to `app_id`; the actor keeps it pending or refuses it.
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub(crate) struct InboundChannel {
+    /// The remote peer.
+    pub(crate) peer: PeerId,
+    /// The app it asked for.
+    pub(crate) app_id: String,
+    /// The stream, after the hello.
+    pub(crate) io: Io,
+}
+
+/// The stream of a refused channel, with the answer to write on it.
+pub(crate) struct Refusal {
+    /// The stream.
+    pub(crate) io: Io,
+    /// Why it is refused.
+    pub(crate) welcome: ChannelWelcome,
+}
+
+/// Serves each stream of `incoming` with `serve`, at most `limit` at once; further streams
+/// are dropped (the remote sees a reset) until one finishes. Ends when the swarm is gone.
+pub(crate) async fn accept_loop<F, Fut>(
+    mut incoming: IncomingStreams,
+    limit: usize,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(PeerId, Stream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            next = incoming.next() => match next {
+                Some((peer, stream)) => {
+                    if tasks.len() >= limit {
+                        warn!(%peer, "refusing an inbound {what} stream: {limit} already open");
+                        drop(stream);
+                    } else {
+                        tasks.spawn(serve(peer, stream));
+                    }
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+/// Reads the hello of an inbound channel and hands the stream to the actor.
+pub(crate) async fn serve_channel(peer: PeerId, stream: Stream, actor: Recipient<InboundChannel>) {
+    let mut io = stream.compat();
+    let hello: ChannelHello =
+        match read_message(&mut io, wire::MAX_CONTROL_FRAME, HELLO_TIMEOUT).await {
+            Ok(hello) => hello,
+            Err(e) => {
+                debug!(%peer, "bad channel hello: {e}");
+                return;
+            }
+        };
+    let ChannelHello { app_id } = hello;
+    let refusal = match actor.send(InboundChannel { peer, app_id, io }).await {
+        Ok(Ok(())) => return,
+        Ok(Err(refusal)) => refusal,
+        Err(_) => return, // the service is going away; the stream closes
+    };
+    refuse(refusal).await;
+}
+
+/// Writes a refusal on a channel stream and closes it.
+pub(crate) async fn refuse(refusal: Refusal) {
+    let Refusal { mut io, welcome } = refusal;
+    if write_message(&mut io, &welcome, WRITE_TIMEOUT)
+        .await
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, io.shutdown()).await;
+    }
+}
+
+/// Receives messages from `peer`: stores each at most once, durably, then acknowledges it.
+pub(crate) async fn serve_messages(
+    peer: PeerId,
+    stream: Stream,
+    mailbox: Arc<Mailbox>,
+    events: EventBus,
+) {
+    let mut io = stream.compat();
+    loop {
+        let frame: MessageFrame =
+            match read_message(&mut io, wire::MAX_MESSAGE_FRAME, MESSAGE_IDLE).await {
+                Ok(frame) => frame,
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                        debug!(%peer, "message stream ended: {e}");
+                    }
+                    break;
+                }
+            };
+        let sequence = frame.sequence;
+        let (app_id, message_id) = (frame.app_id.clone(), frame.message_id);
+        let result = match mailbox.accept_incoming(&peer, frame) {
+            Ok(result) => result,
+            Err(e) => {
+                // Not acknowledged: the sender keeps it and retries later.
+                warn!(%peer, "cannot store a message: {e}");
+                break;
+            }
+        };
+        let ack = match result {
+            Incoming::Stored => {
+                if let Err(e) = mailbox.flush().await {
+                    warn!(%peer, "cannot store a message: {e}");
+                    break;
+                }
+                events.publish(Kind::MessageDelivered(MessageDelivered {
+                    inbound: true,
+                    peer_id: peer.to_string(),
+                    app_id: app_id.clone(),
+                    message_id,
+                }));
+                mailbox.signal(&app_id);
+                message_ack::Result::Stored
+            }
+            Incoming::Duplicate => message_ack::Result::Stored,
+            Incoming::UnknownApp => message_ack::Result::UnknownApp,
+            Incoming::TooLarge => message_ack::Result::TooLarge,
+            Incoming::InboxFull => {
+                // No acknowledgement: the sender keeps the message and retries later.
+                debug!(%peer, app_id, "inbox full; refusing messages for now");
+                break;
+            }
+        };
+        let ack = MessageAck {
+            sequence,
+            result: ack.into(),
+        };
+        if let Err(e) = write_message(&mut io, &ack, WRITE_TIMEOUT).await {
+            debug!(%peer, "cannot acknowledge a message: {e}");
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, io.shutdown()).await;
+}

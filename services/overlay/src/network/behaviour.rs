@@ -1,0 +1,150 @@
+//! The libp2p stack: transports (TCP and QUIC, noise, yamux, relay client) and the combined
+//! [`Behaviour`] (limits, identify, ping, Kademlia, mDNS, AutoNAT, relay, DCUtR, streams).
+
+use std::{num::NonZeroUsize, time::Duration};
+
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify,
+    identity::Keypair,
+    kad, mdns, memory_connection_limits, noise, ping, relay,
+    swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
+    tcp, yamux,
+};
+use p2pos_kernel::Config;
+use tracing::warn;
+
+use crate::Error;
+
+/// The identify protocol version string this node announces.
+pub(crate) const PROTOCOL_VERSION: &str = "/p2pos/1.0.0";
+/// How often connected peers are pinged.
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a connection without streams stays open.
+pub(crate) const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a Kademlia query may run.
+pub(crate) const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pending (not yet established) connections allowed in each direction.
+const MAX_PENDING: u32 = 64;
+/// Fraction of the machine's memory above which new connections are refused.
+const MAX_MEMORY_FRACTION: f64 = 0.9;
+
+/// The agent version this node announces through identify.
+pub(crate) fn agent_version() -> String {
+    format!("p2posd/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Every protocol the overlay speaks, in one behaviour.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    /// Connection counts from the configuration.
+    pub(crate) limits: connection_limits::Behaviour,
+    /// Refuses connections when memory runs short.
+    pub(crate) memory: memory_connection_limits::Behaviour,
+    /// `/ipfs/id/1.0.0`: agent, listen addresses, observed address.
+    pub(crate) identify: identify::Behaviour,
+    /// `/ipfs/ping/1.0.0`: liveness and round-trip time.
+    pub(crate) ping: ping::Behaviour,
+    /// The DHT, off with `--no-kademlia`.
+    pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    /// LAN discovery, off with `--no-mdns`.
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Whether this node is publicly reachable.
+    pub(crate) autonat: autonat::Behaviour,
+    /// Serves as a circuit relay (only once an external address is confirmed).
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    /// Reserves slots on relays and dials through them.
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// Hole punching through relayed connections.
+    pub(crate) dcutr: dcutr::Behaviour,
+    /// The `/p2pos/...` protocols, served outside the swarm task.
+    pub(crate) stream: libp2p_stream::Behaviour,
+}
+
+/// Builds the swarm from the node's identity and configuration.
+pub(crate) fn build_swarm(keypair: &Keypair, config: &Config) -> Result<Swarm<Behaviour>, Error> {
+    let setup = |e: &dyn std::fmt::Display| Error::Setup(e.to_string());
+    let swarm = SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(&e))?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| behaviour(key, relay_client, config))
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+fn behaviour(key: &Keypair, relay_client: relay::client::Behaviour, config: &Config) -> Behaviour {
+    let peer_id = key.public().to_peer_id();
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.max_connections))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(MAX_PENDING))
+        .with_max_pending_outgoing(Some(MAX_PENDING));
+    let identify = identify::Behaviour::new(
+        identify::Config::new(PROTOCOL_VERSION.to_owned(), key.public())
+            .with_agent_version(agent_version())
+            .with_push_listen_addr_updates(true),
+    );
+    let kad = config.kademlia.then(|| {
+        let mut kad_config = kad::Config::new(kad::PROTOCOL_NAME);
+        kad_config.set_query_timeout(KAD_QUERY_TIMEOUT);
+        if let Some(k) = NonZeroUsize::new(20) {
+            kad_config.set_replication_factor(k);
+        }
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // Serve the DHT from the start: AutoNAT moves it to client mode if it finds the node
+        // private. Without this, nodes on a LAN or loopback never enter routing tables.
+        kad.set_mode(Some(kad::Mode::Server));
+        kad
+    });
+    let mdns = match config.mdns {
+        true => match mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id) {
+            Ok(mdns) => Some(mdns),
+            Err(e) => {
+                // No multicast here (a container, say): the node works without LAN discovery.
+                warn!("mDNS is off: {e}");
+                None
+            }
+        },
+        false => None,
+    };
+    let relay = config.relay_server.then(|| {
+        relay::Behaviour::new(
+            peer_id,
+            relay::Config {
+                max_reservations: 128,
+                max_reservations_per_peer: 4,
+                max_circuits: 16,
+                max_circuits_per_peer: 4,
+                ..relay::Config::default()
+            },
+        )
+    });
+    Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        memory: memory_connection_limits::Behaviour::with_max_percentage(MAX_MEMORY_FRACTION),
+        identify,
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+        kad: Toggle::from(kad),
+        mdns: Toggle::from(mdns),
+        autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+        relay: Toggle::from(relay),
+        relay_client,
+        dcutr: dcutr::Behaviour::new(peer_id),
+        stream: libp2p_stream::Behaviour::new(),
+    }
+}
+
+/// The protocol id of the circuit relay server (hop), as identify reports it.
+pub(crate) fn is_relay_hop(protocol: &StreamProtocol) -> bool {
+    *protocol == relay::HOP_PROTOCOL_NAME
+}

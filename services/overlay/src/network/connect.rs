@@ -1,0 +1,370 @@
+//! Reaching peers from the swarm task: connect (given addresses, then known ones, then a
+//! Kademlia look-up, answering once a connection is established or every way has failed),
+//! DHT look-ups for `FindPeer`, and pings.
+
+use std::time::Duration;
+
+use libp2p::{
+    Multiaddr, PeerId, kad, ping,
+    swarm::{
+        DialError,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::{Reply, behaviour::PING_INTERVAL, event_loop::EventLoop};
+use crate::Error;
+
+/// Most callers waiting on one peer at once.
+const MAX_WAITERS_PER_PEER: usize = 64;
+/// Most peers being connected to or looked up at once.
+const MAX_PENDING_PEERS: usize = 256;
+
+/// Callers waiting for a connection to one peer, and how far the attempt has got.
+pub(crate) struct PendingConnect {
+    pub(super) waiters: Vec<Reply<Multiaddr>>,
+    /// Addresses given by the caller or found in the DHT, not yet dialled.
+    addrs: Vec<Multiaddr>,
+    dialed: bool,
+    looked_up: bool,
+    last_error: Option<String>,
+}
+
+impl EventLoop {
+    /// Starts connecting to `peer`, or joins an attempt in progress.
+    pub(super) fn connect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, reply: Reply<Multiaddr>) {
+        if let Some(addr) = self.connection_addr(&peer) {
+            let _ = reply.send(Ok(addr));
+            return;
+        }
+        if !addrs.is_empty() {
+            self.book.add(peer, addrs.clone());
+        }
+        if let Some(pending) = self.connects.get_mut(&peer) {
+            if pending.waiters.len() >= MAX_WAITERS_PER_PEER {
+                let _ = reply.send(Err(busy(
+                    "callers waiting to connect to one peer",
+                    MAX_WAITERS_PER_PEER,
+                )));
+                return;
+            }
+            pending.waiters.push(reply);
+            pending.addrs.extend(addrs);
+            return;
+        }
+        if self.connects.len() >= MAX_PENDING_PEERS {
+            let _ = reply.send(Err(busy(
+                "connection attempts in progress",
+                MAX_PENDING_PEERS,
+            )));
+            return;
+        }
+        self.connects.insert(
+            peer,
+            PendingConnect {
+                waiters: vec![reply],
+                addrs,
+                dialed: false,
+                looked_up: false,
+                last_error: None,
+            },
+        );
+        self.advance(peer);
+    }
+
+    /// Takes the next step for a pending connection: dial, look up, or give up.
+    fn advance(&mut self, peer: PeerId) {
+        let kad_on = self.swarm.behaviour().kad.is_enabled();
+        let Some(pending) = self.connects.get_mut(&peer) else {
+            return;
+        };
+        if !pending.dialed {
+            pending.dialed = true;
+            let given = std::mem::take(&mut pending.addrs);
+            match self.dial(peer, given) {
+                Ok(()) => return,
+                Err(DialError::DialPeerConditionFalse(_)) => {
+                    // Another dial is in flight; its outcome moves this one on.
+                    if let Some(p) = self.connects.get_mut(&peer) {
+                        p.dialed = false;
+                    }
+                    return;
+                }
+                Err(DialError::NoAddresses) => {}
+                Err(e) => {
+                    if let Some(p) = self.connects.get_mut(&peer) {
+                        p.last_error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        let Some(pending) = self.connects.get_mut(&peer) else {
+            return;
+        };
+        if !pending.looked_up && kad_on {
+            pending.looked_up = true;
+            self.start_lookup(peer);
+            return;
+        }
+        let Some(pending) = self.connects.remove(&peer) else {
+            return;
+        };
+        let PendingConnect {
+            waiters,
+            last_error,
+            ..
+        } = pending;
+        let failure = || match &last_error {
+            Some(reason) => Error::Unreachable {
+                peer,
+                reason: reason.clone(),
+            },
+            None if kad_on => Error::PeerNotFound(peer),
+            None => Error::DhtDisabled,
+        };
+        for w in waiters {
+            let _ = w.send(Err(failure()));
+        }
+    }
+
+    /// Dials `peer` at `addrs` and every address known for it.
+    pub(super) fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), DialError> {
+        let mut all = addrs;
+        for a in self
+            .book
+            .addresses(&peer)
+            .into_iter()
+            .chain(self.kad_addresses(&peer))
+        {
+            if !all.contains(&a) {
+                all.push(a);
+            }
+        }
+        if all.is_empty() {
+            return Err(DialError::NoAddresses);
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(all)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        self.swarm.dial(opts)
+    }
+
+    /// Addresses of `peer` in the Kademlia routing table.
+    pub(super) fn kad_addresses(&mut self, peer: &PeerId) -> Vec<Multiaddr> {
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return Vec::new();
+        };
+        let Some(bucket) = kad.kbucket(*peer) else {
+            return Vec::new();
+        };
+        bucket
+            .iter()
+            .find(|e| e.node.key.preimage() == peer)
+            .map(|e| e.node.value.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The remote address of an open connection to `peer`.
+    fn connection_addr(&self, peer: &PeerId) -> Option<Multiaddr> {
+        self.connections
+            .get(peer)
+            .and_then(|c| c.first())
+            .map(|(_, a)| a.clone())
+    }
+
+    /// A connection to `peer` is open: answers everyone waiting for one.
+    pub(super) fn on_connected(&mut self, peer: PeerId, addr: Multiaddr) {
+        if let Some(pending) = self.connects.remove(&peer) {
+            for w in pending.waiters {
+                let _ = w.send(Ok(addr.clone()));
+            }
+        }
+    }
+
+    /// A dial of `peer` failed.
+    pub(super) fn on_dial_failed(&mut self, peer: PeerId, reason: String) {
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        debug!(%peer, "dial failed: {reason}");
+        let Some(pending) = self.connects.get_mut(&peer) else {
+            return;
+        };
+        pending.last_error = Some(reason);
+        if !self.lookup_of.contains_key(&peer) {
+            self.advance(peer);
+        }
+    }
+
+    fn start_lookup(&mut self, peer: PeerId) {
+        if self.lookup_of.contains_key(&peer) {
+            return;
+        }
+        // A routing table still empty right after connecting (identify has not answered yet)
+        // is seeded with the connected peers, so the look-up has somewhere to start.
+        let seeds: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .connections
+            .keys()
+            .map(|p| (*p, self.book.addresses(p)))
+            .collect();
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            if kad.kbuckets().next().is_none() {
+                for (seed, addrs) in seeds {
+                    for addr in addrs {
+                        kad.add_address(&seed, addr);
+                    }
+                }
+            }
+            let id = kad.get_closest_peers(peer);
+            self.lookups.insert(id, peer);
+            self.lookup_of.insert(peer, id);
+        }
+    }
+
+    /// Kademlia events that answer look-ups.
+    pub(super) fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            } => {
+                let Some(peer) = self.lookups.get(&id).copied() else {
+                    return;
+                };
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let found = peers.into_iter().find(|p| p.peer_id == peer);
+                if found.is_some() || step.last {
+                    self.end_lookup(id, peer, found.map(|p| p.addrs).unwrap_or_default());
+                }
+            }
+            kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            } => {
+                if let Some(id) = self.lookup_of.get(&peer).copied() {
+                    self.end_lookup(id, peer, addresses.into_vec());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn end_lookup(&mut self, id: kad::QueryId, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+        self.lookups.remove(&id);
+        self.lookup_of.remove(&peer);
+        if let Some(mut query) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .as_mut()
+            .and_then(|k| k.query_mut(&id))
+        {
+            query.finish();
+        }
+        if addrs.is_empty() {
+            addrs = self.kad_addresses(&peer);
+        }
+        debug!(%peer, found = addrs.len(), "DHT look-up done");
+        if let Some(waiters) = self.finds.remove(&peer) {
+            for w in waiters {
+                let answer = match addrs.is_empty() {
+                    true => Err(Error::PeerNotFound(peer)),
+                    false => Ok(addrs.clone()),
+                };
+                let _ = w.send(answer);
+            }
+        }
+        if let Some(pending) = self.connects.get_mut(&peer) {
+            if !addrs.is_empty() {
+                pending.addrs = addrs;
+                pending.dialed = false;
+            }
+            if !self.swarm.is_connected(&peer) {
+                self.advance(peer);
+            }
+        }
+    }
+
+    /// Starts (or joins) a DHT look-up of `peer`.
+    pub(super) fn find_peer(&mut self, peer: PeerId, reply: Reply<Vec<Multiaddr>>) {
+        if !self.swarm.behaviour().kad.is_enabled() {
+            let _ = reply.send(Err(Error::DhtDisabled));
+            return;
+        }
+        if peer == *self.swarm.local_peer_id() {
+            let _ = reply.send(Ok(self.swarm.listeners().cloned().collect()));
+            return;
+        }
+        let waiters = self.finds.entry(peer).or_default();
+        if waiters.len() >= MAX_WAITERS_PER_PEER {
+            let _ = reply.send(Err(busy(
+                "look-ups of one peer in progress",
+                MAX_WAITERS_PER_PEER,
+            )));
+            return;
+        }
+        waiters.push(reply);
+        self.start_lookup(peer);
+    }
+
+    /// Answers the last round-trip time, or the next one if none is recent.
+    pub(super) fn ping(&mut self, peer: PeerId, reply: Reply<Duration>) {
+        if !self.swarm.is_connected(&peer) {
+            let _ = reply.send(Err(Error::Unreachable {
+                peer,
+                reason: "not connected".into(),
+            }));
+            return;
+        }
+        if let Some((rtt, at)) = self.rtt.get(&peer)
+            && at.elapsed() < PING_INTERVAL * 2
+        {
+            let _ = reply.send(Ok(*rtt));
+            return;
+        }
+        let waiters = self.pings.entry(peer).or_default();
+        if waiters.len() < MAX_WAITERS_PER_PEER {
+            waiters.push(reply);
+        } else {
+            let _ = reply.send(Err(busy(
+                "pings of one peer in progress",
+                MAX_WAITERS_PER_PEER,
+            )));
+        }
+    }
+
+    /// A ping finished.
+    pub(super) fn on_ping(&mut self, event: ping::Event) {
+        let ping::Event { peer, result, .. } = event;
+        match result {
+            Ok(rtt) => {
+                self.rtt.insert(peer, (rtt, Instant::now()));
+                for w in self.pings.remove(&peer).unwrap_or_default() {
+                    let _ = w.send(Ok(rtt));
+                }
+            }
+            Err(e) => self.fail_pings(peer, &format!("ping failed: {e}")),
+        }
+    }
+
+    /// Answers everyone waiting for a ping of `peer` with an error.
+    pub(super) fn fail_pings(&mut self, peer: PeerId, reason: &str) {
+        for w in self.pings.remove(&peer).unwrap_or_default() {
+            let _ = w.send(Err(Error::Unreachable {
+                peer,
+                reason: reason.to_owned(),
+            }));
+        }
+    }
+}
+
+fn busy(what: &'static str, limit: usize) -> Error {
+    Error::Busy { what, limit }
+}

@@ -1,0 +1,415 @@
+//! The swarm task: owns the [`Swarm`], listens, dials bootstrap and known peers, turns swarm
+//! events into state (connections, round-trip times, agents, reachability), node events and
+//! metrics, and remembers peers and listen ports in the store.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat,
+    core::transport::ListenerId,
+    identify, kad, mdns,
+    multiaddr::Protocol,
+    swarm::{ConnectionId, SwarmEvent},
+};
+use p2pos_kernel::{EventBus, Store};
+use p2pos_proto::monitor::v1::{PeerConnected, PeerGone, event::Kind};
+use tokio::{
+    sync::{broadcast, mpsc, oneshot},
+    time::Instant,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    Command, NetEvent, Reply,
+    behaviour::{Behaviour, BehaviourEvent, is_relay_hop},
+    connect::PendingConnect,
+    metrics::SwarmMetrics,
+    peers::{self, PeerBook, is_dialable},
+};
+
+/// How often stale waiters are dropped and late ticket requests answered.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How long a freshly started node may take to bind its remembered ports.
+const PORT_PATIENCE: Duration = Duration::from_secs(1);
+/// Most known peers dialled at start.
+const MAX_STARTUP_DIALS: usize = 64;
+/// Most relays this node reserves a slot on when it is private.
+const MAX_RELAYS: usize = 2;
+
+/// The task that owns the swarm.
+pub(crate) struct EventLoop {
+    pub(super) swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    net_events: broadcast::Sender<NetEvent>,
+    events: EventBus,
+    store: Arc<dyn Store>,
+    metrics: SwarmMetrics,
+    pub(super) book: PeerBook,
+    /// Open connections per peer, with their remote addresses.
+    pub(super) connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
+    /// Last ping round-trip time per connected peer, and when it was measured.
+    pub(super) rtt: HashMap<PeerId, (Duration, Instant)>,
+    /// Agent versions reported by identify, per connected peer.
+    pub(super) agents: HashMap<PeerId, String>,
+    pub(super) connects: HashMap<PeerId, PendingConnect>,
+    pub(super) pings: HashMap<PeerId, Vec<Reply<Duration>>>,
+    pub(super) lookups: HashMap<kad::QueryId, PeerId>,
+    pub(super) lookup_of: HashMap<PeerId, kad::QueryId>,
+    pub(super) finds: HashMap<PeerId, Vec<Reply<Vec<Multiaddr>>>>,
+    pub(super) tickets: Vec<(Instant, oneshot::Sender<p2pos_proto::overlay::v1::Ticket>)>,
+    /// AutoNAT's verdict: "unknown", "public" or "private".
+    pub(super) reachability: &'static str,
+    relay_candidates: HashSet<PeerId>,
+    relay_listeners: HashMap<PeerId, ListenerId>,
+}
+
+impl EventLoop {
+    /// A loop over `swarm`, taking commands from `commands`.
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        net_events: broadcast::Sender<NetEvent>,
+        events: EventBus,
+        store: Arc<dyn Store>,
+        metrics: SwarmMetrics,
+    ) -> Self {
+        Self {
+            swarm,
+            commands,
+            net_events,
+            events,
+            book: PeerBook::load(store.clone()),
+            store,
+            metrics,
+            connections: HashMap::new(),
+            rtt: HashMap::new(),
+            agents: HashMap::new(),
+            connects: HashMap::new(),
+            pings: HashMap::new(),
+            lookups: HashMap::new(),
+            lookup_of: HashMap::new(),
+            finds: HashMap::new(),
+            tickets: Vec::new(),
+            reachability: "unknown",
+            relay_candidates: HashSet::new(),
+            relay_listeners: HashMap::new(),
+        }
+    }
+
+    /// Runs until shut down or until every handle is gone.
+    pub(crate) async fn run(
+        mut self,
+        listen: Vec<Multiaddr>,
+        bootstrap: Vec<(PeerId, Vec<Multiaddr>)>,
+    ) {
+        self.listen(listen).await;
+        self.dial_at_start(bootstrap);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reply = loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => break Some(reply),
+                    Some(command) => self.on_command(command),
+                    None => break None,
+                },
+                _ = housekeeping.tick() => self.housekeeping(),
+            }
+        };
+        info!("overlay network stopping");
+        drop(self); // closes every listener and connection
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
+    }
+
+    async fn listen(&mut self, configured: Vec<Multiaddr>) {
+        let remembered = peers::load_listen_addrs(self.store.as_ref());
+        for addr in configured {
+            if let Some(again) = peers::with_remembered_port(&addr, &remembered)
+                && peers::port_is_free(&again, PORT_PATIENCE).await
+                && self.swarm.listen_on(again.clone()).is_ok()
+            {
+                continue;
+            }
+            if let Err(e) = self.swarm.listen_on(addr.clone()) {
+                warn!("cannot listen on {addr}: {e}");
+            }
+        }
+    }
+
+    fn dial_at_start(&mut self, bootstrap: Vec<(PeerId, Vec<Multiaddr>)>) {
+        let local = *self.swarm.local_peer_id();
+        for (peer, addrs) in bootstrap {
+            self.book.add(peer, addrs);
+        }
+        for (peer, addrs) in self.book.peers().into_iter().take(MAX_STARTUP_DIALS) {
+            if peer == local {
+                continue;
+            }
+            if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                for a in &addrs {
+                    kad.add_address(&peer, a.clone());
+                }
+            }
+            if let Err(e) = self.dial(peer, addrs) {
+                debug!(%peer, "not redialling: {e}");
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Connect { peer, addrs, reply } => self.connect(peer, addrs, reply),
+            Command::Ping { peer, reply } => self.ping(peer, reply),
+            Command::FindPeer { peer, reply } => self.find_peer(peer, reply),
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Ticket { reply } => self.ticket_request(reply),
+            Command::Remember { peer, addrs } => self.book.add(peer, addrs),
+            // Handled by the loop itself.
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.record_swarm(&event, self.connections.len());
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let addr = endpoint.get_remote_address().clone();
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .push((connection_id, addr.clone()));
+                if endpoint.is_dialer() {
+                    self.book.add(peer_id, [addr.clone()]);
+                }
+                if num_established.get() == 1 {
+                    info!(peer = %peer_id, %addr, "peer connected");
+                    self.events.publish(Kind::PeerConnected(PeerConnected {
+                        peer_id: peer_id.to_string(),
+                        address: addr.to_string(),
+                    }));
+                    let _ = self.net_events.send(NetEvent::Connected(peer_id));
+                }
+                self.on_connected(peer_id, addr);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                if let Some(list) = self.connections.get_mut(&peer_id) {
+                    list.retain(|(id, _)| *id != connection_id);
+                }
+                if num_established == 0 {
+                    info!(peer = %peer_id, "peer gone");
+                    self.connections.remove(&peer_id);
+                    self.rtt.remove(&peer_id);
+                    self.agents.remove(&peer_id);
+                    self.fail_pings(peer_id, "the connection closed");
+                    self.events.publish(Kind::PeerGone(PeerGone {
+                        peer_id: peer_id.to_string(),
+                    }));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => self.on_dial_failed(peer, error.to_string()),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.save_listen_addrs();
+                self.answer_tickets();
+            }
+            SwarmEvent::ExpiredListenAddr { .. } => self.save_listen_addrs(),
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                self.relay_listeners.retain(|_, id| *id != listener_id);
+                if let Err(e) = reason {
+                    warn!("a listener closed: {e}");
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => warn!("listener error: {error}"),
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                info!(%address, "external address confirmed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(event) => {
+                self.metrics.record(&event);
+                if let identify::Event::Received { peer_id, info, .. } = event {
+                    self.on_identify(peer_id, info);
+                }
+            }
+            BehaviourEvent::Ping(event) => {
+                self.metrics.record(&event);
+                self.on_ping(event);
+            }
+            BehaviourEvent::Kad(event) => {
+                self.metrics.record(&event);
+                self.on_kad(event);
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                        kad.add_address(&peer, addr.clone());
+                    }
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.dial(peer, vec![addr]);
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                self.on_nat_status(new);
+            }
+            BehaviourEvent::Autonat(_) => {}
+            BehaviourEvent::Relay(event) => {
+                self.metrics.record(&event);
+                debug!("relay: {event:?}");
+            }
+            BehaviourEvent::RelayClient(event) => debug!("relay client: {event:?}"),
+            BehaviourEvent::Dcutr(event) => {
+                self.metrics.record(&event);
+                debug!("dcutr: {event:?}");
+            }
+            BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Memory(never) => match never {},
+            BehaviourEvent::Stream(()) => {}
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        let identify::Info {
+            listen_addrs,
+            protocols,
+            agent_version,
+            ..
+        } = info;
+        self.agents.insert(peer, agent_version);
+        let listen: Vec<Multiaddr> = listen_addrs.into_iter().filter(is_dialable).collect();
+        if protocols.contains(&kad::PROTOCOL_NAME)
+            && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+        {
+            for addr in &listen {
+                kad.add_address(&peer, addr.clone());
+            }
+        }
+        self.book.add(peer, listen);
+        if protocols.iter().any(is_relay_hop) {
+            self.relay_candidates.insert(peer);
+            self.listen_on_relays();
+        }
+    }
+
+    fn on_nat_status(&mut self, status: autonat::NatStatus) {
+        let (reachability, mode) = match status {
+            autonat::NatStatus::Public(_) => ("public", kad::Mode::Server),
+            autonat::NatStatus::Private => ("private", kad::Mode::Client),
+            autonat::NatStatus::Unknown => ("unknown", kad::Mode::Server),
+        };
+        info!(reachability, "AutoNAT status changed");
+        self.reachability = reachability;
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            kad.set_mode(Some(mode));
+        }
+        match reachability {
+            "private" => self.listen_on_relays(),
+            "public" => {
+                for (_, id) in self.relay_listeners.drain() {
+                    self.swarm.remove_listener(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// While private, reserves a slot on up to [`MAX_RELAYS`] connected relays.
+    fn listen_on_relays(&mut self) {
+        if self.reachability != "private" {
+            return;
+        }
+        let candidates: Vec<PeerId> = self
+            .relay_candidates
+            .iter()
+            .filter(|p| !self.relay_listeners.contains_key(p) && self.swarm.is_connected(p))
+            .copied()
+            .collect();
+        for relay in candidates {
+            if self.relay_listeners.len() >= MAX_RELAYS {
+                return;
+            }
+            let Some(addr) = self
+                .book
+                .addresses(&relay)
+                .into_iter()
+                .find(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+            else {
+                continue;
+            };
+            let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    info!(%circuit, "listening through a relay");
+                    self.relay_listeners.insert(relay, id);
+                }
+                Err(e) => debug!(%circuit, "cannot listen through the relay: {e}"),
+            }
+        }
+    }
+
+    fn save_listen_addrs(&self) {
+        let addrs: Vec<Multiaddr> = self
+            .swarm
+            .listeners()
+            .filter(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+            .cloned()
+            .collect();
+        peers::save_listen_addrs(self.store.as_ref(), &addrs);
+    }
+
+    fn housekeeping(&mut self) {
+        self.answer_tickets();
+        self.connects.retain(|_, p| {
+            p.waiters.retain(|w| !w.is_closed());
+            !p.waiters.is_empty()
+        });
+        self.pings.retain(|_, w| {
+            w.retain(|w| !w.is_closed());
+            !w.is_empty()
+        });
+        self.finds.retain(|_, w| {
+            w.retain(|w| !w.is_closed());
+            !w.is_empty()
+        });
+    }
+}

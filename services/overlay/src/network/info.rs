@@ -1,0 +1,146 @@
+//! What the swarm task tells about itself: the ticket, connected peers and the overlay status.
+
+use std::time::Duration;
+
+use libp2p::{Multiaddr, multiaddr::Protocol};
+use p2pos_proto::overlay::v1::{OverlayStatus, PeerInfo, Ticket};
+use tokio::{sync::oneshot, time::Instant};
+
+use super::{event_loop::EventLoop, peers::is_dialable};
+use crate::ticket::{encode_ticket, without_peer};
+
+/// How long a ticket request waits for a first listen address.
+const TICKET_WAIT: Duration = Duration::from_secs(2);
+/// Most ticket requests waiting at once.
+const MAX_TICKET_WAITERS: usize = 64;
+
+impl EventLoop {
+    /// Answers now if the node listens somewhere, else once it does (or after a short wait).
+    pub(super) fn ticket_request(&mut self, reply: oneshot::Sender<Ticket>) {
+        if self.swarm.listeners().next().is_some() || self.tickets.len() >= MAX_TICKET_WAITERS {
+            let _ = reply.send(self.ticket());
+        } else {
+            self.tickets.push((Instant::now(), reply));
+        }
+    }
+
+    /// Answers the waiting ticket requests once the node listens, or after [`TICKET_WAIT`].
+    pub(super) fn answer_tickets(&mut self) {
+        if self.tickets.is_empty() {
+            return;
+        }
+        let listening = self.swarm.listeners().next().is_some();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tickets)
+            .into_iter()
+            .partition(|(since, _)| listening || since.elapsed() >= TICKET_WAIT);
+        self.tickets = waiting;
+        if !ready.is_empty() {
+            let ticket = self.ticket();
+            for (_, w) in ready {
+                let _ = w.send(ticket.clone());
+            }
+        }
+    }
+
+    /// This node's ticket: its listen addresses (concrete, per interface) and confirmed
+    /// external addresses, without duplicates.
+    pub(super) fn ticket(&self) -> Ticket {
+        let local = *self.swarm.local_peer_id();
+        let mut addrs: Vec<Multiaddr> = Vec::new();
+        for a in self
+            .swarm
+            .listeners()
+            .chain(self.swarm.external_addresses())
+        {
+            let a = without_peer(a.clone(), &local);
+            if is_dialable(&a) && !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        Ticket {
+            ticket: encode_ticket(&local, &addrs),
+            peer_id: local.to_string(),
+            addresses: addrs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Connected peers, sorted by peer id.
+    pub(super) fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mut peers: Vec<PeerInfo> = self
+            .connections
+            .iter()
+            .filter(|(_, conns)| !conns.is_empty())
+            .map(|(peer, conns)| PeerInfo {
+                peer_id: peer.to_string(),
+                addresses: conns.iter().map(|(_, a)| a.to_string()).collect(),
+                transport: conns
+                    .first()
+                    .map(|(_, a)| transport_of(a))
+                    .unwrap_or("other")
+                    .to_owned(),
+                rtt_us: self
+                    .rtt
+                    .get(peer)
+                    .map(|(rtt, _)| u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX))
+                    .unwrap_or(0),
+                agent_version: self.agents.get(peer).cloned().unwrap_or_default(),
+                connections: u32::try_from(conns.len()).unwrap_or(u32::MAX),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        peers
+    }
+
+    /// The overlay status.
+    pub(super) fn status(&mut self) -> OverlayStatus {
+        let routing_table_size = match self.swarm.behaviour_mut().kad.as_mut() {
+            Some(kad) => kad.kbuckets().map(|b| b.num_entries()).sum::<usize>(),
+            None => 0,
+        };
+        OverlayStatus {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            listen_addresses: self.swarm.listeners().map(ToString::to_string).collect(),
+            external_addresses: self
+                .swarm
+                .external_addresses()
+                .map(ToString::to_string)
+                .collect(),
+            reachability: self.reachability.to_owned(),
+            peers: self.peer_infos(),
+            routing_table_size: u32::try_from(routing_table_size).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// "relay", "quic", "tcp" or "other", from a connection's remote address.
+pub(crate) fn transport_of(addr: &Multiaddr) -> &'static str {
+    let mut transport = "other";
+    for p in addr.iter() {
+        match p {
+            Protocol::P2pCircuit => return "relay",
+            Protocol::QuicV1 | Protocol::Quic => transport = "quic",
+            Protocol::Tcp(_) if transport == "other" => transport = "tcp",
+            _ => {}
+        }
+    }
+    transport
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transports_are_named_from_addresses() {
+        let t = |s: &str| transport_of(&s.parse().expect("addr"));
+        assert_eq!(t("/ip4/1.2.3.4/tcp/1"), "tcp");
+        assert_eq!(t("/ip4/1.2.3.4/udp/1/quic-v1"), "quic");
+        assert_eq!(
+            t(
+                "/ip4/1.2.3.4/tcp/1/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA/p2p-circuit"
+            ),
+            "relay"
+        );
+        assert_eq!(t("/memory/5"), "other");
+    }
+}

@@ -1,0 +1,80 @@
+//! Swarm metrics: libp2p's own (`libp2p::metrics`) and the overlay's, in a fresh registry per
+//! start handed to the kernel as `overlay`.
+//!
+//! libp2p-metrics 0.18 records into prometheus-client 0.25 while the workspace (and so the
+//! kernel's registry) is on 0.23. Until the workspace moves to 0.25, libp2p's detailed metrics
+//! are recorded into their own registry that is not exported, and the kernel gets the
+//! overlay's metrics below. After the move, register the libp2p registry as a sub-registry.
+
+use libp2p::{metrics::Recorder, swarm::SwarmEvent};
+use p2pos_kernel::ServiceContext;
+use prometheus_client::{
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
+
+/// What the swarm task records.
+pub(crate) struct SwarmMetrics {
+    libp2p: libp2p::metrics::Metrics,
+    connected_peers: Gauge,
+    connections: Counter,
+    dial_failures: Counter,
+}
+
+impl SwarmMetrics {
+    /// New metrics, registered with the kernel under `overlay`.
+    pub(crate) fn register(ctx: &ServiceContext) -> Self {
+        let mut libp2p_registry = libp2p::metrics::Registry::default();
+        let libp2p = libp2p::metrics::Metrics::new(&mut libp2p_registry);
+        let mut registry = Registry::with_prefix("p2pos_overlay");
+        let connected_peers = Gauge::default();
+        let connections = Counter::default();
+        let dial_failures = Counter::default();
+        registry.register(
+            "connected_peers",
+            "Peers with at least one open connection",
+            connected_peers.clone(),
+        );
+        registry.register(
+            "connections_established",
+            "Connections established, inbound and outbound",
+            connections.clone(),
+        );
+        registry.register(
+            "dial_failures",
+            "Outbound connection attempts that failed",
+            dial_failures.clone(),
+        );
+        ctx.metrics.set("overlay", registry);
+        Self {
+            libp2p,
+            connected_peers,
+            connections,
+            dial_failures,
+        }
+    }
+
+    /// Records a swarm event; `connected` is the number of connected peers after it.
+    pub(crate) fn record_swarm<E>(&self, event: &SwarmEvent<E>, connected: usize) {
+        self.libp2p.record(event);
+        match event {
+            SwarmEvent::ConnectionEstablished { .. } => {
+                self.connections.inc();
+            }
+            SwarmEvent::OutgoingConnectionError { .. } => {
+                self.dial_failures.inc();
+            }
+            _ => {}
+        }
+        self.connected_peers
+            .set(i64::try_from(connected).unwrap_or(i64::MAX));
+    }
+
+    /// Records a behaviour event libp2p has metrics for.
+    pub(crate) fn record<E>(&self, event: &E)
+    where
+        libp2p::metrics::Metrics: Recorder<E>,
+    {
+        self.libp2p.record(event);
+    }
+}

@@ -1,0 +1,310 @@
+//! What the overlay remembers across restarts: known peers with their addresses (tree `peers`,
+//! redialled at start) and the ports it listened on (tree `overlay`, key `listen`, reused at
+//! start for addresses configured with port 0).
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use p2pos_kernel::{Store, events::now_ms};
+use p2pos_proto::overlay::v1::TicketData;
+use prost::Message;
+use tracing::warn;
+
+use crate::ticket::without_peer;
+
+const PEERS: &str = "peers";
+const OVERLAY: &str = "overlay";
+const LISTEN_KEY: &[u8] = b"listen";
+/// Most addresses remembered per peer.
+pub(crate) const MAX_ADDRS_PER_PEER: usize = 8;
+/// Most peers remembered.
+pub(crate) const MAX_PEERS: usize = 1024;
+/// How stale a peer's last-seen time may get before an unchanged sighting rewrites it.
+const REFRESH_MS: u64 = 10 * 60 * 1000;
+
+struct Known {
+    addrs: Vec<Multiaddr>,
+    seen_ms: u64,
+}
+
+/// Known peers and their addresses, mirrored in the store.
+pub(crate) struct PeerBook {
+    store: Arc<dyn Store>,
+    peers: HashMap<PeerId, Known>,
+}
+
+impl PeerBook {
+    /// The peers remembered in `store`.
+    pub(crate) fn load(store: Arc<dyn Store>) -> Self {
+        let mut peers = HashMap::new();
+        match store.scan_prefix(PEERS, b"", MAX_PEERS) {
+            Ok(pairs) => {
+                for (k, v) in pairs {
+                    if let (Ok(peer), Some(known)) = (PeerId::from_bytes(&k), decode(&v)) {
+                        peers.insert(peer, known);
+                    }
+                }
+            }
+            Err(e) => warn!("cannot read the known peers: {e}"),
+        }
+        Self { store, peers }
+    }
+
+    /// Known peers, most recently seen first.
+    pub(crate) fn peers(&self) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        let mut all: Vec<_> = self.peers.iter().collect();
+        all.sort_by_key(|(_, k)| std::cmp::Reverse(k.seen_ms));
+        all.into_iter()
+            .map(|(p, k)| (*p, k.addrs.clone()))
+            .collect()
+    }
+
+    /// The addresses known for `peer`.
+    pub(crate) fn addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.peers
+            .get(peer)
+            .map(|k| k.addrs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records that `peer` is reachable at `addrs` (newest first), and persists it.
+    pub(crate) fn add(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let fresh: Vec<Multiaddr> = addrs
+            .into_iter()
+            .map(|a| without_peer(a, &peer))
+            .filter(is_dialable)
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let known = self.peers.entry(peer).or_insert(Known {
+            addrs: Vec::new(),
+            seen_ms: 0,
+        });
+        let mut merged = fresh;
+        for a in known.addrs.drain(..) {
+            if !merged.contains(&a) {
+                merged.push(a);
+            }
+        }
+        merged.truncate(MAX_ADDRS_PER_PEER);
+        let now = now_ms();
+        if merged == known.addrs && now.saturating_sub(known.seen_ms) < REFRESH_MS {
+            return; // nothing new worth a write
+        }
+        known.addrs = merged;
+        known.seen_ms = now;
+        let value = encode(&peer, known);
+        if let Err(e) = self.store.insert(PEERS, &peer.to_bytes(), &value) {
+            warn!(%peer, "cannot remember the peer: {e}");
+        }
+        self.evict();
+    }
+
+    fn evict(&mut self) {
+        while self.peers.len() > MAX_PEERS {
+            let Some(oldest) = self
+                .peers
+                .iter()
+                .min_by_key(|(_, k)| k.seen_ms)
+                .map(|(p, _)| *p)
+            else {
+                return;
+            };
+            self.peers.remove(&oldest);
+            if let Err(e) = self.store.remove(PEERS, &oldest.to_bytes()) {
+                warn!(peer = %oldest, "cannot forget the peer: {e}");
+            }
+        }
+    }
+}
+
+/// Whether an address is worth remembering and handing out: not unspecified, not a port 0.
+pub(crate) fn is_dialable(addr: &Multiaddr) -> bool {
+    addr.iter().all(|p| match p {
+        Protocol::Ip4(ip) => !ip.is_unspecified(),
+        Protocol::Ip6(ip) => !ip.is_unspecified(),
+        Protocol::Tcp(port) | Protocol::Udp(port) => port != 0,
+        _ => true,
+    })
+}
+
+fn encode(peer: &PeerId, known: &Known) -> Vec<u8> {
+    let data = TicketData {
+        peer_id: Bytes::from(peer.to_bytes()),
+        addresses: known
+            .addrs
+            .iter()
+            .map(|a| Bytes::from(a.to_vec()))
+            .collect(),
+    };
+    let mut out = known.seen_ms.to_be_bytes().to_vec();
+    out.extend(data.encode_to_vec());
+    out
+}
+
+fn decode(value: &[u8]) -> Option<Known> {
+    let (seen, rest) = value.split_at_checked(8)?;
+    let seen_ms = u64::from_be_bytes(seen.try_into().ok()?);
+    let data = TicketData::decode(rest).ok()?;
+    let addrs = data
+        .addresses
+        .iter()
+        .filter_map(|a| Multiaddr::try_from(a.to_vec()).ok())
+        .take(MAX_ADDRS_PER_PEER)
+        .collect();
+    Some(Known { addrs, seen_ms })
+}
+
+/// Remembers the addresses the node listens on.
+pub(crate) fn save_listen_addrs(store: &dyn Store, addrs: &[Multiaddr]) {
+    let text = addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if let Err(e) = store.insert(OVERLAY, LISTEN_KEY, text.as_bytes()) {
+        warn!("cannot remember the listen addresses: {e}");
+    }
+}
+
+/// The addresses the node listened on last time.
+pub(crate) fn load_listen_addrs(store: &dyn Store) -> Vec<Multiaddr> {
+    match store.get(OVERLAY, LISTEN_KEY) {
+        Ok(Some(v)) => String::from_utf8_lossy(&v)
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            warn!("cannot read the remembered listen addresses: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The shape of a listen address: IP, transport and port.
+fn shape(addr: &Multiaddr) -> Option<(IpAddr, &'static str, u16)> {
+    let mut iter = addr.iter();
+    let ip = match iter.next()? {
+        Protocol::Ip4(ip) => IpAddr::V4(ip),
+        Protocol::Ip6(ip) => IpAddr::V6(ip),
+        _ => return None,
+    };
+    match (iter.next()?, iter.next()) {
+        (Protocol::Tcp(port), None) => Some((ip, "tcp", port)),
+        (Protocol::Udp(port), Some(Protocol::QuicV1)) if iter.next().is_none() => {
+            Some((ip, "quic", port))
+        }
+        _ => None,
+    }
+}
+
+/// `configured` with the port remembered for the same IP version and transport (and the same
+/// IP, unless `configured` listens on all interfaces), if its port is 0 and one is remembered.
+pub(crate) fn with_remembered_port(
+    configured: &Multiaddr,
+    remembered: &[Multiaddr],
+) -> Option<Multiaddr> {
+    let (ip, transport, 0) = shape(configured)? else {
+        return None;
+    };
+    let port = remembered
+        .iter()
+        .filter_map(shape)
+        .find_map(|(rip, rt, port)| {
+            let same_ip = if ip.is_unspecified() {
+                rip.is_ipv4() == ip.is_ipv4()
+            } else {
+                rip == ip
+            };
+            (same_ip && rt == transport && port != 0).then_some(port)
+        })?;
+    Some(
+        configured
+            .iter()
+            .map(|p| match p {
+                Protocol::Tcp(0) => Protocol::Tcp(port),
+                Protocol::Udp(0) => Protocol::Udp(port),
+                other => other,
+            })
+            .collect(),
+    )
+}
+
+/// Waits up to `patience` for the port of `addr` to be free (a restarted overlay's previous
+/// swarm may still be closing). libp2p listens with `SO_REUSEPORT`, so a plain bind is the
+/// honest test of whether anyone else holds the port.
+pub(crate) async fn port_is_free(addr: &Multiaddr, patience: Duration) -> bool {
+    let Some((ip, transport, port)) = shape(addr) else {
+        return false;
+    };
+    let socket = std::net::SocketAddr::new(ip, port);
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let free = match transport {
+            "tcp" => std::net::TcpListener::bind(socket).is_ok(),
+            _ => std::net::UdpSocket::bind(socket).is_ok(),
+        };
+        if free {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use p2pos_kernel::store::SledStore;
+
+    use super::*;
+
+    fn ma(s: &str) -> Multiaddr {
+        s.parse().expect("multiaddr")
+    }
+
+    #[test]
+    fn remembered_ports_match_transport_and_ip() {
+        let remembered = vec![
+            ma("/ip4/127.0.0.1/tcp/4001"),
+            ma("/ip4/192.168.1.2/udp/4002/quic-v1"),
+        ];
+        let got = |c: &str| with_remembered_port(&ma(c), &remembered);
+        assert_eq!(
+            got("/ip4/127.0.0.1/tcp/0"),
+            Some(ma("/ip4/127.0.0.1/tcp/4001"))
+        );
+        assert_eq!(got("/ip4/0.0.0.0/tcp/0"), Some(ma("/ip4/0.0.0.0/tcp/4001")));
+        assert_eq!(
+            got("/ip4/0.0.0.0/udp/0/quic-v1"),
+            Some(ma("/ip4/0.0.0.0/udp/4002/quic-v1"))
+        );
+        assert_eq!(got("/ip4/10.0.0.1/tcp/0"), None);
+        assert_eq!(got("/ip4/127.0.0.1/tcp/5000"), None);
+        assert_eq!(got("/ip6/::/tcp/0"), None);
+    }
+
+    #[test]
+    fn the_book_persists_bounded_addresses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        let peer = PeerId::random();
+        {
+            let mut book = PeerBook::load(store.clone());
+            let addrs: Vec<_> = (1..20)
+                .map(|p| ma(&format!("/ip4/10.0.0.1/tcp/{p}")))
+                .collect();
+            book.add(peer, addrs);
+            book.add(peer, [ma("/ip4/0.0.0.0/tcp/1"), ma("/ip4/10.0.0.9/tcp/9")]);
+        }
+        let book = PeerBook::load(store);
+        let addrs = book.addresses(&peer);
+        assert_eq!(addrs.len(), MAX_ADDRS_PER_PEER);
+        assert_eq!(addrs[0], ma("/ip4/10.0.0.9/tcp/9"), "newest first");
+        assert_eq!(book.peers().len(), 1);
+    }
+}

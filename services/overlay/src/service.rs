@@ -1,0 +1,222 @@
+//! The overlay service actor: its child spec, its life cycle (start, failure of the swarm task,
+//! ordered stop, injected panics) and the `p2pos.overlay.v1` protocol. The apps protocol is in
+//! [`crate::apps`].
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use actix::prelude::*;
+use libp2p_stream::{Control, IncomingStreams};
+use p2pos_kernel::{
+    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext,
+    ServiceError, StopService,
+    protocols::{Apps, Overlay},
+};
+use p2pos_proto::overlay::v1::{OverlayRequest, OverlayResponse};
+use tokio::{sync::Semaphore, task::JoinHandle};
+use tracing::{error, info, warn};
+
+use crate::{
+    apps::{AppState, PendingChannel},
+    delivery::{self, Delivery},
+    inbound::{accept_loop, serve_channel, serve_messages},
+    mailbox::Mailbox,
+    network::{self, NetHandle},
+    overlay_api,
+    task::AbortOnDrop,
+};
+
+/// The service's name.
+pub const NAME: &str = "overlay";
+/// How long a stop waits for the swarm task to close.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most inbound channel handshakes at once.
+const MAX_HANDSHAKES: usize = 64;
+/// Most inbound message streams at once.
+const MAX_MESSAGE_STREAMS: usize = 64;
+/// Most outbound channel opens at once.
+pub(crate) const MAX_OPENS: usize = 32;
+
+/// The child spec the daemon hands to the kernel: a permanent service named `overlay` that
+/// answers both `p2pos.overlay.v1` and the apps protocol.
+pub fn child_spec() -> ChildSpec {
+    ChildSpec {
+        name: NAME,
+        restart: RestartType::Permanent,
+        start: Box::new(|ctx, guard| start(ctx, guard).map_err(|e| e.to_string())),
+    }
+}
+
+fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, crate::Error> {
+    let network = network::start(&ctx)?;
+    let mailbox = Mailbox::new(ctx.store.clone());
+    let (delivery, delivery_task) = delivery::start(
+        mailbox.clone(),
+        network.handle.clone(),
+        network.control.clone(),
+        ctx.events.clone(),
+    );
+    let service = OverlayService {
+        tasks: vec![
+            AbortOnDrop::new(&network.task),
+            AbortOnDrop::new(&delivery_task),
+        ],
+        ctx,
+        guard,
+        net: network.handle,
+        control: network.control,
+        mailbox,
+        delivery,
+        startup: Some(Startup {
+            swarm_task: network.task,
+            channels: network.channels,
+            messages: network.messages,
+        }),
+        stopping: false,
+        opens: Arc::new(Semaphore::new(MAX_OPENS)),
+        apps: HashMap::new(),
+        pending: HashMap::new(),
+        receivers: HashMap::new(),
+        next_session: 0,
+    };
+    let registry = service.ctx.registry.clone();
+    let addr = service.start();
+    registry.register::<Overlay>(NAME, addr.clone().recipient());
+    registry.register::<Apps>(NAME, addr.clone().recipient());
+    Ok(ChildHandle {
+        stop: addr.clone().recipient(),
+        panic: addr.recipient(),
+    })
+}
+
+/// What `started` takes over from the start function.
+struct Startup {
+    swarm_task: JoinHandle<()>,
+    channels: IncomingStreams,
+    messages: IncomingStreams,
+}
+
+/// The overlay actor: holds the handles of the swarm task and the other overlay tasks, the
+/// app sessions and the pending inbound channels.
+pub struct OverlayService {
+    /// Aborted when the actor goes, in this order: swarm, delivery, accept loops.
+    tasks: Vec<AbortOnDrop>,
+    pub(crate) ctx: ServiceContext,
+    guard: DeathGuard,
+    pub(crate) net: NetHandle,
+    pub(crate) control: Control,
+    pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) delivery: Delivery,
+    startup: Option<Startup>,
+    stopping: bool,
+    /// Bounds concurrent outbound channel opens.
+    pub(crate) opens: Arc<Semaphore>,
+    /// Live sessions per app.
+    pub(crate) apps: HashMap<String, AppState>,
+    /// Inbound channels announced but not yet accepted.
+    pub(crate) pending: HashMap<u64, PendingChannel>,
+    /// The live `Receive` feeder per app.
+    pub(crate) receivers: HashMap<String, AbortOnDrop>,
+    pub(crate) next_session: u64,
+}
+
+impl Actor for OverlayService {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.ctx.config.panics_on_start(NAME) {
+            panic!("injected fault in overlay: panic-on-start failpoint");
+        }
+        let Some(startup) = self.startup.take() else {
+            return;
+        };
+        let Startup {
+            swarm_task,
+            channels,
+            messages,
+        } = startup;
+        ctx.spawn(
+            swarm_task
+                .into_actor(self)
+                .map(|result, act, ctx| act.swarm_ended(result, ctx)),
+        );
+        let actor = ctx.address().recipient();
+        self.tasks.push(AbortOnDrop::spawn(accept_loop(
+            channels,
+            MAX_HANDSHAKES,
+            "channel",
+            move |peer, stream| serve_channel(peer, stream, actor.clone()),
+        )));
+        let mailbox = self.mailbox.clone();
+        let events = self.ctx.events.clone();
+        self.tasks.push(AbortOnDrop::spawn(accept_loop(
+            messages,
+            MAX_MESSAGE_STREAMS,
+            "message",
+            move |peer, stream| serve_messages(peer, stream, mailbox.clone(), events.clone()),
+        )));
+        info!(peer_id = %self.net.local_peer_id(), "overlay started");
+    }
+}
+
+impl OverlayService {
+    fn swarm_ended(&mut self, result: Result<(), tokio::task::JoinError>, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let why = match result {
+            Ok(()) => "the network task ended unexpectedly".to_owned(),
+            Err(e) if e.is_panic() => "the network task panicked".to_owned(),
+            Err(e) => format!("the network task was cancelled: {e}"),
+        };
+        error!("{why}");
+        self.guard.fail(why);
+        ctx.stop();
+    }
+}
+
+impl Handler<StopService> for OverlayService {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: StopService, _: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        let net = self.net.clone();
+        Box::pin(
+            async move {
+                if tokio::time::timeout(SHUTDOWN_TIMEOUT, net.shutdown())
+                    .await
+                    .is_err()
+                {
+                    warn!("the network did not close within {SHUTDOWN_TIMEOUT:?}; aborting it");
+                }
+            }
+            .into_actor(self)
+            .map(|(), act, ctx| {
+                act.tasks.clear();
+                info!("overlay stopped");
+                ctx.stop();
+            }),
+        )
+    }
+}
+
+impl Handler<InjectPanic> for OverlayService {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+        panic!("injected fault in overlay");
+    }
+}
+
+impl Handler<Call<Overlay>> for OverlayService {
+    type Result = ResponseFuture<Result<OverlayResponse, ServiceError>>;
+
+    fn handle(&mut self, Call(request): Call<Overlay>, _: &mut Self::Context) -> Self::Result {
+        let net = self.net.clone();
+        let request: OverlayRequest = request;
+        Box::pin(async move {
+            overlay_api::handle(net, request)
+                .await
+                .map_err(ServiceError::from)
+        })
+    }
+}

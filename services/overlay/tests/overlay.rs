@@ -1,0 +1,415 @@
+//! The overlay in-process: real kernels (temporary data directories, 127.0.0.1, mDNS off) that
+//! run only the overlay and a probe capturing the service context, driven through the
+//! kernel's registry exactly as the gateway drives them.
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use p2pos_kernel::{
+    ChildHandle, ChildSpec, Config, InjectPanic, Kernel, RestartType, ServiceContext, ServiceError,
+    StopService,
+    protocols::{
+        Apps, Overlay,
+        apps::{ChannelStream, Request, Response},
+    },
+    wire,
+};
+use p2pos_proto::{
+    app::v1::DeliveryState,
+    monitor::v1::{Event, event::Kind},
+    overlay::v1::{
+        DialRequest, FindPeerRequest, GetTicketRequest, ListPeersRequest, OverlayRequest,
+        OverlayStatusRequest, PingRequest, overlay_request::Kind as Req,
+        overlay_response::Kind as Resp,
+    },
+};
+use tokio_util::codec::Framed;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A trivial actor standing in for a service, so that the kernel hands us its context.
+struct Probe {
+    _guard: p2pos_kernel::DeathGuard,
+}
+
+impl Actor for Probe {
+    type Context = Context<Self>;
+}
+
+impl Handler<StopService> for Probe {
+    type Result = ();
+    fn handle(&mut self, _: StopService, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<InjectPanic> for Probe {
+    type Result = ();
+    fn handle(&mut self, _: InjectPanic, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+struct Node {
+    ctx: ServiceContext,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn boot() -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            data_dir: dir.path().join("node"),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            mdns: false,
+            allow_fault_injection: true,
+            ..Config::default()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let slot = Arc::new(Mutex::new(Some(tx)));
+        let probe = ChildSpec {
+            name: "probe",
+            restart: RestartType::Temporary,
+            start: Box::new(move |ctx, guard| {
+                if let Some(tx) = slot.lock().expect("lock").take() {
+                    let _ = tx.send(ctx);
+                }
+                let addr = Probe { _guard: guard }.start();
+                Ok(ChildHandle {
+                    stop: addr.clone().recipient(),
+                    panic: addr.recipient(),
+                })
+            }),
+        };
+        Kernel::boot(config, vec![p2pos_overlay::child_spec(), probe]).expect("boot");
+        let ctx = tokio::time::timeout(T, rx)
+            .await
+            .expect("kernel started")
+            .expect("context");
+        Node { ctx, _dir: dir }
+    }
+
+    fn peer_id(&self) -> String {
+        self.ctx.keypair.public().to_peer_id().to_string()
+    }
+
+    async fn overlay(&self, kind: Req) -> Result<Resp, ServiceError> {
+        let reply = self
+            .ctx
+            .registry
+            .call::<Overlay>(OverlayRequest { kind: Some(kind) })
+            .await?;
+        Ok(reply.kind.expect("a response kind"))
+    }
+
+    async fn apps(&self, request: Request) -> Result<Response, ServiceError> {
+        self.ctx.registry.call::<Apps>(request).await
+    }
+
+    async fn ticket(&self) -> (String, Vec<String>) {
+        match self.overlay(Req::GetTicket(GetTicketRequest {})).await {
+            Ok(Resp::Ticket(t)) => (t.ticket, t.addresses),
+            other => panic!("ticket: {other:?}"),
+        }
+    }
+
+    async fn dial(&self, target: &str) -> Result<String, ServiceError> {
+        match self
+            .overlay(Req::Dial(DialRequest {
+                target: target.into(),
+                timeout_ms: 0,
+            }))
+            .await?
+        {
+            Resp::Dial(d) => Ok(d.peer_id),
+            other => panic!("dial: {other:?}"),
+        }
+    }
+
+    async fn peers(&self) -> Vec<p2pos_proto::overlay::v1::PeerInfo> {
+        match self.overlay(Req::ListPeers(ListPeersRequest {})).await {
+            Ok(Resp::ListPeers(p)) => p.peers,
+            _ => Vec::new(),
+        }
+    }
+
+    async fn routing_table_size(&self) -> u32 {
+        match self.overlay(Req::Status(OverlayStatusRequest {})).await {
+            Ok(Resp::Status(s)) => s.routing_table_size,
+            _ => 0,
+        }
+    }
+}
+
+/// Polls `check` until it answers `Some`, failing after `deadline`.
+async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn channel(response: Result<Response, ServiceError>) -> ChannelStream {
+    match response {
+        Ok(Response::Channel(c)) => c,
+        other => panic!("expected a channel, got {other:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn channels_and_messages_flow_between_two_nodes() {
+    let a = Node::boot().await;
+    let b = Node::boot().await;
+    let (b_ticket, b_addrs) = b.ticket().await;
+    assert!(b_ticket.starts_with("p2pos"));
+    assert!(
+        b_addrs.iter().any(|a| a.starts_with("/ip4/127.0.0.1/tcp/")),
+        "{b_addrs:?}"
+    );
+
+    let Ok(Response::Session(mut session)) = b
+        .apps(Request::OpenSession {
+            app_id: "chat".into(),
+        })
+        .await
+    else {
+        panic!("session");
+    };
+    assert_eq!(session.registered.peer_id, b.peer_id());
+
+    // A opens a channel by ticket; B's session announces it and B accepts.
+    let registry = a.ctx.registry.clone();
+    let ticket = b_ticket.clone();
+    let opening = tokio::spawn(async move {
+        registry
+            .call::<Apps>(Request::OpenChannel {
+                app_id: "chat".into(),
+                peer: ticket,
+            })
+            .await
+    });
+    let incoming = tokio::time::timeout(T, session.incoming.recv())
+        .await
+        .expect("announced in time")
+        .expect("session open");
+    assert_eq!(incoming.peer_id, a.peer_id());
+    let b_end = channel(
+        b.apps(Request::AcceptChannel {
+            app_id: "chat".into(),
+            channel_id: incoming.channel_id,
+        })
+        .await,
+    );
+    assert!(b_end.inbound);
+    let a_end = channel(opening.await.expect("join"));
+    assert!(!a_end.inbound);
+    assert_eq!(a_end.peer_id, b.peer_id());
+
+    // Frames flow both ways, boundaries kept.
+    let mut a_io = Framed::new(a_end.io, wire::codec(wire::MAX_CHANNEL_FRAME));
+    let mut b_io = Framed::new(b_end.io, wire::codec(wire::MAX_CHANNEL_FRAME));
+    for frame in [&b"hello"[..], b"", &[7u8; 100_000]] {
+        a_io.send(Bytes::copy_from_slice(frame))
+            .await
+            .expect("send");
+        let got = tokio::time::timeout(T, b_io.next()).await.expect("in time");
+        assert_eq!(&got.expect("open").expect("frame")[..], frame);
+    }
+    b_io.send(Bytes::from_static(b"world")).await.expect("send");
+    let got = tokio::time::timeout(T, a_io.next()).await.expect("in time");
+    assert_eq!(&got.expect("open").expect("frame")[..], b"world");
+
+    // An app nobody runs on B is a clear error.
+    let err = a
+        .apps(Request::OpenChannel {
+            app_id: "nobody".into(),
+            peer: b_ticket.clone(),
+        })
+        .await
+        .expect_err("not listening");
+    assert!(err.message.contains("nobody"), "{err:?}");
+
+    // Three messages while B's app is registered: delivered, and received in order.
+    for i in 1..=3 {
+        let reply = a
+            .apps(Request::Send {
+                app_id: "chat".into(),
+                peer: b.peer_id(),
+                payload: Bytes::from(format!("message {i}")),
+            })
+            .await;
+        let Ok(Response::Sent(reply)) = reply else {
+            panic!("send: {reply:?}");
+        };
+        assert_eq!(reply.state(), DeliveryState::Delivered, "message {i}");
+    }
+    let Ok(Response::Inbox(mut inbox)) = b
+        .apps(Request::Receive {
+            app_id: "chat".into(),
+        })
+        .await
+    else {
+        panic!("receive");
+    };
+    for i in 1..=3u64 {
+        let msg = tokio::time::timeout(T, inbox.recv())
+            .await
+            .expect("in time")
+            .expect("message");
+        assert_eq!(msg.payload, Bytes::from(format!("message {i}")));
+        assert_eq!(msg.sequence, i);
+        assert_eq!(msg.from_peer, a.peer_id());
+    }
+
+    // Bad input gets the right codes.
+    let err = a
+        .apps(Request::Send {
+            app_id: "chat".into(),
+            peer: b.peer_id(),
+            payload: Bytes::from(vec![0u8; wire::MAX_PAYLOAD + 1]),
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(
+        err.code,
+        p2pos_kernel::ErrorCode::ResourceExhausted,
+        "{err:?}"
+    );
+    assert!(err.message.contains("1 MiB"), "{err:?}");
+    let err = a.dial("not a ticket").await.expect_err("garbage");
+    assert_eq!(
+        err.code,
+        p2pos_kernel::ErrorCode::InvalidArgument,
+        "{err:?}"
+    );
+    let err = a.dial(&a.peer_id()).await.expect_err("self");
+    assert_eq!(
+        err.code,
+        p2pos_kernel::ErrorCode::InvalidArgument,
+        "{err:?}"
+    );
+    let err = a
+        .overlay(Req::Ping(PingRequest {
+            peer_id: "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA".into(),
+        }))
+        .await
+        .expect_err("stranger");
+    assert!(
+        matches!(
+            err.code,
+            p2pos_kernel::ErrorCode::NotFound | p2pos_kernel::ErrorCode::Unavailable
+        ),
+        "{err:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_peer_known_only_by_id_is_found_through_the_dht() {
+    let a = Node::boot().await;
+    let b = Node::boot().await;
+    let c = Node::boot().await;
+    let (b_ticket, _) = b.ticket().await;
+    assert_eq!(a.dial(&b_ticket).await.expect("A dials B"), b.peer_id());
+    eventually("B to have A in its routing table", T, || async {
+        (b.routing_table_size().await >= 1).then_some(())
+    })
+    .await;
+    c.dial(&b_ticket).await.expect("C dials B");
+
+    match c
+        .overlay(Req::FindPeer(FindPeerRequest {
+            peer_id: a.peer_id(),
+        }))
+        .await
+    {
+        Ok(Resp::FindPeer(found)) => assert!(
+            found
+                .addresses
+                .iter()
+                .any(|x| x.starts_with("/ip4/127.0.0.1/tcp/")),
+            "{found:?}"
+        ),
+        other => panic!("find peer: {other:?}"),
+    }
+    assert_eq!(
+        c.dial(&a.peer_id()).await.expect("C dials A by id"),
+        a.peer_id()
+    );
+    let peers = c.peers().await;
+    let to_a = peers
+        .iter()
+        .find(|p| p.peer_id == a.peer_id())
+        .expect("A among C's peers");
+    assert_eq!(to_a.transport, "tcp");
+    assert!(to_a.agent_version.is_empty() || to_a.agent_version.starts_with("p2posd/"));
+    match c
+        .overlay(Req::Ping(PingRequest {
+            peer_id: a.peer_id(),
+        }))
+        .await
+    {
+        Ok(Resp::Ping(p)) => assert!(p.rtt_us > 0),
+        other => panic!("ping: {other:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn a_restarted_overlay_keeps_its_port_and_redials_its_peers() {
+    let a = Node::boot().await;
+    let b = Node::boot().await;
+    let (_, a_addrs) = a.ticket().await;
+    let (b_ticket, _) = b.ticket().await;
+    a.dial(&b_ticket).await.expect("A dials B");
+
+    let mut events = a.ctx.events.subscribe();
+    a.ctx.kernel.inject_panic("overlay").await.expect("inject");
+    let restarted = tokio::time::timeout(T, async {
+        loop {
+            if let Ok(Event {
+                kind: Some(Kind::ServiceRestarted(r)),
+                ..
+            }) = events.recv().await
+            {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("a restart");
+    assert_eq!(
+        (restarted.service.as_str(), restarted.reason.as_str()),
+        ("overlay", "panicked")
+    );
+    // The old swarm is gone (its port is free again) and the new one takes the same port...
+    let again = eventually("A's overlay to answer again", T, || async {
+        match a.overlay(Req::GetTicket(GetTicketRequest {})).await {
+            Ok(Resp::Ticket(t)) if !t.addresses.is_empty() => Some(t.addresses),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(again, a_addrs, "same listen address after a restart");
+    // ... and redials B by itself.
+    eventually("A to redial B", T, || async {
+        a.peers()
+            .await
+            .iter()
+            .any(|p| p.peer_id == b.peer_id())
+            .then_some(())
+    })
+    .await;
+}

@@ -1,0 +1,85 @@
+//! Monitoring: status shows services and peers, metrics are served in the Prometheus text
+//! format on the opt-in port, and p2pctl's read commands print JSON.
+
+use std::{
+    io::{Read, Write},
+    time::Duration,
+};
+
+use p2pos_proto::monitor::v1::GetStatusRequest;
+use p2pos_tests::{Node, p2pctl, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    l.local_addr().expect("addr").port()
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("response");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_metrics_and_json() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut a = Node::start(&["--metrics", &metrics]);
+    let mut b = Node::start(&[]);
+    let b_id = b.peer_id().await;
+    let b_ticket = b.ticket().await;
+    let (ok, out, err) = p2pctl(&a, &["dial", &b_ticket]);
+    assert!(ok, "{out}{err}");
+
+    let client = a.client().await;
+    let status = wait_for("B in A's status with a round-trip time", T, || {
+        let client = client.clone();
+        let b_id = b_id.clone();
+        async move {
+            let s = client.monitor().get_status(GetStatusRequest {}).await.ok()?.into_inner();
+            s.peers.iter().any(|p| p.peer_id == b_id && p.rtt_us > 0).then_some(s)
+        }
+    })
+    .await;
+    for name in ["overlay", "monitor", "gateway"] {
+        let s = status.services.iter().find(|s| s.name == name).expect(name);
+        assert_eq!(s.state, "running", "{name}");
+    }
+    assert!(!status.listen_addresses.is_empty());
+    assert_eq!(status.metrics_url, format!("http://{metrics}/metrics"));
+    let peer = status.peers.iter().find(|p| p.peer_id == b_id).expect("B");
+    assert_eq!(peer.transport, "tcp");
+
+    let body = http_get(&metrics, "/metrics");
+    assert!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("p2pos_service_up"), "{body}");
+    assert!(body.contains("libp2p_"), "libp2p's own metrics: {body}");
+    assert!(body.trim_end().ends_with("# EOF"));
+    assert!(http_get(&metrics, "/nope").contains("404"));
+
+    // p2pctl: the id and ticket alone, JSON for reads.
+    let (ok, id, _) = p2pctl(&b, &["id"]);
+    assert!(ok);
+    assert_eq!(id.trim(), b_id);
+    let (ok, ticket, _) = p2pctl(&b, &["ticket"]);
+    assert!(ok);
+    assert_eq!(ticket.trim().lines().count(), 1);
+    assert!(ticket.starts_with("p2pos"));
+    let (ok, peers, err) = p2pctl(&a, &["peers", "--json"]);
+    assert!(ok, "{err}");
+    assert!(peers.contains(&b_id), "{peers}");
+    let (ok, status_json, err) = p2pctl(&a, &["status", "--json"]);
+    assert!(ok, "{err}");
+    assert!(status_json.contains("\"services\""), "{status_json}");
+    let (ok, _, err) = p2pctl(&a, &["ping", &b_id]);
+    assert!(ok, "{err}");
+
+    // A node that is not running: a one-line error and a non-zero exit.
+    assert!(b.stop().await.success());
+    let (ok, _, err) = p2pctl(&b, &["status"]);
+    assert!(!ok);
+    assert!(err.starts_with("error:"), "{err}");
+}

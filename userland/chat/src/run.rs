@@ -1,0 +1,205 @@
+//! The chat's shell: opens the session, starts the tasks, and runs the one loop that feeds
+//! [`Event`]s and timers to the [`Chat`] machine and carries out its [`Action`]s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+
+use anyhow::bail;
+use p2pos_client::{Client, describe_status};
+use p2pos_proto::app::v1::{AcceptChannel, OpenChannel, SessionRequest, channel_input};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::machine::{APP_ID, Action, Chat, Link, Timer};
+use crate::tasks::{self, Event, Events};
+
+/// Capacity of the event channel: tasks wait (stdin included) while the loop is behind.
+const EVENT_BUFFER: usize = 64;
+
+/// How the chat ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Stdin ended and every line was sent.
+    Done,
+    /// Ctrl-C.
+    Interrupted,
+}
+
+/// Runs the chat until stdin ends (after every line is out), Ctrl-C, or an error.
+pub(crate) async fn run(client: Client, peer: Option<String>) -> anyhow::Result<Ending> {
+    let session = client
+        .apps()
+        .session(SessionRequest {
+            app_id: APP_ID.to_owned(),
+        })
+        .await;
+    let session = match session {
+        Ok(response) => response.into_inner(),
+        Err(status) => bail!("cannot register the chat app: {}", describe_status(&status)),
+    };
+    let (events, mut inbox) = mpsc::channel(EVENT_BUFFER);
+    tokio::spawn(tasks::session(session, events.clone()));
+    tokio::spawn(tasks::receive(client.apps(), events.clone()));
+    tasks::spawn_stdin(events.clone());
+
+    let mut shell = Shell {
+        client,
+        events,
+        chat: Chat::new(peer),
+        writers: HashMap::new(),
+        timers: BTreeMap::new(),
+    };
+    // One future for the whole run, so a Ctrl-C while actions are carried out is not missed.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let next_timer = shell
+            .timers
+            .iter()
+            .min_by_key(|(_, at)| **at)
+            .map(|(t, at)| (*t, *at));
+        let actions = tokio::select! {
+            event = inbox.recv() => match event {
+                Some(event) => shell.handle(event),
+                None => bail!("internal: event channel closed"),
+            },
+            () = sleep_until(next_timer.map(|(_, at)| at)), if next_timer.is_some() => {
+                match next_timer {
+                    Some((timer, _)) => {
+                        shell.timers.remove(&timer);
+                        shell.chat.timer(timer)
+                    }
+                    None => Vec::new(),
+                }
+            }
+            signal = &mut interrupted => match signal {
+                Ok(()) => return Ok(Ending::Interrupted),
+                Err(err) => bail!("cannot listen for Ctrl-C: {err}"),
+            },
+        };
+        if let Some(ending) = shell.execute(actions)? {
+            return Ok(ending);
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Writes one line to stdout and flushes (tests read through a pipe). A closed stdout is
+/// ignored: sending must go on.
+pub(crate) fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
+/// What the loop owns besides the machine: the node client, waiting channel inputs, timers.
+struct Shell {
+    client: Client,
+    events: Events,
+    chat: Chat,
+    /// Channel inputs waiting for their next frame.
+    writers: HashMap<Link, oneshot::Sender<String>>,
+    /// Armed timers and when they fire.
+    timers: BTreeMap<Timer, Instant>,
+}
+
+impl Shell {
+    /// Feeds one event to the machine.
+    fn handle(&mut self, event: Event) -> Vec<Action> {
+        match event {
+            Event::Line(text) => self.chat.line(text),
+            Event::Eof => self.chat.eof(),
+            Event::Registered { peer_id } => self.chat.registered(peer_id),
+            Event::Incoming {
+                channel_id,
+                peer_id,
+            } => self.chat.incoming(channel_id, peer_id),
+            Event::SessionEnded(reason) => {
+                vec![Action::Fail(format!(
+                    "lost the chat session with the node: {reason}"
+                ))]
+            }
+            Event::Received { from, text } => self.chat.received(&from, &text),
+            Event::ReceiveEnded(reason) => {
+                vec![Action::Print(format!(
+                    "* stopped receiving stored messages: {reason}"
+                ))]
+            }
+            Event::Opened { link, peer_id } => self.chat.opened(link, peer_id),
+            Event::OpenFailed { link, failure } => {
+                self.writers.remove(&link);
+                self.chat.open_failed(link, failure)
+            }
+            Event::Frame { link, text } => self.chat.frame(link, &text),
+            Event::Closed { link } => {
+                self.writers.remove(&link);
+                self.chat.closed(link)
+            }
+            Event::WriterReady { link, reply } => {
+                if self.chat.takes_frames(link) {
+                    self.writers.insert(link, reply);
+                    self.chat.writer_ready(link)
+                } else {
+                    // Dropping the reply ends this channel's input.
+                    Vec::new()
+                }
+            }
+            Event::SendDone(outcome) => self.chat.send_done(outcome),
+        }
+    }
+
+    /// Carries out actions, including those that follow from a frame handed back.
+    fn execute(&mut self, actions: Vec<Action>) -> anyhow::Result<Option<Ending>> {
+        let mut pending = std::collections::VecDeque::from(actions);
+        while let Some(action) = pending.pop_front() {
+            match action {
+                Action::Print(text) => print(&text),
+                Action::Open { link, peer } => self.start_channel(
+                    link,
+                    channel_input::Kind::Open(OpenChannel {
+                        app_id: APP_ID.to_owned(),
+                        peer,
+                    }),
+                ),
+                Action::Accept { link, channel_id } => self.start_channel(
+                    link,
+                    channel_input::Kind::Accept(AcceptChannel {
+                        channel_id,
+                        app_id: APP_ID.to_owned(),
+                    }),
+                ),
+                Action::Write { link, text } => {
+                    let handed = match self.writers.remove(&link) {
+                        Some(writer) => writer.send(text),
+                        None => Err(text),
+                    };
+                    if let Err(text) = handed {
+                        pending.extend(self.chat.frame_rejected(link, text));
+                    }
+                }
+                Action::Close { link } => {
+                    self.writers.remove(&link);
+                }
+                Action::Send { peer, text } => {
+                    let apps = self.client.apps();
+                    tokio::spawn(tasks::send(apps, peer, text, self.events.clone()));
+                }
+                Action::Arm { timer, after } => {
+                    self.timers.insert(timer, Instant::now() + after);
+                }
+                Action::Exit => return Ok(Some(Ending::Done)),
+                Action::Fail(message) => bail!(message),
+            }
+        }
+        Ok(None)
+    }
+
+    fn start_channel(&self, link: Link, first: channel_input::Kind) {
+        let apps = self.client.apps();
+        tokio::spawn(tasks::channel(apps, link, first, self.events.clone()));
+    }
+}

@@ -1,0 +1,244 @@
+//! The chat's I/O tasks: each talks to one gRPC stream (or stdin) and reports [`Event`]s to the
+//! loop in `run` through one bounded channel (back-pressure: a task waits while the loop is busy).
+
+use futures::{Stream, StreamExt};
+use p2pos_client::{AuthChannel, describe_status};
+use p2pos_proto::app::v1::apps_client::AppsClient;
+use p2pos_proto::app::v1::{
+    ChannelInput, ChannelOutput, ReceiveRequest, ReceivedMessage, SendRequest, SessionEvent,
+    channel_input, channel_output, session_event,
+};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Code;
+
+use crate::machine::{APP_ID, Failure, Link};
+
+/// Something that happened, for the loop.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A typed line, without its line ending.
+    Line(String),
+    /// Stdin ended.
+    Eof,
+    /// The session is registered.
+    Registered { peer_id: String },
+    /// An incoming channel was announced on the session.
+    Incoming { channel_id: u64, peer_id: String },
+    /// The session stream ended: the node is gone.
+    SessionEnded(String),
+    /// A stored message arrived.
+    Received { from: String, text: String },
+    /// The receive stream ended.
+    ReceiveEnded(String),
+    /// A channel opened.
+    Opened { link: Link, peer_id: String },
+    /// A channel did not open.
+    OpenFailed { link: Link, failure: Failure },
+    /// A data frame arrived on a channel.
+    Frame { link: Link, text: String },
+    /// An open channel's output ended.
+    Closed { link: Link },
+    /// A channel's input stream waits for its next frame on `reply` (dropping it ends the input).
+    WriterReady {
+        link: Link,
+        reply: oneshot::Sender<String>,
+    },
+    /// The outstanding `Send` finished.
+    SendDone(Result<(), Failure>),
+}
+
+/// Where tasks report.
+pub(crate) type Events = mpsc::Sender<Event>;
+
+/// Whether a failed call may succeed later.
+pub(crate) fn classify(status: &tonic::Status) -> Failure {
+    let reason = describe_status(status);
+    match status.code() {
+        Code::InvalidArgument
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::Unimplemented => Failure::Fatal(reason),
+        Code::FailedPrecondition => Failure::Refused(reason),
+        _ => Failure::Retry(reason),
+    }
+}
+
+/// Reads stdin on its own thread (blocking reads must not hold up the runtime or its shutdown).
+pub(crate) fn spawn_stdin(events: Events) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match stdin.read_until(b'\n', &mut buf) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if buf.last() == Some(&b'\n') {
+                        buf.pop();
+                        if buf.last() == Some(&b'\r') {
+                            buf.pop();
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    if events.blocking_send(Event::Line(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        // The loop may be gone already; nothing to do then.
+        let _ = events.blocking_send(Event::Eof);
+    });
+}
+
+/// Forwards session events; reports `SessionEnded` when the stream stops.
+pub(crate) async fn session(mut stream: tonic::Streaming<SessionEvent>, events: Events) {
+    let reason = loop {
+        let event = match stream.message().await {
+            Ok(Some(SessionEvent { kind: Some(kind) })) => match kind {
+                session_event::Kind::Registered(registered) => Event::Registered {
+                    peer_id: registered.peer_id,
+                },
+                session_event::Kind::Incoming(incoming) => Event::Incoming {
+                    channel_id: incoming.channel_id,
+                    peer_id: incoming.peer_id,
+                },
+            },
+            Ok(Some(SessionEvent { kind: None })) => continue,
+            Ok(None) => break "the node ended the session".to_owned(),
+            Err(status) => break describe_status(&status),
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    };
+    let _ = events.send(Event::SessionEnded(reason)).await;
+}
+
+/// Receives stored messages for the chat app.
+pub(crate) async fn receive(mut apps: AppsClient<AuthChannel>, events: Events) {
+    let request = ReceiveRequest {
+        app_id: APP_ID.to_owned(),
+    };
+    let reason = match apps.receive(request).await {
+        Err(status) => describe_status(&status),
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(ReceivedMessage {
+                        from_peer, payload, ..
+                    })) => {
+                        let text = String::from_utf8_lossy(&payload).into_owned();
+                        let event = Event::Received {
+                            from: from_peer,
+                            text,
+                        };
+                        if events.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break "the node ended the stream".to_owned(),
+                    Err(status) => break describe_status(&status),
+                }
+            }
+        }
+    };
+    let _ = events.send(Event::ReceiveEnded(reason)).await;
+}
+
+/// Hands one line to `Apps.Send` and reports the outcome.
+pub(crate) async fn send(
+    mut apps: AppsClient<AuthChannel>,
+    peer: String,
+    text: String,
+    events: Events,
+) {
+    let request = SendRequest {
+        app_id: APP_ID.to_owned(),
+        peer,
+        payload: text.into(),
+    };
+    let outcome = match apps.send(request).await {
+        Ok(_) => Ok(()),
+        Err(status) => Err(classify(&status)),
+    };
+    let _ = events.send(Event::SendDone(outcome)).await;
+}
+
+/// Runs one channel: `first` is the `open` or `accept` input; frames then come one at a time
+/// from the loop (see [`Event::WriterReady`]).
+pub(crate) async fn channel(
+    mut apps: AppsClient<AuthChannel>,
+    link: Link,
+    first: channel_input::Kind,
+    events: Events,
+) {
+    let input = input_stream(link, first, events.clone());
+    let mut output = match apps.channel(input).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let failure = classify(&status);
+            let _ = events.send(Event::OpenFailed { link, failure }).await;
+            return;
+        }
+    };
+    let opened = match output.message().await {
+        Ok(Some(ChannelOutput {
+            kind: Some(channel_output::Kind::Opened(opened)),
+        })) => Ok(opened.peer_id),
+        Ok(Some(_)) => Err(Failure::Retry("the node sent data before opening".into())),
+        Ok(None) => Err(Failure::Retry("the channel closed before opening".into())),
+        Err(status) => Err(classify(&status)),
+    };
+    let event = match opened {
+        Ok(peer_id) => Event::Opened { link, peer_id },
+        Err(failure) => Event::OpenFailed { link, failure },
+    };
+    let failed = matches!(event, Event::OpenFailed { .. });
+    if events.send(event).await.is_err() || failed {
+        return;
+    }
+    loop {
+        match output.message().await {
+            Ok(Some(ChannelOutput {
+                kind: Some(channel_output::Kind::Data(data)),
+            })) => {
+                let text = String::from_utf8_lossy(&data).into_owned();
+                if events.send(Event::Frame { link, text }).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = events.send(Event::Closed { link }).await;
+}
+
+/// The channel's input: `first`, then one data frame each time the loop answers a
+/// `WriterReady`. Asking only when the transport polls means a line is taken off the queue
+/// exactly when it is written, so none sits in a buffer that could be lost when the channel
+/// closes.
+fn input_stream(
+    link: Link,
+    first: channel_input::Kind,
+    events: Events,
+) -> impl Stream<Item = ChannelInput> + Send + 'static {
+    let first = ChannelInput { kind: Some(first) };
+    futures::stream::once(async move { first }).chain(futures::stream::unfold(
+        events,
+        move |events| async move {
+            let (reply, frame) = oneshot::channel();
+            events.send(Event::WriterReady { link, reply }).await.ok()?;
+            let text = frame.await.ok()?;
+            let input = ChannelInput {
+                kind: Some(channel_input::Kind::Data(text.into())),
+            };
+            Some((input, events))
+        },
+    ))
+}

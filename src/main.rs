@@ -124,6 +124,7 @@ fn init_tracing(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // A panicking service is restarted by the kernel; say clearly where it panicked.
     std::panic::set_hook(Box::new(|info| {

@@ -95,8 +95,11 @@ async fn peers_apps_and_sizes() {
         .await
         .expect_err("oversize");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
-    let err = client
-        .apps()
+    // A client without the SDK's own 2 MiB limit: the node refuses it.
+    let unlimited = p2pos_proto::app::v1::apps_client::AppsClient::new(client.channel())
+        .max_encoding_message_size(usize::MAX);
+    let err = unlimited
+        .clone()
         .send(SendRequest {
             app_id: "chat".into(),
             peer: b_ticket.clone(),

@@ -34,10 +34,16 @@ async fn c_finds_a_through_the_dht_and_two_chats_talk() {
 
     chat_c.type_line("hello from C");
     let line = chat_a.expect_line("hello from C", T);
-    assert!(line.starts_with(&format!("{}> ", &c_id[c_id.len() - 8..])), "sender prefix in {line:?}");
+    assert!(
+        line.starts_with(&format!("{}> ", &c_id[c_id.len() - 8..])),
+        "sender prefix in {line:?}"
+    );
     chat_a.type_line("hi C, A here");
     let line = chat_c.expect_line("hi C, A here", T);
-    assert!(line.starts_with(&format!("{}> ", &a_id[a_id.len() - 8..])), "sender prefix in {line:?}");
+    assert!(
+        line.starts_with(&format!("{}> ", &a_id[a_id.len() - 8..])),
+        "sender prefix in {line:?}"
+    );
 
     // Both directions, several lines, in order.
     for i in 0..20 {
@@ -57,7 +63,7 @@ async fn c_finds_a_through_the_dht_and_two_chats_talk() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lines_typed_while_the_peer_is_offline_arrive_when_it_returns() {
-    let mut a = Node::start(&[]);
+    let a = Node::start(&[]);
     let mut b = Node::start(&[]);
     let b_id = b.peer_id().await;
     let b_ticket = b.ticket().await;
@@ -80,6 +86,7 @@ async fn lines_typed_while_the_peer_is_offline_arrive_when_it_returns() {
     .await;
 
     b.restart();
+    b.client().await;
     let mut chat_b = Chat::start(&b, None);
     chat_b.expect_line("are you there?", T);
     chat_b.expect_line("second line", T);
@@ -87,4 +94,22 @@ async fn lines_typed_while_the_peer_is_offline_arrive_when_it_returns() {
     chat_a.expect_line(&format!("* connected to {b_id}"), T);
     chat_a.type_line("live now");
     chat_b.expect_line("live now", T);
+}
+
+#[test]
+fn without_a_node_the_chat_says_so_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(p2pos_tests::bin("p2p-chat"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run p2p-chat");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: cannot reach the node"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }

@@ -28,8 +28,7 @@ async fn register_app(node: &mut Node, app: &str) {
         .expect("registered");
 }
 
-async fn outbox(node: &mut Node) -> u64 {
-    let client = node.client().await;
+async fn outbox(client: &p2pos_client::Client) -> u64 {
     let apps = client
         .apps()
         .list_apps(ListAppsRequest {})
@@ -70,7 +69,8 @@ async fn a_hundred_messages_wait_for_an_offline_peer_and_arrive_once_in_order() 
             .into_inner();
         assert_eq!(reply.state(), DeliveryState::Queued, "message {i}");
     }
-    assert_eq!(outbox(&mut a).await, 100);
+    assert_eq!(outbox(&client_a).await, 100);
+    let a_id = a.peer_id().await;
 
     b.restart();
     let client_b = b.client().await;
@@ -89,13 +89,13 @@ async fn a_hundred_messages_wait_for_an_offline_peer_and_arrive_once_in_order() 
             .expect("stream open")
             .expect("message");
         assert_eq!(msg.payload, Bytes::from(format!("message {i}")));
-        assert_eq!(msg.from_peer, a.peer_id().await);
+        assert_eq!(msg.from_peer, a_id);
         assert_eq!(msg.sequence, i + 1);
     }
     // Every message was acknowledged: nothing is left to resend.
     wait_for("A's outbox to drain", T, || {
-        let a = &mut a;
-        async move { (outbox(a).await == 0).then_some(()) }
+        let client = client_a.clone();
+        async move { (outbox(&client).await == 0).then_some(()) }
     })
     .await;
     // The next message is the next one to arrive: nothing was delivered twice.

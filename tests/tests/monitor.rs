@@ -39,8 +39,16 @@ async fn status_metrics_and_json() {
         let client = client.clone();
         let b_id = b_id.clone();
         async move {
-            let s = client.monitor().get_status(GetStatusRequest {}).await.ok()?.into_inner();
-            s.peers.iter().any(|p| p.peer_id == b_id && p.rtt_us > 0).then_some(s)
+            let s = client
+                .monitor()
+                .get_status(GetStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            s.peers
+                .iter()
+                .any(|p| p.peer_id == b_id && p.rtt_us > 0)
+                .then_some(s)
         }
     })
     .await;
@@ -54,7 +62,10 @@ async fn status_metrics_and_json() {
     assert_eq!(peer.transport, "tcp");
 
     let body = http_get(&metrics, "/metrics");
-    assert!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
     assert!(body.contains("p2pos_service_up"), "{body}");
     assert!(body.contains("libp2p_"), "libp2p's own metrics: {body}");
     assert!(body.trim_end().ends_with("# EOF"));

@@ -30,12 +30,17 @@ async fn send_apps_events_and_shutdown() {
         .expect("p2pctl events");
     let mut stderr = std::io::BufReader::new(events.stderr.take().expect("stderr"));
     let mut attached = String::new();
-    stderr.read_line(&mut attached).expect("p2pctl events says it follows");
+    stderr
+        .read_line(&mut attached)
+        .expect("p2pctl events says it follows");
     assert!(attached.contains("following events"), "{attached}");
     let stdout = events.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
@@ -56,11 +61,16 @@ async fn send_apps_events_and_shutdown() {
     let b_client = b.client().await;
     let mut session = b_client
         .apps()
-        .session(p2pos_proto::app::v1::SessionRequest { app_id: "notes".into() })
+        .session(p2pos_proto::app::v1::SessionRequest {
+            app_id: "notes".into(),
+        })
         .await
         .expect("session")
         .into_inner();
-    futures::StreamExt::next(&mut session).await.expect("registered").expect("ok");
+    futures::StreamExt::next(&mut session)
+        .await
+        .expect("registered")
+        .expect("ok");
     let (ok, out, err) = p2pctl(&a, &["send", &b_id, "notes", "hello", "there"]);
     assert!(ok, "{err}");
     assert!(out.starts_with("delivered"), "{out}");
@@ -75,7 +85,10 @@ async fn send_apps_events_and_shutdown() {
     // Bad input: a one-line error and a non-zero exit.
     let (ok, _, err) = p2pctl(&a, &["send", "not-a-peer", "notes", "x"]);
     assert!(!ok);
-    assert!(err.starts_with("error:") && err.trim().lines().count() == 1, "{err}");
+    assert!(
+        err.starts_with("error:") && err.trim().lines().count() == 1,
+        "{err}"
+    );
     let (ok, _, err) = p2pctl(&a, &["dial", "garbage"]);
     assert!(!ok);
     assert!(err.starts_with("error:"), "{err}");

@@ -394,7 +394,7 @@ fn publish(events: &EventBus, peer: PeerId, frame: &MessageFrame, outcome: Outco
             }));
             return;
         }
-        Outcome::UnknownApp => format!("app {} is not registered on peer {peer}", frame.app_id),
+        Outcome::UnknownApp => format!("app '{}' is not registered on peer {peer}", frame.app_id),
         Outcome::TooLarge => format!(
             "peer {peer} refused a payload of {} bytes",
             frame.payload.len()

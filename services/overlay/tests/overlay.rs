@@ -275,6 +275,29 @@ async fn channels_and_messages_flow_between_two_nodes() {
         assert_eq!(msg.from_peer, a.peer_id());
     }
 
+    // A message for an app B never registered is refused for good.
+    let err = a
+        .apps(Request::Send {
+            app_id: "ghost".into(),
+            peer: b.peer_id(),
+            payload: Bytes::from_static(b"boo"),
+        })
+        .await
+        .expect_err("unknown app");
+    assert_eq!(
+        err.code,
+        p2pos_kernel::ErrorCode::FailedPrecondition,
+        "{err:?}"
+    );
+    assert!(
+        err.message.contains("app 'ghost' is not registered"),
+        "{err:?}"
+    );
+    let Ok(Response::Apps(apps)) = a.apps(Request::ListApps { only: None }).await else {
+        panic!("list apps");
+    };
+    assert!(apps.apps.iter().all(|app| app.outbox == 0), "{apps:?}");
+
     // Bad input gets the right codes.
     let err = a
         .apps(Request::Send {
@@ -330,6 +353,11 @@ async fn a_peer_known_only_by_id_is_found_through_the_dht() {
     .await;
     c.dial(&b_ticket).await.expect("C dials B");
 
+    // C knows A only by its id: the look-up goes through B.
+    assert_eq!(
+        c.dial(&a.peer_id()).await.expect("C dials A by id"),
+        a.peer_id()
+    );
     match c
         .overlay(Req::FindPeer(FindPeerRequest {
             peer_id: a.peer_id(),
@@ -345,10 +373,6 @@ async fn a_peer_known_only_by_id_is_found_through_the_dht() {
         ),
         other => panic!("find peer: {other:?}"),
     }
-    assert_eq!(
-        c.dial(&a.peer_id()).await.expect("C dials A by id"),
-        a.peer_id()
-    );
     let peers = c.peers().await;
     let to_a = peers
         .iter()

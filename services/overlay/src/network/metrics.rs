@@ -1,10 +1,6 @@
 //! Swarm metrics: libp2p's own (`libp2p::metrics`) and the overlay's, in a fresh registry per
 //! start handed to the kernel as `overlay`.
-//!
-//! libp2p-metrics 0.18 records into prometheus-client 0.25 while the workspace (and so the
-//! kernel's registry) is on 0.23. Until the workspace moves to 0.25, libp2p's detailed metrics
-//! are recorded into their own registry that is not exported, and the kernel gets the
-//! overlay's metrics below. After the move, register the libp2p registry as a sub-registry.
+//! libp2p's are named `libp2p_*`, the overlay's `p2pos_overlay_*`.
 
 use libp2p::{metrics::Recorder, swarm::SwarmEvent};
 use p2pos_kernel::ServiceContext;
@@ -24,9 +20,9 @@ pub(crate) struct SwarmMetrics {
 impl SwarmMetrics {
     /// New metrics, registered with the kernel under `overlay`.
     pub(crate) fn register(ctx: &ServiceContext) -> Self {
-        let mut libp2p_registry = libp2p::metrics::Registry::default();
-        let libp2p = libp2p::metrics::Metrics::new(&mut libp2p_registry);
-        let mut registry = Registry::with_prefix("p2pos_overlay");
+        let mut root = Registry::default();
+        let libp2p = libp2p::metrics::Metrics::new(&mut root);
+        let registry = root.sub_registry_with_prefix("p2pos_overlay");
         let connected_peers = Gauge::default();
         let connections = Counter::default();
         let dial_failures = Counter::default();
@@ -45,7 +41,7 @@ impl SwarmMetrics {
             "Outbound connection attempts that failed",
             dial_failures.clone(),
         );
-        ctx.metrics.set("overlay", registry);
+        ctx.metrics.set("overlay", root);
         Self {
             libp2p,
             connected_peers,

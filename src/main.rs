@@ -58,7 +58,11 @@ struct Cli {
     #[arg(long, hide = true)]
     failpoint: Vec<String>,
     /// Log filter, in `RUST_LOG` syntax.
-    #[arg(long, env = "P2POS_LOG", default_value = "info,libp2p=warn,sled=warn")]
+    #[arg(
+        long,
+        env = "P2POS_LOG",
+        default_value = "info,libp2p=warn,libp2p_kad=error,sled=warn"
+    )]
     log: String,
 }
 

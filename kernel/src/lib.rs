@@ -10,9 +10,11 @@
 //! - [`metrics`]: per-service Prometheus registries, encoded together.
 //! - [`error`]: [`ServiceError`](error::ServiceError), the error that crosses actor boundaries,
 //!   and its one mapping to `tonic::Status`.
+//! - [`child`]: child specs, handles, the service context and life-cycle states.
 //! - [`supervisor`]: the kernel actor: child specs, restart policy, health, ordered shutdown.
 //! - [`wire`]: framing shared by the node-to-node protocols and the channel splice.
 
+pub mod child;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -100,7 +100,7 @@ impl Node {
             .arg(&self.data_dir)
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
             .args(&self.args)
-            .env("P2POS_LOG", "info,libp2p=warn,sled=warn")
+            .env("P2POS_LOG", "info,libp2p=warn,libp2p_kad=error,sled=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)

@@ -138,3 +138,58 @@ async fn a_crash_loop_past_the_intensity_stops_the_node() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rest_for_one_restarts_the_services_started_after_the_crashed_one() {
+    let mut node = Node::start(&["--allow-fault-injection", "--strategy", "rest-for-one"]);
+    let client = node.client().await;
+    let peer_id = node.peer_id().await;
+    let mut events = client
+        .monitor()
+        .events(EventsRequest {})
+        .await
+        .expect("events")
+        .into_inner();
+    client
+        .node()
+        .inject_panic(InjectPanicRequest {
+            service: "overlay".into(),
+        })
+        .await
+        .expect("inject panic");
+    // The gateway was started after the overlay, so it is restarted too: this stream, served
+    // by the old gateway, ends.
+    tokio::time::timeout(T, async {
+        loop {
+            match events.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+    .await
+    .expect("the old gateway's stream ends");
+    // The new gateway, monitor and overlay all answer, with the same identity.
+    let client = node.client().await;
+    let status = p2pos_tests::wait_for("every service running again", T, || {
+        let client = client.clone();
+        async move {
+            let s = client
+                .monitor()
+                .get_status(GetStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            s.services.iter().all(|s| s.state == "running").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.peer_id, peer_id);
+    let overlay = status
+        .services
+        .iter()
+        .find(|s| s.name == "overlay")
+        .expect("overlay");
+    assert_eq!(overlay.restarts, 1);
+    assert_eq!(overlay.last_error, "panicked");
+}

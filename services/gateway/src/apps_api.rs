@@ -1,9 +1,9 @@
 //! `p2pos.app.v1.Apps`: sessions, channels, messages. Every call checks that the caller may
 //! act for the app id it names.
 
-use std::{pin::Pin, time::Duration};
+use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use p2pos_kernel::{
     ServiceContext, ServiceError,
     protocols::{
@@ -17,10 +17,13 @@ use p2pos_proto::app::v1::{
     SendRequest, SessionEvent, SessionRequest, apps_server::Apps, channel_input, session_event,
 };
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    BoxStream,
     auth::{Authenticator, Scope},
+    cut_on_stop,
     splice::{OutputStream, splice},
 };
 
@@ -31,12 +34,13 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppsApi {
     ctx: ServiceContext,
     auth: Authenticator,
+    stop: CancellationToken,
 }
 
 impl AppsApi {
     /// For this node.
-    pub fn new(ctx: ServiceContext, auth: Authenticator) -> Self {
-        Self { ctx, auth }
+    pub fn new(ctx: ServiceContext, auth: Authenticator, stop: CancellationToken) -> Self {
+        Self { ctx, auth, stop }
     }
 
     async fn call(&self, request: AppsRequest) -> Result<AppsResponse, Status> {
@@ -56,8 +60,6 @@ fn require_peer(peer: &str) -> Result<(), Status> {
     }
     Ok(())
 }
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Apps for AppsApi {
@@ -82,8 +84,9 @@ impl Apps for AppsApi {
                 kind: Some(session_event::Kind::Incoming(incoming)),
             })
         });
-        Ok(Response::new(Box::pin(
-            futures::stream::once(async { Ok(registered) }).chain(incoming),
+        Ok(Response::new(cut_on_stop(
+            Box::pin(futures::stream::once(async { Ok(registered) }).chain(incoming)),
+            self.stop.clone(),
         )))
     }
 
@@ -128,6 +131,7 @@ impl Apps for AppsApi {
             channel,
             input,
             self.ctx.events.clone(),
+            self.stop.clone(),
         )))
     }
 
@@ -171,7 +175,10 @@ impl Apps for AppsApi {
         let AppsResponse::Inbox(inbox) = self.call(AppsRequest::Receive { app_id }).await? else {
             return Err(mismatch());
         };
-        Ok(Response::new(Box::pin(ReceiverStream::new(inbox).map(Ok))))
+        Ok(Response::new(cut_on_stop(
+            Box::pin(ReceiverStream::new(inbox).map(Ok)),
+            self.stop.clone(),
+        )))
     }
 
     async fn list_apps(

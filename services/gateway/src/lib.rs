@@ -20,5 +20,35 @@ pub mod splice;
 
 pub use server::child_spec;
 
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+/// A boxed response stream.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Ends `inner` with `UNAVAILABLE` when the gateway stops, so that no long-lived call
+/// outlives the gateway that served it (hyper keeps connections in tasks of their own).
+pub(crate) fn cut_on_stop<T: Send + 'static>(
+    inner: BoxStream<T>,
+    stop: CancellationToken,
+) -> BoxStream<T> {
+    Box::pin(futures::stream::unfold(
+        Some((inner, stop)),
+        |state| async move {
+            let (mut inner, stop) = state?;
+            tokio::select! {
+                item = inner.next() => item.map(|item| (item, Some((inner, stop)))),
+                () = stop.cancelled() => Some((
+                    Err(Status::unavailable("the node's gateway is restarting or stopping; reconnect")),
+                    None,
+                )),
+            }
+        },
+    ))
+}
+
 /// File name of the gateway's unix socket in the data directory.
 pub const SOCKET_FILE: &str = "gateway.sock";

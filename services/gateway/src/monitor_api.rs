@@ -12,18 +12,24 @@ use p2pos_proto::monitor::v1::{
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Authenticator, Scope};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{Authenticator, Scope},
+    cut_on_stop,
+};
 
 /// The adapter.
 pub struct MonitorApi {
     ctx: ServiceContext,
     auth: Authenticator,
+    stop: CancellationToken,
 }
 
 impl MonitorApi {
     /// For this node.
-    pub fn new(ctx: ServiceContext, auth: Authenticator) -> Self {
-        Self { ctx, auth }
+    pub fn new(ctx: ServiceContext, auth: Authenticator, stop: CancellationToken) -> Self {
+        Self { ctx, auth, stop }
     }
 }
 
@@ -66,7 +72,10 @@ impl Monitor for MonitorApi {
             };
             futures::future::ready(out)
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(cut_on_stop(
+            Box::pin(stream),
+            self.stop.clone(),
+        )))
     }
 }
 

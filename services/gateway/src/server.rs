@@ -19,6 +19,7 @@ use tokio::{
     task::{AbortHandle, JoinHandle},
 };
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
 use tonic::{service::Routes, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
@@ -45,7 +46,10 @@ pub fn child_spec() -> ChildSpec {
     }
 }
 
-fn routes(ctx: &ServiceContext) -> Result<(Routes, HealthReporter), String> {
+fn routes(
+    ctx: &ServiceContext,
+    stop: &CancellationToken,
+) -> Result<(Routes, HealthReporter), String> {
     let auth = Authenticator::new(ctx.admin_token.clone(), ctx.store.clone());
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -63,19 +67,20 @@ fn routes(ctx: &ServiceContext) -> Result<(Routes, HealthReporter), String> {
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(
-            AppsServer::new(AppsApi::new(ctx.clone(), auth.clone()))
+            AppsServer::new(AppsApi::new(ctx.clone(), auth.clone(), stop.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(
-            MonitorServer::new(MonitorApi::new(ctx.clone(), auth))
+            MonitorServer::new(MonitorApi::new(ctx.clone(), auth, stop.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         );
     Ok((routes, reporter))
 }
 
 fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> {
-    let (routes, reporter) = routes(&ctx)?;
+    let cancel = CancellationToken::new();
+    let (routes, reporter) = routes(&ctx, &cancel)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -134,6 +139,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
             );
         }
         GatewayService {
+            cancel,
+            socket,
             guard,
             stop_tx,
             aborts,
@@ -191,6 +198,8 @@ async fn mirror_health(
 
 /// The gateway actor: owns the server tasks.
 struct GatewayService {
+    cancel: CancellationToken,
+    socket: std::path::PathBuf,
     guard: DeathGuard,
     stop_tx: watch::Sender<bool>,
     aborts: Vec<AbortHandle>,
@@ -200,6 +209,7 @@ struct GatewayService {
 
 impl Drop for GatewayService {
     fn drop(&mut self) {
+        self.cancel.cancel();
         for abort in &self.aborts {
             abort.abort();
         }
@@ -222,7 +232,9 @@ impl Handler<StopService> for GatewayService {
     fn handle(&mut self, _: StopService, _: &mut Self::Context) -> Self::Result {
         self.stopping = true;
         let _ = self.stop_tx.send(true);
+        self.cancel.cancel();
         let aborts = self.aborts.clone();
+        let socket = self.socket.clone();
         Box::pin(
             async move {
                 // Give in-flight calls a moment; long-lived streams are then cut.
@@ -237,6 +249,8 @@ impl Handler<StopService> for GatewayService {
                 for abort in aborts {
                     abort.abort();
                 }
+                // Clients then get "no such file" rather than "connection refused".
+                let _ = std::fs::remove_file(&socket);
             }
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop()),

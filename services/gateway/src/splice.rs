@@ -15,7 +15,10 @@ use p2pos_proto::{
     app::v1::{ChannelInput, ChannelOpened, ChannelOutput, channel_input, channel_output},
     monitor::v1::{self, event::Kind},
 };
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::{
+    codec::{FramedRead, FramedWrite},
+    sync::CancellationToken,
+};
 use tonic::{Status, Streaming};
 use tracing::debug;
 
@@ -40,6 +43,7 @@ pub fn splice(
     channel: ChannelStream,
     mut input: Streaming<ChannelInput>,
     events: EventBus,
+    stop: CancellationToken,
 ) -> OutputStream {
     let ChannelStream {
         channel_id,
@@ -65,9 +69,17 @@ pub fn splice(
     let (read_half, write_half) = tokio::io::split(io);
     let mut sink = FramedWrite::new(write_half, codec(MAX_CHANNEL_FRAME));
     let (err_tx, err_rx) = tokio::sync::oneshot::channel::<Status>();
+    let input_stop = stop.clone();
     tokio::spawn(async move {
         let outcome: Result<(), Status> = async {
-            while let Some(frame) = input.message().await? {
+            loop {
+                let frame = tokio::select! {
+                    frame = input.message() => match frame? {
+                        Some(frame) => frame,
+                        None => break,
+                    },
+                    () = input_stop.cancelled() => break,
+                };
                 match frame.kind {
                     Some(channel_input::Kind::Data(data)) => {
                         if data.len() > MAX_PAYLOAD {
@@ -112,7 +124,10 @@ pub fn splice(
         _closed: closed,
     };
     let frames = futures::stream::unfold(state, next_output);
-    Box::pin(futures::stream::once(async { Ok(opened) }).chain(frames))
+    crate::cut_on_stop(
+        Box::pin(futures::stream::once(async { Ok(opened) }).chain(frames)),
+        stop,
+    )
 }
 
 struct OutputState {

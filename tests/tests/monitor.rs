@@ -94,3 +94,41 @@ async fn status_metrics_and_json() {
     assert!(!ok);
     assert!(err.starts_with("error:"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_lists_the_open_spec() {
+    use futures::StreamExt;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut node = Node::start(&[]);
+    let client = node.client().await;
+    let mut reflection = ServerReflectionClient::new(client.channel());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("answer").expect("ok");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "p2pos.node.v1.Node",
+        "p2pos.overlay.v1.Overlay",
+        "p2pos.app.v1.Apps",
+        "p2pos.monitor.v1.Monitor",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+}

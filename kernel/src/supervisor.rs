@@ -381,6 +381,7 @@ impl Handler<ChildExited> for Kernel {
                     if let Some(handle) = child.handle.take() {
                         stops.push(handle.stop);
                     }
+                    self.set_state(later, ServiceState::Restarting);
                 }
                 let fut = async move {
                     for stop in stops {
@@ -392,8 +393,14 @@ impl Handler<ChildExited> for Kernel {
                     if act.shutting_down {
                         return;
                     }
-                    for i in idx..act.children.len() {
-                        act.start_child(i, ctx);
+                    act.start_child(idx, ctx);
+                    for later in idx + 1..act.children.len() {
+                        // OTP never restarts a temporary child, whatever the strategy.
+                        if act.children[later].spec.restart == RestartType::Temporary {
+                            act.set_state(later, ServiceState::Stopped);
+                        } else {
+                            act.start_child(later, ctx);
+                        }
                     }
                 }));
             }

@@ -151,6 +151,11 @@ async fn tcp_gateway_needs_the_right_token_and_app_tokens_are_scoped() {
         .await
         .expect_err("no token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let err = tonic_health::pb::health_client::HealthClient::new(anonymous.channel())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect_err("health needs a token on TCP too");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
 
     let wrong =
         Client::connect(&Target::new(gateway.clone(), Some("wrong".into()), None).expect("target"))

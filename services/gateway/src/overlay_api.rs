@@ -38,9 +38,17 @@ fn mismatch() -> Status {
     Status::internal("the overlay answered a different request")
 }
 
+/// `Ping` and `FindPeer` take a bare peer id: dialing new addresses (tickets, multiaddrs) is
+/// what the admin-only `Dial` is for.
 fn require_peer(peer_id: &str) -> Result<(), Status> {
-    if peer_id.trim().is_empty() {
+    let peer_id = peer_id.trim();
+    if peer_id.is_empty() {
         return Err(Status::invalid_argument("peer_id is empty"));
+    }
+    if !peer_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(Status::invalid_argument(format!(
+            "{peer_id:?} is not a peer id (a ticket or address is for Dial)"
+        )));
     }
     Ok(())
 }

@@ -110,8 +110,12 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
             .map_err(|e| format!("cannot bind the gateway on {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         info!("gateway on http://{local} (token required)");
+        // Every call on TCP needs a token, health and reflection included.
+        let auth = Authenticator::new(ctx.admin_token.clone(), ctx.store.clone());
+        let require_token = move |req: tonic::Request<()>| auth.scope(&req).map(|_| req);
         servers.push(tokio::spawn(
             Server::builder()
+                .layer(tonic::service::InterceptorLayer::new(require_token))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listener),

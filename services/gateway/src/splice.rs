@@ -70,6 +70,11 @@ pub fn splice(
     let mut sink = FramedWrite::new(write_half, codec(MAX_CHANNEL_FRAME));
     let (err_tx, err_rx) = tokio::sync::oneshot::channel::<Status>();
     let input_stop = stop.clone();
+    // Cancelled when the client's output stream is dropped: the writer must not outlive it
+    // (a remote that stops reading would otherwise hold the task and stream for ever).
+    let output_gone = CancellationToken::new();
+    let output_alive = output_gone.clone().drop_guard();
+    let writer_gone = output_gone.clone();
     tokio::spawn(async move {
         let outcome: Result<(), Status> = async {
             loop {
@@ -79,6 +84,7 @@ pub fn splice(
                         None => break,
                     },
                     () = input_stop.cancelled() => break,
+                    () = output_gone.cancelled() => break,
                 };
                 match frame.kind {
                     Some(channel_input::Kind::Data(data)) => {
@@ -88,9 +94,12 @@ pub fn splice(
                                 data.len()
                             )));
                         }
-                        sink.send(data).await.map_err(|e| {
-                            Status::unavailable(format!("the channel to the peer broke: {e}"))
-                        })?;
+                        tokio::select! {
+                            sent = sink.send(data) => sent.map_err(|e| {
+                                Status::unavailable(format!("the channel to the peer broke: {e}"))
+                            })?,
+                            () = writer_gone.cancelled() => break,
+                        }
                     }
                     Some(channel_input::Kind::Open(_) | channel_input::Kind::Accept(_)) => {
                         return Err(Status::invalid_argument(
@@ -122,6 +131,7 @@ pub fn splice(
         input_error: Some(err_rx),
         done: false,
         _closed: closed,
+        _alive: output_alive,
     };
     let frames = futures::stream::unfold(state, next_output);
     crate::cut_on_stop(
@@ -138,6 +148,7 @@ struct OutputState {
     input_error: Option<tokio::sync::oneshot::Receiver<Status>>,
     done: bool,
     _closed: ClosedOnDrop,
+    _alive: tokio_util::sync::DropGuard,
 }
 
 /// The next output: a frame from the peer, the end of the peer's frames, or the status that

@@ -14,6 +14,8 @@ use tracing::{debug, warn};
 
 /// Most metrics requests served at once.
 const MAX_CONNECTIONS: usize = 16;
+/// A scrape gets this long; an idle or slow client then loses its slot.
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Binds `addr` now (so a bad address fails the service's start) and returns the serving future.
 pub fn bind(
@@ -40,11 +42,13 @@ pub fn bind(
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| answer(req, metrics.clone()));
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    debug!("metrics connection: {e}");
+                let conn = http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!("metrics connection: {e}"),
+                    Err(_) => debug!("metrics connection: cut after {CONNECTION_TIMEOUT:?}"),
                 }
                 drop(permit);
             });

@@ -65,7 +65,13 @@ pub(crate) async fn open(
         .map_err(|e| broken(e.to_string()))?;
     let welcome: ChannelWelcome = read_message(&mut io, wire::MAX_CONTROL_FRAME, WELCOME_TIMEOUT)
         .await
-        .map_err(|e| broken(e.to_string()))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => Error::ChannelNotAccepted {
+                app_id: app_id.clone(),
+                peer,
+            },
+            _ => broken(e.to_string()),
+        })?;
     let ChannelWelcome { result, message } = welcome;
     match channel_welcome::Result::try_from(result) {
         Ok(channel_welcome::Result::Accepted) => Ok(ChannelStream {

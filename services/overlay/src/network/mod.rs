@@ -189,9 +189,9 @@ impl NetHandle {
         let fut = self.request(|reply| Command::Connect { peer, addrs, reply });
         match tokio::time::timeout(limit, fut).await {
             Ok(result) => result?,
-            Err(_) => Err(Error::Unreachable {
-                peer,
-                reason: format!("no connection within {limit:?}"),
+            Err(_) => Err(Error::Timeout {
+                what: format!("a connection to {peer}"),
+                after: limit,
             }),
         }
     }

@@ -64,6 +64,7 @@ pub struct Node {
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
     args: Vec<String>,
+    netns: Option<String>,
     child: Option<Child>,
     log: PathBuf,
     starts: u32,
@@ -82,6 +83,27 @@ impl Node {
             data_dir,
             _dir: Some(dir),
             args: extra.iter().map(|s| (*s).to_owned()).collect(),
+            netns: None,
+            child: None,
+            starts: 0,
+        };
+        node.spawn();
+        node
+    }
+
+    /// Starts a node inside network namespace `netns` with the default listen addresses and
+    /// mDNS on (as on a LAN), plus `extra` flags.
+    pub fn start_in_netns(netns: &str, extra: &[&str]) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("p2pos-")
+            .tempdir()
+            .expect("temp dir");
+        let mut node = Node {
+            log: dir.path().join("p2posd.log"),
+            data_dir: dir.path().join("node"),
+            _dir: Some(dir),
+            args: extra.iter().map(|s| (*s).to_owned()).collect(),
+            netns: Some(netns.to_owned()),
             child: None,
             starts: 0,
         };
@@ -95,10 +117,22 @@ impl Node {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(bin("p2posd"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                // `ip netns exec` execs the daemon, so the pid is p2posd's own.
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(bin("p2posd"));
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(bin("p2posd"));
+                cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+                cmd
+            }
+        };
+        let child = cmd
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
             .args(&self.args)
             .env("P2POS_LOG", "info,libp2p=warn,libp2p_kad=error,sled=warn")
             .stdin(Stdio::null())
@@ -338,5 +372,78 @@ impl Drop for Chat {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Two network namespaces joined by a veth pair on 10.213.x.0/24: a LAN of two test hosts,
+/// removed on drop.
+pub struct Lan {
+    /// The namespaces' names.
+    pub hosts: [String; 2],
+}
+
+impl Lan {
+    /// Creates the LAN, or `None` where namespaces cannot be made (not root, no `ip`).
+    pub fn create() -> Option<Lan> {
+        let id = std::process::id();
+        let hosts = [format!("p2pos-{id}-a"), format!("p2pos-{id}-b")];
+        let veth = [
+            format!("p2v{}a", id % 100_000),
+            format!("p2v{}b", id % 100_000),
+        ];
+        let subnet = 1 + id % 250;
+        let lan = Lan { hosts };
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        let [a, b] = &lan.hosts;
+        let ok = ip(&["netns", "add", a])
+            && ip(&["netns", "add", b])
+            && ip(&[
+                "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1],
+            ])
+            && ip(&["link", "set", &veth[0], "netns", a])
+            && ip(&["link", "set", &veth[1], "netns", b])
+            && ip(&[
+                "-n",
+                a,
+                "addr",
+                "add",
+                &format!("10.213.{subnet}.1/24"),
+                "dev",
+                &veth[0],
+            ])
+            && ip(&[
+                "-n",
+                b,
+                "addr",
+                "add",
+                &format!("10.213.{subnet}.2/24"),
+                "dev",
+                &veth[1],
+            ])
+            && ip(&["-n", a, "link", "set", &veth[0], "up"])
+            && ip(&["-n", b, "link", "set", &veth[1], "up"])
+            && ip(&["-n", a, "link", "set", "lo", "up"])
+            && ip(&["-n", b, "link", "set", "lo", "up"]);
+        ok.then_some(lan)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for host in &self.hosts {
+            // Deleting a namespace removes its end of the veth pair, and so the pair.
+            let _ = Command::new("ip")
+                .args(["netns", "del", host])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }

@@ -6,6 +6,9 @@
 
 use std::{path::Path, sync::Arc};
 
+/// sled's page cache: the node's data is small (peers, apps, queued messages).
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -76,6 +79,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| StoreError::Open {
                 path: dir.display().to_string(),

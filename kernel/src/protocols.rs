@@ -122,6 +122,13 @@ pub mod apps {
             /// The app.
             app_id: String,
         },
+        /// Acknowledge every message of the app's inbox up to and including `inbox_id`.
+        Ack {
+            /// The app.
+            app_id: String,
+            /// From [`ReceivedMessage::inbox_id`].
+            inbox_id: u64,
+        },
         /// List apps: all of them, or just one.
         ListApps {
             /// Only this app, for an app-scoped caller.
@@ -138,8 +145,11 @@ pub mod apps {
         Channel(ChannelStream),
         /// To `Send`.
         Sent(SendReply),
-        /// To `Receive`: messages, oldest first; each leaves the inbox once taken from here.
+        /// To `Receive`: messages, oldest first, each once; each stays in the inbox until it is
+        /// acknowledged with [`Request::Ack`].
         Inbox(mpsc::Receiver<ReceivedMessage>),
+        /// To `Ack`: the acknowledged messages are gone from the inbox, durably.
+        Acked,
         /// To `ListApps`.
         Apps(ListAppsReply),
     }

@@ -1,12 +1,16 @@
 //! Store-and-forward: messages to an offline peer wait in the sender's outbox and arrive once
-//! each, in order, when it is back; a restarted node keeps its peer id and redials its peers.
+//! each, in order, when it is back; the app gets each message until it acknowledges it; a
+//! restarted node keeps its peer id and redials its peers.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use p2pos_proto::{
-    app::v1::{DeliveryState, ListAppsRequest, ReceiveRequest, SendRequest, SessionRequest},
+    app::v1::{
+        AckRequest, DeliveryState, ListAppsRequest, ReceiveRequest, ReceivedMessage, SendRequest,
+        SessionRequest,
+    },
     overlay::v1::{DialRequest, ListPeersRequest},
 };
 use p2pos_tests::{Node, wait_for};
@@ -119,6 +123,120 @@ async fn a_hundred_messages_wait_for_an_offline_peer_and_arrive_once_in_order() 
     assert_eq!(msg.sequence, 101);
 }
 
+/// Messages waiting in the inbox of `app` (received, not acknowledged).
+async fn inbox(client: &p2pos_client::Client, app: &str) -> u64 {
+    let apps = client
+        .apps()
+        .list_apps(ListAppsRequest {})
+        .await
+        .expect("list_apps")
+        .into_inner();
+    apps.apps
+        .iter()
+        .find(|a| a.app_id == app)
+        .map_or(0, |a| a.inbox)
+}
+
+/// Starts `Receive` for `chat` and reads `n` messages from it.
+async fn receive(
+    client: &p2pos_client::Client,
+    n: usize,
+) -> (tonic::Streaming<ReceivedMessage>, Vec<ReceivedMessage>) {
+    let mut stream = client
+        .apps()
+        .receive(ReceiveRequest {
+            app_id: "chat".into(),
+        })
+        .await
+        .expect("receive")
+        .into_inner();
+    let mut got = Vec::new();
+    for i in 0..n {
+        let msg = tokio::time::timeout(T, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} did not arrive"))
+            .expect("stream open")
+            .expect("message");
+        got.push(msg);
+    }
+    (stream, got)
+}
+
+fn texts(messages: &[ReceivedMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_stay_in_the_inbox_until_the_app_acknowledges_them() {
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    register_app(&mut b, "chat").await;
+    let b_id = b.peer_id().await;
+    let client_a = a.client().await;
+    client_a
+        .overlay()
+        .dial(DialRequest {
+            target: b.ticket().await,
+            timeout_ms: 0,
+        })
+        .await
+        .expect("dial");
+    let sent: Vec<String> = (1..=12).map(|i| format!("message {i}")).collect();
+    for text in &sent {
+        client_a
+            .apps()
+            .send(SendRequest {
+                app_id: "chat".into(),
+                peer: b_id.clone(),
+                payload: Bytes::from(text.clone()),
+            })
+            .await
+            .expect("send");
+    }
+    let client_b = b.client().await;
+    wait_for("B to store all 12", T, || {
+        let client = client_b.clone();
+        async move { (inbox(&client, "chat").await == 12).then_some(()) }
+    })
+    .await;
+
+    // The app reads one message and goes away without acknowledging it.
+    let (stream, first) = receive(&client_b, 1).await;
+    assert_eq!(texts(&first), sent[..1]);
+    drop(stream);
+    assert_eq!(
+        inbox(&client_b, "chat").await,
+        12,
+        "reading removes nothing"
+    );
+
+    // The next `Receive` hands all 12 over again, oldest first, the first one included.
+    let (_stream, all) = receive(&client_b, 12).await;
+    assert_eq!(texts(&all), sent);
+    assert_eq!(all[0].inbox_id, first[0].inbox_id);
+    assert!(all.windows(2).all(|w| w[0].inbox_id < w[1].inbox_id));
+    assert_eq!(
+        all.iter().map(|m| m.sequence).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<u64>>()
+    );
+
+    // Acknowledging the 5th takes the first five; the next `Receive` starts at the 6th.
+    client_b
+        .apps()
+        .ack(AckRequest {
+            app_id: "chat".into(),
+            inbox_id: all[4].inbox_id,
+        })
+        .await
+        .expect("ack");
+    let (_stream, rest) = receive(&client_b, 7).await;
+    assert_eq!(texts(&rest), sent[5..]);
+    assert_eq!(inbox(&client_b, "chat").await, 7);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_node_keeps_its_peer_id_and_redials_its_peers() {
     let mut a = Node::start(&[]);
@@ -154,4 +272,66 @@ async fn a_restarted_node_keeps_its_peer_id_and_redials_its_peers() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_lost_its_store_but_kept_its_key_is_not_taken_for_a_duplicate() {
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    register_app(&mut b, "chat").await;
+    let a_id = a.peer_id().await;
+    let b_id = b.peer_id().await;
+    let b_ticket = b.ticket().await;
+    let send = |client: p2pos_client::Client, text: &'static str| {
+        let peer = b_id.clone();
+        async move {
+            client
+                .apps()
+                .send(SendRequest {
+                    app_id: "chat".into(),
+                    peer,
+                    payload: Bytes::from_static(text.as_bytes()),
+                })
+                .await
+                .expect("send");
+        }
+    };
+    let dial = |client: p2pos_client::Client| {
+        let target = b_ticket.clone();
+        async move {
+            client
+                .overlay()
+                .dial(DialRequest {
+                    target,
+                    timeout_ms: 0,
+                })
+                .await
+                .expect("dial");
+        }
+    };
+    let client_a = a.client().await;
+    dial(client_a.clone()).await;
+    send(client_a.clone(), "before 1").await;
+    send(client_a, "before 2").await;
+    let client_b = b.client().await;
+    wait_for("B to store both", T, || {
+        let client = client_b.clone();
+        async move { (inbox(&client, "chat").await == 2).then_some(()) }
+    })
+    .await;
+
+    // A loses its store but keeps identity.key: its sequence numbers start again at 1.
+    assert!(a.stop().await.success());
+    std::fs::remove_dir_all(a.data_dir.join("store")).expect("remove A's store");
+    a.restart();
+    assert_eq!(a.peer_id().await, a_id, "same identity");
+    let client_a = a.client().await;
+    dial(client_a.clone()).await;
+    send(client_a, "after").await;
+
+    let (_stream, got) = receive(&client_b, 3).await;
+    assert_eq!(texts(&got), ["before 1", "before 2", "after"]);
+    assert_eq!(got[2].sequence, 1);
+    assert_ne!(got[2].sender_epoch, got[0].sender_epoch);
+    assert!(got.iter().all(|m| m.from_peer == a_id));
 }

@@ -13,8 +13,9 @@ use p2pos_kernel::{
     wire::MAX_PAYLOAD,
 };
 use p2pos_proto::app::v1::{
-    ChannelInput, ListAppsReply, ListAppsRequest, ReceiveRequest, ReceivedMessage, SendReply,
-    SendRequest, SessionEvent, SessionRequest, apps_server::Apps, channel_input, session_event,
+    AckReply, AckRequest, ChannelInput, ListAppsReply, ListAppsRequest, ReceiveRequest,
+    ReceivedMessage, SendReply, SendRequest, SessionEvent, SessionRequest, apps_server::Apps,
+    channel_input, session_event,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -179,6 +180,16 @@ impl Apps for AppsApi {
             Box::pin(ReceiverStream::new(inbox).map(Ok)),
             self.stop.clone(),
         )))
+    }
+
+    async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckReply>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let AckRequest { app_id, inbox_id } = req.into_inner();
+        scope.require_app(&app_id)?;
+        match self.call(AppsRequest::Ack { app_id, inbox_id }).await? {
+            AppsResponse::Acked => Ok(Response::new(AckReply {})),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn list_apps(

@@ -173,9 +173,13 @@ async fn mirror_health(
     mut states: watch::Receiver<Vec<p2pos_kernel::ServiceStatus>>,
     reporter: HealthReporter,
 ) {
+    // Watchers are told of every `set`, changed or not: send changes only, so a watcher sees
+    // one NOT_SERVING per outage rather than one per intermediate state.
+    let mut sent: std::collections::HashMap<&'static str, ServingStatus> = Default::default();
     loop {
         let snapshot = states.borrow_and_update().clone();
         let mut all_up = true;
+        let mut wanted = Vec::new();
         for s in &snapshot {
             // The gateway answering is proof enough that it runs.
             let up = s.state == ServiceState::Running || s.name == NAME;
@@ -185,16 +189,20 @@ async fn mirror_health(
             } else {
                 ServingStatus::NotServing
             };
-            for name in grpc_names(s.name) {
-                reporter.set_service_status(*name, status).await;
-            }
+            wanted.extend(grpc_names(s.name).iter().map(|name| (*name, status)));
         }
         let overall = if all_up {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         };
-        reporter.set_service_status("", overall).await;
+        wanted.push(("", overall));
+        for (name, status) in wanted {
+            if sent.get(name) != Some(&status) {
+                reporter.set_service_status(name, status).await;
+                sent.insert(name, status);
+            }
+        }
         if states.changed().await.is_err() {
             return;
         }

@@ -1,6 +1,7 @@
 //! The apps protocol on the overlay actor: sessions, inbound channels waiting to be accepted,
-//! channel opens, `Send`, `Receive` and `ListApps`. The actor only keeps the bookkeeping; slow
-//! work runs in the futures it returns and channel and message bytes never pass through it.
+//! channel opens, `Send`, `Receive`, `Ack` and `ListApps`. The actor only keeps the
+//! bookkeeping; slow work runs in the futures it returns and channel and message bytes never
+//! pass through it.
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
@@ -14,6 +15,7 @@ use p2pos_kernel::{
         Apps,
         apps::{Request, Response, Session},
     },
+    store::StoreError,
     wire::MAX_PAYLOAD,
 };
 use p2pos_proto::{
@@ -23,11 +25,12 @@ use p2pos_proto::{
     },
     wire::v1::channel_welcome,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::warn;
 
 use crate::{
     Error, channel,
+    counted::count,
     delivery::Outcome,
     error::validate_app_id,
     inbound::{InboundChannel, Io, Refusal, refuse},
@@ -41,8 +44,8 @@ use crate::{
 const SESSION_BUFFER: usize = 64;
 /// Most live sessions, all apps together.
 const MAX_SESSIONS: usize = 1024;
-/// Messages buffered between the inbox and a `Receive` stream. A message leaves the inbox
-/// once it is in this buffer, so it is kept small.
+/// Messages buffered between the inbox and a `Receive` stream (they stay in the inbox until
+/// the app acknowledges them).
 const RECEIVE_BUFFER: usize = 4;
 /// Messages read from the inbox at a time.
 const RECEIVE_BATCH: usize = 16;
@@ -66,6 +69,8 @@ pub(crate) struct PendingChannel {
     peer: PeerId,
     app_id: String,
     io: Io,
+    /// Its place among the node's channels, handed on to the open channel.
+    permit: OwnedSemaphorePermit,
     expiry: SpawnHandle,
 }
 
@@ -91,6 +96,7 @@ impl Handler<Call<Apps>> for OverlayService {
                 payload,
             } => self.send(app_id, &peer, payload),
             Request::Receive { app_id } => self.receive(app_id),
+            Request::Ack { app_id, inbox_id } => self.ack(app_id, inbox_id),
             Request::ListApps { only } => ready(self.list_apps(only)),
         };
         Box::pin(async move { reply.await.map_err(ServiceError::from) })
@@ -153,6 +159,11 @@ impl OverlayService {
             Ok(t) => t,
             Err(e) => return ready(Err(e)),
         };
+        let Ok(channel_permit) = self.channels.clone().try_acquire_owned() else {
+            return ready(Err(Error::TooManyChannels {
+                limit: usize::try_from(self.ctx.config.max_channels).unwrap_or(usize::MAX),
+            }));
+        };
         let Ok(permit) = self.opens.clone().try_acquire_owned() else {
             return ready(Err(Error::Busy {
                 what: "channel opens in progress",
@@ -167,7 +178,7 @@ impl OverlayService {
         Box::pin(async move {
             let _permit = permit;
             let stream = channel::open(net, control, store, app_id, peer, addrs).await?;
-            Ok(Response::Channel(stream))
+            Ok(Response::Channel(count(stream, channel_permit)))
         })
     }
 
@@ -180,10 +191,12 @@ impl OverlayService {
         match self.pending.remove(&channel_id) {
             Some(pending) if pending.app_id == app_id => {
                 ctx.cancel_future(pending.expiry);
-                let PendingChannel { peer, io, .. } = pending;
+                let PendingChannel {
+                    peer, io, permit, ..
+                } = pending;
                 Box::pin(async move {
                     let stream = channel::accept(io, channel_id, peer, app_id).await?;
-                    Ok(Response::Channel(stream))
+                    Ok(Response::Channel(count(stream, permit)))
                 })
             }
             other => {
@@ -261,9 +274,25 @@ impl OverlayService {
         }
         let (tx, rx) = mpsc::channel(RECEIVE_BUFFER);
         let feeder = AbortOnDrop::spawn(feed_inbox(app_id.clone(), self.mailbox.clone(), tx));
-        // A new `Receive` replaces the old one, which ends.
+        // A new `Receive` replaces the old one, which ends (dropping the old feeder aborts it).
         self.receivers.insert(app_id, feeder);
         ready(Ok(Response::Inbox(rx)))
+    }
+
+    fn ack(&mut self, app_id: String, inbox_id: u64) -> Reply {
+        if let Err(e) = validate_app_id(&app_id) {
+            return ready(Err(e));
+        }
+        let mailbox = self.mailbox.clone();
+        Box::pin(async move {
+            // Off the actor: a cumulative acknowledgement may read many entries.
+            let removing = mailbox.clone();
+            tokio::task::spawn_blocking(move || removing.ack(&app_id, inbox_id))
+                .await
+                .map_err(|e| StoreError::Io(format!("ack task: {e}")))??;
+            mailbox.flush().await?;
+            Ok(Response::Acked)
+        })
     }
 
     fn list_apps(&self, only: Option<String>) -> Result<Response, Error> {
@@ -303,11 +332,12 @@ impl Handler<InboundChannel> for OverlayService {
             io,
             welcome: channel::welcome(result, message),
         };
-        let max = usize::try_from(self.ctx.config.max_channels).unwrap_or(usize::MAX);
-        if self.pending.len() >= max {
-            let why = format!("{max} channels are waiting to be accepted");
+        // A pending channel counts as open: it holds a stream to the peer.
+        let Ok(permit) = self.channels.clone().try_acquire_owned() else {
+            let max = self.ctx.config.max_channels;
+            let why = format!("too many open channels (limit {max})");
             return Err(refusal(io, channel_welcome::Result::Busy, why));
-        }
+        };
         let local = self.net.local_peer_id();
         let session = self
             .apps
@@ -350,6 +380,7 @@ impl Handler<InboundChannel> for OverlayService {
                 peer,
                 app_id,
                 io,
+                permit,
                 expiry,
             },
         );
@@ -357,13 +388,15 @@ impl Handler<InboundChannel> for OverlayService {
     }
 }
 
-/// Streams the inbox of `app_id` into `tx`, oldest first, then new messages as they arrive.
-/// A message leaves the inbox once it is in `tx`.
+/// Streams the inbox of `app_id` into `tx`, oldest first, then new messages as they arrive;
+/// each once, and none removed (the app acknowledges them with `Ack`).
 async fn feed_inbox(app_id: String, mailbox: Arc<Mailbox>, tx: mpsc::Sender<ReceivedMessage>) {
     let mut arrivals = mailbox.subscribe(&app_id);
+    // The inbox id of the last message handed to `tx`.
+    let mut cursor = None;
     loop {
         arrivals.borrow_and_update();
-        let batch = match mailbox.inbox(&app_id, RECEIVE_BATCH) {
+        let batch = match mailbox.inbox_after(&app_id, cursor, RECEIVE_BATCH) {
             Ok(batch) => batch,
             Err(e) => {
                 warn!(app_id, "cannot read the inbox: {e}");
@@ -377,21 +410,12 @@ async fn feed_inbox(app_id: String, mailbox: Arc<Mailbox>, tx: mpsc::Sender<Rece
             }
             continue;
         }
-        for (key, message) in batch {
+        for message in batch {
+            let inbox_id = message.inbox_id;
             if tx.send(message).await.is_err() {
                 return;
             }
-            // No await between the hand-over and the removal: an abort cannot split them.
-            if let Err(e) = mailbox.remove_incoming(&key, &app_id) {
-                warn!(
-                    app_id,
-                    "cannot remove a delivered message from the inbox: {e}"
-                );
-                return;
-            }
-        }
-        if let Err(e) = mailbox.flush().await {
-            warn!(app_id, "cannot flush the inbox: {e}");
+            cursor = Some(inbox_id);
         }
     }
 }

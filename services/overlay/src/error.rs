@@ -63,7 +63,7 @@ pub enum Error {
         /// The peer.
         peer: PeerId,
     },
-    /// The peer has too many channels or refused for another reason.
+    /// The peer is at its channel limit (it answered `BUSY`).
     #[error("peer {peer} refused the channel: {message}")]
     ChannelRefused {
         /// The peer.
@@ -87,6 +87,12 @@ pub enum Error {
     MessageTooLarge {
         /// The payload's size.
         size: usize,
+    },
+    /// This node has `Config::max_channels` channels open or waiting to be accepted.
+    #[error("too many open channels (limit {limit}); close one and try again")]
+    TooManyChannels {
+        /// The limit.
+        limit: usize,
     },
     /// A local limit is reached.
     #[error("too many {what} (the limit is {limit}); try again later")]
@@ -139,12 +145,14 @@ impl From<Error> for ServiceError {
             Error::AppNotListening { .. } | Error::AppNotRegistered { .. } | Error::DhtDisabled => {
                 ErrorCode::FailedPrecondition
             }
-            Error::Unreachable { .. }
-            | Error::ChannelRefused { .. }
-            | Error::Protocol { .. }
-            | Error::NetworkStopped => ErrorCode::Unavailable,
+            Error::Unreachable { .. } | Error::Protocol { .. } | Error::NetworkStopped => {
+                ErrorCode::Unavailable
+            }
             Error::ChannelNotAccepted { .. } | Error::Timeout { .. } => ErrorCode::DeadlineExceeded,
-            Error::MessageTooLarge { .. } | Error::Busy { .. } => ErrorCode::ResourceExhausted,
+            Error::MessageTooLarge { .. }
+            | Error::Busy { .. }
+            | Error::TooManyChannels { .. }
+            | Error::ChannelRefused { .. } => ErrorCode::ResourceExhausted,
             Error::Store(_) | Error::Setup(_) => ErrorCode::Internal,
         };
         ServiceError::new(code, err.to_string())
@@ -177,6 +185,17 @@ mod tests {
         assert_eq!(code(Error::PeerNotFound(peer)), ErrorCode::NotFound);
         assert_eq!(
             code(Error::MessageTooLarge { size: 2 << 20 }),
+            ErrorCode::ResourceExhausted
+        );
+        assert_eq!(
+            code(Error::TooManyChannels { limit: 1 }),
+            ErrorCode::ResourceExhausted
+        );
+        assert_eq!(
+            code(Error::ChannelRefused {
+                peer,
+                message: "busy".into()
+            }),
             ErrorCode::ResourceExhausted
         );
         let err = ServiceError::from(Error::AppNotListening {

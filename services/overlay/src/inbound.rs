@@ -1,19 +1,21 @@
 //! Inbound `/p2pos/...` streams, served in tasks (never in the swarm task or the actor): accept
-//! loops with bounded concurrency, the receiving side of the channel handshake, and the
-//! receiving side of store-and-forward messages.
+//! loops with bounded concurrency (in all and per peer), the receiving side of the channel
+//! handshake, and the receiving side of store-and-forward messages.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use actix::{Message, Recipient};
-use futures::StreamExt;
+use futures::{Stream as FuturesStream, StreamExt};
 use libp2p::{PeerId, Stream};
-use libp2p_stream::IncomingStreams;
 use p2pos_kernel::{EventBus, wire};
 use p2pos_proto::{
     monitor::v1::{MessageDelivered, event::Kind},
     wire::v1::{ChannelHello, ChannelWelcome, MessageAck, MessageFrame, message_ack},
 };
-use tokio::{io::AsyncWriteExt, task::JoinSet};
+use tokio::{
+    io::AsyncWriteExt,
+    task::{self, JoinSet},
+};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tracing::{debug, warn};
 
@@ -52,28 +54,61 @@ pub(crate) struct Refusal {
     pub(crate) welcome: ChannelWelcome,
 }
 
-/// Serves each stream of `incoming` with `serve`, at most `limit` at once; further streams
-/// are dropped (the remote sees a reset) until one finishes. Ends when the swarm is gone.
-pub(crate) async fn accept_loop<F, Fut>(
-    mut incoming: IncomingStreams,
-    limit: usize,
+/// How many inbound streams of one protocol an accept loop serves at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// From all peers together.
+    pub(crate) total: usize,
+    /// From any one peer, so that one peer cannot take every slot.
+    pub(crate) per_peer: usize,
+}
+
+/// Serves each stream of `incoming` with `serve`, within `limits`; further streams are dropped
+/// (the remote sees a reset) until one finishes. Ends when the swarm is gone.
+pub(crate) async fn accept_loop<S, I, F, Fut>(
+    mut incoming: I,
+    limits: Limits,
     what: &'static str,
     serve: F,
 ) where
-    F: Fn(PeerId, Stream) -> Fut,
+    I: FuturesStream<Item = (PeerId, S)> + Unpin,
+    F: Fn(PeerId, S) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut tasks = JoinSet::new();
+    let mut task_peers: HashMap<task::Id, PeerId> = HashMap::new();
+    let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
     loop {
         tokio::select! {
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            // Free the slots of finished streams before taking new ones.
+            biased;
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                if let Some(peer) = task_peers.remove(&id)
+                    && let Some(n) = per_peer.get_mut(&peer)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_peer.remove(&peer);
+                    }
+                }
+            }
             next = incoming.next() => match next {
                 Some((peer, stream)) => {
-                    if tasks.len() >= limit {
-                        warn!(%peer, "refusing an inbound {what} stream: {limit} already open");
+                    let from_peer = per_peer.get(&peer).copied().unwrap_or(0);
+                    if tasks.len() >= limits.total {
+                        warn!(%peer, "refusing an inbound {what} stream: {} already open", limits.total);
+                        drop(stream);
+                    } else if from_peer >= limits.per_peer {
+                        warn!(%peer, "refusing an inbound {what} stream: {from_peer} already open from this peer");
                         drop(stream);
                     } else {
-                        tasks.spawn(serve(peer, stream));
+                        let task = tasks.spawn(serve(peer, stream));
+                        task_peers.insert(task.id(), peer);
+                        *per_peer.entry(peer).or_default() += 1;
                     }
                 }
                 None => return,
@@ -157,7 +192,15 @@ pub(crate) async fn serve_messages(
                 mailbox.signal(&app_id);
                 message_ack::Result::Stored
             }
-            Incoming::Duplicate => message_ack::Result::Stored,
+            Incoming::Duplicate => {
+                // Stored earlier, perhaps by another stream from this peer whose flush is still
+                // under way: acknowledge only what is durable.
+                if let Err(e) = mailbox.flush().await {
+                    warn!(%peer, "cannot store a message: {e}");
+                    break;
+                }
+                message_ack::Result::Stored
+            }
             Incoming::UnknownApp => message_ack::Result::UnknownApp,
             Incoming::TooLarge => message_ack::Result::TooLarge,
             Incoming::InboxFull => {
@@ -176,4 +219,59 @@ pub(crate) async fn serve_messages(
         }
     }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, io.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::{mpsc, oneshot};
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use super::*;
+
+    /// A stand-in for a stream: its serving task lasts until the sender of the `oneshot` is
+    /// dropped, and reports its start (`true`) and end (`false`).
+    type Held = (oneshot::Receiver<()>, mpsc::UnboundedSender<(PeerId, bool)>);
+
+    #[tokio::test]
+    async fn one_peer_cannot_take_every_slot() {
+        let (streams, incoming) = mpsc::channel::<(PeerId, Held)>(16);
+        let limits = Limits {
+            total: 3,
+            per_peer: 2,
+        };
+        let serving = tokio::spawn(accept_loop(
+            ReceiverStream::new(incoming),
+            limits,
+            "test",
+            |peer, (hold, events): Held| async move {
+                let _ = events.send((peer, true));
+                let _ = hold.await;
+                let _ = events.send((peer, false));
+            },
+        ));
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        // Offers a stream from `peer`; dropping the answer ends it.
+        let offer = |peer| {
+            let (hold, held) = oneshot::channel::<()>();
+            streams
+                .try_send((peer, (held, events_tx.clone())))
+                .expect("room");
+            hold
+        };
+        // A's third stream is refused while B still gets in; then the total is reached (C).
+        let mut holds: Vec<_> = [a, a, a, b, c].into_iter().map(offer).collect();
+        let mut started = Vec::new();
+        for _ in 0..3 {
+            started.push(events.recv().await.expect("event"));
+        }
+        assert_eq!(started, vec![(a, true), (a, true), (b, true)]);
+        // One stream of A ends: A may open another.
+        drop(holds.remove(0));
+        assert_eq!(events.recv().await, Some((a, false)));
+        holds.push(offer(a));
+        let next = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        assert_eq!(next.expect("served in time"), Some((a, true)));
+        serving.abort();
+    }
 }

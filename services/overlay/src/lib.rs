@@ -10,19 +10,22 @@
 //! # Layout
 //! - [`service`]: the actor, its [`child_spec`], life cycle and the overlay protocol.
 //! - [`overlay_api`]: `p2pos.overlay.v1` requests, one exhaustive `match`.
-//! - `apps`: the apps protocol (sessions, channels, `Send`, `Receive`, `ListApps`).
+//! - `apps`: the apps protocol (sessions, channels, `Send`, `Receive`, `Ack`, `ListApps`).
 //! - `network`: the swarm task, its behaviour, connects and DHT look-ups, and what it
 //!   remembers (known peers, listen ports).
 //! - `channel`: opening and accepting `/p2pos/channel/1` channels.
+//! - `counted`: open channels counted against `max_channels` for as long as their bytes live.
 //! - `inbound`: accept loops and the receiving side of channels and messages.
 //! - `delivery`: the sending side of `/p2pos/msg/1`, one task per peer with mail.
-//! - `mailbox`: the store layout of apps, outbox and inbox, exactly once.
+//! - `mailbox`: the store layout of apps, outbox and inbox: exactly once between nodes, at
+//!   least once (until acknowledged) to the app.
 //! - [`ticket`]: tickets and the parser of every way to name a peer.
 //! - `frame`: length-bounded frames; `task`: tasks that end with their owner.
 //! - [`error`]: the overlay's [`Error`] and its one mapping to `ServiceError`.
 
 mod apps;
 mod channel;
+mod counted;
 mod delivery;
 pub mod error;
 mod frame;

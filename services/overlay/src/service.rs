@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use crate::{
     apps::{AppState, PendingChannel},
     delivery::{self, Delivery},
-    inbound::{accept_loop, serve_channel, serve_messages},
+    inbound::{Limits, accept_loop, serve_channel, serve_messages},
     mailbox::Mailbox,
     network::{self, NetHandle},
     overlay_api,
@@ -29,10 +29,16 @@ use crate::{
 pub const NAME: &str = "overlay";
 /// How long a stop waits for the swarm task to close.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
-/// Most inbound channel handshakes at once.
-const MAX_HANDSHAKES: usize = 64;
-/// Most inbound message streams at once.
-const MAX_MESSAGE_STREAMS: usize = 64;
+/// Most inbound channel handshakes at once, in all and from one peer.
+const MAX_HANDSHAKES: Limits = Limits {
+    total: 64,
+    per_peer: 8,
+};
+/// Most inbound message streams at once, in all and from one peer (a sender uses one).
+const MAX_MESSAGE_STREAMS: Limits = Limits {
+    total: 64,
+    per_peer: 4,
+};
 /// Most outbound channel opens at once.
 pub(crate) const MAX_OPENS: usize = 32;
 
@@ -47,8 +53,11 @@ pub fn child_spec() -> ChildSpec {
 }
 
 fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, crate::Error> {
+    let mailbox = Mailbox::new(ctx.store.clone())?;
+    let max_channels = usize::try_from(ctx.config.max_channels)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS);
     let network = network::start(&ctx)?;
-    let mailbox = Mailbox::new(ctx.store.clone());
     let (delivery, delivery_task) = delivery::start(
         mailbox.clone(),
         network.handle.clone(),
@@ -73,6 +82,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, crate::E
         }),
         stopping: false,
         opens: Arc::new(Semaphore::new(MAX_OPENS)),
+        channels: Arc::new(Semaphore::new(max_channels)),
         apps: HashMap::new(),
         pending: HashMap::new(),
         receivers: HashMap::new(),
@@ -110,6 +120,9 @@ pub struct OverlayService {
     stopping: bool,
     /// Bounds concurrent outbound channel opens.
     pub(crate) opens: Arc<Semaphore>,
+    /// One permit per channel open or waiting to be accepted, in either direction
+    /// (`Config::max_channels`); a channel's byte stream holds its permit.
+    pub(crate) channels: Arc<Semaphore>,
     /// Live sessions per app.
     pub(crate) apps: HashMap<String, AppState>,
     /// Inbound channels announced but not yet accepted.

@@ -63,12 +63,17 @@ struct Node {
 
 impl Node {
     async fn boot() -> Node {
+        Node::boot_with(Config::default().max_channels).await
+    }
+
+    async fn boot_with(max_channels: u32) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = Config {
             data_dir: dir.path().join("node"),
             listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
             mdns: false,
             allow_fault_injection: true,
+            max_channels,
             ..Config::default()
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -436,4 +441,101 @@ async fn a_restarted_overlay_keeps_its_port_and_redials_its_peers() {
             .then_some(())
     })
     .await;
+}
+
+/// `opener` opens a channel to app `chat` on `acceptor`, whose `session` announces it and
+/// which accepts it.
+async fn open_and_accept(
+    opener: &Node,
+    acceptor: &Node,
+    session: &mut p2pos_kernel::protocols::apps::Session,
+) -> (ChannelStream, ChannelStream) {
+    let registry = opener.ctx.registry.clone();
+    let (ticket, _) = acceptor.ticket().await;
+    let opening = tokio::spawn(async move {
+        registry
+            .call::<Apps>(Request::OpenChannel {
+                app_id: "chat".into(),
+                peer: ticket,
+            })
+            .await
+    });
+    let incoming = tokio::time::timeout(T, session.incoming.recv())
+        .await
+        .expect("announced in time")
+        .expect("session open");
+    let accepted = channel(
+        acceptor
+            .apps(Request::AcceptChannel {
+                app_id: "chat".into(),
+                channel_id: incoming.channel_id,
+            })
+            .await,
+    );
+    (channel(opening.await.expect("join")), accepted)
+}
+
+#[actix_rt::test]
+async fn max_channels_counts_open_channels_on_both_ends() {
+    let a = Node::boot_with(1).await;
+    let b = Node::boot_with(1).await;
+    let c = Node::boot().await;
+    let Ok(Response::Session(mut session)) = b
+        .apps(Request::OpenSession {
+            app_id: "chat".into(),
+        })
+        .await
+    else {
+        panic!("session");
+    };
+    let (a_end, b_end) = open_and_accept(&a, &b, &mut session).await;
+
+    // A has its one channel open: a second is refused at once, whatever the peer.
+    let (c_ticket, _) = c.ticket().await;
+    let err = a
+        .apps(Request::OpenChannel {
+            app_id: "chat".into(),
+            peer: c_ticket,
+        })
+        .await
+        .expect_err("over A's limit");
+    assert_eq!(
+        err.code,
+        p2pos_kernel::ErrorCode::ResourceExhausted,
+        "{err:?}"
+    );
+    assert!(
+        err.message.contains("too many open channels (limit 1)"),
+        "{err:?}"
+    );
+    // B has its one channel open (accepted, not just pending): it answers BUSY.
+    let (b_ticket, _) = b.ticket().await;
+    let err = c
+        .apps(Request::OpenChannel {
+            app_id: "chat".into(),
+            peer: b_ticket,
+        })
+        .await
+        .expect_err("over B's limit");
+    assert_eq!(
+        err.code,
+        p2pos_kernel::ErrorCode::ResourceExhausted,
+        "{err:?}"
+    );
+    assert!(err.message.contains("limit 1"), "{err:?}");
+
+    // Closing the channel (its streams dropped, as the gateway does) frees both places.
+    drop((a_end, b_end));
+    let (_c_end, _b_end) = open_and_accept(&c, &b, &mut session).await;
+    let (_a_end, _c_end) = {
+        let Ok(Response::Session(mut c_session)) = c
+            .apps(Request::OpenSession {
+                app_id: "chat".into(),
+            })
+            .await
+        else {
+            panic!("session");
+        };
+        open_and_accept(&a, &c, &mut c_session).await
+    };
 }

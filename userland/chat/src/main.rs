@@ -3,7 +3,8 @@
 //!
 //! With a PEER it opens a channel to that peer, falling back to store-and-forward messages
 //! (`Apps.Send`) while the peer is offline; without one it waits for a peer to open a channel.
-//! Stored messages received for the app are printed as they arrive.
+//! Stored messages received for the app are printed as they arrive, once per run, and
+//! acknowledged (`Apps.Ack`) once printed; those not acknowledged come again next run.
 //!
 //! Output, one line each, flushed: `* ...` status lines, and `<last 8 chars of peer id>> text`
 //! for received lines. Exit status 0 after stdin ends and every line is sent, 130 on Ctrl-C,

@@ -7,14 +7,17 @@ use std::io::Write;
 use anyhow::bail;
 use p2pos_client::{Client, describe_status};
 use p2pos_proto::app::v1::{AcceptChannel, OpenChannel, SessionRequest, channel_input};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Duration, Instant};
 
 use crate::machine::{APP_ID, Action, Chat, Link, Timer};
 use crate::tasks::{self, Event, Events};
 
 /// Capacity of the event channel: tasks wait (stdin included) while the loop is behind.
 const EVENT_BUFFER: usize = 64;
+/// At exit, how long the last acknowledgement of printed messages may take.
+const LAST_ACK_WITHIN: Duration = Duration::from_secs(2);
 
 /// How the chat ended without an error.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,6 +43,8 @@ pub(crate) async fn run(client: Client, peer: Option<String>) -> anyhow::Result<
     let (events, mut inbox) = mpsc::channel(EVENT_BUFFER);
     tokio::spawn(tasks::session(session, events.clone()));
     tokio::spawn(tasks::receive(client.apps(), events.clone()));
+    let (acks, upto) = watch::channel(0);
+    let acker = tokio::spawn(tasks::ack(client.apps(), upto));
     tasks::spawn_stdin(events.clone());
 
     let mut shell = Shell {
@@ -48,11 +53,12 @@ pub(crate) async fn run(client: Client, peer: Option<String>) -> anyhow::Result<
         chat: Chat::new(peer),
         writers: HashMap::new(),
         timers: BTreeMap::new(),
+        acks,
     };
     // One future for the whole run, so a Ctrl-C while actions are carried out is not missed.
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
-    loop {
+    let ending = loop {
         let next_timer = shell
             .timers
             .iter()
@@ -73,14 +79,23 @@ pub(crate) async fn run(client: Client, peer: Option<String>) -> anyhow::Result<
                 }
             }
             signal = &mut interrupted => match signal {
-                Ok(()) => return Ok(Ending::Interrupted),
+                Ok(()) => break Ending::Interrupted,
                 Err(err) => bail!("cannot listen for Ctrl-C: {err}"),
             },
         };
         if let Some(ending) = shell.execute(actions)? {
-            return Ok(ending);
+            break ending;
         }
-    }
+    };
+    finish_acks(shell, acker).await;
+    Ok(ending)
+}
+
+/// Lets the acknowledging task tell the node about the last printed messages, briefly: those
+/// not acknowledged are handed over again next time.
+async fn finish_acks(shell: Shell, acker: JoinHandle<()>) {
+    drop(shell);
+    let _ = tokio::time::timeout(LAST_ACK_WITHIN, acker).await;
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -105,6 +120,8 @@ struct Shell {
     writers: HashMap<Link, oneshot::Sender<String>>,
     /// Armed timers and when they fire.
     timers: BTreeMap<Timer, Instant>,
+    /// The newest inbox id to acknowledge, for the acknowledging task.
+    acks: watch::Sender<u64>,
 }
 
 impl Shell {
@@ -123,7 +140,7 @@ impl Shell {
                     "lost the chat session with the node: {reason}"
                 ))]
             }
-            Event::Received { from, text } => self.chat.received(&from, &text),
+            Event::Received(message) => self.chat.received(message),
             Event::ReceiveEnded(reason) => {
                 vec![Action::Print(format!(
                     "* stopped receiving stored messages: {reason}"
@@ -187,6 +204,13 @@ impl Shell {
                 Action::Send { peer, text } => {
                     let apps = self.client.apps();
                     tokio::spawn(tasks::send(apps, peer, text, self.events.clone()));
+                }
+                Action::Ack { inbox_id } => {
+                    self.acks.send_if_modified(|upto| {
+                        let newer = inbox_id > *upto;
+                        *upto = (*upto).max(inbox_id);
+                        newer
+                    });
                 }
                 Action::Arm { timer, after } => {
                     self.timers.insert(timer, Instant::now() + after);

@@ -1,17 +1,19 @@
 //! The chat's I/O tasks: each talks to one gRPC stream (or stdin) and reports [`Event`]s to the
 //! loop in `run` through one bounded channel (back-pressure: a task waits while the loop is busy).
+//! The acknowledging task takes the newest inbox id to acknowledge from a `watch` instead:
+//! acknowledgements are cumulative, so only the newest matters.
 
 use futures::{Stream, StreamExt};
 use p2pos_client::{AuthChannel, describe_status};
 use p2pos_proto::app::v1::apps_client::AppsClient;
 use p2pos_proto::app::v1::{
-    ChannelInput, ChannelOutput, ReceiveRequest, ReceivedMessage, SendRequest, SessionEvent,
-    channel_input, channel_output, session_event,
+    AckRequest, ChannelInput, ChannelOutput, ReceiveRequest, ReceivedMessage, SendRequest,
+    SessionEvent, channel_input, channel_output, session_event,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Code;
 
-use crate::machine::{APP_ID, Failure, Link};
+use crate::machine::{APP_ID, Failure, Link, Stored};
 
 /// Something that happened, for the loop.
 #[derive(Debug)]
@@ -27,7 +29,7 @@ pub(crate) enum Event {
     /// The session stream ended: the node is gone.
     SessionEnded(String),
     /// A stored message arrived.
-    Received { from: String, text: String },
+    Received(Stored),
     /// The receive stream ended.
     ReceiveEnded(String),
     /// A channel opened.
@@ -130,13 +132,20 @@ pub(crate) async fn receive(mut apps: AppsClient<AuthChannel>, events: Events) {
             loop {
                 match stream.message().await {
                     Ok(Some(ReceivedMessage {
-                        from_peer, payload, ..
+                        from_peer,
+                        sequence,
+                        sender_epoch,
+                        inbox_id,
+                        payload,
+                        ..
                     })) => {
-                        let text = String::from_utf8_lossy(&payload).into_owned();
-                        let event = Event::Received {
+                        let event = Event::Received(Stored {
                             from: from_peer,
-                            text,
-                        };
+                            epoch: sender_epoch,
+                            sequence,
+                            inbox_id,
+                            text: String::from_utf8_lossy(&payload).into_owned(),
+                        });
                         if events.send(event).await.is_err() {
                             return;
                         }
@@ -148,6 +157,30 @@ pub(crate) async fn receive(mut apps: AppsClient<AuthChannel>, events: Events) {
         }
     };
     let _ = events.send(Event::ReceiveEnded(reason)).await;
+}
+
+/// Acknowledges stored messages: each time `upto` changes, every message up to its value. Ends
+/// once `upto` is dropped and its last value is acknowledged. A failed `Ack` is not retried
+/// by itself: the node hands those messages over again and the machine does not print them
+/// twice.
+pub(crate) async fn ack(mut apps: AppsClient<AuthChannel>, mut upto: watch::Receiver<u64>) {
+    let mut acked = 0;
+    loop {
+        let open = upto.changed().await.is_ok();
+        let inbox_id = *upto.borrow_and_update();
+        if inbox_id > acked {
+            let request = AckRequest {
+                app_id: APP_ID.to_owned(),
+                inbox_id,
+            };
+            if apps.ack(request).await.is_ok() {
+                acked = inbox_id;
+            }
+        }
+        if !open {
+            return;
+        }
+    }
 }
 
 /// Hands one line to `Apps.Send` and reports the outcome.

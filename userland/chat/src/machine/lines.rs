@@ -1,7 +1,7 @@
 //! The chat machine's line side: registration, typed lines, stored messages, `Send` results,
 //! timers, handing lines out in order, and finishing after stdin ends.
 
-use super::{Action, Chat, FINISH_WITHIN, Failure, Link, MAX_LINE, RESEND_AFTER, Timer};
+use super::{Action, Chat, FINISH_WITHIN, Failure, Link, MAX_LINE, RESEND_AFTER, Stored, Timer};
 use crate::peer;
 
 impl Chat {
@@ -50,9 +50,25 @@ impl Chat {
         out
     }
 
-    /// A stored message arrived through `Apps.Receive`.
-    pub(crate) fn received(&mut self, from: &str, text: &str) -> Vec<Action> {
-        vec![Action::Print(format!("{}> {text}", peer::short(from)))]
+    /// A stored message arrived through `Apps.Receive`: printed unless it was already, then
+    /// acknowledged.
+    pub(crate) fn received(&mut self, message: Stored) -> Vec<Action> {
+        let Stored {
+            from,
+            epoch,
+            sequence,
+            inbox_id,
+            text,
+        } = message;
+        let mut out = Vec::new();
+        let line = format!("{}> {text}", peer::short(&from));
+        let printed = self.printed.entry((from, epoch)).or_default();
+        if sequence > *printed {
+            *printed = sequence;
+            out.push(Action::Print(line));
+        }
+        out.push(Action::Ack { inbox_id });
+        out
     }
 
     /// The outstanding `Send` finished.

@@ -10,8 +10,10 @@
 //!   outstanding.
 //! - At most one *current* channel. When both peers open a channel to each other at once, both
 //!   keep the one opened by the smaller peer id (the newer one if the same peer opened both).
+//! - A stored message is printed at most once per run, though the node may hand it over again
+//!   (delivery to the app is at least once), and acknowledged once printed (`Ack`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::peer;
@@ -48,6 +50,8 @@ pub(crate) enum Action {
     Close { link: Link },
     /// Call `Apps.Send`; report with [`Chat::send_done`].
     Send { peer: String, text: String },
+    /// Acknowledge (`Apps.Ack`) every stored message up to this inbox id: they are printed.
+    Ack { inbox_id: u64 },
     /// Call [`Chat::timer`] with this timer after the delay (re-arming replaces it).
     Arm { timer: Timer, after: Duration },
     /// Exit with success.
@@ -77,6 +81,20 @@ pub(crate) enum Failure {
     Refused(String),
     /// Retrying cannot help (bad peer name, no permission).
     Fatal(String),
+}
+
+/// A message from `Apps.Receive`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    /// The sender's peer id.
+    pub(crate) from: String,
+    /// The sender's store epoch and its sequence number in it: which message this is.
+    pub(crate) epoch: u64,
+    pub(crate) sequence: u64,
+    /// The node's id for it, to acknowledge.
+    pub(crate) inbox_id: u64,
+    /// The payload as text.
+    pub(crate) text: String,
 }
 
 /// One channel attempt.
@@ -129,6 +147,9 @@ pub(crate) struct Chat {
     send_failing: bool,
     /// "is offline" / "went offline" was printed and no channel opened since.
     offline_announced: bool,
+    /// The highest sequence printed per (sender, epoch): a sender's messages come in order, so
+    /// anything at or below it is one handed over again.
+    printed: HashMap<(String, u64), u64>,
     /// Stdin ended.
     eof: bool,
     /// Every line is out; channels are being closed.
@@ -163,6 +184,7 @@ impl Chat {
             send_paused: false,
             send_failing: false,
             offline_announced: false,
+            printed: HashMap::new(),
             eof: false,
             finishing: false,
             exited: false,

@@ -349,8 +349,46 @@ fn fatal_open_failure_exits() {
 fn received_messages_are_printed_with_a_short_sender() {
     let mut chat = Chat::new(None);
     assert_eq!(
-        chat.received(BOB, "stored hello"),
-        vec![print("3KooWBob> stored hello")]
+        chat.received(stored(BOB, 7, 1, 10, "stored hello")),
+        vec![
+            print("3KooWBob> stored hello"),
+            Action::Ack { inbox_id: 10 }
+        ]
+    );
+}
+
+fn stored(from: &str, epoch: u64, sequence: u64, inbox_id: u64, text: &str) -> Stored {
+    Stored {
+        from: from.into(),
+        epoch,
+        sequence,
+        inbox_id,
+        text: text.into(),
+    }
+}
+
+#[test]
+fn messages_handed_over_again_are_acknowledged_but_printed_once() {
+    let mut chat = Chat::new(None);
+    chat.received(stored(BOB, 7, 1, 10, "one"));
+    chat.received(stored(BOB, 7, 2, 11, "two"));
+    // A new `Receive` starts again from the oldest message not acknowledged.
+    assert_eq!(
+        chat.received(stored(BOB, 7, 2, 11, "two")),
+        vec![Action::Ack { inbox_id: 11 }]
+    );
+    assert_eq!(
+        prints(&chat.received(stored(BOB, 7, 3, 12, "three"))),
+        vec!["3KooWBob> three"]
+    );
+    // Another sender, or Bob after losing his store (a new epoch), counts on its own.
+    assert_eq!(
+        prints(&chat.received(stored(ME, 7, 1, 13, "mine"))),
+        vec!["D3KooWMe> mine"]
+    );
+    assert_eq!(
+        prints(&chat.received(stored(BOB, 8, 1, 14, "reborn"))),
+        vec!["3KooWBob> reborn"]
     );
 }
 

@@ -4,14 +4,10 @@
 //!
 //! A delivery task runs while its peer has messages waiting: it tries at once, then backs off
 //! (5 s doubling to 60 s) and retries early whenever the peer connects or a new message comes
-//! while the peer is not known to be failing. `Send` waits (briefly) for the outcome of its own
-//! message through [`Delivery::deliver`].
+//! while the peer is not known to be failing. A task that panics is replaced after 60 s.
+//! `Send` waits (briefly) for the outcome of its own message through [`Delivery::deliver`].
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use libp2p::PeerId;
 use libp2p_stream::Control;
@@ -22,10 +18,10 @@ use p2pos_proto::{
 };
 use tokio::{
     sync::{Notify, broadcast, mpsc, oneshot},
-    task::JoinSet,
+    task::{self, JoinSet},
 };
 use tokio_util::compat::FuturesAsyncReadCompatExt;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{
     Error,
@@ -34,14 +30,14 @@ use crate::{
     network::{MESSAGE_PROTOCOL, NetEvent, NetHandle},
 };
 
+mod waiters;
+
+use waiters::Waiters;
+
 /// Commands waiting for the manager.
 const COMMAND_BUFFER: usize = 64;
 /// Reports from delivery tasks waiting for the manager.
 const REPORT_BUFFER: usize = 256;
-/// Most `Send` calls waiting for their outcome at once.
-const MAX_WAITERS: usize = 4096;
-/// Outcomes kept for a `Send` whose wait starts after its message was delivered.
-const RECENT_OUTCOMES: usize = 256;
 /// Messages read from the outbox at a time.
 const BATCH: usize = 16;
 /// How long a connection attempt may take.
@@ -146,8 +142,8 @@ pub(crate) fn start(
         reports_tx,
         slots: HashMap::new(),
         tasks: JoinSet::new(),
-        waiters: HashMap::new(),
-        recent: VecDeque::new(),
+        task_peers: HashMap::new(),
+        waiters: Waiters::default(),
     };
     (Delivery { tx }, tokio::spawn(manager.run()))
 }
@@ -160,15 +156,18 @@ struct Manager {
     net_events: broadcast::Receiver<NetEvent>,
     slots: HashMap<PeerId, Slot>,
     /// Delivery tasks; dropping the manager aborts them all.
-    tasks: JoinSet<PeerId>,
-    waiters: HashMap<(PeerId, u64), oneshot::Sender<Outcome>>,
-    recent: VecDeque<((PeerId, u64), Outcome)>,
+    tasks: JoinSet<()>,
+    /// The peer of each delivery task, so that a task that panicked can be told.
+    task_peers: HashMap<task::Id, PeerId>,
+    waiters: Waiters,
 }
 
 impl Manager {
     async fn run(mut self) {
         match self.shared.mailbox.pending_peers() {
-            Ok(peers) => peers.into_iter().for_each(|p| self.ensure(p)),
+            Ok(peers) => peers
+                .into_iter()
+                .for_each(|p| self.ensure(p, Duration::ZERO)),
             Err(e) => warn!("cannot read the outbox: {e}"),
         }
         let mut net_open = true;
@@ -187,16 +186,29 @@ impl Manager {
                     }
                     Err(broadcast::error::RecvError::Closed) => net_open = false,
                 },
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Ok(peer) = done {
-                        self.slots.remove(&peer);
-                        // A message may have come in as the task finished.
-                        if self.shared.mailbox.has_outgoing(&peer).unwrap_or(false) {
-                            self.ensure(peer);
-                        }
-                    }
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_task_end(done);
                 }
             }
+        }
+    }
+
+    fn on_task_end(&mut self, done: Result<(task::Id, ()), task::JoinError>) {
+        let (id, panicked) = match done {
+            Ok((id, ())) => (id, false),
+            Err(e) => (e.id(), true),
+        };
+        let Some(peer) = self.task_peers.remove(&id) else {
+            return;
+        };
+        self.slots.remove(&peer);
+        if panicked {
+            error!(%peer, "the message delivery task panicked; retrying in {RETRY_MAX:?}");
+            self.waiters.answer_peer(peer, Outcome::Queued);
+        }
+        // A message may have come in as the task finished.
+        if self.shared.mailbox.has_outgoing(&peer).unwrap_or(false) {
+            self.ensure(peer, if panicked { RETRY_MAX } else { Duration::ZERO });
         }
     }
 
@@ -206,8 +218,13 @@ impl Manager {
             sequence,
             reply,
         } = command;
-        if let Some((_, outcome)) = self.recent.iter().find(|(k, _)| *k == (peer, sequence)) {
-            let _ = reply.send(*outcome);
+        // Tasks report an outcome before they remove the message: once the reports sent so far
+        // are in, a message no longer in the outbox has a known outcome (or a forgotten one).
+        while let Ok(report) = self.reports.try_recv() {
+            self.on_report(report);
+        }
+        if let Some(outcome) = self.waiters.known((peer, sequence)) {
+            let _ = reply.send(outcome);
             return;
         }
         if self.slots.get(&peer).is_some_and(|s| s.failing) {
@@ -215,10 +232,19 @@ impl Manager {
             let _ = reply.send(Outcome::Queued);
             return;
         }
-        if self.waiters.len() < MAX_WAITERS {
-            self.waiters.insert((peer, sequence), reply);
+        match self.shared.mailbox.is_waiting(&peer, sequence) {
+            Ok(true) => self.waiters.wait((peer, sequence), reply),
+            Ok(false) => {
+                // Its outcome was reported too long ago to be remembered; nothing will answer.
+                let _ = reply.send(Outcome::Queued);
+                return;
+            }
+            Err(e) => {
+                warn!(%peer, "cannot read the outbox: {e}");
+                let _ = reply.send(Outcome::Queued);
+            }
         }
-        self.ensure(peer);
+        self.ensure(peer, Duration::ZERO);
         if let Some(slot) = self.slots.get(&peer) {
             slot.kick.notify_one();
         }
@@ -234,33 +260,13 @@ impl Manager {
                 if let Some(slot) = self.slots.get_mut(&peer) {
                     slot.failing = false;
                 }
-                match self.waiters.remove(&(peer, sequence)) {
-                    Some(w) => {
-                        let _ = w.send(outcome);
-                    }
-                    None => {
-                        if self.recent.len() >= RECENT_OUTCOMES {
-                            self.recent.pop_front();
-                        }
-                        self.recent.push_back(((peer, sequence), outcome));
-                    }
-                }
+                self.waiters.settle((peer, sequence), outcome);
             }
             Report::Failed { peer } => {
                 if let Some(slot) = self.slots.get_mut(&peer) {
                     slot.failing = true;
                 }
-                let keys: Vec<_> = self
-                    .waiters
-                    .keys()
-                    .filter(|(p, _)| *p == peer)
-                    .copied()
-                    .collect();
-                for k in keys {
-                    if let Some(w) = self.waiters.remove(&k) {
-                        let _ = w.send(Outcome::Queued);
-                    }
-                }
+                self.waiters.answer_peer(peer, Outcome::Queued);
             }
         }
     }
@@ -270,12 +276,13 @@ impl Manager {
             slot.failing = false;
             slot.kick.notify_one();
         } else if self.shared.mailbox.has_outgoing(&peer).unwrap_or(false) {
-            self.ensure(peer);
+            self.ensure(peer, Duration::ZERO);
         }
     }
 
-    /// Makes sure a delivery task runs for `peer`.
-    fn ensure(&mut self, peer: PeerId) {
+    /// Makes sure a delivery task runs for `peer`; a new one starts after `delay` (or when
+    /// kicked).
+    fn ensure(&mut self, peer: PeerId, delay: Duration) {
         if self.slots.contains_key(&peer) {
             return;
         }
@@ -289,7 +296,10 @@ impl Manager {
         );
         let shared = self.shared.clone();
         let reports = self.reports_tx.clone();
-        self.tasks.spawn(deliver_to(peer, kick, shared, reports));
+        let task = self
+            .tasks
+            .spawn(deliver_to(peer, kick, delay, shared, reports));
+        self.task_peers.insert(task.id(), peer);
     }
 }
 
@@ -298,13 +308,20 @@ impl Manager {
 async fn deliver_to(
     peer: PeerId,
     kick: Arc<Notify>,
+    delay: Duration,
     shared: Arc<Shared>,
     reports: mpsc::Sender<Report>,
-) -> PeerId {
+) {
+    if !delay.is_zero() {
+        tokio::select! {
+            _ = kick.notified() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
     let mut backoff = RETRY_MIN;
     loop {
         match drain(peer, &shared, &reports).await {
-            Ok(()) => return peer,
+            Ok(()) => return,
             Err(e) => {
                 debug!(%peer, "message delivery failed; will retry: {e}");
                 let _ = reports.send(Report::Failed { peer }).await;
@@ -321,9 +338,6 @@ async fn deliver_to(
 async fn drain(peer: PeerId, shared: &Shared, reports: &mpsc::Sender<Report>) -> Result<(), Error> {
     let mut io = None;
     loop {
-        // What is sent must be durable here first: a sequence number the peer has seen must
-        // never be handed out again after a crash.
-        shared.mailbox.flush().await?;
         let batch = shared.mailbox.outgoing(&peer, BATCH)?;
         if batch.is_empty() {
             if let Some(mut io) = io {
@@ -331,6 +345,10 @@ async fn drain(peer: PeerId, shared: &Shared, reports: &mpsc::Sender<Report>) ->
             }
             return Ok(());
         }
+        // What is sent must be durable first (read, then flush: a message enqueued in between
+        // is not in this batch): a sequence number the peer has seen must never be handed out
+        // again after a crash.
+        shared.mailbox.flush().await?;
         if io.is_none() {
             shared
                 .net
@@ -348,8 +366,9 @@ async fn drain(peer: PeerId, shared: &Shared, reports: &mpsc::Sender<Report>) ->
         let Some(stream) = io.as_mut() else {
             continue; // just set above
         };
-        for frame in batch {
-            write_message(stream, &frame, ACK_TIMEOUT)
+        for message in batch {
+            let frame = &message.frame;
+            write_message(stream, frame, ACK_TIMEOUT)
                 .await
                 .map_err(|e| broken(peer, e.to_string()))?;
             let ack: MessageAck = read_message(stream, wire::MAX_CONTROL_FRAME, ACK_TIMEOUT)
@@ -370,8 +389,8 @@ async fn drain(peer: PeerId, shared: &Shared, reports: &mpsc::Sender<Report>) ->
                 Ok(message_ack::Result::TooLarge) => Outcome::TooLarge,
                 Err(_) => return Err(broken(peer, format!("unknown ack result {}", ack.result))),
             };
-            shared.mailbox.remove_outgoing(&peer, &frame)?;
-            publish(&shared.events, peer, &frame, outcome);
+            publish(&shared.events, peer, frame, outcome);
+            // Reported before it leaves the outbox (see `Manager::on_command`).
             let _ = reports
                 .send(Report::Acked {
                     peer,
@@ -379,6 +398,7 @@ async fn drain(peer: PeerId, shared: &Shared, reports: &mpsc::Sender<Report>) ->
                     outcome,
                 })
                 .await;
+            shared.mailbox.remove_outgoing(&message)?;
         }
     }
 }

@@ -1,0 +1,189 @@
+//! The durable side of store-and-forward: known apps, the outbox of messages to send and the
+//! inbox of messages received, in the node's store, with exactly-once bookkeeping between
+//! nodes and at-least-once hand-over to the app (an inbox entry stays until the app acks it).
+//!
+//! Trees and keys:
+//! - `apps`: app id → registration time (ms). An app id here accepts messages even while no
+//!   session of it lives.
+//! - `outbox`: `m` + peer id bytes + BE sequence + app id → `MessageFrame`; `s` + peer id
+//!   bytes → last sequence given to that peer; `c` + app id → messages waiting; `e` → this
+//!   store's sender epoch (random, created once). Entries written before the app id was part
+//!   of the key lack it; they are read and removed by the key they were found under.
+//! - `inbox`: `i` + app id + `0x00` + BE inbox id → `ReceivedMessage`; `s` + sender peer id
+//!   bytes + BE sender epoch → last sequence stored from that sender's store (epoch 0, from
+//!   senders that send none, has no epoch bytes); `c` + app id → messages not yet acked.
+//!
+//! Peer id bytes are a multihash, which encodes its own length, so no peer's key is a prefix
+//! of another's. Each write that must be atomic is one batch in one tree; a mutex serialises
+//! the read-modify-writes (it is never held across an await).
+//!
+//! # Layout
+//! - this file: the [`Mailbox`] handle, apps, flushing and arrival signals.
+//! - `outbox`: messages to send, in sequence order per peer.
+//! - `inbox`: messages received, their acknowledgement by the app.
+//! - `range`: reading the inbox after a cursor with prefix scans only.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, atomic::AtomicU64},
+};
+
+use p2pos_kernel::{
+    Store,
+    events::now_ms,
+    store::{BatchOp, StoreError},
+};
+use tokio::sync::watch;
+
+use crate::Error;
+
+mod inbox;
+mod outbox;
+mod range;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use inbox::Incoming;
+
+const APPS: &str = "apps";
+const OUTBOX: &str = "outbox";
+const INBOX: &str = "inbox";
+/// Most apps listed.
+const MAX_APPS: usize = 10_000;
+/// Most messages waiting in the inbox of one app; past this, peers keep theirs until the app
+/// acknowledges some.
+pub(crate) const MAX_INBOX_PER_APP: u64 = 10_000;
+/// Most messages waiting in the outbox of one app.
+pub(crate) const MAX_OUTBOX_PER_APP: u64 = 10_000;
+
+/// The node's apps, outbox and inbox.
+pub(crate) struct Mailbox {
+    store: Arc<dyn Store>,
+    lock: Mutex<()>,
+    signals: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// This store's sender epoch, sent in every `MessageFrame`.
+    epoch: u64,
+    /// No inbox entry has a larger id. Raised under `lock` once an entry is written, so every
+    /// entry up to it is readable.
+    newest_inbox_id: AtomicU64,
+}
+
+impl Mailbox {
+    /// The mailbox in `store`; gives the store its sender epoch the first time.
+    pub(crate) fn new(store: Arc<dyn Store>) -> Result<Arc<Self>, Error> {
+        let epoch = outbox::load_or_create_epoch(store.as_ref())?;
+        // Every inbox id handed out so far is below a new one.
+        let newest_inbox_id = AtomicU64::new(store.next_id()?);
+        Ok(Arc::new(Self {
+            store,
+            lock: Mutex::new(()),
+            signals: Mutex::new(HashMap::new()),
+            epoch,
+            newest_inbox_id,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The guarded data lives in the store; a poisoned lock guards nothing broken.
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes every write so far durable, off the async threads.
+    pub(crate) async fn flush(&self) -> Result<(), Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| StoreError::Io(format!("flush task: {e}")))??;
+        Ok(())
+    }
+
+    /// Remembers that `app_id` exists on this node.
+    pub(crate) fn register_app(&self, app_id: &str) -> Result<(), Error> {
+        if self.store.get(APPS, app_id.as_bytes())?.is_none() {
+            self.store
+                .insert(APPS, app_id.as_bytes(), &now_ms().to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Every app id known here, sorted.
+    pub(crate) fn apps(&self) -> Result<Vec<String>, Error> {
+        Ok(self
+            .store
+            .scan_prefix(APPS, b"", MAX_APPS)?
+            .into_iter()
+            .filter_map(|(k, _)| String::from_utf8(k).ok())
+            .collect())
+    }
+
+    /// Whether `app_id` is known here.
+    pub(crate) fn is_app_known(&self, app_id: &str) -> Result<bool, Error> {
+        Ok(self.store.get(APPS, app_id.as_bytes())?.is_some())
+    }
+
+    /// A receiver that changes whenever a message for `app_id` is stored.
+    pub(crate) fn subscribe(&self, app_id: &str) -> watch::Receiver<u64> {
+        let mut map = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(app_id.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Wakes the receivers of `app_id`.
+    pub(crate) fn signal(&self, app_id: &str) {
+        let map = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(app_id) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Sets the per-app counter at `count_key` in `tree` to what `change` makes of it, in the
+    /// same batch as `ops`. Call with the lock held.
+    fn apply_counted(
+        &self,
+        tree: &str,
+        count_key: Vec<u8>,
+        change: impl FnOnce(u64) -> u64,
+        mut ops: Vec<BatchOp>,
+    ) -> Result<(), Error> {
+        let count = change(read_u64(self.store.get(tree, &count_key)?));
+        ops.push(BatchOp::Insert(count_key, count.to_be_bytes().to_vec()));
+        self.store.batch(tree, ops)?;
+        Ok(())
+    }
+
+    /// Removes the entry at `entry_key` of `tree` and counts it off `app_id`, if it is still
+    /// there. Takes the lock.
+    fn remove_counted(&self, tree: &str, entry_key: &[u8], app_id: &str) -> Result<(), Error> {
+        let _guard = self.lock();
+        if self.store.get(tree, entry_key)?.is_none() {
+            return Ok(());
+        }
+        self.apply_counted(
+            tree,
+            key(b"c", app_id.as_bytes()),
+            |n| n.saturating_sub(1),
+            vec![BatchOp::Remove(entry_key.to_vec())],
+        )
+    }
+}
+
+fn key(tag: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tag.len() + rest.len() + 9);
+    k.extend_from_slice(tag);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn read_u64(value: Option<Vec<u8>>) -> u64 {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// The BE `u64` at `at` in `bytes`.
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    let slice = bytes.get(at..at.checked_add(8)?)?;
+    Some(u64::from_be_bytes(<[u8; 8]>::try_from(slice).ok()?))
+}

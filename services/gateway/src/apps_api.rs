@@ -26,6 +26,7 @@ use crate::{
     auth::{Authenticator, Scope},
     cut_on_stop,
     splice::{OutputStream, splice},
+    unavailable_at_end,
 };
 
 /// How long a client may take to send the first frame of a channel.
@@ -85,10 +86,11 @@ impl Apps for AppsApi {
                 kind: Some(session_event::Kind::Incoming(incoming)),
             })
         });
-        Ok(Response::new(cut_on_stop(
+        let events = unavailable_at_end(
             Box::pin(futures::stream::once(async { Ok(registered) }).chain(incoming)),
-            self.stop.clone(),
-        )))
+            "the session ended: the overlay service restarted; open a new session",
+        );
+        Ok(Response::new(cut_on_stop(events, self.stop.clone())))
     }
 
     type ChannelStream = OutputStream;
@@ -176,10 +178,11 @@ impl Apps for AppsApi {
         let AppsResponse::Inbox(inbox) = self.call(AppsRequest::Receive { app_id }).await? else {
             return Err(mismatch());
         };
-        Ok(Response::new(cut_on_stop(
+        let inbox = unavailable_at_end(
             Box::pin(ReceiverStream::new(inbox).map(Ok)),
-            self.stop.clone(),
-        )))
+            "the inbox closed: the overlay service restarted, or a newer Receive for this app replaced this one",
+        );
+        Ok(Response::new(cut_on_stop(inbox, self.stop.clone())))
     }
 
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckReply>, Status> {

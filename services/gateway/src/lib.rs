@@ -29,6 +29,18 @@ use tonic::Status;
 /// A boxed response stream.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// A stream the node never ends on purpose (a session, an inbox): if its source goes away
+/// (the service behind it restarted), the client is told so with `UNAVAILABLE`, not a clean
+/// end it could take for "nothing more".
+pub(crate) fn unavailable_at_end<T: Send + 'static>(
+    inner: BoxStream<T>,
+    why: &'static str,
+) -> BoxStream<T> {
+    Box::pin(inner.chain(futures::stream::once(async move {
+        Err(Status::unavailable(why))
+    })))
+}
+
 /// Ends `inner` with `UNAVAILABLE` when the gateway stops, so that no long-lived call
 /// outlives the gateway that served it (hyper keeps connections in tasks of their own).
 pub(crate) fn cut_on_stop<T: Send + 'static>(

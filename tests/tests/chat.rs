@@ -63,8 +63,9 @@ async fn c_finds_a_through_the_dht_and_two_chats_talk() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lines_typed_while_the_peer_is_offline_arrive_when_it_returns() {
-    let a = Node::start(&[]);
+    let mut a = Node::start(&[]);
     let mut b = Node::start(&[]);
+    a.client().await;
     let b_id = b.peer_id().await;
     let b_ticket = b.ticket().await;
     let (ok, out, err) = p2pctl(&a, &["dial", &b_ticket]);

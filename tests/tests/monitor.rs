@@ -29,6 +29,7 @@ async fn status_metrics_and_json() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut a = Node::start(&["--metrics", &metrics]);
     let mut b = Node::start(&[]);
+    a.client().await;
     let b_id = b.peer_id().await;
     let b_ticket = b.ticket().await;
     let (ok, out, err) = p2pctl(&a, &["dial", &b_ticket]);

@@ -193,3 +193,37 @@ async fn rest_for_one_restarts_the_services_started_after_the_crashed_one() {
     assert_eq!(overlay.restarts, 1);
     assert_eq!(overlay.last_error, "panicked");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_gateway_is_restarted_and_clients_get_back_in() {
+    let mut node = Node::start(&["--allow-fault-injection"]);
+    let client = node.client().await;
+    // The answer may be cut by the panic it causes; either way the gateway goes down.
+    let _ = client
+        .node()
+        .inject_panic(InjectPanicRequest {
+            service: "gateway".into(),
+        })
+        .await;
+    let status = p2pos_tests::wait_for("the gateway to answer again", T, || {
+        let client = client.clone();
+        async move {
+            let s = client
+                .monitor()
+                .get_status(GetStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            let gateway = s.services.iter().find(|s| s.name == "gateway")?;
+            (gateway.restarts == 1 && gateway.state == "running").then_some(s)
+        }
+    })
+    .await;
+    let overlay = status
+        .services
+        .iter()
+        .find(|s| s.name == "overlay")
+        .expect("overlay");
+    assert_eq!(overlay.restarts, 0, "one_for_one leaves the others alone");
+    assert!(node.try_exit().is_none(), "the node keeps running");
+}

@@ -1,0 +1,307 @@
+//! `p2pos-bench`: measures P2P OS (app → gRPC → node → network → node → gRPC → app, two real
+//! daemons on loopback) against two bare rust-libp2p swarms with the same transport stack, with
+//! plain loopback TCP between two processes as the ceiling.
+//!
+//! # Layout
+//! - [`pipe`]: a framed bidirectional stream whatever carries it, and the far-end responder.
+//! - [`scenarios`]: the drivers (bulk, echo, message rate, first message), the same for all.
+//! - [`node`]: real `p2posd` processes driven through `p2pos-client`.
+//! - [`raw`]: the bare rust-libp2p baseline.
+//! - [`ceiling`]: plain TCP to a child process.
+//! - [`report`]: the table and the JSON.
+
+mod ceiling;
+mod node;
+mod pipe;
+mod raw;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::ceiling::TcpPeer;
+use crate::node::{Node, Pair};
+use crate::raw::RawPair;
+use crate::report::{Goal, Row};
+
+const TCP: &str = "/ip4/127.0.0.1/tcp/0";
+const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
+/// Bulk write size.
+const CHUNK: usize = 64 * 1024;
+/// Echo and message size.
+const SMALL: usize = 64;
+/// Channels in the many-channel rate scenario.
+const MANY: usize = 16;
+/// How long an idle node runs before its memory is read.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Benchmarks P2P OS against bare rust-libp2p and plain loopback TCP.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The p2posd binary (default: next to this executable).
+    #[arg(long)]
+    p2posd: Option<PathBuf>,
+    /// MiB sent in the bulk scenarios, in 64 KiB writes.
+    #[arg(long, default_value_t = 1024)]
+    bulk_mib: u64,
+    /// Round trips of the 64-byte echo.
+    #[arg(long, default_value_t = 10_000)]
+    echoes: usize,
+    /// 64-byte messages sent in each rate scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Fresh connections timed in the dial scenario (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    dials: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Hidden>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Hidden {
+    /// The TCP ceiling's far end (used by the benchmark itself).
+    #[command(hide = true)]
+    TcpPeer,
+}
+
+/// Figures of one system for the scenarios it runs.
+#[derive(Default)]
+struct Figures {
+    bulk_tcp: f64,
+    bulk_quic: f64,
+    echo_p50: f64,
+    echo_p99: f64,
+    rate_one: f64,
+    rate_flushed: f64,
+    rate_many: f64,
+    first_ms: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Hidden::TcpPeer) = args.command {
+        return ceiling::serve().await;
+    }
+    let p2posd = node::find_p2posd(args.p2posd.clone())?;
+    let bulk = args.bulk_mib * 1024 * 1024;
+
+    progress("P2P OS over TCP");
+    let mut starts = Vec::new();
+    let mut p2pos = Figures::default();
+    {
+        let pair = Pair::start(&p2posd, TCP, true).await?;
+        starts.extend(pair.start_times());
+        p2pos.bulk_tcp = scenarios::bulk(pair.open().await?, bulk, CHUNK).await?;
+        (p2pos.echo_p50, p2pos.echo_p99) =
+            scenarios::echo(pair.open().await?, args.echoes, SMALL).await?;
+        p2pos.rate_one =
+            scenarios::rate(vec![pair.open().await?], args.messages, SMALL, false).await?;
+        p2pos.rate_flushed =
+            scenarios::rate(vec![pair.open().await?], args.messages, SMALL, true).await?;
+        let mut pipes = Vec::with_capacity(MANY);
+        for _ in 0..MANY {
+            pipes.push(pair.open().await?);
+        }
+        p2pos.rate_many = scenarios::rate(pipes, args.messages, SMALL, false).await?;
+    }
+    progress("P2P OS over QUIC");
+    {
+        let pair = Pair::start(&p2posd, QUIC, true).await?;
+        starts.extend(pair.start_times());
+        p2pos.bulk_quic = scenarios::bulk(pair.open().await?, bulk, CHUNK).await?;
+    }
+    progress("P2P OS dial + first message");
+    let mut firsts = Vec::with_capacity(args.dials);
+    for _ in 0..args.dials {
+        let pair = Pair::start(&p2posd, TCP, false).await?;
+        starts.extend(pair.start_times());
+        let started = std::time::Instant::now();
+        pair.dial().await?;
+        let mut pipe = pair.open().await?;
+        scenarios::first_message(&mut pipe, SMALL).await?;
+        firsts.push(started.elapsed());
+    }
+    p2pos.first_ms = scenarios::median_ms(&mut firsts);
+
+    progress("P2P OS idle node");
+    let idle = Node::start(&p2posd, TCP).await?;
+    starts.push(idle.start_to_answer);
+    tokio::time::sleep(SETTLE).await;
+    let idle_rss = idle.rss_mib()?;
+    drop(idle);
+    let start_ms = scenarios::median_ms(&mut starts);
+
+    progress("bare rust-libp2p over TCP");
+    let mut base = Figures::default();
+    {
+        let pair = RawPair::start(TCP).await?;
+        base.bulk_tcp = scenarios::bulk(pair.open().await?, bulk, CHUNK).await?;
+        (base.echo_p50, base.echo_p99) =
+            scenarios::echo(pair.open().await?, args.echoes, SMALL).await?;
+        base.rate_one =
+            scenarios::rate(vec![pair.open().await?], args.messages, SMALL, false).await?;
+        base.rate_flushed =
+            scenarios::rate(vec![pair.open().await?], args.messages, SMALL, true).await?;
+        let mut pipes = Vec::with_capacity(MANY);
+        for _ in 0..MANY {
+            pipes.push(pair.open().await?);
+        }
+        base.rate_many = scenarios::rate(pipes, args.messages, SMALL, false).await?;
+    }
+    progress("bare rust-libp2p over QUIC");
+    {
+        let pair = RawPair::start(QUIC).await?;
+        base.bulk_quic = scenarios::bulk(pair.open().await?, bulk, CHUNK).await?;
+    }
+    progress("bare rust-libp2p dial + first message");
+    let mut firsts = Vec::with_capacity(args.dials);
+    for _ in 0..args.dials {
+        firsts.push(RawPair::first_message(TCP, SMALL).await?);
+    }
+    base.first_ms = scenarios::median_ms(&mut firsts);
+
+    progress("plain loopback TCP");
+    let mut top = Figures::default();
+    {
+        let peer = TcpPeer::start().await?;
+        top.bulk_tcp = scenarios::bulk(peer.open().await?, bulk, CHUNK).await?;
+        (top.echo_p50, top.echo_p99) =
+            scenarios::echo(peer.open().await?, args.echoes, SMALL).await?;
+        top.rate_one =
+            scenarios::rate(vec![peer.open().await?], args.messages, SMALL, false).await?;
+        top.rate_flushed =
+            scenarios::rate(vec![peer.open().await?], args.messages, SMALL, true).await?;
+        let mut pipes = Vec::with_capacity(MANY);
+        for _ in 0..MANY {
+            pipes.push(peer.open().await?);
+        }
+        top.rate_many = scenarios::rate(pipes, args.messages, SMALL, false).await?;
+        let mut firsts = Vec::with_capacity(args.dials);
+        for _ in 0..args.dials {
+            firsts.push(peer.first_message(SMALL).await?);
+        }
+        top.first_ms = scenarios::median_ms(&mut firsts);
+    }
+
+    let rows = rows(&p2pos, &base, &top, idle_rss, start_ms);
+    if args.json {
+        let machine = json!({
+            "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+            "bulk_mib": args.bulk_mib,
+            "echoes": args.echoes,
+            "messages": args.messages,
+            "dials": args.dials,
+        });
+        println!("{}", report::json(&rows, machine));
+    } else {
+        println!("{}", report::table(&rows));
+    }
+    Ok(())
+}
+
+fn rows(p2pos: &Figures, base: &Figures, top: &Figures, idle_rss: f64, start_ms: f64) -> Vec<Row> {
+    let row = |scenario: &str, unit, p2pos, baseline, ceiling, goal| Row {
+        scenario: scenario.to_owned(),
+        unit,
+        p2pos,
+        baseline,
+        ceiling,
+        goal,
+    };
+    vec![
+        row(
+            "bulk, 1 channel, TCP",
+            "MiB/s",
+            p2pos.bulk_tcp,
+            Some(base.bulk_tcp),
+            Some(top.bulk_tcp),
+            Goal::RatioAtLeast(0.8),
+        ),
+        row(
+            "bulk, 1 channel, QUIC",
+            "MiB/s",
+            p2pos.bulk_quic,
+            Some(base.bulk_quic),
+            None,
+            Goal::RatioAtLeast(0.8),
+        ),
+        row(
+            "echo 64 B, p50",
+            "µs",
+            p2pos.echo_p50,
+            Some(base.echo_p50),
+            Some(top.echo_p50),
+            Goal::RatioAtMost(2.0),
+        ),
+        row(
+            "echo 64 B, p99",
+            "µs",
+            p2pos.echo_p99,
+            Some(base.echo_p99),
+            Some(top.echo_p99),
+            Goal::RatioAtMost(3.0),
+        ),
+        row(
+            "64 B messages, 1 channel",
+            "msg/s",
+            p2pos.rate_one,
+            Some(base.rate_one),
+            Some(top.rate_one),
+            Goal::RatioAtLeast(0.5),
+        ),
+        row(
+            "64 B messages, 1 channel, flush each",
+            "msg/s",
+            p2pos.rate_flushed,
+            Some(base.rate_flushed),
+            Some(top.rate_flushed),
+            Goal::None,
+        ),
+        row(
+            "64 B messages, 16 channels",
+            "msg/s",
+            p2pos.rate_many,
+            Some(base.rate_many),
+            Some(top.rate_many),
+            Goal::RatioAtLeast(0.5),
+        ),
+        row(
+            "dial + first message, TCP",
+            "ms",
+            p2pos.first_ms,
+            Some(base.first_ms),
+            Some(top.first_ms),
+            Goal::None,
+        ),
+        row(
+            "idle node, resident memory",
+            "MiB",
+            idle_rss,
+            None,
+            None,
+            Goal::AtMost(20.0),
+        ),
+        row(
+            "start to answering gateway (median)",
+            "ms",
+            start_ms,
+            None,
+            None,
+            Goal::AtMost(150.0),
+        ),
+    ]
+}
+
+/// A progress line on stderr, so `--json` output stays clean.
+fn progress(what: &str) {
+    eprintln!("p2pos-bench: {what}...");
+}

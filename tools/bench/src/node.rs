@@ -1,0 +1,274 @@
+//! The system under test: real `p2posd` processes on loopback, driven over their gRPC gateways
+//! with `p2pos-client`, exactly as an application would (app → gRPC → node → network → node →
+//! gRPC → app).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt, future};
+use p2pos_client::{Client, Gateway, Target};
+use p2pos_proto::app::v1::{
+    AcceptChannel, ChannelInput, ChannelOutput, OpenChannel, SessionRequest, channel_input,
+    channel_output, session_event,
+};
+use p2pos_proto::node::v1::GetInfoRequest;
+use p2pos_proto::overlay::v1::{DialRequest, GetTicketRequest};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use crate::pipe::{Pipe, respond};
+
+/// The app id every benchmark channel uses.
+const APP_ID: &str = "bench";
+/// Frames an app may queue towards its gateway before writing waits.
+const CHANNEL_BUFFER: usize = 32;
+/// How long a node may take to answer, or a peer to show addresses, before the run fails.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(15);
+/// Pause between attempts to reach a starting node's gateway (no event says it is up).
+const POLL: Duration = Duration::from_millis(1);
+
+/// One running `p2posd` with its own temporary data directory; killed when dropped.
+pub(crate) struct Node {
+    child: Child,
+    client: Client,
+    /// From spawning the process to the first answered `Node.GetInfo`.
+    pub(crate) start_to_answer: Duration,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Spawns `p2posd` listening on `listen` and waits for its gateway to answer.
+    pub(crate) async fn start(bin: &Path, listen: &str) -> anyhow::Result<Node> {
+        let dir = tempfile::tempdir()?;
+        let log = std::fs::File::create(dir.path().join("p2posd.log"))?;
+        let target = Target::new(
+            Gateway::Unix(dir.path().join("gateway.sock")),
+            None,
+            Some(dir.path().to_path_buf()),
+        )?;
+        let started = Instant::now();
+        let mut child = Command::new(bin)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--listen", listen, "--no-mdns"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let client = loop {
+            if let Ok(client) = Client::connect(&target).await
+                && client.node().get_info(GetInfoRequest {}).await.is_ok()
+            {
+                break client;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("p2posd exited with {status}: {}", log_tail(dir.path()));
+            }
+            if started.elapsed() > STARTUP_DEADLINE {
+                bail!("p2posd did not answer in time: {}", log_tail(dir.path()));
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        Ok(Node {
+            start_to_answer: started.elapsed(),
+            child,
+            client,
+            dir,
+        })
+    }
+
+    /// Resident memory of the process, in MiB, from `/proc/<pid>/status`.
+    pub(crate) fn rss_mib(&self) -> anyhow::Result<f64> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow!("p2posd has exited"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
+        Ok(kib / 1024.0)
+    }
+
+    /// This node's ticket and peer id, once it has listen addresses.
+    async fn ticket(&self) -> anyhow::Result<(String, String)> {
+        let started = Instant::now();
+        loop {
+            let ticket = self
+                .client
+                .overlay()
+                .get_ticket(GetTicketRequest {})
+                .await?
+                .into_inner();
+            if !ticket.addresses.is_empty() {
+                return Ok((ticket.ticket, ticket.peer_id));
+            }
+            if started.elapsed() > STARTUP_DEADLINE {
+                bail!(
+                    "the node has no listen address: {}",
+                    log_tail(self.dir.path())
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Opens the `bench` session and serves every channel announced on it with the responder.
+    async fn serve_bench(&self) -> anyhow::Result<JoinHandle<()>> {
+        let mut session = self
+            .client
+            .apps()
+            .session(SessionRequest {
+                app_id: APP_ID.to_owned(),
+            })
+            .await?
+            .into_inner();
+        match session.message().await? {
+            Some(event) if matches!(event.kind, Some(session_event::Kind::Registered(_))) => {}
+            other => bail!("expected Registered, got {other:?}"),
+        }
+        let client = self.client.clone();
+        Ok(tokio::spawn(async move {
+            while let Ok(Some(event)) = session.message().await {
+                if let Some(session_event::Kind::Incoming(incoming)) = event.kind {
+                    // One task per announced channel: the benchmarks open at most 16 at once.
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let accept = channel_input::Kind::Accept(AcceptChannel {
+                            channel_id: incoming.channel_id,
+                            app_id: APP_ID.to_owned(),
+                        });
+                        if let Ok(pipe) = channel(&client, accept).await {
+                            let _ = respond(pipe).await;
+                        }
+                    });
+                }
+            }
+        }))
+    }
+}
+
+/// Two nodes, A connected to B, B serving the `bench` app.
+pub(crate) struct Pair {
+    a: Node,
+    b: Node,
+    b_ticket: String,
+    b_peer: String,
+    server: JoinHandle<()>,
+}
+
+impl Pair {
+    /// Starts both nodes on `listen` and B's `bench` session; dials B from A if `connect`.
+    pub(crate) async fn start(bin: &Path, listen: &str, connect: bool) -> anyhow::Result<Pair> {
+        let a = Node::start(bin, listen).await?;
+        let b = Node::start(bin, listen).await?;
+        let (b_ticket, b_peer) = b.ticket().await?;
+        let server = b.serve_bench().await?;
+        let pair = Pair {
+            a,
+            b,
+            b_ticket,
+            b_peer,
+            server,
+        };
+        if connect {
+            pair.dial().await?;
+        }
+        Ok(pair)
+    }
+
+    /// Start-to-answer times of both nodes.
+    pub(crate) fn start_times(&self) -> [Duration; 2] {
+        [self.a.start_to_answer, self.b.start_to_answer]
+    }
+
+    /// A dials B with B's ticket.
+    pub(crate) async fn dial(&self) -> anyhow::Result<()> {
+        self.a
+            .client
+            .overlay()
+            .dial(DialRequest {
+                target: self.b_ticket.clone(),
+                timeout_ms: 0,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A new channel from A's app to B's app.
+    pub(crate) async fn open(&self) -> anyhow::Result<Pipe> {
+        let open = channel_input::Kind::Open(OpenChannel {
+            app_id: APP_ID.to_owned(),
+            peer: self.b_peer.clone(),
+        });
+        channel(&self.a.client, open).await
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Calls `Apps.Channel` with `first` as its first frame and waits for `opened`.
+async fn channel(client: &Client, first: channel_input::Kind) -> anyhow::Result<Pipe> {
+    let (mut tx, rx) = mpsc::channel::<ChannelInput>(CHANNEL_BUFFER);
+    tx.send(ChannelInput { kind: Some(first) }).await?;
+    let mut output = client.apps().channel(rx).await?.into_inner();
+    match output.message().await? {
+        Some(ChannelOutput {
+            kind: Some(channel_output::Kind::Opened(_)),
+        }) => {}
+        other => bail!("expected opened, got {other:?}"),
+    }
+    let tx = tx.sink_map_err(anyhow::Error::from).with(|data: Bytes| {
+        future::ready(Ok::<_, anyhow::Error>(ChannelInput {
+            kind: Some(channel_input::Kind::Data(data)),
+        }))
+    });
+    let rx = output.map(|item| match item {
+        Ok(ChannelOutput {
+            kind: Some(channel_output::Kind::Data(data)),
+        }) => Ok(data),
+        Ok(other) => Err(anyhow!("unexpected channel output {other:?}")),
+        Err(status) => Err(anyhow!("channel failed: {status}")),
+    });
+    Ok(Pipe {
+        tx: Box::pin(tx),
+        rx: Box::pin(rx),
+    })
+}
+
+/// The last lines of a node's log, for error messages.
+fn log_tail(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("p2posd.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+/// `p2posd` from `--p2posd`, else next to this executable.
+pub(crate) fn find_p2posd(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match flag {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow!("the bench executable has no directory"))?
+            .join("p2posd"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no p2posd at {} (build with `cargo build --release`, or pass --p2posd PATH)",
+            path.display()
+        );
+    }
+    Ok(path)
+}

@@ -5,7 +5,7 @@
 use std::pin::Pin;
 
 use bytes::Bytes;
-use futures::{SinkExt, Stream, StreamExt};
+use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use p2pos_kernel::{
     EventBus,
     protocols::apps::ChannelStream,
@@ -77,15 +77,32 @@ pub fn splice(
     let writer_gone = output_gone.clone();
     tokio::spawn(async move {
         let outcome: Result<(), Status> = async {
+            let broke = |e: std::io::Error| Status::unavailable(format!("the channel to the peer broke: {e}"));
+            // Frames are fed into the writer's buffer and flushed only when the client has no
+            // next frame ready, so a burst of small frames leaves in a few network writes.
+            let mut unflushed = false;
             loop {
-                let frame = tokio::select! {
-                    frame = input.message() => match frame? {
-                        Some(frame) => frame,
-                        None => break,
-                    },
-                    () = input_stop.cancelled() => break,
-                    () = output_gone.cancelled() => break,
+                if input_stop.is_cancelled() || output_gone.is_cancelled() {
+                    break;
+                }
+                let ready = input.message().now_or_never();
+                let frame = match ready {
+                    Some(frame) => frame?,
+                    None => {
+                        if unflushed {
+                            tokio::select! {
+                                flushed = SinkExt::<Bytes>::flush(&mut sink) => flushed.map_err(broke)?,
+                                () = writer_gone.cancelled() => break,
+                            }
+                        }
+                        tokio::select! {
+                            frame = input.message() => frame?,
+                            () = input_stop.cancelled() => break,
+                            () = output_gone.cancelled() => break,
+                        }
+                    }
                 };
+                let Some(frame) = frame else { break };
                 match frame.kind {
                     Some(channel_input::Kind::Data(data)) => {
                         if data.len() > MAX_PAYLOAD {
@@ -95,11 +112,10 @@ pub fn splice(
                             )));
                         }
                         tokio::select! {
-                            sent = sink.send(data) => sent.map_err(|e| {
-                                Status::unavailable(format!("the channel to the peer broke: {e}"))
-                            })?,
+                            fed = sink.feed(data) => fed.map_err(broke)?,
                             () = writer_gone.cancelled() => break,
                         }
+                        unflushed = true;
                     }
                     Some(channel_input::Kind::Open(_) | channel_input::Kind::Accept(_)) => {
                         return Err(Status::invalid_argument(

@@ -447,3 +447,46 @@ impl Drop for Lan {
         }
     }
 }
+
+/// Waits until `client`'s node is connected to `peer_id`; returns what it says of the peer.
+pub async fn connected_peer(
+    client: &Client,
+    peer_id: &str,
+    what: &str,
+) -> p2pos_proto::overlay::v1::PeerInfo {
+    wait_for(what, START_DEADLINE, || {
+        let client = client.clone();
+        async move {
+            let peers = client
+                .overlay()
+                .list_peers(p2pos_proto::overlay::v1::ListPeersRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            peers.peers.into_iter().find(|p| p.peer_id == peer_id)
+        }
+    })
+    .await
+}
+
+/// Waits until `client`'s node reports a status that satisfies `ok`; returns it.
+pub async fn status_when(
+    client: &Client,
+    what: &str,
+    ok: impl Fn(&p2pos_proto::monitor::v1::NodeStatus) -> bool,
+) -> p2pos_proto::monitor::v1::NodeStatus {
+    let ok = &ok;
+    wait_for(what, START_DEADLINE, || {
+        let client = client.clone();
+        async move {
+            let status = client
+                .monitor()
+                .get_status(p2pos_proto::monitor::v1::GetStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            ok(&status).then_some(status)
+        }
+    })
+    .await
+}

@@ -1,10 +1,7 @@
 //! A LAN of two test hosts (network namespaces joined by veth): nodes started with the
 //! defaults find each other by mDNS and connect, with no ticket and no dial.
 
-use std::time::Duration;
-
-use p2pos_proto::overlay::v1::ListPeersRequest;
-use p2pos_tests::{Lan, Node, wait_for};
+use p2pos_tests::{Lan, Node, connected_peer};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_on_a_lan_find_each_other_by_mdns() {
@@ -16,20 +13,7 @@ async fn nodes_on_a_lan_find_each_other_by_mdns() {
     let mut b = Node::start_in_netns(&lan.hosts[1], &[]);
     let b_id = b.peer_id().await;
     let client = a.client().await;
-    let peer = wait_for("A to find B by mDNS", Duration::from_secs(30), || {
-        let client = client.clone();
-        let b_id = b_id.clone();
-        async move {
-            let peers = client
-                .overlay()
-                .list_peers(ListPeersRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            peers.peers.into_iter().find(|p| p.peer_id == b_id)
-        }
-    })
-    .await;
+    let peer = connected_peer(&client, &b_id, "A to find B by mDNS").await;
     assert!(
         peer.addresses.iter().any(|a| a.starts_with("/ip4/10.213.")),
         "connected over the LAN: {:?}",

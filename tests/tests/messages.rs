@@ -11,9 +11,9 @@ use p2pos_proto::{
         AckRequest, DeliveryState, ListAppsRequest, ReceiveRequest, ReceivedMessage, SendRequest,
         SessionRequest,
     },
-    overlay::v1::{DialRequest, ListPeersRequest},
+    overlay::v1::DialRequest,
 };
-use p2pos_tests::{Node, wait_for};
+use p2pos_tests::{Node, connected_peer, wait_for};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -258,20 +258,7 @@ async fn a_restarted_node_keeps_its_peer_id_and_redials_its_peers() {
     a.restart();
     assert_eq!(a.peer_id().await, a_id, "same identity after a restart");
     let client = a.client().await;
-    wait_for("A to redial B by itself", T, || {
-        let client = client.clone();
-        let b_id = b_id.clone();
-        async move {
-            let peers = client
-                .overlay()
-                .list_peers(ListPeersRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            peers.peers.iter().any(|p| p.peer_id == b_id).then_some(())
-        }
-    })
-    .await;
+    connected_peer(&client, &b_id, "A to redial B by itself").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

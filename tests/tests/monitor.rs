@@ -1,15 +1,9 @@
 //! Monitoring: status shows services and peers, metrics are served in the Prometheus text
 //! format on the opt-in port, and p2pctl's read commands print JSON.
 
-use std::{
-    io::{Read, Write},
-    time::Duration,
-};
+use std::io::{Read, Write};
 
-use p2pos_proto::monitor::v1::GetStatusRequest;
-use p2pos_tests::{Node, p2pctl, wait_for};
-
-const T: Duration = Duration::from_secs(30);
+use p2pos_tests::{Node, p2pctl, status_when};
 
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
@@ -36,21 +30,8 @@ async fn status_metrics_and_json() {
     assert!(ok, "{out}{err}");
 
     let client = a.client().await;
-    let status = wait_for("B in A's status with a round-trip time", T, || {
-        let client = client.clone();
-        let b_id = b_id.clone();
-        async move {
-            let s = client
-                .monitor()
-                .get_status(GetStatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            s.peers
-                .iter()
-                .any(|p| p.peer_id == b_id && p.rtt_us > 0)
-                .then_some(s)
-        }
+    let status = status_when(&client, "B in A's status with a round-trip time", |s| {
+        s.peers.iter().any(|p| p.peer_id == b_id && p.rtt_us > 0)
     })
     .await;
     for name in ["overlay", "monitor", "gateway"] {

@@ -171,17 +171,8 @@ async fn rest_for_one_restarts_the_services_started_after_the_crashed_one() {
     .expect("the old gateway's stream ends");
     // The new gateway, monitor and overlay all answer, with the same identity.
     let client = node.client().await;
-    let status = p2pos_tests::wait_for("every service running again", T, || {
-        let client = client.clone();
-        async move {
-            let s = client
-                .monitor()
-                .get_status(GetStatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            s.services.iter().all(|s| s.state == "running").then_some(s)
-        }
+    let status = p2pos_tests::status_when(&client, "every service running again", |s| {
+        s.services.iter().all(|s| s.state == "running")
     })
     .await;
     assert_eq!(status.peer_id, peer_id);
@@ -205,18 +196,10 @@ async fn a_panicking_gateway_is_restarted_and_clients_get_back_in() {
             service: "gateway".into(),
         })
         .await;
-    let status = p2pos_tests::wait_for("the gateway to answer again", T, || {
-        let client = client.clone();
-        async move {
-            let s = client
-                .monitor()
-                .get_status(GetStatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            let gateway = s.services.iter().find(|s| s.name == "gateway")?;
-            (gateway.restarts == 1 && gateway.state == "running").then_some(s)
-        }
+    let status = p2pos_tests::status_when(&client, "the gateway to answer again", |s| {
+        s.services
+            .iter()
+            .any(|s| s.name == "gateway" && s.restarts == 1 && s.state == "running")
     })
     .await;
     let overlay = status

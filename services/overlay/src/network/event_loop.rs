@@ -227,6 +227,9 @@ impl EventLoop {
                     self.connections.remove(&peer_id);
                     self.rtt.remove(&peer_id);
                     self.agents.remove(&peer_id);
+                    // Only connected relays are used, so the set stays as small as the
+                    // connection count.
+                    self.relay_candidates.remove(&peer_id);
                     self.fail_pings(peer_id, "the connection closed");
                     self.events.publish(Kind::PeerGone(PeerGone {
                         peer_id: peer_id.to_string(),

@@ -199,6 +199,8 @@ pub(crate) async fn serve_messages(
                     warn!(%peer, "cannot store a message: {e}");
                     break;
                 }
+                // Its first arrival may have failed to flush and so never woke a Receive.
+                mailbox.signal(&app_id);
                 message_ack::Result::Stored
             }
             Incoming::UnknownApp => message_ack::Result::UnknownApp,

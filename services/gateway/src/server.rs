@@ -19,7 +19,7 @@ use tokio::{
     task::{AbortHandle, JoinHandle},
 };
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{service::Routes, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
@@ -94,14 +94,17 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict {}: {e}", socket.display()))?;
     info!("gateway on unix:{}", socket.display());
-    let mut servers = vec![tokio::spawn(
-        Server::builder()
-            .add_routes(routes.clone())
-            .serve_with_incoming_shutdown(
-                UnixListenerStream::new(uds),
-                until_stopped(stop_rx.clone()),
-            ),
-    )];
+    let tracker = TaskTracker::new();
+    let mut servers = vec![
+        tracker.spawn(
+            Server::builder()
+                .add_routes(routes.clone())
+                .serve_with_incoming_shutdown(
+                    UnixListenerStream::new(uds),
+                    until_stopped(stop_rx.clone()),
+                ),
+        ),
+    ];
 
     if let Some(addr) = ctx.config.gateway_tcp {
         let listener = std::net::TcpListener::bind(addr)
@@ -113,15 +116,17 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
         // Every call on TCP needs a token, health and reflection included.
         let auth = Authenticator::new(ctx.admin_token.clone(), ctx.store.clone());
         let require_token = move |req: tonic::Request<()>| auth.scope(&req).map(|_| req);
-        servers.push(tokio::spawn(
-            Server::builder()
-                .layer(tonic::service::InterceptorLayer::new(require_token))
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
-                    until_stopped(stop_rx),
-                ),
-        ));
+        servers.push(
+            tracker.spawn(
+                Server::builder()
+                    .layer(tonic::service::InterceptorLayer::new(require_token))
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener),
+                        until_stopped(stop_rx),
+                    ),
+            ),
+        );
     }
 
     let health = tokio::spawn(mirror_health(ctx.states.clone(), reporter));
@@ -149,6 +154,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
             guard,
             stop_tx,
             aborts,
+            tracker,
+            failpoint_panic: ctx.config.panics_on_start(NAME),
             health: health.abort_handle(),
             stopping: false,
         }
@@ -216,6 +223,8 @@ struct GatewayService {
     guard: DeathGuard,
     stop_tx: watch::Sender<bool>,
     aborts: Vec<AbortHandle>,
+    tracker: TaskTracker,
+    failpoint_panic: bool,
     health: AbortHandle,
     stopping: bool,
 }
@@ -234,8 +243,9 @@ impl Actor for GatewayService {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Self::Context) {
-        // Read here, not in `start`, so that the panic happens inside the actor.
-        let _ = &self.guard;
+        if self.failpoint_panic {
+            panic!("failpoint {NAME}=panic-on-start");
+        }
     }
 }
 
@@ -248,16 +258,13 @@ impl Handler<StopService> for GatewayService {
         self.cancel.cancel();
         let aborts = self.aborts.clone();
         let socket = self.socket.clone();
+        let tracker = self.tracker.clone();
+        tracker.close();
         Box::pin(
             async move {
-                // Give in-flight calls a moment; long-lived streams are then cut.
-                let deadline = tokio::time::Instant::now() + GRACE;
-                while aborts.iter().any(|a| !a.is_finished()) {
-                    if tokio::time::Instant::now() >= deadline {
-                        warn!("gateway: cutting calls still open after {GRACE:?}");
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                // In-flight calls get a moment to finish; whatever is still open is then cut.
+                if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
+                    warn!("gateway: cutting calls still open after {GRACE:?}");
                 }
                 for abort in aborts {
                     abort.abort();

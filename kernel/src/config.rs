@@ -74,6 +74,9 @@ pub struct Config {
     pub max_connections: u32,
     /// Most channels open at once. Default: 1024.
     pub max_channels: u32,
+    /// Most messages an app's inbox holds unacknowledged; past it senders are told to retry
+    /// later. Default: 10,000.
+    pub max_inbox_messages: u64,
     /// Supervision policy.
     pub supervisor: SupervisorConfig,
     /// Allow the admin `InjectPanic` call (for testing supervision). Default: off.
@@ -100,6 +103,7 @@ impl Default for Config {
             max_connections_per_peer: 4,
             max_connections: 256,
             max_channels: 1024,
+            max_inbox_messages: 10_000,
             supervisor: SupervisorConfig::default(),
             allow_fault_injection: false,
             failpoints: Vec::new(),
@@ -176,6 +180,11 @@ impl Config {
                     )));
                 }
             }
+        }
+        if self.max_inbox_messages == 0 {
+            return Err(ConfigError::Invalid(
+                "max_inbox_messages must be > 0".into(),
+            ));
         }
         if self.max_connections_per_peer == 0 || self.max_connections == 0 {
             return Err(ConfigError::Invalid("connection limits must be > 0".into()));

@@ -322,3 +322,72 @@ async fn a_node_that_lost_its_store_but_kept_its_key_is_not_taken_for_a_duplicat
     assert_ne!(got[2].sender_epoch, got[0].sender_epoch);
     assert!(got.iter().all(|m| m.from_peer == a_id));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_inbox_asks_the_sender_to_retry_and_the_rest_arrives_once_the_app_reads() {
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let config = config_dir.path().join("p2posd.toml");
+    std::fs::write(&config, "max_inbox_messages = 3\n").expect("config");
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&["--config", config.to_str().expect("utf-8 path")]);
+    register_app(&mut b, "chat").await;
+    let b_id = b.peer_id().await;
+    let b_ticket = b.ticket().await;
+    let client_a = a.client().await;
+    client_a
+        .overlay()
+        .dial(DialRequest {
+            target: b_ticket,
+            timeout_ms: 0,
+        })
+        .await
+        .expect("dial");
+    let mut states = Vec::new();
+    for i in 0..5 {
+        let reply = client_a
+            .apps()
+            .send(SendRequest {
+                app_id: "chat".into(),
+                peer: b_id.clone(),
+                payload: Bytes::from(format!("message {i}")),
+            })
+            .await
+            .expect("send")
+            .into_inner();
+        states.push(reply.state());
+    }
+    use DeliveryState::{Delivered, Queued};
+    assert_eq!(states, [Delivered, Delivered, Delivered, Queued, Queued]);
+
+    // The app reads and acknowledges; the sender, told to retry later, delivers the rest.
+    let client_b = b.client().await;
+    let mut inbox = client_b
+        .apps()
+        .receive(ReceiveRequest {
+            app_id: "chat".into(),
+        })
+        .await
+        .expect("receive")
+        .into_inner();
+    for i in 0..5 {
+        let msg = tokio::time::timeout(T, inbox.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} did not arrive"))
+            .expect("open")
+            .expect("message");
+        assert_eq!(msg.payload, Bytes::from(format!("message {i}")));
+        client_b
+            .apps()
+            .ack(AckRequest {
+                app_id: "chat".into(),
+                inbox_id: msg.inbox_id,
+            })
+            .await
+            .expect("ack");
+    }
+    wait_for("A's outbox to drain", T, || {
+        let client = client_a.clone();
+        async move { (outbox(&client).await == 0).then_some(()) }
+    })
+    .await;
+}

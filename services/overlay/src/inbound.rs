@@ -206,17 +206,21 @@ pub(crate) async fn serve_messages(
             Incoming::UnknownApp => message_ack::Result::UnknownApp,
             Incoming::TooLarge => message_ack::Result::TooLarge,
             Incoming::InboxFull => {
-                // No acknowledgement: the sender keeps the message and retries later.
-                debug!(%peer, app_id, "inbox full; refusing messages for now");
-                break;
+                // Not stored: the sender keeps it and tries again later.
+                debug!(%peer, app_id, "inbox full; asking the sender to retry later");
+                message_ack::Result::RetryLater
             }
         };
+        let retry_later = ack == message_ack::Result::RetryLater;
         let ack = MessageAck {
             sequence,
             result: ack.into(),
         };
         if let Err(e) = write_message(&mut io, &ack, WRITE_TIMEOUT).await {
             debug!(%peer, "cannot acknowledge a message: {e}");
+            break;
+        }
+        if retry_later {
             break;
         }
     }

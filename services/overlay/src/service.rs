@@ -53,7 +53,7 @@ pub fn child_spec() -> ChildSpec {
 }
 
 fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, crate::Error> {
-    let mailbox = Mailbox::new(ctx.store.clone())?;
+    let mailbox = Mailbox::new(ctx.store.clone(), ctx.config.max_inbox_messages)?;
     let max_channels = usize::try_from(ctx.config.max_channels)
         .unwrap_or(usize::MAX)
         .min(Semaphore::MAX_PERMITS);

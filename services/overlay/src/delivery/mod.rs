@@ -44,6 +44,8 @@ const BATCH: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the peer may take to store and acknowledge one message.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How soon a peer that asked to retry later is tried again.
+const RETRY_BUSY: Duration = Duration::from_secs(2);
 /// First and longest wait before retrying a peer.
 const RETRY_MIN: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -321,7 +323,16 @@ async fn deliver_to(
     let mut backoff = RETRY_MIN;
     loop {
         match drain(peer, &shared, &reports).await {
-            Ok(()) => return,
+            Ok(Drained::Empty) => return,
+            Ok(Drained::RetryLater) => {
+                // The peer is reachable, one of its apps is not reading: retry soon, without
+                // counting the peer as failing.
+                tokio::select! {
+                    _ = kick.notified() => {}
+                    _ = tokio::time::sleep(RETRY_BUSY) => {}
+                }
+                continue;
+            }
             Err(e) => {
                 debug!(%peer, "message delivery failed; will retry: {e}");
                 let _ = reports.send(Report::Failed { peer }).await;
@@ -334,8 +345,20 @@ async fn deliver_to(
     }
 }
 
+/// How a drain ended without error.
+enum Drained {
+    /// The outbox for the peer is empty.
+    Empty,
+    /// The peer asked to retry later (an app's inbox there is full).
+    RetryLater,
+}
+
 /// One attempt: connects, then sends the outbox for `peer` in order until it is empty.
-async fn drain(peer: PeerId, shared: &Shared, reports: &mpsc::Sender<Report>) -> Result<(), Error> {
+async fn drain(
+    peer: PeerId,
+    shared: &Shared,
+    reports: &mpsc::Sender<Report>,
+) -> Result<Drained, Error> {
     let mut io = None;
     loop {
         let batch = shared.mailbox.outgoing(&peer, BATCH)?;
@@ -343,7 +366,7 @@ async fn drain(peer: PeerId, shared: &Shared, reports: &mpsc::Sender<Report>) ->
             if let Some(mut io) = io {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
             }
-            return Ok(());
+            return Ok(Drained::Empty);
         }
         // What is sent must be durable first (read, then flush: a message enqueued in between
         // is not in this batch): a sequence number the peer has seen must never be handed out
@@ -384,6 +407,17 @@ async fn drain(peer: PeerId, shared: &Shared, reports: &mpsc::Sender<Report>) ->
                 ));
             }
             let outcome = match message_ack::Result::try_from(ack.result) {
+                Ok(message_ack::Result::RetryLater) => {
+                    // The app's inbox is full: this message and those after it wait.
+                    let _ = reports
+                        .send(Report::Acked {
+                            peer,
+                            sequence: frame.sequence,
+                            outcome: Outcome::Queued,
+                        })
+                        .await;
+                    return Ok(Drained::RetryLater);
+                }
                 Ok(message_ack::Result::Stored) => Outcome::Delivered,
                 Ok(message_ack::Result::UnknownApp) => Outcome::UnknownApp,
                 Ok(message_ack::Result::TooLarge) => Outcome::TooLarge,

@@ -8,7 +8,7 @@ use p2pos_kernel::{store::BatchOp, wire::MAX_PAYLOAD};
 use p2pos_proto::{app::v1::ReceivedMessage, wire::v1::MessageFrame};
 use prost::Message;
 
-use super::{INBOX, MAX_INBOX_PER_APP, Mailbox, key, range, read_u64, u64_at};
+use super::{INBOX, Mailbox, key, range, read_u64, u64_at};
 use crate::Error;
 
 /// Entries read per round of a cumulative acknowledgement.
@@ -57,7 +57,7 @@ impl Mailbox {
             return Ok(Incoming::Duplicate);
         }
         let count_key = key(b"c", app_id.as_bytes());
-        if read_u64(self.store.get(INBOX, &count_key)?) >= MAX_INBOX_PER_APP {
+        if read_u64(self.store.get(INBOX, &count_key)?) >= self.max_inbox {
             return Ok(Incoming::InboxFull);
         }
         let inbox_id = self.store.next_id()?;

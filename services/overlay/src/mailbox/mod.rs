@@ -50,9 +50,6 @@ const OUTBOX: &str = "outbox";
 const INBOX: &str = "inbox";
 /// Most apps listed.
 const MAX_APPS: usize = 10_000;
-/// Most messages waiting in the inbox of one app; past this, peers keep theirs until the app
-/// acknowledges some.
-pub(crate) const MAX_INBOX_PER_APP: u64 = 10_000;
 /// Most messages waiting in the outbox of one app.
 pub(crate) const MAX_OUTBOX_PER_APP: u64 = 10_000;
 
@@ -63,6 +60,8 @@ pub(crate) struct Mailbox {
     signals: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// This store's sender epoch, sent in every `MessageFrame`.
     epoch: u64,
+    /// Most unacknowledged messages per app inbox.
+    max_inbox: u64,
     /// No inbox entry has a larger id. Raised under `lock` once an entry is written, so every
     /// entry up to it is readable.
     newest_inbox_id: AtomicU64,
@@ -70,7 +69,7 @@ pub(crate) struct Mailbox {
 
 impl Mailbox {
     /// The mailbox in `store`; gives the store its sender epoch the first time.
-    pub(crate) fn new(store: Arc<dyn Store>) -> Result<Arc<Self>, Error> {
+    pub(crate) fn new(store: Arc<dyn Store>, max_inbox: u64) -> Result<Arc<Self>, Error> {
         let epoch = outbox::load_or_create_epoch(store.as_ref())?;
         // Every inbox id handed out so far is below a new one.
         let newest_inbox_id = AtomicU64::new(store.next_id()?);
@@ -79,6 +78,7 @@ impl Mailbox {
             lock: Mutex::new(()),
             signals: Mutex::new(HashMap::new()),
             epoch,
+            max_inbox,
             newest_inbox_id,
         }))
     }

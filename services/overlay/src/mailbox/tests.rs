@@ -9,7 +9,7 @@ use super::{INBOX, Incoming, Mailbox, OUTBOX, outbox::raw_outbox_key};
 
 fn open(dir: &tempfile::TempDir, name: &str) -> (Arc<SledStore>, Arc<Mailbox>) {
     let store = SledStore::open(&dir.path().join(name)).expect("open");
-    let mailbox = Mailbox::new(store.clone()).expect("mailbox");
+    let mailbox = Mailbox::new(store.clone(), 10_000).expect("mailbox");
     (store, mailbox)
 }
 
@@ -210,7 +210,7 @@ fn a_sender_that_lost_its_store_is_not_taken_for_a_duplicate() {
     }
     // The same store keeps its epoch.
     drop(sender);
-    let again = Mailbox::new(store.clone()).expect("mailbox");
+    let again = Mailbox::new(store.clone(), 10_000).expect("mailbox");
     let frame = again.enqueue(&b, "chat", Bytes::new()).expect("enqueue");
     assert_eq!((frame.epoch, frame.sequence), (epoch, 4));
     drop((again, store));

@@ -32,6 +32,37 @@ async fn register_app(node: &mut Node, app: &str) {
         .expect("registered");
 }
 
+/// Connects `client`'s node to `target` (a ticket).
+async fn dial(client: &p2pos_client::Client, target: String) {
+    client
+        .overlay()
+        .dial(DialRequest {
+            target,
+            timeout_ms: 0,
+        })
+        .await
+        .expect("dial");
+}
+
+/// Sends `payload` to the app `chat` on `peer`; answers the delivery state.
+async fn send_chat(
+    client: &p2pos_client::Client,
+    peer: &str,
+    payload: impl Into<Bytes>,
+) -> DeliveryState {
+    client
+        .apps()
+        .send(SendRequest {
+            app_id: "chat".into(),
+            peer: peer.to_owned(),
+            payload: payload.into(),
+        })
+        .await
+        .expect("send")
+        .into_inner()
+        .state()
+}
+
 async fn outbox(client: &p2pos_client::Client) -> u64 {
     let apps = client
         .apps()
@@ -50,28 +81,12 @@ async fn a_hundred_messages_wait_for_an_offline_peer_and_arrive_once_in_order() 
     let b_id = b.peer_id().await;
     let b_ticket = b.ticket().await;
     let client_a = a.client().await;
-    client_a
-        .overlay()
-        .dial(DialRequest {
-            target: b_ticket,
-            timeout_ms: 0,
-        })
-        .await
-        .expect("dial");
+    dial(&client_a, b_ticket).await;
 
     assert!(b.stop().await.success(), "B stops cleanly");
     for i in 0..100 {
-        let reply = client_a
-            .apps()
-            .send(SendRequest {
-                app_id: "chat".into(),
-                peer: b_id.clone(),
-                payload: Bytes::from(format!("message {i}")),
-            })
-            .await
-            .expect("send while B is offline")
-            .into_inner();
-        assert_eq!(reply.state(), DeliveryState::Queued, "message {i}");
+        let state = send_chat(&client_a, &b_id, format!("message {i}")).await;
+        assert_eq!(state, DeliveryState::Queued, "message {i}");
     }
     assert_eq!(outbox(&client_a).await, 100);
     let a_id = a.peer_id().await;
@@ -103,17 +118,8 @@ async fn a_hundred_messages_wait_for_an_offline_peer_and_arrive_once_in_order() 
     })
     .await;
     // The next message is the next one to arrive: nothing was delivered twice.
-    let reply = client_a
-        .apps()
-        .send(SendRequest {
-            app_id: "chat".into(),
-            peer: b_id.clone(),
-            payload: Bytes::from_static(b"the last one"),
-        })
-        .await
-        .expect("send")
-        .into_inner();
-    assert_eq!(reply.state(), DeliveryState::Delivered);
+    let state = send_chat(&client_a, &b_id, Bytes::from_static(b"the last one")).await;
+    assert_eq!(state, DeliveryState::Delivered);
     let msg = tokio::time::timeout(T, inbox.next())
         .await
         .expect("arrives")
@@ -176,25 +182,10 @@ async fn messages_stay_in_the_inbox_until_the_app_acknowledges_them() {
     register_app(&mut b, "chat").await;
     let b_id = b.peer_id().await;
     let client_a = a.client().await;
-    client_a
-        .overlay()
-        .dial(DialRequest {
-            target: b.ticket().await,
-            timeout_ms: 0,
-        })
-        .await
-        .expect("dial");
+    dial(&client_a, b.ticket().await).await;
     let sent: Vec<String> = (1..=12).map(|i| format!("message {i}")).collect();
     for text in &sent {
-        client_a
-            .apps()
-            .send(SendRequest {
-                app_id: "chat".into(),
-                peer: b_id.clone(),
-                payload: Bytes::from(text.clone()),
-            })
-            .await
-            .expect("send");
+        send_chat(&client_a, &b_id, text.clone()).await;
     }
     let client_b = b.client().await;
     wait_for("B to store all 12", T, || {
@@ -244,15 +235,7 @@ async fn a_restarted_node_keeps_its_peer_id_and_redials_its_peers() {
     let a_id = a.peer_id().await;
     let b_id = b.peer_id().await;
     let b_ticket = b.ticket().await;
-    a.client()
-        .await
-        .overlay()
-        .dial(DialRequest {
-            target: b_ticket,
-            timeout_ms: 0,
-        })
-        .await
-        .expect("dial");
+    dial(&a.client().await, b_ticket).await;
 
     assert!(a.stop().await.success());
     a.restart();
@@ -269,37 +252,10 @@ async fn a_node_that_lost_its_store_but_kept_its_key_is_not_taken_for_a_duplicat
     let a_id = a.peer_id().await;
     let b_id = b.peer_id().await;
     let b_ticket = b.ticket().await;
-    let send = |client: p2pos_client::Client, text: &'static str| {
-        let peer = b_id.clone();
-        async move {
-            client
-                .apps()
-                .send(SendRequest {
-                    app_id: "chat".into(),
-                    peer,
-                    payload: Bytes::from_static(text.as_bytes()),
-                })
-                .await
-                .expect("send");
-        }
-    };
-    let dial = |client: p2pos_client::Client| {
-        let target = b_ticket.clone();
-        async move {
-            client
-                .overlay()
-                .dial(DialRequest {
-                    target,
-                    timeout_ms: 0,
-                })
-                .await
-                .expect("dial");
-        }
-    };
     let client_a = a.client().await;
-    dial(client_a.clone()).await;
-    send(client_a.clone(), "before 1").await;
-    send(client_a, "before 2").await;
+    dial(&client_a, b_ticket.clone()).await;
+    send_chat(&client_a, &b_id, "before 1").await;
+    send_chat(&client_a, &b_id, "before 2").await;
     let client_b = b.client().await;
     wait_for("B to store both", T, || {
         let client = client_b.clone();
@@ -313,8 +269,8 @@ async fn a_node_that_lost_its_store_but_kept_its_key_is_not_taken_for_a_duplicat
     a.restart();
     assert_eq!(a.peer_id().await, a_id, "same identity");
     let client_a = a.client().await;
-    dial(client_a.clone()).await;
-    send(client_a, "after").await;
+    dial(&client_a, b_ticket).await;
+    send_chat(&client_a, &b_id, "after").await;
 
     let (_stream, got) = receive(&client_b, 3).await;
     assert_eq!(texts(&got), ["before 1", "before 2", "after"]);
@@ -334,27 +290,10 @@ async fn a_full_inbox_asks_the_sender_to_retry_and_the_rest_arrives_once_the_app
     let b_id = b.peer_id().await;
     let b_ticket = b.ticket().await;
     let client_a = a.client().await;
-    client_a
-        .overlay()
-        .dial(DialRequest {
-            target: b_ticket,
-            timeout_ms: 0,
-        })
-        .await
-        .expect("dial");
+    dial(&client_a, b_ticket).await;
     let mut states = Vec::new();
     for i in 0..5 {
-        let reply = client_a
-            .apps()
-            .send(SendRequest {
-                app_id: "chat".into(),
-                peer: b_id.clone(),
-                payload: Bytes::from(format!("message {i}")),
-            })
-            .await
-            .expect("send")
-            .into_inner();
-        states.push(reply.state());
+        states.push(send_chat(&client_a, &b_id, format!("message {i}")).await);
     }
     use DeliveryState::{Delivered, Queued};
     assert_eq!(states, [Delivered, Delivered, Delivered, Queued, Queued]);

@@ -15,6 +15,17 @@ use tonic_health::pb::{
 
 const T: Duration = Duration::from_secs(30);
 
+/// Asks the node to make `service` panic (refused unless it runs with `--allow-fault-injection`).
+async fn inject_panic(client: &p2pos_client::Client, service: &str) -> Result<(), tonic::Status> {
+    client
+        .node()
+        .inject_panic(InjectPanicRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_service_is_restarted_and_health_follows() {
     let mut node = Node::start(&["--allow-fault-injection"]);
@@ -36,11 +47,7 @@ async fn a_panicking_service_is_restarted_and_health_follows() {
         .expect("events")
         .into_inner();
 
-    client
-        .node()
-        .inject_panic(InjectPanicRequest {
-            service: "monitor".into(),
-        })
+    inject_panic(&client, "monitor")
         .await
         .expect("inject panic");
 
@@ -105,13 +112,7 @@ async fn a_panicking_service_is_restarted_and_health_follows() {
 async fn fault_injection_is_off_by_default() {
     let mut node = Node::start(&[]);
     let client = node.client().await;
-    let err = client
-        .node()
-        .inject_panic(InjectPanicRequest {
-            service: "monitor".into(),
-        })
-        .await
-        .expect_err("refused");
+    let err = inject_panic(&client, "monitor").await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 }
 
@@ -150,11 +151,7 @@ async fn rest_for_one_restarts_the_services_started_after_the_crashed_one() {
         .await
         .expect("events")
         .into_inner();
-    client
-        .node()
-        .inject_panic(InjectPanicRequest {
-            service: "overlay".into(),
-        })
+    inject_panic(&client, "overlay")
         .await
         .expect("inject panic");
     // The gateway was started after the overlay, so it is restarted too: this stream, served
@@ -190,12 +187,7 @@ async fn a_panicking_gateway_is_restarted_and_clients_get_back_in() {
     let mut node = Node::start(&["--allow-fault-injection"]);
     let client = node.client().await;
     // The answer may be cut by the panic it causes; either way the gateway goes down.
-    let _ = client
-        .node()
-        .inject_panic(InjectPanicRequest {
-            service: "gateway".into(),
-        })
-        .await;
+    let _ = inject_panic(&client, "gateway").await;
     let status = p2pos_tests::status_when(&client, "the gateway to answer again", |s| {
         s.services
             .iter()

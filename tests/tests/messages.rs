@@ -93,30 +93,14 @@ async fn a_hundred_messages_wait_for_an_offline_peer_and_arrive_once_in_order() 
 
     b.restart();
     let client_b = b.client().await;
-    let mut inbox = client_b
-        .apps()
-        .receive(ReceiveRequest {
-            app_id: "chat".into(),
-        })
-        .await
-        .expect("receive")
-        .into_inner();
-    for i in 0..100 {
-        let msg = tokio::time::timeout(T, inbox.next())
-            .await
-            .unwrap_or_else(|_| panic!("message {i} did not arrive"))
-            .expect("stream open")
-            .expect("message");
+    let (mut inbox, got) = receive(&client_b, 100).await;
+    for (i, msg) in (0u64..).zip(&got) {
         assert_eq!(msg.payload, Bytes::from(format!("message {i}")));
         assert_eq!(msg.from_peer, a_id);
         assert_eq!(msg.sequence, i + 1);
     }
     // Every message was acknowledged: nothing is left to resend.
-    wait_for("A's outbox to drain", T, || {
-        let client = client_a.clone();
-        async move { (outbox(&client).await == 0).then_some(()) }
-    })
-    .await;
+    outbox_drained(&client_a).await;
     // The next message is the next one to arrive: nothing was delivered twice.
     let state = send_chat(&client_a, &b_id, Bytes::from_static(b"the last one")).await;
     assert_eq!(state, DeliveryState::Delivered);
@@ -168,6 +152,27 @@ async fn receive(
     (stream, got)
 }
 
+/// Acknowledges every message of app `chat` up to `msg`.
+async fn ack(client: &p2pos_client::Client, msg: &ReceivedMessage) {
+    client
+        .apps()
+        .ack(AckRequest {
+            app_id: "chat".into(),
+            inbox_id: msg.inbox_id,
+        })
+        .await
+        .expect("ack");
+}
+
+/// Waits until every message `client`'s node sent was acknowledged by its receiver.
+async fn outbox_drained(client: &p2pos_client::Client) {
+    wait_for("the outbox to drain", T, || {
+        let client = client.clone();
+        async move { (outbox(&client).await == 0).then_some(()) }
+    })
+    .await;
+}
+
 fn texts(messages: &[ReceivedMessage]) -> Vec<String> {
     messages
         .iter()
@@ -215,14 +220,7 @@ async fn messages_stay_in_the_inbox_until_the_app_acknowledges_them() {
     );
 
     // Acknowledging the 5th takes the first five; the next `Receive` starts at the 6th.
-    client_b
-        .apps()
-        .ack(AckRequest {
-            app_id: "chat".into(),
-            inbox_id: all[4].inbox_id,
-        })
-        .await
-        .expect("ack");
+    ack(&client_b, &all[4]).await;
     let (_stream, rest) = receive(&client_b, 7).await;
     assert_eq!(texts(&rest), sent[5..]);
     assert_eq!(inbox(&client_b, "chat").await, 7);
@@ -300,33 +298,18 @@ async fn a_full_inbox_asks_the_sender_to_retry_and_the_rest_arrives_once_the_app
 
     // The app reads and acknowledges; the sender, told to retry later, delivers the rest.
     let client_b = b.client().await;
-    let mut inbox = client_b
-        .apps()
-        .receive(ReceiveRequest {
-            app_id: "chat".into(),
-        })
-        .await
-        .expect("receive")
-        .into_inner();
-    for i in 0..5 {
+    let (mut inbox, mut got) = receive(&client_b, 3).await;
+    ack(&client_b, &got[2]).await;
+    for _ in 0..2 {
         let msg = tokio::time::timeout(T, inbox.next())
             .await
-            .unwrap_or_else(|_| panic!("message {i} did not arrive"))
+            .expect("the rest arrives")
             .expect("open")
             .expect("message");
-        assert_eq!(msg.payload, Bytes::from(format!("message {i}")));
-        client_b
-            .apps()
-            .ack(AckRequest {
-                app_id: "chat".into(),
-                inbox_id: msg.inbox_id,
-            })
-            .await
-            .expect("ack");
+        ack(&client_b, &msg).await;
+        got.push(msg);
     }
-    wait_for("A's outbox to drain", T, || {
-        let client = client_a.clone();
-        async move { (outbox(&client).await == 0).then_some(()) }
-    })
-    .await;
+    let expected: Vec<String> = (0..5).map(|i| format!("message {i}")).collect();
+    assert_eq!(texts(&got), expected);
+    outbox_drained(&client_a).await;
 }

@@ -13,9 +13,9 @@ use p2pos_kernel::{
     wire::MAX_PAYLOAD,
 };
 use p2pos_proto::app::v1::{
-    AckReply, AckRequest, ChannelInput, ListAppsReply, ListAppsRequest, ReceiveRequest,
-    ReceivedMessage, SendReply, SendRequest, SessionEvent, SessionRequest, apps_server::Apps,
-    channel_input, session_event,
+    AckReply, AckRequest, ChannelInput, ChannelOutput, ListAppsReply, ListAppsRequest,
+    ReceiveRequest, ReceivedMessage, SendReply, SendRequest, SessionEvent, SessionRequest,
+    apps_server::Apps, channel_input, session_event,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ use crate::{
     BoxStream,
     auth::{Authenticator, Scope},
     cut_on_stop,
-    splice::{OutputStream, splice},
+    splice::splice,
     unavailable_at_end,
 };
 
@@ -93,7 +93,7 @@ impl Apps for AppsApi {
         Ok(Response::new(cut_on_stop(events, self.stop.clone())))
     }
 
-    type ChannelStream = OutputStream;
+    type ChannelStream = BoxStream<ChannelOutput>;
 
     async fn channel(
         &self,

@@ -2,10 +2,8 @@
 //! back. One task writes (awaiting each write, so the remote's flow control reaches the
 //! client); the response stream reads straight from the libp2p stream. No actor is involved.
 
-use std::pin::Pin;
-
 use bytes::Bytes;
-use futures::{FutureExt, SinkExt, Stream, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use p2pos_kernel::{
     EventBus,
     protocols::apps::ChannelStream,
@@ -22,8 +20,7 @@ use tokio_util::{
 use tonic::{Status, Streaming};
 use tracing::debug;
 
-/// The response stream of `Apps.Channel`.
-pub type OutputStream = Pin<Box<dyn Stream<Item = Result<ChannelOutput, Status>> + Send>>;
+use crate::BoxStream;
 
 /// Publishes `ChannelClosed` when the channel's output stream is dropped.
 struct ClosedOnDrop {
@@ -44,7 +41,7 @@ pub fn splice(
     mut input: Streaming<ChannelInput>,
     events: EventBus,
     stop: CancellationToken,
-) -> OutputStream {
+) -> BoxStream<ChannelOutput> {
     let ChannelStream {
         channel_id,
         peer_id,

@@ -197,30 +197,9 @@ async fn channels_and_messages_flow_between_two_nodes() {
     assert_eq!(session.registered.peer_id, b.peer_id());
 
     // A opens a channel by ticket; B's session announces it and B accepts.
-    let registry = a.ctx.registry.clone();
-    let ticket = b_ticket.clone();
-    let opening = tokio::spawn(async move {
-        registry
-            .call::<Apps>(Request::OpenChannel {
-                app_id: "chat".into(),
-                peer: ticket,
-            })
-            .await
-    });
-    let incoming = tokio::time::timeout(T, session.incoming.recv())
-        .await
-        .expect("announced in time")
-        .expect("session open");
-    assert_eq!(incoming.peer_id, a.peer_id());
-    let b_end = channel(
-        b.apps(Request::AcceptChannel {
-            app_id: "chat".into(),
-            channel_id: incoming.channel_id,
-        })
-        .await,
-    );
+    let (a_end, b_end) = open_and_accept(&a, &b, &mut session).await;
+    assert_eq!(b_end.peer_id, a.peer_id());
     assert!(b_end.inbound);
-    let a_end = channel(opening.await.expect("join"));
     assert!(!a_end.inbound);
     assert_eq!(a_end.peer_id, b.peer_id());
 

@@ -117,6 +117,19 @@ impl Node {
         self.ctx.registry.call::<Apps>(request).await
     }
 
+    /// Opens a session of app `chat`.
+    async fn chat_session(&self) -> p2pos_kernel::protocols::apps::Session {
+        match self
+            .apps(Request::OpenSession {
+                app_id: "chat".into(),
+            })
+            .await
+        {
+            Ok(Response::Session(session)) => session,
+            other => panic!("a session of chat: {other:?}"),
+        }
+    }
+
     async fn ticket(&self) -> (String, Vec<String>) {
         match self.overlay(Req::GetTicket(GetTicketRequest {})).await {
             Ok(Resp::Ticket(t)) => (t.ticket, t.addresses),
@@ -186,14 +199,7 @@ async fn channels_and_messages_flow_between_two_nodes() {
         "{b_addrs:?}"
     );
 
-    let Ok(Response::Session(mut session)) = b
-        .apps(Request::OpenSession {
-            app_id: "chat".into(),
-        })
-        .await
-    else {
-        panic!("session");
-    };
+    let mut session = b.chat_session().await;
     assert_eq!(session.registered.peer_id, b.peer_id());
 
     // A opens a channel by ticket; B's session announces it and B accepts.
@@ -459,14 +465,7 @@ async fn max_channels_counts_open_channels_on_both_ends() {
     let a = Node::boot_with(1).await;
     let b = Node::boot_with(1).await;
     let c = Node::boot().await;
-    let Ok(Response::Session(mut session)) = b
-        .apps(Request::OpenSession {
-            app_id: "chat".into(),
-        })
-        .await
-    else {
-        panic!("session");
-    };
+    let mut session = b.chat_session().await;
     let (a_end, b_end) = open_and_accept(&a, &b, &mut session).await;
 
     // A has its one channel open: a second is refused at once, whatever the peer.
@@ -507,14 +506,7 @@ async fn max_channels_counts_open_channels_on_both_ends() {
     drop((a_end, b_end));
     let (_c_end, _b_end) = open_and_accept(&c, &b, &mut session).await;
     let (_a_end, _c_end) = {
-        let Ok(Response::Session(mut c_session)) = c
-            .apps(Request::OpenSession {
-                app_id: "chat".into(),
-            })
-            .await
-        else {
-            panic!("session");
-        };
+        let mut c_session = c.chat_session().await;
         open_and_accept(&a, &c, &mut c_session).await
     };
 }

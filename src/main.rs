@@ -42,6 +42,9 @@ struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics (loopback only).
     #[arg(long, env = "P2POS_METRICS")]
     metrics: Option<SocketAddr>,
+    /// Directory of helper programs (plug-ins) that apps may start. Default: DATA_DIR/plugins.
+    #[arg(long, env = "P2POS_PLUGIN_DIR")]
+    plugin_dir: Option<PathBuf>,
     /// Supervision strategy: one-for-one or rest-for-one.
     #[arg(long, value_parser = parse_strategy)]
     strategy: Option<Strategy>,
@@ -106,6 +109,7 @@ impl Cli {
         config.relay_server &= !self.no_relay_server;
         config.gateway_tcp = self.gateway_tcp.or(config.gateway_tcp);
         config.metrics = self.metrics.or(config.metrics);
+        config.plugin_dir = self.plugin_dir.or(config.plugin_dir);
         if let Some(strategy) = self.strategy {
             config.supervisor.strategy = strategy;
         }

@@ -44,6 +44,9 @@ impl Default for SupervisorConfig {
     }
 }
 
+/// File name of the gateway's unix socket in the data directory.
+pub const GATEWAY_SOCKET_FILE: &str = "gateway.sock";
+
 /// Everything a node needs to boot. Every field has a default that just works.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -84,6 +87,9 @@ pub struct Config {
     /// Fault points, `SERVICE=panic-on-start`: the service panics each time it starts (for
     /// testing crash loops). Default: none.
     pub failpoints: Vec<String>,
+    /// Where helper programs (plug-ins) live; app-registered helpers may only run programs
+    /// from here. Default: `<data_dir>/plugins`.
+    pub plugin_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -107,6 +113,7 @@ impl Default for Config {
             supervisor: SupervisorConfig::default(),
             allow_fault_injection: false,
             failpoints: Vec::new(),
+            plugin_dir: None,
         }
     }
 }
@@ -190,6 +197,18 @@ impl Config {
             return Err(ConfigError::Invalid("connection limits must be > 0".into()));
         }
         Ok(())
+    }
+
+    /// The gateway's unix socket: `<data_dir>/gateway.sock`.
+    pub fn gateway_socket(&self) -> PathBuf {
+        self.data_dir.join(GATEWAY_SOCKET_FILE)
+    }
+
+    /// The plug-in directory: [`Config::plugin_dir`] or `<data_dir>/plugins`.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.plugin_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
     }
 
     /// Whether `service` must panic each time it starts.

@@ -36,6 +36,46 @@ impl Protocol for Apps {
     type Response = apps::Response;
 }
 
+/// `p2pos.tasks.v1`: helper specs and processes.
+#[derive(Debug)]
+pub enum Tasks {}
+
+impl Protocol for Tasks {
+    const NAME: &'static str = "p2pos.tasks.v1";
+    type Request = tasks::Request;
+    type Response = tasks::Response;
+}
+
+/// Request and response types of the [`Tasks`] protocol.
+pub mod tasks {
+    use p2pos_proto::tasks::v1::{LogLine, LogsRequest, TasksRequest, TasksResponse};
+    use tokio::sync::mpsc;
+
+    /// One request; the caller's scope has been checked by the gateway.
+    #[derive(Debug)]
+    pub enum Request {
+        /// A unary call, with the caller's app in `caller_app` (empty: admin).
+        Control(TasksRequest),
+        /// Read (and maybe follow) a helper's output.
+        Logs {
+            /// The caller's app; empty: admin.
+            caller_app: String,
+            /// What to read.
+            request: LogsRequest,
+        },
+    }
+
+    /// The answer to a [`Request`].
+    #[derive(Debug)]
+    pub enum Response {
+        /// To `Control`.
+        Control(TasksResponse),
+        /// To `Logs`: kept lines, then (when following) new ones; the stream ends when the
+        /// helper's log is gone or, without `follow`, after the kept lines.
+        Logs(mpsc::Receiver<LogLine>),
+    }
+}
+
 /// Request and response types of the [`Apps`] protocol.
 pub mod apps {
     use bytes::Bytes;
@@ -134,6 +174,12 @@ pub mod apps {
             /// Only this app, for an app-scoped caller.
             only: Option<String>,
         },
+        /// Watch the app's sessions: answered with [`Response::SessionEnd`] if the app has a
+        /// live session, `FAILED_PRECONDITION` otherwise.
+        WatchSession {
+            /// The app.
+            app_id: String,
+        },
     }
 
     /// The answer to a [`Request`], variant by variant.
@@ -152,5 +198,8 @@ pub mod apps {
         Acked,
         /// To `ListApps`.
         Apps(ListAppsReply),
+        /// To `WatchSession`: completes (with `Ok` or `Err`) once the app has no live session
+        /// left, or the service holding the sessions stops.
+        SessionEnd(tokio::sync::oneshot::Receiver<()>),
     }
 }

@@ -5,6 +5,7 @@
 //! - [`overlay::v1`]: tickets, dialing, peers, ping, DHT look-ups.
 //! - [`app::v1`]: app sessions, channels and store-and-forward messages.
 //! - [`monitor::v1`]: status and event stream.
+//! - [`tasks::v1`]: helper applications (plug-ins) the node starts and supervises.
 //! - [`wire::v1`]: node-to-node frames of the `/p2pos/...` protocols.
 //!
 //! The prose spec is `proto/SPEC.md`.
@@ -34,6 +35,12 @@ pub mod monitor {
         tonic::include_proto!("p2pos.monitor.v1");
     }
 }
+/// `p2pos.tasks.v1`
+pub mod tasks {
+    pub mod v1 {
+        tonic::include_proto!("p2pos.tasks.v1");
+    }
+}
 /// `p2pos.wire.v1`
 pub mod wire {
     pub mod v1 {
@@ -51,4 +58,5 @@ pub const API_VERSIONS: &[&str] = &[
     "p2pos.overlay.v1",
     "p2pos.app.v1",
     "p2pos.monitor.v1",
+    "p2pos.tasks.v1",
 ];

@@ -144,6 +144,17 @@ impl Node {
         self.starts += 1;
     }
 
+    /// Copies the workspace binary `name` into the node's plug-in directory
+    /// (`<data dir>/plugins`, the default), where apps may start it as a helper. Returns its
+    /// path there.
+    pub fn install_plugin(&self, name: &str) -> PathBuf {
+        let dir = self.data_dir.join("plugins");
+        std::fs::create_dir_all(&dir).expect("plug-in directory");
+        let path = dir.join(name);
+        std::fs::copy(bin(name), &path).expect("copy the plug-in");
+        path
+    }
+
     /// The gateway target of this node (unix socket, admin).
     pub fn target(&self) -> Target {
         Target::new(

@@ -43,12 +43,26 @@ impl Scope {
         }
     }
 
+    /// Whether the caller may act for `app_id`: admin for every app; app `X` for `X` and for
+    /// the app ids of its helpers, `X.<helper>` (and theirs, `X.<helper>.<helper>`).
+    pub fn covers(&self, app_id: &str) -> bool {
+        match self {
+            Scope::Admin => true,
+            Scope::App(own) => {
+                app_id == own
+                    || app_id
+                        .strip_prefix(own.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+            }
+        }
+    }
+
     /// Checks `app_id` is well formed and the caller may act for it.
     pub fn require_app(&self, app_id: &str) -> Result<(), Status> {
         validate_app_id(app_id)?;
         match self {
+            _ if self.covers(app_id) => Ok(()),
             Scope::Admin => Ok(()),
-            Scope::App(own) if own == app_id => Ok(()),
             Scope::App(own) => Err(Status::permission_denied(format!(
                 "the token is scoped to app {own:?}, not {app_id:?}"
             ))),
@@ -170,6 +184,14 @@ mod tests {
     fn an_app_scope_sees_only_its_own_app() {
         let scope = Scope::App("chat".into());
         assert!(scope.require_app("chat").is_ok());
+        assert!(scope.require_app("chat.voice").is_ok(), "its helpers' app ids");
+        assert!(scope.require_app("chatty").is_err());
+        assert!(
+            Scope::App("chat.voice".into())
+                .require_app("chat")
+                .is_err(),
+            "a helper may not act as its app"
+        );
         let err = scope.require_app("other").expect_err("denied");
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert_eq!(

@@ -63,4 +63,4 @@ pub(crate) fn cut_on_stop<T: Send + 'static>(
 }
 
 /// File name of the gateway's unix socket in the data directory.
-pub const SOCKET_FILE: &str = "gateway.sock";
+pub const SOCKET_FILE: &str = p2pos_kernel::config::GATEWAY_SOCKET_FILE;

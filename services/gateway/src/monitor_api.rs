@@ -81,14 +81,12 @@ impl Monitor for MonitorApi {
 
 /// An app-scoped follower sees node-wide events and those of its own app only.
 fn visible(scope: &Scope, event: &Event) -> bool {
-    let Scope::App(own) = scope else {
-        return true;
-    };
     let app = match &event.kind {
         Some(event::Kind::ChannelOpened(e)) => &e.app_id,
         Some(event::Kind::ChannelClosed(e)) => &e.app_id,
         Some(event::Kind::MessageDelivered(e)) => &e.app_id,
         Some(event::Kind::MessageFailed(e)) => &e.app_id,
+        Some(event::Kind::Helper(e)) => &e.app_id,
         Some(
             event::Kind::PeerConnected(_)
             | event::Kind::PeerGone(_)
@@ -98,5 +96,5 @@ fn visible(scope: &Scope, event: &Event) -> bool {
         )
         | None => return true,
     };
-    app == own
+    scope.covers(app)
 }

@@ -25,7 +25,7 @@ use p2pos_proto::{
     },
     wire::v1::channel_welcome,
 };
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::warn;
 
 use crate::{
@@ -62,6 +62,8 @@ pub(crate) struct SessionSlot {
 #[derive(Default)]
 pub(crate) struct AppState {
     sessions: Vec<SessionSlot>,
+    /// Dropped when the last session ends (see [`Request::WatchSession`]).
+    watchers: Vec<oneshot::Sender<()>>,
 }
 
 /// An inbound channel announced to a session and not yet accepted.
@@ -98,6 +100,7 @@ impl Handler<Call<Apps>> for OverlayService {
             Request::Receive { app_id } => self.receive(app_id),
             Request::Ack { app_id, inbox_id } => self.ack(app_id, inbox_id),
             Request::ListApps { only } => ready(self.list_apps(only)),
+            Request::WatchSession { app_id } => ready(self.watch_session(&app_id)),
         };
         Box::pin(async move { reply.await.map_err(ServiceError::from) })
     }
@@ -148,8 +151,24 @@ impl OverlayService {
         if let Some(app) = self.apps.get_mut(app_id) {
             app.sessions.retain(|s| s.id != id);
             if app.sessions.is_empty() {
+                // Dropping the app's state drops its watchers' senders: they fire.
                 self.apps.remove(app_id);
             }
+        }
+    }
+
+    fn watch_session(&mut self, app_id: &str) -> Result<Response, Error> {
+        match self.apps.get_mut(app_id) {
+            Some(app) if !app.sessions.is_empty() => {
+                let (tx, rx) = oneshot::channel();
+                // Senders of watchers that already fired are gone; keep the list short.
+                app.watchers.retain(|w| !w.is_closed());
+                app.watchers.push(tx);
+                Ok(Response::SessionEnd(rx))
+            }
+            _ => Err(Error::NoSession {
+                app_id: app_id.to_owned(),
+            }),
         }
     }
 

@@ -47,6 +47,12 @@ pub enum Error {
         /// The peer.
         peer: PeerId,
     },
+    /// The app has no live session on this node.
+    #[error("app '{app_id}' has no open session on this node (open one with Apps.Session first)")]
+    NoSession {
+        /// The app.
+        app_id: String,
+    },
     /// The peer never registered the app, so it dropped the message for good.
     #[error("app '{app_id}' is not registered on peer {peer}")]
     AppNotRegistered {
@@ -142,9 +148,10 @@ impl From<Error> for ServiceError {
             | Error::InvalidAppId(_)
             | Error::SelfTarget(_) => ErrorCode::InvalidArgument,
             Error::PeerNotFound(_) | Error::ChannelNotFound { .. } => ErrorCode::NotFound,
-            Error::AppNotListening { .. } | Error::AppNotRegistered { .. } | Error::DhtDisabled => {
-                ErrorCode::FailedPrecondition
-            }
+            Error::AppNotListening { .. }
+            | Error::AppNotRegistered { .. }
+            | Error::NoSession { .. }
+            | Error::DhtDisabled => ErrorCode::FailedPrecondition,
             Error::Unreachable { .. } | Error::Protocol { .. } | Error::NetworkStopped => {
                 ErrorCode::Unavailable
             }

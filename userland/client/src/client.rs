@@ -8,6 +8,7 @@ use p2pos_proto::app::v1::apps_client::AppsClient;
 use p2pos_proto::monitor::v1::monitor_client::MonitorClient;
 use p2pos_proto::node::v1::node_client::NodeClient;
 use p2pos_proto::overlay::v1::overlay_client::OverlayClient;
+use p2pos_proto::tasks::v1::tasks_client::TasksClient;
 use tokio::net::UnixStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -118,6 +119,13 @@ impl Client {
     /// The `p2pos.app.v1.Apps` service: sessions, channels, store-and-forward messages.
     pub fn apps(&self) -> AppsClient<AuthChannel> {
         AppsClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The `p2pos.tasks.v1.Tasks` service: helper applications (plug-ins).
+    pub fn tasks(&self) -> TasksClient<AuthChannel> {
+        TasksClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
     }

@@ -3,8 +3,8 @@
 
 use p2pos_proto::monitor::v1::event::Kind;
 use p2pos_proto::monitor::v1::{
-    ChannelClosed, ChannelOpened, Event, Lagged, MessageDelivered, MessageFailed, PeerConnected,
-    PeerGone, ServiceRestarted, ServiceStateChanged,
+    ChannelClosed, ChannelOpened, Event, HelperChanged, Lagged, MessageDelivered, MessageFailed,
+    PeerConnected, PeerGone, ServiceRestarted, ServiceStateChanged,
 };
 use serde_json::{Value, json};
 
@@ -55,6 +55,27 @@ pub(crate) fn text(event: &Event) -> String {
             message_id,
             reason,
         })) => format!("message-failed #{message_id} {app_id} to {peer_id}: {reason}"),
+        Some(Kind::Helper(HelperChanged {
+            app_id,
+            name,
+            state,
+            pid,
+            restarts,
+            reason,
+        })) => {
+            let owner = if app_id.is_empty() { "node" } else { app_id };
+            let mut line = format!("helper {owner}/{name} {state}");
+            if *pid != 0 {
+                line.push_str(&format!(" pid {pid}"));
+            }
+            if *restarts != 0 {
+                line.push_str(&format!(" restarts {restarts}"));
+            }
+            if !reason.is_empty() {
+                line.push_str(&format!(": {reason}"));
+            }
+            line
+        }
         Some(Kind::Lagged(Lagged { missed })) => format!("lagged: missed {missed} events"),
         None => "unknown".to_owned(),
     };
@@ -127,6 +148,22 @@ pub(crate) fn json(event: &Event) -> Value {
             "peer_id": peer_id,
             "app_id": app_id,
             "message_id": message_id,
+            "reason": reason,
+        }),
+        Some(Kind::Helper(HelperChanged {
+            app_id,
+            name,
+            state,
+            pid,
+            restarts,
+            reason,
+        })) => json!({
+            "type": "helper",
+            "app_id": app_id,
+            "name": name,
+            "state": state,
+            "pid": pid,
+            "restarts": restarts,
             "reason": reason,
         }),
         Some(Kind::Lagged(Lagged { missed })) => json!({ "type": "lagged", "missed": missed }),

@@ -3,11 +3,12 @@
 //! - On the unix socket, the peer's uid must be the node's own (or root); a caller with no
 //!   token is then admin. A token, if given, must be valid and sets the scope.
 //! - On loopback TCP, every call needs a token (`authorization: Bearer <token>`): the admin
-//!   token from `gateway.token`, or an app token from `Node.CreateAppToken`.
+//!   token from `gateway.token`, an app token from `Node.CreateAppToken`, or the token of a
+//!   running helper (`P2POS_TOKEN`), scoped to the helper's app id `<app>.<helper>`.
 
 use std::sync::Arc;
 
-use p2pos_kernel::Store;
+use p2pos_kernel::{Store, store::HELPER_TOKENS_TREE};
 use tonic::{Request, Status, transport::server::UdsConnectInfo};
 
 /// Store tree of app tokens: token → app id.
@@ -136,15 +137,20 @@ impl Authenticator {
         }
     }
 
+    /// Admin token, then app tokens, then the tokens of running helpers (which the
+    /// task-control service removes when a helper stops).
     fn token_scope(&self, token: &str) -> Result<Scope, Status> {
         if constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
             return Ok(Scope::Admin);
         }
-        match self.store.get(TOKENS_TREE, token.as_bytes()) {
-            Ok(Some(app)) => Ok(Scope::App(String::from_utf8_lossy(&app).into_owned())),
-            Ok(None) => Err(Status::unauthenticated("invalid token")),
-            Err(e) => Err(Status::internal(e.to_string())),
+        for tree in [TOKENS_TREE, HELPER_TOKENS_TREE] {
+            match self.store.get(tree, token.as_bytes()) {
+                Ok(Some(app)) => return Ok(Scope::App(String::from_utf8_lossy(&app).into_owned())),
+                Ok(None) => {}
+                Err(e) => return Err(Status::internal(e.to_string())),
+            }
         }
+        Err(Status::unauthenticated("invalid token"))
     }
 }
 
@@ -184,12 +190,13 @@ mod tests {
     fn an_app_scope_sees_only_its_own_app() {
         let scope = Scope::App("chat".into());
         assert!(scope.require_app("chat").is_ok());
-        assert!(scope.require_app("chat.voice").is_ok(), "its helpers' app ids");
+        assert!(
+            scope.require_app("chat.voice").is_ok(),
+            "its helpers' app ids"
+        );
         assert!(scope.require_app("chatty").is_err());
         assert!(
-            Scope::App("chat.voice".into())
-                .require_app("chat")
-                .is_err(),
+            Scope::App("chat.voice".into()).require_app("chat").is_err(),
             "a helper may not act as its app"
         );
         let err = scope.require_app("other").expect_err("denied");
@@ -197,6 +204,82 @@ mod tests {
         assert_eq!(
             scope.require_admin().expect_err("denied").code(),
             tonic::Code::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn an_app_covers_its_helpers_and_nothing_else() {
+        let chat = Scope::App("chat".into());
+        assert!(chat.covers("chat"));
+        assert!(chat.covers("chat.voice"));
+        assert!(chat.covers("chat.voice.codec"), "its helpers' helpers");
+        assert!(!chat.covers("chatty"));
+        assert!(!chat.covers("chat_voice"));
+        assert!(!chat.covers("cha"));
+        assert!(!chat.covers(""), "not the admin's node-wide helpers");
+        assert!(!chat.covers("voice.chat"));
+        let voice = Scope::App("chat.voice".into());
+        assert!(voice.covers("chat.voice"));
+        assert!(!voice.covers("chat"), "a helper does not cover its app");
+        assert!(!voice.covers("chat.video"), "nor its sibling helpers");
+        assert!(Scope::Admin.covers("anything"));
+        assert!(Scope::Admin.require_app("chat.voice").is_ok());
+        assert_eq!(
+            Scope::Admin.require_app("").expect_err("empty").code(),
+            tonic::Code::InvalidArgument,
+            "require_app still checks the app id"
+        );
+        assert_eq!(
+            chat.require_app("chat/x").expect_err("malformed").code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    /// A request as it comes over TCP (no socket credentials), with `token` if given.
+    fn tcp_request(token: Option<&str>) -> Request<()> {
+        let mut req = Request::new(());
+        if let Some(token) = token {
+            let value = format!("Bearer {token}").parse().expect("ascii");
+            req.metadata_mut().insert("authorization", value);
+        }
+        req
+    }
+
+    #[test]
+    fn tokens_resolve_to_admin_app_or_helper_scopes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = p2pos_kernel::store::SledStore::open(dir.path()).expect("store");
+        store
+            .insert(TOKENS_TREE, b"app-chat", b"chat")
+            .expect("app token");
+        store
+            .insert(HELPER_TOKENS_TREE, b"helper-voice", b"chat.voice")
+            .expect("helper token");
+        let auth = Authenticator::new("admin-secret".into(), store.clone());
+        let scope = |token| auth.scope(&tcp_request(token));
+
+        assert_eq!(scope(Some("admin-secret")).expect("admin"), Scope::Admin);
+        assert_eq!(
+            scope(Some("app-chat")).expect("app"),
+            Scope::App("chat".into())
+        );
+        assert_eq!(
+            scope(Some("helper-voice")).expect("helper"),
+            Scope::App("chat.voice".into())
+        );
+        for bad in [Some("nope"), None] {
+            assert_eq!(
+                scope(bad).expect_err("refused").code(),
+                tonic::Code::Unauthenticated
+            );
+        }
+        // A helper's token stops working once the task-control service removes it.
+        store
+            .remove(HELPER_TOKENS_TREE, b"helper-voice")
+            .expect("remove");
+        assert_eq!(
+            scope(Some("helper-voice")).expect_err("gone").code(),
+            tonic::Code::Unauthenticated
         );
     }
 }

@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`auth`]: caller scopes (admin, app) from the socket's peer credentials and tokens.
 //! - [`server`]: the gateway actor, its listeners, health and reflection, graceful stop.
-//! - [`node_api`], [`overlay_api`], [`apps_api`], [`monitor_api`]: one adapter per service.
+//! - [`node_api`], [`overlay_api`], [`apps_api`], [`tasks_api`], [`monitor_api`]: one adapter
+//!   per service.
 //! - [`splice`]: the channel data path.
 
 pub mod apps_api;
@@ -17,6 +18,7 @@ pub mod node_api;
 pub mod overlay_api;
 pub mod server;
 pub mod splice;
+pub mod tasks_api;
 
 pub use server::child_spec;
 

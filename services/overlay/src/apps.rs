@@ -1,14 +1,14 @@
-//! The apps protocol on the overlay actor: sessions, inbound channels waiting to be accepted,
-//! channel opens, `Send`, `Receive`, `Ack` and `ListApps`. The actor only keeps the
+//! The apps protocol on the overlay actor: sessions, channel opens, `Send`, `Receive`, `Ack`
+//! and `ListApps`. The actor only keeps the
 //! bookkeeping; slow work runs in the futures it returns and channel and message bytes never
-//! pass through it.
+//! pass through it. Announced channels wait in [`crate::pending`]; channels between two
+//! sessions of this node are in [`crate::local`].
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
-use libp2p::PeerId;
 use p2pos_kernel::{
     Call, ServiceError,
     protocols::{
@@ -18,14 +18,10 @@ use p2pos_kernel::{
     store::StoreError,
     wire::MAX_PAYLOAD,
 };
-use p2pos_proto::{
-    app::v1::{
-        AppInfo, DeliveryState, IncomingChannel, ListAppsReply, ReceivedMessage, Registered,
-        SendReply,
-    },
-    wire::v1::channel_welcome,
+use p2pos_proto::app::v1::{
+    AppInfo, DeliveryState, IncomingChannel, ListAppsReply, ReceivedMessage, Registered, SendReply,
 };
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::{
@@ -33,7 +29,6 @@ use crate::{
     counted::count,
     delivery::Outcome,
     error::validate_app_id,
-    inbound::{InboundChannel, Io, Refusal, refuse},
     mailbox::Mailbox,
     service::{MAX_OPENS, OverlayService},
     task::AbortOnDrop,
@@ -41,7 +36,7 @@ use crate::{
 };
 
 /// Incoming-channel announcements buffered per session.
-const SESSION_BUFFER: usize = 64;
+pub(crate) const SESSION_BUFFER: usize = 64;
 /// Most live sessions, all apps together.
 const MAX_SESSIONS: usize = 1024;
 /// Messages buffered between the inbox and a `Receive` stream (they stay in the inbox until
@@ -53,7 +48,7 @@ const RECEIVE_BATCH: usize = 16;
 const SEND_WAIT: Duration = Duration::from_secs(3);
 
 /// One live session of an app.
-pub(crate) struct SessionSlot {
+struct SessionSlot {
     id: u64,
     tx: mpsc::Sender<IncomingChannel>,
 }
@@ -66,19 +61,20 @@ pub(crate) struct AppState {
     watchers: Vec<oneshot::Sender<()>>,
 }
 
-/// An inbound channel announced to a session and not yet accepted.
-pub(crate) struct PendingChannel {
-    peer: PeerId,
-    app_id: String,
-    io: Io,
-    /// Its place among the node's channels, handed on to the open channel.
-    permit: OwnedSemaphorePermit,
-    expiry: SpawnHandle,
+impl AppState {
+    /// Where to announce incoming channels: the newest session still open.
+    pub(crate) fn newest(&self) -> Option<&mpsc::Sender<IncomingChannel>> {
+        self.sessions
+            .iter()
+            .rev()
+            .map(|s| &s.tx)
+            .find(|tx| !tx.is_closed())
+    }
 }
 
-type Reply = LocalBoxFuture<'static, Result<Response, Error>>;
+pub(crate) type Reply = LocalBoxFuture<'static, Result<Response, Error>>;
 
-fn ready(result: Result<Response, Error>) -> Reply {
+pub(crate) fn ready(result: Result<Response, Error>) -> Reply {
     Box::pin(futures::future::ready(result))
 }
 
@@ -88,7 +84,7 @@ impl Handler<Call<Apps>> for OverlayService {
     fn handle(&mut self, Call(request): Call<Apps>, ctx: &mut Self::Context) -> Self::Result {
         let reply = match request {
             Request::OpenSession { app_id } => self.open_session(app_id, ctx),
-            Request::OpenChannel { app_id, peer } => self.open_channel(app_id, &peer),
+            Request::OpenChannel { app_id, peer } => self.open_channel(app_id, &peer, ctx),
             Request::AcceptChannel { app_id, channel_id } => {
                 self.accept_channel(app_id, channel_id, ctx)
             }
@@ -172,7 +168,7 @@ impl OverlayService {
         }
     }
 
-    fn open_channel(&mut self, app_id: String, peer: &str) -> Reply {
+    fn open_channel(&mut self, app_id: String, peer: &str, ctx: &mut Context<Self>) -> Reply {
         let target = validate_app_id(&app_id).and_then(|()| parse_target(peer));
         let (peer, addrs) = match target {
             Ok(t) => t,
@@ -189,6 +185,9 @@ impl OverlayService {
                 limit: MAX_OPENS,
             }));
         };
+        if peer == self.net.local_peer_id() {
+            return self.open_local(app_id, channel_permit, permit, ctx);
+        }
         let (net, control, store) = (
             self.net.clone(),
             self.control.clone(),
@@ -199,49 +198,6 @@ impl OverlayService {
             let stream = channel::open(net, control, store, app_id, peer, addrs).await?;
             Ok(Response::Channel(count(stream, channel_permit)))
         })
-    }
-
-    fn accept_channel(
-        &mut self,
-        app_id: String,
-        channel_id: u64,
-        ctx: &mut Context<Self>,
-    ) -> Reply {
-        match self.pending.remove(&channel_id) {
-            Some(pending) if pending.app_id == app_id => {
-                ctx.cancel_future(pending.expiry);
-                let PendingChannel {
-                    peer, io, permit, ..
-                } = pending;
-                Box::pin(async move {
-                    let stream = channel::accept(io, channel_id, peer, app_id).await?;
-                    Ok(Response::Channel(count(stream, permit)))
-                })
-            }
-            other => {
-                if let Some(pending) = other {
-                    self.pending.insert(channel_id, pending);
-                }
-                ready(Err(Error::ChannelNotFound { app_id, channel_id }))
-            }
-        }
-    }
-
-    fn expire(&mut self, channel_id: u64) {
-        if let Some(pending) = self.pending.remove(&channel_id) {
-            let welcome = channel::welcome(
-                channel_welcome::Result::Timeout,
-                format!(
-                    "app '{}' did not accept the channel within 30 s",
-                    pending.app_id
-                ),
-            );
-            // Bounded by the write timeout and by the pending limit.
-            tokio::spawn(refuse(Refusal {
-                io: pending.io,
-                welcome,
-            }));
-        }
     }
 
     fn send(&mut self, app_id: String, peer: &str, payload: Bytes) -> Reply {
@@ -339,71 +295,6 @@ impl OverlayService {
             });
         }
         Ok(Response::Apps(ListAppsReply { apps }))
-    }
-}
-
-impl Handler<InboundChannel> for OverlayService {
-    type Result = Result<(), Refusal>;
-
-    fn handle(&mut self, msg: InboundChannel, ctx: &mut Self::Context) -> Self::Result {
-        let InboundChannel { peer, app_id, io } = msg;
-        let refusal = |io, result, message| Refusal {
-            io,
-            welcome: channel::welcome(result, message),
-        };
-        // A pending channel counts as open: it holds a stream to the peer.
-        let Ok(permit) = self.channels.clone().try_acquire_owned() else {
-            let max = self.ctx.config.max_channels;
-            let why = format!("too many open channels (limit {max})");
-            return Err(refusal(io, channel_welcome::Result::Busy, why));
-        };
-        let local = self.net.local_peer_id();
-        let session = self
-            .apps
-            .get(&app_id)
-            .and_then(|a| a.sessions.iter().rev().find(|s| !s.tx.is_closed()));
-        let Some(session) = session else {
-            let why = format!("app '{app_id}' is not running on peer {local}");
-            return Err(refusal(io, channel_welcome::Result::AppNotListening, why));
-        };
-        let channel_id = match self.ctx.store.next_id() {
-            Ok(id) => id,
-            Err(e) => {
-                warn!("cannot number a channel: {e}");
-                let why = "the node cannot take channels now".to_owned();
-                return Err(refusal(io, channel_welcome::Result::Busy, why));
-            }
-        };
-        let announce = IncomingChannel {
-            channel_id,
-            peer_id: peer.to_string(),
-            app_id: app_id.clone(),
-        };
-        if let Err(e) = session.tx.try_send(announce) {
-            let (result, why) = match e {
-                mpsc::error::TrySendError::Full(_) => (
-                    channel_welcome::Result::Busy,
-                    format!("app '{app_id}' has too many channels waiting to be accepted"),
-                ),
-                mpsc::error::TrySendError::Closed(_) => (
-                    channel_welcome::Result::AppNotListening,
-                    format!("app '{app_id}' is not running on peer {local}"),
-                ),
-            };
-            return Err(refusal(io, result, why));
-        }
-        let expiry = ctx.run_later(channel::ACCEPT_WINDOW, move |act, _| act.expire(channel_id));
-        self.pending.insert(
-            channel_id,
-            PendingChannel {
-                peer,
-                app_id,
-                io,
-                permit,
-                expiry,
-            },
-        );
-        Ok(())
     }
 }
 

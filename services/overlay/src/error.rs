@@ -53,6 +53,22 @@ pub enum Error {
         /// The app.
         app_id: String,
     },
+    /// A local channel names an app with no live session on this node.
+    #[error("app '{app_id}' is not running on this node (it has no live session)")]
+    NotRunningHere {
+        /// The app.
+        app_id: String,
+    },
+    /// The opener of a local channel gave up before the app accepted it.
+    #[error(
+        "the opener of channel {channel_id} to app '{app_id}' went away before it was accepted"
+    )]
+    OpenerGone {
+        /// The app.
+        app_id: String,
+        /// The channel.
+        channel_id: u64,
+    },
     /// The peer never registered the app, so it dropped the message for good.
     #[error("app '{app_id}' is not registered on peer {peer}")]
     AppNotRegistered {
@@ -151,10 +167,12 @@ impl From<Error> for ServiceError {
             Error::AppNotListening { .. }
             | Error::AppNotRegistered { .. }
             | Error::NoSession { .. }
+            | Error::NotRunningHere { .. }
             | Error::DhtDisabled => ErrorCode::FailedPrecondition,
-            Error::Unreachable { .. } | Error::Protocol { .. } | Error::NetworkStopped => {
-                ErrorCode::Unavailable
-            }
+            Error::Unreachable { .. }
+            | Error::Protocol { .. }
+            | Error::OpenerGone { .. }
+            | Error::NetworkStopped => ErrorCode::Unavailable,
             Error::ChannelNotAccepted { .. } | Error::Timeout { .. } => ErrorCode::DeadlineExceeded,
             Error::MessageTooLarge { .. }
             | Error::Busy { .. }
@@ -211,6 +229,21 @@ mod tests {
         });
         assert_eq!(err.code, ErrorCode::FailedPrecondition);
         assert!(err.message.contains("'chat'"), "{}", err.message);
+        let err = ServiceError::from(Error::NotRunningHere {
+            app_id: "chat.voice".into(),
+        });
+        assert_eq!(err.code, ErrorCode::FailedPrecondition);
+        assert_eq!(
+            err.message,
+            "app 'chat.voice' is not running on this node (it has no live session)"
+        );
+        assert_eq!(
+            code(Error::OpenerGone {
+                app_id: "chat".into(),
+                channel_id: 1
+            }),
+            ErrorCode::Unavailable
+        );
     }
 
     #[test]

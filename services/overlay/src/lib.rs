@@ -14,6 +14,8 @@
 //! - `network`: the swarm task, its behaviour, connects and DHT look-ups, and what it
 //!   remembers (known peers, listen ports).
 //! - `channel`: opening and accepting `/p2pos/channel/1` channels.
+//! - `pending`: inbound channels announced to a session, until accepted or expired.
+//! - `local`: channels between two sessions on this node, through an in-memory pipe.
 //! - `counted`: open channels counted against `max_channels` for as long as their bytes live.
 //! - `inbound`: accept loops and the receiving side of channels and messages.
 //! - `delivery`: the sending side of `/p2pos/msg/1`, one task per peer with mail.
@@ -30,9 +32,11 @@ mod delivery;
 pub mod error;
 mod frame;
 mod inbound;
+mod local;
 mod mailbox;
 mod network;
 pub mod overlay_api;
+mod pending;
 pub mod service;
 mod task;
 pub mod ticket;

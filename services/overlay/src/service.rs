@@ -1,6 +1,6 @@
 //! The overlay service actor: its child spec, its life cycle (start, failure of the swarm task,
 //! ordered stop, injected panics) and the `p2pos.overlay.v1` protocol. The apps protocol is in
-//! [`crate::apps`].
+//! `apps`.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -16,12 +16,13 @@ use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::{
-    apps::{AppState, PendingChannel},
+    apps::AppState,
     delivery::{self, Delivery},
     inbound::{Limits, accept_loop, serve_channel, serve_messages},
     mailbox::Mailbox,
     network::{self, NetHandle},
     overlay_api,
+    pending::PendingChannel,
     task::AbortOnDrop,
 };
 

@@ -119,14 +119,19 @@ impl Node {
 
     /// Opens a session of app `chat`.
     async fn chat_session(&self) -> p2pos_kernel::protocols::apps::Session {
+        self.session("chat").await
+    }
+
+    /// Opens a session of `app_id`.
+    async fn session(&self, app_id: &str) -> p2pos_kernel::protocols::apps::Session {
         match self
             .apps(Request::OpenSession {
-                app_id: "chat".into(),
+                app_id: app_id.into(),
             })
             .await
         {
             Ok(Response::Session(session)) => session,
-            other => panic!("a session of chat: {other:?}"),
+            other => panic!("a session of {app_id}: {other:?}"),
         }
     }
 
@@ -509,4 +514,200 @@ async fn max_channels_counts_open_channels_on_both_ends() {
         let mut c_session = c.chat_session().await;
         open_and_accept(&a, &c, &mut c_session).await
     };
+}
+
+/// Opens a channel to `app_id` on `node` itself, naming the node as `peer`; `session` (of that
+/// app) is told and accepts. Returns the opener's end and the acceptor's.
+async fn open_and_accept_locally(
+    node: &Node,
+    app_id: &str,
+    peer: String,
+    session: &mut p2pos_kernel::protocols::apps::Session,
+) -> (ChannelStream, ChannelStream) {
+    let registry = node.ctx.registry.clone();
+    let app = app_id.to_owned();
+    let opening = tokio::spawn(async move {
+        registry
+            .call::<Apps>(Request::OpenChannel { app_id: app, peer })
+            .await
+    });
+    let incoming = tokio::time::timeout(T, session.incoming.recv())
+        .await
+        .expect("announced in time")
+        .expect("session open");
+    assert_eq!(
+        incoming.peer_id,
+        node.peer_id(),
+        "announced as from this node"
+    );
+    assert_eq!(incoming.app_id, app_id);
+    let accepted = channel(
+        node.apps(Request::AcceptChannel {
+            app_id: app_id.into(),
+            channel_id: incoming.channel_id,
+        })
+        .await,
+    );
+    assert_eq!(accepted.channel_id, incoming.channel_id);
+    (channel(opening.await.expect("join")), accepted)
+}
+
+#[actix_rt::test]
+async fn a_channel_to_the_own_peer_id_connects_two_local_sessions() {
+    let node = Node::boot().await;
+    let mut session = node.session("x").await;
+    let (opener, acceptor) =
+        open_and_accept_locally(&node, "x", node.peer_id(), &mut session).await;
+    assert_eq!(
+        (opener.peer_id.as_str(), opener.inbound),
+        (node.peer_id().as_str(), false)
+    );
+    assert_eq!(
+        (acceptor.peer_id.as_str(), acceptor.inbound),
+        (node.peer_id().as_str(), true)
+    );
+    assert_eq!(
+        (opener.app_id.as_str(), acceptor.app_id.as_str()),
+        ("x", "x")
+    );
+    assert_ne!(opener.channel_id, acceptor.channel_id, "one id per end");
+
+    // Frames flow both ways, boundaries kept, larger ones than the pipe holds included.
+    let mut a = Framed::new(opener.io, wire::codec(wire::MAX_CHANNEL_FRAME));
+    let mut b = Framed::new(acceptor.io, wire::codec(wire::MAX_CHANNEL_FRAME));
+    let big = Bytes::from(vec![7u8; wire::MAX_PAYLOAD]);
+    for frame in [Bytes::from_static(b"hello"), Bytes::new(), big] {
+        let (sent, got) = tokio::join!(a.send(frame.clone()), b.next());
+        sent.expect("send");
+        assert_eq!(got.expect("open").expect("frame"), frame);
+    }
+    for frame in [&b"one"[..], b"two"] {
+        b.send(Bytes::from_static(frame)).await.expect("send");
+    }
+    for frame in [&b"one"[..], b"two"] {
+        let got = tokio::time::timeout(T, a.next()).await.expect("in time");
+        assert_eq!(&got.expect("open").expect("frame")[..], frame);
+    }
+
+    // Half-close: the opener's end of frames reaches the acceptor, who may still answer.
+    SinkExt::<Bytes>::close(&mut a).await.expect("close");
+    let end = tokio::time::timeout(T, b.next()).await.expect("in time");
+    assert!(end.is_none(), "{end:?}");
+    b.send(Bytes::from_static(b"last words"))
+        .await
+        .expect("send");
+    let got = tokio::time::timeout(T, a.next()).await.expect("in time");
+    assert_eq!(&got.expect("open").expect("frame")[..], b"last words");
+    SinkExt::<Bytes>::close(&mut b).await.expect("close");
+    let end = tokio::time::timeout(T, a.next()).await.expect("in time");
+    assert!(end.is_none(), "{end:?}");
+
+    // The node named by its ticket or by a multiaddr is the node too.
+    let (ticket, addrs) = node.ticket().await;
+    let by_addr = format!("{}/p2p/{}", addrs[0], node.peer_id());
+    for peer in [ticket, by_addr] {
+        let (opener, acceptor) = open_and_accept_locally(&node, "x", peer, &mut session).await;
+        assert!(!opener.inbound && acceptor.inbound);
+    }
+
+    // An app with no session here: FAILED_PRECONDITION, at once.
+    let err = node
+        .apps(Request::OpenChannel {
+            app_id: "nobody".into(),
+            peer: node.peer_id(),
+        })
+        .await
+        .expect_err("not running");
+    assert_eq!(
+        err.code,
+        p2pos_kernel::ErrorCode::FailedPrecondition,
+        "{err:?}"
+    );
+    assert!(
+        err.message
+            .contains("app 'nobody' is not running on this node"),
+        "{err:?}"
+    );
+    // Messages to oneself stay refused.
+    let err = node
+        .apps(Request::Send {
+            app_id: "x".into(),
+            peer: node.peer_id(),
+            payload: Bytes::from_static(b"me"),
+        })
+        .await
+        .expect_err("self");
+    assert_eq!(
+        err.code,
+        p2pos_kernel::ErrorCode::InvalidArgument,
+        "{err:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_local_channel_counts_once_per_end() {
+    let node = Node::boot_with(2).await;
+    let mut session = node.session("x").await;
+    let (opener, acceptor) =
+        open_and_accept_locally(&node, "x", node.peer_id(), &mut session).await;
+    let err = node
+        .apps(Request::OpenChannel {
+            app_id: "x".into(),
+            peer: node.peer_id(),
+        })
+        .await
+        .expect_err("over the limit");
+    assert_eq!(
+        err.code,
+        p2pos_kernel::ErrorCode::ResourceExhausted,
+        "{err:?}"
+    );
+    assert!(err.message.contains("limit 2"), "{err:?}");
+    // Both ends dropped (as the gateway's splices do): both places are free again.
+    drop((opener, acceptor));
+    let (_opener, _acceptor) =
+        open_and_accept_locally(&node, "x", node.peer_id(), &mut session).await;
+}
+
+#[actix_rt::test]
+async fn a_local_channel_not_accepted_in_30_s_times_out() {
+    let node = Node::boot_with(2).await;
+    let mut session = node.session("x").await;
+    let started = Instant::now();
+    let registry = node.ctx.registry.clone();
+    let peer = node.peer_id();
+    let opening = tokio::spawn(async move {
+        registry
+            .call::<Apps>(Request::OpenChannel {
+                app_id: "x".into(),
+                peer,
+            })
+            .await
+    });
+    let incoming = tokio::time::timeout(T, session.incoming.recv())
+        .await
+        .expect("announced in time")
+        .expect("session open");
+    let err = tokio::time::timeout(T + Duration::from_secs(10), opening)
+        .await
+        .expect("answered")
+        .expect("join")
+        .expect_err("not accepted");
+    assert_eq!(
+        err.code,
+        p2pos_kernel::ErrorCode::DeadlineExceeded,
+        "{err:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(29), "{err:?}");
+    // Too late to accept it; and both of its places are free again.
+    let err = node
+        .apps(Request::AcceptChannel {
+            app_id: "x".into(),
+            channel_id: incoming.channel_id,
+        })
+        .await
+        .expect_err("expired");
+    assert_eq!(err.code, p2pos_kernel::ErrorCode::NotFound, "{err:?}");
+    let (_opener, _acceptor) =
+        open_and_accept_locally(&node, "x", node.peer_id(), &mut session).await;
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use p2pos_client::TargetOptions;
 
 /// Administer the local P2P OS node (p2posd) through its gRPC gateway.
@@ -102,8 +102,165 @@ pub(crate) enum Command {
     },
     /// Follow the node's events until interrupted
     Events(JsonFlag),
+    /// Manage helper applications (plug-ins) the node runs and supervises
+    #[command(subcommand)]
+    Helpers(HelpersCommand),
     /// Stop the node
     Shutdown,
+}
+
+/// `--app` of the helper commands.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct AppOption {
+    /// The app the helper belongs to [default: none, a node-wide helper of the admin]
+    #[arg(long, value_name = "APP")]
+    pub(crate) app: Option<String>,
+}
+
+/// A helper named on the command line.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct HelperName {
+    /// The helper's name
+    pub(crate) name: String,
+    #[command(flatten)]
+    pub(crate) app: AppOption,
+}
+
+/// `p2pctl helpers ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum HelpersCommand {
+    /// List helpers with their state
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        app: AppOption,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Register (or replace) a helper; it is not started
+    ///
+    /// p2pctl's options may come anywhere before the program's first argument; from there on
+    /// (or after `--`) everything is the program's:
+    /// `p2pctl helpers add voice voice-helper --app chat -- --port 5 --json`.
+    Add(AddHelper),
+    /// Remove a stopped helper
+    #[command(visible_alias = "rm")]
+    Remove(HelperName),
+    /// Start a helper (answers once its process runs)
+    Start {
+        #[command(flatten)]
+        helper: HelperName,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Stop a helper: its stop signal, then SIGKILL after its stop timeout
+    Stop {
+        #[command(flatten)]
+        helper: HelperName,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Stop a helper if it runs, and start it again
+    Restart {
+        #[command(flatten)]
+        helper: HelperName,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show one helper's state
+    Status {
+        #[command(flatten)]
+        helper: HelperName,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Send a signal to a running helper's process group
+    Signal {
+        #[command(flatten)]
+        helper: HelperName,
+        /// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGKILL, SIGSTOP or SIGCONT
+        /// (the SIG prefix may be left out)
+        signal: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Print a helper's output (stdout and stderr, interleaved as written)
+    Logs {
+        #[command(flatten)]
+        helper: HelperName,
+        /// Keep printing new lines until interrupted
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N kept lines [default: all kept, at most 1000]
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+        /// One JSON object per line: {seq, at_ms, stream, text}
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `p2pctl helpers add`.
+#[derive(Debug, Args)]
+pub(crate) struct AddHelper {
+    /// The helper's name: 1-32 letters, digits, '_' or '-'
+    pub(crate) name: String,
+    /// The program: a path inside the node's plug-in directory (the admin may also give an
+    /// absolute path)
+    pub(crate) program: String,
+    /// The program's arguments; from the first of them on (or after `--`), everything is the
+    /// program's, options included
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub(crate) args: Vec<String>,
+    #[command(flatten)]
+    pub(crate) app: AppOption,
+    /// An environment variable of the helper (repeatable); nothing else is inherited besides
+    /// the P2POS_* variables the node sets
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub(crate) env: Vec<(String, String)>,
+    /// Working directory [default: the helper's own directory under the node's data directory]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) workdir: Option<PathBuf>,
+    /// When to restart it after it exits [default: on-failure]
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub(crate) restart: Option<RestartArg>,
+    /// Most restarts within the restart period before it is marked failed [default: 5]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_restarts: Option<u32>,
+    /// The restart period [default: 60]
+    #[arg(long, value_name = "SECS")]
+    pub(crate) restart_period: Option<u32>,
+    /// The signal that asks it to stop [default: SIGTERM]
+    #[arg(long, value_name = "SIG")]
+    pub(crate) stop_signal: Option<String>,
+    /// How long it has to exit after the stop signal before SIGKILL [default: 5000, at most
+    /// 60000]
+    #[arg(long, value_name = "MS")]
+    pub(crate) stop_timeout: Option<u32>,
+    /// Keep it running after the session of the app that started it ends
+    #[arg(long)]
+    pub(crate) outlive_session: bool,
+    #[command(flatten)]
+    pub(crate) json: JsonFlag,
+}
+
+/// `--restart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RestartArg {
+    /// Never restarted
+    Never,
+    /// Restarted when it exits with a non-zero code or is killed by a signal
+    OnFailure,
+    /// Restarted whenever it exits (unless stopped through the API)
+    Always,
+}
+
+/// `KEY=VALUE`, with a non-empty key.
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +284,87 @@ mod tests {
                 assert_eq!(text.join(" "), "hello world");
                 assert_eq!(app, "chat");
                 assert!(json.json);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn add(args: &[&str]) -> AddHelper {
+        let cli = Cli::parse_from(["p2pctl", "helpers", "add"].iter().chain(args));
+        match cli.command {
+            Command::Helpers(HelpersCommand::Add(add)) => add,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn helpers_add_passes_the_programs_arguments_on() {
+        let a = add(&[
+            "--env",
+            "A=1=2",
+            "voice",
+            "bin/voice",
+            "--app",
+            "chat",
+            "--env",
+            "B=",
+            "--restart",
+            "on-failure",
+            "--port",
+            "5",
+            "--app",
+            "x",
+        ]);
+        assert_eq!(
+            (a.name.as_str(), a.program.as_str()),
+            ("voice", "bin/voice")
+        );
+        assert_eq!(a.app.app.as_deref(), Some("chat"));
+        assert_eq!(
+            a.env,
+            [
+                ("A".to_owned(), "1=2".to_owned()),
+                ("B".to_owned(), String::new())
+            ]
+        );
+        assert_eq!(a.restart, Some(RestartArg::OnFailure));
+        assert_eq!(
+            a.args,
+            ["--port", "5", "--app", "x"],
+            "from the first argument on"
+        );
+        let a = add(&["voice", "bin", "--json", "--", "--app", "x"]);
+        assert_eq!(a.args, ["--app", "x"]);
+        assert_eq!(a.app.app, None);
+        assert!(a.json.json);
+        let a = add(&["voice", "bin", "-v"]);
+        assert_eq!(a.args, ["-v"]);
+        assert!(
+            Cli::try_parse_from(["p2pctl", "helpers", "add", "voice"]).is_err(),
+            "no program"
+        );
+        assert!(
+            Cli::try_parse_from(["p2pctl", "helpers", "add", "--env", "=1", "x", "y"]).is_err(),
+            "an empty key"
+        );
+    }
+
+    #[test]
+    fn helpers_logs_takes_follow_and_tail() {
+        let cli = Cli::parse_from([
+            "p2pctl", "helpers", "logs", "voice", "-f", "--tail", "5", "--app", "chat",
+        ]);
+        match cli.command {
+            Command::Helpers(HelpersCommand::Logs {
+                helper,
+                follow,
+                tail,
+                json,
+            }) => {
+                assert_eq!(helper.name, "voice");
+                assert_eq!(helper.app.app.as_deref(), Some("chat"));
+                assert!(follow && !json);
+                assert_eq!(tail, Some(5));
             }
             other => panic!("unexpected {other:?}"),
         }

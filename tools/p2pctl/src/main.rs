@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`cli`]: the clap definitions (global options, one variant per command).
-//! - [`commands`]: one module per command group (`node`, `overlay`, `apps`, `monitor`).
+//! - [`commands`]: one module per command group (`node`, `overlay`, `apps`, `monitor`,
+//!   `helpers`).
 //! - [`output`]: stdout lines, tables, JSON shapes and value formatting.
 
 mod cli;

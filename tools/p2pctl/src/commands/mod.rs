@@ -2,6 +2,8 @@
 
 mod apps;
 mod event_view;
+mod helper_view;
+mod helpers;
 mod monitor;
 mod node;
 mod overlay;
@@ -18,6 +20,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match command {
         Command::Status(flag) => monitor::status(&client, flag.json).await,
         Command::Events(flag) => monitor::events(&client, flag.json).await,
+        Command::Helpers(command) => helpers::run(&client, command).await,
         Command::Id(flag) => node::id(&client, flag.json).await,
         Command::Shutdown => node::shutdown(&client).await,
         Command::Ticket(flag) => overlay::ticket(&client, flag.json).await,

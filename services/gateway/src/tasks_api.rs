@@ -1,0 +1,243 @@
+//! `p2pos.tasks.v1.Tasks`: helper applications (plug-ins) the node starts and supervises. The
+//! caller's scope becomes the envelope's `caller_app` (empty: admin); an app id the caller names
+//! must be one it covers (its own, or its helpers' `app.helper`). Which specs an app then sees,
+//! and what an empty app id means for it, is the task-control service's to decide.
+
+use futures::StreamExt;
+use p2pos_kernel::{
+    ServiceContext,
+    protocols::{
+        Tasks as TasksProtocol,
+        tasks::{Request as TasksCall, Response as TasksAnswer},
+    },
+};
+use p2pos_proto::tasks::v1::{
+    AddHelperRequest, HelperRef, HelperSpec, HelperStatus, ListHelpersReply, ListHelpersRequest,
+    LogLine, LogsRequest, RemoveHelperReply, SignalHelperRequest, TasksRequest,
+    tasks_request::Kind as Req, tasks_response::Kind as Resp, tasks_server::Tasks,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    BoxStream,
+    auth::{Authenticator, Scope},
+    cut_on_stop,
+};
+
+/// The adapter.
+pub struct TasksApi {
+    ctx: ServiceContext,
+    auth: Authenticator,
+    stop: CancellationToken,
+}
+
+impl TasksApi {
+    /// For this node.
+    pub fn new(ctx: ServiceContext, auth: Authenticator, stop: CancellationToken) -> Self {
+        Self { ctx, auth, stop }
+    }
+
+    async fn call(&self, request: TasksCall) -> Result<TasksAnswer, Status> {
+        Ok(self.ctx.registry.call::<TasksProtocol>(request).await?)
+    }
+
+    /// A unary call on behalf of `scope`.
+    async fn control(&self, scope: &Scope, kind: Req) -> Result<Resp, Status> {
+        let request = TasksRequest {
+            caller_app: caller_app(scope),
+            kind: Some(kind),
+        };
+        match self.call(TasksCall::Control(request)).await? {
+            TasksAnswer::Control(response) => response
+                .kind
+                .ok_or_else(|| Status::internal("the task-control service gave an empty answer")),
+            TasksAnswer::Logs(_) => Err(mismatch()),
+        }
+    }
+
+    /// A call answered with a helper's status.
+    async fn status(&self, scope: &Scope, kind: Req) -> Result<Response<HelperStatus>, Status> {
+        match self.control(scope, kind).await? {
+            Resp::Status(status) => Ok(Response::new(status)),
+            Resp::List(_) | Resp::Removed(_) => Err(mismatch()),
+        }
+    }
+}
+
+fn mismatch() -> Status {
+    Status::internal("the task-control service answered a different request")
+}
+
+/// The envelope's `caller_app`: empty for the admin, the app id for an app.
+fn caller_app(scope: &Scope) -> String {
+    match scope {
+        Scope::Admin => String::new(),
+        Scope::App(app) => app.clone(),
+    }
+}
+
+/// An app id named in a request: empty (the caller's own app, or the admin's node-wide
+/// helpers), or a well-formed one the caller covers.
+fn require_app(scope: &Scope, app_id: &str) -> Result<(), Status> {
+    if app_id.is_empty() {
+        Ok(())
+    } else {
+        scope.require_app(app_id)
+    }
+}
+
+/// A helper reference: present, and naming an app the caller covers.
+fn require_ref<'a>(scope: &Scope, helper: Option<&'a HelperRef>) -> Result<&'a HelperRef, Status> {
+    let helper = helper.ok_or_else(|| Status::invalid_argument("helper is missing"))?;
+    let HelperRef { app_id, name: _ } = helper;
+    require_app(scope, app_id)?;
+    Ok(helper)
+}
+
+#[tonic::async_trait]
+impl Tasks for TasksApi {
+    async fn add_helper(
+        &self,
+        req: Request<AddHelperRequest>,
+    ) -> Result<Response<HelperStatus>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let AddHelperRequest { spec } = req.into_inner();
+        let spec = spec.ok_or_else(|| Status::invalid_argument("spec is missing"))?;
+        let HelperSpec { app_id, .. } = &spec;
+        require_app(&scope, app_id)?;
+        self.status(&scope, Req::Add(AddHelperRequest { spec: Some(spec) }))
+            .await
+    }
+
+    async fn remove_helper(
+        &self,
+        req: Request<HelperRef>,
+    ) -> Result<Response<RemoveHelperReply>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let helper = req.into_inner();
+        require_ref(&scope, Some(&helper))?;
+        match self.control(&scope, Req::Remove(helper)).await? {
+            Resp::Removed(reply) => Ok(Response::new(reply)),
+            Resp::Status(_) | Resp::List(_) => Err(mismatch()),
+        }
+    }
+
+    async fn list_helpers(
+        &self,
+        req: Request<ListHelpersRequest>,
+    ) -> Result<Response<ListHelpersReply>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let ListHelpersRequest { app_id } = req.into_inner();
+        require_app(&scope, &app_id)?;
+        match self
+            .control(&scope, Req::List(ListHelpersRequest { app_id }))
+            .await?
+        {
+            Resp::List(reply) => Ok(Response::new(reply)),
+            Resp::Status(_) | Resp::Removed(_) => Err(mismatch()),
+        }
+    }
+
+    async fn get_helper(&self, req: Request<HelperRef>) -> Result<Response<HelperStatus>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let helper = req.into_inner();
+        require_ref(&scope, Some(&helper))?;
+        self.status(&scope, Req::Get(helper)).await
+    }
+
+    async fn start_helper(
+        &self,
+        req: Request<HelperRef>,
+    ) -> Result<Response<HelperStatus>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let helper = req.into_inner();
+        require_ref(&scope, Some(&helper))?;
+        self.status(&scope, Req::Start(helper)).await
+    }
+
+    async fn stop_helper(&self, req: Request<HelperRef>) -> Result<Response<HelperStatus>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let helper = req.into_inner();
+        require_ref(&scope, Some(&helper))?;
+        self.status(&scope, Req::Stop(helper)).await
+    }
+
+    async fn restart_helper(
+        &self,
+        req: Request<HelperRef>,
+    ) -> Result<Response<HelperStatus>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let helper = req.into_inner();
+        require_ref(&scope, Some(&helper))?;
+        self.status(&scope, Req::Restart(helper)).await
+    }
+
+    async fn signal_helper(
+        &self,
+        req: Request<SignalHelperRequest>,
+    ) -> Result<Response<HelperStatus>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let SignalHelperRequest { helper, signal } = req.into_inner();
+        require_ref(&scope, helper.as_ref())?;
+        if signal.trim().is_empty() {
+            return Err(Status::invalid_argument("signal is empty"));
+        }
+        self.status(&scope, Req::Signal(SignalHelperRequest { helper, signal }))
+            .await
+    }
+
+    type LogsStream = BoxStream<LogLine>;
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let LogsRequest {
+            helper,
+            follow,
+            tail,
+        } = req.into_inner();
+        require_ref(&scope, helper.as_ref())?;
+        let request = LogsRequest {
+            helper,
+            follow,
+            tail,
+        };
+        let call = TasksCall::Logs {
+            caller_app: caller_app(&scope),
+            request,
+        };
+        let TasksAnswer::Logs(lines) = self.call(call).await? else {
+            return Err(mismatch());
+        };
+        let lines: BoxStream<LogLine> = Box::pin(ReceiverStream::new(lines).map(Ok));
+        Ok(Response::new(cut_on_stop(lines, self.stop.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_calls_with_an_empty_caller_app() {
+        assert_eq!(caller_app(&Scope::Admin), "");
+        assert_eq!(caller_app(&Scope::App("chat".into())), "chat");
+    }
+
+    #[test]
+    fn an_app_names_only_apps_it_covers() {
+        let chat = Scope::App("chat".into());
+        assert!(require_app(&chat, "").is_ok(), "empty: its own app");
+        assert!(require_app(&chat, "chat").is_ok());
+        assert!(require_app(&chat, "chat.voice").is_ok());
+        let denied = require_app(&chat, "mail").expect_err("another app");
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert!(require_app(&Scope::Admin, "").is_ok(), "node-wide helpers");
+        assert!(require_app(&Scope::Admin, "mail").is_ok());
+        let bad = require_app(&Scope::Admin, "a/b").expect_err("malformed");
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        let missing = require_ref(&chat, None).expect_err("no helper");
+        assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+    }
+}

@@ -1,0 +1,111 @@
+//! Local channels: `open` to this node's own peer id connects two sessions on this node (an app
+//! and its helper, or two processes of one app). The channel is announced and accepted exactly
+//! as a remote one (same limits, same 30 s), but its bytes go through an in-memory pipe
+//! carrying the same length-delimited frames as a `/p2pos/channel/1` stream, with no handshake:
+//! the gateway's splice cannot tell the difference.
+
+use libp2p::PeerId;
+use p2pos_kernel::protocols::apps::{ChannelStream, Response};
+use tokio::{
+    io::DuplexStream,
+    sync::{OwnedSemaphorePermit, oneshot},
+};
+
+use actix::Context;
+
+use crate::{
+    Error,
+    apps::{Reply, SESSION_BUFFER, ready},
+    counted::count,
+    pending::Unannounced,
+    service::OverlayService,
+};
+
+/// Bytes buffered in each direction of a local channel's pipe before the writer waits for the
+/// reader (the flow control a libp2p stream has from yamux or QUIC).
+pub(crate) const PIPE_BUFFER: usize = 256 * 1024;
+
+/// The acceptor's side of a local channel while it is pending: its end of the pipe, and the
+/// opener waiting to hear whether it was accepted.
+pub(crate) struct LocalEnd {
+    io: DuplexStream,
+    answer: oneshot::Sender<Result<(), Error>>,
+}
+
+impl LocalEnd {
+    /// The app accepted: the opener gets its end, the acceptor this one.
+    pub(crate) fn accept(
+        self,
+        channel_id: u64,
+        peer: PeerId,
+        app_id: String,
+    ) -> Result<ChannelStream, Error> {
+        let LocalEnd { io, answer } = self;
+        if answer.send(Ok(())).is_err() {
+            return Err(Error::OpenerGone { app_id, channel_id });
+        }
+        Ok(ChannelStream {
+            channel_id,
+            peer_id: peer.to_string(),
+            app_id,
+            inbound: true,
+            io: Box::new(io),
+        })
+    }
+
+    /// The app did not accept in time: the opener gets `why`.
+    pub(crate) fn expire(self, why: Error) {
+        let _ = self.answer.send(Err(why));
+    }
+}
+
+impl OverlayService {
+    /// Opens a channel to the newest session of `app_id` on this node. The opener holds
+    /// `channel_permit` (its place among the node's channels) and `open_permit` (one of the
+    /// opens in progress) until then; the acceptor's end takes a place of its own, as the
+    /// receiving end of a remote channel does.
+    pub(crate) fn open_local(
+        &mut self,
+        app_id: String,
+        channel_permit: OwnedSemaphorePermit,
+        open_permit: OwnedSemaphorePermit,
+        ctx: &mut Context<Self>,
+    ) -> Reply {
+        let local = self.net.local_peer_id();
+        let (opener_io, acceptor_io) = tokio::io::duplex(PIPE_BUFFER);
+        let (answer, answered) = oneshot::channel();
+        let end = LocalEnd {
+            io: acceptor_io,
+            answer,
+        };
+        if let Err((_, why)) = self.announce(local, app_id.clone(), end, ctx) {
+            let err = match why {
+                Unannounced::TooManyChannels => Error::TooManyChannels {
+                    limit: usize::try_from(self.ctx.config.max_channels).unwrap_or(usize::MAX),
+                },
+                Unannounced::NotListening => Error::NotRunningHere { app_id },
+                Unannounced::Backlog => Error::Busy {
+                    what: "channels waiting to be accepted by this app",
+                    limit: SESSION_BUFFER,
+                },
+                Unannounced::NoId(e) => Error::Store(e),
+            };
+            return ready(Err(err));
+        }
+        let store = self.ctx.store.clone();
+        Box::pin(async move {
+            let _open = open_permit;
+            // The sender goes only with the pending channel: accepted, expired, or the service
+            // stopping (which drops every pending channel).
+            answered.await.map_err(|_| Error::NetworkStopped)??;
+            let stream = ChannelStream {
+                channel_id: store.next_id()?,
+                peer_id: local.to_string(),
+                app_id,
+                inbound: false,
+                io: Box::new(opener_io),
+            };
+            Ok(Response::Channel(count(stream, channel_permit)))
+        })
+    }
+}

@@ -1,0 +1,202 @@
+//! Inbound channels announced to an app's session and not yet accepted, whether a remote peer
+//! opened them (`/p2pos/channel/1`, answered with a welcome) or another session of this node
+//! did ([`crate::local`]): announcing, accepting within 30 s, and expiring.
+
+use actix::prelude::*;
+use libp2p::PeerId;
+use p2pos_kernel::{protocols::apps::Response, store::StoreError};
+use p2pos_proto::{app::v1::IncomingChannel, wire::v1::channel_welcome};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tracing::warn;
+
+use crate::{
+    Error,
+    apps::{AppState, Reply, ready},
+    channel,
+    counted::count,
+    inbound::{InboundChannel, Io, Refusal, refuse},
+    local::LocalEnd,
+    service::OverlayService,
+};
+
+/// An inbound channel announced to a session and not yet accepted.
+pub(crate) struct PendingChannel {
+    peer: PeerId,
+    app_id: String,
+    io: PendingIo,
+    /// Its place among the node's channels, handed on to the open channel.
+    permit: OwnedSemaphorePermit,
+    expiry: SpawnHandle,
+}
+
+/// The acceptor's side of a pending channel.
+pub(crate) enum PendingIo {
+    /// A remote peer's `/p2pos/channel/1` stream, after its hello; it waits for the welcome.
+    Remote(Io),
+    /// A channel opened on this node: the acceptor's end of the pipe, and the opener waiting.
+    Local(LocalEnd),
+}
+
+impl From<Io> for PendingIo {
+    fn from(io: Io) -> Self {
+        PendingIo::Remote(io)
+    }
+}
+
+impl From<LocalEnd> for PendingIo {
+    fn from(end: LocalEnd) -> Self {
+        PendingIo::Local(end)
+    }
+}
+
+/// Why an inbound channel was not announced to the app.
+pub(crate) enum Unannounced {
+    /// The node has `max_channels` channels open or waiting.
+    TooManyChannels,
+    /// No live session of the app.
+    NotListening,
+    /// The app's newest session has [`crate::apps::SESSION_BUFFER`] announcements it has not
+    /// read.
+    Backlog,
+    /// The channel could not be numbered.
+    NoId(StoreError),
+}
+
+impl OverlayService {
+    /// Hands the app the pending channel `channel_id` (and the opener its end, or the remote
+    /// opener the welcome). `NOT_FOUND` unless it is pending for `app_id`.
+    pub(crate) fn accept_channel(
+        &mut self,
+        app_id: String,
+        channel_id: u64,
+        ctx: &mut Context<Self>,
+    ) -> Reply {
+        match self.pending.remove(&channel_id) {
+            Some(pending) if pending.app_id == app_id => {
+                ctx.cancel_future(pending.expiry);
+                let PendingChannel {
+                    peer, io, permit, ..
+                } = pending;
+                match io {
+                    PendingIo::Remote(io) => Box::pin(async move {
+                        let stream = channel::accept(io, channel_id, peer, app_id).await?;
+                        Ok(Response::Channel(count(stream, permit)))
+                    }),
+                    PendingIo::Local(end) => ready(
+                        end.accept(channel_id, peer, app_id)
+                            .map(|stream| Response::Channel(count(stream, permit))),
+                    ),
+                }
+            }
+            other => {
+                if let Some(pending) = other {
+                    self.pending.insert(channel_id, pending);
+                }
+                ready(Err(Error::ChannelNotFound { app_id, channel_id }))
+            }
+        }
+    }
+
+    fn expire(&mut self, channel_id: u64) {
+        let Some(pending) = self.pending.remove(&channel_id) else {
+            return;
+        };
+        let PendingChannel {
+            peer, app_id, io, ..
+        } = pending;
+        match io {
+            PendingIo::Remote(io) => {
+                let welcome = channel::welcome(
+                    channel_welcome::Result::Timeout,
+                    format!("app '{app_id}' did not accept the channel within 30 s"),
+                );
+                // Bounded by the write timeout and by the pending limit.
+                tokio::spawn(refuse(Refusal { io, welcome }));
+            }
+            PendingIo::Local(end) => end.expire(Error::ChannelNotAccepted { app_id, peer }),
+        }
+    }
+
+    /// Announces an inbound channel from `peer` on the newest live session of `app_id` and
+    /// keeps it pending until it is accepted or [`channel::ACCEPT_WINDOW`] has passed; it
+    /// counts against `max_channels` from now on. Gives `io` back if it cannot.
+    pub(crate) fn announce<I: Into<PendingIo>>(
+        &mut self,
+        peer: PeerId,
+        app_id: String,
+        io: I,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), (I, Unannounced)> {
+        // A pending channel counts as open: it holds a stream to the peer.
+        let Ok(permit) = self.channels.clone().try_acquire_owned() else {
+            return Err((io, Unannounced::TooManyChannels));
+        };
+        let Some(session) = self.apps.get(&app_id).and_then(AppState::newest) else {
+            return Err((io, Unannounced::NotListening));
+        };
+        let channel_id = match self.ctx.store.next_id() {
+            Ok(id) => id,
+            Err(e) => return Err((io, Unannounced::NoId(e))),
+        };
+        let announce = IncomingChannel {
+            channel_id,
+            peer_id: peer.to_string(),
+            app_id: app_id.clone(),
+        };
+        if let Err(e) = session.try_send(announce) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => Unannounced::Backlog,
+                mpsc::error::TrySendError::Closed(_) => Unannounced::NotListening,
+            };
+            return Err((io, why));
+        }
+        let expiry = ctx.run_later(channel::ACCEPT_WINDOW, move |act, _| act.expire(channel_id));
+        self.pending.insert(
+            channel_id,
+            PendingChannel {
+                peer,
+                app_id,
+                io: io.into(),
+                permit,
+                expiry,
+            },
+        );
+        Ok(())
+    }
+}
+
+impl Handler<InboundChannel> for OverlayService {
+    type Result = Result<(), Refusal>;
+
+    fn handle(&mut self, msg: InboundChannel, ctx: &mut Self::Context) -> Self::Result {
+        let InboundChannel { peer, app_id, io } = msg;
+        let local = self.net.local_peer_id();
+        let max = self.ctx.config.max_channels;
+        let Err((io, why)) = self.announce(peer, app_id.clone(), io, ctx) else {
+            return Ok(());
+        };
+        let (result, message) = match why {
+            Unannounced::TooManyChannels => (
+                channel_welcome::Result::Busy,
+                format!("too many open channels (limit {max})"),
+            ),
+            Unannounced::NotListening => (
+                channel_welcome::Result::AppNotListening,
+                format!("app '{app_id}' is not running on peer {local}"),
+            ),
+            Unannounced::Backlog => (
+                channel_welcome::Result::Busy,
+                format!("app '{app_id}' has too many channels waiting to be accepted"),
+            ),
+            Unannounced::NoId(e) => {
+                warn!("cannot number a channel: {e}");
+                let why = "the node cannot take channels now".to_owned();
+                (channel_welcome::Result::Busy, why)
+            }
+        };
+        Err(Refusal {
+            io,
+            welcome: channel::welcome(result, message),
+        })
+    }
+}

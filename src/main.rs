@@ -160,6 +160,7 @@ fn main() -> ExitCode {
     let booted = runner.block_on(async move {
         let children = vec![
             p2pos_overlay::child_spec(),
+            p2pos_tasks::child_spec(),
             p2pos_monitor::child_spec(),
             p2pos_gateway::child_spec(),
         ];

@@ -194,6 +194,27 @@ impl Node {
         }
     }
 
+    /// A client on the unix socket with a token scoped to `app_id` (from `Node.CreateAppToken`).
+    pub async fn app_client(&mut self, app_id: &str) -> Client {
+        let admin = self.client().await;
+        let token = admin
+            .node()
+            .create_app_token(p2pos_proto::node::v1::CreateAppTokenRequest {
+                app_id: app_id.to_owned(),
+            })
+            .await
+            .expect("app token")
+            .into_inner()
+            .token;
+        let target = Target::new(
+            Gateway::Unix(self.data_dir.join("gateway.sock")),
+            Some(token),
+            Some(self.data_dir.clone()),
+        )
+        .expect("target");
+        Client::connect(&target).await.expect("connect with the app token")
+    }
+
     /// The node's peer id.
     pub async fn peer_id(&mut self) -> String {
         let client = self.client().await;
@@ -500,4 +521,39 @@ pub async fn status_when(
         }
     })
     .await
+}
+
+impl Chat {
+    /// Starts `p2p-chat --data-dir <node> <args...> [peer]` (e.g. `--call-audio FILE`).
+    pub fn start_with_args(node: &Node, peer: Option<&str>, args: &[&str]) -> Chat {
+        let mut cmd = Command::new(bin("p2p-chat"));
+        cmd.arg("--data-dir").arg(&node.data_dir).args(args);
+        if let Some(peer) = peer {
+            cmd.arg(peer);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn p2p-chat");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Chat {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
 }

@@ -1,0 +1,333 @@
+//! The `p2pos.tasks.v1` operations: one exhaustive `match` over the request envelope, each
+//! operation checking the caller's scope and converting at the edges.
+
+use actix::prelude::*;
+use p2pos_kernel::protocols::{Apps, apps};
+use p2pos_proto::tasks::v1::{
+    AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus, ListHelpersReply,
+    ListHelpersRequest, LogLine, LogsRequest, RemoveHelperReply, SignalHelperRequest, TasksRequest,
+    TasksResponse, tasks_request::Kind as Req, tasks_response::Kind as Resp,
+};
+use tokio::sync::mpsc;
+
+use crate::{
+    Error, logs, persist, program,
+    scope::{Caller, Key},
+    service::{MAX_LOG_READERS, TasksService},
+    signal,
+    spec::{self, Spec},
+    table::{Entry, state_name},
+};
+
+/// An answer the actor may finish later.
+pub(crate) type Reply<T> = ResponseActFuture<TasksService, Result<T, Error>>;
+
+fn done<T: 'static>(result: Result<T, Error>) -> Reply<T> {
+    Box::pin(actix::fut::ready(result))
+}
+
+fn status(reply: Reply<HelperStatus>) -> Reply<TasksResponse> {
+    Box::pin(reply.map(|r, _, _| {
+        r.map(|s| TasksResponse {
+            kind: Some(Resp::Status(s)),
+        })
+    }))
+}
+
+fn not_found(key: &Key) -> Error {
+    Error::NotFound {
+        app_id: key.app.clone(),
+        name: key.name.clone(),
+    }
+}
+
+impl TasksService {
+    /// One unary call.
+    pub(crate) fn control(
+        &mut self,
+        request: TasksRequest,
+        ctx: &mut Context<Self>,
+    ) -> Reply<TasksResponse> {
+        let TasksRequest { caller_app, kind } = request;
+        let caller = match Caller::parse(caller_app) {
+            Ok(caller) => caller,
+            Err(e) => return done(Err(e)),
+        };
+        let Some(kind) = kind else {
+            return done(Err(Error::MissingKind));
+        };
+        match kind {
+            Req::Add(AddHelperRequest { spec }) => status(self.add(&caller, spec)),
+            Req::Remove(r) => {
+                let removed = self.remove(&caller, &r).map(|()| RemoveHelperReply {});
+                Box::pin(self.flushed(removed).map(|r, _, _| {
+                    r.map(|removed| TasksResponse {
+                        kind: Some(Resp::Removed(removed)),
+                    })
+                }))
+            }
+            Req::List(l) => done(self.list(&caller, &l).map(|list| TasksResponse {
+                kind: Some(Resp::List(list)),
+            })),
+            Req::Get(r) => status(done(
+                caller.key(&r.app_id, &r.name).and_then(|k| self.view(&k)),
+            )),
+            Req::Start(r) => status(self.start_helper(caller, r, ctx)),
+            Req::Stop(r) => status(self.stop_helper(&caller, &r, ctx)),
+            Req::Restart(r) => status(self.restart_helper(caller, r, ctx)),
+            Req::Signal(s) => status(done(self.signal(&caller, s))),
+        }
+    }
+
+    /// Answers `result` once the store is flushed.
+    fn flushed<T: 'static>(&self, result: Result<T, Error>) -> Reply<T> {
+        let value = match result {
+            Ok(value) => value,
+            Err(e) => return done(Err(e)),
+        };
+        let store = self.ctx.store.clone();
+        Box::pin(
+            async move { persist::flush(store).await.map(|()| value) }
+                .into_actor(self)
+                .map(|r, _, _| r.map_err(Error::from)),
+        )
+    }
+
+    /// What a client sees of `key`: its entry, or an app's not-yet-started instance of an
+    /// admin-installed spec.
+    pub(crate) fn view(&self, key: &Key) -> Result<HelperStatus, Error> {
+        if let Some(entry) = self.table.get(key) {
+            return Ok(entry.status());
+        }
+        let spec = self.spec_to_start(key)?;
+        Ok(HelperStatus {
+            helper_app_id: spec.helper_app_id(),
+            spec: Some(spec.to_proto()),
+            state: HelperState::Stopped as i32,
+            ..HelperStatus::default()
+        })
+    }
+
+    fn add(&mut self, caller: &Caller, spec: Option<HelperSpec>) -> Reply<HelperStatus> {
+        let added = self.add_now(caller, spec);
+        self.flushed(added)
+    }
+
+    fn add_now(
+        &mut self,
+        caller: &Caller,
+        spec: Option<HelperSpec>,
+    ) -> Result<HelperStatus, Error> {
+        let mut spec = spec.ok_or(Error::Missing("spec"))?;
+        spec.app_id = caller.app(&spec.app_id)?;
+        let spec = Spec::try_from(spec)?;
+        program::resolve(
+            &spec.program,
+            spec.app_id.is_empty(),
+            &self.ctx.config.plugin_dir(),
+        )?;
+        spec.check_working_dir()?;
+        spec::checked_helper_app_id(&spec.app_id, &spec.name)?;
+        let key = Key::of(&spec);
+        if !self.table.contains_key(&key) {
+            self.check_room(&key.app)?;
+        }
+        persist::save(self.ctx.store.as_ref(), &spec)?;
+        let entry = self
+            .table
+            .entry(key)
+            .or_insert_with(|| Entry::new(spec.clone(), true));
+        entry.spec = spec;
+        entry.stored = true;
+        Ok(entry.status())
+    }
+
+    fn remove(&mut self, caller: &Caller, r: &HelperRef) -> Result<(), Error> {
+        let key = caller.key(&r.app_id, &r.name)?;
+        let entry = self.table.get(&key).ok_or_else(|| not_found(&key))?;
+        if entry.is_active() {
+            return Err(Error::StillRunning {
+                app_id: key.app,
+                name: key.name,
+                state: state_name(entry.state),
+            });
+        }
+        if entry.stored {
+            persist::remove(self.ctx.store.as_ref(), &key)?;
+        }
+        self.table.remove(&key);
+        Ok(())
+    }
+
+    fn list(
+        &self,
+        caller: &Caller,
+        request: &ListHelpersRequest,
+    ) -> Result<ListHelpersReply, Error> {
+        let only = match request.app_id.as_str() {
+            "" => None,
+            app => Some(caller.app(app)?),
+        };
+        let admin_spec_visible = matches!(caller, Caller::App(_));
+        let helpers = self
+            .table
+            .iter()
+            .filter(|(key, _)| {
+                let own = match &only {
+                    Some(app) => key.app == *app,
+                    None => caller.covers(&key.app),
+                };
+                own || (admin_spec_visible && key.app.is_empty())
+            })
+            .map(|(_, entry)| entry.status())
+            .collect();
+        Ok(ListHelpersReply { helpers })
+    }
+
+    fn start_helper(
+        &mut self,
+        caller: Caller,
+        r: HelperRef,
+        ctx: &mut Context<Self>,
+    ) -> Reply<HelperStatus> {
+        if self.stopping {
+            return done(Err(Error::ShuttingDown));
+        }
+        let key = match caller.key(&r.app_id, &r.name) {
+            Ok(key) => key,
+            Err(e) => return done(Err(e)),
+        };
+        let spec = match self.spec_to_start(&key) {
+            Ok(spec) => spec,
+            Err(e) => return done(Err(e)),
+        };
+        if let Some(entry) = self.table.get(&key)
+            && entry.is_active()
+        {
+            return done(Ok(entry.status()));
+        }
+        let watched = caller
+            .session_app()
+            .filter(|_| !spec.outlive_session)
+            .map(str::to_owned);
+        let Some(app) = watched else {
+            return done(self.launch(&key, None, ctx));
+        };
+        // The helper lives by the app's session: it needs one to start.
+        let registry = self.ctx.registry.clone();
+        let request = apps::Request::WatchSession {
+            app_id: app.clone(),
+        };
+        Box::pin(
+            async move { registry.call::<Apps>(request).await }
+                .into_actor(self)
+                .map(move |answer, act, ctx| match answer {
+                    Ok(apps::Response::SessionEnd(ended)) => {
+                        act.launch(&key, Some((app, ended)), ctx)
+                    }
+                    Ok(other) => Err(Error::Internal(format!(
+                        "the apps service answered WatchSession with {other:?}"
+                    ))),
+                    Err(e) => Err(Error::Session(e)),
+                }),
+        )
+    }
+
+    fn stop_helper(
+        &mut self,
+        caller: &Caller,
+        r: &HelperRef,
+        ctx: &mut Context<Self>,
+    ) -> Reply<HelperStatus> {
+        let key = match caller.key(&r.app_id, &r.name) {
+            Ok(key) => key,
+            Err(e) => return done(Err(e)),
+        };
+        match self.begin_stop(&key, "stopped through the API".into(), ctx) {
+            None => done(self.view(&key)),
+            Some(stopped) => Box::pin(
+                async move {
+                    let _ = stopped.await;
+                }
+                .into_actor(self)
+                .map(move |(), act, _| act.view(&key)),
+            ),
+        }
+    }
+
+    fn restart_helper(
+        &mut self,
+        caller: Caller,
+        r: HelperRef,
+        ctx: &mut Context<Self>,
+    ) -> Reply<HelperStatus> {
+        let key = match caller.key(&r.app_id, &r.name) {
+            Ok(key) => key,
+            Err(e) => return done(Err(e)),
+        };
+        match self.begin_stop(&key, "restarting through the API".into(), ctx) {
+            None => self.start_helper(caller, r, ctx),
+            Some(stopped) => Box::pin(
+                async move {
+                    let _ = stopped.await;
+                }
+                .into_actor(self)
+                .then(move |(), act, ctx| act.start_helper(caller, r, ctx)),
+            ),
+        }
+    }
+
+    fn signal(
+        &mut self,
+        caller: &Caller,
+        request: SignalHelperRequest,
+    ) -> Result<HelperStatus, Error> {
+        let SignalHelperRequest { helper, signal } = request;
+        let r = helper.ok_or(Error::Missing("helper"))?;
+        let key = caller.key(&r.app_id, &r.name)?;
+        let signal = signal::parse_sendable(&signal)?;
+        let not_running = |state| Error::NotRunning {
+            app_id: key.app.clone(),
+            name: key.name.clone(),
+            state: state_name(state),
+        };
+        let Some(entry) = self.table.get_mut(&key) else {
+            self.view(&key)?;
+            return Err(not_running(HelperState::Stopped));
+        };
+        let Some(run) = entry.run.as_mut() else {
+            return Err(not_running(entry.state));
+        };
+        if !run.sent.contains(&(signal as i32)) {
+            run.sent.push(signal as i32);
+        }
+        crate::process::signal_group(run.pid, signal);
+        Ok(entry.status())
+    }
+
+    /// A `Logs` call.
+    pub(crate) fn logs(
+        &mut self,
+        caller_app: String,
+        request: LogsRequest,
+    ) -> Result<mpsc::Receiver<LogLine>, Error> {
+        let caller = Caller::parse(caller_app)?;
+        let LogsRequest {
+            helper,
+            follow,
+            tail,
+        } = request;
+        let r = helper.ok_or(Error::Missing("helper"))?;
+        let key = caller.key(&r.app_id, &r.name)?;
+        let entry = self.table.get(&key).ok_or_else(|| not_found(&key))?;
+        let permit = self
+            .log_readers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Limit {
+                what: "log readers",
+                limit: MAX_LOG_READERS,
+            })?;
+        Ok(logs::serve(&entry.log, tail, follow, permit))
+    }
+}

@@ -1,0 +1,51 @@
+//! The task-control service: helper applications (plug-ins, separate programs) that the node
+//! starts, supervises, restarts and stops on behalf of apps, answering `p2pos.tasks.v1`.
+//!
+//! A helper runs without a shell, with only the environment its spec gives plus the `P2POS_*`
+//! variables (gateway address, a token scoped to the helper's app id, its name, owner and
+//! directory), in its own process group, and is killed if the node dies. An app's helper
+//! stops when the app's last session ends (unless its spec says `outlive_session`).
+//!
+//! # Layout
+//! - [`service`]: the actor, its child spec and life cycle (ordered stop, panics, drop).
+//! - `control`: the protocol's operations, one `match` over the request envelope.
+//! - `lifecycle`: start, exit, restart with back-off and intensity, stop, session binding.
+//! - `table`: the helper table the actor owns, and how an entry is shown and published.
+//! - `process`: spawning (environment, process group, parent-death signal), waiting,
+//!   signalling; helper tokens and directories.
+//! - `program`: where a helper's program is, and whether it may run.
+//! - `spec`: helper specs checked into domain types; names and app ids.
+//! - `scope`: the caller's scope and the helper keys it may address.
+//! - `restart`: exit descriptions, restart policy, back-off and intensity arithmetic.
+//! - `logs`: the per-helper ring of output lines, its readers and followers.
+//! - `persist`: specs and helper tokens in the node's store.
+//! - `signal`: signal names.
+//! - [`error`]: the service's [`Error`] and its mapping to `ServiceError`.
+
+mod control;
+pub mod error;
+mod lifecycle;
+mod logs;
+mod persist;
+mod process;
+mod program;
+mod restart;
+mod scope;
+pub mod service;
+mod signal;
+mod spec;
+mod table;
+
+pub use error::Error;
+pub use logs::{FOLLOW_BUFFER, LOGS_CHANNEL, MAX_LINE_BYTES, MAX_LINES};
+pub use persist::HELPERS_TREE;
+pub use process::{
+    ENV_APP_ID, ENV_GATEWAY, ENV_HELPER, ENV_HELPER_DIR, ENV_HELPER_OWNER, ENV_TOKEN, HELPERS_DIR,
+    NODE_OWNER_DIR, TOKEN_PREFIX,
+};
+pub use restart::{FIRST_BACKOFF, MAX_BACKOFF};
+pub use service::{MAX_LOG_READERS, MAX_RUNNING, MAX_SPECS, MAX_SPECS_PER_APP, NAME, child_spec};
+pub use spec::{
+    DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_SECS, DEFAULT_STOP_TIMEOUT_MS, MAX_APP_ID_LEN,
+    MAX_ARGS, MAX_MAX_RESTARTS, MAX_NAME_LEN, MAX_SPEC_BYTES, MAX_STOP_TIMEOUT_MS,
+};

@@ -1,0 +1,350 @@
+//! A helper's life cycle inside the actor: starting its process (checks, token, spawn),
+//! binding it to its app's session, handling its exit (restart with back-off, intensity,
+//! final states), and stopping it (stop signal, SIGKILL after the timeout).
+
+use std::mem;
+
+use actix::prelude::*;
+use nix::sys::signal::Signal;
+use p2pos_kernel::events::now_ms;
+use p2pos_proto::tasks::v1::{HelperState, HelperStatus};
+use tokio::{sync::oneshot, time::Instant};
+use tracing::warn;
+
+use crate::{
+    Error, persist,
+    process::{self, Launch},
+    program,
+    restart::{self, Exit},
+    scope::Key,
+    service::{Exited, MAX_RUNNING, MAX_SPECS, MAX_SPECS_PER_APP, TasksService},
+    spec::{self, Spec},
+    table::{Entry, Run},
+};
+
+/// The watch on the session of the app that starts a helper: the app, and what completes
+/// when its last session ends.
+pub(crate) type SessionWatch = (String, oneshot::Receiver<()>);
+
+impl TasksService {
+    /// The spec `key` would start with: its own, or for an app's instance of an
+    /// admin-installed spec, a fresh copy of that spec.
+    pub(crate) fn spec_to_start(&self, key: &Key) -> Result<Spec, Error> {
+        let node_wide = || {
+            (!key.app.is_empty())
+                .then(|| self.table.get(&key.node_wide()))
+                .flatten()
+                .map(|admin| admin.spec.for_app(&key.app))
+        };
+        match self.table.get(key) {
+            Some(entry) if entry.stored => Ok(entry.spec.clone()),
+            Some(entry) => Ok(node_wide().unwrap_or_else(|| entry.spec.clone())),
+            None => node_wide().ok_or_else(|| Error::NotFound {
+                app_id: key.app.clone(),
+                name: key.name.clone(),
+            }),
+        }
+    }
+
+    /// Refuses a new entry for `app` past the limits.
+    pub(crate) fn check_room(&self, app: &str) -> Result<(), Error> {
+        if self.table.keys().filter(|k| k.app == app).count() >= MAX_SPECS_PER_APP {
+            return Err(Error::Limit {
+                what: "helper specs of one app",
+                limit: MAX_SPECS_PER_APP,
+            });
+        }
+        if self.table.len() >= MAX_SPECS {
+            return Err(Error::Limit {
+                what: "helper specs",
+                limit: MAX_SPECS,
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts `key` through the API (its count of restarts reset), bound to `session` if
+    /// given. Already active: its state. Fails without spawning anything on a bad spec.
+    pub(crate) fn launch(
+        &mut self,
+        key: &Key,
+        session: Option<SessionWatch>,
+        ctx: &mut Context<Self>,
+    ) -> Result<HelperStatus, Error> {
+        if self.stopping {
+            return Err(Error::ShuttingDown);
+        }
+        let spec = self.spec_to_start(key)?;
+        if let Some(entry) = self.table.get(key)
+            && entry.is_active()
+        {
+            return Ok(entry.status());
+        }
+        if self.table.values().filter(|e| e.is_active()).count() >= MAX_RUNNING {
+            return Err(Error::Limit {
+                what: "running helpers",
+                limit: MAX_RUNNING,
+            });
+        }
+        match self.table.get_mut(key) {
+            Some(entry) => entry.spec = spec,
+            None => {
+                self.check_room(&key.app)?;
+                self.table.insert(key.clone(), Entry::new(spec, false));
+            }
+        }
+        if let Some(entry) = self.table.get_mut(key) {
+            entry.restarts = 0;
+            entry.window.reset();
+        }
+        if let Err(e) = self.spawn_run(key, ctx) {
+            if let Error::Spawn { .. } = e {
+                self.finish(key, HelperState::Failed, e.to_string(), ctx);
+            }
+            return Err(e);
+        }
+        if let Some((app, ended)) = session {
+            let k = key.clone();
+            let watch = ctx.spawn(
+                async move {
+                    let _ = ended.await;
+                }
+                .into_actor(self)
+                .map(move |(), act, ctx| act.session_ended(&k, &app, ctx)),
+            );
+            if let Some(entry) = self.table.get_mut(key) {
+                entry.session = Some(watch);
+            }
+        }
+        self.view(key)
+    }
+
+    /// Spawns the process of `key` from its current spec (program and directories checked
+    /// again, a token made if it has none) and moves it to RUNNING. On an error nothing runs
+    /// and its state is unchanged.
+    fn spawn_run(&mut self, key: &Key, ctx: &mut Context<Self>) -> Result<(), Error> {
+        let plugin_dir = self.ctx.config.plugin_dir();
+        let gateway = self.ctx.config.gateway_socket();
+        let store = self.ctx.store.clone();
+        let entry = self
+            .table
+            .get_mut(key)
+            .ok_or_else(|| Error::Internal(format!("helper {key} vanished")))?;
+        let spec = entry.spec.clone();
+        // An app's instance of an admin-installed spec runs the admin's program.
+        let absolute_allowed = spec.app_id.is_empty() || !entry.stored;
+        let program = program::resolve(&spec.program, absolute_allowed, &plugin_dir)?;
+        spec.check_working_dir()?;
+        let app_id = spec::checked_helper_app_id(&spec.app_id, &spec.name)?;
+        let dir = process::helper_dir(&self.ctx.config.data_dir, &spec.app_id, &spec.name);
+        process::create_dir(&dir)?;
+        let token = match &entry.token {
+            Some(token) => token.clone(),
+            None => {
+                let token = process::new_token();
+                persist::add_token(store.as_ref(), &token, &app_id)?;
+                entry.token = Some(token.clone());
+                token
+            }
+        };
+        entry.prune_readers();
+        let launch = Launch {
+            program: &program,
+            spec: &spec,
+            gateway: &gateway,
+            token: &token,
+            app_id: &app_id,
+            dir: &dir,
+        };
+        let spawned = process::spawn(&launch, &entry.log).map_err(|source| Error::Spawn {
+            name: spec.name.clone(),
+            source,
+        })?;
+        let run = self.next_run;
+        self.next_run += 1;
+        let addr = ctx.address();
+        let k = key.clone();
+        let pid = spawned.pid;
+        entry
+            .readers
+            .extend(spawned.readers.iter().map(|r| r.abort_handle()));
+        process::wait(spawned, move |status| {
+            addr.do_send(Exited {
+                key: k,
+                run,
+                status,
+            });
+        });
+        entry.run = Some(Run {
+            id: run,
+            pid,
+            spec,
+            sent: Vec::new(),
+            kill_timer: None,
+        });
+        entry.started_at_ms = now_ms();
+        entry.set_state(key, &self.ctx.events, HelperState::Running, "");
+        Ok(())
+    }
+
+    /// Moves `key` to a final state (STOPPED, EXITED, FAILED): revokes its token, drops its
+    /// pending restart and session watch, and answers the calls waiting for it to stop.
+    pub(crate) fn finish(
+        &mut self,
+        key: &Key,
+        state: HelperState,
+        reason: String,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        if let Some(token) = entry.token.take() {
+            persist::remove_token(self.ctx.store.as_ref(), &token);
+        }
+        for handle in [entry.backoff.take(), entry.session.take()]
+            .into_iter()
+            .flatten()
+        {
+            ctx.cancel_future(handle);
+        }
+        entry.set_state(key, &self.ctx.events, state, reason);
+        for waiter in entry.stop_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// A process has exited: the end of a stop, or an exit on its own that its restart
+    /// policy and intensity judge.
+    pub(crate) fn on_exit(&mut self, msg: Exited, ctx: &mut Context<Self>) {
+        let Exited { key, run, status } = msg;
+        let Some(entry) = self.table.get_mut(&key) else {
+            return;
+        };
+        if entry.run.as_ref().is_none_or(|r| r.id != run) {
+            return; // a process of an earlier run
+        }
+        let Some(run) = entry.run.take() else {
+            return;
+        };
+        if let Some(timer) = run.kill_timer {
+            ctx.cancel_future(timer);
+        }
+        let exit = Exit::new(status, &run.sent);
+        entry.last_exit = Some(exit.status.clone());
+        match entry.state {
+            HelperState::Stopping => {
+                let reason = mem::take(&mut entry.stop_reason);
+                self.finish(&key, HelperState::Stopped, reason, ctx);
+            }
+            HelperState::Running if !restart::restarts(run.spec.restart, &exit) => {
+                self.finish(&key, HelperState::Exited, exit.reason, ctx);
+            }
+            HelperState::Running => {
+                let period = run.spec.restart_period;
+                match entry
+                    .window
+                    .admit(Instant::now(), run.spec.max_restarts, period)
+                {
+                    Err(restarts) => {
+                        let why = restart::giving_up(restarts, period, &exit.reason);
+                        self.finish(&key, HelperState::Failed, why, ctx);
+                    }
+                    Ok(within) => {
+                        let delay = restart::backoff(within);
+                        let reason =
+                            format!("{}; restarting in {} ms", exit.reason, delay.as_millis());
+                        entry.set_state(&key, &self.ctx.events, HelperState::Backoff, reason);
+                        let k = key.clone();
+                        entry.backoff =
+                            Some(ctx.run_later(delay, move |act, ctx| act.respawn(&k, ctx)));
+                    }
+                }
+            }
+            other => {
+                warn!(helper = %key, state = ?other, "exit of a helper in an unexpected state")
+            }
+        }
+    }
+
+    /// The back-off of `key` has passed: start it again.
+    fn respawn(&mut self, key: &Key, ctx: &mut Context<Self>) {
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        entry.backoff = None;
+        if entry.state != HelperState::Backoff || self.stopping {
+            return;
+        }
+        entry.restarts += 1;
+        if let Err(e) = self.spawn_run(key, ctx) {
+            self.finish(key, HelperState::Failed, e.to_string(), ctx);
+        }
+    }
+
+    /// Starts stopping `key` for `reason`: its stop signal now, SIGKILL after its timeout.
+    /// Returns what completes once it has stopped, or `None` if it is already not running
+    /// (a helper in back-off is stopped at once).
+    pub(crate) fn begin_stop(
+        &mut self,
+        key: &Key,
+        reason: String,
+        ctx: &mut Context<Self>,
+    ) -> Option<oneshot::Receiver<()>> {
+        let entry = self.table.get_mut(key)?;
+        match entry.state {
+            HelperState::Running => {
+                let run = entry.run.as_mut()?;
+                let (pid, id) = (run.pid, run.id);
+                let (signal, timeout) = (run.spec.stop_signal, run.spec.stop_timeout);
+                process::signal_group(pid, signal);
+                let k = key.clone();
+                run.kill_timer = Some(ctx.run_later(timeout, move |act, _| {
+                    act.kill_after_timeout(&k, id);
+                }));
+                let shown = format!(
+                    "{} sent ({reason}); SIGKILL after {} ms",
+                    signal.as_str(),
+                    timeout.as_millis()
+                );
+                entry.stop_reason = reason;
+                entry.set_state(key, &self.ctx.events, HelperState::Stopping, shown);
+            }
+            HelperState::Stopping => {}
+            HelperState::Backoff => {
+                self.finish(key, HelperState::Stopped, reason, ctx);
+                return None;
+            }
+            _ => return None,
+        }
+        let (tx, rx) = oneshot::channel();
+        entry.stop_waiters.push(tx);
+        Some(rx)
+    }
+
+    fn kill_after_timeout(&mut self, key: &Key, id: u64) {
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        if entry.state != HelperState::Stopping {
+            return;
+        }
+        if let Some(run) = entry.run.as_mut().filter(|r| r.id == id) {
+            run.kill_timer = None;
+            warn!(helper = %key, pid = run.pid, "the helper did not stop in time; sending SIGKILL");
+            process::signal_group(run.pid, Signal::SIGKILL);
+        }
+    }
+
+    /// The last session of the app that started `key` has ended.
+    fn session_ended(&mut self, key: &Key, app: &str, ctx: &mut Context<Self>) {
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        entry.session = None;
+        if entry.is_active() {
+            // Nobody waits for this stop; it completes on its own.
+            let _ = self.begin_stop(key, format!("the session of app {app} ended"), ctx);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Helper processes: how one is spawned (no shell, a clean environment, its own process group,
+//! killed if the node dies), waited for, and signalled; its token and directory.
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, so processes are spawned only
+//! from the actor's thread (never from `spawn_blocking`, whose threads exit when idle).
+
+use std::{
+    io,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+    process::{ExitStatus, Stdio},
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
+use tokio::{
+    io::BufReader,
+    process::{Child, Command},
+    task::JoinHandle,
+};
+
+use crate::{
+    Error,
+    logs::{self, SharedLog},
+    spec::Spec,
+};
+use p2pos_proto::tasks::v1::LogStream;
+
+/// `unix:<path of the gateway socket>`.
+pub const ENV_GATEWAY: &str = "P2POS_GATEWAY";
+/// The helper's token (`helper-<64 hex>`), scoped to its app id.
+pub const ENV_TOKEN: &str = "P2POS_TOKEN";
+/// The app id the helper acts as: `<app>.<name>`, or `<name>` for a helper of the node.
+pub const ENV_APP_ID: &str = "P2POS_APP_ID";
+/// The helper's name.
+pub const ENV_HELPER: &str = "P2POS_HELPER";
+/// The app the helper belongs to; empty for a helper of the node.
+pub const ENV_HELPER_OWNER: &str = "P2POS_HELPER_OWNER";
+/// The helper's own directory, `<data dir>/helpers/<app or _node>/<name>`.
+pub const ENV_HELPER_DIR: &str = "P2POS_HELPER_DIR";
+/// Prefix of a helper token.
+pub const TOKEN_PREFIX: &str = "helper-";
+/// The directory, under the data directory, of the helpers' own directories.
+pub const HELPERS_DIR: &str = "helpers";
+/// The owner directory of the node's own helpers.
+pub const NODE_OWNER_DIR: &str = "_node";
+
+/// How long the exit of a process waits for its output to be read (its pipes may be held
+/// open by processes that left its group).
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A fresh helper token: `helper-` and 64 lower-case hex digits.
+pub(crate) fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("{TOKEN_PREFIX}{}", data_encoding::HEXLOWER.encode(&bytes))
+}
+
+/// `<data dir>/helpers/<app or _node>/<name>`.
+pub(crate) fn helper_dir(data_dir: &Path, app_id: &str, name: &str) -> PathBuf {
+    let owner = if app_id.is_empty() {
+        NODE_OWNER_DIR
+    } else {
+        app_id
+    };
+    data_dir.join(HELPERS_DIR).join(owner).join(name)
+}
+
+/// Creates `dir` (and its parents) with mode 0700.
+pub(crate) fn create_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::HelperDir {
+            path: dir.display().to_string(),
+            source,
+        })
+}
+
+/// Everything one process start needs.
+pub(crate) struct Launch<'a> {
+    /// The resolved program.
+    pub(crate) program: &'a Path,
+    /// Its arguments, environment and working directory.
+    pub(crate) spec: &'a Spec,
+    /// The gateway's unix socket.
+    pub(crate) gateway: &'a Path,
+    /// Its token.
+    pub(crate) token: &'a str,
+    /// The app id it acts as.
+    pub(crate) app_id: &'a str,
+    /// Its own directory (created).
+    pub(crate) dir: &'a Path,
+}
+
+/// A started process: its pid (also its process group) and the tasks reading its output.
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) readers: [JoinHandle<()>; 2],
+}
+
+/// Starts the process, its output going line by line into `log`. Must run on the actor's
+/// thread (see the module doc).
+pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned> {
+    let spec = launch.spec;
+    let mut cmd = Command::new(launch.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(&spec.env)
+        .env(ENV_GATEWAY, format!("unix:{}", launch.gateway.display()))
+        .env(ENV_TOKEN, launch.token)
+        .env(ENV_APP_ID, launch.app_id)
+        .env(ENV_HELPER, &spec.name)
+        .env(ENV_HELPER_OWNER, &spec.app_id)
+        .env(ENV_HELPER_DIR, launch.dir)
+        .current_dir(spec.working_dir.as_deref().unwrap_or(launch.dir))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let node = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (prctl, getppid, _exit); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            // The node died between fork and prctl: nobody would ever kill this process.
+            if nix::unistd::getppid() != node {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("the process has no pid"))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        signal_group(pid, Signal::SIGKILL);
+        return Err(io::Error::other("the process's output pipes are missing"));
+    };
+    let readers = [
+        tokio::spawn(logs::read_lines(
+            BufReader::new(stdout),
+            LogStream::Stdout,
+            log.clone(),
+        )),
+        tokio::spawn(logs::read_lines(
+            BufReader::new(stderr),
+            LogStream::Stderr,
+            log.clone(),
+        )),
+    ];
+    Ok(Spawned {
+        child,
+        pid,
+        readers,
+    })
+}
+
+/// Waits for the process (so it never stays a zombie), kills what is left of its process
+/// group, gives its output readers [`DRAIN_TIMEOUT`] to reach the end of its pipes (so that a
+/// run's last lines are kept before its exit is reported), then calls `exited`.
+pub(crate) fn wait(spawned: Spawned, exited: impl FnOnce(io::Result<ExitStatus>) + Send + 'static) {
+    let Spawned {
+        mut child,
+        pid,
+        readers,
+    } = spawned;
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        // Processes the helper left behind in its group go with it.
+        signal_group(pid, Signal::SIGKILL);
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, futures::future::join_all(readers)).await;
+        exited(status);
+    });
+}
+
+/// Sends `signal` to the process group `pid`; a group already gone is not an error.
+pub(crate) fn signal_group(pid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pid) else {
+        return;
+    };
+    if raw <= 1 {
+        return; // never signal "every process" or init
+    }
+    if let Err(e) = killpg(Pid::from_raw(raw), signal)
+        && e != nix::errno::Errno::ESRCH
+    {
+        tracing::warn!(pid, %signal, "cannot signal the helper's process group: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_and_fresh() {
+        let a = new_token();
+        assert!(a.starts_with("helper-"));
+        assert_eq!(a.len(), "helper-".len() + 64);
+        assert!(a["helper-".len()..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, new_token());
+    }
+
+    #[test]
+    fn helper_dirs_are_per_owner() {
+        let d = Path::new("/data");
+        assert_eq!(
+            helper_dir(d, "chat", "voice"),
+            Path::new("/data/helpers/chat/voice")
+        );
+        assert_eq!(
+            helper_dir(d, "", "voice"),
+            Path::new("/data/helpers/_node/voice")
+        );
+    }
+
+    #[test]
+    fn helper_dirs_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = helper_dir(root.path(), "chat", "voice");
+        create_dir(&dir).unwrap();
+        create_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}

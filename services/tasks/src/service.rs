@@ -1,0 +1,181 @@
+//! The task-control actor: its child spec, its life cycle (start with the stored specs, ordered
+//! stop of every helper, injected panics, a drop that kills whatever still runs) and the
+//! `p2pos.tasks.v1` protocol's entry point.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use actix::prelude::*;
+use nix::sys::signal::Signal;
+use p2pos_kernel::{
+    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext,
+    ServiceError, StopService,
+    protocols::{
+        Tasks,
+        tasks::{Request, Response},
+    },
+};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::{Error, persist, process, scope::Key, table::Entry};
+
+/// The service's name.
+pub const NAME: &str = "tasks";
+/// Most helper specs (and app instances of admin-installed specs) of one app id.
+pub const MAX_SPECS_PER_APP: usize = 64;
+/// Most helper specs and instances in all.
+pub const MAX_SPECS: usize = 512;
+/// Most helpers running (or stopping, or waiting to be restarted) at once.
+pub const MAX_RUNNING: usize = 128;
+/// Most `Logs` calls served at once.
+pub const MAX_LOG_READERS: usize = 256;
+
+/// The child spec the daemon hands to the kernel: a permanent service named `tasks` that
+/// answers `p2pos.tasks.v1`.
+pub fn child_spec() -> ChildSpec {
+    ChildSpec {
+        name: NAME,
+        restart: RestartType::Permanent,
+        start: Box::new(|ctx, guard| start(ctx, guard).map_err(|e| e.to_string())),
+    }
+}
+
+fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, Error> {
+    // No helper outlives the service: tokens left by an earlier instance are void.
+    persist::clear_tokens(ctx.store.as_ref())?;
+    let table = persist::load(ctx.store.as_ref())?
+        .into_iter()
+        .map(|spec| (Key::of(&spec), Entry::new(spec, true)))
+        .collect();
+    let service = TasksService {
+        ctx,
+        _guard: guard,
+        table,
+        next_run: 1,
+        stopping: false,
+        log_readers: Arc::new(Semaphore::new(MAX_LOG_READERS)),
+    };
+    let registry = service.ctx.registry.clone();
+    let addr = service.start();
+    registry.register::<Tasks>(NAME, addr.clone().recipient());
+    Ok(ChildHandle {
+        stop: addr.clone().recipient(),
+        panic: addr.recipient(),
+    })
+}
+
+/// The task-control actor: owns the helper table. Process supervision runs in tasks that
+/// report exits back to it as [`Exited`] messages.
+pub(crate) struct TasksService {
+    pub(crate) ctx: ServiceContext,
+    _guard: DeathGuard,
+    pub(crate) table: BTreeMap<Key, Entry>,
+    /// The id of the next process started.
+    pub(crate) next_run: u64,
+    /// Set by `StopService`: nothing starts any more.
+    pub(crate) stopping: bool,
+    /// Bounds the tasks serving `Logs` calls.
+    pub(crate) log_readers: Arc<Semaphore>,
+}
+
+/// A helper's process has exited (and has been reaped).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Exited {
+    pub(crate) key: Key,
+    pub(crate) run: u64,
+    pub(crate) status: std::io::Result<std::process::ExitStatus>,
+}
+
+impl Actor for TasksService {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        if self.ctx.config.panics_on_start(NAME) {
+            panic!("injected fault in {NAME}: panic-on-start failpoint");
+        }
+        info!(specs = self.table.len(), "task control started");
+    }
+}
+
+impl Drop for TasksService {
+    /// Runs on a panic too: no helper process may be left without its supervisor.
+    fn drop(&mut self) {
+        for (key, entry) in &self.table {
+            if let Some(run) = &entry.run {
+                warn!(helper = %key, pid = run.pid, "killing the helper: the task-control service is gone");
+                process::signal_group(run.pid, Signal::SIGKILL);
+            }
+            if let Some(token) = &entry.token {
+                persist::remove_token(self.ctx.store.as_ref(), token);
+            }
+        }
+    }
+}
+
+impl Handler<StopService> for TasksService {
+    type Result = ResponseActFuture<Self, ()>;
+
+    /// Stops every helper at once (each: its stop signal, SIGKILL after its timeout) and
+    /// stops once they have all exited.
+    fn handle(&mut self, _: StopService, ctx: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        let active: Vec<Key> = self
+            .table
+            .iter()
+            .filter(|(_, e)| e.is_active())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let waits: Vec<_> = active
+            .iter()
+            .filter_map(|key| self.begin_stop(key, "the node is stopping".into(), ctx))
+            .collect();
+        let count = waits.len();
+        Box::pin(
+            futures::future::join_all(waits)
+                .into_actor(self)
+                .map(move |_, _, ctx| {
+                    info!(helpers = count, "task control stopped");
+                    ctx.stop();
+                }),
+        )
+    }
+}
+
+impl Handler<InjectPanic> for TasksService {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+        panic!("injected fault in {NAME}");
+    }
+}
+
+impl Handler<Exited> for TasksService {
+    type Result = ();
+
+    fn handle(&mut self, msg: Exited, ctx: &mut Self::Context) {
+        self.on_exit(msg, ctx);
+    }
+}
+
+impl Handler<Call<Tasks>> for TasksService {
+    type Result = ResponseActFuture<Self, Result<Response, ServiceError>>;
+
+    fn handle(&mut self, Call(request): Call<Tasks>, ctx: &mut Self::Context) -> Self::Result {
+        match request {
+            Request::Control(request) => Box::pin(
+                self.control(request, ctx)
+                    .map(|r, _, _| r.map(Response::Control).map_err(ServiceError::from)),
+            ),
+            Request::Logs {
+                caller_app,
+                request,
+            } => {
+                let r = self.logs(caller_app, request);
+                Box::pin(actix::fut::ready(
+                    r.map(Response::Logs).map_err(ServiceError::from),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `p2pos-test-helper`: a small helper program for the task-control tests, started by a node
+//! from its plug-in directory.
+//!
+//! - `run [--ignore-term]`: prints `helper running pid=<pid> app=<P2POS_APP_ID>` and one
+//!   `env <NAME>` line per environment variable, then runs until SIGTERM (`got SIGTERM` and exit
+//!   0), or, with `--ignore-term`, until killed.
+//! - `exit CODE`: writes `exiting with CODE` to stderr and exits with CODE.
+//! - `echo`: opens an app session as `$P2POS_APP_ID` with `$P2POS_TOKEN` on `$P2POS_GATEWAY`,
+//!   prints `echo ready`, and echoes every frame of every channel opened to it.
+
+use std::process::ExitCode;
+
+use futures::StreamExt;
+use p2pos_client::{Client, Target, TargetOptions};
+use p2pos_proto::app::v1::{
+    AcceptChannel, ChannelInput, SessionRequest, channel_input, channel_output, session_event,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match args.as_slice() {
+        ["run"] => runtime.block_on(run(false)),
+        ["run", "--ignore-term"] => runtime.block_on(run(true)),
+        ["exit", code] => {
+            eprintln!("exiting with {code}");
+            ExitCode::from(code.parse::<u8>().unwrap_or(1))
+        }
+        ["echo"] => match runtime.block_on(echo()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        _ => {
+            eprintln!("usage: p2pos-test-helper run [--ignore-term] | exit CODE | echo");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(ignore_term: bool) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    println!(
+        "helper running pid={} app={}",
+        std::process::id(),
+        std::env::var("P2POS_APP_ID").unwrap_or_default()
+    );
+    let mut names: Vec<String> = std::env::vars_os()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        println!("env {name}");
+    }
+    if ignore_term {
+        // SAFETY: no other thread is running signal-sensitive code; ignoring is async-safe.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGTERM,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
+        };
+        println!("ignoring SIGTERM");
+        std::future::pending::<()>().await;
+    }
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            term.recv().await;
+            println!("got SIGTERM");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn echo() -> Result<(), Box<dyn std::error::Error>> {
+    let app_id = std::env::var("P2POS_APP_ID")?;
+    let client = Client::connect(&Target::resolve(TargetOptions::default())?).await?;
+    let mut session = client
+        .apps()
+        .session(SessionRequest {
+            app_id: app_id.clone(),
+        })
+        .await?
+        .into_inner();
+    while let Some(event) = session.next().await {
+        match event?.kind {
+            Some(session_event::Kind::Registered(_)) => println!("echo ready"),
+            Some(session_event::Kind::Incoming(incoming)) => {
+                let client = client.clone();
+                let app_id = app_id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = echo_channel(client, app_id, incoming.channel_id).await {
+                        eprintln!("channel {}: {e}", incoming.channel_id);
+                    }
+                });
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+async fn echo_channel(
+    client: Client,
+    app_id: String,
+    channel_id: u64,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(ChannelInput {
+        kind: Some(channel_input::Kind::Accept(AcceptChannel { channel_id, app_id })),
+    })
+    .await?;
+    let mut output = client
+        .apps()
+        .channel(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(frame) = output.next().await {
+        if let Some(channel_output::Kind::Data(data)) = frame?.kind {
+            tx.send(ChannelInput {
+                kind: Some(channel_input::Kind::Data(data)),
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}

@@ -212,7 +212,9 @@ impl Node {
             Some(self.data_dir.clone()),
         )
         .expect("target");
-        Client::connect(&target).await.expect("connect with the app token")
+        Client::connect(&target)
+            .await
+            .expect("connect with the app token")
     }
 
     /// The node's peer id.
@@ -324,8 +326,13 @@ pub struct Chat {
 impl Chat {
     /// Starts `p2p-chat --data-dir <node> [peer]`.
     pub fn start(node: &Node, peer: Option<&str>) -> Chat {
+        Chat::start_with_args(node, peer, &[])
+    }
+
+    /// Starts `p2p-chat --data-dir <node> <args...> [peer]` (e.g. `--call-audio FILE`).
+    pub fn start_with_args(node: &Node, peer: Option<&str>, args: &[&str]) -> Chat {
         let mut cmd = Command::new(bin("p2p-chat"));
-        cmd.arg("--data-dir").arg(&node.data_dir);
+        cmd.arg("--data-dir").arg(&node.data_dir).args(args);
         if let Some(peer) = peer {
             cmd.arg(peer);
         }
@@ -521,39 +528,4 @@ pub async fn status_when(
         }
     })
     .await
-}
-
-impl Chat {
-    /// Starts `p2p-chat --data-dir <node> <args...> [peer]` (e.g. `--call-audio FILE`).
-    pub fn start_with_args(node: &Node, peer: Option<&str>, args: &[&str]) -> Chat {
-        let mut cmd = Command::new(bin("p2p-chat"));
-        cmd.arg("--data-dir").arg(&node.data_dir).args(args);
-        if let Some(peer) = peer {
-            cmd.arg(peer);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn p2p-chat");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdin = child.stdin.take();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Chat {
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        }
-    }
 }

@@ -90,7 +90,10 @@ async fn in_state(client: &Client, app: &str, name: &str, state: HelperState) ->
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -161,7 +164,10 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
         let client = client.clone();
         async move {
             let lines = logs(&client, "", "demo").await;
-            lines.iter().any(|l| l.starts_with("env P2POS_TOKEN")).then_some(lines)
+            lines
+                .iter()
+                .any(|l| l.starts_with("env P2POS_TOKEN"))
+                .then_some(lines)
         }
     })
     .await;
@@ -169,7 +175,10 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
         lines.contains(&format!("helper running pid={first_pid} app=demo")),
         "{lines:?}"
     );
-    let env: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("env ")).collect();
+    let env: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("env "))
+        .collect();
     assert_eq!(
         env,
         [
@@ -257,7 +266,9 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
     assert!(out.contains("demo") && out.contains("three"), "{out}");
     let (ok, _, err) = p2pctl(&node, &["helpers", "start", "demo"]);
     assert!(ok, "{err}");
-    let pid = in_state(&client, "", "demo", HelperState::Running).await.pid;
+    let pid = in_state(&client, "", "demo", HelperState::Running)
+        .await
+        .pid;
     let (ok, _, err) = p2pctl(&node, &["helpers", "stop", "demo"]);
     assert!(ok, "{err}");
     assert!(!alive(pid));
@@ -269,7 +280,12 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
         .await
         .expect("list")
         .into_inner();
-    let names: Vec<&str> = list.helpers.iter().filter_map(|h| h.spec.as_ref()).map(|s| s.name.as_str()).collect();
+    let names: Vec<&str> = list
+        .helpers
+        .iter()
+        .filter_map(|h| h.spec.as_ref())
+        .map(|s| s.name.as_str())
+        .collect();
     assert_eq!(names, ["three"]);
 }
 
@@ -355,7 +371,11 @@ async fn an_apps_helpers_stop_when_its_session_ends() {
         .await
         .expect("session")
         .into_inner();
-    session.next().await.expect("registered").expect("registered");
+    session
+        .next()
+        .await
+        .expect("registered")
+        .expect("registered");
     let worker = start(&app, "", "worker").await.expect("start").pid;
     let keeper = start(&app, "demoapp", "keeper").await.expect("start").pid;
     assert!(alive(worker) && alive(keeper));
@@ -384,11 +404,16 @@ async fn an_apps_helpers_stop_when_its_session_ends() {
     // The app goes away: its helper stops within 2 s; the one that outlives sessions stays.
     drop(session);
     let went = Instant::now();
-    wait_for("the worker to stop", Duration::from_secs(2), || async move {
-        (!alive(worker)).then_some(())
-    })
+    wait_for(
+        "the worker to stop",
+        Duration::from_secs(2),
+        || async move { (!alive(worker)).then_some(()) },
+    )
     .await;
-    eprintln!("worker stopped {:?} after the session ended", went.elapsed());
+    eprintln!(
+        "worker stopped {:?} after the session ended",
+        went.elapsed()
+    );
     let stopped = in_state(&app, "demoapp", "worker", HelperState::Stopped).await;
     assert!(stopped.reason.contains("session"), "{}", stopped.reason);
     assert!(alive(keeper), "the keeper outlives the session");
@@ -466,7 +491,10 @@ async fn a_node_killed_with_sigkill_leaves_no_helper_behind() {
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "no zombie of helper {pid} is left"
         );
-        assert!(group_members(*pid).is_empty(), "nothing of group {pid} is left");
+        assert!(
+            group_members(*pid).is_empty(),
+            "nothing of group {pid} is left"
+        );
     }
 }
 
@@ -507,7 +535,9 @@ async fn bad_helper_specs_are_refused_and_nothing_starts() {
     // A symlink that stays inside the directory is fine.
     let mut alias = spec("", "alias", &["run"]);
     alias.program = "alias".into();
-    add(&app, alias).await.expect("a symlink inside the plug-in dir");
+    add(&app, alias)
+        .await
+        .expect("a symlink inside the plug-in dir");
 
     // A program removed after its spec was added: the start fails, nothing runs.
     let client = node.client().await;

@@ -125,7 +125,10 @@ async fn echo_channel(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (tx, rx) = mpsc::channel(16);
     tx.send(ChannelInput {
-        kind: Some(channel_input::Kind::Accept(AcceptChannel { channel_id, app_id })),
+        kind: Some(channel_input::Kind::Accept(AcceptChannel {
+            channel_id,
+            app_id,
+        })),
     })
     .await?;
     let mut output = client

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant};
 
+use crate::call::{self, Plan};
 use crate::machine::{APP_ID, Action, Chat, Link, Timer};
 use crate::tasks::{self, Event, Events};
 
@@ -28,8 +29,13 @@ pub(crate) enum Ending {
     Interrupted,
 }
 
-/// Runs the chat until stdin ends (after every line is out), Ctrl-C, or an error.
-pub(crate) async fn run(client: Client, peer: Option<String>) -> anyhow::Result<Ending> {
+/// Runs the chat until stdin ends (after every line is out), Ctrl-C, or an error. `call_args`
+/// are the voice plug-in's arguments for calls.
+pub(crate) async fn run(
+    client: Client,
+    peer: Option<String>,
+    call_args: Vec<String>,
+) -> anyhow::Result<Ending> {
     let session = client
         .apps()
         .session(SessionRequest {
@@ -54,6 +60,8 @@ pub(crate) async fn run(client: Client, peer: Option<String>) -> anyhow::Result<
         writers: HashMap::new(),
         timers: BTreeMap::new(),
         acks,
+        call_args,
+        hangup: None,
     };
     // One future for the whole run, so a Ctrl-C while actions are carried out is not missed.
     let interrupted = tokio::signal::ctrl_c();
@@ -122,6 +130,10 @@ struct Shell {
     timers: BTreeMap<Timer, Instant>,
     /// The newest inbox id to acknowledge, for the acknowledging task.
     acks: watch::Sender<u64>,
+    /// The voice plug-in's arguments.
+    call_args: Vec<String>,
+    /// Hangs up the running call task (dropping it does too).
+    hangup: Option<oneshot::Sender<()>>,
 }
 
 impl Shell {
@@ -166,6 +178,12 @@ impl Shell {
                 }
             }
             Event::SendDone(outcome) => self.chat.send_done(outcome),
+            Event::CallStarted => self.chat.call_started(),
+            Event::CallReport(report) => self.chat.call_report(report),
+            Event::CallEnded(result) => {
+                self.hangup = None;
+                self.chat.call_ended(result)
+            }
         }
     }
 
@@ -211,6 +229,24 @@ impl Shell {
                         *upto = (*upto).max(inbox_id);
                         newer
                     });
+                }
+                Action::StartCall { peer, node, answer } => {
+                    let (hangup, hung_up) = oneshot::channel();
+                    self.hangup = Some(hangup);
+                    let plan = Plan {
+                        peer,
+                        node,
+                        answer,
+                        args: self.call_args.clone(),
+                    };
+                    let client = self.client.clone();
+                    tokio::spawn(call::run(client, plan, hung_up, self.events.clone()));
+                }
+                Action::HangUp => {
+                    if let Some(hangup) = self.hangup.take() {
+                        // The task may have ended already; its `CallEnded` is on the way.
+                        let _ = hangup.send(());
+                    }
                 }
                 Action::Arm { timer, after } => {
                     self.timers.insert(timer, Instant::now() + after);

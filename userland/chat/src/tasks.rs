@@ -1,5 +1,6 @@
 //! The chat's I/O tasks: each talks to one gRPC stream (or stdin) and reports [`Event`]s to the
 //! loop in `run` through one bounded channel (back-pressure: a task waits while the loop is busy).
+//! The call task (in `call`) reports through the same channel.
 //! The acknowledging task takes the newest inbox id to acknowledge from a `watch` instead:
 //! acknowledgements are cumulative, so only the newest matters.
 
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Code;
 
 use crate::machine::{APP_ID, Failure, Link, Stored};
+use crate::plugin::Report;
 
 /// Something that happened, for the loop.
 #[derive(Debug)]
@@ -47,6 +49,12 @@ pub(crate) enum Event {
     },
     /// The outstanding `Send` finished.
     SendDone(Result<(), Failure>),
+    /// The voice plug-in has the call.
+    CallStarted,
+    /// The voice plug-in reported something.
+    CallReport(Report),
+    /// The call task is done and the helper stopped (`Err`: why the call failed).
+    CallEnded(Result<(), String>),
 }
 
 /// Where tasks report.

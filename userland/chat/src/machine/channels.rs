@@ -1,6 +1,8 @@
 //! The chat machine's channel side: incoming announcements, channels opening, failing and
-//! closing, frames in and out, and which of two crossed channels to keep.
+//! closing, frames in and out (text lines and call signals), and which of two crossed channels
+//! to keep.
 
+use super::signals;
 use super::{Action, Chan, Chat, Failure, Link, REDIAL_AFTER, Timer};
 use crate::peer;
 
@@ -157,13 +159,13 @@ impl Chat {
         out
     }
 
-    /// A data frame arrived on a channel.
+    /// A data frame arrived on a channel: a text line, or a call signal.
     pub(crate) fn frame(&mut self, link: Link, text: &str) -> Vec<Action> {
-        let from = self
-            .channels
-            .get(&link)
-            .and_then(|c| c.peer.as_deref())
-            .unwrap_or("?");
+        let from = self.channels.get(&link).and_then(|c| c.peer.clone());
+        if signals::is_signal(text) {
+            return self.signal(from, text);
+        }
+        let from = from.as_deref().unwrap_or("?");
         vec![Action::Print(format!("{}> {text}", peer::short(from)))]
     }
 

@@ -1,6 +1,7 @@
 //! The chat machine's line side: registration, typed lines, stored messages, `Send` results,
 //! timers, handing lines out in order, and finishing after stdin ends.
 
+use super::signals;
 use super::{Action, Chat, FINISH_WITHIN, Failure, Link, MAX_LINE, RESEND_AFTER, Stored, Timer};
 use crate::peer;
 
@@ -23,11 +24,15 @@ impl Chat {
         out
     }
 
-    /// A line was typed (without its newline); an empty line is a frame too.
+    /// A line was typed (without its newline); an empty line is a frame too. `/call`,
+    /// `/hangup` and `/help` are commands.
     pub(crate) fn line(&mut self, text: String) -> Vec<Action> {
         let mut out = Vec::new();
         if self.eof {
             return out;
+        }
+        if let Some(actions) = self.command(&text) {
+            return actions;
         }
         if text.len() > MAX_LINE {
             out.push(Action::Print(
@@ -42,16 +47,17 @@ impl Chat {
         out
     }
 
-    /// Stdin ended: finish sending, close channels, then exit.
+    /// Stdin ended: hang up a call, finish sending, close channels, then exit.
     pub(crate) fn eof(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         self.eof = true;
+        self.hang_up(&mut out);
         self.pump(&mut out);
         out
     }
 
-    /// A stored message arrived through `Apps.Receive`: printed unless it was already, then
-    /// acknowledged.
+    /// A stored message arrived through `Apps.Receive`: printed unless it was already (or is a
+    /// stale call signal), then acknowledged.
     pub(crate) fn received(&mut self, message: Stored) -> Vec<Action> {
         let Stored {
             from,
@@ -65,7 +71,9 @@ impl Chat {
         let printed = self.printed.entry((from, epoch)).or_default();
         if sequence > *printed {
             *printed = sequence;
-            out.push(Action::Print(line));
+            if !signals::is_signal(&text) {
+                out.push(Action::Print(line));
+            }
         }
         out.push(Action::Ack { inbox_id });
         out
@@ -131,7 +139,8 @@ impl Chat {
         out
     }
 
-    /// Hands queued lines out, then finishes if stdin has ended and nothing is left.
+    /// Hands queued lines out, then finishes if stdin has ended and nothing is left. A signal
+    /// goes only to a live channel: without one it is dropped.
     pub(super) fn pump(&mut self, out: &mut Vec<Action>) {
         while self.in_flight.is_none() && !self.send_paused && !self.queue.is_empty() {
             if let Some(current) = self.current {
@@ -149,6 +158,12 @@ impl Chat {
                     link: current,
                     text,
                 });
+                continue;
+            }
+            if self.queue.front().is_some_and(|t| signals::is_signal(t)) {
+                if let Some(text) = self.queue.pop_front() {
+                    self.signal_undelivered(&text, out);
+                }
                 continue;
             }
             if self.dial.as_ref().is_some_and(|d| !d.first_result) {
@@ -171,14 +186,14 @@ impl Chat {
             for link in links {
                 self.close(link, out);
             }
-            if !self.channels.is_empty() {
+            if !self.channels.is_empty() || self.call.is_some() {
                 out.push(Action::Arm {
                     timer: Timer::Finish,
                     after: FINISH_WITHIN,
                 });
             }
         }
-        if self.finishing && self.channels.is_empty() {
+        if self.finishing && self.channels.is_empty() && self.call.is_none() {
             self.exit(out);
         }
     }

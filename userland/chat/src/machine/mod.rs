@@ -12,14 +12,19 @@
 //!   keep the one opened by the smaller peer id (the newer one if the same peer opened both).
 //! - A stored message is printed at most once per run, though the node may hand it over again
 //!   (delivery to the app is at least once), and acknowledged once printed (`Ack`).
+//! - At most one voice call, with the peer of the current channel ([`calls`]); its signals
+//!   travel in the same queue as lines, as frames no typed line can be ([`signals`]), and only
+//!   over a live channel.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::peer;
 
+mod calls;
 mod channels;
 mod lines;
+mod signals;
 
 /// The chat's app id.
 pub(crate) const APP_ID: &str = "chat";
@@ -54,6 +59,16 @@ pub(crate) enum Action {
     Ack { inbox_id: u64 },
     /// Call [`Chat::timer`] with this timer after the delay (re-arming replaces it).
     Arm { timer: Timer, after: Duration },
+    /// Start the voice plug-in for a call with `peer` (`answer`: the peer called us), hand it
+    /// the call over the local control channel to this node (`node`, our peer id), and report
+    /// with [`Chat::call_started`], [`Chat::call_report`] and [`Chat::call_ended`].
+    StartCall {
+        peer: String,
+        node: String,
+        answer: bool,
+    },
+    /// Tell the voice plug-in to hang up (it reports its end as usual).
+    HangUp,
     /// Exit with success.
     Exit,
     /// Exit with `error: <message>`.
@@ -137,7 +152,7 @@ pub(crate) struct Chat {
     channels: BTreeMap<Link, Chan>,
     current: Option<Link>,
     next_link: Link,
-    /// Typed lines not yet handed anywhere, oldest first.
+    /// Typed lines and call signals not yet handed anywhere, oldest first.
     queue: VecDeque<String>,
     /// The line handed to `Send` and not yet acknowledged.
     in_flight: Option<String>,
@@ -150,6 +165,8 @@ pub(crate) struct Chat {
     /// The highest sequence printed per (sender, epoch): a sender's messages come in order, so
     /// anything at or below it is one handed over again.
     printed: HashMap<(String, u64), u64>,
+    /// The voice call in progress.
+    call: Option<calls::Call>,
     /// Stdin ended.
     eof: bool,
     /// Every line is out; channels are being closed.
@@ -185,6 +202,7 @@ impl Chat {
             send_failing: false,
             offline_announced: false,
             printed: HashMap::new(),
+            call: None,
             eof: false,
             finishing: false,
             exited: false,
@@ -192,5 +210,7 @@ impl Chat {
     }
 }
 
+#[cfg(test)]
+mod call_tests;
 #[cfg(test)]
 mod tests;

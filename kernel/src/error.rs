@@ -28,6 +28,9 @@ pub enum ErrorCode {
     AlreadyExists,
     /// A bug or an unexpected failure inside the node.
     Internal,
+    /// A status another app gave (a service provider's answer to a call), passed on as is: a
+    /// gRPC code, 1–16; anything else becomes `UNKNOWN`.
+    Passed(u32),
 }
 
 /// An error answered by a service: a code and a message meant for the user.
@@ -85,6 +88,10 @@ impl From<ServiceError> for tonic::Status {
             ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
             ErrorCode::Internal => tonic::Code::Internal,
+            ErrorCode::Passed(code) => match i32::try_from(code) {
+                Ok(code @ 1..=16) => tonic::Code::from_i32(code),
+                _ => tonic::Code::Unknown,
+            },
         };
         tonic::Status::new(code, message)
     }

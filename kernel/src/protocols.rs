@@ -46,6 +46,98 @@ impl Protocol for Tasks {
     type Response = tasks::Response;
 }
 
+/// `p2pos.service.v1`: services that apps provide, calls and channels to them, port forwarding.
+#[derive(Debug)]
+pub enum Services {}
+
+impl Protocol for Services {
+    const NAME: &'static str = "p2pos.service.v1";
+    type Request = services::Request;
+    type Response = services::Response;
+}
+
+/// Request and response types of the [`Services`] protocol.
+pub mod services {
+    use std::time::Instant;
+
+    use p2pos_proto::service::v1::{
+        CallReply, CallRequest, CloseForwardRequest, ExposeRequest, Exposure, FindServiceReply,
+        FindServiceRequest, Forward, ListExposuresReply, ListForwardsReply, ListServicesReply,
+        OpenForwardRequest, OpenServiceChannel, RegisterRequest, ReplyRequest, ServiceInfo,
+        UnregisterRequest, WithdrawRequest,
+    };
+
+    use super::apps::ChannelStream;
+
+    /// One request; app ids in it have already been checked against the caller's scope, and
+    /// port-forwarding requests come from the admin.
+    #[derive(Debug)]
+    pub enum Request {
+        /// `Services.Register`.
+        Register(RegisterRequest),
+        /// `Services.Unregister`.
+        Unregister(UnregisterRequest),
+        /// `Services.ListServices`.
+        List,
+        /// `Services.FindService`.
+        Find(FindServiceRequest),
+        /// `Services.Call`.
+        Call {
+            /// The call.
+            request: CallRequest,
+            /// The caller's gRPC deadline, if it set one.
+            deadline: Option<Instant>,
+        },
+        /// `Services.Reply`.
+        Reply(ReplyRequest),
+        /// `Services.Channel`'s first frame.
+        OpenChannel(OpenServiceChannel),
+        /// `Services.Expose`.
+        Expose(ExposeRequest),
+        /// `Services.Withdraw`.
+        Withdraw(WithdrawRequest),
+        /// `Services.ListExposures`.
+        ListExposures,
+        /// `Services.OpenForward`.
+        OpenForward(OpenForwardRequest),
+        /// `Services.CloseForward`.
+        CloseForward(CloseForwardRequest),
+        /// `Services.ListForwards`.
+        ListForwards,
+    }
+
+    /// The answer to a [`Request`], variant by variant.
+    #[derive(Debug)]
+    pub enum Response {
+        /// To `Register`.
+        Registered(ServiceInfo),
+        /// To `Unregister`.
+        Unregistered,
+        /// To `List`.
+        Services(ListServicesReply),
+        /// To `Find`.
+        Providers(FindServiceReply),
+        /// To `Call`.
+        Called(CallReply),
+        /// To `Reply`.
+        Replied,
+        /// To `OpenChannel`: the channel, carrying length-delimited frames like an app channel.
+        Channel(ChannelStream),
+        /// To `Expose`.
+        Exposed(Exposure),
+        /// To `Withdraw`.
+        Withdrawn,
+        /// To `ListExposures`.
+        Exposures(ListExposuresReply),
+        /// To `OpenForward`.
+        Forwarding(Forward),
+        /// To `CloseForward`.
+        ForwardClosed,
+        /// To `ListForwards`.
+        Forwards(ListForwardsReply),
+    }
+}
+
 /// Request and response types of the [`Tasks`] protocol.
 pub mod tasks {
     use p2pos_proto::tasks::v1::{LogLine, LogsRequest, TasksRequest, TasksResponse};

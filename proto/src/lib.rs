@@ -5,6 +5,7 @@
 //! - [`overlay::v1`]: tickets, dialing, peers, ping, DHT look-ups.
 //! - [`app::v1`]: app sessions, channels and store-and-forward messages.
 //! - [`monitor::v1`]: status and event stream.
+//! - [`service::v1`]: services apps provide to other apps, and port forwarding.
 //! - [`tasks::v1`]: helper applications (plug-ins) the node starts and supervises.
 //! - [`wire::v1`]: node-to-node frames of the `/p2pos/...` protocols.
 //!
@@ -41,6 +42,12 @@ pub mod tasks {
         tonic::include_proto!("p2pos.tasks.v1");
     }
 }
+/// `p2pos.service.v1`
+pub mod service {
+    pub mod v1 {
+        tonic::include_proto!("p2pos.service.v1");
+    }
+}
 /// `p2pos.wire.v1`
 pub mod wire {
     pub mod v1 {
@@ -59,4 +66,5 @@ pub const API_VERSIONS: &[&str] = &[
     "p2pos.app.v1",
     "p2pos.monitor.v1",
     "p2pos.tasks.v1",
+    "p2pos.service.v1",
 ];

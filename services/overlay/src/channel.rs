@@ -59,6 +59,7 @@ pub(crate) async fn open(
     let mut io = stream.compat();
     let hello = ChannelHello {
         app_id: app_id.clone(),
+        service: String::new(),
     };
     write_message(&mut io, &hello, OPEN_TIMEOUT)
         .await
@@ -86,6 +87,8 @@ pub(crate) async fn open(
         }
         Ok(channel_welcome::Result::Timeout) => Err(Error::ChannelNotAccepted { app_id, peer }),
         Ok(channel_welcome::Result::Busy) => Err(Error::ChannelRefused { peer, message }),
+        // Only service channels are answered so, and this node opens none yet.
+        Ok(channel_welcome::Result::NotProvided) => Err(broken(message)),
         Err(_) => Err(broken(format!(
             "unknown welcome result {result}: {message}"
         ))),

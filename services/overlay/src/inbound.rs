@@ -10,7 +10,9 @@ use libp2p::{PeerId, Stream};
 use p2pos_kernel::{EventBus, wire};
 use p2pos_proto::{
     monitor::v1::{MessageDelivered, event::Kind},
-    wire::v1::{ChannelHello, ChannelWelcome, MessageAck, MessageFrame, message_ack},
+    wire::v1::{
+        ChannelHello, ChannelWelcome, MessageAck, MessageFrame, channel_welcome, message_ack,
+    },
 };
 use tokio::{
     io::AsyncWriteExt,
@@ -128,7 +130,16 @@ pub(crate) async fn serve_channel(peer: PeerId, stream: Stream, actor: Recipient
                 return;
             }
         };
-    let ChannelHello { app_id } = hello;
+    let ChannelHello { app_id, service } = hello;
+    if !service.is_empty() {
+        // Channels to services are not served by this version.
+        let welcome = ChannelWelcome {
+            result: channel_welcome::Result::NotProvided as i32,
+            message: format!("service {service:?} is not provided here"),
+        };
+        refuse(Refusal { io, welcome }).await;
+        return;
+    }
     let refusal = match actor.send(InboundChannel { peer, app_id, io }).await {
         Ok(Ok(())) => return,
         Ok(Err(refusal)) => refusal,

@@ -142,6 +142,8 @@ impl OverlayService {
             channel_id,
             peer_id: peer.to_string(),
             app_id: app_id.clone(),
+            service: String::new(),
+            from_app: String::new(),
         };
         if let Err(e) = session.try_send(announce) {
             let why = match e {

@@ -112,7 +112,8 @@ async fn echo() -> Result<(), Box<dyn std::error::Error>> {
                     }
                 });
             }
-            None => {}
+            // Calls are for service providers; this helper provides none.
+            Some(session_event::Kind::Call(_)) | None => {}
         }
     }
     Ok(())

@@ -116,6 +116,8 @@ pub(crate) async fn session(mut stream: tonic::Streaming<SessionEvent>, events: 
                     channel_id: incoming.channel_id,
                     peer_id: incoming.peer_id,
                 },
+                // The chat provides no service, so no call comes.
+                session_event::Kind::Call(_) => continue,
             },
             Ok(Some(SessionEvent { kind: None })) => continue,
             Ok(None) => break "the node ended the session".to_owned(),

@@ -122,6 +122,7 @@ impl Cli {
         config.allow_fault_injection |= self.allow_fault_injection;
         config.failpoints.extend(self.failpoint);
         config.validate().map_err(|e| e.to_string())?;
+        config.helper_shim = std::env::current_exe().ok();
         Ok(config)
     }
 }
@@ -142,6 +143,8 @@ fn init_tracing(filter: &str) {
 }
 
 fn main() -> ExitCode {
+    // `p2posd` also runs in front of each helper program, as its shim.
+    p2pos_tasks::shim::run_if_requested();
     let cli = Cli::parse();
     init_tracing(&cli.log);
     let config = match cli.into_config() {

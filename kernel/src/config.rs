@@ -90,6 +90,11 @@ pub struct Config {
     /// Where helper programs (plug-ins) live; app-registered helpers may only run programs
     /// from here. Default: `<data_dir>/plugins`.
     pub plugin_dir: Option<PathBuf>,
+    /// The executable that runs each helper under its shim (`p2posd` itself, set by the
+    /// daemon; see `p2pos_tasks::shim`). None: helpers are started directly, and only they,
+    /// not the processes they start, die with the node. Not a config file setting.
+    #[serde(skip)]
+    pub helper_shim: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -114,6 +119,7 @@ impl Default for Config {
             allow_fault_injection: false,
             failpoints: Vec::new(),
             plugin_dir: None,
+            helper_shim: None,
         }
     }
 }

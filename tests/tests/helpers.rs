@@ -97,7 +97,16 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Processes whose process group is `pgid`.
+/// The program's pid from its banner line.
+fn banner_pid(lines: &[String]) -> Option<u32> {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("helper running pid="))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse().ok())
+}
+
+/// Processes whose process group is `pgid`, in pid order.
 fn group_members(pgid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -114,6 +123,8 @@ fn group_members(pgid: u32) -> Vec<u32> {
                 })
                 == Some(pgid)
         })
+        .collect::<std::collections::BTreeSet<u32>>()
+        .into_iter()
         .collect()
 }
 
@@ -153,12 +164,6 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
     assert_eq!(running.helper_app_id, "demo");
     let first_pid = running.pid;
     assert!(alive(first_pid), "pid {first_pid} runs");
-    assert_eq!(
-        group_members(first_pid),
-        vec![first_pid],
-        "the helper leads its own process group"
-    );
-
     // Its output is kept, and its environment is exactly what the node passes on.
     let lines = wait_for("the helper's first lines", T, || {
         let client = client.clone();
@@ -171,9 +176,11 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
         }
     })
     .await;
-    assert!(
-        lines.contains(&format!("helper running pid={first_pid} app=demo")),
-        "{lines:?}"
+    let program_pid = banner_pid(&lines).expect("the banner");
+    assert_eq!(
+        group_members(first_pid),
+        [first_pid, program_pid],
+        "the helper runs in its own process group, under the node's shim (the group leader)"
     );
     let env: Vec<&str> = lines
         .iter()
@@ -213,12 +220,11 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
     assert_eq!(restarted.state, HelperState::Running as i32);
     assert_ne!(restarted.pid, first_pid);
     assert!(!alive(first_pid), "the first run is gone");
-    let banner = format!("helper running pid={} app=demo", restarted.pid);
     let followed = tokio::time::timeout(T, async {
         let mut seen = Vec::new();
         while let Some(line) = follow.next().await {
             let text = line.expect("followed line").text;
-            if text == banner {
+            if text.starts_with("helper running") && seen.iter().any(|l| l == "got SIGTERM") {
                 return seen;
             }
             seen.push(text);
@@ -228,8 +234,8 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
     .await
     .expect("the new run's banner is followed");
     assert!(
-        followed.contains(&"got SIGTERM".to_owned()),
-        "the stop signal reached the first run: {followed:?}"
+        followed.iter().all(|l| !l.starts_with("helper running")),
+        "the first thing after the stop is the second run's banner: {followed:?}"
     );
 
     let stopped = client
@@ -433,7 +439,7 @@ async fn a_node_killed_with_sigkill_leaves_no_helper_behind() {
     let client = node.client().await;
     let mut pids = Vec::new();
     for (name, args) in [
-        ("one", &["run"][..]),
+        ("one", &["run", "--fork"][..]),
         ("stubborn", &["run", "--ignore-term"][..]),
         ("three", &["run"][..]),
     ] {
@@ -452,6 +458,26 @@ async fn a_node_killed_with_sigkill_leaves_no_helper_behind() {
     })
     .await;
 
+    // Everything of theirs: the shims (group leaders), the programs, and the program that
+    // "one" started itself.
+    for name in ["one", "stubborn", "three"] {
+        let lines = wait_for("the banner", T, || {
+            let client = client.clone();
+            async move {
+                let lines = logs(&client, "", name).await;
+                banner_pid(&lines).is_some().then_some(lines)
+            }
+        })
+        .await;
+        pids.extend(banner_pid(&lines));
+        pids.extend(
+            lines
+                .iter()
+                .filter_map(|l| l.strip_prefix("child pid="))
+                .filter_map(|pid| pid.parse::<u32>().ok()),
+        );
+    }
+    assert_eq!(pids.len(), 7, "3 shims, 3 programs and a grandchild: {pids:?}");
     let node_pid = node.pid().expect("running");
     kill(Pid::from_raw(node_pid as i32), Signal::SIGKILL).expect("kill -9 p2posd");
     node.wait_exit(T).await;

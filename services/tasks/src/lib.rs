@@ -13,6 +13,8 @@
 //! - `table`: the helper table the actor owns, and how an entry is shown and published.
 //! - `process`: spawning (environment, process group, parent-death signal), waiting,
 //!   signalling; helper tokens and directories.
+//! - [`shim`]: the small supervisor `p2posd` runs in front of each helper so that nothing a
+//!   helper starts outlives the node.
 //! - `program`: where a helper's program is, and whether it may run.
 //! - `spec`: helper specs checked into domain types; names and app ids.
 //! - `scope`: the caller's scope and the helper keys it may address.
@@ -32,6 +34,7 @@ mod program;
 mod restart;
 mod scope;
 pub mod service;
+pub mod shim;
 mod signal;
 mod spec;
 mod table;

@@ -155,6 +155,7 @@ impl TasksService {
             token: &token,
             app_id: &app_id,
             dir: &dir,
+            shim: self.ctx.config.helper_shim.as_deref(),
         };
         let spawned = process::spawn(&launch, &entry.log).map_err(|source| Error::Spawn {
             name: spec.name.clone(),

@@ -25,6 +25,7 @@ use tokio::{
 use crate::{
     Error,
     logs::{self, SharedLog},
+    shim,
     spec::Spec,
 };
 use p2pos_proto::tasks::v1::LogStream;
@@ -94,6 +95,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) app_id: &'a str,
     /// Its own directory (created).
     pub(crate) dir: &'a Path,
+    /// The `p2posd` executable to run it under as a [`crate::shim`], if any.
+    pub(crate) shim: Option<&'a Path>,
 }
 
 /// A started process: its pid (also its process group) and the tasks reading its output.
@@ -107,7 +110,17 @@ pub(crate) struct Spawned {
 /// thread (see the module doc).
 pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned> {
     let spec = launch.spec;
-    let mut cmd = Command::new(launch.program);
+    let node = nix::unistd::getpid();
+    let (mut cmd, death_signal) = match launch.shim {
+        Some(shim) => {
+            let mut cmd = Command::new(shim);
+            let node_pid = u32::try_from(node.as_raw()).unwrap_or(0);
+            cmd.args(shim::command_line(node_pid, launch.program));
+            // The shim catches it and kills the helper's whole group.
+            (cmd, Signal::SIGTERM)
+        }
+        None => (Command::new(launch.program), Signal::SIGKILL),
+    };
     cmd.args(&spec.args)
         .env_clear()
         .envs(&spec.env)
@@ -122,12 +135,11 @@ pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let node = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (prctl, getppid, _exit); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            nix::sys::prctl::set_pdeathsig(death_signal).map_err(io::Error::from)?;
             // The node died between fork and prctl: nobody would ever kill this process.
             if nix::unistd::getppid() != node {
                 nix::libc::_exit(1);

@@ -1,9 +1,10 @@
 //! `p2pos-test-helper`: a small helper program for the task-control tests, started by a node
 //! from its plug-in directory.
 //!
-//! - `run [--ignore-term]`: prints `helper running pid=<pid> app=<P2POS_APP_ID>` and one
-//!   `env <NAME>` line per environment variable, then runs until SIGTERM (`got SIGTERM` and exit
-//!   0), or, with `--ignore-term`, until killed.
+//! - `run [--ignore-term | --fork]`: prints `helper running pid=<pid> app=<P2POS_APP_ID>` and
+//!   one `env <NAME>` line per environment variable, then runs until SIGTERM (`got SIGTERM` and
+//!   exit 0), or, with `--ignore-term`, until killed. With `--fork` it first starts a copy of
+//!   itself (`run`) as its own child and prints `child pid=<pid>`.
 //! - `exit CODE`: writes `exiting with CODE` to stderr and exits with CODE.
 //! - `echo`: opens an app session as `$P2POS_APP_ID` with `$P2POS_TOKEN` on `$P2POS_GATEWAY`,
 //!   prints `echo ready`, and echoes every frame of every channel opened to it.
@@ -34,6 +35,15 @@ fn main() -> ExitCode {
     match args.as_slice() {
         ["run"] => runtime.block_on(run(false)),
         ["run", "--ignore-term"] => runtime.block_on(run(true)),
+        ["run", "--fork"] => {
+            let child = std::env::current_exe()
+                .and_then(|exe| std::process::Command::new(exe).arg("run").spawn());
+            match child {
+                Ok(child) => println!("child pid={}", child.id()),
+                Err(e) => eprintln!("cannot fork: {e}"),
+            }
+            runtime.block_on(run(false))
+        }
         ["exit", code] => {
             eprintln!("exiting with {code}");
             ExitCode::from(code.parse::<u8>().unwrap_or(1))
@@ -46,7 +56,7 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: p2pos-test-helper run [--ignore-term] | exit CODE | echo");
+            eprintln!("usage: p2pos-test-helper run [--ignore-term | --fork] | exit CODE | echo");
             ExitCode::from(2)
         }
     }

@@ -1,0 +1,204 @@
+//! The helper shim: a tiny supervisor process that `p2posd` puts in front of every helper
+//! program, so that nothing a helper starts outlives the node.
+//!
+//! A parent-death signal reaches only the process that asked for it, not the processes a
+//! helper starts itself. So the node starts `p2posd __p2pos-helper-shim NODE_PID PROGRAM
+//! ARGS...` as the leader of a new process group, with a parent-death signal; the shim
+//! - becomes a child subreaper (orphans of the helper's tree become its children, and it reaps
+//!   them: no zombies),
+//! - closes every inherited file descriptor but stdin, stdout and stderr, resets every signal
+//!   to its default action, and runs the program (no shell) in its own (the shim's) process
+//!   group,
+//! - then waits, with every signal blocked and read with `sigwait`: signals sent to the group
+//!   (the node's stop signal) reach the program directly and the shim ignores them; when the
+//!   node dies (the parent-death signal, and its parent is no longer the node) it kills the
+//!   whole group with SIGKILL, itself included; when the program exits it exits the same way
+//!   (the same code, or killed by the same signal), and the node kills what is left of the
+//!   group.
+//!
+//! The shim is a plain synchronous program: it runs before any runtime is started.
+
+use std::{
+    ffi::{OsStr, OsString},
+    os::unix::process::CommandExt,
+    process::Command,
+};
+
+use nix::{
+    sys::{
+        signal::{SigHandler, SigSet, Signal, kill, killpg, raise, signal},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
+    unistd::{Pid, getpgrp, getppid},
+};
+
+/// The first argument that makes `p2posd` run as a helper shim.
+pub const SHIM_ARG: &str = "__p2pos-helper-shim";
+
+/// Exit code when the program cannot be started at all (as a shell's).
+const CANNOT_RUN: i32 = 127;
+
+/// Runs the shim and exits if this process was started as one (`argv[1]` is [`SHIM_ARG`]);
+/// otherwise returns at once. `p2posd` calls it first thing in `main`.
+pub fn run_if_requested() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(OsStr::new(SHIM_ARG)) {
+        return;
+    }
+    let code = run(&args.collect::<Vec<_>>());
+    std::process::exit(code);
+}
+
+/// The shim's command line after [`SHIM_ARG`]: the node's pid, the program, its arguments.
+pub(crate) fn command_line(node: u32, program: &std::path::Path) -> Vec<OsString> {
+    vec![
+        SHIM_ARG.into(),
+        node.to_string().into(),
+        program.as_os_str().to_owned(),
+    ]
+}
+
+fn run(args: &[OsString]) -> i32 {
+    let Some((node, program, program_args)) = parse(args) else {
+        eprintln!("p2posd: the helper shim needs NODE_PID PROGRAM [ARGS...]");
+        return CANNOT_RUN;
+    };
+    // Every signal is read with sigwait from here on (SIGKILL and SIGSTOP cannot be blocked).
+    let all = SigSet::all();
+    if let Err(e) = all.thread_block() {
+        eprintln!("p2posd: helper shim: cannot block signals: {e}");
+        return CANNOT_RUN;
+    }
+    if getppid() != node {
+        return CANNOT_RUN; // the node is already gone
+    }
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("p2posd: helper shim: cannot become a subreaper: {e}");
+        return CANNOT_RUN;
+    }
+    reset_signal_actions();
+    close_inherited_fds();
+    let mut command = Command::new(program);
+    command.args(program_args);
+    // SAFETY: runs in the forked child before exec; sigprocmask is async-signal-safe and
+    // nothing is allocated.
+    unsafe {
+        command.pre_exec(|| {
+            SigSet::all()
+                .thread_unblock()
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("p2posd: cannot run {}: {e}", program.to_string_lossy());
+            return CANNOT_RUN;
+        }
+    };
+    let program_pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    loop {
+        let Ok(signal) = all.wait() else {
+            continue;
+        };
+        if signal == Signal::SIGCHLD {
+            if let Some(status) = reap(program_pid) {
+                return exit_like(status);
+            }
+        } else if getppid() != node {
+            // The node died: nothing of this helper may outlive it.
+            let _ = killpg(getpgrp(), Signal::SIGKILL);
+            return CANNOT_RUN;
+        }
+        // Any other signal was sent to the whole group: the program has it too.
+    }
+}
+
+fn parse(args: &[OsString]) -> Option<(Pid, &OsStr, &[OsString])> {
+    let (node, rest) = args.split_first()?;
+    let (program, program_args) = rest.split_first()?;
+    let node: i32 = node.to_str()?.parse().ok()?;
+    Some((Pid::from_raw(node), program.as_os_str(), program_args))
+}
+
+/// Default actions for every signal: an ignored signal would otherwise stay ignored in the
+/// program.
+fn reset_signal_actions() {
+    for signal in Signal::iterator() {
+        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: setting the default action installs no handler; nothing else runs in this
+        // single-threaded process.
+        let _ = unsafe { signal_default(signal) };
+    }
+}
+
+unsafe fn signal_default(sig: Signal) -> nix::Result<SigHandler> {
+    // SAFETY: see the caller.
+    unsafe { signal(sig, SigHandler::SigDfl) }
+}
+
+/// Closes every file descriptor above stderr that the node let through.
+fn close_inherited_fds() {
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd > 2)
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        // The directory's own descriptor is already closed: EBADF is fine.
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+/// Reaps every exited child; returns the program's status once it has exited.
+fn reap(program: Pid) -> Option<WaitStatus> {
+    let mut exited = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return exited,
+            Ok(status) if status.pid() == Some(program) => exited = Some(status),
+            Ok(_) => {} // an orphan of the helper's tree
+        }
+    }
+}
+
+/// Exits with the program's code, or dies of the signal that killed it.
+fn exit_like(status: WaitStatus) -> i32 {
+    match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, signal, _) => {
+            // SAFETY: as in `reset_signal_actions`.
+            let _ = unsafe { signal_default(signal) };
+            let mut only = SigSet::empty();
+            only.add(signal);
+            let _ = only.thread_unblock();
+            let _ = raise(signal);
+            let _ = kill(Pid::this(), signal);
+            128 + signal as i32
+        }
+        _ => CANNOT_RUN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_parsed_back() {
+        let args: Vec<OsString> = command_line(42, std::path::Path::new("/bin/prog"))
+            .into_iter()
+            .skip(1)
+            .chain([OsString::from("-x")])
+            .collect();
+        let (node, program, rest) = parse(&args).expect("parses");
+        assert_eq!(node, Pid::from_raw(42));
+        assert_eq!(program, OsStr::new("/bin/prog"));
+        assert_eq!(rest, [OsString::from("-x")]);
+        assert!(parse(&[OsString::from("x")]).is_none());
+    }
+}

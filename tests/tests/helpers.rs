@@ -97,13 +97,13 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// The program's pid from its banner line.
-fn banner_pid(lines: &[String]) -> Option<u32> {
+/// The pids in the banner lines of every program that wrote one, in order.
+fn banner_pids(lines: &[String]) -> Vec<u32> {
     lines
         .iter()
-        .find_map(|l| l.strip_prefix("helper running pid="))
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|pid| pid.parse().ok())
+        .filter_map(|l| l.strip_prefix("helper running pid="))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect()
 }
 
 /// Processes whose process group is `pgid`, in pid order.
@@ -176,7 +176,7 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
         }
     })
     .await;
-    let program_pid = banner_pid(&lines).expect("the banner");
+    let program_pid = banner_pids(&lines)[0];
     assert_eq!(
         group_members(first_pid),
         [first_pid, program_pid],
@@ -459,23 +459,17 @@ async fn a_node_killed_with_sigkill_leaves_no_helper_behind() {
     .await;
 
     // Everything of theirs: the shims (group leaders), the programs, and the program that
-    // "one" started itself.
-    for name in ["one", "stubborn", "three"] {
-        let lines = wait_for("the banner", T, || {
+    // "one" started itself (a second banner in its log).
+    for (name, programs) in [("one", 2), ("stubborn", 1), ("three", 1)] {
+        let banners = wait_for("the banners", T, || {
             let client = client.clone();
             async move {
-                let lines = logs(&client, "", name).await;
-                banner_pid(&lines).is_some().then_some(lines)
+                let banners = banner_pids(&logs(&client, "", name).await);
+                (banners.len() == programs).then_some(banners)
             }
         })
         .await;
-        pids.extend(banner_pid(&lines));
-        pids.extend(
-            lines
-                .iter()
-                .filter_map(|l| l.strip_prefix("child pid="))
-                .filter_map(|pid| pid.parse::<u32>().ok()),
-        );
+        pids.extend(banners);
     }
     assert_eq!(pids.len(), 7, "3 shims, 3 programs and a grandchild: {pids:?}");
     let node_pid = node.pid().expect("running");

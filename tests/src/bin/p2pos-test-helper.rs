@@ -64,6 +64,23 @@ fn main() -> ExitCode {
 
 async fn run(ignore_term: bool) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
+    // Ready for SIGTERM before saying it runs: a test may stop it as soon as it has.
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if ignore_term {
+        // SAFETY: ignoring a signal installs no handler code.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGTERM,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
+        };
+    }
     println!(
         "helper running pid={} app={}",
         std::process::id(),
@@ -77,27 +94,12 @@ async fn run(ignore_term: bool) -> ExitCode {
         println!("env {name}");
     }
     if ignore_term {
-        // SAFETY: no other thread is running signal-sensitive code; ignoring is async-safe.
-        let _ = unsafe {
-            nix::sys::signal::signal(
-                nix::sys::signal::Signal::SIGTERM,
-                nix::sys::signal::SigHandler::SigIgn,
-            )
-        };
         println!("ignoring SIGTERM");
         std::future::pending::<()>().await;
     }
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            term.recv().await;
-            println!("got SIGTERM");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    term.recv().await;
+    println!("got SIGTERM");
+    ExitCode::SUCCESS
 }
 
 async fn echo() -> Result<(), Box<dyn std::error::Error>> {

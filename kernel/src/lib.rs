@@ -6,6 +6,7 @@
 //! - [`store`]: the [`Store`](store::Store) trait and its sled implementation.
 //! - [`registry`]: which service actor answers which protobuf messages; typed calls.
 //! - [`protocols`]: the message protocols of each service, as the kernel routes them.
+//! - [`names`]: app ids and helpers' app ids, one grammar for every service.
 //! - [`events`]: the node-wide event bus the monitor streams to clients.
 //! - [`metrics`]: per-service Prometheus registries, encoded together.
 //! - [`error`]: [`ServiceError`](error::ServiceError), the error that crosses actor boundaries,
@@ -20,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod identity;
 pub mod metrics;
+pub mod names;
 pub mod protocols;
 pub mod registry;
 pub mod store;

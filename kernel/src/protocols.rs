@@ -175,7 +175,7 @@ pub mod tasks {
 pub mod apps {
     use bytes::Bytes;
     use p2pos_proto::app::v1::{
-        IncomingChannel, ListAppsReply, ReceivedMessage, Registered, SendReply,
+        IncomingCall, IncomingChannel, ListAppsReply, ReceivedMessage, Registered, SendReply,
     };
     use tokio::{
         io::{AsyncRead, AsyncWrite},
@@ -217,8 +217,18 @@ pub mod apps {
     pub struct Session {
         /// The registration.
         pub registered: Registered,
-        /// Channels that remote copies of the app open.
-        pub incoming: mpsc::Receiver<IncomingChannel>,
+        /// What the session is told: channels to accept and calls to answer.
+        pub incoming: mpsc::Receiver<Incoming>,
+    }
+
+    /// One event of a live session, after its registration.
+    #[derive(Debug)]
+    pub enum Incoming {
+        /// A channel opened to the app (by a remote copy of it, or, with `service` set, to a
+        /// service it provides); accept it with [`Request::AcceptChannel`].
+        Channel(IncomingChannel),
+        /// A call to a service the app provides; answer it with `Services.Reply`.
+        Call(IncomingCall),
     }
 
     /// One request; the app id has already been checked against the caller's scope.

@@ -161,7 +161,7 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
 
     let running = start(&client, "", "demo").await.expect("start");
     assert_eq!(running.state, HelperState::Running as i32);
-    assert_eq!(running.helper_app_id, "demo");
+    assert_eq!(running.helper_app_id, "_node:demo");
     let first_pid = running.pid;
     assert!(alive(first_pid), "pid {first_pid} runs");
     // Its output is kept, and its environment is exactly what the node passes on.
@@ -382,12 +382,22 @@ async fn an_apps_helpers_stop_when_its_session_ends() {
         .await
         .expect("registered")
         .expect("registered");
-    let worker = start(&app, "", "worker").await.expect("start").pid;
+    let first = start(&app, "", "worker").await.expect("start").pid;
+    // Restarted by the admin, it still lives by the app's session.
+    let admin = node.client().await;
+    let worker = admin
+        .tasks()
+        .restart_helper(helper("demoapp", "worker"))
+        .await
+        .expect("admin restart")
+        .into_inner()
+        .pid;
+    assert_ne!(worker, first);
     let keeper = start(&app, "demoapp", "keeper").await.expect("start").pid;
     assert!(alive(worker) && alive(keeper));
     assert_eq!(
         get(&app, "demoapp", "worker").await.helper_app_id,
-        "demoapp.worker"
+        "demoapp:worker"
     );
 
     // Another app can neither see nor stop them.
@@ -406,6 +416,14 @@ async fn an_apps_helpers_stop_when_its_session_ends() {
         .into_inner();
     assert!(seen.helpers.is_empty(), "{seen:?}");
     assert!(alive(worker));
+    // Nor can an app whose id merely starts with the same letters and a dot.
+    let dotted = node.app_client("demoapp.worker").await;
+    let err = dotted
+        .tasks()
+        .get_helper(helper("demoapp", "worker"))
+        .await
+        .expect_err("another app");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 
     // The app goes away: its helper stops within 2 s; the one that outlives sessions stays.
     drop(session);
@@ -471,7 +489,11 @@ async fn a_node_killed_with_sigkill_leaves_no_helper_behind() {
         .await;
         pids.extend(banners);
     }
-    assert_eq!(pids.len(), 7, "3 shims, 3 programs and a grandchild: {pids:?}");
+    assert_eq!(
+        pids.len(),
+        7,
+        "3 shims, 3 programs and a grandchild: {pids:?}"
+    );
     let node_pid = node.pid().expect("running");
     kill(Pid::from_raw(node_pid as i32), Signal::SIGKILL).expect("kill -9 p2posd");
     node.wait_exit(T).await;
@@ -543,6 +565,24 @@ async fn bad_helper_specs_are_refused_and_nothing_starts() {
         assert_eq!(err.code(), code, "{program}: {err:?}");
         assert!(!err.message().is_empty());
     }
+    // An app may not make its program load other code.
+    let mut preload = spec("", "preload", &["run"]);
+    preload
+        .env
+        .insert("LD_PRELOAD".into(), "/tmp/evil.so".into());
+    let err = add(&app, preload).await.expect_err("LD_PRELOAD");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // Nor get a token for a helper's app id.
+    let err = node
+        .client()
+        .await
+        .node()
+        .create_app_token(p2pos_proto::node::v1::CreateAppTokenRequest {
+            app_id: "demoapp:fake".into(),
+        })
+        .await
+        .expect_err("a helper's app id");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     let mut bad_name = spec("", "bad/name", &["run"]);
     bad_name.program = PROGRAM.into();
     let err = add(&app, bad_name).await.expect_err("bad name");
@@ -605,7 +645,7 @@ async fn an_app_and_its_helper_talk_through_a_local_channel() {
     ));
     add(&app, spec("", "echo", &["echo"])).await.expect("add");
     let started = start(&app, "", "echo").await.expect("start");
-    assert_eq!(started.helper_app_id, "demoapp.echo");
+    assert_eq!(started.helper_app_id, "demoapp:echo");
 
     // The helper opens its own session with the token it was given; the app reaches it with
     // the same channel API as a remote peer, naming its own node.
@@ -616,7 +656,7 @@ async fn an_app_and_its_helper_talk_through_a_local_channel() {
             let (tx, rx) = mpsc::channel(8);
             tx.send(ChannelInput {
                 kind: Some(channel_input::Kind::Open(OpenChannel {
-                    app_id: "demoapp.echo".into(),
+                    app_id: "demoapp:echo".into(),
                     peer: own_id,
                 })),
             })

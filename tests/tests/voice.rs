@@ -219,7 +219,7 @@ fn the_plug_in_run_by_hand_says_what_is_missing_in_one_line() {
     std::fs::write(&wav, bytes).expect("write");
     let out = Command::new(bin("p2p-voice"))
         .env_clear()
-        .env("P2POS_APP_ID", "chat.voice")
+        .env("P2POS_APP_ID", "chat:voice")
         .env("P2POS_GATEWAY", "unix:/nonexistent/gateway.sock")
         .env("P2POS_HELPER_DIR", dir.path())
         .arg("--wav")

@@ -8,7 +8,7 @@ use p2pos_kernel::{
     ServiceContext, ServiceError,
     protocols::{
         Apps as AppsProtocol,
-        apps::{Request as AppsRequest, Response as AppsResponse},
+        apps::{Incoming, Request as AppsRequest, Response as AppsResponse},
     },
     wire::MAX_PAYLOAD,
 };
@@ -82,9 +82,11 @@ impl Apps for AppsApi {
             kind: Some(session_event::Kind::Registered(session.registered)),
         };
         let incoming = ReceiverStream::new(session.incoming).map(|incoming| {
-            Ok(SessionEvent {
-                kind: Some(session_event::Kind::Incoming(incoming)),
-            })
+            let kind = match incoming {
+                Incoming::Channel(channel) => session_event::Kind::Incoming(channel),
+                Incoming::Call(call) => session_event::Kind::Call(call),
+            };
+            Ok(SessionEvent { kind: Some(kind) })
         });
         let events = unavailable_at_end(
             Box::pin(futures::stream::once(async { Ok(registered) }).chain(incoming)),

@@ -13,8 +13,6 @@ use tonic::{Request, Status, transport::server::UdsConnectInfo};
 
 /// Store tree of app tokens: token → app id.
 pub const TOKENS_TREE: &str = "tokens";
-/// Longest app id.
-pub const MAX_APP_ID: usize = 64;
 
 /// What a caller may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,16 +43,11 @@ impl Scope {
     }
 
     /// Whether the caller may act for `app_id`: admin for every app; app `X` for `X` and for
-    /// the app ids of its helpers, `X.<helper>` (and theirs, `X.<helper>.<helper>`).
+    /// the app ids of its helpers, `X:<helper>` (and theirs).
     pub fn covers(&self, app_id: &str) -> bool {
         match self {
             Scope::Admin => true,
-            Scope::App(own) => {
-                app_id == own
-                    || app_id
-                        .strip_prefix(own.as_str())
-                        .is_some_and(|rest| rest.starts_with('.'))
-            }
+            Scope::App(own) => p2pos_kernel::names::covers(own, app_id),
         }
     }
 
@@ -71,26 +64,9 @@ impl Scope {
     }
 }
 
-/// An app id is 1–64 characters of `[A-Za-z0-9._-]`.
+/// An app id follows [`p2pos_kernel::names`].
 pub fn validate_app_id(app_id: &str) -> Result<(), Status> {
-    if app_id.is_empty() {
-        return Err(Status::invalid_argument("app_id is empty"));
-    }
-    if app_id.len() > MAX_APP_ID {
-        return Err(Status::invalid_argument(format!(
-            "app_id is {} bytes long; the limit is {MAX_APP_ID}",
-            app_id.len()
-        )));
-    }
-    if !app_id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(Status::invalid_argument(format!(
-            "app_id {app_id:?} may only hold letters, digits, '.', '_' and '-'"
-        )));
-    }
-    Ok(())
+    p2pos_kernel::names::check_app_id(app_id).map_err(Status::invalid_argument)
 }
 
 /// Resolves callers' scopes.
@@ -191,12 +167,12 @@ mod tests {
         let scope = Scope::App("chat".into());
         assert!(scope.require_app("chat").is_ok());
         assert!(
-            scope.require_app("chat.voice").is_ok(),
+            scope.require_app("chat:voice").is_ok(),
             "its helpers' app ids"
         );
         assert!(scope.require_app("chatty").is_err());
         assert!(
-            Scope::App("chat.voice".into()).require_app("chat").is_err(),
+            Scope::App("chat:voice".into()).require_app("chat").is_err(),
             "a helper may not act as its app"
         );
         let err = scope.require_app("other").expect_err("denied");
@@ -211,19 +187,19 @@ mod tests {
     fn an_app_covers_its_helpers_and_nothing_else() {
         let chat = Scope::App("chat".into());
         assert!(chat.covers("chat"));
-        assert!(chat.covers("chat.voice"));
-        assert!(chat.covers("chat.voice.codec"), "its helpers' helpers");
+        assert!(chat.covers("chat:voice"));
+        assert!(chat.covers("chat:voice:codec"), "its helpers' helpers");
         assert!(!chat.covers("chatty"));
         assert!(!chat.covers("chat_voice"));
         assert!(!chat.covers("cha"));
         assert!(!chat.covers(""), "not the admin's node-wide helpers");
         assert!(!chat.covers("voice.chat"));
-        let voice = Scope::App("chat.voice".into());
-        assert!(voice.covers("chat.voice"));
+        let voice = Scope::App("chat:voice".into());
+        assert!(voice.covers("chat:voice"));
         assert!(!voice.covers("chat"), "a helper does not cover its app");
         assert!(!voice.covers("chat.video"), "nor its sibling helpers");
         assert!(Scope::Admin.covers("anything"));
-        assert!(Scope::Admin.require_app("chat.voice").is_ok());
+        assert!(Scope::Admin.require_app("chat:voice").is_ok());
         assert_eq!(
             Scope::Admin.require_app("").expect_err("empty").code(),
             tonic::Code::InvalidArgument,
@@ -253,7 +229,7 @@ mod tests {
             .insert(TOKENS_TREE, b"app-chat", b"chat")
             .expect("app token");
         store
-            .insert(HELPER_TOKENS_TREE, b"helper-voice", b"chat.voice")
+            .insert(HELPER_TOKENS_TREE, b"helper-voice", b"chat:voice")
             .expect("helper token");
         let auth = Authenticator::new("admin-secret".into(), store.clone());
         let scope = |token| auth.scope(&tcp_request(token));
@@ -265,7 +241,7 @@ mod tests {
         );
         assert_eq!(
             scope(Some("helper-voice")).expect("helper"),
-            Scope::App("chat.voice".into())
+            Scope::App("chat:voice".into())
         );
         for bad in [Some("nope"), None] {
             assert_eq!(

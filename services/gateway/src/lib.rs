@@ -7,16 +7,19 @@
 //! # Layout
 //! - [`auth`]: caller scopes (admin, app) from the socket's peer credentials and tokens.
 //! - [`server`]: the gateway actor, its listeners, health and reflection, graceful stop.
-//! - [`node_api`], [`overlay_api`], [`apps_api`], [`tasks_api`], [`monitor_api`]: one adapter
-//!   per service.
-//! - [`splice`]: the channel data path.
+//! - [`node_api`], [`overlay_api`], [`apps_api`], [`tasks_api`], [`services_api`],
+//!   [`monitor_api`]: one adapter per service.
+//! - [`deadline`]: the caller's gRPC deadline (`grpc-timeout`).
+//! - [`splice`]: the channel data path, shared by app and service channels.
 
 pub mod apps_api;
 pub mod auth;
+pub mod deadline;
 pub mod monitor_api;
 pub mod node_api;
 pub mod overlay_api;
 pub mod server;
+pub mod services_api;
 pub mod splice;
 pub mod tasks_api;
 

@@ -8,7 +8,7 @@ use p2pos_proto::node::v1::{
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::auth::{Authenticator, TOKENS_TREE, validate_app_id};
+use crate::auth::{Authenticator, TOKENS_TREE};
 
 /// The adapter.
 pub struct NodeApi {
@@ -57,7 +57,7 @@ impl Node for NodeApi {
     ) -> Result<Response<CreateAppTokenReply>, Status> {
         self.auth.scope(&req)?.require_admin()?;
         let CreateAppTokenRequest { app_id } = req.into_inner();
-        validate_app_id(&app_id)?;
+        p2pos_kernel::names::check_plain_app_id(&app_id).map_err(Status::invalid_argument)?;
         let bytes: [u8; 32] = rand::random();
         let token = format!("app-{}", data_encoding::HEXLOWER.encode(&bytes));
         let store = self.ctx.store.clone();

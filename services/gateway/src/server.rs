@@ -12,7 +12,8 @@ use p2pos_kernel::{
 use p2pos_proto::{
     FILE_DESCRIPTOR_SET, app::v1::apps_server::AppsServer,
     monitor::v1::monitor_server::MonitorServer, node::v1::node_server::NodeServer,
-    overlay::v1::overlay_server::OverlayServer, tasks::v1::tasks_server::TasksServer,
+    overlay::v1::overlay_server::OverlayServer, service::v1::services_server::ServicesServer,
+    tasks::v1::tasks_server::TasksServer,
 };
 use tokio::{
     sync::watch,
@@ -26,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::{
     SOCKET_FILE, apps_api::AppsApi, auth::Authenticator, monitor_api::MonitorApi,
-    node_api::NodeApi, overlay_api::OverlayApi, tasks_api::TasksApi,
+    node_api::NodeApi, overlay_api::OverlayApi, services_api::ServicesApi, tasks_api::TasksApi,
 };
 
 /// The service's name.
@@ -75,6 +76,11 @@ fn routes(
         .add_service(
             TasksServer::new(TasksApi::new(ctx.clone(), auth.clone(), stop.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
+        )
+        .add_service(
+            ServicesServer::new(ServicesApi::new(ctx.clone(), auth.clone(), stop.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(
             MonitorServer::new(MonitorApi::new(ctx.clone(), auth, stop.clone()))
@@ -173,7 +179,11 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
 /// gRPC service names answered by each node service.
 fn grpc_names(service: &str) -> &'static [&'static str] {
     match service {
-        "overlay" => &["p2pos.overlay.v1.Overlay", "p2pos.app.v1.Apps"],
+        "overlay" => &[
+            "p2pos.overlay.v1.Overlay",
+            "p2pos.app.v1.Apps",
+            "p2pos.service.v1.Services",
+        ],
         "monitor" => &["p2pos.monitor.v1.Monitor"],
         "tasks" => &["p2pos.tasks.v1.Tasks"],
         "gateway" => &["p2pos.node.v1.Node"],

@@ -1,6 +1,9 @@
 //! The channel data path: gRPC frames in, length-delimited frames onto the libp2p stream, and
 //! back. One task writes (awaiting each write, so the remote's flow control reaches the
 //! client); the response stream reads straight from the libp2p stream. No actor is involved.
+//!
+//! Shared by `Apps.Channel` and `Services.Channel`: their inputs differ only in the first frame
+//! (see [`ChannelFrame`]); their outputs are the same `ChannelOutput`.
 
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -12,6 +15,7 @@ use p2pos_kernel::{
 use p2pos_proto::{
     app::v1::{ChannelInput, ChannelOpened, ChannelOutput, channel_input, channel_output},
     monitor::v1::{self, event::Kind},
+    service::v1::{ServiceChannelInput, service_channel_input},
 };
 use tokio_util::{
     codec::{FramedRead, FramedWrite},
@@ -21,6 +25,36 @@ use tonic::{Status, Streaming};
 use tracing::debug;
 
 use crate::BoxStream;
+
+/// An input frame of a channel after its first one: data, or a misplaced or empty frame.
+pub trait ChannelFrame: Send + 'static {
+    /// The frame's bytes, or the status that ends the channel.
+    fn into_data(self) -> Result<Bytes, Status>;
+}
+
+impl ChannelFrame for ChannelInput {
+    fn into_data(self) -> Result<Bytes, Status> {
+        match self.kind {
+            Some(channel_input::Kind::Data(data)) => Ok(data),
+            Some(channel_input::Kind::Open(_) | channel_input::Kind::Accept(_)) => Err(
+                Status::invalid_argument("open/accept may only be the first frame of a channel"),
+            ),
+            None => Err(Status::invalid_argument("empty channel frame")),
+        }
+    }
+}
+
+impl ChannelFrame for ServiceChannelInput {
+    fn into_data(self) -> Result<Bytes, Status> {
+        match self.kind {
+            Some(service_channel_input::Kind::Data(data)) => Ok(data),
+            Some(service_channel_input::Kind::Open(_)) => Err(Status::invalid_argument(
+                "open may only be the first frame of a channel",
+            )),
+            None => Err(Status::invalid_argument("empty channel frame")),
+        }
+    }
+}
 
 /// Publishes `ChannelClosed` when the channel's output stream is dropped.
 struct ClosedOnDrop {
@@ -36,9 +70,9 @@ impl Drop for ClosedOnDrop {
 }
 
 /// Splices an open channel onto the rest of the client's input and returns the output.
-pub fn splice(
+pub fn splice<I: ChannelFrame>(
     channel: ChannelStream,
-    mut input: Streaming<ChannelInput>,
+    mut input: Streaming<I>,
     events: EventBus,
     stop: CancellationToken,
 ) -> BoxStream<ChannelOutput> {
@@ -100,37 +134,30 @@ pub fn splice(
                     }
                 };
                 let Some(frame) = frame else { break };
-                match frame.kind {
-                    Some(channel_input::Kind::Data(data)) => {
-                        if data.len() > MAX_PAYLOAD {
-                            return Err(Status::resource_exhausted(format!(
-                                "a channel frame of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
-                                data.len()
-                            )));
-                        }
-                        tokio::select! {
-                            fed = sink.feed(data) => fed.map_err(broke)?,
-                            () = writer_gone.cancelled() => break,
-                        }
-                        unflushed = true;
-                    }
-                    Some(channel_input::Kind::Open(_) | channel_input::Kind::Accept(_)) => {
-                        return Err(Status::invalid_argument(
-                            "open/accept may only be the first frame of a channel",
-                        ));
-                    }
-                    None => return Err(Status::invalid_argument("empty channel frame")),
+                let data = frame.into_data()?;
+                if data.len() > MAX_PAYLOAD {
+                    return Err(Status::resource_exhausted(format!(
+                        "a channel frame of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
+                        data.len()
+                    )));
                 }
+                tokio::select! {
+                    fed = sink.feed(data) => fed.map_err(broke)?,
+                    () = writer_gone.cancelled() => break,
+                }
+                unflushed = true;
             }
             Ok(())
         }
         .await;
-        // Half-close: the remote sees the end of our frames.
-        let _ = SinkExt::<Bytes>::close(&mut sink).await;
+        // The failure first, so that the output ends with it rather than with the end of the
+        // remote's frames that the half-close below may bring.
         if let Err(status) = outcome {
             debug!(channel_id, "channel input ended: {status}");
             let _ = err_tx.send(status);
         }
+        // Half-close: the remote sees the end of our frames.
+        let _ = SinkExt::<Bytes>::close(&mut sink).await;
     });
     let opened = ChannelOutput {
         kind: Some(channel_output::Kind::Opened(ChannelOpened {
@@ -178,6 +205,16 @@ async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Statu
             }
         };
         tokio::select! {
+            // A failed input wins over whatever the peer sent meanwhile.
+            biased;
+            failed = input_failed => match failed {
+                Some(status) => {
+                    st.done = true;
+                    return Some((Err(status), st));
+                }
+                // The input ended cleanly: keep reading until the peer closes.
+                None => st.input_error = None,
+            },
             frame = st.frames.next() => {
                 return match frame {
                     Some(Ok(bytes)) => Some((
@@ -190,14 +227,6 @@ async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Statu
                     }
                     None => None,
                 };
-            }
-            failed = input_failed => match failed {
-                Some(status) => {
-                    st.done = true;
-                    return Some((Err(status), st));
-                }
-                // The input ended cleanly: keep reading until the peer closes.
-                None => st.input_error = None,
             }
         }
     }

@@ -1,6 +1,6 @@
 //! `p2pos.tasks.v1.Tasks`: helper applications (plug-ins) the node starts and supervises. The
 //! caller's scope becomes the envelope's `caller_app` (empty: admin); an app id the caller names
-//! must be one it covers (its own, or its helpers' `app.helper`). Which specs an app then sees,
+//! must be one it covers (its own, or its helpers' `app:helper`). Which specs an app then sees,
 //! and what an empty app id means for it, is the task-control service's to decide.
 
 use futures::StreamExt;
@@ -230,7 +230,7 @@ mod tests {
         let chat = Scope::App("chat".into());
         assert!(require_app(&chat, "").is_ok(), "empty: its own app");
         assert!(require_app(&chat, "chat").is_ok());
-        assert!(require_app(&chat, "chat.voice").is_ok());
+        assert!(require_app(&chat, "chat:voice").is_ok());
         let denied = require_app(&chat, "mail").expect_err("another app");
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert!(require_app(&Scope::Admin, "").is_ok(), "node-wide helpers");

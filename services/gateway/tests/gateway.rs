@@ -270,12 +270,12 @@ async fn tasks_calls_carry_the_callers_app() {
     assert_eq!(status.reason, "caller \"\"");
     let status = chat
         .tasks()
-        .get_helper(helper("chat.voice", "codec"))
+        .get_helper(helper("chat:voice", "codec"))
         .await
         .expect("app get")
         .into_inner();
     assert_eq!(status.reason, "caller \"chat\"");
-    assert_eq!(status.spec.expect("spec").app_id, "chat.voice");
+    assert_eq!(status.spec.expect("spec").app_id, "chat:voice");
     let status = chat
         .tasks()
         .add_helper(AddHelperRequest {
@@ -379,7 +379,7 @@ async fn a_helper_token_acts_as_the_helpers_app_id() {
     // The task-control service writes a running helper's token into the store.
     node.ctx
         .store
-        .insert(HELPER_TOKENS_TREE, b"helper-token", b"chat.voice")
+        .insert(HELPER_TOKENS_TREE, b"helper-token", b"chat:voice")
         .expect("insert");
     let voice = node.client(Some("helper-token")).await;
     let info = voice
@@ -388,14 +388,14 @@ async fn a_helper_token_acts_as_the_helpers_app_id() {
         .await
         .expect("info")
         .into_inner();
-    assert_eq!(info.caller_scope, "app:chat.voice");
+    assert_eq!(info.caller_scope, "app:chat:voice");
     let status = voice
         .tasks()
-        .get_helper(helper("chat.voice", "x"))
+        .get_helper(helper("chat:voice", "x"))
         .await
         .expect("own app id")
         .into_inner();
-    assert_eq!(status.reason, "caller \"chat.voice\"");
+    assert_eq!(status.reason, "caller \"chat:voice\"");
     let err = voice
         .tasks()
         .get_helper(helper("chat", "voice"))
@@ -437,6 +437,7 @@ async fn reflection_and_health_know_the_tasks_service() {
         "p2pos.overlay.v1.Overlay",
         "p2pos.app.v1.Apps",
         "p2pos.tasks.v1.Tasks",
+        "p2pos.service.v1.Services",
         "p2pos.monitor.v1.Monitor",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",

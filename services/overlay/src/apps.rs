@@ -13,13 +13,13 @@ use p2pos_kernel::{
     Call, ServiceError,
     protocols::{
         Apps,
-        apps::{Request, Response, Session},
+        apps::{Incoming, Request, Response, Session},
     },
     store::StoreError,
     wire::MAX_PAYLOAD,
 };
 use p2pos_proto::app::v1::{
-    AppInfo, DeliveryState, IncomingChannel, ListAppsReply, ReceivedMessage, Registered, SendReply,
+    AppInfo, DeliveryState, ListAppsReply, ReceivedMessage, Registered, SendReply,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
@@ -35,7 +35,7 @@ use crate::{
     ticket::parse_target,
 };
 
-/// Incoming-channel announcements buffered per session.
+/// Announcements (incoming channels and calls) buffered per session.
 pub(crate) const SESSION_BUFFER: usize = 64;
 /// Most live sessions, all apps together.
 const MAX_SESSIONS: usize = 1024;
@@ -50,7 +50,7 @@ const SEND_WAIT: Duration = Duration::from_secs(3);
 /// One live session of an app.
 struct SessionSlot {
     id: u64,
-    tx: mpsc::Sender<IncomingChannel>,
+    tx: mpsc::Sender<Incoming>,
 }
 
 /// The live sessions of one app, oldest first.
@@ -62,13 +62,14 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    /// Where to announce incoming channels: the newest session still open.
-    pub(crate) fn newest(&self) -> Option<&mpsc::Sender<IncomingChannel>> {
+    /// Where to announce incoming channels and calls: the newest session still open, and its
+    /// id.
+    pub(crate) fn newest(&self) -> Option<(u64, &mpsc::Sender<Incoming>)> {
         self.sessions
             .iter()
             .rev()
-            .map(|s| &s.tx)
-            .find(|tx| !tx.is_closed())
+            .find(|s| !s.tx.is_closed())
+            .map(|s| (s.id, &s.tx))
     }
 }
 
@@ -144,11 +145,15 @@ impl OverlayService {
     }
 
     fn end_session(&mut self, app_id: &str, id: u64) {
+        // Calls announced on this session can no longer be answered.
+        self.session_ended(id);
         if let Some(app) = self.apps.get_mut(app_id) {
             app.sessions.retain(|s| s.id != id);
             if app.sessions.is_empty() {
                 // Dropping the app's state drops its watchers' senders: they fire.
                 self.apps.remove(app_id);
+                // Its services end with its last session.
+                self.app_gone(app_id);
             }
         }
     }
@@ -195,7 +200,7 @@ impl OverlayService {
         );
         Box::pin(async move {
             let _permit = permit;
-            let stream = channel::open(net, control, store, app_id, peer, addrs).await?;
+            let stream = channel::open(net, control, store, app_id, None, peer, addrs).await?;
             Ok(Response::Channel(count(stream, channel_permit)))
         })
     }

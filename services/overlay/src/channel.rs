@@ -1,6 +1,6 @@
-//! App channels over `/p2pos/channel/1`: opening one to a peer (connect, hello, welcome) and
-//! accepting a pending inbound one. Both end in a [`ChannelStream`] that the gateway splices
-//! onto the client's gRPC stream; no channel byte passes through the actor.
+//! App and service channels over `/p2pos/channel/1`: opening one to a peer (connect, hello,
+//! welcome) and accepting a pending inbound one. Both end in a [`ChannelStream`] that the
+//! gateway splices onto the client's gRPC stream; no channel byte passes through the actor.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,6 +12,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::{
     Error,
+    error::validate_app_id,
     frame::{read_message, write_message},
     inbound::Io,
     network::{CHANNEL_PROTOCOL, NetHandle},
@@ -28,12 +29,16 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an inbound channel may wait to be accepted.
 pub(crate) const ACCEPT_WINDOW: Duration = Duration::from_secs(30);
 
-/// Opens a channel to `app_id` on `peer` and waits until the remote app accepts it.
+/// Opens a channel to `app_id` on `peer`, or with `service` set, from app `app_id` to the
+/// provider of `service` on `peer`, and waits until the remote app accepts it. The stream of a
+/// service channel names the providing app (which the welcome tells), or is empty when the
+/// responder did not say.
 pub(crate) async fn open(
     net: NetHandle,
     mut control: Control,
     store: Arc<dyn Store>,
     app_id: String,
+    service: Option<String>,
     peer: PeerId,
     addrs: Vec<Multiaddr>,
 ) -> Result<ChannelStream, Error> {
@@ -59,52 +64,75 @@ pub(crate) async fn open(
     let mut io = stream.compat();
     let hello = ChannelHello {
         app_id: app_id.clone(),
-        service: String::new(),
+        service: service.clone().unwrap_or_default(),
     };
     write_message(&mut io, &hello, OPEN_TIMEOUT)
         .await
         .map_err(|e| broken(e.to_string()))?;
+    let not_accepted = |app_id: String| match &service {
+        Some(service) => Error::Timeout {
+            what: format!("the provider of '{service}' on peer {peer} accepting the channel"),
+            after: ACCEPT_WINDOW,
+        },
+        None => Error::ChannelNotAccepted { app_id, peer },
+    };
     let welcome: ChannelWelcome = read_message(&mut io, wire::MAX_CONTROL_FRAME, WELCOME_TIMEOUT)
         .await
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut => Error::ChannelNotAccepted {
-                app_id: app_id.clone(),
-                peer,
-            },
+            std::io::ErrorKind::TimedOut => not_accepted(app_id.clone()),
             _ => broken(e.to_string()),
         })?;
     let ChannelWelcome { result, message } = welcome;
-    match channel_welcome::Result::try_from(result) {
-        Ok(channel_welcome::Result::Accepted) => Ok(ChannelStream {
+    let not_provided = |service: String| Error::NotProvidedThere { service, peer };
+    match (
+        channel_welcome::Result::try_from(result),
+        service.as_deref(),
+    ) {
+        (Ok(channel_welcome::Result::Accepted), to_service) => Ok(ChannelStream {
             channel_id: store.next_id()?,
             peer_id: peer.to_string(),
-            app_id,
+            // A responder names the providing app in the welcome of a service channel.
+            app_id: match to_service {
+                Some(_) => validate_app_id(&message).map_or_else(|_| String::new(), |()| message),
+                None => app_id,
+            },
             inbound: false,
             io: Box::new(io),
         }),
-        Ok(channel_welcome::Result::AppNotListening) => {
+        // The provider's app is gone (its services went with it), or never was.
+        (Ok(channel_welcome::Result::AppNotListening), Some(service))
+        | (Ok(channel_welcome::Result::NotProvided), Some(service)) => {
+            Err(not_provided(service.to_owned()))
+        }
+        (Ok(channel_welcome::Result::AppNotListening), None) => {
             Err(Error::AppNotListening { app_id, peer })
         }
-        Ok(channel_welcome::Result::Timeout) => Err(Error::ChannelNotAccepted { app_id, peer }),
-        Ok(channel_welcome::Result::Busy) => Err(Error::ChannelRefused { peer, message }),
-        // Only service channels are answered so, and this node opens none yet.
-        Ok(channel_welcome::Result::NotProvided) => Err(broken(message)),
-        Err(_) => Err(broken(format!(
+        (Ok(channel_welcome::Result::Timeout), _) => Err(not_accepted(app_id)),
+        (Ok(channel_welcome::Result::Busy), _) => Err(Error::ChannelRefused { peer, message }),
+        // Only service channels are answered so.
+        (Ok(channel_welcome::Result::NotProvided), None) => Err(broken(message)),
+        (Err(_), _) => Err(broken(format!(
             "unknown welcome result {result}: {message}"
         ))),
     }
 }
 
-/// Accepts a pending inbound channel: answers the opener and hands over the stream.
+/// Accepts a pending inbound channel: answers the opener and hands over the stream. The
+/// welcome of a channel to a service names the providing app, `app_id`, in its message.
 pub(crate) async fn accept(
     mut io: Io,
     channel_id: u64,
     peer: PeerId,
     app_id: String,
+    to_service: bool,
 ) -> Result<ChannelStream, Error> {
     let welcome = ChannelWelcome {
         result: channel_welcome::Result::Accepted.into(),
-        message: String::new(),
+        message: if to_service {
+            app_id.clone()
+        } else {
+            String::new()
+        },
     };
     write_message(&mut io, &welcome, WRITE_TIMEOUT)
         .await

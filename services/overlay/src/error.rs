@@ -22,8 +22,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// An app id outside `[A-Za-z0-9._-]{1,64}`.
-    #[error("invalid app id {0:?}: use 1 to 64 letters, digits, '.', '_' or '-'")]
+    /// An app id outside the grammar of `p2pos_kernel::names`.
+    #[error(
+        "invalid app id {0:?}: use 1 to 64 letters, digits, '.', '_' or '-' (and ':' between an app and its helper)"
+    )]
     InvalidAppId(String),
     /// The target is this node itself.
     #[error("{0} is this node's own peer id; name another peer")]
@@ -148,6 +150,119 @@ pub enum Error {
     /// The swarm task is gone (the service is stopping or restarting).
     #[error("the overlay's network task has stopped; try again in a moment")]
     NetworkStopped,
+    /// A service name that is not `<name>/<version>`.
+    #[error(
+        "invalid service name {input:?}: {reason}; a service name is 1 to 48 letters, digits, \
+         '.', '_' or '-', a '/', and a version of 1 to 9 digits (e.g. translate/1)"
+    )]
+    InvalidServiceName {
+        /// What was given (shortened).
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An address for port forwarding that is not a loopback `HOST:PORT`.
+    #[error("invalid {what} {input:?}: {reason}")]
+    InvalidAddress {
+        /// Which address (`target`, `listen`).
+        what: &'static str,
+        /// What was given (shortened).
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `Withdraw` (or a channel) names a service that is not exposed on this node.
+    #[error("service '{0}' is not exposed on this node (see ListExposures)")]
+    NotExposed(String),
+    /// `CloseForward` names an unknown forward.
+    #[error("no forward {0} on this node (see ListForwards)")]
+    ForwardNotFound(u64),
+    /// A forward's listener could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// A service description over 256 bytes.
+    #[error("the description has {size} bytes; at most 256 are allowed")]
+    DescriptionTooLong {
+        /// Its size.
+        size: usize,
+    },
+    /// A call or reply payload over [`p2pos_kernel::wire::MAX_PAYLOAD`].
+    #[error("{what} of {size} bytes exceeds the 1 MiB limit")]
+    PayloadTooLarge {
+        /// What it is.
+        what: &'static str,
+        /// Its size.
+        size: usize,
+    },
+    /// The service is provided on this node by another app, or exposed by port forwarding.
+    #[error("service '{service}' is already provided on this node by {by}")]
+    ServiceTaken {
+        /// The service.
+        service: String,
+        /// Who provides it.
+        by: String,
+    },
+    /// `Unregister` names a service the app does not provide here.
+    #[error("app '{app_id}' does not provide service '{service}' on this node")]
+    NotRegistered {
+        /// The app.
+        app_id: String,
+        /// The service.
+        service: String,
+    },
+    /// Nobody is known to provide the service.
+    #[error("nobody provides service '{service}' {scope}")]
+    ServiceNotFound {
+        /// The service.
+        service: String,
+        /// Where it was looked for.
+        scope: &'static str,
+    },
+    /// A node named (or found in the DHT) does not provide the service (any more).
+    #[error("peer {peer} does not provide service '{service}'")]
+    NotProvidedThere {
+        /// The service.
+        service: String,
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Providers are known, but none could be reached or take the request.
+    #[error("{known} provider(s) of '{service}' known, none reachable: {reasons}")]
+    ProvidersUnreachable {
+        /// The service.
+        service: String,
+        /// How many were tried.
+        known: usize,
+        /// What happened with each.
+        reasons: String,
+    },
+    /// `Reply` names a call that is not waiting for this app's answer.
+    #[error(
+        "no call {call_id} is waiting for an answer from app '{app_id}' (already answered, \
+         past its deadline, or to another app)"
+    )]
+    CallNotFound {
+        /// The app.
+        app_id: String,
+        /// The call.
+        call_id: u64,
+    },
+    /// A `Reply` with neither a payload nor an error.
+    #[error("the reply carries neither a payload nor an error")]
+    ReplyWithoutResult,
+    /// A provider (or its node) answered a call with an error: passed on as it is.
+    #[error("{message}")]
+    Provider {
+        /// The gRPC status code it gave.
+        code: u32,
+        /// Its words.
+        message: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -159,16 +274,33 @@ pub enum Error {
 impl From<Error> for ServiceError {
     fn from(err: Error) -> Self {
         let code = match &err {
+            Error::DescriptionTooLong { .. } | Error::ReplyWithoutResult => {
+                ErrorCode::InvalidArgument
+            }
+            Error::PayloadTooLarge { .. } => ErrorCode::ResourceExhausted,
+            Error::ServiceTaken { .. } => ErrorCode::AlreadyExists,
+            Error::NotRegistered { .. }
+            | Error::ServiceNotFound { .. }
+            | Error::NotProvidedThere { .. }
+            | Error::CallNotFound { .. } => ErrorCode::NotFound,
+            Error::ProvidersUnreachable { .. } => ErrorCode::Unavailable,
+            Error::Provider { code, .. } => ErrorCode::Passed(*code),
             Error::MissingKind
             | Error::InvalidTarget { .. }
             | Error::InvalidAppId(_)
-            | Error::SelfTarget(_) => ErrorCode::InvalidArgument,
-            Error::PeerNotFound(_) | Error::ChannelNotFound { .. } => ErrorCode::NotFound,
+            | Error::SelfTarget(_)
+            | Error::InvalidServiceName { .. }
+            | Error::InvalidAddress { .. } => ErrorCode::InvalidArgument,
+            Error::PeerNotFound(_)
+            | Error::ChannelNotFound { .. }
+            | Error::NotExposed(_)
+            | Error::ForwardNotFound(_) => ErrorCode::NotFound,
             Error::AppNotListening { .. }
             | Error::AppNotRegistered { .. }
             | Error::NoSession { .. }
             | Error::NotRunningHere { .. }
-            | Error::DhtDisabled => ErrorCode::FailedPrecondition,
+            | Error::DhtDisabled
+            | Error::Listen { .. } => ErrorCode::FailedPrecondition,
             Error::Unreachable { .. }
             | Error::Protocol { .. }
             | Error::OpenerGone { .. }
@@ -186,16 +318,8 @@ impl From<Error> for ServiceError {
 
 /// Checks an app id: 1 to 64 characters of `[A-Za-z0-9._-]`.
 pub(crate) fn validate_app_id(app_id: &str) -> Result<(), Error> {
-    let ok = !app_id.is_empty()
-        && app_id.len() <= 64
-        && app_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidAppId(app_id.chars().take(80).collect()))
-    }
+    p2pos_kernel::names::check_app_id(app_id)
+        .map_err(|_| Error::InvalidAppId(app_id.chars().take(80).collect()))
 }
 
 #[cfg(test)]
@@ -230,12 +354,12 @@ mod tests {
         assert_eq!(err.code, ErrorCode::FailedPrecondition);
         assert!(err.message.contains("'chat'"), "{}", err.message);
         let err = ServiceError::from(Error::NotRunningHere {
-            app_id: "chat.voice".into(),
+            app_id: "chat:voice".into(),
         });
         assert_eq!(err.code, ErrorCode::FailedPrecondition);
         assert_eq!(
             err.message,
-            "app 'chat.voice' is not running on this node (it has no live session)"
+            "app 'chat:voice' is not running on this node (it has no live session)"
         );
         assert_eq!(
             code(Error::OpenerGone {

@@ -10,9 +10,7 @@ use libp2p::{PeerId, Stream};
 use p2pos_kernel::{EventBus, wire};
 use p2pos_proto::{
     monitor::v1::{MessageDelivered, event::Kind},
-    wire::v1::{
-        ChannelHello, ChannelWelcome, MessageAck, MessageFrame, channel_welcome, message_ack,
-    },
+    wire::v1::{ChannelHello, ChannelWelcome, MessageAck, MessageFrame, message_ack},
 };
 use tokio::{
     io::AsyncWriteExt,
@@ -27,23 +25,26 @@ use crate::{
 };
 
 /// How long a peer may take to send its `ChannelHello`.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a message stream may stay silent before it is closed.
 const MESSAGE_IDLE: Duration = Duration::from_secs(60);
 /// How long writing a handshake or acknowledgement frame may take.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A libp2p stream as tokio I/O.
 pub(crate) type Io = Compat<Stream>;
 
-/// A remote peer asks for a channel to `app_id`; the actor keeps it pending or refuses it.
+/// A remote peer asks for a channel to `app_id`, or from its app `app_id` to `service`; the
+/// actor keeps it pending (or hands it to port forwarding) or refuses it.
 #[derive(Message)]
 #[rtype(result = "Result<(), Refusal>")]
 pub(crate) struct InboundChannel {
     /// The remote peer.
     pub(crate) peer: PeerId,
-    /// The app it asked for.
+    /// The app it asked for; with `service` set, the opener's app.
     pub(crate) app_id: String,
+    /// The service it asked for; empty for a channel to the same app.
+    pub(crate) service: String,
     /// The stream, after the hello.
     pub(crate) io: Io,
 }
@@ -131,16 +132,13 @@ pub(crate) async fn serve_channel(peer: PeerId, stream: Stream, actor: Recipient
             }
         };
     let ChannelHello { app_id, service } = hello;
-    if !service.is_empty() {
-        // Channels to services are not served by this version.
-        let welcome = ChannelWelcome {
-            result: channel_welcome::Result::NotProvided as i32,
-            message: format!("service {service:?} is not provided here"),
-        };
-        refuse(Refusal { io, welcome }).await;
-        return;
-    }
-    let refusal = match actor.send(InboundChannel { peer, app_id, io }).await {
+    let inbound = InboundChannel {
+        peer,
+        app_id,
+        service,
+        io,
+    };
+    let refusal = match actor.send(inbound).await {
         Ok(Ok(())) => return,
         Ok(Err(refusal)) => refusal,
         Err(_) => return, // the service is going away; the stream closes

@@ -2,7 +2,8 @@
 //! TCP and QUIC, noise, yamux, identify, ping, Kademlia, mDNS, AutoNAT, circuit relay v2,
 //! DCUtR, connection limits), tickets, app channels and store-and-forward messages.
 //!
-//! One actor, [`OverlayService`], answers both `p2pos.overlay.v1` and the apps protocol. It
+//! One actor, [`OverlayService`], answers `p2pos.overlay.v1`, the apps protocol and
+//! `p2pos.service.v1` (services that apps provide, and port forwarding). It
 //! holds a handle to one tokio task that owns the libp2p swarm (commands in on a bounded
 //! channel, answers out on oneshots) and aborts that task, and every other overlay task, when
 //! it goes. Channel and message bytes flow in tasks, never through the actor's mailbox.
@@ -11,6 +12,10 @@
 //! - [`service`]: the actor, its [`child_spec`], life cycle and the overlay protocol.
 //! - [`overlay_api`]: `p2pos.overlay.v1` requests, one exhaustive `match`.
 //! - `apps`: the apps protocol (sessions, channels, `Send`, `Receive`, `Ack`, `ListApps`).
+//! - `registry`: `p2pos.service.v1`: services registered by apps, announced in and found
+//!   through the DHT, unary calls over `/p2pos/call/1`, channels to services.
+//! - `forward`: port forwarding: exposures (a loopback TCP service published as a service) and
+//!   forwards (a loopback listener tunnelled through service channels).
 //! - `network`: the swarm task, its behaviour, connects and DHT look-ups, and what it
 //!   remembers (known peers, listen ports).
 //! - `channel`: opening and accepting `/p2pos/channel/1` channels.
@@ -30,6 +35,7 @@ mod channel;
 mod counted;
 mod delivery;
 pub mod error;
+mod forward;
 mod frame;
 mod inbound;
 mod local;
@@ -37,6 +43,7 @@ mod mailbox;
 mod network;
 pub mod overlay_api;
 mod pending;
+mod registry;
 pub mod service;
 mod task;
 pub mod ticket;

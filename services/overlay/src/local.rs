@@ -2,10 +2,16 @@
 //! and its helper, or two processes of one app). The channel is announced and accepted exactly
 //! as a remote one (same limits, same 30 s), but its bytes go through an in-memory pipe
 //! carrying the same length-delimited frames as a `/p2pos/channel/1` stream, with no handshake:
-//! the gateway's splice cannot tell the difference.
+//! the gateway's splice cannot tell the difference. Channels to a service provided by an app of
+//! this node go the same way (`registry`).
+
+use std::sync::Arc;
 
 use libp2p::PeerId;
-use p2pos_kernel::protocols::apps::{ChannelStream, Response};
+use p2pos_kernel::{
+    Store,
+    protocols::apps::{ChannelStream, Response},
+};
 use tokio::{
     io::DuplexStream,
     sync::{OwnedSemaphorePermit, oneshot},
@@ -17,7 +23,7 @@ use crate::{
     Error,
     apps::{Reply, SESSION_BUFFER, ready},
     counted::count,
-    pending::Unannounced,
+    pending::{ServiceOrigin, Unannounced},
     service::OverlayService,
 };
 
@@ -59,6 +65,43 @@ impl LocalEnd {
     }
 }
 
+/// The opener's side of a local channel announced to the acceptor's session: its end of the
+/// pipe, and the answer it waits for.
+pub(crate) struct LocalOpening {
+    io: DuplexStream,
+    answered: oneshot::Receiver<Result<(), Error>>,
+    app_id: String,
+    local: PeerId,
+}
+
+impl LocalOpening {
+    /// Waits until the app accepts the channel (or it expires): the opener's end, holding
+    /// `channel_permit` (its place among the node's channels).
+    pub(crate) async fn opened(
+        self,
+        store: Arc<dyn Store>,
+        channel_permit: OwnedSemaphorePermit,
+    ) -> Result<ChannelStream, Error> {
+        let LocalOpening {
+            io,
+            answered,
+            app_id,
+            local,
+        } = self;
+        // The sender goes only with the pending channel: accepted, expired, or the service
+        // stopping (which drops every pending channel).
+        answered.await.map_err(|_| Error::NetworkStopped)??;
+        let stream = ChannelStream {
+            channel_id: store.next_id()?,
+            peer_id: local.to_string(),
+            app_id,
+            inbound: false,
+            io: Box::new(io),
+        };
+        Ok(count(stream, channel_permit))
+    }
+}
+
 impl OverlayService {
     /// Opens a channel to the newest session of `app_id` on this node. The opener holds
     /// `channel_permit` (its place among the node's channels) and `open_permit` (one of the
@@ -71,6 +114,26 @@ impl OverlayService {
         open_permit: OwnedSemaphorePermit,
         ctx: &mut Context<Self>,
     ) -> Reply {
+        let opening = match self.announce_local(app_id, None, ctx) {
+            Ok(opening) => opening,
+            Err(e) => return ready(Err(e)),
+        };
+        let store = self.ctx.store.clone();
+        Box::pin(async move {
+            let _open = open_permit;
+            let stream = opening.opened(store, channel_permit).await?;
+            Ok(Response::Channel(stream))
+        })
+    }
+
+    /// Announces a local channel to the newest session of `app_id` (to a service it provides
+    /// when `origin` is set; the opener's stream then names `app_id`, the provider).
+    pub(crate) fn announce_local(
+        &mut self,
+        app_id: String,
+        origin: Option<ServiceOrigin>,
+        ctx: &mut Context<Self>,
+    ) -> Result<LocalOpening, Error> {
         let local = self.net.local_peer_id();
         let (opener_io, acceptor_io) = tokio::io::duplex(PIPE_BUFFER);
         let (answer, answered) = oneshot::channel();
@@ -78,8 +141,8 @@ impl OverlayService {
             io: acceptor_io,
             answer,
         };
-        if let Err((_, why)) = self.announce(local, app_id.clone(), end, ctx) {
-            let err = match why {
+        if let Err((_, why)) = self.announce(local, app_id.clone(), origin, end, ctx) {
+            return Err(match why {
                 Unannounced::TooManyChannels => Error::TooManyChannels {
                     limit: usize::try_from(self.ctx.config.max_channels).unwrap_or(usize::MAX),
                 },
@@ -89,23 +152,13 @@ impl OverlayService {
                     limit: SESSION_BUFFER,
                 },
                 Unannounced::NoId(e) => Error::Store(e),
-            };
-            return ready(Err(err));
+            });
         }
-        let store = self.ctx.store.clone();
-        Box::pin(async move {
-            let _open = open_permit;
-            // The sender goes only with the pending channel: accepted, expired, or the service
-            // stopping (which drops every pending channel).
-            answered.await.map_err(|_| Error::NetworkStopped)??;
-            let stream = ChannelStream {
-                channel_id: store.next_id()?,
-                peer_id: local.to_string(),
-                app_id,
-                inbound: false,
-                io: Box::new(opener_io),
-            };
-            Ok(Response::Channel(count(stream, channel_permit)))
+        Ok(LocalOpening {
+            io: opener_io,
+            answered,
+            app_id,
+            local,
         })
     }
 }

@@ -1,11 +1,18 @@
 //! Inbound channels announced to an app's session and not yet accepted, whether a remote peer
 //! opened them (`/p2pos/channel/1`, answered with a welcome) or another session of this node
-//! did ([`crate::local`]): announcing, accepting within 30 s, and expiring.
+//! did ([`crate::local`]), to the same app or to a service it provides: announcing, accepting
+//! within 30 s, and expiring.
 
 use actix::prelude::*;
 use libp2p::PeerId;
-use p2pos_kernel::{protocols::apps::Response, store::StoreError};
-use p2pos_proto::{app::v1::IncomingChannel, wire::v1::channel_welcome};
+use p2pos_kernel::{
+    protocols::apps::{Incoming, Response},
+    store::StoreError,
+};
+use p2pos_proto::{
+    app::v1::IncomingChannel,
+    wire::v1::{ChannelWelcome, channel_welcome},
+};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::warn;
 
@@ -23,6 +30,8 @@ use crate::{
 pub(crate) struct PendingChannel {
     peer: PeerId,
     app_id: String,
+    /// Set for a channel to a service the app provides.
+    origin: Option<ServiceOrigin>,
     io: PendingIo,
     /// Its place among the node's channels, handed on to the open channel.
     permit: OwnedSemaphorePermit,
@@ -47,6 +56,14 @@ impl From<LocalEnd> for PendingIo {
     fn from(end: LocalEnd) -> Self {
         PendingIo::Local(end)
     }
+}
+
+/// Who opened a channel to a service, and to which: told to the providing app.
+pub(crate) struct ServiceOrigin {
+    /// The service (`name/version`).
+    pub(crate) service: String,
+    /// The opener's app.
+    pub(crate) from_app: String,
 }
 
 /// Why an inbound channel was not announced to the app.
@@ -75,11 +92,17 @@ impl OverlayService {
             Some(pending) if pending.app_id == app_id => {
                 ctx.cancel_future(pending.expiry);
                 let PendingChannel {
-                    peer, io, permit, ..
+                    peer,
+                    io,
+                    permit,
+                    origin,
+                    ..
                 } = pending;
                 match io {
                     PendingIo::Remote(io) => Box::pin(async move {
-                        let stream = channel::accept(io, channel_id, peer, app_id).await?;
+                        let to_service = origin.is_some();
+                        let stream =
+                            channel::accept(io, channel_id, peer, app_id, to_service).await?;
                         Ok(Response::Channel(count(stream, permit)))
                     }),
                     PendingIo::Local(end) => ready(
@@ -117,13 +140,15 @@ impl OverlayService {
         }
     }
 
-    /// Announces an inbound channel from `peer` on the newest live session of `app_id` and
-    /// keeps it pending until it is accepted or [`channel::ACCEPT_WINDOW`] has passed; it
-    /// counts against `max_channels` from now on. Gives `io` back if it cannot.
+    /// Announces an inbound channel from `peer` (to a service when `origin` is set) on the
+    /// newest live session of `app_id` and keeps it pending until it is accepted or
+    /// [`channel::ACCEPT_WINDOW`] has passed; it counts against `max_channels` from now on.
+    /// Gives `io` back if it cannot.
     pub(crate) fn announce<I: Into<PendingIo>>(
         &mut self,
         peer: PeerId,
         app_id: String,
+        origin: Option<ServiceOrigin>,
         io: I,
         ctx: &mut Context<Self>,
     ) -> Result<(), (I, Unannounced)> {
@@ -131,21 +156,25 @@ impl OverlayService {
         let Ok(permit) = self.channels.clone().try_acquire_owned() else {
             return Err((io, Unannounced::TooManyChannels));
         };
-        let Some(session) = self.apps.get(&app_id).and_then(AppState::newest) else {
+        let Some((_, session)) = self.apps.get(&app_id).and_then(AppState::newest) else {
             return Err((io, Unannounced::NotListening));
         };
         let channel_id = match self.ctx.store.next_id() {
             Ok(id) => id,
             Err(e) => return Err((io, Unannounced::NoId(e))),
         };
+        let (service, from_app) = origin
+            .as_ref()
+            .map(|o| (o.service.clone(), o.from_app.clone()))
+            .unwrap_or_default();
         let announce = IncomingChannel {
             channel_id,
             peer_id: peer.to_string(),
             app_id: app_id.clone(),
-            service: String::new(),
-            from_app: String::new(),
+            service,
+            from_app,
         };
-        if let Err(e) = session.try_send(announce) {
+        if let Err(e) = session.try_send(Incoming::Channel(announce)) {
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => Unannounced::Backlog,
                 mpsc::error::TrySendError::Closed(_) => Unannounced::NotListening,
@@ -158,6 +187,7 @@ impl OverlayService {
             PendingChannel {
                 peer,
                 app_id,
+                origin,
                 io: io.into(),
                 permit,
                 expiry,
@@ -171,12 +201,32 @@ impl Handler<InboundChannel> for OverlayService {
     type Result = Result<(), Refusal>;
 
     fn handle(&mut self, msg: InboundChannel, ctx: &mut Self::Context) -> Self::Result {
-        let InboundChannel { peer, app_id, io } = msg;
-        let local = self.net.local_peer_id();
-        let max = self.ctx.config.max_channels;
-        let Err((io, why)) = self.announce(peer, app_id.clone(), io, ctx) else {
+        let InboundChannel {
+            peer,
+            app_id,
+            service,
+            io,
+        } = msg;
+        if !service.is_empty() {
+            return self
+                .inbound_service_channel(peer, app_id, service, io, ctx)
+                .map_or(Ok(()), Err);
+        }
+        let Err((io, why)) = self.announce(peer, app_id.clone(), None, io, ctx) else {
             return Ok(());
         };
+        Err(Refusal {
+            io,
+            welcome: self.unannounced_welcome(&app_id, why),
+        })
+    }
+}
+
+impl OverlayService {
+    /// The welcome that tells a remote opener why its channel to `app_id` was not announced.
+    pub(crate) fn unannounced_welcome(&self, app_id: &str, why: Unannounced) -> ChannelWelcome {
+        let local = self.net.local_peer_id();
+        let max = self.ctx.config.max_channels;
         let (result, message) = match why {
             Unannounced::TooManyChannels => (
                 channel_welcome::Result::Busy,
@@ -196,9 +246,6 @@ impl Handler<InboundChannel> for OverlayService {
                 (channel_welcome::Result::Busy, why)
             }
         };
-        Err(Refusal {
-            io,
-            welcome: channel::welcome(result, message),
-        })
+        channel::welcome(result, message)
     }
 }

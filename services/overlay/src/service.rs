@@ -1,6 +1,6 @@
 //! The overlay service actor: its child spec, its life cycle (start, failure of the swarm task,
 //! ordered stop, injected panics) and the `p2pos.overlay.v1` protocol. The apps protocol is in
-//! `apps`.
+//! `apps`, the services protocol in `registry`.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -9,7 +9,7 @@ use libp2p_stream::{Control, IncomingStreams};
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext,
     ServiceError, StopService,
-    protocols::{Apps, Overlay},
+    protocols::{Apps, Overlay, Services},
 };
 use p2pos_proto::overlay::v1::{OverlayRequest, OverlayResponse};
 use tokio::{sync::Semaphore, task::JoinHandle};
@@ -18,11 +18,13 @@ use tracing::{error, info, warn};
 use crate::{
     apps::AppState,
     delivery::{self, Delivery},
+    forward::Forwarding,
     inbound::{Limits, accept_loop, serve_channel, serve_messages},
     mailbox::Mailbox,
     network::{self, NetHandle},
     overlay_api,
     pending::PendingChannel,
+    registry::{self, serve_call},
     task::AbortOnDrop,
 };
 
@@ -40,11 +42,16 @@ const MAX_MESSAGE_STREAMS: Limits = Limits {
     total: 64,
     per_peer: 4,
 };
+/// Most inbound call streams at once, in all and from one peer (each lasts one call).
+const MAX_CALL_STREAMS: Limits = Limits {
+    total: 512,
+    per_peer: 64,
+};
 /// Most outbound channel opens at once.
 pub(crate) const MAX_OPENS: usize = 32;
 
 /// The child spec the daemon hands to the kernel: a permanent service named `overlay` that
-/// answers both `p2pos.overlay.v1` and the apps protocol.
+/// answers `p2pos.overlay.v1`, the apps protocol and the services protocol.
 pub fn child_spec() -> ChildSpec {
     ChildSpec {
         name: NAME,
@@ -58,6 +65,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, crate::E
     let max_channels = usize::try_from(ctx.config.max_channels)
         .unwrap_or(usize::MAX)
         .min(Semaphore::MAX_PERMITS);
+    let forwarding = Forwarding::load(ctx.store.clone())?;
     let network = network::start(&ctx)?;
     let (delivery, delivery_task) = delivery::start(
         mailbox.clone(),
@@ -80,6 +88,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, crate::E
             swarm_task: network.task,
             channels: network.channels,
             messages: network.messages,
+            calls: network.calls,
         }),
         stopping: false,
         opens: Arc::new(Semaphore::new(MAX_OPENS)),
@@ -88,11 +97,14 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, crate::E
         pending: HashMap::new(),
         receivers: HashMap::new(),
         next_session: 0,
+        services: registry::State::new(network.provided),
+        forwarding,
     };
     let registry = service.ctx.registry.clone();
     let addr = service.start();
     registry.register::<Overlay>(NAME, addr.clone().recipient());
     registry.register::<Apps>(NAME, addr.clone().recipient());
+    registry.register::<Services>(NAME, addr.clone().recipient());
     Ok(ChildHandle {
         stop: addr.clone().recipient(),
         panic: addr.recipient(),
@@ -104,10 +116,11 @@ struct Startup {
     swarm_task: JoinHandle<()>,
     channels: IncomingStreams,
     messages: IncomingStreams,
+    calls: IncomingStreams,
 }
 
 /// The overlay actor: holds the handles of the swarm task and the other overlay tasks, the
-/// app sessions and the pending inbound channels.
+/// app sessions, the pending inbound channels, the service registry and port forwarding.
 pub struct OverlayService {
     /// Aborted when the actor goes, in this order: swarm, delivery, accept loops.
     tasks: Vec<AbortOnDrop>,
@@ -131,6 +144,10 @@ pub struct OverlayService {
     /// The live `Receive` feeder per app.
     pub(crate) receivers: HashMap<String, AbortOnDrop>,
     pub(crate) next_session: u64,
+    /// Services provided here, and calls waiting for their providers.
+    pub(crate) services: registry::State,
+    /// Exposures and forwards.
+    pub(crate) forwarding: Forwarding,
 }
 
 impl Actor for OverlayService {
@@ -147,6 +164,7 @@ impl Actor for OverlayService {
             swarm_task,
             channels,
             messages,
+            calls,
         } = startup;
         ctx.spawn(
             swarm_task
@@ -168,6 +186,15 @@ impl Actor for OverlayService {
             "message",
             move |peer, stream| serve_messages(peer, stream, mailbox.clone(), events.clone()),
         )));
+        let actor = ctx.address().recipient();
+        self.tasks.push(AbortOnDrop::spawn(accept_loop(
+            calls,
+            MAX_CALL_STREAMS,
+            "call",
+            move |peer, stream| serve_call(peer, stream, actor.clone()),
+        )));
+        // Exposures kept from before are services from the start.
+        self.publish_services();
         info!(peer_id = %self.net.local_peer_id(), "overlay started");
     }
 }

@@ -1,22 +1,17 @@
 //! The overlay in-process: real kernels (temporary data directories, 127.0.0.1, mDNS off) that
 //! run only the overlay and a probe capturing the service context, driven through the
-//! kernel's registry exactly as the gateway drives them.
+//! kernel's registry exactly as the gateway drives them (see `common`).
 
-use std::{
-    future::Future,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+mod common;
 
-use actix::prelude::*;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use p2pos_kernel::{
-    ChildHandle, ChildSpec, Config, InjectPanic, Kernel, RestartType, ServiceContext, ServiceError,
-    StopService,
     protocols::{
-        Apps, Overlay,
-        apps::{ChannelStream, Request, Response},
+        Apps,
+        apps::{ChannelStream, Request, Response, Session},
     },
     wire,
 };
@@ -24,174 +19,13 @@ use p2pos_proto::{
     app::v1::DeliveryState,
     monitor::v1::{Event, event::Kind},
     overlay::v1::{
-        DialRequest, FindPeerRequest, GetTicketRequest, ListPeersRequest, OverlayRequest,
-        OverlayStatusRequest, PingRequest, overlay_request::Kind as Req,
+        FindPeerRequest, GetTicketRequest, PingRequest, overlay_request::Kind as Req,
         overlay_response::Kind as Resp,
     },
 };
 use tokio_util::codec::Framed;
 
-const T: Duration = Duration::from_secs(30);
-
-/// A trivial actor standing in for a service, so that the kernel hands us its context.
-struct Probe {
-    _guard: p2pos_kernel::DeathGuard,
-}
-
-impl Actor for Probe {
-    type Context = Context<Self>;
-}
-
-impl Handler<StopService> for Probe {
-    type Result = ();
-    fn handle(&mut self, _: StopService, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
-impl Handler<InjectPanic> for Probe {
-    type Result = ();
-    fn handle(&mut self, _: InjectPanic, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
-struct Node {
-    ctx: ServiceContext,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    async fn boot() -> Node {
-        Node::boot_with(Config::default().max_channels).await
-    }
-
-    async fn boot_with(max_channels: u32) -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = Config {
-            data_dir: dir.path().join("node"),
-            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-            mdns: false,
-            allow_fault_injection: true,
-            max_channels,
-            ..Config::default()
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let slot = Arc::new(Mutex::new(Some(tx)));
-        let probe = ChildSpec {
-            name: "probe",
-            restart: RestartType::Temporary,
-            start: Box::new(move |ctx, guard| {
-                if let Some(tx) = slot.lock().expect("lock").take() {
-                    let _ = tx.send(ctx);
-                }
-                let addr = Probe { _guard: guard }.start();
-                Ok(ChildHandle {
-                    stop: addr.clone().recipient(),
-                    panic: addr.recipient(),
-                })
-            }),
-        };
-        Kernel::boot(config, vec![p2pos_overlay::child_spec(), probe]).expect("boot");
-        let ctx = tokio::time::timeout(T, rx)
-            .await
-            .expect("kernel started")
-            .expect("context");
-        Node { ctx, _dir: dir }
-    }
-
-    fn peer_id(&self) -> String {
-        self.ctx.keypair.public().to_peer_id().to_string()
-    }
-
-    async fn overlay(&self, kind: Req) -> Result<Resp, ServiceError> {
-        let reply = self
-            .ctx
-            .registry
-            .call::<Overlay>(OverlayRequest { kind: Some(kind) })
-            .await?;
-        Ok(reply.kind.expect("a response kind"))
-    }
-
-    async fn apps(&self, request: Request) -> Result<Response, ServiceError> {
-        self.ctx.registry.call::<Apps>(request).await
-    }
-
-    /// Opens a session of app `chat`.
-    async fn chat_session(&self) -> p2pos_kernel::protocols::apps::Session {
-        self.session("chat").await
-    }
-
-    /// Opens a session of `app_id`.
-    async fn session(&self, app_id: &str) -> p2pos_kernel::protocols::apps::Session {
-        match self
-            .apps(Request::OpenSession {
-                app_id: app_id.into(),
-            })
-            .await
-        {
-            Ok(Response::Session(session)) => session,
-            other => panic!("a session of {app_id}: {other:?}"),
-        }
-    }
-
-    async fn ticket(&self) -> (String, Vec<String>) {
-        match self.overlay(Req::GetTicket(GetTicketRequest {})).await {
-            Ok(Resp::Ticket(t)) => (t.ticket, t.addresses),
-            other => panic!("ticket: {other:?}"),
-        }
-    }
-
-    async fn dial(&self, target: &str) -> Result<String, ServiceError> {
-        match self
-            .overlay(Req::Dial(DialRequest {
-                target: target.into(),
-                timeout_ms: 0,
-            }))
-            .await?
-        {
-            Resp::Dial(d) => Ok(d.peer_id),
-            other => panic!("dial: {other:?}"),
-        }
-    }
-
-    async fn peers(&self) -> Vec<p2pos_proto::overlay::v1::PeerInfo> {
-        match self.overlay(Req::ListPeers(ListPeersRequest {})).await {
-            Ok(Resp::ListPeers(p)) => p.peers,
-            _ => Vec::new(),
-        }
-    }
-
-    async fn routing_table_size(&self) -> u32 {
-        match self.overlay(Req::Status(OverlayStatusRequest {})).await {
-            Ok(Resp::Status(s)) => s.routing_table_size,
-            _ => 0,
-        }
-    }
-}
-
-/// Polls `check` until it answers `Some`, failing after `deadline`.
-async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn channel(response: Result<Response, ServiceError>) -> ChannelStream {
-    match response {
-        Ok(Response::Channel(c)) => c,
-        other => panic!("expected a channel, got {other:?}"),
-    }
-}
+use common::{Node, T, channel, eventually, next_channel};
 
 #[actix_rt::test]
 async fn channels_and_messages_flow_between_two_nodes() {
@@ -438,7 +272,7 @@ async fn a_restarted_overlay_keeps_its_port_and_redials_its_peers() {
 async fn open_and_accept(
     opener: &Node,
     acceptor: &Node,
-    session: &mut p2pos_kernel::protocols::apps::Session,
+    session: &mut Session,
 ) -> (ChannelStream, ChannelStream) {
     let registry = opener.ctx.registry.clone();
     let (ticket, _) = acceptor.ticket().await;
@@ -450,10 +284,7 @@ async fn open_and_accept(
             })
             .await
     });
-    let incoming = tokio::time::timeout(T, session.incoming.recv())
-        .await
-        .expect("announced in time")
-        .expect("session open");
+    let incoming = next_channel(session).await;
     let accepted = channel(
         acceptor
             .apps(Request::AcceptChannel {
@@ -522,7 +353,7 @@ async fn open_and_accept_locally(
     node: &Node,
     app_id: &str,
     peer: String,
-    session: &mut p2pos_kernel::protocols::apps::Session,
+    session: &mut Session,
 ) -> (ChannelStream, ChannelStream) {
     let registry = node.ctx.registry.clone();
     let app = app_id.to_owned();
@@ -531,10 +362,7 @@ async fn open_and_accept_locally(
             .call::<Apps>(Request::OpenChannel { app_id: app, peer })
             .await
     });
-    let incoming = tokio::time::timeout(T, session.incoming.recv())
-        .await
-        .expect("announced in time")
-        .expect("session open");
+    let incoming = next_channel(session).await;
     assert_eq!(
         incoming.peer_id,
         node.peer_id(),
@@ -684,10 +512,7 @@ async fn a_local_channel_not_accepted_in_30_s_times_out() {
             })
             .await
     });
-    let incoming = tokio::time::timeout(T, session.incoming.recv())
-        .await
-        .expect("announced in time")
-        .expect("session open");
+    let incoming = next_channel(&mut session).await;
     let err = tokio::time::timeout(T + Duration::from_secs(10), opening)
         .await
         .expect("answered")

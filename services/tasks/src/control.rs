@@ -11,7 +11,9 @@ use p2pos_proto::tasks::v1::{
 use tokio::sync::mpsc;
 
 use crate::{
-    Error, logs, persist, program,
+    Error,
+    lifecycle::SessionWatch,
+    logs, persist, program,
     scope::{Caller, Key},
     service::{MAX_LOG_READERS, TasksService},
     signal,
@@ -190,15 +192,8 @@ impl TasksService {
         r: HelperRef,
         ctx: &mut Context<Self>,
     ) -> Reply<HelperStatus> {
-        if self.stopping {
-            return done(Err(Error::ShuttingDown));
-        }
-        let key = match caller.key(&r.app_id, &r.name) {
+        let key = match self.startable(&caller, &r) {
             Ok(key) => key,
-            Err(e) => return done(Err(e)),
-        };
-        let spec = match self.spec_to_start(&key) {
-            Ok(spec) => spec,
             Err(e) => return done(Err(e)),
         };
         if let Some(entry) = self.table.get(&key)
@@ -206,14 +201,51 @@ impl TasksService {
         {
             return done(Ok(entry.status()));
         }
-        let watched = caller
-            .session_app()
-            .filter(|_| !spec.outlive_session)
-            .map(str::to_owned);
-        let Some(app) = watched else {
-            return done(self.launch(&key, None, ctx));
+        let app = self.session_to_bind(&caller, &key);
+        self.with_session(app, ctx, move |act, session, ctx| {
+            done(act.launch(&key, session, ctx))
+        })
+    }
+
+    /// The helper `r` names, if the caller may start it now.
+    fn startable(&self, caller: &Caller, r: &HelperRef) -> Result<Key, Error> {
+        if self.stopping {
+            return Err(Error::ShuttingDown);
+        }
+        let key = caller.key(&r.app_id, &r.name)?;
+        self.spec_to_start(&key)?;
+        Ok(key)
+    }
+
+    /// The app whose session a new run of `key` lives by: the one its last run lived by (so a
+    /// restart, by anyone, keeps it bound), else the app that starts it; none for a spec that
+    /// outlives sessions, or an admin start of an unbound helper.
+    fn session_to_bind(&self, caller: &Caller, key: &Key) -> Option<String> {
+        let outlives = self
+            .spec_to_start(key)
+            .map(|spec| spec.outlive_session)
+            .unwrap_or(false);
+        if outlives {
+            return None;
+        }
+        self.table
+            .get(key)
+            .and_then(|e| e.bound_app.clone())
+            .or_else(|| caller.session_app().map(str::to_owned))
+    }
+
+    /// Runs `then` with a watch on `app`'s session (none without an app). The app needs a
+    /// live session: without one, `then` does not run and the answer is the error.
+    fn with_session(
+        &mut self,
+        app: Option<String>,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, Option<SessionWatch>, &mut Context<Self>) -> Reply<HelperStatus>
+        + 'static,
+    ) -> Reply<HelperStatus> {
+        let Some(app) = app else {
+            return then(self, None, ctx);
         };
-        // The helper lives by the app's session: it needs one to start.
         let registry = self.ctx.registry.clone();
         let request = apps::Request::WatchSession {
             app_id: app.clone(),
@@ -221,14 +253,12 @@ impl TasksService {
         Box::pin(
             async move { registry.call::<Apps>(request).await }
                 .into_actor(self)
-                .map(move |answer, act, ctx| match answer {
-                    Ok(apps::Response::SessionEnd(ended)) => {
-                        act.launch(&key, Some((app, ended)), ctx)
-                    }
-                    Ok(other) => Err(Error::Internal(format!(
+                .then(move |answer, act, ctx| match answer {
+                    Ok(apps::Response::SessionEnd(ended)) => then(act, Some((app, ended)), ctx),
+                    Ok(other) => done(Err(Error::Internal(format!(
                         "the apps service answered WatchSession with {other:?}"
-                    ))),
-                    Err(e) => Err(Error::Session(e)),
+                    )))),
+                    Err(e) => done(Err(Error::Session(e))),
                 }),
         )
     }
@@ -261,20 +291,25 @@ impl TasksService {
         r: HelperRef,
         ctx: &mut Context<Self>,
     ) -> Reply<HelperStatus> {
-        let key = match caller.key(&r.app_id, &r.name) {
+        let key = match self.startable(&caller, &r) {
             Ok(key) => key,
             Err(e) => return done(Err(e)),
         };
-        match self.begin_stop(&key, "restarting through the API".into(), ctx) {
-            None => self.start_helper(caller, r, ctx),
-            Some(stopped) => Box::pin(
-                async move {
-                    let _ = stopped.await;
-                }
-                .into_actor(self)
-                .then(move |(), act, ctx| act.start_helper(caller, r, ctx)),
-            ),
-        }
+        // The session the new run will live by is checked before the old run is stopped: a
+        // restart that could not start again leaves it running.
+        let app = self.session_to_bind(&caller, &key);
+        self.with_session(app, ctx, move |act, session, ctx| {
+            match act.begin_stop(&key, "restarting through the API".into(), ctx) {
+                None => done(act.launch(&key, session, ctx)),
+                Some(stopped) => Box::pin(
+                    async move {
+                        let _ = stopped.await;
+                    }
+                    .into_actor(act)
+                    .map(move |(), act, ctx| act.launch(&key, session, ctx)),
+                ),
+            }
+        })
     }
 
     fn signal(

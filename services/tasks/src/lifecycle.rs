@@ -17,7 +17,9 @@ use crate::{
     program,
     restart::{self, Exit},
     scope::Key,
-    service::{Exited, MAX_RUNNING, MAX_SPECS, MAX_SPECS_PER_APP, TasksService},
+    service::{
+        Exited, MAX_RUNNING, MAX_RUNNING_PER_APP, MAX_SPECS, MAX_SPECS_PER_APP, TasksService,
+    },
     spec::{self, Spec},
     table::{Entry, Run},
 };
@@ -46,9 +48,17 @@ impl TasksService {
         }
     }
 
-    /// Refuses a new entry for `app` past the limits.
+    /// Refuses a new entry for `app` past the limits. An app's share counts its helpers'
+    /// entries too (`app:helper`), so nesting does not multiply it.
     pub(crate) fn check_room(&self, app: &str) -> Result<(), Error> {
-        if self.table.keys().filter(|k| k.app == app).count() >= MAX_SPECS_PER_APP {
+        let root = root_app(app);
+        if self
+            .table
+            .keys()
+            .filter(|k| root_app(&k.app) == root)
+            .count()
+            >= MAX_SPECS_PER_APP
+        {
             return Err(Error::Limit {
                 what: "helper specs of one app",
                 limit: MAX_SPECS_PER_APP,
@@ -86,6 +96,18 @@ impl TasksService {
                 limit: MAX_RUNNING,
             });
         }
+        let root = root_app(&key.app);
+        let running_here = self
+            .table
+            .iter()
+            .filter(|(k, e)| e.is_active() && root_app(&k.app) == root)
+            .count();
+        if running_here >= MAX_RUNNING_PER_APP {
+            return Err(Error::Limit {
+                what: "running helpers of one app",
+                limit: MAX_RUNNING_PER_APP,
+            });
+        }
         match self.table.get_mut(key) {
             Some(entry) => entry.spec = spec,
             None => {
@@ -105,16 +127,20 @@ impl TasksService {
         }
         if let Some((app, ended)) = session {
             let k = key.clone();
+            let bound = app.clone();
             let watch = ctx.spawn(
                 async move {
                     let _ = ended.await;
                 }
                 .into_actor(self)
-                .map(move |(), act, ctx| act.session_ended(&k, &app, ctx)),
+                .map(move |(), act, ctx| act.session_ended(&k, &bound, ctx)),
             );
             if let Some(entry) = self.table.get_mut(key) {
                 entry.session = Some(watch);
+                entry.bound_app = Some(app);
             }
+        } else if let Some(entry) = self.table.get_mut(key) {
+            entry.bound_app = None;
         }
         self.view(key)
     }
@@ -297,8 +323,17 @@ impl TasksService {
             HelperState::Running => {
                 let run = entry.run.as_mut()?;
                 let (pid, id) = (run.pid, run.id);
-                let (signal, timeout) = (run.spec.stop_signal, run.spec.stop_timeout);
+                let (signal, mut timeout) = (run.spec.stop_signal, run.spec.stop_timeout);
+                if self.stopping {
+                    // The kernel gives a stopping service a few seconds; the node must not
+                    // wait for the slowest helper's grace period.
+                    timeout = timeout.min(NODE_STOP_GRACE);
+                }
                 process::signal_group(pid, signal);
+                // A stopped (SIGSTOP) helper would only see the signal once continued.
+                if signal != Signal::SIGCONT && signal != Signal::SIGKILL {
+                    process::signal_group(pid, Signal::SIGCONT);
+                }
                 let k = key.clone();
                 run.kill_timer = Some(ctx.run_later(timeout, move |act, _| {
                     act.kill_after_timeout(&k, id);
@@ -348,4 +383,16 @@ impl TasksService {
             let _ = self.begin_stop(key, format!("the session of app {app} ended"), ctx);
         }
     }
+}
+
+/// How long each helper gets after its stop signal when the node stops (the kernel waits 5 s
+/// for a service to stop).
+const NODE_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The app an entry's share counts against: `chat` for `chat`, `chat:voice`, ...; the node's
+/// own helpers (`""`) share one.
+fn root_app(app: &str) -> &str {
+    app.split(p2pos_kernel::names::HELPER_SEPARATOR)
+        .next()
+        .unwrap_or(app)
 }

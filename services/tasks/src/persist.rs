@@ -120,7 +120,7 @@ mod tests {
         assert_eq!(load(store.as_ref()).unwrap(), vec![spec]);
 
         for i in 0..(SCAN_BATCH + 3) {
-            add_token(store.as_ref(), &format!("helper-{i}"), "chat.voice").unwrap();
+            add_token(store.as_ref(), &format!("helper-{i}"), "chat:voice").unwrap();
         }
         remove_token(store.as_ref(), "helper-0");
         assert_eq!(store.get(HELPER_TOKENS_TREE, b"helper-0").unwrap(), None);

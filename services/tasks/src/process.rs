@@ -34,7 +34,7 @@ use p2pos_proto::tasks::v1::LogStream;
 pub const ENV_GATEWAY: &str = "P2POS_GATEWAY";
 /// The helper's token (`helper-<64 hex>`), scoped to its app id.
 pub const ENV_TOKEN: &str = "P2POS_TOKEN";
-/// The app id the helper acts as: `<app>.<name>`, or `<name>` for a helper of the node.
+/// The app id the helper acts as: `<app>:<name>`, or `_node:<name>` for a helper of the node.
 pub const ENV_APP_ID: &str = "P2POS_APP_ID";
 /// The helper's name.
 pub const ENV_HELPER: &str = "P2POS_HELPER";

@@ -1,5 +1,7 @@
 //! Who is calling, and which helpers they may address: the admin everything; app `X` the
-//! helpers of `X` and of its helpers' app ids (`X.<helper>`), where an empty app id means `X`.
+//! helpers of `X` and of its helpers' app ids (`X:<helper>`), where an empty app id means `X`.
+
+use p2pos_kernel::names;
 
 use crate::{Error, spec};
 
@@ -62,12 +64,7 @@ impl Caller {
     pub(crate) fn covers(&self, app_id: &str) -> bool {
         match self {
             Caller::Admin => true,
-            Caller::App(own) => {
-                app_id == own
-                    || app_id
-                        .strip_prefix(own.as_str())
-                        .is_some_and(|rest| rest.starts_with('.'))
-            }
+            Caller::App(own) => names::covers(own, app_id),
         }
     }
 
@@ -122,17 +119,17 @@ mod tests {
         let chat = Caller::parse("chat".into()).unwrap();
         assert_eq!(chat.app("").unwrap(), "chat");
         assert_eq!(chat.app("chat").unwrap(), "chat");
-        assert_eq!(chat.app("chat.voice").unwrap(), "chat.voice");
+        assert_eq!(chat.app("chat:voice").unwrap(), "chat:voice");
         for other in ["chatty", "other", "cha", "voice.chat"] {
             let err = chat.app(other).unwrap_err();
             assert!(matches!(err, Error::PermissionDenied { .. }), "{other}");
         }
-        let helper = Caller::parse("chat.voice".into()).unwrap();
+        let helper = Caller::parse("chat:voice".into()).unwrap();
         assert!(
             helper.app("chat").is_err(),
             "a helper may not act as its app"
         );
-        assert!(chat.covers("chat.voice.x"));
+        assert!(chat.covers("chat:voice:x"));
         assert!(
             !chat.covers(""),
             "admin-installed helpers are not the app's"

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::{Error, persist, process, scope::Key, table::Entry};
+use p2pos_proto::tasks::v1::HelperState;
 
 /// The service's name.
 pub const NAME: &str = "tasks";
@@ -27,6 +28,8 @@ pub const MAX_SPECS_PER_APP: usize = 64;
 pub const MAX_SPECS: usize = 512;
 /// Most helpers running (or stopping, or waiting to be restarted) at once.
 pub const MAX_RUNNING: usize = 128;
+/// Most helpers of one app (its helpers' helpers included) running at once.
+pub const MAX_RUNNING_PER_APP: usize = 32;
 /// Most `Logs` calls served at once.
 pub const MAX_LOG_READERS: usize = 256;
 
@@ -101,10 +104,20 @@ impl Actor for TasksService {
 impl Drop for TasksService {
     /// Runs on a panic too: no helper process may be left without its supervisor.
     fn drop(&mut self) {
-        for (key, entry) in &self.table {
+        let events = self.ctx.events.clone();
+        for (key, entry) in &mut self.table {
             if let Some(run) = &entry.run {
                 warn!(helper = %key, pid = run.pid, "killing the helper: the task-control service is gone");
                 process::signal_group(run.pid, Signal::SIGKILL);
+            }
+            if entry.is_active() {
+                // Followers of the event stream must not think it still runs.
+                entry.set_state(
+                    key,
+                    &events,
+                    HelperState::Failed,
+                    "killed: the task-control service stopped abnormally",
+                );
             }
             if let Some(token) = &entry.token {
                 persist::remove_token(self.ctx.store.as_ref(), token);

@@ -83,11 +83,7 @@ fn run(args: &[OsString]) -> i32 {
     // SAFETY: runs in the forked child before exec; sigprocmask is async-signal-safe and
     // nothing is allocated.
     unsafe {
-        command.pre_exec(|| {
-            SigSet::all()
-                .thread_unblock()
-                .map_err(std::io::Error::from)
-        });
+        command.pre_exec(|| SigSet::all().thread_unblock().map_err(std::io::Error::from));
     }
     let child = match command.spawn() {
         Ok(child) => child,

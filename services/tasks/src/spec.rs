@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use nix::sys::signal::Signal;
+use p2pos_kernel::names;
 use p2pos_proto::tasks::v1::{HelperSpec, RestartPolicy};
 
 use crate::{Error, signal};
@@ -77,30 +78,39 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// Checks a (non-empty) app id: 1 to 64 characters of `[A-Za-z0-9._-]`, and not `.` or `..`
-/// (it names a directory).
-pub(crate) fn validate_app_id(app_id: &str) -> Result<(), Error> {
-    let ok = !app_id.is_empty()
-        && app_id.len() <= MAX_APP_ID_LEN
-        && app_id != "."
-        && app_id != ".."
-        && app_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidAppId(app_id.chars().take(80).collect()))
-    }
+/// glibc's list of variables it drops for set-user-ID programs (`UNSECURE_ENVVARS`), besides
+/// every `LD_*`: each can make a program load or read code or data it was not built with.
+const LOADER_VARIABLES: &[&str] = &[
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "MALLOC_TRACE",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "TMPDIR",
+    "TZDIR",
+];
+
+fn is_loader_variable(key: &str) -> bool {
+    key.starts_with("LD_") || LOADER_VARIABLES.contains(&key)
 }
 
-/// The app id a helper acts as: `<app>.<name>`, or `<name>` for a helper of the node.
+/// Checks a (non-empty) app id ([`p2pos_kernel::names`]).
+pub(crate) fn validate_app_id(app_id: &str) -> Result<(), Error> {
+    // `_node` names the node's own helpers (their directory, their app ids).
+    names::check_app_id(app_id)
+        .ok()
+        .filter(|()| app_id != names::NODE_HELPER_OWNER)
+        .ok_or_else(|| Error::InvalidAppId(app_id.chars().take(80).collect()))
+}
+
+/// The app id a helper acts as: `<app>:<name>`, or `_node:<name>` for a helper of the node.
 pub(crate) fn helper_app_id(app_id: &str, name: &str) -> String {
-    if app_id.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{app_id}.{name}")
-    }
+    names::helper_app_id(app_id, name)
 }
 
 /// [`helper_app_id`], refused when longer than [`MAX_APP_ID_LEN`].
@@ -170,6 +180,14 @@ impl TryFrom<HelperSpec> for Spec {
                 return Err(invalid(format!(
                     "environment variable {key:?}: names starting with {RESERVED_ENV_PREFIX} \
                      are set by the node"
+                )));
+            }
+            // An app may only run programs from the plug-in directory: variables that make
+            // the dynamic loader (or libc) load other code are the admin's alone.
+            if !app_id.is_empty() && is_loader_variable(key) {
+                return Err(invalid(format!(
+                    "environment variable {key:?} changes which code the program loads; only \
+                     helpers installed by the admin may set it"
                 )));
             }
         }
@@ -315,14 +333,18 @@ mod tests {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
         assert!(validate_app_id("org.chat_2-x").is_ok());
-        for bad in ["", ".", "..", "a/b", &"a".repeat(65)] {
+        for bad in ["", ".", "..", "a/b", "a::b", &"a".repeat(65)] {
             assert!(validate_app_id(bad).is_err(), "{bad:?}");
         }
         assert_eq!(
             checked_helper_app_id("chat", "voice").unwrap(),
-            "chat.voice"
+            "chat:voice"
         );
-        assert_eq!(checked_helper_app_id("", "voice").unwrap(), "voice");
+        assert_eq!(checked_helper_app_id("", "voice").unwrap(), "_node:voice");
+        assert!(
+            validate_app_id("_node").is_err(),
+            "the node's own helpers' owner"
+        );
         let long = "a".repeat(60);
         let err = checked_helper_app_id(&long, "voice").unwrap_err();
         assert!(matches!(err, Error::HelperAppIdTooLong(_)));

@@ -54,6 +54,9 @@ pub(crate) struct Entry {
     pub(crate) backoff: Option<SpawnHandle>,
     /// The watch on the session of the app that started it.
     pub(crate) session: Option<SpawnHandle>,
+    /// The app whose session its last start was bound to; a restart, by anyone, binds the new
+    /// run to it again.
+    pub(crate) bound_app: Option<String>,
     /// Why it is stopping, to become its reason once it has stopped.
     pub(crate) stop_reason: String,
     /// Calls waiting for it to stop.
@@ -79,6 +82,7 @@ impl Entry {
             run: None,
             backoff: None,
             session: None,
+            bound_app: None,
             stop_reason: String::new(),
             stop_waiters: Vec::new(),
             readers: Vec::new(),
@@ -188,7 +192,7 @@ mod tests {
         let mut entry = Entry::new(spec, true);
         assert!(!entry.is_active());
         let status = entry.status();
-        assert_eq!(status.helper_app_id, "chat.voice");
+        assert_eq!(status.helper_app_id, "chat:voice");
         assert_eq!(status.state, HelperState::Stopped as i32);
         let events = EventBus::new();
         let mut rx = events.subscribe();

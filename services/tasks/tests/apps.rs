@@ -59,7 +59,7 @@ async fn an_apps_helper_runs_from_the_plugin_dir_and_lives_by_its_session() {
         added_spec.app_id, "chat",
         "an empty app id means the caller"
     );
-    assert_eq!(added.helper_app_id, "chat.voice");
+    assert_eq!(added.helper_app_id, "chat:voice");
 
     // Other apps see nothing of it.
     let err = node.get("other", "chat", "voice").await.expect_err("scope");
@@ -90,7 +90,7 @@ async fn an_apps_helper_runs_from_the_plugin_dir_and_lives_by_its_session() {
         (!lines.is_empty()).then_some(lines)
     })
     .await;
-    assert_eq!(lines, ["chat.voice voice chat"]);
+    assert_eq!(lines, ["chat:voice voice chat"]);
     let err = node
         .logs("other", "chat", "voice", 0, false)
         .await
@@ -135,7 +135,7 @@ async fn an_app_gets_its_own_instance_of_an_admin_spec_with_a_clean_environment(
     assert_eq!(list.helpers.len(), 1);
     assert_eq!(list.helpers[0].spec.as_ref().expect("spec").app_id, "");
     let view = node.get("chat", "", "env").await.expect("view");
-    assert_eq!(view.helper_app_id, "chat.env");
+    assert_eq!(view.helper_app_id, "chat:env");
     assert_eq!(view.state(), HelperState::Stopped);
 
     let started = node
@@ -161,7 +161,7 @@ async fn an_app_gets_its_own_instance_of_an_admin_spec_with_a_clean_environment(
     assert!(token.starts_with("helper-") && token.len() == 71, "{token}");
     let expected = [
         "GREETING=hi".to_owned(),
-        "P2POS_APP_ID=chat.env".to_owned(),
+        "P2POS_APP_ID=chat:env".to_owned(),
         format!(
             "P2POS_GATEWAY=unix:{}",
             node.data_dir().join("gateway.sock").display()

@@ -57,7 +57,7 @@ async fn a_failing_helper_is_restarted_with_its_logs_kept_then_fails() {
     failing.max_restarts = 2;
     let added = node.add("", failing).await.expect("add");
     assert_eq!(added.state(), HelperState::Stopped);
-    assert_eq!(added.helper_app_id, "failing");
+    assert_eq!(added.helper_app_id, "_node:failing");
 
     let mut events = node.ctx.events.subscribe();
     let mut follow = node.logs("", "", "failing", 0, true).await.expect("logs");
@@ -127,7 +127,7 @@ async fn a_stopped_helper_is_gone_and_its_token_revoked() {
     let issued = tokens(&node);
     assert_eq!(issued.len(), 1);
     assert!(issued[0].0.starts_with("helper-") && issued[0].0.len() == 71);
-    assert_eq!(issued[0].1, "sleeper");
+    assert_eq!(issued[0].1, "_node:sleeper");
 
     // Starting a running helper answers its state.
     let same = node

@@ -105,8 +105,96 @@ pub(crate) enum Command {
     /// Manage helper applications (plug-ins) the node runs and supervises
     #[command(subcommand)]
     Helpers(HelpersCommand),
+    /// Services that apps provide to other apps: list, find, call
+    #[command(subcommand)]
+    Services(ServicesCommand),
+    /// Port forwarding: publish a local TCP port as a service, or reach one through a local port
+    #[command(subcommand)]
+    Forward(ForwardCommand),
     /// Stop the node
     Shutdown,
+}
+
+/// `p2pctl services ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServicesCommand {
+    /// List the services provided on this node, and by which app
+    #[command(visible_alias = "ls")]
+    List(JsonFlag),
+    /// Find a service's providers: this node's first, then remote ones, nearest first
+    Find {
+        /// The service, NAME/VERSION (e.g. translate/1)
+        service: String,
+        /// Most providers to show [default: the node's, 20]
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Call a service once and print its answer (as text; bytes that are not UTF-8 as they are)
+    Call {
+        /// The service, NAME/VERSION (e.g. translate/1)
+        service: String,
+        /// The request, as text; `-` reads it from stdin (at most 1 MiB)
+        payload: String,
+        /// The app the call is made for
+        #[arg(long, value_name = "APP", default_value = "p2pctl")]
+        app: String,
+        /// Only this provider (peer id) [default: the best one found]
+        #[arg(long, value_name = "PEER")]
+        peer: Option<String>,
+        /// Give up after this many milliseconds (at most 60000) [default: 60000]
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u32>,
+        /// Print JSON: {peer_id, provider_app, payload_base64, payload_text}
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `p2pctl forward ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ForwardCommand {
+    /// Publish a TCP service of this computer as a P2P OS service (kept until withdrawn)
+    Expose {
+        /// The local service: 127.0.0.1:PORT or [::1]:PORT
+        target: String,
+        /// The name to publish it as; a bare NAME means NAME/1
+        #[arg(long = "as", value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Stop publishing an exposed service
+    Withdraw {
+        /// The name it was exposed as
+        name: String,
+    },
+    /// List exposed services and open forwards
+    #[command(visible_alias = "ls")]
+    List(JsonFlag),
+    /// Listen on a local port and tunnel each connection to an exposed service
+    ///
+    /// The forward lives in the node, not in p2pctl (which returns at once), until
+    /// `p2pctl forward close ID` or the node stops.
+    #[command(allow_missing_positional = true)]
+    Connect {
+        /// The provider: peer id, ticket or multiaddr [default: the best one found, at each
+        /// connection]
+        peer: Option<String>,
+        /// The exposed service's name (a bare NAME means NAME/1)
+        name: String,
+        /// Where to listen: 127.0.0.1:PORT or [::1]:PORT (port 0: any free port)
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Close a forward: its local port stops listening
+    Close {
+        /// The forward's id, from `forward connect` or `forward list`
+        id: u64,
+    },
 }
 
 /// `--app` of the helper commands.
@@ -347,6 +435,62 @@ mod tests {
             Cli::try_parse_from(["p2pctl", "helpers", "add", "--env", "=1", "x", "y"]).is_err(),
             "an empty key"
         );
+    }
+
+    fn connect(args: &[&str]) -> (Option<String>, String, String) {
+        let cli = Cli::parse_from(["p2pctl", "forward", "connect"].iter().chain(args));
+        match cli.command {
+            Command::Forward(ForwardCommand::Connect {
+                peer, name, listen, ..
+            }) => (peer, name, listen),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forward_connect_takes_an_optional_peer_before_the_name() {
+        assert_eq!(
+            connect(&["web", "--listen", "127.0.0.1:8080"]),
+            (None, "web".to_owned(), "127.0.0.1:8080".to_owned())
+        );
+        assert_eq!(
+            connect(&["12D3KooWx", "web/2"]),
+            (
+                Some("12D3KooWx".to_owned()),
+                "web/2".to_owned(),
+                "127.0.0.1:0".to_owned()
+            )
+        );
+        assert!(Cli::try_parse_from(["p2pctl", "forward", "connect"]).is_err());
+        assert!(Cli::try_parse_from(["p2pctl", "forward", "connect", "a", "b", "c"]).is_err());
+    }
+
+    #[test]
+    fn services_call_defaults_to_the_p2pctl_app() {
+        let cli = Cli::parse_from([
+            "p2pctl",
+            "services",
+            "call",
+            "echo/1",
+            "hi",
+            "--timeout",
+            "500",
+        ]);
+        match cli.command {
+            Command::Services(ServicesCommand::Call {
+                service,
+                payload,
+                app,
+                peer,
+                timeout,
+                json,
+            }) => {
+                assert_eq!((service.as_str(), payload.as_str()), ("echo/1", "hi"));
+                assert_eq!(app, "p2pctl");
+                assert_eq!((peer, timeout, json), (None, Some(500), false));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`cli`]: the clap definitions (global options, one variant per command).
 //! - [`commands`]: one module per command group (`node`, `overlay`, `apps`, `monitor`,
-//!   `helpers`).
+//!   `helpers`, `services`, `forward`).
 //! - [`output`]: stdout lines, tables, JSON shapes and value formatting.
 
 mod cli;

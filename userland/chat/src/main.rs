@@ -15,7 +15,7 @@
 //! - `/call`: a voice call with the peer of the live channel. The chat registers its plug-in
 //!   `p2p-voice` with the node (`Tasks.AddHelper`: helper `voice`, program `p2p-voice` from the
 //!   node's plug-in directory, `--wav FILE` with `--call-audio FILE`, never restarted), starts
-//!   it (`StartHelper`), opens a local channel to it (app id `chat.voice`, this node's peer id)
+//!   it (`StartHelper`), opens a local channel to it (app id `chat:voice`, this node's peer id)
 //!   and sends it `call`; then it tells the peer's chat, which prints `* incoming call from
 //!   <short id>` and starts its own plug-in to `answer`. The plug-ins stream audio to each
 //!   other; both chats print their counters (`* voice: sent 250 frames, received 250 frames,

@@ -8,6 +8,7 @@ use p2pos_proto::app::v1::apps_client::AppsClient;
 use p2pos_proto::monitor::v1::monitor_client::MonitorClient;
 use p2pos_proto::node::v1::node_client::NodeClient;
 use p2pos_proto::overlay::v1::overlay_client::OverlayClient;
+use p2pos_proto::service::v1::services_client::ServicesClient;
 use p2pos_proto::tasks::v1::tasks_client::TasksClient;
 use tokio::net::UnixStream;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -126,6 +127,14 @@ impl Client {
     /// The `p2pos.tasks.v1.Tasks` service: helper applications (plug-ins).
     pub fn tasks(&self) -> TasksClient<AuthChannel> {
         TasksClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The `p2pos.service.v1.Services` service: services apps provide to other apps (register,
+    /// find, call, reply, channels) and port forwarding.
+    pub fn services(&self) -> ServicesClient<AuthChannel> {
+        ServicesClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
     }

@@ -52,7 +52,7 @@ const GOODBYE_WITHIN: Duration = Duration::from_secs(2);
 /// What the call needs to know.
 #[derive(Debug)]
 pub(crate) struct Config {
-    /// The app id the plug-in acts as (`P2POS_APP_ID`, e.g. `chat.voice`).
+    /// The app id the plug-in acts as (`P2POS_APP_ID`, e.g. `chat:voice`).
     pub(crate) app_id: String,
     /// What to send.
     pub(crate) source: Source,

@@ -5,19 +5,19 @@
 //!
 //! # Environment
 //! Set by the node: `P2POS_GATEWAY`, `P2POS_TOKEN` (scoped to the plug-in's app id),
-//! `P2POS_APP_ID` (e.g. `chat.voice`), `P2POS_HELPER_DIR` (its own directory, the default place
+//! `P2POS_APP_ID` (e.g. `chat:voice`), `P2POS_HELPER_DIR` (its own directory, the default place
 //! of recordings). Without `P2POS_APP_ID` or `P2POS_GATEWAY`, or with a bad `--wav` file, it
 //! prints one `error: ...` line and exits with status 2.
 //!
 //! # Control protocol (app ↔ plug-in)
 //! The plug-in opens an `Apps.Session` as `$P2POS_APP_ID`. The app opens a *local* channel to
-//! it (`open{app_id: "chat.voice", peer: <own peer id>}`, retrying while the plug-in starts);
+//! it (`open{app_id: "chat:voice", peer: <own peer id>}`, retrying while the plug-in starts);
 //! the plug-in accepts the first channel announced with its own node's peer id. Every data
 //! frame on it is one JSON object tagged by `"type"` (unknown fields are ignored):
 //!
 //! app → plug-in:
 //! - `{"type":"call","peer":ID}`: open the voice channel to the plug-in on peer ID
-//!   (`open{app_id: "chat.voice", peer: ID}`, retried for 15 s while it is not running there)
+//!   (`open{app_id: "chat:voice", peer: ID}`, retried for 15 s while it is not running there)
 //!   and stream.
 //! - `{"type":"answer","peer":ID}`: accept the voice channel that ID's plug-in opens (within
 //!   30 s) and stream back.

@@ -23,6 +23,10 @@ pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a Kademlia query may run.
 pub(crate) const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long another node keeps a service provider record after its last publication.
+pub(crate) const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(5 * 60);
+/// How often this node republishes the provider records of its services.
+pub(crate) const PROVIDER_PUBLICATION_INTERVAL: Duration = Duration::from_secs(60);
 /// Pending (not yet established) connections allowed in each direction.
 const MAX_PENDING: u32 = 64;
 /// Fraction of the machine's memory above which new connections are refused.
@@ -96,6 +100,12 @@ fn behaviour(key: &Keypair, relay_client: relay::client::Behaviour, config: &Con
     let kad = config.kademlia.then(|| {
         let mut kad_config = kad::Config::new(kad::PROTOCOL_NAME);
         kad_config.set_query_timeout(KAD_QUERY_TIMEOUT);
+        // Service providers (`/p2pos/service/<name>`) come and go with app sessions: their
+        // records live 5 minutes on other nodes and a live provider republishes them every
+        // minute, so a provider that vanished is forgotten within minutes, not the default
+        // 48 hours.
+        kad_config.set_provider_record_ttl(Some(PROVIDER_RECORD_TTL));
+        kad_config.set_provider_publication_interval(Some(PROVIDER_PUBLICATION_INTERVAL));
         if let Some(k) = NonZeroUsize::new(20) {
             kad_config.set_replication_factor(k);
         }

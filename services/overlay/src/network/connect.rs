@@ -203,28 +203,34 @@ impl EventLoop {
         if self.lookup_of.contains_key(&peer) {
             return;
         }
-        // A routing table still empty right after connecting (identify has not answered yet)
-        // is seeded with the connected peers, so the look-up has somewhere to start.
-        let seeds: Vec<(PeerId, Vec<Multiaddr>)> = self
-            .connections
-            .keys()
-            .map(|p| (*p, self.book.addresses(p)))
-            .collect();
+        self.seed_routing_table();
         if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
-            if kad.kbuckets().next().is_none() {
-                for (seed, addrs) in seeds {
-                    for addr in addrs {
-                        kad.add_address(&seed, addr);
-                    }
-                }
-            }
             let id = kad.get_closest_peers(peer);
             self.lookups.insert(id, peer);
             self.lookup_of.insert(peer, id);
         }
     }
 
-    /// Kademlia events that answer look-ups.
+    /// Seeds a routing table still empty right after connecting (identify has not answered
+    /// yet) with the connected peers, so that a look-up has somewhere to start.
+    pub(super) fn seed_routing_table(&mut self) {
+        let seeds: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .connections
+            .keys()
+            .map(|p| (*p, self.book.addresses(p)))
+            .collect();
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+            && kad.kbuckets().next().is_none()
+        {
+            for (seed, addrs) in seeds {
+                for addr in addrs {
+                    kad.add_address(&seed, addr);
+                }
+            }
+        }
+    }
+
+    /// Kademlia events that answer look-ups (of peers here, of providers in `providers`).
     pub(super) fn on_kad(&mut self, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
@@ -246,13 +252,19 @@ impl EventLoop {
                 }
             }
             kad::Event::RoutingUpdated {
-                peer, addresses, ..
+                peer,
+                addresses,
+                is_new_peer,
+                ..
             } => {
+                if is_new_peer {
+                    self.on_new_routing_peer();
+                }
                 if let Some(id) = self.lookup_of.get(&peer).copied() {
                     self.end_lookup(id, peer, addresses.into_vec());
                 }
             }
-            _ => {}
+            other => self.on_provider_event(other),
         }
     }
 

@@ -3,7 +3,7 @@
 //! metrics, and remembers peers and listen ports in the store.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -19,7 +19,7 @@ use libp2p::{
 use p2pos_kernel::{EventBus, Store};
 use p2pos_proto::monitor::v1::{PeerConnected, PeerGone, event::Kind};
 use tokio::{
-    sync::{broadcast, mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot, watch},
     time::Instant,
 };
 use tracing::{debug, info, warn};
@@ -30,6 +30,7 @@ use super::{
     connect::PendingConnect,
     metrics::SwarmMetrics,
     peers::{self, PeerBook, is_dialable},
+    providers::ProviderQuery,
 };
 
 /// How often stale waiters are dropped and late ticket requests answered.
@@ -66,6 +67,12 @@ pub(crate) struct EventLoop {
     pub(super) reachability: &'static str,
     relay_candidates: HashSet<PeerId>,
     relay_listeners: HashMap<PeerId, ListenerId>,
+    /// The services the overlay wants announced; `None` once the overlay dropped its end.
+    pub(super) wanted: Option<watch::Receiver<BTreeSet<String>>>,
+    /// The services announced in the DHT now.
+    pub(super) providing: BTreeSet<String>,
+    /// Look-ups of providers in progress.
+    pub(super) provider_queries: HashMap<kad::QueryId, ProviderQuery>,
 }
 
 impl EventLoop {
@@ -77,6 +84,7 @@ impl EventLoop {
         events: EventBus,
         store: Arc<dyn Store>,
         metrics: SwarmMetrics,
+        wanted: watch::Receiver<BTreeSet<String>>,
     ) -> Self {
         Self {
             swarm,
@@ -98,6 +106,9 @@ impl EventLoop {
             reachability: "unknown",
             relay_candidates: HashSet::new(),
             relay_listeners: HashMap::new(),
+            wanted: Some(wanted),
+            providing: BTreeSet::new(),
+            provider_queries: HashMap::new(),
         }
     }
 
@@ -120,6 +131,10 @@ impl EventLoop {
                     None => break None,
                 },
                 _ = housekeeping.tick() => self.housekeeping(),
+                changed = wanted_changed(self.wanted.as_mut()) => match changed {
+                    true => self.provide_wanted(),
+                    false => self.wanted = None,
+                },
             }
         };
         info!("overlay network stopping");
@@ -169,6 +184,12 @@ impl EventLoop {
             Command::Connect { peer, addrs, reply } => self.connect(peer, addrs, reply),
             Command::Ping { peer, reply } => self.ping(peer, reply),
             Command::FindPeer { peer, reply } => self.find_peer(peer, reply),
+            Command::FindProviders {
+                service,
+                limit,
+                wait,
+                reply,
+            } => self.find_providers(&service, limit, wait, reply),
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }
@@ -414,5 +435,15 @@ impl EventLoop {
             w.retain(|w| !w.is_closed());
             !w.is_empty()
         });
+        self.expire_provider_queries();
+    }
+}
+
+/// Waits until the wanted services change: `true`, or the overlay dropped its end: `false`.
+/// Never ready without a receiver.
+async fn wanted_changed(wanted: Option<&mut watch::Receiver<BTreeSet<String>>>) -> bool {
+    match wanted {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }

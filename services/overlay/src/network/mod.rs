@@ -8,6 +8,7 @@
 //! - [`info`]: tickets, peer lists and the overlay status.
 //! - [`metrics`]: what the swarm task records for Prometheus.
 //! - [`peers`]: known peers and remembered listen ports in the store.
+//! - [`providers`]: the services this node announces in the DHT, and look-ups of providers.
 
 mod behaviour;
 mod connect;
@@ -15,15 +16,16 @@ mod event_loop;
 mod info;
 mod metrics;
 pub(crate) mod peers;
+mod providers;
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams};
 use p2pos_kernel::{ServiceContext, wire};
 use p2pos_proto::overlay::v1::{OverlayStatus, PeerInfo, Ticket};
 use tokio::{
-    sync::{broadcast, mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use tracing::warn;
@@ -34,6 +36,8 @@ use crate::{Error, ticket::parse_target};
 pub(crate) const CHANNEL_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::CHANNEL_PROTOCOL);
 /// `/p2pos/msg/1`.
 pub(crate) const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::MESSAGE_PROTOCOL);
+/// `/p2pos/call/1`: one unary service call per stream.
+pub(crate) const CALL_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pos/call/1");
 /// Commands waiting for the swarm task; senders wait when it is full (back-pressure).
 const COMMAND_BUFFER: usize = 64;
 /// Connection events buffered for the delivery task; it catches up if it lags.
@@ -60,6 +64,14 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: Reply<Vec<Multiaddr>>,
     },
+    /// A DHT look-up of the providers of `service`, other than this node: at most `limit`,
+    /// answered when the query ends, `limit` are found or `wait` has passed.
+    FindProviders {
+        service: String,
+        limit: usize,
+        wait: Duration,
+        reply: Reply<Vec<RemoteProvider>>,
+    },
     /// Connected peers.
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
@@ -74,6 +86,17 @@ pub(crate) enum Command {
     Remember { peer: PeerId, addrs: Vec<Multiaddr> },
     /// Close the swarm; answered once it is dropped.
     Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// A provider of a service found in the DHT.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteProvider {
+    /// The provider's node.
+    pub(crate) peer: PeerId,
+    /// Whether this node is connected to it now.
+    pub(crate) connected: bool,
+    /// The last ping round-trip time, when connected and measured.
+    pub(crate) rtt: Option<Duration>,
 }
 
 /// What the swarm task tells other overlay tasks.
@@ -101,6 +124,10 @@ pub(crate) struct Network {
     pub(crate) channels: IncomingStreams,
     /// Inbound `/p2pos/msg/1` streams.
     pub(crate) messages: IncomingStreams,
+    /// Inbound `/p2pos/call/1` streams.
+    pub(crate) calls: IncomingStreams,
+    /// The services to announce in the DHT: the swarm task provides exactly this set.
+    pub(crate) provided: watch::Sender<BTreeSet<String>>,
     /// The swarm task.
     pub(crate) task: JoinHandle<()>,
 }
@@ -116,6 +143,10 @@ pub(crate) fn start(ctx: &ServiceContext) -> Result<Network, Error> {
     let messages = control
         .accept(MESSAGE_PROTOCOL)
         .map_err(|e| Error::Setup(e.to_string()))?;
+    let calls = control
+        .accept(CALL_PROTOCOL)
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let (provided, provided_rx) = watch::channel(BTreeSet::new());
     let metrics = metrics::SwarmMetrics::register(ctx);
 
     let mut listen = Vec::new();
@@ -142,6 +173,7 @@ pub(crate) fn start(ctx: &ServiceContext) -> Result<Network, Error> {
         ctx.events.clone(),
         ctx.store.clone(),
         metrics,
+        provided_rx,
     );
     let task = tokio::spawn(event_loop.run(listen, bootstrap));
     Ok(Network {
@@ -149,6 +181,8 @@ pub(crate) fn start(ctx: &ServiceContext) -> Result<Network, Error> {
         control,
         channels,
         messages,
+        calls,
+        provided,
         task,
     })
 }
@@ -220,6 +254,30 @@ impl NetHandle {
     pub(crate) async fn find_peer(&self, peer: PeerId) -> Result<Vec<Multiaddr>, Error> {
         self.request(|reply| Command::FindPeer { peer, reply })
             .await?
+    }
+
+    /// Providers of `service` in the DHT (this node excluded): connected ones first, by
+    /// round-trip time, then the others; at most `limit`, within `wait`.
+    pub(crate) async fn find_providers(
+        &self,
+        service: String,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<RemoteProvider>, Error> {
+        let fut = self.request(|reply| Command::FindProviders {
+            service,
+            limit,
+            wait,
+            reply,
+        });
+        // The swarm task answers by `wait`; this only guards against a stalled task.
+        match tokio::time::timeout(wait + Duration::from_secs(2), fut).await {
+            Ok(result) => result?,
+            Err(_) => Err(Error::Timeout {
+                what: "a DHT look-up of providers".into(),
+                after: wait,
+            }),
+        }
     }
 
     /// Connected peers.

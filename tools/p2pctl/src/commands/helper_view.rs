@@ -253,7 +253,7 @@ mod tests {
             }),
             reason: "killed by SIGSEGV".into(),
             started_at_ms: 1_718_454_897_000,
-            helper_app_id: "chat.voice".into(),
+            helper_app_id: "chat:voice".into(),
         }
     }
 
@@ -263,7 +263,7 @@ mod tests {
             status_text(&running()),
             "name: voice\n\
              app: chat\n\
-             app id: chat.voice\n\
+             app id: chat:voice\n\
              state: running\n\
              pid: 4242\n\
              restarts: 1\n\
@@ -336,7 +336,7 @@ mod tests {
         let value = status_json(&running());
         assert_eq!(value["name"], "voice");
         assert_eq!(value["app_id"], "chat");
-        assert_eq!(value["helper_app_id"], "chat.voice");
+        assert_eq!(value["helper_app_id"], "chat:voice");
         assert_eq!(value["state"], "running");
         assert_eq!(value["pid"], 4242);
         assert_eq!(value["last_exit"]["signal"], "SIGSEGV");

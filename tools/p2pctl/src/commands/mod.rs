@@ -2,11 +2,13 @@
 
 mod apps;
 mod event_view;
+mod forward;
 mod helper_view;
 mod helpers;
 mod monitor;
 mod node;
 mod overlay;
+mod services;
 
 use p2pos_client::{Client, Target, describe_status};
 
@@ -21,6 +23,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(flag) => monitor::status(&client, flag.json).await,
         Command::Events(flag) => monitor::events(&client, flag.json).await,
         Command::Helpers(command) => helpers::run(&client, command).await,
+        Command::Services(command) => services::run(&client, command).await,
+        Command::Forward(command) => forward::run(&client, command).await,
         Command::Id(flag) => node::id(&client, flag.json).await,
         Command::Shutdown => node::shutdown(&client).await,
         Command::Ticket(flag) => overlay::ticket(&client, flag.json).await,

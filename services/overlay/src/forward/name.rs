@@ -1,0 +1,142 @@
+//! Checking what port forwarding is given: service names (shared with the service registry)
+//! and loopback `HOST:PORT` addresses.
+
+use std::net::SocketAddr;
+
+use crate::Error;
+
+/// Longest name part of a service name.
+const MAX_NAME: usize = 48;
+/// Most digits in a service's version.
+const MAX_VERSION_DIGITS: usize = 9;
+
+/// Checks a service name and returns it in canonical form: `<name>/<version>`, where the name
+/// is 1 to 48 characters of `[A-Za-z0-9._-]` and the version 1 to 9 digits. A bare name (no
+/// `/`) gets version `1`.
+pub(crate) fn parse_service_name(input: &str) -> Result<String, Error> {
+    let invalid = |reason| Error::InvalidServiceName {
+        input: input.chars().take(80).collect(),
+        reason,
+    };
+    let (name, version) = input.split_once('/').unwrap_or((input, "1"));
+    if name.is_empty() {
+        return Err(invalid("the name is empty"));
+    }
+    if name.len() > MAX_NAME {
+        return Err(invalid("the name is longer than 48 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(invalid(
+            "the name has a character other than [A-Za-z0-9._-]",
+        ));
+    }
+    if version.is_empty()
+        || version.len() > MAX_VERSION_DIGITS
+        || !version.chars().all(|c| c.is_ascii_digit())
+    {
+        return Err(invalid("the version is not 1 to 9 digits"));
+    }
+    Ok(format!("{name}/{version}"))
+}
+
+/// The canonical form of a service name that was checked before (a bare name gets `/1`), for
+/// look-ups by names that come from elsewhere; no check.
+pub(crate) fn canonical(service: &str) -> std::borrow::Cow<'_, str> {
+    if service.contains('/') {
+        service.into()
+    } else {
+        format!("{service}/1").into()
+    }
+}
+
+/// Parses a loopback `HOST:PORT`: an IPv4 address in 127.0.0.0/8, `[::1]`, or `localhost`
+/// (as 127.0.0.1). `what` names the field in the error.
+pub(crate) fn parse_loopback(what: &'static str, input: &str) -> Result<SocketAddr, Error> {
+    let invalid = |reason: String| Error::InvalidAddress {
+        what,
+        input: input.chars().take(80).collect(),
+        reason,
+    };
+    let addr: SocketAddr = match input.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse::<u16>()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .map_err(|e| invalid(format!("bad port: {e}")))?,
+        None => input.parse().map_err(|_| {
+            invalid("expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080".to_owned())
+        })?,
+    };
+    if !addr.ip().is_loopback() {
+        return Err(invalid(format!(
+            "{} is not a loopback address (127.0.0.0/8 or ::1)",
+            addr.ip()
+        )));
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_follow_the_spec() {
+        assert_eq!(parse_service_name("web").expect("bare"), "web/1");
+        assert_eq!(parse_service_name("web/2").expect("versioned"), "web/2");
+        assert_eq!(
+            parse_service_name("org.example_web-x/123456789").expect("long version"),
+            "org.example_web-x/123456789"
+        );
+        let max = "x".repeat(48);
+        assert_eq!(parse_service_name(&max).expect("48"), format!("{max}/1"));
+        for bad in [
+            "",
+            "/1",
+            "web/",
+            "web/x",
+            "web/1/2",
+            "web/1234567890",
+            "we b",
+            "wéb",
+            "web/-1",
+            &"x".repeat(49),
+        ] {
+            let err = parse_service_name(bad).expect_err(bad);
+            assert!(
+                matches!(err, Error::InvalidServiceName { .. }),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn canonical_adds_the_default_version() {
+        assert_eq!(canonical("web"), "web/1");
+        assert_eq!(canonical("web/3"), "web/3");
+    }
+
+    #[test]
+    fn only_loopback_addresses_are_taken() {
+        let ok = |s: &str| parse_loopback("target", s).expect(s).to_string();
+        assert_eq!(ok("127.0.0.1:80"), "127.0.0.1:80");
+        assert_eq!(ok("127.1.2.3:0"), "127.1.2.3:0");
+        assert_eq!(ok("[::1]:8080"), "[::1]:8080");
+        assert_eq!(ok("localhost:22"), "127.0.0.1:22");
+        for bad in [
+            "",
+            "127.0.0.1",
+            "0.0.0.0:80",
+            "10.0.0.1:80",
+            "[::]:80",
+            "example.com:80",
+            "localhost:99999",
+            "127.0.0.1:http",
+        ] {
+            let err = parse_loopback("target", bad).expect_err(bad);
+            assert!(matches!(err, Error::InvalidAddress { .. }), "{bad}: {err}");
+        }
+    }
+}

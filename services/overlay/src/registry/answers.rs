@@ -1,0 +1,373 @@
+//! The providing side of calls: a call to a service provided here (from a remote node over
+//! `/p2pos/call/1`, or from an app of this node) is announced as an `IncomingCall` on the
+//! provider app's newest session and waits in a bounded table until the app answers it with
+//! `Reply`, its deadline passes (`DEADLINE_EXCEEDED`) or that session ends (`UNAVAILABLE`).
+//!
+//! Answers carry the wire's `CallAnswer` whether they cross the network or not. One that comes
+//! from an app names it in `provider_app`; one the node gives by itself (not provided here,
+//! busy) leaves it empty, which tells the caller that no app saw the call and another provider
+//! may be tried.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use libp2p::{PeerId, Stream};
+use p2pos_kernel::{
+    ErrorCode, ServiceError,
+    events::now_ms,
+    protocols::{apps::Incoming, services::Response},
+    wire,
+};
+use p2pos_proto::{
+    app::v1::IncomingCall,
+    service::v1::{ReplyError, ReplyRequest, reply_request},
+    wire::v1::{CallAnswer, CallFrame},
+};
+use tokio::{io::AsyncWriteExt, sync::oneshot};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tracing::debug;
+
+use super::{
+    calls::MAX_CALL_TIME,
+    names::{validate_payload, validate_service},
+};
+use crate::{
+    Error,
+    apps::{AppState, SESSION_BUFFER},
+    error::validate_app_id,
+    frame::{read_message, write_message},
+    inbound::{HELLO_TIMEOUT, WRITE_TIMEOUT},
+    service::OverlayService,
+};
+
+/// Most calls waiting for their provider's answer on this node.
+pub(crate) const MAX_PENDING_CALLS: usize = 1024;
+/// Largest `CallFrame` or `CallAnswer`: a payload and its envelope.
+pub(crate) const MAX_CALL_FRAME: usize = wire::MAX_PAYLOAD + 4 * 1024;
+/// Longest error message passed on from a provider, in bytes.
+const MAX_ERROR_MESSAGE: usize = 1024;
+/// How much longer than the call's time the server of a remote call waits for the actor to
+/// answer (it answers `DEADLINE_EXCEEDED` by itself when the time is up).
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
+/// gRPC `UNKNOWN`, for a provider's error code outside 1–16.
+const UNKNOWN: u32 = 2;
+
+/// A call announced to a provider on this node.
+pub(crate) struct PendingCall {
+    /// The providing app.
+    app_id: String,
+    service: String,
+    /// The session it was announced on.
+    session: u64,
+    answer: oneshot::Sender<CallAnswer>,
+    expiry: SpawnHandle,
+}
+
+/// A call for a provider on this node, checked.
+pub(crate) struct CallIn {
+    pub(crate) service: String,
+    pub(crate) from_peer: PeerId,
+    pub(crate) from_app: String,
+    pub(crate) payload: Bytes,
+    /// How long the caller waits from now.
+    pub(crate) timeout: Duration,
+}
+
+/// A remote node's call, read from its `/p2pos/call/1` stream: announced, or refused by this
+/// node (the answer to write back).
+#[derive(Message)]
+#[rtype(result = "Result<oneshot::Receiver<CallAnswer>, Error>")]
+pub(crate) struct InboundCall(pub(crate) CallIn);
+
+impl Handler<InboundCall> for OverlayService {
+    type Result = Result<oneshot::Receiver<CallAnswer>, Error>;
+
+    fn handle(&mut self, InboundCall(call): InboundCall, ctx: &mut Self::Context) -> Self::Result {
+        self.deliver_call(call, ctx)
+    }
+}
+
+impl OverlayService {
+    /// Announces `call` to the app providing its service here; its answer comes on the
+    /// returned receiver. An error means no app saw the call.
+    pub(crate) fn deliver_call(
+        &mut self,
+        call: CallIn,
+        ctx: &mut Context<Self>,
+    ) -> Result<oneshot::Receiver<CallAnswer>, Error> {
+        let CallIn {
+            service,
+            from_peer,
+            from_app,
+            payload,
+            timeout,
+        } = call;
+        let local = self.net.local_peer_id();
+        let not_here = |service: String| Error::NotProvidedThere {
+            service,
+            peer: local,
+        };
+        let Some(app_id) = self
+            .services
+            .registrations
+            .get(&service)
+            .map(|r| r.app_id.clone())
+        else {
+            return Err(not_here(service));
+        };
+        if self.services.calls.len() >= MAX_PENDING_CALLS {
+            return Err(Error::Busy {
+                what: "calls waiting for their provider's answer on this node",
+                limit: MAX_PENDING_CALLS,
+            });
+        }
+        // No live session left: its end is under way, and the registration goes with it.
+        let Some((session, tx)) = self.apps.get(&app_id).and_then(AppState::newest) else {
+            return Err(not_here(service));
+        };
+        let call_id = self.ctx.store.next_id()?;
+        let deadline_ms = now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(0));
+        let announce = IncomingCall {
+            call_id,
+            service: service.clone(),
+            from_peer: from_peer.to_string(),
+            from_app,
+            payload,
+            deadline_ms,
+        };
+        if tx.try_send(Incoming::Call(announce)).is_err() {
+            // Full: the app is not reading its session. Closed: it is ending.
+            return Err(Error::Busy {
+                what: "channels and calls waiting for the provider app to read them",
+                limit: SESSION_BUFFER,
+            });
+        }
+        let (answer, answered) = oneshot::channel();
+        let expiry = ctx.run_later(timeout, move |act, _| act.expire_call(call_id));
+        self.services.calls.insert(
+            call_id,
+            PendingCall {
+                app_id,
+                service,
+                session,
+                answer,
+                expiry,
+            },
+        );
+        Ok(answered)
+    }
+
+    /// The call's time is up: its caller hears `DEADLINE_EXCEEDED`.
+    fn expire_call(&mut self, call_id: u64) {
+        if let Some(call) = self.services.calls.remove(&call_id) {
+            let message = format!(
+                "app '{}' did not answer the call to '{}' in time",
+                call.app_id, call.service
+            );
+            let answer = app_error(&call.app_id, code(ErrorCode::DeadlineExceeded), message);
+            let _ = call.answer.send(answer);
+        }
+    }
+
+    /// A session ended: the calls announced on it can no longer be answered; their callers
+    /// hear `UNAVAILABLE`.
+    pub(crate) fn session_ended(&mut self, session: u64) {
+        let gone: Vec<u64> = self
+            .services
+            .calls
+            .iter()
+            .filter(|(_, c)| c.session == session)
+            .map(|(id, _)| *id)
+            .collect();
+        for call_id in gone {
+            if let Some(call) = self.services.calls.remove(&call_id) {
+                // Its expiry finds nothing when it fires.
+                let message = format!(
+                    "the provider went away: app '{}' ended its session before answering the \
+                     call to '{}'; try again to reach another provider",
+                    call.app_id, call.service
+                );
+                let answer = app_error(&call.app_id, code(ErrorCode::Unavailable), message);
+                let _ = call.answer.send(answer);
+            }
+        }
+    }
+
+    /// `Services.Reply`: the provider's answer to a call announced on its session.
+    pub(super) fn reply(
+        &mut self,
+        request: ReplyRequest,
+        ctx: &mut Context<Self>,
+    ) -> Result<Response, Error> {
+        let ReplyRequest {
+            app_id,
+            call_id,
+            result,
+        } = request;
+        validate_app_id(&app_id)?;
+        let answer = match result.ok_or(Error::ReplyWithoutResult)? {
+            reply_request::Result::Payload(payload) => {
+                validate_payload("a reply payload", payload.len())?;
+                CallAnswer {
+                    code: 0,
+                    message: String::new(),
+                    payload,
+                    provider_app: app_id.clone(),
+                }
+            }
+            reply_request::Result::Error(ReplyError { code, message }) => {
+                let code = match code {
+                    1..=16 => code,
+                    _ => UNKNOWN,
+                };
+                app_error(&app_id, code, shorten(message, MAX_ERROR_MESSAGE))
+            }
+        };
+        match self.services.calls.get(&call_id) {
+            Some(call) if call.app_id == app_id => {}
+            _ => return Err(Error::CallNotFound { app_id, call_id }),
+        }
+        if let Some(call) = self.services.calls.remove(&call_id) {
+            ctx.cancel_future(call.expiry);
+            // A caller that left no longer hears it; the reply was taken all the same.
+            let _ = call.answer.send(answer);
+        }
+        Ok(Response::Replied)
+    }
+}
+
+/// Serves one `/p2pos/call/1` stream: reads the call, has the actor announce it, and writes
+/// the answer (the provider's, or this node's refusal) before closing.
+pub(crate) async fn serve_call(peer: PeerId, stream: Stream, actor: Recipient<InboundCall>) {
+    let mut io = stream.compat();
+    let frame: CallFrame = match read_message(&mut io, MAX_CALL_FRAME, HELLO_TIMEOUT).await {
+        Ok(frame) => frame,
+        Err(e) => {
+            debug!(%peer, "bad call frame: {e}");
+            return;
+        }
+    };
+    let answer = match checked(peer, frame) {
+        Err(e) => node_error(e),
+        Ok(call) => {
+            let limit = call.timeout + ANSWER_GRACE;
+            match actor.send(InboundCall(call)).await {
+                Ok(Ok(answered)) => match tokio::time::timeout(limit, answered).await {
+                    Ok(Ok(answer)) => answer,
+                    // The actor went away (the service is stopping) or failed to expire it.
+                    Ok(Err(_)) | Err(_) => node_error(Error::NetworkStopped),
+                },
+                Ok(Err(e)) => node_error(e),
+                Err(_) => return, // the service is going away; the stream closes
+            }
+        }
+    };
+    if let Err(e) = write_message(&mut io, &answer, WRITE_TIMEOUT).await {
+        debug!(%peer, "cannot answer a call: {e}");
+        return;
+    }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, io.shutdown()).await;
+}
+
+/// A remote call as the actor takes it, or why it is refused.
+fn checked(from_peer: PeerId, frame: CallFrame) -> Result<CallIn, Error> {
+    let CallFrame {
+        service,
+        from_app,
+        payload,
+        timeout_ms,
+    } = frame;
+    validate_service(&service)?;
+    validate_app_id(&from_app)?;
+    validate_payload("a call payload", payload.len())?;
+    if timeout_ms == 0 {
+        return Err(Error::Timeout {
+            what: format!("the call to '{service}'"),
+            after: Duration::ZERO,
+        });
+    }
+    Ok(CallIn {
+        service,
+        from_peer,
+        from_app,
+        payload,
+        timeout: Duration::from_millis(u64::from(timeout_ms)).min(MAX_CALL_TIME),
+    })
+}
+
+/// This node's own answer to a call no app saw.
+pub(crate) fn node_error(e: Error) -> CallAnswer {
+    let ServiceError { code: c, message } = ServiceError::from(e);
+    CallAnswer {
+        code: code(c),
+        message,
+        payload: Bytes::new(),
+        provider_app: String::new(),
+    }
+}
+
+/// An error answered by (or for) the providing app.
+fn app_error(app_id: &str, code: u32, message: String) -> CallAnswer {
+    CallAnswer {
+        code,
+        message,
+        payload: Bytes::new(),
+        provider_app: app_id.to_owned(),
+    }
+}
+
+/// The gRPC status code of `code`.
+pub(crate) fn code(code: ErrorCode) -> u32 {
+    let status = tonic::Status::from(ServiceError::new(code, String::new()));
+    u32::try_from(i32::from(status.code())).unwrap_or(UNKNOWN)
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn shorten(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_grpc_codes() {
+        assert_eq!(code(ErrorCode::NotFound), 5);
+        assert_eq!(code(ErrorCode::DeadlineExceeded), 4);
+        assert_eq!(code(ErrorCode::Unavailable), 14);
+        assert_eq!(code(ErrorCode::Passed(7)), 7);
+        assert_eq!(code(ErrorCode::Passed(99)), UNKNOWN);
+    }
+
+    #[test]
+    fn remote_calls_are_checked() {
+        let frame = |service: &str, payload: usize, timeout_ms| CallFrame {
+            service: service.into(),
+            from_app: "client".into(),
+            payload: Bytes::from(vec![0u8; payload]),
+            timeout_ms,
+        };
+        let peer = PeerId::random();
+        let call = checked(peer, frame("echo/1", 3, 120_000)).expect("valid");
+        assert_eq!(call.timeout, MAX_CALL_TIME, "clamped to 60 s");
+        let refused = |f| node_error(checked(peer, f).err().expect("refused")).code;
+        assert_eq!(refused(frame("echo", 3, 100)), 3);
+        assert_eq!(refused(frame("echo/1", wire::MAX_PAYLOAD + 1, 100)), 8);
+        assert_eq!(refused(frame("echo/1", 3, 0)), 4);
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_boundary() {
+        assert_eq!(shorten("héllo".into(), 2), "h");
+        assert_eq!(shorten("hello".into(), 10), "hello");
+    }
+}

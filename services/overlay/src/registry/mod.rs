@@ -1,0 +1,306 @@
+//! `p2pos.service.v1` on the overlay actor: services that apps provide, found by name on this
+//! node and through the DHT, used by unary calls and channels; and port forwarding, whose
+//! exposures are services too. One exhaustive `match` dispatches the protocol.
+//!
+//! A registration belongs to an app with a live session: it lasts until `Unregister` or the
+//! app's last session ends. While a service is registered or exposed here, the swarm task
+//! provides its DHT key (the actor publishes the set on a `watch`). Registrations and
+//! exposures never share a name.
+//!
+//! - `names`: service names, descriptions and payloads as the registry takes them.
+//! - `find`: `FindService`, and the providers a call or channel tries, in order.
+//! - `calls`: the calling side of `Call`: local delivery or `/p2pos/call/1`.
+//! - `answers`: the providing side: calls announced to a session until answered with `Reply`
+//!   or expired, and the server of `/p2pos/call/1`.
+//! - `channels`: channels to services, opened and answered (app providers and exposures).
+
+mod answers;
+mod calls;
+mod channels;
+mod find;
+mod names;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use actix::prelude::*;
+use futures::future::LocalBoxFuture;
+use p2pos_kernel::{
+    Call, ServiceError,
+    protocols::{
+        Services,
+        services::{Request, Response},
+    },
+};
+use p2pos_proto::service::v1::{
+    CloseForwardRequest, ExposeRequest, ListServicesReply, OpenServiceChannel, RegisterRequest,
+    ServiceInfo, UnregisterRequest, WithdrawRequest,
+};
+use tokio::sync::watch;
+use tracing::info;
+
+pub(crate) use answers::serve_call;
+pub(crate) use channels::OpenService;
+
+use crate::{
+    Error,
+    apps::AppState,
+    error::validate_app_id,
+    forward::{self, parse_service_name},
+    service::OverlayService,
+};
+use answers::PendingCall;
+use names::{validate_description, validate_service};
+
+/// Most services registered by apps on one node.
+pub(crate) const MAX_REGISTRATIONS: usize = 256;
+/// The app id port forwarding uses: the provider of exposures, the opener of forwards.
+pub(crate) const FORWARD_APP: &str = "forward";
+
+/// The registry's state on the overlay actor.
+pub(crate) struct State {
+    /// Services registered by apps, by name.
+    registrations: BTreeMap<String, Registration>,
+    /// Calls announced to providers on this node and not answered yet.
+    calls: HashMap<u64, PendingCall>,
+    /// The services the swarm task announces in the DHT.
+    wanted: watch::Sender<BTreeSet<String>>,
+}
+
+/// Who provides a registered service.
+struct Registration {
+    app_id: String,
+    description: String,
+}
+
+impl State {
+    /// An empty registry that announces its services on `wanted`.
+    pub(crate) fn new(wanted: watch::Sender<BTreeSet<String>>) -> Self {
+        Self {
+            registrations: BTreeMap::new(),
+            calls: HashMap::new(),
+            wanted,
+        }
+    }
+}
+
+/// The answer to one request, computed off the actor.
+type Reply = LocalBoxFuture<'static, Result<Response, Error>>;
+
+/// An answer known at once.
+fn ready(result: Result<Response, Error>) -> Reply {
+    Box::pin(futures::future::ready(result))
+}
+
+impl Handler<Call<Services>> for OverlayService {
+    type Result = ResponseFuture<Result<Response, ServiceError>>;
+
+    fn handle(&mut self, Call(request): Call<Services>, ctx: &mut Self::Context) -> Self::Result {
+        let reply: Reply = match request {
+            Request::Register(request) => ready(self.register(request)),
+            Request::Unregister(request) => ready(self.unregister(request)),
+            Request::List => ready(Ok(Response::Services(self.list_services()))),
+            Request::Find(request) => self.find(request),
+            Request::Call { request, deadline } => self.call(request, deadline, ctx),
+            Request::Reply(request) => ready(self.reply(request, ctx)),
+            Request::OpenChannel(open) => {
+                let OpenServiceChannel {
+                    app_id,
+                    service,
+                    peer,
+                } = open;
+                let opening = self.open_service(app_id, service, &peer, ctx);
+                Box::pin(async move { opening.await.map(Response::Channel) })
+            }
+            Request::Expose(request) => self.expose(request),
+            Request::Withdraw(WithdrawRequest { service }) => {
+                // Forgotten at once; the future makes it durable.
+                let withdrawing = self.forwarding.withdraw(&service);
+                self.publish_services();
+                Box::pin(async move { withdrawing.await.map(|()| Response::Withdrawn) })
+            }
+            Request::ListExposures => ready(Ok(Response::Exposures(self.forwarding.exposures()))),
+            Request::OpenForward(request) => {
+                let opener = forward_opener(ctx.address());
+                ready(
+                    self.forwarding
+                        .open_forward(request, opener)
+                        .map(Response::Forwarding),
+                )
+            }
+            Request::CloseForward(CloseForwardRequest { forward_id }) => ready(
+                self.forwarding
+                    .close_forward(forward_id)
+                    .map(|()| Response::ForwardClosed),
+            ),
+            Request::ListForwards => ready(Ok(Response::Forwards(self.forwarding.forwards()))),
+        };
+        Box::pin(async move { reply.await.map_err(ServiceError::from) })
+    }
+}
+
+/// How port forwarding opens the channel of each connection: a service channel from app
+/// [`FORWARD_APP`], through this actor.
+fn forward_opener(addr: Addr<OverlayService>) -> forward::Opener {
+    Arc::new(move |service, peer| {
+        let addr = addr.clone();
+        Box::pin(async move {
+            let open = OpenService {
+                app_id: FORWARD_APP.to_owned(),
+                service,
+                peer,
+            };
+            addr.send(open).await.map_err(|_| Error::NetworkStopped)?
+        })
+    })
+}
+
+impl OverlayService {
+    fn register(&mut self, request: RegisterRequest) -> Result<Response, Error> {
+        let RegisterRequest {
+            app_id,
+            service,
+            description,
+        } = request;
+        validate_app_id(&app_id)?;
+        validate_service(&service)?;
+        validate_description(&description)?;
+        if self.apps.get(&app_id).and_then(AppState::newest).is_none() {
+            return Err(Error::NoSession { app_id });
+        }
+        if self.forwarding.exposed(&service) {
+            return Err(Error::ServiceTaken {
+                service,
+                by: "port forwarding (see ListExposures)".into(),
+            });
+        }
+        let registrations = &mut self.services.registrations;
+        let full = registrations.len() >= MAX_REGISTRATIONS;
+        match registrations.get_mut(&service) {
+            Some(r) if r.app_id != app_id => {
+                let by = format!("app '{}'", r.app_id);
+                return Err(Error::ServiceTaken { service, by });
+            }
+            Some(r) => r.description.clone_from(&description),
+            None if full => {
+                return Err(Error::Busy {
+                    what: "services registered on this node",
+                    limit: MAX_REGISTRATIONS,
+                });
+            }
+            None => {
+                registrations.insert(
+                    service.clone(),
+                    Registration {
+                        app_id: app_id.clone(),
+                        description: description.clone(),
+                    },
+                );
+            }
+        }
+        info!(%service, %app_id, "service registered");
+        self.publish_services();
+        Ok(Response::Registered(self.local_info(
+            service,
+            app_id,
+            description,
+        )))
+    }
+
+    fn unregister(&mut self, request: UnregisterRequest) -> Result<Response, Error> {
+        let UnregisterRequest { app_id, service } = request;
+        validate_app_id(&app_id)?;
+        validate_service(&service)?;
+        match self.services.registrations.get(&service) {
+            Some(r) if r.app_id == app_id => {
+                self.services.registrations.remove(&service);
+                info!(%service, %app_id, "service unregistered");
+                self.publish_services();
+                Ok(Response::Unregistered)
+            }
+            _ => Err(Error::NotRegistered { app_id, service }),
+        }
+    }
+
+    /// Services offered here: registrations, and exposures (provided by [`FORWARD_APP`]), by
+    /// name.
+    fn list_services(&self) -> ListServicesReply {
+        let mut services: Vec<ServiceInfo> = self
+            .services
+            .registrations
+            .iter()
+            .map(|(service, r)| {
+                self.local_info(service.clone(), r.app_id.clone(), r.description.clone())
+            })
+            .chain(
+                self.forwarding
+                    .exposed_services()
+                    .into_iter()
+                    .map(|service| self.exposure_info(service)),
+            )
+            .collect();
+        services.sort_by(|a, b| a.service.cmp(&b.service));
+        ListServicesReply { services }
+    }
+
+    /// A service provided on this node, as `ListServices` and `FindService` show it.
+    fn local_info(&self, service: String, app_id: String, description: String) -> ServiceInfo {
+        ServiceInfo {
+            service,
+            app_id,
+            description,
+            peer_id: self.net.local_peer_id().to_string(),
+            local: true,
+            rtt_us: 0,
+        }
+    }
+
+    fn exposure_info(&self, service: String) -> ServiceInfo {
+        let description = "a TCP service exposed by port forwarding".to_owned();
+        self.local_info(service, FORWARD_APP.to_owned(), description)
+    }
+
+    /// `Services.Expose`, after checking that no app provides the name.
+    fn expose(&mut self, request: ExposeRequest) -> Reply {
+        if let Ok(service) = parse_service_name(&request.service)
+            && let Some(r) = self.services.registrations.get(&service)
+        {
+            let by = format!("app '{}'", r.app_id);
+            return ready(Err(Error::ServiceTaken { service, by }));
+        }
+        // Kept at once; the future makes it durable.
+        let exposing = self.forwarding.expose(request);
+        self.publish_services();
+        Box::pin(async move { exposing.await.map(Response::Exposed) })
+    }
+
+    /// Tells the swarm task which services to announce: every registration and exposure.
+    pub(crate) fn publish_services(&self) {
+        let wanted: BTreeSet<String> = self
+            .services
+            .registrations
+            .keys()
+            .cloned()
+            .chain(self.forwarding.exposed_services())
+            .collect();
+        self.services.wanted.send_if_modified(|current| {
+            let changed = *current != wanted;
+            *current = wanted;
+            changed
+        });
+    }
+
+    /// The last session of `app_id` ended: its services end with it.
+    pub(crate) fn app_gone(&mut self, app_id: &str) {
+        let before = self.services.registrations.len();
+        self.services
+            .registrations
+            .retain(|_, r| r.app_id != app_id);
+        if self.services.registrations.len() != before {
+            info!(app_id, "the app's last session ended: its services end");
+            self.publish_services();
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Port forwarding: an HTTP server started by the test on node B's computer, exposed as a
+//! service, fetched from node A through a forwarded local port; only what was exposed is
+//! reachable, and exposures can be listed and withdrawn. Real daemons on loopback.
+
+use std::{sync::Arc, time::Duration};
+
+use p2pos_client::Client;
+use p2pos_proto::service::v1::{ListExposuresRequest, OpenForwardRequest, WithdrawRequest};
+use p2pos_tests::{Node, connected_peer, p2pctl, wait_for};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+const T: Duration = Duration::from_secs(30);
+/// The body of `/big`: 1 MiB that is not all the same byte.
+fn big_body() -> Vec<u8> {
+    (0..1024 * 1024u32)
+        .map(|i| (i * 7 + i / 1024) as u8)
+        .collect()
+}
+
+/// A minimal HTTP/1.0 server: `/big` is [`big_body`], `/n/<k>` is `hello <k>`, anything else
+/// 404. One request per connection.
+async fn http_server() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let big = Arc::new(big_body());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let big = big.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&request);
+                let path = line.split(' ').nth(1).unwrap_or("/").to_owned();
+                let (status, body) = if path == "/big" {
+                    ("200 OK", big.to_vec())
+                } else if let Some(k) = path.strip_prefix("/n/") {
+                    ("200 OK", format!("hello {k}").into_bytes())
+                } else {
+                    ("404 Not Found", b"no such page".to_vec())
+                };
+                let head = format!(
+                    "HTTP/1.0 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&body).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// GETs `path` from `127.0.0.1:port`; the body, or None if the connection closed without an
+/// answer.
+async fn get(port: u16, path: &str) -> Option<Vec<u8>> {
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    socket
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(T, socket.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    Some(response[split + 4..].to_vec())
+}
+
+async fn forward(client: &Client, peer: &str, service: &str) -> u16 {
+    let forward = client
+        .services()
+        .open_forward(OpenForwardRequest {
+            service: service.into(),
+            peer: peer.into(),
+            listen: "127.0.0.1:0".into(),
+        })
+        .await
+        .expect("open forward")
+        .into_inner();
+    forward
+        .listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exposed_http_server_is_fetched_through_a_forwarded_port() {
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    let client_a = a.client().await;
+    let client_b = b.client().await;
+    let b_id = b.peer_id().await;
+    let (ok, _, err) = p2pctl(&a, &["dial", &b.ticket().await]);
+    assert!(ok, "{err}");
+    connected_peer(&client_a, &b_id, "A connected to B").await;
+
+    let (port, _server) = http_server().await;
+    let (other_port, _other) = http_server().await;
+    let (ok, out, err) = p2pctl(
+        &b,
+        &[
+            "forward",
+            "expose",
+            &format!("127.0.0.1:{port}"),
+            "--as",
+            "web",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("web/1"), "{out}");
+
+    // By peer and name: the body arrives intact.
+    let local = forward(&client_a, &b_id, "web").await;
+    let body = wait_for("the page through the tunnel", T, || async move {
+        get(local, "/n/1").await
+    })
+    .await;
+    assert_eq!(body, b"hello 1");
+    assert_eq!(get(local, "/big").await.expect("1 MiB"), big_body());
+
+    // 100 requests at once.
+    let requests: Vec<_> = (0..100)
+        .map(|k| tokio::spawn(async move { (k, get(local, &format!("/n/{k}")).await) }))
+        .collect();
+    for request in requests {
+        let (k, body) = request.await.expect("request task");
+        assert_eq!(body.expect("an answer"), format!("hello {k}").into_bytes());
+    }
+
+    // By name alone: the DHT finds B.
+    let by_name = forward(&client_a, "", "web/1").await;
+    let body = wait_for("the page by name", T, || async move {
+        get(by_name, "/n/2").await
+    })
+    .await;
+    assert_eq!(body, b"hello 2");
+
+    // What was not exposed cannot be reached: no name leads to the other server's port.
+    let unexposed = forward(&client_a, &b_id, "other").await;
+    assert_eq!(
+        get(unexposed, "/n/3").await,
+        None,
+        "port {other_port} stays private"
+    );
+
+    // Listed, then withdrawn: new connections find nothing.
+    let exposures = client_b
+        .services()
+        .list_exposures(ListExposuresRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(exposures.exposures.len(), 1);
+    assert_eq!(exposures.exposures[0].target, format!("127.0.0.1:{port}"));
+    assert!(exposures.exposures[0].connections >= 102);
+    client_b
+        .services()
+        .withdraw(WithdrawRequest {
+            service: "web".into(),
+        })
+        .await
+        .expect("withdraw");
+    assert_eq!(get(local, "/n/4").await, None, "withdrawn");
+    let (ok, out, _) = p2pctl(&b, &["forward", "list", "--json"]);
+    assert!(ok);
+    assert!(!out.contains(&format!("127.0.0.1:{port}")), "{out}");
+}

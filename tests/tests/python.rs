@@ -1,0 +1,286 @@
+//! The Python client (`userland/python`) against real daemons: the word-count example provider on
+//! node B and its client on node A, which finds the provider by service name through the DHT;
+//! and the package's own unit tests.
+//!
+//! Python comes from `P2POS_PYTHON`, else `target/python-venv/bin/python` when it exists, else
+//! `python3`; it needs grpcio and grpcio-tools, which `tools/run-tests` (through
+//! `userland/python/setup-venv`) installs. A missing environment fails the tests, saying so.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use p2pos_tests::{Node, p2pctl};
+
+const T: Duration = Duration::from_secs(30);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_path_buf()
+}
+
+fn package_dir() -> PathBuf {
+    repo().join("userland/python")
+}
+
+/// The python that runs the package, checked: its stubs generated (the generator does nothing
+/// when they are up to date) and grpc importable. Fails the test with what to do otherwise.
+fn python() -> PathBuf {
+    let python = match std::env::var_os("P2POS_PYTHON").filter(|p| !p.is_empty()) {
+        Some(python) => PathBuf::from(python),
+        None => {
+            let venv = repo().join("target/python-venv/bin/python");
+            if venv.exists() {
+                venv
+            } else {
+                PathBuf::from("python3")
+            }
+        }
+    };
+    let fix = "run tools/run-tests (or userland/python/setup-venv, which makes \
+               target/python-venv), or set P2POS_PYTHON to a python3 with grpcio and grpcio-tools";
+    for (what, args) in [
+        ("generate the stubs", vec!["generate.py"]),
+        (
+            "import grpc and the stubs",
+            vec!["-c", "import grpc, p2pos.service.v1.service_pb2_grpc"],
+        ),
+    ] {
+        let out = Command::new(&python)
+            .args(&args)
+            .current_dir(package_dir())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "the Python environment is missing: cannot run {}: {err}; {fix}",
+                    python.display()
+                )
+            });
+        assert!(
+            out.status.success(),
+            "the Python environment is missing: {} cannot {what}: {}; {fix}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    python
+}
+
+/// `python examples/<script> --data-dir <data_dir> <args>`, with nothing of the caller's
+/// `P2POS_*` environment.
+fn example(python: &Path, script: &str, data_dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.arg(package_dir().join("examples").join(script))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("PYTHONPATH", package_dir())
+        .env_remove("P2POS_GATEWAY")
+        .env_remove("P2POS_TOKEN")
+        .env_remove("P2POS_DATA_DIR");
+    cmd
+}
+
+/// Runs `client.py` on `node` with `args`, `stdin` as its standard input.
+fn client(python: &Path, node: &Node, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = example(python, "client.py", &node.data_dir, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client.py");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("write to client.py");
+    drop(input);
+    child.wait_with_output().expect("client.py output")
+}
+
+/// A running `provider.py`, killed on drop.
+struct Provider {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Provider {
+    fn start(python: &Path, node: &Node) -> Provider {
+        let stderr = tempfile::NamedTempFile::new().expect("temp file");
+        let mut child = example(python, "provider.py", &node.data_dir, &[])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen().expect("stderr file"))
+            .spawn()
+            .expect("spawn provider.py");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Provider {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits for an output line containing `needle`; returns it.
+    fn expect_line(&mut self, needle: &str, deadline: Duration) -> String {
+        let until = Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "provider.py printed no line containing {needle:?} within {deadline:?}; \
+                     stdout:\n{}\nstderr:\n{}",
+                    self.seen.join("\n"),
+                    std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    fn stop(&mut self, deadline: Duration) -> ExitStatus {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for provider.py") {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "provider.py did not exit within {deadline:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_provider_on_b_answers_the_python_client_on_a() {
+    let python = python();
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    a.client().await;
+    let b_id = b.peer_id().await;
+    let b_ticket = b.ticket().await;
+    let (ok, out, err) = p2pctl(&a, &["dial", &b_ticket]);
+    assert!(ok, "A dials B: {out}{err}");
+
+    let mut provider = Provider::start(&python, &b);
+    provider.expect_line(&format!("serving wordcount/1 as {b_id}"), T);
+
+    // A knows only the service name; the client retries while the DHT look-up finds B.
+    let out = client(&python, &a, &["hello big world", "héllo\nwörld"], b"");
+    assert!(out.status.success(), "client.py: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        r#"{"words": 5, "lines": 2, "chars": 27}"#
+    );
+    provider.expect_line("call ", T);
+
+    // Text from standard input, not UTF-8: the provider's refusal is the caller's status.
+    let out = client(&python, &a, &[], b"ab\xffcd");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("error: INVALID_ARGUMENT: the text is not valid UTF-8 (byte 2"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    provider.expect_line("refused", T);
+
+    // The provider stops cleanly; its service is gone with its session.
+    let status = provider.stop(T);
+    assert!(status.success(), "provider.py exited with {status}");
+    let started = Instant::now();
+    let out = client(
+        &python,
+        &a,
+        &["--retry-for", "2", "--timeout", "5", "anyone there?"],
+        b"",
+    );
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("error: UNAVAILABLE: ") || stderr.starts_with("error: NOT_FOUND: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        took < Duration::from_secs(15),
+        "gave up after {took:?}, retrying for 2 s with 5 s deadlines"
+    );
+}
+
+#[test]
+fn python_client_without_a_node_says_unavailable() {
+    let python = python();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = example(
+        &python,
+        "client.py",
+        dir.path(),
+        &["--retry-for", "0", "hello"],
+    )
+    .stdin(Stdio::null())
+    .output()
+    .expect("run client.py");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with("error: UNAVAILABLE: "), "{stderr}");
+    assert!(stderr.contains("gateway.sock"), "{stderr}");
+}
+
+#[test]
+fn python_package_unit_tests_pass() {
+    let python = python();
+    let out = Command::new(&python)
+        .args(["-m", "unittest", "discover", "-s", "tests"])
+        .current_dir(package_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the Python unit tests");
+    assert!(
+        out.status.success(),
+        "python -m unittest failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}

@@ -1,0 +1,370 @@
+//! Services: apps on one node provide named services that apps on other nodes find through
+//! the DHT and use by unary calls and channels; providers that go away, deadlines, provider
+//! errors and bad names. Real daemons on loopback, providers and clients over gRPC.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use p2pos_client::Client;
+use p2pos_proto::{
+    app::v1::{
+        AcceptChannel, ChannelInput, SessionRequest, channel_input, channel_output, session_event,
+    },
+    service::v1::{
+        CallRequest, FindServiceRequest, OpenServiceChannel, RegisterRequest, ReplyError,
+        ReplyRequest, ServiceChannelInput, reply_request, service_channel_input,
+    },
+};
+use p2pos_tests::{Node, connected_peer, p2pctl, wait_for};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_stream::wrappers::ReceiverStream;
+
+const T: Duration = Duration::from_secs(30);
+const UPPER: &str = "upper/1";
+
+/// A provider of `upper/1` as app `app` on `client`'s node: answers calls with the payload in
+/// upper case, `fail` with FAILED_PRECONDITION, never answers `slow`; upper-cases every frame
+/// of channels opened to it. Runs until aborted (its session then ends).
+async fn provide_upper(client: Client, app: &str) -> JoinHandle<()> {
+    let mut session = client
+        .apps()
+        .session(SessionRequest { app_id: app.into() })
+        .await
+        .expect("session")
+        .into_inner();
+    assert!(matches!(
+        session
+            .next()
+            .await
+            .expect("registered")
+            .expect("registered")
+            .kind,
+        Some(session_event::Kind::Registered(_))
+    ));
+    client
+        .services()
+        .register(RegisterRequest {
+            app_id: app.into(),
+            service: UPPER.into(),
+            description: "upper-cases text".into(),
+        })
+        .await
+        .expect("register");
+    let app = app.to_owned();
+    tokio::spawn(async move {
+        while let Some(Ok(event)) = session.next().await {
+            match event.kind {
+                Some(session_event::Kind::Call(call)) => {
+                    let result = match call.payload.as_ref() {
+                        b"slow" => continue,
+                        b"fail" => reply_request::Result::Error(ReplyError {
+                            code: tonic::Code::FailedPrecondition as u32,
+                            message: "cannot upper-case that".into(),
+                        }),
+                        text => {
+                            reply_request::Result::Payload(Bytes::from(text.to_ascii_uppercase()))
+                        }
+                    };
+                    let _ = client
+                        .services()
+                        .reply(ReplyRequest {
+                            app_id: app.clone(),
+                            call_id: call.call_id,
+                            result: Some(result),
+                        })
+                        .await;
+                }
+                Some(session_event::Kind::Incoming(incoming)) => {
+                    assert_eq!(incoming.service, UPPER);
+                    tokio::spawn(upper_channel(
+                        client.clone(),
+                        app.clone(),
+                        incoming.channel_id,
+                    ));
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+async fn upper_channel(client: Client, app_id: String, channel_id: u64) {
+    let (tx, rx) = mpsc::channel(8);
+    let _ = tx
+        .send(ChannelInput {
+            kind: Some(channel_input::Kind::Accept(AcceptChannel {
+                channel_id,
+                app_id,
+            })),
+        })
+        .await;
+    let Ok(output) = client.apps().channel(ReceiverStream::new(rx)).await else {
+        return;
+    };
+    let mut output = output.into_inner();
+    while let Some(Ok(frame)) = output.next().await {
+        if let Some(channel_output::Kind::Data(data)) = frame.kind {
+            let upper = Bytes::from(data.to_ascii_uppercase());
+            if tx
+                .send(ChannelInput {
+                    kind: Some(channel_input::Kind::Data(upper)),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+fn call(payload: &str) -> CallRequest {
+    CallRequest {
+        app_id: "caller".into(),
+        service: UPPER.into(),
+        payload: Bytes::from(payload.to_owned()),
+        peer: String::new(),
+        timeout_ms: 0,
+    }
+}
+
+/// Calls until one succeeds (the provider is being found), then returns its answer.
+async fn first_answer(client: &Client, payload: &str) -> p2pos_proto::service::v1::CallReply {
+    wait_for("a provider to answer", T, || {
+        let client = client.clone();
+        async move {
+            client
+                .services()
+                .call(call(payload))
+                .await
+                .ok()
+                .map(tonic::Response::into_inner)
+        }
+    })
+    .await
+}
+
+/// Starts `n` nodes; every other one dials the first.
+async fn network(n: usize) -> (Vec<Node>, Vec<Client>, Vec<String>) {
+    let mut nodes: Vec<Node> = (0..n).map(|_| Node::start(&[])).collect();
+    let mut clients = Vec::new();
+    let mut ids = Vec::new();
+    for node in &mut nodes {
+        clients.push(node.client().await);
+        ids.push(node.peer_id().await);
+    }
+    let hub = nodes[0].ticket().await;
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let (ok, _, err) = p2pctl(node, &["dial", &hub]);
+        assert!(ok, "{err}");
+        connected_peer(&clients[0], &ids[i], "the hub to see the dial").await;
+    }
+    (nodes, clients, ids)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_found_by_name_answers_calls_and_channels() {
+    let (_nodes, clients, ids) = network(2).await;
+    let (a, b) = (&clients[0], &clients[1]);
+    let provider = provide_upper(b.clone(), "upper-app").await;
+
+    // A knows only the name: the DHT tells it who provides it.
+    let found = wait_for("the provider in the DHT", T, || async move {
+        let reply = a
+            .services()
+            .find_service(FindServiceRequest {
+                service: UPPER.into(),
+                limit: 0,
+            })
+            .await
+            .ok()?
+            .into_inner();
+        (!reply.providers.is_empty()).then_some(reply)
+    })
+    .await;
+    assert_eq!(found.providers[0].peer_id, ids[1]);
+    assert!(!found.providers[0].local);
+
+    let answer = first_answer(a, "hello").await;
+    assert_eq!(answer.payload, Bytes::from("HELLO"));
+    assert_eq!(answer.peer_id, ids[1]);
+    assert_eq!(answer.provider_app, "upper-app");
+
+    // The provider's error, as the caller's status.
+    let err = a.services().call(call("fail")).await.expect_err("fails");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("cannot upper-case that"), "{err:?}");
+
+    // A deadline that passes: the gRPC one, and `timeout_ms`.
+    let mut slow = tonic::Request::new(call("slow"));
+    slow.set_timeout(Duration::from_millis(500));
+    let err = a.services().call(slow).await.expect_err("too slow");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    let mut slow = call("slow");
+    slow.timeout_ms = 300;
+    let err = a.services().call(slow).await.expect_err("too slow");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+
+    // A channel to the service.
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(ServiceChannelInput {
+        kind: Some(service_channel_input::Kind::Open(OpenServiceChannel {
+            app_id: "caller".into(),
+            service: UPPER.into(),
+            peer: String::new(),
+        })),
+    })
+    .await
+    .expect("open");
+    let mut output = a
+        .services()
+        .channel(ReceiverStream::new(rx))
+        .await
+        .expect("channel")
+        .into_inner();
+    let opened = output.next().await.expect("opened").expect("opened");
+    let Some(channel_output::Kind::Opened(opened)) = opened.kind else {
+        panic!("first output is `opened`: {opened:?}");
+    };
+    assert_eq!(opened.peer_id, ids[1]);
+    for text in ["abc", "", "x y z"] {
+        tx.send(ServiceChannelInput {
+            kind: Some(service_channel_input::Kind::Data(Bytes::from(text))),
+        })
+        .await
+        .expect("send");
+        let frame = tokio::time::timeout(T, output.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
+        assert_eq!(
+            frame.kind,
+            Some(channel_output::Kind::Data(Bytes::from(text.to_uppercase())))
+        );
+    }
+
+    // The provider goes away: a clear UNAVAILABLE or NOT_FOUND, never a hang.
+    provider.abort();
+    let err = wait_for(
+        "calls to fail once the provider is gone",
+        T,
+        || async move { a.services().call(call("hello")).await.err() },
+    )
+    .await;
+    assert!(
+        matches!(err.code(), tonic::Code::Unavailable | tonic::Code::NotFound),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_go_to_another_provider_when_one_stops_and_a_local_one_first() {
+    let (_nodes, clients, ids) = network(3).await;
+    let a = &clients[0];
+    let on_b = provide_upper(clients[1].clone(), "upper-app").await;
+    let on_c = provide_upper(clients[2].clone(), "upper-app").await;
+    wait_for("both providers in the DHT", T, || async move {
+        let reply = a
+            .services()
+            .find_service(FindServiceRequest {
+                service: UPPER.into(),
+                limit: 0,
+            })
+            .await
+            .ok()?
+            .into_inner();
+        (reply.providers.len() == 2).then_some(())
+    })
+    .await;
+    let first = first_answer(a, "one").await;
+    let (gone, other) = if first.peer_id == ids[1] {
+        on_b.abort();
+        (&ids[1], &ids[2])
+    } else {
+        on_c.abort();
+        (&ids[2], &ids[1])
+    };
+    // Every call after that is answered by the other one.
+    for i in 0..5 {
+        let reply = a
+            .services()
+            .call(call(&format!("call {i}")))
+            .await
+            .expect("another provider answers")
+            .into_inner();
+        assert_eq!(&reply.peer_id, other, "not {gone}");
+        assert_eq!(reply.payload, Bytes::from(format!("CALL {i}")));
+    }
+    // Naming the provider that went away: a clear error.
+    let mut to_gone = call("hello");
+    to_gone.peer = gone.clone();
+    let err = a.services().call(to_gone).await.expect_err("gone");
+    assert!(
+        matches!(err.code(), tonic::Code::Unavailable | tonic::Code::NotFound),
+        "{err:?}"
+    );
+
+    // A provider on the caller's own node is preferred.
+    let _local = provide_upper(a.clone(), "upper-app").await;
+    let reply = first_answer(a, "near").await;
+    assert_eq!(reply.peer_id, ids[0], "the local provider answers");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_service_names_and_missing_providers_are_clear_errors() {
+    let mut node = Node::start(&[]);
+    let client = node.client().await;
+    for (name, what) in [
+        ("", "empty"),
+        ("noversion", "no version"),
+        ("x/y", "version not a number"),
+        (&format!("{}/1", "n".repeat(49)), "too long"),
+    ] {
+        let mut request = call("x");
+        request.service = name.to_owned();
+        let err = client.services().call(request).await.expect_err(what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+        let err = client
+            .services()
+            .register(RegisterRequest {
+                app_id: "app".into(),
+                service: name.to_owned(),
+                description: String::new(),
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+    }
+    // Nobody provides it.
+    let err = client
+        .services()
+        .call(call("x"))
+        .await
+        .expect_err("no provider");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    // Registering needs a live session.
+    let err = client
+        .services()
+        .register(RegisterRequest {
+            app_id: "nosession".into(),
+            service: UPPER.into(),
+            description: String::new(),
+        })
+        .await
+        .expect_err("no session");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    // An app token registers only for its own app.
+    let app = node.app_client("mine").await;
+    let err = app
+        .services()
+        .register(RegisterRequest {
+            app_id: "theirs".into(),
+            service: UPPER.into(),
+            description: String::new(),
+        })
+        .await
+        .expect_err("not its app");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+}

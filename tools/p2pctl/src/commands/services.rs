@@ -1,0 +1,288 @@
+//! `services`: services that apps provide to other apps (`p2pos.service.v1.Services`): list
+//! those on this node, find providers, call one.
+
+use std::io::{Read, Write};
+
+use data_encoding::BASE64;
+use p2pos_client::Client;
+use p2pos_proto::service::v1::{
+    CallReply, CallRequest, FindServiceRequest, ListServicesRequest, ServiceInfo,
+};
+use serde_json::{Value, json};
+
+use super::RpcResult;
+use crate::{cli::ServicesCommand, output};
+
+/// Largest call payload (the node refuses more).
+const MAX_PAYLOAD: u64 = 1024 * 1024;
+
+/// Runs one `services` command.
+pub(crate) async fn run(client: &Client, command: ServicesCommand) -> anyhow::Result<()> {
+    match command {
+        ServicesCommand::List(flag) => list(client, flag.json).await,
+        ServicesCommand::Find {
+            service,
+            limit,
+            json,
+        } => find(client, &service, limit.unwrap_or(0), json.json).await,
+        ServicesCommand::Call {
+            service,
+            payload,
+            app,
+            peer,
+            timeout,
+            json,
+        } => {
+            let payload = if payload == "-" {
+                read_stdin()?
+            } else {
+                payload.into_bytes()
+            };
+            let request = CallRequest {
+                app_id: app,
+                service,
+                payload: payload.into(),
+                peer: peer.unwrap_or_default(),
+                timeout_ms: timeout.unwrap_or(0),
+            };
+            call(client, request, json).await
+        }
+    }
+}
+
+/// The services table (SERVICE, APP, DESCRIPTION); with `--json` an array of `service_json`.
+async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
+    let reply = client
+        .services()
+        .list_services(ListServicesRequest {})
+        .await
+        .or_fail("cannot list services")?;
+    if json {
+        let services: Vec<Value> = reply.services.iter().map(service_json).collect();
+        output::json_line(&Value::Array(services))?;
+    } else if reply.services.is_empty() {
+        output::line("no services")?;
+    } else {
+        let mut table = output::table(["SERVICE", "APP", "DESCRIPTION"]);
+        for info in &reply.services {
+            table.add_row([
+                info.service.clone(),
+                info.app_id.clone(),
+                output::dash_if_empty(&info.description),
+            ]);
+        }
+        output::print_table(&table)?;
+    }
+    Ok(())
+}
+
+/// The providers table (PEER, APP, LOCAL, RTT), best first; with `--json` an array of
+/// `service_json`.
+async fn find(client: &Client, service: &str, limit: u32, json: bool) -> anyhow::Result<()> {
+    let reply = client
+        .services()
+        .find_service(FindServiceRequest {
+            service: service.to_owned(),
+            limit,
+        })
+        .await
+        .or_fail(&format!("cannot find {service}"))?;
+    if json {
+        let providers: Vec<Value> = reply.providers.iter().map(service_json).collect();
+        output::json_line(&Value::Array(providers))?;
+    } else {
+        output::print_table(&providers_table(&reply.providers))?;
+    }
+    Ok(())
+}
+
+fn providers_table(providers: &[ServiceInfo]) -> comfy_table::Table {
+    let mut table = output::table(["PEER", "APP", "LOCAL", "RTT"]);
+    for info in providers {
+        table.add_row([
+            info.peer_id.clone(),
+            output::dash_if_empty(&info.app_id),
+            if info.local { "yes" } else { "no" }.to_owned(),
+            output::rtt(u64::from(info.rtt_us)),
+        ]);
+    }
+    table
+}
+
+/// Calls once; prints the answer. A failed call (the provider's refusal included) is one line
+/// naming the status code.
+async fn call(client: &Client, request: CallRequest, json: bool) -> anyhow::Result<()> {
+    let service = request.service.clone();
+    let CallReply {
+        payload,
+        peer_id,
+        provider_app,
+    } = client
+        .services()
+        .call(request)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| anyhow::anyhow!("cannot call {service}: {}", status_text(&status)))?;
+    if json {
+        output::json_line(&call_json(&payload, &peer_id, &provider_app))?;
+        return Ok(());
+    }
+    // Text gets a final newline if it has none; other bytes go out exactly as they came.
+    let mut out = std::io::stdout().lock();
+    out.write_all(&payload)?;
+    if std::str::from_utf8(&payload).is_ok_and(|text| !text.is_empty() && !text.ends_with('\n')) {
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// At most [`MAX_PAYLOAD`] bytes from stdin.
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut payload = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_PAYLOAD + 1)
+        .read_to_end(&mut payload)
+        .map_err(|e| anyhow::anyhow!("cannot read the payload from stdin: {e}"))?;
+    if payload.len() as u64 > MAX_PAYLOAD {
+        anyhow::bail!("the payload on stdin is over the 1 MiB limit");
+    }
+    Ok(payload)
+}
+
+/// A service or provider as JSON: `{service, app_id, description, peer_id, local, rtt_us}`.
+fn service_json(info: &ServiceInfo) -> Value {
+    let ServiceInfo {
+        service,
+        app_id,
+        description,
+        peer_id,
+        local,
+        rtt_us,
+    } = info;
+    json!({
+        "service": service,
+        "app_id": app_id,
+        "description": description,
+        "peer_id": peer_id,
+        "local": local,
+        "rtt_us": rtt_us,
+    })
+}
+
+/// A call's answer as JSON: `{peer_id, provider_app, payload_base64, payload_text}`, the text
+/// `null` when the payload is not UTF-8.
+fn call_json(payload: &[u8], peer_id: &str, provider_app: &str) -> Value {
+    json!({
+        "peer_id": peer_id,
+        "provider_app": provider_app,
+        "payload_base64": BASE64.encode(payload),
+        "payload_text": std::str::from_utf8(payload).ok(),
+    })
+}
+
+/// `CODE: message` (the code as the gRPC spec writes it, since a provider's refusal may carry
+/// any code), or the code alone.
+fn status_text(status: &tonic::Status) -> String {
+    let code = code_name(status.code());
+    match status.message().trim() {
+        "" => code.to_owned(),
+        message => format!("{code}: {message}"),
+    }
+}
+
+/// A status code as the gRPC spec writes it: `INVALID_ARGUMENT`, `NOT_FOUND`, ...
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_codes_as_the_grpc_spec_does() {
+        assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(
+            code_name(tonic::Code::DeadlineExceeded),
+            "DEADLINE_EXCEEDED"
+        );
+        assert_eq!(code_name(tonic::Code::Unavailable), "UNAVAILABLE");
+    }
+
+    #[test]
+    fn a_failed_call_names_its_code() {
+        let status = tonic::Status::failed_precondition("cannot upper-case that");
+        assert_eq!(
+            status_text(&status),
+            "FAILED_PRECONDITION: cannot upper-case that"
+        );
+        assert_eq!(
+            status_text(&tonic::Status::deadline_exceeded("")),
+            "DEADLINE_EXCEEDED"
+        );
+    }
+
+    #[test]
+    fn call_json_has_base64_and_text() {
+        assert_eq!(
+            call_json(b"hi", "12D3KooWx", "echo"),
+            json!({
+                "peer_id": "12D3KooWx",
+                "provider_app": "echo",
+                "payload_base64": "aGk=",
+                "payload_text": "hi",
+            })
+        );
+        assert_eq!(call_json(&[0xff], "p", "a")["payload_text"], Value::Null);
+        assert_eq!(call_json(&[0xff], "p", "a")["payload_base64"], "/w==");
+    }
+
+    #[test]
+    fn providers_table_shows_local_and_rtt() {
+        let providers = [
+            ServiceInfo {
+                service: "echo/1".into(),
+                app_id: "echo".into(),
+                peer_id: "12D3KooWa".into(),
+                local: true,
+                ..ServiceInfo::default()
+            },
+            ServiceInfo {
+                service: "echo/1".into(),
+                peer_id: "12D3KooWb".into(),
+                rtt_us: 1500,
+                ..ServiceInfo::default()
+            },
+        ];
+        let text = providers_table(&providers).trim_fmt();
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0], ["PEER", "APP", "LOCAL", "RTT"]);
+        assert_eq!(lines[1], ["12D3KooWa", "echo", "yes", "-"]);
+        assert_eq!(lines[2], ["12D3KooWb", "-", "no", "1.5", "ms"]);
+    }
+}

@@ -40,7 +40,7 @@ mod spec;
 mod table;
 
 pub use error::Error;
-pub use logs::{FOLLOW_BUFFER, LOGS_CHANNEL, MAX_LINE_BYTES, MAX_LINES};
+pub use logs::{FOLLOW_BUFFER, LOGS_CHANNEL, MAX_LINE_BYTES, MAX_LINES, MAX_RING_BYTES};
 pub use persist::HELPERS_TREE;
 pub use process::{
     ENV_APP_ID, ENV_GATEWAY, ENV_HELPER, ENV_HELPER_DIR, ENV_HELPER_OWNER, ENV_TOKEN, HELPERS_DIR,

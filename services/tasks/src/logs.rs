@@ -22,6 +22,8 @@ use tokio::{
 pub const MAX_LINES: usize = 1000;
 /// Longest line kept, in bytes; the rest of a longer line is skipped up to its newline.
 pub const MAX_LINE_BYTES: usize = 4096;
+/// Most bytes of text kept per helper (so 512 helpers cannot hold 2 GiB of output).
+pub const MAX_RING_BYTES: usize = 256 * 1024;
 /// Lines a follower may fall behind before it misses some.
 pub const FOLLOW_BUFFER: usize = 256;
 /// The buffer of the channel that answers a `Logs` call.
@@ -31,6 +33,8 @@ pub const LOGS_CHANNEL: usize = 64;
 #[derive(Debug)]
 pub(crate) struct LogRing {
     lines: VecDeque<LogLine>,
+    /// Bytes of text in `lines`, kept under [`MAX_RING_BYTES`].
+    bytes: usize,
     next_seq: u64,
     /// `None` once the helper is removed: followers then end.
     followers: Option<broadcast::Sender<LogLine>>,
@@ -45,6 +49,7 @@ impl LogRing {
         let (tx, _) = broadcast::channel(FOLLOW_BUFFER);
         Arc::new(Mutex::new(LogRing {
             lines: VecDeque::new(),
+            bytes: 0,
             next_seq: 1,
             followers: Some(tx),
         }))
@@ -63,10 +68,14 @@ impl LogRing {
         if let Some(tx) = &self.followers {
             let _ = tx.send(line.clone());
         }
-        if self.lines.len() == MAX_LINES {
-            self.lines.pop_front();
-        }
+        self.bytes += line.text.len();
         self.lines.push_back(line);
+        while self.lines.len() > MAX_LINES || self.bytes > MAX_RING_BYTES {
+            let Some(oldest) = self.lines.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.text.len();
+        }
     }
 
     /// Ends every follower (the helper is removed).
@@ -214,6 +223,19 @@ mod tests {
         assert_eq!(tail[1].text, format!("line {}", MAX_LINES + 4));
         assert_eq!(ring.snapshot(0, false).0.len(), MAX_LINES);
         assert_eq!(ring.snapshot(5000, false).0.len(), MAX_LINES);
+    }
+
+    #[test]
+    fn long_lines_are_kept_within_the_byte_budget() {
+        let log = LogRing::shared();
+        let long = vec![b'x'; MAX_LINE_BYTES];
+        for _ in 0..MAX_LINES {
+            lock(&log).push(LogStream::Stdout, &long);
+        }
+        let ring = lock(&log);
+        assert_eq!(ring.lines.len(), MAX_RING_BYTES / MAX_LINE_BYTES);
+        assert!(ring.bytes <= MAX_RING_BYTES);
+        assert_eq!(ring.lines.back().map(|l| l.seq), Some(MAX_LINES as u64));
     }
 
     #[tokio::test]

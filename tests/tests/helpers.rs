@@ -496,6 +496,7 @@ async fn a_node_killed_with_sigkill_leaves_no_helper_behind() {
     );
     let node_pid = node.pid().expect("running");
     kill(Pid::from_raw(node_pid as i32), Signal::SIGKILL).expect("kill -9 p2posd");
+    let killed = Instant::now();
     node.wait_exit(T).await;
 
     let mut reaped: HashMap<u32, WaitStatus> = HashMap::new();
@@ -520,6 +521,10 @@ async fn a_node_killed_with_sigkill_leaves_no_helper_behind() {
         async move { done.then_some(()) }
     })
     .await;
+    eprintln!(
+        "every helper process gone {:?} after kill -9",
+        killed.elapsed()
+    );
     for pid in &pids {
         assert!(
             matches!(

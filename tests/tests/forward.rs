@@ -5,7 +5,9 @@
 use std::{sync::Arc, time::Duration};
 
 use p2pos_client::Client;
-use p2pos_proto::service::v1::{ListExposuresRequest, OpenForwardRequest, WithdrawRequest};
+use p2pos_proto::service::v1::{
+    ExposeRequest, ListExposuresRequest, OpenForwardRequest, WithdrawRequest,
+};
 use p2pos_tests::{Node, connected_peer, p2pctl, wait_for};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -153,13 +155,40 @@ async fn an_exposed_http_server_is_fetched_through_a_forwarded_port() {
     .await;
     assert_eq!(body, b"hello 2");
 
-    // What was not exposed cannot be reached: no name leads to the other server's port.
+    // What was not exposed cannot be reached: a service is named, never an address, and only
+    // exposed names lead anywhere.
     let unexposed = forward(&client_a, &b_id, "other").await;
-    assert_eq!(
-        get(unexposed, "/n/3").await,
-        None,
-        "port {other_port} stays private"
-    );
+    assert_eq!(get(unexposed, "/n/3").await, None, "nobody exposes `other`");
+    for name in [format!("127.0.0.1:{other_port}"), format!("{other_port}/1")] {
+        let err = client_a
+            .services()
+            .open_forward(OpenForwardRequest {
+                service: name.clone(),
+                peer: b_id.clone(),
+                listen: "127.0.0.1:0".into(),
+            })
+            .await;
+        if let Err(status) = err {
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{name}: {status:?}"
+            );
+        } else {
+            let port = forward(&client_a, &b_id, &name).await;
+            assert_eq!(get(port, "/n/3").await, None, "{name} leads nowhere");
+        }
+    }
+    // Only loopback targets can be exposed.
+    let err = client_b
+        .services()
+        .expose(ExposeRequest {
+            target: "10.1.2.3:80".into(),
+            service: "lan".into(),
+        })
+        .await
+        .expect_err("not a loopback target");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
     // Listed, then withdrawn: new connections find nothing.
     let exposures = client_b

@@ -150,14 +150,19 @@ pub fn splice<I: ChannelFrame>(
             Ok(())
         }
         .await;
-        // The failure first, so that the output ends with it rather than with the end of the
-        // remote's frames that the half-close below may bring.
-        if let Err(status) = outcome {
-            debug!(channel_id, "channel input ended: {status}");
-            let _ = err_tx.send(status);
+        match outcome {
+            // Half-close: the remote sees the end of our frames.
+            Ok(()) => {
+                let _ = SinkExt::<Bytes>::close(&mut sink).await;
+            }
+            // No clean end on a failure (the app crashed, its connection broke, it sent too
+            // much): the stream is dropped unclosed once the output ends too, which resets it,
+            // so the remote sees an error rather than the end of the frames.
+            Err(status) => {
+                debug!(channel_id, "channel input ended: {status}");
+                let _ = err_tx.send(status);
+            }
         }
-        // Half-close: the remote sees the end of our frames.
-        let _ = SinkExt::<Bytes>::close(&mut sink).await;
     });
     let opened = ChannelOutput {
         kind: Some(channel_output::Kind::Opened(ChannelOpened {

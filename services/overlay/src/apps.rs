@@ -128,7 +128,7 @@ impl OverlayService {
         ctx.spawn(
             async move { tx.closed().await }
                 .into_actor(self)
-                .map(move |(), act, _| act.end_session(&app, id)),
+                .map(move |(), act, ctx| act.end_session(&app, id, ctx)),
         );
         let registered = Registered {
             app_id,
@@ -144,9 +144,11 @@ impl OverlayService {
         })
     }
 
-    fn end_session(&mut self, app_id: &str, id: u64) {
-        // Calls announced on this session can no longer be answered.
+    fn end_session(&mut self, app_id: &str, id: u64, ctx: &mut Context<Self>) {
+        // Calls announced on this session can no longer be answered, nor its channels
+        // accepted.
         self.session_ended(id);
+        self.refuse_pending_of(id, ctx);
         if let Some(app) = self.apps.get_mut(app_id) {
             app.sessions.retain(|s| s.id != id);
             if app.sessions.is_empty() {
@@ -200,7 +202,9 @@ impl OverlayService {
         );
         Box::pin(async move {
             let _permit = permit;
-            let stream = channel::open(net, control, store, app_id, None, peer, addrs).await?;
+            let reach_by = tokio::time::Instant::now() + channel::REACH_TIME;
+            let stream =
+                channel::open(net, control, store, app_id, None, peer, addrs, reach_by).await?;
             Ok(Response::Channel(count(stream, channel_permit)))
         })
     }

@@ -8,7 +8,9 @@ use libp2p::{Multiaddr, PeerId};
 use libp2p_stream::{Control, OpenStreamError};
 use p2pos_kernel::{Store, protocols::apps::ChannelStream, wire};
 use p2pos_proto::wire::v1::{ChannelHello, ChannelWelcome, channel_welcome};
+use tokio::time::Instant;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tracing::debug;
 
 use crate::{
     Error,
@@ -18,21 +20,30 @@ use crate::{
     network::{CHANNEL_PROTOCOL, NetHandle},
 };
 
-/// How long connecting to the peer may take.
+/// How long connecting to the peer may take, at most.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long opening the stream and writing the hello may take.
+/// How long opening the stream and writing the hello may take, at most.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reaching the peer (connecting, opening the stream, writing the hello) may take
+/// when the caller gives no shorter time.
+pub(crate) const REACH_TIME: Duration = Duration::from_secs(20);
 /// How long the remote app may take to accept (it has 30 s, plus the way there and back).
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long writing the welcome may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many streams one open tries, at most, when the responder resets them before the hello.
+const MAX_OPENS: u32 = 4;
+/// How long to wait before opening a stream again, times the opens so far.
+const REOPEN_PAUSE: Duration = Duration::from_millis(20);
 /// How long an inbound channel may wait to be accepted.
 pub(crate) const ACCEPT_WINDOW: Duration = Duration::from_secs(30);
 
 /// Opens a channel to `app_id` on `peer`, or with `service` set, from app `app_id` to the
-/// provider of `service` on `peer`, and waits until the remote app accepts it. The stream of a
-/// service channel names the providing app (which the welcome tells), or is empty when the
-/// responder did not say.
+/// provider of `service` on `peer`, and waits until the remote app accepts it. The peer must
+/// be reached (connected, stream open, hello written) by `reach_by`; accepting may then take
+/// the app's 30 s. The stream of a service channel names the providing app (which the welcome
+/// tells), or is empty when the responder did not say.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn open(
     net: NetHandle,
     mut control: Control,
@@ -41,34 +52,54 @@ pub(crate) async fn open(
     service: Option<String>,
     peer: PeerId,
     addrs: Vec<Multiaddr>,
+    reach_by: Instant,
 ) -> Result<ChannelStream, Error> {
-    net.connect(peer, addrs, CONNECT_TIMEOUT).await?;
+    let to_reach = || reach_by.saturating_duration_since(Instant::now());
+    net.connect(peer, addrs, to_reach().min(CONNECT_TIMEOUT))
+        .await?;
     let broken = |reason: String| Error::Protocol {
         peer,
         protocol: wire::CHANNEL_PROTOCOL,
         reason,
     };
-    let stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, CHANNEL_PROTOCOL))
-        .await
-        .map_err(|_| broken(format!("no stream within {OPEN_TIMEOUT:?}")))?
-        .map_err(|e| match e {
-            OpenStreamError::UnsupportedProtocol(_) => Error::Unreachable {
-                peer,
-                reason: "it does not speak /p2pos/channel/1 (not a P2P OS node?)".into(),
-            },
-            other => Error::Unreachable {
-                peer,
-                reason: other.to_string(),
-            },
-        })?;
-    let mut io = stream.compat();
     let hello = ChannelHello {
         app_id: app_id.clone(),
         service: service.clone().unwrap_or_default(),
     };
-    write_message(&mut io, &hello, OPEN_TIMEOUT)
-        .await
-        .map_err(|e| broken(e.to_string()))?;
+    let mut opens = 0;
+    let mut io = loop {
+        opens += 1;
+        let limit = to_reach().min(OPEN_TIMEOUT);
+        let stream = tokio::time::timeout(limit, control.open_stream(peer, CHANNEL_PROTOCOL))
+            .await
+            .map_err(|_| Error::Unreachable {
+                peer,
+                reason: format!("no stream within {limit:?}"),
+            })?
+            .map_err(|e| match e {
+                OpenStreamError::UnsupportedProtocol(_) => Error::Unreachable {
+                    peer,
+                    reason: "it does not speak /p2pos/channel/1 (not a P2P OS node?)".into(),
+                },
+                other => Error::Unreachable {
+                    peer,
+                    reason: other.to_string(),
+                },
+            })?;
+        let mut io = stream.compat();
+        match write_message(&mut io, &hello, to_reach().min(OPEN_TIMEOUT)).await {
+            Ok(()) => break io,
+            // Reset before the hello was written: the responder's `libp2p-stream` dropped it
+            // (it takes inbound streams through a channel of one, and drops those that come
+            // while the previous one waits); nothing was announced there. Again, while there
+            // is time.
+            Err(e) if opens < MAX_OPENS && !to_reach().is_zero() => {
+                debug!(%peer, "a channel stream was reset before its hello ({e}); again");
+                tokio::time::sleep(REOPEN_PAUSE * opens).await;
+            }
+            Err(e) => return Err(broken(e.to_string())),
+        }
+    };
     let not_accepted = |app_id: String| match &service {
         Some(service) => Error::Timeout {
             what: format!("the provider of '{service}' on peer {peer} accepting the channel"),

@@ -153,7 +153,8 @@ pub enum Error {
     /// A service name that is not `<name>/<version>`.
     #[error(
         "invalid service name {input:?}: {reason}; a service name is 1 to 48 letters, digits, \
-         '.', '_' or '-', a '/', and a version of 1 to 9 digits (e.g. translate/1)"
+         '.', '_' or '-', a '/', and a version of 1 to 9 digits without leading zeros (e.g. \
+         translate/1)"
     )]
     InvalidServiceName {
         /// What was given (shortened).
@@ -241,6 +242,16 @@ pub enum Error {
         /// What happened with each.
         reasons: String,
     },
+    /// Providers are known, and every one that was tried was busy.
+    #[error("{known} provider(s) of '{service}' known, all busy: {reasons}; try again later")]
+    ProvidersBusy {
+        /// The service.
+        service: String,
+        /// How many were tried.
+        known: usize,
+        /// What each said.
+        reasons: String,
+    },
     /// `Reply` names a call that is not waiting for this app's answer.
     #[error(
         "no call {call_id} is waiting for an answer from app '{app_id}' (already answered, \
@@ -277,7 +288,9 @@ impl From<Error> for ServiceError {
             Error::DescriptionTooLong { .. } | Error::ReplyWithoutResult => {
                 ErrorCode::InvalidArgument
             }
-            Error::PayloadTooLarge { .. } => ErrorCode::ResourceExhausted,
+            Error::PayloadTooLarge { .. } | Error::ProvidersBusy { .. } => {
+                ErrorCode::ResourceExhausted
+            }
             Error::ServiceTaken { .. } => ErrorCode::AlreadyExists,
             Error::NotRegistered { .. }
             | Error::ServiceNotFound { .. }

@@ -66,19 +66,46 @@ pub(crate) struct Limits {
     pub(crate) per_peer: usize,
 }
 
-/// Serves each stream of `incoming` with `serve`, within `limits`; further streams are dropped
-/// (the remote sees a reset) until one finishes. Ends when the swarm is gone.
-pub(crate) async fn accept_loop<S, I, F, Fut>(
+/// Which of an accept loop's [`Limits`] a stream found reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overflow {
+    /// As many streams of the protocol as it serves in all are open.
+    Total(usize),
+    /// As many streams as it serves from one peer are open from this peer.
+    PerPeer(usize),
+}
+
+impl std::fmt::Display for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Overflow::Total(n) => write!(f, "{n} already open on this node (its limit)"),
+            Overflow::PerPeer(n) => write!(f, "{n} already open from your node (the limit)"),
+        }
+    }
+}
+
+/// Most refusals written at once by one accept loop; past them, streams are dropped.
+const MAX_REFUSALS: usize = 64;
+
+/// Serves each stream of `incoming` with `serve`, within `limits`. A stream past them is given
+/// to `refuse` (which may answer it, in a task of its own: at most [`MAX_REFUSALS`] at once,
+/// each bounded by its own timeout) or, if it answers `None` or too many are being refused,
+/// dropped (the remote sees a reset). Ends when the swarm is gone.
+pub(crate) async fn accept_loop<S, I, F, Fut, R, RFut>(
     mut incoming: I,
     limits: Limits,
     what: &'static str,
     serve: F,
+    refuse: R,
 ) where
     I: FuturesStream<Item = (PeerId, S)> + Unpin,
     F: Fn(PeerId, S) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
+    R: Fn(PeerId, S, Overflow) -> Option<RFut>,
+    RFut: Future<Output = ()> + Send + 'static,
 {
     let mut tasks = JoinSet::new();
+    let mut refusals = JoinSet::new();
     let mut task_peers: HashMap<task::Id, PeerId> = HashMap::new();
     let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
     loop {
@@ -99,25 +126,42 @@ pub(crate) async fn accept_loop<S, I, F, Fut>(
                     }
                 }
             }
+            Some(_) = refusals.join_next(), if !refusals.is_empty() => {}
             next = incoming.next() => match next {
                 Some((peer, stream)) => {
                     let from_peer = per_peer.get(&peer).copied().unwrap_or(0);
-                    if tasks.len() >= limits.total {
-                        warn!(%peer, "refusing an inbound {what} stream: {} already open", limits.total);
-                        drop(stream);
+                    let overflow = if tasks.len() >= limits.total {
+                        Some(Overflow::Total(limits.total))
                     } else if from_peer >= limits.per_peer {
-                        warn!(%peer, "refusing an inbound {what} stream: {from_peer} already open from this peer");
-                        drop(stream);
+                        Some(Overflow::PerPeer(limits.per_peer))
                     } else {
-                        let task = tasks.spawn(serve(peer, stream));
-                        task_peers.insert(task.id(), peer);
-                        *per_peer.entry(peer).or_default() += 1;
+                        None
+                    };
+                    match overflow {
+                        None => {
+                            let task = tasks.spawn(serve(peer, stream));
+                            task_peers.insert(task.id(), peer);
+                            *per_peer.entry(peer).or_default() += 1;
+                        }
+                        Some(overflow) => {
+                            warn!(%peer, "refusing an inbound {what} stream: {overflow}");
+                            if refusals.len() < MAX_REFUSALS
+                                && let Some(refusal) = refuse(peer, stream, overflow)
+                            {
+                                refusals.spawn(refusal);
+                            }
+                        }
                     }
                 }
                 None => return,
             },
         }
     }
+}
+
+/// The refusal of an accept loop that answers nothing: the stream is dropped.
+pub(crate) fn drop_stream<S>(_: PeerId, _: S, _: Overflow) -> Option<std::future::Ready<()>> {
+    None
 }
 
 /// Reads the hello of an inbound channel and hands the stream to the actor.
@@ -263,6 +307,7 @@ mod tests {
                 let _ = hold.await;
                 let _ = events.send((peer, false));
             },
+            drop_stream,
         ));
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
@@ -287,6 +332,42 @@ mod tests {
         holds.push(offer(a));
         let next = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
         assert_eq!(next.expect("served in time"), Some((a, true)));
+        serving.abort();
+    }
+
+    #[tokio::test]
+    async fn streams_past_the_limits_are_handed_to_the_refusal() {
+        let (streams, incoming) = mpsc::channel::<(PeerId, oneshot::Receiver<()>)>(16);
+        let limits = Limits {
+            total: 2,
+            per_peer: 1,
+        };
+        let (refused_tx, mut refused) = mpsc::unbounded_channel();
+        let serving = tokio::spawn(accept_loop(
+            ReceiverStream::new(incoming),
+            limits,
+            "test",
+            |_, hold: oneshot::Receiver<()>| async move {
+                let _ = hold.await;
+            },
+            move |peer, _, overflow| {
+                let refused = refused_tx.clone();
+                Some(async move {
+                    let _ = refused.send((peer, overflow));
+                })
+            },
+        ));
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut holds = Vec::new();
+        for peer in [a, a, b, c] {
+            let (hold, held) = oneshot::channel::<()>();
+            streams.try_send((peer, held)).expect("room");
+            holds.push(hold);
+        }
+        for expected in [(a, Overflow::PerPeer(1)), (c, Overflow::Total(2))] {
+            let next = tokio::time::timeout(Duration::from_secs(5), refused.recv()).await;
+            assert_eq!(next.expect("in time"), Some(expected));
+        }
         serving.abort();
     }
 }

@@ -75,30 +75,25 @@ pub(crate) struct LocalOpening {
 }
 
 impl LocalOpening {
-    /// Waits until the app accepts the channel (or it expires): the opener's end, holding
-    /// `channel_permit` (its place among the node's channels).
-    pub(crate) async fn opened(
-        self,
-        store: Arc<dyn Store>,
-        channel_permit: OwnedSemaphorePermit,
-    ) -> Result<ChannelStream, Error> {
+    /// Waits until the app accepts the channel (or it expires, or the session it was
+    /// announced on ends): the opener's end, to be counted among the node's channels.
+    pub(crate) async fn opened(self, store: Arc<dyn Store>) -> Result<ChannelStream, Error> {
         let LocalOpening {
             io,
             answered,
             app_id,
             local,
         } = self;
-        // The sender goes only with the pending channel: accepted, expired, or the service
-        // stopping (which drops every pending channel).
+        // The sender goes only with the pending channel: accepted, expired, refused because
+        // its session ended, or the service stopping (which drops every pending channel).
         answered.await.map_err(|_| Error::NetworkStopped)??;
-        let stream = ChannelStream {
+        Ok(ChannelStream {
             channel_id: store.next_id()?,
             peer_id: local.to_string(),
             app_id,
             inbound: false,
             io: Box::new(io),
-        };
-        Ok(count(stream, channel_permit))
+        })
     }
 }
 
@@ -121,8 +116,8 @@ impl OverlayService {
         let store = self.ctx.store.clone();
         Box::pin(async move {
             let _open = open_permit;
-            let stream = opening.opened(store, channel_permit).await?;
-            Ok(Response::Channel(stream))
+            let stream = opening.opened(store).await?;
+            Ok(Response::Channel(count(stream, channel_permit)))
         })
     }
 

@@ -1,7 +1,8 @@
 //! Inbound channels announced to an app's session and not yet accepted, whether a remote peer
 //! opened them (`/p2pos/channel/1`, answered with a welcome) or another session of this node
 //! did ([`crate::local`]), to the same app or to a service it provides: announcing, accepting
-//! within 30 s, and expiring.
+//! within 30 s, expiring, and refusing those of a session that ended before accepting them
+//! (the opener hears it at once and may try another provider).
 
 use actix::prelude::*;
 use libp2p::PeerId;
@@ -30,6 +31,8 @@ use crate::{
 pub(crate) struct PendingChannel {
     peer: PeerId,
     app_id: String,
+    /// The session it was announced on.
+    session: u64,
     /// Set for a channel to a service the app provides.
     origin: Option<ServiceOrigin>,
     io: PendingIo,
@@ -140,6 +143,52 @@ impl OverlayService {
         }
     }
 
+    /// Session `session` ended: the channels announced on it can no longer be accepted. Their
+    /// openers hear it now: a remote one `NOT_PROVIDED` (a service channel: another provider
+    /// may be tried) or `APP_NOT_LISTENING`, one on this node "not running here".
+    pub(crate) fn refuse_pending_of(&mut self, session: u64, ctx: &mut Context<Self>) {
+        let gone: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.session == session)
+            .map(|(id, _)| *id)
+            .collect();
+        let local = self.net.local_peer_id();
+        for channel_id in gone {
+            let Some(pending) = self.pending.remove(&channel_id) else {
+                continue;
+            };
+            ctx.cancel_future(pending.expiry);
+            let PendingChannel {
+                app_id, origin, io, ..
+            } = pending;
+            match io {
+                PendingIo::Remote(io) => {
+                    let welcome = match origin {
+                        Some(ServiceOrigin { service, .. }) => channel::welcome(
+                            channel_welcome::Result::NotProvided,
+                            Error::NotProvidedThere {
+                                service,
+                                peer: local,
+                            }
+                            .to_string(),
+                        ),
+                        None => channel::welcome(
+                            channel_welcome::Result::AppNotListening,
+                            format!(
+                                "app '{app_id}' ended its session on peer {local} before \
+                                 accepting the channel"
+                            ),
+                        ),
+                    };
+                    // Bounded by the write timeout and by the channel permits.
+                    tokio::spawn(refuse(Refusal { io, welcome }));
+                }
+                PendingIo::Local(end) => end.expire(Error::NotRunningHere { app_id }),
+            }
+        }
+    }
+
     /// Announces an inbound channel from `peer` (to a service when `origin` is set) on the
     /// newest live session of `app_id` and keeps it pending until it is accepted or
     /// [`channel::ACCEPT_WINDOW`] has passed; it counts against `max_channels` from now on.
@@ -156,7 +205,7 @@ impl OverlayService {
         let Ok(permit) = self.channels.clone().try_acquire_owned() else {
             return Err((io, Unannounced::TooManyChannels));
         };
-        let Some((_, session)) = self.apps.get(&app_id).and_then(AppState::newest) else {
+        let Some((session_id, session)) = self.apps.get(&app_id).and_then(AppState::newest) else {
             return Err((io, Unannounced::NotListening));
         };
         let channel_id = match self.ctx.store.next_id() {
@@ -187,6 +236,7 @@ impl OverlayService {
             PendingChannel {
                 peer,
                 app_id,
+                session: session_id,
                 origin,
                 io: io.into(),
                 permit,

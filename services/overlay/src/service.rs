@@ -19,12 +19,12 @@ use crate::{
     apps::AppState,
     delivery::{self, Delivery},
     forward::Forwarding,
-    inbound::{Limits, accept_loop, serve_channel, serve_messages},
+    inbound::{Limits, accept_loop, drop_stream, serve_channel, serve_messages},
     mailbox::Mailbox,
     network::{self, NetHandle},
     overlay_api,
     pending::PendingChannel,
-    registry::{self, serve_call},
+    registry::{self, refuse_call, serve_call},
     task::AbortOnDrop,
 };
 
@@ -42,7 +42,9 @@ const MAX_MESSAGE_STREAMS: Limits = Limits {
     total: 64,
     per_peer: 4,
 };
-/// Most inbound call streams at once, in all and from one peer (each lasts one call).
+/// Most inbound call streams at once, in all and from one peer (each lasts one call); past
+/// them a call is answered `RESOURCE_EXHAUSTED` at once. Callers keep at most 32 calls in
+/// flight to one peer (`registry::slots`), below the per-peer limit.
 const MAX_CALL_STREAMS: Limits = Limits {
     total: 512,
     per_peer: 64,
@@ -177,6 +179,7 @@ impl Actor for OverlayService {
             MAX_HANDSHAKES,
             "channel",
             move |peer, stream| serve_channel(peer, stream, actor.clone()),
+            drop_stream,
         )));
         let mailbox = self.mailbox.clone();
         let events = self.ctx.events.clone();
@@ -185,6 +188,7 @@ impl Actor for OverlayService {
             MAX_MESSAGE_STREAMS,
             "message",
             move |peer, stream| serve_messages(peer, stream, mailbox.clone(), events.clone()),
+            drop_stream,
         )));
         let actor = ctx.address().recipient();
         self.tasks.push(AbortOnDrop::spawn(accept_loop(
@@ -192,6 +196,10 @@ impl Actor for OverlayService {
             MAX_CALL_STREAMS,
             "call",
             move |peer, stream| serve_call(peer, stream, actor.clone()),
+            |peer, stream, overflow| {
+                let why = format!("too many calls in progress: {overflow}; try again later");
+                Some(refuse_call(peer, stream, why))
+            },
         )));
         // Exposures kept from before are services from the start.
         self.publish_services();

@@ -377,7 +377,7 @@ async fn exposed_tcp_services_are_services_too() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(
         (listed[0].service.as_str(), listed[0].app_id.as_str()),
-        ("web/1", "forward")
+        ("web/1", "_node:forward")
     );
 
     // Exposures and registrations never share a name, either way.
@@ -414,7 +414,7 @@ async fn exposed_tcp_services_are_services_too() {
         .expect("opened from C");
     assert_eq!(
         (opened.app_id.as_str(), opened.peer_id.as_str()),
-        ("forward", a.peer_id().as_str())
+        ("_node:forward", a.peer_id().as_str())
     );
     let mut there = framed(opened);
     echoes(&mut there, b"from another node").await;

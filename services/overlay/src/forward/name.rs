@@ -11,8 +11,9 @@ const MAX_NAME: usize = 48;
 const MAX_VERSION_DIGITS: usize = 9;
 
 /// Checks a service name and returns it in canonical form: `<name>/<version>`, where the name
-/// is 1 to 48 characters of `[A-Za-z0-9._-]` and the version 1 to 9 digits. A bare name (no
-/// `/`) gets version `1`.
+/// is 1 to 48 characters of `[A-Za-z0-9._-]` and the version 1 to 9 digits with no leading
+/// zero (`0` itself is a version), so that one service has one name. A bare name (no `/`) gets
+/// version `1`.
 pub(crate) fn parse_service_name(input: &str) -> Result<String, Error> {
     let invalid = |reason| Error::InvalidServiceName {
         input: input.chars().take(80).collect(),
@@ -38,6 +39,9 @@ pub(crate) fn parse_service_name(input: &str) -> Result<String, Error> {
         || !version.chars().all(|c| c.is_ascii_digit())
     {
         return Err(invalid("the version is not 1 to 9 digits"));
+    }
+    if version.len() > 1 && version.starts_with('0') {
+        return Err(invalid("the version has a leading zero"));
     }
     Ok(format!("{name}/{version}"))
 }
@@ -86,6 +90,11 @@ mod tests {
     fn service_names_follow_the_spec() {
         assert_eq!(parse_service_name("web").expect("bare"), "web/1");
         assert_eq!(parse_service_name("web/2").expect("versioned"), "web/2");
+        assert_eq!(parse_service_name("web/0").expect("version 0"), "web/0");
+        assert_eq!(
+            parse_service_name("web/10").expect("a zero inside"),
+            "web/10"
+        );
         assert_eq!(
             parse_service_name("org.example_web-x/123456789").expect("long version"),
             "org.example_web-x/123456789"
@@ -99,6 +108,8 @@ mod tests {
             "web/x",
             "web/1/2",
             "web/1234567890",
+            "web/01",
+            "web/00",
             "we b",
             "wéb",
             "web/-1",

@@ -30,6 +30,7 @@ use super::{
     connect::PendingConnect,
     metrics::SwarmMetrics,
     peers::{self, PeerBook, is_dialable},
+    provider_cache::ProviderCache,
     providers::ProviderQuery,
 };
 
@@ -73,6 +74,10 @@ pub(crate) struct EventLoop {
     pub(super) providing: BTreeSet<String>,
     /// Look-ups of providers in progress.
     pub(super) provider_queries: HashMap<kad::QueryId, ProviderQuery>,
+    /// The look-up in progress per service (callers of one service share it).
+    pub(super) provider_query_of: HashMap<String, kad::QueryId>,
+    /// Providers found by recent look-ups.
+    pub(super) provider_cache: ProviderCache,
 }
 
 impl EventLoop {
@@ -109,6 +114,8 @@ impl EventLoop {
             wanted: Some(wanted),
             providing: BTreeSet::new(),
             provider_queries: HashMap::new(),
+            provider_query_of: HashMap::new(),
+            provider_cache: ProviderCache::default(),
         }
     }
 
@@ -188,8 +195,10 @@ impl EventLoop {
                 service,
                 limit,
                 wait,
+                fresh,
                 reply,
-            } => self.find_providers(&service, limit, wait, reply),
+            } => self.find_providers(service, limit, wait, fresh, reply),
+            Command::ForgetProvider { service, peer } => self.forget_provider(&service, &peer),
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }

@@ -9,6 +9,7 @@
 //! - [`metrics`]: what the swarm task records for Prometheus.
 //! - [`peers`]: known peers and remembered listen ports in the store.
 //! - [`providers`]: the services this node announces in the DHT, and look-ups of providers.
+//! - [`provider_cache`]: providers found by recent look-ups, reused for a while.
 
 mod behaviour;
 mod connect;
@@ -16,6 +17,7 @@ mod event_loop;
 mod info;
 mod metrics;
 pub(crate) mod peers;
+mod provider_cache;
 mod providers;
 
 use std::{collections::BTreeSet, time::Duration};
@@ -64,14 +66,19 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: Reply<Vec<Multiaddr>>,
     },
-    /// A DHT look-up of the providers of `service`, other than this node: at most `limit`,
-    /// answered when the query ends, `limit` are found or `wait` has passed.
+    /// The providers of `service` in the DHT, other than this node: at most `limit`, from a
+    /// look-up less than 30 s old unless `fresh`, else answered when the look-up (shared with
+    /// other callers) ends, `limit` are found or `wait` has passed.
     FindProviders {
         service: String,
         limit: usize,
         wait: Duration,
-        reply: Reply<Vec<RemoteProvider>>,
+        fresh: bool,
+        reply: Reply<Providers>,
     },
+    /// `peer` turned out not to provide `service` (any more), or not to be reachable: recent
+    /// look-ups stop offering it.
+    ForgetProvider { service: String, peer: PeerId },
     /// Connected peers.
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
@@ -88,11 +95,22 @@ pub(crate) enum Command {
     Shutdown { reply: oneshot::Sender<()> },
 }
 
+/// Providers of a service found in the DHT, best first.
+#[derive(Debug, Clone)]
+pub(crate) struct Providers {
+    /// The providers.
+    pub(crate) providers: Vec<RemoteProvider>,
+    /// Whether they come from an earlier look-up (a fresh one may find others).
+    pub(crate) cached: bool,
+}
+
 /// A provider of a service found in the DHT.
 #[derive(Debug, Clone)]
 pub(crate) struct RemoteProvider {
     /// The provider's node.
     pub(crate) peer: PeerId,
+    /// The addresses the DHT gave for it (also remembered in the address book).
+    pub(crate) addrs: Vec<Multiaddr>,
     /// Whether this node is connected to it now.
     pub(crate) connected: bool,
     /// The last ping round-trip time, when connected and measured.
@@ -257,17 +275,20 @@ impl NetHandle {
     }
 
     /// Providers of `service` in the DHT (this node excluded): connected ones first, by
-    /// round-trip time, then the others; at most `limit`, within `wait`.
+    /// round-trip time, then the others; at most `limit`, within `wait`. Unless `fresh`, a
+    /// look-up less than 30 s old answers.
     pub(crate) async fn find_providers(
         &self,
         service: String,
         limit: usize,
         wait: Duration,
-    ) -> Result<Vec<RemoteProvider>, Error> {
+        fresh: bool,
+    ) -> Result<Providers, Error> {
         let fut = self.request(|reply| Command::FindProviders {
             service,
             limit,
             wait,
+            fresh,
             reply,
         });
         // The swarm task answers by `wait`; this only guards against a stalled task.
@@ -293,6 +314,15 @@ impl NetHandle {
     /// This node's ticket.
     pub(crate) async fn ticket(&self) -> Result<Ticket, Error> {
         self.request(|reply| Command::Ticket { reply }).await
+    }
+
+    /// `peer` did not take a call or channel to `service`: recent look-ups stop offering it.
+    /// Dropped if the swarm task is busy (the entry then lasts its 30 s).
+    pub(crate) fn forget_provider(&self, service: &str, peer: PeerId) {
+        let _ = self.tx.try_send(Command::ForgetProvider {
+            service: service.to_owned(),
+            peer,
+        });
     }
 
     /// Remembers addresses given for `peer`; dropped if the swarm task is busy.

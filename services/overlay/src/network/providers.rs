@@ -3,32 +3,52 @@
 //! of the set, so the latest set always wins and nothing queues up), and looks up the
 //! providers of a service for `FindService`, calls and service channels.
 //!
+//! Look-ups are shared: callers that ask for the providers of a service while a look-up of it
+//! runs join that Kademlia query (one query per key), each answered when it has as many
+//! providers as it wants or its time is up. What a look-up found is reused for a while
+//! (`provider_cache`) by calls and channels, and the addresses the DHT gave with each
+//! provider go into the address book, so that connecting to it needs no second look-up.
+//!
 //! Provider records expire on other nodes 5 minutes after their last publication, and a
 //! provider republishes every minute (see `behaviour`): a provider that goes away without
 //! saying so is forgotten within minutes, and callers skip stale records meanwhile ("not
-//! provided there").
+//! provided there"), telling the cache to forget them.
 
 use std::time::Duration;
 
-use libp2p::{PeerId, kad};
+use libp2p::{
+    Multiaddr, PeerId,
+    core::Endpoint,
+    kad,
+    swarm::{ConnectionId, NetworkBehaviour},
+};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{RemoteProvider, Reply, event_loop::EventLoop};
+use super::{Providers, RemoteProvider, Reply, event_loop::EventLoop, provider_cache::Found};
 use crate::Error;
 
 /// Where a service's providers are announced: `/p2pos/service/<service>`.
 const KEY_PREFIX: &str = "/p2pos/service/";
-/// Most look-ups of providers at once.
+/// Most look-ups of providers at once (of different services: callers of one service share
+/// its look-up).
 const MAX_PROVIDER_QUERIES: usize = 64;
+/// Most callers waiting on one look-up.
+const MAX_WAITERS_PER_QUERY: usize = 1024;
 
-/// A look-up of a service's providers in progress.
+/// A look-up of a service's providers in progress, and the callers waiting on it.
 pub(crate) struct ProviderQuery {
+    service: String,
+    /// Providers found so far, in the order found, without this node.
+    found: Vec<Found>,
+    waiters: Vec<Waiter>,
+}
+
+/// A caller of [`EventLoop::find_providers`] waiting on a look-up.
+struct Waiter {
     limit: usize,
     deadline: Instant,
-    /// Providers found so far, in the order found, without this node.
-    found: Vec<PeerId>,
-    reply: Reply<Vec<RemoteProvider>>,
+    reply: Reply<Providers>,
 }
 
 /// The DHT key under which the providers of `service` are announced.
@@ -88,20 +108,51 @@ impl EventLoop {
         }
     }
 
-    /// Starts a look-up of the providers of `service`.
+    /// Answers up to `limit` providers of `service` within `wait`: from a recent look-up
+    /// unless `fresh`, else from the look-up of it in progress (joined) or a new one.
     pub(super) fn find_providers(
         &mut self,
-        service: &str,
+        service: String,
         limit: usize,
         wait: Duration,
-        reply: Reply<Vec<RemoteProvider>>,
+        fresh: bool,
+        reply: Reply<Providers>,
     ) {
         if !self.swarm.behaviour().kad.is_enabled() {
             let _ = reply.send(Err(Error::DhtDisabled));
             return;
         }
+        let limit = limit.max(1);
+        if !fresh && let Some(found) = self.provider_cache.get(&service, limit) {
+            let providers = self.ranked(found, limit);
+            let _ = reply.send(Ok(Providers {
+                providers,
+                cached: true,
+            }));
+            return;
+        }
+        let waiter = Waiter {
+            limit,
+            deadline: Instant::now() + wait,
+            reply,
+        };
+        if let Some(id) = self.provider_query_of.get(&service).copied()
+            && let Some(query) = self.provider_queries.get_mut(&id)
+        {
+            if query.waiters.len() >= MAX_WAITERS_PER_QUERY {
+                let _ = waiter.reply.send(Err(Error::Busy {
+                    what: "callers waiting for one look-up of service providers",
+                    limit: MAX_WAITERS_PER_QUERY,
+                }));
+            } else {
+                query.waiters.push(waiter);
+                // It may have found enough for this caller already.
+                self.answer_satisfied(id);
+            }
+            return;
+        }
         if self.provider_queries.len() >= MAX_PROVIDER_QUERIES {
-            let _ = reply.send(Err(Error::Busy {
+            let _ = waiter.reply.send(Err(Error::Busy {
                 what: "look-ups of service providers in progress",
                 limit: MAX_PROVIDER_QUERIES,
             }));
@@ -111,21 +162,26 @@ impl EventLoop {
         let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
             return;
         };
-        let id = kad.get_providers(service_key(service));
+        let id = kad.get_providers(service_key(&service));
+        self.provider_query_of.insert(service.clone(), id);
         self.provider_queries.insert(
             id,
             ProviderQuery {
-                limit: limit.max(1),
-                deadline: Instant::now() + wait,
+                service,
                 found: Vec::new(),
-                reply,
+                waiters: vec![waiter],
             },
         );
     }
 
+    /// A call or channel found that `peer` does not take calls or channels to `service` (not
+    /// provided there, or not reachable): recent look-ups no longer offer it.
+    pub(super) fn forget_provider(&mut self, service: &str, peer: &PeerId) {
+        self.provider_cache.forget(service, peer);
+    }
+
     /// Kademlia events about providers: look-up progress, and how announcements went.
     pub(super) fn on_provider_event(&mut self, event: kad::Event) {
-        let local = *self.swarm.local_peer_id();
         match event {
             kad::Event::OutboundQueryProgressed {
                 id,
@@ -133,15 +189,13 @@ impl EventLoop {
                 step,
                 ..
             } => {
-                let Some(query) = self.provider_queries.get_mut(&id) else {
+                if !self.provider_queries.contains_key(&id) {
                     return;
-                };
+                }
                 match result {
                     Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
-                        for p in providers {
-                            if p != local && !query.found.contains(&p) {
-                                query.found.push(p);
-                            }
+                        for peer in providers {
+                            self.on_provider_found(id, peer);
                         }
                     }
                     Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
@@ -149,8 +203,10 @@ impl EventLoop {
                         debug!("a look-up of providers timed out");
                     }
                 }
-                if step.last || query.found.len() >= query.limit {
-                    self.end_provider_query(id);
+                if step.last {
+                    self.end_provider_query(id, true);
+                } else {
+                    self.answer_satisfied(id);
                 }
             }
             kad::Event::OutboundQueryProgressed {
@@ -164,21 +220,98 @@ impl EventLoop {
         }
     }
 
-    /// Answers the look-ups whose time is up (with what they found) or whose caller left.
-    pub(super) fn expire_provider_queries(&mut self) {
-        let now = Instant::now();
-        let due: Vec<kad::QueryId> = self
+    /// Look-up `id` found `peer`: kept with the addresses the DHT gave for it (which the
+    /// query holds only while it runs), also in the address book for connecting to it.
+    fn on_provider_found(&mut self, id: kad::QueryId, peer: PeerId) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        if self
             .provider_queries
-            .iter()
-            .filter(|(_, q)| q.deadline <= now || q.reply.is_closed())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            self.end_provider_query(id);
+            .get(&id)
+            .is_none_or(|q| q.found.iter().any(|(p, _)| *p == peer))
+        {
+            return;
+        }
+        let addrs = self.query_addresses(peer);
+        self.book.add(peer, addrs.clone());
+        if let Some(query) = self.provider_queries.get_mut(&id) {
+            query.found.push((peer, addrs));
         }
     }
 
-    fn end_provider_query(&mut self, id: kad::QueryId) {
+    /// The addresses Kademlia knows for `peer`: its routing table's, and those the running
+    /// queries were given (a provider's, with its record). Kademlia hands them out only when
+    /// asked how to dial the peer, so it is asked that.
+    fn query_addresses(&mut self, peer: PeerId) -> Vec<Multiaddr> {
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return Vec::new();
+        };
+        let known = kad
+            .handle_pending_outbound_connection(
+                ConnectionId::new_unchecked(0),
+                Some(peer),
+                &[],
+                Endpoint::Dialer,
+            )
+            .unwrap_or_default();
+        let mut addrs: Vec<Multiaddr> = Vec::new();
+        for addr in known {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        addrs
+    }
+
+    /// Answers the callers of look-up `id` that have as many providers as they asked for;
+    /// with none left waiting, the look-up ends.
+    fn answer_satisfied(&mut self, id: kad::QueryId) {
+        let Some(query) = self.provider_queries.get_mut(&id) else {
+            return;
+        };
+        let count = query.found.len();
+        let (done, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut query.waiters)
+            .into_iter()
+            .partition(|w| count >= w.limit);
+        query.waiters = waiting;
+        let (found, none_left) = (query.found.clone(), query.waiters.is_empty());
+        for waiter in done {
+            self.answer(waiter, found.clone());
+        }
+        if none_left {
+            self.end_provider_query(id, false);
+        }
+    }
+
+    /// Answers the callers whose time is up (with what was found) and drops those who left;
+    /// a look-up nobody waits for any more ends.
+    pub(super) fn expire_provider_queries(&mut self) {
+        let now = Instant::now();
+        let ids: Vec<kad::QueryId> = self.provider_queries.keys().copied().collect();
+        for id in ids {
+            let Some(query) = self.provider_queries.get_mut(&id) else {
+                continue;
+            };
+            let (due, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut query.waiters)
+                .into_iter()
+                .filter(|w| !w.reply.is_closed())
+                .partition(|w| w.deadline <= now);
+            query.waiters = waiting;
+            let (found, none_left) = (query.found.clone(), query.waiters.is_empty());
+            for waiter in due {
+                self.answer(waiter, found.clone());
+            }
+            if none_left {
+                self.end_provider_query(id, false);
+            }
+        }
+        self.provider_cache.expire();
+    }
+
+    /// Ends look-up `id` (`complete`: it ran to its end), remembers what it found and answers
+    /// whoever still waits.
+    fn end_provider_query(&mut self, id: kad::QueryId, complete: bool) {
         let Some(query) = self.provider_queries.remove(&id) else {
             return;
         };
@@ -192,23 +325,37 @@ impl EventLoop {
             running.finish();
         }
         let ProviderQuery {
-            limit,
+            service,
             found,
-            reply,
-            ..
+            waiters,
         } = query;
-        let _ = reply.send(Ok(self.ranked(found, limit)));
+        if self.provider_query_of.get(&service) == Some(&id) {
+            self.provider_query_of.remove(&service);
+        }
+        self.provider_cache.put(&service, found.clone(), complete);
+        for waiter in waiters {
+            self.answer(waiter, found.clone());
+        }
+    }
+
+    fn answer(&self, waiter: Waiter, found: Vec<Found>) {
+        let providers = self.ranked(found, waiter.limit);
+        let _ = waiter.reply.send(Ok(Providers {
+            providers,
+            cached: false,
+        }));
     }
 
     /// `found` in the order callers should try them: connected peers by round-trip time
     /// (those not measured yet last among them), then the others in the order found.
-    fn ranked(&self, found: Vec<PeerId>, limit: usize) -> Vec<RemoteProvider> {
+    fn ranked(&self, found: Vec<Found>, limit: usize) -> Vec<RemoteProvider> {
         let mut providers: Vec<RemoteProvider> = found
             .into_iter()
-            .map(|peer| {
+            .map(|(peer, addrs)| {
                 let connected = self.swarm.is_connected(&peer);
                 RemoteProvider {
                     peer,
+                    addrs,
                     connected,
                     rtt: connected
                         .then(|| self.rtt.get(&peer).map(|(rtt, _)| *rtt))

@@ -3,10 +3,11 @@
 //! provider app's newest session and waits in a bounded table until the app answers it with
 //! `Reply`, its deadline passes (`DEADLINE_EXCEEDED`) or that session ends (`UNAVAILABLE`).
 //!
-//! Answers carry the wire's `CallAnswer` whether they cross the network or not. One that comes
-//! from an app names it in `provider_app`; one the node gives by itself (not provided here,
-//! busy) leaves it empty, which tells the caller that no app saw the call and another provider
-//! may be tried.
+//! Answers carry the wire's `CallAnswer` whether they cross the network or not. Every answer
+//! to a call an app was given names that app in `provider_app`, even one the node gives for it
+//! (deadline passed, session ended, node stopping); one the node gives for a call no app saw
+//! (not provided here, busy) leaves it empty, which tells the caller that another provider may
+//! be tried.
 
 use std::time::Duration;
 
@@ -24,7 +25,10 @@ use p2pos_proto::{
     service::v1::{ReplyError, ReplyRequest, reply_request},
     wire::v1::{CallAnswer, CallFrame},
 };
-use tokio::{io::AsyncWriteExt, sync::oneshot};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::oneshot,
+};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::debug;
 
@@ -43,6 +47,9 @@ use crate::{
 
 /// Most calls waiting for their provider's answer on this node.
 pub(crate) const MAX_PENDING_CALLS: usize = 1024;
+/// Most calls waiting for the answer of one provider app, so that one slow app cannot take
+/// every place.
+pub(crate) const MAX_PENDING_CALLS_PER_APP: usize = 256;
 /// Largest `CallFrame` or `CallAnswer`: a payload and its envelope.
 pub(crate) const MAX_CALL_FRAME: usize = wire::MAX_PAYLOAD + 4 * 1024;
 /// Longest error message passed on from a provider, in bytes.
@@ -50,6 +57,8 @@ const MAX_ERROR_MESSAGE: usize = 1024;
 /// How much longer than the call's time the server of a remote call waits for the actor to
 /// answer (it answers `DEADLINE_EXCEEDED` by itself when the time is up).
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
+/// How long refusing a call stream (when too many are open) may take.
+const REFUSAL_TIME: Duration = Duration::from_secs(2);
 /// gRPC `UNKNOWN`, for a provider's error code outside 1–16.
 const UNKNOWN: u32 = 2;
 
@@ -74,14 +83,22 @@ pub(crate) struct CallIn {
     pub(crate) timeout: Duration,
 }
 
+/// A call announced to the app providing its service here.
+pub(crate) struct Delivered {
+    /// The app that was given the call.
+    pub(crate) app_id: String,
+    /// Where its answer (or the node's, on its behalf) comes.
+    pub(crate) answer: oneshot::Receiver<CallAnswer>,
+}
+
 /// A remote node's call, read from its `/p2pos/call/1` stream: announced, or refused by this
 /// node (the answer to write back).
 #[derive(Message)]
-#[rtype(result = "Result<oneshot::Receiver<CallAnswer>, Error>")]
+#[rtype(result = "Result<Delivered, Error>")]
 pub(crate) struct InboundCall(pub(crate) CallIn);
 
 impl Handler<InboundCall> for OverlayService {
-    type Result = Result<oneshot::Receiver<CallAnswer>, Error>;
+    type Result = Result<Delivered, Error>;
 
     fn handle(&mut self, InboundCall(call): InboundCall, ctx: &mut Self::Context) -> Self::Result {
         self.deliver_call(call, ctx)
@@ -95,7 +112,7 @@ impl OverlayService {
         &mut self,
         call: CallIn,
         ctx: &mut Context<Self>,
-    ) -> Result<oneshot::Receiver<CallAnswer>, Error> {
+    ) -> Result<Delivered, Error> {
         let CallIn {
             service,
             from_peer,
@@ -120,6 +137,18 @@ impl OverlayService {
             return Err(Error::Busy {
                 what: "calls waiting for their provider's answer on this node",
                 limit: MAX_PENDING_CALLS,
+            });
+        }
+        let of_app = self
+            .services
+            .calls
+            .values()
+            .filter(|c| c.app_id == app_id)
+            .count();
+        if of_app >= MAX_PENDING_CALLS_PER_APP {
+            return Err(Error::Busy {
+                what: "calls waiting for the answer of one provider app",
+                limit: MAX_PENDING_CALLS_PER_APP,
             });
         }
         // No live session left: its end is under way, and the registration goes with it.
@@ -148,14 +177,17 @@ impl OverlayService {
         self.services.calls.insert(
             call_id,
             PendingCall {
-                app_id,
+                app_id: app_id.clone(),
                 service,
                 session,
                 answer,
                 expiry,
             },
         );
-        Ok(answered)
+        Ok(Delivered {
+            app_id,
+            answer: answered,
+        })
     }
 
     /// The call's time is up: its caller hears `DEADLINE_EXCEEDED`.
@@ -252,12 +284,12 @@ pub(crate) async fn serve_call(peer: PeerId, stream: Stream, actor: Recipient<In
         Err(e) => node_error(e),
         Ok(call) => {
             let limit = call.timeout + ANSWER_GRACE;
+            let service = call.service.clone();
             match actor.send(InboundCall(call)).await {
-                Ok(Ok(answered)) => match tokio::time::timeout(limit, answered).await {
-                    Ok(Ok(answer)) => answer,
-                    // The actor went away (the service is stopping) or failed to expire it.
-                    Ok(Err(_)) | Err(_) => node_error(Error::NetworkStopped),
-                },
+                Ok(Ok(Delivered { app_id, answer })) => {
+                    let waited = tokio::time::timeout(limit, answer).await.ok();
+                    answer_of(&app_id, &service, waited)
+                }
                 Ok(Err(e)) => node_error(e),
                 Err(_) => return, // the service is going away; the stream closes
             }
@@ -268,6 +300,58 @@ pub(crate) async fn serve_call(peer: PeerId, stream: Stream, actor: Recipient<In
         return;
     }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, io.shutdown()).await;
+}
+
+/// Refuses a `/p2pos/call/1` stream this node will not serve now (too many at once): answers
+/// `RESOURCE_EXHAUSTED` from the node (no app saw the call, so the caller may try another
+/// provider), then reads and drops the caller's frame so that its writing ends cleanly. All
+/// within [`REFUSAL_TIME`].
+pub(crate) async fn refuse_call(peer: PeerId, stream: Stream, why: String) {
+    let mut io = stream.compat();
+    let answer = CallAnswer {
+        code: code(ErrorCode::ResourceExhausted),
+        message: why,
+        payload: Bytes::new(),
+        provider_app: String::new(),
+    };
+    let refusing = async {
+        write_message(&mut io, &answer, REFUSAL_TIME).await?;
+        io.shutdown().await?;
+        let mut sink = tokio::io::sink();
+        let mut rest = (&mut io).take(u64::try_from(MAX_CALL_FRAME + 4).unwrap_or(u64::MAX));
+        tokio::io::copy(&mut rest, &mut sink).await
+    };
+    match tokio::time::timeout(REFUSAL_TIME, refusing).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => debug!(%peer, "cannot refuse a call: {e}"),
+        Err(_) => debug!(%peer, "refusing a call took too long"),
+    }
+}
+
+/// What to answer for a call app `app_id` was given: its answer, or the node's on its behalf
+/// when the actor dropped the call (`Some(Err)`: the service is stopping) or did not answer
+/// in time (`None`). The node's answer names the app all the same, so that the caller does
+/// not send a call the app may have handled to another provider.
+fn answer_of(
+    app_id: &str,
+    service: &str,
+    waited: Option<Result<CallAnswer, oneshot::error::RecvError>>,
+) -> CallAnswer {
+    match waited {
+        Some(Ok(answer)) => answer,
+        Some(Err(_)) => app_error(
+            app_id,
+            code(ErrorCode::Unavailable),
+            format!(
+                "the node of app '{app_id}' stopped before it answered the call to '{service}'"
+            ),
+        ),
+        None => app_error(
+            app_id,
+            code(ErrorCode::DeadlineExceeded),
+            format!("app '{app_id}' did not answer the call to '{service}' in time"),
+        ),
+    }
 }
 
 /// A remote call as the actor takes it, or why it is refused.
@@ -363,6 +447,21 @@ mod tests {
         assert_eq!(refused(frame("echo", 3, 100)), 3);
         assert_eq!(refused(frame("echo/1", wire::MAX_PAYLOAD + 1, 100)), 8);
         assert_eq!(refused(frame("echo/1", 3, 0)), 4);
+    }
+
+    #[tokio::test]
+    async fn once_an_app_has_a_call_every_answer_names_it() {
+        let (dropped, gone) = oneshot::channel::<CallAnswer>();
+        drop(dropped);
+        let stopped = answer_of("provider", "echo/1", Some(gone.await));
+        assert_eq!(
+            (stopped.code, stopped.provider_app.as_str()),
+            (14, "provider")
+        );
+        let late = answer_of("provider", "echo/1", None);
+        assert_eq!((late.code, late.provider_app.as_str()), (4, "provider"));
+        let own = app_error("provider", 0, String::new());
+        assert_eq!(answer_of("provider", "echo/1", Some(Ok(own.clone()))), own);
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The calling side of `Services.Call`: one request, one answer, within the call's time (the
 //! gRPC deadline, `timeout_ms` and 60 s, whichever is sooner). A provider on this node is
 //! called directly; remote ones over `/p2pos/call/1`, one stream per call, telling them how
-//! many milliseconds remain (never an absolute time: clocks differ between nodes).
+//! many milliseconds remain (never an absolute time: clocks differ between nodes). At most
+//! [`MAX_CALLS_PER_PEER`] calls are in flight to one peer; more wait their turn.
 //!
-//! Without a named peer the providers are tried in `FindService` order while time remains,
-//! moving on when one is not reachable or says the service is not provided (or it is busy)
-//! there. Once a call has been written to a provider it is not sent to another: a broken
-//! stream then is `UNAVAILABLE`, since the provider may have seen the call.
+//! Without a named peer the providers are tried as [`try_providers`] says while time
+//! remains, moving on when one is not reachable or its node says the service is not provided
+//! (or it is busy) there. Once a call has been written to a provider it is not sent to
+//! another: a broken stream then is `UNAVAILABLE`, since the provider may have seen the call;
+//! so is any answer that names the provider's app.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId};
@@ -20,15 +22,17 @@ use p2pos_proto::{
 };
 use tokio::{io::AsyncWriteExt, sync::oneshot, time::Instant};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tracing::debug;
 
 use actix::Context;
 
 use super::{
     Reply,
     answers::{CallIn, MAX_CALL_FRAME, code},
-    find::{CANDIDATES_WAIT, Here, MAX_TRIES, none_worked, remote_providers},
+    find::{Attempt, Here, try_providers},
     names::{validate_payload, validate_service},
     ready,
+    slots::{MAX_CALLS_PER_PEER, PeerSlots},
 };
 use crate::{
     Error,
@@ -47,15 +51,11 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 const OPEN_LIMIT: Duration = Duration::from_secs(5);
 /// The protocol's name in errors.
 const PROTOCOL: &str = "/p2pos/call/1";
-
-/// What one provider did with a call.
-enum Attempt {
-    /// The call is over: answered, refused by the provider, out of time, or broken after it
-    /// was sent.
-    Done(Result<CallReply, Error>),
-    /// No app saw the call there: the next provider may be tried.
-    Next(Error),
-}
+/// How many streams one call opens to one provider, at most, when the far side resets them
+/// before the call is sent.
+const MAX_OPENS: u32 = 4;
+/// How long to wait before opening a stream again, times the opens so far.
+const REOPEN_PAUSE: Duration = Duration::from_millis(20);
 
 /// A call as it goes out.
 #[derive(Clone)]
@@ -63,6 +63,14 @@ struct Outgoing {
     service: String,
     from_app: String,
     payload: Bytes,
+}
+
+/// How a call reaches remote providers: the network, streams, and its places per peer.
+#[derive(Clone)]
+struct Remote {
+    net: NetHandle,
+    control: Control,
+    slots: Arc<PeerSlots>,
 }
 
 impl OverlayService {
@@ -109,46 +117,49 @@ impl OverlayService {
         let mut answered = None;
         if here {
             match self.deliver_call(call.here(local, limit), ctx) {
-                Ok(rx) => answered = Some(rx),
+                Ok(delivered) => answered = Some(delivered.answer),
                 Err(e) => failures.push(("this node".to_owned(), e)),
             }
         }
-        let (net, control) = (self.net.clone(), self.control.clone());
+        let remote = Remote {
+            net: self.net.clone(),
+            control: self.control.clone(),
+            slots: self.services.slots.clone(),
+        };
         let service = call.service.clone();
         let calling = async move {
             if let Some(rx) = answered {
                 return wait_here(rx, local).await;
             }
-            let (candidates, named) = match target {
+            match target {
                 // Only this node was asked for, and it said no.
-                Some((peer, _)) if peer == local => {
-                    return Err(failures
-                        .pop()
-                        .map_or_else(|| out_of_time(&call, limit), |(_, e)| e));
+                Some((peer, _)) if peer == local => Err(failures
+                    .pop()
+                    .map_or_else(|| out_of_time(&call, limit), |(_, e)| e)),
+                // The one peer named: its own answer.
+                Some((peer, addrs)) => {
+                    match call_remote(&remote, peer, addrs, &call, until, until).await {
+                        Attempt::Done(result) => result,
+                        Attempt::Next(e) => Err(e),
+                    }
                 }
-                Some((peer, addrs)) => (vec![(peer, addrs)], true),
                 None => {
-                    let wait = until.saturating_duration_since(Instant::now());
-                    let found = remote_providers(&net, &call.service, wait.min(CANDIDATES_WAIT))
-                        .await?
-                        .into_iter()
-                        .map(|peer| (peer, Vec::new()))
-                        .collect();
-                    (found, false)
-                }
-            };
-            for (peer, addrs) in candidates.into_iter().take(MAX_TRIES) {
-                match call_remote(&net, control.clone(), peer, addrs, &call, until).await {
-                    Attempt::Done(result) => return result,
-                    // The one peer named: its own answer.
-                    Attempt::Next(e) if named => return Err(e),
-                    Attempt::Next(e) => failures.push((format!("peer {peer}"), e)),
-                }
-                if Instant::now() >= until {
-                    return Err(out_of_time(&call, limit));
+                    let attempt = |peer, addrs, reach_by| {
+                        let (remote, call) = (remote.clone(), call.clone());
+                        async move { call_remote(&remote, peer, addrs, &call, reach_by, until).await }
+                    };
+                    let timed_out = || out_of_time(&call, limit);
+                    try_providers(
+                        &remote.net,
+                        &call.service,
+                        until,
+                        failures,
+                        timed_out,
+                        attempt,
+                    )
+                    .await
                 }
             }
-            Err(none_worked(call.service, failures))
         };
         Box::pin(async move {
             match tokio::time::timeout_at(until, calling).await {
@@ -208,44 +219,73 @@ async fn wait_here(rx: oneshot::Receiver<CallAnswer>, local: PeerId) -> Result<C
     }
 }
 
-/// Calls the provider on `peer`, within `until`.
+/// Calls the provider on `peer`: reaches it (a place among the calls in flight to it, a
+/// connection, a stream) by `reach_by`, then waits for its answer until `until`.
 async fn call_remote(
-    net: &NetHandle,
-    mut control: Control,
+    remote: &Remote,
     peer: PeerId,
     addrs: Vec<Multiaddr>,
     call: &Outgoing,
+    reach_by: Instant,
     until: Instant,
-) -> Attempt {
+) -> Attempt<CallReply> {
     let left = || until.saturating_duration_since(Instant::now());
-    if let Err(e) = net.connect(peer, addrs, left().min(CONNECT_LIMIT)).await {
+    let to_reach = || reach_by.saturating_duration_since(Instant::now());
+    let busy = || {
+        Attempt::Next(Error::Busy {
+            what: "calls in flight from this node to one peer",
+            limit: MAX_CALLS_PER_PEER,
+        })
+    };
+    // Held until the answer is read.
+    let slot = match tokio::time::timeout_at(reach_by, remote.slots.acquire(peer)).await {
+        Ok(Some(slot)) => slot,
+        Ok(None) | Err(_) => return busy(),
+    };
+    if let Err(e) = remote
+        .net
+        .connect(peer, addrs, to_reach().min(CONNECT_LIMIT))
+        .await
+    {
         return Attempt::Next(e);
     }
     let unreachable = |reason: String| Attempt::Next(Error::Unreachable { peer, reason });
-    let stream = match tokio::time::timeout(
-        left().min(OPEN_LIMIT),
-        control.open_stream(peer, CALL_PROTOCOL),
-    )
-    .await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(OpenStreamError::UnsupportedProtocol(_))) => {
-            return unreachable(format!("it does not speak {PROTOCOL} (an older node?)"));
+    let mut opens = 0;
+    let mut io = loop {
+        opens += 1;
+        let opening = async {
+            let _one_at_a_time = slot.opening().await;
+            let mut control = remote.control.clone();
+            control.open_stream(peer, CALL_PROTOCOL).await
+        };
+        let stream = match tokio::time::timeout(to_reach().min(OPEN_LIMIT), opening).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(OpenStreamError::UnsupportedProtocol(_))) => {
+                return unreachable(format!("it does not speak {PROTOCOL} (an older node?)"));
+            }
+            Ok(Err(e)) => return unreachable(e.to_string()),
+            Err(_) => return unreachable("no stream in time".into()),
+        };
+        let mut io = stream.compat();
+        // What remains when the frame leaves: the provider counts from when it arrives.
+        let frame = CallFrame {
+            service: call.service.clone(),
+            from_app: call.from_app.clone(),
+            payload: call.payload.clone(),
+            timeout_ms: u32::try_from(left().as_millis()).unwrap_or(u32::MAX).max(1),
+        };
+        // Reached: sending the call may take the time left (a large payload on a slow link).
+        match write_message(&mut io, &frame, left()).await {
+            Ok(()) => break io,
+            // Reset before the whole call was written: the far side never served the stream
+            // (see `slots`), so no app can have seen the call. Again, while there is time.
+            Err(e) if opens < MAX_OPENS && !to_reach().is_zero() => {
+                debug!(%peer, "a call stream was reset before the call was sent ({e}); again");
+                tokio::time::sleep(REOPEN_PAUSE * opens).await;
+            }
+            Err(e) => return unreachable(format!("cannot send the call: {e}")),
         }
-        Ok(Err(e)) => return unreachable(e.to_string()),
-        Err(_) => return unreachable("no stream in time".into()),
     };
-    let mut io = stream.compat();
-    // What remains when the frame leaves: the provider counts from when it arrives.
-    let frame = CallFrame {
-        service: call.service.clone(),
-        from_app: call.from_app.clone(),
-        payload: call.payload.clone(),
-        timeout_ms: u32::try_from(left().as_millis()).unwrap_or(u32::MAX).max(1),
-    };
-    if let Err(e) = write_message(&mut io, &frame, left()).await {
-        return unreachable(format!("cannot send the call: {e}"));
-    }
     // Half-close: the call is complete.
     let _ = io.shutdown().await;
     match read_message::<CallAnswer, _>(&mut io, MAX_CALL_FRAME, left()).await {
@@ -266,7 +306,7 @@ async fn call_remote(
 }
 
 /// What a provider's (or its node's) answer means for the call.
-fn outcome(answer: CallAnswer, peer: PeerId) -> Attempt {
+fn outcome(answer: CallAnswer, peer: PeerId) -> Attempt<CallReply> {
     let CallAnswer {
         code: status,
         message,

@@ -1,24 +1,24 @@
 //! Channels to services. The opener's side (`Services.Channel`, and port forwarding's opener):
 //! the same providers, in the same order, as a call — one on this node through an in-memory
 //! pipe, remote ones over `/p2pos/channel/1` with `ChannelHello.service` set — moving on when
-//! one does not provide the service (any more), is busy or cannot be reached. The
-//! responder's side: a hello naming a service provided here is announced to the provider
-//! app's session (and accepted with `Apps.Channel` as any channel); one naming an exposed
-//! service is welcomed at once and handed to port forwarding.
+//! one does not provide the service (any more), is busy, cannot be reached, or its app's
+//! session ends before it accepts. The responder's side: a hello naming a service provided
+//! here is announced to the provider app's session (and accepted with `Apps.Channel` as any
+//! channel); one naming an exposed service is welcomed at once and handed to port forwarding.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use p2pos_kernel::{Store, protocols::apps::ChannelStream};
 use p2pos_proto::wire::v1::channel_welcome;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tracing::{debug, warn};
 
 use super::{
     FORWARD_APP,
-    find::{CANDIDATES_WAIT, Here, MAX_TRIES, none_worked, remote_providers},
+    find::{Attempt, Here, try_providers},
     names::validate_service,
 };
 use crate::{
@@ -94,6 +94,7 @@ impl OverlayService {
             Some((peer, _)) if *peer != local => None,
             _ => self.provider_here(&service),
         };
+        let mut local_opening = None;
         match here {
             Some(Here::Exposure) => {
                 // An in-memory pipe whose far end port forwarding splices to the target.
@@ -121,12 +122,7 @@ impl OverlayService {
                     from_app: app_id.clone(),
                 };
                 match self.announce_local(provider.clone(), Some(origin), ctx) {
-                    Ok(opening) => {
-                        return Box::pin(async move {
-                            let _open = open_permit;
-                            opening.opened(store, channel_permit).await
-                        });
-                    }
+                    Ok(opening) => local_opening = Some((provider, opening)),
                     Err(e) => failures.push((format!("app '{provider}' on this node"), e)),
                 }
             }
@@ -135,42 +131,56 @@ impl OverlayService {
         let (net, control) = (self.net.clone(), self.control.clone());
         Box::pin(async move {
             let _open = open_permit;
-            let (candidates, named): (Vec<(PeerId, Vec<Multiaddr>)>, bool) = match target {
-                Some((peer, _)) if peer == local => {
-                    return Err(failures.pop().map_or(
-                        Error::NotProvidedThere {
-                            service,
-                            peer: local,
-                        },
-                        |(_, e)| e,
-                    ));
-                }
-                Some((peer, addrs)) => (vec![(peer, addrs)], true),
-                None => {
-                    let found = remote_providers(&net, &service, CANDIDATES_WAIT).await?;
-                    (found.into_iter().map(|p| (p, Vec::new())).collect(), false)
-                }
-            };
-            for (peer, addrs) in candidates.into_iter().take(MAX_TRIES) {
-                let opening = channel::open(
-                    net.clone(),
-                    control.clone(),
-                    store.clone(),
-                    app_id.clone(),
-                    Some(service.clone()),
-                    peer,
-                    addrs,
-                );
-                match opening.await {
+            if let Some((provider, opening)) = local_opening {
+                match opening.opened(store.clone()).await {
                     Ok(stream) => return Ok(count(stream, channel_permit)),
-                    Err(e) if named || !worth_another(&e) => return Err(e),
-                    Err(e) => {
-                        debug!(%peer, %service, "provider not usable: {e}");
-                        failures.push((format!("peer {peer}"), e));
+                    // Its session ended before it accepted: the service may be elsewhere.
+                    Err(Error::NotRunningHere { .. }) => {
+                        let gone = Error::NotProvidedThere {
+                            service: service.clone(),
+                            peer: local,
+                        };
+                        failures.push((format!("app '{provider}' on this node"), gone));
                     }
+                    Err(e) => return Err(e),
                 }
             }
-            Err(none_worked(service, failures))
+            let until = Instant::now() + channel::REACH_TIME;
+            let opening = |peer, addrs, reach_by| {
+                let (net, control, store) = (net.clone(), control.clone(), store.clone());
+                let (app_id, service) = (app_id.clone(), Some(service.clone()));
+                async move {
+                    let opening =
+                        channel::open(net, control, store, app_id, service, peer, addrs, reach_by);
+                    match opening.await {
+                        Ok(stream) => Attempt::Done(Ok(stream)),
+                        Err(e) if worth_another(&e) => Attempt::Next(e),
+                        Err(e) => Attempt::Done(Err(e)),
+                    }
+                }
+            };
+            let stream = match target {
+                Some((peer, _)) if peer == local => Err(failures.pop().map_or(
+                    Error::NotProvidedThere {
+                        service,
+                        peer: local,
+                    },
+                    |(_, e)| e,
+                )),
+                // The one peer named: its own answer.
+                Some((peer, addrs)) => match opening(peer, addrs, until).await {
+                    Attempt::Done(result) => result,
+                    Attempt::Next(e) => Err(e),
+                },
+                None => {
+                    let timed_out = || Error::Timeout {
+                        what: format!("reaching a provider of '{service}'"),
+                        after: channel::REACH_TIME,
+                    };
+                    try_providers(&net, &service, until, failures, timed_out, opening).await
+                }
+            }?;
+            Ok(count(stream, channel_permit))
         })
     }
 

@@ -1,16 +1,21 @@
 //! Finding providers: `FindService` (this node's provider first, then remote ones from the
-//! DHT, connected ones by round-trip time, then the others), and the same order for the
-//! providers a call or a channel tries.
+//! DHT, connected ones by round-trip time, then the others), and trying the remote providers
+//! of a call or a channel in the same order ([`try_providers`]).
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
-use libp2p::PeerId;
-use p2pos_kernel::protocols::services::Response;
+use libp2p::{Multiaddr, PeerId};
+use p2pos_kernel::{ErrorCode, protocols::services::Response};
 use p2pos_proto::service::v1::{FindServiceReply, FindServiceRequest, ServiceInfo};
+use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Reply, names::validate_service, ready};
-use crate::{Error, network::NetHandle, service::OverlayService};
+use super::{Reply, answers::code, names::validate_service, ready};
+use crate::{
+    Error,
+    network::{NetHandle, Providers},
+    service::OverlayService,
+};
 
 /// How long `FindService` waits for the DHT.
 const FIND_WAIT: Duration = Duration::from_secs(10);
@@ -68,18 +73,24 @@ impl OverlayService {
             let mut scope = "(not on this node, and no provider was found in the DHT)";
             let want = limit - providers.len();
             if want > 0 {
-                match net.find_providers(service.clone(), want, FIND_WAIT).await {
-                    Ok(remote) => providers.extend(remote.into_iter().map(|p| ServiceInfo {
-                        service: service.clone(),
-                        // The DHT names the node only.
-                        app_id: String::new(),
-                        description: String::new(),
-                        peer_id: p.peer.to_string(),
-                        local: false,
-                        rtt_us: p.rtt.map_or(0, |rtt| {
-                            u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX).max(1)
-                        }),
-                    })),
+                // Always a fresh look-up: this is where people see who provides what.
+                match net
+                    .find_providers(service.clone(), want, FIND_WAIT, true)
+                    .await
+                {
+                    Ok(remote) => {
+                        providers.extend(remote.providers.into_iter().map(|p| ServiceInfo {
+                            service: service.clone(),
+                            // The DHT names the node only: the app and description stay empty.
+                            app_id: String::new(),
+                            description: String::new(),
+                            peer_id: p.peer.to_string(),
+                            local: false,
+                            rtt_us: p.rtt.map_or(0, |rtt| {
+                                u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX).max(1)
+                            }),
+                        }))
+                    }
                     Err(Error::DhtDisabled) => {
                         scope = "on this node (the DHT is off here, so no other node was asked)";
                     }
@@ -95,25 +106,117 @@ impl OverlayService {
     }
 }
 
+/// What trying one provider came to.
+pub(crate) enum Attempt<T> {
+    /// The request is settled: done, refused by the provider's app, out of time, or broken
+    /// after the provider may have seen it.
+    Done(Result<T, Error>),
+    /// No app saw the request there: the next provider may be tried.
+    Next(Error),
+}
+
 /// The remote providers of `service` a call or a channel tries, best first: none when the DHT
-/// is off.
-pub(crate) async fn remote_providers(
+/// is off. Unless `fresh`, a look-up less than 30 s old answers.
+async fn remote_providers(
     net: &NetHandle,
     service: &str,
     wait: Duration,
-) -> Result<Vec<PeerId>, Error> {
+    fresh: bool,
+) -> Result<Providers, Error> {
     match net
-        .find_providers(service.to_owned(), MAX_TRIES, wait)
+        .find_providers(service.to_owned(), MAX_TRIES, wait, fresh)
         .await
     {
-        Ok(found) => Ok(found.into_iter().map(|p| p.peer).collect()),
-        Err(Error::DhtDisabled) => Ok(Vec::new()),
-        Err(e) => Err(e),
+        Err(Error::DhtDisabled) => Ok(Providers {
+            providers: Vec::new(),
+            cached: false,
+        }),
+        other => other,
     }
 }
 
-/// The error when no provider worked: `NOT_FOUND` when none was known, else `UNAVAILABLE`
-/// naming what happened with each.
+/// Tries the remote providers of `service` with `attempt`, best first, until one settles the
+/// request, [`MAX_TRIES`] have been tried or `until` passes (then `timed_out`): first those of a
+/// recent look-up, and if every one of them failed, those a fresh look-up finds that were not
+/// tried yet. `failures` are earlier ones (this node's provider).
+///
+/// An attempt is told by when it must have reached its provider: half the time left while
+/// other providers may follow, so that a stale first provider cannot use up the whole time; a
+/// provider that was not busy but failed is forgotten by the look-up cache. With none left:
+/// `NOT_FOUND` if there was none, `RESOURCE_EXHAUSTED` if all were busy, else `UNAVAILABLE`.
+pub(crate) async fn try_providers<T, F, Fut>(
+    net: &NetHandle,
+    service: &str,
+    until: Instant,
+    mut failures: Vec<(String, Error)>,
+    timed_out: impl FnOnce() -> Error,
+    mut attempt: F,
+) -> Result<T, Error>
+where
+    F: FnMut(PeerId, Vec<Multiaddr>, Instant) -> Fut,
+    Fut: Future<Output = Attempt<T>>,
+{
+    let mut tried: Vec<PeerId> = Vec::new();
+    let mut fresh = false;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        let found = remote_providers(net, service, left.min(CANDIDATES_WAIT), fresh).await?;
+        let candidates: Vec<_> = found
+            .providers
+            .into_iter()
+            .filter(|p| !tried.contains(&p.peer))
+            .take(MAX_TRIES - tried.len())
+            .collect();
+        let count = candidates.len();
+        for (i, provider) in candidates.into_iter().enumerate() {
+            let now = Instant::now();
+            let left = until.saturating_duration_since(now);
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            let others_follow = i + 1 < count || found.cached;
+            let reach_by = match others_follow {
+                true => now + left / 2,
+                false => until,
+            };
+            tried.push(provider.peer);
+            match attempt(provider.peer, provider.addrs, reach_by).await {
+                Attempt::Done(result) => return result,
+                Attempt::Next(e) => {
+                    debug!(peer = %provider.peer, %service, "provider not usable: {e}");
+                    if !is_busy(&e) {
+                        net.forget_provider(service, provider.peer);
+                    }
+                    failures.push((format!("peer {}", provider.peer), e));
+                }
+            }
+        }
+        // Only a look-up from the cache is worth doing again, fresh.
+        if !found.cached || tried.len() >= MAX_TRIES {
+            break;
+        }
+        fresh = true;
+    }
+    Err(none_worked(service.to_owned(), failures))
+}
+
+/// Whether `e` says the provider (or this node) was only busy: it still provides the service.
+pub(crate) fn is_busy(e: &Error) -> bool {
+    match e {
+        Error::Busy { .. }
+        | Error::TooManyChannels { .. }
+        | Error::ChannelRefused { .. }
+        | Error::ProvidersBusy { .. } => true,
+        Error::Provider { code: c, .. } => *c == code(ErrorCode::ResourceExhausted),
+        _ => false,
+    }
+}
+
+/// The error when no provider worked: `NOT_FOUND` when none was known, `RESOURCE_EXHAUSTED`
+/// when every one was busy, else `UNAVAILABLE`, naming what happened with each.
 pub(crate) fn none_worked(service: String, failures: Vec<(String, Error)>) -> Error {
     if failures.is_empty() {
         return Error::ServiceNotFound {
@@ -122,6 +225,7 @@ pub(crate) fn none_worked(service: String, failures: Vec<(String, Error)>) -> Er
         };
     }
     let known = failures.len();
+    let all_busy = failures.iter().all(|(_, e)| is_busy(e));
     let mut reasons = failures
         .iter()
         .map(|(who, e)| format!("{who}: {e}"))
@@ -135,9 +239,16 @@ pub(crate) fn none_worked(service: String, failures: Vec<(String, Error)>) -> Er
         reasons.truncate(end);
         reasons.push_str("...");
     }
-    Error::ProvidersUnreachable {
-        service,
-        known,
-        reasons,
+    match all_busy {
+        true => Error::ProvidersBusy {
+            service,
+            known,
+            reasons,
+        },
+        false => Error::ProvidersUnreachable {
+            service,
+            known,
+            reasons,
+        },
     }
 }

@@ -10,6 +10,7 @@
 //! - `names`: service names, descriptions and payloads as the registry takes them.
 //! - `find`: `FindService`, and the providers a call or channel tries, in order.
 //! - `calls`: the calling side of `Call`: local delivery or `/p2pos/call/1`.
+//! - `slots`: the calls in flight to each peer, bounded.
 //! - `answers`: the providing side: calls announced to a session until answered with `Reply`
 //!   or expired, and the server of `/p2pos/call/1`.
 //! - `channels`: channels to services, opened and answered (app providers and exposures).
@@ -19,6 +20,7 @@ mod calls;
 mod channels;
 mod find;
 mod names;
+mod slots;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -41,7 +43,7 @@ use p2pos_proto::service::v1::{
 use tokio::sync::watch;
 use tracing::info;
 
-pub(crate) use answers::serve_call;
+pub(crate) use answers::{refuse_call, serve_call};
 pub(crate) use channels::OpenService;
 
 use crate::{
@@ -53,11 +55,16 @@ use crate::{
 };
 use answers::PendingCall;
 use names::{validate_description, validate_service};
+use slots::PeerSlots;
 
 /// Most services registered by apps on one node.
 pub(crate) const MAX_REGISTRATIONS: usize = 256;
-/// The app id port forwarding uses: the provider of exposures, the opener of forwards.
-pub(crate) const FORWARD_APP: &str = "forward";
+/// Most services one app (with its helpers, each an app id of its own) registers on one node.
+pub(crate) const MAX_REGISTRATIONS_PER_APP: usize = 32;
+/// The app id port forwarding uses: the provider of exposures, the opener of forwards. A
+/// node-wide helper's id (`p2pos_kernel::names`): no app gets a token for it, so no app can
+/// pose as port forwarding.
+pub(crate) const FORWARD_APP: &str = "_node:forward";
 
 /// The registry's state on the overlay actor.
 pub(crate) struct State {
@@ -67,6 +74,8 @@ pub(crate) struct State {
     calls: HashMap<u64, PendingCall>,
     /// The services the swarm task announces in the DHT.
     wanted: watch::Sender<BTreeSet<String>>,
+    /// Calls in flight from this node to each peer.
+    slots: Arc<PeerSlots>,
 }
 
 /// Who provides a registered service.
@@ -82,6 +91,7 @@ impl State {
             registrations: BTreeMap::new(),
             calls: HashMap::new(),
             wanted,
+            slots: Arc::new(PeerSlots::default()),
         }
     }
 }
@@ -178,6 +188,10 @@ impl OverlayService {
         }
         let registrations = &mut self.services.registrations;
         let full = registrations.len() >= MAX_REGISTRATIONS;
+        let of_app = registrations
+            .values()
+            .filter(|r| r.app_id == app_id)
+            .count();
         match registrations.get_mut(&service) {
             Some(r) if r.app_id != app_id => {
                 let by = format!("app '{}'", r.app_id);
@@ -188,6 +202,12 @@ impl OverlayService {
                 return Err(Error::Busy {
                     what: "services registered on this node",
                     limit: MAX_REGISTRATIONS,
+                });
+            }
+            None if of_app >= MAX_REGISTRATIONS_PER_APP => {
+                return Err(Error::Busy {
+                    what: "services registered by one app on this node",
+                    limit: MAX_REGISTRATIONS_PER_APP,
                 });
             }
             None => {
@@ -302,5 +322,20 @@ impl OverlayService {
             info!(app_id, "the app's last session ended: its services end");
             self.publish_services();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_forwarding_acts_as_a_node_helper_id() {
+        assert_eq!(
+            FORWARD_APP,
+            p2pos_kernel::names::helper_app_id("", "forward")
+        );
+        assert!(validate_app_id(FORWARD_APP).is_ok());
+        assert!(p2pos_kernel::names::check_plain_app_id(FORWARD_APP).is_err());
     }
 }

@@ -10,7 +10,7 @@ use crate::{Error, forward::parse_service_name};
 pub(crate) const MAX_DESCRIPTION: usize = 256;
 
 /// Checks a service name: 1 to 48 characters of `[A-Za-z0-9._-]`, a `/`, and a version of 1 to
-/// 9 digits.
+/// 9 digits with no leading zero.
 pub(crate) fn validate_service(input: &str) -> Result<(), Error> {
     parse_service_name(input)?;
     if !input.contains('/') {
@@ -65,6 +65,7 @@ mod tests {
         );
         assert_eq!(reason("a/v1"), "the version is not 1 to 9 digits");
         assert_eq!(reason("a/1/2"), "the version is not 1 to 9 digits");
+        assert_eq!(reason("a/01"), "the version has a leading zero");
     }
 
     #[test]

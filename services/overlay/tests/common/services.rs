@@ -75,11 +75,22 @@ impl Node {
         timeout_ms: u32,
         payload: &'static [u8],
     ) -> JoinHandle<Result<CallReply, ServiceError>> {
+        self.call_with(service, peer, timeout_ms, Bytes::from_static(payload))
+    }
+
+    /// [`Node::call`] with any payload.
+    pub(crate) fn call_with(
+        &self,
+        service: &str,
+        peer: &str,
+        timeout_ms: u32,
+        payload: Bytes,
+    ) -> JoinHandle<Result<CallReply, ServiceError>> {
         let registry = self.ctx.registry.clone();
         let request = CallRequest {
             app_id: "client".into(),
             service: service.into(),
-            payload: Bytes::from_static(payload),
+            payload,
             peer: peer.into(),
             timeout_ms,
         };
@@ -153,6 +164,29 @@ pub(crate) async fn echo_one(node: &Node, app_id: &str, session: &mut Session) {
     node.reply(app_id, call.call_id, answer)
         .await
         .expect("reply taken");
+}
+
+/// Answers every call of `session` (a session of `app_id` on `node`) at once with its own
+/// payload, until the session is dropped with the returned task.
+pub(crate) fn serve_echo(node: &Node, app_id: &str, mut session: Session) -> JoinHandle<()> {
+    let registry = node.ctx.registry.clone();
+    let app_id = app_id.to_owned();
+    tokio::spawn(async move {
+        while let Some(event) = session.incoming.recv().await {
+            let apps::Incoming::Call(call) = event else {
+                continue;
+            };
+            let request = ReplyRequest {
+                app_id: app_id.clone(),
+                call_id: call.call_id,
+                result: Some(reply_request::Result::Payload(call.payload)),
+            };
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let _ = registry.call::<Services>(Request::Reply(request)).await;
+            });
+        }
+    })
 }
 
 /// The gRPC status a client would see (a provider's code is passed on as it is).

@@ -78,6 +78,9 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// The node-wide helper name whose app id (`_node:forward`) port forwarding uses.
+const RESERVED_NODE_HELPER: &str = "forward";
+
 /// glibc's list of variables it drops for set-user-ID programs (`UNSECURE_ENVVARS`), besides
 /// every `LD_*`: each can make a program load or read code or data it was not built with.
 const LOADER_VARIABLES: &[&str] = &[
@@ -143,6 +146,12 @@ impl TryFrom<HelperSpec> for Spec {
             outlive_session,
         } = spec;
         validate_name(&name)?;
+        // `_node:forward` is the app id port forwarding provides its services as.
+        if app_id.is_empty() && name == RESERVED_NODE_HELPER {
+            return Err(Error::InvalidSpec(format!(
+                "the node-wide helper name {RESERVED_NODE_HELPER:?} is reserved for port forwarding"
+            )));
+        }
         if !app_id.is_empty() {
             validate_app_id(&app_id)?;
         }
@@ -333,6 +342,10 @@ mod tests {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
         assert!(validate_app_id("org.chat_2-x").is_ok());
+        assert!(
+            Spec::try_from(spec("forward")).is_err(),
+            "reserved for the node"
+        );
         for bad in ["", ".", "..", "a/b", "a::b", &"a".repeat(65)] {
             assert!(validate_app_id(bad).is_err(), "{bad:?}");
         }

@@ -35,10 +35,6 @@ pub const NAME: &str = "gateway";
 /// Largest gRPC message accepted: a 1 MiB payload plus its envelope. Larger messages are
 /// refused by tonic before they are buffered whole.
 pub const MAX_GRPC_MESSAGE: usize = 2 * 1024 * 1024;
-/// Largest HTTP/2 frame the gateway accepts: a 64 KiB channel write then crosses in one frame
-/// rather than four of HTTP/2's default 16 KiB (measured: bulk channel throughput up by a third
-/// on this path, see the README's benchmarks).
-pub const HTTP2_MAX_FRAME: u32 = 256 * 1024;
 /// How long in-flight calls get to finish when the gateway stops.
 const GRACE: Duration = Duration::from_secs(2);
 
@@ -112,7 +108,6 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
     let mut servers = vec![
         tracker.spawn(
             Server::builder()
-                .max_frame_size(Some(HTTP2_MAX_FRAME))
                 .add_routes(routes.clone())
                 .serve_with_incoming_shutdown(
                     UnixListenerStream::new(uds),
@@ -134,7 +129,6 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
         servers.push(
             tracker.spawn(
                 Server::builder()
-                    .max_frame_size(Some(HTTP2_MAX_FRAME))
                     .layer(tonic::service::InterceptorLayer::new(require_token))
                     .add_routes(routes)
                     .serve_with_incoming_shutdown(

@@ -23,9 +23,6 @@ use crate::target::{Gateway, Target};
 /// 1 MiB, plus framing).
 pub const MAX_MESSAGE_SIZE: usize = 2 * 1024 * 1024;
 
-/// Largest HTTP/2 frame the client accepts, as the gateway does (HTTP/2's default is 16 KiB).
-const HTTP2_MAX_FRAME: u32 = 256 * 1024;
-
 /// How long to wait for a TCP connection to the gateway.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -152,9 +149,7 @@ impl Client {
 
 /// Connects over a Unix socket; the URI is a placeholder that the connector ignores.
 async fn connect_unix(path: std::path::PathBuf) -> Result<Channel, String> {
-    let endpoint = Endpoint::try_from("http://[::]:50051")
-        .map_err(|e| root_cause(&e))?
-        .max_frame_size(HTTP2_MAX_FRAME);
+    let endpoint = Endpoint::try_from("http://[::]:50051").map_err(|e| root_cause(&e))?;
     endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
@@ -168,7 +163,6 @@ async fn connect_tcp(uri: &str) -> Result<Channel, String> {
     Endpoint::from_shared(uri.to_owned())
         .map_err(|e| root_cause(&e))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .max_frame_size(HTTP2_MAX_FRAME)
         .connect()
         .await
         .map_err(|e| root_cause(&e))

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) const HELPER: &str = "voice";
 /// The program in the node's plug-in directory.
 pub(crate) const PROGRAM: &str = "p2p-voice";
-/// The app id the plug-in acts as: `<app>.<helper>`.
+/// The app id the plug-in acts as: `<app>:<helper>`.
 pub(crate) const PLUGIN_APP_ID: &str = "chat:voice";
 /// Largest report read from the plug-in.
 pub(crate) const MAX_REPORT: usize = 64 * 1024;

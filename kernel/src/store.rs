@@ -7,7 +7,7 @@
 use std::{path::Path, sync::Arc};
 
 /// Store tree of the tokens of running helpers: token → the app id the helper acts as
-/// (`<app>.<helper>`). Written by the task-control service while a helper runs, read by the
+/// (`<app>:<helper>`). Written by the task-control service while a helper runs, read by the
 /// gateway; cleared when the task-control service starts (no helper outlives its node).
 pub const HELPER_TOKENS_TREE: &str = "helper-tokens";
 

@@ -4,7 +4,7 @@
 //!   token is then admin. A token, if given, must be valid and sets the scope.
 //! - On loopback TCP, every call needs a token (`authorization: Bearer <token>`): the admin
 //!   token from `gateway.token`, an app token from `Node.CreateAppToken`, or the token of a
-//!   running helper (`P2POS_TOKEN`), scoped to the helper's app id `<app>.<helper>`.
+//!   running helper (`P2POS_TOKEN`), scoped to the helper's app id `<app>:<helper>`.
 
 use std::sync::Arc;
 

@@ -10,7 +10,7 @@ use crate::{Error, spec};
 pub(crate) enum Caller {
     /// p2pctl or another admin-scoped client.
     Admin,
-    /// An app-scoped client (or a helper acting as `<app>.<helper>`).
+    /// An app-scoped client (or a helper acting as `<app>:<helper>`).
     App(String),
 }
 

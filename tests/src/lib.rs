@@ -13,11 +13,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
+use futures::StreamExt;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use p2pos_client::{Client, Gateway, Target};
+use p2pos_proto::{
+    app::v1::{IncomingChannel, SessionRequest, session_event},
+    service::v1::{RegisterRequest, ReplyError, ReplyRequest, reply_request},
+};
+use tokio::task::JoinHandle;
 
 /// How long a node may take to start answering.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -528,4 +535,74 @@ pub async fn status_when(
         }
     })
     .await
+}
+
+/// Provides `service` as app `app` on `client`'s node: opens the app's session, registers the
+/// service (with `description`) and answers its calls until the returned task is aborted (the
+/// session then ends).
+///
+/// Each call is answered, in a task of its own so calls are answered at once, with what
+/// `answer` makes of its payload: `Some(Ok(payload))`, `Some(Err((code, message)))` for a
+/// provider error, or `None` to leave it unanswered. Each channel opened to the app goes to
+/// `on_channel`, which must accept it (or not) itself.
+pub async fn provide(
+    client: Client,
+    app: &str,
+    service: &str,
+    description: &str,
+    answer: impl Fn(Bytes) -> Option<Result<Bytes, (tonic::Code, String)>> + Send + 'static,
+    on_channel: impl Fn(IncomingChannel) + Send + 'static,
+) -> JoinHandle<()> {
+    let mut session = client
+        .apps()
+        .session(SessionRequest { app_id: app.into() })
+        .await
+        .expect("session")
+        .into_inner();
+    assert!(matches!(
+        session
+            .next()
+            .await
+            .expect("registered")
+            .expect("registered")
+            .kind,
+        Some(session_event::Kind::Registered(_))
+    ));
+    client
+        .services()
+        .register(RegisterRequest {
+            app_id: app.into(),
+            service: service.into(),
+            description: description.into(),
+        })
+        .await
+        .expect("register");
+    let app = app.to_owned();
+    tokio::spawn(async move {
+        while let Some(Ok(event)) = session.next().await {
+            match event.kind {
+                Some(session_event::Kind::Call(call)) => {
+                    let result = match answer(call.payload) {
+                        None => continue,
+                        Some(Ok(payload)) => reply_request::Result::Payload(payload),
+                        Some(Err((code, message))) => reply_request::Result::Error(ReplyError {
+                            code: code as u32,
+                            message,
+                        }),
+                    };
+                    let reply = ReplyRequest {
+                        app_id: app.clone(),
+                        call_id: call.call_id,
+                        result: Some(result),
+                    };
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let _ = client.services().reply(reply).await;
+                    });
+                }
+                Some(session_event::Kind::Incoming(incoming)) => on_channel(incoming),
+                _ => {}
+            }
+        }
+    })
 }

@@ -8,15 +8,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use p2pos_client::Client;
 use p2pos_proto::{
-    app::v1::{
-        AcceptChannel, ChannelInput, SessionRequest, channel_input, channel_output, session_event,
-    },
+    app::v1::{AcceptChannel, ChannelInput, channel_input, channel_output},
     service::v1::{
-        CallRequest, FindServiceRequest, OpenServiceChannel, RegisterRequest, ReplyError,
-        ReplyRequest, ServiceChannelInput, reply_request, service_channel_input,
+        CallRequest, FindServiceRequest, OpenServiceChannel, RegisterRequest, ServiceChannelInput,
+        service_channel_input,
     },
 };
-use p2pos_tests::{Node, connected_peer, p2pctl, wait_for};
+use p2pos_tests::{Node, connected_peer, p2pctl, provide, wait_for};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -27,66 +25,30 @@ const UPPER: &str = "upper/1";
 /// upper case, `fail` with FAILED_PRECONDITION, never answers `slow`; upper-cases every frame
 /// of channels opened to it. Runs until aborted (its session then ends).
 async fn provide_upper(client: Client, app: &str) -> JoinHandle<()> {
-    let mut session = client
-        .apps()
-        .session(SessionRequest { app_id: app.into() })
-        .await
-        .expect("session")
-        .into_inner();
-    assert!(matches!(
-        session
-            .next()
-            .await
-            .expect("registered")
-            .expect("registered")
-            .kind,
-        Some(session_event::Kind::Registered(_))
-    ));
-    client
-        .services()
-        .register(RegisterRequest {
-            app_id: app.into(),
-            service: UPPER.into(),
-            description: "upper-cases text".into(),
-        })
-        .await
-        .expect("register");
-    let app = app.to_owned();
-    tokio::spawn(async move {
-        while let Some(Ok(event)) = session.next().await {
-            match event.kind {
-                Some(session_event::Kind::Call(call)) => {
-                    let result = match call.payload.as_ref() {
-                        b"slow" => continue,
-                        b"fail" => reply_request::Result::Error(ReplyError {
-                            code: tonic::Code::FailedPrecondition as u32,
-                            message: "cannot upper-case that".into(),
-                        }),
-                        text => {
-                            reply_request::Result::Payload(Bytes::from(text.to_ascii_uppercase()))
-                        }
-                    };
-                    let _ = client
-                        .services()
-                        .reply(ReplyRequest {
-                            app_id: app.clone(),
-                            call_id: call.call_id,
-                            result: Some(result),
-                        })
-                        .await;
-                }
-                Some(session_event::Kind::Incoming(incoming)) => {
-                    assert_eq!(incoming.service, UPPER);
-                    tokio::spawn(upper_channel(
-                        client.clone(),
-                        app.clone(),
-                        incoming.channel_id,
-                    ));
-                }
-                _ => {}
-            }
-        }
-    })
+    let (channels, app_id) = (client.clone(), app.to_owned());
+    provide(
+        client,
+        app,
+        UPPER,
+        "upper-cases text",
+        |payload| match payload.as_ref() {
+            b"slow" => None,
+            b"fail" => Some(Err((
+                tonic::Code::FailedPrecondition,
+                "cannot upper-case that".into(),
+            ))),
+            text => Some(Ok(Bytes::from(text.to_ascii_uppercase()))),
+        },
+        move |incoming| {
+            assert_eq!(incoming.service, UPPER);
+            tokio::spawn(upper_channel(
+                channels.clone(),
+                app_id.clone(),
+                incoming.channel_id,
+            ));
+        },
+    )
+    .await
 }
 
 async fn upper_channel(client: Client, app_id: String, channel_id: u64) {

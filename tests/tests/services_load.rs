@@ -6,65 +6,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use p2pos_client::Client;
-use p2pos_proto::{
-    app::v1::{SessionRequest, session_event},
-    service::v1::{CallRequest, RegisterRequest, ReplyRequest, reply_request},
-};
-use p2pos_tests::{Node, connected_peer, p2pctl, wait_for};
-use tokio::task::JoinHandle;
+use p2pos_proto::service::v1::CallRequest;
+use p2pos_tests::{Node, connected_peer, p2pctl, provide, wait_for};
 
 const T: Duration = Duration::from_secs(30);
 const ECHO: &str = "echo/1";
 /// Calls made at once.
 const CALLS: usize = 200;
-
-/// A provider of `echo/1` as app `app` on `client`'s node: answers every call at once with
-/// its payload. Runs until aborted (its session then ends).
-async fn provide_echo(client: Client, app: &str) -> JoinHandle<()> {
-    let mut session = client
-        .apps()
-        .session(SessionRequest { app_id: app.into() })
-        .await
-        .expect("session")
-        .into_inner();
-    assert!(matches!(
-        session
-            .next()
-            .await
-            .expect("registered")
-            .expect("registered")
-            .kind,
-        Some(session_event::Kind::Registered(_))
-    ));
-    client
-        .services()
-        .register(RegisterRequest {
-            app_id: app.into(),
-            service: ECHO.into(),
-            description: "echoes".into(),
-        })
-        .await
-        .expect("register");
-    let app = app.to_owned();
-    tokio::spawn(async move {
-        while let Some(Ok(event)) = session.next().await {
-            let Some(session_event::Kind::Call(call)) = event.kind else {
-                continue;
-            };
-            let reply = ReplyRequest {
-                app_id: app.clone(),
-                call_id: call.call_id,
-                result: Some(reply_request::Result::Payload(call.payload)),
-            };
-            let client = client.clone();
-            tokio::spawn(async move {
-                let _ = client.services().reply(reply).await;
-            });
-        }
-    })
-}
 
 fn call(payload: String, peer: &str) -> CallRequest {
     CallRequest {
@@ -85,7 +33,16 @@ async fn two_hundred_calls_at_once_to_one_provider_all_succeed() {
     let (ok, _, err) = p2pctl(&a, &["dial", &b.ticket().await]);
     assert!(ok, "{err}");
     connected_peer(&client_a, &b_id, "A connected to B").await;
-    let _provider = provide_echo(client_b, "echo-app").await;
+    // A provider of `echo/1` on B: answers every call at once with its payload.
+    let _provider = provide(
+        client_b,
+        "echo-app",
+        ECHO,
+        "echoes",
+        |payload| Some(Ok(payload)),
+        |_| {},
+    )
+    .await;
     // The provider is found through the DHT.
     wait_for("a first answer by name", T, || {
         let client = client_a.clone();

@@ -2,17 +2,12 @@
 //! stand-in task-control service that echoes what it was asked, driven over the gateway's unix
 //! socket with the client SDK, as any app would.
 
-use std::{
-    future::Future,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+mod common;
 
 use actix::prelude::*;
-use p2pos_client::{Client, Gateway, Target};
+use common::{Node, T, eventually};
 use p2pos_kernel::{
-    Call, ChildHandle, ChildSpec, Config, DeathGuard, ErrorCode, InjectPanic, Kernel, RestartType,
-    ServiceContext, ServiceError, StopService,
+    Call, DeathGuard, ErrorCode, InjectPanic, ServiceError, StopService,
     protocols::{
         Tasks,
         tasks::{Request as TasksCall, Response as TasksAnswer},
@@ -37,8 +32,6 @@ use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
-
-const T: Duration = Duration::from_secs(30);
 
 /// Stands in for the task-control service: answers every call with what it was asked (the
 /// caller's app goes into `reason`), `Start` with `FAILED_PRECONDITION`, and `Logs` with three
@@ -160,82 +153,13 @@ impl Handler<Call<Tasks>> for FakeTasks {
     }
 }
 
-struct Node {
-    ctx: ServiceContext,
-    dir: tempfile::TempDir,
-}
-
-impl Node {
-    /// Boots a kernel with the fake task-control service and the gateway.
-    async fn boot() -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = Config {
-            data_dir: dir.path().join("node"),
-            mdns: false,
-            ..Config::default()
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let slot = Arc::new(Mutex::new(Some(tx)));
-        let tasks = ChildSpec {
-            name: "tasks",
-            restart: RestartType::Temporary,
-            start: Box::new(move |ctx, guard| {
-                let registry = ctx.registry.clone();
-                if let Some(tx) = slot.lock().expect("lock").take() {
-                    let _ = tx.send(ctx);
-                }
-                let addr = FakeTasks {
-                    _guard: guard,
-                    followers: Vec::new(),
-                }
-                .start();
-                registry.register::<Tasks>("tasks", addr.clone().recipient());
-                Ok(ChildHandle {
-                    stop: addr.clone().recipient(),
-                    panic: addr.recipient(),
-                })
-            }),
-        };
-        Kernel::boot(config, vec![tasks, p2pos_gateway::child_spec()]).expect("boot");
-        let ctx = tokio::time::timeout(T, rx)
-            .await
-            .expect("kernel started")
-            .expect("context");
-        Node { ctx, dir }
-    }
-
-    /// A client presenting `token` (none: admin, on the socket).
-    async fn client(&self, token: Option<&str>) -> Client {
-        let socket = self
-            .dir
-            .path()
-            .join("node")
-            .join(p2pos_gateway::SOCKET_FILE);
-        let target =
-            Target::new(Gateway::Unix(socket), token.map(str::to_owned), None).expect("target");
-        eventually("the gateway to answer", || async {
-            let client = Client::connect(&target).await.ok()?;
-            client.node().get_info(GetInfoRequest {}).await.ok()?;
-            Some(client)
-        })
-        .await
-    }
-}
-
-/// Polls `check` until it answers `Some`, failing after [`T`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = Instant::now() + T;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Boots a kernel with the fake task-control service and the gateway.
+async fn boot() -> Node {
+    Node::boot::<Tasks, _>("tasks", |guard| FakeTasks {
+        _guard: guard,
+        followers: Vec::new(),
+    })
+    .await
 }
 
 fn helper(app_id: &str, name: &str) -> HelperRef {
@@ -247,18 +171,8 @@ fn helper(app_id: &str, name: &str) -> HelperRef {
 
 #[actix_rt::test]
 async fn tasks_calls_carry_the_callers_app() {
-    let node = Node::boot().await;
-    let admin = node.client(None).await;
-    let token = admin
-        .node()
-        .create_app_token(CreateAppTokenRequest {
-            app_id: "chat".into(),
-        })
-        .await
-        .expect("app token")
-        .into_inner()
-        .token;
-    let chat = node.client(Some(&token)).await;
+    let node = boot().await;
+    let (chat, admin) = node.chat_and_admin().await;
 
     // The admin calls with an empty caller app; an app with its own id.
     let status = admin
@@ -375,7 +289,7 @@ async fn tasks_calls_carry_the_callers_app() {
 
 #[actix_rt::test]
 async fn a_helper_token_acts_as_the_helpers_app_id() {
-    let node = Node::boot().await;
+    let node = boot().await;
     // The task-control service writes a running helper's token into the store.
     node.ctx
         .store
@@ -414,7 +328,7 @@ async fn a_helper_token_acts_as_the_helpers_app_id() {
 
 #[actix_rt::test]
 async fn reflection_and_health_know_the_tasks_service() {
-    let node = Node::boot().await;
+    let node = boot().await;
     let admin = node.client(None).await;
 
     let mut reflection = ServerReflectionClient::new(admin.channel());

@@ -2,18 +2,15 @@
 //! running the gateway and a stand-in services service that echoes what it was asked (and
 //! echoes channel frames back), driven over the gateway's unix socket with the client SDK.
 
-use std::{
-    future::Future,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+mod common;
+
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use common::{Node, T, eventually};
 use futures::{SinkExt, StreamExt};
-use p2pos_client::{Client, Gateway, Target};
 use p2pos_kernel::{
-    Call, ChildHandle, ChildSpec, Config, DeathGuard, ErrorCode, InjectPanic, Kernel, RestartType,
-    ServiceContext, ServiceError, StopService,
+    Call, DeathGuard, ErrorCode, InjectPanic, ServiceError, StopService,
     protocols::{
         Services,
         apps::ChannelStream,
@@ -23,7 +20,6 @@ use p2pos_kernel::{
 };
 use p2pos_proto::{
     app::v1::{ChannelOutput, channel_output},
-    node::v1::{CreateAppTokenRequest, GetInfoRequest},
     service::v1::{
         CallReply, CallRequest, CloseForwardRequest, ExposeRequest, Exposure, FindServiceReply,
         FindServiceRequest, Forward, ListExposuresReply, ListExposuresRequest, ListForwardsReply,
@@ -37,8 +33,6 @@ use tonic::{Code, Status};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-
-const T: Duration = Duration::from_secs(30);
 
 /// Stands in for the services service: answers each request with what it was asked. A call
 /// answers with its payload, its app id as `provider_app` and the deadline it was given (ms
@@ -192,94 +186,10 @@ fn answer(request: ServicesCall) -> Result<ServicesAnswer, ServiceError> {
     }
 }
 
-struct Node {
-    _ctx: ServiceContext,
-    dir: tempfile::TempDir,
-}
-
-impl Node {
-    /// Boots a kernel with the fake services service (named `overlay`, as the real one) and
-    /// the gateway.
-    async fn boot() -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = Config {
-            data_dir: dir.path().join("node"),
-            mdns: false,
-            ..Config::default()
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let slot = Arc::new(Mutex::new(Some(tx)));
-        let services = ChildSpec {
-            name: "overlay",
-            restart: RestartType::Temporary,
-            start: Box::new(move |ctx, guard| {
-                let registry = ctx.registry.clone();
-                if let Some(tx) = slot.lock().expect("lock").take() {
-                    let _ = tx.send(ctx);
-                }
-                let addr = FakeServices { _guard: guard }.start();
-                registry.register::<Services>("overlay", addr.clone().recipient());
-                Ok(ChildHandle {
-                    stop: addr.clone().recipient(),
-                    panic: addr.recipient(),
-                })
-            }),
-        };
-        Kernel::boot(config, vec![services, p2pos_gateway::child_spec()]).expect("boot");
-        let ctx = tokio::time::timeout(T, rx)
-            .await
-            .expect("kernel started")
-            .expect("context");
-        Node { _ctx: ctx, dir }
-    }
-
-    /// A client presenting `token` (none: admin, on the socket).
-    async fn client(&self, token: Option<&str>) -> Client {
-        let socket = self
-            .dir
-            .path()
-            .join("node")
-            .join(p2pos_gateway::SOCKET_FILE);
-        let target =
-            Target::new(Gateway::Unix(socket), token.map(str::to_owned), None).expect("target");
-        eventually("the gateway to answer", || async {
-            let client = Client::connect(&target).await.ok()?;
-            client.node().get_info(GetInfoRequest {}).await.ok()?;
-            Some(client)
-        })
-        .await
-    }
-
-    /// A client scoped to app `chat`, and the admin.
-    async fn chat_and_admin(&self) -> (Client, Client) {
-        let admin = self.client(None).await;
-        let token = admin
-            .node()
-            .create_app_token(CreateAppTokenRequest {
-                app_id: "chat".into(),
-            })
-            .await
-            .expect("app token")
-            .into_inner()
-            .token;
-        (self.client(Some(&token)).await, admin)
-    }
-}
-
-/// Polls `check` until it answers `Some`, failing after [`T`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = Instant::now() + T;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Boots a kernel with the fake services service (named `overlay`, as the real one) and the
+/// gateway.
+async fn boot() -> Node {
+    Node::boot::<Services, _>("overlay", |guard| FakeServices { _guard: guard }).await
 }
 
 fn code<T: std::fmt::Debug>(result: Result<T, Status>) -> Code {
@@ -305,7 +215,7 @@ fn call(app_id: &str, service: &str, payload: &[u8]) -> CallRequest {
 
 #[actix_rt::test]
 async fn calls_act_for_an_app_the_caller_covers() {
-    let node = Node::boot().await;
+    let node = boot().await;
     let (chat, admin) = node.chat_and_admin().await;
 
     // An app acts for itself (an empty app id) or its helpers; the admin names the app.
@@ -412,7 +322,7 @@ async fn calls_act_for_an_app_the_caller_covers() {
 
 #[actix_rt::test]
 async fn port_forwarding_is_the_admins() {
-    let node = Node::boot().await;
+    let node = boot().await;
     let (chat, admin) = node.chat_and_admin().await;
     let expose = ExposeRequest {
         target: "127.0.0.1:8080".into(),
@@ -477,7 +387,7 @@ async fn port_forwarding_is_the_admins() {
 
 #[actix_rt::test]
 async fn oversized_payloads_are_refused_and_provider_errors_pass() {
-    let node = Node::boot().await;
+    let node = boot().await;
     let (chat, _admin) = node.chat_and_admin().await;
     let mut services = chat.services();
     let big = vec![0u8; MAX_PAYLOAD + 1];
@@ -505,7 +415,7 @@ async fn oversized_payloads_are_refused_and_provider_errors_pass() {
 
 #[actix_rt::test]
 async fn calls_carry_the_callers_grpc_deadline() {
-    let node = Node::boot().await;
+    let node = boot().await;
     let (chat, _admin) = node.chat_and_admin().await;
     let reply = chat
         .services()
@@ -557,7 +467,7 @@ fn open(app_id: &str) -> ServiceChannelInput {
 
 #[actix_rt::test]
 async fn a_service_channel_is_spliced_like_an_app_channel() {
-    let node = Node::boot().await;
+    let node = boot().await;
     let (chat, admin) = node.chat_and_admin().await;
 
     // opened, then every frame echoed back in order (an empty one too), then the end once the
@@ -656,7 +566,7 @@ async fn a_service_channel_is_spliced_like_an_app_channel() {
 
 #[actix_rt::test]
 async fn health_knows_the_services_service() {
-    let node = Node::boot().await;
+    let node = boot().await;
     let admin = node.client(None).await;
     let health = HealthClient::new(admin.channel());
     eventually("p2pos.service.v1.Services to be SERVING", || {

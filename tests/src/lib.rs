@@ -21,7 +21,7 @@ use nix::{
 };
 use p2pos_client::{Client, Gateway, Target};
 use p2pos_proto::{
-    app::v1::{IncomingChannel, SessionRequest, session_event},
+    app::v1::{IncomingChannel, SessionEvent, SessionRequest, session_event},
     service::v1::{RegisterRequest, ReplyError, ReplyRequest, reply_request},
 };
 use tokio::task::JoinHandle;
@@ -537,6 +537,42 @@ pub async fn status_when(
     .await
 }
 
+/// Opens a session of app `app` on `client`'s node and waits for its `Registered`.
+pub async fn open_session(client: &Client, app: &str) -> tonic::Streaming<SessionEvent> {
+    let mut session = client
+        .apps()
+        .session(SessionRequest { app_id: app.into() })
+        .await
+        .expect("session")
+        .into_inner();
+    let first = tokio::time::timeout(START_DEADLINE, session.next())
+        .await
+        .expect("registered in time")
+        .expect("the session stays open")
+        .expect("registered");
+    assert!(
+        matches!(first.kind, Some(session_event::Kind::Registered(_))),
+        "the first session event is Registered: {first:?}"
+    );
+    session
+}
+
+/// The next channel announced on a session, within `deadline`.
+pub async fn next_incoming(
+    session: &mut tonic::Streaming<SessionEvent>,
+    deadline: Duration,
+) -> IncomingChannel {
+    let event = tokio::time::timeout(deadline, session.next())
+        .await
+        .expect("a channel is announced in time")
+        .expect("the session stays open")
+        .expect("no error");
+    match event.kind {
+        Some(session_event::Kind::Incoming(incoming)) => incoming,
+        other => panic!("expected an incoming channel, got {other:?}"),
+    }
+}
+
 /// Provides `service` as app `app` on `client`'s node: opens the app's session, registers the
 /// service (with `description`) and answers its calls until the returned task is aborted (the
 /// session then ends).
@@ -553,21 +589,7 @@ pub async fn provide(
     answer: impl Fn(Bytes) -> Option<Result<Bytes, (tonic::Code, String)>> + Send + 'static,
     on_channel: impl Fn(IncomingChannel) + Send + 'static,
 ) -> JoinHandle<()> {
-    let mut session = client
-        .apps()
-        .session(SessionRequest { app_id: app.into() })
-        .await
-        .expect("session")
-        .into_inner();
-    assert!(matches!(
-        session
-            .next()
-            .await
-            .expect("registered")
-            .expect("registered")
-            .kind,
-        Some(session_event::Kind::Registered(_))
-    ));
+    let mut session = open_session(&client, app).await;
     client
         .services()
         .register(RegisterRequest {

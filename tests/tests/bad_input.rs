@@ -3,16 +3,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use p2pos_client::{Client, Gateway, Target};
 use p2pos_proto::{
     app::v1::{
-        ChannelInput, OpenChannel, ReceiveRequest, SendRequest, SessionRequest, channel_input,
+        AcceptChannel, ChannelInput, Frames, OpenChannel, ReceiveRequest, SendRequest,
+        SessionRequest, channel_input, session_event,
     },
     node::v1::{CreateAppTokenRequest, GetInfoRequest, ShutdownRequest},
     overlay::v1::DialRequest,
 };
-use p2pos_tests::{Node, bin};
+use p2pos_tests::{Node, bin, open_session};
 
 const T: Duration = Duration::from_secs(30);
 /// A valid peer id that no node here has.
@@ -31,6 +32,7 @@ async fn open_channel(client: &Client, app: &str, peer: &str) -> Result<(), toni
         kind: Some(channel_input::Kind::Open(OpenChannel {
             app_id: app.into(),
             peer: peer.into(),
+            batch: false,
         })),
     };
     let mut out = client
@@ -298,4 +300,80 @@ async fn a_second_daemon_on_the_same_data_dir_is_refused_and_the_first_keeps_ser
     tokio::time::timeout(T, still_serving(&client))
         .await
         .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversize_and_misplaced_channel_frames_end_the_channel_with_a_clear_status() {
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    let client_a = a.client().await;
+    let client_b = b.client().await;
+    let b_ticket = b.ticket().await;
+    // B's app accepts every channel and reads until it ends.
+    let mut session = open_session(&client_b, "sink").await;
+    let acceptor = tokio::spawn(async move {
+        while let Some(Ok(event)) = session.next().await {
+            if let Some(session_event::Kind::Incoming(incoming)) = event.kind {
+                let accept = AcceptChannel {
+                    channel_id: incoming.channel_id,
+                    app_id: "sink".into(),
+                    batch: true,
+                };
+                let client = client_b.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut channel) = client.accept_channel(accept).await {
+                        while let Ok(Some(_)) = channel.receiver.message().await {}
+                    }
+                });
+            }
+        }
+    });
+
+    // One frame over 1 MiB, alone (`data`) or inside a batch (`frames`) after good ones.
+    for batched in [false, true] {
+        let open = OpenChannel {
+            app_id: "sink".into(),
+            peer: b_ticket.clone(),
+            batch: true,
+        };
+        let mut channel = tokio::time::timeout(T, client_a.open_channel(open))
+            .await
+            .expect("opens in time")
+            .expect("opens");
+        if batched {
+            channel
+                .sender
+                .feed(Bytes::from_static(b"fine"))
+                .await
+                .expect("feed");
+        }
+        channel
+            .sender
+            .send(Bytes::from(vec![1u8; 1024 * 1024 + 1]))
+            .await
+            .expect("handed to the gRPC transport");
+        let err = tokio::time::timeout(T, channel.receiver.message())
+            .await
+            .expect("ends in time")
+            .expect_err("oversize frame");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+        assert!(err.message().contains("1048576-byte limit"), "{err}");
+    }
+
+    // A batch as the first message: nothing to open yet.
+    let first = ChannelInput {
+        kind: Some(channel_input::Kind::Frames(Frames {
+            frames: vec![Bytes::from_static(b"early")],
+        })),
+    };
+    let err = client_a
+        .apps()
+        .channel(futures::stream::iter(vec![first]).chain(futures::stream::pending()))
+        .await
+        .expect_err("batch first");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("`open` or `accept`"), "{err}");
+
+    acceptor.abort();
+    still_serving(&client_a).await;
 }

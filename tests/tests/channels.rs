@@ -6,13 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use p2pos_proto::{
-    app::v1::{
-        AcceptChannel, ChannelInput, OpenChannel, SessionRequest, channel_input, channel_output,
-        session_event,
-    },
+    app::v1::{AcceptChannel, ChannelInput, Frames, OpenChannel, channel_input, channel_output},
     monitor::v1::{EventsRequest, event},
 };
-use p2pos_tests::Node;
+use p2pos_tests::{Node, next_incoming, open_session};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -37,19 +34,7 @@ async fn frames_flow_both_ways_with_boundaries_kept() {
         .expect("events")
         .into_inner();
 
-    let mut session = client_b
-        .apps()
-        .session(SessionRequest {
-            app_id: "echo".into(),
-        })
-        .await
-        .expect("session")
-        .into_inner();
-    let first = session.next().await.expect("event").expect("ok");
-    assert!(matches!(
-        first.kind,
-        Some(session_event::Kind::Registered(_))
-    ));
+    let mut session = open_session(&client_b, "echo").await;
 
     // A opens.
     let (mut a_tx, a_rx) = futures::channel::mpsc::channel::<ChannelInput>(8);
@@ -57,6 +42,7 @@ async fn frames_flow_both_ways_with_boundaries_kept() {
         kind: Some(channel_input::Kind::Open(OpenChannel {
             app_id: "echo".into(),
             peer: b_ticket,
+            batch: false,
         })),
     })
     .await
@@ -65,14 +51,7 @@ async fn frames_flow_both_ways_with_boundaries_kept() {
     let opening = tokio::spawn(async move { client.apps().channel(a_rx).await });
 
     // B sees it on its session and accepts.
-    let incoming = tokio::time::timeout(T, session.next())
-        .await
-        .expect("announced")
-        .expect("open")
-        .expect("ok");
-    let Some(session_event::Kind::Incoming(incoming)) = incoming.kind else {
-        panic!("expected an incoming channel, got {incoming:?}");
-    };
+    let incoming = next_incoming(&mut session, T).await;
     assert_eq!(incoming.peer_id, a_id);
     assert_eq!(incoming.app_id, "echo");
     let (mut b_tx, b_rx) = futures::channel::mpsc::channel::<ChannelInput>(8);
@@ -80,6 +59,7 @@ async fn frames_flow_both_ways_with_boundaries_kept() {
         kind: Some(channel_input::Kind::Accept(AcceptChannel {
             channel_id: incoming.channel_id,
             app_id: "echo".into(),
+            batch: false,
         })),
     })
     .await
@@ -167,4 +147,126 @@ async fn frames_flow_both_ways_with_boundaries_kept() {
     .await
     .expect("channel events");
     assert!(saw_open);
+}
+
+/// Frame `i` of the batching test: its index repeated `i % 25` times (so every 25th is empty),
+/// and one of 1 MiB in the middle.
+fn numbered_frame(i: u32) -> Bytes {
+    if i == 10_000 {
+        return Bytes::from(vec![0xab; 1024 * 1024]);
+    }
+    Bytes::from(i.to_be_bytes().repeat((i % 25) as usize))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_carry_many_small_frames_whole_and_in_order() {
+    const FRAMES: u32 = 20_000;
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    let client_a = a.client().await;
+    let client_b = b.client().await;
+    let b_ticket = b.ticket().await;
+    let mut session = open_session(&client_b, "bulk").await;
+
+    // A opens through the SDK, whose sender batches what is fed between flushes.
+    let opening = tokio::spawn(async move {
+        let open = OpenChannel {
+            app_id: "bulk".into(),
+            peer: b_ticket,
+            batch: true,
+        };
+        client_a.open_channel(open).await
+    });
+    let incoming = next_incoming(&mut session, T).await;
+    // B accepts with plain gRPC messages, asking for batches, to see them as they come.
+    let (mut b_tx, b_rx) = futures::channel::mpsc::channel::<ChannelInput>(8);
+    b_tx.send(ChannelInput {
+        kind: Some(channel_input::Kind::Accept(AcceptChannel {
+            channel_id: incoming.channel_id,
+            app_id: "bulk".into(),
+            batch: true,
+        })),
+    })
+    .await
+    .expect("queue accept");
+    let mut b_out = client_b
+        .apps()
+        .channel(b_rx)
+        .await
+        .expect("accept")
+        .into_inner();
+    let opened = tokio::time::timeout(T, b_out.next())
+        .await
+        .expect("opened")
+        .expect("open")
+        .expect("ok");
+    assert!(matches!(opened.kind, Some(channel_output::Kind::Opened(_))));
+    let channel = opening.await.expect("join").expect("A's channel opens");
+    let (mut sender, mut receiver) = (channel.sender, channel.receiver);
+
+    // B to A: a plain `frames` input and a `data` input reach the SDK's receiver as frames, in
+    // order.
+    b_tx.send(ChannelInput {
+        kind: Some(channel_input::Kind::Frames(Frames {
+            frames: vec![
+                Bytes::from_static(b"x"),
+                Bytes::new(),
+                Bytes::from_static(b"yz"),
+            ],
+        })),
+    })
+    .await
+    .expect("send batch");
+    b_tx.send(data(Bytes::from_static(b"w")))
+        .await
+        .expect("send");
+    let mut back = Vec::new();
+    for _ in 0..4 {
+        let frame = tokio::time::timeout(T, receiver.message())
+            .await
+            .expect("in time")
+            .expect("no error")
+            .expect("a frame");
+        back.push(frame);
+    }
+    assert_eq!(back, [&b"x"[..], b"", b"yz", b"w"]);
+
+    // A to B: many small frames and a large one, fed to the SDK's sender, which sends what
+    // was fed between flushes as batches.
+    let sending = tokio::spawn(async move {
+        for i in 0..FRAMES {
+            sender.feed(numbered_frame(i)).await?;
+        }
+        // Flushes the last batch and half-closes.
+        sender.close().await
+    });
+    let mut got = 0u32;
+    let mut outputs = 0u32;
+    loop {
+        let output = tokio::time::timeout(T, b_out.next())
+            .await
+            .expect("frames keep coming");
+        let Some(output) = output else { break };
+        let Some(channel_output::Kind::Frames(batch)) = output.expect("no error").kind else {
+            panic!("a channel accepted with `batch` gets `frames`");
+        };
+        assert!(!batch.frames.is_empty(), "a batch holds at least one frame");
+        outputs += 1;
+        for frame in batch.frames {
+            assert_eq!(frame, numbered_frame(got), "frame {got}");
+            got += 1;
+        }
+    }
+    sending.await.expect("join").expect("A sent everything");
+    assert_eq!(got, FRAMES, "every frame arrived, then A's half-close");
+    assert!(
+        outputs < FRAMES / 2,
+        "small frames that arrive together come together ({outputs} outputs for {FRAMES} frames)"
+    );
+    // B closes too: A's receiver ends.
+    drop(b_tx);
+    let end = tokio::time::timeout(T, receiver.message())
+        .await
+        .expect("in time");
+    assert_eq!(end.expect("no error"), None);
 }

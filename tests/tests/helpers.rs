@@ -663,6 +663,7 @@ async fn an_app_and_its_helper_talk_through_a_local_channel() {
                 kind: Some(channel_input::Kind::Open(OpenChannel {
                     app_id: "demoapp:echo".into(),
                     peer: own_id,
+                    batch: false,
                 })),
             })
             .await

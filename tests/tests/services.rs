@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use p2pos_client::Client;
 use p2pos_proto::{
-    app::v1::{AcceptChannel, ChannelInput, channel_input, channel_output},
+    app::v1::{AcceptChannel, channel_output},
     service::v1::{
         CallRequest, FindServiceRequest, OpenServiceChannel, RegisterRequest, ServiceChannelInput,
         service_channel_input,
@@ -51,32 +51,21 @@ async fn provide_upper(client: Client, app: &str) -> JoinHandle<()> {
     .await
 }
 
+/// Upper-cases every frame of an announced channel, through the SDK's batching channel (the
+/// opener below uses plain `data` frames: the two ends choose independently).
 async fn upper_channel(client: Client, app_id: String, channel_id: u64) {
-    let (tx, rx) = mpsc::channel(8);
-    let _ = tx
-        .send(ChannelInput {
-            kind: Some(channel_input::Kind::Accept(AcceptChannel {
-                channel_id,
-                app_id,
-            })),
-        })
-        .await;
-    let Ok(output) = client.apps().channel(ReceiverStream::new(rx)).await else {
+    let accept = AcceptChannel {
+        channel_id,
+        app_id,
+        batch: true,
+    };
+    let Ok(mut channel) = client.accept_channel(accept).await else {
         return;
     };
-    let mut output = output.into_inner();
-    while let Some(Ok(frame)) = output.next().await {
-        if let Some(channel_output::Kind::Data(data)) = frame.kind {
-            let upper = Bytes::from(data.to_ascii_uppercase());
-            if tx
-                .send(ChannelInput {
-                    kind: Some(channel_input::Kind::Data(upper)),
-                })
-                .await
-                .is_err()
-            {
-                return;
-            }
+    while let Ok(Some(frame)) = channel.receiver.message().await {
+        let upper = Bytes::from(frame.to_ascii_uppercase());
+        if channel.sender.send(upper).await.is_err() {
+            return;
         }
     }
 }
@@ -175,6 +164,7 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
             app_id: "caller".into(),
             service: UPPER.into(),
             peer: String::new(),
+            batch: false,
         })),
     })
     .await

@@ -107,23 +107,25 @@ impl Apps for AppsApi {
             .await
             .map_err(|_| Status::deadline_exceeded("no open or accept frame within 30 s"))??
             .ok_or_else(|| Status::invalid_argument("the channel ended before its first frame"))?;
-        let request = match first.kind {
+        let (request, batch) = match first.kind {
             Some(channel_input::Kind::Open(open)) => {
                 scope.require_app(&open.app_id)?;
                 require_peer(&open.peer)?;
-                AppsRequest::OpenChannel {
+                let request = AppsRequest::OpenChannel {
                     app_id: open.app_id,
                     peer: open.peer,
-                }
+                };
+                (request, open.batch)
             }
             Some(channel_input::Kind::Accept(accept)) => {
                 scope.require_app(&accept.app_id)?;
-                AppsRequest::AcceptChannel {
+                let request = AppsRequest::AcceptChannel {
                     app_id: accept.app_id,
                     channel_id: accept.channel_id,
-                }
+                };
+                (request, accept.batch)
             }
-            Some(channel_input::Kind::Data(_)) | None => {
+            Some(channel_input::Kind::Data(_) | channel_input::Kind::Frames(_)) | None => {
                 return Err(Status::invalid_argument(
                     "the first frame of a channel must be `open` or `accept`",
                 ));
@@ -134,6 +136,7 @@ impl Apps for AppsApi {
         };
         Ok(Response::new(splice(
             channel,
+            batch,
             input,
             self.ctx.events.clone(),
             self.stop.clone(),

@@ -222,11 +222,13 @@ impl Services for ServicesApi {
             app_id,
             service,
             peer,
+            batch,
         } = open;
         let open = OpenServiceChannel {
             app_id: acting_app(&scope, app_id)?,
             service,
             peer,
+            batch: false,
         };
         let ServicesAnswer::Channel(channel) = self.ask(ServicesCall::OpenChannel(open)).await?
         else {
@@ -234,6 +236,7 @@ impl Services for ServicesApi {
         };
         Ok(Response::new(splice(
             channel,
+            batch,
             input,
             self.ctx.events.clone(),
             self.stop.clone(),

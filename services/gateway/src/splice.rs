@@ -6,14 +6,18 @@
 //! (see [`ChannelFrame`]); their outputs are the same `ChannelOutput`.
 
 use bytes::Bytes;
-use futures::{FutureExt, SinkExt, StreamExt};
+use std::pin::Pin;
+
+use futures::{FutureExt, Sink, SinkExt, StreamExt};
 use p2pos_kernel::{
     EventBus,
     protocols::apps::ChannelStream,
     wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use p2pos_proto::{
-    app::v1::{ChannelInput, ChannelOpened, ChannelOutput, channel_input, channel_output},
+    app::v1::{
+        ChannelInput, ChannelOpened, ChannelOutput, Frames as Batch, channel_input, channel_output,
+    },
     monitor::v1::{self, event::Kind},
     service::v1::{ServiceChannelInput, service_channel_input},
 };
@@ -26,16 +30,40 @@ use tracing::debug;
 
 use crate::BoxStream;
 
-/// An input frame of a channel after its first one: data, or a misplaced or empty frame.
+/// The largest batch of frames gathered into one output `frames` (a larger frame goes alone).
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// What one input message after the first carries: one frame, or a batch of them.
+pub enum Frames {
+    /// A `data` frame.
+    One(Bytes),
+    /// A `frames` batch.
+    Batch(Vec<Bytes>),
+}
+
+impl IntoIterator for Frames {
+    type Item = Bytes;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Bytes>, std::vec::IntoIter<Bytes>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Frames::One(frame) => Some(frame).into_iter().chain(Vec::new()),
+            Frames::Batch(frames) => None.into_iter().chain(frames),
+        }
+    }
+}
+
+/// An input message of a channel after its first one: data, or a misplaced or empty message.
 pub trait ChannelFrame: Send + 'static {
-    /// The frame's bytes, or the status that ends the channel.
-    fn into_data(self) -> Result<Bytes, Status>;
+    /// The message's frames, or the status that ends the channel.
+    fn into_frames(self) -> Result<Frames, Status>;
 }
 
 impl ChannelFrame for ChannelInput {
-    fn into_data(self) -> Result<Bytes, Status> {
+    fn into_frames(self) -> Result<Frames, Status> {
         match self.kind {
-            Some(channel_input::Kind::Data(data)) => Ok(data),
+            Some(channel_input::Kind::Data(data)) => Ok(Frames::One(data)),
+            Some(channel_input::Kind::Frames(batch)) => Ok(Frames::Batch(batch.frames)),
             Some(channel_input::Kind::Open(_) | channel_input::Kind::Accept(_)) => Err(
                 Status::invalid_argument("open/accept may only be the first frame of a channel"),
             ),
@@ -45,9 +73,10 @@ impl ChannelFrame for ChannelInput {
 }
 
 impl ChannelFrame for ServiceChannelInput {
-    fn into_data(self) -> Result<Bytes, Status> {
+    fn into_frames(self) -> Result<Frames, Status> {
         match self.kind {
-            Some(service_channel_input::Kind::Data(data)) => Ok(data),
+            Some(service_channel_input::Kind::Data(data)) => Ok(Frames::One(data)),
+            Some(service_channel_input::Kind::Frames(batch)) => Ok(Frames::Batch(batch.frames)),
             Some(service_channel_input::Kind::Open(_)) => Err(Status::invalid_argument(
                 "open may only be the first frame of a channel",
             )),
@@ -69,9 +98,11 @@ impl Drop for ClosedOnDrop {
     }
 }
 
-/// Splices an open channel onto the rest of the client's input and returns the output.
+/// Splices an open channel onto the rest of the client's input and returns the output: one
+/// `data` per frame from the peer, or with `batch` the frames ready at once in `frames`.
 pub fn splice<I: ChannelFrame>(
     channel: ChannelStream,
+    batch: bool,
     mut input: Streaming<I>,
     events: EventBus,
     stop: CancellationToken,
@@ -108,7 +139,9 @@ pub fn splice<I: ChannelFrame>(
     let writer_gone = output_gone.clone();
     tokio::spawn(async move {
         let outcome: Result<(), Status> = async {
-            let broke = |e: std::io::Error| Status::unavailable(format!("the channel to the peer broke: {e}"));
+            let broke = |e: std::io::Error| {
+                Status::unavailable(format!("the channel to the peer broke: {e}"))
+            };
             // Frames are fed into the writer's buffer and flushed only when the client has no
             // next frame ready, so a burst of small frames leaves in a few network writes.
             let mut unflushed = false;
@@ -122,9 +155,12 @@ pub fn splice<I: ChannelFrame>(
                     None => {
                         if unflushed {
                             tokio::select! {
-                                flushed = SinkExt::<Bytes>::flush(&mut sink) => flushed.map_err(broke)?,
+                                flushed = SinkExt::<Bytes>::flush(&mut sink) => {
+                                    flushed.map_err(broke)?;
+                                }
                                 () = writer_gone.cancelled() => break,
                             }
+                            unflushed = false;
                         }
                         tokio::select! {
                             frame = input.message() => frame?,
@@ -134,18 +170,25 @@ pub fn splice<I: ChannelFrame>(
                     }
                 };
                 let Some(frame) = frame else { break };
-                let data = frame.into_data()?;
-                if data.len() > MAX_PAYLOAD {
-                    return Err(Status::resource_exhausted(format!(
-                        "a channel frame of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
-                        data.len()
-                    )));
+                for data in frame.into_frames()? {
+                    if data.len() > MAX_PAYLOAD {
+                        return Err(Status::resource_exhausted(format!(
+                            "a channel frame of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
+                            data.len()
+                        )));
+                    }
+                    // Wait (watching for the output to go) only when the writer's buffer is
+                    // full: most frames of a batch go straight into it.
+                    match room(&mut sink).now_or_never() {
+                        Some(room) => room.map_err(broke)?,
+                        None => tokio::select! {
+                            room = room(&mut sink) => room.map_err(broke)?,
+                            () = writer_gone.cancelled() => return Ok(()),
+                        },
+                    }
+                    Pin::new(&mut sink).start_send(data).map_err(broke)?;
+                    unflushed = true;
                 }
-                tokio::select! {
-                    fed = sink.feed(data) => fed.map_err(broke)?,
-                    () = writer_gone.cancelled() => break,
-                }
-                unflushed = true;
             }
             Ok(())
         }
@@ -174,6 +217,8 @@ pub fn splice<I: ChannelFrame>(
     let state = OutputState {
         frames: FramedRead::new(read_half, codec(MAX_CHANNEL_FRAME)),
         input_error: Some(err_rx),
+        batch,
+        broken: None,
         done: false,
         _closed: closed,
         _alive: output_alive,
@@ -185,22 +230,35 @@ pub fn splice<I: ChannelFrame>(
     )
 }
 
+/// Ready when the writer has room for another frame (its buffer is flushed past a limit).
+fn room<S: Sink<Bytes> + Unpin>(sink: &mut S) -> impl Future<Output = Result<(), S::Error>> + '_ {
+    std::future::poll_fn(move |cx| Pin::new(&mut *sink).poll_ready(cx))
+}
+
 struct OutputState {
     frames: FramedRead<
         tokio::io::ReadHalf<Box<dyn p2pos_kernel::protocols::apps::Duplex>>,
         tokio_util::codec::LengthDelimitedCodec,
     >,
     input_error: Option<tokio::sync::oneshot::Receiver<Status>>,
+    /// Deliver frames in `frames` batches.
+    batch: bool,
+    /// The read error that comes after the batch gathered before it.
+    broken: Option<std::io::Error>,
     done: bool,
     _closed: ClosedOnDrop,
     _alive: tokio_util::sync::DropGuard,
 }
 
-/// The next output: a frame from the peer, the end of the peer's frames, or the status that
-/// failed the client's input (which ends the channel at once).
+/// The next output: a frame (or batch) from the peer, the end of the peer's frames, or the
+/// status that failed the client's input (which ends the channel at once).
 async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Status>, OutputState)> {
     if st.done {
         return None;
+    }
+    if let Some(e) = st.broken.take() {
+        st.done = true;
+        return Some((Err(broke_from_peer(&e)), st));
     }
     loop {
         let input_failed = async {
@@ -221,18 +279,50 @@ async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Statu
                 None => st.input_error = None,
             },
             frame = st.frames.next() => {
-                return match frame {
-                    Some(Ok(bytes)) => Some((
-                        Ok(ChannelOutput { kind: Some(channel_output::Kind::Data(Bytes::from(bytes))) }),
-                        st,
-                    )),
+                let first = match frame {
+                    Some(Ok(bytes)) => bytes.freeze(),
                     Some(Err(e)) => {
                         st.done = true;
-                        Some((Err(Status::unavailable(format!("the channel from the peer broke: {e}"))), st))
+                        return Some((Err(broke_from_peer(&e)), st));
                     }
-                    None => None,
+                    None => return None,
                 };
+                let kind = if st.batch {
+                    channel_output::Kind::Frames(gather(&mut st, first))
+                } else {
+                    channel_output::Kind::Data(first)
+                };
+                return Some((Ok(ChannelOutput { kind: Some(kind) }), st));
             }
         }
     }
+}
+
+/// A batch starting with `first` and going on with the frames already read, up to
+/// [`BATCH_BYTES`]. A read error or the end of the peer's frames is kept for after it.
+fn gather(st: &mut OutputState, first: Bytes) -> Batch {
+    let mut size = first.len();
+    let mut frames = vec![first];
+    while size < BATCH_BYTES {
+        match st.frames.next().now_or_never() {
+            Some(Some(Ok(bytes))) => {
+                size += bytes.len();
+                frames.push(bytes.freeze());
+            }
+            Some(Some(Err(e))) => {
+                st.broken = Some(e);
+                break;
+            }
+            Some(None) => {
+                st.done = true;
+                break;
+            }
+            None => break,
+        }
+    }
+    Batch { frames }
+}
+
+fn broke_from_peer(e: &std::io::Error) -> Status {
+    Status::unavailable(format!("the channel from the peer broke: {e}"))
 }

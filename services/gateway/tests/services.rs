@@ -461,6 +461,7 @@ fn open(app_id: &str) -> ServiceChannelInput {
             app_id: app_id.into(),
             service: "echo/1".into(),
             peer: String::new(),
+            batch: false,
         })),
     }
 }

@@ -11,13 +11,9 @@
 
 use std::process::ExitCode;
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use p2pos_client::{Client, Target, TargetOptions};
-use p2pos_proto::app::v1::{
-    AcceptChannel, ChannelInput, SessionRequest, channel_input, channel_output, session_event,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use p2pos_proto::app::v1::{AcceptChannel, SessionRequest, session_event};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -136,26 +132,14 @@ async fn echo_channel(
     app_id: String,
     channel_id: u64,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(ChannelInput {
-        kind: Some(channel_input::Kind::Accept(AcceptChannel {
-            channel_id,
-            app_id,
-        })),
-    })
-    .await?;
-    let mut output = client
-        .apps()
-        .channel(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    while let Some(frame) = output.next().await {
-        if let Some(channel_output::Kind::Data(data)) = frame?.kind {
-            tx.send(ChannelInput {
-                kind: Some(channel_input::Kind::Data(data)),
-            })
-            .await?;
-        }
+    let accept = AcceptChannel {
+        channel_id,
+        app_id,
+        batch: false,
+    };
+    let mut channel = client.accept_channel(accept).await?;
+    while let Some(frame) = channel.receiver.message().await? {
+        channel.sender.send(frame).await?;
     }
     Ok(())
 }

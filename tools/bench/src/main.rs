@@ -23,7 +23,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::ceiling::TcpPeer;
+use crate::ceiling::{RelayChain, TcpPeer};
 use crate::node::{Node, Pair};
 use crate::raw::RawPair;
 use crate::report::{Goal, Row};
@@ -70,6 +70,10 @@ enum Hidden {
     /// The TCP ceiling's far end (used by the benchmark itself).
     #[command(hide = true)]
     TcpPeer,
+    /// A relay of the TCP floor: copies each connection to `127.0.0.1:TO` (used by the
+    /// benchmark itself).
+    #[command(hide = true)]
+    TcpRelay { to: u16 },
 }
 
 /// Figures of one system for the scenarios it runs.
@@ -88,8 +92,10 @@ struct Figures {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Hidden::TcpPeer) = args.command {
-        return ceiling::serve().await;
+    match args.command {
+        Some(Hidden::TcpPeer) => return ceiling::serve().await,
+        Some(Hidden::TcpRelay { to }) => return ceiling::relay(to).await,
+        None => {}
     }
     let p2posd = node::find_p2posd(args.p2posd.clone())?;
     let bulk = args.bulk_mib * 1024 * 1024;
@@ -170,29 +176,23 @@ async fn main() -> anyhow::Result<()> {
     base.first_ms = scenarios::median_ms(&mut firsts);
 
     progress("plain loopback TCP");
-    let mut top = Figures::default();
-    {
+    let top = {
         let peer = TcpPeer::start().await?;
-        top.bulk_tcp = scenarios::bulk(peer.open().await?, bulk, CHUNK).await?;
-        (top.echo_p50, top.echo_p99) =
-            scenarios::echo(peer.open().await?, args.echoes, SMALL).await?;
-        top.rate_one =
-            scenarios::rate(vec![peer.open().await?], args.messages, SMALL, false).await?;
-        top.rate_flushed =
-            scenarios::rate(vec![peer.open().await?], args.messages, SMALL, true).await?;
-        let mut pipes = Vec::with_capacity(MANY);
-        for _ in 0..MANY {
-            pipes.push(peer.open().await?);
-        }
-        top.rate_many = scenarios::rate(pipes, args.messages, SMALL, false).await?;
+        let mut top = tcp_figures(|| peer.open(), &args).await?;
         let mut firsts = Vec::with_capacity(args.dials);
         for _ in 0..args.dials {
             firsts.push(peer.first_message(SMALL).await?);
         }
         top.first_ms = scenarios::median_ms(&mut firsts);
-    }
+        top
+    };
+    progress("plain loopback TCP through two relay processes");
+    let floor = {
+        let chain = RelayChain::start().await?;
+        tcp_figures(|| chain.open(), &args).await?
+    };
 
-    let rows = rows(&p2pos, &base, &top, idle_rss, start_ms);
+    let rows = rows(&p2pos, &base, &top, &floor, idle_rss, start_ms);
     if args.json {
         let machine = json!({
             "cpus": std::thread::available_parallelism().map_or(0, usize::from),
@@ -208,13 +208,43 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rows(p2pos: &Figures, base: &Figures, top: &Figures, idle_rss: f64, start_ms: f64) -> Vec<Row> {
-    let row = |scenario: &str, unit, p2pos, baseline, ceiling, goal| Row {
+/// Bulk, echo and message rates over plain TCP pipes from `open` (no TLS, no multiplexing).
+async fn tcp_figures<F, Fut>(open: F, args: &Args) -> anyhow::Result<Figures>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<pipe::Pipe>>,
+{
+    let mut figures = Figures {
+        bulk_tcp: scenarios::bulk(open().await?, args.bulk_mib * 1024 * 1024, CHUNK).await?,
+        ..Figures::default()
+    };
+    (figures.echo_p50, figures.echo_p99) =
+        scenarios::echo(open().await?, args.echoes, SMALL).await?;
+    figures.rate_one = scenarios::rate(vec![open().await?], args.messages, SMALL, false).await?;
+    figures.rate_flushed = scenarios::rate(vec![open().await?], args.messages, SMALL, true).await?;
+    let mut pipes = Vec::with_capacity(MANY);
+    for _ in 0..MANY {
+        pipes.push(open().await?);
+    }
+    figures.rate_many = scenarios::rate(pipes, args.messages, SMALL, false).await?;
+    Ok(figures)
+}
+
+fn rows(
+    p2pos: &Figures,
+    base: &Figures,
+    top: &Figures,
+    floor: &Figures,
+    idle_rss: f64,
+    start_ms: f64,
+) -> Vec<Row> {
+    let row = |scenario: &str, unit, p2pos, baseline, tcp: Option<(f64, f64)>, goal| Row {
         scenario: scenario.to_owned(),
         unit,
         p2pos,
         baseline,
-        ceiling,
+        ceiling: tcp.map(|(ceiling, _)| ceiling),
+        floor: tcp.map(|(_, floor)| floor),
         goal,
     };
     vec![
@@ -223,7 +253,7 @@ fn rows(p2pos: &Figures, base: &Figures, top: &Figures, idle_rss: f64, start_ms:
             "MiB/s",
             p2pos.bulk_tcp,
             Some(base.bulk_tcp),
-            Some(top.bulk_tcp),
+            Some((top.bulk_tcp, floor.bulk_tcp)),
             Goal::RatioAtLeast(0.8),
         ),
         row(
@@ -239,7 +269,7 @@ fn rows(p2pos: &Figures, base: &Figures, top: &Figures, idle_rss: f64, start_ms:
             "µs",
             p2pos.echo_p50,
             Some(base.echo_p50),
-            Some(top.echo_p50),
+            Some((top.echo_p50, floor.echo_p50)),
             Goal::RatioAtMost(2.0),
         ),
         row(
@@ -247,7 +277,7 @@ fn rows(p2pos: &Figures, base: &Figures, top: &Figures, idle_rss: f64, start_ms:
             "µs",
             p2pos.echo_p99,
             Some(base.echo_p99),
-            Some(top.echo_p99),
+            Some((top.echo_p99, floor.echo_p99)),
             Goal::RatioAtMost(3.0),
         ),
         row(
@@ -255,7 +285,7 @@ fn rows(p2pos: &Figures, base: &Figures, top: &Figures, idle_rss: f64, start_ms:
             "msg/s",
             p2pos.rate_one,
             Some(base.rate_one),
-            Some(top.rate_one),
+            Some((top.rate_one, floor.rate_one)),
             Goal::RatioAtLeast(0.5),
         ),
         row(
@@ -263,7 +293,7 @@ fn rows(p2pos: &Figures, base: &Figures, top: &Figures, idle_rss: f64, start_ms:
             "msg/s",
             p2pos.rate_flushed,
             Some(base.rate_flushed),
-            Some(top.rate_flushed),
+            Some((top.rate_flushed, floor.rate_flushed)),
             Goal::None,
         ),
         row(
@@ -271,7 +301,7 @@ fn rows(p2pos: &Figures, base: &Figures, top: &Figures, idle_rss: f64, start_ms:
             "msg/s",
             p2pos.rate_many,
             Some(base.rate_many),
-            Some(top.rate_many),
+            Some((top.rate_many, floor.rate_many)),
             Goal::RatioAtLeast(0.5),
         ),
         row(
@@ -279,7 +309,7 @@ fn rows(p2pos: &Figures, base: &Figures, top: &Figures, idle_rss: f64, start_ms:
             "ms",
             p2pos.first_ms,
             Some(base.first_ms),
-            Some(top.first_ms),
+            Some((top.first_ms, f64::NAN)),
             Goal::None,
         ),
         row(

@@ -7,13 +7,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use bytes::Bytes;
-use futures::channel::mpsc;
-use futures::{SinkExt, StreamExt, future};
+use futures::{SinkExt, StreamExt};
 use p2pos_client::{Client, Gateway, Target};
 use p2pos_proto::app::v1::{
-    AcceptChannel, ChannelInput, ChannelOutput, OpenChannel, SessionRequest, channel_input,
-    channel_output, session_event,
+    AcceptChannel, ChannelInput, OpenChannel, SessionRequest, session_event,
 };
 use p2pos_proto::node::v1::GetInfoRequest;
 use p2pos_proto::overlay::v1::{DialRequest, GetTicketRequest};
@@ -24,8 +21,6 @@ use crate::pipe::{Pipe, respond};
 
 /// The app id every benchmark channel uses.
 const APP_ID: &str = "bench";
-/// Frames an app may queue towards its gateway before writing waits.
-const CHANNEL_BUFFER: usize = 32;
 /// How long a node may take to answer, or a peer to show addresses, before the run fails.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(15);
 /// Pause between attempts to reach a starting node's gateway (no event says it is up).
@@ -142,12 +137,13 @@ impl Node {
                     // One task per announced channel: the benchmarks open at most 16 at once.
                     let client = client.clone();
                     tokio::spawn(async move {
-                        let accept = channel_input::Kind::Accept(AcceptChannel {
+                        let accept = AcceptChannel {
                             channel_id: incoming.channel_id,
                             app_id: APP_ID.to_owned(),
-                        });
-                        if let Ok(pipe) = channel(&client, accept).await {
-                            let _ = respond(pipe).await;
+                            batch: true,
+                        };
+                        if let Ok(channel) = client.accept_channel(accept).await {
+                            let _ = respond(pipe(channel)).await;
                         }
                     });
                 }
@@ -205,11 +201,12 @@ impl Pair {
 
     /// A new channel from A's app to B's app.
     pub(crate) async fn open(&self) -> anyhow::Result<Pipe> {
-        let open = channel_input::Kind::Open(OpenChannel {
+        let open = OpenChannel {
             app_id: APP_ID.to_owned(),
             peer: self.b_peer.clone(),
-        });
-        channel(&self.a.client, open).await
+            batch: true,
+        };
+        Ok(pipe(self.a.client.open_channel(open).await?))
     }
 }
 
@@ -219,33 +216,17 @@ impl Drop for Pair {
     }
 }
 
-/// Calls `Apps.Channel` with `first` as its first frame and waits for `opened`.
-async fn channel(client: &Client, first: channel_input::Kind) -> anyhow::Result<Pipe> {
-    let (mut tx, rx) = mpsc::channel::<ChannelInput>(CHANNEL_BUFFER);
-    tx.send(ChannelInput { kind: Some(first) }).await?;
-    let mut output = client.apps().channel(rx).await?.into_inner();
-    match output.message().await? {
-        Some(ChannelOutput {
-            kind: Some(channel_output::Kind::Opened(_)),
-        }) => {}
-        other => bail!("expected opened, got {other:?}"),
+/// Makes the SDK's channel into a pipe: frames fed between flushes go out as one batch, like
+/// the buffered writes of the baseline.
+fn pipe(channel: p2pos_client::Channel<ChannelInput>) -> Pipe {
+    Pipe {
+        tx: Box::pin(channel.sender.sink_map_err(anyhow::Error::from)),
+        rx: Box::pin(
+            channel
+                .receiver
+                .map(|frame| frame.map_err(|status| anyhow!("channel failed: {status}"))),
+        ),
     }
-    let tx = tx.sink_map_err(anyhow::Error::from).with(|data: Bytes| {
-        future::ready(Ok::<_, anyhow::Error>(ChannelInput {
-            kind: Some(channel_input::Kind::Data(data)),
-        }))
-    });
-    let rx = output.map(|item| match item {
-        Ok(ChannelOutput {
-            kind: Some(channel_output::Kind::Data(data)),
-        }) => Ok(data),
-        Ok(other) => Err(anyhow!("unexpected channel output {other:?}")),
-        Err(status) => Err(anyhow!("channel failed: {status}")),
-    });
-    Ok(Pipe {
-        tx: Box::pin(tx),
-        rx: Box::pin(rx),
-    })
 }
 
 /// The last lines of a node's log, for error messages.

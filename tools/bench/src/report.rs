@@ -29,6 +29,9 @@ pub(crate) struct Row {
     pub(crate) baseline: Option<f64>,
     /// On plain loopback TCP, when there is one.
     pub(crate) ceiling: Option<f64>,
+    /// On plain loopback TCP through two relay processes (P2P OS's process hops, nothing
+    /// else), when there is one.
+    pub(crate) floor: Option<f64>,
     /// The target.
     pub(crate) goal: Goal,
 }
@@ -69,6 +72,7 @@ pub(crate) fn table(rows: &[Row]) -> Table {
         "libp2p",
         "ratio",
         "TCP ceiling",
+        "TCP, 2 relays",
         "target",
         "result",
     ]);
@@ -80,6 +84,7 @@ pub(crate) fn table(rows: &[Row]) -> Table {
             row.baseline.map_or("-".to_owned(), number),
             row.ratio().map_or("-".to_owned(), |r| format!("{r:.2}")),
             row.ceiling.map_or("-".to_owned(), number),
+            row.floor.map_or("-".to_owned(), number),
             row.target(),
             match row.pass() {
                 Some(true) => "pass",
@@ -104,6 +109,7 @@ pub(crate) fn json(rows: &[Row], machine: Value) -> Value {
                 "libp2p": row.baseline,
                 "ratio": row.ratio(),
                 "tcp_ceiling": row.ceiling,
+                "tcp_two_relays": row.floor.filter(|f| f.is_finite()),
                 "target": row.target(),
                 "pass": row.pass(),
             })
@@ -114,7 +120,9 @@ pub(crate) fn json(rows: &[Row], machine: Value) -> Value {
 
 /// Three significant-ish digits.
 fn number(value: f64) -> String {
-    if value >= 100.0 {
+    if !value.is_finite() {
+        "-".to_owned()
+    } else if value >= 100.0 {
         format!("{value:.0}")
     } else if value >= 10.0 {
         format!("{value:.1}")

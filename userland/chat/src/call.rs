@@ -205,6 +205,7 @@ async fn open_control(
         kind: Some(channel_input::Kind::Open(OpenChannel {
             app_id: PLUGIN_APP_ID.to_owned(),
             peer: node.to_owned(),
+            batch: false,
         })),
     };
     let stream = futures::stream::once(async move { first }).chain(

@@ -198,6 +198,7 @@ impl Shell {
                     channel_input::Kind::Open(OpenChannel {
                         app_id: APP_ID.to_owned(),
                         peer,
+                        batch: false,
                     }),
                 ),
                 Action::Accept { link, channel_id } => self.start_channel(
@@ -205,6 +206,7 @@ impl Shell {
                     channel_input::Kind::Accept(AcceptChannel {
                         channel_id,
                         app_id: APP_ID.to_owned(),
+                        batch: false,
                     }),
                 ),
                 Action::Write { link, text } => {

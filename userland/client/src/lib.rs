@@ -18,12 +18,15 @@
 //!   [`default_data_dir`]), from flags, environment variables and the node's data directory.
 //! - [`client`]: the connected [`Client`] and its per-service gRPC clients, with the token
 //!   added to every call by [`Auth`].
+//! - [`channel`]: channels as a batching sink and a stream of frames ([`Channel`]).
 //! - [`error`]: [`Error`] and [`describe_status`], readable one-line messages.
 
+pub mod channel;
 pub mod client;
 pub mod error;
 pub mod target;
 
+pub use channel::{Channel, ChannelReceiver, ChannelSender};
 pub use client::{Auth, AuthChannel, Client, MAX_MESSAGE_SIZE};
 pub use error::{Error, describe_status};
 pub use target::{

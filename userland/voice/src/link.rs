@@ -89,7 +89,11 @@ pub(crate) async fn accept(
     capacity: usize,
     events: Events,
 ) {
-    let first = channel_input::Kind::Accept(AcceptChannel { channel_id, app_id });
+    let first = channel_input::Kind::Accept(AcceptChannel {
+        channel_id,
+        app_id,
+        batch: false,
+    });
     match attempt(&mut apps, first, capacity).await {
         Ok(open) => run(open, which, events).await,
         Err(status) => {
@@ -114,6 +118,7 @@ pub(crate) async fn open(
         let first = channel_input::Kind::Open(OpenChannel {
             app_id: app_id.clone(),
             peer: peer.clone(),
+            batch: false,
         });
         match attempt(&mut apps, first, capacity).await {
             Ok(open) => return run(open, which, events).await,

@@ -513,7 +513,19 @@ async fn exposures_survive_a_restart() {
             .expect("forward");
         assert_eq!(fwd.forwards().forwards[0].forward_id, forward.forward_id);
     }
-    let store = SledStore::open(dir.path()).expect("reopen");
+    // sled's background writer may hold the file lock for a moment after the last handle is
+    // gone (as when a node restarts): wait for it, with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let store = loop {
+        match SledStore::open(dir.path()) {
+            Ok(store) => break store,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!("the store is still locked: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
     let fwd = Forwarding::load(store).expect("load again");
     assert_eq!(
         listed(&fwd),

@@ -132,6 +132,7 @@ impl Node {
             app_id: "client".into(),
             service: service.into(),
             peer: peer.into(),
+            batch: false,
         };
         tokio::spawn(async move {
             match registry

@@ -1,0 +1,277 @@
+//! Channels (`Apps.Channel`, `Services.Channel`) as a sink and a stream of frames.
+//!
+//! ```no_run
+//! # async fn demo(client: p2pos_client::Client) -> Result<(), tonic::Status> {
+//! use bytes::Bytes;
+//! use futures::{SinkExt, StreamExt};
+//! use p2pos_proto::app::v1::OpenChannel;
+//!
+//! let open = OpenChannel { app_id: "chat".into(), peer: "12D3Koo...".into(), batch: true };
+//! let mut channel = client.open_channel(open).await?;
+//! for line in ["hello", "world"] {
+//!     channel.sender.feed(Bytes::from(line)).await?; // gathered...
+//! }
+//! channel.sender.flush().await?; // ...and sent as one gRPC message
+//! while let Some(frame) = channel.receiver.next().await {
+//!     println!("{:?}", frame?);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`ChannelSender`] works like a framed writer: `feed` gathers frames, `flush` sends what was
+//! gathered as one `frames` batch (a single frame as `data`), and a batch that reaches
+//! [`BATCH_BYTES`] or [`BATCH_FRAMES`] goes out by itself; `send` is `feed` plus `flush`. Many
+//! small frames then cost one gRPC message, not one each. [`ChannelReceiver`] yields frames one
+//! by one whether the node delivers them as `data` or in `frames` batches.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::{Sink, Stream};
+use p2pos_proto::app::v1::{
+    AcceptChannel, ChannelInput, ChannelOpened, ChannelOutput, Frames, OpenChannel, channel_input,
+    channel_output,
+};
+use p2pos_proto::service::v1::{OpenServiceChannel, ServiceChannelInput, service_channel_input};
+use tonic::{Status, Streaming};
+
+use crate::Client;
+
+/// A batch is sent once it holds this many bytes...
+pub const BATCH_BYTES: usize = 64 * 1024;
+/// ...or this many frames.
+pub const BATCH_FRAMES: usize = 1024;
+/// Input messages waiting for the gRPC transport; past it, writes wait.
+const QUEUE: usize = 8;
+
+/// An open channel: what the node said when it opened, and its two halves.
+#[derive(Debug)]
+pub struct Channel<I> {
+    /// The channel id, the peer and the app at the other end.
+    pub opened: ChannelOpened,
+    /// Frames to the peer. Closing it (or dropping it) half-closes the channel.
+    pub sender: ChannelSender<I>,
+    /// Frames from the peer; it ends when the peer half-closes.
+    pub receiver: ChannelReceiver,
+}
+
+/// The input messages of a channel call: `ChannelInput` or `ServiceChannelInput`.
+pub trait ChannelMessage: Send + 'static {
+    /// One frame.
+    fn data(frame: Bytes) -> Self;
+    /// Several frames in order.
+    fn frames(frames: Vec<Bytes>) -> Self;
+}
+
+impl ChannelMessage for ChannelInput {
+    fn data(frame: Bytes) -> Self {
+        ChannelInput {
+            kind: Some(channel_input::Kind::Data(frame)),
+        }
+    }
+    fn frames(frames: Vec<Bytes>) -> Self {
+        ChannelInput {
+            kind: Some(channel_input::Kind::Frames(Frames { frames })),
+        }
+    }
+}
+
+impl ChannelMessage for ServiceChannelInput {
+    fn data(frame: Bytes) -> Self {
+        ServiceChannelInput {
+            kind: Some(service_channel_input::Kind::Data(frame)),
+        }
+    }
+    fn frames(frames: Vec<Bytes>) -> Self {
+        ServiceChannelInput {
+            kind: Some(service_channel_input::Kind::Frames(Frames { frames })),
+        }
+    }
+}
+
+impl Client {
+    /// `Apps.Channel` with `open`: a channel to the same app on a peer (or a helper's session
+    /// on this node), once the peer's app accepted it.
+    pub async fn open_channel(&self, open: OpenChannel) -> Result<Channel<ChannelInput>, Status> {
+        self.apps_channel(channel_input::Kind::Open(open)).await
+    }
+
+    /// `Apps.Channel` with `accept`: takes a channel announced on the app's session.
+    pub async fn accept_channel(
+        &self,
+        accept: AcceptChannel,
+    ) -> Result<Channel<ChannelInput>, Status> {
+        self.apps_channel(channel_input::Kind::Accept(accept)).await
+    }
+
+    async fn apps_channel(
+        &self,
+        first: channel_input::Kind,
+    ) -> Result<Channel<ChannelInput>, Status> {
+        let first = ChannelInput { kind: Some(first) };
+        let mut apps = self.apps();
+        start(first, |input| async move { apps.channel(input).await }).await
+    }
+
+    /// `Services.Channel`: a channel to a provider of a service.
+    pub async fn open_service_channel(
+        &self,
+        open: OpenServiceChannel,
+    ) -> Result<Channel<ServiceChannelInput>, Status> {
+        let first = ServiceChannelInput {
+            kind: Some(service_channel_input::Kind::Open(open)),
+        };
+        let mut services = self.services();
+        start(first, |input| async move { services.channel(input).await }).await
+    }
+}
+
+/// Makes the call with `first` as the first input and waits for `opened`.
+async fn start<I, F, Fut>(first: I, call: F) -> Result<Channel<I>, Status>
+where
+    I: ChannelMessage,
+    F: FnOnce(mpsc::Receiver<I>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Streaming<ChannelOutput>>, Status>>,
+{
+    let (mut input, rx) = mpsc::channel(QUEUE);
+    input
+        .try_send(first)
+        .map_err(|_| Status::internal("the channel's input queue refused its first frame"))?;
+    let mut output = call(rx).await?.into_inner();
+    let opened = match output.message().await? {
+        Some(ChannelOutput {
+            kind: Some(channel_output::Kind::Opened(opened)),
+        }) => opened,
+        Some(other) => {
+            return Err(Status::internal(format!(
+                "the node's first channel output was not `opened`: {other:?}"
+            )));
+        }
+        None => return Err(Status::unavailable("the channel ended before it opened")),
+    };
+    Ok(Channel {
+        opened,
+        sender: ChannelSender {
+            input,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        },
+        receiver: ChannelReceiver {
+            output,
+            batch: Vec::new().into_iter(),
+        },
+    })
+}
+
+/// Frames to the peer: a `Sink<Bytes>` that batches what is fed between flushes.
+#[derive(Debug)]
+pub struct ChannelSender<I> {
+    input: mpsc::Sender<I>,
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
+}
+
+impl<I: ChannelMessage> ChannelSender<I> {
+    /// Hands the gathered frames to the gRPC transport once it has room.
+    fn poll_send_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        if self.pending.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.input.poll_ready(cx)).map_err(|_| ended())?;
+        let message = if self.pending.len() == 1 {
+            I::data(self.pending.pop().unwrap_or_default())
+        } else {
+            I::frames(std::mem::take(&mut self.pending))
+        };
+        self.pending_bytes = 0;
+        self.input.start_send(message).map_err(|_| ended())?;
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn ended() -> Status {
+    Status::unavailable("the channel has ended (its status comes on the receiver)")
+}
+
+impl<I: ChannelMessage> Sink<Bytes> for ChannelSender<I> {
+    type Error = Status;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        let this = self.get_mut();
+        if this.pending_bytes >= BATCH_BYTES || this.pending.len() >= BATCH_FRAMES {
+            ready!(this.poll_send_pending(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> Result<(), Status> {
+        let this = self.get_mut();
+        this.pending_bytes += frame.len();
+        this.pending.push(frame);
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_pending(cx))?;
+        Pin::new(&mut this.input)
+            .poll_flush(cx)
+            .map_err(|_| ended())
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_pending(cx))?;
+        Pin::new(&mut this.input)
+            .poll_close(cx)
+            .map_err(|_| ended())
+    }
+}
+
+/// Frames from the peer, one by one.
+#[derive(Debug)]
+pub struct ChannelReceiver {
+    output: Streaming<ChannelOutput>,
+    batch: std::vec::IntoIter<Bytes>,
+}
+
+impl ChannelReceiver {
+    /// The next frame; `None` once the peer has half-closed.
+    pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx))
+            .await
+            .transpose()
+    }
+}
+
+impl Stream for ChannelReceiver {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(frame) = this.batch.next() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            let output = match ready!(Pin::new(&mut this.output).poll_next(cx)) {
+                Some(Ok(output)) => output,
+                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+                None => return Poll::Ready(None),
+            };
+            match output.kind {
+                Some(channel_output::Kind::Data(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Some(channel_output::Kind::Frames(frames)) => {
+                    this.batch = frames.frames.into_iter();
+                }
+                Some(channel_output::Kind::Opened(_)) | None => {
+                    return Poll::Ready(Some(Err(Status::internal(
+                        "the node sent a channel output that is neither data nor frames",
+                    ))));
+                }
+            }
+        }
+    }
+}

@@ -1,13 +1,14 @@
 //! `p2pos-bench`: measures P2P OS (app → gRPC → node → network → node → gRPC → app, two real
 //! daemons on loopback) against two bare rust-libp2p swarms with the same transport stack, with
-//! plain loopback TCP between two processes as the ceiling.
+//! plain loopback TCP between two processes as the ceiling, and through two relay processes as
+//! the floor of P2P OS's process hops.
 //!
 //! # Layout
 //! - [`pipe`]: a framed bidirectional stream whatever carries it, and the far-end responder.
 //! - [`scenarios`]: the drivers (bulk, echo, message rate, first message), the same for all.
 //! - [`node`]: real `p2posd` processes driven through `p2pos-client`.
 //! - [`raw`]: the bare rust-libp2p baseline.
-//! - [`ceiling`]: plain TCP to a child process.
+//! - [`ceiling`]: plain TCP to a child process, and through two relay processes.
 //! - [`report`]: the table and the JSON.
 
 mod ceiling;
@@ -97,6 +98,30 @@ async fn main() -> anyhow::Result<()> {
         Some(Hidden::TcpRelay { to }) => return ceiling::relay(to).await,
         None => {}
     }
+    // Interrupted, the run is dropped, and with it every node and child it started.
+    tokio::select! {
+        outcome = run(args) => outcome,
+        signal = interrupted() => anyhow::bail!("interrupted by {signal}; the nodes were stopped"),
+    }
+}
+
+/// The first SIGINT or SIGTERM.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// Every scenario, then the report.
+async fn run(args: Args) -> anyhow::Result<()> {
     let p2posd = node::find_p2posd(args.p2posd.clone())?;
     let bulk = args.bulk_mib * 1024 * 1024;
 

@@ -8,9 +8,12 @@
 //! - [`service::v1`]: services apps provide to other apps, and port forwarding.
 //! - [`tasks::v1`]: helper applications (plug-ins) the node starts and supervises.
 //! - [`wire::v1`]: node-to-node frames of the `/p2pos/...` protocols.
+//! - [`packed`]: frames packed into one `bytes` field (channel batches).
 //!
 //! The prose spec is `proto/SPEC.md`.
 #![allow(missing_docs, unreachable_pub, clippy::all)]
+
+pub mod packed;
 
 /// `p2pos.node.v1`
 pub mod node {

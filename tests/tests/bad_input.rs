@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use p2pos_client::{Client, Gateway, Target};
 use p2pos_proto::{
     app::v1::{
-        AcceptChannel, ChannelInput, Frames, OpenChannel, ReceiveRequest, SendRequest,
-        SessionRequest, channel_input, session_event,
+        AcceptChannel, ChannelInput, OpenChannel, ReceiveRequest, SendRequest, SessionRequest,
+        channel_input, session_event,
     },
     node::v1::{CreateAppTokenRequest, GetInfoRequest, ShutdownRequest},
     overlay::v1::DialRequest,
@@ -329,42 +329,65 @@ async fn oversize_and_misplaced_channel_frames_end_the_channel_with_a_clear_stat
         }
     });
 
-    // One frame over 1 MiB, alone (`data`) or inside a batch (`frames`) after good ones.
-    for batched in [false, true] {
-        let open = OpenChannel {
-            app_id: "sink".into(),
-            peer: b_ticket.clone(),
-            batch: true,
+    // One frame over 1 MiB alone (`data`) or inside a batch after a good one (`frames`), and
+    // a batch that ends inside a frame: each ends the channel with a clear status.
+    let mut oversize_packed = Vec::new();
+    for frame in [&b"fine"[..], &vec![1u8; 1024 * 1024 + 1]] {
+        oversize_packed.extend_from_slice(&u32::try_from(frame.len()).unwrap().to_be_bytes());
+        oversize_packed.extend_from_slice(frame);
+    }
+    let cases = [
+        (
+            channel_input::Kind::Data(Bytes::from(vec![1u8; 1024 * 1024 + 1])),
+            tonic::Code::ResourceExhausted,
+            "1048576-byte limit",
+        ),
+        (
+            channel_input::Kind::Frames(oversize_packed.into()),
+            tonic::Code::ResourceExhausted,
+            "1048576-byte limit",
+        ),
+        (
+            channel_input::Kind::Frames(Bytes::from_static(b"\0\0\0\x0aabc")),
+            tonic::Code::InvalidArgument,
+            "4-byte big-endian length",
+        ),
+    ];
+    for (bad, code, says) in cases {
+        let open = ChannelInput {
+            kind: Some(channel_input::Kind::Open(OpenChannel {
+                app_id: "sink".into(),
+                peer: b_ticket.clone(),
+                batch: true,
+            })),
         };
-        let mut channel = tokio::time::timeout(T, client_a.open_channel(open))
+        let bad = ChannelInput { kind: Some(bad) };
+        let mut output = client_a
+            .apps()
+            .channel(futures::stream::iter([open, bad]).chain(futures::stream::pending()))
             .await
-            .expect("opens in time")
-            .expect("opens");
-        if batched {
-            channel
-                .sender
-                .feed(Bytes::from_static(b"fine"))
-                .await
-                .expect("feed");
-        }
-        channel
-            .sender
-            .send(Bytes::from(vec![1u8; 1024 * 1024 + 1]))
-            .await
-            .expect("handed to the gRPC transport");
-        let err = tokio::time::timeout(T, channel.receiver.message())
-            .await
-            .expect("ends in time")
-            .expect_err("oversize frame");
-        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
-        assert!(err.message().contains("1048576-byte limit"), "{err}");
+            .expect("opens")
+            .into_inner();
+        let err = tokio::time::timeout(T, async {
+            loop {
+                match output.message().await {
+                    Ok(Some(_opened)) => continue,
+                    Ok(None) => panic!("the channel ended without an error"),
+                    Err(status) => return status,
+                }
+            }
+        })
+        .await
+        .expect("ends in time");
+        assert_eq!(err.code(), code, "{err}");
+        assert!(err.message().contains(says), "{err}");
     }
 
     // A batch as the first message: nothing to open yet.
     let first = ChannelInput {
-        kind: Some(channel_input::Kind::Frames(Frames {
-            frames: vec![Bytes::from_static(b"early")],
-        })),
+        kind: Some(channel_input::Kind::Frames(Bytes::from_static(
+            b"\0\0\0\x05early",
+        ))),
     };
     let err = client_a
         .apps()

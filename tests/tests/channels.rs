@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use p2pos_proto::{
-    app::v1::{AcceptChannel, ChannelInput, Frames, OpenChannel, channel_input, channel_output},
+    app::v1::{AcceptChannel, ChannelInput, OpenChannel, channel_input, channel_output},
     monitor::v1::{EventsRequest, event},
 };
 use p2pos_tests::{Node, next_incoming, open_session};
@@ -149,6 +149,29 @@ async fn frames_flow_both_ways_with_boundaries_kept() {
     assert!(saw_open);
 }
 
+/// Frames packed as the spec says: each a 4-byte big-endian length, then its bytes.
+fn pack(frames: &[&[u8]]) -> Bytes {
+    let mut packed = Vec::new();
+    for frame in frames {
+        packed.extend_from_slice(&u32::try_from(frame.len()).expect("small").to_be_bytes());
+        packed.extend_from_slice(frame);
+    }
+    packed.into()
+}
+
+/// The frames of a packed batch; panics if it is malformed.
+fn unpack(mut packed: &[u8]) -> Vec<Bytes> {
+    let mut frames = Vec::new();
+    while !packed.is_empty() {
+        let (len, rest) = packed.split_at(4);
+        let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+        let (frame, rest) = rest.split_at(len);
+        frames.push(Bytes::copy_from_slice(frame));
+        packed = rest;
+    }
+    frames
+}
+
 /// Frame `i` of the batching test: its index repeated `i % 25` times (so every 25th is empty),
 /// and one of 1 MiB in the middle.
 fn numbered_frame(i: u32) -> Bytes {
@@ -207,13 +230,7 @@ async fn batches_carry_many_small_frames_whole_and_in_order() {
     // B to A: a plain `frames` input and a `data` input reach the SDK's receiver as frames, in
     // order.
     b_tx.send(ChannelInput {
-        kind: Some(channel_input::Kind::Frames(Frames {
-            frames: vec![
-                Bytes::from_static(b"x"),
-                Bytes::new(),
-                Bytes::from_static(b"yz"),
-            ],
-        })),
+        kind: Some(channel_input::Kind::Frames(pack(&[b"x", b"", b"yz"]))),
     })
     .await
     .expect("send batch");
@@ -250,9 +267,10 @@ async fn batches_carry_many_small_frames_whole_and_in_order() {
         let Some(channel_output::Kind::Frames(batch)) = output.expect("no error").kind else {
             panic!("a channel accepted with `batch` gets `frames`");
         };
-        assert!(!batch.frames.is_empty(), "a batch holds at least one frame");
+        let frames = unpack(&batch);
+        assert!(!frames.is_empty(), "a batch holds at least one frame");
         outputs += 1;
-        for frame in batch.frames {
+        for frame in frames {
             assert_eq!(frame, numbered_frame(got), "frame {got}");
             got += 1;
         }

@@ -5,9 +5,9 @@
 //! Shared by `Apps.Channel` and `Services.Channel`: their inputs differ only in the first frame
 //! (see [`ChannelFrame`]); their outputs are the same `ChannelOutput`.
 
-use bytes::Bytes;
-use std::pin::Pin;
+use std::{io::ErrorKind, pin::Pin};
 
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, Sink, SinkExt, StreamExt};
 use p2pos_kernel::{
     EventBus,
@@ -15,14 +15,14 @@ use p2pos_kernel::{
     wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use p2pos_proto::{
-    app::v1::{
-        ChannelInput, ChannelOpened, ChannelOutput, Frames as Batch, channel_input, channel_output,
-    },
+    app::v1::{ChannelInput, ChannelOpened, ChannelOutput, channel_input, channel_output},
     monitor::v1::{self, event::Kind},
+    packed::{self, PackedError},
     service::v1::{ServiceChannelInput, service_channel_input},
 };
+use tokio::io::AsyncReadExt;
 use tokio_util::{
-    codec::{FramedRead, FramedWrite},
+    codec::{FramedRead, FramedWrite, LengthDelimitedCodec},
     sync::CancellationToken,
 };
 use tonic::{Status, Streaming};
@@ -30,40 +30,31 @@ use tracing::debug;
 
 use crate::BoxStream;
 
-/// The largest batch of frames gathered into one output `frames` (a larger frame goes alone).
+/// A batch of frames read from the peer for one output `frames` stops growing at this size
+/// (a larger frame goes alone).
 const BATCH_BYTES: usize = 64 * 1024;
+/// Room for at least this much is made before each read of a batching output.
+const READ_ROOM: usize = 32 * 1024;
 
-/// What one input message after the first carries: one frame, or a batch of them.
-pub enum Frames {
-    /// A `data` frame.
-    One(Bytes),
-    /// A `frames` batch.
-    Batch(Vec<Bytes>),
-}
-
-impl IntoIterator for Frames {
-    type Item = Bytes;
-    type IntoIter = std::iter::Chain<std::option::IntoIter<Bytes>, std::vec::IntoIter<Bytes>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        match self {
-            Frames::One(frame) => Some(frame).into_iter().chain(Vec::new()),
-            Frames::Batch(frames) => None.into_iter().chain(frames),
-        }
-    }
+/// What one input message after the first carries.
+pub enum Input {
+    /// One frame (`data`).
+    Frame(Bytes),
+    /// Frames packed as on the wire (`frames`), not yet checked.
+    Packed(Bytes),
 }
 
 /// An input message of a channel after its first one: data, or a misplaced or empty message.
 pub trait ChannelFrame: Send + 'static {
-    /// The message's frames, or the status that ends the channel.
-    fn into_frames(self) -> Result<Frames, Status>;
+    /// What the message carries, or the status that ends the channel.
+    fn into_input(self) -> Result<Input, Status>;
 }
 
 impl ChannelFrame for ChannelInput {
-    fn into_frames(self) -> Result<Frames, Status> {
+    fn into_input(self) -> Result<Input, Status> {
         match self.kind {
-            Some(channel_input::Kind::Data(data)) => Ok(Frames::One(data)),
-            Some(channel_input::Kind::Frames(batch)) => Ok(Frames::Batch(batch.frames)),
+            Some(channel_input::Kind::Data(data)) => Ok(Input::Frame(data)),
+            Some(channel_input::Kind::Frames(packed)) => Ok(Input::Packed(packed)),
             Some(channel_input::Kind::Open(_) | channel_input::Kind::Accept(_)) => Err(
                 Status::invalid_argument("open/accept may only be the first frame of a channel"),
             ),
@@ -73,10 +64,10 @@ impl ChannelFrame for ChannelInput {
 }
 
 impl ChannelFrame for ServiceChannelInput {
-    fn into_frames(self) -> Result<Frames, Status> {
+    fn into_input(self) -> Result<Input, Status> {
         match self.kind {
-            Some(service_channel_input::Kind::Data(data)) => Ok(Frames::One(data)),
-            Some(service_channel_input::Kind::Frames(batch)) => Ok(Frames::Batch(batch.frames)),
+            Some(service_channel_input::Kind::Data(data)) => Ok(Input::Frame(data)),
+            Some(service_channel_input::Kind::Frames(packed)) => Ok(Input::Packed(packed)),
             Some(service_channel_input::Kind::Open(_)) => Err(Status::invalid_argument(
                 "open may only be the first frame of a channel",
             )),
@@ -160,7 +151,6 @@ pub fn splice<I: ChannelFrame>(
                                 }
                                 () = writer_gone.cancelled() => break,
                             }
-                            unflushed = false;
                         }
                         tokio::select! {
                             frame = input.message() => frame?,
@@ -170,25 +160,39 @@ pub fn splice<I: ChannelFrame>(
                     }
                 };
                 let Some(frame) = frame else { break };
-                for data in frame.into_frames()? {
-                    if data.len() > MAX_PAYLOAD {
-                        return Err(Status::resource_exhausted(format!(
-                            "a channel frame of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
-                            data.len()
-                        )));
-                    }
-                    // Wait (watching for the output to go) only when the writer's buffer is
-                    // full: most frames of a batch go straight into it.
-                    match room(&mut sink).now_or_never() {
-                        Some(room) => room.map_err(broke)?,
-                        None => tokio::select! {
-                            room = room(&mut sink) => room.map_err(broke)?,
-                            () = writer_gone.cancelled() => return Ok(()),
-                        },
-                    }
-                    Pin::new(&mut sink).start_send(data).map_err(broke)?;
-                    unflushed = true;
+                // Wait (watching for the output to go) only when the writer's buffer is full.
+                match room(&mut sink).now_or_never() {
+                    Some(room) => room.map_err(broke)?,
+                    None => tokio::select! {
+                        room = room(&mut sink) => room.map_err(broke)?,
+                        () = writer_gone.cancelled() => break,
+                    },
                 }
+                match frame.into_input()? {
+                    Input::Frame(data) => {
+                        if data.len() > MAX_PAYLOAD {
+                            return Err(Status::resource_exhausted(
+                                PackedError::TooLarge {
+                                    len: data.len(),
+                                    max: MAX_PAYLOAD,
+                                }
+                                .to_string(),
+                            ));
+                        }
+                        Pin::new(&mut sink).start_send(data).map_err(broke)?;
+                    }
+                    // Already in the wire's framing: checked, then passed on whole.
+                    Input::Packed(packed) => {
+                        packed::check(&packed, MAX_PAYLOAD).map_err(|e| match e {
+                            PackedError::TooLarge { .. } => {
+                                Status::resource_exhausted(e.to_string())
+                            }
+                            PackedError::Truncated => Status::invalid_argument(e.to_string()),
+                        })?;
+                        sink.write_buffer_mut().extend_from_slice(&packed);
+                    }
+                }
+                unflushed = true;
             }
             Ok(())
         }
@@ -214,11 +218,17 @@ pub fn splice<I: ChannelFrame>(
             app_id,
         })),
     };
+    let reader = if batch {
+        Reader::Packed {
+            io: read_half,
+            buf: BytesMut::new(),
+        }
+    } else {
+        Reader::Frames(FramedRead::new(read_half, codec(MAX_CHANNEL_FRAME)))
+    };
     let state = OutputState {
-        frames: FramedRead::new(read_half, codec(MAX_CHANNEL_FRAME)),
+        reader,
         input_error: Some(err_rx),
-        batch,
-        broken: None,
         done: false,
         _closed: closed,
         _alive: output_alive,
@@ -235,16 +245,55 @@ fn room<S: Sink<Bytes> + Unpin>(sink: &mut S) -> impl Future<Output = Result<(),
     std::future::poll_fn(move |cx| Pin::new(&mut *sink).poll_ready(cx))
 }
 
+type PeerReadHalf = tokio::io::ReadHalf<Box<dyn p2pos_kernel::protocols::apps::Duplex>>;
+
+/// Reads what the peer sends, for the output.
+enum Reader {
+    /// One frame per output (`data`).
+    Frames(FramedRead<PeerReadHalf, LengthDelimitedCodec>),
+    /// Every whole frame read so far, up to [`BATCH_BYTES`], per output (`frames`), passed on
+    /// in the wire's framing without being cut apart.
+    Packed { io: PeerReadHalf, buf: BytesMut },
+}
+
+impl Reader {
+    /// The next output; `None` at the end of the peer's frames. Cancel-safe.
+    async fn next(&mut self) -> Option<std::io::Result<channel_output::Kind>> {
+        let (io, buf) = match self {
+            Reader::Frames(frames) => {
+                return frames
+                    .next()
+                    .await
+                    .map(|frame| frame.map(|bytes| channel_output::Kind::Data(bytes.freeze())));
+            }
+            Reader::Packed { io, buf } => (io, buf),
+        };
+        loop {
+            match packed::whole_frames(buf, BATCH_BYTES, MAX_CHANNEL_FRAME) {
+                Err(e) => return Some(Err(std::io::Error::new(ErrorKind::InvalidData, e))),
+                Ok((0, needed)) => buf.reserve(needed.max(READ_ROOM)),
+                Ok((whole, _)) => {
+                    return Some(Ok(channel_output::Kind::Frames(
+                        buf.split_to(whole).freeze(),
+                    )));
+                }
+            }
+            match io.read_buf(buf).await {
+                Ok(0) if buf.is_empty() => return None,
+                Ok(0) => {
+                    let e = std::io::Error::new(ErrorKind::UnexpectedEof, PackedError::Truncated);
+                    return Some(Err(e));
+                }
+                Ok(_) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
 struct OutputState {
-    frames: FramedRead<
-        tokio::io::ReadHalf<Box<dyn p2pos_kernel::protocols::apps::Duplex>>,
-        tokio_util::codec::LengthDelimitedCodec,
-    >,
+    reader: Reader,
     input_error: Option<tokio::sync::oneshot::Receiver<Status>>,
-    /// Deliver frames in `frames` batches.
-    batch: bool,
-    /// The read error that comes after the batch gathered before it.
-    broken: Option<std::io::Error>,
     done: bool,
     _closed: ClosedOnDrop,
     _alive: tokio_util::sync::DropGuard,
@@ -255,10 +304,6 @@ struct OutputState {
 async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Status>, OutputState)> {
     if st.done {
         return None;
-    }
-    if let Some(e) = st.broken.take() {
-        st.done = true;
-        return Some((Err(broke_from_peer(&e)), st));
     }
     loop {
         let input_failed = async {
@@ -278,51 +323,17 @@ async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Statu
                 // The input ended cleanly: keep reading until the peer closes.
                 None => st.input_error = None,
             },
-            frame = st.frames.next() => {
-                let first = match frame {
-                    Some(Ok(bytes)) => bytes.freeze(),
+            output = st.reader.next() => {
+                return match output {
+                    Some(Ok(kind)) => Some((Ok(ChannelOutput { kind: Some(kind) }), st)),
                     Some(Err(e)) => {
                         st.done = true;
-                        return Some((Err(broke_from_peer(&e)), st));
+                        let status = Status::unavailable(format!("the channel from the peer broke: {e}"));
+                        Some((Err(status), st))
                     }
-                    None => return None,
+                    None => None,
                 };
-                let kind = if st.batch {
-                    channel_output::Kind::Frames(gather(&mut st, first))
-                } else {
-                    channel_output::Kind::Data(first)
-                };
-                return Some((Ok(ChannelOutput { kind: Some(kind) }), st));
             }
         }
     }
-}
-
-/// A batch starting with `first` and going on with the frames already read, up to
-/// [`BATCH_BYTES`]. A read error or the end of the peer's frames is kept for after it.
-fn gather(st: &mut OutputState, first: Bytes) -> Batch {
-    let mut size = first.len();
-    let mut frames = vec![first];
-    while size < BATCH_BYTES {
-        match st.frames.next().now_or_never() {
-            Some(Some(Ok(bytes))) => {
-                size += bytes.len();
-                frames.push(bytes.freeze());
-            }
-            Some(Some(Err(e))) => {
-                st.broken = Some(e);
-                break;
-            }
-            Some(None) => {
-                st.done = true;
-                break;
-            }
-            None => break,
-        }
-    }
-    Batch { frames }
-}
-
-fn broke_from_peer(e: &std::io::Error) -> Status {
-    Status::unavailable(format!("the channel from the peer broke: {e}"))
 }

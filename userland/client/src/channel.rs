@@ -19,31 +19,33 @@
 //! # }
 //! ```
 //!
-//! [`ChannelSender`] works like a framed writer: `feed` gathers frames, `flush` sends what was
-//! gathered as one `frames` batch (a single frame as `data`), and a batch that reaches
-//! [`BATCH_BYTES`] or [`BATCH_FRAMES`] goes out by itself; `send` is `feed` plus `flush`. Many
-//! small frames then cost one gRPC message, not one each. [`ChannelReceiver`] yields frames one
-//! by one whether the node delivers them as `data` or in `frames` batches.
+//! [`ChannelSender`] works like a framed writer: `feed` packs frames, `flush` sends what was
+//! packed as one `frames` batch (a single frame as `data`), and a batch that reaches
+//! [`BATCH_BYTES`] goes out by itself; `send` is `feed` plus `flush`. Many small frames then
+//! cost one gRPC message, not one each. A frame of [`DIRECT_BYTES`] or more is not copied into
+//! a batch: it goes as `data` of its own, after what was packed before it. [`ChannelReceiver`]
+//! yields frames one by one whether the node delivers them as `data` or in `frames` batches.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::channel::mpsc;
 use futures::{Sink, Stream};
 use p2pos_proto::app::v1::{
-    AcceptChannel, ChannelInput, ChannelOpened, ChannelOutput, Frames, OpenChannel, channel_input,
+    AcceptChannel, ChannelInput, ChannelOpened, ChannelOutput, OpenChannel, channel_input,
     channel_output,
 };
+use p2pos_proto::packed::{self, Unpack};
 use p2pos_proto::service::v1::{OpenServiceChannel, ServiceChannelInput, service_channel_input};
 use tonic::{Status, Streaming};
 
 use crate::Client;
 
-/// A batch is sent once it holds this many bytes...
+/// A batch is sent once it holds this many bytes.
 pub const BATCH_BYTES: usize = 64 * 1024;
-/// ...or this many frames.
-pub const BATCH_FRAMES: usize = 1024;
+/// Frames this large go as `data` of their own rather than being copied into a batch.
+pub const DIRECT_BYTES: usize = 16 * 1024;
 /// Input messages waiting for the gRPC transport; past it, writes wait.
 const QUEUE: usize = 8;
 
@@ -62,8 +64,8 @@ pub struct Channel<I> {
 pub trait ChannelMessage: Send + 'static {
     /// One frame.
     fn data(frame: Bytes) -> Self;
-    /// Several frames in order.
-    fn frames(frames: Vec<Bytes>) -> Self;
+    /// Frames packed as in [`p2pos_proto::packed`].
+    fn frames(packed: Bytes) -> Self;
 }
 
 impl ChannelMessage for ChannelInput {
@@ -72,9 +74,9 @@ impl ChannelMessage for ChannelInput {
             kind: Some(channel_input::Kind::Data(frame)),
         }
     }
-    fn frames(frames: Vec<Bytes>) -> Self {
+    fn frames(packed: Bytes) -> Self {
         ChannelInput {
-            kind: Some(channel_input::Kind::Frames(Frames { frames })),
+            kind: Some(channel_input::Kind::Frames(packed)),
         }
     }
 }
@@ -85,9 +87,9 @@ impl ChannelMessage for ServiceChannelInput {
             kind: Some(service_channel_input::Kind::Data(frame)),
         }
     }
-    fn frames(frames: Vec<Bytes>) -> Self {
+    fn frames(packed: Bytes) -> Self {
         ServiceChannelInput {
-            kind: Some(service_channel_input::Kind::Frames(Frames { frames })),
+            kind: Some(service_channel_input::Kind::Frames(packed)),
         }
     }
 }
@@ -156,12 +158,13 @@ where
         opened,
         sender: ChannelSender {
             input,
-            pending: Vec::new(),
-            pending_bytes: 0,
+            packed: BytesMut::new(),
+            count: 0,
+            large: None,
         },
         receiver: ChannelReceiver {
             output,
-            batch: Vec::new().into_iter(),
+            batch: Unpack::default(),
         },
     })
 }
@@ -170,25 +173,36 @@ where
 #[derive(Debug)]
 pub struct ChannelSender<I> {
     input: mpsc::Sender<I>,
-    pending: Vec<Bytes>,
-    pending_bytes: usize,
+    /// Frames fed since the last batch went, packed.
+    packed: BytesMut,
+    /// How many.
+    count: usize,
+    /// A large frame fed after them, to go on its own.
+    large: Option<Bytes>,
 }
 
 impl<I: ChannelMessage> ChannelSender<I> {
-    /// Hands the gathered frames to the gRPC transport once it has room.
+    /// Hands what was fed to the gRPC transport once it has room: the packed frames, then the
+    /// large frame after them.
     fn poll_send_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        if self.pending.is_empty() {
-            return Poll::Ready(Ok(()));
+        loop {
+            let message = if self.count > 0 {
+                ready!(self.input.poll_ready(cx)).map_err(|_| ended())?;
+                let packed = self.packed.split().freeze();
+                let count = std::mem::take(&mut self.count);
+                if count == 1 {
+                    I::data(packed.slice(packed::HEADER..))
+                } else {
+                    I::frames(packed)
+                }
+            } else if self.large.is_some() {
+                ready!(self.input.poll_ready(cx)).map_err(|_| ended())?;
+                I::data(self.large.take().unwrap_or_default())
+            } else {
+                return Poll::Ready(Ok(()));
+            };
+            self.input.start_send(message).map_err(|_| ended())?;
         }
-        ready!(self.input.poll_ready(cx)).map_err(|_| ended())?;
-        let message = if self.pending.len() == 1 {
-            I::data(self.pending.pop().unwrap_or_default())
-        } else {
-            I::frames(std::mem::take(&mut self.pending))
-        };
-        self.pending_bytes = 0;
-        self.input.start_send(message).map_err(|_| ended())?;
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -201,7 +215,7 @@ impl<I: ChannelMessage> Sink<Bytes> for ChannelSender<I> {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         let this = self.get_mut();
-        if this.pending_bytes >= BATCH_BYTES || this.pending.len() >= BATCH_FRAMES {
+        if this.packed.len() >= BATCH_BYTES || this.large.is_some() {
             ready!(this.poll_send_pending(cx))?;
         }
         Poll::Ready(Ok(()))
@@ -209,8 +223,12 @@ impl<I: ChannelMessage> Sink<Bytes> for ChannelSender<I> {
 
     fn start_send(self: Pin<&mut Self>, frame: Bytes) -> Result<(), Status> {
         let this = self.get_mut();
-        this.pending_bytes += frame.len();
-        this.pending.push(frame);
+        if frame.len() >= DIRECT_BYTES {
+            this.large = Some(frame);
+        } else {
+            packed::push(&mut this.packed, &frame);
+            this.count += 1;
+        }
         Ok(())
     }
 
@@ -235,7 +253,7 @@ impl<I: ChannelMessage> Sink<Bytes> for ChannelSender<I> {
 #[derive(Debug)]
 pub struct ChannelReceiver {
     output: Streaming<ChannelOutput>,
-    batch: std::vec::IntoIter<Bytes>,
+    batch: Unpack,
 }
 
 impl ChannelReceiver {
@@ -254,7 +272,9 @@ impl Stream for ChannelReceiver {
         let this = self.get_mut();
         loop {
             if let Some(frame) = this.batch.next() {
-                return Poll::Ready(Some(Ok(frame)));
+                return Poll::Ready(Some(frame.map_err(|e| {
+                    Status::internal(format!("the node sent a malformed batch: {e}"))
+                })));
             }
             let output = match ready!(Pin::new(&mut this.output).poll_next(cx)) {
                 Some(Ok(output)) => output,
@@ -263,8 +283,8 @@ impl Stream for ChannelReceiver {
             };
             match output.kind {
                 Some(channel_output::Kind::Data(frame)) => return Poll::Ready(Some(Ok(frame))),
-                Some(channel_output::Kind::Frames(frames)) => {
-                    this.batch = frames.frames.into_iter();
+                Some(channel_output::Kind::Frames(packed)) => {
+                    this.batch = Unpack::new(packed);
                 }
                 Some(channel_output::Kind::Opened(_)) | None => {
                     return Poll::Ready(Some(Err(Status::internal(

@@ -79,7 +79,7 @@ pub fn check(batch: &[u8], max: usize) -> Result<usize, PackedError> {
 /// Whole frames at the start of `buf`: `(bytes, needed)`, where `bytes` is the length of the
 /// longest run of whole frames that stops once it reaches `limit` bytes, and `needed` how many
 /// more bytes the next frame needs to be whole (0 when it is, or when `limit` was reached).
-/// A frame over `max` bytes is an error as soon as its length is seen.
+/// A frame over `max` bytes is an error once the whole frames before it have been taken.
 pub fn whole_frames(buf: &[u8], limit: usize, max: usize) -> Result<(usize, usize), PackedError> {
     let mut at = 0;
     while at < limit {
@@ -87,7 +87,11 @@ pub fn whole_frames(buf: &[u8], limit: usize, max: usize) -> Result<(usize, usiz
             return Ok((at, HEADER - (buf.len() - at)));
         };
         if len > max {
-            return Err(PackedError::TooLarge { len, max });
+            return if at > 0 {
+                Ok((at, 0))
+            } else {
+                Err(PackedError::TooLarge { len, max })
+            };
         }
         let end = at + HEADER + len;
         if end > buf.len() {
@@ -119,7 +123,7 @@ impl Iterator for Unpack {
             return None;
         }
         let frame = frame_len(&self.rest)
-            .filter(|len| HEADER + len <= self.rest.len())
+            .filter(|&len| len <= self.rest.len() - HEADER)
             .map(|len| self.rest.slice(HEADER..HEADER + len));
         match frame {
             Some(frame) => {
@@ -185,8 +189,10 @@ mod tests {
         assert_eq!(whole_frames(&batch[..10], 100, 8), Ok((6, 4)));
         assert_eq!(whole_frames(&batch[..2], 100, 8), Ok((0, 2)));
         assert_eq!(whole_frames(b"", 100, 8), Ok((0, 4)));
+        // The frames before one that is too large come first, then the error.
+        assert_eq!(whole_frames(&batch, 100, 3), Ok((6, 0)));
         assert_eq!(
-            whole_frames(&batch, 100, 3),
+            whole_frames(&batch[6..], 100, 3),
             Err(PackedError::TooLarge { len: 4, max: 3 })
         );
     }

@@ -197,6 +197,30 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
         );
     }
 
+    drop(tx);
+
+    // The same through the SDK, in batches both ways: three frames fed, one flush.
+    let open = OpenServiceChannel {
+        app_id: "caller".into(),
+        service: UPPER.into(),
+        peer: String::new(),
+        batch: true,
+    };
+    let mut channel = a.open_service_channel(open).await.expect("opens");
+    assert_eq!(channel.opened.peer_id, ids[1]);
+    for text in ["abc", "", "x y z"] {
+        channel.sender.feed(Bytes::from(text)).await.expect("feed");
+    }
+    channel.sender.flush().await.expect("flush");
+    for text in ["ABC", "", "X Y Z"] {
+        let frame = tokio::time::timeout(T, channel.receiver.message())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
+        assert_eq!(frame, text);
+    }
+
     // The provider goes away: a clear UNAVAILABLE or NOT_FOUND, never a hang.
     provider.abort();
     let err = wait_for(

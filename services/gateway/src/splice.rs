@@ -28,11 +28,13 @@ use tokio_util::{
 use tonic::{Status, Streaming};
 use tracing::debug;
 
-use crate::BoxStream;
+use crate::{BoxStream, server::MAX_GRPC_MESSAGE};
 
-/// A batch of frames read from the peer for one output `frames` stops growing at this size
-/// (a larger frame goes alone).
+/// A batch of frames read from the peer for one output `frames` takes no more frames once it
+/// holds this many bytes: it holds at most this plus one whole frame.
 const BATCH_BYTES: usize = 64 * 1024;
+// The largest batch fits in a gRPC message.
+const _: () = assert!(BATCH_BYTES + 2 * packed::HEADER + MAX_CHANNEL_FRAME <= MAX_GRPC_MESSAGE);
 /// Room for at least this much is made before each read of a batching output.
 const READ_ROOM: usize = 32 * 1024;
 
@@ -133,12 +135,21 @@ pub fn splice<I: ChannelFrame>(
             let broke = |e: std::io::Error| {
                 Status::unavailable(format!("the channel to the peer broke: {e}"))
             };
+            // The call (or the node) ended before the client's input did: frames may have been
+            // lost on the way, so the remote must not see a clean end.
+            let cut_short = || {
+                if input_stop.is_cancelled() {
+                    Status::unavailable("the node is stopping")
+                } else {
+                    Status::cancelled("the app's call ended before its input did")
+                }
+            };
             // Frames are fed into the writer's buffer and flushed only when the client has no
             // next frame ready, so a burst of small frames leaves in a few network writes.
             let mut unflushed = false;
             loop {
                 if input_stop.is_cancelled() || output_gone.is_cancelled() {
-                    break;
+                    return Err(cut_short());
                 }
                 let ready = input.message().now_or_never();
                 let frame = match ready {
@@ -149,13 +160,13 @@ pub fn splice<I: ChannelFrame>(
                                 flushed = SinkExt::<Bytes>::flush(&mut sink) => {
                                     flushed.map_err(broke)?;
                                 }
-                                () = writer_gone.cancelled() => break,
+                                () = writer_gone.cancelled() => return Err(cut_short()),
                             }
                         }
                         tokio::select! {
                             frame = input.message() => frame?,
-                            () = input_stop.cancelled() => break,
-                            () = output_gone.cancelled() => break,
+                            () = input_stop.cancelled() => return Err(cut_short()),
+                            () = output_gone.cancelled() => return Err(cut_short()),
                         }
                     }
                 };
@@ -165,7 +176,7 @@ pub fn splice<I: ChannelFrame>(
                     Some(room) => room.map_err(broke)?,
                     None => tokio::select! {
                         room = room(&mut sink) => room.map_err(broke)?,
-                        () = writer_gone.cancelled() => break,
+                        () = writer_gone.cancelled() => return Err(cut_short()),
                     },
                 }
                 match frame.into_input()? {
@@ -198,9 +209,13 @@ pub fn splice<I: ChannelFrame>(
         }
         .await;
         match outcome {
-            // Half-close: the remote sees the end of our frames.
+            // Half-close: the remote sees the end of our frames, once they are all written
+            // (unless the client's call ends meanwhile: the writer never outlives it).
             Ok(()) => {
-                let _ = SinkExt::<Bytes>::close(&mut sink).await;
+                tokio::select! {
+                    _ = SinkExt::<Bytes>::close(&mut sink) => {}
+                    () = writer_gone.cancelled() => {}
+                }
             }
             // No clean end on a failure (the app crashed, its connection broke, it sent too
             // much): the stream is dropped unclosed once the output ends too, which resets it,
@@ -335,5 +350,93 @@ async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Statu
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A batching reader of what `peer` writes.
+    fn packed_reader() -> (Reader, tokio::io::DuplexStream) {
+        let (near, peer) = tokio::io::duplex(4 * 1024 * 1024);
+        let io: Box<dyn p2pos_kernel::protocols::apps::Duplex> = Box::new(near);
+        let (read_half, _write_half) = tokio::io::split(io);
+        let reader = Reader::Packed {
+            io: read_half,
+            buf: BytesMut::new(),
+        };
+        (reader, peer)
+    }
+
+    fn frame(len: usize) -> Vec<u8> {
+        let mut framed = u32::try_from(len).unwrap().to_be_bytes().to_vec();
+        framed.resize(packed::HEADER + len, 0x5a);
+        framed
+    }
+
+    async fn next_batch(reader: &mut Reader) -> Vec<usize> {
+        match reader.next().await {
+            Some(Ok(channel_output::Kind::Frames(batch))) => packed::Unpack::new(batch)
+                .map(|frame| frame.unwrap().len())
+                .collect(),
+            other => panic!("expected a batch, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn small_frames_then_a_large_one_fit_one_grpc_message() {
+        let (mut reader, mut peer) = packed_reader();
+        let mut sent = Vec::new();
+        for _ in 0..1000 {
+            sent.extend(frame(100));
+        }
+        sent.extend(frame(MAX_PAYLOAD));
+        peer.write_all(&sent).await.unwrap();
+        drop(peer);
+        let mut lens = Vec::new();
+        loop {
+            match reader.next().await {
+                Some(Ok(channel_output::Kind::Frames(batch))) => {
+                    assert!(batch.len() <= MAX_GRPC_MESSAGE, "{} bytes", batch.len());
+                    lens.extend(packed::Unpack::new(batch).map(|f| f.unwrap().len()));
+                }
+                None => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(lens.len(), 1001);
+        assert_eq!(lens.last(), Some(&MAX_PAYLOAD));
+    }
+
+    #[tokio::test]
+    async fn frames_before_a_bad_header_come_then_the_error() {
+        let (mut reader, mut peer) = packed_reader();
+        let mut sent = frame(3);
+        sent.extend(u32::try_from(MAX_CHANNEL_FRAME + 1).unwrap().to_be_bytes());
+        peer.write_all(&sent).await.unwrap();
+        assert_eq!(next_batch(&mut reader).await, [3]);
+        let err = reader.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidData);
+        assert!(err.to_string().contains("exceeds"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_end_inside_a_frame_is_an_error_and_a_clean_end_is_none() {
+        let (mut reader, mut peer) = packed_reader();
+        let mut sent = frame(5);
+        sent.extend(&frame(10)[..7]);
+        peer.write_all(&sent).await.unwrap();
+        drop(peer);
+        assert_eq!(next_batch(&mut reader).await, [5]);
+        let err = reader.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnexpectedEof);
+
+        let (mut reader, peer) = packed_reader();
+        drop(peer);
+        assert!(reader.next().await.is_none());
     }
 }

@@ -23,8 +23,10 @@
 //! packed as one `frames` batch (a single frame as `data`), and a batch that reaches
 //! [`BATCH_BYTES`] goes out by itself; `send` is `feed` plus `flush`. Many small frames then
 //! cost one gRPC message, not one each. A frame of [`DIRECT_BYTES`] or more is not copied into
-//! a batch: it goes as `data` of its own, after what was packed before it. [`ChannelReceiver`]
-//! yields frames one by one whether the node delivers them as `data` or in `frames` batches.
+//! a batch: it goes as `data` of its own, after what was packed before it. A flush completes
+//! once the messages are queued for the gRPC transport (a few deep), not when the peer has
+//! them. [`ChannelReceiver`] yields frames one by one whether the node delivers them as `data`
+//! or in `frames` batches.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -54,9 +56,12 @@ const QUEUE: usize = 8;
 pub struct Channel<I> {
     /// The channel id, the peer and the app at the other end.
     pub opened: ChannelOpened,
-    /// Frames to the peer. Closing it (or dropping it) half-closes the channel.
+    /// Frames to the peer. `close` it after the last frame to half-close the channel; dropping
+    /// it half-closes too, but frames fed and not yet flushed are lost.
     pub sender: ChannelSender<I>,
-    /// Frames from the peer; it ends when the peer half-closes.
+    /// Frames from the peer; it ends when the peer half-closes. Dropping it ends the call:
+    /// frames still on their way to the peer are lost and the peer sees the channel break, so
+    /// read it to its end before dropping it.
     pub receiver: ChannelReceiver,
 }
 
@@ -223,6 +228,12 @@ impl<I: ChannelMessage> Sink<Bytes> for ChannelSender<I> {
 
     fn start_send(self: Pin<&mut Self>, frame: Bytes) -> Result<(), Status> {
         let this = self.get_mut();
+        // `poll_ready` makes room first; without it a frame would be lost or reordered.
+        if this.large.is_some() || this.packed.len() >= BATCH_BYTES {
+            return Err(Status::internal(
+                "ChannelSender::start_send without poll_ready (use feed or send)",
+            ));
+        }
         if frame.len() >= DIRECT_BYTES {
             this.large = Some(frame);
         } else {
@@ -293,5 +304,76 @@ impl Stream for ChannelReceiver {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use futures::{SinkExt, StreamExt};
+
+    use super::*;
+
+    fn sender() -> (ChannelSender<ChannelInput>, mpsc::Receiver<ChannelInput>) {
+        let (input, rx) = mpsc::channel(QUEUE);
+        let sender = ChannelSender {
+            input,
+            packed: BytesMut::new(),
+            count: 0,
+            large: None,
+        };
+        (sender, rx)
+    }
+
+    fn kind(message: Option<ChannelInput>) -> channel_input::Kind {
+        message.unwrap().kind.unwrap()
+    }
+
+    #[tokio::test]
+    async fn fed_frames_leave_packed_and_large_ones_alone_in_order() {
+        let (mut sender, mut rx) = sender();
+        let large = Bytes::from(vec![7u8; DIRECT_BYTES]);
+        for frame in [&b"a"[..], b"", b"bc"] {
+            sender.feed(Bytes::copy_from_slice(frame)).await.unwrap();
+        }
+        sender.feed(large.clone()).await.unwrap();
+        sender.feed(Bytes::from_static(b"d")).await.unwrap();
+        sender.close().await.unwrap();
+        let channel_input::Kind::Frames(packed) = kind(rx.next().await) else {
+            panic!("the small frames fed first go as one batch");
+        };
+        let frames: Vec<Bytes> = Unpack::new(packed).map(Result::unwrap).collect();
+        assert_eq!(frames, [&b"a"[..], b"", b"bc"]);
+        assert_eq!(kind(rx.next().await), channel_input::Kind::Data(large));
+        assert_eq!(
+            kind(rx.next().await),
+            channel_input::Kind::Data(Bytes::from_static(b"d")),
+            "a lone frame goes as data"
+        );
+        assert!(rx.next().await.is_none(), "close ends the input");
+    }
+
+    #[tokio::test]
+    async fn a_batch_leaves_by_itself_once_it_is_full() {
+        let (mut sender, mut rx) = sender();
+        let frame = Bytes::from(vec![1u8; 1000]);
+        let per_batch = BATCH_BYTES.div_ceil(packed::HEADER + frame.len());
+        for _ in 0..per_batch + 1 {
+            sender.feed(frame.clone()).await.unwrap();
+        }
+        let channel_input::Kind::Frames(packed) = kind(rx.next().await) else {
+            panic!("a full batch goes without a flush");
+        };
+        assert_eq!(Unpack::new(packed).count(), per_batch);
+        assert!(rx.try_recv().is_err(), "the last frame waits for a flush");
+    }
+
+    #[test]
+    fn start_send_without_poll_ready_is_an_error_not_a_lost_frame() {
+        let (mut sender, _rx) = sender();
+        let large = Bytes::from(vec![0u8; DIRECT_BYTES]);
+        Pin::new(&mut sender).start_send(large.clone()).unwrap();
+        let err = Pin::new(&mut sender).start_send(large).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Internal);
     }
 }

@@ -513,8 +513,8 @@ async fn exposures_survive_a_restart() {
             .expect("forward");
         assert_eq!(fwd.forwards().forwards[0].forward_id, forward.forward_id);
     }
-    // sled's background writer may hold the file lock for a moment after the last handle is
-    // gone (as when a node restarts): wait for it, with a deadline.
+    // sled's background threads may hold the file lock for a moment after the last handle in
+    // this process is gone: wait for it, with a deadline.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let store = loop {
         match SledStore::open(dir.path()) {

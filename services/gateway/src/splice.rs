@@ -7,7 +7,7 @@
 
 use std::{io::ErrorKind, pin::Pin};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::{FutureExt, Sink, SinkExt, StreamExt};
 use p2pos_kernel::{
     EventBus,
@@ -20,7 +20,7 @@ use p2pos_proto::{
     packed::{self, PackedError},
     service::v1::{ServiceChannelInput, service_channel_input},
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::{
     codec::{FramedRead, FramedWrite, LengthDelimitedCodec},
     sync::CancellationToken,
@@ -37,6 +37,11 @@ const BATCH_BYTES: usize = 64 * 1024;
 const _: () = assert!(BATCH_BYTES + 2 * packed::HEADER + MAX_CHANNEL_FRAME <= MAX_GRPC_MESSAGE);
 /// Room for at least this much is made before each read of a batching output.
 const READ_ROOM: usize = 32 * 1024;
+/// The most one read of a batching output takes.
+const READ_CHUNK: u64 = 16 * 1024;
+/// A `data` frame this large goes from the client's message straight to the stream, not
+/// through the writer's buffer (one copy less).
+const DIRECT_WRITE: usize = 16 * 1024;
 
 /// What one input message after the first carries.
 pub enum Input {
@@ -190,7 +195,16 @@ pub fn splice<I: ChannelFrame>(
                                 .to_string(),
                             ));
                         }
-                        Pin::new(&mut sink).start_send(data).map_err(broke)?;
+                        if data.len() < DIRECT_WRITE {
+                            Pin::new(&mut sink).start_send(data).map_err(broke)?;
+                        } else {
+                            // The length joins what is buffered, then the bytes follow it.
+                            sink.write_buffer_mut().put_u32(data.len() as u32);
+                            tokio::select! {
+                                written = write_direct(&mut sink, &data) => written.map_err(broke)?,
+                                () = writer_gone.cancelled() => return Err(cut_short()),
+                            }
+                        }
                     }
                     // Already in the wire's framing: checked, then passed on whole.
                     Input::Packed(packed) => {
@@ -255,6 +269,16 @@ pub fn splice<I: ChannelFrame>(
     )
 }
 
+/// Writes out what the writer has buffered, then `bytes` straight to its stream.
+async fn write_direct<W, C>(sink: &mut FramedWrite<W, C>, bytes: &[u8]) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    FramedWrite<W, C>: Sink<Bytes, Error = std::io::Error>,
+{
+    SinkExt::<Bytes>::flush(sink).await?;
+    sink.get_mut().write_all(bytes).await
+}
+
 /// Ready when the writer has room for another frame (its buffer is flushed past a limit).
 fn room<S: Sink<Bytes> + Unpin>(sink: &mut S) -> impl Future<Output = Result<(), S::Error>> + '_ {
     std::future::poll_fn(move |cx| Pin::new(&mut *sink).poll_ready(cx))
@@ -293,7 +317,9 @@ impl Reader {
                     )));
                 }
             }
-            match io.read_buf(buf).await {
+            // At most READ_CHUNK per read: the stream's compat layer zeroes all the room it is
+            // given before reading into it.
+            match io.take(READ_CHUNK).read_buf(buf).await {
                 Ok(0) if buf.is_empty() => return None,
                 Ok(0) => {
                     let e = std::io::Error::new(ErrorKind::UnexpectedEof, PackedError::Truncated);

@@ -33,6 +33,7 @@ async fn open_channel(client: &Client, app: &str, peer: &str) -> Result<(), toni
             app_id: app.into(),
             peer: peer.into(),
             batch: false,
+            half_close: false,
         })),
     };
     let mut out = client
@@ -318,6 +319,7 @@ async fn oversize_and_misplaced_channel_frames_end_the_channel_with_a_clear_stat
                     channel_id: incoming.channel_id,
                     app_id: "sink".into(),
                     batch: true,
+                    half_close: false,
                 };
                 let client = client_b.clone();
                 tokio::spawn(async move {
@@ -359,6 +361,7 @@ async fn oversize_and_misplaced_channel_frames_end_the_channel_with_a_clear_stat
                 app_id: "sink".into(),
                 peer: b_ticket.clone(),
                 batch: true,
+                half_close: false,
             })),
         };
         let bad = ChannelInput { kind: Some(bad) };

@@ -43,6 +43,7 @@ async fn frames_flow_both_ways_with_boundaries_kept() {
             app_id: "echo".into(),
             peer: b_ticket,
             batch: false,
+            half_close: false,
         })),
     })
     .await
@@ -60,6 +61,7 @@ async fn frames_flow_both_ways_with_boundaries_kept() {
             channel_id: incoming.channel_id,
             app_id: "echo".into(),
             batch: false,
+            half_close: false,
         })),
     })
     .await
@@ -182,7 +184,7 @@ fn numbered_frame(i: u32) -> Bytes {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn batches_carry_many_small_frames_whole_and_in_order() {
+async fn batches_carry_small_frames_in_order_and_a_half_closed_peer_can_still_answer() {
     const FRAMES: u32 = 20_000;
     let mut a = Node::start(&[]);
     let mut b = Node::start(&[]);
@@ -197,17 +199,20 @@ async fn batches_carry_many_small_frames_whole_and_in_order() {
             app_id: "bulk".into(),
             peer: b_ticket,
             batch: true,
+            half_close: false,
         };
         client_a.open_channel(open).await
     });
     let incoming = next_incoming(&mut session, T).await;
-    // B accepts with plain gRPC messages, asking for batches, to see them as they come.
+    // B accepts with plain gRPC messages, asking for batches (to see them as they come) and
+    // to keep its call open when A half-closes.
     let (mut b_tx, b_rx) = futures::channel::mpsc::channel::<ChannelInput>(8);
     b_tx.send(ChannelInput {
         kind: Some(channel_input::Kind::Accept(AcceptChannel {
             channel_id: incoming.channel_id,
             app_id: "bulk".into(),
             batch: true,
+            half_close: true,
         })),
     })
     .await
@@ -227,8 +232,44 @@ async fn batches_carry_many_small_frames_whole_and_in_order() {
     let channel = opening.await.expect("join").expect("A's channel opens");
     let (mut sender, mut receiver) = (channel.sender, channel.receiver);
 
-    // B to A: a plain `frames` input and a `data` input reach the SDK's receiver as frames, in
-    // order.
+    // A to B: many small frames and a large one, fed to the SDK's sender, which sends what
+    // was fed between flushes as batches.
+    let sending = tokio::spawn(async move {
+        for i in 0..FRAMES {
+            sender.feed(numbered_frame(i)).await?;
+        }
+        // Flushes the last batch and half-closes.
+        sender.close().await
+    });
+    let mut got = 0u32;
+    let mut outputs = 0u32;
+    loop {
+        let output = tokio::time::timeout(T, b_out.next())
+            .await
+            .expect("frames keep coming");
+        let output = output.expect("the output lasts until B's input ends");
+        let batch = match output.expect("no error").kind {
+            Some(channel_output::Kind::Frames(batch)) => batch,
+            // A has half-closed; with `half_close` B's call stays open.
+            Some(channel_output::Kind::PeerClosed(_)) => break,
+            other => panic!("a channel accepted with `batch` gets `frames`, got {other:?}"),
+        };
+        let frames = unpack(&batch);
+        assert!(!frames.is_empty(), "a batch holds at least one frame");
+        outputs += 1;
+        for frame in frames {
+            assert_eq!(frame, numbered_frame(got), "frame {got}");
+            got += 1;
+        }
+    }
+    sending.await.expect("join").expect("A sent everything");
+    assert_eq!(got, FRAMES, "every frame arrived, then `peer_closed`");
+    assert!(
+        outputs < FRAMES / 2,
+        "small frames that arrive together come together ({outputs} outputs for {FRAMES} frames)"
+    );
+    // B to A, after A has half-closed: a plain `frames` input and a `data` input reach the
+    // SDK's receiver as frames, in order.
     b_tx.send(ChannelInput {
         kind: Some(channel_input::Kind::Frames(pack(&[b"x", b"", b"yz"]))),
     })
@@ -248,43 +289,14 @@ async fn batches_carry_many_small_frames_whole_and_in_order() {
     }
     assert_eq!(back, [&b"x"[..], b"", b"yz", b"w"]);
 
-    // A to B: many small frames and a large one, fed to the SDK's sender, which sends what
-    // was fed between flushes as batches.
-    let sending = tokio::spawn(async move {
-        for i in 0..FRAMES {
-            sender.feed(numbered_frame(i)).await?;
-        }
-        // Flushes the last batch and half-closes.
-        sender.close().await
-    });
-    let mut got = 0u32;
-    let mut outputs = 0u32;
-    loop {
-        let output = tokio::time::timeout(T, b_out.next())
-            .await
-            .expect("frames keep coming");
-        let Some(output) = output else { break };
-        let Some(channel_output::Kind::Frames(batch)) = output.expect("no error").kind else {
-            panic!("a channel accepted with `batch` gets `frames`");
-        };
-        let frames = unpack(&batch);
-        assert!(!frames.is_empty(), "a batch holds at least one frame");
-        outputs += 1;
-        for frame in frames {
-            assert_eq!(frame, numbered_frame(got), "frame {got}");
-            got += 1;
-        }
-    }
-    sending.await.expect("join").expect("A sent everything");
-    assert_eq!(got, FRAMES, "every frame arrived, then A's half-close");
-    assert!(
-        outputs < FRAMES / 2,
-        "small frames that arrive together come together ({outputs} outputs for {FRAMES} frames)"
-    );
-    // B closes too: A's receiver ends.
+    // B closes too: A's receiver ends, and B's output (the call) with it.
     drop(b_tx);
     let end = tokio::time::timeout(T, receiver.message())
         .await
         .expect("in time");
     assert_eq!(end.expect("no error"), None);
+    let end = tokio::time::timeout(T, b_out.next())
+        .await
+        .expect("in time");
+    assert!(end.is_none(), "B's output ends with its input: {end:?}");
 }

@@ -664,6 +664,7 @@ async fn an_app_and_its_helper_talk_through_a_local_channel() {
                     app_id: "demoapp:echo".into(),
                     peer: own_id,
                     batch: false,
+                    half_close: false,
                 })),
             })
             .await

@@ -58,6 +58,7 @@ async fn upper_channel(client: Client, app_id: String, channel_id: u64) {
         channel_id,
         app_id,
         batch: true,
+        half_close: false,
     };
     let Ok(mut channel) = client.accept_channel(accept).await else {
         return;
@@ -165,6 +166,7 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
             service: UPPER.into(),
             peer: String::new(),
             batch: false,
+            half_close: false,
         })),
     })
     .await
@@ -205,6 +207,7 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
         service: UPPER.into(),
         peer: String::new(),
         batch: true,
+        half_close: false,
     };
     let mut channel = a.open_service_channel(open).await.expect("opens");
     assert_eq!(channel.opened.peer_id, ids[1]);

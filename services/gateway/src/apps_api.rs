@@ -25,7 +25,7 @@ use crate::{
     BoxStream,
     auth::{Authenticator, Scope},
     cut_on_stop,
-    splice::splice,
+    splice::{OutputOptions, splice},
     unavailable_at_end,
 };
 
@@ -107,7 +107,7 @@ impl Apps for AppsApi {
             .await
             .map_err(|_| Status::deadline_exceeded("no open or accept frame within 30 s"))??
             .ok_or_else(|| Status::invalid_argument("the channel ended before its first frame"))?;
-        let (request, batch) = match first.kind {
+        let (request, options) = match first.kind {
             Some(channel_input::Kind::Open(open)) => {
                 scope.require_app(&open.app_id)?;
                 require_peer(&open.peer)?;
@@ -115,7 +115,11 @@ impl Apps for AppsApi {
                     app_id: open.app_id,
                     peer: open.peer,
                 };
-                (request, open.batch)
+                let options = OutputOptions {
+                    batch: open.batch,
+                    half_close: open.half_close,
+                };
+                (request, options)
             }
             Some(channel_input::Kind::Accept(accept)) => {
                 scope.require_app(&accept.app_id)?;
@@ -123,7 +127,11 @@ impl Apps for AppsApi {
                     app_id: accept.app_id,
                     channel_id: accept.channel_id,
                 };
-                (request, accept.batch)
+                let options = OutputOptions {
+                    batch: accept.batch,
+                    half_close: accept.half_close,
+                };
+                (request, options)
             }
             Some(channel_input::Kind::Data(_) | channel_input::Kind::Frames(_)) | None => {
                 return Err(Status::invalid_argument(
@@ -136,7 +144,7 @@ impl Apps for AppsApi {
         };
         Ok(Response::new(splice(
             channel,
-            batch,
+            options,
             input,
             self.ctx.events.clone(),
             self.stop.clone(),

@@ -37,7 +37,7 @@ use crate::{
     BoxStream,
     auth::{Authenticator, Scope},
     deadline,
-    splice::splice,
+    splice::{OutputOptions, splice},
 };
 
 /// How long a client may take to send the first frame of a channel (as on `Apps.Channel`).
@@ -223,12 +223,13 @@ impl Services for ServicesApi {
             service,
             peer,
             batch,
+            half_close,
         } = open;
         let open = OpenServiceChannel {
             app_id: acting_app(&scope, app_id)?,
             service,
             peer,
-            batch: false,
+            ..OpenServiceChannel::default()
         };
         let ServicesAnswer::Channel(channel) = self.ask(ServicesCall::OpenChannel(open)).await?
         else {
@@ -236,7 +237,7 @@ impl Services for ServicesApi {
         };
         Ok(Response::new(splice(
             channel,
-            batch,
+            OutputOptions { batch, half_close },
             input,
             self.ctx.events.clone(),
             self.stop.clone(),

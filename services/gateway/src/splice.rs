@@ -15,7 +15,9 @@ use p2pos_kernel::{
     wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use p2pos_proto::{
-    app::v1::{ChannelInput, ChannelOpened, ChannelOutput, channel_input, channel_output},
+    app::v1::{
+        ChannelInput, ChannelOpened, ChannelOutput, PeerClosed, channel_input, channel_output,
+    },
     monitor::v1::{self, event::Kind},
     packed::{self, PackedError},
     service::v1::{ServiceChannelInput, service_channel_input},
@@ -96,11 +98,19 @@ impl Drop for ClosedOnDrop {
     }
 }
 
-/// Splices an open channel onto the rest of the client's input and returns the output: one
-/// `data` per frame from the peer, or with `batch` the frames ready at once in `frames`.
+/// How a client wants its channel's output (`batch` and `half_close` of its open or accept).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutputOptions {
+    /// The frames ready at once in one `frames`, rather than one `data` per frame.
+    pub batch: bool,
+    /// `peer_closed` when the peer half-closes, and the output open until the input ends.
+    pub half_close: bool,
+}
+
+/// Splices an open channel onto the rest of the client's input and returns the output.
 pub fn splice<I: ChannelFrame>(
     channel: ChannelStream,
-    batch: bool,
+    options: OutputOptions,
     mut input: Streaming<I>,
     events: EventBus,
     stop: CancellationToken,
@@ -247,7 +257,7 @@ pub fn splice<I: ChannelFrame>(
             app_id,
         })),
     };
-    let reader = if batch {
+    let reader = if options.batch {
         Reader::Packed {
             io: read_half,
             buf: BytesMut::new(),
@@ -258,6 +268,8 @@ pub fn splice<I: ChannelFrame>(
     let state = OutputState {
         reader,
         input_error: Some(err_rx),
+        half_close: options.half_close,
+        peer_closed: false,
         done: false,
         _closed: closed,
         _alive: output_alive,
@@ -335,6 +347,10 @@ impl Reader {
 struct OutputState {
     reader: Reader,
     input_error: Option<tokio::sync::oneshot::Receiver<Status>>,
+    /// Say `peer_closed` and wait for the input's end, rather than end with the peer's.
+    half_close: bool,
+    /// `peer_closed` was said: only the input's end (or failure) is left to wait for.
+    peer_closed: bool,
     done: bool,
     _closed: ClosedOnDrop,
     _alive: tokio_util::sync::DropGuard,
@@ -345,6 +361,15 @@ struct OutputState {
 async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Status>, OutputState)> {
     if st.done {
         return None;
+    }
+    if st.peer_closed {
+        // The output ends with the input: cleanly, or with what failed it.
+        let failed = match st.input_error.as_mut() {
+            Some(rx) => rx.await.ok(),
+            None => None,
+        };
+        st.done = true;
+        return failed.map(|status| (Err(status), st));
     }
     loop {
         let input_failed = async {
@@ -371,6 +396,12 @@ async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Statu
                         st.done = true;
                         let status = Status::unavailable(format!("the channel from the peer broke: {e}"));
                         Some((Err(status), st))
+                    }
+                    // The peer is done, the app may still send: say so, and end with its input.
+                    None if st.half_close && st.input_error.is_some() => {
+                        st.peer_closed = true;
+                        let closed = channel_output::Kind::PeerClosed(PeerClosed {});
+                        Some((Ok(ChannelOutput { kind: Some(closed) }), st))
                     }
                     None => None,
                 };

@@ -462,6 +462,7 @@ fn open(app_id: &str) -> ServiceChannelInput {
             service: "echo/1".into(),
             peer: String::new(),
             batch: false,
+            half_close: false,
         })),
     }
 }

@@ -136,6 +136,7 @@ async fn echo_channel(
         channel_id,
         app_id,
         batch: false,
+        half_close: false,
     };
     let mut channel = client.accept_channel(accept).await?;
     while let Some(frame) = channel.receiver.message().await? {

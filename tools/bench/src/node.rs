@@ -141,6 +141,7 @@ impl Node {
                             channel_id: incoming.channel_id,
                             app_id: APP_ID.to_owned(),
                             batch: true,
+                            half_close: false,
                         };
                         if let Ok(channel) = client.accept_channel(accept).await {
                             let _ = respond(pipe(channel)).await;
@@ -205,6 +206,7 @@ impl Pair {
             app_id: APP_ID.to_owned(),
             peer: self.b_peer.clone(),
             batch: true,
+            half_close: false,
         };
         Ok(pipe(self.a.client.open_channel(open).await?))
     }

@@ -206,6 +206,7 @@ async fn open_control(
             app_id: PLUGIN_APP_ID.to_owned(),
             peer: node.to_owned(),
             batch: false,
+            half_close: false,
         })),
     };
     let stream = futures::stream::once(async move { first }).chain(

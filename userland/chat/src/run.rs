@@ -199,6 +199,7 @@ impl Shell {
                         app_id: APP_ID.to_owned(),
                         peer,
                         batch: false,
+                        half_close: false,
                     }),
                 ),
                 Action::Accept { link, channel_id } => self.start_channel(
@@ -207,6 +208,7 @@ impl Shell {
                         channel_id,
                         app_id: APP_ID.to_owned(),
                         batch: false,
+                        half_close: false,
                     }),
                 ),
                 Action::Write { link, text } => {

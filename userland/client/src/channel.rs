@@ -6,7 +6,12 @@
 //! use futures::{SinkExt, StreamExt};
 //! use p2pos_proto::app::v1::OpenChannel;
 //!
-//! let open = OpenChannel { app_id: "chat".into(), peer: "12D3Koo...".into(), batch: true };
+//! let open = OpenChannel {
+//!     app_id: "chat".into(),
+//!     peer: "12D3Koo...".into(),
+//!     batch: true,      // the peer's frames in batches
+//!     half_close: true, // the sender still works after the peer has closed
+//! };
 //! let mut channel = client.open_channel(open).await?;
 //! for line in ["hello", "world"] {
 //!     channel.sender.feed(Bytes::from(line)).await?; // gathered...
@@ -59,9 +64,10 @@ pub struct Channel<I> {
     /// Frames to the peer. `close` it after the last frame to half-close the channel; dropping
     /// it half-closes too, but frames fed and not yet flushed are lost.
     pub sender: ChannelSender<I>,
-    /// Frames from the peer; it ends when the peer half-closes. Dropping it ends the call:
-    /// frames still on their way to the peer are lost and the peer sees the channel break, so
-    /// read it to its end before dropping it.
+    /// Frames from the peer; it ends when the peer half-closes. Dropping it before that ends
+    /// the call: frames still on their way to the peer are lost and the peer sees the channel
+    /// break, so read it to its end first. With `half_close` set on open or accept, the sender
+    /// still works after the receiver's end, until it is closed.
     pub receiver: ChannelReceiver,
 }
 
@@ -168,7 +174,7 @@ where
             large: None,
         },
         receiver: ChannelReceiver {
-            output,
+            output: Some(output),
             batch: Unpack::default(),
         },
     })
@@ -263,7 +269,8 @@ impl<I: ChannelMessage> Sink<Bytes> for ChannelSender<I> {
 /// Frames from the peer, one by one.
 #[derive(Debug)]
 pub struct ChannelReceiver {
-    output: Streaming<ChannelOutput>,
+    /// The call's output, until the peer has half-closed.
+    output: Option<Streaming<ChannelOutput>>,
     batch: Unpack,
 }
 
@@ -287,7 +294,10 @@ impl Stream for ChannelReceiver {
                     Status::internal(format!("the node sent a malformed batch: {e}"))
                 })));
             }
-            let output = match ready!(Pin::new(&mut this.output).poll_next(cx)) {
+            let Some(output) = this.output.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let output = match ready!(Pin::new(output).poll_next(cx)) {
                 Some(Ok(output)) => output,
                 Some(Err(status)) => return Poll::Ready(Some(Err(status))),
                 None => return Poll::Ready(None),
@@ -296,6 +306,16 @@ impl Stream for ChannelReceiver {
                 Some(channel_output::Kind::Data(frame)) => return Poll::Ready(Some(Ok(frame))),
                 Some(channel_output::Kind::Frames(packed)) => {
                     this.batch = Unpack::new(packed);
+                }
+                // The peer is done; the call lives on until our input ends. It is kept to its
+                // end in a task of its own, so dropping this receiver now does not cut it.
+                Some(channel_output::Kind::PeerClosed(_)) => {
+                    if let Some(mut output) = this.output.take() {
+                        tokio::spawn(
+                            async move { while let Ok(Some(_)) = output.message().await {} },
+                        );
+                    }
+                    return Poll::Ready(None);
                 }
                 Some(channel_output::Kind::Opened(_)) | None => {
                     return Poll::Ready(Some(Err(Status::internal(

@@ -93,6 +93,7 @@ pub(crate) async fn accept(
         channel_id,
         app_id,
         batch: false,
+        half_close: false,
     });
     match attempt(&mut apps, first, capacity).await {
         Ok(open) => run(open, which, events).await,
@@ -119,6 +120,7 @@ pub(crate) async fn open(
             app_id: app_id.clone(),
             peer: peer.clone(),
             batch: false,
+            half_close: false,
         });
         match attempt(&mut apps, first, capacity).await {
             Ok(open) => return run(open, which, events).await,

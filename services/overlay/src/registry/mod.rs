@@ -116,12 +116,13 @@ impl Handler<Call<Services>> for OverlayService {
             Request::Call { request, deadline } => self.call(request, deadline, ctx),
             Request::Reply(request) => ready(self.reply(request, ctx)),
             Request::OpenChannel(open) => {
-                // `batch` is the gateway's business (how it hands frames to the app).
+                // `batch` and `half_close` are the gateway's business (how it hands frames to
+                // the app).
                 let OpenServiceChannel {
                     app_id,
                     service,
                     peer,
-                    batch: _,
+                    ..
                 } = open;
                 let opening = self.open_service(app_id, service, &peer, ctx);
                 Box::pin(async move { opening.await.map(Response::Channel) })

@@ -133,6 +133,7 @@ impl Node {
             service: service.into(),
             peer: peer.into(),
             batch: false,
+            half_close: false,
         };
         tokio::spawn(async move {
             match registry

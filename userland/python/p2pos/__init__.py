@@ -5,6 +5,8 @@
 - ``p2pos.connect()``, ``p2pos.resolve()`` (``_connect.py``): find the local node like the Rust
   client does (``P2POS_GATEWAY``, ``P2POS_TOKEN``, ``P2POS_DATA_DIR``, then
   ``~/.local/share/p2pos``) and open a channel whose calls carry the token.
+- ``p2pos.pack_frames()``, ``p2pos.unpack_frames()`` (``frames.py``): several channel frames in
+  one message (``ChannelInput.frames``) and back (``ChannelOutput.frames`` with ``batch``).
 - ``p2pos.<package>.v1.<package>_pb2`` / ``..._pb2_grpc``: messages and stubs of each proto
   package (``p2pos.app.v1``, ``p2pos.service.v1``, ...), generated from ``proto/`` by
   ``generate.py`` (not committed).
@@ -29,6 +31,7 @@ from p2pos._connect import (
     parse_gateway,
     resolve,
 )
+from p2pos.frames import pack_frames, unpack_frames
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -40,6 +43,8 @@ __all__ = [
     "connect",
     "default_data_dir",
     "describe_error",
+    "pack_frames",
     "parse_gateway",
     "resolve",
+    "unpack_frames",
 ]

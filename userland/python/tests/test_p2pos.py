@@ -114,3 +114,22 @@ class WordCount(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Frames(unittest.TestCase):
+    def test_frames_come_back_whole_and_in_order(self):
+        frames = [b"one", b"", b"three" * 100]
+        packed = p2pos.pack_frames(frames)
+        self.assertEqual(packed[:7], b"\x00\x00\x00\x03one")
+        self.assertEqual(p2pos.unpack_frames(packed), frames)
+        self.assertEqual(p2pos.unpack_frames(b""), [])
+        message = app_pb2.ChannelInput(frames=packed)
+        self.assertEqual(p2pos.unpack_frames(message.frames), frames)
+
+    def test_malformed_batches_and_oversize_frames_are_errors(self):
+        packed = p2pos.pack_frames([b"one", b"two"])
+        for cut in (1, 5, len(packed) - 1):
+            with self.assertRaises(ValueError):
+                p2pos.unpack_frames(packed[:cut])
+        with self.assertRaises(ValueError):
+            p2pos.pack_frames([bytes(1024 * 1024 + 1)])

@@ -39,7 +39,7 @@ const BATCH_BYTES: usize = 64 * 1024;
 const _: () = assert!(BATCH_BYTES + 2 * packed::HEADER + MAX_CHANNEL_FRAME <= MAX_GRPC_MESSAGE);
 /// Room for at least this much is made before each read of a batching output.
 const READ_ROOM: usize = 32 * 1024;
-/// The most one read of a batching output takes.
+/// The most one read of the peer's stream takes.
 const READ_CHUNK: u64 = 16 * 1024;
 /// A `data` frame this large goes from the client's message straight to the stream, not
 /// through the writer's buffer (one copy less).
@@ -257,6 +257,7 @@ pub fn splice<I: ChannelFrame>(
             app_id,
         })),
     };
+    let read_half = CappedReads::new(read_half);
     let reader = if options.batch {
         Reader::Packed {
             io: read_half,
@@ -296,7 +297,32 @@ fn room<S: Sink<Bytes> + Unpin>(sink: &mut S) -> impl Future<Output = Result<(),
     std::future::poll_fn(move |cx| Pin::new(&mut *sink).poll_ready(cx))
 }
 
-type PeerReadHalf = tokio::io::ReadHalf<Box<dyn p2pos_kernel::protocols::apps::Duplex>>;
+/// The read half of a channel's stream, read at most [`READ_CHUNK`] at a time: the libp2p
+/// stream's compat layer zeroes all the room a read is given before filling it, which for a
+/// buffer grown to a large frame is far more than one read brings.
+type PeerReadHalf =
+    CappedReads<tokio::io::ReadHalf<Box<dyn p2pos_kernel::protocols::apps::Duplex>>>;
+
+/// Hands each read at most [`READ_CHUNK`] bytes of room.
+struct CappedReads<R>(tokio::io::Take<R>);
+
+impl<R: tokio::io::AsyncRead + Unpin> CappedReads<R> {
+    fn new(io: R) -> Self {
+        CappedReads(io.take(READ_CHUNK))
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CappedReads<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.0.set_limit(READ_CHUNK);
+        Pin::new(&mut this.0).poll_read(cx, buf)
+    }
+}
 
 /// Reads what the peer sends, for the output.
 enum Reader {
@@ -329,9 +355,7 @@ impl Reader {
                     )));
                 }
             }
-            // At most READ_CHUNK per read: the stream's compat layer zeroes all the room it is
-            // given before reading into it.
-            match io.take(READ_CHUNK).read_buf(buf).await {
+            match io.read_buf(buf).await {
                 Ok(0) if buf.is_empty() => return None,
                 Ok(0) => {
                     let e = std::io::Error::new(ErrorKind::UnexpectedEof, PackedError::Truncated);
@@ -423,7 +447,7 @@ mod tests {
         let io: Box<dyn p2pos_kernel::protocols::apps::Duplex> = Box::new(near);
         let (read_half, _write_half) = tokio::io::split(io);
         let reader = Reader::Packed {
-            io: read_half,
+            io: CappedReads::new(read_half),
             buf: BytesMut::new(),
         };
         (reader, peer)

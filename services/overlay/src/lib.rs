@@ -13,7 +13,7 @@
 //! - [`overlay_api`]: `p2pos.overlay.v1` requests, one exhaustive `match`.
 //! - `apps`: the apps protocol (sessions, channels, `Send`, `Receive`, `Ack`, `ListApps`).
 //! - `registry`: `p2pos.service.v1`: services registered by apps, announced in and found
-//!   through the DHT, unary calls over `/p2pos/call/1`, channels to services.
+//!   through the DHT, unary calls over `/p2pos/call/2`, channels to services.
 //! - `forward`: port forwarding: exposures (a loopback TCP service published as a service) and
 //!   forwards (a loopback listener tunnelled through service channels).
 //! - `network`: the swarm task, its behaviour, connects and DHT look-ups, and what it

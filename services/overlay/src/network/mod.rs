@@ -38,8 +38,8 @@ use crate::{Error, ticket::parse_target};
 pub(crate) const CHANNEL_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::CHANNEL_PROTOCOL);
 /// `/p2pos/msg/1`.
 pub(crate) const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::MESSAGE_PROTOCOL);
-/// `/p2pos/call/1`: one unary service call per stream.
-pub(crate) const CALL_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pos/call/1");
+/// `/p2pos/call/2`: one unary service call per stream.
+pub(crate) const CALL_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pos/call/2");
 /// Commands waiting for the swarm task; senders wait when it is full (back-pressure).
 const COMMAND_BUFFER: usize = 64;
 /// Connection events buffered for the delivery task; it catches up if it lags.
@@ -142,7 +142,7 @@ pub(crate) struct Network {
     pub(crate) channels: IncomingStreams,
     /// Inbound `/p2pos/msg/1` streams.
     pub(crate) messages: IncomingStreams,
-    /// Inbound `/p2pos/call/1` streams.
+    /// Inbound `/p2pos/call/2` streams.
     pub(crate) calls: IncomingStreams,
     /// The services to announce in the DHT: the swarm task provides exactly this set.
     pub(crate) provided: watch::Sender<BTreeSet<String>>,

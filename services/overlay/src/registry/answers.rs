@@ -1,5 +1,5 @@
 //! The providing side of calls: a call to a service provided here (from a remote node over
-//! `/p2pos/call/1`, or from an app of this node) is announced as an `IncomingCall` on the
+//! `/p2pos/call/2`, or from an app of this node) is announced as an `IncomingCall` on the
 //! provider app's newest session and waits in a bounded table until the app answers it with
 //! `Reply`, its deadline passes (`DEADLINE_EXCEEDED`) or that session ends (`UNAVAILABLE`).
 //!
@@ -26,14 +26,14 @@ use p2pos_proto::{
     wire::v1::{CallAnswer, CallFrame},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::oneshot,
 };
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::debug;
 
 use super::{
-    calls::MAX_CALL_TIME,
+    calls::{CALL_TAKEN, MAX_CALL_TIME},
     names::{validate_payload, validate_service},
 };
 use crate::{
@@ -91,7 +91,7 @@ pub(crate) struct Delivered {
     pub(crate) answer: oneshot::Receiver<CallAnswer>,
 }
 
-/// A remote node's call, read from its `/p2pos/call/1` stream: announced, or refused by this
+/// A remote node's call, read from its `/p2pos/call/2` stream: announced, or refused by this
 /// node (the answer to write back).
 #[derive(Message)]
 #[rtype(result = "Result<Delivered, Error>")]
@@ -269,10 +269,14 @@ impl OverlayService {
     }
 }
 
-/// Serves one `/p2pos/call/1` stream: reads the call, has the actor announce it, and writes
+/// Serves one `/p2pos/call/2` stream: reads the call, has the actor announce it, and writes
 /// the answer (the provider's, or this node's refusal) before closing.
 pub(crate) async fn serve_call(peer: PeerId, stream: Stream, actor: Recipient<InboundCall>) {
     let mut io = stream.compat();
+    if let Err(e) = take(&mut io).await {
+        debug!(%peer, "cannot take a call stream: {e}");
+        return;
+    }
     let frame: CallFrame = match read_message(&mut io, MAX_CALL_FRAME, HELLO_TIMEOUT).await {
         Ok(frame) => frame,
         Err(e) => {
@@ -302,7 +306,7 @@ pub(crate) async fn serve_call(peer: PeerId, stream: Stream, actor: Recipient<In
     let _ = tokio::time::timeout(WRITE_TIMEOUT, io.shutdown()).await;
 }
 
-/// Refuses a `/p2pos/call/1` stream this node will not serve now (too many at once): answers
+/// Refuses a `/p2pos/call/2` stream this node will not serve now (too many at once): answers
 /// `RESOURCE_EXHAUSTED` from the node (no app saw the call, so the caller may try another
 /// provider), then reads and drops the caller's frame so that its writing ends cleanly. All
 /// within [`REFUSAL_TIME`].
@@ -315,6 +319,7 @@ pub(crate) async fn refuse_call(peer: PeerId, stream: Stream, why: String) {
         provider_app: String::new(),
     };
     let refusing = async {
+        take(&mut io).await?;
         write_message(&mut io, &answer, REFUSAL_TIME).await?;
         io.shutdown().await?;
         let mut sink = tokio::io::sink();
@@ -326,6 +331,18 @@ pub(crate) async fn refuse_call(peer: PeerId, stream: Stream, why: String) {
         Ok(Err(e)) => debug!(%peer, "cannot refuse a call: {e}"),
         Err(_) => debug!(%peer, "refusing a call took too long"),
     }
+}
+
+/// Tells the caller its stream was taken (before the call is read, so that a stream dropped
+/// unserved is one the caller knows it may open again).
+async fn take<W: AsyncWrite + Unpin>(io: &mut W) -> std::io::Result<()> {
+    let taking = async {
+        io.write_all(&[CALL_TAKEN]).await?;
+        io.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, taking)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write blocked"))?
 }
 
 /// What to answer for a call app `app_id` was given: its answer, or the node's on its behalf

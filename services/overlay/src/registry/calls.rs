@@ -1,6 +1,6 @@
 //! The calling side of `Services.Call`: one request, one answer, within the call's time (the
 //! gRPC deadline, `timeout_ms` and 60 s, whichever is sooner). A provider on this node is
-//! called directly; remote ones over `/p2pos/call/1`, one stream per call, telling them how
+//! called directly; remote ones over `/p2pos/call/2`, one stream per call, telling them how
 //! many milliseconds remain (never an absolute time: clocks differ between nodes). At most
 //! [`MAX_CALLS_PER_PEER`] calls are in flight to one peer; more wait their turn.
 //!
@@ -20,7 +20,11 @@ use p2pos_proto::{
     service::v1::{CallReply, CallRequest},
     wire::v1::{CallAnswer, CallFrame},
 };
-use tokio::{io::AsyncWriteExt, sync::oneshot, time::Instant};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::oneshot,
+    time::Instant,
+};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::debug;
 
@@ -50,7 +54,10 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// How long opening a stream to a connected provider may take, at most.
 const OPEN_LIMIT: Duration = Duration::from_secs(5);
 /// The protocol's name in errors.
-const PROTOCOL: &str = "/p2pos/call/1";
+const PROTOCOL: &str = "/p2pos/call/2";
+/// The first byte a provider's node writes on a call stream it serves: the stream was taken,
+/// so an end before it means the call was never seen there.
+pub(crate) const CALL_TAKEN: u8 = 0x01;
 /// How many streams one call opens to one provider, at most, when the far side resets them
 /// before the call is sent.
 const MAX_OPENS: u32 = 4;
@@ -275,19 +282,34 @@ async fn call_remote(
             timeout_ms: u32::try_from(left().as_millis()).unwrap_or(u32::MAX).max(1),
         };
         // Reached: sending the call may take the time left (a large payload on a slow link).
-        match write_message(&mut io, &frame, left()).await {
-            Ok(()) => break io,
-            // Reset before the whole call was written: the far side never served the stream
-            // (see `slots`), so no app can have seen the call. Again, while there is time.
-            Err(e) if opens < MAX_OPENS && !to_reach().is_zero() => {
-                debug!(%peer, "a call stream was reset before the call was sent ({e}); again");
+        // Then the far side says it took the stream; a stream reset or ended before that was
+        // never served (see `slots`), so no app can have seen the call: again, while there is
+        // time to reach the provider.
+        let sent = async {
+            write_message(&mut io, &frame, left()).await?;
+            // Half-close: the call is complete.
+            io.shutdown().await?;
+            match io.read_u8().await? {
+                CALL_TAKEN => Ok(()),
+                other => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the stream began with {other:#04x}, not the call-taken byte"),
+                )),
+            }
+        };
+        match tokio::time::timeout(left(), sent).await {
+            Ok(Ok(())) => break io,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return unreachable(format!("it does not speak {PROTOCOL}: {e}"));
+            }
+            Ok(Err(e)) if opens < MAX_OPENS && !to_reach().is_zero() => {
+                debug!(%peer, "a call stream was not taken ({e}); again");
                 tokio::time::sleep(REOPEN_PAUSE * opens).await;
             }
-            Err(e) => return unreachable(format!("cannot send the call: {e}")),
+            Ok(Err(e)) => return unreachable(format!("it did not take the call: {e}")),
+            Err(_) => return unreachable("it did not take the call in time".into()),
         }
     };
-    // Half-close: the call is complete.
-    let _ = io.shutdown().await;
     match read_message::<CallAnswer, _>(&mut io, MAX_CALL_FRAME, left()).await {
         Ok(answer) => outcome(answer, peer),
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Attempt::Done(Err(Error::Timeout {

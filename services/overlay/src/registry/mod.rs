@@ -9,10 +9,10 @@
 //!
 //! - `names`: service names, descriptions and payloads as the registry takes them.
 //! - `find`: `FindService`, and the providers a call or channel tries, in order.
-//! - `calls`: the calling side of `Call`: local delivery or `/p2pos/call/1`.
+//! - `calls`: the calling side of `Call`: local delivery or `/p2pos/call/2`.
 //! - `slots`: the calls in flight to each peer, bounded.
 //! - `answers`: the providing side: calls announced to a session until answered with `Reply`
-//!   or expired, and the server of `/p2pos/call/1`.
+//!   or expired, and the server of `/p2pos/call/2`.
 //! - `channels`: channels to services, opened and answered (app providers and exposures).
 
 mod answers;

@@ -1,4 +1,4 @@
-//! Outbound calls in flight per peer: at most [`MAX_CALLS_PER_PEER`] `/p2pos/call/1` streams
+//! Outbound calls in flight per peer: at most [`MAX_CALLS_PER_PEER`] `/p2pos/call/2` streams
 //! from this node to one peer at once; further calls to it wait their turn (within their own
 //! time) instead of being refused by the provider's node, which serves at most 64 call
 //! streams from one peer. The limit here is lower, so that streams whose answers are read but

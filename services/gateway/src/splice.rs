@@ -144,7 +144,6 @@ pub fn splice<I: ChannelFrame>(
     // (a remote that stops reading would otherwise hold the task and stream for ever).
     let output_gone = CancellationToken::new();
     let output_alive = output_gone.clone().drop_guard();
-    let writer_gone = output_gone.clone();
     tokio::spawn(async move {
         let outcome: Result<(), Status> = async {
             let broke = |e: std::io::Error| {
@@ -175,7 +174,7 @@ pub fn splice<I: ChannelFrame>(
                                 flushed = SinkExt::<Bytes>::flush(&mut sink) => {
                                     flushed.map_err(broke)?;
                                 }
-                                () = writer_gone.cancelled() => return Err(cut_short()),
+                                () = output_gone.cancelled() => return Err(cut_short()),
                             }
                         }
                         tokio::select! {
@@ -191,7 +190,7 @@ pub fn splice<I: ChannelFrame>(
                     Some(room) => room.map_err(broke)?,
                     None => tokio::select! {
                         room = room(&mut sink) => room.map_err(broke)?,
-                        () = writer_gone.cancelled() => return Err(cut_short()),
+                        () = output_gone.cancelled() => return Err(cut_short()),
                     },
                 }
                 match frame.into_input()? {
@@ -212,7 +211,7 @@ pub fn splice<I: ChannelFrame>(
                             sink.write_buffer_mut().put_u32(data.len() as u32);
                             tokio::select! {
                                 written = write_direct(&mut sink, &data) => written.map_err(broke)?,
-                                () = writer_gone.cancelled() => return Err(cut_short()),
+                                () = output_gone.cancelled() => return Err(cut_short()),
                             }
                         }
                     }
@@ -238,7 +237,7 @@ pub fn splice<I: ChannelFrame>(
             Ok(()) => {
                 tokio::select! {
                     _ = SinkExt::<Bytes>::close(&mut sink) => {}
-                    () = writer_gone.cancelled() => {}
+                    () = output_gone.cancelled() => {}
                 }
             }
             // No clean end on a failure (the app crashed, its connection broke, it sent too

@@ -167,12 +167,7 @@ where
     };
     Ok(Channel {
         opened,
-        sender: ChannelSender {
-            input,
-            packed: BytesMut::new(),
-            count: 0,
-            large: None,
-        },
+        sender: ChannelSender::new(input),
         receiver: ChannelReceiver {
             output: Some(output),
             batch: Unpack::default(),
@@ -193,6 +188,15 @@ pub struct ChannelSender<I> {
 }
 
 impl<I: ChannelMessage> ChannelSender<I> {
+    fn new(input: mpsc::Sender<I>) -> Self {
+        ChannelSender {
+            input,
+            packed: BytesMut::new(),
+            count: 0,
+            large: None,
+        }
+    }
+
     /// Hands what was fed to the gRPC transport once it has room: the packed frames, then the
     /// large frame after them.
     fn poll_send_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
@@ -336,13 +340,7 @@ mod tests {
 
     fn sender() -> (ChannelSender<ChannelInput>, mpsc::Receiver<ChannelInput>) {
         let (input, rx) = mpsc::channel(QUEUE);
-        let sender = ChannelSender {
-            input,
-            packed: BytesMut::new(),
-            count: 0,
-            large: None,
-        };
-        (sender, rx)
+        (ChannelSender::new(input), rx)
     }
 
     fn kind(message: Option<ChannelInput>) -> channel_input::Kind {

@@ -64,6 +64,18 @@ impl TasksApi {
             Resp::List(_) | Resp::Removed(_) => Err(mismatch()),
         }
     }
+
+    /// A call on one helper (`HelperRef`) answered with its status: the caller must cover it.
+    async fn on_helper(
+        &self,
+        req: Request<HelperRef>,
+        kind: fn(HelperRef) -> Req,
+    ) -> Result<Response<HelperStatus>, Status> {
+        let scope = self.auth.scope(&req)?;
+        let helper = req.into_inner();
+        require_ref(&scope, Some(&helper))?;
+        self.status(&scope, kind(helper)).await
+    }
 }
 
 fn mismatch() -> Status {
@@ -141,37 +153,25 @@ impl Tasks for TasksApi {
     }
 
     async fn get_helper(&self, req: Request<HelperRef>) -> Result<Response<HelperStatus>, Status> {
-        let scope = self.auth.scope(&req)?;
-        let helper = req.into_inner();
-        require_ref(&scope, Some(&helper))?;
-        self.status(&scope, Req::Get(helper)).await
+        self.on_helper(req, Req::Get).await
     }
 
     async fn start_helper(
         &self,
         req: Request<HelperRef>,
     ) -> Result<Response<HelperStatus>, Status> {
-        let scope = self.auth.scope(&req)?;
-        let helper = req.into_inner();
-        require_ref(&scope, Some(&helper))?;
-        self.status(&scope, Req::Start(helper)).await
+        self.on_helper(req, Req::Start).await
     }
 
     async fn stop_helper(&self, req: Request<HelperRef>) -> Result<Response<HelperStatus>, Status> {
-        let scope = self.auth.scope(&req)?;
-        let helper = req.into_inner();
-        require_ref(&scope, Some(&helper))?;
-        self.status(&scope, Req::Stop(helper)).await
+        self.on_helper(req, Req::Stop).await
     }
 
     async fn restart_helper(
         &self,
         req: Request<HelperRef>,
     ) -> Result<Response<HelperStatus>, Status> {
-        let scope = self.auth.scope(&req)?;
-        let helper = req.into_inner();
-        require_ref(&scope, Some(&helper))?;
-        self.status(&scope, Req::Restart(helper)).await
+        self.on_helper(req, Req::Restart).await
     }
 
     async fn signal_helper(

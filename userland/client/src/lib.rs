@@ -20,15 +20,18 @@
 //!   added to every call by [`Auth`].
 //! - [`channel`]: channels as a batching sink and a stream of frames ([`Channel`]).
 //! - [`error`]: [`Error`] and [`describe_status`], readable one-line messages.
+//! - [`session`]: an app's session read as [`SessionUpdate`]s.
 
 pub mod channel;
 pub mod client;
 pub mod error;
+pub mod session;
 pub mod target;
 
 pub use channel::{Channel, ChannelReceiver, ChannelSender};
 pub use client::{Auth, AuthChannel, Client, MAX_MESSAGE_SIZE};
 pub use error::{Error, describe_status};
+pub use session::{SessionUpdate, next_update};
 pub use target::{
     DATA_DIR_ENV, GATEWAY_ENV, Gateway, SOCKET_FILE, TOKEN_ENV, TOKEN_FILE, Target, TargetOptions,
     default_data_dir,

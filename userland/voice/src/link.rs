@@ -5,11 +5,11 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use p2pos_client::{AuthChannel, describe_status};
+use p2pos_client::{AuthChannel, SessionUpdate, describe_status, next_update};
 use p2pos_proto::app::v1::apps_client::AppsClient;
 use p2pos_proto::app::v1::{
     AcceptChannel, ChannelInput, ChannelOutput, OpenChannel, SessionEvent, channel_input,
-    channel_output, session_event,
+    channel_output,
 };
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
@@ -56,28 +56,22 @@ pub(crate) type Events = mpsc::Sender<Event>;
 
 /// Forwards session events; reports `SessionEnded` when the stream stops.
 pub(crate) async fn session(mut stream: tonic::Streaming<SessionEvent>, events: Events) {
-    let reason = loop {
-        let event = match stream.message().await {
-            Ok(Some(SessionEvent { kind: Some(kind) })) => match kind {
-                session_event::Kind::Registered(registered) => Event::Registered {
-                    peer_id: registered.peer_id,
-                },
-                session_event::Kind::Incoming(incoming) => Event::Incoming {
-                    channel_id: incoming.channel_id,
-                    peer_id: incoming.peer_id,
-                },
-                // The plug-in provides no service, so no call comes.
-                session_event::Kind::Call(_) => continue,
+    loop {
+        let event = match next_update(&mut stream).await {
+            SessionUpdate::Registered { peer_id } => Event::Registered { peer_id },
+            SessionUpdate::Incoming(incoming) => Event::Incoming {
+                channel_id: incoming.channel_id,
+                peer_id: incoming.peer_id,
             },
-            Ok(Some(SessionEvent { kind: None })) => continue,
-            Ok(None) => break "the node ended the session".to_owned(),
-            Err(status) => break describe_status(&status),
+            // The plug-in provides no service, so no call comes.
+            SessionUpdate::Call(_) => continue,
+            SessionUpdate::Ended(reason) => Event::SessionEnded(reason),
         };
-        if events.send(event).await.is_err() {
+        let ended = matches!(event, Event::SessionEnded(_));
+        if events.send(event).await.is_err() || ended {
             return;
         }
-    };
-    let _ = events.send(Event::SessionEnded(reason)).await;
+    }
 }
 
 /// Accepts an announced channel and runs it.

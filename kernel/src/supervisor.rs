@@ -7,16 +7,11 @@
 //! the child's [`RestartType`], the strategy, and the restart intensity (more than
 //! `max_restarts` in `period_secs` shuts the node down with exit code 1).
 
-use std::{
-    collections::VecDeque,
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::VecDeque, path::Path, sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use p2pos_proto::monitor::v1::{ServiceRestarted, ServiceStateChanged, event::Kind};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tracing::{error, info, warn};
 
 pub use crate::child::{
@@ -172,7 +167,7 @@ impl Kernel {
                 kernel: KernelHandle {
                     addr: actx.address(),
                 },
-                started_at: Instant::now(),
+                started_at: std::time::Instant::now(),
                 admin_token: admin_token.into(),
                 states: states_rx,
             };

@@ -241,11 +241,12 @@ async fn tcp_gateway_needs_the_right_token_and_app_tokens_are_scoped() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: run by .ci/run (tools/run-tests --include-ignored)"]
 async fn another_uid_cannot_use_the_socket() {
-    if !nix::unistd::getuid().is_root() {
-        eprintln!("skipped: needs root to run a client as another uid");
-        return;
-    }
+    assert!(
+        nix::unistd::getuid().is_root(),
+        "this test needs root, to run a client as another uid"
+    );
     let mut node = Node::start(&[]);
     let client = node.client().await;
     use std::os::unix::process::CommandExt;

@@ -5,15 +5,12 @@
 //! - [`identity`]: the node's ed25519 key in its own 0600 file, written atomically.
 //! - [`store`]: the [`Store`](store::Store) trait and its sled implementation.
 //! - [`registry`]: which service actor answers which protobuf messages; typed calls.
-//! - [`protocols`]: the message protocols of each service, as the kernel routes them.
-//! - [`names`]: app ids and helpers' app ids, one grammar for every service.
 //! - [`events`]: the node-wide event bus the monitor streams to clients.
 //! - [`metrics`]: per-service Prometheus registries, encoded together.
 //! - [`error`]: [`ServiceError`](error::ServiceError), the error that crosses actor boundaries,
 //!   and its one mapping to `tonic::Status`.
 //! - [`child`]: child specs, handles, the service context and life-cycle states.
 //! - [`supervisor`]: the kernel actor: child specs, restart policy, health, ordered shutdown.
-//! - [`wire`]: framing shared by the node-to-node protocols and the channel splice.
 
 pub mod child;
 pub mod config;
@@ -21,12 +18,9 @@ pub mod error;
 pub mod events;
 pub mod identity;
 pub mod metrics;
-pub mod names;
-pub mod protocols;
 pub mod registry;
 pub mod store;
 pub mod supervisor;
-pub mod wire;
 
 pub use config::Config;
 pub use error::{ErrorCode, ServiceError};

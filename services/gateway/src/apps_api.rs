@@ -4,18 +4,16 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use p2pos_kernel::{
-    ServiceContext, ServiceError,
-    protocols::{
-        Apps as AppsProtocol,
-        apps::{Incoming, Request as AppsRequest, Response as AppsResponse},
-    },
-    wire::MAX_PAYLOAD,
-};
+use p2pos_kernel::{ServiceContext, ServiceError};
 use p2pos_proto::app::v1::{
     AckReply, AckRequest, ChannelInput, ChannelOutput, ListAppsReply, ListAppsRequest,
     ReceiveRequest, ReceivedMessage, SendReply, SendRequest, SessionEvent, SessionRequest,
     apps_server::Apps, channel_input, session_event,
+};
+use p2pos_protocols::{
+    Apps as AppsProtocol,
+    apps::{Incoming, Request as AppsRequest, Response as AppsResponse},
+    wire::MAX_PAYLOAD,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;

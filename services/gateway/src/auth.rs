@@ -47,7 +47,7 @@ impl Scope {
     pub fn covers(&self, app_id: &str) -> bool {
         match self {
             Scope::Admin => true,
-            Scope::App(own) => p2pos_kernel::names::covers(own, app_id),
+            Scope::App(own) => p2pos_protocols::names::covers(own, app_id),
         }
     }
 
@@ -64,9 +64,9 @@ impl Scope {
     }
 }
 
-/// An app id follows [`p2pos_kernel::names`].
+/// An app id follows [`p2pos_protocols::names`].
 pub fn validate_app_id(app_id: &str) -> Result<(), Status> {
-    p2pos_kernel::names::check_app_id(app_id).map_err(Status::invalid_argument)
+    p2pos_protocols::names::check_app_id(app_id).map_err(Status::invalid_argument)
 }
 
 /// Resolves callers' scopes.

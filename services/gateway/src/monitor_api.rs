@@ -4,11 +4,12 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use p2pos_kernel::{ServiceContext, events::now_ms, protocols::Monitor as MonitorProtocol};
+use p2pos_kernel::{ServiceContext, events::now_ms};
 use p2pos_proto::monitor::v1::{
     Event, EventsRequest, GetStatusRequest, Lagged, MonitorRequest, NodeStatus, event,
     monitor_request, monitor_response, monitor_server::Monitor,
 };
+use p2pos_protocols::Monitor as MonitorProtocol;
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tonic::{Request, Response, Status};
 

@@ -57,7 +57,7 @@ impl Node for NodeApi {
     ) -> Result<Response<CreateAppTokenReply>, Status> {
         self.auth.scope(&req)?.require_admin()?;
         let CreateAppTokenRequest { app_id } = req.into_inner();
-        p2pos_kernel::names::check_plain_app_id(&app_id).map_err(Status::invalid_argument)?;
+        p2pos_protocols::names::check_plain_app_id(&app_id).map_err(Status::invalid_argument)?;
         let bytes: [u8; 32] = rand::random();
         let token = format!("app-{}", data_encoding::HEXLOWER.encode(&bytes));
         let store = self.ctx.store.clone();

@@ -1,11 +1,12 @@
 //! `p2pos.overlay.v1.Overlay`: tickets, dialing, peers, ping, DHT look-ups.
 
-use p2pos_kernel::{ServiceContext, ServiceError, protocols::Overlay as OverlayProtocol};
+use p2pos_kernel::{ServiceContext, ServiceError};
 use p2pos_proto::overlay::v1::{
     DialReply, DialRequest, FindPeerReply, FindPeerRequest, GetTicketRequest, ListPeersReply,
     ListPeersRequest, OverlayRequest, PingReply, PingRequest, Ticket, overlay_request::Kind as Req,
     overlay_response::Kind as Resp, overlay_server::Overlay,
 };
+use p2pos_protocols::Overlay as OverlayProtocol;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;

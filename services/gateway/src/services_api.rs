@@ -11,14 +11,7 @@
 
 use std::time::Duration;
 
-use p2pos_kernel::{
-    ServiceContext, ServiceError,
-    protocols::{
-        Services as ServicesProtocol,
-        services::{Request as ServicesCall, Response as ServicesAnswer},
-    },
-    wire::MAX_PAYLOAD,
-};
+use p2pos_kernel::{ServiceContext, ServiceError};
 use p2pos_proto::{
     app::v1::ChannelOutput,
     service::v1::{
@@ -29,6 +22,11 @@ use p2pos_proto::{
         ServiceChannelInput, ServiceInfo, UnregisterReply, UnregisterRequest, WithdrawReply,
         WithdrawRequest, reply_request, service_channel_input, services_server::Services,
     },
+};
+use p2pos_protocols::{
+    Services as ServicesProtocol,
+    services::{Request as ServicesCall, Response as ServicesAnswer},
+    wire::MAX_PAYLOAD,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};

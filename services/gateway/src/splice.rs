@@ -9,11 +9,7 @@ use std::{io::ErrorKind, pin::Pin};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{FutureExt, Sink, SinkExt, StreamExt};
-use p2pos_kernel::{
-    EventBus,
-    protocols::apps::ChannelStream,
-    wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
-};
+use p2pos_kernel::EventBus;
 use p2pos_proto::{
     app::v1::{
         ChannelInput, ChannelOpened, ChannelOutput, PeerClosed, channel_input, channel_output,
@@ -21,6 +17,10 @@ use p2pos_proto::{
     monitor::v1::{self, event::Kind},
     packed::{self, PackedError},
     service::v1::{ServiceChannelInput, service_channel_input},
+};
+use p2pos_protocols::{
+    apps::ChannelStream,
+    wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::{
@@ -299,8 +299,7 @@ fn room<S: Sink<Bytes> + Unpin>(sink: &mut S) -> impl Future<Output = Result<(),
 /// The read half of a channel's stream, read at most [`READ_CHUNK`] at a time: the libp2p
 /// stream's compat layer zeroes all the room a read is given before filling it, which for a
 /// buffer grown to a large frame is far more than one read brings.
-type PeerReadHalf =
-    CappedReads<tokio::io::ReadHalf<Box<dyn p2pos_kernel::protocols::apps::Duplex>>>;
+type PeerReadHalf = CappedReads<tokio::io::ReadHalf<Box<dyn p2pos_protocols::apps::Duplex>>>;
 
 /// Hands each read at most [`READ_CHUNK`] bytes of room.
 struct CappedReads<R>(tokio::io::Take<R>);
@@ -443,7 +442,7 @@ mod tests {
     /// A batching reader of what `peer` writes.
     fn packed_reader() -> (Reader, tokio::io::DuplexStream) {
         let (near, peer) = tokio::io::duplex(4 * 1024 * 1024);
-        let io: Box<dyn p2pos_kernel::protocols::apps::Duplex> = Box::new(near);
+        let io: Box<dyn p2pos_protocols::apps::Duplex> = Box::new(near);
         let (read_half, _write_half) = tokio::io::split(io);
         let reader = Reader::Packed {
             io: CappedReads::new(read_half),

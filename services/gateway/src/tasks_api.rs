@@ -4,17 +4,15 @@
 //! and what an empty app id means for it, is the task-control service's to decide.
 
 use futures::StreamExt;
-use p2pos_kernel::{
-    ServiceContext,
-    protocols::{
-        Tasks as TasksProtocol,
-        tasks::{Request as TasksCall, Response as TasksAnswer},
-    },
-};
+use p2pos_kernel::ServiceContext;
 use p2pos_proto::tasks::v1::{
     AddHelperRequest, HelperRef, HelperSpec, HelperStatus, ListHelpersReply, ListHelpersRequest,
     LogLine, LogsRequest, RemoveHelperReply, SignalHelperRequest, TasksRequest,
     tasks_request::Kind as Req, tasks_response::Kind as Resp, tasks_server::Tasks,
+};
+use p2pos_protocols::{
+    Tasks as TasksProtocol,
+    tasks::{Request as TasksCall, Response as TasksAnswer},
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;

@@ -7,12 +7,7 @@ mod common;
 use actix::prelude::*;
 use common::{Node, T, eventually};
 use p2pos_kernel::{
-    Call, DeathGuard, ErrorCode, InjectPanic, ServiceError, StopService,
-    protocols::{
-        Tasks,
-        tasks::{Request as TasksCall, Response as TasksAnswer},
-    },
-    store::HELPER_TOKENS_TREE,
+    Call, DeathGuard, ErrorCode, InjectPanic, ServiceError, StopService, store::HELPER_TOKENS_TREE,
 };
 use p2pos_proto::{
     node::v1::{CreateAppTokenRequest, GetInfoRequest},
@@ -22,6 +17,10 @@ use p2pos_proto::{
         SignalHelperRequest, TasksRequest, TasksResponse, tasks_request::Kind as Req,
         tasks_response::Kind as Resp,
     },
+};
+use p2pos_protocols::{
+    Tasks,
+    tasks::{Request as TasksCall, Response as TasksAnswer},
 };
 use tokio::sync::mpsc;
 use tonic::Code;

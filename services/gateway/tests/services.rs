@@ -9,15 +9,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use common::{Node, T, eventually};
 use futures::{SinkExt, StreamExt};
-use p2pos_kernel::{
-    Call, DeathGuard, ErrorCode, InjectPanic, ServiceError, StopService,
-    protocols::{
-        Services,
-        apps::ChannelStream,
-        services::{Request as ServicesCall, Response as ServicesAnswer},
-    },
-    wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
-};
+use p2pos_kernel::{Call, DeathGuard, ErrorCode, InjectPanic, ServiceError, StopService};
 use p2pos_proto::{
     app::v1::{ChannelOutput, channel_output},
     service::v1::{
@@ -27,6 +19,12 @@ use p2pos_proto::{
         OpenServiceChannel, RegisterRequest, ReplyError, ReplyRequest, ServiceChannelInput,
         ServiceInfo, UnregisterRequest, WithdrawRequest, reply_request, service_channel_input,
     },
+};
+use p2pos_protocols::{
+    Services,
+    apps::ChannelStream,
+    services::{Request as ServicesCall, Response as ServicesAnswer},
+    wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use tokio_util::codec::Framed;
 use tonic::{Code, Status};

@@ -5,12 +5,12 @@ use actix::prelude::*;
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext,
     ServiceError, StopService,
-    protocols::{Monitor, Overlay},
 };
 use p2pos_proto::{
     monitor::v1::{MonitorResponse, NodeStatus, ServiceState, monitor_request, monitor_response},
     overlay::v1::{OverlayRequest, OverlayStatusRequest, overlay_request, overlay_response},
 };
+use p2pos_protocols::{Monitor, Overlay};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{family::Family, gauge::Gauge},

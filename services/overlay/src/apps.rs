@@ -9,17 +9,14 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use actix::prelude::*;
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
-use p2pos_kernel::{
-    Call, ServiceError,
-    protocols::{
-        Apps,
-        apps::{Incoming, Request, Response, Session},
-    },
-    store::StoreError,
-    wire::MAX_PAYLOAD,
-};
+use p2pos_kernel::{Call, ServiceError, store::StoreError};
 use p2pos_proto::app::v1::{
     AppInfo, DeliveryState, ListAppsReply, ReceivedMessage, Registered, SendReply,
+};
+use p2pos_protocols::{
+    Apps,
+    apps::{Incoming, Request, Response, Session},
+    wire::MAX_PAYLOAD,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;

@@ -6,8 +6,9 @@ use std::{sync::Arc, time::Duration};
 
 use libp2p::{Multiaddr, PeerId};
 use libp2p_stream::{Control, OpenStreamError};
-use p2pos_kernel::{Store, protocols::apps::ChannelStream, wire};
+use p2pos_kernel::Store;
 use p2pos_proto::wire::v1::{ChannelHello, ChannelWelcome, channel_welcome};
+use p2pos_protocols::{apps::ChannelStream, wire};
 use tokio::time::Instant;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::debug;

@@ -8,7 +8,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use p2pos_kernel::protocols::apps::{ChannelStream, Duplex};
+use p2pos_protocols::apps::{ChannelStream, Duplex};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::OwnedSemaphorePermit,

@@ -22,7 +22,7 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// An app id outside the grammar of `p2pos_kernel::names`.
+    /// An app id outside the grammar of `p2pos_protocols::names`.
     #[error(
         "invalid app id {0:?}: use 1 to 64 letters, digits, '.', '_' or '-' (and ':' between an app and its helper)"
     )]
@@ -106,7 +106,7 @@ pub enum Error {
         /// The channel.
         channel_id: u64,
     },
-    /// A message payload over [`p2pos_kernel::wire::MAX_PAYLOAD`].
+    /// A message payload over [`p2pos_protocols::wire::MAX_PAYLOAD`].
     #[error("message of {size} bytes exceeds the 1 MiB limit")]
     MessageTooLarge {
         /// The payload's size.
@@ -192,7 +192,7 @@ pub enum Error {
         /// Its size.
         size: usize,
     },
-    /// A call or reply payload over [`p2pos_kernel::wire::MAX_PAYLOAD`].
+    /// A call or reply payload over [`p2pos_protocols::wire::MAX_PAYLOAD`].
     #[error("{what} of {size} bytes exceeds the 1 MiB limit")]
     PayloadTooLarge {
         /// What it is.
@@ -331,7 +331,7 @@ impl From<Error> for ServiceError {
 
 /// Checks an app id: 1 to 64 characters of `[A-Za-z0-9._-]`.
 pub(crate) fn validate_app_id(app_id: &str) -> Result<(), Error> {
-    p2pos_kernel::names::check_app_id(app_id)
+    p2pos_protocols::names::check_app_id(app_id)
         .map_err(|_| Error::InvalidAppId(app_id.chars().take(80).collect()))
 }
 

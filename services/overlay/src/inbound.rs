@@ -7,11 +7,12 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use actix::{Message, Recipient};
 use futures::{Stream as FuturesStream, StreamExt};
 use libp2p::{PeerId, Stream};
-use p2pos_kernel::{EventBus, wire};
+use p2pos_kernel::EventBus;
 use p2pos_proto::{
     monitor::v1::{MessageDelivered, event::Kind},
     wire::v1::{ChannelHello, ChannelWelcome, MessageAck, MessageFrame, message_ack},
 };
+use p2pos_protocols::wire;
 use tokio::{
     io::AsyncWriteExt,
     task::{self, JoinSet},

@@ -8,10 +8,8 @@
 use std::sync::Arc;
 
 use libp2p::PeerId;
-use p2pos_kernel::{
-    Store,
-    protocols::apps::{ChannelStream, Response},
-};
+use p2pos_kernel::Store;
+use p2pos_protocols::apps::{ChannelStream, Response};
 use tokio::{
     io::DuplexStream,
     sync::{OwnedSemaphorePermit, oneshot},

@@ -6,14 +6,12 @@
 
 use actix::prelude::*;
 use libp2p::PeerId;
-use p2pos_kernel::{
-    protocols::apps::{Incoming, Response},
-    store::StoreError,
-};
+use p2pos_kernel::store::StoreError;
 use p2pos_proto::{
     app::v1::IncomingChannel,
     wire::v1::{ChannelWelcome, channel_welcome},
 };
+use p2pos_protocols::apps::{Incoming, Response};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::warn;
 

@@ -9,9 +9,9 @@ use libp2p_stream::{Control, IncomingStreams};
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext,
     ServiceError, StopService,
-    protocols::{Apps, Overlay, Services},
 };
 use p2pos_proto::overlay::v1::{OverlayRequest, OverlayResponse};
+use p2pos_protocols::{Apps, Overlay, Services};
 use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{error, info, warn};
 

@@ -8,13 +8,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use p2pos_kernel::{
-    protocols::{
-        Apps,
-        apps::{ChannelStream, Request, Response, Session},
-    },
-    wire,
-};
 use p2pos_proto::{
     app::v1::DeliveryState,
     monitor::v1::{Event, event::Kind},
@@ -22,6 +15,11 @@ use p2pos_proto::{
         FindPeerRequest, GetTicketRequest, PingRequest, overlay_request::Kind as Req,
         overlay_response::Kind as Resp,
     },
+};
+use p2pos_protocols::{
+    Apps,
+    apps::{ChannelStream, Request, Response, Session},
+    wire,
 };
 use tokio_util::codec::Framed;
 

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use p2pos_kernel::protocols::apps;
+use p2pos_protocols::apps;
 use tonic::Code;
 
 use common::{
@@ -92,11 +92,8 @@ async fn a_channel_announced_to_a_session_that_ends_is_refused_at_once() {
         app_id: "chat".into(),
         peer: node.peer_id(),
     };
-    let opening = tokio::spawn(async move {
-        registry
-            .call::<p2pos_kernel::protocols::Apps>(to_self)
-            .await
-    });
+    let opening =
+        tokio::spawn(async move { registry.call::<p2pos_protocols::Apps>(to_self).await });
     let _announced = next_channel(&mut session).await;
     let ended = Instant::now();
     drop(session);

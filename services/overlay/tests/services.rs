@@ -7,17 +7,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use p2pos_kernel::{
-    ErrorCode,
-    protocols::{
-        Services, apps,
-        services::{Request, Response},
-    },
-    wire,
-};
+use p2pos_kernel::ErrorCode;
 use p2pos_proto::service::v1::{
     CallRequest, ExposeRequest, RegisterRequest, ReplyError, UnregisterRequest, WithdrawRequest,
     reply_request,
+};
+use p2pos_protocols::{
+    Services, apps,
+    services::{Request, Response},
+    wire,
 };
 use tonic::Code;
 

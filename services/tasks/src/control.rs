@@ -2,12 +2,12 @@
 //! operation checking the caller's scope and converting at the edges.
 
 use actix::prelude::*;
-use p2pos_kernel::protocols::{Apps, apps};
 use p2pos_proto::tasks::v1::{
     AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus, ListHelpersReply,
     ListHelpersRequest, LogLine, LogsRequest, RemoveHelperReply, SignalHelperRequest, TasksRequest,
     TasksResponse, tasks_request::Kind as Req, tasks_response::Kind as Resp,
 };
+use p2pos_protocols::{Apps, apps};
 use tokio::sync::mpsc;
 
 use crate::{

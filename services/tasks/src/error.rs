@@ -15,7 +15,7 @@ pub enum Error {
     /// A helper name outside `[A-Za-z0-9_-]{1,32}`.
     #[error("invalid helper name {0:?}: use 1 to 32 letters, digits, '_' or '-'")]
     InvalidName(String),
-    /// An app id outside the grammar of `p2pos_kernel::names`.
+    /// An app id outside the grammar of `p2pos_protocols::names`.
     #[error(
         "invalid app id {0:?}: use 1 to 64 letters, digits, '.', '_' or '-' (and ':' between an app and its helper)"
     )]

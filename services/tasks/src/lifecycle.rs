@@ -392,7 +392,7 @@ const NODE_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(4);
 /// The app an entry's share counts against: `chat` for `chat`, `chat:voice`, ...; the node's
 /// own helpers (`""`) share one.
 fn root_app(app: &str) -> &str {
-    app.split(p2pos_kernel::names::HELPER_SEPARATOR)
+    app.split(p2pos_protocols::names::HELPER_SEPARATOR)
         .next()
         .unwrap_or(app)
 }

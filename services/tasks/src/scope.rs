@@ -1,7 +1,7 @@
 //! Who is calling, and which helpers they may address: the admin everything; app `X` the
 //! helpers of `X` and of its helpers' app ids (`X:<helper>`), where an empty app id means `X`.
 
-use p2pos_kernel::names;
+use p2pos_protocols::names;
 
 use crate::{Error, spec};
 

@@ -9,10 +9,10 @@ use nix::sys::signal::Signal;
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext,
     ServiceError, StopService,
-    protocols::{
-        Tasks,
-        tasks::{Request, Response},
-    },
+};
+use p2pos_protocols::{
+    Tasks,
+    tasks::{Request, Response},
 };
 use tokio::sync::Semaphore;
 use tracing::{info, warn};

@@ -5,8 +5,8 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use nix::sys::signal::Signal;
-use p2pos_kernel::names;
 use p2pos_proto::tasks::v1::{HelperSpec, RestartPolicy};
+use p2pos_protocols::names;
 
 use crate::{Error, signal};
 
@@ -102,7 +102,7 @@ fn is_loader_variable(key: &str) -> bool {
     key.starts_with("LD_") || LOADER_VARIABLES.contains(&key)
 }
 
-/// Checks a (non-empty) app id ([`p2pos_kernel::names`]).
+/// Checks a (non-empty) app id ([`p2pos_protocols::names`]).
 pub(crate) fn validate_app_id(app_id: &str) -> Result<(), Error> {
     // `_node` names the node's own helpers (their directory, their app ids).
     names::check_app_id(app_id)

@@ -11,11 +11,12 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use libp2p::PeerId;
 use libp2p_stream::Control;
-use p2pos_kernel::{EventBus, wire};
+use p2pos_kernel::EventBus;
 use p2pos_proto::{
     monitor::v1::{MessageDelivered, MessageFailed, event::Kind},
     wire::v1::{MessageAck, MessageFrame, message_ack},
 };
+use p2pos_protocols::wire;
 use tokio::{
     sync::{Notify, broadcast, mpsc, oneshot},
     task::{self, JoinSet},

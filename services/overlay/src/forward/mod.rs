@@ -18,14 +18,11 @@ mod tunnel;
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use futures::{FutureExt, future::BoxFuture};
-use p2pos_kernel::{
-    Store,
-    protocols::apps::{ChannelStream, Duplex},
-    store::StoreError,
-};
+use p2pos_kernel::{Store, store::StoreError};
 use p2pos_proto::service::v1::{
     ExposeRequest, Exposure, Forward, ListExposuresReply, ListForwardsReply, OpenForwardRequest,
 };
+use p2pos_protocols::apps::{ChannelStream, Duplex};
 use prost::Message;
 use tokio::net::TcpSocket;
 use tracing::{info, warn};

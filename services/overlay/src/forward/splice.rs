@@ -1,11 +1,11 @@
 //! The tunnel's data path: one TCP connection spliced onto one channel carrying
-//! length-delimited frames (`p2pos_kernel::wire`), both ways at once, each direction
+//! length-delimited frames (`p2pos_protocols::wire`), both ways at once, each direction
 //! half-closed on its own. Used on both ends of a tunnel: the forward's listener and the
 //! exposure's target.
 
 use std::io;
 
-use p2pos_kernel::{protocols::apps::Duplex, wire::MAX_CHANNEL_FRAME};
+use p2pos_protocols::{apps::Duplex, wire::MAX_CHANNEL_FRAME};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,

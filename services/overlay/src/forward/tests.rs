@@ -10,13 +10,12 @@ use std::{
 
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
-use p2pos_kernel::{
-    ErrorCode, ServiceError, Store,
-    protocols::apps::ChannelStream,
-    store::SledStore,
+use p2pos_kernel::{ErrorCode, ServiceError, Store, store::SledStore};
+use p2pos_proto::service::v1::{ExposeRequest, Exposure, OpenForwardRequest};
+use p2pos_protocols::{
+    apps::ChannelStream,
     wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
-use p2pos_proto::service::v1::{ExposeRequest, Exposure, OpenForwardRequest};
 use tempfile::TempDir;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, DuplexStream},

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use p2pos_kernel::protocols::apps::Duplex;
+use p2pos_protocols::apps::Duplex;
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},

@@ -4,8 +4,9 @@
 use std::sync::atomic::Ordering;
 
 use libp2p::PeerId;
-use p2pos_kernel::{store::BatchOp, wire::MAX_PAYLOAD};
+use p2pos_kernel::store::BatchOp;
 use p2pos_proto::{app::v1::ReceivedMessage, wire::v1::MessageFrame};
+use p2pos_protocols::wire::MAX_PAYLOAD;
 use prost::Message;
 
 use super::{INBOX, Mailbox, key, range, read_u64, u64_at};

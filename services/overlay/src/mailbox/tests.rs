@@ -2,8 +2,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use libp2p::PeerId;
-use p2pos_kernel::{Store, store::SledStore, wire::MAX_PAYLOAD};
+use p2pos_kernel::{Store, store::SledStore};
 use p2pos_proto::wire::v1::MessageFrame;
+use p2pos_protocols::wire::MAX_PAYLOAD;
 
 use super::{INBOX, Incoming, Mailbox, OUTBOX, outbox::raw_outbox_key};
 

@@ -24,8 +24,9 @@ use std::{collections::BTreeSet, time::Duration};
 
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams};
-use p2pos_kernel::{ServiceContext, wire};
+use p2pos_kernel::ServiceContext;
 use p2pos_proto::overlay::v1::{OverlayStatus, PeerInfo, Ticket};
+use p2pos_protocols::wire;
 use tokio::{
     sync::{broadcast, mpsc, oneshot, watch},
     task::JoinHandle,

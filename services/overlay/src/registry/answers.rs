@@ -14,17 +14,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use libp2p::{PeerId, Stream};
-use p2pos_kernel::{
-    ErrorCode, ServiceError,
-    events::now_ms,
-    protocols::{apps::Incoming, services::Response},
-    wire,
-};
+use p2pos_kernel::{ErrorCode, ServiceError, events::now_ms};
 use p2pos_proto::{
     app::v1::IncomingCall,
     service::v1::{ReplyError, ReplyRequest, reply_request},
     wire::v1::{CallAnswer, CallFrame},
 };
+use p2pos_protocols::{apps::Incoming, services::Response, wire};
 use tokio::{
     io::{AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::oneshot,

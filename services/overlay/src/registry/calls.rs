@@ -15,11 +15,11 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId};
 use libp2p_stream::{Control, OpenStreamError};
-use p2pos_kernel::protocols::services::Response;
 use p2pos_proto::{
     service::v1::{CallReply, CallRequest},
     wire::v1::{CallAnswer, CallFrame},
 };
+use p2pos_protocols::services::Response;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::oneshot,

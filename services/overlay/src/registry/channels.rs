@@ -11,8 +11,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
 use libp2p::PeerId;
-use p2pos_kernel::{Store, protocols::apps::ChannelStream};
+use p2pos_kernel::Store;
 use p2pos_proto::wire::v1::channel_welcome;
+use p2pos_protocols::apps::ChannelStream;
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tracing::{debug, warn};
 

@@ -5,8 +5,9 @@
 use std::{future::Future, time::Duration};
 
 use libp2p::{Multiaddr, PeerId};
-use p2pos_kernel::{ErrorCode, protocols::services::Response};
+use p2pos_kernel::ErrorCode;
 use p2pos_proto::service::v1::{FindServiceReply, FindServiceRequest, ServiceInfo};
+use p2pos_protocols::services::Response;
 use tokio::time::Instant;
 use tracing::debug;
 

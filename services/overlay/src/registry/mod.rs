@@ -29,16 +29,14 @@ use std::{
 
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
-use p2pos_kernel::{
-    Call, ServiceError,
-    protocols::{
-        Services,
-        services::{Request, Response},
-    },
-};
+use p2pos_kernel::{Call, ServiceError};
 use p2pos_proto::service::v1::{
     CloseForwardRequest, ExposeRequest, ListServicesReply, OpenServiceChannel, RegisterRequest,
     ServiceInfo, UnregisterRequest, WithdrawRequest,
+};
+use p2pos_protocols::{
+    Services,
+    services::{Request, Response},
 };
 use tokio::sync::watch;
 use tracing::info;
@@ -62,7 +60,7 @@ pub(crate) const MAX_REGISTRATIONS: usize = 256;
 /// Most services one app (with its helpers, each an app id of its own) registers on one node.
 pub(crate) const MAX_REGISTRATIONS_PER_APP: usize = 32;
 /// The app id port forwarding uses: the provider of exposures, the opener of forwards. A
-/// node-wide helper's id (`p2pos_kernel::names`): no app gets a token for it, so no app can
+/// node-wide helper's id (`p2pos_protocols::names`): no app gets a token for it, so no app can
 /// pose as port forwarding.
 pub(crate) const FORWARD_APP: &str = "_node:forward";
 
@@ -336,9 +334,9 @@ mod tests {
     fn port_forwarding_acts_as_a_node_helper_id() {
         assert_eq!(
             FORWARD_APP,
-            p2pos_kernel::names::helper_app_id("", "forward")
+            p2pos_protocols::names::helper_app_id("", "forward")
         );
         assert!(validate_app_id(FORWARD_APP).is_ok());
-        assert!(p2pos_kernel::names::check_plain_app_id(FORWARD_APP).is_err());
+        assert!(p2pos_protocols::names::check_plain_app_id(FORWARD_APP).is_err());
     }
 }

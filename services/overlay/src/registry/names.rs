@@ -2,7 +2,7 @@
 //! channels take them (always `<name>/<version>`; only port forwarding accepts a bare name),
 //! descriptions, and payloads.
 
-use p2pos_kernel::wire::MAX_PAYLOAD;
+use p2pos_protocols::wire::MAX_PAYLOAD;
 
 use crate::{Error, forward::parse_service_name};
 

@@ -17,10 +17,6 @@ use actix::prelude::*;
 use p2pos_kernel::{
     ChildHandle, ChildSpec, Config, InjectPanic, Kernel, RestartType, ServiceContext, ServiceError,
     StopService,
-    protocols::{
-        Apps, Overlay,
-        apps::{ChannelStream, Incoming, Request, Response, Session},
-    },
 };
 use p2pos_proto::{
     app::v1::{IncomingCall, IncomingChannel},
@@ -28,6 +24,10 @@ use p2pos_proto::{
         DialRequest, GetTicketRequest, ListPeersRequest, OverlayRequest, OverlayStatusRequest,
         overlay_request::Kind as Req, overlay_response::Kind as Resp,
     },
+};
+use p2pos_protocols::{
+    Apps, Overlay,
+    apps::{ChannelStream, Incoming, Request, Response, Session},
 };
 
 /// How long any one step of a test may take.

@@ -5,18 +5,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use p2pos_kernel::{
-    ServiceError,
-    protocols::{
-        Services,
-        apps::{self, ChannelStream, Session},
-        services::{Request, Response},
-    },
-    wire,
-};
+use p2pos_kernel::ServiceError;
 use p2pos_proto::service::v1::{
     CallReply, CallRequest, FindServiceRequest, OpenServiceChannel, RegisterRequest, ReplyRequest,
     ServiceInfo, reply_request,
+};
+use p2pos_protocols::{
+    Services,
+    apps::{self, ChannelStream, Session},
+    services::{Request, Response},
+    wire,
 };
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};

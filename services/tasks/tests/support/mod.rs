@@ -16,14 +16,14 @@ use actix::prelude::*;
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, Config, DeathGuard, ErrorCode, InjectPanic, Kernel, RestartType,
     ServiceContext, ServiceError, StopService,
-    protocols::{
-        Apps, Tasks, apps,
-        tasks::{Request, Response},
-    },
 };
 use p2pos_proto::tasks::v1::{
     AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus, LogLine, LogsRequest,
     TasksRequest, tasks_request::Kind as Req, tasks_response::Kind as Resp,
+};
+use p2pos_protocols::{
+    Apps, Tasks, apps,
+    tasks::{Request, Response},
 };
 use tokio::sync::{mpsc, oneshot};
 

@@ -1,10 +1,23 @@
-//! The protocols the kernel routes between the gateway and the service actors.
+//! The vocabulary P2P OS services speak to each other: the protocols the kernel routes between
+//! the gateway and the service actors, the framing of node-to-node streams, and the grammar of
+//! app ids. Not a service: every service crate may depend on it, and the kernel does not (it
+//! routes any [`Protocol`] without knowing its types).
 //!
 //! Control-plane protocols use the protobuf envelopes of the open spec (one `oneof` per
 //! service). The apps protocol hands out data-plane handles (byte streams and bounded
 //! receivers): the bytes themselves then flow without passing through any actor.
+//!
+//! # Layout
+//! - this file: one marker type per protocol ([`Overlay`], [`Monitor`], [`Apps`], [`Tasks`],
+//!   [`Services`]) and the request and response types of those that are not protobuf
+//!   envelopes.
+//! - [`wire`]: framing shared by the node-to-node protocols and the channel splice.
+//! - [`names`]: app ids and helpers' app ids, one grammar for every service.
 
-use crate::registry::Protocol;
+pub mod names;
+pub mod wire;
+
+use p2pos_kernel::Protocol;
 
 /// `p2pos.overlay.v1`: tickets, dialing, peers, ping, DHT, overlay status.
 #[derive(Debug)]

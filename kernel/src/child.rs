@@ -1,15 +1,17 @@
-//! What the kernel knows of each child service: its spec, the handle to stop it, the context
-//! it is started with, and its life-cycle state.
+//! What the kernel knows of each child service: its spec (with what it declares it uses), the
+//! handle to stop it, the context it is started with (narrowed to what it declared), and its
+//! life-cycle state.
 
 use std::{sync::Arc, time::Instant};
 
 use actix::prelude::*;
-use libp2p::identity::Keypair;
+use libp2p::{PeerId, identity::Keypair};
 use tokio::sync::watch;
 
 use crate::{
-    Config, EventBus, Registry, Store,
+    Config, EventBus, Registry, ServiceError, Store,
     metrics::Metrics,
+    store::ScopedStore,
     supervisor::{DeathGuard, KernelHandle},
 };
 
@@ -84,8 +86,30 @@ pub struct ChildHandle {
     pub panic: Recipient<InjectPanic>,
 }
 
-/// Starts a child's actor (registering its protocols) and gives it the guard to hold.
+/// Starts a child's actor (registering what it provides) and gives it the guard to hold.
 pub type StartFn = Box<dyn Fn(ServiceContext, DeathGuard) -> Result<ChildHandle, String>>;
+
+/// What a service is handed by the kernel, declared in its child spec (as a Fuchsia component
+/// declares what it `use`s and `expose`s): the kernel hands it nothing else, and checks at boot
+/// that every handle it needs is provided by a service started before it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Uses {
+    /// The node's secret key. Only the network needs it (to sign); everyone else gets the
+    /// peer id.
+    pub keypair: bool,
+    /// The admin token (only the gateway, which checks callers' credentials).
+    pub admin_token: bool,
+    /// The store trees it reads and writes; any other tree is refused.
+    pub trees: &'static [&'static str],
+    /// Protocols it calls. Looked up on every call, so their provider's restarts are
+    /// transparent to it (it sees `UNAVAILABLE` only while the provider is down).
+    pub calls: &'static [&'static str],
+    /// Handles it takes once, when it starts (the network handle, say). A restart of their
+    /// provider restarts this service too, right after the provider, whatever the strategy.
+    pub needs: &'static [&'static str],
+    /// What it registers: protocols it answers and handles it hands to others.
+    pub provides: &'static [&'static str],
+}
 
 /// How to start and restart one service.
 pub struct ChildSpec {
@@ -93,20 +117,27 @@ pub struct ChildSpec {
     pub name: &'static str,
     /// When it is restarted.
     pub restart: RestartType,
+    /// What the kernel hands it.
+    pub uses: Uses,
     /// Starts it.
     pub start: StartFn,
 }
 
-/// Everything a service gets from the kernel.
+/// Everything a service gets from the kernel: what every service gets, and what its child
+/// spec declared ([`Uses`]).
 #[derive(Clone)]
 pub struct ServiceContext {
-    /// The node's configuration.
+    /// The service's name, from its child spec.
+    pub name: &'static str,
+    /// The node's configuration (the kernel's part; each service has its own).
     pub config: Arc<Config>,
-    /// The node's identity.
-    pub keypair: Keypair,
-    /// The durable store.
+    /// The node's peer id.
+    pub peer_id: PeerId,
+    /// The node's identity, if declared.
+    keypair: Option<Keypair>,
+    /// The durable store, limited to the declared trees.
     pub store: Arc<dyn Store>,
-    /// Protocol routes to service actors.
+    /// Routes and handles, limited to the declared ones.
     pub registry: Registry,
     /// The event bus.
     pub events: EventBus,
@@ -116,10 +147,75 @@ pub struct ServiceContext {
     pub kernel: KernelHandle,
     /// When the node started.
     pub started_at: Instant,
-    /// The admin token (also in `gateway.token`).
-    pub admin_token: Arc<str>,
+    /// The admin token (also in `gateway.token`), if declared.
+    admin_token: Option<Arc<str>>,
     /// The services' states, as they change.
     pub states: watch::Receiver<Vec<ServiceStatus>>,
+}
+
+/// What the kernel holds for every child, and narrows for each.
+#[derive(Clone)]
+pub(crate) struct NodeContext {
+    pub(crate) config: Arc<Config>,
+    pub(crate) keypair: Keypair,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) routes: Registry,
+    pub(crate) events: EventBus,
+    pub(crate) metrics: Metrics,
+    pub(crate) kernel: KernelHandle,
+    pub(crate) started_at: Instant,
+    pub(crate) admin_token: Arc<str>,
+    pub(crate) states: watch::Receiver<Vec<ServiceStatus>>,
+}
+
+impl NodeContext {
+    /// The context of the service `name`: what every service gets, and what `uses` declares.
+    pub(crate) fn narrow(&self, name: &'static str, uses: &Uses) -> ServiceContext {
+        let Uses {
+            keypair,
+            admin_token,
+            trees,
+            calls,
+            needs,
+            provides,
+        } = *uses;
+        ServiceContext {
+            name,
+            config: self.config.clone(),
+            peer_id: self.keypair.public().to_peer_id(),
+            keypair: keypair.then(|| self.keypair.clone()),
+            store: Arc::new(ScopedStore::new(self.store.clone(), name, trees)),
+            registry: self.routes.scoped(name, calls, needs, provides),
+            events: self.events.clone(),
+            metrics: self.metrics.clone(),
+            kernel: self.kernel.clone(),
+            started_at: self.started_at,
+            admin_token: admin_token.then(|| self.admin_token.clone()),
+            states: self.states.clone(),
+        }
+    }
+}
+
+impl ServiceContext {
+    /// The node's secret key; an error unless the child spec declares `keypair`.
+    pub fn keypair(&self) -> Result<&Keypair, ServiceError> {
+        self.keypair
+            .as_ref()
+            .ok_or_else(|| undeclared(self.name, "keypair"))
+    }
+
+    /// The admin token; an error unless the child spec declares `admin_token`.
+    pub fn admin_token(&self) -> Result<Arc<str>, ServiceError> {
+        self.admin_token
+            .clone()
+            .ok_or_else(|| undeclared(self.name, "admin_token"))
+    }
+}
+
+fn undeclared(service: &str, what: &str) -> ServiceError {
+    ServiceError::internal(format!(
+        "service {service} uses {what} without declaring it in its child spec"
+    ))
 }
 
 /// Why a child exited.

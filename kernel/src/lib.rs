@@ -29,5 +29,5 @@ pub use registry::{Call, Protocol, Registry};
 pub use store::Store;
 pub use supervisor::{
     BootError, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Kernel, KernelHandle, RestartType,
-    ServiceContext, ServiceState, ServiceStatus, StopService,
+    ServiceContext, ServiceState, ServiceStatus, StopService, Uses,
 };

@@ -28,6 +28,14 @@ pub enum StoreError {
     /// A read or write failed.
     #[error("store error: {0}")]
     Io(String),
+    /// A service used a tree its child spec does not declare (a bug in that service).
+    #[error("service {service} uses store tree {tree:?} without declaring it in its child spec")]
+    Undeclared {
+        /// The service.
+        service: &'static str,
+        /// The tree.
+        tree: String,
+    },
 }
 
 impl From<sled::Error> for StoreError {
@@ -148,6 +156,75 @@ impl Store for SledStore {
     }
 }
 
+/// A service's view of the store: only the trees its child spec declares. Ids and flushes are
+/// the node's, shared.
+pub struct ScopedStore {
+    inner: Arc<dyn Store>,
+    service: &'static str,
+    trees: &'static [&'static str],
+}
+
+impl ScopedStore {
+    /// `inner`, limited to `trees` for service `service`.
+    pub fn new(
+        inner: Arc<dyn Store>,
+        service: &'static str,
+        trees: &'static [&'static str],
+    ) -> Self {
+        Self {
+            inner,
+            service,
+            trees,
+        }
+    }
+
+    fn check(&self, tree: &str) -> Result<(), StoreError> {
+        if self.trees.contains(&tree) {
+            Ok(())
+        } else {
+            Err(StoreError::Undeclared {
+                service: self.service,
+                tree: tree.to_owned(),
+            })
+        }
+    }
+}
+
+impl Store for ScopedStore {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check(tree)?;
+        self.inner.get(tree, key)
+    }
+
+    fn insert(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.check(tree)?;
+        self.inner.insert(tree, key, value)
+    }
+
+    fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
+        self.check(tree)?;
+        self.inner.remove(tree, key)
+    }
+
+    fn scan_prefix(&self, tree: &str, prefix: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+        self.check(tree)?;
+        self.inner.scan_prefix(tree, prefix, limit)
+    }
+
+    fn batch(&self, tree: &str, ops: Vec<BatchOp>) -> Result<(), StoreError> {
+        self.check(tree)?;
+        self.inner.batch(tree, ops)
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.inner.next_id()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +252,21 @@ mod tests {
         assert_eq!(store.get("t", b"b1").expect("get"), Some(b"z".to_vec()));
         let a = store.next_id().expect("id");
         assert!(store.next_id().expect("id") > a);
+    }
+
+    #[test]
+    fn a_service_sees_only_its_declared_trees() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        store.insert("secrets", b"k", b"v").expect("insert");
+        let scoped = ScopedStore::new(store, "chat", &["mine"]);
+        scoped.insert("mine", b"k", b"v").expect("its own tree");
+        assert_eq!(scoped.get("mine", b"k").expect("get"), Some(b"v".to_vec()));
+        let refused = scoped.get("secrets", b"k").expect_err("another tree");
+        assert!(refused.to_string().contains("\"secrets\""), "{refused}");
+        assert!(scoped.remove("secrets", b"k").is_err());
+        assert!(scoped.scan_prefix("secrets", b"", 10).is_err());
+        assert!(scoped.next_id().is_ok());
     }
 
     #[test]

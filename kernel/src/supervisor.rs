@@ -14,9 +14,10 @@ use p2pos_proto::monitor::v1::{ServiceRestarted, ServiceStateChanged, event::Kin
 use tokio::{sync::watch, time::Instant};
 use tracing::{error, info, warn};
 
+use crate::child::NodeContext;
 pub use crate::child::{
     ChildHandle, ChildSpec, ExitReason, InjectPanic, RestartType, ServiceContext, ServiceState,
-    ServiceStatus, StartFn, StopService,
+    ServiceStatus, StartFn, StopService, Uses,
 };
 use crate::{
     Config, EventBus, Registry, ServiceError, config::Strategy, identity, metrics::Metrics,
@@ -126,6 +127,14 @@ pub enum BootError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A child spec needs a handle that no service started before it provides.
+    #[error("service {service} needs {name}, which no service started before it provides")]
+    Unprovided {
+        /// The service.
+        service: &'static str,
+        /// What it needs.
+        name: &'static str,
+    },
 }
 
 struct Child {
@@ -137,7 +146,7 @@ struct Child {
 
 /// The kernel actor.
 pub struct Kernel {
-    ctx: ServiceContext,
+    ctx: NodeContext,
     children: Vec<Child>,
     restarts: VecDeque<Instant>,
     states: watch::Sender<Vec<ServiceStatus>>,
@@ -150,6 +159,7 @@ impl Kernel {
     /// actor, which starts `children` in order. Must run inside an actix system.
     pub fn boot(config: Config, children: Vec<ChildSpec>) -> Result<KernelHandle, BootError> {
         config.validate()?;
+        check_routes(&children)?;
         prepare_data_dir(&config.data_dir)?;
         let keypair = identity::load_or_create(&config.data_dir)?;
         let store = SledStore::open(&config.data_dir.join("store"))?;
@@ -157,11 +167,11 @@ impl Kernel {
         let (states_tx, states_rx) = watch::channel(Vec::new());
         let config = Arc::new(config);
         let addr = Kernel::create(move |actx| {
-            let ctx = ServiceContext {
+            let ctx = NodeContext {
                 config,
                 keypair,
                 store,
-                registry: Registry::default(),
+                routes: Registry::default(),
                 events: EventBus::new(),
                 metrics: Metrics::default(),
                 kernel: KernelHandle {
@@ -222,7 +232,8 @@ impl Kernel {
             kernel: ctx.address(),
             failure: None,
         };
-        match (child.spec.start)(self.ctx.clone(), guard) {
+        let service_ctx = self.ctx.narrow(child.spec.name, &child.spec.uses);
+        match (child.spec.start)(service_ctx, guard) {
             Ok(handle) => {
                 child.handle = Some(handle);
                 info!(service = child.spec.name, "service started");
@@ -263,6 +274,42 @@ impl Kernel {
         }
         self.restarts.len() <= self.ctx.config.supervisor.max_restarts as usize
     }
+}
+
+/// Every handle a child needs is provided by a child started before it.
+fn check_routes(children: &[ChildSpec]) -> Result<(), BootError> {
+    for (idx, child) in children.iter().enumerate() {
+        for &name in child.uses.needs {
+            if !children[..idx]
+                .iter()
+                .any(|earlier| earlier.uses.provides.contains(&name))
+            {
+                return Err(BootError::Unprovided {
+                    service: child.name,
+                    name,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The children restarted with child `idx`: itself, those started after it under
+/// rest_for_one, and under any strategy those that need a handle one of them provides (and so
+/// on), in start order.
+fn restart_group(children: &[&ChildSpec], idx: usize, strategy: Strategy) -> Vec<usize> {
+    let mut group = vec![idx];
+    for later in idx + 1..children.len() {
+        let needs_one = children[later].uses.needs.iter().any(|name| {
+            group
+                .iter()
+                .any(|&member| children[member].uses.provides.contains(name))
+        });
+        if strategy == Strategy::RestForOne || needs_one {
+            group.push(later);
+        }
+    }
+    group
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(), BootError> {
@@ -360,46 +407,36 @@ impl Handler<ChildExited> for Kernel {
                 restarts: self.children[idx].status.restarts,
             }));
         let delay = self.restart_delay();
-        match self.ctx.config.supervisor.strategy {
-            Strategy::OneForOne => {
-                ctx.run_later(delay, move |act, ctx| {
-                    if !act.shutting_down {
-                        act.start_child(idx, ctx);
-                    }
-                });
+        let specs: Vec<&ChildSpec> = self.children.iter().map(|c| &c.spec).collect();
+        let group = restart_group(&specs, idx, self.ctx.config.supervisor.strategy);
+        let mut stops = Vec::new();
+        for &later in group[1..].iter().rev() {
+            let child = &mut self.children[later];
+            child.generation += 1; // its exit is part of this restart, not a crash
+            if let Some(handle) = child.handle.take() {
+                stops.push(handle.stop);
             }
-            Strategy::RestForOne => {
-                let mut stops = Vec::new();
-                for later in (idx + 1..self.children.len()).rev() {
-                    let child = &mut self.children[later];
-                    child.generation += 1; // its exit is part of this restart, not a crash
-                    if let Some(handle) = child.handle.take() {
-                        stops.push(handle.stop);
-                    }
-                    self.set_state(later, ServiceState::Restarting);
-                }
-                let fut = async move {
-                    for stop in stops {
-                        let _ = tokio::time::timeout(STOP_TIMEOUT, stop.send(StopService)).await;
-                    }
-                    tokio::time::sleep(delay).await;
-                };
-                ctx.wait(fut.into_actor(self).map(move |_, act, ctx| {
-                    if act.shutting_down {
-                        return;
-                    }
-                    act.start_child(idx, ctx);
-                    for later in idx + 1..act.children.len() {
-                        // OTP never restarts a temporary child, whatever the strategy.
-                        if act.children[later].spec.restart == RestartType::Temporary {
-                            act.set_state(later, ServiceState::Stopped);
-                        } else {
-                            act.start_child(later, ctx);
-                        }
-                    }
-                }));
-            }
+            self.set_state(later, ServiceState::Restarting);
         }
+        let fut = async move {
+            for stop in stops {
+                let _ = tokio::time::timeout(STOP_TIMEOUT, stop.send(StopService)).await;
+            }
+            tokio::time::sleep(delay).await;
+        };
+        ctx.wait(fut.into_actor(self).map(move |_, act, ctx| {
+            if act.shutting_down {
+                return;
+            }
+            for &member in &group {
+                // OTP never restarts a temporary child, whatever the strategy.
+                if member != idx && act.children[member].spec.restart == RestartType::Temporary {
+                    act.set_state(member, ServiceState::Stopped);
+                } else {
+                    act.start_child(member, ctx);
+                }
+            }
+        }));
     }
 }
 

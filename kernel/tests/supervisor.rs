@@ -13,7 +13,7 @@ use std::{
 use actix::prelude::*;
 use p2pos_kernel::{
     ChildHandle, ChildSpec, Config, DeathGuard, InjectPanic, Kernel, KernelHandle, RestartType,
-    ServiceContext, ServiceState, ServiceStatus, StopService,
+    ServiceContext, ServiceState, ServiceStatus, StopService, Uses,
     config::{Strategy, SupervisorConfig},
 };
 use tokio::sync::watch;
@@ -103,6 +103,15 @@ impl Node {
         supervisor: SupervisorConfig,
         children: &[(&'static str, RestartType, Start)],
     ) -> Node {
+        Node::boot_uses(supervisor, children, |_| Uses::default()).await
+    }
+
+    /// Boots a kernel with `children`, each declaring what `uses` says for its name.
+    async fn boot_uses(
+        supervisor: SupervisorConfig,
+        children: &[(&'static str, RestartType, Start)],
+        uses: impl Fn(&str) -> Uses,
+    ) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = Config {
             data_dir: dir.path().join("node"),
@@ -120,6 +129,7 @@ impl Node {
                 ChildSpec {
                     name,
                     restart,
+                    uses: uses(name),
                     start: Box::new(move |ctx, guard| {
                         let _ = ctx_tx.send(ctx);
                         let mut n = starts.lock().unwrap_or_else(|e| e.into_inner());
@@ -467,6 +477,155 @@ fn a_failed_start_is_one_restart_and_its_stale_report_is_ignored() {
         assert_eq!(node.take_log(), ["start a", "refused b", "start b"]);
         assert_eq!(node.status("b").restarts, 1);
         node.kernel.shutdown(0);
+    });
+    assert_eq!(code, 0);
+}
+
+/// What the dependency tests' children declare: `net` provides the handle `net`, `app` needs
+/// it, `gw` only calls a protocol `app` answers.
+fn network_and_app(name: &str) -> Uses {
+    match name {
+        "net" => Uses {
+            provides: &["net"],
+            ..Uses::default()
+        },
+        "app" => Uses {
+            needs: &["net"],
+            provides: &["app.v1"],
+            ..Uses::default()
+        },
+        "gw" => Uses {
+            calls: &["app.v1"],
+            ..Uses::default()
+        },
+        _ => Uses::default(),
+    }
+}
+
+#[test]
+fn a_service_that_needs_a_handle_restarts_after_its_provider_whatever_the_strategy() {
+    let code = run(|| async {
+        let mut node = Node::boot_uses(
+            supervisor(Strategy::OneForOne, 5, 10),
+            &[
+                ("net", Permanent, Always),
+                ("app", Permanent, Always),
+                ("gw", Permanent, Always),
+            ],
+            network_and_app,
+        )
+        .await;
+        node.running(&[("net", 0), ("app", 0), ("gw", 0)]).await;
+        node.take_log();
+
+        // app took net's handle when it started: it starts again after the new net. gw only
+        // calls app's protocol, looked up per call: it is left alone.
+        node.addr("net").do_send(InjectPanic);
+        node.running(&[("net", 1), ("app", 0), ("gw", 0)]).await;
+        let log = node.take_log();
+        let starts: Vec<&str> = log
+            .iter()
+            .map(String::as_str)
+            .filter(|l| l.starts_with("start"))
+            .collect();
+        assert_eq!(starts, ["start net", "start app"], "{log:?}");
+        assert!(
+            log.contains(&"stop app".to_owned()),
+            "app stopped first: {log:?}"
+        );
+        assert_eq!(node.status("app").last_error, "", "not a crash of app's");
+
+        // A crash of app alone restarts app alone.
+        node.addr("app").do_send(InjectPanic);
+        node.running(&[("net", 1), ("app", 1), ("gw", 0)]).await;
+        node.kernel.shutdown(0);
+    });
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_handle_no_earlier_service_provides_is_a_boot_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        data_dir: dir.path().join("node"),
+        ..Config::default()
+    };
+    let child = |name, uses| ChildSpec {
+        name,
+        restart: Permanent,
+        uses,
+        start: Box::new(|_, _| Err("never started".to_owned())),
+    };
+    let runner = System::new();
+    let err = runner.block_on(async {
+        // app comes before the service that provides its handle.
+        let children = vec![
+            child("app", network_and_app("app")),
+            child("net", network_and_app("net")),
+        ];
+        Kernel::boot(config, children).err().expect("refused")
+    });
+    assert_eq!(
+        err.to_string(),
+        "service app needs net, which no service started before it provides"
+    );
+}
+
+#[test]
+fn a_service_reaches_only_what_it_declares() {
+    let code = run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            data_dir: dir.path().join("node"),
+            ..Config::default()
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let spec = ChildSpec {
+            name: "app",
+            restart: Permanent,
+            uses: Uses {
+                trees: &["mine"],
+                provides: &["app.v1"],
+                ..Uses::default()
+            },
+            start: Box::new(move |ctx, guard| {
+                let _ = tx.send(ctx);
+                let addr = Stub {
+                    name: "app",
+                    guard,
+                    log: Log::default(),
+                }
+                .start();
+                Ok(ChildHandle {
+                    stop: addr.clone().recipient(),
+                    panic: addr.recipient(),
+                })
+            }),
+        };
+        let kernel = Kernel::boot(config, vec![spec]).expect("boot");
+        let ctx = rx.recv().await.expect("started");
+        assert!(ctx.store.insert("mine", b"k", b"v").is_ok());
+        let err = ctx.store.get("tokens", b"k").expect_err("undeclared tree");
+        assert!(err.to_string().contains("service app"), "{err}");
+        assert!(ctx.keypair().is_err(), "the secret key is not declared");
+        assert!(ctx.admin_token().is_err(), "nor the admin token");
+        assert_eq!(
+            ctx.peer_id.to_string().len(),
+            52,
+            "the peer id is for everyone"
+        );
+        assert!(ctx.registry.provide("app.v1", 1u32).is_ok());
+        let err = ctx
+            .registry
+            .provide("other.v1", 1u32)
+            .expect_err("undeclared");
+        assert!(err.to_string().contains("without declaring it"), "{err}");
+        let err = ctx
+            .registry
+            .take::<u32>("app.v1")
+            .expect_err("not declared as needed");
+        assert!(err.to_string().contains("takes app.v1"), "{err}");
+        kernel.shutdown(0);
     });
     assert_eq!(code, 0);
 }

@@ -29,7 +29,7 @@ impl Node for NodeApi {
         let scope = self.auth.scope(&req)?;
         let GetInfoRequest {} = req.into_inner();
         Ok(Response::new(NodeInfo {
-            peer_id: self.ctx.keypair.public().to_peer_id().to_string(),
+            peer_id: self.ctx.peer_id.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             api_versions: p2pos_proto::API_VERSIONS
                 .iter()

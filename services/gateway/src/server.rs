@@ -6,8 +6,8 @@ use std::{os::unix::fs::PermissionsExt, time::Duration};
 
 use actix::prelude::*;
 use p2pos_kernel::{
-    ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext, ServiceState,
-    StopService,
+    ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
+    ServiceState, StopService, Uses, store::HELPER_TOKENS_TREE,
 };
 use p2pos_proto::{
     FILE_DESCRIPTOR_SET, app::v1::apps_server::AppsServer,
@@ -15,6 +15,7 @@ use p2pos_proto::{
     overlay::v1::overlay_server::OverlayServer, service::v1::services_server::ServicesServer,
     tasks::v1::tasks_server::TasksServer,
 };
+use p2pos_protocols::{Apps, Monitor, Overlay, Services, Tasks};
 use tokio::{
     sync::watch,
     task::{AbortHandle, JoinHandle},
@@ -26,8 +27,14 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
-    SOCKET_FILE, apps_api::AppsApi, auth::Authenticator, monitor_api::MonitorApi,
-    node_api::NodeApi, overlay_api::OverlayApi, services_api::ServicesApi, tasks_api::TasksApi,
+    SOCKET_FILE,
+    apps_api::AppsApi,
+    auth::{Authenticator, TOKENS_TREE},
+    monitor_api::MonitorApi,
+    node_api::NodeApi,
+    overlay_api::OverlayApi,
+    services_api::ServicesApi,
+    tasks_api::TasksApi,
 };
 
 /// The service's name.
@@ -43,6 +50,19 @@ pub fn child_spec() -> ChildSpec {
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
+        uses: Uses {
+            // It checks callers' credentials.
+            admin_token: true,
+            trees: &[TOKENS_TREE, HELPER_TOKENS_TREE],
+            calls: &[
+                Overlay::NAME,
+                Apps::NAME,
+                Services::NAME,
+                Tasks::NAME,
+                Monitor::NAME,
+            ],
+            ..Uses::default()
+        },
         start: Box::new(start),
     }
 }
@@ -51,7 +71,8 @@ fn routes(
     ctx: &ServiceContext,
     stop: &CancellationToken,
 ) -> Result<(Routes, HealthReporter), String> {
-    let auth = Authenticator::new(ctx.admin_token.clone(), ctx.store.clone());
+    let admin_token = ctx.admin_token().map_err(|e| e.to_string())?;
+    let auth = Authenticator::new(admin_token, ctx.store.clone());
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -124,7 +145,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         info!("gateway on http://{local} (token required)");
         // Every call on TCP needs a token, health and reflection included.
-        let auth = Authenticator::new(ctx.admin_token.clone(), ctx.store.clone());
+        let admin_token = ctx.admin_token().map_err(|e| e.to_string())?;
+        let auth = Authenticator::new(admin_token, ctx.store.clone());
         let require_token = move |req: tonic::Request<()>| auth.scope(&req).map(|_| req);
         servers.push(
             tracker.spawn(

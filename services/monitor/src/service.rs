@@ -3,8 +3,8 @@
 
 use actix::prelude::*;
 use p2pos_kernel::{
-    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext,
-    ServiceError, StopService,
+    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
+    ServiceError, StopService, Uses,
 };
 use p2pos_proto::{
     monitor::v1::{MonitorResponse, NodeStatus, ServiceState, monitor_request, monitor_response},
@@ -27,6 +27,12 @@ pub fn child_spec() -> ChildSpec {
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
+        uses: Uses {
+            // The status includes the overlay's.
+            calls: &[Overlay::NAME],
+            provides: &[Monitor::NAME],
+            ..Uses::default()
+        },
         start: Box::new(start),
     }
 }
@@ -65,7 +71,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
     }
     .start();
     ctx.registry
-        .register::<Monitor>(NAME, addr.clone().recipient());
+        .register::<Monitor>(addr.clone().recipient())
+        .map_err(|e| e.to_string())?;
     Ok(ChildHandle {
         stop: addr.clone().recipient(),
         panic: addr.recipient(),
@@ -193,7 +200,7 @@ async fn status(ctx: &ServiceContext, metrics_url: String) -> NodeStatus {
         })
         .unwrap_or_default();
     NodeStatus {
-        peer_id: ctx.keypair.public().to_peer_id().to_string(),
+        peer_id: ctx.peer_id.to_string(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: ctx.started_at.elapsed().as_secs(),
         listen_addresses: overlay.listen_addresses,

@@ -7,8 +7,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use actix::prelude::*;
 use libp2p_stream::{Control, IncomingStreams};
 use p2pos_kernel::{
-    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext,
-    ServiceError, StopService,
+    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
+    ServiceError, StopService, Uses,
 };
 use p2pos_proto::overlay::v1::{OverlayRequest, OverlayResponse};
 use p2pos_protocols::{Apps, Overlay, Services};
@@ -30,6 +30,16 @@ use crate::{
 
 /// The service's name.
 pub const NAME: &str = "overlay";
+/// The store trees the overlay keeps: known peers and listen ports, apps, outbox and inbox,
+/// exposures.
+const STORE_TREES: &[&str] = &[
+    network::peers::PEERS_TREE,
+    network::peers::OVERLAY_TREE,
+    crate::mailbox::APPS,
+    crate::mailbox::OUTBOX,
+    crate::mailbox::INBOX,
+    crate::forward::EXPOSURES_TREE,
+];
 /// How long a stop waits for the swarm task to close.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most inbound channel handshakes at once, in all and from one peer.
@@ -58,6 +68,13 @@ pub fn child_spec() -> ChildSpec {
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
+        uses: Uses {
+            // The swarm signs with the node's key.
+            keypair: true,
+            trees: STORE_TREES,
+            provides: &[Overlay::NAME, Apps::NAME, Services::NAME],
+            ..Uses::default()
+        },
         start: Box::new(|ctx, guard| start(ctx, guard).map_err(|e| e.to_string())),
     }
 }
@@ -104,9 +121,16 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, crate::E
     };
     let registry = service.ctx.registry.clone();
     let addr = service.start();
-    registry.register::<Overlay>(NAME, addr.clone().recipient());
-    registry.register::<Apps>(NAME, addr.clone().recipient());
-    registry.register::<Services>(NAME, addr.clone().recipient());
+    let setup = |e: ServiceError| crate::Error::Setup(e.to_string());
+    registry
+        .register::<Overlay>(addr.clone().recipient())
+        .map_err(setup)?;
+    registry
+        .register::<Apps>(addr.clone().recipient())
+        .map_err(setup)?;
+    registry
+        .register::<Services>(addr.clone().recipient())
+        .map_err(setup)?;
     Ok(ChildHandle {
         stop: addr.clone().recipient(),
         panic: addr.recipient(),

@@ -7,11 +7,11 @@ use std::{collections::BTreeMap, sync::Arc};
 use actix::prelude::*;
 use nix::sys::signal::Signal;
 use p2pos_kernel::{
-    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, RestartType, ServiceContext,
-    ServiceError, StopService,
+    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
+    ServiceError, StopService, Uses, store::HELPER_TOKENS_TREE,
 };
 use p2pos_protocols::{
-    Tasks,
+    Apps, Tasks,
     tasks::{Request, Response},
 };
 use tokio::sync::Semaphore;
@@ -39,6 +39,13 @@ pub fn child_spec() -> ChildSpec {
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
+        uses: Uses {
+            trees: &[persist::HELPERS_TREE, HELPER_TOKENS_TREE],
+            // Helpers started by an app live by its sessions (`WatchSession`).
+            calls: &[Apps::NAME],
+            provides: &[Tasks::NAME],
+            ..Uses::default()
+        },
         start: Box::new(|ctx, guard| start(ctx, guard).map_err(|e| e.to_string())),
     }
 }
@@ -60,7 +67,9 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, Error> {
     };
     let registry = service.ctx.registry.clone();
     let addr = service.start();
-    registry.register::<Tasks>(NAME, addr.clone().recipient());
+    registry
+        .register::<Tasks>(addr.clone().recipient())
+        .map_err(|e| Error::Internal(e.to_string()))?;
     Ok(ChildHandle {
         stop: addr.clone().recipient(),
         panic: addr.recipient(),

@@ -11,7 +11,7 @@ use actix::prelude::*;
 use p2pos_client::{Client, Gateway, Target};
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, Config, DeathGuard, InjectPanic, Kernel, Protocol, RestartType,
-    ServiceContext, StopService,
+    ServiceContext, StopService, Uses, store::HELPER_TOKENS_TREE,
 };
 use p2pos_proto::node::v1::{CreateAppTokenRequest, GetInfoRequest};
 
@@ -47,16 +47,25 @@ impl Node {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let slot = Arc::new(Mutex::new(Some(tx)));
+        // One child spec per test node: leaking its one-name list costs a few bytes.
+        let provides: &'static [&'static str] = Box::leak(Box::new([P::NAME]));
         let stand_in = ChildSpec {
             name,
             restart: RestartType::Temporary,
+            uses: Uses {
+                trees: &[HELPER_TOKENS_TREE],
+                provides,
+                ..Uses::default()
+            },
             start: Box::new(move |ctx, guard| {
                 let registry = ctx.registry.clone();
                 if let Some(tx) = slot.lock().expect("lock").take() {
                     let _ = tx.send(ctx);
                 }
                 let addr = make(guard).start();
-                registry.register::<P>(name, addr.clone().recipient());
+                registry
+                    .register::<P>(addr.clone().recipient())
+                    .map_err(|e| e.to_string())?;
                 Ok(ChildHandle {
                     stop: addr.clone().recipient(),
                     panic: addr.recipient(),

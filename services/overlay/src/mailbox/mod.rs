@@ -45,9 +45,12 @@ mod tests;
 
 pub(crate) use inbox::Incoming;
 
-const APPS: &str = "apps";
-const OUTBOX: &str = "outbox";
-const INBOX: &str = "inbox";
+/// Store tree of the apps known here.
+pub(crate) const APPS: &str = "apps";
+/// Store tree of messages to send.
+pub(crate) const OUTBOX: &str = "outbox";
+/// Store tree of messages received.
+pub(crate) const INBOX: &str = "inbox";
 /// Most apps listed.
 const MAX_APPS: usize = 10_000;
 /// Most messages waiting in the outbox of one app.

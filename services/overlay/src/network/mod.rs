@@ -154,7 +154,8 @@ pub(crate) struct Network {
 /// Builds the swarm and spawns its task. The task starts listening (on remembered ports where
 /// it can) and dials bootstrap and known peers.
 pub(crate) fn start(ctx: &ServiceContext) -> Result<Network, Error> {
-    let swarm = behaviour::build_swarm(&ctx.keypair, &ctx.config)?;
+    let keypair = ctx.keypair().map_err(|e| Error::Setup(e.to_string()))?;
+    let swarm = behaviour::build_swarm(keypair, &ctx.config)?;
     let mut control = swarm.behaviour().stream.new_control();
     let channels = control
         .accept(CHANNEL_PROTOCOL)

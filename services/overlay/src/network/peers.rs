@@ -13,8 +13,10 @@ use tracing::warn;
 
 use crate::ticket::without_peer;
 
-const PEERS: &str = "peers";
-const OVERLAY: &str = "overlay";
+/// Store tree of known peers.
+pub(crate) const PEERS_TREE: &str = "peers";
+/// Store tree of what the network remembers of itself (listen ports).
+pub(crate) const OVERLAY_TREE: &str = "overlay";
 const LISTEN_KEY: &[u8] = b"listen";
 /// Most addresses remembered per peer.
 pub(crate) const MAX_ADDRS_PER_PEER: usize = 8;
@@ -38,7 +40,7 @@ impl PeerBook {
     /// The peers remembered in `store`.
     pub(crate) fn load(store: Arc<dyn Store>) -> Self {
         let mut peers = HashMap::new();
-        match store.scan_prefix(PEERS, b"", MAX_PEERS) {
+        match store.scan_prefix(PEERS_TREE, b"", MAX_PEERS) {
             Ok(pairs) => {
                 for (k, v) in pairs {
                     if let (Ok(peer), Some(known)) = (PeerId::from_bytes(&k), decode(&v)) {
@@ -96,7 +98,7 @@ impl PeerBook {
         known.addrs = merged;
         known.seen_ms = now;
         let value = encode(&peer, known);
-        if let Err(e) = self.store.insert(PEERS, &peer.to_bytes(), &value) {
+        if let Err(e) = self.store.insert(PEERS_TREE, &peer.to_bytes(), &value) {
             warn!(%peer, "cannot remember the peer: {e}");
         }
         self.evict();
@@ -113,7 +115,7 @@ impl PeerBook {
                 return;
             };
             self.peers.remove(&oldest);
-            if let Err(e) = self.store.remove(PEERS, &oldest.to_bytes()) {
+            if let Err(e) = self.store.remove(PEERS_TREE, &oldest.to_bytes()) {
                 warn!(peer = %oldest, "cannot forget the peer: {e}");
             }
         }
@@ -164,14 +166,14 @@ pub(crate) fn save_listen_addrs(store: &dyn Store, addrs: &[Multiaddr]) {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n");
-    if let Err(e) = store.insert(OVERLAY, LISTEN_KEY, text.as_bytes()) {
+    if let Err(e) = store.insert(OVERLAY_TREE, LISTEN_KEY, text.as_bytes()) {
         warn!("cannot remember the listen addresses: {e}");
     }
 }
 
 /// The addresses the node listened on last time.
 pub(crate) fn load_listen_addrs(store: &dyn Store) -> Vec<Multiaddr> {
-    match store.get(OVERLAY, LISTEN_KEY) {
+    match store.get(OVERLAY_TREE, LISTEN_KEY) {
         Ok(Some(v)) => String::from_utf8_lossy(&v)
             .lines()
             .filter_map(|l| l.parse().ok())

@@ -15,8 +15,8 @@ use std::{
 
 use actix::prelude::*;
 use p2pos_kernel::{
-    ChildHandle, ChildSpec, Config, InjectPanic, Kernel, RestartType, ServiceContext, ServiceError,
-    StopService,
+    ChildHandle, ChildSpec, Config, InjectPanic, Kernel, Protocol, RestartType, ServiceContext,
+    ServiceError, StopService, Uses,
 };
 use p2pos_proto::{
     app::v1::{IncomingCall, IncomingChannel},
@@ -86,6 +86,14 @@ impl Node {
         let probe = ChildSpec {
             name: "probe",
             restart: RestartType::Temporary,
+            uses: Uses {
+                calls: &[
+                    <Overlay as Protocol>::NAME,
+                    <Apps as Protocol>::NAME,
+                    <p2pos_protocols::Services as Protocol>::NAME,
+                ],
+                ..Uses::default()
+            },
             start: Box::new(move |ctx, guard| {
                 if let Some(tx) = slot.lock().expect("lock").take() {
                     let _ = tx.send(ctx);
@@ -106,7 +114,7 @@ impl Node {
     }
 
     pub(crate) fn peer_id(&self) -> String {
-        self.ctx.keypair.public().to_peer_id().to_string()
+        self.ctx.peer_id.to_string()
     }
 
     pub(crate) async fn overlay(&self, kind: Req) -> Result<Resp, ServiceError> {

@@ -14,8 +14,8 @@ use std::{
 
 use actix::prelude::*;
 use p2pos_kernel::{
-    Call, ChildHandle, ChildSpec, Config, DeathGuard, ErrorCode, InjectPanic, Kernel, RestartType,
-    ServiceContext, ServiceError, StopService,
+    Call, ChildHandle, ChildSpec, Config, DeathGuard, ErrorCode, InjectPanic, Kernel, Protocol,
+    RestartType, ServiceContext, ServiceError, StopService, Uses, store::HELPER_TOKENS_TREE,
 };
 use p2pos_proto::tasks::v1::{
     AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus, LogLine, LogsRequest,
@@ -102,6 +102,12 @@ impl Node {
         let probe = ChildSpec {
             name: "probe",
             restart: RestartType::Temporary,
+            uses: Uses {
+                trees: &[HELPER_TOKENS_TREE],
+                calls: &[<Tasks as Protocol>::NAME],
+                provides: &[<Apps as Protocol>::NAME],
+                ..Uses::default()
+            },
             start: Box::new(move |ctx, guard| {
                 if let Some(tx) = ctx_slot.lock().expect("lock").take() {
                     let _ = tx.send(ctx.clone());
@@ -112,7 +118,8 @@ impl Node {
                 }
                 .start();
                 ctx.registry
-                    .register::<Apps>("probe", addr.clone().recipient());
+                    .register::<Apps>(addr.clone().recipient())
+                    .map_err(|e| e.to_string())?;
                 Ok(ChildHandle {
                     stop: addr.clone().recipient(),
                     panic: addr.recipient(),

@@ -6,11 +6,6 @@
 
 use std::{path::Path, sync::Arc};
 
-/// Store tree of the tokens of running helpers: token → the app id the helper acts as
-/// (`<app>:<helper>`). Written by the task-control service while a helper runs, read by the
-/// gateway; cleared when the task-control service starts (no helper outlives its node).
-pub const HELPER_TOKENS_TREE: &str = "helper-tokens";
-
 /// sled's page cache: the node's data is small (peers, apps, queued messages).
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 

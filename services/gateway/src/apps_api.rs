@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     BoxStream,
-    auth::{Authenticator, Scope},
+    auth::{Scope, caller},
     cut_on_stop,
     splice::{OutputOptions, splice},
     unavailable_at_end,
@@ -33,14 +33,13 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// The adapter.
 pub struct AppsApi {
     ctx: ServiceContext,
-    auth: Authenticator,
     stop: CancellationToken,
 }
 
 impl AppsApi {
     /// For this node.
-    pub fn new(ctx: ServiceContext, auth: Authenticator, stop: CancellationToken) -> Self {
-        Self { ctx, auth, stop }
+    pub fn new(ctx: ServiceContext, stop: CancellationToken) -> Self {
+        Self { ctx, stop }
     }
 
     async fn call(&self, request: AppsRequest) -> Result<AppsResponse, Status> {
@@ -69,7 +68,7 @@ impl Apps for AppsApi {
         &self,
         req: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let SessionRequest { app_id } = req.into_inner();
         scope.require_app(&app_id)?;
         let AppsResponse::Session(session) = self.call(AppsRequest::OpenSession { app_id }).await?
@@ -99,7 +98,7 @@ impl Apps for AppsApi {
         &self,
         req: Request<Streaming<ChannelInput>>,
     ) -> Result<Response<Self::ChannelStream>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let mut input = req.into_inner();
         let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, input.message())
             .await
@@ -150,7 +149,7 @@ impl Apps for AppsApi {
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendReply>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let SendRequest {
             app_id,
             peer,
@@ -183,7 +182,7 @@ impl Apps for AppsApi {
         &self,
         req: Request<ReceiveRequest>,
     ) -> Result<Response<Self::ReceiveStream>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let ReceiveRequest { app_id } = req.into_inner();
         scope.require_app(&app_id)?;
         let AppsResponse::Inbox(inbox) = self.call(AppsRequest::Receive { app_id }).await? else {
@@ -197,7 +196,7 @@ impl Apps for AppsApi {
     }
 
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckReply>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let AckRequest { app_id, inbox_id } = req.into_inner();
         scope.require_app(&app_id)?;
         match self.call(AppsRequest::Ack { app_id, inbox_id }).await? {
@@ -210,7 +209,7 @@ impl Apps for AppsApi {
         &self,
         req: Request<ListAppsRequest>,
     ) -> Result<Response<ListAppsReply>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let ListAppsRequest {} = req.into_inner();
         let only = match scope {
             Scope::Admin => None,

@@ -4,12 +4,26 @@
 //!   token is then admin. A token, if given, must be valid and sets the scope.
 //! - On loopback TCP, every call needs a token (`authorization: Bearer <token>`): the admin
 //!   token from `gateway.token`, an app token from `Node.CreateAppToken`, or the token of a
-//!   running helper (`P2POS_TOKEN`), scoped to the helper's app id `<app>:<helper>`.
+//!   running helper (`P2POS_TOKEN`), scoped to the helper's app id `<app>:<helper>`, which the
+//!   gateway checks by asking the task-control service.
+//!
+//! [`AuthLayer`] resolves the scope once per request and puts it in its extensions; each
+//! handler reads it with [`caller`] and checks what the request names against it.
 
-use std::sync::Arc;
+use std::{sync::Arc, task::Poll};
 
-use p2pos_kernel::{Store, store::HELPER_TOKENS_TREE};
-use tonic::{Request, Status, transport::server::UdsConnectInfo};
+use futures::future::BoxFuture;
+use p2pos_kernel::{Registry, Store};
+use p2pos_protocols::{
+    Tasks,
+    tasks::{Request as TasksRequest, Response as TasksResponse},
+};
+use tonic::{
+    Request, Status,
+    codegen::http::{self, Extensions, HeaderMap},
+    transport::server::UdsConnectInfo,
+};
+use tower::{Layer, Service};
 
 /// Store tree of app tokens: token → app id.
 pub const TOKENS_TREE: &str = "tokens";
@@ -74,23 +88,31 @@ pub fn validate_app_id(app_id: &str) -> Result<(), Status> {
 pub struct Authenticator {
     admin_token: Arc<str>,
     store: Arc<dyn Store>,
+    registry: Registry,
     own_uid: u32,
 }
 
 impl Authenticator {
-    /// For a node with this admin token and store.
-    pub fn new(admin_token: Arc<str>, store: Arc<dyn Store>) -> Self {
+    /// For a node with this admin token, store (app tokens) and registry (the task-control
+    /// service, which knows the tokens of running helpers).
+    pub fn new(admin_token: Arc<str>, store: Arc<dyn Store>, registry: Registry) -> Self {
         Self {
             admin_token,
             store,
+            registry,
             own_uid: nix::unistd::getuid().as_raw(),
         }
     }
 
-    /// The scope of `req`'s caller, or the status that refuses it.
-    pub fn scope<T>(&self, req: &Request<T>) -> Result<Scope, Status> {
-        let token = bearer(req)?;
-        let on_socket = match req.extensions().get::<UdsConnectInfo>() {
+    /// The scope of a caller that sent `headers` on the connection described by `extensions`,
+    /// or the status that refuses it.
+    pub async fn scope(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Result<Scope, Status> {
+        let token = bearer(headers)?;
+        let on_socket = match extensions.get::<UdsConnectInfo>() {
             Some(info) => {
                 let uid = info.peer_cred.map(|c| c.uid());
                 if uid != Some(self.own_uid) && uid != Some(0) {
@@ -105,7 +127,7 @@ impl Authenticator {
             None => false,
         };
         match token {
-            Some(token) => self.token_scope(&token),
+            Some(token) => self.token_scope(&token).await,
             None if on_socket => Ok(Scope::Admin),
             None => Err(Status::unauthenticated(
                 "missing token: send `authorization: Bearer <token>` (the admin token is in gateway.token in the data directory)",
@@ -113,25 +135,122 @@ impl Authenticator {
         }
     }
 
-    /// Admin token, then app tokens, then the tokens of running helpers (which the
-    /// task-control service removes when a helper stops).
-    fn token_scope(&self, token: &str) -> Result<Scope, Status> {
+    /// The admin token, then app tokens, then the tokens of running helpers (which only the
+    /// task-control service knows, and forgets when a helper stops).
+    async fn token_scope(&self, token: &str) -> Result<Scope, Status> {
         if constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
             return Ok(Scope::Admin);
         }
-        for tree in [TOKENS_TREE, HELPER_TOKENS_TREE] {
-            match self.store.get(tree, token.as_bytes()) {
-                Ok(Some(app)) => return Ok(Scope::App(String::from_utf8_lossy(&app).into_owned())),
-                Ok(None) => {}
-                Err(e) => return Err(Status::internal(e.to_string())),
-            }
+        match self.store.get(TOKENS_TREE, token.as_bytes()) {
+            Ok(Some(app)) => return Ok(Scope::App(String::from_utf8_lossy(&app).into_owned())),
+            Ok(None) => {}
+            Err(e) => return Err(Status::internal(e.to_string())),
         }
-        Err(Status::unauthenticated("invalid token"))
+        let asked = self
+            .registry
+            .call::<Tasks>(TasksRequest::HelperToken {
+                token: token.to_owned(),
+            })
+            .await;
+        match asked {
+            Ok(TasksResponse::HelperToken(Some(app))) => Ok(Scope::App(app)),
+            Ok(TasksResponse::HelperToken(None)) => Err(Status::unauthenticated("invalid token")),
+            Ok(_) => Err(Status::internal(
+                "the task-control service answered a different request",
+            )),
+            Err(e) => Err(Status::unavailable(format!(
+                "cannot check the token now: {e}"
+            ))),
+        }
     }
 }
 
-fn bearer<T>(req: &Request<T>) -> Result<Option<String>, Status> {
-    let Some(value) = req.metadata().get("authorization") else {
+/// The caller's scope, or why it has none, as [`AuthLayer`] resolved it for one request.
+#[derive(Debug, Clone)]
+struct Caller(Result<Scope, Status>);
+
+/// The scope of `req`'s caller, resolved by [`AuthLayer`]; the status that refuses it if
+/// it has none.
+pub fn caller<T>(req: &Request<T>) -> Result<Scope, Status> {
+    match req.extensions().get::<Caller>() {
+        Some(Caller(scope)) => scope.clone(),
+        None => Err(Status::internal(
+            "the caller's scope was not resolved (the gateway's auth layer is missing)",
+        )),
+    }
+}
+
+/// A tower layer that resolves every request's caller scope once, before any handler runs,
+/// and puts it in the request's extensions for [`caller`] (qdrant's `AuthLayer` shape). With
+/// `require` (loopback TCP) a request whose caller has no scope is refused at once, health and
+/// reflection included; without (the unix socket) the handlers refuse it, so that health and
+/// reflection answer any local caller.
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Authenticator,
+    require: bool,
+}
+
+impl AuthLayer {
+    /// Resolves scopes with `auth`; `require`: refuse a request with no scope here.
+    pub fn new(auth: Authenticator, require: bool) -> Self {
+        Self { auth, require }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+            require: self.require,
+        }
+    }
+}
+
+/// The service [`AuthLayer`] wraps around the gateway's routes.
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Authenticator,
+    require: bool,
+}
+
+impl<S, B, R> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The clone is the one that was not made ready: use the ready one (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (auth, require) = (self.auth.clone(), self.require);
+        Box::pin(async move {
+            let scope = auth.scope(req.headers(), req.extensions()).await;
+            if require && let Err(status) = &scope {
+                return Ok(status.clone().into_http());
+            }
+            req.extensions_mut().insert(Caller(scope));
+            inner.call(req).await
+        })
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, Status> {
+    let Some(value) = headers.get("authorization") else {
         return Ok(None);
     };
     let value = value
@@ -211,50 +330,55 @@ mod tests {
         );
     }
 
-    /// A request as it comes over TCP (no socket credentials), with `token` if given.
-    fn tcp_request(token: Option<&str>) -> Request<()> {
-        let mut req = Request::new(());
+    /// The headers of a request with `token`, if given.
+    fn headers(token: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
         if let Some(token) = token {
             let value = format!("Bearer {token}").parse().expect("ascii");
-            req.metadata_mut().insert("authorization", value);
+            headers.insert("authorization", value);
         }
-        req
+        headers
     }
 
-    #[test]
-    fn tokens_resolve_to_admin_app_or_helper_scopes() {
+    #[tokio::test]
+    async fn tokens_resolve_to_admin_or_app_scopes_over_tcp() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = p2pos_kernel::store::SledStore::open(dir.path()).expect("store");
         store
             .insert(TOKENS_TREE, b"app-chat", b"chat")
             .expect("app token");
-        store
-            .insert(HELPER_TOKENS_TREE, b"helper-voice", b"chat:voice")
-            .expect("helper token");
-        let auth = Authenticator::new("admin-secret".into(), store.clone());
-        let scope = |token| auth.scope(&tcp_request(token));
-
-        assert_eq!(scope(Some("admin-secret")).expect("admin"), Scope::Admin);
+        // No task-control service runs here: helper tokens cannot be checked.
+        let auth = Authenticator::new("admin-secret".into(), store, Registry::default());
+        // Over TCP: no connection info.
+        let tcp = Extensions::new();
+        let scope = |token| {
+            let auth = auth.clone();
+            let headers = headers(token);
+            let tcp = tcp.clone();
+            async move { auth.scope(&headers, &tcp).await }
+        };
         assert_eq!(
-            scope(Some("app-chat")).expect("app"),
+            scope(Some("admin-secret")).await.expect("admin"),
+            Scope::Admin
+        );
+        assert_eq!(
+            scope(Some("app-chat")).await.expect("app"),
             Scope::App("chat".into())
         );
         assert_eq!(
-            scope(Some("helper-voice")).expect("helper"),
-            Scope::App("chat:voice".into())
+            scope(None).await.expect_err("refused").code(),
+            tonic::Code::Unauthenticated
         );
-        for bad in [Some("nope"), None] {
-            assert_eq!(
-                scope(bad).expect_err("refused").code(),
-                tonic::Code::Unauthenticated
-            );
-        }
-        // A helper's token stops working once the task-control service removes it.
-        store
-            .remove(HELPER_TOKENS_TREE, b"helper-voice")
-            .expect("remove");
+        let unknown = scope(Some("helper-voice")).await.expect_err("refused");
+        assert_eq!(unknown.code(), tonic::Code::Unavailable);
+        assert!(
+            unknown.message().contains("cannot check the token"),
+            "{unknown:?}"
+        );
+        let mut bad = HeaderMap::new();
+        bad.insert("authorization", "Basic x".parse().expect("ascii"));
         assert_eq!(
-            scope(Some("helper-voice")).expect_err("gone").code(),
+            auth.scope(&bad, &tcp).await.expect_err("refused").code(),
             tonic::Code::Unauthenticated
         );
     }

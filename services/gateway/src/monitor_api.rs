@@ -16,21 +16,20 @@ use tonic::{Request, Response, Status};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::{Authenticator, Scope},
+    auth::{Scope, caller},
     cut_on_stop,
 };
 
 /// The adapter.
 pub struct MonitorApi {
     ctx: ServiceContext,
-    auth: Authenticator,
     stop: CancellationToken,
 }
 
 impl MonitorApi {
     /// For this node.
-    pub fn new(ctx: ServiceContext, auth: Authenticator, stop: CancellationToken) -> Self {
-        Self { ctx, auth, stop }
+    pub fn new(ctx: ServiceContext, stop: CancellationToken) -> Self {
+        Self { ctx, stop }
     }
 }
 
@@ -42,7 +41,7 @@ impl Monitor for MonitorApi {
         &self,
         req: Request<GetStatusRequest>,
     ) -> Result<Response<NodeStatus>, Status> {
-        self.auth.scope(&req)?;
+        caller(&req)?;
         let response = self
             .ctx
             .registry
@@ -62,7 +61,7 @@ impl Monitor for MonitorApi {
         &self,
         req: Request<EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let stream = BroadcastStream::new(self.ctx.events.subscribe()).filter_map(move |item| {
             let out = match item {
                 Ok(event) => visible(&scope, &event).then_some(Ok(event)),

@@ -8,25 +8,24 @@ use p2pos_proto::node::v1::{
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::auth::{Authenticator, TOKENS_TREE};
+use crate::auth::{TOKENS_TREE, caller};
 
 /// The adapter.
 pub struct NodeApi {
     ctx: ServiceContext,
-    auth: Authenticator,
 }
 
 impl NodeApi {
     /// For this node.
-    pub fn new(ctx: ServiceContext, auth: Authenticator) -> Self {
-        Self { ctx, auth }
+    pub fn new(ctx: ServiceContext) -> Self {
+        Self { ctx }
     }
 }
 
 #[tonic::async_trait]
 impl Node for NodeApi {
     async fn get_info(&self, req: Request<GetInfoRequest>) -> Result<Response<NodeInfo>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let GetInfoRequest {} = req.into_inner();
         Ok(Response::new(NodeInfo {
             peer_id: self.ctx.peer_id.to_string(),
@@ -44,7 +43,7 @@ impl Node for NodeApi {
         &self,
         req: Request<ShutdownRequest>,
     ) -> Result<Response<ShutdownReply>, Status> {
-        self.auth.scope(&req)?.require_admin()?;
+        caller(&req)?.require_admin()?;
         info!("shutdown requested through the gateway");
         // The kernel stops the gateway first, gracefully, so this answer still goes out.
         self.ctx.kernel.shutdown(0);
@@ -55,7 +54,7 @@ impl Node for NodeApi {
         &self,
         req: Request<CreateAppTokenRequest>,
     ) -> Result<Response<CreateAppTokenReply>, Status> {
-        self.auth.scope(&req)?.require_admin()?;
+        caller(&req)?.require_admin()?;
         let CreateAppTokenRequest { app_id } = req.into_inner();
         p2pos_protocols::names::check_plain_app_id(&app_id).map_err(Status::invalid_argument)?;
         let bytes: [u8; 32] = rand::random();
@@ -76,7 +75,7 @@ impl Node for NodeApi {
         &self,
         req: Request<InjectPanicRequest>,
     ) -> Result<Response<InjectPanicReply>, Status> {
-        self.auth.scope(&req)?.require_admin()?;
+        caller(&req)?.require_admin()?;
         let InjectPanicRequest { service } = req.into_inner();
         self.ctx.kernel.inject_panic(&service).await?;
         Ok(Response::new(InjectPanicReply {}))

@@ -9,18 +9,17 @@ use p2pos_proto::overlay::v1::{
 use p2pos_protocols::Overlay as OverlayProtocol;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Authenticator;
+use crate::auth::caller;
 
 /// The adapter.
 pub struct OverlayApi {
     ctx: ServiceContext,
-    auth: Authenticator,
 }
 
 impl OverlayApi {
     /// For this node.
-    pub fn new(ctx: ServiceContext, auth: Authenticator) -> Self {
-        Self { ctx, auth }
+    pub fn new(ctx: ServiceContext) -> Self {
+        Self { ctx }
     }
 
     async fn call(&self, kind: Req) -> Result<Resp, Status> {
@@ -57,7 +56,7 @@ fn require_peer(peer_id: &str) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Overlay for OverlayApi {
     async fn get_ticket(&self, req: Request<GetTicketRequest>) -> Result<Response<Ticket>, Status> {
-        self.auth.scope(&req)?;
+        caller(&req)?;
         match self.call(Req::GetTicket(req.into_inner())).await? {
             Resp::Ticket(t) => Ok(Response::new(t)),
             _ => Err(mismatch()),
@@ -65,7 +64,7 @@ impl Overlay for OverlayApi {
     }
 
     async fn dial(&self, req: Request<DialRequest>) -> Result<Response<DialReply>, Status> {
-        self.auth.scope(&req)?.require_admin()?;
+        caller(&req)?.require_admin()?;
         let req = req.into_inner();
         if req.target.trim().is_empty() {
             return Err(Status::invalid_argument(
@@ -82,7 +81,7 @@ impl Overlay for OverlayApi {
         &self,
         req: Request<ListPeersRequest>,
     ) -> Result<Response<ListPeersReply>, Status> {
-        self.auth.scope(&req)?;
+        caller(&req)?;
         match self.call(Req::ListPeers(req.into_inner())).await? {
             Resp::ListPeers(p) => Ok(Response::new(p)),
             _ => Err(mismatch()),
@@ -90,7 +89,7 @@ impl Overlay for OverlayApi {
     }
 
     async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
-        self.auth.scope(&req)?;
+        caller(&req)?;
         let req = req.into_inner();
         require_peer(&req.peer_id)?;
         match self.call(Req::Ping(req)).await? {
@@ -103,7 +102,7 @@ impl Overlay for OverlayApi {
         &self,
         req: Request<FindPeerRequest>,
     ) -> Result<Response<FindPeerReply>, Status> {
-        self.auth.scope(&req)?;
+        caller(&req)?;
         let req = req.into_inner();
         require_peer(&req.peer_id)?;
         match self.call(Req::FindPeer(req)).await? {

@@ -7,7 +7,7 @@ use std::{os::unix::fs::PermissionsExt, time::Duration};
 use actix::prelude::*;
 use p2pos_kernel::{
     ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
-    ServiceState, StopService, Uses, store::HELPER_TOKENS_TREE,
+    ServiceState, StopService, Uses,
 };
 use p2pos_proto::{
     FILE_DESCRIPTOR_SET, app::v1::apps_server::AppsServer,
@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use crate::{
     SOCKET_FILE,
     apps_api::AppsApi,
-    auth::{Authenticator, TOKENS_TREE},
+    auth::{AuthLayer, Authenticator, TOKENS_TREE},
     monitor_api::MonitorApi,
     node_api::NodeApi,
     overlay_api::OverlayApi,
@@ -51,9 +51,10 @@ pub fn child_spec() -> ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
         uses: Uses {
-            // It checks callers' credentials.
+            // It checks callers' credentials: the admin token, app tokens (its own tree) and
+            // helper tokens (by asking the task-control service).
             admin_token: true,
-            trees: &[TOKENS_TREE, HELPER_TOKENS_TREE],
+            trees: &[TOKENS_TREE],
             calls: &[
                 Overlay::NAME,
                 Apps::NAME,
@@ -71,8 +72,6 @@ fn routes(
     ctx: &ServiceContext,
     stop: &CancellationToken,
 ) -> Result<(Routes, HealthReporter), String> {
-    let admin_token = ctx.admin_token().map_err(|e| e.to_string())?;
-    let auth = Authenticator::new(admin_token, ctx.store.clone());
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -82,29 +81,28 @@ fn routes(
     let routes = Routes::new(health)
         .add_service(reflection)
         .add_service(
-            NodeServer::new(NodeApi::new(ctx.clone(), auth.clone()))
+            NodeServer::new(NodeApi::new(ctx.clone())).max_decoding_message_size(MAX_GRPC_MESSAGE),
+        )
+        .add_service(
+            OverlayServer::new(OverlayApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(
-            OverlayServer::new(OverlayApi::new(ctx.clone(), auth.clone()))
-                .max_decoding_message_size(MAX_GRPC_MESSAGE),
-        )
-        .add_service(
-            AppsServer::new(AppsApi::new(ctx.clone(), auth.clone(), stop.clone()))
+            AppsServer::new(AppsApi::new(ctx.clone(), stop.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(
-            TasksServer::new(TasksApi::new(ctx.clone(), auth.clone(), stop.clone()))
+            TasksServer::new(TasksApi::new(ctx.clone(), stop.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(
-            ServicesServer::new(ServicesApi::new(ctx.clone(), auth.clone(), stop.clone()))
+            ServicesServer::new(ServicesApi::new(ctx.clone(), stop.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(
-            MonitorServer::new(MonitorApi::new(ctx.clone(), auth, stop.clone()))
+            MonitorServer::new(MonitorApi::new(ctx.clone(), stop.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         );
     Ok((routes, reporter))
@@ -113,6 +111,8 @@ fn routes(
 fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> {
     let cancel = CancellationToken::new();
     let (routes, reporter) = routes(&ctx, &cancel)?;
+    let admin_token = ctx.admin_token().map_err(|e| e.to_string())?;
+    let auth = Authenticator::new(admin_token, ctx.store.clone(), ctx.registry.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -129,6 +129,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
     let mut servers = vec![
         tracker.spawn(
             Server::builder()
+                .layer(AuthLayer::new(auth.clone(), false))
                 .add_routes(routes.clone())
                 .serve_with_incoming_shutdown(
                     UnixListenerStream::new(uds),
@@ -145,13 +146,10 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         info!("gateway on http://{local} (token required)");
         // Every call on TCP needs a token, health and reflection included.
-        let admin_token = ctx.admin_token().map_err(|e| e.to_string())?;
-        let auth = Authenticator::new(admin_token, ctx.store.clone());
-        let require_token = move |req: tonic::Request<()>| auth.scope(&req).map(|_| req);
         servers.push(
             tracker.spawn(
                 Server::builder()
-                    .layer(tonic::service::InterceptorLayer::new(require_token))
+                    .layer(AuthLayer::new(auth, true))
                     .add_routes(routes)
                     .serve_with_incoming_shutdown(
                         TcpListenerStream::new(listener),

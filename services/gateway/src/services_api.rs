@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     BoxStream,
-    auth::{Authenticator, Scope},
+    auth::{Scope, caller},
     deadline,
     splice::{OutputOptions, splice},
 };
@@ -44,14 +44,13 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// The adapter.
 pub struct ServicesApi {
     ctx: ServiceContext,
-    auth: Authenticator,
     stop: CancellationToken,
 }
 
 impl ServicesApi {
     /// For this node.
-    pub fn new(ctx: ServiceContext, auth: Authenticator, stop: CancellationToken) -> Self {
-        Self { ctx, auth, stop }
+    pub fn new(ctx: ServiceContext, stop: CancellationToken) -> Self {
+        Self { ctx, stop }
     }
 
     async fn ask(&self, request: ServicesCall) -> Result<ServicesAnswer, Status> {
@@ -95,7 +94,7 @@ impl Services for ServicesApi {
         &self,
         req: Request<RegisterRequest>,
     ) -> Result<Response<ServiceInfo>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let RegisterRequest {
             app_id,
             service,
@@ -116,7 +115,7 @@ impl Services for ServicesApi {
         &self,
         req: Request<UnregisterRequest>,
     ) -> Result<Response<UnregisterReply>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let UnregisterRequest { app_id, service } = req.into_inner();
         let request = UnregisterRequest {
             app_id: acting_app(&scope, app_id)?,
@@ -132,7 +131,7 @@ impl Services for ServicesApi {
         &self,
         req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesReply>, Status> {
-        self.auth.scope(&req)?;
+        caller(&req)?;
         let ListServicesRequest {} = req.into_inner();
         match self.ask(ServicesCall::List).await? {
             ServicesAnswer::Services(list) => Ok(Response::new(list)),
@@ -144,7 +143,7 @@ impl Services for ServicesApi {
         &self,
         req: Request<FindServiceRequest>,
     ) -> Result<Response<FindServiceReply>, Status> {
-        self.auth.scope(&req)?;
+        caller(&req)?;
         let request = req.into_inner();
         match self.ask(ServicesCall::Find(request)).await? {
             ServicesAnswer::Providers(found) => Ok(Response::new(found)),
@@ -153,7 +152,7 @@ impl Services for ServicesApi {
     }
 
     async fn call(&self, req: Request<CallRequest>) -> Result<Response<CallReply>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let deadline = deadline::from_metadata(req.metadata())?;
         let CallRequest {
             app_id,
@@ -178,7 +177,7 @@ impl Services for ServicesApi {
     }
 
     async fn reply(&self, req: Request<ReplyRequest>) -> Result<Response<ReplyAck>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let ReplyRequest {
             app_id,
             call_id,
@@ -205,7 +204,7 @@ impl Services for ServicesApi {
         &self,
         req: Request<Streaming<ServiceChannelInput>>,
     ) -> Result<Response<Self::ChannelStream>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let mut input = req.into_inner();
         let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, input.message())
             .await
@@ -243,7 +242,7 @@ impl Services for ServicesApi {
     }
 
     async fn expose(&self, req: Request<ExposeRequest>) -> Result<Response<Exposure>, Status> {
-        self.auth.scope(&req)?.require_admin()?;
+        caller(&req)?.require_admin()?;
         let request = req.into_inner();
         match self.ask(ServicesCall::Expose(request)).await? {
             ServicesAnswer::Exposed(exposure) => Ok(Response::new(exposure)),
@@ -255,7 +254,7 @@ impl Services for ServicesApi {
         &self,
         req: Request<WithdrawRequest>,
     ) -> Result<Response<WithdrawReply>, Status> {
-        self.auth.scope(&req)?.require_admin()?;
+        caller(&req)?.require_admin()?;
         let request = req.into_inner();
         match self.ask(ServicesCall::Withdraw(request)).await? {
             ServicesAnswer::Withdrawn => Ok(Response::new(WithdrawReply {})),
@@ -267,7 +266,7 @@ impl Services for ServicesApi {
         &self,
         req: Request<ListExposuresRequest>,
     ) -> Result<Response<ListExposuresReply>, Status> {
-        self.auth.scope(&req)?.require_admin()?;
+        caller(&req)?.require_admin()?;
         let ListExposuresRequest {} = req.into_inner();
         match self.ask(ServicesCall::ListExposures).await? {
             ServicesAnswer::Exposures(list) => Ok(Response::new(list)),
@@ -279,7 +278,7 @@ impl Services for ServicesApi {
         &self,
         req: Request<OpenForwardRequest>,
     ) -> Result<Response<Forward>, Status> {
-        self.auth.scope(&req)?.require_admin()?;
+        caller(&req)?.require_admin()?;
         let request = req.into_inner();
         match self.ask(ServicesCall::OpenForward(request)).await? {
             ServicesAnswer::Forwarding(forward) => Ok(Response::new(forward)),
@@ -291,7 +290,7 @@ impl Services for ServicesApi {
         &self,
         req: Request<CloseForwardRequest>,
     ) -> Result<Response<CloseForwardReply>, Status> {
-        self.auth.scope(&req)?.require_admin()?;
+        caller(&req)?.require_admin()?;
         let request = req.into_inner();
         match self.ask(ServicesCall::CloseForward(request)).await? {
             ServicesAnswer::ForwardClosed => Ok(Response::new(CloseForwardReply {})),
@@ -303,7 +302,7 @@ impl Services for ServicesApi {
         &self,
         req: Request<ListForwardsRequest>,
     ) -> Result<Response<ListForwardsReply>, Status> {
-        self.auth.scope(&req)?.require_admin()?;
+        caller(&req)?.require_admin()?;
         let ListForwardsRequest {} = req.into_inner();
         match self.ask(ServicesCall::ListForwards).await? {
             ServicesAnswer::Forwards(list) => Ok(Response::new(list)),

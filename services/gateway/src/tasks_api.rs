@@ -20,21 +20,20 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     BoxStream,
-    auth::{Authenticator, Scope},
+    auth::{Scope, caller},
     cut_on_stop,
 };
 
 /// The adapter.
 pub struct TasksApi {
     ctx: ServiceContext,
-    auth: Authenticator,
     stop: CancellationToken,
 }
 
 impl TasksApi {
     /// For this node.
-    pub fn new(ctx: ServiceContext, auth: Authenticator, stop: CancellationToken) -> Self {
-        Self { ctx, auth, stop }
+    pub fn new(ctx: ServiceContext, stop: CancellationToken) -> Self {
+        Self { ctx, stop }
     }
 
     async fn call(&self, request: TasksCall) -> Result<TasksAnswer, Status> {
@@ -51,7 +50,7 @@ impl TasksApi {
             TasksAnswer::Control(response) => response
                 .kind
                 .ok_or_else(|| Status::internal("the task-control service gave an empty answer")),
-            TasksAnswer::Logs(_) => Err(mismatch()),
+            TasksAnswer::Logs(_) | TasksAnswer::HelperToken(_) => Err(mismatch()),
         }
     }
 
@@ -69,7 +68,7 @@ impl TasksApi {
         req: Request<HelperRef>,
         kind: fn(HelperRef) -> Req,
     ) -> Result<Response<HelperStatus>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let helper = req.into_inner();
         require_ref(&scope, Some(&helper))?;
         self.status(&scope, kind(helper)).await
@@ -112,7 +111,7 @@ impl Tasks for TasksApi {
         &self,
         req: Request<AddHelperRequest>,
     ) -> Result<Response<HelperStatus>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let AddHelperRequest { spec } = req.into_inner();
         let spec = spec.ok_or_else(|| Status::invalid_argument("spec is missing"))?;
         let HelperSpec { app_id, .. } = &spec;
@@ -125,7 +124,7 @@ impl Tasks for TasksApi {
         &self,
         req: Request<HelperRef>,
     ) -> Result<Response<RemoveHelperReply>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let helper = req.into_inner();
         require_ref(&scope, Some(&helper))?;
         match self.control(&scope, Req::Remove(helper)).await? {
@@ -138,7 +137,7 @@ impl Tasks for TasksApi {
         &self,
         req: Request<ListHelpersRequest>,
     ) -> Result<Response<ListHelpersReply>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let ListHelpersRequest { app_id } = req.into_inner();
         require_app(&scope, &app_id)?;
         match self
@@ -176,7 +175,7 @@ impl Tasks for TasksApi {
         &self,
         req: Request<SignalHelperRequest>,
     ) -> Result<Response<HelperStatus>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let SignalHelperRequest { helper, signal } = req.into_inner();
         require_ref(&scope, helper.as_ref())?;
         if signal.trim().is_empty() {
@@ -189,7 +188,7 @@ impl Tasks for TasksApi {
     type LogsStream = BoxStream<LogLine>;
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
-        let scope = self.auth.scope(&req)?;
+        let scope = caller(&req)?;
         let LogsRequest {
             helper,
             follow,

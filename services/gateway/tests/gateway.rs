@@ -1,14 +1,13 @@
 //! The gateway in-process: a real kernel (temporary data directory) running the gateway and a
-//! stand-in task-control service that echoes what it was asked, driven over the gateway's unix
+//! stand-in task-control service that echoes what it was asked (and knows one helper token),
+//! driven over the gateway's unix
 //! socket with the client SDK, as any app would.
 
 mod common;
 
 use actix::prelude::*;
 use common::{Node, T, eventually};
-use p2pos_kernel::{
-    Call, DeathGuard, ErrorCode, InjectPanic, ServiceError, StopService, store::HELPER_TOKENS_TREE,
-};
+use p2pos_kernel::{Call, DeathGuard, ErrorCode, InjectPanic, ServiceError, StopService};
 use p2pos_proto::{
     node::v1::{CreateAppTokenRequest, GetInfoRequest},
     tasks::v1::{
@@ -79,6 +78,10 @@ impl Handler<Call<Tasks>> for FakeTasks {
 
     fn handle(&mut self, Call(request): Call<Tasks>, _: &mut Self::Context) -> Self::Result {
         match request {
+            // One helper runs: `chat:voice`, with this token.
+            TasksCall::HelperToken { token } => Ok(TasksAnswer::HelperToken(
+                (token == "helper-token").then(|| "chat:voice".to_owned()),
+            )),
             TasksCall::Control(TasksRequest { caller_app, kind }) => {
                 let response = match kind {
                     Some(Req::Add(AddHelperRequest { spec })) => {
@@ -289,11 +292,7 @@ async fn tasks_calls_carry_the_callers_app() {
 #[actix_rt::test]
 async fn a_helper_token_acts_as_the_helpers_app_id() {
     let node = boot().await;
-    // The task-control service writes a running helper's token into the store.
-    node.ctx
-        .store
-        .insert(HELPER_TOKENS_TREE, b"helper-token", b"chat:voice")
-        .expect("insert");
+    // The (stand-in) task-control service knows the running helper's token.
     let voice = node.client(Some("helper-token")).await;
     let info = voice
         .node()

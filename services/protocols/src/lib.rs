@@ -161,6 +161,11 @@ pub mod tasks {
     pub enum Request {
         /// A unary call, with the caller's app in `caller_app` (empty: admin).
         Control(TasksRequest),
+        /// The app id a running helper's token acts as (`<app>:<helper>`), for the gateway.
+        HelperToken {
+            /// The token the caller presented.
+            token: String,
+        },
         /// Read (and maybe follow) a helper's output.
         Logs {
             /// The caller's app; empty: admin.
@@ -181,6 +186,8 @@ pub mod tasks {
         /// To `Logs`: kept lines, then (when following) new ones; the stream ends when the
         /// helper's log is gone or, without `follow`, after the kept lines.
         Logs(mpsc::Receiver<LogLine>),
+        /// To `HelperToken`: the helper's app id, or `None` for a token of no running helper.
+        HelperToken(Option<String>),
     }
 }
 

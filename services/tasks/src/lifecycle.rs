@@ -12,7 +12,7 @@ use tokio::{sync::oneshot, time::Instant};
 use tracing::warn;
 
 use crate::{
-    Error, persist,
+    Error,
     process::{self, Launch},
     program,
     restart::{self, Exit},
@@ -151,7 +151,6 @@ impl TasksService {
     fn spawn_run(&mut self, key: &Key, ctx: &mut Context<Self>) -> Result<(), Error> {
         let plugin_dir = self.ctx.config.plugin_dir();
         let gateway = self.ctx.config.gateway_socket();
-        let store = self.ctx.store.clone();
         let entry = self
             .table
             .get_mut(key)
@@ -168,7 +167,7 @@ impl TasksService {
             Some(token) => token.clone(),
             None => {
                 let token = process::new_token();
-                persist::add_token(store.as_ref(), &token, &app_id)?;
+                self.tokens.insert(token.clone(), app_id.clone());
                 entry.token = Some(token.clone());
                 token
             }
@@ -227,7 +226,7 @@ impl TasksService {
             return;
         };
         if let Some(token) = entry.token.take() {
-            persist::remove_token(self.ctx.store.as_ref(), &token);
+            self.tokens.remove(&token);
         }
         for handle in [entry.backoff.take(), entry.session.take()]
             .into_iter()

@@ -1,13 +1,10 @@
 //! What the service keeps in the node's store: helper specs (tree [`HELPERS_TREE`], key
-//! `app \0 name`, value the protobuf `HelperSpec`) and the tokens of running helpers
-//! ([`HELPER_TOKENS_TREE`], token → the app id the helper acts as).
+//! `app \0 name`, value the protobuf `HelperSpec`). The tokens of running helpers live only in
+//! the service's memory: no helper outlives it.
 
 use std::sync::Arc;
 
-use p2pos_kernel::{
-    Store,
-    store::{BatchOp, HELPER_TOKENS_TREE, StoreError},
-};
+use p2pos_kernel::{Store, store::StoreError};
 use p2pos_proto::tasks::v1::HelperSpec;
 use prost::Message;
 use tracing::warn;
@@ -16,8 +13,6 @@ use crate::{scope::Key, spec::Spec};
 
 /// Store tree of the helper specs.
 pub const HELPERS_TREE: &str = "helpers";
-/// Keys read or removed at a time.
-const SCAN_BATCH: usize = 1024;
 /// Most specs read at start (well over the limits, so that none is silently lost).
 const LOAD_LIMIT: usize = 4096;
 
@@ -58,30 +53,6 @@ pub(crate) async fn flush(store: Arc<dyn Store>) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Io(format!("flush task failed: {e}")))?
 }
 
-/// Forgets every helper token (no helper outlives the service).
-pub(crate) fn clear_tokens(store: &dyn Store) -> Result<(), StoreError> {
-    loop {
-        let keys = store.scan_prefix(HELPER_TOKENS_TREE, b"", SCAN_BATCH)?;
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let ops = keys.into_iter().map(|(k, _)| BatchOp::Remove(k)).collect();
-        store.batch(HELPER_TOKENS_TREE, ops)?;
-    }
-}
-
-/// Lets `token` act as `app_id` on the gateway.
-pub(crate) fn add_token(store: &dyn Store, token: &str, app_id: &str) -> Result<(), StoreError> {
-    store.insert(HELPER_TOKENS_TREE, token.as_bytes(), app_id.as_bytes())
-}
-
-/// Revokes `token`.
-pub(crate) fn remove_token(store: &dyn Store, token: &str) {
-    if let Err(e) = store.remove(HELPER_TOKENS_TREE, token.as_bytes()) {
-        warn!("cannot revoke a helper token: {e}");
-    }
-}
-
 impl Key {
     /// The key of `spec`.
     pub(crate) fn of(spec: &Spec) -> Key {
@@ -99,7 +70,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn specs_and_tokens_round_trip() {
+    fn specs_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let spec = Spec::try_from(HelperSpec {
@@ -118,24 +89,5 @@ mod tests {
         assert_eq!(loaded, vec![node.clone(), spec.clone()]);
         remove(store.as_ref(), &Key::of(&node)).unwrap();
         assert_eq!(load(store.as_ref()).unwrap(), vec![spec]);
-
-        for i in 0..(SCAN_BATCH + 3) {
-            add_token(store.as_ref(), &format!("helper-{i}"), "chat:voice").unwrap();
-        }
-        remove_token(store.as_ref(), "helper-0");
-        assert_eq!(store.get(HELPER_TOKENS_TREE, b"helper-0").unwrap(), None);
-        assert!(
-            store
-                .get(HELPER_TOKENS_TREE, b"helper-1")
-                .unwrap()
-                .is_some()
-        );
-        clear_tokens(store.as_ref()).unwrap();
-        assert!(
-            store
-                .scan_prefix(HELPER_TOKENS_TREE, b"", 10)
-                .unwrap()
-                .is_empty()
-        );
     }
 }

@@ -2,13 +2,16 @@
 //! stop of every helper, injected panics, a drop that kills whatever still runs) and the
 //! `p2pos.tasks.v1` protocol's entry point.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use actix::prelude::*;
 use nix::sys::signal::Signal;
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
-    ServiceError, StopService, Uses, store::HELPER_TOKENS_TREE,
+    ServiceError, StopService, Uses,
 };
 use p2pos_protocols::{
     Apps, Tasks,
@@ -40,7 +43,7 @@ pub fn child_spec() -> ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
         uses: Uses {
-            trees: &[persist::HELPERS_TREE, HELPER_TOKENS_TREE],
+            trees: &[persist::HELPERS_TREE],
             // Helpers started by an app live by its sessions (`WatchSession`).
             calls: &[Apps::NAME],
             provides: &[Tasks::NAME],
@@ -51,8 +54,6 @@ pub fn child_spec() -> ChildSpec {
 }
 
 fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, Error> {
-    // No helper outlives the service: tokens left by an earlier instance are void.
-    persist::clear_tokens(ctx.store.as_ref())?;
     let table = persist::load(ctx.store.as_ref())?
         .into_iter()
         .map(|spec| (Key::of(&spec), Entry::new(spec, true)))
@@ -62,6 +63,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, Error> {
         _guard: guard,
         table,
         next_run: 1,
+        tokens: HashMap::new(),
         stopping: false,
         log_readers: Arc::new(Semaphore::new(MAX_LOG_READERS)),
     };
@@ -84,6 +86,9 @@ pub(crate) struct TasksService {
     pub(crate) table: BTreeMap<Key, Entry>,
     /// The id of the next process started.
     pub(crate) next_run: u64,
+    /// The tokens of the helpers running (or waiting to be restarted): token → the app id the
+    /// helper acts as. Only in memory: no helper outlives the service.
+    pub(crate) tokens: HashMap<String, String>,
     /// Set by `StopService`: nothing starts any more.
     pub(crate) stopping: bool,
     /// Bounds the tasks serving `Logs` calls.
@@ -127,9 +132,6 @@ impl Drop for TasksService {
                     HelperState::Failed,
                     "killed: the task-control service stopped abnormally",
                 );
-            }
-            if let Some(token) = &entry.token {
-                persist::remove_token(self.ctx.store.as_ref(), token);
             }
         }
     }
@@ -189,6 +191,10 @@ impl Handler<Call<Tasks>> for TasksService {
                 self.control(request, ctx)
                     .map(|r, _, _| r.map(Response::Control).map_err(ServiceError::from)),
             ),
+            Request::HelperToken { token } => {
+                let app_id = self.tokens.get(&token).cloned();
+                Box::pin(actix::fut::ready(Ok(Response::HelperToken(app_id))))
+            }
             Request::Logs {
                 caller_app,
                 request,

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use p2pos_kernel::{ErrorCode, InjectPanic, StopService, store::HELPER_TOKENS_TREE};
+use p2pos_kernel::{ErrorCode, InjectPanic, StopService};
 use p2pos_proto::{
     monitor::v1::event::Kind,
     tasks::v1::{HelperState, RestartPolicy, SignalHelperRequest, tasks_request::Kind as Req},
@@ -34,25 +34,25 @@ async fn states_until(
     states
 }
 
-fn tokens(node: &Node) -> Vec<(String, String)> {
-    node.ctx
-        .store
-        .scan_prefix(HELPER_TOKENS_TREE, b"", 100)
-        .expect("scan")
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                String::from_utf8(k).expect("utf-8"),
-                String::from_utf8(v).expect("utf-8"),
-            )
-        })
-        .collect()
+/// The token a running process was given (`P2POS_TOKEN` in its environment).
+fn token_of(pid: u32) -> String {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"P2POS_TOKEN="))
+        .map(|token| String::from_utf8(token.to_vec()).expect("utf-8"))
+        .expect("P2POS_TOKEN set")
 }
 
 #[actix_rt::test]
 async fn a_failing_helper_is_restarted_with_its_logs_kept_then_fails() {
     let node = Node::boot().await;
-    let mut failing = spec("failing", "/bin/sh", &["-c", "echo hi; exit 3"]);
+    // Each run leaves the token it was given in its directory.
+    let mut failing = spec(
+        "failing",
+        "/bin/sh",
+        &["-c", "echo hi; echo \"$P2POS_TOKEN\" > token; exit 3"],
+    );
     failing.restart = RestartPolicy::OnFailure as i32;
     failing.max_restarts = 2;
     let added = node.add("", failing).await.expect("add");
@@ -95,7 +95,14 @@ async fn a_failing_helper_is_restarted_with_its_logs_kept_then_fails() {
     }
     // A run's output is read to its end before its exit is reported.
     assert_eq!(node.log_texts("", "failing").await, ["hi", "hi", "hi"]);
-    assert!(tokens(&node).is_empty(), "a failed helper has no token");
+    let token = std::fs::read_to_string(node.data_dir().join("helpers/_node/failing/token"))
+        .expect("the last run's token");
+    assert!(token.trim().starts_with("helper-"), "{token}");
+    assert_eq!(
+        node.token_app(token.trim()).await,
+        None,
+        "a failed helper has no token"
+    );
 
     // A start through the API starts counting afresh.
     let again = node
@@ -124,10 +131,15 @@ async fn a_stopped_helper_is_gone_and_its_token_revoked() {
         .expect("start");
     let pid = running.pid;
     assert!(alive(pid));
-    let issued = tokens(&node);
-    assert_eq!(issued.len(), 1);
-    assert!(issued[0].0.starts_with("helper-") && issued[0].0.len() == 71);
-    assert_eq!(issued[0].1, "_node:sleeper");
+    let issued = token_of(pid);
+    assert!(
+        issued.starts_with("helper-") && issued.len() == 71,
+        "{issued}"
+    );
+    assert_eq!(
+        node.token_app(&issued).await.as_deref(),
+        Some("_node:sleeper")
+    );
 
     // Starting a running helper answers its state.
     let same = node
@@ -154,7 +166,7 @@ async fn a_stopped_helper_is_gone_and_its_token_revoked() {
     assert_eq!(stopped.reason, "stopped through the API");
     assert_eq!(stopped.last_exit.expect("exit").signal, "SIGTERM");
     assert!(!alive(pid), "the process is gone");
-    assert!(tokens(&node).is_empty());
+    assert_eq!(node.token_app(&issued).await, None, "its token is revoked");
 
     // A signal sent through the API is not a failure: the helper is not restarted.
     let running = node
@@ -266,6 +278,7 @@ async fn a_panic_kills_every_helper_and_the_specs_survive() {
         .await
         .expect("start")
         .pid;
+    let issued = token_of(pid);
     let handle = node.handle().await;
     handle.panic.do_send(InjectPanic);
     eventually("the helper killed", T, || async {
@@ -277,5 +290,9 @@ async fn a_panic_kills_every_helper_and_the_specs_survive() {
         .await;
     assert_eq!(back.state(), HelperState::Stopped);
     assert_eq!(back.spec.expect("spec").restart(), RestartPolicy::Always);
-    assert!(tokens(&node).is_empty(), "tokens are cleared at start");
+    assert_eq!(
+        node.token_app(&issued).await,
+        None,
+        "no token outlives the service"
+    );
 }

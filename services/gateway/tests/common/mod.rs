@@ -11,7 +11,7 @@ use actix::prelude::*;
 use p2pos_client::{Client, Gateway, Target};
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, Config, DeathGuard, InjectPanic, Kernel, Protocol, RestartType,
-    ServiceContext, StopService, Uses, store::HELPER_TOKENS_TREE,
+    ServiceContext, StopService, Uses,
 };
 use p2pos_proto::node::v1::{CreateAppTokenRequest, GetInfoRequest};
 
@@ -53,7 +53,6 @@ impl Node {
             name,
             restart: RestartType::Temporary,
             uses: Uses {
-                trees: &[HELPER_TOKENS_TREE],
                 provides,
                 ..Uses::default()
             },

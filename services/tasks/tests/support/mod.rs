@@ -15,7 +15,7 @@ use std::{
 use actix::prelude::*;
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, Config, DeathGuard, ErrorCode, InjectPanic, Kernel, Protocol,
-    RestartType, ServiceContext, ServiceError, StopService, Uses, store::HELPER_TOKENS_TREE,
+    RestartType, ServiceContext, ServiceError, StopService, Uses,
 };
 use p2pos_proto::tasks::v1::{
     AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus, LogLine, LogsRequest,
@@ -103,7 +103,6 @@ impl Node {
             name: "probe",
             restart: RestartType::Temporary,
             uses: Uses {
-                trees: &[HELPER_TOKENS_TREE],
                 calls: &[<Tasks as Protocol>::NAME],
                 provides: &[<Apps as Protocol>::NAME],
                 ..Uses::default()
@@ -186,7 +185,18 @@ impl Node {
         });
         match self.ctx.registry.call::<Tasks>(request).await? {
             Response::Control(r) => Ok(r.kind.expect("a response kind")),
-            Response::Logs(_) => panic!("logs for a unary call"),
+            other => panic!("expected a control answer, got {other:?}"),
+        }
+    }
+
+    /// The app id a helper token acts as, as the gateway asks it.
+    pub async fn token_app(&self, token: &str) -> Option<String> {
+        let request = Request::HelperToken {
+            token: token.to_owned(),
+        };
+        match self.ctx.registry.call::<Tasks>(request).await {
+            Ok(Response::HelperToken(app)) => app,
+            other => panic!("expected a token's app, got {other:?}"),
         }
     }
 
@@ -253,7 +263,7 @@ impl Node {
         };
         match self.ctx.registry.call::<Tasks>(request).await? {
             Response::Logs(rx) => Ok(rx),
-            Response::Control(_) => panic!("a unary answer to Logs"),
+            other => panic!("expected log lines, got {other:?}"),
         }
     }
 

@@ -1,11 +1,18 @@
 //! `p2posd`, the P2P OS node daemon: parses flags, environment and the config file, then boots
-//! the kernel with every service's child spec. This binary is the one place that knows every
-//! service crate and wires them together.
+//! the kernel with every service's child spec, each with its own part of the configuration.
+//! This binary is the one place that knows every service crate and wires them together.
+//!
+//! # Layout
+//! - this file: flags, tracing, the runtime, the services in start order, signals.
+//! - `config`: `p2posd.toml`, the kernel's settings and one table per service.
+
+mod config;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use p2pos_kernel::{Config, Kernel, config::Strategy};
+use config::NodeConfig;
+use p2pos_kernel::{Kernel, config::Strategy};
 use tracing::{error, info};
 
 /// The P2P OS node: a peer-to-peer application server for the apps on this computer.
@@ -81,35 +88,36 @@ fn parse_strategy(s: &str) -> Result<Strategy, String> {
 
 impl Cli {
     /// Defaults, then the config file, then environment and flags.
-    fn into_config(self) -> Result<Config, String> {
+    fn into_config(self) -> Result<NodeConfig, String> {
         let data_dir = self
             .data_dir
             .clone()
             .unwrap_or_else(p2pos_client::default_data_dir);
         let mut config = match &self.config {
-            Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+            Some(path) => NodeConfig::from_file(path).map_err(|e| e.to_string())?,
             None => {
                 let implicit = data_dir.join("p2posd.toml");
                 if implicit.exists() {
-                    Config::from_file(&implicit).map_err(|e| e.to_string())?
+                    NodeConfig::from_file(&implicit).map_err(|e| e.to_string())?
                 } else {
-                    Config::default()
+                    NodeConfig::default()
                 }
             }
         };
         if self.data_dir.is_some() || config.data_dir.as_os_str().is_empty() {
             config.data_dir = data_dir;
         }
+        let network = &mut config.network;
         if !self.listen.is_empty() {
-            config.listen = self.listen;
+            network.listen = self.listen;
         }
-        config.bootstrap.extend(self.bootstrap);
-        config.mdns &= !self.no_mdns;
-        config.kademlia &= !self.no_kademlia;
-        config.relay_server &= !self.no_relay_server;
-        config.gateway_tcp = self.gateway_tcp.or(config.gateway_tcp);
-        config.metrics = self.metrics.or(config.metrics);
-        config.plugin_dir = self.plugin_dir.or(config.plugin_dir);
+        network.bootstrap.extend(self.bootstrap);
+        network.mdns &= !self.no_mdns;
+        network.kademlia &= !self.no_kademlia;
+        network.relay_server &= !self.no_relay_server;
+        config.gateway.tcp = self.gateway_tcp.or(config.gateway.tcp);
+        config.monitor.metrics = self.metrics.or(config.monitor.metrics);
+        config.tasks.plugin_dir = self.plugin_dir.or(config.tasks.plugin_dir);
         if let Some(strategy) = self.strategy {
             config.supervisor.strategy = strategy;
         }
@@ -121,8 +129,8 @@ impl Cli {
         }
         config.allow_fault_injection |= self.allow_fault_injection;
         config.failpoints.extend(self.failpoint);
-        config.validate().map_err(|e| e.to_string())?;
-        config.helper_shim = std::env::current_exe().ok();
+        config.validate()?;
+        config.tasks.helper_shim = std::env::current_exe().ok();
         Ok(config)
     }
 }
@@ -161,13 +169,24 @@ fn main() -> ExitCode {
             .expect("cannot start the tokio runtime")
     });
     let booted = runner.block_on(async move {
+        let kernel_config = config.kernel();
+        let NodeConfig {
+            network,
+            overlay,
+            gateway,
+            monitor,
+            tasks,
+            ..
+        } = config;
+        // Start order: the network first (the overlay needs its handle), the gateway last.
         let children = vec![
-            p2pos_overlay::child_spec(),
-            p2pos_tasks::child_spec(),
-            p2pos_monitor::child_spec(),
-            p2pos_gateway::child_spec(),
+            p2pos_network::child_spec(network),
+            p2pos_overlay::child_spec(overlay),
+            p2pos_tasks::child_spec(tasks),
+            p2pos_monitor::child_spec(monitor),
+            p2pos_gateway::child_spec(gateway),
         ];
-        let kernel = Kernel::boot(config, children)?;
+        let kernel = Kernel::boot(kernel_config, children)?;
         actix::spawn(async move {
             wait_for_signal().await;
             info!("signal received; shutting down (send it again to stop at once)");

@@ -281,7 +281,7 @@ async fn a_node_that_lost_its_store_but_kept_its_key_is_not_taken_for_a_duplicat
 async fn a_full_inbox_asks_the_sender_to_retry_and_the_rest_arrives_once_the_app_reads() {
     let config_dir = tempfile::tempdir().expect("tempdir");
     let config = config_dir.path().join("p2posd.toml");
-    std::fs::write(&config, "max_inbox_messages = 3\n").expect("config");
+    std::fs::write(&config, "[overlay]\nmax_inbox_messages = 3\n").expect("config");
     let mut a = Node::start(&[]);
     let mut b = Node::start(&["--config", config.to_str().expect("utf-8 path")]);
     register_app(&mut b, "chat").await;

@@ -5,7 +5,9 @@
 //! gRPC stream and the libp2p stream in the request's own task, never through an actor.
 //!
 //! # Layout
-//! - [`auth`]: caller scopes (admin, app) from the socket's peer credentials and tokens.
+//! - [`config`]: the `[gateway]` table of the node's configuration.
+//! - [`auth`]: caller scopes (admin, app) from the socket's peer credentials and tokens,
+//!   resolved once per request by a tower layer.
 //! - [`server`]: the gateway actor, its listeners, health and reflection, graceful stop.
 //! - [`node_api`], [`overlay_api`], [`apps_api`], [`tasks_api`], [`services_api`],
 //!   [`monitor_api`]: one adapter per service.
@@ -14,6 +16,7 @@
 
 pub mod apps_api;
 pub mod auth;
+pub mod config;
 pub mod deadline;
 pub mod monitor_api;
 pub mod node_api;
@@ -23,6 +26,7 @@ pub mod services_api;
 pub mod splice;
 pub mod tasks_api;
 
+pub use config::Config;
 pub use server::child_spec;
 
 use std::pin::Pin;

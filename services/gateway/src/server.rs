@@ -27,7 +27,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
-    SOCKET_FILE,
+    Config, SOCKET_FILE,
     apps_api::AppsApi,
     auth::{AuthLayer, Authenticator, TOKENS_TREE},
     monitor_api::MonitorApi,
@@ -46,7 +46,7 @@ pub const MAX_GRPC_MESSAGE: usize = 2 * 1024 * 1024;
 const GRACE: Duration = Duration::from_secs(2);
 
 /// The child spec the daemon hands to the kernel.
-pub fn child_spec() -> ChildSpec {
+pub fn child_spec(config: Config) -> ChildSpec {
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
@@ -64,7 +64,7 @@ pub fn child_spec() -> ChildSpec {
             ],
             ..Uses::default()
         },
-        start: Box::new(start),
+        start: Box::new(move |ctx, guard| start(ctx, guard, &config)),
     }
 }
 
@@ -108,7 +108,7 @@ fn routes(
     Ok((routes, reporter))
 }
 
-fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> {
+fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<ChildHandle, String> {
     let cancel = CancellationToken::new();
     let (routes, reporter) = routes(&ctx, &cancel)?;
     let admin_token = ctx.admin_token().map_err(|e| e.to_string())?;
@@ -138,7 +138,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
         ),
     ];
 
-    if let Some(addr) = ctx.config.gateway_tcp {
+    if let Some(addr) = config.tcp {
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(tokio::net::TcpListener::from_std)
@@ -199,11 +199,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
 /// gRPC service names answered by each node service.
 fn grpc_names(service: &str) -> &'static [&'static str] {
     match service {
-        "overlay" => &[
-            "p2pos.overlay.v1.Overlay",
-            "p2pos.app.v1.Apps",
-            "p2pos.service.v1.Services",
-        ],
+        "network" => &["p2pos.overlay.v1.Overlay"],
+        "overlay" => &["p2pos.app.v1.Apps", "p2pos.service.v1.Services"],
         "monitor" => &["p2pos.monitor.v1.Monitor"],
         "tasks" => &["p2pos.tasks.v1.Tasks"],
         "gateway" => &["p2pos.node.v1.Node"],

@@ -4,10 +4,13 @@
 //! [`EventBus`](p2pos_kernel::EventBus) directly.
 //!
 //! # Layout
+//! - [`config`]: the `[monitor]` table of the node's configuration.
 //! - [`service`]: the monitor actor answering `p2pos.monitor.v1` and its child spec.
 //! - [`http`]: the opt-in `127.0.0.1` HTTP endpoint serving `/metrics`.
 
+pub mod config;
 pub mod http;
 pub mod service;
 
+pub use config::Config;
 pub use service::child_spec;

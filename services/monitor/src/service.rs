@@ -19,11 +19,13 @@ use prometheus_client::{
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::Config;
+
 /// The service's name.
 pub const NAME: &str = "monitor";
 
 /// The child spec the daemon hands to the kernel.
-pub fn child_spec() -> ChildSpec {
+pub fn child_spec(config: Config) -> ChildSpec {
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
@@ -33,7 +35,7 @@ pub fn child_spec() -> ChildSpec {
             provides: &[Monitor::NAME],
             ..Uses::default()
         },
-        start: Box::new(start),
+        start: Box::new(move |ctx, guard| start(ctx, guard, &config)),
     }
 }
 
@@ -42,7 +44,7 @@ struct ServiceLabel {
     service: String,
 }
 
-fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> {
+fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<ChildHandle, String> {
     let mut registry = Registry::with_prefix("p2pos");
     let restarts = Family::<ServiceLabel, Gauge>::default();
     let up = Family::<ServiceLabel, Gauge>::default();
@@ -54,7 +56,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
     registry.register("service_up", "1 while the service is running", up.clone());
     ctx.metrics.set(NAME, registry);
 
-    let (metrics_url, server) = match ctx.config.metrics {
+    let (metrics_url, server) = match config.metrics {
         Some(addr) => {
             let (local, serve) = p2pos_monitor_http(addr, &ctx)?;
             info!("metrics on http://{local}/metrics");

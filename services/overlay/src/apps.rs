@@ -25,11 +25,10 @@ use crate::{
     Error, channel,
     counted::count,
     delivery::Outcome,
-    error::validate_app_id,
+    error::{parse_target, validate_app_id},
     mailbox::Mailbox,
     service::{MAX_OPENS, OverlayService},
     task::AbortOnDrop,
-    ticket::parse_target,
 };
 
 /// Announcements (incoming channels and calls) buffered per session.
@@ -180,7 +179,7 @@ impl OverlayService {
         };
         let Ok(channel_permit) = self.channels.clone().try_acquire_owned() else {
             return ready(Err(Error::TooManyChannels {
-                limit: usize::try_from(self.ctx.config.max_channels).unwrap_or(usize::MAX),
+                limit: usize::try_from(self.config.max_channels).unwrap_or(usize::MAX),
             }));
         };
         let Ok(permit) = self.opens.clone().try_acquire_owned() else {
@@ -192,16 +191,11 @@ impl OverlayService {
         if peer == self.net.local_peer_id() {
             return self.open_local(app_id, channel_permit, permit, ctx);
         }
-        let (net, control, store) = (
-            self.net.clone(),
-            self.control.clone(),
-            self.ctx.store.clone(),
-        );
+        let (net, store) = (self.net.clone(), self.ctx.store.clone());
         Box::pin(async move {
             let _permit = permit;
             let reach_by = tokio::time::Instant::now() + channel::REACH_TIME;
-            let stream =
-                channel::open(net, control, store, app_id, None, peer, addrs, reach_by).await?;
+            let stream = channel::open(net, store, app_id, None, peer, addrs, reach_by).await?;
             Ok(Response::Channel(count(stream, channel_permit)))
         })
     }

@@ -4,22 +4,23 @@
 
 use std::{sync::Arc, time::Duration};
 
-use libp2p::{Multiaddr, PeerId};
-use libp2p_stream::{Control, OpenStreamError};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use libp2p_stream::OpenStreamError;
 use p2pos_kernel::Store;
 use p2pos_proto::wire::v1::{ChannelHello, ChannelWelcome, channel_welcome};
-use p2pos_protocols::{apps::ChannelStream, wire};
+use p2pos_protocols::{
+    apps::ChannelStream,
+    network::Network,
+    wire::{self, read_message, write_message},
+};
 use tokio::time::Instant;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::debug;
 
-use crate::{
-    Error,
-    error::validate_app_id,
-    frame::{read_message, write_message},
-    inbound::Io,
-    network::{CHANNEL_PROTOCOL, NetHandle},
-};
+use crate::{Error, error::validate_app_id, inbound::Io};
+
+/// `/p2pos/channel/1`.
+pub(crate) const CHANNEL_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::CHANNEL_PROTOCOL);
 
 /// How long connecting to the peer may take, at most.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,8 +47,7 @@ pub(crate) const ACCEPT_WINDOW: Duration = Duration::from_secs(30);
 /// tells), or is empty when the responder did not say.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn open(
-    net: NetHandle,
-    mut control: Control,
+    net: Network,
     store: Arc<dyn Store>,
     app_id: String,
     service: Option<String>,
@@ -71,7 +71,7 @@ pub(crate) async fn open(
     let mut io = loop {
         opens += 1;
         let limit = to_reach().min(OPEN_TIMEOUT);
-        let stream = tokio::time::timeout(limit, control.open_stream(peer, CHANNEL_PROTOCOL))
+        let stream = tokio::time::timeout(limit, net.open_stream(peer, CHANNEL_PROTOCOL))
             .await
             .map_err(|_| Error::Unreachable {
                 peer,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use p2pos_kernel::{ErrorCode, ServiceError, store::StoreError};
+use p2pos_protocols::network;
 
 /// Everything that can go wrong in the overlay, as the user should hear it.
 #[derive(Debug, thiserror::Error)]
@@ -277,9 +278,36 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The swarm could not be built or started.
-    #[error("cannot start the network: {0}")]
+    /// The service could not be set up.
+    #[error("cannot start the overlay: {0}")]
     Setup(String),
+    /// The network failed otherwise.
+    #[error(transparent)]
+    Network(network::Error),
+}
+
+impl From<network::Error> for Error {
+    fn from(e: network::Error) -> Self {
+        match e {
+            network::Error::MissingKind => Error::MissingKind,
+            network::Error::InvalidTarget { input, reason } => {
+                Error::InvalidTarget { input, reason }
+            }
+            network::Error::SelfTarget(peer) => Error::SelfTarget(peer),
+            network::Error::PeerNotFound(peer) => Error::PeerNotFound(peer),
+            network::Error::Unreachable { peer, reason } => Error::Unreachable { peer, reason },
+            network::Error::Busy { what, limit } => Error::Busy { what, limit },
+            network::Error::DhtDisabled => Error::DhtDisabled,
+            network::Error::Timeout { what, after } => Error::Timeout { what, after },
+            network::Error::NetworkStopped => Error::NetworkStopped,
+            other @ (network::Error::InvalidKey { .. }
+            | network::Error::RecordTooLarge { .. }
+            | network::Error::RecordNotFound { .. }
+            | network::Error::AlreadyAccepted(_)
+            | network::Error::Setup(_)
+            | network::Error::Store(_)) => Error::Network(other),
+        }
+    }
 }
 
 impl From<Error> for ServiceError {
@@ -324,9 +352,16 @@ impl From<Error> for ServiceError {
             | Error::TooManyChannels { .. }
             | Error::ChannelRefused { .. } => ErrorCode::ResourceExhausted,
             Error::Store(_) | Error::Setup(_) => ErrorCode::Internal,
+            Error::Network(e) => ServiceError::from(e.clone()).code,
         };
         ServiceError::new(code, err.to_string())
     }
+}
+
+/// Parses a peer named as a ticket, a `/p2p/` multiaddr or a peer id (see
+/// [`network::ticket::parse_target`]).
+pub(crate) fn parse_target(target: &str) -> Result<(PeerId, Vec<libp2p::Multiaddr>), Error> {
+    Ok(network::ticket::parse_target(target)?)
 }
 
 /// Checks an app id: 1 to 64 characters of `[A-Za-z0-9._-]`.

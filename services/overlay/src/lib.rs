@@ -1,52 +1,47 @@
-//! The P2P OS overlay service: this node's place in the peer-to-peer network (rust-libp2p:
-//! TCP and QUIC, noise, yamux, identify, ping, Kademlia, mDNS, AutoNAT, circuit relay v2,
-//! DCUtR, connection limits), tickets, app channels and store-and-forward messages.
+//! The P2P OS overlay service: the app layer of the peer-to-peer network — app sessions,
+//! channels between copies of an app, store-and-forward messages, services that apps provide
+//! (found through the DHT, called, opened as channels) and port forwarding — on the network
+//! handle that the network service provides (`p2pos_protocols::network::Network`).
 //!
-//! One actor, [`OverlayService`], answers `p2pos.overlay.v1`, the apps protocol and
-//! `p2pos.service.v1` (services that apps provide, and port forwarding). It
-//! holds a handle to one tokio task that owns the libp2p swarm (commands in on a bounded
-//! channel, answers out on oneshots) and aborts that task, and every other overlay task, when
-//! it goes. Channel and message bytes flow in tasks, never through the actor's mailbox.
+//! One actor, [`OverlayService`], answers the apps protocol and `p2pos.service.v1`. It holds
+//! the guards of its inbound protocols (`/p2pos/channel/1`, `/p2pos/msg/1`, `/p2pos/call/2`)
+//! and its tasks, all dropped when it goes. Channel and message bytes flow in tasks, never
+//! through the actor's mailbox.
 //!
 //! # Layout
-//! - [`service`]: the actor, its [`child_spec`], life cycle and the overlay protocol.
-//! - [`overlay_api`]: `p2pos.overlay.v1` requests, one exhaustive `match`.
+//! - [`config`]: the `[overlay]` table of the node's configuration.
+//! - [`service`]: the actor, its [`child_spec`] and life cycle.
 //! - `apps`: the apps protocol (sessions, channels, `Send`, `Receive`, `Ack`, `ListApps`).
 //! - `registry`: `p2pos.service.v1`: services registered by apps, announced in and found
 //!   through the DHT, unary calls over `/p2pos/call/2`, channels to services.
 //! - `forward`: port forwarding: exposures (a loopback TCP service published as a service) and
 //!   forwards (a loopback listener tunnelled through service channels).
-//! - `network`: the swarm task, its behaviour, connects and DHT look-ups, and what it
-//!   remembers (known peers, listen ports).
 //! - `channel`: opening and accepting `/p2pos/channel/1` channels.
 //! - `pending`: inbound channels announced to a session, until accepted or expired.
 //! - `local`: channels between two sessions on this node, through an in-memory pipe.
 //! - `counted`: open channels counted against `max_channels` for as long as their bytes live.
-//! - `inbound`: accept loops and the receiving side of channels and messages.
+//! - `inbound`: the receiving side of channels and messages.
 //! - `delivery`: the sending side of `/p2pos/msg/1`, one task per peer with mail.
 //! - `mailbox`: the store layout of apps, outbox and inbox: exactly once between nodes, at
 //!   least once (until acknowledged) to the app.
-//! - [`ticket`]: tickets and the parser of every way to name a peer.
-//! - `frame`: length-bounded frames; `task`: tasks that end with their owner.
+//! - `task`: tasks that end with their owner.
 //! - [`error`]: the overlay's [`Error`] and its one mapping to `ServiceError`.
 
 mod apps;
 mod channel;
+pub mod config;
 mod counted;
 mod delivery;
 pub mod error;
 mod forward;
-mod frame;
 mod inbound;
 mod local;
 mod mailbox;
-mod network;
-pub mod overlay_api;
 mod pending;
 mod registry;
 pub mod service;
 mod task;
-pub mod ticket;
 
+pub use config::Config;
 pub use error::Error;
 pub use service::{NAME, OverlayService, child_spec};

@@ -137,7 +137,7 @@ impl OverlayService {
         if let Err((_, why)) = self.announce(local, app_id.clone(), origin, end, ctx) {
             return Err(match why {
                 Unannounced::TooManyChannels => Error::TooManyChannels {
-                    limit: usize::try_from(self.ctx.config.max_channels).unwrap_or(usize::MAX),
+                    limit: usize::try_from(self.config.max_channels).unwrap_or(usize::MAX),
                 },
                 Unannounced::NotListening => Error::NotRunningHere { app_id },
                 Unannounced::Backlog => Error::Busy {

@@ -274,7 +274,7 @@ impl OverlayService {
     /// The welcome that tells a remote opener why its channel to `app_id` was not announced.
     pub(crate) fn unannounced_welcome(&self, app_id: &str, why: Unannounced) -> ChannelWelcome {
         let local = self.net.local_peer_id();
-        let max = self.ctx.config.max_channels;
+        let max = self.config.max_channels;
         let (result, message) = match why {
             Unannounced::TooManyChannels => (
                 channel_welcome::Result::Busy,

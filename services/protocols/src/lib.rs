@@ -11,10 +11,13 @@
 //! - this file: one marker type per protocol ([`Overlay`], [`Monitor`], [`Apps`], [`Tasks`],
 //!   [`Services`]) and the request and response types of those that are not protobuf
 //!   envelopes.
+//! - [`network`]: the network handle other services use (streams by protocol id, inbound
+//!   streams within limits, DHT providers and signed records, peers, tickets).
 //! - [`wire`]: framing shared by the node-to-node protocols and the channel splice.
 //! - [`names`]: app ids and helpers' app ids, one grammar for every service.
 
 pub mod names;
+pub mod network;
 pub mod wire;
 
 use p2pos_kernel::Protocol;

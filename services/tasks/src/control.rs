@@ -126,7 +126,7 @@ impl TasksService {
         program::resolve(
             &spec.program,
             spec.app_id.is_empty(),
-            &self.ctx.config.plugin_dir(),
+            &self.config.plugin_dir(&self.ctx.config.data_dir),
         )?;
         spec.check_working_dir()?;
         spec::checked_helper_app_id(&spec.app_id, &spec.name)?;

@@ -7,6 +7,7 @@
 //! stops when the app's last session ends (unless its spec says `outlive_session`).
 //!
 //! # Layout
+//! - [`config`]: the `[tasks]` table of the node's configuration.
 //! - [`service`]: the actor, its child spec and life cycle (ordered stop, panics, drop).
 //! - `control`: the protocol's operations, one `match` over the request envelope.
 //! - `lifecycle`: start, exit, restart with back-off and intensity, stop, session binding.
@@ -24,6 +25,7 @@
 //! - `signal`: signal names.
 //! - [`error`]: the service's [`Error`] and its mapping to `ServiceError`.
 
+pub mod config;
 mod control;
 pub mod error;
 mod lifecycle;
@@ -39,6 +41,7 @@ mod signal;
 mod spec;
 mod table;
 
+pub use config::Config;
 pub use error::Error;
 pub use logs::{FOLLOW_BUFFER, LOGS_CHANNEL, MAX_LINE_BYTES, MAX_LINES, MAX_RING_BYTES};
 pub use persist::HELPERS_TREE;

@@ -149,7 +149,7 @@ impl TasksService {
     /// again, a token made if it has none) and moves it to RUNNING. On an error nothing runs
     /// and its state is unchanged.
     fn spawn_run(&mut self, key: &Key, ctx: &mut Context<Self>) -> Result<(), Error> {
-        let plugin_dir = self.ctx.config.plugin_dir();
+        let plugin_dir = self.config.plugin_dir(&self.ctx.config.data_dir);
         let gateway = self.ctx.config.gateway_socket();
         let entry = self
             .table
@@ -180,7 +180,7 @@ impl TasksService {
             token: &token,
             app_id: &app_id,
             dir: &dir,
-            shim: self.ctx.config.helper_shim.as_deref(),
+            shim: self.config.helper_shim.as_deref(),
         };
         let spawned = process::spawn(&launch, &entry.log).map_err(|source| Error::Spawn {
             name: spec.name.clone(),

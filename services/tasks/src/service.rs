@@ -20,7 +20,7 @@ use p2pos_protocols::{
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::{Error, persist, process, scope::Key, table::Entry};
+use crate::{Config, Error, persist, process, scope::Key, table::Entry};
 use p2pos_proto::tasks::v1::HelperState;
 
 /// The service's name.
@@ -38,7 +38,8 @@ pub const MAX_LOG_READERS: usize = 256;
 
 /// The child spec the daemon hands to the kernel: a permanent service named `tasks` that
 /// answers `p2pos.tasks.v1`.
-pub fn child_spec() -> ChildSpec {
+pub fn child_spec(config: Config) -> ChildSpec {
+    let config = Arc::new(config);
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
@@ -49,17 +50,24 @@ pub fn child_spec() -> ChildSpec {
             provides: &[Tasks::NAME],
             ..Uses::default()
         },
-        start: Box::new(|ctx, guard| start(ctx, guard).map_err(|e| e.to_string())),
+        start: Box::new(move |ctx, guard| {
+            start(ctx, guard, config.clone()).map_err(|e| e.to_string())
+        }),
     }
 }
 
-fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, Error> {
+fn start(
+    ctx: ServiceContext,
+    guard: DeathGuard,
+    config: Arc<Config>,
+) -> Result<ChildHandle, Error> {
     let table = persist::load(ctx.store.as_ref())?
         .into_iter()
         .map(|spec| (Key::of(&spec), Entry::new(spec, true)))
         .collect();
     let service = TasksService {
         ctx,
+        config,
         _guard: guard,
         table,
         next_run: 1,
@@ -82,6 +90,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, Error> {
 /// report exits back to it as [`Exited`] messages.
 pub(crate) struct TasksService {
     pub(crate) ctx: ServiceContext,
+    /// Where plug-ins are, and the helper shim.
+    pub(crate) config: Arc<Config>,
     _guard: DeathGuard,
     pub(crate) table: BTreeMap<Key, Entry>,
     /// The id of the next process started.

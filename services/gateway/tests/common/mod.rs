@@ -42,7 +42,6 @@ impl Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = Config {
             data_dir: dir.path().join("node"),
-            mdns: false,
             ..Config::default()
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -71,7 +70,14 @@ impl Node {
                 })
             }),
         };
-        Kernel::boot(config, vec![stand_in, p2pos_gateway::child_spec()]).expect("boot");
+        Kernel::boot(
+            config,
+            vec![
+                stand_in,
+                p2pos_gateway::child_spec(p2pos_gateway::Config::default()),
+            ],
+        )
+        .expect("boot");
         let ctx = tokio::time::timeout(T, rx)
             .await
             .expect("kernel started")

@@ -9,14 +9,16 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use libp2p::PeerId;
-use libp2p_stream::Control;
+use libp2p::{PeerId, StreamProtocol};
 use p2pos_kernel::EventBus;
 use p2pos_proto::{
     monitor::v1::{MessageDelivered, MessageFailed, event::Kind},
     wire::v1::{MessageAck, MessageFrame, message_ack},
 };
-use p2pos_protocols::wire;
+use p2pos_protocols::{
+    network::{NetEvent, Network},
+    wire::{self, read_message, write_message},
+};
 use tokio::{
     sync::{Notify, broadcast, mpsc, oneshot},
     task::{self, JoinSet},
@@ -24,17 +26,14 @@ use tokio::{
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, error, warn};
 
-use crate::{
-    Error,
-    frame::{read_message, write_message},
-    mailbox::Mailbox,
-    network::{MESSAGE_PROTOCOL, NetEvent, NetHandle},
-};
+use crate::{Error, mailbox::Mailbox};
 
 mod waiters;
 
 use waiters::Waiters;
 
+/// `/p2pos/msg/1`.
+pub(crate) const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::MESSAGE_PROTOCOL);
 /// Commands waiting for the manager.
 const COMMAND_BUFFER: usize = 64;
 /// Reports from delivery tasks waiting for the manager.
@@ -112,8 +111,7 @@ impl Delivery {
 /// What every delivery task needs.
 struct Shared {
     mailbox: Arc<Mailbox>,
-    net: NetHandle,
-    control: Control,
+    net: Network,
     events: EventBus,
 }
 
@@ -126,8 +124,7 @@ struct Slot {
 /// Spawns the manager; it runs until the handle and the network are gone (or it is aborted).
 pub(crate) fn start(
     mailbox: Arc<Mailbox>,
-    net: NetHandle,
-    control: Control,
+    net: Network,
     events: EventBus,
 ) -> (Delivery, tokio::task::JoinHandle<()>) {
     let (tx, commands) = mpsc::channel(COMMAND_BUFFER);
@@ -137,7 +134,6 @@ pub(crate) fn start(
         shared: Arc::new(Shared {
             mailbox,
             net,
-            control,
             events,
         }),
         commands,
@@ -380,7 +376,7 @@ async fn drain(
                 .await?;
             let stream = tokio::time::timeout(
                 CONNECT_TIMEOUT,
-                shared.control.clone().open_stream(peer, MESSAGE_PROTOCOL),
+                shared.net.open_stream(peer, MESSAGE_PROTOCOL),
             )
             .await
             .map_err(|_| broken(peer, "no stream within 10 s".into()))?

@@ -230,7 +230,7 @@ impl Forwarding {
         let service = parse_service_name(&service)?;
         let peer = peer.trim().to_owned();
         if !peer.is_empty() {
-            crate::ticket::parse_target(&peer)?;
+            crate::error::parse_target(&peer)?;
         }
         let listen = parse_loopback("listen", &listen)?;
         if self.forwards.len() >= MAX_FORWARDS {

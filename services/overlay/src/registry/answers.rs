@@ -20,7 +20,11 @@ use p2pos_proto::{
     service::v1::{ReplyError, ReplyRequest, reply_request},
     wire::v1::{CallAnswer, CallFrame},
 };
-use p2pos_protocols::{apps::Incoming, services::Response, wire};
+use p2pos_protocols::{
+    apps::Incoming,
+    services::Response,
+    wire::{self, read_message, write_message},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::oneshot,
@@ -36,7 +40,6 @@ use crate::{
     Error,
     apps::{AppState, SESSION_BUFFER},
     error::validate_app_id,
-    frame::{read_message, write_message},
     inbound::{HELLO_TIMEOUT, WRITE_TIMEOUT},
     service::OverlayService,
 };

@@ -13,13 +13,17 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use libp2p::{Multiaddr, PeerId};
-use libp2p_stream::{Control, OpenStreamError};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use libp2p_stream::OpenStreamError;
 use p2pos_proto::{
     service::v1::{CallReply, CallRequest},
     wire::v1::{CallAnswer, CallFrame},
 };
-use p2pos_protocols::services::Response;
+use p2pos_protocols::{
+    network::Network,
+    services::Response,
+    wire::{read_message, write_message},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::oneshot,
@@ -40,13 +44,12 @@ use super::{
 };
 use crate::{
     Error,
-    error::validate_app_id,
-    frame::{read_message, write_message},
-    network::{CALL_PROTOCOL, NetHandle},
+    error::{parse_target, validate_app_id},
     service::OverlayService,
-    ticket::parse_target,
 };
 
+/// `/p2pos/call/2`: one unary service call per stream.
+pub(crate) const CALL_PROTOCOL: StreamProtocol = StreamProtocol::new(PROTOCOL);
 /// The longest a call waits for its answer.
 pub(crate) const MAX_CALL_TIME: Duration = Duration::from_secs(60);
 /// How long connecting to one provider may take, at most.
@@ -75,8 +78,7 @@ struct Outgoing {
 /// How a call reaches remote providers: the network, streams, and its places per peer.
 #[derive(Clone)]
 struct Remote {
-    net: NetHandle,
-    control: Control,
+    net: Network,
     slots: Arc<PeerSlots>,
 }
 
@@ -130,7 +132,6 @@ impl OverlayService {
         }
         let remote = Remote {
             net: self.net.clone(),
-            control: self.control.clone(),
             slots: self.services.slots.clone(),
         };
         let service = call.service.clone();
@@ -254,7 +255,7 @@ async fn call_remote(
         .connect(peer, addrs, to_reach().min(CONNECT_LIMIT))
         .await
     {
-        return Attempt::Next(e);
+        return Attempt::Next(e.into());
     }
     let unreachable = |reason: String| Attempt::Next(Error::Unreachable { peer, reason });
     let mut opens = 0;
@@ -262,8 +263,7 @@ async fn call_remote(
         opens += 1;
         let opening = async {
             let _one_at_a_time = slot.opening().await;
-            let mut control = remote.control.clone();
-            control.open_stream(peer, CALL_PROTOCOL).await
+            remote.net.open_stream(peer, CALL_PROTOCOL).await
         };
         let stream = match tokio::time::timeout(to_reach().min(OPEN_LIMIT), opening).await {
             Ok(Ok(stream)) => stream,

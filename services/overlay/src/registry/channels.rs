@@ -25,12 +25,11 @@ use super::{
 use crate::{
     Error, channel,
     counted::count,
-    error::validate_app_id,
+    error::{parse_target, validate_app_id},
     inbound::{Io, Refusal},
     local::PIPE_BUFFER,
     pending::{ServiceOrigin, Unannounced},
     service::{MAX_OPENS, OverlayService},
-    ticket::parse_target,
 };
 
 /// Opens a channel from `app_id` to a provider of `service`: on `peer` (a peer id, ticket or
@@ -78,7 +77,7 @@ impl OverlayService {
         };
         let Ok(channel_permit) = self.channels.clone().try_acquire_owned() else {
             return fail(Error::TooManyChannels {
-                limit: usize::try_from(self.ctx.config.max_channels).unwrap_or(usize::MAX),
+                limit: usize::try_from(self.config.max_channels).unwrap_or(usize::MAX),
             });
         };
         let Ok(open_permit) = self.opens.clone().try_acquire_owned() else {
@@ -129,7 +128,7 @@ impl OverlayService {
             }
             None => {}
         }
-        let (net, control) = (self.net.clone(), self.control.clone());
+        let net = self.net.clone();
         Box::pin(async move {
             let _open = open_permit;
             if let Some((provider, opening)) = local_opening {
@@ -148,11 +147,10 @@ impl OverlayService {
             }
             let until = Instant::now() + channel::REACH_TIME;
             let opening = |peer, addrs, reach_by| {
-                let (net, control, store) = (net.clone(), control.clone(), store.clone());
+                let (net, store) = (net.clone(), store.clone());
                 let (app_id, service) = (app_id.clone(), Some(service.clone()));
                 async move {
-                    let opening =
-                        channel::open(net, control, store, app_id, service, peer, addrs, reach_by);
+                    let opening = channel::open(net, store, app_id, service, peer, addrs, reach_by);
                     match opening.await {
                         Ok(stream) => Attempt::Done(Ok(stream)),
                         Err(e) if worth_another(&e) => Attempt::Next(e),
@@ -229,7 +227,7 @@ impl OverlayService {
             }
             Some(Here::Exposure) => {
                 let Ok(permit) = self.channels.clone().try_acquire_owned() else {
-                    let max = self.ctx.config.max_channels;
+                    let max = self.config.max_channels;
                     let busy = format!("too many open channels (limit {max})");
                     return refuse(io, channel_welcome::Result::Busy, busy);
                 };

@@ -7,16 +7,13 @@ use std::{future::Future, time::Duration};
 use libp2p::{Multiaddr, PeerId};
 use p2pos_kernel::ErrorCode;
 use p2pos_proto::service::v1::{FindServiceReply, FindServiceRequest, ServiceInfo};
+use p2pos_protocols::network::{Network, Providers};
 use p2pos_protocols::services::Response;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Reply, answers::code, names::validate_service, ready};
-use crate::{
-    Error,
-    network::{NetHandle, Providers},
-    service::OverlayService,
-};
+use super::{Reply, answers::code, names::validate_service, ready, service_key};
+use crate::{Error, service::OverlayService};
 
 /// How long `FindService` waits for the DHT.
 const FIND_WAIT: Duration = Duration::from_secs(10);
@@ -76,8 +73,9 @@ impl OverlayService {
             if want > 0 {
                 // Always a fresh look-up: this is where people see who provides what.
                 match net
-                    .find_providers(service.clone(), want, FIND_WAIT, true)
+                    .find_providers(service_key(&service), want, FIND_WAIT, true)
                     .await
+                    .map_err(Error::from)
                 {
                     Ok(remote) => {
                         providers.extend(remote.providers.into_iter().map(|p| ServiceInfo {
@@ -119,14 +117,15 @@ pub(crate) enum Attempt<T> {
 /// The remote providers of `service` a call or a channel tries, best first: none when the DHT
 /// is off. Unless `fresh`, a look-up less than 30 s old answers.
 async fn remote_providers(
-    net: &NetHandle,
+    net: &Network,
     service: &str,
     wait: Duration,
     fresh: bool,
 ) -> Result<Providers, Error> {
     match net
-        .find_providers(service.to_owned(), MAX_TRIES, wait, fresh)
+        .find_providers(service_key(service), MAX_TRIES, wait, fresh)
         .await
+        .map_err(Error::from)
     {
         Err(Error::DhtDisabled) => Ok(Providers {
             providers: Vec::new(),
@@ -146,7 +145,7 @@ async fn remote_providers(
 /// provider that was not busy but failed is forgotten by the look-up cache. With none left:
 /// `NOT_FOUND` if there was none, `RESOURCE_EXHAUSTED` if all were busy, else `UNAVAILABLE`.
 pub(crate) async fn try_providers<T, F, Fut>(
-    net: &NetHandle,
+    net: &Network,
     service: &str,
     until: Instant,
     mut failures: Vec<(String, Error)>,
@@ -189,7 +188,7 @@ where
                 Attempt::Next(e) => {
                     debug!(peer = %provider.peer, %service, "provider not usable: {e}");
                     if !is_busy(&e) {
-                        net.forget_provider(service, provider.peer);
+                        net.forget_provider(&service_key(service), provider.peer);
                     }
                     failures.push((format!("peer {}", provider.peer), e));
                 }

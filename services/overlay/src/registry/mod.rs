@@ -34,14 +34,15 @@ use p2pos_proto::service::v1::{
     CloseForwardRequest, ExposeRequest, ListServicesReply, OpenServiceChannel, RegisterRequest,
     ServiceInfo, UnregisterRequest, WithdrawRequest,
 };
+use p2pos_protocols::network::Announcer;
 use p2pos_protocols::{
     Services,
     services::{Request, Response},
 };
-use tokio::sync::watch;
 use tracing::info;
 
 pub(crate) use answers::{refuse_call, serve_call};
+pub(crate) use calls::CALL_PROTOCOL;
 pub(crate) use channels::OpenService;
 
 use crate::{
@@ -64,14 +65,20 @@ pub(crate) const MAX_REGISTRATIONS_PER_APP: usize = 32;
 /// pose as port forwarding.
 pub(crate) const FORWARD_APP: &str = "_node:forward";
 
+/// The DHT key under which the providers of `service` are announced:
+/// `/p2pos/service/<service>`.
+pub(crate) fn service_key(service: &str) -> String {
+    format!("/p2pos/service/{service}")
+}
+
 /// The registry's state on the overlay actor.
 pub(crate) struct State {
     /// Services registered by apps, by name.
     registrations: BTreeMap<String, Registration>,
     /// Calls announced to providers on this node and not answered yet.
     calls: HashMap<u64, PendingCall>,
-    /// The services the swarm task announces in the DHT.
-    wanted: watch::Sender<BTreeSet<String>>,
+    /// Announces the services provided here in the DHT.
+    announcer: Announcer,
     /// Calls in flight from this node to each peer.
     slots: Arc<PeerSlots>,
 }
@@ -83,12 +90,12 @@ struct Registration {
 }
 
 impl State {
-    /// An empty registry that announces its services on `wanted`.
-    pub(crate) fn new(wanted: watch::Sender<BTreeSet<String>>) -> Self {
+    /// An empty registry that announces its services with `announcer`.
+    pub(crate) fn new(announcer: Announcer) -> Self {
         Self {
             registrations: BTreeMap::new(),
             calls: HashMap::new(),
-            wanted,
+            announcer,
             slots: Arc::new(PeerSlots::default()),
         }
     }
@@ -297,7 +304,7 @@ impl OverlayService {
         Box::pin(async move { exposing.await.map(Response::Exposed) })
     }
 
-    /// Tells the swarm task which services to announce: every registration and exposure.
+    /// Tells the network which services to announce: every registration and exposure.
     pub(crate) fn publish_services(&self) {
         let wanted: BTreeSet<String> = self
             .services
@@ -305,12 +312,9 @@ impl OverlayService {
             .keys()
             .cloned()
             .chain(self.forwarding.exposed_services())
+            .map(|service| service_key(&service))
             .collect();
-        self.services.wanted.send_if_modified(|current| {
-            let changed = *current != wanted;
-            *current = wanted;
-            changed
-        });
+        self.services.announcer.set(wanted);
     }
 
     /// The last session of `app_id` ended: its services end with it.
@@ -329,6 +333,12 @@ impl OverlayService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_keys_are_namespaced() {
+        assert_eq!(service_key("translate/1"), "/p2pos/service/translate/1");
+        assert!(p2pos_protocols::network::check_key(&service_key("translate/1")).is_ok());
+    }
 
     #[test]
     fn port_forwarding_acts_as_a_node_helper_id() {

@@ -126,7 +126,7 @@ impl Node {
             }),
         };
         // The real child spec, wrapped to hand its handle to the test.
-        let tasks = p2pos_tasks::child_spec();
+        let tasks = p2pos_tasks::child_spec(p2pos_tasks::Config::default());
         let (handle_tx, handles) = mpsc::unbounded_channel();
         let start = tasks.start;
         let tasks = ChildSpec {
@@ -157,7 +157,7 @@ impl Node {
     /// Creates the plug-in directory with an executable script `name`.
     pub fn install(&self, name: &str, script: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
-        let dir = self.ctx.config.plugin_dir();
+        let dir = p2pos_tasks::Config::default().plugin_dir(&self.ctx.config.data_dir);
         std::fs::create_dir_all(&dir).expect("plug-in dir");
         let path = dir.join(name);
         std::fs::write(&path, script).expect("write plug-in");

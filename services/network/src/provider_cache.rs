@@ -1,7 +1,7 @@
 //! What the swarm task remembers of recent look-ups of providers: for [`PROVIDER_TTL`] after a
-//! look-up, calls and channels to the same service take its providers (and their addresses)
+//! look-up, calls and channels to the same key take its providers (and their addresses)
 //! from here instead of asking the DHT again. A provider that turned out not to provide the
-//! service (any more), or could not be reached, is forgotten at once, so the next caller does
+//! key (any more), or could not be reached, is forgotten at once, so the next caller does
 //! not try it first again; a fresh look-up (`FindService`, or a caller whose cached providers
 //! all failed) replaces the entry.
 
@@ -12,13 +12,13 @@ use tokio::time::Instant;
 
 /// How long the providers a look-up found are reused.
 pub(crate) const PROVIDER_TTL: Duration = Duration::from_secs(30);
-/// Most services whose providers are remembered; the oldest entry goes first.
+/// Most keys whose providers are remembered; the oldest entry goes first.
 const MAX_ENTRIES: usize = 256;
 
 /// A provider as found: its node and the addresses the DHT gave for it.
 pub(crate) type Found = (PeerId, Vec<Multiaddr>);
 
-/// Recent look-ups of providers, by service.
+/// Recent look-ups of providers, by key.
 #[derive(Default)]
 pub(crate) struct ProviderCache {
     entries: HashMap<String, Entry>,
@@ -33,25 +33,25 @@ struct Entry {
 }
 
 impl ProviderCache {
-    /// The providers of `service` found less than [`PROVIDER_TTL`] ago, if there are at least
+    /// The providers of `key` found less than [`PROVIDER_TTL`] ago, if there are at least
     /// `limit` of them or the look-up found every one it could.
-    pub(crate) fn get(&self, service: &str, limit: usize) -> Option<Vec<Found>> {
-        let entry = self.entries.get(service)?;
+    pub(crate) fn get(&self, key: &str, limit: usize) -> Option<Vec<Found>> {
+        let entry = self.entries.get(key)?;
         let fresh = entry.at.elapsed() < PROVIDER_TTL;
         let enough = entry.complete || entry.providers.len() >= limit;
         (fresh && enough).then(|| entry.providers.clone())
     }
 
-    /// Remembers what a look-up of `service` found. A look-up that found nobody only clears
+    /// Remembers what a look-up of `key` found. A look-up that found nobody only clears
     /// the entry, and only if it ran to its end.
-    pub(crate) fn put(&mut self, service: &str, providers: Vec<Found>, complete: bool) {
+    pub(crate) fn put(&mut self, key: &str, providers: Vec<Found>, complete: bool) {
         if providers.is_empty() {
             if complete {
-                self.entries.remove(service);
+                self.entries.remove(key);
             }
             return;
         }
-        if !self.entries.contains_key(service) && self.entries.len() >= MAX_ENTRIES {
+        if !self.entries.contains_key(key) && self.entries.len() >= MAX_ENTRIES {
             let oldest = self
                 .entries
                 .iter()
@@ -66,16 +66,16 @@ impl ProviderCache {
             complete,
             at: Instant::now(),
         };
-        self.entries.insert(service.to_owned(), entry);
+        self.entries.insert(key.to_owned(), entry);
     }
 
-    /// `peer` did not take a call or channel to `service` (not provided there, unreachable):
+    /// `peer` did not take a call or channel to `key` (not provided there, unreachable):
     /// no longer offered from here.
-    pub(crate) fn forget(&mut self, service: &str, peer: &PeerId) {
-        if let Some(entry) = self.entries.get_mut(service) {
+    pub(crate) fn forget(&mut self, key: &str, peer: &PeerId) {
+        if let Some(entry) = self.entries.get_mut(key) {
             entry.providers.retain(|(p, _)| p != peer);
             if entry.providers.is_empty() {
-                self.entries.remove(service);
+                self.entries.remove(key);
             }
         }
     }

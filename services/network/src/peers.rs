@@ -11,7 +11,7 @@ use p2pos_proto::overlay::v1::TicketData;
 use prost::Message;
 use tracing::warn;
 
-use crate::ticket::without_peer;
+use p2pos_protocols::network::ticket::without_peer;
 
 /// Store tree of known peers.
 pub(crate) const PEERS_TREE: &str = "peers";

@@ -1,6 +1,6 @@
 //! The harness of the in-process overlay tests: real kernels (temporary data directories,
-//! 127.0.0.1, mDNS off) that run only the overlay and a probe capturing the service context,
-//! driven through the kernel's registry exactly as the gateway drives them.
+//! 127.0.0.1, mDNS off) that run only the network, the overlay and a probe capturing the
+//! service context, driven through the kernel's registry exactly as the gateway drives them.
 
 // Each test file uses its own part of the harness.
 #![allow(dead_code)]
@@ -25,6 +25,7 @@ use p2pos_proto::{
         overlay_request::Kind as Req, overlay_response::Kind as Resp,
     },
 };
+use p2pos_protocols::network::{NETWORK, Network};
 use p2pos_protocols::{
     Apps, Overlay,
     apps::{ChannelStream, Incoming, Request, Response, Session},
@@ -63,30 +64,41 @@ pub(crate) struct Node {
 
 impl Node {
     pub(crate) async fn boot() -> Node {
-        Node::boot_with(Config::default().max_channels).await
+        Node::boot_with(p2pos_overlay::Config::default().max_channels).await
     }
 
     pub(crate) async fn boot_with(max_channels: u32) -> Node {
-        Node::boot_config(|config| config.max_channels = max_channels).await
+        Node::boot_config(|_| {}, |overlay| overlay.max_channels = max_channels).await
     }
 
-    /// Boots a node whose configuration `adjust` changes first.
-    pub(crate) async fn boot_config(adjust: impl FnOnce(&mut Config)) -> Node {
+    /// Boots a node whose network and overlay configurations `network` and `overlay` change
+    /// first.
+    pub(crate) async fn boot_config(
+        network: impl FnOnce(&mut p2pos_network::Config),
+        overlay: impl FnOnce(&mut p2pos_overlay::Config),
+    ) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config {
+        let config = Config {
             data_dir: dir.path().join("node"),
-            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-            mdns: false,
             allow_fault_injection: true,
             ..Config::default()
         };
-        adjust(&mut config);
+        let mut network_config = p2pos_network::Config {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            mdns: false,
+            ..p2pos_network::Config::default()
+        };
+        network(&mut network_config);
+        let mut overlay_config = p2pos_overlay::Config::default();
+        overlay(&mut overlay_config);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let slot = Arc::new(Mutex::new(Some(tx)));
         let probe = ChildSpec {
             name: "probe",
             restart: RestartType::Temporary,
             uses: Uses {
+                // The probe uses the network as any new service would.
+                needs: &[NETWORK],
                 calls: &[
                     <Overlay as Protocol>::NAME,
                     <Apps as Protocol>::NAME,
@@ -105,12 +117,22 @@ impl Node {
                 })
             }),
         };
-        Kernel::boot(config, vec![p2pos_overlay::child_spec(), probe]).expect("boot");
+        let children = vec![
+            p2pos_network::child_spec(network_config),
+            p2pos_overlay::child_spec(overlay_config),
+            probe,
+        ];
+        Kernel::boot(config, children).expect("boot");
         let ctx = tokio::time::timeout(T, rx)
             .await
             .expect("kernel started")
             .expect("context");
         Node { ctx, _dir: dir }
+    }
+
+    /// The network handle, as the node's services get it.
+    pub(crate) fn network(&self) -> Network {
+        self.ctx.registry.take(NETWORK).expect("the network handle")
     }
 
     pub(crate) fn peer_id(&self) -> String {

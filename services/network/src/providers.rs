@@ -1,9 +1,9 @@
-//! Services in the DHT, from the swarm task: the node provides the Kademlia key
-//! `/p2pos/service/<service>` of exactly the services the overlay wants announced (a `watch`
-//! of the set, so the latest set always wins and nothing queues up), and looks up the
-//! providers of a service for `FindService`, calls and service channels.
+//! Providers in the DHT, from the swarm task: the node provides exactly the keys its
+//! announcers want (each a `watch` of a set, so the latest set always wins and nothing queues
+//! up; the app layer announces `/p2pos/service/<service>` for the services provided here), and
+//! looks up the providers of a key (for `FindService`, calls and service channels).
 //!
-//! Look-ups are shared: callers that ask for the providers of a service while a look-up of it
+//! Look-ups are shared: callers that ask for the providers of a key while a look-up of it
 //! runs join that Kademlia query (one query per key), each answered when it has as many
 //! providers as it wants or its time is up. What a look-up found is reused for a while
 //! (`provider_cache`) by calls and channels, and the addresses the DHT gave with each
@@ -14,7 +14,7 @@
 //! saying so is forgotten within minutes, and callers skip stale records meanwhile ("not
 //! provided there"), telling the cache to forget them.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use libp2p::{
     Multiaddr, PeerId,
@@ -22,23 +22,22 @@ use libp2p::{
     kad,
     swarm::{ConnectionId, NetworkBehaviour},
 };
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 use tracing::{debug, warn};
 
-use super::{Providers, RemoteProvider, Reply, event_loop::EventLoop, provider_cache::Found};
-use crate::Error;
+use p2pos_protocols::network::{Error, Providers, RemoteProvider, Reply, check_key};
 
-/// Where a service's providers are announced: `/p2pos/service/<service>`.
-const KEY_PREFIX: &str = "/p2pos/service/";
-/// Most look-ups of providers at once (of different services: callers of one service share
+use crate::{event_loop::EventLoop, provider_cache::Found};
+
+/// Most look-ups of providers at once (of different services: callers of one key share
 /// its look-up).
 const MAX_PROVIDER_QUERIES: usize = 64;
 /// Most callers waiting on one look-up.
 const MAX_WAITERS_PER_QUERY: usize = 1024;
 
-/// A look-up of a service's providers in progress, and the callers waiting on it.
+/// A look-up of a key's providers in progress, and the callers waiting on it.
 pub(crate) struct ProviderQuery {
-    service: String,
+    key: String,
     /// Providers found so far, in the order found, without this node.
     found: Vec<Found>,
     waiters: Vec<Waiter>,
@@ -51,36 +50,53 @@ struct Waiter {
     reply: Reply<Providers>,
 }
 
-/// The DHT key under which the providers of `service` are announced.
-fn service_key(service: &str) -> kad::RecordKey {
-    kad::RecordKey::new(&format!("{KEY_PREFIX}{service}"))
+/// The Kademlia key of a DHT key (a string under `/p2pos/`, checked by the handle).
+fn dht_key(key: &str) -> kad::RecordKey {
+    kad::RecordKey::new(&key)
 }
 
+/// Most announcers at once (one per service start).
+const MAX_ANNOUNCERS: usize = 64;
+
 impl EventLoop {
-    /// Provides exactly the services the overlay wants now: stops providing those it no longer
-    /// wants (a local change; other nodes forget the record when it expires) and starts
-    /// providing new ones.
-    pub(super) fn provide_wanted(&mut self) {
-        let Some(wanted) = self
-            .wanted
-            .as_mut()
-            .map(|rx| rx.borrow_and_update().clone())
-        else {
+    /// A new announcer: its keys are provided from now on, with every other announcer's. Past
+    /// [`MAX_ANNOUNCERS`], announcers whose sender is gone make room; if none did, the new one
+    /// is ignored (its keys are not announced) with a warning.
+    pub(crate) fn announce(&mut self, keys: watch::Receiver<BTreeSet<String>>) {
+        if self.wanted.len() >= MAX_ANNOUNCERS {
+            self.wanted.retain(|rx| rx.has_changed().is_ok());
+        }
+        if self.wanted.len() >= MAX_ANNOUNCERS {
+            warn!("too many announcers of DHT keys ({MAX_ANNOUNCERS}); one is ignored");
             return;
-        };
+        }
+        self.wanted.push(keys);
+        self.provide_wanted();
+    }
+
+    /// Provides exactly the keys the announcers want now, all together: stops providing those
+    /// no longer wanted (a local change; other nodes forget the record when it expires) and
+    /// starts providing new ones.
+    pub(crate) fn provide_wanted(&mut self) {
+        let wanted: BTreeSet<String> = self
+            .wanted
+            .iter_mut()
+            .flat_map(|rx| rx.borrow_and_update().clone())
+            .filter(|key| check_key(key).is_ok())
+            .collect();
         let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
             return; // Kademlia is off: nothing is announced
         };
         for gone in self.providing.difference(&wanted) {
-            debug!(service = %gone, "no longer provided in the DHT");
-            kad.stop_providing(&service_key(gone));
+            debug!(key = %gone, "no longer provided in the DHT");
+            kad.stop_providing(&dht_key(gone));
         }
         let mut providing = wanted.clone();
         for new in wanted.difference(&self.providing) {
-            match kad.start_providing(service_key(new)) {
-                Ok(_) => debug!(service = %new, "provided in the DHT"),
+            match kad.start_providing(dht_key(new)) {
+                Ok(_) => debug!(key = %new, "provided in the DHT"),
                 Err(e) => {
-                    warn!(service = %new, "cannot announce the service in the DHT: {e}");
+                    warn!(key = %new, "cannot announce the key in the DHT: {e}");
                     providing.remove(new);
                 }
             }
@@ -91,7 +107,7 @@ impl EventLoop {
     /// A peer entered the routing table. If it is the first one, announcements made while
     /// the table was empty reached nobody: make them again now rather than at the next
     /// republication.
-    pub(super) fn on_new_routing_peer(&mut self) {
+    pub(crate) fn on_new_routing_peer(&mut self) {
         if self.providing.is_empty() {
             return;
         }
@@ -101,18 +117,18 @@ impl EventLoop {
         if kad.kbuckets().map(|b| b.num_entries()).sum::<usize>() != 1 {
             return;
         }
-        for service in &self.providing {
-            if let Err(e) = kad.start_providing(service_key(service)) {
-                warn!(%service, "cannot announce the service in the DHT: {e}");
+        for key in &self.providing {
+            if let Err(e) = kad.start_providing(dht_key(key)) {
+                warn!(%key, "cannot announce the key in the DHT: {e}");
             }
         }
     }
 
-    /// Answers up to `limit` providers of `service` within `wait`: from a recent look-up
+    /// Answers up to `limit` providers of `key` within `wait`: from a recent look-up
     /// unless `fresh`, else from the look-up of it in progress (joined) or a new one.
-    pub(super) fn find_providers(
+    pub(crate) fn find_providers(
         &mut self,
-        service: String,
+        key: String,
         limit: usize,
         wait: Duration,
         fresh: bool,
@@ -123,7 +139,7 @@ impl EventLoop {
             return;
         }
         let limit = limit.max(1);
-        if !fresh && let Some(found) = self.provider_cache.get(&service, limit) {
+        if !fresh && let Some(found) = self.provider_cache.get(&key, limit) {
             let providers = self.ranked(found, limit);
             let _ = reply.send(Ok(Providers {
                 providers,
@@ -136,12 +152,12 @@ impl EventLoop {
             deadline: Instant::now() + wait,
             reply,
         };
-        if let Some(id) = self.provider_query_of.get(&service).copied()
+        if let Some(id) = self.provider_query_of.get(&key).copied()
             && let Some(query) = self.provider_queries.get_mut(&id)
         {
             if query.waiters.len() >= MAX_WAITERS_PER_QUERY {
                 let _ = waiter.reply.send(Err(Error::Busy {
-                    what: "callers waiting for one look-up of service providers",
+                    what: "callers waiting for one look-up of providers",
                     limit: MAX_WAITERS_PER_QUERY,
                 }));
             } else {
@@ -153,7 +169,7 @@ impl EventLoop {
         }
         if self.provider_queries.len() >= MAX_PROVIDER_QUERIES {
             let _ = waiter.reply.send(Err(Error::Busy {
-                what: "look-ups of service providers in progress",
+                what: "look-ups of providers in progress",
                 limit: MAX_PROVIDER_QUERIES,
             }));
             return;
@@ -162,26 +178,26 @@ impl EventLoop {
         let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
             return;
         };
-        let id = kad.get_providers(service_key(&service));
-        self.provider_query_of.insert(service.clone(), id);
+        let id = kad.get_providers(dht_key(&key));
+        self.provider_query_of.insert(key.clone(), id);
         self.provider_queries.insert(
             id,
             ProviderQuery {
-                service,
+                key,
                 found: Vec::new(),
                 waiters: vec![waiter],
             },
         );
     }
 
-    /// A call or channel found that `peer` does not take calls or channels to `service` (not
+    /// A call or channel found that `peer` does not take calls or channels to `key` (not
     /// provided there, or not reachable): recent look-ups no longer offer it.
-    pub(super) fn forget_provider(&mut self, service: &str, peer: &PeerId) {
-        self.provider_cache.forget(service, peer);
+    pub(crate) fn forget_provider(&mut self, key: &str, peer: &PeerId) {
+        self.provider_cache.forget(key, peer);
     }
 
     /// Kademlia events about providers: look-up progress, and how announcements went.
-    pub(super) fn on_provider_event(&mut self, event: kad::Event) {
+    pub(crate) fn on_provider_event(&mut self, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
                 id,
@@ -213,10 +229,10 @@ impl EventLoop {
                 result: kad::QueryResult::StartProviding(result),
                 ..
             } => match result {
-                Ok(ok) => debug!(key = ?ok.key, "service announced"),
-                Err(e) => debug!("a service announcement did not complete: {e}"),
+                Ok(ok) => debug!(key = ?ok.key, "key announced"),
+                Err(e) => debug!("a key announcement did not complete: {e}"),
             },
-            _ => {}
+            other => self.on_record_event(other),
         }
     }
 
@@ -286,7 +302,7 @@ impl EventLoop {
 
     /// Answers the callers whose time is up (with what was found) and drops those who left;
     /// a look-up nobody waits for any more ends.
-    pub(super) fn expire_provider_queries(&mut self) {
+    pub(crate) fn expire_provider_queries(&mut self) {
         let now = Instant::now();
         let ids: Vec<kad::QueryId> = self.provider_queries.keys().copied().collect();
         for id in ids {
@@ -325,14 +341,14 @@ impl EventLoop {
             running.finish();
         }
         let ProviderQuery {
-            service,
+            key,
             found,
             waiters,
         } = query;
-        if self.provider_query_of.get(&service) == Some(&id) {
-            self.provider_query_of.remove(&service);
+        if self.provider_query_of.get(&key) == Some(&id) {
+            self.provider_query_of.remove(&key);
         }
-        self.provider_cache.put(&service, found.clone(), complete);
+        self.provider_cache.put(&key, found.clone(), complete);
         for waiter in waiters {
             self.answer(waiter, found.clone());
         }
@@ -366,18 +382,5 @@ impl EventLoop {
         providers.sort_by_key(|p| (!p.connected, p.rtt.is_none(), p.rtt));
         providers.truncate(limit);
         providers
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_namespaced() {
-        assert_eq!(
-            service_key("translate/1").as_ref(),
-            b"/p2pos/service/translate/1"
-        );
     }
 }

@@ -9,7 +9,7 @@ use p2pos_proto::overlay::v1::{
     PingRequest, overlay_request, overlay_response,
 };
 
-use crate::{Error, network::NetHandle, ticket::parse_target};
+use p2pos_protocols::network::{Error, Network, ticket::parse_target};
 
 /// How long `Dial` waits when the request says 0.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,7 +20,7 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Answers one overlay request.
 pub(crate) async fn handle(
-    net: NetHandle,
+    net: Network,
     request: OverlayRequest,
 ) -> Result<OverlayResponse, Error> {
     use overlay_request::Kind as Req;

@@ -14,8 +14,9 @@ use libp2p::{
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Reply, behaviour::PING_INTERVAL, event_loop::EventLoop};
-use crate::Error;
+use p2pos_protocols::network::{Error, Reply};
+
+use crate::{behaviour::PING_INTERVAL, event_loop::EventLoop};
 
 /// Most callers waiting on one peer at once.
 const MAX_WAITERS_PER_PEER: usize = 64;
@@ -24,7 +25,7 @@ const MAX_PENDING_PEERS: usize = 256;
 
 /// Callers waiting for a connection to one peer, and how far the attempt has got.
 pub(crate) struct PendingConnect {
-    pub(super) waiters: Vec<Reply<Multiaddr>>,
+    pub(crate) waiters: Vec<Reply<Multiaddr>>,
     /// Addresses given by the caller or found in the DHT, not yet dialled.
     addrs: Vec<Multiaddr>,
     dialed: bool,
@@ -34,7 +35,7 @@ pub(crate) struct PendingConnect {
 
 impl EventLoop {
     /// Starts connecting to `peer`, or joins an attempt in progress.
-    pub(super) fn connect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, reply: Reply<Multiaddr>) {
+    pub(crate) fn connect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, reply: Reply<Multiaddr>) {
         if let Some(addr) = self.connection_addr(&peer) {
             let _ = reply.send(Ok(addr));
             return;
@@ -130,7 +131,7 @@ impl EventLoop {
     }
 
     /// Dials `peer` at `addrs` and every address known for it.
-    pub(super) fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), DialError> {
+    pub(crate) fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), DialError> {
         let mut all = addrs;
         for a in self
             .book
@@ -153,7 +154,7 @@ impl EventLoop {
     }
 
     /// Addresses of `peer` in the Kademlia routing table.
-    pub(super) fn kad_addresses(&mut self, peer: &PeerId) -> Vec<Multiaddr> {
+    pub(crate) fn kad_addresses(&mut self, peer: &PeerId) -> Vec<Multiaddr> {
         let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
             return Vec::new();
         };
@@ -176,7 +177,7 @@ impl EventLoop {
     }
 
     /// A connection to `peer` is open: answers everyone waiting for one.
-    pub(super) fn on_connected(&mut self, peer: PeerId, addr: Multiaddr) {
+    pub(crate) fn on_connected(&mut self, peer: PeerId, addr: Multiaddr) {
         if let Some(pending) = self.connects.remove(&peer) {
             for w in pending.waiters {
                 let _ = w.send(Ok(addr.clone()));
@@ -185,7 +186,7 @@ impl EventLoop {
     }
 
     /// A dial of `peer` failed.
-    pub(super) fn on_dial_failed(&mut self, peer: PeerId, reason: String) {
+    pub(crate) fn on_dial_failed(&mut self, peer: PeerId, reason: String) {
         if self.swarm.is_connected(&peer) {
             return;
         }
@@ -213,7 +214,7 @@ impl EventLoop {
 
     /// Seeds a routing table still empty right after connecting (identify has not answered
     /// yet) with the connected peers, so that a look-up has somewhere to start.
-    pub(super) fn seed_routing_table(&mut self) {
+    pub(crate) fn seed_routing_table(&mut self) {
         let seeds: Vec<(PeerId, Vec<Multiaddr>)> = self
             .connections
             .keys()
@@ -231,7 +232,7 @@ impl EventLoop {
     }
 
     /// Kademlia events that answer look-ups (of peers here, of providers in `providers`).
-    pub(super) fn on_kad(&mut self, event: kad::Event) {
+    pub(crate) fn on_kad(&mut self, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
                 id,
@@ -305,7 +306,7 @@ impl EventLoop {
     }
 
     /// Starts (or joins) a DHT look-up of `peer`.
-    pub(super) fn find_peer(&mut self, peer: PeerId, reply: Reply<Vec<Multiaddr>>) {
+    pub(crate) fn find_peer(&mut self, peer: PeerId, reply: Reply<Vec<Multiaddr>>) {
         if !self.swarm.behaviour().kad.is_enabled() {
             let _ = reply.send(Err(Error::DhtDisabled));
             return;
@@ -327,7 +328,7 @@ impl EventLoop {
     }
 
     /// Answers the last round-trip time, or the next one if none is recent.
-    pub(super) fn ping(&mut self, peer: PeerId, reply: Reply<Duration>) {
+    pub(crate) fn ping(&mut self, peer: PeerId, reply: Reply<Duration>) {
         if !self.swarm.is_connected(&peer) {
             let _ = reply.send(Err(Error::Unreachable {
                 peer,
@@ -353,7 +354,7 @@ impl EventLoop {
     }
 
     /// A ping finished.
-    pub(super) fn on_ping(&mut self, event: ping::Event) {
+    pub(crate) fn on_ping(&mut self, event: ping::Event) {
         let ping::Event { peer, result, .. } = event;
         match result {
             Ok(rtt) => {
@@ -367,7 +368,7 @@ impl EventLoop {
     }
 
     /// Answers everyone waiting for a ping of `peer` with an error.
-    pub(super) fn fail_pings(&mut self, peer: PeerId, reason: &str) {
+    pub(crate) fn fail_pings(&mut self, peer: PeerId, reason: &str) {
         for w in self.pings.remove(&peer).unwrap_or_default() {
             let _ = w.send(Err(Error::Unreachable {
                 peer,

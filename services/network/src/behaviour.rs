@@ -10,10 +10,11 @@ use libp2p::{
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
     tcp, yamux,
 };
-use p2pos_kernel::Config;
 use tracing::warn;
 
-use crate::Error;
+use p2pos_protocols::network::Error;
+
+use crate::Config;
 
 /// The identify protocol version string this node announces.
 pub(crate) const PROTOCOL_VERSION: &str = "/p2pos/1.0.0";

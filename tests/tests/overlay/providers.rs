@@ -2,15 +2,13 @@
 //! remote provider, a provider whose session ends before it accepts a channel, a provider too
 //! busy to take a call, and the limit on one app's registrations.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use p2pos_protocols::apps;
 use tonic::Code;
 
-use common::{
+use crate::common::{
     Node, T, channel, eventually, next_channel,
     services::{code, outcome, serve_echo},
 };

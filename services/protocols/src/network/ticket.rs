@@ -7,7 +7,7 @@ use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use p2pos_proto::overlay::v1::TicketData;
 use prost::Message;
 
-use crate::Error;
+use super::Error;
 
 /// Every ticket starts with this.
 pub const TICKET_PREFIX: &str = "p2pos";
@@ -106,7 +106,7 @@ fn is_well_formed(peer: &PeerId) -> bool {
 }
 
 /// `addr` without a trailing `/p2p/<peer>` component.
-pub(crate) fn without_peer(mut addr: Multiaddr, peer: &PeerId) -> Multiaddr {
+pub fn without_peer(mut addr: Multiaddr, peer: &PeerId) -> Multiaddr {
     if matches!(addr.iter().last(), Some(Protocol::P2p(p)) if p == *peer) {
         addr.pop();
     }

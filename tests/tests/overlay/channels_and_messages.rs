@@ -2,8 +2,6 @@
 //! run only the overlay and a probe capturing the service context, driven through the
 //! kernel's registry exactly as the gateway drives them (see `common`).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,7 +21,7 @@ use p2pos_protocols::{
 };
 use tokio_util::codec::Framed;
 
-use common::{Node, T, channel, eventually, next_channel};
+use crate::common::{Node, T, channel, eventually, next_channel};
 
 #[actix_rt::test]
 async fn channels_and_messages_flow_between_two_nodes() {

@@ -6,8 +6,9 @@ use libp2p::{Multiaddr, multiaddr::Protocol};
 use p2pos_proto::overlay::v1::{OverlayStatus, PeerInfo, Ticket};
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{event_loop::EventLoop, peers::is_dialable};
-use crate::ticket::{encode_ticket, without_peer};
+use p2pos_protocols::network::ticket::{encode_ticket, without_peer};
+
+use crate::{event_loop::EventLoop, peers::is_dialable};
 
 /// How long a ticket request waits for a first listen address.
 const TICKET_WAIT: Duration = Duration::from_secs(2);
@@ -16,7 +17,7 @@ const MAX_TICKET_WAITERS: usize = 64;
 
 impl EventLoop {
     /// Answers now if the node listens somewhere, else once it does (or after a short wait).
-    pub(super) fn ticket_request(&mut self, reply: oneshot::Sender<Ticket>) {
+    pub(crate) fn ticket_request(&mut self, reply: oneshot::Sender<Ticket>) {
         if self.swarm.listeners().next().is_some() || self.tickets.len() >= MAX_TICKET_WAITERS {
             let _ = reply.send(self.ticket());
         } else {
@@ -25,7 +26,7 @@ impl EventLoop {
     }
 
     /// Answers the waiting ticket requests once the node listens, or after [`TICKET_WAIT`].
-    pub(super) fn answer_tickets(&mut self) {
+    pub(crate) fn answer_tickets(&mut self) {
         if self.tickets.is_empty() {
             return;
         }
@@ -44,7 +45,7 @@ impl EventLoop {
 
     /// This node's ticket: its listen addresses (concrete, per interface) and confirmed
     /// external addresses, without duplicates.
-    pub(super) fn ticket(&self) -> Ticket {
+    pub(crate) fn ticket(&self) -> Ticket {
         let local = *self.swarm.local_peer_id();
         let mut addrs: Vec<Multiaddr> = Vec::new();
         for a in self
@@ -65,7 +66,7 @@ impl EventLoop {
     }
 
     /// Connected peers, sorted by peer id.
-    pub(super) fn peer_infos(&self) -> Vec<PeerInfo> {
+    pub(crate) fn peer_infos(&self) -> Vec<PeerInfo> {
         let mut peers: Vec<PeerInfo> = self
             .connections
             .iter()
@@ -92,7 +93,7 @@ impl EventLoop {
     }
 
     /// The overlay status.
-    pub(super) fn status(&mut self) -> OverlayStatus {
+    pub(crate) fn status(&mut self) -> OverlayStatus {
         let routing_table_size = match self.swarm.behaviour_mut().kad.as_mut() {
             Some(kad) => kad.kbuckets().map(|b| b.num_entries()).sum::<usize>(),
             None => 0,

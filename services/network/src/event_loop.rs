@@ -12,7 +12,9 @@ use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, Swarm, autonat,
     core::transport::ListenerId,
-    identify, kad, mdns,
+    identify,
+    identity::Keypair,
+    kad, mdns,
     multiaddr::Protocol,
     swarm::{ConnectionId, SwarmEvent},
 };
@@ -24,14 +26,16 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{
-    Command, NetEvent, Reply,
+use p2pos_protocols::network::{Command, NetEvent, Reply};
+
+use crate::{
     behaviour::{Behaviour, BehaviourEvent, is_relay_hop},
     connect::PendingConnect,
     metrics::SwarmMetrics,
     peers::{self, PeerBook, is_dialable},
     provider_cache::ProviderCache,
     providers::ProviderQuery,
+    records::RecordQuery,
 };
 
 /// How often stale waiters are dropped and late ticket requests answered.
@@ -45,51 +49,55 @@ const MAX_RELAYS: usize = 2;
 
 /// The task that owns the swarm.
 pub(crate) struct EventLoop {
-    pub(super) swarm: Swarm<Behaviour>,
+    pub(crate) swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     net_events: broadcast::Sender<NetEvent>,
     events: EventBus,
     store: Arc<dyn Store>,
     metrics: SwarmMetrics,
-    pub(super) book: PeerBook,
+    pub(crate) book: PeerBook,
     /// Open connections per peer, with their remote addresses.
-    pub(super) connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
+    pub(crate) connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
     /// Last ping round-trip time per connected peer, and when it was measured.
-    pub(super) rtt: HashMap<PeerId, (Duration, Instant)>,
+    pub(crate) rtt: HashMap<PeerId, (Duration, Instant)>,
     /// Agent versions reported by identify, per connected peer.
-    pub(super) agents: HashMap<PeerId, String>,
-    pub(super) connects: HashMap<PeerId, PendingConnect>,
-    pub(super) pings: HashMap<PeerId, Vec<Reply<Duration>>>,
-    pub(super) lookups: HashMap<kad::QueryId, PeerId>,
-    pub(super) lookup_of: HashMap<PeerId, kad::QueryId>,
-    pub(super) finds: HashMap<PeerId, Vec<Reply<Vec<Multiaddr>>>>,
-    pub(super) tickets: Vec<(Instant, oneshot::Sender<p2pos_proto::overlay::v1::Ticket>)>,
+    pub(crate) agents: HashMap<PeerId, String>,
+    pub(crate) connects: HashMap<PeerId, PendingConnect>,
+    pub(crate) pings: HashMap<PeerId, Vec<Reply<Duration>>>,
+    pub(crate) lookups: HashMap<kad::QueryId, PeerId>,
+    pub(crate) lookup_of: HashMap<PeerId, kad::QueryId>,
+    pub(crate) finds: HashMap<PeerId, Vec<Reply<Vec<Multiaddr>>>>,
+    pub(crate) tickets: Vec<(Instant, oneshot::Sender<p2pos_proto::overlay::v1::Ticket>)>,
     /// AutoNAT's verdict: "unknown", "public" or "private".
-    pub(super) reachability: &'static str,
+    pub(crate) reachability: &'static str,
     relay_candidates: HashSet<PeerId>,
     relay_listeners: HashMap<PeerId, ListenerId>,
-    /// The services the overlay wants announced; `None` once the overlay dropped its end.
-    pub(super) wanted: Option<watch::Receiver<BTreeSet<String>>>,
-    /// The services announced in the DHT now.
-    pub(super) providing: BTreeSet<String>,
+    /// The node's key: it signs the records this node puts in the DHT.
+    pub(crate) keypair: Keypair,
+    /// Record puts and gets in progress.
+    pub(crate) record_queries: HashMap<kad::QueryId, RecordQuery>,
+    /// The keys each announcer wants provided; an announcer whose sender is gone is dropped.
+    pub(crate) wanted: Vec<watch::Receiver<BTreeSet<String>>>,
+    /// The keys announced in the DHT now.
+    pub(crate) providing: BTreeSet<String>,
     /// Look-ups of providers in progress.
-    pub(super) provider_queries: HashMap<kad::QueryId, ProviderQuery>,
-    /// The look-up in progress per service (callers of one service share it).
-    pub(super) provider_query_of: HashMap<String, kad::QueryId>,
+    pub(crate) provider_queries: HashMap<kad::QueryId, ProviderQuery>,
+    /// The look-up in progress per key (callers of one key share it).
+    pub(crate) provider_query_of: HashMap<String, kad::QueryId>,
     /// Providers found by recent look-ups.
-    pub(super) provider_cache: ProviderCache,
+    pub(crate) provider_cache: ProviderCache,
 }
 
 impl EventLoop {
     /// A loop over `swarm`, taking commands from `commands`.
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
+        keypair: Keypair,
         commands: mpsc::Receiver<Command>,
         net_events: broadcast::Sender<NetEvent>,
         events: EventBus,
         store: Arc<dyn Store>,
         metrics: SwarmMetrics,
-        wanted: watch::Receiver<BTreeSet<String>>,
     ) -> Self {
         Self {
             swarm,
@@ -111,7 +119,9 @@ impl EventLoop {
             reachability: "unknown",
             relay_candidates: HashSet::new(),
             relay_listeners: HashMap::new(),
-            wanted: Some(wanted),
+            wanted: Vec::new(),
+            keypair,
+            record_queries: HashMap::new(),
             providing: BTreeSet::new(),
             provider_queries: HashMap::new(),
             provider_query_of: HashMap::new(),
@@ -138,10 +148,13 @@ impl EventLoop {
                     None => break None,
                 },
                 _ = housekeeping.tick() => self.housekeeping(),
-                changed = wanted_changed(self.wanted.as_mut()) => match changed {
-                    true => self.provide_wanted(),
-                    false => self.wanted = None,
-                },
+                changed = wanted_changed(&mut self.wanted) => {
+                    if let Some(gone) = changed {
+                        // That announcer was dropped: its keys are withdrawn.
+                        self.wanted.swap_remove(gone);
+                    }
+                    self.provide_wanted();
+                }
             }
         };
         info!("overlay network stopping");
@@ -192,13 +205,16 @@ impl EventLoop {
             Command::Ping { peer, reply } => self.ping(peer, reply),
             Command::FindPeer { peer, reply } => self.find_peer(peer, reply),
             Command::FindProviders {
-                service,
+                key,
                 limit,
                 wait,
                 fresh,
                 reply,
-            } => self.find_providers(service, limit, wait, fresh, reply),
-            Command::ForgetProvider { service, peer } => self.forget_provider(&service, &peer),
+            } => self.find_providers(key, limit, wait, fresh, reply),
+            Command::ForgetProvider { key, peer } => self.forget_provider(&key, &peer),
+            Command::Announce { keys } => self.announce(keys),
+            Command::PutRecord { key, value, reply } => self.put_record(key, value, reply),
+            Command::GetRecord { key, reply } => self.get_record(key, reply),
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }
@@ -445,14 +461,20 @@ impl EventLoop {
             !w.is_empty()
         });
         self.expire_provider_queries();
+        self.expire_record_queries();
     }
 }
 
-/// Waits until the wanted services change: `true`, or the overlay dropped its end: `false`.
-/// Never ready without a receiver.
-async fn wanted_changed(wanted: Option<&mut watch::Receiver<BTreeSet<String>>>) -> bool {
-    match wanted {
-        Some(rx) => rx.changed().await.is_ok(),
-        None => std::future::pending().await,
+/// Waits until the keys of an announcer change: `None`, or its sender is gone: `Some(its
+/// index)`. Never ready without announcers.
+async fn wanted_changed(wanted: &mut [watch::Receiver<BTreeSet<String>>]) -> Option<usize> {
+    if wanted.is_empty() {
+        return std::future::pending().await;
     }
+    let changes = wanted
+        .iter_mut()
+        .enumerate()
+        .map(|(i, rx)| Box::pin(async move { (i, rx.changed().await.is_ok()) }));
+    let ((i, open), _, _) = futures::future::select_all(changes).await;
+    (!open).then_some(i)
 }

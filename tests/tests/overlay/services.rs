@@ -2,8 +2,6 @@
 //! providers here and through the DHT, unary calls with their deadlines and errors, channels to
 //! services, and what a provider's session ending does.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +17,7 @@ use p2pos_protocols::{
 };
 use tonic::Code;
 
-use common::{
+use crate::common::{
     Node, T, channel, eventually, next_call, next_channel,
     services::{carries, code, echo_one, echoes, framed, outcome},
 };
@@ -129,7 +127,7 @@ async fn a_local_provider_is_registered_called_and_answers() {
 
 #[actix_rt::test]
 async fn bad_input_gets_clear_statuses() {
-    let node = Node::boot_config(|c| c.kademlia = false).await;
+    let node = Node::boot_config(|c| c.kademlia = false, |_| {}).await;
     let _session = node.session("provider").await;
     for (name, rule) in [
         ("", "the name is empty"),

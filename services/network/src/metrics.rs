@@ -18,7 +18,7 @@ pub(crate) struct SwarmMetrics {
 }
 
 impl SwarmMetrics {
-    /// New metrics, registered with the kernel under `overlay`.
+    /// New metrics, registered with the kernel under the service's name.
     pub(crate) fn register(ctx: &ServiceContext) -> Self {
         let mut root = Registry::default();
         let libp2p = libp2p::metrics::Metrics::new(&mut root);
@@ -41,7 +41,7 @@ impl SwarmMetrics {
             "Outbound connection attempts that failed",
             dial_failures.clone(),
         );
-        ctx.metrics.set("overlay", root);
+        ctx.metrics.set(crate::NAME, root);
         Self {
             libp2p,
             connected_peers,

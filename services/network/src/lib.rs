@@ -1,0 +1,39 @@
+//! The P2P OS network service: this node's place in the peer-to-peer network (rust-libp2p:
+//! TCP and QUIC, noise, yamux, identify, ping, Kademlia, mDNS, AutoNAT, circuit relay v2,
+//! DCUtR, connection and memory limits), behind the narrow handle
+//! [`Network`](p2pos_protocols::network::Network) that it provides to the services started
+//! after it, and answering `p2pos.overlay.v1` (tickets, dialing, peers, ping, DHT look-ups).
+//!
+//! One actor, [`service::NetworkService`], owns the life cycle; one tokio task owns the swarm
+//! and takes commands from every handle on a bounded channel. Only this service holds the
+//! node's secret key: records it puts in the DHT are signed here.
+//!
+//! # Layout
+//! - [`config`]: the `[network]` table of the node's configuration.
+//! - [`service`]: the actor, its [`child_spec`], life cycle and the overlay protocol.
+//! - [`overlay_api`]: `p2pos.overlay.v1` requests, one exhaustive `match`.
+//! - `behaviour`: the transports and the combined behaviour.
+//! - `event_loop`: the swarm task, swarm events and persistence of what it learns.
+//! - `connect`: dialing, DHT look-ups of peers, pings.
+//! - `info`: tickets, peer lists and the overlay status.
+//! - `metrics`: what the swarm task records for Prometheus.
+//! - `peers`: known peers and remembered listen ports in the store.
+//! - `providers`: the keys this node announces in the DHT, and look-ups of providers.
+//! - `provider_cache`: providers found by recent look-ups, reused for a while.
+//! - `records`: records signed by this node, put in and got from the DHT.
+
+mod behaviour;
+pub mod config;
+mod connect;
+mod event_loop;
+mod info;
+mod metrics;
+pub mod overlay_api;
+mod peers;
+mod provider_cache;
+mod providers;
+mod records;
+pub mod service;
+
+pub use config::Config;
+pub use service::{NAME, child_spec};

@@ -1,0 +1,206 @@
+//! The network service actor: its child spec, its life cycle (start of the swarm task, failure
+//! of that task, ordered stop, injected panics) and the `p2pos.overlay.v1` protocol. It hands
+//! the [`Network`] handle to the services that need it, through the kernel.
+
+use std::{sync::Arc, time::Duration};
+
+use actix::prelude::*;
+use libp2p::Multiaddr;
+use p2pos_kernel::{
+    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
+    ServiceError, StopService, Uses,
+};
+use p2pos_proto::overlay::v1::{OverlayRequest, OverlayResponse};
+use p2pos_protocols::{
+    Overlay,
+    network::{Error, NETWORK, Network, ticket::parse_target},
+};
+use tokio::{
+    sync::{broadcast, mpsc},
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use crate::{Config, behaviour, event_loop::EventLoop, metrics::SwarmMetrics, overlay_api, peers};
+
+/// The service's name.
+pub const NAME: &str = "network";
+/// How long a stop waits for the swarm task to close.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Commands waiting for the swarm task; senders wait when it is full (back-pressure).
+const COMMAND_BUFFER: usize = 64;
+/// Connection events buffered for followers; a follower that lags catches up.
+const NET_EVENT_BUFFER: usize = 256;
+/// The store trees the network keeps: known peers, and what it remembers of itself.
+const STORE_TREES: &[&str] = &[peers::PEERS_TREE, peers::OVERLAY_TREE];
+
+/// The child spec the daemon hands to the kernel: a permanent service named `network` that
+/// provides the network handle and answers `p2pos.overlay.v1`.
+pub fn child_spec(config: Config) -> ChildSpec {
+    let config = Arc::new(config);
+    ChildSpec {
+        name: NAME,
+        restart: RestartType::Permanent,
+        uses: Uses {
+            // The swarm's identity, and the signatures of DHT records.
+            keypair: true,
+            trees: STORE_TREES,
+            provides: &[NETWORK, Overlay::NAME],
+            ..Uses::default()
+        },
+        start: Box::new(move |ctx, guard| start(ctx, guard, &config).map_err(|e| e.to_string())),
+    }
+}
+
+fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<ChildHandle, Error> {
+    let setup = |e: &dyn std::fmt::Display| Error::Setup(e.to_string());
+    let keypair = ctx.keypair().map_err(|e| setup(&e))?.clone();
+    let swarm = behaviour::build_swarm(&keypair, config)?;
+    let control = swarm.behaviour().stream.new_control();
+    let metrics = SwarmMetrics::register(&ctx);
+    let mut listen = Vec::new();
+    for addr in &config.listen {
+        match addr.parse::<Multiaddr>() {
+            Ok(a) => listen.push(a),
+            Err(e) => warn!("ignoring listen address {addr:?}: {e}"),
+        }
+    }
+    let mut bootstrap = Vec::new();
+    for target in &config.bootstrap {
+        match parse_target(target) {
+            Ok(t) => bootstrap.push(t),
+            Err(e) => warn!("ignoring bootstrap peer: {e}"),
+        }
+    }
+    let local = *swarm.local_peer_id();
+    let (commands, rx) = mpsc::channel(COMMAND_BUFFER);
+    let (events, _) = broadcast::channel(NET_EVENT_BUFFER);
+    let event_loop = EventLoop::new(
+        swarm,
+        keypair,
+        rx,
+        events.clone(),
+        ctx.events.clone(),
+        ctx.store.clone(),
+        metrics,
+    );
+    let task = tokio::spawn(event_loop.run(listen, bootstrap));
+    let network = Network::new(commands, control, local, events);
+    ctx.registry
+        .provide(NETWORK, network.clone())
+        .map_err(|e| setup(&e))?;
+    let service = NetworkService {
+        failpoint_panic: ctx.config.panics_on_start(NAME),
+        abort: task.abort_handle(),
+        swarm_task: Some(task),
+        guard,
+        network,
+        stopping: false,
+    };
+    let registry = ctx.registry.clone();
+    let addr = service.start();
+    registry
+        .register::<Overlay>(addr.clone().recipient())
+        .map_err(|e| setup(&e))?;
+    Ok(ChildHandle {
+        stop: addr.clone().recipient(),
+        panic: addr.recipient(),
+    })
+}
+
+/// The network actor: holds the swarm task (aborted when the actor goes, however it goes) and
+/// answers the overlay protocol through its own handle.
+pub struct NetworkService {
+    failpoint_panic: bool,
+    abort: tokio::task::AbortHandle,
+    swarm_task: Option<JoinHandle<()>>,
+    guard: DeathGuard,
+    network: Network,
+    stopping: bool,
+}
+
+impl Drop for NetworkService {
+    fn drop(&mut self) {
+        self.abort.abort();
+    }
+}
+
+impl Actor for NetworkService {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.failpoint_panic {
+            panic!("injected fault in {NAME}: panic-on-start failpoint");
+        }
+        if let Some(task) = self.swarm_task.take() {
+            ctx.spawn(
+                task.into_actor(self)
+                    .map(|result, act, ctx| act.swarm_ended(result, ctx)),
+            );
+        }
+        info!(peer_id = %self.network.local_peer_id(), "network started");
+    }
+}
+
+impl NetworkService {
+    fn swarm_ended(&mut self, result: Result<(), tokio::task::JoinError>, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let why = match result {
+            Ok(()) => "the network task ended unexpectedly".to_owned(),
+            Err(e) if e.is_panic() => "the network task panicked".to_owned(),
+            Err(e) => format!("the network task was cancelled: {e}"),
+        };
+        error!("{why}");
+        self.guard.fail(why);
+        ctx.stop();
+    }
+}
+
+impl Handler<StopService> for NetworkService {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: StopService, _: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        let network = self.network.clone();
+        Box::pin(
+            async move {
+                if tokio::time::timeout(SHUTDOWN_TIMEOUT, network.shutdown())
+                    .await
+                    .is_err()
+                {
+                    warn!("the network did not close within {SHUTDOWN_TIMEOUT:?}; aborting it");
+                }
+            }
+            .into_actor(self)
+            .map(|(), act, ctx| {
+                act.abort.abort();
+                info!("network stopped");
+                ctx.stop();
+            }),
+        )
+    }
+}
+
+impl Handler<InjectPanic> for NetworkService {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+        panic!("injected fault in {NAME}");
+    }
+}
+
+impl Handler<Call<Overlay>> for NetworkService {
+    type Result = ResponseFuture<Result<OverlayResponse, ServiceError>>;
+
+    fn handle(&mut self, Call(request): Call<Overlay>, _: &mut Self::Context) -> Self::Result {
+        let network = self.network.clone();
+        let request: OverlayRequest = request;
+        Box::pin(async move {
+            overlay_api::handle(network, request)
+                .await
+                .map_err(ServiceError::from)
+        })
+    }
+}

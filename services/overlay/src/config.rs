@@ -1,0 +1,33 @@
+//! The overlay's configuration: the `[overlay]` table of `p2posd.toml`.
+
+use serde::Deserialize;
+
+/// Limits of the app layer. Every field has a default that just works.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Most channels open at once, in either direction, waiting ones included. Default: 1024.
+    pub max_channels: u32,
+    /// Most messages an app's inbox holds unacknowledged; past it senders are told to retry
+    /// later. Default: 10,000.
+    pub max_inbox_messages: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_channels: 1024,
+            max_inbox_messages: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Checks what the types alone do not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_inbox_messages == 0 {
+            return Err("max_inbox_messages must be > 0".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! Inbound streams of one protocol, served within limits: an accept loop takes the streams
+//! libp2p hands over for a protocol id and serves each in a task of its own, at most so many at
+//! once in all and from one peer, so that one peer cannot take every slot (iroh's
+//! `Router::accept(alpn, handler)`, with limits). Streams past the limits are refused (answered
+//! in a task of their own, or dropped). The loop ends when the network is gone or its
+//! [`Accepting`] guard is dropped.
+
+use std::collections::HashMap;
+
+use futures::{Stream as FuturesStream, StreamExt};
+use libp2p::PeerId;
+use tokio::task::{self, AbortHandle, JoinSet};
+use tracing::warn;
+
+/// Serves a protocol's inbound streams until dropped.
+#[derive(Debug)]
+pub struct Accepting(pub(crate) AbortHandle);
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How many inbound streams of one protocol an accept loop serves at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From all peers together.
+    pub total: usize,
+    /// From any one peer, so that one peer cannot take every slot.
+    pub per_peer: usize,
+}
+
+/// Which of an accept loop's [`Limits`] a stream found reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// As many streams of the protocol as it serves in all are open.
+    Total(usize),
+    /// As many streams as it serves from one peer are open from this peer.
+    PerPeer(usize),
+}
+
+impl std::fmt::Display for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Overflow::Total(n) => write!(f, "{n} already open on this node (its limit)"),
+            Overflow::PerPeer(n) => write!(f, "{n} already open from your node (the limit)"),
+        }
+    }
+}
+
+/// Most refusals written at once by one accept loop; past them, streams are dropped.
+const MAX_REFUSALS: usize = 64;
+
+/// Serves each stream of `incoming` with `serve`, within `limits`. A stream past them is given
+/// to `refuse` (which may answer it, in a task of its own: at most [`MAX_REFUSALS`] at once,
+/// each bounded by its own timeout) or, if it answers `None` or too many are being refused,
+/// dropped (the remote sees a reset). Ends when the swarm is gone.
+pub async fn accept_loop<S, I, F, Fut, R, RFut>(
+    mut incoming: I,
+    limits: Limits,
+    what: String,
+    serve: F,
+    refuse: R,
+) where
+    I: FuturesStream<Item = (PeerId, S)> + Unpin,
+    F: Fn(PeerId, S) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+    R: Fn(PeerId, S, Overflow) -> Option<RFut>,
+    RFut: Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = JoinSet::new();
+    let mut refusals = JoinSet::new();
+    let mut task_peers: HashMap<task::Id, PeerId> = HashMap::new();
+    let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
+    loop {
+        tokio::select! {
+            // Free the slots of finished streams before taking new ones.
+            biased;
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                if let Some(peer) = task_peers.remove(&id)
+                    && let Some(n) = per_peer.get_mut(&peer)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_peer.remove(&peer);
+                    }
+                }
+            }
+            Some(_) = refusals.join_next(), if !refusals.is_empty() => {}
+            next = incoming.next() => match next {
+                Some((peer, stream)) => {
+                    let from_peer = per_peer.get(&peer).copied().unwrap_or(0);
+                    let overflow = if tasks.len() >= limits.total {
+                        Some(Overflow::Total(limits.total))
+                    } else if from_peer >= limits.per_peer {
+                        Some(Overflow::PerPeer(limits.per_peer))
+                    } else {
+                        None
+                    };
+                    match overflow {
+                        None => {
+                            let task = tasks.spawn(serve(peer, stream));
+                            task_peers.insert(task.id(), peer);
+                            *per_peer.entry(peer).or_default() += 1;
+                        }
+                        Some(overflow) => {
+                            warn!(%peer, "refusing an inbound {what} stream: {overflow}");
+                            if refusals.len() < MAX_REFUSALS
+                                && let Some(refusal) = refuse(peer, stream, overflow)
+                            {
+                                refusals.spawn(refusal);
+                            }
+                        }
+                    }
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+/// The refusal of an accept loop that answers nothing: the stream is dropped.
+pub fn drop_stream<S>(_: PeerId, _: S, _: Overflow) -> Option<std::future::Ready<()>> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::{mpsc, oneshot};
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A stand-in for a stream: its serving task lasts until the sender of the `oneshot` is
+    /// dropped, and reports its start (`true`) and end (`false`).
+    type Held = (oneshot::Receiver<()>, mpsc::UnboundedSender<(PeerId, bool)>);
+
+    #[tokio::test]
+    async fn one_peer_cannot_take_every_slot() {
+        let (streams, incoming) = mpsc::channel::<(PeerId, Held)>(16);
+        let limits = Limits {
+            total: 3,
+            per_peer: 2,
+        };
+        let serving = tokio::spawn(accept_loop(
+            ReceiverStream::new(incoming),
+            limits,
+            "test".to_owned(),
+            |peer, (hold, events): Held| async move {
+                let _ = events.send((peer, true));
+                let _ = hold.await;
+                let _ = events.send((peer, false));
+            },
+            drop_stream,
+        ));
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        // Offers a stream from `peer`; dropping the answer ends it.
+        let offer = |peer| {
+            let (hold, held) = oneshot::channel::<()>();
+            streams
+                .try_send((peer, (held, events_tx.clone())))
+                .expect("room");
+            hold
+        };
+        // A's third stream is refused while B still gets in; then the total is reached (C).
+        let mut holds: Vec<_> = [a, a, a, b, c].into_iter().map(offer).collect();
+        let mut started = Vec::new();
+        for _ in 0..3 {
+            started.push(events.recv().await.expect("event"));
+        }
+        assert_eq!(started, vec![(a, true), (a, true), (b, true)]);
+        // One stream of A ends: A may open another.
+        drop(holds.remove(0));
+        assert_eq!(events.recv().await, Some((a, false)));
+        holds.push(offer(a));
+        let next = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        assert_eq!(next.expect("served in time"), Some((a, true)));
+        serving.abort();
+    }
+
+    #[tokio::test]
+    async fn streams_past_the_limits_are_handed_to_the_refusal() {
+        let (streams, incoming) = mpsc::channel::<(PeerId, oneshot::Receiver<()>)>(16);
+        let limits = Limits {
+            total: 2,
+            per_peer: 1,
+        };
+        let (refused_tx, mut refused) = mpsc::unbounded_channel();
+        let serving = tokio::spawn(accept_loop(
+            ReceiverStream::new(incoming),
+            limits,
+            "test".to_owned(),
+            |_, hold: oneshot::Receiver<()>| async move {
+                let _ = hold.await;
+            },
+            move |peer, _, overflow| {
+                let refused = refused_tx.clone();
+                Some(async move {
+                    let _ = refused.send((peer, overflow));
+                })
+            },
+        ));
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut holds = Vec::new();
+        for peer in [a, a, b, c] {
+            let (hold, held) = oneshot::channel::<()>();
+            streams.try_send((peer, held)).expect("room");
+            holds.push(hold);
+        }
+        for expected in [(a, Overflow::PerPeer(1)), (c, Overflow::Total(2))] {
+            let next = tokio::time::timeout(Duration::from_secs(5), refused.recv()).await;
+            assert_eq!(next.expect("in time"), Some(expected));
+        }
+        serving.abort();
+    }
+}

@@ -1,0 +1,452 @@
+//! The network as a service others use: [`Network`] is the narrow, cheap, cloneable handle that
+//! the network service (`p2pos-network`) provides under [`NETWORK`] and that any service declares
+//! it needs. Through it a service opens streams to peers for a protocol id, accepts inbound
+//! streams of its own protocols within limits, connects, pings and looks peers up, announces and
+//! finds providers of DHT keys, puts and gets records signed by this node, and follows
+//! connection events — without touching the swarm.
+//!
+//! One tokio task owns the libp2p swarm and takes [`Command`]s on a bounded channel, answering
+//! each on its own oneshot (rust-libp2p's `file-sharing` example shape); streams are opened and
+//! accepted through `libp2p-stream`'s `Control`, which needs no hop through that task.
+//!
+//! # Layout
+//! - this file: the handle, the commands it sends, what the network tells.
+//! - [`accept`]: accept loops with limits, in all and per peer.
+//! - [`ticket`]: tickets, and the parser of every way to name a peer.
+//! - [`error`]: the network's [`Error`].
+
+pub mod accept;
+pub mod error;
+pub mod ticket;
+
+use std::{collections::BTreeSet, future::Future, time::Duration};
+
+use bytes::Bytes;
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use libp2p_stream::{Control, OpenStreamError};
+use p2pos_proto::overlay::v1::{OverlayStatus, PeerInfo, Ticket};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+pub use accept::{Accepting, Limits, Overflow};
+pub use error::Error;
+
+/// The name the network handle is provided under (see `p2pos_kernel::Uses::needs`).
+pub const NETWORK: &str = "p2pos.network";
+/// Every DHT key a service announces, looks up or stores a record under starts with this.
+pub const KEY_PREFIX: &str = "/p2pos/";
+/// Longest DHT key, in bytes.
+pub const MAX_KEY: usize = 256;
+/// Largest value of a record put in the DHT (before it is signed).
+pub const MAX_RECORD: usize = 8 * 1024;
+
+/// Where the swarm task answers a fallible request.
+pub type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// A request to the swarm task; each carries its reply channel.
+#[derive(Debug)]
+pub enum Command {
+    /// Connect to `peer` (using `addrs`, known addresses, then the DHT); answers the address.
+    Connect {
+        /// The peer.
+        peer: PeerId,
+        /// Addresses to try first.
+        addrs: Vec<Multiaddr>,
+        /// The address of the connection.
+        reply: Reply<Multiaddr>,
+    },
+    /// The round-trip time to a connected peer.
+    Ping {
+        /// The peer.
+        peer: PeerId,
+        /// Its last measured round-trip time.
+        reply: Reply<Duration>,
+    },
+    /// A DHT look-up of `peer`'s addresses.
+    FindPeer {
+        /// The peer.
+        peer: PeerId,
+        /// Its addresses.
+        reply: Reply<Vec<Multiaddr>>,
+    },
+    /// The providers of `key` in the DHT, other than this node: at most `limit`, from a
+    /// look-up less than 30 s old unless `fresh`, else answered when the look-up (shared with
+    /// other callers) ends, `limit` are found or `wait` has passed.
+    FindProviders {
+        /// The DHT key.
+        key: String,
+        /// Most providers answered.
+        limit: usize,
+        /// Longest wait.
+        wait: Duration,
+        /// Whether a recent look-up may answer.
+        fresh: bool,
+        /// The providers.
+        reply: Reply<Providers>,
+    },
+    /// `peer` turned out not to provide `key` (any more), or not to be reachable: recent
+    /// look-ups stop offering it.
+    ForgetProvider {
+        /// The DHT key.
+        key: String,
+        /// The provider.
+        peer: PeerId,
+    },
+    /// Provide exactly the keys `keys` holds (with every other announcer's), for as long as its
+    /// sender lives.
+    Announce {
+        /// The keys, as they change.
+        keys: watch::Receiver<BTreeSet<String>>,
+    },
+    /// Put a record signed by this node under `key` in the DHT.
+    PutRecord {
+        /// The DHT key.
+        key: String,
+        /// The value, at most [`MAX_RECORD`] bytes.
+        value: Bytes,
+        /// Answered once enough peers stored it (or it is stored locally only).
+        reply: Reply<()>,
+    },
+    /// Get the records under `key` in the DHT whose signatures verify.
+    GetRecord {
+        /// The DHT key.
+        key: String,
+        /// The records found.
+        reply: Reply<Vec<SignedRecord>>,
+    },
+    /// Connected peers.
+    Peers {
+        /// The peers.
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    /// The overlay status.
+    Status {
+        /// The status.
+        reply: oneshot::Sender<OverlayStatus>,
+    },
+    /// This node's ticket.
+    Ticket {
+        /// The ticket.
+        reply: oneshot::Sender<Ticket>,
+    },
+    /// Remember addresses a user gave for `peer` (from a ticket).
+    Remember {
+        /// The peer.
+        peer: PeerId,
+        /// Its addresses.
+        addrs: Vec<Multiaddr>,
+    },
+    /// Close the swarm; answered once it is dropped.
+    Shutdown {
+        /// Answered once the swarm is gone.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A record found in the DHT, signed by the node that put it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedRecord {
+    /// The node whose key signed it.
+    pub publisher: PeerId,
+    /// The value it signed.
+    pub value: Bytes,
+}
+
+/// Providers of a key found in the DHT, best first.
+#[derive(Debug, Clone)]
+pub struct Providers {
+    /// The providers.
+    pub providers: Vec<RemoteProvider>,
+    /// Whether they come from an earlier look-up (a fresh one may find others).
+    pub cached: bool,
+}
+
+/// A provider of a key found in the DHT.
+#[derive(Debug, Clone)]
+pub struct RemoteProvider {
+    /// The provider's node.
+    pub peer: PeerId,
+    /// The addresses the DHT gave for it (also remembered in the address book).
+    pub addrs: Vec<Multiaddr>,
+    /// Whether this node is connected to it now.
+    pub connected: bool,
+    /// The last ping round-trip time, when connected and measured.
+    pub rtt: Option<Duration>,
+}
+
+/// What the network tells those who follow it.
+#[derive(Debug, Clone)]
+pub enum NetEvent {
+    /// A first connection to the peer is open.
+    Connected(PeerId),
+}
+
+/// Keys this service announces in the DHT while it holds this; dropping it withdraws them.
+#[derive(Debug)]
+pub struct Announcer(watch::Sender<BTreeSet<String>>);
+
+impl Announcer {
+    /// Announces exactly `keys` from now on (checked as [`check_key`] says; others are
+    /// ignored). Nothing queues up: the latest set always wins.
+    pub fn set(&self, keys: BTreeSet<String>) {
+        self.0.send_if_modified(|current| {
+            let changed = *current != keys;
+            *current = keys;
+            changed
+        });
+    }
+}
+
+/// A cheap, cloneable handle to the network.
+#[derive(Clone)]
+pub struct Network {
+    commands: mpsc::Sender<Command>,
+    control: Control,
+    local: PeerId,
+    events: broadcast::Sender<NetEvent>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `key` may be used in the DHT: under [`KEY_PREFIX`], at most [`MAX_KEY`] bytes.
+pub fn check_key(key: &str) -> Result<(), Error> {
+    let invalid = |reason| Error::InvalidKey {
+        key: key.chars().take(80).collect(),
+        reason,
+    };
+    if !key.starts_with(KEY_PREFIX) {
+        return Err(invalid("it does not start with /p2pos/"));
+    }
+    if key.len() > MAX_KEY {
+        return Err(invalid("it is longer than 256 bytes"));
+    }
+    Ok(())
+}
+
+impl Network {
+    /// A handle to the swarm task behind `commands`, opening streams with `control`; the
+    /// network service makes it.
+    pub fn new(
+        commands: mpsc::Sender<Command>,
+        control: Control,
+        local: PeerId,
+        events: broadcast::Sender<NetEvent>,
+    ) -> Self {
+        Self {
+            commands,
+            control,
+            local,
+            events,
+        }
+    }
+
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// Follows connection events.
+    pub fn subscribe(&self) -> broadcast::Receiver<NetEvent> {
+        self.events.subscribe()
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::NetworkStopped)?;
+        rx.await.map_err(|_| Error::NetworkStopped)
+    }
+
+    /// Connects to `peer` within `limit`; answers the address of the connection.
+    pub async fn connect(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        limit: Duration,
+    ) -> Result<Multiaddr, Error> {
+        if peer == self.local {
+            return Err(Error::SelfTarget(peer));
+        }
+        let fut = self.request(|reply| Command::Connect { peer, addrs, reply });
+        match tokio::time::timeout(limit, fut).await {
+            Ok(result) => result?,
+            Err(_) => Err(Error::Timeout {
+                what: format!("a connection to {peer}"),
+                after: limit,
+            }),
+        }
+    }
+
+    /// Connects if needed, then answers one ping round-trip time, all within `limit`.
+    pub async fn ping(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        limit: Duration,
+    ) -> Result<Duration, Error> {
+        let started = tokio::time::Instant::now();
+        self.connect(peer, addrs, limit).await?;
+        let left = limit.saturating_sub(started.elapsed());
+        let fut = self.request(|reply| Command::Ping { peer, reply });
+        match tokio::time::timeout(left, fut).await {
+            Ok(result) => result?,
+            Err(_) => Err(Error::Timeout {
+                what: format!("a ping of {peer}"),
+                after: limit,
+            }),
+        }
+    }
+
+    /// Looks `peer` up in the DHT.
+    pub async fn find_peer(&self, peer: PeerId) -> Result<Vec<Multiaddr>, Error> {
+        self.request(|reply| Command::FindPeer { peer, reply })
+            .await?
+    }
+
+    /// Opens a stream to `peer` (connected already, or reachable by known addresses) for
+    /// `protocol`.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<Stream, OpenStreamError> {
+        self.control.clone().open_stream(peer, protocol).await
+    }
+
+    /// Serves the inbound streams of `protocol` with `serve`, within `limits`, until the
+    /// returned guard is dropped or the network goes; a stream past the limits is given to
+    /// `refuse` (see [`accept::accept_loop`]). One service accepts a protocol at a time.
+    pub fn accept<F, Fut, R, RFut>(
+        &self,
+        protocol: StreamProtocol,
+        limits: Limits,
+        serve: F,
+        refuse: R,
+    ) -> Result<Accepting, Error>
+    where
+        F: Fn(PeerId, Stream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+        R: Fn(PeerId, Stream, Overflow) -> Option<RFut> + Send + 'static,
+        RFut: Future<Output = ()> + Send + 'static,
+    {
+        let incoming = self
+            .control
+            .clone()
+            .accept(protocol.clone())
+            .map_err(|_| Error::AlreadyAccepted(protocol.to_string()))?;
+        let what = protocol.to_string();
+        let task = tokio::spawn(accept::accept_loop(incoming, limits, what, serve, refuse));
+        Ok(Accepting(task.abort_handle()))
+    }
+
+    /// Providers of `key` in the DHT (this node excluded): connected ones first, by
+    /// round-trip time, then the others; at most `limit`, within `wait`. Unless `fresh`, a
+    /// look-up less than 30 s old answers.
+    pub async fn find_providers(
+        &self,
+        key: String,
+        limit: usize,
+        wait: Duration,
+        fresh: bool,
+    ) -> Result<Providers, Error> {
+        check_key(&key)?;
+        let fut = self.request(|reply| Command::FindProviders {
+            key,
+            limit,
+            wait,
+            fresh,
+            reply,
+        });
+        // The swarm task answers by `wait`; this only guards against a stalled task.
+        match tokio::time::timeout(wait + Duration::from_secs(2), fut).await {
+            Ok(result) => result?,
+            Err(_) => Err(Error::Timeout {
+                what: "a DHT look-up of providers".into(),
+                after: wait,
+            }),
+        }
+    }
+
+    /// `peer` did not serve `key`: recent look-ups stop offering it. Dropped if the swarm task
+    /// is busy (the entry then lasts its 30 s).
+    pub fn forget_provider(&self, key: &str, peer: PeerId) {
+        let _ = self.commands.try_send(Command::ForgetProvider {
+            key: key.to_owned(),
+            peer,
+        });
+    }
+
+    /// An announcer: the keys it is set to are provided in the DHT while it lives, together
+    /// with every other announcer's.
+    pub fn announcer(&self) -> Result<Announcer, Error> {
+        let (tx, keys) = watch::channel(BTreeSet::new());
+        self.commands
+            .try_send(Command::Announce { keys })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::Busy {
+                    what: "commands waiting for the network",
+                    limit: self.commands.max_capacity(),
+                },
+                mpsc::error::TrySendError::Closed(_) => Error::NetworkStopped,
+            })?;
+        Ok(Announcer(tx))
+    }
+
+    /// Puts `value` under `key` in the DHT, signed by this node's key (which only the network
+    /// holds): anyone who gets it can check that this node put it.
+    pub async fn put_record(&self, key: String, value: Bytes) -> Result<(), Error> {
+        check_key(&key)?;
+        if value.len() > MAX_RECORD {
+            return Err(Error::RecordTooLarge {
+                size: value.len(),
+                limit: MAX_RECORD,
+            });
+        }
+        self.request(|reply| Command::PutRecord { key, value, reply })
+            .await?
+    }
+
+    /// The records under `key` in the DHT whose signatures verify, with who signed each.
+    pub async fn get_record(&self, key: String) -> Result<Vec<SignedRecord>, Error> {
+        check_key(&key)?;
+        self.request(|reply| Command::GetRecord { key, reply })
+            .await?
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        self.request(|reply| Command::Peers { reply }).await
+    }
+
+    /// The overlay status.
+    pub async fn status(&self) -> Result<OverlayStatus, Error> {
+        self.request(|reply| Command::Status { reply }).await
+    }
+
+    /// This node's ticket.
+    pub async fn ticket(&self) -> Result<Ticket, Error> {
+        self.request(|reply| Command::Ticket { reply }).await
+    }
+
+    /// Remembers addresses given for `peer`; dropped if the swarm task is busy.
+    pub fn remember(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if !addrs.is_empty() {
+            let _ = self.commands.try_send(Command::Remember { peer, addrs });
+        }
+    }
+
+    /// Closes the swarm and waits until it is gone.
+    pub async fn shutdown(&self) {
+        let _ = self.request(|reply| Command::Shutdown { reply }).await;
+    }
+}

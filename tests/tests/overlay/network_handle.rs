@@ -1,0 +1,136 @@
+//! The network handle as a new service uses it (here, the test's probe): a protocol of its own,
+//! accepted within limits and opened from another node, with no change to the network; DHT
+//! records signed by the node that put them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use libp2p::StreamProtocol;
+use p2pos_protocols::network::{Error, Limits, accept::drop_stream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::common::{Node, T, eventually};
+
+/// A protocol no part of the node knows.
+const ECHO: StreamProtocol = StreamProtocol::new("/p2pos/test-echo/1");
+
+/// Two nodes, `a` dialled by `b`.
+async fn pair() -> (Node, Node) {
+    let (a, b) = (Node::boot().await, Node::boot().await);
+    let (ticket, _) = a.ticket().await;
+    b.dial(&ticket).await.expect("dial");
+    (a, b)
+}
+
+#[actix_rt::test]
+async fn a_service_serves_its_own_protocol_through_the_handle() {
+    let (a, b) = pair().await;
+    let limits = Limits {
+        total: 4,
+        per_peer: 1,
+    };
+    let _serving = a
+        .network()
+        .accept(
+            ECHO,
+            limits,
+            |_, stream| async move {
+                let mut io = stream.compat();
+                let mut buf = [0u8; 5];
+                if io.read_exact(&mut buf).await.is_ok() {
+                    let _ = io.write_all(&buf).await;
+                    let _ = io.shutdown().await;
+                }
+            },
+            drop_stream,
+        )
+        .expect("accept");
+    // A second service cannot take the same protocol.
+    let taken = a
+        .network()
+        .accept(ECHO, limits, |_, _| async {}, drop_stream)
+        .expect_err("one acceptor");
+    assert!(matches!(taken, Error::AlreadyAccepted(_)), "{taken:?}");
+
+    let peer = a.ctx.peer_id;
+    let stream = tokio::time::timeout(T, b.network().open_stream(peer, ECHO))
+        .await
+        .expect("in time")
+        .expect("a stream");
+    let mut io = stream.compat();
+    io.write_all(b"hello").await.expect("write");
+    let mut echoed = Vec::new();
+    tokio::time::timeout(T, io.read_to_end(&mut echoed))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(echoed, b"hello");
+
+    // A node that does not serve it says so.
+    let other = b.ctx.peer_id;
+    let refused = a.network().open_stream(other, ECHO).await;
+    assert!(refused.is_err(), "b does not accept {ECHO}");
+}
+
+#[actix_rt::test]
+async fn records_are_signed_by_the_node_that_put_them() {
+    let (a, b) = pair().await;
+    eventually("a in b's routing table", T, || async {
+        (b.routing_table_size().await > 0 && a.routing_table_size().await > 0).then_some(())
+    })
+    .await;
+    let key = "/p2pos/test/record".to_owned();
+    a.network()
+        .put_record(key.clone(), Bytes::from_static(b"from a"))
+        .await
+        .expect("put");
+    let found = eventually("b to get a's record", T, || {
+        let (net, key) = (b.network(), key.clone());
+        async move { net.get_record(key).await.ok() }
+    })
+    .await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].publisher, a.ctx.peer_id);
+    assert_eq!(found[0].value, Bytes::from_static(b"from a"));
+
+    // Keys outside /p2pos/ and oversized values are refused before they reach the DHT.
+    let bad = a
+        .network()
+        .put_record("/ipfs/x".into(), Bytes::new())
+        .await
+        .expect_err("refused");
+    assert!(matches!(bad, Error::InvalidKey { .. }), "{bad:?}");
+    let big = Bytes::from(vec![0u8; p2pos_protocols::network::MAX_RECORD + 1]);
+    let bad = a
+        .network()
+        .put_record(key.clone(), big)
+        .await
+        .expect_err("refused");
+    assert!(matches!(bad, Error::RecordTooLarge { .. }), "{bad:?}");
+    let missing = b
+        .network()
+        .get_record("/p2pos/test/nobody".into())
+        .await
+        .expect_err("nothing there");
+    assert!(
+        matches!(missing, Error::RecordNotFound { .. }),
+        "{missing:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn connection_events_reach_followers() {
+    let (a, b) = (Node::boot().await, Node::boot().await);
+    let mut events = tokio_stream::wrappers::BroadcastStream::new(a.network().subscribe());
+    let (ticket, _) = b.ticket().await;
+    a.dial(&ticket).await.expect("dial");
+    let event = tokio::time::timeout(Duration::from_secs(30), events.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("not lagged");
+    let p2pos_protocols::network::NetEvent::Connected(peer) = event;
+    assert_eq!(peer, b.ctx.peer_id);
+}

@@ -25,7 +25,7 @@ pub mod supervisor;
 pub use config::Config;
 pub use error::{ErrorCode, ServiceError};
 pub use events::EventBus;
-pub use registry::{Call, Protocol, Registry};
+pub use registry::{Call, Protocol, Registry, Reply};
 pub use store::Store;
 pub use supervisor::{
     BootError, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Kernel, KernelHandle, RestartType,

@@ -2,11 +2,13 @@
 //! messages, and handles (the network handle, say) that a service hands to the services started
 //! after it.
 //!
-//! A [`Protocol`] names a closed request type and its response type; a service registers a
-//! [`Recipient`] for the protocols it answers each time it (re)starts, and callers look it up
-//! per call, so a restart is transparent to them (they see `UNAVAILABLE` only while the
-//! service is down). A handle is registered the same way under its name and taken once, when a
-//! service starts.
+//! A [`Protocol`] names a closed request type whose every variant carries its own typed
+//! [`Reply`] channel (rust-libp2p's `file-sharing` `Command` shape): a caller gets exactly the
+//! type it asked for, with no "answered a different request" case. A service registers a route
+//! for the protocols it answers each time it (re)starts — its actor's [`Recipient`], or any
+//! function — and callers look it up per call, so a restart is transparent to them (they see
+//! `UNAVAILABLE` only while the service is down). A handle is registered the same way under its
+//! name and taken once, when a service starts.
 //!
 //! Each service sees the registry through its own view, limited to what its child spec
 //! declares ([`Uses`](crate::child::Uses)): calling, taking or registering anything else is an
@@ -19,25 +21,35 @@ use std::{
 };
 
 use actix::{Message, Recipient};
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
 
 use crate::ServiceError;
 
-/// A set of messages one service answers.
+/// A set of requests one service answers.
 pub trait Protocol: 'static {
     /// Fully qualified name, e.g. `p2pos.overlay.v1`.
     const NAME: &'static str;
-    /// The closed request type (one variant per operation).
+    /// The closed request type: one variant per operation, each with its own [`Reply`].
     type Request: Send + 'static;
-    /// The response type.
-    type Response: Send + 'static;
 }
 
-/// A request of protocol `P`, as delivered to the actor that answers it.
+/// Where the answer to one request goes.
+pub type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
+
+/// A request of protocol `P`, as delivered to the actor that answers it. The actor answers on
+/// the request's own [`Reply`], often from a task it spawns.
 pub struct Call<P: Protocol>(pub P::Request);
 
 impl<P: Protocol> Message for Call<P> {
-    type Result = Result<P::Response, ServiceError>;
+    type Result = ();
 }
+
+/// How a request of protocol `P` reaches the service that answers it: accepted (into a
+/// mailbox, or a task) or refused at once.
+type Route<P> = Arc<
+    dyn Fn(<P as Protocol>::Request) -> BoxFuture<'static, Result<(), ServiceError>> + Send + Sync,
+>;
 
 struct Entry {
     service: &'static str,
@@ -128,14 +140,31 @@ impl Registry {
         Ok(())
     }
 
-    /// Routes `P`'s messages to `recipient`, replacing any earlier route; an error unless the
+    /// Routes `P`'s requests to `recipient`, replacing any earlier route; an error unless the
     /// child spec declares it provides `P`.
-    pub fn register<P: Protocol>(&self, recipient: Recipient<Call<P>>) -> Result<(), ServiceError>
-    where
-        P::Request: Send,
-        P::Response: Send,
-    {
-        self.provide(P::NAME, recipient)
+    pub fn register<P: Protocol>(&self, recipient: Recipient<Call<P>>) -> Result<(), ServiceError> {
+        self.route::<P>(move |request| {
+            let recipient = recipient.clone();
+            Box::pin(async move {
+                recipient
+                    .send(Call::<P>(request))
+                    .await
+                    .map_err(ServiceError::from)
+            })
+        })
+    }
+
+    /// Routes `P`'s requests to `route` (which hands each on, to an actor or a task), replacing
+    /// any earlier route; an error unless the child spec declares it provides `P`.
+    pub fn route<P: Protocol>(
+        &self,
+        route: impl Fn(P::Request) -> BoxFuture<'static, Result<(), ServiceError>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<(), ServiceError> {
+        let route: Route<P> = Arc::new(route);
+        self.provide(P::NAME, route)
     }
 
     fn lookup<T: Clone + 'static>(&self, name: &str) -> Result<Option<T>, ServiceError> {
@@ -158,21 +187,24 @@ impl Registry {
         })
     }
 
-    /// The actor that answers `P`, if one is registered.
-    pub fn recipient<P: Protocol>(&self) -> Result<Recipient<Call<P>>, ServiceError> {
-        self.check(P::NAME, |v| v.calls.contains(&P::NAME), "calls")?;
-        self.lookup(P::NAME)?.ok_or_else(|| {
-            ServiceError::unavailable(format!("no service answers {} right now", P::NAME))
-        })
-    }
-
-    /// Sends `request` to the actor that answers `P` and waits for its answer.
-    pub async fn call<P: Protocol>(
+    /// Sends the request `make` builds around its reply channel to the service that answers
+    /// `P`, and waits for the answer: exactly the type the request asked for.
+    pub async fn ask<P: Protocol, T>(
         &self,
-        request: P::Request,
-    ) -> Result<P::Response, ServiceError> {
-        let recipient = self.recipient::<P>()?;
-        recipient.send(Call::<P>(request)).await?
+        make: impl FnOnce(Reply<T>) -> P::Request,
+    ) -> Result<T, ServiceError> {
+        self.check(P::NAME, |v| v.calls.contains(&P::NAME), "calls")?;
+        let route: Route<P> = self.lookup(P::NAME)?.ok_or_else(|| {
+            ServiceError::unavailable(format!("no service answers {} right now", P::NAME))
+        })?;
+        let (reply, answer) = oneshot::channel();
+        route(make(reply)).await?;
+        answer.await.map_err(|_| {
+            ServiceError::unavailable(format!(
+                "the service answering {} went away before it answered (it is restarting?); try again",
+                P::NAME
+            ))
+        })?
     }
 
     /// `(name, service)` pairs of everything registered, sorted.

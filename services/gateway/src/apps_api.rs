@@ -11,8 +11,9 @@ use p2pos_proto::app::v1::{
     apps_server::Apps, channel_input, session_event,
 };
 use p2pos_protocols::{
-    Apps as AppsProtocol,
-    apps::{Incoming, Request as AppsRequest, Response as AppsResponse},
+    Apps as AppsProtocol, Reply,
+    apps::{Incoming, Request as AppsRequest},
+    ids::{AppId, PeerRef},
     wire::MAX_PAYLOAD,
 };
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,22 +43,26 @@ impl AppsApi {
         Self { ctx, stop }
     }
 
-    async fn call(&self, request: AppsRequest) -> Result<AppsResponse, Status> {
-        Ok(self.ctx.registry.call::<AppsProtocol>(request).await?)
+    /// Asks the service behind `p2pos.app.v1` (the overlay) and waits for its answer.
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> AppsRequest) -> Result<T, Status> {
+        Ok(self.ctx.registry.ask::<AppsProtocol, T>(make).await?)
     }
 }
 
-fn mismatch() -> Status {
-    ServiceError::internal("the apps service answered a different request").into()
+/// The app id a request names, which the caller must cover, checked here once.
+fn app(scope: &Scope, app_id: &str) -> Result<AppId, Status> {
+    scope.require_app(app_id)?;
+    AppId::parse(app_id).map_err(Status::invalid_argument)
 }
 
-fn require_peer(peer: &str) -> Result<(), Status> {
+/// The peer a request names: a peer id, a ticket or a multiaddr ending in `/p2p/<peer id>`.
+fn peer_ref(peer: &str) -> Result<PeerRef, Status> {
     if peer.trim().is_empty() {
         return Err(Status::invalid_argument(
             "peer is empty: give a peer id, a ticket, or a multiaddr ending in /p2p/<peer id>",
         ));
     }
-    Ok(())
+    PeerRef::parse(peer).map_err(|e| ServiceError::from(e).into())
 }
 
 #[tonic::async_trait]
@@ -70,11 +75,10 @@ impl Apps for AppsApi {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let scope = caller(&req)?;
         let SessionRequest { app_id } = req.into_inner();
-        scope.require_app(&app_id)?;
-        let AppsResponse::Session(session) = self.call(AppsRequest::OpenSession { app_id }).await?
-        else {
-            return Err(mismatch());
-        };
+        let app_id = app(&scope, &app_id)?;
+        let session = self
+            .ask(|reply| AppsRequest::OpenSession { app_id, reply })
+            .await?;
         let registered = SessionEvent {
             kind: Some(session_event::Kind::Registered(session.registered)),
         };
@@ -104,40 +108,43 @@ impl Apps for AppsApi {
             .await
             .map_err(|_| Status::deadline_exceeded("no open or accept frame within 30 s"))??
             .ok_or_else(|| Status::invalid_argument("the channel ended before its first frame"))?;
-        let (request, options) = match first.kind {
+        let (channel, options) = match first.kind {
             Some(channel_input::Kind::Open(open)) => {
-                scope.require_app(&open.app_id)?;
-                require_peer(&open.peer)?;
-                let request = AppsRequest::OpenChannel {
-                    app_id: open.app_id,
-                    peer: open.peer,
-                };
+                let app_id = app(&scope, &open.app_id)?;
+                let peer = peer_ref(&open.peer)?;
                 let options = OutputOptions {
                     batch: open.batch,
                     half_close: open.half_close,
                 };
-                (request, options)
+                let channel = self
+                    .ask(|reply| AppsRequest::OpenChannel {
+                        app_id,
+                        peer,
+                        reply,
+                    })
+                    .await?;
+                (channel, options)
             }
             Some(channel_input::Kind::Accept(accept)) => {
-                scope.require_app(&accept.app_id)?;
-                let request = AppsRequest::AcceptChannel {
-                    app_id: accept.app_id,
-                    channel_id: accept.channel_id,
-                };
+                let app_id = app(&scope, &accept.app_id)?;
                 let options = OutputOptions {
                     batch: accept.batch,
                     half_close: accept.half_close,
                 };
-                (request, options)
+                let channel = self
+                    .ask(|reply| AppsRequest::AcceptChannel {
+                        app_id,
+                        channel_id: accept.channel_id,
+                        reply,
+                    })
+                    .await?;
+                (channel, options)
             }
             Some(channel_input::Kind::Data(_) | channel_input::Kind::Frames(_)) | None => {
                 return Err(Status::invalid_argument(
                     "the first frame of a channel must be `open` or `accept`",
                 ));
             }
-        };
-        let AppsResponse::Channel(channel) = self.call(request).await? else {
-            return Err(mismatch());
         };
         Ok(Response::new(splice(
             channel,
@@ -155,25 +162,23 @@ impl Apps for AppsApi {
             peer,
             payload,
         } = req.into_inner();
-        scope.require_app(&app_id)?;
-        require_peer(&peer)?;
+        let app_id = app(&scope, &app_id)?;
+        let peer = peer_ref(&peer)?;
         if payload.len() > MAX_PAYLOAD {
             return Err(Status::resource_exhausted(format!(
                 "a message of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
                 payload.len()
             )));
         }
-        match self
-            .call(AppsRequest::Send {
+        let sent = self
+            .ask(|reply| AppsRequest::Send {
                 app_id,
                 peer,
                 payload,
+                reply,
             })
-            .await?
-        {
-            AppsResponse::Sent(reply) => Ok(Response::new(reply)),
-            _ => Err(mismatch()),
-        }
+            .await?;
+        Ok(Response::new(sent))
     }
 
     type ReceiveStream = BoxStream<ReceivedMessage>;
@@ -184,10 +189,10 @@ impl Apps for AppsApi {
     ) -> Result<Response<Self::ReceiveStream>, Status> {
         let scope = caller(&req)?;
         let ReceiveRequest { app_id } = req.into_inner();
-        scope.require_app(&app_id)?;
-        let AppsResponse::Inbox(inbox) = self.call(AppsRequest::Receive { app_id }).await? else {
-            return Err(mismatch());
-        };
+        let app_id = app(&scope, &app_id)?;
+        let inbox = self
+            .ask(|reply| AppsRequest::Receive { app_id, reply })
+            .await?;
         let inbox = unavailable_at_end(
             Box::pin(ReceiverStream::new(inbox).map(Ok)),
             "the inbox closed: the overlay service restarted, or a newer Receive for this app replaced this one",
@@ -198,11 +203,14 @@ impl Apps for AppsApi {
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckReply>, Status> {
         let scope = caller(&req)?;
         let AckRequest { app_id, inbox_id } = req.into_inner();
-        scope.require_app(&app_id)?;
-        match self.call(AppsRequest::Ack { app_id, inbox_id }).await? {
-            AppsResponse::Acked => Ok(Response::new(AckReply {})),
-            _ => Err(mismatch()),
-        }
+        let app_id = app(&scope, &app_id)?;
+        self.ask(|reply| AppsRequest::Ack {
+            app_id,
+            inbox_id,
+            reply,
+        })
+        .await?;
+        Ok(Response::new(AckReply {}))
     }
 
     async fn list_apps(
@@ -215,9 +223,9 @@ impl Apps for AppsApi {
             Scope::Admin => None,
             Scope::App(app) => Some(app),
         };
-        match self.call(AppsRequest::ListApps { only }).await? {
-            AppsResponse::Apps(apps) => Ok(Response::new(apps)),
-            _ => Err(mismatch()),
-        }
+        let apps = self
+            .ask(|reply| AppsRequest::ListApps { only, reply })
+            .await?;
+        Ok(Response::new(apps))
     }
 }

@@ -14,10 +14,7 @@ use std::{sync::Arc, task::Poll};
 
 use futures::future::BoxFuture;
 use p2pos_kernel::{Registry, Store};
-use p2pos_protocols::{
-    Tasks,
-    tasks::{Request as TasksRequest, Response as TasksResponse},
-};
+use p2pos_protocols::{Tasks, tasks::Request as TasksRequest};
 use tonic::{
     Request, Status,
     codegen::http::{self, Extensions, HeaderMap},
@@ -146,18 +143,14 @@ impl Authenticator {
             Ok(None) => {}
             Err(e) => return Err(Status::internal(e.to_string())),
         }
+        let token = token.to_owned();
         let asked = self
             .registry
-            .call::<Tasks>(TasksRequest::HelperToken {
-                token: token.to_owned(),
-            })
+            .ask::<Tasks, _>(|reply| TasksRequest::HelperToken { token, reply })
             .await;
         match asked {
-            Ok(TasksResponse::HelperToken(Some(app))) => Ok(Scope::App(app)),
-            Ok(TasksResponse::HelperToken(None)) => Err(Status::unauthenticated("invalid token")),
-            Ok(_) => Err(Status::internal(
-                "the task-control service answered a different request",
-            )),
+            Ok(Some(app)) => Ok(Scope::App(app)),
+            Ok(None) => Err(Status::unauthenticated("invalid token")),
             Err(e) => Err(Status::unavailable(format!(
                 "cannot check the token now: {e}"
             ))),

@@ -6,10 +6,9 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use p2pos_kernel::{ServiceContext, events::now_ms};
 use p2pos_proto::monitor::v1::{
-    Event, EventsRequest, GetStatusRequest, Lagged, MonitorRequest, NodeStatus, event,
-    monitor_request, monitor_response, monitor_server::Monitor,
+    Event, EventsRequest, GetStatusRequest, Lagged, NodeStatus, event, monitor_server::Monitor,
 };
-use p2pos_protocols::Monitor as MonitorProtocol;
+use p2pos_protocols::{Monitor as MonitorProtocol, monitor};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tonic::{Request, Response, Status};
 
@@ -42,17 +41,13 @@ impl Monitor for MonitorApi {
         req: Request<GetStatusRequest>,
     ) -> Result<Response<NodeStatus>, Status> {
         caller(&req)?;
-        let response = self
+        let GetStatusRequest {} = req.into_inner();
+        let status = self
             .ctx
             .registry
-            .call::<MonitorProtocol>(MonitorRequest {
-                kind: Some(monitor_request::Kind::GetStatus(req.into_inner())),
-            })
+            .ask::<MonitorProtocol, _>(|reply| monitor::Request::GetStatus { reply })
             .await?;
-        match response.kind {
-            Some(monitor_response::Kind::Status(s)) => Ok(Response::new(s)),
-            None => Err(Status::internal("the monitor gave an empty answer")),
-        }
+        Ok(Response::new(status))
     }
 
     type EventsStream = EventStream;

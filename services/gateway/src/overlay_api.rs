@@ -3,10 +3,11 @@
 use p2pos_kernel::{ServiceContext, ServiceError};
 use p2pos_proto::overlay::v1::{
     DialReply, DialRequest, FindPeerReply, FindPeerRequest, GetTicketRequest, ListPeersReply,
-    ListPeersRequest, OverlayRequest, PingReply, PingRequest, Ticket, overlay_request::Kind as Req,
-    overlay_response::Kind as Resp, overlay_server::Overlay,
+    ListPeersRequest, PingReply, PingRequest, Ticket, overlay_server::Overlay,
 };
-use p2pos_protocols::Overlay as OverlayProtocol;
+use p2pos_protocols::{
+    Overlay as OverlayProtocol, Reply, ids::PeerRef, overlay::Request as OverlayCall,
+};
 use tonic::{Request, Response, Status};
 
 use crate::auth::caller;
@@ -22,25 +23,15 @@ impl OverlayApi {
         Self { ctx }
     }
 
-    async fn call(&self, kind: Req) -> Result<Resp, Status> {
-        let response = self
-            .ctx
-            .registry
-            .call::<OverlayProtocol>(OverlayRequest { kind: Some(kind) })
-            .await?;
-        response
-            .kind
-            .ok_or_else(|| ServiceError::internal("the overlay gave an empty answer").into())
+    /// Asks the network service and waits for its answer.
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> OverlayCall) -> Result<T, Status> {
+        Ok(self.ctx.registry.ask::<OverlayProtocol, T>(make).await?)
     }
-}
-
-fn mismatch() -> Status {
-    Status::internal("the overlay answered a different request")
 }
 
 /// `Ping` and `FindPeer` take a bare peer id: dialing new addresses (tickets, multiaddrs) is
 /// what the admin-only `Dial` is for.
-fn require_peer(peer_id: &str) -> Result<(), Status> {
+fn bare_peer(peer_id: &str) -> Result<PeerRef, Status> {
     let peer_id = peer_id.trim();
     if peer_id.is_empty() {
         return Err(Status::invalid_argument("peer_id is empty"));
@@ -50,17 +41,16 @@ fn require_peer(peer_id: &str) -> Result<(), Status> {
             "{peer_id:?} is not a peer id (a ticket or address is for Dial)"
         )));
     }
-    Ok(())
+    PeerRef::parse(peer_id).map_err(|e| ServiceError::from(e).into())
 }
 
 #[tonic::async_trait]
 impl Overlay for OverlayApi {
     async fn get_ticket(&self, req: Request<GetTicketRequest>) -> Result<Response<Ticket>, Status> {
         caller(&req)?;
-        match self.call(Req::GetTicket(req.into_inner())).await? {
-            Resp::Ticket(t) => Ok(Response::new(t)),
-            _ => Err(mismatch()),
-        }
+        let GetTicketRequest {} = req.into_inner();
+        let ticket = self.ask(|reply| OverlayCall::GetTicket { reply }).await?;
+        Ok(Response::new(ticket))
     }
 
     async fn dial(&self, req: Request<DialRequest>) -> Result<Response<DialReply>, Status> {
@@ -71,10 +61,13 @@ impl Overlay for OverlayApi {
                 "target is empty: give a ticket, a multiaddr ending in /p2p/<peer id>, or a peer id",
             ));
         }
-        match self.call(Req::Dial(req)).await? {
-            Resp::Dial(d) => Ok(Response::new(d)),
-            _ => Err(mismatch()),
-        }
+        let dialed = self
+            .ask(|reply| OverlayCall::Dial {
+                request: req,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(dialed))
     }
 
     async fn list_peers(
@@ -82,20 +75,17 @@ impl Overlay for OverlayApi {
         req: Request<ListPeersRequest>,
     ) -> Result<Response<ListPeersReply>, Status> {
         caller(&req)?;
-        match self.call(Req::ListPeers(req.into_inner())).await? {
-            Resp::ListPeers(p) => Ok(Response::new(p)),
-            _ => Err(mismatch()),
-        }
+        let ListPeersRequest {} = req.into_inner();
+        let peers = self.ask(|reply| OverlayCall::ListPeers { reply }).await?;
+        Ok(Response::new(peers))
     }
 
     async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
         caller(&req)?;
-        let req = req.into_inner();
-        require_peer(&req.peer_id)?;
-        match self.call(Req::Ping(req)).await? {
-            Resp::Ping(p) => Ok(Response::new(p)),
-            _ => Err(mismatch()),
-        }
+        let PingRequest { peer_id } = req.into_inner();
+        let peer = bare_peer(&peer_id)?;
+        let pinged = self.ask(|reply| OverlayCall::Ping { peer, reply }).await?;
+        Ok(Response::new(pinged))
     }
 
     async fn find_peer(
@@ -103,11 +93,11 @@ impl Overlay for OverlayApi {
         req: Request<FindPeerRequest>,
     ) -> Result<Response<FindPeerReply>, Status> {
         caller(&req)?;
-        let req = req.into_inner();
-        require_peer(&req.peer_id)?;
-        match self.call(Req::FindPeer(req)).await? {
-            Resp::FindPeer(p) => Ok(Response::new(p)),
-            _ => Err(mismatch()),
-        }
+        let FindPeerRequest { peer_id } = req.into_inner();
+        let peer = bare_peer(&peer_id)?;
+        let found = self
+            .ask(|reply| OverlayCall::FindPeer { peer, reply })
+            .await?;
+        Ok(Response::new(found))
     }
 }

@@ -24,8 +24,9 @@ use p2pos_proto::{
     },
 };
 use p2pos_protocols::{
-    Services as ServicesProtocol,
-    services::{Request as ServicesCall, Response as ServicesAnswer},
+    Reply, Services as ServicesProtocol,
+    ids::{AppId, PeerRef, ServiceName},
+    services::Request as ServicesCall,
     wire::MAX_PAYLOAD,
 };
 use tokio_util::sync::CancellationToken;
@@ -53,29 +54,43 @@ impl ServicesApi {
         Self { ctx, stop }
     }
 
-    async fn ask(&self, request: ServicesCall) -> Result<ServicesAnswer, Status> {
-        Ok(self.ctx.registry.call::<ServicesProtocol>(request).await?)
+    /// Asks the service behind `p2pos.service.v1` (the overlay) and waits for its answer.
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> ServicesCall) -> Result<T, Status> {
+        Ok(self.ctx.registry.ask::<ServicesProtocol, T>(make).await?)
     }
-}
-
-fn mismatch() -> Status {
-    ServiceError::internal("the service behind p2pos.service.v1 answered a different request")
-        .into()
 }
 
 /// The app a call acts for: the one named, which the caller must cover; empty: the caller's
 /// own app (the admin has none: `INVALID_ARGUMENT`).
-fn acting_app(scope: &Scope, app_id: String) -> Result<String, Status> {
-    if app_id.is_empty() {
-        return match scope {
-            Scope::App(own) => Ok(own.clone()),
-            Scope::Admin => Err(Status::invalid_argument(
+fn acting_app(scope: &Scope, app_id: String) -> Result<AppId, Status> {
+    let app_id = match (app_id.is_empty(), scope) {
+        (true, Scope::App(own)) => own.clone(),
+        (true, Scope::Admin) => {
+            return Err(Status::invalid_argument(
                 "app_id is required: the admin scope has no app of its own; name the app to act for",
-            )),
-        };
+            ));
+        }
+        (false, _) => {
+            scope.require_app(&app_id)?;
+            app_id
+        }
+    };
+    AppId::parse(&app_id).map_err(Status::invalid_argument)
+}
+
+/// A service name as apps give it (`name/version`), checked here once.
+fn service_name(input: &str) -> Result<ServiceName, Status> {
+    ServiceName::parse_explained(input).map_err(Status::invalid_argument)
+}
+
+/// The provider's node, if one is named: a peer id, a ticket or a multiaddr.
+fn provider(peer: &str) -> Result<Option<PeerRef>, Status> {
+    match peer.trim() {
+        "" => Ok(None),
+        peer => PeerRef::parse(peer)
+            .map(Some)
+            .map_err(|e| ServiceError::from(e).into()),
     }
-    scope.require_app(&app_id)?;
-    Ok(app_id)
 }
 
 /// A payload of at most [`MAX_PAYLOAD`] bytes.
@@ -100,15 +115,17 @@ impl Services for ServicesApi {
             service,
             description,
         } = req.into_inner();
-        let request = RegisterRequest {
-            app_id: acting_app(&scope, app_id)?,
-            service,
-            description,
-        };
-        match self.ask(ServicesCall::Register(request)).await? {
-            ServicesAnswer::Registered(info) => Ok(Response::new(info)),
-            _ => Err(mismatch()),
-        }
+        let app_id = acting_app(&scope, app_id)?;
+        let service = service_name(&service)?;
+        let info = self
+            .ask(|reply| ServicesCall::Register {
+                app_id,
+                service,
+                description,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(info))
     }
 
     async fn unregister(
@@ -117,14 +134,15 @@ impl Services for ServicesApi {
     ) -> Result<Response<UnregisterReply>, Status> {
         let scope = caller(&req)?;
         let UnregisterRequest { app_id, service } = req.into_inner();
-        let request = UnregisterRequest {
-            app_id: acting_app(&scope, app_id)?,
+        let app_id = acting_app(&scope, app_id)?;
+        let service = service_name(&service)?;
+        self.ask(|reply| ServicesCall::Unregister {
+            app_id,
             service,
-        };
-        match self.ask(ServicesCall::Unregister(request)).await? {
-            ServicesAnswer::Unregistered => Ok(Response::new(UnregisterReply {})),
-            _ => Err(mismatch()),
-        }
+            reply,
+        })
+        .await?;
+        Ok(Response::new(UnregisterReply {}))
     }
 
     async fn list_services(
@@ -133,10 +151,8 @@ impl Services for ServicesApi {
     ) -> Result<Response<ListServicesReply>, Status> {
         caller(&req)?;
         let ListServicesRequest {} = req.into_inner();
-        match self.ask(ServicesCall::List).await? {
-            ServicesAnswer::Services(list) => Ok(Response::new(list)),
-            _ => Err(mismatch()),
-        }
+        let list = self.ask(|reply| ServicesCall::List { reply }).await?;
+        Ok(Response::new(list))
     }
 
     async fn find_service(
@@ -144,11 +160,16 @@ impl Services for ServicesApi {
         req: Request<FindServiceRequest>,
     ) -> Result<Response<FindServiceReply>, Status> {
         caller(&req)?;
-        let request = req.into_inner();
-        match self.ask(ServicesCall::Find(request)).await? {
-            ServicesAnswer::Providers(found) => Ok(Response::new(found)),
-            _ => Err(mismatch()),
-        }
+        let FindServiceRequest { service, limit } = req.into_inner();
+        let service = service_name(&service)?;
+        let found = self
+            .ask(|reply| ServicesCall::Find {
+                service,
+                limit,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(found))
     }
 
     async fn call(&self, req: Request<CallRequest>) -> Result<Response<CallReply>, Status> {
@@ -163,17 +184,20 @@ impl Services for ServicesApi {
         } = req.into_inner();
         let app_id = acting_app(&scope, app_id)?;
         payload_size("a call payload", payload.len())?;
-        let request = CallRequest {
-            app_id,
-            service,
-            payload,
-            peer,
-            timeout_ms,
-        };
-        match self.ask(ServicesCall::Call { request, deadline }).await? {
-            ServicesAnswer::Called(reply) => Ok(Response::new(reply)),
-            _ => Err(mismatch()),
-        }
+        let service = service_name(&service)?;
+        let peer = provider(&peer)?;
+        let answer = self
+            .ask(|reply| ServicesCall::Call {
+                app_id,
+                service,
+                payload,
+                peer,
+                timeout_ms,
+                deadline,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(answer))
     }
 
     async fn reply(&self, req: Request<ReplyRequest>) -> Result<Response<ReplyAck>, Status> {
@@ -188,14 +212,13 @@ impl Services for ServicesApi {
             payload_size("a reply payload", payload.len())?;
         }
         let request = ReplyRequest {
-            app_id,
+            app_id: app_id.into_string(),
             call_id,
             result,
         };
-        match self.ask(ServicesCall::Reply(request)).await? {
-            ServicesAnswer::Replied => Ok(Response::new(ReplyAck {})),
-            _ => Err(mismatch()),
-        }
+        self.ask(|reply| ServicesCall::Reply { request, reply })
+            .await?;
+        Ok(Response::new(ReplyAck {}))
     }
 
     type ChannelStream = BoxStream<ChannelOutput>;
@@ -222,16 +245,17 @@ impl Services for ServicesApi {
             batch,
             half_close,
         } = open;
-        let open = OpenServiceChannel {
-            app_id: acting_app(&scope, app_id)?,
-            service,
-            peer,
-            ..OpenServiceChannel::default()
-        };
-        let ServicesAnswer::Channel(channel) = self.ask(ServicesCall::OpenChannel(open)).await?
-        else {
-            return Err(mismatch());
-        };
+        let app_id = acting_app(&scope, app_id)?;
+        let service = service_name(&service)?;
+        let peer = provider(&peer)?;
+        let channel = self
+            .ask(|reply| ServicesCall::OpenChannel {
+                app_id,
+                service,
+                peer,
+                reply,
+            })
+            .await?;
         Ok(Response::new(splice(
             channel,
             OutputOptions { batch, half_close },
@@ -244,10 +268,10 @@ impl Services for ServicesApi {
     async fn expose(&self, req: Request<ExposeRequest>) -> Result<Response<Exposure>, Status> {
         caller(&req)?.require_admin()?;
         let request = req.into_inner();
-        match self.ask(ServicesCall::Expose(request)).await? {
-            ServicesAnswer::Exposed(exposure) => Ok(Response::new(exposure)),
-            _ => Err(mismatch()),
-        }
+        let exposure = self
+            .ask(|reply| ServicesCall::Expose { request, reply })
+            .await?;
+        Ok(Response::new(exposure))
     }
 
     async fn withdraw(
@@ -256,10 +280,9 @@ impl Services for ServicesApi {
     ) -> Result<Response<WithdrawReply>, Status> {
         caller(&req)?.require_admin()?;
         let request = req.into_inner();
-        match self.ask(ServicesCall::Withdraw(request)).await? {
-            ServicesAnswer::Withdrawn => Ok(Response::new(WithdrawReply {})),
-            _ => Err(mismatch()),
-        }
+        self.ask(|reply| ServicesCall::Withdraw { request, reply })
+            .await?;
+        Ok(Response::new(WithdrawReply {}))
     }
 
     async fn list_exposures(
@@ -268,10 +291,10 @@ impl Services for ServicesApi {
     ) -> Result<Response<ListExposuresReply>, Status> {
         caller(&req)?.require_admin()?;
         let ListExposuresRequest {} = req.into_inner();
-        match self.ask(ServicesCall::ListExposures).await? {
-            ServicesAnswer::Exposures(list) => Ok(Response::new(list)),
-            _ => Err(mismatch()),
-        }
+        let list = self
+            .ask(|reply| ServicesCall::ListExposures { reply })
+            .await?;
+        Ok(Response::new(list))
     }
 
     async fn open_forward(
@@ -280,10 +303,10 @@ impl Services for ServicesApi {
     ) -> Result<Response<Forward>, Status> {
         caller(&req)?.require_admin()?;
         let request = req.into_inner();
-        match self.ask(ServicesCall::OpenForward(request)).await? {
-            ServicesAnswer::Forwarding(forward) => Ok(Response::new(forward)),
-            _ => Err(mismatch()),
-        }
+        let forward = self
+            .ask(|reply| ServicesCall::OpenForward { request, reply })
+            .await?;
+        Ok(Response::new(forward))
     }
 
     async fn close_forward(
@@ -292,10 +315,9 @@ impl Services for ServicesApi {
     ) -> Result<Response<CloseForwardReply>, Status> {
         caller(&req)?.require_admin()?;
         let request = req.into_inner();
-        match self.ask(ServicesCall::CloseForward(request)).await? {
-            ServicesAnswer::ForwardClosed => Ok(Response::new(CloseForwardReply {})),
-            _ => Err(mismatch()),
-        }
+        self.ask(|reply| ServicesCall::CloseForward { request, reply })
+            .await?;
+        Ok(Response::new(CloseForwardReply {}))
     }
 
     async fn list_forwards(
@@ -304,10 +326,10 @@ impl Services for ServicesApi {
     ) -> Result<Response<ListForwardsReply>, Status> {
         caller(&req)?.require_admin()?;
         let ListForwardsRequest {} = req.into_inner();
-        match self.ask(ServicesCall::ListForwards).await? {
-            ServicesAnswer::Forwards(list) => Ok(Response::new(list)),
-            _ => Err(mismatch()),
-        }
+        let list = self
+            .ask(|reply| ServicesCall::ListForwards { reply })
+            .await?;
+        Ok(Response::new(list))
     }
 }
 
@@ -322,10 +344,18 @@ mod tests {
     #[test]
     fn an_empty_app_id_is_the_callers_own_app() {
         let chat = Scope::App("chat".into());
-        assert_eq!(acting_app(&chat, String::new()).expect("own"), "chat");
-        assert_eq!(acting_app(&chat, "chat".into()).expect("own"), "chat");
         assert_eq!(
-            acting_app(&chat, "chat:voice".into()).expect("its helper's"),
+            acting_app(&chat, String::new()).expect("own").as_str(),
+            "chat"
+        );
+        assert_eq!(
+            acting_app(&chat, "chat".into()).expect("own").as_str(),
+            "chat"
+        );
+        assert_eq!(
+            acting_app(&chat, "chat:voice".into())
+                .expect("its helper's")
+                .as_str(),
             "chat:voice"
         );
         assert_eq!(
@@ -339,7 +369,7 @@ mod tests {
             "a helper does not act for its app"
         );
         assert_eq!(
-            acting_app(&voice, String::new()).expect("own"),
+            acting_app(&voice, String::new()).expect("own").as_str(),
             "chat:voice"
         );
     }
@@ -347,7 +377,9 @@ mod tests {
     #[test]
     fn the_admin_names_the_app_it_acts_for() {
         assert_eq!(
-            acting_app(&Scope::Admin, "p2pctl".into()).expect("any app"),
+            acting_app(&Scope::Admin, "p2pctl".into())
+                .expect("any app")
+                .as_str(),
             "p2pctl"
         );
         let err = acting_app(&Scope::Admin, String::new()).expect_err("no app");

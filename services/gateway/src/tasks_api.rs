@@ -1,5 +1,5 @@
 //! `p2pos.tasks.v1.Tasks`: helper applications (plug-ins) the node starts and supervises. The
-//! caller's scope becomes the envelope's `caller_app` (empty: admin); an app id the caller names
+//! caller's scope becomes the request's `caller_app` (empty: admin); an app id the caller names
 //! must be one it covers (its own, or its helpers' `app:helper`). Which specs an app then sees,
 //! and what an empty app id means for it, is the task-control service's to decide.
 
@@ -7,12 +7,11 @@ use futures::StreamExt;
 use p2pos_kernel::ServiceContext;
 use p2pos_proto::tasks::v1::{
     AddHelperRequest, HelperRef, HelperSpec, HelperStatus, ListHelpersReply, ListHelpersRequest,
-    LogLine, LogsRequest, RemoveHelperReply, SignalHelperRequest, TasksRequest,
-    tasks_request::Kind as Req, tasks_response::Kind as Resp, tasks_server::Tasks,
+    LogLine, LogsRequest, RemoveHelperReply, SignalHelperRequest, tasks_server::Tasks,
 };
 use p2pos_protocols::{
-    Tasks as TasksProtocol,
-    tasks::{Request as TasksCall, Response as TasksAnswer},
+    Reply, Tasks as TasksProtocol,
+    tasks::{HelperOp, Request as TasksCall},
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -36,50 +35,34 @@ impl TasksApi {
         Self { ctx, stop }
     }
 
-    async fn call(&self, request: TasksCall) -> Result<TasksAnswer, Status> {
-        Ok(self.ctx.registry.call::<TasksProtocol>(request).await?)
+    /// Asks the task-control service and waits for its answer.
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> TasksCall) -> Result<T, Status> {
+        Ok(self.ctx.registry.ask::<TasksProtocol, T>(make).await?)
     }
 
-    /// A unary call on behalf of `scope`.
-    async fn control(&self, scope: &Scope, kind: Req) -> Result<Resp, Status> {
-        let request = TasksRequest {
-            caller_app: caller_app(scope),
-            kind: Some(kind),
-        };
-        match self.call(TasksCall::Control(request)).await? {
-            TasksAnswer::Control(response) => response
-                .kind
-                .ok_or_else(|| Status::internal("the task-control service gave an empty answer")),
-            TasksAnswer::Logs(_) | TasksAnswer::HelperToken(_) => Err(mismatch()),
-        }
-    }
-
-    /// A call answered with a helper's status.
-    async fn status(&self, scope: &Scope, kind: Req) -> Result<Response<HelperStatus>, Status> {
-        match self.control(scope, kind).await? {
-            Resp::Status(status) => Ok(Response::new(status)),
-            Resp::List(_) | Resp::Removed(_) => Err(mismatch()),
-        }
-    }
-
-    /// A call on one helper (`HelperRef`) answered with its status: the caller must cover it.
+    /// An operation on one helper (`HelperRef`) answered with its status: the caller must
+    /// cover it.
     async fn on_helper(
         &self,
         req: Request<HelperRef>,
-        kind: fn(HelperRef) -> Req,
+        op: HelperOp,
     ) -> Result<Response<HelperStatus>, Status> {
         let scope = caller(&req)?;
         let helper = req.into_inner();
         require_ref(&scope, Some(&helper))?;
-        self.status(&scope, kind(helper)).await
+        let status = self
+            .ask(|reply| TasksCall::Helper {
+                caller_app: caller_app(&scope),
+                helper,
+                op,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(status))
     }
 }
 
-fn mismatch() -> Status {
-    Status::internal("the task-control service answered a different request")
-}
-
-/// The envelope's `caller_app`: empty for the admin, the app id for an app.
+/// The request's `caller_app`: empty for the admin, the app id for an app.
 fn caller_app(scope: &Scope) -> String {
     match scope {
         Scope::Admin => String::new(),
@@ -116,8 +99,14 @@ impl Tasks for TasksApi {
         let spec = spec.ok_or_else(|| Status::invalid_argument("spec is missing"))?;
         let HelperSpec { app_id, .. } = &spec;
         require_app(&scope, app_id)?;
-        self.status(&scope, Req::Add(AddHelperRequest { spec: Some(spec) }))
-            .await
+        let status = self
+            .ask(|reply| TasksCall::Add {
+                caller_app: caller_app(&scope),
+                spec,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(status))
     }
 
     async fn remove_helper(
@@ -127,10 +116,14 @@ impl Tasks for TasksApi {
         let scope = caller(&req)?;
         let helper = req.into_inner();
         require_ref(&scope, Some(&helper))?;
-        match self.control(&scope, Req::Remove(helper)).await? {
-            Resp::Removed(reply) => Ok(Response::new(reply)),
-            Resp::Status(_) | Resp::List(_) => Err(mismatch()),
-        }
+        let removed = self
+            .ask(|reply| TasksCall::Remove {
+                caller_app: caller_app(&scope),
+                helper,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(removed))
     }
 
     async fn list_helpers(
@@ -140,35 +133,36 @@ impl Tasks for TasksApi {
         let scope = caller(&req)?;
         let ListHelpersRequest { app_id } = req.into_inner();
         require_app(&scope, &app_id)?;
-        match self
-            .control(&scope, Req::List(ListHelpersRequest { app_id }))
-            .await?
-        {
-            Resp::List(reply) => Ok(Response::new(reply)),
-            Resp::Status(_) | Resp::Removed(_) => Err(mismatch()),
-        }
+        let list = self
+            .ask(|reply| TasksCall::List {
+                caller_app: caller_app(&scope),
+                app_id,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(list))
     }
 
     async fn get_helper(&self, req: Request<HelperRef>) -> Result<Response<HelperStatus>, Status> {
-        self.on_helper(req, Req::Get).await
+        self.on_helper(req, HelperOp::Get).await
     }
 
     async fn start_helper(
         &self,
         req: Request<HelperRef>,
     ) -> Result<Response<HelperStatus>, Status> {
-        self.on_helper(req, Req::Start).await
+        self.on_helper(req, HelperOp::Start).await
     }
 
     async fn stop_helper(&self, req: Request<HelperRef>) -> Result<Response<HelperStatus>, Status> {
-        self.on_helper(req, Req::Stop).await
+        self.on_helper(req, HelperOp::Stop).await
     }
 
     async fn restart_helper(
         &self,
         req: Request<HelperRef>,
     ) -> Result<Response<HelperStatus>, Status> {
-        self.on_helper(req, Req::Restart).await
+        self.on_helper(req, HelperOp::Restart).await
     }
 
     async fn signal_helper(
@@ -177,12 +171,19 @@ impl Tasks for TasksApi {
     ) -> Result<Response<HelperStatus>, Status> {
         let scope = caller(&req)?;
         let SignalHelperRequest { helper, signal } = req.into_inner();
-        require_ref(&scope, helper.as_ref())?;
+        let helper = require_ref(&scope, helper.as_ref())?.clone();
         if signal.trim().is_empty() {
             return Err(Status::invalid_argument("signal is empty"));
         }
-        self.status(&scope, Req::Signal(SignalHelperRequest { helper, signal }))
-            .await
+        let status = self
+            .ask(|reply| TasksCall::Helper {
+                caller_app: caller_app(&scope),
+                helper,
+                op: HelperOp::Signal(signal),
+                reply,
+            })
+            .await?;
+        Ok(Response::new(status))
     }
 
     type LogsStream = BoxStream<LogLine>;
@@ -200,13 +201,13 @@ impl Tasks for TasksApi {
             follow,
             tail,
         };
-        let call = TasksCall::Logs {
-            caller_app: caller_app(&scope),
-            request,
-        };
-        let TasksAnswer::Logs(lines) = self.call(call).await? else {
-            return Err(mismatch());
-        };
+        let lines = self
+            .ask(|reply| TasksCall::Logs {
+                caller_app: caller_app(&scope),
+                request,
+                reply,
+            })
+            .await?;
         let lines: BoxStream<LogLine> = Box::pin(ReceiverStream::new(lines).map(Ok));
         Ok(Response::new(cut_on_stop(lines, self.stop.clone())))
     }

@@ -13,13 +13,12 @@ use p2pos_proto::{
     tasks::v1::{
         AddHelperRequest, HelperRef, HelperSpec, HelperStatus, ListHelpersReply,
         ListHelpersRequest, LogLine, LogStream, LogsRequest, RemoveHelperReply,
-        SignalHelperRequest, TasksRequest, TasksResponse, tasks_request::Kind as Req,
-        tasks_response::Kind as Resp,
+        SignalHelperRequest,
     },
 };
 use p2pos_protocols::{
-    Tasks,
-    tasks::{Request as TasksCall, Response as TasksAnswer},
+    Tasks, answer,
+    tasks::{HelperOp, Request as TasksCall},
 };
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -58,79 +57,82 @@ impl Handler<InjectPanic> for FakeTasks {
     }
 }
 
-fn echo(caller_app: &str, helper: HelperRef) -> TasksResponse {
+fn echo(caller_app: &str, helper: HelperRef) -> HelperStatus {
     let HelperRef { app_id, name } = helper;
-    TasksResponse {
-        kind: Some(Resp::Status(HelperStatus {
-            spec: Some(HelperSpec {
-                name,
-                app_id,
-                ..HelperSpec::default()
-            }),
-            reason: format!("caller {caller_app:?}"),
-            ..HelperStatus::default()
-        })),
+    HelperStatus {
+        spec: Some(HelperSpec {
+            name,
+            app_id,
+            ..HelperSpec::default()
+        }),
+        reason: format!("caller {caller_app:?}"),
+        ..HelperStatus::default()
     }
 }
 
 impl Handler<Call<Tasks>> for FakeTasks {
-    type Result = Result<TasksAnswer, ServiceError>;
+    type Result = ();
 
-    fn handle(&mut self, Call(request): Call<Tasks>, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Call(request): Call<Tasks>, _: &mut Self::Context) {
         match request {
             // One helper runs: `chat:voice`, with this token.
-            TasksCall::HelperToken { token } => Ok(TasksAnswer::HelperToken(
-                (token == "helper-token").then(|| "chat:voice".to_owned()),
-            )),
-            TasksCall::Control(TasksRequest { caller_app, kind }) => {
-                let response = match kind {
-                    Some(Req::Add(AddHelperRequest { spec })) => {
-                        let HelperSpec { name, app_id, .. } = spec.unwrap_or_default();
-                        echo(&caller_app, HelperRef { app_id, name })
+            TasksCall::HelperToken { token, reply } => answer::<_, ServiceError>(
+                reply,
+                Ok((token == "helper-token").then(|| "chat:voice".to_owned())),
+            ),
+            TasksCall::Add {
+                caller_app,
+                spec,
+                reply,
+            } => {
+                let HelperSpec { name, app_id, .. } = spec;
+                answer::<_, ServiceError>(reply, Ok(echo(&caller_app, HelperRef { app_id, name })));
+            }
+            TasksCall::Helper {
+                caller_app,
+                helper,
+                op,
+                reply,
+            } => {
+                let status = match op {
+                    HelperOp::Get | HelperOp::Stop | HelperOp::Restart => {
+                        Ok(echo(&caller_app, helper))
                     }
-                    Some(Req::Get(r) | Req::Stop(r) | Req::Restart(r)) => echo(&caller_app, r),
-                    Some(Req::Signal(SignalHelperRequest { helper, signal })) => {
-                        let mut response = echo(&caller_app, helper.unwrap_or_default());
-                        if let Some(Resp::Status(status)) = &mut response.kind {
-                            status.reason = signal;
-                        }
-                        response
+                    HelperOp::Signal(signal) => {
+                        let mut status = echo(&caller_app, helper);
+                        status.reason = signal;
+                        Ok(status)
                     }
-                    Some(Req::Start(_)) => {
-                        return Err(ServiceError::new(
-                            ErrorCode::FailedPrecondition,
-                            "the app has no live session",
-                        ));
-                    }
-                    Some(Req::List(ListHelpersRequest { app_id })) => TasksResponse {
-                        kind: Some(Resp::List(ListHelpersReply {
-                            helpers: vec![
-                                echo(
-                                    &caller_app,
-                                    HelperRef {
-                                        app_id,
-                                        name: "listed".into(),
-                                    },
-                                )
-                                .kind
-                                .and_then(|k| match k {
-                                    Resp::Status(s) => Some(s),
-                                    _ => None,
-                                })
-                                .unwrap_or_default(),
-                            ],
-                        })),
-                    },
-                    Some(Req::Remove(_)) => TasksResponse {
-                        kind: Some(Resp::Removed(RemoveHelperReply {})),
-                    },
-                    None => return Err(ServiceError::invalid("no kind")),
+                    HelperOp::Start => Err(ServiceError::new(
+                        ErrorCode::FailedPrecondition,
+                        "the app has no live session",
+                    )),
                 };
-                Ok(TasksAnswer::Control(response))
+                answer(reply, status);
+            }
+            TasksCall::List {
+                caller_app,
+                app_id,
+                reply,
+            } => answer::<_, ServiceError>(
+                reply,
+                Ok(ListHelpersReply {
+                    helpers: vec![echo(
+                        &caller_app,
+                        HelperRef {
+                            app_id,
+                            name: "listed".into(),
+                        },
+                    )],
+                }),
+            ),
+            TasksCall::Remove { reply, .. } => {
+                answer::<_, ServiceError>(reply, Ok(RemoveHelperReply {}));
             }
             TasksCall::Logs {
                 caller_app,
                 request,
+                reply,
             } => {
                 let (tx, rx) = mpsc::channel(4);
                 let name = request.helper.unwrap_or_default().name;
@@ -149,7 +151,7 @@ impl Handler<Call<Tasks>> for FakeTasks {
                 if request.follow {
                     self.followers.push(tx);
                 }
-                Ok(TasksAnswer::Logs(rx))
+                answer::<_, ServiceError>(reply, Ok(rx));
             }
         }
     }

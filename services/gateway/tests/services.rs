@@ -21,9 +21,9 @@ use p2pos_proto::{
     },
 };
 use p2pos_protocols::{
-    Services,
+    Services, answer,
     apps::ChannelStream,
-    services::{Request as ServicesCall, Response as ServicesAnswer},
+    services::Request as ServicesCall,
     wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use tokio_util::codec::Framed;
@@ -59,128 +59,181 @@ impl Handler<InjectPanic> for FakeServices {
 }
 
 impl Handler<Call<Services>> for FakeServices {
-    type Result = ResponseFuture<Result<ServicesAnswer, ServiceError>>;
+    type Result = ();
 
-    fn handle(&mut self, Call(request): Call<Services>, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Call(request): Call<Services>, _: &mut Self::Context) {
         match request {
             // A provider that never answers: the call ends at the deadline it was given.
-            ServicesCall::Call { request, deadline } if request.service == "slow/1" => {
-                Box::pin(async move {
+            ServicesCall::Call {
+                service,
+                deadline,
+                reply,
+                ..
+            } if service.as_str() == "slow/1" => {
+                tokio::spawn(async move {
                     match deadline {
                         Some(at) => tokio::time::sleep_until(at.into()).await,
                         None => std::future::pending().await,
                     }
-                    Err(ServiceError::new(
-                        ErrorCode::DeadlineExceeded,
-                        "the provider did not answer in time",
-                    ))
-                })
+                    answer(
+                        reply,
+                        Err::<CallReply, _>(ServiceError::new(
+                            ErrorCode::DeadlineExceeded,
+                            "the provider did not answer in time",
+                        )),
+                    );
+                });
             }
-            request => Box::pin(std::future::ready(answer(request))),
+            request => echo(request),
         }
     }
 }
 
-fn answer(request: ServicesCall) -> Result<ServicesAnswer, ServiceError> {
-    {
-        Ok(match request {
-            ServicesCall::Register(RegisterRequest {
-                app_id,
-                service,
-                description,
-            }) => ServicesAnswer::Registered(ServiceInfo {
-                service,
-                app_id,
+/// A successful answer.
+fn done<T>(value: T) -> Result<T, ServiceError> {
+    Ok(value)
+}
+
+/// Answers `request` with what it asked.
+fn echo(request: ServicesCall) {
+    match request {
+        ServicesCall::Register {
+            app_id,
+            service,
+            description,
+            reply,
+        } => answer(
+            reply,
+            done(ServiceInfo {
+                service: service.into_string(),
+                app_id: app_id.into_string(),
                 description,
                 local: true,
                 ..ServiceInfo::default()
             }),
-            ServicesCall::Unregister(UnregisterRequest { .. }) => ServicesAnswer::Unregistered,
-            ServicesCall::List => ServicesAnswer::Services(ListServicesReply::default()),
-            ServicesCall::Find(FindServiceRequest { service, limit }) => {
-                ServicesAnswer::Providers(FindServiceReply {
-                    providers: vec![ServiceInfo {
-                        service,
-                        rtt_us: limit,
-                        ..ServiceInfo::default()
-                    }],
-                })
-            }
-            ServicesCall::Call { request, deadline } => {
-                let CallRequest {
-                    app_id,
-                    service,
-                    payload,
-                    ..
-                } = request;
-                if service == "fail/1" {
-                    return Err(ServiceError::new(ErrorCode::Passed(3), "no such word"));
-                }
-                let left = deadline.map_or_else(
-                    || "none".to_owned(),
-                    |at| {
-                        at.saturating_duration_since(Instant::now())
-                            .as_millis()
-                            .to_string()
-                    },
+        ),
+        ServicesCall::Unregister { reply, .. } => answer(reply, done(())),
+        ServicesCall::List { reply } => answer(reply, done(ListServicesReply::default())),
+        ServicesCall::Find {
+            service,
+            limit,
+            reply,
+        } => answer(
+            reply,
+            done(FindServiceReply {
+                providers: vec![ServiceInfo {
+                    service: service.into_string(),
+                    rtt_us: limit,
+                    ..ServiceInfo::default()
+                }],
+            }),
+        ),
+        ServicesCall::Call {
+            app_id,
+            service,
+            payload,
+            deadline,
+            reply,
+            ..
+        } => {
+            if service.as_str() == "fail/1" {
+                return answer(
+                    reply,
+                    Err::<CallReply, _>(ServiceError::new(ErrorCode::Passed(3), "no such word")),
                 );
-                ServicesAnswer::Called(CallReply {
+            }
+            let left = deadline.map_or_else(
+                || "none".to_owned(),
+                |at| {
+                    at.saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .to_string()
+                },
+            );
+            answer(
+                reply,
+                done(CallReply {
                     payload,
                     peer_id: left,
-                    provider_app: app_id,
-                })
+                    provider_app: app_id.into_string(),
+                }),
+            );
+        }
+        ServicesCall::Reply {
+            request: ReplyRequest { app_id, .. },
+            reply,
+        } => {
+            if app_id == "chat" {
+                answer(reply, done(()));
+            } else {
+                answer(
+                    reply,
+                    Err::<(), _>(ServiceError::not_found(format!("no call for {app_id}"))),
+                );
             }
-            ServicesCall::Reply(ReplyRequest { app_id, .. }) => {
-                if app_id == "chat" {
-                    ServicesAnswer::Replied
-                } else {
-                    return Err(ServiceError::not_found(format!("no call for {app_id}")));
-                }
-            }
-            ServicesCall::OpenChannel(OpenServiceChannel {
-                app_id, service, ..
-            }) => {
-                let (ours, theirs) = tokio::io::duplex(64 * 1024);
-                tokio::spawn(async move {
-                    let mut frames = Framed::new(theirs, codec(MAX_CHANNEL_FRAME));
-                    while let Some(Ok(frame)) = frames.next().await {
-                        if frames.send(frame.freeze()).await.is_err() {
-                            return;
-                        }
+        }
+        ServicesCall::OpenChannel {
+            app_id,
+            service,
+            reply,
+            ..
+        } => {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                let mut frames = Framed::new(theirs, codec(MAX_CHANNEL_FRAME));
+                while let Some(Ok(frame)) = frames.next().await {
+                    if frames.send(frame.freeze()).await.is_err() {
+                        return;
                     }
-                    let _ = SinkExt::<bytes::Bytes>::close(&mut frames).await;
-                });
-                ServicesAnswer::Channel(ChannelStream {
+                }
+                let _ = SinkExt::<bytes::Bytes>::close(&mut frames).await;
+            });
+            answer(
+                reply,
+                done(ChannelStream {
                     channel_id: 7,
-                    peer_id: service,
-                    app_id,
+                    peer_id: service.into_string(),
+                    app_id: app_id.into_string(),
                     inbound: false,
                     io: Box::new(ours),
-                })
-            }
-            ServicesCall::Expose(ExposeRequest { target, service }) => {
-                ServicesAnswer::Exposed(Exposure {
-                    service,
-                    target,
-                    ..Exposure::default()
-                })
-            }
-            ServicesCall::Withdraw(WithdrawRequest { .. }) => ServicesAnswer::Withdrawn,
-            ServicesCall::ListExposures => ServicesAnswer::Exposures(ListExposuresReply::default()),
-            ServicesCall::OpenForward(OpenForwardRequest {
+                }),
+            );
+        }
+        ServicesCall::Expose {
+            request: ExposeRequest { target, service },
+            reply,
+        } => answer(
+            reply,
+            done(Exposure {
                 service,
-                peer,
-                listen,
-            }) => ServicesAnswer::Forwarding(Forward {
+                target,
+                ..Exposure::default()
+            }),
+        ),
+        ServicesCall::Withdraw { reply, .. } => answer(reply, done(())),
+        ServicesCall::ListExposures { reply } => {
+            answer(reply, done(ListExposuresReply::default()));
+        }
+        ServicesCall::OpenForward {
+            request:
+                OpenForwardRequest {
+                    service,
+                    peer,
+                    listen,
+                },
+            reply,
+        } => answer(
+            reply,
+            done(Forward {
                 forward_id: 1,
                 service,
                 peer,
                 listen,
                 ..Forward::default()
             }),
-            ServicesCall::CloseForward(CloseForwardRequest { .. }) => ServicesAnswer::ForwardClosed,
-            ServicesCall::ListForwards => ServicesAnswer::Forwards(ListForwardsReply::default()),
-        })
+        ),
+        ServicesCall::CloseForward { reply, .. } => answer(reply, done(())),
+        ServicesCall::ListForwards { reply } => answer(reply, done(ListForwardsReply::default())),
     }
 }
 

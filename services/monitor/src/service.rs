@@ -6,11 +6,8 @@ use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
     ServiceError, StopService, Uses,
 };
-use p2pos_proto::{
-    monitor::v1::{MonitorResponse, NodeStatus, ServiceState, monitor_request, monitor_response},
-    overlay::v1::{OverlayRequest, OverlayStatusRequest, overlay_request, overlay_response},
-};
-use p2pos_protocols::{Monitor, Overlay};
+use p2pos_proto::monitor::v1::{NodeStatus, ServiceState};
+use p2pos_protocols::{Monitor, Overlay, answer, monitor, overlay};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{family::Family, gauge::Gauge},
@@ -159,20 +156,18 @@ impl Handler<InjectPanic> for MonitorService {
 }
 
 impl Handler<Call<Monitor>> for MonitorService {
-    type Result = ResponseFuture<Result<MonitorResponse, ServiceError>>;
+    type Result = ();
 
-    fn handle(&mut self, msg: Call<Monitor>, _: &mut Self::Context) -> Self::Result {
-        let ctx = self.ctx.clone();
-        let metrics_url = self.metrics_url.clone();
-        Box::pin(async move {
-            let kind = match msg.0.kind {
-                Some(monitor_request::Kind::GetStatus(_)) => {
-                    monitor_response::Kind::Status(status(&ctx, metrics_url).await)
-                }
-                None => return Err(ServiceError::invalid("empty monitor request")),
-            };
-            Ok(MonitorResponse { kind: Some(kind) })
-        })
+    fn handle(&mut self, Call(request): Call<Monitor>, _: &mut Self::Context) {
+        let (ctx, metrics_url) = (self.ctx.clone(), self.metrics_url.clone());
+        match request {
+            monitor::Request::GetStatus { reply } => {
+                tokio::spawn(async move {
+                    let status = status(&ctx, metrics_url).await;
+                    answer::<_, ServiceError>(reply, Ok(status));
+                });
+            }
+        }
     }
 }
 
@@ -191,15 +186,8 @@ async fn status(ctx: &ServiceContext, metrics_url: String) -> NodeStatus {
         .collect();
     let overlay = ctx
         .registry
-        .call::<Overlay>(OverlayRequest {
-            kind: Some(overlay_request::Kind::Status(OverlayStatusRequest {})),
-        })
+        .ask::<Overlay, _>(|reply| overlay::Request::Status { reply })
         .await
-        .ok()
-        .and_then(|r| match r.kind {
-            Some(overlay_response::Kind::Status(s)) => Some(s),
-            _ => None,
-        })
         .unwrap_or_default();
     NodeStatus {
         peer_id: ctx.peer_id.to_string(),

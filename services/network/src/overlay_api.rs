@@ -1,15 +1,15 @@
-//! `p2pos.overlay.v1`: one exhaustive `match` over the request envelope, each arm validating
-//! its input, asking the swarm task and answering the matching response variant.
+//! `p2pos.overlay.v1`: one exhaustive `match` over the requests, each arm asking the swarm
+//! task and answering on the request's own typed reply.
 
 use std::time::Duration;
 
-use p2pos_proto::overlay::v1::{
-    DialReply, DialRequest, FindPeerReply, FindPeerRequest, GetTicketRequest, ListPeersReply,
-    ListPeersRequest, OverlayRequest, OverlayResponse, OverlayStatusRequest, PingReply,
-    PingRequest, overlay_request, overlay_response,
+use p2pos_proto::overlay::v1::{DialReply, DialRequest, FindPeerReply, ListPeersReply, PingReply};
+use p2pos_protocols::{
+    answer,
+    ids::PeerRef,
+    network::{Error, Network, ticket::parse_target},
+    overlay::Request,
 };
-
-use p2pos_protocols::network::{Error, Network, ticket::parse_target};
 
 /// How long `Dial` waits when the request says 0.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -18,46 +18,49 @@ pub const MAX_DIAL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `Ping` may take, connection included.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Answers one overlay request.
-pub(crate) async fn handle(
-    net: Network,
-    request: OverlayRequest,
-) -> Result<OverlayResponse, Error> {
-    use overlay_request::Kind as Req;
-    use overlay_response::Kind as Resp;
-    let OverlayRequest { kind } = request;
-    let reply = match kind.ok_or(Error::MissingKind)? {
-        Req::GetTicket(GetTicketRequest {}) => Resp::Ticket(net.ticket().await?),
-        Req::Dial(DialRequest { target, timeout_ms }) => {
-            let (peer, addrs) = parse_target(&target)?;
-            let limit = match timeout_ms {
-                0 => DEFAULT_DIAL_TIMEOUT,
-                ms => Duration::from_millis(u64::from(ms)).min(MAX_DIAL_TIMEOUT),
-            };
-            let address = net.connect(peer, addrs, limit).await?;
-            Resp::Dial(DialReply {
-                peer_id: peer.to_string(),
-                address: address.to_string(),
-            })
+/// Answers one overlay request on its own reply channel.
+pub(crate) async fn handle(net: Network, request: Request) {
+    match request {
+        Request::GetTicket { reply } => answer(reply, net.ticket().await),
+        Request::Dial { request, reply } => answer(reply, dial(&net, request).await),
+        Request::ListPeers { reply } => answer(
+            reply,
+            net.peers().await.map(|peers| ListPeersReply { peers }),
+        ),
+        Request::Ping { peer, reply } => {
+            let PeerRef { peer, addrs } = peer;
+            let rtt = net.ping(peer, addrs, PING_TIMEOUT).await;
+            answer(
+                reply,
+                rtt.map(|rtt| PingReply {
+                    rtt_us: u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1),
+                }),
+            );
         }
-        Req::ListPeers(ListPeersRequest {}) => Resp::ListPeers(ListPeersReply {
-            peers: net.peers().await?,
-        }),
-        Req::Ping(PingRequest { peer_id }) => {
-            let (peer, addrs) = parse_target(&peer_id)?;
-            let rtt = net.ping(peer, addrs, PING_TIMEOUT).await?;
-            Resp::Ping(PingReply {
-                rtt_us: u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1),
-            })
+        Request::FindPeer { peer, reply } => {
+            let found = net.find_peer(peer.peer).await;
+            answer(
+                reply,
+                found.map(|addresses| FindPeerReply {
+                    addresses: addresses.iter().map(ToString::to_string).collect(),
+                }),
+            );
         }
-        Req::FindPeer(FindPeerRequest { peer_id }) => {
-            let (peer, _) = parse_target(&peer_id)?;
-            let addresses = net.find_peer(peer).await?;
-            Resp::FindPeer(FindPeerReply {
-                addresses: addresses.iter().map(ToString::to_string).collect(),
-            })
-        }
-        Req::Status(OverlayStatusRequest {}) => Resp::Status(net.status().await?),
+        Request::Status { reply } => answer(reply, net.status().await),
+    }
+}
+
+/// `Dial`: connects within the request's time (10 s when it says 0, at most 120 s).
+async fn dial(net: &Network, request: DialRequest) -> Result<DialReply, Error> {
+    let DialRequest { target, timeout_ms } = request;
+    let (peer, addrs) = parse_target(&target)?;
+    let limit = match timeout_ms {
+        0 => DEFAULT_DIAL_TIMEOUT,
+        ms => Duration::from_millis(u64::from(ms)).min(MAX_DIAL_TIMEOUT),
     };
-    Ok(OverlayResponse { kind: Some(reply) })
+    let address = net.connect(peer, addrs, limit).await?;
+    Ok(DialReply {
+        peer_id: peer.to_string(),
+        address: address.to_string(),
+    })
 }

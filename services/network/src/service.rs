@@ -8,9 +8,8 @@ use actix::prelude::*;
 use libp2p::Multiaddr;
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
-    ServiceError, StopService, Uses,
+    StopService, Uses,
 };
-use p2pos_proto::overlay::v1::{OverlayRequest, OverlayResponse};
 use p2pos_protocols::{
     Overlay,
     network::{Error, NETWORK, Network, ticket::parse_target},
@@ -192,15 +191,11 @@ impl Handler<InjectPanic> for NetworkService {
 }
 
 impl Handler<Call<Overlay>> for NetworkService {
-    type Result = ResponseFuture<Result<OverlayResponse, ServiceError>>;
+    type Result = ();
 
-    fn handle(&mut self, Call(request): Call<Overlay>, _: &mut Self::Context) -> Self::Result {
-        let network = self.network.clone();
-        let request: OverlayRequest = request;
-        Box::pin(async move {
-            overlay_api::handle(network, request)
-                .await
-                .map_err(ServiceError::from)
-        })
+    /// Each request is answered by a task of its own on the runtime's threads: the actor only
+    /// hands it on.
+    fn handle(&mut self, Call(request): Call<Overlay>, _: &mut Self::Context) {
+        tokio::spawn(overlay_api::handle(self.network.clone(), request));
     }
 }

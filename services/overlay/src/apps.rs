@@ -8,14 +8,14 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use futures::future::LocalBoxFuture;
-use p2pos_kernel::{Call, ServiceError, store::StoreError};
+use p2pos_kernel::{Call, store::StoreError};
 use p2pos_proto::app::v1::{
     AppInfo, DeliveryState, ListAppsReply, ReceivedMessage, Registered, SendReply,
 };
 use p2pos_protocols::{
-    Apps,
-    apps::{Incoming, Request, Response, Session},
+    Apps, answer,
+    apps::{ChannelStream, Incoming, Request, Session},
+    ids::PeerRef,
     wire::MAX_PAYLOAD,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -25,10 +25,9 @@ use crate::{
     Error, channel,
     counted::count,
     delivery::Outcome,
-    error::{parse_target, validate_app_id},
     mailbox::Mailbox,
     service::{MAX_OPENS, OverlayService},
-    task::AbortOnDrop,
+    task::{AbortOnDrop, Fut, ready, spawn_answer},
 };
 
 /// Announcements (incoming channels and calls) buffered per session.
@@ -69,39 +68,53 @@ impl AppState {
     }
 }
 
-pub(crate) type Reply = LocalBoxFuture<'static, Result<Response, Error>>;
-
-pub(crate) fn ready(result: Result<Response, Error>) -> Reply {
-    Box::pin(futures::future::ready(result))
-}
-
 impl Handler<Call<Apps>> for OverlayService {
-    type Result = ResponseFuture<Result<Response, ServiceError>>;
+    type Result = ();
 
-    fn handle(&mut self, Call(request): Call<Apps>, ctx: &mut Self::Context) -> Self::Result {
-        let reply = match request {
-            Request::OpenSession { app_id } => self.open_session(app_id, ctx),
-            Request::OpenChannel { app_id, peer } => self.open_channel(app_id, &peer, ctx),
-            Request::AcceptChannel { app_id, channel_id } => {
-                self.accept_channel(app_id, channel_id, ctx)
+    /// Bookkeeping here; every answer that takes time comes from a task of its own.
+    fn handle(&mut self, Call(request): Call<Apps>, ctx: &mut Self::Context) {
+        match request {
+            Request::OpenSession { app_id, reply } => {
+                spawn_answer(reply, self.open_session(app_id.into_string(), ctx));
             }
+            Request::OpenChannel {
+                app_id,
+                peer,
+                reply,
+            } => spawn_answer(reply, self.open_channel(app_id.into_string(), peer, ctx)),
+            Request::AcceptChannel {
+                app_id,
+                channel_id,
+                reply,
+            } => spawn_answer(
+                reply,
+                self.accept_channel(app_id.into_string(), channel_id, ctx),
+            ),
             Request::Send {
                 app_id,
                 peer,
                 payload,
-            } => self.send(app_id, &peer, payload),
-            Request::Receive { app_id } => self.receive(app_id),
-            Request::Ack { app_id, inbox_id } => self.ack(app_id, inbox_id),
-            Request::ListApps { only } => ready(self.list_apps(only)),
-            Request::WatchSession { app_id } => ready(self.watch_session(&app_id)),
-        };
-        Box::pin(async move { reply.await.map_err(ServiceError::from) })
+                reply,
+            } => spawn_answer(reply, self.send(app_id.into_string(), peer, payload)),
+            Request::Receive { app_id, reply } => {
+                answer(reply, self.receive(app_id.into_string()));
+            }
+            Request::Ack {
+                app_id,
+                inbox_id,
+                reply,
+            } => spawn_answer(reply, self.ack(app_id.into_string(), inbox_id)),
+            Request::ListApps { only, reply } => answer(reply, self.list_apps(only)),
+            Request::WatchSession { app_id, reply } => {
+                answer(reply, self.watch_session(&app_id));
+            }
+        }
     }
 }
 
 impl OverlayService {
-    fn open_session(&mut self, app_id: String, ctx: &mut Context<Self>) -> Reply {
-        if let Err(e) = validate_app_id(&app_id).and_then(|()| self.mailbox.register_app(&app_id)) {
+    fn open_session(&mut self, app_id: String, ctx: &mut Context<Self>) -> Fut<Session> {
+        if let Err(e) = self.mailbox.register_app(&app_id) {
             return ready(Err(e));
         }
         let live: usize = self.apps.values().map(|a| a.sessions.len()).sum();
@@ -133,10 +146,10 @@ impl OverlayService {
         let mailbox = self.mailbox.clone();
         Box::pin(async move {
             mailbox.flush().await?;
-            Ok(Response::Session(Session {
+            Ok(Session {
                 registered,
                 incoming,
-            }))
+            })
         })
     }
 
@@ -156,14 +169,14 @@ impl OverlayService {
         }
     }
 
-    fn watch_session(&mut self, app_id: &str) -> Result<Response, Error> {
+    fn watch_session(&mut self, app_id: &str) -> Result<oneshot::Receiver<()>, Error> {
         match self.apps.get_mut(app_id) {
             Some(app) if !app.sessions.is_empty() => {
                 let (tx, rx) = oneshot::channel();
                 // Senders of watchers that already fired are gone; keep the list short.
                 app.watchers.retain(|w| !w.is_closed());
                 app.watchers.push(tx);
-                Ok(Response::SessionEnd(rx))
+                Ok(rx)
             }
             _ => Err(Error::NoSession {
                 app_id: app_id.to_owned(),
@@ -171,12 +184,13 @@ impl OverlayService {
         }
     }
 
-    fn open_channel(&mut self, app_id: String, peer: &str, ctx: &mut Context<Self>) -> Reply {
-        let target = validate_app_id(&app_id).and_then(|()| parse_target(peer));
-        let (peer, addrs) = match target {
-            Ok(t) => t,
-            Err(e) => return ready(Err(e)),
-        };
+    fn open_channel(
+        &mut self,
+        app_id: String,
+        peer: PeerRef,
+        ctx: &mut Context<Self>,
+    ) -> Fut<ChannelStream> {
+        let PeerRef { peer, addrs } = peer;
         let Ok(channel_permit) = self.channels.clone().try_acquire_owned() else {
             return ready(Err(Error::TooManyChannels {
                 limit: usize::try_from(self.config.max_channels).unwrap_or(usize::MAX),
@@ -196,27 +210,20 @@ impl OverlayService {
             let _permit = permit;
             let reach_by = tokio::time::Instant::now() + channel::REACH_TIME;
             let stream = channel::open(net, store, app_id, None, peer, addrs, reach_by).await?;
-            Ok(Response::Channel(count(stream, channel_permit)))
+            Ok(count(stream, channel_permit))
         })
     }
 
-    fn send(&mut self, app_id: String, peer: &str, payload: Bytes) -> Reply {
-        let checked = validate_app_id(&app_id).and_then(|()| {
-            if payload.len() > MAX_PAYLOAD {
-                return Err(Error::MessageTooLarge {
-                    size: payload.len(),
-                });
-            }
-            let (peer, addrs) = parse_target(peer)?;
-            if peer == self.net.local_peer_id() {
-                return Err(Error::SelfTarget(peer));
-            }
-            Ok((peer, addrs))
-        });
-        let (peer, addrs) = match checked {
-            Ok(t) => t,
-            Err(e) => return ready(Err(e)),
-        };
+    fn send(&mut self, app_id: String, peer: PeerRef, payload: Bytes) -> Fut<SendReply> {
+        let PeerRef { peer, addrs } = peer;
+        if payload.len() > MAX_PAYLOAD {
+            return ready(Err(Error::MessageTooLarge {
+                size: payload.len(),
+            }));
+        }
+        if peer == self.net.local_peer_id() {
+            return ready(Err(Error::SelfTarget(peer)));
+        }
         self.net.remember(peer, addrs);
         let size = payload.len();
         let frame = match self
@@ -236,28 +243,23 @@ impl OverlayService {
                 Outcome::UnknownApp => return Err(Error::AppNotRegistered { app_id, peer }),
                 Outcome::TooLarge => return Err(Error::MessageTooLarge { size }),
             };
-            Ok(Response::Sent(SendReply {
+            Ok(SendReply {
                 message_id: frame.message_id,
                 state: state.into(),
-            }))
+            })
         })
     }
 
-    fn receive(&mut self, app_id: String) -> Reply {
-        if let Err(e) = validate_app_id(&app_id).and_then(|()| self.mailbox.register_app(&app_id)) {
-            return ready(Err(e));
-        }
+    fn receive(&mut self, app_id: String) -> Result<mpsc::Receiver<ReceivedMessage>, Error> {
+        self.mailbox.register_app(&app_id)?;
         let (tx, rx) = mpsc::channel(RECEIVE_BUFFER);
         let feeder = AbortOnDrop::spawn(feed_inbox(app_id.clone(), self.mailbox.clone(), tx));
         // A new `Receive` replaces the old one, which ends (dropping the old feeder aborts it).
         self.receivers.insert(app_id, feeder);
-        ready(Ok(Response::Inbox(rx)))
+        Ok(rx)
     }
 
-    fn ack(&mut self, app_id: String, inbox_id: u64) -> Reply {
-        if let Err(e) = validate_app_id(&app_id) {
-            return ready(Err(e));
-        }
+    fn ack(&mut self, app_id: String, inbox_id: u64) -> Fut<()> {
         let mailbox = self.mailbox.clone();
         Box::pin(async move {
             // Off the actor: a cumulative acknowledgement may read many entries.
@@ -266,11 +268,11 @@ impl OverlayService {
                 .await
                 .map_err(|e| StoreError::Io(format!("ack task: {e}")))??;
             mailbox.flush().await?;
-            Ok(Response::Acked)
+            Ok(())
         })
     }
 
-    fn list_apps(&self, only: Option<String>) -> Result<Response, Error> {
+    fn list_apps(&self, only: Option<String>) -> Result<ListAppsReply, Error> {
         let mut names: BTreeSet<String> = match &only {
             Some(app) => BTreeSet::from([app.clone()]),
             None => self.mailbox.apps()?.into_iter().collect(),
@@ -294,7 +296,7 @@ impl OverlayService {
                 app_id,
             });
         }
-        Ok(Response::Apps(ListAppsReply { apps }))
+        Ok(ListAppsReply { apps })
     }
 }
 

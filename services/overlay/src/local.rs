@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use libp2p::PeerId;
 use p2pos_kernel::Store;
-use p2pos_protocols::apps::{ChannelStream, Response};
+use p2pos_protocols::apps::ChannelStream;
 use tokio::{
     io::DuplexStream,
     sync::{OwnedSemaphorePermit, oneshot},
@@ -19,10 +19,11 @@ use actix::Context;
 
 use crate::{
     Error,
-    apps::{Reply, SESSION_BUFFER, ready},
+    apps::SESSION_BUFFER,
     counted::count,
     pending::{ServiceOrigin, Unannounced},
     service::OverlayService,
+    task::{Fut, ready},
 };
 
 /// Bytes buffered in each direction of a local channel's pipe before the writer waits for the
@@ -106,7 +107,7 @@ impl OverlayService {
         channel_permit: OwnedSemaphorePermit,
         open_permit: OwnedSemaphorePermit,
         ctx: &mut Context<Self>,
-    ) -> Reply {
+    ) -> Fut<ChannelStream> {
         let opening = match self.announce_local(app_id, None, ctx) {
             Ok(opening) => opening,
             Err(e) => return ready(Err(e)),
@@ -115,7 +116,7 @@ impl OverlayService {
         Box::pin(async move {
             let _open = open_permit;
             let stream = opening.opened(store).await?;
-            Ok(Response::Channel(count(stream, channel_permit)))
+            Ok(count(stream, channel_permit))
         })
     }
 

@@ -11,18 +11,19 @@ use p2pos_proto::{
     app::v1::IncomingChannel,
     wire::v1::{ChannelWelcome, channel_welcome},
 };
-use p2pos_protocols::apps::{Incoming, Response};
+use p2pos_protocols::apps::{ChannelStream, Incoming};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::warn;
 
 use crate::{
     Error,
-    apps::{AppState, Reply, ready},
+    apps::AppState,
     channel,
     counted::count,
     inbound::{InboundChannel, Io, Refusal, refuse},
     local::LocalEnd,
     service::OverlayService,
+    task::{Fut, ready},
 };
 
 /// An inbound channel announced to a session and not yet accepted.
@@ -88,7 +89,7 @@ impl OverlayService {
         app_id: String,
         channel_id: u64,
         ctx: &mut Context<Self>,
-    ) -> Reply {
+    ) -> Fut<ChannelStream> {
         match self.pending.remove(&channel_id) {
             Some(pending) if pending.app_id == app_id => {
                 ctx.cancel_future(pending.expiry);
@@ -104,11 +105,11 @@ impl OverlayService {
                         let to_service = origin.is_some();
                         let stream =
                             channel::accept(io, channel_id, peer, app_id, to_service).await?;
-                        Ok(Response::Channel(count(stream, permit)))
+                        Ok(count(stream, permit))
                     }),
                     PendingIo::Local(end) => ready(
                         end.accept(channel_id, peer, app_id)
-                            .map(|stream| Response::Channel(count(stream, permit))),
+                            .map(|stream| count(stream, permit)),
                     ),
                 }
             }

@@ -1,26 +1,37 @@
 //! The vocabulary P2P OS services speak to each other: the protocols the kernel routes between
-//! the gateway and the service actors, the framing of node-to-node streams, and the grammar of
-//! app ids. Not a service: every service crate may depend on it, and the kernel does not (it
-//! routes any [`Protocol`] without knowing its types).
+//! the gateway and the service actors, the network handle, the framing of node-to-node streams,
+//! and validated names. Not a service: every service crate may depend on it, and the kernel does
+//! not (it routes any [`Protocol`] without knowing its types).
 //!
-//! Control-plane protocols use the protobuf envelopes of the open spec (one `oneof` per
-//! service). The apps protocol hands out data-plane handles (byte streams and bounded
-//! receivers): the bytes themselves then flow without passing through any actor.
+//! Every request carries its own typed [`Reply`] (rust-libp2p's `file-sharing` `Command`
+//! shape): the caller gets exactly the type it asked for. Names in requests are validated types
+//! ([`ids`]), parsed once at the edge. The apps and services protocols hand out data-plane
+//! handles (byte streams and bounded receivers): the bytes themselves then flow without passing
+//! through any actor.
 //!
 //! # Layout
 //! - this file: one marker type per protocol ([`Overlay`], [`Monitor`], [`Apps`], [`Tasks`],
-//!   [`Services`]) and the request and response types of those that are not protobuf
-//!   envelopes.
+//!   [`Services`]) and one module of request types each.
+//! - [`ids`]: [`AppId`](ids::AppId), [`ServiceName`](ids::ServiceName),
+//!   [`PeerRef`](ids::PeerRef).
 //! - [`network`]: the network handle other services use (streams by protocol id, inbound
 //!   streams within limits, DHT providers and signed records, peers, tickets).
 //! - [`wire`]: framing shared by the node-to-node protocols and the channel splice.
 //! - [`names`]: app ids and helpers' app ids, one grammar for every service.
 
+pub mod ids;
 pub mod names;
 pub mod network;
 pub mod wire;
 
 use p2pos_kernel::Protocol;
+pub use p2pos_kernel::Reply;
+
+/// Answers `reply` with `result`, converting the service's error. A caller that gave up is not
+/// an error.
+pub fn answer<T, E: Into<p2pos_kernel::ServiceError>>(reply: Reply<T>, result: Result<T, E>) {
+    let _ = reply.send(result.map_err(Into::into));
+}
 
 /// `p2pos.overlay.v1`: tickets, dialing, peers, ping, DHT, overlay status.
 #[derive(Debug)]
@@ -28,8 +39,7 @@ pub enum Overlay {}
 
 impl Protocol for Overlay {
     const NAME: &'static str = "p2pos.overlay.v1";
-    type Request = p2pos_proto::overlay::v1::OverlayRequest;
-    type Response = p2pos_proto::overlay::v1::OverlayResponse;
+    type Request = overlay::Request;
 }
 
 /// `p2pos.monitor.v1`: node status.
@@ -38,8 +48,7 @@ pub enum Monitor {}
 
 impl Protocol for Monitor {
     const NAME: &'static str = "p2pos.monitor.v1";
-    type Request = p2pos_proto::monitor::v1::MonitorRequest;
-    type Response = p2pos_proto::monitor::v1::MonitorResponse;
+    type Request = monitor::Request;
 }
 
 /// `p2pos.app.v1`: app sessions, channels and messages.
@@ -49,7 +58,6 @@ pub enum Apps {}
 impl Protocol for Apps {
     const NAME: &'static str = "p2pos.app.v1";
     type Request = apps::Request;
-    type Response = apps::Response;
 }
 
 /// `p2pos.tasks.v1`: helper specs and processes.
@@ -59,7 +67,6 @@ pub enum Tasks {}
 impl Protocol for Tasks {
     const NAME: &'static str = "p2pos.tasks.v1";
     type Request = tasks::Request;
-    type Response = tasks::Response;
 }
 
 /// `p2pos.service.v1`: services that apps provide, calls and channels to them, port forwarding.
@@ -69,132 +76,297 @@ pub enum Services {}
 impl Protocol for Services {
     const NAME: &'static str = "p2pos.service.v1";
     type Request = services::Request;
-    type Response = services::Response;
 }
 
-/// Request and response types of the [`Services`] protocol.
+/// Requests of the [`Overlay`] protocol.
+pub mod overlay {
+    use p2pos_proto::overlay::v1::{
+        DialReply, DialRequest, FindPeerReply, ListPeersReply, OverlayStatus, PingReply, Ticket,
+    };
+
+    use crate::{Reply, ids::PeerRef};
+
+    /// One request.
+    #[derive(Debug)]
+    pub enum Request {
+        /// `Overlay.GetTicket`.
+        GetTicket {
+            /// This node's ticket.
+            reply: Reply<Ticket>,
+        },
+        /// `Overlay.Dial` (admin).
+        Dial {
+            /// The target and time limit.
+            request: DialRequest,
+            /// The connection made.
+            reply: Reply<DialReply>,
+        },
+        /// `Overlay.ListPeers`.
+        ListPeers {
+            /// Connected peers.
+            reply: Reply<ListPeersReply>,
+        },
+        /// `Overlay.Ping` of a peer named by its peer id alone.
+        Ping {
+            /// The peer.
+            peer: PeerRef,
+            /// The round-trip time.
+            reply: Reply<PingReply>,
+        },
+        /// `Overlay.FindPeer`.
+        FindPeer {
+            /// The peer.
+            peer: PeerRef,
+            /// Its addresses.
+            reply: Reply<FindPeerReply>,
+        },
+        /// The overlay part of `Monitor.GetStatus`.
+        Status {
+            /// The status.
+            reply: Reply<OverlayStatus>,
+        },
+    }
+}
+
+/// Requests of the [`Monitor`] protocol.
+pub mod monitor {
+    use p2pos_proto::monitor::v1::NodeStatus;
+
+    use crate::Reply;
+
+    /// One request.
+    #[derive(Debug)]
+    pub enum Request {
+        /// `Monitor.GetStatus`.
+        GetStatus {
+            /// The node's status.
+            reply: Reply<NodeStatus>,
+        },
+    }
+}
+
+/// Requests of the [`Services`] protocol.
 pub mod services {
     use std::time::Instant;
 
+    use bytes::Bytes;
     use p2pos_proto::service::v1::{
-        CallReply, CallRequest, CloseForwardRequest, ExposeRequest, Exposure, FindServiceReply,
-        FindServiceRequest, Forward, ListExposuresReply, ListForwardsReply, ListServicesReply,
-        OpenForwardRequest, OpenServiceChannel, RegisterRequest, ReplyRequest, ServiceInfo,
-        UnregisterRequest, WithdrawRequest,
+        CallReply, CloseForwardRequest, ExposeRequest, Exposure, FindServiceReply, Forward,
+        ListExposuresReply, ListForwardsReply, ListServicesReply, OpenForwardRequest, ReplyRequest,
+        ServiceInfo, WithdrawRequest,
     };
 
-    use super::apps::ChannelStream;
+    use crate::{
+        Reply,
+        apps::ChannelStream,
+        ids::{AppId, PeerRef, ServiceName},
+    };
 
     /// One request; app ids in it have already been checked against the caller's scope, and
     /// port-forwarding requests come from the admin.
     #[derive(Debug)]
     pub enum Request {
         /// `Services.Register`.
-        Register(RegisterRequest),
+        Register {
+            /// The providing app.
+            app_id: AppId,
+            /// The service.
+            service: ServiceName,
+            /// What it does, at most 256 bytes (checked by the registry).
+            description: String,
+            /// The registration.
+            reply: Reply<ServiceInfo>,
+        },
         /// `Services.Unregister`.
-        Unregister(UnregisterRequest),
+        Unregister {
+            /// The providing app.
+            app_id: AppId,
+            /// The service.
+            service: ServiceName,
+            /// Done.
+            reply: Reply<()>,
+        },
         /// `Services.ListServices`.
-        List,
+        List {
+            /// The services provided here.
+            reply: Reply<ListServicesReply>,
+        },
         /// `Services.FindService`.
-        Find(FindServiceRequest),
+        Find {
+            /// The service.
+            service: ServiceName,
+            /// Most providers wanted (0: the default).
+            limit: u32,
+            /// The providers.
+            reply: Reply<FindServiceReply>,
+        },
         /// `Services.Call`.
         Call {
-            /// The call.
-            request: CallRequest,
+            /// The calling app.
+            app_id: AppId,
+            /// The service.
+            service: ServiceName,
+            /// The call's payload (at most 1 MiB, checked by the registry).
+            payload: Bytes,
+            /// The provider's node; `None`: the best provider found.
+            peer: Option<PeerRef>,
+            /// The call's own time limit in ms (0: none).
+            timeout_ms: u32,
             /// The caller's gRPC deadline, if it set one.
             deadline: Option<Instant>,
+            /// The provider's answer.
+            reply: Reply<CallReply>,
         },
         /// `Services.Reply`.
-        Reply(ReplyRequest),
-        /// `Services.Channel`'s first frame.
-        OpenChannel(OpenServiceChannel),
+        Reply {
+            /// The answer (its app id checked against the caller's scope).
+            request: ReplyRequest,
+            /// Taken.
+            reply: Reply<()>,
+        },
+        /// `Services.Channel`'s first frame (`batch` and `half_close` are the gateway's).
+        OpenChannel {
+            /// The opening app.
+            app_id: AppId,
+            /// The service.
+            service: ServiceName,
+            /// The provider's node; `None`: the best provider found.
+            peer: Option<PeerRef>,
+            /// The channel, carrying length-delimited frames like an app channel.
+            reply: Reply<ChannelStream>,
+        },
         /// `Services.Expose`.
-        Expose(ExposeRequest),
+        Expose {
+            /// The exposure.
+            request: ExposeRequest,
+            /// As kept.
+            reply: Reply<Exposure>,
+        },
         /// `Services.Withdraw`.
-        Withdraw(WithdrawRequest),
+        Withdraw {
+            /// The exposure.
+            request: WithdrawRequest,
+            /// Done.
+            reply: Reply<()>,
+        },
         /// `Services.ListExposures`.
-        ListExposures,
+        ListExposures {
+            /// The exposures.
+            reply: Reply<ListExposuresReply>,
+        },
         /// `Services.OpenForward`.
-        OpenForward(OpenForwardRequest),
+        OpenForward {
+            /// The forward.
+            request: OpenForwardRequest,
+            /// As opened.
+            reply: Reply<Forward>,
+        },
         /// `Services.CloseForward`.
-        CloseForward(CloseForwardRequest),
+        CloseForward {
+            /// The forward.
+            request: CloseForwardRequest,
+            /// Done.
+            reply: Reply<()>,
+        },
         /// `Services.ListForwards`.
-        ListForwards,
-    }
-
-    /// The answer to a [`Request`], variant by variant.
-    #[derive(Debug)]
-    pub enum Response {
-        /// To `Register`.
-        Registered(ServiceInfo),
-        /// To `Unregister`.
-        Unregistered,
-        /// To `List`.
-        Services(ListServicesReply),
-        /// To `Find`.
-        Providers(FindServiceReply),
-        /// To `Call`.
-        Called(CallReply),
-        /// To `Reply`.
-        Replied,
-        /// To `OpenChannel`: the channel, carrying length-delimited frames like an app channel.
-        Channel(ChannelStream),
-        /// To `Expose`.
-        Exposed(Exposure),
-        /// To `Withdraw`.
-        Withdrawn,
-        /// To `ListExposures`.
-        Exposures(ListExposuresReply),
-        /// To `OpenForward`.
-        Forwarding(Forward),
-        /// To `CloseForward`.
-        ForwardClosed,
-        /// To `ListForwards`.
-        Forwards(ListForwardsReply),
+        ListForwards {
+            /// The forwards.
+            reply: Reply<ListForwardsReply>,
+        },
     }
 }
 
-/// Request and response types of the [`Tasks`] protocol.
+/// Requests of the [`Tasks`] protocol.
 pub mod tasks {
-    use p2pos_proto::tasks::v1::{LogLine, LogsRequest, TasksRequest, TasksResponse};
+    use p2pos_proto::tasks::v1::{
+        HelperRef, HelperSpec, HelperStatus, ListHelpersReply, LogLine, LogsRequest,
+        RemoveHelperReply,
+    };
     use tokio::sync::mpsc;
 
-    /// One request; the caller's scope has been checked by the gateway.
+    use crate::Reply;
+
+    /// Who calls: the app whose scope the gateway resolved (empty: the admin).
+    pub type CallerApp = String;
+
+    /// One request; the app ids it names have been checked against the caller's scope.
     #[derive(Debug)]
     pub enum Request {
-        /// A unary call, with the caller's app in `caller_app` (empty: admin).
-        Control(TasksRequest),
+        /// `Tasks.AddHelper`.
+        Add {
+            /// Who calls.
+            caller_app: CallerApp,
+            /// The spec.
+            spec: HelperSpec,
+            /// The helper's status.
+            reply: Reply<HelperStatus>,
+        },
+        /// `Tasks.RemoveHelper`.
+        Remove {
+            /// Who calls.
+            caller_app: CallerApp,
+            /// The helper.
+            helper: HelperRef,
+            /// Done.
+            reply: Reply<RemoveHelperReply>,
+        },
+        /// `Tasks.ListHelpers`: of `app_id` (empty: the caller's own, or all for the admin).
+        List {
+            /// Who calls.
+            caller_app: CallerApp,
+            /// Whose helpers.
+            app_id: String,
+            /// The helpers.
+            reply: Reply<ListHelpersReply>,
+        },
+        /// `Tasks.GetHelper`, `StartHelper`, `StopHelper`, `RestartHelper` and
+        /// `SignalHelper`: one operation on one helper, answered with its status.
+        Helper {
+            /// Who calls.
+            caller_app: CallerApp,
+            /// The helper.
+            helper: HelperRef,
+            /// What to do.
+            op: HelperOp,
+            /// The helper's status after it.
+            reply: Reply<HelperStatus>,
+        },
         /// The app id a running helper's token acts as (`<app>:<helper>`), for the gateway.
         HelperToken {
             /// The token the caller presented.
             token: String,
+            /// The helper's app id, or `None` for a token of no running helper.
+            reply: Reply<Option<String>>,
         },
-        /// Read (and maybe follow) a helper's output.
+        /// `Tasks.Logs`: kept lines, then (when following) new ones; the stream ends when the
+        /// helper's log is gone or, without `follow`, after the kept lines.
         Logs {
-            /// The caller's app; empty: admin.
-            caller_app: String,
+            /// Who calls.
+            caller_app: CallerApp,
             /// What to read.
             request: LogsRequest,
+            /// The lines.
+            reply: Reply<mpsc::Receiver<LogLine>>,
         },
     }
 
-    /// The answer to a [`Request`].
-    // One answer per control call, moved once through a mailbox: boxing the large variant
-    // would only add an allocation.
-    #[allow(clippy::large_enum_variant)]
-    #[derive(Debug)]
-    pub enum Response {
-        /// To `Control`.
-        Control(TasksResponse),
-        /// To `Logs`: kept lines, then (when following) new ones; the stream ends when the
-        /// helper's log is gone or, without `follow`, after the kept lines.
-        Logs(mpsc::Receiver<LogLine>),
-        /// To `HelperToken`: the helper's app id, or `None` for a token of no running helper.
-        HelperToken(Option<String>),
+    /// What to do with one helper.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum HelperOp {
+        /// Its status.
+        Get,
+        /// Start it (an app's instance of an admin-installed spec included).
+        Start,
+        /// Stop it (its stop signal, then SIGKILL after its timeout).
+        Stop,
+        /// Stop it if it runs, then start it.
+        Restart,
+        /// Send it a signal, by name (`TERM`, `SIGHUP`, ...).
+        Signal(String),
     }
 }
 
-/// Request and response types of the [`Apps`] protocol.
+/// Requests of the [`Apps`] protocol, and the data-plane handles it hands out.
 pub mod apps {
     use bytes::Bytes;
     use p2pos_proto::app::v1::{
@@ -203,6 +375,11 @@ pub mod apps {
     use tokio::{
         io::{AsyncRead, AsyncWrite},
         sync::mpsc,
+    };
+
+    use crate::{
+        Reply,
+        ids::{AppId, PeerRef},
     };
 
     /// A bidirectional byte stream (a libp2p stream, behind a box).
@@ -260,74 +437,72 @@ pub mod apps {
         /// Register the app for as long as the returned session lives.
         OpenSession {
             /// The app.
-            app_id: String,
+            app_id: AppId,
+            /// The session.
+            reply: Reply<Session>,
         },
-        /// Open a channel to the same app on `peer` (peer id, ticket or multiaddr).
+        /// Open a channel to the same app on `peer`.
         OpenChannel {
             /// The app.
-            app_id: String,
+            app_id: AppId,
             /// The peer.
-            peer: String,
+            peer: PeerRef,
+            /// The channel, once the remote app accepted it.
+            reply: Reply<ChannelStream>,
         },
         /// Accept an incoming channel announced on a session of `app_id`.
         AcceptChannel {
             /// The app.
-            app_id: String,
+            app_id: AppId,
             /// From the announcement.
             channel_id: u64,
+            /// The channel.
+            reply: Reply<ChannelStream>,
         },
         /// Store-and-forward one message.
         Send {
             /// The app.
-            app_id: String,
+            app_id: AppId,
             /// The peer.
-            peer: String,
+            peer: PeerRef,
             /// At most [`crate::wire::MAX_PAYLOAD`] bytes.
             payload: Bytes,
+            /// The message's id and state, once it is durable here.
+            reply: Reply<SendReply>,
         },
-        /// Follow the app's inbox.
+        /// Follow the app's inbox: messages, oldest first, each once; each stays in the inbox
+        /// until it is acknowledged with [`Request::Ack`].
         Receive {
             /// The app.
-            app_id: String,
+            app_id: AppId,
+            /// The messages.
+            reply: Reply<mpsc::Receiver<ReceivedMessage>>,
         },
-        /// Acknowledge every message of the app's inbox up to and including `inbox_id`.
+        /// Acknowledge every message of the app's inbox up to and including `inbox_id`: they
+        /// are gone from the inbox, durably, when it is answered.
         Ack {
             /// The app.
-            app_id: String,
+            app_id: AppId,
             /// From [`ReceivedMessage::inbox_id`].
             inbox_id: u64,
+            /// Done.
+            reply: Reply<()>,
         },
         /// List apps: all of them, or just one.
         ListApps {
             /// Only this app, for an app-scoped caller.
             only: Option<String>,
+            /// The apps.
+            reply: Reply<ListAppsReply>,
         },
-        /// Watch the app's sessions: answered with [`Response::SessionEnd`] if the app has a
-        /// live session, `FAILED_PRECONDITION` otherwise.
+        /// Watch the app's sessions: answered with a receiver that completes (with `Ok` or
+        /// `Err`) once the app has no live session left, or the service holding the sessions
+        /// stops; `FAILED_PRECONDITION` if the app has no live session now.
         WatchSession {
             /// The app.
-            app_id: String,
+            app_id: AppId,
+            /// Completes when the last session ends.
+            reply: Reply<tokio::sync::oneshot::Receiver<()>>,
         },
-    }
-
-    /// The answer to a [`Request`], variant by variant.
-    #[derive(Debug)]
-    pub enum Response {
-        /// To `OpenSession`.
-        Session(Session),
-        /// To `OpenChannel` and `AcceptChannel`.
-        Channel(ChannelStream),
-        /// To `Send`.
-        Sent(SendReply),
-        /// To `Receive`: messages, oldest first, each once; each stays in the inbox until it is
-        /// acknowledged with [`Request::Ack`].
-        Inbox(mpsc::Receiver<ReceivedMessage>),
-        /// To `Ack`: the acknowledged messages are gone from the inbox, durably.
-        Acked,
-        /// To `ListApps`.
-        Apps(ListAppsReply),
-        /// To `WatchSession`: completes (with `Ok` or `Err`) once the app has no live session
-        /// left, or the service holding the sessions stops.
-        SessionEnd(tokio::sync::oneshot::Receiver<()>),
     }
 }

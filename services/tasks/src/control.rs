@@ -1,13 +1,17 @@
-//! The `p2pos.tasks.v1` operations: one exhaustive `match` over the request envelope, each
-//! operation checking the caller's scope and converting at the edges.
+//! The `p2pos.tasks.v1` operations: one exhaustive `match` over the protocol's requests, each
+//! operation checking the caller's scope, converting at the edges and answering on the
+//! request's own typed reply.
 
 use actix::prelude::*;
 use p2pos_proto::tasks::v1::{
-    AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus, ListHelpersReply,
-    ListHelpersRequest, LogLine, LogsRequest, RemoveHelperReply, SignalHelperRequest, TasksRequest,
-    TasksResponse, tasks_request::Kind as Req, tasks_response::Kind as Resp,
+    HelperRef, HelperSpec, HelperState, HelperStatus, ListHelpersReply, ListHelpersRequest,
+    LogLine, LogsRequest, RemoveHelperReply, SignalHelperRequest,
 };
-use p2pos_protocols::{Apps, apps};
+use p2pos_protocols::{
+    Apps, answer, apps,
+    ids::AppId,
+    tasks::{HelperOp, Request},
+};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -28,12 +32,13 @@ fn done<T: 'static>(result: Result<T, Error>) -> Reply<T> {
     Box::pin(actix::fut::ready(result))
 }
 
-fn status(reply: Reply<HelperStatus>) -> Reply<TasksResponse> {
-    Box::pin(reply.map(|r, _, _| {
-        r.map(|s| TasksResponse {
-            kind: Some(Resp::Status(s)),
-        })
-    }))
+/// Answers `reply` once the actor future `result` is done.
+fn later<T: Send + 'static>(
+    reply: p2pos_protocols::Reply<T>,
+    result: Reply<T>,
+    ctx: &mut Context<TasksService>,
+) {
+    ctx.spawn(result.map(move |r, _, _| answer(reply, r)));
 }
 
 fn not_found(key: &Key) -> Error {
@@ -44,40 +49,78 @@ fn not_found(key: &Key) -> Error {
 }
 
 impl TasksService {
-    /// One unary call.
-    pub(crate) fn control(
-        &mut self,
-        request: TasksRequest,
-        ctx: &mut Context<Self>,
-    ) -> Reply<TasksResponse> {
-        let TasksRequest { caller_app, kind } = request;
-        let caller = match Caller::parse(caller_app) {
-            Ok(caller) => caller,
-            Err(e) => return done(Err(e)),
-        };
-        let Some(kind) = kind else {
-            return done(Err(Error::MissingKind));
-        };
-        match kind {
-            Req::Add(AddHelperRequest { spec }) => status(self.add(&caller, spec)),
-            Req::Remove(r) => {
-                let removed = self.remove(&caller, &r).map(|()| RemoveHelperReply {});
-                Box::pin(self.flushed(removed).map(|r, _, _| {
-                    r.map(|removed| TasksResponse {
-                        kind: Some(Resp::Removed(removed)),
-                    })
-                }))
+    /// One request of the protocol: bookkeeping here, on the actor; what takes time (a flush,
+    /// a stop that waits for the process to exit) finishes in a future that answers the
+    /// request's own reply.
+    pub(crate) fn control(&mut self, request: Request, ctx: &mut Context<Self>) {
+        match request {
+            Request::HelperToken { token, reply } => {
+                answer::<_, Error>(reply, Ok(self.tokens.get(&token).cloned()));
             }
-            Req::List(l) => done(self.list(&caller, &l).map(|list| TasksResponse {
-                kind: Some(Resp::List(list)),
-            })),
-            Req::Get(r) => status(done(
-                caller.key(&r.app_id, &r.name).and_then(|k| self.view(&k)),
-            )),
-            Req::Start(r) => status(self.start_helper(caller, r, ctx)),
-            Req::Stop(r) => status(self.stop_helper(&caller, &r, ctx)),
-            Req::Restart(r) => status(self.restart_helper(caller, r, ctx)),
-            Req::Signal(s) => status(done(self.signal(&caller, s))),
+            Request::Logs {
+                caller_app,
+                request,
+                reply,
+            } => answer(reply, self.logs(caller_app, request)),
+            Request::Add {
+                caller_app,
+                spec,
+                reply,
+            } => {
+                let added = match Caller::parse(caller_app) {
+                    Ok(caller) => self.add(&caller, Some(spec)),
+                    Err(e) => done(Err(e)),
+                };
+                later(reply, added, ctx);
+            }
+            Request::Remove {
+                caller_app,
+                helper,
+                reply,
+            } => {
+                let removed = Caller::parse(caller_app)
+                    .and_then(|caller| self.remove(&caller, &helper))
+                    .map(|()| RemoveHelperReply {});
+                later(reply, self.flushed(removed), ctx);
+            }
+            Request::List {
+                caller_app,
+                app_id,
+                reply,
+            } => {
+                let listed = Caller::parse(caller_app)
+                    .and_then(|caller| self.list(&caller, &ListHelpersRequest { app_id }));
+                answer(reply, listed);
+            }
+            Request::Helper {
+                caller_app,
+                helper,
+                op,
+                reply,
+            } => {
+                let caller = match Caller::parse(caller_app) {
+                    Ok(caller) => caller,
+                    Err(e) => return answer(reply, Err::<HelperStatus, _>(e)),
+                };
+                let status = match op {
+                    HelperOp::Get => done(
+                        caller
+                            .key(&helper.app_id, &helper.name)
+                            .and_then(|k| self.view(&k)),
+                    ),
+                    HelperOp::Start => self.start_helper(caller, helper, ctx),
+                    HelperOp::Stop => self.stop_helper(&caller, &helper, ctx),
+                    HelperOp::Restart => self.restart_helper(caller, helper, ctx),
+                    HelperOp::Signal(signal) => done(self.signal(
+                        &caller,
+                        SignalHelperRequest {
+                            helper: Some(helper),
+                            signal,
+                        },
+                    )),
+                };
+                later(reply, status, ctx);
+            }
         }
     }
 
@@ -246,20 +289,22 @@ impl TasksService {
         let Some(app) = app else {
             return then(self, None, ctx);
         };
-        let registry = self.ctx.registry.clone();
-        let request = apps::Request::WatchSession {
-            app_id: app.clone(),
+        let app_id = match AppId::parse(&app) {
+            Ok(app_id) => app_id,
+            Err(e) => return done(Err(Error::InvalidAppId(e))),
         };
+        let registry = self.ctx.registry.clone();
         Box::pin(
-            async move { registry.call::<Apps>(request).await }
-                .into_actor(self)
-                .then(move |answer, act, ctx| match answer {
-                    Ok(apps::Response::SessionEnd(ended)) => then(act, Some((app, ended)), ctx),
-                    Ok(other) => done(Err(Error::Internal(format!(
-                        "the apps service answered WatchSession with {other:?}"
-                    )))),
-                    Err(e) => done(Err(Error::Session(e))),
-                }),
+            async move {
+                registry
+                    .ask::<Apps, _>(|reply| apps::Request::WatchSession { app_id, reply })
+                    .await
+            }
+            .into_actor(self)
+            .then(move |watched, act, ctx| match watched {
+                Ok(ended) => then(act, Some((app, ended)), ctx),
+                Err(e) => done(Err(Error::Session(e))),
+            }),
         )
     }
 

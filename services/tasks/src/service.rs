@@ -11,12 +11,9 @@ use actix::prelude::*;
 use nix::sys::signal::Signal;
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
-    ServiceError, StopService, Uses,
+    StopService, Uses,
 };
-use p2pos_protocols::{
-    Apps, Tasks,
-    tasks::{Request, Response},
-};
+use p2pos_protocols::{Apps, Tasks};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
@@ -193,27 +190,9 @@ impl Handler<Exited> for TasksService {
 }
 
 impl Handler<Call<Tasks>> for TasksService {
-    type Result = ResponseActFuture<Self, Result<Response, ServiceError>>;
+    type Result = ();
 
-    fn handle(&mut self, Call(request): Call<Tasks>, ctx: &mut Self::Context) -> Self::Result {
-        match request {
-            Request::Control(request) => Box::pin(
-                self.control(request, ctx)
-                    .map(|r, _, _| r.map(Response::Control).map_err(ServiceError::from)),
-            ),
-            Request::HelperToken { token } => {
-                let app_id = self.tokens.get(&token).cloned();
-                Box::pin(actix::fut::ready(Ok(Response::HelperToken(app_id))))
-            }
-            Request::Logs {
-                caller_app,
-                request,
-            } => {
-                let r = self.logs(caller_app, request);
-                Box::pin(actix::fut::ready(
-                    r.map(Response::Logs).map_err(ServiceError::from),
-                ))
-            }
-        }
+    fn handle(&mut self, Call(request): Call<Tasks>, ctx: &mut Self::Context) {
+        self.control(request, ctx);
     }
 }

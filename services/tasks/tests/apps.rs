@@ -7,11 +7,8 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 
 use p2pos_kernel::ErrorCode;
-use p2pos_proto::tasks::v1::{
-    HelperSpec, HelperState, ListHelpersRequest, tasks_request::Kind as Req,
-    tasks_response::Kind as Resp,
-};
-use support::{Node, T, eventually, r, spec};
+use p2pos_proto::tasks::v1::{HelperSpec, HelperState, ListHelpersRequest};
+use support::{Node, Req, Resp, T, eventually, r, spec};
 
 fn app_spec(name: &str, program: &str) -> HelperSpec {
     HelperSpec {

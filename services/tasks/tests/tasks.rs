@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use p2pos_kernel::{ErrorCode, InjectPanic, StopService};
 use p2pos_proto::{
     monitor::v1::event::Kind,
-    tasks::v1::{HelperState, RestartPolicy, SignalHelperRequest, tasks_request::Kind as Req},
+    tasks::v1::{HelperState, RestartPolicy, SignalHelperRequest},
 };
-use support::{Node, T, alive, eventually, r, spec};
+use support::{Node, Req, T, alive, eventually, r, spec};
 
 /// Helper states published on the event bus for `name`, until `last` (or the deadline).
 async fn states_until(

@@ -9,19 +9,14 @@ use futures::{SinkExt, StreamExt};
 use p2pos_proto::{
     app::v1::DeliveryState,
     monitor::v1::{Event, event::Kind},
-    overlay::v1::{
-        FindPeerRequest, GetTicketRequest, PingRequest, overlay_request::Kind as Req,
-        overlay_response::Kind as Resp,
-    },
 };
 use p2pos_protocols::{
-    Apps,
-    apps::{ChannelStream, Request, Response, Session},
+    apps::{ChannelStream, Session},
     wire,
 };
 use tokio_util::codec::Framed;
 
-use crate::common::{Node, T, channel, eventually, next_channel};
+use crate::common::{Node, T, channel, eventually, next_channel, open_channel};
 
 #[actix_rt::test]
 async fn channels_and_messages_flow_between_two_nodes() {
@@ -60,10 +55,7 @@ async fn channels_and_messages_flow_between_two_nodes() {
 
     // An app nobody runs on B is a clear error.
     let err = a
-        .apps(Request::OpenChannel {
-            app_id: "nobody".into(),
-            peer: b_ticket.clone(),
-        })
+        .open_channel("nobody", &b_ticket.clone())
         .await
         .expect_err("not listening");
     assert!(err.message.contains("nobody"), "{err:?}");
@@ -71,23 +63,14 @@ async fn channels_and_messages_flow_between_two_nodes() {
     // Three messages while B's app is registered: delivered, and received in order.
     for i in 1..=3 {
         let reply = a
-            .apps(Request::Send {
-                app_id: "chat".into(),
-                peer: b.peer_id(),
-                payload: Bytes::from(format!("message {i}")),
-            })
+            .send("chat", &b.peer_id(), Bytes::from(format!("message {i}")))
             .await;
-        let Ok(Response::Sent(reply)) = reply else {
+        let Ok(reply) = reply else {
             panic!("send: {reply:?}");
         };
         assert_eq!(reply.state(), DeliveryState::Delivered, "message {i}");
     }
-    let Ok(Response::Inbox(mut inbox)) = b
-        .apps(Request::Receive {
-            app_id: "chat".into(),
-        })
-        .await
-    else {
+    let Ok(mut inbox) = b.receive("chat").await else {
         panic!("receive");
     };
     for i in 1..=3u64 {
@@ -102,11 +85,7 @@ async fn channels_and_messages_flow_between_two_nodes() {
 
     // A message for an app B never registered is refused for good.
     let err = a
-        .apps(Request::Send {
-            app_id: "ghost".into(),
-            peer: b.peer_id(),
-            payload: Bytes::from_static(b"boo"),
-        })
+        .send("ghost", &b.peer_id(), Bytes::from_static(b"boo"))
         .await
         .expect_err("unknown app");
     assert_eq!(
@@ -118,18 +97,18 @@ async fn channels_and_messages_flow_between_two_nodes() {
         err.message.contains("app 'ghost' is not registered"),
         "{err:?}"
     );
-    let Ok(Response::Apps(apps)) = a.apps(Request::ListApps { only: None }).await else {
+    let Ok(apps) = a.list_apps().await else {
         panic!("list apps");
     };
     assert!(apps.apps.iter().all(|app| app.outbox == 0), "{apps:?}");
 
     // Bad input gets the right codes.
     let err = a
-        .apps(Request::Send {
-            app_id: "chat".into(),
-            peer: b.peer_id(),
-            payload: Bytes::from(vec![0u8; wire::MAX_PAYLOAD + 1]),
-        })
+        .send(
+            "chat",
+            &b.peer_id(),
+            Bytes::from(vec![0u8; wire::MAX_PAYLOAD + 1]),
+        )
         .await
         .expect_err("too large");
     assert_eq!(
@@ -151,9 +130,7 @@ async fn channels_and_messages_flow_between_two_nodes() {
         "{err:?}"
     );
     let err = a
-        .overlay(Req::Ping(PingRequest {
-            peer_id: "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA".into(),
-        }))
+        .ping("12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA")
         .await
         .expect_err("stranger");
     assert!(
@@ -183,13 +160,8 @@ async fn a_peer_known_only_by_id_is_found_through_the_dht() {
         c.dial(&a.peer_id()).await.expect("C dials A by id"),
         a.peer_id()
     );
-    match c
-        .overlay(Req::FindPeer(FindPeerRequest {
-            peer_id: a.peer_id(),
-        }))
-        .await
-    {
-        Ok(Resp::FindPeer(found)) => assert!(
+    match c.find_peer(&a.peer_id()).await {
+        Ok(found) => assert!(
             found
                 .addresses
                 .iter()
@@ -205,19 +177,14 @@ async fn a_peer_known_only_by_id_is_found_through_the_dht() {
         .expect("A among C's peers");
     assert_eq!(to_a.transport, "tcp");
     assert!(to_a.agent_version.is_empty() || to_a.agent_version.starts_with("p2posd/"));
-    match c
-        .overlay(Req::Ping(PingRequest {
-            peer_id: a.peer_id(),
-        }))
-        .await
-    {
-        Ok(Resp::Ping(p)) => assert!(p.rtt_us > 0),
+    match c.ping(&a.peer_id()).await {
+        Ok(p) => assert!(p.rtt_us > 0),
         other => panic!("ping: {other:?}"),
     }
 }
 
 #[actix_rt::test]
-async fn a_restarted_overlay_keeps_its_port_and_redials_its_peers() {
+async fn a_restarted_network_keeps_its_port_redials_its_peers_and_the_overlay_follows() {
     let a = Node::boot().await;
     let b = Node::boot().await;
     let (_, a_addrs) = a.ticket().await;
@@ -225,7 +192,7 @@ async fn a_restarted_overlay_keeps_its_port_and_redials_its_peers() {
     a.dial(&b_ticket).await.expect("A dials B");
 
     let mut events = a.ctx.events.subscribe();
-    a.ctx.kernel.inject_panic("overlay").await.expect("inject");
+    a.ctx.kernel.inject_panic("network").await.expect("inject");
     let restarted = tokio::time::timeout(T, async {
         loop {
             if let Ok(Event {
@@ -241,14 +208,12 @@ async fn a_restarted_overlay_keeps_its_port_and_redials_its_peers() {
     .expect("a restart");
     assert_eq!(
         (restarted.service.as_str(), restarted.reason.as_str()),
-        ("overlay", "panicked")
+        ("network", "panicked")
     );
     // The old swarm is gone (its port is free again) and the new one takes the same port...
-    let again = eventually("A's overlay to answer again", T, || async {
-        match a.overlay(Req::GetTicket(GetTicketRequest {})).await {
-            Ok(Resp::Ticket(t)) if !t.addresses.is_empty() => Some(t.addresses),
-            _ => None,
-        }
+    let again = eventually("A's network to answer again", T, || async {
+        let (_, addresses) = a.try_ticket().await.ok()?;
+        (!addresses.is_empty()).then_some(addresses)
     })
     .await;
     assert_eq!(again, a_addrs, "same listen address after a restart");
@@ -261,6 +226,25 @@ async fn a_restarted_overlay_keeps_its_port_and_redials_its_peers() {
             .then_some(())
     })
     .await;
+    // The overlay, which took the old network's handle, was restarted after it and serves
+    // its protocols on the new one.
+    let mut states = a.ctx.states.clone();
+    let back = tokio::time::timeout(
+        T,
+        states.wait_for(|s| {
+            s.iter()
+                .filter(|s| s.name == "network" || s.name == "overlay")
+                .all(|s| s.state == p2pos_kernel::ServiceState::Running)
+        }),
+    )
+    .await;
+    assert!(
+        matches!(back, Ok(Ok(_))),
+        "every service back in time: {:?}",
+        a.ctx.states.borrow()
+    );
+    let mut session = b.chat_session().await;
+    let (_a_end, _b_end) = open_and_accept(&a, &b, &mut session).await;
 }
 
 /// `opener` opens a channel to app `chat` on `acceptor`, whose `session` announces it and
@@ -272,23 +256,9 @@ async fn open_and_accept(
 ) -> (ChannelStream, ChannelStream) {
     let registry = opener.ctx.registry.clone();
     let (ticket, _) = acceptor.ticket().await;
-    let opening = tokio::spawn(async move {
-        registry
-            .call::<Apps>(Request::OpenChannel {
-                app_id: "chat".into(),
-                peer: ticket,
-            })
-            .await
-    });
+    let opening = tokio::spawn(async move { open_channel(&registry, "chat", &ticket).await });
     let incoming = next_channel(session).await;
-    let accepted = channel(
-        acceptor
-            .apps(Request::AcceptChannel {
-                app_id: "chat".into(),
-                channel_id: incoming.channel_id,
-            })
-            .await,
-    );
+    let accepted = channel(acceptor.accept_channel("chat", incoming.channel_id).await);
     (channel(opening.await.expect("join")), accepted)
 }
 
@@ -303,10 +273,7 @@ async fn max_channels_counts_open_channels_on_both_ends() {
     // A has its one channel open: a second is refused at once, whatever the peer.
     let (c_ticket, _) = c.ticket().await;
     let err = a
-        .apps(Request::OpenChannel {
-            app_id: "chat".into(),
-            peer: c_ticket,
-        })
+        .open_channel("chat", &c_ticket)
         .await
         .expect_err("over A's limit");
     assert_eq!(
@@ -321,10 +288,7 @@ async fn max_channels_counts_open_channels_on_both_ends() {
     // B has its one channel open (accepted, not just pending): it answers BUSY.
     let (b_ticket, _) = b.ticket().await;
     let err = c
-        .apps(Request::OpenChannel {
-            app_id: "chat".into(),
-            peer: b_ticket,
-        })
+        .open_channel("chat", &b_ticket)
         .await
         .expect_err("over B's limit");
     assert_eq!(
@@ -353,11 +317,7 @@ async fn open_and_accept_locally(
 ) -> (ChannelStream, ChannelStream) {
     let registry = node.ctx.registry.clone();
     let app = app_id.to_owned();
-    let opening = tokio::spawn(async move {
-        registry
-            .call::<Apps>(Request::OpenChannel { app_id: app, peer })
-            .await
-    });
+    let opening = tokio::spawn(async move { open_channel(&registry, &app, &peer).await });
     let incoming = next_channel(session).await;
     assert_eq!(
         incoming.peer_id,
@@ -365,13 +325,7 @@ async fn open_and_accept_locally(
         "announced as from this node"
     );
     assert_eq!(incoming.app_id, app_id);
-    let accepted = channel(
-        node.apps(Request::AcceptChannel {
-            app_id: app_id.into(),
-            channel_id: incoming.channel_id,
-        })
-        .await,
-    );
+    let accepted = channel(node.accept_channel(app_id, incoming.channel_id).await);
     assert_eq!(accepted.channel_id, incoming.channel_id);
     (channel(opening.await.expect("join")), accepted)
 }
@@ -436,10 +390,7 @@ async fn a_channel_to_the_own_peer_id_connects_two_local_sessions() {
 
     // An app with no session here: FAILED_PRECONDITION, at once.
     let err = node
-        .apps(Request::OpenChannel {
-            app_id: "nobody".into(),
-            peer: node.peer_id(),
-        })
+        .open_channel("nobody", &node.peer_id())
         .await
         .expect_err("not running");
     assert_eq!(
@@ -454,11 +405,7 @@ async fn a_channel_to_the_own_peer_id_connects_two_local_sessions() {
     );
     // Messages to oneself stay refused.
     let err = node
-        .apps(Request::Send {
-            app_id: "x".into(),
-            peer: node.peer_id(),
-            payload: Bytes::from_static(b"me"),
-        })
+        .send("x", &node.peer_id(), Bytes::from_static(b"me"))
         .await
         .expect_err("self");
     assert_eq!(
@@ -475,10 +422,7 @@ async fn a_local_channel_counts_once_per_end() {
     let (opener, acceptor) =
         open_and_accept_locally(&node, "x", node.peer_id(), &mut session).await;
     let err = node
-        .apps(Request::OpenChannel {
-            app_id: "x".into(),
-            peer: node.peer_id(),
-        })
+        .open_channel("x", &node.peer_id())
         .await
         .expect_err("over the limit");
     assert_eq!(
@@ -500,14 +444,7 @@ async fn a_local_channel_not_accepted_in_30_s_times_out() {
     let started = Instant::now();
     let registry = node.ctx.registry.clone();
     let peer = node.peer_id();
-    let opening = tokio::spawn(async move {
-        registry
-            .call::<Apps>(Request::OpenChannel {
-                app_id: "x".into(),
-                peer,
-            })
-            .await
-    });
+    let opening = tokio::spawn(async move { open_channel(&registry, "x", &peer).await });
     let incoming = next_channel(&mut session).await;
     let err = tokio::time::timeout(T + Duration::from_secs(10), opening)
         .await
@@ -522,10 +459,7 @@ async fn a_local_channel_not_accepted_in_30_s_times_out() {
     assert!(started.elapsed() >= Duration::from_secs(29), "{err:?}");
     // Too late to accept it; and both of its places are free again.
     let err = node
-        .apps(Request::AcceptChannel {
-            app_id: "x".into(),
-            channel_id: incoming.channel_id,
-        })
+        .accept_channel("x", incoming.channel_id)
         .await
         .expect_err("expired");
     assert_eq!(err.code, p2pos_kernel::ErrorCode::NotFound, "{err:?}");

@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use p2pos_protocols::apps;
+
 use tonic::Code;
 
 use crate::common::{
-    Node, T, channel, eventually, next_channel,
+    Node, T, channel, eventually, next_channel, open_channel,
     services::{code, outcome, serve_echo},
 };
 
@@ -86,12 +86,8 @@ async fn a_channel_announced_to_a_session_that_ends_is_refused_at_once() {
     // A channel between two sessions of this node: the opener hears the app is gone.
     let mut session = node.session("chat").await;
     let registry = node.ctx.registry.clone();
-    let to_self = apps::Request::OpenChannel {
-        app_id: "chat".into(),
-        peer: node.peer_id(),
-    };
-    let opening =
-        tokio::spawn(async move { registry.call::<p2pos_protocols::Apps>(to_self).await });
+    let to_self = node.peer_id();
+    let opening = tokio::spawn(async move { open_channel(&registry, "chat", &to_self).await });
     let _announced = next_channel(&mut session).await;
     let ended = Instant::now();
     drop(session);
@@ -141,14 +137,7 @@ async fn a_remote_provider_whose_session_ends_before_accepting_passes_to_another
         "{:?}",
         started.elapsed()
     );
-    let _accepted = channel(
-        other
-            .apps(apps::Request::AcceptChannel {
-                app_id: "provider".into(),
-                channel_id: announced.channel_id,
-            })
-            .await,
-    );
+    let _accepted = channel(other.accept_channel("provider", announced.channel_id).await);
     let opened = tokio::time::timeout(T, opening)
         .await
         .expect("in time")

@@ -6,15 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use p2pos_kernel::ErrorCode;
-use p2pos_proto::service::v1::{
-    CallRequest, ExposeRequest, RegisterRequest, ReplyError, UnregisterRequest, WithdrawRequest,
-    reply_request,
-};
-use p2pos_protocols::{
-    Services, apps,
-    services::{Request, Response},
-    wire,
-};
+use p2pos_proto::service::v1::{ExposeRequest, ReplyError, WithdrawRequest, reply_request};
+use p2pos_protocols::{services::Request, wire};
 use tonic::Code;
 
 use crate::common::{
@@ -107,17 +100,8 @@ async fn a_local_provider_is_registered_called_and_answers() {
     );
     // Registering again updates; unregistering ends it.
     node.register("provider", ECHO).await.expect("again");
-    let unregister = |app_id: &str| {
-        Request::Unregister(UnregisterRequest {
-            app_id: app_id.into(),
-            service: ECHO.into(),
-        })
-    };
-    assert_eq!(
-        code(node.services(unregister("other")).await).0,
-        Code::NotFound
-    );
-    node.services(unregister("provider"))
+    assert_eq!(code(node.unregister("other", ECHO).await).0, Code::NotFound);
+    node.unregister("provider", ECHO)
         .await
         .expect("unregistered");
     assert!(node.list().await.is_empty());
@@ -142,29 +126,12 @@ async fn bad_input_gets_clear_statuses() {
         let (status, _) = code(outcome(node.call(name, "", 0, b"")).await);
         assert_eq!(status, Code::InvalidArgument, "{name:?}");
     }
-    let request = RegisterRequest {
-        app_id: "provider".into(),
-        service: ECHO.into(),
-        description: "d".repeat(257),
-    };
-    let (status, message) = code(node.services(Request::Register(request)).await);
+    let (status, message) = code(node.register_with("provider", ECHO, "d".repeat(257)).await);
     assert_eq!(status, Code::InvalidArgument);
     assert!(message.contains("256"), "{message}");
     // Too large a payload.
-    let registry = node.ctx.registry.clone();
-    let big = CallRequest {
-        app_id: "client".into(),
-        service: ECHO.into(),
-        payload: Bytes::from(vec![0u8; wire::MAX_PAYLOAD + 1]),
-        peer: String::new(),
-        timeout_ms: 0,
-    };
-    let call = Request::Call {
-        request: big,
-        deadline: None,
-    };
-    let err = registry
-        .call::<Services>(call)
+    let big = Bytes::from(vec![0u8; wire::MAX_PAYLOAD + 1]);
+    let err = outcome(node.call_with(ECHO, "", 0, big))
         .await
         .expect_err("too large");
     assert_eq!(err.code, ErrorCode::ResourceExhausted, "{err:?}");
@@ -221,13 +188,7 @@ async fn a_service_channel_to_a_local_provider() {
         ("provider", ECHO, "client")
     );
     assert_eq!(incoming.peer_id, node.peer_id());
-    let accepted = channel(
-        node.apps(apps::Request::AcceptChannel {
-            app_id: "provider".into(),
-            channel_id: incoming.channel_id,
-        })
-        .await,
-    );
+    let accepted = channel(node.accept_channel("provider", incoming.channel_id).await);
     let opened = opening.await.expect("join").expect("opened");
     assert_eq!(opened.app_id, "provider");
     assert!(!opened.inbound && accepted.inbound);
@@ -307,13 +268,7 @@ async fn a_remote_provider_is_found_through_the_dht_called_and_replaced() {
         (ECHO, "client")
     );
     assert_eq!(incoming.peer_id, c.peer_id());
-    let accepted = channel(
-        a.apps(apps::Request::AcceptChannel {
-            app_id: "provider".into(),
-            channel_id: incoming.channel_id,
-        })
-        .await,
-    );
+    let accepted = channel(a.accept_channel("provider", incoming.channel_id).await);
     let opened = opening.await.expect("join").expect("opened");
     assert_eq!(opened.app_id, "provider");
     assert_eq!(opened.peer_id, a.peer_id());
@@ -365,8 +320,14 @@ async fn exposed_tcp_services_are_services_too() {
         target,
         service: "web".into(),
     };
-    match a.services(Request::Expose(expose)).await {
-        Ok(Response::Exposed(exposure)) => assert_eq!(exposure.service, "web/1"),
+    match a
+        .services(|reply| Request::Expose {
+            request: expose,
+            reply,
+        })
+        .await
+    {
+        Ok(exposure) => assert_eq!(exposure.service, "web/1"),
         other => panic!("expose: {other:?}"),
     }
     let listed = a.list().await;
@@ -385,7 +346,13 @@ async fn exposed_tcp_services_are_services_too() {
         target: "127.0.0.1:9".into(),
         service: "api/1".into(),
     };
-    let (status, message) = code(a.services(Request::Expose(expose)).await);
+    let (status, message) = code(
+        a.services(|reply| Request::Expose {
+            request: expose,
+            reply,
+        })
+        .await,
+    );
     assert_eq!(status, Code::AlreadyExists, "{message}");
 
     // A channel to it from this node, and from another node that finds it by name.
@@ -419,9 +386,12 @@ async fn exposed_tcp_services_are_services_too() {
     let withdraw = WithdrawRequest {
         service: "web/1".into(),
     };
-    a.services(Request::Withdraw(withdraw))
-        .await
-        .expect("withdrawn");
+    a.services(|reply| Request::Withdraw {
+        request: withdraw,
+        reply,
+    })
+    .await
+    .expect("withdrawn");
     assert!(a.list().await.iter().all(|s| s.service != "web/1"));
     let (status, _) = code(
         tokio::time::timeout(T, c.open_service("web/1", &a.peer_id()))

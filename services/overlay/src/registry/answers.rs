@@ -22,7 +22,6 @@ use p2pos_proto::{
 };
 use p2pos_protocols::{
     apps::Incoming,
-    services::Response,
     wire::{self, read_message, write_message},
 };
 use tokio::{
@@ -230,7 +229,7 @@ impl OverlayService {
         &mut self,
         request: ReplyRequest,
         ctx: &mut Context<Self>,
-    ) -> Result<Response, Error> {
+    ) -> Result<(), Error> {
         let ReplyRequest {
             app_id,
             call_id,
@@ -264,7 +263,7 @@ impl OverlayService {
             // A caller that left no longer hears it; the reply was taken all the same.
             let _ = call.answer.send(answer);
         }
-        Ok(Response::Replied)
+        Ok(())
     }
 }
 

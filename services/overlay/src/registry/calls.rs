@@ -16,12 +16,12 @@ use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use libp2p_stream::OpenStreamError;
 use p2pos_proto::{
-    service::v1::{CallReply, CallRequest},
+    service::v1::CallReply,
     wire::v1::{CallAnswer, CallFrame},
 };
 use p2pos_protocols::{
+    ids::{AppId, PeerRef, ServiceName},
     network::Network,
-    services::Response,
     wire::{read_message, write_message},
 };
 use tokio::{
@@ -35,17 +35,15 @@ use tracing::debug;
 use actix::Context;
 
 use super::{
-    Reply,
     answers::{CallIn, MAX_CALL_FRAME, code},
     find::{Attempt, Here, try_providers},
-    names::{validate_payload, validate_service},
-    ready,
+    names::validate_payload,
     slots::{MAX_CALLS_PER_PEER, PeerSlots},
 };
 use crate::{
     Error,
-    error::{parse_target, validate_app_id},
     service::OverlayService,
+    task::{Fut, ready},
 };
 
 /// `/p2pos/call/2`: one unary service call per stream.
@@ -82,32 +80,38 @@ struct Remote {
     slots: Arc<PeerSlots>,
 }
 
+/// `Services.Call` as the registry takes it.
+pub(crate) struct OutgoingCall {
+    /// The calling app.
+    pub(crate) app_id: AppId,
+    /// The service.
+    pub(crate) service: ServiceName,
+    /// At most 1 MiB.
+    pub(crate) payload: Bytes,
+    /// The provider's node; `None`: the best provider found.
+    pub(crate) peer: Option<PeerRef>,
+    /// The call's own time limit in ms (0: none).
+    pub(crate) timeout_ms: u32,
+    /// The caller's gRPC deadline, if it set one.
+    pub(crate) deadline: Option<std::time::Instant>,
+}
+
 impl OverlayService {
     /// `Services.Call`.
-    pub(super) fn call(
-        &mut self,
-        request: CallRequest,
-        deadline: Option<std::time::Instant>,
-        ctx: &mut Context<Self>,
-    ) -> Reply {
-        let CallRequest {
+    pub(super) fn call(&mut self, call: OutgoingCall, ctx: &mut Context<Self>) -> Fut<CallReply> {
+        let OutgoingCall {
             app_id,
             service,
             payload,
             peer,
             timeout_ms,
-        } = request;
-        let checked = validate_app_id(&app_id)
-            .and_then(|()| validate_service(&service))
-            .and_then(|()| validate_payload("a call payload", payload.len()))
-            .and_then(|()| match peer.trim() {
-                "" => Ok(None),
-                peer => parse_target(peer).map(Some),
-            });
-        let target = match checked {
-            Ok(target) => target,
-            Err(e) => return ready(Err(e)),
-        };
+            deadline,
+        } = call;
+        if let Err(e) = validate_payload("a call payload", payload.len()) {
+            return ready(Err(e));
+        }
+        let target = peer.map(|PeerRef { peer, addrs }| (peer, addrs));
+        let (app_id, service) = (app_id.into_string(), service.into_string());
         let limit = time_limit(deadline, timeout_ms);
         let until = Instant::now() + limit;
         let local = self.net.local_peer_id();
@@ -171,7 +175,7 @@ impl OverlayService {
         };
         Box::pin(async move {
             match tokio::time::timeout_at(until, calling).await {
-                Ok(result) => result.map(Response::Called),
+                Ok(result) => result,
                 Err(_) => Err(Error::Timeout {
                     what: format!("the call to '{service}'"),
                     after: limit,

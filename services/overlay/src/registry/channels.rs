@@ -9,11 +9,13 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use futures::future::LocalBoxFuture;
 use libp2p::PeerId;
 use p2pos_kernel::Store;
 use p2pos_proto::wire::v1::channel_welcome;
-use p2pos_protocols::apps::ChannelStream;
+use p2pos_protocols::{
+    apps::ChannelStream,
+    ids::{PeerRef, ServiceName},
+};
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tracing::{debug, warn};
 
@@ -25,11 +27,12 @@ use super::{
 use crate::{
     Error, channel,
     counted::count,
-    error::{parse_target, validate_app_id},
+    error::validate_app_id,
     inbound::{Io, Refusal},
     local::PIPE_BUFFER,
     pending::{ServiceOrigin, Unannounced},
     service::{MAX_OPENS, OverlayService},
+    task::{Fut, ready},
 };
 
 /// Opens a channel from `app_id` to a provider of `service`: on `peer` (a peer id, ticket or
@@ -38,8 +41,8 @@ use crate::{
 #[rtype(result = "Result<ChannelStream, Error>")]
 pub(crate) struct OpenService {
     pub(crate) app_id: String,
-    pub(crate) service: String,
-    pub(crate) peer: String,
+    pub(crate) service: ServiceName,
+    pub(crate) peer: Option<PeerRef>,
 }
 
 impl Handler<OpenService> for OverlayService {
@@ -51,7 +54,7 @@ impl Handler<OpenService> for OverlayService {
             service,
             peer,
         } = msg;
-        self.open_service(app_id, service, &peer, ctx)
+        self.open_service(app_id, service, peer, ctx)
     }
 }
 
@@ -60,21 +63,13 @@ impl OverlayService {
     pub(crate) fn open_service(
         &mut self,
         app_id: String,
-        service: String,
-        peer: &str,
+        service: ServiceName,
+        peer: Option<PeerRef>,
         ctx: &mut Context<Self>,
-    ) -> LocalBoxFuture<'static, Result<ChannelStream, Error>> {
-        let fail = |e| -> LocalBoxFuture<'static, _> { Box::pin(futures::future::ready(Err(e))) };
-        let checked = validate_app_id(&app_id)
-            .and_then(|()| validate_service(&service))
-            .and_then(|()| match peer.trim() {
-                "" => Ok(None),
-                peer => parse_target(peer).map(Some),
-            });
-        let target = match checked {
-            Ok(target) => target,
-            Err(e) => return fail(e),
-        };
+    ) -> Fut<ChannelStream> {
+        let fail = |e| ready(Err(e));
+        let service = service.into_string();
+        let target = peer.map(|PeerRef { peer, addrs }| (peer, addrs));
         let Ok(channel_permit) = self.channels.clone().try_acquire_owned() else {
             return fail(Error::TooManyChannels {
                 limit: usize::try_from(self.config.max_channels).unwrap_or(usize::MAX),
@@ -111,7 +106,7 @@ impl OverlayService {
                 });
                 match opened {
                     Ok(stream) => {
-                        return Box::pin(futures::future::ready(Ok(count(stream, channel_permit))));
+                        return ready(Ok(count(stream, channel_permit)));
                     }
                     Err(e) => failures.push(("port forwarding on this node".to_owned(), e)),
                 }

@@ -6,14 +6,16 @@ use std::{future::Future, time::Duration};
 
 use libp2p::{Multiaddr, PeerId};
 use p2pos_kernel::ErrorCode;
-use p2pos_proto::service::v1::{FindServiceReply, FindServiceRequest, ServiceInfo};
-use p2pos_protocols::network::{Network, Providers};
-use p2pos_protocols::services::Response;
+use p2pos_proto::service::v1::{FindServiceReply, ServiceInfo};
+use p2pos_protocols::{
+    ids::ServiceName,
+    network::{Network, Providers},
+};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Reply, answers::code, names::validate_service, ready, service_key};
-use crate::{Error, service::OverlayService};
+use super::{answers::code, service_key};
+use crate::{Error, service::OverlayService, task::Fut};
 
 /// How long `FindService` waits for the DHT.
 const FIND_WAIT: Duration = Duration::from_secs(10);
@@ -44,11 +46,8 @@ impl OverlayService {
     }
 
     /// `Services.FindService`.
-    pub(super) fn find(&mut self, request: FindServiceRequest) -> Reply {
-        let FindServiceRequest { service, limit } = request;
-        if let Err(e) = validate_service(&service) {
-            return ready(Err(e));
-        }
+    pub(super) fn find(&mut self, service: ServiceName, limit: u32) -> Fut<FindServiceReply> {
+        let service = service.into_string();
         let limit = match usize::try_from(limit).unwrap_or(MAX_LIMIT) {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
@@ -100,7 +99,7 @@ impl OverlayService {
             if providers.is_empty() {
                 return Err(Error::ServiceNotFound { service, scope });
             }
-            Ok(Response::Providers(FindServiceReply { providers }))
+            Ok(FindServiceReply { providers })
         })
     }
 }

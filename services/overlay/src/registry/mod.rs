@@ -28,16 +28,15 @@ use std::{
 };
 
 use actix::prelude::*;
-use futures::future::LocalBoxFuture;
-use p2pos_kernel::{Call, ServiceError};
+use p2pos_kernel::Call;
 use p2pos_proto::service::v1::{
-    CloseForwardRequest, ExposeRequest, ListServicesReply, OpenServiceChannel, RegisterRequest,
-    ServiceInfo, UnregisterRequest, WithdrawRequest,
+    CloseForwardRequest, ExposeRequest, Exposure, ListServicesReply, ServiceInfo, WithdrawRequest,
 };
-use p2pos_protocols::network::Announcer;
 use p2pos_protocols::{
-    Services,
-    services::{Request, Response},
+    Services, answer,
+    ids::{AppId, PeerRef, ServiceName},
+    network::Announcer,
+    services::Request,
 };
 use tracing::info;
 
@@ -48,12 +47,13 @@ pub(crate) use channels::OpenService;
 use crate::{
     Error,
     apps::AppState,
-    error::validate_app_id,
     forward::{self, parse_service_name},
     service::OverlayService,
+    task::{Fut, ready, spawn_answer},
 };
 use answers::PendingCall;
-use names::{validate_description, validate_service};
+use calls::OutgoingCall;
+use names::validate_description;
 use slots::PeerSlots;
 
 /// Most services registered by apps on one node.
@@ -101,61 +101,83 @@ impl State {
     }
 }
 
-/// The answer to one request, computed off the actor.
-type Reply = LocalBoxFuture<'static, Result<Response, Error>>;
-
-/// An answer known at once.
-fn ready(result: Result<Response, Error>) -> Reply {
-    Box::pin(futures::future::ready(result))
-}
-
 impl Handler<Call<Services>> for OverlayService {
-    type Result = ResponseFuture<Result<Response, ServiceError>>;
+    type Result = ();
 
-    fn handle(&mut self, Call(request): Call<Services>, ctx: &mut Self::Context) -> Self::Result {
-        let reply: Reply = match request {
-            Request::Register(request) => ready(self.register(request)),
-            Request::Unregister(request) => ready(self.unregister(request)),
-            Request::List => ready(Ok(Response::Services(self.list_services()))),
-            Request::Find(request) => self.find(request),
-            Request::Call { request, deadline } => self.call(request, deadline, ctx),
-            Request::Reply(request) => ready(self.reply(request, ctx)),
-            Request::OpenChannel(open) => {
-                // `batch` and `half_close` are the gateway's business (how it hands frames to
-                // the app).
-                let OpenServiceChannel {
+    /// Bookkeeping here; every answer that takes time comes from a task of its own.
+    fn handle(&mut self, Call(request): Call<Services>, ctx: &mut Self::Context) {
+        match request {
+            Request::Register {
+                app_id,
+                service,
+                description,
+                reply,
+            } => answer(reply, self.register(app_id, service, description)),
+            Request::Unregister {
+                app_id,
+                service,
+                reply,
+            } => answer(reply, self.unregister(app_id, service)),
+            Request::List { reply } => answer::<_, Error>(reply, Ok(self.list_services())),
+            Request::Find {
+                service,
+                limit,
+                reply,
+            } => spawn_answer(reply, self.find(service, limit)),
+            Request::Call {
+                app_id,
+                service,
+                payload,
+                peer,
+                timeout_ms,
+                deadline,
+                reply,
+            } => {
+                let call = OutgoingCall {
                     app_id,
                     service,
+                    payload,
                     peer,
-                    ..
-                } = open;
-                let opening = self.open_service(app_id, service, &peer, ctx);
-                Box::pin(async move { opening.await.map(Response::Channel) })
+                    timeout_ms,
+                    deadline,
+                };
+                spawn_answer(reply, self.call(call, ctx));
             }
-            Request::Expose(request) => self.expose(request),
-            Request::Withdraw(WithdrawRequest { service }) => {
+            Request::Reply { request, reply } => answer(reply, self.reply(request, ctx)),
+            Request::OpenChannel {
+                app_id,
+                service,
+                peer,
+                reply,
+            } => spawn_answer(
+                reply,
+                self.open_service(app_id.into_string(), service, peer, ctx),
+            ),
+            Request::Expose { request, reply } => spawn_answer(reply, self.expose(request)),
+            Request::Withdraw {
+                request: WithdrawRequest { service },
+                reply,
+            } => {
                 // Forgotten at once; the future makes it durable.
                 let withdrawing = self.forwarding.withdraw(&service);
                 self.publish_services();
-                Box::pin(async move { withdrawing.await.map(|()| Response::Withdrawn) })
+                spawn_answer(reply, withdrawing);
             }
-            Request::ListExposures => ready(Ok(Response::Exposures(self.forwarding.exposures()))),
-            Request::OpenForward(request) => {
+            Request::ListExposures { reply } => {
+                answer::<_, Error>(reply, Ok(self.forwarding.exposures()));
+            }
+            Request::OpenForward { request, reply } => {
                 let opener = forward_opener(ctx.address());
-                ready(
-                    self.forwarding
-                        .open_forward(request, opener)
-                        .map(Response::Forwarding),
-                )
+                answer(reply, self.forwarding.open_forward(request, opener));
             }
-            Request::CloseForward(CloseForwardRequest { forward_id }) => ready(
-                self.forwarding
-                    .close_forward(forward_id)
-                    .map(|()| Response::ForwardClosed),
-            ),
-            Request::ListForwards => ready(Ok(Response::Forwards(self.forwarding.forwards()))),
-        };
-        Box::pin(async move { reply.await.map_err(ServiceError::from) })
+            Request::CloseForward {
+                request: CloseForwardRequest { forward_id },
+                reply,
+            } => answer(reply, self.forwarding.close_forward(forward_id)),
+            Request::ListForwards { reply } => {
+                answer::<_, Error>(reply, Ok(self.forwarding.forwards()));
+            }
+        }
     }
 }
 
@@ -165,6 +187,16 @@ fn forward_opener(addr: Addr<OverlayService>) -> forward::Opener {
     Arc::new(move |service, peer| {
         let addr = addr.clone();
         Box::pin(async move {
+            let service = ServiceName::parse_or_first(&service).map_err(|reason| {
+                Error::InvalidServiceName {
+                    input: service.chars().take(80).collect(),
+                    reason,
+                }
+            })?;
+            let peer = match peer.trim() {
+                "" => None,
+                peer => Some(PeerRef::parse(peer)?),
+            };
             let open = OpenService {
                 app_id: FORWARD_APP.to_owned(),
                 service,
@@ -176,14 +208,13 @@ fn forward_opener(addr: Addr<OverlayService>) -> forward::Opener {
 }
 
 impl OverlayService {
-    fn register(&mut self, request: RegisterRequest) -> Result<Response, Error> {
-        let RegisterRequest {
-            app_id,
-            service,
-            description,
-        } = request;
-        validate_app_id(&app_id)?;
-        validate_service(&service)?;
+    fn register(
+        &mut self,
+        app_id: AppId,
+        service: ServiceName,
+        description: String,
+    ) -> Result<ServiceInfo, Error> {
+        let (app_id, service) = (app_id.into_string(), service.into_string());
         validate_description(&description)?;
         if self.apps.get(&app_id).and_then(AppState::newest).is_none() {
             return Err(Error::NoSession { app_id });
@@ -230,23 +261,17 @@ impl OverlayService {
         }
         info!(%service, %app_id, "service registered");
         self.publish_services();
-        Ok(Response::Registered(self.local_info(
-            service,
-            app_id,
-            description,
-        )))
+        Ok(self.local_info(service, app_id, description))
     }
 
-    fn unregister(&mut self, request: UnregisterRequest) -> Result<Response, Error> {
-        let UnregisterRequest { app_id, service } = request;
-        validate_app_id(&app_id)?;
-        validate_service(&service)?;
+    fn unregister(&mut self, app_id: AppId, service: ServiceName) -> Result<(), Error> {
+        let (app_id, service) = (app_id.into_string(), service.into_string());
         match self.services.registrations.get(&service) {
             Some(r) if r.app_id == app_id => {
                 self.services.registrations.remove(&service);
                 info!(%service, %app_id, "service unregistered");
                 self.publish_services();
-                Ok(Response::Unregistered)
+                Ok(())
             }
             _ => Err(Error::NotRegistered { app_id, service }),
         }
@@ -291,7 +316,7 @@ impl OverlayService {
     }
 
     /// `Services.Expose`, after checking that no app provides the name.
-    fn expose(&mut self, request: ExposeRequest) -> Reply {
+    fn expose(&mut self, request: ExposeRequest) -> Fut<Exposure> {
         if let Ok(service) = parse_service_name(&request.service)
             && let Some(r) = self.services.registrations.get(&service)
         {
@@ -301,7 +326,7 @@ impl OverlayService {
         // Kept at once; the future makes it durable.
         let exposing = self.forwarding.expose(request);
         self.publish_services();
-        Box::pin(async move { exposing.await.map(Response::Exposed) })
+        exposing
     }
 
     /// Tells the network which services to announce: every registration and exposure.
@@ -346,7 +371,7 @@ mod tests {
             FORWARD_APP,
             p2pos_protocols::names::helper_app_id("", "forward")
         );
-        assert!(validate_app_id(FORWARD_APP).is_ok());
+        assert!(crate::error::validate_app_id(FORWARD_APP).is_ok());
         assert!(p2pos_protocols::names::check_plain_app_id(FORWARD_APP).is_err());
     }
 }

@@ -18,12 +18,12 @@ use p2pos_kernel::{
     RestartType, ServiceContext, ServiceError, StopService, Uses,
 };
 use p2pos_proto::tasks::v1::{
-    AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus, LogLine, LogsRequest,
-    TasksRequest, tasks_request::Kind as Req, tasks_response::Kind as Resp,
+    AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus, ListHelpersReply,
+    ListHelpersRequest, LogLine, LogsRequest, RemoveHelperReply, SignalHelperRequest,
 };
 use p2pos_protocols::{
-    Apps, Tasks, apps,
-    tasks::{Request, Response},
+    Apps, Tasks, answer, apps,
+    tasks::{HelperOp, Request},
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,24 +58,48 @@ impl Handler<InjectPanic> for Probe {
 }
 
 impl Handler<Call<Apps>> for Probe {
-    type Result = Result<apps::Response, ServiceError>;
-    fn handle(&mut self, Call(request): Call<Apps>, _: &mut Self::Context) -> Self::Result {
-        let apps::Request::WatchSession { app_id } = request else {
-            return Err(ServiceError::unavailable("the probe only watches sessions"));
+    type Result = ();
+    fn handle(&mut self, Call(request): Call<Apps>, _: &mut Self::Context) {
+        // Any other request is dropped: its caller hears that the service went away.
+        let apps::Request::WatchSession { app_id, reply } = request else {
+            return;
         };
         let mut sessions = self.sessions.lock().expect("lock");
-        match sessions.get_mut(&app_id) {
+        let watched = match sessions.get_mut(app_id.as_str()) {
             Some(watchers) => {
                 let (tx, rx) = oneshot::channel();
                 watchers.push(tx);
-                Ok(apps::Response::SessionEnd(rx))
+                Ok(rx)
             }
             None => Err(ServiceError::new(
                 ErrorCode::FailedPrecondition,
-                format!("app {app_id:?} has no open session"),
+                format!("app {:?} has no open session", app_id.as_str()),
             )),
-        }
+        };
+        answer(reply, watched);
     }
+}
+
+/// One unary operation of the tasks protocol, as the tests name it.
+#[derive(Debug, Clone)]
+pub enum Req {
+    Add(AddHelperRequest),
+    Remove(HelperRef),
+    List(ListHelpersRequest),
+    Get(HelperRef),
+    Start(HelperRef),
+    Stop(HelperRef),
+    Restart(HelperRef),
+    Signal(SignalHelperRequest),
+}
+
+/// Its answer (one per call, in a test: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Resp {
+    Status(HelperStatus),
+    List(ListHelpersReply),
+    Removed(RemoveHelperReply),
 }
 
 /// A booted node.
@@ -179,25 +203,65 @@ impl Node {
 
     /// One unary call as `caller` ("" for the admin).
     pub async fn call(&self, caller: &str, kind: Req) -> Result<Resp, ServiceError> {
-        let request = Request::Control(TasksRequest {
-            caller_app: caller.to_owned(),
-            kind: Some(kind),
-        });
-        match self.ctx.registry.call::<Tasks>(request).await? {
-            Response::Control(r) => Ok(r.kind.expect("a response kind")),
-            other => panic!("expected a control answer, got {other:?}"),
+        let caller_app = caller.to_owned();
+        let registry = &self.ctx.registry;
+        let helper = |helper, op| {
+            let caller_app = caller_app.clone();
+            async move {
+                registry
+                    .ask::<Tasks, _>(|reply| Request::Helper {
+                        caller_app,
+                        helper,
+                        op,
+                        reply,
+                    })
+                    .await
+                    .map(Resp::Status)
+            }
+        };
+        match kind {
+            Req::Add(AddHelperRequest { spec }) => registry
+                .ask::<Tasks, _>(|reply| Request::Add {
+                    caller_app,
+                    spec: spec.unwrap_or_default(),
+                    reply,
+                })
+                .await
+                .map(Resp::Status),
+            Req::Remove(helper) => registry
+                .ask::<Tasks, _>(|reply| Request::Remove {
+                    caller_app,
+                    helper,
+                    reply,
+                })
+                .await
+                .map(Resp::Removed),
+            Req::List(ListHelpersRequest { app_id }) => registry
+                .ask::<Tasks, _>(|reply| Request::List {
+                    caller_app,
+                    app_id,
+                    reply,
+                })
+                .await
+                .map(Resp::List),
+            Req::Get(r) => helper(r, HelperOp::Get).await,
+            Req::Start(r) => helper(r, HelperOp::Start).await,
+            Req::Stop(r) => helper(r, HelperOp::Stop).await,
+            Req::Restart(r) => helper(r, HelperOp::Restart).await,
+            Req::Signal(SignalHelperRequest { helper: h, signal }) => {
+                helper(h.unwrap_or_default(), HelperOp::Signal(signal)).await
+            }
         }
     }
 
     /// The app id a helper token acts as, as the gateway asks it.
     pub async fn token_app(&self, token: &str) -> Option<String> {
-        let request = Request::HelperToken {
-            token: token.to_owned(),
-        };
-        match self.ctx.registry.call::<Tasks>(request).await {
-            Ok(Response::HelperToken(app)) => app,
-            other => panic!("expected a token's app, got {other:?}"),
-        }
+        let token = token.to_owned();
+        self.ctx
+            .registry
+            .ask::<Tasks, _>(|reply| Request::HelperToken { token, reply })
+            .await
+            .expect("the token's app")
     }
 
     pub async fn status(&self, caller: &str, kind: Req) -> Result<HelperStatus, ServiceError> {
@@ -253,18 +317,20 @@ impl Node {
         tail: u32,
         follow: bool,
     ) -> Result<mpsc::Receiver<LogLine>, ServiceError> {
-        let request = Request::Logs {
-            caller_app: caller.to_owned(),
-            request: LogsRequest {
-                helper: Some(r(app, name)),
-                follow,
-                tail,
-            },
+        let request = LogsRequest {
+            helper: Some(r(app, name)),
+            follow,
+            tail,
         };
-        match self.ctx.registry.call::<Tasks>(request).await? {
-            Response::Logs(rx) => Ok(rx),
-            other => panic!("expected log lines, got {other:?}"),
-        }
+        let caller_app = caller.to_owned();
+        self.ctx
+            .registry
+            .ask::<Tasks, _>(|reply| Request::Logs {
+                caller_app,
+                request,
+                reply,
+            })
+            .await
     }
 
     /// The kept lines of a helper's output.

@@ -14,22 +14,23 @@ use std::{
 };
 
 use actix::prelude::*;
+use bytes::Bytes;
 use p2pos_kernel::{
-    ChildHandle, ChildSpec, Config, InjectPanic, Kernel, Protocol, RestartType, ServiceContext,
-    ServiceError, StopService, Uses,
+    ChildHandle, ChildSpec, Config, InjectPanic, Kernel, Protocol, Registry, RestartType,
+    ServiceContext, ServiceError, StopService, Uses,
 };
 use p2pos_proto::{
-    app::v1::{IncomingCall, IncomingChannel},
-    overlay::v1::{
-        DialRequest, GetTicketRequest, ListPeersRequest, OverlayRequest, OverlayStatusRequest,
-        overlay_request::Kind as Req, overlay_response::Kind as Resp,
-    },
+    app::v1::{IncomingCall, IncomingChannel, ListAppsReply, ReceivedMessage, SendReply},
+    overlay::v1::{DialRequest, FindPeerReply, PingReply},
 };
-use p2pos_protocols::network::{NETWORK, Network};
 use p2pos_protocols::{
-    Apps, Overlay,
-    apps::{ChannelStream, Incoming, Request, Response, Session},
+    Apps, Overlay, Reply,
+    apps::{ChannelStream, Incoming, Request, Session},
+    ids::{AppId, PeerRef},
+    network::{NETWORK, Network},
+    overlay,
 };
+use tokio::sync::mpsc;
 
 /// How long any one step of a test may take.
 pub(crate) const T: Duration = Duration::from_secs(30);
@@ -139,17 +140,20 @@ impl Node {
         self.ctx.peer_id.to_string()
     }
 
-    pub(crate) async fn overlay(&self, kind: Req) -> Result<Resp, ServiceError> {
-        let reply = self
-            .ctx
-            .registry
-            .call::<Overlay>(OverlayRequest { kind: Some(kind) })
-            .await?;
-        Ok(reply.kind.expect("a response kind"))
+    /// Asks the network (`p2pos.overlay.v1`).
+    pub(crate) async fn overlay<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> overlay::Request,
+    ) -> Result<T, ServiceError> {
+        self.ctx.registry.ask::<Overlay, T>(make).await
     }
 
-    pub(crate) async fn apps(&self, request: Request) -> Result<Response, ServiceError> {
-        self.ctx.registry.call::<Apps>(request).await
+    /// Asks the overlay's apps protocol.
+    pub(crate) async fn apps<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Request,
+    ) -> Result<T, ServiceError> {
+        self.ctx.registry.ask::<Apps, T>(make).await
     }
 
     /// Opens a session of app `chat`.
@@ -159,50 +163,147 @@ impl Node {
 
     /// Opens a session of `app_id`.
     pub(crate) async fn session(&self, app_id: &str) -> Session {
+        let app = app(app_id);
         match self
-            .apps(Request::OpenSession {
-                app_id: app_id.into(),
-            })
+            .apps(|reply| Request::OpenSession { app_id: app, reply })
             .await
         {
-            Ok(Response::Session(session)) => session,
+            Ok(session) => session,
             other => panic!("a session of {app_id}: {other:?}"),
         }
     }
 
+    /// Opens a channel to app `app_id` on `peer` (a peer id, ticket or multiaddr).
+    pub(crate) async fn open_channel(
+        &self,
+        app_id: &str,
+        peer: &str,
+    ) -> Result<ChannelStream, ServiceError> {
+        open_channel(&self.ctx.registry, app_id, peer).await
+    }
+
+    /// Accepts the channel `channel_id` announced to a session of `app_id`.
+    pub(crate) async fn accept_channel(
+        &self,
+        app_id: &str,
+        channel_id: u64,
+    ) -> Result<ChannelStream, ServiceError> {
+        let app_id = app(app_id);
+        self.apps(|reply| Request::AcceptChannel {
+            app_id,
+            channel_id,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends one message from app `app_id` to `peer`.
+    pub(crate) async fn send(
+        &self,
+        app_id: &str,
+        peer: &str,
+        payload: Bytes,
+    ) -> Result<SendReply, ServiceError> {
+        let (app_id, peer) = (app(app_id), peer_ref(peer)?);
+        self.apps(|reply| Request::Send {
+            app_id,
+            peer,
+            payload,
+            reply,
+        })
+        .await
+    }
+
+    /// Follows the inbox of `app_id`.
+    pub(crate) async fn receive(
+        &self,
+        app_id: &str,
+    ) -> Result<mpsc::Receiver<ReceivedMessage>, ServiceError> {
+        let app_id = app(app_id);
+        self.apps(|reply| Request::Receive { app_id, reply }).await
+    }
+
+    /// Lists every app.
+    pub(crate) async fn list_apps(&self) -> Result<ListAppsReply, ServiceError> {
+        self.apps(|reply| Request::ListApps { only: None, reply })
+            .await
+    }
+
+    /// This node's ticket and addresses.
+    pub(crate) async fn try_ticket(&self) -> Result<(String, Vec<String>), ServiceError> {
+        let t = self
+            .overlay(|reply| overlay::Request::GetTicket { reply })
+            .await?;
+        Ok((t.ticket, t.addresses))
+    }
+
     pub(crate) async fn ticket(&self) -> (String, Vec<String>) {
-        match self.overlay(Req::GetTicket(GetTicketRequest {})).await {
-            Ok(Resp::Ticket(t)) => (t.ticket, t.addresses),
-            other => panic!("ticket: {other:?}"),
-        }
+        self.try_ticket().await.expect("ticket")
     }
 
     pub(crate) async fn dial(&self, target: &str) -> Result<String, ServiceError> {
-        match self
-            .overlay(Req::Dial(DialRequest {
-                target: target.into(),
-                timeout_ms: 0,
-            }))
-            .await?
-        {
-            Resp::Dial(d) => Ok(d.peer_id),
-            other => panic!("dial: {other:?}"),
-        }
+        let request = DialRequest {
+            target: target.into(),
+            timeout_ms: 0,
+        };
+        let dialed = self
+            .overlay(|reply| overlay::Request::Dial { request, reply })
+            .await?;
+        Ok(dialed.peer_id)
+    }
+
+    /// Pings a peer named by its peer id.
+    pub(crate) async fn ping(&self, peer: &str) -> Result<PingReply, ServiceError> {
+        let peer = peer_ref(peer)?;
+        self.overlay(|reply| overlay::Request::Ping { peer, reply })
+            .await
+    }
+
+    /// Looks a peer up in the DHT.
+    pub(crate) async fn find_peer(&self, peer: &str) -> Result<FindPeerReply, ServiceError> {
+        let peer = peer_ref(peer)?;
+        self.overlay(|reply| overlay::Request::FindPeer { peer, reply })
+            .await
     }
 
     pub(crate) async fn peers(&self) -> Vec<p2pos_proto::overlay::v1::PeerInfo> {
-        match self.overlay(Req::ListPeers(ListPeersRequest {})).await {
-            Ok(Resp::ListPeers(p)) => p.peers,
-            _ => Vec::new(),
-        }
+        self.overlay(|reply| overlay::Request::ListPeers { reply })
+            .await
+            .map(|p| p.peers)
+            .unwrap_or_default()
     }
 
     pub(crate) async fn routing_table_size(&self) -> u32 {
-        match self.overlay(Req::Status(OverlayStatusRequest {})).await {
-            Ok(Resp::Status(s)) => s.routing_table_size,
-            _ => 0,
-        }
+        self.overlay(|reply| overlay::Request::Status { reply })
+            .await
+            .map_or(0, |s| s.routing_table_size)
     }
+}
+
+/// `input` as an app id (the tests name valid ones).
+pub(crate) fn app(input: &str) -> AppId {
+    AppId::parse(input).expect("a valid app id")
+}
+
+/// `input` as a peer, as the gateway parses it.
+pub(crate) fn peer_ref(input: &str) -> Result<PeerRef, ServiceError> {
+    PeerRef::parse(input).map_err(ServiceError::from)
+}
+
+/// Opens a channel to app `app_id` on `peer` through `registry`.
+pub(crate) async fn open_channel(
+    registry: &Registry,
+    app_id: &str,
+    peer: &str,
+) -> Result<ChannelStream, ServiceError> {
+    let (app_id, peer) = (app(app_id), peer_ref(peer)?);
+    registry
+        .ask::<Apps, _>(|reply| Request::OpenChannel {
+            app_id,
+            peer,
+            reply,
+        })
+        .await
 }
 
 /// Polls `check` until it answers `Some`, failing after `deadline`.
@@ -221,9 +322,9 @@ where
     }
 }
 
-pub(crate) fn channel(response: Result<Response, ServiceError>) -> ChannelStream {
+pub(crate) fn channel(response: Result<ChannelStream, ServiceError>) -> ChannelStream {
     match response {
-        Ok(Response::Channel(c)) => c,
+        Ok(c) => c,
         other => panic!("expected a channel, got {other:?}"),
     }
 }

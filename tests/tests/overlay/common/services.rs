@@ -6,29 +6,30 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use p2pos_kernel::ServiceError;
-use p2pos_proto::service::v1::{
-    CallReply, CallRequest, FindServiceRequest, OpenServiceChannel, RegisterRequest, ReplyRequest,
-    ServiceInfo, reply_request,
-};
+use p2pos_proto::service::v1::{CallReply, ReplyRequest, ServiceInfo, reply_request};
 use p2pos_protocols::{
-    Services,
+    Reply, Services,
     apps::{self, ChannelStream, Session},
-    services::{Request, Response},
+    ids::{PeerRef, ServiceName},
+    services::Request,
     wire,
 };
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tonic::Code;
 
-use super::{Node, T, next_call};
+use super::{Node, T, app, next_call};
 
 /// A channel's frames.
 pub(crate) type Frames = Framed<Box<dyn apps::Duplex>, LengthDelimitedCodec>;
 
 impl Node {
-    /// Sends one request of `p2pos.service.v1`.
-    pub(crate) async fn services(&self, request: Request) -> Result<Response, ServiceError> {
-        self.ctx.registry.call::<Services>(request).await
+    /// Asks the overlay's services protocol.
+    pub(crate) async fn services<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Request,
+    ) -> Result<T, ServiceError> {
+        self.ctx.registry.ask::<Services, T>(make).await
     }
 
     pub(crate) async fn register(
@@ -36,31 +37,53 @@ impl Node {
         app_id: &str,
         service: &str,
     ) -> Result<ServiceInfo, ServiceError> {
-        let request = RegisterRequest {
-            app_id: app_id.into(),
-            service: service.into(),
-            description: format!("{service} by {app_id}"),
-        };
-        match self.services(Request::Register(request)).await? {
-            Response::Registered(info) => Ok(info),
-            other => panic!("register: {other:?}"),
-        }
+        self.register_with(app_id, service, format!("{service} by {app_id}"))
+            .await
+    }
+
+    /// Registers `service` for `app_id` with `description`, names checked as the gateway
+    /// checks them.
+    pub(crate) async fn register_with(
+        &self,
+        app_id: &str,
+        service: &str,
+        description: String,
+    ) -> Result<ServiceInfo, ServiceError> {
+        let (app_id, service) = (app(app_id), service_name(service)?);
+        self.services(|reply| Request::Register {
+            app_id,
+            service,
+            description,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn unregister(&self, app_id: &str, service: &str) -> Result<(), ServiceError> {
+        let (app_id, service) = (app(app_id), service_name(service)?);
+        self.services(|reply| Request::Unregister {
+            app_id,
+            service,
+            reply,
+        })
+        .await
     }
 
     pub(crate) async fn find(&self, service: &str) -> Result<Vec<ServiceInfo>, ServiceError> {
-        let request = FindServiceRequest {
-            service: service.into(),
-            limit: 0,
-        };
-        match self.services(Request::Find(request)).await? {
-            Response::Providers(found) => Ok(found.providers),
-            other => panic!("find: {other:?}"),
-        }
+        let service = service_name(service)?;
+        let found = self
+            .services(|reply| Request::Find {
+                service,
+                limit: 0,
+                reply,
+            })
+            .await?;
+        Ok(found.providers)
     }
 
     pub(crate) async fn list(&self) -> Vec<ServiceInfo> {
-        match self.services(Request::List).await {
-            Ok(Response::Services(list)) => list.services,
+        match self.services(|reply| Request::List { reply }).await {
+            Ok(list) => list.services,
             other => panic!("list: {other:?}"),
         }
     }
@@ -85,20 +108,22 @@ impl Node {
         payload: Bytes,
     ) -> JoinHandle<Result<CallReply, ServiceError>> {
         let registry = self.ctx.registry.clone();
-        let request = CallRequest {
-            app_id: "client".into(),
-            service: service.into(),
-            payload,
-            peer: peer.into(),
-            timeout_ms,
-        };
+        let (service, peer) = (service.to_owned(), peer.to_owned());
         tokio::spawn(async move {
+            let service = service_name(&service)?;
+            let peer = provider(&peer)?;
             let deadline = Some(Instant::now() + T);
-            let call = Request::Call { request, deadline };
-            match registry.call::<Services>(call).await? {
-                Response::Called(reply) => Ok(reply),
-                other => panic!("call: {other:?}"),
-            }
+            registry
+                .ask::<Services, _>(|reply| Request::Call {
+                    app_id: app("client"),
+                    service,
+                    payload,
+                    peer,
+                    timeout_ms,
+                    deadline,
+                    reply,
+                })
+                .await
         })
     }
 
@@ -113,10 +138,8 @@ impl Node {
             call_id,
             result: Some(result),
         };
-        match self.services(Request::Reply(request)).await? {
-            Response::Replied => Ok(()),
-            other => panic!("reply: {other:?}"),
-        }
+        self.services(|reply| Request::Reply { request, reply })
+            .await
     }
 
     /// Starts opening a channel from app `client` to `service` (on `peer`, if not empty).
@@ -126,22 +149,32 @@ impl Node {
         peer: &str,
     ) -> JoinHandle<Result<ChannelStream, ServiceError>> {
         let registry = self.ctx.registry.clone();
-        let open = OpenServiceChannel {
-            app_id: "client".into(),
-            service: service.into(),
-            peer: peer.into(),
-            batch: false,
-            half_close: false,
-        };
+        let (service, peer) = (service.to_owned(), peer.to_owned());
         tokio::spawn(async move {
-            match registry
-                .call::<Services>(Request::OpenChannel(open))
-                .await?
-            {
-                Response::Channel(stream) => Ok(stream),
-                other => panic!("open: {other:?}"),
-            }
+            let service = service_name(&service)?;
+            let peer = provider(&peer)?;
+            registry
+                .ask::<Services, _>(|reply| Request::OpenChannel {
+                    app_id: app("client"),
+                    service,
+                    peer,
+                    reply,
+                })
+                .await
         })
+    }
+}
+
+/// A service name as apps give it, checked as the gateway checks it.
+pub(crate) fn service_name(input: &str) -> Result<ServiceName, ServiceError> {
+    ServiceName::parse_explained(input).map_err(ServiceError::invalid)
+}
+
+/// The provider's node named in a request, if any, parsed as the gateway parses it.
+fn provider(peer: &str) -> Result<Option<PeerRef>, ServiceError> {
+    match peer.trim() {
+        "" => Ok(None),
+        peer => PeerRef::parse(peer).map(Some).map_err(ServiceError::from),
     }
 }
 
@@ -183,7 +216,9 @@ pub(crate) fn serve_echo(node: &Node, app_id: &str, mut session: Session) -> Joi
             };
             let registry = registry.clone();
             tokio::spawn(async move {
-                let _ = registry.call::<Services>(Request::Reply(request)).await;
+                let _ = registry
+                    .ask::<Services, _>(|reply| Request::Reply { request, reply })
+                    .await;
             });
         }
     })

@@ -151,6 +151,59 @@ impl Store for SledStore {
     }
 }
 
+/// A dedicated thread that applies best-effort writes (caches such as a peer book) in the
+/// order given, so that the task that made them never waits for the store. Bounded: a write
+/// offered while [`Writer::CAPACITY`] wait is dropped (and said so). Not for writes a client is
+/// told are durable: those are written and flushed in `spawn_blocking` and answered after.
+#[derive(Clone)]
+pub struct Writer {
+    tx: std::sync::mpsc::SyncSender<(String, BatchOp)>,
+}
+
+impl Writer {
+    /// Writes waiting at most.
+    pub const CAPACITY: usize = 1024;
+
+    /// Starts the writer thread for `store`; it ends, once the writes queued are done, when
+    /// every clone of the writer is gone (join it to wait for that).
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        name: &str,
+    ) -> std::io::Result<(Writer, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(String, BatchOp)>(Self::CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-store-writer"))
+            .spawn(move || {
+                for (tree, op) in rx {
+                    if let Err(e) = store.batch(&tree, vec![op]) {
+                        tracing::warn!(tree, "a store write failed: {e}");
+                    }
+                }
+            })?;
+        Ok((Writer { tx }, thread))
+    }
+
+    /// Queues setting `key` in `tree`; false if the queue is full (the write is dropped).
+    pub fn insert(&self, tree: &str, key: &[u8], value: &[u8]) -> bool {
+        self.offer(tree, BatchOp::Insert(key.to_vec(), value.to_vec()))
+    }
+
+    /// Queues removing `key` from `tree`; false if the queue is full.
+    pub fn remove(&self, tree: &str, key: &[u8]) -> bool {
+        self.offer(tree, BatchOp::Remove(key.to_vec()))
+    }
+
+    fn offer(&self, tree: &str, op: BatchOp) -> bool {
+        match self.tx.try_send((tree.to_owned(), op)) {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!(tree, "the store writer is behind; a write is dropped");
+                false
+            }
+        }
+    }
+}
+
 /// A service's view of the store: only the trees its child spec declares. Ids and flushes are
 /// the node's, shared.
 pub struct ScopedStore {
@@ -262,6 +315,21 @@ mod tests {
         assert!(scoped.remove("secrets", b"k").is_err());
         assert!(scoped.scan_prefix("secrets", b"", 10).is_err());
         assert!(scoped.next_id().is_ok());
+    }
+
+    #[test]
+    fn the_writer_applies_writes_in_order_off_the_caller() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        let (writer, thread) = Writer::spawn(store.clone(), "test").expect("writer");
+        assert!(writer.insert("t", b"k", b"1"));
+        assert!(writer.insert("t", b"k", b"2"));
+        assert!(writer.remove("t", b"gone"));
+        drop(writer);
+        thread
+            .join()
+            .expect("the writer ends once its writes are done");
+        assert_eq!(store.get("t", b"k").expect("get"), Some(b"2".to_vec()));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use libp2p::{
     multiaddr::Protocol,
     swarm::{ConnectionId, SwarmEvent},
 };
-use p2pos_kernel::{EventBus, Store};
+use p2pos_kernel::{EventBus, Store, store::Writer};
 use p2pos_proto::monitor::v1::{PeerConnected, PeerGone, event::Kind};
 use tokio::{
     sync::{broadcast, mpsc, oneshot, watch},
@@ -54,6 +54,8 @@ pub(crate) struct EventLoop {
     net_events: broadcast::Sender<NetEvent>,
     events: EventBus,
     store: Arc<dyn Store>,
+    /// Writes what the swarm task learns (peers, listen ports) off its thread.
+    writer: Writer,
     metrics: SwarmMetrics,
     pub(crate) book: PeerBook,
     /// Open connections per peer, with their remote addresses.
@@ -88,23 +90,46 @@ pub(crate) struct EventLoop {
     pub(crate) provider_cache: ProviderCache,
 }
 
+/// What the swarm task is made of.
+pub(crate) struct Parts {
+    /// The swarm.
+    pub(crate) swarm: Swarm<Behaviour>,
+    /// The node's key, for signing records.
+    pub(crate) keypair: Keypair,
+    /// Commands from every handle.
+    pub(crate) commands: mpsc::Receiver<Command>,
+    /// Where connection events go, for other services.
+    pub(crate) net_events: broadcast::Sender<NetEvent>,
+    /// The node's event bus.
+    pub(crate) events: EventBus,
+    /// The network's store trees, for reading what it remembers.
+    pub(crate) store: Arc<dyn Store>,
+    /// Writes what it learns, off its thread.
+    pub(crate) writer: Writer,
+    /// Its metrics.
+    pub(crate) metrics: SwarmMetrics,
+}
+
 impl EventLoop {
-    /// A loop over `swarm`, taking commands from `commands`.
-    pub(crate) fn new(
-        swarm: Swarm<Behaviour>,
-        keypair: Keypair,
-        commands: mpsc::Receiver<Command>,
-        net_events: broadcast::Sender<NetEvent>,
-        events: EventBus,
-        store: Arc<dyn Store>,
-        metrics: SwarmMetrics,
-    ) -> Self {
+    /// A loop over `parts.swarm`, taking commands from `parts.commands`.
+    pub(crate) fn new(parts: Parts) -> Self {
+        let Parts {
+            swarm,
+            keypair,
+            commands,
+            net_events,
+            events,
+            store,
+            writer,
+            metrics,
+        } = parts;
         Self {
             swarm,
             commands,
             net_events,
             events,
-            book: PeerBook::load(store.clone()),
+            book: PeerBook::load(store.as_ref(), writer.clone()),
+            writer,
             store,
             metrics,
             connections: HashMap::new(),
@@ -443,7 +468,7 @@ impl EventLoop {
             .filter(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
             .cloned()
             .collect();
-        peers::save_listen_addrs(self.store.as_ref(), &addrs);
+        peers::save_listen_addrs(&self.writer, &addrs);
     }
 
     fn housekeeping(&mut self) {

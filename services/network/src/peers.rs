@@ -2,11 +2,11 @@
 //! redialled at start) and the ports it listened on (tree `overlay`, key `listen`, reused at
 //! start for addresses configured with port 0).
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
-use p2pos_kernel::{Store, events::now_ms};
+use p2pos_kernel::{Store, events::now_ms, store::Writer};
 use p2pos_proto::overlay::v1::TicketData;
 use prost::Message;
 use tracing::warn;
@@ -32,13 +32,14 @@ struct Known {
 
 /// Known peers and their addresses, mirrored in the store.
 pub(crate) struct PeerBook {
-    store: Arc<dyn Store>,
+    writer: Writer,
     peers: HashMap<PeerId, Known>,
 }
 
 impl PeerBook {
-    /// The peers remembered in `store`.
-    pub(crate) fn load(store: Arc<dyn Store>) -> Self {
+    /// The peers remembered in `store`; what the book learns goes back through `writer`, off
+    /// the swarm task's thread.
+    pub(crate) fn load(store: &dyn Store, writer: Writer) -> Self {
         let mut peers = HashMap::new();
         match store.scan_prefix(PEERS_TREE, b"", MAX_PEERS) {
             Ok(pairs) => {
@@ -50,7 +51,7 @@ impl PeerBook {
             }
             Err(e) => warn!("cannot read the known peers: {e}"),
         }
-        Self { store, peers }
+        Self { writer, peers }
     }
 
     /// Known peers, most recently seen first.
@@ -98,9 +99,7 @@ impl PeerBook {
         known.addrs = merged;
         known.seen_ms = now;
         let value = encode(&peer, known);
-        if let Err(e) = self.store.insert(PEERS_TREE, &peer.to_bytes(), &value) {
-            warn!(%peer, "cannot remember the peer: {e}");
-        }
+        self.writer.insert(PEERS_TREE, &peer.to_bytes(), &value);
         self.evict();
     }
 
@@ -115,9 +114,7 @@ impl PeerBook {
                 return;
             };
             self.peers.remove(&oldest);
-            if let Err(e) = self.store.remove(PEERS_TREE, &oldest.to_bytes()) {
-                warn!(peer = %oldest, "cannot forget the peer: {e}");
-            }
+            self.writer.remove(PEERS_TREE, &oldest.to_bytes());
         }
     }
 }
@@ -159,16 +156,14 @@ fn decode(value: &[u8]) -> Option<Known> {
     Some(Known { addrs, seen_ms })
 }
 
-/// Remembers the addresses the node listens on.
-pub(crate) fn save_listen_addrs(store: &dyn Store, addrs: &[Multiaddr]) {
+/// Remembers the addresses the node listens on (through `writer`).
+pub(crate) fn save_listen_addrs(writer: &Writer, addrs: &[Multiaddr]) {
     let text = addrs
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n");
-    if let Err(e) = store.insert(OVERLAY_TREE, LISTEN_KEY, text.as_bytes()) {
-        warn!("cannot remember the listen addresses: {e}");
-    }
+    writer.insert(OVERLAY_TREE, LISTEN_KEY, text.as_bytes());
 }
 
 /// The addresses the node listened on last time.
@@ -296,14 +291,18 @@ mod tests {
         let store = SledStore::open(dir.path()).expect("open");
         let peer = PeerId::random();
         {
-            let mut book = PeerBook::load(store.clone());
+            let (writer, thread) = Writer::spawn(store.clone(), "test").expect("writer");
+            let mut book = PeerBook::load(store.as_ref(), writer);
             let addrs: Vec<_> = (1..20)
                 .map(|p| ma(&format!("/ip4/10.0.0.1/tcp/{p}")))
                 .collect();
             book.add(peer, addrs);
             book.add(peer, [ma("/ip4/0.0.0.0/tcp/1"), ma("/ip4/10.0.0.9/tcp/9")]);
+            drop(book);
+            thread.join().expect("written");
         }
-        let book = PeerBook::load(store);
+        let (writer, _thread) = Writer::spawn(store.clone(), "test").expect("writer");
+        let book = PeerBook::load(store.as_ref(), writer);
         let addrs = book.addresses(&peer);
         assert_eq!(addrs.len(), MAX_ADDRS_PER_PEER);
         assert_eq!(addrs[0], ma("/ip4/10.0.0.9/tcp/9"), "newest first");

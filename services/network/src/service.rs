@@ -8,7 +8,7 @@ use actix::prelude::*;
 use libp2p::Multiaddr;
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
-    StopService, Uses,
+    StopService, Uses, store::Writer,
 };
 use p2pos_protocols::{
     Overlay,
@@ -20,7 +20,12 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use crate::{Config, behaviour, event_loop::EventLoop, metrics::SwarmMetrics, overlay_api, peers};
+use crate::{
+    Config, behaviour,
+    event_loop::{EventLoop, Parts},
+    metrics::SwarmMetrics,
+    overlay_api, peers,
+};
 
 /// The service's name.
 pub const NAME: &str = "network";
@@ -71,19 +76,22 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
             Err(e) => warn!("ignoring bootstrap peer: {e}"),
         }
     }
+    let (writer, _writer_thread) = Writer::spawn(ctx.store.clone(), NAME).map_err(|e| setup(&e))?;
     let local = *swarm.local_peer_id();
     let (commands, rx) = mpsc::channel(COMMAND_BUFFER);
     let (events, _) = broadcast::channel(NET_EVENT_BUFFER);
-    let event_loop = EventLoop::new(
+    let event_loop = EventLoop::new(Parts {
         swarm,
         keypair,
-        rx,
-        events.clone(),
-        ctx.events.clone(),
-        ctx.store.clone(),
+        commands: rx,
+        net_events: events.clone(),
+        events: ctx.events.clone(),
+        store: ctx.store.clone(),
+        writer,
         metrics,
-    );
+    });
     let task = tokio::spawn(event_loop.run(listen, bootstrap));
+    // (The writer thread ends with the event loop, which holds the last writer.)
     let network = Network::new(commands, control, local, events);
     ctx.registry
         .provide(NETWORK, network.clone())

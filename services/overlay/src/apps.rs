@@ -1,46 +1,32 @@
-//! The apps protocol on the overlay actor: sessions, channel opens, `Send`, `Receive`, `Ack`
-//! and `ListApps`. The actor only keeps the
-//! bookkeeping; slow work runs in the futures it returns and channel and message bytes never
-//! pass through it. Announced channels wait in [`crate::pending`]; channels between two
-//! sessions of this node are in [`crate::local`].
+//! The apps protocol on the overlay actor: sessions, channel opens, `ListApps` and
+//! `WatchSession` (`Send`, `Receive` and `Ack` are the messages part's, [`crate::messages`]).
+//! The actor only keeps the bookkeeping; slow work runs in tasks that answer each request, and
+//! channel bytes never pass through it. Announced channels wait in [`crate::pending`]; channels
+//! between two sessions of this node are in [`crate::local`].
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::collections::{BTreeMap, BTreeSet};
 
 use actix::prelude::*;
-use bytes::Bytes;
 use p2pos_kernel::{Call, store::StoreError};
-use p2pos_proto::app::v1::{
-    AppInfo, DeliveryState, ListAppsReply, ReceivedMessage, Registered, SendReply,
-};
+use p2pos_proto::app::v1::{AppInfo, ListAppsReply, Registered};
 use p2pos_protocols::{
     Apps, answer,
     apps::{ChannelStream, Incoming, Request, Session},
     ids::PeerRef,
-    wire::MAX_PAYLOAD,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
 
 use crate::{
     Error, channel,
     counted::count,
-    delivery::Outcome,
-    mailbox::Mailbox,
     service::{MAX_OPENS, OverlayService},
-    task::{AbortOnDrop, Fut, ready, spawn_answer},
+    task::{Fut, ready, spawn_answer},
 };
 
 /// Announcements (incoming channels and calls) buffered per session.
 pub(crate) const SESSION_BUFFER: usize = 64;
 /// Most live sessions, all apps together.
 const MAX_SESSIONS: usize = 1024;
-/// Messages buffered between the inbox and a `Receive` stream (they stay in the inbox until
-/// the app acknowledges them).
-const RECEIVE_BUFFER: usize = 4;
-/// Messages read from the inbox at a time.
-const RECEIVE_BATCH: usize = 16;
-/// How long `Send` waits for the peer's acknowledgement before answering `QUEUED`.
-const SEND_WAIT: Duration = Duration::from_secs(3);
 
 /// One live session of an app.
 struct SessionSlot {
@@ -90,21 +76,12 @@ impl Handler<Call<Apps>> for OverlayService {
                 reply,
                 self.accept_channel(app_id.into_string(), channel_id, ctx),
             ),
-            Request::Send {
-                app_id,
-                peer,
-                payload,
-                reply,
-            } => spawn_answer(reply, self.send(app_id.into_string(), peer, payload)),
-            Request::Receive { app_id, reply } => {
-                answer(reply, self.receive(app_id.into_string()));
+            // Routed to the messages part, never here (see `service::route_apps`); answered
+            // there all the same if one comes this way.
+            request @ (Request::Send { .. } | Request::Receive { .. } | Request::Ack { .. }) => {
+                self.messages.handle(request);
             }
-            Request::Ack {
-                app_id,
-                inbox_id,
-                reply,
-            } => spawn_answer(reply, self.ack(app_id.into_string(), inbox_id)),
-            Request::ListApps { only, reply } => answer(reply, self.list_apps(only)),
+            Request::ListApps { only, reply } => spawn_answer(reply, self.list_apps(only)),
             Request::WatchSession { app_id, reply } => {
                 answer(reply, self.watch_session(&app_id));
             }
@@ -114,9 +91,6 @@ impl Handler<Call<Apps>> for OverlayService {
 
 impl OverlayService {
     fn open_session(&mut self, app_id: String, ctx: &mut Context<Self>) -> Fut<Session> {
-        if let Err(e) = self.mailbox.register_app(&app_id) {
-            return ready(Err(e));
-        }
         let live: usize = self.apps.values().map(|a| a.sessions.len()).sum();
         if live >= MAX_SESSIONS {
             return ready(Err(Error::Busy {
@@ -140,12 +114,13 @@ impl OverlayService {
                 .map(move |(), act, ctx| act.end_session(&app, id, ctx)),
         );
         let registered = Registered {
-            app_id,
+            app_id: app_id.clone(),
             peer_id: self.net.local_peer_id().to_string(),
         };
         let mailbox = self.mailbox.clone();
         Box::pin(async move {
-            mailbox.flush().await?;
+            // An app with a session accepts messages from then on, even between sessions.
+            mailbox.register_app_durably(app_id).await?;
             Ok(Session {
                 registered,
                 incoming,
@@ -214,120 +189,40 @@ impl OverlayService {
         })
     }
 
-    fn send(&mut self, app_id: String, peer: PeerRef, payload: Bytes) -> Fut<SendReply> {
-        let PeerRef { peer, addrs } = peer;
-        if payload.len() > MAX_PAYLOAD {
-            return ready(Err(Error::MessageTooLarge {
-                size: payload.len(),
-            }));
-        }
-        if peer == self.net.local_peer_id() {
-            return ready(Err(Error::SelfTarget(peer)));
-        }
-        self.net.remember(peer, addrs);
-        let size = payload.len();
-        let frame = match self
-            .mailbox
-            .register_app(&app_id)
-            .and_then(|()| self.mailbox.enqueue(&peer, &app_id, payload))
-        {
-            Ok(frame) => frame,
-            Err(e) => return ready(Err(e)),
-        };
-        let (mailbox, delivery) = (self.mailbox.clone(), self.delivery.clone());
-        Box::pin(async move {
-            mailbox.flush().await?;
-            let state = match delivery.deliver(peer, frame.sequence, SEND_WAIT).await {
-                Outcome::Delivered => DeliveryState::Delivered,
-                Outcome::Queued => DeliveryState::Queued,
-                Outcome::UnknownApp => return Err(Error::AppNotRegistered { app_id, peer }),
-                Outcome::TooLarge => return Err(Error::MessageTooLarge { size }),
-            };
-            Ok(SendReply {
-                message_id: frame.message_id,
-                state: state.into(),
-            })
-        })
-    }
-
-    fn receive(&mut self, app_id: String) -> Result<mpsc::Receiver<ReceivedMessage>, Error> {
-        self.mailbox.register_app(&app_id)?;
-        let (tx, rx) = mpsc::channel(RECEIVE_BUFFER);
-        let feeder = AbortOnDrop::spawn(feed_inbox(app_id.clone(), self.mailbox.clone(), tx));
-        // A new `Receive` replaces the old one, which ends (dropping the old feeder aborts it).
-        self.receivers.insert(app_id, feeder);
-        Ok(rx)
-    }
-
-    fn ack(&mut self, app_id: String, inbox_id: u64) -> Fut<()> {
+    /// `ListApps`: the session counts are the actor's; the store is read off it.
+    fn list_apps(&self, only: Option<String>) -> Fut<ListAppsReply> {
+        let sessions: BTreeMap<String, usize> = self
+            .apps
+            .iter()
+            .filter(|(app, _)| only.as_ref().is_none_or(|o| o == *app))
+            .map(|(app, state)| (app.clone(), state.sessions.len()))
+            .collect();
         let mailbox = self.mailbox.clone();
         Box::pin(async move {
-            // Off the actor: a cumulative acknowledgement may read many entries.
-            let removing = mailbox.clone();
-            tokio::task::spawn_blocking(move || removing.ack(&app_id, inbox_id))
+            let listing = move || -> Result<ListAppsReply, Error> {
+                let mut names: BTreeSet<String> = match &only {
+                    Some(app) => BTreeSet::from([app.clone()]),
+                    None => mailbox.apps()?.into_iter().collect(),
+                };
+                names.extend(sessions.keys().cloned());
+                let mut apps = Vec::new();
+                for app_id in names {
+                    let live = sessions.get(&app_id).copied().unwrap_or(0);
+                    if only.is_some() && live == 0 && !mailbox.is_app_known(&app_id)? {
+                        continue;
+                    }
+                    apps.push(AppInfo {
+                        sessions: u32::try_from(live).unwrap_or(u32::MAX),
+                        inbox: mailbox.inbox_count(&app_id)?,
+                        outbox: mailbox.outbox_count(&app_id)?,
+                        app_id,
+                    });
+                }
+                Ok(ListAppsReply { apps })
+            };
+            tokio::task::spawn_blocking(listing)
                 .await
-                .map_err(|e| StoreError::Io(format!("ack task: {e}")))??;
-            mailbox.flush().await?;
-            Ok(())
+                .map_err(|e| StoreError::Io(format!("list task: {e}")))?
         })
-    }
-
-    fn list_apps(&self, only: Option<String>) -> Result<ListAppsReply, Error> {
-        let mut names: BTreeSet<String> = match &only {
-            Some(app) => BTreeSet::from([app.clone()]),
-            None => self.mailbox.apps()?.into_iter().collect(),
-        };
-        names.extend(
-            self.apps
-                .keys()
-                .filter(|a| only.as_ref().is_none_or(|o| o == *a))
-                .cloned(),
-        );
-        let mut apps = Vec::new();
-        for app_id in names {
-            let sessions = self.apps.get(&app_id).map_or(0, |a| a.sessions.len());
-            if only.is_some() && sessions == 0 && !self.mailbox.is_app_known(&app_id)? {
-                continue;
-            }
-            apps.push(AppInfo {
-                sessions: u32::try_from(sessions).unwrap_or(u32::MAX),
-                inbox: self.mailbox.inbox_count(&app_id)?,
-                outbox: self.mailbox.outbox_count(&app_id)?,
-                app_id,
-            });
-        }
-        Ok(ListAppsReply { apps })
-    }
-}
-
-/// Streams the inbox of `app_id` into `tx`, oldest first, then new messages as they arrive;
-/// each once, and none removed (the app acknowledges them with `Ack`).
-async fn feed_inbox(app_id: String, mailbox: Arc<Mailbox>, tx: mpsc::Sender<ReceivedMessage>) {
-    let mut arrivals = mailbox.subscribe(&app_id);
-    // The inbox id of the last message handed to `tx`.
-    let mut cursor = None;
-    loop {
-        arrivals.borrow_and_update();
-        let batch = match mailbox.inbox_after(&app_id, cursor, RECEIVE_BATCH) {
-            Ok(batch) => batch,
-            Err(e) => {
-                warn!(app_id, "cannot read the inbox: {e}");
-                return;
-            }
-        };
-        if batch.is_empty() {
-            tokio::select! {
-                changed = arrivals.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
-            }
-            continue;
-        }
-        for message in batch {
-            let inbox_id = message.inbox_id;
-            if tx.send(message).await.is_err() {
-                return;
-            }
-            cursor = Some(inbox_id);
-        }
     }
 }

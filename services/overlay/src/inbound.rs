@@ -109,7 +109,11 @@ pub(crate) async fn serve_messages(
             };
         let sequence = frame.sequence;
         let (app_id, message_id) = (frame.app_id.clone(), frame.message_id);
-        let result = match mailbox.accept_incoming(&peer, frame) {
+        // Stored off the async threads: the store write may block.
+        let result = match mailbox
+            .blocking(move |mailbox| mailbox.accept_incoming(&peer, frame))
+            .await
+        {
             Ok(result) => result,
             Err(e) => {
                 // Not acknowledged: the sender keeps it and retries later.

@@ -21,6 +21,8 @@
 //! - `local`: channels between two sessions on this node, through an in-memory pipe.
 //! - `counted`: open channels counted against `max_channels` for as long as their bytes live.
 //! - `inbound`: the receiving side of channels and messages.
+//! - `messages`: `Send`, `Receive`, `Ack`: a handle of their own, reached straight from the
+//!   kernel's route, every store write off the async threads.
 //! - `delivery`: the sending side of `/p2pos/msg/1`, one task per peer with mail.
 //! - `mailbox`: the store layout of apps, outbox and inbox: exactly once between nodes, at
 //!   least once (until acknowledged) to the app.
@@ -37,6 +39,7 @@ mod forward;
 mod inbound;
 mod local;
 mod mailbox;
+mod messages;
 mod pending;
 mod registry;
 pub mod service;

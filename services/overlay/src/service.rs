@@ -5,12 +5,13 @@
 use std::{collections::HashMap, sync::Arc};
 
 use actix::prelude::*;
+use futures::future::BoxFuture;
 use p2pos_kernel::{
-    ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
+    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
     ServiceError, StopService, Uses,
 };
 use p2pos_protocols::{
-    Apps, Services,
+    Apps, Services, apps,
     network::{Accepting, Limits, NETWORK, Network},
 };
 use tokio::sync::Semaphore;
@@ -20,10 +21,11 @@ use crate::{
     Config,
     apps::AppState,
     channel::CHANNEL_PROTOCOL,
-    delivery::{self, Delivery, MESSAGE_PROTOCOL},
+    delivery::{self, MESSAGE_PROTOCOL},
     forward::Forwarding,
     inbound::{serve_channel, serve_messages},
     mailbox::Mailbox,
+    messages::Messages,
     pending::PendingChannel,
     registry::{self, CALL_PROTOCOL, refuse_call, serve_call},
     task::AbortOnDrop,
@@ -92,6 +94,7 @@ fn start(
     let announcer = net.announcer()?;
     let (delivery, delivery_task) =
         delivery::start(mailbox.clone(), net.clone(), ctx.events.clone());
+    let messages = Messages::new(mailbox.clone(), delivery, net.clone());
     let service = OverlayService {
         tasks: vec![AbortOnDrop::new(&delivery_task)],
         accepting: Vec::new(),
@@ -100,12 +103,11 @@ fn start(
         guard,
         net,
         mailbox,
-        delivery,
+        messages: messages.clone(),
         opens: Arc::new(Semaphore::new(MAX_OPENS)),
         channels: Arc::new(Semaphore::new(max_channels)),
         apps: HashMap::new(),
         pending: HashMap::new(),
-        receivers: HashMap::new(),
         next_session: 0,
         services: registry::State::new(announcer),
         forwarding,
@@ -113,7 +115,7 @@ fn start(
     let registry = service.ctx.registry.clone();
     let addr = service.start();
     registry
-        .register::<Apps>(addr.clone().recipient())
+        .route::<Apps>(route_apps(addr.clone().recipient(), messages))
         .map_err(setup)?;
     registry
         .register::<Services>(addr.clone().recipient())
@@ -136,7 +138,8 @@ pub struct OverlayService {
     guard: DeathGuard,
     pub(crate) net: Network,
     pub(crate) mailbox: Arc<Mailbox>,
-    pub(crate) delivery: Delivery,
+    /// `Send`, `Receive`, `Ack`: routed to it directly.
+    pub(crate) messages: Messages,
     /// Bounds concurrent outbound channel opens.
     pub(crate) opens: Arc<Semaphore>,
     /// One permit per channel open or waiting to be accepted, in either direction
@@ -146,8 +149,6 @@ pub struct OverlayService {
     pub(crate) apps: HashMap<String, AppState>,
     /// Inbound channels announced but not yet accepted.
     pub(crate) pending: HashMap<u64, PendingChannel>,
-    /// The live `Receive` feeder per app.
-    pub(crate) receivers: HashMap<String, AbortOnDrop>,
     pub(crate) next_session: u64,
     /// Services provided here, and calls waiting for their providers.
     pub(crate) services: registry::State,
@@ -175,6 +176,32 @@ impl Actor for OverlayService {
         // Exposures kept from before are services from the start.
         self.publish_services();
         info!(peer_id = %self.net.local_peer_id(), "overlay started");
+    }
+}
+
+/// How the apps protocol's requests reach their owner: messages (`Send`, `Receive`, `Ack`)
+/// go to the messages part at once, in tasks of their own; sessions and channels to the actor.
+fn route_apps(
+    sessions: Recipient<Call<Apps>>,
+    messages: Messages,
+) -> impl Fn(apps::Request) -> BoxFuture<'static, Result<(), ServiceError>> + Send + Sync + 'static
+{
+    move |request| match request {
+        request @ (apps::Request::Send { .. }
+        | apps::Request::Receive { .. }
+        | apps::Request::Ack { .. }) => {
+            messages.handle(request);
+            Box::pin(futures::future::ready(Ok(())))
+        }
+        request => {
+            let sessions = sessions.clone();
+            Box::pin(async move {
+                sessions
+                    .send(Call(request))
+                    .await
+                    .map_err(ServiceError::from)
+            })
+        }
     }
 }
 

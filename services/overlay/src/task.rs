@@ -23,6 +23,13 @@ impl AbortOnDrop {
     }
 }
 
+impl AbortOnDrop {
+    /// Whether the task has ended.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();

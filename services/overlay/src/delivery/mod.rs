@@ -429,7 +429,10 @@ async fn drain(
                     outcome,
                 })
                 .await;
-            shared.mailbox.remove_outgoing(&message)?;
+            shared
+                .mailbox
+                .blocking(move |mailbox| mailbox.remove_outgoing(&message))
+                .await?;
         }
     }
 }

@@ -100,6 +100,32 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Remembers that `app_id` exists on this node, durably, off the async threads.
+    pub(crate) async fn register_app_durably(
+        self: &Arc<Self>,
+        app_id: String,
+    ) -> Result<(), Error> {
+        let mailbox = self.clone();
+        tokio::task::spawn_blocking(move || {
+            mailbox.register_app(&app_id)?;
+            mailbox.store.flush()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("store task: {e}")))?
+    }
+
+    /// Runs `work` on the mailbox off the async threads (its store writes block).
+    pub(crate) async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Mailbox) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let mailbox = self.clone();
+        tokio::task::spawn_blocking(move || work(&mailbox))
+            .await
+            .map_err(|e| StoreError::Io(format!("store task: {e}")))?
+    }
+
     /// Remembers that `app_id` exists on this node.
     pub(crate) fn register_app(&self, app_id: &str) -> Result<(), Error> {
         if self.store.get(APPS, app_id.as_bytes())?.is_none() {

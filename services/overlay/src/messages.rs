@@ -1,0 +1,180 @@
+//! Store-and-forward messages for apps — `Send`, `Receive`, `Ack` — behind a cheap handle of
+//! their own: requests come straight from the kernel's route (never through the overlay
+//! actor's mailbox), each is served in a task of its own, and every store write and flush runs
+//! on the blocking pool, never on a thread that serves other requests.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use p2pos_proto::app::v1::{DeliveryState, ReceivedMessage, SendReply};
+use p2pos_protocols::{
+    answer,
+    apps::Request,
+    ids::{AppId, PeerRef},
+    network::Network,
+    wire::MAX_PAYLOAD,
+};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::{
+    Error,
+    delivery::{Delivery, Outcome},
+    mailbox::Mailbox,
+    task::AbortOnDrop,
+};
+
+/// Messages buffered between the inbox and a `Receive` stream (they stay in the inbox until
+/// the app acknowledges them).
+const RECEIVE_BUFFER: usize = 4;
+/// Messages read from the inbox at a time.
+const RECEIVE_BATCH: usize = 16;
+/// How long `Send` waits for the peer's acknowledgement before answering `QUEUED`.
+const SEND_WAIT: Duration = Duration::from_secs(3);
+
+/// The messages part of the overlay: a cheap, cloneable handle.
+#[derive(Clone)]
+pub(crate) struct Messages {
+    mailbox: Arc<Mailbox>,
+    delivery: Delivery,
+    net: Network,
+    /// The live `Receive` feeder per app; one per app id that follows its inbox, finished ones
+    /// dropped whenever another is added.
+    receivers: Arc<Mutex<HashMap<String, AbortOnDrop>>>,
+}
+
+impl Messages {
+    /// The part over `mailbox`, delivering with `delivery` on `net`.
+    pub(crate) fn new(mailbox: Arc<Mailbox>, delivery: Delivery, net: Network) -> Self {
+        Self {
+            mailbox,
+            delivery,
+            net,
+            receivers: Arc::default(),
+        }
+    }
+
+    /// Serves one of `Send`, `Receive`, `Ack` in a task of its own; any other request is not
+    /// this part's (it is dropped, and its caller hears so).
+    pub(crate) fn handle(&self, request: Request) {
+        let messages = self.clone();
+        match request {
+            Request::Send {
+                app_id,
+                peer,
+                payload,
+                reply,
+            } => {
+                tokio::spawn(async move {
+                    answer(reply, messages.send(app_id, peer, payload).await);
+                });
+            }
+            Request::Receive { app_id, reply } => {
+                tokio::spawn(async move { answer(reply, messages.receive(app_id).await) });
+            }
+            Request::Ack {
+                app_id,
+                inbox_id,
+                reply,
+            } => {
+                tokio::spawn(async move { answer(reply, messages.ack(app_id, inbox_id).await) });
+            }
+            other => warn!("the messages part was handed {other:?}"),
+        }
+    }
+
+    /// `Send`: durable in the outbox first, then delivered (waiting briefly for the outcome).
+    async fn send(&self, app_id: AppId, peer: PeerRef, payload: Bytes) -> Result<SendReply, Error> {
+        let PeerRef { peer, addrs } = peer;
+        let size = payload.len();
+        if size > MAX_PAYLOAD {
+            return Err(Error::MessageTooLarge { size });
+        }
+        if peer == self.net.local_peer_id() {
+            return Err(Error::SelfTarget(peer));
+        }
+        self.net.remember(peer, addrs);
+        let app = app_id.into_string();
+        let queued = app.clone();
+        let frame = self
+            .mailbox
+            .blocking(move |mailbox| {
+                mailbox.register_app(&queued)?;
+                mailbox.enqueue(&peer, &queued, payload)
+            })
+            .await?;
+        self.mailbox.flush().await?;
+        let state = match self.delivery.deliver(peer, frame.sequence, SEND_WAIT).await {
+            Outcome::Delivered => DeliveryState::Delivered,
+            Outcome::Queued => DeliveryState::Queued,
+            Outcome::UnknownApp => return Err(Error::AppNotRegistered { app_id: app, peer }),
+            Outcome::TooLarge => return Err(Error::MessageTooLarge { size }),
+        };
+        Ok(SendReply {
+            message_id: frame.message_id,
+            state: state.into(),
+        })
+    }
+
+    /// `Receive`: a new follower of the app's inbox replaces the old one, which ends.
+    async fn receive(&self, app_id: AppId) -> Result<mpsc::Receiver<ReceivedMessage>, Error> {
+        let app = app_id.into_string();
+        let registering = app.clone();
+        self.mailbox
+            .blocking(move |mailbox| mailbox.register_app(&registering))
+            .await?;
+        let (tx, rx) = mpsc::channel(RECEIVE_BUFFER);
+        let feeder = AbortOnDrop::spawn(feed_inbox(app.clone(), self.mailbox.clone(), tx));
+        let mut receivers = self.receivers.lock().unwrap_or_else(|e| e.into_inner());
+        receivers.retain(|_, feeder| !feeder.is_finished());
+        // Dropping the old feeder aborts it.
+        receivers.insert(app, feeder);
+        Ok(rx)
+    }
+
+    /// `Ack`: the messages up to `inbox_id` leave the inbox, durably.
+    async fn ack(&self, app_id: AppId, inbox_id: u64) -> Result<(), Error> {
+        let app = app_id.into_string();
+        // A cumulative acknowledgement may read many entries.
+        self.mailbox
+            .blocking(move |mailbox| mailbox.ack(&app, inbox_id))
+            .await?;
+        self.mailbox.flush().await
+    }
+}
+
+/// Streams the inbox of `app_id` into `tx`, oldest first, then new messages as they arrive;
+/// each once, and none removed (the app acknowledges them with `Ack`).
+async fn feed_inbox(app_id: String, mailbox: Arc<Mailbox>, tx: mpsc::Sender<ReceivedMessage>) {
+    let mut arrivals = mailbox.subscribe(&app_id);
+    // The inbox id of the last message handed to `tx`.
+    let mut cursor = None;
+    loop {
+        arrivals.borrow_and_update();
+        let batch = match mailbox.inbox_after(&app_id, cursor, RECEIVE_BATCH) {
+            Ok(batch) => batch,
+            Err(e) => {
+                warn!(app_id, "cannot read the inbox: {e}");
+                return;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                changed = arrivals.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+            continue;
+        }
+        for message in batch {
+            let inbox_id = message.inbox_id;
+            if tx.send(message).await.is_err() {
+                return;
+            }
+            cursor = Some(inbox_id);
+        }
+    }
+}

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     Error, channel,
     counted::count,
-    service::{MAX_OPENS, OverlayService},
+    service::OverlayService,
     task::{Fut, ready, spawn_answer},
 };
 
@@ -174,7 +174,7 @@ impl OverlayService {
         let Ok(permit) = self.opens.clone().try_acquire_owned() else {
             return ready(Err(Error::Busy {
                 what: "channel opens in progress",
-                limit: MAX_OPENS,
+                limit: self.config.max_opens as usize,
             }));
         };
         if peer == self.net.local_peer_id() {

@@ -8,6 +8,9 @@ use serde::Deserialize;
 pub struct Config {
     /// Most channels open at once, in either direction, waiting ones included. Default: 1024.
     pub max_channels: u32,
+    /// Most outbound channel opens in progress at once (each waits for its peer to be reached
+    /// and to accept); past it an open is refused at once. Default: 32.
+    pub max_opens: u32,
     /// Most messages an app's inbox holds unacknowledged; past it senders are told to retry
     /// later. Default: 10,000.
     pub max_inbox_messages: u64,
@@ -17,6 +20,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_channels: 1024,
+            max_opens: 32,
             max_inbox_messages: 10_000,
         }
     }
@@ -27,6 +31,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_inbox_messages == 0 {
             return Err("max_inbox_messages must be > 0".into());
+        }
+        if self.max_opens == 0 || self.max_opens > 4096 {
+            return Err("max_opens must be 1 to 4096".into());
         }
         Ok(())
     }

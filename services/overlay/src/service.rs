@@ -57,8 +57,6 @@ const MAX_CALL_STREAMS: Limits = Limits {
     total: 512,
     per_peer: 64,
 };
-/// Most outbound channel opens at once.
-pub(crate) const MAX_OPENS: usize = 32;
 
 /// The child spec the daemon hands to the kernel: a permanent service named `overlay` that
 /// answers the apps protocol and the services protocol, on the network handle.
@@ -87,6 +85,7 @@ fn start(
     let setup = |e: ServiceError| crate::Error::Setup(e.to_string());
     let net: Network = ctx.registry.take(NETWORK).map_err(setup)?;
     let mailbox = Mailbox::new(ctx.store.clone(), config.max_inbox_messages)?;
+    let max_opens = config.max_opens as usize;
     let max_channels = usize::try_from(config.max_channels)
         .unwrap_or(usize::MAX)
         .min(Semaphore::MAX_PERMITS);
@@ -104,7 +103,7 @@ fn start(
         net,
         mailbox,
         messages: messages.clone(),
-        opens: Arc::new(Semaphore::new(MAX_OPENS)),
+        opens: Arc::new(Semaphore::new(max_opens)),
         channels: Arc::new(Semaphore::new(max_channels)),
         apps: HashMap::new(),
         pending: HashMap::new(),

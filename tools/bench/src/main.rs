@@ -12,6 +12,7 @@
 //! - [`report`]: the table and the JSON.
 
 mod ceiling;
+mod control;
 mod node;
 mod pipe;
 mod raw;
@@ -59,6 +60,9 @@ struct Args {
     /// Fresh connections timed in the dial scenario (the median is reported).
     #[arg(long, default_value_t = 5)]
     dials: usize,
+    /// Control calls (`ListPeers`, `GetInfo`) timed idle and under load.
+    #[arg(long, default_value_t = 400)]
+    control_calls: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -168,6 +172,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     starts.push(idle.start_to_answer);
     tokio::time::sleep(SETTLE).await;
     let idle_rss = idle.rss_mib()?;
+    progress("P2P OS control calls, idle and under load");
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        load.push(idle.connect().await?);
+    }
+    let (control_idle, control_loaded) =
+        control::control_plane(idle.client(), load, args.control_calls).await?;
     drop(idle);
     let start_ms = scenarios::median_ms(&mut starts);
 
@@ -217,7 +228,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tcp_figures(|| chain.open(), &args).await?
     };
 
-    let rows = rows(&p2pos, &base, &top, &floor, idle_rss, start_ms);
+    let mut rows = rows(&p2pos, &base, &top, &floor, idle_rss, start_ms);
+    rows.extend(control_rows(control_idle, control_loaded));
     if args.json {
         let machine = json!({
             "cpus": std::thread::available_parallelism().map_or(0, usize::from),
@@ -352,6 +364,31 @@ fn rows(
             None,
             None,
             Goal::AtMost(150.0),
+        ),
+    ]
+}
+
+/// The control-plane rows: under load, with the idle node as the baseline.
+fn control_rows(idle: (f64, f64), loaded: (f64, f64)) -> Vec<Row> {
+    let row = |scenario: &str, loaded, idle| Row {
+        scenario: scenario.to_owned(),
+        unit: "µs",
+        p2pos: loaded,
+        baseline: Some(idle),
+        ceiling: None,
+        floor: None,
+        goal: Goal::RatioAtMost(2.0),
+    };
+    vec![
+        row(
+            "ListPeers/GetInfo under load, p50 (baseline: idle)",
+            loaded.0,
+            idle.0,
+        ),
+        row(
+            "ListPeers/GetInfo under load, p99 (baseline: idle)",
+            loaded.1,
+            idle.1,
         ),
     ]
 }

@@ -78,6 +78,21 @@ impl Node {
         })
     }
 
+    /// A new connection to the node's gateway.
+    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
+        let target = Target::new(
+            Gateway::Unix(self.dir.path().join("gateway.sock")),
+            None,
+            Some(self.dir.path().to_path_buf()),
+        )?;
+        Ok(Client::connect(&target).await?)
+    }
+
+    /// The connection the node was started with.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Resident memory of the process, in MiB, from `/proc/<pid>/status`.
     pub(crate) fn rss_mib(&self) -> anyhow::Result<f64> {
         let pid = self

@@ -126,7 +126,7 @@ async fn received_bytes(pipe: &mut Pipe) -> anyhow::Result<u64> {
 }
 
 /// The `pct`th percentile of sorted durations, in microseconds.
-fn percentile(sorted: &[Duration], pct: usize) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], pct: usize) -> f64 {
     let at = (sorted.len() * pct / 100).min(sorted.len().saturating_sub(1));
     sorted
         .get(at)

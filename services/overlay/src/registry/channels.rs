@@ -31,7 +31,7 @@ use crate::{
     inbound::{Io, Refusal},
     local::PIPE_BUFFER,
     pending::{ServiceOrigin, Unannounced},
-    service::{MAX_OPENS, OverlayService},
+    service::OverlayService,
     task::{Fut, ready},
 };
 
@@ -78,7 +78,7 @@ impl OverlayService {
         let Ok(open_permit) = self.opens.clone().try_acquire_owned() else {
             return fail(Error::Busy {
                 what: "channel opens in progress",
-                limit: MAX_OPENS,
+                limit: self.config.max_opens as usize,
             });
         };
         let local = self.net.local_peer_id();

@@ -16,22 +16,12 @@ use tracing::debug;
 
 use p2pos_protocols::network::{Error, Reply};
 
-use crate::{behaviour::PING_INTERVAL, event_loop::EventLoop};
+use crate::{behaviour::PING_INTERVAL, event_loop::EventLoop, waiting::PendingConnect};
 
 /// Most callers waiting on one peer at once.
 const MAX_WAITERS_PER_PEER: usize = 64;
 /// Most peers being connected to or looked up at once.
 const MAX_PENDING_PEERS: usize = 256;
-
-/// Callers waiting for a connection to one peer, and how far the attempt has got.
-pub(crate) struct PendingConnect {
-    pub(crate) waiters: Vec<Reply<Multiaddr>>,
-    /// Addresses given by the caller or found in the DHT, not yet dialled.
-    addrs: Vec<Multiaddr>,
-    dialed: bool,
-    looked_up: bool,
-    last_error: Option<String>,
-}
 
 impl EventLoop {
     /// Starts connecting to `peer`, or joins an attempt in progress.

@@ -30,12 +30,10 @@ use p2pos_protocols::network::{Command, NetEvent, Reply};
 
 use crate::{
     behaviour::{Behaviour, BehaviourEvent, is_relay_hop},
-    connect::PendingConnect,
     metrics::SwarmMetrics,
     peers::{self, PeerBook, is_dialable},
     provider_cache::ProviderCache,
-    providers::ProviderQuery,
-    records::RecordQuery,
+    waiting::{PendingConnect, ProviderQuery, RecordQuery},
 };
 
 /// How often stale waiters are dropped and late ticket requests answered.

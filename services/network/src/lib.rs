@@ -21,6 +21,7 @@
 //! - `providers`: the keys this node announces in the DHT, and look-ups of providers.
 //! - `provider_cache`: providers found by recent look-ups, reused for a while.
 //! - `records`: records signed by this node, put in and got from the DHT.
+//! - `waiting`: what the swarm task waits on (connects, look-ups, record queries), and who.
 
 mod behaviour;
 pub mod config;
@@ -34,6 +35,7 @@ mod provider_cache;
 mod providers;
 mod records;
 pub mod service;
+mod waiting;
 
 pub use config::Config;
 pub use service::{NAME, child_spec};

@@ -27,28 +27,17 @@ use tracing::{debug, warn};
 
 use p2pos_protocols::network::{Error, Providers, RemoteProvider, Reply, check_key};
 
-use crate::{event_loop::EventLoop, provider_cache::Found};
+use crate::{
+    event_loop::EventLoop,
+    provider_cache::Found,
+    waiting::{ProviderQuery, Waiter},
+};
 
 /// Most look-ups of providers at once (of different services: callers of one key share
 /// its look-up).
 const MAX_PROVIDER_QUERIES: usize = 64;
 /// Most callers waiting on one look-up.
 const MAX_WAITERS_PER_QUERY: usize = 1024;
-
-/// A look-up of a key's providers in progress, and the callers waiting on it.
-pub(crate) struct ProviderQuery {
-    key: String,
-    /// Providers found so far, in the order found, without this node.
-    found: Vec<Found>,
-    waiters: Vec<Waiter>,
-}
-
-/// A caller of [`EventLoop::find_providers`] waiting on a look-up.
-struct Waiter {
-    limit: usize,
-    deadline: Instant,
-    reply: Reply<Providers>,
-}
 
 /// The Kademlia key of a DHT key (a string under `/p2pos/`, checked by the handle).
 fn dht_key(key: &str) -> kad::RecordKey {

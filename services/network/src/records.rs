@@ -10,7 +10,7 @@ use libp2p::{core::SignedEnvelope, kad};
 use p2pos_protocols::network::{Error, Reply, SignedRecord};
 use tracing::debug;
 
-use crate::event_loop::EventLoop;
+use crate::{event_loop::EventLoop, waiting::RecordQuery};
 
 /// The signing domain of records: a signature made for another purpose never verifies here.
 const DOMAIN: &str = "p2pos-record";
@@ -18,18 +18,6 @@ const DOMAIN: &str = "p2pos-record";
 const MAX_RECORD_QUERIES: usize = 64;
 /// Most distinct records one get hands back.
 const MAX_FOUND: usize = 16;
-
-/// A put or a get of a record in progress.
-pub(crate) enum RecordQuery {
-    /// A put, answered once it reached enough peers (or only this node's store).
-    Put { reply: Reply<()> },
-    /// A get, answered with the verified records found when it ends.
-    Get {
-        key: String,
-        found: Vec<SignedRecord>,
-        reply: Reply<Vec<SignedRecord>>,
-    },
-}
 
 /// The record found under `key` as a [`SignedRecord`], if its envelope's signature verifies
 /// for that key.

@@ -11,7 +11,7 @@ use p2pos_kernel::{Call, store::StoreError};
 use p2pos_proto::app::v1::{AppInfo, ListAppsReply, Registered};
 use p2pos_protocols::{
     Apps, answer,
-    apps::{ChannelStream, Incoming, Request, Session},
+    apps::{ChannelStream, Request, Session},
     ids::PeerRef,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -19,40 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     Error, channel,
     counted::count,
-    service::OverlayService,
+    sessions::{MAX_SESSIONS, SESSION_BUFFER, SessionSlot},
+    state::OverlayService,
     task::{Fut, ready, spawn_answer},
 };
-
-/// Announcements (incoming channels and calls) buffered per session.
-pub(crate) const SESSION_BUFFER: usize = 64;
-/// Most live sessions, all apps together.
-const MAX_SESSIONS: usize = 1024;
-
-/// One live session of an app.
-struct SessionSlot {
-    id: u64,
-    tx: mpsc::Sender<Incoming>,
-}
-
-/// The live sessions of one app, oldest first.
-#[derive(Default)]
-pub(crate) struct AppState {
-    sessions: Vec<SessionSlot>,
-    /// Dropped when the last session ends (see [`Request::WatchSession`]).
-    watchers: Vec<oneshot::Sender<()>>,
-}
-
-impl AppState {
-    /// Where to announce incoming channels and calls: the newest session still open, and its
-    /// id.
-    pub(crate) fn newest(&self) -> Option<(u64, &mpsc::Sender<Incoming>)> {
-        self.sessions
-            .iter()
-            .rev()
-            .find(|s| !s.tx.is_closed())
-            .map(|s| (s.id, &s.tx))
-    }
-}
 
 impl Handler<Call<Apps>> for OverlayService {
     type Result = ();

@@ -10,7 +10,11 @@
 //!
 //! # Layout
 //! - [`config`]: the `[overlay]` table of the node's configuration.
-//! - [`service`]: the actor, its [`child_spec`] and life cycle.
+//! - [`service`]: the actor's [`child_spec`] and life cycle, and how requests reach it.
+//! - [`state`]: what the actor owns; the parts below extend it, and none imports a part that
+//!   imports it back.
+//! - `sessions`: the live sessions of each app.
+//! - `announced`: what an inbound channel holds until it is accepted.
 //! - `apps`: the apps protocol (sessions, channels, `Send`, `Receive`, `Ack`, `ListApps`).
 //! - `registry`: `p2pos.service.v1`: services registered by apps, announced in and found
 //!   through the DHT, unary calls over `/p2pos/call/2`, channels to services.
@@ -29,6 +33,7 @@
 //! - `task`: tasks that end with their owner.
 //! - [`error`]: the overlay's [`Error`] and its one mapping to `ServiceError`.
 
+mod announced;
 mod apps;
 mod channel;
 pub mod config;
@@ -43,8 +48,11 @@ mod messages;
 mod pending;
 mod registry;
 pub mod service;
+mod sessions;
+pub mod state;
 mod task;
 
 pub use config::Config;
 pub use error::Error;
-pub use service::{NAME, OverlayService, child_spec};
+pub use service::{NAME, child_spec};
+pub use state::OverlayService;

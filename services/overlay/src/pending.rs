@@ -6,80 +6,24 @@
 
 use actix::prelude::*;
 use libp2p::PeerId;
-use p2pos_kernel::store::StoreError;
 use p2pos_proto::{
     app::v1::IncomingChannel,
     wire::v1::{ChannelWelcome, channel_welcome},
 };
 use p2pos_protocols::apps::{ChannelStream, Incoming};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::{
     Error,
-    apps::AppState,
+    announced::{PendingChannel, PendingIo, ServiceOrigin, Unannounced},
     channel,
     counted::count,
-    inbound::{InboundChannel, Io, Refusal, refuse},
-    local::LocalEnd,
-    service::OverlayService,
+    inbound::{InboundChannel, Refusal, refuse},
+    sessions::AppState,
+    state::OverlayService,
     task::{Fut, ready},
 };
-
-/// An inbound channel announced to a session and not yet accepted.
-pub(crate) struct PendingChannel {
-    peer: PeerId,
-    app_id: String,
-    /// The session it was announced on.
-    session: u64,
-    /// Set for a channel to a service the app provides.
-    origin: Option<ServiceOrigin>,
-    io: PendingIo,
-    /// Its place among the node's channels, handed on to the open channel.
-    permit: OwnedSemaphorePermit,
-    expiry: SpawnHandle,
-}
-
-/// The acceptor's side of a pending channel.
-pub(crate) enum PendingIo {
-    /// A remote peer's `/p2pos/channel/1` stream, after its hello; it waits for the welcome.
-    Remote(Io),
-    /// A channel opened on this node: the acceptor's end of the pipe, and the opener waiting.
-    Local(LocalEnd),
-}
-
-impl From<Io> for PendingIo {
-    fn from(io: Io) -> Self {
-        PendingIo::Remote(io)
-    }
-}
-
-impl From<LocalEnd> for PendingIo {
-    fn from(end: LocalEnd) -> Self {
-        PendingIo::Local(end)
-    }
-}
-
-/// Who opened a channel to a service, and to which: told to the providing app.
-pub(crate) struct ServiceOrigin {
-    /// The service (`name/version`).
-    pub(crate) service: String,
-    /// The opener's app.
-    pub(crate) from_app: String,
-}
-
-/// Why an inbound channel was not announced to the app.
-pub(crate) enum Unannounced {
-    /// The node has `max_channels` channels open or waiting.
-    TooManyChannels,
-    /// No live session of the app.
-    NotListening,
-    /// The app's newest session has [`crate::apps::SESSION_BUFFER`] announcements it has not
-    /// read.
-    Backlog,
-    /// The channel could not be numbered.
-    NoId(StoreError),
-}
 
 impl OverlayService {
     /// Hands the app the pending channel `channel_id` (and the opener its end, or the remote

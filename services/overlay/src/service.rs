@@ -19,15 +19,14 @@ use tracing::info;
 
 use crate::{
     Config,
-    apps::AppState,
     channel::CHANNEL_PROTOCOL,
     delivery::{self, MESSAGE_PROTOCOL},
     forward::Forwarding,
     inbound::{serve_channel, serve_messages},
     mailbox::Mailbox,
     messages::Messages,
-    pending::PendingChannel,
-    registry::{self, CALL_PROTOCOL, refuse_call, serve_call},
+    registry::{CALL_PROTOCOL, refuse_call, serve_call, state::State},
+    state::OverlayService,
     task::AbortOnDrop,
 };
 
@@ -108,7 +107,7 @@ fn start(
         apps: HashMap::new(),
         pending: HashMap::new(),
         next_session: 0,
-        services: registry::State::new(announcer),
+        services: State::new(announcer),
         forwarding,
     };
     let registry = service.ctx.registry.clone();
@@ -123,36 +122,6 @@ fn start(
         stop: addr.clone().recipient(),
         panic: addr.recipient(),
     })
-}
-
-/// The overlay actor: holds the overlay's tasks and the guards of its inbound protocols, the
-/// app sessions, the pending inbound channels, the service registry and port forwarding.
-pub struct OverlayService {
-    /// Aborted when the actor goes: the delivery task.
-    tasks: Vec<AbortOnDrop>,
-    /// The inbound protocols served, until the actor goes.
-    accepting: Vec<Accepting>,
-    pub(crate) ctx: ServiceContext,
-    pub(crate) config: Arc<Config>,
-    guard: DeathGuard,
-    pub(crate) net: Network,
-    pub(crate) mailbox: Arc<Mailbox>,
-    /// `Send`, `Receive`, `Ack`: routed to it directly.
-    pub(crate) messages: Messages,
-    /// Bounds concurrent outbound channel opens.
-    pub(crate) opens: Arc<Semaphore>,
-    /// One permit per channel open or waiting to be accepted, in either direction
-    /// (`Config::max_channels`); a channel's byte stream holds its permit.
-    pub(crate) channels: Arc<Semaphore>,
-    /// Live sessions per app.
-    pub(crate) apps: HashMap<String, AppState>,
-    /// Inbound channels announced but not yet accepted.
-    pub(crate) pending: HashMap<u64, PendingChannel>,
-    pub(crate) next_session: u64,
-    /// Services provided here, and calls waiting for their providers.
-    pub(crate) services: registry::State,
-    /// Exposures and forwards.
-    pub(crate) forwarding: Forwarding,
 }
 
 impl Actor for OverlayService {

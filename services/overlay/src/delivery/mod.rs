@@ -30,6 +30,7 @@ use crate::{Error, mailbox::Mailbox};
 
 mod waiters;
 
+pub(crate) use waiters::Outcome;
 use waiters::Waiters;
 
 /// `/p2pos/msg/1`.
@@ -49,19 +50,6 @@ const RETRY_BUSY: Duration = Duration::from_secs(2);
 /// First and longest wait before retrying a peer.
 const RETRY_MIN: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(60);
-
-/// What became of one message, as a `Send` call learns it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// The peer stored it.
-    Delivered,
-    /// The peer does not know the app; the message is dropped.
-    UnknownApp,
-    /// The peer refused the payload's size; the message is dropped.
-    TooLarge,
-    /// Still in the outbox.
-    Queued,
-}
 
 enum Command {
     Deliver {

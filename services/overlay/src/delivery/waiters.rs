@@ -6,7 +6,18 @@ use std::collections::{HashMap, VecDeque};
 use libp2p::PeerId;
 use tokio::sync::oneshot;
 
-use super::Outcome;
+/// What became of one message, as a `Send` call learns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The peer stored it.
+    Delivered,
+    /// The peer does not know the app; the message is dropped.
+    UnknownApp,
+    /// The peer refused the payload's size; the message is dropped.
+    TooLarge,
+    /// Still in the outbox.
+    Queued,
+}
 
 /// Most `Send` calls waiting for their outcome at once.
 const MAX_WAITERS: usize = 4096;

@@ -22,7 +22,7 @@ use p2pos_proto::{
 };
 use p2pos_protocols::{
     apps::Incoming,
-    wire::{self, read_message, write_message},
+    wire::{read_message, write_message},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -32,15 +32,18 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::debug;
 
 use super::{
-    calls::{CALL_TAKEN, MAX_CALL_TIME},
+    call::{
+        CALL_TAKEN, CallIn, Delivered, InboundCall, MAX_CALL_FRAME, MAX_CALL_TIME, UNKNOWN, code,
+    },
     names::{validate_payload, validate_service},
+    state::PendingCall,
 };
 use crate::{
     Error,
-    apps::{AppState, SESSION_BUFFER},
     error::validate_app_id,
     inbound::{HELLO_TIMEOUT, WRITE_TIMEOUT},
-    service::OverlayService,
+    sessions::{AppState, SESSION_BUFFER},
+    state::OverlayService,
 };
 
 /// Most calls waiting for their provider's answer on this node.
@@ -48,8 +51,6 @@ pub(crate) const MAX_PENDING_CALLS: usize = 1024;
 /// Most calls waiting for the answer of one provider app, so that one slow app cannot take
 /// every place.
 pub(crate) const MAX_PENDING_CALLS_PER_APP: usize = 256;
-/// Largest `CallFrame` or `CallAnswer`: a payload and its envelope.
-pub(crate) const MAX_CALL_FRAME: usize = wire::MAX_PAYLOAD + 4 * 1024;
 /// Longest error message passed on from a provider, in bytes.
 const MAX_ERROR_MESSAGE: usize = 1024;
 /// How much longer than the call's time the server of a remote call waits for the actor to
@@ -57,44 +58,6 @@ const MAX_ERROR_MESSAGE: usize = 1024;
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// How long refusing a call stream (when too many are open) may take.
 const REFUSAL_TIME: Duration = Duration::from_secs(2);
-/// gRPC `UNKNOWN`, for a provider's error code outside 1–16.
-const UNKNOWN: u32 = 2;
-
-/// A call announced to a provider on this node.
-pub(crate) struct PendingCall {
-    /// The providing app.
-    app_id: String,
-    service: String,
-    /// The session it was announced on.
-    session: u64,
-    answer: oneshot::Sender<CallAnswer>,
-    expiry: SpawnHandle,
-}
-
-/// A call for a provider on this node, checked.
-pub(crate) struct CallIn {
-    pub(crate) service: String,
-    pub(crate) from_peer: PeerId,
-    pub(crate) from_app: String,
-    pub(crate) payload: Bytes,
-    /// How long the caller waits from now.
-    pub(crate) timeout: Duration,
-}
-
-/// A call announced to the app providing its service here.
-pub(crate) struct Delivered {
-    /// The app that was given the call.
-    pub(crate) app_id: String,
-    /// Where its answer (or the node's, on its behalf) comes.
-    pub(crate) answer: oneshot::Receiver<CallAnswer>,
-}
-
-/// A remote node's call, read from its `/p2pos/call/2` stream: announced, or refused by this
-/// node (the answer to write back).
-#[derive(Message)]
-#[rtype(result = "Result<Delivered, Error>")]
-pub(crate) struct InboundCall(pub(crate) CallIn);
-
 impl Handler<InboundCall> for OverlayService {
     type Result = Result<Delivered, Error>;
 
@@ -416,12 +379,6 @@ fn app_error(app_id: &str, code: u32, message: String) -> CallAnswer {
     }
 }
 
-/// The gRPC status code of `code`.
-pub(crate) fn code(code: ErrorCode) -> u32 {
-    let status = tonic::Status::from(ServiceError::new(code, String::new()));
-    u32::try_from(i32::from(status.code())).unwrap_or(UNKNOWN)
-}
-
 /// `text` cut to at most `max` bytes, on a character boundary.
 fn shorten(mut text: String, max: usize) -> String {
     if text.len() > max {
@@ -460,7 +417,10 @@ mod tests {
         assert_eq!(call.timeout, MAX_CALL_TIME, "clamped to 60 s");
         let refused = |f| node_error(checked(peer, f).err().expect("refused")).code;
         assert_eq!(refused(frame("echo", 3, 100)), 3);
-        assert_eq!(refused(frame("echo/1", wire::MAX_PAYLOAD + 1, 100)), 8);
+        assert_eq!(
+            refused(frame("echo/1", p2pos_protocols::wire::MAX_PAYLOAD + 1, 100)),
+            8
+        );
         assert_eq!(refused(frame("echo/1", 3, 0)), 4);
     }
 

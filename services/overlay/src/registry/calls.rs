@@ -13,7 +13,7 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use libp2p::{Multiaddr, PeerId};
 use libp2p_stream::OpenStreamError;
 use p2pos_proto::{
     service::v1::CallReply,
@@ -35,30 +35,21 @@ use tracing::debug;
 use actix::Context;
 
 use super::{
-    answers::{CallIn, MAX_CALL_FRAME, code},
+    call::{CALL_PROTOCOL, CALL_TAKEN, CallIn, MAX_CALL_FRAME, MAX_CALL_TIME, PROTOCOL, code},
     find::{Attempt, Here, try_providers},
     names::validate_payload,
     slots::{MAX_CALLS_PER_PEER, PeerSlots},
 };
 use crate::{
     Error,
-    service::OverlayService,
+    state::OverlayService,
     task::{Fut, ready},
 };
 
-/// `/p2pos/call/2`: one unary service call per stream.
-pub(crate) const CALL_PROTOCOL: StreamProtocol = StreamProtocol::new(PROTOCOL);
-/// The longest a call waits for its answer.
-pub(crate) const MAX_CALL_TIME: Duration = Duration::from_secs(60);
 /// How long connecting to one provider may take, at most.
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// How long opening a stream to a connected provider may take, at most.
 const OPEN_LIMIT: Duration = Duration::from_secs(5);
-/// The protocol's name in errors.
-const PROTOCOL: &str = "/p2pos/call/2";
-/// The first byte a provider's node writes on a call stream it serves: the stream was taken,
-/// so an end before it means the call was never seen there.
-pub(crate) const CALL_TAKEN: u8 = 0x01;
 /// How many streams one call opens to one provider, at most, when the far side resets them
 /// before the call is sent.
 const MAX_OPENS: u32 = 4;

@@ -20,18 +20,19 @@ use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tracing::{debug, warn};
 
 use super::{
-    FORWARD_APP,
     find::{Attempt, Here, try_providers},
     names::validate_service,
+    state::FORWARD_APP,
 };
 use crate::{
-    Error, channel,
+    Error,
+    announced::PIPE_BUFFER,
+    announced::{ServiceOrigin, Unannounced},
+    channel,
     counted::count,
     error::validate_app_id,
     inbound::{Io, Refusal},
-    local::PIPE_BUFFER,
-    pending::{ServiceOrigin, Unannounced},
-    service::OverlayService,
+    state::OverlayService,
     task::{Fut, ready},
 };
 

@@ -14,8 +14,8 @@ use p2pos_protocols::{
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{answers::code, service_key};
-use crate::{Error, service::OverlayService, task::Fut};
+use super::{call::code, state::service_key};
+use crate::{Error, state::OverlayService, task::Fut};
 
 /// How long `FindService` waits for the DHT.
 const FIND_WAIT: Duration = Duration::from_secs(10);

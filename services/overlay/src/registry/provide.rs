@@ -1,0 +1,174 @@
+//! Services provided on this node: registering and unregistering them (an app with a live
+//! session), listing them with the exposures of port forwarding, telling the network which to
+//! announce, and ending an app's services with its last session.
+
+use std::collections::BTreeSet;
+
+use p2pos_proto::service::v1::{ExposeRequest, Exposure, ListServicesReply, ServiceInfo};
+use p2pos_protocols::ids::{AppId, ServiceName};
+use tracing::info;
+
+use super::{
+    names::validate_description,
+    state::{FORWARD_APP, MAX_REGISTRATIONS, MAX_REGISTRATIONS_PER_APP, Registration, service_key},
+};
+use crate::{
+    Error,
+    forward::parse_service_name,
+    sessions::AppState,
+    state::OverlayService,
+    task::{Fut, ready},
+};
+
+impl OverlayService {
+    pub(super) fn register(
+        &mut self,
+        app_id: AppId,
+        service: ServiceName,
+        description: String,
+    ) -> Result<ServiceInfo, Error> {
+        let (app_id, service) = (app_id.into_string(), service.into_string());
+        validate_description(&description)?;
+        if self.apps.get(&app_id).and_then(AppState::newest).is_none() {
+            return Err(Error::NoSession { app_id });
+        }
+        if self.forwarding.exposed(&service) {
+            return Err(Error::ServiceTaken {
+                service,
+                by: "port forwarding (see ListExposures)".into(),
+            });
+        }
+        let registrations = &mut self.services.registrations;
+        let full = registrations.len() >= MAX_REGISTRATIONS;
+        let of_app = registrations
+            .values()
+            .filter(|r| r.app_id == app_id)
+            .count();
+        match registrations.get_mut(&service) {
+            Some(r) if r.app_id != app_id => {
+                let by = format!("app '{}'", r.app_id);
+                return Err(Error::ServiceTaken { service, by });
+            }
+            Some(r) => r.description.clone_from(&description),
+            None if full => {
+                return Err(Error::Busy {
+                    what: "services registered on this node",
+                    limit: MAX_REGISTRATIONS,
+                });
+            }
+            None if of_app >= MAX_REGISTRATIONS_PER_APP => {
+                return Err(Error::Busy {
+                    what: "services registered by one app on this node",
+                    limit: MAX_REGISTRATIONS_PER_APP,
+                });
+            }
+            None => {
+                registrations.insert(
+                    service.clone(),
+                    Registration {
+                        app_id: app_id.clone(),
+                        description: description.clone(),
+                    },
+                );
+            }
+        }
+        info!(%service, %app_id, "service registered");
+        self.publish_services();
+        Ok(self.local_info(service, app_id, description))
+    }
+
+    pub(super) fn unregister(&mut self, app_id: AppId, service: ServiceName) -> Result<(), Error> {
+        let (app_id, service) = (app_id.into_string(), service.into_string());
+        match self.services.registrations.get(&service) {
+            Some(r) if r.app_id == app_id => {
+                self.services.registrations.remove(&service);
+                info!(%service, %app_id, "service unregistered");
+                self.publish_services();
+                Ok(())
+            }
+            _ => Err(Error::NotRegistered { app_id, service }),
+        }
+    }
+
+    /// Services offered here: registrations, and exposures (provided by [`FORWARD_APP`]), by
+    /// name.
+    pub(super) fn list_services(&self) -> ListServicesReply {
+        let mut services: Vec<ServiceInfo> = self
+            .services
+            .registrations
+            .iter()
+            .map(|(service, r)| {
+                self.local_info(service.clone(), r.app_id.clone(), r.description.clone())
+            })
+            .chain(
+                self.forwarding
+                    .exposed_services()
+                    .into_iter()
+                    .map(|service| self.exposure_info(service)),
+            )
+            .collect();
+        services.sort_by(|a, b| a.service.cmp(&b.service));
+        ListServicesReply { services }
+    }
+
+    /// A service provided on this node, as `ListServices` and `FindService` show it.
+    pub(crate) fn local_info(
+        &self,
+        service: String,
+        app_id: String,
+        description: String,
+    ) -> ServiceInfo {
+        ServiceInfo {
+            service,
+            app_id,
+            description,
+            peer_id: self.net.local_peer_id().to_string(),
+            local: true,
+            rtt_us: 0,
+        }
+    }
+
+    pub(crate) fn exposure_info(&self, service: String) -> ServiceInfo {
+        let description = "a TCP service exposed by port forwarding".to_owned();
+        self.local_info(service, FORWARD_APP.to_owned(), description)
+    }
+
+    /// `Services.Expose`, after checking that no app provides the name.
+    pub(super) fn expose(&mut self, request: ExposeRequest) -> Fut<Exposure> {
+        if let Ok(service) = parse_service_name(&request.service)
+            && let Some(r) = self.services.registrations.get(&service)
+        {
+            let by = format!("app '{}'", r.app_id);
+            return ready(Err(Error::ServiceTaken { service, by }));
+        }
+        // Kept at once; the future makes it durable.
+        let exposing = self.forwarding.expose(request);
+        self.publish_services();
+        exposing
+    }
+
+    /// Tells the network which services to announce: every registration and exposure.
+    pub(crate) fn publish_services(&self) {
+        let wanted: BTreeSet<String> = self
+            .services
+            .registrations
+            .keys()
+            .cloned()
+            .chain(self.forwarding.exposed_services())
+            .map(|service| service_key(&service))
+            .collect();
+        self.services.announcer.set(wanted);
+    }
+
+    /// The last session of `app_id` ended: its services end with it.
+    pub(crate) fn app_gone(&mut self, app_id: &str) {
+        let before = self.services.registrations.len();
+        self.services
+            .registrations
+            .retain(|_, r| r.app_id != app_id);
+        if self.services.registrations.len() != before {
+            info!(app_id, "the app's last session ended: its services end");
+            self.publish_services();
+        }
+    }
+}

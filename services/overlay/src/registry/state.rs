@@ -1,0 +1,71 @@
+//! The registry's state on the overlay actor: services registered by apps, calls waiting for
+//! their providers here, the announcer of what is provided here, and the calls in flight to
+//! each peer; with the names and limits the registry's parts share.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use actix::SpawnHandle;
+use p2pos_proto::wire::v1::CallAnswer;
+use p2pos_protocols::network::Announcer;
+use tokio::sync::oneshot;
+
+use super::slots::PeerSlots;
+
+/// Most services registered by apps on one node.
+pub(crate) const MAX_REGISTRATIONS: usize = 256;
+/// Most services one app (with its helpers, each an app id of its own) registers on one node.
+pub(crate) const MAX_REGISTRATIONS_PER_APP: usize = 32;
+/// The app id port forwarding uses: the provider of exposures, the opener of forwards. A
+/// node-wide helper's id (`p2pos_protocols::names`): no app gets a token for it, so no app can
+/// pose as port forwarding.
+pub(crate) const FORWARD_APP: &str = "_node:forward";
+
+/// The DHT key under which the providers of `service` are announced:
+/// `/p2pos/service/<service>`.
+pub(crate) fn service_key(service: &str) -> String {
+    format!("/p2pos/service/{service}")
+}
+
+/// The registry's state on the overlay actor.
+pub(crate) struct State {
+    /// Services registered by apps, by name.
+    pub(crate) registrations: BTreeMap<String, Registration>,
+    /// Calls announced to providers on this node and not answered yet.
+    pub(crate) calls: HashMap<u64, PendingCall>,
+    /// Announces the services provided here in the DHT.
+    pub(crate) announcer: Announcer,
+    /// Calls in flight from this node to each peer.
+    pub(crate) slots: Arc<PeerSlots>,
+}
+
+/// Who provides a registered service.
+pub(crate) struct Registration {
+    pub(crate) app_id: String,
+    pub(crate) description: String,
+}
+
+impl State {
+    /// An empty registry that announces its services with `announcer`.
+    pub(crate) fn new(announcer: Announcer) -> Self {
+        Self {
+            registrations: BTreeMap::new(),
+            calls: HashMap::new(),
+            announcer,
+            slots: Arc::new(PeerSlots::default()),
+        }
+    }
+}
+
+/// A call announced to a provider on this node.
+pub(crate) struct PendingCall {
+    /// The providing app.
+    pub(crate) app_id: String,
+    pub(crate) service: String,
+    /// The session it was announced on.
+    pub(crate) session: u64,
+    pub(crate) answer: oneshot::Sender<CallAnswer>,
+    pub(crate) expiry: SpawnHandle,
+}

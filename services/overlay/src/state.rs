@@ -1,0 +1,46 @@
+//! The overlay actor's state: what it owns (sessions, channels waiting to be accepted, the
+//! service registry, port forwarding, its tasks and inbound protocols) and the handles it uses
+//! (the network, the mailbox, the messages part). Its behaviour lives in the parts that
+//! extend it (`apps`, `pending`, `local`, `registry`), which import this module and nothing
+//! that imports them back; the actor's life cycle is in `service`.
+
+use std::{collections::HashMap, sync::Arc};
+
+use p2pos_kernel::{DeathGuard, ServiceContext};
+use p2pos_protocols::network::{Accepting, Network};
+use tokio::sync::Semaphore;
+
+use crate::{
+    Config, announced::PendingChannel, forward::Forwarding, mailbox::Mailbox, messages::Messages,
+    registry::state::State, sessions::AppState, task::AbortOnDrop,
+};
+
+/// The overlay actor: holds the overlay's tasks and the guards of its inbound protocols, the
+/// app sessions, the pending inbound channels, the service registry and port forwarding.
+pub struct OverlayService {
+    /// Aborted when the actor goes: the delivery task.
+    pub(crate) tasks: Vec<AbortOnDrop>,
+    /// The inbound protocols served, until the actor goes.
+    pub(crate) accepting: Vec<Accepting>,
+    pub(crate) ctx: ServiceContext,
+    pub(crate) config: Arc<Config>,
+    pub(crate) guard: DeathGuard,
+    pub(crate) net: Network,
+    pub(crate) mailbox: Arc<Mailbox>,
+    /// `Send`, `Receive`, `Ack`: routed to it directly.
+    pub(crate) messages: Messages,
+    /// Bounds concurrent outbound channel opens.
+    pub(crate) opens: Arc<Semaphore>,
+    /// One permit per channel open or waiting to be accepted, in either direction
+    /// (`Config::max_channels`); a channel's byte stream holds its permit.
+    pub(crate) channels: Arc<Semaphore>,
+    /// Live sessions per app.
+    pub(crate) apps: HashMap<String, AppState>,
+    /// Inbound channels announced but not yet accepted.
+    pub(crate) pending: HashMap<u64, PendingChannel>,
+    pub(crate) next_session: u64,
+    /// Services provided here, and calls waiting for their providers.
+    pub(crate) services: State,
+    /// Exposures and forwards.
+    pub(crate) forwarding: Forwarding,
+}

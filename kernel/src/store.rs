@@ -294,7 +294,20 @@ mod tests {
                 .expect("batch");
             store.flush().expect("flush");
         }
-        let store = SledStore::open(dir.path()).expect("reopen");
+        // sled's background threads let go of the directory's lock a moment after the last
+        // handle is dropped: wait for that, with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match SledStore::open(dir.path()) {
+                Ok(store) => break store,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         let pairs = store.scan_prefix("t", b"a", 10).expect("scan");
         assert_eq!(pairs.len(), 2);
         assert_eq!(store.get("t", b"b1").expect("get"), Some(b"z".to_vec()));

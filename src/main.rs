@@ -178,10 +178,12 @@ fn main() -> ExitCode {
             tasks,
             ..
         } = config;
-        // Start order: the network first (the overlay needs its handle), the gateway last.
+        // Start order: the network first (the overlay needs its handle), port forwarding after
+        // the overlay (it provides its exposures there, as an app), the gateway last.
         let children = vec![
             p2pos_network::child_spec(network),
             p2pos_overlay::child_spec(overlay),
+            p2pos_forward::child_spec(),
             p2pos_tasks::child_spec(tasks),
             p2pos_monitor::child_spec(monitor),
             p2pos_gateway::child_spec(gateway),

@@ -15,7 +15,7 @@ use p2pos_proto::{
     overlay::v1::overlay_server::OverlayServer, service::v1::services_server::ServicesServer,
     tasks::v1::tasks_server::TasksServer,
 };
-use p2pos_protocols::{Apps, Monitor, Overlay, Services, Tasks};
+use p2pos_protocols::{Apps, Forwarding, Monitor, Overlay, Services, Tasks};
 use tokio::{
     sync::watch,
     task::{AbortHandle, JoinHandle},
@@ -59,6 +59,7 @@ pub fn child_spec(config: Config) -> ChildSpec {
                 Overlay::NAME,
                 Apps::NAME,
                 Services::NAME,
+                Forwarding::NAME,
                 Tasks::NAME,
                 Monitor::NAME,
             ],

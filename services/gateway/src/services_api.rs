@@ -1,7 +1,7 @@
 //! `p2pos.service.v1.Services`: services apps provide to other apps (register, find, call,
-//! reply, channels) and port forwarding. Each method checks the caller's scope, then hands the
-//! request to the service behind `p2pos.service.v1` (the overlay), which checks the rest
-//! (service names, descriptions, addresses). Payloads are bounded here, before they travel on,
+//! reply, channels) and port forwarding. Each method checks the caller's scope and the names it
+//! is given, then hands the request to the service behind it: the overlay's registry, or port
+//! forwarding (which checks its addresses). Payloads are bounded here, before they travel on,
 //! as on `Apps.Send`; a call takes the caller's gRPC deadline along.
 //!
 //! Scopes: `Register`, `Unregister`, `Reply`, `Call` and `Channel`'s `open` act for an app id
@@ -24,7 +24,8 @@ use p2pos_proto::{
     },
 };
 use p2pos_protocols::{
-    Reply, Services as ServicesProtocol,
+    Forwarding as ForwardingProtocol, Reply, Services as ServicesProtocol,
+    forwarding::Request as ForwardingCall,
     ids::{AppId, PeerRef, ServiceName},
     services::Request as ServicesCall,
     wire::MAX_PAYLOAD,
@@ -57,6 +58,14 @@ impl ServicesApi {
     /// Asks the service behind `p2pos.service.v1` (the overlay) and waits for its answer.
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> ServicesCall) -> Result<T, Status> {
         Ok(self.ctx.registry.ask::<ServicesProtocol, T>(make).await?)
+    }
+
+    /// Asks port forwarding and waits for its answer.
+    async fn forwarding<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> ForwardingCall,
+    ) -> Result<T, Status> {
+        Ok(self.ctx.registry.ask::<ForwardingProtocol, T>(make).await?)
     }
 }
 
@@ -269,7 +278,7 @@ impl Services for ServicesApi {
         caller(&req)?.require_admin()?;
         let request = req.into_inner();
         let exposure = self
-            .ask(|reply| ServicesCall::Expose { request, reply })
+            .forwarding(|reply| ForwardingCall::Expose { request, reply })
             .await?;
         Ok(Response::new(exposure))
     }
@@ -280,7 +289,7 @@ impl Services for ServicesApi {
     ) -> Result<Response<WithdrawReply>, Status> {
         caller(&req)?.require_admin()?;
         let request = req.into_inner();
-        self.ask(|reply| ServicesCall::Withdraw { request, reply })
+        self.forwarding(|reply| ForwardingCall::Withdraw { request, reply })
             .await?;
         Ok(Response::new(WithdrawReply {}))
     }
@@ -292,7 +301,7 @@ impl Services for ServicesApi {
         caller(&req)?.require_admin()?;
         let ListExposuresRequest {} = req.into_inner();
         let list = self
-            .ask(|reply| ServicesCall::ListExposures { reply })
+            .forwarding(|reply| ForwardingCall::ListExposures { reply })
             .await?;
         Ok(Response::new(list))
     }
@@ -304,7 +313,7 @@ impl Services for ServicesApi {
         caller(&req)?.require_admin()?;
         let request = req.into_inner();
         let forward = self
-            .ask(|reply| ServicesCall::OpenForward { request, reply })
+            .forwarding(|reply| ForwardingCall::OpenForward { request, reply })
             .await?;
         Ok(Response::new(forward))
     }
@@ -315,7 +324,7 @@ impl Services for ServicesApi {
     ) -> Result<Response<CloseForwardReply>, Status> {
         caller(&req)?.require_admin()?;
         let request = req.into_inner();
-        self.ask(|reply| ServicesCall::CloseForward { request, reply })
+        self.forwarding(|reply| ForwardingCall::CloseForward { request, reply })
             .await?;
         Ok(Response::new(CloseForwardReply {}))
     }
@@ -327,7 +336,7 @@ impl Services for ServicesApi {
         caller(&req)?.require_admin()?;
         let ListForwardsRequest {} = req.into_inner();
         let list = self
-            .ask(|reply| ServicesCall::ListForwards { reply })
+            .forwarding(|reply| ForwardingCall::ListForwards { reply })
             .await?;
         Ok(Response::new(list))
     }

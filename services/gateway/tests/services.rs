@@ -21,8 +21,9 @@ use p2pos_proto::{
     },
 };
 use p2pos_protocols::{
-    Services, answer,
+    Forwarding, Services, answer,
     apps::ChannelStream,
+    forwarding::Request as ForwardingCall,
     services::Request as ServicesCall,
     wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
@@ -199,48 +200,60 @@ fn echo(request: ServicesCall) {
                 }),
             );
         }
-        ServicesCall::Expose {
-            request: ExposeRequest { target, service },
-            reply,
-        } => answer(
-            reply,
-            done(Exposure {
-                service,
-                target,
-                ..Exposure::default()
-            }),
-        ),
-        ServicesCall::Withdraw { reply, .. } => answer(reply, done(())),
-        ServicesCall::ListExposures { reply } => {
-            answer(reply, done(ListExposuresReply::default()));
-        }
-        ServicesCall::OpenForward {
-            request:
-                OpenForwardRequest {
+    }
+}
+
+impl Handler<Call<Forwarding>> for FakeServices {
+    type Result = ();
+
+    fn handle(&mut self, Call(request): Call<Forwarding>, _: &mut Self::Context) {
+        match request {
+            ForwardingCall::Expose {
+                request: ExposeRequest { target, service },
+                reply,
+            } => answer(
+                reply,
+                done(Exposure {
+                    service,
+                    target,
+                    ..Exposure::default()
+                }),
+            ),
+            ForwardingCall::Withdraw { reply, .. } => answer(reply, done(())),
+            ForwardingCall::ListExposures { reply } => {
+                answer(reply, done(ListExposuresReply::default()));
+            }
+            ForwardingCall::OpenForward {
+                request:
+                    OpenForwardRequest {
+                        service,
+                        peer,
+                        listen,
+                    },
+                reply,
+            } => answer(
+                reply,
+                done(Forward {
+                    forward_id: 1,
                     service,
                     peer,
                     listen,
-                },
-            reply,
-        } => answer(
-            reply,
-            done(Forward {
-                forward_id: 1,
-                service,
-                peer,
-                listen,
-                ..Forward::default()
-            }),
-        ),
-        ServicesCall::CloseForward { reply, .. } => answer(reply, done(())),
-        ServicesCall::ListForwards { reply } => answer(reply, done(ListForwardsReply::default())),
+                    ..Forward::default()
+                }),
+            ),
+            ForwardingCall::CloseForward { reply, .. } => answer(reply, done(())),
+            ForwardingCall::ListForwards { reply } => {
+                answer(reply, done(ListForwardsReply::default()))
+            }
+        }
     }
 }
 
 /// Boots a kernel with the fake services service (named `overlay`, as the real one) and the
 /// gateway.
 async fn boot() -> Node {
-    Node::boot::<Services, _>("overlay", |guard| FakeServices { _guard: guard }).await
+    Node::boot_two::<Services, Forwarding, _>("overlay", |guard| FakeServices { _guard: guard })
+        .await
 }
 
 fn code<T: std::fmt::Debug>(result: Result<T, Status>) -> Code {

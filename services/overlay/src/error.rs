@@ -163,30 +163,6 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// An address for port forwarding that is not a loopback `HOST:PORT`.
-    #[error("invalid {what} {input:?}: {reason}")]
-    InvalidAddress {
-        /// Which address (`target`, `listen`).
-        what: &'static str,
-        /// What was given (shortened).
-        input: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// `Withdraw` (or a channel) names a service that is not exposed on this node.
-    #[error("service '{0}' is not exposed on this node (see ListExposures)")]
-    NotExposed(String),
-    /// `CloseForward` names an unknown forward.
-    #[error("no forward {0} on this node (see ListForwards)")]
-    ForwardNotFound(u64),
-    /// A forward's listener could not be bound.
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen {
-        /// The address.
-        addr: String,
-        /// The OS error.
-        reason: String,
-    },
     /// A service description over 256 bytes.
     #[error("the description has {size} bytes; at most 256 are allowed")]
     DescriptionTooLong {
@@ -330,18 +306,13 @@ impl From<Error> for ServiceError {
             | Error::InvalidTarget { .. }
             | Error::InvalidAppId(_)
             | Error::SelfTarget(_)
-            | Error::InvalidServiceName { .. }
-            | Error::InvalidAddress { .. } => ErrorCode::InvalidArgument,
-            Error::PeerNotFound(_)
-            | Error::ChannelNotFound { .. }
-            | Error::NotExposed(_)
-            | Error::ForwardNotFound(_) => ErrorCode::NotFound,
+            | Error::InvalidServiceName { .. } => ErrorCode::InvalidArgument,
+            Error::PeerNotFound(_) | Error::ChannelNotFound { .. } => ErrorCode::NotFound,
             Error::AppNotListening { .. }
             | Error::AppNotRegistered { .. }
             | Error::NoSession { .. }
             | Error::NotRunningHere { .. }
-            | Error::DhtDisabled
-            | Error::Listen { .. } => ErrorCode::FailedPrecondition,
+            | Error::DhtDisabled => ErrorCode::FailedPrecondition,
             Error::Unreachable { .. }
             | Error::Protocol { .. }
             | Error::OpenerGone { .. }
@@ -356,12 +327,6 @@ impl From<Error> for ServiceError {
         };
         ServiceError::new(code, err.to_string())
     }
-}
-
-/// Parses a peer named as a ticket, a `/p2p/` multiaddr or a peer id (see
-/// [`network::ticket::parse_target`]).
-pub(crate) fn parse_target(target: &str) -> Result<(PeerId, Vec<libp2p::Multiaddr>), Error> {
-    Ok(network::ticket::parse_target(target)?)
 }
 
 /// Checks an app id: 1 to 64 characters of `[A-Za-z0-9._-]`.

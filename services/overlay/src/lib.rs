@@ -1,6 +1,6 @@
 //! The P2P OS overlay service: the app layer of the peer-to-peer network — app sessions,
 //! channels between copies of an app, store-and-forward messages, services that apps provide
-//! (found through the DHT, called, opened as channels) and port forwarding — on the network
+//! (found through the DHT, called, opened as channels) — on the network
 //! handle that the network service provides (`p2pos_protocols::network::Network`).
 //!
 //! One actor, [`OverlayService`], answers the apps protocol and `p2pos.service.v1`. It holds
@@ -18,8 +18,6 @@
 //! - `apps`: the apps protocol (sessions, channels, `Send`, `Receive`, `Ack`, `ListApps`).
 //! - `registry`: `p2pos.service.v1`: services registered by apps, announced in and found
 //!   through the DHT, unary calls over `/p2pos/call/2`, channels to services.
-//! - `forward`: port forwarding: exposures (a loopback TCP service published as a service) and
-//!   forwards (a loopback listener tunnelled through service channels).
 //! - `channel`: opening and accepting `/p2pos/channel/1` channels.
 //! - `pending`: inbound channels announced to a session, until accepted or expired.
 //! - `local`: channels between two sessions on this node, through an in-memory pipe.
@@ -40,7 +38,6 @@ pub mod config;
 mod counted;
 mod delivery;
 pub mod error;
-mod forward;
 mod inbound;
 mod local;
 mod mailbox;

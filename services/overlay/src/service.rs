@@ -21,7 +21,6 @@ use crate::{
     Config,
     channel::CHANNEL_PROTOCOL,
     delivery::{self, MESSAGE_PROTOCOL},
-    forward::Forwarding,
     inbound::{serve_channel, serve_messages},
     mailbox::Mailbox,
     messages::Messages,
@@ -32,12 +31,11 @@ use crate::{
 
 /// The service's name.
 pub const NAME: &str = "overlay";
-/// The store trees the overlay keeps: apps, outbox and inbox, exposures.
+/// The store trees the overlay keeps: apps, outbox and inbox.
 const STORE_TREES: &[&str] = &[
     crate::mailbox::APPS,
     crate::mailbox::OUTBOX,
     crate::mailbox::INBOX,
-    crate::forward::EXPOSURES_TREE,
 ];
 /// Most inbound channel handshakes at once, in all and from one peer.
 const MAX_HANDSHAKES: Limits = Limits {
@@ -88,7 +86,6 @@ fn start(
     let max_channels = usize::try_from(config.max_channels)
         .unwrap_or(usize::MAX)
         .min(Semaphore::MAX_PERMITS);
-    let forwarding = Forwarding::load(ctx.store.clone())?;
     let announcer = net.announcer()?;
     let (delivery, delivery_task) =
         delivery::start(mailbox.clone(), net.clone(), ctx.events.clone());
@@ -108,7 +105,6 @@ fn start(
         pending: HashMap::new(),
         next_session: 0,
         services: State::new(announcer),
-        forwarding,
     };
     let registry = service.ctx.registry.clone();
     let addr = service.start();
@@ -141,8 +137,6 @@ impl Actor for OverlayService {
                 return;
             }
         }
-        // Exposures kept from before are services from the start.
-        self.publish_services();
         info!(peer_id = %self.net.local_peer_id(), "overlay started");
     }
 }

@@ -1,5 +1,5 @@
 //! The overlay actor's state: what it owns (sessions, channels waiting to be accepted, the
-//! service registry, port forwarding, its tasks and inbound protocols) and the handles it uses
+//! service registry, its tasks and inbound protocols) and the handles it uses
 //! (the network, the mailbox, the messages part). Its behaviour lives in the parts that
 //! extend it (`apps`, `pending`, `local`, `registry`), which import this module and nothing
 //! that imports them back; the actor's life cycle is in `service`.
@@ -11,12 +11,12 @@ use p2pos_protocols::network::{Accepting, Network};
 use tokio::sync::Semaphore;
 
 use crate::{
-    Config, announced::PendingChannel, forward::Forwarding, mailbox::Mailbox, messages::Messages,
+    Config, announced::PendingChannel, mailbox::Mailbox, messages::Messages,
     registry::state::State, sessions::AppState, task::AbortOnDrop,
 };
 
 /// The overlay actor: holds the overlay's tasks and the guards of its inbound protocols, the
-/// app sessions, the pending inbound channels, the service registry and port forwarding.
+/// app sessions, the pending inbound channels and the service registry.
 pub struct OverlayService {
     /// Aborted when the actor goes: the delivery task.
     pub(crate) tasks: Vec<AbortOnDrop>,
@@ -41,6 +41,4 @@ pub struct OverlayService {
     pub(crate) next_session: u64,
     /// Services provided here, and calls waiting for their providers.
     pub(crate) services: State,
-    /// Exposures and forwards.
-    pub(crate) forwarding: Forwarding,
 }

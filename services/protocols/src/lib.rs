@@ -11,7 +11,7 @@
 //!
 //! # Layout
 //! - this file: one marker type per protocol ([`Overlay`], [`Monitor`], [`Apps`], [`Tasks`],
-//!   [`Services`]) and one module of request types each.
+//!   [`Services`], [`Forwarding`]) and one module of request types each.
 //! - [`ids`]: [`AppId`](ids::AppId), [`ServiceName`](ids::ServiceName),
 //!   [`PeerRef`](ids::PeerRef).
 //! - [`network`]: the network handle other services use (streams by protocol id, inbound
@@ -69,13 +69,22 @@ impl Protocol for Tasks {
     type Request = tasks::Request;
 }
 
-/// `p2pos.service.v1`: services that apps provide, calls and channels to them, port forwarding.
+/// `p2pos.service.v1`: services that apps provide, calls and channels to them.
 #[derive(Debug)]
 pub enum Services {}
 
 impl Protocol for Services {
     const NAME: &'static str = "p2pos.service.v1";
     type Request = services::Request;
+}
+
+/// Port forwarding, the admin's part of `p2pos.service.v1`: exposures and forwards.
+#[derive(Debug)]
+pub enum Forwarding {}
+
+impl Protocol for Forwarding {
+    const NAME: &'static str = "p2pos.service.v1.forwarding";
+    type Request = forwarding::Request;
 }
 
 /// Requests of the [`Overlay`] protocol.
@@ -151,9 +160,7 @@ pub mod services {
 
     use bytes::Bytes;
     use p2pos_proto::service::v1::{
-        CallReply, CloseForwardRequest, ExposeRequest, Exposure, FindServiceReply, Forward,
-        ListExposuresReply, ListForwardsReply, ListServicesReply, OpenForwardRequest, ReplyRequest,
-        ServiceInfo, WithdrawRequest,
+        CallReply, FindServiceReply, ListServicesReply, ReplyRequest, ServiceInfo,
     };
 
     use crate::{
@@ -162,8 +169,7 @@ pub mod services {
         ids::{AppId, PeerRef, ServiceName},
     };
 
-    /// One request; app ids in it have already been checked against the caller's scope, and
-    /// port-forwarding requests come from the admin.
+    /// One request; app ids in it have already been checked against the caller's scope.
     #[derive(Debug)]
     pub enum Request {
         /// `Services.Register`.
@@ -235,6 +241,21 @@ pub mod services {
             /// The channel, carrying length-delimited frames like an app channel.
             reply: Reply<ChannelStream>,
         },
+    }
+}
+
+/// Requests of the [`Forwarding`] protocol.
+pub mod forwarding {
+    use p2pos_proto::service::v1::{
+        CloseForwardRequest, ExposeRequest, Exposure, Forward, ListExposuresReply,
+        ListForwardsReply, OpenForwardRequest, WithdrawRequest,
+    };
+
+    use crate::Reply;
+
+    /// One request; it comes from the admin.
+    #[derive(Debug)]
+    pub enum Request {
         /// `Services.Expose`.
         Expose {
             /// The exposure.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use p2pos_kernel::ErrorCode;
 use p2pos_proto::service::v1::{ExposeRequest, ReplyError, WithdrawRequest, reply_request};
-use p2pos_protocols::{services::Request, wire};
+use p2pos_protocols::{forwarding::Request as Forwarding, wire};
 use tonic::Code;
 
 use crate::common::{
@@ -321,7 +321,7 @@ async fn exposed_tcp_services_are_services_too() {
         service: "web".into(),
     };
     match a
-        .services(|reply| Request::Expose {
+        .forwarding(|reply| Forwarding::Expose {
             request: expose,
             reply,
         })
@@ -347,7 +347,7 @@ async fn exposed_tcp_services_are_services_too() {
         service: "api/1".into(),
     };
     let (status, message) = code(
-        a.services(|reply| Request::Expose {
+        a.forwarding(|reply| Forwarding::Expose {
             request: expose,
             reply,
         })
@@ -386,7 +386,7 @@ async fn exposed_tcp_services_are_services_too() {
     let withdraw = WithdrawRequest {
         service: "web/1".into(),
     };
-    a.services(|reply| Request::Withdraw {
+    a.forwarding(|reply| Forwarding::Withdraw {
         request: withdraw,
         reply,
     })

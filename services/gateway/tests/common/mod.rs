@@ -28,6 +28,8 @@ pub(crate) struct Node {
 impl Node {
     /// Boots a kernel with the gateway and a stand-in service: the actor `make` builds, started
     /// as child `name` and registered under that name as the route for protocol `P`.
+    // Each test file boots one kind of stand-in.
+    #[allow(dead_code)]
     pub(crate) async fn boot<P, A>(
         name: &'static str,
         make: impl Fn(DeathGuard) -> A + 'static,
@@ -39,6 +41,46 @@ impl Node {
             + Handler<StopService>
             + Handler<InjectPanic>,
     {
+        let provides: &'static [&'static str] = Box::leak(Box::new([P::NAME]));
+        Node::boot_routes(name, provides, make, |registry, addr: Addr<A>| {
+            registry.register::<P>(addr.recipient())
+        })
+        .await
+    }
+
+    /// [`Node::boot`] with a stand-in that answers two protocols, `P` and `Q`.
+    #[allow(dead_code)]
+    pub(crate) async fn boot_two<P, Q, A>(
+        name: &'static str,
+        make: impl Fn(DeathGuard) -> A + 'static,
+    ) -> Node
+    where
+        P: Protocol,
+        Q: Protocol,
+        A: Actor<Context = Context<A>>
+            + Handler<Call<P>>
+            + Handler<Call<Q>>
+            + Handler<StopService>
+            + Handler<InjectPanic>,
+    {
+        let provides: &'static [&'static str] = Box::leak(Box::new([P::NAME, Q::NAME]));
+        Node::boot_routes(name, provides, make, |registry, addr: Addr<A>| {
+            registry.register::<P>(addr.clone().recipient())?;
+            registry.register::<Q>(addr.recipient())
+        })
+        .await
+    }
+
+    async fn boot_routes<A>(
+        name: &'static str,
+        provides: &'static [&'static str],
+        make: impl Fn(DeathGuard) -> A + 'static,
+        register: impl Fn(&p2pos_kernel::Registry, Addr<A>) -> Result<(), p2pos_kernel::ServiceError>
+        + 'static,
+    ) -> Node
+    where
+        A: Actor<Context = Context<A>> + Handler<StopService> + Handler<InjectPanic>,
+    {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = Config {
             data_dir: dir.path().join("node"),
@@ -46,8 +88,6 @@ impl Node {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let slot = Arc::new(Mutex::new(Some(tx)));
-        // One child spec per test node: leaking its one-name list costs a few bytes.
-        let provides: &'static [&'static str] = Box::leak(Box::new([P::NAME]));
         let stand_in = ChildSpec {
             name,
             restart: RestartType::Temporary,
@@ -61,23 +101,18 @@ impl Node {
                     let _ = tx.send(ctx);
                 }
                 let addr = make(guard).start();
-                registry
-                    .register::<P>(addr.clone().recipient())
-                    .map_err(|e| e.to_string())?;
+                register(&registry, addr.clone()).map_err(|e| e.to_string())?;
                 Ok(ChildHandle {
                     stop: addr.clone().recipient(),
                     panic: addr.recipient(),
                 })
             }),
         };
-        Kernel::boot(
-            config,
-            vec![
-                stand_in,
-                p2pos_gateway::child_spec(p2pos_gateway::Config::default()),
-            ],
-        )
-        .expect("boot");
+        let children = vec![
+            stand_in,
+            p2pos_gateway::child_spec(p2pos_gateway::Config::default()),
+        ];
+        Kernel::boot(config, children).expect("boot");
         let ctx = tokio::time::timeout(T, rx)
             .await
             .expect("kernel started")

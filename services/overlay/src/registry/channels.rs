@@ -4,29 +4,23 @@
 //! one does not provide the service (any more), is busy, cannot be reached, or its app's
 //! session ends before it accepts. The responder's side: a hello naming a service provided
 //! here is announced to the provider app's session (and accepted with `Apps.Channel` as any
-//! channel); one naming an exposed service is welcomed at once and handed to port forwarding.
-
-use std::sync::Arc;
+//! channel; port forwarding's exposures are provided so too, by its own session).
 
 use actix::prelude::*;
 use libp2p::PeerId;
-use p2pos_kernel::Store;
 use p2pos_proto::wire::v1::channel_welcome;
 use p2pos_protocols::{
     apps::ChannelStream,
     ids::{PeerRef, ServiceName},
 };
-use tokio::{sync::OwnedSemaphorePermit, time::Instant};
-use tracing::{debug, warn};
+use tokio::time::Instant;
 
 use super::{
     find::{Attempt, Here, try_providers},
     names::validate_service,
-    state::FORWARD_APP,
 };
 use crate::{
     Error,
-    announced::PIPE_BUFFER,
     announced::{ServiceOrigin, Unannounced},
     channel,
     counted::count,
@@ -35,29 +29,6 @@ use crate::{
     state::OverlayService,
     task::{Fut, ready},
 };
-
-/// Opens a channel from `app_id` to a provider of `service`: on `peer` (a peer id, ticket or
-/// multiaddr; empty: the best provider found).
-#[derive(Message)]
-#[rtype(result = "Result<ChannelStream, Error>")]
-pub(crate) struct OpenService {
-    pub(crate) app_id: String,
-    pub(crate) service: ServiceName,
-    pub(crate) peer: Option<PeerRef>,
-}
-
-impl Handler<OpenService> for OverlayService {
-    type Result = ResponseFuture<Result<ChannelStream, Error>>;
-
-    fn handle(&mut self, msg: OpenService, ctx: &mut Self::Context) -> Self::Result {
-        let OpenService {
-            app_id,
-            service,
-            peer,
-        } = msg;
-        self.open_service(app_id, service, peer, ctx)
-    }
-}
 
 impl OverlayService {
     /// Opens a channel from `app_id` to a provider of `service` (on `peer`, if not empty).
@@ -92,26 +63,6 @@ impl OverlayService {
         };
         let mut local_opening = None;
         match here {
-            Some(Here::Exposure) => {
-                // An in-memory pipe whose far end port forwarding splices to the target.
-                let (opener, far) = tokio::io::duplex(PIPE_BUFFER);
-                let opened = store.next_id().map_err(Error::from).and_then(|channel_id| {
-                    self.forwarding.serve(&service, Box::new(far))?;
-                    Ok(ChannelStream {
-                        channel_id,
-                        peer_id: local.to_string(),
-                        app_id: FORWARD_APP.to_owned(),
-                        inbound: false,
-                        io: Box::new(opener),
-                    })
-                });
-                match opened {
-                    Ok(stream) => {
-                        return ready(Ok(count(stream, channel_permit)));
-                    }
-                    Err(e) => failures.push(("port forwarding on this node".to_owned(), e)),
-                }
-            }
             Some(Here::App(provider)) => {
                 let origin = ServiceOrigin {
                     service: service.clone(),
@@ -180,7 +131,7 @@ impl OverlayService {
     }
 
     /// A remote peer's hello names `service`, opened by its app `from_app`: announced to the
-    /// provider, or handed to port forwarding, or the refusal to write back.
+    /// provider, or the refusal to write back.
     pub(crate) fn inbound_service_channel(
         &mut self,
         peer: PeerId,
@@ -221,15 +172,6 @@ impl OverlayService {
                     }),
                 }
             }
-            Some(Here::Exposure) => {
-                let Ok(permit) = self.channels.clone().try_acquire_owned() else {
-                    let max = self.config.max_channels;
-                    let busy = format!("too many open channels (limit {max})");
-                    return refuse(io, channel_welcome::Result::Busy, busy);
-                };
-                self.serve_exposed(peer, service, io, permit, ctx);
-                None
-            }
             None => {
                 let why = Error::NotProvidedThere {
                     service,
@@ -238,36 +180,6 @@ impl OverlayService {
                 refuse(io, not_provided, why.to_string())
             }
         }
-    }
-
-    /// Welcomes a channel to an exposed service, then hands it to port forwarding.
-    fn serve_exposed(
-        &mut self,
-        peer: PeerId,
-        service: String,
-        io: Io,
-        permit: OwnedSemaphorePermit,
-        ctx: &mut Context<Self>,
-    ) {
-        let store: Arc<dyn Store> = self.ctx.store.clone();
-        // Bounded by the welcome's write timeout, and by the channel permits.
-        let welcoming = async move {
-            let channel_id = store.next_id()?;
-            channel::accept(io, channel_id, peer, FORWARD_APP.to_owned(), true).await
-        };
-        ctx.spawn(
-            welcoming
-                .into_actor(self)
-                .map(move |accepted, act, _| match accepted {
-                    Ok(stream) => {
-                        let stream = count(stream, permit);
-                        if let Err(e) = act.forwarding.serve(&service, stream.io) {
-                            warn!(%peer, %service, "cannot serve a forwarded channel: {e}");
-                        }
-                    }
-                    Err(e) => debug!(%peer, %service, "a forwarded channel failed: {e}"),
-                }),
-        );
     }
 }
 

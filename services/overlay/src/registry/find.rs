@@ -32,8 +32,6 @@ const MAX_LIMIT: usize = 100;
 pub(crate) enum Here {
     /// An app with a live session.
     App(String),
-    /// Port forwarding.
-    Exposure,
 }
 
 impl OverlayService {
@@ -42,7 +40,7 @@ impl OverlayService {
         if let Some(r) = self.services.registrations.get(service) {
             return Some(Here::App(r.app_id.clone()));
         }
-        self.forwarding.exposed(service).then_some(Here::Exposure)
+        None
     }
 
     /// `Services.FindService`.
@@ -61,7 +59,6 @@ impl OverlayService {
                     .map_or_else(String::new, |r| r.description.clone());
                 Some(self.local_info(service.clone(), app_id, description))
             }
-            Some(Here::Exposure) => Some(self.exposure_info(service.clone())),
             None => None,
         };
         let net = self.net.clone();

@@ -1,11 +1,10 @@
-//! `p2pos.service.v1` on the overlay actor: services that apps provide, found by name on this
-//! node and through the DHT, used by unary calls and channels; and port forwarding, whose
-//! exposures are services too. One exhaustive `match` dispatches the protocol.
+//! `p2pos.service.v1` on the overlay actor: services that apps provide (port forwarding among
+//! them, as app `_node:forward`), found by name on this node and through the DHT, used by unary
+//! calls and channels. One exhaustive `match` dispatches the protocol.
 //!
 //! A registration belongs to an app with a live session: it lasts until `Unregister` or the
-//! app's last session ends. While a service is registered or exposed here, the swarm task
-//! provides its DHT key (the actor publishes the set on a `watch`). Registrations and
-//! exposures never share a name.
+//! app's last session ends. While a service is registered here, the network provides its DHT
+//! key (the actor sets its announcer's keys).
 //!
 //! - `protocol`: the protocol's one `match`, and how port forwarding opens its channels.
 //! - `state`: what the registry keeps on the actor, and the names and limits its parts share.
@@ -37,21 +36,11 @@ pub(crate) use call::CALL_PROTOCOL;
 
 #[cfg(test)]
 mod tests {
-    use super::state::{FORWARD_APP, service_key};
+    use super::state::service_key;
 
     #[test]
     fn service_keys_are_namespaced() {
         assert_eq!(service_key("translate/1"), "/p2pos/service/translate/1");
         assert!(p2pos_protocols::network::check_key(&service_key("translate/1")).is_ok());
-    }
-
-    #[test]
-    fn port_forwarding_acts_as_a_node_helper_id() {
-        assert_eq!(
-            FORWARD_APP,
-            p2pos_protocols::names::helper_app_id("", "forward")
-        );
-        assert!(crate::error::validate_app_id(FORWARD_APP).is_ok());
-        assert!(p2pos_protocols::names::check_plain_app_id(FORWARD_APP).is_err());
     }
 }

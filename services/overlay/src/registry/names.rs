@@ -1,25 +1,23 @@
-//! What the registry is given: service names as `Register`, `FindService`, `Call` and service
-//! channels take them (always `<name>/<version>`; only port forwarding accepts a bare name),
-//! descriptions, and payloads.
+//! What the registry is given from elsewhere than the gateway (a peer's call or channel):
+//! service names (always `<name>/<version>`), descriptions, and payloads.
 
 use p2pos_protocols::wire::MAX_PAYLOAD;
 
-use crate::{Error, forward::parse_service_name};
+use p2pos_protocols::ids::ServiceName;
+
+use crate::Error;
 
 /// Longest service description, in bytes.
 pub(crate) const MAX_DESCRIPTION: usize = 256;
 
-/// Checks a service name: 1 to 48 characters of `[A-Za-z0-9._-]`, a `/`, and a version of 1 to
-/// 9 digits with no leading zero.
+/// Checks a service name as the registry takes it: `<name>/<version>` ([`ServiceName`]).
 pub(crate) fn validate_service(input: &str) -> Result<(), Error> {
-    parse_service_name(input)?;
-    if !input.contains('/') {
-        return Err(Error::InvalidServiceName {
+    ServiceName::parse(input)
+        .map(|_| ())
+        .map_err(|reason| Error::InvalidServiceName {
             input: input.chars().take(80).collect(),
-            reason: "it has no version (write it as name/version)",
-        });
-    }
-    Ok(())
+            reason,
+        })
 }
 
 /// Checks a description: at most [`MAX_DESCRIPTION`] bytes.

@@ -2,19 +2,12 @@
 //! requests, each answered on its own typed reply (at once, or from a task), and how port
 //! forwarding opens its channels.
 
-use std::sync::Arc;
-
 use actix::prelude::*;
 use p2pos_kernel::Call;
-use p2pos_proto::service::v1::{CloseForwardRequest, WithdrawRequest};
-use p2pos_protocols::{
-    Services, answer,
-    ids::{PeerRef, ServiceName},
-    services::Request,
-};
+use p2pos_protocols::{Services, answer, services::Request};
 
-use super::{calls::OutgoingCall, channels::OpenService, state::FORWARD_APP};
-use crate::{Error, forward, state::OverlayService, task::spawn_answer};
+use super::calls::OutgoingCall;
+use crate::{Error, state::OverlayService, task::spawn_answer};
 
 impl Handler<Call<Services>> for OverlayService {
     type Result = ();
@@ -68,56 +61,6 @@ impl Handler<Call<Services>> for OverlayService {
                 reply,
                 self.open_service(app_id.into_string(), service, peer, ctx),
             ),
-            Request::Expose { request, reply } => spawn_answer(reply, self.expose(request)),
-            Request::Withdraw {
-                request: WithdrawRequest { service },
-                reply,
-            } => {
-                // Forgotten at once; the future makes it durable.
-                let withdrawing = self.forwarding.withdraw(&service);
-                self.publish_services();
-                spawn_answer(reply, withdrawing);
-            }
-            Request::ListExposures { reply } => {
-                answer::<_, Error>(reply, Ok(self.forwarding.exposures()));
-            }
-            Request::OpenForward { request, reply } => {
-                let opener = forward_opener(ctx.address());
-                answer(reply, self.forwarding.open_forward(request, opener));
-            }
-            Request::CloseForward {
-                request: CloseForwardRequest { forward_id },
-                reply,
-            } => answer(reply, self.forwarding.close_forward(forward_id)),
-            Request::ListForwards { reply } => {
-                answer::<_, Error>(reply, Ok(self.forwarding.forwards()));
-            }
         }
     }
-}
-
-/// How port forwarding opens the channel of each connection: a service channel from app
-/// [`FORWARD_APP`], through this actor.
-fn forward_opener(addr: Addr<OverlayService>) -> forward::Opener {
-    Arc::new(move |service, peer| {
-        let addr = addr.clone();
-        Box::pin(async move {
-            let service = ServiceName::parse_or_first(&service).map_err(|reason| {
-                Error::InvalidServiceName {
-                    input: service.chars().take(80).collect(),
-                    reason,
-                }
-            })?;
-            let peer = match peer.trim() {
-                "" => None,
-                peer => Some(PeerRef::parse(peer)?),
-            };
-            let open = OpenService {
-                app_id: FORWARD_APP.to_owned(),
-                service,
-                peer,
-            };
-            addr.send(open).await.map_err(|_| Error::NetworkStopped)?
-        })
-    })
 }

@@ -1,24 +1,18 @@
 //! Services provided on this node: registering and unregistering them (an app with a live
-//! session), listing them with the exposures of port forwarding, telling the network which to
+//! session, port forwarding among them), listing them, telling the network which to
 //! announce, and ending an app's services with its last session.
 
 use std::collections::BTreeSet;
 
-use p2pos_proto::service::v1::{ExposeRequest, Exposure, ListServicesReply, ServiceInfo};
+use p2pos_proto::service::v1::{ListServicesReply, ServiceInfo};
 use p2pos_protocols::ids::{AppId, ServiceName};
 use tracing::info;
 
 use super::{
     names::validate_description,
-    state::{FORWARD_APP, MAX_REGISTRATIONS, MAX_REGISTRATIONS_PER_APP, Registration, service_key},
+    state::{MAX_REGISTRATIONS, MAX_REGISTRATIONS_PER_APP, Registration, service_key},
 };
-use crate::{
-    Error,
-    forward::parse_service_name,
-    sessions::AppState,
-    state::OverlayService,
-    task::{Fut, ready},
-};
+use crate::{Error, sessions::AppState, state::OverlayService};
 
 impl OverlayService {
     pub(super) fn register(
@@ -31,12 +25,6 @@ impl OverlayService {
         validate_description(&description)?;
         if self.apps.get(&app_id).and_then(AppState::newest).is_none() {
             return Err(Error::NoSession { app_id });
-        }
-        if self.forwarding.exposed(&service) {
-            return Err(Error::ServiceTaken {
-                service,
-                by: "port forwarding (see ListExposures)".into(),
-            });
         }
         let registrations = &mut self.services.registrations;
         let full = registrations.len() >= MAX_REGISTRATIONS;
@@ -90,8 +78,8 @@ impl OverlayService {
         }
     }
 
-    /// Services offered here: registrations, and exposures (provided by [`FORWARD_APP`]), by
-    /// name.
+    /// Services offered here (port forwarding's exposures among them, as its registrations),
+    /// by name.
     pub(super) fn list_services(&self) -> ListServicesReply {
         let mut services: Vec<ServiceInfo> = self
             .services
@@ -100,12 +88,6 @@ impl OverlayService {
             .map(|(service, r)| {
                 self.local_info(service.clone(), r.app_id.clone(), r.description.clone())
             })
-            .chain(
-                self.forwarding
-                    .exposed_services()
-                    .into_iter()
-                    .map(|service| self.exposure_info(service)),
-            )
             .collect();
         services.sort_by(|a, b| a.service.cmp(&b.service));
         ListServicesReply { services }
@@ -128,34 +110,13 @@ impl OverlayService {
         }
     }
 
-    pub(crate) fn exposure_info(&self, service: String) -> ServiceInfo {
-        let description = "a TCP service exposed by port forwarding".to_owned();
-        self.local_info(service, FORWARD_APP.to_owned(), description)
-    }
-
-    /// `Services.Expose`, after checking that no app provides the name.
-    pub(super) fn expose(&mut self, request: ExposeRequest) -> Fut<Exposure> {
-        if let Ok(service) = parse_service_name(&request.service)
-            && let Some(r) = self.services.registrations.get(&service)
-        {
-            let by = format!("app '{}'", r.app_id);
-            return ready(Err(Error::ServiceTaken { service, by }));
-        }
-        // Kept at once; the future makes it durable.
-        let exposing = self.forwarding.expose(request);
-        self.publish_services();
-        exposing
-    }
-
-    /// Tells the network which services to announce: every registration and exposure.
+    /// Tells the network which services to announce: every registration.
     pub(crate) fn publish_services(&self) {
         let wanted: BTreeSet<String> = self
             .services
             .registrations
             .keys()
-            .cloned()
-            .chain(self.forwarding.exposed_services())
-            .map(|service| service_key(&service))
+            .map(|service| service_key(service))
             .collect();
         self.services.announcer.set(wanted);
     }

@@ -18,10 +18,6 @@ use super::slots::PeerSlots;
 pub(crate) const MAX_REGISTRATIONS: usize = 256;
 /// Most services one app (with its helpers, each an app id of its own) registers on one node.
 pub(crate) const MAX_REGISTRATIONS_PER_APP: usize = 32;
-/// The app id port forwarding uses: the provider of exposures, the opener of forwards. A
-/// node-wide helper's id (`p2pos_protocols::names`): no app gets a token for it, so no app can
-/// pose as port forwarding.
-pub(crate) const FORWARD_APP: &str = "_node:forward";
 
 /// The DHT key under which the providers of `service` are announced:
 /// `/p2pos/service/<service>`.

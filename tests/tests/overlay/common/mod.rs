@@ -1,6 +1,6 @@
 //! The harness of the in-process overlay tests: real kernels (temporary data directories,
-//! 127.0.0.1, mDNS off) that run only the network, the overlay and a probe capturing the
-//! service context, driven through the kernel's registry exactly as the gateway drives them.
+//! 127.0.0.1, mDNS off) that run only the network, the overlay, port forwarding and a probe
+//! capturing the service context, driven through the kernel's registry exactly as the gateway drives them.
 
 // Each test file uses its own part of the harness.
 #![allow(dead_code)]
@@ -104,6 +104,7 @@ impl Node {
                     <Overlay as Protocol>::NAME,
                     <Apps as Protocol>::NAME,
                     <p2pos_protocols::Services as Protocol>::NAME,
+                    <p2pos_protocols::Forwarding as Protocol>::NAME,
                 ],
                 ..Uses::default()
             },
@@ -121,6 +122,7 @@ impl Node {
         let children = vec![
             p2pos_network::child_spec(network_config),
             p2pos_overlay::child_spec(overlay_config),
+            p2pos_forward::child_spec(),
             probe,
         ];
         Kernel::boot(config, children).expect("boot");

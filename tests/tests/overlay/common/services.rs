@@ -24,6 +24,17 @@ use super::{Node, T, app, next_call};
 pub(crate) type Frames = Framed<Box<dyn apps::Duplex>, LengthDelimitedCodec>;
 
 impl Node {
+    /// Asks port forwarding.
+    pub(crate) async fn forwarding<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> p2pos_protocols::forwarding::Request,
+    ) -> Result<T, ServiceError> {
+        self.ctx
+            .registry
+            .ask::<p2pos_protocols::Forwarding, T>(make)
+            .await
+    }
+
     /// Asks the overlay's services protocol.
     pub(crate) async fn services<T>(
         &self,

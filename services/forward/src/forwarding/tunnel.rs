@@ -170,7 +170,7 @@ pub(super) async fn accept_loop(listener: Listener) {
                 match opener(service.clone(), peer.clone()).await {
                     // A stream refused before its handshake (the peer's node was busy with
                     // others) carried nothing yet: opening again is safe.
-                    Err(Error::Protocol { .. }) if attempt < OPEN_RETRIES => {
+                    Err(e) if attempt < OPEN_RETRIES && broke_before_handshake(&e) => {
                         attempt += 1;
                         tokio::time::sleep(RETRY_PAUSE * attempt).await;
                     }
@@ -192,4 +192,11 @@ pub(super) async fn accept_loop(listener: Listener) {
             }
         });
     }
+}
+
+/// Whether opening a channel failed because the stream broke before its handshake: the peer's
+/// node was busy with others and dropped it unread, so opening again is safe.
+fn broke_before_handshake(e: &Error) -> bool {
+    matches!(e, Error::Registry(e) if e.code == p2pos_kernel::ErrorCode::Unavailable
+        && e.message.starts_with("/p2pos/channel/1 with peer"))
 }

@@ -1,49 +1,18 @@
-//! Checking what port forwarding is given: service names (shared with the service registry)
-//! and loopback `HOST:PORT` addresses.
+//! Checking what port forwarding is given: service names (the registry's grammar, a bare name
+//! meaning version 1) and loopback `HOST:PORT` addresses.
 
 use std::net::SocketAddr;
 
+use p2pos_protocols::ids::{ServiceName, invalid_service_name};
+
 use crate::Error;
 
-/// Longest name part of a service name.
-const MAX_NAME: usize = 48;
-/// Most digits in a service's version.
-const MAX_VERSION_DIGITS: usize = 9;
-
-/// Checks a service name and returns it in canonical form: `<name>/<version>`, where the name
-/// is 1 to 48 characters of `[A-Za-z0-9._-]` and the version 1 to 9 digits with no leading
-/// zero (`0` itself is a version), so that one service has one name. A bare name (no `/`) gets
-/// version `1`.
+/// Checks a service name and returns it in canonical form, `<name>/<version>`, as the
+/// registry's grammar says ([`ServiceName`]); a bare name (no `/`) gets version `1`.
 pub(crate) fn parse_service_name(input: &str) -> Result<String, Error> {
-    let invalid = |reason| Error::InvalidServiceName {
-        input: input.chars().take(80).collect(),
-        reason,
-    };
-    let (name, version) = input.split_once('/').unwrap_or((input, "1"));
-    if name.is_empty() {
-        return Err(invalid("the name is empty"));
-    }
-    if name.len() > MAX_NAME {
-        return Err(invalid("the name is longer than 48 characters"));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(invalid(
-            "the name has a character other than [A-Za-z0-9._-]",
-        ));
-    }
-    if version.is_empty()
-        || version.len() > MAX_VERSION_DIGITS
-        || !version.chars().all(|c| c.is_ascii_digit())
-    {
-        return Err(invalid("the version is not 1 to 9 digits"));
-    }
-    if version.len() > 1 && version.starts_with('0') {
-        return Err(invalid("the version has a leading zero"));
-    }
-    Ok(format!("{name}/{version}"))
+    ServiceName::parse_or_first(input)
+        .map(ServiceName::into_string)
+        .map_err(|reason| Error::InvalidServiceName(invalid_service_name(input, reason)))
 }
 
 /// The canonical form of a service name that was checked before (a bare name gets `/1`), for
@@ -116,10 +85,7 @@ mod tests {
             &"x".repeat(49),
         ] {
             let err = parse_service_name(bad).expect_err(bad);
-            assert!(
-                matches!(err, Error::InvalidServiceName { .. }),
-                "{bad}: {err}"
-            );
+            assert!(matches!(err, Error::InvalidServiceName(_)), "{bad}: {err}");
         }
     }
 

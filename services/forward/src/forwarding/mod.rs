@@ -1,8 +1,8 @@
-//! Port forwarding: exposures (a loopback TCP service published as a P2P OS service, kept in
-//! the store) and forwards (a loopback listener whose connections are tunnelled, one channel
-//! each, to an exposed service). [`Forwarding`] holds both; the overlay actor owns it and
-//! answers the port-forwarding requests of `p2pos.service.v1` with it. Every tunnel is a task
-//! that splices TCP bytes and channel frames: no byte passes through the actor.
+//! Exposures (a loopback TCP service published as a P2P OS service, kept in the store) and
+//! forwards (a loopback listener whose connections are tunnelled, one channel each, to an
+//! exposed service). [`Forwarding`] holds both; the forward service's actor owns it. Every
+//! tunnel is a task that splices TCP bytes and channel frames: no byte passes through the
+//! actor.
 //!
 //! # Layout
 //! - `name`: service names (shared with the registry) and loopback addresses.
@@ -31,6 +31,7 @@ pub(crate) use name::parse_service_name;
 
 use crate::{Error, task::AbortOnDrop};
 use name::{canonical, parse_loopback};
+use p2pos_protocols::ids::PeerRef;
 use tunnel::{Listener, Tunnels};
 
 /// Store tree of the exposures: service name → [`Exposure`] (protobuf; counters zero).
@@ -101,30 +102,15 @@ impl Forwarding {
         })
     }
 
-    /// `Services.Expose`: checks the request, keeps the exposure (replacing the target of an
-    /// exposure of the same name) and answers once it is durable.
-    pub(crate) fn expose(
-        &mut self,
-        req: ExposeRequest,
-    ) -> BoxFuture<'static, Result<Exposure, Error>> {
-        match self.keep_exposure(req) {
-            Ok(exposure) => {
-                info!(service = %exposure.service, target = %exposure.target, "exposed");
-                let store = self.store.clone();
-                async move {
-                    flush(store).await?;
-                    Ok(exposure)
-                }
-                .boxed()
-            }
-            Err(e) => futures::future::ready(Err(e)).boxed(),
-        }
-    }
-
-    fn keep_exposure(&mut self, req: ExposeRequest) -> Result<Exposure, Error> {
+    /// Checks an `Expose` request: its service name in canonical form and its target, and room
+    /// for one more exposure.
+    pub(crate) fn check_exposure(
+        &self,
+        req: &ExposeRequest,
+    ) -> Result<(String, SocketAddr), Error> {
         let ExposeRequest { target, service } = req;
-        let service = parse_service_name(&service)?;
-        let target_addr = parse_loopback("target", &target)?;
+        let service = parse_service_name(service)?;
+        let target_addr = parse_loopback("target", target)?;
         if target_addr.port() == 0 {
             return Err(Error::InvalidAddress {
                 what: "target",
@@ -138,14 +124,44 @@ impl Forwarding {
                 limit: MAX_EXPOSURES,
             });
         }
+        Ok((service, target_addr))
+    }
+
+    /// `Services.Expose`: checks the request, keeps the exposure (replacing the target of an
+    /// exposure of the same name) and answers once it is durable (written and flushed off the
+    /// async threads).
+    pub(crate) fn expose(
+        &mut self,
+        req: ExposeRequest,
+    ) -> BoxFuture<'static, Result<Exposure, Error>> {
+        match self.keep_exposure(req) {
+            Ok((exposure, record)) => {
+                info!(service = %exposure.service, target = %exposure.target, "exposed");
+                let store = self.store.clone();
+                let key = exposure.service.clone().into_bytes();
+                async move {
+                    persist(store, move |store| {
+                        store.insert(EXPOSURES_TREE, &key, &record)
+                    })
+                    .await?;
+                    Ok(exposure)
+                }
+                .boxed()
+            }
+            Err(e) => futures::future::ready(Err(e)).boxed(),
+        }
+    }
+
+    /// Keeps the exposure in memory; answers it and its record for the store.
+    fn keep_exposure(&mut self, req: ExposeRequest) -> Result<(Exposure, Vec<u8>), Error> {
+        let (service, target_addr) = self.check_exposure(&req)?;
         let record = Exposure {
             service: service.clone(),
             target: target_addr.to_string(),
             connections: 0,
             open: 0,
-        };
-        self.store
-            .insert(EXPOSURES_TREE, service.as_bytes(), &record.encode_to_vec())?;
+        }
+        .encode_to_vec();
         let exposed = self
             .exposures
             .entry(service.clone())
@@ -154,7 +170,7 @@ impl Forwarding {
                 tunnels: Tunnels::new(MAX_TUNNELS),
             });
         exposed.target = target_addr;
-        Ok(exposed.info(service))
+        Ok((exposed.info(service), record))
     }
 
     /// `Services.Withdraw`: forgets the exposure, durably; its open tunnels run on until they
@@ -164,14 +180,17 @@ impl Forwarding {
             if !self.exposures.contains_key(&service) {
                 return Err(Error::NotExposed(service));
             }
-            self.store.remove(EXPOSURES_TREE, service.as_bytes())?;
             self.exposures.remove(&service);
             Ok(service)
         });
         match removed {
             Ok(service) => {
                 info!(%service, "withdrawn");
-                flush(self.store.clone()).boxed()
+                let key = service.into_bytes();
+                persist(self.store.clone(), move |store| {
+                    store.remove(EXPOSURES_TREE, &key)
+                })
+                .boxed()
             }
             Err(e) => futures::future::ready(Err(e)).boxed(),
         }
@@ -186,11 +205,6 @@ impl Forwarding {
                 .map(|(service, exposed)| exposed.info(service.clone()))
                 .collect(),
         }
-    }
-
-    /// Whether `service` (a bare name meaning `/1`) is exposed.
-    pub(crate) fn exposed(&self, service: &str) -> bool {
-        self.exposures.contains_key(canonical(service).as_ref())
     }
 
     /// The names of the exposed services, in order.
@@ -230,7 +244,7 @@ impl Forwarding {
         let service = parse_service_name(&service)?;
         let peer = peer.trim().to_owned();
         if !peer.is_empty() {
-            crate::error::parse_target(&peer)?;
+            PeerRef::parse(&peer).map_err(Error::InvalidPeer)?;
         }
         let listen = parse_loopback("listen", &listen)?;
         if self.forwards.len() >= MAX_FORWARDS {
@@ -344,10 +358,16 @@ fn decode(key: &[u8], value: &[u8]) -> Result<(String, SocketAddr), String> {
     Ok((service, target))
 }
 
-/// Makes the store's writes durable, off the async threads.
-async fn flush(store: Arc<dyn Store>) -> Result<(), Error> {
-    tokio::task::spawn_blocking(move || store.flush())
-        .await
-        .map_err(|e| StoreError::Io(format!("the flush task failed: {e}")))??;
+/// Applies `write` to the store and makes it durable, off the async threads.
+async fn persist(
+    store: Arc<dyn Store>,
+    write: impl FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
+) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || {
+        write(store.as_ref())?;
+        store.flush()
+    })
+    .await
+    .map_err(|e| StoreError::Io(format!("the store task failed: {e}")))??;
     Ok(())
 }

@@ -1,0 +1,434 @@
+//! The forward service: its child spec, its actor (which owns the exposures and forwards and
+//! answers the admin's port-forwarding requests) and its life as an ordinary provider app of the
+//! service registry — a session as [`FORWARD_APP`], a registration per exposure, channels to
+//! them accepted from that session — reached only through the apps and services protocols.
+//! When the overlay restarts, the session ends; the service opens a new one and registers its
+//! exposures again.
+
+use std::{sync::Arc, time::Duration};
+
+use actix::prelude::*;
+use futures::{FutureExt, future::BoxFuture};
+use p2pos_kernel::{
+    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, Registry, RestartType,
+    ServiceContext, ServiceError, StopService, Uses,
+};
+use p2pos_proto::{
+    app::v1::IncomingCall,
+    service::v1::{
+        CloseForwardRequest, ExposeRequest, ReplyError, ReplyRequest, WithdrawRequest,
+        reply_request,
+    },
+};
+use p2pos_protocols::{
+    Apps, Forwarding as ForwardingProtocol, Services, answer,
+    apps::{self, ChannelStream, Incoming},
+    forwarding::Request,
+    ids::{AppId, PeerRef, ServiceName},
+    services,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    Error,
+    forwarding::{EXPOSURES_TREE, Forwarding, Opener},
+    task::AbortOnDrop,
+};
+
+/// The service's name.
+pub const NAME: &str = "forward";
+/// The app id port forwarding acts as: the provider of exposures, the opener of forwards. A
+/// node-wide helper's id (`p2pos_protocols::names`): no app gets a token for it, so no app can
+/// pose as port forwarding.
+pub const FORWARD_APP: &str = "_node:forward";
+/// What the registry shows of an exposure.
+const DESCRIPTION: &str = "a TCP service exposed by port forwarding";
+/// The first wait before opening a session again, doubling up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const MAX_RETRY: Duration = Duration::from_secs(2);
+
+/// The child spec the daemon hands to the kernel: a permanent service named `forward` that
+/// answers port forwarding's requests and provides its exposures as an app would.
+pub fn child_spec() -> ChildSpec {
+    ChildSpec {
+        name: NAME,
+        restart: RestartType::Permanent,
+        uses: Uses {
+            trees: &[EXPOSURES_TREE],
+            calls: &[Apps::NAME, Services::NAME],
+            provides: &[ForwardingProtocol::NAME],
+            ..Uses::default()
+        },
+        start: Box::new(|ctx, guard| start(ctx, guard).map_err(|e| e.to_string())),
+    }
+}
+
+fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, Error> {
+    let forwarding = Forwarding::load(ctx.store.clone())?;
+    let registry = ctx.registry.clone();
+    let service = ForwardService {
+        failpoint_panic: ctx.config.panics_on_start(NAME),
+        registry: registry.clone(),
+        _guard: guard,
+        forwarding,
+        online: false,
+        provider: None,
+    };
+    let addr = service.start();
+    registry
+        .register::<ForwardingProtocol>(addr.clone().recipient())
+        .map_err(Error::Registry)?;
+    Ok(ChildHandle {
+        stop: addr.clone().recipient(),
+        panic: addr.recipient(),
+    })
+}
+
+/// The forward actor: owns the exposures and forwards.
+pub struct ForwardService {
+    failpoint_panic: bool,
+    registry: Registry,
+    _guard: DeathGuard,
+    forwarding: Forwarding,
+    /// Whether port forwarding has a session with the registry now (its exposures are
+    /// registered).
+    online: bool,
+    /// Keeps the session and serves what comes on it; aborted when the actor goes.
+    provider: Option<AbortOnDrop>,
+}
+
+impl Actor for ForwardService {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.failpoint_panic {
+            panic!("injected fault in {NAME}: panic-on-start failpoint");
+        }
+        let provider = provide(self.registry.clone(), ctx.address());
+        self.provider = Some(AbortOnDrop::spawn(provider));
+        info!(
+            exposures = self.forwarding.exposed_services().len(),
+            "port forwarding started"
+        );
+    }
+}
+
+/// The session with the registry is up: register every exposure.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SessionUp;
+
+/// The session ended (the overlay is restarting): wait for the next.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SessionDown;
+
+/// A channel to an exposure, accepted: splice it onto the exposure's target.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Serve {
+    service: String,
+    channel: ChannelStream,
+}
+
+/// An exposure the registry took: keep it, durably, and answer.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Keep {
+    request: ExposeRequest,
+    reply: p2pos_protocols::Reply<p2pos_proto::service::v1::Exposure>,
+}
+
+impl Handler<SessionUp> for ForwardService {
+    type Result = ();
+
+    fn handle(&mut self, _: SessionUp, _: &mut Self::Context) {
+        self.online = true;
+        for service in self.forwarding.exposed_services() {
+            let registry = self.registry.clone();
+            tokio::spawn(async move {
+                if let Err(e) = register(&registry, &service).await {
+                    warn!(%service, "the exposure is not provided: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl Handler<SessionDown> for ForwardService {
+    type Result = ();
+
+    fn handle(&mut self, _: SessionDown, _: &mut Self::Context) {
+        self.online = false;
+    }
+}
+
+impl Handler<Serve> for ForwardService {
+    type Result = ();
+
+    fn handle(&mut self, Serve { service, channel }: Serve, _: &mut Self::Context) {
+        let peer = channel.peer_id.clone();
+        if let Err(e) = self.forwarding.serve(&service, channel.io) {
+            warn!(%peer, %service, "cannot serve a forwarded channel: {e}");
+        }
+    }
+}
+
+impl Handler<Keep> for ForwardService {
+    type Result = ();
+
+    fn handle(&mut self, Keep { request, reply }: Keep, _: &mut Self::Context) {
+        let keeping = self.forwarding.expose(request);
+        tokio::spawn(async move { answer(reply, keeping.await) });
+    }
+}
+
+impl Handler<Call<ForwardingProtocol>> for ForwardService {
+    type Result = ();
+
+    fn handle(&mut self, Call(request): Call<ForwardingProtocol>, ctx: &mut Self::Context) {
+        match request {
+            Request::Expose { request, reply } => self.expose(request, reply, ctx),
+            Request::Withdraw {
+                request: WithdrawRequest { service },
+                reply,
+            } => {
+                // Forgotten at once; the future makes it durable, then the registry forgets it.
+                let withdrawing = self.forwarding.withdraw(&service);
+                let registry = self.registry.clone();
+                tokio::spawn(async move {
+                    let withdrawn = withdrawing.await;
+                    if withdrawn.is_ok()
+                        && let Ok(name) = ServiceName::parse_or_first(&service)
+                        && let Err(e) = unregister(&registry, name).await
+                    {
+                        debug!(%service, "the registry did not forget the exposure: {e}");
+                    }
+                    answer(reply, withdrawn);
+                });
+            }
+            Request::ListExposures { reply } => {
+                answer::<_, Error>(reply, Ok(self.forwarding.exposures()));
+            }
+            Request::OpenForward { request, reply } => {
+                let opener = opener(self.registry.clone());
+                answer(reply, self.forwarding.open_forward(request, opener));
+            }
+            Request::CloseForward {
+                request: CloseForwardRequest { forward_id },
+                reply,
+            } => answer(reply, self.forwarding.close_forward(forward_id)),
+            Request::ListForwards { reply } => {
+                answer::<_, Error>(reply, Ok(self.forwarding.forwards()));
+            }
+        }
+    }
+}
+
+impl ForwardService {
+    /// `Expose`: checked here, provided through the registry (which refuses a name an app
+    /// provides), then kept.
+    fn expose(
+        &mut self,
+        request: ExposeRequest,
+        reply: p2pos_protocols::Reply<p2pos_proto::service::v1::Exposure>,
+        ctx: &mut Context<Self>,
+    ) {
+        let service = match self.forwarding.check_exposure(&request) {
+            Ok((service, _)) => service,
+            Err(e) => return answer(reply, Err::<p2pos_proto::service::v1::Exposure, _>(e)),
+        };
+        if !self.online {
+            let offline = Error::NoSession("the overlay is starting".into());
+            return answer(reply, Err::<p2pos_proto::service::v1::Exposure, _>(offline));
+        }
+        let (registry, addr) = (self.registry.clone(), ctx.address());
+        tokio::spawn(async move {
+            match register(&registry, &service).await {
+                Ok(()) => addr.do_send(Keep { request, reply }),
+                Err(e) => answer(reply, Err::<p2pos_proto::service::v1::Exposure, _>(e)),
+            }
+        });
+    }
+}
+
+impl Handler<StopService> for ForwardService {
+    type Result = ();
+
+    fn handle(&mut self, _: StopService, ctx: &mut Self::Context) {
+        self.provider = None;
+        info!("port forwarding stopped");
+        ctx.stop();
+    }
+}
+
+impl Handler<InjectPanic> for ForwardService {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+        panic!("injected fault in {NAME}");
+    }
+}
+
+fn forward_app() -> AppId {
+    // A node-wide helper's id: valid by construction.
+    AppId::parse(FORWARD_APP).unwrap_or_else(|e| unreachable!("{FORWARD_APP}: {e}"))
+}
+
+/// Registers `service` (canonical) as provided by port forwarding.
+async fn register(registry: &Registry, service: &str) -> Result<(), Error> {
+    let name = ServiceName::parse(service).map_err(|reason| {
+        Error::InvalidServiceName(p2pos_protocols::ids::invalid_service_name(service, reason))
+    })?;
+    registry
+        .ask::<Services, _>(|reply| services::Request::Register {
+            app_id: forward_app(),
+            service: name,
+            description: DESCRIPTION.to_owned(),
+            reply,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Unregisters `service`.
+async fn unregister(registry: &Registry, service: ServiceName) -> Result<(), ServiceError> {
+    registry
+        .ask::<Services, _>(|reply| services::Request::Unregister {
+            app_id: forward_app(),
+            service,
+            reply,
+        })
+        .await
+}
+
+/// How a forward opens the channel of each connection: a service channel from
+/// [`FORWARD_APP`], through the services protocol, as any app opens one.
+fn opener(registry: Registry) -> Opener {
+    Arc::new(
+        move |service: String, peer: String| -> BoxFuture<'static, Result<ChannelStream, Error>> {
+            let registry = registry.clone();
+            async move {
+                let service = ServiceName::parse_or_first(&service).map_err(|reason| {
+                    Error::InvalidServiceName(p2pos_protocols::ids::invalid_service_name(
+                        &service, reason,
+                    ))
+                })?;
+                let peer = match peer.trim() {
+                    "" => None,
+                    peer => Some(PeerRef::parse(peer).map_err(Error::InvalidPeer)?),
+                };
+                let channel = registry
+                    .ask::<Services, _>(|reply| services::Request::OpenChannel {
+                        app_id: forward_app(),
+                        service,
+                        peer,
+                        reply,
+                    })
+                    .await?;
+                Ok(channel)
+            }
+            .boxed()
+        },
+    )
+}
+
+/// Port forwarding as a provider app: keeps a session with the registry as [`FORWARD_APP`]
+/// (a new one, after a growing pause, whenever it ends), tells the actor when it is up or down,
+/// accepts the channels opened to its exposures and refuses calls to them.
+async fn provide(registry: Registry, actor: Addr<ForwardService>) {
+    let mut retry = FIRST_RETRY;
+    loop {
+        let opened = registry
+            .ask::<Apps, _>(|reply| apps::Request::OpenSession {
+                app_id: forward_app(),
+                reply,
+            })
+            .await;
+        match opened {
+            Ok(mut session) => {
+                retry = FIRST_RETRY;
+                if actor.send(SessionUp).await.is_err() {
+                    return;
+                }
+                while let Some(incoming) = session.incoming.recv().await {
+                    match incoming {
+                        Incoming::Channel(channel) if !channel.service.is_empty() => {
+                            let (registry, actor) = (registry.clone(), actor.clone());
+                            tokio::spawn(accept(
+                                registry,
+                                actor,
+                                channel.channel_id,
+                                channel.service,
+                            ));
+                        }
+                        // A channel to app `_node:forward` itself: nobody takes it; it expires.
+                        Incoming::Channel(_) => {}
+                        Incoming::Call(call) => {
+                            tokio::spawn(refuse_call(registry.clone(), call));
+                        }
+                    }
+                }
+                debug!("port forwarding's session ended; opening another");
+                if actor.send(SessionDown).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => debug!("port forwarding has no session yet: {e}"),
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(MAX_RETRY);
+    }
+}
+
+/// Accepts channel `channel_id` to `service` and hands it to the actor to serve.
+async fn accept(registry: Registry, actor: Addr<ForwardService>, channel_id: u64, service: String) {
+    let accepted = registry
+        .ask::<Apps, _>(|reply| apps::Request::AcceptChannel {
+            app_id: forward_app(),
+            channel_id,
+            reply,
+        })
+        .await;
+    match accepted {
+        Ok(channel) => actor.do_send(Serve { service, channel }),
+        Err(e) => debug!(%service, "a forwarded channel failed: {e}"),
+    }
+}
+
+/// Answers a call to an exposure: it takes channels, not calls.
+async fn refuse_call(registry: Registry, call: IncomingCall) {
+    let IncomingCall {
+        call_id, service, ..
+    } = call;
+    let request = ReplyRequest {
+        app_id: FORWARD_APP.to_owned(),
+        call_id,
+        result: Some(reply_request::Result::Error(ReplyError {
+            // FAILED_PRECONDITION
+            code: 9,
+            message: format!(
+                "'{service}' is a TCP service exposed by port forwarding: open a channel to it \
+                 (Services.Channel), not a call"
+            ),
+        })),
+    };
+    let _ = registry
+        .ask::<Services, _>(|reply| services::Request::Reply { request, reply })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_forwarding_acts_as_a_node_helper_id() {
+        assert_eq!(
+            FORWARD_APP,
+            p2pos_protocols::names::helper_app_id("", "forward")
+        );
+        assert!(AppId::parse(FORWARD_APP).is_ok());
+        assert!(p2pos_protocols::names::check_plain_app_id(FORWARD_APP).is_err());
+    }
+}

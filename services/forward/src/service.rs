@@ -27,6 +27,7 @@ use p2pos_protocols::{
     ids::{AppId, PeerRef, ServiceName},
     services,
 };
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -46,6 +47,8 @@ const DESCRIPTION: &str = "a TCP service exposed by port forwarding";
 /// The first wait before opening a session again, doubling up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// How long `Expose` waits for port forwarding's session with the registry.
+const SESSION_WAIT: Duration = Duration::from_secs(5);
 
 /// The child spec the daemon hands to the kernel: a permanent service named `forward` that
 /// answers port forwarding's requests and provides its exposures as an app would.
@@ -71,7 +74,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, Error> {
         registry: registry.clone(),
         _guard: guard,
         forwarding,
-        online: false,
+        online: watch::channel(false).0,
         provider: None,
     };
     let addr = service.start();
@@ -92,7 +95,7 @@ pub struct ForwardService {
     forwarding: Forwarding,
     /// Whether port forwarding has a session with the registry now (its exposures are
     /// registered).
-    online: bool,
+    online: watch::Sender<bool>,
     /// Keeps the session and serves what comes on it; aborted when the actor goes.
     provider: Option<AbortOnDrop>,
 }
@@ -143,7 +146,7 @@ impl Handler<SessionUp> for ForwardService {
     type Result = ();
 
     fn handle(&mut self, _: SessionUp, _: &mut Self::Context) {
-        self.online = true;
+        self.online.send_replace(true);
         for service in self.forwarding.exposed_services() {
             let registry = self.registry.clone();
             tokio::spawn(async move {
@@ -159,7 +162,7 @@ impl Handler<SessionDown> for ForwardService {
     type Result = ();
 
     fn handle(&mut self, _: SessionDown, _: &mut Self::Context) {
-        self.online = false;
+        self.online.send_replace(false);
     }
 }
 
@@ -238,12 +241,19 @@ impl ForwardService {
             Ok((service, _)) => service,
             Err(e) => return answer(reply, Err::<p2pos_proto::service::v1::Exposure, _>(e)),
         };
-        if !self.online {
-            let offline = Error::NoSession("the overlay is starting".into());
-            return answer(reply, Err::<p2pos_proto::service::v1::Exposure, _>(offline));
-        }
         let (registry, addr) = (self.registry.clone(), ctx.address());
+        let mut online = self.online.subscribe();
         tokio::spawn(async move {
+            // Right after the node starts (or the overlay restarts), the session may be a
+            // moment away.
+            let up = matches!(
+                tokio::time::timeout(SESSION_WAIT, online.wait_for(|up| *up)).await,
+                Ok(Ok(_))
+            );
+            if !up {
+                let offline = Error::NoSession(format!("no session within {SESSION_WAIT:?}"));
+                return answer(reply, Err::<p2pos_proto::service::v1::Exposure, _>(offline));
+            }
             match register(&registry, &service).await {
                 Ok(()) => addr.do_send(Keep { request, reply }),
                 Err(e) => answer(reply, Err::<p2pos_proto::service::v1::Exposure, _>(e)),

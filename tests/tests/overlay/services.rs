@@ -401,3 +401,50 @@ async fn exposed_tcp_services_are_services_too() {
     );
     assert_eq!(status, Code::NotFound);
 }
+
+#[actix_rt::test]
+async fn exposures_are_provided_again_after_the_overlay_restarts() {
+    let node = Node::boot().await;
+    let expose = ExposeRequest {
+        target: "127.0.0.1:9".into(),
+        service: "web".into(),
+    };
+    let provided = |list: Vec<p2pos_proto::service::v1::ServiceInfo>| {
+        list.iter()
+            .any(|s| s.service == "web/1" && s.app_id == "_node:forward")
+    };
+    // Port forwarding opens its session with the registry on its own, a moment after start.
+    eventually("port forwarding to take exposures", T, || async {
+        let expose = expose.clone();
+        node.forwarding(|reply| Forwarding::Expose {
+            request: expose,
+            reply,
+        })
+        .await
+        .ok()
+    })
+    .await;
+    assert!(provided(node.list().await), "exposed, as a registration");
+
+    // The overlay restarts: its registrations are gone with it, and port forwarding, an
+    // ordinary client, opens a new session and provides its exposures again.
+    node.ctx
+        .kernel
+        .inject_panic("overlay")
+        .await
+        .expect("inject");
+    eventually("the exposure provided again", T, || async {
+        let list = node
+            .services(|reply| p2pos_protocols::services::Request::List { reply })
+            .await
+            .ok()?;
+        let restarted = node
+            .ctx
+            .states
+            .borrow()
+            .iter()
+            .any(|s| s.name == "overlay" && s.restarts == 1);
+        (restarted && provided(list.services)).then_some(())
+    })
+    .await;
+}

@@ -1,13 +1,14 @@
-//! The network service actor: its child spec, its life cycle (start of the swarm task, failure
-//! of that task, ordered stop, injected panics) and the `p2pos.overlay.v1` protocol. It hands
-//! the [`Network`] handle to the services that need it, through the kernel.
+//! The network service actor: its child spec and its life cycle (start of the swarm task,
+//! failure of that task, ordered stop, injected panics). It hands the [`Network`] handle to the
+//! services that need it, through the kernel, and routes `p2pos.overlay.v1` straight to tasks
+//! that answer on that handle.
 
 use std::{sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use libp2p::Multiaddr;
 use p2pos_kernel::{
-    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
+    ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
     StopService, Uses, store::Writer,
 };
 use p2pos_protocols::{
@@ -101,13 +102,18 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         abort: task.abort_handle(),
         swarm_task: Some(task),
         guard,
-        network,
+        network: network.clone(),
         stopping: false,
     };
     let registry = ctx.registry.clone();
     let addr = service.start();
+    // Each request is answered by a task of its own, straight from the route: the handle is
+    // all it needs, so no request waits for the actor's mailbox.
     registry
-        .register::<Overlay>(addr.clone().recipient())
+        .route::<Overlay>(move |request| {
+            tokio::spawn(overlay_api::handle(network.clone(), request));
+            Box::pin(std::future::ready(Ok(())))
+        })
         .map_err(|e| setup(&e))?;
     Ok(ChildHandle {
         stop: addr.clone().recipient(),
@@ -195,15 +201,5 @@ impl Handler<InjectPanic> for NetworkService {
 
     fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
         panic!("injected fault in {NAME}");
-    }
-}
-
-impl Handler<Call<Overlay>> for NetworkService {
-    type Result = ();
-
-    /// Each request is answered by a task of its own on the runtime's threads: the actor only
-    /// hands it on.
-    fn handle(&mut self, Call(request): Call<Overlay>, _: &mut Self::Context) {
-        tokio::spawn(overlay_api::handle(self.network.clone(), request));
     }
 }

@@ -7,8 +7,9 @@
 //! type it asked for, with no "answered a different request" case. A service registers a route
 //! for the protocols it answers each time it (re)starts — its actor's [`Recipient`], or any
 //! function — and callers look it up per call, so a restart is transparent to them (they see
-//! `UNAVAILABLE` only while the service is down). A handle is registered the same way under its
-//! name and taken once, when a service starts.
+//! `UNAVAILABLE` only while the service is down: the kernel withdraws what a service registered
+//! as soon as it exits). A handle is registered the same way under its name and taken once,
+//! when a service starts.
 //!
 //! Each service sees the registry through its own view, limited to what its child spec
 //! declares ([`Uses`](crate::child::Uses)): calling, taking or registering anything else is an
@@ -205,6 +206,14 @@ impl Registry {
                 P::NAME
             ))
         })?
+    }
+
+    /// Removes everything `service` registered: it has exited, and callers should hear
+    /// `UNAVAILABLE` until it registers again rather than reach an actor that is gone.
+    pub(crate) fn withdraw(&self, service: &str) {
+        if let Ok(mut map) = self.inner.write() {
+            map.retain(|_, entry| entry.service != service);
+        }
     }
 
     /// `(name, service)` pairs of everything registered, sorted.

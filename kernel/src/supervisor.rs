@@ -358,6 +358,7 @@ impl Handler<ChildExited> for Kernel {
             return; // a stale report from an instance already replaced
         }
         self.children[idx].handle = None;
+        self.ctx.routes.withdraw(msg.name);
         let normal = msg.reason == ExitReason::Normal;
         if self.shutting_down {
             self.set_state(idx, ServiceState::Stopped);
@@ -413,6 +414,7 @@ impl Handler<ChildExited> for Kernel {
         for &later in group[1..].iter().rev() {
             let child = &mut self.children[later];
             child.generation += 1; // its exit is part of this restart, not a crash
+            self.ctx.routes.withdraw(child.spec.name);
             if let Some(handle) = child.handle.take() {
                 stops.push(handle.stop);
             }

@@ -12,8 +12,8 @@ use std::{
 
 use actix::prelude::*;
 use p2pos_kernel::{
-    ChildHandle, ChildSpec, Config, DeathGuard, InjectPanic, Kernel, KernelHandle, RestartType,
-    ServiceContext, ServiceState, ServiceStatus, StopService, Uses,
+    ChildHandle, ChildSpec, Config, DeathGuard, ErrorCode, InjectPanic, Kernel, KernelHandle,
+    Protocol, Reply, RestartType, ServiceContext, ServiceState, ServiceStatus, StopService, Uses,
     config::{Strategy, SupervisorConfig},
 };
 use tokio::sync::watch;
@@ -83,6 +83,8 @@ struct Node {
     kernel: KernelHandle,
     log: Log,
     addrs: Arc<Mutex<HashMap<&'static str, Addr<Stub>>>>,
+    /// The context each child was last started with.
+    contexts: Arc<Mutex<HashMap<&'static str, ServiceContext>>>,
     states: watch::Receiver<Vec<ServiceStatus>>,
     _dir: tempfile::TempDir,
 }
@@ -120,17 +122,23 @@ impl Node {
         };
         let log: Log = Arc::default();
         let addrs: Arc<Mutex<HashMap<_, Addr<Stub>>>> = Arc::default();
+        let contexts: Arc<Mutex<HashMap<_, ServiceContext>>> = Arc::default();
         let (ctx_tx, mut ctx_rx) = tokio::sync::mpsc::unbounded_channel::<ServiceContext>();
         let specs = children
             .iter()
             .map(|&(name, restart, start)| {
                 let (log, addrs, ctx_tx) = (log.clone(), addrs.clone(), ctx_tx.clone());
+                let contexts = contexts.clone();
                 let starts = Arc::new(Mutex::new(0u32));
                 ChildSpec {
                     name,
                     restart,
                     uses: uses(name),
                     start: Box::new(move |ctx, guard| {
+                        contexts
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(name, ctx.clone());
                         let _ = ctx_tx.send(ctx);
                         let mut n = starts.lock().unwrap_or_else(|e| e.into_inner());
                         *n += 1;
@@ -164,6 +172,7 @@ impl Node {
             kernel,
             log,
             addrs,
+            contexts,
             states,
             _dir: dir,
         }
@@ -171,6 +180,16 @@ impl Node {
 
     fn addr(&self, name: &str) -> Addr<Stub> {
         self.addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} was never started"))
+    }
+
+    /// The context `name` was last started with: its view of the store and registry.
+    fn context(&self, name: &str) -> ServiceContext {
+        self.contexts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
@@ -626,6 +645,83 @@ fn a_service_reaches_only_what_it_declares() {
             .expect_err("not declared as needed");
         assert!(err.to_string().contains("takes app.v1"), "{err}");
         kernel.shutdown(0);
+    });
+    assert_eq!(code, 0);
+}
+
+/// The protocol `app` answers in the registry tests: a number.
+struct AppV1;
+
+impl Protocol for AppV1 {
+    const NAME: &'static str = "app.v1";
+    type Request = Reply<u32>;
+}
+
+#[test]
+fn what_a_service_registered_is_withdrawn_when_it_exits() {
+    let code = run(|| async {
+        let mut node = Node::boot_uses(
+            supervisor(Strategy::OneForOne, 5, 10),
+            &[("app", Permanent, Always), ("gw", Permanent, Always)],
+            |name| match name {
+                "app" => Uses {
+                    provides: &["app.v1"],
+                    ..Uses::default()
+                },
+                _ => network_and_app(name),
+            },
+        )
+        .await;
+        node.running(&[("app", 0), ("gw", 0)]).await;
+        let answer = |n: u32| {
+            move |reply: Reply<u32>| {
+                let _ = reply.send(Ok(n));
+                Box::pin(async { Ok(()) }) as futures::future::BoxFuture<'static, _>
+            }
+        };
+        let register = |node: &Node, n: u32| {
+            node.context("app")
+                .registry
+                .route::<AppV1>(move |reply| answer(n)(reply))
+                .expect("app declares app.v1");
+        };
+        register(&node, 1);
+        let gw = node.context("gw").registry;
+        assert_eq!(
+            gw.ask::<AppV1, _>(|reply| reply).await.expect("answered"),
+            1
+        );
+
+        // Between app's crash and its restart, callers hear UNAVAILABLE, not a dead route.
+        node.addr("app").do_send(Exit::Fail("lost its mind"));
+        node.state("app", ServiceState::Restarting).await;
+        let err = gw
+            .ask::<AppV1, _>(|reply| reply)
+            .await
+            .expect_err("app is down");
+        assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
+        assert!(
+            err.to_string().contains("no service answers app.v1"),
+            "{err}"
+        );
+        assert!(
+            !node
+                .context("gw")
+                .registry
+                .routes()
+                .iter()
+                .any(|(_, s)| *s == "app"),
+            "nothing of app's is left"
+        );
+
+        // The new instance registers again, and callers reach it.
+        node.running(&[("app", 1), ("gw", 0)]).await;
+        register(&node, 2);
+        assert_eq!(
+            gw.ask::<AppV1, _>(|reply| reply).await.expect("answered"),
+            2
+        );
+        node.kernel.shutdown(0);
     });
     assert_eq!(code, 0);
 }

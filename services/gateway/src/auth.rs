@@ -14,7 +14,10 @@ use std::{sync::Arc, task::Poll};
 
 use futures::future::BoxFuture;
 use p2pos_kernel::{Registry, Store};
-use p2pos_protocols::{Tasks, tasks::Request as TasksRequest};
+use p2pos_protocols::{
+    Tasks,
+    tasks::{HELPER_TOKEN_PREFIX, Request as TasksRequest},
+};
 use tonic::{
     Request, Status,
     codegen::http::{self, Extensions, HeaderMap},
@@ -22,6 +25,8 @@ use tonic::{
 };
 use tower::{Layer, Service};
 
+/// How long a request waits for task control to say whose a helper token is.
+const HELPER_TOKEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Store tree of app tokens: token → app id.
 pub const TOKENS_TREE: &str = "tokens";
 
@@ -143,16 +148,21 @@ impl Authenticator {
             Ok(None) => {}
             Err(e) => return Err(Status::internal(e.to_string())),
         }
+        if !token.starts_with(HELPER_TOKEN_PREFIX) {
+            return Err(Status::unauthenticated("invalid token"));
+        }
         let token = token.to_owned();
         let asked = self
             .registry
-            .ask::<Tasks, _>(|reply| TasksRequest::HelperToken { token, reply })
-            .await;
-        match asked {
-            Ok(Some(app)) => Ok(Scope::App(app)),
-            Ok(None) => Err(Status::unauthenticated("invalid token")),
-            Err(e) => Err(Status::unavailable(format!(
-                "cannot check the token now: {e}"
+            .ask::<Tasks, _>(|reply| TasksRequest::HelperToken { token, reply });
+        match tokio::time::timeout(HELPER_TOKEN_WAIT, asked).await {
+            Ok(Ok(Some(app))) => Ok(Scope::App(app)),
+            Ok(Ok(None)) => Err(Status::unauthenticated("invalid token")),
+            Ok(Err(e)) => Err(Status::unavailable(format!(
+                "cannot check the helper token now: {e}"
+            ))),
+            Err(_) => Err(Status::unavailable(format!(
+                "cannot check the helper token now: task control did not answer within {HELPER_TOKEN_WAIT:?}"
             ))),
         }
     }

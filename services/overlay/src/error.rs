@@ -251,6 +251,9 @@ pub enum Error {
         /// Its words.
         message: String,
     },
+    /// The overlay is stopping (it restarts, or the node stops); the request was not finished.
+    #[error("the overlay is restarting; try again in a moment")]
+    Restarting,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -316,7 +319,8 @@ impl From<Error> for ServiceError {
             Error::Unreachable { .. }
             | Error::Protocol { .. }
             | Error::OpenerGone { .. }
-            | Error::NetworkStopped => ErrorCode::Unavailable,
+            | Error::NetworkStopped
+            | Error::Restarting => ErrorCode::Unavailable,
             Error::ChannelNotAccepted { .. } | Error::Timeout { .. } => ErrorCode::DeadlineExceeded,
             Error::MessageTooLarge { .. }
             | Error::Busy { .. }

@@ -1,7 +1,9 @@
 //! Store-and-forward messages for apps — `Send`, `Receive`, `Ack` — behind a cheap handle of
 //! their own: requests come straight from the kernel's route (never through the overlay
-//! actor's mailbox), each is served in a task of its own, and every store write and flush runs
-//! on the blocking pool, never on a thread that serves other requests.
+//! actor's mailbox), each is served in a task of its own (at most [`MAX_IN_FLIGHT`] at once),
+//! and every store write and flush runs on the blocking pool, never on a thread that serves
+//! other requests. When the overlay instance that made the part goes, its tasks end with it
+//! (their callers hear `UNAVAILABLE`), so that two instances never write one mailbox.
 
 use std::{
     collections::HashMap,
@@ -18,7 +20,8 @@ use p2pos_protocols::{
     network::Network,
     wire::MAX_PAYLOAD,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::warn;
 
 use crate::{
@@ -35,6 +38,9 @@ const RECEIVE_BUFFER: usize = 4;
 const RECEIVE_BATCH: usize = 16;
 /// How long `Send` waits for the peer's acknowledgement before answering `QUEUED`.
 const SEND_WAIT: Duration = Duration::from_secs(3);
+/// `Send`, `Receive` and `Ack` requests served at once, all apps together; more are refused
+/// with `RESOURCE_EXHAUSTED` (each app's gRPC calls are bounded by the gateway too).
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 
 /// The messages part of the overlay: a cheap, cloneable handle.
 #[derive(Clone)]
@@ -45,17 +51,31 @@ pub(crate) struct Messages {
     /// The live `Receive` feeder per app; one per app id that follows its inbox, finished ones
     /// dropped whenever another is added.
     receivers: Arc<Mutex<HashMap<String, AbortOnDrop>>>,
+    /// Requests being served.
+    in_flight: Arc<Semaphore>,
+    /// Cancelled when the overlay instance that owns the part goes: every task ends.
+    stopping: CancellationToken,
 }
 
 impl Messages {
-    /// The part over `mailbox`, delivering with `delivery` on `net`.
-    pub(crate) fn new(mailbox: Arc<Mailbox>, delivery: Delivery, net: Network) -> Self {
-        Self {
+    /// The part over `mailbox`, delivering with `delivery` on `net`, and the guard that ends
+    /// its work when dropped (the overlay actor holds it).
+    pub(crate) fn new(
+        mailbox: Arc<Mailbox>,
+        delivery: Delivery,
+        net: Network,
+    ) -> (Self, DropGuard) {
+        let stopping = CancellationToken::new();
+        let guard = stopping.clone().drop_guard();
+        let messages = Self {
             mailbox,
             delivery,
             net,
             receivers: Arc::default(),
-        }
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            stopping,
+        };
+        (messages, guard)
     }
 
     /// Serves one of `Send`, `Receive`, `Ack` in a task of its own; any other request is not
@@ -68,23 +88,51 @@ impl Messages {
                 peer,
                 payload,
                 reply,
-            } => {
-                tokio::spawn(async move {
-                    answer(reply, messages.send(app_id, peer, payload).await);
-                });
-            }
+            } => self.serve(
+                reply,
+                async move { messages.send(app_id, peer, payload).await },
+            ),
             Request::Receive { app_id, reply } => {
-                tokio::spawn(async move { answer(reply, messages.receive(app_id).await) });
+                self.serve(reply, async move { messages.receive(app_id).await })
             }
             Request::Ack {
                 app_id,
                 inbox_id,
                 reply,
-            } => {
-                tokio::spawn(async move { answer(reply, messages.ack(app_id, inbox_id).await) });
-            }
+            } => self.serve(reply, async move { messages.ack(app_id, inbox_id).await }),
             other => warn!("the messages part was handed {other:?}"),
         }
+    }
+
+    /// Answers `reply` with `work`'s outcome from a task of its own, unless too many requests
+    /// are in flight, the caller has gone already, or the overlay stops first.
+    fn serve<T: Send + 'static>(
+        &self,
+        reply: p2pos_protocols::Reply<T>,
+        work: impl Future<Output = Result<T, Error>> + Send + 'static,
+    ) {
+        if reply.is_closed() {
+            return;
+        }
+        let permit: OwnedSemaphorePermit = match self.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let busy = Error::Busy {
+                    what: "message requests in flight",
+                    limit: MAX_IN_FLIGHT,
+                };
+                return answer(reply, Err::<T, _>(busy));
+            }
+        };
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let outcome = tokio::select! {
+                outcome = work => outcome,
+                () = stopping.cancelled() => Err(Error::Restarting),
+            };
+            answer(reply, outcome);
+            drop(permit);
+        });
     }
 
     /// `Send`: durable in the outbox first, then delivered (waiting briefly for the outcome).
@@ -128,7 +176,14 @@ impl Messages {
             .blocking(move |mailbox| mailbox.register_app(&registering))
             .await?;
         let (tx, rx) = mpsc::channel(RECEIVE_BUFFER);
-        let feeder = AbortOnDrop::spawn(feed_inbox(app.clone(), self.mailbox.clone(), tx));
+        let stopping = self.stopping.clone();
+        let feed = feed_inbox(app.clone(), self.mailbox.clone(), tx);
+        let feeder = AbortOnDrop::spawn(async move {
+            tokio::select! {
+                () = feed => {}
+                () = stopping.cancelled() => {}
+            }
+        });
         let mut receivers = self.receivers.lock().unwrap_or_else(|e| e.into_inner());
         receivers.retain(|_, feeder| !feeder.is_finished());
         // Dropping the old feeder aborts it.

@@ -89,7 +89,7 @@ fn start(
     let announcer = net.announcer()?;
     let (delivery, delivery_task) =
         delivery::start(mailbox.clone(), net.clone(), ctx.events.clone());
-    let messages = Messages::new(mailbox.clone(), delivery, net.clone());
+    let (messages, messages_guard) = Messages::new(mailbox.clone(), delivery, net.clone());
     let service = OverlayService {
         tasks: vec![AbortOnDrop::new(&delivery_task)],
         accepting: Vec::new(),
@@ -99,6 +99,7 @@ fn start(
         net,
         mailbox,
         messages: messages.clone(),
+        _messages_guard: messages_guard,
         opens: Arc::new(Semaphore::new(max_opens)),
         channels: Arc::new(Semaphore::new(max_channels)),
         apps: HashMap::new(),

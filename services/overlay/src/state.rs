@@ -29,6 +29,9 @@ pub struct OverlayService {
     pub(crate) mailbox: Arc<Mailbox>,
     /// `Send`, `Receive`, `Ack`: routed to it directly.
     pub(crate) messages: Messages,
+    /// Ends the messages part's work when this instance goes (dropped with it, a panic
+    /// included).
+    pub(crate) _messages_guard: tokio_util::sync::DropGuard,
     /// Bounds concurrent outbound channel opens.
     pub(crate) opens: Arc<Semaphore>,
     /// One permit per channel open or waiting to be accepted, in either direction

@@ -310,6 +310,10 @@ pub mod tasks {
     /// Who calls: the app whose scope the gateway resolved (empty: the admin).
     pub type CallerApp = String;
 
+    /// How every helper token begins (`helper-` and 64 hex digits): the gateway asks the
+    /// task-control service only about tokens that do.
+    pub const HELPER_TOKEN_PREFIX: &str = "helper-";
+
     /// One request; the app ids it names have been checked against the caller's scope.
     #[derive(Debug)]
     pub enum Request {
@@ -352,7 +356,8 @@ pub mod tasks {
             /// The helper's status after it.
             reply: Reply<HelperStatus>,
         },
-        /// The app id a running helper's token acts as (`<app>:<helper>`), for the gateway.
+        /// The app id a running helper's token acts as (`<app>:<helper>`), for the gateway;
+        /// only tokens that begin with [`HELPER_TOKEN_PREFIX`] are asked about.
         HelperToken {
             /// The token the caller presented.
             token: String,

@@ -43,7 +43,7 @@ pub const ENV_HELPER_OWNER: &str = "P2POS_HELPER_OWNER";
 /// The helper's own directory, `<data dir>/helpers/<app or _node>/<name>`.
 pub const ENV_HELPER_DIR: &str = "P2POS_HELPER_DIR";
 /// Prefix of a helper token.
-pub const TOKEN_PREFIX: &str = "helper-";
+pub const TOKEN_PREFIX: &str = p2pos_protocols::tasks::HELPER_TOKEN_PREFIX;
 /// The directory, under the data directory, of the helpers' own directories.
 pub const HELPERS_DIR: &str = "helpers";
 /// The owner directory of the node's own helpers.

@@ -466,3 +466,45 @@ async fn a_local_channel_not_accepted_in_30_s_times_out() {
     let (_opener, _acceptor) =
         open_and_accept_locally(&node, "x", node.peer_id(), &mut session).await;
 }
+
+#[actix_rt::test]
+async fn a_send_in_flight_when_the_overlay_restarts_is_told_so_and_its_message_stays_queued() {
+    let a = Node::boot().await;
+    // A peer behind a port that takes connections and never answers: delivery waits.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let peer = libp2p::PeerId::random();
+    let target = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}");
+
+    let mut events = a.ctx.events.subscribe();
+    let (sent, ()) = futures::join!(
+        a.send("chat", &target, Bytes::from_static(b"hello")),
+        async {
+            a.ctx.kernel.inject_panic("overlay").await.expect("inject");
+        }
+    );
+    // The old instance's task does not outlive it (it would answer QUEUED after 3 s, racing
+    // the new instance for the mailbox): the caller hears at once that the overlay restarts.
+    let err = sent.expect_err("the overlay went away under the send");
+    assert_eq!(err.code, p2pos_kernel::ErrorCode::Unavailable, "{err}");
+    assert!(err.to_string().contains("restarting"), "{err}");
+
+    // Once the overlay is back, the message the send had stored is still in the outbox.
+    tokio::time::timeout(T, async {
+        while !matches!(
+            events.recv().await,
+            Ok(Event {
+                kind: Some(Kind::ServiceRestarted(_)),
+                ..
+            })
+        ) {}
+    })
+    .await
+    .expect("a restart");
+    let apps = eventually("the overlay to answer again", T, || async {
+        a.list_apps().await.ok()
+    })
+    .await;
+    let chat = apps.apps.iter().find(|app| app.app_id == "chat");
+    assert_eq!(chat.map(|app| app.outbox), Some(1), "{apps:?}");
+}

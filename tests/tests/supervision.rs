@@ -202,3 +202,57 @@ async fn a_panicking_gateway_is_restarted_and_clients_get_back_in() {
     assert_eq!(overlay.restarts, 0, "one_for_one leaves the others alone");
     assert!(node.try_exit().is_none(), "the node keeps running");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_of_a_grpc_service_follows_every_service_that_serves_it() {
+    let mut node = Node::start(&["--allow-fault-injection"]);
+    let client = node.client().await;
+    let mut health = HealthClient::new(client.channel());
+    let watch = |service: &str| {
+        let mut health = health.clone();
+        let service = service.to_owned();
+        async move {
+            health
+                .watch(HealthCheckRequest { service })
+                .await
+                .expect("health watch")
+                .into_inner()
+        }
+    };
+    let mut services = watch("p2pos.service.v1.Services").await;
+    let first = services.next().await.expect("first").expect("first");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    // Port forwarding's calls are Services calls: while it restarts, Services is down, though
+    // the overlay, which serves the rest of Services, runs on.
+    inject_panic(&client, "forward")
+        .await
+        .expect("inject panic");
+    let down = tokio::time::timeout(T, services.next())
+        .await
+        .expect("update")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(down.status(), ServingStatus::NotServing);
+    let up = tokio::time::timeout(T, services.next())
+        .await
+        .expect("update")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(up.status(), ServingStatus::Serving);
+    let apps = health
+        .check(HealthCheckRequest {
+            service: "p2pos.app.v1.Apps".into(),
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(apps.status(), ServingStatus::Serving);
+
+    client
+        .node()
+        .shutdown(ShutdownRequest {})
+        .await
+        .expect("shutdown");
+    assert!(node.wait_exit(T).await.success(), "clean exit");
+}

@@ -181,8 +181,22 @@ impl Handler<Keep> for ForwardService {
     type Result = ();
 
     fn handle(&mut self, Keep { request, reply }: Keep, _: &mut Self::Context) {
+        let service = request.service.clone();
         let keeping = self.forwarding.expose(request);
-        tokio::spawn(async move { answer(reply, keeping.await) });
+        // Refused after all (the exposures filled up while the registry was asked): the
+        // registry must not go on providing it.
+        let refused = ServiceName::parse_or_first(&service)
+            .ok()
+            .filter(|name| !self.forwarding.is_exposed(name.as_str()));
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            if let Some(name) = refused
+                && let Err(e) = unregister(&registry, name).await
+            {
+                debug!(%service, "the registry did not forget a refused exposure: {e}");
+            }
+            answer(reply, keeping.await);
+        });
     }
 }
 
@@ -372,8 +386,11 @@ async fn provide(registry: Registry, actor: Addr<ForwardService>) {
                                 channel.service,
                             ));
                         }
-                        // A channel to app `_node:forward` itself: nobody takes it; it expires.
-                        Incoming::Channel(_) => {}
+                        // A channel to app `_node:forward` itself, not to an exposure: closed
+                        // at once, so that it holds none of the node's channels meanwhile.
+                        Incoming::Channel(channel) => {
+                            tokio::spawn(close(registry.clone(), channel.channel_id));
+                        }
                         Incoming::Call(call) => {
                             tokio::spawn(refuse_call(registry.clone(), call));
                         }
@@ -403,6 +420,21 @@ async fn accept(registry: Registry, actor: Addr<ForwardService>, channel_id: u64
     match accepted {
         Ok(channel) => actor.do_send(Serve { service, channel }),
         Err(e) => debug!(%service, "a forwarded channel failed: {e}"),
+    }
+}
+
+/// Accepts channel `channel_id`, opened to port forwarding itself rather than to one of its
+/// exposures, and closes it: the opener sees it end at once.
+async fn close(registry: Registry, channel_id: u64) {
+    let accepted = registry
+        .ask::<Apps, _>(|reply| apps::Request::AcceptChannel {
+            app_id: forward_app(),
+            channel_id,
+            reply,
+        })
+        .await;
+    if let Ok(channel) = accepted {
+        debug!(peer = %channel.peer_id, "closed a channel to port forwarding itself");
     }
 }
 

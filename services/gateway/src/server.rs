@@ -202,6 +202,8 @@ fn grpc_names(service: &str) -> &'static [&'static str] {
     match service {
         "network" => &["p2pos.overlay.v1.Overlay"],
         "overlay" => &["p2pos.app.v1.Apps", "p2pos.service.v1.Services"],
+        // Port forwarding's calls are `Services` calls too.
+        "forward" => &["p2pos.service.v1.Services"],
         "monitor" => &["p2pos.monitor.v1.Monitor"],
         "tasks" => &["p2pos.tasks.v1.Tasks"],
         "gateway" => &["p2pos.node.v1.Node"],
@@ -218,26 +220,22 @@ async fn mirror_health(
     let mut sent: std::collections::HashMap<&'static str, ServingStatus> = Default::default();
     loop {
         let snapshot = states.borrow_and_update().clone();
-        let mut all_up = true;
-        let mut wanted = Vec::new();
+        // A gRPC service is up when every service that serves part of it runs; `""` when
+        // every service does.
+        let mut wanted: std::collections::BTreeMap<&'static str, bool> = Default::default();
         for s in &snapshot {
             // The gateway answering is proof enough that it runs.
             let up = s.state == ServiceState::Running || s.name == NAME;
-            all_up &= up;
+            for name in grpc_names(s.name).iter().chain([&""]) {
+                *wanted.entry(name).or_insert(true) &= up;
+            }
+        }
+        for (name, up) in wanted {
             let status = if up {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
-            wanted.extend(grpc_names(s.name).iter().map(|name| (*name, status)));
-        }
-        let overall = if all_up {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        wanted.push(("", overall));
-        for (name, status) in wanted {
             if sent.get(name) != Some(&status) {
                 reporter.set_service_status(name, status).await;
                 sent.insert(name, status);

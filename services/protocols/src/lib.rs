@@ -251,6 +251,10 @@ pub mod forwarding {
         ListForwardsReply, OpenForwardRequest, WithdrawRequest,
     };
 
+    /// Most exposures on a node; each is a registration of port forwarding's, so the
+    /// registry lets a node-wide helper register as many.
+    pub const MAX_EXPOSURES: usize = 64;
+
     use crate::Reply;
 
     /// One request; it comes from the admin.

@@ -448,3 +448,52 @@ async fn exposures_are_provided_again_after_the_overlay_restarts() {
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn a_node_takes_as_many_exposures_as_port_forwarding_allows() {
+    let node = Node::boot().await;
+    let expose = |i: usize| {
+        let request = ExposeRequest {
+            target: "127.0.0.1:9".into(),
+            service: format!("port{i}"),
+        };
+        node.forwarding(|reply| Forwarding::Expose { request, reply })
+    };
+    // Port forwarding opens its session with the registry a moment after start.
+    eventually("port forwarding to take exposures", T, || async {
+        expose(0).await.ok()
+    })
+    .await;
+    // Each exposure is a registration of `_node:forward`: more than an app may have.
+    let limit = p2pos_protocols::forwarding::MAX_EXPOSURES;
+    for i in 1..limit {
+        if let Err(e) = expose(i).await {
+            panic!("exposure {i} of {limit}: {e}");
+        }
+    }
+    let listed = node.list().await;
+    assert_eq!(listed.len(), limit, "every exposure is provided");
+    let (status, message) = code(expose(limit).await);
+    assert_eq!(status, Code::ResourceExhausted, "{message}");
+    assert!(message.contains("exposures"), "{message}");
+}
+
+#[actix_rt::test]
+async fn a_channel_to_port_forwarding_itself_is_closed_at_once() {
+    let (a, c) = (Node::boot().await, Node::boot().await);
+    let (a_ticket, _) = a.ticket().await;
+    c.dial(&a_ticket).await.expect("C dials A");
+    // Port forwarding takes channels to its exposures only; one to the app itself would
+    // otherwise hold one of A's channels until it expired (30 s).
+    let opened = eventually("port forwarding's session on A", T, || async {
+        c.open_channel("_node:forward", &a_ticket).await.ok()
+    });
+    let channel = tokio::time::timeout(Duration::from_secs(10), opened)
+        .await
+        .expect("answered well before a channel expires");
+    let mut io = framed(channel);
+    let end = tokio::time::timeout(T, futures::StreamExt::next(&mut io))
+        .await
+        .expect("in time");
+    assert!(end.is_none(), "closed, not served: {end:?}");
+}

@@ -17,7 +17,10 @@ mod tunnel;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
-use futures::{FutureExt, future::BoxFuture};
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
 use p2pos_kernel::{Store, store::StoreError};
 use p2pos_proto::service::v1::{
     ExposeRequest, Exposure, Forward, ListExposuresReply, ListForwardsReply, OpenForwardRequest,
@@ -37,7 +40,7 @@ use tunnel::{Listener, Tunnels};
 /// Store tree of the exposures: service name → [`Exposure`] (protobuf; counters zero).
 pub(crate) const EXPOSURES_TREE: &str = "exposures";
 /// Most exposures on a node.
-pub(crate) const MAX_EXPOSURES: usize = 64;
+pub(crate) const MAX_EXPOSURES: usize = p2pos_protocols::forwarding::MAX_EXPOSURES;
 /// Most forwards on a node.
 pub(crate) const MAX_FORWARDS: usize = 32;
 /// Most open tunnels through one forward, and into one exposure.
@@ -54,6 +57,9 @@ pub(crate) type Opener =
 /// tunnels run on until they end).
 pub(crate) struct Forwarding {
     store: Arc<dyn Store>,
+    /// The last store write asked for: each write waits for the one before it, so that the
+    /// store sees exposures and withdrawals in the order they were made.
+    last_write: Shared<BoxFuture<'static, ()>>,
     exposures: BTreeMap<String, Exposed>,
     forwards: BTreeMap<u64, Listening>,
 }
@@ -97,6 +103,7 @@ impl Forwarding {
         }
         Ok(Forwarding {
             store,
+            last_write: futures::future::ready(()).boxed().shared(),
             exposures,
             forwards: BTreeMap::new(),
         })
@@ -137,13 +144,11 @@ impl Forwarding {
         match self.keep_exposure(req) {
             Ok((exposure, record)) => {
                 info!(service = %exposure.service, target = %exposure.target, "exposed");
-                let store = self.store.clone();
                 let key = exposure.service.clone().into_bytes();
+                let written =
+                    self.persist(move |store| store.insert(EXPOSURES_TREE, &key, &record));
                 async move {
-                    persist(store, move |store| {
-                        store.insert(EXPOSURES_TREE, &key, &record)
-                    })
-                    .await?;
+                    written.await?;
                     Ok(exposure)
                 }
                 .boxed()
@@ -187,13 +192,42 @@ impl Forwarding {
             Ok(service) => {
                 info!(%service, "withdrawn");
                 let key = service.into_bytes();
-                persist(self.store.clone(), move |store| {
-                    store.remove(EXPOSURES_TREE, &key)
-                })
-                .boxed()
+                self.persist(move |store| store.remove(EXPOSURES_TREE, &key))
             }
             Err(e) => futures::future::ready(Err(e)).boxed(),
         }
+    }
+
+    /// Applies `write` to the store and makes it durable, off the async threads, after every
+    /// write asked for before it. The future must be polled to the end (the next write waits
+    /// for it).
+    fn persist(
+        &mut self,
+        write: impl FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        let (store, previous) = (self.store.clone(), self.last_write.clone());
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let this = async move {
+            previous.await;
+            let written = tokio::task::spawn_blocking(move || {
+                write(store.as_ref())?;
+                store.flush()
+            })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Io(format!("the store task failed: {e}"))));
+            let _ = done.send(written);
+        }
+        .boxed()
+        .shared();
+        self.last_write = this.clone();
+        async move {
+            this.await;
+            outcome
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Io("the store write was lost".into())))?;
+            Ok(())
+        }
+        .boxed()
     }
 
     /// `Services.ListExposures`, by service name.
@@ -205,6 +239,11 @@ impl Forwarding {
                 .map(|(service, exposed)| exposed.info(service.clone()))
                 .collect(),
         }
+    }
+
+    /// Whether `service` (canonical) is exposed.
+    pub(crate) fn is_exposed(&self, service: &str) -> bool {
+        self.exposures.contains_key(service)
     }
 
     /// The names of the exposed services, in order.
@@ -356,18 +395,4 @@ fn decode(key: &[u8], value: &[u8]) -> Result<(String, SocketAddr), String> {
     }
     let target = parse_loopback("target", &target).map_err(|e| e.to_string())?;
     Ok((service, target))
-}
-
-/// Applies `write` to the store and makes it durable, off the async threads.
-async fn persist(
-    store: Arc<dyn Store>,
-    write: impl FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
-) -> Result<(), Error> {
-    tokio::task::spawn_blocking(move || {
-        write(store.as_ref())?;
-        store.flush()
-    })
-    .await
-    .map_err(|e| StoreError::Io(format!("the store task failed: {e}")))??;
-    Ok(())
 }

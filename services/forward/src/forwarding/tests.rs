@@ -557,3 +557,22 @@ async fn an_unreadable_record_is_skipped_and_kept() {
     assert_eq!(fwd.exposed_services(), ["good/1"]);
     assert!(store.get(EXPOSURES_TREE, b"bad/1").expect("get").is_some());
 }
+
+#[tokio::test]
+async fn the_store_sees_an_exposure_and_its_withdrawal_in_the_order_they_were_made() {
+    let (_dir, store) = store();
+    let mut fwd = Forwarding::load(store.clone()).expect("load");
+    let exposing = fwd.expose(expose_req("127.0.0.1:8080", "web"));
+    let withdrawing = fwd.withdraw("web");
+    // The withdrawal's future is driven first: it still writes after the exposure.
+    within("the withdrawal", withdrawing)
+        .await
+        .expect("withdraw");
+    within("the exposure", exposing).await.expect("expose");
+    let again = Forwarding::load(store).expect("load");
+    assert!(
+        again.exposures().exposures.is_empty(),
+        "a withdrawn exposure came back: {:?}",
+        again.exposures()
+    );
+}

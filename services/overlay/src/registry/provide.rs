@@ -5,12 +5,18 @@
 use std::collections::BTreeSet;
 
 use p2pos_proto::service::v1::{ListServicesReply, ServiceInfo};
-use p2pos_protocols::ids::{AppId, ServiceName};
+use p2pos_protocols::{
+    ids::{AppId, ServiceName},
+    names::is_node_app,
+};
 use tracing::info;
 
 use super::{
     names::validate_description,
-    state::{MAX_REGISTRATIONS, MAX_REGISTRATIONS_PER_APP, Registration, service_key},
+    state::{
+        MAX_REGISTRATIONS, MAX_REGISTRATIONS_PER_APP, MAX_REGISTRATIONS_PER_NODE_APP, Registration,
+        service_key,
+    },
 };
 use crate::{Error, sessions::AppState, state::OverlayService};
 
@@ -27,7 +33,18 @@ impl OverlayService {
             return Err(Error::NoSession { app_id });
         }
         let registrations = &mut self.services.registrations;
-        let full = registrations.len() >= MAX_REGISTRATIONS;
+        // Node-wide helpers (port forwarding) have limits of their own: apps filling the node's
+        // registry never keep the admin from exposing a port.
+        let node_app = is_node_app(&app_id);
+        let (full, per_app) = if node_app {
+            (false, MAX_REGISTRATIONS_PER_NODE_APP)
+        } else {
+            let apps = registrations
+                .values()
+                .filter(|r| !is_node_app(&r.app_id))
+                .count();
+            (apps >= MAX_REGISTRATIONS, MAX_REGISTRATIONS_PER_APP)
+        };
         let of_app = registrations
             .values()
             .filter(|r| r.app_id == app_id)
@@ -44,10 +61,10 @@ impl OverlayService {
                     limit: MAX_REGISTRATIONS,
                 });
             }
-            None if of_app >= MAX_REGISTRATIONS_PER_APP => {
+            None if of_app >= per_app => {
                 return Err(Error::Busy {
                     what: "services registered by one app on this node",
-                    limit: MAX_REGISTRATIONS_PER_APP,
+                    limit: per_app,
                 });
             }
             None => {

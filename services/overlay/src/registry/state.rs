@@ -14,10 +14,13 @@ use tokio::sync::oneshot;
 
 use super::slots::PeerSlots;
 
-/// Most services registered by apps on one node.
+/// Most services registered by apps on one node (node-wide helpers' not counted).
 pub(crate) const MAX_REGISTRATIONS: usize = 256;
 /// Most services one app (with its helpers, each an app id of its own) registers on one node.
 pub(crate) const MAX_REGISTRATIONS_PER_APP: usize = 32;
+/// Most services one node-wide helper (`_node:...`) registers: port forwarding registers one
+/// per exposure.
+pub(crate) const MAX_REGISTRATIONS_PER_NODE_APP: usize = p2pos_protocols::forwarding::MAX_EXPOSURES;
 
 /// The DHT key under which the providers of `service` are announced:
 /// `/p2pos/service/<service>`.

@@ -41,7 +41,7 @@ pub const NAME: &str = "forward";
 /// The app id port forwarding acts as: the provider of exposures, the opener of forwards. A
 /// node-wide helper's id (`p2pos_protocols::names`): no app gets a token for it, so no app can
 /// pose as port forwarding.
-pub const FORWARD_APP: &str = "_node:forward";
+pub const FORWARD_APP: &str = p2pos_protocols::forwarding::FORWARD_APP;
 /// What the registry shows of an exposure.
 const DESCRIPTION: &str = "a TCP service exposed by port forwarding";
 /// The first wait before opening a session again, doubling up to [`MAX_RETRY`].
@@ -180,7 +180,7 @@ impl Handler<Serve> for ForwardService {
 impl Handler<Keep> for ForwardService {
     type Result = ();
 
-    fn handle(&mut self, Keep { request, reply }: Keep, _: &mut Self::Context) {
+    fn handle(&mut self, Keep { request, reply }: Keep, ctx: &mut Self::Context) {
         let service = request.service.clone();
         let keeping = self.forwarding.expose(request);
         // Refused after all (the exposures filled up while the registry was asked): the
@@ -188,15 +188,40 @@ impl Handler<Keep> for ForwardService {
         let refused = ServiceName::parse_or_first(&service)
             .ok()
             .filter(|name| !self.forwarding.is_exposed(name.as_str()));
-        let registry = self.registry.clone();
+        let (registry, addr) = (self.registry.clone(), ctx.address());
         tokio::spawn(async move {
-            if let Some(name) = refused
-                && let Err(e) = unregister(&registry, name).await
-            {
-                debug!(%service, "the registry did not forget a refused exposure: {e}");
+            if let Some(name) = refused {
+                let canonical = name.as_str().to_owned();
+                if let Err(e) = unregister(&registry, name).await {
+                    debug!(%service, "the registry did not forget a refused exposure: {e}");
+                }
+                // An `Expose` of the same name may have been kept meanwhile.
+                addr.do_send(Recheck { service: canonical });
             }
             answer(reply, keeping.await);
         });
+    }
+}
+
+/// After the registry forgot `service`: provide it again if it is exposed after all.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Recheck {
+    service: String,
+}
+
+impl Handler<Recheck> for ForwardService {
+    type Result = ();
+
+    fn handle(&mut self, Recheck { service }: Recheck, _: &mut Self::Context) {
+        if self.forwarding.is_exposed(&service) {
+            let registry = self.registry.clone();
+            tokio::spawn(async move {
+                if let Err(e) = register(&registry, &service).await {
+                    warn!(%service, "the exposure is not provided: {e}");
+                }
+            });
+        }
     }
 }
 

@@ -375,8 +375,15 @@ mod tests {
         let unknown = scope(Some("helper-voice")).await.expect_err("refused");
         assert_eq!(unknown.code(), tonic::Code::Unavailable);
         assert!(
-            unknown.message().contains("cannot check the token"),
+            unknown.message().contains("cannot check the helper token"),
             "{unknown:?}"
+        );
+        // A token that is no helper's is refused without asking task control.
+        let stranger = scope(Some("nobody-knows")).await.expect_err("refused");
+        assert_eq!(
+            stranger.code(),
+            tonic::Code::Unauthenticated,
+            "{stranger:?}"
         );
         let mut bad = HeaderMap::new();
         bad.insert("authorization", "Basic x".parse().expect("ascii"));

@@ -32,6 +32,8 @@ use crate::{
 pub const NAME: &str = "network";
 /// How long a stop waits for the swarm task to close.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a stop waits for the peers' queued writes (within the kernel's 5 s for a stop).
+const WRITER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Commands waiting for the swarm task; senders wait when it is full (back-pressure).
 const COMMAND_BUFFER: usize = 64;
 /// Connection events buffered for followers; a follower that lags catches up.
@@ -77,7 +79,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
             Err(e) => warn!("ignoring bootstrap peer: {e}"),
         }
     }
-    let (writer, _writer_thread) = Writer::spawn(ctx.store.clone(), NAME).map_err(|e| setup(&e))?;
+    let (writer, writer_thread) = Writer::spawn(ctx.store.clone(), NAME).map_err(|e| setup(&e))?;
     let local = *swarm.local_peer_id();
     let (commands, rx) = mpsc::channel(COMMAND_BUFFER);
     let (events, _) = broadcast::channel(NET_EVENT_BUFFER);
@@ -101,6 +103,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         failpoint_panic: ctx.config.panics_on_start(NAME),
         abort: task.abort_handle(),
         swarm_task: Some(task),
+        writer_thread: Some(writer_thread),
         guard,
         network: network.clone(),
         stopping: false,
@@ -127,6 +130,9 @@ pub struct NetworkService {
     failpoint_panic: bool,
     abort: tokio::task::AbortHandle,
     swarm_task: Option<JoinHandle<()>>,
+    /// The store writer of the peers' addresses; it ends once the event loop has gone and
+    /// its writes are done, which a stop waits for (the kernel flushes the store after).
+    writer_thread: Option<std::thread::JoinHandle<()>>,
     guard: DeathGuard,
     network: Network,
     stopping: bool,
@@ -177,6 +183,8 @@ impl Handler<StopService> for NetworkService {
     fn handle(&mut self, _: StopService, _: &mut Self::Context) -> Self::Result {
         self.stopping = true;
         let network = self.network.clone();
+        let abort = self.abort.clone();
+        let writer_thread = self.writer_thread.take();
         Box::pin(
             async move {
                 if tokio::time::timeout(SHUTDOWN_TIMEOUT, network.shutdown())
@@ -185,10 +193,16 @@ impl Handler<StopService> for NetworkService {
                 {
                     warn!("the network did not close within {SHUTDOWN_TIMEOUT:?}; aborting it");
                 }
+                abort.abort();
+                if let Some(thread) = writer_thread {
+                    let joined = tokio::task::spawn_blocking(move || thread.join());
+                    if tokio::time::timeout(WRITER_TIMEOUT, joined).await.is_err() {
+                        warn!("the peers' store writer did not finish within {WRITER_TIMEOUT:?}");
+                    }
+                }
             }
             .into_actor(self)
-            .map(|(), act, ctx| {
-                act.abort.abort();
+            .map(|(), _, ctx| {
                 info!("network stopped");
                 ctx.stop();
             }),

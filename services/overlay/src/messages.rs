@@ -2,8 +2,10 @@
 //! their own: requests come straight from the kernel's route (never through the overlay
 //! actor's mailbox), each is served in a task of its own (at most [`MAX_IN_FLIGHT`] at once),
 //! and every store write and flush runs on the blocking pool, never on a thread that serves
-//! other requests. When the overlay instance that made the part goes, its tasks end with it
-//! (their callers hear `UNAVAILABLE`), so that two instances never write one mailbox.
+//! other requests. When the overlay instance that made the part goes, its waits end with it
+//! (a `Send` already stored answers `QUEUED`, a `Receive` stream ends) and new requests that
+//! still reach it hear `UNAVAILABLE`; a store write in progress finishes, under the one
+//! mailbox every instance shares.
 
 use std::{
     collections::HashMap,
@@ -105,7 +107,9 @@ impl Messages {
     }
 
     /// Answers `reply` with `work`'s outcome from a task of its own, unless too many requests
-    /// are in flight, the caller has gone already, or the overlay stops first.
+    /// are in flight, the caller has gone already, or the instance has gone. Work already
+    /// started is finished (a store write is never cut in half); only waits end early when the
+    /// instance goes.
     fn serve<T: Send + 'static>(
         &self,
         reply: p2pos_protocols::Reply<T>,
@@ -124,13 +128,12 @@ impl Messages {
                 return answer(reply, Err::<T, _>(busy));
             }
         };
-        let stopping = self.stopping.clone();
+        // A request that reached this instance's route after the instance went.
+        if self.stopping.is_cancelled() {
+            return answer(reply, Err::<T, _>(Error::Restarting));
+        }
         tokio::spawn(async move {
-            let outcome = tokio::select! {
-                outcome = work => outcome,
-                () = stopping.cancelled() => Err(Error::Restarting),
-            };
-            answer(reply, outcome);
+            answer(reply, work.await);
             drop(permit);
         });
     }
@@ -156,7 +159,14 @@ impl Messages {
             })
             .await?;
         self.mailbox.flush().await?;
-        let state = match self.delivery.deliver(peer, frame.sequence, SEND_WAIT).await {
+        // Stored: from here the message is the outbox's, and goes out whatever happens to this
+        // instance. Its caller is told so at once if the instance goes during the wait.
+        let delivered = tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => Outcome::Queued,
+            outcome = self.delivery.deliver(peer, frame.sequence, SEND_WAIT) => outcome,
+        };
+        let state = match delivered {
             Outcome::Delivered => DeliveryState::Delivered,
             Outcome::Queued => DeliveryState::Queued,
             Outcome::UnknownApp => return Err(Error::AppNotRegistered { app_id: app, peer }),

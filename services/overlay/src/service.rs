@@ -59,6 +59,10 @@ const MAX_CALL_STREAMS: Limits = Limits {
 /// answers the apps protocol and the services protocol, on the network handle.
 pub fn child_spec(config: Config) -> ChildSpec {
     let config = Arc::new(config);
+    // One mailbox for every instance: a task of an instance that has gone may still be
+    // finishing a store write, and its successor must serialise with it (one lock, one
+    // sequence counter per peer).
+    let mailbox = std::sync::OnceLock::new();
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
@@ -69,7 +73,7 @@ pub fn child_spec(config: Config) -> ChildSpec {
             ..Uses::default()
         },
         start: Box::new(move |ctx, guard| {
-            start(ctx, guard, config.clone()).map_err(|e| e.to_string())
+            start(ctx, guard, config.clone(), &mailbox).map_err(|e| e.to_string())
         }),
     }
 }
@@ -78,10 +82,18 @@ fn start(
     ctx: ServiceContext,
     guard: DeathGuard,
     config: Arc<Config>,
+    mailbox: &std::sync::OnceLock<Arc<Mailbox>>,
 ) -> Result<ChildHandle, crate::Error> {
     let setup = |e: ServiceError| crate::Error::Setup(e.to_string());
     let net: Network = ctx.registry.take(NETWORK).map_err(setup)?;
-    let mailbox = Mailbox::new(ctx.store.clone(), config.max_inbox_messages)?;
+    let mailbox = match mailbox.get() {
+        Some(mailbox) => mailbox.clone(),
+        None => {
+            // Only the kernel's actor starts instances, one at a time: nobody sets it meanwhile.
+            let made = Mailbox::new(ctx.store.clone(), config.max_inbox_messages)?;
+            mailbox.get_or_init(|| made).clone()
+        }
+    };
     let max_opens = config.max_opens as usize;
     let max_channels = usize::try_from(config.max_channels)
         .unwrap_or(usize::MAX)

@@ -252,8 +252,13 @@ pub mod forwarding {
     };
 
     /// Most exposures on a node; each is a registration of port forwarding's, so the
-    /// registry lets a node-wide helper register as many.
+    /// registry lets port forwarding register as many.
     pub const MAX_EXPOSURES: usize = 64;
+
+    /// The app id port forwarding acts as in the service registry: the provider of
+    /// exposures, the opener of forwards. A node-wide helper's id, which no app can have a
+    /// token for.
+    pub const FORWARD_APP: &str = "_node:forward";
 
     use crate::Reply;
 

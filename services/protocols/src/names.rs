@@ -41,14 +41,6 @@ pub fn check_app_id(app_id: &str) -> Result<(), String> {
     }
 }
 
-/// Whether `app_id` is a node-wide helper's (`_node:...`, port forwarding's `_node:forward`
-/// among them): started by the node or its admin, never by an app.
-pub fn is_node_app(app_id: &str) -> bool {
-    app_id
-        .strip_prefix(NODE_HELPER_OWNER)
-        .is_some_and(|rest| rest.starts_with(HELPER_SEPARATOR))
-}
-
 /// Whether tokens may be issued for `app_id`: a valid app id of an app, not of a helper.
 pub fn check_plain_app_id(app_id: &str) -> Result<(), String> {
     check_app_id(app_id)?;
@@ -110,8 +102,6 @@ mod tests {
         assert!(check_plain_app_id("chat").is_ok());
         assert!(check_plain_app_id("chat:voice").is_err());
         assert!(check_plain_app_id("_node").is_err());
-        assert!(is_node_app("_node:forward"));
-        assert!(!is_node_app("_node") && !is_node_app("_nodes:x") && !is_node_app("chat:_node"));
     }
 
     #[test]

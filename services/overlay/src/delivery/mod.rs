@@ -10,6 +10,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use libp2p::{PeerId, StreamProtocol};
+use libp2p_stream::OpenStreamError;
 use p2pos_kernel::EventBus;
 use p2pos_proto::{
     monitor::v1::{MessageDelivered, MessageFailed, event::Kind},
@@ -47,9 +48,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How soon a peer that asked to retry later is tried again.
 const RETRY_BUSY: Duration = Duration::from_secs(2);
+/// Times in a row a connected peer that does not take messages (its overlay is restarting, say)
+/// is retried after [`RETRY_BUSY`] rather than with back-off.
+const NOT_SERVING_RETRIES: u32 = 5;
 /// First and longest wait before retrying a peer.
 const RETRY_MIN: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// How often the outbox is swept for peers that no delivery serves.
+const SWEEP: Duration = Duration::from_secs(60);
 
 enum Command {
     Deliver {
@@ -151,15 +157,13 @@ struct Manager {
 
 impl Manager {
     async fn run(mut self) {
-        match self.shared.mailbox.pending_peers() {
-            Ok(peers) => peers
-                .into_iter()
-                .for_each(|p| self.ensure(p, Duration::ZERO)),
-            Err(e) => warn!("cannot read the outbox: {e}"),
-        }
+        // At start, and now and then after: a message stored by a task of an overlay instance
+        // that had gone (its `Send` finishing its store write) has nobody else to start it.
+        let mut sweep = tokio::time::interval(SWEEP);
         let mut net_open = true;
         loop {
             tokio::select! {
+                _ = sweep.tick() => self.sweep(),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     None => return,
@@ -177,6 +181,16 @@ impl Manager {
                     self.on_task_end(done);
                 }
             }
+        }
+    }
+
+    /// Starts delivery to every peer with messages waiting and no delivery running.
+    fn sweep(&mut self) {
+        match self.shared.mailbox.pending_peers() {
+            Ok(peers) => peers
+                .into_iter()
+                .for_each(|p| self.ensure(p, Duration::ZERO)),
+            Err(e) => warn!("cannot read the outbox: {e}"),
         }
     }
 
@@ -306,9 +320,29 @@ async fn deliver_to(
         }
     }
     let mut backoff = RETRY_MIN;
+    let mut not_serving = 0;
     loop {
-        match drain(peer, &shared, &reports).await {
+        let drained = drain(peer, &shared, &reports).await;
+        if !matches!(drained, Ok(Drained::NotServing)) {
+            not_serving = 0;
+        }
+        match drained {
             Ok(Drained::Empty) => return,
+            Ok(Drained::NotServing) if not_serving < NOT_SERVING_RETRIES => {
+                // Connected, but its messages protocol is not served right now: most likely
+                // its overlay is restarting, back in a moment.
+                not_serving += 1;
+                debug!(%peer, "the peer does not take messages right now; retrying soon");
+                tokio::select! {
+                    _ = kick.notified() => {}
+                    _ = tokio::time::sleep(RETRY_BUSY) => {}
+                }
+                continue;
+            }
+            Ok(Drained::NotServing) => {
+                debug!(%peer, "the peer does not take messages; will retry");
+                let _ = reports.send(Report::Failed { peer }).await;
+            }
             Ok(Drained::RetryLater) => {
                 // The peer is reachable, one of its apps is not reading: retry soon, without
                 // counting the peer as failing.
@@ -336,6 +370,8 @@ enum Drained {
     Empty,
     /// The peer asked to retry later (an app's inbox there is full).
     RetryLater,
+    /// The peer is connected but does not serve the messages protocol now.
+    NotServing,
 }
 
 /// One attempt: connects, then sends the outbox for `peer` in order until it is empty.
@@ -367,8 +403,12 @@ async fn drain(
                 shared.net.open_stream(peer, MESSAGE_PROTOCOL),
             )
             .await
-            .map_err(|_| broken(peer, "no stream within 10 s".into()))?
-            .map_err(|e| broken(peer, e.to_string()))?;
+            .map_err(|_| broken(peer, "no stream within 10 s".into()))?;
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(OpenStreamError::UnsupportedProtocol(_)) => return Ok(Drained::NotServing),
+                Err(e) => return Err(broken(peer, e.to_string())),
+            };
             io = Some(stream.compat());
         }
         let Some(stream) = io.as_mut() else {

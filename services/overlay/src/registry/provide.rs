@@ -6,16 +6,16 @@ use std::collections::BTreeSet;
 
 use p2pos_proto::service::v1::{ListServicesReply, ServiceInfo};
 use p2pos_protocols::{
+    forwarding::FORWARD_APP,
     ids::{AppId, ServiceName},
-    names::is_node_app,
 };
 use tracing::info;
 
 use super::{
     names::validate_description,
     state::{
-        MAX_REGISTRATIONS, MAX_REGISTRATIONS_PER_APP, MAX_REGISTRATIONS_PER_NODE_APP, Registration,
-        service_key,
+        MAX_REGISTRATIONS, MAX_REGISTRATIONS_OF_FORWARDING, MAX_REGISTRATIONS_PER_APP,
+        Registration, service_key,
     },
 };
 use crate::{Error, sessions::AppState, state::OverlayService};
@@ -33,15 +33,14 @@ impl OverlayService {
             return Err(Error::NoSession { app_id });
         }
         let registrations = &mut self.services.registrations;
-        // Node-wide helpers (port forwarding) have limits of their own: apps filling the node's
-        // registry never keep the admin from exposing a port.
-        let node_app = is_node_app(&app_id);
-        let (full, per_app) = if node_app {
-            (false, MAX_REGISTRATIONS_PER_NODE_APP)
+        // Port forwarding has a limit of its own (one registration per exposure): apps filling
+        // the node's registry never keep the admin from exposing a port.
+        let (full, per_app) = if app_id == FORWARD_APP {
+            (false, MAX_REGISTRATIONS_OF_FORWARDING)
         } else {
             let apps = registrations
                 .values()
-                .filter(|r| !is_node_app(&r.app_id))
+                .filter(|r| r.app_id != FORWARD_APP)
                 .count();
             (apps >= MAX_REGISTRATIONS, MAX_REGISTRATIONS_PER_APP)
         };

@@ -14,13 +14,13 @@ use tokio::sync::oneshot;
 
 use super::slots::PeerSlots;
 
-/// Most services registered by apps on one node (node-wide helpers' not counted).
+/// Most services registered by apps on one node (port forwarding's exposures not counted).
 pub(crate) const MAX_REGISTRATIONS: usize = 256;
 /// Most services one app (with its helpers, each an app id of its own) registers on one node.
 pub(crate) const MAX_REGISTRATIONS_PER_APP: usize = 32;
-/// Most services one node-wide helper (`_node:...`) registers: port forwarding registers one
-/// per exposure.
-pub(crate) const MAX_REGISTRATIONS_PER_NODE_APP: usize = p2pos_protocols::forwarding::MAX_EXPOSURES;
+/// Most services port forwarding (`_node:forward`) registers: one per exposure.
+pub(crate) const MAX_REGISTRATIONS_OF_FORWARDING: usize =
+    p2pos_protocols::forwarding::MAX_EXPOSURES;
 
 /// The DHT key under which the providers of `service` are announced:
 /// `/p2pos/service/<service>`.

@@ -5,13 +5,16 @@
 use std::{sync::Arc, time::Duration};
 
 use actix::{Message, Recipient};
-use libp2p::{PeerId, Stream};
+use libp2p::PeerId;
 use p2pos_kernel::EventBus;
 use p2pos_proto::{
     monitor::v1::{MessageDelivered, event::Kind},
     wire::v1::{ChannelHello, ChannelWelcome, MessageAck, MessageFrame, message_ack},
 };
-use p2pos_protocols::wire::{self, read_message, write_message};
+use p2pos_protocols::{
+    network::InboundStream,
+    wire::{read_message, write_message},
+};
 use tokio::io::AsyncWriteExt;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tracing::{debug, warn};
@@ -21,12 +24,12 @@ use crate::mailbox::{Incoming, Mailbox};
 /// How long a peer may take to send its `ChannelHello`.
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a message stream may stay silent before it is closed.
-const MESSAGE_IDLE: Duration = Duration::from_secs(60);
+pub(crate) const MESSAGE_IDLE: Duration = Duration::from_secs(60);
 /// How long writing a handshake or acknowledgement frame may take.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A libp2p stream as tokio I/O.
-pub(crate) type Io = Compat<Stream>;
+/// An inbound stream as tokio I/O.
+pub(crate) type Io = Compat<InboundStream>;
 
 /// A remote peer asks for a channel to `app_id`, or from its app `app_id` to `service`; the
 /// actor keeps it pending (or hands it to port forwarding) or refuses it.
@@ -52,16 +55,20 @@ pub(crate) struct Refusal {
 }
 
 /// Reads the hello of an inbound channel and hands the stream to the actor.
-pub(crate) async fn serve_channel(peer: PeerId, stream: Stream, actor: Recipient<InboundChannel>) {
+pub(crate) async fn serve_channel(
+    peer: PeerId,
+    stream: InboundStream,
+    actor: Recipient<InboundChannel>,
+) {
+    let max_frame = stream.max_frame();
     let mut io = stream.compat();
-    let hello: ChannelHello =
-        match read_message(&mut io, wire::MAX_CONTROL_FRAME, HELLO_TIMEOUT).await {
-            Ok(hello) => hello,
-            Err(e) => {
-                debug!(%peer, "bad channel hello: {e}");
-                return;
-            }
-        };
+    let hello: ChannelHello = match read_message(&mut io, max_frame, HELLO_TIMEOUT).await {
+        Ok(hello) => hello,
+        Err(e) => {
+            debug!(%peer, "bad channel hello: {e}");
+            return;
+        }
+    };
     let ChannelHello { app_id, service } = hello;
     let inbound = InboundChannel {
         peer,
@@ -91,22 +98,22 @@ pub(crate) async fn refuse(refusal: Refusal) {
 /// Receives messages from `peer`: stores each at most once, durably, then acknowledges it.
 pub(crate) async fn serve_messages(
     peer: PeerId,
-    stream: Stream,
+    stream: InboundStream,
     mailbox: Arc<Mailbox>,
     events: EventBus,
 ) {
+    let max_frame = stream.max_frame();
     let mut io = stream.compat();
     loop {
-        let frame: MessageFrame =
-            match read_message(&mut io, wire::MAX_MESSAGE_FRAME, MESSAGE_IDLE).await {
-                Ok(frame) => frame,
-                Err(e) => {
-                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                        debug!(%peer, "message stream ended: {e}");
-                    }
-                    break;
+        let frame: MessageFrame = match read_message(&mut io, max_frame, MESSAGE_IDLE).await {
+            Ok(frame) => frame,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    debug!(%peer, "message stream ended: {e}");
                 }
-            };
+                break;
+            }
+        };
         let sequence = frame.sequence;
         let (app_id, message_id) = (frame.app_id.clone(), frame.message_id);
         // Stored off the async threads: the store write may block.

@@ -13,6 +13,7 @@ use p2pos_kernel::{
 use p2pos_protocols::{
     Apps, Services, apps,
     network::{Accepting, Limits, NETWORK, Network},
+    wire,
 };
 use tokio::sync::Semaphore;
 use tracing::info;
@@ -21,10 +22,12 @@ use crate::{
     Config,
     channel::CHANNEL_PROTOCOL,
     delivery::{self, MESSAGE_PROTOCOL},
-    inbound::{serve_channel, serve_messages},
+    inbound::{HELLO_TIMEOUT, MESSAGE_IDLE, serve_channel, serve_messages},
     mailbox::Mailbox,
     messages::Messages,
-    registry::{CALL_PROTOCOL, refuse_call, serve_call, state::State},
+    registry::{
+        CALL_PROTOCOL, CALL_STREAM_IDLE, MAX_CALL_FRAME, refuse_call, serve_call, state::State,
+    },
     state::OverlayService,
     task::AbortOnDrop,
 };
@@ -37,22 +40,30 @@ const STORE_TREES: &[&str] = &[
     crate::mailbox::OUTBOX,
     crate::mailbox::INBOX,
 ];
-/// Most inbound channel handshakes at once, in all and from one peer.
-const MAX_HANDSHAKES: Limits = Limits {
+/// Inbound channel handshakes: at most so many at once, in all and from one peer; the hello
+/// is a control frame, and must come within the hello time.
+const CHANNEL_HANDSHAKES: Limits = Limits {
     total: 64,
     per_peer: 8,
+    max_frame: wire::MAX_CONTROL_FRAME,
+    idle: HELLO_TIMEOUT,
 };
-/// Most inbound message streams at once, in all and from one peer (a sender uses one).
-const MAX_MESSAGE_STREAMS: Limits = Limits {
+/// Inbound message streams (a sender uses one), each silent at most a minute.
+const MESSAGE_STREAMS: Limits = Limits {
     total: 64,
     per_peer: 4,
+    max_frame: wire::MAX_MESSAGE_FRAME,
+    idle: MESSAGE_IDLE,
 };
-/// Most inbound call streams at once, in all and from one peer (each lasts one call); past
-/// them a call is answered `RESOURCE_EXHAUSTED` at once. Callers keep at most 32 calls in
-/// flight to one peer (`registry::slots`), below the per-peer limit.
-const MAX_CALL_STREAMS: Limits = Limits {
+/// Inbound call streams (each lasts one call); past them a call is answered
+/// `RESOURCE_EXHAUSTED` at once. Callers keep at most 32 calls in flight to one peer
+/// (`registry::slots`), below the per-peer limit. Silent while the provider works: at most the
+/// longest call and its grace.
+const CALL_STREAMS: Limits = Limits {
     total: 512,
     per_peer: 64,
+    max_frame: MAX_CALL_FRAME,
+    idle: CALL_STREAM_IDLE,
 };
 
 /// The child spec the daemon hands to the kernel: a permanent service named `overlay` that
@@ -186,21 +197,21 @@ impl OverlayService {
         let actor = ctx.address().recipient();
         let channels = self.net.accept(
             CHANNEL_PROTOCOL,
-            MAX_HANDSHAKES,
+            CHANNEL_HANDSHAKES,
             move |peer, stream| serve_channel(peer, stream, actor.clone()),
             p2pos_protocols::network::accept::drop_stream,
         )?;
         let (mailbox, events) = (self.mailbox.clone(), self.ctx.events.clone());
         let messages = self.net.accept(
             MESSAGE_PROTOCOL,
-            MAX_MESSAGE_STREAMS,
+            MESSAGE_STREAMS,
             move |peer, stream| serve_messages(peer, stream, mailbox.clone(), events.clone()),
             p2pos_protocols::network::accept::drop_stream,
         )?;
         let actor = ctx.address().recipient();
         let calls = self.net.accept(
             CALL_PROTOCOL,
-            MAX_CALL_STREAMS,
+            CALL_STREAMS,
             move |peer, stream| serve_call(peer, stream, actor.clone()),
             |peer, stream, overflow| {
                 let why = format!("too many calls in progress: {overflow}; try again later");

@@ -30,6 +30,8 @@ async fn a_service_serves_its_own_protocol_through_the_handle() {
     let limits = Limits {
         total: 4,
         per_peer: 1,
+        max_frame: 1024,
+        idle: T,
     };
     let _serving = a
         .network()
@@ -72,6 +74,52 @@ async fn a_service_serves_its_own_protocol_through_the_handle() {
     let other = b.ctx.peer_id;
     let refused = a.network().open_stream(other, ECHO).await;
     assert!(refused.is_err(), "b does not accept {ECHO}");
+}
+
+#[actix_rt::test]
+async fn a_silent_inbound_stream_is_closed_after_its_protocols_idle_time() {
+    let (a, b) = pair().await;
+    let limits = Limits {
+        total: 4,
+        per_peer: 1,
+        max_frame: 1024,
+        idle: Duration::from_secs(1),
+    };
+    let _serving = a
+        .network()
+        .accept(
+            ECHO,
+            limits,
+            |_, stream| async move {
+                assert_eq!(stream.max_frame(), 1024, "the handler learns the frame limit");
+                // A handler that would wait for ever on a peer that says nothing.
+                let mut io = stream.compat();
+                let mut buf = [0u8; 5];
+                if io.read_exact(&mut buf).await.is_ok() {
+                    let _ = io.write_all(&buf).await;
+                }
+                std::future::pending::<()>().await;
+            },
+            drop_stream,
+        )
+        .expect("accept");
+    let stream = tokio::time::timeout(T, b.network().open_stream(a.ctx.peer_id, ECHO))
+        .await
+        .expect("in time")
+        .expect("a stream");
+    let mut io = stream.compat();
+    // Bytes that move keep it open...
+    io.write_all(b"hello").await.expect("write");
+    let mut echoed = [0u8; 5];
+    tokio::time::timeout(T, io.read_exact(&mut echoed))
+        .await
+        .expect("in time")
+        .expect("echoed");
+    // ... and once nothing moves for the idle time, the serving side closes it.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(T, io.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the idle stream was closed by the acceptor");
+    assert!(rest.is_empty(), "{rest:?}");
 }
 
 #[actix_rt::test]

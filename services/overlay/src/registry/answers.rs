@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use libp2p::{PeerId, Stream};
+use libp2p::PeerId;
 use p2pos_kernel::{ErrorCode, ServiceError, events::now_ms};
 use p2pos_proto::{
     app::v1::IncomingCall,
@@ -22,6 +22,7 @@ use p2pos_proto::{
 };
 use p2pos_protocols::{
     apps::Incoming,
+    network::InboundStream,
     wire::{read_message, write_message},
 };
 use tokio::{
@@ -32,9 +33,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::debug;
 
 use super::{
-    call::{
-        CALL_TAKEN, CallIn, Delivered, InboundCall, MAX_CALL_FRAME, MAX_CALL_TIME, UNKNOWN, code,
-    },
+    call::{CALL_TAKEN, CallIn, Delivered, InboundCall, MAX_CALL_TIME, UNKNOWN, code},
     names::{validate_payload, validate_service},
     state::PendingCall,
 };
@@ -58,6 +57,11 @@ const MAX_ERROR_MESSAGE: usize = 1024;
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// How long refusing a call stream (when too many are open) may take.
 const REFUSAL_TIME: Duration = Duration::from_secs(2);
+/// The longest a call stream may stay silent: the call is read, then nothing moves while the
+/// provider works (at most the longest call and its grace), then the answer is written.
+pub(crate) const CALL_STREAM_IDLE: Duration = MAX_CALL_TIME
+    .saturating_add(ANSWER_GRACE)
+    .saturating_add(WRITE_TIMEOUT);
 impl Handler<InboundCall> for OverlayService {
     type Result = Result<Delivered, Error>;
 
@@ -232,13 +236,14 @@ impl OverlayService {
 
 /// Serves one `/p2pos/call/2` stream: reads the call, has the actor announce it, and writes
 /// the answer (the provider's, or this node's refusal) before closing.
-pub(crate) async fn serve_call(peer: PeerId, stream: Stream, actor: Recipient<InboundCall>) {
+pub(crate) async fn serve_call(peer: PeerId, stream: InboundStream, actor: Recipient<InboundCall>) {
+    let stream_max_frame = stream.max_frame();
     let mut io = stream.compat();
     if let Err(e) = take(&mut io).await {
         debug!(%peer, "cannot take a call stream: {e}");
         return;
     }
-    let frame: CallFrame = match read_message(&mut io, MAX_CALL_FRAME, HELLO_TIMEOUT).await {
+    let frame: CallFrame = match read_message(&mut io, stream_max_frame, HELLO_TIMEOUT).await {
         Ok(frame) => frame,
         Err(e) => {
             debug!(%peer, "bad call frame: {e}");
@@ -271,7 +276,8 @@ pub(crate) async fn serve_call(peer: PeerId, stream: Stream, actor: Recipient<In
 /// `RESOURCE_EXHAUSTED` from the node (no app saw the call, so the caller may try another
 /// provider), then reads and drops the caller's frame so that its writing ends cleanly. All
 /// within [`REFUSAL_TIME`].
-pub(crate) async fn refuse_call(peer: PeerId, stream: Stream, why: String) {
+pub(crate) async fn refuse_call(peer: PeerId, stream: InboundStream, why: String) {
+    let max_frame = stream.max_frame();
     let mut io = stream.compat();
     let answer = CallAnswer {
         code: code(ErrorCode::ResourceExhausted),
@@ -284,7 +290,7 @@ pub(crate) async fn refuse_call(peer: PeerId, stream: Stream, why: String) {
         write_message(&mut io, &answer, REFUSAL_TIME).await?;
         io.shutdown().await?;
         let mut sink = tokio::io::sink();
-        let mut rest = (&mut io).take(u64::try_from(MAX_CALL_FRAME + 4).unwrap_or(u64::MAX));
+        let mut rest = (&mut io).take(u64::try_from(max_frame + 4).unwrap_or(u64::MAX));
         tokio::io::copy(&mut rest, &mut sink).await
     };
     match tokio::time::timeout(REFUSAL_TIME, refusing).await {

@@ -31,8 +31,9 @@ mod provide;
 mod slots;
 pub(crate) mod state;
 
-pub(crate) use answers::{refuse_call, serve_call};
+pub(crate) use answers::{CALL_STREAM_IDLE, refuse_call, serve_call};
 pub(crate) use call::CALL_PROTOCOL;
+pub(crate) use call::MAX_CALL_FRAME;
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@
 //! in a task of their own, or dropped). The loop ends when the network is gone or its
 //! [`Accepting`] guard is dropped.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use futures::{Stream as FuturesStream, StreamExt};
 use libp2p::PeerId;
@@ -22,13 +22,19 @@ impl Drop for Accepting {
     }
 }
 
-/// How many inbound streams of one protocol an accept loop serves at once.
+/// What one protocol's inbound streams may take: how many at once, how long a frame, how long
+/// silent. Declared once, where the protocol is accepted.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// From all peers together.
+    /// Streams served at once from all peers together.
     pub total: usize,
-    /// From any one peer, so that one peer cannot take every slot.
+    /// Streams served at once from any one peer, so that one peer cannot take every slot.
     pub per_peer: usize,
+    /// The longest frame the handler reads ([`InboundStream::max_frame`](super::InboundStream::max_frame)).
+    pub max_frame: usize,
+    /// A stream on which no byte moves for this long, while its handler serves it, is closed
+    /// (its handler's future is dropped).
+    pub idle: Duration,
 }
 
 /// Which of an accept loop's [`Limits`] a stream found reached.
@@ -148,6 +154,8 @@ mod tests {
         let limits = Limits {
             total: 3,
             per_peer: 2,
+            max_frame: 1024,
+            idle: Duration::from_secs(60),
         };
         let serving = tokio::spawn(accept_loop(
             ReceiverStream::new(incoming),
@@ -192,6 +200,8 @@ mod tests {
         let limits = Limits {
             total: 2,
             per_peer: 1,
+            max_frame: 1024,
+            idle: Duration::from_secs(60),
         };
         let (refused_tx, mut refused) = mpsc::unbounded_channel();
         let serving = tokio::spawn(accept_loop(

@@ -17,6 +17,7 @@
 
 pub mod accept;
 pub mod error;
+mod inbound;
 pub mod ticket;
 
 use std::{collections::BTreeSet, future::Future, time::Duration};
@@ -29,6 +30,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use accept::{Accepting, Limits, Overflow};
 pub use error::Error;
+pub use inbound::InboundStream;
 
 /// The name the network handle is provided under (see `p2pos_kernel::Uses::needs`).
 pub const NETWORK: &str = "p2pos.network";
@@ -323,9 +325,11 @@ impl Network {
         self.control.clone().open_stream(peer, protocol).await
     }
 
-    /// Serves the inbound streams of `protocol` with `serve`, within `limits`, until the
-    /// returned guard is dropped or the network goes; a stream past the limits is given to
-    /// `refuse` (see [`accept::accept_loop`]). One service accepts a protocol at a time.
+    /// Serves the inbound streams of `protocol` with `serve`, within `limits` (streams at once
+    /// in all and per peer, frame size, idle time), until the returned guard is dropped or the
+    /// network goes; a stream past the limits is given to `refuse` (see
+    /// [`accept::accept_loop`]). A stream idle longer than `limits.idle` while `serve` runs
+    /// is closed. One service accepts a protocol at a time.
     pub fn accept<F, Fut, R, RFut>(
         &self,
         protocol: StreamProtocol,
@@ -334,9 +338,9 @@ impl Network {
         refuse: R,
     ) -> Result<Accepting, Error>
     where
-        F: Fn(PeerId, Stream) -> Fut + Send + 'static,
+        F: Fn(PeerId, InboundStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
-        R: Fn(PeerId, Stream, Overflow) -> Option<RFut> + Send + 'static,
+        R: Fn(PeerId, InboundStream, Overflow) -> Option<RFut> + Send + 'static,
         RFut: Future<Output = ()> + Send + 'static,
     {
         let incoming = self
@@ -345,7 +349,36 @@ impl Network {
             .accept(protocol.clone())
             .map_err(|_| Error::AlreadyAccepted(protocol.to_string()))?;
         let what = protocol.to_string();
-        let task = tokio::spawn(accept::accept_loop(incoming, limits, what, serve, refuse));
+        let Limits {
+            max_frame, idle, ..
+        } = limits;
+        let watched = move |peer, stream| {
+            let activity = inbound::Activity::new();
+            let serving = serve(
+                peer,
+                InboundStream::new(stream, activity.clone(), max_frame),
+            );
+            let what = what.clone();
+            async move {
+                tokio::select! {
+                    () = serving => {}
+                    () = activity.idle_for(idle) => {
+                        tracing::debug!(%peer, "closing an inbound {what} stream idle for {idle:?}");
+                    }
+                }
+            }
+        };
+        let refused = move |peer, stream, overflow| {
+            refuse(
+                peer,
+                InboundStream::new(stream, inbound::Activity::new(), max_frame),
+                overflow,
+            )
+        };
+        let what = protocol.to_string();
+        let task = tokio::spawn(accept::accept_loop(
+            incoming, limits, what, watched, refused,
+        ));
         Ok(Accepting(task.abort_handle()))
     }
 

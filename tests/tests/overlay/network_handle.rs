@@ -91,7 +91,11 @@ async fn a_silent_inbound_stream_is_closed_after_its_protocols_idle_time() {
             ECHO,
             limits,
             |_, stream| async move {
-                assert_eq!(stream.max_frame(), 1024, "the handler learns the frame limit");
+                assert_eq!(
+                    stream.max_frame(),
+                    1024,
+                    "the handler learns the frame limit"
+                );
                 // A handler that would wait for ever on a peer that says nothing.
                 let mut io = stream.compat();
                 let mut buf = [0u8; 5];

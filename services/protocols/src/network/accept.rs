@@ -33,7 +33,7 @@ pub struct Limits {
     /// The longest frame the handler reads ([`InboundStream::max_frame`](super::InboundStream::max_frame)).
     pub max_frame: usize,
     /// A stream on which no byte moves for this long, while its handler serves it, is closed
-    /// (its handler's future is dropped).
+    /// (its handler's future is dropped); `Duration::MAX` for no limit.
     pub idle: Duration,
 }
 

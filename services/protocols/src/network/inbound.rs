@@ -29,7 +29,8 @@ impl Activity {
     fn touch(&self) {
         let (since, last) = &*self.0;
         let now = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        last.store(now, Ordering::Relaxed);
+        // Never backwards, should two tasks read and write halves of the stream.
+        last.fetch_max(now, Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
@@ -37,10 +38,12 @@ impl Activity {
         *since + Duration::from_millis(last.load(Ordering::Relaxed))
     }
 
-    /// Ends once no byte has moved for `idle`.
+    /// Ends once no byte has moved for `idle` (never, for an idle time too long to count).
     pub(crate) async fn idle_for(&self, idle: Duration) {
         loop {
-            let deadline = self.last() + idle;
+            let Some(deadline) = self.last().checked_add(idle) else {
+                return std::future::pending().await;
+            };
             if Instant::now() >= deadline {
                 return;
             }
@@ -113,5 +116,28 @@ impl AsyncWrite for InboundStream {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_counts_from_the_last_byte_and_may_be_unlimited() {
+        let activity = Activity::new();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        activity.touch();
+        let started = Instant::now();
+        activity.idle_for(Duration::from_secs(10)).await;
+        // Idle time counts from the last byte (the touch), not from the stream's start.
+        assert_eq!(started.elapsed().as_secs(), 10);
+
+        let unlimited = tokio::time::timeout(
+            Duration::from_secs(365 * 24 * 3600),
+            activity.idle_for(Duration::MAX),
+        )
+        .await;
+        assert!(unlimited.is_err(), "Duration::MAX never closes a stream");
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     Error, channel,
     counted::count,
+    registry::actor::{AppGone, SessionEnded},
     sessions::{MAX_SESSIONS, SESSION_BUFFER, SessionSlot},
     state::OverlayService,
     task::{Fut, ready, spawn_answer},
@@ -76,6 +77,7 @@ impl OverlayService {
             .or_default()
             .sessions
             .push(SessionSlot { id, tx: tx.clone() });
+        self.directory.set(&app_id, self.apps.get(&app_id));
         // The session ends when the client drops its receiver.
         let app = app_id.clone();
         ctx.spawn(
@@ -99,18 +101,23 @@ impl OverlayService {
     }
 
     fn end_session(&mut self, app_id: &str, id: u64, ctx: &mut Context<Self>) {
-        // Calls announced on this session can no longer be answered, nor its channels
-        // accepted.
-        self.session_ended(id);
+        // Its channels can no longer be accepted, nor (the registry hears, once the directory
+        // says so) the calls announced on it answered.
         self.refuse_pending_of(id, ctx);
+        let mut last = false;
         if let Some(app) = self.apps.get_mut(app_id) {
             app.sessions.retain(|s| s.id != id);
             if app.sessions.is_empty() {
                 // Dropping the app's state drops its watchers' senders: they fire.
                 self.apps.remove(app_id);
-                // Its services end with its last session.
-                self.app_gone(app_id);
+                last = true;
             }
+        }
+        self.directory.set(app_id, self.apps.get(app_id));
+        self.registry.do_send(SessionEnded(id));
+        if last {
+            // Its services end with its last session.
+            self.registry.do_send(AppGone(app_id.to_owned()));
         }
     }
 

@@ -3,10 +3,13 @@
 //! (found through the DHT, called, opened as channels) — on the network
 //! handle that the network service provides (`p2pos_protocols::network::Network`).
 //!
-//! One actor, [`OverlayService`], answers the apps protocol and `p2pos.service.v1`. It holds
-//! the guards of its inbound protocols (`/p2pos/channel/1`, `/p2pos/msg/1`, `/p2pos/call/2`)
-//! and its tasks, all dropped when it goes. Channel and message bytes flow in tasks, never
-//! through the actor's mailbox.
+//! Three parts, each owning its state behind its own messages: the sessions part, the actor
+//! [`OverlayService`] (app sessions, channels and those waiting to be accepted; it holds the
+//! guards of the inbound protocols `/p2pos/channel/1`, `/p2pos/msg/1`, `/p2pos/call/2` and its
+//! tasks, all dropped when it goes); the service registry, an actor of its own
+//! (`p2pos.service.v1` but for channels to services); and messages (`Send`, `Receive`, `Ack`
+//! with the mailbox and delivery), a handle reached straight from the kernel's route. Channel
+//! and message bytes flow in tasks, never through an actor's mailbox.
 //!
 //! # Layout
 //! - [`config`]: the `[overlay]` table of the node's configuration.
@@ -16,8 +19,10 @@
 //! - `sessions`: the live sessions of each app.
 //! - `announced`: what an inbound channel holds until it is accepted.
 //! - `apps`: the apps protocol (sessions, channels, `Send`, `Receive`, `Ack`, `ListApps`).
-//! - `registry`: `p2pos.service.v1`: services registered by apps, announced in and found
-//!   through the DHT, unary calls over `/p2pos/call/2`, channels to services.
+//! - `registry`: the service registry's actor, `p2pos.service.v1`: services registered by
+//!   apps, announced in and found through the DHT, unary calls over `/p2pos/call/2`.
+//! - `service_channels`: channels to services (the sessions part's, reading the registry's
+//!   providers).
 //! - `channel`: opening and accepting `/p2pos/channel/1` channels.
 //! - `pending`: inbound channels announced to a session, until accepted or expired.
 //! - `local`: channels between two sessions on this node, through an in-memory pipe.
@@ -45,6 +50,7 @@ mod messages;
 mod pending;
 mod registry;
 pub mod service;
+mod service_channels;
 mod sessions;
 pub mod state;
 mod task;

@@ -1,6 +1,7 @@
 //! The overlay service actor: its child spec and its life cycle (start on the network handle,
-//! ordered stop, injected panics). The apps protocol is in `apps`, the services protocol in
-//! `registry`. The network itself is another service's: this one uses only its handle.
+//! ordered stop, injected panics). The apps protocol is in `apps`; the services protocol is
+//! the registry's (`registry`, an actor of its own), but for channels to services
+//! (`service_channels`). The network itself is another service's: this one uses only its handle.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -13,7 +14,7 @@ use p2pos_kernel::{
 use p2pos_protocols::{
     Apps, Services, apps,
     network::{Accepting, Limits, NETWORK, Network},
-    wire,
+    services, wire,
 };
 use tokio::sync::Semaphore;
 use tracing::info;
@@ -26,8 +27,12 @@ use crate::{
     mailbox::Mailbox,
     messages::Messages,
     registry::{
-        CALL_PROTOCOL, CALL_STREAM_IDLE, MAX_CALL_FRAME, refuse_call, serve_call, state::State,
+        CALL_PROTOCOL, CALL_STREAM_IDLE, MAX_CALL_FRAME,
+        actor::{PartFailed, ServiceRegistry, StopOnDrop},
+        refuse_call, serve_call,
+        state::State,
     },
+    sessions::SessionDirectory,
     state::OverlayService,
     task::AbortOnDrop,
 };
@@ -113,30 +118,50 @@ fn start(
     let (delivery, delivery_task) =
         delivery::start(mailbox.clone(), net.clone(), ctx.events.clone());
     let (messages, messages_guard) = Messages::new(mailbox.clone(), delivery, net.clone());
-    let service = OverlayService {
-        tasks: vec![AbortOnDrop::new(&delivery_task)],
-        accepting: Vec::new(),
-        ctx,
-        config,
-        guard,
-        net,
-        mailbox,
-        messages: messages.clone(),
-        _messages_guard: messages_guard,
-        opens: Arc::new(Semaphore::new(max_opens)),
-        channels: Arc::new(Semaphore::new(max_channels)),
-        apps: HashMap::new(),
-        pending: HashMap::new(),
-        next_session: 0,
-        services: State::new(announcer),
-    };
-    let registry = service.ctx.registry.clone();
-    let addr = service.start();
-    registry
+    let directory = SessionDirectory::default();
+    let kernel_registry = ctx.registry.clone();
+    let mut parts = None;
+    let addr = OverlayService::create(|octx| {
+        // The registry is a part of its own; a panic in it fails this instance.
+        let (registry, providers) = ServiceRegistry::new(
+            State::new(announcer),
+            net.clone(),
+            ctx.store.clone(),
+            directory.clone(),
+            octx.address().recipient(),
+        );
+        let registry = registry.start();
+        parts = Some(registry.clone());
+        OverlayService {
+            tasks: vec![AbortOnDrop::new(&delivery_task)],
+            accepting: Vec::new(),
+            ctx,
+            config,
+            guard,
+            net,
+            mailbox,
+            messages: messages.clone(),
+            _messages_guard: messages_guard,
+            opens: Arc::new(Semaphore::new(max_opens)),
+            channels: Arc::new(Semaphore::new(max_channels)),
+            apps: HashMap::new(),
+            pending: HashMap::new(),
+            next_session: 0,
+            directory,
+            registry: registry.clone(),
+            _registry_stop: StopOnDrop(registry),
+            providers,
+        }
+    });
+    let registry = parts.ok_or_else(|| crate::Error::Setup("the registry did not start".into()))?;
+    kernel_registry
         .route::<Apps>(route_apps(addr.clone().recipient(), messages))
         .map_err(setup)?;
-    registry
-        .register::<Services>(addr.clone().recipient())
+    kernel_registry
+        .route::<Services>(route_services(
+            addr.clone().recipient(),
+            registry.recipient(),
+        ))
         .map_err(setup)?;
     Ok(ChildHandle {
         stop: addr.clone().recipient(),
@@ -191,6 +216,31 @@ fn route_apps(
     }
 }
 
+/// How the services protocol's requests reach their owner: channels to services go to the
+/// sessions part (they are announced to sessions as any channel), the rest to the registry.
+fn route_services(
+    sessions: Recipient<Call<Services>>,
+    registry: Recipient<Call<Services>>,
+) -> impl Fn(services::Request) -> BoxFuture<'static, Result<(), ServiceError>> + Send + Sync + 'static
+{
+    move |request| {
+        let owner = match request {
+            services::Request::OpenChannel { .. } => sessions.clone(),
+            _ => registry.clone(),
+        };
+        Box::pin(async move { owner.send(Call(request)).await.map_err(ServiceError::from) })
+    }
+}
+
+impl Handler<PartFailed> for OverlayService {
+    type Result = ();
+
+    fn handle(&mut self, PartFailed(why): PartFailed, ctx: &mut Self::Context) {
+        self.guard.fail(why);
+        ctx.stop();
+    }
+}
+
 impl OverlayService {
     /// Serves the overlay's inbound protocols: channels, messages and calls.
     fn accept_inbound(&self, ctx: &mut Context<Self>) -> Result<Vec<Accepting>, crate::Error> {
@@ -208,7 +258,7 @@ impl OverlayService {
             move |peer, stream| serve_messages(peer, stream, mailbox.clone(), events.clone()),
             p2pos_protocols::network::accept::drop_stream,
         )?;
-        let actor = ctx.address().recipient();
+        let actor = self.registry.clone().recipient();
         let calls = self.net.accept(
             CALL_PROTOCOL,
             CALL_STREAMS,

@@ -1,22 +1,31 @@
-//! The overlay actor's state: what it owns (sessions, channels waiting to be accepted, the
-//! service registry, its tasks and inbound protocols) and the handles it uses
-//! (the network, the mailbox, the messages part). Its behaviour lives in the parts that
+//! The overlay actor's state: what it owns (sessions, channels waiting to be accepted, its
+//! tasks and inbound protocols) and the handles it uses (the network, the mailbox, the
+//! messages part, the service registry). Its behaviour lives in the parts that
 //! extend it (`apps`, `pending`, `local`, `registry`), which import this module and nothing
 //! that imports them back; the actor's life cycle is in `service`.
 
 use std::{collections::HashMap, sync::Arc};
 
+use actix::Addr;
 use p2pos_kernel::{DeathGuard, ServiceContext};
 use p2pos_protocols::network::{Accepting, Network};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::{
-    Config, announced::PendingChannel, mailbox::Mailbox, messages::Messages,
-    registry::state::State, sessions::AppState, task::AbortOnDrop,
+    Config,
+    announced::PendingChannel,
+    mailbox::Mailbox,
+    messages::Messages,
+    registry::{
+        actor::{ServiceRegistry, StopOnDrop},
+        state::Providers,
+    },
+    sessions::{AppState, SessionDirectory},
+    task::AbortOnDrop,
 };
 
-/// The overlay actor: holds the overlay's tasks and the guards of its inbound protocols, the
-/// app sessions, the pending inbound channels and the service registry.
+/// The overlay actor (the sessions part): holds the overlay's tasks and the guards of its
+/// inbound protocols, the app sessions and the pending inbound channels.
 pub struct OverlayService {
     /// Aborted when the actor goes: the delivery task.
     pub(crate) tasks: Vec<AbortOnDrop>,
@@ -42,6 +51,12 @@ pub struct OverlayService {
     /// Inbound channels announced but not yet accepted.
     pub(crate) pending: HashMap<u64, PendingChannel>,
     pub(crate) next_session: u64,
-    /// Services provided here, and calls waiting for their providers.
-    pub(crate) services: State,
+    /// The live sessions, as the registry reads them.
+    pub(crate) directory: SessionDirectory,
+    /// The service registry: told when a session or an app is gone.
+    pub(crate) registry: Addr<ServiceRegistry>,
+    /// Stops the registry when this instance goes.
+    pub(crate) _registry_stop: StopOnDrop,
+    /// Who provides what here, as the registry publishes it.
+    pub(crate) providers: watch::Receiver<Providers>,
 }

@@ -497,3 +497,23 @@ async fn a_channel_to_port_forwarding_itself_is_closed_at_once() {
         .expect("in time");
     assert!(end.is_none(), "closed, not served: {end:?}");
 }
+
+#[actix_rt::test]
+async fn a_registration_racing_its_apps_last_session_never_outlives_it() {
+    let node = Node::boot().await;
+    // The registry is an actor of its own: it learns of sessions from the sessions part. A
+    // `Register` sent as the app's last session ends either is refused or is undone.
+    for _ in 0..50 {
+        let session = node.session("racer").await;
+        let registering = node.register("racer", ECHO);
+        drop(session);
+        let _ = registering.await;
+        let _ = node.register("racer", ECHO).await;
+    }
+    eventually("no registration of an app without a session", T, || async {
+        node.list().await.is_empty().then_some(())
+    })
+    .await;
+    let (status, message) = code(node.register("racer", ECHO).await);
+    assert_eq!(status, Code::FailedPrecondition, "{message}");
+}

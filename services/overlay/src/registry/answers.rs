@@ -41,8 +41,8 @@ use crate::{
     Error,
     error::validate_app_id,
     inbound::{HELLO_TIMEOUT, WRITE_TIMEOUT},
-    sessions::{AppState, SESSION_BUFFER},
-    state::OverlayService,
+    registry::actor::ServiceRegistry,
+    sessions::SESSION_BUFFER,
 };
 
 /// Most calls waiting for their provider's answer on this node.
@@ -62,7 +62,7 @@ const REFUSAL_TIME: Duration = Duration::from_secs(2);
 pub(crate) const CALL_STREAM_IDLE: Duration = MAX_CALL_TIME
     .saturating_add(ANSWER_GRACE)
     .saturating_add(WRITE_TIMEOUT);
-impl Handler<InboundCall> for OverlayService {
+impl Handler<InboundCall> for ServiceRegistry {
     type Result = Result<Delivered, Error>;
 
     fn handle(&mut self, InboundCall(call): InboundCall, ctx: &mut Self::Context) -> Self::Result {
@@ -70,7 +70,7 @@ impl Handler<InboundCall> for OverlayService {
     }
 }
 
-impl OverlayService {
+impl ServiceRegistry {
     /// Announces `call` to the app providing its service here; its answer comes on the
     /// returned receiver. An error means no app saw the call.
     pub(crate) fn deliver_call(
@@ -117,10 +117,10 @@ impl OverlayService {
             });
         }
         // No live session left: its end is under way, and the registration goes with it.
-        let Some((session, tx)) = self.apps.get(&app_id).and_then(AppState::newest) else {
+        let Some((session, tx)) = self.sessions.newest(&app_id) else {
             return Err(not_here(service));
         };
-        let call_id = self.ctx.store.next_id()?;
+        let call_id = self.store.next_id()?;
         let deadline_ms = now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(0));
         let announce = IncomingCall {
             call_id,

@@ -42,7 +42,7 @@ use super::{
 };
 use crate::{
     Error,
-    state::OverlayService,
+    registry::actor::ServiceRegistry,
     task::{Fut, ready},
 };
 
@@ -87,7 +87,7 @@ pub(crate) struct OutgoingCall {
     pub(crate) deadline: Option<std::time::Instant>,
 }
 
-impl OverlayService {
+impl ServiceRegistry {
     /// `Services.Call`.
     pub(super) fn call(&mut self, call: OutgoingCall, ctx: &mut Context<Self>) -> Fut<CallReply> {
         let OutgoingCall {

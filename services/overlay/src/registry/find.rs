@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{call::code, state::service_key};
-use crate::{Error, state::OverlayService, task::Fut};
+use crate::{Error, registry::actor::ServiceRegistry, task::Fut};
 
 /// How long `FindService` waits for the DHT.
 const FIND_WAIT: Duration = Duration::from_secs(10);
@@ -34,7 +34,7 @@ pub(crate) enum Here {
     App(String),
 }
 
-impl OverlayService {
+impl ServiceRegistry {
     /// Who provides `service` on this node, if anyone.
     pub(crate) fn provider_here(&self, service: &str) -> Option<Here> {
         if let Some(r) = self.services.registrations.get(service) {

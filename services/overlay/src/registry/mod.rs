@@ -1,13 +1,18 @@
-//! `p2pos.service.v1` on the overlay actor: services that apps provide (port forwarding among
-//! them, as app `_node:forward`), found by name on this node and through the DHT, used by unary
-//! calls and channels. One exhaustive `match` dispatches the protocol.
+//! The service registry, `p2pos.service.v1`, a part of the overlay with an actor of its own
+//! ([`actor::ServiceRegistry`]): services that apps provide (port forwarding among them, as
+//! app `_node:forward`), found by name on this node and through the DHT, used by unary calls.
+//! Channels to services are opened by the sessions part (`service_channels`), which reads
+//! who provides what here from the registry's published [`state::Providers`].
 //!
-//! A registration belongs to an app with a live session: it lasts until `Unregister` or the
-//! app's last session ends. While a service is registered here, the network provides its DHT
-//! key (the actor sets its announcer's keys).
+//! A registration belongs to an app with a live session (the sessions part's
+//! `SessionDirectory` says which): it lasts until `Unregister` or the app's last session ends
+//! (the sessions part sends `AppGone`). While a service is registered here, the network
+//! provides its DHT key (the registry sets its announcer's keys).
 //!
-//! - `protocol`: the protocol's one `match`, and how port forwarding opens its channels.
-//! - `state`: what the registry keeps on the actor, and the names and limits its parts share.
+//! - `actor`: the registry's actor, its life with the overlay instance, and the messages the
+//!   sessions part sends it.
+//! - `protocol`: the protocol's one `match`.
+//! - `state`: what the registry keeps, and the names and limits its parts share.
 //! - `provide`: registering, unregistering and listing the services provided here.
 //! - `names`: service names, descriptions and payloads as the registry takes them.
 //! - `find`: `FindService`, and the providers a call or channel tries, in order.
@@ -16,16 +21,15 @@
 //! - `slots`: the calls in flight to each peer, bounded.
 //! - `answers`: the providing side: calls announced to a session until answered with `Reply`
 //!   or expired, and the server of `/p2pos/call/2`.
-//! - `channels`: channels to services, opened and answered (app providers and exposures).
 //!
 //! No part imports another that imports it back: `state` and `call` import no other part.
 
+pub(crate) mod actor;
 mod answers;
 mod call;
 mod calls;
-mod channels;
-mod find;
-mod names;
+pub(crate) mod find;
+pub(crate) mod names;
 mod protocol;
 mod provide;
 mod slots;

@@ -1,15 +1,15 @@
-//! `p2pos.service.v1` on the overlay actor: one exhaustive `match` over the protocol's
-//! requests, each answered on its own typed reply (at once, or from a task), and how port
-//! forwarding opens its channels.
+//! `p2pos.service.v1` on the registry's actor: one exhaustive `match` over the protocol's
+//! requests, each answered on its own typed reply (at once, or from a task); channels to
+//! services are the sessions part's.
 
 use actix::prelude::*;
 use p2pos_kernel::Call;
 use p2pos_protocols::{Services, answer, services::Request};
 
 use super::calls::OutgoingCall;
-use crate::{Error, state::OverlayService, task::spawn_answer};
+use crate::{Error, registry::actor::ServiceRegistry, task::spawn_answer};
 
-impl Handler<Call<Services>> for OverlayService {
+impl Handler<Call<Services>> for ServiceRegistry {
     type Result = ();
 
     /// Bookkeeping here; every answer that takes time comes from a task of its own.
@@ -52,14 +52,12 @@ impl Handler<Call<Services>> for OverlayService {
                 spawn_answer(reply, self.call(call, ctx));
             }
             Request::Reply { request, reply } => answer(reply, self.reply(request, ctx)),
-            Request::OpenChannel {
-                app_id,
-                service,
-                peer,
+            // The sessions part opens channels (see `route_services`): never routed here.
+            Request::OpenChannel { reply, .. } => answer(
                 reply,
-            } => spawn_answer(
-                reply,
-                self.open_service(app_id.into_string(), service, peer, ctx),
+                Err::<p2pos_protocols::apps::ChannelStream, _>(Error::Setup(
+                    "a channel to a service was routed to the registry".into(),
+                )),
             ),
         }
     }

@@ -18,9 +18,9 @@ use super::{
         Registration, service_key,
     },
 };
-use crate::{Error, sessions::AppState, state::OverlayService};
+use crate::{Error, registry::actor::ServiceRegistry};
 
-impl OverlayService {
+impl ServiceRegistry {
     pub(super) fn register(
         &mut self,
         app_id: AppId,
@@ -29,7 +29,7 @@ impl OverlayService {
     ) -> Result<ServiceInfo, Error> {
         let (app_id, service) = (app_id.into_string(), service.into_string());
         validate_description(&description)?;
-        if self.apps.get(&app_id).and_then(AppState::newest).is_none() {
+        if self.sessions.newest(&app_id).is_none() {
             return Err(Error::NoSession { app_id });
         }
         let registrations = &mut self.services.registrations;
@@ -126,8 +126,16 @@ impl OverlayService {
         }
     }
 
-    /// Tells the network which services to announce: every registration.
+    /// Tells the network which services to announce (every registration), and the sessions
+    /// part who provides what here.
     pub(crate) fn publish_services(&self) {
+        let providers = self
+            .services
+            .registrations
+            .iter()
+            .map(|(service, r)| (service.clone(), r.app_id.clone()))
+            .collect();
+        self.providers.send_replace(std::sync::Arc::new(providers));
         let wanted: BTreeSet<String> = self
             .services
             .registrations

@@ -22,6 +22,10 @@ pub(crate) const MAX_REGISTRATIONS_PER_APP: usize = 32;
 pub(crate) const MAX_REGISTRATIONS_OF_FORWARDING: usize =
     p2pos_protocols::forwarding::MAX_EXPOSURES;
 
+/// Who provides each service on this node: service name → app id, as the registry last
+/// published it.
+pub(crate) type Providers = Arc<BTreeMap<String, String>>;
+
 /// The DHT key under which the providers of `service` are announced:
 /// `/p2pos/service/<service>`.
 pub(crate) fn service_key(service: &str) -> String {

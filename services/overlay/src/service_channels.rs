@@ -1,4 +1,5 @@
-//! Channels to services. The opener's side (`Services.Channel`, and port forwarding's opener):
+//! Channels to services, on the sessions part (the registry says who provides what here). The
+//! opener's side (`Services.Channel`, and port forwarding's opener):
 //! the same providers, in the same order, as a call — one on this node through an in-memory
 //! pipe, remote ones over `/p2pos/channel/1` with `ChannelHello.service` set — moving on when
 //! one does not provide the service (any more), is busy, cannot be reached, or its app's
@@ -8,17 +9,16 @@
 
 use actix::prelude::*;
 use libp2p::PeerId;
+use p2pos_kernel::Call;
 use p2pos_proto::wire::v1::channel_welcome;
+use p2pos_protocols::{Services, services::Request};
 use p2pos_protocols::{
     apps::ChannelStream,
     ids::{PeerRef, ServiceName},
 };
 use tokio::time::Instant;
+use tracing::warn;
 
-use super::{
-    find::{Attempt, Here, try_providers},
-    names::validate_service,
-};
 use crate::{
     Error,
     announced::{ServiceOrigin, Unannounced},
@@ -26,11 +26,23 @@ use crate::{
     counted::count,
     error::validate_app_id,
     inbound::{Io, Refusal},
+    registry::{
+        find::{Attempt, Here, try_providers},
+        names::validate_service,
+    },
     state::OverlayService,
-    task::{Fut, ready},
+    task::{Fut, ready, spawn_answer},
 };
 
 impl OverlayService {
+    /// Who provides `service` on this node, as the registry last published it.
+    fn provider_here(&self, service: &str) -> Option<Here> {
+        self.providers
+            .borrow()
+            .get(service)
+            .map(|app_id| Here::App(app_id.clone()))
+    }
+
     /// Opens a channel from `app_id` to a provider of `service` (on `peer`, if not empty).
     pub(crate) fn open_service(
         &mut self,
@@ -179,6 +191,27 @@ impl OverlayService {
                 };
                 refuse(io, not_provided, why.to_string())
             }
+        }
+    }
+}
+
+impl Handler<Call<Services>> for OverlayService {
+    type Result = ();
+
+    /// `Services.OpenChannel`, the one request of the services protocol routed here.
+    fn handle(&mut self, Call(request): Call<Services>, ctx: &mut Self::Context) {
+        match request {
+            Request::OpenChannel {
+                app_id,
+                service,
+                peer,
+                reply,
+            } => spawn_answer(
+                reply,
+                self.open_service(app_id.into_string(), service, peer, ctx),
+            ),
+            // The registry's: dropped, and its caller hears so.
+            other => warn!("the sessions part was handed {other:?}"),
         }
     }
 }

@@ -104,20 +104,18 @@ impl OverlayService {
         // Its channels can no longer be accepted, nor (the registry hears, once the directory
         // says so) the calls announced on it answered.
         self.refuse_pending_of(id, ctx);
-        let mut last = false;
-        if let Some(app) = self.apps.get_mut(app_id) {
+        let last = self.apps.get_mut(app_id).is_some_and(|app| {
             app.sessions.retain(|s| s.id != id);
-            if app.sessions.is_empty() {
-                // Dropping the app's state drops its watchers' senders: they fire.
-                self.apps.remove(app_id);
-                last = true;
-            }
-        }
+            app.sessions.is_empty()
+        });
         self.directory.set(app_id, self.apps.get(app_id));
         self.registry.do_send(SessionEnded(id));
         if last {
-            // Its services end with its last session.
+            // Its services end with its last session: the registry hears it before the app's
+            // watchers do, so that whatever they ask the registry next comes after.
             self.registry.do_send(AppGone(app_id.to_owned()));
+            // Dropping the app's state drops its watchers' senders: they fire.
+            self.apps.remove(app_id);
         }
     }
 

@@ -123,7 +123,7 @@ fn start(
     let mut parts = None;
     let addr = OverlayService::create(|octx| {
         // The registry is a part of its own; a panic in it fails this instance.
-        let (registry, providers) = ServiceRegistry::new(
+        let (registry, providers, stopped) = ServiceRegistry::new(
             State::new(announcer),
             net.clone(),
             ctx.store.clone(),
@@ -149,7 +149,7 @@ fn start(
             next_session: 0,
             directory,
             registry: registry.clone(),
-            _registry_stop: StopOnDrop(registry),
+            _registry_stop: StopOnDrop(registry, stopped),
             providers,
         }
     });

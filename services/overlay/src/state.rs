@@ -33,6 +33,9 @@ pub struct OverlayService {
     pub(crate) accepting: Vec<Accepting>,
     pub(crate) ctx: ServiceContext,
     pub(crate) config: Arc<Config>,
+    /// Stops the registry when this instance goes; dropped before `guard`, so that the
+    /// registry takes no request once the kernel has heard the instance is gone.
+    pub(crate) _registry_stop: StopOnDrop,
     pub(crate) guard: DeathGuard,
     pub(crate) net: Network,
     pub(crate) mailbox: Arc<Mailbox>,
@@ -55,8 +58,6 @@ pub struct OverlayService {
     pub(crate) directory: SessionDirectory,
     /// The service registry: told when a session or an app is gone.
     pub(crate) registry: Addr<ServiceRegistry>,
-    /// Stops the registry when this instance goes.
-    pub(crate) _registry_stop: StopOnDrop,
     /// Who provides what here, as the registry publishes it.
     pub(crate) providers: watch::Receiver<Providers>,
 }

@@ -6,7 +6,10 @@
 //! gone. It lives and dies with the overlay instance that started it: a panic here fails that
 //! instance, and the instance stops it when it goes.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use actix::prelude::*;
 use p2pos_kernel::Store;
@@ -27,6 +30,9 @@ pub(crate) struct ServiceRegistry {
     pub(crate) sessions: SessionDirectory,
     /// Who provides each service here, for the sessions part.
     pub(crate) providers: watch::Sender<Providers>,
+    /// Set when the overlay instance has gone: requests still queued are dropped (their
+    /// callers hear `UNAVAILABLE`), none is taken.
+    stopped: Arc<AtomicBool>,
     /// Tells the overlay instance if this actor goes by a panic.
     _link: Link,
 }
@@ -39,17 +45,28 @@ impl ServiceRegistry {
         store: Arc<dyn Store>,
         sessions: SessionDirectory,
         failed: Recipient<PartFailed>,
-    ) -> (Self, watch::Receiver<Providers>) {
+    ) -> (Self, watch::Receiver<Providers>, Arc<AtomicBool>) {
         let (providers, snapshot) = watch::channel(Providers::default());
+        let stopped = Arc::new(AtomicBool::new(false));
         let registry = Self {
             services,
             net,
             store,
             sessions,
             providers,
+            stopped: stopped.clone(),
             _link: Link(failed),
         };
-        (registry, snapshot)
+        (registry, snapshot, stopped)
+    }
+
+    /// Whether the overlay instance has gone; if so the actor stops, taking nothing more.
+    pub(crate) fn gone(&self, ctx: &mut Context<Self>) -> bool {
+        let gone = self.stopped.load(Ordering::Acquire);
+        if gone {
+            ctx.stop();
+        }
+        gone
     }
 }
 
@@ -73,11 +90,13 @@ impl Drop for Link {
     }
 }
 
-/// Stops the registry when dropped (with the overlay instance that holds it, however it goes).
-pub(crate) struct StopOnDrop(pub(crate) Addr<ServiceRegistry>);
+/// Stops the registry when dropped (with the overlay instance that holds it, however it goes):
+/// at once for the requests still queued, which it drops.
+pub(crate) struct StopOnDrop(pub(crate) Addr<ServiceRegistry>, pub(crate) Arc<AtomicBool>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
+        self.1.store(true, Ordering::Release);
         self.0.do_send(Stop);
     }
 }

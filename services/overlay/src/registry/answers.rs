@@ -66,6 +66,9 @@ impl Handler<InboundCall> for ServiceRegistry {
     type Result = Result<Delivered, Error>;
 
     fn handle(&mut self, InboundCall(call): InboundCall, ctx: &mut Self::Context) -> Self::Result {
+        if self.gone(ctx) {
+            return Err(Error::Restarting);
+        }
         self.deliver_call(call, ctx)
     }
 }

@@ -14,6 +14,9 @@ impl Handler<Call<Services>> for ServiceRegistry {
 
     /// Bookkeeping here; every answer that takes time comes from a task of its own.
     fn handle(&mut self, Call(request): Call<Services>, ctx: &mut Self::Context) {
+        if self.gone(ctx) {
+            return; // dropped: its caller hears the registry went away
+        }
         match request {
             Request::Register {
                 app_id,

@@ -2,7 +2,8 @@
 //! on the same node while 100 channel opens wait on peers that never answer (the node takes as
 //! many at once as its `max_opens`, 32 by default, and refuses the rest at once) and a flood of
 //! `Send`s goes to a peer that is offline. The ratio loaded / idle is the figure: both measured
-//! in the same run, on the same node.
+//! in the same run, on the same node, by a client on a thread and runtime of its own (so that
+//! its calls never wait behind the load generator's tasks in this process).
 
 use std::{
     sync::{
@@ -15,7 +16,7 @@ use std::{
 use anyhow::Context;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use p2pos_client::Client;
+use p2pos_client::{Client, Target};
 use p2pos_proto::{
     app::v1::{ChannelInput, OpenChannel, SendRequest, SessionRequest, channel_input},
     node::v1::GetInfoRequest,
@@ -48,6 +49,30 @@ async fn latencies(client: &Client, calls: usize) -> anyhow::Result<(f64, f64)> 
     Ok((percentile(&samples, 50), percentile(&samples, 99)))
 }
 
+/// [`latencies`] from a client of its own, on an OS thread and a current-thread runtime of
+/// their own: what the node answers, not how busy this process's runtime is.
+async fn latencies_apart(target: &Target, calls: usize) -> anyhow::Result<(f64, f64)> {
+    let target = target.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("control-prober".into())
+        .spawn(move || {
+            let measured = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| {
+                    runtime.block_on(async {
+                        let client = Client::connect(&target).await?;
+                        latencies(&client, calls).await
+                    })
+                });
+            let _ = tx.send(measured);
+        })?;
+    rx.await
+        .context("the prober thread ended without an answer")?
+}
+
 /// A peer id nobody has.
 fn stranger() -> String {
     libp2p::identity::Keypair::generate_ed25519()
@@ -60,10 +85,11 @@ fn stranger() -> String {
 /// `load` (other connections to the same node) carrying the load.
 pub(crate) async fn control_plane(
     admin: &Client,
+    target: &Target,
     load: Vec<Client>,
     calls: usize,
 ) -> anyhow::Result<((f64, f64), (f64, f64))> {
-    let idle = latencies(admin, calls).await?;
+    let idle = latencies_apart(target, calls).await?;
 
     admin
         .apps()
@@ -137,7 +163,7 @@ pub(crate) async fn control_plane(
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let loaded = latencies(admin, calls).await;
+    let loaded = latencies_apart(target, calls).await;
     stop.store(true, Ordering::SeqCst);
     tasks.abort_all();
     Ok((idle, loaded?))

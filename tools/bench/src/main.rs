@@ -178,7 +178,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         load.push(idle.connect().await?);
     }
     let (control_idle, control_loaded) =
-        control::control_plane(idle.client(), load, args.control_calls).await?;
+        control::control_plane(idle.client(), &idle.target()?, load, args.control_calls).await?;
     drop(idle);
     let start_ms = scenarios::median_ms(&mut starts);
 

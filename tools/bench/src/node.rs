@@ -80,12 +80,16 @@ impl Node {
 
     /// A new connection to the node's gateway.
     pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
-        let target = Target::new(
+        Ok(Client::connect(&self.target()?).await?)
+    }
+
+    /// Where the node's gateway is, and its admin token.
+    pub(crate) fn target(&self) -> anyhow::Result<Target> {
+        Ok(Target::new(
             Gateway::Unix(self.dir.path().join("gateway.sock")),
             None,
             Some(self.dir.path().to_path_buf()),
-        )?;
-        Ok(Client::connect(&target).await?)
+        )?)
     }
 
     /// The connection the node was started with.

@@ -25,7 +25,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, atomic::AtomicU64},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use p2pos_kernel::{
@@ -68,6 +71,11 @@ pub(crate) struct Mailbox {
     /// No inbox entry has a larger id. Raised under `lock` once an entry is written, so every
     /// entry up to it is readable.
     newest_inbox_id: AtomicU64,
+    /// Group commit: flushes asked for so far, the last one a finished flush covers, and the
+    /// one flush that runs at a time.
+    flushes_asked: AtomicU64,
+    flushes_done: AtomicU64,
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl Mailbox {
@@ -83,6 +91,9 @@ impl Mailbox {
             epoch,
             max_inbox,
             newest_inbox_id,
+            flushes_asked: AtomicU64::new(0),
+            flushes_done: AtomicU64::new(0),
+            flushing: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -91,12 +102,23 @@ impl Mailbox {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes every write so far durable, off the async threads.
+    /// Makes every write so far durable, off the async threads. Concurrent callers share
+    /// flushes (group commit): one runs at a time, and a caller whose writes a flush that began
+    /// after its call has covered returns without one of its own.
     pub(crate) async fn flush(&self) -> Result<(), Error> {
+        // Every write of this caller happened before its ticket.
+        let ticket = self.flushes_asked.fetch_add(1, Ordering::AcqRel) + 1;
+        let _turn = self.flushing.lock().await;
+        if self.flushes_done.load(Ordering::Acquire) >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to here was taken before this flush began: it covers them all.
+        let covers = self.flushes_asked.load(Ordering::Acquire);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.flush())
             .await
             .map_err(|e| StoreError::Io(format!("flush task: {e}")))??;
+        self.flushes_done.fetch_max(covers, Ordering::AcqRel);
         Ok(())
     }
 

@@ -250,3 +250,87 @@ fn a_sender_that_lost_its_store_is_not_taken_for_a_duplicate() {
     assert_eq!((epochs[0], epochs[1], epochs[3]), (epoch, epoch, 0));
     assert!(epochs[2] != epoch && epochs[2] != 0, "{epochs:?}");
 }
+
+/// The node's store, counting its flushes (each made slow enough to overlap).
+struct CountingFlushes {
+    inner: Arc<SledStore>,
+    flushes: std::sync::atomic::AtomicUsize,
+}
+
+impl Store for CountingFlushes {
+    fn get(
+        &self,
+        tree: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, p2pos_kernel::store::StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn insert(
+        &self,
+        tree: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), p2pos_kernel::store::StoreError> {
+        self.inner.insert(tree, key, value)
+    }
+    fn remove(&self, tree: &str, key: &[u8]) -> Result<(), p2pos_kernel::store::StoreError> {
+        self.inner.remove(tree, key)
+    }
+    fn scan_prefix(
+        &self,
+        tree: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<p2pos_kernel::store::Pairs, p2pos_kernel::store::StoreError> {
+        self.inner.scan_prefix(tree, prefix, limit)
+    }
+    fn batch(
+        &self,
+        tree: &str,
+        ops: Vec<p2pos_kernel::store::BatchOp>,
+    ) -> Result<(), p2pos_kernel::store::StoreError> {
+        self.inner.batch(tree, ops)
+    }
+    fn next_id(&self) -> Result<u64, p2pos_kernel::store::StoreError> {
+        self.inner.next_id()
+    }
+    fn flush(&self) -> Result<(), p2pos_kernel::store::StoreError> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        self.inner.flush()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_flushes_share_one_and_a_later_one_still_flushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(CountingFlushes {
+        inner: SledStore::open(dir.path()).expect("open"),
+        flushes: Default::default(),
+    });
+    let mailbox = Mailbox::new(store.clone(), 10_000).expect("mailbox");
+    let peer = PeerId::random();
+    let mut senders = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let mailbox = mailbox.clone();
+        senders.spawn(async move {
+            mailbox
+                .blocking(move |m| m.enqueue(&peer, "chat", Bytes::from(format!("m{i}"))))
+                .await?;
+            mailbox.flush().await
+        });
+    }
+    while let Some(done) = senders.join_next().await {
+        done.expect("task").expect("written and flushed");
+    }
+    let shared = store.flushes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..16).contains(&shared), "16 callers, {shared} flushes");
+
+    // A caller after them all is covered by no flush yet: it gets one of its own.
+    mailbox.flush().await.expect("flushed");
+    assert_eq!(
+        store.flushes.load(std::sync::atomic::Ordering::SeqCst),
+        shared + 1
+    );
+}

@@ -61,7 +61,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     dials: usize,
     /// Control calls (`ListPeers`, `GetInfo`) timed idle and under load.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 2000)]
     control_calls: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]

@@ -420,18 +420,22 @@ impl Network {
     }
 
     /// An announcer: the keys it is set to are provided in the DHT while it lives, together
-    /// with every other announcer's.
+    /// with every other announcer's. An error only once the network has stopped.
     pub fn announcer(&self) -> Result<Announcer, Error> {
         let (tx, keys) = watch::channel(BTreeSet::new());
-        self.commands
-            .try_send(Command::Announce { keys })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => Error::Busy {
-                    what: "commands waiting for the network",
-                    limit: self.commands.max_capacity(),
-                },
-                mpsc::error::TrySendError::Closed(_) => Error::NetworkStopped,
-            })?;
+        match self.commands.try_send(Command::Announce { keys }) {
+            Ok(()) => {}
+            // The swarm task is busy: it gets the announcer once there is room (the keys set
+            // meanwhile wait in the announcer). A service starting under load must not fail
+            // for it.
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                let commands = self.commands.clone();
+                tokio::spawn(async move {
+                    let _ = commands.send(command).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::NetworkStopped),
+        }
         Ok(Announcer(tx))
     }
 
@@ -481,5 +485,33 @@ impl Network {
     /// Closes the swarm and waits until it is gone.
     pub async fn shutdown(&self) {
         let _ = self.request(|reply| Command::Shutdown { reply }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_announcer_reaches_a_busy_swarm_task_once_it_has_room() {
+        let (commands, mut queue) = mpsc::channel(1);
+        let control = libp2p_stream::Behaviour::new().new_control();
+        let (events, _) = broadcast::channel(1);
+        let net = Network::new(commands, control, PeerId::random(), events);
+        // The queue is full.
+        net.remember(
+            PeerId::random(),
+            vec!["/ip4/127.0.0.1/tcp/1".parse().expect("addr")],
+        );
+        let announcer = net.announcer().expect("not refused for a full queue");
+        announcer.set(["/p2pos/test/key".to_owned()].into_iter().collect());
+        assert!(matches!(queue.recv().await, Some(Command::Remember { .. })));
+        let Some(Command::Announce { keys }) = queue.recv().await else {
+            panic!("the announcer never reached the swarm task");
+        };
+        assert!(
+            keys.borrow().contains("/p2pos/test/key"),
+            "the keys set meanwhile"
+        );
     }
 }

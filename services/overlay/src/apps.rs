@@ -113,7 +113,7 @@ impl OverlayService {
         if last {
             // Its services end with its last session: the registry hears it before the app's
             // watchers do, so that whatever they ask the registry next comes after.
-            self.registry.do_send(AppGone(app_id.to_owned()));
+            self.registry.do_send(AppGone(app_id.to_owned(), id));
             // Dropping the app's state drops its watchers' senders: they fire.
             self.apps.remove(app_id);
         }

@@ -126,15 +126,15 @@ impl Handler<SessionEnded> for ServiceRegistry {
     }
 }
 
-/// An app's last session ended: its services end with it.
+/// An app's last session (the second field) ended: its services end with it.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct AppGone(pub(crate) String);
+pub(crate) struct AppGone(pub(crate) String, pub(crate) u64);
 
 impl Handler<AppGone> for ServiceRegistry {
     type Result = ();
 
-    fn handle(&mut self, AppGone(app_id): AppGone, _: &mut Self::Context) {
-        self.app_gone(&app_id);
+    fn handle(&mut self, AppGone(app_id, last): AppGone, _: &mut Self::Context) {
+        self.app_gone(&app_id, last);
     }
 }

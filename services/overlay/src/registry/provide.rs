@@ -29,9 +29,10 @@ impl ServiceRegistry {
     ) -> Result<ServiceInfo, Error> {
         let (app_id, service) = (app_id.into_string(), service.into_string());
         validate_description(&description)?;
-        if self.sessions.newest(&app_id).is_none() {
+        // The session it is made under: an `AppGone` for an earlier one leaves it alone.
+        let Some((session, _)) = self.sessions.newest(&app_id) else {
             return Err(Error::NoSession { app_id });
-        }
+        };
         let registrations = &mut self.services.registrations;
         // Port forwarding has a limit of its own (one registration per exposure): apps filling
         // the node's registry never keep the admin from exposing a port.
@@ -53,7 +54,10 @@ impl ServiceRegistry {
                 let by = format!("app '{}'", r.app_id);
                 return Err(Error::ServiceTaken { service, by });
             }
-            Some(r) => r.description.clone_from(&description),
+            Some(r) => {
+                r.description.clone_from(&description);
+                r.session = r.session.max(session);
+            }
             None if full => {
                 return Err(Error::Busy {
                     what: "services registered on this node",
@@ -72,6 +76,7 @@ impl ServiceRegistry {
                     Registration {
                         app_id: app_id.clone(),
                         description: description.clone(),
+                        session,
                     },
                 );
             }
@@ -145,15 +150,95 @@ impl ServiceRegistry {
         self.services.announcer.set(wanted);
     }
 
-    /// The last session of `app_id` ended: its services end with it.
-    pub(crate) fn app_gone(&mut self, app_id: &str) {
+    /// The last session of `app_id`, `last`, ended: its services end with it, those registered
+    /// under `last` or before (not those made under a session opened since).
+    pub(crate) fn app_gone(&mut self, app_id: &str, last: u64) {
         let before = self.services.registrations.len();
         self.services
             .registrations
-            .retain(|_, r| r.app_id != app_id);
+            .retain(|_, r| r.app_id != app_id || r.session > last);
         if self.services.registrations.len() != before {
             info!(app_id, "the app's last session ended: its services end");
             self.publish_services();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix::prelude::*;
+    use libp2p::PeerId;
+    use p2pos_kernel::store::SledStore;
+    use p2pos_protocols::{
+        ids::{AppId, ServiceName},
+        network::Network,
+    };
+    use tokio::sync::{broadcast, mpsc};
+
+    use crate::{
+        registry::{
+            actor::{PartFailed, ServiceRegistry},
+            state::State,
+        },
+        sessions::{AppState, SessionDirectory, SessionSlot},
+    };
+
+    /// Hears of a panic of the registry (none here).
+    struct Overlay;
+
+    impl Actor for Overlay {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<PartFailed> for Overlay {
+        type Result = ();
+        fn handle(&mut self, _: PartFailed, _: &mut Self::Context) {}
+    }
+
+    #[test]
+    fn an_apps_end_leaves_what_it_registered_under_a_newer_session() {
+        System::new().block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = SledStore::open(dir.path()).expect("store");
+            let (commands, _swarm) = mpsc::channel(16);
+            let control = libp2p_stream::Behaviour::new().new_control();
+            let net = Network::new(commands, control, PeerId::random(), broadcast::channel(1).0);
+            let announcer = net.announcer().expect("announcer");
+            let sessions = SessionDirectory::default();
+            let (mut registry, _providers, _stopped) = ServiceRegistry::new(
+                State::new(announcer),
+                net,
+                store,
+                sessions.clone(),
+                Overlay.start().recipient(),
+            );
+            let register = |registry: &mut ServiceRegistry, service: &str| {
+                let app = AppId::parse("app").expect("app id");
+                let service = ServiceName::parse(service).expect("service name");
+                registry.register(app, service, String::new())
+            };
+            let (tx, _incoming) = mpsc::channel(1);
+            let mut app = AppState::default();
+            app.sessions.push(SessionSlot {
+                id: 1,
+                tx: tx.clone(),
+            });
+            sessions.set("app", Some(&app));
+            register(&mut registry, "old/1").expect("under session 1");
+
+            // Session 1 ends, the app opens session 2 and registers under it; then the
+            // registry hears that session 1 was the app's last.
+            app.sessions = vec![SessionSlot { id: 2, tx }];
+            sessions.set("app", Some(&app));
+            register(&mut registry, "new/1").expect("under session 2");
+            registry.app_gone("app", 1);
+            let left: Vec<String> = registry
+                .list_services()
+                .services
+                .into_iter()
+                .map(|s| s.service)
+                .collect();
+            assert_eq!(left, ["new/1"]);
+        });
     }
 }

@@ -48,6 +48,8 @@ pub(crate) struct State {
 pub(crate) struct Registration {
     pub(crate) app_id: String,
     pub(crate) description: String,
+    /// The newest session of the app when it registered (or registered again).
+    pub(crate) session: u64,
 }
 
 impl State {

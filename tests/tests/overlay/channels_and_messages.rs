@@ -14,9 +14,10 @@ use p2pos_protocols::{
     apps::{ChannelStream, Session},
     wire,
 };
+use p2pos_tests::wait_for;
 use tokio_util::codec::Framed;
 
-use crate::common::{Node, T, channel, eventually, next_channel, open_channel};
+use crate::common::{Node, T, channel, next_channel, open_channel};
 
 #[actix_rt::test]
 async fn channels_and_messages_flow_between_two_nodes() {
@@ -149,7 +150,7 @@ async fn a_peer_known_only_by_id_is_found_through_the_dht() {
     let c = Node::boot().await;
     let (b_ticket, _) = b.ticket().await;
     assert_eq!(a.dial(&b_ticket).await.expect("A dials B"), b.peer_id());
-    eventually("B to have A in its routing table", T, || async {
+    wait_for("B to have A in its routing table", T, || async {
         (b.routing_table_size().await >= 1).then_some(())
     })
     .await;
@@ -211,14 +212,14 @@ async fn a_restarted_network_keeps_its_port_redials_its_peers_and_the_overlay_fo
         ("network", "panicked")
     );
     // The old swarm is gone (its port is free again) and the new one takes the same port...
-    let again = eventually("A's network to answer again", T, || async {
+    let again = wait_for("A's network to answer again", T, || async {
         let (_, addresses) = a.try_ticket().await.ok()?;
         (!addresses.is_empty()).then_some(addresses)
     })
     .await;
     assert_eq!(again, a_addrs, "same listen address after a restart");
     // ... and redials B by itself.
-    eventually("A to redial B", T, || async {
+    wait_for("A to redial B", T, || async {
         a.peers()
             .await
             .iter()
@@ -502,7 +503,7 @@ async fn a_send_in_flight_when_the_overlay_restarts_is_queued_once() {
     })
     .await
     .expect("a restart");
-    let apps = eventually("the overlay to answer again", T, || async {
+    let apps = wait_for("the overlay to answer again", T, || async {
         a.list_apps().await.ok()
     })
     .await;

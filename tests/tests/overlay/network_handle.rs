@@ -8,10 +8,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use libp2p::StreamProtocol;
 use p2pos_protocols::network::{Error, Limits, accept::drop_stream};
+use p2pos_tests::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use crate::common::{Node, T, eventually};
+use crate::common::{Node, T};
 
 /// A protocol no part of the node knows.
 const ECHO: StreamProtocol = StreamProtocol::new("/p2pos/test-echo/1");
@@ -129,7 +130,7 @@ async fn a_silent_inbound_stream_is_closed_after_its_protocols_idle_time() {
 #[actix_rt::test]
 async fn records_are_signed_by_the_node_that_put_them() {
     let (a, b) = pair().await;
-    eventually("a in b's routing table", T, || async {
+    wait_for("a in b's routing table", T, || async {
         (b.routing_table_size().await > 0 && a.routing_table_size().await > 0).then_some(())
     })
     .await;
@@ -138,7 +139,7 @@ async fn records_are_signed_by_the_node_that_put_them() {
         .put_record(key.clone(), Bytes::from_static(b"from a"))
         .await
         .expect("put");
-    let found = eventually("b to get a's record", T, || {
+    let found = wait_for("b to get a's record", T, || {
         let (net, key) = (b.network(), key.clone());
         async move { net.get_record(key).await.ok() }
     })

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use p2pos_tests::wait_for;
 use tonic::Code;
 
 use crate::common::{
-    Node, T, channel, eventually, next_channel, open_channel,
+    Node, T, channel, next_channel, open_channel,
     services::{code, outcome, serve_echo},
 };
 
@@ -25,7 +26,7 @@ async fn network(n: usize) -> Vec<Node> {
     let (hub, _) = nodes[0].ticket().await;
     for node in &nodes[1..] {
         node.dial(&hub).await.expect("dial the first node");
-        eventually("a routing table with the first node", T, || async {
+        wait_for("a routing table with the first node", T, || async {
             (node.routing_table_size().await >= 1).then_some(())
         })
         .await;
@@ -40,7 +41,7 @@ async fn two_hundred_calls_at_once_to_one_remote_provider_all_succeed() {
     let session = b.session("provider").await;
     b.register("provider", ECHO).await.expect("registered on B");
     let _serving = serve_echo(b, "provider", session);
-    eventually("A to find B's service", T, || async {
+    wait_for("A to find B's service", T, || async {
         a.find(ECHO).await.ok()
     })
     .await;
@@ -109,7 +110,7 @@ async fn a_remote_provider_whose_session_ends_before_accepting_passes_to_another
     let mut on_b = b.session("provider").await;
     a.register("provider", ECHO).await.expect("registered on A");
     b.register("provider", ECHO).await.expect("registered on B");
-    eventually("C to find both providers", T, || async {
+    wait_for("C to find both providers", T, || async {
         c.find(ECHO).await.ok().filter(|found| found.len() == 2)
     })
     .await;
@@ -154,7 +155,7 @@ async fn a_provider_too_busy_to_take_a_call_is_resource_exhausted() {
     let _session = node.session("provider").await;
     node.register("provider", ECHO).await.expect("registered");
     let _waiting: Vec<_> = (0..64).map(|_| node.call(ECHO, "", 10_000, b"x")).collect();
-    let (status, message) = eventually("a call to be refused as busy", T, || async {
+    let (status, message) = wait_for("a call to be refused as busy", T, || async {
         let result = outcome(node.call(ECHO, "", 300, b"one too many")).await;
         let (status, message) = code(result);
         (status != Code::DeadlineExceeded).then_some((status, message))

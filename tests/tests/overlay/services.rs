@@ -8,10 +8,11 @@ use bytes::Bytes;
 use p2pos_kernel::ErrorCode;
 use p2pos_proto::service::v1::{ExposeRequest, ReplyError, WithdrawRequest, reply_request};
 use p2pos_protocols::{forwarding::Request as Forwarding, wire};
+use p2pos_tests::wait_for;
 use tonic::Code;
 
 use crate::common::{
-    Node, T, channel, eventually, next_call, next_channel,
+    Node, T, channel, next_call, next_channel,
     services::{carries, code, echo_one, echoes, framed, outcome},
 };
 
@@ -161,7 +162,7 @@ async fn a_provider_session_ending_ends_its_services_and_calls() {
     let (status, message) = code(outcome(call).await);
     assert_eq!(status, Code::Unavailable, "{message}");
     assert!(message.contains("the provider went away"), "{message}");
-    eventually("the registration to end", T, || async {
+    wait_for("the registration to end", T, || async {
         node.list().await.is_empty().then_some(())
     })
     .await;
@@ -204,7 +205,7 @@ async fn a_remote_provider_is_found_through_the_dht_called_and_replaced() {
     a.dial(&b_ticket).await.expect("A dials B");
     c.dial(&b_ticket).await.expect("C dials B");
     for node in [&a, &c] {
-        eventually("a routing table with B", T, || async {
+        wait_for("a routing table with B", T, || async {
             (node.routing_table_size().await >= 1).then_some(())
         })
         .await;
@@ -212,7 +213,7 @@ async fn a_remote_provider_is_found_through_the_dht_called_and_replaced() {
     // A provides the service; C knows only B, and finds A through the DHT.
     let mut provider_a = a.session("provider").await;
     a.register("provider", ECHO).await.expect("registered on A");
-    let found = eventually("C to find A's service", T, || async {
+    let found = wait_for("C to find A's service", T, || async {
         c.find(ECHO).await.ok()
     })
     .await;
@@ -279,12 +280,12 @@ async fn a_remote_provider_is_found_through_the_dht_called_and_replaced() {
     // B provides it too; A's provider goes away: calls by name reach B.
     let mut provider_b = b.session("provider").await;
     b.register("provider", ECHO).await.expect("registered on B");
-    eventually("C to find both providers", T, || async {
+    wait_for("C to find both providers", T, || async {
         c.find(ECHO).await.ok().filter(|found| found.len() == 2)
     })
     .await;
     drop(provider_a);
-    eventually("A's registration to end", T, || async {
+    wait_for("A's registration to end", T, || async {
         a.list().await.is_empty().then_some(())
     })
     .await;
@@ -366,7 +367,7 @@ async fn exposed_tcp_services_are_services_too() {
     echoes(&mut here, b"from this node").await;
     let (a_ticket, _) = a.ticket().await;
     c.dial(&a_ticket).await.expect("C dials A");
-    eventually("C to find the exposure", T, || async {
+    wait_for("C to find the exposure", T, || async {
         c.find("web/1").await.ok()
     })
     .await;
@@ -414,7 +415,7 @@ async fn exposures_are_provided_again_after_the_overlay_restarts() {
             .any(|s| s.service == "web/1" && s.app_id == "_node:forward")
     };
     // Port forwarding opens its session with the registry on its own, a moment after start.
-    eventually("port forwarding to take exposures", T, || async {
+    wait_for("port forwarding to take exposures", T, || async {
         let expose = expose.clone();
         node.forwarding(|reply| Forwarding::Expose {
             request: expose,
@@ -433,7 +434,7 @@ async fn exposures_are_provided_again_after_the_overlay_restarts() {
         .inject_panic("overlay")
         .await
         .expect("inject");
-    eventually("the exposure provided again", T, || async {
+    wait_for("the exposure provided again", T, || async {
         let list = node
             .services(|reply| p2pos_protocols::services::Request::List { reply })
             .await
@@ -460,7 +461,7 @@ async fn a_node_takes_as_many_exposures_as_port_forwarding_allows() {
         node.forwarding(|reply| Forwarding::Expose { request, reply })
     };
     // Port forwarding opens its session with the registry a moment after start.
-    eventually("port forwarding to take exposures", T, || async {
+    wait_for("port forwarding to take exposures", T, || async {
         expose(0).await.ok()
     })
     .await;
@@ -485,7 +486,7 @@ async fn a_channel_to_port_forwarding_itself_is_closed_at_once() {
     c.dial(&a_ticket).await.expect("C dials A");
     // Port forwarding takes channels to its exposures only; one to the app itself would
     // otherwise hold one of A's channels until it expired (30 s).
-    let opened = eventually("port forwarding's session on A", T, || async {
+    let opened = wait_for("port forwarding's session on A", T, || async {
         c.open_channel("_node:forward", &a_ticket).await.ok()
     });
     let channel = tokio::time::timeout(Duration::from_secs(10), opened)
@@ -526,7 +527,7 @@ async fn a_registration_racing_its_apps_last_session_never_outlives_it() {
         taken, 25,
         "every registration made with a live session was taken"
     );
-    eventually("no registration of an app without a session", T, || async {
+    wait_for("no registration of an app without a session", T, || async {
         node.list().await.is_empty().then_some(())
     })
     .await;

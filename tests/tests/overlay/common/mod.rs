@@ -8,9 +8,8 @@
 pub(crate) mod services;
 
 use std::{
-    future::Future,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use actix::prelude::*;
@@ -306,22 +305,6 @@ pub(crate) async fn open_channel(
             reply,
         })
         .await
-}
-
-/// Polls `check` until it answers `Some`, failing after `deadline`.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 pub(crate) fn channel(response: Result<ChannelStream, ServiceError>) -> ChannelStream {

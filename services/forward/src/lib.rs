@@ -11,13 +11,11 @@
 //!   (`Expose`, `Withdraw`, `ListExposures`, `OpenForward`, `CloseForward`, `ListForwards`),
 //!   and its life as a provider app of the registry.
 //! - `forwarding`: exposures and forwards, their tunnels and the TCP ⇄ frames splice.
-//! - `task`: tasks that end with their owner.
 //! - [`error`]: the service's [`Error`] and its one mapping to `ServiceError`.
 
 pub mod error;
 mod forwarding;
 pub mod service;
-mod task;
 
 pub use error::Error;
 pub use service::{FORWARD_APP, NAME, child_spec};

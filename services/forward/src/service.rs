@@ -6,6 +6,7 @@
 //! exposures again.
 
 use std::{sync::Arc, time::Duration};
+use tokio_util::task::AbortOnDropHandle;
 
 use actix::prelude::*;
 use futures::{FutureExt, future::BoxFuture};
@@ -33,7 +34,6 @@ use tracing::{debug, info, warn};
 use crate::{
     Error,
     forwarding::{EXPOSURES_TREE, Forwarding, Opener},
-    task::AbortOnDrop,
 };
 
 /// The service's name.
@@ -97,7 +97,7 @@ pub struct ForwardService {
     /// registered).
     online: watch::Sender<bool>,
     /// Keeps the session and serves what comes on it; aborted when the actor goes.
-    provider: Option<AbortOnDrop>,
+    provider: Option<AbortOnDropHandle<()>>,
 }
 
 impl Actor for ForwardService {
@@ -108,7 +108,7 @@ impl Actor for ForwardService {
             panic!("injected fault in {NAME}: panic-on-start failpoint");
         }
         let provider = provide(self.registry.clone(), ctx.address());
-        self.provider = Some(AbortOnDrop::spawn(provider));
+        self.provider = Some(AbortOnDropHandle::new(tokio::spawn(provider)));
         info!(
             exposures = self.forwarding.exposed_services().len(),
             "port forwarding started"

@@ -33,7 +33,7 @@
 //! - `delivery`: the sending side of `/p2pos/msg/1`, one task per peer with mail.
 //! - `mailbox`: the store layout of apps, outbox and inbox: exactly once between nodes, at
 //!   least once (until acknowledged) to the app.
-//! - `task`: tasks that end with their owner.
+//! - `task`: tasks that answer one request.
 //! - [`error`]: the overlay's [`Error`] and its one mapping to `ServiceError`.
 
 mod announced;

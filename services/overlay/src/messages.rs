@@ -12,6 +12,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+use tokio_util::task::AbortOnDropHandle;
 
 use bytes::Bytes;
 use p2pos_proto::app::v1::{DeliveryState, ReceivedMessage, SendReply};
@@ -30,7 +31,6 @@ use crate::{
     Error,
     delivery::{Delivery, Outcome},
     mailbox::Mailbox,
-    task::AbortOnDrop,
 };
 
 /// Messages buffered between the inbox and a `Receive` stream (they stay in the inbox until
@@ -52,7 +52,7 @@ pub(crate) struct Messages {
     net: Network,
     /// The live `Receive` feeder per app; one per app id that follows its inbox, finished ones
     /// dropped whenever another is added.
-    receivers: Arc<Mutex<HashMap<String, AbortOnDrop>>>,
+    receivers: Arc<Mutex<HashMap<String, AbortOnDropHandle<()>>>>,
     /// Requests being served.
     in_flight: Arc<Semaphore>,
     /// Cancelled when the overlay instance that owns the part goes: every task ends.
@@ -188,12 +188,12 @@ impl Messages {
         let (tx, rx) = mpsc::channel(RECEIVE_BUFFER);
         let stopping = self.stopping.clone();
         let feed = feed_inbox(app.clone(), self.mailbox.clone(), tx);
-        let feeder = AbortOnDrop::spawn(async move {
+        let feeder = AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::select! {
                 () = feed => {}
                 () = stopping.cancelled() => {}
             }
-        });
+        }));
         let mut receivers = self.receivers.lock().unwrap_or_else(|e| e.into_inner());
         receivers.retain(|_, feeder| !feeder.is_finished());
         // Dropping the old feeder aborts it.

@@ -4,6 +4,7 @@
 //! (`service_channels`). The network itself is another service's: this one uses only its handle.
 
 use std::{collections::HashMap, sync::Arc};
+use tokio_util::task::AbortOnDropHandle;
 
 use actix::prelude::*;
 use futures::future::BoxFuture;
@@ -34,7 +35,6 @@ use crate::{
     },
     sessions::SessionDirectory,
     state::OverlayService,
-    task::AbortOnDrop,
 };
 
 /// The service's name.
@@ -133,7 +133,7 @@ fn start(
         let registry = registry.start();
         parts = Some(registry.clone());
         OverlayService {
-            tasks: vec![AbortOnDrop::new(&delivery_task)],
+            tasks: vec![AbortOnDropHandle::new(delivery_task)],
             accepting: Vec::new(),
             ctx,
             config,

@@ -5,6 +5,7 @@
 //! that imports them back; the actor's life cycle is in `service`.
 
 use std::{collections::HashMap, sync::Arc};
+use tokio_util::task::AbortOnDropHandle;
 
 use actix::Addr;
 use p2pos_kernel::{DeathGuard, ServiceContext};
@@ -21,14 +22,13 @@ use crate::{
         state::Providers,
     },
     sessions::{AppState, SessionDirectory},
-    task::AbortOnDrop,
 };
 
 /// The overlay actor (the sessions part): holds the overlay's tasks and the guards of its
 /// inbound protocols, the app sessions and the pending inbound channels.
 pub struct OverlayService {
     /// Aborted when the actor goes: the delivery task.
-    pub(crate) tasks: Vec<AbortOnDrop>,
+    pub(crate) tasks: Vec<AbortOnDropHandle<()>>,
     /// The inbound protocols served, until the actor goes.
     pub(crate) accepting: Vec<Accepting>,
     pub(crate) ctx: ServiceContext,

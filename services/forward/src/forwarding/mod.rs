@@ -16,6 +16,7 @@ mod tests;
 mod tunnel;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+use tokio_util::task::AbortOnDropHandle;
 
 use futures::{
     FutureExt,
@@ -32,7 +33,7 @@ use tracing::{info, warn};
 
 pub(crate) use name::parse_service_name;
 
-use crate::{Error, task::AbortOnDrop};
+use crate::Error;
 use name::{canonical, parse_loopback};
 use p2pos_protocols::ids::PeerRef;
 use tunnel::{Listener, Tunnels};
@@ -76,7 +77,7 @@ struct Listening {
     peer: String,
     listen: SocketAddr,
     tunnels: Arc<Tunnels>,
-    _accept: AbortOnDrop,
+    _accept: AbortOnDropHandle<()>,
 }
 
 impl Forwarding {
@@ -302,14 +303,14 @@ impl Forwarding {
         })?;
         let forward_id = self.store.next_id()?;
         let tunnels = Tunnels::new(MAX_TUNNELS);
-        let accept = AbortOnDrop::spawn(tunnel::accept_loop(Listener {
+        let accept = AbortOnDropHandle::new(tokio::spawn(tunnel::accept_loop(Listener {
             listener,
             forward_id,
             service: service.clone(),
             peer: peer.clone(),
             opener,
             tunnels: tunnels.clone(),
-        }));
+        })));
         let listening = Listening {
             service,
             peer,

@@ -7,6 +7,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+use tokio_util::task::AbortOnDropHandle;
 
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -373,14 +374,14 @@ async fn a_full_forward_closes_new_connections_at_once() {
     let tunnels = Tunnels::new(1);
     // Holds the first connection's channel open for ever.
     let opener: Opener = Arc::new(|_, _| futures::future::pending().boxed());
-    let _accept = AbortOnDrop::spawn(tunnel::accept_loop(Listener {
+    let _accept = AbortOnDropHandle::new(tokio::spawn(tunnel::accept_loop(Listener {
         listener,
         forward_id: 1,
         service: "web/1".into(),
         peer: String::new(),
         opener,
         tunnels: tunnels.clone(),
-    }));
+    })));
     let _first = TcpStream::connect(listen).await.expect("first");
     until("the first tunnel", || tunnels.open() == 1).await;
     let mut second = TcpStream::connect(listen).await.expect("second");

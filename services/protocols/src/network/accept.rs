@@ -9,17 +9,15 @@ use std::{collections::HashMap, time::Duration};
 
 use futures::{Stream as FuturesStream, StreamExt};
 use libp2p::PeerId;
-use tokio::task::{self, AbortHandle, JoinSet};
+use tokio::task::{self, JoinSet};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::warn;
 
 /// Serves a protocol's inbound streams until dropped.
 #[derive(Debug)]
-pub struct Accepting(pub(crate) AbortHandle);
-
-impl Drop for Accepting {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+pub struct Accepting {
+    /// The accept loop, aborted when this is dropped.
+    pub(crate) _accept_loop: AbortOnDropHandle<()>,
 }
 
 /// What one protocol's inbound streams may take: how many at once, how long a frame, how long

@@ -27,6 +27,7 @@ use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use libp2p_stream::{Control, OpenStreamError};
 use p2pos_proto::overlay::v1::{OverlayStatus, PeerInfo, Ticket};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::task::AbortOnDropHandle;
 
 pub use accept::{Accepting, Limits, Overflow};
 pub use error::Error;
@@ -379,7 +380,9 @@ impl Network {
         let task = tokio::spawn(accept::accept_loop(
             incoming, limits, what, watched, refused,
         ));
-        Ok(Accepting(task.abort_handle()))
+        Ok(Accepting {
+            _accept_loop: AbortOnDropHandle::new(task),
+        })
     }
 
     /// Providers of `key` in the DHT (this node excluded): connected ones first, by

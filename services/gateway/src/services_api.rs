@@ -27,7 +27,7 @@ use p2pos_protocols::{
     Forwarding as ForwardingProtocol, Reply, Services as ServicesProtocol,
     forwarding::Request as ForwardingCall,
     ids::{AppId, PeerRef, ServiceName},
-    services::Request as ServicesCall,
+    services::{OutgoingCall, Request as ServicesCall},
     wire::MAX_PAYLOAD,
 };
 use tokio_util::sync::CancellationToken;
@@ -197,12 +197,14 @@ impl Services for ServicesApi {
         let peer = provider(&peer)?;
         let answer = self
             .ask(|reply| ServicesCall::Call {
-                app_id,
-                service,
-                payload,
-                peer,
-                timeout_ms,
-                deadline,
+                call: OutgoingCall {
+                    app_id,
+                    service,
+                    payload,
+                    peer,
+                    timeout_ms,
+                    deadline,
+                },
                 reply,
             })
             .await?;

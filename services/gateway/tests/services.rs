@@ -24,7 +24,7 @@ use p2pos_protocols::{
     Forwarding, Services, answer,
     apps::ChannelStream,
     forwarding::Request as ForwardingCall,
-    services::Request as ServicesCall,
+    services::{OutgoingCall, Request as ServicesCall},
     wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use tokio_util::codec::Framed;
@@ -66,10 +66,10 @@ impl Handler<Call<Services>> for FakeServices {
         match request {
             // A provider that never answers: the call ends at the deadline it was given.
             ServicesCall::Call {
-                service,
-                deadline,
+                call: OutgoingCall {
+                    service, deadline, ..
+                },
                 reply,
-                ..
             } if service.as_str() == "slow/1" => {
                 tokio::spawn(async move {
                     match deadline {
@@ -130,12 +130,15 @@ fn echo(request: ServicesCall) {
             }),
         ),
         ServicesCall::Call {
-            app_id,
-            service,
-            payload,
-            deadline,
+            call:
+                OutgoingCall {
+                    app_id,
+                    service,
+                    payload,
+                    deadline,
+                    ..
+                },
             reply,
-            ..
         } => {
             if service.as_str() == "fail/1" {
                 return answer(

@@ -169,6 +169,23 @@ pub mod services {
         ids::{AppId, PeerRef, ServiceName},
     };
 
+    /// `Services.Call` as the registry takes it.
+    #[derive(Debug)]
+    pub struct OutgoingCall {
+        /// The calling app.
+        pub app_id: AppId,
+        /// The service.
+        pub service: ServiceName,
+        /// The call's payload (at most 1 MiB, checked by the registry).
+        pub payload: Bytes,
+        /// The provider's node; `None`: the best provider found.
+        pub peer: Option<PeerRef>,
+        /// The call's own time limit in ms (0: none).
+        pub timeout_ms: u32,
+        /// The caller's gRPC deadline, if it set one.
+        pub deadline: Option<Instant>,
+    }
+
     /// One request; app ids in it have already been checked against the caller's scope.
     #[derive(Debug)]
     pub enum Request {
@@ -208,18 +225,8 @@ pub mod services {
         },
         /// `Services.Call`.
         Call {
-            /// The calling app.
-            app_id: AppId,
-            /// The service.
-            service: ServiceName,
-            /// The call's payload (at most 1 MiB, checked by the registry).
-            payload: Bytes,
-            /// The provider's node; `None`: the best provider found.
-            peer: Option<PeerRef>,
-            /// The call's own time limit in ms (0: none).
-            timeout_ms: u32,
-            /// The caller's gRPC deadline, if it set one.
-            deadline: Option<Instant>,
+            /// The call.
+            call: OutgoingCall,
             /// The provider's answer.
             reply: Reply<CallReply>,
         },

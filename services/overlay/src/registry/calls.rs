@@ -20,8 +20,9 @@ use p2pos_proto::{
     wire::v1::{CallAnswer, CallFrame},
 };
 use p2pos_protocols::{
-    ids::{AppId, PeerRef, ServiceName},
+    ids::PeerRef,
     network::Network,
+    services::OutgoingCall,
     wire::{read_message, write_message},
 };
 use tokio::{
@@ -69,22 +70,6 @@ struct Outgoing {
 struct Remote {
     net: Network,
     slots: Arc<PeerSlots>,
-}
-
-/// `Services.Call` as the registry takes it.
-pub(crate) struct OutgoingCall {
-    /// The calling app.
-    pub(crate) app_id: AppId,
-    /// The service.
-    pub(crate) service: ServiceName,
-    /// At most 1 MiB.
-    pub(crate) payload: Bytes,
-    /// The provider's node; `None`: the best provider found.
-    pub(crate) peer: Option<PeerRef>,
-    /// The call's own time limit in ms (0: none).
-    pub(crate) timeout_ms: u32,
-    /// The caller's gRPC deadline, if it set one.
-    pub(crate) deadline: Option<std::time::Instant>,
 }
 
 impl ServiceRegistry {

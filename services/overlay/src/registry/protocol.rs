@@ -6,7 +6,6 @@ use actix::prelude::*;
 use p2pos_kernel::Call;
 use p2pos_protocols::{Services, answer, services::Request};
 
-use super::calls::OutgoingCall;
 use crate::{Error, registry::actor::ServiceRegistry, task::spawn_answer};
 
 impl Handler<Call<Services>> for ServiceRegistry {
@@ -35,25 +34,7 @@ impl Handler<Call<Services>> for ServiceRegistry {
                 limit,
                 reply,
             } => spawn_answer(reply, self.find(service, limit)),
-            Request::Call {
-                app_id,
-                service,
-                payload,
-                peer,
-                timeout_ms,
-                deadline,
-                reply,
-            } => {
-                let call = OutgoingCall {
-                    app_id,
-                    service,
-                    payload,
-                    peer,
-                    timeout_ms,
-                    deadline,
-                };
-                spawn_answer(reply, self.call(call, ctx));
-            }
+            Request::Call { call, reply } => spawn_answer(reply, self.call(call, ctx)),
             Request::Reply { request, reply } => answer(reply, self.reply(request, ctx)),
             // The sessions part opens channels (see `route_services`): never routed here.
             Request::OpenChannel { reply, .. } => answer(

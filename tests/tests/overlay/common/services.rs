@@ -11,7 +11,7 @@ use p2pos_protocols::{
     Reply, Services,
     apps::{self, ChannelStream, Session},
     ids::{PeerRef, ServiceName},
-    services::Request,
+    services::{OutgoingCall, Request},
     wire,
 };
 use tokio::task::JoinHandle;
@@ -126,12 +126,14 @@ impl Node {
             let deadline = Some(Instant::now() + T);
             registry
                 .ask::<Services, _>(|reply| Request::Call {
-                    app_id: app("client"),
-                    service,
-                    payload,
-                    peer,
-                    timeout_ms,
-                    deadline,
+                    call: OutgoingCall {
+                        app_id: app("client"),
+                        service,
+                        payload,
+                        peer,
+                        timeout_ms,
+                        deadline,
+                    },
                     reply,
                 })
                 .await

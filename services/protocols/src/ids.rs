@@ -185,9 +185,12 @@ mod tests {
             "we b",
             "wéb",
             "web/-1",
+            &"x".repeat(49),
         ] {
             assert!(ServiceName::parse_or_first(bad).is_err(), "{bad}");
         }
+        let max = "x".repeat(48);
+        assert_eq!(ok(&max), format!("{max}/1"));
         assert_eq!(
             ServiceName::parse("translate"),
             Err("it has no version (write it as name/version)")

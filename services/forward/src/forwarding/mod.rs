@@ -34,7 +34,7 @@ use tracing::{info, warn};
 pub(crate) use name::parse_service_name;
 
 use crate::Error;
-use name::{canonical, parse_loopback};
+use name::parse_loopback;
 use p2pos_protocols::ids::PeerRef;
 use tunnel::{Listener, Tunnels};
 
@@ -253,10 +253,10 @@ impl Forwarding {
     }
 
     /// Serves one channel to an exposed service: a task connects to the target and splices
-    /// the channel's frames onto the connection. `NOT_FOUND` if it is not exposed,
-    /// `RESOURCE_EXHAUSTED` when [`MAX_TUNNELS`] tunnels into it are open.
+    /// the channel's frames onto the connection (a bare name means version 1). `NOT_FOUND` if
+    /// it is not exposed, `RESOURCE_EXHAUSTED` when [`MAX_TUNNELS`] tunnels into it are open.
     pub(crate) fn serve(&self, service: &str, io: Box<dyn Duplex>) -> Result<(), Error> {
-        let service = canonical(service).into_owned();
+        let service = parse_service_name(service)?;
         let Some(exposed) = self.exposures.get(&service) else {
             return Err(Error::NotExposed(service));
         };

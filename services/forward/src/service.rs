@@ -433,16 +433,23 @@ async fn provide(registry: Registry, actor: Addr<ForwardService>) {
     }
 }
 
-/// Accepts channel `channel_id` to `service` and hands it to the actor to serve.
-async fn accept(registry: Registry, actor: Addr<ForwardService>, channel_id: u64, service: String) {
-    let accepted = registry
+/// Accepts channel `channel_id`, announced to port forwarding's session.
+async fn accept_channel(
+    registry: &Registry,
+    channel_id: u64,
+) -> Result<ChannelStream, ServiceError> {
+    registry
         .ask::<Apps, _>(|reply| apps::Request::AcceptChannel {
             app_id: forward_app(),
             channel_id,
             reply,
         })
-        .await;
-    match accepted {
+        .await
+}
+
+/// Accepts channel `channel_id` to `service` and hands it to the actor to serve.
+async fn accept(registry: Registry, actor: Addr<ForwardService>, channel_id: u64, service: String) {
+    match accept_channel(&registry, channel_id).await {
         Ok(channel) => actor.do_send(Serve { service, channel }),
         Err(e) => debug!(%service, "a forwarded channel failed: {e}"),
     }
@@ -451,14 +458,7 @@ async fn accept(registry: Registry, actor: Addr<ForwardService>, channel_id: u64
 /// Accepts channel `channel_id`, opened to port forwarding itself rather than to one of its
 /// exposures, and closes it: the opener sees it end at once.
 async fn close(registry: Registry, channel_id: u64) {
-    let accepted = registry
-        .ask::<Apps, _>(|reply| apps::Request::AcceptChannel {
-            app_id: forward_app(),
-            channel_id,
-            reply,
-        })
-        .await;
-    if let Ok(channel) = accepted {
+    if let Ok(channel) = accept_channel(&registry, channel_id).await {
         debug!(peer = %channel.peer_id, "closed a channel to port forwarding itself");
     }
 }

@@ -62,8 +62,7 @@ impl Handler<Call<Apps>> for OverlayService {
 
 impl OverlayService {
     fn open_session(&mut self, app_id: String, ctx: &mut Context<Self>) -> Fut<Session> {
-        let live: usize = self.apps.values().map(|a| a.sessions.len()).sum();
-        if live >= MAX_SESSIONS {
+        if self.directory.live() >= MAX_SESSIONS {
             return ready(Err(Error::Busy {
                 what: "live app sessions",
                 limit: MAX_SESSIONS,
@@ -72,12 +71,8 @@ impl OverlayService {
         let (tx, incoming) = mpsc::channel(SESSION_BUFFER);
         let id = self.next_session;
         self.next_session += 1;
-        self.apps
-            .entry(app_id.clone())
-            .or_default()
-            .sessions
-            .push(SessionSlot { id, tx: tx.clone() });
-        self.directory.set(&app_id, self.apps.get(&app_id));
+        self.directory
+            .open(&app_id, SessionSlot { id, tx: tx.clone() });
         // The session ends when the client drops its receiver.
         let app = app_id.clone();
         ctx.spawn(
@@ -104,34 +99,29 @@ impl OverlayService {
         // Its channels can no longer be accepted, nor (the registry hears, once the directory
         // says so) the calls announced on it answered.
         self.refuse_pending_of(id, ctx);
-        let last = self.apps.get_mut(app_id).is_some_and(|app| {
-            app.sessions.retain(|s| s.id != id);
-            app.sessions.is_empty()
-        });
-        self.directory.set(app_id, self.apps.get(app_id));
+        let last = self.directory.end(app_id, id);
         self.registry.do_send(SessionEnded(id));
         if last {
             // Its services end with its last session: the registry hears it before the app's
             // watchers do, so that whatever they ask the registry next comes after.
             self.registry.do_send(AppGone(app_id.to_owned(), id));
-            // Dropping the app's state drops its watchers' senders: they fire.
-            self.apps.remove(app_id);
+            // Dropping its watchers' senders fires them.
+            self.watchers.remove(app_id);
         }
     }
 
     fn watch_session(&mut self, app_id: &str) -> Result<oneshot::Receiver<()>, Error> {
-        match self.apps.get_mut(app_id) {
-            Some(app) if !app.sessions.is_empty() => {
-                let (tx, rx) = oneshot::channel();
-                // Senders of watchers that already fired are gone; keep the list short.
-                app.watchers.retain(|w| !w.is_closed());
-                app.watchers.push(tx);
-                Ok(rx)
-            }
-            _ => Err(Error::NoSession {
+        if !self.directory.has(app_id) {
+            return Err(Error::NoSession {
                 app_id: app_id.to_owned(),
-            }),
+            });
         }
+        let (tx, rx) = oneshot::channel();
+        let watchers = self.watchers.entry(app_id.to_owned()).or_default();
+        // Senders of watchers whose caller gave up are closed; keep the list short.
+        watchers.retain(|w| !w.is_closed());
+        watchers.push(tx);
+        Ok(rx)
     }
 
     fn open_channel(
@@ -166,12 +156,7 @@ impl OverlayService {
 
     /// `ListApps`: the session counts are the actor's; the store is read off it.
     fn list_apps(&self, only: Option<String>) -> Fut<ListAppsReply> {
-        let sessions: BTreeMap<String, usize> = self
-            .apps
-            .iter()
-            .filter(|(app, _)| only.as_ref().is_none_or(|o| o == *app))
-            .map(|(app, state)| (app.clone(), state.sessions.len()))
-            .collect();
+        let sessions: BTreeMap<String, usize> = self.directory.counts(only.as_deref());
         let mailbox = self.mailbox.clone();
         Box::pin(async move {
             let listing = move || -> Result<ListAppsReply, Error> {

@@ -20,7 +20,6 @@ use crate::{
     channel,
     counted::count,
     inbound::{InboundChannel, Refusal, refuse},
-    sessions::AppState,
     state::OverlayService,
     task::{Fut, ready},
 };
@@ -148,7 +147,7 @@ impl OverlayService {
         let Ok(permit) = self.channels.clone().try_acquire_owned() else {
             return Err((io, Unannounced::TooManyChannels));
         };
-        let Some((session_id, session)) = self.apps.get(&app_id).and_then(AppState::newest) else {
+        let Some((session_id, session)) = self.directory.newest(&app_id) else {
             return Err((io, Unannounced::NotListening));
         };
         let channel_id = match self.ctx.store.next_id() {

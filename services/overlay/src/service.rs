@@ -144,7 +144,7 @@ fn start(
             _messages_guard: messages_guard,
             opens: Arc::new(Semaphore::new(max_opens)),
             channels: Arc::new(Semaphore::new(max_channels)),
-            apps: HashMap::new(),
+            watchers: HashMap::new(),
             pending: HashMap::new(),
             next_session: 0,
             directory,

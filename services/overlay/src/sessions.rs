@@ -1,13 +1,13 @@
-//! The live sessions of each app, as the overlay actor keeps them: where incoming channels and
-//! calls are announced, and who watches for an app's last session to end.
+//! The live sessions of each app, as the sessions part keeps them and the registry reads them:
+//! where incoming channels and calls are announced.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
 };
 
 use p2pos_protocols::apps::Incoming;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Announcements (incoming channels and calls) buffered per session.
 pub(crate) const SESSION_BUFFER: usize = 64;
@@ -21,22 +21,6 @@ pub(crate) struct SessionSlot {
     pub(crate) tx: mpsc::Sender<Incoming>,
 }
 
-/// The live sessions of one app, oldest first.
-#[derive(Default)]
-pub(crate) struct AppState {
-    pub(crate) sessions: Vec<SessionSlot>,
-    /// Dropped when the last session ends (see `WatchSession`).
-    pub(crate) watchers: Vec<oneshot::Sender<()>>,
-}
-
-impl AppState {
-    /// Where to announce incoming channels and calls: the newest session still open, and its
-    /// id.
-    pub(crate) fn newest(&self) -> Option<(u64, &mpsc::Sender<Incoming>)> {
-        newest(&self.sessions)
-    }
-}
-
 fn newest(sessions: &[SessionSlot]) -> Option<(u64, &mpsc::Sender<Incoming>)> {
     sessions
         .iter()
@@ -45,30 +29,66 @@ fn newest(sessions: &[SessionSlot]) -> Option<(u64, &mpsc::Sender<Incoming>)> {
         .map(|s| (s.id, &s.tx))
 }
 
-/// The sessions part's directory of live sessions, for the service registry to read: which
-/// apps have one, and where to announce a call. Only the sessions part writes it, and it does
-/// so before it tells the registry that a session or an app is gone.
+/// The live sessions of each app, oldest first: kept by the sessions part (its only writer,
+/// which updates it before it tells the registry that a session or an app is gone) and read by
+/// the service registry (which apps have one, where to announce a call).
 #[derive(Clone, Default)]
 pub(crate) struct SessionDirectory(Arc<RwLock<HashMap<String, Vec<SessionSlot>>>>);
 
 impl SessionDirectory {
-    /// Records the live sessions of `app_id` (none: the app has gone).
-    pub(crate) fn set(&self, app_id: &str, app: Option<&AppState>) {
-        let mut apps = self.0.write().unwrap_or_else(|e| e.into_inner());
-        match app {
-            Some(app) if !app.sessions.is_empty() => {
-                apps.insert(app_id.to_owned(), app.sessions.clone());
-            }
-            _ => {
-                apps.remove(app_id);
-            }
-        }
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Vec<SessionSlot>>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The newest live session of `app_id` and where to announce to it.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<SessionSlot>>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new session of `app_id`.
+    pub(crate) fn open(&self, app_id: &str, session: SessionSlot) {
+        self.write()
+            .entry(app_id.to_owned())
+            .or_default()
+            .push(session);
+    }
+
+    /// Session `id` of `app_id` ended; true if it was the app's last.
+    pub(crate) fn end(&self, app_id: &str, id: u64) -> bool {
+        let mut apps = self.write();
+        let Some(sessions) = apps.get_mut(app_id) else {
+            return false;
+        };
+        sessions.retain(|s| s.id != id);
+        let last = sessions.is_empty();
+        if last {
+            apps.remove(app_id);
+        }
+        last
+    }
+
+    /// Live sessions, all apps together.
+    pub(crate) fn live(&self) -> usize {
+        self.read().values().map(Vec::len).sum()
+    }
+
+    /// Whether `app_id` has a live session.
+    pub(crate) fn has(&self, app_id: &str) -> bool {
+        self.read().contains_key(app_id)
+    }
+
+    /// Live sessions per app (of `only`, if given).
+    pub(crate) fn counts(&self, only: Option<&str>) -> BTreeMap<String, usize> {
+        self.read()
+            .iter()
+            .filter(|(app, _)| only.is_none_or(|o| o == app.as_str()))
+            .map(|(app, sessions)| (app.clone(), sessions.len()))
+            .collect()
+    }
+
+    /// The newest live session of `app_id` and where to announce to it: where incoming
+    /// channels and calls go.
     pub(crate) fn newest(&self, app_id: &str) -> Option<(u64, mpsc::Sender<Incoming>)> {
-        let apps = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let sessions = apps.get(app_id)?;
-        newest(sessions).map(|(id, tx)| (id, tx.clone()))
+        let apps = self.read();
+        newest(apps.get(app_id)?).map(|(id, tx)| (id, tx.clone()))
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::task::AbortOnDropHandle;
 use actix::Addr;
 use p2pos_kernel::{DeathGuard, ServiceContext};
 use p2pos_protocols::network::{Accepting, Network};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::{
     Config,
@@ -21,7 +21,7 @@ use crate::{
         actor::{ServiceRegistry, StopOnDrop},
         state::Providers,
     },
-    sessions::{AppState, SessionDirectory},
+    sessions::SessionDirectory,
 };
 
 /// The overlay actor (the sessions part): holds the overlay's tasks and the guards of its
@@ -49,12 +49,12 @@ pub struct OverlayService {
     /// One permit per channel open or waiting to be accepted, in either direction
     /// (`Config::max_channels`); a channel's byte stream holds its permit.
     pub(crate) channels: Arc<Semaphore>,
-    /// Live sessions per app.
-    pub(crate) apps: HashMap<String, AppState>,
+    /// Who watches for each app's last session to end (`WatchSession`): dropped, they fire.
+    pub(crate) watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
     /// Inbound channels announced but not yet accepted.
     pub(crate) pending: HashMap<u64, PendingChannel>,
     pub(crate) next_session: u64,
-    /// The live sessions, as the registry reads them.
+    /// The live sessions of each app (the registry reads them too).
     pub(crate) directory: SessionDirectory,
     /// The service registry: told when a session or an app is gone.
     pub(crate) registry: Addr<ServiceRegistry>,

@@ -180,7 +180,7 @@ mod tests {
             actor::{PartFailed, ServiceRegistry},
             state::State,
         },
-        sessions::{AppState, SessionDirectory, SessionSlot},
+        sessions::{SessionDirectory, SessionSlot},
     };
 
     /// Hears of a panic of the registry (none here).
@@ -218,18 +218,17 @@ mod tests {
                 registry.register(app, service, String::new())
             };
             let (tx, _incoming) = mpsc::channel(1);
-            let mut app = AppState::default();
-            app.sessions.push(SessionSlot {
+            let first = SessionSlot {
                 id: 1,
                 tx: tx.clone(),
-            });
-            sessions.set("app", Some(&app));
+            };
+            sessions.open("app", first);
             register(&mut registry, "old/1").expect("under session 1");
 
             // Session 1 ends, the app opens session 2 and registers under it; then the
             // registry hears that session 1 was the app's last.
-            app.sessions = vec![SessionSlot { id: 2, tx }];
-            sessions.set("app", Some(&app));
+            assert!(sessions.end("app", 1), "its last");
+            sessions.open("app", SessionSlot { id: 2, tx });
             register(&mut registry, "new/1").expect("under session 2");
             registry.app_gone("app", 1);
             let left: Vec<String> = registry

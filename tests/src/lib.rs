@@ -397,6 +397,11 @@ impl Chat {
         }
     }
 
+    /// Every line read so far (by [`Chat::expect_line`]).
+    pub fn printed(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Closes stdin and waits for the process to exit.
     pub fn finish(mut self, deadline: Duration) -> ExitStatus {
         self.stdin = None;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use p2pos_proto::app::v1::SendRequest;
 use p2pos_tests::{Chat, Node, p2pctl};
 
 const T: Duration = Duration::from_secs(30);
@@ -95,6 +96,48 @@ async fn lines_typed_while_the_peer_is_offline_arrive_when_it_returns() {
     chat_a.expect_line(&format!("* connected to {b_id}"), T);
     chat_a.type_line("live now");
     chat_b.expect_line("live now", T);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_copies_of_the_chat_on_one_node_each_get_every_stored_line() {
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    let b_id = b.peer_id().await;
+    let (ok, out, err) = p2pctl(&a, &["dial", &b.ticket().await]);
+    assert!(ok, "{out}{err}");
+    let mut first = Chat::start(&b, None);
+    first.expect_line("* waiting for a chat", T);
+    let mut second = Chat::start(&b, None);
+    second.expect_line("* waiting for a chat", T);
+
+    // Lines sent as stored messages (what a chat sends while the peer's chat is away).
+    let client = a.client().await;
+    for i in 1..=3 {
+        client
+            .apps()
+            .send(SendRequest {
+                app_id: "chat".into(),
+                peer: b_id.clone(),
+                payload: format!("stored line {i}").into(),
+            })
+            .await
+            .expect("send");
+    }
+    for chat in [&mut first, &mut second] {
+        for i in 1..=3 {
+            chat.expect_line(&format!("stored line {i}"), T);
+        }
+    }
+    for chat in [&first, &second] {
+        assert!(
+            !chat
+                .printed()
+                .iter()
+                .any(|l| l.contains("stopped receiving")),
+            "a copy lost its stored messages: {:?}",
+            chat.printed()
+        );
+    }
 }
 
 #[test]

@@ -9,7 +9,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 use tokio_util::task::AbortOnDropHandle;
@@ -40,6 +43,8 @@ const RECEIVE_BUFFER: usize = 4;
 const RECEIVE_BATCH: usize = 16;
 /// How long `Send` waits for the peer's acknowledgement before answering `QUEUED`.
 const SEND_WAIT: Duration = Duration::from_secs(3);
+/// `Receive` streams one app may hold open at once (each gets every message).
+pub(crate) const MAX_RECEIVES_PER_APP: usize = 8;
 /// `Send`, `Receive` and `Ack` requests served at once, all apps together; more are refused
 /// with `RESOURCE_EXHAUSTED` (each app's gRPC calls are bounded by the gateway too).
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
@@ -50,9 +55,9 @@ pub(crate) struct Messages {
     mailbox: Arc<Mailbox>,
     delivery: Delivery,
     net: Network,
-    /// The live `Receive` feeder per app; one per app id that follows its inbox, finished ones
-    /// dropped whenever another is added.
-    receivers: Arc<Mutex<HashMap<String, AbortOnDropHandle<()>>>>,
+    /// The open `Receive` streams per app, each following the app's inbox on its own;
+    /// finished ones are dropped whenever the app's list changes.
+    receivers: Arc<Mutex<HashMap<String, Vec<Follower>>>>,
     /// Requests being served.
     in_flight: Arc<Semaphore>,
     /// Cancelled when the overlay instance that owns the part goes: every task ends.
@@ -77,6 +82,20 @@ impl Messages {
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             stopping,
         };
+        // Acknowledged messages kept for streams of an earlier run: no stream has them now.
+        let mailbox = messages.mailbox.clone();
+        tokio::spawn(async move {
+            let removed = mailbox
+                .blocking(|mailbox| {
+                    mailbox.apps()?.iter().try_fold(0, |sum, app| {
+                        Ok::<_, Error>(sum + mailbox.remove_acked(app, u64::MAX)?)
+                    })
+                })
+                .await;
+            if let Err(e) = removed {
+                warn!("cannot remove acknowledged messages: {e}");
+            }
+        });
         (messages, guard)
     }
 
@@ -178,68 +197,155 @@ impl Messages {
         })
     }
 
-    /// `Receive`: a new follower of the app's inbox replaces the old one, which ends.
+    /// `Receive`: one more follower of the app's inbox, beside those already open; it starts
+    /// after the acknowledgement mark.
     async fn receive(&self, app_id: AppId) -> Result<mpsc::Receiver<ReceivedMessage>, Error> {
         let app = app_id.into_string();
         let registering = app.clone();
-        self.mailbox
-            .blocking(move |mailbox| mailbox.register_app(&registering))
+        let mark = self
+            .mailbox
+            .blocking(move |mailbox| {
+                mailbox.register_app(&registering)?;
+                mailbox.acked(&registering)
+            })
             .await?;
+        let next = Arc::new(AtomicU64::new(mark.map_or(0, |m| m.saturating_add(1))));
         let (tx, rx) = mpsc::channel(RECEIVE_BUFFER);
+        let mut receivers = self.receivers.lock().unwrap_or_else(|e| e.into_inner());
+        let open = receivers.entry(app.clone()).or_default();
+        open.retain(|follower| !follower.task.is_finished());
+        if open.len() >= MAX_RECEIVES_PER_APP {
+            return Err(Error::Busy {
+                what: "open Receive streams of this app",
+                limit: MAX_RECEIVES_PER_APP,
+            });
+        }
         let stopping = self.stopping.clone();
-        let feed = feed_inbox(app.clone(), self.mailbox.clone(), tx);
-        let feeder = AbortOnDropHandle::new(tokio::spawn(async move {
+        let feed = self.clone().follow(app, mark, next.clone(), tx);
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::select! {
                 () = feed => {}
                 () = stopping.cancelled() => {}
             }
         }));
-        let mut receivers = self.receivers.lock().unwrap_or_else(|e| e.into_inner());
-        receivers.retain(|_, feeder| !feeder.is_finished());
-        // Dropping the old feeder aborts it.
-        receivers.insert(app, feeder);
+        open.push(Follower { next, task });
         Ok(rx)
     }
 
-    /// `Ack`: the messages up to `inbox_id` leave the inbox, durably.
+    /// `Ack`: raises the app's acknowledgement mark, durably; the messages up to it leave the
+    /// inbox once every open `Receive` stream has had them.
     async fn ack(&self, app_id: AppId, inbox_id: u64) -> Result<(), Error> {
         let app = app_id.into_string();
-        // A cumulative acknowledgement may read many entries.
+        let marking = app.clone();
         self.mailbox
-            .blocking(move |mailbox| mailbox.ack(&app, inbox_id))
+            .blocking(move |mailbox| mailbox.mark_acked(&marking, inbox_id))
             .await?;
-        self.mailbox.flush().await
+        self.mailbox.flush().await?;
+        self.remove_acked(app).await
+    }
+
+    /// Removes the acknowledged messages of `app` that every open `Receive` stream has had.
+    /// Not flushed: the mark is what is durable, and a message under it is never streamed to
+    /// a new `Receive`.
+    async fn remove_acked(&self, app: String) -> Result<(), Error> {
+        // Each stream's position only grows, and a new one starts above the mark: a floor read
+        // now stays safe while the removal runs.
+        let floor = {
+            let mut receivers = self.receivers.lock().unwrap_or_else(|e| e.into_inner());
+            let open = receivers.entry(app.clone()).or_default();
+            open.retain(|follower| !follower.task.is_finished());
+            let floor = open.iter().map(|f| f.next.load(Ordering::Acquire)).min();
+            if open.is_empty() {
+                receivers.remove(&app);
+            }
+            floor
+        };
+        let upto = match floor {
+            None => u64::MAX,
+            Some(next) => match next.checked_sub(1) {
+                Some(upto) => upto,
+                None => return Ok(()),
+            },
+        };
+        self.mailbox
+            .blocking(move |mailbox| mailbox.remove_acked(&app, upto))
+            .await?;
+        Ok(())
+    }
+
+    /// Streams the inbox of `app` after `mark` into `tx`, oldest first, then new messages as
+    /// they arrive; each once, none removed here. `next` tells how far the stream has got;
+    /// acknowledged messages this stream was holding back leave the inbox as it passes them.
+    async fn follow(
+        self,
+        app: String,
+        mark: Option<u64>,
+        next: Arc<AtomicU64>,
+        tx: mpsc::Sender<ReceivedMessage>,
+    ) {
+        let mailbox = self.mailbox.clone();
+        let mut arrivals = mailbox.subscribe(&app);
+        // The inbox id of the last message handed to `tx`.
+        let mut cursor = mark;
+        loop {
+            arrivals.borrow_and_update();
+            let batch = match mailbox.inbox_after(&app, cursor, RECEIVE_BATCH) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    warn!(app, "cannot read the inbox: {e}");
+                    break;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    changed = arrivals.changed() => if changed.is_err() { break },
+                    _ = tx.closed() => break,
+                }
+                continue;
+            }
+            let mut sent = true;
+            for message in batch {
+                let inbox_id = message.inbox_id;
+                if tx.send(message).await.is_err() {
+                    sent = false;
+                    break;
+                }
+                cursor = Some(inbox_id);
+                next.store(inbox_id.saturating_add(1), Ordering::Release);
+            }
+            if !sent {
+                break;
+            }
+            self.remove_behind(&app, cursor).await;
+        }
+        // Gone: it holds nothing back any more.
+        next.store(u64::MAX, Ordering::Release);
+        self.remove_behind(&app, None).await;
+    }
+
+    /// After a stream of `app` got up to `cursor` (or ended: `None`): removes what the
+    /// acknowledgement mark covers and no open stream still needs, if the mark is above it.
+    async fn remove_behind(&self, app: &str, cursor: Option<u64>) {
+        let lagging = match (self.mailbox.acked(app), cursor) {
+            (Ok(Some(mark)), Some(cursor)) => cursor <= mark,
+            (Ok(Some(_)), None) => true,
+            (Ok(None), _) => false,
+            (Err(e), _) => {
+                warn!(app, "cannot read the acknowledgement mark: {e}");
+                false
+            }
+        };
+        if lagging && let Err(e) = self.remove_acked(app.to_owned()).await {
+            warn!(app, "cannot remove acknowledged messages: {e}");
+        }
     }
 }
 
-/// Streams the inbox of `app_id` into `tx`, oldest first, then new messages as they arrive;
-/// each once, and none removed (the app acknowledges them with `Ack`).
-async fn feed_inbox(app_id: String, mailbox: Arc<Mailbox>, tx: mpsc::Sender<ReceivedMessage>) {
-    let mut arrivals = mailbox.subscribe(&app_id);
-    // The inbox id of the last message handed to `tx`.
-    let mut cursor = None;
-    loop {
-        arrivals.borrow_and_update();
-        let batch = match mailbox.inbox_after(&app_id, cursor, RECEIVE_BATCH) {
-            Ok(batch) => batch,
-            Err(e) => {
-                warn!(app_id, "cannot read the inbox: {e}");
-                return;
-            }
-        };
-        if batch.is_empty() {
-            tokio::select! {
-                changed = arrivals.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
-            }
-            continue;
-        }
-        for message in batch {
-            let inbox_id = message.inbox_id;
-            if tx.send(message).await.is_err() {
-                return;
-            }
-            cursor = Some(inbox_id);
-        }
-    }
+/// One open `Receive` stream of an app.
+struct Follower {
+    /// Every message below this inbox id has been handed to the stream (or was acknowledged
+    /// before it opened); `u64::MAX` once it has ended.
+    next: Arc<AtomicU64>,
+    /// Feeds the stream; aborted when dropped.
+    task: AbortOnDropHandle<()>,
 }

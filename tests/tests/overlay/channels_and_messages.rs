@@ -510,3 +510,104 @@ async fn a_send_in_flight_when_the_overlay_restarts_is_queued_once() {
     let chat = apps.apps.iter().find(|app| app.app_id == "chat");
     assert_eq!(chat.map(|app| app.outbox), Some(1), "{apps:?}");
 }
+
+/// Reads `n` messages from `inbox`, in time.
+async fn read(
+    inbox: &mut tokio::sync::mpsc::Receiver<p2pos_proto::app::v1::ReceivedMessage>,
+    n: usize,
+) -> Vec<p2pos_proto::app::v1::ReceivedMessage> {
+    let mut got = Vec::with_capacity(n);
+    for i in 0..n {
+        let msg = tokio::time::timeout(T, inbox.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} did not arrive"))
+            .expect("the stream is open");
+        got.push(msg);
+    }
+    got
+}
+
+#[actix_rt::test]
+async fn every_receive_of_an_app_gets_every_message_whoever_acknowledges_it() {
+    const N: usize = 20;
+    let a = Node::boot().await;
+    let b = Node::boot().await;
+    let (b_ticket, _) = b.ticket().await;
+    let _session = b.chat_session().await;
+    a.dial(&b_ticket).await.expect("dial");
+    for i in 1..=N {
+        let sent = a
+            .send("chat", &b.peer_id(), Bytes::from(format!("line {i}")))
+            .await
+            .expect("send");
+        assert_eq!(sent.state(), DeliveryState::Delivered, "line {i}");
+    }
+
+    // Two copies of the app receive at once: the first reads everything and acknowledges
+    // it; the second has not read yet, and still gets every line, in order.
+    let mut first = b.receive("chat").await.expect("receive");
+    let mut second = b.receive("chat").await.expect("a second receive");
+    let read_first = read(&mut first, N).await;
+    b.ack("chat", read_first[N - 1].inbox_id)
+        .await
+        .expect("ack");
+    assert!(
+        b.inbox("chat").await > 0,
+        "the lines the second copy has not had yet are still stored"
+    );
+    let read_second = read(&mut second, N).await;
+    let texts = |got: &[p2pos_proto::app::v1::ReceivedMessage]| {
+        got.iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&read_first), texts(&read_second));
+    // Once the second copy has had them, the acknowledged lines leave the inbox.
+    wait_for("the acknowledged lines to leave the inbox", T, || async {
+        (b.inbox("chat").await == 0).then_some(())
+    })
+    .await;
+
+    // A copy that starts later gets only what is not acknowledged, and the earlier copies
+    // get the new line too.
+    let sent = a
+        .send("chat", &b.peer_id(), Bytes::from_static(b"after"))
+        .await
+        .expect("send");
+    assert_eq!(sent.state(), DeliveryState::Delivered);
+    let mut third = b.receive("chat").await.expect("a third receive");
+    for inbox in [&mut first, &mut second, &mut third] {
+        assert_eq!(texts(&read(inbox, 1).await), ["after"]);
+    }
+
+    // A copy that goes away holds nothing back: acknowledged while it lagged, then dropped.
+    let line = a
+        .send("chat", &b.peer_id(), Bytes::from_static(b"last"))
+        .await
+        .expect("send");
+    assert_eq!(line.state(), DeliveryState::Delivered);
+    let last = read(&mut first, 1).await;
+    read(&mut second, 1).await;
+    b.ack("chat", last[0].inbox_id).await.expect("ack");
+    drop(third);
+    wait_for("a dropped copy to hold nothing back", T, || async {
+        (b.inbox("chat").await == 0).then_some(())
+    })
+    .await;
+
+    // Each app has a bounded number of streams open at once.
+    let mut open = Vec::new();
+    let err = loop {
+        match b.receive("chat").await {
+            Ok(stream) => open.push(stream),
+            Err(err) => break err,
+        }
+        assert!(open.len() <= 16, "no limit on Receive streams");
+    };
+    assert_eq!(
+        err.code,
+        p2pos_kernel::ErrorCode::ResourceExhausted,
+        "{err:?}"
+    );
+    assert!(err.message.contains("Receive"), "{err:?}");
+}

@@ -153,9 +153,13 @@ impl Shell {
                 ))]
             }
             Event::Received(message) => self.chat.received(message),
-            Event::ReceiveEnded(reason) => {
+            Event::ReceiveEnded { reason, retry_in } => {
+                let next = match retry_in {
+                    Some(wait) => format!("; trying again in {:.1} s", wait.as_secs_f64()),
+                    None => String::new(),
+                };
                 vec![Action::Print(format!(
-                    "* stopped receiving stored messages: {reason}"
+                    "* stopped receiving stored messages: {reason}{next}"
                 ))]
             }
             Event::Opened { link, peer_id } => self.chat.opened(link, peer_id),

@@ -32,8 +32,11 @@ pub(crate) enum Event {
     SessionEnded(String),
     /// A stored message arrived.
     Received(Stored),
-    /// The receive stream ended.
-    ReceiveEnded(String),
+    /// The receive stream ended; another is tried after `retry_in`, if given.
+    ReceiveEnded {
+        reason: String,
+        retry_in: Option<std::time::Duration>,
+    },
     /// A channel opened.
     Opened { link: Link, peer_id: String },
     /// A channel did not open.
@@ -124,43 +127,81 @@ pub(crate) async fn session(mut stream: tonic::Streaming<SessionEvent>, events: 
     }
 }
 
-/// Receives stored messages for the chat app.
-pub(crate) async fn receive(mut apps: AppsClient<AuthChannel>, events: Events) {
+/// The first wait before `Receive` is tried again after its stream ended; it doubles up to
+/// [`RECEIVE_RETRY_MAX`].
+const RECEIVE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+const RECEIVE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Receives stored messages for the chat app, for as long as the chat runs: a stream the node
+/// ended (its service restarted, say) is opened again, after a wait that grows while it keeps
+/// failing; the machine drops the messages it has shown already.
+pub(crate) async fn receive(apps: AppsClient<AuthChannel>, events: Events) {
+    let mut wait = RECEIVE_RETRY;
+    loop {
+        let (reason, retry) = match receive_once(apps.clone(), &events).await {
+            None => return,
+            Some(ended) => ended,
+        };
+        let retry_in = retry.then_some(wait);
+        if events
+            .send(Event::ReceiveEnded { reason, retry_in })
+            .await
+            .is_err()
+            || !retry
+        {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RECEIVE_RETRY_MAX);
+    }
+}
+
+/// One `Receive` stream, until it ends: why, and whether another is worth trying; `None` once
+/// the chat has gone.
+async fn receive_once(
+    mut apps: AppsClient<AuthChannel>,
+    events: &Events,
+) -> Option<(String, bool)> {
     let request = ReceiveRequest {
         app_id: APP_ID.to_owned(),
     };
-    let reason = match apps.receive(request).await {
-        Err(status) => describe_status(&status),
-        Ok(response) => {
-            let mut stream = response.into_inner();
-            loop {
-                match stream.message().await {
-                    Ok(Some(ReceivedMessage {
-                        from_peer,
-                        sequence,
-                        sender_epoch,
-                        inbox_id,
-                        payload,
-                        ..
-                    })) => {
-                        let event = Event::Received(Stored {
-                            from: from_peer,
-                            epoch: sender_epoch,
-                            sequence,
-                            inbox_id,
-                            text: String::from_utf8_lossy(&payload).into_owned(),
-                        });
-                        if events.send(event).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break "the node ended the stream".to_owned(),
-                    Err(status) => break describe_status(&status),
-                }
-            }
-        }
+    // Refusals that another try would meet again.
+    let lasting = |status: &tonic::Status| {
+        matches!(
+            status.code(),
+            Code::PermissionDenied
+                | Code::InvalidArgument
+                | Code::Unauthenticated
+                | Code::Unimplemented
+        )
     };
-    let _ = events.send(Event::ReceiveEnded(reason)).await;
+    let mut stream = match apps.receive(request).await {
+        Err(status) => return Some((describe_status(&status), !lasting(&status))),
+        Ok(response) => response.into_inner(),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(ReceivedMessage {
+                from_peer,
+                sequence,
+                sender_epoch,
+                inbox_id,
+                payload,
+                ..
+            })) => {
+                let event = Event::Received(Stored {
+                    from: from_peer,
+                    epoch: sender_epoch,
+                    sequence,
+                    inbox_id,
+                    text: String::from_utf8_lossy(&payload).into_owned(),
+                });
+                events.send(event).await.ok()?;
+            }
+            Ok(None) => return Some(("the node ended the stream".to_owned(), true)),
+            Err(status) => return Some((describe_status(&status), !lasting(&status))),
+        }
+    }
 }
 
 /// Acknowledges stored messages: each time `upto` changes, every message up to its value. Ends

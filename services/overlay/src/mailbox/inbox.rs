@@ -1,5 +1,6 @@
 //! The inbox: messages offered by peers, stored at most once per (sender, epoch, sequence), read
-//! by `Receive` oldest first after a cursor, and removed only when the app acknowledges them.
+//! by `Receive` oldest first after a cursor, and removed only once the app has acknowledged them
+//! (the acknowledgement mark, durable) and every open `Receive` stream has had them.
 
 use std::sync::atomic::Ordering;
 
@@ -12,7 +13,7 @@ use prost::Message;
 use super::{INBOX, Mailbox, key, range, read_u64, u64_at};
 use crate::Error;
 
-/// Entries read per round of a cumulative acknowledgement.
+/// Entries read per round of a removal.
 const ACK_BATCH: usize = 16;
 
 /// What became of a message offered by a peer.
@@ -128,10 +129,39 @@ impl Mailbox {
         Ok(out)
     }
 
-    /// Removes every message of `app_id` with an inbox id up to `upto`: the app has them.
-    /// Answers how many were removed. Not durable until [`Mailbox::flush`]. Blocks for as long
-    /// as it takes to read them.
-    pub(crate) fn ack(&self, app_id: &str, upto: u64) -> Result<u64, Error> {
+    /// The acknowledgement mark of `app_id`: every message up to this inbox id has been
+    /// acknowledged (some may still be stored, for a `Receive` stream that has not had them
+    /// yet); `None` before the first `Ack`.
+    pub(crate) fn acked(&self, app_id: &str) -> Result<Option<u64>, Error> {
+        Ok(self
+            .store
+            .get(INBOX, &ack_key(app_id))?
+            .map(|v| read_u64(Some(v))))
+    }
+
+    /// Raises the acknowledgement mark of `app_id` to `upto` (it never goes down) and answers
+    /// the mark. Not durable until [`Mailbox::flush`].
+    pub(crate) fn mark_acked(&self, app_id: &str, upto: u64) -> Result<u64, Error> {
+        let _guard = self.lock();
+        match self.acked(app_id)? {
+            Some(mark) if mark >= upto => Ok(mark),
+            _ => {
+                self.store
+                    .insert(INBOX, &ack_key(app_id), &upto.to_be_bytes())?;
+                Ok(upto)
+            }
+        }
+    }
+
+    /// Removes the acknowledged messages of `app_id` up to `upto` (never one above the
+    /// acknowledgement mark) and answers how many. Not durable until [`Mailbox::flush`]; a
+    /// message acknowledged but not yet removed is never streamed to a new `Receive`. Blocks
+    /// for as long as it takes to read them.
+    pub(crate) fn remove_acked(&self, app_id: &str, upto: u64) -> Result<u64, Error> {
+        let Some(mark) = self.acked(app_id)? else {
+            return Ok(0);
+        };
+        let upto = upto.min(mark);
         let prefix = inbox_prefix(app_id);
         let mut removed = 0;
         loop {
@@ -147,7 +177,7 @@ impl Mailbox {
                 let _guard = self.lock();
                 let mut ops = Vec::with_capacity(keys.len());
                 for k in keys {
-                    // An acknowledgement racing this one may have taken it already.
+                    // A removal racing this one may have taken it already.
                     if self.store.get(INBOX, &k)?.is_some() {
                         ops.push(BatchOp::Remove(k));
                     }
@@ -181,6 +211,11 @@ fn seen_key(from: &PeerId, epoch: u64) -> Vec<u8> {
         k.extend_from_slice(&epoch.to_be_bytes());
     }
     k
+}
+
+/// Where the acknowledgement mark of `app_id` is kept.
+fn ack_key(app_id: &str) -> Vec<u8> {
+    key(b"a", app_id.as_bytes())
 }
 
 fn inbox_prefix(app_id: &str) -> Vec<u8> {

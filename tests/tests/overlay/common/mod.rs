@@ -224,6 +224,26 @@ impl Node {
         self.apps(|reply| Request::Receive { app_id, reply }).await
     }
 
+    /// Acknowledges every message of `app_id` up to `inbox_id`.
+    pub(crate) async fn ack(&self, app_id: &str, inbox_id: u64) -> Result<(), ServiceError> {
+        let app_id = app(app_id);
+        self.apps(|reply| Request::Ack {
+            app_id,
+            inbox_id,
+            reply,
+        })
+        .await
+    }
+
+    /// Messages stored in the inbox of `app_id`.
+    pub(crate) async fn inbox(&self, app_id: &str) -> u64 {
+        let apps = self.list_apps().await.expect("list apps");
+        apps.apps
+            .iter()
+            .find(|app| app.app_id == app_id)
+            .map_or(0, |app| app.inbox)
+    }
+
     /// Lists every app.
     pub(crate) async fn list_apps(&self) -> Result<ListAppsReply, ServiceError> {
         self.apps(|reply| Request::ListApps { only: None, reply })

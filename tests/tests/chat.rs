@@ -157,3 +157,47 @@ fn without_a_node_the_chat_says_so_in_one_line() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_with_an_unknown_peer_says_so_and_one_with_itself_is_refused() {
+    let mut a = Node::start(&[]);
+    let a_id = a.peer_id().await;
+    let stranger = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string();
+    let mut chat = Chat::start(&a, Some(&stranger));
+    let line = chat.expect_line("is unknown to your node", T);
+    assert!(line.contains("ticket"), "{line}");
+    chat.type_line("are you there?");
+    p2pos_tests::wait_for("the line to wait in A's outbox", T, || {
+        let (_, apps, _) = p2pctl(&a, &["apps", "--json"]);
+        async move { apps.contains("\"outbox\":1").then_some(()) }
+    })
+    .await;
+    drop(chat);
+
+    // Stdin stays open (the chat would finish at its end), as a person's terminal does.
+    let mut child = std::process::Command::new(p2pos_tests::bin("p2p-chat"))
+        .arg("--data-dir")
+        .arg(&a.data_dir)
+        .arg(&a_id)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run p2p-chat");
+    let _stdin = child.stdin.take();
+    let out = tokio::time::timeout(
+        T,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("the chat ends by itself")
+    .expect("join")
+    .expect("output");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("own peer id"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

@@ -313,3 +313,59 @@ async fn a_full_inbox_asks_the_sender_to_retry_and_the_rest_arrives_once_the_app
     assert_eq!(texts(&got), expected);
     outbox_drained(&client_a).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_to_a_peer_never_reached_expires_and_the_sender_hears_why() {
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let config = config_dir.path().join("p2posd.toml");
+    std::fs::write(&config, "[overlay]\nunreached_message_ttl_secs = 1\n").expect("config");
+    let mut a = Node::start(&["--config", config.to_str().expect("utf-8 path")]);
+    let mut b = Node::start(&[]);
+    register_app(&mut b, "chat").await;
+    let b_id = b.peer_id().await;
+    let client_a = a.client().await;
+    let mut events = client_a
+        .monitor()
+        .events(p2pos_proto::monitor::v1::EventsRequest {})
+        .await
+        .expect("events")
+        .into_inner();
+    dial(&client_a, b.ticket().await).await;
+    register_app(&mut a, "chat").await;
+
+    // B was reached once; then it goes away, and a line for it waits, however long it takes.
+    assert_eq!(
+        send_chat(&client_a, &b_id, "hello").await,
+        DeliveryState::Delivered
+    );
+    assert!(b.stop().await.success());
+    assert_eq!(
+        send_chat(&client_a, &b_id, "for later").await,
+        DeliveryState::Queued
+    );
+
+    // A peer id nobody has seen: queued, then dropped once the time is up, with an event.
+    let stranger = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string();
+    assert_eq!(
+        send_chat(&client_a, &stranger, "anyone?").await,
+        DeliveryState::Queued
+    );
+    let failed = tokio::time::timeout(T, async {
+        loop {
+            let event = events.next().await.expect("events open").expect("event");
+            if let Some(p2pos_proto::monitor::v1::event::Kind::MessageFailed(failed)) = event.kind {
+                break failed;
+            }
+        }
+    })
+    .await
+    .expect("a MessageFailed event");
+    assert_eq!(failed.peer_id, stranger);
+    assert_eq!(failed.app_id, "chat");
+    assert!(failed.reason.contains("never reached in 1 s"), "{failed:?}");
+    assert!(failed.reason.contains("ticket"), "{failed:?}");
+    assert_eq!(outbox(&client_a).await, 1, "the line for B still waits");
+}

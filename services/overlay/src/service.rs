@@ -3,7 +3,7 @@
 //! the registry's (`registry`, an actor of its own), but for channels to services
 //! (`service_channels`). The network itself is another service's: this one uses only its handle.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio_util::task::AbortOnDropHandle;
 
 use actix::prelude::*;
@@ -115,8 +115,12 @@ fn start(
         .unwrap_or(usize::MAX)
         .min(Semaphore::MAX_PERMITS);
     let announcer = net.announcer()?;
-    let (delivery, delivery_task) =
-        delivery::start(mailbox.clone(), net.clone(), ctx.events.clone());
+    let (delivery, delivery_task) = delivery::start(
+        mailbox.clone(),
+        net.clone(),
+        ctx.events.clone(),
+        Duration::from_secs(config.unreached_message_ttl_secs),
+    );
     let (messages, messages_guard) = Messages::new(mailbox.clone(), delivery, net.clone());
     let directory = SessionDirectory::default();
     let kernel_registry = ctx.registry.clone();

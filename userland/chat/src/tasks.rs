@@ -72,6 +72,7 @@ pub(crate) fn classify(status: &tonic::Status) -> Failure {
         | Code::Unauthenticated
         | Code::Unimplemented => Failure::Fatal(reason),
         Code::FailedPrecondition => Failure::Refused(reason),
+        Code::NotFound => Failure::Unknown(reason),
         _ => Failure::Retry(reason),
     }
 }

@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use libp2p::{PeerId, StreamProtocol};
 use libp2p_stream::OpenStreamError;
-use p2pos_kernel::EventBus;
+use p2pos_kernel::{EventBus, events::now_ms};
 use p2pos_proto::{
     monitor::v1::{MessageDelivered, MessageFailed, event::Kind},
     wire::v1::{MessageAck, MessageFrame, message_ack},
@@ -107,6 +107,8 @@ struct Shared {
     mailbox: Arc<Mailbox>,
     net: Network,
     events: EventBus,
+    /// How long a message waits for a peer never reached.
+    unreached_ttl: Duration,
 }
 
 struct Slot {
@@ -120,6 +122,7 @@ pub(crate) fn start(
     mailbox: Arc<Mailbox>,
     net: Network,
     events: EventBus,
+    unreached_ttl: Duration,
 ) -> (Delivery, tokio::task::JoinHandle<()>) {
     let (tx, commands) = mpsc::channel(COMMAND_BUFFER);
     let (reports_tx, reports) = mpsc::channel(REPORT_BUFFER);
@@ -129,6 +132,7 @@ pub(crate) fn start(
             mailbox,
             net,
             events,
+            unreached_ttl,
         }),
         commands,
         reports,
@@ -355,6 +359,11 @@ async fn deliver_to(
             Err(e) => {
                 debug!(%peer, "message delivery failed; will retry: {e}");
                 let _ = reports.send(Report::Failed { peer }).await;
+                match expire_unreached(peer, &shared).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => warn!(%peer, "cannot expire old messages: {e}"),
+                }
             }
         }
         tokio::select! {
@@ -459,9 +468,55 @@ async fn drain(
                 .await;
             shared
                 .mailbox
-                .blocking(move |mailbox| mailbox.remove_outgoing(&message))
+                .blocking(move |mailbox| mailbox.remove_answered(&peer, &message))
                 .await?;
         }
+    }
+}
+
+/// Drops the messages that waited longer than allowed for a peer never reached, each reported
+/// with a `MessageFailed` event; answers whether none is left for the peer.
+async fn expire_unreached(peer: PeerId, shared: &Shared) -> Result<bool, Error> {
+    let ttl = shared.unreached_ttl;
+    let before_ms = now_ms().saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+    loop {
+        let expired = shared
+            .mailbox
+            .blocking(move |mailbox| mailbox.expire_unreached(&peer, before_ms, BATCH))
+            .await?;
+        let more = expired.len() == BATCH;
+        for frame in &expired {
+            let reason = format!(
+                "expired: peer {peer} was never reached in {} (never seen here, and not found \
+                 in the DHT); send it again with the peer's ticket",
+                humantime_secs(ttl)
+            );
+            warn!(%peer, app_id = frame.app_id, message_id = frame.message_id, "message dropped: {reason}");
+            shared.events.publish(Kind::MessageFailed(MessageFailed {
+                peer_id: peer.to_string(),
+                app_id: frame.app_id.clone(),
+                message_id: frame.message_id,
+                reason,
+            }));
+        }
+        if !expired.is_empty() {
+            shared.mailbox.flush().await?;
+        }
+        if !more {
+            return Ok(!shared.mailbox.has_outgoing(&peer)?);
+        }
+    }
+}
+
+/// `ttl` as a person reads it: "7 days", "90 s".
+fn humantime_secs(ttl: Duration) -> String {
+    let secs = ttl.as_secs();
+    match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => {
+            format!("{} day{}", s / 86_400, if s == 86_400 { "" } else { "s" })
+        }
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{} h", s / 3_600),
+        s => format!("{s} s"),
     }
 }
 

@@ -129,9 +129,46 @@ impl Mailbox {
         Ok(out)
     }
 
-    /// Removes a message the peer has acknowledged (or refused for good).
-    pub(crate) fn remove_outgoing(&self, message: &Outgoing) -> Result<(), Error> {
+    /// Removes a message the peer has answered (stored, or refused for good), and remembers
+    /// that the peer was reached.
+    pub(crate) fn remove_answered(&self, peer: &PeerId, message: &Outgoing) -> Result<(), Error> {
+        let reached = key(b"r", &peer.to_bytes());
+        if self.store.get(OUTBOX, &reached)?.is_none() {
+            self.store
+                .insert(OUTBOX, &reached, &now_ms().to_be_bytes())?;
+        }
         self.remove_counted(OUTBOX, &message.key, &message.frame.app_id)
+    }
+
+    /// Whether `peer` has ever answered a message from this node.
+    pub(crate) fn was_reached(&self, peer: &PeerId) -> Result<bool, Error> {
+        Ok(self
+            .store
+            .get(OUTBOX, &key(b"r", &peer.to_bytes()))?
+            .is_some())
+    }
+
+    /// Drops the messages for `peer` stored before `before_ms` (Unix ms), if the peer has never
+    /// been reached, and answers them: they waited too long for a peer that may not exist.
+    /// Reads at most `limit`; the oldest come first.
+    pub(crate) fn expire_unreached(
+        &self,
+        peer: &PeerId,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageFrame>, Error> {
+        if self.was_reached(peer)? {
+            return Ok(Vec::new());
+        }
+        let mut expired = Vec::new();
+        for message in self.outgoing(peer, limit)? {
+            if message.frame.sent_at_ms >= before_ms {
+                break;
+            }
+            self.remove_counted(OUTBOX, &message.key, &message.frame.app_id)?;
+            expired.push(message.frame);
+        }
+        Ok(expired)
     }
 
     /// Messages of `app_id` waiting in the outbox, to any peer.

@@ -62,7 +62,7 @@ fn messages_are_stored_once_and_in_order() {
         Incoming::Duplicate
     );
     for message in &waiting {
-        sender.remove_outgoing(message).expect("remove");
+        sender.remove_answered(&b, message).expect("remove");
     }
     assert_eq!(sender.outbox_count("chat").expect("count"), 0);
     assert_eq!(sender.outbox_count("other").expect("count"), 0);
@@ -351,4 +351,57 @@ async fn concurrent_flushes_share_one_and_a_later_one_still_flushes() {
         store.flushes.load(std::sync::atomic::Ordering::SeqCst),
         shared + 1
     );
+}
+
+#[test]
+fn only_messages_to_a_peer_never_reached_expire_and_only_old_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, mailbox) = open(&dir, "a");
+    let (stranger, friend) = (PeerId::random(), PeerId::random());
+    for peer in [&stranger, &friend] {
+        for i in 0..3 {
+            mailbox
+                .enqueue(peer, "chat", Bytes::from(format!("m{i}")))
+                .expect("enqueue");
+        }
+    }
+    // The friend answered one message once: it was reached.
+    let first = mailbox.outgoing(&friend, 1).expect("outgoing");
+    mailbox
+        .remove_answered(&friend, &first[0])
+        .expect("answered");
+    assert!(mailbox.was_reached(&friend).expect("reached"));
+    assert!(!mailbox.was_reached(&stranger).expect("reached"));
+
+    // Nothing is older than the start of time.
+    assert!(
+        mailbox
+            .expire_unreached(&stranger, 0, 10)
+            .expect("expire")
+            .is_empty()
+    );
+    // Everything is older than the end of time: the stranger's go, two at a time, in order.
+    let expired = mailbox
+        .expire_unreached(&stranger, u64::MAX, 2)
+        .expect("expire");
+    assert_eq!(
+        expired.iter().map(|f| f.sequence).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        mailbox
+            .expire_unreached(&stranger, u64::MAX, 2)
+            .expect("expire")
+            .len(),
+        1
+    );
+    assert!(!mailbox.has_outgoing(&stranger).expect("outgoing"));
+    // The friend's wait for as long as it takes.
+    assert!(
+        mailbox
+            .expire_unreached(&friend, u64::MAX, 10)
+            .expect("expire")
+            .is_empty()
+    );
+    assert_eq!(mailbox.outbox_count("chat").expect("count"), 2);
 }

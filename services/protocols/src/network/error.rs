@@ -27,7 +27,10 @@ pub enum Error {
     #[error("{0} is this node's own peer id; name another peer")]
     SelfTarget(PeerId),
     /// No address for the peer, here or in the DHT.
-    #[error("peer {0} not found in the DHT")]
+    #[error(
+        "peer {0} is unknown here: no address of it is known and the DHT does not have it (a \
+         ticket from the peer tells this node where it is)"
+    )]
     PeerNotFound(PeerId),
     /// The peer's addresses are known but no connection could be made.
     #[error("peer {peer} is not reachable: {reason}")]

@@ -41,6 +41,16 @@ impl Chat {
         chan.open = true;
         chan.peer = Some(peer_id.clone());
         let closing = chan.closing;
+        let ours = self.dial.as_ref().is_some_and(|d| d.dialing == Some(link));
+        if ours && self.own_id.as_deref() == Some(peer_id.as_str()) {
+            // A ticket or address that names this node.
+            out.push(Action::Fail(format!(
+                "cannot chat with {}: it leads to this node itself; give the peer id or ticket \
+                 of another node",
+                self.label
+            )));
+            return out;
+        }
         if let Some(dial) = &mut self.dial {
             if dial.dialing == Some(link) {
                 dial.dialing = None;
@@ -107,10 +117,19 @@ impl Chat {
             if self.current.is_none() {
                 if !self.offline_announced {
                     self.offline_announced = true;
-                    out.push(Action::Print(format!(
-                        "* {} is offline; your lines will be delivered when it returns",
-                        self.label
-                    )));
+                    out.push(Action::Print(match failure {
+                        Failure::Unknown(_) => format!(
+                            "* {} is unknown to your node: never seen, and not found in the DHT. \
+                             Your lines wait in your node until it is reached (a node drops \
+                             messages to a peer it never reached after 7 days, by default); to \
+                             reach it now, chat with its ticket (`p2pctl ticket` on its node)",
+                            self.label
+                        ),
+                        _ => format!(
+                            "* {} is offline; your lines will be delivered when it returns",
+                            self.label
+                        ),
+                    }));
                 }
                 out.push(Action::Arm {
                     timer: Timer::Redial,

@@ -12,7 +12,15 @@ impl Chat {
         if self.own_id.is_some() {
             return out;
         }
-        if self.dial.is_some() {
+        if let Some(dial) = &self.dial {
+            if dial.peer_id.as_deref() == Some(own_id.as_str()) {
+                out.push(Action::Fail(format!(
+                    "cannot chat with {}: that is this node's own peer id; give the peer id or \
+                     ticket of another node",
+                    dial.arg
+                )));
+                return out;
+            }
             self.own_id = Some(own_id);
             self.start_open(&mut out);
         } else {
@@ -92,7 +100,7 @@ impl Chat {
                     out.push(Action::Print(format!("* not delivered ({reason}): {text}")));
                 }
             }
-            Err(Failure::Retry(reason)) => {
+            Err(Failure::Retry(reason) | Failure::Unknown(reason)) => {
                 if let Some(text) = self.in_flight.take() {
                     self.queue.push_front(text);
                 }

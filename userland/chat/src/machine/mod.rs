@@ -91,6 +91,8 @@ pub(crate) enum Timer {
 pub(crate) enum Failure {
     /// The peer or the node may come back.
     Retry(String),
+    /// The node has never seen the peer and cannot find it (`NOT_FOUND`): it may still turn up.
+    Unknown(String),
     /// The app does not run on the peer (`FAILED_PRECONDITION`): a `Send` is dropped for good,
     /// an open may succeed later.
     Refused(String),

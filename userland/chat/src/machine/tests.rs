@@ -409,3 +409,52 @@ fn empty_lines_are_frames_and_oversized_lines_are_not_sent() {
         vec![print("* line too long (at most 1 MiB); not sent")]
     );
 }
+
+#[test]
+fn chatting_with_the_own_peer_id_is_refused() {
+    let mut chat = Chat::new(Some(ME.to_owned()));
+    let actions = chat.registered(ME.to_owned());
+    assert!(
+        matches!(&actions[..], [Action::Fail(why)] if why.contains("this node's own peer id")),
+        "{actions:?}"
+    );
+    // A ticket whose peer id the chat cannot read leads to the node itself: refused once open.
+    let mut chat = Chat::new(Some("p2posnotaticket".to_owned()));
+    let link = opened_link(&chat.registered(ME.to_owned()));
+    let actions = chat.opened(link, ME.into());
+    assert!(
+        matches!(&actions[..], [Action::Fail(why)] if why.contains("this node itself")),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn an_unknown_peer_is_named_unknown_and_the_lines_wait() {
+    let (mut chat, link) = dialer();
+    chat.line("one".into());
+    let actions = chat.open_failed(
+        link,
+        Failure::Unknown("not found: peer 12D3KooWBob is unknown here".into()),
+    );
+    let printed = prints(&actions);
+    assert_eq!(printed.len(), 1, "{actions:?}");
+    assert!(
+        printed[0].contains("is unknown to your node"),
+        "{printed:?}"
+    );
+    assert!(printed[0].contains("ticket"), "{printed:?}");
+    assert!(
+        actions.contains(&Action::Send {
+            peer: BOB.into(),
+            text: "one".into()
+        }),
+        "the line waits in the node: {actions:?}"
+    );
+    assert!(
+        actions.contains(&Action::Arm {
+            timer: Timer::Redial,
+            after: REDIAL_AFTER
+        }),
+        "{actions:?}"
+    );
+}

@@ -284,3 +284,51 @@ fn python_package_unit_tests_pass() {
         text(&out.stderr)
     );
 }
+
+/// Plain `grpcio` as its docs show it (`grpc.insecure_channel("unix://" + path)`, no options):
+/// health, reflection through the v1alpha-only `grpcio-reflection` client, an `Apps` call, and
+/// every `:authority` a client may send, on the socket and on the TCP gateway
+/// (`tests/python/plain_grpcio.py`).
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_grpcio_with_default_options_reaches_the_node() {
+    let python = python();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").port()
+    };
+    let tcp = format!("127.0.0.1:{port}");
+    let mut node = Node::start(&["--gateway-tcp", &tcp]);
+    node.client().await;
+    let token = std::fs::read_to_string(node.data_dir.join("gateway.token")).expect("token");
+    let script = repo().join("tests/python/plain_grpcio.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(node.data_dir.join("gateway.sock"))
+        .arg(&tcp)
+        .arg(token.trim())
+        .env("PYTHONPATH", package_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run plain_grpcio.py");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "plain grpcio failed:\n{stdout}\n{}",
+        text(&out.stderr)
+    );
+    for check in [
+        "ok health",
+        "ok reflection v1alpha:",
+        "ok apps:",
+        "ok default authority",
+        "ok unix authority 'localhost'",
+        "ok tcp authority 'localhost'",
+    ] {
+        assert!(stdout.contains(check), "no {check:?} in:\n{stdout}");
+    }
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains("authority")).count(),
+        1 + 4 + 4,
+        "{stdout}"
+    );
+}

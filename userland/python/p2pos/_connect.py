@@ -204,12 +204,7 @@ class Connection:
     def __init__(self, target: Target, options: Optional[list] = None) -> None:
         apps, monitor, node, overlay, service, tasks = _stub_modules()
         self.target = target
-        options = list(options or [])
-        if target.grpc_target.startswith("unix:"):
-            # gRPC's default `:authority` for a unix socket is the socket's path, which the
-            # node's HTTP/2 server refuses as malformed (RST_STREAM, PROTOCOL_ERROR).
-            options.append(("grpc.default_authority", "localhost"))
-        self._raw = grpc.insecure_channel(target.grpc_target, options=options)
+        self._raw = grpc.insecure_channel(target.grpc_target, options=list(options or []))
         self.channel = (
             grpc.intercept_channel(self._raw, _BearerToken(target.token))
             if target.token

@@ -290,18 +290,44 @@ async fn a_corrupt_config_file_stops_the_node_with_a_clear_error() {
 async fn a_second_daemon_on_the_same_data_dir_is_refused_and_the_first_keeps_serving() {
     let mut first = Node::start(&[]);
     let client = first.client().await;
+    let token = std::fs::read_to_string(first.data_dir.join("gateway.token")).expect("token");
     let out = std::process::Command::new(bin("p2posd"))
         .arg("--data-dir")
         .arg(&first.data_dir)
         .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
         .output()
         .expect("run p2posd");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot open the store"), "{stderr}");
+    let says = format!(
+        "p2posd: error: another p2posd (pid {}) is using {}",
+        first.pid().expect("running"),
+        first.data_dir.display()
+    );
+    assert_eq!(stderr.trim(), says, "one line naming the first node");
     tokio::time::timeout(T, still_serving(&client))
         .await
         .expect("in time");
+    assert_eq!(
+        std::fs::read_to_string(first.data_dir.join("gateway.token")).expect("token"),
+        token,
+        "the second one touched nothing of the first's"
+    );
+
+    // The lock file outlives the node, naming a pid that is gone: it blocks nothing.
+    let old_pid = first.pid().expect("running");
+    assert!(first.stop().await.success());
+    let lock = first.data_dir.join("p2posd.lock");
+    assert_eq!(
+        std::fs::read_to_string(&lock).expect("lock file").trim(),
+        old_pid.to_string()
+    );
+    first.restart();
+    first.client().await;
+    assert_eq!(
+        std::fs::read_to_string(&lock).expect("lock file").trim(),
+        first.pid().expect("running").to_string()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

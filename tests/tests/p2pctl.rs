@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use p2pos_tests::{Node, bin, open_session, p2pctl};
+use p2pos_tests::{Node, bin, open_session, p2pctl, provide};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -122,7 +122,7 @@ fn p2pctl_with_stdin(node: &Node, args: &[&str], stdin: &[u8]) -> (bool, String,
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn send_takes_the_message_from_stdin_or_a_file() {
+async fn send_and_services_call_take_their_payload_from_stdin_or_a_file() {
     let mut a = Node::start(&[]);
     let mut b = Node::start(&[]);
     a.client().await;
@@ -170,6 +170,25 @@ async fn send_takes_the_message_from_stdin_or_a_file() {
         got.push(msg.payload.to_vec());
     }
     assert_eq!(got, [from_stdin, from_file, b"third".to_vec()]);
+
+    // `services call` reads its request the same way.
+    let provider = provide(
+        b_client.clone(),
+        "echo",
+        "echo/1",
+        "echoes",
+        |payload| Some(Ok(payload)),
+        |_| {},
+    )
+    .await;
+    std::fs::write(&file, b"from a file").expect("write");
+    let (ok, out, err) = p2pctl(&a, &["services", "call", "echo/1", "--file", path]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "from a file");
+    let (ok, out, err) = p2pctl_with_stdin(&a, &["services", "call", "echo/1", "-"], b"stdin");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "stdin");
+    provider.abort();
 
     // Too big, missing, or both text and a file: one line, non-zero exit, nothing sent.
     std::fs::write(&file, vec![b'x'; 1024 * 1024 + 1]).expect("write");

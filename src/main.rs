@@ -201,7 +201,12 @@ fn main() -> ExitCode {
     });
     if let Err(e) = booted {
         eprintln!("p2posd: error: {e}");
-        return ExitCode::from(1);
+        // Another node on this data directory is a usage error, like a bad flag.
+        let in_use = matches!(
+            e,
+            p2pos_kernel::BootError::Lock(p2pos_kernel::lock::LockError::InUse { .. })
+        );
+        return ExitCode::from(if in_use { 2 } else { 1 });
     }
     match runner.run_with_code() {
         Ok(0) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`config`]: the kernel's part of the node's configuration and its validation.
+//! - [`lock`]: one node per data directory (`p2posd.lock`, an `flock` holding the pid).
 //! - [`identity`]: the node's ed25519 key in its own 0600 file, written atomically.
 //! - [`store`]: the [`Store`](store::Store) trait, its sled implementation, a service's view
 //!   limited to its own trees, and a writer thread for best-effort writes.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod identity;
+pub mod lock;
 pub mod metrics;
 pub mod registry;
 pub mod store;

@@ -121,6 +121,9 @@ pub enum BootError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another process uses the data directory, or its lock file failed.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     /// The identity could not be loaded.
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
@@ -152,15 +155,18 @@ pub struct Kernel {
     states: watch::Sender<Vec<ServiceStatus>>,
     shutting_down: bool,
     exit_code: i32,
+    /// Held for as long as the kernel lives, which is as long as the node runs.
+    _lock: crate::lock::DataDirLock,
 }
 
 impl Kernel {
-    /// Prepares the data directory, identity, store and admin token, then starts the kernel
+    /// Prepares and locks the data directory, then the identity, store and admin token, then starts the kernel
     /// actor, which starts `children` in order. Must run inside an actix system.
     pub fn boot(config: Config, children: Vec<ChildSpec>) -> Result<KernelHandle, BootError> {
         config.validate()?;
         check_routes(&children)?;
         prepare_data_dir(&config.data_dir)?;
+        let lock = crate::lock::DataDirLock::acquire(&config.data_dir)?;
         let keypair = identity::load_or_create(&config.data_dir)?;
         let store = SledStore::open(&config.data_dir.join("store"))?;
         let admin_token = write_admin_token(&config.data_dir)?;
@@ -202,6 +208,7 @@ impl Kernel {
                 states: states_tx,
                 shutting_down: false,
                 exit_code: 0,
+                _lock: lock,
             }
         });
         Ok(KernelHandle { addr })

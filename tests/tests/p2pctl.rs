@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use p2pos_tests::{Node, bin, p2pctl};
+use p2pos_tests::{Node, bin, open_session, p2pctl, provide};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -96,4 +96,121 @@ async fn send_apps_events_and_shutdown() {
     let (ok, out, err) = p2pctl(&a, &["shutdown"]);
     assert!(ok, "{out}{err}");
     assert!(a.wait_exit(T).await.success());
+}
+
+/// Runs `p2pctl --data-dir <node> <args>` with `stdin` as its standard input.
+fn p2pctl_with_stdin(node: &Node, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(bin("p2pctl"))
+        .arg("--data-dir")
+        .arg(&node.data_dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run p2pctl");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("write stdin");
+    drop(input);
+    let out = child.wait_with_output().expect("p2pctl ends");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_and_services_call_take_their_payload_from_stdin_or_a_file() {
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    a.client().await;
+    let b_id = b.peer_id().await;
+    let b_ticket = b.ticket().await;
+    let (ok, out, err) = p2pctl(&a, &["dial", &b_ticket]);
+    assert!(ok, "{out}{err}");
+    let b_client = b.client().await;
+    let _session = open_session(&b_client, "notes").await;
+
+    // Bytes a command line could not carry: lines, a NUL, not UTF-8.
+    let from_stdin = b"two\nlines\0and \xff bytes\n".to_vec();
+    let (ok, out, err) = p2pctl_with_stdin(&a, &["send", &b_id, "notes", "-"], &from_stdin);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("delivered") || out.starts_with("queued"),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("message.bin");
+    let from_file = vec![b'x'; 1024 * 1024];
+    std::fs::write(&file, &from_file).expect("write the message file");
+    let path = file.to_str().expect("utf-8 path");
+    let (ok, out, err) = p2pctl(&a, &["send", &b_id, "notes", "--file", path, "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"message_id\""), "{out}");
+    let (ok, _, err) = p2pctl_with_stdin(&a, &["send", &b_id, "notes", "--file", "-"], b"third");
+    assert!(ok, "{err}");
+
+    let mut inbox = b_client
+        .apps()
+        .receive(p2pos_proto::app::v1::ReceiveRequest {
+            app_id: "notes".into(),
+        })
+        .await
+        .expect("receive")
+        .into_inner();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let msg = tokio::time::timeout(T, futures::StreamExt::next(&mut inbox))
+            .await
+            .expect("the messages arrive")
+            .expect("stream open")
+            .expect("message");
+        got.push(msg.payload.to_vec());
+    }
+    assert_eq!(got, [from_stdin, from_file, b"third".to_vec()]);
+
+    // `services call` reads its request the same way.
+    let provider = provide(
+        b_client.clone(),
+        "echo",
+        "echo/1",
+        "echoes",
+        |payload| Some(Ok(payload)),
+        |_| {},
+    )
+    .await;
+    std::fs::write(&file, b"from a file").expect("write");
+    let (ok, out, err) = p2pctl(&a, &["services", "call", "echo/1", "--file", path]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "from a file");
+    let (ok, out, err) = p2pctl_with_stdin(&a, &["services", "call", "echo/1", "-"], b"stdin");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "stdin");
+    provider.abort();
+
+    // Too big, missing, or both text and a file: one line, non-zero exit, nothing sent.
+    std::fs::write(&file, vec![b'x'; 1024 * 1024 + 1]).expect("write");
+    let (ok, _, err) = p2pctl(&a, &["send", &b_id, "notes", "--file", path]);
+    assert!(!ok);
+    assert!(err.contains("over the 1 MiB limit"), "{err}");
+    let missing = dir.path().join("missing");
+    let (ok, _, err) = p2pctl(
+        &a,
+        &[
+            "send",
+            &b_id,
+            "notes",
+            "--file",
+            missing.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: cannot read the payload from") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let (ok, _, err) = p2pctl(&a, &["send", &b_id, "notes", "text", "--file", path]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
 }

@@ -94,9 +94,12 @@ pub(crate) enum Command {
         peer: String,
         /// App id, e.g. chat
         app: String,
-        /// The message text (several words are joined with spaces)
-        #[arg(required = true, num_args = 1..)]
+        /// The message text (several words are joined with spaces); `-` reads it from stdin
+        #[arg(required_unless_present = "file", num_args = 1..)]
         text: Vec<String>,
+        /// Send this file's contents instead (`-`: stdin); at most 1 MiB
+        #[arg(long, value_name = "FILE", conflicts_with = "text")]
+        file: Option<PathBuf>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -136,7 +139,11 @@ pub(crate) enum ServicesCommand {
         /// The service, NAME/VERSION (e.g. translate/1)
         service: String,
         /// The request, as text; `-` reads it from stdin (at most 1 MiB)
-        payload: String,
+        #[arg(required_unless_present = "file")]
+        payload: Option<String>,
+        /// Send this file's contents as the request instead (`-`: stdin); at most 1 MiB
+        #[arg(long, value_name = "FILE", conflicts_with = "payload")]
+        file: Option<PathBuf>,
         /// The app the call is made for
         #[arg(long, value_name = "APP", default_value = "p2pctl")]
         app: String,
@@ -377,6 +384,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn send_takes_a_file_instead_of_text() {
+        let cli = Cli::parse_from(["p2pctl", "send", "peer", "chat", "--file", "m.txt"]);
+        match cli.command {
+            Command::Send { text, file, .. } => {
+                assert!(text.is_empty());
+                assert_eq!(file, Some(PathBuf::from("m.txt")));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = Cli::parse_from(["p2pctl", "send", "peer", "chat", "-"]);
+        assert!(matches!(cli.command, Command::Send { text, .. } if text == ["-"]));
+        assert!(Cli::try_parse_from(["p2pctl", "send", "peer", "chat"]).is_err());
+        assert!(
+            Cli::try_parse_from(["p2pctl", "send", "peer", "chat", "hi", "--file", "m"]).is_err(),
+            "text or a file, not both"
+        );
+    }
+
     fn add(args: &[&str]) -> AddHelper {
         let cli = Cli::parse_from(["p2pctl", "helpers", "add"].iter().chain(args));
         match cli.command {
@@ -480,12 +506,16 @@ mod tests {
             Command::Services(ServicesCommand::Call {
                 service,
                 payload,
+                file,
                 app,
                 peer,
                 timeout,
                 json,
             }) => {
-                assert_eq!((service.as_str(), payload.as_str()), ("echo/1", "hi"));
+                assert_eq!(
+                    (service.as_str(), payload.as_deref(), file),
+                    ("echo/1", Some("hi"), None)
+                );
                 assert_eq!(app, "p2pctl");
                 assert_eq!((peer, timeout, json), (None, Some(500), false));
             }

@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`cli`]: the clap definitions (global options, one variant per command).
 //! - [`commands`]: one module per command group (`node`, `overlay`, `apps`, `monitor`,
-//!   `helpers`, `services`, `forward`).
+//!   `helpers`, `services`, `forward`), and `payload`: what `send` and `services call` send,
+//!   from the command line, stdin (`-`) or a file.
 //! - [`output`]: stdout lines, tables, JSON shapes and value formatting.
 
 mod cli;

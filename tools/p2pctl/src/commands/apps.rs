@@ -43,7 +43,7 @@ pub(crate) async fn send(
     client: &Client,
     peer: &str,
     app: &str,
-    text: &str,
+    payload: Vec<u8>,
     json: bool,
 ) -> anyhow::Result<()> {
     let SendReply { message_id, state } = client
@@ -51,7 +51,7 @@ pub(crate) async fn send(
         .send(SendRequest {
             app_id: app.to_owned(),
             peer: peer.to_owned(),
-            payload: text.to_owned().into(),
+            payload: payload.into(),
         })
         .await
         .or_fail("cannot send the message")?;

@@ -8,6 +8,7 @@ mod helpers;
 mod monitor;
 mod node;
 mod overlay;
+mod payload;
 mod services;
 
 use p2pos_client::{Client, Target, describe_status};
@@ -40,8 +41,13 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             peer,
             app,
             text,
+            file,
             json,
-        } => apps::send(&client, &peer, &app, &text.join(" "), json.json).await,
+        } => {
+            let text = (!text.is_empty()).then(|| text.join(" "));
+            let payload = payload::Source::from_args(text, file).read()?;
+            apps::send(&client, &peer, &app, payload, json.json).await
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! `services`: services that apps provide to other apps (`p2pos.service.v1.Services`): list
 //! those on this node, find providers, call one.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use data_encoding::BASE64;
 use p2pos_client::Client;
@@ -10,11 +10,8 @@ use p2pos_proto::service::v1::{
 };
 use serde_json::{Value, json};
 
-use super::RpcResult;
+use super::{RpcResult, payload::Source};
 use crate::{cli::ServicesCommand, output};
-
-/// Largest call payload (the node refuses more).
-const MAX_PAYLOAD: u64 = 1024 * 1024;
 
 /// Runs one `services` command.
 pub(crate) async fn run(client: &Client, command: ServicesCommand) -> anyhow::Result<()> {
@@ -28,16 +25,13 @@ pub(crate) async fn run(client: &Client, command: ServicesCommand) -> anyhow::Re
         ServicesCommand::Call {
             service,
             payload,
+            file,
             app,
             peer,
             timeout,
             json,
         } => {
-            let payload = if payload == "-" {
-                read_stdin()?
-            } else {
-                payload.into_bytes()
-            };
+            let payload = Source::from_args(payload, file).read()?;
             let request = CallRequest {
                 app_id: app,
                 service,
@@ -135,20 +129,6 @@ async fn call(client: &Client, request: CallRequest, json: bool) -> anyhow::Resu
     }
     out.flush()?;
     Ok(())
-}
-
-/// At most [`MAX_PAYLOAD`] bytes from stdin.
-fn read_stdin() -> anyhow::Result<Vec<u8>> {
-    let mut payload = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(MAX_PAYLOAD + 1)
-        .read_to_end(&mut payload)
-        .map_err(|e| anyhow::anyhow!("cannot read the payload from stdin: {e}"))?;
-    if payload.len() as u64 > MAX_PAYLOAD {
-        anyhow::bail!("the payload on stdin is over the 1 MiB limit");
-    }
-    Ok(payload)
 }
 
 /// A service or provider as JSON: `{service, app_id, description, peer_id, local, rtt_us}`.

@@ -82,7 +82,7 @@ async fn a_stopped_provider_is_skipped_at_once() {
     let (nodes, clients, ids) = network(4).await;
     let nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
     let a = &clients[0];
-    let mut providers = vec![
+    let mut providers = [
         None,
         Some(provide_echo(clients[1].clone()).await),
         Some(provide_echo(clients[2].clone()).await),

@@ -278,6 +278,9 @@ mod tests {
             listen: "127.0.0.1:40001".into(),
             connections: 5,
             open: 1,
+            resets: 2,
+            last_reset: "no channel".into(),
+            warning: String::new(),
         }
     }
 
@@ -303,8 +306,21 @@ mod tests {
         assert_eq!(
             rows,
             [
-                vec!["FORWARD", "SERVICE", "PEER", "LISTEN", "CONNS", "OPEN"],
-                vec!["3", "web/1", "any", "127.0.0.1:40001", "5", "1"],
+                vec![
+                    "FORWARD", "SERVICE", "PEER", "LISTEN", "CONNS", "OPEN", "RESETS", "LAST",
+                    "RESET"
+                ],
+                vec![
+                    "3",
+                    "web/1",
+                    "any",
+                    "127.0.0.1:40001",
+                    "5",
+                    "1",
+                    "2",
+                    "no",
+                    "channel"
+                ],
             ]
         );
         assert_eq!(
@@ -316,6 +332,9 @@ mod tests {
                 "listen": "127.0.0.1:40001",
                 "connections": 5,
                 "open": 1,
+                "resets": 2,
+                "last_reset": "no channel",
+                "warning": "",
             })
         );
         let exposure = Exposure {
@@ -323,6 +342,8 @@ mod tests {
             target: "127.0.0.1:8080".into(),
             connections: 2,
             open: 0,
+            resets: 0,
+            last_reset: String::new(),
         };
         let text = exposures_table(std::slice::from_ref(&exposure)).trim_fmt();
         assert_eq!(
@@ -331,11 +352,18 @@ mod tests {
                 .unwrap()
                 .split_whitespace()
                 .collect::<Vec<_>>(),
-            ["web/1", "127.0.0.1:8080", "2", "0"]
+            ["web/1", "127.0.0.1:8080", "2", "0", "0"]
         );
         assert_eq!(
             exposure_json(&exposure),
-            json!({ "service": "web/1", "target": "127.0.0.1:8080", "connections": 2, "open": 0 })
+            json!({
+                "service": "web/1",
+                "target": "127.0.0.1:8080",
+                "connections": 2,
+                "open": 0,
+                "resets": 0,
+                "last_reset": "",
+            })
         );
     }
 }

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use p2pos_client::Client;
 use p2pos_proto::service::v1::{
-    ExposeRequest, ListExposuresRequest, OpenForwardRequest, WithdrawRequest,
+    ExposeRequest, ListExposuresRequest, ListForwardsRequest, OpenForwardRequest, WithdrawRequest,
 };
 use p2pos_tests::{Node, connected_peer, p2pctl, wait_for};
 use tokio::{
@@ -211,4 +211,71 @@ async fn an_exposed_http_server_is_fetched_through_a_forwarded_port() {
     let (ok, out, _) = p2pctl(&b, &["forward", "list", "--json"]);
     assert!(ok);
     assert!(!out.contains(&format!("127.0.0.1:{port}")), "{out}");
+}
+
+/// A forward to a service nobody provides: the user is warned when it opens (on p2pctl's
+/// stderr and in the node's log), and every connection it then closes is logged and counted
+/// with its reason (the forward's status, and the Prometheus counter).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forward_to_a_service_nobody_provides_warns_and_counts_its_resets() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut a = Node::start(&["--metrics", &format!("127.0.0.1:{metrics_port}")]);
+    let mut b = Node::start(&[]);
+    let client_a = a.client().await;
+    let b_id = b.peer_id().await;
+    let (ok, _, err) = p2pctl(&a, &["dial", &b.ticket().await]);
+    assert!(ok, "{err}");
+    connected_peer(&client_a, &b_id, "A connected to B").await;
+
+    let (ok, out, err) = p2pctl(&a, &["forward", "connect", &b_id, "nosuch"]);
+    assert!(ok, "opened all the same (a provider may come later): {err}");
+    assert!(
+        err.contains("warning: nobody was found to provide 'nosuch/1'"),
+        "{out}\n{err}"
+    );
+    assert!(
+        a.log().contains("nobody was found to provide"),
+        "{}",
+        a.log()
+    );
+    let listen = out
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .and_then(|w| w.rsplit(':').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+
+    // A connection: closed, and now logged and counted.
+    assert_eq!(get(listen, "/").await, None, "no provider: closed");
+    let client = &client_a;
+    let forward = wait_for(
+        "the reset counted in the forward's status",
+        T,
+        || async move {
+            let forwards = client
+                .services()
+                .list_forwards(ListForwardsRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .forwards;
+            forwards.into_iter().find(|f| f.resets >= 1)
+        },
+    )
+    .await;
+    assert!(forward.last_reset.contains("nosuch/1"), "{forward:?}");
+    assert!(
+        a.log().contains("forwarded connection reset"),
+        "{}",
+        a.log()
+    );
+    let metrics = get(metrics_port, "/metrics").await.expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"p2pos_forward_connection_resets_total{reason="no_channel"} 1"#),
+        "{metrics}"
+    );
 }

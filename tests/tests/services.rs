@@ -10,8 +10,8 @@ use p2pos_client::Client;
 use p2pos_proto::{
     app::v1::{AcceptChannel, channel_output},
     service::v1::{
-        CallRequest, FindServiceRequest, OpenServiceChannel, RegisterRequest, ServiceChannelInput,
-        service_channel_input,
+        CallRequest, FindServiceRequest, ListServicesRequest, OpenServiceChannel, RegisterRequest,
+        ServiceChannelInput, service_channel_input,
     },
 };
 use p2pos_tests::{Node, connected_peer, p2pctl, provide, wait_for};
@@ -258,13 +258,30 @@ async fn calls_go_to_another_provider_when_one_stops_and_a_local_one_first() {
     })
     .await;
     let first = first_answer(a, "one").await;
-    let (gone, other) = if first.peer_id == ids[1] {
+    let (gone, other, gone_node) = if first.peer_id == ids[1] {
         on_b.abort();
-        (&ids[1], &ids[2])
+        (&ids[1], &ids[2], &clients[1])
     } else {
         on_c.abort();
-        (&ids[2], &ids[1])
+        (&ids[2], &ids[1], &clients[2])
     };
+    // The provider has stopped once its node has ended its registration. (Until then a call
+    // may still be announced to the session its app just dropped; no node can tell whether
+    // the app saw it, so that call is UNAVAILABLE rather than sent to a second provider.)
+    wait_for(
+        "the stopped provider's node to end its registration",
+        T,
+        || async move {
+            let list = gone_node
+                .services()
+                .list_services(ListServicesRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            list.services.is_empty().then_some(())
+        },
+    )
+    .await;
     // Every call after that is answered by the other one.
     for i in 0..5 {
         let reply = a

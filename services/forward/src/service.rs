@@ -17,7 +17,7 @@ use p2pos_kernel::{
 use p2pos_proto::{
     app::v1::IncomingCall,
     service::v1::{
-        CloseForwardRequest, ExposeRequest, ReplyError, ReplyRequest, WithdrawRequest,
+        CloseForwardRequest, ExposeRequest, Forward, ReplyError, ReplyRequest, WithdrawRequest,
         reply_request,
     },
 };
@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Error,
-    forwarding::{EXPOSURES_TREE, Forwarding, Opener},
+    forwarding::{EXPOSURES_TREE, Forwarding, Opener, resets::Resets},
 };
 
 /// The service's name.
@@ -67,7 +67,8 @@ pub fn child_spec() -> ChildSpec {
 }
 
 fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, Error> {
-    let forwarding = Forwarding::load(ctx.store.clone())?;
+    let mut forwarding = Forwarding::load(ctx.store.clone())?;
+    forwarding.resets = Resets::register(&ctx.metrics);
     let registry = ctx.registry.clone();
     let service = ForwardService {
         failpoint_panic: ctx.config.panics_on_start(NAME),
@@ -254,7 +255,16 @@ impl Handler<Call<ForwardingProtocol>> for ForwardService {
             }
             Request::OpenForward { request, reply } => {
                 let opener = opener(self.registry.clone());
-                answer(reply, self.forwarding.open_forward(request, opener));
+                match self.forwarding.open_forward(request, opener) {
+                    Err(e) => answer(reply, Err::<Forward, _>(e)),
+                    Ok(mut forward) => {
+                        let registry = self.registry.clone();
+                        tokio::spawn(async move {
+                            forward.warning = check_provided(&registry, &forward).await;
+                            answer::<_, Error>(reply, Ok(forward));
+                        });
+                    }
+                }
             }
             Request::CloseForward {
                 request: CloseForwardRequest { forward_id },
@@ -349,6 +359,52 @@ async fn unregister(registry: &Registry, service: ServiceName) -> Result<(), Ser
             reply,
         })
         .await
+}
+
+/// How long opening a forward waits to learn whether anyone provides its service.
+const CHECK_TIME: Duration = Duration::from_secs(3);
+
+/// Whether anyone (the peer named, if one is) provides the service of a forward just opened:
+/// empty if so (or if the look-up did not answer in [`CHECK_TIME`]), else a warning, also
+/// logged.
+async fn check_provided(registry: &Registry, forward: &Forward) -> String {
+    let Ok(service) = ServiceName::parse_or_first(&forward.service) else {
+        return String::new();
+    };
+    let finding = registry.ask::<Services, _>(|reply| services::Request::Find {
+        service,
+        limit: 0,
+        reply,
+    });
+    let warning = match tokio::time::timeout(CHECK_TIME, finding).await {
+        Err(_) => return String::new(),
+        Ok(Err(e)) if e.code == p2pos_kernel::ErrorCode::NotFound => format!(
+            "nobody was found to provide '{}' (is the name right? `p2pctl services find {}`); \
+             each connection to {} is closed until a provider appears",
+            forward.service, forward.service, forward.listen
+        ),
+        Ok(Err(e)) => {
+            debug!(service = %forward.service, "cannot check the forward's service: {e}");
+            return String::new();
+        }
+        Ok(Ok(found)) => {
+            let peer = PeerRef::parse(&forward.peer)
+                .ok()
+                .map(|p| p.peer.to_string());
+            match peer {
+                Some(peer) if !found.providers.iter().any(|p| p.peer_id == peer) => format!(
+                    "peer {peer} was not found among the providers of '{}' ({} found); \
+                     connections to {} fail unless it provides it",
+                    forward.service,
+                    found.providers.len(),
+                    forward.listen
+                ),
+                _ => return String::new(),
+            }
+        }
+    };
+    warn!(forward_id = forward.forward_id, "{warning}");
+    warning
 }
 
 /// How a forward opens the channel of each connection: a service channel from

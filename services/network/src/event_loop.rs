@@ -33,6 +33,7 @@ use crate::{
     metrics::SwarmMetrics,
     peers::{self, PeerBook, is_dialable},
     provider_cache::ProviderCache,
+    reach::Reach,
     waiting::{PendingConnect, ProviderQuery, RecordQuery},
 };
 
@@ -86,6 +87,8 @@ pub(crate) struct EventLoop {
     pub(crate) provider_query_of: HashMap<String, kad::QueryId>,
     /// Providers found by recent look-ups.
     pub(crate) provider_cache: ProviderCache,
+    /// How providers fared, and when peers were last connected.
+    pub(crate) reach: Reach,
 }
 
 /// What the swarm task is made of.
@@ -149,6 +152,7 @@ impl EventLoop {
             provider_queries: HashMap::new(),
             provider_query_of: HashMap::new(),
             provider_cache: ProviderCache::default(),
+            reach: Reach::default(),
         }
     }
 
@@ -234,7 +238,7 @@ impl EventLoop {
                 fresh,
                 reply,
             } => self.find_providers(key, limit, wait, fresh, reply),
-            Command::ForgetProvider { key, peer } => self.forget_provider(&key, &peer),
+            Command::ProviderFared { key, peer, fared } => self.provider_fared(&key, peer, fared),
             Command::Announce { keys } => self.announce(keys),
             Command::PutRecord { key, value, reply } => self.put_record(key, value, reply),
             Command::GetRecord { key, reply } => self.get_record(key, reply),
@@ -280,6 +284,7 @@ impl EventLoop {
                     }));
                     let _ = self.net_events.send(NetEvent::Connected(peer_id));
                 }
+                self.reach.connection(peer_id, true);
                 self.on_connected(peer_id, addr);
             }
             SwarmEvent::ConnectionClosed {
@@ -293,6 +298,7 @@ impl EventLoop {
                 }
                 if num_established == 0 {
                     info!(peer = %peer_id, "peer gone");
+                    self.reach.connection(peer_id, false);
                     self.connections.remove(&peer_id);
                     self.rtt.remove(&peer_id);
                     self.agents.remove(&peer_id);

@@ -20,6 +20,8 @@
 //! - `peers`: known peers and remembered listen ports in the store.
 //! - `providers`: the keys this node announces in the DHT, and look-ups of providers.
 //! - `provider_cache`: providers found by recent look-ups, reused for a while.
+//! - `reach`: how providers fared (said "not here", not reached) and when peers were last
+//!   connected, for ranking providers.
 //! - `records`: records signed by this node, put in and got from the DHT.
 //! - `waiting`: what the swarm task waits on (connects, look-ups, record queries), and who.
 
@@ -33,6 +35,7 @@ pub mod overlay_api;
 mod peers;
 mod provider_cache;
 mod providers;
+mod reach;
 mod records;
 pub mod service;
 mod waiting;

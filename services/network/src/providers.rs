@@ -25,7 +25,9 @@ use libp2p::{
 use tokio::{sync::watch, time::Instant};
 use tracing::{debug, warn};
 
-use p2pos_protocols::network::{Error, Providers, RemoteProvider, Reply, check_key};
+use p2pos_protocols::network::{
+    Error, Fared, ProviderReach, Providers, RemoteProvider, Reply, check_key,
+};
 
 use crate::{
     event_loop::EventLoop,
@@ -129,7 +131,7 @@ impl EventLoop {
         }
         let limit = limit.max(1);
         if !fresh && let Some(found) = self.provider_cache.get(&key, limit) {
-            let providers = self.ranked(found, limit);
+            let providers = self.ranked(&key, found, limit);
             let _ = reply.send(Ok(Providers {
                 providers,
                 cached: true,
@@ -179,10 +181,15 @@ impl EventLoop {
         );
     }
 
-    /// A call or channel found that `peer` does not take calls or channels to `key` (not
-    /// provided there, or not reachable): recent look-ups no longer offer it.
-    pub(crate) fn forget_provider(&mut self, key: &str, peer: &PeerId) {
-        self.provider_cache.forget(key, peer);
+    /// How a call or channel to `peer`, a provider of `key`, fared, remembered (`reach`) for
+    /// ranking: one that said it does not provide the key, or was not reached, stays in recent
+    /// look-ups, ranked last (callers skip it or try it last); one that failed otherwise is no
+    /// longer offered by them.
+    pub(crate) fn provider_fared(&mut self, key: &str, peer: PeerId, fared: Fared) {
+        if fared == Fared::Failed {
+            self.provider_cache.forget(key, &peer);
+        }
+        self.reach.fared(key, peer, fared);
     }
 
     /// Kademlia events about providers: look-up progress, and how announcements went.
@@ -280,9 +287,13 @@ impl EventLoop {
             .into_iter()
             .partition(|w| count >= w.limit);
         query.waiters = waiting;
-        let (found, none_left) = (query.found.clone(), query.waiters.is_empty());
+        let (key, found, none_left) = (
+            query.key.clone(),
+            query.found.clone(),
+            query.waiters.is_empty(),
+        );
         for waiter in done {
-            self.answer(waiter, found.clone());
+            self.answer(&key, waiter, found.clone());
         }
         if none_left {
             self.end_provider_query(id, false);
@@ -303,15 +314,20 @@ impl EventLoop {
                 .filter(|w| !w.reply.is_closed())
                 .partition(|w| w.deadline <= now);
             query.waiters = waiting;
-            let (found, none_left) = (query.found.clone(), query.waiters.is_empty());
+            let (key, found, none_left) = (
+                query.key.clone(),
+                query.found.clone(),
+                query.waiters.is_empty(),
+            );
             for waiter in due {
-                self.answer(waiter, found.clone());
+                self.answer(&key, waiter, found.clone());
             }
             if none_left {
                 self.end_provider_query(id, false);
             }
         }
         self.provider_cache.expire();
+        self.reach.expire();
     }
 
     /// Ends look-up `id` (`complete`: it ran to its end), remembers what it found and answers
@@ -339,25 +355,28 @@ impl EventLoop {
         }
         self.provider_cache.put(&key, found.clone(), complete);
         for waiter in waiters {
-            self.answer(waiter, found.clone());
+            self.answer(&key, waiter, found.clone());
         }
     }
 
-    fn answer(&self, waiter: Waiter, found: Vec<Found>) {
-        let providers = self.ranked(found, waiter.limit);
+    fn answer(&self, key: &str, waiter: Waiter, found: Vec<Found>) {
+        let providers = self.ranked(key, found, waiter.limit);
         let _ = waiter.reply.send(Ok(Providers {
             providers,
             cached: false,
         }));
     }
 
-    /// `found` in the order callers should try them: connected peers by round-trip time
-    /// (those not measured yet last among them), then the others in the order found.
-    fn ranked(&self, found: Vec<Found>, limit: usize) -> Vec<RemoteProvider> {
+    /// `found` (providers of `key`) in the order callers should try them: connected peers by
+    /// round-trip time (those not measured yet last among them), then the others in the
+    /// order found, then those that said they do not provide it, then those not reached
+    /// (see [`ProviderReach`]).
+    fn ranked(&self, key: &str, found: Vec<Found>, limit: usize) -> Vec<RemoteProvider> {
         let mut providers: Vec<RemoteProvider> = found
             .into_iter()
             .map(|(peer, addrs)| {
                 let connected = self.swarm.is_connected(&peer);
+                let (reach, last_connected_ms) = self.reach.of(key, peer, connected);
                 RemoteProvider {
                     peer,
                     addrs,
@@ -365,10 +384,18 @@ impl EventLoop {
                     rtt: connected
                         .then(|| self.rtt.get(&peer).map(|(rtt, _)| *rtt))
                         .flatten(),
+                    reach,
+                    last_connected_ms,
                 }
             })
             .collect();
-        providers.sort_by_key(|p| (!p.connected, p.rtt.is_none(), p.rtt));
+        let class = |reach: ProviderReach| match reach {
+            ProviderReach::Connected => 0,
+            ProviderReach::Recently | ProviderReach::NotRecently => 1,
+            ProviderReach::NotProviding => 2,
+            ProviderReach::Unreached => 3,
+        };
+        providers.sort_by_key(|p| (class(p.reach), p.rtt.is_none(), p.rtt));
         providers.truncate(limit);
         providers
     }

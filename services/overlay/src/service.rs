@@ -262,11 +262,11 @@ impl OverlayService {
             move |peer, stream| serve_messages(peer, stream, mailbox.clone(), events.clone()),
             p2pos_protocols::network::accept::drop_stream,
         )?;
-        let actor = self.registry.clone().recipient();
+        let (actor, net) = (self.registry.clone().recipient(), self.net.clone());
         let calls = self.net.accept(
             CALL_PROTOCOL,
             CALL_STREAMS,
-            move |peer, stream| serve_call(peer, stream, actor.clone()),
+            move |peer, stream| serve_call(peer, stream, actor.clone(), net.clone()),
             |peer, stream, overflow| {
                 let why = format!("too many calls in progress: {overflow}; try again later");
                 Some(refuse_call(peer, stream, why))

@@ -8,8 +8,10 @@
 //! - `name`: service names (shared with the registry) and loopback addresses.
 //! - `tunnel`: tunnel counts, the exposure's end of a tunnel and the forward's accept loop.
 //! - `splice`: TCP bytes ⇄ length-delimited frames, half-close in each direction.
+//! - `resets`: connections ended before their time, logged and counted.
 
 mod name;
+pub(crate) mod resets;
 mod splice;
 #[cfg(test)]
 mod tests;
@@ -36,6 +38,7 @@ pub(crate) use name::parse_service_name;
 use crate::Error;
 use name::parse_loopback;
 use p2pos_protocols::ids::PeerRef;
+use resets::Resets;
 use tunnel::{Listener, Tunnels};
 
 /// Store tree of the exposures: service name → [`Exposure`] (protobuf; counters zero).
@@ -63,6 +66,8 @@ pub(crate) struct Forwarding {
     last_write: Shared<BoxFuture<'static, ()>>,
     exposures: BTreeMap<String, Exposed>,
     forwards: BTreeMap<u64, Listening>,
+    /// The node-wide counter of resets (set by the service once its metrics are registered).
+    pub(crate) resets: Resets,
 }
 
 /// One exposure.
@@ -107,6 +112,7 @@ impl Forwarding {
             last_write: futures::future::ready(()).boxed().shared(),
             exposures,
             forwards: BTreeMap::new(),
+            resets: Resets::default(),
         })
     }
 
@@ -166,6 +172,8 @@ impl Forwarding {
             target: target_addr.to_string(),
             connections: 0,
             open: 0,
+            resets: 0,
+            last_reset: String::new(),
         }
         .encode_to_vec();
         let exposed = self
@@ -260,11 +268,16 @@ impl Forwarding {
         let Some(exposed) = self.exposures.get(&service) else {
             return Err(Error::NotExposed(service));
         };
+        let exposed_target = exposed.target;
         let permit = exposed.tunnels.admit().ok_or(Error::Busy {
             what: "tunnels into one exposed service",
             limit: MAX_TUNNELS,
         })?;
-        tokio::spawn(tunnel::to_target(service, exposed.target, io, permit));
+        let tunnels = exposed.tunnels.clone();
+        let resets = self.resets.clone();
+        tokio::spawn(async move {
+            tunnel::to_target(service, exposed_target, io, permit, &tunnels, &resets).await;
+        });
         Ok(())
     }
 
@@ -310,6 +323,7 @@ impl Forwarding {
             peer: peer.clone(),
             opener,
             tunnels: tunnels.clone(),
+            resets: self.resets.clone(),
         })));
         let listening = Listening {
             service,
@@ -349,17 +363,21 @@ impl Forwarding {
 
 impl Exposed {
     fn info(&self, service: String) -> Exposure {
+        let (resets, last_reset) = self.tunnels.resets.get();
         Exposure {
             service,
             target: self.target.to_string(),
             connections: self.tunnels.total(),
             open: self.tunnels.open(),
+            resets,
+            last_reset,
         }
     }
 }
 
 impl Listening {
     fn info(&self, forward_id: u64) -> Forward {
+        let (resets, last_reset) = self.tunnels.resets.get();
         Forward {
             forward_id,
             service: self.service.clone(),
@@ -367,6 +385,9 @@ impl Listening {
             listen: self.listen.to_string(),
             connections: self.tunnels.total(),
             open: self.tunnels.open(),
+            resets,
+            last_reset,
+            warning: String::new(),
         }
     }
 }
@@ -389,6 +410,8 @@ fn decode(key: &[u8], value: &[u8]) -> Result<(String, SocketAddr), String> {
         target,
         connections: _,
         open: _,
+        resets: _,
+        last_reset: _,
     } = Exposure::decode(value).map_err(|e| e.to_string())?;
     let service = parse_service_name(&service).map_err(|e| e.to_string())?;
     if service.as_bytes() != key {

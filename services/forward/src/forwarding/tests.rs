@@ -381,6 +381,7 @@ async fn a_full_forward_closes_new_connections_at_once() {
         peer: String::new(),
         opener,
         tunnels: tunnels.clone(),
+        resets: super::resets::Resets::default(),
     })));
     let _first = TcpStream::connect(listen).await.expect("first");
     until("the first tunnel", || tunnels.open() == 1).await;
@@ -550,6 +551,7 @@ async fn an_unreadable_record_is_skipped_and_kept() {
         target: "127.0.0.1:80".into(),
         connections: 0,
         open: 0,
+        ..Exposure::default()
     };
     store
         .insert(EXPOSURES_TREE, b"good/1", &good.encode_to_vec())

@@ -17,9 +17,13 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
-use super::{Opener, splice::splice};
+use super::{
+    Opener,
+    resets::{Counted, Reason, Resets},
+    splice::splice,
+};
 use crate::Error;
 
 /// How long connecting to an exposed target may take.
@@ -34,6 +38,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub(super) struct Tunnels {
     total: AtomicU64,
+    /// Connections reset.
+    pub(super) resets: Counted,
     open: Arc<Semaphore>,
     limit: usize,
 }
@@ -43,6 +49,7 @@ impl Tunnels {
     pub(super) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             total: AtomicU64::new(0),
+            resets: Counted::default(),
             open: Arc::new(Semaphore::new(limit)),
             limit,
         })
@@ -73,30 +80,43 @@ impl Tunnels {
 }
 
 /// The exposure's end of one tunnel: connects to `target` and splices the channel `io` onto
-/// the connection. A target that cannot be reached closes the channel.
+/// the connection. A target that cannot be reached closes the channel. A tunnel that does not
+/// end cleanly is a reset of `tunnels`, logged and counted in `resets`.
 pub(super) async fn to_target(
     service: String,
     target: SocketAddr,
     mut io: Box<dyn Duplex>,
     permit: OwnedSemaphorePermit,
+    tunnels: &Tunnels,
+    resets: &Resets,
 ) {
     let _open = permit;
+    let reset = |reason: Reason, why: String| {
+        warn!(%service, %target, reason = reason.label(), "forwarded connection reset: {why}");
+        tunnels.resets.reset(resets, reason, why);
+    };
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
-            debug!(%service, %target, "cannot connect to the exposed target: {e}");
+            reset(
+                Reason::TargetUnreachable,
+                format!("cannot connect to the exposed target {target}: {e}"),
+            );
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
             return;
         }
         Err(_) => {
-            debug!(%service, %target, "no connection to the exposed target within {CONNECT_TIMEOUT:?}");
+            reset(
+                Reason::TargetUnreachable,
+                format!("no connection to the exposed target {target} within {CONNECT_TIMEOUT:?}"),
+            );
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
             return;
         }
     };
     match splice(tcp, io).await {
         Ok(()) => debug!(%service, %target, "tunnel closed"),
-        Err(e) => debug!(%service, %target, "tunnel broke: {e}"),
+        Err(e) => reset(Reason::Broke, format!("the tunnel broke: {e}")),
     }
 }
 
@@ -121,6 +141,8 @@ pub(super) struct Listener {
     pub(super) opener: Opener,
     /// The forward's tunnels.
     pub(super) tunnels: Arc<Tunnels>,
+    /// The node-wide counter of resets.
+    pub(super) resets: Resets,
 }
 
 /// A forward's accept loop: each connection (while fewer than the limit are open; beyond, it
@@ -134,6 +156,7 @@ pub(super) async fn accept_loop(listener: Listener) {
         peer,
         opener,
         tunnels,
+        resets,
     } = listener;
     // Connections that arrive together wait for their turn to open a channel rather than
     // fail: the node opens a few channels at a time, and a peer answers a few handshakes of
@@ -149,16 +172,17 @@ pub(super) async fn accept_loop(listener: Listener) {
             }
         };
         let Some(permit) = tunnels.admit() else {
-            debug!(
-                forward_id,
-                %from,
-                "{} tunnels are open (the limit); closing the connection",
+            let why = format!(
+                "{} tunnels are open (the limit); the connection is closed",
                 tunnels.limit()
             );
+            warn!(forward_id, %from, %service, "forwarded connection reset: {why}");
+            tunnels.resets.reset(&resets, Reason::TooMany, why);
             drop(tcp);
             continue;
         };
         let (opener, opening) = (opener.clone(), opening.clone());
+        let (tunnels, resets) = (tunnels.clone(), resets.clone());
         let (service, peer) = (service.clone(), peer.clone());
         tokio::spawn(async move {
             let _open = permit;
@@ -181,14 +205,20 @@ pub(super) async fn accept_loop(listener: Listener) {
             let channel = match opened {
                 Ok(channel) => channel,
                 Err(e) => {
-                    debug!(forward_id, %from, %service, "cannot open a channel for the connection: {e}");
+                    let why = format!("no channel to '{service}' could be opened: {e}");
+                    warn!(forward_id, %from, "forwarded connection reset: {why}");
+                    tunnels.resets.reset(&resets, Reason::NoChannel, why);
                     return;
                 }
             };
             let peer_id = channel.peer_id.clone();
             match splice(tcp, channel.io).await {
                 Ok(()) => debug!(forward_id, %from, %service, %peer_id, "tunnel closed"),
-                Err(e) => debug!(forward_id, %from, %service, %peer_id, "tunnel broke: {e}"),
+                Err(e) => {
+                    let why = format!("the tunnel to peer {peer_id} broke: {e}");
+                    warn!(forward_id, %from, %service, "forwarded connection reset: {why}");
+                    tunnels.resets.reset(&resets, Reason::Broke, why);
+                }
             }
         });
     }

@@ -22,7 +22,7 @@ use p2pos_proto::{
 };
 use p2pos_protocols::{
     apps::Incoming,
-    network::InboundStream,
+    network::{Fared, InboundStream, Network},
     wire::{read_message, write_message},
 };
 use tokio::{
@@ -36,6 +36,7 @@ use super::{
     call::{CALL_TAKEN, CallIn, Delivered, InboundCall, MAX_CALL_TIME, UNKNOWN, code},
     names::{validate_payload, validate_service},
     state::PendingCall,
+    state::service_key,
 };
 use crate::{
     Error,
@@ -123,6 +124,9 @@ impl ServiceRegistry {
         let Some((session, tx)) = self.sessions.newest(&app_id) else {
             return Err(not_here(service));
         };
+        if from_peer != local {
+            self.services.callers.called(&service, from_peer);
+        }
         let call_id = self.store.next_id()?;
         let deadline_ms = now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(0));
         let announce = IncomingCall {
@@ -238,8 +242,15 @@ impl ServiceRegistry {
 }
 
 /// Serves one `/p2pos/call/2` stream: reads the call, has the actor announce it, and writes
-/// the answer (the provider's, or this node's refusal) before closing.
-pub(crate) async fn serve_call(peer: PeerId, stream: InboundStream, actor: Recipient<InboundCall>) {
+/// the answer (the provider's, or this node's refusal) before closing. A withdrawal notice
+/// (the peer no longer provides a service) goes to the network's ranking of providers and is
+/// answered OK.
+pub(crate) async fn serve_call(
+    peer: PeerId,
+    stream: InboundStream,
+    actor: Recipient<InboundCall>,
+    net: Network,
+) {
     let stream_max_frame = stream.max_frame();
     let mut io = stream.compat();
     if let Err(e) = take(&mut io).await {
@@ -255,7 +266,12 @@ pub(crate) async fn serve_call(peer: PeerId, stream: InboundStream, actor: Recip
     };
     let answer = match checked(peer, frame) {
         Err(e) => node_error(e),
-        Ok(call) => {
+        Ok(Checked::Withdrawn(service)) => {
+            debug!(%peer, %service, "the peer no longer provides the service");
+            net.provider_fared(&service_key(&service), peer, Fared::NotProviding);
+            CallAnswer::default()
+        }
+        Ok(Checked::Call(call)) => {
             let limit = call.timeout + ANSWER_GRACE;
             let service = call.service.clone();
             match actor.send(InboundCall(call)).await {
@@ -341,15 +357,27 @@ fn answer_of(
     }
 }
 
-/// A remote call as the actor takes it, or why it is refused.
-fn checked(from_peer: PeerId, frame: CallFrame) -> Result<CallIn, Error> {
+/// What a `/p2pos/call/2` stream brought, checked.
+enum Checked {
+    /// A call, as the actor takes it.
+    Call(CallIn),
+    /// The peer no longer provides this service.
+    Withdrawn(String),
+}
+
+/// A remote call as the actor takes it (or a withdrawal notice), or why it is refused.
+fn checked(from_peer: PeerId, frame: CallFrame) -> Result<Checked, Error> {
     let CallFrame {
         service,
         from_app,
         payload,
         timeout_ms,
+        withdrawn,
     } = frame;
     validate_service(&service)?;
+    if withdrawn {
+        return Ok(Checked::Withdrawn(service));
+    }
     validate_app_id(&from_app)?;
     validate_payload("a call payload", payload.len())?;
     if timeout_ms == 0 {
@@ -358,13 +386,13 @@ fn checked(from_peer: PeerId, frame: CallFrame) -> Result<CallIn, Error> {
             after: Duration::ZERO,
         });
     }
-    Ok(CallIn {
+    Ok(Checked::Call(CallIn {
         service,
         from_peer,
         from_app,
         payload,
         timeout: Duration::from_millis(u64::from(timeout_ms)).min(MAX_CALL_TIME),
-    })
+    }))
 }
 
 /// This node's own answer to a call no app saw.
@@ -420,10 +448,20 @@ mod tests {
             from_app: "client".into(),
             payload: Bytes::from(vec![0u8; payload]),
             timeout_ms,
+            withdrawn: false,
         };
         let peer = PeerId::random();
-        let call = checked(peer, frame("echo/1", 3, 120_000)).expect("valid");
+        let Ok(Checked::Call(call)) = checked(peer, frame("echo/1", 3, 120_000)) else {
+            panic!("a valid call");
+        };
         assert_eq!(call.timeout, MAX_CALL_TIME, "clamped to 60 s");
+        let mut notice = frame("echo/1", 0, 0);
+        notice.withdrawn = true;
+        notice.from_app = String::new();
+        assert!(matches!(
+            checked(peer, notice),
+            Ok(Checked::Withdrawn(s)) if s == "echo/1"
+        ));
         let refused = |f| node_error(checked(peer, f).err().expect("refused")).code;
         assert_eq!(refused(frame("echo", 3, 100)), 3);
         assert_eq!(

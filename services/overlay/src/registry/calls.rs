@@ -260,6 +260,7 @@ async fn call_remote(
             from_app: call.from_app.clone(),
             payload: call.payload.clone(),
             timeout_ms: u32::try_from(left().as_millis()).unwrap_or(u32::MAX).max(1),
+            withdrawn: false,
         };
         // Reached: sending the call may take the time left (a large payload on a slow link).
         // Then the far side says it took the stream; a stream reset or ended before that was

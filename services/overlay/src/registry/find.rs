@@ -6,10 +6,10 @@ use std::{future::Future, time::Duration};
 
 use libp2p::{Multiaddr, PeerId};
 use p2pos_kernel::ErrorCode;
-use p2pos_proto::service::v1::{FindServiceReply, ServiceInfo};
+use p2pos_proto::service::v1::{FindServiceReply, Reachability, ServiceInfo};
 use p2pos_protocols::{
     ids::ServiceName,
-    network::{Network, Providers},
+    network::{Fared, Network, ProviderReach, Providers},
 };
 use tokio::time::Instant;
 use tracing::debug;
@@ -21,6 +21,9 @@ use crate::{Error, registry::actor::ServiceRegistry, task::Fut};
 const FIND_WAIT: Duration = Duration::from_secs(10);
 /// How long a call or a channel waits for the DHT to name providers, at most.
 pub(crate) const CANDIDATES_WAIT: Duration = Duration::from_secs(5);
+/// How long a call or a channel waits for a second, fresh look-up once every provider of a
+/// recent one failed.
+const RELOOKUP_WAIT: Duration = Duration::from_secs(2);
 /// Most remote providers one call or channel tries.
 pub(crate) const MAX_TRIES: usize = 8;
 /// Providers `FindService` answers when the request says 0.
@@ -74,7 +77,13 @@ impl ServiceRegistry {
                     .map_err(Error::from)
                 {
                     Ok(remote) => {
-                        providers.extend(remote.providers.into_iter().map(|p| ServiceInfo {
+                        // Those that said they do not provide it (any more) are left out while
+                        // that is believed: their DHT records outlive them by minutes.
+                        let remote = remote
+                            .providers
+                            .into_iter()
+                            .filter(|p| p.reach != ProviderReach::NotProviding);
+                        providers.extend(remote.map(|p| ServiceInfo {
                             service: service.clone(),
                             // The DHT names the node only: the app and description stay empty.
                             app_id: String::new(),
@@ -84,6 +93,8 @@ impl ServiceRegistry {
                             rtt_us: p.rtt.map_or(0, |rtt| {
                                 u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX).max(1)
                             }),
+                            reachability: reachability(p.reach).into(),
+                            last_reached_ms: p.last_connected_ms,
                         }))
                     }
                     Err(Error::DhtDisabled) => {
@@ -98,6 +109,18 @@ impl ServiceRegistry {
             }
             Ok(FindServiceReply { providers })
         })
+    }
+}
+
+/// A remote provider's standing as `FindService` shows it.
+fn reachability(reach: ProviderReach) -> Reachability {
+    match reach {
+        ProviderReach::Connected => Reachability::Connected,
+        ProviderReach::Recently => Reachability::Recently,
+        ProviderReach::NotRecently => Reachability::NotRecently,
+        ProviderReach::Unreached => Reachability::Unreachable,
+        // Left out of the answer; if shown, it is as good as not reached.
+        ProviderReach::NotProviding => Reachability::NotRecently,
     }
 }
 
@@ -159,7 +182,14 @@ where
         if left.is_zero() {
             return Err(timed_out());
         }
-        let found = remote_providers(net, service, left.min(CANDIDATES_WAIT), fresh).await?;
+        // A second look-up only adds providers found since the first: a DHT that answers
+        // at all does so in well under RELOOKUP_WAIT (it waits longer only on peers that do
+        // not answer, such as the provider that just failed).
+        let wait = match fresh {
+            false => CANDIDATES_WAIT,
+            true => RELOOKUP_WAIT,
+        };
+        let found = remote_providers(net, service, left.min(wait), fresh).await?;
         let candidates: Vec<_> = found
             .providers
             .into_iter()
@@ -179,12 +209,28 @@ where
                 false => until,
             };
             tried.push(provider.peer);
+            let key = service_key(service);
+            if provider.reach == ProviderReach::Unreached {
+                // Tried less than 30 s ago, in vain: not again yet (it would only time out).
+                let e = Error::Unreachable {
+                    peer: provider.peer,
+                    reason: "it could not be reached less than 30 s ago (skipped until then)"
+                        .into(),
+                };
+                failures.push((format!("peer {}", provider.peer), e));
+                continue;
+            }
             match attempt(provider.peer, provider.addrs, reach_by).await {
-                Attempt::Done(result) => return result,
+                Attempt::Done(result) => {
+                    if result.is_ok() {
+                        net.provider_fared(&key, provider.peer, Fared::Served);
+                    }
+                    return result;
+                }
                 Attempt::Next(e) => {
                     debug!(peer = %provider.peer, %service, "provider not usable: {e}");
-                    if !is_busy(&e) {
-                        net.forget_provider(&service_key(service), provider.peer);
+                    if let Some(fared) = fared(&e) {
+                        net.provider_fared(&key, provider.peer, fared);
                     }
                     failures.push((format!("peer {}", provider.peer), e));
                 }
@@ -197,6 +243,22 @@ where
         fresh = true;
     }
     Err(none_worked(service.to_owned(), failures))
+}
+
+/// What a provider's failure `e` (before any app saw the request) says about it: nothing when
+/// it was only busy.
+fn fared(e: &Error) -> Option<Fared> {
+    match e {
+        _ if is_busy(e) => None,
+        Error::NotProvidedThere { .. } => Some(Fared::NotProviding),
+        Error::Provider { code: c, .. } if *c == code(ErrorCode::NotFound) => {
+            Some(Fared::NotProviding)
+        }
+        Error::Unreachable { .. } | Error::PeerNotFound(_) | Error::Timeout { .. } => {
+            Some(Fared::Unreached)
+        }
+        _ => Some(Fared::Failed),
+    }
 }
 
 /// Whether `e` says the provider (or this node) was only busy: it still provides the service.

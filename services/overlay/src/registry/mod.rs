@@ -20,7 +20,9 @@
 //! - `calls`: the calling side of `Call`: local delivery or `/p2pos/call/2`.
 //! - `slots`: the calls in flight to each peer, bounded.
 //! - `answers`: the providing side: calls announced to a session until answered with `Reply`
-//!   or expired, and the server of `/p2pos/call/2`.
+//!   or expired, and the server of `/p2pos/call/2` (withdrawal notices from providers too).
+//! - `withdraw`: the peers that called each service provided here recently, told when it
+//!   stops.
 //!
 //! No part imports another that imports it back: `state` and `call` import no other part.
 
@@ -34,6 +36,7 @@ mod protocol;
 mod provide;
 mod slots;
 pub(crate) mod state;
+mod withdraw;
 
 pub(crate) use answers::{CALL_STREAM_IDLE, refuse_call, serve_call};
 pub(crate) use call::CALL_PROTOCOL;

@@ -93,6 +93,7 @@ impl ServiceRegistry {
                 self.services.registrations.remove(&service);
                 info!(%service, %app_id, "service unregistered");
                 self.publish_services();
+                self.services.callers.withdrawn(&service, &self.net);
                 Ok(())
             }
             _ => Err(Error::NotRegistered { app_id, service }),
@@ -128,6 +129,8 @@ impl ServiceRegistry {
             peer_id: self.net.local_peer_id().to_string(),
             local: true,
             rtt_us: 0,
+            reachability: 0,
+            last_reached_ms: 0,
         }
     }
 
@@ -153,13 +156,20 @@ impl ServiceRegistry {
     /// The last session of `app_id`, `last`, ended: its services end with it, those registered
     /// under `last` or before (not those made under a session opened since).
     pub(crate) fn app_gone(&mut self, app_id: &str, last: u64) {
-        let before = self.services.registrations.len();
-        self.services
-            .registrations
-            .retain(|_, r| r.app_id != app_id || r.session > last);
-        if self.services.registrations.len() != before {
+        let mut ended = Vec::new();
+        self.services.registrations.retain(|service, r| {
+            let keep = r.app_id != app_id || r.session > last;
+            if !keep {
+                ended.push(service.clone());
+            }
+            keep
+        });
+        if !ended.is_empty() {
             info!(app_id, "the app's last session ended: its services end");
             self.publish_services();
+            for service in ended {
+                self.services.callers.withdrawn(&service, &self.net);
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use p2pos_proto::wire::v1::CallAnswer;
 use p2pos_protocols::network::Announcer;
 use tokio::sync::oneshot;
 
-use super::slots::PeerSlots;
+use super::{slots::PeerSlots, withdraw::RecentCallers};
 
 /// Most services registered by apps on one node (port forwarding's exposures not counted).
 pub(crate) const MAX_REGISTRATIONS: usize = 256;
@@ -42,6 +42,8 @@ pub(crate) struct State {
     pub(crate) announcer: Announcer,
     /// Calls in flight from this node to each peer.
     pub(crate) slots: Arc<PeerSlots>,
+    /// Peers that called each service provided here recently: told when it stops.
+    pub(crate) callers: RecentCallers,
 }
 
 /// Who provides a registered service.
@@ -60,6 +62,7 @@ impl State {
             calls: HashMap::new(),
             announcer,
             slots: Arc::new(PeerSlots::default()),
+            callers: RecentCallers::default(),
         }
     }
 }

@@ -86,13 +86,15 @@ pub enum Command {
         /// The providers.
         reply: Reply<Providers>,
     },
-    /// `peer` turned out not to provide `key` (any more), or not to be reachable: recent
-    /// look-ups stop offering it.
-    ForgetProvider {
+    /// How a call or channel to `peer`, a provider of `key`, fared: one that failed is no
+    /// longer offered by recent look-ups, and ranked (or left out) as [`ProviderReach`] says.
+    ProviderFared {
         /// The DHT key.
         key: String,
         /// The provider.
         peer: PeerId,
+        /// How it fared.
+        fared: Fared,
     },
     /// Provide exactly the keys `keys` holds (with every other announcer's), for as long as its
     /// sender lives.
@@ -174,6 +176,41 @@ pub struct RemoteProvider {
     pub connected: bool,
     /// The last ping round-trip time, when connected and measured.
     pub rtt: Option<Duration>,
+    /// How it stands, as this node knows from its own calls, channels and connections.
+    pub reach: ProviderReach,
+    /// When this node was last connected to it, in ms since the Unix epoch (now when
+    /// connected); 0 if not in the last 5 minutes.
+    pub last_connected_ms: u64,
+}
+
+/// How a provider found in the DHT stands, best first (providers are ranked in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProviderReach {
+    /// Connected now.
+    Connected,
+    /// Not connected now; connected within the last 5 minutes.
+    Recently,
+    /// Not connected in the last 5 minutes (or never): its record may be stale.
+    NotRecently,
+    /// It said less than 30 s ago that it does not provide the key (its record is stale, or
+    /// it stopped): tried only after every other provider.
+    NotProviding,
+    /// Reaching it failed less than 30 s ago, and no connection to it opened since: calls and
+    /// channels do not try it again until then.
+    Unreached,
+}
+
+/// How a call or channel to a provider fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fared {
+    /// It was served there.
+    Served,
+    /// The provider's node said it does not provide the key (or said it stopped providing it).
+    NotProviding,
+    /// The provider could not be reached (no connection, no stream, no answer in time).
+    Unreached,
+    /// Anything else that kept it from serving (it is only no longer offered from the cache).
+    Failed,
 }
 
 /// What the network tells those who follow it.
@@ -413,12 +450,13 @@ impl Network {
         }
     }
 
-    /// `peer` did not serve `key`: recent look-ups stop offering it. Dropped if the swarm task
-    /// is busy (the entry then lasts its 30 s).
-    pub fn forget_provider(&self, key: &str, peer: PeerId) {
-        let _ = self.commands.try_send(Command::ForgetProvider {
+    /// How a call or channel to `peer`, a provider of `key`, fared (see [`Fared`]). Dropped if
+    /// the swarm task is busy (what it knew stays as it was).
+    pub fn provider_fared(&self, key: &str, peer: PeerId, fared: Fared) {
+        let _ = self.commands.try_send(Command::ProviderFared {
             key: key.to_owned(),
             peer,
+            fared,
         });
     }
 

@@ -137,6 +137,9 @@ async fn connect(
     } else {
         output::line(forwarding_text(&forward))?;
     }
+    if !forward.warning.is_empty() {
+        eprintln!("warning: {}", forward.warning);
+    }
     Ok(())
 }
 
@@ -162,23 +165,34 @@ fn forwarding_text(forward: &Forward) -> String {
     )
 }
 
-/// EXPOSED (the service), TARGET, CONNS (so far), OPEN (now).
+/// EXPOSED (the service), TARGET, CONNS (so far), OPEN (now), RESETS.
 fn exposures_table(exposures: &[Exposure]) -> comfy_table::Table {
-    let mut table = output::table(["EXPOSED", "TARGET", "CONNS", "OPEN"]);
+    let mut table = output::table(["EXPOSED", "TARGET", "CONNS", "OPEN", "RESETS"]);
     for exposure in exposures {
         table.add_row([
             exposure.service.clone(),
             exposure.target.clone(),
             exposure.connections.to_string(),
             exposure.open.to_string(),
+            exposure.resets.to_string(),
         ]);
     }
     table
 }
 
-/// FORWARD (its id), SERVICE, PEER (`any`: the best one found), LISTEN, CONNS, OPEN.
+/// FORWARD (its id), SERVICE, PEER (`any`: the best one found), LISTEN, CONNS, OPEN, RESETS,
+/// LAST RESET (why).
 fn forwards_table(forwards: &[Forward]) -> comfy_table::Table {
-    let mut table = output::table(["FORWARD", "SERVICE", "PEER", "LISTEN", "CONNS", "OPEN"]);
+    let mut table = output::table([
+        "FORWARD",
+        "SERVICE",
+        "PEER",
+        "LISTEN",
+        "CONNS",
+        "OPEN",
+        "RESETS",
+        "LAST RESET",
+    ]);
     for forward in forwards {
         let peer = if forward.peer.is_empty() {
             "any".to_owned()
@@ -192,23 +206,34 @@ fn forwards_table(forwards: &[Forward]) -> comfy_table::Table {
             forward.listen.clone(),
             forward.connections.to_string(),
             forward.open.to_string(),
+            forward.resets.to_string(),
+            output::dash_if_empty(&forward.last_reset),
         ]);
     }
     table
 }
 
-/// `{service, target, connections, open}`.
+/// `{service, target, connections, open, resets, last_reset}`.
 fn exposure_json(exposure: &Exposure) -> Value {
     let Exposure {
         service,
         target,
         connections,
         open,
+        resets,
+        last_reset,
     } = exposure;
-    json!({ "service": service, "target": target, "connections": connections, "open": open })
+    json!({
+        "service": service,
+        "target": target,
+        "connections": connections,
+        "open": open,
+        "resets": resets,
+        "last_reset": last_reset,
+    })
 }
 
-/// `{forward_id, service, peer, listen, connections, open}`.
+/// `{forward_id, service, peer, listen, connections, open, resets, last_reset, warning}`.
 fn forward_json(forward: &Forward) -> Value {
     let Forward {
         forward_id,
@@ -217,6 +242,9 @@ fn forward_json(forward: &Forward) -> Value {
         listen,
         connections,
         open,
+        resets,
+        last_reset,
+        warning,
     } = forward;
     json!({
         "forward_id": forward_id,
@@ -225,6 +253,9 @@ fn forward_json(forward: &Forward) -> Value {
         "listen": listen,
         "connections": connections,
         "open": open,
+        "resets": resets,
+        "last_reset": last_reset,
+        "warning": warning,
     })
 }
 
@@ -247,6 +278,9 @@ mod tests {
             listen: "127.0.0.1:40001".into(),
             connections: 5,
             open: 1,
+            resets: 2,
+            last_reset: "no channel".into(),
+            warning: String::new(),
         }
     }
 
@@ -272,8 +306,21 @@ mod tests {
         assert_eq!(
             rows,
             [
-                vec!["FORWARD", "SERVICE", "PEER", "LISTEN", "CONNS", "OPEN"],
-                vec!["3", "web/1", "any", "127.0.0.1:40001", "5", "1"],
+                vec![
+                    "FORWARD", "SERVICE", "PEER", "LISTEN", "CONNS", "OPEN", "RESETS", "LAST",
+                    "RESET"
+                ],
+                vec![
+                    "3",
+                    "web/1",
+                    "any",
+                    "127.0.0.1:40001",
+                    "5",
+                    "1",
+                    "2",
+                    "no",
+                    "channel"
+                ],
             ]
         );
         assert_eq!(
@@ -285,6 +332,9 @@ mod tests {
                 "listen": "127.0.0.1:40001",
                 "connections": 5,
                 "open": 1,
+                "resets": 2,
+                "last_reset": "no channel",
+                "warning": "",
             })
         );
         let exposure = Exposure {
@@ -292,6 +342,8 @@ mod tests {
             target: "127.0.0.1:8080".into(),
             connections: 2,
             open: 0,
+            resets: 0,
+            last_reset: String::new(),
         };
         let text = exposures_table(std::slice::from_ref(&exposure)).trim_fmt();
         assert_eq!(
@@ -300,11 +352,18 @@ mod tests {
                 .unwrap()
                 .split_whitespace()
                 .collect::<Vec<_>>(),
-            ["web/1", "127.0.0.1:8080", "2", "0"]
+            ["web/1", "127.0.0.1:8080", "2", "0", "0"]
         );
         assert_eq!(
             exposure_json(&exposure),
-            json!({ "service": "web/1", "target": "127.0.0.1:8080", "connections": 2, "open": 0 })
+            json!({
+                "service": "web/1",
+                "target": "127.0.0.1:8080",
+                "connections": 2,
+                "open": 0,
+                "resets": 0,
+                "last_reset": "",
+            })
         );
     }
 }

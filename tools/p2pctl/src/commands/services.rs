@@ -6,7 +6,7 @@ use std::io::Write;
 use data_encoding::BASE64;
 use p2pos_client::Client;
 use p2pos_proto::service::v1::{
-    CallReply, CallRequest, FindServiceRequest, ListServicesRequest, ServiceInfo,
+    CallReply, CallRequest, FindServiceRequest, ListServicesRequest, Reachability, ServiceInfo,
 };
 use serde_json::{Value, json};
 
@@ -91,16 +91,53 @@ async fn find(client: &Client, service: &str, limit: u32, json: bool) -> anyhow:
 }
 
 fn providers_table(providers: &[ServiceInfo]) -> comfy_table::Table {
-    let mut table = output::table(["PEER", "APP", "LOCAL", "RTT"]);
+    let mut table = output::table(["PEER", "APP", "LOCAL", "RTT", "REACHED"]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     for info in providers {
         table.add_row([
             info.peer_id.clone(),
             output::dash_if_empty(&info.app_id),
             if info.local { "yes" } else { "no" }.to_owned(),
             output::rtt(u64::from(info.rtt_us)),
+            reached(info, now_ms),
         ]);
     }
     table
+}
+
+/// When the node last reached a provider, for people: `now` (connected), `12 s ago`,
+/// `not in 5 min` (its DHT record may be stale), `unreachable` (a try failed lately), `-` for a
+/// local provider, `?` when the node did not say (an older node).
+fn reached(info: &ServiceInfo, now_ms: u64) -> String {
+    if info.local {
+        return "-".into();
+    }
+    match info.reachability() {
+        Reachability::Connected => "now".into(),
+        Reachability::Recently => {
+            let secs = now_ms.saturating_sub(info.last_reached_ms) / 1000;
+            match secs {
+                0..=119 => format!("{secs} s ago"),
+                _ => format!("{} min ago", secs / 60),
+            }
+        }
+        Reachability::NotRecently => "not in 5 min".into(),
+        Reachability::Unreachable => "unreachable".into(),
+        Reachability::Unspecified => "?".into(),
+    }
+}
+
+/// A provider's reachability as JSON writes it.
+fn reachability_name(reachability: Reachability) -> &'static str {
+    match reachability {
+        Reachability::Unspecified => "unspecified",
+        Reachability::Connected => "connected",
+        Reachability::Recently => "recently",
+        Reachability::NotRecently => "not_recently",
+        Reachability::Unreachable => "unreachable",
+    }
 }
 
 /// Calls once; prints the answer. A failed call (the provider's refusal included) is one line
@@ -131,7 +168,8 @@ async fn call(client: &Client, request: CallRequest, json: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// A service or provider as JSON: `{service, app_id, description, peer_id, local, rtt_us}`.
+/// A service or provider as JSON: `{service, app_id, description, peer_id, local, rtt_us,
+/// reachability, last_reached_ms}`.
 fn service_json(info: &ServiceInfo) -> Value {
     let ServiceInfo {
         service,
@@ -140,6 +178,8 @@ fn service_json(info: &ServiceInfo) -> Value {
         peer_id,
         local,
         rtt_us,
+        reachability: _,
+        last_reached_ms,
     } = info;
     json!({
         "service": service,
@@ -148,6 +188,8 @@ fn service_json(info: &ServiceInfo) -> Value {
         "peer_id": peer_id,
         "local": local,
         "rtt_us": rtt_us,
+        "reachability": reachability_name(info.reachability()),
+        "last_reached_ms": last_reached_ms,
     })
 }
 
@@ -253,6 +295,19 @@ mod tests {
                 service: "echo/1".into(),
                 peer_id: "12D3KooWb".into(),
                 rtt_us: 1500,
+                reachability: Reachability::Connected.into(),
+                ..ServiceInfo::default()
+            },
+            ServiceInfo {
+                service: "echo/1".into(),
+                peer_id: "12D3KooWc".into(),
+                reachability: Reachability::NotRecently.into(),
+                ..ServiceInfo::default()
+            },
+            ServiceInfo {
+                service: "echo/1".into(),
+                peer_id: "12D3KooWd".into(),
+                reachability: Reachability::Unreachable.into(),
                 ..ServiceInfo::default()
             },
         ];
@@ -261,8 +316,21 @@ mod tests {
             .lines()
             .map(|l| l.split_whitespace().collect())
             .collect();
-        assert_eq!(lines[0], ["PEER", "APP", "LOCAL", "RTT"]);
-        assert_eq!(lines[1], ["12D3KooWa", "echo", "yes", "-"]);
-        assert_eq!(lines[2], ["12D3KooWb", "-", "no", "1.5", "ms"]);
+        assert_eq!(lines[0], ["PEER", "APP", "LOCAL", "RTT", "REACHED"]);
+        assert_eq!(lines[1], ["12D3KooWa", "echo", "yes", "-", "-"]);
+        assert_eq!(lines[2], ["12D3KooWb", "-", "no", "1.5", "ms", "now"]);
+        assert_eq!(
+            lines[3],
+            ["12D3KooWc", "-", "no", "-", "not", "in", "5", "min"]
+        );
+        assert_eq!(lines[4], ["12D3KooWd", "-", "no", "-", "unreachable"]);
+        let recently = ServiceInfo {
+            reachability: Reachability::Recently.into(),
+            last_reached_ms: 1_000,
+            ..ServiceInfo::default()
+        };
+        assert_eq!(reached(&recently, 13_500), "12 s ago");
+        assert_eq!(reached(&recently, 601_000), "10 min ago");
+        assert_eq!(service_json(&recently)["reachability"], "recently");
     }
 }

@@ -1,0 +1,182 @@
+//! How providers fared, as the swarm task remembers it for ranking them and for
+//! `FindService`: providers that said they do not provide a key (a call's "not provided here",
+//! or the provider's own notice that it stopped), peers this node failed to reach, and when
+//! each peer was last connected. Provider records stay in the DHT for minutes after a provider
+//! stops; this is what lets callers skip such a provider at once instead of timing out on it.
+//!
+//! Every table is bounded ([`MAX_ENTRIES`] each): past the bound, expired entries go first,
+//! then the oldest.
+
+use std::{collections::HashMap, hash::Hash, time::Duration};
+
+use libp2p::PeerId;
+use p2pos_kernel::events::now_ms;
+use p2pos_protocols::network::{Fared, ProviderReach};
+use tokio::time::Instant;
+
+/// How long "peer P does not provide key K" is believed (P is then tried only after every
+/// other provider, and `FindService` leaves it out).
+pub(crate) const NOT_PROVIDING_TTL: Duration = Duration::from_secs(30);
+/// How long a peer that could not be reached is not tried again by calls and channels
+/// (unless a connection to it opens meanwhile).
+pub(crate) const UNREACHED_TTL: Duration = Duration::from_secs(30);
+/// A peer connected less than this long ago was reached "recently".
+pub(crate) const RECENTLY: Duration = Duration::from_secs(5 * 60);
+/// Most entries in each table.
+pub(crate) const MAX_ENTRIES: usize = 1024;
+
+/// What the swarm task remembers of how providers fared.
+#[derive(Default)]
+pub(crate) struct Reach {
+    /// (key, peer) → when the peer said it does not provide the key.
+    not_providing: HashMap<(String, PeerId), Instant>,
+    /// Peer → when reaching it last failed.
+    unreached: HashMap<PeerId, Instant>,
+    /// Peer → when a connection to it was last open (monotonic, and ms since the epoch).
+    last_connected: HashMap<PeerId, (Instant, u64)>,
+}
+
+impl Reach {
+    /// A call or channel to `peer` for `key` fared as `fared`.
+    pub(crate) fn fared(&mut self, key: &str, peer: PeerId, fared: Fared) {
+        let now = Instant::now();
+        match fared {
+            Fared::Served => {
+                self.not_providing.remove(&(key.to_owned(), peer));
+                self.unreached.remove(&peer);
+            }
+            Fared::NotProviding => {
+                insert_bounded(
+                    &mut self.not_providing,
+                    (key.to_owned(), peer),
+                    now,
+                    NOT_PROVIDING_TTL,
+                    |at| *at,
+                );
+            }
+            Fared::Unreached => {
+                insert_bounded(&mut self.unreached, peer, now, UNREACHED_TTL, |at| *at);
+            }
+            Fared::Failed => {}
+        }
+    }
+
+    /// A connection to `peer` is open (it is reachable again), or one just closed.
+    pub(crate) fn connection(&mut self, peer: PeerId, opened: bool) {
+        if opened {
+            self.unreached.remove(&peer);
+        }
+        let entry = (Instant::now(), now_ms());
+        insert_bounded(
+            &mut self.last_connected,
+            peer,
+            entry,
+            RECENTLY,
+            |(at, _)| *at,
+        );
+    }
+
+    /// How `peer`, a provider of `key`, stands (`connected`: a connection to it is open), and
+    /// when it was last connected (ms since the epoch).
+    pub(crate) fn of(&self, key: &str, peer: PeerId, connected: bool) -> (ProviderReach, u64) {
+        let fresh = |at: Option<&Instant>, ttl: Duration| at.is_some_and(|at| at.elapsed() < ttl);
+        let last = self.last_connected.get(&peer);
+        let last_ms = match connected {
+            true => now_ms(),
+            false => last.map_or(0, |(_, ms)| *ms),
+        };
+        let reach = if fresh(
+            self.not_providing.get(&(key.to_owned(), peer)),
+            NOT_PROVIDING_TTL,
+        ) {
+            ProviderReach::NotProviding
+        } else if fresh(self.unreached.get(&peer), UNREACHED_TTL) {
+            ProviderReach::Unreached
+        } else if connected {
+            ProviderReach::Connected
+        } else if fresh(last.map(|(at, _)| at), RECENTLY) {
+            ProviderReach::Recently
+        } else {
+            ProviderReach::NotRecently
+        };
+        (reach, last_ms)
+    }
+
+    /// Drops what has expired.
+    pub(crate) fn expire(&mut self) {
+        self.not_providing
+            .retain(|_, at| at.elapsed() < NOT_PROVIDING_TTL);
+        self.unreached.retain(|_, at| at.elapsed() < UNREACHED_TTL);
+        self.last_connected
+            .retain(|_, (at, _)| at.elapsed() < RECENTLY);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.not_providing.len() + self.unreached.len() + self.last_connected.len()
+    }
+}
+
+/// Inserts into a table of at most [`MAX_ENTRIES`]: when full, entries older than `ttl` go,
+/// then the oldest one.
+fn insert_bounded<K: Hash + Eq + Clone, V>(
+    table: &mut HashMap<K, V>,
+    key: K,
+    value: V,
+    ttl: Duration,
+    at: impl Fn(&V) -> Instant,
+) {
+    if !table.contains_key(&key) && table.len() >= MAX_ENTRIES {
+        table.retain(|_, v| at(v).elapsed() < ttl);
+        if table.len() >= MAX_ENTRIES
+            && let Some(oldest) = table
+                .iter()
+                .min_by_key(|(_, v)| at(v))
+                .map(|(k, _)| k.clone())
+        {
+            table.remove(&oldest);
+        }
+    }
+    table.insert(key, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn marks_expire_and_a_served_call_clears_them() {
+        let mut reach = Reach::default();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        assert_eq!(reach.of("k", p, false).0, ProviderReach::NotRecently);
+        reach.fared("k", p, Fared::NotProviding);
+        reach.fared("k", q, Fared::Unreached);
+        assert_eq!(reach.of("k", p, true).0, ProviderReach::NotProviding);
+        assert_eq!(reach.of("other", p, true).0, ProviderReach::Connected);
+        assert_eq!(reach.of("k", q, true).0, ProviderReach::Unreached);
+        reach.fared("k", p, Fared::Served);
+        assert_eq!(reach.of("k", p, true).0, ProviderReach::Connected);
+        // A connection to q opens: reachable again.
+        reach.connection(q, true);
+        assert_eq!(reach.of("k", q, false).0, ProviderReach::Recently);
+        assert!(reach.of("k", q, false).1 > 0);
+        reach.fared("k", p, Fared::NotProviding);
+        tokio::time::advance(NOT_PROVIDING_TTL).await;
+        assert_eq!(reach.of("k", p, false).0, ProviderReach::NotRecently);
+        tokio::time::advance(RECENTLY).await;
+        reach.expire();
+        assert_eq!(reach.len(), 0);
+    }
+
+    #[test]
+    fn tables_are_bounded() {
+        let mut reach = Reach::default();
+        for _ in 0..(MAX_ENTRIES * 2) {
+            let peer = PeerId::random();
+            reach.fared("k", peer, Fared::NotProviding);
+            reach.fared("k", peer, Fared::Unreached);
+            reach.connection(peer, false);
+        }
+        assert_eq!(reach.len(), 3 * MAX_ENTRIES);
+    }
+}

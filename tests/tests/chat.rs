@@ -102,6 +102,8 @@ async fn lines_typed_while_the_peer_is_offline_arrive_when_it_returns() {
 async fn two_copies_of_the_chat_on_one_node_each_get_every_stored_line() {
     let mut a = Node::start(&[]);
     let mut b = Node::start(&[]);
+    // Both gateways answer before p2pctl and the chats use them.
+    let client = a.client().await;
     let b_id = b.peer_id().await;
     let (ok, out, err) = p2pctl(&a, &["dial", &b.ticket().await]);
     assert!(ok, "{out}{err}");
@@ -111,7 +113,6 @@ async fn two_copies_of_the_chat_on_one_node_each_get_every_stored_line() {
     second.expect_line("* waiting for a chat", T);
 
     // Lines sent as stored messages (what a chat sends while the peer's chat is away).
-    let client = a.client().await;
     for i in 1..=3 {
         client
             .apps()

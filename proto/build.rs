@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "p2pos/monitor/v1/monitor.proto",
         "p2pos/tasks/v1/tasks.proto",
         "p2pos/service/v1/service.proto",
+        "p2pos/resources/v1/resources.proto",
         "p2pos/wire/v1/wire.proto",
     ];
     println!("cargo:rerun-if-changed=p2pos");

@@ -1,6 +1,6 @@
 //! The node's whole configuration as `p2posd.toml` holds it: the kernel's settings at the top
 //! level, and one table per service (`[network]`, `[overlay]`, `[gateway]`, `[monitor]`,
-//! `[tasks]`), each that service's own `Config`. Flags and environment variables go on top
+//! `[tasks]`, `[resources]`), each that service's own `Config`. Flags and environment variables go on top
 //! (`main.rs`); each part is then handed to its own crate.
 
 use std::path::Path;
@@ -30,6 +30,8 @@ pub(crate) struct NodeConfig {
     pub(crate) monitor: p2pos_monitor::Config,
     /// `[tasks]`: the plug-in directory.
     pub(crate) tasks: p2pos_tasks::Config,
+    /// `[resources]`: how often the machine is sampled.
+    pub(crate) resources: p2pos_resources::Config,
 }
 
 /// Keys that sat at the top level of `p2posd.toml` before each service had its own table, and
@@ -85,6 +87,7 @@ impl NodeConfig {
             ("overlay", self.overlay.validate()),
             ("gateway", self.gateway.validate()),
             ("monitor", self.monitor.validate()),
+            ("resources", self.resources.validate()),
         ];
         for (table, result) in parts {
             result.map_err(|e| format!("invalid configuration [{table}]: {e}"))?;

@@ -176,6 +176,7 @@ fn main() -> ExitCode {
             gateway,
             monitor,
             tasks,
+            resources,
             ..
         } = config;
         // Start order: the network first (the overlay needs its handle), port forwarding after
@@ -185,6 +186,7 @@ fn main() -> ExitCode {
             p2pos_overlay::child_spec(overlay),
             p2pos_forward::child_spec(),
             p2pos_tasks::child_spec(tasks),
+            p2pos_resources::child_spec(resources),
             p2pos_monitor::child_spec(monitor),
             p2pos_gateway::child_spec(gateway),
         ];

@@ -7,6 +7,7 @@
 //! - [`monitor::v1`]: status and event stream.
 //! - [`service::v1`]: services apps provide to other apps, and port forwarding.
 //! - [`tasks::v1`]: helper applications (plug-ins) the node starts and supervises.
+//! - [`resources::v1`]: the machine's inventory and what the node and its helpers use.
 //! - [`wire::v1`]: node-to-node frames of the `/p2pos/...` protocols.
 //! - [`packed`]: frames packed into one `bytes` field (channel batches).
 //!
@@ -51,6 +52,12 @@ pub mod service {
         tonic::include_proto!("p2pos.service.v1");
     }
 }
+/// `p2pos.resources.v1`
+pub mod resources {
+    pub mod v1 {
+        tonic::include_proto!("p2pos.resources.v1");
+    }
+}
 /// `p2pos.wire.v1`
 pub mod wire {
     pub mod v1 {
@@ -70,4 +77,5 @@ pub const API_VERSIONS: &[&str] = &[
     "p2pos.monitor.v1",
     "p2pos.tasks.v1",
     "p2pos.service.v1",
+    "p2pos.resources.v1",
 ];

@@ -1,22 +1,7 @@
 //! Monitoring: status shows services and peers, metrics are served in the Prometheus text
 //! format on the opt-in port, and p2pctl's read commands print JSON.
 
-use std::io::{Read, Write};
-
-use p2pos_tests::{Node, p2pctl, status_when};
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    l.local_addr().expect("addr").port()
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("response");
-    body
-}
+use p2pos_tests::{Node, free_port, http_get, p2pctl, status_when};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_metrics_and_json() {

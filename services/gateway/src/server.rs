@@ -12,10 +12,10 @@ use p2pos_kernel::{
 use p2pos_proto::{
     FILE_DESCRIPTOR_SET, app::v1::apps_server::AppsServer,
     monitor::v1::monitor_server::MonitorServer, node::v1::node_server::NodeServer,
-    overlay::v1::overlay_server::OverlayServer, service::v1::services_server::ServicesServer,
-    tasks::v1::tasks_server::TasksServer,
+    overlay::v1::overlay_server::OverlayServer, resources::v1::resources_server::ResourcesServer,
+    service::v1::services_server::ServicesServer, tasks::v1::tasks_server::TasksServer,
 };
-use p2pos_protocols::{Apps, Forwarding, Monitor, Overlay, Services, Tasks};
+use p2pos_protocols::{Apps, Forwarding, Monitor, Overlay, Resources, Services, Tasks};
 use tokio::{
     sync::watch,
     task::{AbortHandle, JoinHandle},
@@ -33,6 +33,7 @@ use crate::{
     monitor_api::MonitorApi,
     node_api::NodeApi,
     overlay_api::OverlayApi,
+    resources_api::ResourcesApi,
     services_api::ServicesApi,
     tasks_api::TasksApi,
 };
@@ -62,6 +63,7 @@ pub fn child_spec(config: Config) -> ChildSpec {
                 Forwarding::NAME,
                 Tasks::NAME,
                 Monitor::NAME,
+                Resources::NAME,
             ],
             ..Uses::default()
         },
@@ -113,7 +115,8 @@ fn routes(
         .add_service(
             MonitorServer::new(MonitorApi::new(ctx.clone(), stop.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
-        );
+        )
+        .add_service(ResourcesServer::new(ResourcesApi::new(ctx.clone())));
     Ok((routes, reporter))
 }
 
@@ -214,6 +217,7 @@ fn grpc_names(service: &str) -> &'static [&'static str] {
         "forward" => &["p2pos.service.v1.Services"],
         "monitor" => &["p2pos.monitor.v1.Monitor"],
         "tasks" => &["p2pos.tasks.v1.Tasks"],
+        "resources" => &["p2pos.resources.v1.Resources"],
         "gateway" => &["p2pos.node.v1.Node"],
         _ => &[],
     }

@@ -11,7 +11,7 @@
 //!
 //! # Layout
 //! - this file: one marker type per protocol ([`Overlay`], [`Monitor`], [`Apps`], [`Tasks`],
-//!   [`Services`], [`Forwarding`]) and one module of request types each.
+//!   [`Services`], [`Forwarding`], [`Resources`]) and one module of request types each.
 //! - [`ids`]: [`AppId`](ids::AppId), [`ServiceName`](ids::ServiceName),
 //!   [`PeerRef`](ids::PeerRef).
 //! - [`network`]: the network handle other services use (streams by protocol id, inbound
@@ -87,6 +87,15 @@ impl Protocol for Forwarding {
     type Request = forwarding::Request;
 }
 
+/// `p2pos.resources.v1`: the machine's inventory and what the node and its helpers use.
+#[derive(Debug)]
+pub enum Resources {}
+
+impl Protocol for Resources {
+    const NAME: &'static str = "p2pos.resources.v1";
+    type Request = resources::Request;
+}
+
 /// Requests of the [`Overlay`] protocol.
 pub mod overlay {
     use p2pos_proto::overlay::v1::{
@@ -133,6 +142,24 @@ pub mod overlay {
         Status {
             /// The status.
             reply: Reply<OverlayStatus>,
+        },
+    }
+}
+
+/// Requests of the [`Resources`] protocol.
+pub mod resources {
+    use p2pos_proto::resources::v1::Inventory;
+
+    use crate::Reply;
+
+    /// One request.
+    #[derive(Debug)]
+    pub enum Request {
+        /// `Resources.GetInventory`: the last sample, every helper included (the gateway
+        /// narrows it to the caller's scope).
+        GetInventory {
+            /// The inventory.
+            reply: Reply<Inventory>,
         },
     }
 }

@@ -63,6 +63,9 @@ pub(crate) struct JsonFlag {
 pub(crate) enum Command {
     /// Show the node's status: identity, uptime, addresses, peers and services
     Status(JsonFlag),
+    /// Show what this machine has (CPU, memory, the data directory's disk) and what the node
+    /// and each running helper use
+    Resources(JsonFlag),
     /// Print this node's peer id
     Id(JsonFlag),
     /// Print a ticket other nodes can dial to reach this one

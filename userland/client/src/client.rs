@@ -8,6 +8,7 @@ use p2pos_proto::app::v1::apps_client::AppsClient;
 use p2pos_proto::monitor::v1::monitor_client::MonitorClient;
 use p2pos_proto::node::v1::node_client::NodeClient;
 use p2pos_proto::overlay::v1::overlay_client::OverlayClient;
+use p2pos_proto::resources::v1::resources_client::ResourcesClient;
 use p2pos_proto::service::v1::services_client::ServicesClient;
 use p2pos_proto::tasks::v1::tasks_client::TasksClient;
 use tokio::net::UnixStream;
@@ -142,6 +143,14 @@ impl Client {
     /// The `p2pos.monitor.v1.Monitor` service: status and events.
     pub fn monitor(&self) -> MonitorClient<AuthChannel> {
         MonitorClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The `p2pos.resources.v1.Resources` service: the machine's inventory and what the node
+    /// and its helpers use.
+    pub fn resources(&self) -> ResourcesClient<AuthChannel> {
+        ResourcesClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
     }

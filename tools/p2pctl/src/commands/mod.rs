@@ -9,6 +9,7 @@ mod monitor;
 mod node;
 mod overlay;
 mod payload;
+mod resources;
 mod services;
 
 use p2pos_client::{Client, Target, describe_status};
@@ -22,6 +23,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::connect(&target).await?;
     match command {
         Command::Status(flag) => monitor::status(&client, flag.json).await,
+        Command::Resources(flag) => resources::inventory(&client, flag.json).await,
         Command::Events(flag) => monitor::events(&client, flag.json).await,
         Command::Helpers(command) => helpers::run(&client, command).await,
         Command::Services(command) => services::run(&client, command).await,

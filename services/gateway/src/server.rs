@@ -130,6 +130,20 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    // The TCP listener is bound before the socket: a client that finds the socket answering
+    // finds the TCP gateway answering too.
+    let tcp = match config.tcp {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|e| format!("cannot bind the gateway on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            info!("gateway on http://{local} (token required)");
+            Some(listener)
+        }
+        None => None,
+    };
     let socket = ctx.config.data_dir.join(SOCKET_FILE);
     let _ = std::fs::remove_file(&socket);
     let uds = tokio::net::UnixListener::bind(&socket)
@@ -150,13 +164,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         ),
     ];
 
-    if let Some(addr) = config.tcp {
-        let listener = std::net::TcpListener::bind(addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .and_then(tokio::net::TcpListener::from_std)
-            .map_err(|e| format!("cannot bind the gateway on {addr}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        info!("gateway on http://{local} (token required)");
+    if let Some(listener) = tcp {
         // Every call on TCP needs a token, health and reflection included.
         servers.push(
             tracker.spawn(

@@ -23,7 +23,10 @@ use std::{
 };
 
 use nix::{
-    sys::signal::{Signal, kill},
+    sys::{
+        signal::{Signal, kill},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
     unistd::Pid,
 };
 
@@ -159,11 +162,8 @@ impl Cgroups {
                 ));
             };
             let root = below(&hierarchy, &cgroup).join(name);
+            // Proves it writable; it is removed until a helper starts (see `ensure_root`).
             mkdir(&root)?;
-            if controller == "memory" {
-                // Needed before kernel 5.x made it the only behaviour; fails harmlessly after.
-                let _ = write(&root.join("memory.use_hierarchy"), "1");
-            }
             roots.push(Dir {
                 controller,
                 path: root,
@@ -205,7 +205,6 @@ impl Cgroups {
         }
         let root = base.join(name);
         mkdir(&root)?;
-        write(&root.join("cgroup.subtree_control"), enable)?;
         Ok(Cgroups {
             version: Version::V2,
             roots: vec![Dir {
@@ -221,13 +220,38 @@ impl Cgroups {
     }
 
     /// Kills every process left in groups of an earlier run of the node on this data
-    /// directory and removes those groups. Returns how many processes it killed.
+    /// directory and removes those groups, and the node's own until a helper starts. Returns
+    /// how many processes it killed.
     pub(crate) fn clean_leftovers(&self) -> usize {
         let mut killed = 0;
         for root in &self.roots {
-            killed += empty_tree(&root.path, false);
+            killed += empty_tree(&root.path, true);
         }
         killed
+    }
+
+    /// Creates the node's group in `root` if it is not there (it exists only while helpers
+    /// run, so that a node killed without helpers leaves nothing behind).
+    fn ensure_root(&self, root: &Dir) -> Result<(), String> {
+        if root.path.is_dir() {
+            return Ok(());
+        }
+        mkdir(&root.path)?;
+        match self.version {
+            Version::V1 if root.controller == "memory" => {
+                // Needed before kernel 5.x made it the only behaviour; fails harmlessly after.
+                let _ = write(&root.path.join("memory.use_hierarchy"), "1");
+                Ok(())
+            }
+            Version::V1 => Ok(()),
+            Version::V2 => {
+                let parent = root.path.parent().unwrap_or(Path::new(MOUNT));
+                write(
+                    &root.path.join("cgroup.subtree_control"),
+                    &enabled_controllers(parent),
+                )
+            }
+        }
     }
 
     /// Removes the node's parent groups (when the service stops; they must be empty).
@@ -249,6 +273,7 @@ impl Cgroups {
     ) -> Result<Group, String> {
         let mut dirs = Vec::new();
         for root in &self.roots {
+            self.ensure_root(root)?;
             let app_dir = root.path.join(app);
             if !app_dir.is_dir() {
                 mkdir(&app_dir)?;
@@ -256,13 +281,10 @@ impl Cgroups {
                 let shims = extra_pids.saturating_mul(MAX_SHIMS_PER_APP);
                 self.apply(root.controller, &app_dir, quota, shims)?;
                 if self.version == Version::V2 {
-                    let enable = std::fs::read_to_string(root.path.join("cgroup.subtree_control"))
-                        .unwrap_or_default()
-                        .split_whitespace()
-                        .map(|c| format!("+{c}"))
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    write(&app_dir.join("cgroup.subtree_control"), &enable)?;
+                    write(
+                        &app_dir.join("cgroup.subtree_control"),
+                        &enabled_controllers(&root.path),
+                    )?;
                 }
             }
             let dir = app_dir.join(leaf);
@@ -282,10 +304,13 @@ impl Cgroups {
         Ok(group)
     }
 
-    /// Removes app `app`'s group if no helper group is left in it.
+    /// Removes app `app`'s group if no helper group is left in it, and the node's if no app's
+    /// is left.
     pub(crate) fn remove_app(&self, app: &str) {
         for root in &self.roots {
-            let _ = std::fs::remove_dir(root.path.join(app));
+            if std::fs::remove_dir(root.path.join(app)).is_ok() {
+                let _ = std::fs::remove_dir(&root.path);
+            }
         }
     }
 
@@ -340,6 +365,16 @@ impl Cgroups {
             }
         }
     }
+}
+
+/// `+memory +pids ...`: the controllers `dir` hands down (v2), to hand down further.
+fn enabled_controllers(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("cgroup.subtree_control"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Kills the processes of every group below `dir` (deepest first) and removes those groups,
@@ -422,6 +457,14 @@ impl Group {
             dirs,
             procs,
         })
+    }
+
+    /// Its directories, the one [`Group::path`] names first.
+    pub(crate) fn dirs(&self) -> Vec<PathBuf> {
+        let first = self.path().to_owned();
+        std::iter::once(first.clone())
+            .chain(self.dirs.iter().map(|d| d.path.clone()).filter(|p| *p != first))
+            .collect()
     }
 
     /// The directory whose `cgroup.procs` lists the helper's processes: the pids
@@ -519,14 +562,50 @@ impl Group {
     }
 }
 
-/// Kills every process listed in `procs` but the caller, until none is left or [`KILL_DEADLINE`]
-/// has passed: what the shim does when the node dies.
-pub(crate) fn kill_all_listed(procs: &Path) {
+/// What the shim does when the node dies, with the directories of its helper's group (the
+/// first lists its processes): kills every process in the group but the caller, until none is
+/// left or [`KILL_DEADLINE`] has passed; moves the caller into the node's own cgroup; removes
+/// the group, and its app's and the node's groups if they are empty now. Best effort: what is
+/// left is removed by the next start of the node.
+pub(crate) fn abandon(dirs: &[PathBuf]) {
+    let Some(first) = dirs.first() else { return };
+    let procs = first.join("cgroup.procs");
     let until = std::time::Instant::now() + KILL_DEADLINE;
     let me = i32::try_from(std::process::id()).unwrap_or(0);
-    while read_pids(procs).iter().any(|p| *p != me) && std::time::Instant::now() < until {
-        kill_listed(procs);
+    loop {
+        let others = read_pids(&procs).iter().any(|p| *p != me);
+        if others {
+            kill_listed(&procs);
+        }
+        // The caller is a subreaper: the killed are its children now, and a zombie keeps its
+        // group busy; done once none is left.
+        let children_left = loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break true,
+                Ok(_) => {}
+                Err(_) => break false, // ECHILD
+            }
+        };
+        if (!others && !children_left) || std::time::Instant::now() >= until {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(5));
+    }
+    for dir in dirs {
+        // <node's cgroup>/p2pos-<hash>/<app>/<leaf>
+        let Some(node) = dir.ancestors().nth(3) else {
+            continue;
+        };
+        // On v2 the node's own group may hand down controllers; then it sits in `p2posd`.
+        let moved = write(&node.join("cgroup.procs"), "0").is_ok()
+            || write(&node.join("p2posd").join("cgroup.procs"), "0").is_ok();
+        if moved {
+            for level in dir.ancestors().take(3) {
+                if remove_dir_retrying(level).is_err() {
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -124,7 +124,7 @@ pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned>
             let mut cmd = Command::new(shim);
             let node_pid = u32::try_from(node.as_raw()).unwrap_or(0);
             let options = shim::Options {
-                cgroup_procs: launch.group.as_ref().map(|g| g.path().join("cgroup.procs")),
+                cgroups: launch.group.as_ref().map(|g| g.dirs()).unwrap_or_default(),
                 rlimits: launch.rlimits,
             };
             cmd.args(shim::command_line(node_pid, &options, launch.program));

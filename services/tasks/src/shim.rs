@@ -3,7 +3,7 @@
 //!
 //! A parent-death signal reaches only the process that asked for it, not the processes a
 //! helper starts itself. So the node starts `p2posd __p2pos-helper-shim NODE_PID PROGRAM
-//! [--cgroup PROCS] [--rlimit-as BYTES] [--rlimit-nproc N] -- ARGS...` as the leader of a new
+//! [--cgroup DIR]... [--rlimit-as BYTES] [--rlimit-nproc N] -- ARGS...` as the leader of a new
 //! process group, in the helper's cgroup (if any), with a parent-death signal; the shim
 //! - becomes a child subreaper (orphans of the helper's tree become its children, and it reaps
 //!   them: no zombies),
@@ -13,8 +13,9 @@
 //! - then waits, with every signal blocked and read with `sigwait`: signals sent to the group
 //!   (the node's stop signal) reach the program directly and the shim ignores them; when the
 //!   node dies (the parent-death signal, and its parent is no longer the node) it kills every
-//!   process of its cgroup (`PROCS`, its `cgroup.procs`: those that left the process group
-//!   too), then the whole group with SIGKILL, itself included; when the program exits it exits the same way
+//!   process of its cgroup (the `DIR`s: those that left the process group too), moves itself
+//!   out and removes the cgroup (and the node's, if it was the last), then kills the whole
+//!   group with SIGKILL, itself included; when the program exits it exits the same way
 //!   (the same code, or killed by the same signal), and the node kills what is left of the
 //!   group.
 //!
@@ -56,8 +57,9 @@ pub fn run_if_requested() {
 /// What the shim does besides running the program.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Options {
-    /// The `cgroup.procs` of the helper's cgroup, emptied when the node dies.
-    pub(crate) cgroup_procs: Option<PathBuf>,
+    /// The directories of the helper's cgroup (the first lists its processes), emptied and
+    /// removed when the node dies.
+    pub(crate) cgroups: Vec<PathBuf>,
     /// The program's rlimits.
     pub(crate) rlimits: Rlimits,
 }
@@ -66,8 +68,8 @@ pub(crate) struct Options {
 /// options, `--`, the program.
 pub(crate) fn command_line(node: u32, options: &Options, program: &Path) -> Vec<OsString> {
     let mut args = vec![OsString::from(SHIM_ARG), node.to_string().into()];
-    if let Some(procs) = &options.cgroup_procs {
-        args.extend(["--cgroup".into(), procs.as_os_str().to_owned()]);
+    for dir in &options.cgroups {
+        args.extend(["--cgroup".into(), dir.as_os_str().to_owned()]);
     }
     args.extend(options.rlimits.shim_args());
     args.extend(["--".into(), program.as_os_str().to_owned()]);
@@ -77,7 +79,7 @@ pub(crate) fn command_line(node: u32, options: &Options, program: &Path) -> Vec<
 fn run(args: &[OsString]) -> i32 {
     let Some((node, options, program, program_args)) = parse(args) else {
         eprintln!(
-            "p2posd: the helper shim needs NODE_PID [--cgroup PROCS] [--rlimit-as BYTES] \
+            "p2posd: the helper shim needs NODE_PID [--cgroup DIR]... [--rlimit-as BYTES] \
              [--rlimit-nproc N] -- PROGRAM [ARGS...]"
         );
         return CANNOT_RUN;
@@ -127,8 +129,8 @@ fn run(args: &[OsString]) -> i32 {
         } else if getppid() != node {
             // The node died: nothing of this helper may outlive it, not even what left its
             // process group.
-            if let Some(procs) = &options.cgroup_procs {
-                cgroup::kill_all_listed(procs);
+            if !options.cgroups.is_empty() {
+                cgroup::abandon(&options.cgroups);
             }
             let _ = killpg(getpgrp(), Signal::SIGKILL);
             return CANNOT_RUN;
@@ -150,7 +152,7 @@ fn parse(args: &[OsString]) -> Option<(Pid, Options, &OsStr, &[OsString])> {
         let (value, after) = after.split_first()?;
         let number = || value.to_str()?.parse::<u64>().ok();
         match flag.to_str()? {
-            "--cgroup" => options.cgroup_procs = Some(PathBuf::from(value)),
+            "--cgroup" => options.cgroups.push(PathBuf::from(value)),
             "--rlimit-as" => options.rlimits.address_space = Some(number()?),
             "--rlimit-nproc" => options.rlimits.nproc = Some(number()?),
             _ => return None,
@@ -233,7 +235,10 @@ mod tests {
         for options in [
             Options::default(),
             Options {
-                cgroup_procs: Some("/sys/fs/cgroup/pids/p2pos-1/a/b-1/cgroup.procs".into()),
+                cgroups: vec![
+                    "/sys/fs/cgroup/pids/p2pos-1/a/b-1".into(),
+                    "/sys/fs/cgroup/memory/p2pos-1/a/b-1".into(),
+                ],
                 rlimits: Rlimits {
                     address_space: Some(64 << 20),
                     nproc: Some(100),

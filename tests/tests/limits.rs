@@ -198,7 +198,10 @@ async fn a_start_over_the_app_quota_is_refused_and_bad_limits_are_invalid() {
         "helper \"more\" asks for 64 MiB but app \"_node\"'s memory quota ([tasks] \
          app_memory_bytes) is 128 MiB, and its running helpers already reserve 100 MiB"
     );
-    assert_eq!(get(&client, "more").await.state, HelperState::Stopped as i32);
+    assert_eq!(
+        get(&client, "more").await.state,
+        HelperState::Stopped as i32
+    );
     // A helper without limits of its own reserves nothing: it shares the app's quota.
     let free = start(&client, "free").await.expect("start free");
     assert_eq!(free.limits.expect("limits").memory_bytes, 128 * MIB);
@@ -233,7 +236,12 @@ async fn a_start_over_the_app_quota_is_refused_and_bad_limits_are_invalid() {
         let err = add(&client, spec("bad", &["run"], limits))
             .await
             .expect_err("bad limits");
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", err.message());
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{}",
+            err.message()
+        );
         assert!(err.message().contains(says), "{}", err.message());
     }
 }
@@ -314,13 +322,19 @@ async fn a_fork_bomb_stops_at_its_process_limit() {
         .expect("started K of 200");
     assert!(count < 20, "it could not pass its limit: {started}");
     let failed = line_starting(&client, "forker", "spawn failed after").await;
-    assert!(failed.contains("Resource temporarily unavailable"), "{failed}");
+    assert!(
+        failed.contains("Resource temporarily unavailable"),
+        "{failed}"
+    );
     let inside = procs(&cgroup);
     assert!(
         inside.len() <= 21,
         "at most 20 processes and the shim in its cgroup: {inside:?}"
     );
-    assert_eq!(get(&client, "forker").await.state, HelperState::Running as i32);
+    assert_eq!(
+        get(&client, "forker").await.state,
+        HelperState::Running as i32
+    );
 
     stop(&client, "forker").await;
     assert!(
@@ -344,9 +358,15 @@ async fn what_a_helper_starts_in_a_session_of_its_own_goes_with_it() {
     let cgroup = cgroup_of(&status);
     let escaped = escaped_pid(&client).await;
     assert!(alive(escaped), "the escaped sleep runs");
-    assert!(procs(&cgroup).contains(&escaped), "and is in the helper's cgroup");
+    assert!(
+        procs(&cgroup).contains(&escaped),
+        "and is in the helper's cgroup"
+    );
     stop(&client, "escaper").await;
-    assert!(!alive(escaped), "the escaped process {escaped} was killed with the helper");
+    assert!(
+        !alive(escaped),
+        "the escaped process {escaped} was killed with the helper"
+    );
 
     // The node dies: the shim empties the cgroup, and the next start removes what is left.
     let status = start(&client, "escaper").await.expect("start again");
@@ -360,9 +380,11 @@ async fn what_a_helper_starts_in_a_session_of_its_own_goes_with_it() {
     })
     .await;
     node.kill();
-    wait_for("the escaped process to die with the node", T, || async move {
-        (!alive(escaped)).then_some(())
-    })
+    wait_for(
+        "the escaped process to die with the node",
+        T,
+        || async move { (!alive(escaped)).then_some(()) },
+    )
     .await;
     node.restart();
     let _client = node.client().await;

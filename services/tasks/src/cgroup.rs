@@ -322,9 +322,9 @@ impl Cgroups {
         limits: Limits,
         extra_pids: u32,
     ) -> Result<(), String> {
-        let pids = limits
-            .pids
-            .map_or("max".to_owned(), |p| p.saturating_add(extra_pids).to_string());
+        let pids = limits.pids.map_or("max".to_owned(), |p| {
+            p.saturating_add(extra_pids).to_string()
+        });
         let quota_us = limits
             .cpu_millis
             .map(|m| u64::from(m) * CPU_PERIOD_US / 1000);
@@ -463,7 +463,12 @@ impl Group {
     pub(crate) fn dirs(&self) -> Vec<PathBuf> {
         let first = self.path().to_owned();
         std::iter::once(first.clone())
-            .chain(self.dirs.iter().map(|d| d.path.clone()).filter(|p| *p != first))
+            .chain(
+                self.dirs
+                    .iter()
+                    .map(|d| d.path.clone())
+                    .filter(|p| *p != first),
+            )
             .collect()
     }
 
@@ -483,7 +488,8 @@ impl Group {
         for procs in &self.procs {
             // SAFETY: a NUL-terminated path; open, write and close are async-signal-safe.
             unsafe {
-                let fd = nix::libc::open(procs.as_ptr(), nix::libc::O_WRONLY | nix::libc::O_CLOEXEC);
+                let fd =
+                    nix::libc::open(procs.as_ptr(), nix::libc::O_WRONLY | nix::libc::O_CLOEXEC);
                 if fd < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -620,7 +626,10 @@ mod tests {
         assert_eq!(own_cgroup(v1, "cpu").as_deref(), Some("/"));
         assert_eq!(own_cgroup(v1, "pids").as_deref(), Some("/a"));
         assert_eq!(own_cgroup(v1, "freezer"), None);
-        assert_eq!(own_cgroup("0::/user.slice/x\n", "").as_deref(), Some("/user.slice/x"));
+        assert_eq!(
+            own_cgroup("0::/user.slice/x\n", "").as_deref(),
+            Some("/user.slice/x")
+        );
         assert_eq!(
             below(Path::new("/sys/fs/cgroup/memory"), "/process_api/x"),
             Path::new("/sys/fs/cgroup/memory/process_api/x")

@@ -90,7 +90,11 @@ impl Enforcer {
                         enforcement: cgroups.version().name(),
                     };
                 }
-                Err(e) => warn!(app, helper = leaf, "cannot make the helper's cgroup ({e}); using rlimits"),
+                Err(e) => warn!(
+                    app,
+                    helper = leaf,
+                    "cannot make the helper's cgroup ({e}); using rlimits"
+                ),
             }
         }
         Confinement {

@@ -53,8 +53,8 @@ mod spec;
 mod table;
 
 pub use config::{Config, Cores, DEFAULT_APP_CPU, DEFAULT_APP_MEMORY_BYTES, DEFAULT_APP_PIDS};
-pub use limits::{MAX_CPU, MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU, MIN_MEMORY_BYTES};
 pub use error::Error;
+pub use limits::{MAX_CPU, MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU, MIN_MEMORY_BYTES};
 pub use logs::{FOLLOW_BUFFER, LOGS_CHANNEL, MAX_LINE_BYTES, MAX_LINES, MAX_RING_BYTES};
 pub use persist::HELPERS_TREE;
 pub use process::{

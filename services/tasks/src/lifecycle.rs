@@ -12,8 +12,7 @@ use tokio::{sync::oneshot, time::Instant};
 use tracing::warn;
 
 use crate::{
-    Error,
-    limits,
+    Error, limits,
     process::{self, Launch},
     program,
     restart::{self, Exit},
@@ -229,11 +228,7 @@ impl TasksService {
             .readers
             .extend(spawned.readers.iter().map(|r| r.abort_handle()));
         process::wait(spawned, confinement.group.clone(), move |ended| {
-            addr.do_send(Exited {
-                key: k,
-                run,
-                ended,
-            });
+            addr.do_send(Exited { key: k, run, ended });
         });
         entry.run = Some(Run {
             id: run,

@@ -127,9 +127,12 @@ pub(crate) fn admit(
             |l| l.cpu_millis.map(u64::from),
             |m| cores(u32::try_from(m).unwrap_or(u32::MAX)),
         ),
-        ("process", "app_pids", |l| l.pids.map(u64::from), |p| {
-            format!("{p} processes")
-        }),
+        (
+            "process",
+            "app_pids",
+            |l| l.pids.map(u64::from),
+            |p| format!("{p} processes"),
+        ),
     ];
     for (resource, key, get, show) in checks {
         let (Some(limit), Some(wanted)) = (get(&quota), get(&asked)) else {
@@ -154,7 +157,12 @@ pub(crate) fn admit(
 
 /// "64 MiB", "1.5 GiB", "1000 bytes".
 pub(crate) fn bytes(n: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
     for (size, unit) in UNITS {
         if n >= size {
             let whole = n / size;
@@ -267,7 +275,10 @@ mod tests {
             pids: Some(1_000_000),
             ..Limits::default()
         };
-        assert!(admit("chat", "d", quota, &[], pids).is_ok(), "no pids quota");
+        assert!(
+            admit("chat", "d", quota, &[], pids).is_ok(),
+            "no pids quota"
+        );
         assert!(admit("chat", "e", quota, &[], Limits::default()).is_ok());
     }
 

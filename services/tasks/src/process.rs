@@ -7,10 +7,10 @@
 
 use std::{
     io,
-    sync::Arc,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
+    sync::Arc,
     time::Duration,
 };
 

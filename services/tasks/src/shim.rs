@@ -160,7 +160,12 @@ fn parse(args: &[OsString]) -> Option<(Pid, Options, &OsStr, &[OsString])> {
         rest = after;
     }
     let (program, program_args) = rest.split_first()?;
-    Some((Pid::from_raw(node), options, program.as_os_str(), program_args))
+    Some((
+        Pid::from_raw(node),
+        options,
+        program.as_os_str(),
+        program_args,
+    ))
 }
 
 /// Default actions for every signal: an ignored signal would otherwise stay ignored in the

@@ -420,7 +420,11 @@ mod tests {
             .restart_period
         };
         assert_eq!(with(0, 0), Duration::from_secs(60));
-        assert_eq!(with(5, 1), Duration::from_secs(9), "5 back-offs (3.1 s) and 5 s of runs");
+        assert_eq!(
+            with(5, 1),
+            Duration::from_secs(9),
+            "5 back-offs (3.1 s) and 5 s of runs"
+        );
         assert_eq!(with(5, 30), Duration::from_secs(30));
         assert!(with(1000, 60) > Duration::from_secs(10_000));
     }

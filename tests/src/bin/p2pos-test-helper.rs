@@ -88,7 +88,11 @@ fn detached_sleep(setsid: bool) -> std::io::Result<u32> {
     if setsid {
         // SAFETY: setsid is async-signal-safe.
         unsafe {
-            cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
         }
     }
     Ok(cmd.spawn()?.id())

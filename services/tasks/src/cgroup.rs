@@ -409,10 +409,11 @@ fn kill_listed(procs: &Path) -> usize {
     let me = std::process::id();
     let mut killed = 0;
     for pid in read_pids(procs) {
-        if pid > 1 && u32::try_from(pid).ok() != Some(me) {
-            if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-                killed += 1;
-            }
+        if pid > 1
+            && u32::try_from(pid).ok() != Some(me)
+            && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+        {
+            killed += 1;
         }
     }
     killed

@@ -109,6 +109,15 @@ impl Limits {
     }
 }
 
+/// One resource of the admission check: its name, its config key, its amount in a [`Limits`],
+/// how an amount is shown.
+type Check = (
+    &'static str,
+    &'static str,
+    fn(&Limits) -> Option<u64>,
+    fn(u64) -> String,
+);
+
 /// Refuses a helper of app `app` asking for `asked` when the limits its app's other active
 /// helpers set (`reserved`, summed) and it would exceed the app's `quota`.
 pub(crate) fn admit(
@@ -119,7 +128,7 @@ pub(crate) fn admit(
     asked: Limits,
 ) -> Result<(), Error> {
     let sum = |f: fn(&Limits) -> Option<u64>| reserved.iter().filter_map(f).sum::<u64>();
-    let checks: [(&str, &str, fn(&Limits) -> Option<u64>, fn(u64) -> String); 3] = [
+    let checks: [Check; 3] = [
         ("memory", "app_memory_bytes", |l| l.memory, bytes),
         (
             "CPU",

@@ -292,7 +292,13 @@ mod tests {
             reason: "killed by SIGSEGV".into(),
             started_at_ms: 1_718_454_897_000,
             helper_app_id: "chat:voice".into(),
-            ..HelperStatus::default()
+            limits: Some(Limits {
+                memory_bytes: 64 << 20,
+                cpu: 0.5,
+                pids: 0,
+            }),
+            enforcement: "cgroup v1".into(),
+            cgroup: String::new(),
         }
     }
 
@@ -309,7 +315,8 @@ mod tests {
              program: voice-helper --port 5 'two words'\n\
              last exit: killed by SIGSEGV at 2024-06-15T12:34:56.789Z\n\
              reason: killed by SIGSEGV\n\
-             started: 2024-06-15T12:34:57.000Z"
+             started: 2024-06-15T12:34:57.000Z\n\
+             limits: memory 64 MiB, cpu 0.5, pids none (cgroup v1)"
         );
         let never_ran = HelperStatus {
             spec: Some(HelperSpec {

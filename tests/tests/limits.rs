@@ -422,3 +422,28 @@ async fn escaped_pid(client: &Client) -> u32 {
             .expect("a pid"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_cgroups_the_node_falls_back_to_rlimits_and_says_so_once() {
+    let (node, client, _dir) = node_with("[tasks]\ncgroups = false\n").await;
+    add(&client, spec("hog", &["alloc", "256"], memory(64 * MIB)))
+        .await
+        .expect("add");
+    let hog = start(&client, "hog").await.expect("start");
+    assert_eq!(hog.enforcement, "rlimits");
+    assert_eq!(hog.cgroup, "", "no cgroup");
+    // Its address space cannot grow past 64 MiB: the allocation fails inside it.
+    let ended = wait_for("the hog to end", T, || {
+        let client = client.clone();
+        async move {
+            let status = get(&client, "hog").await;
+            (status.state != HelperState::Running as i32).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(ended.state, HelperState::Exited as i32, "{}", ended.reason);
+    assert_eq!(ended.enforcement, "rlimits");
+    start(&client, "hog").await.expect("start again");
+    let said = node.log().matches("falling back to rlimits").count();
+    assert_eq!(said, 1, "said once in the log:\n{}", node.log());
+}

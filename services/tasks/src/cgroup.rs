@@ -575,7 +575,9 @@ impl Group {
 /// the group, and its app's and the node's groups if they are empty now. Best effort: what is
 /// left is removed by the next start of the node.
 pub(crate) fn abandon(dirs: &[PathBuf]) {
-    let Some(first) = dirs.first() else { return };
+    let Some(first) = dirs.first() else {
+        return;
+    };
     let procs = first.join("cgroup.procs");
     let until = std::time::Instant::now() + KILL_DEADLINE;
     let me = i32::try_from(std::process::id()).unwrap_or(0);

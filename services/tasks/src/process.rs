@@ -154,8 +154,9 @@ pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned>
         Rlimits::default()
     };
     let group = launch.group.clone();
+    let shimmed = launch.shim.is_some();
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (open, write, close, setrlimit, prctl, getppid, _exit);
+    // async-signal-safe system calls (open, write, close, setrlimit, sigprocmask, prctl, getppid, _exit);
     // it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
@@ -164,6 +165,13 @@ pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned>
                 group.join_from_child()?;
             }
             rlimits.apply()?;
+            if shimmed {
+                // The shim reads every signal with sigwait: blocked from before it runs, the
+                // parent-death signal cannot kill it before it has cleaned up.
+                nix::sys::signal::SigSet::all()
+                    .thread_block()
+                    .map_err(io::Error::from)?;
+            }
             nix::sys::prctl::set_pdeathsig(death_signal).map_err(io::Error::from)?;
             // The node died between fork and prctl: nobody would ever kill this process.
             if nix::unistd::getppid() != node {

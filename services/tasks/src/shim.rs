@@ -84,14 +84,18 @@ fn run(args: &[OsString]) -> i32 {
         );
         return CANNOT_RUN;
     };
-    // Every signal is read with sigwait from here on (SIGKILL and SIGSTOP cannot be blocked).
+    // Every signal is read with sigwait from here on (SIGKILL and SIGSTOP cannot be blocked);
+    // the node started the shim with them blocked already, so that even a parent-death signal
+    // right at its start is read, not fatal.
     let all = SigSet::all();
     if let Err(e) = all.thread_block() {
         eprintln!("p2posd: helper shim: cannot block signals: {e}");
         return CANNOT_RUN;
     }
     if getppid() != node {
-        return CANNOT_RUN; // the node is already gone
+        // The node is already gone: its cgroup holds only this process.
+        cgroup::abandon(&options.cgroups);
+        return CANNOT_RUN;
     }
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         eprintln!("p2posd: helper shim: cannot become a subreaper: {e}");

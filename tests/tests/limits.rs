@@ -136,6 +136,43 @@ fn procs(cgroup: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The CFS quota and period of `pid`'s cgroup: v2 `cpu.max`, or v1's two files alike.
+fn cpu_quota(pid: u32) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path:?}: {e}"))
+            .trim()
+            .to_owned()
+    };
+    let v1 = cgroups.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "cpu")
+            .then(|| Path::new("/sys/fs/cgroup/cpu").join(path.trim_start_matches('/')))
+    });
+    match v1 {
+        Some(dir) => format!(
+            "{} {}",
+            read(dir.join("cpu.cfs_quota_us")),
+            read(dir.join("cpu.cfs_period_us"))
+        ),
+        None => {
+            let path = cgroups
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .expect("a v2 cgroup");
+            read(
+                Path::new("/sys/fs/cgroup")
+                    .join(path.trim_start_matches('/'))
+                    .join("cpu.max"),
+            )
+        }
+    }
+}
+
 /// Fails the test clearly when it cannot have cgroups here.
 fn require_cgroups() {
     let root = nix::unistd::geteuid().is_root();
@@ -306,6 +343,7 @@ async fn a_fork_bomb_stops_at_its_process_limit() {
     let (_node, client, _dir) = node_with("").await;
     let limits = Limits {
         pids: 20,
+        cpu: 0.5,
         ..Limits::default()
     };
     add(&client, spec("forker", &["spawn", "200"], Some(limits)))
@@ -335,6 +373,7 @@ async fn a_fork_bomb_stops_at_its_process_limit() {
         get(&client, "forker").await.state,
         HelperState::Running as i32
     );
+    assert_eq!(cpu_quota(forker.pid), "50000 100000", "half a core");
 
     stop(&client, "forker").await;
     assert!(

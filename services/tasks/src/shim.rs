@@ -114,6 +114,9 @@ fn run(args: &[OsString]) -> i32 {
             SigSet::all().thread_unblock().map_err(std::io::Error::from)
         });
     }
+    // Signals sent to the group before the program exists (a stop right after the start)
+    // wait here, blocked; the program is given them once it runs.
+    let missed = pending_signals();
     let child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -122,6 +125,9 @@ fn run(args: &[OsString]) -> i32 {
         }
     };
     let program_pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    for signal in missed {
+        let _ = kill(program_pid, signal);
+    }
     loop {
         let Ok(signal) = all.wait() else {
             continue;
@@ -170,6 +176,21 @@ fn parse(args: &[OsString]) -> Option<(Pid, Options, &OsStr, &[OsString])> {
         program.as_os_str(),
         program_args,
     ))
+}
+
+/// The signals pending for this process (blocked since it started), but SIGCHLD.
+fn pending_signals() -> Vec<Signal> {
+    // SAFETY: sigpending fills the set it is given; sigismember reads it.
+    unsafe {
+        let mut set: nix::libc::sigset_t = std::mem::zeroed();
+        if nix::libc::sigpending(&mut set) != 0 {
+            return Vec::new();
+        }
+        Signal::iterator()
+            .filter(|s| *s != Signal::SIGCHLD)
+            .filter(|s| nix::libc::sigismember(&set, *s as i32) == 1)
+            .collect()
+    }
 }
 
 /// Default actions for every signal: an ignored signal would otherwise stay ignored in the

@@ -28,7 +28,7 @@ pub(crate) struct NodeConfig {
     pub(crate) gateway: p2pos_gateway::Config,
     /// `[monitor]`: the metrics endpoint.
     pub(crate) monitor: p2pos_monitor::Config,
-    /// `[tasks]`: the plug-in directory.
+    /// `[tasks]`: the plug-in directory, helpers' quotas, cgroups.
     pub(crate) tasks: p2pos_tasks::Config,
     /// `[resources]`: how often the machine is sampled.
     pub(crate) resources: p2pos_resources::Config,
@@ -87,6 +87,7 @@ impl NodeConfig {
             ("overlay", self.overlay.validate()),
             ("gateway", self.gateway.validate()),
             ("monitor", self.monitor.validate()),
+            ("tasks", self.tasks.validate()),
             ("resources", self.resources.validate()),
         ];
         for (table, result) in parts {

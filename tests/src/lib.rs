@@ -278,6 +278,14 @@ impl Node {
         status
     }
 
+    /// SIGKILL (the node dies without cleaning up anything), then waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts the process again on the same data directory.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");

@@ -110,6 +110,14 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// A start would take an app's helpers over its quota.
+    #[error("{message}")]
+    Quota {
+        /// The app.
+        app: String,
+        /// Which quota, and the numbers.
+        message: String,
+    },
     /// The process could not be started (exec failed).
     #[error("cannot start helper {name:?}: {source}")]
     Spawn {
@@ -166,7 +174,7 @@ impl From<Error> for ServiceError {
             | Error::WorkingDir(_)
             | Error::Spawn { .. } => ErrorCode::FailedPrecondition,
             Error::PermissionDenied { .. } => ErrorCode::PermissionDenied,
-            Error::Limit { .. } => ErrorCode::ResourceExhausted,
+            Error::Limit { .. } | Error::Quota { .. } => ErrorCode::ResourceExhausted,
             Error::Session(e) => e.code,
             Error::ShuttingDown => ErrorCode::Unavailable,
             Error::Store(_) | Error::HelperDir { .. } | Error::Internal(_) => ErrorCode::Internal,

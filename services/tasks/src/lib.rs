@@ -3,7 +3,9 @@
 //!
 //! A helper runs without a shell, with only the environment its spec gives plus the `P2POS_*`
 //! variables (gateway address, a token scoped to the helper's app id, its name, owner and
-//! directory), in its own process group, and is killed if the node dies. An app's helper
+//! directory), in its own process group and cgroup (with its memory, CPU and process limits;
+//! rlimits where cgroups are not writable), and is killed, with everything it started, when it
+//! stops or the node dies. An app's helper
 //! stops when the app's last session ends (unless its spec says `outlive_session`).
 //!
 //! # Layout
@@ -12,6 +14,11 @@
 //! - `control`: the protocol's operations, one `match` over the request envelope.
 //! - `lifecycle`: start, exit, restart with back-off and intensity, stop, session binding.
 //! - `table`: the helper table the actor owns, and how an entry is shown and published.
+//! - `limits`: helpers' resource limits, the per-app quotas and the admission check.
+//! - `enforce`: how limits are enforced here (cgroups, else rlimits) and what one run gets.
+//! - `cgroup`: helpers' cgroups (v1 or v2) by plain file writes: create, join, count OOM
+//!   kills, kill everything in one, clean up an earlier run's.
+//! - `rlimit`: the rlimit fallback.
 //! - `process`: spawning (environment, process group, parent-death signal), waiting,
 //!   signalling; helper tokens and directories.
 //! - [`shim`]: the small supervisor `p2posd` runs in front of each helper so that nothing a
@@ -25,15 +32,19 @@
 //! - `signal`: signal names.
 //! - [`error`]: the service's [`Error`] and its mapping to `ServiceError`.
 
+mod cgroup;
 pub mod config;
 mod control;
+mod enforce;
 pub mod error;
 mod lifecycle;
+mod limits;
 mod logs;
 mod persist;
 mod process;
 mod program;
 mod restart;
+mod rlimit;
 mod scope;
 pub mod service;
 pub mod shim;
@@ -41,8 +52,9 @@ mod signal;
 mod spec;
 mod table;
 
-pub use config::Config;
+pub use config::{Config, Cores, DEFAULT_APP_CPU, DEFAULT_APP_MEMORY_BYTES, DEFAULT_APP_PIDS};
 pub use error::Error;
+pub use limits::{MAX_CPU, MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU, MIN_MEMORY_BYTES};
 pub use logs::{FOLLOW_BUFFER, LOGS_CHANNEL, MAX_LINE_BYTES, MAX_LINES, MAX_RING_BYTES};
 pub use persist::HELPERS_TREE;
 pub use process::{

@@ -12,7 +12,7 @@ use tokio::{sync::oneshot, time::Instant};
 use tracing::warn;
 
 use crate::{
-    Error,
+    Error, limits,
     process::{self, Launch},
     program,
     restart::{self, Exit},
@@ -108,6 +108,20 @@ impl TasksService {
                 limit: MAX_RUNNING_PER_APP,
             });
         }
+        // The limits its app's active helpers set, with its own, fit in the app's quota.
+        let reserved: Vec<_> = self
+            .table
+            .iter()
+            .filter(|(k, e)| e.is_active() && root_app(&k.app) == root && *k != key)
+            .map(|(_, e)| e.running_spec().limits)
+            .collect();
+        limits::admit(
+            group_name(root),
+            &key.name,
+            self.quota,
+            &reserved,
+            spec.limits,
+        )?;
         match self.table.get_mut(key) {
             Some(entry) => entry.spec = spec,
             None => {
@@ -173,6 +187,16 @@ impl TasksService {
             }
         };
         entry.prune_readers();
+        let run = self.next_run;
+        let limits = spec.limits.or(self.quota);
+        let shim = self.config.helper_shim.as_deref();
+        let confinement = self.enforcer.confine(
+            group_name(root_app(&key.app)),
+            &format!("{}-{run}", spec.name),
+            self.quota,
+            limits,
+            shim.is_some(),
+        );
         let launch = Launch {
             program: &program,
             spec: &spec,
@@ -180,13 +204,22 @@ impl TasksService {
             token: &token,
             app_id: &app_id,
             dir: &dir,
-            shim: self.config.helper_shim.as_deref(),
+            shim,
+            group: confinement.group.clone(),
+            rlimits: confinement.rlimits,
         };
-        let spawned = process::spawn(&launch, &entry.log).map_err(|source| Error::Spawn {
-            name: spec.name.clone(),
-            source,
-        })?;
-        let run = self.next_run;
+        let spawned = match process::spawn(&launch, &entry.log) {
+            Ok(spawned) => spawned,
+            Err(source) => {
+                if let Some(group) = confinement.group {
+                    group.kill_and_remove_blocking();
+                }
+                return Err(Error::Spawn {
+                    name: spec.name.clone(),
+                    source,
+                });
+            }
+        };
         self.next_run += 1;
         let addr = ctx.address();
         let k = key.clone();
@@ -194,12 +227,8 @@ impl TasksService {
         entry
             .readers
             .extend(spawned.readers.iter().map(|r| r.abort_handle()));
-        process::wait(spawned, move |status| {
-            addr.do_send(Exited {
-                key: k,
-                run,
-                status,
-            });
+        process::wait(spawned, confinement.group.clone(), move |ended| {
+            addr.do_send(Exited { key: k, run, ended });
         });
         entry.run = Some(Run {
             id: run,
@@ -207,7 +236,10 @@ impl TasksService {
             spec,
             sent: Vec::new(),
             kill_timer: None,
+            group: confinement.group,
         });
+        entry.limits = limits;
+        entry.enforcement = confinement.enforcement;
         entry.started_at_ms = now_ms();
         entry.set_state(key, &self.ctx.events, HelperState::Running, "");
         Ok(())
@@ -243,7 +275,7 @@ impl TasksService {
     /// A process has exited: the end of a stop, or an exit on its own that its restart
     /// policy and intensity judge.
     pub(crate) fn on_exit(&mut self, msg: Exited, ctx: &mut Context<Self>) {
-        let Exited { key, run, status } = msg;
+        let Exited { key, run, ended } = msg;
         let Some(entry) = self.table.get_mut(&key) else {
             return;
         };
@@ -256,7 +288,10 @@ impl TasksService {
         if let Some(timer) = run.kill_timer {
             ctx.cancel_future(timer);
         }
-        let exit = Exit::new(status, &run.sent);
+        let mut exit = Exit::new(ended.status, &run.sent);
+        if ended.oom_kills > 0 {
+            exit = exit.over_memory(entry.limits.memory);
+        }
         entry.last_exit = Some(exit.status.clone());
         match entry.state {
             HelperState::Stopping => {
@@ -290,6 +325,14 @@ impl TasksService {
             other => {
                 warn!(helper = %key, state = ?other, "exit of a helper in an unexpected state")
             }
+        }
+        let root = root_app(&key.app);
+        if !self
+            .table
+            .iter()
+            .any(|(k, e)| e.run.is_some() && root_app(&k.app) == root)
+        {
+            self.enforcer.release_app(group_name(root));
         }
     }
 
@@ -387,6 +430,15 @@ impl TasksService {
 /// How long each helper gets after its stop signal when the node stops (the kernel waits 5 s
 /// for a service to stop).
 const NODE_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The name of the cgroup of the helpers of `root` (a root app, or "" for the node's).
+fn group_name(root: &str) -> &str {
+    if root.is_empty() {
+        p2pos_protocols::names::NODE_HELPER_OWNER
+    } else {
+        root
+    }
+}
 
 /// The app an entry's share counts against: `chat` for `chat`, `chat:voice`, ...; the node's
 /// own helpers (`""`) share one.

@@ -1,5 +1,6 @@
-//! Helper processes: how one is spawned (no shell, a clean environment, its own process group,
-//! killed if the node dies), waited for, and signalled; its token and directory.
+//! Helper processes: how one is spawned (no shell, a clean environment, its own process group
+//! and cgroup or rlimits, killed if the node dies), waited for (and everything left in its
+//! cgroup killed), and signalled; its token and directory.
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, so processes are spawned only
 //! from the actor's thread (never from `spawn_blocking`, whose threads exit when idle).
@@ -9,6 +10,7 @@ use std::{
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
@@ -24,7 +26,9 @@ use tokio::{
 
 use crate::{
     Error,
+    cgroup::Group,
     logs::{self, SharedLog},
+    rlimit::Rlimits,
     shim,
     spec::Spec,
 };
@@ -97,6 +101,10 @@ pub(crate) struct Launch<'a> {
     pub(crate) dir: &'a Path,
     /// The `p2posd` executable to run it under as a [`crate::shim`], if any.
     pub(crate) shim: Option<&'a Path>,
+    /// The cgroup it runs in, if any.
+    pub(crate) group: Option<Arc<Group>>,
+    /// The rlimits of its program (where there is no cgroup).
+    pub(crate) rlimits: Rlimits,
 }
 
 /// A started process: its pid (also its process group) and the tasks reading its output.
@@ -115,7 +123,11 @@ pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned>
         Some(shim) => {
             let mut cmd = Command::new(shim);
             let node_pid = u32::try_from(node.as_raw()).unwrap_or(0);
-            cmd.args(shim::command_line(node_pid, launch.program));
+            let options = shim::Options {
+                cgroups: launch.group.as_ref().map(|g| g.dirs()).unwrap_or_default(),
+                rlimits: launch.rlimits,
+            };
+            cmd.args(shim::command_line(node_pid, &options, launch.program));
             // The shim catches it and kills the helper's whole group.
             (cmd, Signal::SIGTERM)
         }
@@ -135,10 +147,31 @@ pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // Without a shim, the node sets the program's rlimits itself.
+    let rlimits = if launch.shim.is_none() {
+        launch.rlimits
+    } else {
+        Rlimits::default()
+    };
+    let group = launch.group.clone();
+    let shimmed = launch.shim.is_some();
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid, _exit); it allocates nothing.
+    // async-signal-safe system calls (open, write, close, setrlimit, sigprocmask, prctl, getppid, _exit);
+    // it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // In its cgroup before it runs anything: whatever it starts is in it too.
+            if let Some(group) = &group {
+                group.join_from_child()?;
+            }
+            rlimits.apply()?;
+            if shimmed {
+                // The shim reads every signal with sigwait: blocked from before it runs, the
+                // parent-death signal cannot kill it before it has cleaned up.
+                nix::sys::signal::SigSet::all()
+                    .thread_block()
+                    .map_err(io::Error::from)?;
+            }
             nix::sys::prctl::set_pdeathsig(death_signal).map_err(io::Error::from)?;
             // The node died between fork and prctl: nobody would ever kill this process.
             if nix::unistd::getppid() != node {
@@ -174,10 +207,22 @@ pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned>
     })
 }
 
+/// How a process ended: its status, and how many of the processes of its cgroup the kernel's
+/// OOM killer killed.
+pub(crate) struct Ended {
+    pub(crate) status: io::Result<ExitStatus>,
+    pub(crate) oom_kills: u64,
+}
+
 /// Waits for the process (so it never stays a zombie), kills what is left of its process
-/// group, gives its output readers [`DRAIN_TIMEOUT`] to reach the end of its pipes (so that a
-/// run's last lines are kept before its exit is reported), then calls `exited`.
-pub(crate) fn wait(spawned: Spawned, exited: impl FnOnce(io::Result<ExitStatus>) + Send + 'static) {
+/// group and of its cgroup (removing the cgroup), gives its output readers [`DRAIN_TIMEOUT`]
+/// to reach the end of its pipes (so that a run's last lines are kept before its exit is
+/// reported), then calls `exited`.
+pub(crate) fn wait(
+    spawned: Spawned,
+    group: Option<Arc<Group>>,
+    exited: impl FnOnce(Ended) + Send + 'static,
+) {
     let Spawned {
         mut child,
         pid,
@@ -185,10 +230,16 @@ pub(crate) fn wait(spawned: Spawned, exited: impl FnOnce(io::Result<ExitStatus>)
     } = spawned;
     tokio::spawn(async move {
         let status = child.wait().await;
-        // Processes the helper left behind in its group go with it.
+        // Processes the helper left behind in its group go with it, and in its cgroup those
+        // that left the group (setsid, double forks).
         signal_group(pid, Signal::SIGKILL);
+        let mut oom_kills = 0;
+        if let Some(group) = group {
+            oom_kills = group.oom_kills();
+            group.kill_and_remove().await;
+        }
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, futures::future::join_all(readers)).await;
-        exited(status);
+        exited(Ended { status, oom_kills });
     });
 }
 

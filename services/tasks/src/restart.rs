@@ -76,6 +76,24 @@ impl Exit {
     }
 }
 
+impl Exit {
+    /// The exit of a helper whose cgroup saw the kernel's OOM killer: over its memory limit
+    /// (`limit` bytes), always a failure.
+    pub(crate) fn over_memory(mut self, limit: Option<u64>) -> Exit {
+        let limit = limit.map_or(String::new(), |l| format!(" ({})", crate::limits::bytes(l)));
+        self.reason = if self.status.signal == "SIGKILL" {
+            format!("killed: over its memory limit{limit}")
+        } else {
+            format!(
+                "{}, after the kernel killed a process of it over its memory limit{limit}",
+                self.reason
+            )
+        };
+        self.failure = true;
+        self
+    }
+}
+
 /// Whether a helper that exited on its own (not stopped through the API) is restarted.
 pub(crate) fn restarts(policy: Restart, exit: &Exit) -> bool {
     match policy {
@@ -90,6 +108,19 @@ pub(crate) fn restarts(policy: Restart, exit: &Exit) -> bool {
 pub(crate) fn backoff(n: u32) -> Duration {
     let doublings = n.saturating_sub(1).min(16);
     (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
+}
+
+/// How long each run of a crash loop is assumed to last at most, for [`period_floor`].
+const QUICK_CRASH: Duration = Duration::from_secs(1);
+
+/// The shortest restart period that holds `max_restarts` restarts of a crash loop (each run
+/// lasting up to [`QUICK_CRASH`], each restart after its back-off), rounded up to whole
+/// seconds: with a shorter one, old restarts would leave the window before the count is
+/// reached, and the loop would never end FAILED.
+pub(crate) fn period_floor(max_restarts: u32) -> Duration {
+    let total: Duration = (1..=max_restarts).map(|n| backoff(n) + QUICK_CRASH).sum();
+    let secs = total.as_secs() + u64::from(total.subsec_nanos() > 0);
+    Duration::from_secs(secs)
 }
 
 /// The restarts of one helper within its intensity window.
@@ -192,5 +223,31 @@ mod tests {
         assert!(!restarts(Restart::OnFailure, &code(0)));
         assert!(!restarts(Restart::OnFailure, &ours));
         assert!(restarts(Restart::Always, &code(0)));
+
+        let killed = Exit::new(Ok(StdStatus::from_raw(9)), &[]).over_memory(Some(64 << 20));
+        assert_eq!(killed.reason, "killed: over its memory limit (64 MiB)");
+        let child = code(1).over_memory(Some(64 << 20));
+        assert_eq!(
+            child.reason,
+            "exited with code 1, after the kernel killed a process of it over its memory limit (64 MiB)"
+        );
+        assert!(child.failure);
+    }
+
+    #[test]
+    fn the_period_floor_holds_a_crash_loop() {
+        assert_eq!(period_floor(0), Duration::ZERO);
+        assert_eq!(period_floor(1), Duration::from_secs(2));
+        assert_eq!(period_floor(5), Duration::from_secs(9));
+        // A crash loop of quick crashes fills the window before it slides.
+        let mut w = Window::default();
+        let period = period_floor(5);
+        let mut now = Instant::now();
+        let mut n = 0;
+        while let Ok(within) = w.admit(now, 5, period) {
+            now += backoff(within) + QUICK_CRASH;
+            n += 1;
+            assert!(n <= 5, "the loop ends");
+        }
     }
 }

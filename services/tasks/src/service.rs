@@ -17,7 +17,9 @@ use p2pos_protocols::{Apps, Tasks};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::{Config, Error, persist, process, scope::Key, table::Entry};
+use crate::{
+    Config, Error, enforce::Enforcer, limits::Limits, persist, process, scope::Key, table::Entry,
+};
 use p2pos_proto::tasks::v1::HelperState;
 
 /// The service's name.
@@ -62,7 +64,11 @@ fn start(
         .into_iter()
         .map(|spec| (Key::of(&spec), Entry::new(spec, true)))
         .collect();
+    let quota = config.app_quota().map_err(Error::Internal)?;
+    let enforcer = Enforcer::new(config.cgroups, &ctx.config.data_dir);
     let service = TasksService {
+        enforcer,
+        quota,
         ctx,
         config,
         _guard: guard,
@@ -100,6 +106,10 @@ pub(crate) struct TasksService {
     pub(crate) stopping: bool,
     /// Bounds the tasks serving `Logs` calls.
     pub(crate) log_readers: Arc<Semaphore>,
+    /// Cgroups or rlimits.
+    pub(crate) enforcer: Enforcer,
+    /// Each app's quota (`[tasks]` app_memory_bytes, app_cpu, app_pids).
+    pub(crate) quota: Limits,
 }
 
 /// A helper's process has exited (and has been reaped).
@@ -108,7 +118,7 @@ pub(crate) struct TasksService {
 pub(crate) struct Exited {
     pub(crate) key: Key,
     pub(crate) run: u64,
-    pub(crate) status: std::io::Result<std::process::ExitStatus>,
+    pub(crate) ended: process::Ended,
 }
 
 impl Actor for TasksService {
@@ -130,6 +140,9 @@ impl Drop for TasksService {
             if let Some(run) = &entry.run {
                 warn!(helper = %key, pid = run.pid, "killing the helper: the task-control service is gone");
                 process::signal_group(run.pid, Signal::SIGKILL);
+                if let Some(group) = &run.group {
+                    group.kill_and_remove_blocking();
+                }
             }
             if entry.is_active() {
                 // Followers of the event stream must not think it still runs.
@@ -141,6 +154,7 @@ impl Drop for TasksService {
                 );
             }
         }
+        self.enforcer.remove();
     }
 }
 
@@ -165,7 +179,8 @@ impl Handler<StopService> for TasksService {
         Box::pin(
             futures::future::join_all(waits)
                 .into_actor(self)
-                .map(move |_, _, ctx| {
+                .map(move |_, act, ctx| {
+                    act.enforcer.remove();
                     info!(helpers = count, "task control stopped");
                     ctx.stop();
                 }),

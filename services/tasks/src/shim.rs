@@ -3,16 +3,19 @@
 //!
 //! A parent-death signal reaches only the process that asked for it, not the processes a
 //! helper starts itself. So the node starts `p2posd __p2pos-helper-shim NODE_PID PROGRAM
-//! ARGS...` as the leader of a new process group, with a parent-death signal; the shim
+//! [--cgroup DIR]... [--rlimit-as BYTES] [--rlimit-nproc N] -- ARGS...` as the leader of a new
+//! process group, in the helper's cgroup (if any), with a parent-death signal; the shim
 //! - becomes a child subreaper (orphans of the helper's tree become its children, and it reaps
 //!   them: no zombies),
 //! - closes every inherited file descriptor but stdin, stdout and stderr, resets every signal
 //!   to its default action, and runs the program (no shell) in its own (the shim's) process
-//!   group,
+//!   group, with the rlimits it was given (where cgroups are not writable),
 //! - then waits, with every signal blocked and read with `sigwait`: signals sent to the group
 //!   (the node's stop signal) reach the program directly and the shim ignores them; when the
-//!   node dies (the parent-death signal, and its parent is no longer the node) it kills the
-//!   whole group with SIGKILL, itself included; when the program exits it exits the same way
+//!   node dies (the parent-death signal, and its parent is no longer the node) it kills every
+//!   process of its cgroup (the `DIR`s: those that left the process group too), moves itself
+//!   out and removes the cgroup (and the node's, if it was the last), then kills the whole
+//!   group with SIGKILL, itself included; when the program exits it exits the same way
 //!   (the same code, or killed by the same signal), and the node kills what is left of the
 //!   group.
 //!
@@ -21,9 +24,11 @@
 use std::{
     ffi::{OsStr, OsString},
     os::unix::process::CommandExt,
+    path::{Path, PathBuf},
     process::Command,
 };
 
+use crate::{cgroup, rlimit::Rlimits};
 use nix::{
     sys::{
         signal::{SigHandler, SigSet, Signal, kill, killpg, raise, signal},
@@ -49,28 +54,48 @@ pub fn run_if_requested() {
     std::process::exit(code);
 }
 
-/// The shim's command line after [`SHIM_ARG`]: the node's pid, the program, its arguments.
-pub(crate) fn command_line(node: u32, program: &std::path::Path) -> Vec<OsString> {
-    vec![
-        SHIM_ARG.into(),
-        node.to_string().into(),
-        program.as_os_str().to_owned(),
-    ]
+/// What the shim does besides running the program.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Options {
+    /// The directories of the helper's cgroup (the first lists its processes), emptied and
+    /// removed when the node dies.
+    pub(crate) cgroups: Vec<PathBuf>,
+    /// The program's rlimits.
+    pub(crate) rlimits: Rlimits,
+}
+
+/// The shim's command line up to the program's arguments: [`SHIM_ARG`], the node's pid, the
+/// options, `--`, the program.
+pub(crate) fn command_line(node: u32, options: &Options, program: &Path) -> Vec<OsString> {
+    let mut args = vec![OsString::from(SHIM_ARG), node.to_string().into()];
+    for dir in &options.cgroups {
+        args.extend(["--cgroup".into(), dir.as_os_str().to_owned()]);
+    }
+    args.extend(options.rlimits.shim_args());
+    args.extend(["--".into(), program.as_os_str().to_owned()]);
+    args
 }
 
 fn run(args: &[OsString]) -> i32 {
-    let Some((node, program, program_args)) = parse(args) else {
-        eprintln!("p2posd: the helper shim needs NODE_PID PROGRAM [ARGS...]");
+    let Some((node, options, program, program_args)) = parse(args) else {
+        eprintln!(
+            "p2posd: the helper shim needs NODE_PID [--cgroup DIR]... [--rlimit-as BYTES] \
+             [--rlimit-nproc N] -- PROGRAM [ARGS...]"
+        );
         return CANNOT_RUN;
     };
-    // Every signal is read with sigwait from here on (SIGKILL and SIGSTOP cannot be blocked).
+    // Every signal is read with sigwait from here on (SIGKILL and SIGSTOP cannot be blocked);
+    // the node started the shim with them blocked already, so that even a parent-death signal
+    // right at its start is read, not fatal.
     let all = SigSet::all();
     if let Err(e) = all.thread_block() {
         eprintln!("p2posd: helper shim: cannot block signals: {e}");
         return CANNOT_RUN;
     }
     if getppid() != node {
-        return CANNOT_RUN; // the node is already gone
+        // The node is already gone: its cgroup holds only this process.
+        cgroup::abandon(&options.cgroups);
+        return CANNOT_RUN;
     }
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         eprintln!("p2posd: helper shim: cannot become a subreaper: {e}");
@@ -80,11 +105,18 @@ fn run(args: &[OsString]) -> i32 {
     close_inherited_fds();
     let mut command = Command::new(program);
     command.args(program_args);
-    // SAFETY: runs in the forked child before exec; sigprocmask is async-signal-safe and
-    // nothing is allocated.
+    let rlimits = options.rlimits;
+    // SAFETY: runs in the forked child before exec; sigprocmask and setrlimit are
+    // async-signal-safe and nothing is allocated.
     unsafe {
-        command.pre_exec(|| SigSet::all().thread_unblock().map_err(std::io::Error::from));
+        command.pre_exec(move || {
+            rlimits.apply()?;
+            SigSet::all().thread_unblock().map_err(std::io::Error::from)
+        });
     }
+    // Signals sent to the group before the program exists (a stop right after the start)
+    // wait here, blocked; the program is given them once it runs.
+    let missed = pending_signals();
     let child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -93,6 +125,9 @@ fn run(args: &[OsString]) -> i32 {
         }
     };
     let program_pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    for signal in missed {
+        let _ = kill(program_pid, signal);
+    }
     loop {
         let Ok(signal) = all.wait() else {
             continue;
@@ -102,7 +137,11 @@ fn run(args: &[OsString]) -> i32 {
                 return exit_like(status);
             }
         } else if getppid() != node {
-            // The node died: nothing of this helper may outlive it.
+            // The node died: nothing of this helper may outlive it, not even what left its
+            // process group.
+            if !options.cgroups.is_empty() {
+                cgroup::abandon(&options.cgroups);
+            }
             let _ = killpg(getpgrp(), Signal::SIGKILL);
             return CANNOT_RUN;
         }
@@ -110,11 +149,48 @@ fn run(args: &[OsString]) -> i32 {
     }
 }
 
-fn parse(args: &[OsString]) -> Option<(Pid, &OsStr, &[OsString])> {
-    let (node, rest) = args.split_first()?;
-    let (program, program_args) = rest.split_first()?;
+fn parse(args: &[OsString]) -> Option<(Pid, Options, &OsStr, &[OsString])> {
+    let (node, mut rest) = args.split_first()?;
     let node: i32 = node.to_str()?.parse().ok()?;
-    Some((Pid::from_raw(node), program.as_os_str(), program_args))
+    let mut options = Options::default();
+    loop {
+        let (flag, after) = rest.split_first()?;
+        if flag == "--" {
+            rest = after;
+            break;
+        }
+        let (value, after) = after.split_first()?;
+        let number = || value.to_str()?.parse::<u64>().ok();
+        match flag.to_str()? {
+            "--cgroup" => options.cgroups.push(PathBuf::from(value)),
+            "--rlimit-as" => options.rlimits.address_space = Some(number()?),
+            "--rlimit-nproc" => options.rlimits.nproc = Some(number()?),
+            _ => return None,
+        }
+        rest = after;
+    }
+    let (program, program_args) = rest.split_first()?;
+    Some((
+        Pid::from_raw(node),
+        options,
+        program.as_os_str(),
+        program_args,
+    ))
+}
+
+/// The signals pending for this process (blocked since it started), but SIGCHLD.
+fn pending_signals() -> Vec<Signal> {
+    // SAFETY: sigpending fills the set it is given; sigismember reads it.
+    unsafe {
+        let mut set: nix::libc::sigset_t = std::mem::zeroed();
+        if nix::libc::sigpending(&mut set) != 0 {
+            return Vec::new();
+        }
+        Signal::iterator()
+            .filter(|s| *s != Signal::SIGCHLD)
+            .filter(|s| nix::libc::sigismember(&set, *s as i32) == 1)
+            .collect()
+    }
 }
 
 /// Default actions for every signal: an ignored signal would otherwise stay ignored in the
@@ -186,15 +262,32 @@ mod tests {
 
     #[test]
     fn the_command_line_is_parsed_back() {
-        let args: Vec<OsString> = command_line(42, std::path::Path::new("/bin/prog"))
-            .into_iter()
-            .skip(1)
-            .chain([OsString::from("-x")])
-            .collect();
-        let (node, program, rest) = parse(&args).expect("parses");
-        assert_eq!(node, Pid::from_raw(42));
-        assert_eq!(program, OsStr::new("/bin/prog"));
-        assert_eq!(rest, [OsString::from("-x")]);
+        for options in [
+            Options::default(),
+            Options {
+                cgroups: vec![
+                    "/sys/fs/cgroup/pids/p2pos-1/a/b-1".into(),
+                    "/sys/fs/cgroup/memory/p2pos-1/a/b-1".into(),
+                ],
+                rlimits: Rlimits {
+                    address_space: Some(64 << 20),
+                    nproc: Some(100),
+                },
+            },
+        ] {
+            let args: Vec<OsString> = command_line(42, &options, Path::new("/bin/prog"))
+                .into_iter()
+                .skip(1)
+                .chain([OsString::from("--"), OsString::from("-x")])
+                .collect();
+            let (node, parsed, program, rest) = parse(&args).expect("parses");
+            assert_eq!(node, Pid::from_raw(42));
+            assert_eq!(parsed, options);
+            assert_eq!(program, OsStr::new("/bin/prog"));
+            assert_eq!(rest, [OsString::from("--"), OsString::from("-x")]);
+        }
         assert!(parse(&[OsString::from("x")]).is_none());
+        let unknown = ["1", "--what", "2", "--", "/bin/prog"].map(OsString::from);
+        assert!(parse(&unknown).is_none());
     }
 }

@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use p2pos_proto::tasks::v1::{HelperSpec, RestartPolicy};
 use p2pos_protocols::names;
 
-use crate::{Error, signal};
+use crate::{Error, limits::Limits, restart, signal};
 
 /// Longest helper name.
 pub const MAX_NAME_LEN: usize = 32;
@@ -58,6 +58,8 @@ pub(crate) struct Spec {
     pub(crate) stop_signal: Signal,
     pub(crate) stop_timeout: Duration,
     pub(crate) outlive_session: bool,
+    /// Its own limits (what is not set comes from its app's quota).
+    pub(crate) limits: Limits,
 }
 
 fn invalid(why: impl Into<String>) -> Error {
@@ -144,6 +146,7 @@ impl TryFrom<HelperSpec> for Spec {
             stop_signal,
             stop_timeout_ms,
             outlive_session,
+            limits,
         } = spec;
         validate_name(&name)?;
         // `_node:forward` is the app id port forwarding provides its services as.
@@ -228,7 +231,16 @@ impl TryFrom<HelperSpec> for Spec {
             )));
         }
         let or = |v: u32, default: u32| if v == 0 { default } else { v };
+        let max_restarts = or(max_restarts, DEFAULT_MAX_RESTARTS);
+        // A period too short to hold `max_restarts` quick crashes and their back-offs would
+        // let a crash loop go on for ever: it is raised to what holds them.
+        let restart_period = Duration::from_secs(u64::from(or(
+            restart_period_secs,
+            DEFAULT_RESTART_PERIOD_SECS,
+        )))
+        .max(restart::period_floor(max_restarts));
         Ok(Spec {
+            limits: Limits::try_from(limits)?,
             stop_signal: signal::parse_stop_signal(&stop_signal)?,
             name,
             app_id,
@@ -237,11 +249,8 @@ impl TryFrom<HelperSpec> for Spec {
             env: env.into_iter().collect(),
             working_dir,
             restart,
-            max_restarts: or(max_restarts, DEFAULT_MAX_RESTARTS),
-            restart_period: Duration::from_secs(u64::from(or(
-                restart_period_secs,
-                DEFAULT_RESTART_PERIOD_SECS,
-            ))),
+            max_restarts,
+            restart_period,
             stop_timeout: Duration::from_millis(u64::from(or(
                 stop_timeout_ms,
                 DEFAULT_STOP_TIMEOUT_MS,
@@ -279,6 +288,7 @@ impl Spec {
             stop_signal: self.stop_signal.as_str().to_owned(),
             stop_timeout_ms: u32::try_from(self.stop_timeout.as_millis()).unwrap_or(u32::MAX),
             outlive_session: self.outlive_session,
+            limits: (!self.limits.is_empty()).then(|| self.limits.to_proto()),
         }
     }
 
@@ -380,6 +390,13 @@ mod tests {
         assert!(with(|s| s.working_dir = "/tmp".into()).is_ok());
         assert!(with(|s| s.args = vec!["a\0b".into()]).is_err());
         assert!(with(|s| s.max_restarts = 1001).is_err());
+        assert!(
+            with(|s| s.limits = Some(p2pos_proto::tasks::v1::Limits {
+                cpu: f64::NAN,
+                ..Default::default()
+            }))
+            .is_err()
+        );
         for key in ["", "A=B", "P2POS_TOKEN", "N\0UL"] {
             let mut s = spec("x");
             s.env.insert(key.into(), "v".into());
@@ -389,6 +406,27 @@ mod tests {
         s.env.insert("PATH".into(), "/bin".into());
         assert!(Spec::try_from(s).is_ok());
         assert!(with(|s| s.args = vec!["x".repeat(MAX_SPEC_BYTES)]).is_err());
+    }
+
+    #[test]
+    fn a_restart_period_holds_its_restarts() {
+        let with = |max_restarts: u32, restart_period_secs: u32| {
+            Spec::try_from(HelperSpec {
+                max_restarts,
+                restart_period_secs,
+                ..spec("x")
+            })
+            .unwrap()
+            .restart_period
+        };
+        assert_eq!(with(0, 0), Duration::from_secs(60));
+        assert_eq!(
+            with(5, 1),
+            Duration::from_secs(9),
+            "5 back-offs (3.1 s) and 5 s of runs"
+        );
+        assert_eq!(with(5, 30), Duration::from_secs(30));
+        assert!(with(1000, 60) > Duration::from_secs(10_000));
     }
 
     #[test]

@@ -8,9 +8,13 @@ use p2pos_proto::{
     monitor::v1::{HelperChanged, event::Kind},
     tasks::v1::{ExitStatus, HelperState, HelperStatus},
 };
+use std::sync::Arc;
+
 use tokio::{sync::oneshot, task::AbortHandle};
 
 use crate::{
+    cgroup::Group,
+    limits::Limits,
     logs::{LogRing, SharedLog},
     restart::Window,
     scope::Key,
@@ -32,6 +36,8 @@ pub(crate) struct Run {
     pub(crate) sent: Vec<i32>,
     /// The SIGKILL due after the stop timeout.
     pub(crate) kill_timer: Option<SpawnHandle>,
+    /// Its cgroup, if it has one.
+    pub(crate) group: Option<Arc<Group>>,
 }
 
 /// One helper.
@@ -64,6 +70,10 @@ pub(crate) struct Entry {
     /// The output readers of its processes (they may outlive a process briefly).
     pub(crate) readers: Vec<AbortHandle>,
     pub(crate) log: SharedLog,
+    /// The limits of the current (or last) run.
+    pub(crate) limits: Limits,
+    /// How they are enforced ("cgroup v1", "rlimits"); "" before its first run.
+    pub(crate) enforcement: &'static str,
 }
 
 impl Entry {
@@ -87,6 +97,8 @@ impl Entry {
             stop_waiters: Vec::new(),
             readers: Vec::new(),
             log: LogRing::shared(),
+            limits: Limits::default(),
+            enforcement: "",
         }
     }
 
@@ -96,6 +108,11 @@ impl Entry {
             self.state,
             HelperState::Running | HelperState::Stopping | HelperState::Backoff
         )
+    }
+
+    /// The spec its current run started with (else its own): what its limits reserve.
+    pub(crate) fn running_spec(&self) -> &Spec {
+        self.run.as_ref().map_or(&self.spec, |r| &r.spec)
     }
 
     /// Its pid while a process runs, else 0.
@@ -114,6 +131,14 @@ impl Entry {
             reason: self.reason.clone(),
             started_at_ms: self.started_at_ms,
             helper_app_id: self.spec.helper_app_id(),
+            limits: (!self.enforcement.is_empty()).then(|| self.limits.to_proto()),
+            enforcement: self.enforcement.to_owned(),
+            cgroup: self
+                .run
+                .as_ref()
+                .and_then(|r| r.group.as_ref())
+                .map(|g| g.path().display().to_string())
+                .unwrap_or_default(),
         }
     }
 

@@ -5,7 +5,13 @@
 //!   one `env <NAME>` line per environment variable, then runs until SIGTERM (`got SIGTERM` and
 //!   exit 0), or, with `--ignore-term`, until killed. With `--fork` it first starts a copy of
 //!   itself (`run`) as its own child and prints `child pid=<pid>`.
+//!   With `--escape` it first starts `/bin/sleep 1000` in a session of its own (`setsid`, out
+//!   of the helper's process group) and prints `escaped pid=<pid>`.
 //! - `exit CODE`: writes `exiting with CODE` to stderr and exits with CODE.
+//! - `alloc MIB`: allocates and touches MIB mebibytes, printing `allocated N MiB` every 16,
+//!   then `allocated all` and waits for ever.
+//! - `spawn N`: tries to start N `/bin/sleep 1000` processes, printing `spawn failed after K:
+//!   <error>` at the first failure, then `started K of N`, and waits for ever.
 //! - `echo`: opens an app session as `$P2POS_APP_ID` with `$P2POS_TOKEN` on `$P2POS_GATEWAY`,
 //!   prints `echo ready`, and echoes every frame of every channel opened to it.
 
@@ -40,6 +46,16 @@ fn main() -> ExitCode {
             }
             runtime.block_on(run(false))
         }
+        ["run", "--escape"] => {
+            let escaped = detached_sleep(true);
+            match escaped {
+                Ok(pid) => println!("escaped pid={pid}"),
+                Err(e) => eprintln!("cannot escape: {e}"),
+            }
+            runtime.block_on(run(false))
+        }
+        ["alloc", mib] => alloc(mib.parse().unwrap_or(0)),
+        ["spawn", n] => spawn(n.parse().unwrap_or(0)),
         ["exit", code] => {
             eprintln!("exiting with {code}");
             ExitCode::from(code.parse::<u8>().unwrap_or(1))
@@ -52,10 +68,78 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: p2pos-test-helper run [--ignore-term | --fork] | exit CODE | echo");
+            eprintln!(
+                "usage: p2pos-test-helper run [--ignore-term | --fork | --escape] | exit CODE | \
+                 echo | alloc MIB | spawn N"
+            );
             ExitCode::from(2)
         }
     }
+}
+
+/// Starts `/bin/sleep 1000` (in a new session if `setsid`); its pid.
+fn detached_sleep(setsid: bool) -> std::io::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/bin/sleep");
+    cmd.arg("1000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if setsid {
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    Ok(cmd.spawn()?.id())
+}
+
+fn wait_for_ever() -> ExitCode {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+fn alloc(mib: usize) -> ExitCode {
+    use std::io::Write;
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for i in 1..=mib {
+        // Every page written, so that it is really used.
+        let mut chunk = vec![0u8; 1 << 20];
+        for page in chunk.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        kept.push(chunk);
+        if i % 16 == 0 {
+            println!("allocated {i} MiB");
+            let _ = std::io::stdout().flush();
+        }
+    }
+    println!("allocated all");
+    let _ = std::io::stdout().flush();
+    std::hint::black_box(&kept);
+    wait_for_ever()
+}
+
+fn spawn(n: usize) -> ExitCode {
+    use std::io::Write;
+    let mut started = 0;
+    for _ in 0..n {
+        match detached_sleep(false) {
+            Ok(_) => started += 1,
+            Err(e) => {
+                println!("spawn failed after {started}: {e}");
+                break;
+            }
+        }
+    }
+    println!("started {started} of {n}");
+    let _ = std::io::stdout().flush();
+    wait_for_ever()
 }
 
 async fn run(ignore_term: bool) -> ExitCode {

@@ -338,6 +338,16 @@ pub(crate) struct AddHelper {
     /// Keep it running after the session of the app that started it ends
     #[arg(long)]
     pub(crate) outlive_session: bool,
+    /// Its memory limit in bytes (RAM and swap; over it the kernel kills it). Default: the
+    /// app's quota
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) memory: Option<u64>,
+    /// Its CPU share in cores (0.5: half a core). Default: the app's quota
+    #[arg(long, value_name = "CORES")]
+    pub(crate) cpu: Option<f64>,
+    /// Most processes and threads it may run at once. Default: the app's quota
+    #[arg(long, value_name = "N")]
+    pub(crate) pids: Option<u32>,
     #[command(flatten)]
     pub(crate) json: JsonFlag,
 }

@@ -2,7 +2,7 @@
 //! objects for scripts, and log lines.
 
 use p2pos_proto::tasks::v1::{
-    ExitStatus, HelperSpec, HelperState, HelperStatus, LogLine, LogStream, RestartPolicy,
+    ExitStatus, HelperSpec, HelperState, HelperStatus, Limits, LogLine, LogStream, RestartPolicy,
 };
 use serde_json::{Value, json};
 
@@ -126,6 +126,9 @@ pub(crate) fn status_text(status: &HelperStatus) -> String {
         reason,
         started_at_ms,
         helper_app_id,
+        limits,
+        enforcement,
+        cgroup: _,
     } = status;
     let spec = spec.clone().unwrap_or_default();
     let started = if *started_at_ms == 0 {
@@ -144,6 +147,7 @@ pub(crate) fn status_text(status: &HelperStatus) -> String {
         ("last exit", exit_text(last_exit.as_ref())),
         ("reason", output::dash_if_empty(reason)),
         ("started", started),
+        ("limits", limits_text(limits.as_ref(), enforcement)),
     ]
     .iter()
     .map(|(key, value)| format!("{key}: {value}"))
@@ -163,6 +167,9 @@ pub(crate) fn status_json(status: &HelperStatus) -> Value {
         reason,
         started_at_ms,
         helper_app_id,
+        limits,
+        enforcement,
+        cgroup,
     } = status;
     let spec = spec.clone().unwrap_or_default();
     let last_exit = last_exit.as_ref().map_or(Value::Null, |e| {
@@ -182,6 +189,9 @@ pub(crate) fn status_json(status: &HelperStatus) -> Value {
         "restarts": restarts,
         "reason": reason,
         "started_at_ms": started_at_ms,
+        "limits": limits_json(limits.as_ref()),
+        "enforcement": enforcement,
+        "cgroup": cgroup,
         "last_exit": last_exit,
         "spec": spec_json(&spec),
     })
@@ -201,6 +211,7 @@ fn spec_json(spec: &HelperSpec) -> Value {
         stop_signal,
         stop_timeout_ms,
         outlive_session,
+        limits,
     } = spec;
     json!({
         "name": name,
@@ -215,7 +226,34 @@ fn spec_json(spec: &HelperSpec) -> Value {
         "stop_signal": stop_signal,
         "stop_timeout_ms": stop_timeout_ms,
         "outlive_session": outlive_session,
+        "limits": limits_json(limits.as_ref()),
     })
+}
+
+/// Limits as JSON: `{memory_bytes, cpu, pids}` (0: not set), or null.
+fn limits_json(limits: Option<&Limits>) -> Value {
+    limits.map_or(Value::Null, |l| {
+        let Limits {
+            memory_bytes,
+            cpu,
+            pids,
+        } = l;
+        json!({ "memory_bytes": memory_bytes, "cpu": cpu, "pids": pids })
+    })
+}
+
+/// "memory 64 MiB, cpu 0.5, pids 256 (cgroup v1)", or "-" before it ran.
+fn limits_text(limits: Option<&Limits>, enforcement: &str) -> String {
+    let Some(l) = limits else {
+        return "-".to_owned();
+    };
+    let or_none = |set: bool, text: String| if set { text } else { "none".to_owned() };
+    format!(
+        "memory {}, cpu {}, pids {} ({enforcement})",
+        or_none(l.memory_bytes > 0, format!("{} MiB", l.memory_bytes >> 20)),
+        or_none(l.cpu > 0.0, l.cpu.to_string()),
+        or_none(l.pids > 0, l.pids.to_string()),
+    )
 }
 
 /// A log line as JSON: `{seq, at_ms, stream, text}`.
@@ -254,6 +292,13 @@ mod tests {
             reason: "killed by SIGSEGV".into(),
             started_at_ms: 1_718_454_897_000,
             helper_app_id: "chat:voice".into(),
+            limits: Some(Limits {
+                memory_bytes: 64 << 20,
+                cpu: 0.5,
+                pids: 0,
+            }),
+            enforcement: "cgroup v1".into(),
+            cgroup: String::new(),
         }
     }
 
@@ -270,7 +315,8 @@ mod tests {
              program: voice-helper --port 5 'two words'\n\
              last exit: killed by SIGSEGV at 2024-06-15T12:34:56.789Z\n\
              reason: killed by SIGSEGV\n\
-             started: 2024-06-15T12:34:57.000Z"
+             started: 2024-06-15T12:34:57.000Z\n\
+             limits: memory 64 MiB, cpu 0.5, pids none (cgroup v1)"
         );
         let never_ran = HelperStatus {
             spec: Some(HelperSpec {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use p2pos_client::{Client, describe_status};
 use p2pos_proto::tasks::v1::{
-    AddHelperRequest, HelperRef, HelperSpec, HelperStatus, ListHelpersRequest, LogsRequest,
+    AddHelperRequest, HelperRef, HelperSpec, HelperStatus, Limits, ListHelpersRequest, LogsRequest,
     RemoveHelperReply, RestartPolicy, SignalHelperRequest,
 };
 use serde_json::Value;
@@ -177,6 +177,9 @@ fn spec(add: AddHelper) -> anyhow::Result<HelperSpec> {
         stop_signal,
         stop_timeout,
         outlive_session,
+        memory,
+        cpu,
+        pids,
         json: _,
     } = add;
     let working_dir = match workdir {
@@ -206,6 +209,11 @@ fn spec(add: AddHelper) -> anyhow::Result<HelperSpec> {
         stop_signal: stop_signal.unwrap_or_default(),
         stop_timeout_ms: stop_timeout.unwrap_or(0),
         outlive_session,
+        limits: (memory.is_some() || cpu.is_some() || pids.is_some()).then(|| Limits {
+            memory_bytes: memory.unwrap_or(0),
+            cpu: cpu.unwrap_or(0.0),
+            pids: pids.unwrap_or(0),
+        }),
     })
 }
 
@@ -241,6 +249,9 @@ mod tests {
             stop_signal: Some("SIGINT".into()),
             stop_timeout: Some(100),
             outlive_session: true,
+            memory: Some(64 << 20),
+            cpu: None,
+            pids: None,
             json: JsonFlag { json: false },
         };
         let spec = spec(add).unwrap();

@@ -9,7 +9,7 @@ use p2pos_kernel::config::{ConfigError, SupervisorConfig};
 use serde::Deserialize;
 
 /// `p2posd.toml`. Every key is optional; what is absent keeps its default.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct NodeConfig {
     /// The data directory (the kernel's).

@@ -209,3 +209,370 @@ async fn the_inventory_agrees_with_proc_and_counts_each_helper() {
     })
     .await;
 }
+
+/// `p2pctl` on `node` with `args`; its stdout, parsed as JSON when asked for. Fails the test
+/// if it fails.
+fn ctl(node: &Node, args: &[&str]) -> String {
+    let (ok, out, err) = p2pctl(node, args);
+    assert!(ok, "p2pctl {args:?}: {out}{err}");
+    out
+}
+
+fn peer_ids(found: &Value, list: &str) -> Vec<String> {
+    found[list]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| {
+            m["offer"]["peer_id"]
+                .as_str()
+                .or_else(|| m["peer_id"].as_str())
+                .expect("peer id")
+                .to_owned()
+        })
+        .collect()
+}
+
+fn reason_of(found: &Value, peer: &str) -> Option<String> {
+    found["others"]
+        .as_array()?
+        .iter()
+        .find(|o| o["peer_id"] == peer)
+        .and_then(|o| o["reason"].as_str())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_lenders_are_found_ranked_and_leased_and_the_third_explained() {
+    let mut nodes: Vec<Node> = (0..4).map(|_| Node::start(&[])).collect();
+    let mut ids = Vec::new();
+    for node in &mut nodes {
+        ids.push(node.peer_id().await);
+    }
+    let hub = nodes[1].ticket().await;
+    for i in [0, 2, 3] {
+        ctl(&nodes[i], &["dial", &hub]);
+    }
+    let (a, b, c, d) = (&ids[0], &ids[1], &ids[2], &ids[3]);
+    // B lends a core and 1 GiB to A; C half a core and 2 GiB; D lends, but not to A.
+    let shared = ctl(
+        &nodes[1],
+        &[
+            "resources",
+            "share",
+            "--cpu",
+            "1",
+            "--memory",
+            "1GiB",
+            "--to",
+            a,
+        ],
+    );
+    assert!(shared.contains("lends at most 1 cores"), "{shared}");
+    ctl(
+        &nodes[2],
+        &[
+            "resources",
+            "share",
+            "--cpu",
+            "0.5",
+            "--memory",
+            "2GiB",
+            "--to",
+            a,
+        ],
+    );
+    let stranger = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string();
+    ctl(
+        &nodes[3],
+        &["resources", "share", "--cpu", "1", "--to", &stranger],
+    );
+
+    // Found through the DHT, the freest CPU first.
+    let found = wait_for("A to find both lenders", T, || {
+        let a_node = &nodes[0];
+        async move {
+            let out = ctl(
+                a_node,
+                &[
+                    "resources",
+                    "find",
+                    "--cpu",
+                    "0.25",
+                    "--memory",
+                    "128MiB",
+                    "--json",
+                ],
+            );
+            let found: Value = serde_json::from_str(&out).expect("json");
+            (peer_ids(&found, "matches").len() == 2).then_some(found)
+        }
+    })
+    .await;
+    assert_eq!(peer_ids(&found, "matches"), [b.clone(), c.clone()]);
+    // Asked by name, with reasons for those that do not match.
+    let out = ctl(
+        &nodes[0],
+        &[
+            "resources",
+            "find",
+            "--memory",
+            "1536MiB",
+            "--peer",
+            b,
+            "--peer",
+            c,
+            "--peer",
+            d,
+            "--explain",
+            "--json",
+        ],
+    );
+    let found: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(peer_ids(&found, "matches"), std::slice::from_ref(c));
+    assert_eq!(reason_of(&found, b).as_deref(), Some("INSUFFICIENT_MEMORY"));
+    assert_eq!(reason_of(&found, d).as_deref(), Some("NOT_ALLOWED"));
+    let text = ctl(
+        &nodes[0],
+        &[
+            "resources",
+            "find",
+            "--memory",
+            "1536MiB",
+            "--peer",
+            d,
+            "--explain",
+        ],
+    );
+    assert!(text.contains("NOT_ALLOWED"), "{text}");
+
+    // A lease is granted and counted; one beyond the offer is refused.
+    let out = ctl(
+        &nodes[0],
+        &[
+            "resources",
+            "lease",
+            b,
+            "--cpu",
+            "0.75",
+            "--memory",
+            "512MiB",
+            "--ttl",
+            "10",
+            "--json",
+        ],
+    );
+    let lease: Value = serde_json::from_str(&out).expect("json");
+    let lease_id = lease["lease_id"].as_str().expect("lease id").to_owned();
+    assert_eq!(lease["lender"].as_str(), Some(b.as_str()));
+    let (ok, _, err) = p2pctl(&nodes[0], &["resources", "lease", b, "--cpu", "0.5"]);
+    assert!(!ok && err.contains("INSUFFICIENT_CPU"), "{err}");
+    let granted: Value =
+        serde_json::from_str(&ctl(&nodes[1], &["resources", "leases", "--json"])).expect("json");
+    assert_eq!(
+        granted["granted"][0]["lease_id"].as_str(),
+        Some(lease_id.as_str())
+    );
+    assert_eq!(granted["granted"][0]["holder"].as_str(), Some(a.as_str()));
+    let held: Value =
+        serde_json::from_str(&ctl(&nodes[0], &["resources", "leases", "--json"])).expect("json");
+    let first_end = held["held"][0]["expires_at_ms"].as_u64().expect("end");
+
+    // Renewed, it ends later; given back, it is gone on both sides.
+    let renewed = ctl(&nodes[0], &["resources", "renew", &lease_id, "--ttl", "60"]);
+    assert!(renewed.contains(&lease_id), "{renewed}");
+    let held: Value =
+        serde_json::from_str(&ctl(&nodes[0], &["resources", "leases", "--json"])).expect("json");
+    assert!(held["held"][0]["expires_at_ms"].as_u64().expect("end") > first_end + 20_000);
+    ctl(&nodes[0], &["resources", "release", &lease_id]);
+    let granted: Value =
+        serde_json::from_str(&ctl(&nodes[1], &["resources", "leases", "--json"])).expect("json");
+    assert_eq!(
+        granted["granted"].as_array().map(Vec::len),
+        Some(0),
+        "{granted}"
+    );
+
+    // A lease left alone ends by itself, and its amounts are free again.
+    ctl(
+        &nodes[0],
+        &["resources", "lease", b, "--cpu", "1", "--ttl", "10"],
+    );
+    let (ok, _, err) = p2pctl(&nodes[0], &["resources", "lease", b, "--cpu", "0.25"]);
+    assert!(!ok && err.contains("INSUFFICIENT_CPU"), "{err}");
+    wait_for("the lease to end by itself", T, || {
+        let b_node = &nodes[1];
+        async move {
+            let granted: Value =
+                serde_json::from_str(&ctl(b_node, &["resources", "leases", "--json"])).ok()?;
+            (granted["granted"].as_array()?.is_empty()).then_some(())
+        }
+    })
+    .await;
+    ctl(&nodes[0], &["resources", "lease", b, "--cpu", "0.25"]);
+
+    // Unshared, B refuses and leaves the DHT's list of lenders.
+    ctl(&nodes[1], &["resources", "unshare"]);
+    let (ok, _, err) = p2pctl(&nodes[0], &["resources", "lease", b, "--cpu", "0.25"]);
+    assert!(!ok && err.contains("NOT_SHARED"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_is_checked_kept_across_restarts_and_only_the_admins() {
+    let mut node = Node::start(&[]);
+    let admin = node.client().await;
+    let friend = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string();
+    for bad in [
+        vec!["--cpu", "1000", "--to", friend.as_str()],
+        vec!["--cpu", "1", "--to", "nobody"],
+        vec!["--cpu", "1", "--to", friend.as_str(), "--when", "sometimes"],
+        vec!["--memory", "1000TiB", "--to", friend.as_str()],
+    ] {
+        let mut args = vec!["resources", "share"];
+        args.extend(bad.iter().copied());
+        let (ok, _, err) = p2pctl(&node, &args);
+        assert!(!ok, "{args:?} was taken");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let app = node.app_client("someapp").await;
+    let err = app
+        .resources()
+        .share(p2pos_proto::resources::v1::Sharing::default())
+        .await
+        .expect_err("an app cannot set the policy");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let err = app
+        .resources()
+        .lease(p2pos_proto::resources::v1::LeaseRequest {
+            peer: "not a peer".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a bad peer");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    ctl(
+        &node,
+        &[
+            "resources",
+            "share",
+            "--cpu",
+            "1",
+            "--memory",
+            "64MiB",
+            "--to",
+            &friend,
+            "--when",
+            "idle",
+            "--idle-below",
+            "80",
+        ],
+    );
+    let before = admin
+        .resources()
+        .get_sharing(p2pos_proto::resources::v1::GetSharingRequest {})
+        .await
+        .expect("sharing")
+        .into_inner();
+    assert!(node.stop().await.success());
+    node.restart();
+    let admin = node.client().await;
+    let after = admin
+        .resources()
+        .get_sharing(p2pos_proto::resources::v1::GetSharingRequest {})
+        .await
+        .expect("sharing")
+        .into_inner();
+    assert_eq!(before, after);
+    assert_eq!(after.peers, [friend]);
+    let text = ctl(&node, &["resources", "sharing"]);
+    assert!(
+        text.contains("only while the owner is idle: busy below 80%"),
+        "{text}"
+    );
+}
+
+/// Starts a CPU hog per core; they stop when dropped.
+struct Hogs(Vec<std::process::Child>);
+
+impl Hogs {
+    fn start() -> Hogs {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Hogs(
+            (0..cores)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("a CPU hog")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for hog in &mut self.0 {
+            let _ = hog.kill();
+            let _ = hog.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measures the owner's CPU use: needs a machine that no other load keeps busy"]
+async fn only_when_idle_refuses_while_the_owner_is_busy_and_lends_after() {
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let config = config_dir.path().join("p2posd.toml");
+    std::fs::write(&config, "[resources]\nrefresh_secs = 1\n").expect("config");
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&["--config", config.to_str().expect("utf-8")]);
+    let a_id = a.peer_id().await;
+    let b_id = b.peer_id().await;
+    ctl(&a, &["dial", &b.ticket().await]);
+    ctl(
+        &b,
+        &[
+            "resources",
+            "share",
+            "--cpu",
+            "0.5",
+            "--to",
+            &a_id,
+            "--when",
+            "idle",
+            "--idle-below",
+            "90",
+        ],
+    );
+
+    let hogs = Hogs::start();
+    wait_for("B to refuse while its owner is busy", T, || {
+        let (a, b_id) = (&a, &b_id);
+        async move {
+            let (ok, _, err) = p2pctl(a, &["resources", "lease", b_id, "--cpu", "0.25"]);
+            (!ok && err.contains("OWNER_BUSY")).then_some(())
+        }
+    })
+    .await;
+    drop(hogs);
+    wait_for(
+        "B to lend once its owner is idle",
+        Duration::from_secs(60),
+        || {
+            let (a, b_id) = (&a, &b_id);
+            async move {
+                let (ok, _, _) = p2pctl(a, &["resources", "lease", b_id, "--cpu", "0.25"]);
+                ok.then_some(())
+            }
+        },
+    )
+    .await;
+}

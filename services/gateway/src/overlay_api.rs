@@ -31,7 +31,7 @@ impl OverlayApi {
 
 /// `Ping` and `FindPeer` take a bare peer id: dialing new addresses (tickets, multiaddrs) is
 /// what the admin-only `Dial` is for.
-fn bare_peer(peer_id: &str) -> Result<PeerRef, Status> {
+pub(crate) fn bare_peer(peer_id: &str) -> Result<PeerRef, Status> {
     let peer_id = peer_id.trim();
     if peer_id.is_empty() {
         return Err(Status::invalid_argument("peer_id is empty"));

@@ -148,9 +148,15 @@ pub mod overlay {
 
 /// Requests of the [`Resources`] protocol.
 pub mod resources {
-    use p2pos_proto::resources::v1::Inventory;
+    use libp2p::PeerId;
+    use p2pos_proto::resources::v1::{
+        Amounts, FindReply, FindRequest, Inventory, LeaseReply, ListLeasesReply, Sharing,
+    };
 
     use crate::Reply;
+
+    /// Who calls: `None` for the admin, else the app whose scope the gateway resolved.
+    pub type CallerApp = Option<String>;
 
     /// One request.
     #[derive(Debug)]
@@ -160,6 +166,65 @@ pub mod resources {
         GetInventory {
             /// The inventory.
             reply: Reply<Inventory>,
+        },
+        /// `Resources.GetSharing`.
+        GetSharing {
+            /// The policy.
+            reply: Reply<Sharing>,
+        },
+        /// `Resources.Share` and `Unshare` (an empty policy): the admin's.
+        Share {
+            /// The new policy.
+            sharing: Sharing,
+            /// The policy as kept.
+            reply: Reply<Sharing>,
+        },
+        /// `Resources.Find`.
+        Find {
+            /// What to find.
+            request: FindRequest,
+            /// The matches.
+            reply: Reply<FindReply>,
+        },
+        /// `Resources.Lease`.
+        Lease {
+            /// The lender.
+            peer: PeerId,
+            /// What to reserve.
+            amounts: Amounts,
+            /// For how long (0: the default).
+            ttl_secs: u32,
+            /// The app it is for.
+            app_id: String,
+            /// The lease, or why not.
+            reply: Reply<LeaseReply>,
+        },
+        /// `Resources.Renew`.
+        Renew {
+            /// Who calls.
+            caller_app: CallerApp,
+            /// The held lease.
+            lease_id: String,
+            /// For how long from now.
+            ttl_secs: u32,
+            /// The lease, or why not.
+            reply: Reply<LeaseReply>,
+        },
+        /// `Resources.Release`.
+        Release {
+            /// Who calls.
+            caller_app: CallerApp,
+            /// The held lease.
+            lease_id: String,
+            /// Done.
+            reply: Reply<()>,
+        },
+        /// `Resources.ListLeases`.
+        ListLeases {
+            /// Who calls (an app sees only the leases it holds).
+            caller_app: CallerApp,
+            /// Granted and held leases.
+            reply: Reply<ListLeasesReply>,
         },
     }
 }

@@ -1,23 +1,38 @@
 //! The resource manager actor: samples the machine on its own schedule (never because someone
-//! asked) and answers `p2pos.resources.v1` from the last sample.
+//! asked) and answers `p2pos.resources.v1` from the last sample; lends under the owner's policy
+//! (serving `/p2pos/resources/1`, announcing in the DHT while it lends) and borrows from peers.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
     ServiceError, StopService, Uses,
 };
-use p2pos_proto::{resources::v1::Inventory, tasks::v1::HelperState};
-use p2pos_protocols::{Resources, Tasks, answer, resources, tasks};
+use p2pos_proto::{
+    resources::v1::{Inventory, ListLeasesReply, Sharing},
+    tasks::v1::HelperState,
+};
+use p2pos_protocols::{
+    Resources, Tasks, answer,
+    network::{Accepting, Announcer, Limits, NETWORK, Network, accept::drop_stream},
+    resources, tasks,
+};
 use tokio::{sync::watch, task::JoinHandle};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     Config,
+    borrow::{Holder, OFFERS_KEY},
+    lend::{self, Lender},
     metrics::Metrics,
+    policy,
     sample::{RunningHelper, Sampler},
 };
+
+/// Inbound `/p2pos/resources/1` streams served at once, in all and from one peer.
+const INBOUND_TOTAL: usize = 64;
+const INBOUND_PER_PEER: usize = 4;
 
 /// The service's name.
 pub const NAME: &str = "resources";
@@ -30,6 +45,10 @@ pub fn child_spec(config: Config) -> ChildSpec {
         uses: Uses {
             // Which helpers run, and their process ids.
             calls: &[Tasks::NAME],
+            // Its own protocol and DHT announcement.
+            needs: &[NETWORK],
+            // The owner's policy.
+            trees: &[policy::TREE],
             provides: &[Resources::NAME],
             ..Uses::default()
         },
@@ -38,16 +57,47 @@ pub fn child_spec(config: Config) -> ChildSpec {
 }
 
 fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<ChildHandle, String> {
+    let net: Network = ctx.registry.take(NETWORK).map_err(|e| e.to_string())?;
     let (metrics, registry) = Metrics::registered();
     ctx.metrics.set(NAME, registry);
     let interval = Duration::from_secs(config.refresh_secs);
     let (tx, inventory) = watch::channel(Inventory::default());
+    // The policy kept in the store wins over the config's (it was set later, through the API).
+    let sharing = match policy::load(&ctx.store).map_err(|e| e.message)? {
+        Some(kept) => kept,
+        None => match &config.share {
+            Some(share) => share.sharing()?,
+            None => Sharing::default(),
+        },
+    };
+    let lender = Lender::new(ctx.peer_id, sharing.clone(), inventory.clone());
+    let serving = lender.clone();
+    let accepting = net
+        .accept(
+            lend::PROTOCOL,
+            Limits {
+                total: INBOUND_TOTAL,
+                per_peer: INBOUND_PER_PEER,
+                max_frame: lend::MAX_FRAME,
+                idle: lend::FRAME_WAIT,
+            },
+            move |peer, stream| serving.clone().serve(peer, stream),
+            drop_stream,
+        )
+        .map_err(|e| e.to_string())?;
+    let announcer = net.announcer().map_err(|e| e.to_string())?;
+    announce(&announcer, &sharing);
     let sampler = tokio::spawn(keep_sampling(ctx.clone(), interval, tx, metrics));
     let addr = ResourcesService {
         ctx: ctx.clone(),
         _guard: guard,
         inventory,
         sampler,
+        net,
+        lender,
+        holder: Holder::default(),
+        announcer: Arc::new(announcer),
+        _accepting: accepting,
     }
     .start();
     ctx.registry
@@ -57,6 +107,16 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         stop: addr.clone().recipient(),
         panic: addr.recipient(),
     })
+}
+
+/// Announces in the DHT that this node lends, while `sharing` lends anything.
+fn announce(announcer: &Announcer, sharing: &Sharing) {
+    let keys = if policy::lends(sharing) {
+        [OFFERS_KEY.to_owned()].into()
+    } else {
+        Default::default()
+    };
+    announcer.set(keys);
 }
 
 /// Samples every `interval` (the first one at once) into `tx` and the gauges, until the
@@ -132,6 +192,12 @@ struct ResourcesService {
     _guard: DeathGuard,
     inventory: watch::Receiver<Inventory>,
     sampler: JoinHandle<()>,
+    net: Network,
+    lender: Lender,
+    holder: Holder,
+    announcer: Arc<Announcer>,
+    /// Serves `/p2pos/resources/1` while it lives.
+    _accepting: Accepting,
 }
 
 impl Drop for ResourcesService {
@@ -170,8 +236,9 @@ impl Handler<Call<Resources>> for ResourcesService {
     type Result = ();
 
     fn handle(&mut self, Call(request): Call<Resources>, _: &mut Self::Context) {
+        use resources::Request;
         match request {
-            resources::Request::GetInventory { reply } => {
+            Request::GetInventory { reply } => {
                 let mut inventory = self.inventory.clone();
                 // The first sample is taken at start: wait for it rather than answer zeros.
                 tokio::spawn(async move {
@@ -185,6 +252,102 @@ impl Handler<Call<Resources>> for ResourcesService {
                     answer::<_, ServiceError>(reply, answer_with);
                 });
             }
+            Request::GetSharing { reply } => {
+                answer::<_, ServiceError>(reply, Ok(self.lender.sharing()));
+            }
+            Request::Share { sharing, reply } => self.share(sharing, reply),
+            Request::Find { request, reply } => {
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    answer(reply, crate::borrow::find(&net, request).await);
+                });
+            }
+            Request::Lease {
+                peer,
+                amounts,
+                ttl_secs,
+                app_id,
+                reply,
+            } => {
+                let (net, holder) = (self.net.clone(), self.holder.clone());
+                tokio::spawn(async move {
+                    let leased = holder.lease(&net, peer, amounts, ttl_secs, app_id).await;
+                    answer::<_, ServiceError>(reply, Ok(leased));
+                });
+            }
+            Request::Renew {
+                caller_app,
+                lease_id,
+                ttl_secs,
+                reply,
+            } => {
+                let (net, holder) = (self.net.clone(), self.holder.clone());
+                tokio::spawn(async move {
+                    let renewed = holder
+                        .renew(&net, caller_app.as_deref(), lease_id, ttl_secs)
+                        .await;
+                    answer::<_, ServiceError>(reply, Ok(renewed));
+                });
+            }
+            Request::Release {
+                caller_app,
+                lease_id,
+                reply,
+            } => {
+                let (net, holder) = (self.net.clone(), self.holder.clone());
+                tokio::spawn(async move {
+                    let released = holder
+                        .release(&net, caller_app.as_deref(), lease_id)
+                        .await
+                        .map_err(|why| ServiceError::not_found(why.message));
+                    answer(reply, released);
+                });
+            }
+            Request::ListLeases { caller_app, reply } => {
+                let listed = ListLeasesReply {
+                    // Leases granted here are the owner's business.
+                    granted: match caller_app {
+                        None => self.lender.granted(),
+                        Some(_) => Vec::new(),
+                    },
+                    held: self.holder.list(caller_app.as_deref()),
+                };
+                answer::<_, ServiceError>(reply, Ok(listed));
+            }
         }
+    }
+}
+
+impl ResourcesService {
+    /// Checks `sharing` against the machine, keeps it durably, then lends under it.
+    fn share(&mut self, sharing: Sharing, reply: p2pos_protocols::Reply<Sharing>) {
+        let inventory = self.inventory.borrow().clone();
+        let cores = inventory.cpu.map_or(0.0, |c| f64::from(c.logical_cores));
+        let memory = inventory.memory.map_or(0, |m| m.total_bytes);
+        let sharing = match policy::check(sharing, cores, memory) {
+            Ok(sharing) => sharing,
+            Err(e) => return answer::<Sharing, _>(reply, Err(e)),
+        };
+        let store = self.ctx.store.clone();
+        let kept = sharing.clone();
+        let lender = self.lender.clone();
+        // The announcement follows once the policy is kept.
+        let announcer = self.announcer.clone();
+        tokio::spawn(async move {
+            let saved = tokio::task::spawn_blocking(move || policy::save(&store, &kept))
+                .await
+                .map_err(|e| ServiceError::internal(e.to_string()))
+                .and_then(|saved| saved);
+            if saved.is_ok() {
+                info!(
+                    lends = policy::lends(&sharing),
+                    peers = sharing.peers.len(),
+                    "sharing policy set"
+                );
+                lender.set_sharing(sharing.clone());
+                announce(&announcer, &sharing);
+            }
+            answer(reply, saved.map(|()| sharing));
+        });
     }
 }

@@ -63,9 +63,15 @@ pub(crate) struct JsonFlag {
 pub(crate) enum Command {
     /// Show the node's status: identity, uptime, addresses, peers and services
     Status(JsonFlag),
-    /// Show what this machine has (CPU, memory, the data directory's disk) and what the node
-    /// and each running helper use
-    Resources(JsonFlag),
+    /// What this machine has and what the node and its helpers use (no subcommand); what the
+    /// owner lends to peers; finding and leasing what peers lend
+    Resources {
+        /// Print JSON instead of text (the inventory)
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<ResourcesCommand>,
+    },
     /// Print this node's peer id
     Id(JsonFlag),
     /// Print a ticket other nodes can dial to reach this one
@@ -225,6 +231,86 @@ pub(crate) struct HelperName {
 }
 
 /// `p2pctl helpers ...`
+/// Amounts of a machine, as flags.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct AmountsArgs {
+    /// CPU in cores (0.5: half a core)
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) cpu: f64,
+    /// Memory: bytes or a size such as 512MiB, 2G
+    #[arg(long, default_value = "0")]
+    pub(crate) memory: bytesize::ByteSize,
+    /// Disk: bytes or a size such as 10GiB
+    #[arg(long, default_value = "0")]
+    pub(crate) disk: bytesize::ByteSize,
+}
+
+/// `resources` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ResourcesCommand {
+    /// Lend at most these amounts to these peers (replaces the policy; admin)
+    Share {
+        #[command(flatten)]
+        amounts: AmountsArgs,
+        /// A peer id it is lent to (repeat for more)
+        #[arg(long = "to", required = true)]
+        peers: Vec<String>,
+        /// `always`, or `idle`: only while the owner is not using the machine
+        #[arg(long, default_value = "always")]
+        when: String,
+        /// With `--when idle`: idle while the CPU busy share not due to the node is below this
+        /// percentage (default 25)
+        #[arg(long, default_value_t = 0.0)]
+        idle_below: f64,
+    },
+    /// Lend nothing to anyone (admin)
+    Unshare,
+    /// Show what the owner lends, to whom and when
+    Sharing(JsonFlag),
+    /// Peers whose offers cover these amounts, best first
+    Find {
+        #[command(flatten)]
+        amounts: AmountsArgs,
+        /// Ask these peers (repeat) instead of those announcing in the DHT
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Also list the peers that did not match, and why
+        #[arg(long)]
+        explain: bool,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reserve amounts on a peer for a time
+    Lease {
+        /// The lender's peer id
+        peer: String,
+        #[command(flatten)]
+        amounts: AmountsArgs,
+        /// Seconds (10 to 86400; default 300)
+        #[arg(long, default_value_t = 0)]
+        ttl: u32,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Extend a lease this node holds, from now
+    Renew {
+        /// The lease id
+        lease_id: String,
+        /// Seconds (10 to 86400; default 300)
+        #[arg(long, default_value_t = 0)]
+        ttl: u32,
+    },
+    /// Give a lease this node holds back
+    Release {
+        /// The lease id
+        lease_id: String,
+    },
+    /// Leases granted to peers and held on peers
+    Leases(JsonFlag),
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum HelpersCommand {
     /// List helpers with their state

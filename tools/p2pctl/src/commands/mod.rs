@@ -23,7 +23,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::connect(&target).await?;
     match command {
         Command::Status(flag) => monitor::status(&client, flag.json).await,
-        Command::Resources(flag) => resources::inventory(&client, flag.json).await,
+        Command::Resources { json, command } => resources::run(&client, json, command).await,
         Command::Events(flag) => monitor::events(&client, flag.json).await,
         Command::Helpers(command) => helpers::run(&client, command).await,
         Command::Services(command) => services::run(&client, command).await,

@@ -1,0 +1,373 @@
+//! The borrowing side: asking peers over `/p2pos/resources/1` for their offers (`Find`) and
+//! for leases, and keeping the leases this node holds.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, stream::FuturesUnordered};
+use libp2p::PeerId;
+use p2pos_kernel::{ServiceError, events::now_ms};
+use p2pos_proto::{
+    resources::v1::{
+        Amounts, FindReply, FindRequest, Lease, LeaseReply, Match, Mismatch, Offer, Refusal,
+        Refused,
+    },
+    wire::v1::{
+        ResourcesAnswer, ResourcesAsk, ResourcesLeaseAsk, ResourcesOfferAsk, ResourcesReleaseAsk,
+        ResourcesRenewAsk, resources_answer, resources_ask,
+    },
+};
+use p2pos_protocols::{
+    names::covers,
+    network::Network,
+    wire::{read_message, write_message},
+};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::lend::{FRAME_WAIT, MAX_FRAME, PROTOCOL};
+
+/// The DHT key every node that lends anything provides.
+pub const OFFERS_KEY: &str = "/p2pos/resources/offers";
+/// How long reaching one peer and hearing its answer may take.
+const ASK_WAIT: Duration = Duration::from_secs(10);
+/// How long a DHT look-up for lenders may take, and how many it returns.
+const FIND_WAIT: Duration = Duration::from_secs(5);
+const MAX_CANDIDATES: usize = 32;
+/// Matches answered when the request gives no limit, and the most it may ask for.
+const DEFAULT_MATCHES: usize = 16;
+const MAX_MATCHES: usize = 64;
+/// Leases this node holds at once.
+pub const MAX_HELD: usize = 256;
+
+fn refused(reason: Refusal, message: impl Into<String>) -> Refused {
+    Refused {
+        reason: reason as i32,
+        message: message.into(),
+    }
+}
+
+/// Sends `ask` to `peer` and reads its answer; how long the round trip took.
+pub async fn ask(
+    net: &Network,
+    peer: PeerId,
+    ask: &ResourcesAsk,
+) -> Result<(ResourcesAnswer, Duration), Refused> {
+    let unreachable = |why: String| refused(Refusal::Unreachable, format!("{peer}: {why}"));
+    let round = async {
+        net.connect(peer, Vec::new(), ASK_WAIT)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let started = Instant::now();
+        let stream = net
+            .open_stream(peer, PROTOCOL)
+            .await
+            .map_err(|e| unreachable(format!("no resource manager there ({e})")))?;
+        let mut io = stream.compat();
+        write_message(&mut io, ask, FRAME_WAIT)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let answer: ResourcesAnswer = read_message(&mut io, MAX_FRAME, FRAME_WAIT)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok((answer, started.elapsed()))
+    };
+    tokio::time::timeout(ASK_WAIT * 2, round)
+        .await
+        .unwrap_or_else(|_| Err(unreachable("no answer in time".into())))
+}
+
+/// The first need of `needs` that `offer` does not cover, as a refusal.
+fn short_of(offer: &Offer, needs: &Amounts) -> Option<Refused> {
+    if offer.owner_busy {
+        return Some(refused(
+            Refusal::OwnerBusy,
+            "it lends only while its owner is not using it, and the owner is busy",
+        ));
+    }
+    let free = offer.free.unwrap_or_default();
+    if needs.cpu > free.cpu + 1e-9 {
+        return Some(refused(
+            Refusal::InsufficientCpu,
+            format!("{} cores needed, {} free", needs.cpu, free.cpu),
+        ));
+    }
+    if needs.memory_bytes > free.memory_bytes {
+        return Some(refused(
+            Refusal::InsufficientMemory,
+            format!(
+                "{} bytes of memory needed, {} free",
+                needs.memory_bytes, free.memory_bytes
+            ),
+        ));
+    }
+    if needs.disk_bytes > free.disk_bytes {
+        return Some(refused(
+            Refusal::InsufficientDisk,
+            format!(
+                "{} bytes of disk needed, {} free",
+                needs.disk_bytes, free.disk_bytes
+            ),
+        ));
+    }
+    None
+}
+
+/// `Find`: asks each candidate for its offer, at once, and ranks those that cover the needs.
+pub async fn find(net: &Network, request: FindRequest) -> Result<FindReply, ServiceError> {
+    let FindRequest {
+        needs,
+        peers,
+        explain,
+        limit,
+    } = request;
+    let needs = needs.unwrap_or_default();
+    crate::policy::check_amounts(&needs, f64::INFINITY).map_err(ServiceError::invalid)?;
+    let limit = match limit as usize {
+        0 => DEFAULT_MATCHES,
+        n => n.min(MAX_MATCHES),
+    };
+    let mut candidates = Vec::new();
+    if peers.is_empty() {
+        let found = net
+            .find_providers(OFFERS_KEY.to_owned(), MAX_CANDIDATES, FIND_WAIT, true)
+            .await;
+        if let Ok(found) = found {
+            candidates.extend(found.providers.into_iter().map(|p| p.peer));
+        }
+    } else {
+        if peers.len() > MAX_CANDIDATES {
+            return Err(ServiceError::invalid(format!(
+                "at most {MAX_CANDIDATES} peers to look at, not {}",
+                peers.len()
+            )));
+        }
+        for peer in &peers {
+            let parsed: PeerId = peer.trim().parse().map_err(|_| {
+                ServiceError::invalid(format!(
+                    "{:?} is not a peer id",
+                    peer.chars().take(80).collect::<String>()
+                ))
+            })?;
+            if !candidates.contains(&parsed) {
+                candidates.push(parsed);
+            }
+        }
+    }
+    candidates.retain(|p| *p != net.local_peer_id());
+    let offer_ask = ResourcesAsk {
+        kind: Some(resources_ask::Kind::Offer(ResourcesOfferAsk {})),
+    };
+    let mut asks: FuturesUnordered<_> = candidates
+        .into_iter()
+        .map(|peer| {
+            let offer_ask = &offer_ask;
+            async move { (peer, ask(net, peer, offer_ask).await) }
+        })
+        .collect();
+    let mut matches = Vec::new();
+    let mut others = Vec::new();
+    while let Some((peer, answered)) = asks.next().await {
+        let outcome = match answered {
+            Ok((
+                ResourcesAnswer {
+                    kind: Some(resources_answer::Kind::Offer(offer)),
+                },
+                rtt,
+            )) => match short_of(&offer, &needs) {
+                None => Ok(Match {
+                    offer: Some(offer),
+                    rtt_us: u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX),
+                }),
+                Some(why) => Err(why),
+            },
+            Ok((
+                ResourcesAnswer {
+                    kind: Some(resources_answer::Kind::Refused(why)),
+                },
+                _,
+            )) => Err(why),
+            Ok(_) => Err(refused(Refusal::Unreachable, "an answer that is no offer")),
+            Err(why) => Err(why),
+        };
+        match outcome {
+            Ok(found) => matches.push(found),
+            Err(refused) if explain => others.push(Mismatch {
+                peer_id: peer.to_string(),
+                refused: Some(refused),
+            }),
+            Err(_) => {}
+        }
+    }
+    matches.sort_by(|a, b| {
+        let free = |m: &Match| m.offer.as_ref().and_then(|o| o.free).unwrap_or_default();
+        let (fa, fb) = (free(a), free(b));
+        fb.cpu
+            .total_cmp(&fa.cpu)
+            .then(fb.memory_bytes.cmp(&fa.memory_bytes))
+            .then(a.rtt_us.cmp(&b.rtt_us))
+    });
+    matches.truncate(limit);
+    others.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    Ok(FindReply { matches, others })
+}
+
+/// The leases this node holds on peers; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Holder {
+    held: Arc<Mutex<HashMap<String, Lease>>>,
+}
+
+impl Holder {
+    /// The held leases, with ended ones dropped.
+    fn held(&self) -> MutexGuard<'_, HashMap<String, Lease>> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        held.retain(|_, lease| lease.expires_at_ms > now);
+        held
+    }
+
+    /// The held leases that `caller_app` may see (`None`: all), by id.
+    pub fn list(&self, caller_app: Option<&str>) -> Vec<Lease> {
+        let mut leases: Vec<Lease> = self
+            .held()
+            .values()
+            .filter(|l| caller_app.is_none_or(|app| covers(app, &l.app_id)))
+            .cloned()
+            .collect();
+        leases.sort_by(|a, b| a.lease_id.cmp(&b.lease_id));
+        leases
+    }
+
+    /// Asks `peer` for a lease of `amounts` for `app_id`, and keeps it if granted.
+    pub async fn lease(
+        &self,
+        net: &Network,
+        peer: PeerId,
+        amounts: Amounts,
+        ttl_secs: u32,
+        app_id: String,
+    ) -> LeaseReply {
+        if self.held().len() >= MAX_HELD {
+            return refusal(refused(
+                Refusal::TooManyLeases,
+                format!("this node holds {MAX_HELD} leases, the most it keeps"),
+            ));
+        }
+        let lease_ask = ResourcesAsk {
+            kind: Some(resources_ask::Kind::Lease(ResourcesLeaseAsk {
+                amounts: Some(amounts),
+                ttl_secs,
+                app_id,
+            })),
+        };
+        self.keep(ask(net, peer, &lease_ask).await, peer)
+    }
+
+    /// Extends a held lease, if `caller_app` may (`None`: the admin).
+    pub async fn renew(
+        &self,
+        net: &Network,
+        caller_app: Option<&str>,
+        lease_id: String,
+        ttl_secs: u32,
+    ) -> LeaseReply {
+        let lender = match self.find(caller_app, &lease_id) {
+            Ok(lender) => lender,
+            Err(why) => return refusal(why),
+        };
+        let renew_ask = ResourcesAsk {
+            kind: Some(resources_ask::Kind::Renew(ResourcesRenewAsk {
+                lease_id: lease_id.clone(),
+                ttl_secs,
+            })),
+        };
+        let answered = ask(net, lender, &renew_ask).await;
+        if let Ok((
+            ResourcesAnswer {
+                kind: Some(resources_answer::Kind::Refused(why)),
+            },
+            _,
+        )) = &answered
+            && why.reason == Refusal::UnknownLease as i32
+        {
+            // The lender no longer has it (it ended, or the lender restarted).
+            self.held().remove(&lease_id);
+        }
+        self.keep(answered, lender)
+    }
+
+    /// Gives a held lease back, if `caller_app` may (`None`: the admin). The lease is
+    /// forgotten here even if the lender cannot be told (it ends there by itself).
+    pub async fn release(
+        &self,
+        net: &Network,
+        caller_app: Option<&str>,
+        lease_id: String,
+    ) -> Result<(), Refused> {
+        let lender = self.find(caller_app, &lease_id)?;
+        self.held().remove(&lease_id);
+        let release_ask = ResourcesAsk {
+            kind: Some(resources_ask::Kind::Release(ResourcesReleaseAsk {
+                lease_id,
+            })),
+        };
+        let _ = ask(net, lender, &release_ask).await;
+        Ok(())
+    }
+
+    /// The lender of held lease `lease_id`, if `caller_app` may act on it.
+    fn find(&self, caller_app: Option<&str>, lease_id: &str) -> Result<PeerId, Refused> {
+        let held = self.held();
+        let unknown = || {
+            refused(
+                Refusal::UnknownLease,
+                format!("this node holds no lease {lease_id:?}"),
+            )
+        };
+        let lease = held
+            .get(lease_id)
+            .filter(|l| caller_app.is_none_or(|app| covers(app, &l.app_id)))
+            .ok_or_else(unknown)?;
+        lease.lender.parse().map_err(|_| unknown())
+    }
+
+    /// Keeps the lease `answered` carries (from `lender`), and answers it.
+    fn keep(
+        &self,
+        answered: Result<(ResourcesAnswer, Duration), Refused>,
+        lender: PeerId,
+    ) -> LeaseReply {
+        match answered {
+            Ok((
+                ResourcesAnswer {
+                    kind: Some(resources_answer::Kind::Lease(lease)),
+                },
+                _,
+            )) if lease.lender == lender.to_string() => {
+                self.held().insert(lease.lease_id.clone(), lease.clone());
+                LeaseReply {
+                    lease: Some(lease),
+                    refused: None,
+                }
+            }
+            Ok((
+                ResourcesAnswer {
+                    kind: Some(resources_answer::Kind::Refused(why)),
+                },
+                _,
+            )) => refusal(why),
+            Ok(_) => refusal(refused(Refusal::Unreachable, "an answer that is no lease")),
+            Err(why) => refusal(why),
+        }
+    }
+}
+
+fn refusal(why: Refused) -> LeaseReply {
+    LeaseReply {
+        lease: None,
+        refused: Some(why),
+    }
+}

@@ -1,0 +1,490 @@
+//! The lending side: the owner's policy, the leases granted under it, and the server of
+//! `/p2pos/resources/1` that answers peers (offers, leases, renewals, releases). Every answer
+//! is decided here, under one short lock; nothing is ever granted beyond the policy.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use libp2p::{PeerId, StreamProtocol};
+use p2pos_kernel::events::now_ms;
+use p2pos_proto::{
+    resources::v1::{Amounts, Inventory, Lease, Offer, Refusal, Refused, Sharing, When},
+    wire::v1::{
+        ResourcesAnswer, ResourcesAsk, ResourcesLeaseAsk, ResourcesRenewAsk, resources_answer,
+        resources_ask,
+    },
+};
+use p2pos_protocols::{
+    network::InboundStream,
+    wire::{read_message, write_message},
+};
+use tokio::sync::watch;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tracing::debug;
+
+use crate::policy;
+
+/// `/p2pos/resources/1`.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pos/resources/1");
+/// Largest ask or answer.
+pub const MAX_FRAME: usize = 4096;
+/// How long one side may take to send its frame.
+pub const FRAME_WAIT: Duration = Duration::from_secs(10);
+/// Leases one peer may hold here at once.
+pub const MAX_LEASES_PER_PEER: usize = 16;
+/// Leases granted here at once, all peers together.
+pub const MAX_LEASES: usize = 1024;
+/// A lease's length when the ask gives none, in seconds.
+pub const TTL_DEFAULT: u32 = 300;
+/// The shortest lease that may be asked for, in seconds.
+pub const TTL_MIN: u32 = 10;
+/// The longest lease that may be asked for, in seconds.
+pub const TTL_MAX: u32 = 86_400;
+
+/// A lease granted here.
+#[derive(Debug, Clone)]
+struct Granted {
+    holder: PeerId,
+    amounts: Amounts,
+    until: Instant,
+    until_ms: u64,
+    app_id: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sharing: Sharing,
+    granted: HashMap<String, Granted>,
+}
+
+/// The lender: cheap to clone.
+#[derive(Clone)]
+pub struct Lender {
+    state: Arc<Mutex<State>>,
+    inventory: watch::Receiver<Inventory>,
+    local: PeerId,
+}
+
+fn refused(reason: Refusal, message: impl Into<String>) -> Refused {
+    Refused {
+        reason: reason as i32,
+        message: message.into(),
+    }
+}
+
+/// `ttl_secs` as asked (0: the default), or why not.
+pub fn ttl(ttl_secs: u32) -> Result<u32, Refused> {
+    match ttl_secs {
+        0 => Ok(TTL_DEFAULT),
+        t if (TTL_MIN..=TTL_MAX).contains(&t) => Ok(t),
+        t => Err(refused(
+            Refusal::Invalid,
+            format!("a lease lasts {TTL_MIN} to {TTL_MAX} s, not {t}"),
+        )),
+    }
+}
+
+impl Lender {
+    /// A lender under `sharing`, judging the owner's activity from `inventory`.
+    pub fn new(local: PeerId, sharing: Sharing, inventory: watch::Receiver<Inventory>) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State {
+                sharing,
+                granted: HashMap::new(),
+            })),
+            inventory,
+            local,
+        }
+    }
+
+    /// The state, with ended leases dropped.
+    fn state(&self) -> MutexGuard<'_, State> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        state.granted.retain(|_, g| g.until > now);
+        state
+    }
+
+    /// The policy.
+    pub fn sharing(&self) -> Sharing {
+        self.state().sharing.clone()
+    }
+
+    /// Replaces the policy; leases granted stay until they end.
+    pub fn set_sharing(&self, sharing: Sharing) {
+        self.state().sharing = sharing;
+    }
+
+    /// Whether the owner is using the machine now (the CPU busy share not due to this node and
+    /// its helpers is at or above `threshold` percent).
+    fn owner_busy(&self, threshold: f64) -> bool {
+        let inventory = self.inventory.borrow();
+        let Some(cpu) = &inventory.cpu else {
+            return false;
+        };
+        let cores = f64::from(cpu.logical_cores.max(1));
+        let ours = inventory.node.map_or(0.0, |n| n.cpu_percent)
+            + inventory
+                .helpers
+                .iter()
+                .filter_map(|h| h.usage)
+                .map(|u| u.cpu_percent)
+                .sum::<f64>();
+        cpu.usage_percent - ours / cores >= threshold
+    }
+
+    /// What `peer` may see: the offer, or why not.
+    fn offer(&self, state: &State, peer: &PeerId) -> Result<Offer, Refused> {
+        let sharing = &state.sharing;
+        if !policy::lends(sharing) {
+            return Err(refused(Refusal::NotShared, "this node lends nothing"));
+        }
+        let id = peer.to_string();
+        if !sharing.peers.contains(&id) {
+            return Err(refused(
+                Refusal::NotAllowed,
+                format!("this node does not lend to {id}"),
+            ));
+        }
+        let total = sharing.amounts.unwrap_or_default();
+        let mut free = total;
+        for g in state.granted.values() {
+            free.cpu = (free.cpu - g.amounts.cpu).max(0.0);
+            free.memory_bytes = free.memory_bytes.saturating_sub(g.amounts.memory_bytes);
+            free.disk_bytes = free.disk_bytes.saturating_sub(g.amounts.disk_bytes);
+        }
+        let when = When::try_from(sharing.when).unwrap_or(When::Always);
+        Ok(Offer {
+            peer_id: self.local.to_string(),
+            total: Some(total),
+            free: Some(free),
+            when: when as i32,
+            owner_busy: when == When::Idle && self.owner_busy(policy::idle_below(sharing)),
+        })
+    }
+
+    /// Answers one ask from `peer`.
+    pub fn answer(&self, peer: PeerId, ask: ResourcesAsk) -> ResourcesAnswer {
+        use resources_answer::Kind;
+        let kind = match ask.kind {
+            Some(resources_ask::Kind::Offer(_)) => match self.offer(&self.state(), &peer) {
+                Ok(offer) => Kind::Offer(offer),
+                Err(why) => Kind::Refused(why),
+            },
+            Some(resources_ask::Kind::Lease(ask)) => match self.lease(peer, ask) {
+                Ok(lease) => Kind::Lease(lease),
+                Err(why) => Kind::Refused(why),
+            },
+            Some(resources_ask::Kind::Renew(ask)) => match self.renew(peer, ask) {
+                Ok(lease) => Kind::Lease(lease),
+                Err(why) => Kind::Refused(why),
+            },
+            Some(resources_ask::Kind::Release(ask)) => {
+                let mut state = self.state();
+                if state
+                    .granted
+                    .get(&ask.lease_id)
+                    .is_some_and(|g| g.holder == peer)
+                {
+                    state.granted.remove(&ask.lease_id);
+                }
+                Kind::Released(true)
+            }
+            None => Kind::Refused(refused(Refusal::Invalid, "an empty ask")),
+        };
+        ResourcesAnswer { kind: Some(kind) }
+    }
+
+    fn lease(&self, peer: PeerId, ask: ResourcesLeaseAsk) -> Result<Lease, Refused> {
+        let ResourcesLeaseAsk {
+            amounts,
+            ttl_secs,
+            app_id,
+        } = ask;
+        let amounts = amounts.unwrap_or_default();
+        let ttl = ttl(ttl_secs)?;
+        policy::check_amounts(&amounts, f64::INFINITY)
+            .map_err(|why| refused(Refusal::Invalid, why))?;
+        if amounts.cpu == 0.0 && amounts.memory_bytes == 0 && amounts.disk_bytes == 0 {
+            return Err(refused(Refusal::Invalid, "a lease of nothing"));
+        }
+        let app_id: String = app_id.chars().take(128).collect();
+        let mut state = self.state();
+        let offer = self.offer(&state, &peer)?;
+        if offer.owner_busy {
+            return Err(refused(
+                Refusal::OwnerBusy,
+                "this node lends only while its owner is not using it, and the owner is busy",
+            ));
+        }
+        let held = state.granted.values().filter(|g| g.holder == peer).count();
+        if held >= MAX_LEASES_PER_PEER || state.granted.len() >= MAX_LEASES {
+            return Err(refused(
+                Refusal::TooManyLeases,
+                format!("{peer} holds {held} leases here, the most one peer may"),
+            ));
+        }
+        let free = offer.free.unwrap_or_default();
+        if amounts.cpu > free.cpu + 1e-9 {
+            return Err(refused(
+                Refusal::InsufficientCpu,
+                format!("asked for {} cores, {} are free", amounts.cpu, free.cpu),
+            ));
+        }
+        if amounts.memory_bytes > free.memory_bytes {
+            return Err(refused(
+                Refusal::InsufficientMemory,
+                format!(
+                    "asked for {} bytes of memory, {} are free",
+                    amounts.memory_bytes, free.memory_bytes
+                ),
+            ));
+        }
+        if amounts.disk_bytes > free.disk_bytes {
+            return Err(refused(
+                Refusal::InsufficientDisk,
+                format!(
+                    "asked for {} bytes of disk, {} are free",
+                    amounts.disk_bytes, free.disk_bytes
+                ),
+            ));
+        }
+        let lease_id = format!("{:016x}", rand::random::<u64>());
+        let granted = Granted {
+            holder: peer,
+            amounts,
+            until: Instant::now() + Duration::from_secs(u64::from(ttl)),
+            until_ms: now_ms() + u64::from(ttl) * 1000,
+            app_id,
+        };
+        let lease = self.lease_of(&lease_id, &granted);
+        state.granted.insert(lease_id, granted);
+        Ok(lease)
+    }
+
+    fn renew(&self, peer: PeerId, ask: ResourcesRenewAsk) -> Result<Lease, Refused> {
+        let ttl = ttl(ask.ttl_secs)?;
+        let mut state = self.state();
+        let Some(granted) = state
+            .granted
+            .get_mut(&ask.lease_id)
+            .filter(|g| g.holder == peer)
+        else {
+            return Err(refused(
+                Refusal::UnknownLease,
+                format!("no lease {:?} of {peer} here", ask.lease_id),
+            ));
+        };
+        granted.until = Instant::now() + Duration::from_secs(u64::from(ttl));
+        granted.until_ms = now_ms() + u64::from(ttl) * 1000;
+        let granted = granted.clone();
+        Ok(self.lease_of(&ask.lease_id, &granted))
+    }
+
+    fn lease_of(&self, lease_id: &str, granted: &Granted) -> Lease {
+        Lease {
+            lease_id: lease_id.to_owned(),
+            lender: self.local.to_string(),
+            holder: granted.holder.to_string(),
+            amounts: Some(granted.amounts),
+            expires_at_ms: granted.until_ms,
+            app_id: granted.app_id.clone(),
+        }
+    }
+
+    /// The leases granted here that have not ended.
+    pub fn granted(&self) -> Vec<Lease> {
+        let state = self.state();
+        let mut leases: Vec<Lease> = state
+            .granted
+            .iter()
+            .map(|(id, g)| self.lease_of(id, g))
+            .collect();
+        leases.sort_by(|a, b| a.lease_id.cmp(&b.lease_id));
+        leases
+    }
+
+    /// Serves one inbound stream: one ask, one answer.
+    pub async fn serve(self, peer: PeerId, stream: InboundStream) {
+        let max = stream.max_frame();
+        let mut io = stream.compat();
+        let ask: ResourcesAsk = match read_message(&mut io, max, FRAME_WAIT).await {
+            Ok(ask) => ask,
+            Err(e) => {
+                debug!(%peer, "a bad resources ask: {e}");
+                return;
+            }
+        };
+        let answer = self.answer(peer, ask);
+        if let Err(e) = write_message(&mut io, &answer, FRAME_WAIT).await {
+            debug!(%peer, "cannot answer a resources ask: {e}");
+        }
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use p2pos_proto::{
+        resources::v1::{Cpu, ProcessUsage},
+        wire::v1::{ResourcesOfferAsk, ResourcesReleaseAsk},
+    };
+
+    use super::*;
+
+    fn lender(peers: &[PeerId], when: When, busy: f64) -> (Lender, watch::Sender<Inventory>) {
+        let inventory = Inventory {
+            cpu: Some(Cpu {
+                logical_cores: 2,
+                usage_percent: busy,
+                ..Cpu::default()
+            }),
+            node: Some(ProcessUsage {
+                cpu_percent: 20.0,
+                ..ProcessUsage::default()
+            }),
+            ..Inventory::default()
+        };
+        let (tx, rx) = watch::channel(inventory);
+        let sharing = Sharing {
+            amounts: Some(Amounts {
+                cpu: 1.0,
+                memory_bytes: 1000,
+                disk_bytes: 0,
+            }),
+            peers: peers.iter().map(PeerId::to_string).collect(),
+            when: when as i32,
+            idle_below_percent: 50.0,
+        };
+        (Lender::new(PeerId::random(), sharing, rx), tx)
+    }
+
+    fn ask_lease(cpu: f64, memory_bytes: u64) -> ResourcesAsk {
+        ResourcesAsk {
+            kind: Some(resources_ask::Kind::Lease(ResourcesLeaseAsk {
+                amounts: Some(Amounts {
+                    cpu,
+                    memory_bytes,
+                    disk_bytes: 0,
+                }),
+                ttl_secs: 0,
+                app_id: "app".into(),
+            })),
+        }
+    }
+
+    fn reason(answer: &ResourcesAnswer) -> Option<Refusal> {
+        match &answer.kind {
+            Some(resources_answer::Kind::Refused(r)) => Refusal::try_from(r.reason).ok(),
+            _ => None,
+        }
+    }
+
+    fn lease_id(answer: ResourcesAnswer) -> String {
+        match answer.kind {
+            Some(resources_answer::Kind::Lease(lease)) => lease.lease_id,
+            other => panic!("no lease: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn leases_never_exceed_the_offer_and_strangers_see_nothing() {
+        let (friend, stranger) = (PeerId::random(), PeerId::random());
+        let (lender, _inventory) = lender(&[friend], When::Always, 10.0);
+        let offer = ResourcesAsk {
+            kind: Some(resources_ask::Kind::Offer(ResourcesOfferAsk {})),
+        };
+        assert_eq!(
+            reason(&lender.answer(stranger, offer.clone())),
+            Some(Refusal::NotAllowed)
+        );
+        assert_eq!(
+            reason(&lender.answer(stranger, ask_lease(0.5, 10))),
+            Some(Refusal::NotAllowed)
+        );
+
+        let first = lease_id(lender.answer(friend, ask_lease(0.75, 600)));
+        assert_eq!(
+            reason(&lender.answer(friend, ask_lease(0.5, 10))),
+            Some(Refusal::InsufficientCpu)
+        );
+        assert_eq!(
+            reason(&lender.answer(friend, ask_lease(0.25, 600))),
+            Some(Refusal::InsufficientMemory)
+        );
+        let _second = lease_id(lender.answer(friend, ask_lease(0.25, 400)));
+        assert_eq!(lender.granted().len(), 2);
+        match lender.answer(friend, offer).kind {
+            Some(resources_answer::Kind::Offer(o)) => {
+                let free = o.free.expect("free");
+                assert!(free.cpu.abs() < 1e-9 && free.memory_bytes == 0, "{free:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A stranger cannot give a friend's lease back; the friend can.
+        let release = |id: &str| ResourcesAsk {
+            kind: Some(resources_ask::Kind::Release(ResourcesReleaseAsk {
+                lease_id: id.to_owned(),
+            })),
+        };
+        lender.answer(stranger, release(&first));
+        assert_eq!(lender.granted().len(), 2);
+        lender.answer(friend, release(&first));
+        assert_eq!(lender.granted().len(), 1);
+        let _third = lease_id(lender.answer(friend, ask_lease(0.5, 100)));
+
+        // Unshared: nothing for anyone, leases granted stay.
+        lender.set_sharing(Sharing::default());
+        assert_eq!(
+            reason(&lender.answer(friend, ask_lease(0.1, 1))),
+            Some(Refusal::NotShared)
+        );
+        assert_eq!(lender.granted().len(), 2);
+    }
+
+    #[test]
+    fn only_when_idle_means_not_while_the_owner_is_busy() {
+        let friend = PeerId::random();
+        // 80% busy of which the node's 20% of one core is 10%: the owner's 70% is over 50%.
+        let (lender, inventory) = lender(&[friend], When::Idle, 80.0);
+        assert_eq!(
+            reason(&lender.answer(friend, ask_lease(0.5, 10))),
+            Some(Refusal::OwnerBusy)
+        );
+        inventory.send_modify(|i| i.cpu.as_mut().expect("cpu").usage_percent = 30.0);
+        lease_id(lender.answer(friend, ask_lease(0.5, 10)));
+    }
+
+    #[test]
+    fn bad_asks_are_refused() {
+        let friend = PeerId::random();
+        let (lender, _inventory) = lender(&[friend], When::Always, 0.0);
+        for ask in [
+            ask_lease(-1.0, 0),
+            ask_lease(f64::INFINITY, 0),
+            ask_lease(0.0, 0),
+            ResourcesAsk { kind: None },
+        ] {
+            assert_eq!(reason(&lender.answer(friend, ask)), Some(Refusal::Invalid));
+        }
+        let renew = ResourcesAsk {
+            kind: Some(resources_ask::Kind::Renew(ResourcesRenewAsk {
+                lease_id: "nope".into(),
+                ttl_secs: 60,
+            })),
+        };
+        assert_eq!(
+            reason(&lender.answer(friend, renew)),
+            Some(Refusal::UnknownLease)
+        );
+        let mut long = ask_lease(0.1, 0);
+        if let Some(resources_ask::Kind::Lease(l)) = &mut long.kind {
+            l.ttl_secs = TTL_MAX + 1;
+        }
+        assert_eq!(reason(&lender.answer(friend, long)), Some(Refusal::Invalid));
+    }
+}

@@ -12,8 +12,7 @@ use libp2p::PeerId;
 use p2pos_kernel::{ServiceError, events::now_ms};
 use p2pos_proto::{
     resources::v1::{
-        Amounts, FindReply, FindRequest, Lease, LeaseReply, Match, Mismatch, Offer, Refusal,
-        Refused,
+        Amounts, FindReply, FindRequest, Lease, LeaseReply, Match, Mismatch, Refusal, Refused,
     },
     wire::v1::{
         ResourcesAnswer, ResourcesAsk, ResourcesLeaseAsk, ResourcesOfferAsk, ResourcesReleaseAsk,
@@ -27,7 +26,7 @@ use p2pos_protocols::{
 };
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use crate::lend::{FRAME_WAIT, MAX_FRAME, PROTOCOL};
+use crate::lend::{FRAME_WAIT, MAX_FRAME, PROTOCOL, refused, short_of};
 
 /// The DHT key every node that lends anything provides.
 pub const OFFERS_KEY: &str = "/p2pos/resources/offers";
@@ -41,13 +40,6 @@ const DEFAULT_MATCHES: usize = 16;
 const MAX_MATCHES: usize = 64;
 /// Leases this node holds at once.
 pub const MAX_HELD: usize = 256;
-
-fn refused(reason: Refusal, message: impl Into<String>) -> Refused {
-    Refused {
-        reason: reason as i32,
-        message: message.into(),
-    }
-}
 
 /// Sends `ask` to `peer` and reads its answer; how long the round trip took.
 pub async fn ask(
@@ -77,42 +69,6 @@ pub async fn ask(
     tokio::time::timeout(ASK_WAIT * 2, round)
         .await
         .unwrap_or_else(|_| Err(unreachable("no answer in time".into())))
-}
-
-/// The first need of `needs` that `offer` does not cover, as a refusal.
-fn short_of(offer: &Offer, needs: &Amounts) -> Option<Refused> {
-    if offer.owner_busy {
-        return Some(refused(
-            Refusal::OwnerBusy,
-            "it lends only while its owner is not using it, and the owner is busy",
-        ));
-    }
-    let free = offer.free.unwrap_or_default();
-    if needs.cpu > free.cpu + 1e-9 {
-        return Some(refused(
-            Refusal::InsufficientCpu,
-            format!("{} cores needed, {} free", needs.cpu, free.cpu),
-        ));
-    }
-    if needs.memory_bytes > free.memory_bytes {
-        return Some(refused(
-            Refusal::InsufficientMemory,
-            format!(
-                "{} bytes of memory needed, {} free",
-                needs.memory_bytes, free.memory_bytes
-            ),
-        ));
-    }
-    if needs.disk_bytes > free.disk_bytes {
-        return Some(refused(
-            Refusal::InsufficientDisk,
-            format!(
-                "{} bytes of disk needed, {} free",
-                needs.disk_bytes, free.disk_bytes
-            ),
-        ));
-    }
-    None
 }
 
 /// `Find`: asks each candidate for its offer, at once, and ranks those that cover the needs.

@@ -68,11 +68,50 @@ pub struct Lender {
     local: PeerId,
 }
 
-fn refused(reason: Refusal, message: impl Into<String>) -> Refused {
+/// A refusal for `reason`, with its line for people.
+pub(crate) fn refused(reason: Refusal, message: impl Into<String>) -> Refused {
     Refused {
         reason: reason as i32,
         message: message.into(),
     }
+}
+
+/// Why `offer` cannot serve `needs` now (its owner is busy, or it lacks one of them), if so.
+pub(crate) fn short_of(offer: &Offer, needs: &Amounts) -> Option<Refused> {
+    if offer.owner_busy {
+        return Some(refused(
+            Refusal::OwnerBusy,
+            "it lends only while its owner is not using the machine, and the owner is busy",
+        ));
+    }
+    let free = offer.free.unwrap_or_default();
+    let lacks = [
+        (
+            needs.cpu > free.cpu + 1e-9,
+            Refusal::InsufficientCpu,
+            format!("{} cores needed, {} free", needs.cpu, free.cpu),
+        ),
+        (
+            needs.memory_bytes > free.memory_bytes,
+            Refusal::InsufficientMemory,
+            format!(
+                "{} bytes of memory needed, {} free",
+                needs.memory_bytes, free.memory_bytes
+            ),
+        ),
+        (
+            needs.disk_bytes > free.disk_bytes,
+            Refusal::InsufficientDisk,
+            format!(
+                "{} bytes of disk needed, {} free",
+                needs.disk_bytes, free.disk_bytes
+            ),
+        ),
+    ];
+    lacks
+        .into_iter()
+        .find(|(short, _, _)| *short)
+        .map(|(_, reason, message)| refused(reason, message))
 }
 
 /// `ttl_secs` as asked (0: the default), or why not.
@@ -214,42 +253,14 @@ impl Lender {
         let app_id: String = app_id.chars().take(128).collect();
         let mut state = self.state();
         let offer = self.offer(&state, &peer)?;
-        if offer.owner_busy {
-            return Err(refused(
-                Refusal::OwnerBusy,
-                "this node lends only while its owner is not using it, and the owner is busy",
-            ));
+        if let Some(why) = short_of(&offer, &amounts) {
+            return Err(why);
         }
         let held = state.granted.values().filter(|g| g.holder == peer).count();
         if held >= MAX_LEASES_PER_PEER || state.granted.len() >= MAX_LEASES {
             return Err(refused(
                 Refusal::TooManyLeases,
                 format!("{peer} holds {held} leases here, the most one peer may"),
-            ));
-        }
-        let free = offer.free.unwrap_or_default();
-        if amounts.cpu > free.cpu + 1e-9 {
-            return Err(refused(
-                Refusal::InsufficientCpu,
-                format!("asked for {} cores, {} are free", amounts.cpu, free.cpu),
-            ));
-        }
-        if amounts.memory_bytes > free.memory_bytes {
-            return Err(refused(
-                Refusal::InsufficientMemory,
-                format!(
-                    "asked for {} bytes of memory, {} are free",
-                    amounts.memory_bytes, free.memory_bytes
-                ),
-            ));
-        }
-        if amounts.disk_bytes > free.disk_bytes {
-            return Err(refused(
-                Refusal::InsufficientDisk,
-                format!(
-                    "asked for {} bytes of disk, {} are free",
-                    amounts.disk_bytes, free.disk_bytes
-                ),
             ));
         }
         let lease_id = format!("{:016x}", rand::random::<u64>());

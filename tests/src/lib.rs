@@ -5,6 +5,8 @@
 //! The binaries are found next to the test executable (`target/<profile>/`); build them first
 //! (`cargo build --workspace --bins`), as the README's test command does.
 
+pub mod tasks;
+
 use std::{
     fs::File,
     future::Future,

@@ -22,12 +22,13 @@ use p2pos_proto::{
         ChannelInput, OpenChannel, SessionRequest, channel_input, channel_output, session_event,
     },
     monitor::v1::{EventsRequest, event},
-    tasks::v1::{
-        AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus, ListHelpersRequest,
-        LogsRequest, RestartPolicy,
-    },
+    tasks::v1::{HelperSpec, HelperState, ListHelpersRequest, LogsRequest, RestartPolicy},
 };
-use p2pos_tests::{Node, p2pctl, wait_for};
+use p2pos_tests::{
+    Node, p2pctl,
+    tasks::{add, alive, get, helper_ref, in_state, start},
+    wait_for,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -43,58 +44,6 @@ fn spec(app: &str, name: &str, args: &[&str]) -> HelperSpec {
         restart: RestartPolicy::Never as i32,
         ..HelperSpec::default()
     }
-}
-
-fn helper(app: &str, name: &str) -> HelperRef {
-    HelperRef {
-        app_id: app.into(),
-        name: name.into(),
-    }
-}
-
-async fn add(client: &Client, spec: HelperSpec) -> Result<HelperStatus, tonic::Status> {
-    client
-        .tasks()
-        .add_helper(AddHelperRequest { spec: Some(spec) })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn start(client: &Client, app: &str, name: &str) -> Result<HelperStatus, tonic::Status> {
-    client
-        .tasks()
-        .start_helper(helper(app, name))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn get(client: &Client, app: &str, name: &str) -> HelperStatus {
-    client
-        .tasks()
-        .get_helper(helper(app, name))
-        .await
-        .expect("get helper")
-        .into_inner()
-}
-
-/// Waits until the helper is in `state`.
-async fn in_state(client: &Client, app: &str, name: &str, state: HelperState) -> HelperStatus {
-    wait_for(&format!("{app}/{name} {state:?}"), T, || async move {
-        let status = get(client, app, name).await;
-        (status.state == state as i32).then_some(status)
-    })
-    .await
-}
-
-/// Whether `pid` is a live process: it exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(") ")
-                .map(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 /// The pids in the banner lines of every program that wrote one, in order.
@@ -133,7 +82,7 @@ async fn logs(client: &Client, app: &str, name: &str) -> Vec<String> {
     let mut stream = client
         .tasks()
         .logs(LogsRequest {
-            helper: Some(helper(app, name)),
+            helper: Some(helper_ref(app, name)),
             follow: false,
             tail: 0,
         })
@@ -204,7 +153,7 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
     let mut follow = client
         .tasks()
         .logs(LogsRequest {
-            helper: Some(helper("", "demo")),
+            helper: Some(helper_ref("", "demo")),
             follow: true,
             tail: 1,
         })
@@ -213,7 +162,7 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
         .into_inner();
     let restarted = client
         .tasks()
-        .restart_helper(helper("", "demo"))
+        .restart_helper(helper_ref("", "demo"))
         .await
         .expect("restart")
         .into_inner();
@@ -240,7 +189,7 @@ async fn a_helper_is_started_stopped_restarted_and_its_output_kept() {
 
     let stopped = client
         .tasks()
-        .stop_helper(helper("", "demo"))
+        .stop_helper(helper_ref("", "demo"))
         .await
         .expect("stop")
         .into_inner();
@@ -387,7 +336,7 @@ async fn an_apps_helpers_stop_when_its_session_ends() {
     let admin = node.client().await;
     let worker = admin
         .tasks()
-        .restart_helper(helper("demoapp", "worker"))
+        .restart_helper(helper_ref("demoapp", "worker"))
         .await
         .expect("admin restart")
         .into_inner()
@@ -404,7 +353,7 @@ async fn an_apps_helpers_stop_when_its_session_ends() {
     let intruder = node.app_client("intruder").await;
     let err = intruder
         .tasks()
-        .stop_helper(helper("demoapp", "worker"))
+        .stop_helper(helper_ref("demoapp", "worker"))
         .await
         .expect_err("not its helper");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
@@ -420,7 +369,7 @@ async fn an_apps_helpers_stop_when_its_session_ends() {
     let dotted = node.app_client("demoapp.worker").await;
     let err = dotted
         .tasks()
-        .get_helper(helper("demoapp", "worker"))
+        .get_helper(helper_ref("demoapp", "worker"))
         .await
         .expect_err("another app");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");

@@ -15,12 +15,13 @@ use futures::StreamExt;
 use p2pos_client::Client;
 use p2pos_proto::{
     monitor::v1::{EventsRequest, event},
-    tasks::v1::{
-        AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus, Limits, LogsRequest,
-        RestartPolicy,
-    },
+    tasks::v1::{HelperSpec, HelperState, HelperStatus, Limits, LogsRequest, RestartPolicy},
 };
-use p2pos_tests::{Node, wait_for};
+use p2pos_tests::{
+    Node,
+    tasks::{add, alive, get, helper_ref, in_state, start, stop},
+    wait_for,
+};
 
 const T: Duration = Duration::from_secs(30);
 const PROGRAM: &str = "p2pos-test-helper";
@@ -44,62 +45,13 @@ fn memory(bytes: u64) -> Option<Limits> {
     })
 }
 
-fn helper(name: &str) -> HelperRef {
-    HelperRef {
-        app_id: String::new(),
-        name: name.into(),
-    }
-}
-
-async fn add(client: &Client, spec: HelperSpec) -> Result<HelperStatus, tonic::Status> {
-    client
-        .tasks()
-        .add_helper(AddHelperRequest { spec: Some(spec) })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn start(client: &Client, name: &str) -> Result<HelperStatus, tonic::Status> {
-    client
-        .tasks()
-        .start_helper(helper(name))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn stop(client: &Client, name: &str) -> HelperStatus {
-    client
-        .tasks()
-        .stop_helper(helper(name))
-        .await
-        .expect("stop")
-        .into_inner()
-}
-
-async fn get(client: &Client, name: &str) -> HelperStatus {
-    client
-        .tasks()
-        .get_helper(helper(name))
-        .await
-        .expect("get helper")
-        .into_inner()
-}
-
-async fn in_state(client: &Client, name: &str, state: HelperState) -> HelperStatus {
-    wait_for(&format!("{name} {state:?}"), T, || async move {
-        let status = get(client, name).await;
-        (status.state == state as i32).then_some(status)
-    })
-    .await
-}
-
 /// The first kept output line of `name` starting with `prefix`, once there is one.
 async fn line_starting(client: &Client, name: &str, prefix: &str) -> String {
     wait_for(&format!("{name} to print {prefix:?}"), T, || async move {
         let mut stream = client
             .tasks()
             .logs(LogsRequest {
-                helper: Some(helper(name)),
+                helper: Some(helper_ref("", name)),
                 follow: false,
                 tail: 0,
             })
@@ -115,17 +67,6 @@ async fn line_starting(client: &Client, name: &str, prefix: &str) -> String {
         None
     })
     .await
-}
-
-/// Whether `pid` is a live process (not a zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(") ")
-                .map(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 fn procs(cgroup: &Path) -> Vec<u32> {
@@ -222,13 +163,15 @@ async fn a_start_over_the_app_quota_is_refused_and_bad_limits_are_invalid() {
     add(&client, spec("free", &["run"], None))
         .await
         .expect("add free");
-    let big = start(&client, "big").await.expect("start big");
+    let big = start(&client, "", "big").await.expect("start big");
     let limits = big.limits.expect("limits shown");
     assert_eq!(limits.memory_bytes, 100 * MIB);
     assert_eq!(limits.cpu, 1.0, "the default app quota: one core");
     assert_eq!(limits.pids, 256, "the default app quota: 256");
 
-    let refused = start(&client, "more").await.expect_err("over the quota");
+    let refused = start(&client, "", "more")
+        .await
+        .expect_err("over the quota");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     assert_eq!(
         refused.message(),
@@ -236,15 +179,15 @@ async fn a_start_over_the_app_quota_is_refused_and_bad_limits_are_invalid() {
          app_memory_bytes) is 128 MiB, and its running helpers already reserve 100 MiB"
     );
     assert_eq!(
-        get(&client, "more").await.state,
+        get(&client, "", "more").await.state,
         HelperState::Stopped as i32
     );
     // A helper without limits of its own reserves nothing: it shares the app's quota.
-    let free = start(&client, "free").await.expect("start free");
+    let free = start(&client, "", "free").await.expect("start free");
     assert_eq!(free.limits.expect("limits").memory_bytes, 128 * MIB);
     // Once the big one stops, there is room.
-    stop(&client, "big").await;
-    start(&client, "more").await.expect("room now");
+    stop(&client, "", "big").await;
+    start(&client, "", "more").await.expect("room now");
 
     for (limits, says) in [
         (memory(1), "limits.memory_bytes 1 is out of range"),
@@ -298,15 +241,15 @@ async fn a_helper_over_its_memory_limit_is_killed_and_the_others_keep_running() 
     add(&client, spec("keeper", &["run"], None))
         .await
         .expect("add");
-    let keeper = start(&client, "keeper").await.expect("start keeper");
+    let keeper = start(&client, "", "keeper").await.expect("start keeper");
     add(&client, spec("hog", &["alloc", "256"], memory(64 * MIB)))
         .await
         .expect("add");
-    let hog = start(&client, "hog").await.expect("start hog");
+    let hog = start(&client, "", "hog").await.expect("start hog");
     let cgroup = cgroup_of(&hog);
     assert_eq!(hog.limits.expect("limits").memory_bytes, 64 * MIB);
 
-    let exited = in_state(&client, "hog", HelperState::Exited).await;
+    let exited = in_state(&client, "", "hog", HelperState::Exited).await;
     assert_eq!(exited.reason, "killed: over its memory limit (64 MiB)");
     assert_eq!(
         exited.last_exit.expect("last exit").signal,
@@ -330,7 +273,7 @@ async fn a_helper_over_its_memory_limit_is_killed_and_the_others_keep_running() 
     .await
     .expect("an event for the hog's exit");
 
-    let now = get(&client, "keeper").await;
+    let now = get(&client, "", "keeper").await;
     assert_eq!(now.state, HelperState::Running as i32);
     assert_eq!(now.pid, keeper.pid);
     assert!(alive(keeper.pid), "the other helper runs on");
@@ -349,7 +292,7 @@ async fn a_fork_bomb_stops_at_its_process_limit() {
     add(&client, spec("forker", &["spawn", "200"], Some(limits)))
         .await
         .expect("add");
-    let forker = start(&client, "forker").await.expect("start");
+    let forker = start(&client, "", "forker").await.expect("start");
     let cgroup = cgroup_of(&forker);
 
     let started = line_starting(&client, "forker", "started ").await;
@@ -370,12 +313,12 @@ async fn a_fork_bomb_stops_at_its_process_limit() {
         "at most 20 processes and the shim in its cgroup: {inside:?}"
     );
     assert_eq!(
-        get(&client, "forker").await.state,
+        get(&client, "", "forker").await.state,
         HelperState::Running as i32
     );
     assert_eq!(cpu_quota(forker.pid), "50000 100000", "half a core");
 
-    stop(&client, "forker").await;
+    stop(&client, "", "forker").await;
     assert!(
         inside.iter().all(|pid| !alive(*pid)),
         "every process of it is gone"
@@ -393,7 +336,7 @@ async fn what_a_helper_starts_in_a_session_of_its_own_goes_with_it() {
         .expect("add");
 
     // Stopped through the API.
-    let status = start(&client, "escaper").await.expect("start");
+    let status = start(&client, "", "escaper").await.expect("start");
     let cgroup = cgroup_of(&status);
     let escaped = escaped_pid(&client).await;
     assert!(alive(escaped), "the escaped sleep runs");
@@ -401,14 +344,14 @@ async fn what_a_helper_starts_in_a_session_of_its_own_goes_with_it() {
         procs(&cgroup).contains(&escaped),
         "and is in the helper's cgroup"
     );
-    stop(&client, "escaper").await;
+    stop(&client, "", "escaper").await;
     assert!(
         !alive(escaped),
         "the escaped process {escaped} was killed with the helper"
     );
 
     // The node dies: the shim empties the cgroup, and the next start removes what is left.
-    let status = start(&client, "escaper").await.expect("start again");
+    let status = start(&client, "", "escaper").await.expect("start again");
     let cgroup = cgroup_of(&status);
     let escaped = wait_for("a new escaped pid", T, || {
         let client = client.clone();
@@ -439,7 +382,7 @@ async fn escaped_pid(client: &Client) -> u32 {
     let mut stream = client
         .tasks()
         .logs(LogsRequest {
-            helper: Some(helper("escaper")),
+            helper: Some(helper_ref("", "escaper")),
             follow: false,
             tail: 0,
         })
@@ -468,21 +411,21 @@ async fn without_cgroups_the_node_falls_back_to_rlimits_and_says_so_once() {
     add(&client, spec("hog", &["alloc", "256"], memory(64 * MIB)))
         .await
         .expect("add");
-    let hog = start(&client, "hog").await.expect("start");
+    let hog = start(&client, "", "hog").await.expect("start");
     assert_eq!(hog.enforcement, "rlimits");
     assert_eq!(hog.cgroup, "", "no cgroup");
     // Its address space cannot grow past 64 MiB: the allocation fails inside it.
     let ended = wait_for("the hog to end", T, || {
         let client = client.clone();
         async move {
-            let status = get(&client, "hog").await;
+            let status = get(&client, "", "hog").await;
             (status.state != HelperState::Running as i32).then_some(status)
         }
     })
     .await;
     assert_eq!(ended.state, HelperState::Exited as i32, "{}", ended.reason);
     assert_eq!(ended.enforcement, "rlimits");
-    start(&client, "hog").await.expect("start again");
+    start(&client, "", "hog").await.expect("start again");
     let said = node.log().matches("falling back to rlimits").count();
     assert_eq!(said, 1, "said once in the log:\n{}", node.log());
 }

@@ -554,14 +554,30 @@ async fn only_when_idle_refuses_while_the_owner_is_busy_and_lends_after() {
     );
 
     let hogs = Hogs::start();
-    wait_for("B to refuse while its owner is busy", T, || {
+    // Asking for the offer takes nothing (a lease granted before the hogs count would).
+    wait_for("B to say its owner is busy", T, || {
         let (a, b_id) = (&a, &b_id);
         async move {
-            let (ok, _, err) = p2pctl(a, &["resources", "lease", b_id, "--cpu", "0.25"]);
-            (!ok && err.contains("OWNER_BUSY")).then_some(())
+            let out = ctl(
+                a,
+                &[
+                    "resources",
+                    "find",
+                    "--cpu",
+                    "0.25",
+                    "--peer",
+                    b_id,
+                    "--explain",
+                    "--json",
+                ],
+            );
+            let found: Value = serde_json::from_str(&out).ok()?;
+            (reason_of(&found, b_id).as_deref() == Some("OWNER_BUSY")).then_some(())
         }
     })
     .await;
+    let (ok, _, err) = p2pctl(&a, &["resources", "lease", &b_id, "--cpu", "0.25"]);
+    assert!(!ok && err.contains("OWNER_BUSY"), "{err}");
     drop(hogs);
     wait_for(
         "B to lend once its owner is idle",

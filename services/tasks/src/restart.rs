@@ -8,7 +8,18 @@ use p2pos_kernel::events::now_ms;
 use p2pos_proto::tasks::v1::ExitStatus;
 use tokio::time::Instant;
 
-use crate::{signal, spec::Restart};
+use crate::signal;
+
+/// When a helper that exited on its own is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restart {
+    /// Never.
+    Never,
+    /// After a non-zero exit or a signal the node did not send.
+    OnFailure,
+    /// After any exit not asked for through the API.
+    Always,
+}
 
 /// The first restart's back-off.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);

@@ -8,7 +8,12 @@ use nix::sys::signal::Signal;
 use p2pos_proto::tasks::v1::{HelperSpec, RestartPolicy};
 use p2pos_protocols::names;
 
-use crate::{Error, limits::Limits, restart, signal};
+use crate::{
+    Error,
+    limits::Limits,
+    restart::{self, Restart},
+    signal,
+};
 
 /// Longest helper name.
 pub const MAX_NAME_LEN: usize = 32;
@@ -30,17 +35,6 @@ pub const MAX_ARGS: usize = 256;
 pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 /// Prefix of the variables the node sets; a spec may not set them.
 pub(crate) const RESERVED_ENV_PREFIX: &str = "P2POS_";
-
-/// When a helper that exited on its own is restarted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Restart {
-    /// Never.
-    Never,
-    /// After a non-zero exit or a signal the node did not send.
-    OnFailure,
-    /// After any exit not asked for through the API.
-    Always,
-}
 
 /// A checked helper spec, defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{KILL_DEADLINE, write};
+use super::files::{KILL_DEADLINE, write};
 
 /// Kills the processes of every group below `dir` (deepest first) and removes those groups,
 /// and `dir` itself if `remove_self`. Returns how many processes it killed.

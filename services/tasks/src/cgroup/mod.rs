@@ -26,8 +26,11 @@ use crate::limits::Limits;
 
 mod empty;
 
+mod files;
+
 pub(crate) use empty::abandon;
 use empty::{empty_tree, kill_listed, read_pids};
+use files::{KILL_DEADLINE, io_context, write};
 
 /// Where cgroup file systems are mounted.
 const MOUNT: &str = "/sys/fs/cgroup";
@@ -37,8 +40,6 @@ const V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 const CPU_PERIOD_US: u64 = 100_000;
 /// The most shims one app's group holds at once (one per running helper).
 const MAX_SHIMS_PER_APP: u32 = crate::service::MAX_RUNNING_PER_APP as u32;
-/// How long emptying a group may take before it is given up (and left for the next start).
-const KILL_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Which cgroup version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,14 +79,6 @@ pub(crate) struct Group {
     dirs: Vec<Dir>,
     /// `cgroup.procs` of each directory, ready for `pre_exec` (which may not allocate).
     procs: Vec<CString>,
-}
-
-fn io_context(path: &Path, e: io::Error) -> String {
-    format!("{}: {e}", path.display())
-}
-
-fn write(path: &Path, value: &str) -> Result<(), String> {
-    std::fs::write(path, value).map_err(|e| io_context(path, e))
 }
 
 /// The 64-bit FNV-1a hash of `bytes`, in hex: a stable short name for a data directory.

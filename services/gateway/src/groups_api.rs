@@ -3,8 +3,8 @@
 
 use p2pos_kernel::ServiceContext;
 use p2pos_proto::group::v1::{
-    CreateRequest, Group, GroupRef, InviteReply, InviteRequest, JoinRequest, LeaveReply,
-    ListReply, ListRequest, MemberRequest, MembersReply, RenameRequest, SyncReply,
+    CreateRequest, Group, GroupRef, InviteReply, InviteRequest, JoinRequest, LeaveReply, ListReply,
+    ListRequest, MemberRequest, MembersReply, RenameRequest, SyncReply,
     groups_server::Groups as GroupsRpc,
 };
 use p2pos_protocols::{

@@ -10,10 +10,9 @@ use p2pos_kernel::{
     ServiceState, StopService, Uses,
 };
 use p2pos_proto::{
-    FILE_DESCRIPTOR_SET, app::v1::apps_server::AppsServer,
+    FILE_DESCRIPTOR_SET, app::v1::apps_server::AppsServer, group::v1::groups_server::GroupsServer,
     monitor::v1::monitor_server::MonitorServer, node::v1::node_server::NodeServer,
     overlay::v1::overlay_server::OverlayServer, resources::v1::resources_server::ResourcesServer,
-    group::v1::groups_server::GroupsServer,
     service::v1::services_server::ServicesServer, tasks::v1::tasks_server::TasksServer,
 };
 use p2pos_protocols::{Apps, Forwarding, Groups, Monitor, Overlay, Resources, Services, Tasks};
@@ -31,11 +30,11 @@ use crate::{
     Config, SOCKET_FILE,
     apps_api::AppsApi,
     auth::{AuthLayer, Authenticator, TOKENS_TREE},
+    groups_api::GroupsApi,
     monitor_api::MonitorApi,
     node_api::NodeApi,
     overlay_api::OverlayApi,
     resources_api::ResourcesApi,
-    groups_api::GroupsApi,
     services_api::ServicesApi,
     tasks_api::TasksApi,
 };

@@ -141,14 +141,22 @@ impl Book {
 
     /// Adds `ops` to `group`'s log and keeps those new; answers how many were new and the
     /// reasons others were refused.
-    pub fn insert(&self, group: GroupId, ops: Vec<Op>) -> Result<(usize, Vec<Rejected>), ServiceError> {
+    pub fn insert(
+        &self,
+        group: GroupId,
+        ops: Vec<Op>,
+    ) -> Result<(usize, Vec<Rejected>), ServiceError> {
         let mut inner = self.lock();
         let log = inner
             .groups
             .get_mut(&group)
             .ok_or_else(|| ServiceError::not_found(format!("no group {group} here")))?;
         let (added, rejected) = log.insert_all(ops);
-        let ops: Vec<&Op> = log.ops().into_iter().filter(|op| added.contains(&op.hash)).collect();
+        let ops: Vec<&Op> = log
+            .ops()
+            .into_iter()
+            .filter(|op| added.contains(&op.hash))
+            .collect();
         if !ops.is_empty() {
             self.save(group, &ops)?;
         }
@@ -188,7 +196,10 @@ impl Book {
             many => Err(ServiceError::invalid(format!(
                 "{} groups are named {name_or_id:?}; give an id: {}",
                 many.len(),
-                many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }

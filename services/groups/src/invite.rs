@@ -48,7 +48,10 @@ pub struct Invite {
 
 /// The string of a signed invite.
 pub fn encode(signed: &[u8]) -> String {
-    format!("{PREFIX}{}", BASE32_NOPAD.encode(signed).to_ascii_lowercase())
+    format!(
+        "{PREFIX}{}",
+        BASE32_NOPAD.encode(signed).to_ascii_lowercase()
+    )
 }
 
 /// An invite string parsed and its signature checked (not its expiry or uses).
@@ -135,7 +138,10 @@ mod tests {
         let text = encode(&sign_with(&key, INVITE_TYPE, body).expect("signed"));
         let invite = parse(&text).expect("parses");
         assert_eq!(invite.signer, key.public().to_peer_id());
-        assert_eq!((invite.group, invite.max_uses, invite.admin), (group, 2, true));
+        assert_eq!(
+            (invite.group, invite.max_uses, invite.admin),
+            (group, 2, true)
+        );
         assert_eq!(invite.addrs.len(), 1);
         let mut damaged = text.clone();
         damaged.replace_range(20..21, if &text[20..21] == "a" { "b" } else { "a" });

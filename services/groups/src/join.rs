@@ -53,8 +53,7 @@ impl Node {
         ask: GroupJoinAsk,
     ) -> Result<(GroupId, Vec<Vec<u8>>), (GroupRefusal, String)> {
         let GroupJoinAsk { invite, addrs } = ask;
-        let invite =
-            invite::open(&invite).map_err(|why| (GroupRefusal::InviteInvalid, why))?;
+        let invite = invite::open(&invite).map_err(|why| (GroupRefusal::InviteInvalid, why))?;
         if invite.signer != self.local {
             return Err((
                 GroupRefusal::InviteInvalid,
@@ -102,7 +101,10 @@ impl Node {
                 .insert(group, vec![op])
                 .map_err(|e| (GroupRefusal::Full, e.message))?;
             if let Some(why) = rejected.first() {
-                return Err((GroupRefusal::Full, format!("cannot add the member: {why:?}")));
+                return Err((
+                    GroupRefusal::Full,
+                    format!("cannot add the member: {why:?}"),
+                ));
             }
             info!(%peer, %group, "a peer joined with an invite");
         }
@@ -114,7 +116,9 @@ impl Node {
         self.net.remember(peer, addrs);
         let ops = self
             .book
-            .with(group, |log| log.ops().into_iter().map(|op| op.bytes.clone()).collect())
+            .with(group, |log| {
+                log.ops().into_iter().map(|op| op.bytes.clone()).collect()
+            })
             .unwrap_or_default();
         Ok((group, ops))
     }
@@ -167,10 +171,12 @@ impl Node {
             write_message(&mut io, &ask, FRAME_WAIT)
                 .await
                 .map_err(|e| unreached(e.to_string()))?;
-            read_ops(&mut io).await.map_err(|(outcome, why)| match outcome {
-                SyncOutcome::Refused => refusal(&why),
-                _ => unreached(why),
-            })
+            read_ops(&mut io)
+                .await
+                .map_err(|(outcome, why)| match outcome {
+                    SyncOutcome::Refused => refusal(&why),
+                    _ => unreached(why),
+                })
         };
         let ops = tokio::time::timeout(JOIN_WAIT, exchange)
             .await
@@ -180,8 +186,7 @@ impl Node {
             .next()
             .filter(|op| op.group.is_none() && GroupId::of(&op.hash) == group)
             .ok_or_else(|| ServiceError::unavailable("the admin answered another group"))?;
-        let mut log =
-            Log::new(genesis).map_err(|e| ServiceError::unavailable(format!("{e:?}")))?;
+        let mut log = Log::new(genesis).map_err(|e| ServiceError::unavailable(format!("{e:?}")))?;
         log.insert_all(ops.collect());
         if !log.state().members.contains(&self.local) {
             return Err(ServiceError::unavailable(

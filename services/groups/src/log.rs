@@ -140,6 +140,16 @@ impl Log {
         self.heads.iter().copied().collect()
     }
 
+    /// Whether `peer` was ever added (a former member may hold valid operations made
+    /// concurrently with its removal).
+    pub fn ever_added(&self, peer: &PeerId) -> bool {
+        self.entries.iter().any(|e| match &e.op.kind {
+            Kind::Create { .. } => e.op.signer == *peer,
+            Kind::AddMember(p) | Kind::AddAdmin(p) => p == peer,
+            _ => false,
+        })
+    }
+
     /// Whether `hash` is in the log.
     pub fn contains(&self, hash: &Hash) -> bool {
         self.index.contains_key(hash)
@@ -165,7 +175,8 @@ impl Log {
             depth = depth.max(self.entries[i].depth + 1);
         }
         let before = self.state_of(&ancestors);
-        let leaving = op.kind == Kind::RemoveMember(op.signer) && before.members.contains(&op.signer);
+        let leaving =
+            op.kind == Kind::RemoveMember(op.signer) && before.members.contains(&op.signer);
         if !before.admins.contains(&op.signer) && !leaving {
             return Err(Rejected::NotAuthorized(format!(
                 "{} is not an admin of the group where it signed",
@@ -220,7 +231,10 @@ impl Log {
 
     /// The operations, parents before children, in (depth, hash) order.
     pub fn ops(&self) -> Vec<&Op> {
-        self.order().into_iter().map(|i| &self.entries[i].op).collect()
+        self.order()
+            .into_iter()
+            .map(|i| &self.entries[i].op)
+            .collect()
     }
 
     /// The operations someone whose heads are `heads` lacks (heads unknown here are ignored),
@@ -284,7 +298,9 @@ impl Log {
                 .any(|&a| removes.iter().all(|&r| self.entries[a].ancestors.has(r)))
         };
         let mut state = State {
-            name: named.map(|(_, _, name)| name.to_owned()).unwrap_or_default(),
+            name: named
+                .map(|(_, _, name)| name.to_owned())
+                .unwrap_or_default(),
             ..State::default()
         };
         for (peer, [adds, removes, admin_adds, admin_removes]) in by_peer {

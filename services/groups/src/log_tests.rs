@@ -71,9 +71,15 @@ fn a_non_admin_signer_is_rejected_but_may_leave() {
     let mut log = a.create();
     a.act(&mut log, Kind::AddMember(b.id()));
     let by_member = b.sign(Some(log.id()), &log.heads(), Kind::AddMember(c.id()));
-    assert!(matches!(log.insert(by_member), Err(Rejected::NotAuthorized(_))));
+    assert!(matches!(
+        log.insert(by_member),
+        Err(Rejected::NotAuthorized(_))
+    ));
     let by_stranger = c.sign(Some(log.id()), &log.heads(), Kind::AddMember(c.id()));
-    assert!(matches!(log.insert(by_stranger), Err(Rejected::NotAuthorized(_))));
+    assert!(matches!(
+        log.insert(by_stranger),
+        Err(Rejected::NotAuthorized(_))
+    ));
     b.act(&mut log, Kind::RemoveMember(b.id()));
     assert_eq!(log.state().members, [a.id()].into());
 }
@@ -88,8 +94,12 @@ fn a_forged_signature_does_not_open() {
     forged[last] ^= 0x55;
     assert!(Op::open(&forged).is_err());
     // A body signed for another purpose does not open as an operation either.
-    let other = sign_with(&a.0, "/p2pos/group/invite", op::body(None, &[], 0, &op.kind))
-        .expect("signed");
+    let other = sign_with(
+        &a.0,
+        "/p2pos/group/invite",
+        op::body(None, &[], 0, &op.kind),
+    )
+    .expect("signed");
     assert!(Op::open(&other).is_err());
 }
 
@@ -137,7 +147,8 @@ fn two_admins_removing_each_other_concurrently_both_go_the_same_everywhere() {
     // Merge both ways, in different orders.
     let mut one = copy(&log);
     assert_eq!(
-        one.insert_all(vec![b_adds_e.clone(), b_removes_a.clone()]).1,
+        one.insert_all(vec![b_adds_e.clone(), b_removes_a.clone()])
+            .1,
         vec![]
     );
     let mut two = copy(&side_b);
@@ -148,7 +159,11 @@ fn two_admins_removing_each_other_concurrently_both_go_the_same_everywhere() {
     assert_eq!(state.members, [c.id(), d.id(), e.id()].into());
     assert_eq!(state.admins, [c.id()].into());
     // Once b has seen its removal, what it signs is refused.
-    let late = b.sign(Some(one.id()), &one.heads(), Kind::AddMember(Peer::new().id()));
+    let late = b.sign(
+        Some(one.id()),
+        &one.heads(),
+        Kind::AddMember(Peer::new().id()),
+    );
     assert!(matches!(one.insert(late), Err(Rejected::NotAuthorized(_))));
 }
 

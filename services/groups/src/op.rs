@@ -190,9 +190,9 @@ impl Op {
             (false, _) if parents.is_empty() => {
                 return Err("an operation other than create names its parents".into());
             }
-            (false, _) => Some(
-                GroupId::from_bytes(&group).ok_or_else(|| "a bad group id".to_owned())?,
-            ),
+            (false, _) => {
+                Some(GroupId::from_bytes(&group).ok_or_else(|| "a bad group id".to_owned())?)
+            }
         };
         Ok(Op {
             hash: hash(bytes),

@@ -174,14 +174,23 @@ impl Node {
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
     }
 
-    async fn serve_sync<W>(&self, peer: PeerId, ask: GroupSyncAsk, io: &mut W) -> std::io::Result<()>
+    async fn serve_sync<W>(
+        &self,
+        peer: PeerId,
+        ask: GroupSyncAsk,
+        io: &mut W,
+    ) -> std::io::Result<()>
     where
         W: tokio::io::AsyncWrite + Unpin,
     {
         let GroupSyncAsk { group, heads } = ask;
         let Some(group) = GroupId::from_bytes(&group) else {
-            return write_message(io, &refused(GroupRefusal::BadAsk, "a bad group id"), FRAME_WAIT)
-                .await;
+            return write_message(
+                io,
+                &refused(GroupRefusal::BadAsk, "a bad group id"),
+                FRAME_WAIT,
+            )
+            .await;
         };
         let heads: Vec<Hash> = heads
             .iter()
@@ -190,13 +199,22 @@ impl Node {
             .collect();
         let answer = self.book.with(group, |log| {
             if !log.state().members.contains(&peer) {
-                return Err(refused(
-                    GroupRefusal::NotMember,
-                    format!("{peer} is not a member of group {group} here"),
+                // A former member may hold operations made concurrently with its removal
+                // (an admin removed while it removed others): fetch them, give nothing.
+                let concurrent = log.ever_added(&peer) && heads.iter().any(|h| !log.contains(h));
+                return Err((
+                    refused(
+                        GroupRefusal::NotMember,
+                        format!("{peer} is not a member of group {group} here"),
+                    ),
+                    concurrent,
                 ));
             }
-            let missing: Vec<Vec<u8>> =
-                log.missing_for(&heads).into_iter().map(|op| op.bytes.clone()).collect();
+            let missing: Vec<Vec<u8>> = log
+                .missing_for(&heads)
+                .into_iter()
+                .map(|op| op.bytes.clone())
+                .collect();
             let behind = heads.iter().any(|h| !log.contains(h));
             Ok((missing, behind))
         });
@@ -205,7 +223,15 @@ impl Node {
                 let why = refused(GroupRefusal::UnknownGroup, format!("no group {group} here"));
                 write_message(io, &why, FRAME_WAIT).await
             }
-            Some(Err(why)) => write_message(io, &why, FRAME_WAIT).await,
+            Some(Err((why, concurrent))) => {
+                if concurrent {
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        let _ = node.pull(peer, group).await;
+                    });
+                }
+                write_message(io, &why, FRAME_WAIT).await
+            }
             Some(Ok((missing, behind))) => {
                 if behind {
                     // The asker has operations this node lacks: fetch them.
@@ -234,11 +260,12 @@ impl Node {
                 .connect(peer, Vec::new(), EXCHANGE_WAIT / 2)
                 .await
                 .map_err(|e| (SyncOutcome::Unreached, e.to_string()))?;
-            let stream = self
-                .net
-                .open_stream(peer, PROTOCOL)
-                .await
-                .map_err(|e| (SyncOutcome::Unreached, format!("no groups service there ({e})")))?;
+            let stream = self.net.open_stream(peer, PROTOCOL).await.map_err(|e| {
+                (
+                    SyncOutcome::Unreached,
+                    format!("no groups service there ({e})"),
+                )
+            })?;
             let mut io = stream.compat();
             let ask = GroupAsk {
                 kind: Some(group_ask::Kind::Sync(GroupSyncAsk {

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use p2pos_proto::app::v1::apps_client::AppsClient;
+use p2pos_proto::group::v1::groups_client::GroupsClient;
 use p2pos_proto::monitor::v1::monitor_client::MonitorClient;
 use p2pos_proto::node::v1::node_client::NodeClient;
 use p2pos_proto::overlay::v1::overlay_client::OverlayClient;
 use p2pos_proto::resources::v1::resources_client::ResourcesClient;
-use p2pos_proto::group::v1::groups_client::GroupsClient;
 use p2pos_proto::service::v1::services_client::ServicesClient;
 use p2pos_proto::tasks::v1::tasks_client::TasksClient;
 use tokio::net::UnixStream;

@@ -10,6 +10,7 @@
 //! - [`invite`]: invites, signed by an admin, as copy-pasteable strings.
 //! - [`book`]: the groups this node holds, kept in the store tree `groups`, and invite uses.
 //! - [`node`]: what this node does: found, invite, sign changes, leave.
+//! - [`rate`]: asks per peer, limited.
 //! - [`sync`]: `/p2pos/group/1`: exchanging heads and operations with members.
 //! - `join`: joining with an invite, both sides.
 //! - [`service`]: the actor answering `p2pos.group.v1`, and its child spec.
@@ -20,6 +21,7 @@ mod join;
 pub mod log;
 pub mod node;
 pub mod op;
+pub mod rate;
 pub mod service;
 pub mod sync;
 

@@ -15,7 +15,7 @@ use crate::{
     invite::{self, DEFAULT_EXPIRY_SECS, INVITE_TYPE, MAX_EXPIRY_SECS, MAX_USES},
     log::{Log, Rejected},
     op::{self, GroupId, Kind, OP_TYPE, Op},
-    sync::RateLimit,
+    rate::RateLimit,
 };
 
 /// Exchanges with other members at once, in all.

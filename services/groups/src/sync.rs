@@ -4,11 +4,7 @@
 //! Only members are answered: a peer that is not a member in this node's log — never was, or
 //! was removed — is refused. Asks are rate-limited per peer.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, time::Duration};
 
 use futures::future::join_all;
 use libp2p::{PeerId, StreamProtocol};
@@ -39,40 +35,10 @@ pub const MAX_FRAME: usize = 256 * 1024;
 pub const OPS_PER_FRAME: usize = 64;
 /// How long one side may take to send a frame.
 pub const FRAME_WAIT: Duration = Duration::from_secs(10);
-/// Asks one peer may make per [`RATE_WINDOW`].
-pub const ASKS_PER_WINDOW: u32 = 64;
-/// The window of [`ASKS_PER_WINDOW`].
-pub const RATE_WINDOW: Duration = Duration::from_secs(10);
-/// Peers whose asks are counted at once (the oldest windows are dropped beyond).
-const RATE_PEERS: usize = 4096;
 /// Most heads an ask names.
 const MAX_HEADS: usize = 64;
 /// How long one exchange with a member may take.
 const EXCHANGE_WAIT: Duration = Duration::from_secs(20);
-
-/// Asks per peer in the current window: bounded to [`RATE_PEERS`] peers.
-#[derive(Clone, Default)]
-pub struct RateLimit(Arc<Mutex<HashMap<PeerId, (Instant, u32)>>>);
-
-impl RateLimit {
-    /// Whether `peer` may ask once more now.
-    fn allow(&self, peer: PeerId) -> bool {
-        let mut asks = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if asks.len() >= RATE_PEERS {
-            asks.retain(|_, (since, _)| now.duration_since(*since) < RATE_WINDOW);
-            if asks.len() >= RATE_PEERS {
-                return false;
-            }
-        }
-        let entry = asks.entry(peer).or_insert((now, 0));
-        if now.duration_since(entry.0) >= RATE_WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= ASKS_PER_WINDOW
-    }
-}
 
 /// A refusal answer.
 pub(crate) fn refused(reason: GroupRefusal, message: impl Into<String>) -> GroupAnswer {

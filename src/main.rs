@@ -187,6 +187,7 @@ fn main() -> ExitCode {
             p2pos_forward::child_spec(),
             p2pos_tasks::child_spec(tasks),
             p2pos_resources::child_spec(resources),
+            p2pos_groups::child_spec(),
             p2pos_monitor::child_spec(monitor),
             p2pos_gateway::child_spec(gateway),
         ];

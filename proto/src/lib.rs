@@ -8,6 +8,7 @@
 //! - [`service::v1`]: services apps provide to other apps, and port forwarding.
 //! - [`tasks::v1`]: helper applications (plug-ins) the node starts and supervises.
 //! - [`resources::v1`]: the machine's inventory and what the node and its helpers use.
+//! - [`group::v1`]: groups with a signed member list.
 //! - [`wire::v1`]: node-to-node frames of the `/p2pos/...` protocols.
 //! - [`packed`]: frames packed into one `bytes` field (channel batches).
 //!
@@ -52,6 +53,13 @@ pub mod service {
         tonic::include_proto!("p2pos.service.v1");
     }
 }
+/// `p2pos.group.v1`
+pub mod group {
+    pub mod v1 {
+        tonic::include_proto!("p2pos.group.v1");
+    }
+}
+
 /// `p2pos.resources.v1`
 pub mod resources {
     pub mod v1 {
@@ -78,4 +86,5 @@ pub const API_VERSIONS: &[&str] = &[
     "p2pos.tasks.v1",
     "p2pos.service.v1",
     "p2pos.resources.v1",
+    "p2pos.group.v1",
 ];

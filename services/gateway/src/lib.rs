@@ -10,7 +10,7 @@
 //!   resolved once per request by a tower layer.
 //! - [`server`]: the gateway actor, its listeners, health and reflection, graceful stop.
 //! - [`node_api`], [`overlay_api`], [`apps_api`], [`tasks_api`], [`services_api`],
-//!   [`monitor_api`], [`resources_api`]: one adapter per service.
+//!   [`monitor_api`], [`resources_api`], [`groups_api`]: one adapter per service.
 //! - [`deadline`]: the caller's gRPC deadline (`grpc-timeout`).
 //! - [`splice`]: the channel data path, shared by app and service channels.
 
@@ -18,6 +18,7 @@ pub mod apps_api;
 pub mod auth;
 pub mod config;
 pub mod deadline;
+pub mod groups_api;
 pub mod monitor_api;
 pub mod node_api;
 pub mod overlay_api;

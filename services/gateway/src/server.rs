@@ -10,12 +10,12 @@ use p2pos_kernel::{
     ServiceState, StopService, Uses,
 };
 use p2pos_proto::{
-    FILE_DESCRIPTOR_SET, app::v1::apps_server::AppsServer,
+    FILE_DESCRIPTOR_SET, app::v1::apps_server::AppsServer, group::v1::groups_server::GroupsServer,
     monitor::v1::monitor_server::MonitorServer, node::v1::node_server::NodeServer,
     overlay::v1::overlay_server::OverlayServer, resources::v1::resources_server::ResourcesServer,
     service::v1::services_server::ServicesServer, tasks::v1::tasks_server::TasksServer,
 };
-use p2pos_protocols::{Apps, Forwarding, Monitor, Overlay, Resources, Services, Tasks};
+use p2pos_protocols::{Apps, Forwarding, Groups, Monitor, Overlay, Resources, Services, Tasks};
 use tokio::{
     sync::watch,
     task::{AbortHandle, JoinHandle},
@@ -30,6 +30,7 @@ use crate::{
     Config, SOCKET_FILE,
     apps_api::AppsApi,
     auth::{AuthLayer, Authenticator, TOKENS_TREE},
+    groups_api::GroupsApi,
     monitor_api::MonitorApi,
     node_api::NodeApi,
     overlay_api::OverlayApi,
@@ -64,6 +65,7 @@ pub fn child_spec(config: Config) -> ChildSpec {
                 Tasks::NAME,
                 Monitor::NAME,
                 Resources::NAME,
+                Groups::NAME,
             ],
             ..Uses::default()
         },
@@ -116,7 +118,8 @@ fn routes(
             MonitorServer::new(MonitorApi::new(ctx.clone(), stop.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
-        .add_service(ResourcesServer::new(ResourcesApi::new(ctx.clone())));
+        .add_service(ResourcesServer::new(ResourcesApi::new(ctx.clone())))
+        .add_service(GroupsServer::new(GroupsApi::new(ctx.clone())));
     Ok((routes, reporter))
 }
 
@@ -226,6 +229,7 @@ fn grpc_names(service: &str) -> &'static [&'static str] {
         "monitor" => &["p2pos.monitor.v1.Monitor"],
         "tasks" => &["p2pos.tasks.v1.Tasks"],
         "resources" => &["p2pos.resources.v1.Resources"],
+        "groups" => &["p2pos.group.v1.Groups"],
         "gateway" => &["p2pos.node.v1.Node"],
         _ => &[],
     }

@@ -242,6 +242,17 @@ impl EventLoop {
             Command::Announce { keys } => self.announce(keys),
             Command::PutRecord { key, value, reply } => self.put_record(key, value, reply),
             Command::GetRecord { key, reply } => self.get_record(key, reply),
+            Command::Sign {
+                payload_type,
+                payload,
+                reply,
+            } => {
+                let _ = reply.send(p2pos_protocols::network::sign_with(
+                    &self.keypair,
+                    &payload_type,
+                    payload,
+                ));
+            }
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }

@@ -11,7 +11,7 @@
 //!
 //! # Layout
 //! - this file: one marker type per protocol ([`Overlay`], [`Monitor`], [`Apps`], [`Tasks`],
-//!   [`Services`], [`Forwarding`], [`Resources`]) and one module of request types each.
+//!   [`Services`], [`Forwarding`], [`Resources`], [`Groups`]) and one module of request types each.
 //! - [`ids`]: [`AppId`](ids::AppId), [`ServiceName`](ids::ServiceName),
 //!   [`PeerRef`](ids::PeerRef).
 //! - [`network`]: the network handle other services use (streams by protocol id, inbound
@@ -142,6 +142,114 @@ pub mod overlay {
         Status {
             /// The status.
             reply: Reply<OverlayStatus>,
+        },
+    }
+}
+
+/// `p2pos.group.v1`: groups with a signed member list.
+#[derive(Debug)]
+pub enum Groups {}
+
+impl Protocol for Groups {
+    const NAME: &'static str = "p2pos.group.v1";
+    type Request = groups::Request;
+}
+
+/// Requests of the [`Groups`] protocol: the gateway hands the checked gRPC request on.
+pub mod groups {
+    use p2pos_proto::group::v1::{
+        CreateRequest, Group, InviteReply, InviteRequest, JoinRequest, ListReply, MemberRequest,
+        MembersReply, RenameRequest, SyncReply,
+    };
+
+    use crate::Reply;
+
+    /// A membership change an admin signs.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Change {
+        /// `Groups.Remove`.
+        Remove,
+        /// `Groups.AddAdmin`.
+        AddAdmin,
+        /// `Groups.RemoveAdmin`.
+        RemoveAdmin,
+    }
+
+    /// One request.
+    #[derive(Debug)]
+    pub enum Request {
+        /// `Groups.Create`.
+        Create {
+            /// The name.
+            request: CreateRequest,
+            /// The group.
+            reply: Reply<Group>,
+        },
+        /// `Groups.Invite`.
+        Invite {
+            /// What to invite to.
+            request: InviteRequest,
+            /// The invite.
+            reply: Reply<InviteReply>,
+        },
+        /// `Groups.Join`.
+        Join {
+            /// The invite.
+            request: JoinRequest,
+            /// The group joined.
+            reply: Reply<Group>,
+        },
+        /// `Groups.Leave`.
+        Leave {
+            /// The group (id or name).
+            group: String,
+            /// Done.
+            reply: Reply<()>,
+        },
+        /// `Groups.List`.
+        List {
+            /// The groups.
+            reply: Reply<ListReply>,
+        },
+        /// `Groups.Members`.
+        Members {
+            /// The group (id or name).
+            group: String,
+            /// Its members.
+            reply: Reply<MembersReply>,
+        },
+        /// `Groups.Remove`, `AddAdmin`, `RemoveAdmin`.
+        Change {
+            /// Which change.
+            change: Change,
+            /// The group and the peer.
+            request: MemberRequest,
+            /// The group after it.
+            reply: Reply<Group>,
+        },
+        /// `Groups.Rename`.
+        Rename {
+            /// The group and its new name.
+            request: RenameRequest,
+            /// The group after it.
+            reply: Reply<Group>,
+        },
+        /// `Groups.Sync`.
+        Sync {
+            /// The group (id or name).
+            group: String,
+            /// How each member fared.
+            reply: Reply<SyncReply>,
+        },
+        /// Whether `peer` is a member of `group` now, as this node knows: what group-scoped
+        /// traffic (pubsub, channels, services) checks.
+        IsMember {
+            /// The group's id.
+            group: String,
+            /// The peer.
+            peer: libp2p::PeerId,
+            /// Whether it is.
+            reply: Reply<bool>,
         },
     }
 }

@@ -72,6 +72,10 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: Option<ResourcesCommand>,
     },
+    /// Groups with a signed member list that needs no server: create, invite, join, leave,
+    /// list, members, remove
+    #[command(subcommand)]
+    Groups(GroupsCommand),
     /// Print this node's peer id
     Id(JsonFlag),
     /// Print a ticket other nodes can dial to reach this one
@@ -243,6 +247,89 @@ pub(crate) struct AmountsArgs {
     /// Disk: bytes or a size such as 10GiB
     #[arg(long, default_value = "0")]
     pub(crate) disk: bytesize::ByteSize,
+}
+
+/// `groups` subcommands; GROUP is a group's id or its name on this node.
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupsCommand {
+    /// Found a group with this node as its first member and admin
+    Create {
+        /// Its name
+        name: String,
+    },
+    /// Print an invite to GROUP, signed by this node (an admin)
+    Invite {
+        /// The group
+        group: String,
+        /// How many joins it allows
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it lasts: seconds, or with a unit (`30s`, `10m`, `1h`, `2d`)
+        #[arg(long, default_value = "1d")]
+        expires: String,
+        /// Whoever joins with it becomes an admin
+        #[arg(long)]
+        admin: bool,
+        /// Print JSON instead of the invite alone
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join with an invite (the admin who signed it must be online)
+    Join {
+        /// The invite (`p2posgroup...`)
+        invite: String,
+    },
+    /// Leave a group: the members are told, then it is forgotten here
+    Leave {
+        /// The group
+        group: String,
+    },
+    /// The groups this node holds
+    List(JsonFlag),
+    /// A group's members
+    Members {
+        /// The group
+        group: String,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a member (this node must be an admin)
+    Remove {
+        /// The group
+        group: String,
+        /// The member's peer id
+        peer: String,
+    },
+    /// Make a member an admin
+    AddAdmin {
+        /// The group
+        group: String,
+        /// The member's peer id
+        peer: String,
+    },
+    /// Make an admin a plain member
+    RemoveAdmin {
+        /// The group
+        group: String,
+        /// The admin's peer id
+        peer: String,
+    },
+    /// Rename a group
+    Rename {
+        /// The group
+        group: String,
+        /// Its new name
+        name: String,
+    },
+    /// Exchange the member list with every other member now, and say how each fared
+    Sync {
+        /// The group
+        group: String,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `resources` subcommands.

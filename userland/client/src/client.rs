@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use p2pos_proto::app::v1::apps_client::AppsClient;
+use p2pos_proto::group::v1::groups_client::GroupsClient;
 use p2pos_proto::monitor::v1::monitor_client::MonitorClient;
 use p2pos_proto::node::v1::node_client::NodeClient;
 use p2pos_proto::overlay::v1::overlay_client::OverlayClient;
@@ -145,6 +146,11 @@ impl Client {
         MonitorClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The `p2pos.group.v1.Groups` service: groups with a signed member list.
+    pub fn groups(&self) -> GroupsClient<AuthChannel> {
+        GroupsClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// The `p2pos.resources.v1.Resources` service: the machine's inventory and what the node

@@ -42,6 +42,12 @@ pub const MAX_KEY: usize = 256;
 /// Largest value of a record put in the DHT (before it is signed).
 pub const MAX_RECORD: usize = 8 * 1024;
 
+/// The signing domain of [`Network::sign`]: differs from the DHT records' own, so neither
+/// kind of signature verifies as the other.
+pub const SIGN_DOMAIN: &str = "p2pos-signed";
+/// Largest payload [`Network::sign`] signs.
+pub const MAX_SIGNED: usize = 64 * 1024;
+
 /// Where the swarm task answers a fallible request.
 pub type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
@@ -117,6 +123,16 @@ pub enum Command {
         key: String,
         /// The records found.
         reply: Reply<Vec<SignedRecord>>,
+    },
+    /// Sign `payload` with this node's key as a libp2p signed envelope of domain
+    /// [`SIGN_DOMAIN`] and type `payload_type`; answers the envelope's encoding.
+    Sign {
+        /// What the payload is (under `/p2pos/`): a signature never verifies as another type.
+        payload_type: String,
+        /// The bytes signed.
+        payload: Vec<u8>,
+        /// The envelope.
+        reply: Reply<Vec<u8>>,
     },
     /// Connected peers.
     Peers {
@@ -501,6 +517,26 @@ impl Network {
             .await?
     }
 
+    /// Signs `payload` with this node's key (which only the network holds) as a libp2p signed
+    /// envelope of domain [`SIGN_DOMAIN`] and type `payload_type` (under `/p2pos/`, at most
+    /// [`MAX_KEY`] bytes); [`open_signed`] checks it anywhere, with no key.
+    pub async fn sign(&self, payload_type: &str, payload: Vec<u8>) -> Result<Vec<u8>, Error> {
+        check_key(payload_type)?;
+        if payload.len() > MAX_SIGNED {
+            return Err(Error::RecordTooLarge {
+                size: payload.len(),
+                limit: MAX_SIGNED,
+            });
+        }
+        let payload_type = payload_type.to_owned();
+        self.request(|reply| Command::Sign {
+            payload_type,
+            payload,
+            reply,
+        })
+        .await?
+    }
+
     /// Connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.request(|reply| Command::Peers { reply }).await
@@ -529,9 +565,49 @@ impl Network {
     }
 }
 
+/// The payload of `envelope` (made by [`Network::sign`] for `payload_type`) and the peer whose
+/// key signed it, if its signature verifies.
+pub fn open_signed(payload_type: &str, envelope: &[u8]) -> Option<(PeerId, Vec<u8>)> {
+    let envelope = libp2p::core::SignedEnvelope::from_protobuf_encoding(envelope).ok()?;
+    let (payload, key) = envelope
+        .payload_and_signing_key(SIGN_DOMAIN.to_owned(), payload_type.as_bytes())
+        .ok()?;
+    Some((key.to_peer_id(), payload.to_vec()))
+}
+
+/// What [`Network::sign`] makes, with `key`: for the swarm task and for tests.
+pub fn sign_with(
+    key: &libp2p::identity::Keypair,
+    payload_type: &str,
+    payload: Vec<u8>,
+) -> Result<Vec<u8>, Error> {
+    libp2p::core::SignedEnvelope::new(
+        key,
+        SIGN_DOMAIN.to_owned(),
+        payload_type.as_bytes().to_vec(),
+        payload,
+    )
+    .map(|e| e.into_protobuf_encoding())
+    .map_err(|e| Error::Setup(format!("cannot sign: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signed_payload_opens_only_as_its_own_type() {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let signed = sign_with(&key, "/p2pos/test/a", b"hello".to_vec()).expect("signed");
+        let (signer, payload) = open_signed("/p2pos/test/a", &signed).expect("opens");
+        assert_eq!(signer, key.public().to_peer_id());
+        assert_eq!(payload, b"hello");
+        assert!(open_signed("/p2pos/test/b", &signed).is_none());
+        let mut forged = signed.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(open_signed("/p2pos/test/a", &forged).is_none());
+    }
 
     #[tokio::test]
     async fn an_announcer_reaches_a_busy_swarm_task_once_it_has_room() {

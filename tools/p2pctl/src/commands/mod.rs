@@ -3,6 +3,7 @@
 mod apps;
 mod event_view;
 mod forward;
+mod groups;
 mod helper_view;
 mod helpers;
 mod monitor;
@@ -28,6 +29,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Helpers(command) => helpers::run(&client, command).await,
         Command::Services(command) => services::run(&client, command).await,
         Command::Forward(command) => forward::run(&client, command).await,
+        Command::Groups(command) => groups::run(&client, command).await,
         Command::Id(flag) => node::id(&client, flag.json).await,
         Command::Shutdown => node::shutdown(&client).await,
         Command::Ticket(flag) => overlay::ticket(&client, flag.json).await,

@@ -1,0 +1,133 @@
+//! `p2pos.group.v1.Groups`: groups with a signed member list. Reading is open to any scope;
+//! changing (create, invite, join, leave, remove, admins, rename, sync) is the admin's.
+
+use p2pos_kernel::ServiceContext;
+use p2pos_proto::group::v1::{
+    CreateRequest, Group, GroupRef, InviteReply, InviteRequest, JoinRequest, LeaveReply, ListReply,
+    ListRequest, MemberRequest, MembersReply, RenameRequest, SyncReply,
+    groups_server::Groups as GroupsRpc,
+};
+use p2pos_protocols::{
+    Groups, Reply,
+    groups::{self, Change},
+};
+use tonic::{Request, Response, Status};
+
+use crate::auth::caller;
+
+/// The adapter.
+pub struct GroupsApi {
+    ctx: ServiceContext,
+}
+
+impl GroupsApi {
+    /// For this node.
+    pub fn new(ctx: ServiceContext) -> Self {
+        Self { ctx }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> groups::Request) -> Result<T, Status> {
+        Ok(self.ctx.registry.ask::<Groups, T>(make).await?)
+    }
+
+    async fn change(
+        &self,
+        change: Change,
+        req: Request<MemberRequest>,
+    ) -> Result<Response<Group>, Status> {
+        caller(&req)?.require_admin()?;
+        let request = req.into_inner();
+        let group = self
+            .ask(|reply| groups::Request::Change {
+                change,
+                request,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(group))
+    }
+}
+
+#[tonic::async_trait]
+impl GroupsRpc for GroupsApi {
+    async fn create(&self, req: Request<CreateRequest>) -> Result<Response<Group>, Status> {
+        caller(&req)?.require_admin()?;
+        let request = req.into_inner();
+        let group = self
+            .ask(|reply| groups::Request::Create { request, reply })
+            .await?;
+        Ok(Response::new(group))
+    }
+
+    async fn invite(&self, req: Request<InviteRequest>) -> Result<Response<InviteReply>, Status> {
+        caller(&req)?.require_admin()?;
+        let request = req.into_inner();
+        let invite = self
+            .ask(|reply| groups::Request::Invite { request, reply })
+            .await?;
+        Ok(Response::new(invite))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<Group>, Status> {
+        caller(&req)?.require_admin()?;
+        let request = req.into_inner();
+        let group = self
+            .ask(|reply| groups::Request::Join { request, reply })
+            .await?;
+        Ok(Response::new(group))
+    }
+
+    async fn leave(&self, req: Request<GroupRef>) -> Result<Response<LeaveReply>, Status> {
+        caller(&req)?.require_admin()?;
+        let GroupRef { group } = req.into_inner();
+        self.ask(|reply| groups::Request::Leave { group, reply })
+            .await?;
+        Ok(Response::new(LeaveReply {}))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        caller(&req)?;
+        let ListRequest {} = req.into_inner();
+        let list = self.ask(|reply| groups::Request::List { reply }).await?;
+        Ok(Response::new(list))
+    }
+
+    async fn members(&self, req: Request<GroupRef>) -> Result<Response<MembersReply>, Status> {
+        caller(&req)?;
+        let GroupRef { group } = req.into_inner();
+        let members = self
+            .ask(|reply| groups::Request::Members { group, reply })
+            .await?;
+        Ok(Response::new(members))
+    }
+
+    async fn remove(&self, req: Request<MemberRequest>) -> Result<Response<Group>, Status> {
+        self.change(Change::Remove, req).await
+    }
+
+    async fn add_admin(&self, req: Request<MemberRequest>) -> Result<Response<Group>, Status> {
+        self.change(Change::AddAdmin, req).await
+    }
+
+    async fn remove_admin(&self, req: Request<MemberRequest>) -> Result<Response<Group>, Status> {
+        self.change(Change::RemoveAdmin, req).await
+    }
+
+    async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<Group>, Status> {
+        caller(&req)?.require_admin()?;
+        let request = req.into_inner();
+        let group = self
+            .ask(|reply| groups::Request::Rename { request, reply })
+            .await?;
+        Ok(Response::new(group))
+    }
+
+    async fn sync(&self, req: Request<GroupRef>) -> Result<Response<SyncReply>, Status> {
+        caller(&req)?.require_admin()?;
+        let GroupRef { group } = req.into_inner();
+        let synced = self
+            .ask(|reply| groups::Request::Sync { group, reply })
+            .await?;
+        Ok(Response::new(synced))
+    }
+}

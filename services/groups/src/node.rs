@@ -1,0 +1,259 @@
+//! What this node does with its groups: founding, inviting, signing changes, leaving, and
+//! telling the others; every operation is signed through the network (which alone holds the
+//! node key) and checked by the log like any other before it is kept.
+
+use std::{sync::Arc, time::Duration};
+
+use libp2p::PeerId;
+use p2pos_kernel::{ErrorCode, ServiceError, events::now_ms};
+use p2pos_proto::group::v1::{Group, InviteReply, InviteRequest, Member, MembersReply};
+use p2pos_protocols::{groups::Change, network::Network};
+use tokio::sync::Semaphore;
+
+use crate::{
+    book::Book,
+    invite::{self, DEFAULT_EXPIRY_SECS, INVITE_TYPE, MAX_EXPIRY_SECS, MAX_USES},
+    log::{Log, Rejected},
+    op::{self, GroupId, Kind, OP_TYPE, Op},
+    rate::RateLimit,
+};
+
+/// Exchanges with other members at once, in all.
+const SYNCS_AT_ONCE: usize = 8;
+
+/// The groups side of this node: cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) book: Book,
+    pub(crate) net: Network,
+    pub(crate) local: PeerId,
+    pub(crate) syncs: Arc<Semaphore>,
+    pub(crate) rate: RateLimit,
+}
+
+fn not_admin(group: GroupId) -> ServiceError {
+    ServiceError::new(
+        ErrorCode::PermissionDenied,
+        format!("this node is not an admin of group {group}"),
+    )
+}
+
+impl Node {
+    /// Over `book`, signing and talking through `net`.
+    pub fn new(book: Book, net: Network) -> Self {
+        Self {
+            local: net.local_peer_id(),
+            book,
+            net,
+            syncs: Arc::new(Semaphore::new(SYNCS_AT_ONCE)),
+            rate: RateLimit::default(),
+        }
+    }
+
+    /// The book of groups.
+    pub fn book(&self) -> &Book {
+        &self.book
+    }
+
+    /// `group` as the API shows it.
+    pub fn summary(&self, group: GroupId) -> Result<Group, ServiceError> {
+        self.book
+            .with(group, |log| {
+                let state = log.state();
+                Group {
+                    id: group.to_string(),
+                    name: state.name.clone(),
+                    founder: log.founder().to_string(),
+                    members: state.members.len() as u32,
+                    admins: state.admins.len() as u32,
+                    member: state.members.contains(&self.local),
+                    admin: state.admins.contains(&self.local),
+                    ops: log.len() as u32,
+                }
+            })
+            .ok_or_else(|| ServiceError::not_found(format!("no group {group} here")))
+    }
+
+    /// `group`'s members.
+    pub fn members(&self, group: GroupId) -> Result<MembersReply, ServiceError> {
+        let summary = self.summary(group)?;
+        let members = self
+            .book
+            .with(group, |log| {
+                let state = log.state();
+                state
+                    .members
+                    .iter()
+                    .map(|p| Member {
+                        peer_id: p.to_string(),
+                        admin: state.admins.contains(p),
+                        local: *p == self.local,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(MembersReply {
+            group: Some(summary),
+            members,
+        })
+    }
+
+    async fn sign(&self, payload_type: &str, body: Vec<u8>) -> Result<Vec<u8>, ServiceError> {
+        self.net
+            .sign(payload_type, body)
+            .await
+            .map_err(|e| ServiceError::unavailable(e.to_string()))
+    }
+
+    /// Signs `kind` on top of `group`'s heads and keeps it.
+    async fn act(&self, group: GroupId, kind: Kind) -> Result<Group, ServiceError> {
+        let heads = self
+            .book
+            .with(group, Log::heads)
+            .ok_or_else(|| ServiceError::not_found(format!("no group {group} here")))?;
+        let body = op::body(Some(group), &heads, now_ms(), &kind);
+        let signed = self.sign(OP_TYPE, body).await?;
+        let op = Op::open(&signed).map_err(ServiceError::internal)?;
+        let (_, rejected) = self.book.insert(group, vec![op])?;
+        match rejected.into_iter().next() {
+            None => {}
+            Some(Rejected::NotAuthorized(_)) => return Err(not_admin(group)),
+            Some(Rejected::Full) => {
+                return Err(ServiceError::new(
+                    ErrorCode::ResourceExhausted,
+                    format!("group {group}'s log holds the most operations it may"),
+                ));
+            }
+            Some(why) => return Err(ServiceError::internal(format!("{why:?}"))),
+        }
+        self.tell_members(group, None);
+        self.summary(group)
+    }
+
+    /// Founds a group named `name`.
+    pub async fn create(&self, name: &str) -> Result<Group, ServiceError> {
+        let name = op::check_name(name).map_err(ServiceError::invalid)?;
+        let kind = Kind::Create {
+            name,
+            nonce: rand::random::<[u8; 16]>().to_vec(),
+        };
+        let signed = self
+            .sign(OP_TYPE, op::body(None, &[], now_ms(), &kind))
+            .await?;
+        let op = Op::open(&signed).map_err(ServiceError::internal)?;
+        let log = Log::new(op).map_err(|e| ServiceError::internal(format!("{e:?}")))?;
+        let id = log.id();
+        self.book.add(log)?;
+        self.summary(id)
+    }
+
+    /// An invite to `group`, signed here.
+    pub async fn invite(&self, request: InviteRequest) -> Result<InviteReply, ServiceError> {
+        let InviteRequest {
+            group,
+            max_uses,
+            expires_secs,
+            admin,
+        } = request;
+        let group = self.book.resolve(&group)?;
+        let summary = self.summary(group)?;
+        if !summary.admin {
+            return Err(not_admin(group));
+        }
+        let max_uses = if max_uses == 0 { 1 } else { max_uses };
+        if max_uses > MAX_USES {
+            return Err(ServiceError::invalid(format!(
+                "an invite allows at most {MAX_USES} joins"
+            )));
+        }
+        let secs = if expires_secs == 0 {
+            DEFAULT_EXPIRY_SECS
+        } else {
+            expires_secs
+        };
+        if secs > MAX_EXPIRY_SECS {
+            return Err(ServiceError::invalid(format!(
+                "an invite lasts at most {MAX_EXPIRY_SECS} s"
+            )));
+        }
+        let ticket = self
+            .net
+            .ticket()
+            .await
+            .map_err(|e| ServiceError::unavailable(e.to_string()))?;
+        let expires_ms = now_ms() + secs * 1000;
+        let body = invite::body(
+            group,
+            &summary.name,
+            &ticket.addresses,
+            expires_ms,
+            max_uses,
+            admin,
+        );
+        let signed = self.sign(INVITE_TYPE, body).await?;
+        Ok(InviteReply {
+            invite: invite::encode(&signed),
+            expires_ms,
+            max_uses,
+        })
+    }
+
+    /// Removes `peer`, or makes it an admin or a plain member.
+    pub async fn change(
+        &self,
+        change: Change,
+        group: &str,
+        peer: &str,
+    ) -> Result<Group, ServiceError> {
+        let group = self.book.resolve(group)?;
+        let peer: PeerId = peer.trim().parse().map_err(|_| {
+            ServiceError::invalid(format!(
+                "{:?} is not a peer id",
+                peer.chars().take(80).collect::<String>()
+            ))
+        })?;
+        let state = self
+            .book
+            .with(group, Log::state)
+            .ok_or_else(|| ServiceError::not_found(format!("no group {group} here")))?;
+        if !state.admins.contains(&self.local) {
+            return Err(not_admin(group));
+        }
+        let kind = match change {
+            Change::Remove => Kind::RemoveMember(peer),
+            Change::AddAdmin => Kind::AddAdmin(peer),
+            Change::RemoveAdmin => Kind::RemoveAdmin(peer),
+        };
+        let needs_member = !matches!(change, Change::RemoveAdmin);
+        if needs_member && !state.members.contains(&peer) {
+            return Err(ServiceError::not_found(format!(
+                "{peer} is not a member of group {group}"
+            )));
+        }
+        if change == Change::RemoveAdmin && !state.admins.contains(&peer) {
+            return Err(ServiceError::not_found(format!(
+                "{peer} is not an admin of group {group}"
+            )));
+        }
+        self.act(group, kind).await
+    }
+
+    /// Renames `group`.
+    pub async fn rename(&self, group: &str, name: &str) -> Result<Group, ServiceError> {
+        let group = self.book.resolve(group)?;
+        let name = op::check_name(name).map_err(ServiceError::invalid)?;
+        self.act(group, Kind::Rename(name)).await
+    }
+
+    /// Leaves `group`: a signed removal of this node goes to the members (within a few
+    /// seconds), then the group is forgotten here.
+    pub async fn leave(&self, group: &str) -> Result<(), ServiceError> {
+        let group = self.book.resolve(group)?;
+        if self.book.is_member(group, &self.local) {
+            self.act(group, Kind::RemoveMember(self.local)).await?;
+            let told = self.sync_all(group);
+            let _ = tokio::time::timeout(Duration::from_secs(5), told).await;
+        }
+        self.book.forget(group)
+    }
+}

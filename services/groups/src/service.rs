@@ -1,0 +1,203 @@
+//! The groups actor: answers `p2pos.group.v1` (each call runs in its own task on the cheap
+//! [`Node`] handle), serves `/p2pos/group/1`, and exchanges heads with members when they
+//! connect and when it starts.
+
+use actix::prelude::*;
+use p2pos_kernel::{
+    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
+    ServiceError, StopService, Uses,
+};
+use p2pos_proto::group::v1::{ListReply, SyncReply};
+use p2pos_protocols::{
+    Groups, answer, groups,
+    network::{Accepting, Limits, NETWORK, NetEvent, Network, accept::drop_stream},
+};
+use tokio::task::JoinHandle;
+
+use crate::{
+    book::{Book, TREE},
+    node::Node,
+    op::GroupId,
+    sync::{FRAME_WAIT, MAX_FRAME, PROTOCOL},
+};
+
+/// Inbound `/p2pos/group/1` streams served at once, in all and from one peer.
+const INBOUND_TOTAL: usize = 64;
+const INBOUND_PER_PEER: usize = 4;
+
+/// The service's name.
+pub const NAME: &str = "groups";
+
+/// The child spec the daemon hands to the kernel.
+pub fn child_spec() -> ChildSpec {
+    ChildSpec {
+        name: NAME,
+        restart: RestartType::Permanent,
+        uses: Uses {
+            // Its protocol, signing, connection events.
+            needs: &[NETWORK],
+            // The groups' logs and invite uses.
+            trees: &[TREE],
+            provides: &[Groups::NAME],
+            ..Uses::default()
+        },
+        start: Box::new(start),
+    }
+}
+
+fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> {
+    let net: Network = ctx.registry.take(NETWORK).map_err(|e| e.to_string())?;
+    let book = Book::load(ctx.store.clone()).map_err(|e| e.message)?;
+    let node = Node::new(book, net.clone());
+    let serving = node.clone();
+    let accepting = net
+        .accept(
+            PROTOCOL,
+            Limits {
+                total: INBOUND_TOTAL,
+                per_peer: INBOUND_PER_PEER,
+                max_frame: MAX_FRAME,
+                idle: FRAME_WAIT,
+            },
+            move |peer, stream| serving.clone().serve(peer, stream),
+            drop_stream,
+        )
+        .map_err(|e| e.to_string())?;
+    let follower = tokio::spawn(follow(node.clone(), net));
+    let addr = GroupsService {
+        ctx: ctx.clone(),
+        _guard: guard,
+        node,
+        follower,
+        _accepting: accepting,
+    }
+    .start();
+    ctx.registry
+        .register::<Groups>(addr.clone().recipient())
+        .map_err(|e| e.to_string())?;
+    Ok(ChildHandle {
+        stop: addr.clone().recipient(),
+        panic: addr.recipient(),
+    })
+}
+
+/// Exchanges heads with every member at start, then with each member that connects.
+async fn follow(node: Node, net: Network) {
+    let mut events = net.subscribe();
+    for group in node.book().ids() {
+        node.tell_members(group, None);
+    }
+    loop {
+        match events.recv().await {
+            Ok(NetEvent::Connected(peer)) => node.connected(peer),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The groups actor.
+struct GroupsService {
+    ctx: ServiceContext,
+    _guard: DeathGuard,
+    node: Node,
+    follower: JoinHandle<()>,
+    /// Serves `/p2pos/group/1` while it lives.
+    _accepting: Accepting,
+}
+
+impl Drop for GroupsService {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+impl Actor for GroupsService {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        if self.ctx.config.panics_on_start(NAME) {
+            panic!("failpoint {NAME}=panic-on-start");
+        }
+    }
+}
+
+impl Handler<StopService> for GroupsService {
+    type Result = ();
+
+    fn handle(&mut self, _: StopService, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<InjectPanic> for GroupsService {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+        panic!("injected fault in {NAME}");
+    }
+}
+
+impl Handler<Call<Groups>> for GroupsService {
+    type Result = ();
+
+    fn handle(&mut self, Call(request): Call<Groups>, _: &mut Self::Context) {
+        use groups::Request;
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            match request {
+                Request::Create { request, reply } => {
+                    answer(reply, node.create(&request.name).await);
+                }
+                Request::Invite { request, reply } => answer(reply, node.invite(request).await),
+                Request::Join { request, reply } => {
+                    answer(reply, node.join(&request.invite).await);
+                }
+                Request::Leave { group, reply } => answer(reply, node.leave(&group).await),
+                Request::List { reply } => {
+                    let groups = node
+                        .book()
+                        .ids()
+                        .into_iter()
+                        .filter_map(|g| node.summary(g).ok())
+                        .collect();
+                    answer::<_, ServiceError>(reply, Ok(ListReply { groups }));
+                }
+                Request::Members { group, reply } => {
+                    let members = node.book().resolve(&group).and_then(|g| node.members(g));
+                    answer(reply, members);
+                }
+                Request::Change {
+                    change,
+                    request,
+                    reply,
+                } => {
+                    let changed = node.change(change, &request.group, &request.peer).await;
+                    answer(reply, changed);
+                }
+                Request::Rename { request, reply } => {
+                    answer(reply, node.rename(&request.group, &request.name).await);
+                }
+                Request::Sync { group, reply } => {
+                    let synced = match node.book().resolve(&group) {
+                        Ok(g) => {
+                            let peers = node.sync_all(g).await;
+                            node.summary(g).map(|group| SyncReply {
+                                group: Some(group),
+                                peers,
+                            })
+                        }
+                        Err(e) => Err(e),
+                    };
+                    answer(reply, synced);
+                }
+                Request::IsMember { group, peer, reply } => {
+                    let member = group
+                        .parse::<GroupId>()
+                        .is_ok_and(|g| node.book().is_member(g, &peer));
+                    answer::<_, ServiceError>(reply, Ok(member));
+                }
+            }
+        });
+    }
+}

@@ -164,6 +164,8 @@ fn disk(dir: &Path) -> Disk {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::CommandExt;
+
     use super::*;
 
     fn meminfo_kib(field: &str) -> u64 {
@@ -181,6 +183,9 @@ mod tests {
         // A child with a child: the tree of a "helper".
         let mut child = std::process::Command::new("sh")
             .args(["-c", "sleep 30 & wait"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("spawn");
         let helper = RunningHelper {
@@ -203,7 +208,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             inventory = sampler.sample(std::slice::from_ref(&helper), Duration::from_secs(5));
         }
-        let _ = child.kill();
+        // The shell and its sleep: the whole process group.
+        let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = child.wait();
 
         let memory = inventory.memory.expect("memory");

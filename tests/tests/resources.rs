@@ -592,3 +592,99 @@ async fn only_when_idle_refuses_while_the_owner_is_busy_and_lends_after() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lending_to_a_group_serves_its_members_and_find_asks_them() {
+    let mut nodes: Vec<Node> = (0..5).map(|_| Node::start(&[])).collect();
+    let mut ids = Vec::new();
+    for node in &mut nodes {
+        ids.push(node.peer_id().await);
+    }
+    let hub = nodes[1].ticket().await;
+    for i in [0, 2, 3, 4] {
+        ctl(&nodes[i], &["dial", &hub]);
+    }
+    let (b, c, d) = (&ids[1], &ids[2], &ids[3]);
+    // A founds `friends`; B, C and D join; E stays out.
+    ctl(&nodes[0], &["groups", "create", "friends"]);
+    for i in 1..=3 {
+        let invite = ctl(&nodes[0], &["groups", "invite", "friends"])
+            .trim()
+            .to_owned();
+        ctl(&nodes[i], &["groups", "join", &invite]);
+    }
+    // B and C lend to the group, with different amounts; D lends nothing.
+    wait_for("B and C to lend to the group they joined", T, || {
+        let nodes = &nodes;
+        async move {
+            let b_ok = p2pctl(
+                &nodes[1],
+                &[
+                    "resources",
+                    "share",
+                    "--cpu",
+                    "1",
+                    "--memory",
+                    "1GiB",
+                    "--to-group",
+                    "friends",
+                ],
+            )
+            .0;
+            let c_ok = b_ok
+                && p2pctl(
+                    &nodes[2],
+                    &[
+                        "resources",
+                        "share",
+                        "--cpu",
+                        "0.5",
+                        "--memory",
+                        "2GiB",
+                        "--to-group",
+                        "friends",
+                    ],
+                )
+                .0;
+            c_ok.then_some(())
+        }
+    })
+    .await;
+    let sharing = ctl(&nodes[1], &["resources", "sharing"]);
+    assert!(sharing.contains("to group "), "{sharing}");
+
+    // A asks the group's members: the two lenders ranked, D explained.
+    let found = wait_for("A to find both lenders in the group", T, || {
+        let a = &nodes[0];
+        async move {
+            let out = ctl(
+                a,
+                &[
+                    "resources",
+                    "find",
+                    "--cpu",
+                    "0.25",
+                    "--group",
+                    "friends",
+                    "--explain",
+                    "--json",
+                ],
+            );
+            let found: Value = serde_json::from_str(&out).ok()?;
+            (peer_ids(&found, "matches").len() == 2).then_some(found)
+        }
+    })
+    .await;
+    assert_eq!(peer_ids(&found, "matches"), [b.clone(), c.clone()]);
+    assert_eq!(reason_of(&found, d).as_deref(), Some("NOT_SHARED"));
+
+    // A member leases; a stranger is not lent to.
+    ctl(&nodes[0], &["resources", "lease", b, "--cpu", "0.5"]);
+    let (ok, _, err) = p2pctl(&nodes[4], &["resources", "lease", b, "--cpu", "0.25"]);
+    assert!(!ok && err.contains("NOT_ALLOWED"), "{err}");
+    let (ok, _, err) = p2pctl(
+        &nodes[1],
+        &["resources", "share", "--cpu", "1", "--to-group", "nosuch"],
+    );
+    assert!(!ok && err.contains("nosuch"), "{err}");
+}

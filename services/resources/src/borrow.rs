@@ -73,11 +73,13 @@ pub async fn ask(
 
 /// `Find`: asks each candidate for its offer, at once, and ranks those that cover the needs.
 pub async fn find(net: &Network, request: FindRequest) -> Result<FindReply, ServiceError> {
+    // A group's members were put in `peers` by the service.
     let FindRequest {
         needs,
         peers,
         explain,
         limit,
+        group: _,
     } = request;
     let needs = needs.unwrap_or_default();
     crate::policy::check_amounts(&needs, f64::INFINITY).map_err(ServiceError::invalid)?;

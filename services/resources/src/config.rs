@@ -36,6 +36,8 @@ pub struct ShareConfig {
     pub disk_bytes: u64,
     /// The peer ids it is lent to.
     pub peers: Vec<String>,
+    /// The ids of the groups whose members it is lent to.
+    pub groups: Vec<String>,
     /// `"always"` (the default) or `"idle"`.
     pub when: Option<String>,
     /// With `when = "idle"`: the owner counts as idle while the CPU busy share not due to the
@@ -62,6 +64,7 @@ impl ShareConfig {
                 disk_bytes: self.disk_bytes,
             }),
             peers: self.peers.clone(),
+            groups: self.groups.clone(),
             when: when as i32,
             idle_below_percent: self.idle_below_percent,
         })

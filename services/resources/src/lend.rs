@@ -175,14 +175,15 @@ impl Lender {
         cpu.usage_percent - ours / cores >= threshold
     }
 
-    /// What `peer` may see: the offer, or why not.
-    fn offer(&self, state: &State, peer: &PeerId) -> Result<Offer, Refused> {
+    /// What `peer` may see (`in_group`: it is a member of a group the policy lends to): the
+    /// offer, or why not.
+    fn offer(&self, state: &State, peer: &PeerId, in_group: bool) -> Result<Offer, Refused> {
         let sharing = &state.sharing;
         if !policy::lends(sharing) {
             return Err(refused(Refusal::NotShared, "this node lends nothing"));
         }
         let id = peer.to_string();
-        if !sharing.peers.contains(&id) {
+        if !in_group && !sharing.peers.contains(&id) {
             return Err(refused(
                 Refusal::NotAllowed,
                 format!("this node does not lend to {id}"),
@@ -205,15 +206,17 @@ impl Lender {
         })
     }
 
-    /// Answers one ask from `peer`.
-    pub fn answer(&self, peer: PeerId, ask: ResourcesAsk) -> ResourcesAnswer {
+    /// Answers one ask from `peer` (`in_group`: a member of a group the policy lends to).
+    pub fn answer(&self, peer: PeerId, ask: ResourcesAsk, in_group: bool) -> ResourcesAnswer {
         use resources_answer::Kind;
         let kind = match ask.kind {
-            Some(resources_ask::Kind::Offer(_)) => match self.offer(&self.state(), &peer) {
-                Ok(offer) => Kind::Offer(offer),
-                Err(why) => Kind::Refused(why),
-            },
-            Some(resources_ask::Kind::Lease(ask)) => match self.lease(peer, ask) {
+            Some(resources_ask::Kind::Offer(_)) => {
+                match self.offer(&self.state(), &peer, in_group) {
+                    Ok(offer) => Kind::Offer(offer),
+                    Err(why) => Kind::Refused(why),
+                }
+            }
+            Some(resources_ask::Kind::Lease(ask)) => match self.lease(peer, ask, in_group) {
                 Ok(lease) => Kind::Lease(lease),
                 Err(why) => Kind::Refused(why),
             },
@@ -237,7 +240,12 @@ impl Lender {
         ResourcesAnswer { kind: Some(kind) }
     }
 
-    fn lease(&self, peer: PeerId, ask: ResourcesLeaseAsk) -> Result<Lease, Refused> {
+    fn lease(
+        &self,
+        peer: PeerId,
+        ask: ResourcesLeaseAsk,
+        in_group: bool,
+    ) -> Result<Lease, Refused> {
         let ResourcesLeaseAsk {
             amounts,
             ttl_secs,
@@ -252,7 +260,7 @@ impl Lender {
         }
         let app_id: String = app_id.chars().take(128).collect();
         let mut state = self.state();
-        let offer = self.offer(&state, &peer)?;
+        let offer = self.offer(&state, &peer, in_group)?;
         if let Some(why) = short_of(&offer, &amounts) {
             return Err(why);
         }
@@ -318,8 +326,13 @@ impl Lender {
         leases
     }
 
-    /// Serves one inbound stream: one ask, one answer.
-    pub async fn serve(self, peer: PeerId, stream: InboundStream) {
+    /// Serves one inbound stream: one ask, one answer. `membership` tells whether the asker is
+    /// a member of one of the groups the policy lends to.
+    pub async fn serve<M, Fut>(self, peer: PeerId, stream: InboundStream, membership: M)
+    where
+        M: FnOnce(Vec<String>, PeerId) -> Fut,
+        Fut: Future<Output = bool>,
+    {
         let max = stream.max_frame();
         let mut io = stream.compat();
         let ask: ResourcesAsk = match read_message(&mut io, max, FRAME_WAIT).await {
@@ -329,7 +342,9 @@ impl Lender {
                 return;
             }
         };
-        let answer = self.answer(peer, ask);
+        let groups = self.sharing().groups;
+        let in_group = !groups.is_empty() && membership(groups, peer).await;
+        let answer = self.answer(peer, ask, in_group);
         if let Err(e) = write_message(&mut io, &answer, FRAME_WAIT).await {
             debug!(%peer, "cannot answer a resources ask: {e}");
         }
@@ -367,6 +382,7 @@ mod tests {
                 disk_bytes: 0,
             }),
             peers: peers.iter().map(PeerId::to_string).collect(),
+            groups: Vec::new(),
             when: when as i32,
             idle_below_percent: 50.0,
         };
@@ -409,26 +425,26 @@ mod tests {
             kind: Some(resources_ask::Kind::Offer(ResourcesOfferAsk {})),
         };
         assert_eq!(
-            reason(&lender.answer(stranger, offer.clone())),
+            reason(&lender.answer(stranger, offer.clone(), false)),
             Some(Refusal::NotAllowed)
         );
         assert_eq!(
-            reason(&lender.answer(stranger, ask_lease(0.5, 10))),
+            reason(&lender.answer(stranger, ask_lease(0.5, 10), false)),
             Some(Refusal::NotAllowed)
         );
 
-        let first = lease_id(lender.answer(friend, ask_lease(0.75, 600)));
+        let first = lease_id(lender.answer(friend, ask_lease(0.75, 600), false));
         assert_eq!(
-            reason(&lender.answer(friend, ask_lease(0.5, 10))),
+            reason(&lender.answer(friend, ask_lease(0.5, 10), false)),
             Some(Refusal::InsufficientCpu)
         );
         assert_eq!(
-            reason(&lender.answer(friend, ask_lease(0.25, 600))),
+            reason(&lender.answer(friend, ask_lease(0.25, 600), false)),
             Some(Refusal::InsufficientMemory)
         );
-        let _second = lease_id(lender.answer(friend, ask_lease(0.25, 400)));
+        let _second = lease_id(lender.answer(friend, ask_lease(0.25, 400), false));
         assert_eq!(lender.granted().len(), 2);
-        match lender.answer(friend, offer).kind {
+        match lender.answer(friend, offer, false).kind {
             Some(resources_answer::Kind::Offer(o)) => {
                 let free = o.free.expect("free");
                 assert!(free.cpu.abs() < 1e-9 && free.memory_bytes == 0, "{free:?}");
@@ -442,19 +458,33 @@ mod tests {
                 lease_id: id.to_owned(),
             })),
         };
-        lender.answer(stranger, release(&first));
+        lender.answer(stranger, release(&first), false);
         assert_eq!(lender.granted().len(), 2);
-        lender.answer(friend, release(&first));
+        lender.answer(friend, release(&first), false);
         assert_eq!(lender.granted().len(), 1);
-        let _third = lease_id(lender.answer(friend, ask_lease(0.5, 100)));
+        let _third = lease_id(lender.answer(friend, ask_lease(0.5, 100), false));
 
         // Unshared: nothing for anyone, leases granted stay.
         lender.set_sharing(Sharing::default());
         assert_eq!(
-            reason(&lender.answer(friend, ask_lease(0.1, 1))),
+            reason(&lender.answer(friend, ask_lease(0.1, 1), false)),
             Some(Refusal::NotShared)
         );
         assert_eq!(lender.granted().len(), 2);
+    }
+
+    #[test]
+    fn a_member_of_a_group_lent_to_is_allowed() {
+        let (lender, _inventory) = lender(&[], When::Always, 0.0);
+        let mut sharing = lender.sharing();
+        sharing.groups = vec!["friends".into()];
+        lender.set_sharing(sharing);
+        let member = PeerId::random();
+        assert_eq!(
+            reason(&lender.answer(member, ask_lease(0.5, 10), false)),
+            Some(Refusal::NotAllowed)
+        );
+        lease_id(lender.answer(member, ask_lease(0.5, 10), true));
     }
 
     #[test]
@@ -463,11 +493,11 @@ mod tests {
         // 80% busy of which the node's 20% of one core is 10%: the owner's 70% is over 50%.
         let (lender, inventory) = lender(&[friend], When::Idle, 80.0);
         assert_eq!(
-            reason(&lender.answer(friend, ask_lease(0.5, 10))),
+            reason(&lender.answer(friend, ask_lease(0.5, 10), false)),
             Some(Refusal::OwnerBusy)
         );
         inventory.send_modify(|i| i.cpu.as_mut().expect("cpu").usage_percent = 30.0);
-        lease_id(lender.answer(friend, ask_lease(0.5, 10)));
+        lease_id(lender.answer(friend, ask_lease(0.5, 10), false));
     }
 
     #[test]
@@ -480,7 +510,10 @@ mod tests {
             ask_lease(0.0, 0),
             ResourcesAsk { kind: None },
         ] {
-            assert_eq!(reason(&lender.answer(friend, ask)), Some(Refusal::Invalid));
+            assert_eq!(
+                reason(&lender.answer(friend, ask, false)),
+                Some(Refusal::Invalid)
+            );
         }
         let renew = ResourcesAsk {
             kind: Some(resources_ask::Kind::Renew(ResourcesRenewAsk {
@@ -489,13 +522,16 @@ mod tests {
             })),
         };
         assert_eq!(
-            reason(&lender.answer(friend, renew)),
+            reason(&lender.answer(friend, renew, false)),
             Some(Refusal::UnknownLease)
         );
         let mut long = ask_lease(0.1, 0);
         if let Some(resources_ask::Kind::Lease(l)) = &mut long.kind {
             l.ttl_secs = TTL_MAX + 1;
         }
-        assert_eq!(reason(&lender.answer(friend, long)), Some(Refusal::Invalid));
+        assert_eq!(
+            reason(&lender.answer(friend, long, false)),
+            Some(Refusal::Invalid)
+        );
     }
 }

@@ -17,10 +17,13 @@ pub const MAX_PEERS: usize = 256;
 /// The idle threshold when the policy gives none.
 pub const DEFAULT_IDLE_BELOW: f64 = 25.0;
 
+/// Most groups a policy names.
+pub const MAX_GROUPS: usize = 16;
+
 /// Whether `sharing` lends anything to anyone.
 pub fn lends(sharing: &Sharing) -> bool {
     let amounts = sharing.amounts.unwrap_or_default();
-    !sharing.peers.is_empty()
+    (!sharing.peers.is_empty() || !sharing.groups.is_empty())
         && (amounts.cpu > 0.0 || amounts.memory_bytes > 0 || amounts.disk_bytes > 0)
 }
 
@@ -80,6 +83,14 @@ pub fn check(mut sharing: Sharing, cores: f64, memory: u64) -> Result<Sharing, S
     peers.sort();
     peers.dedup();
     sharing.peers = peers;
+    if sharing.groups.len() > MAX_GROUPS {
+        return Err(ServiceError::invalid(format!(
+            "a policy names at most {MAX_GROUPS} groups, not {}",
+            sharing.groups.len()
+        )));
+    }
+    sharing.groups.sort();
+    sharing.groups.dedup();
     let idle = sharing.idle_below_percent;
     if !idle.is_finite() || !(0.0..=100.0).contains(&idle) {
         return Err(ServiceError::invalid(format!(
@@ -126,6 +137,7 @@ mod tests {
                 disk_bytes: 0,
             }),
             peers: vec![format!(" {peer}"), peer.clone()],
+            groups: Vec::new(),
             when: When::Idle as i32,
             idle_below_percent: 0.0,
         };

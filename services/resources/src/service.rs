@@ -5,16 +5,17 @@
 use std::{sync::Arc, time::Duration};
 
 use actix::prelude::*;
+use libp2p::PeerId;
 use p2pos_kernel::{
-    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
-    ServiceError, StopService, Uses,
+    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, Registry, RestartType,
+    ServiceContext, ServiceError, StopService, Uses,
 };
 use p2pos_proto::{
-    resources::v1::{Inventory, ListLeasesReply, Sharing},
+    resources::v1::{FindReply, Inventory, ListLeasesReply, Sharing},
     tasks::v1::HelperState,
 };
 use p2pos_protocols::{
-    Resources, Tasks, answer,
+    Groups, Resources, Tasks, answer, groups,
     network::{Accepting, Announcer, Limits, NETWORK, Network, accept::drop_stream},
     resources, tasks,
 };
@@ -43,8 +44,8 @@ pub fn child_spec(config: Config) -> ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
         uses: Uses {
-            // Which helpers run, and their process ids.
-            calls: &[Tasks::NAME],
+            // Which helpers run, and their process ids; who is in a group.
+            calls: &[Tasks::NAME, Groups::NAME],
             // Its own protocol and DHT announcement.
             needs: &[NETWORK],
             // The owner's policy.
@@ -72,6 +73,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     };
     let lender = Lender::new(ctx.peer_id, sharing.clone(), inventory.clone());
     let serving = lender.clone();
+    let registry = ctx.registry.clone();
     let accepting = net
         .accept(
             lend::PROTOCOL,
@@ -81,7 +83,12 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
                 max_frame: lend::MAX_FRAME,
                 idle: lend::FRAME_WAIT,
             },
-            move |peer, stream| serving.clone().serve(peer, stream),
+            move |peer, stream| {
+                let registry = registry.clone();
+                serving.clone().serve(peer, stream, move |groups, peer| {
+                    member_of_any(registry, groups, peer)
+                })
+            },
             drop_stream,
         )
         .map_err(|e| e.to_string())?;
@@ -107,6 +114,35 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         stop: addr.clone().recipient(),
         panic: addr.recipient(),
     })
+}
+
+/// Whether `peer` is a member of one of `groups`, as this node's group service knows (no
+/// group service: no).
+async fn member_of_any(registry: Registry, groups: Vec<String>, peer: PeerId) -> bool {
+    for group in groups {
+        let asked = registry
+            .ask::<Groups, bool>(|reply| groups::Request::IsMember { group, peer, reply })
+            .await;
+        if asked.unwrap_or(false) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The id of group `name_or_id` and its members' peer ids, from the group service.
+async fn group_members(
+    registry: &Registry,
+    name_or_id: String,
+) -> Result<(String, Vec<String>), ServiceError> {
+    let members = registry
+        .ask::<Groups, _>(|reply| groups::Request::Members {
+            group: name_or_id,
+            reply,
+        })
+        .await?;
+    let id = members.group.map(|g| g.id).unwrap_or_default();
+    Ok((id, members.members.into_iter().map(|m| m.peer_id).collect()))
 }
 
 /// Announces in the DHT that this node lends, while `sharing` lends anything.
@@ -256,9 +292,16 @@ impl Handler<Call<Resources>> for ResourcesService {
                 answer::<_, ServiceError>(reply, Ok(self.lender.sharing()));
             }
             Request::Share { sharing, reply } => self.share(sharing, reply),
-            Request::Find { request, reply } => {
-                let net = self.net.clone();
+            Request::Find { mut request, reply } => {
+                let (net, registry) = (self.net.clone(), self.ctx.registry.clone());
                 tokio::spawn(async move {
+                    if !request.group.is_empty() {
+                        let group = std::mem::take(&mut request.group);
+                        match group_members(&registry, group).await {
+                            Ok((_, members)) => request.peers = members,
+                            Err(e) => return answer::<FindReply, _>(reply, Err(e)),
+                        }
+                    }
                     answer(reply, crate::borrow::find(&net, request).await);
                 });
             }
@@ -319,21 +362,44 @@ impl Handler<Call<Resources>> for ResourcesService {
 }
 
 impl ResourcesService {
-    /// Checks `sharing` against the machine, keeps it durably, then lends under it.
-    fn share(&mut self, sharing: Sharing, reply: p2pos_protocols::Reply<Sharing>) {
+    /// Resolves the groups `sharing` names to their ids, checks it against the machine, keeps it
+    /// durably, then lends under it.
+    fn share(&mut self, mut sharing: Sharing, reply: p2pos_protocols::Reply<Sharing>) {
         let inventory = self.inventory.borrow().clone();
         let cores = inventory.cpu.map_or(0.0, |c| f64::from(c.logical_cores));
         let memory = inventory.memory.map_or(0, |m| m.total_bytes);
-        let sharing = match policy::check(sharing, cores, memory) {
-            Ok(sharing) => sharing,
-            Err(e) => return answer::<Sharing, _>(reply, Err(e)),
-        };
         let store = self.ctx.store.clone();
-        let kept = sharing.clone();
+        let registry = self.ctx.registry.clone();
         let lender = self.lender.clone();
         // The announcement follows once the policy is kept.
         let announcer = self.announcer.clone();
         tokio::spawn(async move {
+            if sharing.groups.len() > policy::MAX_GROUPS {
+                let e = ServiceError::invalid(format!(
+                    "a policy names at most {} groups",
+                    policy::MAX_GROUPS
+                ));
+                return answer::<Sharing, _>(reply, Err(e));
+            }
+            let mut ids = Vec::with_capacity(sharing.groups.len());
+            for group in std::mem::take(&mut sharing.groups) {
+                match group_members(&registry, group.clone()).await {
+                    Ok((id, _)) => ids.push(id),
+                    Err(e) => {
+                        let e = ServiceError::invalid(format!(
+                            "cannot lend to group {group:?}: {}",
+                            e.message
+                        ));
+                        return answer::<Sharing, _>(reply, Err(e));
+                    }
+                }
+            }
+            sharing.groups = ids;
+            let sharing = match policy::check(sharing, cores, memory) {
+                Ok(sharing) => sharing,
+                Err(e) => return answer::<Sharing, _>(reply, Err(e)),
+            };
+            let kept = sharing.clone();
             let saved = tokio::task::spawn_blocking(move || policy::save(&store, &kept))
                 .await
                 .map_err(|e| ServiceError::internal(e.to_string()))
@@ -342,6 +408,7 @@ impl ResourcesService {
                 info!(
                     lends = policy::lends(&sharing),
                     peers = sharing.peers.len(),
+                    groups = sharing.groups.len(),
                     "sharing policy set"
                 );
                 lender.set_sharing(sharing.clone());

@@ -340,8 +340,11 @@ pub(crate) enum ResourcesCommand {
         #[command(flatten)]
         amounts: AmountsArgs,
         /// A peer id it is lent to (repeat for more)
-        #[arg(long = "to", required = true)]
+        #[arg(long = "to", required_unless_present = "groups")]
         peers: Vec<String>,
+        /// A group (id or name) whose members it is lent to (repeat for more)
+        #[arg(long = "to-group")]
+        groups: Vec<String>,
         /// `always`, or `idle`: only while the owner is not using the machine
         #[arg(long, default_value = "always")]
         when: String,
@@ -361,6 +364,9 @@ pub(crate) enum ResourcesCommand {
         /// Ask these peers (repeat) instead of those announcing in the DHT
         #[arg(long = "peer")]
         peers: Vec<String>,
+        /// Ask the members of this group (id or name) instead
+        #[arg(long, conflicts_with = "peers")]
+        group: Option<String>,
         /// Also list the peers that did not match, and why
         #[arg(long)]
         explain: bool,

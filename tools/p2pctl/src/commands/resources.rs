@@ -28,6 +28,7 @@ pub(crate) async fn run(
         Some(ResourcesCommand::Share {
             amounts,
             peers,
+            groups,
             when,
             idle_below,
         }) => {
@@ -39,6 +40,7 @@ pub(crate) async fn run(
             let sharing = Sharing {
                 amounts: Some(amounts_of(&amounts)),
                 peers,
+                groups,
                 when: when as i32,
                 idle_below_percent: idle_below,
             };
@@ -72,6 +74,7 @@ pub(crate) async fn run(
         Some(ResourcesCommand::Find {
             amounts,
             peers,
+            group,
             explain,
             json,
         }) => {
@@ -81,6 +84,7 @@ pub(crate) async fn run(
                     peers,
                     explain,
                     limit: 0,
+                    group: group.unwrap_or_default(),
                 })
                 .await
                 .or_fail("cannot look for resources")?;
@@ -215,7 +219,7 @@ fn refusal_text(refused: &Refused) -> String {
 
 fn sharing_text(sharing: &Sharing) -> String {
     let amounts = sharing.amounts.unwrap_or_default();
-    let lends = !sharing.peers.is_empty()
+    let lends = (!sharing.peers.is_empty() || !sharing.groups.is_empty())
         && (amounts.cpu > 0.0 || amounts.memory_bytes > 0 || amounts.disk_bytes > 0);
     if !lends {
         return "this node lends nothing".to_owned();
@@ -231,10 +235,16 @@ fn sharing_text(sharing: &Sharing) -> String {
         }
         _ => "always".to_owned(),
     };
+    let to: Vec<String> = sharing
+        .peers
+        .iter()
+        .cloned()
+        .chain(sharing.groups.iter().map(|g| format!("group {g}")))
+        .collect();
     format!(
         "lends at most {} to {} ({when})",
         amounts_text(&amounts),
-        sharing.peers.join(", ")
+        to.join(", ")
     )
 }
 
@@ -242,6 +252,7 @@ fn sharing_json(sharing: &Sharing) -> Value {
     json!({
         "amounts": amounts_json(&sharing.amounts.unwrap_or_default()),
         "peers": sharing.peers,
+        "groups": sharing.groups,
         "when": when_name(sharing.when),
         "idle_below_percent": sharing.idle_below_percent,
     })

@@ -12,7 +12,8 @@ use libp2p::PeerId;
 use p2pos_kernel::{ServiceError, events::now_ms};
 use p2pos_proto::{
     resources::v1::{
-        Amounts, FindReply, FindRequest, Lease, LeaseReply, Match, Mismatch, Refusal, Refused,
+        Amounts, FindReply, FindRequest, Lease, LeaseReply, Match, Mismatch, Offer, Refusal,
+        Refused,
     },
     wire::v1::{
         ResourcesAnswer, ResourcesAsk, ResourcesLeaseAsk, ResourcesOfferAsk, ResourcesReleaseAsk,
@@ -21,12 +22,14 @@ use p2pos_proto::{
 };
 use p2pos_protocols::{
     names::covers,
-    network::Network,
+    network::{Network, open_signed},
     wire::{read_message, write_message},
 };
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use crate::lend::{FRAME_WAIT, MAX_FRAME, PROTOCOL, refused, short_of};
+use prost::Message;
+
+use crate::lend::{FRAME_WAIT, MAX_FRAME, OFFER_TYPE, PROTOCOL, refused, short_of};
 
 /// The DHT key every node that lends anything provides.
 pub const OFFERS_KEY: &str = "/p2pos/resources/offers";
@@ -69,6 +72,22 @@ pub async fn ask(
     tokio::time::timeout(ASK_WAIT * 2, round)
         .await
         .unwrap_or_else(|_| Err(unreachable("no answer in time".into())))
+}
+
+/// The offer in `signed`, if `peer` signed it and it names `peer`.
+fn open_offer(peer: PeerId, signed: &[u8]) -> Result<Offer, Refused> {
+    let forged = || {
+        refused(
+            Refusal::Unreachable,
+            format!("{peer} answered an offer it did not sign"),
+        )
+    };
+    let (signer, payload) = open_signed(OFFER_TYPE, signed).ok_or_else(forged)?;
+    let offer = Offer::decode(payload.as_slice()).map_err(|_| forged())?;
+    if signer != peer || offer.peer_id != peer.to_string() {
+        return Err(forged());
+    }
+    Ok(offer)
 }
 
 /// `Find`: asks each candidate for its offer, at once, and ranks those that cover the needs.
@@ -131,15 +150,19 @@ pub async fn find(net: &Network, request: FindRequest) -> Result<FindReply, Serv
         let outcome = match answered {
             Ok((
                 ResourcesAnswer {
-                    kind: Some(resources_answer::Kind::Offer(offer)),
+                    kind: Some(resources_answer::Kind::SignedOffer(signed)),
                 },
                 rtt,
-            )) => match short_of(&offer, &needs) {
-                None => Ok(Match {
-                    offer: Some(offer),
-                    rtt_us: u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX),
-                }),
-                Some(why) => Err(why),
+            )) => match open_offer(peer, &signed) {
+                Err(why) => Err(why),
+                Ok(offer) => match short_of(&offer, &needs) {
+                    None => Ok(Match {
+                        offer: Some(offer),
+                        rtt_us: u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX),
+                        signed_offer: signed,
+                    }),
+                    Some(why) => Err(why),
+                },
             },
             Ok((
                 ResourcesAnswer {
@@ -327,5 +350,43 @@ fn refusal(why: Refused) -> LeaseReply {
     LeaseReply {
         lease: None,
         refused: Some(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p::identity::Keypair;
+    use p2pos_protocols::network::sign_with;
+
+    use super::*;
+
+    #[test]
+    fn only_an_offer_the_lender_signed_for_itself_is_taken() {
+        let (lender, other) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let lender_id = lender.public().to_peer_id();
+        let offer = |peer: PeerId| Offer {
+            peer_id: peer.to_string(),
+            ..Offer::default()
+        };
+        let signed =
+            sign_with(&lender, OFFER_TYPE, offer(lender_id).encode_to_vec()).expect("sign");
+        assert_eq!(
+            open_offer(lender_id, &signed).expect("genuine").peer_id,
+            lender_id.to_string()
+        );
+
+        // Signed by someone else, naming the lender.
+        let forged = sign_with(&other, OFFER_TYPE, offer(lender_id).encode_to_vec()).expect("sign");
+        assert!(open_offer(lender_id, &forged).is_err());
+        // Signed by the lender, naming someone else.
+        let other_id = other.public().to_peer_id();
+        let misnamed =
+            sign_with(&lender, OFFER_TYPE, offer(other_id).encode_to_vec()).expect("sign");
+        assert!(open_offer(lender_id, &misnamed).is_err());
+        // Signed as something else, and no envelope at all.
+        let wrong_type =
+            sign_with(&lender, "/p2pos/other", offer(lender_id).encode_to_vec()).expect("sign");
+        assert!(open_offer(lender_id, &wrong_type).is_err());
+        assert!(open_offer(lender_id, b"junk").is_err());
     }
 }

@@ -18,9 +18,10 @@ use p2pos_proto::{
     },
 };
 use p2pos_protocols::{
-    network::InboundStream,
+    network::{InboundStream, Network},
     wire::{read_message, write_message},
 };
+use prost::Message;
 use tokio::sync::watch;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::debug;
@@ -29,6 +30,8 @@ use crate::policy;
 
 /// `/p2pos/resources/1`.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pos/resources/1");
+/// The payload type an offer is signed as.
+pub const OFFER_TYPE: &str = "/p2pos/resources/offer";
 /// Largest ask or answer.
 pub const MAX_FRAME: usize = 4096;
 /// How long one side may take to send its frame.
@@ -203,16 +206,23 @@ impl Lender {
             free: Some(free),
             when: when as i32,
             owner_busy: when == When::Idle && self.owner_busy(policy::idle_below(sharing)),
+            at_ms: now_ms(),
         })
     }
 
-    /// Answers one ask from `peer` (`in_group`: a member of a group the policy lends to).
-    pub fn answer(&self, peer: PeerId, ask: ResourcesAsk, in_group: bool) -> ResourcesAnswer {
+    /// Answers one ask from `peer` (`in_group`: a member of a group the policy lends to); an
+    /// offer comes back unsigned, as `Err`, for the caller to sign.
+    pub fn answer(
+        &self,
+        peer: PeerId,
+        ask: ResourcesAsk,
+        in_group: bool,
+    ) -> Result<ResourcesAnswer, Offer> {
         use resources_answer::Kind;
         let kind = match ask.kind {
             Some(resources_ask::Kind::Offer(_)) => {
                 match self.offer(&self.state(), &peer, in_group) {
-                    Ok(offer) => Kind::Offer(offer),
+                    Ok(offer) => return Err(offer),
                     Err(why) => Kind::Refused(why),
                 }
             }
@@ -237,7 +247,7 @@ impl Lender {
             }
             None => Kind::Refused(refused(Refusal::Invalid, "an empty ask")),
         };
-        ResourcesAnswer { kind: Some(kind) }
+        Ok(ResourcesAnswer { kind: Some(kind) })
     }
 
     fn lease(
@@ -328,8 +338,13 @@ impl Lender {
 
     /// Serves one inbound stream: one ask, one answer. `membership` tells whether the asker is
     /// a member of one of the groups the policy lends to.
-    pub async fn serve<M, Fut>(self, peer: PeerId, stream: InboundStream, membership: M)
-    where
+    pub async fn serve<M, Fut>(
+        self,
+        peer: PeerId,
+        stream: InboundStream,
+        membership: M,
+        net: Network,
+    ) where
         M: FnOnce(Vec<String>, PeerId) -> Fut,
         Fut: Future<Output = bool>,
     {
@@ -344,7 +359,18 @@ impl Lender {
         };
         let groups = self.sharing().groups;
         let in_group = !groups.is_empty() && membership(groups, peer).await;
-        let answer = self.answer(peer, ask, in_group);
+        let answer = match self.answer(peer, ask, in_group) {
+            Ok(answer) => answer,
+            Err(offer) => match net.sign(OFFER_TYPE, offer.encode_to_vec()).await {
+                Ok(signed) => ResourcesAnswer {
+                    kind: Some(resources_answer::Kind::SignedOffer(signed.into())),
+                },
+                Err(e) => {
+                    debug!(%peer, "cannot sign an offer: {e}");
+                    return;
+                }
+            },
+        };
         if let Err(e) = write_message(&mut io, &answer, FRAME_WAIT).await {
             debug!(%peer, "cannot answer a resources ask: {e}");
         }
@@ -403,16 +429,16 @@ mod tests {
         }
     }
 
-    fn reason(answer: &ResourcesAnswer) -> Option<Refusal> {
-        match &answer.kind {
-            Some(resources_answer::Kind::Refused(r)) => Refusal::try_from(r.reason).ok(),
+    fn reason(answer: &Result<ResourcesAnswer, Offer>) -> Option<Refusal> {
+        match answer.as_ref().map(|a| &a.kind) {
+            Ok(Some(resources_answer::Kind::Refused(r))) => Refusal::try_from(r.reason).ok(),
             _ => None,
         }
     }
 
-    fn lease_id(answer: ResourcesAnswer) -> String {
-        match answer.kind {
-            Some(resources_answer::Kind::Lease(lease)) => lease.lease_id,
+    fn lease_id(answer: Result<ResourcesAnswer, Offer>) -> String {
+        match answer.map(|a| a.kind) {
+            Ok(Some(resources_answer::Kind::Lease(lease))) => lease.lease_id,
             other => panic!("no lease: {other:?}"),
         }
     }
@@ -444,8 +470,8 @@ mod tests {
         );
         let _second = lease_id(lender.answer(friend, ask_lease(0.25, 400), false));
         assert_eq!(lender.granted().len(), 2);
-        match lender.answer(friend, offer, false).kind {
-            Some(resources_answer::Kind::Offer(o)) => {
+        match lender.answer(friend, offer, false) {
+            Err(o) => {
                 let free = o.free.expect("free");
                 assert!(free.cpu.abs() < 1e-9 && free.memory_bytes == 0, "{free:?}");
             }
@@ -458,9 +484,9 @@ mod tests {
                 lease_id: id.to_owned(),
             })),
         };
-        lender.answer(stranger, release(&first), false);
+        let _ = lender.answer(stranger, release(&first), false);
         assert_eq!(lender.granted().len(), 2);
-        lender.answer(friend, release(&first), false);
+        let _ = lender.answer(friend, release(&first), false);
         assert_eq!(lender.granted().len(), 1);
         let _third = lease_id(lender.answer(friend, ask_lease(0.5, 100), false));
 

@@ -74,6 +74,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     let lender = Lender::new(ctx.peer_id, sharing.clone(), inventory.clone());
     let serving = lender.clone();
     let registry = ctx.registry.clone();
+    let signer = net.clone();
     let accepting = net
         .accept(
             lend::PROTOCOL,
@@ -85,9 +86,10 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
             },
             move |peer, stream| {
                 let registry = registry.clone();
-                serving.clone().serve(peer, stream, move |groups, peer| {
-                    member_of_any(registry, groups, peer)
-                })
+                let membership = move |groups, peer| member_of_any(registry, groups, peer);
+                serving
+                    .clone()
+                    .serve(peer, stream, membership, signer.clone())
             },
             drop_stream,
         )
@@ -365,15 +367,27 @@ impl ResourcesService {
     /// Resolves the groups `sharing` names to their ids, checks it against the machine, keeps it
     /// durably, then lends under it.
     fn share(&mut self, mut sharing: Sharing, reply: p2pos_protocols::Reply<Sharing>) {
-        let inventory = self.inventory.borrow().clone();
-        let cores = inventory.cpu.map_or(0.0, |c| f64::from(c.logical_cores));
-        let memory = inventory.memory.map_or(0, |m| m.total_bytes);
+        let mut inventory = self.inventory.clone();
         let store = self.ctx.store.clone();
         let registry = self.ctx.registry.clone();
         let lender = self.lender.clone();
         // The announcement follows once the policy is kept.
         let announcer = self.announcer.clone();
         tokio::spawn(async move {
+            // Checked against the machine: its first sample is taken at start.
+            let (cores, memory) = match inventory.wait_for(|i| i.sampled_at_ms != 0).await {
+                Ok(sample) => (
+                    sample
+                        .cpu
+                        .as_ref()
+                        .map_or(0.0, |c| f64::from(c.logical_cores)),
+                    sample.memory.map_or(0, |m| m.total_bytes),
+                ),
+                Err(_) => {
+                    let e = ServiceError::unavailable("the resource manager is restarting");
+                    return answer::<Sharing, _>(reply, Err(e));
+                }
+            };
             if sharing.groups.len() > policy::MAX_GROUPS {
                 let e = ServiceError::invalid(format!(
                     "a policy names at most {} groups",

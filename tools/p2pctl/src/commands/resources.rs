@@ -265,6 +265,7 @@ fn offer_json(offer: &Offer) -> Value {
         "free": amounts_json(&offer.free.unwrap_or_default()),
         "when": when_name(offer.when),
         "owner_busy": offer.owner_busy,
+        "at_ms": offer.at_ms,
     })
 }
 
@@ -309,6 +310,7 @@ fn find_json(found: &FindReply) -> Value {
         "matches": found.matches.iter().map(|m| json!({
             "offer": offer_json(&m.offer.clone().unwrap_or_default()),
             "rtt_us": m.rtt_us,
+            "signed_offer": data_encoding::BASE64.encode(&m.signed_offer),
         })).collect::<Vec<_>>(),
         "others": found.others.iter().map(|o| {
             let why = o.refused.clone().unwrap_or_default();

@@ -154,6 +154,7 @@ impl ServiceRegistry {
                 session,
                 answer,
                 expiry,
+                deadline: std::time::Instant::now() + timeout,
             },
         );
         Ok(Delivered {
@@ -229,7 +230,15 @@ impl ServiceRegistry {
             }
         };
         match self.services.calls.get(&call_id) {
-            Some(call) if call.app_id == app_id => {}
+            Some(call) if call.app_id == app_id => {
+                // Its time is up even if the expiry has not run yet: too late, as the caller
+                // was told.
+                if std::time::Instant::now() >= call.deadline {
+                    // Its expiry, when it runs, finds nothing.
+                    self.expire_call(call_id);
+                    return Err(Error::CallNotFound { app_id, call_id });
+                }
+            }
             _ => return Err(Error::CallNotFound { app_id, call_id }),
         }
         if let Some(call) = self.services.calls.remove(&call_id) {

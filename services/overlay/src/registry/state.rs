@@ -76,4 +76,6 @@ pub(crate) struct PendingCall {
     pub(crate) session: u64,
     pub(crate) answer: oneshot::Sender<CallAnswer>,
     pub(crate) expiry: SpawnHandle,
+    /// When its time is up, whether or not `expiry` has run yet (a busy node runs it late).
+    pub(crate) deadline: std::time::Instant,
 }

@@ -49,8 +49,16 @@ impl Sampler {
             .refresh_cpu_specifics(CpuRefreshKind::nothing().with_cpu_usage());
         self.system
             .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram().with_swap());
+        // The whole process table only when helpers run (their trees are found through it);
+        // else the node's own process alone, which keeps an idle node small.
+        let node_only = [self.node_pid];
+        let which = if helpers.is_empty() {
+            ProcessesToUpdate::Some(&node_only)
+        } else {
+            ProcessesToUpdate::All
+        };
         self.system.refresh_processes_specifics(
-            ProcessesToUpdate::All,
+            which,
             true,
             ProcessRefreshKind::nothing().with_memory().with_cpu(),
         );

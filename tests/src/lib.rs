@@ -659,3 +659,22 @@ pub fn http_get(addr: &str, path: &str) -> String {
     stream.read_to_string(&mut body).expect("response");
     body
 }
+
+/// `n` nodes, each connected to every other (dialed by ticket with `p2pctl`), and their peer
+/// ids in the same order.
+pub async fn full_mesh(n: usize) -> (Vec<Node>, Vec<String>) {
+    let mut nodes: Vec<Node> = (0..n).map(|_| Node::start(&[])).collect();
+    let mut ids = Vec::new();
+    let mut tickets = Vec::new();
+    for node in &mut nodes {
+        ids.push(node.peer_id().await);
+        tickets.push(node.ticket().await);
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        for ticket in tickets.iter().skip(i + 1) {
+            let (ok, out, err) = p2pctl(node, &["dial", ticket]);
+            assert!(ok, "node {i} dials: {out}{err}");
+        }
+    }
+    (nodes, ids)
+}

@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use p2pos_tests::{Node, p2pctl, wait_for};
+use p2pos_tests::{Node, full_mesh, p2pctl, wait_for};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
@@ -52,23 +52,6 @@ fn set(ids: &[&String]) -> BTreeSet<String> {
     ids.iter().map(|s| (*s).clone()).collect()
 }
 
-/// Starts `n` nodes that know each other's addresses (finding peers is the network's job).
-async fn nodes(n: usize) -> (Vec<Node>, Vec<String>) {
-    let mut nodes: Vec<Node> = (0..n).map(|_| Node::start(&[])).collect();
-    let mut ids = Vec::new();
-    let mut tickets = Vec::new();
-    for node in &mut nodes {
-        ids.push(node.peer_id().await);
-        tickets.push(node.ticket().await);
-    }
-    for (i, node) in nodes.iter().enumerate() {
-        for ticket in tickets.iter().skip(i + 1) {
-            ctl(node, &["dial", ticket]);
-        }
-    }
-    (nodes, ids)
-}
-
 /// Restarts `node` and waits until its gateway answers.
 async fn restart(node: &mut Node) {
     node.restart();
@@ -105,7 +88,7 @@ async fn form(nodes: &[Node], ids: &[String], admins: &[usize]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invites_member_lists_removal_and_restarts() {
-    let (mut nodes, ids) = nodes(5).await;
+    let (mut nodes, ids) = full_mesh(5).await;
     let [a, b, c, d, e] = [&ids[0], &ids[1], &ids[2], &ids[3], &ids[4]];
     ctl(&nodes[0], &["groups", "create", "friends"]);
     let group = ctl_json(&nodes[0], &["groups", "list", "--json"])[0]["id"]
@@ -200,7 +183,7 @@ async fn invites_member_lists_removal_and_restarts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_admins_removing_each_other_apart_converge() {
-    let (mut nodes, ids) = nodes(5).await;
+    let (mut nodes, ids) = full_mesh(5).await;
     let [a, b, c, d, e] = [&ids[0], &ids[1], &ids[2], &ids[3], &ids[4]];
     // a founds; b and e are admins too; c and d members.
     let group = form(&nodes, &ids, &[1, 4]).await;

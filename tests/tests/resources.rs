@@ -10,7 +10,7 @@ use p2pos_proto::{
     resources::v1::{GetInventoryRequest, HelperUsage, Inventory},
     tasks::v1::{AddHelperRequest, HelperRef, HelperSpec, RestartPolicy},
 };
-use p2pos_tests::{Node, free_port, http_get, p2pctl, wait_for};
+use p2pos_tests::{Node, free_port, full_mesh, http_get, p2pctl, wait_for};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -244,15 +244,7 @@ fn reason_of(found: &Value, peer: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_lenders_are_found_ranked_and_leased_and_the_third_explained() {
-    let mut nodes: Vec<Node> = (0..4).map(|_| Node::start(&[])).collect();
-    let mut ids = Vec::new();
-    for node in &mut nodes {
-        ids.push(node.peer_id().await);
-    }
-    let hub = nodes[1].ticket().await;
-    for i in [0, 2, 3] {
-        ctl(&nodes[i], &["dial", &hub]);
-    }
+    let (nodes, ids) = full_mesh(4).await;
     let (a, b, c, d) = (&ids[0], &ids[1], &ids[2], &ids[3]);
     // B lends a core and 1 GiB to A; C half a core and 2 GiB; D lends, but not to A.
     let shared = ctl(
@@ -595,15 +587,7 @@ async fn only_when_idle_refuses_while_the_owner_is_busy_and_lends_after() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lending_to_a_group_serves_its_members_and_find_asks_them() {
-    let mut nodes: Vec<Node> = (0..5).map(|_| Node::start(&[])).collect();
-    let mut ids = Vec::new();
-    for node in &mut nodes {
-        ids.push(node.peer_id().await);
-    }
-    let hub = nodes[1].ticket().await;
-    for i in [0, 2, 3, 4] {
-        ctl(&nodes[i], &["dial", &hub]);
-    }
+    let (nodes, ids) = full_mesh(5).await;
     let (b, c, d) = (&ids[1], &ids[2], &ids[3]);
     // A founds `friends`; B, C and D join; E stays out.
     ctl(&nodes[0], &["groups", "create", "friends"]);

@@ -18,6 +18,7 @@ use std::{
 use tokio_util::task::AbortOnDropHandle;
 
 use bytes::Bytes;
+use p2pos_kernel::events::now_ms;
 use p2pos_proto::app::v1::{DeliveryState, ReceivedMessage, SendReply};
 use p2pos_protocols::{
     answer,
@@ -28,7 +29,7 @@ use p2pos_protocols::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     Error,
@@ -45,6 +46,12 @@ const RECEIVE_BATCH: usize = 16;
 const SEND_WAIT: Duration = Duration::from_secs(3);
 /// `Receive` streams one app may hold open at once (each gets every message).
 pub(crate) const MAX_RECEIVES_PER_APP: usize = 8;
+/// A stream behind the acknowledgement mark that has taken no message for this long is ended
+/// (its app may open another, from the mark): one stalled copy of an app must not hold back
+/// the messages every other copy has acknowledged, and fill the inbox.
+const STALLED: Duration = Duration::from_secs(30);
+/// How often acknowledged messages held back by streams are looked at.
+const SWEEP: Duration = Duration::from_secs(10);
 /// `Send`, `Receive` and `Ack` requests served at once, all apps together; more are refused
 /// with `RESOURCE_EXHAUSTED` (each app's gRPC calls are bounded by the gateway too).
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
@@ -82,18 +89,16 @@ impl Messages {
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             stopping,
         };
-        // Acknowledged messages kept for streams of an earlier run: no stream has them now.
-        let mailbox = messages.mailbox.clone();
+        // Acknowledged messages kept for streams of an earlier run, and those held back by a
+        // stream that stalled: swept at start, then now and then.
+        let sweeping = messages.clone();
         tokio::spawn(async move {
-            let removed = mailbox
-                .blocking(|mailbox| {
-                    mailbox.apps()?.iter().try_fold(0, |sum, app| {
-                        Ok::<_, Error>(sum + mailbox.remove_acked(app, u64::MAX)?)
-                    })
-                })
-                .await;
-            if let Err(e) = removed {
-                warn!("cannot remove acknowledged messages: {e}");
+            let mut ticks = tokio::time::interval(SWEEP);
+            loop {
+                tokio::select! {
+                    () = sweeping.stopping.cancelled() => return,
+                    _ = ticks.tick() => sweeping.sweep().await,
+                }
             }
         });
         (messages, guard)
@@ -221,14 +226,21 @@ impl Messages {
             });
         }
         let stopping = self.stopping.clone();
-        let feed = self.clone().follow(app, mark, next.clone(), tx);
+        let moved_ms = Arc::new(AtomicU64::new(now_ms()));
+        let feed = self
+            .clone()
+            .follow(app, mark, (next.clone(), moved_ms.clone()), tx);
         let task = AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::select! {
                 () = feed => {}
                 () = stopping.cancelled() => {}
             }
         }));
-        open.push(Follower { next, task });
+        open.push(Follower {
+            next,
+            moved_ms,
+            task,
+        });
         Ok(rx)
     }
 
@@ -244,16 +256,55 @@ impl Messages {
         self.remove_acked(app).await
     }
 
-    /// Removes the acknowledged messages of `app` that every open `Receive` stream has had.
-    /// Not flushed: the mark is what is durable, and a message under it is never streamed to
-    /// a new `Receive`.
+    /// Every app's acknowledged messages that no open stream still needs (every app known
+    /// here: at start, what streams of an earlier run held back).
+    async fn sweep(&self) {
+        let apps = self.mailbox.blocking(|mailbox| mailbox.apps()).await;
+        match apps {
+            Ok(apps) => {
+                for app in apps {
+                    if let Err(e) = self.remove_acked(app.clone()).await {
+                        warn!(app, "cannot remove acknowledged messages: {e}");
+                    }
+                }
+            }
+            Err(e) => warn!("cannot list the apps: {e}"),
+        }
+    }
+
+    /// Removes the acknowledged messages of `app` that every open `Receive` stream has had,
+    /// ending first the streams that stalled behind the mark. Not flushed: the mark is what is
+    /// durable, and a message under it is never streamed to a new `Receive`.
     async fn remove_acked(&self, app: String) -> Result<(), Error> {
+        let reading = app.clone();
+        let Some(mark) = self
+            .mailbox
+            .blocking(move |mailbox| mailbox.acked(&reading))
+            .await?
+        else {
+            return Ok(());
+        };
         // Each stream's position only grows, and a new one starts above the mark: a floor read
         // now stays safe while the removal runs.
         let floor = {
             let mut receivers = self.receivers.lock().unwrap_or_else(|e| e.into_inner());
             let open = receivers.entry(app.clone()).or_default();
-            open.retain(|follower| !follower.task.is_finished());
+            let now = now_ms();
+            let stalled_ms = u64::try_from(STALLED.as_millis()).unwrap_or(u64::MAX);
+            open.retain(|follower| {
+                let behind = follower.next.load(Ordering::Acquire) <= mark;
+                let still = now.saturating_sub(follower.moved_ms.load(Ordering::Acquire));
+                if behind && still > stalled_ms {
+                    info!(
+                        app,
+                        "ending a Receive stream that took no message for {STALLED:?} while \
+                         the app acknowledged past it"
+                    );
+                    // Dropped: its task is aborted and its stream ends.
+                    return false;
+                }
+                !follower.task.is_finished()
+            });
             let floor = open.iter().map(|f| f.next.load(Ordering::Acquire)).min();
             if open.is_empty() {
                 receivers.remove(&app);
@@ -280,7 +331,7 @@ impl Messages {
         self,
         app: String,
         mark: Option<u64>,
-        next: Arc<AtomicU64>,
+        (next, moved_ms): (Arc<AtomicU64>, Arc<AtomicU64>),
         tx: mpsc::Sender<ReceivedMessage>,
     ) {
         let mailbox = self.mailbox.clone();
@@ -304,6 +355,7 @@ impl Messages {
                 continue;
             }
             let mut sent = true;
+            let before = cursor;
             for message in batch {
                 let inbox_id = message.inbox_id;
                 if tx.send(message).await.is_err() {
@@ -312,25 +364,27 @@ impl Messages {
                 }
                 cursor = Some(inbox_id);
                 next.store(inbox_id.saturating_add(1), Ordering::Release);
+                moved_ms.store(now_ms(), Ordering::Release);
             }
             if !sent {
                 break;
             }
-            self.remove_behind(&app, cursor).await;
+            self.remove_behind(&app, before).await;
         }
         // Gone: it holds nothing back any more.
         next.store(u64::MAX, Ordering::Release);
         self.remove_behind(&app, None).await;
     }
 
-    /// After a stream of `app` got up to `cursor` (or ended: `None`): removes what the
-    /// acknowledgement mark covers and no open stream still needs, if the mark is above it.
-    async fn remove_behind(&self, app: &str, cursor: Option<u64>) {
-        let lagging = match (self.mailbox.acked(app), cursor) {
-            (Ok(Some(mark)), Some(cursor)) => cursor <= mark,
-            (Ok(Some(_)), None) => true,
-            (Ok(None), _) => false,
-            (Err(e), _) => {
+    /// After a stream of `app` that was at `was_at` (`None`: at the start, or it ended) moved
+    /// on: removes what the acknowledgement mark covers and no open stream still needs, if
+    /// the stream was behind the mark.
+    async fn remove_behind(&self, app: &str, was_at: Option<u64>) {
+        let reading = app.to_owned();
+        let lagging = match self.mailbox.blocking(move |m| m.acked(&reading)).await {
+            Ok(Some(mark)) => was_at.is_none_or(|at| at <= mark),
+            Ok(None) => false,
+            Err(e) => {
                 warn!(app, "cannot read the acknowledgement mark: {e}");
                 false
             }
@@ -346,6 +400,8 @@ struct Follower {
     /// Every message below this inbox id has been handed to the stream (or was acknowledged
     /// before it opened); `u64::MAX` once it has ended.
     next: Arc<AtomicU64>,
+    /// When it last took a message (or opened), ms since the Unix epoch.
+    moved_ms: Arc<AtomicU64>,
     /// Feeds the stream; aborted when dropped.
     task: AbortOnDropHandle<()>,
 }

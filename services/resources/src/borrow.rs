@@ -35,9 +35,10 @@ use crate::lend::{FRAME_WAIT, MAX_FRAME, OFFER_TYPE, PROTOCOL, refused, short_of
 pub const OFFERS_KEY: &str = "/p2pos/resources/offers";
 /// How long reaching one peer and hearing its answer may take.
 const ASK_WAIT: Duration = Duration::from_secs(10);
-/// How long a DHT look-up for lenders may take, and how many it returns.
+/// How long a DHT look-up for lenders may take.
 const FIND_WAIT: Duration = Duration::from_secs(5);
-const MAX_CANDIDATES: usize = 32;
+/// Candidates one look-up asks: found in the DHT, given, or a group's members.
+pub const MAX_CANDIDATES: usize = 32;
 /// Matches answered when the request gives no limit, and the most it may ask for.
 const DEFAULT_MATCHES: usize = 16;
 const MAX_MATCHES: usize = 64;
@@ -86,6 +87,22 @@ fn open_offer(peer: PeerId, signed: &[u8]) -> Result<Offer, Refused> {
     let offer = Offer::decode(payload.as_slice()).map_err(|_| forged())?;
     if signer != peer || offer.peer_id != peer.to_string() {
         return Err(forged());
+    }
+    let (total, free) = (
+        offer.total.unwrap_or_default(),
+        offer.free.unwrap_or_default(),
+    );
+    let sane = |a: &Amounts| a.cpu.is_finite() && a.cpu >= 0.0;
+    if !sane(&total)
+        || !sane(&free)
+        || free.cpu > total.cpu
+        || free.memory_bytes > total.memory_bytes
+        || free.disk_bytes > total.disk_bytes
+    {
+        return Err(refused(
+            Refusal::Unreachable,
+            format!("{peer} answered an offer that does not add up"),
+        ));
     }
     Ok(offer)
 }
@@ -232,19 +249,24 @@ impl Holder {
         app_id: String,
     ) -> LeaseReply {
         if self.held().len() >= MAX_HELD {
-            return refusal(refused(
-                Refusal::TooManyLeases,
-                format!("this node holds {MAX_HELD} leases, the most it keeps"),
-            ));
+            return refusal(too_many());
         }
         let lease_ask = ResourcesAsk {
             kind: Some(resources_ask::Kind::Lease(ResourcesLeaseAsk {
                 amounts: Some(amounts),
                 ttl_secs,
-                app_id,
+                app_id: app_id.clone(),
             })),
         };
-        self.keep(ask(net, peer, &lease_ask).await, peer)
+        let asked = Asked {
+            lender: peer,
+            holder: net.local_peer_id(),
+            renewing: None,
+            amounts,
+            app_id,
+            ttl_secs,
+        };
+        self.keep(ask(net, peer, &lease_ask).await, asked)
     }
 
     /// Extends a held lease, if `caller_app` may (`None`: the admin).
@@ -255,9 +277,15 @@ impl Holder {
         lease_id: String,
         ttl_secs: u32,
     ) -> LeaseReply {
-        let lender = match self.find(caller_app, &lease_id) {
-            Ok(lender) => lender,
+        let held = match self.find(caller_app, &lease_id) {
+            Ok(held) => held,
             Err(why) => return refusal(why),
+        };
+        let Ok(lender) = held.lender.parse::<PeerId>() else {
+            return refusal(refused(
+                Refusal::UnknownLease,
+                "a held lease with a bad lender",
+            ));
         };
         let renew_ask = ResourcesAsk {
             kind: Some(resources_ask::Kind::Renew(ResourcesRenewAsk {
@@ -277,7 +305,15 @@ impl Holder {
             // The lender no longer has it (it ended, or the lender restarted).
             self.held().remove(&lease_id);
         }
-        self.keep(answered, lender)
+        let asked = Asked {
+            lender,
+            holder: net.local_peer_id(),
+            renewing: Some(lease_id),
+            amounts: held.amounts.unwrap_or_default(),
+            app_id: held.app_id,
+            ttl_secs,
+        };
+        self.keep(answered, asked)
     }
 
     /// Gives a held lease back, if `caller_app` may (`None`: the admin). The lease is
@@ -288,8 +324,11 @@ impl Holder {
         caller_app: Option<&str>,
         lease_id: String,
     ) -> Result<(), Refused> {
-        let lender = self.find(caller_app, &lease_id)?;
+        let lender = self.find(caller_app, &lease_id)?.lender;
         self.held().remove(&lease_id);
+        let Ok(lender) = lender.parse::<PeerId>() else {
+            return Ok(());
+        };
         let release_ask = ResourcesAsk {
             kind: Some(resources_ask::Kind::Release(ResourcesReleaseAsk {
                 lease_id,
@@ -299,51 +338,106 @@ impl Holder {
         Ok(())
     }
 
-    /// The lender of held lease `lease_id`, if `caller_app` may act on it.
-    fn find(&self, caller_app: Option<&str>, lease_id: &str) -> Result<PeerId, Refused> {
-        let held = self.held();
-        let unknown = || {
-            refused(
-                Refusal::UnknownLease,
-                format!("this node holds no lease {lease_id:?}"),
-            )
-        };
-        let lease = held
+    /// Held lease `lease_id`, if `caller_app` may act on it.
+    fn find(&self, caller_app: Option<&str>, lease_id: &str) -> Result<Lease, Refused> {
+        self.held()
             .get(lease_id)
             .filter(|l| caller_app.is_none_or(|app| covers(app, &l.app_id)))
-            .ok_or_else(unknown)?;
-        lease.lender.parse().map_err(|_| unknown())
+            .cloned()
+            .ok_or_else(|| {
+                refused(
+                    Refusal::UnknownLease,
+                    format!("this node holds no lease {lease_id:?}"),
+                )
+            })
     }
 
-    /// Keeps the lease `answered` carries (from `lender`), and answers it.
+    /// Keeps the lease `answered` carries, as this node asked for it: the lender's word is
+    /// taken for the lease id and the end (no later than asked for), never for whose it is,
+    /// what it holds or whom it is for.
     fn keep(
         &self,
         answered: Result<(ResourcesAnswer, Duration), Refused>,
-        lender: PeerId,
+        asked: Asked,
     ) -> LeaseReply {
-        match answered {
+        let lease = match answered {
             Ok((
                 ResourcesAnswer {
                     kind: Some(resources_answer::Kind::Lease(lease)),
                 },
                 _,
-            )) if lease.lender == lender.to_string() => {
-                self.held().insert(lease.lease_id.clone(), lease.clone());
-                LeaseReply {
-                    lease: Some(lease),
-                    refused: None,
-                }
-            }
+            )) => lease,
             Ok((
                 ResourcesAnswer {
                     kind: Some(resources_answer::Kind::Refused(why)),
                 },
                 _,
-            )) => refusal(why),
-            Ok(_) => refusal(refused(Refusal::Unreachable, "an answer that is no lease")),
-            Err(why) => refusal(why),
+            )) => return refusal(why),
+            Ok(_) => return refusal(refused(Refusal::Unreachable, "an answer that is no lease")),
+            Err(why) => return refusal(why),
+        };
+        let bad = |why: &str| {
+            refusal(refused(
+                Refusal::Unreachable,
+                format!("{} answered a lease that {why}", asked.lender),
+            ))
+        };
+        if lease.lender != asked.lender.to_string() {
+            return bad("it did not lend");
+        }
+        if lease.lease_id.is_empty() || lease.lease_id.len() > 64 {
+            return bad("has no usable id");
+        }
+        if asked
+            .renewing
+            .as_ref()
+            .is_some_and(|id| *id != lease.lease_id)
+        {
+            return bad("is not the one renewed");
+        }
+        let ttl = u64::from(crate::lend::ttl(asked.ttl_secs).unwrap_or(crate::lend::TTL_MAX));
+        // A minute of slack for the two clocks.
+        let latest = now_ms() + ttl * 1000 + 60_000;
+        let kept = Lease {
+            lease_id: lease.lease_id,
+            lender: asked.lender.to_string(),
+            holder: asked.holder.to_string(),
+            amounts: Some(asked.amounts),
+            expires_at_ms: lease.expires_at_ms.min(latest),
+            app_id: asked.app_id,
+        };
+        let mut held = self.held();
+        match held.get(&kept.lease_id) {
+            // Another lender's lease by that id: this one is not to be trusted.
+            Some(other) if other.lender != kept.lender => return bad("has another's id"),
+            Some(_) => {}
+            None if held.len() >= MAX_HELD => return refusal(too_many()),
+            None => {}
+        }
+        held.insert(kept.lease_id.clone(), kept.clone());
+        LeaseReply {
+            lease: Some(kept),
+            refused: None,
         }
     }
+}
+
+/// What this node asked a lender for.
+struct Asked {
+    lender: PeerId,
+    holder: PeerId,
+    /// The lease renewed, or `None` for a new one.
+    renewing: Option<String>,
+    amounts: Amounts,
+    app_id: String,
+    ttl_secs: u32,
+}
+
+fn too_many() -> Refused {
+    refused(
+        Refusal::TooManyLeases,
+        format!("this node holds {MAX_HELD} leases, the most it keeps"),
+    )
 }
 
 fn refusal(why: Refused) -> LeaseReply {

@@ -230,7 +230,7 @@ impl Lender {
                 Ok(lease) => Kind::Lease(lease),
                 Err(why) => Kind::Refused(why),
             },
-            Some(resources_ask::Kind::Renew(ask)) => match self.renew(peer, ask) {
+            Some(resources_ask::Kind::Renew(ask)) => match self.renew(peer, ask, in_group) {
                 Ok(lease) => Kind::Lease(lease),
                 Err(why) => Kind::Refused(why),
             },
@@ -275,10 +275,16 @@ impl Lender {
             return Err(why);
         }
         let held = state.granted.values().filter(|g| g.holder == peer).count();
-        if held >= MAX_LEASES_PER_PEER || state.granted.len() >= MAX_LEASES {
+        if held >= MAX_LEASES_PER_PEER {
             return Err(refused(
                 Refusal::TooManyLeases,
                 format!("{peer} holds {held} leases here, the most one peer may"),
+            ));
+        }
+        if state.granted.len() >= MAX_LEASES {
+            return Err(refused(
+                Refusal::TooManyLeases,
+                format!("this node has granted {MAX_LEASES} leases, the most it keeps"),
             ));
         }
         let lease_id = format!("{:016x}", rand::random::<u64>());
@@ -294,9 +300,20 @@ impl Lender {
         Ok(lease)
     }
 
-    fn renew(&self, peer: PeerId, ask: ResourcesRenewAsk) -> Result<Lease, Refused> {
+    /// Extends a lease of `peer`, if the policy still lends to it now (a peer no longer
+    /// allowed, or an owner now busy, keeps its lease only until it ends).
+    fn renew(
+        &self,
+        peer: PeerId,
+        ask: ResourcesRenewAsk,
+        in_group: bool,
+    ) -> Result<Lease, Refused> {
         let ttl = ttl(ask.ttl_secs)?;
         let mut state = self.state();
+        let offer = self.offer(&state, &peer, in_group)?;
+        if let Some(busy) = short_of(&offer, &Amounts::default()) {
+            return Err(busy);
+        }
         let Some(granted) = state
             .granted
             .get_mut(&ask.lease_id)
@@ -488,15 +505,25 @@ mod tests {
         assert_eq!(lender.granted().len(), 2);
         let _ = lender.answer(friend, release(&first), false);
         assert_eq!(lender.granted().len(), 1);
-        let _third = lease_id(lender.answer(friend, ask_lease(0.5, 100), false));
+        let third = lease_id(lender.answer(friend, ask_lease(0.5, 100), false));
 
-        // Unshared: nothing for anyone, leases granted stay.
+        // Unshared: nothing for anyone, leases granted stay until they end, unrenewed.
         lender.set_sharing(Sharing::default());
         assert_eq!(
             reason(&lender.answer(friend, ask_lease(0.1, 1), false)),
             Some(Refusal::NotShared)
         );
         assert_eq!(lender.granted().len(), 2);
+        let renew = ResourcesAsk {
+            kind: Some(resources_ask::Kind::Renew(ResourcesRenewAsk {
+                lease_id: third.clone(),
+                ttl_secs: 60,
+            })),
+        };
+        assert_eq!(
+            reason(&lender.answer(friend, renew, false)),
+            Some(Refusal::NotShared)
+        );
     }
 
     #[test]

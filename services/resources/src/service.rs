@@ -66,8 +66,11 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     // The policy kept in the store wins over the config's (it was set later, through the API).
     let sharing = match policy::load(&ctx.store).map_err(|e| e.message)? {
         Some(kept) => kept,
+        // The config's, in the canonical form `Share` keeps (checked when the node started).
         None => match &config.share {
-            Some(share) => share.sharing()?,
+            Some(share) => {
+                policy::check(share.sharing()?, f64::INFINITY, 0).map_err(|e| e.message)?
+            }
             None => Sharing::default(),
         },
     };
@@ -300,7 +303,13 @@ impl Handler<Call<Resources>> for ResourcesService {
                     if !request.group.is_empty() {
                         let group = std::mem::take(&mut request.group);
                         match group_members(&registry, group).await {
-                            Ok((_, members)) => request.peers = members,
+                            Ok((_, mut members)) => {
+                                // Others only, and as many as one look-up asks.
+                                let local = net.local_peer_id().to_string();
+                                members.retain(|m| *m != local);
+                                members.truncate(crate::borrow::MAX_CANDIDATES);
+                                request.peers = members;
+                            }
                             Err(e) => return answer::<FindReply, _>(reply, Err(e)),
                         }
                     }

@@ -139,10 +139,12 @@ impl Mailbox {
             .map(|v| read_u64(Some(v))))
     }
 
-    /// Raises the acknowledgement mark of `app_id` to `upto` (it never goes down) and answers
-    /// the mark. Not durable until [`Mailbox::flush`].
+    /// Raises the acknowledgement mark of `app_id` to `upto` (it never goes down), but never
+    /// past the newest message stored (an id of a message to come acknowledges nothing), and
+    /// answers the mark. Not durable until [`Mailbox::flush`].
     pub(crate) fn mark_acked(&self, app_id: &str, upto: u64) -> Result<u64, Error> {
         let _guard = self.lock();
+        let upto = upto.min(self.newest_inbox_id.load(Ordering::Acquire));
         match self.acked(app_id)? {
             Some(mark) if mark >= upto => Ok(mark),
             _ => {
@@ -195,7 +197,8 @@ impl Mailbox {
         }
     }
 
-    /// Messages waiting in the inbox of `app_id`: stored and not yet acknowledged.
+    /// Messages stored in the inbox of `app_id`: not yet acknowledged, or acknowledged and still
+    /// owed to an open `Receive` stream.
     pub(crate) fn inbox_count(&self, app_id: &str) -> Result<u64, Error> {
         Ok(read_u64(
             self.store.get(INBOX, &key(b"c", app_id.as_bytes()))?,

@@ -142,7 +142,21 @@ fn the_inbox_is_read_after_a_cursor_and_emptied_by_cumulative_acks() {
     assert_eq!(again[0].inbox_id, rest[1].inbox_id, "ids are kept");
     receiver.mark_acked("chat", u64::MAX).expect("ack");
     assert_eq!(receiver.remove_acked("chat", u64::MAX).expect("remove"), 2);
-    assert_eq!(receiver.inbox_count("chat").expect("count"), 0);
+    // An acknowledgement past every message stored does not cover the ones to come.
+    let frame = MessageFrame {
+        sequence: 7,
+        app_id: "chat".into(),
+        payload: Bytes::from_static(b"m7"),
+        ..MessageFrame::default()
+    };
+    assert_eq!(
+        receiver.accept_incoming(&a, frame).expect("accept"),
+        Incoming::Stored
+    );
+    let mark = receiver.acked("chat").expect("mark").expect("a mark");
+    let later = receiver.inbox_after("chat", Some(mark), 10).expect("inbox");
+    assert_eq!(payloads(&later), vec!["m7"]);
+    assert_eq!(receiver.inbox_count("chat").expect("count"), 1);
 }
 
 #[test]

@@ -611,3 +611,45 @@ async fn every_receive_of_an_app_gets_every_message_whoever_acknowledges_it() {
     );
     assert!(err.message.contains("Receive"), "{err:?}");
 }
+
+#[actix_rt::test]
+async fn a_stalled_copy_of_an_app_is_let_go_and_holds_back_nothing() {
+    const N: usize = 20;
+    let a = Node::boot().await;
+    let b = Node::boot().await;
+    let (b_ticket, _) = b.ticket().await;
+    let _session = b.chat_session().await;
+    a.dial(&b_ticket).await.expect("dial");
+    for i in 1..=N {
+        let sent = a
+            .send("chat", &b.peer_id(), Bytes::from(format!("line {i}")))
+            .await
+            .expect("send");
+        assert_eq!(sent.state(), DeliveryState::Delivered, "line {i}");
+    }
+    // One copy reads and acknowledges everything; the other never reads past its buffer.
+    let mut reading = b.receive("chat").await.expect("receive");
+    let mut stalled = b.receive("chat").await.expect("a second receive");
+    let got = read(&mut reading, N).await;
+    b.ack("chat", got[N - 1].inbox_id).await.expect("ack");
+    assert!(b.inbox("chat").await > 0, "held back for the stalled copy");
+    // After 30 s without taking a message it is let go, and the inbox empties.
+    wait_for(
+        "the stalled copy to be let go",
+        Duration::from_secs(60),
+        || async { (b.inbox("chat").await == 0).then_some(()) },
+    )
+    .await;
+    let mut buffered = 0;
+    while tokio::time::timeout(T, stalled.recv())
+        .await
+        .expect("the stream ends")
+        .is_some()
+    {
+        buffered += 1;
+    }
+    assert!(
+        buffered < N,
+        "the stalled stream ended early: {buffered} of {N}"
+    );
+}

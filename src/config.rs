@@ -30,6 +30,8 @@ pub(crate) struct NodeConfig {
     pub(crate) monitor: p2pos_monitor::Config,
     /// `[tasks]`: the plug-in directory, helpers' quotas, cgroups.
     pub(crate) tasks: p2pos_tasks::Config,
+    /// `[groups]`: how often members exchange what they have.
+    pub(crate) groups: p2pos_groups::Config,
     /// `[resources]`: how often the machine is sampled.
     pub(crate) resources: p2pos_resources::Config,
 }
@@ -89,6 +91,7 @@ impl NodeConfig {
             ("monitor", self.monitor.validate()),
             ("tasks", self.tasks.validate()),
             ("resources", self.resources.validate()),
+            ("groups", self.groups.validate()),
         ];
         for (table, result) in parts {
             result.map_err(|e| format!("invalid configuration [{table}]: {e}"))?;

@@ -177,6 +177,7 @@ fn main() -> ExitCode {
             monitor,
             tasks,
             resources,
+            groups,
             ..
         } = config;
         // Start order: the network first (the overlay needs its handle), port forwarding after
@@ -187,7 +188,7 @@ fn main() -> ExitCode {
             p2pos_forward::child_spec(),
             p2pos_tasks::child_spec(tasks),
             p2pos_resources::child_spec(resources),
-            p2pos_groups::child_spec(),
+            p2pos_groups::child_spec(groups),
             p2pos_monitor::child_spec(monitor),
             p2pos_gateway::child_spec(gateway),
         ];

@@ -663,7 +663,12 @@ pub fn http_get(addr: &str, path: &str) -> String {
 /// `n` nodes, each connected to every other (dialed by ticket with `p2pctl`), and their peer
 /// ids in the same order.
 pub async fn full_mesh(n: usize) -> (Vec<Node>, Vec<String>) {
-    let mut nodes: Vec<Node> = (0..n).map(|_| Node::start(&[])).collect();
+    full_mesh_with(n, &[]).await
+}
+
+/// [`full_mesh`] of nodes started with `extra` arguments.
+pub async fn full_mesh_with(n: usize, extra: &[&str]) -> (Vec<Node>, Vec<String>) {
+    let mut nodes: Vec<Node> = (0..n).map(|_| Node::start(extra)).collect();
     let mut ids = Vec::new();
     let mut tickets = Vec::new();
     for node in &mut nodes {

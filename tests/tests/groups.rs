@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use p2pos_tests::{Node, full_mesh, p2pctl, wait_for};
+use p2pos_tests::{Node, full_mesh, full_mesh_with, p2pctl, wait_for};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
@@ -206,4 +206,33 @@ async fn two_admins_removing_each_other_apart_converge() {
         let (_, admins) = members(node, &group).expect("members");
         assert_eq!(admins, set(&[e]), "node {i}'s admins");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_missed_a_change_gets_it_at_the_next_exchange() {
+    use nix::{
+        sys::signal::{Signal, kill},
+        unistd::Pid,
+    };
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let config = config_dir.path().join("p2posd.toml");
+    std::fs::write(&config, "[groups]\nresync_secs = 2\n").expect("config");
+    let (nodes, ids) = full_mesh_with(3, &["--config", config.to_str().expect("utf-8")]).await;
+    let group = form(&nodes, &ids, &[]).await;
+    // C's node is frozen (a laptop asleep) for longer than A's push of a change may take
+    // (20 s): it misses the push, and no new connection tells it anything.
+    let c = Pid::from_raw(i32::try_from(nodes[2].pid().expect("pid")).expect("pid"));
+    kill(c, Signal::SIGSTOP).expect("freeze C");
+    ctl(&nodes[0], &["groups", "remove", &group, &ids[1]]);
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    kill(c, Signal::SIGCONT).expect("thaw C");
+    // The periodic exchange brings it the removal.
+    let want: BTreeSet<String> = [ids[0].clone(), ids[2].clone()].into();
+    wait_members(
+        &nodes[2],
+        &group,
+        &want,
+        "C to learn of the removal it missed",
+    )
+    .await;
 }

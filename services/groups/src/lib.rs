@@ -5,6 +5,7 @@
 //! `groups::Request::IsMember`.
 //!
 //! # Layout
+//! - [`config`]: the `[groups]` table of the node's configuration.
 //! - [`op`]: one signed operation, opened and checked; group ids.
 //! - [`log`]: a group's DAG of operations and the pure rule that makes its member list.
 //! - [`invite`]: invites, signed by an admin, as copy-pasteable strings.
@@ -16,6 +17,7 @@
 //! - [`service`]: the actor answering `p2pos.group.v1`, and its child spec.
 
 pub mod book;
+pub mod config;
 pub mod invite;
 mod join;
 pub mod log;
@@ -25,4 +27,5 @@ pub mod rate;
 pub mod service;
 pub mod sync;
 
+pub use config::Config;
 pub use service::child_spec;

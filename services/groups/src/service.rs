@@ -2,6 +2,8 @@
 //! [`Node`] handle), serves `/p2pos/group/1`, and exchanges heads with members when they
 //! connect and when it starts.
 
+use std::time::Duration;
+
 use actix::prelude::*;
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
@@ -15,6 +17,7 @@ use p2pos_protocols::{
 use tokio::task::JoinHandle;
 
 use crate::{
+    Config,
     book::{Book, TREE},
     node::Node,
     op::GroupId,
@@ -29,7 +32,7 @@ const INBOUND_PER_PEER: usize = 4;
 pub const NAME: &str = "groups";
 
 /// The child spec the daemon hands to the kernel.
-pub fn child_spec() -> ChildSpec {
+pub fn child_spec(config: Config) -> ChildSpec {
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
@@ -41,11 +44,11 @@ pub fn child_spec() -> ChildSpec {
             provides: &[Groups::NAME],
             ..Uses::default()
         },
-        start: Box::new(start),
+        start: Box::new(move |ctx, guard| start(ctx, guard, &config)),
     }
 }
 
-fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> {
+fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<ChildHandle, String> {
     let net: Network = ctx.registry.take(NETWORK).map_err(|e| e.to_string())?;
     let book = Book::load(ctx.store.clone()).map_err(|e| e.message)?;
     let node = Node::new(book, net.clone());
@@ -63,7 +66,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
             drop_stream,
         )
         .map_err(|e| e.to_string())?;
-    let follower = tokio::spawn(follow(node.clone(), net));
+    let resync = Duration::from_secs(config.resync_secs);
+    let follower = tokio::spawn(follow(node.clone(), net, resync));
     let addr = GroupsService {
         ctx: ctx.clone(),
         _guard: guard,
@@ -81,17 +85,27 @@ fn start(ctx: ServiceContext, guard: DeathGuard) -> Result<ChildHandle, String> 
     })
 }
 
-/// Exchanges heads with every member at start, then with each member that connects.
-async fn follow(node: Node, net: Network) {
+/// Exchanges heads with every member at start and every `resync`, and with each member
+/// that connects.
+async fn follow(node: Node, net: Network, resync: Duration) {
     let mut events = net.subscribe();
-    for group in node.book().ids() {
-        node.tell_members(group, None);
-    }
+    let mut ticks = tokio::time::interval(resync);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let tell_all = |node: &Node| {
+        for group in node.book().ids() {
+            node.tell_members(group, None);
+        }
+    };
     loop {
-        match events.recv().await {
-            Ok(NetEvent::Connected(peer)) => node.connected(peer),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        tokio::select! {
+            // The first tick is at once: the exchange at start.
+            _ = ticks.tick() => tell_all(&node),
+            event = events.recv() => match event {
+                Ok(NetEvent::Connected(peer)) => node.connected(peer),
+                // Connections missed: every member is asked.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => tell_all(&node),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
         }
     }
 }

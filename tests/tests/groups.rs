@@ -83,6 +83,13 @@ async fn form(nodes: &[Node], ids: &[String], admins: &[usize]) -> String {
     for (i, node) in nodes.iter().enumerate() {
         wait_members(node, &group, &all, &format!("node {i} to see every member")).await;
     }
+    // `status` shows the groups a node holds.
+    let status = ctl_json(&nodes[1], &["status", "--json"]);
+    assert_eq!(
+        status["groups"][0]["id"].as_str(),
+        Some(group.as_str()),
+        "{status}"
+    );
     group
 }
 

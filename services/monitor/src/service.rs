@@ -7,7 +7,7 @@ use p2pos_kernel::{
     ServiceError, StopService, Uses,
 };
 use p2pos_proto::monitor::v1::{NodeStatus, ServiceState};
-use p2pos_protocols::{Monitor, Overlay, answer, monitor, overlay};
+use p2pos_protocols::{Groups, Monitor, Overlay, answer, groups, monitor, overlay};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{family::Family, gauge::Gauge},
@@ -27,8 +27,8 @@ pub fn child_spec(config: Config) -> ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
         uses: Uses {
-            // The status includes the overlay's.
-            calls: &[Overlay::NAME],
+            // The status includes the overlay's, and the groups held.
+            calls: &[Overlay::NAME, Groups::NAME],
             provides: &[Monitor::NAME],
             ..Uses::default()
         },
@@ -189,6 +189,12 @@ async fn status(ctx: &ServiceContext, metrics_url: String) -> NodeStatus {
         .ask::<Overlay, _>(|reply| overlay::Request::Status { reply })
         .await
         .unwrap_or_default();
+    let groups = ctx
+        .registry
+        .ask::<Groups, _>(|reply| groups::Request::List { reply })
+        .await
+        .map(|list| list.groups)
+        .unwrap_or_default();
     NodeStatus {
         peer_id: ctx.peer_id.to_string(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -204,5 +210,6 @@ async fn status(ctx: &ServiceContext, metrics_url: String) -> NodeStatus {
         services,
         routing_table_size: overlay.routing_table_size,
         metrics_url,
+        groups,
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::RpcResult;
 use crate::{cli::GroupsCommand, output};
 
-fn group_json(g: &Group) -> Value {
+pub(crate) fn group_json(g: &Group) -> Value {
     json!({
         "id": g.id,
         "name": g.name,
@@ -23,7 +23,7 @@ fn group_json(g: &Group) -> Value {
     })
 }
 
-fn group_line(g: &Group) -> String {
+pub(crate) fn group_line(g: &Group) -> String {
     let role = match (g.member, g.admin) {
         (_, true) => "admin",
         (true, false) => "member",

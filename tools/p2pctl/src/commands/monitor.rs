@@ -4,7 +4,7 @@ use p2pos_client::{Client, describe_status};
 use p2pos_proto::monitor::v1::{EventsRequest, GetStatusRequest, NodeStatus, ServiceState};
 use serde_json::{Value, json};
 
-use super::{RpcResult, event_view};
+use super::{RpcResult, event_view, groups};
 use crate::output;
 
 /// Prints the status for people (key/values, a peers table, a services table); with `--json`
@@ -36,6 +36,7 @@ fn status_text(status: NodeStatus) -> String {
         services,
         routing_table_size,
         metrics_url,
+        groups,
     } = status;
     let summary = output::key_values(vec![
         ("peer id", peer_id),
@@ -67,12 +68,17 @@ fn status_text(status: NodeStatus) -> String {
         text.push('\n');
         text.push_str(&table.trim_fmt());
     }
+    text.push_str(&format!("\n\ngroups ({})", groups.len()));
+    for group in &groups {
+        text.push('\n');
+        text.push_str(&groups::group_line(group));
+    }
     text
 }
 
 /// The status as JSON: `{peer_id, version, uptime_secs, listen_addresses, external_addresses,
 /// reachability, routing_table_size, metrics_url, peers: [peer], services: [{name, state,
-/// restarts, last_error}]}`.
+/// restarts, last_error}], groups: [group]}`.
 fn status_json(status: &NodeStatus) -> Value {
     let NodeStatus {
         peer_id,
@@ -85,6 +91,7 @@ fn status_json(status: &NodeStatus) -> Value {
         services,
         routing_table_size,
         metrics_url,
+        groups,
     } = status;
     json!({
         "peer_id": peer_id,
@@ -97,6 +104,7 @@ fn status_json(status: &NodeStatus) -> Value {
         "metrics_url": metrics_url,
         "peers": peers.iter().map(output::peer_json).collect::<Vec<_>>(),
         "services": services.iter().map(service_json).collect::<Vec<_>>(),
+        "groups": groups.iter().map(groups::group_json).collect::<Vec<_>>(),
     })
 }
 
@@ -206,6 +214,9 @@ mod tests {
             text.contains("peers (0)\n\nservices (1)\nSERVICE"),
             "{text}"
         );
-        assert!(text.ends_with("overlay  running  1         boom"), "{text}");
+        assert!(
+            text.ends_with("overlay  running  1         boom\n\ngroups (0)"),
+            "{text}"
+        );
     }
 }

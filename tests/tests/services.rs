@@ -14,7 +14,7 @@ use p2pos_proto::{
         ServiceChannelInput, service_channel_input,
     },
 };
-use p2pos_tests::{Node, connected_peer, p2pctl, provide, wait_for};
+use p2pos_tests::{Node, connected_peer, full_mesh, p2pctl, provide, wait_for};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -78,6 +78,7 @@ fn call(payload: &str) -> CallRequest {
         payload: Bytes::from(payload.to_owned()),
         peer: String::new(),
         timeout_ms: 0,
+        ..CallRequest::default()
     }
 }
 
@@ -128,6 +129,7 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
             .find_service(FindServiceRequest {
                 service: UPPER.into(),
                 limit: 0,
+                ..FindServiceRequest::default()
             })
             .await
             .ok()?
@@ -250,6 +252,7 @@ async fn calls_go_to_another_provider_when_one_stops_and_a_local_one_first() {
             .find_service(FindServiceRequest {
                 service: UPPER.into(),
                 limit: 0,
+                ..FindServiceRequest::default()
             })
             .await
             .ok()?
@@ -363,4 +366,72 @@ async fn bad_service_names_and_missing_providers_are_clear_errors() {
         .await
         .expect_err("not its app");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn find_and_call_restricted_to_a_group_reach_only_its_members() {
+    let (mut nodes, ids) = full_mesh(3).await;
+    let (b, c) = (ids[1].clone(), ids[2].clone());
+    // A founds `friends` with B; C stays out. B and C both provide the service.
+    let (ok, _, err) = p2pctl(&nodes[0], &["groups", "create", "friends"]);
+    assert!(ok, "{err}");
+    let (ok, invite, err) = p2pctl(&nodes[0], &["groups", "invite", "friends"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = p2pctl(&nodes[1], &["groups", "join", invite.trim()]);
+    assert!(ok, "{err}");
+    let _b = provide_upper(nodes[1].client().await, "upper-b").await;
+    let _c = provide_upper(nodes[2].client().await, "upper-c").await;
+    let a = nodes[0].client().await;
+    let find = |group: &str| FindServiceRequest {
+        service: UPPER.into(),
+        group: group.into(),
+        ..FindServiceRequest::default()
+    };
+    wait_for("A to find both providers", T, || {
+        let a = a.clone();
+        async move {
+            let found = a.services().find_service(find("")).await.ok()?.into_inner();
+            (found.providers.len() == 2).then_some(())
+        }
+    })
+    .await;
+
+    // Within the group only B is found, and only B answers.
+    let found = a
+        .services()
+        .find_service(find("friends"))
+        .await
+        .expect("find in the group")
+        .into_inner();
+    let peers: Vec<&str> = found.providers.iter().map(|p| p.peer_id.as_str()).collect();
+    assert_eq!(peers, [b.as_str()]);
+    for i in 0..5 {
+        let reply = a
+            .services()
+            .call(CallRequest {
+                group: "friends".into(),
+                ..call(&format!("line {i}"))
+            })
+            .await
+            .expect("a call in the group")
+            .into_inner();
+        assert_eq!(reply.peer_id, b, "call {i}");
+    }
+    // Naming a provider outside the group, or a group this node does not hold, is refused.
+    let err = a
+        .services()
+        .call(CallRequest {
+            group: "friends".into(),
+            peer: c.clone(),
+            ..call("hi")
+        })
+        .await
+        .expect_err("C is no member");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let err = a
+        .services()
+        .find_service(find("nosuch"))
+        .await
+        .expect_err("no such group");
+    assert!(err.message().contains("nosuch"), "{err:?}");
 }

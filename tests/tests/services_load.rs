@@ -21,6 +21,7 @@ fn call(payload: String, peer: &str) -> CallRequest {
         payload: Bytes::from(payload),
         peer: peer.into(),
         timeout_ms: 0,
+        ..CallRequest::default()
     }
 }
 

@@ -32,6 +32,7 @@ fn call(payload: &str) -> CallRequest {
         payload: Bytes::from(payload.to_owned()),
         peer: String::new(),
         timeout_ms: 0,
+        ..CallRequest::default()
     }
 }
 
@@ -59,6 +60,7 @@ async fn find(client: &Client) -> Vec<p2pos_proto::service::v1::ServiceInfo> {
         .find_service(FindServiceRequest {
             service: ECHO.into(),
             limit: 0,
+            ..FindServiceRequest::default()
         })
         .await
         .map(|r| r.into_inner().providers)

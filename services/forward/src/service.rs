@@ -374,6 +374,7 @@ async fn check_provided(registry: &Registry, forward: &Forward) -> String {
     let finding = registry.ask::<Services, _>(|reply| services::Request::Find {
         service,
         limit: 0,
+        only: None,
         reply,
     });
     let warning = match tokio::time::timeout(CHECK_TIME, finding).await {

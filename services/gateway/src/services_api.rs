@@ -24,8 +24,10 @@ use p2pos_proto::{
     },
 };
 use p2pos_protocols::{
-    Forwarding as ForwardingProtocol, Reply, Services as ServicesProtocol,
+    Forwarding as ForwardingProtocol, Groups as GroupsProtocol, PeerId, Reply,
+    Services as ServicesProtocol,
     forwarding::Request as ForwardingCall,
+    groups::Request as GroupsCall,
     ids::{AppId, PeerRef, ServiceName},
     services::{OutgoingCall, Request as ServicesCall},
     wire::MAX_PAYLOAD,
@@ -56,6 +58,26 @@ impl ServicesApi {
     }
 
     /// Asks the service behind `p2pos.service.v1` (the overlay) and waits for its answer.
+    /// The peers of group `group` (id or name), when one is named: providers must be among
+    /// them.
+    async fn only_members(&self, group: &str) -> Result<Option<Vec<PeerId>>, Status> {
+        if group.trim().is_empty() {
+            return Ok(None);
+        }
+        let group = group.trim().to_owned();
+        let members = self
+            .ctx
+            .registry
+            .ask::<GroupsProtocol, _>(|reply| GroupsCall::Members { group, reply })
+            .await?;
+        let peers = members
+            .members
+            .iter()
+            .filter_map(|m| PeerRef::parse(&m.peer_id).ok().map(|p| p.peer))
+            .collect();
+        Ok(Some(peers))
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> ServicesCall) -> Result<T, Status> {
         Ok(self.ctx.registry.ask::<ServicesProtocol, T>(make).await?)
     }
@@ -169,12 +191,18 @@ impl Services for ServicesApi {
         req: Request<FindServiceRequest>,
     ) -> Result<Response<FindServiceReply>, Status> {
         caller(&req)?;
-        let FindServiceRequest { service, limit } = req.into_inner();
+        let FindServiceRequest {
+            service,
+            limit,
+            group,
+        } = req.into_inner();
         let service = service_name(&service)?;
+        let only = self.only_members(&group).await?;
         let found = self
             .ask(|reply| ServicesCall::Find {
                 service,
                 limit,
+                only,
                 reply,
             })
             .await?;
@@ -190,11 +218,21 @@ impl Services for ServicesApi {
             payload,
             peer,
             timeout_ms,
+            group,
         } = req.into_inner();
         let app_id = acting_app(&scope, app_id)?;
         payload_size("a call payload", payload.len())?;
         let service = service_name(&service)?;
         let peer = provider(&peer)?;
+        let only = self.only_members(&group).await?;
+        if let (Some(only), Some(peer)) = (&only, &peer)
+            && !only.contains(&peer.peer)
+        {
+            return Err(Status::failed_precondition(format!(
+                "peer {} is not a member of group {group:?}",
+                peer.peer
+            )));
+        }
         let answer = self
             .ask(|reply| ServicesCall::Call {
                 call: OutgoingCall {
@@ -204,6 +242,7 @@ impl Services for ServicesApi {
                     peer,
                     timeout_ms,
                     deadline,
+                    only,
                 },
                 reply,
             })

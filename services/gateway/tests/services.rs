@@ -119,6 +119,7 @@ fn echo(request: ServicesCall) {
             service,
             limit,
             reply,
+            ..
         } => answer(
             reply,
             done(FindServiceReply {
@@ -380,6 +381,7 @@ async fn calls_act_for_an_app_the_caller_covers() {
         .find_service(FindServiceRequest {
             service: "translate/1".into(),
             limit: 3,
+            ..FindServiceRequest::default()
         })
         .await
         .expect("find")

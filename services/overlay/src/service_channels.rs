@@ -135,7 +135,8 @@ impl OverlayService {
                         what: format!("reaching a provider of '{service}'"),
                         after: channel::REACH_TIME,
                     };
-                    try_providers(&net, &service, until, failures, timed_out, opening).await
+                    let any = |_: &PeerId| true;
+                    try_providers(&net, (&service, &any), until, failures, timed_out, opening).await
                 }
             }?;
             Ok(count(stream, channel_permit))

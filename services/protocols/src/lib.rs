@@ -24,6 +24,7 @@ pub mod names;
 pub mod network;
 pub mod wire;
 
+pub use libp2p::PeerId;
 use p2pos_kernel::Protocol;
 pub use p2pos_kernel::Reply;
 
@@ -384,6 +385,8 @@ pub mod services {
         pub timeout_ms: u32,
         /// The caller's gRPC deadline, if it set one.
         pub deadline: Option<Instant>,
+        /// Only providers among these peers (a group's members); `None`: any.
+        pub only: Option<Vec<libp2p::PeerId>>,
     }
 
     /// One request; app ids in it have already been checked against the caller's scope.
@@ -420,6 +423,8 @@ pub mod services {
             service: ServiceName,
             /// Most providers wanted (0: the default).
             limit: u32,
+            /// Only providers among these peers (a group's members); `None`: any.
+            only: Option<Vec<libp2p::PeerId>>,
             /// The providers.
             reply: Reply<FindServiceReply>,
         },

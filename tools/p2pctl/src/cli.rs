@@ -144,6 +144,9 @@ pub(crate) enum ServicesCommand {
         /// Most providers to show [default: the node's, 20]
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
+        /// Only providers that are members of this group (id or name)
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -163,6 +166,9 @@ pub(crate) enum ServicesCommand {
         /// Only this provider (peer id) [default: the best one found]
         #[arg(long, value_name = "PEER")]
         peer: Option<String>,
+        /// Only providers that are members of this group (id or name)
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
         /// Give up after this many milliseconds (at most 60000) [default: 60000]
         #[arg(long, value_name = "MS")]
         timeout: Option<u32>,
@@ -703,6 +709,7 @@ mod tests {
                 peer,
                 timeout,
                 json,
+                ..
             }) => {
                 assert_eq!(
                     (service.as_str(), payload.as_deref(), file),

@@ -82,6 +82,7 @@ impl ServiceRegistry {
             peer,
             timeout_ms,
             deadline,
+            only,
         } = call;
         if let Err(e) = validate_payload("a call payload", payload.len()) {
             return ready(Err(e));
@@ -98,10 +99,13 @@ impl ServiceRegistry {
         };
         let mut failures: Vec<(String, Error)> = Vec::new();
         // A provider on this node is tried first, now, while the actor is at hand.
+        let allowed = move |peer: &PeerId| only.as_ref().is_none_or(|only| only.contains(peer));
         let here = match &target {
             _ if limit.is_zero() => false,
             Some((peer, _)) => *peer == local,
-            None => matches!(self.provider_here(&call.service), Some(Here::App(_))),
+            None => {
+                allowed(&local) && matches!(self.provider_here(&call.service), Some(Here::App(_)))
+            }
         };
         let mut answered = None;
         if here {
@@ -139,7 +143,7 @@ impl ServiceRegistry {
                     let timed_out = || out_of_time(&call, limit);
                     try_providers(
                         &remote.net,
-                        &call.service,
+                        (&call.service, &allowed),
                         until,
                         failures,
                         timed_out,

@@ -47,14 +47,21 @@ impl ServiceRegistry {
     }
 
     /// `Services.FindService`.
-    pub(super) fn find(&mut self, service: ServiceName, limit: u32) -> Fut<FindServiceReply> {
+    pub(super) fn find(
+        &mut self,
+        service: ServiceName,
+        limit: u32,
+        only: Option<Vec<PeerId>>,
+    ) -> Fut<FindServiceReply> {
         let service = service.into_string();
+        let allowed = move |peer: &PeerId| only.as_ref().is_none_or(|only| only.contains(peer));
         let limit = match usize::try_from(limit).unwrap_or(MAX_LIMIT) {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
         };
+        let here_allowed = allowed(&self.net.local_peer_id());
         let here = match self.provider_here(&service) {
-            Some(Here::App(app_id)) => {
+            Some(Here::App(app_id)) if here_allowed => {
                 let description = self
                     .services
                     .registrations
@@ -62,7 +69,7 @@ impl ServiceRegistry {
                     .map_or_else(String::new, |r| r.description.clone());
                 Some(self.local_info(service.clone(), app_id, description))
             }
-            None => None,
+            _ => None,
         };
         let net = self.net.clone();
         Box::pin(async move {
@@ -82,7 +89,8 @@ impl ServiceRegistry {
                         let remote = remote
                             .providers
                             .into_iter()
-                            .filter(|p| p.reach != ProviderReach::NotProviding);
+                            .filter(|p| p.reach != ProviderReach::NotProviding)
+                            .filter(|p| allowed(&p.peer));
                         providers.extend(remote.map(|p| ServiceInfo {
                             service: service.clone(),
                             // The DHT names the node only: the app and description stay empty.
@@ -154,7 +162,8 @@ async fn remote_providers(
     }
 }
 
-/// Tries the remote providers of `service` with `attempt`, best first, until one settles the
+/// Tries the remote providers of `service` that are `allowed`, with `attempt`, best first,
+/// until one settles the
 /// request, [`MAX_TRIES`] have been tried or `until` passes (then `timed_out`): first those of a
 /// recent look-up, and if every one of them failed, those a fresh look-up finds that were not
 /// tried yet. `failures` are earlier ones (this node's provider).
@@ -165,7 +174,7 @@ async fn remote_providers(
 /// `NOT_FOUND` if there was none, `RESOURCE_EXHAUSTED` if all were busy, else `UNAVAILABLE`.
 pub(crate) async fn try_providers<T, F, Fut>(
     net: &Network,
-    service: &str,
+    (service, allowed): (&str, &(dyn Fn(&PeerId) -> bool + Send + Sync)),
     until: Instant,
     mut failures: Vec<(String, Error)>,
     timed_out: impl FnOnce() -> Error,
@@ -193,7 +202,7 @@ where
         let candidates: Vec<_> = found
             .providers
             .into_iter()
-            .filter(|p| !tried.contains(&p.peer))
+            .filter(|p| !tried.contains(&p.peer) && allowed(&p.peer))
             .take(MAX_TRIES - tried.len())
             .collect();
         let count = candidates.len();

@@ -32,8 +32,9 @@ impl Handler<Call<Services>> for ServiceRegistry {
             Request::Find {
                 service,
                 limit,
+                only,
                 reply,
-            } => spawn_answer(reply, self.find(service, limit)),
+            } => spawn_answer(reply, self.find(service, limit, only)),
             Request::Call { call, reply } => spawn_answer(reply, self.call(call, ctx)),
             Request::Reply { request, reply } => answer(reply, self.reply(request, ctx)),
             // The sessions part opens channels (see `route_services`): never routed here.

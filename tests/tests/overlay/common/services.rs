@@ -86,6 +86,7 @@ impl Node {
             .services(|reply| Request::Find {
                 service,
                 limit: 0,
+                only: None,
                 reply,
             })
             .await?;
@@ -133,6 +134,7 @@ impl Node {
                         peer,
                         timeout_ms,
                         deadline,
+                        only: None,
                     },
                     reply,
                 })

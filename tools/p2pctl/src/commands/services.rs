@@ -20,14 +20,23 @@ pub(crate) async fn run(client: &Client, command: ServicesCommand) -> anyhow::Re
         ServicesCommand::Find {
             service,
             limit,
+            group,
             json,
-        } => find(client, &service, limit.unwrap_or(0), json.json).await,
+        } => {
+            let request = FindServiceRequest {
+                service,
+                limit: limit.unwrap_or(0),
+                group: group.unwrap_or_default(),
+            };
+            find(client, request, json.json).await
+        }
         ServicesCommand::Call {
             service,
             payload,
             file,
             app,
             peer,
+            group,
             timeout,
             json,
         } => {
@@ -38,6 +47,7 @@ pub(crate) async fn run(client: &Client, command: ServicesCommand) -> anyhow::Re
                 payload: payload.into(),
                 peer: peer.unwrap_or_default(),
                 timeout_ms: timeout.unwrap_or(0),
+                group: group.unwrap_or_default(),
             };
             call(client, request, json).await
         }
@@ -72,13 +82,11 @@ async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
 
 /// The providers table (PEER, APP, LOCAL, RTT), best first; with `--json` an array of
 /// `service_json`.
-async fn find(client: &Client, service: &str, limit: u32, json: bool) -> anyhow::Result<()> {
+async fn find(client: &Client, request: FindServiceRequest, json: bool) -> anyhow::Result<()> {
+    let service = request.service.clone();
     let reply = client
         .services()
-        .find_service(FindServiceRequest {
-            service: service.to_owned(),
-            limit,
-        })
+        .find_service(request)
         .await
         .or_fail(&format!("cannot find {service}"))?;
     if json {

@@ -169,6 +169,7 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
             peer: String::new(),
             batch: false,
             half_close: false,
+            group: String::new(),
         })),
     })
     .await
@@ -210,6 +211,7 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
         peer: String::new(),
         batch: true,
         half_close: false,
+        group: String::new(),
     };
     let mut channel = a.open_service_channel(open).await.expect("opens");
     assert_eq!(channel.opened.peer_id, ids[1]);
@@ -416,6 +418,17 @@ async fn find_and_call_restricted_to_a_group_reach_only_its_members() {
             .expect("a call in the group")
             .into_inner();
         assert_eq!(reply.peer_id, b, "call {i}");
+    }
+    // A channel within the group opens to B too.
+    for _ in 0..3 {
+        let open = OpenServiceChannel {
+            app_id: "caller".into(),
+            service: UPPER.into(),
+            group: "friends".into(),
+            ..OpenServiceChannel::default()
+        };
+        let channel = a.open_service_channel(open).await.expect("opens");
+        assert_eq!(channel.opened.peer_id, b);
     }
     // Naming a provider outside the group, or a group this node does not hold, is refused.
     let err = a

@@ -429,6 +429,7 @@ fn opener(registry: Registry) -> Opener {
                         app_id: forward_app(),
                         service,
                         peer,
+                        only: None,
                         reply,
                     })
                     .await?;

@@ -57,27 +57,43 @@ impl ServicesApi {
         Self { ctx, stop }
     }
 
-    /// Asks the service behind `p2pos.service.v1` (the overlay) and waits for its answer.
     /// The peers of group `group` (id or name), when one is named: providers must be among
-    /// them.
-    async fn only_members(&self, group: &str) -> Result<Option<Vec<PeerId>>, Status> {
+    /// them, `peer` (a provider named too) included.
+    async fn only_members(
+        &self,
+        group: &str,
+        peer: Option<&PeerRef>,
+    ) -> Result<Option<Vec<PeerId>>, Status> {
         if group.trim().is_empty() {
             return Ok(None);
         }
-        let group = group.trim().to_owned();
+        let group = group.trim();
+        let asked = group.to_owned();
         let members = self
             .ctx
             .registry
-            .ask::<GroupsProtocol, _>(|reply| GroupsCall::Members { group, reply })
+            .ask::<GroupsProtocol, _>(|reply| GroupsCall::Members {
+                group: asked,
+                reply,
+            })
             .await?;
         let peers = members
             .members
             .iter()
             .filter_map(|m| PeerRef::parse(&m.peer_id).ok().map(|p| p.peer))
-            .collect();
+            .collect::<Vec<_>>();
+        if let Some(peer) = peer
+            && !peers.contains(&peer.peer)
+        {
+            return Err(Status::failed_precondition(format!(
+                "peer {} is not a member of group {group:?}",
+                peer.peer
+            )));
+        }
         Ok(Some(peers))
     }
 
+    /// Asks the service behind `p2pos.service.v1` (the overlay) and waits for its answer.
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> ServicesCall) -> Result<T, Status> {
         Ok(self.ctx.registry.ask::<ServicesProtocol, T>(make).await?)
     }
@@ -197,7 +213,7 @@ impl Services for ServicesApi {
             group,
         } = req.into_inner();
         let service = service_name(&service)?;
-        let only = self.only_members(&group).await?;
+        let only = self.only_members(&group, None).await?;
         let found = self
             .ask(|reply| ServicesCall::Find {
                 service,
@@ -224,15 +240,7 @@ impl Services for ServicesApi {
         payload_size("a call payload", payload.len())?;
         let service = service_name(&service)?;
         let peer = provider(&peer)?;
-        let only = self.only_members(&group).await?;
-        if let (Some(only), Some(peer)) = (&only, &peer)
-            && !only.contains(&peer.peer)
-        {
-            return Err(Status::failed_precondition(format!(
-                "peer {} is not a member of group {group:?}",
-                peer.peer
-            )));
-        }
+        let only = self.only_members(&group, peer.as_ref()).await?;
         let answer = self
             .ask(|reply| ServicesCall::Call {
                 call: OutgoingCall {
@@ -294,15 +302,18 @@ impl Services for ServicesApi {
             peer,
             batch,
             half_close,
+            group,
         } = open;
         let app_id = acting_app(&scope, app_id)?;
         let service = service_name(&service)?;
         let peer = provider(&peer)?;
+        let only = self.only_members(&group, peer.as_ref()).await?;
         let channel = self
             .ask(|reply| ServicesCall::OpenChannel {
                 app_id,
                 service,
                 peer,
+                only,
                 reply,
             })
             .await?;

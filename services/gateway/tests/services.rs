@@ -532,6 +532,7 @@ fn open(app_id: &str) -> ServiceChannelInput {
             peer: String::new(),
             batch: false,
             half_close: false,
+            group: String::new(),
         })),
     }
 }

@@ -48,9 +48,10 @@ impl OverlayService {
         &mut self,
         app_id: String,
         service: ServiceName,
-        peer: Option<PeerRef>,
+        (peer, only): (Option<PeerRef>, Option<Vec<PeerId>>),
         ctx: &mut Context<Self>,
     ) -> Fut<ChannelStream> {
+        let allowed = move |peer: &PeerId| only.as_ref().is_none_or(|only| only.contains(peer));
         let fail = |e| ready(Err(e));
         let service = service.into_string();
         let target = peer.map(|PeerRef { peer, addrs }| (peer, addrs));
@@ -71,6 +72,7 @@ impl OverlayService {
         // A provider on this node first, now, while the actor is at hand.
         let here = match &target {
             Some((peer, _)) if *peer != local => None,
+            None if !allowed(&local) => None,
             _ => self.provider_here(&service),
         };
         let mut local_opening = None;
@@ -135,8 +137,15 @@ impl OverlayService {
                         what: format!("reaching a provider of '{service}'"),
                         after: channel::REACH_TIME,
                     };
-                    let any = |_: &PeerId| true;
-                    try_providers(&net, (&service, &any), until, failures, timed_out, opening).await
+                    try_providers(
+                        &net,
+                        (&service, &allowed),
+                        until,
+                        failures,
+                        timed_out,
+                        opening,
+                    )
+                    .await
                 }
             }?;
             Ok(count(stream, channel_permit))
@@ -206,10 +215,11 @@ impl Handler<Call<Services>> for OverlayService {
                 app_id,
                 service,
                 peer,
+                only,
                 reply,
             } => spawn_answer(
                 reply,
-                self.open_service(app_id.into_string(), service, peer, ctx),
+                self.open_service(app_id.into_string(), service, (peer, only), ctx),
             ),
             // The registry's: dropped, and its caller hears so.
             other => warn!("the sessions part was handed {other:?}"),

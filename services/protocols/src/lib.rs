@@ -450,6 +450,8 @@ pub mod services {
             service: ServiceName,
             /// The provider's node; `None`: the best provider found.
             peer: Option<PeerRef>,
+            /// Only providers among these peers (a group's members); `None`: any.
+            only: Option<Vec<libp2p::PeerId>>,
             /// The channel, carrying length-delimited frames like an app channel.
             reply: Reply<ChannelStream>,
         },

@@ -173,6 +173,7 @@ impl Node {
                     app_id: app("client"),
                     service,
                     peer,
+                    only: None,
                     reply,
                 })
                 .await

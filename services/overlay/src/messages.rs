@@ -8,7 +8,7 @@
 //! mailbox every instance shares.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -65,6 +65,9 @@ pub(crate) struct Messages {
     /// The open `Receive` streams per app, each following the app's inbox on its own;
     /// finished ones are dropped whenever the app's list changes.
     receivers: Arc<Mutex<HashMap<String, Vec<Follower>>>>,
+    /// The apps whose acknowledged messages some open stream still holds back: a stream of
+    /// one of them that moves on removes what it passed (no other stream reads the store).
+    held_back: Arc<Mutex<HashSet<String>>>,
     /// Requests being served.
     in_flight: Arc<Semaphore>,
     /// Cancelled when the overlay instance that owns the part goes: every task ends.
@@ -86,6 +89,7 @@ impl Messages {
             delivery,
             net,
             receivers: Arc::default(),
+            held_back: Arc::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             stopping,
         };
@@ -313,11 +317,19 @@ impl Messages {
         };
         let upto = match floor {
             None => u64::MAX,
-            Some(next) => match next.checked_sub(1) {
-                Some(upto) => upto,
-                None => return Ok(()),
-            },
+            Some(next) => next.saturating_sub(1),
         };
+        {
+            let mut held_back = self.held_back.lock().unwrap_or_else(|e| e.into_inner());
+            if floor.is_some_and(|next| next <= mark) {
+                held_back.insert(app.clone());
+            } else {
+                held_back.remove(&app);
+            }
+        }
+        if floor == Some(0) {
+            return Ok(());
+        }
         self.mailbox
             .blocking(move |mailbox| mailbox.remove_acked(&app, upto))
             .await?;
@@ -355,7 +367,6 @@ impl Messages {
                 continue;
             }
             let mut sent = true;
-            let before = cursor;
             for message in batch {
                 let inbox_id = message.inbox_id;
                 if tx.send(message).await.is_err() {
@@ -369,27 +380,22 @@ impl Messages {
             if !sent {
                 break;
             }
-            self.remove_behind(&app, before).await;
+            self.remove_behind(&app).await;
         }
         // Gone: it holds nothing back any more.
         next.store(u64::MAX, Ordering::Release);
-        self.remove_behind(&app, None).await;
+        self.remove_behind(&app).await;
     }
 
-    /// After a stream of `app` that was at `was_at` (`None`: at the start, or it ended) moved
-    /// on: removes what the acknowledgement mark covers and no open stream still needs, if
-    /// the stream was behind the mark.
-    async fn remove_behind(&self, app: &str, was_at: Option<u64>) {
-        let reading = app.to_owned();
-        let lagging = match self.mailbox.blocking(move |m| m.acked(&reading)).await {
-            Ok(Some(mark)) => was_at.is_none_or(|at| at <= mark),
-            Ok(None) => false,
-            Err(e) => {
-                warn!(app, "cannot read the acknowledgement mark: {e}");
-                false
-            }
-        };
-        if lagging && let Err(e) = self.remove_acked(app.to_owned()).await {
+    /// After a stream of `app` moved on (or ended): if acknowledged messages of the app were
+    /// held back by its streams, removes those none still needs.
+    async fn remove_behind(&self, app: &str) {
+        let held_back = self
+            .held_back
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(app);
+        if held_back && let Err(e) = self.remove_acked(app.to_owned()).await {
             warn!(app, "cannot remove acknowledged messages: {e}");
         }
     }

@@ -527,21 +527,28 @@ async fn read(
     got
 }
 
-#[actix_rt::test]
-async fn every_receive_of_an_app_gets_every_message_whoever_acknowledges_it() {
-    const N: usize = 20;
+/// A and B, connected, B's app `chat` in session (the returned one), and `n` lines from A's
+/// `chat` stored in B's inbox: "line 1" to "line n".
+async fn lines_delivered(n: usize) -> (Node, Node, Session) {
     let a = Node::boot().await;
     let b = Node::boot().await;
     let (b_ticket, _) = b.ticket().await;
-    let _session = b.chat_session().await;
+    let session = b.chat_session().await;
     a.dial(&b_ticket).await.expect("dial");
-    for i in 1..=N {
+    for i in 1..=n {
         let sent = a
             .send("chat", &b.peer_id(), Bytes::from(format!("line {i}")))
             .await
             .expect("send");
         assert_eq!(sent.state(), DeliveryState::Delivered, "line {i}");
     }
+    (a, b, session)
+}
+
+#[actix_rt::test]
+async fn every_receive_of_an_app_gets_every_message_whoever_acknowledges_it() {
+    const N: usize = 20;
+    let (a, b, _session) = lines_delivered(N).await;
 
     // Two copies of the app receive at once: the first reads everything and acknowledges
     // it; the second has not read yet, and still gets every line, in order.
@@ -615,18 +622,7 @@ async fn every_receive_of_an_app_gets_every_message_whoever_acknowledges_it() {
 #[actix_rt::test]
 async fn a_stalled_copy_of_an_app_is_let_go_and_holds_back_nothing() {
     const N: usize = 20;
-    let a = Node::boot().await;
-    let b = Node::boot().await;
-    let (b_ticket, _) = b.ticket().await;
-    let _session = b.chat_session().await;
-    a.dial(&b_ticket).await.expect("dial");
-    for i in 1..=N {
-        let sent = a
-            .send("chat", &b.peer_id(), Bytes::from(format!("line {i}")))
-            .await
-            .expect("send");
-        assert_eq!(sent.state(), DeliveryState::Delivered, "line {i}");
-    }
+    let (_a, b, _session) = lines_delivered(N).await;
     // One copy reads and acknowledges everything; the other never reads past its buffer.
     let mut reading = b.receive("chat").await.expect("receive");
     let mut stalled = b.receive("chat").await.expect("a second receive");

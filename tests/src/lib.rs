@@ -683,3 +683,22 @@ pub async fn full_mesh_with(n: usize, extra: &[&str]) -> (Vec<Node>, Vec<String>
     }
     (nodes, ids)
 }
+
+/// `n` nodes, every other one connected to the first (the hub sees each dial), with a client of
+/// each and their peer ids, in the same order.
+pub async fn star(n: usize) -> (Vec<Node>, Vec<Client>, Vec<String>) {
+    let mut nodes: Vec<Node> = (0..n).map(|_| Node::start(&[])).collect();
+    let mut clients = Vec::new();
+    let mut ids = Vec::new();
+    for node in &mut nodes {
+        clients.push(node.client().await);
+        ids.push(node.peer_id().await);
+    }
+    let hub = nodes[0].ticket().await;
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let (ok, _, err) = p2pctl(node, &["dial", &hub]);
+        assert!(ok, "{err}");
+        connected_peer(&clients[0], &ids[i], "the hub to see the dial").await;
+    }
+    (nodes, clients, ids)
+}

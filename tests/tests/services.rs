@@ -14,7 +14,7 @@ use p2pos_proto::{
         ServiceChannelInput, service_channel_input,
     },
 };
-use p2pos_tests::{Node, connected_peer, full_mesh, p2pctl, provide, wait_for};
+use p2pos_tests::{Node, full_mesh, p2pctl, provide, star, wait_for};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -98,27 +98,9 @@ async fn first_answer(client: &Client, payload: &str) -> p2pos_proto::service::v
     .await
 }
 
-/// Starts `n` nodes; every other one dials the first.
-async fn network(n: usize) -> (Vec<Node>, Vec<Client>, Vec<String>) {
-    let mut nodes: Vec<Node> = (0..n).map(|_| Node::start(&[])).collect();
-    let mut clients = Vec::new();
-    let mut ids = Vec::new();
-    for node in &mut nodes {
-        clients.push(node.client().await);
-        ids.push(node.peer_id().await);
-    }
-    let hub = nodes[0].ticket().await;
-    for (i, node) in nodes.iter().enumerate().skip(1) {
-        let (ok, _, err) = p2pctl(node, &["dial", &hub]);
-        assert!(ok, "{err}");
-        connected_peer(&clients[0], &ids[i], "the hub to see the dial").await;
-    }
-    (nodes, clients, ids)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_found_by_name_answers_calls_and_channels() {
-    let (_nodes, clients, ids) = network(2).await;
+    let (_nodes, clients, ids) = star(2).await;
     let (a, b) = (&clients[0], &clients[1]);
     let provider = provide_upper(b.clone(), "upper-app").await;
 
@@ -244,7 +226,7 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_go_to_another_provider_when_one_stops_and_a_local_one_first() {
-    let (_nodes, clients, ids) = network(3).await;
+    let (_nodes, clients, ids) = star(3).await;
     let a = &clients[0];
     let on_b = provide_upper(clients[1].clone(), "upper-app").await;
     let on_c = provide_upper(clients[2].clone(), "upper-app").await;

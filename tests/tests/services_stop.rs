@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use p2pos_client::Client;
 use p2pos_proto::service::v1::{CallRequest, FindServiceRequest, ListServicesRequest};
-use p2pos_tests::{Node, connected_peer, p2pctl, provide, wait_for};
+use p2pos_tests::{Node, p2pctl, provide, star, wait_for};
 use tokio::task::JoinHandle;
 
 const T: Duration = Duration::from_secs(30);
@@ -34,24 +34,6 @@ fn call(payload: &str) -> CallRequest {
         timeout_ms: 0,
         ..CallRequest::default()
     }
-}
-
-/// Starts `n` nodes; every other one dials the first.
-async fn network(n: usize) -> (Vec<Node>, Vec<Client>, Vec<String>) {
-    let mut nodes: Vec<Node> = (0..n).map(|_| Node::start(&[])).collect();
-    let mut clients = Vec::new();
-    let mut ids = Vec::new();
-    for node in &mut nodes {
-        clients.push(node.client().await);
-        ids.push(node.peer_id().await);
-    }
-    let hub = nodes[0].ticket().await;
-    for (i, node) in nodes.iter().enumerate().skip(1) {
-        let (ok, _, err) = p2pctl(node, &["dial", &hub]);
-        assert!(ok, "{err}");
-        connected_peer(&clients[0], &ids[i], "the hub to see the dial").await;
-    }
-    (nodes, clients, ids)
 }
 
 async fn find(client: &Client) -> Vec<p2pos_proto::service::v1::ServiceInfo> {
@@ -81,7 +63,7 @@ fn freeze(node: Option<&Node>) {
 /// a provider that no longer answers.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_provider_is_skipped_at_once() {
-    let (nodes, clients, ids) = network(4).await;
+    let (nodes, clients, ids) = star(4).await;
     let nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
     let a = &clients[0];
     let mut providers = [

@@ -28,15 +28,21 @@ pub struct RunningHelper {
 /// Takes samples of the machine; keeps what the next sample's CPU figures are measured from.
 pub struct Sampler {
     system: System,
+    /// The data directory, canonical, and the mount point of its file system (read once: it
+    /// does not move while the node runs).
     data_dir: PathBuf,
+    mount_point: String,
     node_pid: Pid,
 }
 
 impl Sampler {
-    /// A sampler for a node whose data directory is `data_dir`.
+    /// A sampler for a node whose data directory is `data_dir`. Reads the machine's mount
+    /// list.
     pub fn new(data_dir: PathBuf) -> Self {
+        let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
         Self {
             system: System::new(),
+            mount_point: mount_point(&data_dir),
             data_dir,
             node_pid: Pid::from_u32(std::process::id()),
         }
@@ -96,7 +102,7 @@ impl Sampler {
                 swap_total_bytes: self.system.total_swap(),
                 swap_used_bytes: self.system.used_swap(),
             }),
-            disk: Some(disk(&self.data_dir)),
+            disk: Some(disk(&self.data_dir, &self.mount_point)),
             node: Some(node),
             helpers,
             sampled_at_ms: now_ms(),
@@ -141,11 +147,9 @@ impl Sampler {
     }
 }
 
-/// The file system holding `dir`: sizes from `statvfs` of the directory itself, the mount point
-/// from the machine's disk list (the longest one that contains it).
-fn disk(dir: &Path) -> Disk {
-    let path = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let (total_bytes, available_bytes) = match nix::sys::statvfs::statvfs(&path) {
+/// The file system holding `dir`: its sizes now, from `statvfs` of the directory itself.
+fn disk(dir: &Path, mount_point: &str) -> Disk {
+    let (total_bytes, available_bytes) = match nix::sys::statvfs::statvfs(dir) {
         Ok(fs) => {
             let block = fs.fragment_size();
             (
@@ -155,19 +159,24 @@ fn disk(dir: &Path) -> Disk {
         }
         Err(_) => (0, 0),
     };
-    let mount_point = Disks::new_with_refreshed_list()
-        .iter()
-        .map(|d| d.mount_point().to_path_buf())
-        .filter(|m| path.starts_with(m))
-        .max_by_key(|m| m.as_os_str().len())
-        .map(|m| m.display().to_string())
-        .unwrap_or_default();
     Disk {
-        path: path.display().to_string(),
-        mount_point,
+        path: dir.display().to_string(),
+        mount_point: mount_point.to_owned(),
         total_bytes,
         available_bytes,
     }
+}
+
+/// The mount point of the file system holding `dir`: the longest in the machine's disk list
+/// that contains it.
+fn mount_point(dir: &Path) -> String {
+    Disks::new_with_refreshed_list()
+        .iter()
+        .map(|d| d.mount_point().to_path_buf())
+        .filter(|m| dir.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
+        .map(|m| m.display().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

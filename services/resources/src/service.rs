@@ -168,16 +168,17 @@ async fn keep_sampling(
     tx: watch::Sender<Inventory>,
     metrics: Metrics,
 ) {
-    let mut sampler = Some(Sampler::new(ctx.config.data_dir.clone()));
+    // Made on the blocking pool with the first sample (it reads the mount list), and again
+    // after a sample that panicked.
+    let mut sampler: Option<Sampler> = None;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let helpers = running_helpers(&ctx).await;
-        let Some(mut taken) = sampler.take() else {
-            return;
-        };
+        let (taken, data_dir) = (sampler.take(), ctx.config.data_dir.clone());
         let sampled = tokio::task::spawn_blocking(move || {
+            let mut taken = taken.unwrap_or_else(|| Sampler::new(data_dir));
             let inventory = taken.sample(&helpers, interval);
             (taken, inventory)
         })
@@ -188,10 +189,7 @@ async fn keep_sampling(
                 metrics.set(&inventory);
                 tx.send_replace(inventory);
             }
-            Err(e) => {
-                warn!("sampling the machine failed: {e}; trying again");
-                sampler = Some(Sampler::new(ctx.config.data_dir.clone()));
-            }
+            Err(e) => warn!("sampling the machine failed: {e}; trying again"),
         }
     }
 }

@@ -1,29 +1,51 @@
 //! `p2pos.group.v1.Groups`: groups with a signed member list. Reading is open to any scope;
-//! changing (create, invite, join, leave, remove, admins, rename, sync) is the admin's.
+//! changing (create, invite, join, leave, remove, admins, rename, sync) is the admin's; an app
+//! publishes on and follows its own app's topics.
 
 use p2pos_kernel::ServiceContext;
 use p2pos_proto::group::v1::{
     CreateRequest, Group, GroupRef, InviteReply, InviteRequest, JoinRequest, LeaveReply, ListReply,
-    ListRequest, MemberRequest, MembersReply, RenameRequest, SyncReply,
-    groups_server::Groups as GroupsRpc,
+    ListRequest, MemberRequest, MembersReply, PublishReply, PublishRequest, RenameRequest,
+    SubscribeRequest, SyncReply, TopicMessage, groups_server::Groups as GroupsRpc,
 };
 use p2pos_protocols::{
     Groups, Reply,
     groups::{self, Change},
 };
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::auth::caller;
+use crate::{
+    BoxStream,
+    auth::{Scope, caller},
+    cut_on_stop, unavailable_at_end,
+};
 
 /// The adapter.
 pub struct GroupsApi {
     ctx: ServiceContext,
+    stop: CancellationToken,
+}
+
+/// The app whose topic a call names: `app`, or the caller's own when empty.
+fn topic_app(scope: &Scope, app: &str) -> Result<String, Status> {
+    match (scope, app.is_empty()) {
+        (Scope::App(own), true) => Ok(own.clone()),
+        (Scope::Admin, true) => Err(Status::invalid_argument(
+            "app is empty: the admin names the app whose topic it is",
+        )),
+        (_, false) => {
+            scope.require_app(app)?;
+            Ok(app.to_owned())
+        }
+    }
 }
 
 impl GroupsApi {
-    /// For this node.
-    pub fn new(ctx: ServiceContext) -> Self {
-        Self { ctx }
+    /// For this node; streams end when `stop` is cancelled.
+    pub fn new(ctx: ServiceContext, stop: CancellationToken) -> Self {
+        Self { ctx, stop }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> groups::Request) -> Result<T, Status> {
@@ -50,6 +72,45 @@ impl GroupsApi {
 
 #[tonic::async_trait]
 impl GroupsRpc for GroupsApi {
+    type SubscribeStream = BoxStream<TopicMessage>;
+
+    async fn publish(
+        &self,
+        req: Request<PublishRequest>,
+    ) -> Result<Response<PublishReply>, Status> {
+        let app = topic_app(&caller(&req)?, &req.get_ref().app)?;
+        let request = req.into_inner();
+        let published = self
+            .ask(|reply| groups::Request::Publish {
+                app,
+                request,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(published))
+    }
+
+    async fn subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let app = topic_app(&caller(&req)?, &req.get_ref().app)?;
+        let request = req.into_inner();
+        let messages = self
+            .ask(|reply| groups::Request::Subscribe {
+                app,
+                request,
+                reply,
+            })
+            .await?;
+        let messages = unavailable_at_end(
+            Box::pin(ReceiverStream::new(messages).map(|m| m.map_err(Status::from))),
+            "the subscription ended: it fell too far behind, or the groups service restarted; \
+             subscribe again with since_ms to get what was missed",
+        );
+        Ok(Response::new(cut_on_stop(messages, self.stop.clone())))
+    }
+
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<Group>, Status> {
         caller(&req)?.require_admin()?;
         let request = req.into_inner();

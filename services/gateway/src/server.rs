@@ -119,7 +119,7 @@ fn routes(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(ResourcesServer::new(ResourcesApi::new(ctx.clone())))
-        .add_service(GroupsServer::new(GroupsApi::new(ctx.clone())));
+        .add_service(GroupsServer::new(GroupsApi::new(ctx.clone(), stop.clone())));
     Ok((routes, reporter))
 }
 

@@ -36,6 +36,8 @@ struct Inner {
 pub struct Book {
     inner: Arc<Mutex<Inner>>,
     store: Arc<dyn Store>,
+    /// Counts changes to the groups held (member lists included).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn op_key(group: GroupId, hash: &Hash) -> Vec<u8> {
@@ -95,6 +97,7 @@ impl Book {
         Ok(Book {
             inner: Arc::new(Mutex::new(inner)),
             store,
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -136,6 +139,8 @@ impl Book {
                 inner.groups.insert(id, log);
             }
         }
+        drop(inner);
+        self.changed();
         Ok(())
     }
 
@@ -159,6 +164,8 @@ impl Book {
             .collect();
         if !ops.is_empty() {
             self.save(group, &ops)?;
+            drop(inner);
+            self.changed();
         }
         Ok((added.len(), rejected))
     }
@@ -221,7 +228,17 @@ impl Book {
         )?;
         self.store.flush()?;
         self.lock().groups.remove(&group);
+        self.changed();
         Ok(())
+    }
+
+    /// Follows changes to the groups held (a counter that grows).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Counts one use of invite `id` (allowing `max_uses` until `expires_ms`), durably; `Err`

@@ -1,7 +1,7 @@
 //! Groups: overlay networks whose member list is a log of membership operations, each signed
 //! by the node key of an admin of its moment and naming the heads its signer saw (a DAG),
 //! replicated between members over `/p2pos/group/1` and checked by every member with no
-//! server. Answers `p2pos.group.v1`; other services ask whether a peer is a member with
+//! server, and pubsub confined to each group's members. Answers `p2pos.group.v1`; other services ask whether a peer is a member with
 //! `groups::Request::IsMember`.
 //!
 //! # Layout
@@ -13,6 +13,7 @@
 //! - [`node`]: what this node does: found, invite, sign changes, leave.
 //! - [`rate`]: asks per peer, limited.
 //! - [`sync`]: `/p2pos/group/1`: exchanging heads and operations with members.
+//! - [`pubsub`]: topics per group and app: publishing, following, catch-up, receipts.
 //! - `join`: joining with an invite, both sides.
 //! - [`service`]: the actor answering `p2pos.group.v1`, and its child spec.
 
@@ -23,6 +24,7 @@ mod join;
 pub mod log;
 pub mod node;
 pub mod op;
+pub mod pubsub;
 pub mod rate;
 pub mod service;
 pub mod sync;

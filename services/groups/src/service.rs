@@ -2,12 +2,12 @@
 //! [`Node`] handle), serves `/p2pos/group/1`, and exchanges heads with members when they
 //! connect and when it starts.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use actix::prelude::*;
 use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
-    ServiceError, StopService, Uses,
+    ServiceError, StopService, Uses, store::Writer,
 };
 use p2pos_proto::group::v1::{ListReply, SyncReply};
 use p2pos_protocols::{
@@ -21,12 +21,17 @@ use crate::{
     book::{Book, TREE},
     node::Node,
     op::GroupId,
+    pubsub::{self, Pubsub},
     sync::{FRAME_WAIT, MAX_FRAME, PROTOCOL},
 };
 
 /// Inbound `/p2pos/group/1` streams served at once, in all and from one peer.
 const INBOUND_TOTAL: usize = 64;
 const INBOUND_PER_PEER: usize = 4;
+/// Inbound `/p2pos/pubsub/1` streams (receipts, catch-up) served at once, in all and from one
+/// peer.
+const PUBSUB_TOTAL: usize = 256;
+const PUBSUB_PER_PEER: usize = 16;
 
 /// The service's name.
 pub const NAME: &str = "groups";
@@ -40,7 +45,7 @@ pub fn child_spec(config: Config) -> ChildSpec {
             // Its protocol, signing, connection events.
             needs: &[NETWORK],
             // The groups' logs and invite uses.
-            trees: &[TREE],
+            trees: &[TREE, pubsub::TREE],
             provides: &[Groups::NAME],
             ..Uses::default()
         },
@@ -66,14 +71,32 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
             drop_stream,
         )
         .map_err(|e| e.to_string())?;
+    let (writer, _) = Writer::spawn(ctx.store.clone(), NAME).map_err(|e| e.to_string())?;
+    let pubsub = Pubsub::load(node.book().clone(), net.clone(), ctx.store.as_ref(), writer);
+    let serving = pubsub.clone();
+    let accepting_pubsub = net
+        .accept(
+            pubsub::PROTOCOL,
+            Limits {
+                total: PUBSUB_TOTAL,
+                per_peer: PUBSUB_PER_PEER,
+                max_frame: pubsub::wire::MAX_FRAME,
+                idle: pubsub::wire::FRAME_WAIT,
+            },
+            move |peer, stream| serving.clone().serve(peer, stream),
+            drop_stream,
+        )
+        .map_err(|e| e.to_string())?;
     let resync = Duration::from_secs(config.resync_secs);
-    let follower = tokio::spawn(follow(node.clone(), net, resync));
+    let follower = tokio::spawn(follow(node.clone(), pubsub.clone(), net, resync));
+    let sweeper = tokio::spawn(pubsub.clone().sweep_forever());
     let addr = GroupsService {
         ctx: ctx.clone(),
         _guard: guard,
         node,
-        follower,
-        _accepting: accepting,
+        pubsub,
+        tasks: [follower, sweeper],
+        _accepting: [accepting, accepting_pubsub],
     }
     .start();
     ctx.registry
@@ -86,9 +109,13 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
 }
 
 /// Exchanges heads with every member at start and every `resync`, and with each member
-/// that connects.
-async fn follow(node: Node, net: Network, resync: Duration) {
+/// that connects (and catches up on followed topics from it); tells the network each group's
+/// members as they change.
+async fn follow(node: Node, pubsub: Pubsub, net: Network, resync: Duration) {
     let mut events = net.subscribe();
+    let mut changes = node.book().changes();
+    let mut scopes = HashMap::new();
+    pubsub.membership_changed(&mut scopes).await;
     let mut ticks = tokio::time::interval(resync);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let tell_all = |node: &Node| {
@@ -100,8 +127,15 @@ async fn follow(node: Node, net: Network, resync: Duration) {
         tokio::select! {
             // The first tick is at once: the exchange at start.
             _ = ticks.tick() => tell_all(&node),
+            changed = changes.changed() => match changed {
+                Ok(()) => pubsub.membership_changed(&mut scopes).await,
+                Err(_) => return,
+            },
             event = events.recv() => match event {
-                Ok(NetEvent::Connected(peer)) => node.connected(peer),
+                Ok(NetEvent::Connected(peer)) => {
+                    node.connected(peer);
+                    pubsub.connected(peer);
+                }
                 // Connections missed: every member is asked.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => tell_all(&node),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -115,14 +149,18 @@ struct GroupsService {
     ctx: ServiceContext,
     _guard: DeathGuard,
     node: Node,
-    follower: JoinHandle<()>,
-    /// Serves `/p2pos/group/1` while it lives.
-    _accepting: Accepting,
+    pubsub: Pubsub,
+    /// Follows the network and the book; sweeps pubsub.
+    tasks: [JoinHandle<()>; 2],
+    /// Serves `/p2pos/group/1` and `/p2pos/pubsub/1` while it lives.
+    _accepting: [Accepting; 2],
 }
 
 impl Drop for GroupsService {
     fn drop(&mut self) {
-        self.follower.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -158,8 +196,19 @@ impl Handler<Call<Groups>> for GroupsService {
     fn handle(&mut self, Call(request): Call<Groups>, _: &mut Self::Context) {
         use groups::Request;
         let node = self.node.clone();
+        let pubsub = self.pubsub.clone();
         tokio::spawn(async move {
             match request {
+                Request::Publish {
+                    app,
+                    request,
+                    reply,
+                } => answer(reply, pubsub.publish(app, request).await),
+                Request::Subscribe {
+                    app,
+                    request,
+                    reply,
+                } => answer(reply, pubsub.subscribe(app, request)),
                 Request::Create { request, reply } => {
                     answer(reply, node.create(&request.name).await);
                 }

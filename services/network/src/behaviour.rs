@@ -1,5 +1,6 @@
 //! The libp2p stack: transports (TCP and QUIC, noise, yamux, relay client) and the combined
-//! [`Behaviour`] (limits, identify, ping, Kademlia, mDNS, AutoNAT, relay, DCUtR, streams).
+//! [`Behaviour`] (limits, identify, ping, Kademlia, mDNS, AutoNAT, relay, DCUtR, streams,
+//! gossip).
 
 use std::{num::NonZeroUsize, time::Duration};
 
@@ -63,6 +64,8 @@ pub(crate) struct Behaviour {
     pub(crate) dcutr: dcutr::Behaviour,
     /// The `/p2pos/...` protocols, served outside the swarm task.
     pub(crate) stream: libp2p_stream::Behaviour,
+    /// Group pubsub: gossipsub confined to each group's members.
+    pub(crate) gossip: crate::gossip::ScopedGossip,
 }
 
 /// Builds the swarm from the node's identity and configuration.
@@ -86,7 +89,11 @@ pub(crate) fn build_swarm(keypair: &Keypair, config: &Config) -> Result<Swarm<Be
     Ok(swarm)
 }
 
-fn behaviour(key: &Keypair, relay_client: relay::client::Behaviour, config: &Config) -> Behaviour {
+fn behaviour(
+    key: &Keypair,
+    relay_client: relay::client::Behaviour,
+    config: &Config,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer_id = key.public().to_peer_id();
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
@@ -140,7 +147,7 @@ fn behaviour(key: &Keypair, relay_client: relay::client::Behaviour, config: &Con
             },
         )
     });
-    Behaviour {
+    Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
         memory: memory_connection_limits::Behaviour::with_max_percentage(MAX_MEMORY_FRACTION),
         identify,
@@ -152,7 +159,8 @@ fn behaviour(key: &Keypair, relay_client: relay::client::Behaviour, config: &Con
         relay_client,
         dcutr: dcutr::Behaviour::new(peer_id),
         stream: libp2p_stream::Behaviour::new(),
-    }
+        gossip: crate::gossip::behaviour(key)?,
+    })
 }
 
 /// The protocol id of the circuit relay server (hop), as identify reports it.

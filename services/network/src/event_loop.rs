@@ -30,6 +30,7 @@ use p2pos_protocols::network::{Command, NetEvent, Reply};
 
 use crate::{
     behaviour::{Behaviour, BehaviourEvent, is_relay_hop},
+    gossip::GossipState,
     metrics::SwarmMetrics,
     peers::{self, PeerBook, is_dialable},
     provider_cache::ProviderCache,
@@ -89,6 +90,8 @@ pub(crate) struct EventLoop {
     pub(crate) provider_cache: ProviderCache,
     /// How providers fared, and when peers were last connected.
     pub(crate) reach: Reach,
+    /// Followed gossip topics.
+    pub(crate) gossip_state: GossipState,
 }
 
 /// What the swarm task is made of.
@@ -153,6 +156,7 @@ impl EventLoop {
             provider_query_of: HashMap::new(),
             provider_cache: ProviderCache::default(),
             reach: Reach::default(),
+            gossip_state: GossipState::default(),
         }
     }
 
@@ -261,6 +265,15 @@ impl EventLoop {
             }
             Command::Ticket { reply } => self.ticket_request(reply),
             Command::Remember { peer, addrs } => self.book.add(peer, addrs),
+            Command::GossipScope { scope, members } => self.gossip_scope(scope, members),
+            Command::GossipSubscribe { topic, sink, reply } => {
+                self.gossip_subscribe(topic, sink, reply);
+            }
+            Command::GossipUnsubscribe { topic } => self.gossip_unsubscribe(topic),
+            Command::GossipPublish { topic, data, reply } => {
+                self.gossip_publish(topic, data, reply);
+            }
+            Command::GossipFollowers { topic, reply } => self.gossip_followers(topic, reply),
             // Handled by the loop itself.
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
@@ -394,6 +407,7 @@ impl EventLoop {
             BehaviourEvent::Limits(never) => match never {},
             BehaviourEvent::Memory(never) => match never {},
             BehaviourEvent::Stream(()) => {}
+            BehaviourEvent::Gossip(event) => self.on_gossip(event),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The P2P OS network service: this node's place in the peer-to-peer network (rust-libp2p:
 //! TCP and QUIC, noise, yamux, identify, ping, Kademlia, mDNS, AutoNAT, circuit relay v2,
-//! DCUtR, connection and memory limits), behind the narrow handle
+//! DCUtR, connection and memory limits, gossipsub confined to groups), behind the narrow handle
 //! [`Network`](p2pos_protocols::network::Network) that it provides to the services started
 //! after it, and answering `p2pos.overlay.v1` (tickets, dialing, peers, ping, DHT look-ups).
 //!
@@ -14,6 +14,7 @@
 //! - [`overlay_api`]: `p2pos.overlay.v1` requests, one exhaustive `match`.
 //! - `behaviour`: the transports and the combined behaviour.
 //! - `event_loop`: the swarm task, swarm events and persistence of what it learns.
+//! - `gossip`: gossipsub confined to each scope's (group's) members, and its commands.
 //! - `connect`: dialing, DHT look-ups of peers, pings.
 //! - `info`: tickets, peer lists and the overlay status.
 //! - `metrics`: what the swarm task records for Prometheus.
@@ -29,6 +30,7 @@ mod behaviour;
 pub mod config;
 mod connect;
 mod event_loop;
+mod gossip;
 mod info;
 mod metrics;
 pub mod overlay_api;

@@ -287,7 +287,9 @@ impl From<network::Error> for Error {
             | network::Error::RecordNotFound { .. }
             | network::Error::AlreadyAccepted(_)
             | network::Error::Setup(_)
-            | network::Error::Store(_)) => Error::Network(other),
+            | network::Error::Store(_)
+            | network::Error::InvalidTopic(_)
+            | network::Error::Gossip(_)) => Error::Network(other),
         }
     }
 }

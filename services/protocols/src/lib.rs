@@ -158,12 +158,19 @@ impl Protocol for Groups {
 
 /// Requests of the [`Groups`] protocol: the gateway hands the checked gRPC request on.
 pub mod groups {
+    use p2pos_kernel::ServiceError;
     use p2pos_proto::group::v1::{
         CreateRequest, Group, InviteReply, InviteRequest, JoinRequest, ListReply, MemberRequest,
-        MembersReply, RenameRequest, SyncReply,
+        MembersReply, PublishReply, PublishRequest, RenameRequest, SubscribeRequest, SyncReply,
+        TopicMessage,
     };
+    use tokio::sync::mpsc;
 
     use crate::Reply;
+
+    /// A followed topic's messages; an `Err` says why it ended (this node left the group, or
+    /// the subscriber fell too far behind).
+    pub type Messages = mpsc::Receiver<Result<TopicMessage, ServiceError>>;
 
     /// A membership change an admin signs.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +248,24 @@ pub mod groups {
             group: String,
             /// How each member fared.
             reply: Reply<SyncReply>,
+        },
+        /// `Groups.Publish`, for `app` (the caller's, checked by the gateway).
+        Publish {
+            /// The app whose topic it is.
+            app: String,
+            /// What to publish.
+            request: PublishRequest,
+            /// Its number, and receipts when asked.
+            reply: Reply<PublishReply>,
+        },
+        /// `Groups.Subscribe`, for `app` (the caller's, checked by the gateway).
+        Subscribe {
+            /// The app whose topic it is.
+            app: String,
+            /// What to follow.
+            request: SubscribeRequest,
+            /// The messages.
+            reply: Reply<Messages>,
         },
         /// Whether `peer` is a member of `group` now, as this node knows: what group-scoped
         /// traffic (pubsub, channels, services) checks.

@@ -93,6 +93,12 @@ pub enum Error {
     /// The store failed.
     #[error("store error: {0}")]
     Store(String),
+    /// A gossip scope or topic that is not well formed.
+    #[error("invalid gossip topic {0:?}: a scope and a topic of 1 to 128 characters, no '/'")]
+    InvalidTopic(String),
+    /// Gossip refused a publication.
+    #[error("gossip refused the message: {0}")]
+    Gossip(String),
 }
 
 impl From<Error> for ServiceError {
@@ -101,13 +107,16 @@ impl From<Error> for ServiceError {
             Error::MissingKind
             | Error::InvalidTarget { .. }
             | Error::SelfTarget(_)
-            | Error::InvalidKey { .. } => ErrorCode::InvalidArgument,
+            | Error::InvalidKey { .. }
+            | Error::InvalidTopic(_) => ErrorCode::InvalidArgument,
             Error::PeerNotFound(_) | Error::RecordNotFound { .. } => ErrorCode::NotFound,
             Error::Unreachable { .. } | Error::NetworkStopped => ErrorCode::Unavailable,
             Error::Busy { .. } | Error::RecordTooLarge { .. } => ErrorCode::ResourceExhausted,
             Error::DhtDisabled => ErrorCode::FailedPrecondition,
             Error::Timeout { .. } => ErrorCode::DeadlineExceeded,
-            Error::AlreadyAccepted(_) | Error::Setup(_) | Error::Store(_) => ErrorCode::Internal,
+            Error::AlreadyAccepted(_) | Error::Setup(_) | Error::Store(_) | Error::Gossip(_) => {
+                ErrorCode::Internal
+            }
         };
         ServiceError::new(code, err.to_string())
     }

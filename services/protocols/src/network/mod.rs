@@ -17,6 +17,7 @@
 
 pub mod accept;
 pub mod error;
+pub mod gossip;
 mod inbound;
 pub mod ticket;
 
@@ -31,6 +32,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use accept::{Accepting, Limits, Overflow};
 pub use error::Error;
+pub use gossip::{GossipMessage, GossipSubscription};
 pub use inbound::InboundStream;
 
 /// The name the network handle is provided under (see `p2pos_kernel::Uses::needs`).
@@ -155,6 +157,46 @@ pub enum Command {
         peer: PeerId,
         /// Its addresses.
         addrs: Vec<Multiaddr>,
+    },
+    /// Only `members` may follow and publish on the gossip topics of `scope` from now on (an
+    /// empty set forgets the scope); peers no longer in it that follow one of its topics are
+    /// disconnected, so that gossip forgets them.
+    GossipScope {
+        /// The scope (a group id).
+        scope: String,
+        /// Its members, this node aside.
+        members: std::collections::HashSet<PeerId>,
+    },
+    /// Follow a gossip topic: its messages by members of its scope go to `sink`; answers
+    /// whether this node was not following it yet.
+    GossipSubscribe {
+        /// The topic's full name ([`gossip::topic_name`]).
+        topic: String,
+        /// Where its messages go (dropped when full: catch-up fills the gap).
+        sink: mpsc::Sender<GossipMessage>,
+        /// Answered once subscribed.
+        reply: Reply<()>,
+    },
+    /// Stop following a gossip topic.
+    GossipUnsubscribe {
+        /// The topic's full name.
+        topic: String,
+    },
+    /// Publish on a gossip topic (followed or not); answers the peers known to follow it.
+    GossipPublish {
+        /// The topic's full name.
+        topic: String,
+        /// The message.
+        data: Bytes,
+        /// The followers it went to, as far as gossip knows.
+        reply: Reply<Vec<PeerId>>,
+    },
+    /// The peers known to follow a gossip topic.
+    GossipFollowers {
+        /// The topic's full name.
+        topic: String,
+        /// The peers.
+        reply: oneshot::Sender<Vec<PeerId>>,
     },
     /// Close the swarm; answered once it is dropped.
     Shutdown {
@@ -557,6 +599,67 @@ impl Network {
         if !addrs.is_empty() {
             let _ = self.commands.try_send(Command::Remember { peer, addrs });
         }
+    }
+
+    /// Lets only `members` follow and publish on `scope`'s gossip topics (an empty set forgets
+    /// the scope); the latest set wins.
+    pub async fn gossip_scope(
+        &self,
+        scope: &str,
+        members: std::collections::HashSet<PeerId>,
+    ) -> Result<(), Error> {
+        gossip::check_part(scope)?;
+        let scope = scope.to_owned();
+        self.commands
+            .send(Command::GossipScope { scope, members })
+            .await
+            .map_err(|_| Error::NetworkStopped)
+    }
+
+    /// Follows `topic` of `scope`: messages whose author is a member of the scope arrive on
+    /// the subscription (at most `queue` waiting); dropping it stops following.
+    pub async fn gossip_subscribe(
+        &self,
+        scope: &str,
+        topic: &str,
+        queue: usize,
+    ) -> Result<GossipSubscription, Error> {
+        let topic = gossip::topic_name(scope, topic)?;
+        let (sink, messages) = mpsc::channel(queue.max(1));
+        let name = topic.clone();
+        self.request(|reply| Command::GossipSubscribe { topic, sink, reply })
+            .await??;
+        Ok(GossipSubscription::new(
+            name,
+            messages,
+            self.commands.clone(),
+        ))
+    }
+
+    /// Publishes `data` on `topic` of `scope`; answers the followers it went to (none when no
+    /// member follows it at the moment, which is not an error).
+    pub async fn gossip_publish(
+        &self,
+        scope: &str,
+        topic: &str,
+        data: Bytes,
+    ) -> Result<Vec<PeerId>, Error> {
+        let topic = gossip::topic_name(scope, topic)?;
+        if data.len() > gossip::MAX_MESSAGE {
+            return Err(Error::RecordTooLarge {
+                size: data.len(),
+                limit: gossip::MAX_MESSAGE,
+            });
+        }
+        self.request(|reply| Command::GossipPublish { topic, data, reply })
+            .await?
+    }
+
+    /// The peers known to follow `topic` of `scope`.
+    pub async fn gossip_followers(&self, scope: &str, topic: &str) -> Result<Vec<PeerId>, Error> {
+        let topic = gossip::topic_name(scope, topic)?;
+        self.request(|reply| Command::GossipFollowers { topic, reply })
+            .await
     }
 
     /// Closes the swarm and waits until it is gone.

@@ -1,0 +1,656 @@
+//! Group pubsub: apps publish on a topic of their app in a group, and follow topics with a
+//! stream. A post is a [`GroupPost`] in an envelope signed with the publishing node's key; it
+//! travels by gossip confined to the group's members (the network refuses other followers and
+//! rejects posts by non-members), and by catch-up over `/p2pos/pubsub/1`, where a node asks
+//! members for the posts of a topic it lacks — when it starts following a topic, when a member
+//! connects, and when a post shows it missed earlier ones. Each sender's posts reach the apps
+//! in order; a publisher that asks gets a receipt from each member's node that has its post.
+//!
+//! # Layout
+//! - this file: the [`Pubsub`] handle: publishing, following, taking posts in.
+//! - [`topic`]: one topic's history and order (pure).
+//! - `wire`: `/p2pos/pubsub/1`: receipts and catch-up, both sides.
+//! - `stored`: posts and post numbers kept in the store tree [`TREE`].
+
+mod stored;
+pub mod topic;
+pub mod wire;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use libp2p::PeerId;
+use p2pos_kernel::{ErrorCode, ServiceError, Store, events::now_ms, store::Writer};
+use p2pos_proto::{
+    group::v1::{PublishReply, PublishRequest, SubscribeRequest, TopicMessage},
+    wire::v1::GroupPost,
+};
+use p2pos_protocols::{
+    groups::Messages,
+    network::{GossipSubscription, Network, open_signed},
+};
+use prost::Message as _;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::debug;
+
+pub use stored::TREE;
+pub use wire::PROTOCOL;
+
+use crate::{
+    book::Book,
+    op::GroupId,
+    pubsub::topic::{HISTORY_WINDOW, Post, Taken, Topic, TopicKey},
+    rate::RateLimit,
+};
+
+/// The signed envelope's payload type of a post.
+pub const POST_TYPE: &str = "/p2pos/group/post";
+/// Largest data of one post.
+pub const MAX_DATA: usize = 64 * 1024;
+/// Longest topic name.
+pub const MAX_TOPIC: usize = 128;
+/// Longest app id in a post.
+const MAX_APP: usize = 128;
+/// Topics a node holds (followed, or with posts kept).
+pub const MAX_TOPICS: usize = 256;
+/// Subscriptions to one topic at once.
+pub const SUBSCRIBERS_PER_TOPIC: usize = 16;
+/// Subscriptions of one app at once.
+pub const SUBSCRIPTIONS_PER_APP: usize = 64;
+/// Messages waiting for a subscriber; one that falls further behind is ended.
+pub const SUBSCRIBER_QUEUE: usize = 2048;
+/// Longest wait for receipts.
+pub const MAX_REPORT_MS: u32 = 60_000;
+/// How long after it was sent a post still gets a receipt.
+const RECEIPT_WINDOW: Duration = Duration::from_secs(60);
+/// Receipts being sent at once; more are dropped.
+const RECEIPTS_AT_ONCE: usize = 64;
+/// Gossip messages waiting for the groups service, per followed topic.
+const GOSSIP_QUEUE: usize = 1024;
+/// How often waiting posts and gone subscribers are looked at.
+const SWEEP: Duration = Duration::from_millis(250);
+/// How long the catch-up at the start of following holds posts of unknown senders back.
+const START_HOLD: Duration = Duration::from_secs(3);
+/// A post sent this far in the future (by the receiver's clock) is refused.
+const MAX_CLOCK_AHEAD_MS: u64 = 10 * 60 * 1000;
+
+/// A subscription.
+struct Subscriber {
+    app: String,
+    tx: mpsc::Sender<Result<TopicMessage, ServiceError>>,
+}
+
+/// A topic held, with its followers here.
+#[derive(Default)]
+struct Held {
+    topic: Topic,
+    subscribers: Vec<Subscriber>,
+    /// Follows the topic's gossip while apps subscribe.
+    following: Option<AbortOnDropHandle<()>>,
+}
+
+/// Receipts awaited for one of this node's posts.
+struct Awaited {
+    have: HashSet<PeerId>,
+    notify: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Inner {
+    topics: HashMap<TopicKey, Held>,
+    awaited: HashMap<(TopicKey, u64), Awaited>,
+    /// Post numbers this node used, per topic id, as the store kept them.
+    own_seqs: HashMap<[u8; 16], u64>,
+}
+
+/// Group pubsub on this node: cheap to clone.
+#[derive(Clone)]
+pub struct Pubsub {
+    inner: Arc<Mutex<Inner>>,
+    book: Book,
+    net: Network,
+    local: PeerId,
+    writer: Writer,
+    asks: RateLimit,
+    receipts: Arc<Semaphore>,
+}
+
+fn denied(message: String) -> ServiceError {
+    ServiceError::new(ErrorCode::PermissionDenied, message)
+}
+
+fn exhausted(message: String) -> ServiceError {
+    ServiceError::new(ErrorCode::ResourceExhausted, message)
+}
+
+/// Whether `topic` may name a topic.
+fn check_topic(topic: &str) -> Result<(), ServiceError> {
+    if topic.is_empty() || topic.chars().count() > MAX_TOPIC {
+        return Err(ServiceError::invalid(format!(
+            "a topic is 1 to {MAX_TOPIC} characters (got {})",
+            topic.chars().count()
+        )));
+    }
+    Ok(())
+}
+
+/// The post in `envelope`, if its signature verifies and it is well formed.
+pub(crate) fn open_post(envelope: Bytes) -> Result<(TopicKey, Post), String> {
+    let (sender, payload) =
+        open_signed(POST_TYPE, &envelope).ok_or("its signature does not verify")?;
+    let post = GroupPost::decode(payload.as_slice()).map_err(|e| e.to_string())?;
+    let group = GroupId::from_bytes(&post.group).ok_or("a bad group id")?;
+    if post.app.is_empty() || post.app.len() > MAX_APP || check_topic(&post.topic).is_err() {
+        return Err("a bad app or topic".into());
+    }
+    if post.data.len() > MAX_DATA || post.seq == 0 {
+        return Err("too large, or numbered 0".into());
+    }
+    if post.sent_ms > now_ms() + MAX_CLOCK_AHEAD_MS {
+        return Err("sent in the future".into());
+    }
+    let key = TopicKey {
+        group,
+        app: post.app,
+        topic: post.topic,
+    };
+    Ok((
+        key,
+        Post {
+            sender,
+            seq: post.seq,
+            sent_ms: post.sent_ms,
+            data: post.data,
+            report: post.report,
+            envelope,
+        },
+    ))
+}
+
+fn message(key: &TopicKey, post: &Post, replayed: bool) -> TopicMessage {
+    TopicMessage {
+        group: key.group.to_string(),
+        app: key.app.clone(),
+        topic: key.topic.clone(),
+        sender: post.sender.to_string(),
+        seq: post.seq,
+        sent_ms: post.sent_ms,
+        data: post.data.clone(),
+        replayed,
+    }
+}
+
+/// Hands `posts` to `held`'s subscribers; one whose queue is full is ended.
+fn deliver(key: &TopicKey, held: &mut Held, posts: &[Arc<Post>], replayed: bool) {
+    if posts.is_empty() {
+        return;
+    }
+    held.subscribers.retain(|s| {
+        posts
+            .iter()
+            .all(|p| s.tx.try_send(Ok(message(key, p, replayed))).is_ok())
+    });
+}
+
+impl Pubsub {
+    /// Over `book`, with what `store` kept; writes through `writer`.
+    pub fn load(book: Book, net: Network, store: &dyn Store, writer: Writer) -> Self {
+        let (posts, own_seqs) = stored::load(store);
+        let mut topics: HashMap<TopicKey, Held> = HashMap::new();
+        for (key, post) in posts {
+            if topics.len() >= MAX_TOPICS && !topics.contains_key(&key) {
+                continue;
+            }
+            let held = topics.entry(key).or_default();
+            held.topic.own_seq = held
+                .topic
+                .own_seq
+                .max(match post.sender == net.local_peer_id() {
+                    true => post.seq,
+                    false => 0,
+                });
+            held.topic.keep_delivered(Arc::new(post));
+        }
+        for (key, held) in &mut topics {
+            let stored = own_seqs.get(&key.id()).copied().unwrap_or(0);
+            held.topic.own_seq = held.topic.own_seq.max(stored);
+        }
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                topics,
+                awaited: HashMap::new(),
+                own_seqs,
+            })),
+            local: net.local_peer_id(),
+            book,
+            net,
+            writer,
+            asks: RateLimit::default(),
+            receipts: Arc::new(Semaphore::new(RECEIPTS_AT_ONCE)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The group `group` names, of which this node is a member.
+    fn member_group(&self, group: &str) -> Result<GroupId, ServiceError> {
+        let id = self.book.resolve(group)?;
+        if !self.book.is_member(id, &self.local) {
+            return Err(denied(format!("this node is not a member of group {id}")));
+        }
+        Ok(id)
+    }
+
+    /// The other members of `group`.
+    fn others(&self, group: GroupId) -> Vec<PeerId> {
+        self.book
+            .with(group, |log| log.state().members)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != self.local)
+            .collect()
+    }
+
+    /// `key`'s topic, held from now on if it was not.
+    fn hold<'a>(inner: &'a mut Inner, key: &TopicKey) -> Result<&'a mut Held, ServiceError> {
+        if !inner.topics.contains_key(key) && inner.topics.len() >= MAX_TOPICS {
+            return Err(exhausted(format!(
+                "this node holds {MAX_TOPICS} topics, the most it may; topics no app follows \
+                 are forgotten an hour after their last message"
+            )));
+        }
+        let own = inner.own_seqs.get(&key.id()).copied().unwrap_or(0);
+        let held = inner.topics.entry(key.clone()).or_default();
+        held.topic.own_seq = held.topic.own_seq.max(own);
+        Ok(held)
+    }
+
+    /// Publishes for `app`.
+    pub async fn publish(
+        &self,
+        app: String,
+        request: PublishRequest,
+    ) -> Result<PublishReply, ServiceError> {
+        let group = self.member_group(&request.group)?;
+        check_topic(&request.topic)?;
+        if request.data.len() > MAX_DATA {
+            return Err(ServiceError::invalid(format!(
+                "a message is at most {MAX_DATA} bytes (got {}); send larger data over a channel \
+                 or as a message to each member",
+                request.data.len()
+            )));
+        }
+        if request.report_ms > MAX_REPORT_MS {
+            return Err(ServiceError::invalid(format!(
+                "report_ms is at most {MAX_REPORT_MS}"
+            )));
+        }
+        let key = TopicKey {
+            group,
+            app,
+            topic: request.topic,
+        };
+        let sent_ms = now_ms();
+        let seq = {
+            let mut inner = self.lock();
+            let held = Self::hold(&mut inner, &key)?;
+            held.topic.own_seq += 1;
+            let seq = held.topic.own_seq;
+            inner.own_seqs.insert(key.id(), seq);
+            seq
+        };
+        stored::save_own_seq(&self.writer, &key, seq);
+        let body = GroupPost {
+            group: group.0.to_vec().into(),
+            app: key.app.clone(),
+            topic: key.topic.clone(),
+            seq,
+            sent_ms,
+            data: request.data.clone(),
+            report: request.report_ms > 0,
+        }
+        .encode_to_vec();
+        let envelope: Bytes = self.net.sign(POST_TYPE, body).await?.into();
+        let post = Arc::new(Post {
+            sender: self.local,
+            seq,
+            sent_ms,
+            data: request.data,
+            report: request.report_ms > 0,
+            envelope: envelope.clone(),
+        });
+        let notify = Arc::new(Notify::new());
+        {
+            let mut inner = self.lock();
+            if request.report_ms > 0 {
+                inner.awaited.insert(
+                    (key.clone(), seq),
+                    Awaited {
+                        have: HashSet::new(),
+                        notify: notify.clone(),
+                    },
+                );
+            }
+            if let Some(held) = inner.topics.get_mut(&key) {
+                held.topic.keep_delivered(post.clone());
+                deliver(&key, held, std::slice::from_ref(&post), false);
+            }
+        }
+        stored::save_post(&self.writer, &key, &post);
+        let others = self.others(group);
+        let sent = self
+            .net
+            .gossip_publish(&group.to_string(), &key.gossip_topic(), envelope)
+            .await;
+        let sent_to = match sent {
+            Ok(peers) => peers.iter().map(ToString::to_string).collect(),
+            Err(e) => {
+                self.lock().awaited.remove(&(key.clone(), seq));
+                return Err(e.into());
+            }
+        };
+        let mut reply = PublishReply {
+            seq,
+            sent_ms,
+            sent_to,
+            ..PublishReply::default()
+        };
+        if request.report_ms > 0 {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(request.report_ms.into());
+            let have = loop {
+                let notified = notify.notified();
+                let have = self
+                    .lock()
+                    .awaited
+                    .get(&(key.clone(), seq))
+                    .map(|a| a.have.clone())
+                    .unwrap_or_default();
+                if others.iter().all(|p| have.contains(p)) {
+                    break have;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    break have;
+                }
+            };
+            self.lock().awaited.remove(&(key, seq));
+            for peer in others {
+                match have.contains(&peer) {
+                    true => reply.delivered.push(peer.to_string()),
+                    false => reply.missing.push(peer.to_string()),
+                }
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Follows a topic for `app`.
+    pub fn subscribe(
+        &self,
+        app: String,
+        request: SubscribeRequest,
+    ) -> Result<Messages, ServiceError> {
+        let group = self.member_group(&request.group)?;
+        check_topic(&request.topic)?;
+        let key = TopicKey {
+            group,
+            app,
+            topic: request.topic,
+        };
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let start = {
+            let mut inner = self.lock();
+            let of_app = inner
+                .topics
+                .values()
+                .flat_map(|h| &h.subscribers)
+                .filter(|s| s.app == key.app && !s.tx.is_closed())
+                .count();
+            if of_app >= SUBSCRIPTIONS_PER_APP {
+                return Err(exhausted(format!(
+                    "app {} follows {SUBSCRIPTIONS_PER_APP} topics, the most it may at once",
+                    key.app
+                )));
+            }
+            let held = Self::hold(&mut inner, &key)?;
+            held.subscribers.retain(|s| !s.tx.is_closed());
+            if held.subscribers.len() >= SUBSCRIBERS_PER_TOPIC {
+                return Err(exhausted(format!(
+                    "topic {:?} has {SUBSCRIBERS_PER_TOPIC} subscriptions here, the most it may",
+                    key.topic
+                )));
+            }
+            if request.since_ms > 0 {
+                for post in held.topic.since(request.since_ms) {
+                    // The queue is larger than a topic's history: this cannot fill it.
+                    let _ = tx.try_send(Ok(message(&key, &post, true)));
+                }
+            }
+            held.subscribers.push(Subscriber {
+                app: key.app.clone(),
+                tx,
+            });
+            let start = held.following.is_none();
+            if start {
+                held.topic.holding = true;
+                let this = self.clone();
+                let followed = key.clone();
+                held.following = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                    this.follow(followed).await;
+                })));
+            }
+            start
+        };
+        if start {
+            debug!(topic = %key.topic, group = %key.group, "following a topic");
+        }
+        Ok(rx)
+    }
+
+    /// Follows `key`'s gossip: catches up from the members first, then takes what comes.
+    async fn follow(self, key: TopicKey) {
+        let subscription = self
+            .net
+            .gossip_subscribe(&key.group.to_string(), &key.gossip_topic(), GOSSIP_QUEUE)
+            .await;
+        let mut subscription: GossipSubscription = match subscription {
+            Ok(s) => s,
+            Err(e) => {
+                self.end(&key, ServiceError::from(e));
+                return;
+            }
+        };
+        let since = now_ms().saturating_sub(HISTORY_WINDOW.as_millis() as u64);
+        let catch_up = {
+            let this = self.clone();
+            let key = key.clone();
+            let peers = self.others(key.group);
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(START_HOLD, this.catch_up(&key, peers, since, None)).await;
+                if let Some(held) = this.lock().topics.get_mut(&key) {
+                    held.topic.holding = false;
+                }
+                this.sweep_topic(&key);
+            })
+        };
+        let _catch_up = AbortOnDropHandle::new(catch_up);
+        while let Some(message) = subscription.recv().await {
+            match open_post(message.data) {
+                Ok((got, post)) if got == key && post.sender == message.author => {
+                    self.take(&key, vec![post], false, Some(message.from));
+                }
+                Ok(_) => {
+                    debug!(from = %message.from, "a post on the wrong topic or by another signer")
+                }
+                Err(why) => debug!(from = %message.from, "a bad post: {why}"),
+            }
+        }
+    }
+
+    /// Ends every subscription to `key` with `why`.
+    fn end(&self, key: &TopicKey, why: ServiceError) {
+        if let Some(held) = self.lock().topics.get_mut(key) {
+            for s in held.subscribers.drain(..) {
+                let _ = s.tx.try_send(Err(why.clone()));
+            }
+            held.following = None;
+        }
+    }
+
+    /// Takes posts of `key` in (from gossip when `from` is set, else caught up): keeps the
+    /// new ones, hands on what is in order, sends receipts, and asks for what is missing.
+    pub(crate) fn take(
+        &self,
+        key: &TopicKey,
+        posts: Vec<Post>,
+        replayed: bool,
+        from: Option<PeerId>,
+    ) {
+        let now = Instant::now();
+        let mut receipts = Vec::new();
+        let mut gaps = Vec::new();
+        {
+            let mut inner = self.lock();
+            let Some(held) = inner.topics.get_mut(key) else {
+                return;
+            };
+            for post in posts {
+                if post.sender == self.local || !self.book.is_member(key.group, &post.sender) {
+                    continue;
+                }
+                let post = Arc::new(post);
+                let Taken::Kept(out) = held.topic.take(post.clone(), now) else {
+                    continue;
+                };
+                stored::save_post(&self.writer, key, &post);
+                if post.report
+                    && now_ms().saturating_sub(post.sent_ms) < RECEIPT_WINDOW.as_millis() as u64
+                {
+                    receipts.push((post.sender, post.seq));
+                }
+                deliver(key, held, &out, replayed);
+            }
+            for (sender, seq) in held.topic.prune(now_ms()) {
+                stored::forget_post(&self.writer, key, &sender, seq);
+            }
+            if from.is_some() {
+                gaps = held.topic.gaps();
+            }
+        }
+        for (sender, seq) in receipts {
+            self.send_receipt(key.clone(), sender, seq);
+        }
+        if let (Some(from), false) = (from, gaps.is_empty()) {
+            let mut peers: Vec<PeerId> = gaps.iter().map(|(s, _)| *s).collect();
+            peers.push(from);
+            peers.sort();
+            peers.dedup();
+            let this = self.clone();
+            let key = key.clone();
+            tokio::spawn(async move { this.catch_up(&key, peers, 0, Some(gaps)).await });
+        }
+    }
+
+    /// Hands on what waited too long in `key`.
+    fn sweep_topic(&self, key: &TopicKey) {
+        let mut inner = self.lock();
+        if let Some(held) = inner.topics.get_mut(key) {
+            let out = held.topic.sweep(Instant::now());
+            deliver(key, held, &out, false);
+        }
+    }
+
+    /// Every [`SWEEP`]: hands on what waited too long, stops following topics no app follows,
+    /// forgets topics with nothing left.
+    pub async fn sweep_forever(self) {
+        let mut ticks = tokio::time::interval(SWEEP);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = Instant::now();
+            let mut inner = self.lock();
+            for (key, held) in &mut inner.topics {
+                let out = held.topic.sweep(now);
+                deliver(key, held, &out, false);
+                held.subscribers.retain(|s| !s.tx.is_closed());
+                if held.subscribers.is_empty() {
+                    held.following = None;
+                    held.topic.holding = false;
+                }
+            }
+            inner
+                .topics
+                .retain(|_, held| held.following.is_some() || !held.topic.is_empty());
+        }
+    }
+
+    /// The groups held or their members changed: tells the network who may take part in each
+    /// group's gossip, and ends the subscriptions of groups this node is no longer in.
+    pub async fn membership_changed(&self, scopes: &mut HashMap<GroupId, HashSet<PeerId>>) {
+        let held: HashSet<GroupId> = self.book.ids().into_iter().collect();
+        let mut now: HashMap<GroupId, HashSet<PeerId>> = HashMap::new();
+        for group in &held {
+            if self.book.is_member(*group, &self.local) {
+                now.insert(*group, self.others(*group).into_iter().collect());
+            }
+        }
+        for (group, members) in &now {
+            if scopes.get(group) != Some(members) {
+                let _ = self
+                    .net
+                    .gossip_scope(&group.to_string(), members.clone())
+                    .await;
+            }
+        }
+        for group in scopes.keys().filter(|g| !now.contains_key(g)) {
+            let _ = self
+                .net
+                .gossip_scope(&group.to_string(), HashSet::new())
+                .await;
+        }
+        *scopes = now;
+        let gone: Vec<TopicKey> = self
+            .lock()
+            .topics
+            .keys()
+            .filter(|k| !scopes.contains_key(&k.group))
+            .cloned()
+            .collect();
+        for key in gone {
+            let why = denied(format!(
+                "this node is no longer a member of group {}: the subscription ended",
+                key.group
+            ));
+            self.end(&key, why);
+        }
+    }
+
+    /// A peer connected: catch up, from it, on the topics followed here of its groups.
+    pub fn connected(&self, peer: PeerId) {
+        let keys: Vec<TopicKey> = self
+            .lock()
+            .topics
+            .iter()
+            .filter(|(k, h)| h.following.is_some() && self.book.is_member(k.group, &peer))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let since = now_ms().saturating_sub(HISTORY_WINDOW.as_millis() as u64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            for key in keys {
+                this.catch_up(&key, vec![peer], since, None).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,420 @@
+//! Gossip confined to scopes (groups): libp2p gossipsub, wrapped so that only a scope's
+//! members can follow its topics and only messages authored by them are accepted.
+//!
+//! Gossipsub sends a topic's messages to every connected peer that said it follows the topic,
+//! and asks its subscription filter about subscriptions without saying from whom. The
+//! [`ScopedGossip`] behaviour wraps it and notes the peer of each event it hands on, so the
+//! [`ScopeFilter`] refuses a subscription from a peer that is not a member of the topic's
+//! scope: gossipsub never counts it among the followers, so nothing on the topic (mesh,
+//! flood-publish, gossip) is ever sent to it. A member removed later is disconnected by the
+//! swarm task when it follows a topic of that scope, so gossipsub forgets its subscriptions and
+//! its renewed ones are filtered. Messages are validated by hand: a message whose author is not
+//! a member is `Reject`ed, which lowers the score of the peer that forwarded it.
+//!
+//! Parameters are tuned for groups of 2 to 50 members: a message is flood-published to every
+//! follower, a mesh of 2 to 12 peers (6 wanted) forwards it, and a publication with no follower
+//! online is not an error (catch-up delivers it later).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use libp2p::{
+    Multiaddr, PeerId,
+    core::{Endpoint, transport::PortUse},
+    gossipsub::{
+        self, IdentTopic, IdentityTransform, MessageAcceptance, MessageAuthenticity,
+        PeerScoreParams, PeerScoreThresholds, PublishError, TopicHash, TopicScoreParams,
+        TopicSubscriptionFilter,
+    },
+    identity::Keypair,
+    swarm::{
+        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+        THandlerOutEvent, ToSwarm,
+    },
+};
+use p2pos_protocols::network::{
+    Error, GossipMessage, Reply,
+    gossip::{MAX_MESSAGE, scope_of},
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::event_loop::EventLoop;
+
+/// Bytes of framing gossip adds to a message (signature, key, topic, sequence number).
+const FRAMING: usize = 1024;
+/// How often gossipsub maintains its meshes.
+const HEARTBEAT: Duration = Duration::from_millis(700);
+/// Most scopes a node keeps members for (one per group held).
+const MAX_SCOPES: usize = 256;
+
+/// Who may follow each scope, and the peer whose event gossipsub is handling now.
+#[derive(Default)]
+struct Access {
+    current: Option<PeerId>,
+    scopes: HashMap<String, HashSet<PeerId>>,
+}
+
+/// Shared between the filter inside gossipsub and the swarm task.
+#[derive(Clone, Default)]
+pub(crate) struct Scopes(Arc<Mutex<Access>>);
+
+impl Scopes {
+    fn lock(&self) -> MutexGuard<'_, Access> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `peer` is a member of `topic`'s scope.
+    fn allows(&self, topic: &TopicHash, peer: &PeerId) -> bool {
+        scope_of(topic.as_str()).is_some_and(|scope| {
+            self.lock()
+                .scopes
+                .get(scope)
+                .is_some_and(|m| m.contains(peer))
+        })
+    }
+}
+
+/// Gossipsub's subscription filter: only members of a topic's scope may follow it.
+pub(crate) struct ScopeFilter(Scopes);
+
+impl TopicSubscriptionFilter for ScopeFilter {
+    /// Asked for this node's own subscriptions (no peer noted) and, through gossipsub's default
+    /// `allow_incoming_subscription`, for each peer's (its peer noted by [`ScopedGossip`]).
+    fn can_subscribe(&mut self, topic: &TopicHash) -> bool {
+        let access = self.0.lock();
+        let Some(scope) = scope_of(topic.as_str()) else {
+            return false;
+        };
+        let Some(peer) = access.current else {
+            return true;
+        };
+        let allowed = access.scopes.get(scope).is_some_and(|m| m.contains(&peer));
+        if !allowed {
+            debug!(%peer, %topic, "gossip subscription refused: not a member");
+        }
+        allowed
+    }
+}
+
+type Inner = gossipsub::Behaviour<IdentityTransform, ScopeFilter>;
+
+/// Gossipsub that knows, while it handles a peer's event, which peer it is.
+pub(crate) struct ScopedGossip {
+    pub(crate) inner: Inner,
+    pub(crate) scopes: Scopes,
+}
+
+/// Gossipsub for this node, signing with `key`.
+pub(crate) fn behaviour(key: &Keypair) -> Result<ScopedGossip, String> {
+    let config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(HEARTBEAT)
+        .mesh_n(6)
+        .mesh_n_low(2)
+        .mesh_n_high(12)
+        .mesh_outbound_min(1)
+        .gossip_lazy(6)
+        .flood_publish(true)
+        .max_transmit_size(MAX_MESSAGE + FRAMING)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .build()
+        .map_err(|e| format!("gossip configuration: {e}"))?;
+    let scopes = Scopes::default();
+    let mut inner = Inner::new_with_subscription_filter(
+        MessageAuthenticity::Signed(key.clone()),
+        config,
+        ScopeFilter(scopes.clone()),
+    )?;
+    // Members of small groups often share an address (one machine, one NAT): colocation is
+    // not held against them; membership, not addresses, decides who takes part.
+    let params = PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..PeerScoreParams::default()
+    };
+    inner.with_peer_score(params, PeerScoreThresholds::default())?;
+    Ok(ScopedGossip { inner, scopes })
+}
+
+/// A topic's score parameters: only invalid messages (authors outside the scope) count, each
+/// pushing the forwarding peer below the graylist threshold.
+fn topic_params() -> TopicScoreParams {
+    TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..TopicScoreParams::default()
+    }
+}
+
+impl ScopedGossip {
+    fn with_peer<R>(&mut self, peer: PeerId, f: impl FnOnce(&mut Inner) -> R) -> R {
+        self.scopes.lock().current = Some(peer);
+        let result = f(&mut self.inner);
+        self.scopes.lock().current = None;
+        result
+    }
+}
+
+impl NetworkBehaviour for ScopedGossip {
+    type ConnectionHandler = <Inner as NetworkBehaviour>::ConnectionHandler;
+    type ToSwarm = gossipsub::Event;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.with_peer(peer, |inner| {
+            inner.handle_established_inbound_connection(
+                connection_id,
+                peer,
+                local_addr,
+                remote_addr,
+            )
+        })
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.with_peer(peer, |inner| {
+            inner.handle_established_outbound_connection(
+                connection_id,
+                peer,
+                addr,
+                role_override,
+                port_use,
+            )
+        })
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        // Subscriptions arrive here: the filter sees whose they are.
+        self.with_peer(peer, |inner| {
+            inner.on_connection_handler_event(peer, connection_id, event);
+        });
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        self.inner.poll(cx)
+    }
+}
+
+/// What the swarm task keeps for gossip.
+#[derive(Default)]
+pub(crate) struct GossipState {
+    /// Where each followed topic's messages go.
+    sinks: HashMap<TopicHash, mpsc::Sender<GossipMessage>>,
+}
+
+impl EventLoop {
+    fn gossip(&mut self) -> &mut ScopedGossip {
+        &mut self.swarm.behaviour_mut().gossip
+    }
+
+    pub(crate) fn gossip_scope(&mut self, scope: String, members: HashSet<PeerId>) {
+        let scopes = self.gossip().scopes.clone();
+        let removed: HashSet<PeerId> = {
+            let mut access = scopes.lock();
+            let old = match members.is_empty() {
+                true => access.scopes.remove(&scope).unwrap_or_default(),
+                false
+                    if access.scopes.len() >= MAX_SCOPES && !access.scopes.contains_key(&scope) =>
+                {
+                    warn!(scope, "gossip scope ignored: {MAX_SCOPES} scopes are held");
+                    return;
+                }
+                false => access
+                    .scopes
+                    .insert(scope.clone(), members.clone())
+                    .unwrap_or_default(),
+            };
+            old.difference(&members).copied().collect()
+        };
+        if removed.is_empty() {
+            return;
+        }
+        // Gossipsub keeps a subscription until the peer's connections close: a removed member
+        // that follows one of the scope's topics is disconnected so that it no longer gets
+        // them (its renewed subscriptions are refused by the filter).
+        let following: Vec<PeerId> = self
+            .gossip()
+            .inner
+            .all_peers()
+            .filter(|(peer, topics)| {
+                removed.contains(peer)
+                    && topics
+                        .iter()
+                        .any(|t| scope_of(t.as_str()) == Some(scope.as_str()))
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in following {
+            info!(%peer, scope, "disconnecting a removed member that follows the group's topics");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    pub(crate) fn gossip_subscribe(
+        &mut self,
+        topic: String,
+        sink: mpsc::Sender<GossipMessage>,
+        reply: Reply<()>,
+    ) {
+        let topic = IdentTopic::new(topic);
+        let gossip = self.gossip();
+        let result = gossip
+            .inner
+            .subscribe(&topic)
+            .map(|_| ())
+            .map_err(|e| Error::Gossip(e.to_string()));
+        if result.is_ok() {
+            let _ = gossip.inner.set_topic_params(topic.clone(), topic_params());
+            self.gossip_state.sinks.insert(topic.hash(), sink);
+        }
+        let _ = reply.send(result);
+    }
+
+    pub(crate) fn gossip_unsubscribe(&mut self, topic: String) {
+        let topic = IdentTopic::new(topic);
+        let hash = topic.hash();
+        // A newer subscription to the same topic keeps it.
+        if self
+            .gossip_state
+            .sinks
+            .get(&hash)
+            .is_some_and(|sink| !sink.is_closed())
+        {
+            return;
+        }
+        self.gossip_state.sinks.remove(&hash);
+        self.gossip().inner.unsubscribe(&topic);
+    }
+
+    pub(crate) fn gossip_publish(
+        &mut self,
+        topic: String,
+        data: bytes::Bytes,
+        reply: Reply<Vec<PeerId>>,
+    ) {
+        let hash = IdentTopic::new(topic).hash();
+        let gossip = self.gossip();
+        let followers = followers(&gossip.inner, &hash);
+        let result = match gossip.inner.publish(hash, data.to_vec()) {
+            Ok(_) => Ok(followers),
+            // No member online follows it now: catch-up delivers it later.
+            Err(PublishError::NoPeersSubscribedToTopic) => Ok(Vec::new()),
+            Err(PublishError::MessageTooLarge) => Err(Error::RecordTooLarge {
+                size: data.len(),
+                limit: MAX_MESSAGE,
+            }),
+            Err(e) => Err(Error::Gossip(e.to_string())),
+        };
+        let _ = reply.send(result);
+    }
+
+    pub(crate) fn gossip_followers(&mut self, topic: String, reply: oneshot::Sender<Vec<PeerId>>) {
+        let hash = IdentTopic::new(topic).hash();
+        let _ = reply.send(followers(&self.gossip().inner, &hash));
+    }
+
+    pub(crate) fn on_gossip(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        else {
+            debug!("gossip: {event:?}");
+            return;
+        };
+        let scopes = self.gossip().scopes.clone();
+        let author = message.source;
+        let acceptance = match author {
+            Some(author) if scopes.allows(&message.topic, &author) => MessageAcceptance::Accept,
+            _ => {
+                debug!(from = %propagation_source, ?author, topic = %message.topic, "gossip message rejected: its author is not a member");
+                MessageAcceptance::Reject
+            }
+        };
+        let accepted = acceptance == MessageAcceptance::Accept;
+        self.gossip().inner.report_message_validation_result(
+            &message_id,
+            &propagation_source,
+            acceptance,
+        );
+        let (true, Some(author)) = (accepted, author) else {
+            return;
+        };
+        if let Some(sink) = self.gossip_state.sinks.get(&message.topic) {
+            // A full queue drops it here (it is still forwarded): catch-up fills the gap.
+            let _ = sink.try_send(GossipMessage {
+                author,
+                from: propagation_source,
+                data: message.data.into(),
+            });
+        }
+    }
+}
+
+/// The peers gossipsub knows to follow `topic` (members only: the filter saw to that).
+fn followers(inner: &Inner, topic: &TopicHash) -> Vec<PeerId> {
+    inner
+        .all_peers()
+        .filter(|(_, topics)| topics.contains(&topic))
+        .map(|(peer, _)| *peer)
+        .collect()
+}

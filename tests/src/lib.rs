@@ -5,6 +5,7 @@
 //! The binaries are found next to the test executable (`target/<profile>/`); build them first
 //! (`cargo build --workspace --bins`), as the README's test command does.
 
+pub mod groups;
 pub mod tasks;
 
 use std::{
@@ -143,7 +144,12 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
-            .env("P2POS_LOG", "info,libp2p=warn,libp2p_kad=error,sled=warn")
+            .env(
+                "P2POS_LOG",
+                // A test run may ask for more (e.g. `P2POS_TEST_LOG=info,p2pos_groups=debug`).
+                std::env::var("P2POS_TEST_LOG")
+                    .unwrap_or_else(|_| "info,libp2p=warn,libp2p_kad=error,sled=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)

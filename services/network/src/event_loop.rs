@@ -315,8 +315,10 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 num_established,
+                cause,
                 ..
             } => {
+                debug!(peer = %peer_id, %connection_id, ?cause, num_established, "connection closed");
                 if let Some(list) = self.connections.get_mut(&peer_id) {
                     list.retain(|(id, _)| *id != connection_id);
                 }

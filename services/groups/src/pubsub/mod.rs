@@ -44,7 +44,7 @@ pub use wire::PROTOCOL;
 use crate::{
     book::Book,
     op::GroupId,
-    pubsub::topic::{HISTORY_WINDOW, Post, Taken, Topic, TopicKey},
+    pubsub::topic::{HISTORY_WINDOW, Out, Post, Taken, Topic, TopicKey},
     rate::RateLimit,
 };
 
@@ -185,15 +185,16 @@ fn message(key: &TopicKey, post: &Post, replayed: bool) -> TopicMessage {
     }
 }
 
-/// Hands `posts` to `held`'s subscribers; one whose queue is full is ended.
-fn deliver(key: &TopicKey, held: &mut Held, posts: &[Arc<Post>], replayed: bool) {
+/// Hands `posts` (each with whether it was caught up) to `held`'s subscribers; one whose queue
+/// is full is ended.
+fn deliver(key: &TopicKey, held: &mut Held, posts: &[Out]) {
     if posts.is_empty() {
         return;
     }
     held.subscribers.retain(|s| {
         posts
             .iter()
-            .all(|p| s.tx.try_send(Ok(message(key, p, replayed))).is_ok())
+            .all(|(p, caught_up)| s.tx.try_send(Ok(message(key, p, *caught_up))).is_ok())
     });
 }
 
@@ -340,7 +341,7 @@ impl Pubsub {
             }
             if let Some(held) = inner.topics.get_mut(&key) {
                 held.topic.keep_delivered(post.clone());
-                deliver(&key, held, std::slice::from_ref(&post), false);
+                deliver(&key, held, &[(post.clone(), false)]);
             }
         }
         stored::save_post(&self.writer, &key, &post);
@@ -527,7 +528,7 @@ impl Pubsub {
                     continue;
                 }
                 let post = Arc::new(post);
-                let Taken::Kept(out) = held.topic.take(post.clone(), now) else {
+                let Taken::Kept(out) = held.topic.take(post.clone(), replayed, now) else {
                     continue;
                 };
                 stored::save_post(&self.writer, key, &post);
@@ -536,7 +537,7 @@ impl Pubsub {
                 {
                     receipts.push((post.sender, post.seq));
                 }
-                deliver(key, held, &out, replayed);
+                deliver(key, held, &out);
             }
             for (sender, seq) in held.topic.prune(now_ms()) {
                 stored::forget_post(&self.writer, key, &sender, seq);
@@ -564,7 +565,7 @@ impl Pubsub {
         let mut inner = self.lock();
         if let Some(held) = inner.topics.get_mut(key) {
             let out = held.topic.sweep(Instant::now());
-            deliver(key, held, &out, false);
+            deliver(key, held, &out);
         }
     }
 
@@ -579,7 +580,7 @@ impl Pubsub {
             let mut inner = self.lock();
             for (key, held) in &mut inner.topics {
                 let out = held.topic.sweep(now);
-                deliver(key, held, &out, false);
+                deliver(key, held, &out);
                 held.subscribers.retain(|s| !s.tx.is_closed());
                 if held.subscribers.is_empty() {
                     held.following = None;

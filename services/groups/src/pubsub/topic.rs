@@ -78,13 +78,17 @@ pub struct Post {
     pub envelope: Bytes,
 }
 
+/// A post to hand to the apps, and whether it was caught up (missed while away) rather than
+/// live.
+pub type Out = (Arc<Post>, bool);
+
 /// What [`Topic::take`] made of a post.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Taken {
     /// Held already.
     Duplicate,
     /// Kept; these posts (it, and those it let through) go to the apps now, in order.
-    Kept(Vec<Arc<Post>>),
+    Kept(Vec<Out>),
 }
 
 /// A topic's posts and order.
@@ -94,8 +98,8 @@ pub struct Topic {
     bytes: usize,
     /// Per sender, the last post handed to the apps.
     delivered: HashMap<PeerId, u64>,
-    /// Posts waiting for earlier ones, and since when.
-    pending: BTreeMap<(PeerId, u64), (Arc<Post>, Instant)>,
+    /// Posts waiting for earlier ones, since when, and whether caught up.
+    pending: BTreeMap<(PeerId, u64), (Out, Instant)>,
     /// While set, posts of senders never delivered wait (catch-up at start is under way).
     pub holding: bool,
     /// This node's last post number.
@@ -108,8 +112,8 @@ impl Topic {
         self.history.contains_key(&(*sender, seq))
     }
 
-    /// Keeps `post` and says what goes to the apps now.
-    pub fn take(&mut self, post: Arc<Post>, now: Instant) -> Taken {
+    /// Keeps `post` (caught up or live) and says what goes to the apps now.
+    pub fn take(&mut self, post: Arc<Post>, caught_up: bool, now: Instant) -> Taken {
         let key = (post.sender, post.seq);
         if self.history.contains_key(&key) {
             return Taken::Duplicate;
@@ -121,16 +125,16 @@ impl Topic {
             Some(last) if post.seq <= last => {}
             Some(last) if post.seq == last + 1 => {
                 self.delivered.insert(post.sender, post.seq);
-                out.push(post);
+                out.push((post, caught_up));
                 self.release(key.0, &mut out);
             }
             None if !self.holding => {
                 self.delivered.insert(post.sender, post.seq);
-                out.push(post);
+                out.push((post, caught_up));
                 self.release(key.0, &mut out);
             }
             _ => {
-                self.pending.insert(key, (post, now));
+                self.pending.insert(key, ((post, caught_up), now));
                 if self.pending.len() > MAX_PENDING {
                     out.extend(self.flush_oldest());
                 }
@@ -152,7 +156,7 @@ impl Topic {
     }
 
     /// Hands on the sender's waiting posts that now follow in sequence.
-    fn release(&mut self, sender: PeerId, out: &mut Vec<Arc<Post>>) {
+    fn release(&mut self, sender: PeerId, out: &mut Vec<Out>) {
         loop {
             let next = self.delivered.get(&sender).copied().unwrap_or(0) + 1;
             let Some((post, _)) = self.pending.remove(&(sender, next)) else {
@@ -164,7 +168,7 @@ impl Topic {
     }
 
     /// Gives up waiting for the earliest gap of the sender with the oldest waiting post.
-    fn flush_oldest(&mut self) -> Vec<Arc<Post>> {
+    fn flush_oldest(&mut self) -> Vec<Out> {
         let Some((&(sender, _), _)) = self.pending.iter().min_by_key(|(_, (_, since))| *since)
         else {
             return Vec::new();
@@ -174,7 +178,7 @@ impl Topic {
 
     /// Hands on the sender's first waiting post, skipping what is missing before it, and
     /// those that follow it.
-    fn give_up(&mut self, sender: PeerId) -> Vec<Arc<Post>> {
+    fn give_up(&mut self, sender: PeerId) -> Vec<Out> {
         let Some((&key, _)) = self.pending.range((sender, 0)..=(sender, u64::MAX)).next() else {
             return Vec::new();
         };
@@ -189,7 +193,7 @@ impl Topic {
 
     /// Stops holding (catch-up at start is over) and hands on what waited too long (or
     /// everything, once no longer holding, of senders never seen): in order per sender.
-    pub fn sweep(&mut self, now: Instant) -> Vec<Arc<Post>> {
+    pub fn sweep(&mut self, now: Instant) -> Vec<Out> {
         let mut out = Vec::new();
         loop {
             let due = self.pending.iter().find(|((sender, _), (_, since))| {
@@ -315,9 +319,13 @@ mod tests {
         posts.iter().map(|p| p.seq).collect()
     }
 
+    fn out_seqs(out: &[Out]) -> Vec<u64> {
+        out.iter().map(|(p, _)| p.seq).collect()
+    }
+
     fn kept(taken: Taken) -> Vec<u64> {
         match taken {
-            Taken::Kept(posts) => seqs(&posts),
+            Taken::Kept(out) => out_seqs(&out),
             Taken::Duplicate => panic!("a duplicate"),
         }
     }
@@ -326,12 +334,12 @@ mod tests {
     fn each_senders_posts_go_out_in_order_and_a_duplicate_is_dropped() {
         let (a, now) = (PeerId::random(), Instant::now());
         let mut t = Topic::default();
-        assert_eq!(kept(t.take(post(a, 5, 1), now)), vec![5]);
-        assert_eq!(kept(t.take(post(a, 7, 3), now)), Vec::<u64>::new());
-        assert_eq!(kept(t.take(post(a, 8, 4), now)), Vec::<u64>::new());
+        assert_eq!(kept(t.take(post(a, 5, 1), false, now)), vec![5]);
+        assert_eq!(kept(t.take(post(a, 7, 3), false, now)), Vec::<u64>::new());
+        assert_eq!(kept(t.take(post(a, 8, 4), false, now)), Vec::<u64>::new());
         assert_eq!(t.gaps(), vec![(a, 5)]);
-        assert_eq!(kept(t.take(post(a, 6, 2), now)), vec![6, 7, 8]);
-        assert_eq!(t.take(post(a, 6, 2), now), Taken::Duplicate);
+        assert_eq!(kept(t.take(post(a, 6, 2), false, now)), vec![6, 7, 8]);
+        assert_eq!(t.take(post(a, 6, 2), false, now), Taken::Duplicate);
         assert!(t.gaps().is_empty());
     }
 
@@ -339,11 +347,11 @@ mod tests {
     fn a_gap_is_skipped_after_the_wait_and_a_late_post_is_only_kept() {
         let (a, now) = (PeerId::random(), Instant::now());
         let mut t = Topic::default();
-        kept(t.take(post(a, 1, 1), now));
-        kept(t.take(post(a, 3, 3), now));
+        kept(t.take(post(a, 1, 1), false, now));
+        kept(t.take(post(a, 3, 3), false, now));
         assert!(t.sweep(now + GAP_WAIT / 2).is_empty());
-        assert_eq!(seqs(&t.sweep(now + GAP_WAIT)), vec![3]);
-        assert_eq!(kept(t.take(post(a, 2, 2), now)), Vec::<u64>::new());
+        assert_eq!(out_seqs(&t.sweep(now + GAP_WAIT)), vec![3]);
+        assert_eq!(kept(t.take(post(a, 2, 2), false, now)), Vec::<u64>::new());
         assert!(t.has(&a, 2));
     }
 
@@ -354,11 +362,11 @@ mod tests {
             holding: true,
             ..Topic::default()
         };
-        kept(t.take(post(a, 9, 9), now));
-        kept(t.take(post(a, 8, 8), now));
+        kept(t.take(post(a, 9, 9), false, now));
+        kept(t.take(post(a, 8, 8), false, now));
         assert!(t.sweep(now).is_empty());
         t.holding = false;
-        assert_eq!(seqs(&t.sweep(now)), vec![8, 9]);
+        assert_eq!(out_seqs(&t.sweep(now)), vec![8, 9]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use p2pos_proto::wire::v1::{
     PubsubAsk, PubsubCatchUp, PubsubMark, PubsubPosts, PubsubReceipt, pubsub_ask,
 };
 use p2pos_protocols::{
-    network::InboundStream,
+    network::{InboundStream, Network},
     wire::{read_message, write_message},
 };
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -36,8 +36,65 @@ pub const MAX_ANSWER: usize = 2000;
 const MAX_NAMED: usize = 1024;
 /// Members asked at once by one catch-up.
 const PEERS_AT_ONCE: usize = 8;
-/// How long one catch-up with a member may take.
+/// How long one exchange with a member may take.
 const EXCHANGE_WAIT: Duration = Duration::from_secs(15);
+/// Tries of one exchange.
+const TRIES: u32 = 4;
+
+/// Runs `exchange` (a stream to `peer`: an ask and its answer) up to [`TRIES`] times. The node
+/// at the other end drops an inbound stream that comes while its previous one of the protocol
+/// is still being handed over (libp2p-stream hands streams over one at a time, with no
+/// buffer), which a burst of receipts from several members meets: the ask is then simply sent
+/// again, a little later. Asks are idempotent.
+async fn with_retries<T, F, Fut>(peer: PeerId, what: &str, mut exchange: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut tries = 0;
+    loop {
+        match tokio::time::timeout(EXCHANGE_WAIT, exchange()).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) if tries + 1 < TRIES => {
+                debug!(%peer, "{what}: {e}; trying again");
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("no answer in time".into()),
+        }
+        tries += 1;
+        let pause = 20 * (1 << tries) + rand::random::<u64>() % 20;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+/// Opens a `/p2pos/pubsub/1` stream to `peer`, sends `ask`, and reads answer frames until the
+/// last.
+async fn exchange(net: &Network, peer: PeerId, ask: &PubsubAsk) -> Result<Vec<Bytes>, String> {
+    let stream = net
+        .open_stream(peer, PROTOCOL)
+        .await
+        .map_err(|e| format!("no pubsub there ({e})"))?;
+    let mut io = stream.compat();
+    write_message(&mut io, ask, FRAME_WAIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut posts = Vec::new();
+    loop {
+        let frame: PubsubPosts = read_message(&mut io, MAX_FRAME, FRAME_WAIT)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !frame.refused.is_empty() {
+            return Err(format!("refused: {}", frame.refused));
+        }
+        posts.extend(frame.posts);
+        if posts.len() > MAX_ANSWER {
+            return Err("too many posts".into());
+        }
+        if !frame.more {
+            return Ok(posts);
+        }
+    }
+}
 
 fn topic_of(group: &[u8], app: String, topic: String) -> Option<TopicKey> {
     let group = GroupId::from_bytes(group)?;
@@ -59,7 +116,7 @@ impl Pubsub {
         let written = match ask.kind {
             Some(pubsub_ask::Kind::Receipt(receipt)) => {
                 self.receipt(peer, receipt);
-                Ok(())
+                write_message(&mut io, &PubsubPosts::default(), FRAME_WAIT).await
             }
             Some(pubsub_ask::Kind::CatchUp(ask)) => self.serve_catch_up(peer, ask, &mut io).await,
             None => Ok(()),
@@ -191,11 +248,17 @@ impl Pubsub {
         let ask = &ask;
         for batch in peers.chunks(PEERS_AT_ONCE) {
             let asks = batch.iter().map(|peer| async move {
-                let asked = tokio::time::timeout(EXCHANGE_WAIT, self.ask(*peer, ask)).await;
+                let asked = with_retries(*peer, "catch-up", || async {
+                    self.net
+                        .connect(*peer, Vec::new(), EXCHANGE_WAIT / 2)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    exchange(&self.net, *peer, ask).await
+                })
+                .await;
                 match asked {
-                    Ok(Ok(posts)) => self.take_caught_up(key, *peer, posts),
-                    Ok(Err(why)) => debug!(peer = %peer, "catch-up: {why}"),
-                    Err(_) => debug!(peer = %peer, "catch-up: no answer in time"),
+                    Ok(posts) => self.take_caught_up(key, *peer, posts),
+                    Err(why) => debug!(peer = %peer, "catch-up: {why}"),
                 }
             });
             join_all(asks).await;
@@ -216,39 +279,6 @@ impl Pubsub {
         self.take(key, posts, true, None);
     }
 
-    /// Sends `ask` to `peer` and reads the posts answered.
-    async fn ask(&self, peer: PeerId, ask: &PubsubAsk) -> Result<Vec<Bytes>, String> {
-        self.net
-            .connect(peer, Vec::new(), EXCHANGE_WAIT / 2)
-            .await
-            .map_err(|e| e.to_string())?;
-        let stream = self
-            .net
-            .open_stream(peer, PROTOCOL)
-            .await
-            .map_err(|e| format!("no pubsub there ({e})"))?;
-        let mut io = stream.compat();
-        write_message(&mut io, ask, FRAME_WAIT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut posts = Vec::new();
-        loop {
-            let frame: PubsubPosts = read_message(&mut io, MAX_FRAME, FRAME_WAIT)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !frame.refused.is_empty() {
-                return Err(format!("refused: {}", frame.refused));
-            }
-            posts.extend(frame.posts);
-            if posts.len() > super::wire::MAX_ANSWER {
-                return Err("too many posts".into());
-            }
-            if !frame.more {
-                return Ok(posts);
-            }
-        }
-    }
-
     /// Tells `sender` in the background that this node has its post `seq` of `key`; dropped
     /// when [`super::RECEIPTS_AT_ONCE`] are under way.
     pub(super) fn send_receipt(&self, key: TopicKey, sender: PeerId, seq: u64) {
@@ -267,23 +297,8 @@ impl Pubsub {
                     seqs: vec![seq],
                 })),
             };
-            let sent = async {
-                let stream = net
-                    .open_stream(sender, PROTOCOL)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut io = stream.compat();
-                write_message(&mut io, &ask, FRAME_WAIT)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::io::AsyncWriteExt::shutdown(&mut io)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            if let Err(e) = tokio::time::timeout(EXCHANGE_WAIT, sent)
-                .await
-                .unwrap_or_else(|_| Err("no answer in time".into()))
-            {
+            let sent = with_retries(sender, "a receipt", || exchange(&net, sender, &ask)).await;
+            if let Err(e) = sent {
                 debug!(%sender, "a receipt was not sent: {e}");
             }
         });

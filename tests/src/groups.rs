@@ -1,0 +1,73 @@
+//! Groups formed over gRPC for tests: the first client founds a group and invites the others,
+//! and the test goes on once every node sees every member.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use p2pos_client::Client;
+use p2pos_proto::group::v1::{CreateRequest, GroupRef, InviteRequest, JoinRequest};
+
+use crate::wait_for;
+
+/// How long forming a group may take.
+pub const FORM_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The peer ids `client`'s node sees as members of `group`.
+pub async fn members(client: &Client, group: &str) -> Option<BTreeSet<String>> {
+    let reply = client
+        .groups()
+        .members(GroupRef {
+            group: group.to_owned(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    Some(reply.members.into_iter().map(|m| m.peer_id).collect())
+}
+
+/// Waits until every one of `clients` sees exactly `want` as `group`'s members.
+pub async fn wait_members(clients: &[&Client], group: &str, want: &BTreeSet<String>) {
+    for (i, client) in clients.iter().enumerate() {
+        wait_for(
+            &format!("node {i} to see the members {want:?}"),
+            FORM_DEADLINE,
+            || async { members(client, group).await.filter(|m| m == want) },
+        )
+        .await;
+    }
+}
+
+/// A group named `name` of the nodes of `clients` (their peer ids in `ids`): the first founds
+/// it, each other joins with an invite of its own. Answers its id once every node sees every
+/// member.
+pub async fn form(clients: &[Client], ids: &[String], name: &str) -> String {
+    let founder = &clients[0];
+    let group = founder
+        .groups()
+        .create(CreateRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .expect("create a group")
+        .into_inner()
+        .id;
+    for (i, client) in clients.iter().enumerate().skip(1) {
+        let invite = founder
+            .groups()
+            .invite(InviteRequest {
+                group: group.clone(),
+                ..InviteRequest::default()
+            })
+            .await
+            .expect("an invite")
+            .into_inner()
+            .invite;
+        client
+            .groups()
+            .join(JoinRequest { invite })
+            .await
+            .unwrap_or_else(|e| panic!("node {i} joins: {e}"));
+    }
+    let all: BTreeSet<String> = ids.iter().cloned().collect();
+    wait_members(&clients.iter().collect::<Vec<_>>(), &group, &all).await;
+    group
+}

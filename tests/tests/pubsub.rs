@@ -1,0 +1,252 @@
+//! Group pubsub on real nodes, driven over gRPC: every member's posts reach every other member
+//! that follows the topic, each sender's in order, and the publisher hears which members' nodes
+//! have them; a removed member stops receiving and its posts are refused by everyone (also by a
+//! member that learns of the removal from another member while the removing admin is
+//! stopped); a member that was stopped for 30 s catches up on what it missed; posts survive a
+//! restart.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use p2pos_client::Client;
+use p2pos_proto::group::v1::{
+    MemberRequest, PublishReply, PublishRequest, SubscribeRequest, TopicMessage,
+};
+use p2pos_tests::{
+    groups::{form, wait_members},
+    star, wait_for,
+};
+use tonic::Streaming;
+
+const T: Duration = Duration::from_secs(30);
+const APP: &str = "chat";
+const TOPIC: &str = "room";
+
+async fn publish(client: &Client, group: &str, text: &str, report_ms: u32) -> PublishReply {
+    client
+        .groups()
+        .publish(PublishRequest {
+            group: group.to_owned(),
+            app: APP.to_owned(),
+            topic: TOPIC.to_owned(),
+            data: text.as_bytes().to_vec().into(),
+            report_ms,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("publish {text:?}: {e}"))
+        .into_inner()
+}
+
+async fn subscribe(client: &Client, group: &str, since_ms: u64) -> Streaming<TopicMessage> {
+    client
+        .groups()
+        .subscribe(SubscribeRequest {
+            group: group.to_owned(),
+            app: APP.to_owned(),
+            topic: TOPIC.to_owned(),
+            since_ms,
+        })
+        .await
+        .expect("subscribe")
+        .into_inner()
+}
+
+/// The next message on `stream`, within [`T`].
+async fn next(stream: &mut Streaming<TopicMessage>, what: &str) -> TopicMessage {
+    match tokio::time::timeout(T, stream.next()).await {
+        Ok(Some(Ok(message))) => message,
+        Ok(Some(Err(e))) => panic!("{what}: the subscription failed: {e}"),
+        Ok(None) => panic!("{what}: the subscription ended"),
+        Err(_) => panic!("{what}: nothing within {T:?}"),
+    }
+}
+
+fn text(message: &TopicMessage) -> String {
+    String::from_utf8_lossy(&message.data).into_owned()
+}
+
+/// Every message `client`'s node holds on the topic (a replay from the start).
+async fn held(client: &Client, group: &str, until: &str) -> Vec<String> {
+    let mut replay = subscribe(client, group, 1).await;
+    let mut texts = Vec::new();
+    loop {
+        let message = next(&mut replay, &format!("the replay up to {until:?}")).await;
+        texts.push(text(&message));
+        if texts.last().is_some_and(|t| t == until) {
+            return texts;
+        }
+    }
+}
+
+/// Publishes probes from `client` until every one of `others` follows the topic (gossip needs
+/// their subscriptions to have arrived): answers once a probe's receipts name them all.
+async fn until_followed(client: &Client, group: &str, others: &[&String]) {
+    let want: BTreeSet<String> = others.iter().map(|s| (*s).clone()).collect();
+    wait_for("every member to follow the topic", T, || async {
+        let reply = publish(client, group, "probe", 2000).await;
+        let sent: BTreeSet<String> = reply.sent_to.into_iter().collect();
+        let delivered: BTreeSet<String> = reply.delivered.into_iter().collect();
+        (sent.is_superset(&want) && delivered.is_superset(&want)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_members_posts_reach_every_follower_in_order_with_receipts() {
+    let (_nodes, clients, ids) = star(5).await;
+    let group = form(&clients, &ids, "friends").await;
+    let mut streams = Vec::new();
+    for client in &clients {
+        streams.push(subscribe(client, &group, 0).await);
+    }
+    for (i, client) in clients.iter().enumerate() {
+        let others: Vec<&String> = ids.iter().filter(|id| **id != ids[i]).collect();
+        until_followed(client, &group, &others).await;
+    }
+    // Each member publishes three posts and hears that every other member's node has each.
+    for (i, client) in clients.iter().enumerate() {
+        for n in 0..3 {
+            let reply = publish(client, &group, &format!("{i}:{n}"), 10_000).await;
+            assert!(reply.missing.is_empty(), "node {i} post {n}: {reply:?}");
+            assert_eq!(reply.delivered.len(), 4, "node {i} post {n}: {reply:?}");
+        }
+    }
+    // Every follower gets the twelve posts of the others, each sender's in order.
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        while got.values().map(Vec::len).sum::<usize>() < 12 {
+            let message = next(stream, &format!("node {i}'s posts")).await;
+            let t = text(&message);
+            if t == "probe" || message.sender == ids[i] {
+                continue;
+            }
+            assert!(!message.replayed, "{message:?}");
+            got.entry(message.sender).or_default().push(t);
+        }
+        for (sender, texts) in &got {
+            let j = ids.iter().position(|id| id == sender).expect("a member");
+            let want: Vec<String> = (0..3).map(|n| format!("{j}:{n}")).collect();
+            assert_eq!(texts, &want, "node {i} from node {j}");
+        }
+        assert_eq!(got.len(), 4, "node {i}: {got:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_member_stops_receiving_and_its_posts_are_refused_everywhere() {
+    // 0 is the admin, 3 is removed; 2 is stopped while 0 removes 3 and learns of it from 1
+    // after 0 has stopped.
+    let (mut nodes, mut clients, ids) = star(4).await;
+    let group = form(&clients, &ids, "friends").await;
+    let mut removed = subscribe(&clients[3], &group, 0).await;
+    let mut stays = subscribe(&clients[1], &group, 0).await;
+    until_followed(&clients[0], &group, &[&ids[1], &ids[3]]).await;
+    publish(&clients[0], &group, "before", 0).await;
+    while text(&next(&mut removed, "the removed member's last post").await) != "before" {}
+
+    nodes[2].stop().await;
+    clients[0]
+        .groups()
+        .remove(MemberRequest {
+            group: group.clone(),
+            peer: ids[3].clone(),
+        })
+        .await
+        .expect("remove");
+    let rest: BTreeSet<String> = [&ids[0], &ids[1], &ids[2]].into_iter().cloned().collect();
+    wait_members(&[&clients[0], &clients[1]], &group, &rest).await;
+    nodes[0].stop().await;
+    nodes[2].restart();
+    clients[2] = nodes[2].client().await;
+    wait_members(&[&clients[2]], &group, &rest).await;
+    let mut late = subscribe(&clients[2], &group, 0).await;
+
+    // The removed member's posts are refused by both remaining members; 1's still arrive.
+    until_followed(&clients[1], &group, &[&ids[2]]).await;
+    let refused = publish(&clients[3], &group, "from the removed", 3000).await;
+    // (Its own node still counts them as followers: nobody told it. They reject its post.)
+    assert!(refused.delivered.is_empty(), "{refused:?}");
+    publish(&clients[1], &group, "after", 0).await;
+    for (client, name) in [(&clients[1], "node 1"), (&clients[2], "node 2")] {
+        let texts = held(client, &group, "after").await;
+        assert!(
+            !texts.iter().any(|t| t == "from the removed"),
+            "{name} holds the removed member's post: {texts:?}"
+        );
+    }
+    while text(&next(&mut late, "node 2 gets node 1's post").await) != "after" {}
+    while text(&next(&mut stays, "node 1 sees its own post").await) != "after" {}
+
+    // The removed member gets nothing more: 1's post is not among what its node holds.
+    let mut probe = publish(&clients[1], &group, "marker", 3000).await;
+    assert!(
+        !probe.delivered.contains(&ids[3]) && !probe.sent_to.contains(&ids[3]),
+        "{probe:?}"
+    );
+    probe.delivered.sort();
+    assert_eq!(probe.delivered, vec![ids[2].clone()], "{probe:?}");
+    let texts = held(&clients[3], &group, "from the removed").await;
+    assert!(
+        !texts.iter().any(|t| t == "after" || t == "marker"),
+        "the removed member still receives: {texts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_stopped_for_30_s_catches_up_and_posts_survive_a_restart() {
+    let (mut nodes, mut clients, ids) = star(3).await;
+    let group = form(&clients, &ids, "friends").await;
+    let _follows = subscribe(&clients[2], &group, 0).await;
+    let mut away = subscribe(&clients[1], &group, 0).await;
+    until_followed(&clients[0], &group, &[&ids[1], &ids[2]]).await;
+    publish(&clients[0], &group, "before", 0).await;
+    while text(&next(&mut away, "the post before going away").await) != "before" {}
+    let since = p2pos_kernel::events::now_ms();
+
+    nodes[1].stop().await;
+    let started = std::time::Instant::now();
+    for n in 0..5 {
+        publish(&clients[0], &group, &format!("missed {n}"), 0).await;
+        publish(&clients[2], &group, &format!("also missed {n}"), 0).await;
+    }
+    // Away for 30 s in all (a live node would have had them long since).
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(started.elapsed())).await;
+    nodes[1].restart();
+    clients[1] = nodes[1].client().await;
+    let mut back = subscribe(&clients[1], &group, since).await;
+    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    while got.values().map(Vec::len).sum::<usize>() < 10 {
+        let message = next(&mut back, "the missed posts").await;
+        if text(&message).starts_with("probe") {
+            continue;
+        }
+        assert!(message.replayed, "{message:?}");
+        got.entry(message.sender.clone())
+            .or_default()
+            .push(text(&message));
+    }
+    let want0: Vec<String> = (0..5).map(|n| format!("missed {n}")).collect();
+    let want2: Vec<String> = (0..5).map(|n| format!("also missed {n}")).collect();
+    assert_eq!(got.get(&ids[0]), Some(&want0), "{got:?}");
+    assert_eq!(got.get(&ids[2]), Some(&want2), "{got:?}");
+
+    // Live posts follow the caught-up ones.
+    publish(&clients[0], &group, "live", 0).await;
+    let live = next(&mut back, "a live post after catching up").await;
+    assert_eq!((text(&live).as_str(), live.replayed), ("live", false));
+
+    // What a node holds survives its restart, and its post numbers go on.
+    nodes[0].stop().await;
+    nodes[0].restart();
+    clients[0] = nodes[0].client().await;
+    let texts = held(&clients[0], &group, "live").await;
+    assert!(texts.contains(&"missed 4".to_owned()), "{texts:?}");
+    let next_seq = publish(&clients[0], &group, "after restart", 0).await.seq;
+    assert!(
+        next_seq > 6,
+        "post numbers start again after a restart: {next_seq}"
+    );
+}

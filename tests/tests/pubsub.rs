@@ -16,6 +16,7 @@ use p2pos_proto::group::v1::{
     MemberRequest, PublishReply, PublishRequest, SubscribeRequest, TopicMessage,
 };
 use p2pos_tests::{
+    Node,
     groups::{form, wait_members},
     star, wait_for,
 };
@@ -249,4 +250,136 @@ async fn a_member_stopped_for_30_s_catches_up_and_posts_survive_a_restart() {
         next_seq > 6,
         "post numbers start again after a restart: {next_seq}"
     );
+}
+
+/// A node outside the group (a bare libp2p gossipsub peer run by the test) that knows the
+/// group's id and the topic subscribes and publishes posts claiming the group, signed with its
+/// own key: the members' nodes refuse its subscription (gossip never sends it the group's
+/// posts) and reject its posts (counted in `p2pos_overlay_gossip_rejected`), so no member holds
+/// them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_member_forging_the_group_is_refused_and_rejected() {
+    use libp2p::{
+        Multiaddr, SwarmBuilder,
+        gossipsub::{self, IdentTopic, MessageAuthenticity},
+        identity::Keypair,
+        noise, tcp, yamux,
+    };
+    use p2pos_groups::{
+        op::GroupId,
+        pubsub::{POST_TYPE, topic::TopicKey},
+    };
+    use p2pos_proto::{overlay::v1::GetTicketRequest, wire::v1::GroupPost};
+    use prost::Message as _;
+
+    let metrics = format!("127.0.0.1:{}", p2pos_tests::free_port());
+    let mut a = Node::start(&["--metrics", &metrics]);
+    let mut b = Node::start(&[]);
+    let clients = vec![a.client().await, b.client().await];
+    let ids = vec![a.peer_id().await, b.peer_id().await];
+    let (ok, _, err) = p2pos_tests::p2pctl(&b, &["dial", &a.ticket().await]);
+    assert!(ok, "{err}");
+    let group = form(&clients, &ids, "friends").await;
+    let mut follows = subscribe(&clients[0], &group, 0).await;
+    let _b_follows = subscribe(&clients[1], &group, 0).await;
+    until_followed(&clients[1], &group, &[&ids[0]]).await;
+
+    let key = TopicKey {
+        group: group.parse::<GroupId>().expect("a group id"),
+        app: APP.to_owned(),
+        topic: TOPIC.to_owned(),
+    };
+    let topic = IdentTopic::new(format!("/p2pos/gossip/1/{group}/{}", key.gossip_topic()));
+    let forger_key = Keypair::generate_ed25519();
+    let forger = forger_key.public().to_peer_id().to_string();
+    let mut swarm = SwarmBuilder::with_existing_identity(forger_key.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|key| {
+            gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
+                MessageAuthenticity::Signed(key.clone()),
+                gossipsub::Config::default(),
+            )
+            .expect("gossipsub")
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.behaviour_mut().subscribe(&topic).expect("subscribe");
+    let ticket = clients[0]
+        .overlay()
+        .get_ticket(GetTicketRequest {})
+        .await
+        .expect("ticket")
+        .into_inner();
+    let addr: Multiaddr = ticket.addresses[0].parse().expect("an address");
+    swarm.dial(addr).expect("dial");
+
+    // The forger publishes posts claiming the group until a's node has rejected one.
+    let forged = |seq: u64| {
+        let body = GroupPost {
+            group: key.group.0.to_vec().into(),
+            app: APP.to_owned(),
+            topic: TOPIC.to_owned(),
+            seq,
+            sent_ms: p2pos_kernel::events::now_ms(),
+            data: b"forged".to_vec().into(),
+            report: false,
+        }
+        .encode_to_vec();
+        p2pos_protocols::network::sign_with(&forger_key, POST_TYPE, body).expect("sign")
+    };
+    let rejected = || {
+        let body = p2pos_tests::http_get(&metrics, "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("p2pos_overlay_gossip_rejected_total "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut got_posts = 0;
+    let mut seq = 0;
+    let deadline = tokio::time::Instant::now() + T;
+    while rejected() < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a's node never saw a forged post"
+        );
+        seq += 1;
+        let _ = swarm.behaviour_mut().publish(topic.clone(), forged(seq));
+        let until = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(event) =
+            tokio::time::timeout_at(until, futures::StreamExt::select_next_some(&mut swarm)).await
+        {
+            if let libp2p::swarm::SwarmEvent::Behaviour(gossipsub::Event::Message { .. }) = event {
+                got_posts += 1;
+            }
+        }
+    }
+
+    // A member's post: gossip does not count the forger as a follower, and it gets nothing.
+    let reply = publish(&clients[1], &group, "members only", 3000).await;
+    assert!(!reply.sent_to.contains(&forger), "{reply:?}");
+    assert_eq!(reply.delivered, vec![ids[0].clone()], "{reply:?}");
+    while text(&next(&mut follows, "a's post from b").await) != "members only" {}
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(event) =
+        tokio::time::timeout_at(until, futures::StreamExt::select_next_some(&mut swarm)).await
+    {
+        if let libp2p::swarm::SwarmEvent::Behaviour(gossipsub::Event::Message { .. }) = event {
+            got_posts += 1;
+        }
+    }
+    assert_eq!(got_posts, 0, "the forger got the group's posts");
+    for (i, client) in clients.iter().enumerate() {
+        let texts = held(client, &group, "members only").await;
+        assert!(
+            !texts.iter().any(|t| t == "forged"),
+            "node {i} holds a forged post: {texts:?}"
+        );
+    }
 }

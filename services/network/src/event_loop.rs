@@ -56,7 +56,7 @@ pub(crate) struct EventLoop {
     store: Arc<dyn Store>,
     /// Writes what the swarm task learns (peers, listen ports) off its thread.
     writer: Writer,
-    metrics: SwarmMetrics,
+    pub(crate) metrics: SwarmMetrics,
     pub(crate) book: PeerBook,
     /// Open connections per peer, with their remote addresses.
     pub(crate) connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,

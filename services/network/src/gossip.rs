@@ -391,6 +391,10 @@ impl EventLoop {
             }
         };
         let accepted = acceptance == MessageAcceptance::Accept;
+        match accepted {
+            true => self.metrics.gossip_accepted.inc(),
+            false => self.metrics.gossip_rejected.inc(),
+        };
         self.gossip().inner.report_message_validation_result(
             &message_id,
             &propagation_source,

@@ -15,6 +15,10 @@ pub(crate) struct SwarmMetrics {
     connected_peers: Gauge,
     connections: Counter,
     dial_failures: Counter,
+    /// Group gossip messages accepted (their author is a member).
+    pub(crate) gossip_accepted: Counter,
+    /// Group gossip messages rejected (their author is not a member of the group).
+    pub(crate) gossip_rejected: Counter,
 }
 
 impl SwarmMetrics {
@@ -41,12 +45,26 @@ impl SwarmMetrics {
             "Outbound connection attempts that failed",
             dial_failures.clone(),
         );
+        let gossip_accepted = Counter::default();
+        let gossip_rejected = Counter::default();
+        registry.register(
+            "gossip_accepted",
+            "Group pubsub messages accepted: their author is a member of the group",
+            gossip_accepted.clone(),
+        );
+        registry.register(
+            "gossip_rejected",
+            "Group pubsub messages rejected: their author is not a member of the group",
+            gossip_rejected.clone(),
+        );
         ctx.metrics.set(crate::NAME, root);
         Self {
             libp2p,
             connected_peers,
             connections,
             dial_failures,
+            gossip_accepted,
+            gossip_rejected,
         }
     }
 

@@ -74,6 +74,8 @@ const RECEIPTS_AT_ONCE: usize = 64;
 const GOSSIP_QUEUE: usize = 1024;
 /// How often waiting posts and gone subscribers are looked at.
 const SWEEP: Duration = Duration::from_millis(250);
+/// How often posts past the history window are forgotten when no new post comes.
+const PRUNE: Duration = Duration::from_secs(60);
 /// How long the catch-up at the start of following holds posts of unknown senders back.
 const START_HOLD: Duration = Duration::from_secs(3);
 /// A post sent this far in the future (by the receiver's clock) is refused.
@@ -468,14 +470,24 @@ impl Pubsub {
                 return;
             }
         };
+        // Catch up first from the members connected now (others are asked when they connect),
+        // holding back posts of senders never seen here meanwhile, so that they come in order.
         let since = now_ms().saturating_sub(HISTORY_WINDOW.as_millis() as u64);
         let catch_up = {
             let this = self.clone();
             let key = key.clone();
-            let peers = self.others(key.group);
             tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(START_HOLD, this.catch_up(&key, peers, since, None)).await;
+                let others: HashSet<PeerId> = this.others(key.group).into_iter().collect();
+                let connected: Vec<PeerId> = match this.net.peers().await {
+                    Ok(peers) => peers
+                        .iter()
+                        .filter_map(|p| p.peer_id.parse().ok())
+                        .filter(|p| others.contains(p))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                let asked = this.catch_up(&key, connected, since, None);
+                let _ = tokio::time::timeout(START_HOLD, asked).await;
                 if let Some(held) = this.lock().topics.get_mut(&key) {
                     held.topic.holding = false;
                 }
@@ -574,11 +586,21 @@ impl Pubsub {
     pub async fn sweep_forever(self) {
         let mut ticks = tokio::time::interval(SWEEP);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pruned = Instant::now();
         loop {
             ticks.tick().await;
             let now = Instant::now();
+            let prune = now.duration_since(pruned) >= PRUNE;
+            if prune {
+                pruned = now;
+            }
             let mut inner = self.lock();
             for (key, held) in &mut inner.topics {
+                if prune {
+                    for (sender, seq) in held.topic.prune(now_ms()) {
+                        stored::forget_post(&self.writer, key, &sender, seq);
+                    }
+                }
                 let out = held.topic.sweep(now);
                 deliver(key, held, &out);
                 held.subscribers.retain(|s| !s.tx.is_closed());

@@ -203,7 +203,7 @@ fn deliver(key: &TopicKey, held: &mut Held, posts: &[Out]) {
 impl Pubsub {
     /// Over `book`, with what `store` kept; writes through `writer`.
     pub fn load(book: Book, net: Network, store: &dyn Store, writer: Writer) -> Self {
-        let (posts, own_seqs) = stored::load(store);
+        let stored::Kept { posts, own_seqs } = stored::load(store);
         let mut topics: HashMap<TopicKey, Held> = HashMap::new();
         for (key, post) in posts {
             if topics.len() >= MAX_TOPICS && !topics.contains_key(&key) {

@@ -50,8 +50,16 @@ pub(super) fn save_own_seq(writer: &Writer, key: &TopicKey, seq: u64) {
     writer.insert(TREE, &seq_key(key), &seq.to_be_bytes());
 }
 
-/// The posts kept (those that still check) and the post numbers, by topic id.
-pub(super) fn load(store: &dyn Store) -> (Vec<(TopicKey, Post)>, HashMap<[u8; 16], u64>) {
+/// What the store kept.
+pub(super) struct Kept {
+    /// The posts that still check.
+    pub(super) posts: Vec<(TopicKey, Post)>,
+    /// This node's last post number, by topic id.
+    pub(super) own_seqs: HashMap<[u8; 16], u64>,
+}
+
+/// What the store kept.
+pub(super) fn load(store: &dyn Store) -> Kept {
     let mut posts = Vec::new();
     match store.scan_prefix(TREE, b"p", MAX_LOADED) {
         Ok(pairs) => {
@@ -79,5 +87,8 @@ pub(super) fn load(store: &dyn Store) -> (Vec<(TopicKey, Post)>, HashMap<[u8; 16
         }
         Err(e) => warn!("cannot read the post numbers: {e}"),
     }
-    (posts, seqs)
+    Kept {
+        posts,
+        own_seqs: seqs,
+    }
 }

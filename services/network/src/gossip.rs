@@ -270,7 +270,12 @@ impl EventLoop {
         let removed: HashSet<PeerId> = {
             let mut access = scopes.lock();
             let old = match members.is_empty() {
-                true => access.scopes.remove(&scope).unwrap_or_default(),
+                // This node left: it no longer follows or publishes on the scope's topics, so
+                // who follows them no longer matters.
+                true => {
+                    access.scopes.remove(&scope);
+                    return;
+                }
                 false
                     if access.scopes.len() >= MAX_SCOPES && !access.scopes.contains_key(&scope) =>
                 {

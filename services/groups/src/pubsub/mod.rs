@@ -506,6 +506,11 @@ impl Pubsub {
                 Err(why) => debug!(from = %message.from, "a bad post: {why}"),
             }
         }
+        // The network stopped (the kernel restarts this service with it).
+        self.end(
+            &key,
+            ServiceError::unavailable("the network service stopped; subscribe again in a moment"),
+        );
     }
 
     /// Ends every subscription to `key` with `why`.

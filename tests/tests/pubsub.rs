@@ -267,7 +267,7 @@ async fn a_non_member_forging_the_group_is_refused_and_rejected() {
     };
     use p2pos_groups::{
         op::GroupId,
-        pubsub::{POST_TYPE, topic::TopicKey},
+        pubsub::{post::POST_TYPE, topic::TopicKey},
     };
     use p2pos_proto::{overlay::v1::GetTicketRequest, wire::v1::GroupPost};
     use prost::Message as _;

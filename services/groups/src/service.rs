@@ -21,7 +21,7 @@ use crate::{
     book::{Book, TREE},
     node::Node,
     op::GroupId,
-    pubsub::{self, Pubsub},
+    pubsub::{hub::Pubsub, stored, wire},
     sync::{FRAME_WAIT, MAX_FRAME, PROTOCOL},
 };
 
@@ -45,7 +45,7 @@ pub fn child_spec(config: Config) -> ChildSpec {
             // Its protocol, signing, connection events.
             needs: &[NETWORK],
             // The groups' logs and invite uses.
-            trees: &[TREE, pubsub::TREE],
+            trees: &[TREE, stored::TREE],
             provides: &[Groups::NAME],
             ..Uses::default()
         },
@@ -76,12 +76,12 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     let serving = pubsub.clone();
     let accepting_pubsub = net
         .accept(
-            pubsub::PROTOCOL,
+            wire::PROTOCOL,
             Limits {
                 total: PUBSUB_TOTAL,
                 per_peer: PUBSUB_PER_PEER,
-                max_frame: pubsub::wire::MAX_FRAME,
-                idle: pubsub::wire::FRAME_WAIT,
+                max_frame: wire::MAX_FRAME,
+                idle: wire::FRAME_WAIT,
             },
             move |peer, stream| serving.clone().serve(peer, stream),
             drop_stream,

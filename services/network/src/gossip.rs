@@ -26,9 +26,8 @@ use libp2p::{
     Multiaddr, PeerId,
     core::{Endpoint, transport::PortUse},
     gossipsub::{
-        self, IdentTopic, IdentityTransform, MessageAcceptance, MessageAuthenticity,
-        PeerScoreParams, PeerScoreThresholds, PublishError, TopicHash, TopicScoreParams,
-        TopicSubscriptionFilter,
+        self, IdentityTransform, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds,
+        TopicHash, TopicScoreParams, TopicSubscriptionFilter,
     },
     identity::Keypair,
     swarm::{
@@ -37,26 +36,24 @@ use libp2p::{
     },
 };
 use p2pos_protocols::network::{
-    Error, GossipMessage, Reply,
+    GossipMessage,
     gossip::{MAX_MESSAGE, scope_of},
 };
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
-
-use crate::event_loop::EventLoop;
+use tokio::sync::mpsc;
+use tracing::debug;
 
 /// Bytes of framing gossip adds to a message (signature, key, topic, sequence number).
 const FRAMING: usize = 1024;
 /// How often gossipsub maintains its meshes.
 const HEARTBEAT: Duration = Duration::from_millis(700);
 /// Most scopes a node keeps members for (one per group held).
-const MAX_SCOPES: usize = 256;
+pub(crate) const MAX_SCOPES: usize = 256;
 
 /// Who may follow each scope, and the peer whose event gossipsub is handling now.
 #[derive(Default)]
-struct Access {
+pub(crate) struct Access {
     current: Option<PeerId>,
-    scopes: HashMap<String, HashSet<PeerId>>,
+    pub(crate) scopes: HashMap<String, HashSet<PeerId>>,
 }
 
 /// Shared between the filter inside gossipsub and the swarm task.
@@ -64,12 +61,12 @@ struct Access {
 pub(crate) struct Scopes(Arc<Mutex<Access>>);
 
 impl Scopes {
-    fn lock(&self) -> MutexGuard<'_, Access> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Access> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether `peer` is a member of `topic`'s scope.
-    fn allows(&self, topic: &TopicHash, peer: &PeerId) -> bool {
+    pub(crate) fn allows(&self, topic: &TopicHash, peer: &PeerId) -> bool {
         scope_of(topic.as_str()).is_some_and(|scope| {
             self.lock()
                 .scopes
@@ -101,7 +98,7 @@ impl TopicSubscriptionFilter for ScopeFilter {
     }
 }
 
-type Inner = gossipsub::Behaviour<IdentityTransform, ScopeFilter>;
+pub(crate) type Inner = gossipsub::Behaviour<IdentityTransform, ScopeFilter>;
 
 /// Gossipsub that knows, while it handles a peer's event, which peer it is.
 pub(crate) struct ScopedGossip {
@@ -142,7 +139,7 @@ pub(crate) fn behaviour(key: &Keypair) -> Result<ScopedGossip, String> {
 
 /// A topic's score parameters: only invalid messages (authors outside the scope) count, each
 /// pushing the forwarding peer below the graylist threshold.
-fn topic_params() -> TopicScoreParams {
+pub(crate) fn topic_params() -> TopicScoreParams {
     TopicScoreParams {
         topic_weight: 1.0,
         time_in_mesh_weight: 0.0,
@@ -257,170 +254,11 @@ impl NetworkBehaviour for ScopedGossip {
 #[derive(Default)]
 pub(crate) struct GossipState {
     /// Where each followed topic's messages go.
-    sinks: HashMap<TopicHash, mpsc::Sender<GossipMessage>>,
-}
-
-impl EventLoop {
-    fn gossip(&mut self) -> &mut ScopedGossip {
-        &mut self.swarm.behaviour_mut().gossip
-    }
-
-    pub(crate) fn gossip_scope(&mut self, scope: String, members: HashSet<PeerId>) {
-        let scopes = self.gossip().scopes.clone();
-        let removed: HashSet<PeerId> = {
-            let mut access = scopes.lock();
-            let old = match members.is_empty() {
-                // This node left: it no longer follows or publishes on the scope's topics, so
-                // who follows them no longer matters.
-                true => {
-                    access.scopes.remove(&scope);
-                    return;
-                }
-                false
-                    if access.scopes.len() >= MAX_SCOPES && !access.scopes.contains_key(&scope) =>
-                {
-                    warn!(scope, "gossip scope ignored: {MAX_SCOPES} scopes are held");
-                    return;
-                }
-                false => access
-                    .scopes
-                    .insert(scope.clone(), members.clone())
-                    .unwrap_or_default(),
-            };
-            old.difference(&members).copied().collect()
-        };
-        if removed.is_empty() {
-            return;
-        }
-        // Gossipsub keeps a subscription until the peer's connections close: a removed member
-        // that follows one of the scope's topics is disconnected so that it no longer gets
-        // them (its renewed subscriptions are refused by the filter).
-        let following: Vec<PeerId> = self
-            .gossip()
-            .inner
-            .all_peers()
-            .filter(|(peer, topics)| {
-                removed.contains(peer)
-                    && topics
-                        .iter()
-                        .any(|t| scope_of(t.as_str()) == Some(scope.as_str()))
-            })
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in following {
-            info!(%peer, scope, "disconnecting a removed member that follows the group's topics");
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
-    }
-
-    pub(crate) fn gossip_subscribe(
-        &mut self,
-        topic: String,
-        sink: mpsc::Sender<GossipMessage>,
-        reply: Reply<()>,
-    ) {
-        let topic = IdentTopic::new(topic);
-        let gossip = self.gossip();
-        let result = gossip
-            .inner
-            .subscribe(&topic)
-            .map(|_| ())
-            .map_err(|e| Error::Gossip(e.to_string()));
-        if result.is_ok() {
-            let _ = gossip.inner.set_topic_params(topic.clone(), topic_params());
-            self.gossip_state.sinks.insert(topic.hash(), sink);
-        }
-        let _ = reply.send(result);
-    }
-
-    pub(crate) fn gossip_unsubscribe(&mut self, topic: String) {
-        let topic = IdentTopic::new(topic);
-        let hash = topic.hash();
-        // A newer subscription to the same topic keeps it.
-        if self
-            .gossip_state
-            .sinks
-            .get(&hash)
-            .is_some_and(|sink| !sink.is_closed())
-        {
-            return;
-        }
-        self.gossip_state.sinks.remove(&hash);
-        self.gossip().inner.unsubscribe(&topic);
-    }
-
-    pub(crate) fn gossip_publish(
-        &mut self,
-        topic: String,
-        data: bytes::Bytes,
-        reply: Reply<Vec<PeerId>>,
-    ) {
-        let hash = IdentTopic::new(topic).hash();
-        let gossip = self.gossip();
-        let followers = followers(&gossip.inner, &hash);
-        let result = match gossip.inner.publish(hash, data.to_vec()) {
-            Ok(_) => Ok(followers),
-            // No member online follows it now: catch-up delivers it later.
-            Err(PublishError::NoPeersSubscribedToTopic) => Ok(Vec::new()),
-            Err(PublishError::MessageTooLarge) => Err(Error::RecordTooLarge {
-                size: data.len(),
-                limit: MAX_MESSAGE,
-            }),
-            Err(e) => Err(Error::Gossip(e.to_string())),
-        };
-        let _ = reply.send(result);
-    }
-
-    pub(crate) fn gossip_followers(&mut self, topic: String, reply: oneshot::Sender<Vec<PeerId>>) {
-        let hash = IdentTopic::new(topic).hash();
-        let _ = reply.send(followers(&self.gossip().inner, &hash));
-    }
-
-    pub(crate) fn on_gossip(&mut self, event: gossipsub::Event) {
-        let gossipsub::Event::Message {
-            propagation_source,
-            message_id,
-            message,
-        } = event
-        else {
-            debug!("gossip: {event:?}");
-            return;
-        };
-        let scopes = self.gossip().scopes.clone();
-        let author = message.source;
-        let acceptance = match author {
-            Some(author) if scopes.allows(&message.topic, &author) => MessageAcceptance::Accept,
-            _ => {
-                debug!(from = %propagation_source, ?author, topic = %message.topic, "gossip message rejected: its author is not a member");
-                MessageAcceptance::Reject
-            }
-        };
-        let accepted = acceptance == MessageAcceptance::Accept;
-        match accepted {
-            true => self.metrics.gossip_accepted.inc(),
-            false => self.metrics.gossip_rejected.inc(),
-        };
-        self.gossip().inner.report_message_validation_result(
-            &message_id,
-            &propagation_source,
-            acceptance,
-        );
-        let (true, Some(author)) = (accepted, author) else {
-            return;
-        };
-        if let Some(sink) = self.gossip_state.sinks.get(&message.topic) {
-            // A full queue drops it here (it is still forwarded): catch-up fills the gap.
-            let _ = sink.try_send(GossipMessage {
-                author,
-                from: propagation_source,
-                data: message.data.into(),
-            });
-        }
-    }
+    pub(crate) sinks: HashMap<TopicHash, mpsc::Sender<GossipMessage>>,
 }
 
 /// The peers gossipsub knows to follow `topic` (members only: the filter saw to that).
-fn followers(inner: &Inner, topic: &TopicHash) -> Vec<PeerId> {
+pub(crate) fn followers(inner: &Inner, topic: &TopicHash) -> Vec<PeerId> {
     inner
         .all_peers()
         .filter(|(_, topics)| topics.contains(&topic))

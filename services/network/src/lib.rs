@@ -14,7 +14,8 @@
 //! - [`overlay_api`]: `p2pos.overlay.v1` requests, one exhaustive `match`.
 //! - `behaviour`: the transports and the combined behaviour.
 //! - `event_loop`: the swarm task, swarm events and persistence of what it learns.
-//! - `gossip`: gossipsub confined to each scope's (group's) members, and its commands.
+//! - `gossip`: gossipsub confined to each scope's (group's) members.
+//! - `gossip_loop`: the swarm task's gossip commands, and the messages it validates.
 //! - `connect`: dialing, DHT look-ups of peers, pings.
 //! - `info`: tickets, peer lists and the overlay status.
 //! - `metrics`: what the swarm task records for Prometheus.
@@ -31,6 +32,7 @@ pub mod config;
 mod connect;
 mod event_loop;
 mod gossip;
+mod gossip_loop;
 mod info;
 mod metrics;
 pub mod overlay_api;

@@ -10,9 +10,9 @@ use libp2p::PeerId;
 use p2pos_kernel::{Store, store::Writer};
 use tracing::warn;
 
-use super::{
-    MAX_TOPICS, open_post,
-    topic::{HISTORY_POSTS, Post, TopicKey},
+use crate::pubsub::{
+    post::open_post,
+    topic::{HISTORY_POSTS, MAX_TOPICS, Post, TopicKey},
 };
 
 /// The store tree.
@@ -36,30 +36,30 @@ fn seq_key(key: &TopicKey) -> Vec<u8> {
 }
 
 /// Keeps `post`.
-pub(super) fn save_post(writer: &Writer, key: &TopicKey, post: &Post) {
+pub(crate) fn save_post(writer: &Writer, key: &TopicKey, post: &Post) {
     writer.insert(TREE, &post_key(key, &post.sender, post.seq), &post.envelope);
 }
 
 /// Forgets a post.
-pub(super) fn forget_post(writer: &Writer, key: &TopicKey, sender: &PeerId, seq: u64) {
+pub(crate) fn forget_post(writer: &Writer, key: &TopicKey, sender: &PeerId, seq: u64) {
     writer.remove(TREE, &post_key(key, sender, seq));
 }
 
 /// Keeps this node's last post number on `key`.
-pub(super) fn save_own_seq(writer: &Writer, key: &TopicKey, seq: u64) {
+pub(crate) fn save_own_seq(writer: &Writer, key: &TopicKey, seq: u64) {
     writer.insert(TREE, &seq_key(key), &seq.to_be_bytes());
 }
 
 /// What the store kept.
-pub(super) struct Kept {
+pub(crate) struct Kept {
     /// The posts that still check.
-    pub(super) posts: Vec<(TopicKey, Post)>,
+    pub(crate) posts: Vec<(TopicKey, Post)>,
     /// This node's last post number, by topic id.
-    pub(super) own_seqs: HashMap<[u8; 16], u64>,
+    pub(crate) own_seqs: HashMap<[u8; 16], u64>,
 }
 
 /// What the store kept.
-pub(super) fn load(store: &dyn Store) -> Kept {
+pub(crate) fn load(store: &dyn Store) -> Kept {
     let mut posts = Vec::new();
     match store.scan_prefix(TREE, b"p", MAX_LOADED) {
         Ok(pairs) => {

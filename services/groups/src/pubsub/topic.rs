@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::op::GroupId;
 
+/// Topics a node holds (followed, or with posts kept).
+pub const MAX_TOPICS: usize = 256;
 /// Posts a topic keeps.
 pub const HISTORY_POSTS: usize = 1000;
 /// Bytes of data a topic keeps.

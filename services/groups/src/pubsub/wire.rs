@@ -18,11 +18,14 @@ use p2pos_protocols::{
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::debug;
 
-use super::{
-    MAX_DATA, Pubsub, check_topic, open_post,
-    topic::{Post, TopicKey},
+use crate::{
+    op::GroupId,
+    pubsub::{
+        hub::Pubsub,
+        post::{MAX_DATA, check_topic, open_post},
+        topic::{Post, TopicKey},
+    },
 };
-use crate::op::GroupId;
 
 /// `/p2pos/pubsub/1`.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pos/pubsub/1");
@@ -205,7 +208,7 @@ impl Pubsub {
     /// Asks `peers` (members, at most [`PEERS_AT_ONCE`] at once) for the posts of `key` sent
     /// since `since_ms` that this node lacks: after its marks, or after `only` for the senders
     /// it names.
-    pub(super) async fn catch_up(
+    pub(crate) async fn catch_up(
         &self,
         key: &TopicKey,
         peers: Vec<PeerId>,
@@ -280,8 +283,8 @@ impl Pubsub {
     }
 
     /// Tells `sender` in the background that this node has its post `seq` of `key`; dropped
-    /// when [`super::RECEIPTS_AT_ONCE`] are under way.
-    pub(super) fn send_receipt(&self, key: TopicKey, sender: PeerId, seq: u64) {
+    /// when `RECEIPTS_AT_ONCE` are under way.
+    pub(crate) fn send_receipt(&self, key: TopicKey, sender: PeerId, seq: u64) {
         let Ok(permit) = self.receipts.clone().try_acquire_owned() else {
             debug!(%sender, "a receipt is dropped: too many under way");
             return;

@@ -5,9 +5,8 @@
 
 use bytes::Bytes;
 use libp2p::PeerId;
-use tokio::sync::mpsc;
 
-use super::{Command, Error};
+use super::error::Error;
 
 /// Every gossip topic's full name starts with this, then the scope, `/`, the topic.
 pub const TOPIC_PREFIX: &str = "/p2pos/gossip/1/";
@@ -47,41 +46,6 @@ pub struct GossipMessage {
     pub from: PeerId,
     /// What it carries.
     pub data: Bytes,
-}
-
-/// A followed topic: its messages, until dropped.
-#[derive(Debug)]
-pub struct GossipSubscription {
-    topic: String,
-    messages: mpsc::Receiver<GossipMessage>,
-    commands: mpsc::Sender<Command>,
-}
-
-impl GossipSubscription {
-    pub(super) fn new(
-        topic: String,
-        messages: mpsc::Receiver<GossipMessage>,
-        commands: mpsc::Sender<Command>,
-    ) -> Self {
-        Self {
-            topic,
-            messages,
-            commands,
-        }
-    }
-
-    /// The next message; `None` once the network has stopped.
-    pub async fn recv(&mut self) -> Option<GossipMessage> {
-        self.messages.recv().await
-    }
-}
-
-impl Drop for GossipSubscription {
-    fn drop(&mut self) {
-        let topic = std::mem::take(&mut self.topic);
-        // A busy swarm task finds the sink closed at the next message and forgets it then.
-        let _ = self.commands.try_send(Command::GossipUnsubscribe { topic });
-    }
 }
 
 #[cfg(test)]

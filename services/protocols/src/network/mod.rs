@@ -32,7 +32,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use accept::{Accepting, Limits, Overflow};
 pub use error::Error;
-pub use gossip::{GossipMessage, GossipSubscription};
+pub use gossip::GossipMessage;
 pub use inbound::InboundStream;
 
 /// The name the network handle is provided under (see `p2pos_kernel::Uses::needs`).
@@ -665,6 +665,41 @@ impl Network {
     /// Closes the swarm and waits until it is gone.
     pub async fn shutdown(&self) {
         let _ = self.request(|reply| Command::Shutdown { reply }).await;
+    }
+}
+
+/// A followed topic: its messages, until dropped.
+#[derive(Debug)]
+pub struct GossipSubscription {
+    topic: String,
+    messages: mpsc::Receiver<GossipMessage>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl GossipSubscription {
+    fn new(
+        topic: String,
+        messages: mpsc::Receiver<GossipMessage>,
+        commands: mpsc::Sender<Command>,
+    ) -> Self {
+        Self {
+            topic,
+            messages,
+            commands,
+        }
+    }
+
+    /// The next message; `None` once the network has stopped.
+    pub async fn recv(&mut self) -> Option<GossipMessage> {
+        self.messages.recv().await
+    }
+}
+
+impl Drop for GossipSubscription {
+    fn drop(&mut self) {
+        let topic = std::mem::take(&mut self.topic);
+        // A busy swarm task finds the sink closed at the next message and forgets it then.
+        let _ = self.commands.try_send(Command::GossipUnsubscribe { topic });
     }
 }
 

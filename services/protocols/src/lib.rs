@@ -160,10 +160,19 @@ impl Protocol for Groups {
 pub mod groups {
     use p2pos_proto::group::v1::{
         CreateRequest, Group, InviteReply, InviteRequest, JoinRequest, ListReply, MemberRequest,
-        MembersReply, RenameRequest, SyncReply,
+        MembersReply, RenameRequest, SetNameRequest, SyncReply,
     };
 
     use crate::Reply;
+
+    /// A group, and a member of it, as [`Request::Resolve`] found them.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Resolved {
+        /// The group's id.
+        pub group: String,
+        /// The member holding the name asked for (none asked: `None`).
+        pub peer: Option<libp2p::PeerId>,
+    }
 
     /// A membership change an admin signs.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +250,36 @@ pub mod groups {
             group: String,
             /// How each member fared.
             reply: Reply<SyncReply>,
+        },
+        /// `Groups.SetName`: names this node within a group.
+        SetName {
+            /// The group and the name.
+            request: SetNameRequest,
+            /// The group after it.
+            reply: Reply<Group>,
+        },
+        /// A group (id or name here) and, with `name`, the one member holding that short name
+        /// in it: how `NAME@GROUP` and a channel's group are resolved. `NOT_FOUND` for a group
+        /// or name unknown here, `INVALID_ARGUMENT` for a bad or ambiguous name. A group id not
+        /// held here is answered as it is when no name is asked.
+        Resolve {
+            /// The group (id or name).
+            group: String,
+            /// The member's short name.
+            name: Option<String>,
+            /// What they name.
+            reply: Reply<Resolved>,
+        },
+        /// Whether a channel in `group` (an id) from `peer` may be taken: `PERMISSION_DENIED`,
+        /// saying why, unless `peer` and this node are both members of it now, as this node
+        /// knows.
+        Admit {
+            /// The group's id.
+            group: String,
+            /// The opener's node.
+            peer: libp2p::PeerId,
+            /// Admitted.
+            reply: Reply<()>,
         },
         /// Whether `peer` is a member of `group` now, as this node knows: what group-scoped
         /// traffic (pubsub, channels, services) checks.

@@ -685,6 +685,8 @@ pub mod apps {
         pub app_id: String,
         /// True when the remote peer opened it.
         pub inbound: bool,
+        /// The group it is in (its id); empty: none.
+        pub group: String,
         /// The bytes.
         pub io: Box<dyn Duplex>,
     }
@@ -696,6 +698,7 @@ pub mod apps {
                 .field("peer_id", &self.peer_id)
                 .field("app_id", &self.app_id)
                 .field("inbound", &self.inbound)
+                .field("group", &self.group)
                 .finish_non_exhaustive()
         }
     }
@@ -726,15 +729,19 @@ pub mod apps {
         OpenSession {
             /// The app.
             app_id: AppId,
+            /// Only channels in this group (its id) are announced to it; `None`: any.
+            group: Option<String>,
             /// The session.
             reply: Reply<Session>,
         },
-        /// Open a channel to the same app on `peer`.
+        /// Open a channel to the same app on `peer` (in a group, when one is given).
         OpenChannel {
             /// The app.
             app_id: AppId,
             /// The peer.
             peer: PeerRef,
+            /// The group it is in (its id): the peer's node checks both ends are members.
+            group: Option<String>,
             /// The channel, once the remote app accepted it.
             reply: Reply<ChannelStream>,
         },

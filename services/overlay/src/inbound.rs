@@ -22,10 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tracing::{debug, warn};
 
-use crate::{
-    channel,
-    mailbox::{Incoming, Mailbox},
-};
+use crate::mailbox::{Incoming, Mailbox};
 
 /// How long a peer may take to send its `ChannelHello`.
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,7 +93,10 @@ pub(crate) async fn serve_channel(
             .await;
         if let Err(e) = admitted {
             debug!(%peer, group, "a channel in a group refused: {}", e.message);
-            let welcome = channel::welcome(channel_welcome::Result::NotMember, e.message);
+            let welcome = ChannelWelcome {
+                result: channel_welcome::Result::NotMember.into(),
+                message: e.message,
+            };
             refuse(Refusal { io, welcome }).await;
             return;
         }

@@ -63,7 +63,10 @@ pub async fn form(clients: &[Client], ids: &[String], name: &str) -> String {
             .invite;
         client
             .groups()
-            .join(JoinRequest { invite })
+            .join(JoinRequest {
+                invite,
+                name: String::new(),
+            })
             .await
             .unwrap_or_else(|e| panic!("node {i} joins: {e}"));
     }

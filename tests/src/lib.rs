@@ -562,7 +562,10 @@ pub async fn status_when(
 pub async fn open_session(client: &Client, app: &str) -> tonic::Streaming<SessionEvent> {
     let mut session = client
         .apps()
-        .session(SessionRequest { app_id: app.into() })
+        .session(SessionRequest {
+            app_id: app.into(),
+            group: String::new(),
+        })
         .await
         .expect("session")
         .into_inner();

@@ -34,6 +34,7 @@ async fn open_channel(client: &Client, app: &str, peer: &str) -> Result<(), toni
             peer: peer.into(),
             batch: false,
             half_close: false,
+            group: String::new(),
         })),
     };
     let mut out = client
@@ -122,6 +123,7 @@ async fn peers_apps_and_sizes() {
         .apps()
         .session(SessionRequest {
             app_id: "bad/app".into(),
+            group: String::new(),
         })
         .await
         .expect_err("bad app id");
@@ -416,6 +418,7 @@ async fn oversize_and_misplaced_channel_frames_end_the_channel_with_a_clear_stat
                 peer: b_ticket.clone(),
                 batch: true,
                 half_close: false,
+                group: String::new(),
             })),
         };
         let bad = ChannelInput { kind: Some(bad) };

@@ -44,6 +44,7 @@ async fn frames_flow_both_ways_with_boundaries_kept() {
             peer: b_ticket,
             batch: false,
             half_close: false,
+            group: String::new(),
         })),
     })
     .await
@@ -200,6 +201,7 @@ async fn batches_carry_small_frames_in_order_and_a_half_closed_peer_can_still_an
             peer: b_ticket,
             batch: true,
             half_close: false,
+            group: String::new(),
         };
         client_a.open_channel(open).await
     });

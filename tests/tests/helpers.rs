@@ -322,6 +322,7 @@ async fn an_apps_helpers_stop_when_its_session_ends() {
         .apps()
         .session(SessionRequest {
             app_id: "demoapp".into(),
+            group: String::new(),
         })
         .await
         .expect("session")
@@ -589,6 +590,7 @@ async fn an_app_and_its_helper_talk_through_a_local_channel() {
         .apps()
         .session(SessionRequest {
             app_id: "demoapp".into(),
+            group: String::new(),
         })
         .await
         .expect("session")
@@ -614,6 +616,7 @@ async fn an_app_and_its_helper_talk_through_a_local_channel() {
                     peer: own_id,
                     batch: false,
                     half_close: false,
+                    group: String::new(),
                 })),
             })
             .await

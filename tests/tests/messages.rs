@@ -21,7 +21,10 @@ async fn register_app(node: &mut Node, app: &str) {
     let client = node.client().await;
     let mut session = client
         .apps()
-        .session(SessionRequest { app_id: app.into() })
+        .session(SessionRequest {
+            app_id: app.into(),
+            group: String::new(),
+        })
         .await
         .expect("session")
         .into_inner();

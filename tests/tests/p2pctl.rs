@@ -63,6 +63,7 @@ async fn send_apps_events_and_shutdown() {
         .apps()
         .session(p2pos_proto::app::v1::SessionRequest {
             app_id: "notes".into(),
+            group: String::new(),
         })
         .await
         .expect("session")

@@ -34,7 +34,10 @@ async fn start_helper(
 ) -> tonic::Streaming<p2pos_proto::app::v1::SessionEvent> {
     let mut session = client
         .apps()
-        .session(SessionRequest { app_id: app.into() })
+        .session(SessionRequest {
+            app_id: app.into(),
+            group: String::new(),
+        })
         .await
         .expect("session")
         .into_inner();

@@ -450,6 +450,7 @@ async fn provide(registry: Registry, actor: Addr<ForwardService>) {
             .ask::<Apps, _>(|reply| apps::Request::OpenSession {
                 app_id: forward_app(),
                 reply,
+                group: None,
             })
             .await;
         match opened {

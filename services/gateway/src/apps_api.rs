@@ -1,5 +1,6 @@
 //! `p2pos.app.v1.Apps`: sessions, channels, messages. Every call checks that the caller may
-//! act for the app id it names.
+//! act for the app id it names. A peer named `NAME@GROUP`, and a group named by a channel or a
+//! session, are resolved here through the groups service.
 
 use std::time::Duration;
 
@@ -11,9 +12,10 @@ use p2pos_proto::app::v1::{
     apps_server::Apps, channel_input, session_event,
 };
 use p2pos_protocols::{
-    Apps as AppsProtocol, Reply,
+    Apps as AppsProtocol, Groups as GroupsProtocol, Reply,
     apps::{Incoming, Request as AppsRequest},
-    ids::{AppId, PeerRef},
+    groups::{Request as GroupsRequest, Resolved},
+    ids::{AppId, PeerArg, PeerRef},
     wire::MAX_PAYLOAD,
 };
 use tokio_stream::wrappers::ReceiverStream;
@@ -47,22 +49,90 @@ impl AppsApi {
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> AppsRequest) -> Result<T, Status> {
         Ok(self.ctx.registry.ask::<AppsProtocol, T>(make).await?)
     }
+
+    /// Asks the groups service and waits for its answer.
+    async fn ask_groups<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> GroupsRequest,
+    ) -> Result<T, Status> {
+        Ok(self.ctx.registry.ask::<GroupsProtocol, T>(make).await?)
+    }
+
+    /// The peer a request names, and the group a `NAME@GROUP` puts it in (its id).
+    async fn peer(&self, peer: &str) -> Result<(PeerRef, Option<String>), Status> {
+        if peer.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "peer is empty: give a peer id, a ticket, a multiaddr ending in /p2p/<peer id>, \
+                 or a group member's NAME@GROUP",
+            ));
+        }
+        match PeerArg::parse(peer).map_err(ServiceError::from)? {
+            PeerArg::Peer(peer) => Ok((peer, None)),
+            PeerArg::Member { name, group } => {
+                let Resolved { group, peer } = self
+                    .ask_groups(|reply| GroupsRequest::Resolve {
+                        group,
+                        name: Some(name.clone()),
+                        reply,
+                    })
+                    .await?;
+                let peer = peer.ok_or_else(|| {
+                    Status::internal(format!("the groups service resolved no member {name:?}"))
+                })?;
+                Ok((PeerRef::from(peer), Some(group)))
+            }
+        }
+    }
+
+    /// The id of the group a request names (its id or its name here); none when empty.
+    async fn group(&self, group: &str) -> Result<Option<String>, Status> {
+        let group = group.trim();
+        if group.is_empty() {
+            return Ok(None);
+        }
+        let group = group.to_owned();
+        let resolved = self
+            .ask_groups(|reply| GroupsRequest::Resolve {
+                group,
+                name: None,
+                reply,
+            })
+            .await?;
+        Ok(Some(resolved.group))
+    }
+
+    /// The group a channel opens in: the one `open.group` names, or the one a `NAME@GROUP`
+    /// peer implies (both: the same). A channel in a group to this node itself needs this
+    /// node to be a member (there is no hello to check it).
+    async fn channel_group(
+        &self,
+        named: &str,
+        implied: Option<String>,
+        peer: &PeerRef,
+    ) -> Result<Option<String>, Status> {
+        let group = match (self.group(named).await?, implied) {
+            (Some(named), Some(implied)) if named != implied => {
+                return Err(Status::invalid_argument(format!(
+                    "the channel's group {named} is not the group {implied} its peer was named in"
+                )));
+            }
+            (named, implied) => named.or(implied),
+        };
+        if let Some(group) = &group
+            && peer.peer == self.ctx.peer_id
+        {
+            let (group, peer) = (group.clone(), peer.peer);
+            self.ask_groups(|reply| GroupsRequest::Admit { group, peer, reply })
+                .await?;
+        }
+        Ok(group)
+    }
 }
 
 /// The app id a request names, which the caller must cover, checked here once.
 fn app(scope: &Scope, app_id: &str) -> Result<AppId, Status> {
     scope.require_app(app_id)?;
     AppId::parse(app_id).map_err(Status::invalid_argument)
-}
-
-/// The peer a request names: a peer id, a ticket or a multiaddr ending in `/p2p/<peer id>`.
-fn peer_ref(peer: &str) -> Result<PeerRef, Status> {
-    if peer.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "peer is empty: give a peer id, a ticket, or a multiaddr ending in /p2p/<peer id>",
-        ));
-    }
-    PeerRef::parse(peer).map_err(|e| ServiceError::from(e).into())
 }
 
 #[tonic::async_trait]
@@ -74,10 +144,15 @@ impl Apps for AppsApi {
         req: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let scope = caller(&req)?;
-        let SessionRequest { app_id } = req.into_inner();
+        let SessionRequest { app_id, group } = req.into_inner();
         let app_id = app(&scope, &app_id)?;
+        let group = self.group(&group).await?;
         let session = self
-            .ask(|reply| AppsRequest::OpenSession { app_id, reply })
+            .ask(|reply| AppsRequest::OpenSession {
+                app_id,
+                group,
+                reply,
+            })
             .await?;
         let registered = SessionEvent {
             kind: Some(session_event::Kind::Registered(session.registered)),
@@ -111,7 +186,8 @@ impl Apps for AppsApi {
         let (channel, options) = match first.kind {
             Some(channel_input::Kind::Open(open)) => {
                 let app_id = app(&scope, &open.app_id)?;
-                let peer = peer_ref(&open.peer)?;
+                let (peer, implied) = self.peer(&open.peer).await?;
+                let group = self.channel_group(&open.group, implied, &peer).await?;
                 let options = OutputOptions {
                     batch: open.batch,
                     half_close: open.half_close,
@@ -120,6 +196,7 @@ impl Apps for AppsApi {
                     .ask(|reply| AppsRequest::OpenChannel {
                         app_id,
                         peer,
+                        group,
                         reply,
                     })
                     .await?;
@@ -163,13 +240,13 @@ impl Apps for AppsApi {
             payload,
         } = req.into_inner();
         let app_id = app(&scope, &app_id)?;
-        let peer = peer_ref(&peer)?;
         if payload.len() > MAX_PAYLOAD {
             return Err(Status::resource_exhausted(format!(
                 "a message of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
                 payload.len()
             )));
         }
+        let (peer, _group) = self.peer(&peer).await?;
         let sent = self
             .ask(|reply| AppsRequest::Send {
                 app_id,

@@ -1,12 +1,12 @@
 //! `p2pos.group.v1.Groups`: groups with a signed member list. Reading is open to any scope;
-//! changing (create, invite, join, leave, remove, admins, rename, sync) is the admin's; an app
-//! publishes on and follows its own app's topics.
+//! changing (create, invite, join, leave, remove, admins, rename, sync, set name) is the
+//! admin's; an app publishes on and follows its own app's topics.
 
 use p2pos_kernel::ServiceContext;
 use p2pos_proto::group::v1::{
     CreateRequest, Group, GroupRef, InviteReply, InviteRequest, JoinRequest, LeaveReply, ListReply,
     ListRequest, MemberRequest, MembersReply, PublishReply, PublishRequest, RenameRequest,
-    SubscribeRequest, SyncReply, TopicMessage, groups_server::Groups as GroupsRpc,
+    SetNameRequest, SubscribeRequest, SyncReply, TopicMessage, groups_server::Groups as GroupsRpc,
 };
 use p2pos_protocols::{
     Groups, Reply,
@@ -179,6 +179,15 @@ impl GroupsRpc for GroupsApi {
         let request = req.into_inner();
         let group = self
             .ask(|reply| groups::Request::Rename { request, reply })
+            .await?;
+        Ok(Response::new(group))
+    }
+
+    async fn set_name(&self, req: Request<SetNameRequest>) -> Result<Response<Group>, Status> {
+        caller(&req)?.require_admin()?;
+        let request = req.into_inner();
+        let group = self
+            .ask(|reply| groups::Request::SetName { request, reply })
             .await?;
         Ok(Response::new(group))
     }

@@ -120,6 +120,7 @@ pub fn splice<I: ChannelFrame>(
         peer_id,
         app_id,
         inbound,
+        group,
         io,
     } = channel;
     events.publish(Kind::ChannelOpened(v1::ChannelOpened {
@@ -254,6 +255,7 @@ pub fn splice<I: ChannelFrame>(
             channel_id,
             peer_id,
             app_id,
+            group,
         })),
     };
     let read_half = CappedReads::new(read_half);

@@ -201,6 +201,7 @@ fn echo(request: ServicesCall) {
                     app_id: app_id.into_string(),
                     inbound: false,
                     io: Box::new(ours),
+                    group: String::new(),
                 }),
             );
         }

@@ -7,18 +7,22 @@
 //! - An operation is accepted only if its parents are all known and its signer is an admin in
 //!   the state computed from its parents' history (its ancestors), or it removes its own signer
 //!   who is a member there (leaving). That depends on its ancestors only, so every node gives
-//!   the same verdict, whatever order operations arrive in.
+//!   the same verdict, whatever order operations arrive in. A name operation is accepted
+//!   when its signer is a member there.
 //! - A peer is a member when some accepted add of it (create for the founder, add member, add
 //!   admin) has every accepted removal of it (remove member) among its ancestors: a removal
 //!   wins over a concurrent add; an add made after seeing the removal re-adds. Admins likewise,
 //!   with adds = create, add admin and removals = remove admin, remove member.
 //! - The name is that of the last rename in the order, else the create's.
+//! - A member's short name is that of its last name operation (which any member signs for
+//!   itself) in the order; a peer that is not a member has none. Two members may hold the
+//!   same name (named concurrently, or on purpose): the name is then ambiguous.
 //!
 //! Two admins removing each other concurrently: both removals were made by an admin of their
 //! moment, so both apply and neither stays a member; the other members and admins remain. A
 //! group left with no admin keeps its members but can no longer change.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use libp2p::PeerId;
 
@@ -83,6 +87,19 @@ pub struct State {
     pub members: BTreeSet<PeerId>,
     /// The admins.
     pub admins: BTreeSet<PeerId>,
+    /// The members' short names (members that named themselves only).
+    pub names: BTreeMap<PeerId, String>,
+}
+
+impl State {
+    /// The members named `name`.
+    pub fn named(&self, name: &str) -> Vec<PeerId> {
+        self.names
+            .iter()
+            .filter(|(_, n)| n.as_str() == name)
+            .map(|(p, _)| *p)
+            .collect()
+    }
 }
 
 /// One group's log.
@@ -175,9 +192,16 @@ impl Log {
             depth = depth.max(self.entries[i].depth + 1);
         }
         let before = self.state_of(&ancestors);
-        let leaving =
-            op.kind == Kind::RemoveMember(op.signer) && before.members.contains(&op.signer);
-        if !before.admins.contains(&op.signer) && !leaving {
+        let is_member = before.members.contains(&op.signer);
+        let leaving = op.kind == Kind::RemoveMember(op.signer) && is_member;
+        if let Kind::SetName(_) = op.kind {
+            if !is_member {
+                return Err(Rejected::NotAuthorized(format!(
+                    "{} is not a member of the group where it named itself",
+                    op.signer
+                )));
+            }
+        } else if !before.admins.contains(&op.signer) && !leaving {
             return Err(Rejected::NotAuthorized(format!(
                 "{} is not an admin of the group where it signed",
                 op.signer
@@ -267,6 +291,8 @@ impl Log {
     fn state_of(&self, set: &Bits) -> State {
         // The last naming operation in (depth, hash) order.
         let mut named: Option<(u32, Hash, &str)> = None;
+        // Per signer, its last name operation in (depth, hash) order.
+        let mut member_names: HashMap<PeerId, (u32, Hash, &str)> = HashMap::new();
         // Per peer: the indices of its member adds, member removals, admin adds, admin removals.
         let mut by_peer: HashMap<PeerId, [Vec<usize>; 4]> = HashMap::new();
         for (i, entry) in self.entries.iter().enumerate().filter(|(i, _)| set.has(*i)) {
@@ -281,6 +307,15 @@ impl Log {
                         Kind::Create { .. } => (op.signer, &[0, 2]),
                         _ => continue,
                     }
+                }
+                Kind::SetName(name) => {
+                    let last = member_names
+                        .entry(op.signer)
+                        .or_insert((key.0, key.1, name));
+                    if (last.0, last.1) < key {
+                        *last = (key.0, key.1, name);
+                    }
+                    continue;
                 }
                 Kind::AddMember(p) => (*p, &[0]),
                 Kind::RemoveMember(p) => (*p, &[1, 3]),
@@ -311,6 +346,11 @@ impl Log {
                 state.admins.insert(peer);
             }
         }
+        state.names = member_names
+            .into_iter()
+            .filter(|(peer, _)| state.members.contains(peer))
+            .map(|(peer, (_, _, name))| (peer, name.to_owned()))
+            .collect();
         state
     }
 }

@@ -191,3 +191,53 @@ fn a_full_log_refuses_more() {
     let one_more = a.sign(Some(log.id()), &log.heads(), Kind::Rename("x".into()));
     assert_eq!(log.insert(one_more), Err(Rejected::Full));
 }
+
+#[test]
+fn members_name_themselves_and_the_last_name_wins_everywhere() {
+    let (a, b, c) = (Peer::new(), Peer::new(), Peer::new());
+    let mut log = a.create();
+    a.act(&mut log, Kind::AddMember(b.id()));
+    // A plain member names itself; a stranger may not.
+    b.act(&mut log, Kind::SetName("bob".into()));
+    let by_stranger = c.sign(Some(log.id()), &log.heads(), Kind::SetName("eve".into()));
+    assert!(matches!(
+        log.insert(by_stranger),
+        Err(Rejected::NotAuthorized(_))
+    ));
+    a.act(&mut log, Kind::SetName("alice".into()));
+    b.act(&mut log, Kind::SetName("bobby".into()));
+    let state = log.state();
+    assert_eq!(state.names.get(&a.id()).map(String::as_str), Some("alice"));
+    assert_eq!(state.names.get(&b.id()).map(String::as_str), Some("bobby"));
+    assert_eq!(state.named("bobby"), vec![b.id()]);
+    assert!(state.named("bob").is_empty());
+    // Concurrent names of one member: the same winner on every copy, whatever the order.
+    let mut side = copy(&log);
+    let one = b.act(&mut log, Kind::SetName("b1".into()));
+    let two = b.act(&mut side, Kind::SetName("b2".into()));
+    side.insert(one).expect("merged");
+    log.insert(two).expect("merged");
+    assert_eq!(log.state(), side.state());
+    // Two members with one name: both are named so.
+    let b_name = log.state().names[&b.id()].clone();
+    a.act(&mut log, Kind::SetName(b_name.clone()));
+    assert_eq!(log.state().named(&b_name), {
+        let mut both = vec![a.id(), b.id()];
+        both.sort();
+        both
+    });
+    // A removed member has no name.
+    a.act(&mut log, Kind::RemoveMember(b.id()));
+    assert!(!log.state().names.contains_key(&b.id()));
+}
+
+#[test]
+fn member_names_follow_their_grammar() {
+    for good in ["alice", "a", "bob-laptop", "x.y_z-0", &"n".repeat(32)] {
+        assert_eq!(op::check_member_name(good).as_deref(), Ok(good));
+    }
+    for bad in ["", "Alice", "al ice", "ali@ce", "é", &"n".repeat(33)] {
+        let err = op::check_member_name(bad).expect_err(bad);
+        assert!(err.contains("member name"), "{err}");
+    }
+}

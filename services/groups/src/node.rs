@@ -31,6 +31,13 @@ pub struct Node {
     pub(crate) rate: RateLimit,
 }
 
+fn not_member(group: GroupId) -> ServiceError {
+    ServiceError::new(
+        ErrorCode::PermissionDenied,
+        format!("this node is not a member of group {group}"),
+    )
+}
+
 fn not_admin(group: GroupId) -> ServiceError {
     ServiceError::new(
         ErrorCode::PermissionDenied,
@@ -88,6 +95,7 @@ impl Node {
                         peer_id: p.to_string(),
                         admin: state.admins.contains(p),
                         local: *p == self.local,
+                        name: state.names.get(p).cloned().unwrap_or_default(),
                     })
                     .collect()
             })
@@ -117,6 +125,9 @@ impl Node {
         let (_, rejected) = self.book.insert(group, vec![op])?;
         match rejected.into_iter().next() {
             None => {}
+            Some(Rejected::NotAuthorized(_)) if matches!(kind, Kind::SetName(_)) => {
+                return Err(not_member(group));
+            }
             Some(Rejected::NotAuthorized(_)) => return Err(not_admin(group)),
             Some(Rejected::Full) => {
                 return Err(ServiceError::new(
@@ -243,6 +254,104 @@ impl Node {
         let group = self.book.resolve(group)?;
         let name = op::check_name(name).map_err(ServiceError::invalid)?;
         self.act(group, Kind::Rename(name)).await
+    }
+
+    /// Joins with `invite` and, with a `name` (not empty), names this node in the group right
+    /// after (the name is checked before joining).
+    pub async fn join_named(&self, invite: &str, name: &str) -> Result<Group, ServiceError> {
+        if name.is_empty() {
+            return self.join(invite).await;
+        }
+        let name = op::check_member_name(name).map_err(ServiceError::invalid)?;
+        let group = self.join(invite).await?;
+        self.set_name(&group.id, &name).await.map_err(|e| {
+            ServiceError::new(
+                e.code,
+                format!(
+                    "joined group {}, but could not name this node {name:?}: {}",
+                    group.id, e.message
+                ),
+            )
+        })
+    }
+
+    /// Names this node `name` within `group` (any member may).
+    pub async fn set_name(&self, group: &str, name: &str) -> Result<Group, ServiceError> {
+        let name = op::check_member_name(name).map_err(ServiceError::invalid)?;
+        let group = self.book.resolve(group)?;
+        if !self.book.is_member(group, &self.local) {
+            return Err(not_member(group));
+        }
+        self.act(group, Kind::SetName(name)).await
+    }
+
+    /// The group `group` names (its id or its name here) and, with `name`, the member that
+    /// holds that short name in it. A group id this node does not hold is taken as it is
+    /// when no member is named (the peer's node judges a channel in it).
+    pub fn resolve(
+        &self,
+        group: &str,
+        name: Option<&str>,
+    ) -> Result<(GroupId, Option<PeerId>), ServiceError> {
+        let Some(name) = name else {
+            return match self.book.resolve(group) {
+                Ok(id) => Ok((id, None)),
+                Err(e) => group
+                    .parse::<GroupId>()
+                    .map(|id| (id, None))
+                    .map_err(|()| e),
+            };
+        };
+        let name = op::check_member_name(name).map_err(ServiceError::invalid)?;
+        let id = self.book.resolve(group)?;
+        let state = self
+            .book
+            .with(id, Log::state)
+            .ok_or_else(|| ServiceError::not_found(format!("no group {id} here")))?;
+        match state.named(&name).as_slice() {
+            [one] => Ok((id, Some(*one))),
+            [] => Err(ServiceError::not_found(format!(
+                "no member of group {:?} ({id}) is named {name:?} here",
+                state.name
+            ))),
+            many => Err(ServiceError::invalid(format!(
+                "the name {name:?} is ambiguous in group {:?} ({id}): members {} all hold it; \
+                 name the peer by its id",
+                state.name,
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ))),
+        }
+    }
+
+    /// Whether a channel in `group` (an id) from `peer` may be taken: `peer` and this node
+    /// are both members of it now, as this node knows. The refusal says why.
+    pub fn admit_channel(&self, group: &str, peer: &PeerId) -> Result<(), ServiceError> {
+        let denied = |why: String| ServiceError::new(ErrorCode::PermissionDenied, why);
+        let local = self.local;
+        let id: GroupId = group.parse().map_err(|()| {
+            denied(format!(
+                "{:?} is not a group id",
+                group.chars().take(40).collect::<String>()
+            ))
+        })?;
+        let state = self
+            .book
+            .with(id, Log::state)
+            .ok_or_else(|| denied(format!("peer {local} is not in group {id}")))?;
+        if !state.members.contains(&local) {
+            return Err(denied(format!(
+                "peer {local} is no longer a member of group {id}"
+            )));
+        }
+        if !state.members.contains(peer) {
+            return Err(denied(format!(
+                "peer {peer} is not a member of group {id} (as peer {local} knows it)"
+            )));
+        }
+        Ok(())
     }
 
     /// Leaves `group`: a signed removal of this node goes to the members (within a few

@@ -19,6 +19,7 @@ pub const MAX_OP: usize = 2048;
 pub const MAX_PARENTS: usize = 16;
 /// Longest group name, in characters.
 pub const MAX_NAME: usize = 64;
+pub use p2pos_protocols::names::{MAX_MEMBER_NAME, check_member_name};
 
 /// An operation's hash: the SHA-256 of its signed bytes.
 pub type Hash = [u8; 32];
@@ -84,6 +85,8 @@ pub enum Kind {
     RemoveAdmin(PeerId),
     /// Renames the group.
     Rename(String),
+    /// Names its signer within the group (a member's short name).
+    SetName(String),
 }
 
 /// A signed operation whose signature verified.
@@ -134,6 +137,7 @@ pub fn body(group: Option<GroupId>, parents: &[Hash], time_ms: u64, kind: &Kind)
         Kind::AddAdmin(p) => K::AddAdmin(p.to_bytes().into()),
         Kind::RemoveAdmin(p) => K::RemoveAdmin(p.to_bytes().into()),
         Kind::Rename(name) => K::Rename(name.clone()),
+        Kind::SetName(name) => K::SetName(name.clone()),
     };
     let mut parents = parents.to_vec();
     parents.sort_unstable();
@@ -182,6 +186,7 @@ impl Op {
             Some(K::AddAdmin(p)) => Kind::AddAdmin(peer(&p)?),
             Some(K::RemoveAdmin(p)) => Kind::RemoveAdmin(peer(&p)?),
             Some(K::Rename(name)) => Kind::Rename(check_name(&name)?),
+            Some(K::SetName(name)) => Kind::SetName(check_member_name(&name)?),
         };
         let create = matches!(kind, Kind::Create { .. });
         let group = match (create, group.is_empty()) {

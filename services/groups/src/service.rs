@@ -214,7 +214,22 @@ impl Handler<Call<Groups>> for GroupsService {
                 }
                 Request::Invite { request, reply } => answer(reply, node.invite(request).await),
                 Request::Join { request, reply } => {
-                    answer(reply, node.join(&request.invite).await);
+                    answer(reply, node.join_named(&request.invite, &request.name).await);
+                }
+                Request::SetName { request, reply } => {
+                    answer(reply, node.set_name(&request.group, &request.name).await);
+                }
+                Request::Resolve { group, name, reply } => {
+                    let resolved =
+                        node.resolve(&group, name.as_deref())
+                            .map(|(id, peer)| groups::Resolved {
+                                group: id.to_string(),
+                                peer,
+                            });
+                    answer(reply, resolved);
+                }
+                Request::Admit { group, peer, reply } => {
+                    answer(reply, node.admit_channel(&group, &peer));
                 }
                 Request::Leave { group, reply } => answer(reply, node.leave(&group).await),
                 Request::List { reply } => {

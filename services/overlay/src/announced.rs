@@ -24,6 +24,8 @@ pub(crate) struct PendingChannel {
     pub(crate) session: u64,
     /// Set for a channel to a service the app provides.
     pub(crate) origin: Option<ServiceOrigin>,
+    /// The group it is in (its id), checked at its hello; empty: none.
+    pub(crate) group: String,
     pub(crate) io: PendingIo,
     /// Its place among the node's channels, handed on to the open channel.
     pub(crate) permit: OwnedSemaphorePermit,
@@ -64,6 +66,8 @@ pub(crate) enum Unannounced {
     TooManyChannels,
     /// No live session of the app.
     NotListening,
+    /// The app's live sessions take only channels in a group, and not this one's.
+    OutsideGroup,
     /// The app's newest session has [`crate::sessions::SESSION_BUFFER`] announcements it has not
     /// read.
     Backlog,
@@ -89,6 +93,7 @@ impl LocalEnd {
         channel_id: u64,
         peer: PeerId,
         app_id: String,
+        group: String,
     ) -> Result<ChannelStream, Error> {
         let LocalEnd { io, answer } = self;
         if answer.send(Ok(())).is_err() {
@@ -99,6 +104,7 @@ impl LocalEnd {
             peer_id: peer.to_string(),
             app_id,
             inbound: true,
+            group,
             io: Box::new(io),
         })
     }
@@ -116,6 +122,7 @@ pub(crate) struct LocalOpening {
     pub(crate) answered: oneshot::Receiver<Result<(), Error>>,
     pub(crate) app_id: String,
     pub(crate) local: PeerId,
+    pub(crate) group: String,
 }
 
 impl LocalOpening {
@@ -127,6 +134,7 @@ impl LocalOpening {
             answered,
             app_id,
             local,
+            group,
         } = self;
         // The sender goes only with the pending channel: accepted, expired, refused because
         // its session ended, or the service stopping (which drops every pending channel).
@@ -136,6 +144,7 @@ impl LocalOpening {
             peer_id: local.to_string(),
             app_id,
             inbound: false,
+            group,
             io: Box::new(io),
         })
     }

@@ -31,14 +31,22 @@ impl Handler<Call<Apps>> for OverlayService {
     /// Bookkeeping here; every answer that takes time comes from a task of its own.
     fn handle(&mut self, Call(request): Call<Apps>, ctx: &mut Self::Context) {
         match request {
-            Request::OpenSession { app_id, reply } => {
-                spawn_answer(reply, self.open_session(app_id.into_string(), ctx));
+            Request::OpenSession {
+                app_id,
+                group,
+                reply,
+            } => {
+                spawn_answer(reply, self.open_session(app_id.into_string(), group, ctx));
             }
             Request::OpenChannel {
                 app_id,
                 peer,
+                group,
                 reply,
-            } => spawn_answer(reply, self.open_channel(app_id.into_string(), peer, ctx)),
+            } => spawn_answer(
+                reply,
+                self.open_channel((app_id.into_string(), group), peer, ctx),
+            ),
             Request::AcceptChannel {
                 app_id,
                 channel_id,
@@ -61,7 +69,12 @@ impl Handler<Call<Apps>> for OverlayService {
 }
 
 impl OverlayService {
-    fn open_session(&mut self, app_id: String, ctx: &mut Context<Self>) -> Fut<Session> {
+    fn open_session(
+        &mut self,
+        app_id: String,
+        group: Option<String>,
+        ctx: &mut Context<Self>,
+    ) -> Fut<Session> {
         if self.directory.live() >= MAX_SESSIONS {
             return ready(Err(Error::Busy {
                 what: "live app sessions",
@@ -71,8 +84,14 @@ impl OverlayService {
         let (tx, incoming) = mpsc::channel(SESSION_BUFFER);
         let id = self.next_session;
         self.next_session += 1;
-        self.directory
-            .open(&app_id, SessionSlot { id, tx: tx.clone() });
+        self.directory.open(
+            &app_id,
+            SessionSlot {
+                id,
+                tx: tx.clone(),
+                group,
+            },
+        );
         // The session ends when the client drops its receiver.
         let app = app_id.clone();
         ctx.spawn(
@@ -126,7 +145,7 @@ impl OverlayService {
 
     fn open_channel(
         &mut self,
-        app_id: String,
+        (app_id, group): (String, Option<String>),
         peer: PeerRef,
         ctx: &mut Context<Self>,
     ) -> Fut<ChannelStream> {
@@ -143,13 +162,14 @@ impl OverlayService {
             }));
         };
         if peer == self.net.local_peer_id() {
-            return self.open_local(app_id, channel_permit, permit, ctx);
+            return self.open_local((app_id, group), channel_permit, permit, ctx);
         }
         let (net, store) = (self.net.clone(), self.ctx.store.clone());
         Box::pin(async move {
             let _permit = permit;
             let reach_by = tokio::time::Instant::now() + channel::REACH_TIME;
-            let stream = channel::open(net, store, app_id, None, peer, addrs, reach_by).await?;
+            let to = (None, group);
+            let stream = channel::open(net, store, app_id, to, peer, addrs, reach_by).await?;
             Ok(count(stream, channel_permit))
         })
     }

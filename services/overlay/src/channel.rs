@@ -40,8 +40,9 @@ const REOPEN_PAUSE: Duration = Duration::from_millis(20);
 /// How long an inbound channel may wait to be accepted.
 pub(crate) const ACCEPT_WINDOW: Duration = Duration::from_secs(30);
 
-/// Opens a channel to `app_id` on `peer`, or with `service` set, from app `app_id` to the
-/// provider of `service` on `peer`, and waits until the remote app accepts it. The peer must
+/// Opens a channel to `app_id` on `peer` (in `group`, an id, when given), or with `service`
+/// set, from app `app_id` to the provider of `service` on `peer`, and waits until the remote
+/// app accepts it. The peer must
 /// be reached (connected, stream open, hello written) by `reach_by`; accepting may then take
 /// the app's 30 s. The stream of a service channel names the providing app (which the welcome
 /// tells), or is empty when the responder did not say.
@@ -50,7 +51,7 @@ pub(crate) async fn open(
     net: Network,
     store: Arc<dyn Store>,
     app_id: String,
-    service: Option<String>,
+    (service, group): (Option<String>, Option<String>),
     peer: PeerId,
     addrs: Vec<Multiaddr>,
     reach_by: Instant,
@@ -66,6 +67,7 @@ pub(crate) async fn open(
     let hello = ChannelHello {
         app_id: app_id.clone(),
         service: service.clone().unwrap_or_default(),
+        group: group.clone().unwrap_or_default(),
     };
     let mut opens = 0;
     let mut io = loop {
@@ -129,6 +131,7 @@ pub(crate) async fn open(
                 None => app_id,
             },
             inbound: false,
+            group: group.unwrap_or_default(),
             io: Box::new(io),
         }),
         // The provider's app is gone (its services went with it), or never was.
@@ -141,6 +144,7 @@ pub(crate) async fn open(
         }
         (Ok(channel_welcome::Result::Timeout), _) => Err(not_accepted(app_id)),
         (Ok(channel_welcome::Result::Busy), _) => Err(Error::ChannelRefused { peer, message }),
+        (Ok(channel_welcome::Result::NotMember), _) => Err(Error::NotMember { peer, message }),
         // Only service channels are answered so.
         (Ok(channel_welcome::Result::NotProvided), None) => Err(broken(message)),
         (Err(_), _) => Err(broken(format!(
@@ -156,7 +160,7 @@ pub(crate) async fn accept(
     channel_id: u64,
     peer: PeerId,
     app_id: String,
-    to_service: bool,
+    (to_service, group): (bool, String),
 ) -> Result<ChannelStream, Error> {
     let welcome = ChannelWelcome {
         result: channel_welcome::Result::Accepted.into(),
@@ -178,6 +182,7 @@ pub(crate) async fn accept(
         peer_id: peer.to_string(),
         app_id,
         inbound: true,
+        group,
         io: Box::new(io),
     })
 }

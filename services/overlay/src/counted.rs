@@ -27,6 +27,7 @@ pub(crate) fn count(stream: ChannelStream, permit: OwnedSemaphorePermit) -> Chan
         peer_id,
         app_id,
         inbound,
+        group,
         io,
     } = stream;
     ChannelStream {
@@ -34,6 +35,7 @@ pub(crate) fn count(stream: ChannelStream, permit: OwnedSemaphorePermit) -> Chan
         peer_id,
         app_id,
         inbound,
+        group,
         io: Box::new(CountedIo {
             io,
             _permit: permit,

@@ -91,6 +91,15 @@ pub enum Error {
         /// The peer.
         peer: PeerId,
     },
+    /// The peer refused a channel in a group: its node or this one is not a member there (it
+    /// answered `NOT_MEMBER`).
+    #[error("peer {peer} refused the channel in a group: {message}")]
+    NotMember {
+        /// The peer.
+        peer: PeerId,
+        /// The peer's words (they name the group).
+        message: String,
+    },
     /// The peer is at its channel limit (it answered `BUSY`).
     #[error("peer {peer} refused the channel: {message}")]
     ChannelRefused {
@@ -331,6 +340,7 @@ impl From<Error> for ServiceError {
             | Error::Busy { .. }
             | Error::TooManyChannels { .. }
             | Error::ChannelRefused { .. } => ErrorCode::ResourceExhausted,
+            Error::NotMember { .. } => ErrorCode::PermissionDenied,
             Error::Store(_) | Error::Setup(_) => ErrorCode::Internal,
             Error::Network(e) => ServiceError::from(e.clone()).code,
         };

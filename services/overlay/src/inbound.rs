@@ -6,12 +6,15 @@ use std::{sync::Arc, time::Duration};
 
 use actix::{Message, Recipient};
 use libp2p::PeerId;
-use p2pos_kernel::EventBus;
+use p2pos_kernel::{EventBus, Registry};
 use p2pos_proto::{
     monitor::v1::{MessageDelivered, event::Kind},
-    wire::v1::{ChannelHello, ChannelWelcome, MessageAck, MessageFrame, message_ack},
+    wire::v1::{
+        ChannelHello, ChannelWelcome, MessageAck, MessageFrame, channel_welcome, message_ack,
+    },
 };
 use p2pos_protocols::{
+    Groups, groups,
     network::InboundStream,
     wire::{read_message, write_message},
 };
@@ -42,6 +45,8 @@ pub(crate) struct InboundChannel {
     pub(crate) app_id: String,
     /// The service it asked for; empty for a channel to the same app.
     pub(crate) service: String,
+    /// The group it is in (its id), where the peer's membership was checked; empty: none.
+    pub(crate) group: String,
     /// The stream, after the hello.
     pub(crate) io: Io,
 }
@@ -54,11 +59,14 @@ pub(crate) struct Refusal {
     pub(crate) welcome: ChannelWelcome,
 }
 
-/// Reads the hello of an inbound channel and hands the stream to the actor.
+/// Reads the hello of an inbound channel and hands the stream to the actor; a channel in a
+/// group only once the groups service has admitted it (both ends members there), else it is
+/// refused `NOT_MEMBER` here and the actor never sees it.
 pub(crate) async fn serve_channel(
     peer: PeerId,
     stream: InboundStream,
     actor: Recipient<InboundChannel>,
+    registry: Registry,
 ) {
     let max_frame = stream.max_frame();
     let mut io = stream.compat();
@@ -69,11 +77,35 @@ pub(crate) async fn serve_channel(
             return;
         }
     };
-    let ChannelHello { app_id, service } = hello;
+    let ChannelHello {
+        app_id,
+        service,
+        group,
+    } = hello;
+    if !group.is_empty() {
+        let asked = group.clone();
+        let admitted = registry
+            .ask::<Groups, ()>(|reply| groups::Request::Admit {
+                group: asked,
+                peer,
+                reply,
+            })
+            .await;
+        if let Err(e) = admitted {
+            debug!(%peer, group, "a channel in a group refused: {}", e.message);
+            let welcome = ChannelWelcome {
+                result: channel_welcome::Result::NotMember.into(),
+                message: e.message,
+            };
+            refuse(Refusal { io, welcome }).await;
+            return;
+        }
+    }
     let inbound = InboundChannel {
         peer,
         app_id,
         service,
+        group,
         io,
     };
     let refusal = match actor.send(inbound).await {

@@ -14,6 +14,7 @@ use crate::{
     Error,
     announced::{LocalEnd, LocalOpening, PIPE_BUFFER, ServiceOrigin, Unannounced},
     counted::count,
+    pending::outside_group,
     sessions::SESSION_BUFFER,
     state::OverlayService,
     task::{Fut, ready},
@@ -26,12 +27,12 @@ impl OverlayService {
     /// receiving end of a remote channel does.
     pub(crate) fn open_local(
         &mut self,
-        app_id: String,
+        (app_id, group): (String, Option<String>),
         channel_permit: OwnedSemaphorePermit,
         open_permit: OwnedSemaphorePermit,
         ctx: &mut Context<Self>,
     ) -> Fut<ChannelStream> {
-        let opening = match self.announce_local(app_id, None, ctx) {
+        let opening = match self.announce_local(app_id, (None, group), ctx) {
             Ok(opening) => opening,
             Err(e) => return ready(Err(e)),
         };
@@ -43,12 +44,13 @@ impl OverlayService {
         })
     }
 
-    /// Announces a local channel to the newest session of `app_id` (to a service it provides
-    /// when `origin` is set; the opener's stream then names `app_id`, the provider).
+    /// Announces a local channel to the newest session of `app_id` that takes it (to a
+    /// service it provides when `origin` is set; the opener's stream then names `app_id`, the
+    /// provider; in `group`, an id, when given: the gateway checked this node is a member).
     pub(crate) fn announce_local(
         &mut self,
         app_id: String,
-        origin: Option<ServiceOrigin>,
+        (origin, group): (Option<ServiceOrigin>, Option<String>),
         ctx: &mut Context<Self>,
     ) -> Result<LocalOpening, Error> {
         let local = self.net.local_peer_id();
@@ -58,12 +60,17 @@ impl OverlayService {
             io: acceptor_io,
             answer,
         };
-        if let Err((_, why)) = self.announce(local, app_id.clone(), origin, end, ctx) {
+        let announced = self.announce(local, app_id.clone(), (origin, group.clone()), end, ctx);
+        if let Err((_, why)) = announced {
             return Err(match why {
                 Unannounced::TooManyChannels => Error::TooManyChannels {
                     limit: usize::try_from(self.config.max_channels).unwrap_or(usize::MAX),
                 },
                 Unannounced::NotListening => Error::NotRunningHere { app_id },
+                Unannounced::OutsideGroup => Error::NotMember {
+                    peer: local,
+                    message: outside_group(&app_id, local),
+                },
                 Unannounced::Backlog => Error::Busy {
                     what: "channels waiting to be accepted by this app",
                     limit: SESSION_BUFFER,
@@ -76,6 +83,7 @@ impl OverlayService {
             answered,
             app_id,
             local,
+            group: group.unwrap_or_default(),
         })
     }
 }

@@ -20,6 +20,7 @@ use crate::{
     channel,
     counted::count,
     inbound::{InboundChannel, Refusal, refuse},
+    sessions::NoTaker,
     state::OverlayService,
     task::{Fut, ready},
 };
@@ -41,17 +42,17 @@ impl OverlayService {
                     io,
                     permit,
                     origin,
+                    group,
                     ..
                 } = pending;
                 match io {
                     PendingIo::Remote(io) => Box::pin(async move {
-                        let to_service = origin.is_some();
-                        let stream =
-                            channel::accept(io, channel_id, peer, app_id, to_service).await?;
+                        let to = (origin.is_some(), group);
+                        let stream = channel::accept(io, channel_id, peer, app_id, to).await?;
                         Ok(count(stream, permit))
                     }),
                     PendingIo::Local(end) => ready(
-                        end.accept(channel_id, peer, app_id)
+                        end.accept(channel_id, peer, app_id, group)
                             .map(|stream| count(stream, permit)),
                     ),
                 }
@@ -131,15 +132,15 @@ impl OverlayService {
         }
     }
 
-    /// Announces an inbound channel from `peer` (to a service when `origin` is set) on the
-    /// newest live session of `app_id` and keeps it pending until it is accepted or
-    /// [`channel::ACCEPT_WINDOW`] has passed; it counts against `max_channels` from now on.
-    /// Gives `io` back if it cannot.
+    /// Announces an inbound channel from `peer` (to a service when `origin` is set; in a
+    /// group, already checked, when `group` is set) on the newest live session of `app_id`
+    /// that takes it and keeps it pending until it is accepted or [`channel::ACCEPT_WINDOW`]
+    /// has passed; it counts against `max_channels` from now on. Gives `io` back if it cannot.
     pub(crate) fn announce<I: Into<PendingIo>>(
         &mut self,
         peer: PeerId,
         app_id: String,
-        origin: Option<ServiceOrigin>,
+        (origin, group): (Option<ServiceOrigin>, Option<String>),
         io: I,
         ctx: &mut Context<Self>,
     ) -> Result<(), (I, Unannounced)> {
@@ -147,9 +148,12 @@ impl OverlayService {
         let Ok(permit) = self.channels.clone().try_acquire_owned() else {
             return Err((io, Unannounced::TooManyChannels));
         };
-        let Some((session_id, session)) = self.directory.newest(&app_id) else {
-            return Err((io, Unannounced::NotListening));
+        let (session_id, session) = match self.directory.newest_taking(&app_id, group.as_deref()) {
+            Ok(session) => session,
+            Err(NoTaker::NotListening) => return Err((io, Unannounced::NotListening)),
+            Err(NoTaker::OutsideGroup) => return Err((io, Unannounced::OutsideGroup)),
         };
+        let group = group.unwrap_or_default();
         let channel_id = match self.ctx.store.next_id() {
             Ok(id) => id,
             Err(e) => return Err((io, Unannounced::NoId(e))),
@@ -164,6 +168,7 @@ impl OverlayService {
             app_id: app_id.clone(),
             service,
             from_app,
+            group: group.clone(),
         };
         if let Err(e) = session.try_send(Incoming::Channel(announce)) {
             let why = match e {
@@ -180,6 +185,7 @@ impl OverlayService {
                 app_id,
                 session: session_id,
                 origin,
+                group,
                 io: io.into(),
                 permit,
                 expiry,
@@ -197,6 +203,7 @@ impl Handler<InboundChannel> for OverlayService {
             peer,
             app_id,
             service,
+            group,
             io,
         } = msg;
         if !service.is_empty() {
@@ -204,7 +211,8 @@ impl Handler<InboundChannel> for OverlayService {
                 .inbound_service_channel(peer, app_id, service, io, ctx)
                 .map_or(Ok(()), Err);
         }
-        let Err((io, why)) = self.announce(peer, app_id.clone(), None, io, ctx) else {
+        let group = (!group.is_empty()).then_some(group);
+        let Err((io, why)) = self.announce(peer, app_id.clone(), (None, group), io, ctx) else {
             return Ok(());
         };
         Err(Refusal {
@@ -212,6 +220,14 @@ impl Handler<InboundChannel> for OverlayService {
             welcome: self.unannounced_welcome(&app_id, why),
         })
     }
+}
+
+/// Why an app whose sessions take only channels in a group did not take one.
+pub(crate) fn outside_group(app_id: &str, local: PeerId) -> String {
+    format!(
+        "app '{app_id}' on peer {local} takes only channels in a group (Apps.Session's group), \
+         and not this one's"
+    )
 }
 
 impl OverlayService {
@@ -227,6 +243,10 @@ impl OverlayService {
             Unannounced::NotListening => (
                 channel_welcome::Result::AppNotListening,
                 format!("app '{app_id}' is not running on peer {local}"),
+            ),
+            Unannounced::OutsideGroup => (
+                channel_welcome::Result::NotMember,
+                outside_group(app_id, local),
             ),
             Unannounced::Backlog => (
                 channel_welcome::Result::Busy,

@@ -13,7 +13,7 @@ use p2pos_kernel::{
     ServiceError, StopService, Uses,
 };
 use p2pos_protocols::{
-    Apps, Services, apps,
+    Apps, Groups, Services, apps,
     network::{Accepting, Limits, NETWORK, Network},
     services, wire,
 };
@@ -85,6 +85,8 @@ pub fn child_spec(config: Config) -> ChildSpec {
         uses: Uses {
             trees: STORE_TREES,
             needs: &[NETWORK],
+            // Whether the two ends of a channel in a group are members.
+            calls: &[Groups::NAME],
             provides: &[Apps::NAME, Services::NAME],
             ..Uses::default()
         },
@@ -248,11 +250,11 @@ impl Handler<PartFailed> for OverlayService {
 impl OverlayService {
     /// Serves the overlay's inbound protocols: channels, messages and calls.
     fn accept_inbound(&self, ctx: &mut Context<Self>) -> Result<Vec<Accepting>, crate::Error> {
-        let actor = ctx.address().recipient();
+        let (actor, registry) = (ctx.address().recipient(), self.ctx.registry.clone());
         let channels = self.net.accept(
             CHANNEL_PROTOCOL,
             CHANNEL_HANDSHAKES,
-            move |peer, stream| serve_channel(peer, stream, actor.clone()),
+            move |peer, stream| serve_channel(peer, stream, actor.clone(), registry.clone()),
             p2pos_protocols::network::accept::drop_stream,
         )?;
         let (mailbox, events) = (self.mailbox.clone(), self.ctx.events.clone());

@@ -82,7 +82,7 @@ impl OverlayService {
                     service: service.clone(),
                     from_app: app_id.clone(),
                 };
-                match self.announce_local(provider.clone(), Some(origin), ctx) {
+                match self.announce_local(provider.clone(), (Some(origin), None), ctx) {
                     Ok(opening) => local_opening = Some((provider, opening)),
                     Err(e) => failures.push((format!("app '{provider}' on this node"), e)),
                 }
@@ -111,7 +111,8 @@ impl OverlayService {
                 let (net, store) = (net.clone(), store.clone());
                 let (app_id, service) = (app_id.clone(), Some(service.clone()));
                 async move {
-                    let opening = channel::open(net, store, app_id, service, peer, addrs, reach_by);
+                    let to = (service, None);
+                    let opening = channel::open(net, store, app_id, to, peer, addrs, reach_by);
                     match opening.await {
                         Ok(stream) => Attempt::Done(Ok(stream)),
                         Err(e) if worth_another(&e) => Attempt::Next(e),
@@ -179,7 +180,7 @@ impl OverlayService {
                     service: service.clone(),
                     from_app,
                 };
-                match self.announce(peer, provider.clone(), Some(origin), io, ctx) {
+                match self.announce(peer, provider.clone(), (Some(origin), None), io, ctx) {
                     Ok(()) => None,
                     Err((io, Unannounced::NotListening)) => {
                         let gone = Error::NotProvidedThere {

@@ -1,5 +1,6 @@
 //! The live sessions of each app, as the sessions part keeps them and the registry reads them:
-//! where incoming channels and calls are announced.
+//! where incoming channels and calls are announced. A session may take only the channels in
+//! one group.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,6 +20,16 @@ pub(crate) const MAX_SESSIONS: usize = 1024;
 pub(crate) struct SessionSlot {
     pub(crate) id: u64,
     pub(crate) tx: mpsc::Sender<Incoming>,
+    /// Only channels in this group (its id) are announced to it; `None`: any.
+    pub(crate) group: Option<String>,
+}
+
+/// Why no session takes a channel.
+pub(crate) enum NoTaker {
+    /// The app has no live session.
+    NotListening,
+    /// Its live sessions take only channels in a group, and not this one's.
+    OutsideGroup,
 }
 
 fn newest(sessions: &[SessionSlot]) -> Option<(u64, &mpsc::Sender<Incoming>)> {
@@ -85,8 +96,36 @@ impl SessionDirectory {
             .collect()
     }
 
+    /// The newest live session of `app_id` that takes a channel in `group` (`None`: in no
+    /// group) and where to announce to it: where an incoming channel goes.
+    pub(crate) fn newest_taking(
+        &self,
+        app_id: &str,
+        group: Option<&str>,
+    ) -> Result<(u64, mpsc::Sender<Incoming>), NoTaker> {
+        let apps = self.read();
+        let live = apps
+            .get(app_id)
+            .into_iter()
+            .flatten()
+            .rev()
+            .filter(|s| !s.tx.is_closed());
+        let mut any = false;
+        for session in live {
+            any = true;
+            if session.group.is_none() || session.group.as_deref() == group {
+                return Ok((session.id, session.tx.clone()));
+            }
+        }
+        Err(if any {
+            NoTaker::OutsideGroup
+        } else {
+            NoTaker::NotListening
+        })
+    }
+
     /// The newest live session of `app_id` and where to announce to it: where incoming
-    /// channels and calls go.
+    /// calls go.
     pub(crate) fn newest(&self, app_id: &str) -> Option<(u64, mpsc::Sender<Incoming>)> {
         let apps = self.read();
         newest(apps.get(app_id)?).map(|(id, tx)| (id, tx.clone()))

@@ -1,6 +1,6 @@
 //! Validated names, parsed once at the edge (the gateway, or a frame from a peer) and carried
-//! as types from there on: [`AppId`], [`ServiceName`], [`PeerRef`]. A service that receives
-//! one needs not check it again.
+//! as types from there on: [`AppId`], [`ServiceName`], [`PeerRef`], [`PeerArg`]. A service
+//! that receives one needs not check it again.
 
 use std::{fmt, ops::Deref};
 
@@ -149,6 +149,42 @@ impl PeerRef {
     }
 }
 
+/// A peer argument where a group member may be named too (app channels and messages): a peer
+/// in one of [`PeerRef`]'s forms, or `NAME@GROUP`, which the groups service resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerArg {
+    /// A ticket, multiaddr or peer id.
+    Peer(PeerRef),
+    /// A member's short name (checked) within a group (its id or name, not checked here).
+    Member {
+        /// The member's short name.
+        name: String,
+        /// The group.
+        group: String,
+    },
+}
+
+impl PeerArg {
+    /// Parses any of the four forms; a member's name is checked against its grammar.
+    pub fn parse(input: &str) -> Result<PeerArg, network::Error> {
+        let Some((name, group)) = network::ticket::split_member(input) else {
+            return PeerRef::parse(input).map(PeerArg::Peer);
+        };
+        let invalid = |reason: String| network::Error::InvalidTarget {
+            input: input.trim().chars().take(64).collect(),
+            reason,
+        };
+        let name = names::check_member_name(name).map_err(invalid)?;
+        if group.is_empty() {
+            return Err(invalid("the group after '@' is empty".into()));
+        }
+        Ok(PeerArg::Member {
+            name,
+            group: group.to_owned(),
+        })
+    }
+}
+
 impl From<PeerId> for PeerRef {
     fn from(peer: PeerId) -> Self {
         PeerRef {
@@ -218,5 +254,20 @@ mod tests {
         let parsed = PeerRef::parse(&peer.to_string()).expect("a peer id");
         assert_eq!(parsed, PeerRef::from(peer));
         assert!(PeerRef::parse("nonsense").is_err());
+        assert_eq!(
+            PeerArg::parse(&peer.to_string()).expect("a peer id"),
+            PeerArg::Peer(PeerRef::from(peer))
+        );
+        assert_eq!(
+            PeerArg::parse(" alice@my friends ").expect("a member"),
+            PeerArg::Member {
+                name: "alice".into(),
+                group: "my friends".into()
+            }
+        );
+        for bad in ["Alice@friends", "@friends", "alice@", "al ice@g"] {
+            let err = PeerArg::parse(bad).expect_err(bad).to_string();
+            assert!(err.contains("NAME@GROUP"), "{err}");
+        }
     }
 }

@@ -161,8 +161,8 @@ pub mod groups {
     use p2pos_kernel::ServiceError;
     use p2pos_proto::group::v1::{
         CreateRequest, Group, InviteReply, InviteRequest, JoinRequest, ListReply, MemberRequest,
-        MembersReply, PublishReply, PublishRequest, RenameRequest, SubscribeRequest, SyncReply,
-        TopicMessage,
+        MembersReply, PublishReply, PublishRequest, RenameRequest, SetNameRequest,
+        SubscribeRequest, SyncReply, TopicMessage,
     };
     use tokio::sync::mpsc;
 
@@ -171,6 +171,14 @@ pub mod groups {
     /// A followed topic's messages; an `Err` says why it ended (this node left the group, or
     /// the subscriber fell too far behind).
     pub type Messages = mpsc::Receiver<Result<TopicMessage, ServiceError>>;
+    /// A group, and a member of it, as [`Request::Resolve`] found them.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Resolved {
+        /// The group's id.
+        pub group: String,
+        /// The member holding the name asked for (none asked: `None`).
+        pub peer: Option<libp2p::PeerId>,
+    }
 
     /// A membership change an admin signs.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +274,36 @@ pub mod groups {
             request: SubscribeRequest,
             /// The messages.
             reply: Reply<Messages>,
+        },
+        /// `Groups.SetName`: names this node within a group.
+        SetName {
+            /// The group and the name.
+            request: SetNameRequest,
+            /// The group after it.
+            reply: Reply<Group>,
+        },
+        /// A group (id or name here) and, with `name`, the one member holding that short name
+        /// in it: how `NAME@GROUP` and a channel's group are resolved. `NOT_FOUND` for a group
+        /// or name unknown here, `INVALID_ARGUMENT` for a bad or ambiguous name. A group id not
+        /// held here is answered as it is when no name is asked.
+        Resolve {
+            /// The group (id or name).
+            group: String,
+            /// The member's short name.
+            name: Option<String>,
+            /// What they name.
+            reply: Reply<Resolved>,
+        },
+        /// Whether a channel in `group` (an id) from `peer` may be taken: `PERMISSION_DENIED`,
+        /// saying why, unless `peer` and this node are both members of it now, as this node
+        /// knows.
+        Admit {
+            /// The group's id.
+            group: String,
+            /// The opener's node.
+            peer: libp2p::PeerId,
+            /// Admitted.
+            reply: Reply<()>,
         },
         /// Whether `peer` is a member of `group` now, as this node knows: what group-scoped
         /// traffic (pubsub, channels, services) checks.
@@ -671,6 +709,8 @@ pub mod apps {
         pub app_id: String,
         /// True when the remote peer opened it.
         pub inbound: bool,
+        /// The group it is in (its id); empty: none.
+        pub group: String,
         /// The bytes.
         pub io: Box<dyn Duplex>,
     }
@@ -682,6 +722,7 @@ pub mod apps {
                 .field("peer_id", &self.peer_id)
                 .field("app_id", &self.app_id)
                 .field("inbound", &self.inbound)
+                .field("group", &self.group)
                 .finish_non_exhaustive()
         }
     }
@@ -712,15 +753,19 @@ pub mod apps {
         OpenSession {
             /// The app.
             app_id: AppId,
+            /// Only channels in this group (its id) are announced to it; `None`: any.
+            group: Option<String>,
             /// The session.
             reply: Reply<Session>,
         },
-        /// Open a channel to the same app on `peer`.
+        /// Open a channel to the same app on `peer` (in a group, when one is given).
         OpenChannel {
             /// The app.
             app_id: AppId,
             /// The peer.
             peer: PeerRef,
+            /// The group it is in (its id): the peer's node checks both ends are members.
+            group: Option<String>,
             /// The channel, once the remote app accepted it.
             reply: Reply<ChannelStream>,
         },

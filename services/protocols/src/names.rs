@@ -1,4 +1,5 @@
-//! App ids, and the app ids of helpers: one grammar for every service and the gateway.
+//! App ids, and the app ids of helpers, and group members' short names: one grammar for every
+//! service and the gateway.
 //!
 //! An app id is 1–64 characters: segments of `[A-Za-z0-9._-]` (none `.` or `..`, since an app
 //! id names a directory) joined by `:`. A `:` marks a *helper's* app id: app `chat`'s helper
@@ -12,6 +13,29 @@ pub const MAX_APP_ID: usize = 64;
 pub const HELPER_SEPARATOR: char = ':';
 /// The owner part of a node-wide helper's app id; not an app id an app can have.
 pub const NODE_HELPER_OWNER: &str = "_node";
+
+/// Longest member's short name within a group, in characters.
+pub const MAX_MEMBER_NAME: usize = 32;
+
+/// A member's short name checked: 1 to [`MAX_MEMBER_NAME`] characters of `[a-z0-9._-]`; the error says why, for people.
+pub fn check_member_name(name: &str) -> Result<String, String> {
+    let shown = name.chars().take(40).collect::<String>();
+    if name.is_empty() || name.chars().count() > MAX_MEMBER_NAME {
+        return Err(format!(
+            "invalid member name {shown:?}: a member's name has 1 to {MAX_MEMBER_NAME} characters"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "invalid member name {shown:?}: {bad:?} is not allowed; a member's name is made of \
+             lowercase letters, digits, '.', '_' and '-' (e.g. alice, bob-laptop)"
+        ));
+    }
+    Ok(name.to_owned())
+}
 
 /// Why an app id is refused, for people.
 pub fn check_app_id(app_id: &str) -> Result<(), String> {

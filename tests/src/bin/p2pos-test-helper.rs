@@ -189,6 +189,7 @@ async fn echo() -> Result<(), Box<dyn std::error::Error>> {
         .apps()
         .session(SessionRequest {
             app_id: app_id.clone(),
+            group: String::new(),
         })
         .await?
         .into_inner();

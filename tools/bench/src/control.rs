@@ -95,6 +95,7 @@ pub(crate) async fn control_plane(
         .apps()
         .session(SessionRequest {
             app_id: "load".into(),
+            group: String::new(),
         })
         .await
         .context("a session for the load")?;
@@ -127,6 +128,7 @@ pub(crate) async fn control_plane(
                     peer,
                     batch: false,
                     half_close: false,
+                    group: String::new(),
                 })),
             };
             let _ = tx.send(open).await;

@@ -142,6 +142,7 @@ impl Node {
             .apps()
             .session(SessionRequest {
                 app_id: APP_ID.to_owned(),
+                group: String::new(),
             })
             .await?
             .into_inner();
@@ -226,6 +227,7 @@ impl Pair {
             peer: self.b_peer.clone(),
             batch: true,
             half_close: false,
+            group: String::new(),
         };
         Ok(pipe(self.a.client.open_channel(open).await?))
     }

@@ -73,7 +73,7 @@ pub(crate) enum Command {
         command: Option<ResourcesCommand>,
     },
     /// Groups with a signed member list that needs no server: create, invite, join, leave,
-    /// list, members, remove
+    /// list, members, remove, name
     #[command(subcommand)]
     Groups(GroupsCommand),
     /// Print this node's peer id
@@ -284,6 +284,17 @@ pub(crate) enum GroupsCommand {
     Join {
         /// The invite (`p2posgroup...`)
         invite: String,
+        /// Name this node in the group right after joining (1 to 32 of [a-z0-9._-]); the
+        /// members then reach it as NAME@GROUP
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Name this node within GROUP: the members then reach it as NAME@GROUP
+    Name {
+        /// The group
+        group: String,
+        /// 1 to 32 characters of [a-z0-9._-]
+        name: String,
     },
     /// Leave a group: the members are told, then it is forgotten here
     Leave {

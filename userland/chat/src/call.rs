@@ -207,6 +207,7 @@ async fn open_control(
             peer: node.to_owned(),
             batch: false,
             half_close: false,
+            group: String::new(),
         })),
     };
     let stream = futures::stream::once(async move { first }).chain(

@@ -1,7 +1,8 @@
 //! `p2p-chat`: a terminal messenger on P2P OS that uses only the node's gRPC API (through
 //! `p2pos-client`), as any third-party app would. App id `chat`.
 //!
-//! With a PEER it opens a channel to that peer, falling back to store-and-forward messages
+//! With a PEER (or a group member's `NAME@GROUP`, resolved by the node; the chat then takes
+//! channels only from that group's members) it opens a channel to that peer, falling back to store-and-forward messages
 //! (`Apps.Send`) while the peer is offline; without one it waits for a peer to open a channel.
 //! Stored messages received for the app are printed as they arrive, once per run, and
 //! acknowledged (`Apps.Ack`) once printed; those not acknowledged come again next run.
@@ -76,7 +77,8 @@ struct Args {
     /// In calls, send this WAV file (48 kHz mono 16-bit PCM) once instead of a tone
     #[arg(long, value_name = "FILE")]
     call_audio: Option<PathBuf>,
-    /// Peer to chat with: peer id, ticket, or multiaddr with /p2p/<peer id>.
+    /// Peer to chat with: peer id, ticket, multiaddr with /p2p/<peer id>, or a group member's
+    /// NAME@GROUP (then only that group's members' chats reach this one).
     /// Without it, wait for someone to open a chat.
     peer: Option<String>,
 }

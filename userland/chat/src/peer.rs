@@ -1,5 +1,6 @@
-//! Naming peers: the peer id inside a PEER argument (peer id, ticket or multiaddr), and the
-//! short form shown before received lines.
+//! Naming peers: the peer id inside a PEER argument (peer id, ticket or multiaddr; a group
+//! member's `NAME@GROUP` is resolved by the node), and the short form shown before received
+//! lines.
 
 use data_encoding::BASE32_NOPAD;
 use p2pos_proto::overlay::v1::TicketData;
@@ -11,11 +12,22 @@ const TICKET_PREFIX: &str = "p2pos";
 /// The base58btc alphabet of peer ids.
 const BASE58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 
+/// The group of a PEER argument that names a group member, `NAME@GROUP` (as the node's
+/// parser tells them: no ticket, multiaddr or peer id holds an `@`).
+pub(crate) fn member_group(arg: &str) -> Option<&str> {
+    let arg = arg.trim();
+    if arg.starts_with('/') {
+        return None;
+    }
+    arg.split_once('@').map(|(_, group)| group.trim())
+}
+
 /// The peer id named by a PEER argument: a ticket is decoded, a multiaddr gives its last
-/// `/p2p/<id>`, anything else is taken as a peer id. `None` when it cannot be told.
+/// `/p2p/<id>`, anything else is taken as a peer id. `None` when it cannot be told here (a
+/// `NAME@GROUP`: the node resolves it, and the first channel tells the peer id).
 pub(crate) fn peer_id_of(arg: &str) -> Option<String> {
     let arg = arg.trim();
-    if arg.is_empty() {
+    if arg.is_empty() || member_group(arg).is_some() {
         return None;
     }
     if arg.starts_with('/') {
@@ -102,6 +114,10 @@ mod tests {
         );
         assert_eq!(peer_id_of("/ip4/1.2.3.4/tcp/1"), None);
         assert_eq!(peer_id_of("  "), None);
+        assert_eq!(peer_id_of("alice@friends"), None);
+        assert_eq!(member_group(" alice@friends "), Some("friends"));
+        assert_eq!(member_group("12D3KooWabc"), None);
+        assert_eq!(member_group("/dns/a@b/tcp/1/p2p/12D3KooWabc"), None);
     }
 
     #[test]

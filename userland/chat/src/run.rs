@@ -13,6 +13,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::call::{self, Plan};
 use crate::machine::{APP_ID, Action, Chat, Link, Timer};
+use crate::peer;
 use crate::tasks::{self, Event, Events};
 
 /// Capacity of the event channel: tasks wait (stdin included) while the loop is behind.
@@ -40,6 +41,12 @@ pub(crate) async fn run(
         .apps()
         .session(SessionRequest {
             app_id: APP_ID.to_owned(),
+            // Chatting with NAME@GROUP: only that group's members' channels reach this chat.
+            group: peer
+                .as_deref()
+                .and_then(peer::member_group)
+                .unwrap_or_default()
+                .to_owned(),
         })
         .await;
     let session = match session {
@@ -204,6 +211,7 @@ impl Shell {
                         peer,
                         batch: false,
                         half_close: false,
+                        group: String::new(),
                     }),
                 ),
                 Action::Accept { link, channel_id } => self.start_channel(

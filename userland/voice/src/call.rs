@@ -143,6 +143,7 @@ pub(crate) async fn run(client: Client, config: Config) -> Result<Outcome, Strin
     let session = apps
         .session(SessionRequest {
             app_id: app_id.clone(),
+            group: String::new(),
         })
         .await
         .map_err(|status| format!("cannot register {app_id}: {}", describe_status(&status)))?

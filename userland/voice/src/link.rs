@@ -115,6 +115,7 @@ pub(crate) async fn open(
             peer: peer.clone(),
             batch: false,
             half_close: false,
+            group: String::new(),
         });
         match attempt(&mut apps, first, capacity).await {
             Ok(open) => return run(open, which, events).await,

@@ -269,6 +269,7 @@ fn loopback_opener(exposer: Arc<Mutex<Forwarding>>) -> Opener {
                 app_id: String::new(),
                 inbound: false,
                 io: Box::new(ours),
+                group: String::new(),
             })
         }
         .boxed()

@@ -231,6 +231,7 @@ mod tests {
             let first = SessionSlot {
                 id: 1,
                 tx: tx.clone(),
+                group: None,
             };
             sessions.open("app", first);
             register(&mut registry, "old/1").expect("under session 1");
@@ -238,7 +239,14 @@ mod tests {
             // Session 1 ends, the app opens session 2 and registers under it; then the
             // registry hears that session 1 was the app's last.
             assert!(sessions.end("app", 1), "its last");
-            sessions.open("app", SessionSlot { id: 2, tx });
+            sessions.open(
+                "app",
+                SessionSlot {
+                    id: 2,
+                    tx,
+                    group: None,
+                },
+            );
             register(&mut registry, "new/1").expect("under session 2");
             registry.app_gone("app", 1);
             let left: Vec<String> = registry

@@ -15,7 +15,8 @@ pub enum Error {
     /// A peer given as text is neither a ticket, a `/p2p/` multiaddr nor a peer id.
     #[error(
         "invalid peer {input:?}: {reason}; expected a ticket (p2pos...), a multiaddr ending in \
-         /p2p/<peer id>, or a peer id (12D3KooW...)"
+         /p2p/<peer id>, a peer id (12D3KooW...), or (for app channels and messages) a group \
+         member's NAME@GROUP"
     )]
     InvalidTarget {
         /// What was given (shortened).

@@ -1,5 +1,6 @@
 //! Tickets — `p2pos` + lowercase base32 (RFC 4648, no padding) of a protobuf `TicketData` — and
-//! the parser of every way a user can name a peer: ticket, multiaddr with `/p2p/`, or peer id.
+//! the parser of every way a user can name a peer: ticket, multiaddr with `/p2p/`, or peer id;
+//! and, where a group member is resolved (app channels and messages), `NAME@GROUP`.
 
 use bytes::Bytes;
 use data_encoding::BASE32_NOPAD;
@@ -61,12 +62,32 @@ pub fn parse_ticket(ticket: &str) -> Result<(PeerId, Vec<Multiaddr>), Error> {
     Ok((peer, addresses))
 }
 
+/// A group member named `NAME@GROUP` (its short name, then a group's id or name): the name and
+/// the group, or `None` when `target` is another form. No ticket, multiaddr (they start with
+/// `/`) or peer id holds an `@`; a member's name never does, so the first `@` splits.
+pub fn split_member(target: &str) -> Option<(&str, &str)> {
+    let target = target.trim();
+    if target.starts_with('/') {
+        return None;
+    }
+    target
+        .split_once('@')
+        .map(|(name, group)| (name.trim(), group.trim()))
+}
+
 /// Parses a peer named as a ticket, a multiaddr ending in `/p2p/<peer id>`, or a bare peer id.
-/// Returns the peer and the addresses the input carries (none for a bare peer id).
+/// Returns the peer and the addresses the input carries (none for a bare peer id). A
+/// `NAME@GROUP` is refused here: it needs the groups service (see [`split_member`]).
 pub fn parse_target(target: &str) -> Result<(PeerId, Vec<Multiaddr>), Error> {
     let target = target.trim();
     if target.is_empty() {
         return Err(invalid_target(target, "it is empty"));
+    }
+    if split_member(target).is_some() {
+        return Err(invalid_target(
+            target,
+            "NAME@GROUP names a group member, which only app channels and messages resolve",
+        ));
     }
     if target.starts_with('/') {
         let addr: Multiaddr = target
@@ -219,9 +240,30 @@ mod tests {
         );
         // libp2p alone would take the truncated one.
         let truncated = &peer.to_string()[..20];
-        for bad in ["", "   ", "not a ticket", "12D3KooWnope", truncated] {
+        for bad in [
+            "",
+            "   ",
+            "not a ticket",
+            "12D3KooWnope",
+            truncated,
+            "alice@friends",
+        ] {
             let err = parse_target(bad).expect_err(bad);
             assert!(matches!(err, Error::InvalidTarget { .. }), "{err}");
         }
+    }
+
+    #[test]
+    fn members_are_named_name_at_group() {
+        assert_eq!(split_member("alice@friends"), Some(("alice", "friends")));
+        assert_eq!(
+            split_member(" bob@my friends@home "),
+            Some(("bob", "my friends@home"))
+        );
+        assert_eq!(split_member("@g"), Some(("", "g")));
+        let peer = peer_id();
+        assert_eq!(split_member(&peer.to_string()), None);
+        assert_eq!(split_member(&encode_ticket(&peer, &addrs())), None);
+        assert_eq!(split_member(&format!("/dns/a@b/tcp/1/p2p/{peer}")), None);
     }
 }

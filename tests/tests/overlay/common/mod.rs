@@ -166,7 +166,11 @@ impl Node {
     pub(crate) async fn session(&self, app_id: &str) -> Session {
         let app = app(app_id);
         match self
-            .apps(|reply| Request::OpenSession { app_id: app, reply })
+            .apps(|reply| Request::OpenSession {
+                app_id: app,
+                reply,
+                group: None,
+            })
             .await
         {
             Ok(session) => session,
@@ -323,6 +327,7 @@ pub(crate) async fn open_channel(
             app_id,
             peer,
             reply,
+            group: None,
         })
         .await
 }

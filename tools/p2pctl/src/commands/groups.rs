@@ -3,7 +3,7 @@
 use p2pos_client::Client;
 use p2pos_proto::group::v1::{
     CreateRequest, Group, GroupRef, InviteRequest, JoinRequest, ListRequest, MemberRequest,
-    RenameRequest, SyncOutcome,
+    RenameRequest, SetNameRequest, SyncOutcome,
 };
 use serde_json::{Value, json};
 
@@ -92,12 +92,25 @@ pub(crate) async fn run(client: &Client, command: GroupsCommand) -> anyhow::Resu
                 output::line(reply.invite)?;
             }
         }
-        GroupsCommand::Join { invite } => {
+        GroupsCommand::Join { invite, name } => {
             let group = groups
-                .join(JoinRequest { invite })
+                .join(JoinRequest {
+                    invite,
+                    name: name.unwrap_or_default(),
+                })
                 .await
                 .or_fail("cannot join")?;
             output::line(group_line(&group))?;
+        }
+        GroupsCommand::Name { group, name } => {
+            let g = groups
+                .set_name(SetNameRequest {
+                    group,
+                    name: name.clone(),
+                })
+                .await
+                .or_fail("cannot name this node in the group")?;
+            output::line(format!("named {name} in {}", group_line(&g)))?;
         }
         GroupsCommand::Leave { group } => {
             groups
@@ -135,13 +148,14 @@ pub(crate) async fn run(client: &Client, command: GroupsCommand) -> anyhow::Resu
                         "peer_id": m.peer_id,
                         "admin": m.admin,
                         "local": m.local,
+                        "name": m.name,
                     })).collect::<Vec<_>>(),
                 }))?;
             } else {
                 if let Some(g) = &reply.group {
                     output::line(group_line(g))?;
                 }
-                let mut table = output::table(["peer", "role"]);
+                let mut table = output::table(["peer", "name", "role"]);
                 for m in &reply.members {
                     let role = if m.admin { "admin" } else { "member" };
                     let role = if m.local {
@@ -149,7 +163,7 @@ pub(crate) async fn run(client: &Client, command: GroupsCommand) -> anyhow::Resu
                     } else {
                         role.to_owned()
                     };
-                    table.add_row([m.peer_id.clone(), role]);
+                    table.add_row([m.peer_id.clone(), output::dash_if_empty(&m.name), role]);
                 }
                 output::print_table(&table)?;
             }

@@ -330,6 +330,7 @@ async fn a_non_member_forging_the_group_is_refused_and_rejected() {
             sent_ms: p2pos_kernel::events::now_ms(),
             data: b"forged".to_vec().into(),
             report: false,
+            prev: 0,
         }
         .encode_to_vec();
         p2pos_protocols::network::sign_with(&forger_key, POST_TYPE, body).expect("sign")

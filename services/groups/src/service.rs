@@ -161,6 +161,8 @@ impl Drop for GroupsService {
         for task in &self.tasks {
             task.abort();
         }
+        // Its follow tasks hold the pubsub too: they are stopped here, not left running.
+        self.pubsub.close();
     }
 }
 

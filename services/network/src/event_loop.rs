@@ -335,6 +335,7 @@ impl EventLoop {
                     self.events.publish(Kind::PeerGone(PeerGone {
                         peer_id: peer_id.to_string(),
                     }));
+                    self.gossip_disconnected(peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError {

@@ -39,6 +39,7 @@ use p2pos_protocols::network::{
     GossipMessage,
     gossip::{MAX_MESSAGE, scope_of},
 };
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -49,11 +50,21 @@ const HEARTBEAT: Duration = Duration::from_millis(700);
 /// Most scopes a node keeps members for (one per group held).
 pub(crate) const MAX_SCOPES: usize = 256;
 
+/// Peers whose refused subscriptions are remembered, at most (and scopes per peer).
+const MAX_REFUSED_PEERS: usize = 1024;
+const MAX_REFUSED_SCOPES: usize = 16;
+
 /// Who may follow each scope, and the peer whose event gossipsub is handling now.
 #[derive(Default)]
 pub(crate) struct Access {
+    /// The peer whose event gossipsub handles now.
     current: Option<PeerId>,
+    /// Set while this node subscribes itself.
+    local: bool,
     pub(crate) scopes: HashMap<String, HashSet<PeerId>>,
+    /// Peers whose subscription to a scope's topic was refused (not members then, as this
+    /// node knew): if one becomes a member, gossipsub must hear its subscription again.
+    pub(crate) refused: HashMap<PeerId, HashSet<String>>,
 }
 
 /// Shared between the filter inside gossipsub and the swarm task.
@@ -80,19 +91,26 @@ impl Scopes {
 pub(crate) struct ScopeFilter(Scopes);
 
 impl TopicSubscriptionFilter for ScopeFilter {
-    /// Asked for this node's own subscriptions (no peer noted) and, through gossipsub's default
-    /// `allow_incoming_subscription`, for each peer's (its peer noted by [`ScopedGossip`]).
+    /// Asked for this node's own subscriptions (marked `local`) and, through gossipsub's default
+    /// `allow_incoming_subscription`, for each peer's (its peer noted by [`ScopedGossip`]);
+    /// anything else is refused.
     fn can_subscribe(&mut self, topic: &TopicHash) -> bool {
-        let access = self.0.lock();
+        let mut access = self.0.lock();
         let Some(scope) = scope_of(topic.as_str()) else {
             return false;
         };
         let Some(peer) = access.current else {
-            return true;
+            return access.local;
         };
         let allowed = access.scopes.get(scope).is_some_and(|m| m.contains(&peer));
         if !allowed {
             debug!(%peer, %topic, "gossip subscription refused: not a member");
+            if access.refused.len() < MAX_REFUSED_PEERS || access.refused.contains_key(&peer) {
+                let scopes = access.refused.entry(peer).or_default();
+                if scopes.len() < MAX_REFUSED_SCOPES {
+                    scopes.insert(scope.to_owned());
+                }
+            }
         }
         allowed
     }
@@ -109,6 +127,17 @@ pub(crate) struct ScopedGossip {
 /// Gossipsub for this node, signing with `key`.
 pub(crate) fn behaviour(key: &Keypair) -> Result<ScopedGossip, String> {
     let config = gossipsub::ConfigBuilder::default()
+        // Ids no one can guess without the message: gossipsub serves its message cache to
+        // any peer that asks by id (IWANT), follower or not, and the default id (author and
+        // a sequence number counting up) can be guessed.
+        .message_id_fn(|message| {
+            let mut h = Sha256::new();
+            h.update(message.topic.as_str().as_bytes());
+            h.update(message.source.map(|p| p.to_bytes()).unwrap_or_default());
+            h.update(message.sequence_number.unwrap_or_default().to_be_bytes());
+            h.update(&message.data);
+            gossipsub::MessageId::from(&h.finalize()[..20])
+        })
         .heartbeat_interval(HEARTBEAT)
         .mesh_n(6)
         .mesh_n_low(2)
@@ -153,6 +182,17 @@ pub(crate) fn topic_params() -> TopicScoreParams {
 }
 
 impl ScopedGossip {
+    /// Subscribes this node to `topic` (the filter lets only this through with no peer noted).
+    pub(crate) fn subscribe_locally(
+        &mut self,
+        topic: &gossipsub::IdentTopic,
+    ) -> Result<bool, gossipsub::SubscriptionError> {
+        self.scopes.lock().local = true;
+        let result = self.inner.subscribe(topic);
+        self.scopes.lock().local = false;
+        result
+    }
+
     fn with_peer<R>(&mut self, peer: PeerId, f: impl FnOnce(&mut Inner) -> R) -> R {
         self.scopes.lock().current = Some(peer);
         let result = f(&mut self.inner);
@@ -255,6 +295,9 @@ impl NetworkBehaviour for ScopedGossip {
 pub(crate) struct GossipState {
     /// Where each followed topic's messages go.
     pub(crate) sinks: HashMap<TopicHash, mpsc::Sender<GossipMessage>>,
+    /// Peers disconnected so that their refused subscriptions are heard again: dialled again
+    /// once their last connection has closed.
+    pub(crate) redial: HashSet<PeerId>,
 }
 
 /// The peers gossipsub knows to follow `topic` (members only: the filter saw to that).

@@ -26,7 +26,7 @@ impl EventLoop {
 
     pub(crate) fn gossip_scope(&mut self, scope: String, members: HashSet<PeerId>) {
         let scopes = self.gossip().scopes.clone();
-        let removed: HashSet<PeerId> = {
+        let (removed, added_refused) = {
             let mut access = scopes.lock();
             let old = match members.is_empty() {
                 // This node left: it no longer follows or publishes on the scope's topics, so
@@ -46,14 +46,26 @@ impl EventLoop {
                     .insert(scope.clone(), members.clone())
                     .unwrap_or_default(),
             };
-            old.difference(&members).copied().collect()
+            let removed: HashSet<PeerId> = old.difference(&members).copied().collect();
+            // New members whose subscriptions were refused before this node knew them.
+            let mut added_refused = Vec::new();
+            for peer in members.difference(&old) {
+                if let Some(refused) = access.refused.get_mut(peer)
+                    && refused.remove(&scope)
+                {
+                    if refused.is_empty() {
+                        access.refused.remove(peer);
+                    }
+                    added_refused.push(*peer);
+                }
+            }
+            (removed, added_refused)
         };
-        if removed.is_empty() {
-            return;
-        }
-        // Gossipsub keeps a subscription until the peer's connections close: a removed member
-        // that follows one of the scope's topics is disconnected so that it no longer gets
-        // them (its renewed subscriptions are refused by the filter).
+        // Gossipsub keeps a subscription until the peer's connections close (and hears one only
+        // when it is made or a connection opens): a removed member that follows one of the
+        // scope's topics is disconnected so that it no longer gets them (its renewed
+        // subscriptions are refused by the filter), and a new member whose subscription was
+        // refused is disconnected and dialled again so that gossipsub hears it anew.
         let following: Vec<PeerId> = self
             .gossip()
             .inner
@@ -70,6 +82,23 @@ impl EventLoop {
             info!(%peer, scope, "disconnecting a removed member that follows the group's topics");
             let _ = self.swarm.disconnect_peer_id(peer);
         }
+        for peer in added_refused {
+            if self.connections.contains_key(&peer)
+                && self.gossip_state.redial.len() < MAX_SCOPES
+                && self.swarm.disconnect_peer_id(peer).is_ok()
+            {
+                debug!(%peer, scope, "reconnecting a new member whose gossip subscription was refused");
+                self.gossip_state.redial.insert(peer);
+            }
+        }
+    }
+
+    /// A peer's last connection closed: dial it again if gossip asked for that.
+    pub(crate) fn gossip_disconnected(&mut self, peer: PeerId) {
+        if self.gossip_state.redial.remove(&peer) {
+            let (reply, _) = oneshot::channel();
+            self.connect(peer, Vec::new(), reply);
+        }
     }
 
     pub(crate) fn gossip_subscribe(
@@ -81,8 +110,7 @@ impl EventLoop {
         let topic = IdentTopic::new(topic);
         let gossip = self.gossip();
         let result = gossip
-            .inner
-            .subscribe(&topic)
+            .subscribe_locally(&topic)
             .map(|_| ())
             .map_err(|e| Error::Gossip(e.to_string()));
         if result.is_ok() {
@@ -121,6 +149,8 @@ impl EventLoop {
             Ok(_) => Ok(followers),
             // No member online follows it now: catch-up delivers it later.
             Err(PublishError::NoPeersSubscribedToTopic) => Ok(Vec::new()),
+            // Every follower's queue is full: they catch up later, as if offline.
+            Err(PublishError::AllQueuesFull(_)) => Ok(Vec::new()),
             Err(PublishError::MessageTooLarge) => Err(Error::RecordTooLarge {
                 size: data.len(),
                 limit: MAX_MESSAGE,
@@ -149,6 +179,15 @@ impl EventLoop {
         let author = message.source;
         let acceptance = match author {
             Some(author) if scopes.allows(&message.topic, &author) => MessageAcceptance::Accept,
+            // Relayed by a member: its view of the member list may be ahead of this node's (a
+            // member this node has not heard of yet). Dropped, but not held against it.
+            Some(author)
+                if author != propagation_source
+                    && scopes.allows(&message.topic, &propagation_source) =>
+            {
+                debug!(from = %propagation_source, %author, "gossip message ignored: its author is not a member here (yet)");
+                MessageAcceptance::Ignore
+            }
             _ => {
                 debug!(from = %propagation_source, ?author, topic = %message.topic, "gossip message rejected: its author is not a member");
                 MessageAcceptance::Reject
@@ -169,11 +208,19 @@ impl EventLoop {
         };
         if let Some(sink) = self.gossip_state.sinks.get(&message.topic) {
             // A full queue drops it here (it is still forwarded): catch-up fills the gap.
-            let _ = sink.try_send(GossipMessage {
+            let sent = sink.try_send(GossipMessage {
                 author,
                 from: propagation_source,
                 data: message.data.into(),
             });
+            // Its subscription is gone (the unsubscribe command may have been lost).
+            if let Err(mpsc::error::TrySendError::Closed(_)) = sent {
+                self.gossip_state.sinks.remove(&message.topic);
+                let topic = message.topic.clone();
+                self.gossip()
+                    .inner
+                    .unsubscribe(&IdentTopic::new(topic.into_string()));
+            }
         }
     }
 }

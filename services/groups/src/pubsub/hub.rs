@@ -20,9 +20,10 @@ use p2pos_protocols::{
     network::{GossipSubscription, Network},
 };
 use prost::Message as _;
+use rand::seq::SliceRandom;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::task::AbortOnDropHandle;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
     book::Book,
@@ -30,11 +31,13 @@ use crate::{
     pubsub::{
         post::{MAX_DATA, POST_TYPE, check_topic, open_post},
         stored,
-        topic::{HISTORY_WINDOW, MAX_TOPICS, Out, Post, Taken, Topic, TopicKey},
+        topic::{GAP_WAIT, HISTORY_WINDOW, MAX_TOPICS, Out, Post, Taken, Topic, TopicKey},
     },
     rate::RateLimit,
 };
 
+/// Topics of one app a node holds.
+pub const TOPICS_PER_APP: usize = 64;
 /// Subscriptions to one topic at once.
 pub const SUBSCRIBERS_PER_TOPIC: usize = 16;
 /// Subscriptions of one app at once.
@@ -47,6 +50,8 @@ pub const MAX_REPORT_MS: u32 = 60_000;
 const RECEIPT_WINDOW: Duration = Duration::from_secs(60);
 /// Receipts being sent at once; more are dropped.
 pub const RECEIPTS_AT_ONCE: usize = 64;
+/// Catch-ups under way at once; gap fills past them are skipped (the next post asks again).
+const CATCH_UPS_AT_ONCE: usize = 32;
 /// Gossip messages waiting for the groups service, per followed topic.
 const GOSSIP_QUEUE: usize = 1024;
 /// How often waiting posts and gone subscribers are looked at.
@@ -66,6 +71,12 @@ struct Subscriber {
 #[derive(Default)]
 pub(crate) struct Held {
     pub(crate) topic: Topic,
+    /// Taken while one of this node's posts on it is published.
+    publishing: Arc<tokio::sync::Mutex<()>>,
+    /// This node's last post on it since the node started (0: none yet).
+    own_prev: u64,
+    /// When each sender's missing posts were last asked for.
+    pub(crate) asked: HashMap<PeerId, Instant>,
     subscribers: Vec<Subscriber>,
     /// Follows the topic's gossip while apps subscribe.
     following: Option<AbortOnDropHandle<()>>,
@@ -95,6 +106,8 @@ pub struct Pubsub {
     writer: Writer,
     pub(crate) asks: RateLimit,
     pub(crate) receipts: Arc<Semaphore>,
+    /// Catch-ups under way (each asks a few members).
+    pub(crate) catch_ups: Arc<Semaphore>,
 }
 
 fn denied(message: String) -> ServiceError {
@@ -166,6 +179,7 @@ impl Pubsub {
             writer,
             asks: RateLimit::default(),
             receipts: Arc::new(Semaphore::new(RECEIPTS_AT_ONCE)),
+            catch_ups: Arc::new(Semaphore::new(CATCH_UPS_AT_ONCE)),
         }
     }
 
@@ -194,11 +208,21 @@ impl Pubsub {
 
     /// `key`'s topic, held from now on if it was not.
     fn hold<'a>(inner: &'a mut Inner, key: &TopicKey) -> Result<&'a mut Held, ServiceError> {
-        if !inner.topics.contains_key(key) && inner.topics.len() >= MAX_TOPICS {
-            return Err(exhausted(format!(
-                "this node holds {MAX_TOPICS} topics, the most it may; topics no app follows \
-                 are forgotten an hour after their last message"
-            )));
+        if !inner.topics.contains_key(key) {
+            if inner.topics.len() >= MAX_TOPICS {
+                return Err(exhausted(format!(
+                    "this node holds {MAX_TOPICS} topics, the most it may; topics no app \
+                     follows are forgotten an hour after their last message"
+                )));
+            }
+            let of_app = inner.topics.keys().filter(|k| k.app == key.app).count();
+            if of_app >= TOPICS_PER_APP {
+                return Err(exhausted(format!(
+                    "app {} has {TOPICS_PER_APP} topics on this node, the most it may; topics \
+                     no app follows are forgotten an hour after their last message",
+                    key.app
+                )));
+            }
         }
         let own = inner.own_seqs.get(&key.id()).copied().unwrap_or(0);
         let held = inner.topics.entry(key.clone()).or_default();
@@ -231,14 +255,21 @@ impl Pubsub {
             app,
             topic: request.topic,
         };
+        // One publication of a topic at a time, so that its posts reach the local
+        // subscribers and gossip in the order of their numbers.
+        let publishing = Self::hold(&mut self.lock(), &key)?.publishing.clone();
+        let _turn = publishing.lock().await;
         let sent_ms = now_ms();
-        let seq = {
+        let (seq, prev) = {
             let mut inner = self.lock();
             let held = Self::hold(&mut inner, &key)?;
-            held.topic.own_seq += 1;
-            let seq = held.topic.own_seq;
+            // Increasing across restarts with no write waited for: the clock, in microseconds,
+            // unless this node went further already.
+            let seq = (held.topic.own_seq + 1).max(sent_ms.saturating_mul(1000));
+            held.topic.own_seq = seq;
+            let prev = std::mem::replace(&mut held.own_prev, seq);
             inner.own_seqs.insert(key.id(), seq);
-            seq
+            (seq, prev)
         };
         stored::save_own_seq(&self.writer, &key, seq);
         let body = GroupPost {
@@ -249,12 +280,14 @@ impl Pubsub {
             sent_ms,
             data: request.data.clone(),
             report: request.report_ms > 0,
+            prev,
         }
         .encode_to_vec();
         let envelope: Bytes = self.net.sign(POST_TYPE, body).await?.into();
         let post = Arc::new(Post {
             sender: self.local,
             seq,
+            prev,
             sent_ms,
             data: request.data,
             report: request.report_ms > 0,
@@ -283,11 +316,13 @@ impl Pubsub {
             .net
             .gossip_publish(&group.to_string(), &key.gossip_topic(), envelope)
             .await;
+        drop(_turn);
+        // The post is kept and handed on here whatever gossip did: the others catch up.
         let sent_to = match sent {
             Ok(peers) => peers.iter().map(ToString::to_string).collect(),
             Err(e) => {
-                self.lock().awaited.remove(&(key.clone(), seq));
-                return Err(e.into());
+                warn!(topic = %key.topic, group = %key.group, "gossip did not take a post: {e}");
+                Vec::new()
             }
         };
         let mut reply = PublishReply {
@@ -417,12 +452,18 @@ impl Pubsub {
                         .collect(),
                     Err(_) => Vec::new(),
                 };
+                // The hold ends when the catch-up does, or after START_HOLD; the catch-up
+                // itself goes on (slow members are still asked).
                 let asked = this.catch_up(&key, connected, since, None);
-                let _ = tokio::time::timeout(START_HOLD, asked).await;
+                tokio::pin!(asked);
+                let finished = tokio::time::timeout(START_HOLD, &mut asked).await.is_ok();
                 if let Some(held) = this.lock().topics.get_mut(&key) {
                     held.topic.holding = false;
                 }
                 this.sweep_topic(&key);
+                if !finished {
+                    asked.await;
+                }
             })
         };
         let _catch_up = AbortOnDropHandle::new(catch_up);
@@ -464,6 +505,13 @@ impl Pubsub {
         from: Option<PeerId>,
     ) {
         let now = Instant::now();
+        let now_ms = now_ms();
+        let members: HashSet<PeerId> = self
+            .book
+            .with(key.group, |log| log.state().members)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let mut receipts = Vec::new();
         let mut gaps = Vec::new();
         {
@@ -472,39 +520,57 @@ impl Pubsub {
                 return;
             };
             for post in posts {
-                if post.sender == self.local || !self.book.is_member(key.group, &post.sender) {
+                if post.sender == self.local || !members.contains(&post.sender) {
                     continue;
                 }
                 let post = Arc::new(post);
-                let Taken::Kept(out) = held.topic.take(post.clone(), replayed, now) else {
+                let Taken::Kept(out) = held.topic.take(post.clone(), replayed, now, now_ms) else {
                     continue;
                 };
                 stored::save_post(&self.writer, key, &post);
                 if post.report
-                    && now_ms().saturating_sub(post.sent_ms) < RECEIPT_WINDOW.as_millis() as u64
+                    && now_ms.saturating_sub(post.sent_ms) < RECEIPT_WINDOW.as_millis() as u64
                 {
                     receipts.push((post.sender, post.seq));
                 }
                 deliver(key, held, &out);
             }
-            for (sender, seq) in held.topic.prune(now_ms()) {
+            for (sender, seq) in held.topic.prune(now_ms) {
                 stored::forget_post(&self.writer, key, &sender, seq);
             }
             if from.is_some() {
-                gaps = held.topic.gaps();
+                // Each sender's missing posts are asked for once per wait, not at every post.
+                held.asked
+                    .retain(|_, at| now.duration_since(*at) < GAP_WAIT);
+                gaps = held
+                    .topic
+                    .gaps()
+                    .into_iter()
+                    .filter(|(sender, _)| !held.asked.contains_key(sender))
+                    .collect();
+                for (sender, _) in &gaps {
+                    held.asked.insert(*sender, now);
+                }
             }
         }
         for (sender, seq) in receipts {
             self.send_receipt(key.clone(), sender, seq);
         }
         if let (Some(from), false) = (from, gaps.is_empty()) {
+            let Ok(permit) = self.catch_ups.clone().try_acquire_owned() else {
+                debug!("missing posts are not asked for: too many catch-ups under way");
+                return;
+            };
             let mut peers: Vec<PeerId> = gaps.iter().map(|(s, _)| *s).collect();
             peers.push(from);
             peers.sort();
             peers.dedup();
             let this = self.clone();
             let key = key.clone();
-            tokio::spawn(async move { this.catch_up(&key, peers, 0, Some(gaps)).await });
+            tokio::spawn(async move {
+                let _permit = permit;
+                this.catch_up(&key, peers, 0, Some(gaps)).await;
+            });
         }
     }
 
@@ -530,24 +596,67 @@ impl Pubsub {
             if prune {
                 pruned = now;
             }
-            let mut inner = self.lock();
-            for (key, held) in &mut inner.topics {
-                if prune {
-                    for (sender, seq) in held.topic.prune(now_ms()) {
-                        stored::forget_post(&self.writer, key, &sender, seq);
+            let mut followed = Vec::new();
+            {
+                let mut inner = self.lock();
+                for (key, held) in &mut inner.topics {
+                    if prune {
+                        for (sender, seq) in held.topic.prune(now_ms()) {
+                            stored::forget_post(&self.writer, key, &sender, seq);
+                        }
+                    }
+                    let out = held.topic.sweep(now);
+                    deliver(key, held, &out);
+                    held.subscribers.retain(|s| !s.tx.is_closed());
+                    if held.subscribers.is_empty() {
+                        held.following = None;
+                        held.topic.holding = false;
+                    } else if prune {
+                        followed.push(key.clone());
                     }
                 }
-                let out = held.topic.sweep(now);
-                deliver(key, held, &out);
-                held.subscribers.retain(|s| !s.tx.is_closed());
-                if held.subscribers.is_empty() {
-                    held.following = None;
-                    held.topic.holding = false;
-                }
+                inner
+                    .topics
+                    .retain(|_, held| held.following.is_some() || !held.topic.is_empty());
             }
-            inner
-                .topics
-                .retain(|_, held| held.following.is_some() || !held.topic.is_empty());
+            // Now and then, a catch-up from a follower or two, for what gossip dropped (a
+            // queue that was full) with no later post to show the gap.
+            for key in followed {
+                self.resync(key);
+            }
+        }
+    }
+
+    /// Catches up on `key` from two of its followers, in the background.
+    fn resync(&self, key: TopicKey) {
+        let Ok(permit) = self.catch_ups.clone().try_acquire_owned() else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut followers = this
+                .net
+                .gossip_followers(&key.group.to_string(), &key.gossip_topic())
+                .await
+                .unwrap_or_default();
+            followers.shuffle(&mut rand::thread_rng());
+            followers.truncate(2);
+            let since = now_ms().saturating_sub(HISTORY_WINDOW.as_millis() as u64);
+            this.catch_up(&key, followers, since, None).await;
+        });
+    }
+
+    /// Ends every subscription (the service is going): `UNAVAILABLE`, and stops following.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        for held in inner.topics.values_mut() {
+            for s in held.subscribers.drain(..) {
+                let _ = s.tx.try_send(Err(ServiceError::unavailable(
+                    "the groups service is restarting; subscribe again in a moment",
+                )));
+            }
+            held.following = None;
         }
     }
 

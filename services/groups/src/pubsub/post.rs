@@ -43,8 +43,11 @@ pub fn open_post(envelope: Bytes) -> Result<(TopicKey, Post), String> {
     if post.app.is_empty() || post.app.len() > MAX_APP || check_topic(&post.topic).is_err() {
         return Err("a bad app or topic".into());
     }
-    if post.data.len() > MAX_DATA || post.seq == 0 {
-        return Err("too large, or numbered 0".into());
+    if post.data.len() > MAX_DATA {
+        return Err("too large".into());
+    }
+    if post.seq == 0 || post.seq >= u64::MAX / 2 || post.prev >= post.seq {
+        return Err("numbered 0, too high, or after itself".into());
     }
     if post.sent_ms > now_ms() + MAX_CLOCK_AHEAD_MS {
         return Err("sent in the future".into());
@@ -59,6 +62,7 @@ pub fn open_post(envelope: Bytes) -> Result<(TopicKey, Post), String> {
         Post {
             sender,
             seq: post.seq,
+            prev: post.prev,
             sent_ms: post.sent_ms,
             data: post.data,
             report: post.report,

@@ -18,7 +18,7 @@ use crate::op::GroupId;
 pub const MAX_TOPICS: usize = 256;
 /// Posts a topic keeps.
 pub const HISTORY_POSTS: usize = 1000;
-/// Bytes of data a topic keeps.
+/// Bytes a topic keeps (data and envelopes).
 pub const HISTORY_BYTES: usize = 8 * 1024 * 1024;
 /// How long a post is kept (by its sending time).
 pub const HISTORY_WINDOW: Duration = Duration::from_secs(60 * 60);
@@ -64,12 +64,15 @@ impl TopicKey {
 }
 
 /// A post as held: checked, with its signed envelope for others that catch up.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Post {
     /// The node that published it (its key signed the envelope).
     pub sender: PeerId,
-    /// Its number among the sender's posts on the topic.
+    /// Its number among the sender's posts on the topic: increasing, not contiguous.
     pub seq: u64,
+    /// The number of the sender's post before it on the topic, 0 when the sender starts anew
+    /// (it has none since it started).
+    pub prev: u64,
     /// When it was sent, by the sender's clock.
     pub sent_ms: u64,
     /// What it carries.
@@ -84,11 +87,20 @@ pub struct Post {
 /// live.
 pub type Out = (Arc<Post>, bool);
 
+impl Post {
+    /// The memory it takes: its data, and its envelope (which holds the data again).
+    pub fn size(&self) -> usize {
+        self.data.len() + self.envelope.len()
+    }
+}
+
 /// What [`Topic::take`] made of a post.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Taken {
     /// Held already.
     Duplicate,
+    /// Sent before the history window: a replay, not taken.
+    Stale,
     /// Kept; these posts (it, and those it let through) go to the apps now, in order.
     Kept(Vec<Out>),
 }
@@ -114,18 +126,23 @@ impl Topic {
         self.history.contains_key(&(*sender, seq))
     }
 
-    /// Keeps `post` (caught up or live) and says what goes to the apps now.
-    pub fn take(&mut self, post: Arc<Post>, caught_up: bool, now: Instant) -> Taken {
+    /// Keeps `post` (caught up or live) and says what goes to the apps now: `now_ms` tells
+    /// posts older than the history window (a replay), which are not taken.
+    pub fn take(&mut self, post: Arc<Post>, caught_up: bool, now: Instant, now_ms: u64) -> Taken {
         let key = (post.sender, post.seq);
         if self.history.contains_key(&key) {
             return Taken::Duplicate;
         }
-        self.bytes += post.data.len();
+        if post.sent_ms < now_ms.saturating_sub(HISTORY_WINDOW.as_millis() as u64) {
+            return Taken::Stale;
+        }
+        self.bytes += post.size();
         self.history.insert(key, post.clone());
         let mut out = Vec::new();
         match self.delivered.get(&post.sender).copied() {
             Some(last) if post.seq <= last => {}
-            Some(last) if post.seq == last + 1 => {
+            // Its predecessor was handed on (or given up on), or the sender started anew.
+            Some(last) if post.prev <= last => {
                 self.delivered.insert(post.sender, post.seq);
                 out.push((post, caught_up));
                 self.release(key.0, &mut out);
@@ -151,7 +168,7 @@ impl Topic {
         if self.history.contains_key(&key) {
             return;
         }
-        self.bytes += post.data.len();
+        self.bytes += post.size();
         let last = self.delivered.entry(post.sender).or_default();
         *last = (*last).max(post.seq);
         self.history.insert(key, post);
@@ -160,11 +177,19 @@ impl Topic {
     /// Hands on the sender's waiting posts that now follow in sequence.
     fn release(&mut self, sender: PeerId, out: &mut Vec<Out>) {
         loop {
-            let next = self.delivered.get(&sender).copied().unwrap_or(0) + 1;
-            let Some((post, _)) = self.pending.remove(&(sender, next)) else {
+            let last = self.delivered.get(&sender).copied().unwrap_or(0);
+            let Some((&key, ((post, _), _))) =
+                self.pending.range((sender, 0)..=(sender, u64::MAX)).next()
+            else {
                 return;
             };
-            self.delivered.insert(sender, next);
+            if post.prev > last {
+                return;
+            }
+            let Some((post, _)) = self.pending.remove(&key) else {
+                return;
+            };
+            self.delivered.insert(sender, key.1);
             out.push(post);
         }
     }
@@ -250,19 +275,21 @@ impl Topic {
                 break;
             }
             if let Some(post) = self.history.remove(&(sender, seq)) {
-                self.bytes -= post.data.len();
+                self.bytes -= post.size();
                 dropped.push((sender, seq));
             }
         }
         dropped
     }
 
-    /// The posts sent at or after `since_ms`, oldest first.
+    /// The posts handed on that were sent at or after `since_ms`, oldest first (those still
+    /// waiting for earlier ones come when they are handed on).
     pub fn since(&self, since_ms: u64) -> Vec<Arc<Post>> {
         let mut posts: Vec<Arc<Post>> = self
             .history
             .values()
             .filter(|p| p.sent_ms >= since_ms)
+            .filter(|p| !self.pending.contains_key(&(p.sender, p.seq)))
             .cloned()
             .collect();
         posts.sort_by_key(|p| (p.sent_ms, p.sender, p.seq));
@@ -310,6 +337,7 @@ mod tests {
         Arc::new(Post {
             sender,
             seq,
+            prev: seq - 1,
             sent_ms,
             data: Bytes::from(vec![0; 10]),
             report: false,
@@ -328,7 +356,7 @@ mod tests {
     fn kept(taken: Taken) -> Vec<u64> {
         match taken {
             Taken::Kept(out) => out_seqs(&out),
-            Taken::Duplicate => panic!("a duplicate"),
+            other => panic!("not kept: {other:?}"),
         }
     }
 
@@ -336,12 +364,18 @@ mod tests {
     fn each_senders_posts_go_out_in_order_and_a_duplicate_is_dropped() {
         let (a, now) = (PeerId::random(), Instant::now());
         let mut t = Topic::default();
-        assert_eq!(kept(t.take(post(a, 5, 1), false, now)), vec![5]);
-        assert_eq!(kept(t.take(post(a, 7, 3), false, now)), Vec::<u64>::new());
-        assert_eq!(kept(t.take(post(a, 8, 4), false, now)), Vec::<u64>::new());
+        assert_eq!(kept(t.take(post(a, 5, 1), false, now, 0)), vec![5]);
+        assert_eq!(
+            kept(t.take(post(a, 7, 3), false, now, 0)),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            kept(t.take(post(a, 8, 4), false, now, 0)),
+            Vec::<u64>::new()
+        );
         assert_eq!(t.gaps(), vec![(a, 5)]);
-        assert_eq!(kept(t.take(post(a, 6, 2), false, now)), vec![6, 7, 8]);
-        assert_eq!(t.take(post(a, 6, 2), false, now), Taken::Duplicate);
+        assert_eq!(kept(t.take(post(a, 6, 2), false, now, 0)), vec![6, 7, 8]);
+        assert_eq!(t.take(post(a, 6, 2), false, now, 0), Taken::Duplicate);
         assert!(t.gaps().is_empty());
     }
 
@@ -349,12 +383,34 @@ mod tests {
     fn a_gap_is_skipped_after_the_wait_and_a_late_post_is_only_kept() {
         let (a, now) = (PeerId::random(), Instant::now());
         let mut t = Topic::default();
-        kept(t.take(post(a, 1, 1), false, now));
-        kept(t.take(post(a, 3, 3), false, now));
+        kept(t.take(post(a, 1, 1), false, now, 0));
+        kept(t.take(post(a, 3, 3), false, now, 0));
         assert!(t.sweep(now + GAP_WAIT / 2).is_empty());
         assert_eq!(out_seqs(&t.sweep(now + GAP_WAIT)), vec![3]);
-        assert_eq!(kept(t.take(post(a, 2, 2), false, now)), Vec::<u64>::new());
+        assert_eq!(
+            kept(t.take(post(a, 2, 2), false, now, 0)),
+            Vec::<u64>::new()
+        );
         assert!(t.has(&a, 2));
+    }
+
+    #[test]
+    fn a_sender_that_started_anew_is_not_waited_for_and_a_replay_is_stale() {
+        let (a, now) = (PeerId::random(), Instant::now());
+        let mut t = Topic::default();
+        kept(t.take(post(a, 1, 1), false, now, 0));
+        kept(t.take(post(a, 2, 2), false, now, 0));
+        // Restarted: numbers jump ahead, and it names no predecessor.
+        let fresh = Arc::new(Post {
+            prev: 0,
+            ..(*post(a, 9_000, 3)).clone()
+        });
+        assert_eq!(kept(t.take(fresh, false, now, 0)), vec![9_000]);
+        // One that waits is not replayed to a new subscriber before it is handed on.
+        kept(t.take(post(a, 9_002, 5), false, now, 0));
+        assert_eq!(seqs(&t.since(0)), vec![1, 2, 9_000]);
+        let now_ms = HISTORY_WINDOW.as_millis() as u64 + 10;
+        assert_eq!(t.take(post(a, 3, 9), false, now, now_ms), Taken::Stale);
     }
 
     #[test]
@@ -364,8 +420,8 @@ mod tests {
             holding: true,
             ..Topic::default()
         };
-        kept(t.take(post(a, 9, 9), false, now));
-        kept(t.take(post(a, 8, 8), false, now));
+        kept(t.take(post(a, 9, 9), false, now, 0));
+        kept(t.take(post(a, 8, 8), false, now, 0));
         assert!(t.sweep(now).is_empty());
         t.holding = false;
         assert_eq!(out_seqs(&t.sweep(now)), vec![8, 9]);

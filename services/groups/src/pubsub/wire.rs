@@ -6,7 +6,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
-use futures::future::join_all;
+use futures::StreamExt;
 use libp2p::{PeerId, StreamProtocol};
 use p2pos_proto::wire::v1::{
     PubsubAsk, PubsubCatchUp, PubsubMark, PubsubPosts, PubsubReceipt, pubsub_ask,
@@ -37,7 +37,7 @@ pub const FRAME_WAIT: Duration = Duration::from_secs(10);
 pub const MAX_ANSWER: usize = 2000;
 /// Senders or numbers one ask names, at most.
 const MAX_NAMED: usize = 1024;
-/// Members asked at once by one catch-up.
+/// Members asked at once by one catch-up (each on its own time: a slow one holds no other).
 const PEERS_AT_ONCE: usize = 8;
 /// How long one exchange with a member may take.
 const EXCHANGE_WAIT: Duration = Duration::from_secs(15);
@@ -249,31 +249,30 @@ impl Pubsub {
             .filter(|p| *p != self.local && self.book.is_member(key.group, p))
             .collect();
         let ask = &ask;
-        for batch in peers.chunks(PEERS_AT_ONCE) {
-            let asks = batch.iter().map(|peer| async move {
-                let asked = with_retries(*peer, "catch-up", || async {
+        futures::stream::iter(peers)
+            .for_each_concurrent(PEERS_AT_ONCE, |peer| async move {
+                let asked = with_retries(peer, "catch-up", || async {
                     self.net
-                        .connect(*peer, Vec::new(), EXCHANGE_WAIT / 2)
+                        .connect(peer, Vec::new(), EXCHANGE_WAIT / 2)
                         .await
                         .map_err(|e| e.to_string())?;
-                    exchange(&self.net, *peer, ask).await
+                    exchange(&self.net, peer, ask).await
                 })
                 .await;
                 match asked {
-                    Ok(posts) => self.take_caught_up(key, *peer, posts),
-                    Err(why) => debug!(peer = %peer, "catch-up: {why}"),
+                    Ok(posts) => self.take_caught_up(key, peer, posts, since_ms),
+                    Err(why) => debug!(%peer, "catch-up: {why}"),
                 }
-            });
-            join_all(asks).await;
-        }
+            })
+            .await;
     }
 
-    /// Checks caught-up posts and takes those of `key`.
-    fn take_caught_up(&self, key: &TopicKey, peer: PeerId, envelopes: Vec<Bytes>) {
+    /// Checks caught-up posts and takes those of `key` sent since `since_ms`.
+    fn take_caught_up(&self, key: &TopicKey, peer: PeerId, envelopes: Vec<Bytes>, since_ms: u64) {
         let mut posts: Vec<Post> = Vec::new();
         for envelope in envelopes {
             match open_post(envelope) {
-                Ok((got, post)) if got == *key => posts.push(post),
+                Ok((got, post)) if got == *key && post.sent_ms >= since_ms => posts.push(post),
                 Ok(_) => debug!(%peer, "catch-up: a post of another topic"),
                 Err(why) => debug!(%peer, "catch-up: a bad post: {why}"),
             }

@@ -92,6 +92,8 @@ pub(crate) struct Awaited {
 pub(crate) struct Inner {
     pub(crate) topics: HashMap<TopicKey, Held>,
     pub(crate) awaited: HashMap<(TopicKey, u64), Awaited>,
+    /// Receipts gathered per sender and topic, about to go.
+    pub(crate) receipts: HashMap<(PeerId, TopicKey), Vec<u64>>,
     /// Post numbers this node used, per topic id, as the store kept them.
     own_seqs: HashMap<[u8; 16], u64>,
 }
@@ -171,6 +173,7 @@ impl Pubsub {
             inner: Arc::new(Mutex::new(Inner {
                 topics,
                 awaited: HashMap::new(),
+                receipts: HashMap::new(),
                 own_seqs,
             })),
             local: net.local_peer_id(),

@@ -41,6 +41,8 @@ const MAX_NAMED: usize = 1024;
 const PEERS_AT_ONCE: usize = 8;
 /// How long one exchange with a member may take.
 const EXCHANGE_WAIT: Duration = Duration::from_secs(15);
+/// How long receipts for one sender and topic are gathered before they go.
+const RECEIPT_BATCH: Duration = Duration::from_millis(5);
 /// Tries of one exchange.
 const TRIES: u32 = 4;
 
@@ -281,25 +283,45 @@ impl Pubsub {
         self.take(key, posts, true, None);
     }
 
-    /// Tells `sender` in the background that this node has its post `seq` of `key`; dropped
-    /// when `RECEIPTS_AT_ONCE` are under way.
+    /// Tells `sender` in the background that this node has its post `seq` of `key`: receipts
+    /// for one sender and topic made within [`RECEIPT_BATCH`] go together in one ask (at most
+    /// [`MAX_NAMED`]); dropped when `RECEIPTS_AT_ONCE` asks are under way.
     pub(crate) fn send_receipt(&self, key: TopicKey, sender: PeerId, seq: u64) {
+        let first = {
+            let mut inner = self.lock();
+            let batch = inner.receipts.entry((sender, key.clone())).or_default();
+            if batch.len() < MAX_NAMED {
+                batch.push(seq);
+            }
+            batch.len() == 1
+        };
+        if !first {
+            return;
+        }
         let Ok(permit) = self.receipts.clone().try_acquire_owned() else {
-            debug!(%sender, "a receipt is dropped: too many under way");
+            self.lock().receipts.remove(&(sender, key));
+            debug!(%sender, "receipts are dropped: too many under way");
             return;
         };
-        let net = self.net.clone();
+        let this = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            tokio::time::sleep(RECEIPT_BATCH).await;
+            let seqs = this
+                .lock()
+                .receipts
+                .remove(&(sender, key.clone()))
+                .unwrap_or_default();
             let ask = PubsubAsk {
                 kind: Some(pubsub_ask::Kind::Receipt(PubsubReceipt {
                     group: key.group.0.to_vec().into(),
                     app: key.app,
                     topic: key.topic,
-                    seqs: vec![seq],
+                    seqs,
                 })),
             };
-            let sent = with_retries(sender, "a receipt", || exchange(&net, sender, &ask)).await;
+            let sent =
+                with_retries(sender, "a receipt", || exchange(&this.net, sender, &ask)).await;
             if let Err(e) = sent {
                 debug!(%sender, "a receipt was not sent: {e}");
             }

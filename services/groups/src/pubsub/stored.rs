@@ -50,8 +50,11 @@ pub(super) fn save_own_seq(writer: &Writer, key: &TopicKey, seq: u64) {
     writer.insert(TREE, &seq_key(key), &seq.to_be_bytes());
 }
 
+/// This node's last post numbers, by topic id.
+pub(super) type OwnSeqs = HashMap<[u8; 16], u64>;
+
 /// The posts kept (those that still check) and the post numbers, by topic id.
-pub(super) fn load(store: &dyn Store) -> (Vec<(TopicKey, Post)>, HashMap<[u8; 16], u64>) {
+pub(super) fn load(store: &dyn Store) -> (Vec<(TopicKey, Post)>, OwnSeqs) {
     let mut posts = Vec::new();
     match store.scan_prefix(TREE, b"p", MAX_LOADED) {
         Ok(pairs) => {

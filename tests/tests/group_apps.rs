@@ -1,0 +1,303 @@
+//! Group pubsub through the programs people use: `p2pctl groups publish` and `groups watch`
+//! between three members (both watchers see a post of the third, its receipts name both, a late
+//! watcher replays it, bad input is a one-line error, the watch of a member that leaves ends with
+//! one).
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use p2pos_tests::{Node, bin, form_group, full_mesh, p2pctl};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+
+/// The lines of a child's pipe, read on a thread.
+struct Lines {
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn new(pipe: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    fn expect(&mut self, what: &str, needle: &str, deadline: Duration) -> String {
+        let until = Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "{what} printed no line containing {needle:?} within {deadline:?}; it \
+                     printed:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every line until the pipe closes (within `deadline`).
+    fn rest(&mut self, deadline: Duration) -> Vec<String> {
+        let until = Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.seen.clone(),
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("the pipe stayed open"),
+            }
+        }
+    }
+}
+
+/// A running `p2pctl groups watch`, killed on drop.
+struct Watch {
+    child: Child,
+    out: Lines,
+    err: Lines,
+}
+
+impl Watch {
+    /// `p2pctl groups watch <args>` on `node`, once it says it follows the topic.
+    fn start(node: &Node, args: &[&str]) -> Watch {
+        let mut child = Command::new(bin("p2pctl"))
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["groups", "watch"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn p2pctl groups watch");
+        let out = Lines::new(child.stdout.take().expect("stdout"));
+        let err = Lines::new(child.stderr.take().expect("stderr"));
+        let mut watch = Watch { child, out, err };
+        watch.err.expect("groups watch", "following topic", T);
+        watch
+    }
+
+    /// The next message printed with `--json` whose text is `text`.
+    fn expect_json(&mut self, text: &str) -> Value {
+        let needle = format!("\"data_text\":\"{text}\"");
+        let line = self.out.expect("groups watch", &needle, T);
+        serde_json::from_str(&line).expect("a JSON line")
+    }
+
+    /// Waits for it to exit by itself; its status and its stderr.
+    fn exit(mut self, deadline: Duration) -> (ExitStatus, Vec<String>) {
+        let until = Instant::now() + deadline;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for groups watch") {
+                break status;
+            }
+            assert!(Instant::now() < until, "groups watch did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = self.err.rest(deadline);
+        (status, err)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn short(peer_id: &str) -> &str {
+    &peer_id[peer_id.len() - 8..]
+}
+
+fn set(items: &[&String]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).clone()).collect()
+}
+
+fn strings(value: &Value) -> BTreeSet<String> {
+    value
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|v| v.as_str().expect("a string").to_owned())
+        .collect()
+}
+
+/// `p2pctl args` fails with one line on stderr that starts with `start` and contains `has`.
+fn fails(node: &Node, args: &[&str], start: &str, has: &str) {
+    let (ok, out, err) = p2pctl(node, args);
+    assert!(!ok, "p2pctl {args:?} succeeded: {out}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with(start) && err.contains(has),
+        "p2pctl {args:?}: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_reaches_both_watchers_with_receipts() {
+    let (mut nodes, ids) = full_mesh(3).await;
+    let [a, b, c] = [&ids[0], &ids[1], &ids[2]];
+    let group = form_group(&mut nodes, "friends").await;
+
+    let mut watch_a = Watch::start(&nodes[0], &[&group, "chat", "room", "--json"]);
+    let mut watch_b = Watch::start(&nodes[1], &["friends", "chat", "room"]);
+
+    let (ok, out, err) = p2pctl(
+        &nodes[2],
+        &[
+            "groups", "publish", &group, "chat", "room", "hello", "from", "c", "--report", "10s",
+            "--json",
+        ],
+    );
+    assert!(ok, "publish: {err}");
+    let reply: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(reply["seq"], 1, "{reply}");
+    assert_eq!(strings(&reply["delivered"]), set(&[a, b]), "{reply}");
+    assert!(strings(&reply["missing"]).is_empty(), "{reply}");
+
+    let got = watch_a.expect_json("hello from c");
+    assert_eq!(got["sender"].as_str(), Some(c.as_str()), "{got}");
+    assert_eq!(
+        (&got["seq"], &got["app"], &got["topic"]),
+        (&1.into(), &"chat".into(), &"room".into())
+    );
+    assert_eq!(got["group"].as_str(), Some(group.as_str()));
+    let line = watch_b.out.expect("groups watch", "hello from c", T);
+    assert!(
+        line.starts_with(&format!("{} 1 20", short(c))) && line.ends_with("Z hello from c"),
+        "{line}"
+    );
+
+    // Text output of a publish: its number, then who has it.
+    let (ok, out, err) = p2pctl(
+        &nodes[2],
+        &[
+            "groups", "publish", "friends", "chat", "room", "second", "--report", "10s",
+        ],
+    );
+    assert!(ok, "publish: {err}");
+    assert!(out.starts_with("seq 2 ("), "{out}");
+    for peer in [a, b] {
+        assert!(out.contains(&format!("{peer}  delivered")), "{out}");
+    }
+    watch_a.expect_json("second");
+    watch_b.out.expect("groups watch", "second", T);
+
+    // Data that is not UTF-8, from stdin.
+    let publish_bytes = Command::new(bin("p2pctl"))
+        .arg("--data-dir")
+        .arg(&nodes[2].data_dir)
+        .args(["groups", "publish", &group, "chat", "room", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(&[0xff, 0x01])?;
+            child.wait_with_output()
+        })
+        .expect("publish from stdin");
+    assert!(publish_bytes.status.success());
+    watch_b.out.expect("groups watch", "<2 bytes: ff01>", T);
+
+    // A watcher that comes later replays what the node holds since then.
+    let mut late = Watch::start(
+        &nodes[1],
+        &[&group, "chat", "room", "--since", "10m", "--json"],
+    );
+    let replayed = late.expect_json("hello from c");
+    assert_eq!(replayed["replayed"], true, "{replayed}");
+    late.expect_json("second");
+
+    // Bad input: one line, non-zero exit.
+    let c_node = &nodes[2];
+    fails(
+        c_node,
+        &["groups", "publish", "nosuch", "chat", "room", "hi"],
+        "error: cannot publish: ",
+        "no group \"nosuch\"",
+    );
+    fails(
+        c_node,
+        &["groups", "publish", &group, "chat", "", "hi"],
+        "error: cannot publish: ",
+        "a topic is 1 to 128 characters",
+    );
+    let big = "x".repeat(70_000);
+    fails(
+        c_node,
+        &["groups", "publish", &group, "chat", "room", &big],
+        "error: cannot publish: ",
+        "at most 65536 bytes",
+    );
+    fails(
+        c_node,
+        &[
+            "groups", "publish", &group, "chat", "room", "hi", "--report", "2m",
+        ],
+        "error: --report is at most 60s",
+        "",
+    );
+    fails(
+        c_node,
+        &[
+            "groups", "publish", &group, "chat", "room", "hi", "--report", "soon",
+        ],
+        "error: --report is a duration",
+        "",
+    );
+    fails(
+        c_node,
+        &["groups", "watch", "nosuch", "chat", "room"],
+        "error: cannot follow the topic: ",
+        "no group",
+    );
+    fails(
+        c_node,
+        &[
+            "groups", "watch", &group, "chat", "room", "--since", "an hour",
+        ],
+        "error: --since",
+        "",
+    );
+
+    // b leaves the group: its watch ends with a one-line error.
+    let (ok, _, err) = p2pctl(&nodes[1], &["groups", "leave", &group]);
+    assert!(ok, "leave: {err}");
+    let (status, err) = watch_b.exit(T);
+    assert_eq!(status.code(), Some(1), "{err:?}");
+    let last = err.last().expect("an error line");
+    assert!(
+        last.starts_with("error: the subscription ended: ") && last.contains("no longer a member"),
+        "{err:?}"
+    );
+}

@@ -1,7 +1,8 @@
 //! Group pubsub through the programs people use: `p2pctl groups publish` and `groups watch`
 //! between three members (both watchers see a post of the third, its receipts name both, a late
 //! watcher replays it, bad input is a one-line error, the watch of a member that leaves ends with
-//! one).
+//! one), and `p2p-chat --group` rooms on two members (lines both ways, not echoed, the last hour
+//! replayed and marked, rooms apart, `/quit`, a group this node is not in).
 
 use std::{
     collections::BTreeSet,
@@ -11,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use p2pos_tests::{Node, bin, form_group, full_mesh, p2pctl};
+use p2pos_tests::{Chat, Node, bin, form_group, full_mesh, p2pctl};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -299,5 +300,117 @@ async fn publish_reaches_both_watchers_with_receipts() {
     assert!(
         last.starts_with("error: the subscription ended: ") && last.contains("no longer a member"),
         "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_chats_talk_in_a_group_room() {
+    let (mut nodes, ids) = full_mesh(2).await;
+    let [a, b] = [&ids[0], &ids[1]];
+    let group = form_group(&mut nodes, "family").await;
+
+    let mut chat_a = Chat::start_with_args(&nodes[0], None, &["--group", "family"]);
+    chat_a.expect_line("* joined room \"room\"", T);
+    let mut chat_b = Chat::start_with_args(&nodes[1], None, &["--group", &group]);
+    chat_b.expect_line("* joined room \"room\"", T);
+
+    chat_a.type_line("hello room, A here");
+    let line = chat_b.expect_line("hello room, A here", T);
+    assert_eq!(line, format!("{}> hello room, A here", short(a)));
+    chat_b.type_line("hi A, B here");
+    let line = chat_a.expect_line("hi A, B here", T);
+    assert_eq!(line, format!("{}> hi A, B here", short(b)));
+    for i in 0..10 {
+        chat_b.type_line(&format!("line {i}"));
+    }
+    for i in 0..10 {
+        chat_a.expect_line(&format!("> line {i}"), T);
+    }
+    // Neither printed its own lines back.
+    assert!(
+        !chat_a.printed().iter().any(|l| l.contains("A here")),
+        "{:?}",
+        chat_a.printed()
+    );
+    chat_a.type_line("last from A");
+    chat_b.expect_line("last from A", T);
+    assert!(
+        !chat_b
+            .printed()
+            .iter()
+            .any(|l| l.contains("B here") || l.contains("> line")),
+        "{:?}",
+        chat_b.printed()
+    );
+
+    // A chat that joins later replays the room's last hour, marked.
+    let mut late = Chat::start_with_args(&nodes[1], None, &["--group", "family"]);
+    let line = late.expect_line("hello room, A here", T);
+    assert_eq!(
+        line,
+        format!("[earlier, just now] {}> hello room, A here", short(a))
+    );
+    late.expect_line(
+        &format!("[earlier, just now] {}> hi A, B here", short(b)),
+        T,
+    );
+    late.expect_line("last from A", T);
+
+    // Another room of the same group is apart: a line posted there (by p2pctl, on B's node)
+    // reaches its chat on B, not the room; a chat on A that opens it later gets it from B.
+    let mut kitchen_b =
+        Chat::start_with_args(&nodes[1], None, &["--group", "family", "--room", "kitchen"]);
+    kitchen_b.expect_line("* joined room \"kitchen\"", T);
+    let (ok, _, err) = p2pctl(
+        &nodes[1],
+        &[
+            "groups",
+            "publish",
+            "family",
+            "chat",
+            "kitchen",
+            "in the kitchen",
+        ],
+    );
+    assert!(ok, "publish: {err}");
+    kitchen_b.expect_line(&format!("{}> in the kitchen", short(b)), T);
+    let mut kitchen_a =
+        Chat::start_with_args(&nodes[0], None, &["--group", &group, "--room", "kitchen"]);
+    kitchen_a.expect_line(
+        &format!("[earlier, just now] {}> in the kitchen", short(b)),
+        T,
+    );
+    chat_a.type_line("after the kitchen");
+    late.expect_line(&format!("{}> after the kitchen", short(a)), T);
+    assert!(
+        !late.printed().iter().any(|l| l.contains("in the kitchen")),
+        "{:?}",
+        late.printed()
+    );
+    assert!(
+        !kitchen_b.printed().iter().any(|l| l.contains("A here")),
+        "{:?}",
+        kitchen_b.printed()
+    );
+
+    // `/quit` leaves the room.
+    chat_b.type_line("/quit");
+    assert!(chat_b.finish(T).success());
+    assert!(chat_a.finish(T).success());
+
+    // A group this node is not in: one line, exit 1.
+    let out = Command::new(bin("p2p-chat"))
+        .arg("--data-dir")
+        .arg(&nodes[0].data_dir)
+        .args(["--group", "nosuch"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run p2p-chat");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: cannot open the room: no group \"nosuch\""),
+        "{err}"
     );
 }

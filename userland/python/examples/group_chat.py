@@ -133,7 +133,7 @@ def chat(node: p2pos.Connection, group: str, topic: str) -> int:
     started_ms = now_ms()
     room = Room(own_id, started_ms)
     print(
-        f"* room {topic!r} of group {members.group.name} ({len(members.members)} members), "
+        f'* room "{topic}" of group {members.group.name} ({len(members.members)} members), '
         f"as {short(own_id)}",
         flush=True,
     )

@@ -38,6 +38,8 @@ const MAX_NAMED: usize = 1024;
 const PEERS_AT_ONCE: usize = 8;
 /// How long one catch-up with a member may take.
 const EXCHANGE_WAIT: Duration = Duration::from_secs(15);
+/// The pauses before sending a receipt again after a failed try.
+const RECEIPT_RETRIES: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
 
 fn topic_of(group: &[u8], app: String, topic: String) -> Option<TopicKey> {
     let group = GroupId::from_bytes(group)?;
@@ -267,7 +269,7 @@ impl Pubsub {
                     seqs: vec![seq],
                 })),
             };
-            let sent = async {
+            let send_once = || async {
                 let stream = net
                     .open_stream(sender, PROTOCOL)
                     .await
@@ -279,6 +281,19 @@ impl Pubsub {
                 tokio::io::AsyncWriteExt::shutdown(&mut io)
                     .await
                     .map_err(|e| e.to_string())
+            };
+            // A stream opened on a connection that is closing (one of two between the peers,
+            // say) fails at once: try again, briefly, on another.
+            let sent = async {
+                let mut result = send_once().await;
+                for pause in RECEIPT_RETRIES {
+                    if result.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    result = send_once().await;
+                }
+                result
             };
             if let Err(e) = tokio::time::timeout(EXCHANGE_WAIT, sent)
                 .await

@@ -141,13 +141,12 @@ async fn chat(args: Args) -> anyhow::Result<run::Ending> {
                 "--group chats in a group's room: give no PEER and no --call-audio with it"
             );
         }
-        let target = Target::resolve(TargetOptions {
+        let options = TargetOptions {
             gateway,
             token,
             data_dir,
-        })?;
-        let client = Client::connect(&target).await?;
-        return room::run(client, group, room).await;
+        };
+        return room::run(options, group, room).await;
     }
     // The plug-in runs in its own directory: give it an absolute path.
     let call_args = match call_audio {

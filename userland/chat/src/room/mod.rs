@@ -17,7 +17,7 @@ mod state;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
-use p2pos_client::{AuthChannel, Client, describe_status};
+use p2pos_client::{AuthChannel, Client, Target, TargetOptions, describe_status};
 use p2pos_proto::group::v1::{
     GroupRef, PublishRequest, SubscribeRequest, TopicMessage, groups_client::GroupsClient,
 };
@@ -57,6 +57,8 @@ enum Event {
     },
     /// The `Publish` in flight was answered.
     Published(Result<u64, PublishFailure>),
+    /// A client with the node's new token (the node rewrites its token file at each start).
+    Reconnected(GroupsClient<AuthChannel>),
 }
 
 type Events = mpsc::Sender<Event>;
@@ -79,9 +81,15 @@ fn lasting(status: &tonic::Status) -> bool {
     )
 }
 
-/// Runs the room of `group` named `room` until stdin ends (after every line is out), `/quit`,
-/// Ctrl-C, or an error.
-pub(crate) async fn run(client: Client, group: String, room: String) -> anyhow::Result<Ending> {
+/// Runs the room of `group` named `room` on the node `options` name until stdin ends (after
+/// every line is out), `/quit`, Ctrl-C, or an error.
+pub(crate) async fn run(
+    options: TargetOptions,
+    group: String,
+    room: String,
+) -> anyhow::Result<Ending> {
+    let target = Target::resolve(options.clone())?;
+    let client = Client::connect(&target).await?;
     let own_id = match client.node().get_info(GetInfoRequest {}).await {
         Ok(info) => info.into_inner().peer_id,
         Err(status) => bail!("cannot reach the node: {}", describe_status(&status)),
@@ -102,7 +110,9 @@ pub(crate) async fn run(client: Client, group: String, room: String) -> anyhow::
     let started_ms = now_ms();
     let (events, mut inbox) = mpsc::channel(EVENT_BUFFER);
     let groups = client.groups();
+    let node = Reconnect { options, target };
     tokio::spawn(subscribe(
+        node,
         groups.clone(),
         info.id.clone(),
         room.clone(),
@@ -185,6 +195,10 @@ impl Shell {
                 None => vec![Action::Fail(format!("left the room: {reason}"))],
             },
             Event::Published(result) => self.state.published(result, now_ms()),
+            Event::Reconnected(groups) => {
+                self.groups = groups;
+                Vec::new()
+            }
         }
     }
 
@@ -219,6 +233,8 @@ async fn publish(mut groups: GroupsClient<AuthChannel>, request: PublishRequest,
             let reason = describe_status(&status);
             Err(match status.code() {
                 Code::InvalidArgument | Code::ResourceExhausted => PublishFailure::Refused(reason),
+                // The node restarted with a new token: the subscription task reconnects.
+                Code::Unauthenticated => PublishFailure::Retry(reason),
                 _ if lasting(&status) => PublishFailure::Fatal(reason),
                 _ => PublishFailure::Retry(reason),
             })
@@ -227,10 +243,32 @@ async fn publish(mut groups: GroupsClient<AuthChannel>, request: PublishRequest,
     let _ = events.send(Event::Published(outcome)).await;
 }
 
+/// How to reach the node again after it restarted.
+struct Reconnect {
+    options: TargetOptions,
+    target: Target,
+}
+
+impl Reconnect {
+    /// A client with the token the node has now, if it is not the one used so far (a node
+    /// rewrites its token file at each start; a token given by the user stays as it is).
+    async fn refreshed(&mut self) -> Option<Client> {
+        let fresh = Target::resolve(self.options.clone()).ok()?;
+        if fresh.token() == self.target.token() {
+            return None;
+        }
+        let client = Client::connect(&fresh).await.ok()?;
+        self.target = fresh;
+        Some(client)
+    }
+}
+
 /// Follows the room for as long as the chat runs: each subscription replays the last hour (the
 /// state drops what it printed already), and one the node ended for a passing reason is opened
-/// again after a wait that grows while it keeps failing.
+/// again after a wait that grows while it keeps failing (with the node's new token, after it
+/// restarted).
 async fn subscribe(
+    mut node: Reconnect,
     mut groups: GroupsClient<AuthChannel>,
     group: String,
     room: String,
@@ -245,8 +283,8 @@ async fn subscribe(
             topic: room.clone(),
             since_ms: now_ms().saturating_sub(REPLAY.as_millis() as u64),
         };
-        let (reason, retry) = match groups.subscribe(request).await {
-            Err(status) => (describe_status(&status), !lasting(&status)),
+        let ended = match groups.subscribe(request).await {
+            Err(status) => Err(status),
             Ok(response) => {
                 if events.send(Event::Subscribed { again }).await.is_err() {
                     return;
@@ -261,11 +299,29 @@ async fn subscribe(
                                 return;
                             }
                         }
-                        Ok(None) => break ("the node ended it".to_owned(), true),
-                        Err(status) => break (describe_status(&status), !lasting(&status)),
+                        Ok(None) => break Ok("the node ended it".to_owned()),
+                        Err(status) => break Err(status),
                     }
                 }
             }
+        };
+        let (reason, retry) = match ended {
+            Ok(reason) => (reason, true),
+            Err(status) if status.code() == Code::Unauthenticated => match node.refreshed().await {
+                Some(client) => {
+                    groups = client.groups();
+                    if events
+                        .send(Event::Reconnected(client.groups()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    (describe_status(&status), true)
+                }
+                None => (describe_status(&status), false),
+            },
+            Err(status) => (describe_status(&status), !lasting(&status)),
         };
         let retry_in = retry.then_some(wait);
         let ended = Event::SubscriptionEnded { reason, retry_in };

@@ -711,3 +711,44 @@ pub async fn star(n: usize) -> (Vec<Node>, Vec<Client>, Vec<String>) {
     }
     (nodes, clients, ids)
 }
+
+/// A group named `name` of `nodes` formed as people do it, with `p2pctl groups create`, `invite`
+/// and `join`: the first node founds it, each other joins with an invite of its own. Waits until
+/// every node lists every member; answers the group's id.
+pub async fn form_group(nodes: &mut [Node], name: &str) -> String {
+    let (ok, out, err) = p2pctl(&nodes[0], &["groups", "create", name]);
+    assert!(ok, "groups create: {err}");
+    let group = out
+        .split_whitespace()
+        .next()
+        .expect("the group's id")
+        .to_owned();
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let (ok, invite, err) = p2pctl(&nodes[0], &["groups", "invite", &group]);
+        assert!(ok, "groups invite: {err}");
+        let (ok, _, err) = p2pctl(node, &["groups", "join", invite.trim()]);
+        assert!(ok, "node {i} joins: {err}");
+    }
+    let count = nodes.len();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let client = node.client().await;
+        wait_for(
+            &format!("node {i} to list every member"),
+            START_DEADLINE,
+            || {
+                let mut groups = client.groups();
+                let group = group.clone();
+                async move {
+                    let members = groups
+                        .members(p2pos_proto::group::v1::GroupRef { group })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    (members.members.len() == count).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    group
+}

@@ -1,6 +1,6 @@
 //! The Python client (`userland/python`) against real daemons: the word-count example provider on
 //! node B and its client on node A, which finds the provider by service name through the DHT;
-//! and the package's own unit tests.
+//! the group-chat example between two members of a group; and the package's own unit tests.
 //!
 //! Python comes from `P2POS_PYTHON`, else `target/python-venv/bin/python` when it exists, else
 //! `python3`; it needs grpcio and grpcio-tools, which `tools/run-tests` (through
@@ -283,6 +283,38 @@ fn python_package_unit_tests_pass() {
         text(&out.stdout),
         text(&out.stderr)
     );
+}
+
+/// The group-chat example (`examples/group_chat.py`) between two real nodes in a group: the
+/// Python test `tests/test_group_chat.py` starts the nodes (the workspace's `p2posd` and
+/// `p2pctl`, found through `P2POS_BIN_DIR`), forms the group and types on one member.
+#[test]
+fn python_group_chat_between_two_members() {
+    let python = python();
+    let bin_dir = p2pos_tests::bin("p2posd")
+        .parent()
+        .expect("the binaries' directory")
+        .to_path_buf();
+    p2pos_tests::bin("p2pctl");
+    let out = Command::new(&python)
+        .args(["-m", "unittest", "-v", "tests.test_group_chat"])
+        .current_dir(package_dir())
+        .env("P2POS_BIN_DIR", &bin_dir)
+        .env("PYTHONPATH", package_dir())
+        .env_remove("P2POS_GATEWAY")
+        .env_remove("P2POS_TOKEN")
+        .env_remove("P2POS_DATA_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the Python group-chat test");
+    let report = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python -m unittest tests.test_group_chat failed:\n{}\n{report}",
+        text(&out.stdout)
+    );
+    assert!(!report.contains("skipped"), "{report}");
+    assert!(report.contains("Ran 2 tests"), "{report}");
 }
 
 /// Plain `grpcio` as its docs show it (`grpc.insecure_channel("unix://" + path)`, no options):

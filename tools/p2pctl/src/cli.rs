@@ -73,7 +73,7 @@ pub(crate) enum Command {
         command: Option<ResourcesCommand>,
     },
     /// Groups with a signed member list that needs no server: create, invite, join, leave,
-    /// list, members, remove, name
+    /// list, members, remove, name; publish and watch topics in them
     #[command(subcommand)]
     Groups(GroupsCommand),
     /// Print this node's peer id
@@ -344,6 +344,49 @@ pub(crate) enum GroupsCommand {
         /// The group
         group: String,
         /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish TEXT on TOPIC of APP in GROUP, to every member's node that follows it; prints
+    /// its number (seq)
+    Publish {
+        /// The group
+        group: String,
+        /// The app whose topic it is (e.g. chat)
+        app: String,
+        /// The topic (1 to 128 characters)
+        topic: String,
+        /// The text (several words are joined with spaces); `-` reads it from stdin; at most
+        /// 64 KiB
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+        /// Wait this long (at most 60s) for receipts from the other members' nodes, and say
+        /// which have it and which are missing: `500ms`, `5s`
+        #[arg(long, value_name = "DURATION")]
+        report: Option<String>,
+        /// Print JSON: {seq, sent_ms, sent_to, delivered, missing}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow TOPIC of APP in GROUP until interrupted: one line per message, `sender seq time
+    /// text` (sender: the end of the publishing node's peer id; data that is not UTF-8 as
+    /// `<N bytes: hex>`)
+    Watch {
+        /// The group
+        group: String,
+        /// The app whose topic it is (e.g. chat)
+        app: String,
+        /// The topic
+        topic: String,
+        /// First print the messages held that were sent this long ago or since: `10m`, `1h`
+        #[arg(long, value_name = "DURATION", conflicts_with = "since_ms")]
+        since: Option<String>,
+        /// First print the messages held that were sent at or after this time (ms since the
+        /// Unix epoch)
+        #[arg(long, value_name = "MS")]
+        since_ms: Option<u64>,
+        /// One JSON object per line: {group, app, topic, sender, seq, sent_ms, replayed,
+        /// data_text, data_base64}
         #[arg(long)]
         json: bool,
     },
@@ -731,6 +774,59 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn groups_publish_joins_words_and_watch_takes_one_since() {
+        let cli = Cli::parse_from([
+            "p2pctl", "groups", "publish", "g", "chat", "room", "hello", "all", "--report", "5s",
+        ]);
+        match cli.command {
+            Command::Groups(GroupsCommand::Publish {
+                group,
+                app,
+                topic,
+                text,
+                report,
+                json,
+            }) => {
+                assert_eq!(
+                    (group.as_str(), app.as_str(), topic.as_str()),
+                    ("g", "chat", "room")
+                );
+                assert_eq!(text.join(" "), "hello all");
+                assert_eq!((report.as_deref(), json), (Some("5s"), false));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["p2pctl", "groups", "publish", "g", "chat", "room"]).is_err(),
+            "no text"
+        );
+        let cli = Cli::parse_from([
+            "p2pctl", "groups", "watch", "g", "chat", "room", "--since", "10m", "--json",
+        ]);
+        assert!(matches!(
+            cli.command,
+            Command::Groups(GroupsCommand::Watch { since: Some(s), since_ms: None, json: true, .. })
+                if s == "10m"
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "p2pctl",
+                "groups",
+                "watch",
+                "g",
+                "chat",
+                "room",
+                "--since",
+                "1m",
+                "--since-ms",
+                "5"
+            ])
+            .is_err(),
+            "--since or --since-ms, not both"
+        );
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! # Layout
 //! - [`cli`]: the clap definitions (global options, one variant per command).
 //! - [`commands`]: one module per command group (`node`, `overlay`, `apps`, `monitor`,
-//!   `helpers`, `services`, `forward`), and `payload`: what `send` and `services call` send,
-//!   from the command line, stdin (`-`) or a file.
+//!   `helpers`, `services`, `forward`, `groups` and its `pubsub`), `payload`: what `send`,
+//!   `services call` and `groups publish` send, from the command line, stdin (`-`) or a file,
+//!   and `duration`: durations people type (`500ms`, `10m`).
 //! - [`output`]: stdout lines, tables, JSON shapes and value formatting.
 
 mod cli;

@@ -11,6 +11,12 @@
 //! for received lines. Exit status 0 after stdin ends and every line is sent, 130 on Ctrl-C,
 //! 1 with `error: ...` on stderr otherwise.
 //!
+//! With `--group GROUP` it talks in the group's room instead (see [`room`]): each typed line is
+//! published on the chat app's topic `room` (or `--room NAME`) in the group (`Groups.Publish`),
+//! and every member's lines are printed as they come (`Groups.Subscribe`), the last hour's
+//! first, marked `[earlier, 5m ago]`. The chat's own lines are not printed back. `/quit` or the
+//! end of stdin leaves the room once every line is out.
+//!
 //! # Commands
 //! A typed line that is exactly one of these (spaces around are ignored) is a command, not text:
 //! - `/call`: a voice call with the peer of the live channel. The chat registers its plug-in
@@ -37,13 +43,18 @@
 //! - [`plugin`]: the plug-in's names and control protocol.
 //! - [`run`]: the loop that feeds events to the machine and carries out its actions.
 //! - [`peer`]: peer ids from PEER arguments (tickets, multiaddrs) and their short form.
+//! - [`room`]: the group room (`--group`): its loop, tasks and state.
 
 mod call;
 mod machine;
 mod peer;
 mod plugin;
+mod room;
 mod run;
 mod tasks;
+
+/// The room of `--group` without `--room`.
+const DEFAULT_ROOM: &str = "room";
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,7 +66,7 @@ use p2pos_client::{Client, Target, TargetOptions};
 /// Chat with another P2P OS node, live or by store-and-forward.
 ///
 /// Type lines to send them. Commands: /call (voice call with the peer, through the node's
-/// p2p-voice plug-in), /hangup (end the call), /help.
+/// p2p-voice plug-in), /hangup (end the call), /help; in a group room: /quit, /help.
 #[derive(Debug, Parser)]
 #[command(name = "p2p-chat", version)]
 struct Args {
@@ -77,9 +88,16 @@ struct Args {
     /// In calls, send this WAV file (48 kHz mono 16-bit PCM) once instead of a tone
     #[arg(long, value_name = "FILE")]
     call_audio: Option<PathBuf>,
+    /// Talk in a group's room instead of with one peer (the group's id or name; this node
+    /// must be a member): every line goes to every member, and theirs come here
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+    /// The room (a topic of the chat app in the group) [default: room]
+    #[arg(long, value_name = "NAME")]
+    room: Option<String>,
     /// Peer to chat with: peer id, ticket, multiaddr with /p2p/<peer id>, or a group member's
     /// NAME@GROUP (then only that group's members' chats reach this one).
-    /// Without it, wait for someone to open a chat.
+    /// Without it (and without --group), wait for someone to open a chat.
     peer: Option<String>,
 }
 
@@ -109,8 +127,29 @@ async fn chat(args: Args) -> anyhow::Result<run::Ending> {
         gateway,
         token,
         call_audio,
+        group,
+        room,
         peer,
     } = args;
+    let peer = peer.filter(|p| !p.trim().is_empty());
+    let room = match (&group, room) {
+        (None, Some(_)) => anyhow::bail!("--room names a room of a group: give --group too"),
+        (_, Some(room)) if room.trim().is_empty() => anyhow::bail!("--room is empty"),
+        (_, room) => room.unwrap_or_else(|| DEFAULT_ROOM.to_owned()),
+    };
+    if let Some(group) = group {
+        if peer.is_some() || call_audio.is_some() {
+            anyhow::bail!(
+                "--group chats in a group's room: give no PEER and no --call-audio with it"
+            );
+        }
+        let options = TargetOptions {
+            gateway,
+            token,
+            data_dir,
+        };
+        return room::run(options, group, room).await;
+    }
     // The plug-in runs in its own directory: give it an absolute path.
     let call_args = match call_audio {
         Some(path) => {
@@ -126,7 +165,7 @@ async fn chat(args: Args) -> anyhow::Result<run::Ending> {
         data_dir,
     })?;
     let client = Client::connect(&target).await?;
-    run::run(client, peer.filter(|p| !p.trim().is_empty()), call_args).await
+    run::run(client, peer, call_args).await
 }
 
 fn fail(err: &anyhow::Error) -> ExitCode {

@@ -79,6 +79,15 @@ pub(crate) fn classify(status: &tonic::Status) -> Failure {
 
 /// Reads stdin on its own thread (blocking reads must not hold up the runtime or its shutdown).
 pub(crate) fn spawn_stdin(events: Events) {
+    spawn_lines(events, Event::Line, Event::Eof);
+}
+
+/// Reads stdin on its own thread, reporting each line as `line(text)` and its end as `eof`.
+pub(crate) fn spawn_lines<E: Send + 'static>(
+    events: mpsc::Sender<E>,
+    line: fn(String) -> E,
+    eof: E,
+) {
     std::thread::spawn(move || {
         use std::io::BufRead;
         let mut stdin = std::io::stdin().lock();
@@ -94,8 +103,8 @@ pub(crate) fn spawn_stdin(events: Events) {
                             buf.pop();
                         }
                     }
-                    let line = String::from_utf8_lossy(&buf).into_owned();
-                    if events.blocking_send(Event::Line(line)).is_err() {
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if events.blocking_send(line(text)).is_err() {
                         return;
                     }
                 }
@@ -104,7 +113,7 @@ pub(crate) fn spawn_stdin(events: Events) {
             }
         }
         // The loop may be gone already; nothing to do then.
-        let _ = events.blocking_send(Event::Eof);
+        let _ = events.blocking_send(eof);
     });
 }
 

@@ -173,6 +173,7 @@ class _BearerToken(
 def _stub_modules():
     try:
         from p2pos.app.v1 import app_pb2_grpc
+        from p2pos.group.v1 import group_pb2_grpc
         from p2pos.monitor.v1 import monitor_pb2_grpc
         from p2pos.node.v1 import node_pb2_grpc
         from p2pos.overlay.v1 import overlay_pb2_grpc
@@ -187,6 +188,7 @@ def _stub_modules():
         raise
     return (
         app_pb2_grpc,
+        group_pb2_grpc,
         monitor_pb2_grpc,
         node_pb2_grpc,
         overlay_pb2_grpc,
@@ -202,7 +204,7 @@ class Connection:
     (see :func:`p2pos.describe_error`); a node that is not running gives ``UNAVAILABLE``."""
 
     def __init__(self, target: Target, options: Optional[list] = None) -> None:
-        apps, monitor, node, overlay, service, tasks = _stub_modules()
+        apps, group, monitor, node, overlay, service, tasks = _stub_modules()
         self.target = target
         self._raw = grpc.insecure_channel(target.grpc_target, options=list(options or []))
         self.channel = (
@@ -216,6 +218,7 @@ class Connection:
         self.services = service.ServicesStub(self.channel)
         self.tasks = tasks.TasksStub(self.channel)
         self.monitor = monitor.MonitorStub(self.channel)
+        self.groups = group.GroupsStub(self.channel)
 
     def close(self) -> None:
         self._raw.close()

@@ -65,6 +65,11 @@ const START_HOLD: Duration = Duration::from_secs(3);
 struct Subscriber {
     app: String,
     tx: mpsc::Sender<Result<TopicMessage, ServiceError>>,
+    /// Posts caught up from others go to it only if sent since then (its `since_ms`, or when it
+    /// began).
+    since_ms: u64,
+    /// When it began: a caught-up post sent before is a replay.
+    started_ms: u64,
 }
 
 /// A topic held, with its followers here.
@@ -140,9 +145,13 @@ fn deliver(key: &TopicKey, held: &mut Held, posts: &[Out]) {
         return;
     }
     held.subscribers.retain(|s| {
-        posts
-            .iter()
-            .all(|(p, caught_up)| s.tx.try_send(Ok(message(key, p, *caught_up))).is_ok())
+        posts.iter().all(|(p, caught_up)| {
+            if *caught_up && p.sent_ms < s.since_ms {
+                return true;
+            }
+            let replayed = *caught_up && p.sent_ms < s.started_ms;
+            s.tx.try_send(Ok(message(key, p, replayed))).is_ok()
+        })
     });
 }
 
@@ -405,9 +414,15 @@ impl Pubsub {
                     let _ = tx.try_send(Ok(message(&key, &post, true)));
                 }
             }
+            let started_ms = now_ms();
             held.subscribers.push(Subscriber {
                 app: key.app.clone(),
                 tx,
+                since_ms: match request.since_ms {
+                    0 => started_ms,
+                    since => since,
+                },
+                started_ms,
             });
             let start = held.following.is_none();
             if start {

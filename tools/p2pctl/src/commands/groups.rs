@@ -1,4 +1,5 @@
-//! `groups`: groups with a signed member list (`p2pos.group.v1.Groups`).
+//! `groups`: groups with a signed member list (`p2pos.group.v1.Groups`); their pubsub commands
+//! are in `pubsub`.
 
 use p2pos_client::Client;
 use p2pos_proto::group::v1::{
@@ -7,7 +8,7 @@ use p2pos_proto::group::v1::{
 };
 use serde_json::{Value, json};
 
-use super::RpcResult;
+use super::{RpcResult, duration, pubsub};
 use crate::{cli::GroupsCommand, output};
 
 pub(crate) fn group_json(g: &Group) -> Value {
@@ -35,26 +36,6 @@ pub(crate) fn group_line(g: &Group) -> String {
     )
 }
 
-/// Seconds in `text`: a number, or one with a unit `s`, `m`, `h` or `d`.
-fn seconds(text: &str) -> anyhow::Result<u64> {
-    let text = text.trim();
-    let (number, unit) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c),
-        _ => (text, 's'),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--expires is a duration such as 30s, 10m, 1h, 2d"))?;
-    let unit = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        other => anyhow::bail!("--expires: unknown unit {other:?} (s, m, h or d)"),
-    };
-    Ok(n.saturating_mul(unit))
-}
-
 /// Runs one `groups` subcommand.
 pub(crate) async fn run(client: &Client, command: GroupsCommand) -> anyhow::Result<()> {
     let mut groups = client.groups();
@@ -77,7 +58,7 @@ pub(crate) async fn run(client: &Client, command: GroupsCommand) -> anyhow::Resu
                 .invite(InviteRequest {
                     group,
                     max_uses: uses,
-                    expires_secs: seconds(&expires)?,
+                    expires_secs: duration::parse("--expires", &expires)?.as_secs(),
                     admin,
                 })
                 .await
@@ -195,6 +176,42 @@ pub(crate) async fn run(client: &Client, command: GroupsCommand) -> anyhow::Resu
                 .await
                 .or_fail("cannot rename the group")?;
             output::line(group_line(&g))?;
+        }
+        GroupsCommand::Publish {
+            group,
+            app,
+            topic,
+            text,
+            report,
+            json,
+        } => {
+            let args = pubsub::Publish {
+                group,
+                app,
+                topic,
+                text,
+                report,
+                json,
+            };
+            pubsub::publish(client, args).await?;
+        }
+        GroupsCommand::Watch {
+            group,
+            app,
+            topic,
+            since,
+            since_ms,
+            json,
+        } => {
+            let args = pubsub::Watch {
+                group,
+                app,
+                topic,
+                since,
+                since_ms,
+                json,
+            };
+            pubsub::watch(client, args).await?;
         }
         GroupsCommand::Sync { group, json } => {
             let reply = groups

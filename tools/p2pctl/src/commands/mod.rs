@@ -1,6 +1,7 @@
 //! Runs a parsed command: resolves the target, connects, and hands over to the command group.
 
 mod apps;
+mod duration;
 mod event_view;
 mod forward;
 mod groups;
@@ -10,6 +11,7 @@ mod monitor;
 mod node;
 mod overlay;
 mod payload;
+mod pubsub;
 mod resources;
 mod services;
 

@@ -7,19 +7,21 @@
 //! - [`pipe`]: a framed bidirectional stream whatever carries it, and the far-end responder.
 //! - [`scenarios`]: the drivers (bulk, echo, message rate, first message), the same for all.
 //! - [`node`]: real `p2posd` processes driven through `p2pos-client`.
+//! - [`groups`]: group pubsub on N nodes, against a direct channel between two of them.
 //! - [`raw`]: the bare rust-libp2p baseline.
 //! - [`ceiling`]: plain TCP to a child process, and through two relay processes.
 //! - [`report`]: the table and the JSON.
 
 mod ceiling;
 mod control;
+mod groups;
 mod node;
 mod pipe;
 mod raw;
 mod report;
 mod scenarios;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -63,6 +65,17 @@ struct Args {
     /// Control calls (`ListPeers`, `GetInfo`) timed idle and under load.
     #[arg(long, default_value_t = 2000)]
     control_calls: usize,
+    /// Group sizes of the group pubsub scenario, in nodes (comma-separated; 0: none). Each
+    /// times 1000/N messages (100 to 200) from every member to every other.
+    #[arg(long, value_delimiter = ',', default_value = "5")]
+    groups: Vec<usize>,
+    /// Milliseconds between two publications (and two frames of the direct channel it is
+    /// compared with) in the group pubsub scenario. Default: 20, or 2 per member past ten.
+    #[arg(long)]
+    group_interval_ms: Option<u64>,
+    /// Run only the group pubsub scenario.
+    #[arg(long)]
+    groups_only: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -127,13 +140,49 @@ async fn interrupted() -> &'static str {
 /// Every scenario, then the report.
 async fn run(args: Args) -> anyhow::Result<()> {
     let p2posd = node::find_p2posd(args.p2posd.clone())?;
+    let mut rows = match args.groups_only {
+        true => Vec::new(),
+        false => channel_rows(&args, &p2posd).await?,
+    };
+    let mut groups = Vec::new();
+    for &size in args.groups.iter().filter(|&&size| size > 0) {
+        progress(&format!("P2P OS group pubsub, {size} nodes"));
+        let interval = args.group_interval_ms.map_or_else(
+            || groups::interval_for(size),
+            |ms| Duration::from_millis(ms.max(1)),
+        );
+        let figures = groups::run(&p2posd, size, groups::messages_for(size), interval).await?;
+        eprintln!("p2pos-bench: {}", figures.summary());
+        rows.extend(figures.rows());
+        groups.push(figures.details());
+    }
+    if args.json {
+        let machine = json!({
+            "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+            "bulk_mib": args.bulk_mib,
+            "echoes": args.echoes,
+            "messages": args.messages,
+            "dials": args.dials,
+            "groups_only": args.groups_only,
+        });
+        let mut out = report::json(&rows, machine);
+        out["groups"] = groups.into();
+        println!("{out}");
+    } else {
+        println!("{}", report::table(&rows));
+    }
+    Ok(())
+}
+
+/// The channel, node and control-plane scenarios against their baselines.
+async fn channel_rows(args: &Args, p2posd: &Path) -> anyhow::Result<Vec<Row>> {
     let bulk = args.bulk_mib * 1024 * 1024;
 
     progress("P2P OS over TCP");
     let mut starts = Vec::new();
     let mut p2pos = Figures::default();
     {
-        let pair = Pair::start(&p2posd, TCP, true).await?;
+        let pair = Pair::start(p2posd, TCP, true).await?;
         starts.extend(pair.start_times());
         p2pos.bulk_tcp = scenarios::bulk(pair.open().await?, bulk, CHUNK).await?;
         (p2pos.echo_p50, p2pos.echo_p99) =
@@ -150,14 +199,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     progress("P2P OS over QUIC");
     {
-        let pair = Pair::start(&p2posd, QUIC, true).await?;
+        let pair = Pair::start(p2posd, QUIC, true).await?;
         starts.extend(pair.start_times());
         p2pos.bulk_quic = scenarios::bulk(pair.open().await?, bulk, CHUNK).await?;
     }
     progress("P2P OS dial + first message");
     let mut firsts = Vec::with_capacity(args.dials);
     for _ in 0..args.dials {
-        let pair = Pair::start(&p2posd, TCP, false).await?;
+        let pair = Pair::start(p2posd, TCP, false).await?;
         starts.extend(pair.start_times());
         let started = std::time::Instant::now();
         pair.dial().await?;
@@ -168,7 +217,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     p2pos.first_ms = scenarios::median_ms(&mut firsts);
 
     progress("P2P OS idle node");
-    let idle = Node::start(&p2posd, TCP).await?;
+    let idle = Node::start(p2posd, TCP).await?;
     starts.push(idle.start_to_answer);
     tokio::time::sleep(SETTLE).await;
     let idle_rss = idle.rss_mib()?;
@@ -214,7 +263,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     progress("plain loopback TCP");
     let top = {
         let peer = TcpPeer::start().await?;
-        let mut top = tcp_figures(|| peer.open(), &args).await?;
+        let mut top = tcp_figures(|| peer.open(), args).await?;
         let mut firsts = Vec::with_capacity(args.dials);
         for _ in 0..args.dials {
             firsts.push(peer.first_message(SMALL).await?);
@@ -225,24 +274,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     progress("plain loopback TCP through two relay processes");
     let floor = {
         let chain = RelayChain::start().await?;
-        tcp_figures(|| chain.open(), &args).await?
+        tcp_figures(|| chain.open(), args).await?
     };
 
     let mut rows = rows(&p2pos, &base, &top, &floor, idle_rss, start_ms);
     rows.extend(control_rows(control_idle, control_loaded));
-    if args.json {
-        let machine = json!({
-            "cpus": std::thread::available_parallelism().map_or(0, usize::from),
-            "bulk_mib": args.bulk_mib,
-            "echoes": args.echoes,
-            "messages": args.messages,
-            "dials": args.dials,
-        });
-        println!("{}", report::json(&rows, machine));
-    } else {
-        println!("{}", report::table(&rows));
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// Bulk, echo and message rates over plain TCP pipes from `open` (no TLS, no multiplexing).

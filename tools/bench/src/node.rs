@@ -38,6 +38,15 @@ pub(crate) struct Node {
 impl Node {
     /// Spawns `p2posd` listening on `listen` and waits for its gateway to answer.
     pub(crate) async fn start(bin: &Path, listen: &str) -> anyhow::Result<Node> {
+        Node::start_with(bin, listen, &[]).await
+    }
+
+    /// [`Node::start`] with more flags for `p2posd`.
+    pub(crate) async fn start_with(
+        bin: &Path,
+        listen: &str,
+        flags: &[&str],
+    ) -> anyhow::Result<Node> {
         let dir = tempfile::tempdir()?;
         let log = std::fs::File::create(dir.path().join("p2posd.log"))?;
         let target = Target::new(
@@ -50,6 +59,7 @@ impl Node {
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--listen", listen, "--no-mdns"])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -97,12 +107,32 @@ impl Node {
         &self.client
     }
 
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().ok_or_else(|| anyhow!("p2posd has exited"))
+    }
+
+    /// CPU time the process has used (user and system), from `/proc/<pid>/stat`.
+    pub(crate) fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let pid = self.pid()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // After the command name, in parentheses: state, ..., utime (14th field), stime (15th).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| -> anyhow::Result<u64> {
+            Ok(fields
+                .get(i)
+                .ok_or_else(|| anyhow!("short /proc/{pid}/stat"))?
+                .parse()?)
+        };
+        // Linux reports these in USER_HZ, 100 per second on every architecture it exposes.
+        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+    }
+
     /// Resident memory of the process, in MiB, from `/proc/<pid>/status`.
     pub(crate) fn rss_mib(&self) -> anyhow::Result<f64> {
-        let pid = self
-            .child
-            .id()
-            .ok_or_else(|| anyhow!("p2posd has exited"))?;
+        let pid = self.pid()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let kib: f64 = status
             .lines()
@@ -113,7 +143,7 @@ impl Node {
     }
 
     /// This node's ticket and peer id, once it has listen addresses.
-    async fn ticket(&self) -> anyhow::Result<(String, String)> {
+    pub(crate) async fn ticket(&self) -> anyhow::Result<(String, String)> {
         let started = Instant::now();
         loop {
             let ticket = self
@@ -135,8 +165,32 @@ impl Node {
         }
     }
 
+    /// Dials the node of `ticket`.
+    pub(crate) async fn dial(&self, ticket: &str) -> anyhow::Result<()> {
+        self.client
+            .overlay()
+            .dial(DialRequest {
+                target: ticket.to_owned(),
+                timeout_ms: 0,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A new channel from this node's `bench` app to `peer`'s.
+    pub(crate) async fn open(&self, peer: &str) -> anyhow::Result<Pipe> {
+        let open = OpenChannel {
+            app_id: APP_ID.to_owned(),
+            peer: peer.to_owned(),
+            batch: true,
+            half_close: false,
+            group: String::new(),
+        };
+        Ok(pipe(self.client.open_channel(open).await?))
+    }
+
     /// Opens the `bench` session and serves every channel announced on it with the responder.
-    async fn serve_bench(&self) -> anyhow::Result<JoinHandle<()>> {
+    pub(crate) async fn serve_bench(&self) -> anyhow::Result<JoinHandle<()>> {
         let mut session = self
             .client
             .apps()
@@ -209,27 +263,12 @@ impl Pair {
 
     /// A dials B with B's ticket.
     pub(crate) async fn dial(&self) -> anyhow::Result<()> {
-        self.a
-            .client
-            .overlay()
-            .dial(DialRequest {
-                target: self.b_ticket.clone(),
-                timeout_ms: 0,
-            })
-            .await?;
-        Ok(())
+        self.a.dial(&self.b_ticket).await
     }
 
     /// A new channel from A's app to B's app.
     pub(crate) async fn open(&self) -> anyhow::Result<Pipe> {
-        let open = OpenChannel {
-            app_id: APP_ID.to_owned(),
-            peer: self.b_peer.clone(),
-            batch: true,
-            half_close: false,
-            group: String::new(),
-        };
-        Ok(pipe(self.a.client.open_channel(open).await?))
+        self.a.open(&self.b_peer).await
     }
 }
 

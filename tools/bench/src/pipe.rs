@@ -4,9 +4,13 @@
 //!
 //! The responder's first frame from the driver names its job: `e` echoes every frame back;
 //! `s` followed by a big-endian `u64` N swallows N frames and answers one 8-byte frame with the
-//! number of bytes it received.
+//! number of bytes it received; `t` followed by a big-endian `u64` N takes N frames that each
+//! begin with their sending time ([`stamp_ns`], big-endian `u64`) and answers one frame of N
+//! big-endian `u64`s: each frame's one-way time in nanoseconds, by the same clock.
 
 use std::pin::Pin;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -16,6 +20,23 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// Largest frame any side accepts: a P2P OS channel data frame is at most 1 MiB.
 pub(crate) const MAX_FRAME: usize = 1024 * 1024 + 64;
+
+/// Most frames a timed job may take (its report is one frame of 8 bytes each).
+pub(crate) const MAX_TIMED: u64 = (MAX_FRAME / 8) as u64;
+
+/// Nanoseconds since this process first asked: one monotonic clock for the sender and the
+/// receiver of a timed frame, exact when both are in this process (the responders of the
+/// P2P OS nodes and the group subscribers are: they are the bench's gRPC clients).
+pub(crate) fn stamp_ns() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The sending time at the start of a timed frame.
+pub(crate) fn read_stamp(frame: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = frame.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
 
 /// The sending half of a pipe.
 pub(crate) type FrameSink = Pin<Box<dyn Sink<Bytes, Error = anyhow::Error> + Send>>;
@@ -74,6 +95,14 @@ pub(crate) fn sink_request(frames: u64) -> Bytes {
     buf.freeze()
 }
 
+/// The first frame asking the responder to time `frames` frames one way.
+pub(crate) fn timed_request(frames: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(9);
+    buf.put_u8(b't');
+    buf.put_u64(frames);
+    buf.freeze()
+}
+
 /// Serves the far end of one pipe until the driver closes it.
 pub(crate) async fn respond(mut pipe: Pipe) -> anyhow::Result<()> {
     let job = pipe.recv().await.context("no job frame")?;
@@ -96,6 +125,24 @@ pub(crate) async fn respond(mut pipe: Pipe) -> anyhow::Result<()> {
                 .send(Bytes::copy_from_slice(&bytes.to_be_bytes()))
                 .await?;
             // Keep the pipe open until the driver is done with it.
+            while pipe.rx.next().await.is_some() {}
+            Ok(())
+        }
+        Some(b't') if job.len() == 9 => {
+            let mut count = [0u8; 8];
+            count.copy_from_slice(&job[1..]);
+            let frames = u64::from_be_bytes(count);
+            if frames > MAX_TIMED {
+                bail!("a timed job takes at most {MAX_TIMED} frames, not {frames}");
+            }
+            let mut report = BytesMut::with_capacity(frames as usize * 8);
+            for _ in 0..frames {
+                let frame = pipe.recv().await?;
+                let now = stamp_ns();
+                let sent = read_stamp(&frame).context("a timed frame without its time")?;
+                report.put_u64(now.saturating_sub(sent));
+            }
+            pipe.tx.send(report.freeze()).await?;
             while pipe.rx.next().await.is_some() {}
             Ok(())
         }
@@ -138,6 +185,26 @@ mod tests {
         }
         driver.tx.flush().await.unwrap();
         assert_eq!(driver.recv().await.unwrap().as_ref(), 111u64.to_be_bytes());
+        drop(driver);
+        responder.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn timed_job_reports_each_frames_one_way_time() {
+        let (mut driver, far) = duplex_pair();
+        let responder = tokio::spawn(respond(far));
+        driver.tx.send(timed_request(2)).await.unwrap();
+        let before = stamp_ns();
+        for _ in 0..2 {
+            let frame = Bytes::copy_from_slice(&stamp_ns().to_be_bytes());
+            driver.tx.send(frame).await.unwrap();
+        }
+        let report = driver.recv().await.unwrap();
+        let elapsed = stamp_ns() - before;
+        assert_eq!(report.len(), 16);
+        for one_way in report.chunks(8) {
+            assert!(read_stamp(one_way).unwrap() <= elapsed);
+        }
         drop(driver);
         responder.await.unwrap().unwrap();
     }

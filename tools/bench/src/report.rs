@@ -12,6 +12,8 @@ pub(crate) enum Goal {
     RatioAtMost(f64),
     /// The P2P OS figure itself at most this.
     AtMost(f64),
+    /// The P2P OS figure itself at least this.
+    AtLeast(f64),
     /// Reported only.
     None,
 }
@@ -47,6 +49,7 @@ impl Row {
             (Goal::RatioAtLeast(min), Some(r)) => Some(r >= min),
             (Goal::RatioAtMost(max), Some(r)) => Some(r <= max),
             (Goal::AtMost(max), _) => Some(self.p2pos <= max),
+            (Goal::AtLeast(min), _) => Some(self.p2pos >= min),
             _ => None,
         }
     }
@@ -56,6 +59,7 @@ impl Row {
             Goal::RatioAtLeast(min) => format!("ratio ≥ {min}"),
             Goal::RatioAtMost(max) => format!("ratio ≤ {max}"),
             Goal::AtMost(max) => format!("≤ {max} {}", self.unit),
+            Goal::AtLeast(min) => format!("≥ {min} {}", self.unit),
             Goal::None => "-".to_owned(),
         }
     }

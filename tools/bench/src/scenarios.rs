@@ -7,7 +7,9 @@ use anyhow::{Context, ensure};
 use bytes::Bytes;
 use futures::SinkExt;
 
-use crate::pipe::{Pipe, echo_request, sink_request};
+use crate::pipe::{
+    MAX_TIMED, Pipe, echo_request, read_stamp, sink_request, stamp_ns, timed_request,
+};
 
 /// Bytes in a mebibyte.
 pub(crate) const MIB: f64 = 1024.0 * 1024.0;
@@ -92,6 +94,36 @@ pub(crate) async fn rate(
         sender.await.context("sender task failed")??;
     }
     Ok((per_pipe * count) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// One-way times of `count` frames of `size` bytes (at least 8), one every `interval` (paced,
+/// so that each finds the path idle): sorted. The far end reads the clock of this process at
+/// each arrival, so it must run in this process (as a node's responder does).
+pub(crate) async fn one_way(
+    mut pipe: Pipe,
+    count: u64,
+    size: usize,
+    interval: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    ensure!(count <= MAX_TIMED, "at most {MAX_TIMED} timed frames");
+    pipe.tx.send(timed_request(count)).await?;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for _ in 0..count {
+        ticks.tick().await;
+        let mut frame = vec![0x77; size.max(8)];
+        frame[..8].copy_from_slice(&stamp_ns().to_be_bytes());
+        pipe.tx.send(Bytes::from(frame)).await?;
+    }
+    let report = pipe.recv().await?;
+    ensure!(report.len() as u64 == count * 8, "bad timed report");
+    let mut times: Vec<Duration> = report
+        .chunks(8)
+        .filter_map(read_stamp)
+        .map(Duration::from_nanos)
+        .collect();
+    times.sort_unstable();
+    Ok(times)
 }
 
 /// Asks the far end to echo and waits for one echoed `size`-byte message: the "first message"

@@ -7,7 +7,7 @@ use p2pos_proto::group::v1::{
 };
 use serde_json::{Value, json};
 
-use super::RpcResult;
+use super::{RpcResult, seconds};
 use crate::{cli::GroupsCommand, output};
 
 pub(crate) fn group_json(g: &Group) -> Value {
@@ -35,26 +35,6 @@ pub(crate) fn group_line(g: &Group) -> String {
     )
 }
 
-/// Seconds in `text`: a number, or one with a unit `s`, `m`, `h` or `d`.
-fn seconds(text: &str) -> anyhow::Result<u64> {
-    let text = text.trim();
-    let (number, unit) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c),
-        _ => (text, 's'),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--expires is a duration such as 30s, 10m, 1h, 2d"))?;
-    let unit = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        other => anyhow::bail!("--expires: unknown unit {other:?} (s, m, h or d)"),
-    };
-    Ok(n.saturating_mul(unit))
-}
-
 /// Runs one `groups` subcommand.
 pub(crate) async fn run(client: &Client, command: GroupsCommand) -> anyhow::Result<()> {
     let mut groups = client.groups();
@@ -77,7 +57,7 @@ pub(crate) async fn run(client: &Client, command: GroupsCommand) -> anyhow::Resu
                 .invite(InviteRequest {
                     group,
                     max_uses: uses,
-                    expires_secs: seconds(&expires)?,
+                    expires_secs: seconds("--expires", &expires)?,
                     admin,
                 })
                 .await

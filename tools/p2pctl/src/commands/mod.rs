@@ -12,6 +12,7 @@ mod overlay;
 mod payload;
 mod resources;
 mod services;
+mod tokens;
 
 use p2pos_client::{Client, Target, describe_status};
 
@@ -30,6 +31,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Services(command) => services::run(&client, command).await,
         Command::Forward(command) => forward::run(&client, command).await,
         Command::Groups(command) => groups::run(&client, command).await,
+        Command::Tokens(command) => tokens::run(&client, command).await,
         Command::Id(flag) => node::id(&client, flag.json).await,
         Command::Shutdown => node::shutdown(&client).await,
         Command::Ticket(flag) => overlay::ticket(&client, flag.json).await,
@@ -65,5 +67,41 @@ impl<T> RpcResult<T> for Result<tonic::Response<T>, tonic::Status> {
     fn or_fail(self, what: &str) -> anyhow::Result<T> {
         self.map(tonic::Response::into_inner)
             .map_err(|status| anyhow::anyhow!("{what}: {}", describe_status(&status)))
+    }
+}
+
+/// Seconds in `text`, the value of `flag`: a number, or one with a unit `s`, `m`, `h` or `d`.
+pub(crate) fn seconds(flag: &str, text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c),
+        _ => (text, 's'),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{flag} is a duration such as 30s, 10m, 1h, 2d"))?;
+    let unit = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        other => anyhow::bail!("{flag}: unknown unit {other:?} (s, m, h or d)"),
+    };
+    Ok(n.saturating_mul(unit))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(seconds("--ttl", "30d").unwrap(), 30 * 86_400);
+        assert_eq!(seconds("--ttl", "90").unwrap(), 90);
+        assert_eq!(seconds("--ttl", "2h").unwrap(), 7200);
+        let err = seconds("--ttl", "3w").unwrap_err().to_string();
+        assert!(err.contains("--ttl"), "{err}");
+        assert!(seconds("--ttl", "soon").is_err());
     }
 }

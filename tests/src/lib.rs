@@ -216,6 +216,7 @@ impl Node {
             .node()
             .create_app_token(p2pos_proto::node::v1::CreateAppTokenRequest {
                 app_id: app_id.to_owned(),
+                ttl_secs: 0,
             })
             .await
             .expect("app token")

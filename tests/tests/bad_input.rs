@@ -192,6 +192,7 @@ async fn tcp_gateway_needs_the_right_token_and_app_tokens_are_scoped() {
         .node()
         .create_app_token(CreateAppTokenRequest {
             app_id: "chat".into(),
+            ttl_secs: 0,
         })
         .await
         .expect("app token")

@@ -534,6 +534,7 @@ async fn bad_helper_specs_are_refused_and_nothing_starts() {
         .node()
         .create_app_token(p2pos_proto::node::v1::CreateAppTokenRequest {
             app_id: "demoapp:fake".into(),
+            ttl_secs: 0,
         })
         .await
         .expect_err("a helper's app id");

@@ -3,32 +3,38 @@
 //! - On the unix socket, the peer's uid must be the node's own (or root); a caller with no
 //!   token is then admin. A token, if given, must be valid and sets the scope.
 //! - On loopback TCP, every call needs a token (`authorization: Bearer <token>`): the admin
-//!   token from `gateway.token`, an app token from `Node.CreateAppToken`, or the token of a
-//!   running helper (`P2POS_TOKEN`), scoped to the helper's app id `<app>:<helper>`, which the
-//!   gateway checks by asking the task-control service.
+//!   token from `gateway.token`, an app token from `Node.CreateAppToken` (see [`crate::tokens`]:
+//!   refused once expired or revoked), or the token of a running helper (`P2POS_TOKEN`), scoped
+//!   to the helper's app id `<app>:<helper>`, which the gateway checks by asking the
+//!   task-control service.
 //!
 //! [`AuthLayer`] resolves the scope once per request and puts it in its extensions; each
-//! handler reads it with [`caller`] and checks what the request names against it.
+//! handler reads it with [`caller`] and checks what the request names against it. The response
+//! of a call made with an app token is cut with `UNAUTHENTICATED` when that token is revoked or
+//! expires ([`CutBody`]): its open streams end, whichever service serves them.
 
-use std::{sync::Arc, task::Poll};
+use std::{pin::Pin, sync::Arc, task::Poll};
 
-use futures::future::BoxFuture;
-use p2pos_kernel::{Registry, Store};
+use bytes::Bytes;
+use futures::{FutureExt, future::BoxFuture};
+use http_body::Frame;
+use p2pos_kernel::Registry;
 use p2pos_protocols::{
     Tasks,
     tasks::{HELPER_TOKEN_PREFIX, Request as TasksRequest},
 };
 use tonic::{
     Request, Status,
+    body::Body,
     codegen::http::{self, Extensions, HeaderMap},
     transport::server::UdsConnectInfo,
 };
 use tower::{Layer, Service};
 
+use crate::tokens::{AppTokens, Grant};
+
 /// How long a request waits for task control to say whose a helper token is.
 const HELPER_TOKEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Store tree of app tokens: token → app id.
-pub const TOKENS_TREE: &str = "tokens";
 
 /// What a caller may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,18 +95,18 @@ pub fn validate_app_id(app_id: &str) -> Result<(), Status> {
 #[derive(Clone)]
 pub struct Authenticator {
     admin_token: Arc<str>,
-    store: Arc<dyn Store>,
+    tokens: AppTokens,
     registry: Registry,
     own_uid: u32,
 }
 
 impl Authenticator {
-    /// For a node with this admin token, store (app tokens) and registry (the task-control
-    /// service, which knows the tokens of running helpers).
-    pub fn new(admin_token: Arc<str>, store: Arc<dyn Store>, registry: Registry) -> Self {
+    /// For a node with this admin token, app tokens and registry (the task-control service,
+    /// which knows the tokens of running helpers).
+    pub fn new(admin_token: Arc<str>, tokens: AppTokens, registry: Registry) -> Self {
         Self {
             admin_token,
-            store,
+            tokens,
             registry,
             own_uid: nix::unistd::getuid().as_raw(),
         }
@@ -113,6 +119,18 @@ impl Authenticator {
         headers: &HeaderMap,
         extensions: &Extensions,
     ) -> Result<Scope, Status> {
+        self.resolve(headers, extensions)
+            .await
+            .map(|(scope, _)| scope)
+    }
+
+    /// As [`Authenticator::scope`], with the grant of the app token that gave the scope, if an
+    /// app token did.
+    async fn resolve(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Result<(Scope, Option<Grant>), Status> {
         let token = bearer(headers)?;
         let on_socket = match extensions.get::<UdsConnectInfo>() {
             Some(info) => {
@@ -130,7 +148,7 @@ impl Authenticator {
         };
         match token {
             Some(token) => self.token_scope(&token).await,
-            None if on_socket => Ok(Scope::Admin),
+            None if on_socket => Ok((Scope::Admin, None)),
             None => Err(Status::unauthenticated(
                 "missing token: send `authorization: Bearer <token>` (the admin token is in gateway.token in the data directory)",
             )),
@@ -139,24 +157,24 @@ impl Authenticator {
 
     /// The admin token, then app tokens, then the tokens of running helpers (which only the
     /// task-control service knows, and forgets when a helper stops).
-    async fn token_scope(&self, token: &str) -> Result<Scope, Status> {
+    async fn token_scope(&self, token: &str) -> Result<(Scope, Option<Grant>), Status> {
         if constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
-            return Ok(Scope::Admin);
+            return Ok((Scope::Admin, None));
         }
-        match self.store.get(TOKENS_TREE, token.as_bytes()) {
-            Ok(Some(app)) => return Ok(Scope::App(String::from_utf8_lossy(&app).into_owned())),
-            Ok(None) => {}
-            Err(e) => return Err(Status::internal(e.to_string())),
+        if let Some(grant) = self.tokens.resolve(token)? {
+            return Ok((Scope::App(grant.app_id().to_owned()), Some(grant)));
         }
         if !token.starts_with(HELPER_TOKEN_PREFIX) {
-            return Err(Status::unauthenticated("invalid token"));
+            return Err(Status::unauthenticated(
+                "invalid token: unknown, revoked or mistyped (`p2pctl tokens list` shows the app tokens)",
+            ));
         }
         let token = token.to_owned();
         let asked = self
             .registry
             .ask::<Tasks, _>(|reply| TasksRequest::HelperToken { token, reply });
         match tokio::time::timeout(HELPER_TOKEN_WAIT, asked).await {
-            Ok(Ok(Some(app))) => Ok(Scope::App(app)),
+            Ok(Ok(Some(app))) => Ok((Scope::App(app), None)),
             Ok(Ok(None)) => Err(Status::unauthenticated("invalid token")),
             Ok(Err(e)) => Err(Status::unavailable(format!(
                 "cannot check the helper token now: {e}"
@@ -221,12 +239,11 @@ pub struct AuthService<S> {
     require: bool,
 }
 
-impl<S, B, R> Service<http::Request<B>> for AuthService<S>
+impl<S, B> Service<http::Request<B>> for AuthService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send,
     B: Send + 'static,
-    R: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -242,13 +259,79 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (auth, require) = (self.auth.clone(), self.require);
         Box::pin(async move {
-            let scope = auth.scope(req.headers(), req.extensions()).await;
-            if require && let Err(status) = &scope {
+            let resolved = auth.resolve(req.headers(), req.extensions()).await;
+            if require && let Err(status) = &resolved {
                 return Ok(status.clone().into_http());
             }
+            let (scope, grant) = match resolved {
+                Ok((scope, grant)) => (Ok(scope), grant),
+                Err(status) => (Err(status), None),
+            };
             req.extensions_mut().insert(Caller(scope));
-            inner.call(req).await
+            let response = inner.call(req).await?;
+            // A call refused at once answers in its headers alone ("trailers only"): nothing
+            // to cut.
+            Ok(match grant {
+                Some(grant) if !response.headers().contains_key("grpc-status") => {
+                    let ended = auth.tokens.clone();
+                    response.map(|body| {
+                        Body::new(CutBody {
+                            inner: body,
+                            ended: Some(async move { ended.ended(grant).await }.boxed()),
+                        })
+                    })
+                }
+                _ => response,
+            })
         })
+    }
+}
+
+/// A response body that ends with the status `ended` answers, if it answers before the body
+/// has ended by itself: the stream of a call made with an app token that was then revoked or
+/// expired. It is cut between whole frames (tonic yields whole gRPC messages per frame).
+struct CutBody {
+    inner: Body,
+    /// Until the body ends; `None` once it has (by itself or cut).
+    ended: Option<BoxFuture<'static, Status>>,
+}
+
+impl http_body::Body for CutBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(ended) = this.ended.as_mut() else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
+        if let Poll::Ready(status) = ended.as_mut().poll(cx) {
+            this.ended = None;
+            let mut trailers = HeaderMap::new();
+            return match status.add_header(&mut trailers) {
+                Ok(()) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                Err(status) => Poll::Ready(Some(Err(status))),
+            };
+        }
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.ended = None,
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() => this.ended = None,
+            Poll::Ready(Some(Err(_))) => this.ended = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended.is_none() && http_body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.inner)
     }
 }
 
@@ -347,14 +430,13 @@ mod tests {
     async fn tokens_resolve_to_admin_or_app_scopes_over_tcp() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = p2pos_kernel::store::SledStore::open(dir.path()).expect("store");
-        store
-            .insert(TOKENS_TREE, b"app-chat", b"chat")
-            .expect("app token");
+        let tokens = AppTokens::new(store);
+        let chat = tokens.create("chat", None).expect("app token").token;
         // No task-control service runs here: helper tokens cannot be checked.
-        let auth = Authenticator::new("admin-secret".into(), store, Registry::default());
+        let auth = Authenticator::new("admin-secret".into(), tokens, Registry::default());
         // Over TCP: no connection info.
         let tcp = Extensions::new();
-        let scope = |token| {
+        let scope = |token: Option<&str>| {
             let auth = auth.clone();
             let headers = headers(token);
             let tcp = tcp.clone();
@@ -365,7 +447,7 @@ mod tests {
             Scope::Admin
         );
         assert_eq!(
-            scope(Some("app-chat")).await.expect("app"),
+            scope(Some(chat.as_str())).await.expect("app"),
             Scope::App("chat".into())
         );
         assert_eq!(

@@ -7,7 +7,9 @@
 //! # Layout
 //! - [`config`]: the `[gateway]` table of the node's configuration.
 //! - [`auth`]: caller scopes (admin, app) from the socket's peer credentials and tokens,
-//!   resolved once per request by a tower layer.
+//!   resolved once per request by a tower layer, which also ends the calls of an app token
+//!   that is revoked or expires.
+//! - [`tokens`]: app tokens: issued with a time to live, stored by digest, listed, revoked.
 //! - [`server`]: the gateway actor, its listeners, health and reflection, graceful stop.
 //! - [`node_api`], [`overlay_api`], [`apps_api`], [`tasks_api`], [`services_api`],
 //!   [`monitor_api`], [`resources_api`], [`groups_api`]: one adapter per service.
@@ -27,6 +29,7 @@ pub mod server;
 pub mod services_api;
 pub mod splice;
 pub mod tasks_api;
+pub mod tokens;
 
 pub use config::Config;
 pub use server::child_spec;

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use crate::{
     Config, SOCKET_FILE,
     apps_api::AppsApi,
-    auth::{AuthLayer, Authenticator, TOKENS_TREE},
+    auth::{AuthLayer, Authenticator},
     groups_api::GroupsApi,
     monitor_api::MonitorApi,
     node_api::NodeApi,
@@ -37,6 +37,7 @@ use crate::{
     resources_api::ResourcesApi,
     services_api::ServicesApi,
     tasks_api::TasksApi,
+    tokens::{AppTokens, TOKENS_TREE},
 };
 
 /// The service's name.
@@ -76,6 +77,7 @@ pub fn child_spec(config: Config) -> ChildSpec {
 fn routes(
     ctx: &ServiceContext,
     stop: &CancellationToken,
+    tokens: &AppTokens,
 ) -> Result<(Routes, HealthReporter), String> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
@@ -94,7 +96,8 @@ fn routes(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            NodeServer::new(NodeApi::new(ctx.clone())).max_decoding_message_size(MAX_GRPC_MESSAGE),
+            NodeServer::new(NodeApi::new(ctx.clone(), tokens.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(
             OverlayServer::new(OverlayApi::new(ctx.clone()))
@@ -125,9 +128,13 @@ fn routes(
 
 fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<ChildHandle, String> {
     let cancel = CancellationToken::new();
-    let (routes, reporter) = routes(&ctx, &cancel)?;
+    let tokens = AppTokens::new(ctx.store.clone());
+    tokens
+        .migrate()
+        .map_err(|e| format!("cannot bring the app tokens up to date: {}", e.message()))?;
+    let (routes, reporter) = routes(&ctx, &cancel, &tokens)?;
     let admin_token = ctx.admin_token().map_err(|e| e.to_string())?;
-    let auth = Authenticator::new(admin_token, ctx.store.clone(), ctx.registry.clone());
+    let auth = Authenticator::new(admin_token, tokens, ctx.registry.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

@@ -320,6 +320,7 @@ async fn a_helper_token_acts_as_the_helpers_app_id() {
         .node()
         .create_app_token(CreateAppTokenRequest {
             app_id: "chat".into(),
+            ttl_secs: 0,
         })
         .await
         .expect_err("not admin");

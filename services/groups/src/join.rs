@@ -113,7 +113,8 @@ impl Node {
             .take(MAX_ADDRS)
             .filter_map(|a| a.parse().ok())
             .collect();
-        self.net.remember(peer, addrs);
+        // The joiner's own claim: dialled this run, stored once a connection to it succeeds.
+        self.net.hear(peer, addrs);
         let ops = self
             .book
             .with(group, |log| {

@@ -209,6 +209,7 @@ async fn status(ctx: &ServiceContext, metrics_url: String) -> NodeStatus {
         peers: overlay.peers,
         services,
         routing_table_size: overlay.routing_table_size,
+        remembered_peers: overlay.remembered_peers,
         metrics_url,
         groups,
     }

@@ -2,10 +2,12 @@
 //! Kademlia look-up, answering once a connection is established or every way has failed),
 //! DHT look-ups for `FindPeer`, and pings.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use libp2p::{
-    Multiaddr, PeerId, kad, ping,
+    Multiaddr, PeerId, kad,
+    multiaddr::Protocol,
+    ping,
     swarm::{
         DialError,
         dial_opts::{DialOpts, PeerCondition},
@@ -16,12 +18,19 @@ use tracing::debug;
 
 use p2pos_protocols::network::{Error, Reply};
 
-use crate::{behaviour::PING_INTERVAL, event_loop::EventLoop, waiting::PendingConnect};
+use crate::{
+    behaviour::PING_INTERVAL,
+    event_loop::EventLoop,
+    peers::{MAX_ADDRS_PER_PEER, MAX_HEARD_PEERS},
+    waiting::PendingConnect,
+};
 
 /// Most callers waiting on one peer at once.
 const MAX_WAITERS_PER_PEER: usize = 64;
 /// Most peers being connected to or looked up at once.
 const MAX_PENDING_PEERS: usize = 256;
+/// Most checks of claimed listen addresses in flight.
+const MAX_PROBES: usize = 16;
 
 impl EventLoop {
     /// Starts connecting to `peer`, or joins an attempt in progress.
@@ -30,9 +39,8 @@ impl EventLoop {
             let _ = reply.send(Ok(addr));
             return;
         }
-        if !addrs.is_empty() {
-            self.book.add(peer, addrs.clone());
-        }
+        // Given for this dial (by a user, or from a DHT answer): stored once it connects.
+        self.book.hear(peer, addrs.clone());
         if let Some(pending) = self.connects.get_mut(&peer) {
             if pending.waiters.len() >= MAX_WAITERS_PER_PEER {
                 let _ = reply.send(Err(busy(
@@ -141,6 +149,50 @@ impl EventLoop {
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .build();
         self.swarm.dial(opts)
+    }
+
+    /// Checks the listen addresses `peer` claimed (through identify) by dialing them once, when
+    /// it reached this node only inbound (no address of it is confirmed): a connection that
+    /// succeeds confirms its address, which is then stored and redialled at the next start (so
+    /// that a node dialled by a friend redials the friend after a restart). Only addresses on
+    /// an IP the peer connected from are tried, and each peer once per run: a peer cannot make
+    /// the node dial addresses of someone else.
+    pub(crate) fn probe(&mut self, peer: PeerId, claimed: &[Multiaddr]) {
+        if self.probes.len() >= MAX_PROBES
+            || self.probed.contains(&peer)
+            || !self.book.confirmed(&peer).is_empty()
+        {
+            return;
+        }
+        let Some(conns) = self.connections.get(&peer) else {
+            return;
+        };
+        let from: Vec<IpAddr> = conns.iter().filter_map(|(_, a)| ip_of(a)).collect();
+        let candidates: Vec<Multiaddr> = claimed
+            .iter()
+            .filter(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+            .filter(|a| ip_of(a).is_some_and(|ip| from.contains(&ip)))
+            .take(MAX_ADDRS_PER_PEER)
+            .cloned()
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        if self.probed.len() >= MAX_HEARD_PEERS {
+            self.probed.clear();
+        }
+        self.probed.insert(peer);
+        let opts = DialOpts::peer_id(peer)
+            .addresses(candidates)
+            .condition(PeerCondition::Always)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.probes.insert(id);
+            }
+            Err(e) => debug!(%peer, "cannot check its claimed listen addresses: {e}"),
+        }
     }
 
     /// Addresses of `peer` in the Kademlia routing table.
@@ -365,6 +417,15 @@ impl EventLoop {
                 reason: reason.to_owned(),
             }));
         }
+    }
+}
+
+/// The IP address `addr` starts with.
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    match addr.iter().next()? {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
     }
 }
 

@@ -92,6 +92,10 @@ pub(crate) struct EventLoop {
     pub(crate) reach: Reach,
     /// Followed gossip topics.
     pub(crate) gossip_state: GossipState,
+    /// Dials checking a peer's claimed listen addresses ([`EventLoop::probe`]), in flight.
+    pub(crate) probes: HashSet<ConnectionId>,
+    /// Peers whose claimed listen addresses were checked this run.
+    pub(crate) probed: HashSet<PeerId>,
 }
 
 /// What the swarm task is made of.
@@ -157,6 +161,8 @@ impl EventLoop {
             provider_cache: ProviderCache::default(),
             reach: Reach::default(),
             gossip_state: GossipState::default(),
+            probes: HashSet::new(),
+            probed: HashSet::new(),
         }
     }
 
@@ -210,15 +216,22 @@ impl EventLoop {
         }
     }
 
+    /// Dials the configured bootstrap peers and the confirmed peers of the book (the addresses
+    /// this node connected to before, or that its user gave): never addresses only heard of.
     fn dial_at_start(&mut self, bootstrap: Vec<(PeerId, Vec<Multiaddr>)>) {
         let local = *self.swarm.local_peer_id();
-        for (peer, addrs) in bootstrap {
-            self.book.add(peer, addrs);
+        for (peer, addrs) in &bootstrap {
+            // Stored once a connection to one succeeds; the configuration gives them anyway.
+            self.book.hear(*peer, addrs.clone());
         }
-        for (peer, addrs) in self.book.peers().into_iter().take(MAX_STARTUP_DIALS) {
-            if peer == local {
+        let bootstrap = bootstrap.into_iter().map(|(peer, _)| peer);
+        let known = self.book.peers().into_iter().map(|(peer, _)| peer);
+        let mut dialled = HashSet::new();
+        for peer in bootstrap.chain(known).take(MAX_STARTUP_DIALS) {
+            if peer == local || !dialled.insert(peer) {
                 continue;
             }
+            let addrs = self.book.addresses(&peer);
             if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
                 for a in &addrs {
                     kad.add_address(&peer, a.clone());
@@ -265,6 +278,7 @@ impl EventLoop {
             }
             Command::Ticket { reply } => self.ticket_request(reply),
             Command::Remember { peer, addrs } => self.book.add(peer, addrs),
+            Command::Hear { peer, addrs } => self.book.hear(peer, addrs),
             Command::GossipScope { scope, members } => self.gossip_scope(scope, members),
             Command::GossipSubscribe { topic, sink, reply } => {
                 self.gossip_subscribe(topic, sink, reply);
@@ -298,8 +312,10 @@ impl EventLoop {
                     .or_default()
                     .push((connection_id, addr.clone()));
                 if endpoint.is_dialer() {
+                    // A connection to it succeeded: the one kind of address that is stored.
                     self.book.add(peer_id, [addr.clone()]);
                 }
+                let probe = self.probes.remove(&connection_id);
                 if num_established.get() == 1 {
                     info!(peer = %peer_id, %addr, "peer connected");
                     self.events.publish(Kind::PeerConnected(PeerConnected {
@@ -310,6 +326,10 @@ impl EventLoop {
                 }
                 self.reach.connection(peer_id, true);
                 self.on_connected(peer_id, addr);
+                if probe && num_established.get() > 1 {
+                    // It answered where it said it listens; the connection it made is enough.
+                    let _ = self.swarm.close_connection(connection_id);
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -339,10 +359,16 @@ impl EventLoop {
                 }
             }
             SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(peer),
+                peer_id,
+                connection_id,
                 error,
-                ..
-            } => self.on_dial_failed(peer, error.to_string()),
+            } => {
+                if self.probes.remove(&connection_id) {
+                    debug!(peer = ?peer_id, "a peer's claimed listen addresses did not answer: {error}");
+                } else if let Some(peer) = peer_id {
+                    self.on_dial_failed(peer, error.to_string());
+                }
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
                 self.save_listen_addrs();
@@ -430,7 +456,9 @@ impl EventLoop {
                 kad.add_address(&peer, addr.clone());
             }
         }
-        self.book.add(peer, listen);
+        // Claims: dialled when the peer is wanted, stored only once a connection succeeds.
+        self.book.hear(peer, listen.clone());
+        self.probe(peer, &listen);
         if protocols.iter().any(is_relay_hop) {
             self.relay_candidates.insert(peer);
             self.listen_on_relays();

@@ -109,6 +109,7 @@ impl EventLoop {
             reachability: self.reachability.to_owned(),
             peers: self.peer_infos(),
             routing_table_size: u32::try_from(routing_table_size).unwrap_or(u32::MAX),
+            remembered_peers: u32::try_from(self.book.peers().len()).unwrap_or(u32::MAX),
         }
     }
 }

@@ -46,3 +46,12 @@ mod waiting;
 
 pub use config::Config;
 pub use service::{NAME, child_spec};
+
+/// The peers `store` remembers, with their addresses: what the node redials at its next start
+/// (only addresses it connected to, or that its user gave). For diagnosis and tests; the node
+/// itself reads them once, at start.
+pub fn stored_peers(
+    store: &dyn p2pos_kernel::Store,
+) -> Vec<(libp2p::PeerId, Vec<libp2p::Multiaddr>)> {
+    peers::stored(store)
+}

@@ -1,6 +1,13 @@
 //! What the overlay remembers across restarts: known peers with their addresses (tree `peers`,
 //! redialled at start) and the ports it listened on (tree `overlay`, key `listen`, reused at
 //! start for addresses configured with port 0).
+//!
+//! Only addresses the node itself connected to (an outbound connection that succeeded), or that
+//! its user gave in a ticket, are *confirmed* and stored. Addresses that others claimed (a
+//! peer's identify listen addresses, DHT answers, a joining member's addresses, addresses given
+//! for one dial) are only *heard*: kept in memory, bounded, for dialing during this run, and
+//! stored only once a connection to one of them succeeds. So no peer or DHT answer can fill the
+//! stored book, nor make the node dial addresses of its choosing at every start.
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
@@ -22,6 +29,8 @@ const LISTEN_KEY: &[u8] = b"listen";
 pub(crate) const MAX_ADDRS_PER_PEER: usize = 8;
 /// Most peers remembered.
 pub(crate) const MAX_PEERS: usize = 1024;
+/// Most peers whose heard (unconfirmed) addresses are kept in memory.
+pub(crate) const MAX_HEARD_PEERS: usize = 1024;
 /// How stale a peer's last-seen time may get before an unchanged sighting rewrites it.
 const REFRESH_MS: u64 = 10 * 60 * 1000;
 
@@ -30,31 +39,28 @@ struct Known {
     seen_ms: u64,
 }
 
-/// Known peers and their addresses, mirrored in the store.
+/// Known peers and their addresses: the confirmed ones mirrored in the store, the heard ones in
+/// memory only.
 pub(crate) struct PeerBook {
     writer: Writer,
     peers: HashMap<PeerId, Known>,
+    /// Addresses claimed for peers, not connected to yet; `Known::seen_ms` is when last heard.
+    heard: HashMap<PeerId, Known>,
 }
 
 impl PeerBook {
     /// The peers remembered in `store`; what the book learns goes back through `writer`, off
     /// the swarm task's thread.
     pub(crate) fn load(store: &dyn Store, writer: Writer) -> Self {
-        let mut peers = HashMap::new();
-        match store.scan_prefix(PEERS_TREE, b"", MAX_PEERS) {
-            Ok(pairs) => {
-                for (k, v) in pairs {
-                    if let (Ok(peer), Some(known)) = (PeerId::from_bytes(&k), decode(&v)) {
-                        peers.insert(peer, known);
-                    }
-                }
-            }
-            Err(e) => warn!("cannot read the known peers: {e}"),
+        let peers = load(store);
+        Self {
+            writer,
+            peers,
+            heard: HashMap::new(),
         }
-        Self { writer, peers }
     }
 
-    /// Known peers, most recently seen first.
+    /// Confirmed peers (those redialled at start), most recently seen first.
     pub(crate) fn peers(&self) -> Vec<(PeerId, Vec<Multiaddr>)> {
         let mut all: Vec<_> = self.peers.iter().collect();
         all.sort_by_key(|(_, k)| std::cmp::Reverse(k.seen_ms));
@@ -63,35 +69,80 @@ impl PeerBook {
             .collect()
     }
 
-    /// The addresses known for `peer`.
+    /// The addresses known for `peer`: the confirmed ones first, then those heard.
     pub(crate) fn addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        let mut all = self.confirmed(peer);
+        for a in self
+            .heard
+            .get(peer)
+            .map(|k| k.addrs.iter())
+            .into_iter()
+            .flatten()
+        {
+            if !all.contains(a) {
+                all.push(a.clone());
+            }
+        }
+        all
+    }
+
+    /// The confirmed addresses of `peer` (stored, redialled at start).
+    pub(crate) fn confirmed(&self, peer: &PeerId) -> Vec<Multiaddr> {
         self.peers
             .get(peer)
             .map(|k| k.addrs.clone())
             .unwrap_or_default()
     }
 
-    /// Records that `peer` is reachable at `addrs` (newest first), and persists it.
-    pub(crate) fn add(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
-        let fresh: Vec<Multiaddr> = addrs
+    /// Keeps addresses claimed for `peer` (newest first) for this run, without storing them:
+    /// they are dialled when the peer is wanted, and stored once a connection to one succeeds.
+    /// At most [`MAX_HEARD_PEERS`] peers are kept, the least recently heard going first.
+    pub(crate) fn hear(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let confirmed = self.peers.get(&peer).map(|k| k.addrs.as_slice());
+        let fresh: Vec<Multiaddr> = clean(&peer, addrs)
             .into_iter()
-            .map(|a| without_peer(a, &peer))
-            .filter(is_dialable)
+            .filter(|a| confirmed.is_none_or(|c| !c.contains(a)))
             .collect();
         if fresh.is_empty() {
             return;
+        }
+        let known = self.heard.entry(peer).or_insert(Known {
+            addrs: Vec::new(),
+            seen_ms: 0,
+        });
+        known.addrs = merge(fresh, &known.addrs);
+        known.seen_ms = now_ms();
+        while self.heard.len() > MAX_HEARD_PEERS {
+            let Some(oldest) = self
+                .heard
+                .iter()
+                .min_by_key(|(_, k)| k.seen_ms)
+                .map(|(p, _)| *p)
+            else {
+                return;
+            };
+            self.heard.remove(&oldest);
+        }
+    }
+
+    /// Records that `peer` is reachable at `addrs` (newest first), and persists it: addresses
+    /// the node connected to, or that its user gave.
+    pub(crate) fn add(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let fresh = clean(&peer, addrs);
+        if fresh.is_empty() {
+            return;
+        }
+        if let Some(heard) = self.heard.get_mut(&peer) {
+            heard.addrs.retain(|a| !fresh.contains(a));
+            if heard.addrs.is_empty() {
+                self.heard.remove(&peer);
+            }
         }
         let known = self.peers.entry(peer).or_insert(Known {
             addrs: Vec::new(),
             seen_ms: 0,
         });
-        let mut merged = fresh;
-        for a in known.addrs.drain(..) {
-            if !merged.contains(&a) {
-                merged.push(a);
-            }
-        }
-        merged.truncate(MAX_ADDRS_PER_PEER);
+        let merged = merge(fresh, &known.addrs);
         let now = now_ms();
         if merged == known.addrs && now.saturating_sub(known.seen_ms) < REFRESH_MS {
             return; // nothing new worth a write
@@ -117,6 +168,48 @@ impl PeerBook {
             self.writer.remove(PEERS_TREE, &oldest.to_bytes());
         }
     }
+}
+
+/// The peers remembered in `store`.
+fn load(store: &dyn Store) -> HashMap<PeerId, Known> {
+    let mut peers = HashMap::new();
+    match store.scan_prefix(PEERS_TREE, b"", MAX_PEERS) {
+        Ok(pairs) => {
+            for (k, v) in pairs {
+                if let (Ok(peer), Some(known)) = (PeerId::from_bytes(&k), decode(&v)) {
+                    peers.insert(peer, known);
+                }
+            }
+        }
+        Err(e) => warn!("cannot read the known peers: {e}"),
+    }
+    peers
+}
+
+/// The peers remembered in `store`, with their addresses.
+pub(crate) fn stored(store: &dyn Store) -> Vec<(PeerId, Vec<Multiaddr>)> {
+    load(store).into_iter().map(|(p, k)| (p, k.addrs)).collect()
+}
+
+/// `addrs` without `/p2p/<peer>`, dialable ones only.
+fn clean(peer: &PeerId, addrs: impl IntoIterator<Item = Multiaddr>) -> Vec<Multiaddr> {
+    addrs
+        .into_iter()
+        .map(|a| without_peer(a, peer))
+        .filter(is_dialable)
+        .collect()
+}
+
+/// `fresh`, then those of `old` not in it, at most [`MAX_ADDRS_PER_PEER`].
+fn merge(fresh: Vec<Multiaddr>, old: &[Multiaddr]) -> Vec<Multiaddr> {
+    let mut merged: Vec<Multiaddr> = Vec::new();
+    for a in fresh.into_iter().chain(old.iter().cloned()) {
+        if !merged.contains(&a) {
+            merged.push(a);
+        }
+    }
+    merged.truncate(MAX_ADDRS_PER_PEER);
+    merged
 }
 
 /// Whether an address is worth remembering and handing out: not unspecified, not a port 0.
@@ -307,5 +400,57 @@ mod tests {
         assert_eq!(addrs.len(), MAX_ADDRS_PER_PEER);
         assert_eq!(addrs[0], ma("/ip4/10.0.0.9/tcp/9"), "newest first");
         assert_eq!(book.peers().len(), 1);
+    }
+
+    #[test]
+    fn heard_addresses_are_dialled_but_stored_only_once_connected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        let honest = PeerId::random();
+        let claimed = PeerId::random();
+        {
+            let (writer, thread) = Writer::spawn(store.clone(), "test").expect("writer");
+            let mut book = PeerBook::load(store.as_ref(), writer);
+            book.add(honest, [ma("/ip4/10.0.0.1/tcp/1")]);
+            // A flood of DHT answers and identify claims: peers and addresses of others' choosing.
+            for i in 0..(MAX_HEARD_PEERS + 100) {
+                let port = u16::try_from(i % 60_000 + 1).expect("port");
+                book.hear(PeerId::random(), [ma(&format!("/ip4/10.9.9.9/tcp/{port}"))]);
+            }
+            book.hear(
+                claimed,
+                [ma("/ip4/10.0.0.2/tcp/2"), ma("/ip4/10.0.0.3/tcp/3")],
+            );
+            book.hear(honest, [ma("/ip4/10.0.0.4/tcp/4")]);
+            assert!(
+                book.heard.len() <= MAX_HEARD_PEERS,
+                "heard peers are bounded"
+            );
+            assert_eq!(book.peers().len(), 1, "claims displace no confirmed peer");
+            assert_eq!(
+                book.addresses(&honest),
+                [ma("/ip4/10.0.0.1/tcp/1"), ma("/ip4/10.0.0.4/tcp/4")],
+                "confirmed first, then heard, all dialled this run"
+            );
+            assert_eq!(book.addresses(&claimed).len(), 2);
+            // A connection to one of the claimed addresses succeeded: that one is stored.
+            book.add(claimed, [ma("/ip4/10.0.0.3/tcp/3")]);
+            assert_eq!(book.confirmed(&claimed), [ma("/ip4/10.0.0.3/tcp/3")]);
+            assert_eq!(
+                book.addresses(&claimed),
+                [ma("/ip4/10.0.0.3/tcp/3"), ma("/ip4/10.0.0.2/tcp/2")]
+            );
+            drop(book);
+            thread.join().expect("written");
+        }
+        let (writer, _thread) = Writer::spawn(store.clone(), "test").expect("writer");
+        let book = PeerBook::load(store.as_ref(), writer);
+        assert_eq!(book.peers().len(), 2, "only the peers connected to");
+        assert_eq!(book.addresses(&honest), [ma("/ip4/10.0.0.1/tcp/1")]);
+        assert_eq!(
+            book.addresses(&claimed),
+            [ma("/ip4/10.0.0.3/tcp/3")],
+            "the claimed address never connected to is gone"
+        );
     }
 }

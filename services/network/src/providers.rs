@@ -7,7 +7,8 @@
 //! runs join that Kademlia query (one query per key), each answered when it has as many
 //! providers as it wants or its time is up. What a look-up found is reused for a while
 //! (`provider_cache`) by calls and channels, and the addresses the DHT gave with each
-//! provider go into the address book, so that connecting to it needs no second look-up.
+//! provider go into the address book (heard, not stored until a connection to it succeeds:
+//! see `peers`), so that connecting to it needs no second look-up.
 //!
 //! Provider records expire on other nodes 5 minutes after their last publication, and a
 //! provider republishes every minute (see `behaviour`): a provider that goes away without
@@ -246,7 +247,8 @@ impl EventLoop {
             return;
         }
         let addrs = self.query_addresses(peer);
-        self.book.add(peer, addrs.clone());
+        // A DHT answer's claim: stored only once a connection to it succeeds.
+        self.book.hear(peer, addrs.clone());
         if let Some(query) = self.provider_queries.get_mut(&id) {
             query.found.push((peer, addrs));
         }

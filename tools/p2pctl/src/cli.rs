@@ -76,6 +76,10 @@ pub(crate) enum Command {
     /// list, members, remove, name; publish and watch topics in them
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// App tokens (for apps on the TCP gateway, or presenting one on the socket): create, list,
+    /// revoke
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Print this node's peer id
     Id(JsonFlag),
     /// Print a ticket other nodes can dial to reach this one
@@ -129,6 +133,48 @@ pub(crate) enum Command {
     Forward(ForwardCommand),
     /// Stop the node
     Shutdown,
+}
+
+/// `p2pctl tokens ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokensCommand {
+    /// Issue a token scoped to APP; it is printed once and never shown again
+    Create {
+        /// The app id it is scoped to, e.g. chat
+        app: String,
+        /// How long it is valid: seconds, or with a unit (`30s`, `10m`, `12h`, `90d`); at most
+        /// 365d [default: the node's, 30d]
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// Print JSON: {token, id, app_id, expires_ms}
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the app tokens, by app, with their expiry (their ids, never the tokens)
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only this app's tokens
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Revoke a token (the token or its id) or every token of an app; calls still open with it
+    /// end at once
+    Revoke {
+        /// The token, or its id from `p2pctl tokens list`
+        #[arg(
+            value_name = "TOKEN_OR_ID",
+            required_unless_present = "app",
+            conflicts_with = "app"
+        )]
+        which: Option<String>,
+        /// Revoke every token of this app instead
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 /// `p2pctl services ...`

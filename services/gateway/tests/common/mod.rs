@@ -144,6 +144,7 @@ impl Node {
             .node()
             .create_app_token(CreateAppTokenRequest {
                 app_id: "chat".into(),
+                ttl_secs: 0,
             })
             .await
             .expect("app token")

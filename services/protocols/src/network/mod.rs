@@ -151,8 +151,17 @@ pub enum Command {
         /// The ticket.
         reply: oneshot::Sender<Ticket>,
     },
-    /// Remember addresses a user gave for `peer` (from a ticket).
+    /// Remember addresses a user gave for `peer` (from a ticket): stored, and redialled at
+    /// every start.
     Remember {
+        /// The peer.
+        peer: PeerId,
+        /// Its addresses.
+        addrs: Vec<Multiaddr>,
+    },
+    /// Keep addresses a remote peer claimed for `peer` (e.g. in a group join) for dialing during
+    /// this run: stored only once a connection to one of them succeeds.
+    Hear {
         /// The peer.
         peer: PeerId,
         /// Its addresses.
@@ -594,10 +603,19 @@ impl Network {
         self.request(|reply| Command::Ticket { reply }).await
     }
 
-    /// Remembers addresses given for `peer`; dropped if the swarm task is busy.
+    /// Remembers addresses a local user gave for `peer` (a ticket): stored, and redialled at
+    /// every start. Dropped if the swarm task is busy.
     pub fn remember(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
         if !addrs.is_empty() {
             let _ = self.commands.try_send(Command::Remember { peer, addrs });
+        }
+    }
+
+    /// Keeps addresses a remote peer claimed for `peer` for this run's dials, without storing
+    /// them until a connection to one succeeds. Dropped if the swarm task is busy.
+    pub fn hear(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if !addrs.is_empty() {
+            let _ = self.commands.try_send(Command::Hear { peer, addrs });
         }
     }
 

@@ -14,6 +14,7 @@ mod payload;
 mod pubsub;
 mod resources;
 mod services;
+mod tokens;
 
 use p2pos_client::{Client, Target, describe_status};
 
@@ -32,6 +33,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Services(command) => services::run(&client, command).await,
         Command::Forward(command) => forward::run(&client, command).await,
         Command::Groups(command) => groups::run(&client, command).await,
+        Command::Tokens(command) => tokens::run(&client, command).await,
         Command::Id(flag) => node::id(&client, flag.json).await,
         Command::Shutdown => node::shutdown(&client).await,
         Command::Ticket(flag) => overlay::ticket(&client, flag.json).await,

@@ -37,6 +37,7 @@ fn status_text(status: NodeStatus) -> String {
         routing_table_size,
         metrics_url,
         groups,
+        remembered_peers,
     } = status;
     let summary = output::key_values(vec![
         ("peer id", peer_id),
@@ -46,6 +47,10 @@ fn status_text(status: NodeStatus) -> String {
         ("listening", output::list_or_dash(&listen_addresses)),
         ("external", output::list_or_dash(&external_addresses)),
         ("routing table", format!("{routing_table_size} peers")),
+        (
+            "remembered",
+            format!("{remembered_peers} peers (redialled at start)"),
+        ),
         ("metrics", output::dash_if_empty(&metrics_url)),
     ]);
     let mut text = summary.trim_fmt();
@@ -77,7 +82,7 @@ fn status_text(status: NodeStatus) -> String {
 }
 
 /// The status as JSON: `{peer_id, version, uptime_secs, listen_addresses, external_addresses,
-/// reachability, routing_table_size, metrics_url, peers: [peer], services: [{name, state,
+/// reachability, routing_table_size, remembered_peers, metrics_url, peers: [peer], services: [{name, state,
 /// restarts, last_error}], groups: [group]}`.
 fn status_json(status: &NodeStatus) -> Value {
     let NodeStatus {
@@ -92,6 +97,7 @@ fn status_json(status: &NodeStatus) -> Value {
         routing_table_size,
         metrics_url,
         groups,
+        remembered_peers,
     } = status;
     json!({
         "peer_id": peer_id,
@@ -101,6 +107,7 @@ fn status_json(status: &NodeStatus) -> Value {
         "external_addresses": external_addresses,
         "reachability": reachability,
         "routing_table_size": routing_table_size,
+        "remembered_peers": remembered_peers,
         "metrics_url": metrics_url,
         "peers": peers.iter().map(output::peer_json).collect::<Vec<_>>(),
         "services": services.iter().map(service_json).collect::<Vec<_>>(),
@@ -174,6 +181,7 @@ mod tests {
             "external_addresses",
             "reachability",
             "routing_table_size",
+            "remembered_peers",
             "metrics_url",
             "peers",
             "services",
@@ -195,6 +203,7 @@ mod tests {
             ],
             reachability: "private".into(),
             routing_table_size: 2,
+            remembered_peers: 1,
             services: vec![ServiceState {
                 name: "overlay".into(),
                 state: "running".into(),

@@ -284,9 +284,12 @@ impl EventLoop {
                 self.gossip_subscribe(topic, sink, reply);
             }
             Command::GossipUnsubscribe { topic } => self.gossip_unsubscribe(topic),
-            Command::GossipPublish { topic, data, reply } => {
-                self.gossip_publish(topic, data, reply);
-            }
+            Command::GossipPublish {
+                topic,
+                payload_type,
+                payload,
+                reply,
+            } => self.gossip_publish(topic, &payload_type, payload, reply),
             Command::GossipFollowers { topic, reply } => self.gossip_followers(topic, reply),
             // Handled by the loop itself.
             Command::Shutdown { reply } => {

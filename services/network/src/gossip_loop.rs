@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use bytes::Bytes;
 use libp2p::{
     PeerId,
     gossipsub::{self, IdentTopic, MessageAcceptance, PublishError},
@@ -139,20 +140,30 @@ impl EventLoop {
     pub(crate) fn gossip_publish(
         &mut self,
         topic: String,
-        data: bytes::Bytes,
-        reply: Reply<Vec<PeerId>>,
+        payload_type: &str,
+        payload: Vec<u8>,
+        reply: Reply<(Bytes, Vec<PeerId>)>,
     ) {
+        let envelope: Bytes =
+            match p2pos_protocols::network::sign_with(&self.keypair, payload_type, payload) {
+                Ok(envelope) => envelope.into(),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
         let hash = IdentTopic::new(topic).hash();
         let gossip = self.gossip();
         let followers = followers(&gossip.inner, &hash);
-        let result = match gossip.inner.publish(hash, data.to_vec()) {
-            Ok(_) => Ok(followers),
-            // No member online follows it now: catch-up delivers it later.
-            Err(PublishError::NoPeersSubscribedToTopic) => Ok(Vec::new()),
-            // Every follower's queue is full: they catch up later, as if offline.
-            Err(PublishError::AllQueuesFull(_)) => Ok(Vec::new()),
+        let result = match gossip.inner.publish(hash, envelope.to_vec()) {
+            Ok(_) => Ok((envelope, followers)),
+            // No member online follows it now, or every follower's queue is full: they catch
+            // up later, as if offline.
+            Err(PublishError::NoPeersSubscribedToTopic | PublishError::AllQueuesFull(_)) => {
+                Ok((envelope, Vec::new()))
+            }
             Err(PublishError::MessageTooLarge) => Err(Error::RecordTooLarge {
-                size: data.len(),
+                size: envelope.len(),
                 limit: MAX_MESSAGE,
             }),
             Err(e) => Err(Error::Gossip(e.to_string())),

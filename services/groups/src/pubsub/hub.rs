@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use libp2p::PeerId;
 use p2pos_kernel::{ErrorCode, ServiceError, Store, events::now_ms, store::Writer};
 use p2pos_proto::{
@@ -23,7 +22,7 @@ use prost::Message as _;
 use rand::seq::SliceRandom;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{
     book::Book,
@@ -295,7 +294,34 @@ impl Pubsub {
             prev,
         }
         .encode_to_vec();
-        let envelope: Bytes = self.net.sign(POST_TYPE, body).await?.into();
+        let others = self.others(group);
+        let notify = Arc::new(Notify::new());
+        if request.report_ms > 0 {
+            self.lock().awaited.insert(
+                (key.clone(), seq),
+                Awaited {
+                    have: HashSet::new(),
+                    notify: notify.clone(),
+                },
+            );
+        }
+        // Signed and sent in one turn of the network's task.
+        let published = self
+            .net
+            .gossip_publish(&group.to_string(), &key.gossip_topic(), POST_TYPE, body)
+            .await;
+        let (envelope, sent_to) = match published {
+            Ok(published) => published,
+            Err(e) => {
+                let mut inner = self.lock();
+                inner.awaited.remove(&(key.clone(), seq));
+                // Not sent: the next post names the one before this.
+                if let Some(held) = inner.topics.get_mut(&key) {
+                    held.own_prev = prev;
+                }
+                return Err(e.into());
+            }
+        };
         let post = Arc::new(Post {
             sender: self.local,
             seq,
@@ -303,40 +329,15 @@ impl Pubsub {
             sent_ms,
             data: request.data,
             report: request.report_ms > 0,
-            envelope: envelope.clone(),
+            envelope,
         });
-        let notify = Arc::new(Notify::new());
-        {
-            let mut inner = self.lock();
-            if request.report_ms > 0 {
-                inner.awaited.insert(
-                    (key.clone(), seq),
-                    Awaited {
-                        have: HashSet::new(),
-                        notify: notify.clone(),
-                    },
-                );
-            }
-            if let Some(held) = inner.topics.get_mut(&key) {
-                held.topic.keep_delivered(post.clone());
-                deliver(&key, held, &[(post.clone(), false)]);
-            }
+        if let Some(held) = self.lock().topics.get_mut(&key) {
+            held.topic.keep_delivered(post.clone());
+            deliver(&key, held, &[(post.clone(), false)]);
         }
-        stored::save_post(&self.writer, &key, &post);
-        let others = self.others(group);
-        let sent = self
-            .net
-            .gossip_publish(&group.to_string(), &key.gossip_topic(), envelope)
-            .await;
         drop(_turn);
-        // The post is kept and handed on here whatever gossip did: the others catch up.
-        let sent_to = match sent {
-            Ok(peers) => peers.iter().map(ToString::to_string).collect(),
-            Err(e) => {
-                warn!(topic = %key.topic, group = %key.group, "gossip did not take a post: {e}");
-                Vec::new()
-            }
-        };
+        stored::save_post(&self.writer, &key, &post);
+        let sent_to: Vec<String> = sent_to.iter().map(ToString::to_string).collect();
         let mut reply = PublishReply {
             seq,
             sent_ms,

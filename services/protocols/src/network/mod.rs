@@ -192,13 +192,18 @@ pub enum Command {
         topic: String,
     },
     /// Publish on a gossip topic (followed or not); answers the peers known to follow it.
+    /// Sign `payload` as [`Command::Sign`] does and publish the envelope on a gossip topic
+    /// (followed or not), in one turn of the swarm task; answers the envelope and the peers
+    /// known to follow the topic.
     GossipPublish {
         /// The topic's full name.
         topic: String,
-        /// The message.
-        data: Bytes,
-        /// The followers it went to, as far as gossip knows.
-        reply: Reply<Vec<PeerId>>,
+        /// What the payload is (under `/p2pos/`).
+        payload_type: String,
+        /// The bytes signed.
+        payload: Vec<u8>,
+        /// The envelope, and the followers it went to, as far as gossip knows.
+        reply: Reply<(Bytes, Vec<PeerId>)>,
     },
     /// The peers known to follow a gossip topic.
     GossipFollowers {
@@ -654,23 +659,33 @@ impl Network {
         ))
     }
 
-    /// Publishes `data` on `topic` of `scope`; answers the followers it went to (none when no
-    /// member follows it at the moment, which is not an error).
+    /// Signs `payload` with this node's key as [`Network::sign`] does (type `payload_type`) and
+    /// publishes the envelope on `topic` of `scope`, in one turn of the swarm task; answers the
+    /// envelope and the followers it went to (none when no member follows it at the moment,
+    /// which is not an error).
     pub async fn gossip_publish(
         &self,
         scope: &str,
         topic: &str,
-        data: Bytes,
-    ) -> Result<Vec<PeerId>, Error> {
+        payload_type: &str,
+        payload: Vec<u8>,
+    ) -> Result<(Bytes, Vec<PeerId>), Error> {
         let topic = gossip::topic_name(scope, topic)?;
-        if data.len() > gossip::MAX_MESSAGE {
+        check_key(payload_type)?;
+        if payload.len() > gossip::MAX_MESSAGE.min(MAX_SIGNED) {
             return Err(Error::RecordTooLarge {
-                size: data.len(),
-                limit: gossip::MAX_MESSAGE,
+                size: payload.len(),
+                limit: gossip::MAX_MESSAGE.min(MAX_SIGNED),
             });
         }
-        self.request(|reply| Command::GossipPublish { topic, data, reply })
-            .await?
+        let payload_type = payload_type.to_owned();
+        self.request(|reply| Command::GossipPublish {
+            topic,
+            payload_type,
+            payload,
+            reply,
+        })
+        .await?
     }
 
     /// The peers known to follow `topic` of `scope`.

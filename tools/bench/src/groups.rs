@@ -356,9 +356,9 @@ async fn form(nodes: &[Node]) -> anyhow::Result<(String, usize)> {
             .await?
             .into_inner()
             .invite;
-        // A join whose stream the founder dropped is tried again: under a burst of inbound
-        // streams libp2p-stream 0.5.0-alpha drops those its one-slot accept channel cannot
-        // take, and the joiner sees "connection is closed" (see the README).
+        // A join whose stream the founder dropped is tried again (and counted): libp2p-stream
+        // drops inbound streams past its accept buffer (64 per protocol since the vendored
+        // patch, one before), and the joiner then sees "connection is closed".
         let mut attempt = 1;
         loop {
             let joined = node

@@ -47,10 +47,10 @@ const RECEIPT_BATCH: Duration = Duration::from_millis(5);
 const TRIES: u32 = 4;
 
 /// Runs `exchange` (a stream to `peer`: an ask and its answer) up to [`TRIES`] times. The node
-/// at the other end drops an inbound stream that comes while its previous one of the protocol
-/// is still being handed over (libp2p-stream hands streams over one at a time, with no
-/// buffer), which a burst of receipts from several members meets: the ask is then simply sent
-/// again, a little later. Asks are idempotent.
+/// at the other end drops an inbound stream past its accept buffer (libp2p-stream's: 64 streams
+/// per protocol with the vendored patch) or its limits, and a stream may open on a connection
+/// that is closing (a relayed one a direct one replaced): the ask is then simply sent again, a
+/// little later. Asks are idempotent.
 async fn with_retries<T, F, Fut>(peer: PeerId, what: &str, mut exchange: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,

@@ -211,6 +211,15 @@ impl Book {
         }
     }
 
+    /// The members of `group` but `local`, as this node knows.
+    pub fn others(&self, group: GroupId, local: &PeerId) -> Vec<PeerId> {
+        self.with(group, |log| log.state().members)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p != local)
+            .collect()
+    }
+
     /// Whether `peer` is a member of `group` now, as this node knows.
     pub fn is_member(&self, group: GroupId, peer: &PeerId) -> bool {
         self.with(group, |log| log.state().members.contains(peer))

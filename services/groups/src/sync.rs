@@ -259,12 +259,7 @@ impl Node {
 
     /// The other members of `group`, as this node knows.
     fn others(&self, group: GroupId) -> Vec<PeerId> {
-        self.book
-            .with(group, |log| log.state().members)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| *p != self.local)
-            .collect()
+        self.book.others(group, &self.local)
     }
 
     /// Tells every other member (but `except`) of `group` this node's heads, in the

@@ -209,12 +209,7 @@ impl Pubsub {
 
     /// The other members of `group`.
     fn others(&self, group: GroupId) -> Vec<PeerId> {
-        self.book
-            .with(group, |log| log.state().members)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| *p != self.local)
-            .collect()
+        self.book.others(group, &self.local)
     }
 
     /// `key`'s topic, held from now on if it was not.

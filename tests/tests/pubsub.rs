@@ -20,7 +20,7 @@ use p2pos_tests::{
     groups::{form, wait_members},
     star, wait_for,
 };
-use tonic::Streaming;
+use tonic::{Code, Streaming};
 
 const T: Duration = Duration::from_secs(30);
 const APP: &str = "chat";
@@ -140,7 +140,7 @@ async fn every_members_posts_reach_every_follower_in_order_with_receipts() {
 async fn a_removed_member_stops_receiving_and_its_posts_are_refused_everywhere() {
     // 0 is the admin, 3 is removed; 2 is stopped while 0 removes 3 and learns of it from 1
     // after 0 has stopped.
-    let (mut nodes, mut clients, ids) = star(4).await;
+    let (mut nodes, mut clients, ids, metrics) = nodes_with_metrics(4).await;
     let group = form(&clients, &ids, "friends").await;
     let mut removed = subscribe(&clients[3], &group, 0).await;
     let mut stays = subscribe(&clients[1], &group, 0).await;
@@ -159,41 +159,60 @@ async fn a_removed_member_stops_receiving_and_its_posts_are_refused_everywhere()
         .expect("remove");
     let rest: BTreeSet<String> = [&ids[0], &ids[1], &ids[2]].into_iter().cloned().collect();
     wait_members(&[&clients[0], &clients[1]], &group, &rest).await;
+
+    // The removed member's node is told: its subscription ends, it publishes no more.
+    let ended = loop {
+        match tokio::time::timeout(T, removed.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(status))) => break status,
+            other => {
+                panic!("the removed member's subscription did not end with an error: {other:?}")
+            }
+        }
+    };
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended}");
+    let refused = clients[3]
+        .groups()
+        .publish(PublishRequest {
+            group: group.clone(),
+            app: APP.to_owned(),
+            topic: TOPIC.to_owned(),
+            data: b"from the removed".to_vec().into(),
+            report_ms: 0,
+        })
+        .await
+        .expect_err("a removed member's node publishes no more");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+
+    // 2 learns of the removal from 1 while the admin is stopped.
     nodes[0].stop().await;
     nodes[2].restart();
     clients[2] = nodes[2].client().await;
     wait_members(&[&clients[2]], &group, &rest).await;
     let mut late = subscribe(&clients[2], &group, 0).await;
-
-    // The removed member's posts are refused by both remaining members; 1's still arrive.
     until_followed(&clients[1], &group, &[&ids[2]]).await;
-    let refused = publish(&clients[3], &group, "from the removed", 3000).await;
-    // (Its own node still counts them as followers: nobody told it. They reject its post.)
-    assert!(refused.delivered.is_empty(), "{refused:?}");
-    publish(&clients[1], &group, "after", 0).await;
+
+    // The removed member's own key, on a bare gossipsub peer (its node bypassed): both remaining
+    // members refuse to count it a follower and reject its posts.
+    let key = p2pos_kernel::identity::load_or_create(&nodes[3].data_dir).expect("3's key");
+    nodes[3].stop().await;
+    let addrs = [address(&clients[1]).await, address(&clients[2]).await];
+    let mut peer = bare::Peer::start(key, &group, &addrs);
+    bare::until_rejected(&mut peer, &[&metrics[1], &metrics[2]]).await;
+    let probe = publish(&clients[1], &group, "after", 3000).await;
+    assert!(!probe.sent_to.contains(&ids[3]), "{probe:?}");
+    assert_eq!(probe.delivered, vec![ids[2].clone()], "{probe:?}");
+    while text(&next(&mut late, "node 2 gets node 1's post").await) != "after" {}
+    while text(&next(&mut stays, "node 1 sees its own post").await) != "after" {}
+    peer.run(Duration::from_secs(1)).await;
+    assert_eq!(peer.got, 0, "the removed member still receives");
     for (client, name) in [(&clients[1], "node 1"), (&clients[2], "node 2")] {
         let texts = held(client, &group, "after").await;
         assert!(
-            !texts.iter().any(|t| t == "from the removed"),
+            !texts.iter().any(|t| t == "forged"),
             "{name} holds the removed member's post: {texts:?}"
         );
     }
-    while text(&next(&mut late, "node 2 gets node 1's post").await) != "after" {}
-    while text(&next(&mut stays, "node 1 sees its own post").await) != "after" {}
-
-    // The removed member gets nothing more: 1's post is not among what its node holds.
-    let mut probe = publish(&clients[1], &group, "marker", 3000).await;
-    assert!(
-        !probe.delivered.contains(&ids[3]) && !probe.sent_to.contains(&ids[3]),
-        "{probe:?}"
-    );
-    probe.delivered.sort();
-    assert_eq!(probe.delivered, vec![ids[2].clone()], "{probe:?}");
-    let texts = held(&clients[3], &group, "from the removed").await;
-    assert!(
-        !texts.iter().any(|t| t == "after" || t == "marker"),
-        "the removed member still receives: {texts:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -252,15 +271,13 @@ async fn a_member_stopped_for_30_s_catches_up_and_posts_survive_a_restart() {
     );
 }
 
-/// A node outside the group (a bare libp2p gossipsub peer run by the test) that knows the
-/// group's id and the topic subscribes and publishes posts claiming the group, signed with its
-/// own key: the members' nodes refuse its subscription (gossip never sends it the group's
-/// posts) and reject its posts (counted in `p2pos_overlay_gossip_rejected`), so no member holds
-/// them.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_non_member_forging_the_group_is_refused_and_rejected() {
+/// A bare libp2p gossipsub peer run by the test, with `key`, following `group`'s topic of
+/// [`APP`] and [`TOPIC`] and dialling `addr`.
+mod bare {
+    use std::time::Duration;
+
     use libp2p::{
-        Multiaddr, SwarmBuilder,
+        Multiaddr, Swarm, SwarmBuilder,
         gossipsub::{self, IdentTopic, MessageAuthenticity},
         identity::Keypair,
         noise, tcp, yamux,
@@ -269,113 +286,188 @@ async fn a_non_member_forging_the_group_is_refused_and_rejected() {
         op::GroupId,
         pubsub::{post::POST_TYPE, topic::TopicKey},
     };
-    use p2pos_proto::{overlay::v1::GetTicketRequest, wire::v1::GroupPost};
+    use p2pos_proto::wire::v1::GroupPost;
     use prost::Message as _;
 
-    let metrics = format!("127.0.0.1:{}", p2pos_tests::free_port());
-    let mut a = Node::start(&["--metrics", &metrics]);
-    let mut b = Node::start(&[]);
-    let clients = vec![a.client().await, b.client().await];
-    let ids = vec![a.peer_id().await, b.peer_id().await];
-    let (ok, _, err) = p2pos_tests::p2pctl(&b, &["dial", &a.ticket().await]);
-    assert!(ok, "{err}");
+    use super::{APP, TOPIC};
+
+    pub(crate) struct Peer {
+        pub(crate) swarm: Swarm<gossipsub::Behaviour>,
+        pub(crate) topic: IdentTopic,
+        key: Keypair,
+        group: GroupId,
+        seq: u64,
+        /// Group posts gossip gave it.
+        pub(crate) got: usize,
+    }
+
+    impl Peer {
+        pub(crate) fn start(key: Keypair, group: &str, addrs: &[Multiaddr]) -> Peer {
+            let group: GroupId = group.parse().expect("a group id");
+            let topic_key = TopicKey {
+                group,
+                app: APP.to_owned(),
+                topic: TOPIC.to_owned(),
+            };
+            let topic = IdentTopic::new(format!(
+                "/p2pos/gossip/1/{group}/{}",
+                topic_key.gossip_topic()
+            ));
+            let mut swarm = SwarmBuilder::with_existing_identity(key.clone())
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default(),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .expect("tcp")
+                .with_behaviour(|key| {
+                    gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
+                        MessageAuthenticity::Signed(key.clone()),
+                        gossipsub::Config::default(),
+                    )
+                    .expect("gossipsub")
+                })
+                .expect("behaviour")
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+                .build();
+            swarm.behaviour_mut().subscribe(&topic).expect("subscribe");
+            for addr in addrs {
+                swarm.dial(addr.clone()).expect("dial");
+            }
+            Peer {
+                swarm,
+                topic,
+                key,
+                group,
+                seq: 0,
+                got: 0,
+            }
+        }
+
+        /// Publishes a post claiming the group, signed with its key.
+        pub(crate) fn publish(&mut self) {
+            self.seq += 1;
+            let body = GroupPost {
+                group: self.group.0.to_vec().into(),
+                app: APP.to_owned(),
+                topic: TOPIC.to_owned(),
+                seq: self.seq,
+                sent_ms: p2pos_kernel::events::now_ms(),
+                data: b"forged".to_vec().into(),
+                report: false,
+                prev: self.seq - 1,
+            }
+            .encode_to_vec();
+            let envelope =
+                p2pos_protocols::network::sign_with(&self.key, POST_TYPE, body).expect("sign");
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .publish(self.topic.clone(), envelope);
+        }
+
+        /// Runs its swarm for `time`, counting the group posts it gets.
+        pub(crate) async fn run(&mut self, time: Duration) {
+            let until = tokio::time::Instant::now() + time;
+            while let Ok(event) = tokio::time::timeout_at(
+                until,
+                futures::StreamExt::select_next_some(&mut self.swarm),
+            )
+            .await
+            {
+                if let libp2p::swarm::SwarmEvent::Behaviour(gossipsub::Event::Message { .. }) =
+                    event
+                {
+                    self.got += 1;
+                }
+            }
+        }
+    }
+
+    /// The posts a node rejected, from its metrics at `metrics`.
+    pub(crate) fn rejected(metrics: &str) -> f64 {
+        let body = p2pos_tests::http_get(metrics, "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("p2pos_overlay_gossip_rejected_total "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Publishes until every node at `metrics` rejected one of its posts.
+    pub(crate) async fn until_rejected(peer: &mut Peer, metrics: &[&str]) {
+        let deadline = tokio::time::Instant::now() + super::T;
+        while metrics.iter().any(|m| rejected(m) < 1.0) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a node never rejected a forged post"
+            );
+            peer.publish();
+            peer.run(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The first listen address of `client`'s node.
+async fn address(client: &Client) -> libp2p::Multiaddr {
+    let ticket = client
+        .overlay()
+        .get_ticket(p2pos_proto::overlay::v1::GetTicketRequest {})
+        .await
+        .expect("ticket")
+        .into_inner();
+    ticket.addresses[0].parse().expect("an address")
+}
+
+/// Nodes started with their metrics on (and their addresses), every other one connected to the
+/// first, with a client of each and their peer ids.
+async fn nodes_with_metrics(n: usize) -> (Vec<Node>, Vec<Client>, Vec<String>, Vec<String>) {
+    let metrics: Vec<String> = (0..n)
+        .map(|_| format!("127.0.0.1:{}", p2pos_tests::free_port()))
+        .collect();
+    let mut nodes: Vec<Node> = metrics
+        .iter()
+        .map(|m| Node::start(&["--metrics", m]))
+        .collect();
+    let mut clients = Vec::new();
+    let mut ids = Vec::new();
+    for node in &mut nodes {
+        clients.push(node.client().await);
+        ids.push(node.peer_id().await);
+    }
+    let hub = nodes[0].ticket().await;
+    for node in nodes.iter().skip(1) {
+        let (ok, _, err) = p2pos_tests::p2pctl(node, &["dial", &hub]);
+        assert!(ok, "{err}");
+    }
+    (nodes, clients, ids, metrics)
+}
+
+/// A node outside the group (a bare libp2p gossipsub peer run by the test) that knows the
+/// group's id and the topic subscribes and publishes posts claiming the group, signed with its
+/// own key: the members' nodes refuse its subscription (gossip never sends it the group's
+/// posts) and reject its posts (counted in `p2pos_overlay_gossip_rejected`), so no member holds
+/// them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_member_forging_the_group_is_refused_and_rejected() {
+    let (_nodes, clients, ids, metrics) = nodes_with_metrics(2).await;
     let group = form(&clients, &ids, "friends").await;
     let mut follows = subscribe(&clients[0], &group, 0).await;
     let _b_follows = subscribe(&clients[1], &group, 0).await;
     until_followed(&clients[1], &group, &[&ids[0]]).await;
 
-    let key = TopicKey {
-        group: group.parse::<GroupId>().expect("a group id"),
-        app: APP.to_owned(),
-        topic: TOPIC.to_owned(),
-    };
-    let topic = IdentTopic::new(format!("/p2pos/gossip/1/{group}/{}", key.gossip_topic()));
-    let forger_key = Keypair::generate_ed25519();
-    let forger = forger_key.public().to_peer_id().to_string();
-    let mut swarm = SwarmBuilder::with_existing_identity(forger_key.clone())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|key| {
-            gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
-                MessageAuthenticity::Signed(key.clone()),
-                gossipsub::Config::default(),
-            )
-            .expect("gossipsub")
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    swarm.behaviour_mut().subscribe(&topic).expect("subscribe");
-    let ticket = clients[0]
-        .overlay()
-        .get_ticket(GetTicketRequest {})
-        .await
-        .expect("ticket")
-        .into_inner();
-    let addr: Multiaddr = ticket.addresses[0].parse().expect("an address");
-    swarm.dial(addr).expect("dial");
-
-    // The forger publishes posts claiming the group until a's node has rejected one.
-    let forged = |seq: u64| {
-        let body = GroupPost {
-            group: key.group.0.to_vec().into(),
-            app: APP.to_owned(),
-            topic: TOPIC.to_owned(),
-            seq,
-            sent_ms: p2pos_kernel::events::now_ms(),
-            data: b"forged".to_vec().into(),
-            report: false,
-            prev: 0,
-        }
-        .encode_to_vec();
-        p2pos_protocols::network::sign_with(&forger_key, POST_TYPE, body).expect("sign")
-    };
-    let rejected = || {
-        let body = p2pos_tests::http_get(&metrics, "/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix("p2pos_overlay_gossip_rejected_total "))
-            .and_then(|n| n.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let mut got_posts = 0;
-    let mut seq = 0;
-    let deadline = tokio::time::Instant::now() + T;
-    while rejected() < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a's node never saw a forged post"
-        );
-        seq += 1;
-        let _ = swarm.behaviour_mut().publish(topic.clone(), forged(seq));
-        let until = tokio::time::Instant::now() + Duration::from_millis(200);
-        while let Ok(event) =
-            tokio::time::timeout_at(until, futures::StreamExt::select_next_some(&mut swarm)).await
-        {
-            if let libp2p::swarm::SwarmEvent::Behaviour(gossipsub::Event::Message { .. }) = event {
-                got_posts += 1;
-            }
-        }
-    }
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let forger = key.public().to_peer_id().to_string();
+    let mut peer = bare::Peer::start(key, &group, &[address(&clients[0]).await]);
+    bare::until_rejected(&mut peer, &[&metrics[0]]).await;
 
     // A member's post: gossip does not count the forger as a follower, and it gets nothing.
     let reply = publish(&clients[1], &group, "members only", 3000).await;
     assert!(!reply.sent_to.contains(&forger), "{reply:?}");
     assert_eq!(reply.delivered, vec![ids[0].clone()], "{reply:?}");
     while text(&next(&mut follows, "a's post from b").await) != "members only" {}
-    let until = tokio::time::Instant::now() + Duration::from_secs(2);
-    while let Ok(event) =
-        tokio::time::timeout_at(until, futures::StreamExt::select_next_some(&mut swarm)).await
-    {
-        if let libp2p::swarm::SwarmEvent::Behaviour(gossipsub::Event::Message { .. }) = event {
-            got_posts += 1;
-        }
-    }
-    assert_eq!(got_posts, 0, "the forger got the group's posts");
+    peer.run(Duration::from_secs(2)).await;
+    assert_eq!(peer.got, 0, "the forger got the group's posts");
     for (i, client) in clients.iter().enumerate() {
         let texts = held(client, &group, "members only").await;
         assert!(

@@ -246,7 +246,16 @@ impl Node {
                 "{peer} is not an admin of group {group}"
             )));
         }
-        self.act(group, kind).await
+        let changed = self.act(group, kind).await?;
+        if change == Change::Remove {
+            // Its node learns it is out when it next asks a member: it is asked to, now (our
+            // heads, unknown to it, make it ask; the refusal carries the removal).
+            let node = self.clone();
+            tokio::spawn(async move {
+                let _ = node.pull(peer, group).await;
+            });
+        }
+        Ok(changed)
     }
 
     /// Renames `group`.

@@ -24,7 +24,7 @@ use tracing::debug;
 
 use crate::{
     node::Node,
-    op::{GroupId, Hash, Op},
+    op::{GroupId, Hash, Kind, Op},
 };
 
 /// `/p2pos/group/1`.
@@ -37,6 +37,8 @@ pub const OPS_PER_FRAME: usize = 64;
 pub const FRAME_WAIT: Duration = Duration::from_secs(10);
 /// Most heads an ask names.
 const MAX_HEADS: usize = 64;
+/// Operations that removed an asker, told it with its refusal, at most.
+const MAX_REMOVAL: usize = 8;
 /// How long one exchange with a member may take.
 const EXCHANGE_WAIT: Duration = Duration::from_secs(20);
 
@@ -46,6 +48,7 @@ pub(crate) fn refused(reason: GroupRefusal, message: impl Into<String>) -> Group
         kind: Some(group_answer::Kind::Refused(GroupRefused {
             reason: reason as i32,
             message: message.into(),
+            removal: Vec::new(),
         })),
     }
 }
@@ -80,11 +83,22 @@ pub(crate) async fn read_ops<R>(io: &mut R) -> Result<Vec<Op>, (SyncOutcome, Str
 where
     R: tokio::io::AsyncRead + Unpin,
 {
+    read_answer(io)
+        .await
+        .map_err(|(outcome, why, _)| (outcome, why))
+}
+
+/// Reads answer frames until the last: the operations, or the refusal with the operations that
+/// removed the asker, if it was told them.
+async fn read_answer<R>(io: &mut R) -> Result<Vec<Op>, (SyncOutcome, String, Vec<Op>)>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
     let mut ops = Vec::new();
     loop {
         let answer: GroupAnswer = read_message(io, MAX_FRAME, FRAME_WAIT)
             .await
-            .map_err(|e| (SyncOutcome::Unreached, e.to_string()))?;
+            .map_err(|e| (SyncOutcome::Unreached, e.to_string(), Vec::new()))?;
         match answer.kind {
             Some(group_answer::Kind::Ops(GroupOps { ops: frame, more })) => {
                 for bytes in frame {
@@ -97,14 +111,31 @@ where
                     return Ok(ops);
                 }
                 if ops.len() > crate::log::MAX_OPS {
-                    return Err((SyncOutcome::Refused, "too many operations".into()));
+                    return Err((
+                        SyncOutcome::Refused,
+                        "too many operations".into(),
+                        Vec::new(),
+                    ));
                 }
             }
-            Some(group_answer::Kind::Refused(GroupRefused { reason, message })) => {
+            Some(group_answer::Kind::Refused(GroupRefused {
+                reason,
+                message,
+                removal,
+            })) => {
                 let reason = GroupRefusal::try_from(reason).unwrap_or_default();
-                return Err((SyncOutcome::Refused, format!("{reason:?}: {message}")));
+                let removal = removal
+                    .iter()
+                    .take(MAX_REMOVAL)
+                    .filter_map(|bytes| Op::open(bytes).ok())
+                    .collect();
+                return Err((
+                    SyncOutcome::Refused,
+                    format!("{reason:?}: {message}"),
+                    removal,
+                ));
             }
-            None => return Err((SyncOutcome::Refused, "an empty answer".into())),
+            None => return Err((SyncOutcome::Refused, "an empty answer".into(), Vec::new())),
         }
     }
 }
@@ -168,13 +199,21 @@ impl Node {
                 // A former member may hold operations made concurrently with its removal
                 // (an admin removed while it removed others): fetch them, give nothing.
                 let concurrent = log.ever_added(&peer) && heads.iter().any(|h| !log.contains(h));
-                return Err((
-                    refused(
-                        GroupRefusal::NotMember,
-                        format!("{peer} is not a member of group {group} here"),
-                    ),
-                    concurrent,
-                ));
+                let mut why = refused(
+                    GroupRefusal::NotMember,
+                    format!("{peer} is not a member of group {group} here"),
+                );
+                // A former member is told what removed it, so that its node knows it is out.
+                if let Some(group_answer::Kind::Refused(refusal)) = &mut why.kind {
+                    refusal.removal = log
+                        .ops()
+                        .into_iter()
+                        .filter(|op| op.kind == Kind::RemoveMember(peer))
+                        .take(MAX_REMOVAL)
+                        .map(|op| op.bytes.clone().into())
+                        .collect();
+                }
+                return Err((why, concurrent));
             }
             let missing: Vec<Vec<u8>> = log
                 .missing_for(&heads)
@@ -225,11 +264,12 @@ impl Node {
             self.net
                 .connect(peer, Vec::new(), EXCHANGE_WAIT / 2)
                 .await
-                .map_err(|e| (SyncOutcome::Unreached, e.to_string()))?;
+                .map_err(|e| (SyncOutcome::Unreached, e.to_string(), Vec::new()))?;
             let stream = self.net.open_stream(peer, PROTOCOL).await.map_err(|e| {
                 (
                     SyncOutcome::Unreached,
                     format!("no groups service there ({e})"),
+                    Vec::new(),
                 )
             })?;
             let mut io = stream.compat();
@@ -241,12 +281,29 @@ impl Node {
             };
             write_message(&mut io, &ask, FRAME_WAIT)
                 .await
-                .map_err(|e| (SyncOutcome::Unreached, e.to_string()))?;
-            read_ops(&mut io).await
+                .map_err(|e| (SyncOutcome::Unreached, e.to_string(), Vec::new()))?;
+            read_answer(&mut io).await
         };
-        let ops = tokio::time::timeout(EXCHANGE_WAIT, exchange)
+        let answer = tokio::time::timeout(EXCHANGE_WAIT, exchange)
             .await
-            .unwrap_or_else(|_| Err((SyncOutcome::Unreached, "no answer in time".into())))?;
+            .unwrap_or_else(|_| {
+                Err((
+                    SyncOutcome::Unreached,
+                    "no answer in time".into(),
+                    Vec::new(),
+                ))
+            });
+        let ops = match answer {
+            Ok(ops) => ops,
+            Err((outcome, why, removal)) => {
+                // Refused as a former member: the operations that removed this node are kept
+                // like any others (checked by the log), so that it knows it is out.
+                if !removal.is_empty() {
+                    let _ = self.book.insert(group, removal);
+                }
+                return Err((outcome, why));
+            }
+        };
         let (added, _) = self
             .book
             .insert(group, ops)

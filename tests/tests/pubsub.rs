@@ -136,6 +136,48 @@ async fn every_members_posts_reach_every_follower_in_order_with_receipts() {
     }
 }
 
+/// A member's subscription that reached another member's node before that node knew of the
+/// member (refused then) is heard again once it does: the node reconnects to it, and gossip
+/// then counts it as a follower.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_refused_before_the_member_was_known_is_heard_again() {
+    let (mut nodes, mut clients, ids) = star(3).await;
+    let (a, b, j) = (0, 1, 2);
+    let group = form(&clients[..2], &ids[..2], "friends").await;
+    // b sleeps through j's joining; then the admin goes too.
+    nodes[b].stop().await;
+    let invite = clients[a]
+        .groups()
+        .invite(p2pos_proto::group::v1::InviteRequest {
+            group: group.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("an invite")
+        .into_inner()
+        .invite;
+    clients[j]
+        .groups()
+        .join(p2pos_proto::group::v1::JoinRequest {
+            invite,
+            name: String::new(),
+        })
+        .await
+        .expect("join");
+    let _j_follows = subscribe(&clients[j], &group, 0).await;
+    nodes[a].stop().await;
+    nodes[b].restart();
+    clients[b] = nodes[b].client().await;
+    let _b_follows = subscribe(&clients[b], &group, 0).await;
+    // j reaches b: its subscription arrives before b has heard of j's joining (from j itself).
+    let ticket = nodes[b].ticket().await;
+    let (ok, _, err) = p2pos_tests::p2pctl(&nodes[j], &["dial", &ticket]);
+    assert!(ok, "{err}");
+    let all: BTreeSet<String> = ids.iter().cloned().collect();
+    wait_members(&[&clients[b]], &group, &all).await;
+    until_followed(&clients[b], &group, &[&ids[j]]).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_removed_member_stops_receiving_and_its_posts_are_refused_everywhere() {
     // 0 is the admin, 3 is removed; 2 is stopped while 0 removes 3 and learns of it from 1

@@ -196,9 +196,11 @@ impl Node {
             .collect();
         let answer = self.book.with(group, |log| {
             if !log.state().members.contains(&peer) {
-                // A former member may hold operations made concurrently with its removal
-                // (an admin removed while it removed others): fetch them, give nothing.
-                let concurrent = log.ever_added(&peer) && heads.iter().any(|h| !log.contains(h));
+                // The asker may hold operations this node lacks: a former member, ones made
+                // concurrently with its removal (an admin removed while it removed others); a
+                // new member, its own joining while the admin that added it is away. Fetch
+                // them (each is checked: only admins' signatures count), give nothing.
+                let concurrent = heads.iter().any(|h| !log.contains(h));
                 let mut why = refused(
                     GroupRefusal::NotMember,
                     format!("{peer} is not a member of group {group} here"),

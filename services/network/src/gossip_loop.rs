@@ -94,8 +94,10 @@ impl EventLoop {
         }
     }
 
-    /// A peer's last connection closed: dial it again if gossip asked for that.
+    /// A peer's last connection closed: its refused subscriptions are forgotten (a new
+    /// connection sends them again), and it is dialled again if gossip asked for that.
     pub(crate) fn gossip_disconnected(&mut self, peer: PeerId) {
+        self.gossip().scopes.lock().refused.remove(&peer);
         if self.gossip_state.redial.remove(&peer) {
             let (reply, _) = oneshot::channel();
             self.connect(peer, Vec::new(), reply);

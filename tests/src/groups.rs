@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, time::Duration};
 use p2pos_client::Client;
 use p2pos_proto::group::v1::{CreateRequest, GroupRef, InviteRequest, JoinRequest};
 
-use crate::wait_for;
+use crate::{Node, p2pctl, wait_for};
 
 /// How long forming a group may take.
 pub const FORM_DEADLINE: Duration = Duration::from_secs(60);
@@ -71,6 +71,33 @@ pub async fn form(clients: &[Client], ids: &[String], name: &str) -> String {
             .unwrap_or_else(|e| panic!("node {i} joins: {e}"));
     }
     let all: BTreeSet<String> = ids.iter().cloned().collect();
+    wait_members(&clients.iter().collect::<Vec<_>>(), &group, &all).await;
+    group
+}
+
+/// A group named `name` of `nodes` formed as people do it, with `p2pctl groups create`, `invite`
+/// and `join`: the first node founds it, each other joins with an invite of its own. Waits until
+/// every node lists every member; answers the group's id.
+pub async fn form_group(nodes: &mut [Node], name: &str) -> String {
+    let (ok, out, err) = p2pctl(&nodes[0], &["groups", "create", name]);
+    assert!(ok, "groups create: {err}");
+    let group = out
+        .split_whitespace()
+        .next()
+        .expect("the group's id")
+        .to_owned();
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let (ok, invite, err) = p2pctl(&nodes[0], &["groups", "invite", &group]);
+        assert!(ok, "groups invite: {err}");
+        let (ok, _, err) = p2pctl(node, &["groups", "join", invite.trim()]);
+        assert!(ok, "node {i} joins: {err}");
+    }
+    let mut clients = Vec::new();
+    let mut all = BTreeSet::new();
+    for node in nodes.iter_mut() {
+        clients.push(node.client().await);
+        all.insert(node.peer_id().await);
+    }
     wait_members(&clients.iter().collect::<Vec<_>>(), &group, &all).await;
     group
 }

@@ -6,6 +6,8 @@
 //! (`cargo build --workspace --bins`), as the README's test command does.
 
 pub mod groups;
+
+pub use groups::form_group;
 pub mod tasks;
 
 use std::{
@@ -713,43 +715,22 @@ pub async fn star(n: usize) -> (Vec<Node>, Vec<Client>, Vec<String>) {
     (nodes, clients, ids)
 }
 
-/// A group named `name` of `nodes` formed as people do it, with `p2pctl groups create`, `invite`
-/// and `join`: the first node founds it, each other joins with an invite of its own. Waits until
-/// every node lists every member; answers the group's id.
-pub async fn form_group(nodes: &mut [Node], name: &str) -> String {
-    let (ok, out, err) = p2pctl(&nodes[0], &["groups", "create", name]);
-    assert!(ok, "groups create: {err}");
-    let group = out
-        .split_whitespace()
-        .next()
-        .expect("the group's id")
-        .to_owned();
-    for (i, node) in nodes.iter().enumerate().skip(1) {
-        let (ok, invite, err) = p2pctl(&nodes[0], &["groups", "invite", &group]);
-        assert!(ok, "groups invite: {err}");
-        let (ok, _, err) = p2pctl(node, &["groups", "join", invite.trim()]);
-        assert!(ok, "node {i} joins: {err}");
-    }
-    let count = nodes.len();
-    for (i, node) in nodes.iter_mut().enumerate() {
-        let client = node.client().await;
-        wait_for(
-            &format!("node {i} to list every member"),
-            START_DEADLINE,
-            || {
-                let mut groups = client.groups();
-                let group = group.clone();
-                async move {
-                    let members = groups
-                        .members(p2pos_proto::group::v1::GroupRef { group })
-                        .await
-                        .ok()?
-                        .into_inner();
-                    (members.members.len() == count).then_some(())
-                }
-            },
+/// A swarm of the test's own (no `p2posd`): TCP, noise and yamux, with `behaviour`, for
+/// talking to nodes as a bare libp2p peer (an attacker, a liar, a forger).
+pub fn bare_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    key: libp2p::identity::Keypair,
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
         )
-        .await;
-    }
-    group
+        .expect("tcp")
+        .with_behaviour(|key| behaviour(key))
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use libp2p::{Multiaddr, PeerId, SwarmBuilder, identify, identity::Keypair, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, identify, identity::Keypair};
 use p2pos_tests::{Node, connected_peer, p2pctl, status_when, wait_for};
 
 const T: Duration = Duration::from_secs(30);
@@ -55,23 +55,12 @@ async fn an_address_a_peer_claims_is_neither_stored_nor_dialled_at_start() {
     .expect("multiaddr");
     let key = Keypair::generate_ed25519();
     let liar = key.public().to_peer_id();
-    let mut swarm = SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|key| {
-            identify::Behaviour::new(identify::Config::new(
-                "/p2pos/1.0.0".to_owned(),
-                key.public(),
-            ))
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm = p2pos_tests::bare_swarm(key, |key| {
+        identify::Behaviour::new(identify::Config::new(
+            "/p2pos/1.0.0".to_owned(),
+            key.public(),
+        ))
+    });
     swarm.add_external_address(claimed.clone());
     let ticket = a_client
         .overlay()

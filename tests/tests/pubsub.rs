@@ -319,10 +319,9 @@ mod bare {
     use std::time::Duration;
 
     use libp2p::{
-        Multiaddr, Swarm, SwarmBuilder,
+        Multiaddr, Swarm,
         gossipsub::{self, IdentTopic, MessageAuthenticity},
         identity::Keypair,
-        noise, tcp, yamux,
     };
     use p2pos_groups::{
         op::GroupId,
@@ -355,24 +354,13 @@ mod bare {
                 "/p2pos/gossip/1/{group}/{}",
                 topic_key.gossip_topic()
             ));
-            let mut swarm = SwarmBuilder::with_existing_identity(key.clone())
-                .with_tokio()
-                .with_tcp(
-                    tcp::Config::default(),
-                    noise::Config::new,
-                    yamux::Config::default,
+            let mut swarm = p2pos_tests::bare_swarm(key.clone(), |key| {
+                gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
+                    MessageAuthenticity::Signed(key.clone()),
+                    gossipsub::Config::default(),
                 )
-                .expect("tcp")
-                .with_behaviour(|key| {
-                    gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
-                        MessageAuthenticity::Signed(key.clone()),
-                        gossipsub::Config::default(),
-                    )
-                    .expect("gossipsub")
-                })
-                .expect("behaviour")
-                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-                .build();
+                .expect("gossipsub")
+            });
             swarm.behaviour_mut().subscribe(&topic).expect("subscribe");
             for addr in addrs {
                 swarm.dial(addr.clone()).expect("dial");

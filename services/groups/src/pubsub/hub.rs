@@ -98,8 +98,6 @@ pub(crate) struct Inner {
     pub(crate) awaited: HashMap<(TopicKey, u64), Awaited>,
     /// Receipts gathered per sender and topic, about to go.
     pub(crate) receipts: HashMap<(PeerId, TopicKey), Vec<u64>>,
-    /// Post numbers this node used, per topic id, as the store kept them.
-    own_seqs: HashMap<[u8; 16], u64>,
 }
 
 /// Group pubsub on this node: cheap to clone.
@@ -157,7 +155,7 @@ fn deliver(key: &TopicKey, held: &mut Held, posts: &[Out]) {
 impl Pubsub {
     /// Over `book`, with what `store` kept; writes through `writer`.
     pub fn load(book: Book, net: Network, store: &dyn Store, writer: Writer) -> Self {
-        let stored::Kept { posts, own_seqs } = stored::load(store);
+        let posts = stored::load(store);
         let mut topics: HashMap<TopicKey, Held> = HashMap::new();
         for (key, post) in posts {
             if topics.len() >= MAX_TOPICS && !topics.contains_key(&key) {
@@ -173,16 +171,11 @@ impl Pubsub {
                 });
             held.topic.keep_delivered(Arc::new(post));
         }
-        for (key, held) in &mut topics {
-            let stored = own_seqs.get(&key.id()).copied().unwrap_or(0);
-            held.topic.own_seq = held.topic.own_seq.max(stored);
-        }
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 topics,
                 awaited: HashMap::new(),
                 receipts: HashMap::new(),
-                own_seqs,
             })),
             local: net.local_peer_id(),
             book,
@@ -230,10 +223,7 @@ impl Pubsub {
                 )));
             }
         }
-        let own = inner.own_seqs.get(&key.id()).copied().unwrap_or(0);
-        let held = inner.topics.entry(key.clone()).or_default();
-        held.topic.own_seq = held.topic.own_seq.max(own);
-        Ok(held)
+        Ok(inner.topics.entry(key.clone()).or_default())
     }
 
     /// Publishes for `app`.
@@ -269,15 +259,13 @@ impl Pubsub {
         let (seq, prev) = {
             let mut inner = self.lock();
             let held = Self::hold(&mut inner, &key)?;
-            // Increasing across restarts with no write waited for: the clock, in microseconds,
-            // unless this node went further already.
+            // Increasing across restarts with nothing written for it: the clock, in
+            // microseconds, unless this node's posts kept (or sent since) went further.
             let seq = (held.topic.own_seq + 1).max(sent_ms.saturating_mul(1000));
             held.topic.own_seq = seq;
             let prev = std::mem::replace(&mut held.own_prev, seq);
-            inner.own_seqs.insert(key.id(), seq);
             (seq, prev)
         };
-        stored::save_own_seq(&self.writer, &key, seq);
         let body = GroupPost {
             group: group.0.to_vec().into(),
             app: key.app.clone(),

@@ -1,9 +1,7 @@
 //! What pubsub keeps in the store tree [`TREE`]: each post held (key `p` + topic id + sender +
-//! number → its signed envelope, read back and checked at start) and this node's last post
-//! number per topic (key `s` + topic id), so that numbers keep growing across restarts. Writes
-//! go through the service's [`Writer`], off the tasks that serve requests.
-
-use std::collections::HashMap;
+//! number → its signed envelope, read back and checked at start; this node's own tell how far
+//! its post numbers went). Writes go through the service's [`Writer`], off the tasks that serve
+//! requests.
 
 use bytes::Bytes;
 use libp2p::PeerId;
@@ -12,7 +10,7 @@ use tracing::warn;
 
 use crate::pubsub::{
     post::open_post,
-    topic::{HISTORY_POSTS, MAX_TOPICS, Post, TopicKey},
+    topic::{HISTORY_POSTS, Post, TopicKey},
 };
 
 /// The store tree.
@@ -31,10 +29,6 @@ fn post_key(key: &TopicKey, sender: &PeerId, seq: u64) -> Vec<u8> {
     k
 }
 
-fn seq_key(key: &TopicKey) -> Vec<u8> {
-    [&b"s"[..], &key.id()].concat()
-}
-
 /// Keeps `post`.
 pub(crate) fn save_post(writer: &Writer, key: &TopicKey, post: &Post) {
     writer.insert(TREE, &post_key(key, &post.sender, post.seq), &post.envelope);
@@ -45,21 +39,8 @@ pub(crate) fn forget_post(writer: &Writer, key: &TopicKey, sender: &PeerId, seq:
     writer.remove(TREE, &post_key(key, sender, seq));
 }
 
-/// Keeps this node's last post number on `key`.
-pub(crate) fn save_own_seq(writer: &Writer, key: &TopicKey, seq: u64) {
-    writer.insert(TREE, &seq_key(key), &seq.to_be_bytes());
-}
-
-/// What the store kept.
-pub(crate) struct Kept {
-    /// The posts that still check.
-    pub(crate) posts: Vec<(TopicKey, Post)>,
-    /// This node's last post number, by topic id.
-    pub(crate) own_seqs: HashMap<[u8; 16], u64>,
-}
-
-/// What the store kept.
-pub(crate) fn load(store: &dyn Store) -> Kept {
+/// The posts kept that still check.
+pub(crate) fn load(store: &dyn Store) -> Vec<(TopicKey, Post)> {
     let mut posts = Vec::new();
     match store.scan_prefix(TREE, b"p", MAX_LOADED) {
         Ok(pairs) => {
@@ -72,23 +53,5 @@ pub(crate) fn load(store: &dyn Store) -> Kept {
         }
         Err(e) => warn!("cannot read the kept posts: {e}"),
     }
-    let mut seqs = HashMap::new();
-    match store.scan_prefix(TREE, b"s", MAX_TOPICS * 64) {
-        Ok(pairs) => {
-            for (key, value) in pairs {
-                let (Ok(id), Ok(seq)) = (
-                    <[u8; 16]>::try_from(&key[1..]),
-                    <[u8; 8]>::try_from(value.as_slice()),
-                ) else {
-                    continue;
-                };
-                seqs.insert(id, u64::from_be_bytes(seq));
-            }
-        }
-        Err(e) => warn!("cannot read the post numbers: {e}"),
-    }
-    Kept {
-        posts,
-        own_seqs: seqs,
-    }
+    posts
 }

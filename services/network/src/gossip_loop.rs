@@ -207,9 +207,10 @@ impl EventLoop {
             }
         };
         let accepted = acceptance == MessageAcceptance::Accept;
-        match accepted {
-            true => self.metrics.gossip_accepted.inc(),
-            false => self.metrics.gossip_rejected.inc(),
+        match acceptance {
+            MessageAcceptance::Accept => self.metrics.gossip_accepted.inc(),
+            MessageAcceptance::Reject => self.metrics.gossip_rejected.inc(),
+            MessageAcceptance::Ignore => 0,
         };
         self.gossip().inner.report_message_validation_result(
             &message_id,

@@ -35,6 +35,7 @@ async fn open_channel(client: &Client, app: &str, peer: &str) -> Result<(), toni
             batch: false,
             half_close: false,
             group: String::new(),
+            transport: 0,
         })),
     };
     let mut out = client
@@ -377,6 +378,7 @@ async fn oversize_and_misplaced_channel_frames_end_the_channel_with_a_clear_stat
                     app_id: "sink".into(),
                     batch: true,
                     half_close: false,
+                    transport: 0,
                 };
                 let client = client_b.clone();
                 tokio::spawn(async move {
@@ -420,6 +422,7 @@ async fn oversize_and_misplaced_channel_frames_end_the_channel_with_a_clear_stat
                 batch: true,
                 half_close: false,
                 group: String::new(),
+                transport: 0,
             })),
         };
         let bad = ChannelInput { kind: Some(bad) };

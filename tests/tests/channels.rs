@@ -6,7 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use p2pos_proto::{
-    app::v1::{AcceptChannel, ChannelInput, OpenChannel, channel_input, channel_output},
+    app::v1::{
+        AcceptChannel, ChannelInput, ChannelTransport, OpenChannel, channel_input, channel_output,
+    },
     monitor::v1::{EventsRequest, event},
 };
 use p2pos_tests::{Node, next_incoming, open_session};
@@ -45,6 +47,7 @@ async fn frames_flow_both_ways_with_boundaries_kept() {
             batch: false,
             half_close: false,
             group: String::new(),
+            transport: 0,
         })),
     })
     .await
@@ -63,6 +66,7 @@ async fn frames_flow_both_ways_with_boundaries_kept() {
             app_id: "echo".into(),
             batch: false,
             half_close: false,
+            transport: 0,
         })),
     })
     .await
@@ -202,6 +206,8 @@ async fn batches_carry_small_frames_in_order_and_a_half_closed_peer_can_still_an
             batch: true,
             half_close: false,
             group: String::new(),
+            // The batching of the call's messages is what is tested here.
+            transport: ChannelTransport::Grpc as i32,
         };
         client_a.open_channel(open).await
     });
@@ -215,6 +221,7 @@ async fn batches_carry_small_frames_in_order_and_a_half_closed_peer_can_still_an
             app_id: "bulk".into(),
             batch: true,
             half_close: true,
+            transport: 0,
         })),
     })
     .await

@@ -103,6 +103,7 @@ async fn list_peers_and_get_info_answer_within_a_second_under_load() {
                     batch: false,
                     half_close: false,
                     group: String::new(),
+                    transport: 0,
                 })),
             };
             let (tx, rx) = futures::channel::mpsc::channel::<ChannelInput>(1);

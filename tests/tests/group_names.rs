@@ -106,6 +106,7 @@ async fn open(
             batch: false,
             half_close: false,
             group: group.into(),
+            transport: 0,
         })),
     })
     .await
@@ -133,6 +134,7 @@ async fn accept(
             app_id: app.into(),
             batch: false,
             half_close: false,
+            transport: 0,
         })),
     })
     .await

@@ -618,6 +618,7 @@ async fn an_app_and_its_helper_talk_through_a_local_channel() {
                     batch: false,
                     half_close: false,
                     group: String::new(),
+                    transport: 0,
                 })),
             })
             .await

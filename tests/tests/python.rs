@@ -116,13 +116,18 @@ struct Provider {
 
 impl Provider {
     fn start(python: &Path, node: &Node) -> Provider {
+        Provider::start_example(python, node, "provider.py", &[])
+    }
+
+    /// Any long-running example, `script` with `args`.
+    fn start_example(python: &Path, node: &Node, script: &str, args: &[&str]) -> Provider {
         let stderr = tempfile::NamedTempFile::new().expect("temp file");
-        let mut child = example(python, "provider.py", &node.data_dir, &[])
+        let mut child = example(python, script, &node.data_dir, args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr.reopen().expect("stderr file"))
             .spawn()
-            .expect("spawn provider.py");
+            .expect("spawn the example");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -247,6 +252,43 @@ async fn python_provider_on_b_answers_the_python_client_on_a() {
         took < Duration::from_secs(15),
         "gave up after {took:?}, retrying for 2 s with 5 s deadlines"
     );
+}
+
+/// `examples/echo_channel.py` on two nodes: the Python `Channel` over data sockets, frames
+/// and a byte stream, with half-close both ways.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_channels_on_data_sockets_echo_frames_and_byte_streams() {
+    let python = python();
+    let mut a = Node::start(&[]);
+    let mut b = Node::start(&[]);
+    a.client().await;
+    let b_ticket = b.ticket().await;
+    let mut server = Provider::start_example(&python, &b, "echo_channel.py", &["serve"]);
+    server.expect_line("ready", T);
+    let lines: String = (0..2000)
+        .map(|i| format!("line {i} {}\n", "x".repeat(i % 50)))
+        .collect();
+    for mode in [&[][..], &["--stream"][..]] {
+        let mut args = vec!["send", b_ticket.as_str()];
+        args.extend_from_slice(mode);
+        let mut child = example(&python, "echo_channel.py", &a.data_dir, &args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn echo_channel.py send");
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(lines.as_bytes()).expect("write");
+        drop(input);
+        let out = child.wait_with_output().expect("output");
+        assert!(out.status.success(), "send {mode:?}: {}", text(&out.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            lines,
+            "every line comes back, in order ({mode:?})"
+        );
+        server.expect_line("served channel", T);
+    }
 }
 
 #[test]

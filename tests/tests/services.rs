@@ -59,6 +59,7 @@ async fn upper_channel(client: Client, app_id: String, channel_id: u64) {
         app_id,
         batch: true,
         half_close: false,
+        transport: 0,
     };
     let Ok(mut channel) = client.accept_channel(accept).await else {
         return;
@@ -152,6 +153,7 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
             batch: false,
             half_close: false,
             group: String::new(),
+            transport: 0,
         })),
     })
     .await
@@ -194,6 +196,7 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
         batch: true,
         half_close: false,
         group: String::new(),
+        transport: 0,
     };
     let mut channel = a.open_service_channel(open).await.expect("opens");
     assert_eq!(channel.opened.peer_id, ids[1]);

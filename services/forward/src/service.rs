@@ -28,7 +28,7 @@ use p2pos_protocols::{
     ids::{AppId, PeerRef, ServiceName},
     services,
 };
-use tokio::sync::watch;
+use tokio::{io::AsyncWriteExt, sync::watch};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -517,10 +517,15 @@ async fn accept(registry: Registry, actor: Addr<ForwardService>, channel_id: u64
 /// Accepts channel `channel_id`, opened to port forwarding itself rather than to one of its
 /// exposures, and closes it: the opener sees it end at once.
 async fn close(registry: Registry, channel_id: u64) {
-    if let Ok(channel) = accept_channel(&registry, channel_id).await {
+    if let Ok(mut channel) = accept_channel(&registry, channel_id).await {
+        // A clean end (the end mark, then the stream's end), not a reset: nothing was lost.
+        let _ = tokio::time::timeout(CLOSE_WITHIN, channel.io.shutdown()).await;
         debug!(peer = %channel.peer_id, "closed a channel to port forwarding itself");
     }
 }
+
+/// How long closing a channel to port forwarding itself may take.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Answers a call to an exposure: it takes channels, not calls.
 async fn refuse_call(registry: Registry, call: IncomingCall) {

@@ -26,7 +26,8 @@ use crate::{
     BoxStream,
     auth::{Scope, caller},
     cut_on_stop,
-    splice::{OutputOptions, splice},
+    data_socket::{Asked, DataSockets, over_tcp, transport},
+    splice::OutputOptions,
     unavailable_at_end,
 };
 
@@ -37,12 +38,13 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppsApi {
     ctx: ServiceContext,
     stop: CancellationToken,
+    sockets: DataSockets,
 }
 
 impl AppsApi {
-    /// For this node.
-    pub fn new(ctx: ServiceContext, stop: CancellationToken) -> Self {
-        Self { ctx, stop }
+    /// For this node, with its data sockets.
+    pub fn new(ctx: ServiceContext, stop: CancellationToken, sockets: DataSockets) -> Self {
+        Self { ctx, stop, sockets }
     }
 
     /// Asks the service behind `p2pos.app.v1` (the overlay) and waits for its answer.
@@ -178,13 +180,15 @@ impl Apps for AppsApi {
         req: Request<Streaming<ChannelInput>>,
     ) -> Result<Response<Self::ChannelStream>, Status> {
         let scope = caller(&req)?;
+        let over_tcp = over_tcp(&req);
         let mut input = req.into_inner();
         let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, input.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no open or accept frame within 30 s"))??
             .ok_or_else(|| Status::invalid_argument("the channel ended before its first frame"))?;
-        let (channel, options) = match first.kind {
+        let (channel, options, transport) = match first.kind {
             Some(channel_input::Kind::Open(open)) => {
+                let transport = transport(open.transport)?;
                 let app_id = app(&scope, &open.app_id)?;
                 let (peer, implied) = self.peer(&open.peer).await?;
                 let group = self.channel_group(&open.group, implied, &peer).await?;
@@ -200,9 +204,10 @@ impl Apps for AppsApi {
                         reply,
                     })
                     .await?;
-                (channel, options)
+                (channel, options, transport)
             }
             Some(channel_input::Kind::Accept(accept)) => {
+                let transport = transport(accept.transport)?;
                 let app_id = app(&scope, &accept.app_id)?;
                 let options = OutputOptions {
                     batch: accept.batch,
@@ -215,7 +220,7 @@ impl Apps for AppsApi {
                         reply,
                     })
                     .await?;
-                (channel, options)
+                (channel, options, transport)
             }
             Some(channel_input::Kind::Data(_) | channel_input::Kind::Frames(_)) | None => {
                 return Err(Status::invalid_argument(
@@ -223,13 +228,13 @@ impl Apps for AppsApi {
                 ));
             }
         };
-        Ok(Response::new(splice(
-            channel,
+        let asked = Asked {
+            transport,
             options,
-            input,
-            self.ctx.events.clone(),
-            self.stop.clone(),
-        )))
+            over_tcp,
+        };
+        let output = self.sockets.channel(channel, asked, input)?;
+        Ok(Response::new(output))
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendReply>, Status> {

@@ -14,11 +14,13 @@
 //! - [`node_api`], [`overlay_api`], [`apps_api`], [`tasks_api`], [`services_api`],
 //!   [`monitor_api`], [`resources_api`], [`groups_api`]: one adapter per service.
 //! - [`deadline`]: the caller's gRPC deadline (`grpc-timeout`).
-//! - [`splice`]: the channel data path, shared by app and service channels.
+//! - [`splice`]: the channel data path over gRPC, shared by app and service channels.
+//! - [`data_socket`]: the channel data path over a plain local socket, for either.
 
 pub mod apps_api;
 pub mod auth;
 pub mod config;
+pub mod data_socket;
 pub mod deadline;
 pub mod groups_api;
 pub mod monitor_api;
@@ -78,3 +80,5 @@ pub(crate) fn cut_on_stop<T: Send + 'static>(
 
 /// File name of the gateway's unix socket in the data directory.
 pub const SOCKET_FILE: &str = p2pos_kernel::config::GATEWAY_SOCKET_FILE;
+/// File name of the data sockets' unix socket in the data directory.
+pub const DATA_SOCKET_FILE: &str = "data.sock";

@@ -2,7 +2,7 @@
 //! open spec with health and reflection, mirrors service states into gRPC health, and stops
 //! gracefully when the kernel asks.
 
-use std::{os::unix::fs::PermissionsExt, time::Duration};
+use std::{net::SocketAddr, os::unix::fs::PermissionsExt, time::Duration};
 
 use actix::prelude::*;
 use p2pos_kernel::{
@@ -27,9 +27,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
-    Config, SOCKET_FILE,
+    Config, DATA_SOCKET_FILE, SOCKET_FILE,
     apps_api::AppsApi,
     auth::{AuthLayer, Authenticator},
+    data_socket::DataSockets,
     groups_api::GroupsApi,
     monitor_api::MonitorApi,
     node_api::NodeApi,
@@ -78,6 +79,7 @@ fn routes(
     ctx: &ServiceContext,
     stop: &CancellationToken,
     tokens: &AppTokens,
+    sockets: &DataSockets,
 ) -> Result<(Routes, HealthReporter), String> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
@@ -104,7 +106,7 @@ fn routes(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(
-            AppsServer::new(AppsApi::new(ctx.clone(), stop.clone()))
+            AppsServer::new(AppsApi::new(ctx.clone(), stop.clone(), sockets.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE),
         )
@@ -113,7 +115,7 @@ fn routes(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(
-            ServicesServer::new(ServicesApi::new(ctx.clone(), stop.clone()))
+            ServicesServer::new(ServicesApi::new(ctx.clone(), sockets.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE),
         )
@@ -132,9 +134,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     tokens
         .migrate()
         .map_err(|e| format!("cannot bring the app tokens up to date: {}", e.message()))?;
-    let (routes, reporter) = routes(&ctx, &cancel, &tokens)?;
     let admin_token = ctx.admin_token().map_err(|e| e.to_string())?;
-    let auth = Authenticator::new(admin_token, tokens, ctx.registry.clone());
+    let auth = Authenticator::new(admin_token, tokens.clone(), ctx.registry.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -154,12 +155,37 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         }
         None => None,
     };
+    // Data sockets: a unix one beside the gateway's, and a loopback TCP one on the TCP
+    // gateway's address (any free port) when it serves TCP.
+    let data_tcp = match config.tcp {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|e| format!("cannot bind the TCP data socket on {}: {e}", addr.ip()))?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let data_socket = ctx.config.data_dir.join(DATA_SOCKET_FILE);
+    let data_uds = bind_private(&data_socket)?;
+    let sockets = DataSockets::new(
+        data_socket.clone(),
+        match &data_tcp {
+            Some(listener) => Some(listener.local_addr().map_err(|e| e.to_string())?),
+            None => None,
+        },
+        ctx.events.clone(),
+        cancel.clone(),
+    );
+    let (routes, reporter) = routes(&ctx, &cancel, &tokens, &sockets)?;
+    let mut data_loops = vec![tokio::spawn(sockets.clone().serve_unix(data_uds))];
+    if let Some(listener) = data_tcp {
+        data_loops.push(tokio::spawn(sockets.serve_tcp(listener)));
+    }
+
     let socket = ctx.config.data_dir.join(SOCKET_FILE);
-    let _ = std::fs::remove_file(&socket);
-    let uds = tokio::net::UnixListener::bind(&socket)
-        .map_err(|e| format!("cannot bind the gateway socket {}: {e}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", socket.display()))?;
+    let uds = bind_private(&socket)?;
     info!("gateway on unix:{}", socket.display());
     let tracker = TaskTracker::new();
     let mut servers = vec![
@@ -191,7 +217,11 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
 
     let health = tokio::spawn(mirror_health(ctx.states.clone(), reporter));
     let addr = GatewayService::create(move |actx| {
-        let aborts = servers.iter().map(JoinHandle::abort_handle).collect();
+        let aborts = servers
+            .iter()
+            .map(JoinHandle::abort_handle)
+            .chain(data_loops.iter().map(JoinHandle::abort_handle))
+            .collect();
         for server in servers {
             actx.spawn(
                 fut::wrap_future(server).map(|result, act: &mut GatewayService, ctx| {
@@ -210,7 +240,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         }
         GatewayService {
             cancel,
-            socket,
+            sockets: [socket, data_socket],
             guard,
             stop_tx,
             aborts,
@@ -224,6 +254,16 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         stop: addr.clone().recipient(),
         panic: addr.recipient(),
     })
+}
+
+/// Binds a unix socket at `path` (replacing a stale one) that only the node's user may use.
+fn bind_private(path: &std::path::Path) -> Result<tokio::net::UnixListener, String> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| format!("cannot bind the socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+    Ok(listener)
 }
 
 /// gRPC service names answered by each node service.
@@ -281,7 +321,8 @@ async fn mirror_health(
 /// The gateway actor: owns the server tasks.
 struct GatewayService {
     cancel: CancellationToken,
-    socket: std::path::PathBuf,
+    /// The gateway's and the data sockets' unix sockets.
+    sockets: [std::path::PathBuf; 2],
     guard: DeathGuard,
     stop_tx: watch::Sender<bool>,
     aborts: Vec<AbortHandle>,
@@ -319,7 +360,7 @@ impl Handler<StopService> for GatewayService {
         let _ = self.stop_tx.send(true);
         self.cancel.cancel();
         let aborts = self.aborts.clone();
-        let socket = self.socket.clone();
+        let sockets = self.sockets.clone();
         let tracker = self.tracker.clone();
         tracker.close();
         Box::pin(
@@ -332,7 +373,9 @@ impl Handler<StopService> for GatewayService {
                     abort.abort();
                 }
                 // Clients then get "no such file" rather than "connection refused".
-                let _ = std::fs::remove_file(&socket);
+                for socket in sockets {
+                    let _ = std::fs::remove_file(socket);
+                }
             }
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop()),

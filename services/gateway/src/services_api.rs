@@ -32,14 +32,14 @@ use p2pos_protocols::{
     services::{OutgoingCall, Request as ServicesCall},
     wire::MAX_PAYLOAD,
 };
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     BoxStream,
     auth::{Scope, caller},
+    data_socket::{Asked, DataSockets, over_tcp, transport},
     deadline,
-    splice::{OutputOptions, splice},
+    splice::OutputOptions,
 };
 
 /// How long a client may take to send the first frame of a channel (as on `Apps.Channel`).
@@ -48,13 +48,13 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// The adapter.
 pub struct ServicesApi {
     ctx: ServiceContext,
-    stop: CancellationToken,
+    sockets: DataSockets,
 }
 
 impl ServicesApi {
-    /// For this node.
-    pub fn new(ctx: ServiceContext, stop: CancellationToken) -> Self {
-        Self { ctx, stop }
+    /// For this node, with its data sockets.
+    pub fn new(ctx: ServiceContext, sockets: DataSockets) -> Self {
+        Self { ctx, sockets }
     }
 
     /// The peers of group `group` (id or name), when one is named: providers must be among
@@ -286,6 +286,7 @@ impl Services for ServicesApi {
         req: Request<Streaming<ServiceChannelInput>>,
     ) -> Result<Response<Self::ChannelStream>, Status> {
         let scope = caller(&req)?;
+        let over_tcp = over_tcp(&req);
         let mut input = req.into_inner();
         let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, input.message())
             .await
@@ -303,7 +304,9 @@ impl Services for ServicesApi {
             batch,
             half_close,
             group,
+            transport: asked,
         } = open;
+        let transport = transport(asked)?;
         let app_id = acting_app(&scope, app_id)?;
         let service = service_name(&service)?;
         let peer = provider(&peer)?;
@@ -317,13 +320,13 @@ impl Services for ServicesApi {
                 reply,
             })
             .await?;
-        Ok(Response::new(splice(
-            channel,
-            OutputOptions { batch, half_close },
-            input,
-            self.ctx.events.clone(),
-            self.stop.clone(),
-        )))
+        let asked = Asked {
+            transport,
+            options: OutputOptions { batch, half_close },
+            over_tcp,
+        };
+        let output = self.sockets.channel(channel, asked, input)?;
+        Ok(Response::new(output))
     }
 
     async fn expose(&self, req: Request<ExposeRequest>) -> Result<Response<Exposure>, Status> {

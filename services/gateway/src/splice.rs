@@ -5,7 +5,14 @@
 //! Shared by `Apps.Channel` and `Services.Channel`: their inputs differ only in the first frame
 //! (see [`ChannelFrame`]); their outputs are the same `ChannelOutput`.
 
-use std::{io::ErrorKind, pin::Pin};
+use std::{
+    io::ErrorKind,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{FutureExt, Sink, SinkExt, StreamExt};
@@ -39,6 +46,9 @@ const BATCH_BYTES: usize = 64 * 1024;
 const _: () = assert!(BATCH_BYTES + 2 * packed::HEADER + MAX_CHANNEL_FRAME <= MAX_GRPC_MESSAGE);
 /// Room for at least this much is made before each read of a batching output.
 const READ_ROOM: usize = 32 * 1024;
+/// How long the frames an app wrote before its call ended with the peer's half-close may take
+/// to leave.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// The most one read of the peer's stream takes.
 const READ_CHUNK: u64 = 16 * 1024;
 /// A `data` frame this large goes from the client's message straight to the stream, not
@@ -85,8 +95,33 @@ impl ChannelFrame for ServiceChannelInput {
     }
 }
 
-/// Publishes `ChannelClosed` when the channel's output stream is dropped.
-struct ClosedOnDrop {
+/// Publishes `ChannelOpened`, and returns what publishes `ChannelClosed` when dropped (with the
+/// channel's output stream).
+pub(crate) fn announce(
+    events: &EventBus,
+    channel_id: u64,
+    peer_id: &str,
+    app_id: &str,
+    inbound: bool,
+) -> ClosedOnDrop {
+    events.publish(Kind::ChannelOpened(v1::ChannelOpened {
+        channel_id,
+        peer_id: peer_id.to_owned(),
+        app_id: app_id.to_owned(),
+        inbound,
+    }));
+    ClosedOnDrop {
+        events: events.clone(),
+        event: v1::ChannelClosed {
+            channel_id,
+            peer_id: peer_id.to_owned(),
+            app_id: app_id.to_owned(),
+        },
+    }
+}
+
+/// Publishes `ChannelClosed` when dropped.
+pub(crate) struct ClosedOnDrop {
     events: EventBus,
     event: v1::ChannelClosed,
 }
@@ -123,20 +158,7 @@ pub fn splice<I: ChannelFrame>(
         group,
         io,
     } = channel;
-    events.publish(Kind::ChannelOpened(v1::ChannelOpened {
-        channel_id,
-        peer_id: peer_id.clone(),
-        app_id: app_id.clone(),
-        inbound,
-    }));
-    let closed = ClosedOnDrop {
-        events,
-        event: v1::ChannelClosed {
-            channel_id,
-            peer_id: peer_id.clone(),
-            app_id: app_id.clone(),
-        },
-    };
+    let closed = announce(&events, channel_id, &peer_id, &app_id, inbound);
     let (read_half, write_half) = tokio::io::split(io);
     let mut sink = FramedWrite::new(write_half, codec(MAX_CHANNEL_FRAME));
     let (err_tx, err_rx) = tokio::sync::oneshot::channel::<Status>();
@@ -145,18 +167,27 @@ pub fn splice<I: ChannelFrame>(
     // (a remote that stops reading would otherwise hold the task and stream for ever).
     let output_gone = CancellationToken::new();
     let output_alive = output_gone.clone().drop_guard();
+    // Set when the output ended with the peer's half-close (see `cut_short`).
+    let ended_with_peer = Arc::new(AtomicBool::new(false));
+    let peer_end = ended_with_peer.clone();
     tokio::spawn(async move {
         let outcome: Result<(), Status> = async {
             let broke = |e: std::io::Error| {
                 Status::unavailable(format!("the channel to the peer broke: {e}"))
             };
             // The call (or the node) ended before the client's input did: frames may have been
-            // lost on the way, so the remote must not see a clean end.
+            // lost on the way, so the remote must not see a clean end. Unless the call ended
+            // because the peer had half-closed, without `half_close`: that ends the channel
+            // both ways by design, and what was written so far is the whole.
             let cut_short = || {
                 if input_stop.is_cancelled() {
-                    Status::unavailable("the node is stopping")
+                    Err(Status::unavailable("the node is stopping"))
+                } else if ended_with_peer.load(Ordering::Relaxed) {
+                    Ok(())
                 } else {
-                    Status::cancelled("the app's call ended before its input did")
+                    Err(Status::cancelled(
+                        "the app's call ended before its input did",
+                    ))
                 }
             };
             // Frames are fed into the writer's buffer and flushed only when the client has no
@@ -164,7 +195,7 @@ pub fn splice<I: ChannelFrame>(
             let mut unflushed = false;
             loop {
                 if input_stop.is_cancelled() || output_gone.is_cancelled() {
-                    return Err(cut_short());
+                    return cut_short();
                 }
                 let ready = input.message().now_or_never();
                 let frame = match ready {
@@ -175,13 +206,13 @@ pub fn splice<I: ChannelFrame>(
                                 flushed = SinkExt::<Bytes>::flush(&mut sink) => {
                                     flushed.map_err(broke)?;
                                 }
-                                () = output_gone.cancelled() => return Err(cut_short()),
+                                () = output_gone.cancelled() => return cut_short(),
                             }
                         }
                         tokio::select! {
                             frame = input.message() => frame?,
-                            () = input_stop.cancelled() => return Err(cut_short()),
-                            () = output_gone.cancelled() => return Err(cut_short()),
+                            () = input_stop.cancelled() => return cut_short(),
+                            () = output_gone.cancelled() => return cut_short(),
                         }
                     }
                 };
@@ -191,7 +222,7 @@ pub fn splice<I: ChannelFrame>(
                     Some(room) => room.map_err(broke)?,
                     None => tokio::select! {
                         room = room(&mut sink) => room.map_err(broke)?,
-                        () = output_gone.cancelled() => return Err(cut_short()),
+                        () = output_gone.cancelled() => return cut_short(),
                     },
                 }
                 match frame.into_input()? {
@@ -212,7 +243,7 @@ pub fn splice<I: ChannelFrame>(
                             sink.write_buffer_mut().put_u32(data.len() as u32);
                             tokio::select! {
                                 written = write_direct(&mut sink, &data) => written.map_err(broke)?,
-                                () = output_gone.cancelled() => return Err(cut_short()),
+                                () = output_gone.cancelled() => return cut_short(),
                             }
                         }
                     }
@@ -235,6 +266,10 @@ pub fn splice<I: ChannelFrame>(
         match outcome {
             // Half-close: the remote sees the end of our frames, once they are all written
             // (unless the client's call ends meanwhile: the writer never outlives it).
+            Ok(()) if output_gone.is_cancelled() => {
+                let closing = SinkExt::<Bytes>::close(&mut sink);
+                let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
+            }
             Ok(()) => {
                 tokio::select! {
                     _ = SinkExt::<Bytes>::close(&mut sink) => {}
@@ -256,6 +291,7 @@ pub fn splice<I: ChannelFrame>(
             peer_id,
             app_id,
             group,
+            data_socket: None,
         })),
     };
     let read_half = CappedReads::new(read_half);
@@ -275,6 +311,7 @@ pub fn splice<I: ChannelFrame>(
         done: false,
         _closed: closed,
         _alive: output_alive,
+        ended_with_peer: peer_end,
     };
     let frames = futures::stream::unfold(state, next_output);
     crate::cut_on_stop(
@@ -378,6 +415,8 @@ struct OutputState {
     done: bool,
     _closed: ClosedOnDrop,
     _alive: tokio_util::sync::DropGuard,
+    /// Set when the output ends because the peer half-closed.
+    ended_with_peer: Arc<AtomicBool>,
 }
 
 /// The next output: a frame (or batch) from the peer, the end of the peer's frames, or the
@@ -427,7 +466,10 @@ async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Statu
                         let closed = channel_output::Kind::PeerClosed(PeerClosed {});
                         Some((Ok(ChannelOutput { kind: Some(closed) }), st))
                     }
-                    None => None,
+                    None => {
+                        st.ended_with_peer.store(true, Ordering::Relaxed);
+                        None
+                    }
                 };
             }
         }

@@ -534,6 +534,7 @@ fn open(app_id: &str) -> ServiceChannelInput {
             batch: false,
             half_close: false,
             group: String::new(),
+            transport: 0,
         })),
     }
 }

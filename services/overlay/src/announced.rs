@@ -8,7 +8,7 @@ use std::sync::Arc;
 use actix::SpawnHandle;
 use libp2p::PeerId;
 use p2pos_kernel::{Store, store::StoreError};
-use p2pos_protocols::apps::ChannelStream;
+use p2pos_protocols::{apps::ChannelStream, marked::EndMarked};
 use tokio::{
     io::DuplexStream,
     sync::{OwnedSemaphorePermit, oneshot},
@@ -105,7 +105,8 @@ impl LocalEnd {
             app_id,
             inbound: true,
             group,
-            io: Box::new(io),
+            // Both ends are this node's: their ends are marked.
+            io: Box::new(EndMarked::new(io, true)),
         })
     }
 
@@ -145,7 +146,8 @@ impl LocalOpening {
             app_id,
             inbound: false,
             group,
-            io: Box::new(io),
+            // Both ends are this node's: their ends are marked.
+            io: Box::new(EndMarked::new(io, true)),
         })
     }
 }

@@ -10,6 +10,7 @@ use p2pos_kernel::Store;
 use p2pos_proto::wire::v1::{ChannelHello, ChannelWelcome, channel_welcome};
 use p2pos_protocols::{
     apps::ChannelStream,
+    marked::EndMarked,
     network::Network,
     wire::{self, read_message, write_message},
 };
@@ -68,6 +69,7 @@ pub(crate) async fn open(
         app_id: app_id.clone(),
         service: service.clone().unwrap_or_default(),
         group: group.clone().unwrap_or_default(),
+        end_mark: true,
     };
     let mut opens = 0;
     let mut io = loop {
@@ -116,7 +118,11 @@ pub(crate) async fn open(
             std::io::ErrorKind::TimedOut => not_accepted(app_id.clone()),
             _ => broken(e.to_string()),
         })?;
-    let ChannelWelcome { result, message } = welcome;
+    let ChannelWelcome {
+        result,
+        message,
+        end_mark,
+    } = welcome;
     let not_provided = |service: String| Error::NotProvidedThere { service, peer };
     match (
         channel_welcome::Result::try_from(result),
@@ -132,7 +138,7 @@ pub(crate) async fn open(
             },
             inbound: false,
             group: group.unwrap_or_default(),
-            io: Box::new(io),
+            io: Box::new(EndMarked::new(io, end_mark)),
         }),
         // The provider's app is gone (its services went with it), or never was.
         (Ok(channel_welcome::Result::AppNotListening), Some(service))
@@ -169,6 +175,7 @@ pub(crate) async fn accept(
         } else {
             String::new()
         },
+        end_mark: io.marking(),
     };
     write_message(&mut io, &welcome, WRITE_TIMEOUT)
         .await
@@ -192,5 +199,6 @@ pub(crate) fn welcome(result: channel_welcome::Result, message: String) -> Chann
     ChannelWelcome {
         result: result.into(),
         message,
+        end_mark: false,
     }
 }

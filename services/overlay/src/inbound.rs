@@ -15,6 +15,7 @@ use p2pos_proto::{
 };
 use p2pos_protocols::{
     Groups, groups,
+    marked::EndMarked,
     network::InboundStream,
     wire::{read_message, write_message},
 };
@@ -32,7 +33,7 @@ pub(crate) const MESSAGE_IDLE: Duration = Duration::from_secs(60);
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An inbound stream as tokio I/O.
-pub(crate) type Io = Compat<InboundStream>;
+pub(crate) type Io = EndMarked<Compat<InboundStream>>;
 
 /// A remote peer asks for a channel to `app_id`, or from its app `app_id` to `service`; the
 /// actor keeps it pending (or hands it to port forwarding) or refuses it.
@@ -81,7 +82,10 @@ pub(crate) async fn serve_channel(
         app_id,
         service,
         group,
+        end_mark,
     } = hello;
+    // The frames' ends are marked both ways when the opener asks (the welcome says so).
+    let io = EndMarked::new(io, end_mark);
     if !group.is_empty() {
         let asked = group.clone();
         let admitted = registry
@@ -96,6 +100,7 @@ pub(crate) async fn serve_channel(
             let welcome = ChannelWelcome {
                 result: channel_welcome::Result::NotMember.into(),
                 message: e.message,
+                end_mark: false,
             };
             refuse(Refusal { io, welcome }).await;
             return;

@@ -17,11 +17,16 @@
 //! - [`network`]: the network handle other services use (streams by protocol id, inbound
 //!   streams within limits, DHT providers and signed records, peers, tickets).
 //! - [`wire`]: framing shared by the node-to-node protocols and the channel splice.
+//! - [`marked`]: the end mark that tells a channel's clean end from a broken channel.
+//! - [`pipe`]: the copy loop between a local socket and a channel's stream (data sockets,
+//!   port forwarding).
 //! - [`names`]: app ids and helpers' app ids, one grammar for every service.
 
 pub mod ids;
+pub mod marked;
 pub mod names;
 pub mod network;
+pub mod pipe;
 pub mod wire;
 
 pub use libp2p::PeerId;

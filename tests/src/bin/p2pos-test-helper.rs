@@ -222,6 +222,7 @@ async fn echo_channel(
         app_id,
         batch: false,
         half_close: false,
+        transport: 0,
     };
     let mut channel = client.accept_channel(accept).await?;
     while let Some(frame) = channel.receiver.message().await? {

@@ -129,6 +129,7 @@ pub(crate) async fn control_plane(
                     batch: false,
                     half_close: false,
                     group: String::new(),
+                    transport: 0,
                 })),
             };
             let _ = tx.send(open).await;

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::TCP;
-use crate::node::Node;
+use crate::node::{Node, Transport};
 use crate::pipe::stamp_ns;
 use crate::report::{Goal, Row};
 use crate::scenarios;
@@ -237,7 +237,7 @@ pub(crate) async fn run(
     let settle = settling.elapsed();
     let direct = {
         let server = nodes[2].serve_bench().await?;
-        let pipe = nodes[1].open(&ids[2]).await?;
+        let pipe = nodes[1].open(&ids[2], Transport::Grpc).await?;
         let times = scenarios::one_way(pipe, messages as u64, SIZE, interval).await?;
         server.abort();
         times

@@ -8,6 +8,7 @@
 //! - [`scenarios`]: the drivers (bulk, echo, message rate, first message), the same for all.
 //! - [`node`]: real `p2posd` processes driven through `p2pos-client`.
 //! - [`groups`]: group pubsub on N nodes, against a direct channel between two of them.
+//! - [`python`]: a Python app's channels, over gRPC messages and data sockets (`--python`).
 //! - [`raw`]: the bare rust-libp2p baseline.
 //! - [`ceiling`]: plain TCP to a child process, and through two relay processes.
 //! - [`report`]: the table and the JSON.
@@ -17,6 +18,7 @@ mod control;
 mod groups;
 mod node;
 mod pipe;
+mod python;
 mod raw;
 mod report;
 mod scenarios;
@@ -28,7 +30,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::ceiling::{RelayChain, TcpPeer};
-use crate::node::{Node, Pair};
+use crate::node::{Node, Pair, Transport};
 use crate::raw::RawPair;
 use crate::report::{Goal, Row};
 
@@ -76,6 +78,20 @@ struct Args {
     /// Run only the group pubsub scenario.
     #[arg(long)]
     groups_only: bool,
+    /// Run only the Python scenarios: a Python app's channel over gRPC messages and over a
+    /// data socket, against the same Python code over a plain unix socket (needs a python with
+    /// grpcio and the generated stubs: `P2POS_PYTHON`, or `userland/python/setup-venv`'s).
+    #[arg(long)]
+    python: bool,
+    /// MiB a Python bulk scenario sends.
+    #[arg(long, default_value_t = 256)]
+    python_bulk_mib: u64,
+    /// 64-byte messages a Python rate scenario sends (a tenth over gRPC messages).
+    #[arg(long, default_value_t = 200_000)]
+    python_messages: u64,
+    /// Round trips of a Python echo.
+    #[arg(long, default_value_t = 2000)]
+    python_echoes: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -140,6 +156,20 @@ async fn interrupted() -> &'static str {
 /// Every scenario, then the report.
 async fn run(args: Args) -> anyhow::Result<()> {
     let p2posd = node::find_p2posd(args.p2posd.clone())?;
+    if args.python {
+        let sizes = python::Sizes {
+            bulk_mib: args.python_bulk_mib,
+            messages: args.python_messages,
+            echoes: args.python_echoes,
+        };
+        let rows = python::rows(&p2posd, &sizes).await?;
+        if args.json {
+            println!("{}", report::json(&rows, json!({ "python": true })));
+        } else {
+            println!("{}", report::table(&rows));
+        }
+        return Ok(());
+    }
     let mut rows = match args.groups_only {
         true => Vec::new(),
         false => channel_rows(&args, &p2posd).await?,
@@ -178,43 +208,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn channel_rows(args: &Args, p2posd: &Path) -> anyhow::Result<Vec<Row>> {
     let bulk = args.bulk_mib * 1024 * 1024;
 
-    progress("P2P OS over TCP");
     let mut starts = Vec::new();
-    let mut p2pos = Figures::default();
-    {
-        let pair = Pair::start(p2posd, TCP, true).await?;
-        starts.extend(pair.start_times());
-        p2pos.bulk_tcp = scenarios::bulk(pair.open().await?, bulk, CHUNK).await?;
-        (p2pos.echo_p50, p2pos.echo_p99) =
-            scenarios::echo(pair.open().await?, args.echoes, SMALL).await?;
-        p2pos.rate_one =
-            scenarios::rate(vec![pair.open().await?], args.messages, SMALL, false).await?;
-        p2pos.rate_flushed =
-            scenarios::rate(vec![pair.open().await?], args.messages, SMALL, true).await?;
-        let mut pipes = Vec::with_capacity(MANY);
-        for _ in 0..MANY {
-            pipes.push(pair.open().await?);
+    let mut grpc = Figures::default();
+    let mut socket = Figures::default();
+    for (transport, figures) in [
+        (Transport::Grpc, &mut grpc),
+        (Transport::Socket, &mut socket),
+    ] {
+        let over = transport.describe();
+        progress(&format!("P2P OS over TCP, {over}"));
+        {
+            let pair = Pair::start(p2posd, TCP, true).await?;
+            starts.extend(pair.start_times());
+            let open = || pair.open(transport);
+            *figures = tcp_figures(open, args).await?;
         }
-        p2pos.rate_many = scenarios::rate(pipes, args.messages, SMALL, false).await?;
+        progress(&format!("P2P OS over QUIC, {over}"));
+        {
+            let pair = Pair::start(p2posd, QUIC, true).await?;
+            starts.extend(pair.start_times());
+            figures.bulk_quic = scenarios::bulk(pair.open(transport).await?, bulk, CHUNK).await?;
+        }
+        progress(&format!("P2P OS dial + first message, {over}"));
+        let mut firsts = Vec::with_capacity(args.dials);
+        for _ in 0..args.dials {
+            let pair = Pair::start(p2posd, TCP, false).await?;
+            starts.extend(pair.start_times());
+            let started = std::time::Instant::now();
+            pair.dial().await?;
+            let mut pipe = pair.open(transport).await?;
+            scenarios::first_message(&mut pipe, SMALL).await?;
+            firsts.push(started.elapsed());
+        }
+        figures.first_ms = scenarios::median_ms(&mut firsts);
     }
-    progress("P2P OS over QUIC");
-    {
-        let pair = Pair::start(p2posd, QUIC, true).await?;
-        starts.extend(pair.start_times());
-        p2pos.bulk_quic = scenarios::bulk(pair.open().await?, bulk, CHUNK).await?;
-    }
-    progress("P2P OS dial + first message");
-    let mut firsts = Vec::with_capacity(args.dials);
-    for _ in 0..args.dials {
-        let pair = Pair::start(p2posd, TCP, false).await?;
-        starts.extend(pair.start_times());
-        let started = std::time::Instant::now();
-        pair.dial().await?;
-        let mut pipe = pair.open().await?;
-        scenarios::first_message(&mut pipe, SMALL).await?;
-        firsts.push(started.elapsed());
-    }
-    p2pos.first_ms = scenarios::median_ms(&mut firsts);
 
     progress("P2P OS idle node");
     let idle = Node::start(p2posd, TCP).await?;
@@ -277,7 +304,8 @@ async fn channel_rows(args: &Args, p2posd: &Path) -> anyhow::Result<Vec<Row>> {
         tcp_figures(|| chain.open(), args).await?
     };
 
-    let mut rows = rows(&p2pos, &base, &top, &floor, idle_rss, start_ms);
+    let mut rows = rows(&grpc, &socket, &base, &top, &floor);
+    rows.extend(node_rows(idle_rss, start_ms));
     rows.extend(control_rows(control_idle, control_loaded));
     Ok(rows)
 }
@@ -304,16 +332,16 @@ where
     Ok(figures)
 }
 
+/// The channel rows: over gRPC messages, then over data sockets, against the same baselines.
 fn rows(
-    p2pos: &Figures,
+    grpc: &Figures,
+    socket: &Figures,
     base: &Figures,
     top: &Figures,
     floor: &Figures,
-    idle_rss: f64,
-    start_ms: f64,
 ) -> Vec<Row> {
-    let row = |scenario: &str, unit, p2pos, baseline, tcp: Option<(f64, f64)>, goal| Row {
-        scenario: scenario.to_owned(),
+    let row = |scenario: String, unit, p2pos, baseline, tcp: Option<(f64, f64)>, goal| Row {
+        scenario,
         unit,
         p2pos,
         baseline,
@@ -321,85 +349,119 @@ fn rows(
         floor: tcp.map(|(_, floor)| floor),
         goal,
     };
+    let mut rows = Vec::new();
+    for (over, p2pos) in [("gRPC", grpc), ("data socket", socket)] {
+        let on_socket = std::ptr::eq(p2pos, socket);
+        // Over a data socket, echo is held to the floor of P2P OS's process hops.
+        let (echo_p50, echo_p99) = if on_socket {
+            (Goal::FloorRatioAtMost(1.3), Goal::FloorRatioAtMost(1.5))
+        } else {
+            (Goal::RatioAtMost(2.0), Goal::RatioAtMost(3.0))
+        };
+        rows.extend([
+            row(
+                format!("bulk, 1 channel, TCP, {over}"),
+                "MiB/s",
+                p2pos.bulk_tcp,
+                Some(base.bulk_tcp),
+                Some((top.bulk_tcp, floor.bulk_tcp)),
+                Goal::RatioAtLeast(0.8),
+            ),
+            row(
+                format!("bulk, 1 channel, QUIC, {over}"),
+                "MiB/s",
+                p2pos.bulk_quic,
+                Some(base.bulk_quic),
+                None,
+                Goal::RatioAtLeast(0.8),
+            ),
+            row(
+                format!("echo 64 B, p50, {over}"),
+                "µs",
+                p2pos.echo_p50,
+                Some(base.echo_p50),
+                Some((top.echo_p50, floor.echo_p50)),
+                echo_p50,
+            ),
+            row(
+                format!("echo 64 B, p99, {over}"),
+                "µs",
+                p2pos.echo_p99,
+                Some(base.echo_p99),
+                Some((top.echo_p99, floor.echo_p99)),
+                echo_p99,
+            ),
+            row(
+                format!("64 B messages, 1 channel, {over}"),
+                "msg/s",
+                p2pos.rate_one,
+                Some(base.rate_one),
+                Some((top.rate_one, floor.rate_one)),
+                Goal::RatioAtLeast(0.5),
+            ),
+            row(
+                format!("64 B messages, 1 channel, one write each, {over}"),
+                "msg/s",
+                p2pos.rate_flushed,
+                Some(base.rate_flushed),
+                Some((top.rate_flushed, floor.rate_flushed)),
+                Goal::None,
+            ),
+            row(
+                format!("64 B messages, 16 channels, {over}"),
+                "msg/s",
+                p2pos.rate_many,
+                Some(base.rate_many),
+                Some((top.rate_many, floor.rate_many)),
+                Goal::RatioAtLeast(0.5),
+            ),
+            row(
+                format!("dial + first message, TCP, {over}"),
+                "ms",
+                p2pos.first_ms,
+                Some(base.first_ms),
+                Some((top.first_ms, f64::NAN)),
+                if on_socket {
+                    Goal::RatioAtMost(2.0)
+                } else {
+                    Goal::None
+                },
+            ),
+        ]);
+    }
+    rows.push(row(
+        "64 B messages, one write each, data socket (baseline: gRPC batches)".to_owned(),
+        "msg/s",
+        socket.rate_flushed,
+        Some(grpc.rate_one),
+        None,
+        Goal::RatioAtLeast(1.0),
+    ));
+    rows
+}
+
+/// The node's own rows: its memory when idle, and how soon it answers.
+fn node_rows(idle_rss: f64, start_ms: f64) -> Vec<Row> {
+    let row = |scenario: &str, p2pos, unit, goal| Row {
+        scenario: scenario.to_owned(),
+        unit,
+        p2pos,
+        baseline: None,
+        ceiling: None,
+        floor: None,
+        goal,
+    };
     vec![
         row(
-            "bulk, 1 channel, TCP",
-            "MiB/s",
-            p2pos.bulk_tcp,
-            Some(base.bulk_tcp),
-            Some((top.bulk_tcp, floor.bulk_tcp)),
-            Goal::RatioAtLeast(0.8),
-        ),
-        row(
-            "bulk, 1 channel, QUIC",
-            "MiB/s",
-            p2pos.bulk_quic,
-            Some(base.bulk_quic),
-            None,
-            Goal::RatioAtLeast(0.8),
-        ),
-        row(
-            "echo 64 B, p50",
-            "µs",
-            p2pos.echo_p50,
-            Some(base.echo_p50),
-            Some((top.echo_p50, floor.echo_p50)),
-            Goal::RatioAtMost(2.0),
-        ),
-        row(
-            "echo 64 B, p99",
-            "µs",
-            p2pos.echo_p99,
-            Some(base.echo_p99),
-            Some((top.echo_p99, floor.echo_p99)),
-            Goal::RatioAtMost(3.0),
-        ),
-        row(
-            "64 B messages, 1 channel",
-            "msg/s",
-            p2pos.rate_one,
-            Some(base.rate_one),
-            Some((top.rate_one, floor.rate_one)),
-            Goal::RatioAtLeast(0.5),
-        ),
-        row(
-            "64 B messages, 1 channel, flush each",
-            "msg/s",
-            p2pos.rate_flushed,
-            Some(base.rate_flushed),
-            Some((top.rate_flushed, floor.rate_flushed)),
-            Goal::None,
-        ),
-        row(
-            "64 B messages, 16 channels",
-            "msg/s",
-            p2pos.rate_many,
-            Some(base.rate_many),
-            Some((top.rate_many, floor.rate_many)),
-            Goal::RatioAtLeast(0.5),
-        ),
-        row(
-            "dial + first message, TCP",
-            "ms",
-            p2pos.first_ms,
-            Some(base.first_ms),
-            Some((top.first_ms, f64::NAN)),
-            Goal::None,
-        ),
-        row(
             "idle node, resident memory",
-            "MiB",
             idle_rss,
-            None,
-            None,
+            "MiB",
             Goal::AtMost(20.0),
         ),
         row(
             "start to answering gateway (median)",
-            "ms",
             start_ms,
-            None,
-            None,
+            "ms",
             Goal::AtMost(150.0),
         ),
     ]

@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use futures::{SinkExt, StreamExt};
 use p2pos_client::{Client, Gateway, Target};
 use p2pos_proto::app::v1::{
-    AcceptChannel, ChannelInput, OpenChannel, SessionRequest, session_event,
+    AcceptChannel, ChannelInput, ChannelTransport, OpenChannel, SessionRequest, session_event,
 };
 use p2pos_proto::node::v1::GetInfoRequest;
 use p2pos_proto::overlay::v1::{DialRequest, GetTicketRequest};
@@ -19,8 +19,6 @@ use tokio::task::JoinHandle;
 
 use crate::pipe::{Pipe, respond};
 
-/// The app id every benchmark channel uses.
-const APP_ID: &str = "bench";
 /// How long a node may take to answer, or a peer to show addresses, before the run fails.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(15);
 /// Pause between attempts to reach a starting node's gateway (no event says it is up).
@@ -177,53 +175,101 @@ impl Node {
         Ok(())
     }
 
-    /// A new channel from this node's `bench` app to `peer`'s.
-    pub(crate) async fn open(&self, peer: &str) -> anyhow::Result<Pipe> {
+    /// A new channel from this node's bench app for `transport` to `peer`'s.
+    pub(crate) async fn open(&self, peer: &str, transport: Transport) -> anyhow::Result<Pipe> {
         let open = OpenChannel {
-            app_id: APP_ID.to_owned(),
+            app_id: transport.app_id().to_owned(),
             peer: peer.to_owned(),
             batch: true,
             half_close: false,
             group: String::new(),
+            transport: transport.proto(),
         };
         Ok(pipe(self.client.open_channel(open).await?))
     }
 
-    /// Opens the `bench` session and serves every channel announced on it with the responder.
+    /// Opens the bench apps' sessions (one per transport) and serves every channel announced
+    /// on them with the responder, over the same transport.
     pub(crate) async fn serve_bench(&self) -> anyhow::Result<JoinHandle<()>> {
-        let mut session = self
-            .client
-            .apps()
-            .session(SessionRequest {
-                app_id: APP_ID.to_owned(),
-                group: String::new(),
-            })
-            .await?
-            .into_inner();
-        match session.message().await? {
-            Some(event) if matches!(event.kind, Some(session_event::Kind::Registered(_))) => {}
-            other => bail!("expected Registered, got {other:?}"),
+        let mut sessions = Vec::new();
+        for transport in [Transport::Grpc, Transport::Socket] {
+            let mut session = self
+                .client
+                .apps()
+                .session(SessionRequest {
+                    app_id: transport.app_id().to_owned(),
+                    group: String::new(),
+                })
+                .await?
+                .into_inner();
+            match session.message().await? {
+                Some(event) if matches!(event.kind, Some(session_event::Kind::Registered(_))) => {}
+                other => bail!("expected Registered, got {other:?}"),
+            }
+            sessions.push((transport, session));
         }
         let client = self.client.clone();
         Ok(tokio::spawn(async move {
-            while let Ok(Some(event)) = session.message().await {
-                if let Some(session_event::Kind::Incoming(incoming)) = event.kind {
-                    // One task per announced channel: the benchmarks open at most 16 at once.
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        let accept = AcceptChannel {
-                            channel_id: incoming.channel_id,
-                            app_id: APP_ID.to_owned(),
-                            batch: true,
-                            half_close: false,
-                        };
-                        if let Ok(channel) = client.accept_channel(accept).await {
-                            let _ = respond(pipe(channel)).await;
+            let serving = sessions.into_iter().map(|(transport, mut session)| {
+                let client = client.clone();
+                async move {
+                    while let Ok(Some(event)) = session.message().await {
+                        if let Some(session_event::Kind::Incoming(incoming)) = event.kind {
+                            // One task per announced channel: the benchmarks open at most 16
+                            // at once.
+                            let client = client.clone();
+                            tokio::spawn(async move {
+                                let accept = AcceptChannel {
+                                    channel_id: incoming.channel_id,
+                                    app_id: transport.app_id().to_owned(),
+                                    batch: true,
+                                    half_close: false,
+                                    transport: transport.proto(),
+                                };
+                                if let Ok(channel) = client.accept_channel(accept).await {
+                                    let _ = respond(pipe(channel)).await;
+                                }
+                            });
                         }
-                    });
+                    }
                 }
-            }
+            });
+            futures::future::join_all(serving).await;
         }))
+    }
+}
+
+/// How a bench app's channels carry their frames between the app and its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// Messages of the gRPC call (`frames` batches).
+    Grpc,
+    /// A data socket.
+    Socket,
+}
+
+impl Transport {
+    /// For progress lines.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Transport::Grpc => "gRPC messages",
+            Transport::Socket => "data sockets",
+        }
+    }
+
+    /// The bench app of this transport (so that the responder uses the same).
+    fn app_id(self) -> &'static str {
+        match self {
+            Transport::Grpc => "bench",
+            Transport::Socket => "bench-socket",
+        }
+    }
+
+    fn proto(self) -> i32 {
+        match self {
+            Transport::Grpc => ChannelTransport::Grpc as i32,
+            Transport::Socket => ChannelTransport::SocketFrames as i32,
+        }
     }
 }
 
@@ -261,14 +307,24 @@ impl Pair {
         [self.a.start_to_answer, self.b.start_to_answer]
     }
 
+    /// A's data directory (its gateway socket and token inside).
+    pub(crate) fn a_data_dir(&self) -> &Path {
+        self.a.dir.path()
+    }
+
+    /// B's peer id.
+    pub(crate) fn b_peer(&self) -> &str {
+        &self.b_peer
+    }
+
     /// A dials B with B's ticket.
     pub(crate) async fn dial(&self) -> anyhow::Result<()> {
         self.a.dial(&self.b_ticket).await
     }
 
-    /// A new channel from A's app to B's app.
-    pub(crate) async fn open(&self) -> anyhow::Result<Pipe> {
-        self.a.open(&self.b_peer).await
+    /// A new channel from A's app to B's app over `transport`.
+    pub(crate) async fn open(&self, transport: Transport) -> anyhow::Result<Pipe> {
+        self.a.open(&self.b_peer, transport).await
     }
 }
 

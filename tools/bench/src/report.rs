@@ -10,6 +10,8 @@ pub(crate) enum Goal {
     RatioAtLeast(f64),
     /// P2P OS / baseline at most this.
     RatioAtMost(f64),
+    /// P2P OS / the TCP floor (two relay processes) at most this.
+    FloorRatioAtMost(f64),
     /// The P2P OS figure itself at most this.
     AtMost(f64),
     /// The P2P OS figure itself at least this.
@@ -48,6 +50,10 @@ impl Row {
         match (self.goal, self.ratio()) {
             (Goal::RatioAtLeast(min), Some(r)) => Some(r >= min),
             (Goal::RatioAtMost(max), Some(r)) => Some(r <= max),
+            (Goal::FloorRatioAtMost(max), _) => self
+                .floor
+                .filter(|f| f.is_finite())
+                .map(|floor| self.p2pos / floor <= max),
             (Goal::AtMost(max), _) => Some(self.p2pos <= max),
             (Goal::AtLeast(min), _) => Some(self.p2pos >= min),
             _ => None,
@@ -58,6 +64,7 @@ impl Row {
         match self.goal {
             Goal::RatioAtLeast(min) => format!("ratio ≥ {min}"),
             Goal::RatioAtMost(max) => format!("ratio ≤ {max}"),
+            Goal::FloorRatioAtMost(max) => format!("÷ 2 relays ≤ {max}"),
             Goal::AtMost(max) => format!("≤ {max} {}", self.unit),
             Goal::AtLeast(min) => format!("≥ {min} {}", self.unit),
             Goal::None => "-".to_owned(),

@@ -208,6 +208,7 @@ async fn open_control(
             batch: false,
             half_close: false,
             group: String::new(),
+            transport: 0,
         })),
     };
     let stream = futures::stream::once(async move { first }).chain(

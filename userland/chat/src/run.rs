@@ -212,6 +212,7 @@ impl Shell {
                         batch: false,
                         half_close: false,
                         group: String::new(),
+                        transport: 0,
                     }),
                 ),
                 Action::Accept { link, channel_id } => self.start_channel(
@@ -221,6 +222,7 @@ impl Shell {
                         app_id: APP_ID.to_owned(),
                         batch: false,
                         half_close: false,
+                        transport: 0,
                     }),
                 ),
                 Action::Write { link, text } => {

@@ -9,14 +9,13 @@
 //! let open = OpenChannel {
 //!     app_id: "chat".into(),
 //!     peer: "12D3Koo...".into(),
-//!     batch: true,      // the peer's frames in batches
-//!     half_close: true, // the sender still works after the peer has closed
+//!     ..Default::default()
 //! };
 //! let mut channel = client.open_channel(open).await?;
 //! for line in ["hello", "world"] {
 //!     channel.sender.feed(Bytes::from(line)).await?; // gathered...
 //! }
-//! channel.sender.flush().await?; // ...and sent as one gRPC message
+//! channel.sender.flush().await?; // ...and written at once
 //! while let Some(frame) = channel.receiver.next().await {
 //!     println!("{:?}", frame?);
 //! }
@@ -24,14 +23,21 @@
 //! # }
 //! ```
 //!
-//! [`ChannelSender`] works like a framed writer: `feed` packs frames, `flush` sends what was
-//! packed as one `frames` batch (a single frame as `data`), and a batch that reaches
-//! [`BATCH_BYTES`] goes out by itself; `send` is `feed` plus `flush`. Many small frames then
-//! cost one gRPC message, not one each. A frame of [`DIRECT_BYTES`] or more is not copied into
-//! a batch: it goes as `data` of its own, after what was packed before it. A flush completes
-//! once the messages are queued for the gRPC transport (a few deep), not when the peer has
-//! them. [`ChannelReceiver`] yields frames one by one whether the node delivers them as `data`
-//! or in `frames` batches.
+//! By default a channel's frames travel over its **data socket** (`transport` left
+//! unspecified, or `CHANNEL_TRANSPORT_SOCKET_FRAMES`): a plain local socket the node names when
+//! the channel opens, carrying frames as the wire frames them; the call stays open as the
+//! channel's control. [`ChannelSender`] is then a framed writer (`feed` buffers, `flush`
+//! writes), and [`ChannelReceiver`] reads frames until the socket ends, then asks the call
+//! whether the peer half-closed or the channel broke. `half_close` is implied and `batch` has
+//! no effect.
+//!
+//! With `CHANNEL_TRANSPORT_GRPC` the frames travel as messages of the call instead:
+//! [`ChannelSender`] packs frames fed between flushes into one `frames` batch (a single frame
+//! as `data`), and a batch that reaches [`BATCH_BYTES`] goes out by itself; `send` is `feed`
+//! plus `flush`. A frame of [`DIRECT_BYTES`] or more is not copied into a batch: it goes as
+//! `data` of its own, after what was packed before it. A flush completes once the messages are
+//! queued for the gRPC transport (a few deep), not when the peer has them. [`ChannelReceiver`]
+//! yields frames one by one whether the node delivers them as `data` or in `frames` batches.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -40,14 +46,15 @@ use bytes::{Bytes, BytesMut};
 use futures::channel::mpsc;
 use futures::{Sink, Stream};
 use p2pos_proto::app::v1::{
-    AcceptChannel, ChannelInput, ChannelOpened, ChannelOutput, OpenChannel, channel_input,
-    channel_output,
+    AcceptChannel, ChannelInput, ChannelOpened, ChannelOutput, ChannelTransport, OpenChannel,
+    channel_input, channel_output,
 };
 use p2pos_proto::packed::{self, Unpack};
 use p2pos_proto::service::v1::{OpenServiceChannel, ServiceChannelInput, service_channel_input};
 use tonic::{Status, Streaming};
 
 use crate::Client;
+use crate::data_socket::{self, SocketReceiver, SocketSender};
 
 /// A batch is sent once it holds this many bytes.
 pub const BATCH_BYTES: usize = 64 * 1024;
@@ -105,18 +112,35 @@ impl ChannelMessage for ServiceChannelInput {
     }
 }
 
+/// The transport a channel of this client uses: a data socket carrying frames unless the app
+/// asked for the call (`CHANNEL_TRANSPORT_GRPC`). Byte streams are not frames.
+fn framed_transport(asked: i32) -> Result<i32, Status> {
+    match ChannelTransport::try_from(asked) {
+        Ok(ChannelTransport::Unspecified) => Ok(ChannelTransport::SocketFrames as i32),
+        Ok(ChannelTransport::Grpc | ChannelTransport::SocketFrames) => Ok(asked),
+        Ok(ChannelTransport::SocketBytes) | Err(_) => Err(Status::invalid_argument(format!(
+            "a Channel carries frames: its transport is CHANNEL_TRANSPORT_SOCKET_FRAMES (the default) or CHANNEL_TRANSPORT_GRPC, not {asked}"
+        ))),
+    }
+}
+
 impl Client {
     /// `Apps.Channel` with `open`: a channel to the same app on a peer (or a helper's session
     /// on this node), once the peer's app accepted it.
-    pub async fn open_channel(&self, open: OpenChannel) -> Result<Channel<ChannelInput>, Status> {
+    pub async fn open_channel(
+        &self,
+        mut open: OpenChannel,
+    ) -> Result<Channel<ChannelInput>, Status> {
+        open.transport = framed_transport(open.transport)?;
         self.apps_channel(channel_input::Kind::Open(open)).await
     }
 
     /// `Apps.Channel` with `accept`: takes a channel announced on the app's session.
     pub async fn accept_channel(
         &self,
-        accept: AcceptChannel,
+        mut accept: AcceptChannel,
     ) -> Result<Channel<ChannelInput>, Status> {
+        accept.transport = framed_transport(accept.transport)?;
         self.apps_channel(channel_input::Kind::Accept(accept)).await
     }
 
@@ -132,8 +156,9 @@ impl Client {
     /// `Services.Channel`: a channel to a provider of a service.
     pub async fn open_service_channel(
         &self,
-        open: OpenServiceChannel,
+        mut open: OpenServiceChannel,
     ) -> Result<Channel<ServiceChannelInput>, Status> {
+        open.transport = framed_transport(open.transport)?;
         let first = ServiceChannelInput {
             kind: Some(service_channel_input::Kind::Open(open)),
         };
@@ -165,19 +190,41 @@ where
         }
         None => return Err(Status::unavailable("the channel ended before it opened")),
     };
+    let (sender, receiver) = match &opened.data_socket {
+        Some(socket) => {
+            // The frames go over the socket; the call stays open as the channel's control.
+            let (sender, receiver) = data_socket::connect(socket, output).await?;
+            (SenderKind::Socket(sender), ReceiverKind::Socket(receiver))
+        }
+        None => (
+            SenderKind::Grpc(GrpcSender::new(input)),
+            ReceiverKind::Grpc(GrpcReceiver {
+                output: Some(output),
+                batch: Unpack::default(),
+            }),
+        ),
+    };
     Ok(Channel {
         opened,
-        sender: ChannelSender::new(input),
-        receiver: ChannelReceiver {
-            output: Some(output),
-            batch: Unpack::default(),
-        },
+        sender: ChannelSender(sender),
+        receiver: ChannelReceiver(receiver),
     })
 }
 
-/// Frames to the peer: a `Sink<Bytes>` that batches what is fed between flushes.
+/// Frames to the peer: a `Sink<Bytes>`. Over the call it batches what is fed between flushes;
+/// over a data socket it writes frames as the wire frames them, flushing on `flush`.
 #[derive(Debug)]
-pub struct ChannelSender<I> {
+pub struct ChannelSender<I>(SenderKind<I>);
+
+#[derive(Debug)]
+enum SenderKind<I> {
+    Grpc(GrpcSender<I>),
+    Socket(SocketSender),
+}
+
+/// Frames to the peer as `data` and `frames` messages of the call.
+#[derive(Debug)]
+struct GrpcSender<I> {
     input: mpsc::Sender<I>,
     /// Frames fed since the last batch went, packed.
     packed: BytesMut,
@@ -187,9 +234,9 @@ pub struct ChannelSender<I> {
     large: Option<Bytes>,
 }
 
-impl<I: ChannelMessage> ChannelSender<I> {
+impl<I: ChannelMessage> GrpcSender<I> {
     fn new(input: mpsc::Sender<I>) -> Self {
-        ChannelSender {
+        GrpcSender {
             input,
             packed: BytesMut::new(),
             count: 0,
@@ -226,6 +273,38 @@ fn ended() -> Status {
 }
 
 impl<I: ChannelMessage> Sink<Bytes> for ChannelSender<I> {
+    type Error = Status;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        match &mut self.get_mut().0 {
+            SenderKind::Grpc(grpc) => Pin::new(grpc).poll_ready(cx),
+            SenderKind::Socket(socket) => Pin::new(socket).poll_ready(cx),
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> Result<(), Status> {
+        match &mut self.get_mut().0 {
+            SenderKind::Grpc(grpc) => Pin::new(grpc).start_send(frame),
+            SenderKind::Socket(socket) => Pin::new(socket).start_send(frame),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        match &mut self.get_mut().0 {
+            SenderKind::Grpc(grpc) => Pin::new(grpc).poll_flush(cx),
+            SenderKind::Socket(socket) => Pin::new(socket).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        match &mut self.get_mut().0 {
+            SenderKind::Grpc(grpc) => Pin::new(grpc).poll_close(cx),
+            SenderKind::Socket(socket) => Pin::new(socket).poll_close(cx),
+        }
+    }
+}
+
+impl<I: ChannelMessage> Sink<Bytes> for GrpcSender<I> {
     type Error = Status;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
@@ -272,7 +351,17 @@ impl<I: ChannelMessage> Sink<Bytes> for ChannelSender<I> {
 
 /// Frames from the peer, one by one.
 #[derive(Debug)]
-pub struct ChannelReceiver {
+pub struct ChannelReceiver(ReceiverKind);
+
+#[derive(Debug)]
+enum ReceiverKind {
+    Grpc(GrpcReceiver),
+    Socket(SocketReceiver),
+}
+
+/// Frames from the peer in `data` and `frames` messages of the call.
+#[derive(Debug)]
+struct GrpcReceiver {
     /// The call's output, until the peer has half-closed.
     output: Option<Streaming<ChannelOutput>>,
     batch: Unpack,
@@ -288,6 +377,17 @@ impl ChannelReceiver {
 }
 
 impl Stream for ChannelReceiver {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.get_mut().0 {
+            ReceiverKind::Grpc(grpc) => Pin::new(grpc).poll_next(cx),
+            ReceiverKind::Socket(socket) => Pin::new(socket).poll_next(cx),
+        }
+    }
+}
+
+impl Stream for GrpcReceiver {
     type Item = Result<Bytes, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -340,7 +440,7 @@ mod tests {
 
     fn sender() -> (ChannelSender<ChannelInput>, mpsc::Receiver<ChannelInput>) {
         let (input, rx) = mpsc::channel(QUEUE);
-        (ChannelSender::new(input), rx)
+        (ChannelSender(SenderKind::Grpc(GrpcSender::new(input))), rx)
     }
 
     fn kind(message: Option<ChannelInput>) -> channel_input::Kind {

@@ -18,12 +18,15 @@
 //!   [`default_data_dir`]), from flags, environment variables and the node's data directory.
 //! - [`client`]: the connected [`Client`] and its per-service gRPC clients, with the token
 //!   added to every call by [`Auth`].
-//! - [`channel`]: channels as a batching sink and a stream of frames ([`Channel`]).
+//! - [`channel`]: channels as a sink and a stream of frames ([`Channel`]), over a data socket
+//!   by default, or over the call.
+//! - `data_socket`: a channel's frames over its data socket.
 //! - [`error`]: [`Error`] and [`describe_status`], readable one-line messages.
 //! - [`session`]: an app's session read as [`SessionUpdate`]s.
 
 pub mod channel;
 pub mod client;
+mod data_socket;
 pub mod error;
 pub mod session;
 pub mod target;

@@ -5,6 +5,8 @@
 - ``p2pos.connect()``, ``p2pos.resolve()`` (``_connect.py``): find the local node like the Rust
   client does (``P2POS_GATEWAY``, ``P2POS_TOKEN``, ``P2POS_DATA_DIR``, then
   ``~/.local/share/p2pos``) and open a channel whose calls carry the token.
+- ``p2pos.Channel``, ``p2pos.ChannelError`` (``channel.py``): a channel's frames (or a byte
+  stream) over its data socket, the way apps should move their data.
 - ``p2pos.pack_frames()``, ``p2pos.unpack_frames()`` (``frames.py``): several channel frames in
   one message (``ChannelInput.frames``) and back (``ChannelOutput.frames`` with ``batch``).
 - ``p2pos.<package>.v1.<package>_pb2`` / ``..._pb2_grpc``: messages and stubs of each proto
@@ -31,9 +33,12 @@ from p2pos._connect import (
     parse_gateway,
     resolve,
 )
+from p2pos.channel import Channel, ChannelError
 from p2pos.frames import pack_frames, unpack_frames
 
 __all__ = [
+    "Channel",
+    "ChannelError",
     "DATA_DIR_ENV",
     "GATEWAY_ENV",
     "TOKEN_ENV",

@@ -8,8 +8,8 @@ use futures::StreamExt;
 use p2pos_client::{AuthChannel, SessionUpdate, describe_status, next_update};
 use p2pos_proto::app::v1::apps_client::AppsClient;
 use p2pos_proto::app::v1::{
-    AcceptChannel, ChannelInput, ChannelOutput, OpenChannel, SessionEvent, channel_input,
-    channel_output,
+    AcceptChannel, ChannelInput, ChannelOutput, ChannelTransport, OpenChannel, SessionEvent,
+    channel_input, channel_output,
 };
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
@@ -88,6 +88,7 @@ pub(crate) async fn accept(
         app_id,
         batch: false,
         half_close: false,
+        transport: ChannelTransport::Grpc as i32,
     });
     match attempt(&mut apps, first, capacity).await {
         Ok(open) => run(open, which, events).await,
@@ -116,6 +117,7 @@ pub(crate) async fn open(
             batch: false,
             half_close: false,
             group: String::new(),
+            transport: ChannelTransport::Grpc as i32,
         });
         match attempt(&mut apps, first, capacity).await {
             Ok(open) => return run(open, which, events).await,

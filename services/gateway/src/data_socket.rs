@@ -1,0 +1,479 @@
+//! Data sockets: a channel's bytes over a plain local stream socket rather than gRPC messages.
+//!
+//! The app asks for one when it opens or accepts a channel (`transport`); the node then offers
+//! the channel under a one-time secret, answers `opened` with where to connect and the secret,
+//! and waits (at most [`CLAIM_WITHIN`]) for a connection that presents it. The connection is
+//! then piped to the channel's libp2p stream by [`p2pos_protocols::pipe`], in the call's own
+//! task; the gRPC call stays open as the channel's control: `peer_closed`, then its final
+//! status. The listeners are the node's `data.sock` in the data directory (for calls on the
+//! unix socket) and a loopback TCP port beside the TCP gateway (for calls on it).
+//!
+//! Who may use a data socket: whoever presents its secret, which only the gRPC call of the
+//! app (scope) that opened or accepted the channel was told; it works once, then never again.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use p2pos_kernel::EventBus;
+use p2pos_proto::app::v1::{
+    ChannelOpened, ChannelOutput, ChannelTransport, DataSocket, PeerClosed, channel_output,
+};
+use p2pos_protocols::{
+    apps::ChannelStream,
+    pipe::{Ends, Framing, PipeError, Side, pipe},
+    wire::MAX_PAYLOAD,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UnixListener, UnixStream},
+    sync::{Semaphore, mpsc, oneshot},
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{either::Either, sync::CancellationToken};
+use tonic::{Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::{
+    BoxStream, cut_on_stop,
+    splice::{ChannelFrame, OutputOptions, announce, splice},
+};
+
+/// The transport a channel's first input asks for; an unknown value is refused.
+pub fn transport(value: i32) -> Result<ChannelTransport, Status> {
+    ChannelTransport::try_from(value)
+        .map_err(|_| Status::invalid_argument(format!("unknown channel transport {value}")))
+}
+
+/// Whether a call came over the TCP gateway (its data socket is then a TCP one too).
+pub fn over_tcp<T>(req: &tonic::Request<T>) -> bool {
+    req.extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .is_some()
+}
+
+/// How an app asked for its channel, and where its call came from.
+pub(crate) struct Asked {
+    /// Its `transport`.
+    pub(crate) transport: ChannelTransport,
+    /// Its `batch` and `half_close` (over the call only).
+    pub(crate) options: OutputOptions,
+    /// Whether the call came over the TCP gateway.
+    pub(crate) over_tcp: bool,
+}
+
+/// How long after `opened` a channel waits for its data socket.
+pub const CLAIM_WITHIN: Duration = Duration::from_secs(10);
+/// How long a connection to a data socket listener may take to present its secret.
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(5);
+/// Connections presenting their secret at once; more are closed at once.
+const HANDSHAKES: usize = 128;
+/// Channels waiting for their data socket, per app and in all.
+const OFFERS_PER_APP: usize = 64;
+const OFFERS: usize = 1024;
+/// The secret's length.
+pub const SECRET_LEN: usize = 32;
+/// The handshake's answer when the node took the connection.
+const ACCEPTED: u8 = 0;
+/// The handshake's answer when it did not (a UTF-8 reason follows).
+const REFUSED: u8 = 1;
+
+/// A data socket connection.
+type Conn = Either<UnixStream, TcpStream>;
+
+type Secret = [u8; SECRET_LEN];
+
+/// The channels waiting for their data socket, and where apps connect.
+#[derive(Clone)]
+pub struct DataSockets {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    unix_path: PathBuf,
+    tcp: Option<SocketAddr>,
+    offers: Mutex<Offers>,
+    handshakes: Arc<Semaphore>,
+    /// Where channels' opening and closing are told.
+    events: EventBus,
+    /// Cancelled when the gateway stops: every channel's call ends, its listeners too.
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct Offers {
+    by_secret: HashMap<Secret, Offer>,
+    per_app: HashMap<String, usize>,
+}
+
+struct Offer {
+    app: String,
+    deliver: oneshot::Sender<Conn>,
+}
+
+/// A channel's claim on its data socket: the connection that presents its secret, if one
+/// does in time. Dropping it withdraws the offer.
+struct Claim {
+    sockets: DataSockets,
+    secret: Secret,
+    conn: oneshot::Receiver<Conn>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.sockets.withdraw(&self.secret);
+    }
+}
+
+impl DataSockets {
+    /// Data sockets at `unix_path` and, if the gateway serves TCP, `tcp` (already bound), for
+    /// a gateway that tells `events` and stops with `stop`.
+    pub fn new(
+        unix_path: PathBuf,
+        tcp: Option<SocketAddr>,
+        events: EventBus,
+        stop: CancellationToken,
+    ) -> Self {
+        DataSockets {
+            inner: Arc::new(Inner {
+                unix_path,
+                tcp,
+                offers: Mutex::new(Offers::default()),
+                handshakes: Arc::new(Semaphore::new(HANDSHAKES)),
+                events,
+                stop,
+            }),
+        }
+    }
+
+    /// Offers a channel of `app` under a fresh secret: where to connect (TCP for a call that
+    /// came over TCP) and the claim that receives the connection.
+    fn offer(&self, app: &str, over_tcp: bool) -> Result<(DataSocket, Claim), Status> {
+        let (unix_path, tcp_address) = match (over_tcp, self.inner.tcp) {
+            (true, Some(addr)) => (String::new(), addr.to_string()),
+            (true, None) => {
+                return Err(Status::internal(
+                    "a TCP call but no TCP data socket listens",
+                ));
+            }
+            (false, _) => (self.inner.unix_path.display().to_string(), String::new()),
+        };
+        let secret: Secret = rand::random();
+        let (deliver, conn) = oneshot::channel();
+        let mut offers = self.lock();
+        if offers.by_secret.len() >= OFFERS {
+            return Err(Status::resource_exhausted(format!(
+                "{OFFERS} channels are already waiting for their data socket on this node"
+            )));
+        }
+        let waiting = offers.per_app.entry(app.to_owned()).or_default();
+        if *waiting >= OFFERS_PER_APP {
+            return Err(Status::resource_exhausted(format!(
+                "{OFFERS_PER_APP} channels of app {app:?} are already waiting for their data socket: connect to them first"
+            )));
+        }
+        *waiting += 1;
+        offers.by_secret.insert(
+            secret,
+            Offer {
+                app: app.to_owned(),
+                deliver,
+            },
+        );
+        drop(offers);
+        let socket = DataSocket {
+            unix_path,
+            tcp_address,
+            secret: secret.to_vec().into(),
+        };
+        let claim = Claim {
+            sockets: self.clone(),
+            secret,
+            conn,
+        };
+        Ok((socket, claim))
+    }
+
+    /// Takes the offer of `secret` off the table (used, expired or given up).
+    fn take(&self, secret: &Secret) -> Option<Offer> {
+        let mut offers = self.lock();
+        let offer = offers.by_secret.remove(secret)?;
+        if let Some(waiting) = offers.per_app.get_mut(&offer.app) {
+            *waiting = waiting.saturating_sub(1);
+            if *waiting == 0 {
+                offers.per_app.remove(&offer.app);
+            }
+        }
+        Some(offer)
+    }
+
+    fn withdraw(&self, secret: &Secret) {
+        self.take(secret);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Offers> {
+        // The map stays consistent whatever panicked while holding it.
+        self.inner
+            .offers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Accepts connections on the unix listener until the gateway stops.
+    pub async fn serve_unix(self, listener: UnixListener) {
+        let stop = self.inner.stop.clone();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = stop.cancelled() => return,
+            };
+            match accepted {
+                Ok((conn, _)) => self.handshake(Either::Left(conn)),
+                Err(e) => accept_failed(e).await,
+            }
+        }
+    }
+
+    /// Accepts connections on the TCP listener until the gateway stops.
+    pub async fn serve_tcp(self, listener: TcpListener) {
+        let stop = self.inner.stop.clone();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = stop.cancelled() => return,
+            };
+            match accepted {
+                Ok((conn, _)) => {
+                    // Small frames (an echo, a keystroke) should not wait for more.
+                    let _ = conn.set_nodelay(true);
+                    self.handshake(Either::Right(conn));
+                }
+                Err(e) => accept_failed(e).await,
+            }
+        }
+    }
+
+    /// Reads the connection's secret and hands the connection to the channel that offered it,
+    /// in a task of its own; a connection beyond [`HANDSHAKES`] at once is closed.
+    fn handshake(&self, mut conn: Conn) {
+        let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
+            debug!("data socket: too many connections presenting their secret; one closed");
+            return;
+        };
+        let sockets = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut secret = [0u8; SECRET_LEN];
+            let read = tokio::time::timeout(HANDSHAKE_WITHIN, conn.read_exact(&mut secret)).await;
+            let why = match read {
+                Ok(Ok(_)) => match sockets.take(&secret) {
+                    Some(offer) => match offer.deliver.send(conn) {
+                        Ok(()) => return,
+                        Err(back) => {
+                            conn = back;
+                            "the channel of this secret has ended"
+                        }
+                    },
+                    None => "unknown, used or expired data socket secret",
+                },
+                Ok(Err(_)) => return,
+                Err(_) => "no secret within 5 s",
+            };
+            debug!("data socket refused: {why}");
+            let mut answer = vec![REFUSED];
+            answer.extend_from_slice(why.as_bytes());
+            let _ = tokio::time::timeout(HANDSHAKE_WITHIN, async {
+                conn.write_all(&answer).await?;
+                conn.shutdown().await
+            })
+            .await;
+        });
+    }
+
+    /// Serves an open channel the way the app asked: over its call ([`splice`]), or over a
+    /// data socket ([`DataSockets::serve`]).
+    pub(crate) fn channel<I: ChannelFrame>(
+        &self,
+        channel: ChannelStream,
+        asked: Asked,
+        input: Streaming<I>,
+    ) -> Result<BoxStream<ChannelOutput>, Status> {
+        let events = self.inner.events.clone();
+        let stop = self.inner.stop.clone();
+        let framing = match asked.transport {
+            ChannelTransport::Unspecified | ChannelTransport::Grpc => {
+                return Ok(splice(channel, asked.options, input, events, stop));
+            }
+            ChannelTransport::SocketFrames => Framing::Frames,
+            ChannelTransport::SocketBytes => Framing::Bytes,
+        };
+        self.serve(channel, framing, asked.over_tcp, input, events, stop)
+    }
+
+    /// Serves an open channel over a data socket: `opened` (with where to connect) first, then
+    /// `peer_closed` when the peer half-closes, then the end of the call with the channel's.
+    fn serve<I: ChannelFrame>(
+        &self,
+        channel: ChannelStream,
+        framing: Framing,
+        over_tcp: bool,
+        input: Streaming<I>,
+        events: EventBus,
+        stop: CancellationToken,
+    ) -> Result<BoxStream<ChannelOutput>, Status> {
+        let (socket, claim) = self.offer(&channel.app_id, over_tcp)?;
+        let ChannelStream {
+            channel_id,
+            peer_id,
+            app_id,
+            inbound,
+            group,
+            io,
+        } = channel;
+        let closed = announce(&events, channel_id, &peer_id, &app_id, inbound);
+        let opened = ChannelOutput {
+            kind: Some(channel_output::Kind::Opened(ChannelOpened {
+                channel_id,
+                peer_id,
+                app_id,
+                group,
+                data_socket: Some(socket),
+            })),
+        };
+        // `opened`, `peer_closed` and the final status: never more than three.
+        let (tx, rx) = mpsc::channel(4);
+        let _ = tx.try_send(Ok(opened));
+        let task_stop = stop.clone();
+        tokio::spawn(async move {
+            let _closed = closed;
+            let outcome = run(claim, io, framing, input, &tx, task_stop).await;
+            if let Err(status) = outcome {
+                debug!(channel_id, "data socket channel ended: {status}");
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(cut_on_stop(Box::pin(ReceiverStream::new(rx)), stop))
+    }
+}
+
+/// Waits for the claim, then pipes the connection and the channel's stream until both
+/// directions end, the call ends, the app misuses the call, or the node stops.
+async fn run<I: ChannelFrame>(
+    mut claim: Claim,
+    mut io: Box<dyn p2pos_protocols::apps::Duplex>,
+    framing: Framing,
+    mut input: Streaming<I>,
+    tx: &mpsc::Sender<Result<ChannelOutput, Status>>,
+    stop: CancellationToken,
+) -> Result<(), Status> {
+    let stopping = || Status::unavailable("the node is stopping");
+    let mut conn = tokio::select! {
+        conn = tokio::time::timeout(CLAIM_WITHIN, &mut claim.conn) => match conn {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(_)) => return Err(Status::internal("the data socket listener went away")),
+            Err(_) => return Err(Status::deadline_exceeded(format!(
+                "no connection presented this channel's data socket secret within {CLAIM_WITHIN:?}"
+            ))),
+        },
+        () = tx.closed() => return Err(Status::cancelled("the call ended")),
+        status = misuse(&mut input) => return Err(status),
+        () = stop.cancelled() => return Err(stopping()),
+    };
+    drop(claim);
+    conn.write_all(&[ACCEPTED])
+        .await
+        .map_err(|e| Status::cancelled(format!("the app's data socket broke: {e}")))?;
+    let ends = Control {
+        tx,
+        unix: match &conn {
+            Either::Left(unix) => unix.as_fd().try_clone_to_owned().ok(),
+            Either::Right(_) => None,
+        },
+    };
+    let piped = tokio::select! {
+        piped = pipe(&mut conn, &mut io, framing, ends) => piped.map_err(status),
+        () = tx.closed() => Err(Status::cancelled("the call ended")),
+        status = misuse(&mut input) => Err(status),
+        () = stop.cancelled() => Err(stopping()),
+    };
+    if piped.is_err() {
+        // The app must see a broken channel as an error, not an end: TCP gets a reset (a
+        // unix socket has none: the call's status says it).
+        if let Either::Right(tcp) = &conn {
+            let _ = tcp.set_zero_linger();
+        }
+    }
+    // The channel's stream is dropped unclosed on failure, which resets it for the peer.
+    piped
+}
+
+/// What the pipe tells the call, and how it tells an app's close from its half-close.
+struct Control<'a> {
+    tx: &'a mpsc::Sender<Result<ChannelOutput, Status>>,
+    /// The unix socket (a duplicate of its descriptor), which can tell them apart.
+    unix: Option<OwnedFd>,
+}
+
+impl Ends for Control<'_> {
+    fn remote_ended(&mut self) {
+        let closed = channel_output::Kind::PeerClosed(PeerClosed {});
+        // Room for it was kept (see `serve`).
+        let _ = self.tx.try_send(Ok(ChannelOutput { kind: Some(closed) }));
+    }
+
+    /// A unix socket whose peer closed it (or died) hangs up; one only shut down for writing
+    /// does not (while the node has not shut its own side down).
+    fn local_closed(&self) -> bool {
+        let Some(fd) = &self.unix else {
+            return false;
+        };
+        let mut polled = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+        match poll(&mut polled, PollTimeout::ZERO) {
+            Ok(_) => polled[0]
+                .revents()
+                .is_some_and(|events| events.contains(PollFlags::POLLHUP)),
+            Err(_) => false,
+        }
+    }
+}
+
+/// The status for a broken pipe.
+fn status(e: PipeError) -> Status {
+    match (&e, e.side()) {
+        (PipeError::TooLarge { len, .. }, Side::Local) => Status::resource_exhausted(format!(
+            "the app wrote a frame of {len} bytes to its data socket; the limit is {MAX_PAYLOAD}"
+        )),
+        (PipeError::Truncated { .. }, Side::Local) => {
+            Status::cancelled("the app's data socket ended inside a frame")
+        }
+        (PipeError::Abandoned, _) => Status::cancelled(
+            "the app closed its data socket before the peer's frames ended (shut down its write side to half-close)",
+        ),
+        (_, Side::Local) => Status::cancelled(format!("the app's data socket broke: {e}")),
+        (_, Side::Remote) => Status::unavailable(format!("the channel to the peer broke: {e}")),
+    }
+}
+
+/// Ready with a status when the app sends anything after its first input (its frames belong
+/// on the data socket) or the call breaks; never ready when the input just ends.
+async fn misuse<I: ChannelFrame>(input: &mut Streaming<I>) -> Status {
+    match input.message().await {
+        Ok(Some(_)) => Status::invalid_argument(
+            "this channel's frames go over its data socket: send nothing on the call after its first input",
+        ),
+        Ok(None) => std::future::pending().await,
+        Err(status) => status,
+    }
+}
+
+/// Logs a failed accept (out of file descriptors, say) and pauses, so the loop does not spin.
+async fn accept_failed(e: std::io::Error) {
+    warn!("data socket: accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}

@@ -12,108 +12,28 @@ use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity::Keypair};
 use p2pos_kernel::{Store, store::SledStore};
 use p2pos_proto::{
-    app::v1::{
-        AckRequest, DeliveryState, ListAppsRequest, ReceiveRequest, ReceivedMessage, SendRequest,
-        SessionEvent, SessionRequest,
-    },
+    app::v1::{DeliveryState, ReceivedMessage},
     overlay::v1::{DialRequest, GetTicketRequest},
     wire::v1::{MessageAck, MessageFrame, message_ack},
 };
 use p2pos_protocols::wire::{self, read_message, write_message};
-use p2pos_tests::{Node, connected_peer, wait_for};
+use p2pos_tests::{
+    Node, connected_peer,
+    messages::{ack, counts, next_message, node_with_config, receive, send},
+    open_session as register, wait_for,
+};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 const T: Duration = Duration::from_secs(60);
 const MSG: StreamProtocol = StreamProtocol::new(wire::MESSAGE_PROTOCOL);
 
-/// A node whose `[overlay]` table is `overlay` (the file lives as long as the node's
-/// directory is needed: it is read at every start).
+/// A node whose `[overlay]` table is `overlay`.
 fn node_with(overlay: &str) -> (Node, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("p2posd.toml");
-    std::fs::write(&config, format!("[overlay]\n{overlay}\n")).expect("config");
-    let node = Node::start(&["--config", config.to_str().expect("utf-8 path")]);
-    (node, dir)
-}
-
-/// Registers `app` on `client`'s node; the session is kept for as long as the test needs.
-async fn register(client: &p2pos_client::Client, app: &str) -> tonic::Streaming<SessionEvent> {
-    let mut session = client
-        .apps()
-        .session(SessionRequest {
-            app_id: app.into(),
-            group: String::new(),
-        })
-        .await
-        .expect("session")
-        .into_inner();
-    session
-        .next()
-        .await
-        .expect("registered")
-        .expect("registered");
-    session
-}
-
-async fn send(
-    client: &p2pos_client::Client,
-    app: &str,
-    peer: &str,
-    payload: impl Into<Bytes>,
-) -> DeliveryState {
-    client
-        .apps()
-        .send(SendRequest {
-            app_id: app.into(),
-            peer: peer.to_owned(),
-            payload: payload.into(),
-        })
-        .await
-        .expect("send")
-        .into_inner()
-        .state()
-}
-
-/// (inbox, outbox) of `app` on `client`'s node.
-async fn counts(client: &p2pos_client::Client, app: &str) -> (u64, u64) {
-    let apps = client
-        .apps()
-        .list_apps(ListAppsRequest {})
-        .await
-        .expect("list_apps")
-        .into_inner();
-    apps.apps
-        .iter()
-        .find(|a| a.app_id == app)
-        .map_or((0, 0), |a| (a.inbox, a.outbox))
-}
-
-async fn receive(client: &p2pos_client::Client, app: &str) -> tonic::Streaming<ReceivedMessage> {
-    client
-        .apps()
-        .receive(ReceiveRequest { app_id: app.into() })
-        .await
-        .expect("receive")
-        .into_inner()
+    node_with_config(&format!("[overlay]\n{overlay}\n"))
 }
 
 async fn next(stream: &mut tonic::Streaming<ReceivedMessage>, what: &str) -> ReceivedMessage {
-    tokio::time::timeout(T, stream.next())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not arrive"))
-        .expect("stream open")
-        .expect("message")
-}
-
-async fn ack(client: &p2pos_client::Client, app: &str, msg: &ReceivedMessage) {
-    client
-        .apps()
-        .ack(AckRequest {
-            app_id: app.into(),
-            inbox_id: msg.inbox_id,
-        })
-        .await
-        .expect("ack");
+    next_message(stream, what).await
 }
 
 fn text(msg: &ReceivedMessage) -> String {

@@ -119,19 +119,7 @@ impl Mailbox {
         {
             ops.push(BatchOp::Remove(legacy));
         }
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let mut ledger = Ledger::new(self.store.as_ref(), INBOX);
-        let count = ledger.get(COUNT_KEY)?;
-        ledger.sub(
-            COUNT_KEY,
-            super::Usage {
-                messages: forgotten.min(count.messages),
-                bytes: 0,
-            },
-        )?;
-        ledger.commit(ops)
+        self.commit_removals(ops, forgotten)
     }
 
     /// Drops the marks unused since before `before_ms`, a round at a time; answers how many.
@@ -151,19 +139,8 @@ impl Mailbox {
                 ops.push(BatchOp::Remove(k));
             }
             let n = (ops.len() / 2) as u64;
-            if n > 0 {
-                let mut ledger = Ledger::new(self.store.as_ref(), INBOX);
-                let count = ledger.get(COUNT_KEY)?;
-                ledger.sub(
-                    COUNT_KEY,
-                    super::Usage {
-                        messages: n.min(count.messages),
-                        bytes: 0,
-                    },
-                )?;
-                ledger.commit(ops)?;
-                expired += n;
-            }
+            self.commit_removals(ops, n)?;
+            expired += n;
             if n < read as u64 || read < SWEEP_BATCH {
                 return Ok(expired);
             }
@@ -179,6 +156,22 @@ impl Mailbox {
             .scan_prefix(INBOX, &key(b"d", &peer.to_bytes()), 2 * MAX_MARKS_PER_PEER)?
             .len();
         Ok((all, of_peer))
+    }
+
+    /// Writes `ops`, which remove `removed` marks, and counts them off, in one batch. Call
+    /// with the lock held.
+    fn commit_removals(&self, ops: Vec<BatchOp>, removed: u64) -> Result<(), Error> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut ledger = Ledger::new(self.store.as_ref(), INBOX);
+        let count = ledger.get(COUNT_KEY)?;
+        let removed = super::Usage {
+            messages: removed.min(count.messages),
+            bytes: 0,
+        };
+        ledger.sub(COUNT_KEY, removed)?;
+        ledger.commit(ops)
     }
 
     /// Adds to `ops` the removal of the least recently used mark. Call with the lock held.

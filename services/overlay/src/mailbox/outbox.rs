@@ -163,8 +163,10 @@ impl Mailbox {
         Ok(out)
     }
 
-    /// What to send `peer` next: up to about `limit` messages per app, apps in `held` left
-    /// out, merged in sequence order and cut where an app's unread rest could come before.
+    /// What to send `peer` next: about `limit` messages (at least one per app that is not
+    /// held) read from the apps not in `held`, merged in sequence order and cut where an app's
+    /// unread rest could come before. Each app held, and each other beyond `limit`, costs one
+    /// message read.
     pub(crate) fn next_batch(
         &self,
         peer: &PeerId,
@@ -172,6 +174,8 @@ impl Mailbox {
         limit: usize,
     ) -> Result<NextBatch, Error> {
         let apps = self.apps_waiting(peer)?;
+        let ready = apps.iter().filter(|app| !held.contains(*app)).count();
+        let limit = (limit / ready.max(1)).max(1);
         let mut lowest_waiting = u64::MAX;
         let mut messages = Vec::new();
         // Sequences above this may have an earlier message of some app not read yet.

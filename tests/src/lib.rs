@@ -8,6 +8,7 @@
 pub mod groups;
 
 pub use groups::form_group;
+pub mod messages;
 pub mod tasks;
 
 use std::{

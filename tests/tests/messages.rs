@@ -7,32 +7,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use p2pos_proto::{
-    app::v1::{
-        AckRequest, DeliveryState, ListAppsRequest, ReceiveRequest, ReceivedMessage, SendRequest,
-        SessionRequest,
-    },
+    app::v1::{DeliveryState, ReceivedMessage},
     overlay::v1::DialRequest,
 };
-use p2pos_tests::{Node, connected_peer, wait_for};
+use p2pos_tests::{
+    Node, connected_peer,
+    messages::{ack, counts, next_message, node_with_config, receive, send},
+    open_session, wait_for,
+};
 
 const T: Duration = Duration::from_secs(60);
 
 async fn register_app(node: &mut Node, app: &str) {
-    let client = node.client().await;
-    let mut session = client
-        .apps()
-        .session(SessionRequest {
-            app_id: app.into(),
-            group: String::new(),
-        })
-        .await
-        .expect("session")
-        .into_inner();
-    session
-        .next()
-        .await
-        .expect("registered")
-        .expect("registered");
+    open_session(&node.client().await, app).await;
 }
 
 /// Connects `client`'s node to `target` (a ticket).
@@ -53,27 +40,12 @@ async fn send_chat(
     peer: &str,
     payload: impl Into<Bytes>,
 ) -> DeliveryState {
-    client
-        .apps()
-        .send(SendRequest {
-            app_id: "chat".into(),
-            peer: peer.to_owned(),
-            payload: payload.into(),
-        })
-        .await
-        .expect("send")
-        .into_inner()
-        .state()
+    send(client, "chat", peer, payload).await
 }
 
+/// Messages of app `chat` waiting in the outbox of `client`'s node.
 async fn outbox(client: &p2pos_client::Client) -> u64 {
-    let apps = client
-        .apps()
-        .list_apps(ListAppsRequest {})
-        .await
-        .expect("list_apps")
-        .into_inner();
-    apps.apps.iter().map(|a| a.outbox).sum()
+    counts(client, "chat").await.1
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -96,7 +68,7 @@ async fn a_hundred_messages_wait_for_an_offline_peer_and_arrive_once_in_order() 
 
     b.restart();
     let client_b = b.client().await;
-    let (mut inbox, got) = receive(&client_b, 100).await;
+    let (mut inbox, got) = receive_chat(&client_b, 100).await;
     for (i, msg) in (0u64..).zip(&got) {
         assert_eq!(msg.payload, Bytes::from(format!("message {i}")));
         assert_eq!(msg.from_peer, a_id);
@@ -118,53 +90,25 @@ async fn a_hundred_messages_wait_for_an_offline_peer_and_arrive_once_in_order() 
 
 /// Messages waiting in the inbox of `app` (received, not acknowledged).
 async fn inbox(client: &p2pos_client::Client, app: &str) -> u64 {
-    let apps = client
-        .apps()
-        .list_apps(ListAppsRequest {})
-        .await
-        .expect("list_apps")
-        .into_inner();
-    apps.apps
-        .iter()
-        .find(|a| a.app_id == app)
-        .map_or(0, |a| a.inbox)
+    counts(client, app).await.0
 }
 
 /// Starts `Receive` for `chat` and reads `n` messages from it.
-async fn receive(
+async fn receive_chat(
     client: &p2pos_client::Client,
     n: usize,
 ) -> (tonic::Streaming<ReceivedMessage>, Vec<ReceivedMessage>) {
-    let mut stream = client
-        .apps()
-        .receive(ReceiveRequest {
-            app_id: "chat".into(),
-        })
-        .await
-        .expect("receive")
-        .into_inner();
+    let mut stream = receive(client, "chat").await;
     let mut got = Vec::new();
     for i in 0..n {
-        let msg = tokio::time::timeout(T, stream.next())
-            .await
-            .unwrap_or_else(|_| panic!("message {i} did not arrive"))
-            .expect("stream open")
-            .expect("message");
-        got.push(msg);
+        got.push(next_message(&mut stream, &format!("message {i}")).await);
     }
     (stream, got)
 }
 
 /// Acknowledges every message of app `chat` up to `msg`.
-async fn ack(client: &p2pos_client::Client, msg: &ReceivedMessage) {
-    client
-        .apps()
-        .ack(AckRequest {
-            app_id: "chat".into(),
-            inbox_id: msg.inbox_id,
-        })
-        .await
-        .expect("ack");
+async fn ack_chat(client: &p2pos_client::Client, msg: &ReceivedMessage) {
+    ack(client, "chat", msg).await;
 }
 
 /// Waits until every message `client`'s node sent was acknowledged by its receiver.
@@ -203,7 +147,7 @@ async fn messages_stay_in_the_inbox_until_the_app_acknowledges_them() {
     .await;
 
     // The app reads one message and goes away without acknowledging it.
-    let (stream, first) = receive(&client_b, 1).await;
+    let (stream, first) = receive_chat(&client_b, 1).await;
     assert_eq!(texts(&first), sent[..1]);
     drop(stream);
     assert_eq!(
@@ -213,7 +157,7 @@ async fn messages_stay_in_the_inbox_until_the_app_acknowledges_them() {
     );
 
     // The next `Receive` hands all 12 over again, oldest first, the first one included.
-    let (_stream, all) = receive(&client_b, 12).await;
+    let (_stream, all) = receive_chat(&client_b, 12).await;
     assert_eq!(texts(&all), sent);
     assert_eq!(all[0].inbox_id, first[0].inbox_id);
     assert!(all.windows(2).all(|w| w[0].inbox_id < w[1].inbox_id));
@@ -223,8 +167,8 @@ async fn messages_stay_in_the_inbox_until_the_app_acknowledges_them() {
     );
 
     // Acknowledging the 5th takes the first five; the next `Receive` starts at the 6th.
-    ack(&client_b, &all[4]).await;
-    let (_stream, rest) = receive(&client_b, 7).await;
+    ack_chat(&client_b, &all[4]).await;
+    let (_stream, rest) = receive_chat(&client_b, 7).await;
     assert_eq!(texts(&rest), sent[5..]);
     assert_eq!(inbox(&client_b, "chat").await, 7);
 }
@@ -273,7 +217,7 @@ async fn a_node_that_lost_its_store_but_kept_its_key_is_not_taken_for_a_duplicat
     dial(&client_a, b_ticket).await;
     send_chat(&client_a, &b_id, "after").await;
 
-    let (_stream, got) = receive(&client_b, 3).await;
+    let (_stream, got) = receive_chat(&client_b, 3).await;
     assert_eq!(texts(&got), ["before 1", "before 2", "after"]);
     assert_eq!(got[2].sequence, 1);
     assert_ne!(got[2].sender_epoch, got[0].sender_epoch);
@@ -282,11 +226,8 @@ async fn a_node_that_lost_its_store_but_kept_its_key_is_not_taken_for_a_duplicat
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_inbox_asks_the_sender_to_retry_and_the_rest_arrives_once_the_app_reads() {
-    let config_dir = tempfile::tempdir().expect("tempdir");
-    let config = config_dir.path().join("p2posd.toml");
-    std::fs::write(&config, "[overlay]\nmax_inbox_messages = 3\n").expect("config");
     let mut a = Node::start(&[]);
-    let mut b = Node::start(&["--config", config.to_str().expect("utf-8 path")]);
+    let (mut b, _config) = node_with_config("[overlay]\nmax_inbox_messages = 3\n");
     register_app(&mut b, "chat").await;
     let b_id = b.peer_id().await;
     let b_ticket = b.ticket().await;
@@ -301,15 +242,15 @@ async fn a_full_inbox_asks_the_sender_to_retry_and_the_rest_arrives_once_the_app
 
     // The app reads and acknowledges; the sender, told to retry later, delivers the rest.
     let client_b = b.client().await;
-    let (mut inbox, mut got) = receive(&client_b, 3).await;
-    ack(&client_b, &got[2]).await;
+    let (mut inbox, mut got) = receive_chat(&client_b, 3).await;
+    ack_chat(&client_b, &got[2]).await;
     for _ in 0..2 {
         let msg = tokio::time::timeout(T, inbox.next())
             .await
             .expect("the rest arrives")
             .expect("open")
             .expect("message");
-        ack(&client_b, &msg).await;
+        ack_chat(&client_b, &msg).await;
         got.push(msg);
     }
     let expected: Vec<String> = (0..5).map(|i| format!("message {i}")).collect();
@@ -319,10 +260,7 @@ async fn a_full_inbox_asks_the_sender_to_retry_and_the_rest_arrives_once_the_app
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_to_a_peer_never_reached_expires_and_the_sender_hears_why() {
-    let config_dir = tempfile::tempdir().expect("tempdir");
-    let config = config_dir.path().join("p2posd.toml");
-    std::fs::write(&config, "[overlay]\nunreached_message_ttl_secs = 1\n").expect("config");
-    let mut a = Node::start(&["--config", config.to_str().expect("utf-8 path")]);
+    let (mut a, _config) = node_with_config("[overlay]\nunreached_message_ttl_secs = 1\n");
     let mut b = Node::start(&[]);
     register_app(&mut b, "chat").await;
     let b_id = b.peer_id().await;

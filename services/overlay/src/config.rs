@@ -3,6 +3,12 @@
 use serde::Deserialize;
 
 /// Limits of the app layer. Every field has a default that just works.
+///
+/// The inbox quotas count what this node holds for its apps and has not yet removed (unread,
+/// or acknowledged and still owed to an open `Receive` stream), and what is being stored. A
+/// message that would take a holder over a quota is refused (nothing is lost: its sender keeps
+/// it and tries again later), unless the holder holds nothing: one message of any allowed size
+/// always fits.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -11,9 +17,38 @@ pub struct Config {
     /// Most outbound channel opens in progress at once (each waits for its peer to be reached
     /// and to accept); past it an open is refused at once. Default: 32.
     pub max_opens: u32,
-    /// Most messages an app's inbox holds unacknowledged; past it senders are told to retry
-    /// later. Default: 10,000.
+    /// Most messages one app's inbox holds, from all senders together; past it senders are told
+    /// to retry that app later. Default: 10,000.
     pub max_inbox_messages: u64,
+    /// Most payload bytes one app's inbox holds, from all senders together. Default: 256 MiB.
+    pub max_inbox_bytes: u64,
+    /// Most messages held from one sending peer, all apps together; past it the peer is told
+    /// to retry later (every app). Default: 2,000.
+    pub max_inbox_messages_per_peer: u64,
+    /// Most payload bytes held from one sending peer, all apps together. Default: 64 MiB.
+    pub max_inbox_bytes_per_peer: u64,
+    /// Most messages held from one sending peer for one app; past it the peer is told to retry
+    /// that app later, and its messages to other apps still flow. Below
+    /// `max_inbox_messages_per_peer`, so that one app that does not read never holds back the
+    /// others. Default: 1,000.
+    pub max_inbox_messages_per_peer_app: u64,
+    /// Most payload bytes held from one sending peer for one app; below
+    /// `max_inbox_bytes_per_peer`. Default: 32 MiB.
+    pub max_inbox_bytes_per_peer_app: u64,
+    /// Most messages held, all senders together, for app ids not registered here (a sender
+    /// cannot tell them from registered ones: they are taken alike, within the same quotas, and
+    /// kept for the app should it register); past it the oldest of them is dropped. Default:
+    /// 1,000.
+    pub max_unclaimed_messages: u64,
+    /// Most payload bytes held for app ids not registered here, all together. Default: 16 MiB.
+    pub max_unclaimed_bytes: u64,
+    /// How long, in seconds, a message for an app id not registered here is kept. Default: 7
+    /// days.
+    pub unclaimed_ttl_secs: u64,
+    /// How long, in seconds, what a sender's messages left to tell repeats from new messages
+    /// (one sequence number per sender store and app) is kept after its last use, at most.
+    /// Default: 30 days.
+    pub dedupe_ttl_secs: u64,
     /// How long, in seconds, a message waits in the outbox for a peer this node has never
     /// delivered a message to (a peer id nobody here has seen, say) before it is dropped and
     /// reported (`MessageFailed`). Messages to a peer reached once wait for as long as it
@@ -27,6 +62,15 @@ impl Default for Config {
             max_channels: 1024,
             max_opens: 32,
             max_inbox_messages: 10_000,
+            max_inbox_bytes: 256 << 20,
+            max_inbox_messages_per_peer: 2_000,
+            max_inbox_bytes_per_peer: 64 << 20,
+            max_inbox_messages_per_peer_app: 1_000,
+            max_inbox_bytes_per_peer_app: 32 << 20,
+            max_unclaimed_messages: 1_000,
+            max_unclaimed_bytes: 16 << 20,
+            unclaimed_ttl_secs: 7 * 24 * 3600,
+            dedupe_ttl_secs: 30 * 24 * 3600,
             unreached_message_ttl_secs: 7 * 24 * 3600,
         }
     }
@@ -35,15 +79,71 @@ impl Default for Config {
 impl Config {
     /// Checks what the types alone do not.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_inbox_messages == 0 {
-            return Err("max_inbox_messages must be > 0".into());
+        let positive = [
+            ("max_inbox_messages", self.max_inbox_messages),
+            ("max_inbox_bytes", self.max_inbox_bytes),
+            (
+                "max_inbox_messages_per_peer",
+                self.max_inbox_messages_per_peer,
+            ),
+            ("max_inbox_bytes_per_peer", self.max_inbox_bytes_per_peer),
+            (
+                "max_inbox_messages_per_peer_app",
+                self.max_inbox_messages_per_peer_app,
+            ),
+            (
+                "max_inbox_bytes_per_peer_app",
+                self.max_inbox_bytes_per_peer_app,
+            ),
+            ("max_unclaimed_messages", self.max_unclaimed_messages),
+            ("max_unclaimed_bytes", self.max_unclaimed_bytes),
+            ("unclaimed_ttl_secs", self.unclaimed_ttl_secs),
+            ("dedupe_ttl_secs", self.dedupe_ttl_secs),
+            (
+                "unreached_message_ttl_secs",
+                self.unreached_message_ttl_secs,
+            ),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{name} must be > 0"));
         }
-        if self.unreached_message_ttl_secs == 0 {
-            return Err("unreached_message_ttl_secs must be > 0".into());
+        if self.max_inbox_messages_per_peer_app >= self.max_inbox_messages_per_peer {
+            return Err(format!(
+                "max_inbox_messages_per_peer_app ({}) must be below max_inbox_messages_per_peer \
+                 ({}), so that one app that does not read cannot hold back the others",
+                self.max_inbox_messages_per_peer_app, self.max_inbox_messages_per_peer
+            ));
+        }
+        if self.max_inbox_bytes_per_peer_app >= self.max_inbox_bytes_per_peer {
+            return Err(format!(
+                "max_inbox_bytes_per_peer_app ({}) must be below max_inbox_bytes_per_peer ({}), \
+                 so that one app that does not read cannot hold back the others",
+                self.max_inbox_bytes_per_peer_app, self.max_inbox_bytes_per_peer
+            ));
         }
         if self.max_opens == 0 || self.max_opens > 4096 {
             return Err("max_opens must be 1 to 4096".into());
         }
         Ok(())
+    }
+
+    /// The inbox's quotas.
+    pub(crate) fn quotas(&self) -> crate::mailbox::Quotas {
+        use crate::mailbox::Usage;
+        let quota = |messages, bytes| Usage { messages, bytes };
+        crate::mailbox::Quotas {
+            app: quota(self.max_inbox_messages, self.max_inbox_bytes),
+            peer: quota(
+                self.max_inbox_messages_per_peer,
+                self.max_inbox_bytes_per_peer,
+            ),
+            peer_app: quota(
+                self.max_inbox_messages_per_peer_app,
+                self.max_inbox_bytes_per_peer_app,
+            ),
+            unclaimed: quota(self.max_unclaimed_messages, self.max_unclaimed_bytes),
+            unclaimed_ttl_ms: self.unclaimed_ttl_secs.saturating_mul(1000),
+            dedupe_ttl_ms: self.dedupe_ttl_secs.saturating_mul(1000),
+        }
     }
 }

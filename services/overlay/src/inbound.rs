@@ -165,7 +165,7 @@ pub(crate) async fn serve_messages(
                 break;
             }
         };
-        let ack = match result {
+        let (ack, reason) = match result {
             Incoming::Stored => {
                 if let Err(e) = mailbox.flush().await {
                     warn!(%peer, "cannot store a message: {e}");
@@ -178,7 +178,7 @@ pub(crate) async fn serve_messages(
                     message_id,
                 }));
                 mailbox.signal(&app_id);
-                message_ack::Result::Stored
+                (message_ack::Result::Stored, String::new())
             }
             Incoming::Duplicate => {
                 // Stored earlier, perhaps by another stream from this peer whose flush is still
@@ -189,20 +189,26 @@ pub(crate) async fn serve_messages(
                 }
                 // Its first arrival may have failed to flush and so never woke a Receive.
                 mailbox.signal(&app_id);
-                message_ack::Result::Stored
+                (message_ack::Result::Stored, String::new())
             }
-            Incoming::UnknownApp => message_ack::Result::UnknownApp,
-            Incoming::TooLarge => message_ack::Result::TooLarge,
-            Incoming::InboxFull => {
+            Incoming::UnknownApp => (message_ack::Result::UnknownApp, String::new()),
+            Incoming::TooLarge => (message_ack::Result::TooLarge, String::new()),
+            Incoming::AppFull(reason) => {
+                // Not stored: the sender keeps it, holds that app back and goes on with others.
+                debug!(%peer, app_id, reason, "an app's inbox is over a quota; asking the sender to retry it later");
+                (message_ack::Result::AppFull, reason)
+            }
+            Incoming::SenderFull(reason) => {
                 // Not stored: the sender keeps it and tries again later.
-                debug!(%peer, app_id, "inbox full; asking the sender to retry later");
-                message_ack::Result::RetryLater
+                debug!(%peer, reason, "the sender is over its quota; asking it to retry later");
+                (message_ack::Result::RetryLater, reason)
             }
         };
         let retry_later = ack == message_ack::Result::RetryLater;
         let ack = MessageAck {
             sequence,
             result: ack.into(),
+            reason,
         };
         if let Err(e) = write_message(&mut io, &ack, WRITE_TIMEOUT).await {
             debug!(%peer, "cannot acknowledge a message: {e}");

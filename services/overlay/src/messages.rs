@@ -192,7 +192,7 @@ impl Messages {
         let delivered = tokio::select! {
             biased;
             () = self.stopping.cancelled() => Outcome::Queued,
-            outcome = self.delivery.deliver(peer, frame.sequence, SEND_WAIT) => outcome,
+            outcome = self.delivery.deliver(peer, app.clone(), frame.sequence, SEND_WAIT) => outcome,
         };
         let state = match delivered {
             Outcome::Delivered => DeliveryState::Delivered,
@@ -261,8 +261,18 @@ impl Messages {
     }
 
     /// Every app's acknowledged messages that no open stream still needs (every app known
-    /// here: at start, what streams of an earlier run held back).
+    /// here: at start, what streams of an earlier run held back); messages held too long for
+    /// apps not registered here, and dedupe marks unused too long.
     async fn sweep(&self) {
+        let now = now_ms();
+        match self.mailbox.blocking(move |m| m.expire_old(now)).await {
+            Ok((0, 0)) => {}
+            Ok((unclaimed, marks)) => info!(
+                unclaimed,
+                marks, "dropped messages for unregistered apps and dedupe marks past their time"
+            ),
+            Err(e) => warn!("cannot expire old inbox state: {e}"),
+        }
         let apps = self.mailbox.blocking(|mailbox| mailbox.apps()).await;
         match apps {
             Ok(apps) => {

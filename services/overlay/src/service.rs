@@ -108,7 +108,7 @@ fn start(
         Some(mailbox) => mailbox.clone(),
         None => {
             // Only the kernel's actor starts instances, one at a time: nobody sets it meanwhile.
-            let made = Mailbox::new(ctx.store.clone(), config.max_inbox_messages)?;
+            let made = Mailbox::new(ctx.store.clone(), config.quotas())?;
             mailbox.get_or_init(|| made).clone()
         }
     };

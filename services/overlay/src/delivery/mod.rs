@@ -1,13 +1,25 @@
 //! Outbound store-and-forward: a manager task keeps one delivery task per peer with messages
-//! waiting; each drains that peer's outbox in sequence order over `/p2pos/msg/1`, one frame and
+//! waiting; each drains that peer's outbox over `/p2pos/msg/1` in sequence order, one frame and
 //! one acknowledgement at a time, and deletes what the peer acknowledged.
 //!
-//! A delivery task runs while its peer has messages waiting: it tries at once, then backs off
-//! (5 s doubling to 60 s) and retries early whenever the peer connects or a new message comes
-//! while the peer is not known to be failing. A task that panics is replaced after 60 s.
-//! `Send` waits (briefly) for the outcome of its own message through [`Delivery::deliver`].
+//! The outbox is one queue per (peer, app): an app whose inbox on the peer is over a quota
+//! (`APP_FULL`) is held back on its own, its messages kept in order, while the other apps'
+//! messages go on; a peer that is over its quota for this node (`RETRY_LATER`) is held back
+//! whole. A delivery task runs while its peer has messages waiting: it tries at once, then
+//! backs off (5 s doubling to 60 s; a held-back app or peer: 2 s doubling to 60 s) and
+//! retries early whenever the peer connects (which also ends every hold) or a new message
+//! comes while the peer is not known to be failing. A task that panics is replaced after
+//! 60 s. `Send` waits (briefly) for the outcome of its own message through
+//! [`Delivery::deliver`].
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use libp2p::{PeerId, StreamProtocol};
 use libp2p_stream::OpenStreamError;
@@ -23,11 +35,15 @@ use p2pos_protocols::{
 use tokio::{
     sync::{Notify, broadcast, mpsc, oneshot},
     task::{self, JoinSet},
+    time::Instant,
 };
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, error, warn};
 
-use crate::{Error, mailbox::Mailbox};
+use crate::{
+    Error,
+    mailbox::{Mailbox, NextBatch},
+};
 
 mod waiters;
 
@@ -46,8 +62,11 @@ const BATCH: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the peer may take to store and acknowledge one message.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-/// How soon a peer that asked to retry later is tried again.
+/// How soon a peer that asked to retry later (or to retry one app later) is tried again the
+/// first time; the wait doubles up to [`RETRY_MAX`] while it keeps asking.
 const RETRY_BUSY: Duration = Duration::from_secs(2);
+/// Most apps held back at once for one peer (each has messages waiting in the outbox).
+const MAX_HELD_APPS: usize = crate::mailbox::MAX_APPS;
 /// Times in a row a connected peer that does not take messages (its overlay is restarting, say)
 /// is retried after [`RETRY_BUSY`] rather than with back-off.
 const NOT_SERVING_RETRIES: u32 = 5;
@@ -60,6 +79,7 @@ const SWEEP: Duration = Duration::from_secs(60);
 enum Command {
     Deliver {
         peer: PeerId,
+        app_id: String,
         sequence: u64,
         reply: oneshot::Sender<Outcome>,
     },
@@ -83,12 +103,19 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    /// Starts delivering message `sequence` (already durable in the outbox) and waits up to
-    /// `limit` for its outcome.
-    pub(crate) async fn deliver(&self, peer: PeerId, sequence: u64, limit: Duration) -> Outcome {
+    /// Starts delivering message `sequence` of `app_id` (already durable in the outbox) and
+    /// waits up to `limit` for its outcome.
+    pub(crate) async fn deliver(
+        &self,
+        peer: PeerId,
+        app_id: String,
+        sequence: u64,
+        limit: Duration,
+    ) -> Outcome {
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Deliver {
             peer,
+            app_id,
             sequence,
             reply,
         };
@@ -112,7 +139,7 @@ struct Shared {
 }
 
 struct Slot {
-    kick: Arc<Notify>,
+    kick: Arc<Kick>,
     /// The last attempt failed and the peer has not connected since.
     failing: bool,
 }
@@ -220,6 +247,7 @@ impl Manager {
     fn on_command(&mut self, command: Command) {
         let Command::Deliver {
             peer,
+            app_id,
             sequence,
             reply,
         } = command;
@@ -237,7 +265,7 @@ impl Manager {
             let _ = reply.send(Outcome::Queued);
             return;
         }
-        match self.shared.mailbox.is_waiting(&peer, sequence) {
+        match self.shared.mailbox.is_waiting(&peer, &app_id, sequence) {
             Ok(true) => self.waiters.wait((peer, sequence), reply),
             Ok(false) => {
                 // Its outcome was reported too long ago to be remembered; nothing will answer.
@@ -251,7 +279,7 @@ impl Manager {
         }
         self.ensure(peer, Duration::ZERO);
         if let Some(slot) = self.slots.get(&peer) {
-            slot.kick.notify_one();
+            slot.kick.message();
         }
     }
 
@@ -279,7 +307,7 @@ impl Manager {
     fn on_connected(&mut self, peer: PeerId) {
         if let Some(slot) = self.slots.get_mut(&peer) {
             slot.failing = false;
-            slot.kick.notify_one();
+            slot.kick.connected();
         } else if self.shared.mailbox.has_outgoing(&peer).unwrap_or(false) {
             self.ensure(peer, Duration::ZERO);
         }
@@ -291,7 +319,7 @@ impl Manager {
         if self.slots.contains_key(&peer) {
             return;
         }
-        let kick = Arc::new(Notify::new());
+        let kick = Arc::new(Kick::default());
         self.slots.insert(
             peer,
             Slot {
@@ -308,25 +336,114 @@ impl Manager {
     }
 }
 
+/// Wakes a delivery task: a new message, or the peer connected (which also ends its holds).
+#[derive(Default)]
+struct Kick {
+    notify: Notify,
+    connected: AtomicBool,
+}
+
+impl Kick {
+    fn message(&self) {
+        self.notify.notify_one();
+    }
+
+    fn connected(&self) {
+        self.connected.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Whether the peer connected since the last call.
+    fn take_connected(&self) -> bool {
+        self.connected.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// A peer, or one of its apps, that asked to retry later: not sent to before `until`.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    until: Instant,
+    /// The wait after the next refusal.
+    next: Duration,
+}
+
+impl Hold {
+    /// Held (again) after a refusal: for twice as long as the last time, at most
+    /// [`RETRY_MAX`].
+    fn after(previous: Option<Hold>) -> Hold {
+        let wait = previous.map_or(RETRY_BUSY, |h| h.next);
+        Hold {
+            until: Instant::now() + wait,
+            next: (wait * 2).min(RETRY_MAX),
+        }
+    }
+}
+
+/// The holds of one peer's delivery: on the peer as a whole, and per app.
+#[derive(Default)]
+struct Holds {
+    peer: Option<Hold>,
+    /// Only apps with messages waiting (at most [`MAX_HELD_APPS`]).
+    apps: HashMap<String, Hold>,
+}
+
+impl Holds {
+    /// The apps held now; forgets the holds that ended (an app keeps its back-off, to double
+    /// it if it is refused again, until one of its messages is stored).
+    fn held_now(&self) -> HashSet<String> {
+        let now = Instant::now();
+        self.apps
+            .iter()
+            .filter(|(_, h)| h.until > now)
+            .map(|(app, _)| app.clone())
+            .collect()
+    }
+
+    /// When the first hold that still keeps a message back ends.
+    fn next_end(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let apps = self.apps.values().map(|h| h.until).filter(|t| *t > now);
+        apps.chain(self.peer.map(|h| h.until).filter(|t| *t > now))
+            .min()
+    }
+
+    fn hold_app(&mut self, app_id: &str) {
+        if self.apps.len() >= MAX_HELD_APPS && !self.apps.contains_key(app_id) {
+            // Cannot happen with the outbox's own bound; if it did, the app is retried sooner.
+            return;
+        }
+        let hold = Hold::after(self.apps.get(app_id).copied());
+        self.apps.insert(app_id.to_owned(), hold);
+    }
+}
+
 /// Delivers everything waiting for `peer`, retrying with back-off; ends once the outbox for
 /// `peer` is empty.
 async fn deliver_to(
     peer: PeerId,
-    kick: Arc<Notify>,
+    kick: Arc<Kick>,
     delay: Duration,
     shared: Arc<Shared>,
     reports: mpsc::Sender<Report>,
 ) {
     if !delay.is_zero() {
         tokio::select! {
-            _ = kick.notified() => {}
+            _ = kick.wait() => {}
             _ = tokio::time::sleep(delay) => {}
         }
     }
     let mut backoff = RETRY_MIN;
     let mut not_serving = 0;
+    let mut holds = Holds::default();
     loop {
-        let drained = drain(peer, &shared, &reports).await;
+        if kick.take_connected() {
+            holds = Holds::default();
+        }
+        let drained = drain(peer, &shared, &reports, &mut holds).await;
         if !matches!(drained, Ok(Drained::NotServing)) {
             not_serving = 0;
         }
@@ -338,7 +455,7 @@ async fn deliver_to(
                 not_serving += 1;
                 debug!(%peer, "the peer does not take messages right now; retrying soon");
                 tokio::select! {
-                    _ = kick.notified() => {}
+                    _ = kick.wait() => {}
                     _ = tokio::time::sleep(RETRY_BUSY) => {}
                 }
                 continue;
@@ -347,12 +464,16 @@ async fn deliver_to(
                 debug!(%peer, "the peer does not take messages; will retry");
                 let _ = reports.send(Report::Failed { peer }).await;
             }
-            Ok(Drained::RetryLater) => {
-                // The peer is reachable, one of its apps is not reading: retry soon, without
-                // counting the peer as failing.
+            Ok(Drained::Held) => {
+                // The peer is reachable and asked to wait (for some apps, or all): retry when
+                // the first hold ends, without counting the peer as failing. A new message
+                // wakes the task too (it may be for an app not held).
+                let until = holds
+                    .next_end()
+                    .unwrap_or_else(|| Instant::now() + RETRY_BUSY);
                 tokio::select! {
-                    _ = kick.notified() => {}
-                    _ = tokio::time::sleep(RETRY_BUSY) => {}
+                    _ = kick.wait() => {}
+                    _ = tokio::time::sleep_until(until) => {}
                 }
                 continue;
             }
@@ -367,7 +488,7 @@ async fn deliver_to(
             }
         }
         tokio::select! {
-            _ = kick.notified() => backoff = RETRY_MIN,
+            _ = kick.wait() => backoff = RETRY_MIN,
             _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(RETRY_MAX),
         }
     }
@@ -377,26 +498,44 @@ async fn deliver_to(
 enum Drained {
     /// The outbox for the peer is empty.
     Empty,
-    /// The peer asked to retry later (an app's inbox there is full).
-    RetryLater,
+    /// What is left waits for holds to end (the peer asked to retry later: some apps, or all).
+    Held,
     /// The peer is connected but does not serve the messages protocol now.
     NotServing,
 }
 
-/// One attempt: connects, then sends the outbox for `peer` in order until it is empty.
+/// One attempt: connects, then sends the outbox for `peer` in sequence order, but the apps
+/// held back, until nothing but held messages is left.
 async fn drain(
     peer: PeerId,
     shared: &Shared,
     reports: &mpsc::Sender<Report>,
+    holds: &mut Holds,
 ) -> Result<Drained, Error> {
     let mut io = None;
     loop {
-        let batch = shared.mailbox.outgoing(&peer, BATCH)?;
-        if batch.is_empty() {
+        if holds.peer.is_some_and(|h| h.until > Instant::now()) {
+            return Ok(Drained::Held);
+        }
+        let held = holds.held_now();
+        let NextBatch {
+            messages,
+            lowest_waiting,
+            apps,
+        } = shared
+            .mailbox
+            .blocking(move |mailbox| mailbox.next_batch(&peer, &held, BATCH))
+            .await?;
+        holds.apps.retain(|app, _| apps.contains(app));
+        if messages.is_empty() {
             if let Some(mut io) = io {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
             }
-            return Ok(Drained::Empty);
+            return Ok(if apps.is_empty() {
+                Drained::Empty
+            } else {
+                Drained::Held
+            });
         }
         // What is sent must be durable first (read, then flush: a message enqueued in between
         // is not in this batch): a sequence number the peer has seen must never be handed out
@@ -423,9 +562,17 @@ async fn drain(
         let Some(stream) = io.as_mut() else {
             continue; // just set above
         };
-        for message in batch {
-            let frame = &message.frame;
-            write_message(stream, frame, ACK_TIMEOUT)
+        // Apps refused in this batch: their later messages stay behind the refused one.
+        let mut refused: HashSet<String> = HashSet::new();
+        for message in messages {
+            if refused.contains(&message.frame.app_id) {
+                continue;
+            }
+            let frame = MessageFrame {
+                answered_below: lowest_waiting,
+                ..message.frame.clone()
+            };
+            write_message(stream, &frame, ACK_TIMEOUT)
                 .await
                 .map_err(|e| broken(peer, e.to_string()))?;
             let ack: MessageAck = read_message(stream, wire::MAX_CONTROL_FRAME, ACK_TIMEOUT)
@@ -442,22 +589,29 @@ async fn drain(
             }
             let outcome = match message_ack::Result::try_from(ack.result) {
                 Ok(message_ack::Result::RetryLater) => {
-                    // The app's inbox is full: this message and those after it wait.
-                    let _ = reports
-                        .send(Report::Acked {
-                            peer,
-                            sequence: frame.sequence,
-                            outcome: Outcome::Queued,
-                        })
-                        .await;
-                    return Ok(Drained::RetryLater);
+                    // Over this node's quota there: every app waits, and the peer closes the
+                    // stream.
+                    debug!(%peer, reason = ack.reason, "the peer asks to retry later");
+                    holds.peer = Some(Hold::after(holds.peer));
+                    report_queued(reports, peer, frame.sequence).await;
+                    return Ok(Drained::Held);
+                }
+                Ok(message_ack::Result::AppFull) => {
+                    // This app's inbox there is full: its messages wait, the others go on.
+                    debug!(%peer, app_id = frame.app_id, reason = ack.reason, "the peer asks to retry an app later");
+                    holds.hold_app(&frame.app_id);
+                    refused.insert(frame.app_id.clone());
+                    report_queued(reports, peer, frame.sequence).await;
+                    continue;
                 }
                 Ok(message_ack::Result::Stored) => Outcome::Delivered,
                 Ok(message_ack::Result::UnknownApp) => Outcome::UnknownApp,
                 Ok(message_ack::Result::TooLarge) => Outcome::TooLarge,
                 Err(_) => return Err(broken(peer, format!("unknown ack result {}", ack.result))),
             };
-            publish(&shared.events, peer, frame, outcome);
+            holds.peer = None;
+            holds.apps.remove(&frame.app_id);
+            publish(&shared.events, peer, &frame, outcome);
             // Reported before it leaves the outbox (see `Manager::on_command`).
             let _ = reports
                 .send(Report::Acked {
@@ -474,6 +628,17 @@ async fn drain(
     }
 }
 
+/// Tells a `Send` waiting for message `sequence` that it stays in the outbox.
+async fn report_queued(reports: &mpsc::Sender<Report>, peer: PeerId, sequence: u64) {
+    let _ = reports
+        .send(Report::Acked {
+            peer,
+            sequence,
+            outcome: Outcome::Queued,
+        })
+        .await;
+}
+
 /// Drops the messages that waited longer than allowed for a peer never reached, each reported
 /// with a `MessageFailed` event; answers whether none is left for the peer.
 async fn expire_unreached(peer: PeerId, shared: &Shared) -> Result<bool, Error> {
@@ -484,7 +649,7 @@ async fn expire_unreached(peer: PeerId, shared: &Shared) -> Result<bool, Error> 
             .mailbox
             .blocking(move |mailbox| mailbox.expire_unreached(&peer, before_ms, BATCH))
             .await?;
-        let more = expired.len() == BATCH;
+        let more = expired.len() >= BATCH;
         for frame in &expired {
             let reason = format!(
                 "expired: peer {peer} was never reached in {} (never seen here, and not found \

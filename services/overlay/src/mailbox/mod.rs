@@ -5,22 +5,31 @@
 //! Trees and keys:
 //! - `apps`: app id → registration time (ms). An app id here accepts messages even while no
 //!   session of it lives.
-//! - `outbox`: `m` + peer id bytes + BE sequence + app id → `MessageFrame`; `s` + peer id
-//!   bytes → last sequence given to that peer; `c` + app id → messages waiting; `e` → this
-//!   store's sender epoch (random, created once). Entries written before the app id was part
-//!   of the key lack it; they are read and removed by the key they were found under.
-//! - `inbox`: `i` + app id + `0x00` + BE inbox id → `ReceivedMessage`; `s` + sender peer id
-//!   bytes + BE sender epoch → last sequence stored from that sender's store (epoch 0, from
-//!   senders that send none, has no epoch bytes); `c` + app id → messages not yet acked.
+//! - `outbox`: `q` + peer id bytes + app id + `0x00` + BE sequence → `MessageFrame` (each
+//!   app's queue for each peer); `k` + peer id bytes + app id → messages in that queue; `s` +
+//!   peer id bytes → last sequence given to that peer; `c` + app id → messages waiting; `r` +
+//!   peer id bytes → when the peer first answered; `e` → this store's sender epoch (random,
+//!   created once). Entries of the layout before per-app queues (`m` + peer id bytes + BE
+//!   sequence [+ app id]) are moved into their queues at open.
+//! - `inbox`: `i` + app id + `0x00` + BE inbox id → `ReceivedMessage`; `a` + app id → the
+//!   app's acknowledgement mark; what is held (see `usage`): `c` + app id, `p` + sender peer
+//!   id bytes, `q` + sender peer id bytes + app id, `U` (apps not registered here, with their
+//!   messages indexed by `u` + BE inbox id: see `unclaimed`); the dedupe marks (see
+//!   `dedupe`): `d` + sender peer id bytes + BE epoch + app id → last sequence stored, with
+//!   their age index `t` and count `D`; and, from before marks were per app, `s` + sender peer
+//!   id bytes [+ BE epoch] → last sequence stored from that sender's store.
 //!
 //! Peer id bytes are a multihash, which encodes its own length, so no peer's key is a prefix
-//! of another's. Each write that must be atomic is one batch in one tree; a mutex serialises
-//! the read-modify-writes (it is never held across an await).
+//! of another's; no app id holds a `0x00`. Each write that must be atomic is one batch in one
+//! tree; a mutex serialises the read-modify-writes (it is never held across an await).
 //!
 //! # Layout
 //! - this file: the [`Mailbox`] handle, apps, flushing and arrival signals.
-//! - `outbox`: messages to send, in sequence order per peer.
+//! - `outbox`: messages to send, per peer and app, in sequence order.
 //! - `inbox`: messages received, their acknowledgement by the app.
+//! - `usage`: what the inbox holds per app, per sender and per (sender, app), and the quotas.
+//! - `dedupe`: the marks that tell a repeat from a new message, and how they are compacted.
+//! - `unclaimed`: messages for app ids not registered here: held alike, dropped oldest first.
 //! - `range`: reading the inbox after a cursor with prefix scans only.
 
 use std::{
@@ -40,13 +49,20 @@ use tokio::sync::watch;
 
 use crate::Error;
 
+mod dedupe;
 mod inbox;
 mod outbox;
+#[cfg(test)]
+mod quota_tests;
 mod range;
 #[cfg(test)]
 mod tests;
+mod unclaimed;
+mod usage;
 
 pub(crate) use inbox::Incoming;
+pub(crate) use outbox::NextBatch;
+pub(crate) use usage::{Quotas, Usage};
 
 /// Store tree of the apps known here.
 pub(crate) const APPS: &str = "apps";
@@ -55,7 +71,7 @@ pub(crate) const OUTBOX: &str = "outbox";
 /// Store tree of messages received.
 pub(crate) const INBOX: &str = "inbox";
 /// Most apps listed.
-const MAX_APPS: usize = 10_000;
+pub(crate) const MAX_APPS: usize = 10_000;
 /// Most messages waiting in the outbox of one app.
 pub(crate) const MAX_OUTBOX_PER_APP: u64 = 10_000;
 
@@ -66,8 +82,8 @@ pub(crate) struct Mailbox {
     signals: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// This store's sender epoch, sent in every `MessageFrame`.
     epoch: u64,
-    /// Most unacknowledged messages per app inbox.
-    max_inbox: u64,
+    /// The inbox's quotas.
+    quotas: Quotas,
     /// No inbox entry has a larger id. Raised under `lock` once an entry is written, so every
     /// entry up to it is readable.
     newest_inbox_id: AtomicU64,
@@ -79,22 +95,25 @@ pub(crate) struct Mailbox {
 }
 
 impl Mailbox {
-    /// The mailbox in `store`; gives the store its sender epoch the first time.
-    pub(crate) fn new(store: Arc<dyn Store>, max_inbox: u64) -> Result<Arc<Self>, Error> {
+    /// The mailbox in `store`, with the inbox's `quotas`; gives the store its sender epoch the
+    /// first time, and moves an outbox of an earlier layout into per-app queues. Blocks.
+    pub(crate) fn new(store: Arc<dyn Store>, quotas: Quotas) -> Result<Arc<Self>, Error> {
         let epoch = outbox::load_or_create_epoch(store.as_ref())?;
         // Every inbox id handed out so far is below a new one.
         let newest_inbox_id = AtomicU64::new(store.next_id()?);
-        Ok(Arc::new(Self {
+        let mailbox = Arc::new(Self {
             store,
             lock: Mutex::new(()),
             signals: Mutex::new(HashMap::new()),
             epoch,
-            max_inbox,
+            quotas,
             newest_inbox_id,
             flushes_asked: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
-        }))
+        });
+        mailbox.migrate_outbox()?;
+        Ok(mailbox)
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -120,6 +139,15 @@ impl Mailbox {
             .map_err(|e| StoreError::Io(format!("flush task: {e}")))??;
         self.flushes_done.fetch_max(covers, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Drops what outlived its time at `now_ms`: messages held for app ids not registered
+    /// here, and dedupe marks unused too long; answers how many of each. Blocks.
+    pub(crate) fn expire_old(&self, now_ms: u64) -> Result<(u64, u64), Error> {
+        let unclaimed =
+            self.expire_unclaimed(now_ms.saturating_sub(self.quotas.unclaimed_ttl_ms))?;
+        let marks = self.expire_marks(now_ms.saturating_sub(self.quotas.dedupe_ttl_ms))?;
+        Ok((unclaimed, marks))
     }
 
     /// Remembers that `app_id` exists on this node, durably, off the async threads.
@@ -148,11 +176,17 @@ impl Mailbox {
             .map_err(|e| StoreError::Io(format!("store task: {e}")))?
     }
 
-    /// Remembers that `app_id` exists on this node.
+    /// Remembers that `app_id` exists on this node; the messages held for it before are its
+    /// own from then on.
     pub(crate) fn register_app(&self, app_id: &str) -> Result<(), Error> {
+        if self.store.get(APPS, app_id.as_bytes())?.is_some() {
+            return Ok(());
+        }
+        let _guard = self.lock();
         if self.store.get(APPS, app_id.as_bytes())?.is_none() {
             self.store
                 .insert(APPS, app_id.as_bytes(), &now_ms().to_be_bytes())?;
+            self.claim_unclaimed(app_id)?;
         }
         Ok(())
     }
@@ -201,21 +235,6 @@ impl Mailbox {
         ops.push(BatchOp::Insert(count_key, count.to_be_bytes().to_vec()));
         self.store.batch(tree, ops)?;
         Ok(())
-    }
-
-    /// Removes the entry at `entry_key` of `tree` and counts it off `app_id`, if it is still
-    /// there. Takes the lock.
-    fn remove_counted(&self, tree: &str, entry_key: &[u8], app_id: &str) -> Result<(), Error> {
-        let _guard = self.lock();
-        if self.store.get(tree, entry_key)?.is_none() {
-            return Ok(());
-        }
-        self.apply_counted(
-            tree,
-            key(b"c", app_id.as_bytes()),
-            |n| n.saturating_sub(1),
-            vec![BatchOp::Remove(entry_key.to_vec())],
-        )
     }
 }
 

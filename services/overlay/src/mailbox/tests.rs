@@ -6,11 +6,11 @@ use p2pos_kernel::{Store, store::SledStore};
 use p2pos_proto::wire::v1::MessageFrame;
 use p2pos_protocols::wire::MAX_PAYLOAD;
 
-use super::{INBOX, Incoming, Mailbox, OUTBOX, outbox::raw_outbox_key};
+use super::{INBOX, Incoming, Mailbox, OUTBOX, Quotas, outbox::raw_outbox_key};
 
 fn open(dir: &tempfile::TempDir, name: &str) -> (Arc<SledStore>, Arc<Mailbox>) {
     let store = SledStore::open(&dir.path().join(name)).expect("open");
-    let mailbox = Mailbox::new(store.clone(), 10_000).expect("mailbox");
+    let mailbox = Mailbox::new(store.clone(), Quotas::default()).expect("mailbox");
     (store, mailbox)
 }
 
@@ -36,23 +36,24 @@ fn messages_are_stored_once_and_in_order() {
         .expect("enqueue");
     assert_eq!(sender.outbox_count("chat").expect("count"), 3);
     assert_eq!(sender.pending_peers().expect("peers"), vec![b]);
-    let waiting = sender.outgoing(&b, 10).expect("outgoing");
+    let batch = sender
+        .next_batch(&b, &Default::default(), 10)
+        .expect("outgoing");
+    let waiting = batch.messages;
     assert_eq!(
         waiting.iter().map(|m| m.frame.sequence).collect::<Vec<_>>(),
         vec![1, 2, 3, 4]
     );
-    assert!(sender.is_waiting(&b, 2).expect("waiting"));
+    assert_eq!(batch.lowest_waiting, 1);
+    assert_eq!(batch.apps, ["chat", "other"]);
+    assert!(sender.is_waiting(&b, "chat", 2).expect("waiting"));
 
     for message in &waiting {
+        // An app not registered here is taken alike (and held for it).
         let got = receiver
             .accept_incoming(&a, message.frame.clone())
             .expect("accept");
-        let want = if message.frame.app_id == "chat" {
-            Incoming::Stored
-        } else {
-            Incoming::UnknownApp
-        };
-        assert_eq!(got, want);
+        assert_eq!(got, Incoming::Stored);
     }
     // A resend after a lost acknowledgement is not stored twice.
     assert_eq!(
@@ -66,7 +67,7 @@ fn messages_are_stored_once_and_in_order() {
     }
     assert_eq!(sender.outbox_count("chat").expect("count"), 0);
     assert_eq!(sender.outbox_count("other").expect("count"), 0);
-    assert!(!sender.is_waiting(&b, 2).expect("waiting"));
+    assert!(!sender.is_waiting(&b, "chat", 2).expect("waiting"));
     assert!(sender.pending_peers().expect("peers").is_empty());
 
     let inbox = receiver.inbox_after("chat", None, 10).expect("inbox");
@@ -191,7 +192,7 @@ fn unreadable_entries_are_dropped_and_counted_off() {
     store
         .insert(OUTBOX, &raw_outbox_key(&b, 1, "chat"), b"\xff\xff\xff")
         .expect("spoil");
-    let waiting = mailbox.outgoing(&b, 10).expect("outgoing");
+    let waiting = mailbox.outgoing(&b, "chat", 10).expect("outgoing");
     assert_eq!(
         waiting.iter().map(|m| m.frame.sequence).collect::<Vec<_>>(),
         vec![2]
@@ -243,7 +244,7 @@ fn a_sender_that_lost_its_store_is_not_taken_for_a_duplicate() {
     }
     // The same store keeps its epoch.
     drop(sender);
-    let again = Mailbox::new(store.clone(), 10_000).expect("mailbox");
+    let again = Mailbox::new(store.clone(), Quotas::default()).expect("mailbox");
     let frame = again.enqueue(&b, "chat", Bytes::new()).expect("enqueue");
     assert_eq!((frame.epoch, frame.sequence), (epoch, 4));
     drop((again, store));
@@ -341,7 +342,7 @@ async fn concurrent_flushes_share_one_and_a_later_one_still_flushes() {
         inner: SledStore::open(dir.path()).expect("open"),
         flushes: Default::default(),
     });
-    let mailbox = Mailbox::new(store.clone(), 10_000).expect("mailbox");
+    let mailbox = Mailbox::new(store.clone(), Quotas::default()).expect("mailbox");
     let peer = PeerId::random();
     let mut senders = tokio::task::JoinSet::new();
     for i in 0..16 {
@@ -380,7 +381,7 @@ fn only_messages_to_a_peer_never_reached_expire_and_only_old_ones() {
         }
     }
     // The friend answered one message once: it was reached.
-    let first = mailbox.outgoing(&friend, 1).expect("outgoing");
+    let first = mailbox.outgoing(&friend, "chat", 1).expect("outgoing");
     mailbox
         .remove_answered(&friend, &first[0])
         .expect("answered");

@@ -26,7 +26,7 @@ use crate::{
     BoxStream,
     auth::{Scope, caller},
     cut_on_stop,
-    data_socket::{Asked, DataSockets, over_tcp, transport},
+    data_socket::{DataSockets, over_tcp, transport},
     splice::OutputOptions,
     unavailable_at_end,
 };
@@ -186,7 +186,7 @@ impl Apps for AppsApi {
             .await
             .map_err(|_| Status::deadline_exceeded("no open or accept frame within 30 s"))??
             .ok_or_else(|| Status::invalid_argument("the channel ended before its first frame"))?;
-        let (channel, options, transport) = match first.kind {
+        let (channel, asked) = match first.kind {
             Some(channel_input::Kind::Open(open)) => {
                 let transport = transport(open.transport)?;
                 let app_id = app(&scope, &open.app_id)?;
@@ -196,6 +196,9 @@ impl Apps for AppsApi {
                     batch: open.batch,
                     half_close: open.half_close,
                 };
+                let asked = self
+                    .sockets
+                    .ask(transport, options, app_id.as_str(), over_tcp)?;
                 let channel = self
                     .ask(|reply| AppsRequest::OpenChannel {
                         app_id,
@@ -204,7 +207,7 @@ impl Apps for AppsApi {
                         reply,
                     })
                     .await?;
-                (channel, options, transport)
+                (channel, asked)
             }
             Some(channel_input::Kind::Accept(accept)) => {
                 let transport = transport(accept.transport)?;
@@ -213,6 +216,9 @@ impl Apps for AppsApi {
                     batch: accept.batch,
                     half_close: accept.half_close,
                 };
+                let asked = self
+                    .sockets
+                    .ask(transport, options, app_id.as_str(), over_tcp)?;
                 let channel = self
                     .ask(|reply| AppsRequest::AcceptChannel {
                         app_id,
@@ -220,7 +226,7 @@ impl Apps for AppsApi {
                         reply,
                     })
                     .await?;
-                (channel, options, transport)
+                (channel, asked)
             }
             Some(channel_input::Kind::Data(_) | channel_input::Kind::Frames(_)) | None => {
                 return Err(Status::invalid_argument(
@@ -228,12 +234,7 @@ impl Apps for AppsApi {
                 ));
             }
         };
-        let asked = Asked {
-            transport,
-            options,
-            over_tcp,
-        };
-        let output = self.sockets.channel(channel, asked, input)?;
+        let output = self.sockets.channel(channel, asked, input);
         Ok(Response::new(output))
     }
 

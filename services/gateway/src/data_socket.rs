@@ -12,7 +12,7 @@
 //! app (scope) that opened or accepted the channel was told; it works once, then never again.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     os::fd::{AsFd, OwnedFd},
     path::PathBuf,
@@ -33,7 +33,8 @@ use p2pos_protocols::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UnixListener, UnixStream},
-    sync::{Semaphore, mpsc, oneshot},
+    sync::{mpsc, oneshot},
+    task::AbortHandle,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{either::Either, sync::CancellationToken};
@@ -58,21 +59,30 @@ pub fn over_tcp<T>(req: &tonic::Request<T>) -> bool {
         .is_some()
 }
 
-/// How an app asked for its channel, and where its call came from.
-pub(crate) struct Asked {
-    /// Its `transport`.
-    pub(crate) transport: ChannelTransport,
-    /// Its `batch` and `half_close` (over the call only).
-    pub(crate) options: OutputOptions,
-    /// Whether the call came over the TCP gateway.
-    pub(crate) over_tcp: bool,
+/// How an app asked for its channel: over its call with these options, or over a data socket
+/// already reserved (before the channel was opened or accepted, so that running out of room
+/// refuses the request rather than a channel the peer already has).
+pub(crate) enum Asked {
+    /// `data`/`frames` messages on the call, with its `batch` and `half_close`.
+    Grpc(OutputOptions),
+    /// A data socket.
+    Socket(Reserved),
+}
+
+/// A data socket reserved for a channel about to be opened or accepted.
+pub(crate) struct Reserved {
+    framing: Framing,
+    socket: DataSocket,
+    claim: Claim,
 }
 
 /// How long after `opened` a channel waits for its data socket.
 pub const CLAIM_WITHIN: Duration = Duration::from_secs(10);
-/// How long a connection to a data socket listener may take to present its secret.
-const HANDSHAKE_WITHIN: Duration = Duration::from_secs(5);
-/// Connections presenting their secret at once; more are closed at once.
+/// How long a connection to a data socket listener may take to present its secret (an app
+/// writes it at once).
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(2);
+/// Connections presenting their secret at once; past it, the one that has waited longest is
+/// closed (so idle connections cannot shut the door on apps that present theirs at once).
 const HANDSHAKES: usize = 128;
 /// Channels waiting for their data socket, per app and in all.
 const OFFERS_PER_APP: usize = 64;
@@ -99,7 +109,8 @@ struct Inner {
     unix_path: PathBuf,
     tcp: Option<SocketAddr>,
     offers: Mutex<Offers>,
-    handshakes: Arc<Semaphore>,
+    /// The tasks of connections presenting their secret, oldest first.
+    handshakes: Mutex<VecDeque<AbortHandle>>,
     /// Where channels' opening and closing are told.
     events: EventBus,
     /// Cancelled when the gateway stops: every channel's call ends, its listeners too.
@@ -125,6 +136,13 @@ struct Claim {
     conn: oneshot::Receiver<Conn>,
 }
 
+impl Claim {
+    /// Withdraws the offer now: no connection can claim it after this.
+    fn withdrawn(&self) {
+        self.sockets.withdraw(&self.secret);
+    }
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
         self.sockets.withdraw(&self.secret);
@@ -145,11 +163,35 @@ impl DataSockets {
                 unix_path,
                 tcp,
                 offers: Mutex::new(Offers::default()),
-                handshakes: Arc::new(Semaphore::new(HANDSHAKES)),
+                handshakes: Mutex::new(VecDeque::with_capacity(HANDSHAKES)),
                 events,
                 stop,
             }),
         }
+    }
+
+    /// What `transport` asks for: the call's messages with `options`, or a data socket for
+    /// app `app` reserved under a fresh secret (a TCP one for a call that came over TCP).
+    pub(crate) fn ask(
+        &self,
+        transport: ChannelTransport,
+        options: OutputOptions,
+        app: &str,
+        over_tcp: bool,
+    ) -> Result<Asked, Status> {
+        let framing = match transport {
+            ChannelTransport::Unspecified | ChannelTransport::Grpc => {
+                return Ok(Asked::Grpc(options));
+            }
+            ChannelTransport::SocketFrames => Framing::Frames,
+            ChannelTransport::SocketBytes => Framing::Bytes,
+        };
+        let (socket, claim) = self.offer(app, over_tcp)?;
+        Ok(Asked::Socket(Reserved {
+            framing,
+            socket,
+            claim,
+        }))
     }
 
     /// Offers a channel of `app` under a fresh secret: where to connect (TCP for a call that
@@ -260,15 +302,10 @@ impl DataSockets {
     }
 
     /// Reads the connection's secret and hands the connection to the channel that offered it,
-    /// in a task of its own; a connection beyond [`HANDSHAKES`] at once is closed.
+    /// in a task of its own; past [`HANDSHAKES`] at once, the oldest is closed.
     fn handshake(&self, mut conn: Conn) {
-        let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
-            debug!("data socket: too many connections presenting their secret; one closed");
-            return;
-        };
         let sockets = self.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        let task = tokio::spawn(async move {
             let mut secret = [0u8; SECRET_LEN];
             let read = tokio::time::timeout(HANDSHAKE_WITHIN, conn.read_exact(&mut secret)).await;
             let why = match read {
@@ -286,80 +323,99 @@ impl DataSockets {
                 Err(_) => "no secret within 5 s",
             };
             debug!("data socket refused: {why}");
-            let mut answer = vec![REFUSED];
-            answer.extend_from_slice(why.as_bytes());
-            let _ = tokio::time::timeout(HANDSHAKE_WITHIN, async {
-                conn.write_all(&answer).await?;
-                conn.shutdown().await
-            })
-            .await;
+            refuse(conn, why).await;
         });
+        let mut handshakes = self
+            .inner
+            .handshakes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        handshakes.retain(|task| !task.is_finished());
+        if handshakes.len() >= HANDSHAKES {
+            if let Some(oldest) = handshakes.pop_front() {
+                debug!(
+                    "data socket: too many connections presenting their secret; the oldest closed"
+                );
+                oldest.abort();
+            }
+        }
+        handshakes.push_back(task.abort_handle());
     }
 
-    /// Serves an open channel the way the app asked: over its call ([`splice`]), or over a
-    /// data socket ([`DataSockets::serve`]).
+    /// Serves an open channel the way the app asked: over its call ([`splice`]), or over the
+    /// data socket reserved for it ([`DataSockets::serve`]).
     pub(crate) fn channel<I: ChannelFrame>(
         &self,
         channel: ChannelStream,
         asked: Asked,
         input: Streaming<I>,
-    ) -> Result<BoxStream<ChannelOutput>, Status> {
+    ) -> BoxStream<ChannelOutput> {
         let events = self.inner.events.clone();
         let stop = self.inner.stop.clone();
-        let framing = match asked.transport {
-            ChannelTransport::Unspecified | ChannelTransport::Grpc => {
-                return Ok(splice(channel, asked.options, input, events, stop));
-            }
-            ChannelTransport::SocketFrames => Framing::Frames,
-            ChannelTransport::SocketBytes => Framing::Bytes,
-        };
-        self.serve(channel, framing, asked.over_tcp, input, events, stop)
+        match asked {
+            Asked::Grpc(options) => splice(channel, options, input, events, stop),
+            Asked::Socket(reserved) => serve(channel, reserved, input, events, stop),
+        }
     }
+}
 
-    /// Serves an open channel over a data socket: `opened` (with where to connect) first, then
-    /// `peer_closed` when the peer half-closes, then the end of the call with the channel's.
-    fn serve<I: ChannelFrame>(
-        &self,
-        channel: ChannelStream,
-        framing: Framing,
-        over_tcp: bool,
-        input: Streaming<I>,
-        events: EventBus,
-        stop: CancellationToken,
-    ) -> Result<BoxStream<ChannelOutput>, Status> {
-        let (socket, claim) = self.offer(&channel.app_id, over_tcp)?;
-        let ChannelStream {
+/// Serves an open channel over its data socket: `opened` (with where to connect) first, then
+/// `peer_closed` when the peer half-closes, then the end of the call with the channel's.
+fn serve<I: ChannelFrame>(
+    channel: ChannelStream,
+    reserved: Reserved,
+    input: Streaming<I>,
+    events: EventBus,
+    stop: CancellationToken,
+) -> BoxStream<ChannelOutput> {
+    let Reserved {
+        framing,
+        socket,
+        claim,
+    } = reserved;
+    let ChannelStream {
+        channel_id,
+        peer_id,
+        app_id,
+        inbound,
+        group,
+        io,
+    } = channel;
+    let closed = announce(&events, channel_id, &peer_id, &app_id, inbound);
+    let opened = ChannelOutput {
+        kind: Some(channel_output::Kind::Opened(ChannelOpened {
             channel_id,
             peer_id,
             app_id,
-            inbound,
             group,
-            io,
-        } = channel;
-        let closed = announce(&events, channel_id, &peer_id, &app_id, inbound);
-        let opened = ChannelOutput {
-            kind: Some(channel_output::Kind::Opened(ChannelOpened {
-                channel_id,
-                peer_id,
-                app_id,
-                group,
-                data_socket: Some(socket),
-            })),
-        };
-        // `opened`, `peer_closed` and the final status: never more than three.
-        let (tx, rx) = mpsc::channel(4);
-        let _ = tx.try_send(Ok(opened));
-        let task_stop = stop.clone();
-        tokio::spawn(async move {
-            let _closed = closed;
-            let outcome = run(claim, io, framing, input, &tx, task_stop).await;
-            if let Err(status) = outcome {
-                debug!(channel_id, "data socket channel ended: {status}");
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(cut_on_stop(Box::pin(ReceiverStream::new(rx)), stop))
-    }
+            data_socket: Some(socket),
+        })),
+    };
+    // `opened`, `peer_closed` and the final status: never more than three.
+    let (tx, rx) = mpsc::channel(4);
+    let _ = tx.try_send(Ok(opened));
+    let task_stop = stop.clone();
+    tokio::spawn(async move {
+        let _closed = closed;
+        let outcome = run(claim, io, framing, input, &tx, task_stop).await;
+        if let Err(status) = outcome {
+            debug!(channel_id, "data socket channel ended: {status}");
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    cut_on_stop(Box::pin(ReceiverStream::new(rx)), stop)
+}
+
+/// Tells a connection why the node did not take it, and closes it.
+async fn refuse(mut conn: Conn, why: &str) {
+    debug!("data socket refused: {why}");
+    let mut answer = vec![REFUSED];
+    answer.extend_from_slice(why.as_bytes());
+    let _ = tokio::time::timeout(HANDSHAKE_WITHIN, async {
+        conn.write_all(&answer).await?;
+        conn.shutdown().await
+    })
+    .await;
 }
 
 /// Waits for the claim, then pipes the connection and the channel's stream until both
@@ -373,17 +429,28 @@ async fn run<I: ChannelFrame>(
     stop: CancellationToken,
 ) -> Result<(), Status> {
     let stopping = || Status::unavailable("the node is stopping");
-    let mut conn = tokio::select! {
+    let claimed = tokio::select! {
         conn = tokio::time::timeout(CLAIM_WITHIN, &mut claim.conn) => match conn {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(_)) => return Err(Status::internal("the data socket listener went away")),
-            Err(_) => return Err(Status::deadline_exceeded(format!(
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(_)) => Err(Status::internal("the data socket listener went away")),
+            Err(_) => Err(Status::deadline_exceeded(format!(
                 "no connection presented this channel's data socket secret within {CLAIM_WITHIN:?}"
             ))),
         },
-        () = tx.closed() => return Err(Status::cancelled("the call ended")),
-        status = misuse(&mut input) => return Err(status),
-        () = stop.cancelled() => return Err(stopping()),
+        () = tx.closed() => Err(Status::cancelled("the call ended")),
+        status = misuse(&mut input) => Err(status),
+        () = stop.cancelled() => Err(stopping()),
+    };
+    let mut conn = match claimed {
+        Ok(conn) => conn,
+        Err(status) => {
+            // A connection that presented the secret just as the wait ended hears why.
+            claim.withdrawn();
+            if let Ok(conn) = claim.conn.try_recv() {
+                tokio::spawn(refuse(conn, "the channel of this secret has ended"));
+            }
+            return Err(status);
+        }
     };
     drop(claim);
     conn.write_all(&[ACCEPTED])

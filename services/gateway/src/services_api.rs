@@ -37,7 +37,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     BoxStream,
     auth::{Scope, caller},
-    data_socket::{Asked, DataSockets, over_tcp, transport},
+    data_socket::{DataSockets, over_tcp, transport},
     deadline,
     splice::OutputOptions,
 };
@@ -304,13 +304,17 @@ impl Services for ServicesApi {
             batch,
             half_close,
             group,
-            transport: asked,
+            transport: wanted,
         } = open;
-        let transport = transport(asked)?;
+        let transport = transport(wanted)?;
         let app_id = acting_app(&scope, app_id)?;
         let service = service_name(&service)?;
         let peer = provider(&peer)?;
         let only = self.only_members(&group, peer.as_ref()).await?;
+        let options = OutputOptions { batch, half_close };
+        let asked = self
+            .sockets
+            .ask(transport, options, app_id.as_str(), over_tcp)?;
         let channel = self
             .ask(|reply| ServicesCall::OpenChannel {
                 app_id,
@@ -320,12 +324,7 @@ impl Services for ServicesApi {
                 reply,
             })
             .await?;
-        let asked = Asked {
-            transport,
-            options: OutputOptions { batch, half_close },
-            over_tcp,
-        };
-        let output = self.sockets.channel(channel, asked, input)?;
+        let output = self.sockets.channel(channel, asked, input);
         Ok(Response::new(output))
     }
 

@@ -176,26 +176,38 @@ pub fn splice<I: ChannelFrame>(
                 Status::unavailable(format!("the channel to the peer broke: {e}"))
             };
             // The call (or the node) ended before the client's input did: frames may have been
-            // lost on the way, so the remote must not see a clean end. Unless the call ended
-            // because the peer had half-closed, without `half_close`: that ends the channel
-            // both ways by design, and what was written so far is the whole.
+            // lost on the way, so the remote must not see a clean end.
             let cut_short = || {
                 if input_stop.is_cancelled() {
-                    Err(Status::unavailable("the node is stopping"))
-                } else if ended_with_peer.load(Ordering::Relaxed) {
+                    Status::unavailable("the node is stopping")
+                } else {
+                    Status::cancelled("the app's call ended before its input did")
+                }
+            };
+            // Unless the call ended because the peer had half-closed (without `half_close`,
+            // that ends the channel both ways by design) while the writer waited for the app's
+            // next frame: nothing half written, nothing read and not written, so what was
+            // written is the whole.
+            let idle_end = || {
+                if !input_stop.is_cancelled() && ended_with_peer.load(Ordering::Relaxed) {
                     Ok(())
                 } else {
-                    Err(Status::cancelled(
-                        "the app's call ended before its input did",
-                    ))
+                    Err(cut_short())
                 }
             };
             // Frames are fed into the writer's buffer and flushed only when the client has no
             // next frame ready, so a burst of small frames leaves in a few network writes.
             let mut unflushed = false;
             loop {
-                if input_stop.is_cancelled() || output_gone.is_cancelled() {
-                    return cut_short();
+                if input_stop.is_cancelled() {
+                    return Err(cut_short());
+                }
+                if output_gone.is_cancelled() {
+                    // Between frames: clean only if the app has sent nothing more.
+                    return match input.message().now_or_never() {
+                        None | Some(Ok(None)) => idle_end(),
+                        Some(_) => Err(cut_short()),
+                    };
                 }
                 let ready = input.message().now_or_never();
                 let frame = match ready {
@@ -206,13 +218,13 @@ pub fn splice<I: ChannelFrame>(
                                 flushed = SinkExt::<Bytes>::flush(&mut sink) => {
                                     flushed.map_err(broke)?;
                                 }
-                                () = output_gone.cancelled() => return cut_short(),
+                                () = output_gone.cancelled() => return Err(cut_short()),
                             }
                         }
                         tokio::select! {
                             frame = input.message() => frame?,
-                            () = input_stop.cancelled() => return cut_short(),
-                            () = output_gone.cancelled() => return cut_short(),
+                            () = input_stop.cancelled() => return Err(cut_short()),
+                            () = output_gone.cancelled() => return idle_end(),
                         }
                     }
                 };
@@ -222,7 +234,7 @@ pub fn splice<I: ChannelFrame>(
                     Some(room) => room.map_err(broke)?,
                     None => tokio::select! {
                         room = room(&mut sink) => room.map_err(broke)?,
-                        () = output_gone.cancelled() => return cut_short(),
+                        () = output_gone.cancelled() => return Err(cut_short()),
                     },
                 }
                 match frame.into_input()? {
@@ -243,7 +255,7 @@ pub fn splice<I: ChannelFrame>(
                             sink.write_buffer_mut().put_u32(data.len() as u32);
                             tokio::select! {
                                 written = write_direct(&mut sink, &data) => written.map_err(broke)?,
-                                () = output_gone.cancelled() => return cut_short(),
+                                () = output_gone.cancelled() => return Err(cut_short()),
                             }
                         }
                     }

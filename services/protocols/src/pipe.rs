@@ -16,7 +16,6 @@
 
 use std::{
     io,
-    ops::Range,
     sync::atomic::{AtomicBool, Ordering},
 };
 
@@ -88,7 +87,8 @@ impl PipeError {
 
 /// What a pipe's owner learns and tells while it runs.
 pub trait Ends {
-    /// The remote's input has ended cleanly and the local write half is shut down.
+    /// The remote's input has ended cleanly; the local write half is shut down next (so what
+    /// the owner says here comes before the local side sees the end).
     fn remote_ended(&mut self) {}
     /// Whether the local socket, whose input just ended, was closed whole rather than only
     /// shut down for writing (a unix socket can tell). While the remote still sends, a closed
@@ -118,13 +118,21 @@ where
     let (remote_in, remote_out) = tokio::io::split(remote);
     // Both directions run in this task (never contended); the task may move between threads.
     let ends = std::sync::Mutex::new(ends);
+    let lock = || {
+        ends.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     let remote_done = AtomicBool::new(false);
-    let abandoned = || {
-        !remote_done.load(Ordering::Relaxed)
-            && ends
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .local_closed()
+    let local_end = || {
+        if !remote_done.load(Ordering::Relaxed) && lock().local_closed() {
+            return Err(PipeError::Abandoned);
+        }
+        Ok(())
+    };
+    let remote_end = || {
+        remote_done.store(true, Ordering::Relaxed);
+        lock().remote_ended();
+        Ok(())
     };
     let up = copy(
         local_in,
@@ -132,39 +140,30 @@ where
         Side::Local,
         framing,
         MAX_PAYLOAD,
-        abandoned,
+        local_end,
     );
-    let down = async {
-        let never = || false;
-        copy(
-            remote_in,
-            local_out,
-            Side::Remote,
-            framing,
-            MAX_CHANNEL_FRAME,
-            never,
-        )
-        .await?;
-        remote_done.store(true, Ordering::Relaxed);
-        ends.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remote_ended();
-        Ok(())
-    };
+    let down = copy(
+        remote_in,
+        local_out,
+        Side::Remote,
+        framing,
+        MAX_CHANNEL_FRAME,
+        remote_end,
+    );
     tokio::try_join!(up, down)?;
     Ok(())
 }
 
-/// One direction: from the `from` side's input to the other side's output, then a shutdown of
-/// that output at the clean end of the input. With [`Framing::Frames`] the bytes pass as they
-/// are; with [`Framing::Bytes`] the socket's side is framed or unframed on the way.
+/// One direction: from the `from` side's input to the other side's output, then, at the clean
+/// end of the input, `at_end` and a shutdown of that output. With [`Framing::Frames`] the bytes
+/// pass as they are; with [`Framing::Bytes`] the socket's side is framed or unframed on the way.
 async fn copy<I, O>(
     mut input: I,
     mut output: O,
     from: Side,
     framing: Framing,
     max: usize,
-    abandoned: impl Fn() -> bool,
+    at_end: impl FnOnce() -> Result<(), PipeError>,
 ) -> Result<(), PipeError>
 where
     I: AsyncRead + Unpin,
@@ -198,16 +197,15 @@ where
                 .await
                 .map_err(write_err)?;
         } else {
-            let scanned = frames.scan(&buf[..n], max, unframed);
+            let scanned = if unframed {
+                frames.unframe(&mut buf[..n], max)
+            } else {
+                frames.scan(&buf[..n], max)
+            };
+            // What came before a bad header still goes: the frames before it were good.
             let (good, failure) = match scanned {
                 Ok(good) => (good, None),
                 Err((good, len)) => (good, Some(len)),
-            };
-            // What came before a bad header still goes: the frames before it were good.
-            let good = if unframed {
-                compact(&mut buf, &frames.payload)
-            } else {
-                good
             };
             output.write_all(&buf[..good]).await.map_err(write_err)?;
             if let Some(len) = failure {
@@ -224,21 +222,8 @@ where
     if !frames.at_boundary() {
         return Err(PipeError::Truncated { side: from });
     }
-    if abandoned() {
-        return Err(PipeError::Abandoned);
-    }
+    at_end()?;
     output.shutdown().await.map_err(write_err)
-}
-
-/// Moves the `payload` ranges of `buf` to its start, in order; returns their total length.
-fn compact(buf: &mut [u8], payload: &[Range<usize>]) -> usize {
-    let mut end = 0;
-    for range in payload {
-        let len = range.len();
-        buf.copy_within(range.clone(), end);
-        end += len;
-    }
-    end
 }
 
 /// Where a stream of frames stands between reads: inside a length prefix, or inside a frame's
@@ -251,8 +236,6 @@ pub struct FrameCursor {
     have: usize,
     /// Bytes of the current frame still to come.
     left: usize,
-    /// The frames' bytes (not their lengths) in the last scanned chunk, when asked for.
-    payload: Vec<Range<usize>>,
 }
 
 impl FrameCursor {
@@ -261,43 +244,65 @@ impl FrameCursor {
         self.have == 0 && self.left == 0
     }
 
-    /// Walks the next `chunk` of the stream, checking each length against `max` (and noting
-    /// where frames' bytes are, if `payload`). `Ok(len)`: all of it is good. `Err((good, len))`:
-    /// a frame announces `len` bytes, more than `max`; the first `good` bytes came before its
-    /// length prefix.
-    pub fn scan(
-        &mut self,
-        chunk: &[u8],
-        max: usize,
-        payload: bool,
-    ) -> Result<usize, (usize, usize)> {
-        self.payload.clear();
+    /// Walks the next `chunk` of the stream, checking each length against `max`. `Ok(len)`:
+    /// all of it is good. `Err((good, len))`: a frame announces `len` bytes, more than `max`;
+    /// the first `good` bytes came before its length prefix.
+    pub fn scan(&mut self, chunk: &[u8], max: usize) -> Result<usize, (usize, usize)> {
         let mut at = 0;
         while at < chunk.len() {
             if self.left > 0 {
                 let take = self.left.min(chunk.len() - at);
-                if payload {
-                    self.payload.push(at..at + take);
-                }
                 self.left -= take;
                 at += take;
                 continue;
             }
-            let header_start = at - self.have.min(at);
-            let take = (HEADER - self.have).min(chunk.len() - at);
-            self.header[self.have..self.have + take].copy_from_slice(&chunk[at..at + take]);
-            self.have += take;
-            at += take;
-            if self.have == HEADER {
-                self.have = 0;
-                let len = u32::from_be_bytes(self.header) as usize;
+            // A prefix begun in an earlier chunk began before this one.
+            let header_start = at;
+            if let Some(len) = self.take_header(chunk, &mut at) {
                 if len > max {
                     return Err((header_start, len));
                 }
-                self.left = len;
             }
         }
         Ok(chunk.len())
+    }
+
+    /// As [`FrameCursor::scan`], moving the frames' bytes (not their lengths) to the start of
+    /// `chunk` as it goes: `Ok(len)` and `Err((len, _))` say how many bytes of frames are there.
+    pub fn unframe(&mut self, chunk: &mut [u8], max: usize) -> Result<usize, (usize, usize)> {
+        let mut at = 0;
+        let mut kept = 0;
+        while at < chunk.len() {
+            if self.left > 0 {
+                let take = self.left.min(chunk.len() - at);
+                chunk.copy_within(at..at + take, kept);
+                kept += take;
+                self.left -= take;
+                at += take;
+                continue;
+            }
+            if let Some(len) = self.take_header(chunk, &mut at) {
+                if len > max {
+                    return Err((kept, len));
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Takes what `chunk` has, from `at`, of the length prefix that starts (or goes on) there;
+    /// once it is whole, the length it announces (whose bytes are then expected).
+    fn take_header(&mut self, chunk: &[u8], at: &mut usize) -> Option<usize> {
+        let take = (HEADER - self.have).min(chunk.len() - *at);
+        self.header[self.have..self.have + take].copy_from_slice(&chunk[*at..*at + take]);
+        self.have += take;
+        *at += take;
+        if self.have < HEADER {
+            return None;
+        }
+        self.have = 0;
+        self.left = u32::from_be_bytes(self.header) as usize;
+        Some(self.left)
     }
 }
 
@@ -335,13 +340,34 @@ mod tests {
         stream.extend(frame(&[7u8; 300]));
         for cut in 0..stream.len() {
             let mut cursor = FrameCursor::default();
-            cursor.scan(&stream[..cut], 1000, false).unwrap();
-            cursor.scan(&stream[cut..], 1000, false).unwrap();
+            cursor.scan(&stream[..cut], 1000).unwrap();
+            cursor.scan(&stream[cut..], 1000).unwrap();
             assert!(cursor.at_boundary(), "cut at {cut}");
             let mut cursor = FrameCursor::default();
-            cursor.scan(&stream[..cut], 1000, false).unwrap();
+            cursor.scan(&stream[..cut], 1000).unwrap();
             let whole = [0, 9, 13, stream.len()].contains(&cut);
             assert_eq!(cursor.at_boundary(), whole, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn unframing_in_place_keeps_the_bytes_of_frames_cut_anywhere() {
+        let parts: [&[u8]; 5] = [b"a", b"", b"bc", &[9u8; 70], b"d"];
+        let mut stream = Vec::new();
+        for part in parts {
+            stream.extend(frame(part));
+        }
+        let whole: Vec<u8> = parts.concat();
+        for cut in 0..stream.len() {
+            let mut cursor = FrameCursor::default();
+            let mut got = Vec::new();
+            for piece in [&stream[..cut], &stream[cut..]] {
+                let mut chunk = piece.to_vec();
+                let kept = cursor.unframe(&mut chunk, 1000).unwrap();
+                got.extend_from_slice(&chunk[..kept]);
+            }
+            assert_eq!(got, whole, "cut at {cut}");
+            assert!(cursor.at_boundary());
         }
     }
 
@@ -351,12 +377,12 @@ mod tests {
         stream.extend(1001u32.to_be_bytes());
         for cut in 6..stream.len() {
             let mut cursor = FrameCursor::default();
-            let first = cursor.scan(&stream[..cut], 1000, false);
-            let second = cursor.scan(&stream[cut..], 1000, false);
+            let first = cursor.scan(&stream[..cut], 1000);
+            let second = cursor.scan(&stream[cut..], 1000);
             assert_eq!(first.and(second), Err((0, 1001)), "cut at {cut}");
         }
         let mut cursor = FrameCursor::default();
-        assert_eq!(cursor.scan(&stream, 1000, false), Err((6, 1001)));
+        assert_eq!(cursor.scan(&stream, 1000), Err((6, 1001)));
     }
 
     #[tokio::test]

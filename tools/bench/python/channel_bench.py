@@ -66,7 +66,7 @@ class FloorPipe(p2pos.Channel):
         sock.connect(path)
         super().__init__(None, None, sock, False)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 0.0) -> None:
         self.socket.close()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 from typing import Iterator, Optional
 
 import grpc
@@ -65,7 +66,9 @@ class Channel:
         self.socket = sock
         self.stream = stream
         self._reader = sock.makefile("rb", buffering=256 * 1024)
+        # The peer half-closed (`peer_closed` came), or how the channel broke.
         self._ended = False
+        self._error: Optional[ChannelError] = None
 
     # Opening.
 
@@ -165,6 +168,8 @@ class Channel:
         :class:`ChannelError` if the channel broke."""
         if self.stream:
             raise ChannelError("a byte-stream channel has no frames: read channel.socket")
+        if self._error is not None:
+            raise self._error
         if self._ended:
             return None
         try:
@@ -210,48 +215,92 @@ class Channel:
 
     def wait_peer_closed(self) -> None:
         """After the socket's end: returns if the peer half-closed, raises
-        :class:`ChannelError` with the node's reason if the channel broke."""
-        self._ended = True
+        :class:`ChannelError` with the node's reason if the channel broke (again on every later
+        ``recv``)."""
+        if self._error is not None:
+            raise self._error
+        if self._ended:
+            return
         try:
             for output in self._call:
                 if output.HasField("peer_closed"):
+                    self._ended = True
                     return
+            self._error = ChannelError("the channel ended without peer_closed")
         except grpc.RpcError as err:
-            raise ChannelError(_describe(err), err.code()) from None
-        raise ChannelError("the channel ended without peer_closed")
+            self._error = ChannelError(_describe(err), err.code())
+        raise self._error
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Waits until the channel has ended both ways: returns if it ended cleanly, raises
-        :class:`ChannelError` otherwise."""
-        try:
-            for _ in self._call:
-                pass
-        except grpc.RpcError as err:
-            raise ChannelError(_describe(err), err.code()) from None
+        :class:`ChannelError` otherwise (or if it has not ended within ``timeout`` seconds)."""
+        if self._error is not None:
+            raise self._error
+        failed: list = []
 
-    def close(self) -> None:
-        """Closes the channel: half-closes, then lets go of the socket and the call (a peer
-        still sending then sees the channel break)."""
-        self.close_write()
+        def drain() -> None:
+            # The call's status comes only after its outputs have been read.
+            try:
+                for _ in self._call:
+                    pass
+            except grpc.RpcError as err:
+                failed.append(err)
+
+        if timeout is None:
+            drain()
+        else:
+            waiter = threading.Thread(target=drain, daemon=True)
+            waiter.start()
+            waiter.join(timeout)
+            if waiter.is_alive():
+                raise ChannelError(f"the channel did not end within {timeout} s")
+        if failed:
+            self._error = ChannelError(_describe(failed[0]), failed[0].code())
+            raise self._error
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Closes the channel cleanly: half-closes, lets the peer's last frames go by (unread),
+        and waits up to ``timeout`` seconds for the channel's end; then lets go of the socket
+        and the call (a peer still sending then sees the channel break)."""
+        try:
+            self.close_write()
+            if self._error is None:
+                self.socket.settimeout(timeout)
+                while self._reader.read(256 * 1024):
+                    pass
+                self.wait(timeout)
+        except (OSError, ChannelError):
+            pass
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Lets go of the socket and the call at once: the peer sees the channel break unless
+        it had ended."""
         try:
             self._reader.close()
             self.socket.close()
         finally:
-            self._call.cancel()
+            if self._call is not None:
+                self._call.cancel()
 
     def __enter__(self) -> "Channel":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
     def _broken(self, err: Optional[OSError]) -> ChannelError:
-        """The error of a socket that broke: the call's status says why, if it does soon."""
+        """The error of a socket that broke: the call's status says why."""
         try:
             self.wait_peer_closed()
         except ChannelError as status:
             return status
-        return ChannelError(f"the data socket broke: {err or 'it ended inside a frame'}")
+        self._error = ChannelError(f"the data socket broke: {err or 'it ended inside a frame'}")
+        return self._error
 
     def __repr__(self) -> str:
         return (

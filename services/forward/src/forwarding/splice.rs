@@ -19,5 +19,10 @@ pub(crate) async fn splice(
     // Small writes (a prompt, a keystroke) should not wait for more.
     tcp.set_nodelay(true)
         .map_err(|e| PipeError::Io(p2pos_protocols::pipe::Side::Local, e))?;
-    pipe(&mut tcp, &mut channel, Framing::Bytes, ()).await
+    let piped = pipe(&mut tcp, &mut channel, Framing::Bytes, ()).await;
+    if piped.is_err() {
+        // A broken tunnel must not look like a clean end to the TCP side: it gets a reset.
+        let _ = tcp.set_zero_linger();
+    }
+    piped
 }

@@ -258,10 +258,10 @@ impl FrameCursor {
             }
             // A prefix begun in an earlier chunk began before this one.
             let header_start = at;
-            if let Some(len) = self.take_header(chunk, &mut at) {
-                if len > max {
-                    return Err((header_start, len));
-                }
+            if let Some(len) = self.take_header(chunk, &mut at)
+                && len > max
+            {
+                return Err((header_start, len));
             }
         }
         Ok(chunk.len())
@@ -281,10 +281,10 @@ impl FrameCursor {
                 at += take;
                 continue;
             }
-            if let Some(len) = self.take_header(chunk, &mut at) {
-                if len > max {
-                    return Err((kept, len));
-                }
+            if let Some(len) = self.take_header(chunk, &mut at)
+                && len > max
+            {
+                return Err((kept, len));
             }
         }
         Ok(kept)

@@ -331,13 +331,11 @@ impl DataSockets {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         handshakes.retain(|task| !task.is_finished());
-        if handshakes.len() >= HANDSHAKES {
-            if let Some(oldest) = handshakes.pop_front() {
-                debug!(
-                    "data socket: too many connections presenting their secret; the oldest closed"
-                );
-                oldest.abort();
-            }
+        if handshakes.len() >= HANDSHAKES
+            && let Some(oldest) = handshakes.pop_front()
+        {
+            debug!("data socket: too many connections presenting their secret; the oldest closed");
+            oldest.abort();
         }
         handshakes.push_back(task.abort_handle());
     }

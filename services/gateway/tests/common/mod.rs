@@ -120,15 +120,16 @@ impl Node {
         Node { ctx, dir }
     }
 
-    /// A client presenting `token` (none: admin, on the socket).
+    /// A client presenting `token` (none: the admin token of the node's `gateway.token`).
     pub(crate) async fn client(&self, token: Option<&str>) -> Client {
-        let socket = self
-            .dir
-            .path()
-            .join("node")
-            .join(p2pos_gateway::SOCKET_FILE);
-        let target =
-            Target::new(Gateway::Unix(socket), token.map(str::to_owned), None).expect("target");
+        let data_dir = self.dir.path().join("node");
+        let socket = data_dir.join(p2pos_gateway::SOCKET_FILE);
+        let target = Target::new(
+            Gateway::Unix(socket),
+            token.map(str::to_owned),
+            Some(data_dir),
+        )
+        .expect("target");
         eventually("the gateway to answer", || async {
             let client = Client::connect(&target).await.ok()?;
             client.node().get_info(GetInfoRequest {}).await.ok()?;

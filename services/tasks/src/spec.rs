@@ -77,25 +77,22 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
 /// The node-wide helper name whose app id (`_node:forward`) port forwarding uses.
 const RESERVED_NODE_HELPER: &str = "forward";
 
-/// glibc's list of variables it drops for set-user-ID programs (`UNSECURE_ENVVARS`), besides
-/// every `LD_*`: each can make a program load or read code or data it was not built with.
-const LOADER_VARIABLES: &[&str] = &[
-    "GCONV_PATH",
-    "GETCONF_DIR",
-    "HOSTALIASES",
-    "LOCALDOMAIN",
-    "LOCPATH",
-    "MALLOC_TRACE",
-    "NIS_PATH",
-    "NLSPATH",
-    "RESOLV_HOST_CONF",
-    "RES_OPTIONS",
-    "TMPDIR",
-    "TZDIR",
-];
+/// Prefix of the environment variables an app may give its helpers: `APP_` then upper-case
+/// letters, digits and underscores ([`is_app_variable`]). An allow-list: everything else an
+/// app might pass (`PATH`, `LD_PRELOAD`, `BASH_ENV`, `ENV`, `PYTHONPATH`, `PYTHONSTARTUP`,
+/// `NODE_OPTIONS`, `PERL5OPT`, `RUBYOPT`, `JAVA_TOOL_OPTIONS`, ...) can make an interpreter,
+/// the loader or libc run or read what the app chose; only helpers installed by the admin may
+/// set those.
+pub const APP_ENV_PREFIX: &str = "APP_";
 
-fn is_loader_variable(key: &str) -> bool {
-    key.starts_with("LD_") || LOADER_VARIABLES.contains(&key)
+/// Whether an app may set variable `key` for its helper: `APP_[A-Z0-9_]+`.
+pub(crate) fn is_app_variable(key: &str) -> bool {
+    key.strip_prefix(APP_ENV_PREFIX).is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    })
 }
 
 /// Checks a (non-empty) app id ([`p2pos_protocols::names`]).
@@ -188,12 +185,15 @@ impl TryFrom<HelperSpec> for Spec {
                      are set by the node"
                 )));
             }
-            // An app may only run programs from the plug-in directory: variables that make
-            // the dynamic loader (or libc) load other code are the admin's alone.
-            if !app_id.is_empty() && is_loader_variable(key) {
+            // An app may only run programs from the plug-in directory: what its helper reads
+            // from the environment is the app's data, never settings of the loader, libc, a
+            // shell or an interpreter (those are the admin's alone).
+            if !app_id.is_empty() && !is_app_variable(key) {
                 return Err(invalid(format!(
-                    "environment variable {key:?} changes which code the program loads; only \
-                     helpers installed by the admin may set it"
+                    "environment variable {key:?}: an app may set only variables named \
+                     {APP_ENV_PREFIX}<NAME> (upper-case letters, digits, '_'); others, such as \
+                     PATH, LD_PRELOAD or PYTHONPATH, can change what the program runs and only \
+                     helpers installed by the admin may set them"
                 )));
             }
         }
@@ -398,8 +398,51 @@ mod tests {
         }
         let mut s = spec("x");
         s.env.insert("PATH".into(), "/bin".into());
-        assert!(Spec::try_from(s).is_ok());
+        assert!(Spec::try_from(s).is_ok(), "the admin may set PATH");
         assert!(with(|s| s.args = vec!["x".repeat(MAX_SPEC_BYTES)]).is_err());
+    }
+
+    #[test]
+    fn an_app_sets_only_its_own_app_variables() {
+        let app_env = |key: &str| {
+            let mut s = spec("x");
+            s.app_id = "chat".into();
+            s.env.insert(key.into(), "v".into());
+            Spec::try_from(s)
+        };
+        for good in ["APP_MODE", "APP_X1", "APP_A_B_"] {
+            assert!(app_env(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "PATH",
+            "BASH_ENV",
+            "ENV",
+            "PYTHONPATH",
+            "PYTHONSTARTUP",
+            "NODE_OPTIONS",
+            "PERL5OPT",
+            "RUBYOPT",
+            "JAVA_TOOL_OPTIONS",
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "GCONV_PATH",
+            "TMPDIR",
+            "HOME",
+            "APP_",
+            "APP_lower",
+            "APP_A-B",
+            "app_x",
+            "XAPP_Y",
+        ] {
+            let err = app_env(bad).expect_err(bad);
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+            let status = p2pos_kernel::ServiceError::from(err);
+            assert_eq!(
+                status.code,
+                p2pos_kernel::ErrorCode::InvalidArgument,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

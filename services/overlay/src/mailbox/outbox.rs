@@ -5,6 +5,7 @@ use bytes::Bytes;
 use libp2p::PeerId;
 use p2pos_kernel::{Store, events::now_ms, store::BatchOp};
 use p2pos_proto::wire::v1::MessageFrame;
+use p2pos_protocols::names::root_app;
 use prost::Message;
 
 use super::{MAX_OUTBOX_PER_APP, Mailbox, OUTBOX, key, read_u64};
@@ -48,7 +49,7 @@ impl Mailbox {
         let peer_bytes = peer.to_bytes();
         let seq_key = key(b"s", &peer_bytes);
         let sequence = read_u64(self.store.get(OUTBOX, &seq_key)?) + 1;
-        let count_key = key(b"c", app_id.as_bytes());
+        let count_key = key(b"c", root_app(app_id).as_bytes());
         if read_u64(self.store.get(OUTBOX, &count_key)?) >= MAX_OUTBOX_PER_APP {
             return Err(Error::Busy {
                 what: "messages waiting in this app's outbox",
@@ -117,7 +118,7 @@ impl Mailbox {
                         .filter(|app_id| !app_id.is_empty());
                     tracing::error!(%peer, ?app_id, "dropping an unreadable outbox entry: {e}");
                     match app_id {
-                        Some(app_id) => self.remove_counted(OUTBOX, &k, app_id)?,
+                        Some(app_id) => self.remove_counted(OUTBOX, &k, root_app(app_id))?,
                         None => {
                             let _guard = self.lock();
                             self.store.remove(OUTBOX, &k)?;
@@ -137,7 +138,7 @@ impl Mailbox {
             self.store
                 .insert(OUTBOX, &reached, &now_ms().to_be_bytes())?;
         }
-        self.remove_counted(OUTBOX, &message.key, &message.frame.app_id)
+        self.remove_counted(OUTBOX, &message.key, root_app(&message.frame.app_id))
     }
 
     /// Whether `peer` has ever answered a message from this node.
@@ -165,16 +166,18 @@ impl Mailbox {
             if message.frame.sent_at_ms >= before_ms {
                 break;
             }
-            self.remove_counted(OUTBOX, &message.key, &message.frame.app_id)?;
+            self.remove_counted(OUTBOX, &message.key, root_app(&message.frame.app_id))?;
             expired.push(message.frame);
         }
         Ok(expired)
     }
 
-    /// Messages of `app_id` waiting in the outbox, to any peer.
+    /// Messages of `app_id`'s app waiting in the outbox, to any peer: the app's and all its
+    /// helpers' (`app:helper`), which share one budget ([`MAX_OUTBOX_PER_APP`]).
     pub(crate) fn outbox_count(&self, app_id: &str) -> Result<u64, Error> {
         Ok(read_u64(
-            self.store.get(OUTBOX, &key(b"c", app_id.as_bytes()))?,
+            self.store
+                .get(OUTBOX, &key(b"c", root_app(app_id).as_bytes()))?,
         ))
     }
 }

@@ -7,8 +7,8 @@
 //! the program and the program's process enforces it on itself right before `exec`
 //! ([`Ruleset::restrict`]). A helper may
 //! - read and run: the system directories ([`SYSTEM_DIRS`]), its program's directory (the
-//!   plug-in directory for an app's helper), and, for a helper the admin installed, its
-//!   working directory;
+//!   plug-in directory for an app's helper), the `read_paths` its spec names, and, for a
+//!   helper the admin installed, its working directory;
 //! - read and write: its own directory (`$P2POS_HELPER_DIR`) and the usual devices
 //!   ([`DEVICES`]);
 //! - nothing else: not the data directory, not `/tmp`, not home directories. A broad grant
@@ -87,6 +87,8 @@ pub(crate) struct HelperPaths<'a> {
     pub(crate) plugin_dir: &'a Path,
     /// Its working directory, for a helper the admin installed.
     pub(crate) admin_working_dir: Option<&'a Path>,
+    /// What its spec lets it read besides.
+    pub(crate) read_paths: &'a [PathBuf],
 }
 
 impl FsRules {
@@ -117,6 +119,9 @@ impl FsRules {
         }
         if let Some(dir) = paths.admin_working_dir {
             read_exec.grant(dir);
+        }
+        for path in paths.read_paths {
+            read_exec.grant(path);
         }
         rules.read_exec = read_exec.paths;
         rules.read_write.push(paths.helper_dir.to_owned());
@@ -273,6 +278,7 @@ mod tests {
             program,
             plugin_dir: plugins,
             admin_working_dir: None,
+            read_paths: &[],
         }
     }
 

@@ -222,6 +222,7 @@ impl TasksService {
             program: &program,
             plugin_dir: &plugin_dir,
             admin_working_dir: spec.working_dir.as_deref().filter(|_| absolute_allowed),
+            read_paths: &spec.read_paths,
         });
         let launch = Launch {
             program: &program,

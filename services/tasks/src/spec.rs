@@ -2,7 +2,11 @@
 //! a [`Spec`] with its defaults filled in, and back. Names, app ids and the helper's own app
 //! id are checked here too.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use nix::sys::signal::Signal;
 use p2pos_proto::tasks::v1::{HelperSpec, RestartPolicy};
@@ -31,7 +35,9 @@ pub const DEFAULT_STOP_TIMEOUT_MS: u32 = 5000;
 pub const MAX_STOP_TIMEOUT_MS: u32 = 60_000;
 /// Most arguments, and most environment variables, of one spec.
 pub const MAX_ARGS: usize = 256;
-/// Most bytes of program, arguments and environment together in one spec.
+/// Most `read_paths` of one spec.
+pub(crate) const MAX_READ_PATHS: usize = 64;
+/// Most bytes of program, arguments, environment and read paths together in one spec.
 pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 /// Prefix of the variables the node sets; a spec may not set them.
 pub(crate) const RESERVED_ENV_PREFIX: &str = "P2POS_";
@@ -54,6 +60,8 @@ pub(crate) struct Spec {
     pub(crate) outlive_session: bool,
     /// Its own limits (what is not set comes from its app's quota).
     pub(crate) limits: Limits,
+    /// Paths it may read besides what every helper may (absolute).
+    pub(crate) read_paths: Vec<PathBuf>,
 }
 
 fn invalid(why: impl Into<String>) -> Error {
@@ -138,6 +146,7 @@ impl TryFrom<HelperSpec> for Spec {
             stop_timeout_ms,
             outlive_session,
             limits,
+            read_paths,
         } = spec;
         validate_name(&name)?;
         // `_node:forward` is the app id port forwarding provides its services as.
@@ -152,6 +161,17 @@ impl TryFrom<HelperSpec> for Spec {
         if program.is_empty() {
             return Err(invalid("program is empty"));
         }
+        if read_paths.len() > MAX_READ_PATHS {
+            return Err(invalid(format!("at most {MAX_READ_PATHS} read_paths")));
+        }
+        if let Some(bad) = read_paths
+            .iter()
+            .find(|p| !Path::new(p).is_absolute() || p.contains('\0'))
+        {
+            return Err(invalid(format!(
+                "read_paths: {bad:?} is not an absolute path"
+            )));
+        }
         if args.len() > MAX_ARGS || env.len() > MAX_ARGS {
             return Err(invalid(format!(
                 "at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables"
@@ -160,7 +180,8 @@ impl TryFrom<HelperSpec> for Spec {
         let bytes = program.len()
             + working_dir.len()
             + args.iter().map(String::len).sum::<usize>()
-            + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + read_paths.iter().map(String::len).sum::<usize>();
         if bytes > MAX_SPEC_BYTES {
             return Err(invalid(format!(
                 "program, arguments and environment take {bytes} bytes; at most {MAX_SPEC_BYTES}"
@@ -250,6 +271,7 @@ impl TryFrom<HelperSpec> for Spec {
                 DEFAULT_STOP_TIMEOUT_MS,
             ))),
             outlive_session,
+            read_paths: read_paths.into_iter().map(PathBuf::from).collect(),
         })
     }
 }
@@ -283,6 +305,11 @@ impl Spec {
             stop_timeout_ms: u32::try_from(self.stop_timeout.as_millis()).unwrap_or(u32::MAX),
             outlive_session: self.outlive_session,
             limits: (!self.limits.is_empty()).then(|| self.limits.to_proto()),
+            read_paths: self
+                .read_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
         }
     }
 

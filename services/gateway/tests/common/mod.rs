@@ -71,7 +71,10 @@ impl Node {
         .await
     }
 
-    async fn boot_routes<A>(
+    /// Boots a kernel with the gateway and a stand-in `make` builds, started as child `name`,
+    /// providing the protocols named in `provides`, whose routes `register` sets.
+    #[allow(dead_code)]
+    pub(crate) async fn boot_routes<A>(
         name: &'static str,
         provides: &'static [&'static str],
         make: impl Fn(DeathGuard) -> A + 'static,

@@ -13,6 +13,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 /// What identifies one version of the file: device, inode, size and modification time.
 type Stamp = (u64, u64, u64, i64, i64);
 
+/// The last version read, and the header its token gives.
+type Cached = Option<(Stamp, MetadataValue<Ascii>)>;
+
 fn stamp(meta: &std::fs::Metadata) -> Stamp {
     (
         meta.dev(),
@@ -27,7 +30,7 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
 #[derive(Debug, Clone)]
 pub(crate) struct TokenFile {
     path: PathBuf,
-    cached: Arc<Mutex<Option<(Stamp, MetadataValue<Ascii>)>>>,
+    cached: Arc<Mutex<Cached>>,
 }
 
 impl TokenFile {

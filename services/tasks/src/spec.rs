@@ -440,21 +440,11 @@ mod tests {
         for good in ["APP_MODE", "APP_X1", "APP_A_B_"] {
             assert!(app_env(good).is_ok(), "{good}");
         }
+        // (tests/tests/isolation.rs tries the interpreters' and the loader's variables.)
         for bad in [
             "PATH",
             "BASH_ENV",
-            "ENV",
-            "PYTHONPATH",
-            "PYTHONSTARTUP",
-            "NODE_OPTIONS",
-            "PERL5OPT",
-            "RUBYOPT",
-            "JAVA_TOOL_OPTIONS",
-            "LD_PRELOAD",
-            "LD_LIBRARY_PATH",
-            "GCONV_PATH",
             "TMPDIR",
-            "HOME",
             "APP_",
             "APP_lower",
             "APP_A-B",

@@ -37,5 +37,5 @@ pub use registry::{Call, Protocol, Registry, Reply};
 pub use store::Store;
 pub use supervisor::{
     BootError, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Kernel, KernelHandle, RestartType,
-    ServiceContext, ServiceState, ServiceStatus, StopService, Uses,
+    ServiceContext, ServiceState, ServiceStatus, StopService, TOKEN_FILE, Uses,
 };

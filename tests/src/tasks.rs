@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use p2pos_client::Client;
-use p2pos_proto::tasks::v1::{AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus};
+use p2pos_proto::tasks::v1::{
+    AddHelperRequest, HelperRef, HelperSpec, HelperState, HelperStatus, LogsRequest,
+};
 
 use crate::wait_for;
 
@@ -64,6 +67,25 @@ pub async fn in_state(client: &Client, app: &str, name: &str, state: HelperState
         (status.state == state as i32).then_some(status)
     })
     .await
+}
+
+/// The helper's kept output, as text lines.
+pub async fn logs(client: &Client, app: &str, name: &str) -> Vec<String> {
+    let mut stream = client
+        .tasks()
+        .logs(LogsRequest {
+            helper: Some(helper_ref(app, name)),
+            follow: false,
+            tail: 0,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(line) = stream.next().await {
+        lines.push(line.expect("log line").text);
+    }
+    lines
 }
 
 /// Whether `pid` is a live process: it exists and is not a zombie.

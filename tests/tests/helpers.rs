@@ -16,7 +16,6 @@ use nix::{
     },
     unistd::Pid,
 };
-use p2pos_client::Client;
 use p2pos_proto::{
     app::v1::{
         ChannelInput, OpenChannel, SessionRequest, channel_input, channel_output, session_event,
@@ -26,7 +25,7 @@ use p2pos_proto::{
 };
 use p2pos_tests::{
     Node, p2pctl,
-    tasks::{add, alive, get, helper_ref, in_state, start},
+    tasks::{add, alive, get, helper_ref, in_state, logs, start},
     wait_for,
 };
 use tokio::sync::mpsc;
@@ -75,25 +74,6 @@ fn group_members(pgid: u32) -> Vec<u32> {
         .collect::<std::collections::BTreeSet<u32>>()
         .into_iter()
         .collect()
-}
-
-/// The helper's kept output, as text lines.
-async fn logs(client: &Client, app: &str, name: &str) -> Vec<String> {
-    let mut stream = client
-        .tasks()
-        .logs(LogsRequest {
-            helper: Some(helper_ref(app, name)),
-            follow: false,
-            tail: 0,
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut lines = Vec::new();
-    while let Some(line) = stream.next().await {
-        lines.push(line.expect("log line").text);
-    }
-    lines
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -360,7 +360,8 @@ fn python_group_chat_between_two_members() {
 }
 
 /// Plain `grpcio` as its docs show it (`grpc.insecure_channel("unix://" + path)`, no options):
-/// health, reflection through the v1alpha-only `grpcio-reflection` client, an `Apps` call, and
+/// health, reflection through the v1alpha-only `grpcio-reflection` client, an `Apps` call (refused
+/// without the admin token of `gateway.token`, answered with it), and
 /// every `:authority` a client may send, on the socket and on the TCP gateway
 /// (`tests/python/plain_grpcio.py`).
 #[tokio::test(flavor = "multi_thread")]
@@ -393,6 +394,7 @@ async fn plain_grpcio_with_default_options_reaches_the_node() {
     for check in [
         "ok health",
         "ok reflection v1alpha:",
+        "ok no token: unauthenticated",
         "ok apps:",
         "ok default authority",
         "ok unix authority 'localhost'",

@@ -115,6 +115,9 @@ async fn a_revoked_token_is_refused_at_once_and_its_open_streams_end() {
     let mut session = open_session(&app, "chat").await;
     let mut inbox = receive(&app, "chat").await;
     let other = with_token(&node, &kept).await;
+    // `chat:voice` exists (a node-wide helper `chat` may start): the app may act as it.
+    let (ok, _, err) = p2pctl(&node, &["helpers", "add", "voice", "/bin/true"]);
+    assert!(ok, "{err}");
     let mut other_session = open_session(&other, "chat:voice").await;
 
     let (ok, out, err) = p2pctl(&node, &["tokens", "revoke", &revoked_id]);

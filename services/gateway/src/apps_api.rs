@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use p2pos_kernel::{ServiceContext, ServiceError};
+use p2pos_kernel::{Registry, ServiceContext, ServiceError};
 use p2pos_proto::app::v1::{
     AckReply, AckRequest, ChannelInput, ChannelOutput, ListAppsReply, ListAppsRequest,
     ReceiveRequest, ReceivedMessage, SendReply, SendRequest, SessionEvent, SessionRequest,
@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     BoxStream,
-    auth::{Scope, caller},
+    auth::{Scope, caller, require_helper_exists},
     cut_on_stop,
     data_socket::{DataSockets, over_tcp, transport},
     splice::OutputOptions,
@@ -131,9 +131,11 @@ impl AppsApi {
     }
 }
 
-/// The app id a request names, which the caller must cover, checked here once.
-fn app(scope: &Scope, app_id: &str) -> Result<AppId, Status> {
+/// The app id a request names, which the caller must cover (a helper's only while it exists),
+/// checked here once.
+async fn app(scope: &Scope, app_id: &str, registry: &Registry) -> Result<AppId, Status> {
     scope.require_app(app_id)?;
+    require_helper_exists(scope, app_id, registry).await?;
     AppId::parse(app_id).map_err(Status::invalid_argument)
 }
 
@@ -147,7 +149,7 @@ impl Apps for AppsApi {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let scope = caller(&req)?;
         let SessionRequest { app_id, group } = req.into_inner();
-        let app_id = app(&scope, &app_id)?;
+        let app_id = app(&scope, &app_id, &self.ctx.registry).await?;
         let group = self.group(&group).await?;
         let session = self
             .ask(|reply| AppsRequest::OpenSession {
@@ -189,7 +191,7 @@ impl Apps for AppsApi {
         let (channel, asked) = match first.kind {
             Some(channel_input::Kind::Open(open)) => {
                 let transport = transport(open.transport)?;
-                let app_id = app(&scope, &open.app_id)?;
+                let app_id = app(&scope, &open.app_id, &self.ctx.registry).await?;
                 let (peer, implied) = self.peer(&open.peer).await?;
                 let group = self.channel_group(&open.group, implied, &peer).await?;
                 let options = OutputOptions {
@@ -211,7 +213,7 @@ impl Apps for AppsApi {
             }
             Some(channel_input::Kind::Accept(accept)) => {
                 let transport = transport(accept.transport)?;
-                let app_id = app(&scope, &accept.app_id)?;
+                let app_id = app(&scope, &accept.app_id, &self.ctx.registry).await?;
                 let options = OutputOptions {
                     batch: accept.batch,
                     half_close: accept.half_close,
@@ -245,7 +247,7 @@ impl Apps for AppsApi {
             peer,
             payload,
         } = req.into_inner();
-        let app_id = app(&scope, &app_id)?;
+        let app_id = app(&scope, &app_id, &self.ctx.registry).await?;
         if payload.len() > MAX_PAYLOAD {
             return Err(Status::resource_exhausted(format!(
                 "a message of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
@@ -272,7 +274,7 @@ impl Apps for AppsApi {
     ) -> Result<Response<Self::ReceiveStream>, Status> {
         let scope = caller(&req)?;
         let ReceiveRequest { app_id } = req.into_inner();
-        let app_id = app(&scope, &app_id)?;
+        let app_id = app(&scope, &app_id, &self.ctx.registry).await?;
         let inbox = self
             .ask(|reply| AppsRequest::Receive { app_id, reply })
             .await?;
@@ -286,7 +288,7 @@ impl Apps for AppsApi {
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckReply>, Status> {
         let scope = caller(&req)?;
         let AckRequest { app_id, inbox_id } = req.into_inner();
-        let app_id = app(&scope, &app_id)?;
+        let app_id = app(&scope, &app_id, &self.ctx.registry).await?;
         self.ask(|reply| AppsRequest::Ack {
             app_id,
             inbox_id,

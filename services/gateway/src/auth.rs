@@ -1,7 +1,9 @@
 //! Who is calling: the scope of a request.
 //!
-//! - On the unix socket, the peer's uid must be the node's own (or root); a caller with no
-//!   token is then admin. A token, if given, must be valid and sets the scope.
+//! - On the unix socket, the peer's uid must be the node's own (or root), and every call but
+//!   health and reflection needs a token, as on TCP: a caller with no token is refused with
+//!   `UNAUTHENTICATED` saying where the admin token is (p2pctl and the clients read it from
+//!   there). Running as the node's user is not enough to be admin: a helper runs as it too.
 //! - On loopback TCP, every call needs a token (`authorization: Bearer <token>`): the admin
 //!   token from `gateway.token`, an app token from `Node.CreateAppToken` (see [`crate::tokens`]:
 //!   refused once expired or revoked), or the token of a running helper (`P2POS_TOKEN`), scoped
@@ -33,7 +35,8 @@ use tower::{Layer, Service};
 
 use crate::tokens::{AppTokens, Grant};
 
-/// How long a request waits for task control to say whose a helper token is.
+/// How long a request waits for task control to say whose a helper token is, or whether a
+/// helper exists.
 const HELPER_TOKEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a caller may do.
@@ -86,6 +89,41 @@ impl Scope {
     }
 }
 
+/// After [`Scope::require_app`]: for an app scope naming one of its helpers' app ids (`X:h`,
+/// `X:h:g`), that the helper exists: task control has its spec, or one the app may start. An
+/// app acts as its helpers, never as app ids of its choosing under its own.
+pub async fn require_helper_exists(
+    scope: &Scope,
+    app_id: &str,
+    registry: &Registry,
+) -> Result<(), Status> {
+    let Scope::App(own) = scope else {
+        return Ok(());
+    };
+    if app_id == own {
+        return Ok(());
+    }
+    let asked = app_id.to_owned();
+    let exists = registry.ask::<Tasks, _>(|reply| TasksRequest::HelperExists {
+        app_id: asked,
+        reply,
+    });
+    match tokio::time::timeout(HELPER_TOKEN_WAIT, exists).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(Status::permission_denied(format!(
+            "the token is scoped to app {own:?}: it may act as {app_id:?} only while that \
+             helper exists (add its spec first)"
+        ))),
+        Ok(Err(e)) => Err(Status::unavailable(format!(
+            "cannot check that helper {app_id:?} exists now: {e}"
+        ))),
+        Err(_) => Err(Status::unavailable(format!(
+            "cannot check that helper {app_id:?} exists now: task control did not answer \
+             within {HELPER_TOKEN_WAIT:?}"
+        ))),
+    }
+}
+
 /// An app id follows [`p2pos_protocols::names`].
 pub fn validate_app_id(app_id: &str) -> Result<(), Status> {
     p2pos_protocols::names::check_app_id(app_id).map_err(Status::invalid_argument)
@@ -95,17 +133,31 @@ pub fn validate_app_id(app_id: &str) -> Result<(), Status> {
 #[derive(Clone)]
 pub struct Authenticator {
     admin_token: Arc<str>,
+    /// `UNAUTHENTICATED`'s message for a call with no token: where the admin token is.
+    missing: Arc<str>,
     tokens: AppTokens,
     registry: Registry,
     own_uid: u32,
 }
 
 impl Authenticator {
-    /// For a node with this admin token, app tokens and registry (the task-control service,
-    /// which knows the tokens of running helpers).
-    pub fn new(admin_token: Arc<str>, tokens: AppTokens, registry: Registry) -> Self {
+    /// For a node with this admin token (kept in `token_file`), app tokens and registry (the
+    /// task-control service, which knows the tokens of running helpers).
+    pub fn new(
+        admin_token: Arc<str>,
+        token_file: &std::path::Path,
+        tokens: AppTokens,
+        registry: Registry,
+    ) -> Self {
+        let missing = format!(
+            "missing token: every call needs `authorization: Bearer <token>`, on the unix \
+             socket too; the admin token is in {} (p2pctl and the P2P OS clients read it from \
+             there), an app's token comes from `p2pctl tokens create`",
+            token_file.display()
+        );
         Self {
             admin_token,
+            missing: missing.into(),
             tokens,
             registry,
             own_uid: nix::unistd::getuid().as_raw(),
@@ -132,8 +184,8 @@ impl Authenticator {
         extensions: &Extensions,
     ) -> Result<(Scope, Option<Grant>), Status> {
         let token = bearer(headers)?;
-        let on_socket = match extensions.get::<UdsConnectInfo>() {
-            Some(info) => {
+        if let Some(info) = extensions.get::<UdsConnectInfo>() {
+            {
                 let uid = info.peer_cred.map(|c| c.uid());
                 if uid != Some(self.own_uid) && uid != Some(0) {
                     return Err(Status::permission_denied(format!(
@@ -142,16 +194,11 @@ impl Authenticator {
                         self.own_uid
                     )));
                 }
-                true
             }
-            None => false,
-        };
+        }
         match token {
             Some(token) => self.token_scope(&token).await,
-            None if on_socket => Ok((Scope::Admin, None)),
-            None => Err(Status::unauthenticated(
-                "missing token: send `authorization: Bearer <token>` (the admin token is in gateway.token in the data directory)",
-            )),
+            None => Err(Status::unauthenticated(self.missing.to_string())),
         }
     }
 
@@ -433,7 +480,12 @@ mod tests {
         let tokens = AppTokens::new(store);
         let chat = tokens.create("chat", None).expect("app token").token;
         // No task-control service runs here: helper tokens cannot be checked.
-        let auth = Authenticator::new("admin-secret".into(), tokens, Registry::default());
+        let auth = Authenticator::new(
+            "admin-secret".into(),
+            std::path::Path::new("/data/gateway.token"),
+            tokens,
+            Registry::default(),
+        );
         // Over TCP: no connection info.
         let tcp = Extensions::new();
         let scope = |token: Option<&str>| {

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     BoxStream,
-    auth::{Scope, caller},
+    auth::{Scope, caller, require_helper_exists},
     cut_on_stop, unavailable_at_end,
 };
 
@@ -46,6 +46,13 @@ impl GroupsApi {
     /// For this node; streams end when `stop` is cancelled.
     pub fn new(ctx: ServiceContext, stop: CancellationToken) -> Self {
         Self { ctx, stop }
+    }
+
+    /// [`topic_app`], a helper's app id only while the helper exists.
+    async fn topic_app(&self, scope: &Scope, app: &str) -> Result<String, Status> {
+        let app = topic_app(scope, app)?;
+        require_helper_exists(scope, &app, &self.ctx.registry).await?;
+        Ok(app)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> groups::Request) -> Result<T, Status> {
@@ -78,7 +85,7 @@ impl GroupsRpc for GroupsApi {
         &self,
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
-        let app = topic_app(&caller(&req)?, &req.get_ref().app)?;
+        let app = self.topic_app(&caller(&req)?, &req.get_ref().app).await?;
         let request = req.into_inner();
         let published = self
             .ask(|reply| groups::Request::Publish {
@@ -94,7 +101,7 @@ impl GroupsRpc for GroupsApi {
         &self,
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let app = topic_app(&caller(&req)?, &req.get_ref().app)?;
+        let app = self.topic_app(&caller(&req)?, &req.get_ref().app).await?;
         let request = req.into_inner();
         let messages = self
             .ask(|reply| groups::Request::Subscribe {

@@ -29,19 +29,28 @@ impl OverlayApi {
     }
 }
 
-/// `Ping` and `FindPeer` take a bare peer id: dialing new addresses (tickets, multiaddrs) is
-/// what the admin-only `Dial` is for.
+/// `Ping` and `FindPeer` take a bare peer id, in every scope: dialing new addresses (tickets,
+/// multiaddrs) is what the admin-only `Dial` is for, so no app makes the node dial (or keep)
+/// an address of its choosing.
 pub(crate) fn bare_peer(peer_id: &str) -> Result<PeerRef, Status> {
     let peer_id = peer_id.trim();
     if peer_id.is_empty() {
         return Err(Status::invalid_argument("peer_id is empty"));
     }
-    if !peer_id.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(Status::invalid_argument(format!(
+    let not_bare = || {
+        Status::invalid_argument(format!(
             "{peer_id:?} is not a peer id (a ticket or address is for Dial)"
-        )));
+        ))
+    };
+    if !peer_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(not_bare());
     }
-    PeerRef::parse(peer_id).map_err(|e| ServiceError::from(e).into())
+    // A ticket is alphanumeric too: it carries addresses.
+    let peer = PeerRef::parse(peer_id).map_err(|e| Status::from(ServiceError::from(e)))?;
+    if !peer.addrs.is_empty() {
+        return Err(not_bare());
+    }
+    Ok(peer)
 }
 
 #[tonic::async_trait]

@@ -11,7 +11,7 @@ use p2pos_protocols::{Reply, Resources, resources};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::{Scope, caller},
+    auth::{Scope, caller, require_helper_exists},
     overlay_api::bare_peer,
 };
 
@@ -111,6 +111,7 @@ impl ResourcesRpc for ResourcesApi {
             (_, true) => String::new(),
             (_, false) => {
                 scope.require_app(&app_id)?;
+                require_helper_exists(&scope, &app_id, &self.ctx.registry).await?;
                 app_id
             }
         };

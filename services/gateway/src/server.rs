@@ -7,7 +7,7 @@ use std::{net::SocketAddr, os::unix::fs::PermissionsExt, time::Duration};
 use actix::prelude::*;
 use p2pos_kernel::{
     ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
-    ServiceState, StopService, Uses,
+    ServiceState, StopService, TOKEN_FILE, Uses,
 };
 use p2pos_proto::{
     FILE_DESCRIPTOR_SET, app::v1::apps_server::AppsServer, group::v1::groups_server::GroupsServer,
@@ -135,7 +135,12 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         .migrate()
         .map_err(|e| format!("cannot bring the app tokens up to date: {}", e.message()))?;
     let admin_token = ctx.admin_token().map_err(|e| e.to_string())?;
-    let auth = Authenticator::new(admin_token, tokens.clone(), ctx.registry.clone());
+    let auth = Authenticator::new(
+        admin_token,
+        &ctx.config.data_dir.join(TOKEN_FILE),
+        tokens.clone(),
+        ctx.registry.clone(),
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

@@ -36,7 +36,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     BoxStream,
-    auth::{Scope, caller},
+    auth::{Scope, caller, require_helper_exists},
     data_socket::{DataSockets, over_tcp, transport},
     deadline,
     splice::OutputOptions,
@@ -91,6 +91,13 @@ impl ServicesApi {
             )));
         }
         Ok(Some(peers))
+    }
+
+    /// [`acting_app`], a helper's app id only while the helper exists.
+    async fn acting(&self, scope: &Scope, app_id: String) -> Result<AppId, Status> {
+        let app_id = acting_app(scope, app_id)?;
+        require_helper_exists(scope, app_id.as_str(), &self.ctx.registry).await?;
+        Ok(app_id)
     }
 
     /// Asks the service behind `p2pos.service.v1` (the overlay) and waits for its answer.
@@ -162,7 +169,7 @@ impl Services for ServicesApi {
             service,
             description,
         } = req.into_inner();
-        let app_id = acting_app(&scope, app_id)?;
+        let app_id = self.acting(&scope, app_id).await?;
         let service = service_name(&service)?;
         let info = self
             .ask(|reply| ServicesCall::Register {
@@ -181,7 +188,7 @@ impl Services for ServicesApi {
     ) -> Result<Response<UnregisterReply>, Status> {
         let scope = caller(&req)?;
         let UnregisterRequest { app_id, service } = req.into_inner();
-        let app_id = acting_app(&scope, app_id)?;
+        let app_id = self.acting(&scope, app_id).await?;
         let service = service_name(&service)?;
         self.ask(|reply| ServicesCall::Unregister {
             app_id,
@@ -236,7 +243,7 @@ impl Services for ServicesApi {
             timeout_ms,
             group,
         } = req.into_inner();
-        let app_id = acting_app(&scope, app_id)?;
+        let app_id = self.acting(&scope, app_id).await?;
         payload_size("a call payload", payload.len())?;
         let service = service_name(&service)?;
         let peer = provider(&peer)?;
@@ -265,7 +272,7 @@ impl Services for ServicesApi {
             call_id,
             result,
         } = req.into_inner();
-        let app_id = acting_app(&scope, app_id)?;
+        let app_id = self.acting(&scope, app_id).await?;
         if let Some(reply_request::Result::Payload(payload)) = &result {
             payload_size("a reply payload", payload.len())?;
         }
@@ -307,7 +314,7 @@ impl Services for ServicesApi {
             transport: wanted,
         } = open;
         let transport = transport(wanted)?;
-        let app_id = acting_app(&scope, app_id)?;
+        let app_id = self.acting(&scope, app_id).await?;
         let service = service_name(&service)?;
         let peer = provider(&peer)?;
         let only = self.only_members(&group, peer.as_ref()).await?;

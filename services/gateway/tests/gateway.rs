@@ -80,6 +80,10 @@ impl Handler<Call<Tasks>> for FakeTasks {
                 reply,
                 Ok((token == "helper-token").then(|| "chat:voice".to_owned())),
             ),
+            // ... and it is the only helper there is.
+            TasksCall::HelperExists { app_id, reply } => {
+                answer::<_, ServiceError>(reply, Ok(app_id == "chat:voice"));
+            }
             TasksCall::Add {
                 caller_app,
                 spec,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use common::{Node, T, eventually};
 use futures::{SinkExt, StreamExt};
+use p2pos_kernel::Protocol;
 use p2pos_kernel::{Call, DeathGuard, ErrorCode, InjectPanic, ServiceError, StopService};
 use p2pos_proto::{
     app::v1::{ChannelOutput, channel_output},
@@ -21,10 +22,11 @@ use p2pos_proto::{
     },
 };
 use p2pos_protocols::{
-    Forwarding, Services, answer,
+    Forwarding, Services, Tasks, answer,
     apps::ChannelStream,
     forwarding::Request as ForwardingCall,
     services::{OutgoingCall, Request as ServicesCall},
+    tasks::Request as TasksCall,
     wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use tokio_util::codec::Framed;
@@ -256,9 +258,33 @@ impl Handler<Call<Forwarding>> for FakeServices {
 
 /// Boots a kernel with the fake services service (named `overlay`, as the real one) and the
 /// gateway.
+/// Task control's part: one helper exists, `chat:voice`.
+impl Handler<Call<Tasks>> for FakeServices {
+    type Result = ();
+
+    fn handle(&mut self, Call(request): Call<Tasks>, _: &mut Self::Context) {
+        match request {
+            TasksCall::HelperExists { app_id, reply } => {
+                answer::<_, ServiceError>(reply, Ok(app_id == "chat:voice"));
+            }
+            other => panic!("not asked in these tests: {other:?}"),
+        }
+    }
+}
+
 async fn boot() -> Node {
-    Node::boot_two::<Services, Forwarding, _>("overlay", |guard| FakeServices { _guard: guard })
-        .await
+    const PROVIDES: &[&str] = &[Services::NAME, Forwarding::NAME, Tasks::NAME];
+    Node::boot_routes(
+        "overlay",
+        PROVIDES,
+        |guard| FakeServices { _guard: guard },
+        |registry, addr: Addr<FakeServices>| {
+            registry.register::<Services>(addr.clone().recipient())?;
+            registry.register::<Forwarding>(addr.clone().recipient())?;
+            registry.register::<Tasks>(addr.recipient())
+        },
+    )
+    .await
 }
 
 fn code<T: std::fmt::Debug>(result: Result<T, Status>) -> Code {

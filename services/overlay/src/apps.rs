@@ -20,7 +20,7 @@ use crate::{
     Error, channel,
     counted::count,
     registry::actor::{AppGone, SessionEnded},
-    sessions::{MAX_SESSIONS, SESSION_BUFFER, SessionSlot},
+    sessions::{MAX_SESSIONS, MAX_SESSIONS_PER_APP, SESSION_BUFFER, SessionSlot},
     state::OverlayService,
     task::{Fut, ready, spawn_answer},
 };
@@ -79,6 +79,12 @@ impl OverlayService {
             return ready(Err(Error::Busy {
                 what: "live app sessions",
                 limit: MAX_SESSIONS,
+            }));
+        }
+        if self.directory.live_of_app(&app_id) >= MAX_SESSIONS_PER_APP {
+            return ready(Err(Error::Busy {
+                what: "live sessions of one app and its helpers",
+                limit: MAX_SESSIONS_PER_APP,
             }));
         }
         let (tx, incoming) = mpsc::channel(SESSION_BUFFER);

@@ -7,13 +7,16 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use p2pos_protocols::apps::Incoming;
+use p2pos_protocols::{apps::Incoming, names::root_app};
 use tokio::sync::mpsc;
 
 /// Announcements (incoming channels and calls) buffered per session.
 pub(crate) const SESSION_BUFFER: usize = 64;
 /// Most live sessions, all apps together.
 pub(crate) const MAX_SESSIONS: usize = 1024;
+/// Most live sessions of one app and its helpers (`app:helper`) together: one app cannot take
+/// every session of the node, nor multiply its share through helpers.
+pub(crate) const MAX_SESSIONS_PER_APP: usize = 128;
 
 /// One live session of an app.
 #[derive(Clone)]
@@ -80,6 +83,16 @@ impl SessionDirectory {
     /// Live sessions, all apps together.
     pub(crate) fn live(&self) -> usize {
         self.read().values().map(Vec::len).sum()
+    }
+
+    /// Live sessions of `app_id`'s app: its own and its helpers'.
+    pub(crate) fn live_of_app(&self, app_id: &str) -> usize {
+        let root = root_app(app_id);
+        self.read()
+            .iter()
+            .filter(|(app, _)| root_app(app) == root)
+            .map(|(_, sessions)| sessions.len())
+            .sum()
     }
 
     /// Whether `app_id` has a live session.

@@ -655,6 +655,16 @@ pub mod tasks {
             /// The helper's app id, or `None` for a token of no running helper.
             reply: Reply<Option<String>>,
         },
+        /// Whether `app_id` is the app id of a helper that exists (`<owner>:<name>`, at every
+        /// level a helper its owner has, or may start: its own spec, its instance of a spec the
+        /// admin installed, or such a spec): an app may act as one of its helpers' app ids
+        /// only then.
+        HelperExists {
+            /// The helper's app id.
+            app_id: String,
+            /// Whether it exists.
+            reply: Reply<bool>,
+        },
         /// `Tasks.Logs`: kept lines, then (when following) new ones; the stream ends when the
         /// helper's log is gone or, without `follow`, after the kept lines.
         Logs {

@@ -76,6 +76,12 @@ pub fn check_plain_app_id(app_id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The app an app id belongs to: `X` for `X`, `X:<helper>` and `X:<helper>:<...>`. Per-app
+/// budgets count an app and all its helpers together, so helpers do not multiply it.
+pub fn root_app(app_id: &str) -> &str {
+    app_id.split(HELPER_SEPARATOR).next().unwrap_or(app_id)
+}
+
 /// Whether a caller acting as app `own` may act for `app_id`: its own id and its helpers'.
 pub fn covers(own: &str, app_id: &str) -> bool {
     app_id == own

@@ -57,6 +57,9 @@ impl TasksService {
             Request::HelperToken { token, reply } => {
                 answer::<_, Error>(reply, Ok(self.tokens.get(&token).cloned()));
             }
+            Request::HelperExists { app_id, reply } => {
+                answer::<_, Error>(reply, Ok(self.helper_exists(&app_id)));
+            }
             Request::Logs {
                 caller_app,
                 request,
@@ -102,10 +105,10 @@ impl TasksService {
                     Ok(caller) => caller,
                     Err(e) => return answer(reply, Err::<HelperStatus, _>(e)),
                 };
+                let shown_to = caller.clone();
                 let status = match op {
                     HelperOp::Get => done(
-                        caller
-                            .key(&helper.app_id, &helper.name)
+                        self.key_of(&caller, &helper.app_id, &helper.name)
                             .and_then(|k| self.view(&k)),
                     ),
                     HelperOp::Start => self.start_helper(caller, helper, ctx),
@@ -119,9 +122,58 @@ impl TasksService {
                         },
                     )),
                 };
+                let status =
+                    Box::pin(status.map(move |r, act: &mut Self, _| {
+                        r.map(|status| act.shown(&shown_to, status))
+                    }));
                 later(reply, status, ctx);
             }
         }
+    }
+
+    /// [`Caller::app`], and an app naming one of its helpers' app ids only while that helper
+    /// exists.
+    fn app_of(&self, caller: &Caller, app_id: &str) -> Result<String, Error> {
+        let app = caller.app(app_id)?;
+        match caller {
+            Caller::App(own) if app != *own && !self.helper_exists(&app) => {
+                Err(Error::NoSuchHelper {
+                    caller: own.clone(),
+                    app_id: app,
+                })
+            }
+            _ => Ok(app),
+        }
+    }
+
+    /// [`Caller::key`], the app checked as [`Self::app_of`] does.
+    fn key_of(&self, caller: &Caller, app_id: &str, name: &str) -> Result<Key, Error> {
+        let app = self.app_of(caller, app_id)?;
+        spec::validate_name(name)?;
+        Ok(Key {
+            app,
+            name: name.to_owned(),
+        })
+    }
+
+    /// What `caller` sees of a helper's status: an app does not see the environment of a spec
+    /// the admin installed (a node-wide spec, or the app's own instance of one): it may hold
+    /// the admin's settings and secrets.
+    fn shown(&self, caller: &Caller, mut status: HelperStatus) -> HelperStatus {
+        let Caller::App(_) = caller else {
+            return status;
+        };
+        if let Some(spec) = status.spec.as_mut() {
+            let key = Key {
+                app: spec.app_id.clone(),
+                name: spec.name.clone(),
+            };
+            let apps_own = !key.app.is_empty() && self.table.get(&key).is_some_and(|e| e.stored);
+            if !apps_own {
+                spec.env.clear();
+            }
+        }
+        status
     }
 
     /// Answers `result` once the store is flushed.
@@ -164,7 +216,7 @@ impl TasksService {
         spec: Option<HelperSpec>,
     ) -> Result<HelperStatus, Error> {
         let mut spec = spec.ok_or(Error::Missing("spec"))?;
-        spec.app_id = caller.app(&spec.app_id)?;
+        spec.app_id = self.app_of(caller, &spec.app_id)?;
         let spec = Spec::try_from(spec)?;
         program::resolve(
             &spec.program,
@@ -188,7 +240,7 @@ impl TasksService {
     }
 
     fn remove(&mut self, caller: &Caller, r: &HelperRef) -> Result<(), Error> {
-        let key = caller.key(&r.app_id, &r.name)?;
+        let key = self.key_of(caller, &r.app_id, &r.name)?;
         let entry = self.table.get(&key).ok_or_else(|| not_found(&key))?;
         if entry.is_active() {
             return Err(Error::StillRunning {
@@ -211,7 +263,7 @@ impl TasksService {
     ) -> Result<ListHelpersReply, Error> {
         let only = match request.app_id.as_str() {
             "" => None,
-            app => Some(caller.app(app)?),
+            app => Some(self.app_of(caller, app)?),
         };
         let admin_spec_visible = matches!(caller, Caller::App(_));
         let helpers = self
@@ -224,7 +276,7 @@ impl TasksService {
                 };
                 own || (admin_spec_visible && key.app.is_empty())
             })
-            .map(|(_, entry)| entry.status())
+            .map(|(_, entry)| self.shown(caller, entry.status()))
             .collect();
         Ok(ListHelpersReply { helpers })
     }
@@ -255,7 +307,7 @@ impl TasksService {
         if self.stopping {
             return Err(Error::ShuttingDown);
         }
-        let key = caller.key(&r.app_id, &r.name)?;
+        let key = self.key_of(caller, &r.app_id, &r.name)?;
         self.spec_to_start(&key)?;
         Ok(key)
     }
@@ -314,7 +366,7 @@ impl TasksService {
         r: &HelperRef,
         ctx: &mut Context<Self>,
     ) -> Reply<HelperStatus> {
-        let key = match caller.key(&r.app_id, &r.name) {
+        let key = match self.key_of(caller, &r.app_id, &r.name) {
             Ok(key) => key,
             Err(e) => return done(Err(e)),
         };
@@ -364,7 +416,7 @@ impl TasksService {
     ) -> Result<HelperStatus, Error> {
         let SignalHelperRequest { helper, signal } = request;
         let r = helper.ok_or(Error::Missing("helper"))?;
-        let key = caller.key(&r.app_id, &r.name)?;
+        let key = self.key_of(caller, &r.app_id, &r.name)?;
         let signal = signal::parse_sendable(&signal)?;
         let not_running = |state| Error::NotRunning {
             app_id: key.app.clone(),
@@ -398,7 +450,7 @@ impl TasksService {
             tail,
         } = request;
         let r = helper.ok_or(Error::Missing("helper"))?;
-        let key = caller.key(&r.app_id, &r.name)?;
+        let key = self.key_of(&caller, &r.app_id, &r.name)?;
         let entry = self.table.get(&key).ok_or_else(|| not_found(&key))?;
         let permit = self
             .log_readers

@@ -74,6 +74,16 @@ pub enum Error {
         /// The app it named.
         app_id: String,
     },
+    /// An app named the app id of one of its helpers that does not exist.
+    #[error(
+        "app {caller:?} may act as {app_id:?} only while that helper exists (add its spec first)"
+    )]
+    NoSuchHelper {
+        /// The calling app.
+        caller: String,
+        /// The helper's app id it named.
+        app_id: String,
+    },
     /// No such helper.
     #[error("no helper {name:?} of {}", owner(app_id))]
     NotFound {
@@ -173,7 +183,9 @@ impl From<Error> for ServiceError {
             | Error::NotRunning { .. }
             | Error::WorkingDir(_)
             | Error::Spawn { .. } => ErrorCode::FailedPrecondition,
-            Error::PermissionDenied { .. } => ErrorCode::PermissionDenied,
+            Error::PermissionDenied { .. } | Error::NoSuchHelper { .. } => {
+                ErrorCode::PermissionDenied
+            }
             Error::Limit { .. } | Error::Quota { .. } => ErrorCode::ResourceExhausted,
             Error::Session(e) => e.code,
             Error::ShuttingDown => ErrorCode::Unavailable,

@@ -1,11 +1,13 @@
 //! The task-control service: helper applications (plug-ins, separate programs) that the node
 //! starts, supervises, restarts and stops on behalf of apps, answering `p2pos.tasks.v1`.
 //!
-//! A helper runs without a shell, with only the environment its spec gives plus the `P2POS_*`
-//! variables (gateway address, a token scoped to the helper's app id, its name, owner and
-//! directory), in its own process group and cgroup (with its memory, CPU and process limits;
-//! rlimits where cgroups are not writable), and is killed, with everything it started, when it
-//! stops or the node dies. An app's helper
+//! A helper runs without a shell, with only the environment its spec gives (an app's helper:
+//! only `APP_*` variables) plus the `P2POS_*` variables (gateway address, a token scoped to the
+//! helper's app id, its name, owner and directory), in its own process group and cgroup (with
+//! its memory, CPU and process limits; rlimits where cgroups are not writable), confined by
+//! Landlock to the system directories, its program's and its own directory (never the node's
+//! secrets), and is killed, with everything it started, when it stops or the node dies. An
+//! app's helper
 //! stops when the app's last session ends (unless its spec says `outlive_session`).
 //!
 //! # Layout
@@ -19,6 +21,8 @@
 //! - `cgroup`: helpers' cgroups (v1 or v2) by plain file writes: create, join, count OOM
 //!   kills, kill everything in one, clean up an earlier run's.
 //! - `rlimit`: the rlimit fallback.
+//! - `fs_confine`: what of the file system a helper may reach (Landlock), so that it cannot
+//!   read the node's secrets.
 //! - `process`: spawning (environment, process group, parent-death signal), waiting,
 //!   signalling; helper tokens and directories.
 //! - [`shim`]: the small supervisor `p2posd` runs in front of each helper so that nothing a
@@ -37,6 +41,7 @@ pub mod config;
 mod control;
 mod enforce;
 pub mod error;
+mod fs_confine;
 mod lifecycle;
 mod limits;
 mod logs;
@@ -67,6 +72,6 @@ pub use service::{
     child_spec,
 };
 pub use spec::{
-    DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_SECS, DEFAULT_STOP_TIMEOUT_MS, MAX_APP_ID_LEN,
-    MAX_ARGS, MAX_MAX_RESTARTS, MAX_NAME_LEN, MAX_SPEC_BYTES, MAX_STOP_TIMEOUT_MS,
+    APP_ENV_PREFIX, DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_SECS, DEFAULT_STOP_TIMEOUT_MS,
+    MAX_APP_ID_LEN, MAX_ARGS, MAX_MAX_RESTARTS, MAX_NAME_LEN, MAX_SPEC_BYTES, MAX_STOP_TIMEOUT_MS,
 };

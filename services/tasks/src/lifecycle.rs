@@ -12,7 +12,9 @@ use tokio::{sync::oneshot, time::Instant};
 use tracing::warn;
 
 use crate::{
-    Error, limits,
+    Error,
+    fs_confine::{FsRules, HelperPaths},
+    limits,
     process::{self, Launch},
     program,
     restart::{self, Exit},
@@ -71,6 +73,23 @@ impl TasksService {
             });
         }
         Ok(())
+    }
+
+    /// Whether `app_id` is the app id of a helper that exists: `<owner>:<name>` where the
+    /// owner has, or may start, helper `name`, and so on up to the app.
+    pub(crate) fn helper_exists(&self, app_id: &str) -> bool {
+        let Some((owner, name)) = app_id.rsplit_once(p2pos_protocols::names::HELPER_SEPARATOR)
+        else {
+            return false;
+        };
+        let key = Key {
+            app: owner.to_owned(),
+            name: name.to_owned(),
+        };
+        let owner_exists = || {
+            !owner.contains(p2pos_protocols::names::HELPER_SEPARATOR) || self.helper_exists(owner)
+        };
+        !owner.is_empty() && self.spec_to_start(&key).is_ok() && owner_exists()
     }
 
     /// Starts `key` through the API (its count of restarts reset), bound to `session` if
@@ -197,6 +216,14 @@ impl TasksService {
             limits,
             shim.is_some(),
         );
+        let fs = FsRules::for_helper(&HelperPaths {
+            data_dir: &self.ctx.config.data_dir,
+            helper_dir: &dir,
+            program: &program,
+            plugin_dir: &plugin_dir,
+            admin_working_dir: spec.working_dir.as_deref().filter(|_| absolute_allowed),
+            read_paths: &spec.read_paths,
+        });
         let launch = Launch {
             program: &program,
             spec: &spec,
@@ -207,6 +234,7 @@ impl TasksService {
             shim,
             group: confinement.group.clone(),
             rlimits: confinement.rlimits,
+            fs,
         };
         let spawned = match process::spawn(&launch, &entry.log) {
             Ok(spawned) => spawned,
@@ -443,7 +471,5 @@ fn group_name(root: &str) -> &str {
 /// The app an entry's share counts against: `chat` for `chat`, `chat:voice`, ...; the node's
 /// own helpers (`""`) share one.
 fn root_app(app: &str) -> &str {
-    app.split(p2pos_protocols::names::HELPER_SEPARATOR)
-        .next()
-        .unwrap_or(app)
+    p2pos_protocols::names::root_app(app)
 }

@@ -27,6 +27,7 @@ use tokio::{
 use crate::{
     Error,
     cgroup::Group,
+    fs_confine::FsRules,
     logs::{self, SharedLog},
     rlimit::Rlimits,
     shim,
@@ -105,6 +106,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) group: Option<Arc<Group>>,
     /// The rlimits of its program (where there is no cgroup).
     pub(crate) rlimits: Rlimits,
+    /// What its program may reach of the file system (enforced by the shim).
+    pub(crate) fs: FsRules,
 }
 
 /// A started process: its pid (also its process group) and the tasks reading its output.
@@ -126,6 +129,7 @@ pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned>
             let options = shim::Options {
                 cgroups: launch.group.as_ref().map(|g| g.dirs()).unwrap_or_default(),
                 rlimits: launch.rlimits,
+                fs: launch.fs.clone(),
             };
             cmd.args(shim::command_line(node_pid, &options, launch.program));
             // The shim catches it and kills the helper's whole group.

@@ -90,16 +90,6 @@ impl Caller {
         Ok(app)
     }
 
-    /// The helper a request names, checked.
-    pub(crate) fn key(&self, app_id: &str, name: &str) -> Result<Key, Error> {
-        let app = self.app(app_id)?;
-        spec::validate_name(name)?;
-        Ok(Key {
-            app,
-            name: name.to_owned(),
-        })
-    }
-
     /// Whether the caller is bound to a session: the app whose session a helper it starts
     /// lives by.
     pub(crate) fn session_app(&self) -> Option<&str> {
@@ -143,7 +133,6 @@ mod tests {
         assert_eq!(admin.app("").unwrap(), "", "the node-wide helper");
         assert_eq!(admin.app("chat").unwrap(), "chat");
         assert!(admin.session_app().is_none());
-        assert!(admin.key("chat", "bad name").is_err());
         assert!(admin.app("..").is_err());
         assert!(Caller::parse("bad/app".into()).is_err());
     }

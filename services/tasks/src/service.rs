@@ -66,6 +66,9 @@ fn start(
         .collect();
     let quota = config.app_quota().map_err(Error::Internal)?;
     let enforcer = Enforcer::new(config.cgroups, &ctx.config.data_dir);
+    if config.helper_shim.is_some() {
+        crate::fs_confine::warn_if_unsupported();
+    }
     let service = TasksService {
         enforcer,
         quota,

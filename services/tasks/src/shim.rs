@@ -2,14 +2,17 @@
 //! program, so that nothing a helper starts outlives the node.
 //!
 //! A parent-death signal reaches only the process that asked for it, not the processes a
-//! helper starts itself. So the node starts `p2posd __p2pos-helper-shim NODE_PID PROGRAM
-//! [--cgroup DIR]... [--rlimit-as BYTES] [--rlimit-nproc N] -- ARGS...` as the leader of a new
+//! helper starts itself. So the node starts `p2posd __p2pos-helper-shim NODE_PID [--cgroup
+//! DIR]... [--rlimit-as BYTES] [--rlimit-nproc N] [--fs-rx PATH]... [--fs-rw PATH]... --
+//! PROGRAM ARGS...` as the leader of a new
 //! process group, in the helper's cgroup (if any), with a parent-death signal; the shim
 //! - becomes a child subreaper (orphans of the helper's tree become its children, and it reaps
 //!   them: no zombies),
 //! - closes every inherited file descriptor but stdin, stdout and stderr, resets every signal
 //!   to its default action, and runs the program (no shell) in its own (the shim's) process
-//!   group, with the rlimits it was given (where cgroups are not writable),
+//!   group, with the rlimits it was given (where cgroups are not writable), confined by Landlock
+//!   to the paths it was given (see [`crate::fs_confine`]; the ruleset is built before the
+//!   program's process is forked, and enforced in it right before `exec`),
 //! - then waits, with every signal blocked and read with `sigwait`: signals sent to the group
 //!   (the node's stop signal) reach the program directly and the shim ignores them; when the
 //!   node dies (the parent-death signal, and its parent is no longer the node) it kills every
@@ -28,7 +31,11 @@ use std::{
     process::Command,
 };
 
-use crate::{cgroup, rlimit::Rlimits};
+use crate::{
+    cgroup,
+    fs_confine::{FsRules, Ruleset},
+    rlimit::Rlimits,
+};
 use nix::{
     sys::{
         signal::{SigHandler, SigSet, Signal, kill, killpg, raise, signal},
@@ -62,6 +69,8 @@ pub(crate) struct Options {
     pub(crate) cgroups: Vec<PathBuf>,
     /// The program's rlimits.
     pub(crate) rlimits: Rlimits,
+    /// What the program may reach of the file system (none given: unconfined).
+    pub(crate) fs: FsRules,
 }
 
 /// The shim's command line up to the program's arguments: [`SHIM_ARG`], the node's pid, the
@@ -72,6 +81,7 @@ pub(crate) fn command_line(node: u32, options: &Options, program: &Path) -> Vec<
         args.extend(["--cgroup".into(), dir.as_os_str().to_owned()]);
     }
     args.extend(options.rlimits.shim_args());
+    args.extend(options.fs.shim_args());
     args.extend(["--".into(), program.as_os_str().to_owned()]);
     args
 }
@@ -80,7 +90,7 @@ fn run(args: &[OsString]) -> i32 {
     let Some((node, options, program, program_args)) = parse(args) else {
         eprintln!(
             "p2posd: the helper shim needs NODE_PID [--cgroup DIR]... [--rlimit-as BYTES] \
-             [--rlimit-nproc N] -- PROGRAM [ARGS...]"
+             [--rlimit-nproc N] [--fs-rx PATH]... [--fs-rw PATH]... -- PROGRAM [ARGS...]"
         );
         return CANNOT_RUN;
     };
@@ -106,11 +116,23 @@ fn run(args: &[OsString]) -> i32 {
     let mut command = Command::new(program);
     command.args(program_args);
     let rlimits = options.rlimits;
-    // SAFETY: runs in the forked child before exec; sigprocmask and setrlimit are
-    // async-signal-safe and nothing is allocated.
+    // Built here, enforced in the program's process: what it may reach of the file system.
+    let mut confine = match (!options.fs.is_empty()).then(|| Ruleset::build(&options.fs)) {
+        None => None,
+        Some(Ok(ruleset)) => Some(ruleset),
+        Some(Err(e)) => {
+            eprintln!("p2posd: helper shim: cannot confine the program with Landlock: {e}");
+            return CANNOT_RUN;
+        }
+    };
+    // SAFETY: runs in the forked child before exec; sigprocmask, setrlimit, prctl and
+    // landlock_restrict_self are async-signal-safe, and the shim is single-threaded.
     unsafe {
         command.pre_exec(move || {
             rlimits.apply()?;
+            if let Some(ruleset) = confine.take() {
+                ruleset.restrict()?;
+            }
             SigSet::all().thread_unblock().map_err(std::io::Error::from)
         });
     }
@@ -165,6 +187,8 @@ fn parse(args: &[OsString]) -> Option<(Pid, Options, &OsStr, &[OsString])> {
             "--cgroup" => options.cgroups.push(PathBuf::from(value)),
             "--rlimit-as" => options.rlimits.address_space = Some(number()?),
             "--rlimit-nproc" => options.rlimits.nproc = Some(number()?),
+            "--fs-rx" => options.fs.read_exec.push(PathBuf::from(value)),
+            "--fs-rw" => options.fs.read_write.push(PathBuf::from(value)),
             _ => return None,
         }
         rest = after;
@@ -272,6 +296,10 @@ mod tests {
                 rlimits: Rlimits {
                     address_space: Some(64 << 20),
                     nproc: Some(100),
+                },
+                fs: FsRules {
+                    read_exec: vec!["/usr".into(), "/opt/x y".into()],
+                    read_write: vec!["/data/helpers/chat/voice".into()],
                 },
             },
         ] {

@@ -2,7 +2,11 @@
 //! a [`Spec`] with its defaults filled in, and back. Names, app ids and the helper's own app
 //! id are checked here too.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use nix::sys::signal::Signal;
 use p2pos_proto::tasks::v1::{HelperSpec, RestartPolicy};
@@ -31,7 +35,9 @@ pub const DEFAULT_STOP_TIMEOUT_MS: u32 = 5000;
 pub const MAX_STOP_TIMEOUT_MS: u32 = 60_000;
 /// Most arguments, and most environment variables, of one spec.
 pub const MAX_ARGS: usize = 256;
-/// Most bytes of program, arguments and environment together in one spec.
+/// Most `read_paths` of one spec.
+pub(crate) const MAX_READ_PATHS: usize = 64;
+/// Most bytes of program, arguments, environment and read paths together in one spec.
 pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 /// Prefix of the variables the node sets; a spec may not set them.
 pub(crate) const RESERVED_ENV_PREFIX: &str = "P2POS_";
@@ -54,6 +60,8 @@ pub(crate) struct Spec {
     pub(crate) outlive_session: bool,
     /// Its own limits (what is not set comes from its app's quota).
     pub(crate) limits: Limits,
+    /// Paths it may read besides what every helper may (absolute).
+    pub(crate) read_paths: Vec<PathBuf>,
 }
 
 fn invalid(why: impl Into<String>) -> Error {
@@ -77,25 +85,22 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
 /// The node-wide helper name whose app id (`_node:forward`) port forwarding uses.
 const RESERVED_NODE_HELPER: &str = "forward";
 
-/// glibc's list of variables it drops for set-user-ID programs (`UNSECURE_ENVVARS`), besides
-/// every `LD_*`: each can make a program load or read code or data it was not built with.
-const LOADER_VARIABLES: &[&str] = &[
-    "GCONV_PATH",
-    "GETCONF_DIR",
-    "HOSTALIASES",
-    "LOCALDOMAIN",
-    "LOCPATH",
-    "MALLOC_TRACE",
-    "NIS_PATH",
-    "NLSPATH",
-    "RESOLV_HOST_CONF",
-    "RES_OPTIONS",
-    "TMPDIR",
-    "TZDIR",
-];
+/// Prefix of the environment variables an app may give its helpers: `APP_` then upper-case
+/// letters, digits and underscores ([`is_app_variable`]). An allow-list: everything else an
+/// app might pass (`PATH`, `LD_PRELOAD`, `BASH_ENV`, `ENV`, `PYTHONPATH`, `PYTHONSTARTUP`,
+/// `NODE_OPTIONS`, `PERL5OPT`, `RUBYOPT`, `JAVA_TOOL_OPTIONS`, ...) can make an interpreter,
+/// the loader or libc run or read what the app chose; only helpers installed by the admin may
+/// set those.
+pub const APP_ENV_PREFIX: &str = "APP_";
 
-fn is_loader_variable(key: &str) -> bool {
-    key.starts_with("LD_") || LOADER_VARIABLES.contains(&key)
+/// Whether an app may set variable `key` for its helper: `APP_[A-Z0-9_]+`.
+pub(crate) fn is_app_variable(key: &str) -> bool {
+    key.strip_prefix(APP_ENV_PREFIX).is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    })
 }
 
 /// Checks a (non-empty) app id ([`p2pos_protocols::names`]).
@@ -141,6 +146,7 @@ impl TryFrom<HelperSpec> for Spec {
             stop_timeout_ms,
             outlive_session,
             limits,
+            read_paths,
         } = spec;
         validate_name(&name)?;
         // `_node:forward` is the app id port forwarding provides its services as.
@@ -155,6 +161,17 @@ impl TryFrom<HelperSpec> for Spec {
         if program.is_empty() {
             return Err(invalid("program is empty"));
         }
+        if read_paths.len() > MAX_READ_PATHS {
+            return Err(invalid(format!("at most {MAX_READ_PATHS} read_paths")));
+        }
+        if let Some(bad) = read_paths
+            .iter()
+            .find(|p| !Path::new(p).is_absolute() || p.contains('\0'))
+        {
+            return Err(invalid(format!(
+                "read_paths: {bad:?} is not an absolute path"
+            )));
+        }
         if args.len() > MAX_ARGS || env.len() > MAX_ARGS {
             return Err(invalid(format!(
                 "at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables"
@@ -163,7 +180,8 @@ impl TryFrom<HelperSpec> for Spec {
         let bytes = program.len()
             + working_dir.len()
             + args.iter().map(String::len).sum::<usize>()
-            + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + read_paths.iter().map(String::len).sum::<usize>();
         if bytes > MAX_SPEC_BYTES {
             return Err(invalid(format!(
                 "program, arguments and environment take {bytes} bytes; at most {MAX_SPEC_BYTES}"
@@ -188,12 +206,15 @@ impl TryFrom<HelperSpec> for Spec {
                      are set by the node"
                 )));
             }
-            // An app may only run programs from the plug-in directory: variables that make
-            // the dynamic loader (or libc) load other code are the admin's alone.
-            if !app_id.is_empty() && is_loader_variable(key) {
+            // An app may only run programs from the plug-in directory: what its helper reads
+            // from the environment is the app's data, never settings of the loader, libc, a
+            // shell or an interpreter (those are the admin's alone).
+            if !app_id.is_empty() && !is_app_variable(key) {
                 return Err(invalid(format!(
-                    "environment variable {key:?} changes which code the program loads; only \
-                     helpers installed by the admin may set it"
+                    "environment variable {key:?}: an app may set only variables named \
+                     {APP_ENV_PREFIX}<NAME> (upper-case letters, digits, '_'); others, such as \
+                     PATH, LD_PRELOAD or PYTHONPATH, can change what the program runs and only \
+                     helpers installed by the admin may set them"
                 )));
             }
         }
@@ -250,6 +271,7 @@ impl TryFrom<HelperSpec> for Spec {
                 DEFAULT_STOP_TIMEOUT_MS,
             ))),
             outlive_session,
+            read_paths: read_paths.into_iter().map(PathBuf::from).collect(),
         })
     }
 }
@@ -283,6 +305,11 @@ impl Spec {
             stop_timeout_ms: u32::try_from(self.stop_timeout.as_millis()).unwrap_or(u32::MAX),
             outlive_session: self.outlive_session,
             limits: (!self.limits.is_empty()).then(|| self.limits.to_proto()),
+            read_paths: self
+                .read_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
         }
     }
 
@@ -398,8 +425,41 @@ mod tests {
         }
         let mut s = spec("x");
         s.env.insert("PATH".into(), "/bin".into());
-        assert!(Spec::try_from(s).is_ok());
+        assert!(Spec::try_from(s).is_ok(), "the admin may set PATH");
         assert!(with(|s| s.args = vec!["x".repeat(MAX_SPEC_BYTES)]).is_err());
+    }
+
+    #[test]
+    fn an_app_sets_only_its_own_app_variables() {
+        let app_env = |key: &str| {
+            let mut s = spec("x");
+            s.app_id = "chat".into();
+            s.env.insert(key.into(), "v".into());
+            Spec::try_from(s)
+        };
+        for good in ["APP_MODE", "APP_X1", "APP_A_B_"] {
+            assert!(app_env(good).is_ok(), "{good}");
+        }
+        // (tests/tests/isolation.rs tries the interpreters' and the loader's variables.)
+        for bad in [
+            "PATH",
+            "BASH_ENV",
+            "TMPDIR",
+            "APP_",
+            "APP_lower",
+            "APP_A-B",
+            "app_x",
+            "XAPP_Y",
+        ] {
+            let err = app_env(bad).expect_err(bad);
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+            let status = p2pos_kernel::ServiceError::from(err);
+            assert_eq!(
+                status.code,
+                p2pos_kernel::ErrorCode::InvalidArgument,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //!   <error>` at the first failure, then `started K of N`, and waits for ever.
 //! - `echo`: opens an app session as `$P2POS_APP_ID` with `$P2POS_TOKEN` on `$P2POS_GATEWAY`,
 //!   prints `echo ready`, and echoes every frame of every channel opened to it.
+//! - `whoami`: calls `Node.GetInfo` on `$P2POS_GATEWAY` as any client finds the node (with
+//!   `$P2POS_TOKEN` if set, else with the admin token beside the socket if it can read it) and
+//!   prints `whoami: <scope>` or `whoami refused: <code>: <message>`.
 
 use std::process::ExitCode;
 
@@ -60,6 +63,11 @@ fn main() -> ExitCode {
             eprintln!("exiting with {code}");
             ExitCode::from(code.parse::<u8>().unwrap_or(1))
         }
+        ["whoami"] => {
+            let line = runtime.block_on(whoami());
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
         ["echo"] => match runtime.block_on(echo()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -70,7 +78,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: p2pos-test-helper run [--ignore-term | --fork | --escape] | exit CODE | \
-                 echo | alloc MIB | spawn N"
+                 echo | whoami | alloc MIB | spawn N"
             );
             ExitCode::from(2)
         }
@@ -180,6 +188,25 @@ async fn run(ignore_term: bool) -> ExitCode {
     term.recv().await;
     println!("got SIGTERM");
     ExitCode::SUCCESS
+}
+
+async fn whoami() -> String {
+    let target = match Target::resolve(TargetOptions::default()) {
+        Ok(target) => target,
+        Err(e) => return format!("whoami refused: no target: {e}"),
+    };
+    let client = match Client::connect(&target).await {
+        Ok(client) => client,
+        Err(e) => return format!("whoami refused: cannot connect: {e}"),
+    };
+    match client
+        .node()
+        .get_info(p2pos_proto::node::v1::GetInfoRequest {})
+        .await
+    {
+        Ok(info) => format!("whoami: {}", info.into_inner().caller_scope),
+        Err(status) => format!("whoami refused: {:?}: {}", status.code(), status.message()),
+    }
 }
 
 async fn echo() -> Result<(), Box<dyn std::error::Error>> {

@@ -604,6 +604,10 @@ pub(crate) struct AddHelper {
     /// Working directory [default: the helper's own directory under the node's data directory]
     #[arg(long, value_name = "DIR")]
     pub(crate) workdir: Option<PathBuf>,
+    /// A file or directory the helper may read besides the system's, its program's and its own
+    /// directory, where the node confines helpers (repeatable; never the node's data directory)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) read: Vec<PathBuf>,
     /// When to restart it after it exits [default: on-failure]
     #[arg(long, value_enum, value_name = "WHEN")]
     pub(crate) restart: Option<RestartArg>,

@@ -149,6 +149,15 @@ struct Control {
     output: tonic::Streaming<ChannelOutput>,
 }
 
+/// The files the plug-in reads, the `--wav FILE` it is given: where the node confines helpers
+/// to their own files (Landlock), its spec must name them.
+fn read_paths(args: &[String]) -> Vec<String> {
+    args.windows(2)
+        .filter(|pair| pair[0] == "--wav")
+        .map(|pair| pair[1].clone())
+        .collect()
+}
+
 /// Registers and starts the helper, then opens the control channel.
 async fn start(client: &Client, plan: &Plan) -> Result<Control, String> {
     let mut tasks = client.tasks();
@@ -157,6 +166,7 @@ async fn start(client: &Client, plan: &Plan) -> Result<Control, String> {
         app_id: APP_ID.to_owned(),
         program: PROGRAM.to_owned(),
         args: plan.args.clone(),
+        read_paths: read_paths(&plan.args),
         restart: RestartPolicy::Never as i32,
         stop_timeout_ms: STOP_TIMEOUT_MS,
         ..HelperSpec::default()

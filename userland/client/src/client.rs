@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::error::{Error, root_cause};
 use crate::target::{Gateway, Target};
+use crate::token_file::{TokenFile, bearer};
 
 /// Largest gRPC message the clients encode or decode: 2 MiB (frames and payloads are at most
 /// 1 MiB, plus framing).
@@ -31,26 +32,32 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The channel type of every per-service client: the transport channel plus [`Auth`].
 pub type AuthChannel = InterceptedService<Channel, Auth>;
 
-/// Adds `authorization: Bearer <token>` to every request, when there is a token.
+/// Adds `authorization: Bearer <token>` to every request, when there is a token: the one given,
+/// or the one the node's token file holds at the time of the call.
 #[derive(Clone, Debug, Default)]
 pub struct Auth {
     header: Option<MetadataValue<Ascii>>,
+    file: Option<TokenFile>,
 }
 
 impl Auth {
     /// An interceptor presenting `token` (none: requests go out unchanged).
     pub fn new(token: Option<&str>) -> Result<Auth, Error> {
         let header = match token {
-            Some(token) => {
-                let mut value: MetadataValue<Ascii> = format!("Bearer {token}")
-                    .parse()
-                    .map_err(|_| Error::InvalidToken)?;
-                value.set_sensitive(true);
-                Some(value)
-            }
+            Some(token) => Some(bearer(token).ok_or(Error::InvalidToken)?),
             None => None,
         };
-        Ok(Auth { header })
+        Ok(Auth { header, file: None })
+    }
+
+    /// The interceptor of `target`: its token, or else the token its token file holds at each
+    /// call (the node writes a new one at every start).
+    pub fn for_target(target: &Target) -> Result<Auth, Error> {
+        let mut auth = Auth::new(target.token())?;
+        if auth.header.is_none() {
+            auth.file = target.token_file().map(|p| TokenFile::new(p.to_owned()));
+        }
+        Ok(auth)
     }
 }
 
@@ -59,10 +66,13 @@ impl Interceptor for Auth {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(header) = &self.header {
-            request
-                .metadata_mut()
-                .insert("authorization", header.clone());
+        let header = match (&self.header, &self.file) {
+            (Some(header), _) => Some(header.clone()),
+            (None, Some(file)) => file.header(),
+            (None, None) => None,
+        };
+        if let Some(header) = header {
+            request.metadata_mut().insert("authorization", header);
         }
         Ok(request)
     }
@@ -88,7 +98,10 @@ impl Client {
             reason,
             hint: hint(target),
         })?;
-        Client::with_channel(channel, target.token())
+        Ok(Client {
+            channel,
+            auth: Auth::for_target(target)?,
+        })
     }
 
     /// Wraps an already connected channel (e.g. an in-memory one in tests).

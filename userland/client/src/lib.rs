@@ -23,6 +23,7 @@
 //! - `data_socket`: a channel's frames over its data socket.
 //! - [`error`]: [`Error`] and [`describe_status`], readable one-line messages.
 //! - [`session`]: an app's session read as [`SessionUpdate`]s.
+//! - `token_file`: the node's admin token file, read again when the node rewrote it.
 
 pub mod channel;
 pub mod client;
@@ -30,6 +31,7 @@ mod data_socket;
 pub mod error;
 pub mod session;
 pub mod target;
+mod token_file;
 
 pub use channel::{Channel, ChannelReceiver, ChannelSender};
 pub use client::{Auth, AuthChannel, Client, MAX_MESSAGE_SIZE};

@@ -3,13 +3,17 @@
 //! Precedence, for each of gateway, token and data directory: the explicit option (a command-line
 //! flag), then the environment variable, then the node's data directory (default
 //! [`default_data_dir`]), which holds the gateway socket [`SOCKET_FILE`] and the admin token
-//! [`TOKEN_FILE`].
+//! [`TOKEN_FILE`]. Without a token, the admin token is read from the token file at each call
+//! (the node writes a new one at every start): that of the data directory, or the one beside a
+//! unix socket named without a data directory. The node refuses a call without a token on
+//! every transport.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::error::Error;
+use crate::token_file::read_token;
 
 /// Environment variable naming the gateway (`unix:/path` or `http://HOST:PORT`).
 pub const GATEWAY_ENV: &str = "P2POS_GATEWAY";
@@ -42,7 +46,8 @@ pub enum Gateway {
 }
 
 impl Gateway {
-    /// Whether this gateway requires a token (TCP does; on the Unix socket it is optional).
+    /// Whether a target with this gateway must know its token when it is resolved (TCP does;
+    /// on the Unix socket it may come from the token file beside the socket, read at each call).
     pub fn requires_token(&self) -> bool {
         matches!(self, Gateway::Tcp(_))
     }
@@ -93,21 +98,24 @@ pub struct TargetOptions {
     pub data_dir: Option<PathBuf>,
 }
 
-/// A resolved place to connect to: the gateway, the token to present, and the data directory
-/// it came from (used for hints in error messages).
+/// A resolved place to connect to: the gateway, the token to present (given, or the token file
+/// to read it from at each call), and the data directory it came from (used for hints in error
+/// messages).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     gateway: Gateway,
     token: Option<String>,
+    token_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
 }
 
 impl Target {
     /// Resolves options, then `P2POS_GATEWAY` / `P2POS_TOKEN` / `P2POS_DATA_DIR`, then the data
-    /// directory (`<data_dir>/gateway.sock` and, if readable, `<data_dir>/gateway.token`).
+    /// directory (`<data_dir>/gateway.sock` and `<data_dir>/gateway.token`).
     ///
-    /// With an explicit gateway, the token file is read only from an explicitly named data
-    /// directory. Fails on a malformed gateway, or a TCP gateway without a token.
+    /// With an explicit gateway, the token file is that of an explicitly named data directory,
+    /// else (a unix socket) the one beside the socket. Fails on a malformed gateway, or a TCP
+    /// gateway without a token.
     pub fn resolve(options: TargetOptions) -> Result<Target, Error> {
         let TargetOptions {
             gateway,
@@ -126,12 +134,20 @@ impl Target {
                 (Gateway::Unix(dir.join(SOCKET_FILE)), Some(dir))
             }
         };
-        let token = token.or_else(|| data_dir.as_deref().and_then(read_token_file));
+        // TCP needs the token now (it is checked below); the socket reads it at each call.
+        let token = match (&gateway, token) {
+            (Gateway::Tcp(_), None) => data_dir
+                .as_deref()
+                .and_then(|dir| read_token(&dir.join(TOKEN_FILE))),
+            (_, token) => token,
+        };
         Target::new(gateway, token, data_dir)
     }
 
     /// A target from explicit parts; checks that a TCP gateway has a token and that the token
-    /// can be sent as a header.
+    /// can be sent as a header. Without a token, calls present the admin token of the token
+    /// file of `data_dir` (or, on a unix socket without one, beside the socket), read at each
+    /// call.
     pub fn new(
         gateway: Gateway,
         token: Option<String>,
@@ -144,9 +160,16 @@ impl Target {
         if let Some(token) = &token {
             crate::client::Auth::new(Some(token))?;
         }
+        let token_file = match (&token, &data_dir, &gateway) {
+            (Some(_), _, _) => None,
+            (None, Some(dir), _) => Some(dir.join(TOKEN_FILE)),
+            (None, None, Gateway::Unix(socket)) => socket.parent().map(|d| d.join(TOKEN_FILE)),
+            (None, None, Gateway::Tcp(_)) => None,
+        };
         Ok(Target {
             gateway,
             token,
+            token_file,
             data_dir,
         })
     }
@@ -156,9 +179,14 @@ impl Target {
         &self.gateway
     }
 
-    /// The token presented on every call, if any.
+    /// The token given (option, environment), presented on every call, if any.
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
+    }
+
+    /// Without a given token: the node's token file, whose token each call presents.
+    pub fn token_file(&self) -> Option<&Path> {
+        self.token_file.as_deref()
     }
 
     /// The node's data directory this target was derived from, if known.
@@ -173,6 +201,7 @@ impl fmt::Debug for Target {
         f.debug_struct("Target")
             .field("gateway", &self.gateway)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
             .field("data_dir", &self.data_dir)
             .finish()
     }
@@ -182,12 +211,6 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.gateway.fmt(f)
     }
-}
-
-/// Reads `<dir>/gateway.token`; `None` if missing, unreadable or empty.
-fn read_token_file(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join(TOKEN_FILE)).ok()?;
-    non_empty(Some(text.trim().to_owned()))
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -254,7 +277,11 @@ mod tests {
             target.gateway(),
             &Gateway::Unix(dir.path().join(SOCKET_FILE))
         );
-        assert_eq!(target.token(), Some("secret"));
+        assert_eq!(target.token(), None, "read at each call");
+        assert_eq!(
+            target.token_file(),
+            Some(dir.path().join(TOKEN_FILE).as_path())
+        );
         assert_eq!(target.data_dir(), Some(dir.path()));
         assert!(!format!("{target:?}").contains("secret"));
     }
@@ -269,6 +296,22 @@ mod tests {
         })
         .unwrap();
         assert_eq!(target.token(), Some("t1"));
+        assert_eq!(target.token_file(), None);
+    }
+
+    #[test]
+    fn a_socket_named_alone_takes_the_token_file_beside_it() {
+        let target = Target::new(Gateway::Unix("/x/gateway.sock".into()), None, None).unwrap();
+        assert_eq!(target.token_file(), Some(Path::new("/x/gateway.token")));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKEN_FILE), "tcp-secret\n").unwrap();
+        let tcp = Target::resolve(TargetOptions {
+            gateway: Some("http://127.0.0.1:1".into()),
+            data_dir: Some(dir.path().to_path_buf()),
+            token: None,
+        })
+        .unwrap();
+        assert_eq!(tcp.token(), Some("tcp-secret"), "TCP reads it at once");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 Precedence, for each of gateway, token and data directory: the explicit argument, then the
 environment (``P2POS_GATEWAY``, ``P2POS_TOKEN``, ``P2POS_DATA_DIR``), then the node's data
 directory (default ``~/.local/share/p2pos``), which holds the gateway socket ``gateway.sock`` and
-the admin token ``gateway.token``.
+the admin token ``gateway.token``. The node refuses every call without a token, on the unix
+socket too: without one given, the admin token is read from the token file (that of the data
+directory, or the one beside a unix socket named alone) and read again whenever the node rewrote
+it (at each start).
 """
 
 from __future__ import annotations
@@ -50,11 +53,13 @@ class Target:
     gateway: str
     #: The same as a gRPC target: ``unix:/path`` or ``127.0.0.1:PORT``.
     grpc_target: str
-    #: Sent as ``authorization: Bearer <token>`` on every call; ``None`` on a unix socket
-    #: without one (the caller then has the admin scope).
+    #: Sent as ``authorization: Bearer <token>`` on every call: the one given, or the one the
+    #: token file held when resolved; ``None`` if there is none yet.
     token: Optional[str] = field(default=None, repr=False)
     #: The data directory the target came from, if known.
     data_dir: Optional[Path] = None
+    #: Without a given token, the node's token file: each call presents the token it holds then.
+    token_file: Optional[Path] = None
 
 
 def parse_gateway(gateway: str) -> tuple[str, str]:
@@ -97,6 +102,7 @@ def resolve(
 
     gateway = given(gateway, GATEWAY_ENV)
     token = given(token, TOKEN_ENV)
+    token_file = None
     named_dir = given(os.fspath(data_dir) if data_dir is not None else None, DATA_DIR_ENV)
     directory = Path(named_dir).expanduser() if named_dir else None
     if gateway is not None:
@@ -104,8 +110,13 @@ def resolve(
     else:
         directory = directory or default_data_dir(environ)
         written = grpc_target = f"unix:{directory / SOCKET_FILE}"
-    if token is None and directory is not None:
-        token = _read_token_file(directory)
+    if token is None:
+        if directory is not None:
+            token_file = directory / TOKEN_FILE
+        elif written.startswith("unix:"):
+            token_file = Path(written[len("unix:") :]).parent / TOKEN_FILE
+        if token_file is not None:
+            token = _read_token_file(token_file)
     if token is not None and not (token.isascii() and token.isprintable()):
         raise TargetError("the token is not valid: it must be printable ASCII")
     if token is None and not written.startswith("unix:"):
@@ -113,12 +124,18 @@ def resolve(
             f"the gateway at {written} needs a token: set {TOKEN_ENV} or name the node's data "
             "directory"
         )
-    return Target(gateway=written, grpc_target=grpc_target, token=token, data_dir=directory)
+    return Target(
+        gateway=written,
+        grpc_target=grpc_target,
+        token=token,
+        data_dir=directory,
+        token_file=token_file,
+    )
 
 
-def _read_token_file(directory: Path) -> Optional[str]:
+def _read_token_file(path: Path) -> Optional[str]:
     try:
-        text = (directory / TOKEN_FILE).read_text().strip()
+        text = path.read_text().strip()
     except OSError:
         return None
     return text or None
@@ -140,14 +157,32 @@ class _BearerToken(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds ``authorization: Bearer <token>`` to every call."""
+    """Adds ``authorization: Bearer <token>`` to every call: the token given, or the one the
+    token file holds at the time of the call (read again only when the file changed)."""
 
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
+    def __init__(self, token: Optional[str], token_file: Optional[Path] = None) -> None:
+        self._token = token
+        self._file = token_file
+        self._stamp = None
+
+    def _current(self) -> Optional[str]:
+        if self._file is None:
+            return self._token
+        try:
+            st = os.stat(self._file)
+        except OSError:
+            return self._token  # the node is restarting: the last token read
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp != self._stamp:
+            self._token = _read_token_file(self._file) or self._token
+            self._stamp = stamp
+        return self._token
 
     def _details(self, details: grpc.ClientCallDetails) -> _CallDetails:
         metadata = list(details.metadata or [])
-        metadata.append(self._header)
+        token = self._current()
+        if token is not None:
+            metadata.append(("authorization", f"Bearer {token}"))
         return _CallDetails(
             details.method,
             details.timeout,
@@ -208,8 +243,8 @@ class Connection:
         self.target = target
         self._raw = grpc.insecure_channel(target.grpc_target, options=list(options or []))
         self.channel = (
-            grpc.intercept_channel(self._raw, _BearerToken(target.token))
-            if target.token
+            grpc.intercept_channel(self._raw, _BearerToken(target.token, target.token_file))
+            if target.token or target.token_file
             else self._raw
         )
         self.node = node.NodeStub(self.channel)

@@ -36,9 +36,21 @@ class Resolve(unittest.TestCase):
         self.assertEqual(target.token, "admin-token")
         self.assertEqual(target.data_dir, self.dir)
 
-    def test_no_token_on_a_unix_socket_is_fine(self):
+    def test_no_token_yet_on_a_unix_socket_is_read_at_each_call(self):
         target = p2pos.resolve(self.dir, environ={})
         self.assertIsNone(target.token)
+        self.assertEqual(target.token_file, self.dir / "gateway.token")
+        alone = p2pos.resolve(gateway="unix:/run/x/gateway.sock", environ={})
+        self.assertEqual(alone.token_file, Path("/run/x/gateway.token"))
+        from p2pos._connect import _BearerToken
+
+        bearer = _BearerToken(None, target.token_file)
+        self.assertIsNone(bearer._current())
+        (self.dir / "gateway.token").write_text("first\n")
+        self.assertEqual(bearer._current(), "first")
+        (self.dir / "next").write_text("second\n")
+        (self.dir / "next").rename(self.dir / "gateway.token")
+        self.assertEqual(bearer._current(), "second", "the node rewrote it at a restart")
 
     def test_environment_in_order(self):
         env = {"P2POS_DATA_DIR": str(self.dir), "P2POS_TOKEN": "t1"}

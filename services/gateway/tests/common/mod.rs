@@ -71,7 +71,10 @@ impl Node {
         .await
     }
 
-    async fn boot_routes<A>(
+    /// Boots a kernel with the gateway and a stand-in `make` builds, started as child `name`,
+    /// providing the protocols named in `provides`, whose routes `register` sets.
+    #[allow(dead_code)]
+    pub(crate) async fn boot_routes<A>(
         name: &'static str,
         provides: &'static [&'static str],
         make: impl Fn(DeathGuard) -> A + 'static,
@@ -120,15 +123,16 @@ impl Node {
         Node { ctx, dir }
     }
 
-    /// A client presenting `token` (none: admin, on the socket).
+    /// A client presenting `token` (none: the admin token of the node's `gateway.token`).
     pub(crate) async fn client(&self, token: Option<&str>) -> Client {
-        let socket = self
-            .dir
-            .path()
-            .join("node")
-            .join(p2pos_gateway::SOCKET_FILE);
-        let target =
-            Target::new(Gateway::Unix(socket), token.map(str::to_owned), None).expect("target");
+        let data_dir = self.dir.path().join("node");
+        let socket = data_dir.join(p2pos_gateway::SOCKET_FILE);
+        let target = Target::new(
+            Gateway::Unix(socket),
+            token.map(str::to_owned),
+            Some(data_dir),
+        )
+        .expect("target");
         eventually("the gateway to answer", || async {
             let client = Client::connect(&target).await.ok()?;
             client.node().get_info(GetInfoRequest {}).await.ok()?;

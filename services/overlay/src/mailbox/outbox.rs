@@ -8,6 +8,7 @@ use bytes::Bytes;
 use libp2p::PeerId;
 use p2pos_kernel::{Store, events::now_ms, store::BatchOp};
 use p2pos_proto::wire::v1::MessageFrame;
+use p2pos_protocols::names::root_app;
 use prost::Message;
 
 use super::{MAX_APPS, MAX_OUTBOX_PER_APP, Mailbox, OUTBOX, key, read_u64, u64_at};
@@ -65,7 +66,7 @@ impl Mailbox {
         let peer_bytes = peer.to_bytes();
         let seq_key = key(b"s", &peer_bytes);
         let sequence = read_u64(self.store.get(OUTBOX, &seq_key)?) + 1;
-        let count_key = key(b"c", app_id.as_bytes());
+        let count_key = key(b"c", root_app(app_id).as_bytes());
         if read_u64(self.store.get(OUTBOX, &count_key)?) >= MAX_OUTBOX_PER_APP {
             return Err(Error::Busy {
                 what: "messages waiting in this app's outbox",
@@ -236,7 +237,8 @@ impl Mailbox {
         };
         self.apply_counted(
             OUTBOX,
-            key(b"c", app_id.as_bytes()),
+            // An app and its helpers share one count.
+            key(b"c", root_app(app_id).as_bytes()),
             |n| n.saturating_sub(1),
             vec![BatchOp::Remove(entry_key.to_vec()), count_op],
         )
@@ -275,10 +277,12 @@ impl Mailbox {
         Ok(expired)
     }
 
-    /// Messages of `app_id` waiting in the outbox, to any peer.
+    /// Messages of `app_id`'s app waiting in the outbox, to any peer: the app's and all its
+    /// helpers' (`app:helper`), which share one budget ([`MAX_OUTBOX_PER_APP`]).
     pub(crate) fn outbox_count(&self, app_id: &str) -> Result<u64, Error> {
         Ok(read_u64(
-            self.store.get(OUTBOX, &key(b"c", app_id.as_bytes()))?,
+            self.store
+                .get(OUTBOX, &key(b"c", root_app(app_id).as_bytes()))?,
         ))
     }
 
@@ -319,7 +323,7 @@ impl Mailbox {
                                 .filter(|app_id| !app_id.is_empty());
                             tracing::error!(%peer, ?app_id, "dropping an unreadable outbox entry: {e}");
                             if let Some(app_id) = app_id {
-                                let count_key = key(b"c", app_id.as_bytes());
+                                let count_key = key(b"c", root_app(app_id).as_bytes());
                                 let left =
                                     read_u64(self.store.get(OUTBOX, &count_key)?).saturating_sub(1);
                                 ops.push(BatchOp::Insert(count_key, left.to_be_bytes().to_vec()));

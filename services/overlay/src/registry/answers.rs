@@ -22,6 +22,7 @@ use p2pos_proto::{
 };
 use p2pos_protocols::{
     apps::Incoming,
+    names::root_app,
     network::{Fared, InboundStream, Network},
     wire::{read_message, write_message},
 };
@@ -108,11 +109,12 @@ impl ServiceRegistry {
                 limit: MAX_PENDING_CALLS,
             });
         }
+        // A provider app and its helpers (`app:helper`) share one budget.
         let of_app = self
             .services
             .calls
             .values()
-            .filter(|c| c.app_id == app_id)
+            .filter(|c| root_app(&c.app_id) == root_app(&app_id))
             .count();
         if of_app >= MAX_PENDING_CALLS_PER_APP {
             return Err(Error::Busy {

@@ -8,6 +8,7 @@ use p2pos_proto::service::v1::{ListServicesReply, ServiceInfo};
 use p2pos_protocols::{
     forwarding::FORWARD_APP,
     ids::{AppId, ServiceName},
+    names::root_app,
 };
 use tracing::info;
 
@@ -45,9 +46,10 @@ impl ServiceRegistry {
                 .count();
             (apps >= MAX_REGISTRATIONS, MAX_REGISTRATIONS_PER_APP)
         };
+        // An app and its helpers (`app:helper`) share one budget.
         let of_app = registrations
             .values()
-            .filter(|r| r.app_id == app_id)
+            .filter(|r| root_app(&r.app_id) == root_app(&app_id))
             .count();
         match registrations.get_mut(&service) {
             Some(r) if r.app_id != app_id => {

@@ -212,6 +212,7 @@ fn spec_json(spec: &HelperSpec) -> Value {
         stop_timeout_ms,
         outlive_session,
         limits,
+        read_paths,
     } = spec;
     json!({
         "name": name,
@@ -227,6 +228,7 @@ fn spec_json(spec: &HelperSpec) -> Value {
         "stop_timeout_ms": stop_timeout_ms,
         "outlive_session": outlive_session,
         "limits": limits_json(limits.as_ref()),
+        "read_paths": read_paths,
     })
 }
 

@@ -180,6 +180,7 @@ fn spec(add: AddHelper) -> anyhow::Result<HelperSpec> {
         memory,
         cpu,
         pids,
+        read,
         json: _,
     } = add;
     let working_dir = match workdir {
@@ -209,6 +210,15 @@ fn spec(add: AddHelper) -> anyhow::Result<HelperSpec> {
         stop_signal: stop_signal.unwrap_or_default(),
         stop_timeout_ms: stop_timeout.unwrap_or(0),
         outlive_session,
+        read_paths: read
+            .iter()
+            .map(|p| {
+                std::path::absolute(p)
+                    .ok()
+                    .and_then(|p| p.to_str().map(str::to_owned))
+                    .ok_or_else(|| anyhow::anyhow!("bad path to read {}", p.display()))
+            })
+            .collect::<anyhow::Result<_>>()?,
         limits: (memory.is_some() || cpu.is_some() || pids.is_some()).then(|| Limits {
             memory_bytes: memory.unwrap_or(0),
             cpu: cpu.unwrap_or(0.0),
@@ -252,10 +262,16 @@ mod tests {
             memory: Some(64 << 20),
             cpu: None,
             pids: None,
+            read: vec!["song.wav".into()],
             json: JsonFlag { json: false },
         };
         let spec = spec(add).unwrap();
         assert_eq!(spec.app_id, "chat");
+        assert!(
+            std::path::Path::new(&spec.read_paths[0]).is_absolute(),
+            "{:?}",
+            spec.read_paths
+        );
         assert_eq!(
             (spec.program.as_str(), spec.args.as_slice()),
             ("voice", &["-v".to_owned()][..])

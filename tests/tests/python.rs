@@ -359,6 +359,37 @@ fn python_group_chat_between_two_members() {
     assert!(report.contains("Ran 2 tests"), "{report}");
 }
 
+/// `p2pos.Channel` against two real nodes (`tests/test_channel.py`): 1 MiB frame exact, 10,000
+/// small frames in order, half-close both ways, a peer that goes away seen as an error.
+#[test]
+fn python_channel_between_two_nodes() {
+    let python = python();
+    let bin_dir = p2pos_tests::bin("p2posd")
+        .parent()
+        .expect("the binaries' directory")
+        .to_path_buf();
+    p2pos_tests::bin("p2pctl");
+    let out = Command::new(&python)
+        .args(["-m", "unittest", "-v", "tests.test_channel"])
+        .current_dir(package_dir())
+        .env("P2POS_BIN_DIR", &bin_dir)
+        .env("PYTHONPATH", package_dir())
+        .env_remove("P2POS_GATEWAY")
+        .env_remove("P2POS_TOKEN")
+        .env_remove("P2POS_DATA_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the Python channel test");
+    let report = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python -m unittest tests.test_channel failed:\n{}\n{report}",
+        text(&out.stdout)
+    );
+    assert!(!report.contains("skipped"), "{report}");
+    assert!(report.contains("Ran 3 tests"), "{report}");
+}
+
 /// Plain `grpcio` as its docs show it (`grpc.insecure_channel("unix://" + path)`, no options):
 /// health, reflection through the v1alpha-only `grpcio-reflection` client, an `Apps` call (refused
 /// without the admin token of `gateway.token`, answered with it), and

@@ -56,19 +56,23 @@ impl Pair {
             ..Default::default()
         };
         let opening = tokio::spawn(async move { client.open_channel(open).await });
+        let b = self.accept_on_b().await;
+        let a = opening.await.expect("join").expect("A opens");
+        (a, b)
+    }
+
+    /// B accepts the next channel announced on its session, through the SDK.
+    async fn accept_on_b(&mut self) -> Channel<ChannelInput> {
         let incoming = next_incoming(&mut self.session_b, T).await;
         let accept = AcceptChannel {
             channel_id: incoming.channel_id,
             app_id: APP.into(),
             ..Default::default()
         };
-        let b = self
-            .client_b
+        self.client_b
             .accept_channel(accept)
             .await
-            .expect("B accepts");
-        let a = opening.await.expect("join").expect("A opens");
-        (a, b)
+            .expect("B accepts")
     }
 
     /// A channel from A to B that B accepts through the SDK and A opens with a raw call asking
@@ -85,17 +89,7 @@ impl Pair {
         };
         let client = self.client_a.clone();
         let opening = tokio::spawn(async move { RawCall::open(&client, open).await });
-        let incoming = next_incoming(&mut self.session_b, T).await;
-        let accept = AcceptChannel {
-            channel_id: incoming.channel_id,
-            app_id: APP.into(),
-            ..Default::default()
-        };
-        let b = self
-            .client_b
-            .accept_channel(accept)
-            .await
-            .expect("B accepts");
+        let b = self.accept_on_b().await;
         let (call, socket) = opening.await.expect("join");
         (call, socket, b)
     }

@@ -327,11 +327,10 @@ fn python_package_unit_tests_pass() {
     );
 }
 
-/// The group-chat example (`examples/group_chat.py`) between two real nodes in a group: the
-/// Python test `tests/test_group_chat.py` starts the nodes (the workspace's `p2posd` and
-/// `p2pctl`, found through `P2POS_BIN_DIR`), forms the group and types on one member.
-#[test]
-fn python_group_chat_between_two_members() {
+/// Runs the Python test module `module` (under `userland/python/tests`), which starts real
+/// nodes with the workspace's `p2posd` and `p2pctl` (found through `P2POS_BIN_DIR`), and checks
+/// that its `tests` tests ran and passed, none skipped.
+fn python_unittest(module: &str, tests: usize) {
     let python = python();
     let bin_dir = p2pos_tests::bin("p2posd")
         .parent()
@@ -339,7 +338,7 @@ fn python_group_chat_between_two_members() {
         .to_path_buf();
     p2pos_tests::bin("p2pctl");
     let out = Command::new(&python)
-        .args(["-m", "unittest", "-v", "tests.test_group_chat"])
+        .args(["-m", "unittest", "-v", module])
         .current_dir(package_dir())
         .env("P2POS_BIN_DIR", &bin_dir)
         .env("PYTHONPATH", package_dir())
@@ -348,46 +347,29 @@ fn python_group_chat_between_two_members() {
         .env_remove("P2POS_DATA_DIR")
         .stdin(Stdio::null())
         .output()
-        .expect("run the Python group-chat test");
+        .expect("run the Python test");
     let report = text(&out.stderr);
     assert!(
         out.status.success(),
-        "python -m unittest tests.test_group_chat failed:\n{}\n{report}",
+        "python -m unittest {module} failed:\n{}\n{report}",
         text(&out.stdout)
     );
     assert!(!report.contains("skipped"), "{report}");
-    assert!(report.contains("Ran 2 tests"), "{report}");
+    assert!(report.contains(&format!("Ran {tests} tests")), "{report}");
 }
 
-/// `p2pos.Channel` against two real nodes (`tests/test_channel.py`): 1 MiB frame exact, 10,000
+/// The group-chat example (`examples/group_chat.py`) between two real nodes in a group: the
+/// Python test `tests/test_group_chat.py` forms the group and types on one member.
+#[test]
+fn python_group_chat_between_two_members() {
+    python_unittest("tests.test_group_chat", 2);
+}
+
+/// `p2pos.Channel` between two real nodes (`tests/test_channel.py`): 1 MiB frame exact, 10,000
 /// small frames in order, half-close both ways, a peer that goes away seen as an error.
 #[test]
 fn python_channel_between_two_nodes() {
-    let python = python();
-    let bin_dir = p2pos_tests::bin("p2posd")
-        .parent()
-        .expect("the binaries' directory")
-        .to_path_buf();
-    p2pos_tests::bin("p2pctl");
-    let out = Command::new(&python)
-        .args(["-m", "unittest", "-v", "tests.test_channel"])
-        .current_dir(package_dir())
-        .env("P2POS_BIN_DIR", &bin_dir)
-        .env("PYTHONPATH", package_dir())
-        .env_remove("P2POS_GATEWAY")
-        .env_remove("P2POS_TOKEN")
-        .env_remove("P2POS_DATA_DIR")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the Python channel test");
-    let report = text(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python -m unittest tests.test_channel failed:\n{}\n{report}",
-        text(&out.stdout)
-    );
-    assert!(!report.contains("skipped"), "{report}");
-    assert!(report.contains("Ran 3 tests"), "{report}");
+    python_unittest("tests.test_channel", 3);
 }
 
 /// Plain `grpcio` as its docs show it (`grpc.insecure_channel("unix://" + path)`, no options):

@@ -23,7 +23,7 @@ use std::{
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use p2pos_kernel::EventBus;
 use p2pos_proto::app::v1::{
-    ChannelOpened, ChannelOutput, ChannelTransport, DataSocket, PeerClosed, channel_output,
+    ChannelOutput, ChannelTransport, DataSocket, PeerClosed, channel_output,
 };
 use p2pos_protocols::{
     apps::ChannelStream,
@@ -43,7 +43,7 @@ use tracing::{debug, warn};
 
 use crate::{
     BoxStream, cut_on_stop,
-    splice::{ChannelFrame, OutputOptions, announce, splice},
+    splice::{ChannelFrame, OutputOptions, open, splice},
 };
 
 /// The transport a channel's first input asks for; an unknown value is refused.
@@ -269,34 +269,40 @@ impl DataSockets {
 
     /// Accepts connections on the unix listener until the gateway stops.
     pub async fn serve_unix(self, listener: UnixListener) {
-        let stop = self.inner.stop.clone();
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = stop.cancelled() => return,
-            };
-            match accepted {
-                Ok((conn, _)) => self.handshake(Either::Left(conn)),
-                Err(e) => accept_failed(e).await,
-            }
-        }
+        self.accept_loop(|| async { listener.accept().await.map(|(conn, _)| Either::Left(conn)) })
+            .await;
     }
 
     /// Accepts connections on the TCP listener until the gateway stops.
     pub async fn serve_tcp(self, listener: TcpListener) {
+        self.accept_loop(|| async {
+            let (conn, _) = listener.accept().await?;
+            // Small frames (an echo, a keystroke) should not wait for more.
+            let _ = conn.set_nodelay(true);
+            Ok(Either::Right(conn))
+        })
+        .await;
+    }
+
+    /// Hands each connection `accept` gives to [`DataSockets::handshake`] until the gateway
+    /// stops; a failed accept (out of file descriptors, say) is logged and waited out.
+    async fn accept_loop<F, Fut>(&self, accept: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::io::Result<Conn>>,
+    {
         let stop = self.inner.stop.clone();
         loop {
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                accepted = accept() => accepted,
                 () = stop.cancelled() => return,
             };
             match accepted {
-                Ok((conn, _)) => {
-                    // Small frames (an echo, a keystroke) should not wait for more.
-                    let _ = conn.set_nodelay(true);
-                    self.handshake(Either::Right(conn));
+                Ok(conn) => self.handshake(conn),
+                Err(e) => {
+                    warn!("data socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => accept_failed(e).await,
             }
         }
     }
@@ -371,24 +377,8 @@ fn serve<I: ChannelFrame>(
         socket,
         claim,
     } = reserved;
-    let ChannelStream {
-        channel_id,
-        peer_id,
-        app_id,
-        inbound,
-        group,
-        io,
-    } = channel;
-    let closed = announce(&events, channel_id, &peer_id, &app_id, inbound);
-    let opened = ChannelOutput {
-        kind: Some(channel_output::Kind::Opened(ChannelOpened {
-            channel_id,
-            peer_id,
-            app_id,
-            group,
-            data_socket: Some(socket),
-        })),
-    };
+    let (io, closed, opened) = open(channel, &events, Some(socket));
+    let channel_id = closed.channel_id();
     // `opened`, `peer_closed` and the final status: never more than three.
     let (tx, rx) = mpsc::channel(4);
     let _ = tx.try_send(Ok(opened));
@@ -535,10 +525,4 @@ async fn misuse<I: ChannelFrame>(input: &mut Streaming<I>) -> Status {
         Ok(None) => std::future::pending().await,
         Err(status) => status,
     }
-}
-
-/// Logs a failed accept (out of file descriptors, say) and pauses, so the loop does not spin.
-async fn accept_failed(e: std::io::Error) {
-    warn!("data socket: accept failed: {e}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }

@@ -19,14 +19,15 @@ use futures::{FutureExt, Sink, SinkExt, StreamExt};
 use p2pos_kernel::EventBus;
 use p2pos_proto::{
     app::v1::{
-        ChannelInput, ChannelOpened, ChannelOutput, PeerClosed, channel_input, channel_output,
+        ChannelInput, ChannelOpened, ChannelOutput, DataSocket, PeerClosed, channel_input,
+        channel_output,
     },
     monitor::v1::{self, event::Kind},
     packed::{self, PackedError},
     service::v1::{ServiceChannelInput, service_channel_input},
 };
 use p2pos_protocols::{
-    apps::ChannelStream,
+    apps::{ChannelStream, Duplex},
     wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -95,35 +96,59 @@ impl ChannelFrame for ServiceChannelInput {
     }
 }
 
-/// Publishes `ChannelOpened`, and returns what publishes `ChannelClosed` when dropped (with the
-/// channel's output stream).
-pub(crate) fn announce(
+/// An open channel, taken apart: its stream; what publishes `ChannelClosed` when dropped (with
+/// the channel's output stream), `ChannelOpened` being published now; and the `opened` output
+/// (naming `data_socket`, if the channel's bytes go over one).
+pub(crate) fn open(
+    channel: ChannelStream,
     events: &EventBus,
-    channel_id: u64,
-    peer_id: &str,
-    app_id: &str,
-    inbound: bool,
-) -> ClosedOnDrop {
+    data_socket: Option<DataSocket>,
+) -> (Box<dyn Duplex>, ClosedOnDrop, ChannelOutput) {
+    let ChannelStream {
+        channel_id,
+        peer_id,
+        app_id,
+        inbound,
+        group,
+        io,
+    } = channel;
     events.publish(Kind::ChannelOpened(v1::ChannelOpened {
         channel_id,
-        peer_id: peer_id.to_owned(),
-        app_id: app_id.to_owned(),
+        peer_id: peer_id.clone(),
+        app_id: app_id.clone(),
         inbound,
     }));
-    ClosedOnDrop {
+    let closed = ClosedOnDrop {
         events: events.clone(),
         event: v1::ChannelClosed {
             channel_id,
-            peer_id: peer_id.to_owned(),
-            app_id: app_id.to_owned(),
+            peer_id: peer_id.clone(),
+            app_id: app_id.clone(),
         },
-    }
+    };
+    let opened = ChannelOutput {
+        kind: Some(channel_output::Kind::Opened(ChannelOpened {
+            channel_id,
+            peer_id,
+            app_id,
+            group,
+            data_socket,
+        })),
+    };
+    (io, closed, opened)
 }
 
 /// Publishes `ChannelClosed` when dropped.
 pub(crate) struct ClosedOnDrop {
     events: EventBus,
     event: v1::ChannelClosed,
+}
+
+impl ClosedOnDrop {
+    /// The channel's id.
+    pub(crate) fn channel_id(&self) -> u64 {
+        self.event.channel_id
+    }
 }
 
 impl Drop for ClosedOnDrop {
@@ -150,15 +175,8 @@ pub fn splice<I: ChannelFrame>(
     events: EventBus,
     stop: CancellationToken,
 ) -> BoxStream<ChannelOutput> {
-    let ChannelStream {
-        channel_id,
-        peer_id,
-        app_id,
-        inbound,
-        group,
-        io,
-    } = channel;
-    let closed = announce(&events, channel_id, &peer_id, &app_id, inbound);
+    let (io, closed, opened) = open(channel, &events, None);
+    let channel_id = closed.channel_id();
     let (read_half, write_half) = tokio::io::split(io);
     let mut sink = FramedWrite::new(write_half, codec(MAX_CHANNEL_FRAME));
     let (err_tx, err_rx) = tokio::sync::oneshot::channel::<Status>();
@@ -297,15 +315,6 @@ pub fn splice<I: ChannelFrame>(
             }
         }
     });
-    let opened = ChannelOutput {
-        kind: Some(channel_output::Kind::Opened(ChannelOpened {
-            channel_id,
-            peer_id,
-            app_id,
-            group,
-            data_socket: None,
-        })),
-    };
     let read_half = CappedReads::new(read_half);
     let reader = if options.batch {
         Reader::Packed {

@@ -13,7 +13,7 @@ use p2pos_proto::wire::v1::{CallAnswer, CallFrame};
 use proptest::prelude::*;
 use prost::Message;
 
-use super::{check_message, check_round_trip, payload, runtime, text, wire};
+use super::{check_message, check_names, check_round_trip, payload, runtime, text, wire};
 
 /// `/p2pos/call/2`'s limit of a frame (the overlay's `MAX_CALL_FRAME`).
 const MAX_CALL_FRAME: usize = wire::MAX_PAYLOAD + 4 * 1024;
@@ -96,7 +96,11 @@ fn call() {
     fuzz("call", case(), |case| {
         match case {
             Case::Call(bytes, pieces, then) => {
-                check_message::<CallFrame>(&rt, &bytes, pieces, then, MAX_CALL_FRAME)?;
+                if let Some(call) =
+                    check_message::<CallFrame>(&rt, &bytes, pieces, then, MAX_CALL_FRAME)?
+                {
+                    check_names(&call.from_app, &call.service)?;
+                }
             }
             // The caller reads the call-taken byte (any other is refused), then the answer.
             Case::Answer(bytes, pieces, then) => {
@@ -104,7 +108,10 @@ fn call() {
                     check_message::<CallAnswer>(&rt, &bytes[1..], pieces, then, MAX_CALL_FRAME)?;
                 }
             }
-            Case::CallBack(c) => check_round_trip(&rt, &c, MAX_CALL_FRAME)?,
+            Case::CallBack(c) => {
+                check_round_trip(&rt, &c, MAX_CALL_FRAME)?;
+                check_names(&c.from_app, &c.service)?;
+            }
             Case::AnswerBack(a) => check_round_trip(&rt, &a, MAX_CALL_FRAME)?,
         }
         Ok(())

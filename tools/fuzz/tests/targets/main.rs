@@ -178,6 +178,7 @@ where
 fn text() -> BoxedStrategy<String> {
     prop_oneof![
         4 => "[a-z0-9._:/-]{0,40}",
+        2 => "[a-zA-Z0-9._:-]{1,66}/[0-9]{1,10}",
         3 => "\\PC{0,40}",
         1 => "[a-z]{0,9}".prop_map(|s| s.repeat(450)),
     ]
@@ -192,4 +193,26 @@ fn payload(limit: usize) -> BoxedStrategy<bytes::Bytes> {
             .prop_map(|(n, b)| bytes::Bytes::from(vec![b; n])),
     ]
     .boxed()
+}
+
+/// The names a peer's frame carries, through the checks the receiving node applies
+/// ([`AppId::parse`], [`ServiceName::parse`]): no panic, and what passes keeps the grammar
+/// (an app id of 1 to 64 ASCII bytes, a service `name/version`).
+fn check_names(app_id: &str, service: &str) -> TestCaseResult {
+    use p2pos_protocols::ids::{AppId, ServiceName};
+    if let Ok(id) = AppId::parse(app_id) {
+        prop_assert_eq!(id.as_str(), app_id);
+        prop_assert!(
+            (1..=64).contains(&app_id.len()) && app_id.is_ascii(),
+            "{app_id:?}"
+        );
+    }
+    if let Ok(name) = ServiceName::parse(service) {
+        prop_assert_eq!(&*name, service);
+        let (base, version) = service.split_once('/').unwrap_or_default();
+        prop_assert!(!base.is_empty() && !version.is_empty(), "{service:?}");
+        prop_assert!(version.bytes().all(|b| b.is_ascii_digit()), "{service:?}");
+    }
+    let _ = ServiceName::parse_or_first(service);
+    Ok(())
 }

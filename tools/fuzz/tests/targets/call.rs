@@ -4,16 +4,14 @@
 //! follows the bytes that arrived. (What the provider's node then checks in a call is
 //! fuzzed where it lives: `p2pos-overlay`'s `registry::fuzz`.)
 
-use p2pos_fuzz::{
-    fuzz,
-    io::{Then, pieces, then},
-    mutate::{framed, inputs},
-};
+use p2pos_fuzz::{fuzz, mutate::framed};
 use p2pos_proto::wire::v1::{CallAnswer, CallFrame};
 use proptest::prelude::*;
 use prost::Message;
 
-use super::{check_message, check_names, check_round_trip, payload, runtime, text, wire};
+use super::{
+    Sent, check_message, check_names, check_round_trip, payload, runtime, sent, text, wire,
+};
 
 /// `/p2pos/call/2`'s limit of a frame (the overlay's `MAX_CALL_FRAME`).
 const MAX_CALL_FRAME: usize = wire::MAX_PAYLOAD + 4 * 1024;
@@ -60,9 +58,9 @@ fn small<M: Message>(m: &M) -> bool {
 
 #[derive(Debug, Clone)]
 enum Case {
-    Call(Vec<u8>, Vec<usize>, Then),
+    Call(Sent),
     /// What the caller reads: the call-taken byte, then the answer.
-    Answer(Vec<u8>, Vec<usize>, Then),
+    Answer(Sent),
     CallBack(CallFrame),
     AnswerBack(CallAnswer),
 }
@@ -81,10 +79,8 @@ fn case() -> impl Strategy<Value = Case> {
         })
         .boxed();
     prop_oneof![
-        3 => (inputs(calls, MAX_CALL_FRAME), pieces(), then())
-            .prop_map(|(b, p, t)| Case::Call(b, p, t)),
-        3 => (inputs(answers, MAX_CALL_FRAME), pieces(), then())
-            .prop_map(|(b, p, t)| Case::Answer(b, p, t)),
+        3 => sent(calls, MAX_CALL_FRAME).prop_map(Case::Call),
+        3 => sent(answers, MAX_CALL_FRAME).prop_map(Case::Answer),
         1 => call_frame().prop_map(Case::CallBack),
         1 => answer().prop_map(Case::AnswerBack),
     ]
@@ -95,7 +91,7 @@ fn call() {
     let rt = runtime();
     fuzz("call", case(), |case| {
         match case {
-            Case::Call(bytes, pieces, then) => {
+            Case::Call((bytes, pieces, then)) => {
                 if let Some(call) =
                     check_message::<CallFrame>(&rt, &bytes, pieces, then, MAX_CALL_FRAME)?
                 {
@@ -103,7 +99,7 @@ fn call() {
                 }
             }
             // The caller reads the call-taken byte (any other is refused), then the answer.
-            Case::Answer(bytes, pieces, then) => {
+            Case::Answer((bytes, pieces, then)) => {
                 if bytes.first() == Some(&CALL_TAKEN) {
                     check_message::<CallAnswer>(&rt, &bytes[1..], pieces, then, MAX_CALL_FRAME)?;
                 }

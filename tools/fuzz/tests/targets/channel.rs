@@ -10,8 +10,8 @@ use futures::StreamExt;
 use p2pos_fuzz::{
     alloc::peak_during,
     fuzz,
-    io::{Then, Trickle, pieces, then},
-    mutate::{framed, inputs},
+    io::{Then, Trickle},
+    mutate::framed,
 };
 use p2pos_proto::wire::v1::{ChannelHello, ChannelWelcome, channel_welcome};
 use proptest::{collection::vec, prelude::*};
@@ -19,8 +19,8 @@ use prost::Message;
 use tokio_util::codec::FramedRead;
 
 use super::{
-    Frame, SLACK, check_message, check_names, check_round_trip, frames_in, poll_once, runtime,
-    text, wire,
+    Frame, SLACK, Sent, check_message, check_names, check_round_trip, frames_in, poll_once,
+    runtime, sent, text, wire,
 };
 
 fn hello() -> impl Strategy<Value = ChannelHello> {
@@ -49,12 +49,12 @@ fn data() -> BoxedStrategy<Vec<u8>> {
 
 #[derive(Debug, Clone)]
 enum Case {
-    Hello(Vec<u8>, Vec<usize>, Then),
-    Welcome(Vec<u8>, Vec<usize>, Then),
+    Hello(Sent),
+    Welcome(Sent),
     HelloBack(ChannelHello),
     WelcomeBack(ChannelWelcome),
     /// Data frames, read with this limit.
-    Data(Vec<u8>, Vec<usize>, Then, usize),
+    Data(Sent, usize),
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -63,13 +63,13 @@ fn case() -> impl Strategy<Value = Case> {
     let welcomes = welcome().prop_map(|w| framed(&w.encode_to_vec())).boxed();
     let data_limit = prop_oneof![Just(wire::MAX_CHANNEL_FRAME), Just(100usize)];
     prop_oneof![
-        3 => (inputs(hellos, control), pieces(), then()).prop_map(|(b, p, t)| Case::Hello(b, p, t)),
-        2 => (inputs(welcomes, control), pieces(), then())
-            .prop_map(|(b, p, t)| Case::Welcome(b, p, t)),
+        3 => sent(hellos, control).prop_map(Case::Hello),
+        2 => sent(welcomes, control).prop_map(Case::Welcome),
         1 => hello().prop_map(Case::HelloBack),
         1 => welcome().prop_map(Case::WelcomeBack),
-        3 => data_limit.prop_flat_map(|max| (inputs(data(), max), pieces(), then(), Just(max)))
-            .prop_map(|(b, p, t, max)| Case::Data(b, p, t, max)),
+        3 => data_limit
+            .prop_flat_map(|max| (sent(data(), max), Just(max)))
+            .prop_map(|(sent, max)| Case::Data(sent, max)),
     ]
 }
 
@@ -79,14 +79,14 @@ fn channel() {
     fuzz("channel", case(), |case| {
         let control = wire::MAX_CONTROL_FRAME;
         match case {
-            Case::Hello(bytes, pieces, then) => {
+            Case::Hello((bytes, pieces, then)) => {
                 if let Some(hello) =
                     check_message::<ChannelHello>(&rt, &bytes, pieces, then, control)?
                 {
                     check_names(&hello.app_id, &hello.service)?;
                 }
             }
-            Case::Welcome(bytes, pieces, then) => {
+            Case::Welcome((bytes, pieces, then)) => {
                 if let Some(welcome) =
                     check_message::<ChannelWelcome>(&rt, &bytes, pieces, then, control)?
                 {
@@ -100,7 +100,7 @@ fn channel() {
                 check_names(&hello.app_id, &hello.service)?;
             }
             Case::WelcomeBack(welcome) => check_round_trip(&rt, &welcome, control)?,
-            Case::Data(bytes, pieces, then, max) => data_frames(&rt, &bytes, pieces, then, max)?,
+            Case::Data((bytes, pieces, then), max) => data_frames(&rt, &bytes, pieces, then, max)?,
         }
         Ok(())
     });

@@ -17,7 +17,8 @@ use std::{future::Future, io, ops::Range, pin::pin, task::Poll, time::Duration};
 
 use p2pos_fuzz::{
     alloc::{Metered, peak_during},
-    io::{Then, Trickle},
+    io::{Then, Trickle, pieces, then},
+    mutate::inputs,
 };
 use p2pos_protocols::wire;
 use proptest::{prelude::*, test_runner::TestCaseResult};
@@ -48,6 +49,14 @@ fn poll_once<F: Future>(rt: &tokio::runtime::Runtime, fut: F) -> Poll<F::Output>
         let mut fut = pin!(fut);
         futures::poll!(fut.as_mut())
     })
+}
+
+/// What a peer sends on a stream: bytes, the pieces they come in, what it does after them.
+type Sent = (Vec<u8>, Vec<usize>, Then);
+
+/// What a peer may send where `valid` is what it should (frames of at most `max` bytes).
+fn sent(valid: BoxedStrategy<Vec<u8>>, max: usize) -> impl Strategy<Value = Sent> {
+    (inputs(valid, max), pieces(), then())
 }
 
 /// What the bytes at the start of a stream are, as one frame of at most `max` bytes.

@@ -3,16 +3,12 @@
 //! them: each frame of a stream comes back whole and in order, damaged or hostile bytes are
 //! clear errors, and a frame's memory follows the bytes that arrived.
 
-use p2pos_fuzz::{
-    fuzz,
-    io::{Then, pieces, then},
-    mutate::{framed, inputs},
-};
+use p2pos_fuzz::{fuzz, mutate::framed};
 use p2pos_proto::wire::v1::{MessageAck, MessageFrame, message_ack};
 use proptest::{collection::vec, prelude::*};
 use prost::Message;
 
-use super::{check_message, check_round_trip, frames_in, payload, runtime, text, wire};
+use super::{Sent, check_message, check_round_trip, frames_in, payload, runtime, sent, text, wire};
 
 fn message() -> impl Strategy<Value = MessageFrame> {
     (any::<[u64; 4]>(), text(), payload(wire::MAX_PAYLOAD)).prop_map(
@@ -39,8 +35,8 @@ fn ack() -> impl Strategy<Value = MessageAck> {
 #[derive(Debug, Clone)]
 enum Case {
     /// A stream of message frames.
-    Frames(Vec<u8>, Vec<usize>, Then),
-    Ack(Vec<u8>, Vec<usize>, Then),
+    Frames(Sent),
+    Ack(Sent),
     FrameBack(MessageFrame),
     AckBack(MessageAck),
 }
@@ -51,10 +47,8 @@ fn case() -> impl Strategy<Value = Case> {
         .boxed();
     let acks = ack().prop_map(|a| framed(&a.encode_to_vec())).boxed();
     prop_oneof![
-        4 => (inputs(frames, wire::MAX_MESSAGE_FRAME), pieces(), then())
-            .prop_map(|(b, p, t)| Case::Frames(b, p, t)),
-        2 => (inputs(acks, wire::MAX_CONTROL_FRAME), pieces(), then())
-            .prop_map(|(b, p, t)| Case::Ack(b, p, t)),
+        4 => sent(frames, wire::MAX_MESSAGE_FRAME).prop_map(Case::Frames),
+        2 => sent(acks, wire::MAX_CONTROL_FRAME).prop_map(Case::Ack),
         1 => message().prop_map(Case::FrameBack),
         1 => ack().prop_map(Case::AckBack),
     ]
@@ -65,7 +59,7 @@ fn msg() {
     let rt = runtime();
     fuzz("msg", case(), |case| {
         match case {
-            Case::Frames(bytes, pieces, then) => {
+            Case::Frames((bytes, pieces, then)) => {
                 // The receiver reads frame after frame until one fails: each read starts
                 // where the last ended (`check_message` checks it takes no more).
                 let (frames, _) = frames_in(&bytes, wire::MAX_MESSAGE_FRAME);
@@ -81,7 +75,7 @@ fn msg() {
                     )?;
                 }
             }
-            Case::Ack(bytes, pieces, then) => {
+            Case::Ack((bytes, pieces, then)) => {
                 if let Some(ack) =
                     check_message::<MessageAck>(&rt, &bytes, pieces, then, wire::MAX_CONTROL_FRAME)?
                 {

@@ -81,3 +81,43 @@ fn wire_frames() {
         Ok(())
     });
 }
+
+/// Found by these targets: the frame readers took room for the length a frame announced
+/// before its bytes came (up to 1 MiB + 4 KiB per stream for a 4-byte header). Each limit the
+/// node reads with, each reader: a header announcing the limit, then 9 bytes, then silence.
+#[test]
+fn a_frame_announced_but_not_sent_takes_no_memory() {
+    use futures::StreamExt;
+    use tokio_util::codec::FramedRead;
+
+    let rt = runtime();
+    for max in [
+        wire::MAX_CONTROL_FRAME,
+        wire::MAX_CHANNEL_FRAME,
+        wire::MAX_MESSAGE_FRAME,
+    ] {
+        let mut sent = u32::try_from(max).expect("a limit").to_be_bytes().to_vec();
+        sent.extend([7u8; 9]);
+        let peer = || Trickle::new(sent.clone(), Vec::new(), Then::Silence);
+        let mut io = peer();
+        let (got, peak) = peak_during(|| poll_once(&rt, wire::read_frame(&mut io, max)));
+        assert!(
+            got.is_pending() && peak < SLACK,
+            "read_frame, {max}: {peak} bytes"
+        );
+        let mut io = peer();
+        let read =
+            wire::read_message::<p2pos_proto::wire::v1::CallFrame, _>(&mut io, max, super::NEVER);
+        let (got, peak) = peak_during(|| poll_once(&rt, read));
+        assert!(
+            got.is_pending() && peak < SLACK,
+            "read_message, {max}: {peak} bytes"
+        );
+        let mut frames = FramedRead::new(peer(), wire::codec(max));
+        let (got, peak) = peak_during(|| poll_once(&rt, frames.next()));
+        assert!(
+            got.is_pending() && peak < SLACK,
+            "codec, {max}: {peak} bytes"
+        );
+    }
+}

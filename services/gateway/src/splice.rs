@@ -28,11 +28,11 @@ use p2pos_proto::{
 };
 use p2pos_protocols::{
     apps::{ChannelStream, Duplex},
-    wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
+    wire::{FrameCodec, MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::{
-    codec::{FramedRead, FramedWrite, LengthDelimitedCodec},
+    codec::{FramedRead, FramedWrite},
     sync::CancellationToken,
 };
 use tonic::{Status, Streaming};
@@ -385,7 +385,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CappedReads<R> {
 /// Reads what the peer sends, for the output.
 enum Reader {
     /// One frame per output (`data`).
-    Frames(FramedRead<PeerReadHalf, LengthDelimitedCodec>),
+    Frames(FramedRead<PeerReadHalf, FrameCodec>),
     /// Every whole frame read so far, up to [`BATCH_BYTES`], per output (`frames`), passed on
     /// in the wire's framing without being cut apart.
     Packed { io: PeerReadHalf, buf: BytesMut },
@@ -406,7 +406,9 @@ impl Reader {
         loop {
             match packed::whole_frames(buf, BATCH_BYTES, MAX_CHANNEL_FRAME) {
                 Err(e) => return Some(Err(std::io::Error::new(ErrorKind::InvalidData, e))),
-                Ok((0, needed)) => buf.reserve(needed.max(READ_ROOM)),
+                // Room for what arrives, not for what the next frame announces: a peer that
+                // announces a large frame and sends little of it costs little.
+                Ok((0, _)) => buf.reserve(READ_ROOM),
                 Ok((whole, _)) => {
                     return Some(Ok(channel_output::Kind::Frames(
                         buf.split_to(whole).freeze(),
@@ -566,6 +568,24 @@ mod tests {
         let err = reader.next().await.unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidData);
         assert!(err.to_string().contains("exceeds"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_announced_but_not_sent_takes_no_room() {
+        let (mut reader, mut peer) = packed_reader();
+        let mut sent = u32::try_from(MAX_CHANNEL_FRAME)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
+        sent.extend([7u8; 10]);
+        peer.write_all(&sent).await.unwrap();
+        // The peer sends no more: the reader waits, holding room for what arrived.
+        assert!(futures::poll!(Box::pin(reader.next())).is_pending());
+        let Reader::Packed { buf, .. } = &reader else {
+            unreachable!("a batching reader")
+        };
+        assert_eq!(buf.len(), 14);
+        assert!(buf.capacity() <= 2 * READ_ROOM, "{} bytes", buf.capacity());
     }
 
     #[tokio::test]

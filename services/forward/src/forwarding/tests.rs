@@ -15,7 +15,7 @@ use p2pos_kernel::{ErrorCode, ServiceError, Store, store::SledStore};
 use p2pos_proto::service::v1::{ExposeRequest, Exposure, OpenForwardRequest};
 use p2pos_protocols::{
     apps::ChannelStream,
-    wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
+    wire::{FrameCodec, MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use tempfile::TempDir;
 use tokio::{
@@ -23,7 +23,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::oneshot,
 };
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::*;
 
@@ -93,8 +93,8 @@ fn forward_req(service: &str, peer: &str, listen: &str) -> OpenForwardRequest {
 fn framed(
     io: DuplexStream,
 ) -> (
-    FramedRead<tokio::io::ReadHalf<DuplexStream>, LengthDelimitedCodec>,
-    FramedWrite<tokio::io::WriteHalf<DuplexStream>, LengthDelimitedCodec>,
+    FramedRead<tokio::io::ReadHalf<DuplexStream>, FrameCodec>,
+    FramedWrite<tokio::io::WriteHalf<DuplexStream>, FrameCodec>,
 ) {
     let (r, w) = tokio::io::split(io);
     (
@@ -105,7 +105,7 @@ fn framed(
 
 /// Reads frames until `len` bytes have come.
 async fn read_bytes(
-    frames: &mut FramedRead<tokio::io::ReadHalf<DuplexStream>, LengthDelimitedCodec>,
+    frames: &mut FramedRead<tokio::io::ReadHalf<DuplexStream>, FrameCodec>,
     len: usize,
 ) -> Vec<u8> {
     let mut got = Vec::with_capacity(len);

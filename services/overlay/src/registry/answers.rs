@@ -497,6 +497,61 @@ mod tests {
         assert_eq!(answer_of("provider", "echo/1", Some(Ok(own.clone()))), own);
     }
 
+    /// Fuzz target `call_checks` (`tools/fuzz`): any call frame a peer sends is a call within
+    /// the limits, a withdrawal of a valid service, or the node's refusal; never a panic.
+    #[test]
+    fn call_checks() {
+        use p2pos_protocols::{ids::ServiceName, names::check_app_id, wire::MAX_PAYLOAD};
+        use proptest::prelude::*;
+
+        let text = || {
+            prop_oneof![
+                "[a-zA-Z0-9._:-]{0,70}(/[0-9]{0,10})?",
+                "\\PC{0,40}",
+                "[a-z]{1,9}".prop_map(|s| s.repeat(40)),
+            ]
+        };
+        let size = prop_oneof![0usize..64, MAX_PAYLOAD - 2..=MAX_PAYLOAD + 2];
+        let time = prop_oneof![Just(0u32), 1..120_000u32, any::<u32>()];
+        let frame = (text(), text(), size, time, any::<bool>()).prop_map(
+            |(service, from_app, size, timeout_ms, withdrawn)| CallFrame {
+                service,
+                from_app,
+                payload: Bytes::from(vec![0u8; size]),
+                timeout_ms,
+                withdrawn,
+            },
+        );
+        let peer = PeerId::random();
+        p2pos_fuzz::fuzz("call_checks", frame, |frame| {
+            let sent = frame.clone();
+            let service_ok = ServiceName::parse(&sent.service).is_ok();
+            match checked(peer, frame) {
+                Ok(Checked::Call(call)) => {
+                    prop_assert!(!sent.withdrawn && service_ok);
+                    prop_assert!(check_app_id(&sent.from_app).is_ok());
+                    prop_assert!(call.payload.len() <= MAX_PAYLOAD);
+                    prop_assert!(!call.timeout.is_zero() && call.timeout <= MAX_CALL_TIME);
+                    prop_assert_eq!(call.from_peer, peer);
+                    prop_assert_eq!(call.service, sent.service);
+                }
+                Ok(Checked::Withdrawn(service)) => {
+                    prop_assert!(sent.withdrawn && service_ok);
+                    prop_assert_eq!(service, sent.service);
+                }
+                Err(e) => {
+                    let answer = node_error(e);
+                    prop_assert!(answer.code != 0 && !answer.message.is_empty());
+                    prop_assert!(answer.provider_app.is_empty(), "no app saw it");
+                    // Any text a peer sends comes back shortened, whole characters only.
+                    let cut = shorten(answer.message.clone(), sent.service.len() % 200);
+                    prop_assert!(answer.message.starts_with(&cut));
+                }
+            }
+            Ok(())
+        });
+    }
+
     #[test]
     fn long_messages_are_cut_on_a_boundary() {
         assert_eq!(shorten("héllo".into(), 2), "h");

@@ -15,13 +15,13 @@ use p2pos_protocols::{
     wire,
 };
 use tokio::task::JoinHandle;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 use tonic::Code;
 
 use super::{Node, T, app, next_call};
 
 /// A channel's frames.
-pub(crate) type Frames = Framed<Box<dyn apps::Duplex>, LengthDelimitedCodec>;
+pub(crate) type Frames = Framed<Box<dyn apps::Duplex>, wire::FrameCodec>;
 
 impl Node {
     /// Asks port forwarding.

@@ -8,6 +8,7 @@
 
 mod call;
 mod channel;
+mod marked;
 mod msg;
 mod packed;
 mod tickets;

@@ -88,7 +88,7 @@ fn msg() {
                     check_message::<MessageAck>(&rt, &bytes, pieces, then, wire::MAX_CONTROL_FRAME)?
                 {
                     let known = message_ack::Result::try_from(ack.result).is_ok();
-                    prop_assert_eq!(known, (0..=3).contains(&ack.result));
+                    prop_assert_eq!(known, (0..=4).contains(&ack.result));
                 }
             }
             Case::FrameBack(m) => check_round_trip(&rt, &m, wire::MAX_MESSAGE_FRAME)?,

@@ -391,19 +391,29 @@ async fn an_oversized_frame_or_a_cut_frame_from_the_app_ends_its_channel_with_a_
 async fn a_byte_stream_socket_talks_to_a_framed_one() {
     let mut pair = Pair::start().await;
     let (mut call, socket, b) = pair.raw_open(ChannelTransport::SocketBytes).await;
-    let (mut conn, answer, _) = present(&socket, &socket.secret).await;
+    let (conn, answer, _) = present(&socket, &socket.secret).await;
     assert_eq!(answer, 0);
     let (mut b_tx, mut b_rx) = (b.sender, b.receiver);
 
     // Bytes in, frames out: whatever the reads cut, the bytes arrive in order.
     let text: Vec<u8> = (0..600_000u32).map(|i| (i % 97) as u8).collect();
-    conn.write_all(&text).await.expect("write");
-    conn.shutdown().await.expect("half-close");
+    // Written while B reads: more than the buffers on the way hold.
+    let (mut conn_read, mut conn_write) = conn.into_split();
+    let sent = text.clone();
+    let writer = tokio::spawn(async move {
+        conn_write.write_all(&sent).await.expect("write");
+        conn_write.shutdown().await.expect("half-close");
+        conn_write
+    });
     let mut got = Vec::new();
     while let Some(frame) = tokio::time::timeout(T, b_rx.next()).await.expect("in time") {
         got.extend_from_slice(&frame.expect("a frame"));
     }
     assert_eq!(got, text, "the byte stream arrives whole");
+    let _conn_write = tokio::time::timeout(T, writer)
+        .await
+        .expect("written in time")
+        .expect("the writer");
 
     // Frames in, bytes out.
     for part in [&b"one "[..], b"", b"two"] {
@@ -411,7 +421,7 @@ async fn a_byte_stream_socket_talks_to_a_framed_one() {
     }
     b_tx.close().await.expect("close");
     let mut back = Vec::new();
-    tokio::time::timeout(T, conn.read_to_end(&mut back))
+    tokio::time::timeout(T, conn_read.read_to_end(&mut back))
         .await
         .expect("in time")
         .expect("read");

@@ -22,7 +22,7 @@ const APP: &str = "data";
 /// Two nodes, B's `data` session open; A's client, B's client and session, B's ticket.
 struct Pair {
     a: Node,
-    _b: Node,
+    b: Node,
     client_a: Client,
     client_b: Client,
     session_b: Streaming<p2pos_proto::app::v1::SessionEvent>,
@@ -39,7 +39,7 @@ impl Pair {
         let ticket_b = b.ticket().await;
         Pair {
             a,
-            _b: b,
+            b,
             client_a,
             client_b,
             session_b,
@@ -532,4 +532,53 @@ async fn a_call_on_the_tcp_gateway_gets_a_tcp_data_socket() {
         Bytes::from_static(b"via tcp")
     );
     drop(admin_a);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_app_can_neither_take_the_channel_nor_learn_its_secret() {
+    let mut pair = Pair::start().await;
+    let other = pair.b.app_client("other").await;
+    let client = pair.client_a.clone();
+    let open = OpenChannel {
+        app_id: APP.into(),
+        peer: pair.ticket_b.clone(),
+        ..Default::default()
+    };
+    let opening = tokio::spawn(async move { client.open_channel(open).await });
+    let incoming = next_incoming(&mut pair.session_b, T).await;
+    // An app scoped to another app id cannot accept it, so it never hears the secret.
+    for app_id in [APP, "other"] {
+        let accept = AcceptChannel {
+            channel_id: incoming.channel_id,
+            app_id: app_id.into(),
+            ..Default::default()
+        };
+        let refused = other
+            .accept_channel(accept)
+            .await
+            .expect_err("another app's channel");
+        assert!(
+            matches!(refused.code(), Code::PermissionDenied | Code::NotFound),
+            "{refused:?}"
+        );
+    }
+    // The app it was announced to still takes it, and its data socket works.
+    let accept = AcceptChannel {
+        channel_id: incoming.channel_id,
+        app_id: APP.into(),
+        ..Default::default()
+    };
+    let b = pair
+        .client_b
+        .accept_channel(accept)
+        .await
+        .expect("B accepts");
+    let a = opening.await.expect("join").expect("A opens");
+    let (mut a_tx, _a_rx) = (a.sender, a.receiver);
+    a_tx.send(Bytes::from_static(b"mine")).await.expect("send");
+    let (_b_tx, mut b_rx) = (b.sender, b.receiver);
+    assert_eq!(
+        b_rx.next().await.expect("a frame").expect("ok"),
+        Bytes::from_static(b"mine")
+    );
 }

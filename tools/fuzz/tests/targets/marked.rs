@@ -107,8 +107,14 @@ fn marked() {
                     }
                 }
             }
-            let whole: Vec<u8> = frames.iter().flat_map(|f| bytes[f.clone()].to_vec()).collect();
-            prop_assert!(kept.starts_with(&whole), "the bodies of whole frames, in order");
+            let whole: Vec<u8> = frames
+                .iter()
+                .flat_map(|f| bytes[f.clone()].to_vec())
+                .collect();
+            prop_assert!(
+                kept.starts_with(&whole),
+                "the bodies of whole frames, in order"
+            );
             if end == Frame::Nothing {
                 prop_assert_eq!(kept, whole);
                 prop_assert!(unframe.at_boundary());

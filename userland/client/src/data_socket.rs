@@ -82,11 +82,14 @@ pub(crate) async fn connect(
             (Either::Right(read), Either::Right(write))
         }
     };
+    let ended = Ended::default();
     let sender = SocketSender {
         frames: FramedWrite::new(write, codec(MAX_FRAME)),
+        ended: ended.clone(),
     };
     let receiver = SocketReceiver {
         frames: FramedRead::new(read, codec(MAX_PEER_FRAME)),
+        ended,
         control: Some(control),
         broken: None,
         done: false,
@@ -98,6 +101,39 @@ pub(crate) async fn connect(
 #[derive(Debug)]
 pub(crate) struct SocketSender {
     frames: FramedWrite<WriteConn, LengthDelimitedCodec>,
+    /// How the channel broke, once the call said so.
+    ended: Ended,
+}
+
+/// The status that ended a channel, told by the call (to the receiver, or to the task that
+/// keeps the call after `peer_closed`), for the sender's errors.
+#[derive(Debug, Default, Clone)]
+struct Ended(std::sync::Arc<std::sync::Mutex<Option<Status>>>);
+
+impl Ended {
+    fn set(&self, status: &Status) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status.clone());
+    }
+
+    fn get(&self) -> Option<Status> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl SocketSender {
+    /// A failed write as a status: the channel's own, if the call told it.
+    fn failed(&self, e: std::io::Error) -> Status {
+        match self.ended.get() {
+            Some(status) if e.kind() != std::io::ErrorKind::InvalidInput => status,
+            _ => write_status(e),
+        }
+    }
 }
 
 /// A write that failed: a frame too large is the app's mistake; anything else means the
@@ -116,19 +152,23 @@ impl Sink<Bytes> for SocketSender {
     type Error = Status;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Sink::<Bytes>::poll_ready(Pin::new(&mut self.get_mut().frames), cx).map_err(write_status)
+        let this = self.get_mut();
+        Sink::<Bytes>::poll_ready(Pin::new(&mut this.frames), cx).map_err(|e| this.failed(e))
     }
 
     fn start_send(self: Pin<&mut Self>, frame: Bytes) -> Result<(), Status> {
-        Sink::<Bytes>::start_send(Pin::new(&mut self.get_mut().frames), frame).map_err(write_status)
+        let this = self.get_mut();
+        Sink::<Bytes>::start_send(Pin::new(&mut this.frames), frame).map_err(|e| this.failed(e))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Sink::<Bytes>::poll_flush(Pin::new(&mut self.get_mut().frames), cx).map_err(write_status)
+        let this = self.get_mut();
+        Sink::<Bytes>::poll_flush(Pin::new(&mut this.frames), cx).map_err(|e| this.failed(e))
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Sink::<Bytes>::poll_close(Pin::new(&mut self.get_mut().frames), cx).map_err(write_status)
+        let this = self.get_mut();
+        Sink::<Bytes>::poll_close(Pin::new(&mut this.frames), cx).map_err(|e| this.failed(e))
     }
 }
 
@@ -137,6 +177,8 @@ impl Sink<Bytes> for SocketSender {
 #[derive(Debug)]
 pub(crate) struct SocketReceiver {
     frames: FramedRead<ReadConn, LengthDelimitedCodec>,
+    /// Shared with the sender.
+    ended: Ended,
     /// The channel's call, until it said how the frames ended.
     control: Option<Streaming<ChannelOutput>>,
     /// The socket's own error, if reading it failed (used when the call says nothing better).
@@ -185,11 +227,23 @@ impl Stream for SocketReceiver {
                 // The call lives on until the sender is closed too: keep it to its end in a
                 // task of its own, so that dropping this receiver does not cut it.
                 if let Some(mut control) = this.control.take() {
-                    tokio::spawn(async move { while let Ok(Some(_)) = control.message().await {} });
+                    let ended = this.ended.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            match control.message().await {
+                                Ok(Some(_)) => {}
+                                Ok(None) => return,
+                                Err(status) => return ended.set(&status),
+                            }
+                        }
+                    });
                 }
                 Poll::Ready(None)
             }
-            Some(Err(status)) => Poll::Ready(Some(Err(status))),
+            Some(Err(status)) => {
+                this.ended.set(&status);
+                Poll::Ready(Some(Err(status)))
+            }
             Some(Ok(other)) => Poll::Ready(Some(Err(Status::internal(format!(
                 "the node sent an unexpected output on a data socket channel: {other:?}"
             ))))),

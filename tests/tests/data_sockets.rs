@@ -582,3 +582,37 @@ async fn another_app_can_neither_take_the_channel_nor_learn_its_secret() {
         Bytes::from_static(b"mine")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_cannot_shut_out_an_app_presenting_its_secret() {
+    let mut pair = Pair::start().await;
+    let (_call, socket, b) = pair.raw_open(ChannelTransport::SocketFrames).await;
+    // More connections that say nothing than the node reads secrets from at once.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(
+            UnixStream::connect(&socket.unix_path)
+                .await
+                .expect("connect"),
+        );
+    }
+    let (mut conn, answer, why) = present(&socket, &socket.secret).await;
+    assert_eq!(answer, 0, "the app's connection is taken: {why}");
+    conn.write_all(&frame(b"through")).await.expect("write");
+    let (_b_tx, mut b_rx) = (b.sender, b.receiver);
+    assert_eq!(
+        tokio::time::timeout(T, b_rx.next())
+            .await
+            .expect("in time")
+            .expect("a frame")
+            .expect("ok"),
+        Bytes::from_static(b"through")
+    );
+    // The oldest idle ones were let go.
+    let mut first = idle.remove(0);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(T, first.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert!(closed.is_ok(), "{closed:?}");
+}

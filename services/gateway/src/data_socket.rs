@@ -326,7 +326,7 @@ impl DataSockets {
                     None => "unknown, used or expired data socket secret",
                 },
                 Ok(Err(_)) => return,
-                Err(_) => "no secret within 5 s",
+                Err(_) => "no secret within 2 s",
             };
             debug!("data socket refused: {why}");
             refuse(conn, why).await;

@@ -291,11 +291,11 @@ where
             }
 
             Frame::Priority(_) => {
-                /*
-                v.encode(self.buf.get_mut());
-                tracing::trace!("encoded priority; rem={:?}", self.buf.remaining());
-                */
-                unimplemented!();
+                // P2P OS patch (see vendor/README.md): upstream panics here (not implemented). h2
+                // never queues a PRIORITY frame to send, so this is unreachable; should that
+                // change, the frame is dropped (it is advisory) rather than panicking the
+                // connection's task.
+                tracing::debug!("dropped a PRIORITY frame: h2 does not encode them");
             }
             Frame::Reset(v) => {
                 v.encode(self.buf.get_mut());

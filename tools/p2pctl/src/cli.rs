@@ -395,47 +395,55 @@ pub(crate) enum GroupsCommand {
     },
     /// Publish TEXT on TOPIC of APP in GROUP, to every member's node that follows it; prints
     /// its number (seq)
-    Publish {
-        /// The group
-        group: String,
-        /// The app whose topic it is (e.g. chat)
-        app: String,
-        /// The topic (1 to 128 characters)
-        topic: String,
-        /// The text (several words are joined with spaces); `-` reads it from stdin; at most
-        /// 64 KiB
-        #[arg(required = true, num_args = 1..)]
-        text: Vec<String>,
-        /// Wait this long (at most 60s) for receipts from the other members' nodes, and say
-        /// which have it and which are missing: `500ms`, `5s`
-        #[arg(long, value_name = "DURATION")]
-        report: Option<String>,
-        /// Print JSON: {seq, sent_ms, sent_to, delivered, missing}
-        #[arg(long)]
-        json: bool,
-    },
+    Publish(PublishArgs),
     /// Follow TOPIC of APP in GROUP until interrupted: one line per message, `sender seq time
     /// text` (sender: the end of the publishing node's peer id; data that is not UTF-8 as
     /// `<N bytes: hex>`)
-    Watch {
-        /// The group
-        group: String,
-        /// The app whose topic it is (e.g. chat)
-        app: String,
-        /// The topic
-        topic: String,
-        /// First print the messages held that were sent this long ago or since: `10m`, `1h`
-        #[arg(long, value_name = "DURATION", conflicts_with = "since_ms")]
-        since: Option<String>,
-        /// First print the messages held that were sent at or after this time (ms since the
-        /// Unix epoch)
-        #[arg(long, value_name = "MS")]
-        since_ms: Option<u64>,
-        /// One JSON object per line: {group, app, topic, sender, seq, sent_ms, replayed,
-        /// data_text, data_base64}
-        #[arg(long)]
-        json: bool,
-    },
+    Watch(WatchArgs),
+}
+
+/// `groups publish`: what to publish where.
+#[derive(Args, Debug)]
+pub(crate) struct PublishArgs {
+    /// The group
+    pub(crate) group: String,
+    /// The app whose topic it is (e.g. chat)
+    pub(crate) app: String,
+    /// The topic (1 to 128 characters)
+    pub(crate) topic: String,
+    /// The text (several words are joined with spaces); `-` reads it from stdin; at most
+    /// 64 KiB
+    #[arg(required = true, num_args = 1..)]
+    pub(crate) text: Vec<String>,
+    /// Wait this long (at most 60s) for receipts from the other members' nodes, and say
+    /// which have it and which are missing: `500ms`, `5s`
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) report: Option<String>,
+    /// Print JSON: {seq, sent_ms, sent_to, delivered, missing}
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `groups watch`: which topic to follow, from when.
+#[derive(Args, Debug)]
+pub(crate) struct WatchArgs {
+    /// The group
+    pub(crate) group: String,
+    /// The app whose topic it is (e.g. chat)
+    pub(crate) app: String,
+    /// The topic
+    pub(crate) topic: String,
+    /// First print the messages held that were sent this long ago or since: `10m`, `1h`
+    #[arg(long, value_name = "DURATION", conflicts_with = "since_ms")]
+    pub(crate) since: Option<String>,
+    /// First print the messages held that were sent at or after this time (ms since the
+    /// Unix epoch)
+    #[arg(long, value_name = "MS")]
+    pub(crate) since_ms: Option<u64>,
+    /// One JSON object per line: {group, app, topic, sender, seq, sent_ms, replayed,
+    /// data_text, data_base64}
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `resources` subcommands.
@@ -832,14 +840,14 @@ mod tests {
             "p2pctl", "groups", "publish", "g", "chat", "room", "hello", "all", "--report", "5s",
         ]);
         match cli.command {
-            Command::Groups(GroupsCommand::Publish {
+            Command::Groups(GroupsCommand::Publish(PublishArgs {
                 group,
                 app,
                 topic,
                 text,
                 report,
                 json,
-            }) => {
+            })) => {
                 assert_eq!(
                     (group.as_str(), app.as_str(), topic.as_str()),
                     ("g", "chat", "room")
@@ -858,7 +866,7 @@ mod tests {
         ]);
         assert!(matches!(
             cli.command,
-            Command::Groups(GroupsCommand::Watch { since: Some(s), since_ms: None, json: true, .. })
+            Command::Groups(GroupsCommand::Watch(WatchArgs { since: Some(s), since_ms: None, json: true, .. }))
                 if s == "10m"
         ));
         assert!(

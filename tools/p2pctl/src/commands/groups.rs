@@ -177,42 +177,8 @@ pub(crate) async fn run(client: &Client, command: GroupsCommand) -> anyhow::Resu
                 .or_fail("cannot rename the group")?;
             output::line(group_line(&g))?;
         }
-        GroupsCommand::Publish {
-            group,
-            app,
-            topic,
-            text,
-            report,
-            json,
-        } => {
-            let args = pubsub::Publish {
-                group,
-                app,
-                topic,
-                text,
-                report,
-                json,
-            };
-            pubsub::publish(client, args).await?;
-        }
-        GroupsCommand::Watch {
-            group,
-            app,
-            topic,
-            since,
-            since_ms,
-            json,
-        } => {
-            let args = pubsub::Watch {
-                group,
-                app,
-                topic,
-                since,
-                since_ms,
-                json,
-            };
-            pubsub::watch(client, args).await?;
-        }
+        GroupsCommand::Publish(args) => pubsub::publish(client, args).await?,
+        GroupsCommand::Watch(args) => pubsub::watch(client, args).await?,
         GroupsCommand::Sync { group, json } => {
             let reply = groups
                 .sync(GroupRef { group })

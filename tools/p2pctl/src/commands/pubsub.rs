@@ -8,27 +8,19 @@ use p2pos_proto::group::v1::{PublishReply, PublishRequest, SubscribeRequest, Top
 use serde_json::{Value, json};
 
 use super::{RpcResult, duration, payload};
-use crate::output;
+use crate::{
+    cli::{PublishArgs, WatchArgs},
+    output,
+};
 
 /// The longest `--report` (the node's limit).
 const MAX_REPORT: Duration = Duration::from_secs(60);
 /// Bytes of data that is not UTF-8 shown in hex; the rest is left out.
 const HEX_SHOWN: usize = 32;
 
-/// What `groups publish` publishes where.
-pub(crate) struct Publish {
-    pub(crate) group: String,
-    pub(crate) app: String,
-    pub(crate) topic: String,
-    /// The words of the text; `-` alone: standard input.
-    pub(crate) text: Vec<String>,
-    pub(crate) report: Option<String>,
-    pub(crate) json: bool,
-}
-
 /// Publishes one message and prints its number (and, with `--report`, who has it).
-pub(crate) async fn publish(client: &Client, args: Publish) -> anyhow::Result<()> {
-    let Publish {
+pub(crate) async fn publish(client: &Client, args: PublishArgs) -> anyhow::Result<()> {
+    let PublishArgs {
         group,
         app,
         topic,
@@ -109,16 +101,6 @@ fn publish_text(reply: &PublishReply, report: bool) -> String {
     text
 }
 
-/// What `groups watch` follows.
-pub(crate) struct Watch {
-    pub(crate) group: String,
-    pub(crate) app: String,
-    pub(crate) topic: String,
-    pub(crate) since: Option<String>,
-    pub(crate) since_ms: Option<u64>,
-    pub(crate) json: bool,
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -126,8 +108,8 @@ fn now_ms() -> u64 {
 }
 
 /// Follows a topic until the stream ends: one line per message, or one JSON object per line.
-pub(crate) async fn watch(client: &Client, args: Watch) -> anyhow::Result<()> {
-    let Watch {
+pub(crate) async fn watch(client: &Client, args: WatchArgs) -> anyhow::Result<()> {
+    let WatchArgs {
         group,
         app,
         topic,

@@ -185,15 +185,13 @@ impl Authenticator {
     ) -> Result<(Scope, Option<Grant>), Status> {
         let token = bearer(headers)?;
         if let Some(info) = extensions.get::<UdsConnectInfo>() {
-            {
-                let uid = info.peer_cred.map(|c| c.uid());
-                if uid != Some(self.own_uid) && uid != Some(0) {
-                    return Err(Status::permission_denied(format!(
-                        "caller uid {} is not the node's owner (uid {})",
-                        uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string()),
-                        self.own_uid
-                    )));
-                }
+            let uid = info.peer_cred.map(|c| c.uid());
+            if uid != Some(self.own_uid) && uid != Some(0) {
+                return Err(Status::permission_denied(format!(
+                    "caller uid {} is not the node's owner (uid {})",
+                    uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string()),
+                    self.own_uid
+                )));
             }
         }
         match token {

@@ -77,7 +77,7 @@ pub(crate) struct Reserved {
 }
 
 /// How long after `opened` a channel waits for its data socket.
-pub const CLAIM_WITHIN: Duration = Duration::from_secs(10);
+const CLAIM_WITHIN: Duration = Duration::from_secs(10);
 /// How long a connection to a data socket listener may take to present its secret (an app
 /// writes it at once).
 const HANDSHAKE_WITHIN: Duration = Duration::from_secs(2);
@@ -88,7 +88,7 @@ const HANDSHAKES: usize = 128;
 const OFFERS_PER_APP: usize = 64;
 const OFFERS: usize = 1024;
 /// The secret's length.
-pub const SECRET_LEN: usize = 32;
+const SECRET_LEN: usize = 32;
 /// The handshake's answer when the node took the connection.
 const ACCEPTED: u8 = 0;
 /// The handshake's answer when it did not (a UTF-8 reason follows).
@@ -139,13 +139,13 @@ struct Claim {
 impl Claim {
     /// Withdraws the offer now: no connection can claim it after this.
     fn withdrawn(&self) {
-        self.sockets.withdraw(&self.secret);
+        self.sockets.take(&self.secret);
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.sockets.withdraw(&self.secret);
+        self.sockets.take(&self.secret);
     }
 }
 
@@ -255,10 +255,6 @@ impl DataSockets {
         Some(offer)
     }
 
-    fn withdraw(&self, secret: &Secret) {
-        self.take(secret);
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Offers> {
         // The map stays consistent whatever panicked while holding it.
         self.inner
@@ -326,9 +322,8 @@ impl DataSockets {
                     None => "unknown, used or expired data socket secret",
                 },
                 Ok(Err(_)) => return,
-                Err(_) => "no secret within 2 s",
+                Err(_) => "no secret in time",
             };
-            debug!("data socket refused: {why}");
             refuse(conn, why).await;
         });
         let mut handshakes = self

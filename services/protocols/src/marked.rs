@@ -17,9 +17,10 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::wire::HEADER;
+
 /// The length prefix that marks the end of a channel's frames.
 pub const END_MARK: u32 = u32::MAX;
-const HEADER: usize = 4;
 /// A read buffer smaller than this is read through one of this size.
 const SCRATCH: usize = 2 * HEADER;
 

@@ -21,12 +21,10 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::wire::{MAX_CHANNEL_FRAME, MAX_PAYLOAD};
+use crate::wire::{HEADER, MAX_CHANNEL_FRAME, MAX_PAYLOAD};
 
 /// The most bytes one read takes, and so the largest frame [`Framing::Bytes`] writes.
 pub const CHUNK: usize = 64 * 1024;
-/// A frame's length prefix.
-const HEADER: usize = 4;
 
 /// What the local socket carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! binding it to its app's session, handling its exit (restart with back-off, intensity,
 //! final states), and stopping it (stop signal, SIGKILL after the timeout).
 
+use p2pos_protocols::names::root_app;
 use std::mem;
 
 use actix::prelude::*;
@@ -466,10 +467,4 @@ fn group_name(root: &str) -> &str {
     } else {
         root
     }
-}
-
-/// The app an entry's share counts against: `chat` for `chat`, `chat:voice`, ...; the node's
-/// own helpers (`""`) share one.
-fn root_app(app: &str) -> &str {
-    p2pos_protocols::names::root_app(app)
 }

@@ -184,7 +184,7 @@ impl TryFrom<HelperSpec> for Spec {
             + read_paths.iter().map(String::len).sum::<usize>();
         if bytes > MAX_SPEC_BYTES {
             return Err(invalid(format!(
-                "program, arguments and environment take {bytes} bytes; at most {MAX_SPEC_BYTES}"
+                "program, arguments, environment and read paths take {bytes} bytes; at most {MAX_SPEC_BYTES}"
             )));
         }
         let has_nul = |s: &String| s.contains('\0');

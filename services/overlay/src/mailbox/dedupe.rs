@@ -91,6 +91,31 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Whether `answered_below` from (`peer`, `epoch`) is above the last one acted on (and
+    /// remembers it): only then can it drop marks.
+    pub(super) fn newly_answered(
+        &self,
+        peer: &libp2p::PeerId,
+        epoch: u64,
+        answered_below: u64,
+    ) -> bool {
+        let mut answered = self
+            .answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if answered
+            .get(&(*peer, epoch))
+            .is_some_and(|&last| last >= answered_below)
+        {
+            return false;
+        }
+        if answered.len() >= super::ANSWERED_REMEMBERED {
+            answered.clear();
+        }
+        answered.insert((*peer, epoch), answered_below);
+        true
+    }
+
     /// Drops the marks of (`peer_bytes`, `epoch`) below `answered_below`: the sender says it
     /// never sends those messages again. Call with the lock held.
     pub(super) fn forget_answered(

@@ -67,11 +67,16 @@ impl Mailbox {
         let peer_bytes = from.to_bytes();
         let now = now_ms();
         let _guard = self.lock();
-        if answered_below > 0 {
+        if answered_below > 0 && self.newly_answered(from, epoch, answered_below) {
             self.forget_answered(from, epoch, answered_below)?;
         }
         let mark = self.mark(&peer_bytes, epoch, &app_id)?;
-        let legacy = read_u64(self.store.get(INBOX, &legacy_mark_key(from, epoch))?);
+        // A mark from before marks were per app is below any per-app one (those came after it),
+        // so it is read only while the app has none.
+        let legacy = match mark {
+            Some(_) => 0,
+            None => read_u64(self.store.get(INBOX, &legacy_mark_key(from, epoch))?),
+        };
         if sequence <= mark.map_or(0, |m| m.sequence).max(legacy) {
             return Ok(Incoming::Duplicate);
         }

@@ -92,7 +92,14 @@ pub(crate) struct Mailbox {
     flushes_asked: AtomicU64,
     flushes_done: AtomicU64,
     flushing: tokio::sync::Mutex<()>,
+    /// The `answered_below` last acted on per (sender, epoch), so that a batch's frames, which
+    /// all carry the same one, scan the sender's marks once. Bounded: emptied when full (the
+    /// scan is then only done again).
+    answered: Mutex<HashMap<(libp2p::PeerId, u64), u64>>,
 }
+
+/// Senders whose last `answered_below` is remembered.
+const ANSWERED_REMEMBERED: usize = 4096;
 
 impl Mailbox {
     /// The mailbox in `store`, with the inbox's `quotas`; gives the store its sender epoch the
@@ -111,6 +118,7 @@ impl Mailbox {
             flushes_asked: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
+            answered: Mutex::new(HashMap::new()),
         });
         mailbox.migrate_outbox()?;
         Ok(mailbox)

@@ -101,7 +101,11 @@ mod tests {
         assert!(store.put(Record::new(long.clone(), b"v".to_vec())).is_err());
         let provider = PeerId::random();
         let many: Vec<Multiaddr> = (0..50u16)
-            .map(|port| format!("/ip4/203.0.113.1/tcp/{port}").parse().expect("addr"))
+            .map(|port| {
+                format!("/ip4/203.0.113.1/tcp/{port}")
+                    .parse()
+                    .expect("addr")
+            })
             .collect();
         let key = RecordKey::new(&b"/p2pos/service/x/1".to_vec());
         let record = ProviderRecord::new(key.clone(), provider, many);

@@ -183,36 +183,62 @@ mod tests {
             ConnectionId::new_unchecked(3),
             ConnectionId::new_unchecked(4),
         );
-        assert!(b.handle_pending_inbound_connection(c1, &local, &from).is_ok());
-        assert!(b.handle_pending_inbound_connection(c2, &local, &from).is_ok());
+        assert!(
+            b.handle_pending_inbound_connection(c1, &local, &from)
+                .is_ok()
+        );
+        assert!(
+            b.handle_pending_inbound_connection(c2, &local, &from)
+                .is_ok()
+        );
         let refused = b
             .handle_pending_inbound_connection(c3, &local, &from)
             .expect_err("a third from one address");
-        let why = refused.downcast_ref::<TooManyFromIp>().expect("refused per address");
+        let why = refused
+            .downcast_ref::<TooManyFromIp>()
+            .expect("refused per address");
         assert!(why.to_string().contains("203.0.113.7"), "{why}");
-        assert!(b.handle_pending_inbound_connection(c4, &local, &other).is_ok());
+        assert!(
+            b.handle_pending_inbound_connection(c4, &local, &other)
+                .is_ok()
+        );
         // One goes (a failed handshake, or a closed connection): room for another.
         b.forget(c1);
-        assert!(b.handle_pending_inbound_connection(c3, &local, &from).is_ok());
+        assert!(
+            b.handle_pending_inbound_connection(c3, &local, &from)
+                .is_ok()
+        );
     }
 
     #[test]
     fn loopback_and_relayed_connections_are_counted_only_when_asked() {
         let local = addr("/ip4/127.0.0.1/tcp/4001");
         let from = addr("/ip4/127.0.0.1/tcp/5000");
-        let relayed = addr("/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit");
+        let relayed = addr(
+            "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit",
+        );
         let mut free = Behaviour::new(1, false);
         let mut strict = Behaviour::new(1, true);
         for i in 0..3 {
             let id = ConnectionId::new_unchecked(i);
-            assert!(free.handle_pending_inbound_connection(id, &local, &from).is_ok());
-            assert!(free.handle_pending_inbound_connection(id, &local, &relayed).is_ok());
+            assert!(
+                free.handle_pending_inbound_connection(id, &local, &from)
+                    .is_ok()
+            );
+            assert!(
+                free.handle_pending_inbound_connection(id, &local, &relayed)
+                    .is_ok()
+            );
         }
-        assert!(strict
-            .handle_pending_inbound_connection(ConnectionId::new_unchecked(1), &local, &from)
-            .is_ok());
-        assert!(strict
-            .handle_pending_inbound_connection(ConnectionId::new_unchecked(2), &local, &from)
-            .is_err());
+        assert!(
+            strict
+                .handle_pending_inbound_connection(ConnectionId::new_unchecked(1), &local, &from)
+                .is_ok()
+        );
+        assert!(
+            strict
+                .handle_pending_inbound_connection(ConnectionId::new_unchecked(2), &local, &from)
+                .is_err()
+        );
     }
 }

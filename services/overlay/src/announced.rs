@@ -9,10 +9,7 @@ use actix::SpawnHandle;
 use libp2p::PeerId;
 use p2pos_kernel::{Store, store::StoreError};
 use p2pos_protocols::{apps::ChannelStream, marked::EndMarked};
-use tokio::{
-    io::DuplexStream,
-    sync::oneshot,
-};
+use tokio::{io::DuplexStream, sync::oneshot};
 
 use crate::{Error, inbound::Io};
 

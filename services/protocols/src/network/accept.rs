@@ -107,15 +107,15 @@ pub async fn accept_loop<S, I, F, Fut, R, RFut>(
                     Ok((id, ())) => id,
                     Err(e) => e.id(),
                 };
-                if let Some(peer) = task_peers.remove(&id) {
-                    if let Some(n) = per_peer.get_mut(&peer) {
-                        if *n > RESERVED_PER_PEER {
-                            shared -= 1;
-                        }
-                        *n -= 1;
-                        if *n == 0 {
-                            per_peer.remove(&peer);
-                        }
+                if let Some(peer) = task_peers.remove(&id)
+                    && let Some(n) = per_peer.get_mut(&peer)
+                {
+                    if *n > RESERVED_PER_PEER {
+                        shared -= 1;
+                    }
+                    *n -= 1;
+                    if *n == 0 {
+                        per_peer.remove(&peer);
                     }
                 }
             }

@@ -548,7 +548,9 @@ async fn eight_sybils_cannot_make_a_name_unusable() {
 
     // The first call by name goes through every Sybil (busy or junk: the next one is tried)
     // and reaches the honest provider within its time.
+    let first = std::time::Instant::now();
     let reply = call(caller, call_request(NAME)).await.expect("answered despite the Sybils");
+    eprintln!("the first call by name, past 8 Sybils: {:?}", first.elapsed());
     assert_eq!(reply.peer_id, ids[1]);
     assert_eq!(reply.payload, "sunny");
     let tried = |counters: &[Arc<AtomicUsize>]| {

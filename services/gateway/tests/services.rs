@@ -296,6 +296,7 @@ fn register(app_id: &str, service: &str) -> RegisterRequest {
         app_id: app_id.into(),
         service: service.into(),
         description: "a test".into(),
+        certificates: Vec::new(),
     }
 }
 
@@ -561,6 +562,8 @@ fn open(app_id: &str) -> ServiceChannelInput {
             half_close: false,
             group: String::new(),
             transport: 0,
+            peers: Vec::new(),
+            publisher_keys: Vec::new(),
         })),
     }
 }

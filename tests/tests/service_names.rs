@@ -280,7 +280,10 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
     assert!(!again, "a key file is never overwritten");
     assert!(err.contains("cannot create"), "{err}");
     let certify = |key: &str, peer: &str| {
-        let (ok, out, err) = p2pctl(&nodes[0], &["services", "certify", "--key", key, "vault/1", peer]);
+        let (ok, out, err) = p2pctl(
+            &nodes[0],
+            &["services", "certify", "--key", key, "vault/1", peer],
+        );
         assert!(ok, "{err}");
         out.trim().to_owned()
     };
@@ -303,9 +306,30 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
 
     let seen: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let name = ("vault", "vault/1");
-    let _p1 = serve(clients[1].clone(), name, vec![honest_cert], seen[1].clone(), Ok("one")).await;
-    let _p2 = serve(clients[2].clone(), name, Vec::new(), seen[2].clone(), Ok("two")).await;
-    let _p3 = serve(clients[3].clone(), name, vec![foreign_cert], seen[3].clone(), Ok("three")).await;
+    let _p1 = serve(
+        clients[1].clone(),
+        name,
+        vec![honest_cert],
+        seen[1].clone(),
+        Ok("one"),
+    )
+    .await;
+    let _p2 = serve(
+        clients[2].clone(),
+        name,
+        Vec::new(),
+        seen[2].clone(),
+        Ok("two"),
+    )
+    .await;
+    let _p3 = serve(
+        clients[3].clone(),
+        name,
+        vec![foreign_cert],
+        seen[3].clone(),
+        Ok("three"),
+    )
+    .await;
     wait_providers(caller, "vault/1", &[&ids[1], &ids[2], &ids[3]]).await;
 
     // Pinned: only the certified provider is found and called; the others never see a call.
@@ -323,7 +347,9 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
             publisher_keys: vec![our_key.clone()],
             ..call_request("vault/1")
         };
-        let reply = call(caller, request).await.expect("a certified provider answers");
+        let reply = call(caller, request)
+            .await
+            .expect("a certified provider answers");
         assert_eq!(reply.peer_id, ids[1]);
         assert_eq!(reply.payload, "one");
     }
@@ -338,12 +364,27 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
     assert!(refused.message().contains("no certificate"), "{refused:?}");
     let (ok, out, err) = p2pctl(
         &nodes[0],
-        &["services", "call", "vault/1", "hi", "--publisher-key", &our_key],
+        &[
+            "services",
+            "call",
+            "vault/1",
+            "hi",
+            "--publisher-key",
+            &our_key,
+        ],
     );
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "one");
-    assert_eq!(seen[2].load(Ordering::SeqCst), 0, "the uncertified provider saw a call");
-    assert_eq!(seen[3].load(Ordering::SeqCst), 0, "another publisher's provider saw a call");
+    assert_eq!(
+        seen[2].load(Ordering::SeqCst),
+        0,
+        "the uncertified provider saw a call"
+    );
+    assert_eq!(
+        seen[3].load(Ordering::SeqCst),
+        0,
+        "another publisher's provider saw a call"
+    );
     assert_eq!(seen[1].load(Ordering::SeqCst), 11);
 
     // Given peers: only those are asked.
@@ -376,7 +417,9 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
         publisher_keys: vec![our_key.clone()],
         ..call_request("vault/1")
     };
-    let refused = call(caller, both).await.expect_err("none certified among them");
+    let refused = call(caller, both)
+        .await
+        .expect_err("none certified among them");
     assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
     assert_eq!(seen[3].load(Ordering::SeqCst), 5);
     // A peer outside the peers named: refused at once.
@@ -386,7 +429,11 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
         ..call_request("vault/1")
     };
     let refused = call(caller, outside).await.expect_err("outside the peers");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     let bad_key = CallRequest {
         publisher_keys: vec!["p2pospubnotakey".into()],
         ..call_request("vault/1")
@@ -452,7 +499,9 @@ fn sybil(
                     let mut call = Vec::new();
                     let _ = (&mut io).take(2 << 20).read_to_end(&mut call).await;
                     let junk: &[u8] = match framed {
-                        true => &[0x01, 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                        true => &[
+                            0x01, 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                        ],
                         false => b"HTTP/1.1 200 OK\r\n\r\n",
                     };
                     let _ = io.write_all(junk).await;
@@ -462,7 +511,10 @@ fn sybil(
         };
         tokio::spawn(answering);
         let (hub_peer, hub_addr) = hub;
-        swarm.behaviour_mut().kad.add_address(&hub_peer, hub_addr.clone());
+        swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&hub_peer, hub_addr.clone());
         swarm.dial(hub_addr).expect("dial the hub");
         let mut announced = false;
         loop {
@@ -507,8 +559,22 @@ async fn eight_sybils_cannot_make_a_name_unusable() {
     let busy: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let app = ("weather", NAME);
     let refusal = Err((tonic::Code::ResourceExhausted, "too busy, always"));
-    let _b1 = serve(clients[2].clone(), app, Vec::new(), busy[0].clone(), refusal).await;
-    let _b2 = serve(clients[3].clone(), app, Vec::new(), busy[1].clone(), refusal).await;
+    let _b1 = serve(
+        clients[2].clone(),
+        app,
+        Vec::new(),
+        busy[0].clone(),
+        refusal,
+    )
+    .await;
+    let _b2 = serve(
+        clients[3].clone(),
+        app,
+        Vec::new(),
+        busy[1].clone(),
+        refusal,
+    )
+    .await;
     let junk: Vec<Arc<AtomicUsize>> = (0..6).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let mut sybils = Vec::new();
     let mut tasks = Vec::new();
@@ -521,7 +587,14 @@ async fn eight_sybils_cannot_make_a_name_unusable() {
         connected_peer(caller, peer, "a Sybil to reach the caller").await;
     }
     let honest_seen = Arc::new(AtomicUsize::new(0));
-    let _honest = serve(clients[1].clone(), app, Vec::new(), honest_seen.clone(), Ok("sunny")).await;
+    let _honest = serve(
+        clients[1].clone(),
+        app,
+        Vec::new(),
+        honest_seen.clone(),
+        Ok("sunny"),
+    )
+    .await;
     let mut everyone: Vec<&str> = sybils.iter().map(String::as_str).collect();
     everyone.extend([ids[1].as_str(), ids[2].as_str(), ids[3].as_str()]);
     wait_providers(caller, NAME, &everyone).await;
@@ -532,7 +605,9 @@ async fn eight_sybils_cannot_make_a_name_unusable() {
         peer: ids[1].clone(),
         ..call_request(NAME)
     };
-    call(caller, named).await.expect("the honest provider, by peer");
+    call(caller, named)
+        .await
+        .expect("the honest provider, by peer");
     clients[1]
         .services()
         .unregister(UnregisterRequest {
@@ -544,13 +619,25 @@ async fn eight_sybils_cannot_make_a_name_unusable() {
     let mut others = everyone.clone();
     others.retain(|p| *p != ids[1]);
     wait_providers(caller, NAME, &others).await;
-    let _honest = serve(clients[1].clone(), app, Vec::new(), honest_seen.clone(), Ok("sunny")).await;
+    let _honest = serve(
+        clients[1].clone(),
+        app,
+        Vec::new(),
+        honest_seen.clone(),
+        Ok("sunny"),
+    )
+    .await;
 
     // The first call by name goes through every Sybil (busy or junk: the next one is tried)
     // and reaches the honest provider within its time.
     let first = std::time::Instant::now();
-    let reply = call(caller, call_request(NAME)).await.expect("answered despite the Sybils");
-    eprintln!("the first call by name, past 8 Sybils: {:?}", first.elapsed());
+    let reply = call(caller, call_request(NAME))
+        .await
+        .expect("answered despite the Sybils");
+    eprintln!(
+        "the first call by name, past 8 Sybils: {:?}",
+        first.elapsed()
+    );
     assert_eq!(reply.peer_id, ids[1]);
     assert_eq!(reply.payload, "sunny");
     let tried = |counters: &[Arc<AtomicUsize>]| {
@@ -565,7 +652,9 @@ async fn eight_sybils_cannot_make_a_name_unusable() {
     // Later calls go straight to the honest provider: the Sybils are remembered.
     let started = std::time::Instant::now();
     for _ in 0..20 {
-        let reply = call(caller, call_request(NAME)).await.expect("every call answered");
+        let reply = call(caller, call_request(NAME))
+            .await
+            .expect("every call answered");
         assert_eq!(reply.peer_id, ids[1]);
     }
     eprintln!("20 calls by name past 8 Sybils: {:?}", started.elapsed());

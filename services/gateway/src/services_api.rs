@@ -26,9 +26,9 @@ use p2pos_proto::{
 use p2pos_protocols::{
     Forwarding as ForwardingProtocol, Groups as GroupsProtocol, PeerId, Reply,
     Services as ServicesProtocol,
+    certs::{Certificate, MAX_CERTIFICATES, MAX_PINNED_KEYS, PublisherKey},
     forwarding::Request as ForwardingCall,
     groups::Request as GroupsCall,
-    certs::{Certificate, MAX_CERTIFICATES, MAX_PINNED_KEYS, PublisherKey},
     ids::{AppId, PeerRef, ServiceName},
     services::{OutgoingCall, ProviderFilter, Request as ServicesCall},
     wire::MAX_PAYLOAD,
@@ -228,7 +228,8 @@ fn certificates(certs: Vec<String>) -> Result<Vec<Certificate>, Status> {
     certs
         .iter()
         .map(|c| {
-            Certificate::parse(c).map_err(|e| Status::invalid_argument(format!("certificates: {e}")))
+            Certificate::parse(c)
+                .map_err(|e| Status::invalid_argument(format!("certificates: {e}")))
         })
         .collect()
 }

@@ -104,6 +104,7 @@ fn echo(request: ServicesCall) {
             app_id,
             service,
             description,
+            certificates: _,
             reply,
         } => answer(
             reply,

@@ -87,7 +87,8 @@ impl EventLoop {
                 Err(e) => {
                     warn!(key = %new, "cannot announce the key in the DHT: {e}");
                     let reason = format!("this node cannot store its provider record: {e}");
-                    self.announced.insert(new.clone(), Announced::Failed(reason));
+                    self.announced
+                        .insert(new.clone(), Announced::Failed(reason));
                     providing.remove(new);
                 }
             }

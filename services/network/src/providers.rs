@@ -24,9 +24,7 @@ use libp2p::{
 use tokio::time::Instant;
 use tracing::debug;
 
-use p2pos_protocols::network::{
-    Error, Fared, ProviderReach, Providers, RemoteProvider, Reply,
-};
+use p2pos_protocols::network::{Error, Fared, ProviderReach, Providers, RemoteProvider, Reply};
 
 use crate::{
     announce::dht_key,

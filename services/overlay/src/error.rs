@@ -232,15 +232,11 @@ pub enum Error {
         reasons: String,
     },
     /// A provider holds no certificate of a publisher key the caller pinned.
-    #[error(
-        "peer {peer} is not certified to provide '{service}' by a publisher key the caller          pinned: {reason}"
-    )]
+    #[error("peer {peer} is not certified by a publisher key the caller pinned: {reason}")]
     NotCertified {
         /// The provider.
         peer: PeerId,
-        /// The service.
-        service: String,
-        /// Why not.
+        /// Why not, naming the service.
         reason: String,
     },
     /// Providers are known, but none holds a certificate of a pinned publisher key.
@@ -379,6 +375,16 @@ impl From<Error> for ServiceError {
 }
 
 /// Checks an app id: 1 to 64 characters of `[A-Za-z0-9._-]`.
+impl Error {
+    /// `peer` holds no certificate of a pinned publisher key for `service`: `why`.
+    pub(crate) fn not_certified(peer: PeerId, service: &str, why: impl std::fmt::Display) -> Self {
+        Error::NotCertified {
+            peer,
+            reason: format!("for '{service}': {why}"),
+        }
+    }
+}
+
 pub(crate) fn validate_app_id(app_id: &str) -> Result<(), Error> {
     p2pos_protocols::names::check_app_id(app_id)
         .map_err(|_| Error::InvalidAppId(app_id.chars().take(80).collect()))

@@ -94,11 +94,7 @@ impl OverlayService {
             _ => match self.certified_here(&service, &filter.publisher_keys) {
                 Ok(()) => self.provider_here(&service),
                 Err(reason) => {
-                    let e = Error::NotCertified {
-                        peer: local,
-                        service: service.clone(),
-                        reason,
-                    };
+                    let e = Error::not_certified(local, &service, reason);
                     failures.push(("this node".to_owned(), e));
                     None
                 }

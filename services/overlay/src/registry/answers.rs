@@ -397,7 +397,11 @@ pub(crate) struct CertificatesOf(pub(crate) String);
 impl Handler<CertificatesOf> for ServiceRegistry {
     type Result = Result<Vec<Bytes>, Error>;
 
-    fn handle(&mut self, CertificatesOf(service): CertificatesOf, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(
+        &mut self,
+        CertificatesOf(service): CertificatesOf,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
         if self.gone(ctx) {
             return Err(Error::Restarting);
         }
@@ -557,14 +561,14 @@ mod tests {
         };
         let size = prop_oneof![0usize..64, MAX_PAYLOAD - 2..=MAX_PAYLOAD + 2];
         let time = prop_oneof![Just(0u32), 1..120_000u32, any::<u32>()];
-        let frame = (text(), text(), size, time, any::<bool>()).prop_map(
-            |(service, from_app, size, timeout_ms, withdrawn)| CallFrame {
+        let frame = (text(), text(), size, time, any::<bool>(), any::<bool>()).prop_map(
+            |(service, from_app, size, timeout_ms, withdrawn, certificates)| CallFrame {
                 service,
                 from_app,
                 payload: Bytes::from(vec![0u8; size]),
                 timeout_ms,
                 withdrawn,
-                certificates: false,
+                certificates,
             },
         );
         let peer = PeerId::random();
@@ -573,7 +577,7 @@ mod tests {
             let service_ok = ServiceName::parse(&sent.service).is_ok();
             match checked(peer, frame) {
                 Ok(Checked::Call(call)) => {
-                    prop_assert!(!sent.withdrawn && service_ok);
+                    prop_assert!(!sent.withdrawn && !sent.certificates && service_ok);
                     prop_assert!(check_app_id(&sent.from_app).is_ok());
                     prop_assert!(call.payload.len() <= MAX_PAYLOAD);
                     prop_assert!(!call.timeout.is_zero() && call.timeout <= MAX_CALL_TIME);
@@ -582,6 +586,10 @@ mod tests {
                 }
                 Ok(Checked::Withdrawn(service)) => {
                     prop_assert!(sent.withdrawn && service_ok);
+                    prop_assert_eq!(service, sent.service);
+                }
+                Ok(Checked::Certificates(service)) => {
+                    prop_assert!(sent.certificates && !sent.withdrawn && service_ok);
                     prop_assert_eq!(service, sent.service);
                 }
                 Err(e) => {

@@ -104,22 +104,28 @@ impl ServiceRegistry {
         let pinned = &filter.publisher_keys;
         let certified_here = || {
             pinned.is_empty()
-                || vouching(&self.certificates_here(&call.service), &call.service, &local, pinned)
-                    .is_ok()
+                || vouching(
+                    &self.certificates_here(&call.service),
+                    &call.service,
+                    &local,
+                    pinned,
+                )
+                .is_ok()
         };
         let here = match &target {
             _ if limit.is_zero() => false,
             Some((peer, _)) if *peer == local && !certified_here() => {
-                let reason = vouching(&self.certificates_here(&call.service), &call.service, &local, pinned)
-                    .err()
-                    .unwrap_or_default();
+                let reason = vouching(
+                    &self.certificates_here(&call.service),
+                    &call.service,
+                    &local,
+                    pinned,
+                )
+                .err()
+                .unwrap_or_default();
                 failures.push((
                     "this node".to_owned(),
-                    Error::NotCertified {
-                        peer: local,
-                        service: call.service.clone(),
-                        reason,
-                    },
+                    Error::not_certified(local, &call.service, reason),
                 ));
                 false
             }
@@ -372,7 +378,10 @@ fn outcome(answer: CallAnswer, peer: PeerId) -> Attempt<CallReply> {
         certificates: _,
     } = answer;
     if status > 16 {
-        return junk(peer, format!("it answered code {status}, which is no gRPC code"));
+        return junk(
+            peer,
+            format!("it answered code {status}, which is no gRPC code"),
+        );
     }
     if status == code(p2pos_kernel::ErrorCode::ResourceExhausted) && !provider_app.is_empty() {
         return Attempt::Next(Error::Provider {
@@ -457,7 +466,10 @@ mod tests {
             Attempt::Done(Err(Error::Provider { code: 14, .. }))
         ));
         assert!(
-            matches!(outcome(answer(99, "a"), peer), Attempt::Next(Error::Protocol { .. })),
+            matches!(
+                outcome(answer(99, "a"), peer),
+                Attempt::Next(Error::Protocol { .. })
+            ),
             "junk"
         );
     }

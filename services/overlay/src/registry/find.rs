@@ -84,16 +84,19 @@ impl ServiceRegistry {
                 let mut info = self.local_info(service.clone());
                 match pinned.is_empty() {
                     true => Some(info),
-                    false => match vouching(&self.certificates_here(&service), &service, &local, &pinned) {
-                        Ok(key) => {
-                            info.publisher_key = key.to_text();
-                            Some(info)
+                    false => {
+                        match vouching(&self.certificates_here(&service), &service, &local, &pinned)
+                        {
+                            Ok(key) => {
+                                info.publisher_key = key.to_text();
+                                Some(info)
+                            }
+                            Err(why) => {
+                                not_certified.push(format!("this node: {why}"));
+                                None
+                            }
                         }
-                        Err(why) => {
-                            not_certified.push(format!("this node: {why}"));
-                            None
-                        }
-                    },
+                    }
                 }
             }
             _ => None,

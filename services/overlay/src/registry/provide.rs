@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use p2pos_proto::service::v1::{ListServicesReply, ServiceInfo};
 use p2pos_kernel::events::now_ms;
+use p2pos_proto::service::v1::{ListServicesReply, ServiceInfo};
 use p2pos_protocols::{
     certs::Certificate,
     forwarding::FORWARD_APP,
@@ -18,8 +18,8 @@ use tracing::info;
 use super::{
     names::validate_description,
     state::{
-        MAX_REGISTRATIONS, MAX_REGISTRATIONS_OF_FORWARDING, MAX_REGISTRATIONS_PER_APP,
-        Provided, Registration, service_key,
+        MAX_REGISTRATIONS, MAX_REGISTRATIONS_OF_FORWARDING, MAX_REGISTRATIONS_PER_APP, Provided,
+        Registration, service_key,
     },
 };
 use crate::{Error, registry::actor::ServiceRegistry};
@@ -64,7 +64,8 @@ impl ServiceRegistry {
             // (whose node-wide id shares `_node` with the admin's helpers): never taken over.
             Some(r)
                 if root_app(&r.app_id) != root_app(&app_id)
-                    || (r.app_id != app_id && (r.app_id == FORWARD_APP || app_id == FORWARD_APP)) =>
+                    || (r.app_id != app_id
+                        && (r.app_id == FORWARD_APP || app_id == FORWARD_APP)) =>
             {
                 let by = format!("app '{}'", r.app_id);
                 return Err(Error::ServiceTaken { service, by });

@@ -40,9 +40,12 @@ pub(crate) const MAX_VERIFIED: usize = 1024;
 /// How long asking a provider for its certificates may take, at most.
 const FETCH_LIMIT: Duration = Duration::from_secs(5);
 
+/// What a provider presented for a service (signatures verified), and when it was asked.
+type Presented = (Instant, Vec<Certificate>);
+
 /// Certificates checked lately, by provider and service.
 #[derive(Default)]
-pub(crate) struct VerifiedCerts(Mutex<HashMap<(PeerId, String), (Instant, Vec<Certificate>)>>);
+pub(crate) struct VerifiedCerts(Mutex<HashMap<(PeerId, String), Presented>>);
 
 impl VerifiedCerts {
     /// The pinned key that a remembered certificate of `peer` for `service` is signed by.
@@ -107,18 +110,12 @@ impl Checker {
             .min(FETCH_LIMIT);
         let certs = tokio::time::timeout(limit, self.fetch(peer, addrs, service))
             .await
-            .map_err(|_| Error::NotCertified {
-                peer,
-                service: service.to_owned(),
-                reason: "it did not present its certificates in time".into(),
+            .map_err(|_| {
+                Error::not_certified(peer, service, "it did not present its certificates in time")
             })??;
         let found = vouching(&certs, service, &peer, pinned);
         self.verified.put(peer, service, certs);
-        found.map_err(|reason| Error::NotCertified {
-            peer,
-            service: service.to_owned(),
-            reason,
-        })
+        found.map_err(|reason| Error::not_certified(peer, service, reason))
     }
 
     /// Asks `peer` for the certificates it presents as a provider of `service`; those whose
@@ -129,11 +126,7 @@ impl Checker {
         addrs: Vec<Multiaddr>,
         service: &str,
     ) -> Result<Vec<Certificate>, Error> {
-        let not_certified = |reason: String| Error::NotCertified {
-            peer,
-            service: service.to_owned(),
-            reason,
-        };
+        let not_certified = |reason: String| Error::not_certified(peer, service, reason);
         let Some(slot) = self.slots.acquire(peer).await else {
             return Err(not_certified("too many calls in flight to it".into()));
         };

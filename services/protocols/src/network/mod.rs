@@ -321,7 +321,10 @@ pub type Announcements = std::sync::Arc<std::collections::BTreeMap<String, Annou
 
 /// Keys this service announces in the DHT while it holds this; dropping it withdraws them.
 #[derive(Debug)]
-pub struct Announcer(watch::Sender<BTreeSet<String>>, watch::Receiver<Announcements>);
+pub struct Announcer(
+    watch::Sender<BTreeSet<String>>,
+    watch::Receiver<Announcements>,
+);
 
 impl Announcer {
     /// How the announcement of `key` went; [`Announced::Pending`] for a key not heard of.

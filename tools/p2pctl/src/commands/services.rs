@@ -1,11 +1,7 @@
 //! `services`: services that apps provide to other apps (`p2pos.service.v1.Services`): list
 //! those on this node, find providers, call one.
 
-use std::{
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::Path,
-};
+use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
 use anyhow::Context;
 
@@ -110,7 +106,8 @@ fn keygen(out: &Path, json: bool) -> anyhow::Result<()> {
 fn certify(key: &Path, service: &str, peer: &str, days: u32, json: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(key)
         .with_context(|| format!("cannot read the secret key {}", key.display()))?;
-    let secret = PublisherSecret::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let secret =
+        PublisherSecret::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
     ServiceName::parse_explained(service).map_err(|e| anyhow::anyhow!("{e}"))?;
     let peer: PeerId = peer
         .trim()

@@ -14,16 +14,18 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures::SinkExt;
 use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, identify, identity::Keypair, kad, swarm::NetworkBehaviour,
 };
 use p2pos_client::Client;
 use p2pos_proto::{
-    app::v1::session_event,
+    app::v1::{AcceptChannel, session_event},
     service::v1::{
-        CallReply, CallRequest, FindServiceRequest, ListServicesRequest, Reachability,
-        RegisterRequest, ReplyError, ReplyRequest, ServiceInfo, UnregisterRequest, reply_request,
+        CallReply, CallRequest, FindServiceRequest, ListServicesRequest, OpenServiceChannel,
+        Reachability, RegisterRequest, ReplyError, ReplyRequest, ServiceInfo, UnregisterRequest,
+        reply_request,
     },
 };
 use p2pos_tests::{Node, bare_swarm, connected_peer, open_session, p2pctl, star, wait_for};
@@ -36,7 +38,8 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 const T: Duration = Duration::from_secs(30);
 
 /// Serves `service` as app `app` on `client`'s node, registered with `certificates`: every
-/// call is counted in `seen` and answered with `answer` (`Ok`: the payload; `Err`: a refusal).
+/// call is counted in `seen` and answered with `answer` (`Ok`: the payload; `Err`: a refusal);
+/// every channel is counted too, accepted, and answered with `answer`'s payload as one frame.
 /// Runs until aborted (its session then ends).
 async fn serve(
     client: Client,
@@ -59,8 +62,27 @@ async fn serve(
     let app = app.to_owned();
     tokio::spawn(async move {
         while let Some(Ok(event)) = session.next().await {
-            let Some(session_event::Kind::Call(call)) = event.kind else {
-                continue;
+            let call = match event.kind {
+                Some(session_event::Kind::Call(call)) => call,
+                Some(session_event::Kind::Incoming(incoming)) => {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let (client, app) = (client.clone(), app.clone());
+                    tokio::spawn(async move {
+                        let accept = AcceptChannel {
+                            channel_id: incoming.channel_id,
+                            app_id: app,
+                            ..AcceptChannel::default()
+                        };
+                        if let Ok(mut channel) = client.accept_channel(accept).await {
+                            let text = answer.unwrap_or("refused");
+                            let _ = channel.sender.send(Bytes::from(text)).await;
+                            let _ = channel.sender.close().await;
+                            while let Ok(Some(_)) = channel.receiver.message().await {}
+                        }
+                    });
+                    continue;
+                }
+                _ => continue,
             };
             seen.fetch_add(1, Ordering::SeqCst);
             let result = match answer {
@@ -375,6 +397,34 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
     );
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "one");
+    // A channel by name with the key pinned: to the certified provider; named, to another: not
+    // opened.
+    let open = |peer: &str| OpenServiceChannel {
+        app_id: "caller".into(),
+        service: "vault/1".into(),
+        peer: peer.into(),
+        publisher_keys: vec![our_key.clone()],
+        ..OpenServiceChannel::default()
+    };
+    let mut channel = caller
+        .open_service_channel(open(""))
+        .await
+        .expect("a channel to the certified provider");
+    assert_eq!(channel.opened.peer_id, ids[1]);
+    let frame = channel
+        .receiver
+        .message()
+        .await
+        .expect("a frame")
+        .expect("its answer");
+    assert_eq!(frame, "one");
+    let _ = channel.sender.close().await;
+    let refused = caller
+        .open_service_channel(open(&ids[2]))
+        .await
+        .err()
+        .expect("no channel to an uncertified provider");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert_eq!(
         seen[2].load(Ordering::SeqCst),
         0,
@@ -385,7 +435,11 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
         0,
         "another publisher's provider saw a call"
     );
-    assert_eq!(seen[1].load(Ordering::SeqCst), 11);
+    assert_eq!(
+        seen[1].load(Ordering::SeqCst),
+        12,
+        "ten calls, p2pctl's, a channel"
+    );
 
     // Given peers: only those are asked.
     for _ in 0..5 {

@@ -419,11 +419,9 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
         .expect("its answer");
     assert_eq!(frame, "one");
     let _ = channel.sender.close().await;
-    let refused = caller
-        .open_service_channel(open(&ids[2]))
-        .await
-        .err()
-        .expect("no channel to an uncertified provider");
+    let Err(refused) = caller.open_service_channel(open(&ids[2])).await else {
+        panic!("a channel to an uncertified provider");
+    };
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert_eq!(
         seen[2].load(Ordering::SeqCst),

@@ -37,6 +37,9 @@ pub(crate) const VERIFIED_TTL: Duration = Duration::from_secs(10 * 60);
 /// Most (provider, service) pairs whose certificates are remembered; expired entries, then
 /// the oldest, make room.
 pub(crate) const MAX_VERIFIED: usize = 1024;
+/// How long what a provider presented is believed when no pinned key vouches for it there
+/// (it may register a certificate meanwhile): not asked again before.
+pub(crate) const UNVOUCHED_TTL: Duration = Duration::from_secs(30);
 /// How long asking a provider for its certificates may take, at most.
 const FETCH_LIMIT: Duration = Duration::from_secs(5);
 
@@ -48,14 +51,21 @@ type Presented = (Instant, Vec<Certificate>);
 pub(crate) struct VerifiedCerts(Mutex<HashMap<(PeerId, String), Presented>>);
 
 impl VerifiedCerts {
-    /// The pinned key that a remembered certificate of `peer` for `service` is signed by.
-    fn get(&self, peer: PeerId, service: &str, pinned: &[PublisherKey]) -> Option<PublisherKey> {
+    /// What remembered certificates of `peer` for `service` say: the pinned key that vouches
+    /// for it, or why none does (for [`UNVOUCHED_TTL`] only); `None`: ask it.
+    fn get(
+        &self,
+        peer: PeerId,
+        service: &str,
+        pinned: &[PublisherKey],
+    ) -> Option<Result<PublisherKey, String>> {
         let table = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let (at, certs) = table.get(&(peer, service.to_owned()))?;
-        if at.elapsed() >= VERIFIED_TTL {
-            return None;
+        match vouching(certs, service, &peer, pinned) {
+            Ok(key) if at.elapsed() < VERIFIED_TTL => Some(Ok(key)),
+            Err(why) if at.elapsed() < UNVOUCHED_TTL => Some(Err(why)),
+            _ => None,
         }
-        vouching(certs, service, &peer, pinned).ok()
     }
 
     /// Remembers what `peer` presented for `service` (signatures verified).
@@ -102,8 +112,8 @@ impl Checker {
         pinned: &[PublisherKey],
         reach_by: Instant,
     ) -> Result<PublisherKey, Error> {
-        if let Some(key) = self.verified.get(peer, service, pinned) {
-            return Ok(key);
+        if let Some(known) = self.verified.get(peer, service, pinned) {
+            return known.map_err(|reason| Error::not_certified(peer, service, reason));
         }
         let limit = reach_by
             .saturating_duration_since(Instant::now())
@@ -223,6 +233,32 @@ mod tests {
         assert!(vouching(&[expired], "echo/1", &peer, &pinned).is_err());
         assert!(vouching(&[good], "echo/2", &peer, &pinned).is_err());
         assert!(vouching(&[], "echo/1", &peer, &pinned).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_remembered_briefly_and_a_vouching_certificate_longer() {
+        let verified = VerifiedCerts::default();
+        let (ours, theirs) = (PublisherSecret::generate(), PublisherSecret::generate());
+        let (good, bad) = (PeerId::random(), PeerId::random());
+        let far = now_ms() + 3_600_000;
+        verified.put(good, "echo/1", vec![ours.certify("echo/1", good, far)]);
+        verified.put(bad, "echo/1", vec![theirs.certify("echo/1", bad, far)]);
+        let pinned = [ours.public()];
+        assert_eq!(
+            verified.get(good, "echo/1", &pinned),
+            Some(Ok(ours.public()))
+        );
+        assert!(matches!(verified.get(bad, "echo/1", &pinned), Some(Err(_))));
+        assert_eq!(
+            verified.get(good, "echo/2", &pinned),
+            None,
+            "not asked for it"
+        );
+        tokio::time::advance(UNVOUCHED_TTL).await;
+        assert_eq!(verified.get(bad, "echo/1", &pinned), None, "asked again");
+        assert!(verified.get(good, "echo/1", &pinned).is_some());
+        tokio::time::advance(VERIFIED_TTL).await;
+        assert_eq!(verified.get(good, "echo/1", &pinned), None);
     }
 
     #[tokio::test]

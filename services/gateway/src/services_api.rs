@@ -562,6 +562,46 @@ mod tests {
     }
 
     #[test]
+    fn named_peers_keys_and_certificates_are_checked_and_bounded() {
+        assert!(named_peers(Vec::new()).expect("none").is_none());
+        let peer = PeerId::random();
+        assert_eq!(
+            named_peers(vec![format!(" {peer} ")]).expect("one"),
+            Some(vec![peer])
+        );
+        assert_eq!(
+            code(named_peers(vec!["not-a-peer".into()])),
+            tonic::Code::InvalidArgument
+        );
+        let many = vec![peer.to_string(); MAX_NAMED_PEERS + 1];
+        assert_eq!(code(named_peers(many)), tonic::Code::InvalidArgument);
+
+        let secret = p2pos_protocols::certs::PublisherSecret::generate();
+        let key = secret.public().to_text();
+        assert_eq!(
+            publisher_keys(vec![key.clone()]).expect("a key"),
+            vec![secret.public()]
+        );
+        let err = publisher_keys(vec!["p2pospubzz".into()]).expect_err("damaged");
+        assert!(err.message().starts_with("publisher_keys:"), "{err:?}");
+        assert_eq!(
+            code(publisher_keys(vec![key; MAX_PINNED_KEYS + 1])),
+            tonic::Code::InvalidArgument
+        );
+
+        let cert = secret.certify("echo/1", peer, u64::MAX).to_text();
+        assert_eq!(certificates(vec![cert.clone()]).expect("one").len(), 1);
+        assert_eq!(
+            code(certificates(vec![cert; MAX_CERTIFICATES + 1])),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(certificates(vec!["p2poscertzz".into()])),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
     fn payloads_are_bounded() {
         assert!(payload_size("a call payload", MAX_PAYLOAD).is_ok());
         let err = payload_size("a call payload", MAX_PAYLOAD + 1).expect_err("too big");

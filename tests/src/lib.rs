@@ -624,6 +624,7 @@ pub async fn provide(
             app_id: app.into(),
             service: service.into(),
             description: description.into(),
+            certificates: Vec::new(),
         })
         .await
         .expect("register");

@@ -286,6 +286,7 @@ async fn an_app_acts_only_as_helpers_that_exist() {
             app_id: "scoped:ghost".into(),
             service: "ghost/1".into(),
             description: String::new(),
+            certificates: Vec::new(),
         })
         .await
         .expect_err("no such helper");
@@ -335,6 +336,7 @@ async fn an_app_and_its_helpers_share_one_budget() {
             app_id: app_id.into(),
             service: format!("svc-{n}/1"),
             description: String::new(),
+            certificates: Vec::new(),
         };
         async move { app.services().register(request).await }
     };

@@ -154,6 +154,8 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
             half_close: false,
             group: String::new(),
             transport: 0,
+            peers: Vec::new(),
+            publisher_keys: Vec::new(),
         })),
     })
     .await
@@ -197,6 +199,8 @@ async fn a_service_found_by_name_answers_calls_and_channels() {
         half_close: false,
         group: String::new(),
         transport: 0,
+        peers: Vec::new(),
+        publisher_keys: Vec::new(),
     };
     let mut channel = a.open_service_channel(open).await.expect("opens");
     assert_eq!(channel.opened.peer_id, ids[1]);
@@ -318,6 +322,7 @@ async fn bad_service_names_and_missing_providers_are_clear_errors() {
                 app_id: "app".into(),
                 service: name.to_owned(),
                 description: String::new(),
+                certificates: Vec::new(),
             })
             .await
             .expect_err(what);
@@ -337,6 +342,7 @@ async fn bad_service_names_and_missing_providers_are_clear_errors() {
             app_id: "nosession".into(),
             service: UPPER.into(),
             description: String::new(),
+            certificates: Vec::new(),
         })
         .await
         .expect_err("no session");
@@ -349,6 +355,7 @@ async fn bad_service_names_and_missing_providers_are_clear_errors() {
             app_id: "theirs".into(),
             service: UPPER.into(),
             description: String::new(),
+            certificates: Vec::new(),
         })
         .await
         .expect_err("not its app");

@@ -344,6 +344,7 @@ async fn register(registry: &Registry, service: &str) -> Result<(), Error> {
             app_id: forward_app(),
             service: name,
             description: DESCRIPTION.to_owned(),
+            certificates: Vec::new(),
             reply,
         })
         .await?;
@@ -374,7 +375,7 @@ async fn check_provided(registry: &Registry, forward: &Forward) -> String {
     let finding = registry.ask::<Services, _>(|reply| services::Request::Find {
         service,
         limit: 0,
-        only: None,
+        filter: Default::default(),
         reply,
     });
     let warning = match tokio::time::timeout(CHECK_TIME, finding).await {
@@ -429,7 +430,7 @@ fn opener(registry: Registry) -> Opener {
                         app_id: forward_app(),
                         service,
                         peer,
-                        only: None,
+                        filter: Default::default(),
                         reply,
                     })
                     .await?;

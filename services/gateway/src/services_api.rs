@@ -26,10 +26,11 @@ use p2pos_proto::{
 use p2pos_protocols::{
     Forwarding as ForwardingProtocol, Groups as GroupsProtocol, PeerId, Reply,
     Services as ServicesProtocol,
+    certs::{Certificate, MAX_CERTIFICATES, MAX_PINNED_KEYS, PublisherKey},
     forwarding::Request as ForwardingCall,
     groups::Request as GroupsCall,
     ids::{AppId, PeerRef, ServiceName},
-    services::{OutgoingCall, Request as ServicesCall},
+    services::{OutgoingCall, ProviderFilter, Request as ServicesCall},
     wire::MAX_PAYLOAD,
 };
 use tonic::{Request, Response, Status, Streaming};
@@ -57,13 +58,47 @@ impl ServicesApi {
         Self { ctx, sockets }
     }
 
-    /// The peers of group `group` (id or name), when one is named: providers must be among
-    /// them, `peer` (a provider named too) included.
-    async fn only_members(
+    /// Which providers a request accepts: among `peers` (peer ids) if any are named, and the
+    /// members of `group` if one is named (both: those in both), holding a certificate signed
+    /// by one of `keys` if any are pinned. A provider named (`peer`) must pass the peers.
+    async fn filter(
         &self,
-        group: &str,
+        (group, peers, keys): (&str, Vec<String>, Vec<String>),
         peer: Option<&PeerRef>,
-    ) -> Result<Option<Vec<PeerId>>, Status> {
+    ) -> Result<ProviderFilter, Status> {
+        let publisher_keys = publisher_keys(keys)?;
+        let named = named_peers(peers)?;
+        let members = self.only_members(group).await?;
+        let only = match (named, members) {
+            (None, None) => None,
+            (Some(only), None) | (None, Some(only)) => Some(only),
+            (Some(named), Some(members)) => Some(
+                named
+                    .into_iter()
+                    .filter(|p| members.contains(p))
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        if let (Some(peer), Some(only)) = (peer, &only)
+            && !only.contains(&peer.peer)
+        {
+            let why = match group.trim() {
+                "" => "among the `peers` named".to_owned(),
+                group => format!("a member of group {group:?} (and among the `peers` named)"),
+            };
+            return Err(Status::failed_precondition(format!(
+                "peer {} is not {why}",
+                peer.peer
+            )));
+        }
+        Ok(ProviderFilter {
+            only,
+            publisher_keys,
+        })
+    }
+
+    /// The peers of group `group` (id or name), when one is named.
+    async fn only_members(&self, group: &str) -> Result<Option<Vec<PeerId>>, Status> {
         if group.trim().is_empty() {
             return Ok(None);
         }
@@ -82,14 +117,6 @@ impl ServicesApi {
             .iter()
             .filter_map(|m| PeerRef::parse(&m.peer_id).ok().map(|p| p.peer))
             .collect::<Vec<_>>();
-        if let Some(peer) = peer
-            && !peers.contains(&peer.peer)
-        {
-            return Err(Status::failed_precondition(format!(
-                "peer {} is not a member of group {group:?}",
-                peer.peer
-            )));
-        }
         Ok(Some(peers))
     }
 
@@ -147,6 +174,66 @@ fn provider(peer: &str) -> Result<Option<PeerRef>, Status> {
     }
 }
 
+/// Most peer ids one request names in `peers`.
+const MAX_NAMED_PEERS: usize = 256;
+
+/// The providers a request names in `peers` (peer ids): `None` when it names none.
+fn named_peers(peers: Vec<String>) -> Result<Option<Vec<PeerId>>, Status> {
+    if peers.is_empty() {
+        return Ok(None);
+    }
+    if peers.len() > MAX_NAMED_PEERS {
+        return Err(Status::invalid_argument(format!(
+            "{} peers named; at most {MAX_NAMED_PEERS}",
+            peers.len()
+        )));
+    }
+    peers
+        .iter()
+        .map(|p| {
+            p.trim().parse::<PeerId>().map_err(|_| {
+                let shown: String = p.chars().take(80).collect();
+                Status::invalid_argument(format!("peers: {shown:?} is not a peer id"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The publisher keys a request pins (`p2pospub...`), at most [`MAX_PINNED_KEYS`].
+fn publisher_keys(keys: Vec<String>) -> Result<Vec<PublisherKey>, Status> {
+    if keys.len() > MAX_PINNED_KEYS {
+        return Err(Status::invalid_argument(format!(
+            "{} publisher keys pinned; at most {MAX_PINNED_KEYS}",
+            keys.len()
+        )));
+    }
+    keys.iter()
+        .map(|k| {
+            PublisherKey::parse(k)
+                .map_err(|e| Status::invalid_argument(format!("publisher_keys: {e}")))
+        })
+        .collect()
+}
+
+/// The certificates a registration presents (`p2poscert...`), at most [`MAX_CERTIFICATES`],
+/// each with a signature that verifies (what it names is the registry's to check).
+fn certificates(certs: Vec<String>) -> Result<Vec<Certificate>, Status> {
+    if certs.len() > MAX_CERTIFICATES {
+        return Err(Status::invalid_argument(format!(
+            "{} certificates; at most {MAX_CERTIFICATES}",
+            certs.len()
+        )));
+    }
+    certs
+        .iter()
+        .map(|c| {
+            Certificate::parse(c)
+                .map_err(|e| Status::invalid_argument(format!("certificates: {e}")))
+        })
+        .collect()
+}
+
 /// A payload of at most [`MAX_PAYLOAD`] bytes.
 fn payload_size(what: &str, len: usize) -> Result<(), Status> {
     if len > MAX_PAYLOAD {
@@ -168,14 +255,17 @@ impl Services for ServicesApi {
             app_id,
             service,
             description,
+            certificates: certs,
         } = req.into_inner();
         let app_id = self.acting(&scope, app_id).await?;
         let service = service_name(&service)?;
+        let certificates = certificates(certs)?;
         let info = self
             .ask(|reply| ServicesCall::Register {
                 app_id,
                 service,
                 description,
+                certificates,
                 reply,
             })
             .await?;
@@ -218,14 +308,16 @@ impl Services for ServicesApi {
             service,
             limit,
             group,
+            peers,
+            publisher_keys,
         } = req.into_inner();
         let service = service_name(&service)?;
-        let only = self.only_members(&group, None).await?;
+        let filter = self.filter((&group, peers, publisher_keys), None).await?;
         let found = self
             .ask(|reply| ServicesCall::Find {
                 service,
                 limit,
-                only,
+                filter,
                 reply,
             })
             .await?;
@@ -242,12 +334,16 @@ impl Services for ServicesApi {
             peer,
             timeout_ms,
             group,
+            peers,
+            publisher_keys,
         } = req.into_inner();
         let app_id = self.acting(&scope, app_id).await?;
         payload_size("a call payload", payload.len())?;
         let service = service_name(&service)?;
         let peer = provider(&peer)?;
-        let only = self.only_members(&group, peer.as_ref()).await?;
+        let filter = self
+            .filter((&group, peers, publisher_keys), peer.as_ref())
+            .await?;
         let answer = self
             .ask(|reply| ServicesCall::Call {
                 call: OutgoingCall {
@@ -257,7 +353,7 @@ impl Services for ServicesApi {
                     peer,
                     timeout_ms,
                     deadline,
-                    only,
+                    filter,
                 },
                 reply,
             })
@@ -312,12 +408,16 @@ impl Services for ServicesApi {
             half_close,
             group,
             transport: wanted,
+            peers,
+            publisher_keys,
         } = open;
         let transport = transport(wanted)?;
         let app_id = self.acting(&scope, app_id).await?;
         let service = service_name(&service)?;
         let peer = provider(&peer)?;
-        let only = self.only_members(&group, peer.as_ref()).await?;
+        let filter = self
+            .filter((&group, peers, publisher_keys), peer.as_ref())
+            .await?;
         let options = OutputOptions { batch, half_close };
         let asked = self
             .sockets
@@ -327,7 +427,7 @@ impl Services for ServicesApi {
                 app_id,
                 service,
                 peer,
-                only,
+                filter,
                 reply,
             })
             .await?;
@@ -457,6 +557,46 @@ mod tests {
         assert!(err.message().contains("app_id is required"), "{err:?}");
         assert_eq!(
             code(acting_app(&Scope::Admin, "a/b".into())),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn named_peers_keys_and_certificates_are_checked_and_bounded() {
+        assert!(named_peers(Vec::new()).expect("none").is_none());
+        let peer = PeerId::random();
+        assert_eq!(
+            named_peers(vec![format!(" {peer} ")]).expect("one"),
+            Some(vec![peer])
+        );
+        assert_eq!(
+            code(named_peers(vec!["not-a-peer".into()])),
+            tonic::Code::InvalidArgument
+        );
+        let many = vec![peer.to_string(); MAX_NAMED_PEERS + 1];
+        assert_eq!(code(named_peers(many)), tonic::Code::InvalidArgument);
+
+        let secret = p2pos_protocols::certs::PublisherSecret::generate();
+        let key = secret.public().to_text();
+        assert_eq!(
+            publisher_keys(vec![key.clone()]).expect("a key"),
+            vec![secret.public()]
+        );
+        let err = publisher_keys(vec!["p2pospubzz".into()]).expect_err("damaged");
+        assert!(err.message().starts_with("publisher_keys:"), "{err:?}");
+        assert_eq!(
+            code(publisher_keys(vec![key; MAX_PINNED_KEYS + 1])),
+            tonic::Code::InvalidArgument
+        );
+
+        let cert = secret.certify("echo/1", peer, u64::MAX).to_text();
+        assert_eq!(certificates(vec![cert.clone()]).expect("one").len(), 1);
+        assert_eq!(
+            code(certificates(vec![cert; MAX_CERTIFICATES + 1])),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(certificates(vec!["p2poscertzz".into()])),
             tonic::Code::InvalidArgument
         );
     }

@@ -104,6 +104,7 @@ fn echo(request: ServicesCall) {
             app_id,
             service,
             description,
+            certificates: _,
             reply,
         } => answer(
             reply,
@@ -296,6 +297,7 @@ fn register(app_id: &str, service: &str) -> RegisterRequest {
         app_id: app_id.into(),
         service: service.into(),
         description: "a test".into(),
+        certificates: Vec::new(),
     }
 }
 
@@ -561,6 +563,8 @@ fn open(app_id: &str) -> ServiceChannelInput {
             half_close: false,
             group: String::new(),
             transport: 0,
+            peers: Vec::new(),
+            publisher_keys: Vec::new(),
         })),
     }
 }

@@ -26,7 +26,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use p2pos_protocols::network::{Command, NetEvent, Reply};
+use p2pos_protocols::network::{Announced, Announcements, Command, NetEvent, Reply};
 
 use crate::{
     behaviour::{Behaviour, BehaviourEvent, is_relay_hop},
@@ -82,6 +82,12 @@ pub(crate) struct EventLoop {
     pub(crate) wanted: Vec<watch::Receiver<BTreeSet<String>>>,
     /// The keys announced in the DHT now.
     pub(crate) providing: BTreeSet<String>,
+    /// How the announcement of each key provided went (told to every announcer).
+    pub(crate) announced: std::collections::BTreeMap<String, Announced>,
+    /// Where each announcer hears how announcements went; dropped once its announcer is gone.
+    pub(crate) announce_status: Vec<watch::Sender<Announcements>>,
+    /// Keys whose announcement failed: when to try again, and the back-off after that.
+    pub(crate) announce_retry: HashMap<String, (Instant, Duration)>,
     /// Look-ups of providers in progress.
     pub(crate) provider_queries: HashMap<kad::QueryId, ProviderQuery>,
     /// The look-up in progress per key (callers of one key share it).
@@ -156,6 +162,9 @@ impl EventLoop {
             keypair,
             record_queries: HashMap::new(),
             providing: BTreeSet::new(),
+            announced: std::collections::BTreeMap::new(),
+            announce_status: Vec::new(),
+            announce_retry: HashMap::new(),
             provider_queries: HashMap::new(),
             provider_query_of: HashMap::new(),
             provider_cache: ProviderCache::default(),
@@ -256,7 +265,7 @@ impl EventLoop {
                 reply,
             } => self.find_providers(key, limit, wait, fresh, reply),
             Command::ProviderFared { key, peer, fared } => self.provider_fared(&key, peer, fared),
-            Command::Announce { keys } => self.announce(keys),
+            Command::Announce { keys, status } => self.announce(keys, status),
             Command::PutRecord { key, value, reply } => self.put_record(key, value, reply),
             Command::GetRecord { key, reply } => self.get_record(key, reply),
             Command::Sign {
@@ -550,6 +559,7 @@ impl EventLoop {
         });
         self.expire_provider_queries();
         self.expire_record_queries();
+        self.retry_announcements();
     }
 }
 

@@ -22,13 +22,15 @@
 //! - `metrics`: what the swarm task records for Prometheus.
 //! - `per_ip`: inbound connections counted per remote IP address.
 //! - `peers`: known peers and remembered listen ports in the store.
-//! - `providers`: the keys this node announces in the DHT, and look-ups of providers.
+//! - `announce`: the keys this node announces in the DHT, and how each announcement went.
+//! - `providers`: look-ups of providers in the DHT.
 //! - `provider_cache`: providers found by recent look-ups, reused for a while.
 //! - `reach`: how providers fared (said "not here", not reached) and when peers were last
 //!   connected, for ranking providers.
 //! - `records`: records signed by this node, put in and got from the DHT.
 //! - `waiting`: what the swarm task waits on (connects, look-ups, record queries), and who.
 
+mod announce;
 mod behaviour;
 pub mod config;
 mod connect;

@@ -1,7 +1,5 @@
-//! Providers in the DHT, from the swarm task: the node provides exactly the keys its
-//! announcers want (each a `watch` of a set, so the latest set always wins and nothing queues
-//! up; the app layer announces `/p2pos/service/<service>` for the services provided here), and
-//! looks up the providers of a key (for `FindService`, calls and service channels).
+//! Providers in the DHT, from the swarm task: looks up the providers of a key (for
+//! `FindService`, calls and service channels); what this node provides is `announce`'s.
 //!
 //! Look-ups are shared: callers that ask for the providers of a key while a look-up of it
 //! runs join that Kademlia query (one query per key), each answered when it has as many
@@ -15,7 +13,7 @@
 //! saying so is forgotten within minutes, and callers skip stale records meanwhile ("not
 //! provided there"), telling the cache to forget them.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::time::Duration;
 
 use libp2p::{
     Multiaddr, PeerId,
@@ -23,14 +21,13 @@ use libp2p::{
     kad,
     swarm::{ConnectionId, NetworkBehaviour},
 };
-use tokio::{sync::watch, time::Instant};
-use tracing::{debug, warn};
+use tokio::time::Instant;
+use tracing::debug;
 
-use p2pos_protocols::network::{
-    Error, Fared, ProviderReach, Providers, RemoteProvider, Reply, check_key,
-};
+use p2pos_protocols::network::{Error, Fared, ProviderReach, Providers, RemoteProvider, Reply};
 
 use crate::{
+    announce::dht_key,
     event_loop::EventLoop,
     provider_cache::Found,
     waiting::{ProviderQuery, Waiter},
@@ -42,80 +39,7 @@ const MAX_PROVIDER_QUERIES: usize = 64;
 /// Most callers waiting on one look-up.
 const MAX_WAITERS_PER_QUERY: usize = 1024;
 
-/// The Kademlia key of a DHT key (a string under `/p2pos/`, checked by the handle).
-fn dht_key(key: &str) -> kad::RecordKey {
-    kad::RecordKey::new(&key)
-}
-
-/// Most announcers at once (one per service start).
-const MAX_ANNOUNCERS: usize = 64;
-
 impl EventLoop {
-    /// A new announcer: its keys are provided from now on, with every other announcer's. Past
-    /// [`MAX_ANNOUNCERS`], announcers whose sender is gone make room; if none did, the new one
-    /// is ignored (its keys are not announced) with a warning.
-    pub(crate) fn announce(&mut self, keys: watch::Receiver<BTreeSet<String>>) {
-        if self.wanted.len() >= MAX_ANNOUNCERS {
-            self.wanted.retain(|rx| rx.has_changed().is_ok());
-        }
-        if self.wanted.len() >= MAX_ANNOUNCERS {
-            warn!("too many announcers of DHT keys ({MAX_ANNOUNCERS}); one is ignored");
-            return;
-        }
-        self.wanted.push(keys);
-        self.provide_wanted();
-    }
-
-    /// Provides exactly the keys the announcers want now, all together: stops providing those
-    /// no longer wanted (a local change; other nodes forget the record when it expires) and
-    /// starts providing new ones.
-    pub(crate) fn provide_wanted(&mut self) {
-        let wanted: BTreeSet<String> = self
-            .wanted
-            .iter_mut()
-            .flat_map(|rx| rx.borrow_and_update().clone())
-            .filter(|key| check_key(key).is_ok())
-            .collect();
-        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
-            return; // Kademlia is off: nothing is announced
-        };
-        for gone in self.providing.difference(&wanted) {
-            debug!(key = %gone, "no longer provided in the DHT");
-            kad.stop_providing(&dht_key(gone));
-        }
-        let mut providing = wanted.clone();
-        for new in wanted.difference(&self.providing) {
-            match kad.start_providing(dht_key(new)) {
-                Ok(_) => debug!(key = %new, "provided in the DHT"),
-                Err(e) => {
-                    warn!(key = %new, "cannot announce the key in the DHT: {e}");
-                    providing.remove(new);
-                }
-            }
-        }
-        self.providing = providing;
-    }
-
-    /// A peer entered the routing table. If it is the first one, announcements made while
-    /// the table was empty reached nobody: make them again now rather than at the next
-    /// republication.
-    pub(crate) fn on_new_routing_peer(&mut self) {
-        if self.providing.is_empty() {
-            return;
-        }
-        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
-            return;
-        };
-        if kad.kbuckets().map(|b| b.num_entries()).sum::<usize>() != 1 {
-            return;
-        }
-        for key in &self.providing {
-            if let Err(e) = kad.start_providing(dht_key(key)) {
-                warn!(%key, "cannot announce the key in the DHT: {e}");
-            }
-        }
-    }
-
     /// Answers up to `limit` providers of `key` within `wait`: from a recent look-up
     /// unless `fresh`, else from the look-up of it in progress (joined) or a new one.
     pub(crate) fn find_providers(
@@ -223,12 +147,12 @@ impl EventLoop {
                 }
             }
             kad::Event::OutboundQueryProgressed {
-                result: kad::QueryResult::StartProviding(result),
+                result:
+                    kad::QueryResult::StartProviding(result)
+                    | kad::QueryResult::RepublishProvider(result),
+                stats,
                 ..
-            } => match result {
-                Ok(ok) => debug!(key = ?ok.key, "key announced"),
-                Err(e) => debug!("a key announcement did not complete: {e}"),
-            },
+            } => self.on_announced(result, stats.num_successes()),
             other => self.on_record_event(other),
         }
     }
@@ -371,7 +295,8 @@ impl EventLoop {
 
     /// `found` (providers of `key`) in the order callers should try them: connected peers by
     /// round-trip time (those not measured yet last among them), then the others in the
-    /// order found, then those that said they do not provide it, then those not reached
+    /// order found, then those that refused or misbehaved recently, then those that said they
+    /// do not provide it, then those not reached
     /// (see [`ProviderReach`]).
     fn ranked(&self, key: &str, found: Vec<Found>, limit: usize) -> Vec<RemoteProvider> {
         let mut providers: Vec<RemoteProvider> = found
@@ -394,8 +319,9 @@ impl EventLoop {
         let class = |reach: ProviderReach| match reach {
             ProviderReach::Connected => 0,
             ProviderReach::Recently | ProviderReach::NotRecently => 1,
-            ProviderReach::NotProviding => 2,
-            ProviderReach::Unreached => 3,
+            ProviderReach::Refused => 2,
+            ProviderReach::NotProviding => 3,
+            ProviderReach::Unreached => 4,
         };
         providers.sort_by_key(|p| (class(p.reach), p.rtt.is_none(), p.rtt));
         providers.truncate(limit);

@@ -20,6 +20,10 @@ pub(crate) const NOT_PROVIDING_TTL: Duration = Duration::from_secs(30);
 /// How long a peer that could not be reached is not tried again by calls and channels
 /// (unless a connection to it opens meanwhile).
 pub(crate) const UNREACHED_TTL: Duration = Duration::from_secs(30);
+/// How long a provider that refused a call (busy) is tried after the others.
+pub(crate) const REFUSED_TTL: Duration = Duration::from_secs(60);
+/// How long a provider that broke the protocol is tried after the others.
+pub(crate) const MISBEHAVED_TTL: Duration = Duration::from_secs(10 * 60);
 /// A peer connected less than this long ago was reached "recently".
 pub(crate) const RECENTLY: Duration = Duration::from_secs(5 * 60);
 /// Most entries in each table.
@@ -30,6 +34,8 @@ pub(crate) const MAX_ENTRIES: usize = 1024;
 pub(crate) struct Reach {
     /// (key, peer) → when the peer said it does not provide the key.
     not_providing: HashMap<(String, PeerId), Instant>,
+    /// (key, peer) → when it refused or misbehaved, and for how long that is held against it.
+    refused: HashMap<(String, PeerId), (Instant, Duration)>,
     /// Peer → when reaching it last failed.
     unreached: HashMap<PeerId, Instant>,
     /// Peer → when a connection to it was last open (monotonic, and ms since the epoch).
@@ -43,6 +49,7 @@ impl Reach {
         match fared {
             Fared::Served => {
                 self.not_providing.remove(&(key.to_owned(), peer));
+                self.refused.remove(&(key.to_owned(), peer));
                 self.unreached.remove(&peer);
             }
             Fared::NotProviding => {
@@ -56,6 +63,26 @@ impl Reach {
             }
             Fared::Unreached => {
                 insert_bounded(&mut self.unreached, peer, now, UNREACHED_TTL, |at| *at);
+            }
+            Fared::Refused | Fared::Misbehaved => {
+                let ttl = match fared {
+                    Fared::Misbehaved => MISBEHAVED_TTL,
+                    _ => REFUSED_TTL,
+                };
+                // A misbehaviour is not shortened by a later refusal.
+                let held = self
+                    .refused
+                    .get(&(key.to_owned(), peer))
+                    .filter(|(at, held)| at.elapsed() < *held && *held > ttl);
+                if held.is_none() {
+                    insert_bounded(
+                        &mut self.refused,
+                        (key.to_owned(), peer),
+                        (now, ttl),
+                        MISBEHAVED_TTL,
+                        |(at, _)| *at,
+                    );
+                }
             }
             Fared::Failed => {}
         }
@@ -92,6 +119,12 @@ impl Reach {
             ProviderReach::NotProviding
         } else if fresh(self.unreached.get(&peer), UNREACHED_TTL) {
             ProviderReach::Unreached
+        } else if self
+            .refused
+            .get(&(key.to_owned(), peer))
+            .is_some_and(|(at, held)| at.elapsed() < *held)
+        {
+            ProviderReach::Refused
         } else if connected {
             ProviderReach::Connected
         } else if fresh(last.map(|(at, _)| at), RECENTLY) {
@@ -107,13 +140,17 @@ impl Reach {
         self.not_providing
             .retain(|_, at| at.elapsed() < NOT_PROVIDING_TTL);
         self.unreached.retain(|_, at| at.elapsed() < UNREACHED_TTL);
+        self.refused.retain(|_, (at, held)| at.elapsed() < *held);
         self.last_connected
             .retain(|_, (at, _)| at.elapsed() < RECENTLY);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.not_providing.len() + self.unreached.len() + self.last_connected.len()
+        self.not_providing.len()
+            + self.unreached.len()
+            + self.refused.len()
+            + self.last_connected.len()
     }
 }
 
@@ -168,6 +205,26 @@ mod tests {
         assert_eq!(reach.len(), 0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_held_for_a_minute_and_misbehaviour_for_ten() {
+        let mut reach = Reach::default();
+        let (busy, junk) = (PeerId::random(), PeerId::random());
+        reach.fared("k", busy, Fared::Refused);
+        reach.fared("k", junk, Fared::Misbehaved);
+        reach.fared("k", junk, Fared::Refused);
+        assert_eq!(reach.of("k", busy, true).0, ProviderReach::Refused);
+        assert_eq!(reach.of("other", busy, true).0, ProviderReach::Connected);
+        tokio::time::advance(REFUSED_TTL).await;
+        assert_eq!(reach.of("k", busy, true).0, ProviderReach::Connected);
+        assert_eq!(
+            reach.of("k", junk, true).0,
+            ProviderReach::Refused,
+            "a refusal does not shorten a misbehaviour"
+        );
+        reach.fared("k", junk, Fared::Served);
+        assert_eq!(reach.of("k", junk, true).0, ProviderReach::Connected);
+    }
+
     #[test]
     fn tables_are_bounded() {
         let mut reach = Reach::default();
@@ -175,8 +232,9 @@ mod tests {
             let peer = PeerId::random();
             reach.fared("k", peer, Fared::NotProviding);
             reach.fared("k", peer, Fared::Unreached);
+            reach.fared("k", peer, Fared::Misbehaved);
             reach.connection(peer, false);
         }
-        assert_eq!(reach.len(), 3 * MAX_ENTRIES);
+        assert_eq!(reach.len(), 4 * MAX_ENTRIES);
     }
 }

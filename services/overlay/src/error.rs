@@ -231,6 +231,29 @@ pub enum Error {
         /// What happened with each.
         reasons: String,
     },
+    /// A provider holds no certificate of a publisher key the caller pinned.
+    #[error("peer {peer} is not certified by a publisher key the caller pinned: {reason}")]
+    NotCertified {
+        /// The provider.
+        peer: PeerId,
+        /// Why not, naming the service.
+        reason: String,
+    },
+    /// Providers are known, but none holds a certificate of a pinned publisher key.
+    #[error(
+        "no provider of '{service}' found is certified by a publisher key the caller pinned          ({known} found): {reasons}"
+    )]
+    NoneCertified {
+        /// The service.
+        service: String,
+        /// How many were found.
+        known: usize,
+        /// What each presented.
+        reasons: String,
+    },
+    /// A certificate given to `Register` does not vouch for this node and service.
+    #[error("certificate refused: {0}")]
+    InvalidCertificate(String),
     /// Providers are known, and every one that was tried was busy.
     #[error("{known} provider(s) of '{service}' known, all busy: {reasons}; try again later")]
     ProvidersBusy {
@@ -318,6 +341,9 @@ impl From<Error> for ServiceError {
             | Error::NotProvidedThere { .. }
             | Error::CallNotFound { .. } => ErrorCode::NotFound,
             Error::ProvidersUnreachable { .. } => ErrorCode::Unavailable,
+            Error::NotCertified { .. } => ErrorCode::PermissionDenied,
+            Error::NoneCertified { .. } => ErrorCode::NotFound,
+            Error::InvalidCertificate(_) => ErrorCode::InvalidArgument,
             Error::Provider { code, .. } => ErrorCode::Passed(*code),
             Error::MissingKind
             | Error::InvalidTarget { .. }
@@ -349,6 +375,16 @@ impl From<Error> for ServiceError {
 }
 
 /// Checks an app id: 1 to 64 characters of `[A-Za-z0-9._-]`.
+impl Error {
+    /// `peer` holds no certificate of a pinned publisher key for `service`: `why`.
+    pub(crate) fn not_certified(peer: PeerId, service: &str, why: impl std::fmt::Display) -> Self {
+        Error::NotCertified {
+            peer,
+            reason: format!("for '{service}': {why}"),
+        }
+    }
+}
+
 pub(crate) fn validate_app_id(app_id: &str) -> Result<(), Error> {
     p2pos_protocols::names::check_app_id(app_id)
         .map_err(|_| Error::InvalidAppId(app_id.chars().take(80).collect()))

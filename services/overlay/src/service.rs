@@ -141,6 +141,7 @@ fn start(
             directory.clone(),
             octx.address().recipient(),
         );
+        let checker = registry.services.checker(&net);
         let registry = registry.start();
         parts = Some(registry.clone());
         OverlayService {
@@ -164,6 +165,7 @@ fn start(
             registry: registry.clone(),
             _registry_stop: StopOnDrop(registry, stopped),
             providers,
+            checker,
         }
     });
     let registry = parts.ok_or_else(|| crate::Error::Setup("the registry did not start".into()))?;
@@ -286,7 +288,7 @@ impl OverlayService {
             move |peer, stream| serve_messages(peer, stream, mailbox.clone(), events.clone()),
             p2pos_protocols::network::accept::drop_stream,
         )?;
-        let (actor, net) = (self.registry.clone().recipient(), self.net.clone());
+        let (actor, net) = (self.registry.clone(), self.net.clone());
         let calls = self.net.accept(
             CALL_PROTOCOL,
             CALL_STREAMS,

@@ -14,7 +14,9 @@ use p2pos_proto::wire::v1::channel_welcome;
 use p2pos_protocols::{Services, services::Request};
 use p2pos_protocols::{
     apps::ChannelStream,
+    certs::PublisherKey,
     ids::{PeerRef, ServiceName},
+    services::ProviderFilter,
 };
 use tokio::time::Instant;
 use tracing::warn;
@@ -29,6 +31,7 @@ use crate::{
     registry::{
         find::{Attempt, Here, try_providers},
         names::validate_service,
+        trust::vouching,
     },
     state::OverlayService,
     task::{Fut, ready, spawn_answer},
@@ -40,7 +43,22 @@ impl OverlayService {
         self.providers
             .borrow()
             .get(service)
-            .map(|app_id| Here::App(app_id.clone()))
+            .map(|provided| Here::App(provided.app_id.clone()))
+    }
+
+    /// Whether the provider of `service` here is certified by one of `pinned` (always, when
+    /// none is pinned); if not, why.
+    fn certified_here(&self, service: &str, pinned: &[PublisherKey]) -> Result<(), String> {
+        if pinned.is_empty() {
+            return Ok(());
+        }
+        let certs = self
+            .providers
+            .borrow()
+            .get(service)
+            .map(|p| p.certificates.clone())
+            .unwrap_or_default();
+        vouching(&certs, service, &self.net.local_peer_id(), pinned).map(|_| ())
     }
 
     /// Opens a channel from `app_id` to a provider of `service` (on `peer`, if not empty).
@@ -48,10 +66,9 @@ impl OverlayService {
         &mut self,
         app_id: String,
         service: ServiceName,
-        (peer, only): (Option<PeerRef>, Option<Vec<PeerId>>),
+        (peer, filter): (Option<PeerRef>, ProviderFilter),
         ctx: &mut Context<Self>,
     ) -> Fut<ChannelStream> {
-        let allowed = move |peer: &PeerId| only.as_ref().is_none_or(|only| only.contains(peer));
         let fail = |e| ready(Err(e));
         let service = service.into_string();
         let target = peer.map(|PeerRef { peer, addrs }| (peer, addrs));
@@ -69,11 +86,19 @@ impl OverlayService {
         let local = self.net.local_peer_id();
         let store = self.ctx.store.clone();
         let mut failures: Vec<(String, Error)> = Vec::new();
-        // A provider on this node first, now, while the actor is at hand.
+        // A provider on this node first, now, while the actor is at hand (certified, when
+        // publisher keys are pinned).
         let here = match &target {
             Some((peer, _)) if *peer != local => None,
-            None if !allowed(&local) => None,
-            _ => self.provider_here(&service),
+            None if !filter.allows(&local) => None,
+            _ => match self.certified_here(&service, &filter.publisher_keys) {
+                Ok(()) => self.provider_here(&service),
+                Err(reason) => {
+                    let e = Error::not_certified(local, &service, reason);
+                    failures.push(("this node".to_owned(), e));
+                    None
+                }
+            },
         };
         let mut local_opening = None;
         match here {
@@ -89,7 +114,7 @@ impl OverlayService {
             }
             None => {}
         }
-        let net = self.net.clone();
+        let (net, checker) = (self.net.clone(), self.checker.clone());
         Box::pin(async move {
             let _open = open_permit;
             if let Some((provider, opening)) = local_opening {
@@ -128,19 +153,27 @@ impl OverlayService {
                     },
                     |(_, e)| e,
                 )),
-                // The one peer named: its own answer.
-                Some((peer, addrs)) => match opening(peer, addrs, until).await {
-                    Attempt::Done(result) => result,
-                    Attempt::Next(e) => Err(e),
-                },
+                // The one peer named: its own answer (certified first, if keys are pinned).
+                Some((peer, addrs)) => {
+                    if !filter.publisher_keys.is_empty() {
+                        let pinned = &filter.publisher_keys;
+                        checker
+                            .certified((peer, addrs.clone()), &service, pinned, until)
+                            .await?;
+                    }
+                    match opening(peer, addrs, until).await {
+                        Attempt::Done(result) => result,
+                        Attempt::Next(e) => Err(e),
+                    }
+                }
                 None => {
                     let timed_out = || Error::Timeout {
                         what: format!("reaching a provider of '{service}'"),
                         after: channel::REACH_TIME,
                     };
                     try_providers(
-                        &net,
-                        (&service, &allowed),
+                        &checker,
+                        (&service, &filter),
                         until,
                         failures,
                         timed_out,
@@ -216,11 +249,11 @@ impl Handler<Call<Services>> for OverlayService {
                 app_id,
                 service,
                 peer,
-                only,
+                filter,
                 reply,
             } => spawn_answer(
                 reply,
-                self.open_service(app_id.into_string(), service, (peer, only), ctx),
+                self.open_service(app_id.into_string(), service, (peer, filter), ctx),
             ),
             // The registry's: dropped, and its caller hears so.
             other => warn!("the sessions part was handed {other:?}"),

@@ -64,4 +64,7 @@ pub struct OverlayService {
     pub(crate) registry: Addr<ServiceRegistry>,
     /// Who provides what here, as the registry publishes it.
     pub(crate) providers: watch::Receiver<Providers>,
+    /// Checks providers' certificates for channels that pin publisher keys (the registry's
+    /// verified certificates, shared).
+    pub(crate) checker: crate::registry::trust::Checker,
 }

@@ -21,7 +21,9 @@
 //! - [`pipe`]: the copy loop between a local socket and a channel's stream (data sockets,
 //!   port forwarding).
 //! - [`names`]: app ids and helpers' app ids, one grammar for every service.
+//! - [`certs`]: publisher keys and the service certificates they sign.
 
+pub mod certs;
 pub mod ids;
 pub mod marked;
 pub mod names;
@@ -435,6 +437,7 @@ pub mod services {
     use crate::{
         Reply,
         apps::ChannelStream,
+        certs::PublisherKey,
         ids::{AppId, PeerRef, ServiceName},
     };
 
@@ -453,8 +456,26 @@ pub mod services {
         pub timeout_ms: u32,
         /// The caller's gRPC deadline, if it set one.
         pub deadline: Option<Instant>,
-        /// Only providers among these peers (a group's members); `None`: any.
+        /// Which providers the caller accepts.
+        pub filter: ProviderFilter,
+    }
+
+    /// Which providers a caller accepts: among given peers (those it named, a group's
+    /// members), and holding a certificate signed by a publisher key it pinned.
+    #[derive(Debug, Clone, Default)]
+    pub struct ProviderFilter {
+        /// Only providers among these peers; `None`: any.
         pub only: Option<Vec<libp2p::PeerId>>,
+        /// Only providers with a certificate for the service signed by one of these keys
+        /// (checked before the provider sees the request); empty: any.
+        pub publisher_keys: Vec<PublisherKey>,
+    }
+
+    impl ProviderFilter {
+        /// Whether `peer` may be a provider, as far as the peers go.
+        pub fn allows(&self, peer: &libp2p::PeerId) -> bool {
+            self.only.as_ref().is_none_or(|only| only.contains(peer))
+        }
     }
 
     /// One request; app ids in it have already been checked against the caller's scope.
@@ -468,6 +489,8 @@ pub mod services {
             service: ServiceName,
             /// What it does, at most 256 bytes (checked by the registry).
             description: String,
+            /// Publishers' certificates it presents (checked by the registry).
+            certificates: Vec<crate::certs::Certificate>,
             /// The registration.
             reply: Reply<ServiceInfo>,
         },
@@ -491,8 +514,8 @@ pub mod services {
             service: ServiceName,
             /// Most providers wanted (0: the default).
             limit: u32,
-            /// Only providers among these peers (a group's members); `None`: any.
-            only: Option<Vec<libp2p::PeerId>>,
+            /// Which providers the caller accepts.
+            filter: ProviderFilter,
             /// The providers.
             reply: Reply<FindServiceReply>,
         },
@@ -518,8 +541,8 @@ pub mod services {
             service: ServiceName,
             /// The provider's node; `None`: the best provider found.
             peer: Option<PeerRef>,
-            /// Only providers among these peers (a group's members); `None`: any.
-            only: Option<Vec<libp2p::PeerId>>,
+            /// Which providers the caller accepts.
+            filter: ProviderFilter,
             /// The channel, carrying length-delimited frames like an app channel.
             reply: Reply<ChannelStream>,
         },

@@ -194,6 +194,8 @@ pub(crate) enum ServicesCommand {
         #[arg(long, value_name = "GROUP")]
         group: Option<String>,
         #[command(flatten)]
+        trust: TrustArgs,
+        #[command(flatten)]
         json: JsonFlag,
     },
     /// Call a service once and print its answer (as text; bytes that are not UTF-8 as they are)
@@ -215,6 +217,8 @@ pub(crate) enum ServicesCommand {
         /// Only providers that are members of this group (id or name)
         #[arg(long, value_name = "GROUP")]
         group: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
         /// Give up after this many milliseconds (at most 60000) [default: 60000]
         #[arg(long, value_name = "MS")]
         timeout: Option<u32>,
@@ -222,6 +226,42 @@ pub(crate) enum ServicesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make a publisher key pair: the secret goes to FILE (0600; kept offline, never on a
+    /// node), the public key (p2pospub...) is printed for callers to pin
+    Keygen {
+        /// Where to write the secret key; an existing file is not overwritten
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Certify that a node provides a service for the publisher: prints a certificate
+    /// (p2poscert...) that the provider app passes to Register
+    Certify {
+        /// The publisher's secret key file (from `keygen`)
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The service, NAME/VERSION (e.g. translate/1)
+        service: String,
+        /// The provider's peer id
+        peer: String,
+        /// How long the certificate is valid, in days (1 to 3650)
+        #[arg(long, value_name = "DAYS", default_value_t = 365)]
+        days: u32,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+/// Which providers a call or a look-up accepts, besides a group.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrustArgs {
+    /// Only this provider (peer id); repeat for several
+    #[arg(long = "only-peer", value_name = "PEER")]
+    pub(crate) peers: Vec<String>,
+    /// Only providers certified by this publisher key (p2pospub...); repeat for several
+    #[arg(long = "publisher-key", value_name = "KEY")]
+    pub(crate) publisher_keys: Vec<String>,
 }
 
 /// `p2pctl forward ...`

@@ -221,6 +221,7 @@ impl ServiceRegistry {
                     message: String::new(),
                     payload,
                     provider_app: app_id.clone(),
+                    certificates: Vec::new(),
                 }
             }
             reply_request::Result::Error(ReplyError { code, message }) => {
@@ -259,7 +260,7 @@ impl ServiceRegistry {
 pub(crate) async fn serve_call(
     peer: PeerId,
     stream: InboundStream,
-    actor: Recipient<InboundCall>,
+    actor: Addr<ServiceRegistry>,
     net: Network,
 ) {
     let stream_max_frame = stream.max_frame();
@@ -282,6 +283,14 @@ pub(crate) async fn serve_call(
             net.provider_fared(&service_key(&service), peer, Fared::NotProviding);
             CallAnswer::default()
         }
+        Ok(Checked::Certificates(service)) => match actor.send(CertificatesOf(service)).await {
+            Ok(Ok(certificates)) => CallAnswer {
+                certificates,
+                ..CallAnswer::default()
+            },
+            Ok(Err(e)) => node_error(e),
+            Err(_) => return, // the service is going away; the stream closes
+        },
         Ok(Checked::Call(call)) => {
             let limit = call.timeout + ANSWER_GRACE;
             let service = call.service.clone();
@@ -314,6 +323,7 @@ pub(crate) async fn refuse_call(peer: PeerId, stream: InboundStream, why: String
         message: why,
         payload: Bytes::new(),
         provider_app: String::new(),
+        certificates: Vec::new(),
     };
     let refusing = async {
         take(&mut io).await?;
@@ -374,6 +384,37 @@ enum Checked {
     Call(CallIn),
     /// The peer no longer provides this service.
     Withdrawn(String),
+    /// The peer asks for the certificates presented as a provider of this service.
+    Certificates(String),
+}
+
+/// The certificates the provider of a service here presents (encoded), or why there are
+/// none to ask for (it is not provided here).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Bytes>, Error>")]
+pub(crate) struct CertificatesOf(pub(crate) String);
+
+impl Handler<CertificatesOf> for ServiceRegistry {
+    type Result = Result<Vec<Bytes>, Error>;
+
+    fn handle(
+        &mut self,
+        CertificatesOf(service): CertificatesOf,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
+        if self.gone(ctx) {
+            return Err(Error::Restarting);
+        }
+        if self.provider_here(&service).is_none() {
+            let peer = self.net.local_peer_id();
+            return Err(Error::NotProvidedThere { service, peer });
+        }
+        Ok(self
+            .certificates_here(&service)
+            .iter()
+            .map(|c| Bytes::from(c.to_bytes()))
+            .collect())
+    }
 }
 
 /// A remote call as the actor takes it (or a withdrawal notice), or why it is refused.
@@ -384,10 +425,14 @@ fn checked(from_peer: PeerId, frame: CallFrame) -> Result<Checked, Error> {
         payload,
         timeout_ms,
         withdrawn,
+        certificates,
     } = frame;
     validate_service(&service)?;
     if withdrawn {
         return Ok(Checked::Withdrawn(service));
+    }
+    if certificates {
+        return Ok(Checked::Certificates(service));
     }
     validate_app_id(&from_app)?;
     validate_payload("a call payload", payload.len())?;
@@ -414,6 +459,7 @@ pub(crate) fn node_error(e: Error) -> CallAnswer {
         message,
         payload: Bytes::new(),
         provider_app: String::new(),
+        certificates: Vec::new(),
     }
 }
 
@@ -424,6 +470,7 @@ fn app_error(app_id: &str, code: u32, message: String) -> CallAnswer {
         message,
         payload: Bytes::new(),
         provider_app: app_id.to_owned(),
+        certificates: Vec::new(),
     }
 }
 
@@ -460,6 +507,7 @@ mod tests {
             payload: Bytes::from(vec![0u8; payload]),
             timeout_ms,
             withdrawn: false,
+            certificates: false,
         };
         let peer = PeerId::random();
         let Ok(Checked::Call(call)) = checked(peer, frame("echo/1", 3, 120_000)) else {
@@ -513,13 +561,14 @@ mod tests {
         };
         let size = prop_oneof![0usize..64, MAX_PAYLOAD - 2..=MAX_PAYLOAD + 2];
         let time = prop_oneof![Just(0u32), 1..120_000u32, any::<u32>()];
-        let frame = (text(), text(), size, time, any::<bool>()).prop_map(
-            |(service, from_app, size, timeout_ms, withdrawn)| CallFrame {
+        let frame = (text(), text(), size, time, any::<bool>(), any::<bool>()).prop_map(
+            |(service, from_app, size, timeout_ms, withdrawn, certificates)| CallFrame {
                 service,
                 from_app,
                 payload: Bytes::from(vec![0u8; size]),
                 timeout_ms,
                 withdrawn,
+                certificates,
             },
         );
         let peer = PeerId::random();
@@ -528,7 +577,7 @@ mod tests {
             let service_ok = ServiceName::parse(&sent.service).is_ok();
             match checked(peer, frame) {
                 Ok(Checked::Call(call)) => {
-                    prop_assert!(!sent.withdrawn && service_ok);
+                    prop_assert!(!sent.withdrawn && !sent.certificates && service_ok);
                     prop_assert!(check_app_id(&sent.from_app).is_ok());
                     prop_assert!(call.payload.len() <= MAX_PAYLOAD);
                     prop_assert!(!call.timeout.is_zero() && call.timeout <= MAX_CALL_TIME);
@@ -537,6 +586,10 @@ mod tests {
                 }
                 Ok(Checked::Withdrawn(service)) => {
                     prop_assert!(sent.withdrawn && service_ok);
+                    prop_assert_eq!(service, sent.service);
+                }
+                Ok(Checked::Certificates(service)) => {
+                    prop_assert!(sent.certificates && !sent.withdrawn && service_ok);
                     prop_assert_eq!(service, sent.service);
                 }
                 Err(e) => {

@@ -40,6 +40,7 @@ use super::{
     find::{Attempt, Here, try_providers},
     names::validate_payload,
     slots::{MAX_CALLS_PER_PEER, PeerSlots},
+    trust::vouching,
 };
 use crate::{
     Error,
@@ -82,7 +83,7 @@ impl ServiceRegistry {
             peer,
             timeout_ms,
             deadline,
-            only,
+            filter,
         } = call;
         if let Err(e) = validate_payload("a call payload", payload.len()) {
             return ready(Err(e));
@@ -98,13 +99,41 @@ impl ServiceRegistry {
             payload,
         };
         let mut failures: Vec<(String, Error)> = Vec::new();
-        // A provider on this node is tried first, now, while the actor is at hand.
-        let allowed = move |peer: &PeerId| only.as_ref().is_none_or(|only| only.contains(peer));
+        // A provider on this node is tried first, now, while the actor is at hand; with
+        // publisher keys pinned, only if one of them certifies it.
+        let pinned = &filter.publisher_keys;
+        let certified_here = || {
+            pinned.is_empty()
+                || vouching(
+                    &self.certificates_here(&call.service),
+                    &call.service,
+                    &local,
+                    pinned,
+                )
+                .is_ok()
+        };
         let here = match &target {
             _ if limit.is_zero() => false,
+            Some((peer, _)) if *peer == local && !certified_here() => {
+                let reason = vouching(
+                    &self.certificates_here(&call.service),
+                    &call.service,
+                    &local,
+                    pinned,
+                )
+                .err()
+                .unwrap_or_default();
+                failures.push((
+                    "this node".to_owned(),
+                    Error::not_certified(local, &call.service, reason),
+                ));
+                false
+            }
             Some((peer, _)) => *peer == local,
             None => {
-                allowed(&local) && matches!(self.provider_here(&call.service), Some(Here::App(_)))
+                filter.allows(&local)
+                    && matches!(self.provider_here(&call.service), Some(Here::App(_)))
+                    && certified_here()
             }
         };
         let mut answered = None;
@@ -118,6 +147,7 @@ impl ServiceRegistry {
             net: self.net.clone(),
             slots: self.services.slots.clone(),
         };
+        let checker = self.services.checker(&self.net);
         let service = call.service.clone();
         let calling = async move {
             if let Some(rx) = answered {
@@ -128,8 +158,14 @@ impl ServiceRegistry {
                 Some((peer, _)) if peer == local => Err(failures
                     .pop()
                     .map_or_else(|| out_of_time(&call, limit), |(_, e)| e)),
-                // The one peer named: its own answer.
+                // The one peer named: its own answer (certified first, if keys are pinned).
                 Some((peer, addrs)) => {
+                    if !filter.publisher_keys.is_empty() {
+                        let pinned = &filter.publisher_keys;
+                        checker
+                            .certified((peer, addrs.clone()), &call.service, pinned, until)
+                            .await?;
+                    }
                     match call_remote(&remote, peer, addrs, &call, until, until).await {
                         Attempt::Done(result) => result,
                         Attempt::Next(e) => Err(e),
@@ -142,8 +178,8 @@ impl ServiceRegistry {
                     };
                     let timed_out = || out_of_time(&call, limit);
                     try_providers(
-                        &remote.net,
-                        (&call.service, &allowed),
+                        &checker,
+                        (&call.service, &filter),
                         until,
                         failures,
                         timed_out,
@@ -265,6 +301,7 @@ async fn call_remote(
             payload: call.payload.clone(),
             timeout_ms: u32::try_from(left().as_millis()).unwrap_or(u32::MAX).max(1),
             withdrawn: false,
+            certificates: false,
         };
         // Reached: sending the call may take the time left (a large payload on a slow link).
         // Then the far side says it took the stream; a stream reset or ended before that was
@@ -285,7 +322,7 @@ async fn call_remote(
         match tokio::time::timeout(left(), sent).await {
             Ok(Ok(())) => break io,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return unreachable(format!("it does not speak {PROTOCOL}: {e}"));
+                return junk(peer, format!("it does not speak {PROTOCOL}: {e}"));
             }
             Ok(Err(e)) if opens < MAX_OPENS && !to_reach().is_zero() => {
                 debug!(%peer, "a call stream was not taken ({e}); again");
@@ -297,6 +334,11 @@ async fn call_remote(
     };
     match read_message::<CallAnswer, _>(&mut io, MAX_CALL_FRAME, left()).await {
         Ok(answer) => outcome(answer, peer),
+        // Not an answer at all (a frame too long, or not a `CallAnswer`): no honest provider
+        // sends that, so the call goes on to another (and this one is tried last for a while).
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            junk(peer, format!("its answer is not a CallAnswer: {e}"))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Attempt::Done(Err(Error::Timeout {
             what: format!(
                 "the answer of peer {peer} to the call to '{}'",
@@ -312,14 +354,41 @@ async fn call_remote(
     }
 }
 
+/// A provider that broke the protocol: the next one is tried.
+fn junk(peer: PeerId, reason: String) -> Attempt<CallReply> {
+    Attempt::Next(Error::Protocol {
+        peer,
+        protocol: PROTOCOL,
+        reason,
+    })
+}
+
 /// What a provider's (or its node's) answer means for the call.
+///
+/// The provider's fault, so the next provider is tried: its node answered by itself `NOT_FOUND`,
+/// `RESOURCE_EXHAUSTED` or `UNAVAILABLE` (no app saw the call); its app refused the call
+/// with `RESOURCE_EXHAUSTED` (busy: it did not act on it); a code that is not a gRPC code
+/// (junk). Everything else is the service's answer, returned to the caller.
 fn outcome(answer: CallAnswer, peer: PeerId) -> Attempt<CallReply> {
     let CallAnswer {
         code: status,
         message,
         payload,
         provider_app,
+        certificates: _,
     } = answer;
+    if status > 16 {
+        return junk(
+            peer,
+            format!("it answered code {status}, which is no gRPC code"),
+        );
+    }
+    if status == code(p2pos_kernel::ErrorCode::ResourceExhausted) && !provider_app.is_empty() {
+        return Attempt::Next(Error::Provider {
+            code: status,
+            message: format!("app '{provider_app}' is busy: {message}"),
+        });
+    }
     if status == 0 {
         return Attempt::Done(Ok(CallReply {
             payload,
@@ -372,6 +441,7 @@ mod tests {
             message: "m".into(),
             payload: Bytes::new(),
             provider_app: app.into(),
+            certificates: Vec::new(),
         };
         assert!(matches!(
             outcome(answer(0, "a"), peer),
@@ -387,5 +457,20 @@ mod tests {
             outcome(answer(5, "a"), peer),
             Attempt::Done(Err(Error::Provider { code: 5, .. }))
         ));
+        assert!(
+            matches!(outcome(answer(8, "a"), peer), Attempt::Next(_)),
+            "an app that is busy did not act: another provider is tried"
+        );
+        assert!(matches!(
+            outcome(answer(14, "a"), peer),
+            Attempt::Done(Err(Error::Provider { code: 14, .. }))
+        ));
+        assert!(
+            matches!(
+                outcome(answer(99, "a"), peer),
+                Attempt::Next(Error::Protocol { .. })
+            ),
+            "junk"
+        );
     }
 }

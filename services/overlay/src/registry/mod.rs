@@ -21,10 +21,12 @@
 //! - `slots`: the calls in flight to each peer, bounded.
 //! - `answers`: the providing side: calls announced to a session until answered with `Reply`
 //!   or expired, and the server of `/p2pos/call/2` (withdrawal notices from providers too).
+//! - `trust`: publisher keys on the calling side: providers' certificates, asked for and
+//!   checked before a provider sees a request that pins keys.
 //! - `withdraw`: the peers that called each service provided here recently, told when it
 //!   stops.
 //!
-//! No part imports another that imports it back: `state` and `call` import no other part.
+//! No part imports another that imports it back: `call` imports no other part.
 
 pub(crate) mod actor;
 mod answers;
@@ -36,6 +38,7 @@ mod protocol;
 mod provide;
 mod slots;
 pub(crate) mod state;
+pub(crate) mod trust;
 mod withdraw;
 
 pub(crate) use answers::{CALL_STREAM_IDLE, refuse_call, serve_call};

@@ -21,8 +21,12 @@ impl Handler<Call<Services>> for ServiceRegistry {
                 app_id,
                 service,
                 description,
+                certificates,
                 reply,
-            } => answer(reply, self.register(app_id, service, description)),
+            } => answer(
+                reply,
+                self.register(app_id, service, (description, certificates)),
+            ),
             Request::Unregister {
                 app_id,
                 service,
@@ -32,9 +36,9 @@ impl Handler<Call<Services>> for ServiceRegistry {
             Request::Find {
                 service,
                 limit,
-                only,
+                filter,
                 reply,
-            } => spawn_answer(reply, self.find(service, limit, only)),
+            } => spawn_answer(reply, self.find(service, limit, filter)),
             Request::Call { call, reply } => spawn_answer(reply, self.call(call, ctx)),
             Request::Reply { request, reply } => answer(reply, self.reply(request, ctx)),
             // The sessions part opens channels (see `route_services`): never routed here.

@@ -4,18 +4,21 @@
 
 use std::collections::BTreeSet;
 
+use p2pos_kernel::events::now_ms;
 use p2pos_proto::service::v1::{ListServicesReply, ServiceInfo};
 use p2pos_protocols::{
+    certs::Certificate,
     forwarding::FORWARD_APP,
     ids::{AppId, ServiceName},
     names::root_app,
+    network::Announced,
 };
 use tracing::info;
 
 use super::{
     names::validate_description,
     state::{
-        MAX_REGISTRATIONS, MAX_REGISTRATIONS_OF_FORWARDING, MAX_REGISTRATIONS_PER_APP,
+        MAX_REGISTRATIONS, MAX_REGISTRATIONS_OF_FORWARDING, MAX_REGISTRATIONS_PER_APP, Provided,
         Registration, service_key,
     },
 };
@@ -26,10 +29,15 @@ impl ServiceRegistry {
         &mut self,
         app_id: AppId,
         service: ServiceName,
-        description: String,
+        (description, certificates): (String, Vec<Certificate>),
     ) -> Result<ServiceInfo, Error> {
         let (app_id, service) = (app_id.into_string(), service.into_string());
         validate_description(&description)?;
+        let (local, now) = (self.net.local_peer_id(), now_ms());
+        for cert in &certificates {
+            cert.check(&service, &local, now)
+                .map_err(|e| Error::InvalidCertificate(format!("{e} (this node is {local})")))?;
+        }
         // The session it is made under: an `AppGone` for an earlier one leaves it alone.
         let Some((session, _)) = self.sessions.newest(&app_id) else {
             return Err(Error::NoSession { app_id });
@@ -52,13 +60,28 @@ impl ServiceRegistry {
             .filter(|r| root_app(&r.app_id) == root_app(&app_id))
             .count();
         match registrations.get_mut(&service) {
-            Some(r) if r.app_id != app_id => {
+            // Another app's name (its helpers' included), or an exposure of port forwarding
+            // (whose node-wide id shares `_node` with the admin's helpers): never taken over.
+            Some(r)
+                if root_app(&r.app_id) != root_app(&app_id)
+                    || (r.app_id != app_id
+                        && (r.app_id == FORWARD_APP || app_id == FORWARD_APP)) =>
+            {
                 let by = format!("app '{}'", r.app_id);
                 return Err(Error::ServiceTaken { service, by });
             }
+            // The same app, or one of its helpers (or the app after its helper): the newest
+            // registration of the family provides it, with its session.
             Some(r) => {
+                if r.app_id != app_id {
+                    info!(%service, from = %r.app_id, to = %app_id, "service moved within its app");
+                    r.app_id.clone_from(&app_id);
+                    r.session = session;
+                } else {
+                    r.session = r.session.max(session);
+                }
                 r.description.clone_from(&description);
-                r.session = r.session.max(session);
+                r.certificates = certificates;
             }
             None if full => {
                 return Err(Error::Busy {
@@ -79,13 +102,14 @@ impl ServiceRegistry {
                         app_id: app_id.clone(),
                         description: description.clone(),
                         session,
+                        certificates,
                     },
                 );
             }
         }
         info!(%service, %app_id, "service registered");
         self.publish_services();
-        Ok(self.local_info(service, app_id, description))
+        Ok(self.local_info(service))
     }
 
     pub(super) fn unregister(&mut self, app_id: AppId, service: ServiceName) -> Result<(), Error> {
@@ -108,31 +132,38 @@ impl ServiceRegistry {
         let mut services: Vec<ServiceInfo> = self
             .services
             .registrations
-            .iter()
-            .map(|(service, r)| {
-                self.local_info(service.clone(), r.app_id.clone(), r.description.clone())
-            })
+            .keys()
+            .map(|service| self.local_info(service.clone()))
             .collect();
         services.sort_by(|a, b| a.service.cmp(&b.service));
         ListServicesReply { services }
     }
 
-    /// A service provided on this node, as `ListServices` and `FindService` show it.
-    pub(crate) fn local_info(
-        &self,
-        service: String,
-        app_id: String,
-        description: String,
-    ) -> ServiceInfo {
+    /// A service provided on this node, as `ListServices` and `FindService` show it, with how
+    /// its announcement in the DHT went.
+    pub(crate) fn local_info(&self, service: String) -> ServiceInfo {
+        let r = self.services.registrations.get(&service);
+        let (announced, announce_error) =
+            match self.services.announcer.status(&service_key(&service)) {
+                Announced::Done => (true, String::new()),
+                Announced::Pending => (false, String::new()),
+                Announced::Failed(why) => (false, why),
+            };
         ServiceInfo {
+            app_id: r.map(|r| r.app_id.clone()).unwrap_or_default(),
+            description: r.map(|r| r.description.clone()).unwrap_or_default(),
+            certificates: r
+                .map(|r| r.certificates.iter().map(Certificate::to_text).collect())
+                .unwrap_or_default(),
             service,
-            app_id,
-            description,
             peer_id: self.net.local_peer_id().to_string(),
             local: true,
             rtt_us: 0,
             reachability: 0,
             last_reached_ms: 0,
+            announced,
+            announce_error,
+            publisher_key: String::new(),
         }
     }
 
@@ -143,7 +174,13 @@ impl ServiceRegistry {
             .services
             .registrations
             .iter()
-            .map(|(service, r)| (service.clone(), r.app_id.clone()))
+            .map(|(service, r)| {
+                let provided = Provided {
+                    app_id: r.app_id.clone(),
+                    certificates: r.certificates.clone(),
+                };
+                (service.clone(), provided)
+            })
             .collect();
         self.providers.send_replace(std::sync::Arc::new(providers));
         let wanted: BTreeSet<String> = self
@@ -227,7 +264,7 @@ mod tests {
             let register = |registry: &mut ServiceRegistry, service: &str| {
                 let app = AppId::parse("app").expect("app id");
                 let service = ServiceName::parse(service).expect("service name");
-                registry.register(app, service, String::new())
+                registry.register(app, service, (String::new(), Vec::new()))
             };
             let (tx, _incoming) = mpsc::channel(1);
             let first = SessionSlot {

@@ -12,7 +12,13 @@ use p2pos_proto::wire::v1::CallAnswer;
 use p2pos_protocols::network::Announcer;
 use tokio::sync::oneshot;
 
-use super::{slots::PeerSlots, withdraw::RecentCallers};
+use p2pos_protocols::{certs::Certificate, network::Network};
+
+use super::{
+    slots::PeerSlots,
+    trust::{Checker, VerifiedCerts},
+    withdraw::RecentCallers,
+};
 
 /// Most services registered by apps on one node (port forwarding's exposures not counted).
 pub(crate) const MAX_REGISTRATIONS: usize = 256;
@@ -22,9 +28,15 @@ pub(crate) const MAX_REGISTRATIONS_PER_APP: usize = 32;
 pub(crate) const MAX_REGISTRATIONS_OF_FORWARDING: usize =
     p2pos_protocols::forwarding::MAX_EXPOSURES;
 
-/// Who provides each service on this node: service name → app id, as the registry last
-/// published it.
-pub(crate) type Providers = Arc<BTreeMap<String, String>>;
+/// Who provides each service on this node, as the registry last published it.
+pub(crate) type Providers = Arc<BTreeMap<String, Provided>>;
+
+/// Who provides a service on this node, and the certificates it presents.
+#[derive(Clone, Debug)]
+pub(crate) struct Provided {
+    pub(crate) app_id: String,
+    pub(crate) certificates: Vec<Certificate>,
+}
 
 /// The DHT key under which the providers of `service` are announced:
 /// `/p2pos/service/<service>`.
@@ -44,6 +56,9 @@ pub(crate) struct State {
     pub(crate) slots: Arc<PeerSlots>,
     /// Peers that called each service provided here recently: told when it stops.
     pub(crate) callers: RecentCallers,
+    /// Providers' certificates verified lately (shared with the channels the sessions part
+    /// opens to services).
+    pub(crate) verified: Arc<VerifiedCerts>,
 }
 
 /// Who provides a registered service.
@@ -52,6 +67,8 @@ pub(crate) struct Registration {
     pub(crate) description: String,
     /// The newest session of the app when it registered (or registered again).
     pub(crate) session: u64,
+    /// Publishers' certificates it presents to callers.
+    pub(crate) certificates: Vec<Certificate>,
 }
 
 impl State {
@@ -63,6 +80,16 @@ impl State {
             announcer,
             slots: Arc::new(PeerSlots::default()),
             callers: RecentCallers::default(),
+            verified: Arc::new(VerifiedCerts::default()),
+        }
+    }
+
+    /// What checking providers' certificates takes, over `net`.
+    pub(crate) fn checker(&self, net: &Network) -> Checker {
+        Checker {
+            net: net.clone(),
+            slots: self.slots.clone(),
+            verified: self.verified.clone(),
         }
     }
 }

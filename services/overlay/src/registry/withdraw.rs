@@ -117,6 +117,7 @@ async fn notify(net: &Network, peer: PeerId, service: &str) -> Result<(), String
         payload: bytes::Bytes::new(),
         timeout_ms: 0,
         withdrawn: true,
+        certificates: false,
     };
     write_message(&mut io, &notice, NOTICE_TIME)
         .await

@@ -109,6 +109,8 @@ pub enum Command {
     Announce {
         /// The keys, as they change.
         keys: watch::Receiver<BTreeSet<String>>,
+        /// Where the swarm task says how the announcements of every key it provides went.
+        status: watch::Sender<Announcements>,
     },
     /// Put a record signed by this node under `key` in the DHT.
     PutRecord {
@@ -264,6 +266,10 @@ pub enum ProviderReach {
     Recently,
     /// Not connected in the last 5 minutes (or never): its record may be stale.
     NotRecently,
+    /// It refused a call or channel recently (busy: `RESOURCE_EXHAUSTED`, for 60 s), or broke
+    /// the protocol (junk, or a call broken off after taking it: for 10 minutes): tried after
+    /// the providers above.
+    Refused,
     /// It said less than 30 s ago that it does not provide the key (its record is stale, or
     /// it stopped): tried only after every other provider.
     NotProviding,
@@ -281,6 +287,12 @@ pub enum Fared {
     NotProviding,
     /// The provider could not be reached (no connection, no stream, no answer in time).
     Unreached,
+    /// It was busy, or its app refused the call with `RESOURCE_EXHAUSTED`: ranked
+    /// [`ProviderReach::Refused`] for a minute.
+    Refused,
+    /// It broke the protocol (an answer that is not one, a call broken off after it took it):
+    /// ranked [`ProviderReach::Refused`] for 10 minutes.
+    Misbehaved,
     /// Anything else that kept it from serving (it is only no longer offered from the cache).
     Failed,
 }
@@ -292,11 +304,38 @@ pub enum NetEvent {
     Connected(PeerId),
 }
 
+/// How the announcement of a key in the DHT went, as the swarm task last heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announced {
+    /// On its way (or not heard of yet).
+    Pending,
+    /// At least one other node took it; republished every minute.
+    Done,
+    /// It reached no other node, or failed: why. Tried again (2 s, doubling to 60 s; and at
+    /// once when a first peer enters the routing table).
+    Failed(String),
+}
+
+/// How the announcements of the keys provided went, by key.
+pub type Announcements = std::sync::Arc<std::collections::BTreeMap<String, Announced>>;
+
 /// Keys this service announces in the DHT while it holds this; dropping it withdraws them.
 #[derive(Debug)]
-pub struct Announcer(watch::Sender<BTreeSet<String>>);
+pub struct Announcer(
+    watch::Sender<BTreeSet<String>>,
+    watch::Receiver<Announcements>,
+);
 
 impl Announcer {
+    /// How the announcement of `key` went; [`Announced::Pending`] for a key not heard of.
+    pub fn status(&self, key: &str) -> Announced {
+        self.1
+            .borrow()
+            .get(key)
+            .cloned()
+            .unwrap_or(Announced::Pending)
+    }
+
     /// Announces exactly `keys` from now on (checked as [`check_key`] says; others are
     /// ignored). Nothing queues up: the latest set always wins.
     pub fn set(&self, keys: BTreeSet<String>) {
@@ -562,7 +601,8 @@ impl Network {
     /// with every other announcer's. An error only once the network has stopped.
     pub fn announcer(&self) -> Result<Announcer, Error> {
         let (tx, keys) = watch::channel(BTreeSet::new());
-        match self.commands.try_send(Command::Announce { keys }) {
+        let (status, heard) = watch::channel(Announcements::default());
+        match self.commands.try_send(Command::Announce { keys, status }) {
             Ok(()) => {}
             // The swarm task is busy: it gets the announcer once there is room (the keys set
             // meanwhile wait in the announcer). A service starting under load must not fail
@@ -575,7 +615,7 @@ impl Network {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::NetworkStopped),
         }
-        Ok(Announcer(tx))
+        Ok(Announcer(tx, heard))
     }
 
     /// Puts `value` under `key` in the DHT, signed by this node's key (which only the network
@@ -820,7 +860,7 @@ mod tests {
         let announcer = net.announcer().expect("not refused for a full queue");
         announcer.set(["/p2pos/test/key".to_owned()].into_iter().collect());
         assert!(matches!(queue.recv().await, Some(Command::Remember { .. })));
-        let Some(Command::Announce { keys }) = queue.recv().await else {
+        let Some(Command::Announce { keys, .. }) = queue.recv().await else {
             panic!("the announcer never reached the swarm task");
         };
         assert!(

@@ -65,6 +65,7 @@ impl Node {
             app_id,
             service,
             description,
+            certificates: Vec::new(),
             reply,
         })
         .await
@@ -86,7 +87,7 @@ impl Node {
             .services(|reply| Request::Find {
                 service,
                 limit: 0,
-                only: None,
+                filter: Default::default(),
                 reply,
             })
             .await?;
@@ -134,7 +135,7 @@ impl Node {
                         peer,
                         timeout_ms,
                         deadline,
-                        only: None,
+                        filter: Default::default(),
                     },
                     reply,
                 })
@@ -173,7 +174,7 @@ impl Node {
                     app_id: app("client"),
                     service,
                     peer,
-                    only: None,
+                    filter: Default::default(),
                     reply,
                 })
                 .await

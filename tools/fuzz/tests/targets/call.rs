@@ -25,14 +25,16 @@ fn call_frame() -> impl Strategy<Value = CallFrame> {
         payload(wire::MAX_PAYLOAD),
         prop_oneof![Just(0u32), 1..120_000u32, any::<u32>()],
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(service, from_app, payload, timeout_ms, withdrawn)| CallFrame {
+            |(service, from_app, payload, timeout_ms, withdrawn, certificates)| CallFrame {
                 service,
                 from_app,
                 payload,
                 timeout_ms,
                 withdrawn,
+                certificates,
             },
         )
 }
@@ -43,13 +45,17 @@ fn answer() -> impl Strategy<Value = CallAnswer> {
         text(),
         payload(wire::MAX_PAYLOAD),
         text(),
+        prop::collection::vec(payload(600), 0..10),
     )
-        .prop_map(|(code, message, payload, provider_app)| CallAnswer {
-            code,
-            message,
-            payload,
-            provider_app,
-        })
+        .prop_map(
+            |(code, message, payload, provider_app, certificates)| CallAnswer {
+                code,
+                message,
+                payload,
+                provider_app,
+                certificates,
+            },
+        )
 }
 
 fn small<M: Message>(m: &M) -> bool {

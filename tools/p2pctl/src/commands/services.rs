@@ -1,7 +1,9 @@
 //! `services`: services that apps provide to other apps (`p2pos.service.v1.Services`): list
 //! those on this node, find providers, call one.
 
-use std::io::Write;
+use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
+
+use anyhow::Context;
 
 use data_encoding::BASE64;
 use p2pos_client::Client;
@@ -11,7 +13,11 @@ use p2pos_proto::service::v1::{
 use serde_json::{Value, json};
 
 use super::{RpcResult, payload::Source};
-use crate::{cli::ServicesCommand, output};
+use crate::{
+    cli::{ServicesCommand, TrustArgs},
+    output,
+};
+use p2pos_protocols::{PeerId, certs::PublisherSecret, ids::ServiceName};
 
 /// Runs one `services` command.
 pub(crate) async fn run(client: &Client, command: ServicesCommand) -> anyhow::Result<()> {
@@ -21,12 +27,18 @@ pub(crate) async fn run(client: &Client, command: ServicesCommand) -> anyhow::Re
             service,
             limit,
             group,
+            trust: TrustArgs {
+                peers,
+                publisher_keys,
+            },
             json,
         } => {
             let request = FindServiceRequest {
                 service,
                 limit: limit.unwrap_or(0),
                 group: group.unwrap_or_default(),
+                peers,
+                publisher_keys,
             };
             find(client, request, json.json).await
         }
@@ -37,6 +49,10 @@ pub(crate) async fn run(client: &Client, command: ServicesCommand) -> anyhow::Re
             app,
             peer,
             group,
+            trust: TrustArgs {
+                peers,
+                publisher_keys,
+            },
             timeout,
             json,
         } => {
@@ -48,10 +64,77 @@ pub(crate) async fn run(client: &Client, command: ServicesCommand) -> anyhow::Re
                 peer: peer.unwrap_or_default(),
                 timeout_ms: timeout.unwrap_or(0),
                 group: group.unwrap_or_default(),
+                peers,
+                publisher_keys,
             };
             call(client, request, json).await
         }
+        ServicesCommand::Keygen { out, json } => keygen(&out, json.json),
+        ServicesCommand::Certify {
+            key,
+            service,
+            peer,
+            days,
+            json,
+        } => certify(&key, &service, &peer, days, json.json),
     }
+}
+
+/// Makes a publisher key pair: the secret into `out` (0600, never over an existing file), the
+/// public key printed.
+fn keygen(out: &Path, json: bool) -> anyhow::Result<()> {
+    let secret = PublisherSecret::generate();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    writeln!(file, "{}", secret.to_text())?;
+    file.sync_all()?;
+    let key = secret.public().to_text();
+    if json {
+        output::json_line(&json!({"publisher_key": key, "secret_file": out}))?;
+    } else {
+        output::line(&key)?;
+    }
+    Ok(())
+}
+
+/// Prints a certificate, signed with the secret in `key`, that `peer` provides `service`
+/// for `days` from now.
+fn certify(key: &Path, service: &str, peer: &str, days: u32, json: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(key)
+        .with_context(|| format!("cannot read the secret key {}", key.display()))?;
+    let secret =
+        PublisherSecret::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    ServiceName::parse_explained(service).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let peer: PeerId = peer
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{peer:?} is not a peer id (12D3KooW...)"))?;
+    if !(1..=3650).contains(&days) {
+        anyhow::bail!("--days must be 1 to 3650, not {days}");
+    }
+    let expires_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+        .saturating_add(u64::from(days) * 86_400_000);
+    let cert = secret.certify(service, peer, expires_ms).to_text();
+    if json {
+        output::json_line(&json!({
+            "certificate": cert,
+            "service": service,
+            "peer_id": peer.to_string(),
+            "expires_ms": expires_ms,
+            "publisher_key": secret.public().to_text(),
+        }))?;
+    } else {
+        output::line(&cert)?;
+    }
+    Ok(())
 }
 
 /// The services table (SERVICE, APP, DESCRIPTION); with `--json` an array of `service_json`.
@@ -67,12 +150,18 @@ async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
     } else if reply.services.is_empty() {
         output::line("no services")?;
     } else {
-        let mut table = output::table(["SERVICE", "APP", "DESCRIPTION"]);
+        let mut table = output::table(["SERVICE", "APP", "DESCRIPTION", "ANNOUNCED"]);
         for info in &reply.services {
+            let announced = match (info.announced, info.announce_error.as_str()) {
+                (true, _) => "yes".to_owned(),
+                (false, "") => "on its way".to_owned(),
+                (false, why) => format!("no: {why}"),
+            };
             table.add_row([
                 info.service.clone(),
                 info.app_id.clone(),
                 output::dash_if_empty(&info.description),
+                announced,
             ]);
         }
         output::print_table(&table)?;
@@ -133,6 +222,7 @@ fn reached(info: &ServiceInfo, now_ms: u64) -> String {
         }
         Reachability::NotRecently => "not in 5 min".into(),
         Reachability::Unreachable => "unreachable".into(),
+        Reachability::Refused => "refused lately".into(),
         Reachability::Unspecified => "?".into(),
     }
 }
@@ -145,6 +235,7 @@ fn reachability_name(reachability: Reachability) -> &'static str {
         Reachability::Recently => "recently",
         Reachability::NotRecently => "not_recently",
         Reachability::Unreachable => "unreachable",
+        Reachability::Refused => "refused",
     }
 }
 
@@ -188,8 +279,16 @@ fn service_json(info: &ServiceInfo) -> Value {
         rtt_us,
         reachability: _,
         last_reached_ms,
+        announced,
+        announce_error,
+        certificates,
+        publisher_key,
     } = info;
     json!({
+        "announced": announced,
+        "announce_error": announce_error,
+        "certificates": certificates,
+        "publisher_key": publisher_key,
         "service": service,
         "app_id": app_id,
         "description": description,

@@ -41,13 +41,22 @@ const CONCURRENCY: usize = 64;
 /// The receiving app acknowledges after this many messages (and whenever its stream is idle).
 const ACK_EVERY: usize = 50;
 /// The whole run's deadline.
-const RUN: Duration = Duration::from_secs(300);
+const RUN: Duration = Duration::from_secs(150);
 
 /// A node listening on a fixed loopback port too, so that its peer finds it again after a
-/// restart.
-fn node_on_fixed_port() -> Node {
-    let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-    Node::start(&["--listen", &listen])
+/// restart; and that port.
+fn node_on_fixed_port() -> (Node, u16) {
+    let port = free_port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    (Node::start(&["--listen", &listen]), port)
+}
+
+/// Has `node` dial `peer_id` at its fixed `port` (so that the address it keeps for the peer is
+/// the one that outlives the peer's restarts).
+fn dial_fixed(node: &Node, peer_id: &str, port: u16) {
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}");
+    let (ok, out, err) = p2pctl(node, &["dial", &addr]);
+    assert!(ok, "dial {addr}: {out}{err}");
 }
 
 /// What the receiving app saw.
@@ -153,11 +162,13 @@ async fn ten_thousand_messages_arrive_exactly_once_while_both_nodes_are_killed()
     eprintln!("seed {seed} (set EXACTLY_ONCE_SEED to run the same kills again)");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let mut sender = node_on_fixed_port();
-    let mut receiver = node_on_fixed_port();
-    let receiver_id = receiver.peer_id().await;
-    let (ok, out, err) = p2pctl(&sender, &["dial", &receiver.ticket().await]);
-    assert!(ok, "dial: {out}{err}");
+    let (mut sender, sender_port) = node_on_fixed_port();
+    let (mut receiver, receiver_port) = node_on_fixed_port();
+    let (sender_id, receiver_id) = (sender.peer_id().await, receiver.peer_id().await);
+    // Each has reached the other at its fixed port, so each redials the other there when it
+    // starts again.
+    dial_fixed(&sender, &receiver_id, receiver_port);
+    dial_fixed(&receiver, &sender_id, sender_port);
     let sending = sender.app_client(APP).await;
     let reading = receiver.app_client(APP).await;
     // Registered on the receiver before anything is sent (its messages are its own from then).
@@ -186,6 +197,18 @@ async fn ten_thousand_messages_arrive_exactly_once_while_both_nodes_are_killed()
     // The killer: kill -9 at each point of the plan, then start the node again on its data
     // directory and port, and wait until it answers.
     let progress = answered.clone();
+    let watched = (answered.clone(), seen.clone());
+    let watcher = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let arrived = watched.1.lock().expect("seen").first.len();
+            eprintln!(
+                "{:?}: {} answered, {arrived} arrived",
+                started.elapsed(),
+                watched.0.load(Ordering::Acquire)
+            );
+        }
+    });
     let killer = tokio::spawn(async move {
         let mut restart_ms = Vec::new();
         for (at, kill_sender, jitter_ms) in plan {
@@ -206,6 +229,12 @@ async fn ten_thousand_messages_arrive_exactly_once_while_both_nodes_are_killed()
             node.restart();
             node.client().await;
             restart_ms.push(down.elapsed().as_millis());
+            eprintln!(
+                "{:?}: killed the {} at {at} answers; answering again after {:?}",
+                started.elapsed(),
+                if kill_sender { "sender" } else { "receiver" },
+                down.elapsed()
+            );
         }
         (sender, receiver, restart_ms)
     });
@@ -261,6 +290,7 @@ async fn ten_thousand_messages_arrive_exactly_once_while_both_nodes_are_killed()
     .await;
     done.store(true, Ordering::Release);
     reader.await.expect("the receiving app");
+    watcher.abort();
 
     let seen = seen.lock().expect("seen");
     assert!(
@@ -343,12 +373,20 @@ async fn send_keyed(
     Ok((reply.message_id, reply.state()))
 }
 
+/// A peer id of a peer nobody has seen.
+fn some_peer() -> String {
+    libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_answers_its_message_refuses_another_and_is_bounded() {
     let (mut node, _config) = node_with_config("[overlay]\nmax_send_keys_per_app = 3\n");
     let client = node.app_client(APP).await;
     // A peer never reached: its messages wait in the outbox.
-    let peer = libp2p::PeerId::random().to_string();
+    let peer = some_peer();
 
     let (first, state) = send_keyed(&client, &peer, "order 1", b"order-1")
         .await
@@ -370,7 +408,7 @@ async fn a_key_answers_its_message_refuses_another_and_is_bounded() {
         "{}",
         err.message()
     );
-    let other_peer = libp2p::PeerId::random().to_string();
+    let other_peer = some_peer();
     let err = send_keyed(&client, &other_peer, "order 1", b"order-1")
         .await
         .expect_err("another peer");

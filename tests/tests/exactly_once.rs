@@ -444,6 +444,19 @@ async fn a_key_answers_its_message_refuses_another_and_is_bounded() {
         .expect("no key");
     assert_eq!(no_key.1, DeliveryState::Queued);
 
+    // `p2pctl send --key`: the second run answers the first one's message.
+    let sent_by_p2pctl = || {
+        let (ok, out, err) = p2pctl(
+            &node,
+            &["send", &peer, "notes", "hello", "--key", "note-1", "--json"],
+        );
+        assert!(ok, "p2pctl send --key: {out}{err}");
+        out
+    };
+    let first_run = sent_by_p2pctl();
+    assert!(first_run.contains("\"queued\""), "{first_run}");
+    assert_eq!(sent_by_p2pctl(), first_run, "the same message id and state");
+
     // Across a restart (the answer lost with the node), the key still names its message.
     assert!(node.stop().await.success());
     node.restart();

@@ -34,6 +34,30 @@ const MAX_PENDING: u32 = 64;
 /// Fraction of the machine's memory above which new connections are refused.
 const MAX_MEMORY_FRACTION: f64 = 0.9;
 
+/// Most DHT records this node stores for others and itself (each at most [`MAX_RECORD_VALUE`]).
+const MAX_KAD_RECORDS: usize = 1024;
+/// The largest DHT record value stored: a signed envelope of the largest record a service puts
+/// (`MAX_RECORD`), its key (at most `MAX_KEY`), the signer's public key and the signature.
+const MAX_RECORD_VALUE: usize =
+    p2pos_protocols::network::MAX_RECORD + p2pos_protocols::network::MAX_KEY + 1024;
+/// Most keys with provider records stored (this node's services and those others put here).
+const MAX_PROVIDER_KEYS: usize = 1024;
+/// Most providers stored per key: the replication factor, as libp2p advises.
+const MAX_PROVIDERS_PER_KEY: usize = 20;
+
+/// The Kademlia store's bounds, sized to what nodes put in it: signed records of at most
+/// [`MAX_RECORD_VALUE`] bytes (not libp2p's 65 KiB), and provider records of services. At most
+/// about 10 MiB of records and 20,480 provider records of at most 8 short addresses each
+/// (`kad_store`): a few MiB.
+fn kad_store_config() -> kad::store::MemoryStoreConfig {
+    kad::store::MemoryStoreConfig {
+        max_records: MAX_KAD_RECORDS,
+        max_value_bytes: MAX_RECORD_VALUE,
+        max_provided_keys: MAX_PROVIDER_KEYS,
+        max_providers_per_key: MAX_PROVIDERS_PER_KEY,
+    }
+}
+
 /// The agent version this node announces through identify.
 pub(crate) fn agent_version() -> String {
     format!("p2posd/{}", env!("CARGO_PKG_VERSION"))
@@ -44,6 +68,8 @@ pub(crate) fn agent_version() -> String {
 pub(crate) struct Behaviour {
     /// Connection counts from the configuration.
     pub(crate) limits: connection_limits::Behaviour,
+    /// Inbound connections per remote IP address.
+    pub(crate) per_ip: crate::per_ip::Behaviour,
     /// Refuses connections when memory runs short.
     pub(crate) memory: memory_connection_limits::Behaviour,
     /// `/ipfs/id/1.0.0`: agent, listen addresses, observed address.
@@ -51,7 +77,7 @@ pub(crate) struct Behaviour {
     /// `/ipfs/ping/1.0.0`: liveness and round-trip time.
     pub(crate) ping: ping::Behaviour,
     /// The DHT, off with `--no-kademlia`.
-    pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    pub(crate) kad: Toggle<kad::Behaviour<crate::kad_store::Store>>,
     /// LAN discovery, off with `--no-mdns`.
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     /// Whether this node is publicly reachable.
@@ -97,6 +123,8 @@ fn behaviour(
     let peer_id = key.public().to_peer_id();
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
+        // The rest is kept for this node's own dials: peers that connect cannot take it all.
+        .with_max_established_incoming(Some(config.inbound_limit()))
         .with_max_established_per_peer(Some(config.max_connections_per_peer))
         .with_max_pending_incoming(Some(MAX_PENDING))
         .with_max_pending_outgoing(Some(MAX_PENDING));
@@ -114,11 +142,11 @@ fn behaviour(
         // 48 hours.
         kad_config.set_provider_record_ttl(Some(PROVIDER_RECORD_TTL));
         kad_config.set_provider_publication_interval(Some(PROVIDER_PUBLICATION_INTERVAL));
-        if let Some(k) = NonZeroUsize::new(20) {
+        if let Some(k) = NonZeroUsize::new(MAX_PROVIDERS_PER_KEY) {
             kad_config.set_replication_factor(k);
         }
-        let mut kad =
-            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        let store = crate::kad_store::Store::new(peer_id, kad_store_config());
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
         // Serve the DHT from the start: AutoNAT moves it to client mode if it finds the node
         // private. Without this, nodes on a LAN or loopback never enter routing tables.
         kad.set_mode(Some(kad::Mode::Server));
@@ -149,6 +177,10 @@ fn behaviour(
     });
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
+        per_ip: crate::per_ip::Behaviour::new(
+            config.max_connections_per_ip,
+            config.limit_loopback_per_ip,
+        ),
         memory: memory_connection_limits::Behaviour::with_max_percentage(MAX_MEMORY_FRACTION),
         identify,
         ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),

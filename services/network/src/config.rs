@@ -23,6 +23,17 @@ pub struct Config {
     pub max_connections_per_peer: u32,
     /// Most established connections in all. Default: 256.
     pub max_connections: u32,
+    /// Most established connections that peers opened to this node, below `max_connections`
+    /// so that the rest is always there for this node's own dials. Default: three quarters of
+    /// `max_connections` (192 of 256).
+    pub max_inbound_connections: Option<u32>,
+    /// Most inbound connections (established or being set up) from one IP address, so that one
+    /// host cannot take every inbound slot with many identities. Default: 16.
+    pub max_connections_per_ip: u32,
+    /// Whether `max_connections_per_ip` counts loopback addresses too. Processes on this
+    /// machine are its user's (several nodes of one user, tests, labs): by default they are
+    /// not counted. Default: off.
+    pub limit_loopback_per_ip: bool,
 }
 
 impl Default for Config {
@@ -38,6 +49,9 @@ impl Default for Config {
             relay_server: true,
             max_connections_per_peer: 4,
             max_connections: 256,
+            max_inbound_connections: None,
+            max_connections_per_ip: 16,
+            limit_loopback_per_ip: false,
         }
     }
 }
@@ -49,10 +63,32 @@ impl Config {
             addr.parse::<libp2p::Multiaddr>()
                 .map_err(|e| format!("listen address {addr:?}: {e}"))?;
         }
-        if self.max_connections_per_peer == 0 || self.max_connections == 0 {
+        if self.max_connections_per_peer == 0
+            || self.max_connections == 0
+            || self.max_inbound_connections == Some(0)
+            || self.max_connections_per_ip == 0
+        {
             return Err("connection limits must be > 0".into());
         }
+        if self.inbound_limit() >= self.max_connections {
+            return Err(format!(
+                "max_inbound_connections ({}) must be below max_connections ({}), so that this \
+                 node's own dials always have room",
+                self.inbound_limit(),
+                self.max_connections
+            ));
+        }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Most established inbound connections: `max_inbound_connections`, or three quarters of
+    /// `max_connections` (at least 1).
+    pub fn inbound_limit(&self) -> u32 {
+        self.max_inbound_connections
+            .unwrap_or(self.max_connections / 4 * 3)
+            .max(1)
     }
 }
 
@@ -73,5 +109,17 @@ mod tests {
             ..Config::default()
         };
         assert!(zero.validate().is_err());
+        let no_room_for_dials = Config {
+            max_inbound_connections: Some(256),
+            ..Config::default()
+        };
+        let why = no_room_for_dials.validate().expect_err("refused");
+        assert!(why.contains("max_inbound_connections"), "{why}");
+        let small = Config {
+            max_connections: 8,
+            ..Config::default()
+        };
+        assert_eq!(small.inbound_limit(), 6);
+        assert!(small.validate().is_ok());
     }
 }

@@ -18,7 +18,9 @@
 //! - `gossip_loop`: the swarm task's gossip commands, and the messages it validates.
 //! - `connect`: dialing, DHT look-ups of peers, pings.
 //! - `info`: tickets, peer lists and the overlay status.
+//! - `kad_store`: Kademlia's record store, within bounds sized to what nodes put in it.
 //! - `metrics`: what the swarm task records for Prometheus.
+//! - `per_ip`: inbound connections counted per remote IP address.
 //! - `peers`: known peers and remembered listen ports in the store.
 //! - `providers`: the keys this node announces in the DHT, and look-ups of providers.
 //! - `provider_cache`: providers found by recent look-ups, reused for a while.
@@ -34,9 +36,11 @@ mod event_loop;
 mod gossip;
 mod gossip_loop;
 mod info;
+mod kad_store;
 mod metrics;
 pub mod overlay_api;
 mod peers;
+mod per_ip;
 mod provider_cache;
 mod providers;
 mod reach;

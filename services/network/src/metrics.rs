@@ -23,7 +23,10 @@ pub(crate) struct SwarmMetrics {
 
 impl SwarmMetrics {
     /// New metrics, registered with the kernel under the service's name.
-    pub(crate) fn register(ctx: &ServiceContext) -> Self {
+    pub(crate) fn register(
+        ctx: &ServiceContext,
+        streams_refused: p2pos_protocols::network::StreamsRefused,
+    ) -> Self {
         let mut root = Registry::default();
         let libp2p = libp2p::metrics::Metrics::new(&mut root);
         let registry = root.sub_registry_with_prefix("p2pos_overlay");
@@ -56,6 +59,12 @@ impl SwarmMetrics {
             "gossip_rejected",
             "Group pubsub messages rejected: their author is not a member of the group",
             gossip_rejected.clone(),
+        );
+        registry.register(
+            "inbound_streams_refused",
+            "Inbound node-to-node streams refused past a protocol's limits (in all, or from one \
+             peer)",
+            streams_refused,
         );
         ctx.metrics.set(crate::NAME, root);
         Self {

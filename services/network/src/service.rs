@@ -64,7 +64,6 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     let keypair = ctx.keypair().map_err(|e| setup(&e))?.clone();
     let swarm = behaviour::build_swarm(&keypair, config)?;
     let control = swarm.behaviour().stream.new_control();
-    let metrics = SwarmMetrics::register(&ctx);
     let mut listen = Vec::new();
     for addr in &config.listen {
         match addr.parse::<Multiaddr>() {
@@ -83,6 +82,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     let local = *swarm.local_peer_id();
     let (commands, rx) = mpsc::channel(COMMAND_BUFFER);
     let (events, _) = broadcast::channel(NET_EVENT_BUFFER);
+    let network = Network::new(commands, control, local, events.clone());
+    let metrics = SwarmMetrics::register(&ctx, network.streams_refused());
     let event_loop = EventLoop::new(Parts {
         swarm,
         keypair,
@@ -95,7 +96,6 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     });
     let task = tokio::spawn(event_loop.run(listen, bootstrap));
     // (The writer thread ends with the event loop, which holds the last writer.)
-    let network = Network::new(commands, control, local, events);
     ctx.registry
         .provide(NETWORK, network.clone())
         .map_err(|e| setup(&e))?;

@@ -9,10 +9,7 @@ use actix::SpawnHandle;
 use libp2p::PeerId;
 use p2pos_kernel::{Store, store::StoreError};
 use p2pos_protocols::{apps::ChannelStream, marked::EndMarked};
-use tokio::{
-    io::DuplexStream,
-    sync::{OwnedSemaphorePermit, oneshot},
-};
+use tokio::{io::DuplexStream, sync::oneshot};
 
 use crate::{Error, inbound::Io};
 
@@ -27,8 +24,8 @@ pub(crate) struct PendingChannel {
     /// The group it is in (its id), checked at its hello; empty: none.
     pub(crate) group: String,
     pub(crate) io: PendingIo,
-    /// Its place among the node's channels, handed on to the open channel.
-    pub(crate) permit: OwnedSemaphorePermit,
+    /// Its place among the node's channels (and its peer's), handed on to the open channel.
+    pub(crate) permit: crate::counted::Hold,
     pub(crate) expiry: SpawnHandle,
 }
 
@@ -64,6 +61,9 @@ pub(crate) struct ServiceOrigin {
 pub(crate) enum Unannounced {
     /// The node has `max_channels` channels open or waiting.
     TooManyChannels,
+    /// The remote peer has as many channels open or waiting as one peer may, or the node is
+    /// full and the peer has its reserved one.
+    PeerFull(crate::counted::PeerFull),
     /// No live session of the app.
     NotListening,
     /// The app's live sessions take only channels in a group, and not this one's.

@@ -14,6 +14,10 @@ use serde::Deserialize;
 pub struct Config {
     /// Most channels open at once, in either direction, waiting ones included. Default: 1024.
     pub max_channels: u32,
+    /// Most inbound channels from one remote peer open at once, waiting ones included (port
+    /// forwarding's tunnels are channels too); past it the peer is answered `BUSY`. A peer's
+    /// first channel is taken even when other peers hold all of `max_channels`. Default: 64.
+    pub max_channels_per_peer: u32,
     /// Most outbound channel opens in progress at once (each waits for its peer to be reached
     /// and to accept); past it an open is refused at once. Default: 32.
     pub max_opens: u32,
@@ -70,6 +74,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_channels: 1024,
+            max_channels_per_peer: 64,
             max_opens: 32,
             max_inbox_messages: 10_000,
             max_inbox_bytes: 256 << 20,
@@ -136,6 +141,9 @@ impl Config {
                  so that one app that does not read cannot hold back the others",
                 self.max_inbox_bytes_per_peer_app, self.max_inbox_bytes_per_peer
             ));
+        }
+        if self.max_channels_per_peer == 0 {
+            return Err("max_channels_per_peer must be > 0".into());
         }
         if self.max_opens == 0 || self.max_opens > 4096 {
             return Err("max_opens must be 1 to 4096".into());

@@ -63,7 +63,8 @@ impl OverlayService {
         let announced = self.announce(local, app_id.clone(), (origin, group.clone()), end, ctx);
         if let Err((_, why)) = announced {
             return Err(match why {
-                Unannounced::TooManyChannels => Error::TooManyChannels {
+                // A local channel counts against the node's limit only.
+                Unannounced::TooManyChannels | Unannounced::PeerFull(_) => Error::TooManyChannels {
                     limit: usize::try_from(self.config.max_channels).unwrap_or(usize::MAX),
                 },
                 Unannounced::NotListening => Error::NotRunningHere { app_id },

@@ -18,7 +18,7 @@ use crate::{
     Error,
     announced::{PendingChannel, PendingIo, ServiceOrigin, Unannounced},
     channel,
-    counted::count,
+    counted::{Hold, count},
     inbound::{InboundChannel, Refusal, refuse},
     sessions::NoTaker,
     state::OverlayService,
@@ -144,9 +144,21 @@ impl OverlayService {
         io: I,
         ctx: &mut Context<Self>,
     ) -> Result<(), (I, Unannounced)> {
-        // A pending channel counts as open: it holds a stream to the peer.
-        let Ok(permit) = self.channels.clone().try_acquire_owned() else {
-            return Err((io, Unannounced::TooManyChannels));
+        // A pending channel counts as open: it holds a stream to the peer. One from a remote
+        // peer counts among that peer's too (and its first is taken past the node's limit).
+        let permit = if peer == self.net.local_peer_id() {
+            let Ok(permit) = self.channels.clone().try_acquire_owned() else {
+                return Err((io, Unannounced::TooManyChannels));
+            };
+            Hold::from(permit)
+        } else {
+            match self.peer_channels.admit(peer, &self.channels) {
+                Ok(hold) => hold,
+                Err(full) => {
+                    self.channels_refused.inc();
+                    return Err((io, Unannounced::PeerFull(full)));
+                }
+            }
         };
         let (session_id, session) = match self.directory.newest_taking(&app_id, group.as_deref()) {
             Ok(session) => session,
@@ -240,6 +252,7 @@ impl OverlayService {
                 channel_welcome::Result::Busy,
                 format!("too many open channels (limit {max})"),
             ),
+            Unannounced::PeerFull(full) => (channel_welcome::Result::Busy, full.to_string()),
             Unannounced::NotListening => (
                 channel_welcome::Result::AppNotListening,
                 format!("app '{app_id}' is not running on peer {local}"),

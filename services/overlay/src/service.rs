@@ -125,6 +125,11 @@ fn start(
     );
     let (messages, messages_guard) = Messages::new(mailbox.clone(), delivery, net.clone());
     let directory = SessionDirectory::default();
+    let channels_refused = register_metrics(&ctx);
+    let peer_channels = crate::counted::PeerChannels::new(
+        usize::try_from(config.max_channels_per_peer).unwrap_or(usize::MAX),
+        max_channels,
+    );
     let kernel_registry = ctx.registry.clone();
     let mut parts = None;
     let addr = OverlayService::create(|octx| {
@@ -150,6 +155,8 @@ fn start(
             _messages_guard: messages_guard,
             opens: Arc::new(Semaphore::new(max_opens)),
             channels: Arc::new(Semaphore::new(max_channels)),
+            peer_channels,
+            channels_refused,
             watchers: HashMap::new(),
             pending: HashMap::new(),
             next_session: 0,
@@ -173,6 +180,21 @@ fn start(
         stop: addr.clone().recipient(),
         panic: addr.recipient(),
     })
+}
+
+/// Registers the overlay's metrics with the node's (as service `overlay`): inbound channels
+/// refused at a peer's limits, counted by the returned counter.
+fn register_metrics(ctx: &ServiceContext) -> prometheus_client::metrics::counter::Counter {
+    let refused = prometheus_client::metrics::counter::Counter::default();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("p2pos_overlay");
+    registry.register(
+        "inbound_channels_refused",
+        "Inbound channels refused at a remote peer's limits (open or waiting per peer), or at \
+         the node's once that peer had its reserved one",
+        refused.clone(),
+    );
+    ctx.metrics.set(NAME, registry);
+    refused
 }
 
 impl Actor for OverlayService {

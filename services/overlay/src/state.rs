@@ -49,6 +49,10 @@ pub struct OverlayService {
     /// One permit per channel open or waiting to be accepted, in either direction
     /// (`Config::max_channels`); a channel's byte stream holds its permit.
     pub(crate) channels: Arc<Semaphore>,
+    /// Inbound channels per remote peer (`Config::max_channels_per_peer`).
+    pub(crate) peer_channels: crate::counted::PeerChannels,
+    /// Inbound channels refused at a peer's limits (for metrics).
+    pub(crate) channels_refused: prometheus_client::metrics::counter::Counter,
     /// Who watches for each app's last session to end (`WatchSession`): dropped, they fire.
     pub(crate) watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
     /// Inbound channels announced but not yet accepted.

@@ -289,7 +289,10 @@ async fn max_channels_counts_open_channels_on_both_ends() {
         err.message.contains("too many open channels (limit 1)"),
         "{err:?}"
     );
-    // B has its one channel open (accepted, not just pending): it answers BUSY.
+    // B has its one channel open (accepted, not just pending). A peer's first channel is
+    // still taken (so that peers holding B's every place cannot shut another out), its second
+    // is answered BUSY.
+    let (c_first, b_first) = open_and_accept(&c, &b, &mut session).await;
     let (b_ticket, _) = b.ticket().await;
     let err = c
         .open_channel("chat", &b_ticket)
@@ -302,8 +305,8 @@ async fn max_channels_counts_open_channels_on_both_ends() {
     );
     assert!(err.message.contains("limit 1"), "{err:?}");
 
-    // Closing the channel (its streams dropped, as the gateway does) frees both places.
-    drop((a_end, b_end));
+    // Closing the channels (their streams dropped, as the gateway does) frees the places.
+    drop((a_end, b_end, c_first, b_first));
     let (_c_end, _b_end) = open_and_accept(&c, &b, &mut session).await;
     let (_a_end, _c_end) = {
         let mut c_session = c.chat_session().await;

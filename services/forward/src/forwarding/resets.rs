@@ -1,6 +1,6 @@
 //! Resets of forwarded connections: every connection a forward or an exposure ends before its
 //! time (no channel to the service could be opened, the target could not be reached, the
-//! tunnel broke, too many were open) is logged as a warning with its reason and counted: per
+//! tunnel broke, too many were open, it was idle too long) is logged as a warning with its reason and counted: per
 //! forward or exposure (`resets` and `last_reset` in the lists), and node-wide in the
 //! Prometheus counter `p2pos_forward_connection_resets_total{reason}`.
 
@@ -30,6 +30,8 @@ pub(crate) enum Reason {
     Broke,
     /// Too many tunnels were open.
     TooMany,
+    /// No byte moved either way for the tunnel's idle time.
+    Idle,
 }
 
 impl Reason {
@@ -40,6 +42,7 @@ impl Reason {
             Reason::TargetUnreachable => "target_unreachable",
             Reason::Broke => "broke",
             Reason::TooMany => "too_many",
+            Reason::Idle => "idle",
         }
     }
 }

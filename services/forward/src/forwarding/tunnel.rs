@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use super::{
     Opener,
     resets::{Counted, Reason, Resets},
-    splice::splice,
+    splice::{TUNNEL_IDLE, is_idle, splice},
 };
 use crate::Error;
 
@@ -114,8 +114,9 @@ pub(super) async fn to_target(
             return;
         }
     };
-    match splice(tcp, io).await {
+    match splice(tcp, io, TUNNEL_IDLE).await {
         Ok(()) => debug!(%service, %target, "tunnel closed"),
+        Err(e) if is_idle(&e) => reset(Reason::Idle, format!("the tunnel was idle: {e}")),
         Err(e) => reset(Reason::Broke, format!("the tunnel broke: {e}")),
     }
 }
@@ -212,8 +213,13 @@ pub(super) async fn accept_loop(listener: Listener) {
                 }
             };
             let peer_id = channel.peer_id.clone();
-            match splice(tcp, channel.io).await {
+            match splice(tcp, channel.io, TUNNEL_IDLE).await {
                 Ok(()) => debug!(forward_id, %from, %service, %peer_id, "tunnel closed"),
+                Err(e) if is_idle(&e) => {
+                    let why = format!("the tunnel to peer {peer_id} was idle: {e}");
+                    warn!(forward_id, %from, %service, "forwarded connection reset: {why}");
+                    tunnels.resets.reset(&resets, Reason::Idle, why);
+                }
                 Err(e) => {
                     let why = format!("the tunnel to peer {peer_id} broke: {e}");
                     warn!(forward_id, %from, %service, "forwarded connection reset: {why}");

@@ -4,6 +4,12 @@
 //! `Router::accept(alpn, handler)`, with limits). Streams past the limits are refused (answered
 //! in a task of their own, or dropped). The loop ends when the network is gone or its
 //! [`Accepting`] guard is dropped.
+//!
+//! The total does not shut a peer out: a peer's first [`RESERVED_PER_PEER`] stream is served
+//! even when the total is reached (by other peers), so that many identities holding every
+//! slot cannot starve a peer that asks for one. What a protocol takes is so bounded by its
+//! total plus that reserve per connected peer (connections are bounded by the network's
+//! limits, per IP address too).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -11,7 +17,7 @@ use futures::{Stream as FuturesStream, StreamExt};
 use libp2p::PeerId;
 use tokio::task::{self, JoinSet};
 use tokio_util::task::AbortOnDropHandle;
-use tracing::warn;
+use tracing::debug;
 
 /// Serves a protocol's inbound streams until dropped.
 #[derive(Debug)]
@@ -24,7 +30,8 @@ pub struct Accepting {
 /// silent. Declared once, where the protocol is accepted.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Streams served at once from all peers together.
+    /// Streams served at once from all peers together, besides each peer's first
+    /// ([`RESERVED_PER_PEER`]), which is served whatever others hold.
     pub total: usize,
     /// Streams served at once from any one peer, so that one peer cannot take every slot.
     pub per_peer: usize,
@@ -44,6 +51,16 @@ pub enum Overflow {
     PerPeer(usize),
 }
 
+impl Overflow {
+    /// The limit's name in metrics: `total` or `per_peer`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Overflow::Total(_) => "total",
+            Overflow::PerPeer(_) => "per_peer",
+        }
+    }
+}
+
 impl std::fmt::Display for Overflow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -55,17 +72,18 @@ impl std::fmt::Display for Overflow {
 
 /// Most refusals written at once by one accept loop; past them, streams are dropped.
 const MAX_REFUSALS: usize = 64;
+/// Streams of each peer served whatever other peers hold (the total counts only the others).
+pub const RESERVED_PER_PEER: usize = 1;
 
 /// Serves each stream of `incoming` with `serve`, within `limits`. A stream past them is given
 /// to `refuse` (which may answer it, in a task of its own: at most [`MAX_REFUSALS`] at once,
 /// each bounded by its own timeout) or, if it answers `None` or too many are being refused,
-/// dropped (the remote sees a reset). Ends when the swarm is gone.
+/// dropped (the remote sees a reset); each is told to `count`. Ends when the swarm is gone.
 pub async fn accept_loop<S, I, F, Fut, R, RFut>(
     mut incoming: I,
     limits: Limits,
     what: String,
-    serve: F,
-    refuse: R,
+    (serve, refuse, count): (F, R, impl Fn(Overflow)),
 ) where
     I: FuturesStream<Item = (PeerId, S)> + Unpin,
     F: Fn(PeerId, S) -> Fut,
@@ -77,6 +95,9 @@ pub async fn accept_loop<S, I, F, Fut, R, RFut>(
     let mut refusals = JoinSet::new();
     let mut task_peers: HashMap<task::Id, PeerId> = HashMap::new();
     let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
+    // Streams past their peers' reserved ones: the sum of `n - RESERVED_PER_PEER` over the
+    // peers that have more than that.
+    let mut shared = 0usize;
     loop {
         tokio::select! {
             // Free the slots of finished streams before taking new ones.
@@ -89,6 +110,9 @@ pub async fn accept_loop<S, I, F, Fut, R, RFut>(
                 if let Some(peer) = task_peers.remove(&id)
                     && let Some(n) = per_peer.get_mut(&peer)
                 {
+                    if *n > RESERVED_PER_PEER {
+                        shared -= 1;
+                    }
                     *n -= 1;
                     if *n == 0 {
                         per_peer.remove(&peer);
@@ -99,10 +123,11 @@ pub async fn accept_loop<S, I, F, Fut, R, RFut>(
             next = incoming.next() => match next {
                 Some((peer, stream)) => {
                     let from_peer = per_peer.get(&peer).copied().unwrap_or(0);
-                    let overflow = if tasks.len() >= limits.total {
-                        Some(Overflow::Total(limits.total))
-                    } else if from_peer >= limits.per_peer {
+                    let in_shared = from_peer >= RESERVED_PER_PEER;
+                    let overflow = if from_peer >= limits.per_peer {
                         Some(Overflow::PerPeer(limits.per_peer))
+                    } else if in_shared && shared >= limits.total {
+                        Some(Overflow::Total(limits.total))
                     } else {
                         None
                     };
@@ -111,9 +136,13 @@ pub async fn accept_loop<S, I, F, Fut, R, RFut>(
                             let task = tasks.spawn(serve(peer, stream));
                             task_peers.insert(task.id(), peer);
                             *per_peer.entry(peer).or_default() += 1;
+                            if in_shared {
+                                shared += 1;
+                            }
                         }
                         Some(overflow) => {
-                            warn!(%peer, "refusing an inbound {what} stream: {overflow}");
+                            debug!(%peer, "refusing an inbound {what} stream: {overflow}");
+                            count(overflow);
                             if refusals.len() < MAX_REFUSALS
                                 && let Some(refusal) = refuse(peer, stream, overflow)
                             {
@@ -150,7 +179,7 @@ mod tests {
     async fn one_peer_cannot_take_every_slot() {
         let (streams, incoming) = mpsc::channel::<(PeerId, Held)>(16);
         let limits = Limits {
-            total: 3,
+            total: 1,
             per_peer: 2,
             max_frame: 1024,
             idle: Duration::from_secs(60),
@@ -159,12 +188,15 @@ mod tests {
             ReceiverStream::new(incoming),
             limits,
             "test".to_owned(),
-            |peer, (hold, events): Held| async move {
-                let _ = events.send((peer, true));
-                let _ = hold.await;
-                let _ = events.send((peer, false));
-            },
-            drop_stream,
+            (
+                |peer, (hold, events): Held| async move {
+                    let _ = events.send((peer, true));
+                    let _ = hold.await;
+                    let _ = events.send((peer, false));
+                },
+                drop_stream,
+                |_| {},
+            ),
         ));
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
@@ -176,13 +208,14 @@ mod tests {
                 .expect("room");
             hold
         };
-        // A's third stream is refused while B still gets in; then the total is reached (C).
-        let mut holds: Vec<_> = [a, a, a, b, c].into_iter().map(offer).collect();
+        // A's third stream is refused (its own limit) while B and C still get in: each peer's
+        // first stream is served past the total, which A's second took; B's second is not.
+        let mut holds: Vec<_> = [a, a, a, b, c, b].into_iter().map(offer).collect();
         let mut started = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             started.push(events.recv().await.expect("event"));
         }
-        assert_eq!(started, vec![(a, true), (a, true), (b, true)]);
+        assert_eq!(started, vec![(a, true), (a, true), (b, true), (c, true)]);
         // One stream of A ends: A may open another.
         drop(holds.remove(0));
         assert_eq!(events.recv().await, Some((a, false)));
@@ -196,8 +229,8 @@ mod tests {
     async fn streams_past_the_limits_are_handed_to_the_refusal() {
         let (streams, incoming) = mpsc::channel::<(PeerId, oneshot::Receiver<()>)>(16);
         let limits = Limits {
-            total: 2,
-            per_peer: 1,
+            total: 1,
+            per_peer: 2,
             max_frame: 1024,
             idle: Duration::from_secs(60),
         };
@@ -206,24 +239,34 @@ mod tests {
             ReceiverStream::new(incoming),
             limits,
             "test".to_owned(),
-            |_, hold: oneshot::Receiver<()>| async move {
-                let _ = hold.await;
-            },
-            move |peer, _, overflow| {
-                let refused = refused_tx.clone();
-                Some(async move {
-                    let _ = refused.send((peer, overflow));
-                })
-            },
+            (
+                |_, hold: oneshot::Receiver<()>| async move {
+                    let _ = hold.await;
+                },
+                move |peer, _, overflow| {
+                    let refused = refused_tx.clone();
+                    Some(async move {
+                        let _ = refused.send((peer, overflow));
+                    })
+                },
+                |_| {},
+            ),
         ));
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
         let mut holds = Vec::new();
-        for peer in [a, a, b, c] {
+        for peer in [a, a, a, b, b, c, c] {
             let (hold, held) = oneshot::channel::<()>();
             streams.try_send((peer, held)).expect("room");
             holds.push(hold);
         }
-        for expected in [(a, Overflow::PerPeer(1)), (c, Overflow::Total(2))] {
+        // Per peer 2, shared slots 1: A's first and second are served (the second in the one
+        // shared slot), its third is past its own limit; B's second and C's second find the
+        // shared slot taken.
+        for expected in [
+            (a, Overflow::PerPeer(2)),
+            (b, Overflow::Total(1)),
+            (c, Overflow::Total(1)),
+        ] {
             let next = tokio::time::timeout(Duration::from_secs(5), refused.recv()).await;
             assert_eq!(next.expect("in time"), Some(expected));
         }

@@ -17,16 +17,25 @@ use futures::{AsyncRead, AsyncWrite};
 use libp2p::Stream;
 use tokio::time::Instant;
 
-/// When bytes last moved on a stream, in milliseconds since it was accepted.
+/// When bytes last moved on a stream, in milliseconds since it was accepted (or made): what
+/// accept loops close idle inbound streams by, and port forwarding idle tunnels.
 #[derive(Debug, Clone)]
-pub(crate) struct Activity(Arc<(Instant, AtomicU64)>);
+pub struct Activity(Arc<(Instant, AtomicU64)>);
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Activity {
-    pub(crate) fn new() -> Self {
+    /// Bytes moved now, as far as it knows.
+    pub fn new() -> Self {
         Self(Arc::new((Instant::now(), AtomicU64::new(0))))
     }
 
-    fn touch(&self) {
+    /// Bytes moved now.
+    pub fn touch(&self) {
         let (since, last) = &*self.0;
         let now = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
         // Never backwards, should two tasks read and write halves of the stream.
@@ -39,7 +48,7 @@ impl Activity {
     }
 
     /// Ends once no byte has moved for `idle` (never, for an idle time too long to count).
-    pub(crate) async fn idle_for(&self, idle: Duration) {
+    pub async fn idle_for(&self, idle: Duration) {
         loop {
             let Some(deadline) = self.last().checked_add(idle) else {
                 return std::future::pending().await;

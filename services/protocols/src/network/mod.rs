@@ -33,7 +33,7 @@ use tokio_util::task::AbortOnDropHandle;
 pub use accept::{Accepting, Limits, Overflow};
 pub use error::Error;
 pub use gossip::GossipMessage;
-pub use inbound::InboundStream;
+pub use inbound::{Activity, InboundStream};
 
 /// The name the network handle is provided under (see `p2pos_kernel::Uses::needs`).
 pub const NETWORK: &str = "p2pos.network";
@@ -315,7 +315,16 @@ pub struct Network {
     control: Control,
     local: PeerId,
     events: broadcast::Sender<NetEvent>,
+    /// Inbound streams refused past an accept loop's limits, by protocol and limit.
+    streams_refused: StreamsRefused,
 }
+
+/// Inbound streams refused past an accept loop's limits, labelled `protocol` and `limit`
+/// (`total` or `per_peer`): the network service registers it with its metrics.
+pub type StreamsRefused = prometheus_client::metrics::family::Family<
+    Vec<(String, String)>,
+    prometheus_client::metrics::counter::Counter,
+>;
 
 impl std::fmt::Debug for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -354,7 +363,13 @@ impl Network {
             control,
             local,
             events,
+            streams_refused: StreamsRefused::default(),
         }
+    }
+
+    /// The count of inbound streams refused past the accept loops' limits, for metrics.
+    pub fn streams_refused(&self) -> StreamsRefused {
+        self.streams_refused.clone()
     }
 
     /// This node's peer id.
@@ -486,8 +501,19 @@ impl Network {
             )
         };
         let what = protocol.to_string();
+        let counter = self.streams_refused.clone();
+        let count = move |overflow: Overflow| {
+            let labels = vec![
+                ("protocol".to_owned(), protocol.to_string()),
+                ("limit".to_owned(), overflow.label().to_owned()),
+            ];
+            counter.get_or_create(&labels).inc();
+        };
         let task = tokio::spawn(accept::accept_loop(
-            incoming, limits, what, watched, refused,
+            incoming,
+            limits,
+            what,
+            (watched, refused, count),
         ));
         Ok(Accepting {
             _accept_loop: AbortOnDropHandle::new(task),

@@ -38,6 +38,7 @@ pub async fn send(
             app_id: app.into(),
             peer: peer.to_owned(),
             payload: payload.into(),
+            idempotency_key: Default::default(),
         })
         .await
         .expect("send")

@@ -96,6 +96,7 @@ async fn peers_apps_and_sizes() {
             app_id: "chat".into(),
             peer: b_ticket.clone(),
             payload: too_big,
+            idempotency_key: Default::default(),
         })
         .await
         .expect_err("oversize");
@@ -109,6 +110,7 @@ async fn peers_apps_and_sizes() {
             app_id: "chat".into(),
             peer: b_ticket.clone(),
             payload: Bytes::from(vec![7u8; 5 * 1024 * 1024]),
+            idempotency_key: Default::default(),
         })
         .await
         .expect_err("far oversize");

@@ -120,6 +120,7 @@ async fn two_copies_of_the_chat_on_one_node_each_get_every_stored_line() {
                 app_id: "chat".into(),
                 peer: b_id.clone(),
                 payload: format!("stored line {i}").into(),
+                idempotency_key: Default::default(),
             })
             .await
             .expect("send");

@@ -134,6 +134,7 @@ async fn list_peers_and_get_info_answer_within_a_second_under_load() {
                     app_id: "load".into(),
                     peer: offline.clone(),
                     payload: Bytes::from(format!("message {n}")),
+                    idempotency_key: Default::default(),
                 };
                 if client.apps().send(request).await.is_ok() {
                     sent += 1;

@@ -188,6 +188,7 @@ async fn send(client: &Client, peer: &str) -> Result<(), Status> {
             app_id: "notes".into(),
             peer: peer.into(),
             payload: b"hi".to_vec().into(),
+            idempotency_key: Default::default(),
         })
         .await
         .map(|_| ())

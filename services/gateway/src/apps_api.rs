@@ -16,7 +16,7 @@ use p2pos_protocols::{
     apps::{Incoming, Request as AppsRequest},
     groups::{Request as GroupsRequest, Resolved},
     ids::{AppId, PeerArg, PeerRef},
-    wire::MAX_PAYLOAD,
+    wire::{MAX_IDEMPOTENCY_KEY, MAX_PAYLOAD},
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -246,6 +246,7 @@ impl Apps for AppsApi {
             app_id,
             peer,
             payload,
+            idempotency_key,
         } = req.into_inner();
         let app_id = app(&scope, &app_id, &self.ctx.registry).await?;
         if payload.len() > MAX_PAYLOAD {
@@ -254,12 +255,21 @@ impl Apps for AppsApi {
                 payload.len()
             )));
         }
+        if idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(Status::invalid_argument(format!(
+                "an idempotency key of {} bytes: it must be 1 to {MAX_IDEMPOTENCY_KEY} bytes (or \
+                 left empty for none)",
+                idempotency_key.len()
+            )));
+        }
+        let idempotency_key = (!idempotency_key.is_empty()).then_some(idempotency_key);
         let (peer, _group) = self.peer(&peer).await?;
         let sent = self
             .ask(|reply| AppsRequest::Send {
                 app_id,
                 peer,
                 payload,
+                idempotency_key,
                 reply,
             })
             .await?;

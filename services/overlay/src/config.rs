@@ -58,6 +58,16 @@ pub struct Config {
     /// reported (`MessageFailed`). Messages to a peer reached once wait for as long as it
     /// takes. Default: 7 days.
     pub unreached_message_ttl_secs: u64,
+    /// How long, in seconds, an idempotency key of `Send` is kept after the `Send` that gave
+    /// it: a retry with the key within this window answers the message stored the first time.
+    /// Default: 24 h.
+    pub send_key_ttl_secs: u64,
+    /// Most idempotency keys kept for one app and its helpers together; a `Send` with a new key
+    /// past it is refused (`RESOURCE_EXHAUSTED`), no kept key is dropped early. Default:
+    /// 100,000.
+    pub max_send_keys_per_app: u64,
+    /// Most idempotency keys kept in all. Default: 1,000,000.
+    pub max_send_keys: u64,
 }
 
 impl Default for Config {
@@ -77,6 +87,9 @@ impl Default for Config {
             unclaimed_ttl_secs: 7 * 24 * 3600,
             dedupe_ttl_secs: 30 * 24 * 3600,
             unreached_message_ttl_secs: 7 * 24 * 3600,
+            send_key_ttl_secs: 24 * 3600,
+            max_send_keys_per_app: 100_000,
+            max_send_keys: 1_000_000,
         }
     }
 }
@@ -108,6 +121,9 @@ impl Config {
                 "unreached_message_ttl_secs",
                 self.unreached_message_ttl_secs,
             ),
+            ("send_key_ttl_secs", self.send_key_ttl_secs),
+            ("max_send_keys_per_app", self.max_send_keys_per_app),
+            ("max_send_keys", self.max_send_keys),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be > 0"));
@@ -152,6 +168,11 @@ impl Config {
             unclaimed: quota(self.max_unclaimed_messages, self.max_unclaimed_bytes),
             unclaimed_ttl_ms: self.unclaimed_ttl_secs.saturating_mul(1000),
             dedupe_ttl_ms: self.dedupe_ttl_secs.saturating_mul(1000),
+            send_keys: crate::mailbox::KeyLimits {
+                ttl_ms: self.send_key_ttl_secs.saturating_mul(1000),
+                per_app: self.max_send_keys_per_app,
+                total: self.max_send_keys,
+            },
         }
     }
 }

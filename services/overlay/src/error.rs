@@ -125,6 +125,53 @@ pub enum Error {
         /// The payload's size.
         size: usize,
     },
+    /// An idempotency key of `Send` that is empty or too long.
+    #[error(
+        "an idempotency key of {len} bytes: it must be 1 to {max} bytes (or left empty for none)",
+        max = p2pos_protocols::wire::MAX_IDEMPOTENCY_KEY
+    )]
+    InvalidSendKey {
+        /// Its length.
+        len: usize,
+    },
+    /// An idempotency key of `Send` that already names another message.
+    #[error(
+        "app '{app_id}' already used this idempotency key for message {message_id}, with another \
+         {differs}: a retry must send the same message to the same peer; use a new key for a new \
+         message"
+    )]
+    SendKeyReused {
+        /// The app.
+        app_id: String,
+        /// The message the key names.
+        message_id: u64,
+        /// What differs: "peer", "payload" or both.
+        differs: &'static str,
+    },
+    /// The message an idempotency key names was dropped without reaching its peer.
+    #[error(
+        "the message this idempotency key names ({message_id}) was dropped: peer {peer} was \
+         never reached in time (a MessageFailed event said so); send it again with a new key"
+    )]
+    SendKeyDropped {
+        /// The message.
+        message_id: u64,
+        /// Its peer.
+        peer: PeerId,
+    },
+    /// As many idempotency keys are kept as allowed.
+    #[error(
+        "{whose} keep {limit} idempotency keys of the last {window} (the most allowed); send \
+         without a key, or once the oldest are forgotten"
+    )]
+    SendKeysFull {
+        /// Whose keys: the app's, or the node's.
+        whose: &'static str,
+        /// The bound.
+        limit: u64,
+        /// How long a key is kept.
+        window: String,
+    },
     /// This node has `Config::max_channels` channels open or waiting to be accepted.
     #[error("too many open channels (limit {limit}); close one and try again")]
     TooManyChannels {
@@ -345,6 +392,11 @@ impl From<Error> for ServiceError {
             Error::NoneCertified { .. } => ErrorCode::NotFound,
             Error::InvalidCertificate(_) => ErrorCode::InvalidArgument,
             Error::Provider { code, .. } => ErrorCode::Passed(*code),
+            Error::InvalidSendKey { .. } => ErrorCode::InvalidArgument,
+            Error::SendKeyReused { .. } | Error::SendKeyDropped { .. } => {
+                ErrorCode::FailedPrecondition
+            }
+            Error::SendKeysFull { .. } => ErrorCode::ResourceExhausted,
             Error::MissingKind
             | Error::InvalidTarget { .. }
             | Error::InvalidAppId(_)

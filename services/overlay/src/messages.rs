@@ -34,7 +34,7 @@ use tracing::{info, warn};
 use crate::{
     Error,
     delivery::{Delivery, Outcome},
-    mailbox::Mailbox,
+    mailbox::{Enqueued, Mailbox},
 };
 
 /// Messages buffered between the inbox and a `Receive` stream (they stay in the inbox until
@@ -117,11 +117,11 @@ impl Messages {
                 app_id,
                 peer,
                 payload,
+                idempotency_key,
                 reply,
-            } => self.serve(
-                reply,
-                async move { messages.send(app_id, peer, payload).await },
-            ),
+            } => self.serve(reply, async move {
+                messages.send(app_id, peer, payload, idempotency_key).await
+            }),
             Request::Receive { app_id, reply } => {
                 self.serve(reply, async move { messages.receive(app_id).await })
             }
@@ -167,7 +167,14 @@ impl Messages {
     }
 
     /// `Send`: durable in the outbox first, then delivered (waiting briefly for the outcome).
-    async fn send(&self, app_id: AppId, peer: PeerRef, payload: Bytes) -> Result<SendReply, Error> {
+    /// With an idempotency key that already names a message, that message's id and state.
+    async fn send(
+        &self,
+        app_id: AppId,
+        peer: PeerRef,
+        payload: Bytes,
+        idempotency_key: Option<Bytes>,
+    ) -> Result<SendReply, Error> {
         let PeerRef { peer, addrs } = peer;
         let size = payload.len();
         if size > MAX_PAYLOAD {
@@ -179,20 +186,48 @@ impl Messages {
         self.net.remember(peer, addrs);
         let app = app_id.into_string();
         let queued = app.clone();
-        let frame = self
+        let enqueued = self
             .mailbox
             .blocking(move |mailbox| {
                 mailbox.register_app(&queued)?;
-                mailbox.enqueue(&peer, &queued, payload)
+                mailbox.enqueue_once(&peer, &queued, payload, idempotency_key.as_deref())
             })
             .await?;
+        // For a key found too: the write of the `Send` that gave it may not be durable yet, if
+        // that `Send` is still being served.
         self.mailbox.flush().await?;
+        let (message_id, sequence) = match enqueued {
+            Enqueued::New(frame) => (frame.message_id, frame.sequence),
+            Enqueued::Again(record) => {
+                let (app, sequence) = (app.clone(), record.sequence);
+                let (waiting, reached) = self
+                    .mailbox
+                    .blocking(move |m| {
+                        Ok((m.is_waiting(&peer, &app, sequence)?, m.was_reached(&peer)?))
+                    })
+                    .await?;
+                if !waiting {
+                    // It left the outbox: the peer answered it, or it was dropped unreached.
+                    if !reached {
+                        return Err(Error::SendKeyDropped {
+                            message_id: record.message_id,
+                            peer,
+                        });
+                    }
+                    return Ok(SendReply {
+                        message_id: record.message_id,
+                        state: DeliveryState::Delivered.into(),
+                    });
+                }
+                (record.message_id, record.sequence)
+            }
+        };
         // Stored: from here the message is the outbox's, and goes out whatever happens to this
         // instance. Its caller is told so at once if the instance goes during the wait.
         let delivered = tokio::select! {
             biased;
             () = self.stopping.cancelled() => Outcome::Queued,
-            outcome = self.delivery.deliver(peer, app.clone(), frame.sequence, SEND_WAIT) => outcome,
+            outcome = self.delivery.deliver(peer, app.clone(), sequence, SEND_WAIT) => outcome,
         };
         let state = match delivered {
             Outcome::Delivered => DeliveryState::Delivered,
@@ -201,7 +236,7 @@ impl Messages {
             Outcome::TooLarge => return Err(Error::MessageTooLarge { size }),
         };
         Ok(SendReply {
-            message_id: frame.message_id,
+            message_id,
             state: state.into(),
         })
     }
@@ -266,10 +301,13 @@ impl Messages {
     async fn sweep(&self) {
         let now = now_ms();
         match self.mailbox.blocking(move |m| m.expire_old(now)).await {
-            Ok((0, 0)) => {}
-            Ok((unclaimed, marks)) => info!(
+            Ok((0, 0, 0)) => {}
+            Ok((unclaimed, marks, keys)) => info!(
                 unclaimed,
-                marks, "dropped messages for unregistered apps and dedupe marks past their time"
+                marks,
+                keys,
+                "dropped messages for unregistered apps, dedupe marks and idempotency keys past \
+                 their time"
             ),
             Err(e) => warn!("cannot expire old inbox state: {e}"),
         }

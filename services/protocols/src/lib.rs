@@ -824,6 +824,10 @@ pub mod apps {
             peer: PeerRef,
             /// At most [`crate::wire::MAX_PAYLOAD`] bytes.
             payload: Bytes,
+            /// The app's idempotency key for this message (1 to
+            /// [`crate::wire::MAX_IDEMPOTENCY_KEY`] bytes), if it gave one: a `Send` with a key
+            /// that already names a message answers that message.
+            idempotency_key: Option<Bytes>,
             /// The message's id and state, once it is durable here.
             reply: Reply<SendReply>,
         },

@@ -17,6 +17,8 @@ pub const CHANNEL_PROTOCOL: &str = "/p2pos/channel/1";
 pub const MESSAGE_PROTOCOL: &str = "/p2pos/msg/1";
 /// Largest application payload: one channel frame or one message.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
+/// Longest idempotency key an app may give a `Send`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 64;
 /// Largest handshake or acknowledgement frame.
 pub const MAX_CONTROL_FRAME: usize = 4 * 1024;
 /// Largest data frame on a channel stream.

@@ -151,6 +151,7 @@ pub(crate) async fn control_plane(
                     app_id: "load".into(),
                     peer: offline.clone(),
                     payload: Bytes::from(format!("message {n}")),
+                    idempotency_key: Default::default(),
                 };
                 let _ = client.apps().send(request).await;
                 n += 1;

@@ -117,6 +117,10 @@ pub(crate) enum Command {
         /// Send this file's contents instead (`-`: stdin); at most 1 MiB
         #[arg(long, value_name = "FILE", conflicts_with = "text")]
         file: Option<PathBuf>,
+        /// Name the message with this idempotency key (1 to 64 bytes): sending again with the
+        /// same key within 24 h answers the message sent the first time, never a second copy
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -746,6 +750,8 @@ mod tests {
         }
         let cli = Cli::parse_from(["p2pctl", "send", "peer", "chat", "-"]);
         assert!(matches!(cli.command, Command::Send { text, .. } if text == ["-"]));
+        let cli = Cli::parse_from(["p2pctl", "send", "peer", "chat", "hi", "--key", "order-7"]);
+        assert!(matches!(cli.command, Command::Send { key: Some(k), .. } if k == "order-7"));
         assert!(Cli::try_parse_from(["p2pctl", "send", "peer", "chat"]).is_err());
         assert!(
             Cli::try_parse_from(["p2pctl", "send", "peer", "chat", "hi", "--file", "m"]).is_err(),

@@ -249,6 +249,7 @@ pub(crate) async fn send(
         app_id: APP_ID.to_owned(),
         peer,
         payload: text.into(),
+        idempotency_key: Default::default(),
     };
     let outcome = match apps.send(request).await {
         Ok(_) => Ok(()),

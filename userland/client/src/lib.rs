@@ -22,6 +22,8 @@
 //!   by default, or over the call.
 //! - `data_socket`: a channel's frames over its data socket.
 //! - [`error`]: [`Error`] and [`describe_status`], readable one-line messages.
+//! - [`messages`]: messages sent exactly once with an idempotency key ([`KeyedMessage`],
+//!   [`Client::send_until_answered`]).
 //! - [`session`]: an app's session read as [`SessionUpdate`]s.
 //! - `token_file`: the node's admin token file, read again when the node rewrote it.
 
@@ -29,6 +31,7 @@ pub mod channel;
 pub mod client;
 mod data_socket;
 pub mod error;
+pub mod messages;
 pub mod session;
 pub mod target;
 mod token_file;
@@ -36,6 +39,7 @@ mod token_file;
 pub use channel::{Channel, ChannelReceiver, ChannelSender};
 pub use client::{Auth, AuthChannel, Client, MAX_MESSAGE_SIZE};
 pub use error::{Error, describe_status};
+pub use messages::{KeyedMessage, MAX_IDEMPOTENCY_KEY};
 pub use session::{SessionUpdate, next_update};
 pub use target::{
     DATA_DIR_ENV, GATEWAY_ENV, Gateway, SOCKET_FILE, TOKEN_ENV, TOKEN_FILE, Target, TargetOptions,

@@ -10,7 +10,8 @@
 //!   peer id bytes → last sequence given to that peer; `c` + app id → messages waiting; `r` +
 //!   peer id bytes → when the peer first answered; `e` → this store's sender epoch (random,
 //!   created once). Entries of the layout before per-app queues (`m` + peer id bytes + BE
-//!   sequence [+ app id]) are moved into their queues at open.
+//!   sequence [+ app id]) are moved into their queues at open. The idempotency keys of `Send`
+//!   (`I`, `T`, `K`, `N`: see `keys`) are written in the same batch as the entry they name.
 //! - `inbox`: `i` + app id + `0x00` + BE inbox id → `ReceivedMessage`; `a` + app id → the
 //!   app's acknowledgement mark; what is held (see `usage`): `c` + app id, `p` + sender peer
 //!   id bytes, `q` + sender peer id bytes + app id, `U` (apps not registered here, with their
@@ -26,6 +27,7 @@
 //! # Layout
 //! - this file: the [`Mailbox`] handle, apps, flushing and arrival signals.
 //! - `outbox`: messages to send, per peer and app, in sequence order.
+//! - `keys`: the idempotency keys of `Send`, kept for a window, bounded per app and in all.
 //! - `inbox`: messages received, their acknowledgement by the app.
 //! - `usage`: what the inbox holds per app, per sender and per (sender, app), and the quotas.
 //! - `dedupe`: the marks that tell a repeat from a new message, and how they are compacted.
@@ -51,6 +53,9 @@ use crate::Error;
 
 mod dedupe;
 mod inbox;
+#[cfg(test)]
+mod key_tests;
+mod keys;
 mod outbox;
 #[cfg(test)]
 mod quota_tests;
@@ -61,8 +66,8 @@ mod unclaimed;
 mod usage;
 
 pub(crate) use inbox::Incoming;
-pub(crate) use outbox::NextBatch;
-pub(crate) use usage::{Quotas, Usage};
+pub(crate) use outbox::{Enqueued, NextBatch};
+pub(crate) use usage::{KeyLimits, Quotas, Usage};
 
 /// Store tree of the apps known here.
 pub(crate) const APPS: &str = "apps";
@@ -150,12 +155,14 @@ impl Mailbox {
     }
 
     /// Drops what outlived its time at `now_ms`: messages held for app ids not registered
-    /// here, and dedupe marks unused too long; answers how many of each. Blocks.
-    pub(crate) fn expire_old(&self, now_ms: u64) -> Result<(u64, u64), Error> {
+    /// here, dedupe marks unused too long, and idempotency keys past their window; answers how
+    /// many of each. Blocks.
+    pub(crate) fn expire_old(&self, now_ms: u64) -> Result<(u64, u64, u64), Error> {
         let unclaimed =
             self.expire_unclaimed(now_ms.saturating_sub(self.quotas.unclaimed_ttl_ms))?;
         let marks = self.expire_marks(now_ms.saturating_sub(self.quotas.dedupe_ttl_ms))?;
-        Ok((unclaimed, marks))
+        let keys = self.expire_send_keys(now_ms.saturating_sub(self.quotas.send_keys.ttl_ms))?;
+        Ok((unclaimed, marks, keys))
     }
 
     /// Remembers that `app_id` exists on this node, durably, off the async threads.

@@ -11,7 +11,11 @@ use p2pos_proto::wire::v1::MessageFrame;
 use p2pos_protocols::names::root_app;
 use prost::Message;
 
-use super::{MAX_APPS, MAX_OUTBOX_PER_APP, Mailbox, OUTBOX, key, read_u64, u64_at};
+use super::{
+    MAX_APPS, MAX_OUTBOX_PER_APP, Mailbox, OUTBOX, key,
+    keys::{KeyRecord, MAX_KEY_LEN, digest},
+    read_u64, u64_at,
+};
 use crate::Error;
 
 /// Most peers with an outbox considered at start.
@@ -27,6 +31,15 @@ pub(crate) struct Outgoing {
     key: Vec<u8>,
     /// The message.
     pub(crate) frame: MessageFrame,
+}
+
+/// What `Send` put in the outbox.
+#[derive(Debug)]
+pub(crate) enum Enqueued {
+    /// A new message.
+    New(MessageFrame),
+    /// The message its idempotency key already named (stored by an earlier `Send`).
+    Again(KeyRecord),
 }
 
 /// What to send a peer next.
@@ -56,22 +69,57 @@ pub(super) fn load_or_create_epoch(store: &dyn Store) -> Result<u64, Error> {
 impl Mailbox {
     /// Puts a message for `peer` in the outbox with the next message id and sequence number.
     /// Not durable until [`Mailbox::flush`].
+    #[cfg(test)]
     pub(crate) fn enqueue(
         &self,
         peer: &PeerId,
         app_id: &str,
         payload: Bytes,
     ) -> Result<MessageFrame, Error> {
+        match self.enqueue_once(peer, app_id, payload, None)? {
+            Enqueued::New(frame) => Ok(frame),
+            Enqueued::Again(record) => unreachable!("no key given, yet {record:?}"),
+        }
+    }
+
+    /// Puts a message for `peer` in the outbox with the next message id and sequence number,
+    /// unless `send_key` (an idempotency key of `app_id`'s) already names one: then answers
+    /// that message, if it is the same (same peer and payload; otherwise
+    /// [`Error::SendKeyReused`]). A new key is kept in the same batch as the message. Not
+    /// durable until [`Mailbox::flush`].
+    pub(crate) fn enqueue_once(
+        &self,
+        peer: &PeerId,
+        app_id: &str,
+        payload: Bytes,
+        send_key: Option<&[u8]>,
+    ) -> Result<Enqueued, Error> {
+        if let Some(k) = send_key
+            && (k.is_empty() || k.len() > MAX_KEY_LEN)
+        {
+            return Err(Error::InvalidSendKey { len: k.len() });
+        }
+        let digest = send_key.map(|_| digest(&payload));
         let _guard = self.lock();
+        if let (Some(k), Some(digest)) = (send_key, &digest)
+            && let Some(record) = self.send_key(app_id, k)?
+        {
+            record.check_same(app_id, peer, digest)?;
+            return Ok(Enqueued::Again(record));
+        }
         let peer_bytes = peer.to_bytes();
         let seq_key = key(b"s", &peer_bytes);
         let sequence = read_u64(self.store.get(OUTBOX, &seq_key)?) + 1;
         let count_key = key(b"c", root_app(app_id).as_bytes());
-        if read_u64(self.store.get(OUTBOX, &count_key)?) >= MAX_OUTBOX_PER_APP {
+        let waiting = read_u64(self.store.get(OUTBOX, &count_key)?);
+        if waiting >= MAX_OUTBOX_PER_APP {
             return Err(Error::Busy {
                 what: "messages waiting in this app's outbox",
                 limit: MAX_OUTBOX_PER_APP as usize,
             });
+        }
+        if send_key.is_some() {
+            self.check_key_room(app_id)?;
         }
         let frame = MessageFrame {
             sequence,
@@ -84,20 +132,29 @@ impl Mailbox {
         };
         let queue_count = queue_count_key(&peer_bytes, app_id);
         let queued = read_u64(self.store.get(OUTBOX, &queue_count)?) + 1;
-        self.apply_counted(
-            OUTBOX,
-            count_key,
-            |n| n + 1,
-            vec![
-                BatchOp::Insert(
-                    queue_key(&peer_bytes, app_id, sequence),
-                    frame.encode_to_vec(),
-                ),
-                BatchOp::Insert(queue_count, queued.to_be_bytes().to_vec()),
-                BatchOp::Insert(seq_key, sequence.to_be_bytes().to_vec()),
-            ],
-        )?;
-        Ok(frame)
+        let ops = vec![
+            BatchOp::Insert(
+                queue_key(&peer_bytes, app_id, sequence),
+                frame.encode_to_vec(),
+            ),
+            BatchOp::Insert(queue_count, queued.to_be_bytes().to_vec()),
+            BatchOp::Insert(seq_key, sequence.to_be_bytes().to_vec()),
+            BatchOp::Insert(count_key, (waiting + 1).to_be_bytes().to_vec()),
+        ];
+        match (send_key, digest) {
+            (Some(k), Some(digest)) => {
+                let record = KeyRecord {
+                    message_id: frame.message_id,
+                    sequence,
+                    created_ms: frame.sent_at_ms,
+                    digest,
+                    peer: *peer,
+                };
+                self.commit_with_key(app_id, k, &record, ops)?;
+            }
+            _ => self.store.batch(OUTBOX, ops)?,
+        }
+        Ok(Enqueued::New(frame))
     }
 
     /// Peers that have messages waiting.

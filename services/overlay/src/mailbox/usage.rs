@@ -88,6 +88,19 @@ pub(crate) struct Quotas {
     pub(crate) unclaimed_ttl_ms: u64,
     /// How long a dedupe mark is kept after its last use.
     pub(crate) dedupe_ttl_ms: u64,
+    /// The idempotency keys of `Send`.
+    pub(crate) send_keys: KeyLimits,
+}
+
+/// How many idempotency keys of `Send` are kept, and for how long (see [`crate::Config`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyLimits {
+    /// How long a key is kept after its `Send`, in ms.
+    pub(crate) ttl_ms: u64,
+    /// Most keys of one app and its helpers together.
+    pub(crate) per_app: u64,
+    /// Most keys in all.
+    pub(crate) total: u64,
 }
 
 impl Default for Quotas {

@@ -214,6 +214,7 @@ impl Node {
             app_id,
             peer,
             payload,
+            idempotency_key: None,
             reply,
         })
         .await

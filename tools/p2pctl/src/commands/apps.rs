@@ -37,13 +37,13 @@ pub(crate) async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends one message; prints `delivered (message id N)` or `queued (message id N)`, with
-/// `--json` `{message_id, state}`.
+/// Sends one message (named by idempotency `key`, if given); prints `delivered (message id N)`
+/// or `queued (message id N)`, with `--json` `{message_id, state}`.
 pub(crate) async fn send(
     client: &Client,
-    peer: &str,
-    app: &str,
+    (peer, app): (&str, &str),
     payload: Vec<u8>,
+    key: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
     let SendReply { message_id, state } = client
@@ -52,6 +52,7 @@ pub(crate) async fn send(
             app_id: app.to_owned(),
             peer: peer.to_owned(),
             payload: payload.into(),
+            idempotency_key: key.unwrap_or_default().into(),
         })
         .await
         .or_fail("cannot send the message")?;

@@ -50,11 +50,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             app,
             text,
             file,
+            key,
             json,
         } => {
             let text = (!text.is_empty()).then(|| text.join(" "));
             let payload = payload::Source::from_args(text, file).read()?;
-            apps::send(&client, &peer, &app, payload, json.json).await
+            apps::send(&client, (&peer, &app), payload, key, json.json).await
         }
     }
 }

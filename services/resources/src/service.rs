@@ -39,6 +39,13 @@ const INBOUND_PER_PEER: usize = 4;
 pub const NAME: &str = "resources";
 
 /// The child spec the daemon hands to the kernel.
+/// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
+pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::store::Contents {
+    tree: policy::TREE,
+    prefix: None,
+    what: "the resource sharing policy",
+}];
+
 pub fn child_spec(config: Config) -> ChildSpec {
     ChildSpec {
         name: NAME,

@@ -37,6 +37,13 @@ pub const MAX_LOG_READERS: usize = 256;
 
 /// The child spec the daemon hands to the kernel: a permanent service named `tasks` that
 /// answers `p2pos.tasks.v1`.
+/// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
+pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::store::Contents {
+    tree: persist::HELPERS_TREE,
+    prefix: None,
+    what: "helper specs",
+}];
+
 pub fn child_spec(config: Config) -> ChildSpec {
     let config = Arc::new(config);
     ChildSpec {

@@ -74,18 +74,29 @@ fn report(store: &Path, data_dir: &Path, repair: &Repair) -> String {
         Some((false, _)) => "at last start",
         None => "before",
     };
+    let before = repair.before.as_ref().map(|(_, census)| census);
+    // Kinds of which neither store holds any are left out.
+    let rows: Vec<_> = rows(&repair.recovered, before)
+        .into_iter()
+        .filter(|(_, recovered, was)| *recovered > 0 || was.is_none_or(|n| n > 0))
+        .collect();
+    let width = rows
+        .iter()
+        .map(|(what, ..)| what.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
     let _ = writeln!(
         out,
-        "{:<58} {:>10} {:>14} {:>8}",
+        "{:<width$}  {:>9}  {:>13}  {:>6}",
         "what", "recovered", before_label, "lost"
     );
-    let before = repair.before.as_ref().map(|(_, census)| census);
-    for (what, recovered, was) in rows(&repair.recovered, before) {
+    for (what, recovered, was) in rows {
         let (was, lost) = match was {
             Some(n) => (n.to_string(), n.saturating_sub(recovered).to_string()),
             None => ("?".to_owned(), "?".to_owned()),
         };
-        let _ = writeln!(out, "{what:<58} {recovered:>10} {was:>14} {lost:>8}");
+        let _ = writeln!(out, "{what:<width$}  {recovered:>9}  {was:>13}  {lost:>6}");
     }
     if matches!(repair.before, Some((false, _))) {
         let _ = writeln!(
@@ -105,7 +116,7 @@ fn report(store: &Path, data_dir: &Path, repair: &Repair) -> String {
     let _ = writeln!(
         out,
         "\nStart the node again as usual. Lost queued messages must be sent again by their \
-         apps; lost app tokens are created again with `p2pctl token create`."
+         apps; lost app tokens are created again with `p2pctl tokens create APP`."
     );
     out
 }

@@ -132,3 +132,29 @@ fn a_truncated_store_is_refused_left_as_found_and_repaired() {
     let again = repair(&store_dir).expect("repair of a whole store");
     assert!(again.moved_to.is_none(), "a whole store is left alone");
 }
+
+#[test]
+fn a_zeroed_page_is_damage_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join(DIR);
+    filled(&store_dir);
+    let db = store_dir.join("db");
+    let mut bytes = std::fs::read(&db).expect("db");
+    let len = bytes.len();
+    bytes[len / 2..(len / 2 + 4096).min(len)].fill(0);
+    std::fs::write(&db, &bytes).expect("write db");
+    let damaged = files(&store_dir);
+    match reopen(&store_dir) {
+        Err(StoreError::Damaged { what, .. }) => assert!(!what.is_empty()),
+        Err(other) => panic!("not taken for damage: {other}"),
+        Ok(_) => panic!("a zeroed page went unnoticed"),
+    }
+    assert_eq!(
+        files(&store_dir),
+        damaged,
+        "a refused store is left as found"
+    );
+    let done = repair(&store_dir).expect("repair");
+    assert!(done.moved_to.is_some());
+    assert!(reopen(&store_dir).is_ok(), "the repaired store opens");
+}

@@ -50,8 +50,6 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 /// How long `Expose` waits for port forwarding's session with the registry.
 const SESSION_WAIT: Duration = Duration::from_secs(5);
 
-/// The child spec the daemon hands to the kernel: a permanent service named `forward` that
-/// answers port forwarding's requests and provides its exposures as an app would.
 /// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
 pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::store::Contents {
     tree: EXPOSURES_TREE,
@@ -59,6 +57,8 @@ pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::sto
     what: "port forwarding exposures",
 }];
 
+/// The child spec the daemon hands to the kernel: a permanent service named `forward` that
+/// answers port forwarding's requests and provides its exposures as an app would.
 pub fn child_spec() -> ChildSpec {
     ChildSpec {
         name: NAME,

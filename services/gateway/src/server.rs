@@ -49,7 +49,6 @@ pub const MAX_GRPC_MESSAGE: usize = 2 * 1024 * 1024;
 /// How long in-flight calls get to finish when the gateway stops.
 const GRACE: Duration = Duration::from_secs(2);
 
-/// The child spec the daemon hands to the kernel.
 /// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
 pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::store::Contents {
     tree: TOKENS_TREE,
@@ -57,6 +56,7 @@ pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::sto
     what: "app tokens",
 }];
 
+/// The child spec the daemon hands to the kernel.
 pub fn child_spec(config: Config) -> ChildSpec {
     ChildSpec {
         name: NAME,

@@ -36,7 +36,6 @@ const PUBSUB_PER_PEER: usize = 16;
 /// The service's name.
 pub const NAME: &str = "groups";
 
-/// The child spec the daemon hands to the kernel.
 /// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
 pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[
     p2pos_kernel::store::Contents {
@@ -61,6 +60,7 @@ pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[
     },
 ];
 
+/// The child spec the daemon hands to the kernel.
 pub fn child_spec(config: Config) -> ChildSpec {
     ChildSpec {
         name: NAME,

@@ -41,8 +41,6 @@ const NET_EVENT_BUFFER: usize = 256;
 /// The store trees the network keeps: known peers, and what it remembers of itself.
 const STORE_TREES: &[&str] = &[peers::PEERS_TREE, peers::OVERLAY_TREE];
 
-/// The child spec the daemon hands to the kernel: a permanent service named `network` that
-/// provides the network handle and answers `p2pos.overlay.v1`.
 /// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
 pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[
     p2pos_kernel::store::Contents {
@@ -57,6 +55,8 @@ pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[
     },
 ];
 
+/// The child spec the daemon hands to the kernel: a permanent service named `network` that
+/// provides the network handle and answers `p2pos.overlay.v1`.
 pub fn child_spec(config: Config) -> ChildSpec {
     let config = Arc::new(config);
     ChildSpec {

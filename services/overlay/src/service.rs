@@ -65,12 +65,12 @@ pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[
     p2pos_kernel::store::Contents {
         tree: crate::mailbox::INBOX,
         prefix: Some(b'i'),
-        what: "received messages not yet acknowledged by their app",
+        what: "received messages not yet acked by their app",
     },
     p2pos_kernel::store::Contents {
         tree: crate::mailbox::INBOX,
         prefix: None,
-        what: "inbox bookkeeping (acknowledgements, repeat marks, quotas)",
+        what: "inbox bookkeeping (acks, repeat marks, quotas)",
     },
 ];
 

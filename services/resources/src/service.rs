@@ -38,7 +38,6 @@ const INBOUND_PER_PEER: usize = 4;
 /// The service's name.
 pub const NAME: &str = "resources";
 
-/// The child spec the daemon hands to the kernel.
 /// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
 pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::store::Contents {
     tree: policy::TREE,
@@ -46,6 +45,7 @@ pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::sto
     what: "the resource sharing policy",
 }];
 
+/// The child spec the daemon hands to the kernel.
 pub fn child_spec(config: Config) -> ChildSpec {
     ChildSpec {
         name: NAME,

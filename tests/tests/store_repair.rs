@@ -104,6 +104,11 @@ async fn a_damaged_store_is_refused_then_repaired_keeping_the_identity() {
         send(&admin, "chat", &nowhere, "hello").await,
         DeliveryState::Queued
     );
+    // No repair under a running node.
+    let busy = repair(&node.data_dir);
+    assert_eq!(busy.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&busy.stderr);
+    assert!(said.contains("stop it before repairing"), "{said}");
     assert!(node.stop().await.success());
 
     // The disk loses the second half of the store's log.

@@ -51,13 +51,22 @@ impl SledStore {
             what,
         };
         let manifest = Manifest::read(dir).map_err(damaged)?;
-        if let Some(manifest) = manifest.as_ref().filter(|m| m.clean) {
-            check_clean_copy(dir, manifest)?;
-        }
+        // After a clean stop the store holds what its manifest says (checked here); after
+        // anything else sled recovers it, then every entry is read once.
+        let known = match manifest.filter(|m| m.clean) {
+            Some(manifest) => {
+                check_clean_copy(dir, &manifest)?;
+                Some(manifest.census)
+            }
+            None => None,
+        };
         let db = open_db(dir)?;
-        let census = quietly(|| Census::take(&db))
-            .and_then(|r| r)
-            .map_err(damaged)?;
+        let census = match known {
+            Some(census) => census,
+            None => quietly(|| Census::take(&db))
+                .and_then(|r| r)
+                .map_err(damaged)?,
+        };
         Manifest {
             clean: false,
             files: Default::default(),
@@ -108,7 +117,7 @@ impl SledStore {
 }
 
 /// Opens sled in `dir`, a panic inside it being an error. Every failure but a lock held by
-/// another process or an I/O error is damage.
+/// another process or an I/O error (other than a short or garbled file) is damage.
 pub(super) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     let opened = quietly(|| {
         sled::Config::new()
@@ -127,6 +136,18 @@ pub(super) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
                 message:
                     "it is locked by another process (is another p2posd using this data directory?)"
                         .to_owned(),
+            })
+        }
+        // A file shorter than sled expects, or bytes it cannot make sense of.
+        Ok(Err(sled::Error::Io(io)))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            Err(StoreError::Damaged {
+                path,
+                what: io.to_string(),
             })
         }
         Ok(Err(sled::Error::Io(io))) => Err(StoreError::Open {

@@ -5,8 +5,10 @@
 //! # Layout
 //! - this file: flags, tracing, the runtime, the services in start order, signals.
 //! - `config`: `p2posd.toml`, the kernel's settings and one table per service.
+//! - `repair`: `p2posd --repair`, the report of a damaged store's salvage.
 
 mod config;
+mod repair;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -67,6 +69,11 @@ struct Cli {
     /// Fault point SERVICE=panic-on-start (for testing crash loops; repeatable).
     #[arg(long, hide = true)]
     failpoint: Vec<String>,
+    /// Repair a damaged store, then exit (the node must be stopped): the store is moved aside
+    /// as it is (`store.damaged-<time>`, never deleted), whatever can still be read is copied
+    /// into a new one, and a report says what was recovered and lost. The identity is kept.
+    #[arg(long)]
+    repair: bool,
     /// Log filter, in `RUST_LOG` syntax.
     #[arg(
         long,
@@ -155,6 +162,7 @@ fn main() -> ExitCode {
     p2pos_tasks::shim::run_if_requested();
     let cli = Cli::parse();
     init_tracing(&cli.log);
+    let repair = cli.repair;
     let config = match cli.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -162,6 +170,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if repair {
+        return repair::run(&config.data_dir);
+    }
+    let data_dir = config.data_dir.clone();
     let runner = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -204,6 +216,15 @@ fn main() -> ExitCode {
         Ok::<_, p2pos_kernel::BootError>(())
     });
     if let Err(e) = booted {
+        if let p2pos_kernel::BootError::Store(p2pos_kernel::store::StoreError::Damaged { .. }) = e {
+            eprintln!(
+                "p2posd: error: {e}. Nothing was changed; the node does not start on a damaged \
+                 store. Run `p2posd --repair --data-dir {}` to move it aside, keep what can \
+                 still be read and see what was lost (the identity is kept).",
+                data_dir.display()
+            );
+            return ExitCode::from(1);
+        }
         eprintln!("p2posd: error: {e}");
         // Another node on this data directory is a usage error, like a bad flag.
         let in_use = matches!(

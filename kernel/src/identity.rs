@@ -66,6 +66,24 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
     }
 }
 
+/// Loads the key from `data_dir` if there is one; never creates one.
+pub fn load(data_dir: &Path) -> Result<Option<Keypair>, IdentityError> {
+    let path = data_dir.join(KEY_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map(Some)
+            .map_err(|e| IdentityError::Corrupt {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IdentityError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
 /// Writes `bytes` to `path` with mode 0600: temporary file, fsync, rename, fsync directory.
 pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");

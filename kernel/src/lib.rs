@@ -7,8 +7,9 @@
 //! - [`config`]: the kernel's part of the node's configuration and its validation.
 //! - [`lock`]: one node per data directory (`p2posd.lock`, an `flock` holding the pid).
 //! - [`identity`]: the node's ed25519 key in its own 0600 file, written atomically.
-//! - [`store`]: the [`Store`](store::Store) trait, its sled implementation, a service's view
-//!   limited to its own trees, and a writer thread for best-effort writes.
+//! - [`store`]: the [`Store`](store::Store) trait, its sled implementation (opened only when
+//!   whole; `p2posd --repair` salvages a damaged one), a service's view limited to its own
+//!   trees, and a writer thread for best-effort writes.
 //! - [`registry`]: the routes of protocols (each request with its own typed reply) and the
 //!   handles services provide each other, as each service is allowed to see them.
 //! - [`events`]: the node-wide event bus the monitor streams to clients.

@@ -168,7 +168,7 @@ impl Kernel {
         prepare_data_dir(&config.data_dir)?;
         let lock = crate::lock::DataDirLock::acquire(&config.data_dir)?;
         let keypair = identity::load_or_create(&config.data_dir)?;
-        let store = SledStore::open(&config.data_dir.join("store"))?;
+        let store = SledStore::open(&config.data_dir.join(crate::store::DIR))?;
         let admin_token = write_admin_token(&config.data_dir)?;
         let (states_tx, states_rx) = watch::channel(Vec::new());
         let config = Arc::new(config);
@@ -476,10 +476,12 @@ impl Handler<Shutdown> for Kernel {
                     ),
                 }
             }
-            match tokio::task::spawn_blocking(move || store.flush()).await {
+            // Flushes and records what the store holds, by which the next start tells a clean
+            // stop from damage.
+            match tokio::task::spawn_blocking(move || store.close()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => error!("flushing the store at shutdown: {e}"),
-                Err(e) => error!("flushing the store at shutdown: {e}"),
+                Ok(Err(e)) => error!("closing the store at shutdown: {e}"),
+                Err(e) => error!("closing the store at shutdown: {e}"),
             }
         };
         ctx.wait(fut.into_actor(self).map(|_, act, _| {

@@ -18,4 +18,4 @@ mod forwarding;
 pub mod service;
 
 pub use error::Error;
-pub use service::{FORWARD_APP, NAME, child_spec};
+pub use service::{FORWARD_APP, NAME, STORE_CONTENTS, child_spec};

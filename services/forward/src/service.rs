@@ -50,6 +50,13 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 /// How long `Expose` waits for port forwarding's session with the registry.
 const SESSION_WAIT: Duration = Duration::from_secs(5);
 
+/// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
+pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::store::Contents {
+    tree: EXPOSURES_TREE,
+    prefix: None,
+    what: "port forwarding exposures",
+}];
+
 /// The child spec the daemon hands to the kernel: a permanent service named `forward` that
 /// answers port forwarding's requests and provides its exposures as an app would.
 pub fn child_spec() -> ChildSpec {

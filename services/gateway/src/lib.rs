@@ -34,7 +34,7 @@ pub mod tasks_api;
 pub mod tokens;
 
 pub use config::Config;
-pub use server::child_spec;
+pub use server::{STORE_CONTENTS, child_spec};
 
 use std::pin::Pin;
 

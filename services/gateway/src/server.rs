@@ -49,6 +49,13 @@ pub const MAX_GRPC_MESSAGE: usize = 2 * 1024 * 1024;
 /// How long in-flight calls get to finish when the gateway stops.
 const GRACE: Duration = Duration::from_secs(2);
 
+/// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
+pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::store::Contents {
+    tree: TOKENS_TREE,
+    prefix: None,
+    what: "app tokens",
+}];
+
 /// The child spec the daemon hands to the kernel.
 pub fn child_spec(config: Config) -> ChildSpec {
     ChildSpec {

@@ -30,4 +30,4 @@ pub mod service;
 pub mod sync;
 
 pub use config::Config;
-pub use service::child_spec;
+pub use service::{STORE_CONTENTS, child_spec};

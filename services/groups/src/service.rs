@@ -36,6 +36,30 @@ const PUBSUB_PER_PEER: usize = 16;
 /// The service's name.
 pub const NAME: &str = "groups";
 
+/// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
+pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[
+    p2pos_kernel::store::Contents {
+        tree: TREE,
+        prefix: Some(b'o'),
+        what: "group logs (members and their changes)",
+    },
+    p2pos_kernel::store::Contents {
+        tree: TREE,
+        prefix: Some(b'u'),
+        what: "uses of invites this node signed",
+    },
+    p2pos_kernel::store::Contents {
+        tree: TREE,
+        prefix: None,
+        what: "other group records",
+    },
+    p2pos_kernel::store::Contents {
+        tree: stored::TREE,
+        prefix: None,
+        what: "group posts held",
+    },
+];
+
 /// The child spec the daemon hands to the kernel.
 pub fn child_spec(config: Config) -> ChildSpec {
     ChildSpec {

@@ -51,7 +51,7 @@ pub mod service;
 mod waiting;
 
 pub use config::Config;
-pub use service::{NAME, child_spec};
+pub use service::{NAME, STORE_CONTENTS, child_spec};
 
 /// The peers `store` remembers, with their addresses: what the node redials at its next start
 /// (only addresses it connected to, or that its user gave). For diagnosis and tests; the node

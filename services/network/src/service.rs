@@ -41,6 +41,20 @@ const NET_EVENT_BUFFER: usize = 256;
 /// The store trees the network keeps: known peers, and what it remembers of itself.
 const STORE_TREES: &[&str] = &[peers::PEERS_TREE, peers::OVERLAY_TREE];
 
+/// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
+pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[
+    p2pos_kernel::store::Contents {
+        tree: peers::PEERS_TREE,
+        prefix: None,
+        what: "known peers and their addresses",
+    },
+    p2pos_kernel::store::Contents {
+        tree: peers::OVERLAY_TREE,
+        prefix: None,
+        what: "remembered listen ports",
+    },
+];
+
 /// The child spec the daemon hands to the kernel: a permanent service named `network` that
 /// provides the network handle and answers `p2pos.overlay.v1`.
 pub fn child_spec(config: Config) -> ChildSpec {

@@ -57,5 +57,5 @@ mod task;
 
 pub use config::Config;
 pub use error::Error;
-pub use service::{NAME, child_spec};
+pub use service::{NAME, STORE_CONTENTS, child_spec};
 pub use state::OverlayService;

@@ -45,6 +45,35 @@ const STORE_TREES: &[&str] = &[
     crate::mailbox::OUTBOX,
     crate::mailbox::INBOX,
 ];
+/// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
+pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[
+    p2pos_kernel::store::Contents {
+        tree: crate::mailbox::APPS,
+        prefix: None,
+        what: "registered apps",
+    },
+    p2pos_kernel::store::Contents {
+        tree: crate::mailbox::OUTBOX,
+        prefix: Some(b'q'),
+        what: "queued outgoing messages",
+    },
+    p2pos_kernel::store::Contents {
+        tree: crate::mailbox::OUTBOX,
+        prefix: None,
+        what: "outbox bookkeeping (counts, sequence numbers)",
+    },
+    p2pos_kernel::store::Contents {
+        tree: crate::mailbox::INBOX,
+        prefix: Some(b'i'),
+        what: "received messages not yet acked by their app",
+    },
+    p2pos_kernel::store::Contents {
+        tree: crate::mailbox::INBOX,
+        prefix: None,
+        what: "inbox bookkeeping (acks, repeat marks, quotas)",
+    },
+];
+
 /// Inbound channel handshakes: at most so many at once, in all and from one peer; the hello
 /// is a control frame, and must come within the hello time.
 const CHANNEL_HANDSHAKES: Limits = Limits {

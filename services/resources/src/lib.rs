@@ -22,4 +22,4 @@ pub mod sample;
 pub mod service;
 
 pub use config::Config;
-pub use service::child_spec;
+pub use service::{STORE_CONTENTS, child_spec};

@@ -38,6 +38,13 @@ const INBOUND_PER_PEER: usize = 4;
 /// The service's name.
 pub const NAME: &str = "resources";
 
+/// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
+pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::store::Contents {
+    tree: policy::TREE,
+    prefix: None,
+    what: "the resource sharing policy",
+}];
+
 /// The child spec the daemon hands to the kernel.
 pub fn child_spec(config: Config) -> ChildSpec {
     ChildSpec {

@@ -69,7 +69,7 @@ pub use process::{
 pub use restart::{FIRST_BACKOFF, MAX_BACKOFF};
 pub use service::{
     MAX_LOG_READERS, MAX_RUNNING, MAX_RUNNING_PER_APP, MAX_SPECS, MAX_SPECS_PER_APP, NAME,
-    child_spec,
+    STORE_CONTENTS, child_spec,
 };
 pub use spec::{
     APP_ENV_PREFIX, DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_SECS, DEFAULT_STOP_TIMEOUT_MS,

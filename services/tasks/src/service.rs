@@ -35,6 +35,13 @@ pub const MAX_RUNNING_PER_APP: usize = 32;
 /// Most `Logs` calls served at once.
 pub const MAX_LOG_READERS: usize = 256;
 
+/// What the service keeps in the store, in the words of a repair report (`p2posd --repair`).
+pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::store::Contents {
+    tree: persist::HELPERS_TREE,
+    prefix: None,
+    what: "helper specs",
+}];
+
 /// The child spec the daemon hands to the kernel: a permanent service named `tasks` that
 /// answers `p2pos.tasks.v1`.
 pub fn child_spec(config: Config) -> ChildSpec {

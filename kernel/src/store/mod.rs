@@ -3,11 +3,28 @@
 //!
 //! Writes are durable only after [`Store::flush`]; a service flushes before it acknowledges
 //! anything to a client. `flush` blocks: call it from `tokio::task::spawn_blocking`.
+//!
+//! # Layout
+//! - this file: the trait, its errors, a service's view limited to its trees ([`ScopedStore`])
+//!   and the [`Writer`] thread for best-effort writes.
+//! - `sled_store`: [`SledStore`], which opens a store only if it is whole and seals it at a clean stop.
+//! - `census`: what a store holds, counted and digested, and the manifest file that records it
+//!   (with the files' digests) at each stop, by which damage is told from a clean store.
+//! - `salvage`: `p2posd --repair`: the damaged store moved aside, whatever reads copied into a
+//!   new one.
 
-use std::{path::Path, sync::Arc};
+use std::sync::Arc;
 
-/// sled's page cache: the node's data is small (peers, apps, queued messages).
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+mod census;
+mod salvage;
+mod sled_store;
+
+pub use census::{Census, TreeCensus};
+pub use salvage::{Contents, Repair, repair};
+pub use sled_store::SledStore;
+
+/// The store's directory inside the data directory.
+pub const DIR: &str = "store";
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +37,15 @@ pub enum StoreError {
         /// Why.
         message: String,
     },
+    /// The store's files are damaged: the node does not start on it (`p2posd --repair` moves
+    /// it aside and salvages what reads). Nothing was changed.
+    #[error("the store at {path} is damaged: {what}")]
+    Damaged {
+        /// The store's directory.
+        path: String,
+        /// What is wrong, in a line.
+        what: String,
+    },
     /// A read or write failed.
     #[error("store error: {0}")]
     Io(String),
@@ -31,12 +57,6 @@ pub enum StoreError {
         /// The tree.
         tree: String,
     },
-}
-
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Io(e.to_string())
-    }
 }
 
 impl From<StoreError> for crate::ServiceError {
@@ -73,81 +93,11 @@ pub trait Store: Send + Sync + 'static {
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every write so far durable. Blocks.
     fn flush(&self) -> Result<(), StoreError>;
-}
-
-/// [`Store`] on a sled database in a directory.
-#[derive(Clone)]
-pub struct SledStore {
-    db: sled::Db,
-}
-
-impl SledStore {
-    /// Opens (or creates) the store in `dir`. Fails if another process holds it.
-    pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| StoreError::Open {
-                path: dir.display().to_string(),
-                message: match &e {
-                    sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                        "it is locked by another process (is another p2posd using this data directory?)".to_owned()
-                    }
-                    other => other.to_string(),
-                },
-            })?;
-        Ok(Arc::new(Self { db }))
-    }
-
-    fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree(name)?)
-    }
-}
-
-impl Store for SledStore {
-    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree(tree)?.get(key)?.map(|v| v.to_vec()))
-    }
-
-    fn insert(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tree(tree)?.insert(key, value)?;
-        Ok(())
-    }
-
-    fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
-        self.tree(tree)?.remove(key)?;
-        Ok(())
-    }
-
-    fn scan_prefix(&self, tree: &str, prefix: &[u8], limit: usize) -> Result<Pairs, StoreError> {
-        self.tree(tree)?
-            .scan_prefix(prefix)
-            .take(limit)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
-            .collect()
-    }
-
-    fn batch(&self, tree: &str, ops: Vec<BatchOp>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for op in ops {
-            match op {
-                BatchOp::Insert(k, v) => batch.insert(k, v),
-                BatchOp::Remove(k) => batch.remove(k),
-            }
-        }
-        self.tree(tree)?.apply_batch(batch)?;
-        Ok(())
-    }
-
-    fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+    /// The node stops: makes every write durable and, where the store can, records what it
+    /// holds so that the next start can tell damage from a clean stop; writes after it fail.
+    /// A service's view only flushes. Blocks.
+    fn close(&self) -> Result<(), StoreError> {
+        self.flush()
     }
 }
 
@@ -356,3 +306,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod damage_tests;

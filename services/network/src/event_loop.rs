@@ -212,8 +212,9 @@ impl EventLoop {
 
     async fn listen(&mut self, configured: Vec<Multiaddr>) {
         let remembered = peers::load_listen_addrs(self.store.as_ref());
-        for addr in configured {
-            if let Some(again) = peers::with_remembered_port(&addr, &remembered)
+        let first = peers::remembered_ports(&configured, &remembered);
+        for (addr, again) in configured.into_iter().zip(first) {
+            if let Some(again) = again
                 && peers::port_is_free(&again, PORT_PATIENCE).await
                 && self.swarm.listen_on(again.clone()).is_ok()
             {

@@ -291,12 +291,36 @@ fn shape(addr: &Multiaddr) -> Option<(IpAddr, &'static str, u16)> {
     }
 }
 
+/// For each configured listen address, the address to try first: a port-0 address gets the port
+/// remembered for it, so peers that know this node's address find it again after a restart. A
+/// remembered port is given out once, and never when the configuration names that port itself
+/// (`--listen tcp/0 --listen tcp/4001` must not put both on 4001 and lose the first).
+pub(crate) fn remembered_ports(
+    configured: &[Multiaddr],
+    remembered: &[Multiaddr],
+) -> Vec<Option<Multiaddr>> {
+    let same_port = |a: &Multiaddr, b: &Multiaddr| match (shape(a), shape(b)) {
+        (Some((_, ta, pa)), Some((_, tb, pb))) => ta == tb && pa == pb && pa != 0,
+        _ => false,
+    };
+    let mut left: Vec<Multiaddr> = remembered
+        .iter()
+        .filter(|r| !configured.iter().any(|c| same_port(c, r)))
+        .cloned()
+        .collect();
+    configured
+        .iter()
+        .map(|addr| {
+            let again = with_remembered_port(addr, &left)?;
+            left.retain(|r| !same_port(&again, r));
+            Some(again)
+        })
+        .collect()
+}
+
 /// `configured` with the port remembered for the same IP version and transport (and the same
 /// IP, unless `configured` listens on all interfaces), if its port is 0 and one is remembered.
-pub(crate) fn with_remembered_port(
-    configured: &Multiaddr,
-    remembered: &[Multiaddr],
-) -> Option<Multiaddr> {
+fn with_remembered_port(configured: &Multiaddr, remembered: &[Multiaddr]) -> Option<Multiaddr> {
     let (ip, transport, 0) = shape(configured)? else {
         return None;
     };
@@ -376,6 +400,30 @@ mod tests {
         assert_eq!(got("/ip4/10.0.0.1/tcp/0"), None);
         assert_eq!(got("/ip4/127.0.0.1/tcp/5000"), None);
         assert_eq!(got("/ip6/::/tcp/0"), None);
+    }
+
+    #[test]
+    fn a_remembered_port_goes_to_one_address_and_never_to_a_configured_port() {
+        let remembered = vec![
+            ma("/ip4/127.0.0.1/tcp/4001"),
+            ma("/ip4/127.0.0.1/tcp/4002"),
+            ma("/ip4/127.0.0.1/tcp/4003"),
+        ];
+        let configured = vec![
+            ma("/ip4/127.0.0.1/tcp/0"),
+            ma("/ip4/127.0.0.1/tcp/4001"),
+            ma("/ip4/127.0.0.1/tcp/0"),
+            ma("/ip4/127.0.0.1/tcp/0"),
+        ];
+        assert_eq!(
+            remembered_ports(&configured, &remembered),
+            vec![
+                Some(ma("/ip4/127.0.0.1/tcp/4002")),
+                None,
+                Some(ma("/ip4/127.0.0.1/tcp/4003")),
+                None,
+            ]
+        );
     }
 
     #[test]

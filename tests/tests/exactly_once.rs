@@ -62,8 +62,8 @@ fn dial_fixed(node: &Node, peer_id: &str, port: u16) {
 /// What the receiving app saw.
 #[derive(Default)]
 struct Seen {
-    /// Payload → (message id, sender epoch, sequence) of its first arrival.
-    first: HashMap<Bytes, (u64, u64, u64)>,
+    /// Payload → (message id, sender epoch, sequence) and inbox id of its first arrival.
+    first: HashMap<Bytes, ((u64, u64, u64), u64)>,
     /// Arrivals of a message already seen (allowed before its `Ack`: at least once).
     repeats: usize,
     /// The highest inbox id whose `Ack` was answered.
@@ -83,10 +83,17 @@ impl Seen {
         }
         match self.first.get(&payload) {
             None => {
-                self.first.insert(payload, ids);
+                self.first.insert(payload, (ids, inbox_id));
             }
-            Some(first) if *first == ids => self.repeats += 1,
-            Some(first) => self.violations.push(format!(
+            // Stored again under a new inbox id after the first one was acknowledged: the app
+            // sees a message twice after its `Ack`, whatever the new id.
+            Some((_, first_inbox)) if *first_inbox <= self.acked => self.violations.push(format!(
+                "{:?} (first inbox id {first_inbox}, acknowledged) arrived again as inbox id \
+                     {inbox_id}",
+                String::from_utf8_lossy(&payload)
+            )),
+            Some((first, _)) if *first == ids => self.repeats += 1,
+            Some((first, _)) => self.violations.push(format!(
                 "{:?} arrived twice as different messages: (message id, epoch, sequence) {first:?} \
                  and {ids:?}",
                 String::from_utf8_lossy(&payload)
@@ -303,7 +310,7 @@ async fn ten_thousand_messages_arrive_exactly_once_while_both_nodes_are_killed()
     let mut ids = HashSet::new();
     for (i, message_id) in replies {
         let payload = Bytes::from(format!("entry {i:05}"));
-        let (arrived_id, _, _) = seen.first[&payload];
+        let ((arrived_id, _, _), _) = seen.first[&payload];
         assert_eq!(
             arrived_id, message_id,
             "entry {i}: Send answered message {message_id}, message {arrived_id} arrived"
@@ -314,7 +321,7 @@ async fn ten_thousand_messages_arrive_exactly_once_while_both_nodes_are_killed()
         );
     }
     let mut sequences: HashSet<(u64, u64)> = HashSet::new();
-    for (_, epoch, sequence) in seen.first.values() {
+    for ((_, epoch, sequence), _) in seen.first.values() {
         assert!(
             sequences.insert((*epoch, *sequence)),
             "two messages under one sequence"
@@ -456,6 +463,9 @@ async fn a_key_answers_its_message_refuses_another_and_is_bounded() {
     let first_run = sent_by_p2pctl();
     assert!(first_run.contains("\"queued\""), "{first_run}");
     assert_eq!(sent_by_p2pctl(), first_run, "the same message id and state");
+    // An empty key would quietly send without one: refused before anything is sent.
+    let (ok, out, err) = p2pctl(&node, &["send", &peer, "notes", "hello", "--key", ""]);
+    assert!(!ok && err.contains("1 to 64 bytes"), "{out}{err}");
 
     // Across a restart (the answer lost with the node), the key still names its message.
     assert!(node.stop().await.success());

@@ -94,6 +94,9 @@ impl Default for Config {
     }
 }
 
+/// The shortest `send_key_ttl_secs` (1 h).
+const MIN_SEND_KEY_TTL_SECS: u64 = 3_600;
+
 impl Config {
     /// Checks what the types alone do not.
     pub fn validate(&self) -> Result<(), String> {
@@ -127,6 +130,13 @@ impl Config {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be > 0"));
+        }
+        if self.send_key_ttl_secs < MIN_SEND_KEY_TTL_SECS {
+            return Err(format!(
+                "send_key_ttl_secs ({}) must be at least {MIN_SEND_KEY_TTL_SECS}: apps retry a \
+                 lost Send with its key for as long as a node takes to come back",
+                self.send_key_ttl_secs
+            ));
         }
         if self.max_inbox_messages_per_peer_app >= self.max_inbox_messages_per_peer {
             return Err(format!(

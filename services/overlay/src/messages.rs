@@ -192,11 +192,13 @@ impl Messages {
                 mailbox.register_app(&queued)?;
                 mailbox.enqueue_once(&peer, &queued, payload, idempotency_key.as_deref())
             })
-            .await?;
-        // For a key found too: the write of the `Send` that gave it may not be durable yet, if
-        // that `Send` is still being served.
-        self.mailbox.flush().await?;
-        let (message_id, sequence) = match enqueued {
+            .await;
+        // For a key found too (answered, or refused as naming another message): the write of
+        // the `Send` that gave it may not be durable yet, if that `Send` is still being served.
+        if matches!(enqueued, Ok(_) | Err(Error::SendKeyReused { .. })) {
+            self.mailbox.flush().await?;
+        }
+        let (message_id, sequence) = match enqueued? {
             Enqueued::New(frame) => (frame.message_id, frame.sequence),
             Enqueued::Again(record) => {
                 let (app, sequence) = (app.clone(), record.sequence);

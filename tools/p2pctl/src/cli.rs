@@ -119,7 +119,7 @@ pub(crate) enum Command {
         file: Option<PathBuf>,
         /// Name the message with this idempotency key (1 to 64 bytes): sending again with the
         /// same key within 24 h answers the message sent the first time, never a second copy
-        #[arg(long, value_name = "KEY")]
+        #[arg(long, value_name = "KEY", value_parser = parse_idempotency_key)]
         key: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
@@ -710,6 +710,18 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("expected KEY=VALUE, got {text:?}")),
     }
+}
+
+/// An idempotency key: 1 to 64 bytes (an empty one would quietly send without a key).
+fn parse_idempotency_key(text: &str) -> Result<String, String> {
+    let max = p2pos_client::messages::MAX_IDEMPOTENCY_KEY;
+    if text.is_empty() || text.len() > max {
+        return Err(format!(
+            "an idempotency key is 1 to {max} bytes, this one has {}",
+            text.len()
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 #[cfg(test)]

@@ -94,7 +94,9 @@ impl Client {
     /// while the node cannot be reached or the answer is lost ([`is_retryable`]), for up to
     /// `deadline`: the message is stored and sent once, whichever attempt the answer comes
     /// from. The client reconnects by itself once the node is back. Answers the node's error
-    /// if it gave one, or the last failure once `deadline` has passed.
+    /// if it gave one, or the last failure once `deadline` has passed. A `RESOURCE_EXHAUSTED`
+    /// refusal (outbox full, too many `Send`s in flight, keys full) stored nothing: it is
+    /// answered, and the app may send the same message with the same key again later.
     pub async fn send_until_answered(
         &self,
         message: &KeyedMessage,

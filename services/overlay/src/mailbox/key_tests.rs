@@ -152,16 +152,24 @@ fn the_bounds_refuse_new_keys_but_never_drop_one_within_its_window() {
         matches!(err, Error::SendKeysFull { limit: 5, .. }),
         "{err:?}"
     );
+    // Yet an app holding no key gets its share (5 / 3 apps = 1): two apps at the node-wide
+    // bound do not lock the others out.
+    send(&mailbox, &peer, "news", b"1", b"a").expect("an even share");
+    let err = send(&mailbox, &peer, "news", b"2", b"b").expect_err("past its share");
+    assert!(
+        matches!(err, Error::SendKeysFull { limit: 5, .. }),
+        "{err:?}"
+    );
 
     // Within the window nothing is forgotten; past it, everything is, and there is room again.
     let now = now_ms();
     assert_eq!(mailbox.expire_send_keys(now - 1_000).expect("sweep"), 0);
-    assert_eq!(mailbox.send_key_count("shop").expect("count"), (3, 5));
+    assert_eq!(mailbox.send_key_count("shop").expect("count"), (3, 6));
     assert_eq!(
         mailbox
             .expire_send_keys(now + LIMITS.ttl_ms)
             .expect("sweep"),
-        5
+        6
     );
     assert_eq!(mailbox.send_key_count("shop").expect("count"), (0, 0));
     // A forgotten key names nothing: the same key is a new message.

@@ -7,8 +7,9 @@
 //! a crash either both are in the store or neither is (and then the message was never sent:
 //! the outbox sends only what is durable). A key is kept for the window (`send_key_ttl`) from
 //! its `Send`, never less; at most `per_app` keys per app (its helpers' included) and `total`
-//! in all are kept: a new key past either bound is refused, no key within its window is ever
-//! dropped to make room.
+//! in all are kept (an app below its even share of `total` still gets keys: see
+//! [`Mailbox::fair_share`]): a new key past either bound is refused, no key within its window
+//! is ever dropped to make room.
 //!
 //! Keys in the outbox tree: `I` + app id + `0x00` + key → the record (message id, sequence,
 //! time, payload digest, peer); `T` + BE ms + app id + `0x00` + key → nothing (the age index);
@@ -29,6 +30,8 @@ use crate::Error;
 pub(crate) const MAX_KEY_LEN: usize = p2pos_protocols::wire::MAX_IDEMPOTENCY_KEY;
 /// Keys looked at per round of a sweep.
 const SWEEP_BATCH: usize = 256;
+/// Apps looked at when the node-wide bound is shared out (past it, the shares only get larger).
+const MAX_KEY_HOLDERS: usize = 4096;
 /// The count of keys in all.
 const TOTAL_KEY: &[u8] = b"N";
 
@@ -159,7 +162,7 @@ impl Mailbox {
         let (of_app, all) = (held(&app_count_key(app_id))?, held(TOTAL_KEY)?);
         let (whose, limit) = if of_app >= limits.per_app {
             ("this app and its helpers", limits.per_app)
-        } else if all >= limits.total {
+        } else if all >= limits.total && of_app >= self.fair_share(limits.total, all, of_app)? {
             ("this node's apps", limits.total)
         } else {
             return Ok(());
@@ -169,6 +172,23 @@ impl Mailbox {
             limit,
             window: window(limits.ttl_ms),
         })
+    }
+
+    /// Once the node keeps `total` keys, an app still gets new ones while it holds fewer than
+    /// an even share of `total` among the apps holding keys (itself counted): a few apps at
+    /// their own bound cannot lock every other app out for a whole window. Apps below their
+    /// share can each grow to it, so the keys kept stay below twice `total`; past that, 0.
+    fn fair_share(&self, total: u64, all: u64, of_app: u64) -> Result<u64, Error> {
+        if all >= total.saturating_mul(2) {
+            return Ok(0);
+        }
+        let holders = self
+            .store
+            .scan_prefix(OUTBOX, b"K", MAX_KEY_HOLDERS)?
+            .iter()
+            .filter(|(_, v)| Usage::decode(Some(v.as_slice())).messages > 0)
+            .count() as u64;
+        Ok(total / (holders + u64::from(of_app == 0)).max(1))
     }
 
     /// Adds to `ops` the writes that keep `record` under `send_key` of `app_id`, counted, and

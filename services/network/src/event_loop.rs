@@ -347,6 +347,7 @@ impl EventLoop {
                 }
                 if num_established == 0 {
                     info!(peer = %peer_id, "peer gone");
+                    let _ = self.net_events.send(NetEvent::Disconnected(peer_id));
                     self.reach.connection(peer_id, false);
                     self.connections.remove(&peer_id);
                     self.rtt.remove(&peer_id);

@@ -290,6 +290,8 @@ pub enum Fared {
 pub enum NetEvent {
     /// A first connection to the peer is open.
     Connected(PeerId),
+    /// The last connection to the peer closed.
+    Disconnected(PeerId),
 }
 
 /// Keys this service announces in the DHT while it holds this; dropping it withdraws them.

@@ -158,6 +158,19 @@ async fn a_check_of_a_claimed_address_is_closed_even_when_it_is_the_only_connect
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
         .expect("listen");
+    // Where it listens is what it claims (and where A's check arrives).
+    let listening = tokio::time::timeout(T, async {
+        loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                swarm.select_next_some().await
+            {
+                return address;
+            }
+        }
+    })
+    .await
+    .expect("listening");
+    swarm.add_external_address(listening);
     let ticket = a_client
         .overlay()
         .get_ticket(p2pos_proto::overlay::v1::GetTicketRequest {})
@@ -167,23 +180,28 @@ async fn a_check_of_a_claimed_address_is_closed_even_when_it_is_the_only_connect
     let a_addr: Multiaddr = ticket.addresses[0].parse().expect("an address");
     swarm.dial(a_addr).expect("dial");
     let checked = tokio::time::timeout(T, async {
-        let mut check = None;
+        // The peer's own connection to A, and A's check (the only inbound one) with when it
+        // arrived.
+        let (mut own, mut check) = (None, None);
         loop {
             match swarm.select_next_some().await {
-                // A knows where the peer says it listens: the peer leaves at once, so that
-                // A's check, when it comes, is the only connection between them.
-                libp2p::swarm::SwarmEvent::Behaviour(identify::Event::Sent {
-                    connection_id,
-                    ..
-                }) if check.is_none() => {
-                    swarm.close_connection(connection_id);
-                }
                 libp2p::swarm::SwarmEvent::ConnectionEstablished {
                     connection_id,
                     endpoint,
                     ..
-                } if endpoint.is_listener() => check = Some((connection_id, Instant::now())),
+                } if endpoint.is_dialer() => own = Some(connection_id),
+                // A's check arrives: the peer leaves while it is set up, so that the check is
+                // the only connection between them once it is.
+                libp2p::swarm::SwarmEvent::IncomingConnection { connection_id, .. } => {
+                    if let Some(own) = own.take() {
+                        swarm.close_connection(own);
+                    }
+                    check = Some((connection_id, Instant::now()));
+                }
+                // Closed once set up (or, as A closes it at once, while the peer still sets
+                // it up).
                 libp2p::swarm::SwarmEvent::ConnectionClosed { connection_id, .. }
+                | libp2p::swarm::SwarmEvent::IncomingConnectionError { connection_id, .. }
                     if check.is_some_and(|(id, _)| id == connection_id) =>
                 {
                     return check.map(|(_, at)| at.elapsed());

@@ -5,7 +5,8 @@
 //! remote provider is kept for at most [`MAX_KEYS_PER_PROVIDER`] keys and all of them for at
 //! most [`MAX_REMOTE_PROVIDER_RECORDS`]; and remote records and remote providers' keys take at
 //! most three quarters of the store's records and keys, so that what peers put can never make
-//! this node's own `put_record` or `start_providing` fail for want of room.
+//! this node's own `put_record` or `start_providing` fail for want of room (and this node's
+//! own provider record takes the place of a remote one on a key that remote providers filled).
 //!
 //! The worst case, whatever peers put: 1024 records of at most 9,472 bytes (about 10 MiB),
 //! and 4096 remote provider records of at most 4 addresses of 128 bytes and a 256-byte key
@@ -45,6 +46,8 @@ pub(crate) struct Store {
     /// The store's limits: records and keys with providers.
     max_records: usize,
     max_keys: usize,
+    /// Providers kept per key.
+    max_per_key: usize,
     /// The keys each remote provider is kept for.
     remote: HashMap<PeerId, HashSet<RecordKey>>,
     /// Remote provider records per key.
@@ -59,6 +62,7 @@ impl Store {
         Self {
             max_records: config.max_records,
             max_keys: config.max_provided_keys,
+            max_per_key: config.max_providers_per_key,
             inner: MemoryStore::with_config(local, config),
             local,
             remote: HashMap::new(),
@@ -203,6 +207,17 @@ impl RecordStore for Store {
             return Err(store::Error::ValueTooLarge);
         }
         if record.provider == self.local {
+            // This node's own record is always kept: `MemoryStore` ignores a provider past
+            // the key's limit, so a remote one makes room for it (else remote identities that
+            // filled the key first would keep this node out of what it republishes).
+            let providers = self.inner.providers(&record.key);
+            if providers.len() >= self.max_per_key
+                && !providers.iter().any(|p| p.provider == self.local)
+                && let Some(remote) = providers.last()
+            {
+                self.inner.remove_provider(&record.key, &remote.provider);
+                self.forget(&record.key, &remote.provider);
+            }
             return self.inner.add_provider(record);
         }
         record.addresses = trimmed(std::mem::take(&mut record.addresses));
@@ -307,6 +322,37 @@ mod tests {
         store.remove_provider(&key(0), &provider);
         let again = ProviderRecord::new(key(MAX_KEYS_PER_PROVIDER + 1), provider, vec![]);
         assert!(store.add_provider(again).is_ok());
+    }
+
+    #[test]
+    fn this_nodes_own_provider_record_is_kept_when_remote_ones_filled_the_key() {
+        let local = PeerId::random();
+        let config = store::MemoryStoreConfig {
+            max_providers_per_key: 2,
+            ..store::MemoryStoreConfig::default()
+        };
+        let mut store = Store::new(local, config);
+        // Remote providers fill the key first.
+        for _ in 0..4 {
+            let remote = ProviderRecord::new(key(0), PeerId::random(), vec![addr(1)]);
+            assert!(store.add_provider(remote).is_ok());
+        }
+        assert_eq!(store.remote_records, 2);
+        // This node's own record is kept, in place of one of theirs.
+        assert!(
+            store
+                .add_provider(ProviderRecord::new(key(0), local, vec![]))
+                .is_ok()
+        );
+        let providers = store.providers(&key(0));
+        assert_eq!(providers.len(), 2);
+        assert!(providers.iter().any(|p| p.provider == local));
+        assert_eq!(store.provided().count(), 1);
+        assert_eq!(store.remote_records, 1);
+        // And stays: later remote ones are ignored.
+        let remote = ProviderRecord::new(key(0), PeerId::random(), vec![addr(1)]);
+        assert!(store.add_provider(remote).is_ok());
+        assert!(store.providers(&key(0)).iter().any(|p| p.provider == local));
     }
 
     #[test]

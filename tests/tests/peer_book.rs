@@ -139,3 +139,82 @@ async fn a_node_dialled_by_a_friend_redials_the_friend_after_a_restart() {
     let b_client = b.client().await;
     connected_peer(&b_client, &a_id, "B to redial A at start").await;
 }
+
+/// The connection a node dials back to check an inbound peer's claimed listen address is the
+/// peer's doing, not the node's: it is closed once made, even when the peer's own connection
+/// has gone meanwhile, so that peers cannot fill the room kept for the node's own dials by
+/// making it dial them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_of_a_claimed_address_is_closed_even_when_it_is_the_only_connection() {
+    let mut a = Node::start(&[]);
+    let a_client = a.client().await;
+    let key = Keypair::generate_ed25519();
+    let mut swarm = p2pos_tests::bare_swarm(key, |key| {
+        identify::Behaviour::new(identify::Config::new(
+            "/p2pos/1.0.0".to_owned(),
+            key.public(),
+        ))
+    });
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+        .expect("listen");
+    // Where it listens is what it claims (and where A's check arrives).
+    let listening = tokio::time::timeout(T, async {
+        loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                swarm.select_next_some().await
+            {
+                return address;
+            }
+        }
+    })
+    .await
+    .expect("listening");
+    swarm.add_external_address(listening);
+    let ticket = a_client
+        .overlay()
+        .get_ticket(p2pos_proto::overlay::v1::GetTicketRequest {})
+        .await
+        .expect("ticket")
+        .into_inner();
+    let a_addr: Multiaddr = ticket.addresses[0].parse().expect("an address");
+    swarm.dial(a_addr).expect("dial");
+    let checked = tokio::time::timeout(T, async {
+        // The peer's own connection to A, and A's check (the only inbound one) with when it
+        // arrived.
+        let (mut own, mut check) = (None, None);
+        loop {
+            match swarm.select_next_some().await {
+                libp2p::swarm::SwarmEvent::ConnectionEstablished {
+                    connection_id,
+                    endpoint,
+                    ..
+                } if endpoint.is_dialer() => own = Some(connection_id),
+                // A's check arrives: the peer leaves while it is set up, so that the check is
+                // the only connection between them once it is.
+                libp2p::swarm::SwarmEvent::IncomingConnection { connection_id, .. } => {
+                    if let Some(own) = own.take() {
+                        swarm.close_connection(own);
+                    }
+                    check = Some((connection_id, Instant::now()));
+                }
+                // Closed once set up (or, as A closes it at once, while the peer still sets
+                // it up).
+                libp2p::swarm::SwarmEvent::ConnectionClosed { connection_id, .. }
+                | libp2p::swarm::SwarmEvent::IncomingConnectionError { connection_id, .. }
+                    if check.is_some_and(|(id, _)| id == connection_id) =>
+                {
+                    return check.map(|(_, at)| at.elapsed());
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("A checks the claimed address, then closes the check");
+    let lasted = checked.expect("a check");
+    assert!(
+        lasted < Duration::from_secs(5),
+        "the check stayed open {lasted:?}"
+    );
+}

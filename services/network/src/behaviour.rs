@@ -47,8 +47,9 @@ const MAX_PROVIDERS_PER_KEY: usize = 20;
 
 /// The Kademlia store's bounds, sized to what nodes put in it: signed records of at most
 /// [`MAX_RECORD_VALUE`] bytes (not libp2p's 65 KiB), and provider records of services. At most
-/// about 10 MiB of records and 20,480 provider records of at most 8 short addresses each
-/// (`kad_store`): a few MiB.
+/// about 10 MiB of records and 4096 remote provider records of at most 4 short addresses each
+/// (`kad_store`, which also keeps a quarter of records and keys for this node's own): about
+/// 14 MiB in all.
 fn kad_store_config() -> kad::store::MemoryStoreConfig {
     kad::store::MemoryStoreConfig {
         max_records: MAX_KAD_RECORDS,

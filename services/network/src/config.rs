@@ -25,10 +25,12 @@ pub struct Config {
     pub max_connections: u32,
     /// Most established connections that peers opened to this node, below `max_connections`
     /// so that the rest is always there for this node's own dials. Default: three quarters of
-    /// `max_connections` (192 of 256).
+    /// `max_connections`, rounded up (192 of 256, 8 of 10); all of it when that leaves no
+    /// inbound connection (a total of 1).
     pub max_inbound_connections: Option<u32>,
-    /// Most inbound connections (established or being set up) from one IP address, so that one
-    /// host cannot take every inbound slot with many identities. Default: 16.
+    /// Most inbound connections (established or being set up) from one IP address (an IPv6
+    /// /64; relayed connections: one relay), so that one host cannot take every inbound slot
+    /// with many identities. Default: 16.
     pub max_connections_per_ip: u32,
     /// Whether `max_connections_per_ip` counts loopback addresses too. Processes on this
     /// machine are its user's (several nodes of one user, tests, labs): by default they are
@@ -70,7 +72,10 @@ impl Config {
         {
             return Err("connection limits must be > 0".into());
         }
-        if self.inbound_limit() >= self.max_connections {
+        if self
+            .max_inbound_connections
+            .is_some_and(|n| n >= self.max_connections)
+        {
             return Err(format!(
                 "max_inbound_connections ({}) must be below max_connections ({}), so that this \
                  node's own dials always have room",
@@ -84,11 +89,16 @@ impl Config {
 
 impl Config {
     /// Most established inbound connections: `max_inbound_connections`, or three quarters of
-    /// `max_connections` (at least 1).
+    /// `max_connections` rounded up, leaving at least one for dials when that leaves at least
+    /// one inbound (a total of 1 is all inbound).
     pub fn inbound_limit(&self) -> u32 {
-        self.max_inbound_connections
-            .unwrap_or(self.max_connections / 4 * 3)
-            .max(1)
+        let total = self.max_connections;
+        let default = if total >= 2 {
+            (total / 4 * 3 + (total % 4 * 3).div_ceil(4)).min(total - 1)
+        } else {
+            total
+        };
+        self.max_inbound_connections.unwrap_or(default).max(1)
     }
 }
 
@@ -121,5 +131,14 @@ mod tests {
         };
         assert_eq!(small.inbound_limit(), 6);
         assert!(small.validate().is_ok());
+        // Small totals split sensibly, and a total of 1 starts (nothing kept for dials).
+        for (total, inbound) in [(1, 1), (2, 1), (3, 2), (4, 3), (10, 8), (256, 192)] {
+            let config = Config {
+                max_connections: total,
+                ..Config::default()
+            };
+            assert_eq!(config.inbound_limit(), inbound, "of {total}");
+            assert!(config.validate().is_ok(), "a total of {total}");
+        }
     }
 }

@@ -154,7 +154,9 @@ impl EventLoop {
     /// Checks the listen addresses `peer` claimed (through identify) by dialing them once, when
     /// it reached this node only inbound (no address of it is confirmed): a connection that
     /// succeeds confirms its address, which is then stored and redialled at the next start (so
-    /// that a node dialled by a friend redials the friend after a restart). Only addresses on
+    /// that a node dialled by a friend redials the friend after a restart), and closed at once
+    /// unless this node asked to connect to the peer meanwhile (it holds room kept for this
+    /// node's own dials only while it is set up). Only addresses on
     /// an IP the peer connected from are tried, and each peer once per run: a peer cannot make
     /// the node dial addresses of someone else.
     pub(crate) fn probe(&mut self, peer: PeerId, claimed: &[Multiaddr]) {

@@ -337,10 +337,16 @@ impl EventLoop {
                     }));
                     let _ = self.net_events.send(NetEvent::Connected(peer_id));
                 }
+                // Whether this node itself asked for the peer (a connect waits for it).
+                let wanted = self.connects.contains_key(&peer_id);
                 self.reach.connection(peer_id, true);
                 self.on_connected(peer_id, addr);
-                if probe && num_established.get() > 1 {
-                    // It answered where it said it listens; the connection it made is enough.
+                if probe && !wanted {
+                    // It answered where it said it listens (the address is stored above). The
+                    // dial was the peer's doing, not this node's: it is closed whether or not
+                    // the peer's own connection is still there, so that peers cannot fill the
+                    // room kept for this node's dials by making it dial them back. (A connect
+                    // this node asked for meanwhile keeps it: then it is this node's dial.)
                     let _ = self.swarm.close_connection(connection_id);
                 }
             }
@@ -357,6 +363,7 @@ impl EventLoop {
                 }
                 if num_established == 0 {
                     info!(peer = %peer_id, "peer gone");
+                    let _ = self.net_events.send(NetEvent::Disconnected(peer_id));
                     self.reach.connection(peer_id, false);
                     self.connections.remove(&peer_id);
                     self.rtt.remove(&peer_id);

@@ -1,15 +1,17 @@
-//! Inbound connections counted per remote IP address: a behaviour that refuses a connection
-//! from an address that already has [`Config::max_connections_per_ip`](crate::Config) inbound
-//! connections (established or being set up), so that one host cannot take every inbound slot
-//! with many identities. libp2p's `connection_limits` counts per peer id and in all, not per
-//! address. Loopback addresses are counted only when `limit_loopback` is set (processes on this
-//! machine are its user's: tests, labs, several nodes of one user); relayed connections have no
-//! IP of their own and are bounded by the relay's limits.
+//! Inbound connections counted per source: a behaviour that refuses a connection from a source
+//! that already has [`Config::max_connections_per_ip`](crate::Config) inbound connections
+//! (established or being set up), so that one host cannot take every inbound slot with many
+//! identities. libp2p's `connection_limits` counts per peer id and in all, not per address.
+//! A source is an IPv4 address, an IPv6 /64 (what one host or one LAN is given: a host has
+//! the whole of it to pick addresses from), or, for a relayed connection, which has no IP of its
+//! own, the relay's peer id (so that one relay cannot fill every inbound slot). Loopback
+//! addresses are counted only when `limit_loopback` is set (processes on this machine are its
+//! user's: tests, labs, several nodes of one user).
 
 use std::{
     collections::HashMap,
     convert::Infallible,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     task::{Context, Poll},
 };
 
@@ -28,16 +30,40 @@ pub(crate) struct Behaviour {
     max_per_ip: u32,
     /// Whether loopback addresses are counted too.
     limit_loopback: bool,
-    /// The address of each inbound connection counted, pending or established.
-    connections: HashMap<ConnectionId, IpAddr>,
-    /// Inbound connections per address.
-    per_ip: HashMap<IpAddr, u32>,
+    /// The source of each inbound connection counted, pending or established.
+    connections: HashMap<ConnectionId, Source>,
+    /// Inbound connections per source.
+    per_ip: HashMap<Source, u32>,
 }
 
-/// An inbound connection refused because its address has as many as it may.
+/// Where an inbound connection comes from, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    /// An IPv4 address.
+    V4(Ipv4Addr),
+    /// The /64 an IPv6 address is in (its first 64 bits).
+    V6(u64),
+    /// The relay a relayed connection comes through.
+    Relay(PeerId),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::V4(ip) => write!(f, "{ip}"),
+            Source::V6(net) => {
+                let ip = std::net::Ipv6Addr::from(u128::from(*net) << 64);
+                write!(f, "{ip}/64")
+            }
+            Source::Relay(relay) => write!(f, "relay {relay}"),
+        }
+    }
+}
+
+/// An inbound connection refused because its source has as many as it may.
 #[derive(Debug)]
 pub(crate) struct TooManyFromIp {
-    ip: IpAddr,
+    source: Source,
     limit: u32,
 }
 
@@ -46,7 +72,7 @@ impl std::fmt::Display for TooManyFromIp {
         write!(
             f,
             "{} inbound connections from {} already (the limit per address)",
-            self.limit, self.ip
+            self.limit, self.source
         )
     }
 }
@@ -65,6 +91,30 @@ fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     }
 }
 
+/// What an inbound connection from `addr` is counted under, and whether that is a loopback
+/// address (`None`: nothing to count by).
+fn source_of(addr: &Multiaddr) -> Option<(Source, bool)> {
+    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+        // The relay is the last peer id before the circuit.
+        let mut relay = None;
+        for p in addr.iter() {
+            match p {
+                Protocol::P2p(peer) => relay = Some(peer),
+                Protocol::P2pCircuit => break,
+                _ => {}
+            }
+        }
+        return relay.map(|r| (Source::Relay(r), false));
+    }
+    match ip_of(addr)? {
+        IpAddr::V4(ip) => Some((Source::V4(ip), ip.is_loopback())),
+        IpAddr::V6(ip) => {
+            let net = u64::try_from(u128::from(ip) >> 64).unwrap_or(u64::MAX);
+            Some((Source::V6(net), ip.is_loopback()))
+        }
+    }
+}
+
 impl Behaviour {
     /// Counts inbound connections, at most `max_per_ip` from one address (loopback ones only
     /// when `limit_loopback`).
@@ -78,13 +128,13 @@ impl Behaviour {
     }
 
     fn forget(&mut self, connection: ConnectionId) {
-        let Some(ip) = self.connections.remove(&connection) else {
+        let Some(source) = self.connections.remove(&connection) else {
             return;
         };
-        if let Some(n) = self.per_ip.get_mut(&ip) {
+        if let Some(n) = self.per_ip.get_mut(&source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_ip.remove(&ip);
+                self.per_ip.remove(&source);
             }
         }
     }
@@ -100,21 +150,21 @@ impl NetworkBehaviour for Behaviour {
         _local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        let Some(ip) = ip_of(remote_addr) else {
+        let Some((source, loopback)) = source_of(remote_addr) else {
             return Ok(());
         };
-        if ip.is_loopback() && !self.limit_loopback {
+        if loopback && !self.limit_loopback {
             return Ok(());
         }
-        let n = self.per_ip.entry(ip).or_default();
+        let n = self.per_ip.entry(source).or_default();
         if *n >= self.max_per_ip {
             return Err(ConnectionDenied::new(TooManyFromIp {
-                ip,
+                source,
                 limit: self.max_per_ip,
             }));
         }
         *n += 1;
-        self.connections.insert(connection_id, ip);
+        self.connections.insert(connection_id, source);
         Ok(())
     }
 
@@ -211,22 +261,46 @@ mod tests {
     }
 
     #[test]
-    fn loopback_and_relayed_connections_are_counted_only_when_asked() {
+    fn an_ipv6_64_counts_as_one_address_and_a_relay_as_one_source() {
+        let mut b = Behaviour::new(2, false);
+        let local = addr("/ip6/2001:db8:1::1/tcp/4001");
+        let mut id = 0;
+        let mut next = |b: &mut Behaviour, from: &str| {
+            id += 1;
+            b.handle_pending_inbound_connection(
+                ConnectionId::new_unchecked(id),
+                &local,
+                &addr(from),
+            )
+        };
+        // Two addresses of one /64, then a third of it: refused; another /64 is not.
+        assert!(next(&mut b, "/ip6/2001:db8:aa:bb::1/tcp/5000").is_ok());
+        assert!(next(&mut b, "/ip6/2001:db8:aa:bb:ffff::2/tcp/5000").is_ok());
+        let refused = next(&mut b, "/ip6/2001:db8:aa:bb:1234:5678:9abc:def0/tcp/5000")
+            .expect_err("a third from one /64");
+        let why = refused.downcast_ref::<TooManyFromIp>().expect("per source");
+        assert!(why.to_string().contains("2001:db8:aa:bb::/64"), "{why}");
+        assert!(next(&mut b, "/ip6/2001:db8:aa:bc::1/tcp/5000").is_ok());
+        // Relayed connections: counted per relay, whatever the relay's own address.
+        let relay = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        let via = |ip: &str| format!("/ip4/{ip}/tcp/4001/p2p/{relay}/p2p-circuit");
+        assert!(next(&mut b, &via("203.0.113.7")).is_ok());
+        assert!(next(&mut b, &via("203.0.113.8")).is_ok());
+        let refused = next(&mut b, &via("127.0.0.1")).expect_err("a third through one relay");
+        let why = refused.downcast_ref::<TooManyFromIp>().expect("per source");
+        assert!(why.to_string().contains(relay), "{why}");
+    }
+
+    #[test]
+    fn loopback_connections_are_counted_only_when_asked() {
         let local = addr("/ip4/127.0.0.1/tcp/4001");
         let from = addr("/ip4/127.0.0.1/tcp/5000");
-        let relayed = addr(
-            "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit",
-        );
         let mut free = Behaviour::new(1, false);
         let mut strict = Behaviour::new(1, true);
         for i in 0..3 {
             let id = ConnectionId::new_unchecked(i);
             assert!(
                 free.handle_pending_inbound_connection(id, &local, &from)
-                    .is_ok()
-            );
-            assert!(
-                free.handle_pending_inbound_connection(id, &local, &relayed)
                     .is_ok()
             );
         }

@@ -4,7 +4,10 @@
 //! channel from a remote peer also holds its place among that peer's channels
 //! ([`PeerChannels`]: `Config::max_channels_per_peer` open or pending, at most
 //! [`MAX_PENDING_PER_PEER`] of them pending), and a peer's first channel is taken even when
-//! other peers hold every one of the node's permits.
+//! other peers hold every one of the node's permits, from a small pool of its own (an eighth of
+//! `max_channels`, [`reserve_for`]): so at most `max_channels` and that pool are open at once,
+//! however many identities come and go. A pending channel of a peer whose last connection
+//! closed is dropped at once (`pending`), not kept for its accept window.
 
 use std::{
     collections::HashMap,
@@ -24,12 +27,18 @@ use tokio::{
 /// Inbound channels from one peer announced to an app and not yet accepted, at most.
 pub(crate) const MAX_PENDING_PER_PEER: usize = 16;
 /// Inbound channels of each peer taken even when the node's channel limit is reached by
-/// others (bounded by the connected peers, which the network's limits bound).
+/// others, from the node's reserve ([`reserve_for`]).
 const RESERVED_PER_PEER: usize = 1;
 
-/// What a channel holds while it is open or pending: a permit of the node's limit (none for a
-/// peer's reserved channel) and, for an inbound channel from a remote peer, its place among
-/// that peer's channels.
+/// The reserve of a node that takes `max_channels`: channels taken past it, each a peer's
+/// first, at most an eighth of the limit (at least 1).
+pub(crate) fn reserve_for(max_channels: usize) -> usize {
+    (max_channels / 8).max(1)
+}
+
+/// What a channel holds while it is open or pending: a permit of the node's limit (or, for a
+/// peer's reserved channel, of the node's reserve) and, for an inbound channel from a remote
+/// peer, its place among that peer's channels.
 pub(crate) struct Hold {
     _global: Option<OwnedSemaphorePermit>,
     peer: Option<PeerSlot>,
@@ -95,6 +104,8 @@ pub(crate) struct PeerChannels {
     max_per_peer: usize,
     /// The node's limit (`max_channels`), for refusals.
     max_channels: usize,
+    /// Permits for peers' first channels past the node's limit ([`reserve_for`]).
+    reserve: Arc<Semaphore>,
 }
 
 /// One inbound channel's place among its peer's.
@@ -112,11 +123,14 @@ impl PeerChannels {
             counts: Arc::default(),
             max_per_peer,
             max_channels,
+            reserve: Arc::new(Semaphore::new(
+                reserve_for(max_channels).min(Semaphore::MAX_PERMITS),
+            )),
         }
     }
 
     /// Takes a pending inbound channel from `peer`, with a permit of `node` (the node's limit)
-    /// unless it is the peer's reserved one.
+    /// or, for the peer's first when `node` has none left, of the reserve.
     pub(crate) fn admit(&self, peer: PeerId, node: &Arc<Semaphore>) -> Result<Hold, PeerFull> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let now = counts.get(&peer).copied().unwrap_or_default();
@@ -128,7 +142,12 @@ impl PeerChannels {
         }
         let global = match node.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
-            Err(_) if now.open < RESERVED_PER_PEER => None,
+            Err(_) if now.open < RESERVED_PER_PEER => {
+                match self.reserve.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return Err(PeerFull::Node(self.max_channels)),
+                }
+            }
             Err(_) => return Err(PeerFull::Node(self.max_channels)),
         };
         let entry = counts.entry(peer).or_default();
@@ -279,6 +298,26 @@ mod tests {
         held.truncate(1);
         assert_eq!(channels.of(&a), (1, 1));
         assert_eq!(node.available_permits(), 2);
+    }
+
+    #[test]
+    fn first_channels_past_the_limit_come_from_a_bounded_reserve() {
+        // A node of 16 channels keeps 2 for peers' first ones.
+        let node = Arc::new(Semaphore::new(16));
+        let channels = PeerChannels::new(64, 16);
+        let mut held: Vec<Hold> = (0..16)
+            .map(|_| channels.admit(PeerId::random(), &node).expect("room"))
+            .collect();
+        // Fresh identities, one channel each: two more are taken, then none.
+        held.push(channels.admit(PeerId::random(), &node).expect("reserved"));
+        held.push(channels.admit(PeerId::random(), &node).expect("reserved"));
+        assert_eq!(
+            channels.admit(PeerId::random(), &node).err(),
+            Some(PeerFull::Node(16))
+        );
+        // One reserved channel ends: its place is free again.
+        held.pop();
+        assert!(channels.admit(PeerId::random(), &node).is_ok());
     }
 
     #[test]

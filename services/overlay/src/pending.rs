@@ -132,6 +132,23 @@ impl OverlayService {
         }
     }
 
+    /// `peer`'s last connection closed: its channels waiting to be accepted are dropped now
+    /// (their streams are gone with the connection), and their places with them, rather than
+    /// held for their accept window.
+    fn drop_pending_of_peer(&mut self, peer: PeerId, ctx: &mut Context<Self>) {
+        let gone: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.peer == peer && matches!(p.io, PendingIo::Remote(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for channel_id in gone {
+            if let Some(pending) = self.pending.remove(&channel_id) {
+                ctx.cancel_future(pending.expiry);
+            }
+        }
+    }
+
     /// Announces an inbound channel from `peer` (to a service when `origin` is set; in a
     /// group, already checked, when `group` is set) on the newest live session of `app_id`
     /// that takes it and keeps it pending until it is accepted or [`channel::ACCEPT_WINDOW`]
@@ -204,6 +221,19 @@ impl OverlayService {
             },
         );
         Ok(())
+    }
+}
+
+/// A remote peer's last connection closed (from the network's events).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct PeerDisconnected(pub(crate) PeerId);
+
+impl Handler<PeerDisconnected> for OverlayService {
+    type Result = ();
+
+    fn handle(&mut self, PeerDisconnected(peer): PeerDisconnected, ctx: &mut Self::Context) {
+        self.drop_pending_of_peer(peer, ctx);
     }
 }
 

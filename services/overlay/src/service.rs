@@ -14,10 +14,10 @@ use p2pos_kernel::{
 };
 use p2pos_protocols::{
     Apps, Groups, Services, apps,
-    network::{Accepting, Limits, NETWORK, Network},
+    network::{Accepting, Limits, NETWORK, NetEvent, Network},
     services, wire,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, broadcast};
 use tracing::info;
 
 use crate::{
@@ -155,6 +155,7 @@ fn start(
     let (messages, messages_guard) = Messages::new(mailbox.clone(), delivery, net.clone());
     let directory = SessionDirectory::default();
     let channels_refused = register_metrics(&ctx);
+    // Past `max_channels`, peers' first channels take a reserve of an eighth of it.
     let peer_channels = crate::counted::PeerChannels::new(
         usize::try_from(config.max_channels_per_peer).unwrap_or(usize::MAX),
         max_channels,
@@ -245,8 +246,27 @@ impl Actor for OverlayService {
                 return;
             }
         }
+        self.tasks
+            .push(follow_disconnects(&self.net, ctx.address()));
         info!(peer_id = %self.net.local_peer_id(), "overlay started");
     }
+}
+
+/// Tells the actor when a remote peer's last connection closes, so that its pending channels
+/// go with it. Missed events (a lagging follower) leave those channels to their accept window.
+fn follow_disconnects(net: &Network, actor: Addr<OverlayService>) -> AbortOnDropHandle<()> {
+    let mut events = net.subscribe();
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(NetEvent::Disconnected(peer)) => {
+                    actor.do_send(crate::pending::PeerDisconnected(peer));
+                }
+                Ok(NetEvent::Connected(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }))
 }
 
 /// How the apps protocol's requests reach their owner: messages (`Send`, `Receive`, `Ack`)

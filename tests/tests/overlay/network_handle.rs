@@ -184,6 +184,8 @@ async fn connection_events_reach_followers() {
         .expect("in time")
         .expect("open")
         .expect("not lagged");
-    let p2pos_protocols::network::NetEvent::Connected(peer) = event;
+    let p2pos_protocols::network::NetEvent::Connected(peer) = event else {
+        panic!("a connection first: {event:?}");
+    };
     assert_eq!(peer, b.ctx.peer_id);
 }

@@ -27,7 +27,7 @@ pub(crate) const TUNNEL_IDLE: Duration = Duration::from_secs(30 * 60);
 
 /// Splices `tcp` and `channel` until both directions have ended: TCP bytes become frames (one
 /// per read), frames become TCP bytes. The first error ends both directions, and so does
-/// `idle` without a byte either way (an error whose kind is `TimedOut`). Memory stays within
+/// `idle` without a byte either way (an error that [`is_idle`] tells apart). Memory stays within
 /// two buffers of 64 KiB.
 pub(crate) async fn splice(
     tcp: TcpStream,
@@ -47,10 +47,7 @@ pub(crate) async fn splice(
         piped = pipe(&mut tcp, &mut channel, Framing::Bytes, ()) => piped,
         () = activity.idle_for(idle) => Err(PipeError::Io(
             Side::Remote,
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no byte either way for {} s", idle.as_secs()),
-            ),
+            io::Error::new(io::ErrorKind::TimedOut, Idle(idle)),
         )),
     };
     if piped.is_err() {
@@ -60,9 +57,22 @@ pub(crate) async fn splice(
     piped
 }
 
+/// The tunnel was idle for so long: the one error [`is_idle`] answers yes to (a `TimedOut` of
+/// the socket itself, ETIMEDOUT, is a broken tunnel).
+#[derive(Debug)]
+struct Idle(Duration);
+
+impl std::fmt::Display for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no byte either way for {} s", self.0.as_secs())
+    }
+}
+
+impl std::error::Error for Idle {}
+
 /// Whether `e` is a tunnel ended for being idle.
 pub(crate) fn is_idle(e: &PipeError) -> bool {
-    matches!(e, PipeError::Io(_, e) if e.kind() == io::ErrorKind::TimedOut)
+    matches!(e, PipeError::Io(_, e) if e.get_ref().is_some_and(|inner| inner.is::<Idle>()))
 }
 
 /// A TCP connection that notes when bytes move on it.
@@ -128,14 +138,23 @@ mod tests {
         let started = tokio::time::Instant::now();
         let splicing = tokio::spawn(splice(server, Box::new(channel), idle));
         // Bytes keep the tunnel open past its idle time: one way, then the other.
-        for _ in 0..4 {
+        for i in 0..4 {
             tokio::time::sleep(idle / 2).await;
-            client.write_all(b"ping").await.expect("write");
-            let mut header = [0u8; 4];
-            remote.read_exact(&mut header).await.expect("a frame");
-            let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-            remote.read_exact(&mut body).await.expect("its bytes");
-            assert_eq!(body, b"ping");
+            if i % 2 == 0 {
+                client.write_all(b"ping").await.expect("write");
+                let mut header = [0u8; 4];
+                remote.read_exact(&mut header).await.expect("a frame");
+                let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+                remote.read_exact(&mut body).await.expect("its bytes");
+                assert_eq!(body, b"ping");
+            } else {
+                let mut frame = 4u32.to_be_bytes().to_vec();
+                frame.extend_from_slice(b"pong");
+                remote.write_all(&frame).await.expect("write a frame");
+                let mut body = [0u8; 4];
+                client.read_exact(&mut body).await.expect("its bytes");
+                assert_eq!(&body, b"pong");
+            }
         }
         assert!(!splicing.is_finished(), "a busy tunnel stays open");
         // Then nothing moves: the tunnel is reset once the idle time has passed.
@@ -145,6 +164,9 @@ mod tests {
             .expect("joined");
         let e = ended.expect_err("an idle tunnel is an error");
         assert!(is_idle(&e), "{e}");
+        // The socket's own time-out is not idleness.
+        let timed_out = PipeError::Io(Side::Local, io::ErrorKind::TimedOut.into());
+        assert!(!is_idle(&timed_out));
         assert!(started.elapsed() >= idle * 2 + idle);
         let mut rest = Vec::new();
         // The TCP side sees a reset or an end, never more bytes.

@@ -202,6 +202,7 @@ impl Manager {
                 Some(report) = self.reports.recv() => self.on_report(report),
                 event = self.net_events.recv(), if net_open => match event {
                     Ok(NetEvent::Connected(peer)) => self.on_connected(peer),
+                    Ok(NetEvent::Disconnected(_)) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let peers: Vec<PeerId> = self.slots.keys().copied().collect();
                         peers.into_iter().for_each(|p| self.on_connected(p));

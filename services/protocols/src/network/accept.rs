@@ -5,11 +5,14 @@
 //! in a task of their own, or dropped). The loop ends when the network is gone or its
 //! [`Accepting`] guard is dropped.
 //!
-//! The total does not shut a peer out: a peer's first [`RESERVED_PER_PEER`] stream is served
-//! even when the total is reached (by other peers), so that many identities holding every
-//! slot cannot starve a peer that asks for one. What a protocol takes is so bounded by its
-//! total plus that reserve per connected peer (connections are bounded by the network's
-//! limits, per IP address too).
+//! The total does not shut a peer out at once: once the total is reached (by other peers), a
+//! peer that holds no stream of the protocol is served from a reserve of a quarter of the total
+//! ([`Limits::reserve`]), so that identities holding every slot do not starve a peer that asks
+//! for one. A protocol serves so at most `total + reserve` streams at once, whatever the number
+//! of peers: its memory is bounded by that many frames of `max_frame` bytes (a frame's buffer
+//! grows only with the bytes that arrive). Identities that hold a slot each cannot take the
+//! reserve; it runs out only when more than `reserve` identities that hold nothing ask, which
+//! the network's per-IP limits make costly.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -30,8 +33,8 @@ pub struct Accepting {
 /// silent. Declared once, where the protocol is accepted.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Streams served at once from all peers together, besides each peer's first
-    /// ([`RESERVED_PER_PEER`]), which is served whatever others hold.
+    /// Streams served at once from all peers together, besides those of the reserve
+    /// ([`Limits::reserve`]).
     pub total: usize,
     /// Streams served at once from any one peer, so that one peer cannot take every slot.
     pub per_peer: usize,
@@ -72,8 +75,19 @@ impl std::fmt::Display for Overflow {
 
 /// Most refusals written at once by one accept loop; past them, streams are dropped.
 const MAX_REFUSALS: usize = 64;
-/// Streams of each peer served whatever other peers hold (the total counts only the others).
-pub const RESERVED_PER_PEER: usize = 1;
+
+impl Limits {
+    /// Streams served past the total, one each to peers that hold none: a quarter of the total
+    /// (at least 1).
+    pub fn reserve(&self) -> usize {
+        (self.total / 4).max(1)
+    }
+
+    /// The most streams served at once: the total and the reserve.
+    pub fn most(&self) -> usize {
+        self.total.saturating_add(self.reserve())
+    }
+}
 
 /// Serves each stream of `incoming` with `serve`, within `limits`. A stream past them is given
 /// to `refuse` (which may answer it, in a task of its own: at most [`MAX_REFUSALS`] at once,
@@ -93,11 +107,12 @@ pub async fn accept_loop<S, I, F, Fut, R, RFut>(
 {
     let mut tasks = JoinSet::new();
     let mut refusals = JoinSet::new();
-    let mut task_peers: HashMap<task::Id, PeerId> = HashMap::new();
+    // Each stream served: its peer, and whether it holds a place of the reserve.
+    let mut task_peers: HashMap<task::Id, (PeerId, bool)> = HashMap::new();
     let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
-    // Streams past their peers' reserved ones: the sum of `n - RESERVED_PER_PEER` over the
-    // peers that have more than that.
-    let mut shared = 0usize;
+    let reserve = limits.reserve();
+    // Streams served within the total, and past it from the reserve.
+    let (mut shared, mut reserved) = (0usize, 0usize);
     loop {
         tokio::select! {
             // Free the slots of finished streams before taking new ones.
@@ -107,10 +122,12 @@ pub async fn accept_loop<S, I, F, Fut, R, RFut>(
                     Ok((id, ())) => id,
                     Err(e) => e.id(),
                 };
-                if let Some(peer) = task_peers.remove(&id)
+                if let Some((peer, from_reserve)) = task_peers.remove(&id)
                     && let Some(n) = per_peer.get_mut(&peer)
                 {
-                    if *n > RESERVED_PER_PEER {
+                    if from_reserve {
+                        reserved -= 1;
+                    } else {
                         shared -= 1;
                     }
                     *n -= 1;
@@ -123,24 +140,29 @@ pub async fn accept_loop<S, I, F, Fut, R, RFut>(
             next = incoming.next() => match next {
                 Some((peer, stream)) => {
                     let from_peer = per_peer.get(&peer).copied().unwrap_or(0);
-                    let in_shared = from_peer >= RESERVED_PER_PEER;
-                    let overflow = if from_peer >= limits.per_peer {
-                        Some(Overflow::PerPeer(limits.per_peer))
-                    } else if in_shared && shared >= limits.total {
-                        Some(Overflow::Total(limits.total))
+                    // Within the total if there is room; else, for a peer that holds none,
+                    // from the reserve.
+                    let place = if from_peer >= limits.per_peer {
+                        Err(Overflow::PerPeer(limits.per_peer))
+                    } else if shared < limits.total {
+                        Ok(false)
+                    } else if from_peer == 0 && reserved < reserve {
+                        Ok(true)
                     } else {
-                        None
+                        Err(Overflow::Total(limits.total))
                     };
-                    match overflow {
-                        None => {
+                    match place {
+                        Ok(from_reserve) => {
                             let task = tasks.spawn(serve(peer, stream));
-                            task_peers.insert(task.id(), peer);
+                            task_peers.insert(task.id(), (peer, from_reserve));
                             *per_peer.entry(peer).or_default() += 1;
-                            if in_shared {
+                            if from_reserve {
+                                reserved += 1;
+                            } else {
                                 shared += 1;
                             }
                         }
-                        Some(overflow) => {
+                        Err(overflow) => {
                             debug!(%peer, "refusing an inbound {what} stream: {overflow}");
                             count(overflow);
                             if refusals.len() < MAX_REFUSALS
@@ -179,11 +201,12 @@ mod tests {
     async fn one_peer_cannot_take_every_slot() {
         let (streams, incoming) = mpsc::channel::<(PeerId, Held)>(16);
         let limits = Limits {
-            total: 1,
+            total: 3,
             per_peer: 2,
             max_frame: 1024,
             idle: Duration::from_secs(60),
         };
+        assert_eq!(limits.reserve(), 1);
         let serving = tokio::spawn(accept_loop(
             ReceiverStream::new(incoming),
             limits,
@@ -199,7 +222,12 @@ mod tests {
             ),
         ));
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let (a, b, c, d) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
         // Offers a stream from `peer`; dropping the answer ends it.
         let offer = |peer| {
             let (hold, held) = oneshot::channel::<()>();
@@ -208,14 +236,17 @@ mod tests {
                 .expect("room");
             hold
         };
-        // A's third stream is refused (its own limit) while B and C still get in: each peer's
-        // first stream is served past the total, which A's second took; B's second is not.
-        let mut holds: Vec<_> = [a, a, a, b, c, b].into_iter().map(offer).collect();
+        // A's third stream is refused (its own limit) while B still gets in; then the total is
+        // reached: B's second is refused, C (which holds none) is served from the reserve, and
+        // D finds the reserve taken.
+        let mut holds: Vec<_> = [a, a, a, b, b, c, d].into_iter().map(offer).collect();
         let mut started = Vec::new();
         for _ in 0..4 {
             started.push(events.recv().await.expect("event"));
         }
         assert_eq!(started, vec![(a, true), (a, true), (b, true), (c, true)]);
+        let none = tokio::time::timeout(Duration::from_millis(200), events.recv()).await;
+        assert!(none.is_err(), "no fifth stream is served: {none:?}");
         // One stream of A ends: A may open another.
         drop(holds.remove(0));
         assert_eq!(events.recv().await, Some((a, false)));
@@ -230,7 +261,7 @@ mod tests {
         let (streams, incoming) = mpsc::channel::<(PeerId, oneshot::Receiver<()>)>(16);
         let limits = Limits {
             total: 1,
-            per_peer: 2,
+            per_peer: 1,
             max_frame: 1024,
             idle: Duration::from_secs(60),
         };
@@ -254,17 +285,16 @@ mod tests {
         ));
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
         let mut holds = Vec::new();
-        for peer in [a, a, a, b, b, c, c] {
+        for peer in [a, a, b, b, c] {
             let (hold, held) = oneshot::channel::<()>();
             streams.try_send((peer, held)).expect("room");
             holds.push(hold);
         }
-        // Per peer 2, shared slots 1: A's first and second are served (the second in the one
-        // shared slot), its third is past its own limit; B's second and C's second find the
-        // shared slot taken.
+        // Per peer 1, total 1, reserve 1: A's first takes the total, B's the reserve; their
+        // seconds are past their own limit, and C finds both taken.
         for expected in [
-            (a, Overflow::PerPeer(2)),
-            (b, Overflow::Total(1)),
+            (a, Overflow::PerPeer(1)),
+            (b, Overflow::PerPeer(1)),
             (c, Overflow::Total(1)),
         ] {
             let next = tokio::time::timeout(Duration::from_secs(5), refused.recv()).await;

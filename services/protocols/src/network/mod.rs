@@ -35,6 +35,11 @@ pub use error::Error;
 pub use gossip::GossipMessage;
 pub use inbound::{Activity, InboundStream};
 
+/// The protocol of libp2p's ping, which [`Network::ping`] measures a round trip on.
+const PING_PROTOCOL: &str = "/ipfs/ping/1.0.0";
+/// The bytes a ping carries, as libp2p's.
+const PING_SIZE: usize = 32;
+
 /// The name the network handle is provided under (see `p2pos_kernel::Uses::needs`).
 pub const NETWORK: &str = "p2pos.network";
 /// Every DHT key a service announces, looks up or stores a record under starts with this.
@@ -302,6 +307,8 @@ pub enum Fared {
 pub enum NetEvent {
     /// A first connection to the peer is open.
     Connected(PeerId),
+    /// The last connection to the peer closed.
+    Disconnected(PeerId),
 }
 
 /// How the announcement of a key in the DHT went, as the swarm task last heard.
@@ -453,7 +460,10 @@ impl Network {
         }
     }
 
-    /// Connects if needed, then answers one ping round-trip time, all within `limit`.
+    /// Connects if needed, then measures one round trip now, all within `limit`: a
+    /// `/ipfs/ping/1.0.0` stream (which every libp2p node's ping behaviour answers) carrying
+    /// [`PING_SIZE`] random bytes, timed from their write to their echo. A peer that does not
+    /// answer that protocol is answered with its last ping round trip (at most 30 s old).
     pub async fn ping(
         &self,
         peer: PeerId,
@@ -463,6 +473,17 @@ impl Network {
         let started = tokio::time::Instant::now();
         self.connect(peer, addrs, limit).await?;
         let left = limit.saturating_sub(started.elapsed());
+        let timed_out = || Error::Timeout {
+            what: format!("a ping of {peer}"),
+            after: limit,
+        };
+        match tokio::time::timeout(left, self.ping_now(peer)).await {
+            Ok(Ok(Some(rtt))) => return Ok(rtt),
+            Ok(Ok(None)) => {}
+            Ok(Err(reason)) => return Err(Error::Unreachable { peer, reason }),
+            Err(_) => return Err(timed_out()),
+        }
+        let left = limit.saturating_sub(started.elapsed());
         let fut = self.request(|reply| Command::Ping { peer, reply });
         match tokio::time::timeout(left, fut).await {
             Ok(result) => result?,
@@ -471,6 +492,36 @@ impl Network {
                 after: limit,
             }),
         }
+    }
+
+    /// One round trip on a fresh `/ipfs/ping/1.0.0` stream to `peer`; `None` if the peer does
+    /// not answer the protocol.
+    async fn ping_now(&self, peer: PeerId) -> Result<Option<Duration>, String> {
+        use futures::{AsyncReadExt, AsyncWriteExt};
+        let protocol = StreamProtocol::new(PING_PROTOCOL);
+        let mut stream = match self.control.clone().open_stream(peer, protocol).await {
+            Ok(stream) => stream,
+            Err(OpenStreamError::UnsupportedProtocol(_)) => return Ok(None),
+            Err(e) => return Err(format!("cannot open a ping stream: {e}")),
+        };
+        let payload: [u8; PING_SIZE] = rand::random();
+        let mut echo = [0u8; PING_SIZE];
+        let started = tokio::time::Instant::now();
+        stream
+            .write_all(&payload)
+            .await
+            .map_err(|e| format!("ping: {e}"))?;
+        stream.flush().await.map_err(|e| format!("ping: {e}"))?;
+        stream
+            .read_exact(&mut echo)
+            .await
+            .map_err(|e| format!("ping: {e}"))?;
+        let rtt = started.elapsed();
+        let _ = stream.close().await;
+        if echo != payload {
+            return Err("the ping's echo differs from what was sent".into());
+        }
+        Ok(Some(rtt))
     }
 
     /// Looks `peer` up in the DHT.

@@ -304,6 +304,8 @@ pub(crate) enum ForwardCommand {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
         listen: String,
         #[command(flatten)]
+        trust: TrustArgs,
+        #[command(flatten)]
         json: JsonFlag,
     },
     /// Close a forward: its local port stops listening

@@ -29,8 +29,9 @@ use crate::{
     error::validate_app_id,
     inbound::{Io, Refusal},
     registry::{
-        find::{Attempt, Here, try_providers},
+        find::Here,
         names::validate_service,
+        tries::{Attempt, try_providers},
         trust::vouching,
     },
     state::OverlayService,

@@ -5,10 +5,13 @@
 //! [`MAX_CALLS_PER_PEER`] calls are in flight to one peer; more wait their turn.
 //!
 //! Without a named peer the providers are tried as [`try_providers`] says while time
-//! remains, moving on when one is not reachable or its node says the service is not provided
-//! (or it is busy) there. Once a call has been written to a provider it is not sent to
-//! another: a broken stream then is `UNAVAILABLE`, since the provider may have seen the call;
-//! so is any answer that names the provider's app.
+//! remains, moving on when one is not reachable, does not say it took the stream in time, or
+//! its node says the service is not provided (or it is busy, or the app registered there now
+//! holds no certificate of a key the caller pinned) there. Once a provider's node took a call
+//! it is not sent to another, with two exceptions its answer makes: its app's
+//! `RESOURCE_EXHAUSTED` (by the contract of `Reply`, declined without acting on it) and junk
+//! (a broken or hostile provider). Otherwise a broken stream is `UNAVAILABLE`, since the
+//! provider may have seen the call, and so is any answer that names the provider's app.
 
 use std::{sync::Arc, time::Duration};
 
@@ -38,9 +41,10 @@ use actix::Context;
 
 use super::{
     call::{CALL_PROTOCOL, CALL_TAKEN, CallIn, MAX_CALL_FRAME, MAX_CALL_TIME, PROTOCOL, code},
-    find::{Attempt, Here, try_providers},
+    find::Here,
     names::validate_payload,
     slots::{MAX_CALLS_PER_PEER, PeerSlots},
+    tries::{Attempt, try_providers},
     trust::{VerifiedCerts, vouching},
 };
 use crate::{

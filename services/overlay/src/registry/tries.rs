@@ -238,20 +238,8 @@ where
         let (net, key, peer) = (self.net, &self.key, provider.peer);
         match (self.attempt)(peer, provider.addrs, reach_by).await {
             Attempt::Done(result) => {
-                match &result {
-                    Ok(_) => net.provider_fared(key, peer, Fared::Served),
-                    // It took the request and answered junk: tried after the others for a
-                    // while.
-                    Err(Error::Protocol { .. }) => {
-                        net.provider_fared(key, peer, Fared::Misbehaved);
-                    }
-                    // It took the request and then went silent: held back briefly.
-                    Err(Error::Timeout { .. }) => {
-                        net.provider_fared(key, peer, Fared::Refused);
-                    }
-                    // The stream broke (a blip, or a relay): not offered from the cache.
-                    Err(Error::Broken { .. }) => net.provider_fared(key, peer, Fared::Failed),
-                    Err(_) => {}
+                if let Some(fared) = fared_settled(result.as_ref().map(|_| ())) {
+                    net.provider_fared(key, peer, fared);
                 }
                 Some(Ok(result))
             }
@@ -321,6 +309,20 @@ where
     }
 }
 
+/// What a request that a provider settled says about it.
+fn fared_settled(result: Result<(), &Error>) -> Option<Fared> {
+    match result {
+        Ok(()) => Some(Fared::Served),
+        // It took the request and answered junk: tried after the others for a while.
+        Err(Error::Protocol { .. }) => Some(Fared::Misbehaved),
+        // It took the request and then said nothing till its end: held back briefly.
+        Err(Error::Timeout { .. }) => Some(Fared::Refused),
+        // The stream broke (a blip, or a relay): only left out of the cached look-up.
+        Err(Error::Broken { .. }) => Some(Fared::Failed),
+        Err(_) => None,
+    }
+}
+
 /// What a provider's failure `e` (before any app saw the request, or refused by its app with
 /// `RESOURCE_EXHAUSTED`) says about it: busy ones and those that broke the protocol are tried
 /// after the others for a while.
@@ -328,6 +330,9 @@ fn fared(e: &Error) -> Option<Fared> {
     match e {
         // This node's own limit (calls in flight to one peer): nothing against the provider.
         Error::Busy { .. } => None,
+        // Not certified by the keys of this request (its node said so): nothing against it,
+        // other callers pin other keys.
+        Error::NotCertified { .. } => None,
         _ if is_busy(e) => Some(Fared::Refused),
         // It took the stream and did not say it took the request in time.
         Error::Silent { .. } | Error::Timeout { .. } => Some(Fared::Refused),
@@ -406,4 +411,76 @@ pub(crate) fn shortened(mut reasons: String) -> String {
         reasons.push_str("...");
     }
     reasons
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use libp2p::PeerId;
+
+    use super::*;
+
+    #[test]
+    fn local_limits_and_other_keys_are_not_held_against_a_provider() {
+        let peer = PeerId::random();
+        let ours = Error::Busy {
+            what: "calls in flight from this node to one peer",
+            limit: 32,
+        };
+        assert_eq!(fared(&ours), None);
+        assert_eq!(
+            fared(&Error::not_certified(peer, "echo/1", "no certificate")),
+            None
+        );
+        let busy = Error::Provider {
+            code: code(ErrorCode::ResourceExhausted),
+            message: "busy".into(),
+        };
+        assert_eq!(fared(&busy), Some(Fared::Refused));
+        let silent = Error::Silent {
+            peer,
+            waited: Duration::from_secs(2),
+        };
+        assert_eq!(fared(&silent), Some(Fared::Refused));
+        let junk = Error::Protocol {
+            peer,
+            protocol: "/p2pos/call/2",
+            reason: "junk".into(),
+        };
+        assert_eq!(fared(&junk), Some(Fared::Misbehaved));
+        let gone = Error::Unreachable {
+            peer,
+            reason: "no route".into(),
+        };
+        assert_eq!(fared(&gone), Some(Fared::Unreached));
+    }
+
+    #[test]
+    fn a_broken_stream_is_not_misbehaviour_and_silence_till_the_end_is_held_back() {
+        let peer = PeerId::random();
+        assert_eq!(fared_settled(Ok(())), Some(Fared::Served));
+        let broken = Error::Broken {
+            peer,
+            protocol: "/p2pos/call/2",
+            reason: "reset".into(),
+        };
+        assert_eq!(fared_settled(Err(&broken)), Some(Fared::Failed));
+        let junk = Error::Protocol {
+            peer,
+            protocol: "/p2pos/call/2",
+            reason: "not a CallAnswer".into(),
+        };
+        assert_eq!(fared_settled(Err(&junk)), Some(Fared::Misbehaved));
+        let silent = Error::Timeout {
+            what: "the answer".into(),
+            after: Duration::from_secs(20),
+        };
+        assert_eq!(fared_settled(Err(&silent)), Some(Fared::Refused));
+        let answered = Error::Provider {
+            code: 3,
+            message: "bad request".into(),
+        };
+        assert_eq!(fared_settled(Err(&answered)), None);
+    }
 }

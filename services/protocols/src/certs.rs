@@ -2,9 +2,10 @@
 //! helpers) on a node provides a service on the publisher's behalf until a time. Callers pin
 //! publisher keys; their node checks a provider's certificate before it sends that provider a
 //! call or opens a channel to it, and the provider's node checks again, against the app
-//! registered there now, before it gives the call or channel to that app. Text forms are copy-pasteable like tickets: `p2pospub…` (a public key), `p2possec…`
-//! (a secret key, for the publisher's file only) and `p2poscert…` (a certificate), each the
-//! prefix and lowercase RFC 4648 base32 without padding.
+//! registered there now, before it gives the call or channel to that app. Text forms are
+//! copy-pasteable like tickets: `p2pospub…` (a public key), `p2possec…` (a secret key, for the
+//! publisher's file only) and `p2poscert…` (a certificate), each the prefix and lowercase RFC
+//! 4648 base32 without padding.
 
 use data_encoding::BASE32_NOPAD;
 use libp2p::{PeerId, identity::ed25519};

@@ -91,6 +91,7 @@ async fn forward(client: &Client, peer: &str, service: &str) -> u16 {
             service: service.into(),
             peer: peer.into(),
             listen: "127.0.0.1:0".into(),
+            ..OpenForwardRequest::default()
         })
         .await
         .expect("open forward")
@@ -155,6 +156,65 @@ async fn an_exposed_http_server_is_fetched_through_a_forwarded_port() {
     .await;
     assert_eq!(body, b"hello 2");
 
+    // By name, among given peers: B is one of them.
+    let among = client_a
+        .services()
+        .open_forward(OpenForwardRequest {
+            service: "web/1".into(),
+            listen: "127.0.0.1:0".into(),
+            peers: vec![b_id.clone()],
+            ..OpenForwardRequest::default()
+        })
+        .await
+        .expect("a forward among given peers")
+        .into_inner();
+    assert!(among.warning.is_empty(), "{}", among.warning);
+    let among: u16 = among
+        .listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port");
+    assert_eq!(get(among, "/n/4").await.expect("through B"), b"hello 4");
+    // By name, pinning a publisher key that certifies nobody (with p2pctl's flag): the
+    // forward opens, warns, and no connection reaches B.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("publisher.key");
+    let key_file = key_file.to_str().expect("utf-8 path");
+    let (ok, key, err) = p2pctl(&a, &["services", "keygen", "--out", key_file]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = p2pctl(
+        &a,
+        &[
+            "forward",
+            "connect",
+            "web",
+            "--publisher-key",
+            key.trim(),
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("warning"), "{err}");
+    let pinned: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let pinned: u16 = pinned["listen"]
+        .as_str()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a port");
+    assert_eq!(get(pinned, "/n/5").await, None, "B is not certified");
+    let (ok, _, err) = p2pctl(
+        &a,
+        &[
+            "forward",
+            "connect",
+            "web",
+            "--publisher-key",
+            "p2pospubnotakey",
+        ],
+    );
+    assert!(!ok && err.contains("publisher_keys"), "{err}");
+
     // What was not exposed cannot be reached: a service is named, never an address, and only
     // exposed names lead anywhere.
     let unexposed = forward(&client_a, &b_id, "other").await;
@@ -166,6 +226,7 @@ async fn an_exposed_http_server_is_fetched_through_a_forwarded_port() {
                 service: name.clone(),
                 peer: b_id.clone(),
                 listen: "127.0.0.1:0".into(),
+                ..OpenForwardRequest::default()
             })
             .await;
         if let Err(status) = err {

@@ -304,7 +304,9 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
     let certify = |key: &str, peer: &str| {
         let (ok, out, err) = p2pctl(
             &nodes[0],
-            &["services", "certify", "--key", key, "vault/1", peer],
+            &[
+                "services", "certify", "--key", key, "--app", "vault", "vault/1", peer,
+            ],
         );
         assert!(ok, "{err}");
         out.trim().to_owned()
@@ -504,13 +506,23 @@ struct Sybil {
     stream: libp2p_stream::Behaviour,
 }
 
+/// How a Sybil answers a call stream.
+#[derive(Clone, Copy)]
+enum Answers {
+    /// A wrong first byte.
+    Http,
+    /// The call-taken byte, then a frame that is no `CallAnswer`.
+    Framed,
+    /// Nothing: it takes the stream and holds it open, silent.
+    Silent,
+}
+
 /// A bare libp2p peer that announces itself in the DHT (through `hub`) as a provider of
-/// `service` and answers every call with junk: a wrong first byte, or (`framed`) the
-/// call-taken byte then a frame that is no `CallAnswer`. Counts the calls it reads.
+/// `service` and answers every call stream as `answers` says. Counts the streams it takes.
 fn sybil(
     hub: (PeerId, Multiaddr),
     service: &str,
-    framed: bool,
+    answers: Answers,
     hits: Arc<AtomicUsize>,
 ) -> (PeerId, JoinHandle<()>) {
     let key = Keypair::generate_ed25519();
@@ -550,11 +562,15 @@ fn sybil(
                     let mut io = stream.compat();
                     let mut call = Vec::new();
                     let _ = (&mut io).take(2 << 20).read_to_end(&mut call).await;
-                    let junk: &[u8] = match framed {
-                        true => &[
+                    let junk: &[u8] = match answers {
+                        Answers::Framed => &[
                             0x01, 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
                         ],
-                        false => b"HTTP/1.1 200 OK\r\n\r\n",
+                        Answers::Http => b"HTTP/1.1 200 OK\r\n\r\n",
+                        Answers::Silent => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        }
                     };
                     let _ = io.write_all(junk).await;
                     let _ = io.shutdown().await;
@@ -631,7 +647,8 @@ async fn eight_sybils_cannot_make_a_name_unusable() {
     let mut sybils = Vec::new();
     let mut tasks = Vec::new();
     for (i, hits) in junk.iter().enumerate() {
-        let (peer, task) = sybil((hub_peer, hub_addr.clone()), NAME, i % 2 == 0, hits.clone());
+        let answers = [Answers::Framed, Answers::Http][i % 2];
+        let (peer, task) = sybil((hub_peer, hub_addr.clone()), NAME, answers, hits.clone());
         sybils.push(peer.to_string());
         tasks.push(task);
     }
@@ -729,4 +746,400 @@ async fn eight_sybils_cannot_make_a_name_unusable() {
     for task in tasks {
         task.abort();
     }
+}
+
+/// The hub the Sybils announce through: `client`'s node (peer `id`), at its TCP address.
+async fn hub_of(client: &Client, id: &str) -> (PeerId, Multiaddr) {
+    let ticket = client
+        .overlay()
+        .get_ticket(p2pos_proto::overlay::v1::GetTicketRequest {})
+        .await
+        .expect("ticket")
+        .into_inner();
+    let addr = ticket
+        .addresses
+        .iter()
+        .find(|a| a.contains("/tcp/"))
+        .expect("a TCP address")
+        .parse()
+        .expect("multiaddr");
+    (id.parse().expect("peer id"), addr)
+}
+
+/// Makes `caller`'s node rank `provider` (app `app` on `client`'s node, serving `service`
+/// as [`serve`] does) after every other provider for half a minute: called once by peer, it
+/// withdraws (its node tells the caller that it no longer provides the name) and registers
+/// again at once. Answers the new serving task.
+async fn rank_last(
+    caller: &Client,
+    (client, provider): (&Client, &str),
+    (app, service): (&'static str, &'static str),
+    (certificates, seen, answer): (Vec<String>, Arc<AtomicUsize>, &'static str),
+) -> JoinHandle<()> {
+    let named = CallRequest {
+        peer: provider.to_owned(),
+        ..call_request(service)
+    };
+    call(caller, named).await.expect("the provider, by peer");
+    client
+        .services()
+        .unregister(UnregisterRequest {
+            app_id: app.into(),
+            service: service.into(),
+        })
+        .await
+        .expect("unregister");
+    wait_for(
+        "the caller to hear the provider withdrew",
+        T,
+        || async move {
+            let request = FindServiceRequest {
+                service: service.into(),
+                limit: 100,
+                ..FindServiceRequest::default()
+            };
+            let found = find(caller, request).await?;
+            found.iter().all(|p| p.peer_id != provider).then_some(())
+        },
+    )
+    .await;
+    serve(
+        client.clone(),
+        (app, service),
+        certificates,
+        seen,
+        Ok(answer),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seventeen_sybils_cannot_crowd_out_a_named_or_certified_provider() {
+    const NAME: &str = "vault/2";
+    const SYBILS: usize = 17;
+    // The caller is the hub; a certified provider and a named one are p2posd nodes.
+    let (nodes, clients, ids) = star(3).await;
+    let caller = &clients[0];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("publisher.key");
+    let key_file = key_file.to_str().expect("utf-8 path");
+    let (ok, out, err) = p2pctl(&nodes[0], &["services", "keygen", "--out", key_file]);
+    assert!(ok, "{err}");
+    let key = out.trim().to_owned();
+    let (ok, out, err) = p2pctl(
+        &nodes[0],
+        &[
+            "services", "certify", "--key", key_file, "--app", "vault", NAME, &ids[1],
+        ],
+    );
+    assert!(ok, "{err}");
+    let cert = out.trim().to_owned();
+
+    let hub = hub_of(caller, &ids[0]).await;
+    let hits: Vec<Arc<AtomicUsize>> = (0..SYBILS).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let mut sybils = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, hits) in hits.iter().enumerate() {
+        let answers = [Answers::Framed, Answers::Http][i % 2];
+        let (peer, task) = sybil(hub.clone(), NAME, answers, hits.clone());
+        sybils.push(peer.to_string());
+        tasks.push(task);
+    }
+    for peer in &sybils {
+        connected_peer(caller, peer, "a Sybil to reach the caller").await;
+    }
+    let seen: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let app = ("vault", NAME);
+    let _certified = serve(
+        clients[1].clone(),
+        app,
+        vec![cert.clone()],
+        seen[1].clone(),
+        Ok("certified"),
+    )
+    .await;
+    let _named = serve(
+        clients[2].clone(),
+        app,
+        Vec::new(),
+        seen[2].clone(),
+        Ok("named"),
+    )
+    .await;
+    let mut everyone: Vec<&str> = sybils.iter().map(String::as_str).collect();
+    everyone.extend([ids[1].as_str(), ids[2].as_str()]);
+    wait_providers(caller, NAME, &everyone).await;
+
+    // Both honest providers ranked after every connected Sybil: a cut to the first 16 leaves
+    // them out.
+    let _certified = rank_last(
+        caller,
+        (&clients[1], &ids[1]),
+        app,
+        (vec![cert], seen[1].clone(), "certified"),
+    )
+    .await;
+    let _named = rank_last(
+        caller,
+        (&clients[2], &ids[2]),
+        app,
+        (Vec::new(), seen[2].clone(), "named"),
+    )
+    .await;
+
+    let pinned = CallRequest {
+        publisher_keys: vec![key.clone()],
+        ..call_request(NAME)
+    };
+    let reply = call(caller, pinned)
+        .await
+        .expect("the certified provider, past the Sybils");
+    assert_eq!(reply.peer_id, ids[1]);
+    assert_eq!(reply.payload, "certified");
+    let named = CallRequest {
+        peers: vec![ids[2].clone()],
+        ..call_request(NAME)
+    };
+    let reply = call(caller, named)
+        .await
+        .expect("the named provider, past the Sybils");
+    assert_eq!(reply.peer_id, ids[2]);
+    assert_eq!(reply.payload, "named");
+    // FindService too: the filters apply before the answer is cut.
+    let found = find(
+        caller,
+        FindServiceRequest {
+            service: NAME.into(),
+            limit: 1,
+            peers: vec![ids[2].clone()],
+            ..FindServiceRequest::default()
+        },
+    )
+    .await
+    .expect("found");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].peer_id, ids[2]);
+    let sybil_calls: usize = hits.iter().map(|h| h.load(Ordering::SeqCst)).sum();
+    assert!(
+        sybil_calls <= SYBILS,
+        "each Sybil was asked at most once (for its certificates): {sybil_calls}"
+    );
+    for task in tasks {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_sybils_are_skipped_within_the_call_and_then_held_back() {
+    const NAME: &str = "quiet/1";
+    const SILENT: usize = 4;
+    let (_nodes, clients, ids) = star(2).await;
+    let caller = &clients[0];
+    let hub = hub_of(caller, &ids[0]).await;
+    let hits: Vec<Arc<AtomicUsize>> = (0..SILENT).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let mut sybils = Vec::new();
+    let mut tasks = Vec::new();
+    for hits in &hits {
+        let (peer, task) = sybil(hub.clone(), NAME, Answers::Silent, hits.clone());
+        sybils.push(peer.to_string());
+        tasks.push(task);
+    }
+    for peer in &sybils {
+        connected_peer(caller, peer, "a Sybil to reach the caller").await;
+    }
+    let seen = Arc::new(AtomicUsize::new(0));
+    let app = ("quiet", NAME);
+    let _honest = serve(
+        clients[1].clone(),
+        app,
+        Vec::new(),
+        seen.clone(),
+        Ok("hello"),
+    )
+    .await;
+    let mut everyone: Vec<&str> = sybils.iter().map(String::as_str).collect();
+    everyone.push(ids[1].as_str());
+    wait_providers(caller, NAME, &everyone).await;
+    let _honest = rank_last(
+        caller,
+        (&clients[1], &ids[1]),
+        app,
+        (Vec::new(), seen.clone(), "hello"),
+    )
+    .await;
+
+    // Every silent Sybil is tried before the honest provider, and none holds the call long.
+    let first = std::time::Instant::now();
+    let reply = call(caller, call_request(NAME))
+        .await
+        .expect("answered despite the silent Sybils");
+    let took = first.elapsed();
+    eprintln!("the first call past {SILENT} silent Sybils: {took:?}");
+    assert_eq!(reply.peer_id, ids[1]);
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    let tried = || hits.iter().map(|h| h.load(Ordering::SeqCst)).sum::<usize>();
+    assert_eq!(tried(), SILENT, "each silent Sybil was tried once");
+
+    // Later calls skip them.
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        let reply = call(caller, call_request(NAME)).await.expect("answered");
+        assert_eq!(reply.peer_id, ids[1]);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(tried(), SILENT, "no silent Sybil tried again");
+    for task in tasks {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_is_its_apps_and_the_provider_node_checks_it_again() {
+    const NAME: &str = "vault/3";
+    // Two callers: one calls, the other opens channels.
+    let (nodes, clients, ids) = star(3).await;
+    let (caller, opener) = (&clients[0], &clients[2]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("publisher.key");
+    let key_file = key_file.to_str().expect("utf-8 path");
+    let (ok, out, err) = p2pctl(&nodes[0], &["services", "keygen", "--out", key_file]);
+    assert!(ok, "{err}");
+    let key = out.trim().to_owned();
+    let (ok, out, err) = p2pctl(
+        &nodes[0],
+        &[
+            "services", "certify", "--key", key_file, "--app", "vault", NAME, &ids[1],
+        ],
+    );
+    assert!(ok, "{err}");
+    let cert = out.trim().to_owned();
+    let (ok, _, err) = p2pctl(
+        &nodes[0],
+        &[
+            "services",
+            "certify",
+            "--key",
+            key_file,
+            "--app",
+            "vault:helper",
+            NAME,
+            &ids[1],
+        ],
+    );
+    assert!(!ok, "a certificate names an app, not a helper");
+    assert!(err.contains("helper"), "{err}");
+
+    // Another app on the certified node cannot present the vault's certificate.
+    let _mallory_session = open_session(&clients[1], "mallory").await;
+    let refused = clients[1]
+        .services()
+        .register(RegisterRequest {
+            app_id: "mallory".into(),
+            service: NAME.into(),
+            certificates: vec![cert.clone()],
+            ..RegisterRequest::default()
+        })
+        .await
+        .expect_err("another app's certificate");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("'vault'"), "{refused:?}");
+
+    // The vault serves; a caller pinning the key reaches it (and remembers its certificate).
+    let vault_seen = Arc::new(AtomicUsize::new(0));
+    let vault = serve(
+        clients[1].clone(),
+        ("vault", NAME),
+        vec![cert],
+        vault_seen.clone(),
+        Ok("vault"),
+    )
+    .await;
+    wait_providers(caller, NAME, &[&ids[1]]).await;
+    wait_providers(opener, NAME, &[&ids[1]]).await;
+    let pinned = || CallRequest {
+        publisher_keys: vec![key.clone()],
+        ..call_request(NAME)
+    };
+    let reply = call(caller, pinned()).await.expect("the vault");
+    assert_eq!(reply.payload, "vault");
+    let open = OpenServiceChannel {
+        app_id: "caller".into(),
+        service: NAME.into(),
+        publisher_keys: vec![key.clone()],
+        ..OpenServiceChannel::default()
+    };
+    let channel = opener
+        .open_service_channel(open.clone())
+        .await
+        .expect("a channel to the vault");
+    drop(channel);
+
+    // The vault's session ends; mallory takes the name on the same node, with no certificate.
+    vault.abort();
+    wait_for("the vault's registration to end", T, || async {
+        let listed = clients[1]
+            .services()
+            .list_services(ListServicesRequest {})
+            .await
+            .ok()?
+            .into_inner()
+            .services;
+        listed.iter().all(|s| s.service != NAME).then_some(())
+    })
+    .await;
+    let mallory_seen = Arc::new(AtomicUsize::new(0));
+    let _mallory = serve(
+        clients[1].clone(),
+        ("mallory", NAME),
+        Vec::new(),
+        mallory_seen.clone(),
+        Ok("mallory"),
+    )
+    .await;
+
+    // The caller's node still believes the node certified; the node itself refuses.
+    let named = CallRequest {
+        peer: ids[1].clone(),
+        ..pinned()
+    };
+    let refused = call(caller, named)
+        .await
+        .expect_err("mallory is not certified");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    for _ in 0..3 {
+        let refused = call(caller, pinned())
+            .await
+            .expect_err("no certified provider");
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::NotFound | tonic::Code::PermissionDenied
+            ),
+            "{refused:?}"
+        );
+    }
+    let Err(refused) = opener.open_service_channel(open).await else {
+        panic!("a channel to mallory");
+    };
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::NotFound | tonic::Code::PermissionDenied
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        mallory_seen.load(Ordering::SeqCst),
+        0,
+        "mallory saw a request"
+    );
+    // Unpinned, mallory is a provider like any other.
+    let reply = call(caller, call_request(NAME))
+        .await
+        .expect("mallory, unpinned");
+    assert_eq!(reply.payload, "mallory");
 }

@@ -22,6 +22,9 @@ pub enum Error {
     /// A peer that is neither a ticket, a `/p2p/` multiaddr nor a peer id.
     #[error(transparent)]
     InvalidPeer(network::Error),
+    /// Malformed `peers` or `publisher_keys` of a forward.
+    #[error("{0}")]
+    InvalidFilter(String),
     /// A limit is reached.
     #[error("too many {what} (the limit is {limit}); try again later")]
     Busy {
@@ -59,9 +62,10 @@ pub enum Error {
 impl From<Error> for ServiceError {
     fn from(err: Error) -> Self {
         let code = match &err {
-            Error::InvalidServiceName(_) | Error::InvalidAddress { .. } | Error::InvalidPeer(_) => {
-                ErrorCode::InvalidArgument
-            }
+            Error::InvalidServiceName(_)
+            | Error::InvalidAddress { .. }
+            | Error::InvalidPeer(_)
+            | Error::InvalidFilter(_) => ErrorCode::InvalidArgument,
             Error::Busy { .. } => ErrorCode::ResourceExhausted,
             Error::NotExposed(_) | Error::ForwardNotFound(_) => ErrorCode::NotFound,
             Error::Listen { .. } => ErrorCode::FailedPrecondition,

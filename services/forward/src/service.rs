@@ -17,13 +17,14 @@ use p2pos_kernel::{
 use p2pos_proto::{
     app::v1::IncomingCall,
     service::v1::{
-        CloseForwardRequest, ExposeRequest, Forward, ReplyError, ReplyRequest, WithdrawRequest,
-        reply_request,
+        CloseForwardRequest, ExposeRequest, Forward, OpenForwardRequest, ReplyError, ReplyRequest,
+        WithdrawRequest, reply_request,
     },
 };
 use p2pos_protocols::{
     Apps, Forwarding as ForwardingProtocol, Services, answer,
     apps::{self, ChannelStream, Incoming},
+    certs::{MAX_PINNED_KEYS, PublisherKey},
     forwarding::Request,
     ids::{AppId, PeerRef, ServiceName},
     services,
@@ -261,13 +262,17 @@ impl Handler<Call<ForwardingProtocol>> for ForwardService {
                 answer::<_, Error>(reply, Ok(self.forwarding.exposures()));
             }
             Request::OpenForward { request, reply } => {
-                let opener = opener(self.registry.clone());
-                match self.forwarding.open_forward(request, opener) {
+                let opened = provider_filter(&request).and_then(|filter| {
+                    let opener = opener(self.registry.clone(), filter.clone());
+                    let forward = self.forwarding.open_forward(request, opener)?;
+                    Ok((forward, filter))
+                });
+                match opened {
                     Err(e) => answer(reply, Err::<Forward, _>(e)),
-                    Ok(mut forward) => {
+                    Ok((mut forward, filter)) => {
                         let registry = self.registry.clone();
                         tokio::spawn(async move {
-                            forward.warning = check_provided(&registry, &forward).await;
+                            forward.warning = check_provided(&registry, &forward, filter).await;
                             answer::<_, Error>(reply, Ok(forward));
                         });
                     }
@@ -372,17 +377,61 @@ async fn unregister(registry: &Registry, service: ServiceName) -> Result<(), Ser
 /// How long opening a forward waits to learn whether anyone provides its service.
 const CHECK_TIME: Duration = Duration::from_secs(3);
 
-/// Whether anyone (the peer named, if one is) provides the service of a forward just opened:
-/// empty if so (or if the look-up did not answer in [`CHECK_TIME`]), else a warning, also
-/// logged.
-async fn check_provided(registry: &Registry, forward: &Forward) -> String {
+/// Most peers a forward names in `peers`.
+const MAX_NAMED_PEERS: usize = 256;
+
+/// The providers a forward's connections may reach: its `peers` and `publisher_keys`, checked.
+fn provider_filter(request: &OpenForwardRequest) -> Result<services::ProviderFilter, Error> {
+    let shown = |s: &str| s.chars().take(80).collect::<String>();
+    if request.peers.len() > MAX_NAMED_PEERS {
+        return Err(Error::InvalidFilter(format!(
+            "{} peers named; at most {MAX_NAMED_PEERS}",
+            request.peers.len()
+        )));
+    }
+    if request.publisher_keys.len() > MAX_PINNED_KEYS {
+        return Err(Error::InvalidFilter(format!(
+            "{} publisher keys pinned; at most {MAX_PINNED_KEYS}",
+            request.publisher_keys.len()
+        )));
+    }
+    let peers = request
+        .peers
+        .iter()
+        .map(|p| {
+            PeerRef::parse(p).map(|r| r.peer).map_err(|_| {
+                Error::InvalidFilter(format!("peers: {:?} is not a peer id", shown(p)))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let publisher_keys = request
+        .publisher_keys
+        .iter()
+        .map(|k| {
+            PublisherKey::parse(k).map_err(|e| Error::InvalidFilter(format!("publisher_keys: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(services::ProviderFilter {
+        only: (!peers.is_empty()).then_some(peers),
+        publisher_keys,
+    })
+}
+
+/// Whether anyone (the peer named, if one is; among `filter`'s providers) provides the
+/// service of a forward just opened: empty if so (or if the look-up did not answer in
+/// [`CHECK_TIME`]), else a warning, also logged.
+async fn check_provided(
+    registry: &Registry,
+    forward: &Forward,
+    filter: services::ProviderFilter,
+) -> String {
     let Ok(service) = ServiceName::parse_or_first(&forward.service) else {
         return String::new();
     };
     let finding = registry.ask::<Services, _>(|reply| services::Request::Find {
         service,
         limit: 0,
-        filter: Default::default(),
+        filter,
         reply,
     });
     let warning = match tokio::time::timeout(CHECK_TIME, finding).await {
@@ -417,11 +466,12 @@ async fn check_provided(registry: &Registry, forward: &Forward) -> String {
 }
 
 /// How a forward opens the channel of each connection: a service channel from
-/// [`FORWARD_APP`], through the services protocol, as any app opens one.
-fn opener(registry: Registry) -> Opener {
+/// [`FORWARD_APP`], through the services protocol, as any app opens one, to a provider
+/// `filter` allows.
+fn opener(registry: Registry, filter: services::ProviderFilter) -> Opener {
     Arc::new(
         move |service: String, peer: String| -> BoxFuture<'static, Result<ChannelStream, Error>> {
-            let registry = registry.clone();
+            let (registry, filter) = (registry.clone(), filter.clone());
             async move {
                 let service = ServiceName::parse_or_first(&service).map_err(|reason| {
                     Error::InvalidServiceName(p2pos_protocols::ids::invalid_service_name(
@@ -437,7 +487,7 @@ fn opener(registry: Registry) -> Opener {
                         app_id: forward_app(),
                         service,
                         peer,
-                        filter: Default::default(),
+                        filter,
                         reply,
                     })
                     .await?;

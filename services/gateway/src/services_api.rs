@@ -589,7 +589,10 @@ mod tests {
             tonic::Code::InvalidArgument
         );
 
-        let cert = secret.certify("echo/1", peer, u64::MAX).to_text();
+        let cert = secret
+            .certify("echo/1", ("app", peer), u64::MAX)
+            .expect("certify")
+            .to_text();
         assert_eq!(certificates(vec![cert.clone()]).expect("one").len(), 1);
         assert_eq!(
             code(certificates(vec![cert; MAX_CERTIFICATES + 1])),

@@ -237,6 +237,8 @@ impl Handler<Call<Forwarding>> for FakeServices {
                         service,
                         peer,
                         listen,
+                        peers: _,
+                        publisher_keys: _,
                     },
                 reply,
             } => answer(
@@ -430,6 +432,7 @@ async fn port_forwarding_is_the_admins() {
         service: "web/2".into(),
         peer: String::new(),
         listen: "127.0.0.1:0".into(),
+        ..OpenForwardRequest::default()
     };
     let mut services = chat.services();
     for denied in [

@@ -3,10 +3,12 @@
 //! layer announces `/p2pos/service/<service>` for the services provided here), and how each
 //! announcement went, told back to every announcer ([`Announced`]).
 //!
-//! An announcement is done once at least one other node answered the query that carries it;
-//! one that reached nobody (no peer in the routing table yet) or timed out is failed, with the
-//! reason, and made again: after 2 s, doubling to 60 s, and at once when a first peer enters
-//! the routing table. Kademlia republishes every key every minute besides.
+//! An announcement is done once its provider record was sent to at least one other node (one
+//! that answered the query for the closest peers: Kademlia's `ADD_PROVIDER` is not
+//! acknowledged, so "sent" is all this node can know); one that reached nobody (no peer in the
+//! routing table yet), timed out, or could not even be stored here is failed, with the reason,
+//! and made again: after 2 s, doubling to 60 s, and at once when a first peer enters the
+//! routing table. Kademlia republishes every key every minute besides.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -77,7 +79,7 @@ impl EventLoop {
             self.announced.remove(gone);
             self.announce_retry.remove(gone);
         }
-        let mut providing = wanted.clone();
+        let mut failed = Vec::new();
         for new in wanted.difference(&self.providing) {
             match kad.start_providing(dht_key(new)) {
                 Ok(_) => {
@@ -86,14 +88,15 @@ impl EventLoop {
                 }
                 Err(e) => {
                     warn!(key = %new, "cannot announce the key in the DHT: {e}");
-                    let reason = format!("this node cannot store its provider record: {e}");
-                    self.announced
-                        .insert(new.clone(), Announced::Failed(reason));
-                    providing.remove(new);
+                    failed.push((new.clone(), e));
                 }
             }
         }
-        self.providing = providing;
+        // Still wanted, so still ours to announce: made again on the retry schedule.
+        self.providing = wanted;
+        for (key, e) in failed {
+            self.failed_locally(key, &e);
+        }
         self.tell_announcers();
     }
 
@@ -149,17 +152,30 @@ impl EventLoop {
             }
             Announced::Failed(reason) => {
                 debug!(%key, "announcement failed: {reason}");
-                let backoff = self
-                    .announce_retry
-                    .get(&key)
-                    .map_or(FIRST_RETRY, |(_, b)| (*b * 2).min(MAX_RETRY));
-                self.announce_retry
-                    .insert(key.clone(), (Instant::now() + backoff, backoff));
+                self.retry_later(&key);
             }
             Announced::Pending => {}
         }
         self.announced.insert(key, outcome);
         self.tell_announcers();
+    }
+
+    /// Schedules `key`'s announcement again: after 2 s, doubling each time to 60 s.
+    fn retry_later(&mut self, key: &str) {
+        let backoff = self
+            .announce_retry
+            .get(key)
+            .map_or(FIRST_RETRY, |(_, b)| (*b * 2).min(MAX_RETRY));
+        self.announce_retry
+            .insert(key.to_owned(), (Instant::now() + backoff, backoff));
+    }
+
+    /// This node could not store its own provider record of `key` (its record store is
+    /// full): failed, and made again on the retry schedule.
+    fn failed_locally(&mut self, key: String, e: &kad::store::Error) {
+        let reason = format!("this node cannot store its provider record: {e}");
+        self.retry_later(&key);
+        self.announced.insert(key, Announced::Failed(reason));
     }
 
     /// Makes again the failed announcements whose time has come (from housekeeping).
@@ -177,6 +193,7 @@ impl EventLoop {
         let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
             return;
         };
+        let mut failed = Vec::new();
         for key in due {
             // Not again until this try has ended (its result sets the next time).
             if let Some((at, _)) = self.announce_retry.get_mut(&key) {
@@ -184,7 +201,14 @@ impl EventLoop {
             }
             if let Err(e) = kad.start_providing(dht_key(&key)) {
                 warn!(%key, "cannot announce the key in the DHT: {e}");
+                failed.push((key, e));
             }
+        }
+        if !failed.is_empty() {
+            for (key, e) in failed {
+                self.failed_locally(key, &e);
+            }
+            self.tell_announcers();
         }
     }
 

@@ -33,12 +33,16 @@ struct Entry {
 }
 
 impl ProviderCache {
-    /// The providers of `key` found less than [`PROVIDER_TTL`] ago, if there are at least
-    /// `limit` of them or the look-up found every one it could.
-    pub(crate) fn get(&self, key: &str, limit: usize) -> Option<Vec<Found>> {
+    /// The providers of `key` found less than [`PROVIDER_TTL`] ago, if they are `enough` or
+    /// the look-up found every one it could.
+    pub(crate) fn get(
+        &self,
+        key: &str,
+        enough: impl FnOnce(&[Found]) -> bool,
+    ) -> Option<Vec<Found>> {
         let entry = self.entries.get(key)?;
         let fresh = entry.at.elapsed() < PROVIDER_TTL;
-        let enough = entry.complete || entry.providers.len() >= limit;
+        let enough = entry.complete || enough(&entry.providers);
         (fresh && enough).then(|| entry.providers.clone())
     }
 
@@ -104,21 +108,24 @@ mod tests {
         let mut cache = ProviderCache::default();
         let two = found(2);
         cache.put("echo/1", two.clone(), false);
-        assert_eq!(cache.get("echo/1", 2).map(|p| p.len()), Some(2));
+        assert_eq!(
+            cache.get("echo/1", |f| f.len() >= 2).map(|p| p.len()),
+            Some(2)
+        );
         assert!(
-            cache.get("echo/1", 8).is_none(),
+            cache.get("echo/1", |f| f.len() >= 8).is_none(),
             "the look-up stopped early"
         );
         cache.put("echo/1", two.clone(), true);
         assert_eq!(
-            cache.get("echo/1", 8).map(|p| p.len()),
+            cache.get("echo/1", |f| f.len() >= 8).map(|p| p.len()),
             Some(2),
             "all there are"
         );
-        assert!(cache.get("other/1", 1).is_none());
+        assert!(cache.get("other/1", |f| !f.is_empty()).is_none());
 
         tokio::time::advance(PROVIDER_TTL).await;
-        assert!(cache.get("echo/1", 1).is_none(), "stale");
+        assert!(cache.get("echo/1", |f| !f.is_empty()).is_none(), "stale");
         cache.expire();
         assert_eq!(cache.len(), 0);
     }
@@ -129,7 +136,7 @@ mod tests {
         let two = found(2);
         cache.put("echo/1", two.clone(), true);
         cache.forget("echo/1", &two[0].0);
-        let left = cache.get("echo/1", 8).expect("one left");
+        let left = cache.get("echo/1", |f| f.len() >= 8).expect("one left");
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].0, two[1].0);
         cache.forget("echo/1", &two[1].0);
@@ -138,11 +145,11 @@ mod tests {
         cache.put("echo/1", two.clone(), true);
         cache.put("echo/1", Vec::new(), false);
         assert!(
-            cache.get("echo/1", 1).is_some(),
+            cache.get("echo/1", |f| !f.is_empty()).is_some(),
             "an early stop clears nothing"
         );
         cache.put("echo/1", Vec::new(), true);
-        assert!(cache.get("echo/1", 1).is_none());
+        assert!(cache.get("echo/1", |f| !f.is_empty()).is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -154,7 +161,7 @@ mod tests {
         }
         cache.put("new/1", found(1), true);
         assert_eq!(cache.len(), MAX_ENTRIES);
-        assert!(cache.get("s0/1", 1).is_none());
-        assert!(cache.get("new/1", 1).is_some());
+        assert!(cache.get("s0/1", |f| !f.is_empty()).is_none());
+        assert!(cache.get("new/1", |f| !f.is_empty()).is_some());
     }
 }

@@ -45,7 +45,7 @@ impl EventLoop {
     pub(crate) fn find_providers(
         &mut self,
         key: String,
-        limit: usize,
+        (limit, among): (usize, Option<Vec<PeerId>>),
         wait: Duration,
         fresh: bool,
         reply: Reply<Providers>,
@@ -55,19 +55,21 @@ impl EventLoop {
             return;
         }
         let limit = limit.max(1);
-        if !fresh && let Some(found) = self.provider_cache.get(&key, limit) {
-            let providers = self.ranked(&key, found, limit);
-            let _ = reply.send(Ok(Providers {
+        let waiter = Waiter {
+            limit,
+            among,
+            deadline: Instant::now() + wait,
+            reply,
+        };
+        if !fresh && let Some(found) = self.provider_cache.get(&key, |f| waiter.wanted(f) >= limit)
+        {
+            let providers = self.ranked(&key, found, &waiter);
+            let _ = waiter.reply.send(Ok(Providers {
                 providers,
                 cached: true,
             }));
             return;
         }
-        let waiter = Waiter {
-            limit,
-            deadline: Instant::now() + wait,
-            reply,
-        };
         if let Some(id) = self.provider_query_of.get(&key).copied()
             && let Some(query) = self.provider_queries.get_mut(&id)
         {
@@ -208,10 +210,10 @@ impl EventLoop {
         let Some(query) = self.provider_queries.get_mut(&id) else {
             return;
         };
-        let count = query.found.len();
+        let found = &query.found;
         let (done, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut query.waiters)
             .into_iter()
-            .partition(|w| count >= w.limit);
+            .partition(|w| w.wanted(found) >= w.limit);
         query.waiters = waiting;
         let (key, found, none_left) = (
             query.key.clone(),
@@ -286,7 +288,7 @@ impl EventLoop {
     }
 
     fn answer(&self, key: &str, waiter: Waiter, found: Vec<Found>) {
-        let providers = self.ranked(key, found, waiter.limit);
+        let providers = self.ranked(key, found, &waiter);
         let _ = waiter.reply.send(Ok(Providers {
             providers,
             cached: false,
@@ -297,10 +299,12 @@ impl EventLoop {
     /// round-trip time (those not measured yet last among them), then the others in the
     /// order found, then those that refused or misbehaved recently, then those that said they
     /// do not provide it, then those not reached
-    /// (see [`ProviderReach`]).
-    fn ranked(&self, key: &str, found: Vec<Found>, limit: usize) -> Vec<RemoteProvider> {
+    /// (see [`ProviderReach`]); only those `waiter` wants, picked out before the cut to its
+    /// limit.
+    fn ranked(&self, key: &str, found: Vec<Found>, waiter: &Waiter) -> Vec<RemoteProvider> {
         let mut providers: Vec<RemoteProvider> = found
             .into_iter()
+            .filter(|(peer, _)| waiter.wants(peer))
             .map(|(peer, addrs)| {
                 let connected = self.swarm.is_connected(&peer);
                 let (reach, last_connected_ms) = self.reach.of(key, peer, connected);
@@ -324,7 +328,7 @@ impl EventLoop {
             ProviderReach::Unreached => 4,
         };
         providers.sort_by_key(|p| (class(p.reach), p.rtt.is_none(), p.rtt));
-        providers.truncate(limit);
+        providers.truncate(waiter.limit);
         providers
     }
 }

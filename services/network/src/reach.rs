@@ -4,8 +4,9 @@
 //! each peer was last connected. Provider records stay in the DHT for minutes after a provider
 //! stops; this is what lets callers skip such a provider at once instead of timing out on it.
 //!
-//! Every table is bounded ([`MAX_ENTRIES`] each): past the bound, expired entries go first,
-//! then the oldest.
+//! Every table is bounded ([`MAX_ENTRIES`] each): past the bound, expired entries go first
+//! (each by its own time: a refusal's minute, a misbehaviour's ten), then the one that would
+//! expire soonest.
 
 use std::{collections::HashMap, hash::Hash, time::Duration};
 
@@ -53,16 +54,12 @@ impl Reach {
                 self.unreached.remove(&peer);
             }
             Fared::NotProviding => {
-                insert_bounded(
-                    &mut self.not_providing,
-                    (key.to_owned(), peer),
-                    now,
-                    NOT_PROVIDING_TTL,
-                    |at| *at,
-                );
+                insert_bounded(&mut self.not_providing, (key.to_owned(), peer), now, |at| {
+                    *at + NOT_PROVIDING_TTL
+                });
             }
             Fared::Unreached => {
-                insert_bounded(&mut self.unreached, peer, now, UNREACHED_TTL, |at| *at);
+                insert_bounded(&mut self.unreached, peer, now, |at| *at + UNREACHED_TTL);
             }
             Fared::Refused | Fared::Misbehaved => {
                 let ttl = match fared {
@@ -79,8 +76,7 @@ impl Reach {
                         &mut self.refused,
                         (key.to_owned(), peer),
                         (now, ttl),
-                        MISBEHAVED_TTL,
-                        |(at, _)| *at,
+                        |(at, held)| *at + *held,
                     );
                 }
             }
@@ -94,13 +90,9 @@ impl Reach {
             self.unreached.remove(&peer);
         }
         let entry = (Instant::now(), now_ms());
-        insert_bounded(
-            &mut self.last_connected,
-            peer,
-            entry,
-            RECENTLY,
-            |(at, _)| *at,
-        );
+        insert_bounded(&mut self.last_connected, peer, entry, |(at, _)| {
+            *at + RECENTLY
+        });
     }
 
     /// How `peer`, a provider of `key`, stands (`connected`: a connection to it is open), and
@@ -154,24 +146,24 @@ impl Reach {
     }
 }
 
-/// Inserts into a table of at most [`MAX_ENTRIES`]: when full, entries older than `ttl` go,
-/// then the oldest one.
+/// Inserts into a table of at most [`MAX_ENTRIES`] whose entries each expire at
+/// `expires(entry)`: when full, the expired entries go, then the one that expires soonest.
 fn insert_bounded<K: Hash + Eq + Clone, V>(
     table: &mut HashMap<K, V>,
     key: K,
     value: V,
-    ttl: Duration,
-    at: impl Fn(&V) -> Instant,
+    expires: impl Fn(&V) -> Instant,
 ) {
     if !table.contains_key(&key) && table.len() >= MAX_ENTRIES {
-        table.retain(|_, v| at(v).elapsed() < ttl);
+        let now = Instant::now();
+        table.retain(|_, v| expires(v) > now);
         if table.len() >= MAX_ENTRIES
-            && let Some(oldest) = table
+            && let Some(soonest) = table
                 .iter()
-                .min_by_key(|(_, v)| at(v))
+                .min_by_key(|(_, v)| expires(v))
                 .map(|(k, _)| k.clone())
         {
-            table.remove(&oldest);
+            table.remove(&soonest);
         }
     }
     table.insert(key, value);
@@ -223,6 +215,27 @@ mod tests {
         );
         reach.fared("k", junk, Fared::Served);
         assert_eq!(reach.of("k", junk, true).0, ProviderReach::Connected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_table_drops_what_expired_by_its_own_time_before_what_still_holds() {
+        let mut reach = Reach::default();
+        let junk: Vec<PeerId> = (0..MAX_ENTRIES - 1).map(|_| PeerId::random()).collect();
+        for peer in &junk {
+            reach.fared("k", *peer, Fared::Misbehaved);
+        }
+        let busy = PeerId::random();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        reach.fared("k", busy, Fared::Refused);
+        // The refusal's minute is over; the misbehaviours' ten minutes are not.
+        tokio::time::advance(REFUSED_TTL).await;
+        let newcomer = PeerId::random();
+        reach.fared("k", newcomer, Fared::Misbehaved);
+        assert_eq!(reach.refused.len(), MAX_ENTRIES);
+        assert!(!reach.refused.contains_key(&("k".to_owned(), busy)));
+        for peer in junk.iter().chain([&newcomer]) {
+            assert_eq!(reach.of("k", *peer, true).0, ProviderReach::Refused);
+        }
     }
 
     #[test]

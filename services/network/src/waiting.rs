@@ -2,7 +2,7 @@
 //! providers, record puts and gets. The task's parts (`connect`, `providers`, `records`) keep
 //! these in the [`EventLoop`](crate::event_loop::EventLoop) and answer their callers.
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 use p2pos_protocols::network::{Providers, Reply, SignedRecord};
 use tokio::time::Instant;
 
@@ -29,8 +29,22 @@ pub(crate) struct ProviderQuery {
 /// A caller of `EventLoop::find_providers` waiting on a look-up.
 pub(crate) struct Waiter {
     pub(crate) limit: usize,
+    /// Only these providers count and are answered; `None`: any.
+    pub(crate) among: Option<Vec<PeerId>>,
     pub(crate) deadline: Instant,
     pub(crate) reply: Reply<Providers>,
+}
+
+impl Waiter {
+    /// Whether `peer` is a provider this caller wants.
+    pub(crate) fn wants(&self, peer: &PeerId) -> bool {
+        self.among.as_ref().is_none_or(|among| among.contains(peer))
+    }
+
+    /// How many of `found` this caller wants.
+    pub(crate) fn wanted(&self, found: &[Found]) -> usize {
+        found.iter().filter(|(p, _)| self.wants(p)).count()
+    }
 }
 
 /// A put or a get of a record in progress.

@@ -174,7 +174,7 @@ impl OverlayService {
         Box::pin(async move {
             let _permit = permit;
             let reach_by = tokio::time::Instant::now() + channel::REACH_TIME;
-            let to = (None, group);
+            let to = (None, group, &[][..]);
             let stream = channel::open(net, store, app_id, to, peer, addrs, reach_by).await?;
             Ok(count(stream, channel_permit))
         })

@@ -10,6 +10,7 @@ use p2pos_kernel::Store;
 use p2pos_proto::wire::v1::{ChannelHello, ChannelWelcome, channel_welcome};
 use p2pos_protocols::{
     apps::ChannelStream,
+    certs::PublisherKey,
     marked::EndMarked,
     network::Network,
     wire::{self, read_message, write_message},
@@ -52,7 +53,7 @@ pub(crate) async fn open(
     net: Network,
     store: Arc<dyn Store>,
     app_id: String,
-    (service, group): (Option<String>, Option<String>),
+    (service, group, pinned): (Option<String>, Option<String>, &[PublisherKey]),
     peer: PeerId,
     addrs: Vec<Multiaddr>,
     reach_by: Instant,
@@ -70,6 +71,10 @@ pub(crate) async fn open(
         service: service.clone().unwrap_or_default(),
         group: group.clone().unwrap_or_default(),
         end_mark: true,
+        publisher_keys: pinned
+            .iter()
+            .map(|k| bytes::Bytes::copy_from_slice(k.as_bytes()))
+            .collect(),
     };
     let mut opens = 0;
     let mut io = loop {
@@ -151,6 +156,17 @@ pub(crate) async fn open(
         (Ok(channel_welcome::Result::Timeout), _) => Err(not_accepted(app_id)),
         (Ok(channel_welcome::Result::Busy), _) => Err(Error::ChannelRefused { peer, message }),
         (Ok(channel_welcome::Result::NotMember), _) => Err(Error::NotMember { peer, message }),
+        // The app registered there now holds no certificate of a pinned key (the opener's
+        // side forgets what it knew of the responder's certificates).
+        (Ok(channel_welcome::Result::NotCertified), Some(service)) => Err(Error::not_certified(
+            peer,
+            service,
+            format!(
+                "its node refused the channel: {}",
+                message.chars().take(200).collect::<String>()
+            ),
+        )),
+        (Ok(channel_welcome::Result::NotCertified), None) => Err(broken(message)),
         // Only service channels are answered so.
         (Ok(channel_welcome::Result::NotProvided), None) => Err(broken(message)),
         (Err(_), _) => Err(broken(format!(

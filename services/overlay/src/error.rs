@@ -207,6 +207,25 @@ pub enum Error {
         /// What happened.
         reason: String,
     },
+    /// A stream broke after the far side took the request (a blip, a relay, or the peer went
+    /// away): nothing it sent was wrong.
+    #[error("{protocol} with peer {peer} broke off: {reason}")]
+    Broken {
+        /// The peer.
+        peer: PeerId,
+        /// The protocol id.
+        protocol: &'static str,
+        /// What happened.
+        reason: String,
+    },
+    /// A peer took a stream and did not say in time whether it takes the request on it.
+    #[error("peer {peer} took the stream and said nothing for {waited:?}")]
+    Silent {
+        /// The peer.
+        peer: PeerId,
+        /// How long it was waited for.
+        waited: Duration,
+    },
     /// The swarm task is gone (the service is stopping or restarting).
     #[error("the overlay's network task has stopped; try again in a moment")]
     NetworkStopped,
@@ -288,7 +307,7 @@ pub enum Error {
     },
     /// Providers are known, but none holds a certificate of a pinned publisher key.
     #[error(
-        "no provider of '{service}' found is certified by a publisher key the caller pinned          ({known} found): {reasons}"
+        "no provider of '{service}' found is certified by a publisher key the caller pinned ({known} found): {reasons}"
     )]
     NoneCertified {
         /// The service.
@@ -410,6 +429,8 @@ impl From<Error> for ServiceError {
             | Error::DhtDisabled => ErrorCode::FailedPrecondition,
             Error::Unreachable { .. }
             | Error::Protocol { .. }
+            | Error::Broken { .. }
+            | Error::Silent { .. }
             | Error::OpenerGone { .. }
             | Error::NetworkStopped
             | Error::Restarting => ErrorCode::Unavailable,

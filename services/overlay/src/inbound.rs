@@ -48,6 +48,9 @@ pub(crate) struct InboundChannel {
     pub(crate) service: String,
     /// The group it is in (its id), where the peer's membership was checked; empty: none.
     pub(crate) group: String,
+    /// With `service` set: the publisher keys the opener pinned, as the hello carries them
+    /// (checked by the actor against the service's registration); empty: any provider.
+    pub(crate) publisher_keys: Vec<bytes::Bytes>,
     /// The stream, after the hello.
     pub(crate) io: Io,
 }
@@ -83,6 +86,7 @@ pub(crate) async fn serve_channel(
         service,
         group,
         end_mark,
+        publisher_keys,
     } = hello;
     // The frames' ends are marked both ways when the opener asks (the welcome says so).
     let io = EndMarked::new(io, end_mark);
@@ -111,6 +115,7 @@ pub(crate) async fn serve_channel(
         app_id,
         service,
         group,
+        publisher_keys,
         io,
     };
     let refusal = match actor.send(inbound).await {

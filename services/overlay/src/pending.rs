@@ -246,11 +246,12 @@ impl Handler<InboundChannel> for OverlayService {
             app_id,
             service,
             group,
+            publisher_keys,
             io,
         } = msg;
         if !service.is_empty() {
             return self
-                .inbound_service_channel(peer, app_id, service, io, ctx)
+                .inbound_service_channel(peer, (app_id, service, publisher_keys), io, ctx)
                 .map_or(Ok(()), Err);
         }
         let group = (!group.is_empty()).then_some(group);

@@ -14,7 +14,7 @@ use p2pos_proto::wire::v1::channel_welcome;
 use p2pos_protocols::{Services, services::Request};
 use p2pos_protocols::{
     apps::ChannelStream,
-    certs::PublisherKey,
+    certs::{MAX_PINNED_KEYS, PublisherKey},
     ids::{PeerRef, ServiceName},
     services::ProviderFilter,
 };
@@ -29,8 +29,9 @@ use crate::{
     error::validate_app_id,
     inbound::{Io, Refusal},
     registry::{
-        find::{Attempt, Here, try_providers},
+        find::Here,
         names::validate_service,
+        tries::{Attempt, try_providers},
         trust::vouching,
     },
     state::OverlayService,
@@ -48,15 +49,22 @@ impl OverlayService {
 
     /// Whether the provider of `service` here is certified by one of `pinned` (always, when
     /// none is pinned); if not, why.
+    /// Only certificates for the app registered now count.
     fn certified_here(&self, service: &str, pinned: &[PublisherKey]) -> Result<(), String> {
         if pinned.is_empty() {
             return Ok(());
         }
-        let certs = self
+        let certs: Vec<_> = self
             .providers
             .borrow()
             .get(service)
-            .map(|p| p.certificates.clone())
+            .map(|p| {
+                p.certificates
+                    .iter()
+                    .filter(|c| c.check_app(&p.app_id).is_ok())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         vouching(&certs, service, &self.net.local_peer_id(), pinned).map(|_| ())
     }
@@ -91,6 +99,8 @@ impl OverlayService {
         let here = match &target {
             Some((peer, _)) if *peer != local => None,
             None if !filter.allows(&local) => None,
+            // Not provided here: nothing to say of certificates.
+            _ if self.provider_here(&service).is_none() => None,
             _ => match self.certified_here(&service, &filter.publisher_keys) {
                 Ok(()) => self.provider_here(&service),
                 Err(reason) => {
@@ -115,6 +125,7 @@ impl OverlayService {
             None => {}
         }
         let (net, checker) = (self.net.clone(), self.checker.clone());
+        let pinned = filter.publisher_keys.clone();
         Box::pin(async move {
             let _open = open_permit;
             if let Some((provider, opening)) = local_opening {
@@ -133,13 +144,21 @@ impl OverlayService {
             }
             let until = Instant::now() + channel::REACH_TIME;
             let opening = |peer, addrs, reach_by| {
-                let (net, store) = (net.clone(), store.clone());
+                let (net, store, checker) = (net.clone(), store.clone(), checker.clone());
                 let (app_id, service) = (app_id.clone(), Some(service.clone()));
+                let pinned = pinned.clone();
                 async move {
-                    let to = (service, None);
+                    let to = (service.clone(), None, &pinned[..]);
                     let opening = channel::open(net, store, app_id, to, peer, addrs, reach_by);
                     match opening.await {
                         Ok(stream) => Attempt::Done(Ok(stream)),
+                        // Its node refused: what it presented is out of date.
+                        Err(e @ Error::NotCertified { .. }) => {
+                            if let Some(service) = &service {
+                                checker.forget(peer, service);
+                            }
+                            Attempt::Next(e)
+                        }
                         Err(e) if worth_another(&e) => Attempt::Next(e),
                         Err(e) => Attempt::Done(Err(e)),
                     }
@@ -191,8 +210,7 @@ impl OverlayService {
     pub(crate) fn inbound_service_channel(
         &mut self,
         peer: PeerId,
-        from_app: String,
-        service: String,
+        (from_app, service, publisher_keys): (String, String, Vec<bytes::Bytes>),
         io: Io,
         ctx: &mut Context<Self>,
     ) -> Option<Refusal> {
@@ -207,7 +225,21 @@ impl OverlayService {
         if let Err(e) = validate_service(&service).and_then(|()| validate_app_id(&from_app)) {
             return refuse(io, not_provided, e.to_string());
         }
-        match self.provider_here(&service) {
+        let not_certified = channel_welcome::Result::NotCertified;
+        let pinned = match pinned_keys(&publisher_keys) {
+            Ok(pinned) => pinned,
+            Err(why) => return refuse(io, not_certified, why),
+        };
+        let provider = self.provider_here(&service);
+        // Keys pinned: only an app whose registration now holds a valid certificate of one of
+        // them is told of the channel.
+        if provider.is_some()
+            && let Err(why) = self.certified_here(&service, &pinned)
+        {
+            let e = Error::not_certified(local, &service, why);
+            return refuse(io, not_certified, e.to_string());
+        }
+        match provider {
             Some(Here::App(provider)) => {
                 let origin = ServiceOrigin {
                     service: service.clone(),
@@ -259,6 +291,19 @@ impl Handler<Call<Services>> for OverlayService {
             other => warn!("the sessions part was handed {other:?}"),
         }
     }
+}
+
+/// The publisher keys a channel hello pinned, or why they are refused.
+fn pinned_keys(keys: &[bytes::Bytes]) -> Result<Vec<PublisherKey>, String> {
+    if keys.len() > MAX_PINNED_KEYS {
+        return Err(format!(
+            "a hello pins at most {MAX_PINNED_KEYS} publisher keys"
+        ));
+    }
+    keys.iter()
+        .map(|key| PublisherKey::from_bytes(key))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("a pinned publisher key: {e}"))
 }
 
 /// Whether another provider may be tried after `e`: yes unless this node itself is the

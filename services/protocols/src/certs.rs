@@ -1,9 +1,11 @@
-//! Service certificates: a publisher's ed25519 key, held offline, vouches that a node provides
-//! a service on the publisher's behalf until a time. Callers pin publisher keys; their node
-//! checks a provider's certificate before it sends that provider a call or opens a channel to
-//! it. Text forms are copy-pasteable like tickets: `p2pospub…` (a public key), `p2possec…`
-//! (a secret key, for the publisher's file only) and `p2poscert…` (a certificate), each the
-//! prefix and lowercase RFC 4648 base32 without padding.
+//! Service certificates: a publisher's ed25519 key, held offline, vouches that an app (and its
+//! helpers) on a node provides a service on the publisher's behalf until a time. Callers pin
+//! publisher keys; their node checks a provider's certificate before it sends that provider a
+//! call or opens a channel to it, and the provider's node checks again, against the app
+//! registered there now, before it gives the call or channel to that app. Text forms are
+//! copy-pasteable like tickets: `p2pospub…` (a public key), `p2possec…` (a secret key, for the
+//! publisher's file only) and `p2poscert…` (a certificate), each the prefix and lowercase RFC
+//! 4648 base32 without padding.
 
 use data_encoding::BASE32_NOPAD;
 use libp2p::{PeerId, identity::ed25519};
@@ -24,7 +26,7 @@ pub const MAX_PINNED_KEYS: usize = 16;
 /// take about 200 bytes).
 pub const MAX_CERTIFICATE: usize = 512;
 /// What a signature covers first: the protocol and version of the statement.
-const DOMAIN: &[u8] = b"p2pos-service-certificate/1";
+const DOMAIN: &[u8] = b"p2pos-service-certificate/2";
 
 /// A publisher's public key, pinned by callers.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -51,6 +53,21 @@ impl PublisherKey {
     /// `p2pospub…`.
     pub fn to_text(&self) -> String {
         encode(KEY_PREFIX, &self.0)
+    }
+
+    /// The 32 bytes, as a call frame or a channel hello carries them.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| "a publisher key is 32 bytes".to_owned())?;
+        ed25519::PublicKey::try_from_bytes(&bytes)
+            .map_err(|e| format!("not an ed25519 public key: {e}"))?;
+        Ok(Self(bytes))
+    }
+
+    /// The 32 bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 
     fn public(&self) -> Option<ed25519::PublicKey> {
@@ -86,28 +103,52 @@ impl PublisherSecret {
         PublisherKey(self.0.public().to_bytes())
     }
 
-    /// A certificate that `provider` provides `service` until `expires_ms` (ms since the
-    /// Unix epoch).
-    pub fn certify(&self, service: &str, provider: PeerId, expires_ms: u64) -> Certificate {
+    /// A certificate that app `app` (a root app id: its helpers qualify too) on `provider`
+    /// provides `service` until `expires_ms` (ms since the Unix epoch); or why `service` or
+    /// `app` cannot be certified.
+    pub fn certify(
+        &self,
+        service: &str,
+        (app, provider): (&str, PeerId),
+        expires_ms: u64,
+    ) -> Result<Certificate, String> {
+        check_names(service, app)?;
         let provider_bytes = provider.to_bytes();
         let signature = self
             .0
-            .sign(&signed_bytes(service, &provider_bytes, expires_ms));
+            .sign(&signed_bytes(service, app, &provider_bytes, expires_ms));
         let message = ServiceCertificate {
             publisher_key: self.0.public().to_bytes().to_vec().into(),
             service: service.to_owned(),
             provider: provider_bytes.into(),
             expires_ms,
             signature: signature.into(),
+            app_id: app.to_owned(),
         };
-        Certificate {
+        Ok(Certificate {
             publisher: self.public(),
             service: service.to_owned(),
+            app: app.to_owned(),
             provider,
             expires_ms,
             encoded: message.encode_to_vec(),
-        }
+        })
     }
+}
+
+/// Whether `service` is a service name and `app` a root app id (no helper part), as a
+/// certificate names them; if not, why (the input shortened).
+fn check_names(service: &str, app: &str) -> Result<(), String> {
+    crate::ids::ServiceName::parse(service)
+        .map_err(|reason| crate::ids::invalid_service_name(service, reason))?;
+    crate::names::check_app_id(app)?;
+    if crate::names::root_app(app) != app {
+        return Err(format!(
+            "a certificate names an app, not a helper ({:?}): the app's helpers qualify with it",
+            app.chars().take(80).collect::<String>()
+        ));
+    }
+    Ok(())
 }
 
 /// A certificate whose signature verifies (what it names is checked by [`Certificate::check`]).
@@ -117,6 +158,8 @@ pub struct Certificate {
     pub publisher: PublisherKey,
     /// The service it is for.
     pub service: String,
+    /// The app it is for (a root app id: its helpers qualify too).
+    pub app: String,
     /// The node it vouches for.
     pub provider: PeerId,
     /// Valid until, ms since the Unix epoch.
@@ -145,8 +188,10 @@ impl Certificate {
             provider,
             expires_ms,
             signature,
+            app_id,
         } = ServiceCertificate::decode(bytes)
             .map_err(|_| "the certificate is damaged; copy it again in full".to_owned())?;
+        check_names(&service, &app_id).map_err(|e| format!("the certificate is invalid: {e}"))?;
         let key: [u8; 32] = publisher_key
             .as_ref()
             .try_into()
@@ -155,7 +200,10 @@ impl Certificate {
         let public = publisher
             .public()
             .ok_or_else(|| "the certificate's publisher key is not an ed25519 key".to_owned())?;
-        if !public.verify(&signed_bytes(&service, &provider, expires_ms), &signature) {
+        if !public.verify(
+            &signed_bytes(&service, &app_id, &provider, expires_ms),
+            &signature,
+        ) {
             return Err("the certificate's signature does not verify".into());
         }
         let peer = PeerId::from_bytes(&provider)
@@ -163,6 +211,7 @@ impl Certificate {
         Ok(Self {
             publisher,
             service,
+            app: app_id,
             provider: peer,
             expires_ms,
             encoded: bytes.to_vec(),
@@ -179,7 +228,8 @@ impl Certificate {
         encode(CERT_PREFIX, &self.encoded)
     }
 
-    /// Whether it vouches for `provider` as a provider of `service` at `now_ms`; if not, why.
+    /// Whether it vouches for `provider` as a provider of `service` at `now_ms` (for some
+    /// app: see [`Certificate::check_app`]); if not, why.
     pub fn check(&self, service: &str, provider: &PeerId, now_ms: u64) -> Result<(), String> {
         if self.service != service {
             return Err(format!(
@@ -201,16 +251,32 @@ impl Certificate {
         }
         Ok(())
     }
+
+    /// Whether it is for app `app_id` (the app named, or one of its helpers); if not, why.
+    pub fn check_app(&self, app_id: &str) -> Result<(), String> {
+        match crate::names::root_app(app_id) == self.app {
+            true => Ok(()),
+            false => Err(format!(
+                "the certificate is for app '{}', not '{}'",
+                self.app,
+                crate::names::root_app(app_id)
+            )),
+        }
+    }
 }
 
-/// What a publisher signs: the domain, the service, the provider's peer id, the expiry.
-fn signed_bytes(service: &str, provider: &[u8], expires_ms: u64) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(DOMAIN.len() + service.len() + provider.len() + 10);
+/// What a publisher signs: the domain, then the service, the app and the provider's peer id,
+/// each preceded by its length (2 bytes, big-endian), then the expiry (8 bytes, big-endian).
+fn signed_bytes(service: &str, app: &str, provider: &[u8], expires_ms: u64) -> Vec<u8> {
+    let mut bytes =
+        Vec::with_capacity(DOMAIN.len() + service.len() + app.len() + provider.len() + 14);
     bytes.extend_from_slice(DOMAIN);
-    bytes.push(0);
-    bytes.extend_from_slice(service.as_bytes());
-    bytes.push(0);
-    bytes.extend_from_slice(provider);
+    for field in [service.as_bytes(), app.as_bytes(), provider] {
+        // Fields are far shorter than 64 KiB (a certificate is at most 512 bytes).
+        let len = u16::try_from(field.len()).unwrap_or(u16::MAX);
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend_from_slice(field);
+    }
     bytes.extend_from_slice(&expires_ms.to_be_bytes());
     bytes
 }
@@ -247,7 +313,9 @@ mod tests {
         assert_eq!(key, secret.public());
 
         let peer = PeerId::random();
-        let cert = secret.certify("echo/1", peer, 2_000);
+        let cert = secret
+            .certify("echo/1", ("vault", peer), 2_000)
+            .expect("certify");
         let text = cert.to_text();
         assert!(text.starts_with(CERT_PREFIX));
         let parsed = Certificate::parse(&text).expect("parses");
@@ -257,19 +325,61 @@ mod tests {
         assert!(parsed.check("echo/2", &peer, 1_000).is_err());
         assert!(parsed.check("echo/1", &PeerId::random(), 1_000).is_err());
         assert!(parsed.check("echo/1", &peer, 2_000).is_err(), "expired");
+        assert!(parsed.check_app("vault").is_ok());
+        assert!(parsed.check_app("vault:worker").is_ok(), "its helper");
+        assert!(parsed.check_app("mallory").is_err());
+        assert!(parsed.check_app("mallory:vault").is_err());
+    }
+
+    #[test]
+    fn only_service_names_and_app_ids_are_certified() {
+        let secret = PublisherSecret::generate();
+        let peer = PeerId::random();
+        assert!(secret.certify("no version", ("vault", peer), 1).is_err());
+        assert!(secret.certify("echo/1", ("vault:helper", peer), 1).is_err());
+        assert!(secret.certify("echo/1", ("", peer), 1).is_err());
+        // Signed, but naming no service: refused when read.
+        let good = secret
+            .certify("echo/1", ("vault", peer), 1)
+            .expect("certify");
+        let mut message = ServiceCertificate::decode(good.to_bytes().as_slice()).expect("decode");
+        message.service = "x".repeat(300);
+        message.signature = secret
+            .0
+            .sign(&signed_bytes(
+                &message.service,
+                "vault",
+                &peer.to_bytes(),
+                1,
+            ))
+            .into();
+        let err = Certificate::from_bytes(&message.encode_to_vec()).expect_err("no name");
+        assert!(err.contains("invalid"), "{err}");
+        // The fields are length-prefixed: moving bytes between them breaks the signature.
+        let a = signed_bytes("ab/1", "c", b"p", 1);
+        let b = signed_bytes("ab/1c", "", b"p", 1);
+        assert_ne!(a, b);
     }
 
     #[test]
     fn a_forged_or_damaged_certificate_is_refused() {
         let secret = PublisherSecret::generate();
         let peer = PeerId::random();
-        let cert = secret.certify("echo/1", peer, 2_000);
+        let cert = secret
+            .certify("echo/1", ("vault", peer), 2_000)
+            .expect("certify");
         let mut message = ServiceCertificate::decode(cert.to_bytes().as_slice()).expect("decode");
         message.expires_ms = 9_999;
         let err = Certificate::from_bytes(&message.encode_to_vec()).expect_err("forged");
         assert!(err.contains("signature"), "{err}");
         message.publisher_key = PublisherSecret::generate().public().0.to_vec().into();
         assert!(Certificate::from_bytes(&message.encode_to_vec()).is_err());
+        let mut other_app = ServiceCertificate::decode(cert.to_bytes().as_slice()).expect("decode");
+        other_app.app_id = "mallory".into();
+        assert!(
+            Certificate::from_bytes(&other_app.encode_to_vec()).is_err(),
+            "bound to its app"
+        );
         assert!(Certificate::parse("p2poscert!!").is_err());
         assert!(Certificate::parse(&secret.public().to_text()).is_err());
         assert!(PublisherKey::parse("p2pospubaaaa").is_err());

@@ -239,12 +239,16 @@ pub(crate) enum ServicesCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Certify that a node provides a service for the publisher: prints a certificate
-    /// (p2poscert...) that the provider app passes to Register
+    /// Certify that an app on a node provides a service for the publisher: prints a
+    /// certificate (p2poscert...) that the provider app passes to Register
     Certify {
         /// The publisher's secret key file (from `keygen`)
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        /// The providing app's id (an app, not a helper: its helpers qualify too); no other
+        /// app on the node can present the certificate
+        #[arg(long, value_name = "APP")]
+        app: String,
         /// The service, NAME/VERSION (e.g. translate/1)
         service: String,
         /// The provider's peer id
@@ -303,6 +307,8 @@ pub(crate) enum ForwardCommand {
         /// Where to listen: 127.0.0.1:PORT or [::1]:PORT (port 0: any free port)
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
         listen: String,
+        #[command(flatten)]
+        trust: TrustArgs,
         #[command(flatten)]
         json: JsonFlag,
     },

@@ -147,7 +147,10 @@ impl Client {
     }
 
     /// The `p2pos.service.v1.Services` service: services apps provide to other apps (register,
-    /// find, call, reply, channels) and port forwarding.
+    /// find, call, reply, channels) and port forwarding. A provider's `Reply` with
+    /// `RESOURCE_EXHAUSTED` means "declined, not acted on": the caller's node sends the same
+    /// call to another provider, so answer it only for a call the app did not act on (see
+    /// `ReplyRequest` in `service.proto`).
     pub fn services(&self) -> ServicesClient<AuthChannel> {
         ServicesClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)

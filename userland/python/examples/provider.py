@@ -40,7 +40,11 @@ def count(payload: bytes) -> dict:
 
 
 def answer(call: app_pb2.IncomingCall) -> service_pb2.ReplyRequest:
-    """The reply to one call: the counts, or an ``INVALID_ARGUMENT`` error."""
+    """The reply to one call: the counts, or an ``INVALID_ARGUMENT`` error.
+
+    ``RESOURCE_EXHAUSTED`` is for declining a call not acted on (busy) only: the caller's node
+    then sends the same call to another provider.
+    """
     try:
         counts = count(call.payload)
     except UnicodeDecodeError as err:

@@ -293,6 +293,9 @@ impl Forwarding {
             service,
             peer,
             listen,
+            // Checked by the caller and carried by `opener`.
+            peers: _,
+            publisher_keys: _,
         } = req;
         let service = parse_service_name(&service)?;
         let peer = peer.trim().to_owned();

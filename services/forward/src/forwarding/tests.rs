@@ -86,6 +86,7 @@ fn forward_req(service: &str, peer: &str, listen: &str) -> OpenForwardRequest {
         service: service.into(),
         peer: peer.into(),
         listen: listen.into(),
+        ..OpenForwardRequest::default()
     }
 }
 

@@ -22,6 +22,7 @@ use p2pos_proto::{
 };
 use p2pos_protocols::{
     apps::Incoming,
+    certs::{MAX_PINNED_KEYS, PublisherKey},
     names::root_app,
     network::{Fared, InboundStream, Network},
     wire::{read_message, write_message},
@@ -38,6 +39,7 @@ use super::{
     names::{validate_payload, validate_service},
     state::PendingCall,
     state::service_key,
+    trust::vouching,
 };
 use crate::{
     Error,
@@ -89,6 +91,7 @@ impl ServiceRegistry {
             from_app,
             payload,
             timeout,
+            publisher_keys,
         } = call;
         let local = self.net.local_peer_id();
         let not_here = |service: String| Error::NotProvidedThere {
@@ -103,6 +106,14 @@ impl ServiceRegistry {
         else {
             return Err(not_here(service));
         };
+        // Keys pinned: only an app whose registration now holds a valid certificate of one of
+        // them is given the call (what the caller checked may be out of date).
+        if !publisher_keys.is_empty() {
+            let certs = self.certificates_here(&service);
+            if let Err(why) = vouching(&certs, &service, &local, &publisher_keys) {
+                return Err(Error::not_certified(local, &service, why));
+            }
+        }
         if self.services.calls.len() >= MAX_PENDING_CALLS {
             return Err(Error::Busy {
                 what: "calls waiting for their provider's answer on this node",
@@ -426,6 +437,7 @@ fn checked(from_peer: PeerId, frame: CallFrame) -> Result<Checked, Error> {
         timeout_ms,
         withdrawn,
         certificates,
+        publisher_keys,
     } = frame;
     validate_service(&service)?;
     if withdrawn {
@@ -442,12 +454,23 @@ fn checked(from_peer: PeerId, frame: CallFrame) -> Result<Checked, Error> {
             after: Duration::ZERO,
         });
     }
+    if publisher_keys.len() > MAX_PINNED_KEYS {
+        return Err(Error::InvalidCertificate(format!(
+            "a call pins at most {MAX_PINNED_KEYS} publisher keys"
+        )));
+    }
+    let publisher_keys = publisher_keys
+        .iter()
+        .map(|key| PublisherKey::from_bytes(key))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::InvalidCertificate(format!("a pinned publisher key: {e}")))?;
     Ok(Checked::Call(CallIn {
         service,
         from_peer,
         from_app,
         payload,
         timeout: Duration::from_millis(u64::from(timeout_ms)).min(MAX_CALL_TIME),
+        publisher_keys,
     }))
 }
 
@@ -508,6 +531,7 @@ mod tests {
             timeout_ms,
             withdrawn: false,
             certificates: false,
+            publisher_keys: Vec::new(),
         };
         let peer = PeerId::random();
         let Ok(Checked::Call(call)) = checked(peer, frame("echo/1", 3, 120_000)) else {
@@ -569,6 +593,7 @@ mod tests {
                 timeout_ms,
                 withdrawn,
                 certificates,
+                publisher_keys: Vec::new(),
             },
         );
         let peer = PeerId::random();

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use libp2p::{PeerId, StreamProtocol};
 use p2pos_kernel::{ErrorCode, ServiceError};
 use p2pos_proto::wire::v1::CallAnswer;
-use p2pos_protocols::wire;
+use p2pos_protocols::{certs::PublisherKey, wire};
 use tokio::sync::oneshot;
 
 use crate::Error;
@@ -35,6 +35,9 @@ pub(crate) struct CallIn {
     pub(crate) payload: Bytes,
     /// How long the caller waits from now.
     pub(crate) timeout: Duration,
+    /// The publisher keys the caller pinned: the call is given to the app only if the
+    /// service's registration here presents a valid certificate of one of them (none: any).
+    pub(crate) publisher_keys: Vec<PublisherKey>,
 }
 
 /// A call announced to the app providing its service here.

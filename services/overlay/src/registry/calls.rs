@@ -5,10 +5,13 @@
 //! [`MAX_CALLS_PER_PEER`] calls are in flight to one peer; more wait their turn.
 //!
 //! Without a named peer the providers are tried as [`try_providers`] says while time
-//! remains, moving on when one is not reachable or its node says the service is not provided
-//! (or it is busy) there. Once a call has been written to a provider it is not sent to
-//! another: a broken stream then is `UNAVAILABLE`, since the provider may have seen the call;
-//! so is any answer that names the provider's app.
+//! remains, moving on when one is not reachable, does not say it took the stream in time, or
+//! its node says the service is not provided (or it is busy, or the app registered there now
+//! holds no certificate of a key the caller pinned) there. Once a provider's node took a call
+//! it is not sent to another, with two exceptions its answer makes: its app's
+//! `RESOURCE_EXHAUSTED` (by the contract of `Reply`, declined without acting on it) and junk
+//! (a broken or hostile provider). Otherwise a broken stream is `UNAVAILABLE`, since the
+//! provider may have seen the call, and so is any answer that names the provider's app.
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,6 +23,7 @@ use p2pos_proto::{
     wire::v1::{CallAnswer, CallFrame},
 };
 use p2pos_protocols::{
+    certs::PublisherKey,
     ids::PeerRef,
     network::Network,
     services::OutgoingCall,
@@ -37,10 +41,11 @@ use actix::Context;
 
 use super::{
     call::{CALL_PROTOCOL, CALL_TAKEN, CallIn, MAX_CALL_FRAME, MAX_CALL_TIME, PROTOCOL, code},
-    find::{Attempt, Here, try_providers},
+    find::Here,
     names::validate_payload,
     slots::{MAX_CALLS_PER_PEER, PeerSlots},
-    trust::vouching,
+    tries::{Attempt, try_providers},
+    trust::{VerifiedCerts, vouching},
 };
 use crate::{
     Error,
@@ -55,6 +60,12 @@ const OPEN_LIMIT: Duration = Duration::from_secs(5);
 /// How many streams one call opens to one provider, at most, when the far side resets them
 /// before the call is sent.
 const MAX_OPENS: u32 = 4;
+/// How long a provider has to say it took a call once the call is sent, at least (more when
+/// the time to reach it allows, up to [`TAKEN_LIMIT`]; never past the call's end).
+const TAKEN_FLOOR: Duration = Duration::from_secs(1);
+/// How long a provider has to say it took a call once the call is sent, at most: its node
+/// says so before it reads the call, so a provider slower than this is skipped.
+const TAKEN_LIMIT: Duration = Duration::from_secs(2);
 /// How long to wait before opening a stream again, times the opens so far.
 const REOPEN_PAUSE: Duration = Duration::from_millis(20);
 
@@ -64,6 +75,8 @@ struct Outgoing {
     service: String,
     from_app: String,
     payload: Bytes,
+    /// The publisher keys the caller pinned, which the provider's node checks again.
+    publisher_keys: Vec<PublisherKey>,
 }
 
 /// How a call reaches remote providers: the network, streams, and its places per peer.
@@ -71,6 +84,9 @@ struct Outgoing {
 struct Remote {
     net: Network,
     slots: Arc<PeerSlots>,
+    /// What providers presented lately: forgotten for one whose node refuses a call for want
+    /// of a pinned key's certificate.
+    verified: Arc<VerifiedCerts>,
 }
 
 impl ServiceRegistry {
@@ -97,6 +113,7 @@ impl ServiceRegistry {
             service,
             from_app: app_id,
             payload,
+            publisher_keys: filter.publisher_keys.clone(),
         };
         let mut failures: Vec<(String, Error)> = Vec::new();
         // A provider on this node is tried first, now, while the actor is at hand; with
@@ -146,6 +163,7 @@ impl ServiceRegistry {
         let remote = Remote {
             net: self.net.clone(),
             slots: self.services.slots.clone(),
+            verified: self.services.verified.clone(),
         };
         let checker = self.services.checker(&self.net);
         let service = call.service.clone();
@@ -218,6 +236,7 @@ impl Outgoing {
             from_app: self.from_app.clone(),
             payload: self.payload.clone(),
             timeout,
+            publisher_keys: self.publisher_keys.clone(),
         }
     }
 }
@@ -293,6 +312,7 @@ async fn call_remote(
             Ok(Err(e)) => return unreachable(e.to_string()),
             Err(_) => return unreachable("no stream in time".into()),
         };
+        let opened_at = Instant::now();
         let mut io = stream.compat();
         // What remains when the frame leaves: the provider counts from when it arrives.
         let frame = CallFrame {
@@ -302,21 +322,35 @@ async fn call_remote(
             timeout_ms: u32::try_from(left().as_millis()).unwrap_or(u32::MAX).max(1),
             withdrawn: false,
             certificates: false,
+            publisher_keys: call
+                .publisher_keys
+                .iter()
+                .map(|k| Bytes::copy_from_slice(k.as_bytes()))
+                .collect(),
         };
         // Reached: sending the call may take the time left (a large payload on a slow link).
-        // Then the far side says it took the stream; a stream reset or ended before that was
-        // never served (see `slots`), so no app can have seen the call: again, while there is
-        // time to reach the provider.
+        // Then the far side says it took the stream, within the time to reach it (at least
+        // TAKEN_FLOOR after the call was sent: a provider that says nothing is skipped, not
+        // waited on till the end); a stream reset or ended before that was never served (see
+        // `slots`), so no app can have seen the call: again, while there is time to reach the
+        // provider.
         let sent = async {
             write_message(&mut io, &frame, left()).await?;
             // Half-close: the call is complete.
             io.shutdown().await?;
-            match io.read_u8().await? {
-                CALL_TAKEN => Ok(()),
-                other => Err(std::io::Error::new(
+            let now = Instant::now();
+            let taken_by = reach_by
+                .min(now + TAKEN_LIMIT)
+                .max(now + TAKEN_FLOOR)
+                .min(until);
+            match tokio::time::timeout_at(taken_by, io.read_u8()).await {
+                Ok(Ok(CALL_TAKEN)) => Ok(()),
+                Ok(Ok(other)) => Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("the stream began with {other:#04x}, not the call-taken byte"),
                 )),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
             }
         };
         match tokio::time::timeout(left(), sent).await {
@@ -324,15 +358,44 @@ async fn call_remote(
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                 return junk(peer, format!("it does not speak {PROTOCOL}: {e}"));
             }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return silent(peer, opened_at);
+            }
             Ok(Err(e)) if opens < MAX_OPENS && !to_reach().is_zero() => {
                 debug!(%peer, "a call stream was not taken ({e}); again");
                 tokio::time::sleep(REOPEN_PAUSE * opens).await;
             }
             Ok(Err(e)) => return unreachable(format!("it did not take the call: {e}")),
-            Err(_) => return unreachable("it did not take the call in time".into()),
+            Err(_) => return silent(peer, opened_at),
         }
     };
-    match read_message::<CallAnswer, _>(&mut io, MAX_CALL_FRAME, left()).await {
+    // The answer is waited for until the call's end exactly (not a moment later, so that a
+    // provider that took the call and stays silent is held against it before the call ends).
+    let taken_at = Instant::now();
+    let reading = read_message::<CallAnswer, _>(&mut io, MAX_CALL_FRAME, left() + TAKEN_FLOOR);
+    let Ok(read) = tokio::time::timeout_at(until, reading).await else {
+        return Attempt::Done(Err(Error::Timeout {
+            what: format!(
+                "the answer of peer {peer} to the call to '{}'",
+                call.service
+            ),
+            after: taken_at.elapsed(),
+        }));
+    };
+    match read {
+        // Its node says the app registered there now holds no certificate of a pinned key:
+        // what was checked is out of date.
+        Ok(answer) if !call.publisher_keys.is_empty() && refused_uncertified(&answer) => {
+            remote.verified.forget(peer, &call.service);
+            Attempt::Next(Error::not_certified(
+                peer,
+                &call.service,
+                format!(
+                    "its node refused the call: {}",
+                    shorten(&answer.message, MAX_ECHOED)
+                ),
+            ))
+        }
         Ok(answer) => outcome(answer, peer),
         // Not an answer at all (a frame too long, or not a `CallAnswer`): no honest provider
         // sends that, so the call goes on to another (and this one is tried last for a while).
@@ -346,12 +409,38 @@ async fn call_remote(
             ),
             after: MAX_CALL_TIME.min(left()),
         })),
-        Err(e) => Attempt::Done(Err(Error::Protocol {
+        Err(e) => Attempt::Done(Err(Error::Broken {
             peer,
             protocol: PROTOCOL,
             reason: format!("the call broke before its answer (the provider went away?): {e}"),
         })),
     }
+}
+
+/// A provider that did not say it took the call in time (it may be a Sybil that accepts
+/// streams and stays silent): the next one is tried, and this one is held back for a while.
+fn silent(peer: PeerId, since: Instant) -> Attempt<CallReply> {
+    Attempt::Next(Error::Silent {
+        peer,
+        waited: since.elapsed(),
+    })
+}
+
+/// Longest part of a provider's message repeated in this node's errors, in characters.
+const MAX_ECHOED: usize = 200;
+
+/// `text` cut to at most `max` characters.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// Whether `answer` is a node's refusal of a call that pinned publisher keys its provider's
+/// current registration holds no certificate of: `PERMISSION_DENIED`, no app named.
+fn refused_uncertified(answer: &CallAnswer) -> bool {
+    answer.code == code(p2pos_kernel::ErrorCode::PermissionDenied) && answer.provider_app.is_empty()
 }
 
 /// A provider that broke the protocol: the next one is tried.

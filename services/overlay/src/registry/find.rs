@@ -1,38 +1,28 @@
 //! Finding providers: `FindService` (this node's provider first, then remote ones from the
-//! DHT, connected ones by round-trip time, then the others), and trying the remote providers
-//! of a call or a channel in the same order ([`try_providers`]).
+//! DHT, connected ones by round-trip time, then the others). Calls and channels try remote
+//! providers in the same order (`tries`).
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
-use libp2p::{Multiaddr, PeerId};
-use p2pos_kernel::ErrorCode;
 use p2pos_proto::service::v1::{FindServiceReply, Reachability, ServiceInfo};
 use p2pos_protocols::{
     certs::{Certificate, PublisherKey},
     ids::ServiceName,
-    network::{Fared, Network, ProviderReach, Providers, RemoteProvider},
+    network::{ProviderReach, RemoteProvider},
     services::ProviderFilter,
 };
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
-    call::code,
     state::service_key,
+    tries::{CANDIDATES_WAIT, MAX_CHECKED, shortened},
     trust::{Checker, vouching},
 };
 use crate::{Error, registry::actor::ServiceRegistry, task::Fut};
 
 /// How long `FindService` waits for the DHT.
 const FIND_WAIT: Duration = Duration::from_secs(10);
-/// How long a call or a channel waits for the DHT to name providers, at most.
-pub(crate) const CANDIDATES_WAIT: Duration = Duration::from_secs(5);
-/// How long a call or a channel waits for a second, fresh look-up once every provider of a
-/// recent one failed.
-const RELOOKUP_WAIT: Duration = Duration::from_secs(2);
-/// Most remote providers one call or channel tries (and asks the DHT for): more than a few
-/// Sybils answering busy or junk can hold back, since each of those fails fast.
-pub(crate) const MAX_TRIES: usize = 16;
 /// Providers `FindService` answers when the request says 0.
 const DEFAULT_LIMIT: usize = 20;
 /// Most providers `FindService` answers.
@@ -53,12 +43,19 @@ impl ServiceRegistry {
         None
     }
 
-    /// The certificates the provider of `service` here presents.
+    /// The certificates the provider of `service` here presents (only those for the app
+    /// registered now: `Register` takes no other, this checks again).
     pub(crate) fn certificates_here(&self, service: &str) -> Vec<Certificate> {
         self.services
             .registrations
             .get(service)
-            .map(|r| r.certificates.clone())
+            .map(|r| {
+                r.certificates
+                    .iter()
+                    .filter(|c| c.check_app(&r.app_id).is_ok())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -107,9 +104,20 @@ impl ServiceRegistry {
             let mut scope = "(not on this node, and no provider was found in the DHT)";
             let want = limit - providers.len();
             if want > 0 {
-                // Always a fresh look-up: this is where people see who provides what.
+                // Always a fresh look-up: this is where people see who provides what. Only the
+                // peers named count; with keys pinned, more are asked for and checked, and the
+                // answer is cut after the check (uncertified ones cannot crowd it out).
+                let ask = match pinned.is_empty() {
+                    true => want,
+                    false => MAX_CHECKED.max(want),
+                };
                 match net
-                    .find_providers(service_key(&service), want, FIND_WAIT, true)
+                    .find_providers_among(
+                        service_key(&service),
+                        (ask, filter.only.clone()),
+                        FIND_WAIT,
+                        true,
+                    )
                     .await
                     .map_err(Error::from)
                 {
@@ -125,6 +133,9 @@ impl ServiceRegistry {
                         let until = Instant::now() + CANDIDATES_WAIT;
                         let keys = certified_by(&checker, &remote, &service, &pinned, until).await;
                         for (p, key) in remote.into_iter().zip(keys) {
+                            if providers.len() >= limit {
+                                break;
+                            }
                             let publisher_key = match key {
                                 None => String::new(),
                                 Some(Ok(key)) => key.to_text(),
@@ -182,9 +193,14 @@ async fn certified_by(
         return providers.iter().map(|_| None).collect();
     }
     let asks = providers.iter().map(|p| async move {
-        let key = checker
-            .certified((p.peer, p.addrs.clone()), service, pinned, until)
+        let (key, fared) = checker
+            .check((p.peer, p.addrs.clone()), service, pinned, until)
             .await;
+        if let Some(fared) = fared {
+            checker
+                .net
+                .provider_fared(&service_key(service), p.peer, fared);
+        }
         Some(key)
     });
     futures::future::join_all(asks).await
@@ -201,229 +217,4 @@ fn reachability(reach: ProviderReach) -> Reachability {
         // Left out of the answer; if shown, it is as good as not reached.
         ProviderReach::NotProviding => Reachability::NotRecently,
     }
-}
-
-/// What trying one provider came to.
-pub(crate) enum Attempt<T> {
-    /// The request is settled: done, refused by the provider's app, out of time, or broken
-    /// after the provider may have seen it.
-    Done(Result<T, Error>),
-    /// No app saw the request there: the next provider may be tried.
-    Next(Error),
-}
-
-/// The remote providers of `service` a call or a channel tries, best first: none when the DHT
-/// is off. Unless `fresh`, a look-up less than 30 s old answers.
-async fn remote_providers(
-    net: &Network,
-    service: &str,
-    wait: Duration,
-    fresh: bool,
-) -> Result<Providers, Error> {
-    match net
-        .find_providers(service_key(service), MAX_TRIES, wait, fresh)
-        .await
-        .map_err(Error::from)
-    {
-        Err(Error::DhtDisabled) => Ok(Providers {
-            providers: Vec::new(),
-            cached: false,
-        }),
-        other => other,
-    }
-}
-
-/// Tries the remote providers of `service` that `filter` allows, with `attempt`, best first,
-/// until one settles the request (with publisher keys pinned, only those `checker` finds
-/// certified, checked before `attempt` sends them anything of the request), [`MAX_TRIES`] have been tried or `until` passes (then `timed_out`): first those of a
-/// recent look-up, and if every one of them failed, those a fresh look-up finds that were not
-/// tried yet. `failures` are earlier ones (this node's provider).
-///
-/// An attempt is told by when it must have reached its provider: half the time left while
-/// other providers may follow, so that a stale first provider cannot use up the whole time; a
-/// provider that was not busy but failed is forgotten by the look-up cache. With none left:
-/// `NOT_FOUND` if there was none, `RESOURCE_EXHAUSTED` if all were busy, else `UNAVAILABLE`.
-pub(crate) async fn try_providers<T, F, Fut>(
-    checker: &Checker,
-    (service, filter): (&str, &ProviderFilter),
-    until: Instant,
-    mut failures: Vec<(String, Error)>,
-    timed_out: impl FnOnce() -> Error,
-    mut attempt: F,
-) -> Result<T, Error>
-where
-    F: FnMut(PeerId, Vec<Multiaddr>, Instant) -> Fut,
-    Fut: Future<Output = Attempt<T>>,
-{
-    let net = &checker.net;
-    let mut tried: Vec<PeerId> = Vec::new();
-    let mut fresh = false;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(timed_out());
-        }
-        // A second look-up only adds providers found since the first: a DHT that answers
-        // at all does so in well under RELOOKUP_WAIT (it waits longer only on peers that do
-        // not answer, such as the provider that just failed).
-        let wait = match fresh {
-            false => CANDIDATES_WAIT,
-            true => RELOOKUP_WAIT,
-        };
-        let found = remote_providers(net, service, left.min(wait), fresh).await?;
-        let candidates: Vec<_> = found
-            .providers
-            .into_iter()
-            .filter(|p| !tried.contains(&p.peer) && filter.allows(&p.peer))
-            .take(MAX_TRIES - tried.len())
-            .collect();
-        let count = candidates.len();
-        for (i, provider) in candidates.into_iter().enumerate() {
-            let now = Instant::now();
-            let left = until.saturating_duration_since(now);
-            if left.is_zero() {
-                return Err(timed_out());
-            }
-            let others_follow = i + 1 < count || found.cached;
-            let reach_by = match others_follow {
-                true => now + left / 2,
-                false => until,
-            };
-            tried.push(provider.peer);
-            let key = service_key(service);
-            if provider.reach == ProviderReach::Unreached {
-                // Tried less than 30 s ago, in vain: not again yet (it would only time out).
-                let e = Error::Unreachable {
-                    peer: provider.peer,
-                    reason: "it could not be reached less than 30 s ago (skipped until then)"
-                        .into(),
-                };
-                failures.push((format!("peer {}", provider.peer), e));
-                continue;
-            }
-            if !filter.publisher_keys.is_empty() {
-                let (peer, addrs) = (provider.peer, provider.addrs.clone());
-                let pinned = &filter.publisher_keys;
-                if let Err(e) = checker
-                    .certified((peer, addrs), service, pinned, reach_by)
-                    .await
-                {
-                    debug!(%peer, %service, "provider not certified: {e}");
-                    failures.push((format!("peer {peer}"), e));
-                    continue;
-                }
-            }
-            match attempt(provider.peer, provider.addrs, reach_by).await {
-                Attempt::Done(result) => {
-                    match &result {
-                        Ok(_) => net.provider_fared(&key, provider.peer, Fared::Served),
-                        // It took the request and broke off: tried after the others next time.
-                        Err(Error::Protocol { .. }) => {
-                            net.provider_fared(&key, provider.peer, Fared::Misbehaved);
-                        }
-                        Err(_) => {}
-                    }
-                    return result;
-                }
-                Attempt::Next(e) => {
-                    debug!(peer = %provider.peer, %service, "provider not usable: {e}");
-                    if let Some(fared) = fared(&e) {
-                        net.provider_fared(&key, provider.peer, fared);
-                    }
-                    failures.push((format!("peer {}", provider.peer), e));
-                }
-            }
-        }
-        // Only a look-up from the cache is worth doing again, fresh.
-        if !found.cached || tried.len() >= MAX_TRIES {
-            break;
-        }
-        fresh = true;
-    }
-    Err(none_worked(service.to_owned(), failures))
-}
-
-/// What a provider's failure `e` (before any app saw the request, or refused by its app with
-/// `RESOURCE_EXHAUSTED`) says about it: busy ones and those that broke the protocol are tried
-/// after the others for a while.
-fn fared(e: &Error) -> Option<Fared> {
-    match e {
-        _ if is_busy(e) => Some(Fared::Refused),
-        Error::Protocol { .. } => Some(Fared::Misbehaved),
-        Error::NotProvidedThere { .. } => Some(Fared::NotProviding),
-        Error::Provider { code: c, .. } if *c == code(ErrorCode::NotFound) => {
-            Some(Fared::NotProviding)
-        }
-        Error::Unreachable { .. } | Error::PeerNotFound(_) | Error::Timeout { .. } => {
-            Some(Fared::Unreached)
-        }
-        _ => Some(Fared::Failed),
-    }
-}
-
-/// Whether `e` says the provider (or this node) was only busy: it still provides the service.
-pub(crate) fn is_busy(e: &Error) -> bool {
-    match e {
-        Error::Busy { .. }
-        | Error::TooManyChannels { .. }
-        | Error::ChannelRefused { .. }
-        | Error::ProvidersBusy { .. } => true,
-        Error::Provider { code: c, .. } => *c == code(ErrorCode::ResourceExhausted),
-        _ => false,
-    }
-}
-
-/// The error when no provider worked: `NOT_FOUND` when none was known, `RESOURCE_EXHAUSTED`
-/// when every one was busy, else `UNAVAILABLE`, naming what happened with each.
-pub(crate) fn none_worked(service: String, failures: Vec<(String, Error)>) -> Error {
-    if failures.is_empty() {
-        return Error::ServiceNotFound {
-            service,
-            scope: "(not on this node, and no provider was found in the DHT)",
-        };
-    }
-    let known = failures.len();
-    let all_busy = failures.iter().all(|(_, e)| is_busy(e));
-    let none_certified = failures
-        .iter()
-        .all(|(_, e)| matches!(e, Error::NotCertified { .. }));
-    let reasons = shortened(
-        failures
-            .iter()
-            .map(|(who, e)| format!("{who}: {e}"))
-            .collect::<Vec<_>>()
-            .join("; "),
-    );
-    if none_certified {
-        return Error::NoneCertified {
-            service,
-            known,
-            reasons,
-        };
-    }
-    match all_busy {
-        true => Error::ProvidersBusy {
-            service,
-            known,
-            reasons,
-        },
-        false => Error::ProvidersUnreachable {
-            service,
-            known,
-            reasons,
-        },
-    }
-}
-
-/// `reasons` cut to 1 KiB, on a character boundary.
-fn shortened(mut reasons: String) -> String {
-    if reasons.len() > 1024 {
-        let mut end = 1024;
-        while !reasons.is_char_boundary(end) {
-            end -= 1;
-        }
-        reasons.truncate(end);
-        reasons.push_str("...");
-    }
-    reasons
 }

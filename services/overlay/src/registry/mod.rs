@@ -15,14 +15,16 @@
 //! - `state`: what the registry keeps, and the names and limits its parts share.
 //! - `provide`: registering, unregistering and listing the services provided here.
 //! - `names`: service names, descriptions and payloads as the registry takes them.
-//! - `find`: `FindService`, and the providers a call or channel tries, in order.
+//! - `find`: `FindService`: this node's provider, then remote ones, in order.
+//! - `tries`: the remote providers a call or channel tries, in order, with the filters it
+//!   gives, and how each fared.
 //! - `call`: what a call is on both sides: the protocol, its limits, codes.
 //! - `calls`: the calling side of `Call`: local delivery or `/p2pos/call/2`.
 //! - `slots`: the calls in flight to each peer, bounded.
 //! - `answers`: the providing side: calls announced to a session until answered with `Reply`
 //!   or expired, and the server of `/p2pos/call/2` (withdrawal notices from providers too).
 //! - `trust`: publisher keys on the calling side: providers' certificates, asked for and
-//!   checked before a provider sees a request that pins keys.
+//!   checked before a provider sees a request that pins keys (its node checks them again).
 //! - `withdraw`: the peers that called each service provided here recently, told when it
 //!   stops.
 //!
@@ -38,6 +40,7 @@ mod protocol;
 mod provide;
 mod slots;
 pub(crate) mod state;
+pub(crate) mod tries;
 pub(crate) mod trust;
 mod withdraw;
 

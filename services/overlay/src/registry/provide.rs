@@ -37,6 +37,9 @@ impl ServiceRegistry {
         for cert in &certificates {
             cert.check(&service, &local, now)
                 .map_err(|e| Error::InvalidCertificate(format!("{e} (this node is {local})")))?;
+            // Another app on this node cannot present it (certificates are public).
+            cert.check_app(&app_id)
+                .map_err(|e| Error::InvalidCertificate(format!("{e} (registering: '{app_id}')")))?;
         }
         // The session it is made under: an `AppGone` for an earlier one leaves it alone.
         let Some((session, _)) = self.sessions.newest(&app_id) else {

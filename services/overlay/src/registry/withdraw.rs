@@ -118,6 +118,7 @@ async fn notify(net: &Network, peer: PeerId, service: &str) -> Result<(), String
         timeout_ms: 0,
         withdrawn: true,
         certificates: false,
+        publisher_keys: Vec::new(),
     };
     write_message(&mut io, &notice, NOTICE_TIME)
         .await

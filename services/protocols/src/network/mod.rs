@@ -96,6 +96,9 @@ pub enum Command {
         wait: Duration,
         /// Whether a recent look-up may answer.
         fresh: bool,
+        /// Only these peers count and are answered (before the answer is ranked and cut to
+        /// `limit`); `None`: any.
+        among: Option<Vec<PeerId>>,
         /// The providers.
         reply: Reply<Providers>,
     },
@@ -620,12 +623,27 @@ impl Network {
         wait: Duration,
         fresh: bool,
     ) -> Result<Providers, Error> {
+        self.find_providers_among(key, (limit, None), wait, fresh)
+            .await
+    }
+
+    /// As [`Network::find_providers`], but only providers among `among` (when given) count
+    /// towards `limit` and are answered: they are picked out before the answer is ranked and
+    /// cut, so that other providers of the key (Sybils, say) cannot crowd them out.
+    pub async fn find_providers_among(
+        &self,
+        key: String,
+        (limit, among): (usize, Option<Vec<PeerId>>),
+        wait: Duration,
+        fresh: bool,
+    ) -> Result<Providers, Error> {
         check_key(&key)?;
         let fut = self.request(|reply| Command::FindProviders {
             key,
             limit,
             wait,
             fresh,
+            among,
             reply,
         });
         // The swarm task answers by `wait`; this only guards against a stalled task.

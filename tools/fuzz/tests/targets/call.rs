@@ -35,6 +35,7 @@ fn call_frame() -> impl Strategy<Value = CallFrame> {
                 timeout_ms,
                 withdrawn,
                 certificates,
+                publisher_keys: Vec::new(),
             },
         )
 }

@@ -30,6 +30,7 @@ fn hello() -> impl Strategy<Value = ChannelHello> {
             service,
             group,
             end_mark,
+            publisher_keys: Vec::new(),
         }
     })
 }

@@ -24,10 +24,17 @@ pub(crate) async fn run(client: &Client, command: ForwardCommand) -> anyhow::Res
             peer,
             name,
             listen,
+            trust,
             json,
         } => {
-            let peer = peer.unwrap_or_default();
-            connect(client, peer, versioned(&name), listen, json.json).await
+            let request = OpenForwardRequest {
+                service: versioned(&name),
+                peer: peer.unwrap_or_default(),
+                listen,
+                peers: trust.peers,
+                publisher_keys: trust.publisher_keys,
+            };
+            connect(client, request, json.json).await
         }
         ForwardCommand::Close { id } => close(client, id).await,
     }
@@ -115,21 +122,11 @@ async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 /// Prints `forwarding 127.0.0.1:PORT → NAME on PEER (id N)`; with `--json` `forward_json`.
-async fn connect(
-    client: &Client,
-    peer: String,
-    service: String,
-    listen: String,
-    json: bool,
-) -> anyhow::Result<()> {
-    let what = format!("cannot forward {listen} to {service}");
+async fn connect(client: &Client, request: OpenForwardRequest, json: bool) -> anyhow::Result<()> {
+    let what = format!("cannot forward {} to {}", request.listen, request.service);
     let forward = client
         .services()
-        .open_forward(OpenForwardRequest {
-            service,
-            peer,
-            listen,
-        })
+        .open_forward(request)
         .await
         .or_fail(&what)?;
     if json {

@@ -72,11 +72,12 @@ pub(crate) async fn run(client: &Client, command: ServicesCommand) -> anyhow::Re
         ServicesCommand::Keygen { out, json } => keygen(&out, json.json),
         ServicesCommand::Certify {
             key,
+            app,
             service,
             peer,
             days,
             json,
-        } => certify(&key, &service, &peer, days, json.json),
+        } => certify(&key, (&app, &service, &peer), days, json.json),
     }
 }
 
@@ -101,9 +102,14 @@ fn keygen(out: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints a certificate, signed with the secret in `key`, that `peer` provides `service`
-/// for `days` from now.
-fn certify(key: &Path, service: &str, peer: &str, days: u32, json: bool) -> anyhow::Result<()> {
+/// Prints a certificate, signed with the secret in `key`, that app `app` on `peer` provides
+/// `service` for `days` from now.
+fn certify(
+    key: &Path,
+    (app, service, peer): (&str, &str, &str),
+    days: u32,
+    json: bool,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(key)
         .with_context(|| format!("cannot read the secret key {}", key.display()))?;
     let secret =
@@ -122,11 +128,15 @@ fn certify(key: &Path, service: &str, peer: &str, days: u32, json: bool) -> anyh
         .try_into()
         .unwrap_or(u64::MAX)
         .saturating_add(u64::from(days) * 86_400_000);
-    let cert = secret.certify(service, peer, expires_ms).to_text();
+    let cert = secret
+        .certify(service, (app, peer), expires_ms)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_text();
     if json {
         output::json_line(&json!({
             "certificate": cert,
             "service": service,
+            "app_id": app,
             "peer_id": peer.to_string(),
             "expires_ms": expires_ms,
             "publisher_key": secret.public().to_text(),

@@ -314,3 +314,20 @@ fn a_quiet_panic_is_an_error_and_nests() {
     });
     assert!(outer.expect_err("caught").contains("outer"));
 }
+
+#[test]
+fn a_manifest_that_cannot_be_read_is_an_error_not_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    filled(dir.path());
+    let manifest = dir.path().join(census::MANIFEST);
+    std::fs::remove_file(&manifest).expect("rm");
+    // Reading a directory fails as EACCES or EIO would (the tests may run as root).
+    std::fs::create_dir(&manifest).expect("a directory in its place");
+    match reopen(dir.path()) {
+        Err(StoreError::Open { message, .. }) => {
+            assert!(message.contains("cannot be read"), "{message}")
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("opened without its manifest"),
+    }
+}

@@ -150,10 +150,13 @@ impl SledStore {
         f(db.open_tree(name)?)
     }
 
+    /// The tally, even if a write panicked inside sled while it held it (that write is then
+    /// not counted, until the next start's census).
     fn tally(&self) -> Result<std::sync::MutexGuard<'_, Tally>, StoreError> {
-        self.tally
+        Ok(self
+            .tally
             .lock()
-            .map_err(|_| StoreError::Io("the store's tally is poisoned".to_owned()))
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Applies `ops` to tree `name` atomically, keeping its count of entries, and first

@@ -221,7 +221,7 @@ fn main() -> ExitCode {
                 "p2posd: error: {e}. Nothing was changed; the node does not start on a damaged \
                  store. Run `p2posd --repair --data-dir {}` to move it aside, keep what can \
                  still be read and see what was lost (the identity is kept).",
-                data_dir.display()
+                shell_quoted(&data_dir.display().to_string())
             );
             return ExitCode::from(1);
         }
@@ -243,6 +243,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// `s` as one word for a POSIX shell: as it is if it needs no quoting, else in single quotes.
+fn shell_quoted(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
@@ -255,5 +267,17 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quoted;
+
+    #[test]
+    fn repair_commands_quote_the_data_dir_for_the_shell() {
+        assert_eq!(shell_quoted("/home/me/.p2pos"), "/home/me/.p2pos");
+        assert_eq!(shell_quoted("/home/me/my node"), "'/home/me/my node'");
+        assert_eq!(shell_quoted("/tmp/it's"), r"'/tmp/it'\''s'");
     }
 }

@@ -45,28 +45,36 @@ pub(crate) fn run(data_dir: &Path) -> ExitCode {
 /// The report, for people.
 fn report(store: &Path, data_dir: &Path, repair: &Repair) -> String {
     let mut out = String::new();
-    let Some(moved_to) = &repair.moved_to else {
+    if repair.damage.is_empty() {
         let _ = writeln!(
             out,
             "The store at {} is whole: nothing was moved or changed.",
             store.display()
         );
         return out;
-    };
+    }
     let peer = match p2pos_kernel::identity::load(data_dir) {
         Ok(Some(key)) => format!("peer id {}", key.public().to_peer_id()),
         Ok(None) => "there is none yet".to_owned(),
         Err(e) => format!("unreadable: {e}"),
     };
+    if repair.resumed {
+        let _ = writeln!(out, "An interrupted repair was finished.");
+    }
+    let kept = match &repair.moved_to {
+        Some(moved_to) => format!(
+            "It is kept as it was found at {} (nothing was deleted).",
+            moved_to.display()
+        ),
+        None => "Nothing of it was there to keep.".to_owned(),
+    };
     let _ = writeln!(
         out,
-        "The store at {} was damaged: {}.\n\
-         It is kept as it was found at {} (nothing was deleted).\n\
+        "The store at {} was damaged: {}.\n{kept}\n\
          A new store holds everything that could still be read. The node's identity \
          ({}, {peer}) was not touched.\n",
         store.display(),
         repair.damage,
-        moved_to.display(),
         p2pos_kernel::identity::KEY_FILE,
     );
     let before_label = match &repair.before {

@@ -167,8 +167,11 @@ impl Kernel {
         check_routes(&children)?;
         prepare_data_dir(&config.data_dir)?;
         let lock = crate::lock::DataDirLock::acquire(&config.data_dir)?;
-        let keypair = identity::load_or_create(&config.data_dir)?;
+        // The store before the identity: a node that has an identity always has a store, so a
+        // missing store is loss, never a first start (`preflight` refuses it).
+        crate::store::preflight(&config.data_dir)?;
         let store = SledStore::open(&config.data_dir.join(crate::store::DIR))?;
+        let keypair = identity::load_or_create(&config.data_dir)?;
         let admin_token = write_admin_token(&config.data_dir)?;
         let (states_tx, states_rx) = watch::channel(Vec::new());
         let config = Arc::new(config);

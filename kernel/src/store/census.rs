@@ -2,11 +2,10 @@
 //! file beside sled's files that records it.
 //!
 //! The manifest (`p2pos-manifest.json` in the store's directory) is written at every open
-//! (`clean: false`: the node runs, its census is the one at that start) and at a clean stop
-//! (`clean: true`, with the SHA-256 of each of sled's files). At the next start a clean
-//! manifest whose files still have those digests needs nothing more; files that differ are
-//! checked on a copy (sled rewrites files it opens), so a failed check leaves the store as it
-//! was found.
+//! (`clean: false`: the node runs, its census is the one at that start, and `floors` how many
+//! entries each tree holds at least) and at a clean stop (`clean: true`, with the SHA-256 of
+//! each of sled's files, written once sled has let go of them). See `check` for how the next
+//! start uses it.
 
 use std::{
     collections::BTreeMap,
@@ -14,6 +13,7 @@ use std::{
     io::Read,
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
+    sync::Once,
 };
 
 use serde::{Deserialize, Serialize};
@@ -98,6 +98,60 @@ impl Census {
     }
 }
 
+/// A tree that held at least this many more entries than it holds now, and more than half of
+/// them, lost entries (unless the node removed them, which it records first: see `floors`).
+pub(super) const MIN_DROP: u64 = 16;
+
+/// Whether a tree that held at least `floor` entries and now holds `now` lost entries to
+/// damage rather than to the node's own removals: it is empty, or it lost more than half of
+/// them and at least [`MIN_DROP`].
+pub(super) fn shrunk(floor: u64, now: u64) -> bool {
+    let lost = floor.saturating_sub(now);
+    (floor > 0 && now == 0) || (lost > floor / 2 && lost >= MIN_DROP)
+}
+
+impl Census {
+    /// Entries in all trees but sled's own.
+    pub(super) fn entries(&self) -> u64 {
+        self.trees
+            .iter()
+            .filter(|(name, _)| !name.starts_with("__sled"))
+            .map(|(_, t)| t.entries)
+            .sum()
+    }
+
+    /// Each tree's entries, the floors of a census just taken.
+    pub(super) fn floors(&self) -> BTreeMap<String, u64> {
+        self.trees
+            .iter()
+            .map(|(name, t)| (name.clone(), t.entries))
+            .collect()
+    }
+
+    /// A line saying which tree of `self` (found after an unclean stop) [`shrunk`] below its
+    /// floor, if one did.
+    pub(super) fn shrunk_below(&self, floors: &BTreeMap<String, u64>) -> Option<String> {
+        floors.iter().find_map(|(name, &floor)| {
+            let now = self.trees.get(name).map_or(0, |t| t.entries);
+            shrunk(floor, now).then(|| {
+                format!(
+                    "tree {name:?} held at least {floor} entries when the node last ran and now \
+                     holds {now}"
+                )
+            })
+        })
+    }
+}
+
+/// Why a manifest could not be had.
+#[derive(Debug)]
+pub(super) enum ManifestError {
+    /// It reads, but is not a manifest: damage.
+    Garbled(String),
+    /// It cannot be read (permissions, an I/O error): not known to be damage.
+    CannotRead(std::io::Error),
+}
+
 /// The record of a store's state at its last open or clean stop.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct Manifest {
@@ -108,17 +162,32 @@ pub(super) struct Manifest {
     pub(super) files: BTreeMap<String, String>,
     /// What the store held then.
     pub(super) census: Census,
+    /// Entries each tree holds at least, as far as the node knows: the census's at an open or
+    /// a clean stop, lowered (and this file written again) before the node's own removals take
+    /// a tree to where [`shrunk`] would call it damage. Empty in manifests from before it was
+    /// kept: then the census's counts.
+    #[serde(default)]
+    pub(super) floors: BTreeMap<String, u64>,
 }
 
 impl Manifest {
-    /// The manifest of the store in `dir`, if it has one; one that cannot be read is damage.
-    pub(super) fn read(dir: &Path) -> Result<Option<Manifest>, String> {
+    /// The manifest of the store in `dir`, if it has one.
+    pub(super) fn read(dir: &Path) -> Result<Option<Manifest>, ManifestError> {
         match fs::read(dir.join(MANIFEST)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| format!("its manifest {MANIFEST} is unreadable ({e})")),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                ManifestError::Garbled(format!("its manifest {MANIFEST} is garbled ({e})"))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("its manifest {MANIFEST} cannot be read ({e})")),
+            Err(e) => Err(ManifestError::CannotRead(e)),
+        }
+    }
+
+    /// The floors to check a store against: the recorded ones, or the census's counts.
+    pub(super) fn floors(&self) -> BTreeMap<String, u64> {
+        if self.floors.is_empty() {
+            self.census.floors()
+        } else {
+            self.floors.clone()
         }
     }
 
@@ -171,7 +240,31 @@ fn relative(dir: &Path, path: &Path) -> String {
         .into_owned()
 }
 
+/// Bytes of the files under `dir`.
+pub(super) fn dir_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// Bytes free to an unprivileged user on the file system of `dir`.
+pub(super) fn free_space(dir: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    #[allow(clippy::useless_conversion)] // the types differ between targets
+    Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+}
+
 /// Copies the directory `from` (files and subdirectories) to `to`, which must not exist.
+/// `std::fs::copy` uses `copy_file_range`, so on file systems that share extents (btrfs, XFS)
+/// the copy is a cheap clone.
 pub(super) fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     fs::create_dir_all(to)?;
     for entry in fs::read_dir(from)? {
@@ -184,6 +277,31 @@ pub(super) fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+thread_local! {
+    /// Set while this thread runs [`quietly`]: its panics are caught and reported as errors.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with panics caught and not printed (sled meets some damage by panicking; the
+/// caller reports it as an error in one line). The panic hook is replaced once, by one that
+/// says nothing for a thread inside `quietly` and hands every other panic to the hook it
+/// replaced, so other threads' panics are reported as before.
+pub(super) fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = unwinding(f);
+    QUIET.with(|q| q.set(was));
+    result
 }
 
 /// Runs `f`, turning a panic (sled panics on some damage) into an error with its message.

@@ -9,17 +9,21 @@
 //!   and the [`Writer`] thread for best-effort writes.
 //! - `sled_store`: [`SledStore`], which opens a store only if it is whole and seals it at a clean stop.
 //! - `census`: what a store holds, counted and digested, and the manifest file that records it
-//!   (with the files' digests) at each stop, by which damage is told from a clean store.
-//! - `salvage`: `p2posd --repair`: the damaged store moved aside, whatever reads copied into a
-//!   new one.
+//!   (with the files' digests) at each start and stop; the quiet catching of sled's panics.
+//! - `check`: whether a store is whole, decided without changing it (on a copy where sled must
+//!   open it), and the data directory's [`preflight`].
+//! - `salvage`: `p2posd --repair`: whatever reads copied into a new store built beside the
+//!   damaged one, which is then moved aside whole.
 
 use std::sync::Arc;
 
 mod census;
+mod check;
 mod salvage;
 mod sled_store;
 
 pub use census::{Census, TreeCensus};
+pub use check::{Checked, check, preflight};
 pub use salvage::{Contents, Repair, repair};
 pub use sled_store::SledStore;
 
@@ -37,8 +41,9 @@ pub enum StoreError {
         /// Why.
         message: String,
     },
-    /// The store's files are damaged: the node does not start on it (`p2posd --repair` moves
-    /// it aside and salvages what reads). Nothing was changed.
+    /// The store's files are damaged, missing, or a repair of it was interrupted: the node does
+    /// not start on it (`p2posd --repair` salvages what reads into a new store and moves the
+    /// damaged one aside). Nothing was changed.
     #[error("the store at {path} is damaged: {what}")]
     Damaged {
         /// The store's directory.
@@ -309,3 +314,5 @@ mod tests {
 
 #[cfg(test)]
 mod damage_tests;
+#[cfg(test)]
+mod repair_tests;

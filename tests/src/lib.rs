@@ -35,6 +35,16 @@ use tokio::task::JoinHandle;
 /// How long a node may take to start answering.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Runs `p2posd --repair` on the (stopped) node's data directory `data_dir`.
+pub fn repair_store(data_dir: &Path) -> std::process::Output {
+    Command::new(bin("p2posd"))
+        .arg("--repair")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run p2posd --repair")
+}
+
 /// Path of one of the workspace's binaries.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

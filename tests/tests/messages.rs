@@ -13,7 +13,7 @@ use p2pos_proto::{
 use p2pos_tests::{
     Node, connected_peer,
     messages::{ack, counts, next_message, node_with_config, receive, send},
-    open_session, wait_for,
+    open_session, repair_store, wait_for,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -208,9 +208,17 @@ async fn a_node_that_lost_its_store_but_kept_its_key_is_not_taken_for_a_duplicat
     })
     .await;
 
-    // A loses its store but keeps identity.key: its sequence numbers start again at 1.
+    // A loses its store but keeps identity.key: its sequence numbers start again at 1. (A node
+    // refuses to start on a lost store; `p2posd --repair` is the way back: a new store, the
+    // same identity.)
     assert!(a.stop().await.success());
     std::fs::remove_dir_all(a.data_dir.join("store")).expect("remove A's store");
+    let repaired = repair_store(&a.data_dir);
+    assert!(
+        repaired.status.success(),
+        "repair: {}",
+        String::from_utf8_lossy(&repaired.stderr)
+    );
     a.restart();
     assert_eq!(a.peer_id().await, a_id, "same identity");
     let client_a = a.client().await;

@@ -16,7 +16,7 @@ use p2pos_proto::{
     app::v1::DeliveryState,
     node::v1::{CreateAppTokenRequest, ListAppTokensRequest},
 };
-use p2pos_tests::{Node, bin, messages::send, wait_for};
+use p2pos_tests::{Node, bin, messages::send, repair_store as repair, wait_for};
 
 /// Every file of the store directory `dir` with its bytes.
 fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -76,15 +76,6 @@ fn recovered(report: &str, what: &str) -> u64 {
         .find(|field| !field.is_empty() && field.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no figure in {row:?}"))
-}
-
-fn repair(data_dir: &Path) -> std::process::Output {
-    Command::new(bin("p2posd"))
-        .arg("--repair")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .expect("run p2posd --repair")
 }
 
 #[tokio::test(flavor = "multi_thread")]

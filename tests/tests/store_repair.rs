@@ -7,7 +7,6 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -16,7 +15,7 @@ use p2pos_proto::{
     app::v1::DeliveryState,
     node::v1::{CreateAppTokenRequest, ListAppTokensRequest},
 };
-use p2pos_tests::{Node, bin, messages::send, repair_store as repair, wait_for};
+use p2pos_tests::{Node, messages::send, repair_store as repair, wait_for};
 
 /// Every file of the store directory `dir` with its bytes.
 fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {

@@ -60,19 +60,37 @@ pub fn check(dir: &Path) -> Result<Checked, StoreError> {
     if !dir.exists() {
         return Ok(Checked::New);
     }
+    let damaged = |what: String| StoreError::Damaged {
+        path: path.clone(),
+        what,
+    };
     let Some(manifest) = self::manifest(dir)? else {
         // A store from before manifests (or that lost its manifest): nothing to compare
-        // with, but sled still opens it on a copy first.
+        // with, but sled still opens it on a copy first. A node writes its manifest when it
+        // opens its store, before it makes its identity: with an identity there, a store with
+        // no manifest that holds nothing lost it all.
+        let identity = dir
+            .parent()
+            .is_some_and(|d| d.join(crate::identity::KEY_FILE).exists());
         if !dir.join("db").exists() {
+            if identity {
+                return Err(damaged(
+                    "it has neither its manifest nor its data file db, though the node has an \
+                     identity"
+                        .into(),
+                ));
+            }
             return Ok(Checked::New);
         }
         let found = census_of_copy(dir, &copy);
         let _ = std::fs::remove_dir_all(&copy);
-        return found.map(Checked::OnCopy);
-    };
-    let damaged = |what: String| StoreError::Damaged {
-        path: path.clone(),
-        what,
+        let found = found?;
+        if identity && found.entries() == 0 {
+            return Err(damaged(
+                "it has no manifest and holds nothing, though the node has an identity".into(),
+            ));
+        }
+        return Ok(Checked::OnCopy(found));
     };
     let io = |e: std::io::Error| StoreError::Open {
         path: path.clone(),
@@ -106,7 +124,9 @@ pub fn check(dir: &Path) -> Result<Checked, StoreError> {
             return Err(damaged(found.difference(&manifest.census)));
         }
         tracing::info!(store = %path, "the store's files changed since its clean stop, but it holds all it held");
-    } else if let Some(what) = found.shrunk_below(&manifest.floors()) {
+    } else if let Some(what) = found.shrunk_below(&manifest.floors) {
+        // Only floors the node kept: a manifest from before them has the census of its start,
+        // which the node's own removals may have gone far below since.
         return Err(damaged(what));
     }
     Ok(Checked::OnCopy(found))

@@ -331,3 +331,44 @@ fn a_manifest_that_cannot_be_read_is_an_error_not_damage() {
         Ok(_) => panic!("opened without its manifest"),
     }
 }
+
+#[test]
+fn a_store_without_its_manifest_that_holds_nothing_is_damage_when_there_is_an_identity() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().join(DIR);
+    filled(&dir);
+    std::fs::write(data.path().join(crate::identity::KEY_FILE), b"key").expect("key");
+    std::fs::remove_file(dir.join(census::MANIFEST)).expect("lose the manifest");
+    // A store from before manifests that holds entries opens (on a copy).
+    assert!(matches!(check(&dir), Ok(Checked::OnCopy(_))));
+    truncate(&dir.join("db"), |_| 0);
+    let err = check(&dir).expect_err("emptied, no manifest, an identity");
+    assert!(err.to_string().contains("holds nothing"), "{err}");
+    std::fs::remove_file(dir.join("db")).expect("no db");
+    let err = check(&dir).expect_err("no db, no manifest, an identity");
+    assert!(err.to_string().contains("neither"), "{err}");
+}
+
+#[test]
+fn a_garbled_marker_stops_the_repair_and_keeps_the_new_store() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().join(DIR);
+    filled(&dir);
+    // A crash after the damaged store went aside: the new store is all there is.
+    std::fs::rename(&dir, data.path().join("store.new")).expect("aside");
+    std::fs::write(data.path().join("store.repairing"), b"{\"swap\":").expect("garbled");
+    let err = repair(&dir).expect_err("garbled marker");
+    assert!(err.to_string().contains("garbled"), "{err}");
+    assert!(
+        data.path().join("store.new/db").exists(),
+        "the new store is kept"
+    );
+    // An empty marker (cut before its first byte) is not enough to remove it either.
+    std::fs::write(data.path().join("store.repairing"), b"").expect("empty");
+    let err = repair(&dir).expect_err("the store is gone");
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(
+        data.path().join("store.new/db").exists(),
+        "the new store is kept"
+    );
+}

@@ -95,7 +95,7 @@ pub(super) fn repair_with(
     at: &mut dyn FnMut(Step) -> Result<(), StoreError>,
 ) -> Result<Repair, StoreError> {
     let marker = sibling(dir, MARKER);
-    match read_marker(&marker) {
+    match read_marker(&marker)? {
         Some(Marker {
             swap: Some(mut repair),
         }) => {
@@ -103,7 +103,16 @@ pub(super) fn repair_with(
             return swap(dir, repair, at);
         }
         Some(Marker { swap: None }) | None => {
-            // A repair that stopped before its new store was complete: begin again.
+            // A repair that stopped before its new store was complete: begin again. (Never
+            // with the store gone: then the new store may be all that is left of it.)
+            if !dir.exists() && sibling(dir, NEW).exists() {
+                return Err(StoreError::Io(format!(
+                    "{} is missing and {} is there, but the repair's marker does not say the \
+                     new store was complete: look at both before repairing again",
+                    dir.display(),
+                    sibling(dir, NEW).display()
+                )));
+            }
             remove_leftovers(dir);
         }
     }
@@ -232,7 +241,8 @@ fn swap(
             _ => dir.display().to_string(),
         };
         StoreError::Io(format!(
-            "{what}: {e}; the damaged store is at {damaged}, the new one at {}: run              `p2posd --repair` again to finish",
+            "{what}: {e}; the damaged store is at {damaged}, the new one at {}: run \
+             `p2posd --repair` again to finish",
             fresh.display()
         ))
     };
@@ -260,21 +270,39 @@ fn swap(
     Ok(repair)
 }
 
-/// The marker at `path`, if there is one; one that does not read counts as a repair to redo.
-fn read_marker(path: &Path) -> Option<Marker> {
+/// The marker at `path`, if there is one. One that cannot be read, or does not parse, stops
+/// the repair: guessing could throw away the only complete new store.
+fn read_marker(path: &Path) -> Result<Option<Marker>, StoreError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(_) => return Some(Marker::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StoreError::Io(format!(
+                "the repair's marker {} cannot be read: {e}",
+                path.display()
+            )));
+        }
     };
-    Some(serde_json::from_slice(&bytes).unwrap_or_default())
+    match serde_json::from_slice(&bytes) {
+        Ok(marker) => Ok(Some(marker)),
+        // A marker written before its first byte reached the disk (the write was cut): it
+        // said nothing yet, so the new store was not complete.
+        Err(_) if bytes.is_empty() => Ok(Some(Marker::default())),
+        Err(e) => Err(StoreError::Io(format!(
+            "the repair's marker {} is garbled ({e}): look at it and at the store's siblings \
+             before removing it and repairing again",
+            path.display()
+        ))),
+    }
 }
 
 /// Writes the marker atomically (temporary file, fsync, rename, fsync of the directory).
 fn write_marker(path: &Path, marker: &Marker) -> Result<(), StoreError> {
     let io = |e: std::io::Error| StoreError::Io(format!("writing {}: {e}", path.display()));
     let bytes = serde_json::to_vec(marker).map_err(|e| io(std::io::Error::other(e)))?;
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     {
         let mut file = std::fs::File::create(&tmp).map_err(io)?;
         std::io::Write::write_all(&mut file, &bytes).map_err(io)?;

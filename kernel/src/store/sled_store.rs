@@ -12,7 +12,7 @@
 //! round tried, which the tests check again with real nodes.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock, RwLockReadGuard},
     time::{Duration, Instant},
@@ -49,6 +49,9 @@ pub struct SledStore {
     checked: Checked,
     /// Entries per tree, and the manifest of this run with its floors; writes hold it.
     tally: Mutex<Tally>,
+    /// The trees that exist, which reads look at (not the tally: a read never waits for a
+    /// write of another tree).
+    trees: RwLock<HashSet<String>>,
 }
 
 struct Tally {
@@ -99,6 +102,7 @@ impl SledStore {
             dir: dir.to_owned(),
             id_floor,
             checked,
+            trees: RwLock::new(manifest.floors.keys().cloned().collect()),
             tally: Mutex::new(Tally {
                 live: manifest.floors.clone().into_iter().collect(),
                 manifest,
@@ -144,7 +148,12 @@ impl SledStore {
     ) -> Result<T, StoreError> {
         let db = self.open_db()?;
         let db = db.as_ref().ok_or_else(closed)?;
-        if !self.tally()?.live.contains_key(name) {
+        let exists = self
+            .trees
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name);
+        if !exists {
             return Ok(missing);
         }
         f(db.open_tree(name)?)
@@ -162,11 +171,33 @@ impl SledStore {
     /// Applies `ops` to tree `name` atomically, keeping its count of entries, and first
     /// lowering its floor in the manifest if they take it to where a check after a crash
     /// would call the loss damage.
-    fn apply(&self, name: &str, ops: Vec<BatchOp>) -> Result<(), StoreError> {
+    fn apply(&self, name: &str, mut ops: Vec<BatchOp>) -> Result<(), StoreError> {
         let db = self.open_db()?;
         let db = db.as_ref().ok_or_else(closed)?;
         let tree = db.open_tree(name)?;
         let mut tally = self.tally()?;
+        if !tally.live.contains_key(name) {
+            self.trees
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name.to_owned());
+        }
+        let live = tally.live.get(name).copied().unwrap_or(0);
+        if ops.len() == 1
+            && let Some(op) = ops.pop()
+        {
+            // One write: sled answers whether the key was there. A removal lowers the floor
+            // first as if it took an entry away (a floor too low only checks less).
+            let after = match op {
+                BatchOp::Insert(k, v) => live + u64::from(tree.insert(k, v)?.is_none()),
+                BatchOp::Remove(k) => {
+                    self.lower_floor(&mut tally, name, live.saturating_sub(1))?;
+                    live - u64::from(tree.remove(k)?.is_some() && live > 0)
+                }
+            };
+            tally.live.insert(name.to_owned(), after);
+            return Ok(());
+        }
         let mut present: HashMap<&[u8], bool> = HashMap::new();
         let (mut added, mut removed) = (0u64, 0u64);
         for op in &ops {
@@ -185,8 +216,23 @@ impl SledStore {
             }
             present.insert(key, after);
         }
-        let live = tally.live.get(name).copied().unwrap_or(0);
         let after = (live + added).saturating_sub(removed);
+        self.lower_floor(&mut tally, name, after)?;
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                BatchOp::Insert(k, v) => batch.insert(k, v),
+                BatchOp::Remove(k) => batch.remove(k),
+            }
+        }
+        tree.apply_batch(batch)?;
+        tally.live.insert(name.to_owned(), after);
+        Ok(())
+    }
+
+    /// Lowers the floor of tree `name` to `after` (writing the manifest) before a write that
+    /// may take the tree there, if a check after a crash would otherwise call that damage.
+    fn lower_floor(&self, tally: &mut Tally, name: &str, after: u64) -> Result<(), StoreError> {
         let floor = tally.manifest.floors.get(name).copied().unwrap_or(0);
         if after < floor && shrunk(floor, after) {
             tally.manifest.floors.insert(name.to_owned(), after);
@@ -195,24 +241,6 @@ impl SledStore {
                 .write(&self.dir)
                 .map_err(|e| StoreError::Io(format!("writing the store's manifest: {e}")))?;
         }
-        let mut ops = ops;
-        if ops.len() == 1 {
-            match ops.pop() {
-                Some(BatchOp::Insert(k, v)) => drop(tree.insert(k, v)?),
-                Some(BatchOp::Remove(k)) => drop(tree.remove(k)?),
-                None => {}
-            }
-        } else {
-            let mut batch = sled::Batch::default();
-            for op in ops {
-                match op {
-                    BatchOp::Insert(k, v) => batch.insert(k, v),
-                    BatchOp::Remove(k) => batch.remove(k),
-                }
-            }
-            tree.apply_batch(batch)?;
-        }
-        tally.live.insert(name.to_owned(), after);
         Ok(())
     }
 }

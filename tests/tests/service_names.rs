@@ -515,6 +515,10 @@ enum Answers {
     Framed,
     /// Nothing: it takes the stream and holds it open, silent.
     Silent,
+    /// The call-taken byte, then it resets the stream.
+    TakeThenReset,
+    /// The call-taken byte, then `UNAVAILABLE` in the name of an app.
+    AppUnavailable,
 }
 
 /// A bare libp2p peer that announces itself in the DHT (through `hub`) as a provider of
@@ -563,6 +567,26 @@ fn sybil(
                     let mut call = Vec::new();
                     let _ = (&mut io).take(2 << 20).read_to_end(&mut call).await;
                     let junk: &[u8] = match answers {
+                        Answers::TakeThenReset => {
+                            let _ = io.write_all(&[0x01]).await;
+                            let _ = io.flush().await;
+                            // Dropped unclosed: reset.
+                            return;
+                        }
+                        Answers::AppUnavailable => {
+                            let _ = io.write_all(&[0x01]).await;
+                            let answer = p2pos_proto::wire::v1::CallAnswer {
+                                code: tonic::Code::Unavailable as u32,
+                                message: "down, always".into(),
+                                provider_app: "weather".into(),
+                                ..Default::default()
+                            };
+                            let limit = Duration::from_secs(5);
+                            let _ = p2pos_protocols::wire::write_message(&mut io, &answer, limit)
+                                .await;
+                            let _ = io.shutdown().await;
+                            return;
+                        }
                         Answers::Framed => &[
                             0x01, 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
                         ],
@@ -924,6 +948,88 @@ async fn seventeen_sybils_cannot_crowd_out_a_named_or_certified_provider() {
         sybil_calls <= SYBILS,
         "each Sybil was asked at most once (for its certificates): {sybil_calls}"
     );
+    for task in tasks {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sybils_that_take_calls_to_fail_them_are_held_back() {
+    const NAME: &str = "weather/2";
+    // Two Sybils take each call and reset the stream, two answer UNAVAILABLE in an app's
+    // name. A call one took is not sent elsewhere (the provider's app may have seen it), but
+    // each fails one call at most: the next call tries another first.
+    let (_nodes, clients, ids) = star(2).await;
+    let caller = &clients[0];
+    let hub = hub_of(caller, &ids[0]).await;
+    let kinds = [
+        Answers::TakeThenReset,
+        Answers::AppUnavailable,
+        Answers::TakeThenReset,
+        Answers::AppUnavailable,
+    ];
+    let hits: Vec<Arc<AtomicUsize>> = kinds.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let mut sybils = Vec::new();
+    let mut tasks = Vec::new();
+    for (answers, hits) in kinds.into_iter().zip(&hits) {
+        let (peer, task) = sybil(hub.clone(), NAME, answers, hits.clone());
+        sybils.push(peer.to_string());
+        tasks.push(task);
+    }
+    for peer in &sybils {
+        connected_peer(caller, peer, "a Sybil to reach the caller").await;
+    }
+    let everyone: Vec<&str> = sybils.iter().map(String::as_str).collect();
+    wait_providers(caller, NAME, &everyone).await;
+
+    // As many calls as Sybils: each fails, at a different Sybil.
+    for _ in &kinds {
+        let status = call(caller, call_request(NAME))
+            .await
+            .expect_err("only Sybils provide it");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    let tried = || {
+        hits.iter()
+            .map(|h| h.load(Ordering::SeqCst))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tried(), [1; 4], "each Sybil failed one call");
+
+    // An honest provider comes: every call goes to it.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let _honest = serve(
+        clients[1].clone(),
+        ("weather", NAME),
+        Vec::new(),
+        seen.clone(),
+        Ok("sunny"),
+    )
+    .await;
+    let mut everyone = everyone.clone();
+    everyone.push(ids[1].as_str());
+    wait_providers(caller, NAME, &everyone).await;
+    for _ in 0..10 {
+        let reply = call(caller, call_request(NAME))
+            .await
+            .expect("every call answered");
+        assert_eq!(reply.peer_id, ids[1]);
+        assert_eq!(reply.payload, "sunny");
+    }
+    assert_eq!(tried(), [1; 4], "no Sybil that failed a call was tried again");
+    let found = find(
+        caller,
+        FindServiceRequest {
+            service: NAME.into(),
+            limit: 100,
+            ..FindServiceRequest::default()
+        },
+    )
+    .await
+    .expect("found");
+    for p in found.iter().filter(|p| p.peer_id != ids[1]) {
+        assert_eq!(p.reachability(), Reachability::Refused, "{p:?}");
+    }
     for task in tasks {
         task.abort();
     }

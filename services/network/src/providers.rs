@@ -295,10 +295,11 @@ impl EventLoop {
         }));
     }
 
-    /// `found` (providers of `key`) in the order callers should try them: connected peers by
-    /// round-trip time (those not measured yet last among them), then the others in the
-    /// order found, then those that refused or misbehaved recently, then those that said they
-    /// do not provide it, then those not reached
+    /// `found` (providers of `key`) in the order callers should try them: those that served
+    /// lately first, then the other connected peers by round-trip time (those not measured
+    /// yet last among them), then the others in the order found, then those that refused or
+    /// misbehaved recently, then those that said they do not provide it, then those not
+    /// reached
     /// (see [`ProviderReach`]); only those `waiter` wants, picked out before the cut to its
     /// limit.
     fn ranked(&self, key: &str, found: Vec<Found>, waiter: &Waiter) -> Vec<RemoteProvider> {
@@ -327,7 +328,18 @@ impl EventLoop {
             ProviderReach::NotProviding => 3,
             ProviderReach::Unreached => 4,
         };
-        providers.sort_by_key(|p| (class(p.reach), p.rtt.is_none(), p.rtt));
+        // Among those not held back, providers that served lately come first: a Sybil that
+        // is connected and fast but never serves cannot stay ahead of an honest provider.
+        let held_back = |reach: ProviderReach| class(reach) > 1;
+        providers.sort_by_key(|p| {
+            (
+                held_back(p.reach),
+                !self.reach.served(key, p.peer),
+                class(p.reach),
+                p.rtt.is_none(),
+                p.rtt,
+            )
+        });
         providers.truncate(waiter.limit);
         providers
     }

@@ -498,6 +498,8 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
 
 /// The call protocol, as the Sybils claim to speak it.
 const CALL: StreamProtocol = StreamProtocol::new("/p2pos/call/2");
+/// The channel protocol, which the Sybils take streams of and stay silent on.
+const CHANNEL: StreamProtocol = StreamProtocol::new("/p2pos/channel/1");
 
 #[derive(NetworkBehaviour)]
 struct Sybil {
@@ -522,7 +524,8 @@ enum Answers {
 }
 
 /// A bare libp2p peer that announces itself in the DHT (through `hub`) as a provider of
-/// `service` and answers every call stream as `answers` says. Counts the streams it takes.
+/// `service` and answers every call stream as `answers` says; it takes channel streams and
+/// stays silent on them. Counts the streams it takes (both kinds).
 fn sybil(
     hub: (PeerId, Multiaddr),
     service: &str,
@@ -554,6 +557,20 @@ fn sybil(
         .new_control()
         .accept(CALL)
         .expect("accept calls");
+    let mut channels = swarm
+        .behaviour()
+        .stream
+        .new_control()
+        .accept(CHANNEL)
+        .expect("accept channels");
+    let channel_hits = hits.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((_, stream)) = channels.next().await {
+            channel_hits.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
         .expect("listen");
@@ -1030,6 +1047,81 @@ async fn sybils_that_take_calls_to_fail_them_are_held_back() {
     for p in found.iter().filter(|p| p.peer_id != ids[1]) {
         assert_eq!(p.reachability(), Reachability::Refused, "{p:?}");
     }
+    for task in tasks {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_channel_sybils_are_skipped_within_the_open_and_then_held_back() {
+    const NAME: &str = "quiet/2";
+    const SILENT: usize = 4;
+    let (_nodes, clients, ids) = star(2).await;
+    let caller = &clients[0];
+    let hub = hub_of(caller, &ids[0]).await;
+    let hits: Vec<Arc<AtomicUsize>> = (0..SILENT).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let mut sybils = Vec::new();
+    let mut tasks = Vec::new();
+    for hits in &hits {
+        let (peer, task) = sybil(hub.clone(), NAME, Answers::Silent, hits.clone());
+        sybils.push(peer.to_string());
+        tasks.push(task);
+    }
+    for peer in &sybils {
+        connected_peer(caller, peer, "a Sybil to reach the caller").await;
+    }
+    let seen = Arc::new(AtomicUsize::new(0));
+    let app = ("quiet", NAME);
+    let _honest = serve(
+        clients[1].clone(),
+        app,
+        Vec::new(),
+        seen.clone(),
+        Ok("hello"),
+    )
+    .await;
+    let mut everyone: Vec<&str> = sybils.iter().map(String::as_str).collect();
+    everyone.push(ids[1].as_str());
+    wait_providers(caller, NAME, &everyone).await;
+    let _honest = rank_last(
+        caller,
+        (&clients[1], &ids[1]),
+        app,
+        (Vec::new(), seen.clone(), "hello"),
+    )
+    .await;
+    let tried = || hits.iter().map(|h| h.load(Ordering::SeqCst)).sum::<usize>();
+    assert_eq!(tried(), 0);
+
+    // Every silent Sybil is tried before the honest provider, each skipped once its node did
+    // not say within 1–2 s that it took the hello (not after the app's 30 s to accept): the
+    // channel opens within the 20 s that reaching providers may take.
+    let open = || OpenServiceChannel {
+        app_id: "caller".into(),
+        service: NAME.into(),
+        ..OpenServiceChannel::default()
+    };
+    let first = std::time::Instant::now();
+    let mut channel = caller
+        .open_service_channel(open())
+        .await
+        .expect("a channel despite the silent Sybils");
+    eprintln!(
+        "the first channel past {SILENT} silent Sybils: {:?}",
+        first.elapsed()
+    );
+    assert_eq!(channel.opened.peer_id, ids[1]);
+    let frame = channel.receiver.message().await.expect("a frame");
+    assert_eq!(frame.as_deref(), Some(&b"hello"[..]));
+    let _ = channel.sender.close().await;
+    assert_eq!(tried(), SILENT, "each silent Sybil was tried once");
+
+    // Later channels skip them.
+    for _ in 0..3 {
+        let channel = caller.open_service_channel(open()).await.expect("opened");
+        assert_eq!(channel.opened.peer_id, ids[1]);
+    }
+    assert_eq!(tried(), SILENT, "no silent Sybil tried again");
     for task in tasks {
         task.abort();
     }

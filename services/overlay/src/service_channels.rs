@@ -147,9 +147,11 @@ impl OverlayService {
                 let (net, store, checker) = (net.clone(), store.clone(), checker.clone());
                 let (app_id, service) = (app_id.clone(), Some(service.clone()));
                 let pinned = pinned.clone();
+                // Other providers may follow: a silent one is skipped quickly.
+                let reach = (reach_by, reach_by < until);
                 async move {
                     let to = (service.clone(), None, &pinned[..]);
-                    let opening = channel::open(net, store, app_id, to, peer, addrs, reach_by);
+                    let opening = channel::open(net, store, app_id, to, peer, addrs, reach);
                     match opening.await {
                         Ok(stream) => Attempt::Done(Ok(stream)),
                         // Its node refused: what it presented is out of date.

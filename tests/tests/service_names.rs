@@ -789,6 +789,87 @@ async fn eight_sybils_cannot_make_a_name_unusable() {
     }
 }
 
+#[derive(NetworkBehaviour)]
+struct Staller {
+    identify: identify::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A bare libp2p peer connected to `hub` that claims to speak Kademlia and never answers a
+/// request: a DHT look-up through `hub` waits on it until its own time is up.
+fn dht_staller(hub: (PeerId, Multiaddr)) -> (PeerId, JoinHandle<()>) {
+    let key = Keypair::generate_ed25519();
+    let peer = key.public().to_peer_id();
+    let mut swarm = bare_swarm(key, |key| Staller {
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/p2pos/1.0.0".into(),
+            key.public(),
+        )),
+        stream: libp2p_stream::Behaviour::new(),
+    });
+    let mut requests = swarm
+        .behaviour()
+        .stream
+        .new_control()
+        .accept(StreamProtocol::new("/ipfs/kad/1.0.0"))
+        .expect("accept Kademlia");
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
+    let task = tokio::spawn(async move {
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some((_, stream)) = requests.next().await {
+                held.push(stream);
+            }
+        });
+        swarm.dial(hub.1).expect("dial the hub");
+        loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                swarm.select_next_some().await
+            {
+                swarm.add_external_address(address);
+            }
+        }
+    });
+    (peer, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_named_peer_is_called_at_once_not_after_the_dht() {
+    const NAME: &str = "named/1";
+    let (_nodes, clients, ids) = star(2).await;
+    let caller = &clients[0];
+    let hub = hub_of(caller, &ids[0]).await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let _provider = serve(
+        clients[1].clone(),
+        ("named", NAME),
+        Vec::new(),
+        seen.clone(),
+        Ok("here"),
+    )
+    .await;
+    // (No look-up before the calls: none is cached.) A DHT peer that never answers keeps every look-up from ending before its time.
+    let (staller, task) = dht_staller(hub);
+    connected_peer(caller, &staller.to_string(), "the staller to reach the caller").await;
+
+    // The named provider is connected: called at once, not after a look-up of 16 providers
+    // that runs to the call's 3 s.
+    for round in 0..3 {
+        let named = CallRequest {
+            peers: vec![ids[1].clone()],
+            timeout_ms: 3000,
+            ..call_request(NAME)
+        };
+        let reply = call(caller, named)
+            .await
+            .unwrap_or_else(|e| panic!("call {round}, to the named peer: {e:?}"));
+        assert_eq!(reply.peer_id, ids[1]);
+    }
+    task.abort();
+}
+
 /// The hub the Sybils announce through: `client`'s node (peer `id`), at its TCP address.
 async fn hub_of(client: &Client, id: &str) -> (PeerId, Multiaddr) {
     let ticket = client

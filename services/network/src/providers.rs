@@ -54,7 +54,12 @@ impl EventLoop {
             let _ = reply.send(Err(Error::DhtDisabled));
             return;
         }
-        let limit = limit.max(1);
+        // With peers named, no more than they can be found.
+        let limit = match &among {
+            Some(among) => limit.min(among.len()),
+            None => limit,
+        }
+        .max(1);
         let waiter = Waiter {
             limit,
             among,
@@ -63,6 +68,23 @@ impl EventLoop {
         };
         if !fresh && let Some(found) = self.provider_cache.get(&key, |f| waiter.wanted(f) >= limit)
         {
+            let providers = self.ranked(&key, found, &waiter);
+            let _ = waiter.reply.send(Ok(Providers {
+                providers,
+                cached: true,
+            }));
+            return;
+        }
+        // Peers named that this node reaches without the DHT (connected, or at addresses it
+        // connected to before): the caller tries them at once, with what a recent look-up found
+        // of them, rather than after the look-up; if they all fail, it asks for a fresh one.
+        if !fresh
+            && let Some(among) = &waiter.among
+            && among
+                .iter()
+                .any(|p| self.swarm.is_connected(p) || !self.book.confirmed(p).is_empty())
+        {
+            let found = self.provider_cache.get(&key, |_| true).unwrap_or_default();
             let providers = self.ranked(&key, found, &waiter);
             let _ = waiter.reply.send(Ok(Providers {
                 providers,

@@ -1255,21 +1255,18 @@ async fn silent_sybils_are_skipped_within_the_call_and_then_held_back() {
     let took = first.elapsed();
     eprintln!("the first call past {SILENT} silent Sybils: {took:?}");
     assert_eq!(reply.peer_id, ids[1]);
-    assert!(took < Duration::from_secs(12), "{took:?}");
+    // Generous on a loaded machine: each silent Sybil has at most 2 s to say it took the call
+    // (8 s for the four); one given its half of the time left instead would hold the call
+    // 10 s, the next 5 s more.
+    assert!(took < Duration::from_secs(15), "{took:?}");
     let tried = || hits.iter().map(|h| h.load(Ordering::SeqCst)).sum::<usize>();
     assert_eq!(tried(), SILENT, "each silent Sybil was tried once");
 
-    // Later calls skip them.
-    let started = std::time::Instant::now();
+    // Later calls skip them (no time measured: that none is tried again says it).
     for _ in 0..5 {
         let reply = call(caller, call_request(NAME)).await.expect("answered");
         assert_eq!(reply.peer_id, ids[1]);
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(tried(), SILENT, "no silent Sybil tried again");
     for task in tasks {
         task.abort();

@@ -80,6 +80,11 @@ impl OverlayService {
         let fail = |e| ready(Err(e));
         let service = service.into_string();
         let target = peer.map(|PeerRef { peer, addrs }| (peer, addrs));
+        if let Some((peer, _)) = &target
+            && !filter.allows(peer)
+        {
+            return fail(Error::PeerNotAllowed(*peer));
+        }
         let Ok(channel_permit) = self.channels.clone().try_acquire_owned() else {
             return fail(Error::TooManyChannels {
                 limit: usize::try_from(self.config.max_channels).unwrap_or(usize::MAX),

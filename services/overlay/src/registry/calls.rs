@@ -99,6 +99,11 @@ impl ServiceRegistry {
             return ready(Err(e));
         }
         let target = peer.map(|PeerRef { peer, addrs }| (peer, addrs));
+        if let Some((peer, _)) = &target
+            && !filter.allows(peer)
+        {
+            return ready(Err(Error::PeerNotAllowed(*peer)));
+        }
         let (app_id, service) = (app_id.into_string(), service.into_string());
         let limit = time_limit(deadline, timeout_ms);
         let until = Instant::now() + limit;

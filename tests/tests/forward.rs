@@ -210,7 +210,11 @@ async fn an_exposed_http_server_is_fetched_through_a_forwarded_port() {
         })
         .await
         .expect_err("B is not among the peers named");
-    assert_eq!(outside.code(), tonic::Code::FailedPrecondition, "{outside:?}");
+    assert_eq!(
+        outside.code(),
+        tonic::Code::FailedPrecondition,
+        "{outside:?}"
+    );
     // By name, pinning a publisher key that certifies nobody (with p2pctl's flag): the
     // forward opens, warns, and no connection reaches B.
     let dir = tempfile::tempdir().expect("tempdir");

@@ -599,8 +599,8 @@ fn sybil(
                                 ..Default::default()
                             };
                             let limit = Duration::from_secs(5);
-                            let _ = p2pos_protocols::wire::write_message(&mut io, &answer, limit)
-                                .await;
+                            let _ =
+                                p2pos_protocols::wire::write_message(&mut io, &answer, limit).await;
                             let _ = io.shutdown().await;
                             return;
                         }
@@ -852,7 +852,12 @@ async fn a_named_peer_is_called_at_once_not_after_the_dht() {
     .await;
     // (No look-up before the calls: none is cached.) A DHT peer that never answers keeps every look-up from ending before its time.
     let (staller, task) = dht_staller(hub);
-    connected_peer(caller, &staller.to_string(), "the staller to reach the caller").await;
+    connected_peer(
+        caller,
+        &staller.to_string(),
+        "the staller to reach the caller",
+    )
+    .await;
 
     // The named provider is connected: called at once, not after a look-up of 16 providers
     // that runs to the call's 3 s.
@@ -1066,7 +1071,10 @@ async fn sybils_that_take_calls_to_fail_them_are_held_back() {
         Answers::TakeThenReset,
         Answers::AppUnavailable,
     ];
-    let hits: Vec<Arc<AtomicUsize>> = kinds.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let hits: Vec<Arc<AtomicUsize>> = kinds
+        .iter()
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect();
     let mut sybils = Vec::new();
     let mut tasks = Vec::new();
     for (answers, hits) in kinds.into_iter().zip(&hits) {
@@ -1114,7 +1122,11 @@ async fn sybils_that_take_calls_to_fail_them_are_held_back() {
         assert_eq!(reply.peer_id, ids[1]);
         assert_eq!(reply.payload, "sunny");
     }
-    assert_eq!(tried(), [1; 4], "no Sybil that failed a call was tried again");
+    assert_eq!(
+        tried(),
+        [1; 4],
+        "no Sybil that failed a call was tried again"
+    );
     let found = find(
         caller,
         FindServiceRequest {

@@ -355,6 +355,7 @@ fn hello(app_id: &str, service: &str) -> Vec<u8> {
         group: String::new(),
         end_mark: true,
         publisher_keys: Vec::new(),
+        taken_byte: false,
     };
     let body = prost::Message::encode_to_vec(&hello);
     let mut bytes = u32::try_from(body.len())

@@ -176,6 +176,45 @@ async fn an_exposed_http_server_is_fetched_through_a_forwarded_port() {
         .and_then(|p| p.parse().ok())
         .expect("a port");
     assert_eq!(get(among, "/n/4").await.expect("through B"), b"hello 4");
+    // Among given peers that do not provide it (A itself): the forward warns, and no
+    // connection reaches B.
+    let a_id = a.peer_id().await;
+    let none = client_a
+        .services()
+        .open_forward(OpenForwardRequest {
+            service: "web/1".into(),
+            listen: "127.0.0.1:0".into(),
+            peers: vec![a_id.clone()],
+            ..OpenForwardRequest::default()
+        })
+        .await
+        .expect("a forward among peers that do not provide it")
+        .into_inner();
+    assert!(!none.warning.is_empty(), "no warning: {none:?}");
+    let none: u16 = none
+        .listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port");
+    assert_eq!(get(none, "/n/6").await, None, "B is not among the peers");
+    // A provider named outside the peers named: refused, as by the services API.
+    let outside = client_a
+        .services()
+        .open_forward(OpenForwardRequest {
+            service: "web/1".into(),
+            peer: b_id.clone(),
+            listen: "127.0.0.1:0".into(),
+            peers: vec![a_id.clone()],
+            ..OpenForwardRequest::default()
+        })
+        .await
+        .expect_err("B is not among the peers named");
+    assert_eq!(
+        outside.code(),
+        tonic::Code::FailedPrecondition,
+        "{outside:?}"
+    );
     // By name, pinning a publisher key that certifies nobody (with p2pctl's flag): the
     // forward opens, warns, and no connection reaches B.
     let dir = tempfile::tempdir().expect("tempdir");

@@ -498,6 +498,8 @@ async fn only_providers_certified_by_a_pinned_key_or_named_see_the_request() {
 
 /// The call protocol, as the Sybils claim to speak it.
 const CALL: StreamProtocol = StreamProtocol::new("/p2pos/call/2");
+/// The channel protocol, which the Sybils take streams of and stay silent on.
+const CHANNEL: StreamProtocol = StreamProtocol::new("/p2pos/channel/1");
 
 #[derive(NetworkBehaviour)]
 struct Sybil {
@@ -515,10 +517,15 @@ enum Answers {
     Framed,
     /// Nothing: it takes the stream and holds it open, silent.
     Silent,
+    /// The call-taken byte, then it resets the stream.
+    TakeThenReset,
+    /// The call-taken byte, then `UNAVAILABLE` in the name of an app.
+    AppUnavailable,
 }
 
 /// A bare libp2p peer that announces itself in the DHT (through `hub`) as a provider of
-/// `service` and answers every call stream as `answers` says. Counts the streams it takes.
+/// `service` and answers every call stream as `answers` says; it takes channel streams and
+/// stays silent on them. Counts the streams it takes (both kinds).
 fn sybil(
     hub: (PeerId, Multiaddr),
     service: &str,
@@ -550,6 +557,20 @@ fn sybil(
         .new_control()
         .accept(CALL)
         .expect("accept calls");
+    let mut channels = swarm
+        .behaviour()
+        .stream
+        .new_control()
+        .accept(CHANNEL)
+        .expect("accept channels");
+    let channel_hits = hits.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((_, stream)) = channels.next().await {
+            channel_hits.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
         .expect("listen");
@@ -563,6 +584,26 @@ fn sybil(
                     let mut call = Vec::new();
                     let _ = (&mut io).take(2 << 20).read_to_end(&mut call).await;
                     let junk: &[u8] = match answers {
+                        Answers::TakeThenReset => {
+                            let _ = io.write_all(&[0x01]).await;
+                            let _ = io.flush().await;
+                            // Dropped unclosed: reset.
+                            return;
+                        }
+                        Answers::AppUnavailable => {
+                            let _ = io.write_all(&[0x01]).await;
+                            let answer = p2pos_proto::wire::v1::CallAnswer {
+                                code: tonic::Code::Unavailable as u32,
+                                message: "down, always".into(),
+                                provider_app: "weather".into(),
+                                ..Default::default()
+                            };
+                            let limit = Duration::from_secs(5);
+                            let _ =
+                                p2pos_protocols::wire::write_message(&mut io, &answer, limit).await;
+                            let _ = io.shutdown().await;
+                            return;
+                        }
                         Answers::Framed => &[
                             0x01, 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
                         ],
@@ -748,6 +789,92 @@ async fn eight_sybils_cannot_make_a_name_unusable() {
     }
 }
 
+#[derive(NetworkBehaviour)]
+struct Staller {
+    identify: identify::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A bare libp2p peer connected to `hub` that claims to speak Kademlia and never answers a
+/// request: a DHT look-up through `hub` waits on it until its own time is up.
+fn dht_staller(hub: (PeerId, Multiaddr)) -> (PeerId, JoinHandle<()>) {
+    let key = Keypair::generate_ed25519();
+    let peer = key.public().to_peer_id();
+    let mut swarm = bare_swarm(key, |key| Staller {
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/p2pos/1.0.0".into(),
+            key.public(),
+        )),
+        stream: libp2p_stream::Behaviour::new(),
+    });
+    let mut requests = swarm
+        .behaviour()
+        .stream
+        .new_control()
+        .accept(StreamProtocol::new("/ipfs/kad/1.0.0"))
+        .expect("accept Kademlia");
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
+    let task = tokio::spawn(async move {
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some((_, stream)) = requests.next().await {
+                held.push(stream);
+            }
+        });
+        swarm.dial(hub.1).expect("dial the hub");
+        loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                swarm.select_next_some().await
+            {
+                swarm.add_external_address(address);
+            }
+        }
+    });
+    (peer, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_named_peer_is_called_at_once_not_after_the_dht() {
+    const NAME: &str = "named/1";
+    let (_nodes, clients, ids) = star(2).await;
+    let caller = &clients[0];
+    let hub = hub_of(caller, &ids[0]).await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let _provider = serve(
+        clients[1].clone(),
+        ("named", NAME),
+        Vec::new(),
+        seen.clone(),
+        Ok("here"),
+    )
+    .await;
+    // (No look-up before the calls: none is cached.) A DHT peer that never answers keeps every look-up from ending before its time.
+    let (staller, task) = dht_staller(hub);
+    connected_peer(
+        caller,
+        &staller.to_string(),
+        "the staller to reach the caller",
+    )
+    .await;
+
+    // The named provider is connected: called at once, not after a look-up of 16 providers
+    // that runs to the call's 3 s.
+    for round in 0..3 {
+        let named = CallRequest {
+            peers: vec![ids[1].clone()],
+            timeout_ms: 3000,
+            ..call_request(NAME)
+        };
+        let reply = call(caller, named)
+            .await
+            .unwrap_or_else(|e| panic!("call {round}, to the named peer: {e:?}"));
+        assert_eq!(reply.peer_id, ids[1]);
+    }
+    task.abort();
+}
+
 /// The hub the Sybils announce through: `client`'s node (peer `id`), at its TCP address.
 async fn hub_of(client: &Client, id: &str) -> (PeerId, Multiaddr) {
     let ticket = client
@@ -930,6 +1057,170 @@ async fn seventeen_sybils_cannot_crowd_out_a_named_or_certified_provider() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sybils_that_take_calls_to_fail_them_are_held_back() {
+    const NAME: &str = "weather/2";
+    // Two Sybils take each call and reset the stream, two answer UNAVAILABLE in an app's
+    // name. A call one took is not sent elsewhere (the provider's app may have seen it), but
+    // each fails one call at most: the next call tries another first.
+    let (_nodes, clients, ids) = star(2).await;
+    let caller = &clients[0];
+    let hub = hub_of(caller, &ids[0]).await;
+    let kinds = [
+        Answers::TakeThenReset,
+        Answers::AppUnavailable,
+        Answers::TakeThenReset,
+        Answers::AppUnavailable,
+    ];
+    let hits: Vec<Arc<AtomicUsize>> = kinds
+        .iter()
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect();
+    let mut sybils = Vec::new();
+    let mut tasks = Vec::new();
+    for (answers, hits) in kinds.into_iter().zip(&hits) {
+        let (peer, task) = sybil(hub.clone(), NAME, answers, hits.clone());
+        sybils.push(peer.to_string());
+        tasks.push(task);
+    }
+    for peer in &sybils {
+        connected_peer(caller, peer, "a Sybil to reach the caller").await;
+    }
+    let everyone: Vec<&str> = sybils.iter().map(String::as_str).collect();
+    wait_providers(caller, NAME, &everyone).await;
+
+    // As many calls as Sybils: each fails, at a different Sybil.
+    for _ in &kinds {
+        let status = call(caller, call_request(NAME))
+            .await
+            .expect_err("only Sybils provide it");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    let tried = || {
+        hits.iter()
+            .map(|h| h.load(Ordering::SeqCst))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tried(), [1; 4], "each Sybil failed one call");
+
+    // An honest provider comes: every call goes to it.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let _honest = serve(
+        clients[1].clone(),
+        ("weather", NAME),
+        Vec::new(),
+        seen.clone(),
+        Ok("sunny"),
+    )
+    .await;
+    let mut everyone = everyone.clone();
+    everyone.push(ids[1].as_str());
+    wait_providers(caller, NAME, &everyone).await;
+    for _ in 0..10 {
+        let reply = call(caller, call_request(NAME))
+            .await
+            .expect("every call answered");
+        assert_eq!(reply.peer_id, ids[1]);
+        assert_eq!(reply.payload, "sunny");
+    }
+    assert_eq!(
+        tried(),
+        [1; 4],
+        "no Sybil that failed a call was tried again"
+    );
+    let found = find(
+        caller,
+        FindServiceRequest {
+            service: NAME.into(),
+            limit: 100,
+            ..FindServiceRequest::default()
+        },
+    )
+    .await
+    .expect("found");
+    for p in found.iter().filter(|p| p.peer_id != ids[1]) {
+        assert_eq!(p.reachability(), Reachability::Refused, "{p:?}");
+    }
+    for task in tasks {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_channel_sybils_are_skipped_within_the_open_and_then_held_back() {
+    const NAME: &str = "quiet/2";
+    const SILENT: usize = 4;
+    let (_nodes, clients, ids) = star(2).await;
+    let caller = &clients[0];
+    let hub = hub_of(caller, &ids[0]).await;
+    let hits: Vec<Arc<AtomicUsize>> = (0..SILENT).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let mut sybils = Vec::new();
+    let mut tasks = Vec::new();
+    for hits in &hits {
+        let (peer, task) = sybil(hub.clone(), NAME, Answers::Silent, hits.clone());
+        sybils.push(peer.to_string());
+        tasks.push(task);
+    }
+    for peer in &sybils {
+        connected_peer(caller, peer, "a Sybil to reach the caller").await;
+    }
+    let seen = Arc::new(AtomicUsize::new(0));
+    let app = ("quiet", NAME);
+    let _honest = serve(
+        clients[1].clone(),
+        app,
+        Vec::new(),
+        seen.clone(),
+        Ok("hello"),
+    )
+    .await;
+    let mut everyone: Vec<&str> = sybils.iter().map(String::as_str).collect();
+    everyone.push(ids[1].as_str());
+    wait_providers(caller, NAME, &everyone).await;
+    let _honest = rank_last(
+        caller,
+        (&clients[1], &ids[1]),
+        app,
+        (Vec::new(), seen.clone(), "hello"),
+    )
+    .await;
+    let tried = || hits.iter().map(|h| h.load(Ordering::SeqCst)).sum::<usize>();
+    assert_eq!(tried(), 0);
+
+    // Every silent Sybil is tried before the honest provider, each skipped once its node did
+    // not say within 1–2 s that it took the hello (not after the app's 30 s to accept): the
+    // channel opens within the 20 s that reaching providers may take.
+    let open = || OpenServiceChannel {
+        app_id: "caller".into(),
+        service: NAME.into(),
+        ..OpenServiceChannel::default()
+    };
+    let first = std::time::Instant::now();
+    let mut channel = caller
+        .open_service_channel(open())
+        .await
+        .expect("a channel despite the silent Sybils");
+    eprintln!(
+        "the first channel past {SILENT} silent Sybils: {:?}",
+        first.elapsed()
+    );
+    assert_eq!(channel.opened.peer_id, ids[1]);
+    let frame = channel.receiver.message().await.expect("a frame");
+    assert_eq!(frame.as_deref(), Some(&b"hello"[..]));
+    let _ = channel.sender.close().await;
+    assert_eq!(tried(), SILENT, "each silent Sybil was tried once");
+
+    // Later channels skip them.
+    for _ in 0..3 {
+        let channel = caller.open_service_channel(open()).await.expect("opened");
+        assert_eq!(channel.opened.peer_id, ids[1]);
+    }
+    assert_eq!(tried(), SILENT, "no silent Sybil tried again");
+    for task in tasks {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn silent_sybils_are_skipped_within_the_call_and_then_held_back() {
     const NAME: &str = "quiet/1";
     const SILENT: usize = 4;
@@ -976,21 +1267,18 @@ async fn silent_sybils_are_skipped_within_the_call_and_then_held_back() {
     let took = first.elapsed();
     eprintln!("the first call past {SILENT} silent Sybils: {took:?}");
     assert_eq!(reply.peer_id, ids[1]);
-    assert!(took < Duration::from_secs(12), "{took:?}");
+    // Generous on a loaded machine: each silent Sybil has at most 2 s to say it took the call
+    // (8 s for the four); one given its half of the time left instead would hold the call
+    // 10 s, the next 5 s more.
+    assert!(took < Duration::from_secs(15), "{took:?}");
     let tried = || hits.iter().map(|h| h.load(Ordering::SeqCst)).sum::<usize>();
     assert_eq!(tried(), SILENT, "each silent Sybil was tried once");
 
-    // Later calls skip them.
-    let started = std::time::Instant::now();
+    // Later calls skip them (no time measured: that none is tried again says it).
     for _ in 0..5 {
         let reply = call(caller, call_request(NAME)).await.expect("answered");
         assert_eq!(reply.peer_id, ids[1]);
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(tried(), SILENT, "no silent Sybil tried again");
     for task in tasks {
         task.abort();

@@ -25,6 +25,9 @@ pub enum Error {
     /// Malformed `peers` or `publisher_keys` of a forward.
     #[error("{0}")]
     InvalidFilter(String),
+    /// A forward names a provider (`peer`) that its own `peers` leave out.
+    #[error("peer {0} is not among the `peers` named")]
+    PeerNotAmong(String),
     /// A limit is reached.
     #[error("too many {what} (the limit is {limit}); try again later")]
     Busy {
@@ -68,7 +71,7 @@ impl From<Error> for ServiceError {
             | Error::InvalidFilter(_) => ErrorCode::InvalidArgument,
             Error::Busy { .. } => ErrorCode::ResourceExhausted,
             Error::NotExposed(_) | Error::ForwardNotFound(_) => ErrorCode::NotFound,
-            Error::Listen { .. } => ErrorCode::FailedPrecondition,
+            Error::Listen { .. } | Error::PeerNotAmong(_) => ErrorCode::FailedPrecondition,
             Error::Registry(e) => e.code,
             Error::NoSession(_) => ErrorCode::Unavailable,
             Error::Store(_) => ErrorCode::Internal,

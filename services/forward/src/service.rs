@@ -380,7 +380,8 @@ const CHECK_TIME: Duration = Duration::from_secs(3);
 /// Most peers a forward names in `peers`.
 const MAX_NAMED_PEERS: usize = 256;
 
-/// The providers a forward's connections may reach: its `peers` and `publisher_keys`, checked.
+/// The providers a forward's connections may reach: its `peers` and `publisher_keys`, checked
+/// (a `peer` named outside its `peers` is refused).
 fn provider_filter(request: &OpenForwardRequest) -> Result<services::ProviderFilter, Error> {
     let shown = |s: &str| s.chars().take(80).collect::<String>();
     if request.peers.len() > MAX_NAMED_PEERS {
@@ -411,6 +412,13 @@ fn provider_filter(request: &OpenForwardRequest) -> Result<services::ProviderFil
             PublisherKey::parse(k).map_err(|e| Error::InvalidFilter(format!("publisher_keys: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // A provider named must be among the peers named, as for the services API.
+    if !peers.is_empty()
+        && let Ok(named) = PeerRef::parse(request.peer.trim())
+        && !peers.contains(&named.peer)
+    {
+        return Err(Error::PeerNotAmong(named.peer.to_string()));
+    }
     Ok(services::ProviderFilter {
         only: (!peers.is_empty()).then_some(peers),
         publisher_keys,

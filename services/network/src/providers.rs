@@ -54,7 +54,12 @@ impl EventLoop {
             let _ = reply.send(Err(Error::DhtDisabled));
             return;
         }
-        let limit = limit.max(1);
+        // With peers named, no more than they can be found.
+        let limit = match &among {
+            Some(among) => limit.min(among.len()),
+            None => limit,
+        }
+        .max(1);
         let waiter = Waiter {
             limit,
             among,
@@ -63,6 +68,23 @@ impl EventLoop {
         };
         if !fresh && let Some(found) = self.provider_cache.get(&key, |f| waiter.wanted(f) >= limit)
         {
+            let providers = self.ranked(&key, found, &waiter);
+            let _ = waiter.reply.send(Ok(Providers {
+                providers,
+                cached: true,
+            }));
+            return;
+        }
+        // Peers named that this node reaches without the DHT (connected, or at addresses it
+        // connected to before): the caller tries them at once, with what a recent look-up found
+        // of them, rather than after the look-up; if they all fail, it asks for a fresh one.
+        if !fresh
+            && let Some(among) = &waiter.among
+            && among
+                .iter()
+                .any(|p| self.swarm.is_connected(p) || !self.book.confirmed(p).is_empty())
+        {
+            let found = self.provider_cache.get(&key, |_| true).unwrap_or_default();
             let providers = self.ranked(&key, found, &waiter);
             let _ = waiter.reply.send(Ok(Providers {
                 providers,
@@ -295,10 +317,11 @@ impl EventLoop {
         }));
     }
 
-    /// `found` (providers of `key`) in the order callers should try them: connected peers by
-    /// round-trip time (those not measured yet last among them), then the others in the
-    /// order found, then those that refused or misbehaved recently, then those that said they
-    /// do not provide it, then those not reached
+    /// `found` (providers of `key`) in the order callers should try them: those that served
+    /// lately first, then the other connected peers by round-trip time (those not measured
+    /// yet last among them), then the others in the order found, then those that refused or
+    /// misbehaved recently, then those that said they do not provide it, then those not
+    /// reached
     /// (see [`ProviderReach`]); only those `waiter` wants, picked out before the cut to its
     /// limit.
     fn ranked(&self, key: &str, found: Vec<Found>, waiter: &Waiter) -> Vec<RemoteProvider> {
@@ -327,7 +350,18 @@ impl EventLoop {
             ProviderReach::NotProviding => 3,
             ProviderReach::Unreached => 4,
         };
-        providers.sort_by_key(|p| (class(p.reach), p.rtt.is_none(), p.rtt));
+        // Among those not held back, providers that served lately come first: a Sybil that
+        // is connected and fast but never serves cannot stay ahead of an honest provider.
+        let held_back = |reach: ProviderReach| class(reach) > 1;
+        providers.sort_by_key(|p| {
+            (
+                held_back(p.reach),
+                !self.reach.served(key, p.peer),
+                class(p.reach),
+                p.rtt.is_none(),
+                p.rtt,
+            )
+        });
         providers.truncate(waiter.limit);
         providers
     }

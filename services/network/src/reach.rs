@@ -1,7 +1,8 @@
 //! How providers fared, as the swarm task remembers it for ranking them and for
 //! `FindService`: providers that said they do not provide a key (a call's "not provided here",
 //! or the provider's own notice that it stopped), peers this node failed to reach, and when
-//! each peer was last connected. Provider records stay in the DHT for minutes after a provider
+//! each peer was last connected; which providers served lately (tried first), and which broke
+//! off a request they took (held back, longer when they do it again). Provider records stay in the DHT for minutes after a provider
 //! stops; this is what lets callers skip such a provider at once instead of timing out on it.
 //!
 //! Every table is bounded ([`MAX_ENTRIES`] each): past the bound, expired entries go first
@@ -25,6 +26,11 @@ pub(crate) const UNREACHED_TTL: Duration = Duration::from_secs(30);
 pub(crate) const REFUSED_TTL: Duration = Duration::from_secs(60);
 /// How long a provider that broke the protocol is tried after the others.
 pub(crate) const MISBEHAVED_TTL: Duration = Duration::from_secs(10 * 60);
+/// How long a provider that served a request is tried before those not proven lately.
+pub(crate) const SERVED_TTL: Duration = Duration::from_secs(10 * 60);
+/// How long a provider that broke off a request it took is remembered for it: doing so again
+/// meanwhile is held against it as misbehaviour.
+pub(crate) const BROKE_OFF_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// A peer connected less than this long ago was reached "recently".
 pub(crate) const RECENTLY: Duration = Duration::from_secs(5 * 60);
 /// Most entries in each table.
@@ -37,6 +43,10 @@ pub(crate) struct Reach {
     not_providing: HashMap<(String, PeerId), Instant>,
     /// (key, peer) → when it refused or misbehaved, and for how long that is held against it.
     refused: HashMap<(String, PeerId), (Instant, Duration)>,
+    /// (key, peer) → when it last served a request.
+    served: HashMap<(String, PeerId), Instant>,
+    /// (key, peer) → when it last broke off a request it took.
+    broke_off: HashMap<(String, PeerId), Instant>,
     /// Peer → when reaching it last failed.
     unreached: HashMap<PeerId, Instant>,
     /// Peer → when a connection to it was last open (monotonic, and ms since the epoch).
@@ -51,9 +61,28 @@ impl Reach {
             Fared::Served => {
                 self.not_providing.remove(&(key.to_owned(), peer));
                 self.refused.remove(&(key.to_owned(), peer));
+                self.broke_off.remove(&(key.to_owned(), peer));
                 self.unreached.remove(&peer);
+                insert_bounded(&mut self.served, (key.to_owned(), peer), now, |at| {
+                    *at + SERVED_TTL
+                });
+            }
+            Fared::BrokeOff => {
+                let again = self
+                    .broke_off
+                    .get(&(key.to_owned(), peer))
+                    .is_some_and(|at| at.elapsed() < BROKE_OFF_WINDOW);
+                insert_bounded(&mut self.broke_off, (key.to_owned(), peer), now, |at| {
+                    *at + BROKE_OFF_WINDOW
+                });
+                let fared = match again {
+                    true => Fared::Misbehaved,
+                    false => Fared::Refused,
+                };
+                self.fared(key, peer, fared);
             }
             Fared::NotProviding => {
+                self.served.remove(&(key.to_owned(), peer));
                 insert_bounded(&mut self.not_providing, (key.to_owned(), peer), now, |at| {
                     *at + NOT_PROVIDING_TTL
                 });
@@ -61,7 +90,8 @@ impl Reach {
             Fared::Unreached => {
                 insert_bounded(&mut self.unreached, peer, now, |at| *at + UNREACHED_TTL);
             }
-            Fared::Refused | Fared::Misbehaved => {
+            Fared::Refused | Fared::Failing | Fared::Misbehaved => {
+                self.served.remove(&(key.to_owned(), peer));
                 let ttl = match fared {
                     Fared::Misbehaved => MISBEHAVED_TTL,
                     _ => REFUSED_TTL,
@@ -127,11 +157,22 @@ impl Reach {
         (reach, last_ms)
     }
 
+    /// Whether `peer` served a request for `key` in the last [`SERVED_TTL`] (and was not
+    /// marked since).
+    pub(crate) fn served(&self, key: &str, peer: PeerId) -> bool {
+        self.served
+            .get(&(key.to_owned(), peer))
+            .is_some_and(|at| at.elapsed() < SERVED_TTL)
+    }
+
     /// Drops what has expired.
     pub(crate) fn expire(&mut self) {
         self.not_providing
             .retain(|_, at| at.elapsed() < NOT_PROVIDING_TTL);
         self.unreached.retain(|_, at| at.elapsed() < UNREACHED_TTL);
+        self.served.retain(|_, at| at.elapsed() < SERVED_TTL);
+        self.broke_off
+            .retain(|_, at| at.elapsed() < BROKE_OFF_WINDOW);
         self.refused.retain(|_, (at, held)| at.elapsed() < *held);
         self.last_connected
             .retain(|_, (at, _)| at.elapsed() < RECENTLY);
@@ -143,6 +184,8 @@ impl Reach {
             + self.unreached.len()
             + self.refused.len()
             + self.last_connected.len()
+            + self.served.len()
+            + self.broke_off.len()
     }
 }
 
@@ -238,16 +281,45 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn breaking_off_twice_is_misbehaviour_and_serving_ranks_first() {
+        let mut reach = Reach::default();
+        let (sybil, honest) = (PeerId::random(), PeerId::random());
+        reach.fared("k", sybil, Fared::BrokeOff);
+        assert_eq!(reach.of("k", sybil, true).0, ProviderReach::Refused);
+        tokio::time::advance(REFUSED_TTL).await;
+        assert_eq!(reach.of("k", sybil, true).0, ProviderReach::Connected);
+        // Again within the window: ten minutes.
+        reach.fared("k", sybil, Fared::BrokeOff);
+        tokio::time::advance(REFUSED_TTL).await;
+        assert_eq!(reach.of("k", sybil, true).0, ProviderReach::Refused);
+        tokio::time::advance(MISBEHAVED_TTL).await;
+        assert_eq!(reach.of("k", sybil, true).0, ProviderReach::Connected);
+        // A failing app is held back for a minute, and forgets that it served.
+        reach.fared("k", honest, Fared::Served);
+        assert!(reach.served("k", honest));
+        assert!(!reach.served("other", honest));
+        reach.fared("k", honest, Fared::Failing);
+        assert!(!reach.served("k", honest));
+        assert_eq!(reach.of("k", honest, true).0, ProviderReach::Refused);
+        reach.fared("k", honest, Fared::Served);
+        tokio::time::advance(SERVED_TTL).await;
+        assert!(!reach.served("k", honest));
+    }
+
     #[test]
     fn tables_are_bounded() {
         let mut reach = Reach::default();
         for _ in 0..(MAX_ENTRIES * 2) {
             let peer = PeerId::random();
+            reach.fared("k2", peer, Fared::Served);
+            reach.fared("k3", peer, Fared::BrokeOff);
             reach.fared("k", peer, Fared::NotProviding);
             reach.fared("k", peer, Fared::Unreached);
             reach.fared("k", peer, Fared::Misbehaved);
             reach.connection(peer, false);
         }
-        assert_eq!(reach.len(), 4 * MAX_ENTRIES);
+        // `refused` holds k and k3 marks: bounded all the same.
+        assert_eq!(reach.len(), 6 * MAX_ENTRIES);
     }
 }

@@ -175,7 +175,8 @@ impl OverlayService {
             let _permit = permit;
             let reach_by = tokio::time::Instant::now() + channel::REACH_TIME;
             let to = (None, group, &[][..]);
-            let stream = channel::open(net, store, app_id, to, peer, addrs, reach_by).await?;
+            let reach = (reach_by, false);
+            let stream = channel::open(net, store, app_id, to, peer, addrs, reach).await?;
             Ok(count(stream, channel_permit))
         })
     }

@@ -15,11 +15,16 @@ use p2pos_protocols::{
     network::Network,
     wire::{self, read_message, write_message},
 };
-use tokio::time::Instant;
+use tokio::{io::AsyncReadExt, time::Instant};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::debug;
 
-use crate::{Error, error::validate_app_id, inbound::Io};
+use crate::{
+    Error,
+    error::validate_app_id,
+    inbound::{CHANNEL_TAKEN, Io},
+    registry::tries,
+};
 
 /// `/p2pos/channel/1`.
 pub(crate) const CHANNEL_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::CHANNEL_PROTOCOL);
@@ -45,8 +50,9 @@ pub(crate) const ACCEPT_WINDOW: Duration = Duration::from_secs(30);
 /// Opens a channel to `app_id` on `peer` (in `group`, an id, when given), or with `service`
 /// set, from app `app_id` to the provider of `service` on `peer`, and waits until the remote
 /// app accepts it. The peer must
-/// be reached (connected, stream open, hello written) by `reach_by`; accepting may then take
-/// the app's 30 s. The stream of a service channel names the providing app (which the welcome
+/// be reached (connected, stream open, hello written) by `reach_by`; with `quick_take` (other
+/// providers may follow), its node must then say it took the hello within 1–2 s (else
+/// [`Error::Silent`]); accepting may then take the app's 30 s. The stream of a service channel names the providing app (which the welcome
 /// tells), or is empty when the responder did not say.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn open(
@@ -56,7 +62,7 @@ pub(crate) async fn open(
     (service, group, pinned): (Option<String>, Option<String>, &[PublisherKey]),
     peer: PeerId,
     addrs: Vec<Multiaddr>,
-    reach_by: Instant,
+    (reach_by, quick_take): (Instant, bool),
 ) -> Result<ChannelStream, Error> {
     let to_reach = || reach_by.saturating_duration_since(Instant::now());
     net.connect(peer, addrs, to_reach().min(CONNECT_TIMEOUT))
@@ -71,6 +77,7 @@ pub(crate) async fn open(
         service: service.clone().unwrap_or_default(),
         group: group.clone().unwrap_or_default(),
         end_mark: true,
+        taken_byte: true,
         publisher_keys: pinned
             .iter()
             .map(|k| bytes::Bytes::copy_from_slice(k.as_bytes()))
@@ -117,12 +124,46 @@ pub(crate) async fn open(
         },
         None => Error::ChannelNotAccepted { app_id, peer },
     };
-    let welcome: ChannelWelcome = read_message(&mut io, wire::MAX_CONTROL_FRAME, WELCOME_TIMEOUT)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut => not_accepted(app_id.clone()),
-            _ => broken(e.to_string()),
-        })?;
+    // Its node says at once that it took the hello (an older node writes the welcome first,
+    // when its app accepts). With other providers to try, one that says nothing within
+    // 1–2 s is skipped (and held back); else it is waited for as long as the welcome.
+    let now = Instant::now();
+    let (taken_by, given) = match quick_take {
+        true => {
+            let by = tries::taken_by(now, reach_by, now + WELCOME_TIMEOUT);
+            (by, by.saturating_duration_since(now))
+        }
+        false => (now + WELCOME_TIMEOUT, WELCOME_TIMEOUT),
+    };
+    let first = match tokio::time::timeout_at(taken_by, io.read_u8()).await {
+        Ok(Ok(first)) => first,
+        Ok(Err(e)) => return Err(broken(e.to_string())),
+        Err(_) if quick_take => {
+            return Err(Error::Silent {
+                peer,
+                waited: given,
+            });
+        }
+        Err(_) => return Err(not_accepted(app_id.clone())),
+    };
+    // A frame's length begins with 0x00 (the frame is at most 4 KiB): an older node's welcome.
+    let before: &[u8] = match first {
+        CHANNEL_TAKEN => &[],
+        0x00 => &[0x00],
+        other => {
+            return Err(broken(format!(
+                "the answer to the hello began with {other:#04x}"
+            )));
+        }
+    };
+    let mut reading = before.chain(&mut io);
+    let welcome: ChannelWelcome =
+        read_message(&mut reading, wire::MAX_CONTROL_FRAME, WELCOME_TIMEOUT)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => not_accepted(app_id.clone()),
+                _ => broken(e.to_string()),
+            })?;
     let ChannelWelcome {
         result,
         message,

@@ -31,6 +31,12 @@ pub enum Error {
     /// The target is this node itself.
     #[error("{0} is this node's own peer id; name another peer")]
     SelfTarget(PeerId),
+    /// A request names a provider (`peer`) that its own `peers` (or group) leave out.
+    #[error(
+        "peer {0} is not among the providers the request allows (its `peers`, or its group's \
+         members)"
+    )]
+    PeerNotAllowed(PeerId),
     /// No address for the peer, here or in the DHT.
     #[error(
         "peer {0} is unknown here: no address of it is known and the DHT does not have it (a \
@@ -426,6 +432,7 @@ impl From<Error> for ServiceError {
             | Error::AppNotRegistered { .. }
             | Error::NoSession { .. }
             | Error::NotRunningHere { .. }
+            | Error::PeerNotAllowed(_)
             | Error::DhtDisabled => ErrorCode::FailedPrecondition,
             Error::Unreachable { .. }
             | Error::Protocol { .. }

@@ -25,6 +25,9 @@ use tracing::{debug, warn};
 
 use crate::mailbox::{Incoming, Mailbox};
 
+/// The byte a responder's node writes as soon as it took a channel's hello, when the hello
+/// asks for it (`taken_byte`).
+pub(crate) const CHANNEL_TAKEN: u8 = 0x01;
 /// How long a peer may take to send its `ChannelHello`.
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a message stream may stay silent before it is closed.
@@ -87,7 +90,23 @@ pub(crate) async fn serve_channel(
         group,
         end_mark,
         publisher_keys,
+        taken_byte,
     } = hello;
+    // The opener asked to hear at once that this node took its hello (it skips a silent
+    // responder quickly); the welcome follows.
+    if taken_byte {
+        let taken = async {
+            io.write_all(&[CHANNEL_TAKEN]).await?;
+            io.flush().await
+        };
+        if let Err(e) = tokio::time::timeout(WRITE_TIMEOUT, taken)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        {
+            debug!(%peer, "the opener of a channel went away: {e}");
+            return;
+        }
+    }
     // The frames' ends are marked both ways when the opener asks (the welcome says so).
     let io = EndMarked::new(io, end_mark);
     if !group.is_empty() {

@@ -80,6 +80,11 @@ impl OverlayService {
         let fail = |e| ready(Err(e));
         let service = service.into_string();
         let target = peer.map(|PeerRef { peer, addrs }| (peer, addrs));
+        if let Some((peer, _)) = &target
+            && !filter.allows(peer)
+        {
+            return fail(Error::PeerNotAllowed(*peer));
+        }
         let Ok(channel_permit) = self.channels.clone().try_acquire_owned() else {
             return fail(Error::TooManyChannels {
                 limit: usize::try_from(self.config.max_channels).unwrap_or(usize::MAX),
@@ -147,9 +152,11 @@ impl OverlayService {
                 let (net, store, checker) = (net.clone(), store.clone(), checker.clone());
                 let (app_id, service) = (app_id.clone(), Some(service.clone()));
                 let pinned = pinned.clone();
+                // Other providers may follow: a silent one is skipped quickly.
+                let reach = (reach_by, reach_by < until);
                 async move {
                     let to = (service.clone(), None, &pinned[..]);
-                    let opening = channel::open(net, store, app_id, to, peer, addrs, reach_by);
+                    let opening = channel::open(net, store, app_id, to, peer, addrs, reach);
                     match opening.await {
                         Ok(stream) => Attempt::Done(Ok(stream)),
                         // Its node refused: what it presented is out of date.

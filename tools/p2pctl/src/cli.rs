@@ -296,7 +296,9 @@ pub(crate) enum ForwardCommand {
     /// Listen on a local port and tunnel each connection to an exposed service
     ///
     /// The forward lives in the node, not in p2pctl (which returns at once), until
-    /// `p2pctl forward close ID` or the node stops.
+    /// `p2pctl forward close ID` or the node stops. With --publisher-key, only services that
+    /// an app registered with a certificate of that key are reached: a service exposed with
+    /// `forward expose` presents no certificate. A PEER outside --only-peer is refused.
     #[command(allow_missing_positional = true)]
     Connect {
         /// The provider: peer id, ticket or multiaddr [default: the best one found, at each

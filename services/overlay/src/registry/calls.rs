@@ -44,7 +44,7 @@ use super::{
     find::Here,
     names::validate_payload,
     slots::{MAX_CALLS_PER_PEER, PeerSlots},
-    tries::{Attempt, try_providers},
+    tries::{Attempt, TAKEN_FLOOR, taken_by, try_providers},
     trust::{VerifiedCerts, vouching},
 };
 use crate::{
@@ -60,12 +60,6 @@ const OPEN_LIMIT: Duration = Duration::from_secs(5);
 /// How many streams one call opens to one provider, at most, when the far side resets them
 /// before the call is sent.
 const MAX_OPENS: u32 = 4;
-/// How long a provider has to say it took a call once the call is sent, at least (more when
-/// the time to reach it allows, up to [`TAKEN_LIMIT`]; never past the call's end).
-const TAKEN_FLOOR: Duration = Duration::from_secs(1);
-/// How long a provider has to say it took a call once the call is sent, at most: its node
-/// says so before it reads the call, so a provider slower than this is skipped.
-const TAKEN_LIMIT: Duration = Duration::from_secs(2);
 /// How long to wait before opening a stream again, times the opens so far.
 const REOPEN_PAUSE: Duration = Duration::from_millis(20);
 
@@ -105,6 +99,11 @@ impl ServiceRegistry {
             return ready(Err(e));
         }
         let target = peer.map(|PeerRef { peer, addrs }| (peer, addrs));
+        if let Some((peer, _)) = &target
+            && !filter.allows(peer)
+        {
+            return ready(Err(Error::PeerNotAllowed(*peer)));
+        }
         let (app_id, service) = (app_id.into_string(), service.into_string());
         let limit = time_limit(deadline, timeout_ms);
         let until = Instant::now() + limit;
@@ -312,7 +311,6 @@ async fn call_remote(
             Ok(Err(e)) => return unreachable(e.to_string()),
             Err(_) => return unreachable("no stream in time".into()),
         };
-        let opened_at = Instant::now();
         let mut io = stream.compat();
         // What remains when the frame leaves: the provider counts from when it arrives.
         let frame = CallFrame {
@@ -334,15 +332,16 @@ async fn call_remote(
         // waited on till the end); a stream reset or ended before that was never served (see
         // `slots`), so no app can have seen the call: again, while there is time to reach the
         // provider.
+        // How long its node was given to say it took the call (cut short by the call's end,
+        // its silence is not held against it).
+        let mut given = Duration::ZERO;
         let sent = async {
             write_message(&mut io, &frame, left()).await?;
             // Half-close: the call is complete.
             io.shutdown().await?;
             let now = Instant::now();
-            let taken_by = reach_by
-                .min(now + TAKEN_LIMIT)
-                .max(now + TAKEN_FLOOR)
-                .min(until);
+            let taken_by = taken_by(now, reach_by, until);
+            given = taken_by.saturating_duration_since(now);
             match tokio::time::timeout_at(taken_by, io.read_u8()).await {
                 Ok(Ok(CALL_TAKEN)) => Ok(()),
                 Ok(Ok(other)) => Err(std::io::Error::new(
@@ -359,14 +358,16 @@ async fn call_remote(
                 return junk(peer, format!("it does not speak {PROTOCOL}: {e}"));
             }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return silent(peer, opened_at);
+                return silent(peer, given);
             }
             Ok(Err(e)) if opens < MAX_OPENS && !to_reach().is_zero() => {
                 debug!(%peer, "a call stream was not taken ({e}); again");
                 tokio::time::sleep(REOPEN_PAUSE * opens).await;
             }
             Ok(Err(e)) => return unreachable(format!("it did not take the call: {e}")),
-            Err(_) => return silent(peer, opened_at),
+            // The call's own time ran out while it was being sent: nothing against the
+            // provider.
+            Err(_) => return silent(peer, Duration::ZERO),
         }
     };
     // The answer is waited for until the call's end exactly (not a moment later, so that a
@@ -417,12 +418,13 @@ async fn call_remote(
     }
 }
 
-/// A provider that did not say it took the call in time (it may be a Sybil that accepts
-/// streams and stays silent): the next one is tried, and this one is held back for a while.
-fn silent(peer: PeerId, since: Instant) -> Attempt<CallReply> {
+/// A provider that did not say it took the call within `given` (it may be a Sybil that
+/// accepts streams and stays silent): the next one is tried, and this one is held back for a
+/// while if `given` was at least its floor.
+fn silent(peer: PeerId, given: Duration) -> Attempt<CallReply> {
     Attempt::Next(Error::Silent {
         peer,
-        waited: since.elapsed(),
+        waited: given,
     })
 }
 

@@ -30,6 +30,27 @@ pub(crate) const MAX_TRIES: usize = 16;
 /// [`MAX_TRIES`] are, so that uncertified Sybils cannot crowd out a certified provider.
 pub(crate) const MAX_CHECKED: usize = 64;
 
+/// How long a provider's node has to say it took a call or a channel once it is sent, at
+/// least (more when the time to reach it allows, up to [`TAKEN_LIMIT`]; never past the
+/// request's end). Only a provider given this long and silent is held back for it.
+pub(crate) const TAKEN_FLOOR: Duration = Duration::from_secs(1);
+/// How long a provider's node has to say it took a call or a channel, at most: its node says
+/// so before any app sees the request, so a provider slower than this is skipped.
+pub(crate) const TAKEN_LIMIT: Duration = Duration::from_secs(2);
+/// How long a provider that took a request must have had to answer before its silence till
+/// the request's end counts as breaking it off (escalating); silence within a shorter time,
+/// which the caller chose, is held back only briefly.
+pub(crate) const ANSWER_FLOOR: Duration = Duration::from_secs(10);
+
+/// By when the provider's node must say it took a request sent now: within the time to reach
+/// it (`reach_by`), between [`TAKEN_FLOOR`] and [`TAKEN_LIMIT`], never past `until`.
+pub(crate) fn taken_by(now: Instant, reach_by: Instant, until: Instant) -> Instant {
+    reach_by
+        .min(now + TAKEN_LIMIT)
+        .max(now + TAKEN_FLOOR)
+        .min(until)
+}
+
 /// What trying one provider came to.
 pub(crate) enum Attempt<T> {
     /// The request is settled: done, refused by the provider's app, out of time, or broken
@@ -309,16 +330,25 @@ where
     }
 }
 
-/// What a request that a provider settled says about it.
+/// What a request that a provider settled says about it (for ranking later requests: the
+/// request itself is not sent elsewhere once its app may have seen it).
 fn fared_settled(result: Result<(), &Error>) -> Option<Fared> {
+    // UNAVAILABLE, INTERNAL, UNKNOWN.
+    let failing = [code(ErrorCode::Unavailable), code(ErrorCode::Internal), 2];
     match result {
         Ok(()) => Some(Fared::Served),
         // It took the request and answered junk: tried after the others for a while.
         Err(Error::Protocol { .. }) => Some(Fared::Misbehaved),
-        // It took the request and then said nothing till its end: held back briefly.
+        // It took the request and then said nothing till its end: held back, longer when it
+        // does so again; briefly only when the caller's own time was short.
+        Err(Error::Timeout { after, .. }) if *after >= ANSWER_FLOOR => Some(Fared::BrokeOff),
         Err(Error::Timeout { .. }) => Some(Fared::Refused),
-        // The stream broke (a blip, or a relay): only left out of the cached look-up.
-        Err(Error::Broken { .. }) => Some(Fared::Failed),
+        // It took the request and its node broke the stream before answering (a Sybil that
+        // takes calls to fail them, or a provider going away): held back, longer when it
+        // does so again.
+        Err(Error::Broken { .. }) => Some(Fared::BrokeOff),
+        // Its app failed (or says it is unavailable): the next request tries others first.
+        Err(Error::Provider { code: c, .. }) if failing.contains(c) => Some(Fared::Failing),
         Err(_) => None,
     }
 }
@@ -334,7 +364,9 @@ fn fared(e: &Error) -> Option<Fared> {
         // other callers pin other keys.
         Error::NotCertified { .. } => None,
         _ if is_busy(e) => Some(Fared::Refused),
-        // It took the stream and did not say it took the request in time.
+        // It took the stream and did not say it took the request in time; unless the
+        // request's own end left it less than its floor (nothing against it then).
+        Error::Silent { waited, .. } if *waited < TAKEN_FLOOR => None,
         Error::Silent { .. } | Error::Timeout { .. } => Some(Fared::Refused),
         Error::Protocol { .. } => Some(Fared::Misbehaved),
         Error::NotProvidedThere { .. } => Some(Fared::NotProviding),
@@ -443,6 +475,11 @@ mod tests {
             waited: Duration::from_secs(2),
         };
         assert_eq!(fared(&silent), Some(Fared::Refused));
+        let cut_short = Error::Silent {
+            peer,
+            waited: Duration::from_millis(300),
+        };
+        assert_eq!(fared(&cut_short), None, "the caller's own deadline");
         let junk = Error::Protocol {
             peer,
             protocol: "/p2pos/call/2",
@@ -457,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_stream_is_not_misbehaviour_and_silence_till_the_end_is_held_back() {
+    fn breaking_off_a_taken_request_and_failing_apps_are_held_back() {
         let peer = PeerId::random();
         assert_eq!(fared_settled(Ok(())), Some(Fared::Served));
         let broken = Error::Broken {
@@ -465,7 +502,7 @@ mod tests {
             protocol: "/p2pos/call/2",
             reason: "reset".into(),
         };
-        assert_eq!(fared_settled(Err(&broken)), Some(Fared::Failed));
+        assert_eq!(fared_settled(Err(&broken)), Some(Fared::BrokeOff));
         let junk = Error::Protocol {
             peer,
             protocol: "/p2pos/call/2",
@@ -476,11 +513,23 @@ mod tests {
             what: "the answer".into(),
             after: Duration::from_secs(20),
         };
-        assert_eq!(fared_settled(Err(&silent)), Some(Fared::Refused));
+        assert_eq!(fared_settled(Err(&silent)), Some(Fared::BrokeOff));
+        let short = Error::Timeout {
+            what: "the answer".into(),
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(fared_settled(Err(&short)), Some(Fared::Refused));
         let answered = Error::Provider {
             code: 3,
             message: "bad request".into(),
         };
         assert_eq!(fared_settled(Err(&answered)), None);
+        for failing in [2, 13, 14] {
+            let answered = Error::Provider {
+                code: failing,
+                message: "down".into(),
+            };
+            assert_eq!(fared_settled(Err(&answered)), Some(Fared::Failing));
+        }
     }
 }

@@ -149,13 +149,17 @@ impl Checker {
             let known = known.map_err(|reason| Error::not_certified(peer, service, reason));
             return (known, None);
         }
-        let by = check_by.min(Instant::now() + FETCH_LIMIT);
+        let now = Instant::now();
+        let by = check_by.min(now + FETCH_LIMIT);
+        // Silence is held against the peer only if it had its full time (not when the
+        // caller's own deadline was short).
+        let full_time = by >= now + FETCH_LIMIT;
         // `fetch` keeps to `by` itself; this only guards against a stalled step.
         let fetching = self.fetch(peer, addrs, service, by);
         let certs = match tokio::time::timeout_at(by + STALL_GRACE, fetching).await {
             Ok(Ok(certs)) => certs,
             Ok(Err(Fetch::Failed(e, fared))) => return (Err(e), fared),
-            Ok(Err(Fetch::Silent)) => {
+            Ok(Err(Fetch::Silent)) if full_time => {
                 // It took the stream and said nothing: remembered (briefly) like a refusal,
                 // so that a silent provider does not hold up every call.
                 let why = "it took the request for its certificates and did not answer in time"
@@ -165,6 +169,10 @@ impl Checker {
                     Err(Error::not_certified(peer, service, why)),
                     Some(Fared::Refused),
                 );
+            }
+            Ok(Err(Fetch::Silent)) => {
+                let why = "it did not answer for its certificates within the short time left";
+                return (Err(Error::not_certified(peer, service, why)), None);
             }
             // This node's time ran out before the peer could answer: nothing against it.
             Err(_) => {

@@ -274,9 +274,9 @@ pub enum ProviderReach {
     Recently,
     /// Not connected in the last 5 minutes (or never): its record may be stale.
     NotRecently,
-    /// It refused a call or channel recently (busy: `RESOURCE_EXHAUSTED`, for 60 s), or broke
-    /// the protocol (junk, or a call broken off after taking it: for 10 minutes): tried after
-    /// the providers above.
+    /// It refused a call or channel recently (busy: `RESOURCE_EXHAUSTED`, or its app failing,
+    /// or a call broken off after taking it: for 60 s), or broke the protocol (junk, or calls
+    /// broken off twice within 10 minutes: for 10 minutes): tried after the providers above.
     Refused,
     /// It said less than 30 s ago that it does not provide the key (its record is stale, or
     /// it stopped): tried only after every other provider.
@@ -289,7 +289,8 @@ pub enum ProviderReach {
 /// How a call or channel to a provider fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fared {
-    /// It was served there.
+    /// It was served there: for 10 minutes it is tried before the providers of the key
+    /// not served recently (of the same standing otherwise), and its marks are cleared.
     Served,
     /// The provider's node said it does not provide the key (or said it stopped providing it).
     NotProviding,
@@ -301,6 +302,14 @@ pub enum Fared {
     /// It broke the protocol (an answer that is not one, a call broken off after it took it):
     /// ranked [`ProviderReach::Refused`] for 10 minutes.
     Misbehaved,
+    /// Its app answered an error that says nothing about the request (`UNAVAILABLE`,
+    /// `INTERNAL`, `UNKNOWN`): ranked [`ProviderReach::Refused`] for a minute, so that the next
+    /// call tries another provider first (no Sybil answering so stays first).
+    Failing,
+    /// It took the request, then broke the stream or said nothing till the request's end:
+    /// ranked [`ProviderReach::Refused`] for a minute, and for 10 minutes when it did so
+    /// already in the last 10 minutes.
+    BrokeOff,
     /// Anything else that kept it from serving (it is only no longer offered from the cache).
     Failed,
 }

@@ -31,6 +31,7 @@ fn hello() -> impl Strategy<Value = ChannelHello> {
             group,
             end_mark,
             publisher_keys: Vec::new(),
+            taken_byte: false,
         }
     })
 }

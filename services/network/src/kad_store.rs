@@ -209,10 +209,12 @@ impl RecordStore for Store {
             return Err(store::Error::ValueTooLarge);
         }
         let ours = r.publisher == Some(self.local);
-        let held = self
-            .inner
-            .get(&r.key)
-            .map(|held| (held.publisher == Some(self.local), held.is_expired(Instant::now())));
+        let held = self.inner.get(&r.key).map(|held| {
+            (
+                held.publisher == Some(self.local),
+                held.is_expired(Instant::now()),
+            )
+        });
         let was_remote = held.is_some_and(|(held_ours, _)| !held_ours);
         if !ours {
             // Another publisher's record never replaces this node's own (unexpired) one.
@@ -445,12 +447,22 @@ mod tests {
         let provider = PeerId::random();
         for i in 0..MAX_KEYS_PER_PROVIDER {
             let expires = if i == 3 { past } else { later };
-            assert!(store.add_provider(record(key(i), provider, expires)).is_ok());
+            assert!(
+                store
+                    .add_provider(record(key(i), provider, expires))
+                    .is_ok()
+            );
         }
         let more = |i: usize| record(key(100 + i), provider, later);
-        assert!(store.add_provider(more(0)).is_ok(), "the expired one made room");
+        assert!(
+            store.add_provider(more(0)).is_ok(),
+            "the expired one made room"
+        );
         assert!(store.add_provider(more(1)).is_err());
-        assert!(store.providers(&key(3)).is_empty(), "the expired one is gone");
+        assert!(
+            store.providers(&key(3)).is_empty(),
+            "the expired one is gone"
+        );
         // A refreshed record moves its expiry: it is not dropped as its old one passes.
         assert!(store.add_provider(record(key(4), provider, past)).is_ok());
         assert!(store.add_provider(record(key(4), provider, later)).is_ok());

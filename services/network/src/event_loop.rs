@@ -284,6 +284,13 @@ impl EventLoop {
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }
+            Command::ConnectedAmong { peers, reply } => {
+                let connected = peers
+                    .into_iter()
+                    .filter(|peer| self.swarm.is_connected(peer))
+                    .collect();
+                let _ = reply.send(connected);
+            }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }

@@ -150,6 +150,13 @@ pub enum Command {
         /// The peers.
         reply: oneshot::Sender<Vec<PeerInfo>>,
     },
+    /// Which of `peers` are connected now.
+    ConnectedAmong {
+        /// The peers asked about.
+        peers: Vec<PeerId>,
+        /// Those of them connected.
+        reply: oneshot::Sender<std::collections::HashSet<PeerId>>,
+    },
     /// The overlay status.
     Status {
         /// The status.
@@ -713,6 +720,16 @@ impl Network {
     /// Connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.request(|reply| Command::Peers { reply }).await
+    }
+
+    /// Which of `peers` are connected now (as the swarm task sees it when it takes the
+    /// question: events about them sent before are older).
+    pub async fn connected_among(
+        &self,
+        peers: Vec<PeerId>,
+    ) -> Result<std::collections::HashSet<PeerId>, Error> {
+        self.request(|reply| Command::ConnectedAmong { peers, reply })
+            .await
     }
 
     /// The overlay status.

@@ -12,6 +12,7 @@ use std::{
 
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId, identify, identity::Keypair};
+use p2pos_proto::monitor::v1::{EventsRequest, event};
 use p2pos_tests::{Node, connected_peer, p2pctl, status_when, wait_for};
 
 const T: Duration = Duration::from_secs(30);
@@ -143,12 +144,19 @@ async fn a_node_dialled_by_a_friend_redials_the_friend_after_a_restart() {
 /// The connection a node dials back to check an inbound peer's claimed listen address is the
 /// peer's doing, not the node's: it is closed once made, even when the peer's own connection
 /// has gone meanwhile, so that peers cannot fill the room kept for the node's own dials by
-/// making it dial them.
+/// making it dial them. Nor is it announced: the peer does not seem to connect again and leave.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_check_of_a_claimed_address_is_closed_even_when_it_is_the_only_connection() {
     let mut a = Node::start(&[]);
     let a_client = a.client().await;
+    let mut events = a_client
+        .monitor()
+        .events(EventsRequest {})
+        .await
+        .expect("events")
+        .into_inner();
     let key = Keypair::generate_ed25519();
+    let peer = key.public().to_peer_id().to_string();
     let mut swarm = p2pos_tests::bare_swarm(key, |key| {
         identify::Behaviour::new(identify::Config::new(
             "/p2pos/1.0.0".to_owned(),
@@ -178,6 +186,7 @@ async fn a_check_of_a_claimed_address_is_closed_even_when_it_is_the_only_connect
         .expect("ticket")
         .into_inner();
     let a_addr: Multiaddr = ticket.addresses[0].parse().expect("an address");
+    let a_addr_for_marker = a_addr.clone();
     swarm.dial(a_addr).expect("dial");
     let checked = tokio::time::timeout(T, async {
         // The peer's own connection to A, and A's check (the only inbound one) with when it
@@ -217,4 +226,30 @@ async fn a_check_of_a_claimed_address_is_closed_even_when_it_is_the_only_connect
         lasted < Duration::from_secs(5),
         "the check stayed open {lasted:?}"
     );
+    // A announced the peer's own connection and its end, and nothing of the check: what A
+    // published before another peer's connection (A's events are in order) is all there is.
+    let marker = Keypair::generate_ed25519();
+    let marker_id = marker.public().to_peer_id().to_string();
+    let mut other = p2pos_tests::bare_swarm(marker, |_| libp2p::swarm::dummy::Behaviour);
+    other.dial(a_addr_for_marker).expect("dial");
+    let _driver = tokio::spawn(async move {
+        loop {
+            other.select_next_some().await;
+        }
+    });
+    let seen = tokio::time::timeout(T, async {
+        let mut seen = Vec::new();
+        while let Some(event) = events.next().await {
+            match event.expect("event").kind {
+                Some(event::Kind::PeerConnected(c)) if c.peer_id == marker_id => return seen,
+                Some(event::Kind::PeerConnected(c)) if c.peer_id == peer => seen.push("connected"),
+                Some(event::Kind::PeerGone(g)) if g.peer_id == peer => seen.push("gone"),
+                _ => {}
+            }
+        }
+        seen
+    })
+    .await
+    .expect("the other peer's connection announced");
+    assert_eq!(seen, ["connected", "gone"], "what A announced of the peer");
 }

@@ -180,6 +180,7 @@ fn behaviour(
         limits: connection_limits::Behaviour::new(limits),
         per_ip: crate::per_ip::Behaviour::new(
             config.max_connections_per_ip,
+            config.max_connections_per_relay,
             config.limit_loopback_per_ip,
         ),
         memory: memory_connection_limits::Behaviour::with_max_percentage(MAX_MEMORY_FRACTION),

@@ -29,9 +29,13 @@ pub struct Config {
     /// inbound connection (a total of 1).
     pub max_inbound_connections: Option<u32>,
     /// Most inbound connections (established or being set up) from one IP address (an IPv6
-    /// /64; relayed connections: one relay), so that one host cannot take every inbound slot
-    /// with many identities. Default: 16.
+    /// /64), so that one host cannot take every inbound slot with many identities. Default: 16.
     pub max_connections_per_ip: u32,
+    /// Most inbound relayed connections (established or being set up) through one relay, so
+    /// that one relay cannot take every inbound slot either. A node behind a NAT that is
+    /// reachable only through one relay gets at most this many inbound peers through it.
+    /// Default: 16.
+    pub max_connections_per_relay: u32,
     /// Whether `max_connections_per_ip` counts loopback addresses too. Processes on this
     /// machine are its user's (several nodes of one user, tests, labs): by default they are
     /// not counted. Default: off.
@@ -53,6 +57,7 @@ impl Default for Config {
             max_connections: 256,
             max_inbound_connections: None,
             max_connections_per_ip: 16,
+            max_connections_per_relay: 16,
             limit_loopback_per_ip: false,
         }
     }
@@ -69,6 +74,7 @@ impl Config {
             || self.max_connections == 0
             || self.max_inbound_connections == Some(0)
             || self.max_connections_per_ip == 0
+            || self.max_connections_per_relay == 0
         {
             return Err("connection limits must be > 0".into());
         }

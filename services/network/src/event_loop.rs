@@ -102,6 +102,9 @@ pub(crate) struct EventLoop {
     pub(crate) probes: HashSet<ConnectionId>,
     /// Peers whose claimed listen addresses were checked this run.
     pub(crate) probed: HashSet<PeerId>,
+    /// Probe connections set up and being closed: never announced, nor counted among the
+    /// peer's connections (at most [`MAX_PROBES`](crate::connect) at once: each was a probe).
+    pub(crate) closing_probes: HashSet<ConnectionId>,
 }
 
 /// What the swarm task is made of.
@@ -172,6 +175,7 @@ impl EventLoop {
             gossip_state: GossipState::default(),
             probes: HashSet::new(),
             probed: HashSet::new(),
+            closing_probes: HashSet::new(),
         }
     }
 
@@ -284,6 +288,13 @@ impl EventLoop {
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }
+            Command::ConnectedAmong { peers, reply } => {
+                let connected = peers
+                    .into_iter()
+                    .filter(|peer| self.swarm.is_connected(peer))
+                    .collect();
+                let _ = reply.send(connected);
+            }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -309,6 +320,15 @@ impl EventLoop {
         }
     }
 
+    /// Forgets what is kept of a peer only while it is connected.
+    fn forget_connected(&mut self, peer: PeerId) {
+        self.rtt.remove(&peer);
+        self.agents.remove(&peer);
+        // Only connected relays are used, so the set stays as small as the connection count.
+        self.relay_candidates.remove(&peer);
+        self.fail_pings(peer, "the connection closed");
+    }
+
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.metrics.record_swarm(&event, self.connections.len());
         match event {
@@ -321,16 +341,30 @@ impl EventLoop {
                 ..
             } => {
                 let addr = endpoint.get_remote_address().clone();
-                self.connections
-                    .entry(peer_id)
-                    .or_default()
-                    .push((connection_id, addr.clone()));
                 if endpoint.is_dialer() {
                     // A connection to it succeeded: the one kind of address that is stored.
                     self.book.add(peer_id, [addr.clone()]);
                 }
                 let probe = self.probes.remove(&connection_id);
-                if num_established.get() == 1 {
+                // Whether this node itself asked for the peer (a connect waits for it).
+                let wanted = self.connects.contains_key(&peer_id);
+                if probe && !wanted {
+                    // It answered where it said it listens (the address is stored above). The
+                    // dial was the peer's doing, not this node's: it is closed whether or not
+                    // the peer's own connection is still there, so that peers cannot fill the
+                    // room kept for this node's dials by making it dial them back. (A connect
+                    // this node asked for meanwhile keeps it: then it is this node's dial.)
+                    // Never announced: the peer does not seem to come and go.
+                    debug!(peer = %peer_id, %addr, num_established, "closing a probe connection");
+                    if self.swarm.close_connection(connection_id) {
+                        self.closing_probes.insert(connection_id);
+                    }
+                    return;
+                }
+                let list = self.connections.entry(peer_id).or_default();
+                let first = list.is_empty();
+                list.push((connection_id, addr.clone()));
+                if first {
                     info!(peer = %peer_id, %addr, "peer connected");
                     self.events.publish(Kind::PeerConnected(PeerConnected {
                         peer_id: peer_id.to_string(),
@@ -338,18 +372,8 @@ impl EventLoop {
                     }));
                     let _ = self.net_events.send(NetEvent::Connected(peer_id));
                 }
-                // Whether this node itself asked for the peer (a connect waits for it).
-                let wanted = self.connects.contains_key(&peer_id);
                 self.reach.connection(peer_id, true);
                 self.on_connected(peer_id, addr);
-                if probe && !wanted {
-                    // It answered where it said it listens (the address is stored above). The
-                    // dial was the peer's doing, not this node's: it is closed whether or not
-                    // the peer's own connection is still there, so that peers cannot fill the
-                    // room kept for this node's dials by making it dial them back. (A connect
-                    // this node asked for meanwhile keeps it: then it is this node's dial.)
-                    let _ = self.swarm.close_connection(connection_id);
-                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -359,25 +383,32 @@ impl EventLoop {
                 ..
             } => {
                 debug!(peer = %peer_id, %connection_id, ?cause, num_established, "connection closed");
-                if let Some(list) = self.connections.get_mut(&peer_id) {
+                let announced = !self.closing_probes.remove(&connection_id);
+                let left = self.connections.get_mut(&peer_id).map_or(0, |list| {
                     list.retain(|(id, _)| *id != connection_id);
+                    list.len()
+                });
+                if left > 0 {
+                    return;
                 }
-                if num_established == 0 {
-                    info!(peer = %peer_id, "peer gone");
-                    let _ = self.net_events.send(NetEvent::Disconnected(peer_id));
-                    self.reach.connection(peer_id, false);
-                    self.connections.remove(&peer_id);
-                    self.rtt.remove(&peer_id);
-                    self.agents.remove(&peer_id);
-                    // Only connected relays are used, so the set stays as small as the
-                    // connection count.
-                    self.relay_candidates.remove(&peer_id);
-                    self.fail_pings(peer_id, "the connection closed");
-                    self.events.publish(Kind::PeerGone(PeerGone {
-                        peer_id: peer_id.to_string(),
-                    }));
-                    self.gossip_disconnected(peer_id);
+                self.connections.remove(&peer_id);
+                if !announced {
+                    // A probe closed, and the peer has no announced connection (it was never
+                    // announced, or its gone was when its last announced one closed).
+                    if num_established == 0 {
+                        self.forget_connected(peer_id);
+                        self.gossip_disconnected(peer_id);
+                    }
+                    return;
                 }
+                info!(peer = %peer_id, "peer gone");
+                let _ = self.net_events.send(NetEvent::Disconnected(peer_id));
+                self.reach.connection(peer_id, false);
+                self.forget_connected(peer_id);
+                self.events.publish(Kind::PeerGone(PeerGone {
+                    peer_id: peer_id.to_string(),
+                }));
+                self.gossip_disconnected(peer_id);
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id,

@@ -7,6 +7,12 @@
 //! most three quarters of the store's records and keys, so that what peers put can never make
 //! this node's own `put_record` or `start_providing` fail for want of room (and this node's
 //! own provider record takes the place of a remote one on a key that remote providers filled).
+//! A remote peer cannot put a record under a key this node published (it would replace this
+//! node's own record).
+//!
+//! Every check is cheap whatever the store holds (it runs on the swarm's task): remote records
+//! are counted as they come and go, and remote provider records are indexed by their expiry,
+//! so the expired ones are dropped from the front of the index, never by a scan of all of them.
 //!
 //! The worst case, whatever peers put: 1024 records of at most 9,472 bytes (about 10 MiB),
 //! and 4096 remote provider records of at most 4 addresses of 128 bytes and a 256-byte key
@@ -14,7 +20,7 @@
 
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     time::Instant,
 };
 
@@ -48,13 +54,22 @@ pub(crate) struct Store {
     max_keys: usize,
     /// Providers kept per key.
     max_per_key: usize,
-    /// The keys each remote provider is kept for.
-    remote: HashMap<PeerId, HashSet<RecordKey>>,
+    /// The keys each remote provider is kept for, with the record's place in `expiry`.
+    remote: HashMap<PeerId, HashMap<RecordKey, Option<Expiry>>>,
     /// Remote provider records per key.
     remote_keys: HashMap<RecordKey, usize>,
     /// Remote provider records in all.
     remote_records: usize,
+    /// Remote provider records that expire, soonest first.
+    expiry: BTreeMap<Expiry, (PeerId, RecordKey)>,
+    /// Tells apart records that expire at one instant.
+    next_seq: u64,
+    /// Records of other publishers (not `local`) in `inner`.
+    remote_values: usize,
 }
+
+/// When a remote provider record expires, and a number that tells it apart.
+type Expiry = (Instant, u64);
 
 impl Store {
     /// The store of `local`, with `config`'s bounds.
@@ -68,6 +83,9 @@ impl Store {
             remote: HashMap::new(),
             remote_keys: HashMap::new(),
             remote_records: 0,
+            expiry: BTreeMap::new(),
+            next_seq: 0,
+            remote_values: 0,
         }
     }
 
@@ -89,11 +107,14 @@ impl Store {
         let Some(keys) = self.remote.get_mut(provider) else {
             return;
         };
-        if !keys.remove(key) {
+        let Some(expiry) = keys.remove(key) else {
             return;
-        }
+        };
         if keys.is_empty() {
             self.remote.remove(provider);
+        }
+        if let Some(expiry) = expiry {
+            self.expiry.remove(&expiry);
         }
         self.remote_records -= 1;
         if let Some(n) = self.remote_keys.get_mut(key) {
@@ -104,33 +125,41 @@ impl Store {
         }
     }
 
-    /// Drops remote provider records that have expired (Kademlia drops them only when their
-    /// key is asked for), of `only` or of every provider.
-    fn drop_expired(&mut self, only: Option<PeerId>) {
-        let now = Instant::now();
-        let candidates: Vec<(RecordKey, PeerId)> = match only {
-            Some(provider) => self
-                .remote
-                .get(&provider)
-                .map(|keys| keys.iter().map(|k| (k.clone(), provider)).collect())
-                .unwrap_or_default(),
-            None => self
-                .remote
-                .iter()
-                .flat_map(|(p, keys)| keys.iter().map(move |k| (k.clone(), *p)))
-                .collect(),
-        };
-        for (key, provider) in candidates {
-            let expired = self
-                .inner
-                .providers(&key)
-                .iter()
-                .find(|p| p.provider == provider)
-                .is_none_or(|p| p.is_expired(now));
-            if expired {
-                self.inner.remove_provider(&key, &provider);
-                self.forget(&key, &provider);
+    /// Notes that remote `provider` is kept for `key` until `expires` (a record kept already
+    /// has its expiry moved).
+    fn note(&mut self, key: RecordKey, provider: PeerId, expires: Option<Instant>) {
+        let expiry = expires.map(|at| {
+            self.next_seq += 1;
+            (at, self.next_seq)
+        });
+        if let Some(expiry) = expiry {
+            self.expiry.insert(expiry, (provider, key.clone()));
+        }
+        let keys = self.remote.entry(provider).or_default();
+        match keys.insert(key.clone(), expiry) {
+            Some(Some(old)) => {
+                self.expiry.remove(&old);
             }
+            Some(None) => {}
+            None => {
+                self.remote_records += 1;
+                *self.remote_keys.entry(key).or_default() += 1;
+            }
+        }
+    }
+
+    /// Drops the remote provider records that have expired (Kademlia drops them only when
+    /// their key is asked for): from the front of the expiry index, so the cost is the
+    /// number dropped.
+    fn drop_expired(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (provider, key) = entry.remove();
+            self.inner.remove_provider(&key, &provider);
+            self.forget(&key, &provider);
         }
     }
 
@@ -138,13 +167,13 @@ impl Store {
     /// the provider's keys, the remote records and the remote keys.
     fn room_for_remote(&mut self, key: &RecordKey, provider: PeerId) -> store::Result<()> {
         let full = |s: &Self| {
-            s.remote.get(&provider).map_or(0, HashSet::len) >= MAX_KEYS_PER_PROVIDER
+            s.remote.get(&provider).map_or(0, HashMap::len) >= MAX_KEYS_PER_PROVIDER
                 || s.remote_records >= MAX_REMOTE_PROVIDER_RECORDS
                 || (!s.remote_keys.contains_key(key)
                     && s.remote_keys.len() >= Self::remote_share(s.max_keys))
         };
         if full(self) {
-            self.drop_expired(None);
+            self.drop_expired();
         }
         if full(self) {
             return Err(store::Error::MaxProvidedKeys);
@@ -179,22 +208,41 @@ impl RecordStore for Store {
         if !key_fits(&r.key) {
             return Err(store::Error::ValueTooLarge);
         }
-        // A new record of another publisher takes room only within the remote share.
         let ours = r.publisher == Some(self.local);
-        if !ours && self.inner.get(&r.key).is_none() {
-            let remote = self
-                .inner
-                .records()
-                .filter(|r| r.publisher != Some(self.local))
-                .count();
-            if remote >= Self::remote_share(self.max_records) {
+        let held = self.inner.get(&r.key).map(|held| {
+            (
+                held.publisher == Some(self.local),
+                held.is_expired(Instant::now()),
+            )
+        });
+        let was_remote = held.is_some_and(|(held_ours, _)| !held_ours);
+        if !ours {
+            // Another publisher's record never replaces this node's own (unexpired) one.
+            if held == Some((true, false)) {
+                return Err(store::Error::MaxRecords);
+            }
+            // A new record of another publisher takes room only within the remote share.
+            if !was_remote && self.remote_values >= Self::remote_share(self.max_records) {
                 return Err(store::Error::MaxRecords);
             }
         }
-        self.inner.put(r)
+        self.inner.put(r)?;
+        match (was_remote, ours) {
+            (false, false) => self.remote_values += 1,
+            (true, true) => self.remote_values -= 1,
+            _ => {}
+        }
+        Ok(())
     }
 
     fn remove(&mut self, k: &RecordKey) {
+        if self
+            .inner
+            .get(k)
+            .is_some_and(|held| held.publisher != Some(self.local))
+        {
+            self.remote_values -= 1;
+        }
         self.inner.remove(k)
     }
 
@@ -221,20 +269,18 @@ impl RecordStore for Store {
             return self.inner.add_provider(record);
         }
         record.addresses = trimmed(std::mem::take(&mut record.addresses));
-        let (key, provider) = (record.key.clone(), record.provider);
+        let (key, provider, expires) = (record.key.clone(), record.provider, record.expires);
         let known = self
             .remote
             .get(&provider)
-            .is_some_and(|keys| keys.contains(&key));
+            .is_some_and(|keys| keys.contains_key(&key));
         if !known {
             self.room_for_remote(&key, provider)?;
         }
         self.inner.add_provider(record)?;
-        // Kept unless the key had as many providers as it may.
-        if !known && self.holds(&key, &provider) {
-            self.remote.entry(provider).or_default().insert(key.clone());
-            *self.remote_keys.entry(key).or_default() += 1;
-            self.remote_records += 1;
+        // Kept unless the key had as many providers as it may; a kept one's expiry moves.
+        if known || self.holds(&key, &provider) {
+            self.note(key, provider, expires);
         }
         Ok(())
     }
@@ -385,5 +431,127 @@ mod tests {
             let own = ProviderRecord::new(key(i), local, vec![]);
             assert!(store.add_provider(own).is_ok(), "own key {i}");
         }
+    }
+
+    #[test]
+    fn expired_remote_provider_records_make_room_and_a_full_store_refuses_cheaply() {
+        let mut store = Store::new(PeerId::random(), store::MemoryStoreConfig::default());
+        let past = Instant::now() - std::time::Duration::from_secs(1);
+        let later = Instant::now() + std::time::Duration::from_secs(3600);
+        let record = |key: RecordKey, provider: PeerId, expires: Instant| {
+            let mut record = ProviderRecord::new(key, provider, vec![addr(1)]);
+            record.expires = Some(expires);
+            record
+        };
+        // One provider at its keys, one of them expired: room for one more key, not two.
+        let provider = PeerId::random();
+        for i in 0..MAX_KEYS_PER_PROVIDER {
+            let expires = if i == 3 { past } else { later };
+            assert!(
+                store
+                    .add_provider(record(key(i), provider, expires))
+                    .is_ok()
+            );
+        }
+        let more = |i: usize| record(key(100 + i), provider, later);
+        assert!(
+            store.add_provider(more(0)).is_ok(),
+            "the expired one made room"
+        );
+        assert!(store.add_provider(more(1)).is_err());
+        assert!(
+            store.providers(&key(3)).is_empty(),
+            "the expired one is gone"
+        );
+        // A refreshed record moves its expiry: it is not dropped as its old one passes.
+        assert!(store.add_provider(record(key(4), provider, past)).is_ok());
+        assert!(store.add_provider(record(key(4), provider, later)).is_ok());
+        assert!(store.add_provider(more(1)).is_err());
+        assert_eq!(store.providers(&key(4)).len(), 1);
+
+        // Every remote provider record in use, none expired (providers on 4 keys each, of
+        // 700 keys).
+        let mut k = 0;
+        while store.remote_records < MAX_REMOTE_PROVIDER_RECORDS {
+            let provider = PeerId::random();
+            for _ in 0..4 {
+                let r = record(key(k % 700 + 1000), provider, later);
+                assert!(store.add_provider(r).is_ok(), "record {k}");
+                k += 1;
+                if store.remote_records == MAX_REMOTE_PROVIDER_RECORDS {
+                    break;
+                }
+            }
+        }
+        assert_eq!(store.remote_records, MAX_REMOTE_PROVIDER_RECORDS);
+        assert_eq!(store.expiry.len(), MAX_REMOTE_PROVIDER_RECORDS);
+        // Each further one is refused without a scan of what is kept: thousands take well
+        // under a second (a scan per refusal cloned every record: seconds each hundred).
+        let started = Instant::now();
+        for i in 0..3000 {
+            let r = record(key(i % 50 + 1000), PeerId::random(), later);
+            assert!(store.add_provider(r).is_err());
+        }
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn a_peer_cannot_replace_this_nodes_own_record_and_remote_records_are_counted() {
+        let local = PeerId::random();
+        let config = store::MemoryStoreConfig {
+            max_records: 8,
+            ..store::MemoryStoreConfig::default()
+        };
+        let mut store = Store::new(local, config);
+        let mut own = Record::new(key(0), b"ours".to_vec());
+        own.publisher = Some(local);
+        assert!(store.put(own.clone()).is_ok());
+        let mut theirs = Record::new(key(0), b"theirs".to_vec());
+        theirs.publisher = Some(PeerId::random());
+        assert!(store.put(theirs.clone()).is_err());
+        theirs.publisher = None;
+        assert!(store.put(theirs.clone()).is_err());
+        assert_eq!(
+            store.get(&key(0)).expect("kept").value,
+            b"ours".to_vec(),
+            "this node's record stays"
+        );
+        // Our record passed back to us (replicated) is taken.
+        assert!(store.put(own).is_ok());
+        // Once this node's record has expired, another may take the key.
+        let mut expired = Record::new(key(1), b"ours".to_vec());
+        expired.publisher = Some(local);
+        expired.expires = Some(Instant::now() - std::time::Duration::from_secs(1));
+        assert!(store.put(expired).is_ok());
+        let mut other = Record::new(key(1), b"theirs".to_vec());
+        other.publisher = Some(PeerId::random());
+        assert!(store.put(other.clone()).is_ok());
+        assert_eq!(store.remote_values, 1);
+        // Replaced by another remote one, or removed: counted right.
+        assert!(store.put(other.clone()).is_ok());
+        assert_eq!(store.remote_values, 1);
+        for i in 2..7 {
+            let mut r = Record::new(key(i), b"v".to_vec());
+            r.publisher = Some(PeerId::random());
+            assert!(store.put(r).is_ok(), "record {i}");
+        }
+        assert_eq!(store.remote_values, 6, "its share of 8");
+        let mut seventh = Record::new(key(7), b"v".to_vec());
+        seventh.publisher = Some(PeerId::random());
+        assert!(store.put(seventh.clone()).is_err());
+        store.remove(&key(2));
+        assert_eq!(store.remote_values, 5);
+        assert!(store.put(seventh).is_ok());
+        // This node's own record in place of a remote one.
+        let mut mine = Record::new(key(3), b"v".to_vec());
+        mine.publisher = Some(local);
+        assert!(store.put(mine).is_ok());
+        assert_eq!(store.remote_values, 5);
+        let counted = store
+            .records()
+            .filter(|r| r.publisher != Some(local))
+            .count();
+        assert_eq!(counted, store.remote_values);
     }
 }

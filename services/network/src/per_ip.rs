@@ -4,9 +4,15 @@
 //! identities. libp2p's `connection_limits` counts per peer id and in all, not per address.
 //! A source is an IPv4 address, an IPv6 /64 (what one host or one LAN is given: a host has
 //! the whole of it to pick addresses from), or, for a relayed connection, which has no IP of its
-//! own, the relay's peer id (so that one relay cannot fill every inbound slot). Loopback
-//! addresses are counted only when `limit_loopback` is set (processes on this machine are its
-//! user's: tests, labs, several nodes of one user).
+//! own, the relay (counted against [`Config::max_connections_per_relay`](crate::Config), so that
+//! one relay cannot fill every inbound slot). Loopback addresses are counted only when
+//! `limit_loopback` is set (processes on this machine are its user's: tests, labs, several nodes
+//! of one user); relayed connections always are, whatever the relay's address.
+//!
+//! For an inbound relayed connection libp2p-relay gives the remote address as `/p2p/<source>`
+//! only; the relay is in the local address, `<address of the relay>/p2p/<relay>/p2p-circuit`
+//! (the `/p2p/<relay>` is there when this node dialed the relay, which is how it makes its
+//! reservation; when it is missing, the relay's IP address stands for it).
 
 use std::{
     collections::HashMap,
@@ -24,10 +30,12 @@ use libp2p::{
     },
 };
 
-/// Refuses inbound connections past a number per remote IP address.
+/// Refuses inbound connections past a number per remote IP address or relay.
 pub(crate) struct Behaviour {
     /// Most inbound connections (pending and established) from one address.
     max_per_ip: u32,
+    /// Most inbound relayed connections (pending and established) through one relay.
+    max_per_relay: u32,
     /// Whether loopback addresses are counted too.
     limit_loopback: bool,
     /// The source of each inbound connection counted, pending or established.
@@ -45,6 +53,8 @@ enum Source {
     V6(u64),
     /// The relay a relayed connection comes through.
     Relay(PeerId),
+    /// The relay a relayed connection comes through, known by its IP address only.
+    RelayAt(IpAddr),
 }
 
 impl std::fmt::Display for Source {
@@ -56,6 +66,7 @@ impl std::fmt::Display for Source {
                 write!(f, "{ip}/64")
             }
             Source::Relay(relay) => write!(f, "relay {relay}"),
+            Source::RelayAt(ip) => write!(f, "the relay at {ip}"),
         }
     }
 }
@@ -71,7 +82,7 @@ impl std::fmt::Display for TooManyFromIp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} inbound connections from {} already (the limit per address)",
+            "{} inbound connections from {} already (the limit per source)",
             self.limit, self.source
         )
     }
@@ -79,11 +90,8 @@ impl std::fmt::Display for TooManyFromIp {
 
 impl std::error::Error for TooManyFromIp {}
 
-/// The IP address a multiaddr starts with, if any (a relayed address has none of its own).
+/// The IP address a multiaddr starts with, if any.
 fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
-        return None;
-    }
     match addr.iter().next()? {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
         Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
@@ -91,22 +99,41 @@ fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     }
 }
 
-/// What an inbound connection from `addr` is counted under, and whether that is a loopback
-/// address (`None`: nothing to count by).
-fn source_of(addr: &Multiaddr) -> Option<(Source, bool)> {
-    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
-        // The relay is the last peer id before the circuit.
-        let mut relay = None;
-        for p in addr.iter() {
-            match p {
-                Protocol::P2p(peer) => relay = Some(peer),
-                Protocol::P2pCircuit => break,
-                _ => {}
-            }
+/// Whether an address goes through a relay.
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// The relay of a relayed address: the last peer id before `/p2p-circuit`, or else the IP
+/// address it starts with.
+fn relay_of(addr: &Multiaddr) -> Option<Source> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => relay = Some(peer),
+            Protocol::P2pCircuit => break,
+            _ => {}
         }
-        return relay.map(|r| (Source::Relay(r), false));
     }
-    match ip_of(addr)? {
+    match relay {
+        Some(relay) => Some(Source::Relay(relay)),
+        None => ip_of(addr).map(Source::RelayAt),
+    }
+}
+
+/// What an inbound connection on `local_addr` from `remote_addr` is counted under, and whether
+/// it is exempt as a loopback address (`None`: nothing to count by). A relayed connection's
+/// relay is in its local address (libp2p-relay's listener gives `<relay>/p2p-circuit` there and
+/// `/p2p/<source>` as the remote address); an address that names the circuit on the remote
+/// side is read the same way.
+fn source_of(local_addr: &Multiaddr, remote_addr: &Multiaddr) -> Option<(Source, bool)> {
+    if is_relayed(local_addr) {
+        return relay_of(local_addr).map(|r| (r, false));
+    }
+    if is_relayed(remote_addr) {
+        return relay_of(remote_addr).map(|r| (r, false));
+    }
+    match ip_of(remote_addr)? {
         IpAddr::V4(ip) => Some((Source::V4(ip), ip.is_loopback())),
         IpAddr::V6(ip) => {
             let net = u64::try_from(u128::from(ip) >> 64).unwrap_or(u64::MAX);
@@ -117,10 +144,11 @@ fn source_of(addr: &Multiaddr) -> Option<(Source, bool)> {
 
 impl Behaviour {
     /// Counts inbound connections, at most `max_per_ip` from one address (loopback ones only
-    /// when `limit_loopback`).
-    pub(crate) fn new(max_per_ip: u32, limit_loopback: bool) -> Self {
+    /// when `limit_loopback`) and `max_per_relay` through one relay.
+    pub(crate) fn new(max_per_ip: u32, max_per_relay: u32, limit_loopback: bool) -> Self {
         Self {
             max_per_ip,
+            max_per_relay,
             limit_loopback,
             connections: HashMap::new(),
             per_ip: HashMap::new(),
@@ -147,21 +175,22 @@ impl NetworkBehaviour for Behaviour {
     fn handle_pending_inbound_connection(
         &mut self,
         connection_id: ConnectionId,
-        _local_addr: &Multiaddr,
+        local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        let Some((source, loopback)) = source_of(remote_addr) else {
+        let Some((source, loopback)) = source_of(local_addr, remote_addr) else {
             return Ok(());
         };
         if loopback && !self.limit_loopback {
             return Ok(());
         }
+        let limit = match source {
+            Source::V4(_) | Source::V6(_) => self.max_per_ip,
+            Source::Relay(_) | Source::RelayAt(_) => self.max_per_relay,
+        };
         let n = self.per_ip.entry(source).or_default();
-        if *n >= self.max_per_ip {
-            return Err(ConnectionDenied::new(TooManyFromIp {
-                source,
-                limit: self.max_per_ip,
-            }));
+        if *n >= limit {
+            return Err(ConnectionDenied::new(TooManyFromIp { source, limit }));
         }
         *n += 1;
         self.connections.insert(connection_id, source);
@@ -223,7 +252,7 @@ mod tests {
 
     #[test]
     fn one_address_gets_at_most_its_share() {
-        let mut b = Behaviour::new(2, false);
+        let mut b = Behaviour::new(2, 2, false);
         let local = addr("/ip4/10.0.0.1/tcp/4001");
         let from = addr("/ip4/203.0.113.7/tcp/5000");
         let other = addr("/ip4/203.0.113.8/tcp/5000");
@@ -261,8 +290,8 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_64_counts_as_one_address_and_a_relay_as_one_source() {
-        let mut b = Behaviour::new(2, false);
+    fn an_ipv6_64_counts_as_one_address() {
+        let mut b = Behaviour::new(2, 2, false);
         let local = addr("/ip6/2001:db8:1::1/tcp/4001");
         let mut id = 0;
         let mut next = |b: &mut Behaviour, from: &str| {
@@ -281,22 +310,55 @@ mod tests {
         let why = refused.downcast_ref::<TooManyFromIp>().expect("per source");
         assert!(why.to_string().contains("2001:db8:aa:bb::/64"), "{why}");
         assert!(next(&mut b, "/ip6/2001:db8:aa:bc::1/tcp/5000").is_ok());
-        // Relayed connections: counted per relay, whatever the relay's own address.
-        let relay = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
-        let via = |ip: &str| format!("/ip4/{ip}/tcp/4001/p2p/{relay}/p2p-circuit");
-        assert!(next(&mut b, &via("203.0.113.7")).is_ok());
-        assert!(next(&mut b, &via("203.0.113.8")).is_ok());
-        let refused = next(&mut b, &via("127.0.0.1")).expect_err("a third through one relay");
+    }
+
+    #[test]
+    fn relayed_connections_count_per_relay_as_libp2p_relay_gives_them() {
+        // The shapes libp2p-relay 0.22's client listener gives an inbound circuit: the local
+        // address is the relay connection's address with `/p2p-circuit`, the remote one names
+        // the source only.
+        let relay = PeerId::random().to_string();
+        let other_relay = PeerId::random().to_string();
+        let sources = [PeerId::random(), PeerId::random(), PeerId::random()];
+        let from = |i: usize| addr(&format!("/p2p/{}", sources[i]));
+        let via = |ip: &str, r: &str| addr(&format!("/ip4/{ip}/tcp/4001/p2p/{r}/p2p-circuit"));
+        let mut b = Behaviour::new(16, 2, false);
+        let mut id = 0;
+        let mut next = |b: &mut Behaviour, local: &Multiaddr, remote: &Multiaddr| {
+            id += 1;
+            b.handle_pending_inbound_connection(ConnectionId::new_unchecked(id), local, remote)
+        };
+        // Two circuits through one relay, each from its own source: the third is refused,
+        // though the per-IP limit is far.
+        assert!(next(&mut b, &via("203.0.113.7", &relay), &from(0)).is_ok());
+        assert!(next(&mut b, &via("203.0.113.7", &relay), &from(1)).is_ok());
+        let refused = next(&mut b, &via("203.0.113.7", &relay), &from(2))
+            .expect_err("a third through one relay");
         let why = refused.downcast_ref::<TooManyFromIp>().expect("per source");
-        assert!(why.to_string().contains(relay), "{why}");
+        assert!(why.to_string().contains(&relay), "{why}");
+        // Another relay has its own count; a relay on loopback is counted all the same.
+        assert!(next(&mut b, &via("127.0.0.1", &other_relay), &from(0)).is_ok());
+        assert!(next(&mut b, &via("127.0.0.1", &other_relay), &from(1)).is_ok());
+        assert!(next(&mut b, &via("127.0.0.1", &other_relay), &from(2)).is_err());
+        // A relay connection known without its peer id: counted by the relay's address.
+        let bare = addr("/ip4/198.51.100.1/tcp/4001/p2p-circuit");
+        assert!(next(&mut b, &bare, &from(0)).is_ok());
+        assert!(next(&mut b, &bare, &from(1)).is_ok());
+        let refused = next(&mut b, &bare, &from(2)).expect_err("a third through that relay");
+        let why = refused.downcast_ref::<TooManyFromIp>().expect("per source");
+        assert!(why.to_string().contains("198.51.100.1"), "{why}");
+        // Direct connections from a relay's IP address are counted apart from its circuits.
+        let direct = addr("/ip4/198.51.100.1/tcp/5000");
+        let local = addr("/ip4/10.0.0.1/tcp/4001");
+        assert!(next(&mut b, &local, &direct).is_ok());
     }
 
     #[test]
     fn loopback_connections_are_counted_only_when_asked() {
         let local = addr("/ip4/127.0.0.1/tcp/4001");
         let from = addr("/ip4/127.0.0.1/tcp/5000");
-        let mut free = Behaviour::new(1, false);
-        let mut strict = Behaviour::new(1, true);
+        let mut free = Behaviour::new(1, 1, false);
+        let mut strict = Behaviour::new(1, 1, true);
         for i in 0..3 {
             let id = ConnectionId::new_unchecked(i);
             assert!(

@@ -4,6 +4,8 @@
 //! within 30 s, expiring, and refusing those of a session that ended before accepting them
 //! (the opener hears it at once and may try another provider).
 
+use std::collections::HashMap;
+
 use actix::prelude::*;
 use libp2p::PeerId;
 use p2pos_proto::{
@@ -132,21 +134,47 @@ impl OverlayService {
         }
     }
 
-    /// `peer`'s last connection closed: its channels waiting to be accepted are dropped now
-    /// (their streams are gone with the connection), and their places with them, rather than
-    /// held for their accept window.
-    fn drop_pending_of_peer(&mut self, peer: PeerId, ctx: &mut Context<Self>) {
-        let gone: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.peer == peer && matches!(p.io, PendingIo::Remote(_)))
-            .map(|(id, _)| *id)
-            .collect();
-        for channel_id in gone {
-            if let Some(pending) = self.pending.remove(&channel_id) {
-                ctx.cancel_future(pending.expiry);
+    /// The channels from remote peers waiting to be accepted, by peer (`only`: of that peer).
+    fn pending_by_peer(&self, only: Option<PeerId>) -> HashMap<PeerId, Vec<u64>> {
+        let mut by_peer: HashMap<PeerId, Vec<u64>> = HashMap::new();
+        for (id, p) in &self.pending {
+            if matches!(p.io, PendingIo::Remote(_)) && only.is_none_or(|peer| p.peer == peer) {
+                by_peer.entry(p.peer).or_default().push(*id);
             }
         }
+        by_peer
+    }
+
+    /// Drops the channels of `by_peer` whose peer is not connected once the network is asked
+    /// (their streams went with the connection), and their places with them, rather than hold
+    /// them for their accept window. Only channels pending when this was called are dropped:
+    /// a peer that connected again meanwhile is connected when asked, and its channels stay
+    /// (a hello on its new connection may be announced before the old connection's end is
+    /// handled).
+    fn drop_pending_if_gone(
+        &mut self,
+        by_peer: HashMap<PeerId, Vec<u64>>,
+        ctx: &mut Context<Self>,
+    ) {
+        if by_peer.is_empty() {
+            return;
+        }
+        let net = self.net.clone();
+        let peers: Vec<PeerId> = by_peer.keys().copied().collect();
+        let asked = async move { net.connected_among(peers).await };
+        ctx.spawn(asked.into_actor(self).map(move |connected, act, ctx| {
+            // The network gone: so are its connections.
+            let connected = connected.unwrap_or_default();
+            let gone = by_peer
+                .into_iter()
+                .filter(|(peer, _)| !connected.contains(peer))
+                .flat_map(|(_, ids)| ids);
+            for channel_id in gone {
+                if let Some(pending) = act.pending.remove(&channel_id) {
+                    ctx.cancel_future(pending.expiry);
+                }
+            }
+        }));
     }
 
     /// Announces an inbound channel from `peer` (to a service when `origin` is set; in a
@@ -224,16 +252,18 @@ impl OverlayService {
     }
 }
 
-/// A remote peer's last connection closed (from the network's events).
+/// A remote peer's last connection closed (from the network's events), or, with `None`, some
+/// may have: the follower of those events lagged and missed some.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct PeerDisconnected(pub(crate) PeerId);
+pub(crate) struct PeerDisconnected(pub(crate) Option<PeerId>);
 
 impl Handler<PeerDisconnected> for OverlayService {
     type Result = ();
 
     fn handle(&mut self, PeerDisconnected(peer): PeerDisconnected, ctx: &mut Self::Context) {
-        self.drop_pending_of_peer(peer, ctx);
+        let by_peer = self.pending_by_peer(peer);
+        self.drop_pending_if_gone(by_peer, ctx);
     }
 }
 

@@ -253,16 +253,20 @@ impl Actor for OverlayService {
 }
 
 /// Tells the actor when a remote peer's last connection closes, so that its pending channels
-/// go with it. Missed events (a lagging follower) leave those channels to their accept window.
+/// go with it; after missed events (a lagging follower), the actor checks every peer with
+/// pending channels.
 fn follow_disconnects(net: &Network, actor: Addr<OverlayService>) -> AbortOnDropHandle<()> {
     let mut events = net.subscribe();
     AbortOnDropHandle::new(tokio::spawn(async move {
         loop {
             match events.recv().await {
                 Ok(NetEvent::Disconnected(peer)) => {
-                    actor.do_send(crate::pending::PeerDisconnected(peer));
+                    actor.do_send(crate::pending::PeerDisconnected(Some(peer)));
                 }
-                Ok(NetEvent::Connected(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    actor.do_send(crate::pending::PeerDisconnected(None));
+                }
+                Ok(NetEvent::Connected(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }

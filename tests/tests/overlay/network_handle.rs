@@ -189,3 +189,31 @@ async fn connection_events_reach_followers() {
     };
     assert_eq!(peer, b.ctx.peer_id);
 }
+
+#[actix_rt::test]
+async fn pings_of_one_peer_at_once_all_succeed() {
+    // `b` dialled `a`: it is connected to `a` once the dial answers.
+    let (b, a) = pair().await;
+    let b_name = b.peer_id();
+    let b_id: libp2p::PeerId = b_name.parse().expect("peer id");
+    // Twenty at once through the handle, and twenty through Overlay.Ping: libp2p's ping
+    // handler keeps one inbound stream per connection, so each fresh stream would end the one
+    // before it; they share one round trip instead.
+    let net = a.network();
+    let direct = futures::future::join_all(
+        (0..20).map(|_| net.ping(b_id, Vec::new(), Duration::from_secs(10))),
+    );
+    let overlay = futures::future::join_all((0..20).map(|_| a.ping(&b_name)));
+    let (direct, overlay) = tokio::join!(direct, overlay);
+    for (i, rtt) in direct.into_iter().enumerate() {
+        let rtt = rtt.unwrap_or_else(|e| panic!("ping {i} through the handle: {e}"));
+        assert!(rtt > Duration::ZERO);
+    }
+    for (i, reply) in overlay.into_iter().enumerate() {
+        let reply = reply.unwrap_or_else(|e| panic!("Overlay.Ping {i}: {e:?}"));
+        assert!(reply.rtt_us > 0);
+    }
+    // And again, after the shared one ended.
+    let again = futures::future::join_all((0..20).map(|_| a.ping(&b_name))).await;
+    assert!(again.iter().all(Result::is_ok), "{again:?}");
+}

@@ -13,12 +13,14 @@
 //! - this file: the handle, the commands it sends, what the network tells.
 //! - [`accept`]: accept loops with limits, in all and per peer.
 //! - [`ticket`]: tickets, and the parser of every way to name a peer.
+//! - `ping`: fresh pings, one per peer in flight, shared by its callers.
 //! - [`error`]: the network's [`Error`].
 
 pub mod accept;
 pub mod error;
 pub mod gossip;
 mod inbound;
+mod ping;
 pub mod ticket;
 
 use std::{collections::BTreeSet, future::Future, time::Duration};
@@ -35,10 +37,7 @@ pub use error::Error;
 pub use gossip::GossipMessage;
 pub use inbound::{Activity, InboundStream};
 
-/// The protocol of libp2p's ping, which [`Network::ping`] measures a round trip on.
-const PING_PROTOCOL: &str = "/ipfs/ping/1.0.0";
-/// The bytes a ping carries, as libp2p's.
-const PING_SIZE: usize = 32;
+pub use ping::MAX_PINGS;
 
 /// The name the network handle is provided under (see `p2pos_kernel::Uses::needs`).
 pub const NETWORK: &str = "p2pos.network";
@@ -150,6 +149,13 @@ pub enum Command {
     Peers {
         /// The peers.
         reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    /// Which of `peers` are connected now.
+    ConnectedAmong {
+        /// The peers asked about.
+        peers: Vec<PeerId>,
+        /// Those of them connected.
+        reply: oneshot::Sender<std::collections::HashSet<PeerId>>,
     },
     /// The overlay status.
     Status {
@@ -375,6 +381,8 @@ pub struct Network {
     events: broadcast::Sender<NetEvent>,
     /// Inbound streams refused past an accept loop's limits, by protocol and limit.
     streams_refused: StreamsRefused,
+    /// Fresh pings in flight.
+    pings: ping::Pings,
 }
 
 /// Inbound streams refused past an accept loop's limits, labelled `protocol` and `limit`
@@ -422,6 +430,7 @@ impl Network {
             local,
             events,
             streams_refused: StreamsRefused::default(),
+            pings: ping::Pings::default(),
         }
     }
 
@@ -473,9 +482,12 @@ impl Network {
     }
 
     /// Connects if needed, then measures one round trip now, all within `limit`: a
-    /// `/ipfs/ping/1.0.0` stream (which every libp2p node's ping behaviour answers) carrying
-    /// [`PING_SIZE`] random bytes, timed from their write to their echo. A peer that does not
-    /// answer that protocol is answered with its last ping round trip (at most 30 s old).
+    /// `/ipfs/ping/1.0.0` stream (which every libp2p node's ping handler answers) carrying 32
+    /// random bytes, timed from their write to their echo. Callers that ping one peer at once
+    /// share one such round trip (a second stream would end the first: libp2p's ping handler
+    /// keeps one inbound stream per connection). The last periodic round trip (at most 10 s
+    /// old, else the next one) answers instead when the peer does not answer that protocol,
+    /// when the fresh ping fails, or when [`MAX_PINGS`] are in flight on the node already.
     pub async fn ping(
         &self,
         peer: PeerId,
@@ -489,51 +501,28 @@ impl Network {
             what: format!("a ping of {peer}"),
             after: limit,
         };
-        match tokio::time::timeout(left, self.ping_now(peer)).await {
-            Ok(Ok(Some(rtt))) => return Ok(rtt),
-            Ok(Ok(None)) => {}
-            Ok(Err(reason)) => return Err(Error::Unreachable { peer, reason }),
-            Err(_) => return Err(timed_out()),
+        let mut failed = None;
+        if let Some(fresh) = self.pings.start(peer, &self.control) {
+            match tokio::time::timeout(left, fresh).await {
+                Ok(Ok(Some(rtt))) => return Ok(rtt),
+                Ok(Ok(None)) => {}
+                Ok(Err(reason)) => failed = Some(reason),
+                Err(_) => return Err(timed_out()),
+            }
         }
         let left = limit.saturating_sub(started.elapsed());
         let fut = self.request(|reply| Command::Ping { peer, reply });
         match tokio::time::timeout(left, fut).await {
+            Ok(Ok(Ok(rtt))) => Ok(rtt),
+            Ok(Ok(Err(Error::Unreachable { reason, .. }))) if failed.is_some() => {
+                Err(Error::Unreachable {
+                    peer,
+                    reason: format!("{reason} ({})", failed.unwrap_or_default()),
+                })
+            }
             Ok(result) => result?,
-            Err(_) => Err(Error::Timeout {
-                what: format!("a ping of {peer}"),
-                after: limit,
-            }),
+            Err(_) => Err(timed_out()),
         }
-    }
-
-    /// One round trip on a fresh `/ipfs/ping/1.0.0` stream to `peer`; `None` if the peer does
-    /// not answer the protocol.
-    async fn ping_now(&self, peer: PeerId) -> Result<Option<Duration>, String> {
-        use futures::{AsyncReadExt, AsyncWriteExt};
-        let protocol = StreamProtocol::new(PING_PROTOCOL);
-        let mut stream = match self.control.clone().open_stream(peer, protocol).await {
-            Ok(stream) => stream,
-            Err(OpenStreamError::UnsupportedProtocol(_)) => return Ok(None),
-            Err(e) => return Err(format!("cannot open a ping stream: {e}")),
-        };
-        let payload: [u8; PING_SIZE] = rand::random();
-        let mut echo = [0u8; PING_SIZE];
-        let started = tokio::time::Instant::now();
-        stream
-            .write_all(&payload)
-            .await
-            .map_err(|e| format!("ping: {e}"))?;
-        stream.flush().await.map_err(|e| format!("ping: {e}"))?;
-        stream
-            .read_exact(&mut echo)
-            .await
-            .map_err(|e| format!("ping: {e}"))?;
-        let rtt = started.elapsed();
-        let _ = stream.close().await;
-        if echo != payload {
-            return Err("the ping's echo differs from what was sent".into());
-        }
-        Ok(Some(rtt))
     }
 
     /// Looks `peer` up in the DHT.
@@ -740,6 +729,16 @@ impl Network {
     /// Connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.request(|reply| Command::Peers { reply }).await
+    }
+
+    /// Which of `peers` are connected now (as the swarm task sees it when it takes the
+    /// question: events about them sent before are older).
+    pub async fn connected_among(
+        &self,
+        peers: Vec<PeerId>,
+    ) -> Result<std::collections::HashSet<PeerId>, Error> {
+        self.request(|reply| Command::ConnectedAmong { peers, reply })
+            .await
     }
 
     /// The overlay status.

@@ -74,7 +74,7 @@ impl EventLoop {
     }
 
     /// Takes the next step for a pending connection: dial, look up, or give up.
-    fn advance(&mut self, peer: PeerId) {
+    pub(crate) fn advance(&mut self, peer: PeerId) {
         let kad_on = self.swarm.behaviour().kad.is_enabled();
         let Some(pending) = self.connects.get_mut(&peer) else {
             return;

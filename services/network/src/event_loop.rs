@@ -291,7 +291,8 @@ impl EventLoop {
             Command::ConnectedAmong { peers, reply } => {
                 let connected = peers
                     .into_iter()
-                    .filter(|peer| self.swarm.is_connected(peer))
+                    // Announced connections only: a probe being closed does not count.
+                    .filter(|peer| self.connections.contains_key(peer))
                     .collect();
                 let _ = reply.send(connected);
             }
@@ -356,9 +357,10 @@ impl EventLoop {
                     // this node asked for meanwhile keeps it: then it is this node's dial.)
                     // Never announced: the peer does not seem to come and go.
                     debug!(peer = %peer_id, %addr, num_established, "closing a probe connection");
-                    if self.swarm.close_connection(connection_id) {
-                        self.closing_probes.insert(connection_id);
-                    }
+                    // Marked whatever close_connection answers: its closing is never
+                    // announced either way.
+                    self.swarm.close_connection(connection_id);
+                    self.closing_probes.insert(connection_id);
                     return;
                 }
                 let list = self.connections.entry(peer_id).or_default();
@@ -398,6 +400,9 @@ impl EventLoop {
                     if num_established == 0 {
                         self.forget_connected(peer_id);
                         self.gossip_disconnected(peer_id);
+                        // A connect asked for meanwhile found the probe in the way of its dial
+                        // (still connected as far as the swarm knew): it may dial now.
+                        self.advance(peer_id);
                     }
                     return;
                 }

@@ -135,6 +135,7 @@ where
         failures,
         tried: Vec::new(),
         checked: Vec::new(),
+        silent: Vec::new(),
         attempt,
     };
     let mut fresh = false;
@@ -205,6 +206,24 @@ where
         }
         fresh = true;
     }
+    // A provider that said nothing within the quick wait may be an older node, which answers a
+    // channel's hello only once its app accepts (no "taken" byte): with no one else left to
+    // try, each gets the whole of the time left.
+    for peer in std::mem::take(&mut trying.silent) {
+        let provider = RemoteProvider {
+            peer,
+            addrs: Vec::new(),
+            connected: false,
+            rtt: None,
+            reach: ProviderReach::NotRecently,
+            last_connected_ms: 0,
+        };
+        match trying.one(provider, false).await {
+            Some(Ok(result)) => return result,
+            Some(Err(())) => return Err(timed_out()),
+            None => {}
+        }
+    }
     Err(none_worked(service.to_owned(), trying.failures))
 }
 
@@ -219,6 +238,9 @@ struct Trying<'a, F> {
     tried: Vec<PeerId>,
     /// Checked and found not certified (or not answering the check).
     checked: Vec<PeerId>,
+    /// Tried, and silent within the quick wait: tried again with the whole time left once no
+    /// one else is left.
+    silent: Vec<PeerId>,
     attempt: F,
 }
 
@@ -268,6 +290,9 @@ where
                 debug!(%peer, key = %self.key, "provider not usable: {e}");
                 if let Some(fared) = fared(&e) {
                     net.provider_fared(key, peer, fared);
+                }
+                if matches!(e, Error::Silent { .. }) && !self.silent.contains(&peer) {
+                    self.silent.push(peer);
                 }
                 self.failures.push((format!("peer {peer}"), e));
                 None

@@ -51,6 +51,10 @@ pub const MAX_RECORD: usize = 8 * 1024;
 /// The signing domain of [`Network::sign`]: differs from the DHT records' own, so neither
 /// kind of signature verifies as the other.
 pub const SIGN_DOMAIN: &str = "p2pos-signed";
+/// Times a stream is asked for again when the connection picked for it closed meanwhile.
+const OPEN_AGAIN: u32 = 3;
+/// The pause before each of those, times its number.
+const OPEN_AGAIN_PAUSE: Duration = Duration::from_millis(10);
 /// Largest payload [`Network::sign`] signs.
 pub const MAX_SIGNED: usize = 64 * 1024;
 
@@ -538,7 +542,23 @@ impl Network {
         peer: PeerId,
         protocol: StreamProtocol,
     ) -> Result<Stream, OpenStreamError> {
-        self.control.clone().open_stream(peer, protocol).await
+        let mut control = self.control.clone();
+        let mut again = 0;
+        loop {
+            match control.open_stream(peer, protocol.clone()).await {
+                // libp2p-stream picks one of the peer's connections at random: one that closed
+                // as the stream was asked for (a probe connection this node or the peer just
+                // closed, say) answers ConnectionReset before any byte was sent on a stream,
+                // so asking again, once that connection is gone, is safe.
+                Err(OpenStreamError::Io(e))
+                    if e.kind() == std::io::ErrorKind::ConnectionReset && again < OPEN_AGAIN =>
+                {
+                    again += 1;
+                    tokio::time::sleep(OPEN_AGAIN_PAUSE * again).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Serves the inbound streams of `protocol` with `serve`, within `limits` (streams at once

@@ -82,7 +82,7 @@ impl EventLoop {
             && let Some(among) = &waiter.among
             && among
                 .iter()
-                .any(|p| self.swarm.is_connected(p) || !self.book.confirmed(p).is_empty())
+                .any(|p| self.connections.contains_key(p) || !self.book.confirmed(p).is_empty())
         {
             let found = self.provider_cache.get(&key, |_| true).unwrap_or_default();
             let providers = self.ranked(&key, found, &waiter);
@@ -329,7 +329,7 @@ impl EventLoop {
             .into_iter()
             .filter(|(peer, _)| waiter.wants(peer))
             .map(|(peer, addrs)| {
-                let connected = self.swarm.is_connected(&peer);
+                let connected = self.connections.contains_key(&peer);
                 let (reach, last_connected_ms) = self.reach.of(key, peer, connected);
                 RemoteProvider {
                     peer,

@@ -1145,44 +1145,76 @@ async fn sybils_that_take_calls_to_fail_them_are_held_back() {
     }
 }
 
+/// Two nodes, the caller's and an honest provider's, and `silent` bare Sybils (connected to
+/// the caller) that take every stream of `name` and stay silent; the honest provider ranked
+/// last, so that every Sybil is tried before it.
+struct Quiet {
+    _nodes: Vec<p2pos_tests::Node>,
+    clients: Vec<Client>,
+    ids: Vec<String>,
+    /// Streams each Sybil took.
+    hits: Vec<Arc<AtomicUsize>>,
+    tasks: Vec<JoinHandle<()>>,
+    /// The honest provider's first session, then its second (see [`rank_last`]).
+    _serving: JoinHandle<()>,
+    _honest: JoinHandle<()>,
+}
+
+impl Quiet {
+    async fn set_up(name: &'static str, silent: usize) -> Self {
+        let (nodes, clients, ids) = star(2).await;
+        let caller = &clients[0];
+        let hub = hub_of(caller, &ids[0]).await;
+        let hits: Vec<Arc<AtomicUsize>> =
+            (0..silent).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        let mut sybils = Vec::new();
+        let mut tasks = Vec::new();
+        for hits in &hits {
+            let (peer, task) = sybil(hub.clone(), name, Answers::Silent, hits.clone());
+            sybils.push(peer.to_string());
+            tasks.push(task);
+        }
+        for peer in &sybils {
+            connected_peer(caller, peer, "a Sybil to reach the caller").await;
+        }
+        let seen = Arc::new(AtomicUsize::new(0));
+        let app = ("quiet", name);
+        let serving = serve(
+            clients[1].clone(),
+            app,
+            Vec::new(),
+            seen.clone(),
+            Ok("hello"),
+        )
+        .await;
+        let mut everyone: Vec<&str> = sybils.iter().map(String::as_str).collect();
+        everyone.push(ids[1].as_str());
+        wait_providers(caller, name, &everyone).await;
+        let honest = rank_last(
+            caller,
+            (&clients[1], &ids[1]),
+            app,
+            (Vec::new(), seen, "hello"),
+        )
+        .await;
+        Self {
+            _nodes: nodes,
+            clients,
+            ids,
+            hits,
+            tasks,
+            _serving: serving,
+            _honest: honest,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_channel_sybils_are_skipped_within_the_open_and_then_held_back() {
     const NAME: &str = "quiet/2";
     const SILENT: usize = 4;
-    let (_nodes, clients, ids) = star(2).await;
-    let caller = &clients[0];
-    let hub = hub_of(caller, &ids[0]).await;
-    let hits: Vec<Arc<AtomicUsize>> = (0..SILENT).map(|_| Arc::new(AtomicUsize::new(0))).collect();
-    let mut sybils = Vec::new();
-    let mut tasks = Vec::new();
-    for hits in &hits {
-        let (peer, task) = sybil(hub.clone(), NAME, Answers::Silent, hits.clone());
-        sybils.push(peer.to_string());
-        tasks.push(task);
-    }
-    for peer in &sybils {
-        connected_peer(caller, peer, "a Sybil to reach the caller").await;
-    }
-    let seen = Arc::new(AtomicUsize::new(0));
-    let app = ("quiet", NAME);
-    let _honest = serve(
-        clients[1].clone(),
-        app,
-        Vec::new(),
-        seen.clone(),
-        Ok("hello"),
-    )
-    .await;
-    let mut everyone: Vec<&str> = sybils.iter().map(String::as_str).collect();
-    everyone.push(ids[1].as_str());
-    wait_providers(caller, NAME, &everyone).await;
-    let _honest = rank_last(
-        caller,
-        (&clients[1], &ids[1]),
-        app,
-        (Vec::new(), seen.clone(), "hello"),
-    )
-    .await;
+    let quiet = Quiet::set_up(NAME, SILENT).await;
+    let (caller, ids, hits, tasks) = (&quiet.clients[0], &quiet.ids, &quiet.hits, &quiet.tasks);
     let tried = || hits.iter().map(|h| h.load(Ordering::SeqCst)).sum::<usize>();
     assert_eq!(tried(), 0);
 
@@ -1224,40 +1256,8 @@ async fn silent_channel_sybils_are_skipped_within_the_open_and_then_held_back() 
 async fn silent_sybils_are_skipped_within_the_call_and_then_held_back() {
     const NAME: &str = "quiet/1";
     const SILENT: usize = 4;
-    let (_nodes, clients, ids) = star(2).await;
-    let caller = &clients[0];
-    let hub = hub_of(caller, &ids[0]).await;
-    let hits: Vec<Arc<AtomicUsize>> = (0..SILENT).map(|_| Arc::new(AtomicUsize::new(0))).collect();
-    let mut sybils = Vec::new();
-    let mut tasks = Vec::new();
-    for hits in &hits {
-        let (peer, task) = sybil(hub.clone(), NAME, Answers::Silent, hits.clone());
-        sybils.push(peer.to_string());
-        tasks.push(task);
-    }
-    for peer in &sybils {
-        connected_peer(caller, peer, "a Sybil to reach the caller").await;
-    }
-    let seen = Arc::new(AtomicUsize::new(0));
-    let app = ("quiet", NAME);
-    let _honest = serve(
-        clients[1].clone(),
-        app,
-        Vec::new(),
-        seen.clone(),
-        Ok("hello"),
-    )
-    .await;
-    let mut everyone: Vec<&str> = sybils.iter().map(String::as_str).collect();
-    everyone.push(ids[1].as_str());
-    wait_providers(caller, NAME, &everyone).await;
-    let _honest = rank_last(
-        caller,
-        (&clients[1], &ids[1]),
-        app,
-        (Vec::new(), seen.clone(), "hello"),
-    )
-    .await;
+    let quiet = Quiet::set_up(NAME, SILENT).await;
+    let (caller, ids, hits, tasks) = (&quiet.clients[0], &quiet.ids, &quiet.hits, &quiet.tasks);
 
     // Every silent Sybil is tried before the honest provider, and none holds the call long.
     let first = std::time::Instant::now();

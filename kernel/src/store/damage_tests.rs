@@ -6,7 +6,8 @@ use super::*;
 
 /// Opens `dir`, waiting (with a deadline) for sled's threads of an earlier handle in this
 /// process to let go of its lock.
-fn reopen(dir: &Path) -> Result<Arc<SledStore>, StoreError> {
+/// Opens the store in `dir`, waiting (up to 10 s) for a closed one's sled threads to let go.
+pub(super) fn reopen(dir: &Path) -> Result<Arc<SledStore>, StoreError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match SledStore::open(dir) {

@@ -2,24 +2,13 @@
 //! by damage (checked on a copy, never changed), the node's own removals (never damage), and
 //! clean stops after churn (no copy needed).
 
-use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::Path};
 
 use super::{
+    damage_tests::reopen,
     salvage::{Step, repair_with},
     *,
 };
-
-fn reopen(dir: &Path) -> Result<Arc<SledStore>, StoreError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match SledStore::open(dir) {
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            other => return other,
-        }
-    }
-}
 
 /// Every file under `dir` with its bytes, by relative path.
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {

@@ -379,3 +379,81 @@ async fn a_forward_to_a_service_nobody_provides_warns_and_counts_its_resets() {
         "{metrics}"
     );
 }
+
+/// The port of a forward just opened.
+fn port_of(forward: &p2pos_proto::service::v1::Forward) -> u16 {
+    forward
+        .listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forward_by_name_reaches_only_members_of_its_group() {
+    let (_nodes, clients, ids) = p2pos_tests::star(2).await;
+    let (a, b) = (&clients[0], &clients[1]);
+    let (port, _server) = http_server().await;
+    b.services()
+        .expose(ExposeRequest {
+            target: format!("127.0.0.1:{port}"),
+            service: "web/1".into(),
+        })
+        .await
+        .expect("expose");
+    let both = p2pos_tests::groups::form(&clients, &ids, "both").await;
+    let alone = a
+        .groups()
+        .create(p2pos_proto::group::v1::CreateRequest {
+            name: "alone".into(),
+        })
+        .await
+        .expect("a group of A alone")
+        .into_inner()
+        .id;
+    let open = |group: &str, peer: &str| OpenForwardRequest {
+        service: "web/1".into(),
+        peer: peer.into(),
+        listen: "127.0.0.1:0".into(),
+        group: group.into(),
+        ..OpenForwardRequest::default()
+    };
+
+    // B is a member of `both`: reached by name.
+    let through = a
+        .services()
+        .open_forward(open(&both, ""))
+        .await
+        .expect("a forward within the group")
+        .into_inner();
+    let through = port_of(&through);
+    let body = wait_for("the page through a member", T, || async move {
+        get(through, "/n/1").await
+    })
+    .await;
+    assert_eq!(body, b"hello 1");
+
+    // B is no member of `alone`: the forward warns, and no connection reaches B.
+    let none = a
+        .services()
+        .open_forward(open("alone", ""))
+        .await
+        .expect("a forward within a group B is not in")
+        .into_inner();
+    assert!(!none.warning.is_empty(), "no warning: {none:?}");
+    assert_eq!(get(port_of(&none), "/n/2").await, None, "B is not a member");
+    // Naming B with it: refused; an unknown group: NOT_FOUND.
+    let named = a
+        .services()
+        .open_forward(open(&alone, &ids[1]))
+        .await
+        .expect_err("B is not a member");
+    assert_eq!(named.code(), tonic::Code::FailedPrecondition, "{named:?}");
+    let unknown = a
+        .services()
+        .open_forward(open("nobody-knows", ""))
+        .await
+        .expect_err("no such group");
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+}

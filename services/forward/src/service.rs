@@ -22,7 +22,7 @@ use p2pos_proto::{
     },
 };
 use p2pos_protocols::{
-    Apps, Forwarding as ForwardingProtocol, Services, answer,
+    Apps, Forwarding as ForwardingProtocol, Groups, Services, answer,
     apps::{self, ChannelStream, Incoming},
     certs::{MAX_PINNED_KEYS, PublisherKey},
     forwarding::Request,
@@ -66,7 +66,7 @@ pub fn child_spec() -> ChildSpec {
         restart: RestartType::Permanent,
         uses: Uses {
             trees: &[EXPOSURES_TREE],
-            calls: &[Apps::NAME, Services::NAME],
+            calls: &[Apps::NAME, Services::NAME, Groups::NAME],
             provides: &[ForwardingProtocol::NAME],
             ..Uses::default()
         },
@@ -262,8 +262,9 @@ impl Handler<Call<ForwardingProtocol>> for ForwardService {
                 answer::<_, Error>(reply, Ok(self.forwarding.exposures()));
             }
             Request::OpenForward { request, reply } => {
+                let group = Some(request.group.trim().to_owned()).filter(|g| !g.is_empty());
                 let opened = provider_filter(&request).and_then(|filter| {
-                    let opener = opener(self.registry.clone(), filter.clone());
+                    let opener = opener(self.registry.clone(), filter.clone(), group.clone());
                     let forward = self.forwarding.open_forward(request, opener)?;
                     Ok((forward, filter))
                 });
@@ -272,7 +273,10 @@ impl Handler<Call<ForwardingProtocol>> for ForwardService {
                     Ok((mut forward, filter)) => {
                         let registry = self.registry.clone();
                         tokio::spawn(async move {
-                            forward.warning = check_provided(&registry, &forward, filter).await;
+                            forward.warning = match within_group(&registry, filter, group).await {
+                                Ok(filter) => check_provided(&registry, &forward, filter).await,
+                                Err(e) => format!("the group's members cannot be had now: {e}"),
+                            };
                             answer::<_, Error>(reply, Ok(forward));
                         });
                     }
@@ -473,14 +477,36 @@ async fn check_provided(
     warning
 }
 
+/// `filter` narrowed to the members of `group` (if one is named), as this node knows them now.
+async fn within_group(
+    registry: &Registry,
+    mut filter: services::ProviderFilter,
+    group: Option<String>,
+) -> Result<services::ProviderFilter, Error> {
+    if let Some(group) = group {
+        let members = registry
+            .ask::<Groups, _>(|reply| p2pos_protocols::groups::Request::Members { group, reply })
+            .await?;
+        let members: Vec<_> = members
+            .members
+            .iter()
+            .filter_map(|m| PeerRef::parse(&m.peer_id).ok().map(|p| p.peer))
+            .filter(|p| filter.allows(p))
+            .collect();
+        filter.only = Some(members);
+    }
+    Ok(filter)
+}
+
 /// How a forward opens the channel of each connection: a service channel from
 /// [`FORWARD_APP`], through the services protocol, as any app opens one, to a provider
-/// `filter` allows.
-fn opener(registry: Registry, filter: services::ProviderFilter) -> Opener {
+/// `filter` allows (and, with `group`, one of its members as this node knows them then).
+fn opener(registry: Registry, filter: services::ProviderFilter, group: Option<String>) -> Opener {
     Arc::new(
         move |service: String, peer: String| -> BoxFuture<'static, Result<ChannelStream, Error>> {
-            let (registry, filter) = (registry.clone(), filter.clone());
+            let (registry, filter, group) = (registry.clone(), filter.clone(), group.clone());
             async move {
+                let filter = within_group(&registry, filter, group).await?;
                 let service = ServiceName::parse_or_first(&service).map_err(|reason| {
                     Error::InvalidServiceName(p2pos_protocols::ids::invalid_service_name(
                         &service, reason,

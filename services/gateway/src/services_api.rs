@@ -473,6 +473,13 @@ impl Services for ServicesApi {
     ) -> Result<Response<Forward>, Status> {
         caller(&req)?.require_admin()?;
         let request = req.into_inner();
+        if !request.group.trim().is_empty() {
+            // The group must be known, and a provider named one of its members, now;
+            // port forwarding asks for the members again at each connection.
+            let peer = provider(&request.peer)?;
+            self.filter((&request.group, Vec::new(), Vec::new()), peer.as_ref())
+                .await?;
+        }
         let forward = self
             .forwarding(|reply| ForwardingCall::OpenForward { request, reply })
             .await?;

@@ -239,6 +239,7 @@ impl Handler<Call<Forwarding>> for FakeServices {
                         listen,
                         peers: _,
                         publisher_keys: _,
+                        group: _,
                     },
                 reply,
             } => answer(

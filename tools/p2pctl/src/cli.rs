@@ -309,6 +309,9 @@ pub(crate) enum ForwardCommand {
         /// Where to listen: 127.0.0.1:PORT or [::1]:PORT (port 0: any free port)
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
         listen: String,
+        /// Only providers that are members of this group (id or name), at each connection
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
         #[command(flatten)]
         trust: TrustArgs,
         #[command(flatten)]

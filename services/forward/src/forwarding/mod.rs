@@ -296,6 +296,7 @@ impl Forwarding {
             // Checked by the caller and carried by `opener`.
             peers: _,
             publisher_keys: _,
+            group: _,
         } = req;
         let service = parse_service_name(&service)?;
         let peer = peer.trim().to_owned();

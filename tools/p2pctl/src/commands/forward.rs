@@ -24,6 +24,7 @@ pub(crate) async fn run(client: &Client, command: ForwardCommand) -> anyhow::Res
             peer,
             name,
             listen,
+            group,
             trust,
             json,
         } => {
@@ -33,6 +34,7 @@ pub(crate) async fn run(client: &Client, command: ForwardCommand) -> anyhow::Res
                 listen,
                 peers: trust.peers,
                 publisher_keys: trust.publisher_keys,
+                group: group.unwrap_or_default(),
             };
             connect(client, request, json.json).await
         }

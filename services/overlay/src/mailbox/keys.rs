@@ -215,8 +215,12 @@ impl Mailbox {
         ledger.commit(ops)
     }
 
-    /// Forgets the keys recorded before `before_ms`; answers how many. Blocks.
+    /// Forgets the keys recorded before `before_ms`; answers how many. A key whose message
+    /// still waits in the outbox is kept for another window instead (a retry then would
+    /// otherwise queue a second copy of a message not yet sent: a peer offline for days, a
+    /// clock set forward). Blocks.
     pub(crate) fn expire_send_keys(&self, before_ms: u64) -> Result<u64, Error> {
+        let renewed_ms = before_ms.saturating_add(self.quotas.send_keys.ttl_ms);
         let mut expired = 0;
         loop {
             let _guard = self.lock();
@@ -224,22 +228,33 @@ impl Mailbox {
             let read = aged.len();
             let mut ledger = Ledger::new(self.store.as_ref(), OUTBOX);
             let mut ops = Vec::new();
-            let mut n = 0;
+            let mut n = 0usize;
             for (k, _) in aged {
                 if u64_at(&k, 1).is_none_or(|created_ms| created_ms >= before_ms) {
                     break;
                 }
+                n += 1;
                 if let Some((app_id, send_key)) = parse_age_key(&k) {
+                    let record = self.send_key(app_id, send_key)?;
+                    if let Some(record) = record
+                        && self.is_waiting(&record.peer, app_id, record.sequence)?
+                    {
+                        ops.push(BatchOp::Insert(
+                            age_key(renewed_ms, app_id, send_key),
+                            Vec::new(),
+                        ));
+                        ops.push(BatchOp::Remove(k));
+                        continue;
+                    }
                     ops.push(BatchOp::Remove(record_key(app_id, send_key)));
                     ledger.sub(&app_count_key(app_id), Usage::one(0))?;
                     ledger.sub(TOTAL_KEY, Usage::one(0))?;
+                    expired += 1;
                 }
                 ops.push(BatchOp::Remove(k));
-                n += 1;
             }
             ledger.commit(ops)?;
-            expired += n;
-            if n < read as u64 || read < SWEEP_BATCH {
+            if n < read || read < SWEEP_BATCH {
                 return Ok(expired);
             }
         }

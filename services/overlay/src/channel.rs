@@ -127,13 +127,16 @@ pub(crate) async fn open(
     // Its node says at once that it took the hello (an older node writes the welcome first,
     // when its app accepts). With other providers to try, one that says nothing within
     // 1–2 s is skipped (and held back); else it is waited for as long as the welcome.
+    // One deadline for the whole answer, taken byte and welcome: a responder that says it
+    // took the hello and then nothing holds the open no longer than one that says nothing.
     let now = Instant::now();
+    let answer_by = now + WELCOME_TIMEOUT;
     let (taken_by, given) = match quick_take {
         true => {
-            let by = tries::taken_by(now, reach_by, now + WELCOME_TIMEOUT);
+            let by = tries::taken_by(now, reach_by, answer_by);
             (by, by.saturating_duration_since(now))
         }
-        false => (now + WELCOME_TIMEOUT, WELCOME_TIMEOUT),
+        false => (answer_by, WELCOME_TIMEOUT),
     };
     let first = match tokio::time::timeout_at(taken_by, io.read_u8()).await {
         Ok(Ok(first)) => first,
@@ -142,6 +145,7 @@ pub(crate) async fn open(
             return Err(Error::Silent {
                 peer,
                 waited: given,
+                older_may_answer: true,
             });
         }
         Err(_) => return Err(not_accepted(app_id.clone())),
@@ -157,13 +161,16 @@ pub(crate) async fn open(
         }
     };
     let mut reading = before.chain(&mut io);
-    let welcome: ChannelWelcome =
-        read_message(&mut reading, wire::MAX_CONTROL_FRAME, WELCOME_TIMEOUT)
-            .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::TimedOut => not_accepted(app_id.clone()),
-                _ => broken(e.to_string()),
-            })?;
+    let welcome: ChannelWelcome = read_message(
+        &mut reading,
+        wire::MAX_CONTROL_FRAME,
+        answer_by.saturating_duration_since(Instant::now()),
+    )
+    .await
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => not_accepted(app_id.clone()),
+        _ => broken(e.to_string()),
+    })?;
     let ChannelWelcome {
         result,
         message,

@@ -231,6 +231,10 @@ pub enum Error {
         peer: PeerId,
         /// How long it was waited for.
         waited: Duration,
+        /// Whether an honest node of an older version could be this silent (a channel's
+        /// responder that writes nothing until its app accepts): then it is worth the whole
+        /// time left once no other provider is.
+        older_may_answer: bool,
     },
     /// The swarm task is gone (the service is stopping or restarting).
     #[error("the overlay's network task has stopped; try again in a moment")]

@@ -425,6 +425,8 @@ fn silent(peer: PeerId, given: Duration) -> Attempt<CallReply> {
     Attempt::Next(Error::Silent {
         peer,
         waited: given,
+        // Every node that speaks /p2pos/call/2 writes the call-taken byte.
+        older_may_answer: false,
     })
 }
 

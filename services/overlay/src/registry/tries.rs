@@ -291,7 +291,14 @@ where
                 if let Some(fared) = fared(&e) {
                     net.provider_fared(key, peer, fared);
                 }
-                if matches!(e, Error::Silent { .. }) && !self.silent.contains(&peer) {
+                if matches!(
+                    e,
+                    Error::Silent {
+                        older_may_answer: true,
+                        ..
+                    }
+                ) && !self.silent.contains(&peer)
+                {
                     self.silent.push(peer);
                 }
                 self.failures.push((format!("peer {peer}"), e));
@@ -498,11 +505,13 @@ mod tests {
         let silent = Error::Silent {
             peer,
             waited: Duration::from_secs(2),
+            older_may_answer: false,
         };
         assert_eq!(fared(&silent), Some(Fared::Refused));
         let cut_short = Error::Silent {
             peer,
             waited: Duration::from_millis(300),
+            older_may_answer: true,
         };
         assert_eq!(fared(&cut_short), None, "the caller's own deadline");
         let junk = Error::Protocol {

@@ -6,7 +6,8 @@
 //! one budget of them). It is written in the same batch as the outbox entry it names, so after
 //! a crash either both are in the store or neither is (and then the message was never sent:
 //! the outbox sends only what is durable). A key is kept for the window (`send_key_ttl`) from
-//! its `Send`, never less; at most `per_app` keys per app (its helpers' included) and `total`
+//! its `Send`, never less, and for another window whenever its message still waits in the
+//! outbox at the end of one; at most `per_app` keys per app (its helpers' included) and `total`
 //! in all are kept (an app below its even share of `total` still gets keys: see
 //! [`Mailbox::fair_share`]): a new key past either bound is refused, no key within its window
 //! is ever dropped to make room.

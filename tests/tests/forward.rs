@@ -96,6 +96,11 @@ async fn forward(client: &Client, peer: &str, service: &str) -> u16 {
         .await
         .expect("open forward")
         .into_inner();
+    port_of(&forward)
+}
+
+/// The port of a forward just opened.
+fn port_of(forward: &p2pos_proto::service::v1::Forward) -> u16 {
     forward
         .listen
         .rsplit(':')
@@ -169,12 +174,7 @@ async fn an_exposed_http_server_is_fetched_through_a_forwarded_port() {
         .expect("a forward among given peers")
         .into_inner();
     assert!(among.warning.is_empty(), "{}", among.warning);
-    let among: u16 = among
-        .listen
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port");
+    let among = port_of(&among);
     assert_eq!(get(among, "/n/4").await.expect("through B"), b"hello 4");
     // Among given peers that do not provide it (A itself): the forward warns, and no
     // connection reaches B.
@@ -191,12 +191,7 @@ async fn an_exposed_http_server_is_fetched_through_a_forwarded_port() {
         .expect("a forward among peers that do not provide it")
         .into_inner();
     assert!(!none.warning.is_empty(), "no warning: {none:?}");
-    let none: u16 = none
-        .listen
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port");
+    let none = port_of(&none);
     assert_eq!(get(none, "/n/6").await, None, "B is not among the peers");
     // A provider named outside the peers named: refused, as by the services API.
     let outside = client_a
@@ -378,16 +373,6 @@ async fn a_forward_to_a_service_nobody_provides_warns_and_counts_its_resets() {
         metrics.contains(r#"p2pos_forward_connection_resets_total{reason="no_channel"} 1"#),
         "{metrics}"
     );
-}
-
-/// The port of a forward just opened.
-fn port_of(forward: &p2pos_proto::service::v1::Forward) -> u16 {
-    forward
-        .listen
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -771,19 +771,7 @@ async fn eight_sybils_cannot_make_a_name_unusable() {
     assert_eq!(tried(&busy), [1, 1], "no busy Sybil tried again");
     assert_eq!(tried(&junk), [1; 6], "no junk Sybil tried again");
     // And the caller's node says how it stands with them.
-    let found = find(
-        caller,
-        FindServiceRequest {
-            service: NAME.into(),
-            limit: 100,
-            ..FindServiceRequest::default()
-        },
-    )
-    .await
-    .expect("found");
-    for p in found.iter().filter(|p| p.peer_id != ids[1]) {
-        assert_eq!(p.reachability(), Reachability::Refused, "{p:?}");
-    }
+    assert_others_refused(caller, NAME, &ids[1]).await;
     for task in tasks {
         task.abort();
     }
@@ -1127,21 +1115,22 @@ async fn sybils_that_take_calls_to_fail_them_are_held_back() {
         [1; 4],
         "no Sybil that failed a call was tried again"
     );
-    let found = find(
-        caller,
-        FindServiceRequest {
-            service: NAME.into(),
-            limit: 100,
-            ..FindServiceRequest::default()
-        },
-    )
-    .await
-    .expect("found");
-    for p in found.iter().filter(|p| p.peer_id != ids[1]) {
-        assert_eq!(p.reachability(), Reachability::Refused, "{p:?}");
-    }
+    assert_others_refused(caller, NAME, &ids[1]).await;
     for task in tasks {
         task.abort();
+    }
+}
+
+/// Asserts that `caller`'s node ranks every provider of `service` but `honest` as refused.
+async fn assert_others_refused(caller: &Client, service: &str, honest: &str) {
+    let request = FindServiceRequest {
+        service: service.into(),
+        limit: 100,
+        ..FindServiceRequest::default()
+    };
+    let found = find(caller, request).await.expect("found");
+    for p in found.iter().filter(|p| p.peer_id != honest) {
+        assert_eq!(p.reachability(), Reachability::Refused, "{p:?}");
     }
 }
 

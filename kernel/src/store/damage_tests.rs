@@ -4,9 +4,8 @@ use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use super::*;
 
-/// Opens `dir`, waiting (with a deadline) for sled's threads of an earlier handle in this
-/// process to let go of its lock.
-/// Opens the store in `dir`, waiting (up to 10 s) for a closed one's sled threads to let go.
+/// Opens the store in `dir`, waiting (up to 10 s) for sled's threads of an earlier handle in
+/// this process to let go of its lock.
 pub(super) fn reopen(dir: &Path) -> Result<Arc<SledStore>, StoreError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -19,26 +18,30 @@ pub(super) fn reopen(dir: &Path) -> Result<Arc<SledStore>, StoreError> {
     }
 }
 
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+/// Every file under `dir` with its bytes, by relative path.
+pub(super) fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).expect("read dir") {
-        let path = entry.expect("entry").path();
-        if path.is_file() {
-            out.insert(
-                path.file_name()
-                    .expect("name")
-                    .to_string_lossy()
-                    .into_owned(),
-                std::fs::read(&path).expect("read"),
-            );
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).expect("inside");
+                out.insert(
+                    rel.to_string_lossy().into_owned(),
+                    std::fs::read(&path).expect("read"),
+                );
+            }
         }
     }
     out
 }
 
-/// A store with 2,000 entries in each of two trees, closed cleanly.
-fn filled(dir: &Path) {
-    let store = SledStore::open(dir).expect("open");
+/// A store with 2,000 entries in each of two trees (queued messages, tokens), closed cleanly.
+pub(super) fn filled(dir: &Path) {
+    let store = reopen(dir).expect("open");
     for i in 0u32..2000 {
         store
             .insert(

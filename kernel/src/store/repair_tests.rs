@@ -2,52 +2,13 @@
 //! by damage (checked on a copy, never changed), the node's own removals (never damage), and
 //! clean stops after churn (no copy needed).
 
-use std::{collections::BTreeMap, path::Path};
+use std::path::Path;
 
 use super::{
-    damage_tests::reopen,
+    damage_tests::{files, filled, reopen},
     salvage::{Step, repair_with},
     *,
 };
-
-/// Every file under `dir` with its bytes, by relative path.
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        for entry in std::fs::read_dir(&at).expect("read dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let rel = path.strip_prefix(dir).expect("inside");
-                out.insert(
-                    rel.to_string_lossy().into_owned(),
-                    std::fs::read(&path).expect("read"),
-                );
-            }
-        }
-    }
-    out
-}
-
-/// A store of 2,000 tokens and 2,000 queued messages, stopped cleanly.
-fn filled(dir: &Path) {
-    let store = reopen(dir).expect("open");
-    for i in 0u32..2000 {
-        store
-            .insert(
-                "outbox",
-                &[&b"q"[..], &i.to_be_bytes()].concat(),
-                &[7u8; 100],
-            )
-            .expect("insert");
-        store
-            .insert("tokens", &i.to_be_bytes(), &[9u8; 60])
-            .expect("insert");
-    }
-    store.close().expect("close");
-}
 
 /// Opens the store and lets it go without a clean stop (as kill -9 would, with every write
 /// flushed): its manifest is the open's.

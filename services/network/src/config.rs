@@ -99,11 +99,8 @@ impl Config {
     /// one inbound (a total of 1 is all inbound).
     pub fn inbound_limit(&self) -> u32 {
         let total = self.max_connections;
-        let default = if total >= 2 {
-            (total / 4 * 3 + (total % 4 * 3).div_ceil(4)).min(total - 1)
-        } else {
-            total
-        };
+        // ⌈¾·total⌉ = total − ⌊total/4⌋; a total of 1 ends at 1 through the `max`.
+        let default = (total - total / 4).min(total.saturating_sub(1));
         self.max_inbound_connections.unwrap_or(default).max(1)
     }
 }

@@ -21,6 +21,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use crate::connect::ip_of;
 use libp2p::{
     Multiaddr, PeerId,
     core::{Endpoint, multiaddr::Protocol, transport::PortUse},
@@ -89,15 +90,6 @@ impl std::fmt::Display for TooManyFromIp {
 }
 
 impl std::error::Error for TooManyFromIp {}
-
-/// The IP address a multiaddr starts with, if any.
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    match addr.iter().next()? {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
-    }
-}
 
 /// Whether an address goes through a relay.
 fn is_relayed(addr: &Multiaddr) -> bool {

@@ -353,7 +353,7 @@ impl EventLoop {
         // Among those not held back, providers that served lately come first: a Sybil that
         // is connected and fast but never serves cannot stay ahead of an honest provider.
         let held_back = |reach: ProviderReach| class(reach) > 1;
-        providers.sort_by_key(|p| {
+        providers.sort_by_cached_key(|p| {
             (
                 held_back(p.reach),
                 !self.reach.served(key, p.peer),

@@ -42,12 +42,10 @@ impl PublisherKey {
     /// Parses `p2pospub…`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let bytes = decode(text.trim(), KEY_PREFIX, "publisher key")?;
-        let bytes: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| "a publisher key is 32 bytes; copy it again in full".to_owned())?;
-        ed25519::PublicKey::try_from_bytes(&bytes)
-            .map_err(|e| format!("not an ed25519 public key: {e}"))?;
-        Ok(Self(bytes))
+        if bytes.len() != 32 {
+            return Err("a publisher key is 32 bytes; copy it again in full".to_owned());
+        }
+        Self::from_bytes(&bytes)
     }
 
     /// `p2pospub…`.
@@ -139,8 +137,7 @@ impl PublisherSecret {
 /// Whether `service` is a service name and `app` a root app id (no helper part), as a
 /// certificate names them; if not, why (the input shortened).
 fn check_names(service: &str, app: &str) -> Result<(), String> {
-    crate::ids::ServiceName::parse(service)
-        .map_err(|reason| crate::ids::invalid_service_name(service, reason))?;
+    crate::ids::ServiceName::parse_explained(service)?;
     crate::names::check_app_id(app)?;
     if crate::names::root_app(app) != app {
         return Err(format!(
@@ -254,7 +251,7 @@ impl Certificate {
 
     /// Whether it is for app `app_id` (the app named, or one of its helpers); if not, why.
     pub fn check_app(&self, app_id: &str) -> Result<(), String> {
-        match crate::names::root_app(app_id) == self.app {
+        match crate::names::covers(&self.app, app_id) {
             true => Ok(()),
             false => Err(format!(
                 "the certificate is for app '{}', not '{}'",

@@ -207,6 +207,7 @@ mod tests {
             idle: Duration::from_secs(60),
         };
         assert_eq!(limits.reserve(), 1);
+        let (refused_tx, mut refused) = mpsc::unbounded_channel();
         let serving = tokio::spawn(accept_loop(
             ReceiverStream::new(incoming),
             limits,
@@ -217,7 +218,10 @@ mod tests {
                     let _ = hold.await;
                     let _ = events.send((peer, false));
                 },
-                drop_stream,
+                move |peer, held, overflow| {
+                    let _ = refused_tx.send(peer);
+                    drop_stream(peer, held, overflow)
+                },
                 |_| {},
             ),
         ));
@@ -245,8 +249,13 @@ mod tests {
             started.push(events.recv().await.expect("event"));
         }
         assert_eq!(started, vec![(a, true), (a, true), (b, true), (c, true)]);
-        let none = tokio::time::timeout(Duration::from_millis(200), events.recv()).await;
-        assert!(none.is_err(), "no fifth stream is served: {none:?}");
+        // The other three were refused, so every offer was decided: none is served later.
+        let mut gone = Vec::new();
+        for _ in 0..3 {
+            gone.push(refused.recv().await.expect("a refusal"));
+        }
+        assert_eq!(gone, vec![a, b, d]);
+        assert!(events.try_recv().is_err(), "no fifth stream is served");
         // One stream of A ends: A may open another.
         drop(holds.remove(0));
         assert_eq!(events.recv().await, Some((a, false)));

@@ -11,10 +11,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -22,12 +19,10 @@ use futures::{
     FutureExt,
     future::{BoxFuture, Shared},
 };
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::PeerId;
 use libp2p_stream::{Control, OpenStreamError};
 use tokio::sync::Semaphore;
 
-/// The protocol of libp2p's ping.
-const PING_PROTOCOL: &str = "/ipfs/ping/1.0.0";
 /// The bytes a ping carries, as libp2p's.
 const PING_SIZE: usize = 32;
 /// Most fresh pings in flight on the node, all peers together.
@@ -48,11 +43,11 @@ pub(crate) struct Pings {
 }
 
 struct Inner {
-    /// The ping in flight per peer, with the number that tells it apart from a later one.
-    in_flight: Mutex<HashMap<PeerId, (u64, InFlight)>>,
+    /// The ping in flight per peer: inserted under the lock that its task takes to remove it,
+    /// so the task always finds its own entry.
+    in_flight: Mutex<HashMap<PeerId, InFlight>>,
     /// One permit per ping in flight.
     slots: Arc<Semaphore>,
-    next: AtomicU64,
 }
 
 impl Default for Pings {
@@ -61,7 +56,6 @@ impl Default for Pings {
             inner: Arc::new(Inner {
                 in_flight: Mutex::new(HashMap::new()),
                 slots: Arc::new(Semaphore::new(MAX_PINGS)),
-                next: AtomicU64::new(0),
             }),
         }
     }
@@ -77,24 +71,21 @@ impl Pings {
             .in_flight
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, ping)) = in_flight.get(&peer) {
+        if let Some(ping) = in_flight.get(&peer) {
             return Some(ping.clone());
         }
         let permit = self.inner.slots.clone().try_acquire_owned().ok()?;
-        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
         let control = control.clone();
         let task = tokio::spawn(async move {
             let outcome = tokio::time::timeout(PING_TIMEOUT, ping_once(control, peer))
                 .await
                 .unwrap_or_else(|_| Err(format!("no echo within {PING_TIMEOUT:?}")));
-            let mut in_flight = inner
+            inner
                 .in_flight
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if in_flight.get(&peer).is_some_and(|(held, _)| *held == id) {
-                in_flight.remove(&peer);
-            }
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&peer);
             drop(permit);
             outcome
         });
@@ -104,7 +95,7 @@ impl Pings {
         }
         .boxed()
         .shared();
-        in_flight.insert(peer, (id, ping.clone()));
+        in_flight.insert(peer, ping.clone());
         Some(ping)
     }
 
@@ -119,7 +110,7 @@ impl Pings {
 /// timed from their write to their echo.
 async fn ping_once(mut control: Control, peer: PeerId) -> Outcome {
     use futures::{AsyncReadExt, AsyncWriteExt};
-    let protocol = StreamProtocol::new(PING_PROTOCOL);
+    let protocol = libp2p::ping::PROTOCOL_NAME;
     let mut stream = match control.open_stream(peer, protocol).await {
         Ok(stream) => stream,
         Err(OpenStreamError::UnsupportedProtocol(_)) => return Ok(None),

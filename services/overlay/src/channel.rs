@@ -211,7 +211,7 @@ pub(crate) async fn open(
             service,
             format!(
                 "its node refused the channel: {}",
-                message.chars().take(200).collect::<String>()
+                crate::registry::calls::shorten(&message, crate::registry::calls::MAX_ECHOED)
             ),
         )),
         (Ok(channel_welcome::Result::NotCertified), None) => Err(broken(message)),

@@ -105,15 +105,16 @@ impl OverlayService {
             Some((peer, _)) if *peer != local => None,
             None if !filter.allows(&local) => None,
             // Not provided here: nothing to say of certificates.
-            _ if self.provider_here(&service).is_none() => None,
-            _ => match self.certified_here(&service, &filter.publisher_keys) {
-                Ok(()) => self.provider_here(&service),
-                Err(reason) => {
-                    let e = Error::not_certified(local, &service, reason);
-                    failures.push(("this node".to_owned(), e));
-                    None
+            _ => self.provider_here(&service).and_then(|here| {
+                match self.certified_here(&service, &filter.publisher_keys) {
+                    Ok(()) => Some(here),
+                    Err(reason) => {
+                        let e = Error::not_certified(local, &service, reason);
+                        failures.push(("this node".to_owned(), e));
+                        None
+                    }
                 }
-            },
+            }),
         };
         let mut local_opening = None;
         match here {

@@ -430,11 +430,11 @@ fn silent(peer: PeerId, given: Duration) -> Attempt<CallReply> {
     })
 }
 
-/// Longest part of a provider's message repeated in this node's errors, in characters.
-const MAX_ECHOED: usize = 200;
+/// Longest part of a peer's message repeated in this node's errors, in characters.
+pub(crate) const MAX_ECHOED: usize = 200;
 
 /// `text` cut to at most `max` characters.
-fn shorten(text: &str, max: usize) -> String {
+pub(crate) fn shorten(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),

@@ -33,7 +33,7 @@
 pub(crate) mod actor;
 mod answers;
 mod call;
-mod calls;
+pub(crate) mod calls;
 pub(crate) mod find;
 pub(crate) mod names;
 mod protocol;

@@ -162,14 +162,7 @@ where
         for peer in filter.only.iter().flatten() {
             if *peer != local && trying.untried(peer) && !candidates.iter().any(|p| p.peer == *peer)
             {
-                candidates.push(RemoteProvider {
-                    peer: *peer,
-                    addrs: Vec::new(),
-                    connected: false,
-                    rtt: None,
-                    reach: ProviderReach::NotRecently,
-                    last_connected_ms: 0,
-                });
+                candidates.push(by_id(*peer));
             }
         }
         let settled = match filter.publisher_keys.is_empty() {
@@ -210,21 +203,26 @@ where
     // channel's hello only once its app accepts (no "taken" byte): with no one else left to
     // try, each gets the whole of the time left.
     for peer in std::mem::take(&mut trying.silent) {
-        let provider = RemoteProvider {
-            peer,
-            addrs: Vec::new(),
-            connected: false,
-            rtt: None,
-            reach: ProviderReach::NotRecently,
-            last_connected_ms: 0,
-        };
-        match trying.one(provider, false).await {
+        match trying.one(by_id(peer), false).await {
             Some(Ok(result)) => return result,
             Some(Err(())) => return Err(timed_out()),
             None => {}
         }
     }
     Err(none_worked(service.to_owned(), trying.failures))
+}
+
+/// A provider known by its peer id alone (named, or tried before): no addresses (the node
+/// knows its own), nothing known of how it fared.
+fn by_id(peer: PeerId) -> RemoteProvider {
+    RemoteProvider {
+        peer,
+        addrs: Vec::new(),
+        connected: false,
+        rtt: None,
+        reach: ProviderReach::NotRecently,
+        last_connected_ms: 0,
+    }
 }
 
 /// Providers being tried, one request.

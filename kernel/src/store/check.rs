@@ -69,9 +69,7 @@ pub fn check(dir: &Path) -> Result<Checked, StoreError> {
         // with, but sled still opens it on a copy first. A node writes its manifest when it
         // opens its store, before it makes its identity: with an identity there, a store with
         // no manifest that holds nothing lost it all.
-        let identity = dir
-            .parent()
-            .is_some_and(|d| d.join(crate::identity::KEY_FILE).exists());
+        let identity = has_identity(dir);
         if !dir.join("db").exists() {
             if identity {
                 return Err(damaged(
@@ -184,6 +182,12 @@ pub(super) fn enough_room(dir: &Path, copies: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether the node whose store is `dir` has an identity (in the data directory around it).
+pub(super) fn has_identity(dir: &Path) -> bool {
+    dir.parent()
+        .is_some_and(|d| d.join(crate::identity::KEY_FILE).exists())
+}
+
 /// Refuses a data directory in which the store cannot simply be opened or made: a repair was
 /// interrupted (its marker or new store is left), or the node has an identity but its store
 /// is gone (a new, empty one would be a silent reset).
@@ -204,7 +208,7 @@ pub fn preflight(data_dir: &Path) -> Result<(), StoreError> {
             ),
         });
     }
-    if data_dir.join(crate::identity::KEY_FILE).exists() && !dir.exists() {
+    if has_identity(&dir) && !dir.exists() {
         return Err(StoreError::Damaged {
             path,
             what: format!(

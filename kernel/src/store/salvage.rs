@@ -136,10 +136,7 @@ pub(super) fn repair_with(
             }
             Err(other) => return Err(other),
         }
-    } else if dir
-        .parent()
-        .is_some_and(|d| d.join(crate::identity::KEY_FILE).exists())
-    {
+    } else if super::check::has_identity(dir) {
         ("it is missing".to_owned(), None)
     } else {
         return Err(StoreError::Open {

@@ -1039,17 +1039,12 @@ async fn first_channels_past_the_limit_are_few_and_go_with_their_peer() {
     drop(leaver);
     // Its place comes back with its connection's end (not after the 30 s accept window).
     let (next, _next_driver) = identity(&addr).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let taken = loop {
-        if let Some(io) = whole_channel(&next, target_id, &first).await {
-            break io;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the reserve stays taken by a peer that left"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let taken = wait_for(
+        "the reserve to come back from a peer that left (it stays taken?)",
+        Duration::from_secs(10),
+        || whole_channel(&next, target_id, &first),
+    )
+    .await;
     // The reserve is one channel: another fresh identity is refused while it is held.
     let (another, _another_driver) = identity(&addr).await;
     assert!(

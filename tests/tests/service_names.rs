@@ -609,7 +609,7 @@ fn sybil(
                         ],
                         Answers::Http => b"HTTP/1.1 200 OK\r\n\r\n",
                         Answers::Silent => {
-                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            std::future::pending::<()>().await;
                             return;
                         }
                     };

@@ -9,6 +9,7 @@ pub mod groups;
 
 pub use groups::form_group;
 pub mod messages;
+pub mod natlab;
 pub mod tasks;
 
 use std::{

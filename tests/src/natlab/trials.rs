@@ -1,0 +1,479 @@
+//! `p2posd` nodes in a [`NatLab`], measured as issue 17 checks them: a relay on the lab's
+//! internet, kept for every trial, and per trial two fresh nodes (new data directories), one in
+//! each home of a pair: how long each takes to hold a relay reservation, whether one reaches
+//! the other by peer id alone, and whether and when a direct connection joins the relayed one.
+//!
+//! Trials run side by side, one per home pair of the lab, each on its own pair (its own
+//! routers), so that none sees another's traffic.
+
+use std::{
+    fmt,
+    net::Ipv4Addr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use p2pos_client::Client;
+use p2pos_proto::{
+    monitor::v1::GetStatusRequest,
+    overlay::v1::{DialRequest, ListPeersRequest, PeerInfo},
+};
+
+use super::{Internet, NatLab};
+use crate::Node;
+
+/// How long a trial waits for a node's relay reservation after its start. The goal is 5 s;
+/// waiting longer measures how far off a node is.
+pub const RESERVATION_DEADLINE: Duration = Duration::from_secs(30);
+/// How long A's dial of B by peer id may take.
+pub const DIAL_DEADLINE: Duration = Duration::from_secs(10);
+/// How long after the dial a trial waits for a direct connection.
+pub const DIRECT_DEADLINE: Duration = Duration::from_secs(15);
+/// The relay's port, for TCP and for QUIC.
+pub const RELAY_PORT: u16 = 4001;
+/// How often a condition is looked at again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What the home nodes listen on (and so which transport hole punching has to work for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Only TCP.
+    Tcp,
+    /// Only QUIC.
+    Quic,
+    /// Both, as nodes do by default.
+    Both,
+}
+
+impl Transport {
+    /// The `--listen` value of a home node.
+    fn listen(self) -> &'static str {
+        match self {
+            Transport::Tcp => "/ip4/0.0.0.0/tcp/0",
+            Transport::Quic => "/ip4/0.0.0.0/udp/0/quic-v1",
+            Transport::Both => "/ip4/0.0.0.0/tcp/0,/ip4/0.0.0.0/udp/0/quic-v1",
+        }
+    }
+
+    /// The relay's addresses for this transport.
+    fn addresses(self, ip: Ipv4Addr) -> Vec<String> {
+        let tcp = format!("/ip4/{ip}/tcp/{RELAY_PORT}");
+        let quic = format!("/ip4/{ip}/udp/{RELAY_PORT}/quic-v1");
+        match self {
+            Transport::Tcp => vec![tcp],
+            Transport::Quic => vec![quic],
+            Transport::Both => vec![tcp, quic],
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "TCP",
+            Transport::Quic => "QUIC",
+            Transport::Both => "TCP+QUIC",
+        })
+    }
+}
+
+/// Flags every node of `lab` needs for its internet: on a private one, private addresses count
+/// as external.
+fn internet_flags(lab: &NatLab) -> Vec<String> {
+    match lab.config().internet {
+        Internet::Public => Vec::new(),
+        Internet::Private => vec!["--trust-private-addresses".to_owned()],
+    }
+}
+
+/// Starts a node in namespace `ns` with `args`; the time is taken just before.
+fn start_node(ns: &str, args: &[String]) -> (Node, Instant) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    (Node::start_in_netns(ns, &args), started)
+}
+
+/// The lab's relay: a node on the internet that listens on TCP and QUIC port [`RELAY_PORT`] and
+/// declares those addresses reachable (`--external-address`).
+pub struct Relay {
+    /// The node.
+    pub node: Node,
+    /// Its peer id.
+    pub peer_id: String,
+    ip: Ipv4Addr,
+}
+
+impl Relay {
+    /// Starts the relay of `lab` and waits until it answers.
+    pub async fn start(lab: &NatLab) -> Relay {
+        let ip = lab.relay_ip();
+        let mut args = vec![
+            "--listen".to_owned(),
+            format!("/ip4/0.0.0.0/tcp/{RELAY_PORT},/ip4/0.0.0.0/udp/{RELAY_PORT}/quic-v1"),
+        ];
+        for address in Transport::Both.addresses(ip) {
+            args.extend(["--external-address".to_owned(), address]);
+        }
+        args.extend(internet_flags(lab));
+        let (mut node, _) = start_node(lab.relay_ns(), &args);
+        let peer_id = node.peer_id().await;
+        Relay { node, peer_id, ip }
+    }
+
+    /// The `--bootstrap` value that points a node of `transport` at the relay.
+    fn bootstrap(&self, transport: Transport) -> String {
+        let with_id: Vec<String> = transport
+            .addresses(self.ip)
+            .into_iter()
+            .map(|a| format!("{a}/p2p/{}", self.peer_id))
+            .collect();
+        with_id.join(",")
+    }
+}
+
+/// A node started in a home, with a client of it.
+pub struct HomeNode {
+    /// The node.
+    pub node: Node,
+    /// An admin client of it.
+    pub client: Client,
+    /// Its peer id.
+    pub peer_id: String,
+    /// Just before its process started.
+    pub started: Instant,
+}
+
+impl HomeNode {
+    /// Starts a fresh node in the home host `ns`, listening on `transport` and knowing only the
+    /// relay; waits until it answers.
+    pub async fn start(lab: &NatLab, relay: &Relay, ns: &str, transport: Transport) -> HomeNode {
+        let mut args = vec![
+            "--listen".to_owned(),
+            transport.listen().to_owned(),
+            "--bootstrap".to_owned(),
+            relay.bootstrap(transport),
+        ];
+        args.extend(internet_flags(lab));
+        let (mut node, started) = start_node(ns, &args);
+        let client = node.client().await;
+        let peer_id = node.peer_id().await;
+        HomeNode {
+            node,
+            client,
+            peer_id,
+            started,
+        }
+    }
+
+    /// How long after its start the node first listed a relayed (`/p2p-circuit`) listen
+    /// address: it holds a reservation. `None` if not within [`RESERVATION_DEADLINE`].
+    pub async fn reservation(&self) -> Option<Duration> {
+        let left = RESERVATION_DEADLINE.saturating_sub(self.started.elapsed());
+        within(left, || async {
+            let status = self
+                .client
+                .monitor()
+                .get_status(GetStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            let relayed = status
+                .listen_addresses
+                .iter()
+                .any(|a| a.contains("/p2p-circuit"));
+            relayed.then(|| self.started.elapsed())
+        })
+        .await
+    }
+
+    /// Dials `peer` by its peer id alone (no ticket, no address): how long it took, or why it
+    /// failed.
+    pub async fn dial_by_id(&self, peer: &str) -> Result<Duration, String> {
+        let start = Instant::now();
+        let request = DialRequest {
+            target: peer.to_owned(),
+            timeout_ms: u32::try_from(DIAL_DEADLINE.as_millis()).unwrap_or(u32::MAX),
+        };
+        // A little longer than the dial's own timeout: the node answers that one itself.
+        let mut overlay = self.client.overlay();
+        let dial = overlay.dial(request);
+        match tokio::time::timeout(DIAL_DEADLINE + Duration::from_secs(5), dial).await {
+            Ok(Ok(_)) => Ok(start.elapsed()),
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => Err(format!("no answer within {DIAL_DEADLINE:?}")),
+        }
+    }
+
+    /// What the node says of its connections to `peer`, if it has any.
+    pub async fn peer(&self, peer: &str) -> Option<PeerInfo> {
+        let peers = self
+            .client
+            .overlay()
+            .list_peers(ListPeersRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        peers.peers.into_iter().find(|p| p.peer_id == peer)
+    }
+
+    /// How long until the node holds a direct (not relayed) connection to `peer`; `None` if not
+    /// within [`DIRECT_DEADLINE`].
+    pub async fn direct(&self, peer: &str) -> Option<Duration> {
+        let start = Instant::now();
+        within(DIRECT_DEADLINE, || async {
+            let info = self.peer(peer).await?;
+            is_direct(&info).then(|| start.elapsed())
+        })
+        .await
+    }
+}
+
+/// Whether one of the connections `info` describes is direct (not through a relay).
+pub fn is_direct(info: &PeerInfo) -> bool {
+    info.addresses.iter().any(|a| !a.contains("/p2p-circuit"))
+}
+
+/// Polls `check` until it returns `Some`, or answers `None` after `deadline`.
+async fn within<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The two nodes of one trial: A in home A of a pair, B in home B.
+pub struct Pair {
+    /// The node in home A.
+    pub a: HomeNode,
+    /// The node in home B.
+    pub b: HomeNode,
+}
+
+impl Pair {
+    /// Starts fresh nodes in both homes of pair `pair` at once.
+    pub async fn start(lab: &NatLab, relay: &Relay, pair: usize, transport: Transport) -> Pair {
+        let [home_a, home_b] = lab.homes(pair);
+        let (a, b) = tokio::join!(
+            HomeNode::start(lab, relay, &home_a.host, transport),
+            HomeNode::start(lab, relay, &home_b.host, transport),
+        );
+        Pair { a, b }
+    }
+
+    /// Both nodes' [`HomeNode::reservation`], waited for at once.
+    pub async fn reservations(&self) -> [Option<Duration>; 2] {
+        let (a, b) = tokio::join!(self.a.reservation(), self.b.reservation());
+        [a, b]
+    }
+}
+
+/// What one trial measured.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Its number, from 0.
+    pub trial: usize,
+    /// For A and B, how long after start each held a relay reservation (`None`: not within
+    /// [`RESERVATION_DEADLINE`]).
+    pub reservations: [Option<Duration>; 2],
+    /// A's dial of B by peer id alone: how long it took, or its error.
+    pub dial: Result<Duration, String>,
+    /// How long after the dial A held a direct connection to B (`None`: not within
+    /// [`DIRECT_DEADLINE`], or no dial).
+    pub direct: Option<Duration>,
+    /// What A said of its connections to B at the end.
+    pub seen: Option<PeerInfo>,
+}
+
+impl Outcome {
+    fn all_well(&self) -> bool {
+        self.reservations.iter().all(Option::is_some) && self.dial.is_ok() && self.direct.is_some()
+    }
+}
+
+/// One trial on pair `pair`: fresh nodes in both homes; their reservations; A dials B by peer
+/// id alone (once both hold a reservation, or gave up on one); then the wait for a direct
+/// connection. If `P2POS_NAT_LOGS` names a directory, the nodes' logs of a trial that fell
+/// short of anything go there (`<label>-<trial>-a.log`, `-b.log`).
+pub async fn trial(
+    lab: &NatLab,
+    relay: &Relay,
+    pair: usize,
+    transport: Transport,
+    (label, trial): (&str, usize),
+) -> Outcome {
+    let nodes = Pair::start(lab, relay, pair, transport).await;
+    let reservations = nodes.reservations().await;
+    let dial = nodes.a.dial_by_id(&nodes.b.peer_id).await;
+    let direct = match dial {
+        Ok(_) => nodes.a.direct(&nodes.b.peer_id).await,
+        Err(_) => None,
+    };
+    let seen = nodes.a.peer(&nodes.b.peer_id).await;
+    let outcome = Outcome {
+        trial,
+        reservations,
+        dial,
+        direct,
+        seen,
+    };
+    if !outcome.all_well()
+        && let Some(dir) = std::env::var_os("P2POS_NAT_LOGS")
+    {
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for (side, node) in [("a", &nodes.a), ("b", &nodes.b)] {
+            let path = dir.join(format!("{label}-{trial}-{side}.log"));
+            let _ = std::fs::write(path, node.node.log());
+        }
+    }
+    outcome
+}
+
+/// `trials` trials, as many side by side as `lab` has home pairs, each on a pair no other
+/// running trial uses. Outcomes in trial order.
+pub async fn trials(
+    lab: &NatLab,
+    relay: &Relay,
+    transport: Transport,
+    trials: usize,
+    label: &str,
+) -> Vec<Outcome> {
+    let pairs = lab.config().pairs;
+    let free = Mutex::new((0..pairs).collect::<Vec<usize>>());
+    let take = || free.lock().expect("pair pool").pop();
+    let mut outcomes: Vec<Outcome> = futures::stream::iter(0..trials)
+        .map(|i| {
+            let (take, free) = (&take, &free);
+            async move {
+                // At most `pairs` trials run at once, so a pair is free.
+                let pair = take().expect("a free home pair");
+                let outcome = trial(lab, relay, pair, transport, (label, i)).await;
+                free.lock().expect("pair pool").push(pair);
+                outcome
+            }
+        })
+        .buffer_unordered(pairs)
+        .collect()
+        .await;
+    outcomes.sort_by_key(|o| o.trial);
+    outcomes
+}
+
+/// The numbers of a set of trials.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// What was tried (for the report's first line).
+    pub label: String,
+    /// The trials.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Summary {
+    /// Number of trials.
+    pub fn trials(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    /// Every node's time to its reservation (two per trial).
+    pub fn reservations(&self) -> Vec<Option<Duration>> {
+        self.outcomes.iter().flat_map(|o| o.reservations).collect()
+    }
+
+    /// Trials in which A reached B by peer id.
+    pub fn reached(&self) -> usize {
+        self.outcomes.iter().filter(|o| o.dial.is_ok()).count()
+    }
+
+    /// Trials in which A and B got a direct connection.
+    pub fn direct(&self) -> usize {
+        self.outcomes.iter().filter(|o| o.direct.is_some()).count()
+    }
+
+    /// Every trial's time to a direct connection.
+    pub fn direct_times(&self) -> Vec<Option<Duration>> {
+        self.outcomes.iter().map(|o| o.direct).collect()
+    }
+}
+
+/// The `p`-th percentile (nearest rank) of `samples`, where `None` (never happened) counts as
+/// longer than any time: `None` when the percentile falls on one.
+pub fn percentile(samples: &[Option<Duration>], p: f64) -> Option<Duration> {
+    let mut sorted: Vec<Option<Duration>> = samples.to_vec();
+    sorted.sort_by_key(|s| s.unwrap_or(Duration::MAX));
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.max(1) - 1).copied().flatten()
+}
+
+/// "1.23 s", or "> DEADLINE" for `None`.
+fn shown(time: Option<Duration>, deadline: Duration) -> String {
+    match time {
+        Some(t) => format!("{:.2} s", t.as_secs_f64()),
+        None => format!("> {} s", deadline.as_secs()),
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.trials();
+        let reservations = self.reservations();
+        let held = reservations.iter().filter(|r| r.is_some()).count();
+        let (rd, dd) = (RESERVATION_DEADLINE, DIRECT_DEADLINE);
+        writeln!(f, "== {} ({n} trials)", self.label)?;
+        writeln!(
+            f,
+            "  relay reservation after start: {held}/{} within {} s; p50 {}, p95 {}",
+            reservations.len(),
+            rd.as_secs(),
+            shown(percentile(&reservations, 50.0), rd),
+            shown(percentile(&reservations, 95.0), rd),
+        )?;
+        let dials: Vec<Option<Duration>> =
+            self.outcomes.iter().map(|o| o.dial.clone().ok()).collect();
+        writeln!(
+            f,
+            "  dial by peer id alone: {}/{n} reached; p50 {}",
+            self.reached(),
+            shown(percentile(&dials, 50.0), DIAL_DEADLINE),
+        )?;
+        let direct = self.direct_times();
+        writeln!(
+            f,
+            "  direct connection: {}/{n} within {} s of the dial; p50 {}, p95 {}",
+            self.direct(),
+            dd.as_secs(),
+            shown(percentile(&direct, 50.0), dd),
+            shown(percentile(&direct, 95.0), dd),
+        )?;
+        for o in &self.outcomes {
+            let reservations = o.reservations.map(|r| shown(r, rd));
+            let dial = match &o.dial {
+                Ok(t) => format!("{:.2} s", t.as_secs_f64()),
+                Err(e) => format!("failed: {e}"),
+            };
+            let seen = match &o.seen {
+                Some(p) => format!("{} {:?}", p.transport, p.addresses),
+                None => "not connected".to_owned(),
+            };
+            writeln!(
+                f,
+                "  trial {:2}: reservations {} / {}; dial {dial}; direct {}; at the end {seen}",
+                o.trial,
+                reservations[0],
+                reservations[1],
+                shown(o.direct, dd),
+            )?;
+        }
+        Ok(())
+    }
+}

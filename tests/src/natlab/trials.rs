@@ -17,7 +17,7 @@ use futures::StreamExt;
 use p2pos_client::Client;
 use p2pos_proto::{
     monitor::v1::GetStatusRequest,
-    overlay::v1::{DialRequest, ListPeersRequest, PeerInfo},
+    overlay::v1::{DialRequest, GetTicketRequest, ListPeersRequest, PeerInfo},
 };
 
 use super::{Internet, NatLab};
@@ -190,9 +190,25 @@ impl HomeNode {
     /// Dials `peer` by its peer id alone (no ticket, no address): how long it took, or why it
     /// failed.
     pub async fn dial_by_id(&self, peer: &str) -> Result<Duration, String> {
+        self.dial(peer).await
+    }
+
+    /// This node's ticket (its addresses as it sees them, relayed ones included).
+    pub async fn ticket(&self) -> String {
+        self.client
+            .overlay()
+            .get_ticket(GetTicketRequest {})
+            .await
+            .expect("get_ticket")
+            .into_inner()
+            .ticket
+    }
+
+    /// Dials `target` (a peer id, ticket or multiaddr): how long it took, or why it failed.
+    pub async fn dial(&self, target: &str) -> Result<Duration, String> {
         let start = Instant::now();
         let request = DialRequest {
-            target: peer.to_owned(),
+            target: target.to_owned(),
             timeout_ms: u32::try_from(DIAL_DEADLINE.as_millis()).unwrap_or(u32::MAX),
         };
         // A little longer than the dial's own timeout: the node answers that one itself.
@@ -288,8 +304,11 @@ pub struct Outcome {
     pub reservations: [Option<Duration>; 2],
     /// A's dial of B by peer id alone: how long it took, or its error.
     pub dial: Result<Duration, String>,
-    /// How long after the dial A held a direct connection to B (`None`: not within
-    /// [`DIRECT_DEADLINE`], or no dial).
+    /// When the dial by peer id failed, A's dial of B by B's ticket (so that hole punching is
+    /// measured even so): how long it took, or its error.
+    pub ticket_dial: Option<Result<Duration, String>>,
+    /// How long after the (successful) dial A held a direct connection to B (`None`: not
+    /// within [`DIRECT_DEADLINE`], or no dial succeeded).
     pub direct: Option<Duration>,
     /// What A said of its connections to B at the end.
     pub seen: Option<PeerInfo>,
@@ -302,8 +321,8 @@ impl Outcome {
 }
 
 /// One trial on pair `pair`: fresh nodes in both homes; their reservations; A dials B by peer
-/// id alone (once both hold a reservation, or gave up on one); then the wait for a direct
-/// connection. If `P2POS_NAT_LOGS` names a directory, the nodes' logs of a trial that fell
+/// id alone (once both hold a reservation, or gave up on one), and if that fails by B's
+/// ticket; then the wait for a direct connection. If `P2POS_NAT_LOGS` names a directory, the nodes' logs of a trial that fell
 /// short of anything go there (`<label>-<trial>-a.log`, `-b.log`).
 pub async fn trial(
     lab: &NatLab,
@@ -315,15 +334,21 @@ pub async fn trial(
     let nodes = Pair::start(lab, relay, pair, transport).await;
     let reservations = nodes.reservations().await;
     let dial = nodes.a.dial_by_id(&nodes.b.peer_id).await;
-    let direct = match dial {
-        Ok(_) => nodes.a.direct(&nodes.b.peer_id).await,
-        Err(_) => None,
+    let ticket_dial = match dial {
+        Ok(_) => None,
+        Err(_) => Some(nodes.a.dial(&nodes.b.ticket().await).await),
+    };
+    let connected = dial.is_ok() || ticket_dial.as_ref().is_some_and(Result::is_ok);
+    let direct = match connected {
+        true => nodes.a.direct(&nodes.b.peer_id).await,
+        false => None,
     };
     let seen = nodes.a.peer(&nodes.b.peer_id).await;
     let outcome = Outcome {
         trial,
         reservations,
         dial,
+        ticket_dial,
         direct,
         seen,
     };
@@ -415,6 +440,14 @@ pub fn percentile(samples: &[Option<Duration>], p: f64) -> Option<Duration> {
     sorted.get(rank.max(1) - 1).copied().flatten()
 }
 
+/// At most the first 240 characters of `error` (a dial's error lists every address tried).
+fn short(error: &str) -> String {
+    match error.char_indices().nth(240) {
+        Some((end, _)) => format!("{}…", &error[..end]),
+        None => error.to_owned(),
+    }
+}
+
 /// "1.23 s", or "> DEADLINE" for `None`.
 fn shown(time: Option<Duration>, deadline: Duration) -> String {
     match time {
@@ -446,20 +479,44 @@ impl fmt::Display for Summary {
             self.reached(),
             shown(percentile(&dials, 50.0), DIAL_DEADLINE),
         )?;
+        let by_ticket: Vec<&Result<Duration, String>> = self
+            .outcomes
+            .iter()
+            .filter_map(|o| o.ticket_dial.as_ref())
+            .collect();
+        if !by_ticket.is_empty() {
+            writeln!(
+                f,
+                "  dial by ticket where the dial by peer id failed: {}/{} reached",
+                by_ticket.iter().filter(|d| d.is_ok()).count(),
+                by_ticket.len(),
+            )?;
+        }
         let direct = self.direct_times();
         writeln!(
             f,
-            "  direct connection: {}/{n} within {} s of the dial; p50 {}, p95 {}",
+            "  direct connection: {}/{n} within {} s of the dial ({} after a dial by ticket); \
+             p50 {}, p95 {}",
             self.direct(),
             dd.as_secs(),
+            self.outcomes
+                .iter()
+                .filter(|o| o.direct.is_some() && o.ticket_dial.is_some())
+                .count(),
             shown(percentile(&direct, 50.0), dd),
             shown(percentile(&direct, 95.0), dd),
         )?;
         for o in &self.outcomes {
             let reservations = o.reservations.map(|r| shown(r, rd));
-            let dial = match &o.dial {
-                Ok(t) => format!("{:.2} s", t.as_secs_f64()),
-                Err(e) => format!("failed: {e}"),
+            let dial = match (&o.dial, &o.ticket_dial) {
+                (Ok(t), _) => format!("{:.2} s", t.as_secs_f64()),
+                (Err(e), None) => format!("failed: {}", short(e)),
+                (Err(e), Some(Ok(t))) => {
+                    format!("failed: {}; by ticket {:.2} s", short(e), t.as_secs_f64())
+                }
+                (Err(e), Some(Err(t))) => {
+                    format!("failed: {}; by ticket failed: {}", short(e), short(t))
+                }
             };
             let seen = match &o.seen {
                 Some(p) => format!("{} {:?}", p.transport, p.addresses),

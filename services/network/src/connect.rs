@@ -50,7 +50,14 @@ impl EventLoop {
                 return;
             }
             pending.waiters.push(reply);
-            pending.addrs.extend(addrs);
+            if !addrs.is_empty() {
+                // Dialled too, not only remembered: once the dial in flight ends (or now, if
+                // none is), the attempt goes on with these rather than failing with the old
+                // addresses' errors.
+                pending.addrs.extend(addrs);
+                pending.dialed = false;
+                self.advance(peer);
+            }
             return;
         }
         if self.connects.len() >= MAX_PENDING_PEERS {
@@ -105,6 +112,10 @@ impl EventLoop {
         if !pending.looked_up && kad_on {
             pending.looked_up = true;
             self.start_lookup(peer);
+            return;
+        }
+        if self.searching(&peer) {
+            // A look-up still running may find addresses: it moves this on.
             return;
         }
         let Some(pending) = self.connects.remove(&peer) else {
@@ -239,11 +250,16 @@ impl EventLoop {
             return;
         };
         pending.last_error = Some(reason);
-        if !self.lookup_of.contains_key(&peer) {
-            self.advance(peer);
-        }
+        self.advance(peer);
     }
 
+    /// Whether a look-up of `peer` (its routing-table entry or its address record) is running.
+    pub(crate) fn searching(&self, peer: &PeerId) -> bool {
+        self.lookup_of.contains_key(peer) || self.peer_record_of.contains_key(peer)
+    }
+
+    /// Looks `peer` up in the DHT both ways at once: the Kademlia look-up (finds peers that
+    /// serve the DHT, so public ones) and a get of its address record (finds NATed ones).
     fn start_lookup(&mut self, peer: PeerId) {
         if self.lookup_of.contains_key(&peer) {
             return;
@@ -254,6 +270,7 @@ impl EventLoop {
             self.lookups.insert(id, peer);
             self.lookup_of.insert(peer, id);
         }
+        self.find_peer_record(peer);
     }
 
     /// Seeds a routing table still empty right after connecting (identify has not answered
@@ -296,6 +313,14 @@ impl EventLoop {
                     self.end_lookup(id, peer, found.map(|p| p.addrs).unwrap_or_default());
                 }
             }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetRecord(ref result),
+                ref step,
+                ..
+            } if self.peer_record_queries.contains_key(&id) => {
+                self.on_peer_record_event(id, result, step.last);
+            }
             kad::Event::RoutingUpdated {
                 peer,
                 addresses,
@@ -329,6 +354,15 @@ impl EventLoop {
             addrs = self.kad_addresses(&peer);
         }
         debug!(%peer, found = addrs.len(), "DHT look-up done");
+        self.looked_up(peer, addrs);
+    }
+
+    /// A look-up of `peer` (Kademlia's or its address record's) found `addrs`: answers those
+    /// waiting for it and dials them — unless it found nothing while the other look-up runs.
+    pub(crate) fn looked_up(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if addrs.is_empty() && self.searching(&peer) {
+            return;
+        }
         if let Some(waiters) = self.finds.remove(&peer) {
             for w in waiters {
                 let answer = match addrs.is_empty() {
@@ -340,7 +374,7 @@ impl EventLoop {
         }
         if let Some(pending) = self.connects.get_mut(&peer) {
             if !addrs.is_empty() {
-                pending.addrs = addrs;
+                pending.addrs.extend(addrs);
                 pending.dialed = false;
             }
             if !self.swarm.is_connected(&peer) {

@@ -85,6 +85,12 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
             Err(e) => warn!("ignoring listen address {addr:?}: {e}"),
         }
     }
+    // Checked by `Config::validate` at start.
+    let external: Vec<Multiaddr> = config
+        .external_addresses
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let mut bootstrap = Vec::new();
     for target in &config.bootstrap {
         match parse_target(target) {
@@ -107,8 +113,9 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         store: ctx.store.clone(),
         writer,
         metrics,
+        trust_private: config.trust_private_addresses,
     });
-    let task = tokio::spawn(event_loop.run(listen, bootstrap));
+    let task = tokio::spawn(event_loop.run(listen, external, bootstrap));
     // (The writer thread ends with the event loop, which holds the last writer.)
     ctx.registry
         .provide(NETWORK, network.clone())

@@ -85,8 +85,8 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     /// Whether this node is publicly reachable.
     pub(crate) autonat: autonat::Behaviour,
-    /// Serves as a circuit relay (only once an external address is confirmed).
-    pub(crate) relay: Toggle<relay::Behaviour>,
+    /// Serves as a circuit relay (only once a direct external address is confirmed).
+    pub(crate) relay: Toggle<crate::relay_server::RelayServer>,
     /// Reserves slots on relays and dials through them.
     pub(crate) relay_client: relay::client::Behaviour,
     /// Hole punching through relayed connections.
@@ -167,7 +167,7 @@ fn behaviour(
         false => None,
     };
     let relay = config.relay_server.then(|| {
-        relay::Behaviour::new(
+        crate::relay_server::RelayServer::new(relay::Behaviour::new(
             peer_id,
             relay::Config {
                 max_reservations: 128,
@@ -183,7 +183,7 @@ fn behaviour(
                 max_circuit_bytes: config.relay_circuit_bytes,
                 ..relay::Config::default()
             },
-        )
+        ))
     });
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),

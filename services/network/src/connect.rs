@@ -22,6 +22,7 @@ use crate::{
     behaviour::PING_INTERVAL,
     event_loop::EventLoop,
     peers::{MAX_ADDRS_PER_PEER, MAX_HEARD_PEERS},
+    scope::is_relayed,
     waiting::PendingConnect,
 };
 
@@ -73,6 +74,7 @@ impl EventLoop {
                 waiters: vec![reply],
                 addrs,
                 dialed: false,
+                dialing: false,
                 looked_up: false,
                 last_error: None,
             },
@@ -86,15 +88,27 @@ impl EventLoop {
         let Some(pending) = self.connects.get_mut(&peer) else {
             return;
         };
+        if pending.dialing {
+            // Its outcome moves this on (and then dials what came meanwhile).
+            return;
+        }
         if !pending.dialed {
             pending.dialed = true;
             let given = std::mem::take(&mut pending.addrs);
-            match self.dial(peer, given) {
-                Ok(()) => return,
+            match self.dial(peer, given.clone()) {
+                Ok(()) => {
+                    if let Some(p) = self.connects.get_mut(&peer) {
+                        p.dialing = true;
+                    }
+                    return;
+                }
                 Err(DialError::DialPeerConditionFalse(_)) => {
-                    // Another dial is in flight; its outcome moves this one on.
+                    // Another dial is in flight; its outcome moves this one on, then these
+                    // addresses are dialled.
                     if let Some(p) = self.connects.get_mut(&peer) {
                         p.dialed = false;
+                        p.dialing = true;
+                        p.addrs.extend(given);
                     }
                     return;
                 }
@@ -180,10 +194,15 @@ impl EventLoop {
         let Some(conns) = self.connections.get(&peer) else {
             return;
         };
-        let from: Vec<IpAddr> = conns.iter().filter_map(|(_, a)| ip_of(a)).collect();
+        // (A relayed connection's address is the relay's.)
+        let from: Vec<IpAddr> = conns
+            .iter()
+            .filter(|(_, a)| !is_relayed(a))
+            .filter_map(|(_, a)| ip_of(a))
+            .collect();
         let candidates: Vec<Multiaddr> = claimed
             .iter()
-            .filter(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+            .filter(|a| !is_relayed(a))
             .filter(|a| ip_of(a).is_some_and(|ip| from.contains(&ip)))
             .take(MAX_ADDRS_PER_PEER)
             .cloned()
@@ -250,6 +269,7 @@ impl EventLoop {
             return;
         };
         pending.last_error = Some(reason);
+        pending.dialing = false;
         self.advance(peer);
     }
 

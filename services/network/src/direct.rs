@@ -17,6 +17,8 @@ use crate::{
 
 /// Most observations of this node's address kept (one per connected observer).
 const MAX_OBSERVATIONS: usize = 64;
+/// The longest reason kept for a failed hole punch.
+const MAX_REASON: usize = 400;
 
 /// How hole punching went with a peer.
 enum Punch {
@@ -62,6 +64,22 @@ impl Direct {
     }
 }
 
+/// How DCUtR's failure reads (the start of it).
+const GAVE_UP: &str = "Giving up";
+
+/// `reason`, cut to [`MAX_REASON`] bytes.
+fn capped(mut reason: String) -> String {
+    if reason.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
+}
+
 /// The port and whether it is QUIC (UDP), of a direct address.
 fn port_of(addr: &Multiaddr) -> Option<(u16, bool)> {
     let mut port = None;
@@ -96,6 +114,21 @@ impl EventLoop {
             }));
     }
 
+    /// A dial of `peer` failed: while it is reached only through relays, that was an attempt
+    /// to go direct (hole punching's, or another), and its error says why it is not.
+    pub(crate) fn direct_dial_failed(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
+        let relayed_only = self
+            .connections
+            .get(&peer)
+            .is_some_and(|c| !c.is_empty() && c.iter().all(|(_, a)| is_relayed(a)));
+        if !relayed_only || matches!(self.direct.punches.get(&peer), Some(Punch::Succeeded)) {
+            return;
+        }
+        self.direct
+            .punches
+            .insert(peer, Punch::Failed(capped(error.to_string())));
+    }
+
     /// DCUtR's outcome with a peer.
     pub(crate) fn on_dcutr(&mut self, event: dcutr::Event) {
         let dcutr::Event {
@@ -110,7 +143,13 @@ impl EventLoop {
             Err(e) => {
                 self.metrics.hole_punch_failures.inc();
                 debug!(%peer, "hole punching failed: {e}");
-                Punch::Failed(e.to_string())
+                // The last dial's error says more than "giving up after 3 attempts".
+                match self.direct.punches.get(&peer) {
+                    Some(Punch::Failed(dial)) if !dial.starts_with(GAVE_UP) => {
+                        Punch::Failed(capped(format!("{e}; the last: {dial}")))
+                    }
+                    _ => Punch::Failed(capped(e.to_string())),
+                }
             }
         };
         // A success is not overwritten by a later attempt's failure.

@@ -368,7 +368,17 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
-                let addr = endpoint.get_remote_address().clone();
+                let addr = match &endpoint {
+                    // A peer that reached this node through a relay: its remote address is
+                    // only `/p2p/<peer>`; the address kept is the relayed one it came through
+                    // (`…/p2p/<relay>/p2p-circuit`), which says so and names the relay.
+                    libp2p::core::ConnectedPoint::Listener { local_addr, .. }
+                        if is_relayed(local_addr) =>
+                    {
+                        local_addr.clone()
+                    }
+                    _ => endpoint.get_remote_address().clone(),
+                };
                 if endpoint.is_dialer() {
                     // A connection to it succeeded: the one kind of address that is stored.
                     self.book.add(peer_id, [addr.clone()]);
@@ -431,6 +441,9 @@ impl EventLoop {
                         self.gossip_disconnected(peer_id);
                         // A connect asked for meanwhile found the probe in the way of its dial
                         // (still connected as far as the swarm knew): it may dial now.
+                        if let Some(pending) = self.connects.get_mut(&peer_id) {
+                            pending.dialing = false;
+                        }
                         self.advance(peer_id);
                     }
                     return;
@@ -452,6 +465,7 @@ impl EventLoop {
                 if self.probes.remove(&connection_id) {
                     debug!(peer = ?peer_id, "a peer's claimed listen addresses did not answer: {error}");
                 } else if let Some(peer) = peer_id {
+                    self.direct_dial_failed(peer, &error);
                     self.on_dial_failed(peer, error.to_string());
                 }
             }

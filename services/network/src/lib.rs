@@ -30,6 +30,7 @@
 //! - `records`: records signed by this node, put in and got from the DHT.
 //! - `peer_records`: this node's signed address record in the DHT, and look-ups of peers'.
 //! - `relays`: relay reservations while the node is not known to be public.
+//! - `relay_server`: the relay server, serving only with a direct external address.
 //! - `direct`: hole punching, upgrades to direct connections, and why a peer is relayed.
 //! - `scope`: how far an address reaches, and which addresses to keep and advertise.
 //! - `waiting`: what the swarm task waits on (connects, look-ups, record queries), and who.
@@ -53,6 +54,7 @@ mod provider_cache;
 mod providers;
 mod reach;
 mod records;
+mod relay_server;
 mod relays;
 mod scope;
 pub mod service;

@@ -22,7 +22,7 @@ use p2pos_protocols::network::ticket::without_peer;
 use crate::{
     event_loop::EventLoop,
     peers::is_dialable,
-    scope::{advertisable, is_relayed},
+    scope::{advertisable, advertised_floor, is_relayed},
 };
 
 /// The DHT key prefix of address records.
@@ -83,11 +83,15 @@ impl EventLoop {
     }
 
     /// The addresses that peers elsewhere may reach this node at: its confirmed external
-    /// addresses (a relayed one per reservation among them) and the listen addresses that are
-    /// not loopback, link-local or (unless trusted) private; direct ones first.
+    /// addresses (a relayed one per reservation among them) and its listen addresses, those as
+    /// wide as its peers are (`scope::advertised_floor`: on the internet, not loopback,
+    /// link-local or, unless trusted, private ones); direct ones first.
     fn advertised_addrs(&self) -> Vec<Multiaddr> {
         let local = *self.swarm.local_peer_id();
-        let trust = self.trust_private;
+        let floor = advertised_floor(
+            self.connections.values().flatten().map(|(_, a)| a),
+            self.trust_private,
+        );
         let mut direct = Vec::new();
         let mut relayed = Vec::new();
         for a in self
@@ -96,7 +100,7 @@ impl EventLoop {
             .chain(self.swarm.listeners())
         {
             let a = without_peer(a.clone(), &local);
-            if !is_dialable(&a) || !advertisable(&a, trust) {
+            if !is_dialable(&a) || !advertisable(&a, floor) {
                 continue;
             }
             let list = if is_relayed(&a) {

@@ -103,14 +103,30 @@ pub(crate) fn usable(addr: &Multiaddr, via: &[Multiaddr], trust_private: bool) -
     }
 }
 
-/// Whether others beyond this network can reach this node at `addr` (which it listens on or
-/// was seen at): what it advertises in the DHT.
-pub(crate) fn advertisable(addr: &Multiaddr, trust_private: bool) -> bool {
-    match scope(addr) {
-        Scope::Global => true,
-        Scope::Private => trust_private,
-        Scope::LinkLocal | Scope::Loopback => false,
+/// The narrowest scope of the addresses this node advertises in the DHT, among peers it
+/// reaches at `connected` (the remote addresses of its connections): addresses as wide as the
+/// widest its peers are at — global ones on the internet, private ones as well on a network
+/// with no internet in reach (a LAN, or `trust_private`), loopback ones as well when every peer
+/// is on this host.
+pub(crate) fn advertised_floor<'a>(
+    connected: impl Iterator<Item = &'a Multiaddr>,
+    trust_private: bool,
+) -> Scope {
+    let widest = connected
+        .filter(|a| !is_relayed(a))
+        .map(scope)
+        .max()
+        .unwrap_or(Scope::Global);
+    match trust_private {
+        true => widest.min(Scope::Private),
+        false => widest,
     }
+}
+
+/// Whether peers elsewhere can reach this node at `addr` (which it listens on or was seen at),
+/// given the [`advertised_floor`]: a relayed address counts with its relay's address.
+pub(crate) fn advertisable(addr: &Multiaddr, floor: Scope) -> bool {
+    scope(addr) >= floor
 }
 
 /// Whether `addr` goes through a relay (`/p2p-circuit`).
@@ -198,10 +214,33 @@ mod tests {
 
     #[test]
     fn only_addresses_others_reach_are_advertised() {
-        assert!(advertisable(&a("/ip4/5.0.0.2/tcp/1"), false));
-        assert!(!advertisable(&a("/ip4/192.168.1.2/tcp/1"), false));
-        assert!(advertisable(&a("/ip4/192.168.1.2/tcp/1"), true));
-        assert!(!advertisable(&a("/ip4/127.0.0.1/tcp/1"), true));
-        assert!(!advertisable(&a("/ip6/fe80::1/tcp/1"), true));
+        let public = a("/ip4/5.0.0.2/tcp/1");
+        let lan = a("/ip4/192.168.1.2/tcp/1");
+        let lo = a("/ip4/127.0.0.1/tcp/1");
+        let ll = a("/ip6/fe80::1/tcp/1");
+        // Among peers on the internet (or none known yet): global addresses only.
+        for connected in [vec![public.clone(), lan.clone()], vec![]] {
+            let floor = advertised_floor(connected.iter(), false);
+            assert!(advertisable(&public, floor));
+            assert!(!advertisable(&lan, floor));
+            assert!(!advertisable(&lo, floor));
+            assert!(!advertisable(&ll, floor));
+        }
+        // A private "internet": private ones too, never loopback or link-local.
+        let floor = advertised_floor([public.clone()].iter(), true);
+        assert!(advertisable(&lan, floor));
+        assert!(!advertisable(&lo, floor));
+        assert!(!advertisable(&ll, floor));
+        // Every peer on this host: loopback ones too.
+        let floor = advertised_floor([lo.clone()].iter(), false);
+        assert!(advertisable(&lo, floor));
+        let relayed = a(
+            "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA/p2p-circuit",
+        );
+        assert!(advertisable(&relayed, floor));
+        assert!(!advertisable(
+            &relayed,
+            advertised_floor([public].iter(), false)
+        ));
     }
 }

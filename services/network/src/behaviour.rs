@@ -132,7 +132,9 @@ fn behaviour(
         .with_max_pending_incoming(Some(MAX_PENDING))
         .with_max_pending_outgoing(Some(MAX_PENDING));
     let identify = identify::Behaviour::new(
-        identify::Config::new(PROTOCOL_VERSION.to_owned(), key.public())
+        // Signed peer records: a peer asked about this node (`whois`) hands on one it can
+        // prove came from this node.
+        identify::Config::new_with_signed_peer_record(PROTOCOL_VERSION.to_owned(), key)
             .with_agent_version(agent_version())
             .with_push_listen_addr_updates(true),
     );

@@ -123,10 +123,12 @@ impl EventLoop {
         let Some(pending) = self.connects.get_mut(&peer) else {
             return;
         };
-        if !pending.looked_up && kad_on {
+        if !pending.looked_up {
             pending.looked_up = true;
             self.start_lookup(peer);
-            return;
+            if self.searching(&peer) {
+                return;
+            }
         }
         if self.searching(&peer) {
             // A look-up still running may find addresses: it moves this on.
@@ -275,12 +277,16 @@ impl EventLoop {
 
     /// Whether a look-up of `peer` (its routing-table entry or its address record) is running.
     pub(crate) fn searching(&self, peer: &PeerId) -> bool {
-        self.lookup_of.contains_key(peer) || self.peer_record_of.contains_key(peer)
+        self.lookup_of.contains_key(peer)
+            || self.peer_record_of.contains_key(peer)
+            || self.whois_pending.contains_key(peer)
     }
 
-    /// Looks `peer` up in the DHT both ways at once: the Kademlia look-up (finds peers that
-    /// serve the DHT, so public ones) and a get of its address record (finds NATed ones).
+    /// Looks `peer` up three ways at once: the Kademlia look-up (finds peers that serve the
+    /// DHT, so public ones), a get of its address record (finds NATed ones), and asks to the
+    /// connected peers (`whois`: its relay knows it).
     fn start_lookup(&mut self, peer: PeerId) {
+        self.ask_around(peer);
         if self.lookup_of.contains_key(&peer) {
             return;
         }

@@ -46,6 +46,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const PORT_PATIENCE: Duration = Duration::from_secs(1);
 /// Most known peers dialled at start.
 const MAX_STARTUP_DIALS: usize = 64;
+/// Answers of `whois` asks waiting for the loop.
+const WHOIS_ANSWERS: usize = 64;
 
 /// The task that owns the swarm.
 pub(crate) struct EventLoop {
@@ -84,6 +86,16 @@ pub(crate) struct EventLoop {
     /// Gets of peers' address records in progress, both ways.
     pub(crate) peer_record_queries: HashMap<kad::QueryId, PeerId>,
     pub(crate) peer_record_of: HashMap<PeerId, kad::QueryId>,
+    /// The signed peer record each connected peer sent through identify (`whois` answers
+    /// with it).
+    pub(crate) signed_records: HashMap<PeerId, bytes::Bytes>,
+    /// Peers asked about through `whois`: how many asked peers have yet to answer.
+    pub(crate) whois_pending: HashMap<PeerId, usize>,
+    /// Opens the streams of `whois` asks.
+    pub(crate) stream_control: libp2p_stream::Control,
+    /// Where `whois` asks answer, and where the loop hears them.
+    pub(crate) whois_answers: mpsc::Sender<crate::whois::Answer>,
+    whois_rx: mpsc::Receiver<crate::whois::Answer>,
     /// The node's key: it signs the records this node puts in the DHT.
     pub(crate) keypair: Keypair,
     /// Record puts and gets in progress.
@@ -153,6 +165,8 @@ impl EventLoop {
             metrics,
             trust_private,
         } = parts;
+        let stream_control = swarm.behaviour().stream.new_control();
+        let (whois_answers, whois_rx) = mpsc::channel(WHOIS_ANSWERS);
         Self {
             swarm,
             commands,
@@ -178,6 +192,11 @@ impl EventLoop {
             published: Published::default(),
             peer_record_queries: HashMap::new(),
             peer_record_of: HashMap::new(),
+            signed_records: HashMap::new(),
+            whois_pending: HashMap::new(),
+            stream_control,
+            whois_answers,
+            whois_rx,
             wanted: Vec::new(),
             keypair,
             record_queries: HashMap::new(),
@@ -225,6 +244,7 @@ impl EventLoop {
                     None => break None,
                 },
                 _ = housekeeping.tick() => self.housekeeping(),
+                Some(answer) = self.whois_rx.recv() => self.on_whois_answer(answer),
                 changed = wanted_changed(&mut self.wanted) => {
                     if let Some(gone) = changed {
                         // That announcer was dropped: its keys are withdrawn.
@@ -312,6 +332,9 @@ impl EventLoop {
                     payload,
                 ));
             }
+            Command::SignedRecordOf { peer, reply } => {
+                let _ = reply.send(self.signed_record_of(peer));
+            }
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }
@@ -352,6 +375,7 @@ impl EventLoop {
     fn forget_connected(&mut self, peer: PeerId) {
         self.rtt.remove(&peer);
         self.agents.remove(&peer);
+        self.signed_records.remove(&peer);
         self.direct.forget(&peer);
         self.relay_disconnected(peer);
         self.fail_pings(peer, "the connection closed");
@@ -563,9 +587,15 @@ impl EventLoop {
             protocols,
             agent_version,
             observed_addr,
+            signed_peer_record,
             ..
         } = info;
         self.agents.insert(peer, agent_version);
+        if let Some(record) = signed_peer_record {
+            // Only while connected: `forget_connected` drops it.
+            self.signed_records
+                .insert(peer, record.into_protobuf_encoding().into());
+        }
         self.observed_at(peer, observed_addr);
         // Only the addresses that can serve this node: a peer elsewhere gains nothing from its
         // loopback, link-local or private addresses (the same private address is another host

@@ -33,6 +33,7 @@
 //! - `relay_server`: the relay server, serving only with a direct external address.
 //! - `direct`: hole punching, upgrades to direct connections, and why a peer is relayed.
 //! - `scope`: how far an address reaches, and which addresses to keep and advertise.
+//! - `whois`: `/p2pos/whois/1`, finding a peer through the peers connected to it.
 //! - `waiting`: what the swarm task waits on (connects, look-ups, record queries), and who.
 
 mod announce;
@@ -59,6 +60,7 @@ mod relays;
 mod scope;
 pub mod service;
 mod waiting;
+mod whois;
 
 pub use config::Config;
 pub use service::{NAME, STORE_CONTENTS, child_spec};

@@ -86,7 +86,7 @@ impl EventLoop {
     /// addresses (a relayed one per reservation among them) and its listen addresses, those as
     /// wide as its peers are (`scope::advertised_floor`: on the internet, not loopback,
     /// link-local or, unless trusted, private ones); direct ones first.
-    fn advertised_addrs(&self) -> Vec<Multiaddr> {
+    pub(crate) fn advertised_addrs(&self) -> Vec<Multiaddr> {
         let local = *self.swarm.local_peer_id();
         let floor = advertised_floor(
             self.connections.values().flatten().map(|(_, a)| a),

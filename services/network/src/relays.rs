@@ -86,6 +86,11 @@ impl Relays {
         self.backoff.insert(relay, (Instant::now() + next, next));
     }
 
+    /// Whether `peer` is a relay seen this run.
+    pub(crate) fn is_known(&self, peer: &PeerId) -> bool {
+        self.known.contains(peer)
+    }
+
     /// The relays a reservation is held on.
     pub(crate) fn held(&self) -> impl Iterator<Item = &PeerId> {
         self.held.iter()

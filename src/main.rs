@@ -36,6 +36,14 @@ struct Cli {
     /// Peer to dial at start: a ticket or a multiaddr with /p2p/ (repeatable).
     #[arg(long, env = "P2POS_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<String>,
+    /// An address at which others reach this node (repeatable): a relay on a public address, a
+    /// port forwarded on the router. Confirmed at once, without waiting for AutoNAT.
+    #[arg(long, env = "P2POS_EXTERNAL_ADDRESS", value_delimiter = ',')]
+    external_address: Vec<String>,
+    /// Treat private IPv4 addresses as reachable from outside: for networks whose "internet" is
+    /// private (a campus or carrier-grade NAT, a lab).
+    #[arg(long)]
+    trust_private_addresses: bool,
     /// Turn mDNS discovery off.
     #[arg(long)]
     no_mdns: bool,
@@ -119,6 +127,8 @@ impl Cli {
             network.listen = self.listen;
         }
         network.bootstrap.extend(self.bootstrap);
+        network.external_addresses.extend(self.external_address);
+        network.trust_private_addresses |= self.trust_private_addresses;
         network.mdns &= !self.no_mdns;
         network.kademlia &= !self.no_kademlia;
         network.relay_server &= !self.no_relay_server;

@@ -89,6 +89,8 @@ pub struct Node {
     _dir: Option<tempfile::TempDir>,
     args: Vec<String>,
     netns: Option<String>,
+    /// Whether the default listen address and `--no-mdns` are added (off: `args` says all).
+    defaults: bool,
     child: Option<Child>,
     log: PathBuf,
     starts: u32,
@@ -97,20 +99,7 @@ pub struct Node {
 impl Node {
     /// Starts a node on 127.0.0.1 with mDNS off and `extra` flags.
     pub fn start(extra: &[&str]) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix("p2pos-")
-            .tempdir()
-            .expect("temp dir");
-        let data_dir = dir.path().join("node");
-        let mut node = Node {
-            log: dir.path().join("p2posd.log"),
-            data_dir,
-            _dir: Some(dir),
-            args: extra.iter().map(|s| (*s).to_owned()).collect(),
-            netns: None,
-            child: None,
-            starts: 0,
-        };
+        let mut node = Node::start_paused(extra);
         node.spawn();
         node
     }
@@ -118,21 +107,37 @@ impl Node {
     /// Starts a node inside network namespace `netns` with the default listen addresses and
     /// mDNS on (as on a LAN), plus `extra` flags.
     pub fn start_in_netns(netns: &str, extra: &[&str]) -> Node {
+        let mut node = Node::start_paused(extra);
+        node.netns = Some(netns.to_owned());
+        node.spawn();
+        node
+    }
+
+    /// Starts a node with exactly `args` (besides its data directory): no listen address or
+    /// `--no-mdns` of its own, e.g. for a node that listens only through a relay.
+    pub fn start_with(args: &[&str]) -> Node {
+        let mut node = Node::start_paused(args);
+        node.defaults = false;
+        node.spawn();
+        node
+    }
+
+    /// A node not started yet.
+    fn start_paused(args: &[&str]) -> Node {
         let dir = tempfile::Builder::new()
             .prefix("p2pos-")
             .tempdir()
             .expect("temp dir");
-        let mut node = Node {
+        Node {
             log: dir.path().join("p2posd.log"),
             data_dir: dir.path().join("node"),
             _dir: Some(dir),
-            args: extra.iter().map(|s| (*s).to_owned()).collect(),
-            netns: Some(netns.to_owned()),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            netns: None,
+            defaults: true,
             child: None,
             starts: 0,
-        };
-        node.spawn();
-        node
+        }
     }
 
     fn spawn(&mut self) {
@@ -150,7 +155,9 @@ impl Node {
             }
             None => {
                 let mut cmd = Command::new(bin("p2posd"));
-                cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+                if self.defaults {
+                    cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+                }
                 cmd
             }
         };

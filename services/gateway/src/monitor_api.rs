@@ -87,6 +87,8 @@ fn visible(scope: &Scope, event: &Event) -> bool {
             | event::Kind::PeerGone(_)
             | event::Kind::ServiceRestarted(_)
             | event::Kind::ServiceState(_)
+            | event::Kind::RelayReserved(_)
+            | event::Kind::ConnectionUpgraded(_)
             | event::Kind::Lagged(_),
         )
         | None => return true,

@@ -210,6 +210,8 @@ async fn status(ctx: &ServiceContext, metrics_url: String) -> NodeStatus {
         services,
         routing_table_size: overlay.routing_table_size,
         remembered_peers: overlay.remembered_peers,
+        relays: overlay.relays,
+        nat_mapping: overlay.nat_mapping,
         metrics_url,
         groups,
     }

@@ -29,6 +29,8 @@ pub(crate) const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(5 * 60);
 /// How often this node republishes the provider records of its services.
 pub(crate) const PROVIDER_PUBLICATION_INTERVAL: Duration = Duration::from_secs(60);
+/// How long after start AutoNAT first tests reachability.
+const AUTONAT_BOOT_DELAY: Duration = Duration::from_secs(3);
 /// Pending (not yet established) connections allowed in each direction.
 const MAX_PENDING: u32 = 64;
 /// Fraction of the machine's memory above which new connections are refused.
@@ -83,8 +85,8 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     /// Whether this node is publicly reachable.
     pub(crate) autonat: autonat::Behaviour,
-    /// Serves as a circuit relay (only once an external address is confirmed).
-    pub(crate) relay: Toggle<relay::Behaviour>,
+    /// Serves as a circuit relay (only once a direct external address is confirmed).
+    pub(crate) relay: Toggle<crate::relay_server::RelayServer>,
     /// Reserves slots on relays and dials through them.
     pub(crate) relay_client: relay::client::Behaviour,
     /// Hole punching through relayed connections.
@@ -130,7 +132,9 @@ fn behaviour(
         .with_max_pending_incoming(Some(MAX_PENDING))
         .with_max_pending_outgoing(Some(MAX_PENDING));
     let identify = identify::Behaviour::new(
-        identify::Config::new(PROTOCOL_VERSION.to_owned(), key.public())
+        // Signed peer records: a peer asked about this node (`whois`) hands on one it can
+        // prove came from this node.
+        identify::Config::new_with_signed_peer_record(PROTOCOL_VERSION.to_owned(), key)
             .with_agent_version(agent_version())
             .with_push_listen_addr_updates(true),
     );
@@ -165,16 +169,23 @@ fn behaviour(
         false => None,
     };
     let relay = config.relay_server.then(|| {
-        relay::Behaviour::new(
+        crate::relay_server::RelayServer::new(relay::Behaviour::new(
             peer_id,
             relay::Config {
                 max_reservations: 128,
                 max_reservations_per_peer: 4,
                 max_circuits: 16,
                 max_circuits_per_peer: 4,
+                // Peers behind NATs that map ports per destination are reached only through
+                // relays, so a circuit carries their traffic, not only a hole punch's
+                // handshake (libp2p's defaults: 2 minutes, 128 KiB): when it ends, the
+                // channels on it end with an error and messages are sent again.
+                // (`relay_circuit_secs`, `relay_circuit_bytes`.)
+                max_circuit_duration: Duration::from_secs(config.relay_circuit_secs),
+                max_circuit_bytes: config.relay_circuit_bytes,
                 ..relay::Config::default()
             },
-        )
+        ))
     });
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
@@ -188,7 +199,17 @@ fn behaviour(
         ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
         kad: Toggle::from(kad),
         mdns: Toggle::from(mdns),
-        autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+        autonat: autonat::Behaviour::new(
+            peer_id,
+            autonat::Config {
+                // A first verdict within seconds rather than after 15 s: reservations do not
+                // wait for it (`relays`), but dropping them once public does.
+                boot_delay: AUTONAT_BOOT_DELAY,
+                // On a private "internet", its addresses are the ones to test.
+                only_global_ips: !config.trust_private_addresses,
+                ..autonat::Config::default()
+            },
+        ),
         relay: Toggle::from(relay),
         relay_client,
         dcutr: dcutr::Behaviour::new(peer_id),

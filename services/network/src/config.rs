@@ -1,5 +1,6 @@
 //! The network's configuration: the `[network]` table of `p2posd.toml`, set by the daemon's flags
-//! too (`--listen`, `--bootstrap`, `--no-mdns`, `--no-kademlia`, `--no-relay-server`).
+//! too (`--listen`, `--bootstrap`, `--external-address`, `--trust-private-addresses`,
+//! `--no-mdns`, `--no-kademlia`, `--no-relay-server`).
 
 use serde::Deserialize;
 
@@ -12,6 +13,16 @@ pub struct Config {
     pub listen: Vec<String>,
     /// Peers to dial at start (tickets or multiaddrs with `/p2p/`), besides those remembered.
     pub bootstrap: Vec<String>,
+    /// Addresses at which others reach this node, declared by its operator (a relay on a
+    /// public address, a port forwarded on the router): confirmed from the start, so that the
+    /// node serves as a relay and a DHT server at once rather than after AutoNAT's tests.
+    /// Default: none (AutoNAT finds them).
+    pub external_addresses: Vec<String>,
+    /// Treats private IPv4 addresses (10/8, 172.16/12, 192.168/16, 100.64/10) as reachable
+    /// from outside, for networks whose "internet" is private (a campus or carrier-grade NAT,
+    /// a lab): AutoNAT tests and confirms such addresses, and they are advertised to peers
+    /// that are not on the same network. Default: off.
+    pub trust_private_addresses: bool,
     /// mDNS discovery on the LAN. Default: on.
     pub mdns: bool,
     /// Kademlia DHT. Default: on.
@@ -19,6 +30,13 @@ pub struct Config {
     /// Serve as a circuit relay (v2) for others once AutoNAT says this node is public.
     /// Default: on.
     pub relay_server: bool,
+    /// As a relay, how long one circuit (a relayed connection between two peers) may stay
+    /// open, in seconds. Peers behind NATs that change ports per destination are reached only
+    /// through relays, so circuits carry their traffic. Default: 1800 (libp2p's: 120).
+    pub relay_circuit_secs: u64,
+    /// As a relay, how many bytes one circuit may carry (both ways together). Default: 64 MiB
+    /// (libp2p's: 128 KiB).
+    pub relay_circuit_bytes: u64,
     /// Most connections to one peer. Default: 4.
     pub max_connections_per_peer: u32,
     /// Most established connections in all. Default: 256.
@@ -50,9 +68,13 @@ impl Default for Config {
                 "/ip4/0.0.0.0/udp/0/quic-v1".to_owned(),
             ],
             bootstrap: Vec::new(),
+            external_addresses: Vec::new(),
+            trust_private_addresses: false,
             mdns: true,
             kademlia: true,
             relay_server: true,
+            relay_circuit_secs: 30 * 60,
+            relay_circuit_bytes: 64 << 20,
             max_connections_per_peer: 4,
             max_connections: 256,
             max_inbound_connections: None,
@@ -70,13 +92,26 @@ impl Config {
             addr.parse::<libp2p::Multiaddr>()
                 .map_err(|e| format!("listen address {addr:?}: {e}"))?;
         }
+        for addr in &self.external_addresses {
+            let parsed = addr
+                .parse::<libp2p::Multiaddr>()
+                .map_err(|e| format!("external address {addr:?}: {e}"))?;
+            if !crate::peers::is_dialable(&parsed) {
+                return Err(format!(
+                    "external address {addr:?}: give the address and port others dial (not \
+                     0.0.0.0 or port 0)"
+                ));
+            }
+        }
         if self.max_connections_per_peer == 0
             || self.max_connections == 0
             || self.max_inbound_connections == Some(0)
             || self.max_connections_per_ip == 0
             || self.max_connections_per_relay == 0
+            || self.relay_circuit_secs == 0
+            || self.relay_circuit_bytes == 0
         {
-            return Err("connection limits must be > 0".into());
+            return Err("connection and relay circuit limits must be > 0".into());
         }
         if self
             .max_inbound_connections

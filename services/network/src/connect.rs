@@ -22,6 +22,7 @@ use crate::{
     behaviour::PING_INTERVAL,
     event_loop::EventLoop,
     peers::{MAX_ADDRS_PER_PEER, MAX_HEARD_PEERS},
+    scope::is_relayed,
     waiting::PendingConnect,
 };
 
@@ -50,7 +51,14 @@ impl EventLoop {
                 return;
             }
             pending.waiters.push(reply);
-            pending.addrs.extend(addrs);
+            if !addrs.is_empty() {
+                // Dialled too, not only remembered: once the dial in flight ends (or now, if
+                // none is), the attempt goes on with these rather than failing with the old
+                // addresses' errors.
+                pending.addrs.extend(addrs);
+                pending.dialed = false;
+                self.advance(peer);
+            }
             return;
         }
         if self.connects.len() >= MAX_PENDING_PEERS {
@@ -66,6 +74,7 @@ impl EventLoop {
                 waiters: vec![reply],
                 addrs,
                 dialed: false,
+                dialing: false,
                 looked_up: false,
                 last_error: None,
             },
@@ -79,15 +88,27 @@ impl EventLoop {
         let Some(pending) = self.connects.get_mut(&peer) else {
             return;
         };
+        if pending.dialing {
+            // Its outcome moves this on (and then dials what came meanwhile).
+            return;
+        }
         if !pending.dialed {
             pending.dialed = true;
             let given = std::mem::take(&mut pending.addrs);
-            match self.dial(peer, given) {
-                Ok(()) => return,
+            match self.dial(peer, given.clone()) {
+                Ok(()) => {
+                    if let Some(p) = self.connects.get_mut(&peer) {
+                        p.dialing = true;
+                    }
+                    return;
+                }
                 Err(DialError::DialPeerConditionFalse(_)) => {
-                    // Another dial is in flight; its outcome moves this one on.
+                    // Another dial is in flight; its outcome moves this one on, then these
+                    // addresses are dialled.
                     if let Some(p) = self.connects.get_mut(&peer) {
                         p.dialed = false;
+                        p.dialing = true;
+                        p.addrs.extend(given);
                     }
                     return;
                 }
@@ -102,9 +123,15 @@ impl EventLoop {
         let Some(pending) = self.connects.get_mut(&peer) else {
             return;
         };
-        if !pending.looked_up && kad_on {
+        if !pending.looked_up {
             pending.looked_up = true;
             self.start_lookup(peer);
+            if self.searching(&peer) {
+                return;
+            }
+        }
+        if self.searching(&peer) {
+            // A look-up still running may find addresses: it moves this on.
             return;
         }
         let Some(pending) = self.connects.remove(&peer) else {
@@ -169,10 +196,15 @@ impl EventLoop {
         let Some(conns) = self.connections.get(&peer) else {
             return;
         };
-        let from: Vec<IpAddr> = conns.iter().filter_map(|(_, a)| ip_of(a)).collect();
+        // (A relayed connection's address is the relay's.)
+        let from: Vec<IpAddr> = conns
+            .iter()
+            .filter(|(_, a)| !is_relayed(a))
+            .filter_map(|(_, a)| ip_of(a))
+            .collect();
         let candidates: Vec<Multiaddr> = claimed
             .iter()
-            .filter(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+            .filter(|a| !is_relayed(a))
             .filter(|a| ip_of(a).is_some_and(|ip| from.contains(&ip)))
             .take(MAX_ADDRS_PER_PEER)
             .cloned()
@@ -239,12 +271,22 @@ impl EventLoop {
             return;
         };
         pending.last_error = Some(reason);
-        if !self.lookup_of.contains_key(&peer) {
-            self.advance(peer);
-        }
+        pending.dialing = false;
+        self.advance(peer);
     }
 
+    /// Whether a look-up of `peer` (its routing-table entry or its address record) is running.
+    pub(crate) fn searching(&self, peer: &PeerId) -> bool {
+        self.lookup_of.contains_key(peer)
+            || self.peer_record_of.contains_key(peer)
+            || self.whois_pending.contains_key(peer)
+    }
+
+    /// Looks `peer` up three ways at once: the Kademlia look-up (finds peers that serve the
+    /// DHT, so public ones), a get of its address record (finds NATed ones), and asks to the
+    /// connected peers (`whois`: its relay knows it).
     fn start_lookup(&mut self, peer: PeerId) {
+        self.ask_around(peer);
         if self.lookup_of.contains_key(&peer) {
             return;
         }
@@ -254,6 +296,7 @@ impl EventLoop {
             self.lookups.insert(id, peer);
             self.lookup_of.insert(peer, id);
         }
+        self.find_peer_record(peer);
     }
 
     /// Seeds a routing table still empty right after connecting (identify has not answered
@@ -296,6 +339,14 @@ impl EventLoop {
                     self.end_lookup(id, peer, found.map(|p| p.addrs).unwrap_or_default());
                 }
             }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetRecord(ref result),
+                ref step,
+                ..
+            } if self.peer_record_queries.contains_key(&id) => {
+                self.on_peer_record_event(id, result, step.last);
+            }
             kad::Event::RoutingUpdated {
                 peer,
                 addresses,
@@ -329,6 +380,15 @@ impl EventLoop {
             addrs = self.kad_addresses(&peer);
         }
         debug!(%peer, found = addrs.len(), "DHT look-up done");
+        self.looked_up(peer, addrs);
+    }
+
+    /// A look-up of `peer` (Kademlia's or its address record's) found `addrs`: answers those
+    /// waiting for it and dials them — unless it found nothing while the other look-up runs.
+    pub(crate) fn looked_up(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if addrs.is_empty() && self.searching(&peer) {
+            return;
+        }
         if let Some(waiters) = self.finds.remove(&peer) {
             for w in waiters {
                 let answer = match addrs.is_empty() {
@@ -340,7 +400,7 @@ impl EventLoop {
         }
         if let Some(pending) = self.connects.get_mut(&peer) {
             if !addrs.is_empty() {
-                pending.addrs = addrs;
+                pending.addrs.extend(addrs);
                 pending.dialed = false;
             }
             if !self.swarm.is_connected(&peer) {

@@ -10,9 +10,7 @@ use std::{
 
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, autonat,
-    core::transport::ListenerId,
-    identify,
+    Multiaddr, PeerId, Swarm, autonat, identify,
     identity::Keypair,
     kad, mdns,
     multiaddr::Protocol,
@@ -30,11 +28,15 @@ use p2pos_protocols::network::{Announced, Announcements, Command, NetEvent, Repl
 
 use crate::{
     behaviour::{Behaviour, BehaviourEvent, is_relay_hop},
+    direct::Direct,
     gossip::GossipState,
     metrics::SwarmMetrics,
+    peer_records::Published,
     peers::{self, PeerBook, is_dialable},
     provider_cache::ProviderCache,
     reach::Reach,
+    relays::Relays,
+    scope::{is_relayed, usable},
     waiting::{PendingConnect, ProviderQuery, RecordQuery},
 };
 
@@ -44,15 +46,15 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const PORT_PATIENCE: Duration = Duration::from_secs(1);
 /// Most known peers dialled at start.
 const MAX_STARTUP_DIALS: usize = 64;
-/// Most relays this node reserves a slot on when it is private.
-const MAX_RELAYS: usize = 2;
+/// Answers of `whois` asks waiting for the loop.
+const WHOIS_ANSWERS: usize = 64;
 
 /// The task that owns the swarm.
 pub(crate) struct EventLoop {
     pub(crate) swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     net_events: broadcast::Sender<NetEvent>,
-    events: EventBus,
+    pub(crate) events: EventBus,
     store: Arc<dyn Store>,
     /// Writes what the swarm task learns (peers, listen ports) off its thread.
     writer: Writer,
@@ -70,10 +72,30 @@ pub(crate) struct EventLoop {
     pub(crate) lookup_of: HashMap<PeerId, kad::QueryId>,
     pub(crate) finds: HashMap<PeerId, Vec<Reply<Vec<Multiaddr>>>>,
     pub(crate) tickets: Vec<(Instant, oneshot::Sender<p2pos_proto::overlay::v1::Ticket>)>,
-    /// AutoNAT's verdict: "unknown", "public" or "private".
+    /// AutoNAT's verdict: "unknown", "public" or "private" ("public" from the start when the
+    /// operator declared external addresses).
     pub(crate) reachability: &'static str,
-    relay_candidates: HashSet<PeerId>,
-    relay_listeners: HashMap<PeerId, ListenerId>,
+    /// Relays known, and the reservations held on them.
+    pub(crate) relays: Relays,
+    /// Hole punching and direct connections to peers reached through relays.
+    pub(crate) direct: Direct,
+    /// Whether private addresses count as reachable from outside (`trust_private_addresses`).
+    pub(crate) trust_private: bool,
+    /// What this node last put in the DHT about its own addresses.
+    pub(crate) published: Published,
+    /// Gets of peers' address records in progress, both ways.
+    pub(crate) peer_record_queries: HashMap<kad::QueryId, PeerId>,
+    pub(crate) peer_record_of: HashMap<PeerId, kad::QueryId>,
+    /// The signed peer record each connected peer sent through identify (`whois` answers
+    /// with it).
+    pub(crate) signed_records: HashMap<PeerId, bytes::Bytes>,
+    /// Peers asked about through `whois`: how many asked peers have yet to answer.
+    pub(crate) whois_pending: HashMap<PeerId, usize>,
+    /// Opens the streams of `whois` asks.
+    pub(crate) stream_control: libp2p_stream::Control,
+    /// Where `whois` asks answer, and where the loop hears them.
+    pub(crate) whois_answers: mpsc::Sender<crate::whois::Answer>,
+    whois_rx: mpsc::Receiver<crate::whois::Answer>,
     /// The node's key: it signs the records this node puts in the DHT.
     pub(crate) keypair: Keypair,
     /// Record puts and gets in progress.
@@ -125,6 +147,8 @@ pub(crate) struct Parts {
     pub(crate) writer: Writer,
     /// Its metrics.
     pub(crate) metrics: SwarmMetrics,
+    /// Whether private addresses count as reachable from outside.
+    pub(crate) trust_private: bool,
 }
 
 impl EventLoop {
@@ -139,7 +163,10 @@ impl EventLoop {
             store,
             writer,
             metrics,
+            trust_private,
         } = parts;
+        let stream_control = swarm.behaviour().stream.new_control();
+        let (whois_answers, whois_rx) = mpsc::channel(WHOIS_ANSWERS);
         Self {
             swarm,
             commands,
@@ -159,8 +186,17 @@ impl EventLoop {
             finds: HashMap::new(),
             tickets: Vec::new(),
             reachability: "unknown",
-            relay_candidates: HashSet::new(),
-            relay_listeners: HashMap::new(),
+            relays: Relays::default(),
+            direct: Direct::default(),
+            trust_private,
+            published: Published::default(),
+            peer_record_queries: HashMap::new(),
+            peer_record_of: HashMap::new(),
+            signed_records: HashMap::new(),
+            whois_pending: HashMap::new(),
+            stream_control,
+            whois_answers,
+            whois_rx,
             wanted: Vec::new(),
             keypair,
             record_queries: HashMap::new(),
@@ -183,9 +219,19 @@ impl EventLoop {
     pub(crate) async fn run(
         mut self,
         listen: Vec<Multiaddr>,
+        external: Vec<Multiaddr>,
         bootstrap: Vec<(PeerId, Vec<Multiaddr>)>,
     ) {
         self.listen(listen).await;
+        if !external.is_empty() {
+            // Declared by the operator: reachable, so no relay is needed, and the node serves
+            // as a relay and a DHT server from the start.
+            self.reachability = "public";
+            for addr in external {
+                info!(%addr, "external address declared");
+                self.swarm.add_external_address(addr);
+            }
+        }
         self.dial_at_start(bootstrap);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,6 +244,7 @@ impl EventLoop {
                     None => break None,
                 },
                 _ = housekeeping.tick() => self.housekeeping(),
+                Some(answer) = self.whois_rx.recv() => self.on_whois_answer(answer),
                 changed = wanted_changed(&mut self.wanted) => {
                     if let Some(gone) = changed {
                         // That announcer was dropped: its keys are withdrawn.
@@ -285,6 +332,9 @@ impl EventLoop {
                     payload,
                 ));
             }
+            Command::SignedRecordOf { peer, reply } => {
+                let _ = reply.send(self.signed_record_of(peer));
+            }
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }
@@ -325,8 +375,9 @@ impl EventLoop {
     fn forget_connected(&mut self, peer: PeerId) {
         self.rtt.remove(&peer);
         self.agents.remove(&peer);
-        // Only connected relays are used, so the set stays as small as the connection count.
-        self.relay_candidates.remove(&peer);
+        self.signed_records.remove(&peer);
+        self.direct.forget(&peer);
+        self.relay_disconnected(peer);
         self.fail_pings(peer, "the connection closed");
     }
 
@@ -341,7 +392,17 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
-                let addr = endpoint.get_remote_address().clone();
+                let addr = match &endpoint {
+                    // A peer that reached this node through a relay: its remote address is
+                    // only `/p2p/<peer>`; the address kept is the relayed one it came through
+                    // (`…/p2p/<relay>/p2p-circuit`), which says so and names the relay.
+                    libp2p::core::ConnectedPoint::Listener { local_addr, .. }
+                        if is_relayed(local_addr) =>
+                    {
+                        local_addr.clone()
+                    }
+                    _ => endpoint.get_remote_address().clone(),
+                };
                 if endpoint.is_dialer() {
                     // A connection to it succeeded: the one kind of address that is stored.
                     self.book.add(peer_id, [addr.clone()]);
@@ -365,7 +426,9 @@ impl EventLoop {
                 }
                 let list = self.connections.entry(peer_id).or_default();
                 let first = list.is_empty();
+                let before: Vec<Multiaddr> = list.iter().map(|(_, a)| a.clone()).collect();
                 list.push((connection_id, addr.clone()));
+                self.on_connection_added(peer_id, &addr, &before);
                 if first {
                     info!(peer = %peer_id, %addr, "peer connected");
                     self.events.publish(Kind::PeerConnected(PeerConnected {
@@ -402,6 +465,9 @@ impl EventLoop {
                         self.gossip_disconnected(peer_id);
                         // A connect asked for meanwhile found the probe in the way of its dial
                         // (still connected as far as the swarm knew): it may dial now.
+                        if let Some(pending) = self.connects.get_mut(&peer_id) {
+                            pending.dialing = false;
+                        }
                         self.advance(peer_id);
                     }
                     return;
@@ -423,6 +489,7 @@ impl EventLoop {
                 if self.probes.remove(&connection_id) {
                     debug!(peer = ?peer_id, "a peer's claimed listen addresses did not answer: {error}");
                 } else if let Some(peer) = peer_id {
+                    self.direct_dial_failed(peer, &error);
                     self.on_dial_failed(peer, error.to_string());
                 }
             }
@@ -430,6 +497,7 @@ impl EventLoop {
                 info!(%address, "listening");
                 self.save_listen_addrs();
                 self.answer_tickets();
+                self.publish_peer_record();
             }
             SwarmEvent::ExpiredListenAddr { .. } => self.save_listen_addrs(),
             SwarmEvent::ListenerClosed {
@@ -437,15 +505,20 @@ impl EventLoop {
                 reason,
                 ..
             } => {
-                self.relay_listeners.retain(|_, id| *id != listener_id);
-                if let Err(e) = reason {
-                    warn!("a listener closed: {e}");
+                let reservation = self.relays.is_reservation(listener_id);
+                self.relay_listener_closed(listener_id);
+                match reason {
+                    Err(e) if reservation => debug!("a relay reservation ended: {e}"),
+                    Err(e) => warn!("a listener closed: {e}"),
+                    Ok(()) => {}
                 }
             }
             SwarmEvent::ListenerError { error, .. } => warn!("listener error: {error}"),
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 info!(%address, "external address confirmed");
+                self.publish_peer_record();
             }
+            SwarmEvent::ExternalAddrExpired { .. } => self.publish_peer_record(),
             _ => {}
         }
     }
@@ -485,10 +558,21 @@ impl EventLoop {
                 self.metrics.record(&event);
                 debug!("relay: {event:?}");
             }
-            BehaviourEvent::RelayClient(event) => debug!("relay client: {event:?}"),
+            BehaviourEvent::RelayClient(event) => {
+                debug!("relay client: {event:?}");
+                if let libp2p::relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                } = event
+                {
+                    self.relay_reserved(relay_peer_id, renewal);
+                }
+            }
             BehaviourEvent::Dcutr(event) => {
                 self.metrics.record(&event);
                 debug!("dcutr: {event:?}");
+                self.on_dcutr(event);
             }
             BehaviourEvent::Limits(never) => match never {},
             BehaviourEvent::Memory(never) => match never {},
@@ -502,10 +586,29 @@ impl EventLoop {
             listen_addrs,
             protocols,
             agent_version,
+            observed_addr,
+            signed_peer_record,
             ..
         } = info;
         self.agents.insert(peer, agent_version);
-        let listen: Vec<Multiaddr> = listen_addrs.into_iter().filter(is_dialable).collect();
+        if let Some(record) = signed_peer_record {
+            // Only while connected: `forget_connected` drops it.
+            self.signed_records
+                .insert(peer, record.into_protobuf_encoding().into());
+        }
+        self.observed_at(peer, observed_addr);
+        // Only the addresses that can serve this node: a peer elsewhere gains nothing from its
+        // loopback, link-local or private addresses (the same private address is another host
+        // on this node's own network).
+        let via: Vec<Multiaddr> = self
+            .connections
+            .get(&peer)
+            .map(|c| c.iter().map(|(_, a)| a.clone()).collect())
+            .unwrap_or_default();
+        let listen: Vec<Multiaddr> = listen_addrs
+            .into_iter()
+            .filter(|a| is_dialable(a) && !is_relayed(a) && usable(a, &via, self.trust_private))
+            .collect();
         if protocols.contains(&kad::PROTOCOL_NAME)
             && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
         {
@@ -517,8 +620,7 @@ impl EventLoop {
         self.book.hear(peer, listen.clone());
         self.probe(peer, &listen);
         if protocols.iter().any(is_relay_hop) {
-            self.relay_candidates.insert(peer);
-            self.listen_on_relays();
+            self.relay_found(peer);
         }
     }
 
@@ -534,48 +636,10 @@ impl EventLoop {
             kad.set_mode(Some(mode));
         }
         match reachability {
-            "private" => self.listen_on_relays(),
-            "public" => {
-                for (_, id) in self.relay_listeners.drain() {
-                    self.swarm.remove_listener(id);
-                }
-            }
-            _ => {}
+            "public" => self.drop_reservations(),
+            _ => self.reserve_relays(),
         }
-    }
-
-    /// While private, reserves a slot on up to [`MAX_RELAYS`] connected relays.
-    fn listen_on_relays(&mut self) {
-        if self.reachability != "private" {
-            return;
-        }
-        let candidates: Vec<PeerId> = self
-            .relay_candidates
-            .iter()
-            .filter(|p| !self.relay_listeners.contains_key(p) && self.swarm.is_connected(p))
-            .copied()
-            .collect();
-        for relay in candidates {
-            if self.relay_listeners.len() >= MAX_RELAYS {
-                return;
-            }
-            let Some(addr) = self
-                .book
-                .addresses(&relay)
-                .into_iter()
-                .find(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
-            else {
-                continue;
-            };
-            let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
-            match self.swarm.listen_on(circuit.clone()) {
-                Ok(id) => {
-                    info!(%circuit, "listening through a relay");
-                    self.relay_listeners.insert(relay, id);
-                }
-                Err(e) => debug!(%circuit, "cannot listen through the relay: {e}"),
-            }
-        }
+        self.publish_peer_record();
     }
 
     fn save_listen_addrs(&self) {
@@ -605,6 +669,8 @@ impl EventLoop {
         self.expire_provider_queries();
         self.expire_record_queries();
         self.retry_announcements();
+        self.reserve_relays();
+        self.republish_peer_record();
     }
 }
 

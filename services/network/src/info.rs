@@ -8,7 +8,7 @@ use tokio::{sync::oneshot, time::Instant};
 
 use p2pos_protocols::network::ticket::{encode_ticket, without_peer};
 
-use crate::{event_loop::EventLoop, peers::is_dialable};
+use crate::{event_loop::EventLoop, peers::is_dialable, scope::is_relayed};
 
 /// How long a ticket request waits for a first listen address.
 const TICKET_WAIT: Duration = Duration::from_secs(2);
@@ -74,8 +74,11 @@ impl EventLoop {
             .map(|(peer, conns)| PeerInfo {
                 peer_id: peer.to_string(),
                 addresses: conns.iter().map(|(_, a)| a.to_string()).collect(),
+                // The direct connection's, if any: new streams take it.
                 transport: conns
-                    .first()
+                    .iter()
+                    .find(|(_, a)| !is_relayed(a))
+                    .or(conns.first())
                     .map(|(_, a)| transport_of(a))
                     .unwrap_or("other")
                     .to_owned(),
@@ -86,6 +89,12 @@ impl EventLoop {
                     .unwrap_or(0),
                 agent_version: self.agents.get(peer).cloned().unwrap_or_default(),
                 connections: u32::try_from(conns.len()).unwrap_or(u32::MAX),
+                direct: conns.iter().any(|(_, a)| !is_relayed(a)),
+                relays: relays_of(conns.iter().map(|(_, a)| a)),
+                why_relayed: match conns.iter().any(|(_, a)| !is_relayed(a)) {
+                    true => String::new(),
+                    false => self.why_relayed(peer),
+                },
             })
             .collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -110,8 +119,32 @@ impl EventLoop {
             peers: self.peer_infos(),
             routing_table_size: u32::try_from(routing_table_size).unwrap_or(u32::MAX),
             remembered_peers: u32::try_from(self.book.peers().len()).unwrap_or(u32::MAX),
+            relays: self.relays.held().map(ToString::to_string).collect(),
+            nat_mapping: self.nat_mapping().to_owned(),
         }
     }
+}
+
+/// The relays (peer ids) that relayed addresses among `addrs` go through, without duplicates.
+fn relays_of<'a>(addrs: impl Iterator<Item = &'a Multiaddr>) -> Vec<String> {
+    let mut relays = Vec::new();
+    for addr in addrs {
+        let mut last_peer = None;
+        for p in addr.iter() {
+            match p {
+                Protocol::P2p(peer) => last_peer = Some(peer),
+                Protocol::P2pCircuit => {
+                    if let Some(relay) = last_peer.map(|p| p.to_string())
+                        && !relays.contains(&relay)
+                    {
+                        relays.push(relay);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    relays
 }
 
 /// "relay", "quic", "tcp" or "other", from a connection's remote address.

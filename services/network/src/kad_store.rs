@@ -182,6 +182,21 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Whether `r`, put under an address record's key, is a peer record signed by the peer
+    /// the key names, and no older than the one held: no one but the peer itself can replace
+    /// its record, nor can an old copy of it.
+    fn newer_peer_record(&self, r: &Record) -> bool {
+        let Some(new) = crate::peer_records::verified(&r.key, &r.value) else {
+            return false;
+        };
+        self.inner
+            .get(&r.key)
+            .and_then(|held| crate::peer_records::verified(&held.key, &held.value))
+            .is_none_or(|held| held.seq() <= new.seq())
+    }
+}
+
 /// Whether `key` is one this node could have made (at most `MAX_KEY` bytes).
 fn key_fits(key: &RecordKey) -> bool {
     key.as_ref().len() <= MAX_KEY
@@ -207,6 +222,9 @@ impl RecordStore for Store {
     fn put(&mut self, r: Record) -> store::Result<()> {
         if !key_fits(&r.key) {
             return Err(store::Error::ValueTooLarge);
+        }
+        if crate::peer_records::is_peer_record_key(&r.key) && !self.newer_peer_record(&r) {
+            return Err(store::Error::MaxRecords);
         }
         let ours = r.publisher == Some(self.local);
         let held = self.inner.get(&r.key).map(|held| {

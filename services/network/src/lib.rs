@@ -16,7 +16,7 @@
 //! - `event_loop`: the swarm task, swarm events and persistence of what it learns.
 //! - `gossip`: gossipsub confined to each scope's (group's) members.
 //! - `gossip_loop`: the swarm task's gossip commands, and the messages it validates.
-//! - `connect`: dialing, DHT look-ups of peers, pings.
+//! - `connect`: dialing, DHT look-ups of peers (routing table and address records), pings.
 //! - `info`: tickets, peer lists and the overlay status.
 //! - `kad_store`: Kademlia's record store, within bounds sized to what nodes put in it.
 //! - `metrics`: what the swarm task records for Prometheus.
@@ -28,12 +28,19 @@
 //! - `reach`: how providers fared (said "not here", not reached) and when peers were last
 //!   connected, for ranking providers.
 //! - `records`: records signed by this node, put in and got from the DHT.
+//! - `peer_records`: this node's signed address record in the DHT, and look-ups of peers'.
+//! - `relays`: relay reservations while the node is not known to be public.
+//! - `relay_server`: the relay server, serving only with a direct external address.
+//! - `direct`: hole punching, upgrades to direct connections, and why a peer is relayed.
+//! - `scope`: how far an address reaches, and which addresses to keep and advertise.
+//! - `whois`: `/p2pos/whois/1`, finding a peer through the peers connected to it.
 //! - `waiting`: what the swarm task waits on (connects, look-ups, record queries), and who.
 
 mod announce;
 mod behaviour;
 pub mod config;
 mod connect;
+mod direct;
 mod event_loop;
 mod gossip;
 mod gossip_loop;
@@ -41,14 +48,19 @@ mod info;
 mod kad_store;
 mod metrics;
 pub mod overlay_api;
+mod peer_records;
 mod peers;
 mod per_ip;
 mod provider_cache;
 mod providers;
 mod reach;
 mod records;
+mod relay_server;
+mod relays;
+mod scope;
 pub mod service;
 mod waiting;
+mod whois;
 
 pub use config::Config;
 pub use service::{NAME, STORE_CONTENTS, child_spec};

@@ -5,7 +5,7 @@
 use libp2p::{metrics::Recorder, swarm::SwarmEvent};
 use p2pos_kernel::ServiceContext;
 use prometheus_client::{
-    metrics::{counter::Counter, gauge::Gauge},
+    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -19,6 +19,16 @@ pub(crate) struct SwarmMetrics {
     pub(crate) gossip_accepted: Counter,
     /// Group gossip messages rejected (their author is not a member of the group).
     pub(crate) gossip_rejected: Counter,
+    /// Relay reservations accepted (renewals not counted).
+    relay_reservations: Counter,
+    /// Seconds from start to the first relay reservation.
+    first_reservation: Histogram,
+    /// Peers reached through a relay that got a direct connection, by hole punching.
+    pub(crate) hole_punch_successes: Counter,
+    /// Hole punches that failed (every attempt through one relayed connection).
+    pub(crate) hole_punch_failures: Counter,
+    /// Connections to a peer reached through a relay that went direct.
+    pub(crate) upgrades: Counter,
 }
 
 impl SwarmMetrics {
@@ -60,6 +70,36 @@ impl SwarmMetrics {
             "Group pubsub messages rejected: their author is not a member of the group",
             gossip_rejected.clone(),
         );
+        let relay_reservations = Counter::default();
+        registry.register(
+            "relay_reservations",
+            "Relay reservations this node got (renewals not counted)",
+            relay_reservations.clone(),
+        );
+        let first_reservation = Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]);
+        registry.register(
+            "first_relay_reservation_seconds",
+            "Time from start until this node held its first relay reservation",
+            first_reservation.clone(),
+        );
+        let hole_punch_successes = Counter::default();
+        registry.register(
+            "hole_punch_successes",
+            "Hole punches (DCUtR) that reached a direct connection",
+            hole_punch_successes.clone(),
+        );
+        let hole_punch_failures = Counter::default();
+        registry.register(
+            "hole_punch_failures",
+            "Hole punches (DCUtR) that failed after every attempt",
+            hole_punch_failures.clone(),
+        );
+        let upgrades = Counter::default();
+        registry.register(
+            "direct_upgrades",
+            "Peers reached only through a relay that got a direct connection (hole punch or dial)",
+            upgrades.clone(),
+        );
         registry.register(
             "inbound_streams_refused",
             "Inbound node-to-node streams refused past a protocol's limits (in all, or from one \
@@ -74,7 +114,22 @@ impl SwarmMetrics {
             dial_failures,
             gossip_accepted,
             gossip_rejected,
+            relay_reservations,
+            first_reservation,
+            hole_punch_successes,
+            hole_punch_failures,
+            upgrades,
         }
+    }
+
+    /// A relay accepted a reservation.
+    pub(crate) fn relay_reservation(&self) {
+        self.relay_reservations.inc();
+    }
+
+    /// The first reservation of this run came `after` the start.
+    pub(crate) fn first_reservation(&self, after: std::time::Duration) {
+        self.first_reservation.observe(after.as_secs_f64());
     }
 
     /// Records a swarm event; `connected` is the number of connected peers after it.

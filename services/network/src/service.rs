@@ -78,6 +78,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     let keypair = ctx.keypair().map_err(|e| setup(&e))?.clone();
     let swarm = behaviour::build_swarm(&keypair, config)?;
     let control = swarm.behaviour().stream.new_control();
+    let whois_control = control.clone();
     let mut listen = Vec::new();
     for addr in &config.listen {
         match addr.parse::<Multiaddr>() {
@@ -85,6 +86,12 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
             Err(e) => warn!("ignoring listen address {addr:?}: {e}"),
         }
     }
+    // Checked by `Config::validate` at start.
+    let external: Vec<Multiaddr> = config
+        .external_addresses
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let mut bootstrap = Vec::new();
     for target in &config.bootstrap {
         match parse_target(target) {
@@ -107,12 +114,14 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         store: ctx.store.clone(),
         writer,
         metrics,
+        trust_private: config.trust_private_addresses,
     });
-    let task = tokio::spawn(event_loop.run(listen, bootstrap));
+    let task = tokio::spawn(event_loop.run(listen, external, bootstrap));
     // (The writer thread ends with the event loop, which holds the last writer.)
     ctx.registry
         .provide(NETWORK, network.clone())
         .map_err(|e| setup(&e))?;
+    let whois = crate::whois::serve(&network, whois_control).map_err(|e| setup(&e))?;
     let service = NetworkService {
         failpoint_panic: ctx.config.panics_on_start(NAME),
         abort: task.abort_handle(),
@@ -121,6 +130,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         guard,
         network: network.clone(),
         stopping: false,
+        _whois: whois,
     };
     let registry = ctx.registry.clone();
     let addr = service.start();
@@ -150,6 +160,8 @@ pub struct NetworkService {
     guard: DeathGuard,
     network: Network,
     stopping: bool,
+    /// Serves `/p2pos/whois/1` while the service runs.
+    _whois: p2pos_protocols::network::Accepting,
 }
 
 impl Drop for NetworkService {

@@ -14,6 +14,9 @@ pub(crate) struct PendingConnect {
     /// Addresses given by the caller or found in the DHT, not yet dialled.
     pub(crate) addrs: Vec<Multiaddr>,
     pub(crate) dialed: bool,
+    /// Whether a dial of the peer is in flight (this one's or another's): its outcome moves
+    /// the attempt on.
+    pub(crate) dialing: bool,
     pub(crate) looked_up: bool,
     pub(crate) last_error: Option<String>,
 }

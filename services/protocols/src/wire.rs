@@ -15,6 +15,8 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 pub const CHANNEL_PROTOCOL: &str = "/p2pos/channel/1";
 /// Protocol id of store-and-forward messages.
 pub const MESSAGE_PROTOCOL: &str = "/p2pos/msg/1";
+/// Protocol id of address-record asks (`WhoisAsk`, `WhoisAnswer`).
+pub const WHOIS_PROTOCOL: &str = "/p2pos/whois/1";
 /// Largest application payload: one channel frame or one message.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
 /// Longest idempotency key an app may give a `Send`, in bytes.

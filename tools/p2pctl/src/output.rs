@@ -46,7 +46,8 @@ pub(crate) fn print_table(table: &Table) -> std::io::Result<()> {
     line(table.trim_fmt())
 }
 
-/// A peer as JSON: `{peer_id, addresses, transport, rtt_us, agent_version, connections}`.
+/// A peer as JSON: `{peer_id, addresses, transport, rtt_us, agent_version, connections,
+/// direct, relays, why_relayed}`.
 pub(crate) fn peer_json(peer: &PeerInfo) -> Value {
     let PeerInfo {
         peer_id,
@@ -55,6 +56,9 @@ pub(crate) fn peer_json(peer: &PeerInfo) -> Value {
         rtt_us,
         agent_version,
         connections,
+        direct,
+        relays,
+        why_relayed,
     } = peer;
     json!({
         "peer_id": peer_id,
@@ -63,15 +67,28 @@ pub(crate) fn peer_json(peer: &PeerInfo) -> Value {
         "rtt_us": rtt_us,
         "agent_version": agent_version,
         "connections": connections,
+        "direct": direct,
+        "relays": relays,
+        "why_relayed": why_relayed,
     })
 }
 
-/// The peers table: peer id, transport, rtt, connections, addresses, agent.
+/// The peers table: peer id, path (direct, or relayed through which relay), transport, rtt,
+/// connections, addresses, agent; then, for each peer reached only through a relay, why.
 pub(crate) fn peers_table(peers: &[PeerInfo]) -> Table {
-    let mut table = table(["PEER ID", "TRANSPORT", "RTT", "CONNS", "ADDRESSES", "AGENT"]);
+    let mut table = table([
+        "PEER ID",
+        "PATH",
+        "TRANSPORT",
+        "RTT",
+        "CONNS",
+        "ADDRESSES",
+        "AGENT",
+    ]);
     for peer in peers {
         table.add_row([
             peer.peer_id.clone(),
+            path(peer),
             peer.transport.clone(),
             rtt(peer.rtt_us),
             peer.connections.to_string(),
@@ -80,6 +97,38 @@ pub(crate) fn peers_table(peers: &[PeerInfo]) -> Table {
         ]);
     }
     table
+}
+
+/// `direct`, or `relayed via <relay>` (the relays' peer ids shortened).
+fn path(peer: &PeerInfo) -> String {
+    if peer.direct {
+        return "direct".to_owned();
+    }
+    let relays: Vec<String> = peer.relays.iter().map(|r| short_id(r)).collect();
+    match relays.is_empty() {
+        true => "relayed".to_owned(),
+        false => format!("relayed via {}", relays.join(", ")),
+    }
+}
+
+/// The lines that say why peers reached only through a relay are not direct.
+pub(crate) fn why_relayed(peers: &[PeerInfo]) -> String {
+    peers
+        .iter()
+        .filter(|p| !p.direct && !p.why_relayed.is_empty())
+        .map(|p| format!("{} is relayed: {}\n", short_id(&p.peer_id), p.why_relayed))
+        .collect()
+}
+
+/// A peer id cut to its first 8 and last 6 characters.
+fn short_id(id: &str) -> String {
+    match (
+        id.get(..8),
+        id.len().checked_sub(6).and_then(|i| id.get(i..)),
+    ) {
+        (Some(head), Some(tail)) if id.len() > 16 => format!("{head}…{tail}"),
+        _ => id.to_owned(),
+    }
 }
 
 /// A round-trip time for tables: `1.2 ms`, or `-` when not measured.
@@ -188,6 +237,9 @@ mod tests {
             rtt_us: 500,
             agent_version: "p2posd/0.1.0".into(),
             connections: 1,
+            direct: true,
+            relays: vec![],
+            why_relayed: String::new(),
         };
         assert_eq!(
             peer_json(&peer),
@@ -198,6 +250,9 @@ mod tests {
                 "rtt_us": 500,
                 "agent_version": "p2posd/0.1.0",
                 "connections": 1,
+                "direct": true,
+                "relays": [],
+                "why_relayed": "",
             })
         );
     }

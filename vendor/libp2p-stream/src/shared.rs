@@ -22,7 +22,8 @@ pub(crate) struct Shared {
     /// [`mpsc::Receiver`] in [`IncomingStreams`].
     supported_inbound_protocols: HashMap<StreamProtocol, mpsc::Sender<(PeerId, Stream)>>,
 
-    connections: HashMap<ConnectionId, PeerId>,
+    /// P2P OS patch: each connection's peer, and whether it goes through a relay.
+    connections: HashMap<ConnectionId, (PeerId, bool)>,
     senders: HashMap<ConnectionId, mpsc::Sender<NewStream>>,
 
     /// Tracks channel pairs for a peer whilst we are dialing them.
@@ -105,8 +106,13 @@ impl Shared {
         }
     }
 
-    pub(crate) fn on_connection_established(&mut self, conn: ConnectionId, peer: PeerId) {
-        self.connections.insert(conn, peer);
+    pub(crate) fn on_connection_established(
+        &mut self,
+        conn: ConnectionId,
+        peer: PeerId,
+        relayed: bool,
+    ) {
+        self.connections.insert(conn, (peer, relayed));
     }
 
     pub(crate) fn on_connection_closed(&mut self, conn: ConnectionId) {
@@ -129,10 +135,18 @@ impl Shared {
     }
 
     pub(crate) fn sender(&mut self, peer: PeerId) -> mpsc::Sender<NewStream> {
+        // P2P OS patch: a direct connection if there is one, a relayed one only if not. Once
+        // hole punching (or a dial) opens a direct connection to a peer first reached through
+        // a relay, new streams take it, rather than a circuit that a relay limits in time
+        // and bytes.
+        let direct = self
+            .connections
+            .iter()
+            .any(|(_, (p, relayed))| p == &peer && !relayed);
         let maybe_sender = self
             .connections
             .iter()
-            .filter_map(|(c, p)| (p == &peer).then_some(c))
+            .filter_map(|(c, (p, relayed))| (p == &peer && (!direct || !*relayed)).then_some(c))
             .choose(&mut rand::rng())
             .and_then(|c| self.senders.get(c));
 

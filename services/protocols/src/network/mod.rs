@@ -64,6 +64,15 @@ pub type Reply<T> = oneshot::Sender<Result<T, Error>>;
 /// A request to the swarm task; each carries its reply channel.
 #[derive(Debug)]
 pub enum Command {
+    /// The signed address record this node knows of `peer` — its own, freshly signed, if
+    /// `peer` is this node; else the one `peer` sent through identify while connected, or the
+    /// one stored for the DHT — and whether `peer` is connected.
+    SignedRecordOf {
+        /// The peer.
+        peer: PeerId,
+        /// The record (a signed envelope's protobuf encoding) and whether connected.
+        reply: oneshot::Sender<(Option<Bytes>, bool)>,
+    },
     /// Connect to `peer` (using `addrs`, known addresses, then the DHT); answers the address.
     Connect {
         /// The peer.
@@ -758,6 +767,13 @@ impl Network {
         peers: Vec<PeerId>,
     ) -> Result<std::collections::HashSet<PeerId>, Error> {
         self.request(|reply| Command::ConnectedAmong { peers, reply })
+            .await
+    }
+
+    /// The signed address record this node knows of `peer`, and whether `peer` is connected
+    /// (`/p2pos/whois/1` answers with it).
+    pub async fn signed_record_of(&self, peer: PeerId) -> Result<(Option<Bytes>, bool), Error> {
+        self.request(|reply| Command::SignedRecordOf { peer, reply })
             .await
     }
 

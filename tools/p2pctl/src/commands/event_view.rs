@@ -3,8 +3,9 @@
 
 use p2pos_proto::monitor::v1::event::Kind;
 use p2pos_proto::monitor::v1::{
-    ChannelClosed, ChannelOpened, Event, HelperChanged, Lagged, MessageDelivered, MessageFailed,
-    PeerConnected, PeerGone, ServiceRestarted, ServiceStateChanged,
+    ChannelClosed, ChannelOpened, ConnectionUpgraded, Event, HelperChanged, Lagged,
+    MessageDelivered, MessageFailed, PeerConnected, PeerGone, RelayReserved, ServiceRestarted,
+    ServiceStateChanged,
 };
 use serde_json::{Value, json};
 
@@ -18,6 +19,12 @@ pub(crate) fn text(event: &Event) -> String {
             format!("peer-connected {peer_id} via {address}")
         }
         Some(Kind::PeerGone(PeerGone { peer_id })) => format!("peer-gone {peer_id}"),
+        Some(Kind::RelayReserved(RelayReserved { relay_peer_id })) => {
+            format!("relay-reserved on {relay_peer_id}")
+        }
+        Some(Kind::ConnectionUpgraded(ConnectionUpgraded { peer_id, address })) => {
+            format!("connection-upgraded {peer_id} direct via {address}")
+        }
         Some(Kind::ChannelOpened(ChannelOpened {
             channel_id,
             peer_id,
@@ -90,6 +97,12 @@ pub(crate) fn json(event: &Event) -> Value {
         }
         Some(Kind::PeerGone(PeerGone { peer_id })) => {
             json!({ "type": "peer_gone", "peer_id": peer_id })
+        }
+        Some(Kind::RelayReserved(RelayReserved { relay_peer_id })) => {
+            json!({ "type": "relay_reserved", "relay_peer_id": relay_peer_id })
+        }
+        Some(Kind::ConnectionUpgraded(ConnectionUpgraded { peer_id, address })) => {
+            json!({ "type": "connection_upgraded", "peer_id": peer_id, "address": address })
         }
         Some(Kind::ChannelOpened(ChannelOpened {
             channel_id,

@@ -38,6 +38,8 @@ fn status_text(status: NodeStatus) -> String {
         metrics_url,
         groups,
         remembered_peers,
+        relays,
+        nat_mapping,
     } = status;
     let summary = output::key_values(vec![
         ("peer id", peer_id),
@@ -46,6 +48,8 @@ fn status_text(status: NodeStatus) -> String {
         ("reachability", output::dash_if_empty(&reachability)),
         ("listening", output::list_or_dash(&listen_addresses)),
         ("external", output::list_or_dash(&external_addresses)),
+        ("relays", output::list_or_dash(&relays)),
+        ("nat", output::dash_if_empty(&nat_mapping)),
         ("routing table", format!("{routing_table_size} peers")),
         (
             "remembered",
@@ -58,6 +62,11 @@ fn status_text(status: NodeStatus) -> String {
     if !peers.is_empty() {
         text.push('\n');
         text.push_str(&output::peers_table(&peers).trim_fmt());
+        let why = output::why_relayed(&peers);
+        if !why.is_empty() {
+            text.push('\n');
+            text.push_str(why.trim_end());
+        }
     }
     text.push_str(&format!("\n\nservices ({})", services.len()));
     if !services.is_empty() {
@@ -82,7 +91,8 @@ fn status_text(status: NodeStatus) -> String {
 }
 
 /// The status as JSON: `{peer_id, version, uptime_secs, listen_addresses, external_addresses,
-/// reachability, routing_table_size, remembered_peers, metrics_url, peers: [peer], services: [{name, state,
+/// reachability, relays, nat_mapping, routing_table_size, remembered_peers, metrics_url, peers:
+/// [peer], services: [{name, state,
 /// restarts, last_error}], groups: [group]}`.
 fn status_json(status: &NodeStatus) -> Value {
     let NodeStatus {
@@ -98,6 +108,8 @@ fn status_json(status: &NodeStatus) -> Value {
         metrics_url,
         groups,
         remembered_peers,
+        relays,
+        nat_mapping,
     } = status;
     json!({
         "peer_id": peer_id,
@@ -108,6 +120,8 @@ fn status_json(status: &NodeStatus) -> Value {
         "reachability": reachability,
         "routing_table_size": routing_table_size,
         "remembered_peers": remembered_peers,
+        "relays": relays,
+        "nat_mapping": nat_mapping,
         "metrics_url": metrics_url,
         "peers": peers.iter().map(output::peer_json).collect::<Vec<_>>(),
         "services": services.iter().map(service_json).collect::<Vec<_>>(),

@@ -48,6 +48,10 @@ pub(crate) async fn peers(client: &Client, json: bool) -> anyhow::Result<()> {
         output::line("no peers connected")?;
     } else {
         output::print_table(&output::peers_table(&reply.peers))?;
+        let why = output::why_relayed(&reply.peers);
+        if !why.is_empty() {
+            output::line(why.trim_end())?;
+        }
     }
     Ok(())
 }

@@ -32,6 +32,9 @@ pub const DIAL_DEADLINE: Duration = Duration::from_secs(10);
 pub const DIRECT_DEADLINE: Duration = Duration::from_secs(15);
 /// The relay's port, for TCP and for QUIC.
 pub const RELAY_PORT: u16 = 4001;
+/// How long after a trial's nodes answered the next trial starts at the latest, when they do
+/// not hold their reservations before.
+pub const PACE: Duration = Duration::from_millis(2500);
 /// How often a condition is looked at again.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -233,6 +236,14 @@ impl HomeNode {
         peers.peers.into_iter().find(|p| p.peer_id == peer)
     }
 
+    /// What the node's status says of how its NAT maps ports.
+    pub async fn nat_mapping(&self) -> String {
+        match self.client.monitor().get_status(GetStatusRequest {}).await {
+            Ok(status) => status.into_inner().nat_mapping,
+            Err(e) => format!("(no status: {e})"),
+        }
+    }
+
     /// How long until the node holds a direct (not relayed) connection to `peer`; `None` if not
     /// within [`DIRECT_DEADLINE`].
     pub async fn direct(&self, peer: &str) -> Option<Duration> {
@@ -247,7 +258,7 @@ impl HomeNode {
 
 /// Whether one of the connections `info` describes is direct (not through a relay).
 pub fn is_direct(info: &PeerInfo) -> bool {
-    info.addresses.iter().any(|a| !a.contains("/p2p-circuit"))
+    info.direct
 }
 
 /// Polls `check` until it returns `Some`, or answers `None` after `deadline`.
@@ -287,6 +298,13 @@ impl Pair {
         Pair { a, b }
     }
 
+    /// Stops both nodes as their users would (SIGTERM): they say goodbye to the relay, which
+    /// frees their reservations and circuits for the next trials at once (a killed QUIC
+    /// node's would stay until the relay's connection to it timed out).
+    pub async fn stop(&mut self) {
+        tokio::join!(self.a.node.stop(), self.b.node.stop());
+    }
+
     /// Both nodes' [`HomeNode::reservation`], waited for at once.
     pub async fn reservations(&self) -> [Option<Duration>; 2] {
         let (a, b) = tokio::join!(self.a.reservation(), self.b.reservation());
@@ -310,8 +328,10 @@ pub struct Outcome {
     /// How long after the (successful) dial A held a direct connection to B (`None`: not
     /// within [`DIRECT_DEADLINE`], or no dial succeeded).
     pub direct: Option<Duration>,
-    /// What A said of its connections to B at the end.
-    pub seen: Option<PeerInfo>,
+    /// What A said of its connections to B at the end, and B of A.
+    pub seen: [Option<PeerInfo>; 2],
+    /// What A and B said at the end of how their NATs map ports.
+    pub nat_mapping: [String; 2],
 }
 
 impl Outcome {
@@ -322,17 +342,36 @@ impl Outcome {
 
 /// One trial on pair `pair`: fresh nodes in both homes; their reservations; A dials B by peer
 /// id alone (once both hold a reservation, or gave up on one), and if that fails by B's
-/// ticket; then the wait for a direct connection. If `P2POS_NAT_LOGS` names a directory, the nodes' logs of a trial that fell
-/// short of anything go there (`<label>-<trial>-a.log`, `-b.log`).
+/// ticket; then the wait for a direct connection; then both nodes stop. If `P2POS_NAT_LOGS`
+/// names a directory, the nodes' logs and their routers' translations (`conntrack -L`) of a
+/// trial that fell short of anything go there (`<label>-<trial>-a.log`, `-a.conntrack`, and
+/// B's).
+///
+/// `started` is called once the nodes hold their reservations, or [`PACE`] after they
+/// answered, whichever comes first: the next trial may start then.
 pub async fn trial(
     lab: &NatLab,
     relay: &Relay,
     pair: usize,
     transport: Transport,
     (label, trial): (&str, usize),
+    started: impl FnOnce(),
 ) -> Outcome {
-    let nodes = Pair::start(lab, relay, pair, transport).await;
-    let reservations = nodes.reservations().await;
+    let mut nodes = Pair::start(lab, relay, pair, transport).await;
+    let reservations = {
+        let reservations = nodes.reservations();
+        tokio::pin!(reservations);
+        match tokio::time::timeout(PACE, &mut reservations).await {
+            Ok(reservations) => {
+                started();
+                reservations
+            }
+            Err(_) => {
+                started();
+                reservations.await
+            }
+        }
+    };
     let dial = nodes.a.dial_by_id(&nodes.b.peer_id).await;
     let ticket_dial = match dial {
         Ok(_) => None,
@@ -343,7 +382,11 @@ pub async fn trial(
         true => nodes.a.direct(&nodes.b.peer_id).await,
         false => None,
     };
-    let seen = nodes.a.peer(&nodes.b.peer_id).await;
+    let seen = [
+        nodes.a.peer(&nodes.b.peer_id).await,
+        nodes.b.peer(&nodes.a.peer_id).await,
+    ];
+    let nat_mapping = [nodes.a.nat_mapping().await, nodes.b.nat_mapping().await];
     let outcome = Outcome {
         trial,
         reservations,
@@ -351,22 +394,33 @@ pub async fn trial(
         ticket_dial,
         direct,
         seen,
+        nat_mapping,
     };
     if !outcome.all_well()
         && let Some(dir) = std::env::var_os("P2POS_NAT_LOGS")
     {
         let dir = std::path::PathBuf::from(dir);
         let _ = std::fs::create_dir_all(&dir);
-        for (side, node) in [("a", &nodes.a), ("b", &nodes.b)] {
+        let homes = lab.homes(pair);
+        for ((side, node), home) in [("a", &nodes.a), ("b", &nodes.b)].into_iter().zip(homes) {
             let path = dir.join(format!("{label}-{trial}-{side}.log"));
             let _ = std::fs::write(path, node.node.log());
+            // The router's translations, where the `conntrack` tool is there.
+            let flows = lab.conntrack(&home.router).unwrap_or_else(|e| e);
+            let path = dir.join(format!("{label}-{trial}-{side}.conntrack"));
+            let _ = std::fs::write(path, flows);
         }
     }
+    nodes.stop().await;
     outcome
 }
 
-/// `trials` trials, as many side by side as `lab` has home pairs, each on a pair no other
-/// running trial uses. Outcomes in trial order.
+/// `trials` trials, up to as many side by side as `lab` has home pairs, each on a pair no other
+/// running trial uses, each started once the one before holds its reservations (or after
+/// [`PACE`]). Outcomes in trial order.
+///
+/// Starting a node takes a debug build some 0.4 s of CPU: nodes started all at once on a small
+/// machine would measure the machine, not the network.
 pub async fn trials(
     lab: &NatLab,
     relay: &Relay,
@@ -377,13 +431,18 @@ pub async fn trials(
     let pairs = lab.config().pairs;
     let free = Mutex::new((0..pairs).collect::<Vec<usize>>());
     let take = || free.lock().expect("pair pool").pop();
+    // How many trials have started (their nodes reserved, or PACE passed).
+    let (started, starts) = tokio::sync::watch::channel(0usize);
     let mut outcomes: Vec<Outcome> = futures::stream::iter(0..trials)
         .map(|i| {
-            let (take, free) = (&take, &free);
+            let (take, free, started) = (&take, &free, &started);
+            let mut starts = starts.clone();
             async move {
+                let _ = starts.wait_for(|n| *n >= i).await;
                 // At most `pairs` trials run at once, so a pair is free.
                 let pair = take().expect("a free home pair");
-                let outcome = trial(lab, relay, pair, transport, (label, i)).await;
+                let on_start = || started.send_modify(|n| *n += 1);
+                let outcome = trial(lab, relay, pair, transport, (label, i), on_start).await;
                 free.lock().expect("pair pool").push(pair);
                 outcome
             }
@@ -423,6 +482,20 @@ impl Summary {
     /// Trials in which A and B got a direct connection.
     pub fn direct(&self) -> usize {
         self.outcomes.iter().filter(|o| o.direct.is_some()).count()
+    }
+
+    /// Trials that ended connected only through the relay where A's or B's status did not say
+    /// why.
+    pub fn unexplained_relayed(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| {
+                o.seen.iter().any(|seen| {
+                    seen.as_ref()
+                        .is_some_and(|p| !p.direct && p.why_relayed.is_empty())
+                })
+            })
+            .count()
     }
 
     /// Every trial's time to a direct connection.
@@ -518,17 +591,22 @@ impl fmt::Display for Summary {
                     format!("failed: {}; by ticket failed: {}", short(e), short(t))
                 }
             };
-            let seen = match &o.seen {
-                Some(p) => format!("{} {:?}", p.transport, p.addresses),
+            let seen = o.seen.each_ref().map(|seen| match seen {
+                Some(p) if p.direct => format!("direct ({})", p.transport),
+                Some(p) => format!("relayed ({:?}; {:?})", p.why_relayed, p.addresses),
                 None => "not connected".to_owned(),
-            };
+            });
+            let [mapping_a, mapping_b] = &o.nat_mapping;
             writeln!(
                 f,
-                "  trial {:2}: reservations {} / {}; dial {dial}; direct {}; at the end {seen}",
+                "  trial {:2}: reservations {} / {}; dial {dial}; direct {}; at the end A sees \
+                 B {}, B sees A {}; NAT mappings {mapping_a:?} / {mapping_b:?}",
                 o.trial,
                 reservations[0],
                 reservations[1],
                 shown(o.direct, dd),
+                seen[0],
+                seen[1],
             )?;
         }
         Ok(())

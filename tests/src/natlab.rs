@@ -9,8 +9,8 @@
 //!   internet: bridge ------+------------------------- ...
 //!         |                         |
 //!   router A (WAN .10+2i)     router B (WAN .11+2i)     pair i; every link to the bridge
-//!         |  192.168.1.1            |  192.168.1.1      has latency (`Config::delay`)
-//!   host A  192.168.1.2       host B  192.168.1.2
+//!         |  192.168.1.1            |  192.168.1.1      has latency (`Config::delay`,
+//!   host A  192.168.1.2       host B  192.168.1.2       `Config::relay_delay`)
 //! ```
 //!
 //! Both homes of a pair use the same LAN subnet, as real homes do. A host reaches the internet
@@ -155,9 +155,12 @@ pub struct Config {
     pub nats: [Nat; 2],
     /// Home pairs (for trials that run side by side, each pair on its own). Default: 1.
     pub pairs: usize,
-    /// Latency of every link to the internet's bridge, each way: a host reaches the relay in
-    /// two of them, and the other home of its pair in two. Default: 10 ms.
+    /// Latency of each home router's link to the internet's bridge, each way: a host reaches
+    /// the other home of its pair through two of them. Default: 10 ms.
     pub delay: Duration,
+    /// Latency of the relay's link to the bridge, each way: a host reaches the relay through
+    /// its router's link and this one. Default: 10 ms.
+    pub relay_delay: Duration,
 }
 
 impl Default for Config {
@@ -167,6 +170,7 @@ impl Default for Config {
             nats: [Nat::DROPPING; 2],
             pairs: 1,
             delay: Duration::from_millis(10),
+            relay_delay: Duration::from_millis(10),
         }
     }
 }
@@ -261,7 +265,8 @@ impl NatLab {
         lab.add_namespace(&relay)?;
         let relay_ip = config.internet.address(2);
         let [a, b] = [tap_name(0, 0), tap_name(0, 1)];
-        links.push(link([&a, &b], [(&relay, "eth0"), (&internet, "relay")])?);
+        let ends = link([&a, &b], [(&relay, "eth0"), (&internet, "relay")])?;
+        links.push((ends, config.relay_delay));
         ip(&[
             "-n",
             &relay,
@@ -289,10 +294,11 @@ impl NatLab {
                 lab.add_namespace(&home.host)?;
                 let port = format!("r{pair}{letter}");
                 let ends = [tap_name(index, 0), tap_name(index, 1)];
-                links.push(link(
+                let ends = link(
                     [&ends[0], &ends[1]],
                     [(&home.router, "wan"), (&internet, &port)],
-                )?);
+                )?;
+                links.push((ends, config.delay));
                 build_home(&home, *nat)?;
                 homes.push(home);
             }
@@ -300,8 +306,7 @@ impl NatLab {
                 lab.pairs.push(pair);
             }
         }
-        lab.delay_line =
-            Some(wire::DelayLine::start(links, config.delay).map_err(|e| e.to_string())?);
+        lab.delay_line = Some(wire::DelayLine::start(links).map_err(|e| e.to_string())?);
         Ok(lab)
     }
 

@@ -171,20 +171,25 @@ fn port_after_unsolicited(lab: &NatLab, home: &Home) -> (u16, u16) {
     (port, seen.port())
 }
 
+/// How much longer than its links' latency a round trip may take in the lab.
+const MARGIN: Duration = Duration::from_millis(50);
+
 #[test]
 #[ignore = "needs root / netns / nftables: run by .ci/run (tools/run-tests --include-ignored)"]
 fn the_lab_translates_and_filters_as_home_routers_do() {
-    let delay = Duration::from_millis(10);
+    let (delay, relay_delay) = (Duration::from_millis(10), Duration::from_millis(20));
     let labs = [
         lab(Config {
             nats: [Nat::DROPPING, Nat::RANDOM_PORTS],
             delay,
+            relay_delay,
             ..Config::default()
         }),
         lab(Config {
             internet: Internet::Private,
             nats: [Nat::REJECTING, Nat::ACCEPTING],
             delay,
+            relay_delay,
             ..Config::default()
         }),
     ];
@@ -203,9 +208,11 @@ fn the_lab_translates_and_filters_as_home_routers_do() {
                     seen.port()
                 );
             }
-            // Host to relay is two links each way: at least four times the delay, plus ARP.
+            // Host to relay is two links each way (the router's and the relay's): a round trip,
+            // plus the router's ARP for the relay, which takes as long.
+            let round_trip = 2 * (delay + relay_delay);
             assert!(
-                connect_time >= 4 * delay && connect_time < Duration::from_secs(1),
+                connect_time >= 2 * round_trip && connect_time < 2 * round_trip + MARGIN,
                 "{what}: TCP connect took {connect_time:?}"
             );
             let (tcp, udp) = unsolicited(lab, home);
@@ -280,11 +287,12 @@ async fn scenario(config: Config, transport: Transport, direct: bool) {
     });
     let [nat_a, nat_b] = lab.config().nats;
     let label = format!(
-        "{transport}; routers {} and {}; {:?} internet; {:?} per link",
+        "{transport}; routers {} and {}; {:?} internet; {:?} per home link, {:?} to the relay",
         describe(nat_a),
         describe(nat_b),
         lab.config().internet,
         lab.config().delay,
+        lab.config().relay_delay,
     );
     let relay = Relay::start(&lab).await;
     let outcomes = trials(&lab, &relay, transport, n, &file_label(&label)).await;
@@ -342,11 +350,20 @@ async fn quic_through_dropping_nats_by_peer_id() {
     scenario(config, Transport::Quic, true).await;
 }
 
+/// Rejecting routers between friends near each other (1 ms per home link) with a relay
+/// farther away (25 ms): a SYN or datagram that arrives before the other side's own has left
+/// is answered with a reset or an ICMP error, so the simultaneous open must be timed to the
+/// millisecond, or retried. (At 10 ms per link the timing of DCUtR's synchronisation is good
+/// enough by itself, and the code of before issue 17 passed; at 0 to 1 ms it fails 2 in 3.)
+const NEAR: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(25));
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root / netns / nftables: run by .ci/run (tools/run-tests --include-ignored)"]
 async fn tcp_through_rejecting_nats_by_peer_id() {
     let config = Config {
         nats: [Nat::REJECTING; 2],
+        delay: NEAR.0,
+        relay_delay: NEAR.1,
         ..Config::default()
     };
     scenario(config, Transport::Tcp, true).await;
@@ -357,6 +374,8 @@ async fn tcp_through_rejecting_nats_by_peer_id() {
 async fn quic_through_rejecting_nats_by_peer_id() {
     let config = Config {
         nats: [Nat::REJECTING; 2],
+        delay: NEAR.0,
+        relay_delay: NEAR.1,
         ..Config::default()
     };
     scenario(config, Transport::Quic, true).await;
@@ -364,18 +383,11 @@ async fn quic_through_rejecting_nats_by_peer_id() {
 
 /// Routers whose own stack answers unsolicited packets (a TCP reset, an ICMP error), as
 /// routers that accept them on the WAN side do: the issue counts them with the rejecting ones.
-/// An accepted datagram also leaves a conntrack entry that makes the router give the host's
-/// next datagram to that peer another port (see the lab's own test).
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs root / netns / nftables: run by .ci/run (tools/run-tests --include-ignored)"]
-async fn tcp_through_accepting_nats_by_peer_id() {
-    let config = Config {
-        nats: [Nat::ACCEPTING; 2],
-        ..Config::default()
-    };
-    scenario(config, Transport::Tcp, true).await;
-}
-
+/// For QUIC it is harder still: an accepted datagram leaves a conntrack entry (30 s) for the
+/// pair of addresses, so when the peer's first datagram arrives before the host's own has
+/// left, the router gives the host's flow to that peer another port (see the lab's own test),
+/// and the peer's datagrams to the port it was told are not answers to anything. (TCP through
+/// these routers behaves as through rejecting ones: the reset ends the entry at once.)
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root / netns / nftables: run by .ci/run (tools/run-tests --include-ignored)"]
 async fn quic_through_accepting_nats_by_peer_id() {

@@ -69,10 +69,11 @@ pub(super) fn tap(name: &str) -> io::Result<File> {
     Ok(file)
 }
 
-/// One link: its two ends, and the frames read from each end waiting to be written to the
-/// other (`queued[i]` came from `ends[i]`), each with the time it is due.
+/// One link: its two ends, its delay, and the frames read from each end waiting to be written
+/// to the other (`queued[i]` came from `ends[i]`), each with the time it is due.
 struct Link {
     ends: [File; 2],
+    delay: Duration,
     queued: [VecDeque<(Instant, Vec<u8>)>; 2],
 }
 
@@ -84,14 +85,15 @@ pub(super) struct DelayLine {
 }
 
 impl DelayLine {
-    /// Carries the frames of `links` (each the two ends of a link, from [`tap`]) with `delay`
-    /// each way.
-    pub(super) fn start(links: Vec<[File; 2]>, delay: Duration) -> io::Result<DelayLine> {
+    /// Carries the frames of `links` (each the two ends of a link, from [`tap`], and its delay
+    /// each way).
+    pub(super) fn start(links: Vec<([File; 2], Duration)>) -> io::Result<DelayLine> {
         let stop = Arc::new(AtomicBool::new(false));
         let links = links
             .into_iter()
-            .map(|ends| Link {
+            .map(|(ends, delay)| Link {
                 ends,
+                delay,
                 queued: [VecDeque::new(), VecDeque::new()],
             })
             .collect();
@@ -99,7 +101,7 @@ impl DelayLine {
             .name("natlab-delay".into())
             .spawn({
                 let stop = stop.clone();
-                move || carry(links, delay, &stop)
+                move || carry(links, &stop)
             })?;
         Ok(DelayLine {
             stop,
@@ -118,7 +120,7 @@ impl Drop for DelayLine {
 }
 
 /// The thread's loop: writes what is due, waits for frames or the next due time, reads.
-fn carry(mut links: Vec<Link>, delay: Duration, stop: &AtomicBool) {
+fn carry(mut links: Vec<Link>, stop: &AtomicBool) {
     let mut buf = vec![0u8; MAX_FRAME];
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -166,7 +168,7 @@ fn carry(mut links: Vec<Link>, delay: Duration, stop: &AtomicBool) {
                     match (&link.ends[from]).read(&mut buf) {
                         Ok(n) if n > 0 => {
                             if link.queued[from].len() < MAX_QUEUED {
-                                link.queued[from].push_back((now + delay, buf[..n].to_vec()));
+                                link.queued[from].push_back((now + link.delay, buf[..n].to_vec()));
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -29,6 +29,9 @@ pub(crate) const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(5 * 60);
 /// How often this node republishes the provider records of its services.
 pub(crate) const PROVIDER_PUBLICATION_INTERVAL: Duration = Duration::from_secs(60);
+/// Most circuits this node, as a relay, carries at once, and from or to one peer.
+const MAX_CIRCUITS: usize = 64;
+const MAX_CIRCUITS_PER_PEER: usize = 8;
 /// How long after start AutoNAT first tests reachability.
 const AUTONAT_BOOT_DELAY: Duration = Duration::from_secs(3);
 /// Pending (not yet established) connections allowed in each direction.
@@ -174,8 +177,11 @@ fn behaviour(
             relay::Config {
                 max_reservations: 128,
                 max_reservations_per_peer: 4,
-                max_circuits: 16,
-                max_circuits_per_peer: 4,
+                // Circuits carry the traffic of peers that only a relay gets through, and one
+                // of a peer that vanished stays until its connection times out: room for more
+                // than libp2p's 16 / 4.
+                max_circuits: MAX_CIRCUITS,
+                max_circuits_per_peer: MAX_CIRCUITS_PER_PEER,
                 // Peers behind NATs that map ports per destination are reached only through
                 // relays, so a circuit carries their traffic, not only a hole punch's
                 // handshake (libp2p's defaults: 2 minutes, 128 KiB): when it ends, the

@@ -8,7 +8,11 @@ use tokio::{sync::oneshot, time::Instant};
 
 use p2pos_protocols::network::ticket::{encode_ticket, without_peer};
 
-use crate::{event_loop::EventLoop, peers::is_dialable, scope::is_relayed};
+use crate::{
+    event_loop::EventLoop,
+    peers::is_dialable,
+    scope::{Scope, is_relayed, scope},
+};
 
 /// How long a ticket request waits for a first listen address.
 const TICKET_WAIT: Duration = Duration::from_secs(2);
@@ -44,7 +48,9 @@ impl EventLoop {
     }
 
     /// This node's ticket: its listen addresses (concrete, per interface) and confirmed
-    /// external addresses, without duplicates.
+    /// external addresses (relayed ones among them), without duplicates or link-local ones
+    /// (useless elsewhere, and without their interface's zone, even on the link), the widest
+    /// reaching first.
     pub(crate) fn ticket(&self) -> Ticket {
         let local = *self.swarm.local_peer_id();
         let mut addrs: Vec<Multiaddr> = Vec::new();
@@ -54,10 +60,12 @@ impl EventLoop {
             .chain(self.swarm.external_addresses())
         {
             let a = without_peer(a.clone(), &local);
-            if is_dialable(&a) && !addrs.contains(&a) {
+            if is_dialable(&a) && scope(&a) != Scope::LinkLocal && !addrs.contains(&a) {
                 addrs.push(a);
             }
         }
+        // Stable: a scope's addresses keep their order.
+        addrs.sort_by_key(|a| std::cmp::Reverse(scope(a)));
         Ticket {
             ticket: encode_ticket(&local, &addrs),
             peer_id: local.to_string(),

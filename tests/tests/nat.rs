@@ -6,8 +6,9 @@
 //! 90 % of the trials where the NATs keep a host's port, and apps' channels and messages arrive
 //! whole, once and in order across a port-randomizing NAT.
 //!
-//! Each scenario prints its numbers (`--no-capture` shows them). `P2POS_NAT_TRIALS` sets the
-//! trials per scenario (default 20); `P2POS_NAT_LOGS=DIR` keeps the node logs of every trial
+//! Each scenario prints its numbers (nextest shows them for passing tests too, see
+//! `.config/nextest.toml`). `P2POS_NAT_TRIALS` sets the trials per scenario (default 20);
+//! `P2POS_NAT_LOGS=DIR` keeps the node logs and the routers' conntrack tables of every trial
 //! that fell short of a goal.
 
 use std::{
@@ -32,8 +33,8 @@ fn trial_count() -> usize {
         .unwrap_or(20)
 }
 
-/// Most trials running side by side in one lab (one home pair each). The relay serves at most
-/// 16 circuits at once; each trial needs one.
+/// Most trials running side by side in one lab (one home pair each; each trial takes one of the
+/// relay's circuits while it runs).
 const SIDE_BY_SIDE: usize = 10;
 
 /// The lab of `config`, or the test fails saying what is missing.

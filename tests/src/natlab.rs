@@ -24,9 +24,11 @@
 //! - `wire`: links with latency (TAP devices and one thread that carries their frames).
 //! - `trials`: p2posd nodes in the lab, measured: reservations, dials by peer id, direct
 //!   connections.
+//! - `report`: the numbers of a set of trials, and their report.
 //! - `apps`: what apps send across the lab (channel frames, messages), checked.
 
 pub mod apps;
+pub mod report;
 pub mod trials;
 mod wire;
 

@@ -22,7 +22,8 @@ use p2pos_tests::natlab::{
     Config, Home, Internet, Nat, NatLab, Unsolicited,
     apps::{channel_carries, messages_arrive},
     in_namespace,
-    trials::{Pair, Relay, Summary, Transport, percentile, trials},
+    report::{Summary, percentile},
+    trials::{Pair, Relay, Transport, trials},
 };
 
 /// Trials per scenario.

@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// How long each step of a check may take (a frame, a message, the channel's opening).
-pub const STEP: Duration = Duration::from_secs(60);
+pub const STEP: Duration = Duration::from_secs(30);
 
 /// The next item of `stream` within [`STEP`]; `what` names it in the error.
 async fn next<T, S>(stream: &mut S, what: &str) -> Result<Option<T>, String>

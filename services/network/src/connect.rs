@@ -5,9 +5,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use libp2p::{
-    Multiaddr, PeerId, kad,
-    multiaddr::Protocol,
-    ping,
+    Multiaddr, PeerId, kad, ping,
     swarm::{
         DialError,
         dial_opts::{DialOpts, PeerCondition},
@@ -22,7 +20,7 @@ use crate::{
     behaviour::PING_INTERVAL,
     event_loop::EventLoop,
     peers::{MAX_ADDRS_PER_PEER, MAX_HEARD_PEERS},
-    scope::is_relayed,
+    scope::{ip_of, is_relayed},
     waiting::PendingConnect,
 };
 
@@ -479,15 +477,6 @@ impl EventLoop {
                 reason: reason.to_owned(),
             }));
         }
-    }
-}
-
-/// The IP address `addr` starts with.
-pub(crate) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    match addr.iter().next()? {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
     }
 }
 

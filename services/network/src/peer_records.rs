@@ -21,6 +21,7 @@ use p2pos_protocols::network::ticket::without_peer;
 
 use crate::{
     event_loop::EventLoop,
+    nat::Published,
     peers::is_dialable,
     scope::{advertisable, advertised_floor, is_relayed},
 };
@@ -64,15 +65,6 @@ fn fresh(seq: u64) -> bool {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     now.saturating_sub(seq) <= RECORD_TTL.as_secs()
-}
-
-/// What this node last put in the DHT about itself, and when.
-#[derive(Default)]
-pub(crate) struct Published {
-    addrs: Vec<Multiaddr>,
-    at: Option<Instant>,
-    /// Whether the addresses may have changed since.
-    dirty: bool,
 }
 
 impl EventLoop {

@@ -242,6 +242,28 @@ impl EventLoop {
             .unwrap_or_default()
     }
 
+    /// Ends Kademlia query `id` if it still runs.
+    pub(crate) fn finish_query(&mut self, id: kad::QueryId) {
+        if let Some(mut query) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .as_mut()
+            .and_then(|k| k.query_mut(&id))
+        {
+            query.finish();
+        }
+    }
+
+    /// The addresses of the open connections to `peer` (a relayed one's is the relayed
+    /// address).
+    pub(crate) fn connection_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.connections
+            .get(peer)
+            .map(|c| c.iter().map(|(_, a)| a.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// The remote address of an open connection to `peer`.
     fn connection_addr(&self, peer: &PeerId) -> Option<Multiaddr> {
         self.connections
@@ -365,15 +387,7 @@ impl EventLoop {
     fn end_lookup(&mut self, id: kad::QueryId, peer: PeerId, mut addrs: Vec<Multiaddr>) {
         self.lookups.remove(&id);
         self.lookup_of.remove(&peer);
-        if let Some(mut query) = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .as_mut()
-            .and_then(|k| k.query_mut(&id))
-        {
-            query.finish();
-        }
+        self.finish_query(id);
         if addrs.is_empty() {
             addrs = self.kad_addresses(&peer);
         }

@@ -598,11 +598,7 @@ impl EventLoop {
         // Only the addresses that can serve this node: a peer elsewhere gains nothing from its
         // loopback, link-local or private addresses (the same private address is another host
         // on this node's own network).
-        let via: Vec<Multiaddr> = self
-            .connections
-            .get(&peer)
-            .map(|c| c.iter().map(|(_, a)| a.clone()).collect())
-            .unwrap_or_default();
+        let via = self.connection_addrs(&peer);
         let listen: Vec<Multiaddr> = listen_addrs
             .into_iter()
             .filter(|a| is_dialable(a) && !is_relayed(a) && usable(a, &via, self.trust_private))

@@ -197,15 +197,7 @@ impl EventLoop {
         }
         self.peer_record_queries.remove(&id);
         self.peer_record_of.remove(&peer);
-        if let Some(mut query) = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .as_mut()
-            .and_then(|k| k.query_mut(&id))
-        {
-            query.finish();
-        }
+        self.finish_query(id);
         let found: Vec<Multiaddr> = found.into_iter().filter(is_dialable).collect();
         debug!(%peer, found = found.len(), "address record look-up done");
         if !found.is_empty() {

@@ -69,11 +69,7 @@ impl EventLoop {
 
     /// The relay's widest-reaching direct address known: where peers elsewhere can dial it.
     fn relay_address(&self, relay: &PeerId) -> Option<Multiaddr> {
-        let connected: Vec<Multiaddr> = self
-            .connections
-            .get(relay)
-            .map(|c| c.iter().map(|(_, a)| a.clone()).collect())
-            .unwrap_or_default();
+        let connected = self.connection_addrs(relay);
         self.book
             .addresses(relay)
             .into_iter()

@@ -231,11 +231,7 @@ impl EventLoop {
             self.whois_pending.remove(&about);
         }
         // What can serve this node: near addresses only if the answering peer is as near.
-        let via: Vec<Multiaddr> = self
-            .connections
-            .get(&from)
-            .map(|c| c.iter().map(|(_, a)| a.clone()).collect())
-            .unwrap_or_default();
+        let via = self.connection_addrs(&from);
         let found: Vec<Multiaddr> = record
             .as_deref()
             .and_then(peer_record)

@@ -5,9 +5,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use libp2p::{
-    Multiaddr, PeerId, kad,
-    multiaddr::Protocol,
-    ping,
+    Multiaddr, PeerId, kad, ping,
     swarm::{
         DialError,
         dial_opts::{DialOpts, PeerCondition},
@@ -22,7 +20,7 @@ use crate::{
     behaviour::PING_INTERVAL,
     event_loop::EventLoop,
     peers::{MAX_ADDRS_PER_PEER, MAX_HEARD_PEERS},
-    scope::is_relayed,
+    scope::{ip_of, is_relayed},
     waiting::PendingConnect,
 };
 
@@ -244,6 +242,28 @@ impl EventLoop {
             .unwrap_or_default()
     }
 
+    /// Ends Kademlia query `id` if it still runs.
+    pub(crate) fn finish_query(&mut self, id: kad::QueryId) {
+        if let Some(mut query) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .as_mut()
+            .and_then(|k| k.query_mut(&id))
+        {
+            query.finish();
+        }
+    }
+
+    /// The addresses of the open connections to `peer` (a relayed one's is the relayed
+    /// address).
+    pub(crate) fn connection_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.connections
+            .get(peer)
+            .map(|c| c.iter().map(|(_, a)| a.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// The remote address of an open connection to `peer`.
     fn connection_addr(&self, peer: &PeerId) -> Option<Multiaddr> {
         self.connections
@@ -367,15 +387,7 @@ impl EventLoop {
     fn end_lookup(&mut self, id: kad::QueryId, peer: PeerId, mut addrs: Vec<Multiaddr>) {
         self.lookups.remove(&id);
         self.lookup_of.remove(&peer);
-        if let Some(mut query) = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .as_mut()
-            .and_then(|k| k.query_mut(&id))
-        {
-            query.finish();
-        }
+        self.finish_query(id);
         if addrs.is_empty() {
             addrs = self.kad_addresses(&peer);
         }
@@ -479,15 +491,6 @@ impl EventLoop {
                 reason: reason.to_owned(),
             }));
         }
-    }
-}
-
-/// The IP address `addr` starts with.
-pub(crate) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    match addr.iter().next()? {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
     }
 }
 

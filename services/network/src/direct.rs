@@ -3,66 +3,20 @@
 //! the direct connection, see `vendor/libp2p-stream`), and why a peer is still relayed — which
 //! includes how this node's NAT maps ports, judged from the addresses peers observe it at.
 
-use std::collections::HashMap;
-
-use libp2p::{Multiaddr, PeerId, dcutr, multiaddr::Protocol};
+use libp2p::{Multiaddr, PeerId, dcutr};
 use p2pos_proto::monitor::v1::{ConnectionUpgraded, event::Kind};
 use tracing::{debug, info};
 
 use crate::{
-    connect::ip_of,
     event_loop::EventLoop,
-    scope::{Scope, is_relayed, scope},
+    nat::Punch,
+    scope::{Scope, ip_of, is_relayed, scope},
 };
 
 /// Most observations of this node's address kept (one per connected observer).
 const MAX_OBSERVATIONS: usize = 64;
 /// The longest reason kept for a failed hole punch.
 const MAX_REASON: usize = 400;
-
-/// How hole punching went with a peer.
-enum Punch {
-    Succeeded,
-    Failed(String),
-}
-
-/// Hole punching per peer, and where peers see this node.
-#[derive(Default)]
-pub(crate) struct Direct {
-    punches: HashMap<PeerId, Punch>,
-    /// The address each directly connected peer observed this node at, when it differs from
-    /// every address this node listens on (so a NAT mapped it).
-    observed: HashMap<PeerId, Multiaddr>,
-}
-
-impl Direct {
-    /// Forgets a peer that is gone.
-    pub(crate) fn forget(&mut self, peer: &PeerId) {
-        self.punches.remove(peer);
-        self.observed.remove(peer);
-    }
-
-    /// How this node's NAT maps ports: "endpoint-independent" when two observers on different
-    /// IPs saw the same mapped port, "port-randomizing" when they saw different ports of one
-    /// public IP (per transport), else "unknown".
-    fn mapping(&self) -> &'static str {
-        // (public IP, transport) → (observer IPs with the port each saw).
-        let mut seen: HashMap<(std::net::IpAddr, bool), Vec<u16>> = HashMap::new();
-        for addr in self.observed.values() {
-            if let (Some(ip), Some((port, quic))) = (ip_of(addr), port_of(addr)) {
-                seen.entry((ip, quic)).or_default().push(port);
-            }
-        }
-        let mut verdict = "unknown";
-        for ports in seen.values().filter(|p| p.len() >= 2) {
-            if ports.iter().any(|p| *p != ports[0]) {
-                return "port-randomizing";
-            }
-            verdict = "endpoint-independent";
-        }
-        verdict
-    }
-}
 
 /// How DCUtR's failure reads (the start of it).
 const GAVE_UP: &str = "Giving up";
@@ -78,19 +32,6 @@ fn capped(mut reason: String) -> String {
         reason.push('…');
     }
     reason
-}
-
-/// The port and whether it is QUIC (UDP), of a direct address.
-fn port_of(addr: &Multiaddr) -> Option<(u16, bool)> {
-    let mut port = None;
-    for p in addr.iter() {
-        match p {
-            Protocol::Tcp(n) => port = Some((n, false)),
-            Protocol::Udp(n) => port = Some((n, true)),
-            _ => {}
-        }
-    }
-    port
 }
 
 impl EventLoop {

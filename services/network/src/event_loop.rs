@@ -28,14 +28,12 @@ use p2pos_protocols::network::{Announced, Announcements, Command, NetEvent, Repl
 
 use crate::{
     behaviour::{Behaviour, BehaviourEvent, is_relay_hop},
-    direct::Direct,
     gossip::GossipState,
     metrics::SwarmMetrics,
-    peer_records::Published,
+    nat::{Answer, Direct, Published, Relays},
     peers::{self, PeerBook, is_dialable},
     provider_cache::ProviderCache,
     reach::Reach,
-    relays::Relays,
     scope::{is_relayed, usable},
     waiting::{PendingConnect, ProviderQuery, RecordQuery},
 };
@@ -94,8 +92,8 @@ pub(crate) struct EventLoop {
     /// Opens the streams of `whois` asks.
     pub(crate) stream_control: libp2p_stream::Control,
     /// Where `whois` asks answer, and where the loop hears them.
-    pub(crate) whois_answers: mpsc::Sender<crate::whois::Answer>,
-    whois_rx: mpsc::Receiver<crate::whois::Answer>,
+    pub(crate) whois_answers: mpsc::Sender<Answer>,
+    whois_rx: mpsc::Receiver<Answer>,
     /// The node's key: it signs the records this node puts in the DHT.
     pub(crate) keypair: Keypair,
     /// Record puts and gets in progress.
@@ -600,11 +598,7 @@ impl EventLoop {
         // Only the addresses that can serve this node: a peer elsewhere gains nothing from its
         // loopback, link-local or private addresses (the same private address is another host
         // on this node's own network).
-        let via: Vec<Multiaddr> = self
-            .connections
-            .get(&peer)
-            .map(|c| c.iter().map(|(_, a)| a.clone()).collect())
-            .unwrap_or_default();
+        let via = self.connection_addrs(&peer);
         let listen: Vec<Multiaddr> = listen_addrs
             .into_iter()
             .filter(|a| is_dialable(a) && !is_relayed(a) && usable(a, &via, self.trust_private))

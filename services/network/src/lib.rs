@@ -29,6 +29,8 @@
 //!   connected, for ranking providers.
 //! - `records`: records signed by this node, put in and got from the DHT.
 //! - `peer_records`: this node's signed address record in the DHT, and look-ups of peers'.
+//! - `nat`: what the swarm task knows of this node's place behind NATs (relays, hole
+//!   punching, the address record published, whois answers).
 //! - `relays`: relay reservations while the node is not known to be public.
 //! - `relay_server`: the relay server, serving only with a direct external address.
 //! - `direct`: hole punching, upgrades to direct connections, and why a peer is relayed.
@@ -47,6 +49,7 @@ mod gossip_loop;
 mod info;
 mod kad_store;
 mod metrics;
+mod nat;
 pub mod overlay_api;
 mod peer_records;
 mod peers;

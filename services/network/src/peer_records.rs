@@ -21,6 +21,7 @@ use p2pos_protocols::network::ticket::without_peer;
 
 use crate::{
     event_loop::EventLoop,
+    nat::Published,
     peers::is_dialable,
     scope::{advertisable, advertised_floor, is_relayed},
 };
@@ -64,15 +65,6 @@ fn fresh(seq: u64) -> bool {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     now.saturating_sub(seq) <= RECORD_TTL.as_secs()
-}
-
-/// What this node last put in the DHT about itself, and when.
-#[derive(Default)]
-pub(crate) struct Published {
-    addrs: Vec<Multiaddr>,
-    at: Option<Instant>,
-    /// Whether the addresses may have changed since.
-    dirty: bool,
 }
 
 impl EventLoop {
@@ -205,15 +197,7 @@ impl EventLoop {
         }
         self.peer_record_queries.remove(&id);
         self.peer_record_of.remove(&peer);
-        if let Some(mut query) = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .as_mut()
-            .and_then(|k| k.query_mut(&id))
-        {
-            query.finish();
-        }
+        self.finish_query(id);
         let found: Vec<Multiaddr> = found.into_iter().filter(is_dialable).collect();
         debug!(%peer, found = found.len(), "address record look-up done");
         if !found.is_empty() {

@@ -21,7 +21,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use crate::connect::ip_of;
+use crate::scope::ip_of;
 use libp2p::{
     Multiaddr, PeerId,
     core::{Endpoint, multiaddr::Protocol, transport::PortUse},

@@ -9,11 +9,6 @@
 //! widest-reaching address known (a global one before a private, loopback or link-local one),
 //! so that peers elsewhere can dial it.
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
-};
-
 use libp2p::{Multiaddr, PeerId, core::transport::ListenerId, multiaddr::Protocol};
 use p2pos_proto::monitor::v1::{RelayReserved, event::Kind};
 use tokio::time::Instant;
@@ -26,81 +21,6 @@ use crate::{
 
 /// Most relays this node holds a reservation on at once.
 pub(crate) const MAX_RELAYS: usize = 2;
-/// Most relays remembered this run, to reserve on again.
-const MAX_KNOWN_RELAYS: usize = 16;
-/// The first wait before trying a relay again after its reservation failed or ended.
-const FIRST_BACKOFF: Duration = Duration::from_secs(2);
-/// The longest wait before trying a relay again.
-const MAX_BACKOFF: Duration = Duration::from_secs(120);
-
-/// The relays this node knows and the reservations it holds.
-pub(crate) struct Relays {
-    /// Relays seen this run (identify listed the relay protocol), newest last.
-    known: Vec<PeerId>,
-    /// A listener per relay reserved on (pending or accepted).
-    listeners: HashMap<PeerId, ListenerId>,
-    /// Relays whose reservation was accepted.
-    held: HashSet<PeerId>,
-    /// Relays not to be tried before the instant given, and the back-off after that.
-    backoff: HashMap<PeerId, (Instant, Duration)>,
-    /// When the node started, for the time its first reservation took.
-    started: Instant,
-    /// Whether a reservation was held yet this run.
-    first_held: bool,
-}
-
-impl Default for Relays {
-    fn default() -> Self {
-        Self {
-            known: Vec::new(),
-            listeners: HashMap::new(),
-            held: HashSet::new(),
-            backoff: HashMap::new(),
-            started: Instant::now(),
-            first_held: false,
-        }
-    }
-}
-
-impl Relays {
-    /// Notes that `peer` serves as a relay.
-    fn know(&mut self, peer: PeerId) {
-        self.known.retain(|p| *p != peer);
-        if self.known.len() >= MAX_KNOWN_RELAYS {
-            self.known.remove(0);
-        }
-        self.known.push(peer);
-    }
-
-    /// Whether `relay` may be tried now.
-    fn ready(&self, relay: &PeerId, now: Instant) -> bool {
-        self.backoff.get(relay).is_none_or(|(at, _)| *at <= now)
-    }
-
-    /// Holds `relay` back for longer each time it fails.
-    fn back_off(&mut self, relay: PeerId) {
-        let next = self
-            .backoff
-            .get(&relay)
-            .map_or(FIRST_BACKOFF, |(_, d)| (*d * 2).min(MAX_BACKOFF));
-        self.backoff.insert(relay, (Instant::now() + next, next));
-    }
-
-    /// Whether `peer` is a relay seen this run.
-    pub(crate) fn is_known(&self, peer: &PeerId) -> bool {
-        self.known.contains(peer)
-    }
-
-    /// The relays a reservation is held on.
-    pub(crate) fn held(&self) -> impl Iterator<Item = &PeerId> {
-        self.held.iter()
-    }
-
-    /// Whether `listener` is a relay reservation's.
-    pub(crate) fn is_reservation(&self, listener: ListenerId) -> bool {
-        self.listeners.values().any(|id| *id == listener)
-    }
-}
 
 impl EventLoop {
     /// `peer` serves as a relay (identify said so): reserves on it if this node needs one.
@@ -149,11 +69,7 @@ impl EventLoop {
 
     /// The relay's widest-reaching direct address known: where peers elsewhere can dial it.
     fn relay_address(&self, relay: &PeerId) -> Option<Multiaddr> {
-        let connected: Vec<Multiaddr> = self
-            .connections
-            .get(relay)
-            .map(|c| c.iter().map(|(_, a)| a.clone()).collect())
-            .unwrap_or_default();
+        let connected = self.connection_addrs(relay);
         self.book
             .addresses(relay)
             .into_iter()

@@ -9,7 +9,7 @@
 //! unicast address whose first group ends in 1–5 or 8 (2001::/16, 2601::/16, 2a01::/16, …)
 //! non-global.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libp2p::{Multiaddr, multiaddr::Protocol};
 
@@ -127,6 +127,15 @@ pub(crate) fn advertised_floor<'a>(
 /// given the [`advertised_floor`]: a relayed address counts with its relay's address.
 pub(crate) fn advertisable(addr: &Multiaddr, floor: Scope) -> bool {
     scope(addr) >= floor
+}
+
+/// The IP address `addr` starts with.
+pub(crate) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    match addr.iter().next()? {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    }
 }
 
 /// Whether `addr` goes through a relay (`/p2p-circuit`).

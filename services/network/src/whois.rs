@@ -33,6 +33,7 @@ use tracing::debug;
 
 use crate::{
     event_loop::EventLoop,
+    nat::Answer,
     peer_records::key_of,
     peers::is_dialable,
     scope::{is_relayed, usable},
@@ -51,13 +52,6 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ASKS_IN_FLIGHT: usize = 64;
 /// Most addresses taken from one record.
 const MAX_ADDRS: usize = 8;
-
-/// What an asked peer answered: the peer asked about, who answered, and the record's bytes.
-pub(crate) struct Answer {
-    pub(crate) about: PeerId,
-    pub(crate) from: PeerId,
-    pub(crate) record: Option<Bytes>,
-}
 
 /// Serves `/p2pos/whois/1` until the guard is dropped; `control` opens the streams of asks
 /// passed on.
@@ -237,11 +231,7 @@ impl EventLoop {
             self.whois_pending.remove(&about);
         }
         // What can serve this node: near addresses only if the answering peer is as near.
-        let via: Vec<Multiaddr> = self
-            .connections
-            .get(&from)
-            .map(|c| c.iter().map(|(_, a)| a.clone()).collect())
-            .unwrap_or_default();
+        let via = self.connection_addrs(&from);
         let found: Vec<Multiaddr> = record
             .as_deref()
             .and_then(peer_record)

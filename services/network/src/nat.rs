@@ -1,0 +1,164 @@
+//! What the swarm task knows of this node's place behind NATs, kept in the
+//! [`EventLoop`](crate::event_loop::EventLoop) and worked on by `relays` (reservations),
+//! `direct` (hole punching, upgrades, why a peer is relayed), `peer_records` (the address
+//! record put in the DHT) and `whois` (asks to connected peers).
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use libp2p::{Multiaddr, PeerId, core::transport::ListenerId, multiaddr::Protocol};
+use tokio::time::Instant;
+
+use crate::scope::ip_of;
+
+/// Most relays remembered this run, to reserve on again.
+const MAX_KNOWN_RELAYS: usize = 16;
+/// The first wait before trying a relay again after its reservation failed or ended.
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest wait before trying a relay again.
+const MAX_BACKOFF: Duration = Duration::from_secs(120);
+
+/// The relays this node knows and the reservations it holds.
+pub(crate) struct Relays {
+    /// Relays seen this run (identify listed the relay protocol), newest last.
+    pub(crate) known: Vec<PeerId>,
+    /// A listener per relay reserved on (pending or accepted).
+    pub(crate) listeners: HashMap<PeerId, ListenerId>,
+    /// Relays whose reservation was accepted.
+    pub(crate) held: HashSet<PeerId>,
+    /// Relays not to be tried before the instant given, and the back-off after that.
+    pub(crate) backoff: HashMap<PeerId, (Instant, Duration)>,
+    /// When the node started, for the time its first reservation took.
+    pub(crate) started: Instant,
+    /// Whether a reservation was held yet this run.
+    pub(crate) first_held: bool,
+}
+
+impl Default for Relays {
+    fn default() -> Self {
+        Self {
+            known: Vec::new(),
+            listeners: HashMap::new(),
+            held: HashSet::new(),
+            backoff: HashMap::new(),
+            started: Instant::now(),
+            first_held: false,
+        }
+    }
+}
+
+impl Relays {
+    /// Notes that `peer` serves as a relay.
+    pub(crate) fn know(&mut self, peer: PeerId) {
+        self.known.retain(|p| *p != peer);
+        if self.known.len() >= MAX_KNOWN_RELAYS {
+            self.known.remove(0);
+        }
+        self.known.push(peer);
+    }
+
+    /// Whether `relay` may be tried now.
+    pub(crate) fn ready(&self, relay: &PeerId, now: Instant) -> bool {
+        self.backoff.get(relay).is_none_or(|(at, _)| *at <= now)
+    }
+
+    /// Holds `relay` back for longer each time it fails.
+    pub(crate) fn back_off(&mut self, relay: PeerId) {
+        let next = self
+            .backoff
+            .get(&relay)
+            .map_or(FIRST_BACKOFF, |(_, d)| (*d * 2).min(MAX_BACKOFF));
+        self.backoff.insert(relay, (Instant::now() + next, next));
+    }
+
+    /// Whether `peer` is a relay seen this run.
+    pub(crate) fn is_known(&self, peer: &PeerId) -> bool {
+        self.known.contains(peer)
+    }
+
+    /// The relays a reservation is held on.
+    pub(crate) fn held(&self) -> impl Iterator<Item = &PeerId> {
+        self.held.iter()
+    }
+
+    /// Whether `listener` is a relay reservation's.
+    pub(crate) fn is_reservation(&self, listener: ListenerId) -> bool {
+        self.listeners.values().any(|id| *id == listener)
+    }
+}
+
+/// How hole punching went with a peer.
+pub(crate) enum Punch {
+    Succeeded,
+    Failed(String),
+}
+
+/// Hole punching per peer, and where peers see this node.
+#[derive(Default)]
+pub(crate) struct Direct {
+    pub(crate) punches: HashMap<PeerId, Punch>,
+    /// The address each directly connected peer observed this node at, when it differs from
+    /// every address this node listens on (so a NAT mapped it).
+    pub(crate) observed: HashMap<PeerId, Multiaddr>,
+}
+
+impl Direct {
+    /// Forgets a peer that is gone.
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        self.punches.remove(peer);
+        self.observed.remove(peer);
+    }
+
+    /// How this node's NAT maps ports: "endpoint-independent" when two observers on different
+    /// IPs saw the same mapped port, "port-randomizing" when they saw different ports of one
+    /// public IP (per transport), else "unknown".
+    pub(crate) fn mapping(&self) -> &'static str {
+        // (public IP, transport) → (observer IPs with the port each saw).
+        let mut seen: HashMap<(std::net::IpAddr, bool), Vec<u16>> = HashMap::new();
+        for addr in self.observed.values() {
+            if let (Some(ip), Some((port, quic))) = (ip_of(addr), port_of(addr)) {
+                seen.entry((ip, quic)).or_default().push(port);
+            }
+        }
+        let mut verdict = "unknown";
+        for ports in seen.values().filter(|p| p.len() >= 2) {
+            if ports.iter().any(|p| *p != ports[0]) {
+                return "port-randomizing";
+            }
+            verdict = "endpoint-independent";
+        }
+        verdict
+    }
+}
+
+/// The port and whether it is QUIC (UDP), of a direct address.
+fn port_of(addr: &Multiaddr) -> Option<(u16, bool)> {
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Tcp(n) => port = Some((n, false)),
+            Protocol::Udp(n) => port = Some((n, true)),
+            _ => {}
+        }
+    }
+    port
+}
+
+/// What this node last put in the DHT about itself, and when.
+#[derive(Default)]
+pub(crate) struct Published {
+    pub(crate) addrs: Vec<Multiaddr>,
+    pub(crate) at: Option<Instant>,
+    /// Whether the addresses may have changed since.
+    pub(crate) dirty: bool,
+}
+
+/// What an asked peer answered: the peer asked about, who answered, and the record's bytes.
+pub(crate) struct Answer {
+    pub(crate) about: PeerId,
+    pub(crate) from: PeerId,
+    pub(crate) record: Option<Bytes>,
+}

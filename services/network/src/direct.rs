@@ -3,13 +3,20 @@
 //! the direct connection, see `vendor/libp2p-stream`), and why a peer is still relayed — which
 //! includes how this node's NAT maps ports, judged from the addresses peers observe it at.
 
-use libp2p::{Multiaddr, PeerId, dcutr};
+use libp2p::{
+    Multiaddr, PeerId, TransportError, dcutr,
+    swarm::{
+        DialError,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
 use p2pos_proto::monitor::v1::{ConnectionUpgraded, event::Kind};
+use tokio::time::{Duration, Instant};
 use tracing::{debug, info};
 
 use crate::{
     event_loop::EventLoop,
-    nat::Punch,
+    nat::{Punch, port_of},
     scope::{Scope, ip_of, is_relayed, scope},
 };
 
@@ -17,6 +24,26 @@ use crate::{
 const MAX_OBSERVATIONS: usize = 64;
 /// The longest reason kept for a failed hole punch.
 const MAX_REASON: usize = 400;
+
+/// How long after a refused hole punch its addresses are dialled again.
+const SPRAY_WINDOW: Duration = Duration::from_millis(400);
+/// Most dials again in that window.
+const SPRAY_DIALS: u32 = 32;
+/// The least time between two such windows for one peer (DCUtR's attempts that come later
+/// get one each).
+const SPRAY_GAP: Duration = Duration::from_millis(600);
+
+/// Whether a transport error is a refused connection (a TCP reset), wherever it is in the
+/// chain of sources.
+fn refused(error: &TransportError<std::io::Error>) -> bool {
+    let TransportError::Other(e) = error else {
+        return false;
+    };
+    // Transports wrap the socket's error in theirs (`io::Error`s and `Either`s, whose
+    // `source` skips what they wrap): the kind shows in the whole chain's debug form.
+    e.kind() == std::io::ErrorKind::ConnectionRefused
+        || format!("{e:?}").contains("kind: ConnectionRefused")
+}
 
 /// How DCUtR's failure reads (the start of it).
 const GAVE_UP: &str = "Giving up";
@@ -47,6 +74,7 @@ impl EventLoop {
             return;
         }
         info!(%peer, %addr, "connected directly to a peer reached through a relay");
+        self.direct.sprays.remove(&peer);
         self.metrics.upgrades.inc();
         self.events
             .publish(Kind::ConnectionUpgraded(ConnectionUpgraded {
@@ -57,7 +85,7 @@ impl EventLoop {
 
     /// A dial of `peer` failed: while it is reached only through relays, that was an attempt
     /// to go direct (hole punching's, or another), and its error says why it is not.
-    pub(crate) fn direct_dial_failed(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
+    pub(crate) fn direct_dial_failed(&mut self, peer: PeerId, error: &DialError) {
         let relayed_only = self
             .connections
             .get(&peer)
@@ -68,6 +96,52 @@ impl EventLoop {
         self.direct
             .punches
             .insert(peer, Punch::Failed(capped(error.to_string())));
+        self.dial_refused_again(peer, error);
+    }
+
+    /// A TCP hole punch was refused: this side's SYN reached the peer's router before the
+    /// peer's own had left, and a router that rejects unsolicited packets (or whose own stack
+    /// answers them) reset it — while one that drops them lets the SYN be sent again a second
+    /// later, by when the peer's SYN has opened the way. A reset ends the attempt at once, and
+    /// DCUtR's synchronisation is not fine enough to make up for it when the peers are near
+    /// each other and their relay far (the side that dials on the peer's `Sync` is early by
+    /// what the relay's round trip overstates). So the refused addresses are dialled again at
+    /// once, in the same role as DCUtR's dial, for up to [`SPRAY_WINDOW`]: a SYN sent after
+    /// the peer's has left its router meets it (a simultaneous open). At most [`SPRAY_DIALS`]
+    /// dials in a window, and one window per [`SPRAY_GAP`].
+    fn dial_refused_again(&mut self, peer: PeerId, error: &DialError) {
+        let DialError::Transport(errors) = error else {
+            return;
+        };
+        let refused: Vec<Multiaddr> = errors
+            .iter()
+            .filter(|(addr, e)| !is_relayed(addr) && refused(e))
+            .map(|(addr, _)| addr.clone())
+            .collect();
+        if refused.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let spray = self.direct.sprays.entry(peer).or_insert((now, 0));
+        if now.duration_since(spray.0) >= SPRAY_GAP {
+            *spray = (now, 0);
+        }
+        if now.duration_since(spray.0) >= SPRAY_WINDOW || spray.1 >= SPRAY_DIALS {
+            return;
+        }
+        spray.1 += 1;
+        let opts = DialOpts::peer_id(peer)
+            .addresses(refused)
+            .condition(PeerCondition::Always);
+        // As DCUtR dials: as itself on the side that dialled through the relay, in the
+        // listener's role on the other.
+        let opts = match self.direct.dialled_through_relay.contains(&peer) {
+            true => opts.build(),
+            false => opts.override_role().build(),
+        };
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, "cannot dial a refused hole punch again: {e}");
+        }
     }
 
     /// DCUtR's outcome with a peer.
@@ -117,6 +191,7 @@ impl EventLoop {
         {
             return;
         }
+        debug!(%observer, %observed, "a peer elsewhere sees this node at a mapped address");
         self.direct.observed.insert(observer, observed);
     }
 
@@ -124,13 +199,22 @@ impl EventLoop {
     pub(crate) fn nat_mapping(&self) -> &'static str {
         match self.reachability {
             "public" => "none",
-            _ => self.direct.mapping(),
+            _ => self.direct.mapping(&self.listening_ports()),
         }
+    }
+
+    /// The ports this node listens on directly, each with whether it is QUIC's.
+    fn listening_ports(&self) -> Vec<(u16, bool)> {
+        self.swarm
+            .listeners()
+            .filter(|a| !is_relayed(a))
+            .filter_map(port_of)
+            .collect()
     }
 
     /// Why `peer`, connected only through relays, is not connected directly.
     pub(crate) fn why_relayed(&self, peer: &PeerId) -> String {
-        if self.direct.mapping() == "port-randomizing" {
+        if self.nat_mapping() == "port-randomizing" {
             return "this node's NAT gives each destination a new port (port-randomizing), so \
                     hole punching cannot work: only a relay gets through (forwarding a port on \
                     the router, or UPnP, would allow direct connections)"
@@ -147,5 +231,26 @@ impl EventLoop {
                 "no attempt yet (hole punching starts when the relayed connection opens)".to_owned()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    #[test]
+    fn a_refused_connection_is_found_however_deep_it_is_wrapped() {
+        let reset = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(refused(&TransportError::Other(reset())));
+        let wrapped = io::Error::other(io::Error::other(reset()));
+        assert!(refused(&TransportError::Other(wrapped)));
+        assert!(!refused(&TransportError::Other(io::Error::from(
+            io::ErrorKind::TimedOut
+        ))));
+        assert!(!refused(&TransportError::MultiaddrNotSupported(
+            "/memory/1".parse().expect("addr")
+        )));
     }
 }

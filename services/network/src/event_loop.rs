@@ -10,7 +10,9 @@ use std::{
 
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, autonat, identify,
+    Multiaddr, PeerId, Swarm, autonat,
+    core::transport::ListenerId,
+    identify,
     identity::Keypair,
     kad, mdns,
     multiaddr::Protocol,
@@ -42,6 +44,8 @@ use crate::{
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// How long a freshly started node may take to bind its remembered ports.
 const PORT_PATIENCE: Duration = Duration::from_secs(1);
+/// How long a freshly started node waits for its listeners before it dials.
+const LISTEN_WAIT: Duration = Duration::from_millis(500);
 /// Most known peers dialled at start.
 const MAX_STARTUP_DIALS: usize = 64;
 /// Answers of `whois` asks waiting for the loop.
@@ -220,7 +224,8 @@ impl EventLoop {
         external: Vec<Multiaddr>,
         bootstrap: Vec<(PeerId, Vec<Multiaddr>)>,
     ) {
-        self.listen(listen).await;
+        let listeners = self.listen(listen).await;
+        self.until_listening(listeners).await;
         if !external.is_empty() {
             // Declared by the operator: reachable, so no relay is needed, and the node serves
             // as a relay and a DHT server from the start.
@@ -259,18 +264,56 @@ impl EventLoop {
         }
     }
 
-    async fn listen(&mut self, configured: Vec<Multiaddr>) {
+    /// Listens on the configured addresses (the remembered port where one was chosen by the
+    /// OS before); answers the direct listeners (not through a relay).
+    async fn listen(&mut self, configured: Vec<Multiaddr>) -> HashSet<ListenerId> {
         let remembered = peers::load_listen_addrs(self.store.as_ref());
         let first = peers::remembered_ports(&configured, &remembered);
+        let mut direct = HashSet::new();
         for (addr, again) in configured.into_iter().zip(first) {
+            let relayed = is_relayed(&addr);
             if let Some(again) = again
                 && peers::port_is_free(&again, PORT_PATIENCE).await
-                && self.swarm.listen_on(again.clone()).is_ok()
+                && let Ok(id) = self.swarm.listen_on(again.clone())
             {
+                if !relayed {
+                    direct.insert(id);
+                }
                 continue;
             }
-            if let Err(e) = self.swarm.listen_on(addr.clone()) {
-                warn!("cannot listen on {addr}: {e}");
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(id) if !relayed => {
+                    direct.insert(id);
+                }
+                Ok(_) => {}
+                Err(e) => warn!("cannot listen on {addr}: {e}"),
+            }
+        }
+        direct
+    }
+
+    /// Serves the swarm until each of `listeners` listens (or failed), at most
+    /// [`LISTEN_WAIT`]: dials made before would leave from ephemeral ports rather than the
+    /// listening ones, and peers would observe this node at ports that NATs mapped for them
+    /// alone (addresses that hole punching cannot use, and that look like a NAT that maps a
+    /// port per destination).
+    async fn until_listening(&mut self, mut listeners: HashSet<ListenerId>) {
+        let deadline = tokio::time::sleep(LISTEN_WAIT);
+        tokio::pin!(deadline);
+        while !listeners.is_empty() {
+            tokio::select! {
+                event = self.swarm.select_next_some() => {
+                    match &event {
+                        SwarmEvent::NewListenAddr { listener_id, .. }
+                        | SwarmEvent::ListenerClosed { listener_id, .. }
+                        | SwarmEvent::ListenerError { listener_id, .. } => {
+                            listeners.remove(listener_id);
+                        }
+                        _ => {}
+                    }
+                    self.on_swarm_event(event);
+                }
+                () = &mut deadline => return,
             }
         }
     }
@@ -404,6 +447,9 @@ impl EventLoop {
                 if endpoint.is_dialer() {
                     // A connection to it succeeded: the one kind of address that is stored.
                     self.book.add(peer_id, [addr.clone()]);
+                    if is_relayed(&addr) {
+                        self.direct.dialled_through_relay.insert(peer_id);
+                    }
                 }
                 let probe = self.probes.remove(&connection_id);
                 // Whether this node itself asked for the peer (a connect waits for it).

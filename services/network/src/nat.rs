@@ -103,6 +103,12 @@ pub(crate) struct Direct {
     /// The address each directly connected peer observed this node at, when it differs from
     /// every address this node listens on (so a NAT mapped it).
     pub(crate) observed: HashMap<PeerId, Multiaddr>,
+    /// Peers this node dialled through a relay (so DCUtR has it dial them as itself when
+    /// hole punching; the other side dials in the listener's role).
+    pub(crate) dialled_through_relay: HashSet<PeerId>,
+    /// Refused hole punches being dialled again, per peer: when the first was refused, and
+    /// how many dials again since.
+    pub(crate) sprays: HashMap<PeerId, (Instant, u32)>,
 }
 
 impl Direct {
@@ -110,13 +116,18 @@ impl Direct {
     pub(crate) fn forget(&mut self, peer: &PeerId) {
         self.punches.remove(peer);
         self.observed.remove(peer);
+        self.dialled_through_relay.remove(peer);
+        self.sprays.remove(peer);
     }
 
-    /// How this node's NAT maps ports: "endpoint-independent" when two observers on different
-    /// IPs saw the same mapped port, "port-randomizing" when they saw different ports of one
-    /// public IP (per transport), else "unknown".
-    pub(crate) fn mapping(&self) -> &'static str {
-        // (public IP, transport) → (observer IPs with the port each saw).
+    /// How this node's NAT maps ports, given the ports it listens on (each with whether it is
+    /// QUIC's): "endpoint-independent" when an observer saw it at the port it listens on (a
+    /// connection from that port kept it through the NAT) or two observers saw the same
+    /// port; "port-randomizing" when two observers saw different ports of one public IP and
+    /// none saw a listening port (a dial from another port, one made before the node
+    /// listened, is seen elsewhere too); else "unknown". Per transport.
+    pub(crate) fn mapping(&self, listening: &[(u16, bool)]) -> &'static str {
+        // (public IP, transport) → the port each observer saw.
         let mut seen: HashMap<(std::net::IpAddr, bool), Vec<u16>> = HashMap::new();
         for addr in self.observed.values() {
             if let (Some(ip), Some((port, quic))) = (ip_of(addr), port_of(addr)) {
@@ -124,18 +135,22 @@ impl Direct {
             }
         }
         let mut verdict = "unknown";
-        for ports in seen.values().filter(|p| p.len() >= 2) {
-            if ports.iter().any(|p| *p != ports[0]) {
-                return "port-randomizing";
+        for ((_, quic), ports) in &seen {
+            if ports.iter().any(|p| listening.contains(&(*p, *quic))) {
+                verdict = "endpoint-independent";
+            } else if ports.len() >= 2 {
+                if ports.iter().any(|p| *p != ports[0]) {
+                    return "port-randomizing";
+                }
+                verdict = "endpoint-independent";
             }
-            verdict = "endpoint-independent";
         }
         verdict
     }
 }
 
 /// The port and whether it is QUIC (UDP), of a direct address.
-fn port_of(addr: &Multiaddr) -> Option<(u16, bool)> {
+pub(crate) fn port_of(addr: &Multiaddr) -> Option<(u16, bool)> {
     let mut port = None;
     for p in addr.iter() {
         match p {
@@ -161,4 +176,37 @@ pub(crate) struct Answer {
     pub(crate) about: PeerId,
     pub(crate) from: PeerId,
     pub(crate) record: Option<Bytes>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(direct: &mut Direct, port: u16) {
+        direct.observed.insert(
+            PeerId::random(),
+            format!("/ip4/5.0.0.14/tcp/{port}").parse().expect("addr"),
+        );
+    }
+
+    #[test]
+    fn the_nat_mapping_is_judged_from_the_ports_peers_see() {
+        let listening = [(4001, false)];
+        let mut direct = Direct::default();
+        assert_eq!(direct.mapping(&listening), "unknown");
+        seen(&mut direct, 50_000);
+        assert_eq!(direct.mapping(&listening), "unknown", "one observer");
+        seen(&mut direct, 50_001);
+        assert_eq!(direct.mapping(&listening), "port-randomizing");
+        // A third saw the listening port: the NAT keeps ports (the others were dials from
+        // ephemeral ports).
+        seen(&mut direct, 4001);
+        assert_eq!(direct.mapping(&listening), "endpoint-independent");
+        let mut same = Direct::default();
+        seen(&mut same, 50_000);
+        seen(&mut same, 50_000);
+        assert_eq!(same.mapping(&listening), "endpoint-independent");
+        // QUIC's port says nothing of TCP's.
+        assert_eq!(same.mapping(&[(50_000, true)]), "endpoint-independent");
+    }
 }

@@ -378,8 +378,14 @@ pub async fn trial(
         Err(_) => Some(nodes.a.dial(&nodes.b.ticket().await).await),
     };
     let connected = dial.is_ok() || ticket_dial.as_ref().is_some_and(Result::is_ok);
+    // Direct for both: each side's new streams take the direct connection.
     let direct = match connected {
-        true => nodes.a.direct(&nodes.b.peer_id).await,
+        true => {
+            let start = Instant::now();
+            let a_sees = nodes.a.direct(&nodes.b.peer_id).await;
+            let b_sees = nodes.b.direct(&nodes.a.peer_id).await;
+            a_sees.and(b_sees).map(|_| start.elapsed())
+        }
         false => None,
     };
     let seen = [

@@ -91,6 +91,8 @@ pub struct Node {
     child: Option<Child>,
     log: PathBuf,
     starts: u32,
+    /// Whether it also listens on `/ip4/127.0.0.1/tcp/0` (all but [`Node::start_relayed`]).
+    default_listen: bool,
 }
 
 impl Node {
@@ -109,6 +111,7 @@ impl Node {
             netns: None,
             child: None,
             starts: 0,
+            default_listen: true,
         };
         node.spawn();
         node
@@ -129,6 +132,7 @@ impl Node {
             netns: Some(netns.to_owned()),
             child: None,
             starts: 0,
+            default_listen: true,
         };
         node.spawn();
         node
@@ -149,7 +153,10 @@ impl Node {
             }
             None => {
                 let mut cmd = Command::new(bin("p2posd"));
-                cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+                if self.default_listen {
+                    cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
+                }
+                cmd.arg("--no-mdns");
                 cmd
             }
         };
@@ -745,4 +752,43 @@ pub fn bare_swarm<B: libp2p::swarm::NetworkBehaviour>(
         .expect("behaviour")
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build()
+}
+
+/// A relay on loopback and nodes reached only through it (issue 17): no namespaces needed.
+impl Node {
+    /// Starts a relay on a fixed loopback port, declared as its external address (so it serves
+    /// as a relay at once), with `extra` flags; answers it and its address, `/p2p/<id>` last.
+    pub async fn start_relay(extra: &[&str]) -> (Node, String) {
+        let addr = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+        let mut args = vec!["--listen", &addr, "--external-address", &addr];
+        args.extend_from_slice(extra);
+        let mut relay = Node::start(&args);
+        let id = relay.peer_id().await;
+        (relay, format!("{addr}/p2p/{id}"))
+    }
+
+    /// Starts a node whose only listen address is a circuit through `relay` (an address ending
+    /// in `/p2p/<relay id>`), which it also bootstraps from: peers reach it only through the
+    /// relay. `extra` flags too.
+    pub fn start_relayed(relay: &str, extra: &[&str]) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("p2pos-")
+            .tempdir()
+            .expect("temp dir");
+        let circuit = format!("{relay}/p2p-circuit");
+        let mut args = vec!["--listen", &circuit, "--bootstrap", relay];
+        args.extend_from_slice(extra);
+        let mut node = Node {
+            log: dir.path().join("p2posd.log"),
+            data_dir: dir.path().join("node"),
+            _dir: Some(dir),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            netns: None,
+            child: None,
+            starts: 0,
+            default_listen: false,
+        };
+        node.spawn();
+        node
+    }
 }

@@ -13,6 +13,11 @@ fn print(text: &str) -> Action {
     Action::Print(text.to_owned())
 }
 
+/// The `hello` a chat writes before its first line on `link` (tags are fixed in tests).
+fn hello(link: Link) -> String {
+    format!("\n{{\"type\":\"hello\",\"tag\":\"0000000000000000-{link}\"}}")
+}
+
 fn write(link: Link, text: &str) -> Action {
     Action::Write {
         link,
@@ -96,7 +101,8 @@ fn caller_starts_its_plug_in_then_signals_and_hangs_up() {
     );
     // Text lines go on as before.
     chat.writer_ready(link);
-    assert_eq!(chat.line("/calls".into()), vec![write(link, "/calls")]);
+    assert_eq!(chat.line("/calls".into()), vec![write(link, &hello(link))]);
+    assert_eq!(chat.writer_ready(link), vec![write(link, "/calls")]);
 }
 
 #[test]
@@ -162,7 +168,8 @@ fn a_plug_in_that_cannot_start_is_reported_and_the_chat_goes_on() {
         )],
         "the peer never heard of it"
     );
-    assert_eq!(chat.line("hi".into()), vec![write(link, "hi")]);
+    assert_eq!(chat.line("hi".into()), vec![write(link, &hello(link))]);
+    assert_eq!(chat.writer_ready(link), vec![write(link, "hi")]);
 }
 
 #[test]

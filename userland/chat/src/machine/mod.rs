@@ -7,7 +7,9 @@
 //!   its next frame* (`Write`), or to `Apps.Send` (`Send`). A frame the channel no longer takes
 //!   comes back through [`Chat::frame_rejected`] and goes out the other way.
 //! - Lines keep their order: one `Send` at a time, and no channel frame while a `Send` is
-//!   outstanding.
+//!   outstanding, or while a line `Send` left queued in the node's outbox is not delivered.
+//! - No line is lost when a channel breaks: the peer's chat confirms the lines it showed, and
+//!   those not confirmed go again, shown once ([`confirm`]).
 //! - At most one *current* channel. When both peers open a channel to each other at once, both
 //!   keep the one opened by the smaller peer id (the newer one if the same peer opened both).
 //! - A stored message is printed at most once per run, though the node may hand it over again
@@ -23,6 +25,7 @@ use crate::peer;
 
 mod calls;
 mod channels;
+mod confirm;
 mod lines;
 mod signals;
 
@@ -100,6 +103,15 @@ pub(crate) enum Failure {
     Fatal(String),
 }
 
+/// How a `Send` went: the node's id of the message, whether the peer has it already, and why it
+/// waits in the node's outbox when the node says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sent {
+    pub(crate) message_id: u64,
+    pub(crate) delivered: bool,
+    pub(crate) waiting: String,
+}
+
 /// A message from `Apps.Receive`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Stored {
@@ -127,6 +139,8 @@ struct Chan {
     writer_ready: bool,
     /// We ended its input.
     closing: bool,
+    /// Its lines both ways, numbered and confirmed.
+    lines: confirm::LinkLines,
 }
 
 /// Dialer mode: the PEER argument.
@@ -169,6 +183,12 @@ pub(crate) struct Chat {
     printed: HashMap<(String, u64), u64>,
     /// The voice call in progress.
     call: Option<calls::Call>,
+    /// Lines across channels and messages: shown, queued in the node, waiting.
+    confirm: confirm::Confirmations,
+    /// Names this run's channels (tags are this, and the link).
+    run_id: u64,
+    /// The finish timer fired: exit once every line is handed over, open channels or not.
+    finish_due: bool,
     /// Stdin ended.
     eof: bool,
     /// Every line is out; channels are being closed.
@@ -205,6 +225,9 @@ impl Chat {
             offline_announced: false,
             printed: HashMap::new(),
             call: None,
+            confirm: confirm::Confirmations::default(),
+            run_id: run_id(),
+            finish_due: false,
             eof: false,
             finishing: false,
             exited: false,
@@ -212,7 +235,20 @@ impl Chat {
     }
 }
 
+/// A random name for this run's channels (their tags); 0 in unit tests.
+fn run_id() -> u64 {
+    if cfg!(test) {
+        return 0;
+    }
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 #[cfg(test)]
 mod call_tests;
+#[cfg(test)]
+mod confirm_tests;
 #[cfg(test)]
 mod tests;

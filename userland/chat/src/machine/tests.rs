@@ -5,6 +5,23 @@ use super::*;
 const ME: &str = "12D3KooWMe";
 const BOB: &str = "12D3KooWBob";
 
+/// A `Send` the peer's node stored at once.
+fn delivered() -> Sent {
+    Sent {
+        message_id: 1,
+        delivered: true,
+        waiting: String::new(),
+    }
+}
+
+/// The `hello` a chat writes before its first line on `link` (tags are fixed in tests).
+fn hello(link: Link) -> Action {
+    Action::Write {
+        link,
+        text: format!("\n{{\"type\":\"hello\",\"tag\":\"0000000000000000-{link}\"}}"),
+    }
+}
+
 fn print(text: &str) -> Action {
     Action::Print(text.to_owned())
 }
@@ -51,6 +68,7 @@ fn dialer_connects_and_writes_lines_as_frames() {
         chat.opened(link, BOB.into()),
         vec![print("* connected to 12D3KooWBob")]
     );
+    assert_eq!(chat.writer_ready(link), vec![hello(link)]);
     assert_eq!(
         chat.writer_ready(link),
         vec![Action::Write {
@@ -98,7 +116,7 @@ fn offline_peer_gets_lines_by_send_then_channel() {
     let again = chat.open_failed(link2, Failure::Retry("still offline".into()));
     assert!(prints(&again).is_empty());
     assert_eq!(
-        chat.send_done(Ok(())),
+        chat.send_done(Ok(delivered())),
         vec![Action::Send {
             peer: BOB.into(),
             text: "two".into()
@@ -112,8 +130,9 @@ fn offline_peer_gets_lines_by_send_then_channel() {
         "no frame while a Send is outstanding"
     );
     chat.line("three".into());
+    assert_eq!(chat.send_done(Ok(delivered())), vec![hello(link3)]);
     assert_eq!(
-        chat.send_done(Ok(())),
+        chat.writer_ready(link3),
         vec![Action::Write {
             link: link3,
             text: "three".into()
@@ -126,8 +145,9 @@ fn channel_close_falls_back_to_send_without_loss() {
     let (mut chat, link) = dialer();
     chat.opened(link, BOB.into());
     chat.writer_ready(link);
+    assert_eq!(chat.line("lost?".into()), vec![hello(link)]);
     // The writer was ready but its stream is gone when the frame is handed over.
-    let write = chat.line("lost?".into());
+    let write = chat.writer_ready(link);
     assert_eq!(
         write,
         vec![Action::Write {
@@ -196,7 +216,7 @@ fn eof_waits_for_every_line_then_closes_and_exits() {
     chat.line("a".into());
     assert!(!chat.eof().contains(&Action::Exit), "a is in flight");
     let link2 = opened_link(&chat.timer(Timer::Redial));
-    let done = chat.send_done(Ok(()));
+    let done = chat.send_done(Ok(delivered()));
     assert_eq!(
         done,
         vec![
@@ -218,7 +238,13 @@ fn eof_with_open_channel_half_closes_and_exits_on_close() {
     let (mut chat, link) = dialer();
     chat.opened(link, BOB.into());
     chat.line("bye".into());
+    assert_eq!(chat.writer_ready(link), vec![hello(link)]);
     chat.writer_ready(link);
+    // Bob's chat showed it.
+    assert!(
+        chat.frame(link, "\n{\"type\":\"got\",\"upto\":1}")
+            .is_empty()
+    );
     assert_eq!(
         chat.eof(),
         vec![
@@ -305,8 +331,9 @@ fn crossed_opens_keep_the_channel_of_the_smaller_peer_id() {
     );
     assert!(chat.closed(theirs).is_empty(), "switch is silent");
     chat.writer_ready(ours);
+    assert_eq!(chat.line("x".into()), vec![hello(ours)]);
     assert_eq!(
-        chat.line("x".into()),
+        chat.writer_ready(ours),
         vec![Action::Write {
             link: ours,
             text: "x".into()
@@ -397,8 +424,9 @@ fn empty_lines_are_frames_and_oversized_lines_are_not_sent() {
     let (mut chat, link) = dialer();
     chat.opened(link, BOB.into());
     chat.writer_ready(link);
+    assert_eq!(chat.line(String::new()), vec![hello(link)]);
     assert_eq!(
-        chat.line(String::new()),
+        chat.writer_ready(link),
         vec![Action::Write {
             link,
             text: String::new()

@@ -791,4 +791,11 @@ impl Node {
         node.spawn();
         node
     }
+
+    /// Starts the stopped node again with `extra` flags added to those it had (a node reached
+    /// only through a relay given a direct listener too, say).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|s| (*s).to_owned()));
+        self.restart();
+    }
 }

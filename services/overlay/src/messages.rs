@@ -235,10 +235,18 @@ impl Messages {
         let (state, waiting) = match delivered {
             Outcome::Delivered => (DeliveryState::Delivered, String::new()),
             Outcome::Queued => (DeliveryState::Queued, String::new()),
-            Outcome::Waiting { size, circuit } => (
-                DeliveryState::Queued,
-                crate::delivery::too_large_for(peer, size, &circuit),
-            ),
+            Outcome::Waiting {
+                size,
+                circuit,
+                behind,
+            } => {
+                let why = crate::delivery::too_large_for(peer, size, &circuit);
+                let why = match behind {
+                    true => format!("it waits behind an earlier message of this app: {why}"),
+                    false => why,
+                };
+                (DeliveryState::Queued, why)
+            }
             Outcome::UnknownApp => return Err(Error::AppNotRegistered { app_id: app, peer }),
             Outcome::TooLarge => return Err(Error::MessageTooLarge { size }),
         };

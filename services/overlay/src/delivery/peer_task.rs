@@ -287,13 +287,22 @@ async fn drain(
                 let reason = too_large_for(peer, size, &c);
                 debug!(%peer, app_id = frame.app_id, "a message waits: {reason}");
                 tell_waiting(shared, state, peer, &frame, &reason);
-                let waiting = Outcome::Waiting { size, circuit: c };
+                let waiting = Outcome::Waiting {
+                    size,
+                    circuit: c,
+                    behind: false,
+                };
                 report(reports, peer, frame.sequence, waiting).await;
                 let app_id = frame.app_id.clone();
+                let behind = Outcome::Waiting {
+                    size,
+                    circuit: c,
+                    behind: true,
+                };
                 let held = Report::Waiting {
                     peer,
                     app_id,
-                    outcome: Some(waiting),
+                    outcome: Some(behind),
                 };
                 let _ = reports.send(held).await;
                 continue;

@@ -24,6 +24,9 @@ pub(crate) enum Outcome {
         size: u64,
         /// The circuit it does not fit.
         circuit: p2pos_protocols::network::Circuit,
+        /// This message is behind the one that does not fit (of the same app), rather than
+        /// that one.
+        behind: bool,
     },
 }
 

@@ -18,11 +18,12 @@ use p2pos_proto::{
         SendRequest, SessionEvent, channel_input, channel_output,
     },
     monitor::v1::{EventsRequest, event},
+    service::v1::CallRequest,
 };
 use p2pos_tests::{
     Chat, Node, connected_peer, free_port, http_get,
     messages::{counts, next_message, receive},
-    next_incoming, open_session, p2pctl, status_when, wait_for,
+    next_incoming, open_session, p2pctl, provide, status_when, wait_for,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -392,6 +393,75 @@ async fn a_channel_frame_too_large_for_the_relay_ends_the_channel_with_an_error_
     let got = next_message(&mut inbox, "a message after the channel").await;
     assert_eq!(got.payload, "still connected");
     assert_eq!(lab.circuits().0, accepted, "the same circuit carried it");
+}
+
+/// Over 128 KiB circuits, a call the circuit cannot carry, or an answer it cannot carry, is
+/// refused with its reason before it is sent; smaller calls cross the same circuit.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_too_large_for_the_relay_are_refused_with_their_reason_and_small_ones_cross() {
+    let lab = Lab::new(SMALL_CIRCUITS).await;
+    let answer = |payload: Bytes| match payload.as_ref() {
+        b"answer big" => Some(Ok(Bytes::from(vec![b'a'; 200 * 1024]))),
+        _ => Some(Ok(payload)),
+    };
+    let _provider = provide(
+        lab.cb.clone(),
+        "echo",
+        "relay-echo/1",
+        "echoes",
+        answer,
+        |_| {},
+    )
+    .await;
+    let call = |payload: Bytes| CallRequest {
+        app_id: "caller".into(),
+        service: "relay-echo/1".into(),
+        payload,
+        peer: lab.b_id.clone(),
+        ..CallRequest::default()
+    };
+    let reply = wait_for("a small call to cross", T, || {
+        let (client, request) = (lab.ca.clone(), call(Bytes::from_static(b"hi")));
+        async move { client.services().call(request).await.ok() }
+    })
+    .await;
+    assert_eq!(reply.into_inner().payload, "hi");
+    let (accepted, _) = lab.circuits();
+
+    let big = Bytes::from(vec![0u8; 200 * 1024]);
+    let status = lab
+        .ca
+        .services()
+        .call(call(big))
+        .await
+        .expect_err("too large");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("a call of") && status.message().contains("131072 bytes"),
+        "{status:?}"
+    );
+    let status = lab
+        .ca
+        .services()
+        .call(call(Bytes::from_static(b"answer big")))
+        .await
+        .expect_err("an answer too large");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("the answer to a call"),
+        "{status:?}"
+    );
+    let reply = lab
+        .ca
+        .services()
+        .call(call(Bytes::from_static(b"again")))
+        .await;
+    assert_eq!(reply.expect("a small call").into_inner().payload, "again");
+    assert_eq!(
+        lab.circuits().0,
+        accepted,
+        "the circuit lived through it all"
+    );
 }
 
 /// Circuits that last 5 s: a channel open when its circuit ends ends with `UNAVAILABLE` on both

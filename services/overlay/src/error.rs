@@ -131,6 +131,22 @@ pub enum Error {
         /// The payload's size.
         size: usize,
     },
+    /// A call or its answer, of `size` bytes, that the only connection to `peer`, a relay's
+    /// circuit, cannot carry (sent, it would end the circuit in its middle).
+    #[error(
+        "{what} of {size} bytes cannot cross the relayed connection to peer {peer} ({limits}): \
+         it needs a smaller payload, or the peer reached directly"
+    )]
+    TooLargeForRelay {
+        /// "a call" or "the answer to a call".
+        what: &'static str,
+        /// The peer.
+        peer: PeerId,
+        /// The call's size on the wire.
+        size: u64,
+        /// What the relay allows.
+        limits: String,
+    },
     /// An idempotency key of `Send` that is empty or too long.
     #[error(
         "an idempotency key of {len} bytes: it must be 1 to {max} bytes (or left empty for none)",
@@ -447,6 +463,7 @@ impl From<Error> for ServiceError {
             | Error::Restarting => ErrorCode::Unavailable,
             Error::ChannelNotAccepted { .. } | Error::Timeout { .. } => ErrorCode::DeadlineExceeded,
             Error::MessageTooLarge { .. }
+            | Error::TooLargeForRelay { .. }
             | Error::Busy { .. }
             | Error::TooManyChannels { .. }
             | Error::ChannelRefused { .. } => ErrorCode::ResourceExhausted,

@@ -131,21 +131,18 @@ pub enum Error {
         /// The payload's size.
         size: usize,
     },
-    /// A call or its answer, of `size` bytes, that the only connection to `peer`, a relay's
-    /// circuit, cannot carry (sent, it would end the circuit in its middle).
+    /// A call or its answer that the only connection to `peer`, a relay's circuit, cannot
+    /// carry (sent, it would end the circuit in its middle).
     #[error(
-        "{what} of {size} bytes cannot cross the relayed connection to peer {peer} ({limits}): \
-         it needs a smaller payload, or the peer reached directly"
+        "{what} cannot cross the relayed connection to peer {peer}: it needs a smaller \
+         payload, or the peer reached directly"
     )]
     TooLargeForRelay {
-        /// "a call" or "the answer to a call".
-        what: &'static str,
         /// The peer.
         peer: PeerId,
-        /// The call's size on the wire.
-        size: u64,
-        /// What the relay allows.
-        limits: String,
+        /// What, how large, and what the relay allows: "a call of 204900 bytes (relay …:
+        /// 131072 bytes and 1800 s per circuit)".
+        what: String,
     },
     /// An idempotency key of `Send` that is empty or too long.
     #[error(

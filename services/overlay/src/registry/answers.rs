@@ -332,10 +332,11 @@ async fn fit_relay(net: &Network, peer: PeerId, answer: CallAnswer) -> CallAnswe
     match crate::channel::relayed(net, peer).await {
         Some(circuit) if !circuit.fits(size) => {
             let e = Error::TooLargeForRelay {
-                what: "the answer to a call",
                 peer,
-                size,
-                limits: circuit.describe(),
+                what: format!(
+                    "the answer to a call, of {size} bytes ({}),",
+                    circuit.describe()
+                ),
             };
             // Not RESOURCE_EXHAUSTED, which would have the caller try another provider: the
             // app did the call.

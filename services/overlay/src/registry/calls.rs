@@ -302,10 +302,8 @@ async fn call_remote(
         let size = call_size(call);
         if !circuit.fits(size) {
             return Attempt::Next(Error::TooLargeForRelay {
-                what: "a call",
                 peer,
-                size,
-                limits: circuit.describe(),
+                what: format!("a call of {size} bytes ({})", circuit.describe()),
             });
         }
     }

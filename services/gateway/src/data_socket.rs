@@ -44,7 +44,8 @@ use tracing::{debug, warn};
 
 use crate::{
     BoxStream, cut_on_stop,
-    splice::{ChannelFrame, OutputOptions, frame_limit, open, splice, too_large_for_relay, via},
+    relayed::{frame_limit, too_large_for_relay, via},
+    splice::{ChannelFrame, OutputOptions, open, splice},
 };
 
 /// The transport a channel's first input asks for; an unknown value is refused.

@@ -35,7 +35,7 @@ use p2pos_proto::{
 use p2pos_protocols::{
     apps::{ChannelStream, Duplex},
     network::Circuit,
-    wire::{FrameCodec, HEADER, MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
+    wire::{FrameCodec, MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::{
@@ -45,7 +45,11 @@ use tokio_util::{
 use tonic::{Status, Streaming};
 use tracing::debug;
 
-use crate::{BoxStream, server::MAX_GRPC_MESSAGE};
+use crate::{
+    BoxStream,
+    relayed::{frame_limit, too_large_for_relay, via},
+    server::MAX_GRPC_MESSAGE,
+};
 
 /// A batch of frames read from the peer for one output `frames` takes no more frames once it
 /// holds this many bytes: it holds at most this plus one whole frame.
@@ -150,36 +154,6 @@ pub(crate) fn open(
         })),
     };
     (io, closed, opened, circuit)
-}
-
-/// The largest frame an app may write on a channel that crosses `circuit` (or none).
-pub(crate) fn frame_limit(circuit: Option<&Circuit>) -> usize {
-    let fits = circuit
-        .and_then(Circuit::max_frame)
-        .map_or(usize::MAX, |max| {
-            usize::try_from(max.saturating_sub(HEADER as u64)).unwrap_or(usize::MAX)
-        });
-    MAX_PAYLOAD.min(fits)
-}
-
-/// Why a frame of `len` bytes may not go on a channel that crosses `circuit`.
-pub(crate) fn too_large_for_relay(len: usize, circuit: &Circuit) -> Status {
-    Status::resource_exhausted(format!(
-        "a frame of {len} bytes cannot cross this channel's relayed connection ({}; at most {}          bytes of one frame fit): the channel ends before it, and the connection goes on; send          smaller frames, or open the channel again once the peer is reached directly",
-        circuit.describe(),
-        frame_limit(Some(circuit)),
-    ))
-}
-
-/// What a broken channel's status adds when it crossed `circuit`.
-pub(crate) fn via(circuit: Option<&Circuit>) -> String {
-    match circuit {
-        Some(c) => format!(
-            " (it crossed a relayed connection, {}: a circuit ends when either runs out)",
-            c.describe()
-        ),
-        None => String::new(),
-    }
 }
 
 /// Publishes `ChannelClosed` when dropped.

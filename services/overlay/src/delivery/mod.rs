@@ -20,6 +20,7 @@
 //! - this file: the manager, its commands and the delivery tasks' reports.
 //! - `peer_task`: one peer's delivery task, and what the path to the peer lets it send.
 //! - `holds`: wake-ups, holds and back-off.
+//! - `told`: the events delivery publishes, and messages dropped unreached.
 //! - `waiters`: `Send` calls waiting for their message's outcome.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -40,6 +41,7 @@ use crate::mailbox::Mailbox;
 
 mod holds;
 mod peer_task;
+mod told;
 mod waiters;
 
 use holds::{Kick, RETRY_MAX};

@@ -799,3 +799,14 @@ impl Node {
         self.restart();
     }
 }
+
+impl Chat {
+    /// Takes every line the chat has printed so far without waiting, and answers all lines
+    /// read (see [`Chat::printed`]).
+    pub fn read_printed(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+}

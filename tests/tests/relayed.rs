@@ -506,8 +506,30 @@ async fn the_chat_loses_no_line_when_circuits_end_under_it() {
     for line in &lines {
         chat_a.type_line(line);
     }
-    chat_b.expect_line(&lines[lines.len() - 1], Duration::from_secs(120));
-    assert_eq!(shown(&chat_b), lines, "every line once, in order");
+    let last = &lines[lines.len() - 1];
+    let arrived = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        chat_b.expect_line(last, Duration::from_secs(120));
+    }));
+    let status = |chat: &mut Chat| -> Vec<String> {
+        let printed = chat.read_printed().iter();
+        printed.filter(|l| l.starts_with('*')).cloned().collect()
+    };
+    if arrived.is_err() {
+        panic!(
+            "the last line never came; A's chat said: {:#?}",
+            status(&mut chat_a)
+        );
+    }
+    let numbers: Vec<String> = shown(&chat_b).iter().map(|l| l[..4].to_owned()).collect();
+    let expected: Vec<String> = (0..300).map(|i| format!("{i:04}")).collect();
+    assert_eq!(
+        numbers,
+        expected,
+        "every line once, in order; A's chat said: {:#?}, B's: {:#?}",
+        status(&mut chat_a),
+        status(&mut chat_b)
+    );
+    assert_eq!(shown(&chat_b), lines, "every line whole");
     // A circuit ended under the channel (the test would prove nothing otherwise), and the chat
     // sent again what it had not seen confirmed.
     chat_a.expect_line("reached it for sure; sending", T);

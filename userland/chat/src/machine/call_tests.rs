@@ -13,7 +13,10 @@ fn print(text: &str) -> Action {
     Action::Print(text.to_owned())
 }
 
-/// The `hello` a chat writes before its first line on `link` (tags are fixed in tests).
+/// Bob's chat's `hello`.
+const BOB_HELLO: &str = "\n{\"type\":\"hello\",\"tag\":\"bob-1\"}";
+
+/// The `hello` a chat writes first on `link` (tags are fixed in tests).
 fn hello(link: Link) -> String {
     format!("\n{{\"type\":\"hello\",\"tag\":\"0000000000000000-{link}\"}}")
 }
@@ -31,6 +34,8 @@ fn connected() -> (Chat, Link) {
     chat.registered(ME.to_owned());
     let link = 1;
     chat.opened(link, BOB.into());
+    assert_eq!(chat.writer_ready(link), vec![write(link, &hello(link))]);
+    chat.frame(link, BOB_HELLO);
     chat.writer_ready(link);
     (chat, link)
 }
@@ -101,8 +106,7 @@ fn caller_starts_its_plug_in_then_signals_and_hangs_up() {
     );
     // Text lines go on as before.
     chat.writer_ready(link);
-    assert_eq!(chat.line("/calls".into()), vec![write(link, &hello(link))]);
-    assert_eq!(chat.writer_ready(link), vec![write(link, "/calls")]);
+    assert_eq!(chat.line("/calls".into()), vec![write(link, "/calls")]);
 }
 
 #[test]
@@ -168,8 +172,7 @@ fn a_plug_in_that_cannot_start_is_reported_and_the_chat_goes_on() {
         )],
         "the peer never heard of it"
     );
-    assert_eq!(chat.line("hi".into()), vec![write(link, &hello(link))]);
-    assert_eq!(chat.writer_ready(link), vec![write(link, "hi")]);
+    assert_eq!(chat.line("hi".into()), vec![write(link, "hi")]);
 }
 
 #[test]
@@ -178,6 +181,7 @@ fn a_callee_that_cannot_answer_tells_the_caller() {
     chat.registered(ME.into());
     chat.incoming(9, BOB.into());
     chat.opened(1, BOB.into());
+    chat.writer_ready(1);
     chat.writer_ready(1);
     chat.frame(1, CALL);
     assert_eq!(

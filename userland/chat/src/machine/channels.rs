@@ -76,6 +76,10 @@ impl Chat {
                 }
                 self.offline_announced = false;
                 out.push(Action::Print(format!("* connected to {peer_id}")));
+                out.push(Action::Arm {
+                    timer: Timer::Hello,
+                    after: super::HELLO_WITHIN,
+                });
             }
             Some(current) => {
                 let same_peer =
@@ -83,6 +87,10 @@ impl Chat {
                 if same_peer && self.preferred(link, current) {
                     self.current = Some(link);
                     self.close(current, &mut out);
+                    out.push(Action::Arm {
+                        timer: Timer::Hello,
+                        after: super::HELLO_WITHIN,
+                    });
                 } else {
                     self.close(link, &mut out);
                 }

@@ -2,9 +2,10 @@
 //!
 //! A line handed to a channel has left this chat, but not necessarily reached the peer: a
 //! channel that breaks (a relay's circuit that ended, a connection that dropped) loses what was
-//! on the way. So each chat confirms the lines it was shown: it says `hello` with a tag before
-//! its first line on a channel (the lines there are numbered from 1 under it), and the peer's
-//! chat answers `got` with how many it has shown. When a channel breaks, the lines written on
+//! on the way. So each chat confirms the lines it was shown: it says `hello` with a tag as its
+//! first frame on a channel (its lines there are numbered from 1 under it), writes no line
+//! there before the peer's `hello` came, and answers each line it shows with `got` (how many it
+//! has shown). When a channel breaks, the lines written on
 //! it and not confirmed go again, first, in order: by `Apps.Send` (store-and-forward, which the
 //! node delivers exactly once, in order) or by the next channel, as `resent` signals that name
 //! the line (tag and number), so that the peer's chat drops a copy of a line it showed already
@@ -15,9 +16,9 @@
 //! have arrived leaves the user to guess and to resend by hand, which shows the lines the peer
 //! did get twice. So the chat resends, and tells the user only that it does.
 //!
-//! A peer whose chat never confirms (an older chat) gets its unconfirmed lines again as plain
-//! lines, and the user is told it may see some twice. The same holds for the lines of a channel
-//! that broke before the peer's first confirmation.
+//! A peer whose chat says no `hello` within [`HELLO_WITHIN`] is taken for one that does not
+//! confirm (an older chat): lines go to it unconfirmed, and the user is told that lines lost
+//! with a broken channel cannot be known.
 //!
 //! Also here: the order of lines across both ways. A line `Send` answered `QUEUED` sits in the
 //! node's outbox (the peer is offline, or the line waits for a direct connection because a
@@ -26,13 +27,16 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
+#[cfg(doc)]
+use super::HELLO_WITHIN;
 use super::signals::{self, LineSignal};
 use super::{Action, Chat, Link, MAX_LINE};
 use crate::peer;
 
-/// Lines written on a channel and not confirmed, at most, while the peer has never confirmed
-/// one: past that its chat is taken for one that does not confirm (an older chat).
-const MAX_UNCONFIRMED_UNKNOWN: usize = 256;
+/// Lines written on a channel and not confirmed, at most: a peer's chat that says `hello` and
+/// then confirms nothing is not kept up with past that (flow control keeps an honest one far
+/// below it).
+const MAX_UNCONFIRMED: usize = 16 * 1024;
 /// Tags of the peer's channels remembered, with how many of their lines were shown.
 const MAX_TAGS: usize = 256;
 /// Ids of delivered messages remembered before their `Send` answered.
@@ -48,9 +52,10 @@ pub(super) struct LinkLines {
     written: u64,
     /// Lines written and not confirmed: their number and the frame as written.
     unconfirmed: VecDeque<(u64, String)>,
-    /// The peer's chat confirms lines (it said `hello` or `got`).
+    /// The peer's chat confirms lines (it said `hello`).
     peer_confirms: bool,
-    /// Lines are no longer kept: the peer's chat never confirmed one.
+    /// Lines are not kept: the peer's chat does not confirm them (it said no `hello` in time),
+    /// or stopped confirming.
     untracked: bool,
     /// The peer's tag, once it said `hello`, and how many of its lines came since.
     tag_in: Option<String>,
@@ -67,9 +72,9 @@ impl LinkLines {
         }
     }
 
-    /// A `got` is owed to the peer.
-    pub(super) fn ack_due(&self) -> bool {
-        self.ack_due
+    /// A frame is owed to the peer: the `hello`, or a `got`.
+    pub(super) fn owes_frame(&self) -> bool {
+        !self.hello_sent || self.ack_due
     }
 }
 
@@ -108,18 +113,17 @@ fn is_line(text: &str) -> bool {
 }
 
 impl Chat {
-    /// The next frame owed on `link` before any queued line: its `got`, or its `hello` (when a
-    /// line is next). Marks it written.
+    /// The next frame owed on `link` before any queued line: its `hello` (the first frame on
+    /// it), or a `got`. Marks it written.
     pub(super) fn owed_frame(&mut self, link: Link) -> Option<String> {
-        let line_next = self.queue.front().is_some_and(|t| is_line(t));
         let lines = &mut self.channels.get_mut(&link)?.lines;
-        if lines.ack_due {
+        if lines.ack_due && lines.hello_sent {
             lines.ack_due = false;
             return Some(signals::encode_line(&LineSignal::Got {
                 upto: lines.received,
             }));
         }
-        if line_next && !lines.hello_sent {
+        if !lines.hello_sent {
             lines.hello_sent = true;
             return Some(signals::encode_line(&LineSignal::Hello {
                 tag: lines.tag.clone(),
@@ -128,16 +132,34 @@ impl Chat {
         None
     }
 
-    /// The `got` owed on `link`, if any. Marks it written.
+    /// The frame owed on `link` (its `hello`, a `got`), if any. Marks it written.
     pub(super) fn owed_confirmation(&mut self, link: Link) -> Option<String> {
-        let lines = &mut self.channels.get_mut(&link)?.lines;
-        if !lines.ack_due {
-            return None;
+        self.owed_frame(link)
+    }
+
+    /// Whether lines may be written on `link`: its peer said `hello`, or was taken for an
+    /// older chat.
+    pub(super) fn takes_lines(&self, link: Link) -> bool {
+        self.channels
+            .get(&link)
+            .is_some_and(|c| c.lines.peer_confirms || c.lines.untracked)
+    }
+
+    /// The peer of `link` said no `hello` in time: its chat is taken for one that does not
+    /// confirm lines.
+    pub(super) fn no_hello(&mut self, link: Link, out: &mut Vec<Action>) {
+        let label = self.label.clone();
+        let Some(lines) = self.channels.get_mut(&link).map(|c| &mut c.lines) else {
+            return;
+        };
+        if lines.peer_confirms || lines.untracked {
+            return;
         }
-        lines.ack_due = false;
-        Some(signals::encode_line(&LineSignal::Got {
-            upto: lines.received,
-        }))
+        lines.untracked = true;
+        out.push(Action::Print(format!(
+            "* {label}'s chat does not confirm lines (an older p2p-chat?): if this channel \
+             breaks, the lines on their way are lost"
+        )));
     }
 
     /// `text` is being written on `link`: a line is numbered and kept until confirmed.
@@ -157,12 +179,12 @@ impl Chat {
         lines
             .unconfirmed
             .push_back((lines.written, text.to_owned()));
-        if !lines.peer_confirms && lines.unconfirmed.len() > MAX_UNCONFIRMED_UNKNOWN {
+        if lines.unconfirmed.len() > MAX_UNCONFIRMED {
             lines.untracked = true;
             lines.unconfirmed.clear();
             out.push(Action::Print(format!(
-                "* {label}'s chat does not confirm lines (an older p2p-chat?): lines lost if \
-                 this channel breaks cannot be known"
+                "* {label}'s chat stopped confirming lines: if this channel breaks, the lines on \
+                 their way are lost"
             )));
         }
     }
@@ -201,12 +223,13 @@ impl Chat {
         };
         match signal {
             LineSignal::Hello { tag } => {
+                // From now on its lines are kept until confirmed (a late hello too).
                 lines.peer_confirms = true;
+                lines.untracked = false;
                 lines.tag_in = Some(tag);
                 lines.received = 0;
             }
             LineSignal::Got { upto } => {
-                lines.peer_confirms = true;
                 while lines.unconfirmed.front().is_some_and(|(n, _)| *n <= upto) {
                     lines.unconfirmed.pop_front();
                 }
@@ -262,14 +285,13 @@ impl Chat {
         if lines.is_empty() {
             return;
         }
-        let (tag, confirms) = (chan.lines.tag.clone(), chan.lines.peer_confirms);
+        let tag = chan.lines.tag.clone();
         let count = lines.len();
         let again: Vec<String> = lines
             .into_iter()
             .map(|(n, text)| {
-                if !confirms || signals::is_signal(&text) {
-                    // Already a resent line (it keeps its first name), or a peer that would
-                    // not know one.
+                if signals::is_signal(&text) {
+                    // Already a resent line: it keeps its first name.
                     return text;
                 }
                 let resent = signals::encode_line(&LineSignal::Resent {
@@ -288,13 +310,9 @@ impl Chat {
         for text in again.into_iter().rev() {
             self.queue.push_front(text);
         }
-        let twice = match confirms {
-            true => "",
-            false => " (its chat did not confirm them: it may show some twice)",
-        };
         out.push(Action::Print(format!(
             "* the channel to {label} broke before {count} line{} reached it for sure; sending \
-             {} again{twice}",
+             {} again",
             if count == 1 { "" } else { "s" },
             if count == 1 { "it" } else { "them" },
         )));

@@ -48,22 +48,26 @@ fn prints(actions: &[Action]) -> Vec<&str> {
         .collect()
 }
 
+fn bob_hello() -> String {
+    signals::encode_line(&signals::LineSignal::Hello {
+        tag: "bob-1".into(),
+    })
+}
+
 /// A dialer connected to Bob, whose chat said hello: lines `texts` written on link 1.
 fn wrote(texts: &[&str]) -> Chat {
     let mut chat = Chat::new(Some(BOB.to_owned()));
     chat.registered(ME.to_owned());
     chat.opened(1, BOB.into());
-    chat.frame(
-        1,
-        &signals::encode_line(&signals::LineSignal::Hello {
-            tag: "bob-1".into(),
-        }),
+    chat.frame(1, &bob_hello());
+    assert_eq!(
+        chat.writer_ready(1),
+        vec![write(1, &hello(1))],
+        "the hello first"
     );
-    chat.writer_ready(1);
     for text in texts {
         chat.line((*text).into());
     }
-    assert_eq!(chat.queue.len(), texts.len(), "the hello went first");
     for text in texts {
         assert_eq!(chat.writer_ready(1), vec![write(1, text)]);
     }
@@ -95,18 +99,11 @@ fn the_peer_s_chat_confirms_what_it_showed_and_shows_a_resent_line_once() {
     chat.registered(ME.into());
     chat.incoming(5, BOB.into());
     chat.opened(1, BOB.into());
-    assert!(
-        chat.frame(
-            1,
-            &signals::encode_line(&signals::LineSignal::Hello {
-                tag: "bob-1".into()
-            })
-        )
-        .is_empty()
-    );
+    assert!(chat.frame(1, &bob_hello()).is_empty());
     assert_eq!(prints(&chat.frame(1, "first")), vec!["3KooWBob> first"]);
     assert_eq!(prints(&chat.frame(1, "second")), vec!["3KooWBob> second"]);
-    // Its input asks for a frame: the confirmation of both.
+    // Its input asks for frames: its own hello, then the confirmation of both.
+    assert_eq!(chat.writer_ready(1), vec![write(1, &hello(1))]);
     assert_eq!(chat.writer_ready(1), vec![write(1, &got(2))]);
     // The channel broke before the confirmation got there: Bob's chat sends both again, by
     // `Send`; only what was not shown is.
@@ -133,19 +130,23 @@ fn the_peer_s_chat_confirms_what_it_showed_and_shows_a_resent_line_once() {
 }
 
 #[test]
-fn a_peer_that_never_confirms_gets_its_lines_again_plain_and_the_user_is_told() {
+fn a_peer_that_says_no_hello_is_taken_for_an_older_chat_and_the_user_is_told() {
     let mut chat = Chat::new(Some(BOB.to_owned()));
     chat.registered(ME.to_owned());
     chat.opened(1, BOB.into());
+    assert_eq!(chat.writer_ready(1), vec![write(1, &hello(1))]);
     chat.writer_ready(1);
-    chat.line("one".into());
-    assert_eq!(chat.writer_ready(1), vec![write(1, "one")]);
-    let broke = chat.closed(1);
+    assert!(chat.line("one".into()).is_empty(), "waits for Bob's hello");
+    let timed_out = chat.timer(Timer::Hello);
     assert!(
-        prints(&broke)[0].contains("it may show some twice"),
-        "{broke:?}"
+        prints(&timed_out)[0].contains("does not confirm lines"),
+        "{timed_out:?}"
     );
-    assert!(broke.contains(&send("one")), "{broke:?}");
+    assert!(timed_out.contains(&write(1, "one")), "{timed_out:?}");
+    // Not kept: nothing to send again (an older chat would drop a resent line, and show a
+    // plain one twice if it had it).
+    let broke = chat.closed(1);
+    assert!(!broke.contains(&send("one")), "{broke:?}");
 }
 
 #[test]
@@ -171,6 +172,8 @@ fn lines_wait_behind_a_queued_one_and_the_user_hears_why() {
     let link2 = 2;
     chat.timer(Timer::Redial);
     chat.opened(link2, BOB.into());
+    assert_eq!(chat.writer_ready(link2), vec![write(link2, &hello(link2))]);
+    chat.frame(link2, &bob_hello());
     chat.writer_ready(link2);
     assert_eq!(chat.line("small".into()), vec![send("small")]);
     // The same reason again (an event) is not printed twice.
@@ -189,7 +192,7 @@ fn lines_wait_behind_a_queued_one_and_the_user_hears_why() {
     chat.message_delivered(8);
     chat.message_delivered(0);
     // Now the channel takes lines again.
-    assert_eq!(chat.line("live".into()), vec![write(link2, &hello(link2))]);
+    assert_eq!(chat.line("live".into()), vec![write(link2, "live")]);
 }
 
 #[test]

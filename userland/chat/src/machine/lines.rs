@@ -152,6 +152,12 @@ impl Chat {
                 self.send_paused = false;
                 self.pump(&mut out);
             }
+            Timer::Hello => {
+                if let Some(current) = self.current {
+                    self.no_hello(current, &mut out);
+                }
+                self.pump(&mut out);
+            }
             Timer::Finish => {
                 // Channels that did not close in time: what they did not confirm goes by
                 // `Send`, then the chat exits.
@@ -186,7 +192,13 @@ impl Chat {
                 if !self.channels.get(&current).is_some_and(|c| c.writer_ready) {
                     break;
                 }
-                let text = match self.owed_frame(current) {
+                let owed = self.owed_frame(current);
+                if owed.is_none() && !call_signal && !self.takes_lines(current) {
+                    // Lines wait for the peer's `hello` (or for its chat to be taken for one
+                    // that does not confirm).
+                    break;
+                }
+                let text = match owed {
                     Some(owed) => owed,
                     None => match self.queue.pop_front() {
                         Some(text) => {
@@ -229,7 +241,7 @@ impl Chat {
         let links: Vec<Link> = self
             .channels
             .iter()
-            .filter(|(_, c)| c.open && c.writer_ready && !c.closing && c.lines.ack_due())
+            .filter(|(_, c)| c.open && c.writer_ready && !c.closing && c.lines.owes_frame())
             .map(|(link, _)| *link)
             .collect();
         for link in links {

@@ -37,6 +37,9 @@ pub(crate) const REDIAL_AFTER: Duration = Duration::from_secs(3);
 pub(crate) const RESEND_AFTER: Duration = Duration::from_secs(2);
 /// After stdin ends and every line is out: how long to wait for channels to close.
 pub(crate) const FINISH_WITHIN: Duration = Duration::from_secs(5);
+/// How long a channel's lines wait for the peer's `hello` before its chat is taken for one
+/// that does not confirm lines.
+pub(crate) const HELLO_WITHIN: Duration = Duration::from_secs(5);
 /// Largest line sent (a channel frame and a message payload are at most 1 MiB).
 pub(crate) const MAX_LINE: usize = 1024 * 1024;
 
@@ -87,6 +90,9 @@ pub(crate) enum Timer {
     Resend,
     /// Stop waiting for channels to close at exit.
     Finish,
+    /// Stop waiting for the `hello` of the current channel's peer: its chat does not confirm
+    /// lines (an older chat).
+    Hello,
 }
 
 /// Why a call failed: worth retrying, or not.

@@ -369,11 +369,13 @@ async fn drain(
     }
 }
 
-/// When a circuit with too little time left for a message to start on it ends.
+/// When a circuit with too little time left for a message to start on it ends. One past its
+/// end is not waited for again: its relay has ended it, or does not (the message then goes,
+/// and an end in its middle costs a retry).
 fn ending_soon(circuit: &Circuit) -> Option<Instant> {
     let (left, duration) = (circuit.left()?, circuit.duration?);
     let margin = CIRCUIT_END_MARGIN.min(duration / 4);
-    (left < margin).then(|| Instant::now() + left + Duration::from_millis(100))
+    (!left.is_zero() && left < margin).then(|| Instant::now() + left + Duration::from_millis(100))
 }
 
 /// Why a message of `size` bytes (framed) waits for a path to `peer` other than `circuit`.
@@ -447,7 +449,12 @@ mod tests {
         assert!(ending_soon(&circuit(4, 120)).is_some());
         // A short circuit: a quarter of it is the margin.
         assert!(ending_soon(&circuit(1, 3)).is_none());
-        assert!(ending_soon(&circuit(0, 3)).is_some());
+        let almost = Circuit {
+            ends_at: Some(Instant::now() + Duration::from_millis(500)),
+            ..circuit(0, 3)
+        };
+        assert!(ending_soon(&almost).is_some());
+        assert!(ending_soon(&circuit(0, 3)).is_none(), "past its end");
         let unknown = Circuit {
             ends_at: None,
             duration: None,

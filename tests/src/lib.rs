@@ -89,11 +89,11 @@ pub struct Node {
     _dir: Option<tempfile::TempDir>,
     args: Vec<String>,
     netns: Option<String>,
-    /// Whether the default listen address and `--no-mdns` are added (off: `args` says all).
-    defaults: bool,
     child: Option<Child>,
     log: PathBuf,
     starts: u32,
+    /// Whether it also listens on `/ip4/127.0.0.1/tcp/0` (all but [`Node::start_relayed`]).
+    default_listen: bool,
 }
 
 impl Node {
@@ -113,11 +113,11 @@ impl Node {
         node
     }
 
-    /// Starts a node with exactly `args` (besides its data directory): no listen address or
-    /// `--no-mdns` of its own, e.g. for a node that listens only through a relay.
+    /// Starts a node with `args` and no listen address of its own (mDNS off): they give all
+    /// it listens on.
     pub fn start_with(args: &[&str]) -> Node {
         let mut node = Node::start_paused(args);
-        node.defaults = false;
+        node.default_listen = false;
         node.spawn();
         node
     }
@@ -134,9 +134,9 @@ impl Node {
             _dir: Some(dir),
             args: args.iter().map(|s| (*s).to_owned()).collect(),
             netns: None,
-            defaults: true,
             child: None,
             starts: 0,
+            default_listen: true,
         }
     }
 
@@ -155,9 +155,10 @@ impl Node {
             }
             None => {
                 let mut cmd = Command::new(bin("p2posd"));
-                if self.defaults {
-                    cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+                if self.default_listen {
+                    cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
                 }
+                cmd.arg("--no-mdns");
                 cmd
             }
         };
@@ -753,4 +754,46 @@ pub fn bare_swarm<B: libp2p::swarm::NetworkBehaviour>(
         .expect("behaviour")
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build()
+}
+
+/// A relay on loopback and nodes reached only through it (issue 17): no namespaces needed.
+impl Node {
+    /// Starts a relay on a fixed loopback port, declared as its external address (so it serves
+    /// as a relay at once), with `extra` flags; answers it and its address, `/p2p/<id>` last.
+    pub async fn start_relay(extra: &[&str]) -> (Node, String) {
+        let addr = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+        let mut args = vec!["--listen", &addr, "--external-address", &addr];
+        args.extend_from_slice(extra);
+        let mut relay = Node::start(&args);
+        let id = relay.peer_id().await;
+        (relay, format!("{addr}/p2p/{id}"))
+    }
+
+    /// Starts a node whose only listen address is a circuit through `relay` (an address ending
+    /// in `/p2p/<relay id>`), which it also bootstraps from: peers reach it only through the
+    /// relay. `extra` flags too.
+    pub fn start_relayed(relay: &str, extra: &[&str]) -> Node {
+        let circuit = format!("{relay}/p2p-circuit");
+        let mut args = vec!["--listen", &circuit, "--bootstrap", relay];
+        args.extend_from_slice(extra);
+        Node::start_with(&args)
+    }
+
+    /// Starts the stopped node again with `extra` flags added to those it had (a node reached
+    /// only through a relay given a direct listener too, say).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|s| (*s).to_owned()));
+        self.restart();
+    }
+}
+
+impl Chat {
+    /// Takes every line the chat has printed so far without waiting, and answers all lines
+    /// read (see [`Chat::printed`]).
+    pub fn read_printed(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
 }

@@ -8,23 +8,6 @@ use std::time::{Duration, Instant};
 use p2pos_proto::{monitor::v1::NodeStatus, overlay::v1::DialRequest};
 use p2pos_tests::{Node, connected_peer, free_port, status_when};
 
-/// A relay on loopback that serves from the start; returns it and its address with `/p2p/`.
-async fn relay() -> (Node, String) {
-    let port = free_port();
-    let addr = format!("/ip4/127.0.0.1/tcp/{port}");
-    let mut node = Node::start_with(&["--listen", &addr, "--external-address", &addr, "--no-mdns"]);
-    let id = node.peer_id().await;
-    (node, format!("{addr}/p2p/{id}"))
-}
-
-/// A node that listens only through `relay` (and dials it at start).
-fn behind(relay: &str, extra: &[&str]) -> Node {
-    let circuit = format!("{relay}/p2p-circuit");
-    let mut args = vec!["--listen", &circuit, "--bootstrap", relay, "--no-mdns"];
-    args.extend_from_slice(extra);
-    Node::start_with(&args)
-}
-
 /// The relays (peer ids) `status` says the node holds a reservation on.
 fn relays(status: &NodeStatus) -> &[String] {
     &status.relays
@@ -39,10 +22,10 @@ async fn a_node_behind_a_relay_is_reached_by_its_peer_id_alone() {
     // With the DHT (its signed address record), and without it (asking the peers connected
     // to it: its relay).
     for dht in [true, false] {
-        let (_r, relay) = relay().await;
+        let (_r, relay) = Node::start_relay(&[]).await;
         let extra: &[&str] = if dht { &[] } else { &["--no-kademlia"] };
-        let mut a = behind(&relay, extra);
-        let mut b = behind(&relay, extra);
+        let mut a = Node::start_relayed(&relay, extra);
+        let mut b = Node::start_relayed(&relay, extra);
         let b_id = b.peer_id().await;
         let b_client = b.client().await;
         status_when(&b_client, "B to hold a reservation on the relay", |s| {
@@ -76,7 +59,7 @@ async fn a_node_behind_a_relay_is_reached_by_its_peer_id_alone() {
 async fn a_node_holds_two_reservations_within_seconds_and_reserves_again_when_a_relay_goes() {
     let mut relays_up = Vec::new();
     for _ in 0..3 {
-        relays_up.push(relay().await);
+        relays_up.push(Node::start_relay(&[]).await);
     }
     let bootstrap: Vec<&str> = relays_up.iter().map(|(_, a)| a.as_str()).collect();
     let bootstrap = bootstrap.join(",");
@@ -112,7 +95,7 @@ async fn a_node_holds_two_reservations_within_seconds_and_reserves_again_when_a_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_that_declares_its_address_holds_no_reservation() {
-    let (_r, relay) = relay().await;
+    let (_r, relay) = Node::start_relay(&[]).await;
     let port = free_port();
     let addr = format!("/ip4/127.0.0.1/tcp/{port}");
     let mut node = Node::start_with(&[
@@ -122,7 +105,6 @@ async fn a_node_that_declares_its_address_holds_no_reservation() {
         &addr,
         "--bootstrap",
         &relay,
-        "--no-mdns",
     ]);
     let client = node.client().await;
     // Identify told it the relay serves (its agent is known), and it still holds none.

@@ -27,7 +27,8 @@ use p2pos_proto::app::v1::{
 };
 use p2pos_protocols::{
     apps::ChannelStream,
-    pipe::{Ends, Framing, PipeError, Side, pipe},
+    network::Circuit,
+    pipe::{Ends, Framing, PipeError, Side, pipe_within},
     wire::MAX_PAYLOAD,
 };
 use tokio::{
@@ -43,6 +44,7 @@ use tracing::{debug, warn};
 
 use crate::{
     BoxStream, cut_on_stop,
+    relayed::{frame_limit, too_large_for_relay, via},
     splice::{ChannelFrame, OutputOptions, open, splice},
 };
 
@@ -372,7 +374,7 @@ fn serve<I: ChannelFrame>(
         socket,
         claim,
     } = reserved;
-    let (io, closed, opened) = open(channel, &events, Some(socket));
+    let (io, closed, opened, circuit) = open(channel, &events, Some(socket));
     let channel_id = closed.channel_id();
     // `opened`, `peer_closed` and the final status: never more than three.
     let (tx, rx) = mpsc::channel(4);
@@ -380,7 +382,7 @@ fn serve<I: ChannelFrame>(
     let task_stop = stop.clone();
     tokio::spawn(async move {
         let _closed = closed;
-        let outcome = run(claim, io, framing, input, &tx, task_stop).await;
+        let outcome = run(claim, (io, circuit), framing, input, &tx, task_stop).await;
         if let Err(status) = outcome {
             debug!(channel_id, "data socket channel ended: {status}");
             let _ = tx.send(Err(status)).await;
@@ -405,7 +407,7 @@ async fn refuse(mut conn: Conn, why: &str) {
 /// directions end, the call ends, the app misuses the call, or the node stops.
 async fn run<I: ChannelFrame>(
     mut claim: Claim,
-    mut io: Box<dyn p2pos_protocols::apps::Duplex>,
+    (mut io, circuit): (Box<dyn p2pos_protocols::apps::Duplex>, Option<Circuit>),
     framing: Framing,
     mut input: Streaming<I>,
     tx: &mpsc::Sender<Result<ChannelOutput, Status>>,
@@ -447,7 +449,9 @@ async fn run<I: ChannelFrame>(
         },
     };
     let piped = tokio::select! {
-        piped = pipe(&mut conn, &mut io, framing, ends) => piped.map_err(status),
+        piped = pipe_within(&mut conn, &mut io, framing, ends, frame_limit(circuit.as_ref())) => {
+            piped.map_err(|e| status(e, circuit.as_ref()))
+        }
         () = tx.closed() => Err(Status::cancelled("the call ended")),
         status = misuse(&mut input) => Err(status),
         () = stop.cancelled() => Err(stopping()),
@@ -493,12 +497,16 @@ impl Ends for Control<'_> {
     }
 }
 
-/// The status for a broken pipe.
-fn status(e: PipeError) -> Status {
+/// The status for a broken pipe, on a channel that crosses `circuit` (if any).
+fn status(e: PipeError, circuit: Option<&Circuit>) -> Status {
     match (&e, e.side()) {
-        (PipeError::TooLarge { len, .. }, Side::Local) => Status::resource_exhausted(format!(
-            "the app wrote a frame of {len} bytes to its data socket; the limit is {MAX_PAYLOAD}"
-        )),
+        (PipeError::TooLarge { len, .. }, Side::Local) => match circuit {
+            Some(c) if *len <= MAX_PAYLOAD => too_large_for_relay(*len, c),
+            _ => Status::resource_exhausted(format!(
+                "the app wrote a frame of {len} bytes to its data socket; the limit is \
+                 {MAX_PAYLOAD}"
+            )),
+        },
         (PipeError::Truncated { .. }, Side::Local) => {
             Status::cancelled("the app's data socket ended inside a frame")
         }
@@ -506,7 +514,10 @@ fn status(e: PipeError) -> Status {
             "the app closed its data socket before the peer's frames ended (shut down its write side to half-close)",
         ),
         (_, Side::Local) => Status::cancelled(format!("the app's data socket broke: {e}")),
-        (_, Side::Remote) => Status::unavailable(format!("the channel to the peer broke: {e}")),
+        (_, Side::Remote) => Status::unavailable(format!(
+            "the channel to the peer broke: {e}{}",
+            via(circuit)
+        )),
     }
 }
 

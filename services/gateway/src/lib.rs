@@ -16,6 +16,7 @@
 //! - [`deadline`]: the caller's gRPC deadline (`grpc-timeout`).
 //! - [`splice`]: the channel data path over gRPC, shared by app and service channels.
 //! - [`data_socket`]: the channel data path over a plain local socket, for either.
+//! - `relayed`: what a channel over a relay's circuit may carry, and how its end reads.
 
 pub mod apps_api;
 pub mod auth;
@@ -26,6 +27,7 @@ pub mod groups_api;
 pub mod monitor_api;
 pub mod node_api;
 pub mod overlay_api;
+mod relayed;
 pub mod resources_api;
 pub mod server;
 pub mod services_api;

@@ -81,6 +81,7 @@ fn visible(scope: &Scope, event: &Event) -> bool {
         Some(event::Kind::ChannelClosed(e)) => &e.app_id,
         Some(event::Kind::MessageDelivered(e)) => &e.app_id,
         Some(event::Kind::MessageFailed(e)) => &e.app_id,
+        Some(event::Kind::MessageWaiting(e)) => &e.app_id,
         Some(event::Kind::Helper(e)) => &e.app_id,
         Some(
             event::Kind::PeerConnected(_)

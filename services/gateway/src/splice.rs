@@ -4,6 +4,12 @@
 //!
 //! Shared by `Apps.Channel` and `Services.Channel`: their inputs differ only in the first frame
 //! (see [`ChannelFrame`]); their outputs are the same `ChannelOutput`.
+//!
+//! A channel that crosses a relay's circuit (its peer was reached only through relays when it
+//! opened) stays on it: a frame larger than the circuit can carry is refused before it is
+//! written (`RESOURCE_EXHAUSTED`; the channel ends there, the circuit goes on for everything
+//! else), and a circuit that ends (its bytes or its time ran out) ends the channel with
+//! `UNAVAILABLE`, naming the relay's limits, on both sides: never a clean end.
 
 use std::{
     io::ErrorKind,
@@ -28,6 +34,7 @@ use p2pos_proto::{
 };
 use p2pos_protocols::{
     apps::{ChannelStream, Duplex},
+    network::Circuit,
     wire::{FrameCodec, MAX_CHANNEL_FRAME, MAX_PAYLOAD, codec},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,7 +45,11 @@ use tokio_util::{
 use tonic::{Status, Streaming};
 use tracing::debug;
 
-use crate::{BoxStream, server::MAX_GRPC_MESSAGE};
+use crate::{
+    BoxStream,
+    relayed::{frame_limit, too_large_for_relay, via},
+    server::MAX_GRPC_MESSAGE,
+};
 
 /// A batch of frames read from the peer for one output `frames` takes no more frames once it
 /// holds this many bytes: it holds at most this plus one whole frame.
@@ -97,19 +108,26 @@ impl ChannelFrame for ServiceChannelInput {
 }
 
 /// An open channel, taken apart: its stream; what publishes `ChannelClosed` when dropped (with
-/// the channel's output stream), `ChannelOpened` being published now; and the `opened` output
-/// (naming `data_socket`, if the channel's bytes go over one).
+/// the channel's output stream), `ChannelOpened` being published now; the `opened` output
+/// (naming `data_socket`, if the channel's bytes go over one); and the relay's circuit it
+/// crosses, if any.
 pub(crate) fn open(
     channel: ChannelStream,
     events: &EventBus,
     data_socket: Option<DataSocket>,
-) -> (Box<dyn Duplex>, ClosedOnDrop, ChannelOutput) {
+) -> (
+    Box<dyn Duplex>,
+    ClosedOnDrop,
+    ChannelOutput,
+    Option<Circuit>,
+) {
     let ChannelStream {
         channel_id,
         peer_id,
         app_id,
         inbound,
         group,
+        circuit,
         io,
     } = channel;
     events.publish(Kind::ChannelOpened(v1::ChannelOpened {
@@ -135,7 +153,7 @@ pub(crate) fn open(
             data_socket,
         })),
     };
-    (io, closed, opened)
+    (io, closed, opened, circuit)
 }
 
 /// Publishes `ChannelClosed` when dropped.
@@ -175,8 +193,11 @@ pub fn splice<I: ChannelFrame>(
     events: EventBus,
     stop: CancellationToken,
 ) -> BoxStream<ChannelOutput> {
-    let (io, closed, opened) = open(channel, &events, None);
+    let (io, closed, opened, circuit) = open(channel, &events, None);
     let channel_id = closed.channel_id();
+    let max_frame = frame_limit(circuit.as_ref());
+    let crossing: Arc<str> = via(circuit.as_ref()).into();
+    let writer_crossing = crossing.clone();
     let (read_half, write_half) = tokio::io::split(io);
     let mut sink = FramedWrite::new(write_half, codec(MAX_CHANNEL_FRAME));
     let (err_tx, err_rx) = tokio::sync::oneshot::channel::<Status>();
@@ -191,7 +212,9 @@ pub fn splice<I: ChannelFrame>(
     tokio::spawn(async move {
         let outcome: Result<(), Status> = async {
             let broke = |e: std::io::Error| {
-                Status::unavailable(format!("the channel to the peer broke: {e}"))
+                Status::unavailable(format!(
+                    "the channel to the peer broke: {e}{writer_crossing}"
+                ))
             };
             // The call (or the node) ended before the client's input did: frames may have been
             // lost on the way, so the remote must not see a clean end.
@@ -266,6 +289,9 @@ pub fn splice<I: ChannelFrame>(
                                 .to_string(),
                             ));
                         }
+                        if let Some(c) = circuit.filter(|_| data.len() > max_frame) {
+                            return Err(too_large_for_relay(data.len(), &c));
+                        }
                         if data.len() < DIRECT_WRITE {
                             Pin::new(&mut sink).start_send(data).map_err(broke)?;
                         } else {
@@ -279,11 +305,14 @@ pub fn splice<I: ChannelFrame>(
                     }
                     // Already in the wire's framing: checked, then passed on whole.
                     Input::Packed(packed) => {
-                        packed::check(&packed, MAX_PAYLOAD).map_err(|e| match e {
-                            PackedError::TooLarge { .. } => {
+                        packed::check(&packed, max_frame).map_err(|e| match (&e, circuit) {
+                            (PackedError::TooLarge { len, .. }, Some(c)) if *len <= MAX_PAYLOAD => {
+                                too_large_for_relay(*len, &c)
+                            }
+                            (PackedError::TooLarge { .. }, _) => {
                                 Status::resource_exhausted(e.to_string())
                             }
-                            PackedError::Truncated => Status::invalid_argument(e.to_string()),
+                            (PackedError::Truncated, _) => Status::invalid_argument(e.to_string()),
                         })?;
                         sink.write_buffer_mut().extend_from_slice(&packed);
                     }
@@ -333,6 +362,7 @@ pub fn splice<I: ChannelFrame>(
         _closed: closed,
         _alive: output_alive,
         ended_with_peer: peer_end,
+        crossing,
     };
     let frames = futures::stream::unfold(state, next_output);
     crate::cut_on_stop(
@@ -440,6 +470,8 @@ struct OutputState {
     _alive: tokio_util::sync::DropGuard,
     /// Set when the output ends because the peer half-closed.
     ended_with_peer: Arc<AtomicBool>,
+    /// What a broken channel's status adds about the relay it crossed ([`via`]).
+    crossing: Arc<str>,
 }
 
 /// The next output: a frame (or batch) from the peer, the end of the peer's frames, or the
@@ -480,7 +512,10 @@ async fn next_output(mut st: OutputState) -> Option<(Result<ChannelOutput, Statu
                     Some(Ok(kind)) => Some((Ok(ChannelOutput { kind: Some(kind) }), st)),
                     Some(Err(e)) => {
                         st.done = true;
-                        let status = Status::unavailable(format!("the channel from the peer broke: {e}"));
+                        let status = Status::unavailable(format!(
+                            "the channel from the peer broke: {e}{}",
+                            st.crossing
+                        ));
                         Some((Err(status), st))
                     }
                     // The peer is done, the app may still send: say so, and end with its input.

@@ -205,6 +205,7 @@ fn echo(request: ServicesCall) {
                     inbound: false,
                     io: Box::new(ours),
                     group: String::new(),
+                    circuit: None,
                 }),
             );
         }

@@ -160,7 +160,7 @@ async fn follow(node: Node, pubsub: Pubsub, net: Network, resync: Duration) {
                     node.connected(peer);
                     pubsub.connected(peer);
                 }
-                Ok(NetEvent::Disconnected(_)) => {}
+                Ok(NetEvent::Disconnected(_) | NetEvent::Direct(_)) => {}
                 // Connections missed: every member is asked.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => tell_all(&node),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

@@ -76,6 +76,9 @@ impl EventLoop {
         info!(%peer, %addr, "connected directly to a peer reached through a relay");
         self.direct.sprays.remove(&peer);
         self.metrics.upgrades.inc();
+        let _ = self
+            .net_events
+            .send(p2pos_protocols::network::NetEvent::Direct(peer));
         self.events
             .publish(Kind::ConnectionUpgraded(ConnectionUpgraded {
                 peer_id: peer.to_string(),

@@ -30,6 +30,7 @@ use p2pos_protocols::network::{Announced, Announcements, Command, NetEvent, Repl
 
 use crate::{
     behaviour::{Behaviour, BehaviourEvent, is_relay_hop},
+    circuits::Circuits,
     gossip::GossipState,
     metrics::SwarmMetrics,
     nat::{Answer, Direct, Published, Relays},
@@ -55,7 +56,7 @@ const WHOIS_ANSWERS: usize = 64;
 pub(crate) struct EventLoop {
     pub(crate) swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
-    net_events: broadcast::Sender<NetEvent>,
+    pub(crate) net_events: broadcast::Sender<NetEvent>,
     pub(crate) events: EventBus,
     store: Arc<dyn Store>,
     /// Writes what the swarm task learns (peers, listen ports) off its thread.
@@ -81,6 +82,8 @@ pub(crate) struct EventLoop {
     pub(crate) relays: Relays,
     /// Hole punching and direct connections to peers reached through relays.
     pub(crate) direct: Direct,
+    /// Relays' circuit limits, and the relayed connections they apply to.
+    pub(crate) circuits: Circuits,
     /// Whether private addresses count as reachable from outside (`trust_private_addresses`).
     pub(crate) trust_private: bool,
     /// What this node last put in the DHT about its own addresses.
@@ -190,6 +193,7 @@ impl EventLoop {
             reachability: "unknown",
             relays: Relays::default(),
             direct: Direct::default(),
+            circuits: Circuits::default(),
             trust_private,
             published: Published::default(),
             peer_record_queries: HashMap::new(),
@@ -405,6 +409,9 @@ impl EventLoop {
                 reply,
             } => self.gossip_publish(topic, &payload_type, payload, reply),
             Command::GossipFollowers { topic, reply } => self.gossip_followers(topic, reply),
+            Command::Path { peer, reply } => {
+                let _ = reply.send(self.path(&peer));
+            }
             // Handled by the loop itself.
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
@@ -472,6 +479,7 @@ impl EventLoop {
                 let first = list.is_empty();
                 let before: Vec<Multiaddr> = list.iter().map(|(_, a)| a.clone()).collect();
                 list.push((connection_id, addr.clone()));
+                self.circuits.opened(peer_id, connection_id, &addr);
                 self.on_connection_added(peer_id, &addr, &before);
                 if first {
                     info!(peer = %peer_id, %addr, "peer connected");
@@ -492,6 +500,7 @@ impl EventLoop {
                 ..
             } => {
                 debug!(peer = %peer_id, %connection_id, ?cause, num_established, "connection closed");
+                self.circuits.closed(connection_id);
                 let announced = !self.closing_probes.remove(&connection_id);
                 let left = self.connections.get_mut(&peer_id).map_or(0, |list| {
                     list.retain(|(id, _)| *id != connection_id);
@@ -604,6 +613,7 @@ impl EventLoop {
             }
             BehaviourEvent::RelayClient(event) => {
                 debug!("relay client: {event:?}");
+                self.circuits.on_relay_client(&event);
                 if let libp2p::relay::client::Event::ReservationReqAccepted {
                     relay_peer_id,
                     renewal,

@@ -34,12 +34,14 @@
 //! - `relays`: relay reservations while the node is not known to be public.
 //! - `relay_server`: the relay server, serving only with a direct external address.
 //! - `direct`: hole punching, upgrades to direct connections, and why a peer is relayed.
+//! - `circuits`: the limits relays announce for their circuits, and how a peer is reached.
 //! - `scope`: how far an address reaches, and which addresses to keep and advertise.
 //! - `whois`: `/p2pos/whois/1`, finding a peer through the peers connected to it.
 //! - `waiting`: what the swarm task waits on (connects, look-ups, record queries), and who.
 
 mod announce;
 mod behaviour;
+mod circuits;
 pub mod config;
 mod connect;
 mod direct;

@@ -105,6 +105,7 @@ impl LocalEnd {
             app_id,
             inbound: true,
             group,
+            circuit: None,
             // Both ends are this node's: their ends are marked.
             io: Box::new(EndMarked::new(io, true)),
         })
@@ -146,6 +147,7 @@ impl LocalOpening {
             app_id,
             inbound: false,
             group,
+            circuit: None,
             // Both ends are this node's: their ends are marked.
             io: Box::new(EndMarked::new(io, true)),
         })

@@ -12,7 +12,7 @@ use p2pos_protocols::{
     apps::ChannelStream,
     certs::PublisherKey,
     marked::EndMarked,
-    network::Network,
+    network::{Circuit, Network},
     wire::{self, read_message, write_message},
 };
 use tokio::{io::AsyncReadExt, time::Instant};
@@ -67,6 +67,9 @@ pub(crate) async fn open(
     let to_reach = || reach_by.saturating_duration_since(Instant::now());
     net.connect(peer, addrs, to_reach().min(CONNECT_TIMEOUT))
         .await?;
+    // New streams take a direct connection when there is one: else the channel crosses a
+    // relay's circuit, and stays on it.
+    let circuit = relayed(&net, peer).await;
     let broken = |reason: String| Error::Protocol {
         peer,
         protocol: wire::CHANNEL_PROTOCOL,
@@ -191,6 +194,7 @@ pub(crate) async fn open(
             },
             inbound: false,
             group: group.unwrap_or_default(),
+            circuit,
             io: Box::new(EndMarked::new(io, end_mark)),
         }),
         // The provider's app is gone (its services went with it), or never was.
@@ -227,7 +231,7 @@ pub(crate) async fn open(
 /// welcome of a channel to a service names the providing app, `app_id`, in its message.
 pub(crate) async fn accept(
     mut io: Io,
-    channel_id: u64,
+    (channel_id, circuit): (u64, Option<Circuit>),
     peer: PeerId,
     app_id: String,
     (to_service, group): (bool, String),
@@ -254,8 +258,14 @@ pub(crate) async fn accept(
         app_id,
         inbound: true,
         group,
+        circuit,
         io: Box::new(io),
     })
+}
+
+/// The circuit new streams to `peer` cross, if only relays reach it.
+pub(crate) async fn relayed(net: &Network, peer: PeerId) -> Option<Circuit> {
+    net.path(peer).await.ok()?.circuit().copied()
 }
 
 /// A refusal to write on an inbound channel.

@@ -216,6 +216,7 @@ pub(crate) fn count(stream: ChannelStream, permit: impl Into<Hold>) -> ChannelSt
         app_id,
         inbound,
         group,
+        circuit,
         io,
     } = stream;
     ChannelStream {
@@ -224,6 +225,7 @@ pub(crate) fn count(stream: ChannelStream, permit: impl Into<Hold>) -> ChannelSt
         app_id,
         inbound,
         group,
+        circuit,
         io: Box::new(CountedIo {
             io,
             _permit: permit,

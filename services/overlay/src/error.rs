@@ -131,6 +131,19 @@ pub enum Error {
         /// The payload's size.
         size: usize,
     },
+    /// A call or its answer that the only connection to `peer`, a relay's circuit, cannot
+    /// carry (sent, it would end the circuit in its middle).
+    #[error(
+        "{what} cannot cross the relayed connection to peer {peer}: it needs a smaller \
+         payload, or the peer reached directly"
+    )]
+    TooLargeForRelay {
+        /// The peer.
+        peer: PeerId,
+        /// What, how large, and what the relay allows: "a call of 204900 bytes (relay …:
+        /// 131072 bytes and 1800 s per circuit)".
+        what: String,
+    },
     /// An idempotency key of `Send` that is empty or too long.
     #[error(
         "an idempotency key of {len} bytes: it must be 1 to {max} bytes (or left empty for none)",
@@ -447,6 +460,7 @@ impl From<Error> for ServiceError {
             | Error::Restarting => ErrorCode::Unavailable,
             Error::ChannelNotAccepted { .. } | Error::Timeout { .. } => ErrorCode::DeadlineExceeded,
             Error::MessageTooLarge { .. }
+            | Error::TooLargeForRelay { .. }
             | Error::Busy { .. }
             | Error::TooManyChannels { .. }
             | Error::ChannelRefused { .. } => ErrorCode::ResourceExhausted,

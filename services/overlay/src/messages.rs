@@ -219,6 +219,7 @@ impl Messages {
                     return Ok(SendReply {
                         message_id: record.message_id,
                         state: DeliveryState::Delivered.into(),
+                        waiting: String::new(),
                     });
                 }
                 (record.message_id, record.sequence)
@@ -231,15 +232,28 @@ impl Messages {
             () = self.stopping.cancelled() => Outcome::Queued,
             outcome = self.delivery.deliver(peer, app.clone(), sequence, SEND_WAIT) => outcome,
         };
-        let state = match delivered {
-            Outcome::Delivered => DeliveryState::Delivered,
-            Outcome::Queued => DeliveryState::Queued,
+        let (state, waiting) = match delivered {
+            Outcome::Delivered => (DeliveryState::Delivered, String::new()),
+            Outcome::Queued => (DeliveryState::Queued, String::new()),
+            Outcome::Waiting {
+                size,
+                circuit,
+                behind,
+            } => {
+                let why = crate::delivery::too_large_for(peer, size, &circuit);
+                let why = match behind {
+                    true => format!("it waits behind an earlier message of this app: {why}"),
+                    false => why,
+                };
+                (DeliveryState::Queued, why)
+            }
             Outcome::UnknownApp => return Err(Error::AppNotRegistered { app_id: app, peer }),
             Outcome::TooLarge => return Err(Error::MessageTooLarge { size }),
         };
         Ok(SendReply {
             message_id,
             state: state.into(),
+            waiting,
         })
     }
 

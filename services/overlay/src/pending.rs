@@ -47,10 +47,14 @@ impl OverlayService {
                     group,
                     ..
                 } = pending;
+                let net = self.net.clone();
                 match io {
                     PendingIo::Remote(io) => Box::pin(async move {
                         let to = (origin.is_some(), group);
-                        let stream = channel::accept(io, channel_id, peer, app_id, to).await?;
+                        // The opener's stream took a direct connection if there was one.
+                        let circuit = channel::relayed(&net, peer).await;
+                        let id = (channel_id, circuit);
+                        let stream = channel::accept(io, id, peer, app_id, to).await?;
                         Ok(count(stream, permit))
                     }),
                     PendingIo::Local(end) => ready(

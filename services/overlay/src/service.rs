@@ -266,7 +266,7 @@ fn follow_disconnects(net: &Network, actor: Addr<OverlayService>) -> AbortOnDrop
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     actor.do_send(crate::pending::PeerDisconnected(None));
                 }
-                Ok(NetEvent::Connected(_)) => {}
+                Ok(NetEvent::Connected(_) | NetEvent::Direct(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }

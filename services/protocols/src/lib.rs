@@ -749,6 +749,10 @@ pub mod apps {
         pub inbound: bool,
         /// The group it is in (its id); empty: none.
         pub group: String,
+        /// The relay's circuit the channel crosses, when its peer was reached only through
+        /// relays as it opened (the channel stays on it: its limits end the channel); `None`
+        /// for a direct connection or a channel inside this node.
+        pub circuit: Option<crate::network::Circuit>,
         /// The bytes.
         pub io: Box<dyn Duplex>,
     }
@@ -761,6 +765,7 @@ pub mod apps {
                 .field("app_id", &self.app_id)
                 .field("inbound", &self.inbound)
                 .field("group", &self.group)
+                .field("circuit", &self.circuit)
                 .finish_non_exhaustive()
         }
     }

@@ -112,6 +112,22 @@ where
     L: AsyncRead + AsyncWrite + Unpin,
     R: AsyncRead + AsyncWrite + Unpin,
 {
+    pipe_within(local, remote, framing, ends, MAX_PAYLOAD).await
+}
+
+/// As [`pipe`], but frames from the local side may hold at most `local_max` bytes (at most
+/// [`MAX_PAYLOAD`]): what the remote's path can carry, over a relay's circuit.
+pub async fn pipe_within<L, R>(
+    local: &mut L,
+    remote: &mut R,
+    framing: Framing,
+    ends: impl Ends,
+    local_max: usize,
+) -> Result<(), PipeError>
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + AsyncWrite + Unpin,
+{
     let (local_in, local_out) = tokio::io::split(local);
     let (remote_in, remote_out) = tokio::io::split(remote);
     // Both directions run in this task (never contended); the task may move between threads.
@@ -137,7 +153,7 @@ where
         remote_out,
         Side::Local,
         framing,
-        MAX_PAYLOAD,
+        local_max.min(MAX_PAYLOAD),
         local_end,
     );
     let down = copy(

@@ -7,6 +7,14 @@
 //! Stored messages received for the app are printed as they arrive, once per run, and
 //! acknowledged (`Apps.Ack`) once printed; those not acknowledged come again next run.
 //!
+//! Every line reaches the peer once and in order, however the path breaks. The peer's chat
+//! confirms the lines it showed; when a channel breaks (a relay's circuit ended, say) those it
+//! did not confirm go again, first, by `Apps.Send`, and the peer's chat drops a copy of a line it
+//! showed already (see `machine::confirm`): `* the channel to <peer> broke before 2 lines reached
+//! it for sure; sending them again`. A line the node keeps in its outbox (the peer is offline,
+//! or the line is too large for the relay the peer is reached through) holds the later lines
+//! behind it, and when the node says why: `* your line waits in your node: <why>`.
+//!
 //! Output, one line each, flushed: `* ...` status lines, and `<last 8 chars of peer id>> text`
 //! for received lines. Exit status 0 after stdin ends and every line is sent, 130 on Ctrl-C,
 //! 1 with `error: ...` on stderr otherwise.
@@ -38,7 +46,8 @@
 //! # Layout
 //! - [`machine`]: the pure state machine (modes, queue, exactly-once hand-off, calls),
 //!   unit-tested.
-//! - [`tasks`]: one task per gRPC stream (session, receive, channel, send) and the stdin reader.
+//! - [`tasks`]: one task per gRPC stream (session, receive, channel, send, the outbox's events)
+//!   and the stdin reader.
 //! - [`call`]: the task that runs one call's voice plug-in (helper, control channel).
 //! - [`plugin`]: the plug-in's names and control protocol.
 //! - [`run`]: the loop that feeds events to the machine and carries out its actions.

@@ -56,6 +56,11 @@ pub(crate) async fn run(
     let (events, mut inbox) = mpsc::channel(EVENT_BUFFER);
     tokio::spawn(tasks::session(session, events.clone()));
     tokio::spawn(tasks::receive(client.apps(), events.clone()));
+    tokio::spawn(tasks::outbox(
+        client.monitor(),
+        client.apps(),
+        events.clone(),
+    ));
     let (acks, upto) = watch::channel(0);
     let acker = tokio::spawn(tasks::ack(client.apps(), upto));
     tasks::spawn_stdin(events.clone());
@@ -189,6 +194,9 @@ impl Shell {
                 }
             }
             Event::SendDone(outcome) => self.chat.send_done(outcome),
+            Event::Delivered(message_id) => self.chat.message_delivered(message_id),
+            Event::Waiting { message_id, reason } => self.chat.message_waiting(message_id, &reason),
+            Event::OutboxEmpty => self.chat.outbox_empty(),
             Event::CallStarted => self.chat.call_started(),
             Event::CallReport(report) => self.chat.call_report(report),
             Event::CallEnded(result) => {

@@ -8,13 +8,15 @@ use futures::{Stream, StreamExt};
 use p2pos_client::{AuthChannel, SessionUpdate, describe_status, next_update};
 use p2pos_proto::app::v1::apps_client::AppsClient;
 use p2pos_proto::app::v1::{
-    AckRequest, ChannelInput, ChannelOutput, ReceiveRequest, ReceivedMessage, SendRequest,
-    SessionEvent, channel_input, channel_output,
+    AckRequest, ChannelInput, ChannelOutput, DeliveryState, ListAppsRequest, ReceiveRequest,
+    ReceivedMessage, SendRequest, SessionEvent, channel_input, channel_output,
 };
+use p2pos_proto::monitor::v1::monitor_client::MonitorClient;
+use p2pos_proto::monitor::v1::{EventsRequest, MessageDelivered, MessageWaiting, event};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Code;
 
-use crate::machine::{APP_ID, Failure, Link, Stored};
+use crate::machine::{APP_ID, Failure, Link, Sent, Stored};
 use crate::plugin::Report;
 
 /// Something that happened, for the loop.
@@ -51,7 +53,13 @@ pub(crate) enum Event {
         reply: oneshot::Sender<String>,
     },
     /// The outstanding `Send` finished.
-    SendDone(Result<(), Failure>),
+    SendDone(Result<Sent, Failure>),
+    /// The node delivered one of the chat's messages from its outbox.
+    Delivered(u64),
+    /// One of the chat's messages waits in the node's outbox, for this reason.
+    Waiting { message_id: u64, reason: String },
+    /// The node's outbox holds none of the chat's messages.
+    OutboxEmpty,
     /// The voice plug-in has the call.
     CallStarted,
     /// The voice plug-in reported something.
@@ -214,6 +222,69 @@ async fn receive_once(
     }
 }
 
+/// Follows what the node says of the chat's own messages in its outbox (monitor events): which
+/// were delivered and which wait, for as long as the chat runs; a stream that ends is opened
+/// again after a wait that grows while it keeps failing. Whenever it (re)opens, or missed
+/// events, the outbox is looked at: empty, nothing is left to wait for.
+pub(crate) async fn outbox(
+    mut monitor: MonitorClient<AuthChannel>,
+    apps: AppsClient<AuthChannel>,
+    events: Events,
+) {
+    let mut wait = RECEIVE_RETRY;
+    loop {
+        if let Ok(response) = monitor.events(EventsRequest {}).await {
+            wait = RECEIVE_RETRY;
+            let mut stream = response.into_inner();
+            if !outbox_check(apps.clone(), &events).await {
+                return;
+            }
+            while let Ok(Some(e)) = stream.message().await {
+                let event = match e.kind {
+                    Some(event::Kind::MessageDelivered(MessageDelivered {
+                        inbound: false,
+                        app_id,
+                        message_id,
+                        ..
+                    })) if app_id == APP_ID => Event::Delivered(message_id),
+                    Some(event::Kind::MessageWaiting(MessageWaiting {
+                        app_id,
+                        message_id,
+                        reason,
+                        ..
+                    })) if app_id == APP_ID => Event::Waiting { message_id, reason },
+                    Some(event::Kind::Lagged(_)) => {
+                        if !outbox_check(apps.clone(), &events).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if events.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RECEIVE_RETRY_MAX);
+    }
+}
+
+/// Tells the loop when the node's outbox holds none of the chat's messages; `false` once the
+/// chat has gone.
+async fn outbox_check(mut apps: AppsClient<AuthChannel>, events: &Events) -> bool {
+    let Ok(listed) = apps.list_apps(ListAppsRequest {}).await else {
+        return true;
+    };
+    let empty = listed
+        .into_inner()
+        .apps
+        .iter()
+        .all(|a| a.app_id != APP_ID || a.outbox == 0);
+    !empty || events.send(Event::OutboxEmpty).await.is_ok()
+}
+
 /// Acknowledges stored messages: each time `upto` changes, every message up to its value. Ends
 /// once `upto` is dropped and its last value is acknowledged. A failed `Ack` is not retried
 /// by itself: the node hands those messages over again and the machine does not print them
@@ -252,7 +323,14 @@ pub(crate) async fn send(
         idempotency_key: Default::default(),
     };
     let outcome = match apps.send(request).await {
-        Ok(_) => Ok(()),
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            Ok(Sent {
+                message_id: reply.message_id,
+                delivered: reply.state() == DeliveryState::Delivered,
+                waiting: reply.waiting,
+            })
+        }
         Err(status) => Err(classify(&status)),
     };
     let _ = events.send(Event::SendDone(outcome)).await;

@@ -271,6 +271,7 @@ fn loopback_opener(exposer: Arc<Mutex<Forwarding>>) -> Opener {
                 inbound: false,
                 io: Box::new(ours),
                 group: String::new(),
+                circuit: None,
             })
         }
         .boxed()

@@ -17,6 +17,17 @@ pub(crate) enum Outcome {
     TooLarge,
     /// Still in the outbox.
     Queued,
+    /// Still in the outbox: larger (`size` bytes, framed) than the circuit of the relay the
+    /// peer is reached through can carry; it waits for a direct connection.
+    Waiting {
+        /// Its size on the wire.
+        size: u64,
+        /// The circuit it does not fit.
+        circuit: p2pos_protocols::network::Circuit,
+        /// This message is behind the one that does not fit (of the same app), rather than
+        /// that one.
+        behind: bool,
+    },
 }
 
 /// Most `Send` calls waiting for their outcome at once.

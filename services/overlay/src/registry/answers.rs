@@ -315,11 +315,36 @@ pub(crate) async fn serve_call(
             }
         }
     };
+    let answer = fit_relay(&net, peer, answer).await;
     if let Err(e) = write_message(&mut io, &answer, WRITE_TIMEOUT).await {
         debug!(%peer, "cannot answer a call: {e}");
         return;
     }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, io.shutdown()).await;
+}
+
+/// `answer`, or, when the caller is reached only through a relay whose circuit cannot carry
+/// it (it would end the circuit in its middle), the error that says so, from the app that
+/// answered (it saw the call: the caller must not try another provider).
+async fn fit_relay(net: &Network, peer: PeerId, answer: CallAnswer) -> CallAnswer {
+    let size = u64::try_from(prost::Message::encoded_len(&answer) + p2pos_protocols::wire::HEADER)
+        .unwrap_or(u64::MAX);
+    match crate::channel::relayed(net, peer).await {
+        Some(circuit) if !circuit.fits(size) => {
+            let e = Error::TooLargeForRelay {
+                peer,
+                what: format!(
+                    "the answer to a call, of {size} bytes ({}),",
+                    circuit.describe()
+                ),
+            };
+            // Not RESOURCE_EXHAUSTED, which would have the caller try another provider: the
+            // app did the call.
+            let failed = code(p2pos_kernel::ErrorCode::FailedPrecondition);
+            app_error(&answer.provider_app, failed, e.to_string())
+        }
+        _ => answer,
+    }
 }
 
 /// Refuses a `/p2pos/call/2` stream this node will not serve now (too many at once): answers

@@ -296,6 +296,17 @@ async fn call_remote(
         return Attempt::Next(e.into());
     }
     let unreachable = |reason: String| Attempt::Next(Error::Unreachable { peer, reason });
+    // Over a relay only: a call its circuit cannot carry is not sent into it (another provider
+    // may be reached directly).
+    if let Some(circuit) = crate::channel::relayed(&remote.net, peer).await {
+        let size = call_size(call);
+        if !circuit.fits(size) {
+            return Attempt::Next(Error::TooLargeForRelay {
+                peer,
+                what: format!("a call of {size} bytes ({})", circuit.describe()),
+            });
+        }
+    }
     let mut opens = 0;
     let mut io = loop {
         opens += 1;
@@ -416,6 +427,25 @@ async fn call_remote(
             reason: format!("the call broke before its answer (the provider went away?): {e}"),
         })),
     }
+}
+
+/// The size of `call`'s frame on the wire, near enough (its timeout aside).
+fn call_size(call: &Outgoing) -> u64 {
+    let frame = CallFrame {
+        service: call.service.clone(),
+        from_app: call.from_app.clone(),
+        payload: call.payload.clone(),
+        timeout_ms: u32::MAX,
+        withdrawn: false,
+        certificates: false,
+        publisher_keys: call
+            .publisher_keys
+            .iter()
+            .map(|k| Bytes::copy_from_slice(k.as_bytes()))
+            .collect(),
+    };
+    u64::try_from(prost::Message::encoded_len(&frame) + p2pos_protocols::wire::HEADER)
+        .unwrap_or(u64::MAX)
 }
 
 /// A provider that did not say it took the call within `given` (it may be a Sybil that

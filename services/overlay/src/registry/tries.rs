@@ -393,6 +393,9 @@ fn fared(e: &Error) -> Option<Fared> {
         // Not certified by the keys of this request (its node said so): nothing against it,
         // other callers pin other keys.
         Error::NotCertified { .. } => None,
+        // Too large for the relay it is reached through: nothing against it, smaller calls
+        // cross.
+        Error::TooLargeForRelay { .. } => None,
         _ if is_busy(e) => Some(Fared::Refused),
         // It took the stream and did not say it took the request in time; unless the
         // request's own end left it less than its floor (nothing against it then).

@@ -14,12 +14,14 @@
 //! - [`accept`]: accept loops with limits, in all and per peer.
 //! - [`ticket`]: tickets, and the parser of every way to name a peer.
 //! - `ping`: fresh pings, one per peer in flight, shared by its callers.
+//! - [`path`]: how a peer is reached now: directly, or through relays and their limits.
 //! - [`error`]: the network's [`Error`].
 
 pub mod accept;
 pub mod error;
 pub mod gossip;
 mod inbound;
+pub mod path;
 mod ping;
 pub mod ticket;
 
@@ -36,6 +38,7 @@ pub use accept::{Accepting, Limits, Overflow};
 pub use error::Error;
 pub use gossip::GossipMessage;
 pub use inbound::{Activity, InboundStream};
+pub use path::{CIRCUIT_OVERHEAD, Circuit, Path};
 
 pub use ping::MAX_PINGS;
 
@@ -234,6 +237,14 @@ pub enum Command {
         /// The envelope, and the followers it went to, as far as gossip knows.
         reply: Reply<(Bytes, Vec<PeerId>)>,
     },
+    /// How `peer` is reached now: directly, through relays (and their circuits' limits), or
+    /// not at all.
+    Path {
+        /// The peer.
+        peer: PeerId,
+        /// The path.
+        reply: oneshot::Sender<Path>,
+    },
     /// The peers known to follow a gossip topic.
     GossipFollowers {
         /// The topic's full name.
@@ -340,6 +351,9 @@ pub enum NetEvent {
     Connected(PeerId),
     /// The last connection to the peer closed.
     Disconnected(PeerId),
+    /// A direct connection to a peer reached only through relays until now opened: new streams
+    /// take it, free of the relays' limits.
+    Direct(PeerId),
 }
 
 /// How the announcement of a key in the DHT went, as the swarm task last heard.
@@ -872,6 +886,12 @@ impl Network {
         let topic = gossip::topic_name(scope, topic)?;
         self.request(|reply| Command::GossipFollowers { topic, reply })
             .await
+    }
+
+    /// How `peer` is reached now: directly, only through relays (the tightest of their
+    /// circuits' limits), or not at all.
+    pub async fn path(&self, peer: PeerId) -> Result<Path, Error> {
+        self.request(|reply| Command::Path { peer, reply }).await
     }
 
     /// Closes the swarm and waits until it is gone.

@@ -38,7 +38,8 @@ pub(crate) async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 /// Sends one message (named by idempotency `key`, if given); prints `delivered (message id N)`
-/// or `queued (message id N)`, with `--json` `{message_id, state}`.
+/// or `queued (message id N)` (with why it waits, when the node says), with `--json`
+/// `{message_id, state, waiting}`.
 pub(crate) async fn send(
     client: &Client,
     (peer, app): (&str, &str),
@@ -46,7 +47,11 @@ pub(crate) async fn send(
     key: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let SendReply { message_id, state } = client
+    let SendReply {
+        message_id,
+        state,
+        waiting,
+    } = client
         .apps()
         .send(SendRequest {
             app_id: app.to_owned(),
@@ -58,9 +63,13 @@ pub(crate) async fn send(
         .or_fail("cannot send the message")?;
     let state = state_name(state);
     if json {
-        output::json_line(&json!({ "message_id": message_id, "state": state }))?;
-    } else {
+        output::json_line(
+            &json!({ "message_id": message_id, "state": state, "waiting": waiting }),
+        )?;
+    } else if waiting.is_empty() {
         output::line(format!("{state} (message id {message_id})"))?;
+    } else {
+        output::line(format!("{state} (message id {message_id}): {waiting}"))?;
     }
     Ok(())
 }

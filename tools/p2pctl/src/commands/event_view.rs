@@ -4,8 +4,8 @@
 use p2pos_proto::monitor::v1::event::Kind;
 use p2pos_proto::monitor::v1::{
     ChannelClosed, ChannelOpened, ConnectionUpgraded, Event, HelperChanged, Lagged,
-    MessageDelivered, MessageFailed, PeerConnected, PeerGone, RelayReserved, ServiceRestarted,
-    ServiceStateChanged,
+    MessageDelivered, MessageFailed, MessageWaiting, PeerConnected, PeerGone, RelayReserved,
+    ServiceRestarted, ServiceStateChanged,
 };
 use serde_json::{Value, json};
 
@@ -62,6 +62,12 @@ pub(crate) fn text(event: &Event) -> String {
             message_id,
             reason,
         })) => format!("message-failed #{message_id} {app_id} to {peer_id}: {reason}"),
+        Some(Kind::MessageWaiting(MessageWaiting {
+            peer_id,
+            app_id,
+            message_id,
+            reason,
+        })) => format!("message-waiting #{message_id} {app_id} to {peer_id}: {reason}"),
         Some(Kind::Helper(HelperChanged {
             app_id,
             name,
@@ -158,6 +164,18 @@ pub(crate) fn json(event: &Event) -> Value {
             reason,
         })) => json!({
             "type": "message_failed",
+            "peer_id": peer_id,
+            "app_id": app_id,
+            "message_id": message_id,
+            "reason": reason,
+        }),
+        Some(Kind::MessageWaiting(MessageWaiting {
+            peer_id,
+            app_id,
+            message_id,
+            reason,
+        })) => json!({
+            "type": "message_waiting",
             "peer_id": peer_id,
             "app_id": app_id,
             "message_id": message_id,

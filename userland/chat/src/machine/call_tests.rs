@@ -13,6 +13,14 @@ fn print(text: &str) -> Action {
     Action::Print(text.to_owned())
 }
 
+/// Bob's chat's `hello`.
+const BOB_HELLO: &str = "\n{\"type\":\"hello\",\"tag\":\"bob-1\"}";
+
+/// The `hello` a chat writes first on `link` (tags are fixed in tests).
+fn hello(link: Link) -> String {
+    format!("\n{{\"type\":\"hello\",\"tag\":\"0000000000000000-{link}\"}}")
+}
+
 fn write(link: Link, text: &str) -> Action {
     Action::Write {
         link,
@@ -26,6 +34,8 @@ fn connected() -> (Chat, Link) {
     chat.registered(ME.to_owned());
     let link = 1;
     chat.opened(link, BOB.into());
+    assert_eq!(chat.writer_ready(link), vec![write(link, &hello(link))]);
+    chat.frame(link, BOB_HELLO);
     chat.writer_ready(link);
     (chat, link)
 }
@@ -171,6 +181,7 @@ fn a_callee_that_cannot_answer_tells_the_caller() {
     chat.registered(ME.into());
     chat.incoming(9, BOB.into());
     chat.opened(1, BOB.into());
+    chat.writer_ready(1);
     chat.writer_ready(1);
     chat.frame(1, CALL);
     assert_eq!(

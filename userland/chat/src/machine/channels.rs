@@ -76,6 +76,10 @@ impl Chat {
                 }
                 self.offline_announced = false;
                 out.push(Action::Print(format!("* connected to {peer_id}")));
+                out.push(Action::Arm {
+                    timer: Timer::Hello,
+                    after: super::HELLO_WITHIN,
+                });
             }
             Some(current) => {
                 let same_peer =
@@ -83,6 +87,10 @@ impl Chat {
                 if same_peer && self.preferred(link, current) {
                     self.current = Some(link);
                     self.close(current, &mut out);
+                    out.push(Action::Arm {
+                        timer: Timer::Hello,
+                        after: super::HELLO_WITHIN,
+                    });
                 } else {
                     self.close(link, &mut out);
                 }
@@ -150,6 +158,7 @@ impl Chat {
             return self.open_failed(link, Failure::Retry("the channel closed".into()));
         }
         let mut out = Vec::new();
+        self.resend_unconfirmed(link, &mut out);
         self.channels.remove(&link);
         if self.current == Some(link) {
             self.current = None;
@@ -178,14 +187,21 @@ impl Chat {
         out
     }
 
-    /// A data frame arrived on a channel: a text line, or a call signal.
+    /// A data frame arrived on a channel: a text line, a line signal or a call signal.
     pub(crate) fn frame(&mut self, link: Link, text: &str) -> Vec<Action> {
         let from = self.channels.get(&link).and_then(|c| c.peer.clone());
+        if let Some(line_signal) = signals::decode_line(text) {
+            return self.line_signal(link, line_signal);
+        }
         if signals::is_signal(text) {
             return self.signal(from, text);
         }
+        self.line_came(link);
         let from = from.as_deref().unwrap_or("?");
-        vec![Action::Print(format!("{}> {text}", peer::short(from)))]
+        let mut out = vec![Action::Print(format!("{}> {text}", peer::short(from)))];
+        // Its confirmation is owed.
+        self.pump(&mut out);
+        out
     }
 
     /// Whether the channel still takes frames (the shell drops a waiting input otherwise).
@@ -209,7 +225,9 @@ impl Chat {
         if let Some(chan) = self.channels.get_mut(&link) {
             chan.writer_ready = false;
         }
-        self.queue.push_front(text);
+        if self.unwritten(link, &text) {
+            self.queue.push_front(text);
+        }
         self.pump(&mut out);
         out
     }
@@ -217,6 +235,7 @@ impl Chat {
     pub(super) fn new_chan(&mut self, ours: bool, peer: Option<String>) -> Link {
         let link = self.next_link;
         self.next_link += 1;
+        let tag = format!("{:016x}-{link}", self.run_id);
         self.channels.insert(
             link,
             Chan {
@@ -225,6 +244,7 @@ impl Chat {
                 open: false,
                 writer_ready: false,
                 closing: false,
+                lines: super::confirm::LinkLines::new(tag),
             },
         );
         link

@@ -1,8 +1,10 @@
 //! The chat machine's line side: registration, typed lines, stored messages, `Send` results,
 //! timers, handing lines out in order, and finishing after stdin ends.
 
-use super::signals;
-use super::{Action, Chat, FINISH_WITHIN, Failure, Link, MAX_LINE, RESEND_AFTER, Stored, Timer};
+use super::signals::{self, LineSignal};
+use super::{
+    Action, Chat, FINISH_WITHIN, Failure, Link, MAX_LINE, RESEND_AFTER, Sent, Stored, Timer,
+};
 use crate::peer;
 
 impl Chat {
@@ -76,11 +78,16 @@ impl Chat {
         } = message;
         let mut out = Vec::new();
         let line = format!("{}> {text}", peer::short(&from));
-        let printed = self.printed.entry((from, epoch)).or_default();
+        let printed = self.printed.entry((from.clone(), epoch)).or_default();
         if sequence > *printed {
             *printed = sequence;
-            if !signals::is_signal(&text) {
-                out.push(Action::Print(line));
+            match signals::decode_line(&text) {
+                // A line first written on a channel that broke: shown unless it was.
+                Some(LineSignal::Resent { tag, n, text }) => {
+                    out.extend(self.stored_resent(&from, &tag, n, &text));
+                }
+                _ if !signals::is_signal(&text) => out.push(Action::Print(line)),
+                _ => {}
             }
         }
         out.push(Action::Ack { inbox_id });
@@ -88,12 +95,15 @@ impl Chat {
     }
 
     /// The outstanding `Send` finished.
-    pub(crate) fn send_done(&mut self, result: Result<(), Failure>) -> Vec<Action> {
+    pub(crate) fn send_done(&mut self, result: Result<Sent, Failure>) -> Vec<Action> {
         let mut out = Vec::new();
         match result {
-            Ok(()) => {
+            Ok(sent) => {
                 self.in_flight = None;
                 self.send_failing = false;
+                if !sent.delivered {
+                    self.queued(sent.message_id, &sent.waiting, &mut out);
+                }
             }
             Err(Failure::Refused(reason)) => {
                 if let Some(text) = self.in_flight.take() {
@@ -142,33 +152,73 @@ impl Chat {
                 self.send_paused = false;
                 self.pump(&mut out);
             }
-            Timer::Finish => self.exit(&mut out),
+            Timer::Hello => {
+                if let Some(current) = self.current {
+                    self.no_hello(current, &mut out);
+                }
+                self.pump(&mut out);
+            }
+            Timer::Finish => {
+                // Channels that did not close in time: what they did not confirm goes by
+                // `Send`, then the chat exits.
+                self.finish_due = true;
+                let links: Vec<Link> = self.channels.keys().copied().collect();
+                for link in links {
+                    self.resend_unconfirmed(link, &mut out);
+                }
+                self.pump(&mut out);
+            }
         }
         out
     }
 
-    /// Hands queued lines out, then finishes if stdin has ended and nothing is left. A signal
-    /// goes only to a live channel: without one it is dropped.
+    /// Hands queued lines out, then finishes if stdin has ended and nothing is left. A call
+    /// signal goes only to a live channel: without one it is dropped. Confirmations owed go
+    /// first, on every channel that takes frames.
     pub(super) fn pump(&mut self, out: &mut Vec<Action>) {
+        self.write_confirmations(out);
         while self.in_flight.is_none() && !self.send_paused && !self.queue.is_empty() {
-            if let Some(current) = self.current {
-                let Some(chan) = self.channels.get_mut(&current) else {
-                    break;
-                };
-                if !chan.writer_ready {
+            let call_signal = self
+                .queue
+                .front()
+                .is_some_and(|t| signals::is_signal(t) && signals::decode_line(t).is_none());
+            // Lines go by channel only once every line left in the node's outbox is delivered:
+            // a channel must not overtake them.
+            let live = self
+                .current
+                .filter(|c| self.channels.get(c).is_some_and(|c| !c.closing))
+                .filter(|_| call_signal || self.confirm.outbox.is_empty());
+            if let Some(current) = live {
+                if !self.channels.get(&current).is_some_and(|c| c.writer_ready) {
                     break;
                 }
-                let Some(text) = self.queue.pop_front() else {
+                let owed = self.owed_frame(current);
+                if owed.is_none() && !call_signal && !self.takes_lines(current) {
+                    // Lines wait for the peer's `hello` (or for its chat to be taken for one
+                    // that does not confirm).
                     break;
+                }
+                let text = match owed {
+                    Some(owed) => owed,
+                    None => match self.queue.pop_front() {
+                        Some(text) => {
+                            self.written(current, &text, out);
+                            text
+                        }
+                        None => break,
+                    },
                 };
-                chan.writer_ready = false;
+                if let Some(chan) = self.channels.get_mut(&current) {
+                    chan.writer_ready = false;
+                }
                 out.push(Action::Write {
                     link: current,
                     text,
                 });
                 continue;
             }
-            if self.queue.front().is_some_and(|t| signals::is_signal(t)) {
+            // A call signal without a live channel is dropped (a resent line is a line).
+            if call_signal {
                 if let Some(text) = self.queue.pop_front() {
                     self.signal_undelivered(&text, out);
                 }
@@ -186,8 +236,28 @@ impl Chat {
         self.finish_if_done(out);
     }
 
+    /// Writes the confirmations owed on every channel whose input waits for a frame.
+    fn write_confirmations(&mut self, out: &mut Vec<Action>) {
+        let links: Vec<Link> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.open && c.writer_ready && !c.closing && c.lines.owes_frame())
+            .map(|(link, _)| *link)
+            .collect();
+        for link in links {
+            let Some(text) = self.owed_confirmation(link) else {
+                continue;
+            };
+            if let Some(chan) = self.channels.get_mut(&link) {
+                chan.writer_ready = false;
+            }
+            out.push(Action::Write { link, text });
+        }
+    }
+
     pub(super) fn finish_if_done(&mut self, out: &mut Vec<Action>) {
-        let done = self.eof && self.queue.is_empty() && self.in_flight.is_none();
+        let handed = self.queue.is_empty() && self.in_flight.is_none();
+        let done = self.eof && handed;
         if done && !self.finishing {
             self.finishing = true;
             let links: Vec<Link> = self.channels.keys().copied().collect();
@@ -201,7 +271,8 @@ impl Chat {
                 });
             }
         }
-        if self.finishing && self.channels.is_empty() && self.call.is_none() {
+        let closed = self.channels.is_empty() && self.call.is_none();
+        if self.finishing && handed && (closed || self.finish_due) {
             self.exit(out);
         }
     }

@@ -7,7 +7,9 @@
 //!   its next frame* (`Write`), or to `Apps.Send` (`Send`). A frame the channel no longer takes
 //!   comes back through [`Chat::frame_rejected`] and goes out the other way.
 //! - Lines keep their order: one `Send` at a time, and no channel frame while a `Send` is
-//!   outstanding.
+//!   outstanding, or while a line `Send` left queued in the node's outbox is not delivered.
+//! - No line is lost when a channel breaks: the peer's chat confirms the lines it showed, and
+//!   those not confirmed go again, shown once ([`confirm`]).
 //! - At most one *current* channel. When both peers open a channel to each other at once, both
 //!   keep the one opened by the smaller peer id (the newer one if the same peer opened both).
 //! - A stored message is printed at most once per run, though the node may hand it over again
@@ -23,6 +25,7 @@ use crate::peer;
 
 mod calls;
 mod channels;
+mod confirm;
 mod lines;
 mod signals;
 
@@ -34,6 +37,9 @@ pub(crate) const REDIAL_AFTER: Duration = Duration::from_secs(3);
 pub(crate) const RESEND_AFTER: Duration = Duration::from_secs(2);
 /// After stdin ends and every line is out: how long to wait for channels to close.
 pub(crate) const FINISH_WITHIN: Duration = Duration::from_secs(5);
+/// How long a channel's lines wait for the peer's `hello` before its chat is taken for one
+/// that does not confirm lines.
+pub(crate) const HELLO_WITHIN: Duration = Duration::from_secs(5);
 /// Largest line sent (a channel frame and a message payload are at most 1 MiB).
 pub(crate) const MAX_LINE: usize = 1024 * 1024;
 
@@ -84,6 +90,9 @@ pub(crate) enum Timer {
     Resend,
     /// Stop waiting for channels to close at exit.
     Finish,
+    /// Stop waiting for the `hello` of the current channel's peer: its chat does not confirm
+    /// lines (an older chat).
+    Hello,
 }
 
 /// Why a call failed: worth retrying, or not.
@@ -98,6 +107,15 @@ pub(crate) enum Failure {
     Refused(String),
     /// Retrying cannot help (bad peer name, no permission).
     Fatal(String),
+}
+
+/// How a `Send` went: the node's id of the message, whether the peer has it already, and why it
+/// waits in the node's outbox when the node says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sent {
+    pub(crate) message_id: u64,
+    pub(crate) delivered: bool,
+    pub(crate) waiting: String,
 }
 
 /// A message from `Apps.Receive`.
@@ -127,6 +145,8 @@ struct Chan {
     writer_ready: bool,
     /// We ended its input.
     closing: bool,
+    /// Its lines both ways, numbered and confirmed.
+    lines: confirm::LinkLines,
 }
 
 /// Dialer mode: the PEER argument.
@@ -169,6 +189,12 @@ pub(crate) struct Chat {
     printed: HashMap<(String, u64), u64>,
     /// The voice call in progress.
     call: Option<calls::Call>,
+    /// Lines across channels and messages: shown, queued in the node, waiting.
+    confirm: confirm::Confirmations,
+    /// Names this run's channels (tags are this, and the link).
+    run_id: u64,
+    /// The finish timer fired: exit once every line is handed over, open channels or not.
+    finish_due: bool,
     /// Stdin ended.
     eof: bool,
     /// Every line is out; channels are being closed.
@@ -205,6 +231,9 @@ impl Chat {
             offline_announced: false,
             printed: HashMap::new(),
             call: None,
+            confirm: confirm::Confirmations::default(),
+            run_id: run_id(),
+            finish_due: false,
             eof: false,
             finishing: false,
             exited: false,
@@ -212,7 +241,20 @@ impl Chat {
     }
 }
 
+/// A random name for this run's channels (their tags); 0 in unit tests.
+fn run_id() -> u64 {
+    if cfg!(test) {
+        return 0;
+    }
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 #[cfg(test)]
 mod call_tests;
+#[cfg(test)]
+mod confirm_tests;
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,37 @@ use super::*;
 const ME: &str = "12D3KooWMe";
 const BOB: &str = "12D3KooWBob";
 
+/// A `Send` the peer's node stored at once.
+fn delivered() -> Sent {
+    Sent {
+        message_id: 1,
+        delivered: true,
+        waiting: String::new(),
+    }
+}
+
+/// Bob's chat's `hello`: lines may be written to it from then on.
+const BOB_HELLO: &str = "\n{\"type\":\"hello\",\"tag\":\"bob-1\"}";
+
+/// What `opened` gives for the first channel to Bob: the notice, and the wait for his hello.
+fn connected_to(peer: &str) -> Vec<Action> {
+    vec![
+        print(&format!("* connected to {peer}")),
+        Action::Arm {
+            timer: Timer::Hello,
+            after: HELLO_WITHIN,
+        },
+    ]
+}
+
+/// The `hello` a chat writes first on `link` (tags are fixed in tests).
+fn hello(link: Link) -> Action {
+    Action::Write {
+        link,
+        text: format!("\n{{\"type\":\"hello\",\"tag\":\"0000000000000000-{link}\"}}"),
+    }
+}
+
 fn print(text: &str) -> Action {
     Action::Print(text.to_owned())
 }
@@ -47,12 +78,14 @@ fn dialer() -> (Chat, Link) {
 fn dialer_connects_and_writes_lines_as_frames() {
     let (mut chat, link) = dialer();
     assert!(chat.line("early".into()).is_empty(), "waits for the open");
-    assert_eq!(
-        chat.opened(link, BOB.into()),
-        vec![print("* connected to 12D3KooWBob")]
+    assert_eq!(chat.opened(link, BOB.into()), connected_to(BOB));
+    assert_eq!(chat.writer_ready(link), vec![hello(link)]);
+    assert!(
+        chat.writer_ready(link).is_empty(),
+        "lines wait for Bob's hello"
     );
     assert_eq!(
-        chat.writer_ready(link),
+        chat.frame(link, BOB_HELLO),
         vec![Action::Write {
             link,
             text: "early".into()
@@ -98,7 +131,7 @@ fn offline_peer_gets_lines_by_send_then_channel() {
     let again = chat.open_failed(link2, Failure::Retry("still offline".into()));
     assert!(prints(&again).is_empty());
     assert_eq!(
-        chat.send_done(Ok(())),
+        chat.send_done(Ok(delivered())),
         vec![Action::Send {
             peer: BOB.into(),
             text: "two".into()
@@ -108,12 +141,14 @@ fn offline_peer_gets_lines_by_send_then_channel() {
     chat.writer_ready(link3);
     assert_eq!(
         chat.opened(link3, BOB.into()),
-        vec![print("* connected to 12D3KooWBob")],
-        "no frame while a Send is outstanding"
+        [connected_to(BOB), vec![hello(link3)]].concat(),
+        "no line while a Send is outstanding"
     );
     chat.line("three".into());
+    chat.frame(link3, BOB_HELLO);
+    assert!(chat.send_done(Ok(delivered())).is_empty(), "writer busy");
     assert_eq!(
-        chat.send_done(Ok(())),
+        chat.writer_ready(link3),
         vec![Action::Write {
             link: link3,
             text: "three".into()
@@ -125,6 +160,8 @@ fn offline_peer_gets_lines_by_send_then_channel() {
 fn channel_close_falls_back_to_send_without_loss() {
     let (mut chat, link) = dialer();
     chat.opened(link, BOB.into());
+    assert_eq!(chat.writer_ready(link), vec![hello(link)]);
+    chat.frame(link, BOB_HELLO);
     chat.writer_ready(link);
     // The writer was ready but its stream is gone when the frame is handed over.
     let write = chat.line("lost?".into());
@@ -196,7 +233,7 @@ fn eof_waits_for_every_line_then_closes_and_exits() {
     chat.line("a".into());
     assert!(!chat.eof().contains(&Action::Exit), "a is in flight");
     let link2 = opened_link(&chat.timer(Timer::Redial));
-    let done = chat.send_done(Ok(()));
+    let done = chat.send_done(Ok(delivered()));
     assert_eq!(
         done,
         vec![
@@ -218,7 +255,14 @@ fn eof_with_open_channel_half_closes_and_exits_on_close() {
     let (mut chat, link) = dialer();
     chat.opened(link, BOB.into());
     chat.line("bye".into());
+    assert_eq!(chat.writer_ready(link), vec![hello(link)]);
+    chat.frame(link, BOB_HELLO);
     chat.writer_ready(link);
+    // Bob's chat showed it.
+    assert!(
+        chat.frame(link, "\n{\"type\":\"got\",\"upto\":1}")
+            .is_empty()
+    );
     assert_eq!(
         chat.eof(),
         vec![
@@ -253,10 +297,7 @@ fn listener_waits_accepts_and_falls_back_to_its_last_peer() {
         chat.incoming(43, "12D3KooWEve".into()),
         vec![print("* ignored a chat request from 12D3KooWEve")]
     );
-    assert_eq!(
-        chat.opened(1, BOB.into()),
-        vec![print("* connected to 12D3KooWBob")]
-    );
+    assert_eq!(chat.opened(1, BOB.into()), connected_to(BOB));
     let closed = chat.closed(1);
     assert_eq!(
         closed,
@@ -277,7 +318,7 @@ fn listener_waits_accepts_and_falls_back_to_its_last_peer() {
     let link = opened_link(&accept);
     assert_eq!(
         chat.opened(link, "12D3KooWEve".into()),
-        vec![print("* connected to 12D3KooWEve")]
+        connected_to("12D3KooWEve")
     );
 }
 
@@ -295,15 +336,20 @@ fn crossed_opens_keep_the_channel_of_the_smaller_peer_id() {
     let mut chat = Chat::new(Some(zed.into()));
     let ours = opened_link(&chat.registered(ME.into()));
     let theirs = opened_link(&chat.incoming(7, zed.into()));
-    assert_eq!(
-        chat.opened(theirs, zed.into()),
-        vec![print("* connected to 12D3KooWZed")]
-    );
+    assert_eq!(chat.opened(theirs, zed.into()), connected_to(zed));
     assert_eq!(
         chat.opened(ours, zed.into()),
-        vec![Action::Close { link: theirs }]
+        vec![
+            Action::Close { link: theirs },
+            Action::Arm {
+                timer: Timer::Hello,
+                after: HELLO_WITHIN
+            }
+        ]
     );
     assert!(chat.closed(theirs).is_empty(), "switch is silent");
+    assert_eq!(chat.writer_ready(ours), vec![hello(ours)]);
+    chat.frame(ours, BOB_HELLO);
     chat.writer_ready(ours);
     assert_eq!(
         chat.line("x".into()),
@@ -320,7 +366,13 @@ fn crossed_opens_keep_the_channel_of_the_smaller_peer_id() {
     other.opened(own, "12D3KooWAaa".into());
     assert_eq!(
         other.opened(remote, "12D3KooWAaa".into()),
-        vec![Action::Close { link: own }],
+        vec![
+            Action::Close { link: own },
+            Action::Arm {
+                timer: Timer::Hello,
+                after: HELLO_WITHIN
+            }
+        ],
         "the remote's channel wins over ours"
     );
 }
@@ -396,6 +448,8 @@ fn messages_handed_over_again_are_acknowledged_but_printed_once() {
 fn empty_lines_are_frames_and_oversized_lines_are_not_sent() {
     let (mut chat, link) = dialer();
     chat.opened(link, BOB.into());
+    assert_eq!(chat.writer_ready(link), vec![hello(link)]);
+    chat.frame(link, BOB_HELLO);
     chat.writer_ready(link);
     assert_eq!(
         chat.line(String::new()),

@@ -1,0 +1,197 @@
+//! The limits of relayed connections: a relay announces how many bytes and seconds its circuits
+//! last when it accepts a reservation or a circuit (`relay::client::Event`); each relayed
+//! connection is matched with its relay's, so that services can ask how a peer is reached
+//! ([`Command::Path`](p2pos_protocols::network::Command::Path)) before they send something a
+//! circuit could not carry.
+
+use std::{collections::HashMap, time::Duration};
+
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol, relay, swarm::ConnectionId};
+use p2pos_protocols::network::{Circuit, Path};
+use tokio::time::Instant;
+
+use crate::{event_loop::EventLoop, scope::is_relayed};
+
+/// Most relays whose limits are remembered (a relay's are kept while it is within the bound).
+const MAX_RELAYS: usize = 64;
+/// Most inbound circuits waiting for their connection.
+const MAX_INBOUND: usize = 64;
+
+/// What a relay said of its circuits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Limits {
+    data: Option<u64>,
+    duration: Option<Duration>,
+}
+
+/// Relays' limits, and the relayed connections they apply to.
+#[derive(Default)]
+pub(crate) struct Circuits {
+    /// The limits each relay announced last.
+    by_relay: HashMap<PeerId, Limits>,
+    /// Inbound circuits whose connection is not established yet, by the peer they come from.
+    inbound: HashMap<PeerId, Limits>,
+    /// Open relayed connections: their circuit's limits, ends counted from when they opened.
+    open: HashMap<ConnectionId, Circuit>,
+}
+
+impl Circuits {
+    /// What the relay client says: a relay accepted a reservation or a circuit, and its limits.
+    pub(crate) fn on_relay_client(&mut self, event: &relay::client::Event) {
+        let (peer, limit, inbound) = match event {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                limit,
+                ..
+            }
+            | relay::client::Event::OutboundCircuitEstablished {
+                relay_peer_id,
+                limit,
+            } => (*relay_peer_id, limit, false),
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, limit } => {
+                (*src_peer_id, limit, true)
+            }
+        };
+        let limits = limit
+            .as_ref()
+            .map(|l| Limits {
+                data: l.data_in_bytes().filter(|b| *b > 0),
+                duration: l.duration().filter(|d| !d.is_zero()),
+            })
+            .unwrap_or_default();
+        let map = match inbound {
+            true => &mut self.inbound,
+            false => &mut self.by_relay,
+        };
+        let bound = match inbound {
+            true => MAX_INBOUND,
+            false => MAX_RELAYS,
+        };
+        if map.len() >= bound && !map.contains_key(&peer) {
+            map.clear();
+        }
+        map.insert(peer, limits);
+    }
+
+    /// A connection to `peer` at `addr` opened: if it is relayed, its circuit's limits run
+    /// from now.
+    pub(crate) fn opened(&mut self, peer: PeerId, id: ConnectionId, addr: &Multiaddr) {
+        if !is_relayed(addr) {
+            return;
+        }
+        let Some(relay) = relay_of(addr) else {
+            return;
+        };
+        let limits = self
+            .inbound
+            .remove(&peer)
+            .or_else(|| self.by_relay.get(&relay).copied())
+            .unwrap_or_default();
+        self.open.insert(
+            id,
+            Circuit {
+                relay,
+                data_limit: limits.data,
+                ends_at: limits.duration.map(|d| Instant::now() + d),
+                duration: limits.duration,
+            },
+        );
+    }
+
+    /// A connection closed.
+    pub(crate) fn closed(&mut self, id: ConnectionId) {
+        self.open.remove(&id);
+    }
+}
+
+/// The relay a relayed address goes through: the peer just before `/p2p-circuit`.
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => last = Some(peer),
+            Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    None
+}
+
+impl EventLoop {
+    /// How `peer` is reached now (see [`Path`]).
+    pub(crate) fn path(&self, peer: &PeerId) -> Path {
+        let Some(conns) = self.connections.get(peer).filter(|c| !c.is_empty()) else {
+            return Path::NotConnected;
+        };
+        if conns.iter().any(|(_, a)| !is_relayed(a)) {
+            return Path::Direct;
+        }
+        // The tightest: a new stream may take any of them.
+        let circuits = conns
+            .iter()
+            .filter_map(|(id, _)| self.circuits.open.get(id));
+        let tightest = circuits.fold(None::<Circuit>, |tightest, c| {
+            let Some(t) = tightest else {
+                return Some(*c);
+            };
+            Some(Circuit {
+                relay: match c.data_limit < t.data_limit {
+                    true => c.relay,
+                    false => t.relay,
+                },
+                data_limit: min_known(t.data_limit, c.data_limit),
+                ends_at: min_known(t.ends_at, c.ends_at),
+                duration: min_known(t.duration, c.duration),
+            })
+        });
+        match tightest {
+            Some(circuit) => Path::Relayed(circuit),
+            // Relayed, limits unknown (a connection that opened before its relay said).
+            None => Path::Relayed(Circuit {
+                relay: conns.iter().find_map(|(_, a)| relay_of(a)).unwrap_or(*peer),
+                data_limit: None,
+                ends_at: None,
+                duration: None,
+            }),
+        }
+    }
+}
+
+/// The smaller of two limits, either of which may be unknown.
+fn min_known<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_is_the_peer_before_the_circuit() {
+        let relay = PeerId::random();
+        let peer = PeerId::random();
+        let addr: Multiaddr = format!("/ip4/1.2.3.4/tcp/1/p2p/{relay}/p2p-circuit/p2p/{peer}")
+            .parse()
+            .expect("addr");
+        assert_eq!(relay_of(&addr), Some(relay));
+        let inbound: Multiaddr = format!("/ip4/1.2.3.4/tcp/1/p2p/{relay}/p2p-circuit")
+            .parse()
+            .expect("addr");
+        assert_eq!(relay_of(&inbound), Some(relay));
+        let direct: Multiaddr = format!("/ip4/1.2.3.4/tcp/1/p2p/{peer}")
+            .parse()
+            .expect("addr");
+        assert_eq!(relay_of(&direct), None);
+    }
+
+    #[test]
+    fn unknown_limits_never_win_over_known_ones() {
+        assert_eq!(min_known(Some(3), None), Some(3));
+        assert_eq!(min_known(None, Some(2)), Some(2));
+        assert_eq!(min_known(Some(3), Some(2)), Some(2));
+        assert_eq!(min_known::<u64>(None, None), None);
+    }
+}

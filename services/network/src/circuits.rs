@@ -10,7 +10,7 @@ use libp2p::{Multiaddr, PeerId, multiaddr::Protocol, relay, swarm::ConnectionId}
 use p2pos_protocols::network::{Circuit, Path};
 use tokio::time::Instant;
 
-use crate::{event_loop::EventLoop, scope::is_relayed};
+use crate::scope::is_relayed;
 
 /// Most relays whose limits are remembered (a relay's are kept while it is within the bound).
 const MAX_RELAYS: usize = 64;
@@ -117,19 +117,21 @@ fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
     None
 }
 
-impl EventLoop {
-    /// How `peer` is reached now (see [`Path`]).
-    pub(crate) fn path(&self, peer: &PeerId) -> Path {
-        let Some(conns) = self.connections.get(peer).filter(|c| !c.is_empty()) else {
+impl Circuits {
+    /// How `peer` is reached now (see [`Path`]), over `conns`, its open connections.
+    pub(crate) fn path(
+        &self,
+        peer: &PeerId,
+        conns: Option<&Vec<(ConnectionId, Multiaddr)>>,
+    ) -> Path {
+        let Some(conns) = conns.filter(|c| !c.is_empty()) else {
             return Path::NotConnected;
         };
         if conns.iter().any(|(_, a)| !is_relayed(a)) {
             return Path::Direct;
         }
         // The tightest: a new stream may take any of them.
-        let circuits = conns
-            .iter()
-            .filter_map(|(id, _)| self.circuits.open.get(id));
+        let circuits = conns.iter().filter_map(|(id, _)| self.open.get(id));
         let tightest = circuits.fold(None::<Circuit>, |tightest, c| {
             let Some(t) = tightest else {
                 return Some(*c);

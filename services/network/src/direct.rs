@@ -3,10 +3,12 @@
 //! the direct connection, see `vendor/libp2p-stream`), and why a peer is still relayed — which
 //! includes how this node's NAT maps ports, judged from the addresses peers observe it at.
 
+use std::collections::HashSet;
+
 use libp2p::{
     Multiaddr, PeerId, TransportError, dcutr,
     swarm::{
-        DialError,
+        ConnectionId, DialError,
         dial_opts::{DialOpts, PeerCondition},
     },
 };
@@ -16,7 +18,7 @@ use tracing::{debug, info};
 
 use crate::{
     event_loop::EventLoop,
-    nat::{Punch, port_of},
+    nat::{Punch, Spray, port_of},
     scope::{Scope, ip_of, is_relayed, scope},
 };
 
@@ -28,10 +30,11 @@ const MAX_REASON: usize = 400;
 /// How long after a refused hole punch its addresses are dialled again.
 const SPRAY_WINDOW: Duration = Duration::from_millis(400);
 /// Most dials again in that window.
-const SPRAY_DIALS: u32 = 32;
-/// The least time between two such windows for one peer (DCUtR's attempts that come later
-/// get one each).
-const SPRAY_GAP: Duration = Duration::from_millis(600);
+const SPRAY_DIALS: u32 = 24;
+/// Most windows per peer while connected (DCUtR makes 3 attempts per relayed connection).
+const SPRAY_WINDOWS: u32 = 3;
+/// Most addresses dialled again.
+const SPRAY_ADDRS: usize = 4;
 
 /// Whether a transport error is a refused connection (a TCP reset), wherever it is in the
 /// chain of sources.
@@ -42,7 +45,7 @@ fn refused(error: &TransportError<std::io::Error>) -> bool {
     // Transports wrap the socket's error in theirs (`io::Error`s and `Either`s, whose
     // `source` skips what they wrap): the kind shows in the whole chain's debug form.
     e.kind() == std::io::ErrorKind::ConnectionRefused
-        || format!("{e:?}").contains("kind: ConnectionRefused")
+        || format!("{e:?}").contains("ConnectionRefused")
 }
 
 /// How DCUtR's failure reads (the start of it).
@@ -88,7 +91,12 @@ impl EventLoop {
 
     /// A dial of `peer` failed: while it is reached only through relays, that was an attempt
     /// to go direct (hole punching's, or another), and its error says why it is not.
-    pub(crate) fn direct_dial_failed(&mut self, peer: PeerId, error: &DialError) {
+    pub(crate) fn direct_dial_failed(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        error: &DialError,
+    ) {
         let relayed_only = self
             .connections
             .get(&peer)
@@ -99,7 +107,7 @@ impl EventLoop {
         self.direct
             .punches
             .insert(peer, Punch::Failed(capped(error.to_string())));
-        self.dial_refused_again(peer, error);
+        self.dial_refused_again(peer, connection, error);
     }
 
     /// A TCP hole punch was refused: this side's SYN reached the peer's router before the
@@ -108,11 +116,16 @@ impl EventLoop {
     /// later, by when the peer's SYN has opened the way. A reset ends the attempt at once, and
     /// DCUtR's synchronisation is not fine enough to make up for it when the peers are near
     /// each other and their relay far (the side that dials on the peer's `Sync` is early by
-    /// what the relay's round trip overstates). So the refused addresses are dialled again at
-    /// once, in the same role as DCUtR's dial, for up to [`SPRAY_WINDOW`]: a SYN sent after
-    /// the peer's has left its router meets it (a simultaneous open). At most [`SPRAY_DIALS`]
-    /// dials in a window, and one window per [`SPRAY_GAP`].
-    fn dial_refused_again(&mut self, peer: PeerId, error: &DialError) {
+    /// what the relay's round trip overstates). So the refused addresses (at most
+    /// [`SPRAY_ADDRS`]) are dialled again at once, in the same role as DCUtR's dial, for up to
+    /// [`SPRAY_WINDOW`]: a SYN sent after the peer's has left its router meets it (a
+    /// simultaneous open). A window opens on the failure of a dial that was not one of these
+    /// (DCUtR's own, once per attempt), at most [`SPRAY_WINDOWS`] while the peer is connected,
+    /// with at most [`SPRAY_DIALS`] dials each: a peer that hands DCUtR addresses of someone
+    /// else cannot make this node dial them more than that. A peer reached through relays both
+    /// ways (each side dialled the other) is not dialled again: which role DCUtR gave this
+    /// side is not known.
+    fn dial_refused_again(&mut self, peer: PeerId, connection: ConnectionId, error: &DialError) {
         let DialError::Transport(errors) = error else {
             return;
         };
@@ -120,30 +133,48 @@ impl EventLoop {
             .iter()
             .filter(|(addr, e)| !is_relayed(addr) && refused(e))
             .map(|(addr, _)| addr.clone())
+            .take(SPRAY_ADDRS)
             .collect();
-        if refused.is_empty() {
+        let dialled = self.direct.dialled_through_relay.contains(&peer);
+        let accepted = self.direct.accepted_through_relay.contains(&peer);
+        if refused.is_empty() || dialled == accepted {
             return;
         }
         let now = Instant::now();
-        let spray = self.direct.sprays.entry(peer).or_insert((now, 0));
-        if now.duration_since(spray.0) >= SPRAY_GAP {
-            *spray = (now, 0);
+        let spray = self.direct.sprays.entry(peer).or_insert(Spray {
+            opened: now,
+            dials: 0,
+            windows: 0,
+            in_flight: HashSet::new(),
+        });
+        if !spray.in_flight.remove(&connection) {
+            // Another dial (DCUtR's attempt): a window of its own, if any is left.
+            if spray.windows >= SPRAY_WINDOWS {
+                return;
+            }
+            spray.windows += 1;
+            spray.opened = now;
+            spray.dials = 0;
         }
-        if now.duration_since(spray.0) >= SPRAY_WINDOW || spray.1 >= SPRAY_DIALS {
+        if now.duration_since(spray.opened) >= SPRAY_WINDOW || spray.dials >= SPRAY_DIALS {
             return;
         }
-        spray.1 += 1;
+        spray.dials += 1;
         let opts = DialOpts::peer_id(peer)
             .addresses(refused)
             .condition(PeerCondition::Always);
         // As DCUtR dials: as itself on the side that dialled through the relay, in the
         // listener's role on the other.
-        let opts = match self.direct.dialled_through_relay.contains(&peer) {
+        let opts = match dialled {
             true => opts.build(),
             false => opts.override_role().build(),
         };
-        if let Err(e) = self.swarm.dial(opts) {
-            debug!(%peer, "cannot dial a refused hole punch again: {e}");
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                spray.in_flight.insert(id);
+            }
+            Err(e) => debug!(%peer, "cannot dial a refused hole punch again: {e}"),
         }
     }
 
@@ -153,6 +184,10 @@ impl EventLoop {
             remote_peer_id: peer,
             result,
         } = event;
+        if !self.connections.contains_key(&peer) {
+            // Its last dial failed after the relayed connection closed: nothing to tell.
+            return;
+        }
         let punch = match result {
             Ok(_) => {
                 self.metrics.hole_punch_successes.inc();

@@ -410,7 +410,7 @@ impl EventLoop {
             } => self.gossip_publish(topic, &payload_type, payload, reply),
             Command::GossipFollowers { topic, reply } => self.gossip_followers(topic, reply),
             Command::Path { peer, reply } => {
-                let _ = reply.send(self.path(&peer));
+                let _ = reply.send(self.circuits.path(&peer, self.connections.get(&peer)));
             }
             // Handled by the loop itself.
             Command::Shutdown { reply } => {
@@ -447,6 +447,7 @@ impl EventLoop {
                     libp2p::core::ConnectedPoint::Listener { local_addr, .. }
                         if is_relayed(local_addr) =>
                     {
+                        self.direct.accepted_through_relay.insert(peer_id);
                         local_addr.clone()
                     }
                     _ => endpoint.get_remote_address().clone(),
@@ -541,8 +542,16 @@ impl EventLoop {
             } => {
                 if self.probes.remove(&connection_id) {
                     debug!(peer = ?peer_id, "a peer's claimed listen addresses did not answer: {error}");
+                    // A connect asked for meanwhile found the probe in the way of its dial:
+                    // it goes on now.
+                    if let Some(peer) = peer_id
+                        && let Some(pending) = self.connects.get_mut(&peer)
+                    {
+                        pending.dialing = false;
+                        self.advance(peer);
+                    }
                 } else if let Some(peer) = peer_id {
-                    self.direct_dial_failed(peer, &error);
+                    self.direct_dial_failed(peer, connection_id, &error);
                     self.on_dial_failed(peer, error.to_string());
                 }
             }

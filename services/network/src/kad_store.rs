@@ -190,8 +190,16 @@ impl Store {
         let Some(new) = crate::peer_records::verified(&r.key, &r.value) else {
             return false;
         };
+        if r.publisher == Some(self.local) {
+            // This node's own: its clock may have gone back; its record is its record.
+            return true;
+        }
+        if !crate::peer_records::fresh(new.seq()) {
+            return false;
+        }
         self.inner
             .get(&r.key)
+            .filter(|held| !held.is_expired(Instant::now()))
             .and_then(|held| crate::peer_records::verified(&held.key, &held.value))
             .is_none_or(|held| held.seq() <= new.seq())
     }

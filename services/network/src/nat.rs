@@ -9,7 +9,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use libp2p::{Multiaddr, PeerId, core::transport::ListenerId, multiaddr::Protocol};
+use libp2p::{
+    Multiaddr, PeerId, core::transport::ListenerId, multiaddr::Protocol, swarm::ConnectionId,
+};
 use tokio::time::Instant;
 
 use crate::scope::ip_of;
@@ -28,7 +30,7 @@ pub(crate) struct Relays {
     /// A listener per relay reserved on (pending or accepted).
     pub(crate) listeners: HashMap<PeerId, ListenerId>,
     /// Relays whose reservation was accepted.
-    pub(crate) held: HashSet<PeerId>,
+    pub(crate) held: HashMap<PeerId, Instant>,
     /// Relays not to be tried before the instant given, and the back-off after that.
     pub(crate) backoff: HashMap<PeerId, (Instant, Duration)>,
     /// When the node started, for the time its first reservation took.
@@ -42,7 +44,7 @@ impl Default for Relays {
         Self {
             known: Vec::new(),
             listeners: HashMap::new(),
-            held: HashSet::new(),
+            held: HashMap::new(),
             backoff: HashMap::new(),
             started: Instant::now(),
             first_held: false,
@@ -52,10 +54,16 @@ impl Default for Relays {
 
 impl Relays {
     /// Notes that `peer` serves as a relay.
+    /// Known ones keep their place (a relay that identifies again, or many times, does not
+    /// move ahead of the others); past [`MAX_KNOWN_RELAYS`] the first known is forgotten, with
+    /// its back-off.
     pub(crate) fn know(&mut self, peer: PeerId) {
-        self.known.retain(|p| *p != peer);
+        if self.known.contains(&peer) {
+            return;
+        }
         if self.known.len() >= MAX_KNOWN_RELAYS {
-            self.known.remove(0);
+            let gone = self.known.remove(0);
+            self.backoff.remove(&gone);
         }
         self.known.push(peer);
     }
@@ -81,7 +89,7 @@ impl Relays {
 
     /// The relays a reservation is held on.
     pub(crate) fn held(&self) -> impl Iterator<Item = &PeerId> {
-        self.held.iter()
+        self.held.keys()
     }
 
     /// Whether `listener` is a relay reservation's.
@@ -104,11 +112,24 @@ pub(crate) struct Direct {
     /// every address this node listens on (so a NAT mapped it).
     pub(crate) observed: HashMap<PeerId, Multiaddr>,
     /// Peers this node dialled through a relay (so DCUtR has it dial them as itself when
-    /// hole punching; the other side dials in the listener's role).
+    /// hole punching; the other side dials in the listener's role), and peers that reached it
+    /// through a relay.
     pub(crate) dialled_through_relay: HashSet<PeerId>,
-    /// Refused hole punches being dialled again, per peer: when the first was refused, and
-    /// how many dials again since.
-    pub(crate) sprays: HashMap<PeerId, (Instant, u32)>,
+    pub(crate) accepted_through_relay: HashSet<PeerId>,
+    /// Refused hole punches being dialled again, per peer.
+    pub(crate) sprays: HashMap<PeerId, Spray>,
+}
+
+/// The dials again of a peer's refused hole punches.
+pub(crate) struct Spray {
+    /// When the current window opened.
+    pub(crate) opened: Instant,
+    /// Dials again in the current window.
+    pub(crate) dials: u32,
+    /// Windows opened for the peer while it is connected.
+    pub(crate) windows: u32,
+    /// The dials again in flight: their failures go on within their window, never open one.
+    pub(crate) in_flight: HashSet<ConnectionId>,
 }
 
 impl Direct {
@@ -117,6 +138,7 @@ impl Direct {
         self.punches.remove(peer);
         self.observed.remove(peer);
         self.dialled_through_relay.remove(peer);
+        self.accepted_through_relay.remove(peer);
         self.sprays.remove(peer);
     }
 
@@ -169,6 +191,9 @@ pub(crate) struct Published {
     pub(crate) at: Option<Instant>,
     /// Whether the addresses may have changed since.
     pub(crate) dirty: bool,
+    /// This node's record as whois answers it: when signed, for which addresses, and the
+    /// envelope.
+    pub(crate) own: Option<(Instant, Vec<Multiaddr>, Bytes)>,
 }
 
 /// What an asked peer answered: the peer asked about, who answered, and the record's bytes.

@@ -21,7 +21,6 @@ use p2pos_protocols::network::ticket::without_peer;
 
 use crate::{
     event_loop::EventLoop,
-    nat::Published,
     peers::is_dialable,
     scope::{advertisable, advertised_floor, is_relayed},
 };
@@ -32,6 +31,8 @@ pub(crate) const KEY_PREFIX: &str = "/p2pos/peer/";
 pub(crate) const RECORD_TTL: Duration = Duration::from_secs(60 * 60);
 /// How often a node puts its address record again though its addresses did not change.
 const REPUBLISH: Duration = Duration::from_secs(20 * 60);
+/// How far ahead of this node's clock a record's time may be.
+const MAX_SKEW: Duration = Duration::from_secs(10 * 60);
 /// Most addresses in a record: a few direct ones and a relayed one per reservation.
 const MAX_RECORD_ADDRS: usize = 8;
 /// Most look-ups of address records at once.
@@ -59,12 +60,14 @@ pub(crate) fn is_peer_record_key(key: &kad::RecordKey) -> bool {
     key.as_ref().starts_with(KEY_PREFIX.as_bytes())
 }
 
-/// Whether a record signed at `seq` (seconds since the epoch) is recent enough to use.
-fn fresh(seq: u64) -> bool {
+/// Whether a record signed at `seq` (seconds since the epoch) is recent enough to use: at
+/// most [`RECORD_TTL`] old, and not from further ahead than clocks differ ([`MAX_SKEW`]; a
+/// record from the future would be kept over every newer one of its peer).
+pub(crate) fn fresh(seq: u64) -> bool {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    now.saturating_sub(seq) <= RECORD_TTL.as_secs()
+    now.saturating_sub(seq) <= RECORD_TTL.as_secs() && seq <= now + MAX_SKEW.as_secs()
 }
 
 impl EventLoop {
@@ -144,11 +147,9 @@ impl EventLoop {
         match kad.put_record(kad_record, kad::Quorum::One) {
             Ok(_) => {
                 debug!(?addrs, "address record put in the DHT");
-                self.published = Published {
-                    addrs,
-                    at: Some(Instant::now()),
-                    dirty: false,
-                };
+                self.published.addrs = addrs;
+                self.published.at = Some(Instant::now());
+                self.published.dirty = false;
             }
             Err(e) => debug!("cannot store the address record: {e}"),
         }
@@ -198,7 +199,16 @@ impl EventLoop {
         self.peer_record_queries.remove(&id);
         self.peer_record_of.remove(&peer);
         self.finish_query(id);
-        let found: Vec<Multiaddr> = found.into_iter().filter(is_dialable).collect();
+        // The addresses as wide as this node's peers are (as it advertises its own): a record
+        // can name loopback or LAN addresses, of no use from elsewhere.
+        let floor = advertised_floor(
+            self.connections.values().flatten().map(|(_, a)| a),
+            self.trust_private,
+        );
+        let found: Vec<Multiaddr> = found
+            .into_iter()
+            .filter(|a| is_dialable(a) && advertisable(a, floor))
+            .collect();
         debug!(%peer, found = found.len(), "address record look-up done");
         if !found.is_empty() {
             self.book.hear(peer, found.clone());
@@ -233,5 +243,6 @@ mod tests {
         assert!(verified(&kad::RecordKey::new(&"/p2pos/x"), &value).is_none());
         assert!(verified(&key_of(&peer), b"junk").is_none());
         assert!(!fresh(0), "a record from 1970");
+        assert!(!fresh(u64::MAX), "a record from the far future");
     }
 }

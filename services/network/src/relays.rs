@@ -11,7 +11,7 @@
 
 use libp2p::{Multiaddr, PeerId, core::transport::ListenerId, multiaddr::Protocol};
 use p2pos_proto::monitor::v1::{RelayReserved, event::Kind};
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 use tracing::{debug, info};
 
 use crate::{
@@ -21,6 +21,8 @@ use crate::{
 
 /// Most relays this node holds a reservation on at once.
 pub(crate) const MAX_RELAYS: usize = 2;
+/// How long a reservation must have lasted for its relay's back-off to start afresh.
+const LASTED: Duration = Duration::from_secs(60);
 
 impl EventLoop {
     /// `peer` serves as a relay (identify said so): reserves on it if this node needs one.
@@ -79,10 +81,14 @@ impl EventLoop {
 
     /// A relay accepted this node's reservation.
     pub(crate) fn relay_reserved(&mut self, relay: PeerId, renewal: bool) {
-        self.relays.backoff.remove(&relay);
-        if renewal || !self.relays.held.insert(relay) {
+        // Only one asked for and not dropped since (the node turned public meanwhile, say).
+        if renewal
+            || !self.relays.listeners.contains_key(&relay)
+            || self.relays.held.contains_key(&relay)
+        {
             return;
         }
+        self.relays.held.insert(relay, Instant::now());
         let after = self.relays.started.elapsed();
         if !self.relays.first_held {
             self.relays.first_held = true;
@@ -109,9 +115,14 @@ impl EventLoop {
             return;
         };
         self.relays.listeners.remove(&relay);
-        if self.relays.held.remove(&relay) {
+        if let Some(since) = self.relays.held.remove(&relay) {
             info!(%relay, "a relay reservation ended");
             self.publish_peer_record();
+            // A reservation that lasted starts the back-off afresh; one that ended soon after
+            // it was accepted (a relay that keeps dropping it) does not.
+            if since.elapsed() >= LASTED {
+                self.relays.backoff.remove(&relay);
+            }
         }
         self.relays.back_off(relay);
         self.reserve_relays();

@@ -49,6 +49,7 @@ fn scope_v4(ip: Ipv4Addr) -> Scope {
         || ip.is_unspecified()
         || ip.is_broadcast()
         || ip.is_documentation()
+        || ip.is_multicast()
         || a == 0
         // 100.64/10, shared address space (carrier-grade NAT).
         || (a == 100 && b & 0xc0 == 64)
@@ -160,6 +161,7 @@ mod tests {
             ("/ip4/10.0.0.1/udp/1/quic-v1", Scope::Private),
             ("/ip4/100.64.0.9/tcp/1", Scope::Private),
             ("/ip4/198.18.0.1/tcp/1", Scope::Private),
+            ("/ip4/224.0.0.251/udp/5353/quic-v1", Scope::Private),
             ("/ip4/5.0.0.10/tcp/1", Scope::Global),
             ("/ip4/8.8.8.8/tcp/1", Scope::Global),
             ("/ip6/::1/tcp/1", Scope::Loopback),

@@ -34,7 +34,7 @@ use tracing::debug;
 use crate::{
     event_loop::EventLoop,
     nat::Answer,
-    peer_records::key_of,
+    peer_records::{fresh, key_of},
     peers::is_dialable,
     scope::{is_relayed, usable},
 };
@@ -50,6 +50,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most asks in flight at once (each a task of its own).
 const MAX_ASKS_IN_FLIGHT: usize = 64;
+/// How long this node's own record, signed for a whois answer, is answered again.
+const OWN_RECORD_REUSE: Duration = Duration::from_secs(5 * 60);
 /// Most addresses taken from one record.
 const MAX_ADDRS: usize = 8;
 
@@ -168,10 +170,7 @@ impl EventLoop {
     /// for the DHT — and whether `peer` is connected.
     pub(crate) fn signed_record_of(&mut self, peer: PeerId) -> (Option<Bytes>, bool) {
         if peer == *self.swarm.local_peer_id() {
-            let own = PeerRecord::new_interop(&self.keypair, self.advertised_addrs())
-                .ok()
-                .map(|r| r.into_signed_envelope().into_protobuf_encoding().into());
-            return (own, true);
+            return (self.own_record(), true);
         }
         let connected = self.connections.contains_key(&peer);
         if let Some(record) = self.signed_records.get(&peer) {
@@ -184,6 +183,26 @@ impl EventLoop {
             .as_mut()
             .and_then(|kad| kad.store_mut().get(&key_of(&peer)).map(|r| r.value.clone()));
         (stored.map(Bytes::from), connected)
+    }
+
+    /// This node's own record, signed again only when its addresses changed or the last
+    /// signature is [`OWN_RECORD_REUSE`] old: asks cannot make the swarm task sign at their
+    /// pace.
+    fn own_record(&mut self) -> Option<Bytes> {
+        let addrs = self.advertised_addrs();
+        if let Some((at, signed_for, record)) = &self.published.own
+            && *signed_for == addrs
+            && at.elapsed() < OWN_RECORD_REUSE
+        {
+            return Some(record.clone());
+        }
+        let record: Bytes = PeerRecord::new_interop(&self.keypair, addrs.clone())
+            .ok()?
+            .into_signed_envelope()
+            .into_protobuf_encoding()
+            .into();
+        self.published.own = Some((tokio::time::Instant::now(), addrs, record.clone()));
+        Some(record)
     }
 
     /// Asks up to [`MAX_ASKED`] connected peers — relays first — for `peer`'s record.
@@ -235,7 +254,7 @@ impl EventLoop {
         let found: Vec<Multiaddr> = record
             .as_deref()
             .and_then(peer_record)
-            .filter(|r| r.peer_id() == about)
+            .filter(|r| r.peer_id() == about && fresh(r.seq()))
             .map(|r| {
                 r.addresses()
                     .iter()

@@ -8,6 +8,8 @@ use std::{
 };
 
 use futures::FutureExt;
+use libp2p::PeerId;
+use p2pos_protocols::network::Circuit;
 use tokio::{sync::Notify, time::Instant};
 
 /// How soon a peer that asked to retry later (or to retry one app later), or an app whose next
@@ -223,4 +225,15 @@ mod tests {
         assert!(woken.is_err(), "no wake-up left");
         assert!(kick.take_connected(), "but the connect is still known");
     }
+}
+
+/// Why a message of `size` bytes (framed) waits for a path to `peer` other than `circuit`.
+pub(crate) fn too_large_for(peer: PeerId, size: u64, circuit: &Circuit) -> String {
+    format!(
+        "a message of {size} bytes cannot cross the relayed connection to peer {peer} ({}; at \
+         most {} bytes of one message fit): it waits, with this app's later messages behind \
+         it, until the peer is reached directly",
+        circuit.describe(),
+        circuit.max_frame().unwrap_or(u64::MAX),
+    )
 }

@@ -44,11 +44,13 @@ mod peer_task;
 mod told;
 mod waiters;
 
+pub(crate) use holds::too_large_for;
 use holds::{Kick, RETRY_MAX};
-pub(crate) use peer_task::too_large_for;
 pub(crate) use waiters::Outcome;
 use waiters::Waiters;
 
+/// Messages read from the outbox at a time.
+const BATCH: usize = 16;
 /// `/p2pos/msg/1`.
 pub(crate) const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::MESSAGE_PROTOCOL);
 /// Commands waiting for the manager.

@@ -31,14 +31,12 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, warn};
 
 use super::{
-    Outcome, Report, Shared,
-    holds::{Backoff, Holds, Kick, RETRY_BUSY},
+    BATCH, Outcome, Report, Shared,
+    holds::{Backoff, Holds, Kick, RETRY_BUSY, too_large_for},
     told::{expire_unreached, publish},
 };
 use crate::{Error, mailbox::NextBatch};
 
-/// Messages read from the outbox at a time.
-pub(super) const BATCH: usize = 16;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the peer may take to store and acknowledge one message.
@@ -376,17 +374,6 @@ fn ending_soon(circuit: &Circuit) -> Option<Instant> {
     let (left, duration) = (circuit.left()?, circuit.duration?);
     let margin = CIRCUIT_END_MARGIN.min(duration / 4);
     (!left.is_zero() && left < margin).then(|| Instant::now() + left + Duration::from_millis(100))
-}
-
-/// Why a message of `size` bytes (framed) waits for a path to `peer` other than `circuit`.
-pub(crate) fn too_large_for(peer: PeerId, size: u64, circuit: &Circuit) -> String {
-    format!(
-        "a message of {size} bytes cannot cross the relayed connection to peer {peer} ({}; at \
-         most {} bytes of one message fit): it waits, with this app's later messages behind \
-         it, until the peer is reached directly",
-        circuit.describe(),
-        circuit.max_frame().unwrap_or(u64::MAX),
-    )
 }
 
 /// Publishes `MessageWaiting` for `frame`, once.

@@ -11,7 +11,7 @@ use p2pos_proto::{
 };
 use tracing::warn;
 
-use super::{Outcome, Shared, peer_task::BATCH};
+use super::{BATCH, Outcome, Shared};
 use crate::Error;
 
 /// Drops the messages that waited longer than allowed for a peer never reached, each reported

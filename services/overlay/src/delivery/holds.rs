@@ -187,6 +187,17 @@ impl Holds {
     }
 }
 
+/// Why a message of `size` bytes (framed) waits for a path to `peer` other than `circuit`.
+pub(crate) fn too_large_for(peer: PeerId, size: u64, circuit: &Circuit) -> String {
+    format!(
+        "a message of {size} bytes cannot cross the relayed connection to peer {peer} ({}; at \
+         most {} bytes of one message fit): it waits, with this app's later messages behind \
+         it, until the peer is reached directly",
+        circuit.describe(),
+        circuit.max_frame().unwrap_or(u64::MAX),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,15 +236,4 @@ mod tests {
         assert!(woken.is_err(), "no wake-up left");
         assert!(kick.take_connected(), "but the connect is still known");
     }
-}
-
-/// Why a message of `size` bytes (framed) waits for a path to `peer` other than `circuit`.
-pub(crate) fn too_large_for(peer: PeerId, size: u64, circuit: &Circuit) -> String {
-    format!(
-        "a message of {size} bytes cannot cross the relayed connection to peer {peer} ({}; at \
-         most {} bytes of one message fit): it waits, with this app's later messages behind \
-         it, until the peer is reached directly",
-        circuit.describe(),
-        circuit.max_frame().unwrap_or(u64::MAX),
-    )
 }

@@ -120,3 +120,29 @@ async fn a_node_that_declares_its_address_holds_no_reservation() {
     assert!(status.relays.is_empty(), "public: {:?}", status.relays);
     assert_eq!(status.reachability, "public");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_left_with_no_peer_dials_its_bootstrap_peer_again() {
+    // A peer that is no relay (nothing would be reserved on it), and a node that listens on
+    // nothing: the peer cannot dial it back, so only the node itself can reconnect.
+    let mut peer = Node::start(&[]);
+    let peer_id = peer.peer_id().await;
+    let ticket = peer.ticket().await;
+    let mut node = Node::start_with(&["--bootstrap", &ticket]);
+    let client = node.client().await;
+    connected_peer(&client, &peer_id, "the node to reach its bootstrap peer").await;
+    // Its only peer goes, and comes back at the same address (its port is remembered): the
+    // node meets it again by itself.
+    peer.kill();
+    status_when(&client, "the node to see the peer gone", |s| {
+        s.peers.is_empty()
+    })
+    .await;
+    peer.restart();
+    connected_peer(
+        &client,
+        &peer_id,
+        "the node to dial its bootstrap peer again",
+    )
+    .await;
+}

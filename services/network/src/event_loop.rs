@@ -45,6 +45,9 @@ use crate::{
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// How long a freshly started node may take to bind its remembered ports.
 const PORT_PATIENCE: Duration = Duration::from_secs(1);
+/// The first and longest waits between dials of the bootstrap peers while none is connected.
+const REDIAL_FIRST: Duration = Duration::from_secs(5);
+const REDIAL_MAX: Duration = Duration::from_secs(5 * 60);
 /// How long a freshly started node waits for its listeners before it dials.
 const LISTEN_WAIT: Duration = Duration::from_millis(500);
 /// Most known peers dialled at start.
@@ -78,6 +81,10 @@ pub(crate) struct EventLoop {
     /// AutoNAT's verdict: "unknown", "public" or "private" ("public" from the start when the
     /// operator declared external addresses).
     pub(crate) reachability: &'static str,
+    /// The configured bootstrap peers, dialled at start and again while no peer is connected.
+    bootstrap: Vec<(PeerId, Vec<Multiaddr>)>,
+    /// While no peer is connected: when to dial the bootstrap peers again, and the wait after.
+    alone: Option<(Instant, Duration)>,
     /// Relays known, and the reservations held on them.
     pub(crate) relays: Relays,
     /// Hole punching and direct connections to peers reached through relays.
@@ -191,6 +198,8 @@ impl EventLoop {
             finds: HashMap::new(),
             tickets: Vec::new(),
             reachability: "unknown",
+            bootstrap: Vec::new(),
+            alone: None,
             relays: Relays::default(),
             direct: Direct::default(),
             circuits: Circuits::default(),
@@ -239,7 +248,9 @@ impl EventLoop {
                 self.swarm.add_external_address(addr);
             }
         }
-        self.dial_at_start(bootstrap);
+        self.bootstrap = bootstrap;
+        self.dial_at_start();
+        self.alone = Some((Instant::now() + REDIAL_FIRST, REDIAL_FIRST));
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reply = loop {
@@ -324,8 +335,9 @@ impl EventLoop {
 
     /// Dials the configured bootstrap peers and the confirmed peers of the book (the addresses
     /// this node connected to before, or that its user gave): never addresses only heard of.
-    fn dial_at_start(&mut self, bootstrap: Vec<(PeerId, Vec<Multiaddr>)>) {
+    fn dial_at_start(&mut self) {
         let local = *self.swarm.local_peer_id();
+        let bootstrap = self.bootstrap.clone();
         for (peer, addrs) in &bootstrap {
             // Stored once a connection to one succeeds; the configuration gives them anyway.
             self.book.hear(*peer, addrs.clone());
@@ -711,7 +723,27 @@ impl EventLoop {
         peers::save_listen_addrs(&self.writer, &addrs);
     }
 
+    /// A node left with no connection at all (its only peer, a relay say, dropped it) dials
+    /// its bootstrap and known peers again, as at start: at once the first time, then after
+    /// [`REDIAL_FIRST`] doubling to [`REDIAL_MAX`] while it stays alone. Without this a node
+    /// whose bootstrap connection died would never meet anyone again.
+    fn redial_when_alone(&mut self) {
+        if !self.connections.is_empty() {
+            self.alone = None;
+            return;
+        }
+        let now = Instant::now();
+        let (next, wait) = *self.alone.get_or_insert((now, REDIAL_FIRST));
+        if now < next {
+            return;
+        }
+        debug!("no peer connected: dialling the bootstrap and known peers again");
+        self.dial_at_start();
+        self.alone = Some((now + wait, (wait * 2).min(REDIAL_MAX)));
+    }
+
     fn housekeeping(&mut self) {
+        self.redial_when_alone();
         self.answer_tickets();
         self.connects.retain(|_, p| {
             p.waiters.retain(|w| !w.is_closed());

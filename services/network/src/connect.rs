@@ -1,13 +1,14 @@
-//! Reaching peers from the swarm task: connect (given addresses, then known ones, then a
-//! Kademlia look-up, answering once a connection is established or every way has failed),
-//! DHT look-ups for `FindPeer`, and pings.
+//! Reaching peers from the swarm task: connect (given addresses and known ones, then look-ups
+//! in the DHT and of connected peers, whose answers are dialled beside any dial in flight;
+//! answering once a connection is established or every way has failed), DHT look-ups for
+//! `FindPeer`, and pings.
 
-use std::{net::IpAddr, time::Duration};
+use std::{collections::HashSet, net::IpAddr, time::Duration};
 
 use libp2p::{
     Multiaddr, PeerId, kad, ping,
     swarm::{
-        DialError,
+        ConnectionId, DialError,
         dial_opts::{DialOpts, PeerCondition},
     },
 };
@@ -72,7 +73,7 @@ impl EventLoop {
                 waiters: vec![reply],
                 addrs,
                 dialed: false,
-                dialing: false,
+                dials: HashSet::new(),
                 looked_up: false,
                 last_error: None,
             },
@@ -86,26 +87,22 @@ impl EventLoop {
         let Some(pending) = self.connects.get_mut(&peer) else {
             return;
         };
-        if pending.dialing {
-            // Its outcome moves this on (and then dials what came meanwhile).
-            return;
-        }
         if !pending.dialed {
             pending.dialed = true;
             let given = std::mem::take(&mut pending.addrs);
-            match self.dial(peer, given.clone()) {
-                Ok(()) => {
+            // Beside any dial in flight (one that waits out a dead address's timeout must not
+            // hold back the addresses a look-up just found).
+            match self.dial_beside(peer, given.clone()) {
+                Ok(id) => {
                     if let Some(p) = self.connects.get_mut(&peer) {
-                        p.dialing = true;
+                        p.dials.insert(id);
                     }
-                    return;
                 }
                 Err(DialError::DialPeerConditionFalse(_)) => {
-                    // Another dial is in flight; its outcome moves this one on, then these
-                    // addresses are dialled.
+                    // Connected already (a probe connection being closed, say): once it is
+                    // gone this goes on, with these addresses.
                     if let Some(p) = self.connects.get_mut(&peer) {
                         p.dialed = false;
-                        p.dialing = true;
                         p.addrs.extend(given);
                     }
                     return;
@@ -121,6 +118,10 @@ impl EventLoop {
         let Some(pending) = self.connects.get_mut(&peer) else {
             return;
         };
+        if !pending.dials.is_empty() {
+            // Their outcome moves this on.
+            return;
+        }
         if !pending.looked_up {
             pending.looked_up = true;
             self.start_lookup(peer);
@@ -155,6 +156,38 @@ impl EventLoop {
 
     /// Dials `peer` at `addrs` and every address known for it.
     pub(crate) fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), DialError> {
+        let all = self.with_known(peer, addrs);
+        if all.is_empty() {
+            return Err(DialError::NoAddresses);
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(all)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        self.swarm.dial(opts)
+    }
+
+    /// Dials `peer` at `addrs` and every address known for it, beside any dial of it in
+    /// flight (not if connected); answers the dial's connection.
+    fn dial_beside(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<ConnectionId, DialError> {
+        let all = self.with_known(peer, addrs);
+        if all.is_empty() {
+            return Err(DialError::NoAddresses);
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(all)
+            .condition(PeerCondition::Disconnected)
+            .build();
+        let id = opts.connection_id();
+        self.swarm.dial(opts).map(|()| id)
+    }
+
+    /// `addrs`, then every other address known for `peer` (the book's, the routing table's).
+    fn with_known(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
         let mut all = addrs;
         for a in self
             .book
@@ -166,14 +199,7 @@ impl EventLoop {
                 all.push(a);
             }
         }
-        if all.is_empty() {
-            return Err(DialError::NoAddresses);
-        }
-        let opts = DialOpts::peer_id(peer)
-            .addresses(all)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .build();
-        self.swarm.dial(opts)
+        all
     }
 
     /// Checks the listen addresses `peer` claimed (through identify) by dialing them once, when
@@ -281,8 +307,13 @@ impl EventLoop {
         }
     }
 
-    /// A dial of `peer` failed.
-    pub(crate) fn on_dial_failed(&mut self, peer: PeerId, reason: String) {
+    /// Dial `connection` of `peer` failed (this node's connect's, or another's).
+    pub(crate) fn on_dial_failed(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        reason: String,
+    ) {
         if self.swarm.is_connected(&peer) {
             return;
         }
@@ -290,8 +321,8 @@ impl EventLoop {
         let Some(pending) = self.connects.get_mut(&peer) else {
             return;
         };
+        pending.dials.remove(&connection);
         pending.last_error = Some(reason);
-        pending.dialing = false;
         self.advance(peer);
     }
 

@@ -531,9 +531,6 @@ impl EventLoop {
                         self.gossip_disconnected(peer_id);
                         // A connect asked for meanwhile found the probe in the way of its dial
                         // (still connected as far as the swarm knew): it may dial now.
-                        if let Some(pending) = self.connects.get_mut(&peer_id) {
-                            pending.dialing = false;
-                        }
                         self.advance(peer_id);
                     }
                     return;
@@ -554,17 +551,9 @@ impl EventLoop {
             } => {
                 if self.probes.remove(&connection_id) {
                     debug!(peer = ?peer_id, "a peer's claimed listen addresses did not answer: {error}");
-                    // A connect asked for meanwhile found the probe in the way of its dial:
-                    // it goes on now.
-                    if let Some(peer) = peer_id
-                        && let Some(pending) = self.connects.get_mut(&peer)
-                    {
-                        pending.dialing = false;
-                        self.advance(peer);
-                    }
                 } else if let Some(peer) = peer_id {
                     self.direct_dial_failed(peer, connection_id, &error);
-                    self.on_dial_failed(peer, error.to_string());
+                    self.on_dial_failed(peer, connection_id, error.to_string());
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {

@@ -2,7 +2,9 @@
 //! providers, record puts and gets. The task's parts (`connect`, `providers`, `records`) keep
 //! these in the [`EventLoop`](crate::event_loop::EventLoop) and answer their callers.
 
-use libp2p::{Multiaddr, PeerId};
+use std::collections::HashSet;
+
+use libp2p::{Multiaddr, PeerId, swarm::ConnectionId};
 use p2pos_protocols::network::{Providers, Reply, SignedRecord};
 use tokio::time::Instant;
 
@@ -14,9 +16,10 @@ pub(crate) struct PendingConnect {
     /// Addresses given by the caller or found in the DHT, not yet dialled.
     pub(crate) addrs: Vec<Multiaddr>,
     pub(crate) dialed: bool,
-    /// Whether a dial of the peer is in flight (this one's or another's): its outcome moves
-    /// the attempt on.
-    pub(crate) dialing: bool,
+    /// This attempt's dials in flight: addresses that come while one is (an answer to a
+    /// look-up, a caller's) are dialled beside it, and the attempt fails only once none is
+    /// left.
+    pub(crate) dials: HashSet<ConnectionId>,
     pub(crate) looked_up: bool,
     pub(crate) last_error: Option<String>,
 }

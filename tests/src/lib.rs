@@ -465,64 +465,71 @@ impl Drop for Chat {
     }
 }
 
-/// Two network namespaces joined by a veth pair on 10.213.x.0/24: a LAN of two test hosts,
-/// removed on drop.
+/// Two network namespaces joined by a veth pair: a LAN of two test hosts, removed on drop.
 pub struct Lan {
     /// The namespaces' names.
     pub hosts: [String; 2],
 }
 
 impl Lan {
-    /// Creates the LAN, or `None` where namespaces cannot be made (not root, no `ip`).
+    /// Creates the LAN on 10.213.x.0/24, or `None` where namespaces cannot be made (not root,
+    /// no `ip`).
     pub fn create() -> Option<Lan> {
-        let id = std::process::id();
-        let hosts = [format!("p2pos-{id}-a"), format!("p2pos-{id}-b")];
-        let veth = [
-            format!("p2v{}a", id % 100_000),
-            format!("p2v{}b", id % 100_000),
+        let subnet = 1 + std::process::id() % 250;
+        let addrs = [
+            format!("10.213.{subnet}.1/24"),
+            format!("10.213.{subnet}.2/24"),
         ];
-        let subnet = 1 + id % 250;
-        let lan = Lan { hosts };
-        let ip = |args: &[&str]| {
-            Command::new("ip")
-                .args(args)
+        Lan::with_addresses("p2pos", [&addrs[0], &addrs[1]], &[]).ok()
+    }
+
+    /// Creates the LAN with `addrs` (with their prefix length) on the hosts' ends, each added
+    /// with `flags` too (`nodad` for IPv6); namespaces named `<tag>-<pid>-a|b`. The error
+    /// names the `ip` command that failed.
+    pub fn with_addresses(tag: &str, addrs: [&str; 2], flags: &[&str]) -> Result<Lan, String> {
+        let id = std::process::id();
+        let lan = Lan {
+            hosts: [format!("{tag}-{id}-a"), format!("{tag}-{id}-b")],
+        };
+        let short = &tag[tag.len().saturating_sub(3)..];
+        let veth = [
+            format!("{short}{}a", id % 100_000),
+            format!("{short}{}b", id % 100_000),
+        ];
+        let [a, b] = &lan.hosts;
+        let mut steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec![
+                "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1],
+            ],
+            vec!["link", "set", &veth[0], "netns", a],
+            vec!["link", "set", &veth[1], "netns", b],
+        ];
+        for ((host, dev), addr) in lan.hosts.iter().zip(&veth).zip(addrs) {
+            let mut add = vec!["-n", host, "addr", "add", addr, "dev", dev];
+            add.extend_from_slice(flags);
+            steps.push(add);
+        }
+        for (host, dev) in lan.hosts.iter().zip(&veth) {
+            steps.push(vec!["-n", host, "link", "set", dev, "up"]);
+            steps.push(vec!["-n", host, "link", "set", "lo", "up"]);
+        }
+        for step in steps {
+            let ok = Command::new("ip")
+                .args(&step)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        };
-        let [a, b] = &lan.hosts;
-        let ok = ip(&["netns", "add", a])
-            && ip(&["netns", "add", b])
-            && ip(&[
-                "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1],
-            ])
-            && ip(&["link", "set", &veth[0], "netns", a])
-            && ip(&["link", "set", &veth[1], "netns", b])
-            && ip(&[
-                "-n",
-                a,
-                "addr",
-                "add",
-                &format!("10.213.{subnet}.1/24"),
-                "dev",
-                &veth[0],
-            ])
-            && ip(&[
-                "-n",
-                b,
-                "addr",
-                "add",
-                &format!("10.213.{subnet}.2/24"),
-                "dev",
-                &veth[1],
-            ])
-            && ip(&["-n", a, "link", "set", &veth[0], "up"])
-            && ip(&["-n", b, "link", "set", &veth[1], "up"])
-            && ip(&["-n", a, "link", "set", "lo", "up"])
-            && ip(&["-n", b, "link", "set", "lo", "up"]);
-        ok.then_some(lan)
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(format!(
+                    "`ip {}` failed (this test needs root and iproute2)",
+                    step.join(" ")
+                ));
+            }
+        }
+        Ok(lan)
     }
 }
 

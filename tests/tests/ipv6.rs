@@ -4,92 +4,17 @@
 //! addresses and nodes there were never found public — vendored and fixed). Inside the
 //! namespaces the addresses reach nothing else.
 
-use std::process::{Command, Stdio};
-
-use p2pos_tests::{Node, status_when};
-
-/// Two namespaces joined by a veth pair with global IPv6 addresses, removed on drop.
-struct Link {
-    hosts: [String; 2],
-}
-
-impl Link {
-    fn create() -> Result<Link, String> {
-        let id = std::process::id();
-        let link = Link {
-            hosts: [format!("p2pos6-{id}-a"), format!("p2pos6-{id}-b")],
-        };
-        let veth = [
-            format!("p6v{}a", id % 100_000),
-            format!("p6v{}b", id % 100_000),
-        ];
-        let [a, b] = &link.hosts;
-        let steps: Vec<Vec<&str>> = vec![
-            vec!["netns", "add", a],
-            vec!["netns", "add", b],
-            vec![
-                "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1],
-            ],
-            vec!["link", "set", &veth[0], "netns", a],
-            vec!["link", "set", &veth[1], "netns", b],
-            vec![
-                "-n",
-                a,
-                "addr",
-                "add",
-                "2a01:4f8:1::1/64",
-                "dev",
-                &veth[0],
-                "nodad",
-            ],
-            vec![
-                "-n",
-                b,
-                "addr",
-                "add",
-                "2a01:4f8:1::2/64",
-                "dev",
-                &veth[1],
-                "nodad",
-            ],
-            vec!["-n", a, "link", "set", &veth[0], "up"],
-            vec!["-n", b, "link", "set", &veth[1], "up"],
-            vec!["-n", a, "link", "set", "lo", "up"],
-            vec!["-n", b, "link", "set", "lo", "up"],
-        ];
-        for step in steps {
-            let ok = Command::new("ip")
-                .args(&step)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                return Err(format!(
-                    "`ip {}` failed (this test needs root and iproute2)",
-                    step.join(" ")
-                ));
-            }
-        }
-        Ok(link)
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        for host in &self.hosts {
-            let _ = Command::new("ip")
-                .args(["netns", "del", host])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
+use p2pos_tests::{Lan, Node, status_when};
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root / netns: run by .ci/run (tools/run-tests --include-ignored)"]
 async fn a_node_on_a_real_global_ipv6_prefix_is_found_public() {
-    let link = Link::create().unwrap_or_else(|e| panic!("{e}"));
+    let link = Lan::with_addresses(
+        "p2pos6",
+        ["2a01:4f8:1::1/64", "2a01:4f8:1::2/64"],
+        &["nodad"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let listen = ["--listen", "/ip6/::/tcp/4001", "--no-mdns"];
     let mut a = Node::start_in_netns(&link.hosts[0], &listen);
     let a_id = a.peer_id().await;

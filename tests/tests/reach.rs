@@ -122,7 +122,7 @@ async fn a_node_that_declares_its_address_holds_no_reservation() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_left_with_no_peer_dials_its_bootstrap_peer_again() {
+async fn a_node_meets_its_bootstrap_peer_again_after_it_restarts() {
     // A peer that is no relay (nothing would be reserved on it), and a node that listens on
     // nothing: the peer cannot dial it back, so only the node itself can reconnect.
     let mut peer = Node::start(&[]);

@@ -92,7 +92,7 @@ impl EventLoop {
             let given = std::mem::take(&mut pending.addrs);
             // Beside any dial in flight (one that waits out a dead address's timeout must not
             // hold back the addresses a look-up just found).
-            match self.dial_beside(peer, given.clone()) {
+            match self.dial_known(peer, given.clone(), PeerCondition::Disconnected) {
                 Ok(id) => {
                     if let Some(p) = self.connects.get_mut(&peer) {
                         p.dials.insert(id);
@@ -154,40 +154,20 @@ impl EventLoop {
         }
     }
 
-    /// Dials `peer` at `addrs` and every address known for it.
+    /// Dials `peer` at `addrs` and every address known for it, unless connected or dialling.
     pub(crate) fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), DialError> {
-        let all = self.with_known(peer, addrs);
-        if all.is_empty() {
-            return Err(DialError::NoAddresses);
-        }
-        let opts = DialOpts::peer_id(peer)
-            .addresses(all)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .build();
-        self.swarm.dial(opts)
+        self.dial_known(peer, addrs, PeerCondition::DisconnectedAndNotDialing)
+            .map(|_| ())
     }
 
-    /// Dials `peer` at `addrs` and every address known for it, beside any dial of it in
-    /// flight (not if connected); answers the dial's connection.
-    fn dial_beside(
+    /// Dials `peer` at `addrs`, then every other address known for it (the book's, the
+    /// routing table's), on `condition`; answers the dial's connection.
+    fn dial_known(
         &mut self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+        condition: PeerCondition,
     ) -> Result<ConnectionId, DialError> {
-        let all = self.with_known(peer, addrs);
-        if all.is_empty() {
-            return Err(DialError::NoAddresses);
-        }
-        let opts = DialOpts::peer_id(peer)
-            .addresses(all)
-            .condition(PeerCondition::Disconnected)
-            .build();
-        let id = opts.connection_id();
-        self.swarm.dial(opts).map(|()| id)
-    }
-
-    /// `addrs`, then every other address known for `peer` (the book's, the routing table's).
-    fn with_known(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
         let mut all = addrs;
         for a in self
             .book
@@ -199,7 +179,15 @@ impl EventLoop {
                 all.push(a);
             }
         }
-        all
+        if all.is_empty() {
+            return Err(DialError::NoAddresses);
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(all)
+            .condition(condition)
+            .build();
+        let id = opts.connection_id();
+        self.swarm.dial(opts).map(|()| id)
     }
 
     /// Checks the listen addresses `peer` claimed (through identify) by dialing them once, when

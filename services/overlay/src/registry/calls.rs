@@ -324,19 +324,10 @@ async fn call_remote(
         };
         let mut io = stream.compat();
         // What remains when the frame leaves: the provider counts from when it arrives.
-        let frame = CallFrame {
-            service: call.service.clone(),
-            from_app: call.from_app.clone(),
-            payload: call.payload.clone(),
-            timeout_ms: u32::try_from(left().as_millis()).unwrap_or(u32::MAX).max(1),
-            withdrawn: false,
-            certificates: false,
-            publisher_keys: call
-                .publisher_keys
-                .iter()
-                .map(|k| Bytes::copy_from_slice(k.as_bytes()))
-                .collect(),
-        };
+        let frame = frame_of(
+            call,
+            u32::try_from(left().as_millis()).unwrap_or(u32::MAX).max(1),
+        );
         // Reached: sending the call may take the time left (a large payload on a slow link).
         // Then the far side says it took the stream, within the time to reach it (at least
         // TAKEN_FLOOR after the call was sent: a provider that says nothing is skipped, not
@@ -429,13 +420,13 @@ async fn call_remote(
     }
 }
 
-/// The size of `call`'s frame on the wire, near enough (its timeout aside).
-fn call_size(call: &Outgoing) -> u64 {
-    let frame = CallFrame {
+/// The frame that carries `call`, with `timeout_ms` left for it.
+fn frame_of(call: &Outgoing, timeout_ms: u32) -> CallFrame {
+    CallFrame {
         service: call.service.clone(),
         from_app: call.from_app.clone(),
         payload: call.payload.clone(),
-        timeout_ms: u32::MAX,
+        timeout_ms,
         withdrawn: false,
         certificates: false,
         publisher_keys: call
@@ -443,7 +434,12 @@ fn call_size(call: &Outgoing) -> u64 {
             .iter()
             .map(|k| Bytes::copy_from_slice(k.as_bytes()))
             .collect(),
-    };
+    }
+}
+
+/// The size of `call`'s frame on the wire, near enough (its timeout aside).
+fn call_size(call: &Outgoing) -> u64 {
+    let frame = frame_of(call, u32::MAX);
     u64::try_from(prost::Message::encoded_len(&frame) + p2pos_protocols::wire::HEADER)
         .unwrap_or(u64::MAX)
 }

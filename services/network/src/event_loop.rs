@@ -501,6 +501,8 @@ impl EventLoop {
                         address: addr.to_string(),
                     }));
                     let _ = self.net_events.send(NetEvent::Connected(peer_id));
+                    // Which of its addresses it advertises depends on where its peers are.
+                    self.publish_peer_record();
                 }
                 self.reach.connection(peer_id, true);
                 self.on_connected(peer_id, addr);

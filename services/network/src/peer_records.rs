@@ -126,7 +126,13 @@ impl EventLoop {
         }
         let addrs = self.advertised_addrs();
         self.published.dirty = false;
-        if addrs.is_empty() || (addrs == self.published.addrs && !due) {
+        if addrs.is_empty() {
+            // Nothing others could use: asked again when the addresses change (`dirty`), or
+            // at the next republication, not at every tick.
+            self.published.at = Some(Instant::now());
+            return;
+        }
+        if addrs == self.published.addrs && !due {
             return;
         }
         let record = match PeerRecord::new_interop(&self.keypair, addrs.clone()) {

@@ -59,6 +59,15 @@ struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics (loopback only).
     #[arg(long, env = "P2POS_METRICS")]
     metrics: Option<SocketAddr>,
+    /// Let this peer diagnose this node from its own (`p2pctl doctor PEER` there sees this
+    /// node's side): a peer id, or group:NAME for a group's members. Repeatable.
+    #[arg(
+        long,
+        value_name = "PEER|group:NAME",
+        env = "P2POS_ALLOW_DIAGNOSIS",
+        value_delimiter = ','
+    )]
+    allow_diagnosis: Vec<String>,
     /// Directory of helper programs (plug-ins) that apps may start. Default: DATA_DIR/plugins.
     #[arg(long, env = "P2POS_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
@@ -134,6 +143,7 @@ impl Cli {
         network.relay_server &= !self.no_relay_server;
         config.gateway.tcp = self.gateway_tcp.or(config.gateway.tcp);
         config.monitor.metrics = self.metrics.or(config.monitor.metrics);
+        config.monitor.allow_diagnosis.extend(self.allow_diagnosis);
         config.tasks.plugin_dir = self.plugin_dir.or(config.tasks.plugin_dir);
         if let Some(strategy) = self.strategy {
             config.supervisor.strategy = strategy;

@@ -122,6 +122,15 @@ impl Node {
         node
     }
 
+    /// Starts a node as [`Node::start`] does, with its data in `data_dir` (a file system the
+    /// test prepared).
+    pub fn start_at(data_dir: &Path, extra: &[&str]) -> Node {
+        let mut node = Node::start_paused(extra);
+        node.data_dir = data_dir.to_owned();
+        node.spawn();
+        node
+    }
+
     /// A node not started yet.
     fn start_paused(args: &[&str]) -> Node {
         let dir = tempfile::Builder::new()

@@ -1,14 +1,18 @@
-//! `p2pos.monitor.v1.Monitor`: status (through the monitor actor) and the event stream
-//! (straight from the kernel's event bus).
+//! `p2pos.monitor.v1.Monitor`: status and the doctor (through the monitor actor) and the event
+//! stream (straight from the kernel's event bus).
 
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use p2pos_kernel::{ServiceContext, events::now_ms};
 use p2pos_proto::monitor::v1::{
-    Event, EventsRequest, GetStatusRequest, Lagged, NodeStatus, event, monitor_server::Monitor,
+    DoctorReport, DoctorRequest, Event, EventsRequest, GetStatusRequest, Lagged, NodeStatus, event,
+    monitor_server::Monitor,
 };
-use p2pos_protocols::{Monitor as MonitorProtocol, monitor};
+use p2pos_protocols::{
+    Monitor as MonitorProtocol,
+    monitor::{self, Diagnose},
+};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tonic::{Request, Response, Status};
 
@@ -48,6 +52,27 @@ impl Monitor for MonitorApi {
             .ask::<MonitorProtocol, _>(|reply| monitor::Request::GetStatus { reply })
             .await?;
         Ok(Response::new(status))
+    }
+
+    async fn doctor(&self, req: Request<DoctorRequest>) -> Result<Response<DoctorReport>, Status> {
+        caller(&req)?.require_admin()?;
+        let DoctorRequest { peer, group } = req.into_inner();
+        let target = match (peer.trim(), group.trim()) {
+            ("", "") => Diagnose::Node,
+            (peer, "") => Diagnose::Peer(peer.to_owned()),
+            ("", group) => Diagnose::Group(group.to_owned()),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "name a peer or a group to diagnose, not both",
+                ));
+            }
+        };
+        let report = self
+            .ctx
+            .registry
+            .ask::<MonitorProtocol, _>(|reply| monitor::Request::Doctor { target, reply })
+            .await?;
+        Ok(Response::new(report))
     }
 
     type EventsStream = EventStream;

@@ -1,4 +1,5 @@
-//! The monitor service: a snapshot of the node's status and the Prometheus metrics endpoint.
+//! The monitor service: a snapshot of the node's status, the Prometheus metrics endpoint, and
+//! the doctor (checks of the node, a pair of peers or a group, with verdicts and remedies).
 //!
 //! The event stream itself needs no actor: the gateway follows the kernel's
 //! [`EventBus`](p2pos_kernel::EventBus) directly.
@@ -7,8 +8,12 @@
 //! - [`config`]: the `[monitor]` table of the node's configuration.
 //! - [`service`]: the monitor actor answering `p2pos.monitor.v1` and its child spec.
 //! - [`http`]: the opt-in `127.0.0.1` HTTP endpoint serving `/metrics`.
+//! - `doctor`: the checks behind `Monitor.Doctor`.
+//! - [`diag`]: `/p2pos/diag/1`, what peers tell each other for diagnosis, and who may ask.
 
 pub mod config;
+pub mod diag;
+mod doctor;
 pub mod http;
 pub mod service;
 

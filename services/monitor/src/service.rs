@@ -7,7 +7,11 @@ use p2pos_kernel::{
     ServiceError, StopService, Uses,
 };
 use p2pos_proto::monitor::v1::{NodeStatus, ServiceState};
-use p2pos_protocols::{Groups, Monitor, Overlay, answer, groups, monitor, overlay};
+use p2pos_protocols::{
+    Groups, Monitor, Overlay, Resources, Tasks, answer, groups, monitor,
+    network::{Accepting, NETWORK, Network},
+    overlay,
+};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{family::Family, gauge::Gauge},
@@ -16,7 +20,7 @@ use prometheus_client::{
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::Config;
+use crate::{Config, diag, doctor};
 
 /// The service's name.
 pub const NAME: &str = "monitor";
@@ -27,8 +31,13 @@ pub fn child_spec(config: Config) -> ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
         uses: Uses {
-            // The status includes the overlay's, and the groups held.
-            calls: &[Overlay::NAME, Groups::NAME],
+            // The status includes the overlay's, and the groups held; the doctor looks at
+            // helpers and the computer's load too.
+            calls: &[Overlay::NAME, Groups::NAME, Tasks::NAME, Resources::NAME],
+            // The doctor's network checks and `/p2pos/diag/1`.
+            needs: &[NETWORK],
+            // The store check's probe.
+            trees: &[doctor::machine::TREE],
             provides: &[Monitor::NAME],
             ..Uses::default()
         },
@@ -42,6 +51,9 @@ struct ServiceLabel {
 }
 
 fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<ChildHandle, String> {
+    let net: Network = ctx.registry.take(NETWORK).map_err(|e| e.to_string())?;
+    let policy = diag::Policy::parse(&config.allow_diagnosis)?;
+    let accepting = diag::serve(&net, ctx.registry.clone(), policy)?;
     let mut registry = Registry::with_prefix("p2pos");
     let restarts = Family::<ServiceLabel, Gauge>::default();
     let up = Family::<ServiceLabel, Gauge>::default();
@@ -65,6 +77,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     let addr = MonitorService {
         ctx: ctx.clone(),
         _guard: guard,
+        net,
+        _accepting: accepting,
         metrics_url,
         tasks: [server, Some(watcher)].into_iter().flatten().collect(),
     }
@@ -117,6 +131,9 @@ async fn watch_states(
 struct MonitorService {
     ctx: ServiceContext,
     _guard: DeathGuard,
+    net: Network,
+    /// Serves `/p2pos/diag/1` while it lives.
+    _accepting: Accepting,
     metrics_url: String,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -165,6 +182,12 @@ impl Handler<Call<Monitor>> for MonitorService {
                 tokio::spawn(async move {
                     let status = status(&ctx, metrics_url).await;
                     answer::<_, ServiceError>(reply, Ok(status));
+                });
+            }
+            monitor::Request::Doctor { target, reply } => {
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    answer(reply, doctor::run(&ctx, &net, target).await);
                 });
             }
         }

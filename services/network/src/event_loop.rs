@@ -26,7 +26,10 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use p2pos_protocols::network::{Announced, Announcements, Command, NetEvent, Reply};
+use p2pos_protocols::network::{
+    Announced, Announcements, Command, NetEvent, Reply,
+    detail::{MAX_LISTEN, MAX_PROTOCOL_NAME, MAX_PROTOCOLS},
+};
 
 use crate::{
     behaviour::{Behaviour, BehaviourEvent, is_relay_hop},
@@ -56,6 +59,14 @@ const MAX_STARTUP_DIALS: usize = 64;
 const WHOIS_ANSWERS: usize = 64;
 
 /// The task that owns the swarm.
+/// What a connected peer's identify said, bounded.
+pub(crate) struct Identified {
+    pub(crate) agent: String,
+    pub(crate) protocols: Vec<String>,
+    /// Its listen addresses as it sent them (unfiltered: for diagnosis only).
+    pub(crate) listen: Vec<Multiaddr>,
+}
+
 pub(crate) struct EventLoop {
     pub(crate) swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -70,8 +81,8 @@ pub(crate) struct EventLoop {
     pub(crate) connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
     /// Last ping round-trip time per connected peer, and when it was measured.
     pub(crate) rtt: HashMap<PeerId, (Duration, Instant)>,
-    /// Agent versions reported by identify, per connected peer.
-    pub(crate) agents: HashMap<PeerId, String>,
+    /// What identify reported, per connected peer.
+    pub(crate) identified: HashMap<PeerId, Identified>,
     pub(crate) connects: HashMap<PeerId, PendingConnect>,
     pub(crate) pings: HashMap<PeerId, Vec<Reply<Duration>>>,
     pub(crate) lookups: HashMap<kad::QueryId, PeerId>,
@@ -190,7 +201,7 @@ impl EventLoop {
             metrics,
             connections: HashMap::new(),
             rtt: HashMap::new(),
-            agents: HashMap::new(),
+            identified: HashMap::new(),
             connects: HashMap::new(),
             pings: HashMap::new(),
             lookups: HashMap::new(),
@@ -395,6 +406,14 @@ impl EventLoop {
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }
+            Command::PeerDetail { peer, reply } => {
+                let _ = reply.send(self.peer_detail(peer));
+            }
+            Command::Remembered { limit, reply } => {
+                let mut peers = self.book.peers();
+                peers.truncate(limit);
+                let _ = reply.send(peers);
+            }
             Command::ConnectedAmong { peers, reply } => {
                 let connected = peers
                     .into_iter()
@@ -434,7 +453,7 @@ impl EventLoop {
     /// Forgets what is kept of a peer only while it is connected.
     fn forget_connected(&mut self, peer: PeerId) {
         self.rtt.remove(&peer);
-        self.agents.remove(&peer);
+        self.identified.remove(&peer);
         self.signed_records.remove(&peer);
         self.direct.forget(&peer);
         self.relay_disconnected(peer);
@@ -656,7 +675,19 @@ impl EventLoop {
             signed_peer_record,
             ..
         } = info;
-        self.agents.insert(peer, agent_version);
+        self.identified.insert(
+            peer,
+            Identified {
+                agent: agent_version,
+                protocols: protocols
+                    .iter()
+                    .map(ToString::to_string)
+                    .filter(|p| p.len() <= MAX_PROTOCOL_NAME)
+                    .take(MAX_PROTOCOLS)
+                    .collect(),
+                listen: listen_addrs.iter().take(MAX_LISTEN).cloned().collect(),
+            },
+        );
         if let Some(record) = signed_peer_record {
             // Only while connected: `forget_connected` drops it.
             self.signed_records

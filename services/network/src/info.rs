@@ -2,14 +2,18 @@
 
 use std::time::Duration;
 
-use libp2p::{Multiaddr, multiaddr::Protocol};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use p2pos_proto::overlay::v1::{OverlayStatus, PeerInfo, Ticket};
 use tokio::{sync::oneshot, time::Instant};
 
-use p2pos_protocols::network::ticket::{encode_ticket, without_peer};
+use p2pos_protocols::network::{
+    HolePunch, PeerDetail,
+    ticket::{encode_ticket, without_peer},
+};
 
 use crate::{
     event_loop::EventLoop,
+    nat::Punch,
     peers::is_dialable,
     scope::{Scope, is_relayed, scope},
 };
@@ -95,7 +99,11 @@ impl EventLoop {
                     .get(peer)
                     .map(|(rtt, _)| u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX))
                     .unwrap_or(0),
-                agent_version: self.agents.get(peer).cloned().unwrap_or_default(),
+                agent_version: self
+                    .identified
+                    .get(peer)
+                    .map(|i| i.agent.clone())
+                    .unwrap_or_default(),
                 connections: u32::try_from(conns.len()).unwrap_or(u32::MAX),
                 direct: conns.iter().any(|(_, a)| !is_relayed(a)),
                 relays: relays_of(conns.iter().map(|(_, a)| a)),
@@ -107,6 +115,29 @@ impl EventLoop {
             .collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         peers
+    }
+
+    /// What is known of `peer`, for diagnosis.
+    pub(crate) fn peer_detail(&self, peer: PeerId) -> PeerDetail {
+        let info = self
+            .peer_infos()
+            .into_iter()
+            .find(|p| p.peer_id == peer.to_string());
+        let identified = self.identified.get(&peer);
+        let relayed_only = info.as_ref().is_some_and(|i| !i.direct);
+        PeerDetail {
+            peer,
+            info,
+            protocols: identified.map(|i| i.protocols.clone()).unwrap_or_default(),
+            listen_addrs: identified.map(|i| i.listen.clone()).unwrap_or_default(),
+            known_addrs: self.book.addresses(&peer),
+            hole_punch: match self.direct.punches.get(&peer) {
+                Some(Punch::Succeeded) => HolePunch::Succeeded,
+                Some(Punch::Failed(e)) if relayed_only => HolePunch::Failed(e.clone()),
+                _ => HolePunch::NotTried,
+            },
+            observed_us: self.direct.observed.get(&peer).cloned(),
+        }
     }
 
     /// The overlay status.

@@ -410,9 +410,20 @@ pub mod resources {
 
 /// Requests of the [`Monitor`] protocol.
 pub mod monitor {
-    use p2pos_proto::monitor::v1::NodeStatus;
+    use p2pos_proto::monitor::v1::{DoctorReport, NodeStatus};
 
     use crate::Reply;
+
+    /// What the doctor diagnoses.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Diagnose {
+        /// This node.
+        Node,
+        /// This node and a peer (a peer id or ticket, parsed by the doctor).
+        Peer(String),
+        /// A group's members (its name or id).
+        Group(String),
+    }
 
     /// One request.
     #[derive(Debug)]
@@ -421,6 +432,13 @@ pub mod monitor {
         GetStatus {
             /// The node's status.
             reply: Reply<NodeStatus>,
+        },
+        /// `Monitor.Doctor` (the gateway checked the admin scope).
+        Doctor {
+            /// What to diagnose.
+            target: Diagnose,
+            /// The checks.
+            reply: Reply<DoctorReport>,
         },
     }
 }

@@ -63,6 +63,21 @@ pub(crate) struct JsonFlag {
 pub(crate) enum Command {
     /// Show the node's status: identity, uptime, addresses, peers and services
     Status(JsonFlag),
+    /// Check the node (no argument), this node and a peer (PEER: a peer id or ticket), or how a
+    /// group's members are connected (GROUP): each check with a verdict, what it saw and what
+    /// to do. Exits 1 when a check fails
+    Doctor {
+        /// A peer id or ticket, or a group's name or id (with --group, or when it is no peer)
+        target: Option<String>,
+        /// TARGET is a group
+        #[arg(long)]
+        group: bool,
+        /// Show what every check saw, not only the failing ones'
+        #[arg(long, short)]
+        verbose: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// What this machine has and what the node and its helpers use (no subcommand); what the
     /// owner lends to peers; finding and leasing what peers lend
     Resources {

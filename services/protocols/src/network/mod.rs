@@ -18,6 +18,7 @@
 //! - [`error`]: the network's [`Error`].
 
 pub mod accept;
+pub mod detail;
 pub mod error;
 pub mod gossip;
 mod inbound;
@@ -35,6 +36,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::task::AbortOnDropHandle;
 
 pub use accept::{Accepting, Limits, Overflow};
+pub use detail::{HolePunch, PeerDetail};
 pub use error::Error;
 pub use gossip::GossipMessage;
 pub use inbound::{Activity, InboundStream};
@@ -165,6 +167,21 @@ pub enum Command {
     Peers {
         /// The peers.
         reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    /// What the network knows of one peer (for diagnosis).
+    PeerDetail {
+        /// The peer.
+        peer: PeerId,
+        /// What is known.
+        reply: oneshot::Sender<PeerDetail>,
+    },
+    /// Peers in the stored peer book (those redialled at start), most recently seen first: at
+    /// most `limit`.
+    Remembered {
+        /// Most peers answered.
+        limit: usize,
+        /// The peers and their confirmed addresses.
+        reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>,
     },
     /// Which of `peers` are connected now.
     ConnectedAmong {
@@ -772,6 +789,19 @@ impl Network {
     /// Connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.request(|reply| Command::Peers { reply }).await
+    }
+
+    /// What the network knows of `peer` now: its connections, what its identify said, its
+    /// known addresses, how hole punching went.
+    pub async fn peer_detail(&self, peer: PeerId) -> Result<PeerDetail, Error> {
+        self.request(|reply| Command::PeerDetail { peer, reply })
+            .await
+    }
+
+    /// Peers in the stored peer book, most recently seen first (at most `limit`).
+    pub async fn remembered(&self, limit: usize) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, Error> {
+        self.request(|reply| Command::Remembered { limit, reply })
+            .await
     }
 
     /// Which of `peers` are connected now (as the swarm task sees it when it takes the

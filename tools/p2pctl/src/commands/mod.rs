@@ -1,6 +1,7 @@
 //! Runs a parsed command: resolves the target, connects, and hands over to the command group.
 
 mod apps;
+mod doctor;
 mod duration;
 mod event_view;
 mod forward;
@@ -27,6 +28,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::connect(&target).await?;
     match command {
         Command::Status(flag) => monitor::status(&client, flag.json).await,
+        Command::Doctor {
+            target,
+            group,
+            verbose,
+            json,
+        } => doctor::run(&client, target, group, verbose, json.json).await,
         Command::Resources { json, command } => resources::run(&client, json, command).await,
         Command::Events(flag) => monitor::events(&client, flag.json).await,
         Command::Helpers(command) => helpers::run(&client, command).await,

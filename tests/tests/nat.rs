@@ -504,3 +504,119 @@ async fn apps_talk_across_a_port_randomizing_nat() {
 async fn apps_talk_across_a_port_randomizing_nat_on_a_private_internet() {
     apps_across_a_port_randomizing_nat(Internet::Private).await;
 }
+
+/// The doctor on a pair that stays relayed because B's NAT gives each destination a new port:
+/// B meets two public nodes (the relay and another), which see it at different ports, so it
+/// knows how its NAT maps; B allows A to diagnose it, so A's verdict uses B's side and says
+/// why they are relayed and what would fix it.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root / netns / nftables: run by .ci/run (tools/run-tests --include-ignored)"]
+async fn the_doctor_explains_why_a_pair_stays_relayed() {
+    use p2pos_proto::monitor::v1::{DoctorRequest, Verdict};
+    use p2pos_tests::natlab::trials::HomeNode;
+
+    let lab = lab(Config {
+        nats: [Nat::DROPPING, Nat::RANDOM_PORTS],
+        ..Config::default()
+    });
+    let relay = Relay::start(&lab).await;
+    let observer = Relay::start_on(&lab, 4002).await;
+    let [home_a, home_b] = lab.homes(0);
+    let a = HomeNode::start(&lab, &relay, &home_a.host, Transport::Both).await;
+    let allow = vec!["--allow-diagnosis".to_owned(), a.peer_id.clone()];
+    let b = HomeNode::start_with(
+        &lab,
+        &[&relay, &observer],
+        &home_b.host,
+        Transport::Both,
+        &allow,
+    )
+    .await;
+    let known = tokio::time::timeout(Duration::from_secs(30), async {
+        while b.nat_mapping().await != "port-randomizing" {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if known.is_err() {
+        let status = b
+            .client
+            .monitor()
+            .get_status(p2pos_proto::monitor::v1::GetStatusRequest {})
+            .await;
+        panic!(
+            "B's NAT mapping is not known: {status:#?}\n{}",
+            b.node.log()
+        );
+    }
+    b.reservation().await.expect("B holds a reservation");
+    a.dial_by_id(&b.peer_id)
+        .await
+        .expect("A reaches B by peer id");
+
+    let report = a
+        .client
+        .monitor()
+        .doctor(DoctorRequest {
+            peer: b.peer_id.clone(),
+            ..DoctorRequest::default()
+        })
+        .await
+        .expect("doctor B")
+        .into_inner();
+    let shown = format!("{report:#?}");
+    let check = |name: &str| {
+        report
+            .checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name}: {shown}"))
+    };
+    assert_eq!(check("reach").verdict(), Verdict::Ok, "{shown}");
+    assert_eq!(check("peer-view").verdict(), Verdict::Ok, "{shown}");
+    let connection = check("connection");
+    assert_eq!(connection.verdict(), Verdict::Warn, "{shown}");
+    assert!(
+        connection.summary.starts_with(&format!(
+            "relayed, because the peer {} is behind a NAT that maps ports per destination and \
+             has no port mapping: you will stay relayed",
+            b.peer_id
+        )),
+        "{shown}"
+    );
+    let remedy = &connection.remedy;
+    assert!(remedy.starts_with("forwarding "), "{shown}");
+    assert!(
+        remedy.contains("TCP/") && remedy.contains("UDP/"),
+        "{shown}"
+    );
+    assert_eq!(check("protocols").verdict(), Verdict::Ok, "{shown}");
+    assert!(
+        connection
+            .remedy
+            .contains(&format!("on the peer {}'s router", b.peer_id)),
+        "{shown}"
+    );
+
+    // B's own doctor says the same of its NAT, with the port to forward.
+    let own = b
+        .client
+        .monitor()
+        .doctor(DoctorRequest::default())
+        .await
+        .expect("B's doctor")
+        .into_inner();
+    let reach = own
+        .checks
+        .iter()
+        .find(|c| c.name == "reachability")
+        .expect("reachability");
+    assert_eq!(reach.verdict(), Verdict::Warn, "{own:#?}");
+    assert!(reach.remedy.starts_with("forward "), "{own:#?}");
+    assert!(
+        reach
+            .remedy
+            .contains("--external-address /ip4/<public ip>/"),
+        "{own:#?}"
+    );
+}

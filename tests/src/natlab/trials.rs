@@ -59,10 +59,10 @@ impl Transport {
         }
     }
 
-    /// The relay's addresses for this transport.
-    fn addresses(self, ip: Ipv4Addr) -> Vec<String> {
-        let tcp = format!("/ip4/{ip}/tcp/{RELAY_PORT}");
-        let quic = format!("/ip4/{ip}/udp/{RELAY_PORT}/quic-v1");
+    /// A public node's addresses for this transport.
+    fn addresses(self, ip: Ipv4Addr, port: u16) -> Vec<String> {
+        let tcp = format!("/ip4/{ip}/tcp/{port}");
+        let quic = format!("/ip4/{ip}/udp/{port}/quic-v1");
         match self {
             Transport::Tcp => vec![tcp],
             Transport::Quic => vec![quic],
@@ -105,29 +105,41 @@ pub struct Relay {
     /// Its peer id.
     pub peer_id: String,
     ip: Ipv4Addr,
+    port: u16,
 }
 
 impl Relay {
     /// Starts the relay of `lab` and waits until it answers.
     pub async fn start(lab: &NatLab) -> Relay {
+        Relay::start_on(lab, RELAY_PORT).await
+    }
+
+    /// Another public node on the internet beside the relay, listening on `port` (a second
+    /// observer of home nodes' addresses, say).
+    pub async fn start_on(lab: &NatLab, port: u16) -> Relay {
         let ip = lab.relay_ip();
         let mut args = vec![
             "--listen".to_owned(),
-            format!("/ip4/0.0.0.0/tcp/{RELAY_PORT},/ip4/0.0.0.0/udp/{RELAY_PORT}/quic-v1"),
+            format!("/ip4/0.0.0.0/tcp/{port},/ip4/0.0.0.0/udp/{port}/quic-v1"),
         ];
-        for address in Transport::Both.addresses(ip) {
+        for address in Transport::Both.addresses(ip, port) {
             args.extend(["--external-address".to_owned(), address]);
         }
         args.extend(internet_flags(lab));
         let (mut node, _) = start_node(lab.relay_ns(), &args);
         let peer_id = node.peer_id().await;
-        Relay { node, peer_id, ip }
+        Relay {
+            node,
+            peer_id,
+            ip,
+            port,
+        }
     }
 
     /// The `--bootstrap` value that points a node of `transport` at the relay.
-    fn bootstrap(&self, transport: Transport) -> String {
+    pub fn bootstrap(&self, transport: Transport) -> String {
         let with_id: Vec<String> = transport
-            .addresses(self.ip)
+            .addresses(self.ip, self.port)
             .into_iter()
             .map(|a| format!("{a}/p2p/{}", self.peer_id))
             .collect();
@@ -151,13 +163,24 @@ impl HomeNode {
     /// Starts a fresh node in the home host `ns`, listening on `transport` and knowing only the
     /// relay; waits until it answers.
     pub async fn start(lab: &NatLab, relay: &Relay, ns: &str, transport: Transport) -> HomeNode {
-        let mut args = vec![
-            "--listen".to_owned(),
-            transport.listen().to_owned(),
-            "--bootstrap".to_owned(),
-            relay.bootstrap(transport),
-        ];
+        HomeNode::start_with(lab, &[relay], ns, transport, &[]).await
+    }
+
+    /// Starts a fresh node in the home host `ns`, listening on `transport`, knowing the public
+    /// nodes `public` and with `extra` flags; waits until it answers.
+    pub async fn start_with(
+        lab: &NatLab,
+        public: &[&Relay],
+        ns: &str,
+        transport: Transport,
+        extra: &[String],
+    ) -> HomeNode {
+        let mut args = vec!["--listen".to_owned(), transport.listen().to_owned()];
+        for node in public {
+            args.extend(["--bootstrap".to_owned(), node.bootstrap(transport)]);
+        }
         args.extend(internet_flags(lab));
+        args.extend_from_slice(extra);
         let (mut node, started) = start_node(ns, &args);
         let client = node.client().await;
         let peer_id = node.peer_id().await;

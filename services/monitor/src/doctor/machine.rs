@@ -158,8 +158,12 @@ pub(crate) async fn disk(ctx: &ServiceContext) -> Check {
             );
         }
     };
-    let free = u64::from(stat.blocks_available()) * u64::from(stat.fragment_size());
-    let total = u64::from(stat.blocks()) * u64::from(stat.fragment_size());
+    // `fsblkcnt_t` and `c_ulong` are u64 here, not on every platform.
+    #[allow(clippy::useless_conversion)]
+    let (free, total) = (
+        u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())),
+        u64::from(stat.blocks()).saturating_mul(u64::from(stat.fragment_size())),
+    );
     let evidence = [format!(
         "{} free of {} ({} files free)",
         bytes(free),

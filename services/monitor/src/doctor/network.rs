@@ -50,17 +50,18 @@ pub(crate) fn listeners(status: &OverlayStatus) -> Check {
         .evidence(direct.iter().map(|a| a.to_string()))
 }
 
-/// The port to forward on a router for a node listening on `addrs`: its first direct QUIC or
-/// TCP port, as people write it ("UDP/4001") and as `--external-address` takes it
-/// ("udp/4001/quic-v1").
+/// The ports to forward on a router for a node listening on `addrs`: its direct QUIC and TCP
+/// ports as people write them ("TCP/4001 and UDP/4001"), and the first as `--external-address`
+/// takes it ("tcp/4001").
 pub(crate) fn port_to_forward(addrs: &[String]) -> Option<(String, String)> {
-    addrs.iter().find_map(|a| {
-        let addr: Multiaddr = a.parse().ok()?;
+    let mut people: Vec<String> = Vec::new();
+    let mut first = None;
+    for addr in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
         if addr.iter().any(|p| p == Protocol::P2pCircuit) {
-            return None;
+            continue;
         }
         let quic = addr.iter().any(|p| matches!(p, Protocol::QuicV1));
-        addr.iter().find_map(|p| match p {
+        let port = addr.iter().find_map(|p| match p {
             Protocol::Udp(port) if quic && port != 0 => {
                 Some((format!("UDP/{port}"), format!("udp/{port}/quic-v1")))
             }
@@ -68,8 +69,15 @@ pub(crate) fn port_to_forward(addrs: &[String]) -> Option<(String, String)> {
                 Some((format!("TCP/{port}"), format!("tcp/{port}")))
             }
             _ => None,
-        })
-    })
+        });
+        if let Some((shown, tail)) = port
+            && !people.contains(&shown)
+        {
+            people.push(shown);
+            first.get_or_insert(tail);
+        }
+    }
+    Some((people.join(" and "), first?))
 }
 
 /// Whether peers elsewhere can reach the node directly, and how its NAT maps ports.
@@ -334,7 +342,7 @@ mod tests {
             "/ip4/10.0.0.2/tcp/4002".to_owned(),
         ];
         let port = |a: &[String]| port_to_forward(a).map(|(p, _)| p);
-        assert_eq!(port(&addrs).as_deref(), Some("UDP/4001"));
+        assert_eq!(port(&addrs).as_deref(), Some("UDP/4001 and TCP/4002"));
         assert_eq!(port(&addrs[2..]).as_deref(), Some("TCP/4002"));
         assert_eq!(port(&[]), None);
         assert_eq!(

@@ -23,6 +23,9 @@ use crate::diag;
 
 /// How long reaching the peer may take (a DHT look-up included).
 const REACH_WAIT: Duration = Duration::from_secs(30);
+/// How long the doctor waits for the peer's identify, and how often it looks.
+const IDENTIFY_WAIT: Duration = Duration::from_secs(3);
+const IDENTIFY_POLL: Duration = Duration::from_millis(100);
 /// How long a ping may take.
 const PING_WAIT: Duration = Duration::from_secs(10);
 /// Most of its protocols listed as evidence.
@@ -60,7 +63,7 @@ pub(crate) async fn checks(net: &Network, target: &str) -> Result<Vec<Check>, Se
     };
     let (status, detail, pinged, viewed) = tokio::join!(
         net.status(),
-        net.peer_detail(peer),
+        identified(net, peer),
         net.ping(peer, Vec::new(), PING_WAIT),
         diag::ask(net, peer, view_ask),
     );
@@ -82,6 +85,22 @@ pub(crate) async fn checks(net: &Network, target: &str) -> Result<Vec<Check>, Se
         protocols(&detail, pinged.map_err(|e| e.to_string()), viewed.is_ok()),
         peer_view(net.local_peer_id(), peer, &viewed),
     ])
+}
+
+/// What the network knows of `peer`, once its identify has arrived (a connection just made
+/// has not heard it yet), or after [`IDENTIFY_WAIT`].
+async fn identified(
+    net: &Network,
+    peer: PeerId,
+) -> Result<PeerDetail, p2pos_protocols::network::Error> {
+    let deadline = Instant::now() + IDENTIFY_WAIT;
+    loop {
+        let detail = net.peer_detail(peer).await?;
+        if !detail.protocols.is_empty() || detail.info.is_none() || Instant::now() >= deadline {
+            return Ok(detail);
+        }
+        tokio::time::sleep(IDENTIFY_POLL).await;
+    }
 }
 
 /// Direct or relayed, by which address and transport; why relayed, from both views.

@@ -66,6 +66,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         ctx: ctx.clone(),
         _guard: guard,
         metrics_url,
+        logs: config.logs.clone(),
+        effective_config: config.effective_config.clone().into(),
         tasks: [server, Some(watcher)].into_iter().flatten().collect(),
     }
     .start();
@@ -119,6 +121,10 @@ struct MonitorService {
     _guard: DeathGuard,
     metrics_url: String,
     tasks: Vec<JoinHandle<()>>,
+    /// The node's recent log lines (`GetLogs`).
+    logs: crate::LogRing,
+    /// The effective configuration as TOML (`GetConfig`).
+    effective_config: std::sync::Arc<str>,
 }
 
 impl Drop for MonitorService {
@@ -166,6 +172,20 @@ impl Handler<Call<Monitor>> for MonitorService {
                     let status = status(&ctx, metrics_url).await;
                     answer::<_, ServiceError>(reply, Ok(status));
                 });
+            }
+            monitor::Request::GetLogs {
+                min_level,
+                limit,
+                reply,
+            } => answer::<_, ServiceError>(
+                reply,
+                Ok(crate::diag::logs_reply(&self.logs, min_level, limit)),
+            ),
+            monitor::Request::GetMetrics { reply } => {
+                answer::<_, ServiceError>(reply, Ok(crate::diag::metrics_reply(&self.ctx)));
+            }
+            monitor::Request::GetConfig { reply } => {
+                answer(reply, crate::diag::config_reply(&self.effective_config));
             }
         }
     }

@@ -411,6 +411,7 @@ pub mod resources {
 /// Requests of the [`Monitor`] protocol.
 pub mod monitor {
     use p2pos_proto::monitor::v1::NodeStatus;
+    use p2pos_proto::monitor::v1::{GetConfigReply, GetLogsReply, GetMetricsReply};
 
     use crate::Reply;
 
@@ -421,6 +422,25 @@ pub mod monitor {
         GetStatus {
             /// The node's status.
             reply: Reply<NodeStatus>,
+        },
+        /// `Monitor.GetLogs` (checked by the gateway).
+        GetLogs {
+            /// The least severe level wanted.
+            min_level: tracing::Level,
+            /// Most lines (1 to the gateway's bound).
+            limit: usize,
+            /// The lines and the counts.
+            reply: Reply<GetLogsReply>,
+        },
+        /// `Monitor.GetMetrics`.
+        GetMetrics {
+            /// The Prometheus text.
+            reply: Reply<GetMetricsReply>,
+        },
+        /// `Monitor.GetConfig`.
+        GetConfig {
+            /// The effective configuration.
+            reply: Reply<GetConfigReply>,
         },
     }
 }

@@ -1,7 +1,7 @@
 //! The monitor's diagnostic answers: `GetLogs` from the log ring, `GetMetrics` from the node's
 //! registries, `GetConfig` from the text the daemon rendered at start.
 
-use p2pos_kernel::{ServiceContext, ServiceError};
+use p2pos_kernel::{ErrorCode, ServiceContext, ServiceError};
 use p2pos_proto::monitor::v1::{GetConfigReply, GetLogsReply, GetMetricsReply, LogCount, LogLine};
 
 use crate::logs::{self, LogRing};
@@ -50,11 +50,25 @@ pub fn logs_reply(ring: &LogRing, min_level: tracing::Level, limit: usize) -> Ge
     }
 }
 
-/// Every service's metrics in the Prometheus text format.
-pub fn metrics_reply(ctx: &ServiceContext) -> GetMetricsReply {
-    GetMetricsReply {
-        text: ctx.metrics.encode(),
+/// The largest metrics text `GetMetrics` answers: what a gRPC message carries (2 MiB), less
+/// room for its framing.
+pub const MAX_METRICS_BYTES: usize = 2 * 1024 * 1024 - 4096;
+
+/// Every service's metrics in the Prometheus text format; `RESOURCE_EXHAUSTED` if the text is
+/// too large for one gRPC message (it is never cut: a cut exposition would not parse).
+pub fn metrics_reply(ctx: &ServiceContext) -> Result<GetMetricsReply, ServiceError> {
+    let text = ctx.metrics.encode();
+    if text.len() > MAX_METRICS_BYTES {
+        return Err(ServiceError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "the metrics text is {} bytes, more than one gRPC message carries \
+                 ({MAX_METRICS_BYTES}); serve them over HTTP with --metrics",
+                text.len()
+            ),
+        ));
     }
+    Ok(GetMetricsReply { text })
 }
 
 /// The configuration the daemon rendered; `UNAVAILABLE` if it handed none.

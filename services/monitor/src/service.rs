@@ -182,7 +182,7 @@ impl Handler<Call<Monitor>> for MonitorService {
                 Ok(crate::diag::logs_reply(&self.logs, min_level, limit)),
             ),
             monitor::Request::GetMetrics { reply } => {
-                answer::<_, ServiceError>(reply, Ok(crate::diag::metrics_reply(&self.ctx)));
+                answer(reply, crate::diag::metrics_reply(&self.ctx));
             }
             monitor::Request::GetConfig { reply } => {
                 answer(reply, crate::diag::config_reply(&self.effective_config));

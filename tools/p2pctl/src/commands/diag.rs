@@ -168,7 +168,7 @@ async fn logs_txt(client: &Client) -> anyhow::Result<(Vec<u8>, String)> {
         counts.push_str("Warnings and errors logged since the node started, by target:\n");
         for count in &reply.counts {
             counts.push_str(&format!(
-                "  {}: {} warnings, {} errors\n",
+                "  {}: warnings {}, errors {}\n",
                 count.target, count.warnings, count.errors
             ));
         }

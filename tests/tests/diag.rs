@@ -65,6 +65,24 @@ fn assert_prometheus_text(text: &str) {
     assert!(samples > 0, "{text}");
 }
 
+/// No key of `value`, however deep, names a token, key, secret or password.
+fn assert_no_secret_keys(value: &toml::Value, path: &str) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, inner) in table {
+                let last = key.rsplit('_').next().unwrap_or_default();
+                assert!(
+                    !["token", "key", "secret", "password"].contains(&last),
+                    "config.toml holds {path}{key}"
+                );
+                assert_no_secret_keys(inner, &format!("{path}{key}."));
+            }
+        }
+        toml::Value::Array(items) => items.iter().for_each(|i| assert_no_secret_keys(i, path)),
+        _ => {}
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bundle_holds_status_config_logs_and_metrics_and_logs_are_admin_only() {
     // Stderr shows errors only and the TCP gateway writes a token: the bundle must still have
@@ -155,14 +173,16 @@ async fn a_bundle_holds_status_config_logs_and_metrics_and_logs_are_admin_only()
             "{name} holds the gateway token"
         );
     }
-    let identity = std::fs::read(node.data_dir.join("identity.key")).unwrap_or_default();
-    assert!(
-        identity.is_empty()
-            || !files["config.toml"]
-                .as_bytes()
-                .windows(identity.len())
-                .any(|w| w == identity)
-    );
+    let identity = std::fs::read(node.data_dir.join("identity.key")).expect("identity");
+    assert!(identity.len() >= 32);
+    for (name, text) in &files {
+        let bytes = text.as_bytes();
+        assert!(
+            !bytes.windows(identity.len()).any(|w| w == identity),
+            "{name} holds the identity key"
+        );
+    }
+    assert_no_secret_keys(&config, "");
     assert!(files["versions.txt"].contains("p2posd 0.1.0"));
     assert!(files["versions.txt"].contains(&format!("os {}", std::env::consts::OS)));
 

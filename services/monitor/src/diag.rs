@@ -82,3 +82,35 @@ pub fn config_reply(effective: &str) -> Result<GetConfigReply, ServiceError> {
         toml: effective.to_owned(),
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use p2pos_kernel::ErrorCode;
+    use tracing::Level;
+
+    use super::*;
+
+    #[test]
+    fn logs_come_oldest_first_with_their_counts() {
+        let ring = LogRing::default();
+        ring.push(Level::INFO, "a", "one");
+        ring.push(Level::WARN, "b", "two");
+        ring.push(Level::INFO, "a", "three");
+        let reply = logs_reply(&ring, Level::INFO, 2);
+        let texts: Vec<_> = reply.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["two", "three"]);
+        assert_eq!(reply.lines[0].level, "WARN");
+        assert_eq!(reply.written, 3);
+        assert_eq!(
+            (reply.counts[0].target.as_str(), reply.counts[0].warnings),
+            ("b", 1)
+        );
+    }
+
+    #[test]
+    fn a_config_never_rendered_is_unavailable() {
+        assert_eq!(config_reply("").unwrap_err().code, ErrorCode::Unavailable);
+        assert_eq!(config_reply("a = 1\n").unwrap().toml, "a = 1\n");
+    }
+}

@@ -9,10 +9,10 @@
 //! - [`http`]: the opt-in `127.0.0.1` HTTP endpoint serving `/metrics`.
 //! - [`logs`]: the ring of the node's recent log lines (a `tracing_subscriber` layer the daemon
 //!   installs) and its WARN/ERROR counts by target.
-//! - [`diag`]: the answers of `GetLogs`, `GetMetrics` and `GetConfig`.
+//! - [`reports`]: the answers of `GetLogs`, `GetMetrics` and `GetConfig`.
 
 pub mod config;
-pub mod diag;
+pub mod reports;
 pub mod http;
 pub mod logs;
 pub mod service;

@@ -179,13 +179,13 @@ impl Handler<Call<Monitor>> for MonitorService {
                 reply,
             } => answer::<_, ServiceError>(
                 reply,
-                Ok(crate::diag::logs_reply(&self.logs, min_level, limit)),
+                Ok(crate::reports::logs_reply(&self.logs, min_level, limit)),
             ),
             monitor::Request::GetMetrics { reply } => {
-                answer(reply, crate::diag::metrics_reply(&self.ctx));
+                answer(reply, crate::reports::metrics_reply(&self.ctx));
             }
             monitor::Request::GetConfig { reply } => {
-                answer(reply, crate::diag::config_reply(&self.effective_config));
+                answer(reply, crate::reports::config_reply(&self.effective_config));
             }
         }
     }

@@ -6,10 +6,10 @@
 use std::path::Path;
 
 use p2pos_kernel::config::{ConfigError, SupervisorConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `p2posd.toml`. Every key is optional; what is absent keeps its default.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct NodeConfig {
     /// The data directory (the kernel's).

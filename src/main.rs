@@ -5,9 +5,11 @@
 //! # Layout
 //! - this file: flags, tracing, the runtime, the services in start order, signals.
 //! - `config`: `p2posd.toml`, the kernel's settings and one table per service.
+//! - `effective`: the effective configuration as TOML, secrets left out (`Monitor.GetConfig`).
 //! - `repair`: `p2posd --repair`, the report of a damaged store's salvage.
 
 mod config;
+mod effective;
 mod repair;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
@@ -162,13 +164,19 @@ impl Cli {
     }
 }
 
-fn init_tracing(filter: &str) {
+/// Logs to stderr through `filter`, and INFO and above, whatever `filter` says, to `logs` (the
+/// ring `Monitor.GetLogs` and the doctor read).
+fn init_tracing(filter: &str, logs: &p2pos_monitor::LogRing) {
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(logs.layer())
         .init();
     // A panicking service is restarted by the kernel; say clearly where it panicked.
     std::panic::set_hook(Box::new(|info| {
@@ -181,9 +189,10 @@ fn main() -> ExitCode {
     // `p2posd` also runs in front of each helper program, as its shim.
     p2pos_tasks::shim::run_if_requested();
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    let logs = p2pos_monitor::LogRing::default();
+    init_tracing(&cli.log, &logs);
     let repair = cli.repair;
-    let config = match cli.into_config() {
+    let mut config = match cli.into_config() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("p2posd: error: {e}");
@@ -193,6 +202,8 @@ fn main() -> ExitCode {
     if repair {
         return repair::run(&config.data_dir);
     }
+    config.monitor.effective_config = effective::render(&config);
+    config.monitor.logs = logs;
     let data_dir = config.data_dir.clone();
     let runner = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()

@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How the supervisor restarts its children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Restart only the child that exited.
@@ -18,7 +18,7 @@ pub enum Strategy {
 }
 
 /// Restart intensity and strategy (Erlang/OTP `supervisor` semantics).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SupervisorConfig {
     /// Restart strategy. Default: `one_for_one`.
@@ -47,7 +47,7 @@ pub const GATEWAY_SOCKET_FILE: &str = "gateway.sock";
 /// fault points for testing. Each service has its own configuration (its own table in
 /// `p2posd.toml`), which the daemon hands to its child spec; the kernel never sees it. Every
 /// field has a default that just works.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where the identity, store, gateway socket and tokens live. Default: the user's data

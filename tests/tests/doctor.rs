@@ -103,7 +103,8 @@ async fn a_healthy_pair_passes_every_check_and_each_sees_the_other() {
             "clock",
             "disk",
             "helpers",
-            "resources"
+            "resources",
+            "log"
         ]
     );
     assert!(

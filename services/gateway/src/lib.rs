@@ -13,6 +13,7 @@
 //! - [`server`]: the gateway actor, its listeners, health and reflection, graceful stop.
 //! - [`node_api`], [`overlay_api`], [`apps_api`], [`tasks_api`], [`services_api`],
 //!   [`monitor_api`], [`resources_api`], [`groups_api`]: one adapter per service.
+//! - [`monitor_diag`]: checks of the monitor's diagnostic calls (`GetLogs` and its bounds).
 //! - [`deadline`]: the caller's gRPC deadline (`grpc-timeout`).
 //! - [`splice`]: the channel data path over gRPC, shared by app and service channels.
 //! - [`data_socket`]: the channel data path over a plain local socket, for either.
@@ -25,6 +26,7 @@ pub mod data_socket;
 pub mod deadline;
 pub mod groups_api;
 pub mod monitor_api;
+pub mod monitor_diag;
 pub mod node_api;
 pub mod overlay_api;
 mod relayed;

@@ -1,5 +1,6 @@
-//! `p2pos.monitor.v1.Monitor`: status and the doctor (through the monitor actor) and the event
-//! stream (straight from the kernel's event bus).
+//! `p2pos.monitor.v1.Monitor`: status (through the monitor actor) and the event stream
+//! (straight from the kernel's event bus); the doctor, logs, metrics and configuration (admin
+//! only, through the monitor actor; checks in [`crate::monitor_diag`]).
 
 use std::pin::Pin;
 
@@ -8,6 +9,10 @@ use p2pos_kernel::{ServiceContext, events::now_ms};
 use p2pos_proto::monitor::v1::{
     DoctorReport, DoctorRequest, Event, EventsRequest, GetStatusRequest, Lagged, NodeStatus, event,
     monitor_server::Monitor,
+};
+use p2pos_proto::monitor::v1::{
+    GetConfigReply, GetConfigRequest, GetLogsReply, GetLogsRequest, GetMetricsReply,
+    GetMetricsRequest,
 };
 use p2pos_protocols::{
     Monitor as MonitorProtocol,
@@ -96,6 +101,52 @@ impl Monitor for MonitorApi {
             Box::pin(stream),
             self.stop.clone(),
         )))
+    }
+
+    async fn get_logs(
+        &self,
+        req: Request<GetLogsRequest>,
+    ) -> Result<Response<GetLogsReply>, Status> {
+        caller(&req)?.require_admin()?;
+        let (min_level, limit) = crate::monitor_diag::logs_request(req.into_inner())?;
+        let reply = self
+            .ctx
+            .registry
+            .ask::<MonitorProtocol, _>(|reply| monitor::Request::GetLogs {
+                min_level,
+                limit,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn get_metrics(
+        &self,
+        req: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsReply>, Status> {
+        caller(&req)?.require_admin()?;
+        let GetMetricsRequest {} = req.into_inner();
+        let reply = self
+            .ctx
+            .registry
+            .ask::<MonitorProtocol, _>(|reply| monitor::Request::GetMetrics { reply })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn get_config(
+        &self,
+        req: Request<GetConfigRequest>,
+    ) -> Result<Response<GetConfigReply>, Status> {
+        caller(&req)?.require_admin()?;
+        let GetConfigRequest {} = req.into_inner();
+        let reply = self
+            .ctx
+            .registry
+            .ask::<MonitorProtocol, _>(|reply| monitor::Request::GetConfig { reply })
+            .await?;
+        Ok(Response::new(reply))
     }
 }
 

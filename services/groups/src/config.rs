@@ -1,9 +1,9 @@
 //! The groups service's configuration: the `[groups]` table of `p2posd.toml`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How members stay in step. Every field has a default that just works.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Seconds between two exchanges of each group's heads with every other member, besides

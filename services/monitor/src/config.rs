@@ -1,12 +1,15 @@
 //! The monitor's configuration: the `[monitor]` table of `p2posd.toml` (`--metrics`,
-//! `--allow-diagnosis`).
+//! `--allow-diagnosis`), and what the daemon hands over beside it (the log ring, the effective
+//! configuration), which no file holds.
 
 use std::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// Where the monitor serves Prometheus metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+use crate::LogRing;
+
+/// Where the monitor serves Prometheus metrics; what it answers `GetLogs` and `GetConfig` from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Serve Prometheus metrics over HTTP on this address (127.0.0.1 or [::1] only).
@@ -18,6 +21,15 @@ pub struct Config {
     /// connections to them and to the peers they name; anyone else gets only its clock.
     /// Default: nobody.
     pub allow_diagnosis: Vec<String>,
+    /// The ring the daemon's tracing layer writes the node's recent log lines to (`GetLogs`,
+    /// the doctor). Not in the file. Default: a ring nothing writes to.
+    #[serde(skip)]
+    pub logs: LogRing,
+    /// The node's effective configuration as TOML, secrets left out, rendered by the daemon
+    /// at start (`GetConfig`). Not in the file. Default: empty (`GetConfig` then fails with
+    /// `UNAVAILABLE`).
+    #[serde(skip)]
+    pub effective_config: String,
 }
 
 impl Config {

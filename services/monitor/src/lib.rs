@@ -10,12 +10,18 @@
 //! - [`http`]: the opt-in `127.0.0.1` HTTP endpoint serving `/metrics`.
 //! - `doctor`: the checks behind `Monitor.Doctor`.
 //! - [`diag`]: `/p2pos/diag/1`, what peers tell each other for diagnosis, and who may ask.
+//! - [`logs`]: the ring of the node's recent log lines (a `tracing_subscriber` layer the daemon
+//!   installs) and its WARN/ERROR counts by target.
+//! - [`reports`]: the answers of `GetLogs`, `GetMetrics` and `GetConfig`.
 
 pub mod config;
 pub mod diag;
 mod doctor;
 pub mod http;
+pub mod logs;
+pub mod reports;
 pub mod service;
 
 pub use config::Config;
+pub use logs::LogRing;
 pub use service::child_spec;

@@ -80,6 +80,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         net,
         _accepting: accepting,
         metrics_url,
+        logs: config.logs.clone(),
+        effective_config: config.effective_config.clone().into(),
         tasks: [server, Some(watcher)].into_iter().flatten().collect(),
     }
     .start();
@@ -136,6 +138,10 @@ struct MonitorService {
     _accepting: Accepting,
     metrics_url: String,
     tasks: Vec<JoinHandle<()>>,
+    /// The node's recent log lines (`GetLogs`).
+    logs: crate::LogRing,
+    /// The effective configuration as TOML (`GetConfig`).
+    effective_config: std::sync::Arc<str>,
 }
 
 impl Drop for MonitorService {
@@ -185,10 +191,24 @@ impl Handler<Call<Monitor>> for MonitorService {
                 });
             }
             monitor::Request::Doctor { target, reply } => {
-                let net = self.net.clone();
+                let (net, logs) = (self.net.clone(), self.logs.clone());
                 tokio::spawn(async move {
-                    answer(reply, doctor::run(&ctx, &net, target).await);
+                    answer(reply, doctor::run(&ctx, &net, &logs, target).await);
                 });
+            }
+            monitor::Request::GetLogs {
+                min_level,
+                limit,
+                reply,
+            } => answer::<_, ServiceError>(
+                reply,
+                Ok(crate::reports::logs_reply(&self.logs, min_level, limit)),
+            ),
+            monitor::Request::GetMetrics { reply } => {
+                answer(reply, crate::reports::metrics_reply(&self.ctx));
+            }
+            monitor::Request::GetConfig { reply } => {
+                answer(reply, crate::reports::config_reply(&self.effective_config));
             }
         }
     }

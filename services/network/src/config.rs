@@ -2,10 +2,10 @@
 //! too (`--listen`, `--bootstrap`, `--external-address`, `--trust-private-addresses`,
 //! `--no-mdns`, `--no-kademlia`, `--no-relay-server`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How the node takes part in the network. Every field has a default that just works.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Multiaddrs to listen on. Default: TCP and QUIC on all IPv4 interfaces, ports chosen by

@@ -1,6 +1,6 @@
 //! The overlay's configuration: the `[overlay]` table of `p2posd.toml`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Limits of the app layer. Every field has a default that just works.
 ///
@@ -9,7 +9,7 @@ use serde::Deserialize;
 /// message that would take a holder over a quota is refused (nothing is lost: its sender keeps
 /// it and tries again later), unless the holder holds nothing: one message of any allowed size
 /// always fits.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Most channels open at once, in either direction, waiting ones included. Default: 1024.

@@ -410,7 +410,9 @@ pub mod resources {
 
 /// Requests of the [`Monitor`] protocol.
 pub mod monitor {
-    use p2pos_proto::monitor::v1::{DoctorReport, NodeStatus};
+    use p2pos_proto::monitor::v1::{
+        DoctorReport, GetConfigReply, GetLogsReply, GetMetricsReply, NodeStatus,
+    };
 
     use crate::Reply;
 
@@ -439,6 +441,25 @@ pub mod monitor {
             target: Diagnose,
             /// The checks.
             reply: Reply<DoctorReport>,
+        },
+        /// `Monitor.GetLogs` (checked by the gateway).
+        GetLogs {
+            /// The least severe level wanted.
+            min_level: tracing::Level,
+            /// Most lines (1 to the gateway's bound).
+            limit: usize,
+            /// The lines and the counts.
+            reply: Reply<GetLogsReply>,
+        },
+        /// `Monitor.GetMetrics`.
+        GetMetrics {
+            /// The Prometheus text.
+            reply: Reply<GetMetricsReply>,
+        },
+        /// `Monitor.GetConfig`.
+        GetConfig {
+            /// The effective configuration.
+            reply: Reply<GetConfigReply>,
         },
     }
 }

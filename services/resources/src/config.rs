@@ -3,10 +3,10 @@
 //! is kept in the store and wins).
 
 use p2pos_proto::resources::v1::{Amounts, Sharing, When};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How the inventory is kept, and what is lent. Every field has a default that just works.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Seconds between two samples of the machine (1 to 3600). Default: 5.
@@ -25,7 +25,7 @@ impl Default for Config {
 }
 
 /// `[resources.share]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShareConfig {
     /// Cores lent (0.5: half a core).

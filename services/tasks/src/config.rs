@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::limits::{self, Limits};
 
@@ -16,7 +16,7 @@ pub const DEFAULT_APP_CPU: f64 = 1.0;
 pub const DEFAULT_APP_PIDS: u32 = 256;
 
 /// Where helper programs come from, how they are started and what they may use.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where helper programs (plug-ins) live; app-registered helpers may only run programs
@@ -42,7 +42,7 @@ pub struct Config {
 }
 
 /// A share of CPU time in cores, as the config file writes it (`app_cpu = 0.5`).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct Cores(pub f64);
 

@@ -141,6 +141,11 @@ pub(crate) enum Command {
     },
     /// Follow the node's events until interrupted
     Events(JsonFlag),
+    /// Print the node's recent log lines (info and above, whatever its --log filter)
+    Logs(crate::cli_diag::LogsArgs),
+    /// Diagnostics for a bug report: `diag bundle FILE`
+    #[command(subcommand)]
+    Diag(crate::cli_diag::DiagCommand),
     /// Manage helper applications (plug-ins) the node runs and supervises
     #[command(subcommand)]
     Helpers(HelpersCommand),

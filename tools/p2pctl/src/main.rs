@@ -4,16 +4,21 @@
 //! On failure it prints one line `error: ...` to stderr and exits with status 1.
 //!
 //! # Layout
-//! - [`cli`]: the clap definitions (global options, one variant per command).
+//! - [`cli`]: the clap definitions (global options, one variant per command); [`cli_diag`]:
+//!   those of `logs` and `diag`.
 //! - [`commands`]: one module per command group (`node`, `overlay`, `apps`, `monitor`,
 //!   `helpers`, `services`, `forward`, `groups` and its `pubsub`), `payload`: what `send`,
 //!   `services call` and `groups publish` send, from the command line, stdin (`-`) or a file,
 //!   and `duration`: durations people type (`500ms`, `10m`).
 //! - [`output`]: stdout lines, tables, JSON shapes and value formatting.
+//! - [`progress`]: a spinner on stderr while a slow call runs (a terminal only, never with
+//!   `--json`).
 
 mod cli;
+mod cli_diag;
 mod commands;
 mod output;
+mod progress;
 
 use std::process::ExitCode;
 

@@ -7,11 +7,13 @@
 //! - [`machine`]: services, gateway, store, disk, helpers, the computer's load.
 //! - [`network`]: listeners, reachability, relays, DHT, peers, clock.
 //! - [`pair`]: `doctor PEER`, with [`explain`] telling why a pair is relayed.
+//! - [`log`]: errors in the node's recent log.
 //! - [`group`]: `doctor GROUP`, the member × member matrix.
 
 pub(crate) mod check;
 pub(crate) mod explain;
 pub(crate) mod group;
+pub(crate) mod log;
 pub(crate) mod machine;
 pub(crate) mod network;
 pub(crate) mod pair;
@@ -22,15 +24,18 @@ use p2pos_protocols::{monitor::Diagnose, network::Network};
 
 use check::fail;
 
+use crate::LogRing;
+
 /// Runs the doctor on `target`.
 pub(crate) async fn run(
     ctx: &ServiceContext,
     net: &Network,
+    logs: &LogRing,
     target: Diagnose,
 ) -> Result<DoctorReport, ServiceError> {
     match target {
         Diagnose::Node => Ok(DoctorReport {
-            checks: node(ctx, net).await,
+            checks: node(ctx, net, logs).await,
             ..DoctorReport::default()
         }),
         Diagnose::Peer(peer) => Ok(DoctorReport {
@@ -49,7 +54,7 @@ pub(crate) async fn run(
 }
 
 /// Every check of this node, in a stable order; the slow ones run side by side.
-async fn node(ctx: &ServiceContext, net: &Network) -> Vec<Check> {
+async fn node(ctx: &ServiceContext, net: &Network, logs: &LogRing) -> Vec<Check> {
     let status = net.status().await;
     let network_checks = async {
         match &status {
@@ -80,7 +85,7 @@ async fn node(ctx: &ServiceContext, net: &Network) -> Vec<Check> {
     );
     let mut checks = vec![machine::services(ctx), machine::gateway(ctx), store];
     checks.extend(network_checks);
-    checks.extend([disk, helpers, resources]);
+    checks.extend([disk, helpers, resources, log::recent(logs)]);
     checks
 }
 

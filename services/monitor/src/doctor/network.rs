@@ -16,7 +16,7 @@ use super::check::{Evidence, count, fail, ok, warn};
 use crate::diag;
 
 /// How long the DHT's test look-up may take.
-const LOOKUP_WAIT: Duration = Duration::from_secs(15);
+const LOOKUP_WAIT: Duration = Duration::from_secs(10);
 /// Most remembered peers dialled, and how long each may take.
 const MAX_REDIALS: usize = 8;
 const REDIAL_WAIT: Duration = Duration::from_secs(5);

@@ -136,7 +136,7 @@ fn matrix_text(report: &DoctorReport) -> String {
 }
 
 /// `{"ok": bool, "checks": [{name, verdict, summary, evidence, remedy}], "members", "matrix"}`.
-fn report_json(report: &DoctorReport) -> Value {
+pub(crate) fn report_json(report: &DoctorReport) -> Value {
     let checks: Vec<Value> = report
         .checks
         .iter()

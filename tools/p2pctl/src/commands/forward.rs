@@ -126,9 +126,12 @@ async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
 /// Prints `forwarding 127.0.0.1:PORT → NAME on PEER (id N)`; with `--json` `forward_json`.
 async fn connect(client: &Client, request: OpenForwardRequest, json: bool) -> anyhow::Result<()> {
     let what = format!("cannot forward {} to {}", request.listen, request.service);
-    let forward = client
-        .services()
-        .open_forward(request)
+    let message = format!(
+        "opening the forward and looking for providers of {}",
+        crate::progress::short(&request.service)
+    );
+    let mut services = client.services();
+    let forward = crate::progress::during(message, json, services.open_forward(request))
         .await
         .or_fail(&what)?;
     if json {

@@ -74,13 +74,17 @@ pub(crate) async fn run(client: &Client, command: GroupsCommand) -> anyhow::Resu
             }
         }
         GroupsCommand::Join { invite, name } => {
-            let group = groups
-                .join(JoinRequest {
-                    invite,
-                    name: name.unwrap_or_default(),
-                })
-                .await
-                .or_fail("cannot join")?;
+            let joining = groups.join(JoinRequest {
+                invite,
+                name: name.unwrap_or_default(),
+            });
+            let group = crate::progress::during(
+                "reaching the admin who signed the invite to join",
+                false,
+                joining,
+            )
+            .await
+            .or_fail("cannot join")?;
             output::line(group_line(&group))?;
         }
         GroupsCommand::Name { group, name } => {
@@ -180,8 +184,8 @@ pub(crate) async fn run(client: &Client, command: GroupsCommand) -> anyhow::Resu
         GroupsCommand::Publish(args) => pubsub::publish(client, args).await?,
         GroupsCommand::Watch(args) => pubsub::watch(client, args).await?,
         GroupsCommand::Sync { group, json } => {
-            let reply = groups
-                .sync(GroupRef { group })
+            let syncing = groups.sync(GroupRef { group });
+            let reply = crate::progress::during("exchanging with every member", json, syncing)
                 .await
                 .or_fail("cannot sync")?;
             let outcome = |o: i32| match SyncOutcome::try_from(o).unwrap_or_default() {

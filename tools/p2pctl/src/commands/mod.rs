@@ -1,6 +1,8 @@
 //! Runs a parsed command: resolves the target, connects, and hands over to the command group.
 
 mod apps;
+mod bundle;
+mod diag;
 mod doctor;
 mod duration;
 mod event_view;
@@ -8,6 +10,7 @@ mod forward;
 mod groups;
 mod helper_view;
 mod helpers;
+mod logs;
 mod monitor;
 mod node;
 mod overlay;
@@ -36,6 +39,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         } => doctor::run(&client, target, group, verbose, json.json).await,
         Command::Resources { json, command } => resources::run(&client, json, command).await,
         Command::Events(flag) => monitor::events(&client, flag.json).await,
+        Command::Logs(args) => logs::logs(&client, args).await,
+        Command::Diag(command) => diag::run(&client, command).await,
         Command::Helpers(command) => helpers::run(&client, command).await,
         Command::Services(command) => services::run(&client, command).await,
         Command::Forward(command) => forward::run(&client, command).await,

@@ -94,7 +94,7 @@ fn status_text(status: NodeStatus) -> String {
 /// reachability, relays, nat_mapping, routing_table_size, remembered_peers, metrics_url, peers:
 /// [peer], services: [{name, state,
 /// restarts, last_error}], groups: [group]}`.
-fn status_json(status: &NodeStatus) -> Value {
+pub(crate) fn status_json(status: &NodeStatus) -> Value {
     let NodeStatus {
         peer_id,
         version,

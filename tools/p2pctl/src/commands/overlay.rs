@@ -65,14 +65,15 @@ pub(crate) async fn dial(
     json: bool,
 ) -> anyhow::Result<()> {
     let timeout_ms = timeout_secs.map_or(0, |secs| secs.saturating_mul(1000));
-    let DialReply { peer_id, address } = client
-        .overlay()
-        .dial(DialRequest {
-            target: target.to_owned(),
-            timeout_ms,
-        })
-        .await
-        .or_fail("cannot dial")?;
+    let mut overlay = client.overlay();
+    let dialed = overlay.dial(DialRequest {
+        target: target.to_owned(),
+        timeout_ms,
+    });
+    let DialReply { peer_id, address } =
+        crate::progress::during(crate::progress::dial_message(target), json, dialed)
+            .await
+            .or_fail("cannot dial")?;
     if json {
         output::json_line(&json!({ "peer_id": peer_id, "address": address }))?;
     } else {
@@ -83,11 +84,12 @@ pub(crate) async fn dial(
 
 /// Pings a peer once; prints `rtt 1.234 ms`, with `--json` `{peer_id, rtt_us}`.
 pub(crate) async fn ping(client: &Client, peer: &str, json: bool) -> anyhow::Result<()> {
-    let PingReply { rtt_us } = client
-        .overlay()
-        .ping(PingRequest {
-            peer_id: peer.to_owned(),
-        })
+    let mut overlay = client.overlay();
+    let pinged = overlay.ping(PingRequest {
+        peer_id: peer.to_owned(),
+    });
+    let message = format!("reaching {} to ping it", crate::progress::short(peer));
+    let PingReply { rtt_us } = crate::progress::during(message, json, pinged)
         .await
         .or_fail("cannot ping")?;
     if json {

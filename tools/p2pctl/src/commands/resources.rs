@@ -78,14 +78,14 @@ pub(crate) async fn run(
             explain,
             json,
         }) => {
-            let found = resources
-                .find(FindRequest {
-                    needs: Some(amounts_of(&amounts)),
-                    peers,
-                    explain,
-                    limit: 0,
-                    group: group.unwrap_or_default(),
-                })
+            let finding = resources.find(FindRequest {
+                needs: Some(amounts_of(&amounts)),
+                peers,
+                explain,
+                limit: 0,
+                group: group.unwrap_or_default(),
+            });
+            let found = crate::progress::during("asking peers for their offers", json, finding)
                 .await
                 .or_fail("cannot look for resources")?;
             if json {

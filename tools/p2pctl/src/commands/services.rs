@@ -183,9 +183,12 @@ async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
 /// `service_json`.
 async fn find(client: &Client, request: FindServiceRequest, json: bool) -> anyhow::Result<()> {
     let service = request.service.clone();
-    let reply = client
-        .services()
-        .find_service(request)
+    let message = format!(
+        "looking for providers of {}",
+        crate::progress::short(&service)
+    );
+    let mut services = client.services();
+    let reply = crate::progress::during(message, json, services.find_service(request))
         .await
         .or_fail(&format!("cannot find {service}"))?;
     if json {
@@ -257,12 +260,14 @@ async fn call(client: &Client, request: CallRequest, json: bool) -> anyhow::Resu
         payload,
         peer_id,
         provider_app,
-    } = client
-        .services()
-        .call(request)
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|status| anyhow::anyhow!("cannot call {service}: {}", status_text(&status)))?;
+    } = crate::progress::during(
+        format!("calling {}", crate::progress::short(&service)),
+        json,
+        client.services().call(request),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+    .map_err(|status| anyhow::anyhow!("cannot call {service}: {}", status_text(&status)))?;
     if json {
         output::json_line(&call_json(&payload, &peer_id, &provider_app))?;
         return Ok(());
@@ -279,7 +284,7 @@ async fn call(client: &Client, request: CallRequest, json: bool) -> anyhow::Resu
 
 /// A service or provider as JSON: `{service, app_id, description, peer_id, local, rtt_us,
 /// reachability, last_reached_ms}`.
-fn service_json(info: &ServiceInfo) -> Value {
+pub(crate) fn service_json(info: &ServiceInfo) -> Value {
     let ServiceInfo {
         service,
         app_id,

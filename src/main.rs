@@ -63,12 +63,7 @@ struct Cli {
     metrics: Option<SocketAddr>,
     /// Let this peer diagnose this node from its own (`p2pctl doctor PEER` there sees this
     /// node's side): a peer id, or group:NAME for a group's members. Repeatable.
-    #[arg(
-        long,
-        value_name = "PEER|group:NAME",
-        env = "P2POS_ALLOW_DIAGNOSIS",
-        value_delimiter = ','
-    )]
+    #[arg(long, value_name = "PEER|group:NAME")]
     allow_diagnosis: Vec<String>,
     /// Directory of helper programs (plug-ins) that apps may start. Default: DATA_DIR/plugins.
     #[arg(long, env = "P2POS_PLUGIN_DIR")]

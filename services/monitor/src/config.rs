@@ -16,8 +16,8 @@ pub struct Config {
     /// Default: off.
     pub metrics: Option<SocketAddr>,
     /// Who may diagnose this node from elsewhere (`p2pctl doctor PEER` or `doctor GROUP` run on
-    /// their node): peer ids, and `group:NAME` (or `group:ID`) for the members of a group this
-    /// node holds. They see this node's reachability, NAT mapping, addresses, relays and its
+    /// their node): peer ids, and `group:ID` (or `group:NAME`, while exactly one group this node
+    /// holds has that name) for the current members of a group. They see this node's reachability, NAT mapping, addresses, relays and its
     /// connections to them and to the peers they name; anyone else gets only its clock.
     /// Default: nobody.
     pub allow_diagnosis: Vec<String>,

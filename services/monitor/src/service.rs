@@ -1,12 +1,14 @@
 //! The monitor actor: answers `p2pos.monitor.v1` status requests by combining the kernel's
 //! view of the services with the overlay's status, and owns the metrics endpoint.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
 use p2pos_kernel::{
-    Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
-    ServiceError, StopService, Uses,
+    Call, ChildHandle, ChildSpec, DeathGuard, ErrorCode, InjectPanic, Protocol, RestartType,
+    ServiceContext, ServiceError, StopService, Uses,
 };
-use p2pos_proto::monitor::v1::{NodeStatus, ServiceState};
+use p2pos_proto::monitor::v1::{DoctorReport, NodeStatus, ServiceState};
 use p2pos_protocols::{
     Groups, Monitor, Overlay, Resources, Tasks, answer, groups, monitor,
     network::{Accepting, NETWORK, Network},
@@ -17,13 +19,15 @@ use prometheus_client::{
     metrics::{family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::task::JoinHandle;
+use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::info;
 
 use crate::{Config, diag, doctor};
 
 /// The service's name.
 pub const NAME: &str = "monitor";
+/// Most doctor runs at once.
+const MAX_DOCTORS: usize = 2;
 
 /// The child spec the daemon hands to the kernel.
 pub fn child_spec(config: Config) -> ChildSpec {
@@ -78,6 +82,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         ctx: ctx.clone(),
         _guard: guard,
         net,
+        doctors: Arc::new(Semaphore::new(MAX_DOCTORS)),
         _accepting: accepting,
         metrics_url,
         logs: config.logs.clone(),
@@ -134,6 +139,8 @@ struct MonitorService {
     ctx: ServiceContext,
     _guard: DeathGuard,
     net: Network,
+    /// Doctor runs at once (each dials, looks up and asks peers).
+    doctors: Arc<Semaphore>,
     /// Serves `/p2pos/diag/1` while it lives.
     _accepting: Accepting,
     metrics_url: String,
@@ -191,9 +198,20 @@ impl Handler<Call<Monitor>> for MonitorService {
                 });
             }
             monitor::Request::Doctor { target, reply } => {
+                let Ok(permit) = self.doctors.clone().try_acquire_owned() else {
+                    let busy = ServiceError::new(
+                        ErrorCode::ResourceExhausted,
+                        format!(
+                            "{MAX_DOCTORS} doctors are running already; try again when one ends"
+                        ),
+                    );
+                    answer::<DoctorReport, _>(reply, Err(busy));
+                    return;
+                };
                 let (net, logs) = (self.net.clone(), self.logs.clone());
                 tokio::spawn(async move {
                     answer(reply, doctor::run(&ctx, &net, &logs, target).await);
+                    drop(permit);
                 });
             }
             monitor::Request::GetLogs {

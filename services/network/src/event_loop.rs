@@ -58,7 +58,6 @@ const MAX_STARTUP_DIALS: usize = 64;
 /// Answers of `whois` asks waiting for the loop.
 const WHOIS_ANSWERS: usize = 64;
 
-/// The task that owns the swarm.
 /// What a connected peer's identify said, bounded.
 pub(crate) struct Identified {
     pub(crate) agent: String,
@@ -67,6 +66,7 @@ pub(crate) struct Identified {
     pub(crate) listen: Vec<Multiaddr>,
 }
 
+/// The task that owns the swarm.
 pub(crate) struct EventLoop {
     pub(crate) swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,

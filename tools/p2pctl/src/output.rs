@@ -121,7 +121,7 @@ pub(crate) fn why_relayed(peers: &[PeerInfo]) -> String {
 }
 
 /// A peer id cut to its first 8 and last 6 characters.
-fn short_id(id: &str) -> String {
+pub(crate) fn short_id(id: &str) -> String {
     match (
         id.get(..8),
         id.len().checked_sub(6).and_then(|i| id.get(i..)),

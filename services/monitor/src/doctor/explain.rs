@@ -40,6 +40,23 @@ impl Side {
 /// Why the pair is relayed (a sentence that starts "relayed, because") and what would let it
 /// connect directly.
 pub(crate) fn why_relayed(us: &Side, them: Option<&Side>, punch: &HolePunch) -> (String, String) {
+    // A public side should have been dialled directly: something between drops it.
+    if let Some(public) = std::iter::once(us)
+        .chain(them)
+        .find(|s| s.reachability == "public")
+    {
+        return (
+            format!(
+                "relayed, because {}'s public addresses did not answer from the other side, \
+                 though peers elsewhere reach them: a firewall between the two drops the \
+                 traffic",
+                public.name
+            ),
+            "check the firewalls on both sides for the node's ports (`p2pctl status` lists \
+             them)"
+                .to_owned(),
+        );
+    }
     let randomizing: Vec<&Side> = std::iter::once(us)
         .chain(them)
         .filter(|s| s.randomizes())
@@ -58,23 +75,6 @@ pub(crate) fn why_relayed(us: &Side, them: Option<&Side>, punch: &HolePunch) -> 
             format!("{} would allow direct connections", fixes.join(", and ")),
         );
     }
-    // A public side should have been dialled directly: something between drops it.
-    if let Some(public) = std::iter::once(us)
-        .chain(them)
-        .find(|s| s.reachability == "public")
-    {
-        return (
-            format!(
-                "relayed, because {}'s public addresses did not answer from the other side, \
-                 though peers elsewhere reach them: a firewall between the two drops the \
-                 traffic",
-                public.name
-            ),
-            "check the firewalls on both sides for the node's ports (`p2pctl status` lists \
-             them)"
-                .to_owned(),
-        );
-    }
     let both_ways = match them {
         Some(them) => format!("{}, or {}", them.forwarding(), us.forwarding()),
         None => format!("{}, or on the peer's router", us.forwarding()),
@@ -88,8 +88,8 @@ pub(crate) fn why_relayed(us: &Side, them: Option<&Side>, punch: &HolePunch) -> 
     match punch {
         HolePunch::Failed(e) => (
             format!(
-                "relayed, because hole punching failed: {e}. Both NATs keep one port per \
-                 destination as far as is known, so a router drops or answers the attempts{unseen}"
+                "relayed, because hole punching failed: {e}. Neither NAT is known to give each \
+                 destination a new port, so a router likely drops or answers the attempts{unseen}"
             ),
             format!("{both_ways} would allow direct connections"),
         ),

@@ -1,7 +1,7 @@
 //! `doctor GROUP`: how each member of a group is connected to each other member (direct,
 //! relayed or not at all), asked of every member that allows this node to diagnose it.
 
-use futures::future::join_all;
+use futures::{StreamExt, stream};
 use libp2p::PeerId;
 use p2pos_kernel::{Registry, ServiceError};
 use p2pos_proto::{
@@ -14,6 +14,8 @@ use tokio::time::Duration;
 use super::check::{Evidence, fail, ok, warn};
 use crate::diag;
 
+/// Members asked at once.
+const MEMBERS_AT_ONCE: usize = 8;
 /// How long reaching a member may take.
 const MEMBER_WAIT: Duration = Duration::from_secs(15);
 
@@ -23,9 +25,12 @@ pub(crate) async fn matrix(
     registry: &Registry,
     group: String,
 ) -> Result<(Vec<String>, Vec<MatrixRow>, Check), ServiceError> {
-    let members = registry
-        .ask::<Groups, _>(|reply| groups::Request::Members { group, reply })
-        .await?;
+    let members = tokio::time::timeout(
+        MEMBER_WAIT,
+        registry.ask::<Groups, _>(|reply| groups::Request::Members { group, reply }),
+    )
+    .await
+    .map_err(|_| ServiceError::unavailable("the groups service does not answer"))??;
     let name = members.group.map(|g| g.name).unwrap_or_default();
     let local = net.local_peer_id();
     let mut peers: Vec<PeerId> = members
@@ -34,6 +39,7 @@ pub(crate) async fn matrix(
         .filter_map(|m| m.peer_id.parse().ok())
         .filter(|p| *p != local)
         .collect();
+    let left_out = peers.len().saturating_sub(diag::MAX_LINKS - 1);
     peers.truncate(diag::MAX_LINKS - 1);
     peers.insert(0, local);
     let infos = net
@@ -53,9 +59,23 @@ pub(crate) async fn matrix(
             .collect(),
         error: String::new(),
     };
-    let asked = join_all(peers[1..].iter().map(|member| row(net, &peers, *member))).await;
+    // A few members at a time: each may need a DHT look-up and a dial.
+    let asked: Vec<MatrixRow> = stream::iter(peers[1..].to_vec())
+        .map(|member| {
+            let (net, peers) = (net.clone(), peers.clone());
+            async move { row(&net, &peers, member).await }
+        })
+        .buffered(MEMBERS_AT_ONCE)
+        .collect()
+        .await;
     let rows: Vec<MatrixRow> = std::iter::once(own).chain(asked).collect();
-    let check = summary(&name, &peers, &rows);
+    let mut check = summary(&name, &peers, &rows);
+    if left_out > 0 {
+        check.evidence.push(format!(
+            "{left_out} more members are left out: a matrix holds {} at most",
+            diag::MAX_LINKS
+        ));
+    }
     Ok((peers.iter().map(ToString::to_string).collect(), rows, check))
 }
 

@@ -3,7 +3,7 @@
 
 use std::{io::Write, os::unix::fs::FileTypeExt, os::unix::fs::PermissionsExt, path::Path};
 
-use p2pos_kernel::{ServiceContext, ServiceState, events::now_ms};
+use p2pos_kernel::{ServiceContext, ServiceError, ServiceState, events::now_ms};
 use p2pos_proto::tasks::v1::{HelperState, HelperStatus};
 use p2pos_protocols::{Resources, Tasks, resources, tasks};
 use tokio::time::{Duration, timeout};
@@ -13,6 +13,8 @@ use p2pos_proto::monitor::v1::Check;
 
 /// The store tree the store check writes its probe to.
 pub(crate) const TREE: &str = "doctor";
+/// How long another service may take to answer.
+const SERVICE_WAIT: Duration = Duration::from_secs(10);
 /// How long the store's probe may take.
 const STORE_WAIT: Duration = Duration::from_secs(5);
 /// Free space under which the data directory fails, and under which it warns.
@@ -71,10 +73,10 @@ pub(crate) fn services(ctx: &ServiceContext) -> Check {
 }
 
 /// The gateway's socket is there, only for this user.
-pub(crate) fn gateway(ctx: &ServiceContext) -> Check {
+pub(crate) async fn gateway(ctx: &ServiceContext) -> Check {
     let path = ctx.config.gateway_socket();
-    let shown = path.display();
-    match std::fs::symlink_metadata(&path) {
+    let shown = path.display().to_string();
+    match blocking(move || std::fs::symlink_metadata(&path).map_err(|e| e.to_string())).await {
         Ok(meta) if !meta.file_type().is_socket() => fail(
             "gateway",
             format!("{shown} is not a socket"),
@@ -127,9 +129,32 @@ pub(crate) async fn store(ctx: &ServiceContext) -> Check {
     }
 }
 
-/// Creates, syncs and removes a file in `dir`.
+/// A call to another service, given up after [`SERVICE_WAIT`].
+async fn ask<T>(call: impl Future<Output = Result<T, ServiceError>>) -> Result<T, String> {
+    match timeout(SERVICE_WAIT, call).await {
+        Ok(answer) => answer.map_err(|e| e.message),
+        Err(_) => Err(format!("no answer within {SERVICE_WAIT:?}")),
+    }
+}
+
+/// Runs `work` (which touches the file system) off the async threads, giving up after
+/// [`STORE_WAIT`] (a hung file system does not hang the doctor).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    match timeout(STORE_WAIT, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {STORE_WAIT:?}")),
+    }
+}
+
+/// Creates, syncs and removes a file in `dir` (a name of its own: doctors may run side by
+/// side).
 fn probe_dir(dir: &Path) -> std::io::Result<()> {
-    let path = dir.join(".doctor-probe");
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".doctor-probe-{}-{n}", std::process::id()));
     let mut file = std::fs::File::create(&path)?;
     file.write_all(b"p2pos doctor\n")?;
     file.sync_all()?;
@@ -140,24 +165,17 @@ fn probe_dir(dir: &Path) -> std::io::Result<()> {
 pub(crate) async fn disk(ctx: &ServiceContext) -> Check {
     let dir = ctx.config.data_dir.clone();
     let shown = dir.display().to_string();
-    let stat = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&dir)).await;
-    let stat = match stat {
-        Ok(Ok(stat)) => stat,
-        Ok(Err(e)) => {
-            return warn(
-                "disk",
-                format!("cannot read {shown}'s file system: {e}"),
-                "",
-            );
-        }
-        Err(e) => {
-            return warn(
-                "disk",
-                format!("cannot read {shown}'s file system: {e}"),
-                "",
-            );
-        }
-    };
+    let stat =
+        match blocking(move || nix::sys::statvfs::statvfs(&dir).map_err(|e| e.to_string())).await {
+            Ok(stat) => stat,
+            Err(e) => {
+                return warn(
+                    "disk",
+                    format!("cannot read {shown}'s file system: {e}"),
+                    "check the file system the data directory is on (`df`, `dmesg`)",
+                );
+            }
+        };
     // `fsblkcnt_t` and `c_ulong` are u64 here, not on every platform.
     #[allow(clippy::useless_conversion)]
     let (free, total) = (
@@ -174,7 +192,17 @@ pub(crate) async fn disk(ctx: &ServiceContext) -> Check {
         "free space on {shown}'s file system (or move the data directory with --data-dir): the \
          store needs room to keep messages, and fails writes without it"
     );
-    let check = if free < DISK_FAIL || stat.files_available() == 0 {
+    // Some file systems (btrfs) count no inodes at all: none free means none left only where
+    // there are some.
+    #[allow(clippy::useless_conversion)]
+    let no_inodes = u64::from(stat.files()) > 0 && u64::from(stat.files_available()) == 0;
+    let check = if no_inodes {
+        fail(
+            "disk",
+            format!("{shown}'s file system has no free inode left"),
+            remedy,
+        )
+    } else if free < DISK_FAIL {
         fail(
             "disk",
             format!("{shown} is nearly full: {} free", bytes(free)),
@@ -194,20 +222,18 @@ pub(crate) async fn disk(ctx: &ServiceContext) -> Check {
 
 /// No helper is in a crash loop or has given up.
 pub(crate) async fn helpers(ctx: &ServiceContext) -> Check {
-    let listed = ctx
-        .registry
-        .ask::<Tasks, _>(|reply| tasks::Request::List {
-            caller_app: String::new(),
-            app_id: String::new(),
-            reply,
-        })
-        .await;
+    let listed = ask(ctx.registry.ask::<Tasks, _>(|reply| tasks::Request::List {
+        caller_app: String::new(),
+        app_id: String::new(),
+        reply,
+    }))
+    .await;
     let helpers = match listed {
         Ok(list) => list.helpers,
         Err(e) => {
             return warn(
                 "helpers",
-                format!("task control does not answer: {}", e.message),
+                format!("task control does not answer: {e}"),
                 "see `p2pctl status` for the tasks service",
             );
         }
@@ -277,16 +303,16 @@ pub(crate) async fn helpers(ctx: &ServiceContext) -> Check {
 
 /// The computer has memory and CPU to spare.
 pub(crate) async fn resources(ctx: &ServiceContext) -> Check {
-    let inventory = ctx
+    let inventory = ask(ctx
         .registry
-        .ask::<Resources, _>(|reply| resources::Request::GetInventory { reply })
-        .await;
+        .ask::<Resources, _>(|reply| resources::Request::GetInventory { reply }))
+    .await;
     let inventory = match inventory {
         Ok(inventory) => inventory,
         Err(e) => {
             return warn(
                 "resources",
-                format!("the resource manager does not answer: {}", e.message),
+                format!("the resource manager does not answer: {e}"),
                 "see `p2pctl status` for the resources service",
             );
         }

@@ -76,14 +76,15 @@ async fn node(ctx: &ServiceContext, net: &Network, logs: &LogRing) -> Vec<Check>
             Err(e) => vec![network_down(e)],
         }
     };
-    let (store, disk, helpers, resources, network_checks) = tokio::join!(
+    let (gateway, store, disk, helpers, resources, network_checks) = tokio::join!(
+        machine::gateway(ctx),
         machine::store(ctx),
         machine::disk(ctx),
         machine::helpers(ctx),
         machine::resources(ctx),
         network_checks,
     );
-    let mut checks = vec![machine::services(ctx), machine::gateway(ctx), store];
+    let mut checks = vec![machine::services(ctx), gateway, store];
     checks.extend(network_checks);
     checks.extend([disk, helpers, resources, log::recent(logs)]);
     checks

@@ -22,6 +22,8 @@ const MAX_REDIALS: usize = 8;
 const REDIAL_WAIT: Duration = Duration::from_secs(5);
 /// Most peers whose clocks are asked.
 const MAX_CLOCKS: usize = 8;
+/// Peers whose clocks must agree before this node's is called wrong (a failure).
+const CLOCK_QUORUM: usize = 3;
 /// Clock differences that warn (signed records and invites carry times) and fail (records
 /// from more than 10 minutes ahead are refused by every node).
 const SKEW_WARN_MS: i64 = 30_000;
@@ -221,7 +223,10 @@ pub(crate) async fn peers(net: &Network, status: &OverlayStatus) -> Check {
     } else if reached == 0 {
         fail(
             "peers",
-            format!("none of the {} remembered peers answers", remembered.len()),
+            format!(
+                "no peer is connected, and none of the {} remembered peers dialled answers",
+                dials.len()
+            ),
             "this node may be offline, or its peers are: check the network connection, then \
              `p2pctl doctor PEER` for one of them",
         )
@@ -283,7 +288,8 @@ pub(crate) async fn clock(net: &Network, status: &OverlayStatus) -> Check {
     let remedy = "set the clock right and keep it so (`timedatectl set-ntp true`): signed \
                   address records, invites and offers carry times, and peers refuse those \
                   from more than 10 minutes ahead";
-    let check = if off >= SKEW_FAIL_MS {
+    // One or two peers may have the wrong clock themselves: only several agreeing fail it.
+    let check = if off >= SKEW_FAIL_MS && skews.len() >= CLOCK_QUORUM {
         fail(
             "clock",
             format!("this node's clock is {} s {side} its peers'", off / 1000),
@@ -315,9 +321,11 @@ fn skew_ms(theirs: u64, ours: u64, rtt: Duration) -> i64 {
     theirs.saturating_sub(ours.saturating_sub(half))
 }
 
+/// The middle value (the lower of the two middle ones): one peer's clock cannot pull it past
+/// the others'.
 fn median(mut values: Vec<i64>) -> Option<i64> {
     values.sort_unstable();
-    values.get(values.len() / 2).copied()
+    values.get(values.len().saturating_sub(1) / 2).copied()
 }
 
 #[cfg(test)]
@@ -330,6 +338,11 @@ mod tests {
         assert_eq!(skew_ms(70_000, 10_000, Duration::ZERO), 60_000);
         assert_eq!(skew_ms(0, 60_000, Duration::ZERO), -60_000);
         assert_eq!(median(vec![5, -1, 3]), Some(3));
+        assert_eq!(
+            median(vec![0, 900_000]),
+            Some(0),
+            "one far-off clock of two"
+        );
         assert_eq!(median(Vec::new()), None);
     }
 

@@ -19,13 +19,14 @@ use super::{
     explain::{Side, why_relayed},
     network::port_to_forward,
 };
-use crate::diag;
+use crate::diag::{self, told};
 
 /// How long reaching the peer may take (a DHT look-up included).
 const REACH_WAIT: Duration = Duration::from_secs(30);
-/// How long the doctor waits for the peer's identify, and how often it looks.
-const IDENTIFY_WAIT: Duration = Duration::from_secs(3);
-const IDENTIFY_POLL: Duration = Duration::from_millis(100);
+/// How long the doctor waits for a fresh connection to settle (identify, hole punching), and
+/// how often it looks.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
+const SETTLE_POLL: Duration = Duration::from_millis(100);
 /// How long a ping may take.
 const PING_WAIT: Duration = Duration::from_secs(10);
 /// Most of its protocols listed as evidence.
@@ -87,19 +88,27 @@ pub(crate) async fn checks(net: &Network, target: &str) -> Result<Vec<Check>, Se
     ])
 }
 
-/// What the network knows of `peer`, once its identify has arrived (a connection just made
-/// has not heard it yet), or after [`IDENTIFY_WAIT`].
+/// What the network knows of `peer` once a fresh connection has settled — its identify heard,
+/// and, if it is relayed, hole punching tried — or after [`SETTLE_WAIT`]. (The network tells
+/// no event for either, so this looks every [`SETTLE_POLL`].)
 async fn identified(
     net: &Network,
     peer: PeerId,
 ) -> Result<PeerDetail, p2pos_protocols::network::Error> {
-    let deadline = Instant::now() + IDENTIFY_WAIT;
+    let deadline = Instant::now() + SETTLE_WAIT;
     loop {
         let detail = net.peer_detail(peer).await?;
-        if !detail.protocols.is_empty() || detail.info.is_none() || Instant::now() >= deadline {
+        let settled = match &detail.info {
+            None => true,
+            Some(info) => {
+                !detail.protocols.is_empty()
+                    && (info.direct || detail.hole_punch != HolePunch::NotTried)
+            }
+        };
+        if settled || Instant::now() >= deadline {
             return Ok(detail);
         }
-        tokio::time::sleep(IDENTIFY_POLL).await;
+        tokio::time::sleep(SETTLE_POLL).await;
     }
 }
 
@@ -140,14 +149,26 @@ fn connection(
             HolePunch::Failed(e) => format!("failed: {e}"),
         }
     ));
+    let known: Vec<String> = detail
+        .known_addrs
+        .iter()
+        .take(8)
+        .map(|a| a.to_string())
+        .collect();
+    if !known.is_empty() {
+        evidence.push(format!("known addresses: {}", known.join(", ")));
+    }
+    let listen: Vec<String> = detail.listen_addrs.iter().map(|a| a.to_string()).collect();
+    if !listen.is_empty() {
+        evidence.push(format!("it says it listens on: {}", listen.join(", ")));
+    }
     if let Some(observed) = &detail.observed_us {
         evidence.push(format!("the peer sees this node at {observed}"));
     }
-    let rtt = match info.rtt_us {
-        0 => String::new(),
-        us => format!(", round trip {:.1} ms", us as f64 / 1000.0),
-    };
+    let rtt =
+        (info.rtt_us > 0).then(|| format!("round trip {:.1} ms", info.rtt_us as f64 / 1000.0));
     if info.direct {
+        let rtt = rtt.map(|r| format!(", {r}")).unwrap_or_default();
         return ok("connection", format!("direct over {}{rtt}", info.transport)).evidence(evidence);
     }
     let us = Side {
@@ -165,7 +186,15 @@ fn connection(
     let (summary, remedy) = why_relayed(&us, them.as_ref(), &detail.hole_punch);
     warn(
         "connection",
-        format!("{summary} (through {}{rtt})", info.relays.join(", ")),
+        {
+            let via =
+                (!info.relays.is_empty()).then(|| format!("through {}", info.relays.join(", ")));
+            let how: Vec<String> = via.into_iter().chain(rtt).collect();
+            match how.is_empty() {
+                true => summary,
+                false => format!("{summary} ({})", how.join(", ")),
+            }
+        },
         remedy,
     )
     .evidence(evidence)
@@ -178,19 +207,17 @@ fn protocols(detail: &PeerDetail, pinged: Result<Duration, String>, diag: bool) 
         .iter()
         .filter(|p| p.starts_with("/p2pos/"))
         .collect();
-    let mut evidence = vec![format!(
-        "agent: {}",
-        detail
-            .info
-            .as_ref()
-            .map_or("", |i| i.agent_version.as_str())
-    )];
+    let agent = detail
+        .info
+        .as_ref()
+        .map_or("", |i| i.agent_version.as_str());
+    let mut evidence = vec![format!("agent: {}", told(agent, 128))];
     evidence.extend(
         detail
             .protocols
             .iter()
             .take(MAX_LISTED)
-            .map(|p| format!("speaks {p}")),
+            .map(|p| format!("speaks {}", told(p, 128))),
     );
     evidence.push(format!(
         "diagnosis asks: {}",
@@ -238,6 +265,19 @@ fn peer_view(
         }
     };
     let Some(view) = &answer.view else {
+        if !answer
+            .refused
+            .starts_with("this node's owner does not allow")
+        {
+            return warn(
+                "peer-view",
+                format!(
+                    "the peer could not tell its side ({}): the verdict uses this node's side only",
+                    answer.refused
+                ),
+                "run the doctor again in a moment; `p2pctl doctor` on the peer tells more",
+            );
+        }
         return warn(
             "peer-view",
             "the peer does not let this node see its side: the verdict uses this node's side \

@@ -105,15 +105,7 @@ fn report_text(report: &DoctorReport, verbose: bool) -> String {
 
 /// The group's matrix: a row per member (what it says of its links), a column per member.
 fn matrix_text(report: &DoctorReport) -> String {
-    let short = |id: &str| {
-        id.chars()
-            .rev()
-            .take(8)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<String>()
-    };
+    let short = output::short_id;
     let mut header = vec!["MEMBER".to_owned()];
     header.extend(report.members.iter().map(|m| short(m)));
     let mut table = comfy_table::Table::new();

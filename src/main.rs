@@ -59,6 +59,10 @@ struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics (loopback only).
     #[arg(long, env = "P2POS_METRICS")]
     metrics: Option<SocketAddr>,
+    /// Serve the dashboard, a web page behind the admin credential, at http://ADDR/ (loopback
+    /// only); `p2pctl dashboard` prints its login link.
+    #[arg(long, env = "P2POS_DASHBOARD")]
+    dashboard: Option<SocketAddr>,
     /// Directory of helper programs (plug-ins) that apps may start. Default: DATA_DIR/plugins.
     #[arg(long, env = "P2POS_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
@@ -134,6 +138,7 @@ impl Cli {
         network.relay_server &= !self.no_relay_server;
         config.gateway.tcp = self.gateway_tcp.or(config.gateway.tcp);
         config.monitor.metrics = self.metrics.or(config.monitor.metrics);
+        config.monitor.dashboard = self.dashboard.or(config.monitor.dashboard);
         config.tasks.plugin_dir = self.plugin_dir.or(config.tasks.plugin_dir);
         if let Some(strategy) = self.strategy {
             config.supervisor.strategy = strategy;

@@ -1,5 +1,6 @@
 //! The monitor actor: answers `p2pos.monitor.v1` status requests by combining the kernel's
-//! view of the services with the overlay's status, and owns the metrics endpoint.
+//! view of the services with the overlay's status, and owns the metrics endpoint and the
+//! dashboard.
 
 use actix::prelude::*;
 use p2pos_kernel::{
@@ -7,7 +8,10 @@ use p2pos_kernel::{
     ServiceError, StopService, Uses,
 };
 use p2pos_proto::monitor::v1::{NodeStatus, ServiceState};
-use p2pos_protocols::{Groups, Monitor, Overlay, answer, groups, monitor, overlay};
+use p2pos_protocols::{
+    Forwarding, Groups, Monitor, Overlay, Resources, Services, Tasks, answer, groups, monitor,
+    overlay,
+};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{family::Family, gauge::Gauge},
@@ -27,8 +31,18 @@ pub fn child_spec(config: Config) -> ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
         uses: Uses {
-            // The status includes the overlay's, and the groups held.
-            calls: &[Overlay::NAME, Groups::NAME],
+            // The status includes the overlay's, and the groups held; the dashboard shows
+            // helpers, services, exposures and forwards, group members and resources, and
+            // checks the admin credential.
+            calls: &[
+                Overlay::NAME,
+                Groups::NAME,
+                Tasks::NAME,
+                Services::NAME,
+                Forwarding::NAME,
+                Resources::NAME,
+            ],
+            admin_token: true,
             provides: &[Monitor::NAME],
             ..Uses::default()
         },
@@ -61,12 +75,36 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         }
         None => (String::new(), None),
     };
+    let (dashboard_url, dashboard) = match config.dashboard {
+        Some(addr) => {
+            let listener = crate::dashboard::Listener::bind(addr)?;
+            let url = format!("http://{}/", listener.local_addr());
+            let (status_ctx, metrics_url, dashboard_url) =
+                (ctx.clone(), metrics_url.clone(), url.clone());
+            let status: crate::dashboard::StatusFn = std::sync::Arc::new(move || {
+                let (ctx, metrics_url, dashboard_url) = (
+                    status_ctx.clone(),
+                    metrics_url.clone(),
+                    dashboard_url.clone(),
+                );
+                Box::pin(async move { status(&ctx, metrics_url, dashboard_url).await })
+            });
+            let serve = listener.serve(ctx.clone(), status)?;
+            info!("dashboard on {url}");
+            (url, Some(tokio::spawn(serve)))
+        }
+        None => (String::new(), None),
+    };
     let watcher = tokio::spawn(watch_states(ctx.clone(), restarts, up));
     let addr = MonitorService {
         ctx: ctx.clone(),
         _guard: guard,
         metrics_url,
-        tasks: [server, Some(watcher)].into_iter().flatten().collect(),
+        dashboard_url,
+        tasks: [server, dashboard, Some(watcher)]
+            .into_iter()
+            .flatten()
+            .collect(),
     }
     .start();
     ctx.registry
@@ -118,6 +156,7 @@ struct MonitorService {
     ctx: ServiceContext,
     _guard: DeathGuard,
     metrics_url: String,
+    dashboard_url: String,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -160,10 +199,11 @@ impl Handler<Call<Monitor>> for MonitorService {
 
     fn handle(&mut self, Call(request): Call<Monitor>, _: &mut Self::Context) {
         let (ctx, metrics_url) = (self.ctx.clone(), self.metrics_url.clone());
+        let dashboard_url = self.dashboard_url.clone();
         match request {
             monitor::Request::GetStatus { reply } => {
                 tokio::spawn(async move {
-                    let status = status(&ctx, metrics_url).await;
+                    let status = status(&ctx, metrics_url, dashboard_url).await;
                     answer::<_, ServiceError>(reply, Ok(status));
                 });
             }
@@ -172,7 +212,7 @@ impl Handler<Call<Monitor>> for MonitorService {
 }
 
 /// The node's status; overlay fields stay empty while the overlay is down.
-async fn status(ctx: &ServiceContext, metrics_url: String) -> NodeStatus {
+async fn status(ctx: &ServiceContext, metrics_url: String, dashboard_url: String) -> NodeStatus {
     let services = ctx
         .states
         .borrow()
@@ -214,5 +254,6 @@ async fn status(ctx: &ServiceContext, metrics_url: String) -> NodeStatus {
         nat_mapping: overlay.nat_mapping,
         metrics_url,
         groups,
+        dashboard_url,
     }
 }

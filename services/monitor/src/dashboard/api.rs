@@ -88,6 +88,14 @@ pub(crate) async fn answer(state: &State, name: &str) -> Option<Result<Value, Fa
             Ok(inventory) => to_json(&inventory, INVENTORY).map_err(internal),
             Err(e) => Err(unavailable("resources", &e)),
         },
+        "recent-events" => state
+            .samples
+            .recent_events()
+            .iter()
+            .map(|event| to_json(event, EVENT))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|events| json!({ "events": events }))
+            .map_err(internal),
         "samples" => Ok(json!({
             "interval_ms": samples::INTERVAL.as_millis() as u64,
             "samples": state.samples.kept(),

@@ -1,6 +1,7 @@
 //! The charts' data: every [`INTERVAL`] the node samples its own counters into a ring of the
 //! last [`KEPT`] samples (five minutes), so a page opened now shows the last minutes at once;
-//! each new sample is also pushed to the open pages.
+//! each new sample is also pushed to the open pages. The last [`RECENT_EVENTS`] events are
+//! kept too, so a page opened now shows what just happened.
 //!
 //! Traffic is the swarm's byte counters (`libp2p_bandwidth_bytes_total`, all connections,
 //! by direction) read from the node's metrics; messages are the store-and-forward messages
@@ -10,7 +11,7 @@
 use std::{collections::VecDeque, sync::Mutex, time::Duration};
 
 use p2pos_kernel::{EventBus, events::now_ms, metrics::Metrics};
-use p2pos_proto::monitor::v1::event::Kind;
+use p2pos_proto::monitor::v1::{Event, event::Kind};
 use serde::Serialize;
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -18,6 +19,8 @@ use tokio::sync::broadcast::{self, error::RecvError};
 pub(crate) const INTERVAL: Duration = Duration::from_secs(2);
 /// How many samples are kept: five minutes.
 pub(crate) const KEPT: usize = 150;
+/// How many recent events are kept.
+pub(crate) const RECENT_EVENTS: usize = 100;
 
 /// One sample: per-second rates over the interval that ends at `at_ms`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -51,11 +54,13 @@ struct Totals {
     events: u64,
 }
 
-/// The kept samples, and the channel on which new ones go to the open pages.
+/// The kept samples, and the channel on which new ones go to the open pages; the recent
+/// events.
 #[derive(Debug)]
 pub(crate) struct Samples {
     ring: Mutex<VecDeque<Sample>>,
     new: broadcast::Sender<Sample>,
+    recent: Mutex<VecDeque<Event>>,
 }
 
 impl Samples {
@@ -64,6 +69,24 @@ impl Samples {
         Self {
             ring: Mutex::new(VecDeque::with_capacity(KEPT)),
             new: broadcast::channel(16).0,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
+        }
+    }
+
+    /// The recent events, oldest first.
+    pub(crate) fn recent_events(&self) -> Vec<Event> {
+        self.recent
+            .lock()
+            .map(|recent| recent.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, event: Event) {
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(event);
         }
     }
 
@@ -112,7 +135,10 @@ impl Samples {
                     last = totals;
                 }
                 event = bus.recv() => match event {
-                    Ok(event) => count(&mut totals, event.kind.as_ref()),
+                    Ok(event) => {
+                        count(&mut totals, event.kind.as_ref());
+                        self.remember(event);
+                    }
                     Err(RecvError::Lagged(missed)) => totals.events += missed,
                     Err(RecvError::Closed) => return,
                 },

@@ -233,16 +233,17 @@ function drawMap() {
   const map = $("map");
   const status = state.status;
   if (!status) return;
-  const W = 640, H = 400, cx = W / 2, cy = H / 2;
+  const W = 640, H = 400, cx = W / 2, cy = H / 2 - 20;
   const peers = status.peers || [];
   const held = new Set(status.relays || []);
   const relays = new Set(held);
   for (const p of peers) for (const r of p.relays || []) relays.add(r);
   const pos = new Map([[status.peer_id, [cx, cy]]]);
-  const radius = Math.min(150, 60 + peers.length * 12);
+  // Peers on an ellipse around this node, starting upper left so no peer sits on a line.
+  const rx = 220, ry = 130;
   peers.forEach((p, i) => {
-    const a = -Math.PI / 2 + 2 * Math.PI * i / Math.max(1, peers.length);
-    pos.set(p.peer_id, [cx + radius * 1.45 * Math.cos(a), cy + radius * Math.sin(a)]);
+    const a = -Math.PI * 0.75 + 2 * Math.PI * i / Math.max(1, peers.length);
+    pos.set(p.peer_id, [cx + rx * Math.cos(a), cy + ry * Math.sin(a)]);
   });
   const links = [], nodes = [], labels = [];
   for (const p of peers) {
@@ -259,8 +260,11 @@ function drawMap() {
     const circle = svg("circle", { class: relays.has(p.peer_id) ? "relay" : "peer", cx: x, cy: y, r: 12 });
     circle.append(svg("title", {}, p.peer_id + (held.has(p.peer_id) ? " (relay this node holds a reservation on)" : "")));
     nodes.push(circle);
-    labels.push(svg("text", { x, y: y + 26 }, short(p.peer_id)));
-    labels.push(svg("text", { class: "rtt", x, y: y + 38 }, rtt(p.rtt_us)));
+    // Labels outside the ring, away from this node.
+    const below = y >= cy;
+    const ly = below ? y + 26 : y - 30;
+    labels.push(svg("text", { x, y: ly }, short(p.peer_id)));
+    labels.push(svg("text", { class: "rtt", x, y: ly + 12 }, (held.has(p.peer_id) ? "relay · " : "") + rtt(p.rtt_us)));
   }
   // Groups: boxes along the bottom, linked to their members drawn above.
   const groups = state.groups.slice(0, 6);
@@ -311,7 +315,8 @@ function drawChart(canvasId, series) {
   }
   for (let m = 0; m <= 5; m++) {
     const x = left + (right - left) * (1 - m / 5);
-    ctx.fillText(m === 0 ? "now" : "-" + m + "m", x - 10, h - 4);
+    const label = m === 0 ? "now" : "-" + m + "m";
+    ctx.fillText(label, m === 0 ? x - ctx.measureText(label).width : x - 10, h - 4);
   }
   series.forEach(([key], i) => {
     ctx.strokeStyle = style.getPropertyValue("--s" + i);
@@ -365,13 +370,35 @@ function describe(event) {
   }
 }
 
+// Events shown, by their JSON: the recent ones read at (re)connection may overlap the feed.
+const shown = new Set();
+
+function showEvent(event) {
+  const key = JSON.stringify(event);
+  if (shown.has(key)) return;
+  shown.add(key);
+  if (shown.size > 4 * MAX_EVENTS) shown.delete(shown.values().next().value);
+  const [kind, text] = describe(event);
+  logEvent(kind, text, num(event.at_ms));
+}
+
+async function loadRecentEvents() {
+  try {
+    const reply = await getJSON("/api/recent-events");
+    for (const event of reply.events || []) showEvent(event);
+  } catch (e) { /* shown by getJSON when it matters */ }
+}
+
 function logEvent(kind, text, atMs) {
   const list = $("events");
+  // Newest first, by the node's time (recent events may arrive after live ones).
+  let before = list.firstElementChild;
+  while (before && num(before.dataset.atMs) > atMs) before = before.nextElementSibling;
   const row = el("li", { class: "new", "data-kind": kind, "data-at-ms": String(atMs), "data-received-ms": String(Date.now()) },
     el("span", { class: "at" }, clock(atMs)),
     el("span", { class: "kind" }, kind.replace(/_/g, " ")),
     el("span", { class: "mono" }, text));
-  list.prepend(row);
+  list.insertBefore(row, before);
   while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
 }
 
@@ -384,13 +411,14 @@ function follow() {
     setLive(true);
     problem("");
     loadSamples();
+    loadRecentEvents();
     refreshStatus();
   });
   source.addEventListener("error", () => setLive(false));
   source.addEventListener("event", (message) => {
     const event = JSON.parse(message.data);
-    const [kind, text] = describe(event);
-    logEvent(kind, text, num(event.at_ms));
+    const [kind] = describe(event);
+    showEvent(event);
     statusSoon();
     if (kind.startsWith("helper") || kind.startsWith("service") || kind.startsWith("channel")) listsSoon();
   });
@@ -414,6 +442,7 @@ function setLive(on) {
 
 // ---- start ---------------------------------------------------------------------------------
 
+drawCharts();
 refreshStatus();
 refreshLists();
 loadSamples();

@@ -105,6 +105,18 @@ async fn the_dashboard_shows_the_node_live_in_a_real_browser() {
     assert!(ok, "{err}");
     let login = login.trim().to_owned();
     assert_eq!(login, format!("http://{addr}/login?token={token}"));
+    let (ok, json, err) = p2pctl(&a, &["dashboard", "--json"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(json["login_url"], login.as_str());
+    assert_eq!(json["url"], format!("http://{addr}/"));
+    // A node without a dashboard says so, on one line.
+    let (ok, _, err) = p2pctl(&b, &["dashboard"]);
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: the node's dashboard is off") && err.trim().lines().count() == 1,
+        "{err}"
+    );
 
     // The page, in a real browser.
     let log = a.data_dir.with_file_name("chromium.log");
@@ -308,4 +320,58 @@ fn raw_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
     response
+}
+
+/// The live feed is bounded (four pages at once) but not cut by the 10 s limit of other
+/// requests: a feed open for longer still gets the chart samples, every 2 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_feeds_are_few_and_long_lived() {
+    use std::io::{BufRead, BufReader};
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut node = Node::start(&["--dashboard", &addr]);
+    let client = node.client().await;
+    status_when(&client, "the dashboard is on", |s| {
+        !s.dashboard_url.is_empty()
+    })
+    .await;
+    let token = std::fs::read_to_string(node.data_dir.join("gateway.token")).expect("token");
+    let bearer = format!("Bearer {}", token.trim());
+    let open_feed = || {
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+        write!(
+            stream,
+            "GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {bearer}\r\n\r\n"
+        )
+        .expect("request");
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("status line");
+        (status, reader)
+    };
+    let mut feeds = Vec::new();
+    for _ in 0..4 {
+        let (status, reader) = open_feed();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        feeds.push(reader);
+    }
+    let (status, _) = open_feed();
+    assert!(status.starts_with("HTTP/1.1 503"), "a fifth feed: {status}");
+
+    let mut feed = feeds.remove(0);
+    feed.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let opened = Instant::now();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = feed.read_line(&mut line).expect("the feed stays open");
+        assert!(n > 0, "the feed ended after {:?}", opened.elapsed());
+        if line.starts_with("event: sample") && opened.elapsed() > Duration::from_secs(12) {
+            break;
+        }
+    }
+    drop(feeds);
+    node.stop().await;
 }

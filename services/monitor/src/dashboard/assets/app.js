@@ -301,8 +301,10 @@ function drawChart(canvasId, series) {
   const samples = state.samples;
   const left = 58, bottom = h - 18, top = 8, right = w - 6;
   const now = Date.now(), span = 5 * 60 * 1000;
-  let max = 1;
+  const traffic = canvasId === "traffic-chart";
+  let max = 0;
   for (const s of samples) for (const [key] of series) max = Math.max(max, num(s[key]));
+  max = niceCeiling(max, traffic ? 1024 : 1);
   ctx.strokeStyle = style.getPropertyValue("--line");
   ctx.fillStyle = style.getPropertyValue("--muted");
   ctx.font = "11px system-ui, sans-serif";
@@ -311,7 +313,7 @@ function drawChart(canvasId, series) {
     const y = bottom - (bottom - top) * i / 4;
     ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(right, y); ctx.stroke();
     const value = max * i / 4;
-    ctx.fillText(canvasId === "traffic-chart" ? bytes(value) : value.toFixed(value < 10 ? 1 : 0), 2, y + 4);
+    ctx.fillText(traffic ? bytes(value) : value.toFixed(max < 4 ? 2 : max < 40 ? 1 : 0), 2, y + 4);
   }
   for (let m = 0; m <= 5; m++) {
     const x = left + (right - left) * (1 - m / 5);
@@ -331,6 +333,16 @@ function drawChart(canvasId, series) {
     }
     ctx.stroke();
   });
+}
+
+// A round axis top at or above `value`, at least `floor`: 1, 2 or 5 times a power of ten, or
+// for bytes (floor 1024) a power of two.
+function niceCeiling(value, floor) {
+  if (value <= floor) return floor;
+  if (floor === 1024) return Math.pow(2, Math.ceil(Math.log2(value)));
+  const power = Math.pow(10, Math.floor(Math.log10(value)));
+  for (const step of [1, 2, 5, 10]) if (step * power >= value) return step * power;
+  return value;
 }
 
 function drawCharts() {
@@ -414,7 +426,15 @@ function follow() {
     loadRecentEvents();
     refreshStatus();
   });
-  source.addEventListener("error", () => setLive(false));
+  source.addEventListener("error", () => {
+    setLive(false);
+    // The browser retries a cut feed by itself, but not a refused one (401: the node
+    // restarted; 503: too many pages follow it): try again later, saying why.
+    if (source.readyState === EventSource.CLOSED) {
+      problem("The node refused this page's live feed (too many pages open, or the node restarted); trying again in 10 s.");
+      setTimeout(follow, 10000);
+    }
+  });
   source.addEventListener("event", (message) => {
     const event = JSON.parse(message.data);
     const [kind] = describe(event);

@@ -39,7 +39,7 @@ pub(crate) struct Connection {
 impl Connection {
     /// The answer is a long-lived stream: the connection's time limit no longer applies (the
     /// handler bounds such streams itself).
-    pub(crate) fn is_stream(&self) {
+    pub(crate) fn mark_stream(&self) {
         self.stream.store(true, Ordering::Relaxed);
     }
 

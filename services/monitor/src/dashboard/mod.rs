@@ -135,7 +135,7 @@ async fn answer(state: &State, req: Request<Incoming>, conn: &Connection) -> Res
         "/favicon.svg" => asset(FAVICON_SVG, "image/svg+xml"),
         "/api/events" => match sse::open(state, &state.feeds) {
             Some(body) => {
-                conn.is_stream();
+                conn.mark_stream();
                 respond(
                     Response::builder()
                         .header(header::CONTENT_TYPE, "text/event-stream")

@@ -249,18 +249,20 @@ function drawMap() {
   for (const p of peers) {
     const [x, y] = pos.get(p.peer_id);
     if (p.direct) links.push(svg("line", { class: "link", x1: cx, y1: cy, x2: x, y2: y }));
+    // A relayed peer hangs off its relay (itself a peer: this node's link to it is drawn),
+    // on a curve that bows away from the straight line through this node.
     for (const r of p.relays || []) {
       if (p.direct) continue;
-      const via = pos.get(r);
-      if (via) {
-        links.push(svg("line", { class: "link relayed", x1: cx, y1: cy, x2: via[0], y2: via[1] }));
-        links.push(svg("line", { class: "link relayed", x1: via[0], y1: via[1], x2: x, y2: y }));
-      } else links.push(svg("line", { class: "link relayed", x1: cx, y1: cy, x2: x, y2: y }));
+      const [fx, fy] = pos.get(r) || [cx, cy];
+      const [mx, my] = [(fx + x) / 2, (fy + y) / 2];
+      const [qx, qy] = [mx - (y - fy) * 0.3, my + (x - fx) * 0.3];
+      links.push(svg("path", { class: "link relayed", d: `M${fx},${fy} Q${qx},${qy} ${x},${y}` }));
     }
     const circle = svg("circle", { class: relays.has(p.peer_id) ? "relay" : "peer", cx: x, cy: y, r: 12 });
     circle.append(svg("title", {}, p.peer_id + (held.has(p.peer_id) ? " (relay this node holds a reservation on)" : "")));
     nodes.push(circle);
-    // Labels outside the ring, away from this node.
+    // Labels outside the ring, away from this node (past 24 peers, tooltips only).
+    if (peers.length > 24) continue;
     const below = y >= cy;
     const ly = below ? y + 26 : y - 30;
     labels.push(svg("text", { x, y: ly }, short(p.peer_id)));

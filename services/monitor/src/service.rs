@@ -77,21 +77,8 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     };
     let (dashboard_url, dashboard) = match config.dashboard {
         Some(addr) => {
-            let listener = crate::dashboard::Listener::bind(addr)?;
-            let url = format!("http://{}/", listener.local_addr());
-            let (status_ctx, metrics_url, dashboard_url) =
-                (ctx.clone(), metrics_url.clone(), url.clone());
-            let status: crate::dashboard::StatusFn = std::sync::Arc::new(move || {
-                let (ctx, metrics_url, dashboard_url) = (
-                    status_ctx.clone(),
-                    metrics_url.clone(),
-                    dashboard_url.clone(),
-                );
-                Box::pin(async move { status(&ctx, metrics_url, dashboard_url).await })
-            });
-            let serve = listener.serve(ctx.clone(), status)?;
-            info!("dashboard on {url}");
-            (url, Some(tokio::spawn(serve)))
+            let (url, serve) = start_dashboard(addr, &ctx, &metrics_url)?;
+            (url, Some(serve))
         }
         None => (String::new(), None),
     };
@@ -256,4 +243,28 @@ async fn status(ctx: &ServiceContext, metrics_url: String, dashboard_url: String
         groups,
         dashboard_url,
     }
+}
+
+/// Binds the dashboard on `addr` and spawns it; answers its URL. Its status is the monitor's
+/// own [`status`].
+fn start_dashboard(
+    addr: std::net::SocketAddr,
+    ctx: &ServiceContext,
+    metrics_url: &str,
+) -> Result<(String, JoinHandle<()>), String> {
+    let listener = crate::dashboard::Listener::bind(addr)?;
+    let url = format!("http://{}/", listener.local_addr());
+    let (status_ctx, metrics_url, dashboard_url) =
+        (ctx.clone(), metrics_url.to_owned(), url.clone());
+    let status: crate::dashboard::StatusFn = std::sync::Arc::new(move || {
+        let (ctx, metrics_url, dashboard_url) = (
+            status_ctx.clone(),
+            metrics_url.clone(),
+            dashboard_url.clone(),
+        );
+        Box::pin(async move { status(&ctx, metrics_url, dashboard_url).await })
+    });
+    let serve = listener.serve(ctx.clone(), status)?;
+    info!("dashboard on {url}");
+    Ok((url, tokio::spawn(serve)))
 }

@@ -133,7 +133,7 @@ async fn answer(state: &State, req: Request<Incoming>, conn: &Connection) -> Res
         "/app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
         "/style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
         "/favicon.svg" => asset(FAVICON_SVG, "image/svg+xml"),
-        "/api/events" => match sse::open(state, &state.feeds) {
+        "/api/events" => match sse::open(state) {
             Some(body) => {
                 conn.mark_stream();
                 respond(

@@ -7,14 +7,14 @@
 //! JSON, `event: sample` with a chart sample, `event: lagged` with `{"missed": N}`, and a
 //! comment every [`KEEP_ALIVE`] so a dead page is noticed.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use p2pos_proto::monitor::v1::Event;
 use tokio::sync::{
-    OwnedSemaphorePermit, Semaphore,
+    OwnedSemaphorePermit,
     broadcast::{self, error::RecvError},
 };
 
@@ -34,8 +34,8 @@ struct Feed {
 }
 
 /// A new feed's body, or `None` when [`MAX_STREAMS`] pages follow already.
-pub(crate) fn open(state: &State, slots: &Arc<Semaphore>) -> Option<BoxBody<Bytes, Infallible>> {
-    let slot = slots.clone().try_acquire_owned().ok()?;
+pub(crate) fn open(state: &State) -> Option<BoxBody<Bytes, Infallible>> {
+    let slot = state.feeds.clone().try_acquire_owned().ok()?;
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.reset();
     let feed = Feed {

@@ -25,24 +25,34 @@ use crate::Config;
 /// The service's name.
 pub const NAME: &str = "monitor";
 
+/// What the status asks.
+const STATUS_CALLS: &[&str] = &[Overlay::NAME, Groups::NAME];
+/// What the status and the dashboard ask.
+const DASHBOARD_CALLS: &[&str] = &[
+    Overlay::NAME,
+    Groups::NAME,
+    Tasks::NAME,
+    Services::NAME,
+    Forwarding::NAME,
+    Resources::NAME,
+];
+
 /// The child spec the daemon hands to the kernel.
 pub fn child_spec(config: Config) -> ChildSpec {
+    let dashboard = config.dashboard.is_some();
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
         uses: Uses {
-            // The status includes the overlay's, and the groups held; the dashboard shows
-            // helpers, services, exposures and forwards, group members and resources, and
-            // checks the admin credential.
-            calls: &[
-                Overlay::NAME,
-                Groups::NAME,
-                Tasks::NAME,
-                Services::NAME,
-                Forwarding::NAME,
-                Resources::NAME,
-            ],
-            admin_token: true,
+            // The status includes the overlay's, and the groups held; with the dashboard on,
+            // it also shows helpers, services, exposures and forwards, group members and
+            // resources, and checks the admin credential.
+            calls: if dashboard {
+                DASHBOARD_CALLS
+            } else {
+                STATUS_CALLS
+            },
+            admin_token: dashboard,
             provides: &[Monitor::NAME],
             ..Uses::default()
         },

@@ -119,7 +119,11 @@ async fn answer(state: &State, req: Request<Incoming>, conn: &Connection) -> Res
         );
     }
     if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return response;
     }
     let path = req.uri().path();
     if path == "/login" {

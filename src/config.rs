@@ -26,7 +26,7 @@ pub(crate) struct NodeConfig {
     pub(crate) overlay: p2pos_overlay::Config,
     /// `[gateway]`: the loopback TCP gateway.
     pub(crate) gateway: p2pos_gateway::Config,
-    /// `[monitor]`: the metrics endpoint.
+    /// `[monitor]`: the metrics endpoint and the dashboard.
     pub(crate) monitor: p2pos_monitor::Config,
     /// `[tasks]`: the plug-in directory, helpers' quotas, cgroups.
     pub(crate) tasks: p2pos_tasks::Config,
@@ -179,5 +179,14 @@ mod tests {
         config.gateway.tcp = None;
         config.monitor.metrics = Some("10.0.0.1:9".parse().expect("addr"));
         assert!(config.validate().is_err());
+        config.monitor.metrics = None;
+        config.monitor.dashboard = Some("0.0.0.0:7070".parse().expect("addr"));
+        let err = config.validate().expect_err("refused");
+        assert!(
+            err.contains("[monitor]") && err.contains("dashboard"),
+            "{err}"
+        );
+        config.monitor.dashboard = Some("127.0.0.1:7070".parse().expect("addr"));
+        assert!(config.validate().is_ok());
     }
 }

@@ -65,6 +65,10 @@ struct Cli {
     /// node's side): a peer id, or group:NAME for a group's members. Repeatable.
     #[arg(long, value_name = "PEER|group:NAME")]
     allow_diagnosis: Vec<String>,
+    /// Serve the dashboard, a web page behind the admin credential, at http://ADDR/ (loopback
+    /// only); `p2pctl dashboard` prints its login link.
+    #[arg(long, env = "P2POS_DASHBOARD")]
+    dashboard: Option<SocketAddr>,
     /// Directory of helper programs (plug-ins) that apps may start. Default: DATA_DIR/plugins.
     #[arg(long, env = "P2POS_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
@@ -141,6 +145,7 @@ impl Cli {
         config.gateway.tcp = self.gateway_tcp.or(config.gateway.tcp);
         config.monitor.metrics = self.metrics.or(config.monitor.metrics);
         config.monitor.allow_diagnosis.extend(self.allow_diagnosis);
+        config.monitor.dashboard = self.dashboard.or(config.monitor.dashboard);
         config.tasks.plugin_dir = self.plugin_dir.or(config.tasks.plugin_dir);
         if let Some(strategy) = self.strategy {
             config.supervisor.strategy = strategy;

@@ -97,7 +97,8 @@ pub struct Uses {
     /// The node's secret key. Only the network needs it (to sign); everyone else gets the
     /// peer id.
     pub keypair: bool,
-    /// The admin token (only the gateway, which checks callers' credentials).
+    /// The admin token (only those that check callers' credentials: the gateway, the
+    /// monitor's dashboard).
     pub admin_token: bool,
     /// The store trees it reads and writes; any other tree is refused.
     pub trees: &'static [&'static str],

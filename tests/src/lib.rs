@@ -5,6 +5,7 @@
 //! The binaries are found next to the test executable (`target/<profile>/`); build them first
 //! (`cargo build --workspace --bins`), as the README's test command does.
 
+pub mod cdp;
 pub mod groups;
 
 pub use groups::form_group;

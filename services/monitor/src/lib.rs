@@ -1,5 +1,6 @@
-//! The monitor service: a snapshot of the node's status, the Prometheus metrics endpoint, and
-//! the doctor (checks of the node, a pair of peers or a group, with verdicts and remedies).
+//! The monitor service: a snapshot of the node's status, the Prometheus metrics endpoint, the
+//! dashboard, and the doctor (checks of the node, a pair of peers or a group, with verdicts and
+//! remedies).
 //!
 //! The event stream itself needs no actor: the gateway follows the kernel's
 //! [`EventBus`](p2pos_kernel::EventBus) directly.
@@ -13,6 +14,8 @@
 //! - [`logs`]: the ring of the node's recent log lines (a `tracing_subscriber` layer the daemon
 //!   installs) and its WARN/ERROR counts by target.
 //! - [`reports`]: the answers of `GetLogs`, `GetMetrics` and `GetConfig`.
+//! - [`dashboard`]: the opt-in `127.0.0.1` dashboard, a web page behind the admin credential.
+//! - `server`: the connection loop (limits, time limits) both HTTP endpoints run.
 
 pub mod config;
 pub mod diag;
@@ -21,6 +24,9 @@ pub mod http;
 pub mod logs;
 pub mod reports;
 pub mod service;
+
+pub mod dashboard;
+mod server;
 
 pub use config::Config;
 pub use logs::LogRing;

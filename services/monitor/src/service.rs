@@ -1,5 +1,6 @@
 //! The monitor actor: answers `p2pos.monitor.v1` status requests by combining the kernel's
-//! view of the services with the overlay's status, and owns the metrics endpoint.
+//! view of the services with the overlay's status, and owns the metrics endpoint and the
+//! dashboard.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use p2pos_kernel::{
 };
 use p2pos_proto::monitor::v1::{DoctorReport, NodeStatus, ServiceState};
 use p2pos_protocols::{
-    Groups, Monitor, Overlay, Resources, Tasks, answer, groups, monitor,
+    Forwarding, Groups, Monitor, Overlay, Resources, Services, Tasks, answer, groups, monitor,
     network::{Accepting, NETWORK, Network},
     overlay,
 };
@@ -29,15 +30,34 @@ pub const NAME: &str = "monitor";
 /// Most doctor runs at once.
 const MAX_DOCTORS: usize = 2;
 
+/// What the status and the doctor ask.
+const STATUS_CALLS: &[&str] = &[Overlay::NAME, Groups::NAME, Tasks::NAME, Resources::NAME];
+/// What the status and the dashboard ask.
+const DASHBOARD_CALLS: &[&str] = &[
+    Overlay::NAME,
+    Groups::NAME,
+    Tasks::NAME,
+    Services::NAME,
+    Forwarding::NAME,
+    Resources::NAME,
+];
+
 /// The child spec the daemon hands to the kernel.
 pub fn child_spec(config: Config) -> ChildSpec {
+    let dashboard = config.dashboard.is_some();
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
         uses: Uses {
-            // The status includes the overlay's, and the groups held; the doctor looks at
-            // helpers and the computer's load too.
-            calls: &[Overlay::NAME, Groups::NAME, Tasks::NAME, Resources::NAME],
+            // The status includes the overlay's, and the groups held; the doctor looks at helpers
+            // and the computer's load too; with the dashboard on, it also shows services,
+            // exposures and forwards, and checks the admin credential.
+            calls: if dashboard {
+                DASHBOARD_CALLS
+            } else {
+                STATUS_CALLS
+            },
+            admin_token: dashboard,
             // The doctor's network checks and `/p2pos/diag/1`.
             needs: &[NETWORK],
             // The store check's probe.
@@ -77,6 +97,13 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         }
         None => (String::new(), None),
     };
+    let (dashboard_url, dashboard) = match config.dashboard {
+        Some(addr) => {
+            let (url, serve) = start_dashboard(addr, &ctx, &metrics_url)?;
+            (url, Some(serve))
+        }
+        None => (String::new(), None),
+    };
     let watcher = tokio::spawn(watch_states(ctx.clone(), restarts, up));
     let addr = MonitorService {
         ctx: ctx.clone(),
@@ -87,7 +114,11 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         metrics_url,
         logs: config.logs.clone(),
         effective_config: config.effective_config.clone().into(),
-        tasks: [server, Some(watcher)].into_iter().flatten().collect(),
+        dashboard_url,
+        tasks: [server, dashboard, Some(watcher)]
+            .into_iter()
+            .flatten()
+            .collect(),
     }
     .start();
     ctx.registry
@@ -144,6 +175,7 @@ struct MonitorService {
     /// Serves `/p2pos/diag/1` while it lives.
     _accepting: Accepting,
     metrics_url: String,
+    dashboard_url: String,
     tasks: Vec<JoinHandle<()>>,
     /// The node's recent log lines (`GetLogs`).
     logs: crate::LogRing,
@@ -190,10 +222,11 @@ impl Handler<Call<Monitor>> for MonitorService {
 
     fn handle(&mut self, Call(request): Call<Monitor>, _: &mut Self::Context) {
         let (ctx, metrics_url) = (self.ctx.clone(), self.metrics_url.clone());
+        let dashboard_url = self.dashboard_url.clone();
         match request {
             monitor::Request::GetStatus { reply } => {
                 tokio::spawn(async move {
-                    let status = status(&ctx, metrics_url).await;
+                    let status = status(&ctx, metrics_url, dashboard_url).await;
                     answer::<_, ServiceError>(reply, Ok(status));
                 });
             }
@@ -233,7 +266,7 @@ impl Handler<Call<Monitor>> for MonitorService {
 }
 
 /// The node's status; overlay fields stay empty while the overlay is down.
-async fn status(ctx: &ServiceContext, metrics_url: String) -> NodeStatus {
+async fn status(ctx: &ServiceContext, metrics_url: String, dashboard_url: String) -> NodeStatus {
     let services = ctx
         .states
         .borrow()
@@ -275,5 +308,30 @@ async fn status(ctx: &ServiceContext, metrics_url: String) -> NodeStatus {
         nat_mapping: overlay.nat_mapping,
         metrics_url,
         groups,
+        dashboard_url,
     }
+}
+
+/// Binds the dashboard on `addr` and spawns it; answers its URL. Its status is the monitor's
+/// own [`status`].
+fn start_dashboard(
+    addr: std::net::SocketAddr,
+    ctx: &ServiceContext,
+    metrics_url: &str,
+) -> Result<(String, JoinHandle<()>), String> {
+    let listener = crate::dashboard::Listener::bind(addr)?;
+    let url = format!("http://{}/", listener.local_addr());
+    let (status_ctx, metrics_url, dashboard_url) =
+        (ctx.clone(), metrics_url.to_owned(), url.clone());
+    let status: crate::dashboard::StatusFn = std::sync::Arc::new(move || {
+        let (ctx, metrics_url, dashboard_url) = (
+            status_ctx.clone(),
+            metrics_url.clone(),
+            dashboard_url.clone(),
+        );
+        Box::pin(async move { status(&ctx, metrics_url, dashboard_url).await })
+    });
+    let serve = listener.serve(ctx.clone(), status)?;
+    info!("dashboard on {url}");
+    Ok((url, tokio::spawn(serve)))
 }

@@ -100,8 +100,13 @@ pub(crate) struct Behaviour {
     pub(crate) gossip: crate::gossip::ScopedGossip,
 }
 
-/// Builds the swarm from the node's identity and configuration.
-pub(crate) fn build_swarm(keypair: &Keypair, config: &Config) -> Result<Swarm<Behaviour>, Error> {
+/// Builds the swarm from the node's identity and configuration; the bytes its connections
+/// carry are counted in `registry` (`libp2p_bandwidth_bytes_total`, by direction).
+pub(crate) fn build_swarm(
+    keypair: &Keypair,
+    config: &Config,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<Swarm<Behaviour>, Error> {
     let setup = |e: &dyn std::fmt::Display| Error::Setup(e.to_string());
     let swarm = SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
@@ -114,6 +119,7 @@ pub(crate) fn build_swarm(keypair: &Keypair, config: &Config) -> Result<Swarm<Be
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
+        .with_bandwidth_metrics(registry)
         .with_behaviour(|key, relay_client| behaviour(key, relay_client, config))
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))

@@ -32,12 +32,13 @@ pub(crate) struct SwarmMetrics {
 }
 
 impl SwarmMetrics {
-    /// New metrics, registered with the kernel under the service's name.
+    /// New metrics, registered in `root` (which holds the transport's byte counters already)
+    /// and handed to the kernel under the service's name.
     pub(crate) fn register(
         ctx: &ServiceContext,
+        mut root: Registry,
         streams_refused: p2pos_protocols::network::StreamsRefused,
     ) -> Self {
-        let mut root = Registry::default();
         let libp2p = libp2p::metrics::Metrics::new(&mut root);
         let registry = root.sub_registry_with_prefix("p2pos_overlay");
         let connected_peers = Gauge::default();

@@ -76,7 +76,8 @@ pub fn child_spec(config: Config) -> ChildSpec {
 fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<ChildHandle, Error> {
     let setup = |e: &dyn std::fmt::Display| Error::Setup(e.to_string());
     let keypair = ctx.keypair().map_err(|e| setup(&e))?.clone();
-    let swarm = behaviour::build_swarm(&keypair, config)?;
+    let mut metrics_root = prometheus_client::registry::Registry::default();
+    let swarm = behaviour::build_swarm(&keypair, config, &mut metrics_root)?;
     let control = swarm.behaviour().stream.new_control();
     let whois_control = control.clone();
     let mut listen = Vec::new();
@@ -104,7 +105,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     let (commands, rx) = mpsc::channel(COMMAND_BUFFER);
     let (events, _) = broadcast::channel(NET_EVENT_BUFFER);
     let network = Network::new(commands, control, local, events.clone());
-    let metrics = SwarmMetrics::register(&ctx, network.streams_refused());
+    let metrics = SwarmMetrics::register(&ctx, metrics_root, network.streams_refused());
     let event_loop = EventLoop::new(Parts {
         swarm,
         keypair,

@@ -157,6 +157,9 @@ pub(crate) enum Command {
     Forward(ForwardCommand),
     /// Stop the node
     Shutdown,
+    /// Print the login link of the node's dashboard (`p2posd --dashboard 127.0.0.1:PORT`):
+    /// open it in a browser on this machine
+    Dashboard(JsonFlag),
 }
 
 /// `p2pctl tokens ...`

@@ -9,7 +9,8 @@
 //! - [`commands`]: one module per command group (`node`, `overlay`, `apps`, `monitor`,
 //!   `helpers`, `services`, `forward`, `groups` and its `pubsub`), `payload`: what `send`,
 //!   `services call` and `groups publish` send, from the command line, stdin (`-`) or a file,
-//!   and `duration`: durations people type (`500ms`, `10m`).
+//!   and `duration`: durations people type (`500ms`, `10m`); `dashboard`: the dashboard's login
+//!   link.
 //! - [`output`]: stdout lines, tables, JSON shapes and value formatting.
 //! - [`progress`]: a spinner on stderr while a slow call runs (a terminal only, never with
 //!   `--json`).

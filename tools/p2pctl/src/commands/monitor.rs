@@ -40,6 +40,7 @@ fn status_text(status: NodeStatus) -> String {
         remembered_peers,
         relays,
         nat_mapping,
+        dashboard_url,
     } = status;
     let summary = output::key_values(vec![
         ("peer id", peer_id),
@@ -56,6 +57,7 @@ fn status_text(status: NodeStatus) -> String {
             format!("{remembered_peers} peers (redialled at start)"),
         ),
         ("metrics", output::dash_if_empty(&metrics_url)),
+        ("dashboard", output::dash_if_empty(&dashboard_url)),
     ]);
     let mut text = summary.trim_fmt();
     text.push_str(&format!("\n\npeers ({})", peers.len()));
@@ -93,7 +95,7 @@ fn status_text(status: NodeStatus) -> String {
 /// The status as JSON: `{peer_id, version, uptime_secs, listen_addresses, external_addresses,
 /// reachability, relays, nat_mapping, routing_table_size, remembered_peers, metrics_url, peers:
 /// [peer], services: [{name, state,
-/// restarts, last_error}], groups: [group]}`.
+/// restarts, last_error}], groups: [group], dashboard_url}`.
 pub(crate) fn status_json(status: &NodeStatus) -> Value {
     let NodeStatus {
         peer_id,
@@ -110,6 +112,7 @@ pub(crate) fn status_json(status: &NodeStatus) -> Value {
         remembered_peers,
         relays,
         nat_mapping,
+        dashboard_url,
     } = status;
     json!({
         "peer_id": peer_id,
@@ -126,6 +129,7 @@ pub(crate) fn status_json(status: &NodeStatus) -> Value {
         "peers": peers.iter().map(output::peer_json).collect::<Vec<_>>(),
         "services": services.iter().map(service_json).collect::<Vec<_>>(),
         "groups": groups.iter().map(groups::group_json).collect::<Vec<_>>(),
+        "dashboard_url": dashboard_url,
     })
 }
 

@@ -11,7 +11,10 @@ use std::{
     process::{Command, Stdio},
 };
 
-use p2pos_proto::monitor::v1::{GetConfigRequest, GetLogsRequest, GetMetricsRequest};
+use p2pos_proto::{
+    monitor::v1::{GetConfigRequest, GetLogsRequest, GetMetricsRequest},
+    tasks::v1::{HelperSpec, RestartPolicy},
+};
 use p2pos_tests::{Node, bin, free_port, p2pctl};
 use serde_json::Value;
 use tonic::Code;
@@ -100,6 +103,21 @@ async fn a_bundle_holds_status_config_logs_and_metrics_and_logs_are_admin_only()
     let token = std::fs::read_to_string(node.data_dir.join("gateway.token")).expect("token");
     assert!(token.trim().len() >= 16);
 
+    // A helper whose spec holds an app's secrets, in its environment and its arguments.
+    node.install_plugin("p2pos-test-helper");
+    let client = node.client().await;
+    let spec = HelperSpec {
+        name: "keeper".into(),
+        program: "p2pos-test-helper".into(),
+        args: vec!["--password=hunter2-argument".into()],
+        env: [("API_KEY".to_owned(), "xyzzy-environment".to_owned())].into(),
+        restart: RestartPolicy::Never as i32,
+        ..HelperSpec::default()
+    };
+    p2pos_tests::tasks::add(&client, spec)
+        .await
+        .expect("add a helper");
+
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("diag.tar.gz");
     let file = path.to_str().expect("utf-8 path");
@@ -180,7 +198,15 @@ async fn a_bundle_holds_status_config_logs_and_metrics_and_logs_are_admin_only()
             !text.contains(token.trim()),
             "{name} holds the gateway token"
         );
+        for secret in ["hunter2-argument", "xyzzy-environment"] {
+            assert!(!text.contains(secret), "{name} holds a helper's secret");
+        }
     }
+    let helpers: Value = serde_json::from_str(&files["helpers.json"]).expect("helpers JSON");
+    assert!(
+        helpers.to_string().contains("API_KEY"),
+        "the variable's name stays: {helpers}"
+    );
     let identity = std::fs::read(node.data_dir.join("identity.key")).expect("identity");
     assert!(identity.len() >= 32);
     for (name, text) in &files {

@@ -21,7 +21,7 @@ use std::{
 use tracing::{Event, Level, Subscriber, field::Field};
 use tracing_subscriber::{
     Layer,
-    filter::{Filtered, LevelFilter},
+    filter::{Filtered, LevelFilter, Targets},
     layer::Context,
 };
 
@@ -137,11 +137,19 @@ impl LogRing {
 
     /// The layer that writes every event of level INFO and above to this ring, whatever other
     /// layers filter.
-    pub fn layer<S>(&self) -> Filtered<RingLayer, LevelFilter, S>
+    pub fn layer<S>(&self) -> Filtered<RingLayer, Targets, S>
     where
         S: Subscriber,
     {
-        RingLayer { ring: self.clone() }.with_filter(RING_LEVEL)
+        // INFO and above, but libp2p's and sled's chatter only from WARN (kad's from ERROR), as
+        // the daemon's default stderr filter has it: a host on the LAN announcing itself to
+        // mDNS, say, must not push the node's own lines out of the ring.
+        let targets = Targets::new()
+            .with_default(RING_LEVEL)
+            .with_target("libp2p", LevelFilter::WARN)
+            .with_target("libp2p_kad", LevelFilter::ERROR)
+            .with_target("sled", LevelFilter::WARN);
+        RingLayer { ring: self.clone() }.with_filter(targets)
     }
 
     /// Keeps one line (its text cut to [`MAX_LINE_BYTES`]) and counts it if it is a warning
@@ -153,15 +161,17 @@ impl LogRing {
     }
 
     fn keep(&self, level: Level, target: &str, text: String) {
+        let owned_target = target.to_owned();
+        let mut guard = self.lock();
+        // Numbered and timed under the lock: lines are kept in the order of their numbers.
         let line = Arc::new(LogLine {
             seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
             at_ms: now_ms(),
             level,
-            target: target.to_owned(),
+            target: owned_target,
             text,
         });
         let cost = line.cost();
-        let mut guard = self.lock();
         let state = &mut *guard;
         if level <= Level::WARN {
             if !state.counts.contains_key(target) && state.counts.len() < MAX_COUNTED_TARGETS {
@@ -353,8 +363,31 @@ impl Capped {
     }
 }
 
+impl Capped {
+    /// Adds `c`, unless it would pass the cap (then the text is cut).
+    fn push(&mut self, c: char) -> fmt::Result {
+        if self.buf.len() + c.len_utf8() > self.cap {
+            self.cut = true;
+            return Err(fmt::Error);
+        }
+        self.buf.push(c);
+        Ok(())
+    }
+}
+
 impl fmt::Write for Capped {
+    /// Control characters are escaped (`\u{1b}`, `\n`): a line stays one line, and no
+    /// terminal it is printed on takes its escape sequences.
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        if s.chars().any(char::is_control) {
+            for c in s.chars() {
+                match c.is_control() {
+                    true => c.escape_default().try_for_each(|e| self.push(e))?,
+                    false => self.push(c)?,
+                }
+            }
+            return Ok(());
+        }
         let room = self.cap - self.buf.len();
         if s.len() <= room {
             self.buf.push_str(s);
@@ -454,6 +487,21 @@ mod tests {
         assert_eq!(counts.len(), MAX_COUNTED_TARGETS + 1);
         let other = counts.last().unwrap();
         assert_eq!((other.target.as_str(), other.warnings), (OTHER_TARGETS, 5));
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_a_line_stays_one_line() {
+        let ring = LogRing::new(10, 64 * 1024);
+        ring.push(Level::WARN, "t", "\x1b]0;owned\x07red\nnext");
+        let lines = ring.recent(Level::INFO, 10);
+        assert_eq!(lines[0].text, "\\u{1b}]0;owned\\u{7}red\\nnext");
+        let mut capped = Capped::new(8);
+        let _ = capped.write_str("ab\x1bcdef");
+        assert_eq!(
+            capped.finish(),
+            "ab\\u{…",
+            "cut within the cap, escapes counted"
+        );
     }
 
     #[test]

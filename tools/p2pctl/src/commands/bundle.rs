@@ -65,8 +65,9 @@ impl Bundle {
     pub(crate) fn readme(&self) -> String {
         let mut text = String::from(
             "P2P OS diagnostic bundle, written by `p2pctl diag bundle`.\n\
-             Attach it to a bug report. It holds no token, key or secret of the node; the logs\n\
-             and status name this node's peer id, its peers and their addresses.\n\nFiles:\n",
+             Attach it to a bug report. It holds no token, key or secret of the node, and\n\
+             helpers' arguments and environment values are left out; the logs and status name\n\
+             this node's peer id, its peers and their addresses.\n\nFiles:\n",
         );
         text.push_str(&format!("  {:<14} this list\n", "README.txt"));
         for part in &self.parts {
@@ -116,6 +117,10 @@ impl Bundle {
                 anyhow::anyhow!("cannot write {}: {}", path.display(), e.error)
             }
         })?;
+        // The rename is durable once the directory is synced.
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
         Ok(())
     }
 
@@ -131,7 +136,8 @@ impl Bundle {
         for (name, bytes) in entries {
             let mut header = tar::Header::new_gnu();
             header.set_size(bytes.len() as u64);
-            header.set_mode(0o644);
+            // Only its owner reads what it holds, once unpacked too (the archive is 0600).
+            header.set_mode(0o600);
             header.set_mtime(mtime);
             header.set_entry_type(tar::EntryType::Regular);
             header.set_cksum();

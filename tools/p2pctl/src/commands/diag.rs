@@ -215,9 +215,33 @@ async fn helpers_json(client: &Client) -> anyhow::Result<Vec<u8>> {
         })
         .await
         .or_fail("cannot list helpers")?;
-    let helpers = reply.helpers.iter().map(helper_view::status_json).collect();
+    let helpers = reply
+        .helpers
+        .into_iter()
+        .map(|mut helper| {
+            redact(&mut helper);
+            helper_view::status_json(&helper)
+        })
+        .collect();
     json_bytes(&Value::Array(helpers)).map_err(anyhow::Error::msg)
 }
+
+/// What a helper's spec may hold of its app's secrets (API keys in its environment or
+/// arguments), replaced: a bundle goes to bug reports. The names of variables stay, and how
+/// many arguments there were.
+fn redact(helper: &mut p2pos_proto::tasks::v1::HelperStatus) {
+    if let Some(spec) = helper.spec.as_mut() {
+        for value in spec.env.values_mut() {
+            *value = REDACTED.to_owned();
+        }
+        for arg in &mut spec.args {
+            *arg = REDACTED.to_owned();
+        }
+    }
+}
+
+/// What stands for a value left out of the bundle.
+const REDACTED: &str = "<redacted>";
 
 async fn services_json(client: &Client) -> anyhow::Result<Vec<u8>> {
     let reply = client

@@ -30,9 +30,14 @@ pub(crate) async fn run(
             ..DoctorRequest::default()
         },
     };
-    let report = client
-        .monitor()
-        .doctor(request)
+    // A pair may need a DHT look-up and a dial; a group, every member's answer.
+    let message = match (request.peer.as_str(), request.group.as_str()) {
+        ("", "") => "checking the node".to_owned(),
+        (peer, "") => format!("diagnosing {}", crate::progress::short(peer)),
+        (_, group) => format!("asking the members of {}", crate::progress::short(group)),
+    };
+    let mut monitor = client.monitor();
+    let report = crate::progress::during(message, json, monitor.doctor(request))
         .await
         .or_fail("cannot run the doctor")?;
     if json {

@@ -598,6 +598,34 @@ async fn the_doctor_explains_why_a_pair_stays_relayed() {
         "{shown}"
     );
 
+    // Once hole punching has given up, the pair's evidence lists the attempt and how it ended.
+    let listed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let report = a
+                .client
+                .monitor()
+                .doctor(DoctorRequest {
+                    peer: b.peer_id.clone(),
+                    ..DoctorRequest::default()
+                })
+                .await
+                .expect("doctor B")
+                .into_inner();
+            let connection = report.checks.into_iter().find(|c| c.name == "connection");
+            if let Some(line) = connection
+                .into_iter()
+                .flat_map(|c| c.evidence)
+                .find(|e| e.starts_with("hole punch ") && e.contains(" ago: failed: "))
+            {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .expect("the failed hole punch in the evidence");
+    println!("evidence: {listed}");
+
     // B's own doctor says the same of its NAT, with the port to forward.
     let own = b
         .client

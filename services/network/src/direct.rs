@@ -104,9 +104,19 @@ impl EventLoop {
         if !relayed_only || matches!(self.direct.punches.get(&peer), Some(Punch::Succeeded)) {
             return;
         }
+        let error_text = capped(error.to_string());
         self.direct
             .punches
-            .insert(peer, Punch::Failed(capped(error.to_string())));
+            .insert(peer, Punch::Failed(error_text.clone()));
+        // A dial again of a refused punch is part of the attempt it follows.
+        let again = self
+            .direct
+            .sprays
+            .get(&peer)
+            .is_some_and(|s| s.in_flight.contains(&connection));
+        if !again {
+            self.direct.record(peer, Err(error_text));
+        }
         self.dial_refused_again(peer, connection, error);
     }
 
@@ -188,6 +198,13 @@ impl EventLoop {
             // Its last dial failed after the relayed connection closed: nothing to tell.
             return;
         }
+        self.direct.record(
+            peer,
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| capped(e.to_string())),
+        );
         let punch = match result {
             Ok(_) => {
                 self.metrics.hole_punch_successes.inc();

@@ -137,6 +137,12 @@ impl EventLoop {
                 _ => HolePunch::NotTried,
             },
             observed_us: self.direct.observed.get(&peer).cloned(),
+            hole_punches: self
+                .direct
+                .history
+                .get(&peer)
+                .map(|h| h.iter().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 

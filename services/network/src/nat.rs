@@ -4,7 +4,7 @@
 //! record put in the DHT) and `whois` (asks to connected peers).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     time::Duration,
 };
 
@@ -118,7 +118,15 @@ pub(crate) struct Direct {
     pub(crate) accepted_through_relay: HashSet<PeerId>,
     /// Refused hole punches being dialled again, per peer.
     pub(crate) sprays: HashMap<PeerId, Spray>,
+    /// The hole-punch attempts with each connected peer, oldest first (at most
+    /// [`MAX_PUNCHES_KEPT`] each): each direct dial that failed while the peer was reached only
+    /// through relays (DCUtR's, not its dials again), and how each DCUtR run ended; when (ms
+    /// since the Unix epoch) and how.
+    pub(crate) history: HashMap<PeerId, VecDeque<(u64, Result<(), String>)>>,
 }
+
+/// Hole punches remembered per peer, for diagnosis.
+pub(crate) const MAX_PUNCHES_KEPT: usize = 8;
 
 /// The dials again of a peer's refused hole punches.
 pub(crate) struct Spray {
@@ -140,6 +148,16 @@ impl Direct {
         self.dialled_through_relay.remove(peer);
         self.accepted_through_relay.remove(peer);
         self.sprays.remove(peer);
+        self.history.remove(peer);
+    }
+
+    /// Notes how a hole punch with `peer` ended.
+    pub(crate) fn record(&mut self, peer: PeerId, outcome: Result<(), String>) {
+        let kept = self.history.entry(peer).or_default();
+        if kept.len() >= MAX_PUNCHES_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((p2pos_kernel::events::now_ms(), outcome));
     }
 
     /// How this node's NAT maps ports, given the ports it listens on (each with whether it is

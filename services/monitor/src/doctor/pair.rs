@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use libp2p::PeerId;
-use p2pos_kernel::ServiceError;
+use p2pos_kernel::{ServiceError, events::now_ms};
 use p2pos_proto::{
     monitor::v1::Check,
     overlay::v1::OverlayStatus,
@@ -149,6 +149,13 @@ fn connection(
             HolePunch::Failed(e) => format!("failed: {e}"),
         }
     ));
+    for (at_ms, outcome) in &detail.hole_punches {
+        let ago = now_ms().saturating_sub(*at_ms) / 1000;
+        evidence.push(match outcome {
+            Ok(()) => format!("hole punch {ago} s ago: direct"),
+            Err(e) => format!("hole punch {ago} s ago: failed: {e}"),
+        });
+    }
     let known: Vec<String> = detail
         .known_addrs
         .iter()

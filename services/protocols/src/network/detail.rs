@@ -38,6 +38,10 @@ pub struct PeerDetail {
     pub known_addrs: Vec<Multiaddr>,
     /// How hole punching went, while it is connected only through relays.
     pub hole_punch: HolePunch,
+    /// The hole-punch attempts with it while connected, oldest first (the last 8): each failed
+    /// direct dial while it was reached only through relays, and how each hole punch ended;
+    /// when (ms since the Unix epoch) and the error if it failed.
+    pub hole_punches: Vec<(u64, Result<(), String>)>,
     /// Where it sees this node, when a NAT mapped that address.
     pub observed_us: Option<Multiaddr>,
 }

@@ -122,8 +122,11 @@ pub(crate) struct Direct {
     /// [`MAX_PUNCHES_KEPT`] each): each direct dial that failed while the peer was reached only
     /// through relays (DCUtR's, not its dials again), and how each DCUtR run ended; when (ms
     /// since the Unix epoch) and how.
-    pub(crate) history: HashMap<PeerId, VecDeque<(u64, Result<(), String>)>>,
+    pub(crate) history: HashMap<PeerId, VecDeque<Attempt>>,
 }
+
+/// A hole-punch attempt: when it ended (ms since the Unix epoch), and its error if it failed.
+pub(crate) type Attempt = (u64, Result<(), String>);
 
 /// Hole punches remembered per peer, for diagnosis.
 pub(crate) const MAX_PUNCHES_KEPT: usize = 8;

@@ -554,16 +554,18 @@ async fn the_doctor_explains_why_a_pair_stays_relayed() {
         .await
         .expect("A reaches B by peer id");
 
-    let report = a
-        .client
-        .monitor()
-        .doctor(DoctorRequest {
-            peer: b.peer_id.clone(),
-            ..DoctorRequest::default()
-        })
-        .await
-        .expect("doctor B")
-        .into_inner();
+    let doctor_b = || async {
+        a.client
+            .monitor()
+            .doctor(DoctorRequest {
+                peer: b.peer_id.clone(),
+                ..DoctorRequest::default()
+            })
+            .await
+            .expect("doctor B")
+            .into_inner()
+    };
+    let report = doctor_b().await;
     let shown = format!("{report:#?}");
     let check = |name: &str| {
         report
@@ -601,16 +603,7 @@ async fn the_doctor_explains_why_a_pair_stays_relayed() {
     // Once hole punching has given up, the pair's evidence lists the attempt and how it ended.
     let listed = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            let report = a
-                .client
-                .monitor()
-                .doctor(DoctorRequest {
-                    peer: b.peer_id.clone(),
-                    ..DoctorRequest::default()
-                })
-                .await
-                .expect("doctor B")
-                .into_inner();
+            let report = doctor_b().await;
             let connection = report.checks.into_iter().find(|c| c.name == "connection");
             if let Some(line) = connection
                 .into_iter()

@@ -271,7 +271,7 @@ async fn view(net: &Network, asker: PeerId) -> Option<DiagView> {
         reachability: status.reachability.clone(),
         nat_mapping: status.nat_mapping.clone(),
         asker: Some(DiagLink {
-            why_relayed: capped_why(info.map(|i| i.why_relayed.clone()).unwrap_or_default()),
+            why_relayed: told(info.map_or("", |i| i.why_relayed.as_str()), MAX_WHY),
             ..link_of(asker, info)
         }),
         listen_addresses: capped(status.listen_addresses),
@@ -382,18 +382,6 @@ fn known(word: &str, words: &[&str]) -> String {
         true => word.to_owned(),
         false => "unknown".to_owned(),
     }
-}
-
-/// `why`, cut to [`MAX_WHY`] bytes.
-fn capped_why(mut why: String) -> String {
-    if why.len() > MAX_WHY {
-        let mut end = MAX_WHY;
-        while !why.is_char_boundary(end) {
-            end -= 1;
-        }
-        why.truncate(end);
-    }
-    why
 }
 
 /// How this node is connected to `peer`, from its entry among the connected peers.

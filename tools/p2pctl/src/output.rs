@@ -120,6 +120,19 @@ pub(crate) fn why_relayed(peers: &[PeerInfo]) -> String {
         .collect()
 }
 
+/// `text` with its control characters escaped (`\n`, `\u{1b}`): it stays one line, and a
+/// terminal takes no escape sequence from it.
+pub(crate) fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c.is_control() {
+            true => out.extend(c.escape_default()),
+            false => out.push(c),
+        }
+    }
+    out
+}
+
 /// A peer id cut to its first 8 and last 6 characters.
 pub(crate) fn short_id(id: &str) -> String {
     match (

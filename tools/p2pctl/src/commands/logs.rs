@@ -72,16 +72,8 @@ pub(crate) fn line_json(line: &LogLine) -> Value {
 
 /// A message that spans lines, on one line (`\n` shown as `\\n`): one log line per line.
 fn one_line(text: &str) -> String {
-    // Every control character escaped: a line stays one line, and the terminal takes no
-    // escape sequence from it (the node escapes them too; this does not rely on it).
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c.is_control() {
-            true => out.extend(c.escape_default()),
-            false => out.push(c),
-        }
-    }
-    out
+    // The node escapes them too; this does not rely on it.
+    crate::output::escaped(text)
 }
 
 #[cfg(test)]

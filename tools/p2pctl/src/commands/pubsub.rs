@@ -165,16 +165,7 @@ pub(crate) fn short(peer_id: &str) -> &str {
 /// `<N bytes: hex...>`.
 pub(crate) fn data_text(data: &[u8]) -> String {
     match std::str::from_utf8(data) {
-        Ok(text) => {
-            let mut out = String::with_capacity(text.len());
-            for c in text.chars() {
-                match c.is_control() {
-                    true => out.extend(c.escape_default()),
-                    false => out.push(c),
-                }
-            }
-            out
-        }
+        Ok(text) => crate::output::escaped(text),
         Err(_) => {
             let shown = HEXLOWER.encode(&data[..data.len().min(HEX_SHOWN)]);
             let more = if data.len() > HEX_SHOWN { "..." } else { "" };

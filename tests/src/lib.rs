@@ -702,12 +702,32 @@ pub fn free_port() -> u16 {
 
 /// The whole HTTP/1.0 response (status line, headers, body) to `GET path` on `addr`.
 pub fn http_get(addr: &str, path: &str) -> String {
+    http_get_with(addr, path, &[("Host", addr)])
+}
+
+/// The whole HTTP/1.0 response to `GET path` on `addr`, sent with exactly `headers` (`Host`
+/// included, or not).
+pub fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP endpoint");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("response");
-    body
+    let mut request = format!("GET {path} HTTP/1.0\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response
+}
+
+/// The status code of an HTTP response as [`http_get`] returns it.
+pub fn http_status(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"))
 }
 
 /// `n` nodes, each connected to every other (dialed by ticket with `p2pctl`), and their peer

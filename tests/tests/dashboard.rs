@@ -1,28 +1,54 @@
 //! The dashboard (`p2posd --dashboard`), in a real headless Chromium driven over the DevTools
 //! protocol: the page loads with no console error, shows the node's peer id and a connected
 //! peer (a second real node), and a new event (a third node connects) within 2 s of it
-//! happening; a screenshot is saved in `target/test-artifacts/dashboard.png`. Without the admin
-//! credential, with a wrong one, or for a host that is not a loopback one, the node refuses.
+//! happening (the event's own time against the page's receipt of it); a screenshot is saved in
+//! `target/test-artifacts/dashboard.png`. The login: `p2pctl dashboard` prints a one-time code,
+//! never the admin token; a used or made-up code gets `401` and no session; a session works
+//! only as an `Authorization` header. Without a credential, with a wrong one, or for a host that
+//! is not a loopback one, the node refuses.
 //!
 //! Needs Chromium (`apt-get install -y chromium`; `.ci/run` installs it): without it the test
 //! fails saying so.
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use p2pos_tests::{Node, START_DEADLINE, cdp::Browser, free_port, p2pctl, status_when, wait_for};
+use p2pos_tests::{
+    Node, START_DEADLINE, cdp::Browser, free_port, http_get_with, http_status, p2pctl, status_when,
+    wait_for,
+};
 
 /// The HTTP status code the dashboard at `addr` answers `GET path` with, sent with `headers`.
 fn status_code(addr: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
-    let response = raw_get(addr, path, headers);
+    http_status(&http_get_with(addr, path, headers))
+}
+
+/// A session from the one-time login link `login_url` (`http://ADDR/login?code=C`): the
+/// fragment of the `303` answer's `Location` (`/#session=S`).
+fn log_in(addr: &str, login_url: &str) -> Result<String, String> {
+    let path = login_url
+        .strip_prefix(&format!("http://{addr}"))
+        .unwrap_or_else(|| panic!("a login link on {addr}: {login_url}"));
+    let response = http_get_with(addr, path, &[("Host", addr)]);
+    if http_status(&response) != 303 {
+        return Err(response);
+    }
     response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response}"))
+        .lines()
+        .find_map(|l| l.strip_prefix("location: /#session="))
+        .map(|s| s.trim().to_owned())
+        .ok_or(response)
+}
+
+/// `p2pctl dashboard --json` on `node`: a new one-time login link.
+fn login_link(node: &Node) -> String {
+    let (ok, json, err) = p2pctl(node, &["dashboard", "--json"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    json["login_url"].as_str().expect("login_url").to_owned()
 }
 
 /// Where the test leaves its screenshot: `target/test-artifacts/`.
@@ -56,7 +82,18 @@ async fn the_dashboard_shows_the_node_live_in_a_real_browser() {
     let token = token.trim();
     let bearer = format!("Bearer {token}");
     let host = ("Host", addr.as_str());
-    assert_eq!(status_code(&addr, "/", &[host]), 401, "no credential");
+    let page = http_get_with(&addr, "/", &[host]);
+    assert_eq!(http_status(&page), 200, "the page itself holds no data");
+    assert!(!page.contains(&a_id), "{page}");
+    assert!(
+        page.contains("cross-origin-resource-policy: same-origin"),
+        "{page}"
+    );
+    assert_eq!(
+        status_code(&addr, "/api/status", &[host]),
+        401,
+        "no credential"
+    );
     assert_eq!(
         status_code(&addr, "/api/events", &[host]),
         401,
@@ -72,18 +109,14 @@ async fn the_dashboard_shows_the_node_live_in_a_real_browser() {
         "a wrong token"
     );
     assert_eq!(
-        status_code(&addr, "/login?token=00ff", &[host]),
+        status_code(&addr, &format!("/login?token={token}"), &[host]),
         401,
-        "a login with a wrong token"
+        "the admin token is no login code"
     );
     assert_eq!(
-        status_code(
-            &addr,
-            "/api/status",
-            &[host, ("Cookie", "p2pos_dashboard=00ff")]
-        ),
+        status_code(&addr, &format!("/login?code={}", "00".repeat(32)), &[host]),
         401,
-        "a made-up cookie"
+        "a made-up login code"
     );
     assert_eq!(
         status_code(
@@ -100,16 +133,71 @@ async fn the_dashboard_shows_the_node_live_in_a_real_browser() {
         "the admin token"
     );
 
-    // p2pctl prints the login link.
+    // p2pctl prints a one-time login link, never the admin token.
     let (ok, login, err) = p2pctl(&a, &["dashboard"]);
     assert!(ok, "{err}");
     let login = login.trim().to_owned();
-    assert_eq!(login, format!("http://{addr}/login?token={token}"));
+    assert!(
+        login.starts_with(&format!("http://{addr}/login?code=")),
+        "{login}"
+    );
+    assert!(
+        !login.contains(token),
+        "the link holds the admin token: {login}"
+    );
     let (ok, json, err) = p2pctl(&a, &["dashboard", "--json"]);
     assert!(ok, "{err}");
     let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
-    assert_eq!(json["login_url"], login.as_str());
     assert_eq!(json["url"], format!("http://{addr}/"));
+    assert_eq!(json["expires_in_secs"], 60);
+    let other = json["login_url"].as_str().expect("login_url");
+    assert_ne!(other, login, "a new code each time");
+    assert!(!other.contains(token));
+
+    // A code makes one session, once; the session works only as a bearer header.
+    let session = log_in(&addr, other).expect("a session");
+    assert!(!session.contains(token) && session.len() >= 32, "{session}");
+    let used = log_in(&addr, other).expect_err("a used code");
+    assert_eq!(http_status(&used), 401, "a used code: {used}");
+    assert!(!used.contains("location:"), "no session: {used}");
+    let with_session = format!("Bearer {session}");
+    assert_eq!(
+        status_code(
+            &addr,
+            "/api/status",
+            &[host, ("Authorization", &with_session)]
+        ),
+        200,
+        "the session as a header"
+    );
+    assert_eq!(
+        status_code(
+            &addr,
+            "/api/status",
+            &[host, ("Cookie", &format!("p2pos_dashboard={session}"))]
+        ),
+        401,
+        "the session as the old cookie"
+    );
+
+    // An app's token gets no login link.
+    let app_token = client
+        .node()
+        .create_app_token(p2pos_proto::node::v1::CreateAppTokenRequest {
+            app_id: "chat".into(),
+            ttl_secs: 0,
+        })
+        .await
+        .expect("app token")
+        .into_inner()
+        .token;
+    let (ok, out, err) = p2pctl(&a, &["--token", &app_token, "dashboard"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("permission denied") || err.contains("PERMISSION_DENIED"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     // A node without a dashboard says so, on one line.
     let (ok, _, err) = p2pctl(&b, &["dashboard"]);
     assert!(!ok);
@@ -118,9 +206,27 @@ async fn the_dashboard_shows_the_node_live_in_a_real_browser() {
         "{err}"
     );
 
-    // The page, in a real browser.
+    // The page, in a real browser: first without a login, then with the link.
     let log = a.data_dir.with_file_name("chromium.log");
     let browser = Browser::start(&log);
+    let stranger = browser.new_page();
+    stranger.navigate(&format!("http://{addr}/"));
+    wait_for(
+        "a page opened without a login says to run p2pctl dashboard",
+        START_DEADLINE,
+        || async {
+            stranger
+                .eval(
+                    "!document.getElementById('problem').hidden && \
+                     document.getElementById('problem').textContent.includes('p2pctl dashboard')",
+                )
+                .ok()
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false)
+                .then_some(())
+        },
+    )
+    .await;
     let page = browser.new_page();
     page.navigate(&login);
     let shown = |expression: String| {
@@ -165,17 +271,31 @@ async fn the_dashboard_shows_the_node_live_in_a_real_browser() {
     })
     .await;
     assert_eq!(
-        page.eval("location.pathname").expect("path"),
-        "/",
-        "the login sent the browser on to the page"
+        page.eval("location.href").expect("href"),
+        format!("http://{addr}/"),
+        "the login sent the browser on to the page, the session out of the address bar"
     );
+    assert_eq!(
+        page.eval("(sessionStorage.getItem('p2pos-dashboard-session') || '').length")
+            .expect("session"),
+        64,
+        "the page keeps its session"
+    );
+    assert_eq!(
+        page.eval("document.cookie").expect("cookies"),
+        "",
+        "no cookie"
+    );
+    let login_again = log_in(&addr, &login).expect_err("the browser's code is spent");
+    assert_eq!(http_status(&login_again), 401);
 
-    // A new event: a third node connects to A; the page shows it within 2 s.
+    // A new event: a third node connects to A; the page shows it within 2 s of it happening,
+    // as the node (the event's `at_ms`) and the page (when its row was made) see it: the
+    // test's own view adds CDP round trips and the load of a busy machine.
     let mut c = Node::start(&[]);
     let c_id = c.peer_id().await;
     let a_ticket = a.ticket().await;
     let (ok, out, err) = p2pctl(&c, &["dial", &a_ticket]);
-    let connected = Instant::now();
     assert!(ok, "{out}{err}");
     let row = format!(
         "(() => {{ const row = [...document.querySelectorAll('#events li[data-kind=\"peer_connected\"]')]
@@ -184,7 +304,7 @@ async fn the_dashboard_shows_the_node_live_in_a_real_browser() {
     );
     let (at_ms, received_ms) = wait_for(
         "the page shows C's connection in its event log",
-        Duration::from_secs(2),
+        START_DEADLINE,
         || {
             let page = &page;
             let row = row.clone();
@@ -196,13 +316,11 @@ async fn the_dashboard_shows_the_node_live_in_a_real_browser() {
         },
     )
     .await;
-    let seen_after = connected.elapsed();
     assert!(
         received_ms - at_ms <= 2000.0,
         "the event reached the page {} ms after it happened",
         received_ms - at_ms
     );
-    assert!(seen_after <= Duration::from_secs(2), "{seen_after:?}");
 
     // The charts get their samples (every 2 s) and the lists their answers.
     wait_for("the charts have samples", START_DEADLINE, || {
@@ -247,7 +365,7 @@ async fn the_config_file_turns_it_on_and_a_public_address_is_refused() {
     })
     .await;
     assert_eq!(status.dashboard_url, format!("http://{addr}/"));
-    assert_eq!(status_code(&addr, "/", &[("Host", &addr)]), 401);
+    assert_eq!(status_code(&addr, "/api/status", &[("Host", &addr)]), 401);
     node.stop().await;
 
     let out = std::process::Command::new(p2pos_tests::bin("p2posd"))
@@ -264,7 +382,7 @@ async fn the_config_file_turns_it_on_and_a_public_address_is_refused() {
 }
 
 /// The monitor restarts (it panicked): the dashboard is back on the same address, and a
-/// browser's login still holds (the cookie lasts as long as the node's admin token).
+/// browser's session still holds (sessions live as long as the node, not the monitor).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_survives_a_restart_of_the_monitor() {
     let addr = format!("127.0.0.1:{}", free_port());
@@ -274,17 +392,10 @@ async fn the_dashboard_survives_a_restart_of_the_monitor() {
         !s.dashboard_url.is_empty()
     })
     .await;
-    let token = std::fs::read_to_string(node.data_dir.join("gateway.token")).expect("token");
-    let login = format!("/login?token={}", token.trim());
-    let response = raw_get(&addr, &login, &[("Host", &addr)]);
-    let cookie = response
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("a cookie: {response}"))
-        .to_owned();
-    let with_cookie = [("Host", addr.as_str()), ("Cookie", cookie.as_str())];
-    assert_eq!(status_code(&addr, "/api/status", &with_cookie), 200);
+    let session = log_in(&addr, &login_link(&node)).expect("a session");
+    let bearer = format!("Bearer {session}");
+    let with_session = [("Host", addr.as_str()), ("Authorization", bearer.as_str())];
+    assert_eq!(status_code(&addr, "/api/status", &with_session), 200);
 
     client
         .node()
@@ -301,25 +412,11 @@ async fn the_dashboard_survives_a_restart_of_the_monitor() {
     .await;
     wait_for("the dashboard answers again", START_DEADLINE, || async {
         (std::net::TcpStream::connect(&addr).is_ok()
-            && status_code(&addr, "/api/status", &with_cookie) == 200)
+            && status_code(&addr, "/api/status", &with_session) == 200)
             .then_some(())
     })
     .await;
     node.stop().await;
-}
-
-/// The whole response to `GET path` on `addr`, sent with `headers`.
-fn raw_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the dashboard");
-    let mut request = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    response
 }
 
 /// The live feed is bounded (four pages at once) but not cut by the 10 s limit of other

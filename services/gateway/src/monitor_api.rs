@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use p2pos_kernel::{ServiceContext, events::now_ms};
+use p2pos_proto::monitor::v1::{DashboardLoginReply, DashboardLoginRequest};
 use p2pos_proto::monitor::v1::{
     DoctorReport, DoctorRequest, Event, EventsRequest, GetStatusRequest, Lagged, NodeStatus, event,
     monitor_server::Monitor,
@@ -145,6 +146,20 @@ impl Monitor for MonitorApi {
             .ctx
             .registry
             .ask::<MonitorProtocol, _>(|reply| monitor::Request::GetConfig { reply })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn dashboard_login(
+        &self,
+        req: Request<DashboardLoginRequest>,
+    ) -> Result<Response<DashboardLoginReply>, Status> {
+        caller(&req)?.require_admin()?;
+        let DashboardLoginRequest {} = req.into_inner();
+        let reply = self
+            .ctx
+            .registry
+            .ask::<MonitorProtocol, _>(|reply| monitor::Request::DashboardLogin { reply })
             .await?;
         Ok(Response::new(reply))
     }

@@ -45,6 +45,8 @@ const DASHBOARD_CALLS: &[&str] = &[
 /// The child spec the daemon hands to the kernel.
 pub fn child_spec(config: Config) -> ChildSpec {
     let dashboard = config.dashboard.is_some();
+    // The dashboard's logins outlive a restart of the monitor.
+    let logins = crate::dashboard::Logins::new();
     ChildSpec {
         name: NAME,
         restart: RestartType::Permanent,
@@ -65,7 +67,7 @@ pub fn child_spec(config: Config) -> ChildSpec {
             provides: &[Monitor::NAME],
             ..Uses::default()
         },
-        start: Box::new(move |ctx, guard| start(ctx, guard, &config)),
+        start: Box::new(move |ctx, guard| start(ctx, guard, &config, &logins)),
     }
 }
 
@@ -74,7 +76,12 @@ struct ServiceLabel {
     service: String,
 }
 
-fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<ChildHandle, String> {
+fn start(
+    ctx: ServiceContext,
+    guard: DeathGuard,
+    config: &Config,
+    logins: &crate::dashboard::Logins,
+) -> Result<ChildHandle, String> {
     let net: Network = ctx.registry.take(NETWORK).map_err(|e| e.to_string())?;
     let policy = diag::Policy::parse(&config.allow_diagnosis)?;
     let accepting = diag::serve(&net, ctx.registry.clone(), policy)?;
@@ -99,7 +106,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
     };
     let (dashboard_url, dashboard) = match config.dashboard {
         Some(addr) => {
-            let (url, serve) = start_dashboard(addr, &ctx, &metrics_url)?;
+            let (url, serve) = start_dashboard(addr, &ctx, &metrics_url, logins.clone())?;
             (url, Some(serve))
         }
         None => (String::new(), None),
@@ -115,6 +122,7 @@ fn start(ctx: ServiceContext, guard: DeathGuard, config: &Config) -> Result<Chil
         logs: config.logs.clone(),
         effective_config: config.effective_config.clone().into(),
         dashboard_url,
+        logins: logins.clone(),
         tasks: [server, dashboard, Some(watcher)]
             .into_iter()
             .flatten()
@@ -176,6 +184,8 @@ struct MonitorService {
     _accepting: Accepting,
     metrics_url: String,
     dashboard_url: String,
+    /// The dashboard's login codes and sessions.
+    logins: crate::dashboard::Logins,
     tasks: Vec<JoinHandle<()>>,
     /// The node's recent log lines (`GetLogs`).
     logs: crate::LogRing,
@@ -261,6 +271,13 @@ impl Handler<Call<Monitor>> for MonitorService {
             monitor::Request::GetConfig { reply } => {
                 answer(reply, crate::reports::config_reply(&self.effective_config));
             }
+            monitor::Request::DashboardLogin { reply } => {
+                let url = &self.dashboard_url;
+                answer(
+                    reply,
+                    crate::dashboard::logins::login_reply(&self.logins, url),
+                );
+            }
         }
     }
 }
@@ -318,6 +335,7 @@ fn start_dashboard(
     addr: std::net::SocketAddr,
     ctx: &ServiceContext,
     metrics_url: &str,
+    logins: crate::dashboard::Logins,
 ) -> Result<(String, JoinHandle<()>), String> {
     let listener = crate::dashboard::Listener::bind(addr)?;
     let url = format!("http://{}/", listener.local_addr());
@@ -331,7 +349,7 @@ fn start_dashboard(
         );
         Box::pin(async move { status(&ctx, metrics_url, dashboard_url).await })
     });
-    let serve = listener.serve(ctx.clone(), status)?;
+    let serve = listener.serve(ctx.clone(), status, logins)?;
     info!("dashboard on {url}");
     Ok((url, tokio::spawn(serve)))
 }

@@ -410,6 +410,7 @@ pub mod resources {
 
 /// Requests of the [`Monitor`] protocol.
 pub mod monitor {
+    use p2pos_proto::monitor::v1::DashboardLoginReply;
     use p2pos_proto::monitor::v1::{
         DoctorReport, GetConfigReply, GetLogsReply, GetMetricsReply, NodeStatus,
     };
@@ -460,6 +461,11 @@ pub mod monitor {
         GetConfig {
             /// The effective configuration.
             reply: Reply<GetConfigReply>,
+        },
+        /// `Monitor.DashboardLogin` (the gateway checked the admin scope).
+        DashboardLogin {
+            /// A one-time login link for the dashboard.
+            reply: Reply<DashboardLoginReply>,
         },
     }
 }

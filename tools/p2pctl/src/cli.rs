@@ -157,8 +157,8 @@ pub(crate) enum Command {
     Forward(ForwardCommand),
     /// Stop the node
     Shutdown,
-    /// Print the login link of the node's dashboard (`p2posd --dashboard 127.0.0.1:PORT`):
-    /// open it in a browser on this machine
+    /// Print a one-time login link for the node's dashboard (`p2posd --dashboard
+    /// 127.0.0.1:PORT`): open it in a browser on this machine within 60 s
     Dashboard(JsonFlag),
 }
 

@@ -1,19 +1,26 @@
 //! The dashboard: a web page the node serves itself on a loopback address (`--dashboard`),
-//! behind the admin credential, with nothing loaded from elsewhere. Plain HTML, CSS and
-//! JavaScript embedded in the binary; live updates by server-sent events.
+//! its data behind the admin credential, with nothing loaded from elsewhere. Plain HTML, CSS
+//! and JavaScript embedded in the binary; live updates by server-sent events.
+//!
+//! A browser logs in with a one-time code (`Monitor.DashboardLogin`, `p2pctl dashboard`):
+//! `GET /login?code=C` answers `303` to `/#session=S`; the page keeps `S` in its
+//! `sessionStorage` and sends it as `Authorization: Bearer S`. The page itself (`/`, its
+//! script, style and icon) holds no data and needs no credential; every `/api/` path does.
 //!
 //! # Layout
 //! - this file: binding, the routes, and the responses' headers.
-//! - [`auth`]: the `Host` check (DNS rebinding), the bearer token and the login cookie.
+//! - [`auth`]: the bearer credential (the admin token or a session).
+//! - [`logins`]: one-time login codes and the sessions they become.
 //! - [`api`]: the JSON endpoints, one per service the page shows.
 //! - [`json`]: protobuf messages as canonical proto3 JSON, from the spec's descriptors.
 //! - [`sse`]: `/api/events`, the live feed of events and chart samples.
 //! - [`samples`]: the ring of traffic and message rates the charts draw.
-//! - `assets/`: the page (`index.html`, `app.js`, `style.css`, `favicon.svg`).
+//! - `assets/`: the page (`index.html`, `app.js`, `feed.js`, `style.css`, `favicon.svg`).
 
 mod api;
 mod auth;
 mod json;
+pub mod logins;
 mod samples;
 mod sse;
 
@@ -29,6 +36,8 @@ use tokio::sync::Semaphore;
 
 use crate::server::{self, Connection, Limits};
 
+pub use logins::Logins;
+
 /// The node's status, as the monitor makes it.
 pub type StatusFn = Arc<dyn Fn() -> BoxFuture<'static, NodeStatus> + Send + Sync>;
 
@@ -41,6 +50,7 @@ const LIMITS: Limits = Limits {
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
+const FEED_JS: &str = include_str!("assets/feed.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
 
@@ -82,16 +92,17 @@ impl Listener {
     }
 
     /// The serving future (which also samples the charts' counters); `ctx` must hold the
-    /// admin token.
+    /// admin token. `logins` are the node's login codes and sessions.
     pub fn serve(
         self,
         ctx: ServiceContext,
         status: StatusFn,
+        logins: Logins,
     ) -> Result<impl Future<Output = ()> + Send + 'static, String> {
         let token = ctx.admin_token().map_err(|e| e.to_string())?;
         let state = Arc::new(State {
             ctx,
-            credentials: auth::Credentials::new(&token),
+            credentials: auth::Credentials::new(&token, logins),
             status,
             samples: samples::Samples::new(),
             feeds: Arc::new(Semaphore::new(sse::MAX_STREAMS)),
@@ -112,12 +123,7 @@ impl Listener {
 }
 
 async fn answer(state: &State, req: Request<Incoming>, conn: &Connection) -> Response<Body> {
-    if !auth::is_loopback_host(req.headers()) {
-        return text(
-            StatusCode::FORBIDDEN,
-            "the dashboard answers only requests for a loopback host (127.0.0.1, [::1], localhost)\n",
-        );
-    }
+    // The shared loop answered a host that is not a loopback one already.
     if req.method() != Method::GET {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         response
@@ -126,17 +132,20 @@ async fn answer(state: &State, req: Request<Incoming>, conn: &Connection) -> Res
         return response;
     }
     let path = req.uri().path();
-    if path == "/login" {
-        return login(state, req.uri().query().unwrap_or(""));
+    // The page holds no data: it asks /api/ with its session.
+    match path {
+        "/login" => return login(state, req.uri().query().unwrap_or("")),
+        "/" | "/index.html" => return asset(INDEX_HTML, "text/html; charset=utf-8"),
+        "/app.js" => return asset(APP_JS, "text/javascript; charset=utf-8"),
+        "/feed.js" => return asset(FEED_JS, "text/javascript; charset=utf-8"),
+        "/style.css" => return asset(STYLE_CSS, "text/css; charset=utf-8"),
+        "/favicon.svg" => return asset(FAVICON_SVG, "image/svg+xml"),
+        _ => {}
     }
     if !state.credentials.admits(req.headers()) {
         return unauthorized();
     }
     match path {
-        "/" | "/index.html" => asset(INDEX_HTML, "text/html; charset=utf-8"),
-        "/app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
-        "/style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
-        "/favicon.svg" => asset(FAVICON_SVG, "image/svg+xml"),
         "/api/events" => match sse::open(state) {
             Some(body) => {
                 conn.mark_stream();
@@ -174,18 +183,22 @@ async fn answer(state: &State, req: Request<Incoming>, conn: &Connection) -> Res
     }
 }
 
-/// `/login?token=<admin token>`: sets the session cookie and sends the browser to the page
-/// (so the token leaves the address bar).
+/// `/login?code=<one-time code>`: spends the code and sends the browser to the page with a new
+/// session in the URL's fragment (which the browser never sends to a server; the page moves
+/// it to its `sessionStorage` and out of the address bar).
 fn login(state: &State, query: &str) -> Response<Body> {
-    match auth::query_value(query, "token") {
-        Some(token) if state.credentials.is_token(token) => respond(
+    match auth::query_value(query, "code").and_then(|code| state.credentials.log_in(code)) {
+        Some(session) => respond(
             Response::builder()
                 .status(StatusCode::SEE_OTHER)
-                .header(header::LOCATION, "/")
-                .header(header::SET_COOKIE, state.credentials.set_cookie())
+                .header(header::LOCATION, format!("/#session={session}"))
                 .body(full(String::new())),
         ),
-        _ => unauthorized(),
+        None => text(
+            StatusCode::UNAUTHORIZED,
+            "401 Unauthorized: this login link is used, expired (after 60 s) or unknown. Run \
+             `p2pctl dashboard` on this machine for a new one.\n",
+        ),
     }
 }
 
@@ -232,7 +245,8 @@ fn respond(built: Result<Response<Body>, hyper::http::Error>) -> Response<Body> 
     })
 }
 
-/// Adds the headers every answer carries: nothing cached, sniffed, framed or referred.
+/// Adds the headers every answer carries: nothing cached, sniffed, framed, referred or read by
+/// another origin.
 fn secured(mut response: Response<Body>) -> Response<Body> {
     let headers = response.headers_mut();
     for (name, value) in [
@@ -241,6 +255,10 @@ fn secured(mut response: Response<Body>) -> Response<Body> {
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::CONTENT_SECURITY_POLICY, CSP),
+        (
+            header::HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
     ] {
         headers.insert(name, header::HeaderValue::from_static(value));
     }

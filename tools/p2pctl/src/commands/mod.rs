@@ -49,7 +49,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(command) => tokens::run(&client, command).await,
         Command::Id(flag) => node::id(&client, flag.json).await,
         Command::Shutdown => node::shutdown(&client).await,
-        Command::Dashboard(flag) => dashboard::login_url(&client, &target, flag.json).await,
+        Command::Dashboard(flag) => dashboard::login_url(&client, flag.json).await,
         Command::Ticket(flag) => overlay::ticket(&client, flag.json).await,
         Command::Peers(flag) => overlay::peers(&client, flag.json).await,
         Command::Dial {

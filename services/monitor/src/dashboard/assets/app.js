@@ -1,6 +1,6 @@
-// The dashboard page: reads the node's JSON endpoints, follows /api/events (server-sent events)
-// and draws the map and charts. Plain JavaScript, nothing loaded from elsewhere; every value
-// from the node is set as text, never parsed as HTML.
+// The dashboard page: reads the node's JSON endpoints and draws the map and charts; feed.js
+// holds the session, follows /api/events and starts the page. Plain JavaScript, nothing loaded
+// from elsewhere; every value from the node is set as text, never parsed as HTML.
 "use strict";
 
 const MAX_EVENTS = 200;     // rows kept in the event log
@@ -83,9 +83,9 @@ function problem(text) {
 }
 
 async function getJSON(path) {
-  const response = await fetch(path, { credentials: "same-origin", cache: "no-store" });
+  const response = await fetch(path, authorized());
   if (response.status === 401) {
-    problem("The node no longer accepts this page's login (it restarted?): run `p2pctl dashboard` for a new link.");
+    problem(REFUSED);
     throw new Error("401");
   }
   const body = await response.json();
@@ -419,56 +419,9 @@ function logEvent(kind, text, atMs) {
 const statusSoon = debounce(refreshStatus, 250);
 const listsSoon = debounce(refreshLists, 400);
 
-function follow() {
-  const source = new EventSource("/api/events");
-  source.addEventListener("open", () => {
-    setLive(true);
-    problem("");
-    loadSamples();
-    loadRecentEvents();
-    refreshStatus();
-  });
-  source.addEventListener("error", () => {
-    setLive(false);
-    // The browser retries a cut feed by itself, but not a refused one (401: the node
-    // restarted; 503: too many pages follow it): try again later, saying why.
-    if (source.readyState === EventSource.CLOSED) {
-      problem("The node refused this page's live feed (too many pages open, or the node restarted); trying again in 10 s.");
-      setTimeout(follow, 10000);
-    }
-  });
-  source.addEventListener("event", (message) => {
-    const event = JSON.parse(message.data);
-    const [kind] = describe(event);
-    showEvent(event);
-    statusSoon();
-    if (kind.startsWith("helper") || kind.startsWith("service") || kind.startsWith("channel")) listsSoon();
-  });
-  source.addEventListener("lagged", (message) => {
-    const lagged = JSON.parse(message.data);
-    logEvent("lagged", `this page missed ${lagged.missed} events`, Date.now());
-  });
-  source.addEventListener("sample", (message) => {
-    state.samples.push(JSON.parse(message.data));
-    if (state.samples.length > MAX_SAMPLES) state.samples.splice(0, state.samples.length - MAX_SAMPLES);
-    drawCharts();
-  });
-}
-
 function setLive(on) {
   state.live = on;
   const badge = $("live");
   badge.textContent = on ? "live" : "reconnecting…";
   badge.className = "badge " + (on ? "on" : "off");
 }
-
-// ---- start ---------------------------------------------------------------------------------
-
-drawCharts();
-refreshStatus();
-refreshLists();
-loadSamples();
-follow();
-setInterval(refreshStatus, STATUS_EVERY_MS);
-setInterval(refreshLists, LISTS_EVERY_MS);
-window.addEventListener("resize", debounce(drawCharts, 200));

@@ -321,6 +321,10 @@ async fn the_dashboard_shows_the_node_live_in_a_real_browser() {
         "the event reached the page {} ms after it happened",
         received_ms - at_ms
     );
+    println!(
+        "a new event reached the page {} ms after it happened",
+        received_ms - at_ms
+    );
 
     // The charts get their samples (every 2 s) and the lists their answers.
     wait_for("the charts have samples", START_DEADLINE, || {

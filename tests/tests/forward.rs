@@ -70,7 +70,7 @@ async fn http_server() -> (u16, tokio::task::JoinHandle<()>) {
 async fn get(port: u16, path: &str) -> Option<Vec<u8>> {
     let mut socket = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     socket
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
         .await
         .ok()?;
     let mut response = Vec::new();

@@ -22,7 +22,7 @@ use crate::{
     scope::{Scope, ip_of, is_relayed, scope},
 };
 
-/// Most observations of this node's address kept (one per connected observer).
+/// Most observations of this node's address kept (one per connected observer and transport).
 const MAX_OBSERVATIONS: usize = 64;
 /// The longest reason kept for a failed hole punch.
 const MAX_REASON: usize = 400;
@@ -241,13 +241,14 @@ impl EventLoop {
         if !direct || !mapped || is_relayed(&observed) || scope(&observed) < Scope::Private {
             return;
         }
+        let key = (observer, port_of(&observed).is_some_and(|(_, quic)| quic));
         if self.direct.observed.len() >= MAX_OBSERVATIONS
-            && !self.direct.observed.contains_key(&observer)
+            && !self.direct.observed.contains_key(&key)
         {
             return;
         }
         debug!(%observer, %observed, "a peer elsewhere sees this node at a mapped address");
-        self.direct.observed.insert(observer, observed);
+        self.direct.observed.insert(key, observed);
     }
 
     /// How this node's NAT maps ports: "none" when it is public.

@@ -136,7 +136,10 @@ impl EventLoop {
                 Some(Punch::Failed(e)) if relayed_only => HolePunch::Failed(e.clone()),
                 _ => HolePunch::NotTried,
             },
-            observed_us: self.direct.observed.get(&peer).cloned(),
+            observed_us: [true, false]
+                .iter()
+                .find_map(|quic| self.direct.observed.get(&(peer, *quic)))
+                .cloned(),
             hole_punches: self
                 .direct
                 .history

@@ -108,9 +108,10 @@ pub(crate) enum Punch {
 #[derive(Default)]
 pub(crate) struct Direct {
     pub(crate) punches: HashMap<PeerId, Punch>,
-    /// The address each directly connected peer observed this node at, when it differs from
-    /// every address this node listens on (so a NAT mapped it).
-    pub(crate) observed: HashMap<PeerId, Multiaddr>,
+    /// The addresses each directly connected peer observed this node at, one per transport
+    /// (TCP, QUIC: an identify over one does not replace what was seen over the other), when
+    /// they differ from every address this node listens on (so a NAT mapped them).
+    pub(crate) observed: HashMap<(PeerId, bool), Multiaddr>,
     /// Peers this node dialled through a relay (so DCUtR has it dial them as itself when
     /// hole punching; the other side dials in the listener's role), and peers that reached it
     /// through a relay.
@@ -147,7 +148,7 @@ impl Direct {
     /// Forgets a peer that is gone.
     pub(crate) fn forget(&mut self, peer: &PeerId) {
         self.punches.remove(peer);
-        self.observed.remove(peer);
+        self.observed.retain(|(observer, _), _| observer != peer);
         self.dialled_through_relay.remove(peer);
         self.accepted_through_relay.remove(peer);
         self.sprays.remove(peer);
@@ -230,7 +231,7 @@ mod tests {
 
     fn seen(direct: &mut Direct, port: u16) {
         direct.observed.insert(
-            PeerId::random(),
+            (PeerId::random(), false),
             format!("/ip4/5.0.0.14/tcp/{port}").parse().expect("addr"),
         );
     }
@@ -254,5 +255,28 @@ mod tests {
         assert_eq!(same.mapping(&listening), "endpoint-independent");
         // QUIC's port says nothing of TCP's.
         assert_eq!(same.mapping(&[(50_000, true)]), "endpoint-independent");
+    }
+
+    #[test]
+    fn what_an_observer_saw_over_one_transport_stays_when_it_sees_the_other() {
+        let mut direct = Direct::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let at = |s: &str| -> Multiaddr { s.parse().expect("addr") };
+        let mut saw = |peer, addr: &str| {
+            let addr = at(addr);
+            let quic = port_of(&addr).is_some_and(|(_, quic)| quic);
+            direct.observed.insert((peer, quic), addr);
+        };
+        saw(a, "/ip4/5.0.0.14/udp/40000/quic-v1");
+        saw(b, "/ip4/5.0.0.14/udp/40001/quic-v1");
+        // A's identify over TCP later: its QUIC observation stays.
+        saw(a, "/ip4/5.0.0.14/tcp/41000");
+        assert_eq!(direct.mapping(&[(4001, true)]), "port-randomizing");
+        direct.forget(&a);
+        assert_eq!(
+            direct.observed.len(),
+            1,
+            "every observation of a peer gone is forgotten"
+        );
     }
 }

@@ -55,17 +55,7 @@ pub(crate) fn count(n: usize, what: &str) -> String {
 
 /// Bytes for people: "1.5 GiB".
 pub(crate) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    match unit {
-        0 => format!("{n} B"),
-        _ => format!("{value:.1} {}", UNITS[unit]),
-    }
+    bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
 #[cfg(test)]

@@ -338,6 +338,23 @@ async fn the_dashboard_shows_the_node_live_in_a_real_browser() {
     })
     .await;
 
+    // The doctor runs when asked, and its checks appear with their verdicts.
+    page.eval("document.getElementById('doctor-run').click(); true")
+        .expect("click the doctor's button");
+    let store = wait_for("the doctor's checks on the page", START_DEADLINE, || {
+        let page = &page;
+        async move {
+            page.eval(
+                "(() => { const row = document.querySelector('#doctor tr[data-check=\"store\"]'); \
+                 return row ? row.textContent : null; })()",
+            )
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+        }
+    })
+    .await;
+    assert!(store.starts_with("okstore"), "{store}");
+
     let path = artifacts().join("dashboard.png");
     std::fs::write(&path, page.screenshot()).expect("write the screenshot");
     println!("screenshot: {}", path.display());

@@ -40,6 +40,8 @@ const DASHBOARD_CALLS: &[&str] = &[
     Services::NAME,
     Forwarding::NAME,
     Resources::NAME,
+    // Its own doctor, for the page's "Run the doctor".
+    Monitor::NAME,
 ];
 
 /// The child spec the daemon hands to the kernel.

@@ -5,7 +5,9 @@
 use hyper::StatusCode;
 use p2pos_kernel::ServiceError;
 use p2pos_protocols::{
-    Forwarding, Groups, Resources, Services, Tasks, forwarding, groups, resources, services, tasks,
+    Forwarding, Groups, Monitor, Resources, Services, Tasks, forwarding, groups,
+    monitor::{self, Diagnose},
+    resources, services, tasks,
 };
 use serde_json::{Value, json};
 
@@ -14,7 +16,7 @@ use super::{State, json::to_json, samples};
 /// The protobuf messages the endpoints answer with (checked against the spec by a test).
 #[cfg(test)]
 pub(crate) const MESSAGES: &[&str] = &[
-    STATUS, EVENT, HELPERS, SERVICES, EXPOSURES, FORWARDS, MEMBERS, INVENTORY,
+    STATUS, EVENT, HELPERS, SERVICES, EXPOSURES, FORWARDS, MEMBERS, INVENTORY, DOCTOR,
 ];
 const STATUS: &str = "p2pos.monitor.v1.NodeStatus";
 /// An event of the bus, as `/api/events` sends it.
@@ -25,6 +27,10 @@ const EXPOSURES: &str = "p2pos.service.v1.ListExposuresReply";
 const FORWARDS: &str = "p2pos.service.v1.ListForwardsReply";
 const MEMBERS: &str = "p2pos.group.v1.MembersReply";
 const INVENTORY: &str = "p2pos.resources.v1.Inventory";
+const DOCTOR: &str = "p2pos.monitor.v1.DoctorReport";
+
+/// How long the doctor may take for the page: within the connection's own limit.
+const DOCTOR_WAIT: std::time::Duration = std::time::Duration::from_secs(9);
 
 /// Most groups whose members `/api/groups` lists.
 const MAX_GROUPS: usize = 32;
@@ -81,6 +87,22 @@ pub(crate) async fn answer(state: &State, name: &str) -> Option<Result<Value, Fa
             Err(e) => Err(unavailable("forwards", &e)),
         },
         "groups" => groups_with_members(state).await,
+        "doctor" => {
+            let run = registry.ask::<Monitor, _>(|reply| monitor::Request::Doctor {
+                target: Diagnose::Node,
+                reply,
+            });
+            match tokio::time::timeout(DOCTOR_WAIT, run).await {
+                Ok(Ok(report)) => to_json(&report, DOCTOR).map_err(internal),
+                Ok(Err(e)) => Err(unavailable("doctor's report", &e)),
+                Err(_) => Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "the doctor did not finish within {DOCTOR_WAIT:?}: run `p2pctl doctor`"
+                    ),
+                )),
+            }
+        }
         "resources" => match registry
             .ask::<Resources, _>(|reply| resources::Request::GetInventory { reply })
             .await

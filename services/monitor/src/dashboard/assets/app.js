@@ -177,6 +177,28 @@ async function refreshHelpers() {
   }), "no helper");
 }
 
+// The doctor's checks of the node, when asked (it dials and looks up peers: not on a timer).
+async function runDoctor() {
+  const button = $("doctor-run");
+  button.disabled = true;
+  fillTable("doctor", [], "running…");
+  try {
+    const report = await getJSON("/api/doctor");
+    fillTable("doctor", (report.checks || []).map((c) => {
+      const verdict = enumName(c.verdict, "VERDICT_");
+      return el("tr", { "data-check": c.name },
+        el("td", {}, el("span", { class: "pill verdict-" + verdict }, verdict)),
+        el("td", {}, c.name),
+        el("td", { title: (c.evidence || []).join("\n") }, c.summary),
+        el("td", {}, dash(c.remedy)));
+    }), "no check");
+  } catch (e) {
+    fillTable("doctor", [], "unavailable: " + e.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
 async function refreshServices() {
   const [services, exposures, forwards] = await Promise.allSettled(
     ["/api/services", "/api/exposures", "/api/forwards"].map(getJSON));

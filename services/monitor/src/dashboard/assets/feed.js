@@ -116,6 +116,7 @@ function dispatch(name, data) {
 
 drawCharts();
 window.addEventListener("resize", debounce(drawCharts, 200));
+$("doctor-run").addEventListener("click", runDoctor);
 if (session) {
   refreshStatus();
   refreshLists();

@@ -472,3 +472,41 @@ async fn doctor_group_gives_every_members_links() {
     let table = out.split_once("MEMBER").map(|(_, t)| t).expect("a table");
     assert_eq!(table.matches("direct").count(), 9, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_known_peer_is_gone_fails_the_peers_check_and_says_who() {
+    let (mut a, mut b, client, b_id) = pair(&[], &[]).await;
+    b.stop().await;
+    status_when(&client, "A to see B gone", |s| s.peers.is_empty()).await;
+
+    let report = doctor(&client, DoctorRequest::default()).await;
+    let peers = check(&report, "peers");
+    assert_eq!(peers.verdict(), Verdict::Fail, "{}", verdicts(&report));
+    assert!(
+        peers
+            .summary
+            .contains("none of the 1 remembered peers dialled answers"),
+        "{}",
+        peers.summary
+    );
+    assert!(
+        peers
+            .evidence
+            .iter()
+            .any(|e| e.starts_with(&format!("remembered {b_id}: "))),
+        "the evidence names the peer and why: {:?}",
+        peers.evidence
+    );
+    assert!(!peers.remedy.is_empty());
+    // Its routing table still lists B, but nobody there answers a look-up: a warning saying so.
+    let dht = check(&report, "dht");
+    assert_eq!(dht.verdict(), Verdict::Warn, "{}", verdicts(&report));
+    assert!(
+        dht.summary
+            .starts_with("no peer of the routing table answered"),
+        "{}",
+        dht.summary
+    );
+    assert!(dht.remedy.contains("p2pctl dial TICKET"), "{}", dht.remedy);
+    a.client().await;
+}

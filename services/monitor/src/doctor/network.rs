@@ -144,11 +144,14 @@ pub(crate) fn relays(status: &OverlayStatus) -> Check {
     }
 }
 
-/// The DHT knows peers, and a look-up runs to its end.
+/// The DHT knows peers, and a look-up runs to its end with some of them answering.
 pub(crate) async fn dht(net: &Network, status: &OverlayStatus) -> Check {
     let started = Instant::now();
     let lookup = tokio::time::timeout(LOOKUP_WAIT, net.find_peer(PeerId::random())).await;
     let took = started.elapsed();
+    // A look-up asks its peers over connections: with none open once it ended, no peer of the
+    // routing table answered it (it ends at once when every dial fails).
+    let answered = net.peers().await.is_ok_and(|p| !p.is_empty());
     let table = format!(
         "routing table: {}",
         count(status.routing_table_size as usize, "peer")
@@ -160,9 +163,16 @@ pub(crate) async fn dht(net: &Network, status: &OverlayStatus) -> Check {
                 "off on this node (--no-kademlia): peers are reached by ticket",
             );
         }
-        Ok(Ok(_) | Err(Error::PeerNotFound(_))) if status.routing_table_size > 0 => ok(
+        Ok(Ok(_) | Err(Error::PeerNotFound(_))) if status.routing_table_size > 0 && answered => ok(
             "dht",
             format!("{table}; a test look-up ran in {} ms", took.as_millis()),
+        ),
+        Ok(Ok(_) | Err(Error::PeerNotFound(_))) if status.routing_table_size > 0 => warn(
+            "dht",
+            "no peer of the routing table answered a test look-up: they are offline, or this \
+             node cannot reach them; peers cannot be found by peer id meanwhile",
+            "connect to a P2P OS node that is online (`p2pctl dial TICKET`, or --bootstrap); \
+             `p2pctl doctor PEER` on one of them tells why it does not answer",
         ),
         Ok(Ok(_) | Err(Error::PeerNotFound(_))) => warn(
             "dht",

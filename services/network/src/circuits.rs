@@ -6,11 +6,11 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol, relay, swarm::ConnectionId};
+use libp2p::{Multiaddr, PeerId, relay, swarm::ConnectionId};
 use p2pos_protocols::network::{Circuit, Path};
 use tokio::time::Instant;
 
-use crate::scope::is_relayed;
+use crate::scope::{is_relayed, relay_of};
 
 /// Most relays whose limits are remembered (a relay's are kept while it is within the bound).
 const MAX_RELAYS: usize = 64;
@@ -59,13 +59,9 @@ impl Circuits {
                 duration: l.duration().filter(|d| !d.is_zero()),
             })
             .unwrap_or_default();
-        let map = match inbound {
-            true => &mut self.inbound,
-            false => &mut self.by_relay,
-        };
-        let bound = match inbound {
-            true => MAX_INBOUND,
-            false => MAX_RELAYS,
+        let (map, bound) = match inbound {
+            true => (&mut self.inbound, MAX_INBOUND),
+            false => (&mut self.by_relay, MAX_RELAYS),
         };
         if map.len() >= bound && !map.contains_key(&peer) {
             map.clear();
@@ -76,9 +72,6 @@ impl Circuits {
     /// A connection to `peer` at `addr` opened: if it is relayed, its circuit's limits run
     /// from now.
     pub(crate) fn opened(&mut self, peer: PeerId, id: ConnectionId, addr: &Multiaddr) {
-        if !is_relayed(addr) {
-            return;
-        }
         let Some(relay) = relay_of(addr) else {
             return;
         };
@@ -102,19 +95,6 @@ impl Circuits {
     pub(crate) fn closed(&mut self, id: ConnectionId) {
         self.open.remove(&id);
     }
-}
-
-/// The relay a relayed address goes through: the peer just before `/p2p-circuit`.
-fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
-    let mut last = None;
-    for p in addr.iter() {
-        match p {
-            Protocol::P2p(peer) => last = Some(peer),
-            Protocol::P2pCircuit => return last,
-            _ => {}
-        }
-    }
-    None
 }
 
 impl Circuits {

@@ -139,15 +139,19 @@ impl EventLoop {
         let DialError::Transport(errors) = error else {
             return;
         };
+        // The cheap test first: the errors' chains are read only for a side that knows its role.
+        let dialled = self.direct.dialled_through_relay.contains(&peer);
+        let accepted = self.direct.accepted_through_relay.contains(&peer);
+        if dialled == accepted {
+            return;
+        }
         let refused: Vec<Multiaddr> = errors
             .iter()
             .filter(|(addr, e)| !is_relayed(addr) && refused(e))
             .map(|(addr, _)| addr.clone())
             .take(SPRAY_ADDRS)
             .collect();
-        let dialled = self.direct.dialled_through_relay.contains(&peer);
-        let accepted = self.direct.accepted_through_relay.contains(&peer);
-        if refused.is_empty() || dialled == accepted {
+        if refused.is_empty() {
             return;
         }
         let now = Instant::now();
@@ -269,8 +273,9 @@ impl EventLoop {
     }
 
     /// Why `peer`, connected only through relays, is not connected directly.
-    pub(crate) fn why_relayed(&self, peer: &PeerId) -> String {
-        if self.nat_mapping() == "port-randomizing" {
+    /// `mapping` is [`Self::nat_mapping`]'s verdict (worked out once for every peer asked about).
+    pub(crate) fn why_relayed(&self, peer: &PeerId, mapping: &str) -> String {
+        if mapping == "port-randomizing" {
             return "this node's NAT gives each destination a new port (port-randomizing), so \
                     hole punching cannot work: only a relay gets through (forwarding a port on \
                     the router, or UPnP, would allow direct connections)"

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol, swarm::ConnectionId};
 use p2pos_proto::overlay::v1::{OverlayStatus, PeerInfo, Ticket};
 use tokio::{sync::oneshot, time::Instant};
 
@@ -15,7 +15,7 @@ use crate::{
     event_loop::EventLoop,
     nat::Punch,
     peers::is_dialable,
-    scope::{Scope, is_relayed, scope},
+    scope::{Scope, is_relayed, relay_of, scope},
 };
 
 /// How long a ticket request waits for a first listen address.
@@ -79,50 +79,71 @@ impl EventLoop {
 
     /// Connected peers, sorted by peer id.
     pub(crate) fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mapping = self.nat_mapping();
         let mut peers: Vec<PeerInfo> = self
             .connections
             .iter()
             .filter(|(_, conns)| !conns.is_empty())
-            .map(|(peer, conns)| PeerInfo {
-                peer_id: peer.to_string(),
-                addresses: conns.iter().map(|(_, a)| a.to_string()).collect(),
-                // The direct connection's, if any: new streams take it.
-                transport: conns
-                    .iter()
-                    .find(|(_, a)| !is_relayed(a))
-                    .or(conns.first())
-                    .map(|(_, a)| transport_of(a))
-                    .unwrap_or("other")
-                    .to_owned(),
-                rtt_us: self
-                    .rtt
-                    .get(peer)
-                    .map(|(rtt, _)| u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX))
-                    .unwrap_or(0),
-                agent_version: self
-                    .identified
-                    .get(peer)
-                    .map(|i| i.agent.clone())
-                    .unwrap_or_default(),
-                connections: u32::try_from(conns.len()).unwrap_or(u32::MAX),
-                direct: conns.iter().any(|(_, a)| !is_relayed(a)),
-                relays: relays_of(conns.iter().map(|(_, a)| a)),
-                why_relayed: match conns.iter().any(|(_, a)| !is_relayed(a)) {
-                    true => String::new(),
-                    false => self.why_relayed(peer),
-                },
-            })
+            .map(|(peer, conns)| self.peer_info(peer, conns, mapping))
             .collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         peers
     }
 
+    /// What the connected peers list says of `peer`, open on `conns`; `mapping` is this node's
+    /// NAT mapping.
+    fn peer_info(
+        &self,
+        peer: &PeerId,
+        conns: &[(ConnectionId, Multiaddr)],
+        mapping: &str,
+    ) -> PeerInfo {
+        let direct = conns.iter().any(|(_, a)| !is_relayed(a));
+        let mut relays: Vec<String> = Vec::new();
+        for relay in conns.iter().filter_map(|(_, a)| relay_of(a)) {
+            let relay = relay.to_string();
+            if !relays.contains(&relay) {
+                relays.push(relay);
+            }
+        }
+        PeerInfo {
+            peer_id: peer.to_string(),
+            addresses: conns.iter().map(|(_, a)| a.to_string()).collect(),
+            // The direct connection's, if any: new streams take it.
+            transport: conns
+                .iter()
+                .find(|(_, a)| !is_relayed(a))
+                .or(conns.first())
+                .map(|(_, a)| transport_of(a))
+                .unwrap_or("other")
+                .to_owned(),
+            rtt_us: self
+                .rtt
+                .get(peer)
+                .map(|(rtt, _)| u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+            agent_version: self
+                .identified
+                .get(peer)
+                .map(|i| i.agent.clone())
+                .unwrap_or_default(),
+            connections: u32::try_from(conns.len()).unwrap_or(u32::MAX),
+            direct,
+            relays,
+            why_relayed: match direct {
+                true => String::new(),
+                false => self.why_relayed(peer, mapping),
+            },
+        }
+    }
+
     /// What is known of `peer`, for diagnosis.
     pub(crate) fn peer_detail(&self, peer: PeerId) -> PeerDetail {
         let info = self
-            .peer_infos()
-            .into_iter()
-            .find(|p| p.peer_id == peer.to_string());
+            .connections
+            .get(&peer)
+            .filter(|conns| !conns.is_empty())
+            .map(|conns| self.peer_info(&peer, conns, self.nat_mapping()));
         let identified = self.identified.get(&peer);
         let relayed_only = info.as_ref().is_some_and(|i| !i.direct);
         PeerDetail {
@@ -171,28 +192,6 @@ impl EventLoop {
             nat_mapping: self.nat_mapping().to_owned(),
         }
     }
-}
-
-/// The relays (peer ids) that relayed addresses among `addrs` go through, without duplicates.
-fn relays_of<'a>(addrs: impl Iterator<Item = &'a Multiaddr>) -> Vec<String> {
-    let mut relays = Vec::new();
-    for addr in addrs {
-        let mut last_peer = None;
-        for p in addr.iter() {
-            match p {
-                Protocol::P2p(peer) => last_peer = Some(peer),
-                Protocol::P2pCircuit => {
-                    if let Some(relay) = last_peer.map(|p| p.to_string())
-                        && !relays.contains(&relay)
-                    {
-                        relays.push(relay);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    relays
 }
 
 /// "relay", "quic", "tcp" or "other", from a connection's remote address.

@@ -22,7 +22,7 @@ use p2pos_protocols::network::ticket::without_peer;
 use crate::{
     event_loop::EventLoop,
     peers::is_dialable,
-    scope::{advertisable, advertised_floor, is_relayed},
+    scope::{Scope, advertisable, advertised_floor, is_relayed},
 };
 
 /// The DHT key prefix of address records.
@@ -77,16 +77,21 @@ impl EventLoop {
         self.published.dirty = true;
     }
 
+    /// The narrowest scope of the addresses this node advertises, among its peers now.
+    fn advertised_floor(&self) -> Scope {
+        advertised_floor(
+            self.connections.values().flatten().map(|(_, a)| a),
+            self.trust_private,
+        )
+    }
+
     /// The addresses that peers elsewhere may reach this node at: its confirmed external
     /// addresses (a relayed one per reservation among them) and its listen addresses, those as
     /// wide as its peers are (`scope::advertised_floor`: on the internet, not loopback,
     /// link-local or, unless trusted, private ones); direct ones first.
     pub(crate) fn advertised_addrs(&self) -> Vec<Multiaddr> {
         let local = *self.swarm.local_peer_id();
-        let floor = advertised_floor(
-            self.connections.values().flatten().map(|(_, a)| a),
-            self.trust_private,
-        );
+        let floor = self.advertised_floor();
         let mut direct = Vec::new();
         let mut relayed = Vec::new();
         for a in self
@@ -155,7 +160,6 @@ impl EventLoop {
                 debug!(?addrs, "address record put in the DHT");
                 self.published.addrs = addrs;
                 self.published.at = Some(Instant::now());
-                self.published.dirty = false;
             }
             Err(e) => debug!("cannot store the address record: {e}"),
         }
@@ -207,10 +211,7 @@ impl EventLoop {
         self.finish_query(id);
         // The addresses as wide as this node's peers are (as it advertises its own): a record
         // can name loopback or LAN addresses, of no use from elsewhere.
-        let floor = advertised_floor(
-            self.connections.values().flatten().map(|(_, a)| a),
-            self.trust_private,
-        );
+        let floor = self.advertised_floor();
         let found: Vec<Multiaddr> = found
             .into_iter()
             .filter(|a| is_dialable(a) && advertisable(a, floor))

@@ -21,10 +21,10 @@ use std::{
     task::{Context, Poll},
 };
 
-use crate::scope::ip_of;
+use crate::scope::{self, ip_of, is_relayed};
 use libp2p::{
     Multiaddr, PeerId,
-    core::{Endpoint, multiaddr::Protocol, transport::PortUse},
+    core::{Endpoint, transport::PortUse},
     swarm::{
         ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure,
         NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
@@ -91,26 +91,12 @@ impl std::fmt::Display for TooManyFromIp {
 
 impl std::error::Error for TooManyFromIp {}
 
-/// Whether an address goes through a relay.
-fn is_relayed(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
-}
-
 /// The relay of a relayed address: the last peer id before `/p2p-circuit`, or else the IP
 /// address it starts with.
 fn relay_of(addr: &Multiaddr) -> Option<Source> {
-    let mut relay = None;
-    for p in addr.iter() {
-        match p {
-            Protocol::P2p(peer) => relay = Some(peer),
-            Protocol::P2pCircuit => break,
-            _ => {}
-        }
-    }
-    match relay {
-        Some(relay) => Some(Source::Relay(relay)),
-        None => ip_of(addr).map(Source::RelayAt),
-    }
+    scope::relay_of(addr)
+        .map(Source::Relay)
+        .or_else(|| ip_of(addr).map(Source::RelayAt))
 }
 
 /// What an inbound connection on `local_addr` from `remote_addr` is counted under, and whether

@@ -116,8 +116,15 @@ impl Circuits {
             let Some(t) = tightest else {
                 return Some(*c);
             };
+            // The relay named is the one whose data limit is named (an unknown limit is not
+            // a tighter one).
+            let tighter = match (c.data_limit, t.data_limit) {
+                (Some(c), Some(t)) => c < t,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
             Some(Circuit {
-                relay: match c.data_limit < t.data_limit {
+                relay: match tighter {
                     true => c.relay,
                     false => t.relay,
                 },
@@ -167,6 +174,29 @@ mod tests {
             .parse()
             .expect("addr");
         assert_eq!(relay_of(&direct), None);
+    }
+
+    #[test]
+    fn the_relay_named_is_the_one_whose_limit_is_named() {
+        let (peer, known, unknown) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut circuits = Circuits::default();
+        let at = |relay: PeerId| -> Multiaddr {
+            format!("/ip4/1.2.3.4/tcp/1/p2p/{relay}/p2p-circuit/p2p/{peer}")
+                .parse()
+                .expect("addr")
+        };
+        let (a, b) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+        );
+        circuits.opened(peer, a, &at(known));
+        circuits.opened(peer, b, &at(unknown));
+        circuits.open.get_mut(&a).expect("a").data_limit = Some(1024);
+        let conns = vec![(b, at(unknown)), (a, at(known))];
+        let Path::Relayed(circuit) = circuits.path(&peer, Some(&conns)) else {
+            panic!("relayed");
+        };
+        assert_eq!((circuit.relay, circuit.data_limit), (known, Some(1024)));
     }
 
     #[test]

@@ -283,18 +283,8 @@ async fn view(net: &Network, asker: PeerId) -> Option<DiagView> {
 /// Text a peer told (in a diagnosis answer, its identify): control characters escaped, cut
 /// to `max` bytes — it goes into a report people read on a terminal.
 pub fn told(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max));
-    for c in text.chars() {
-        if out.len() >= max {
-            out.push('…');
-            break;
-        }
-        match c.is_control() {
-            true => out.extend(c.escape_default()),
-            false => out.push(c),
-        }
-    }
-    out
+    // Up to `max` bytes of the text, then the mark if it was cut.
+    crate::logs::one_line(text, max + '…'.len_utf8())
 }
 
 /// What a peer answered, made safe to show and reason on: known words only where words are

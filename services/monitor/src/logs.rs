@@ -155,9 +155,7 @@ impl LogRing {
     /// Keeps one line (its text cut to [`MAX_LINE_BYTES`]) and counts it if it is a warning
     /// or an error.
     pub fn push(&self, level: Level, target: &str, text: &str) {
-        let mut capped = Capped::new(MAX_LINE_BYTES);
-        let _ = capped.write_str(text);
-        self.keep(level, target, capped.finish());
+        self.keep(level, target, one_line(text, MAX_LINE_BYTES));
     }
 
     fn keep(&self, level: Level, target: &str, text: String) {
@@ -330,6 +328,13 @@ impl tracing::field::Visit for LineVisitor {
             }
         }
     }
+}
+
+/// `text` with its control characters escaped, cut to `cap` bytes (ending with `…` when cut).
+pub(crate) fn one_line(text: &str, cap: usize) -> String {
+    let mut capped = Capped::new(cap);
+    let _ = capped.write_str(text);
+    capped.finish()
 }
 
 /// A string that takes at most `cap` bytes, cut on a character boundary, ending with `…` when

@@ -65,7 +65,20 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Polls `check` until it returns `Some`, or fails the test after `deadline` saying `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match poll_until(deadline, check).await {
+        Some(value) => value,
+        None => panic!("timed out after {deadline:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` (every 50 ms) until it returns `Some`, or answers `None` after `deadline`:
+/// for a test that says more than [`wait_for`] when the wait fails, or measures it.
+pub async fn poll_until<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -73,12 +86,11 @@ where
     let until = Instant::now() + deadline;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Some(value);
         }
-        assert!(
-            Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        if Instant::now() >= until {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -513,7 +513,7 @@ async fn apps_talk_across_a_port_randomizing_nat_on_a_private_internet() {
 #[ignore = "needs root / netns / nftables: run by .ci/run (tools/run-tests --include-ignored)"]
 async fn the_doctor_explains_why_a_pair_stays_relayed() {
     use p2pos_proto::monitor::v1::{DoctorRequest, Verdict};
-    use p2pos_tests::natlab::trials::HomeNode;
+    use p2pos_tests::{natlab::trials::HomeNode, poll_until, wait_for};
 
     let lab = lab(Config {
         nats: [Nat::DROPPING, Nat::RANDOM_PORTS],
@@ -532,13 +532,11 @@ async fn the_doctor_explains_why_a_pair_stays_relayed() {
         &allow,
     )
     .await;
-    let known = tokio::time::timeout(Duration::from_secs(30), async {
-        while b.nat_mapping().await != "port-randomizing" {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let known = poll_until(Duration::from_secs(30), || async {
+        (b.nat_mapping().await == "port-randomizing").then_some(())
     })
     .await;
-    if known.is_err() {
+    if known.is_none() {
         let status = b
             .client
             .monitor()
@@ -601,22 +599,19 @@ async fn the_doctor_explains_why_a_pair_stays_relayed() {
     );
 
     // Once hole punching has given up, the pair's evidence lists the attempt and how it ended.
-    let listed = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
+    let listed = wait_for(
+        "the failed hole punch in the evidence",
+        Duration::from_secs(60),
+        || async {
             let report = doctor_b().await;
             let connection = report.checks.into_iter().find(|c| c.name == "connection");
-            if let Some(line) = connection
+            connection
                 .into_iter()
                 .flat_map(|c| c.evidence)
                 .find(|e| e.starts_with("hole punch ") && e.contains(" ago: failed: "))
-            {
-                return line;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    })
-    .await
-    .expect("the failed hole punch in the evidence");
+        },
+    )
+    .await;
     println!("evidence: {listed}");
 
     // B's own doctor says the same of its NAT, with the port to forward.

@@ -21,7 +21,7 @@ use p2pos_proto::{
 };
 
 use super::{Internet, NatLab};
-use crate::Node;
+use crate::{Node, poll_until};
 
 /// How long a trial waits for a node's relay reservation after its start. The goal is 5 s;
 /// waiting longer measures how far off a node is.
@@ -35,8 +35,6 @@ pub const RELAY_PORT: u16 = 4001;
 /// How long after a trial's nodes answered the next trial starts at the latest, when they do
 /// not hold their reservations before.
 pub const PACE: Duration = Duration::from_millis(2500);
-/// How often a condition is looked at again.
-const POLL: Duration = Duration::from_millis(50);
 
 /// What the home nodes listen on (and so which transport hole punching has to work for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +194,7 @@ impl HomeNode {
     /// address: it holds a reservation. `None` if not within [`RESERVATION_DEADLINE`].
     pub async fn reservation(&self) -> Option<Duration> {
         let left = RESERVATION_DEADLINE.saturating_sub(self.started.elapsed());
-        within(left, || async {
+        poll_until(left, || async {
             let status = self
                 .client
                 .monitor()
@@ -271,34 +269,11 @@ impl HomeNode {
     /// within [`DIRECT_DEADLINE`].
     pub async fn direct(&self, peer: &str) -> Option<Duration> {
         let start = Instant::now();
-        within(DIRECT_DEADLINE, || async {
+        poll_until(DIRECT_DEADLINE, || async {
             let info = self.peer(peer).await?;
-            is_direct(&info).then(|| start.elapsed())
+            info.direct.then(|| start.elapsed())
         })
         .await
-    }
-}
-
-/// Whether one of the connections `info` describes is direct (not through a relay).
-pub fn is_direct(info: &PeerInfo) -> bool {
-    info.direct
-}
-
-/// Polls `check` until it returns `Some`, or answers `None` after `deadline`.
-async fn within<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(value) = check().await {
-            return Some(value);
-        }
-        if Instant::now() >= until {
-            return None;
-        }
-        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -23,7 +23,9 @@ use p2pos_protocols::{
     wire::{read_message, write_message},
 };
 use prost::Message;
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
+
+use crate::within::within;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, warn};
 
@@ -128,15 +130,15 @@ impl Gate {
         if self.policy.groups.is_empty() {
             return Err(refused);
         }
-        let held = timeout(
+        let held = within(
             GROUPS_WAIT,
             self.registry
                 .ask::<Groups, _>(|reply| groups::Request::List { reply }),
         )
         .await;
         let held = match held {
-            Ok(Ok(list)) => list.groups,
-            _ => return Err(format!("{refused}; its groups service does not answer")),
+            Ok(list) => list.groups,
+            Err(_) => return Err(format!("{refused}; its groups service does not answer")),
         };
         for wanted in &self.policy.groups {
             let by_id = held.iter().find(|g| g.id == *wanted);
@@ -154,7 +156,7 @@ impl Gate {
                     continue;
                 }
             };
-            let member = timeout(
+            let member = within(
                 GROUPS_WAIT,
                 self.registry
                     .ask::<Groups, bool>(|reply| groups::Request::IsMember {
@@ -164,7 +166,7 @@ impl Gate {
                     }),
             )
             .await;
-            if matches!(member, Ok(Ok(true))) {
+            if matches!(member, Ok(true)) {
                 return Ok(());
             }
         }

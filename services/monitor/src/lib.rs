@@ -13,6 +13,7 @@
 //! - [`diag`]: `/p2pos/diag/1`, what peers tell each other for diagnosis, and who may ask.
 //! - [`logs`]: the ring of the node's recent log lines (a `tracing_subscriber` layer the daemon
 //!   installs) and its WARN/ERROR counts by target.
+//! - `within`: calls to other services with a deadline.
 //! - [`reports`]: the answers of `GetLogs`, `GetMetrics` and `GetConfig`.
 //! - [`dashboard`]: the opt-in `127.0.0.1` dashboard, a web page behind the admin credential.
 //! - `server`: the connection loop (limits, time limits) both HTTP endpoints run.
@@ -24,6 +25,7 @@ pub mod http;
 pub mod logs;
 pub mod reports;
 pub mod service;
+mod within;
 
 pub mod dashboard;
 mod server;

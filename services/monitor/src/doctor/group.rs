@@ -12,7 +12,7 @@ use p2pos_protocols::{Groups, groups, network::Network};
 use tokio::time::Duration;
 
 use super::check::{Evidence, fail, ok, warn};
-use crate::diag;
+use crate::{diag, within::within};
 
 /// Members asked at once.
 const MEMBERS_AT_ONCE: usize = 8;
@@ -25,12 +25,11 @@ pub(crate) async fn matrix(
     registry: &Registry,
     group: String,
 ) -> Result<(Vec<String>, Vec<MatrixRow>, Check), ServiceError> {
-    let members = tokio::time::timeout(
+    let members = within(
         MEMBER_WAIT,
         registry.ask::<Groups, _>(|reply| groups::Request::Members { group, reply }),
     )
-    .await
-    .map_err(|_| ServiceError::unavailable("the groups service does not answer"))??;
+    .await?;
     let name = members.group.map(|g| g.name).unwrap_or_default();
     let local = net.local_peer_id();
     let mut peers: Vec<PeerId> = members

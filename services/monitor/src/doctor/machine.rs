@@ -9,6 +9,7 @@ use p2pos_protocols::{Resources, Tasks, resources, tasks};
 use tokio::time::{Duration, timeout};
 
 use super::check::{Evidence, bytes, count, fail, ok, warn};
+use crate::within::within;
 use p2pos_proto::monitor::v1::Check;
 
 /// The store tree the store check writes its probe to.
@@ -131,10 +132,7 @@ pub(crate) async fn store(ctx: &ServiceContext) -> Check {
 
 /// A call to another service, given up after [`SERVICE_WAIT`].
 async fn ask<T>(call: impl Future<Output = Result<T, ServiceError>>) -> Result<T, String> {
-    match timeout(SERVICE_WAIT, call).await {
-        Ok(answer) => answer.map_err(|e| e.message),
-        Err(_) => Err(format!("no answer within {SERVICE_WAIT:?}")),
-    }
+    within(SERVICE_WAIT, call).await.map_err(|e| e.message)
 }
 
 /// Runs `work` (which touches the file system) off the async threads, giving up after

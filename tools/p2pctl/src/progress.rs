@@ -99,11 +99,4 @@ mod tests {
         let long = format!("p2pos{}", "x".repeat(200));
         assert_eq!(dial_message(&long).chars().count(), "dialing ".len() + 60);
     }
-
-    #[tokio::test]
-    async fn with_json_the_work_runs_without_a_spinner() {
-        let out = during("x", true, async { 7 }).await;
-        assert_eq!(out, 7);
-        assert!(!wanted(true));
-    }
 }

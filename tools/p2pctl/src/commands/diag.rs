@@ -21,8 +21,8 @@ use crate::{cli_diag::DiagCommand, output, progress};
 
 /// How long one part may take before it is given up (and named in the README).
 const PART_TIMEOUT: Duration = Duration::from_secs(15);
-/// Log lines in `logs.txt`: all the node keeps (it answers at most 2000).
-const BUNDLE_LOG_LINES: u32 = 2000;
+/// Log lines in `logs.txt`: all the node keeps (it answers with at most what it keeps).
+const BUNDLE_LOG_LINES: u32 = u32::MAX;
 
 /// Runs one `diag` command.
 pub(crate) async fn run(client: &Client, command: DiagCommand) -> anyhow::Result<()> {

@@ -54,7 +54,8 @@ pub(crate) fn line_text(line: &LogLine) -> String {
     format!(
         "{} {level:>5} {target}: {}",
         output::timestamp(*at_ms),
-        one_line(text)
+        // The node escapes control characters too; this does not rely on it.
+        crate::output::escaped(text)
     )
 }
 
@@ -68,12 +69,6 @@ pub(crate) fn line_json(line: &LogLine) -> Value {
         text,
     } = line;
     json!({ "seq": seq, "at_ms": at_ms, "level": level, "target": target, "text": text })
-}
-
-/// A message that spans lines, on one line (`\n` shown as `\\n`): one log line per line.
-fn one_line(text: &str) -> String {
-    // The node escapes them too; this does not rely on it.
-    crate::output::escaped(text)
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ async fn a_node_behind_a_relay_is_reached_by_its_peer_id_alone() {
         })
         .await;
         let a_client = a.client().await;
+        // A knows nobody but the relay: the look-up needs it connected (a node still dialling
+        // its bootstrap peer finds nothing).
+        connected_peer(&a_client, peer_id_of(&relay), "A to reach the relay").await;
         let dialled = a_client
             .overlay()
             .dial(DialRequest {

@@ -1,0 +1,4 @@
+;; Loops forever.
+(module
+  (func (export "_start")
+    (loop $forever (br $forever))))

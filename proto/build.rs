@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "p2pos/service/v1/service.proto",
         "p2pos/resources/v1/resources.proto",
         "p2pos/group/v1/group.proto",
+        "p2pos/jobs/v1/jobs.proto",
         "p2pos/wire/v1/wire.proto",
     ];
     println!("cargo:rerun-if-changed=p2pos");

@@ -9,6 +9,7 @@
 //! - [`tasks::v1`]: helper applications (plug-ins) the node starts and supervises.
 //! - [`resources::v1`]: the machine's inventory and what the node and its helpers use.
 //! - [`group::v1`]: groups with a signed member list.
+//! - [`jobs::v1`]: WebAssembly jobs run on peers that lend.
 //! - [`wire::v1`]: node-to-node frames of the `/p2pos/...` protocols.
 //! - [`packed`]: frames packed into one `bytes` field (channel batches).
 //!
@@ -66,6 +67,12 @@ pub mod resources {
         tonic::include_proto!("p2pos.resources.v1");
     }
 }
+/// `p2pos.jobs.v1`
+pub mod jobs {
+    pub mod v1 {
+        tonic::include_proto!("p2pos.jobs.v1");
+    }
+}
 /// `p2pos.wire.v1`
 pub mod wire {
     pub mod v1 {
@@ -87,4 +94,5 @@ pub const API_VERSIONS: &[&str] = &[
     "p2pos.service.v1",
     "p2pos.resources.v1",
     "p2pos.group.v1",
+    "p2pos.jobs.v1",
 ];

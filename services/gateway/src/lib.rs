@@ -12,7 +12,7 @@
 //! - [`tokens`]: app tokens: issued with a time to live, stored by digest, listed, revoked.
 //! - [`server`]: the gateway actor, its listeners, health and reflection, graceful stop.
 //! - [`node_api`], [`overlay_api`], [`apps_api`], [`tasks_api`], [`services_api`],
-//!   [`monitor_api`], [`resources_api`], [`groups_api`]: one adapter per service.
+//!   [`monitor_api`], [`resources_api`], [`groups_api`], [`jobs_api`]: one adapter per service.
 //! - [`monitor_diag`]: checks of the monitor's diagnostic calls (`GetLogs` and its bounds).
 //! - [`deadline`]: the caller's gRPC deadline (`grpc-timeout`).
 //! - [`splice`]: the channel data path over gRPC, shared by app and service channels.
@@ -25,6 +25,7 @@ pub mod config;
 pub mod data_socket;
 pub mod deadline;
 pub mod groups_api;
+pub mod jobs_api;
 pub mod monitor_api;
 pub mod monitor_diag;
 pub mod node_api;

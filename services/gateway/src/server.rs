@@ -11,11 +11,14 @@ use p2pos_kernel::{
 };
 use p2pos_proto::{
     FILE_DESCRIPTOR_SET, app::v1::apps_server::AppsServer, group::v1::groups_server::GroupsServer,
-    monitor::v1::monitor_server::MonitorServer, node::v1::node_server::NodeServer,
-    overlay::v1::overlay_server::OverlayServer, resources::v1::resources_server::ResourcesServer,
-    service::v1::services_server::ServicesServer, tasks::v1::tasks_server::TasksServer,
+    jobs::v1::jobs_server::JobsServer, monitor::v1::monitor_server::MonitorServer,
+    node::v1::node_server::NodeServer, overlay::v1::overlay_server::OverlayServer,
+    resources::v1::resources_server::ResourcesServer, service::v1::services_server::ServicesServer,
+    tasks::v1::tasks_server::TasksServer,
 };
-use p2pos_protocols::{Apps, Forwarding, Groups, Monitor, Overlay, Resources, Services, Tasks};
+use p2pos_protocols::{
+    Apps, Forwarding, Groups, Jobs, Monitor, Overlay, Resources, Services, Tasks,
+};
 use tokio::{
     sync::watch,
     task::{AbortHandle, JoinHandle},
@@ -32,6 +35,7 @@ use crate::{
     auth::{AuthLayer, Authenticator},
     data_socket::DataSockets,
     groups_api::GroupsApi,
+    jobs_api::{JobsApi, MAX_JOB_MESSAGE},
     monitor_api::MonitorApi,
     node_api::NodeApi,
     overlay_api::OverlayApi,
@@ -75,6 +79,7 @@ pub fn child_spec(config: Config) -> ChildSpec {
                 Monitor::NAME,
                 Resources::NAME,
                 Groups::NAME,
+                Jobs::NAME,
             ],
             ..Uses::default()
         },
@@ -131,7 +136,12 @@ fn routes(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(ResourcesServer::new(ResourcesApi::new(ctx.clone())))
-        .add_service(GroupsServer::new(GroupsApi::new(ctx.clone(), stop.clone())));
+        .add_service(GroupsServer::new(GroupsApi::new(ctx.clone(), stop.clone())))
+        .add_service(
+            JobsServer::new(JobsApi::new(ctx.clone(), stop.clone()))
+                .max_decoding_message_size(MAX_JOB_MESSAGE)
+                .max_encoding_message_size(MAX_JOB_MESSAGE),
+        );
     Ok((routes, reporter))
 }
 
@@ -286,7 +296,7 @@ fn grpc_names(service: &str) -> &'static [&'static str] {
         // Port forwarding's calls are `Services` calls too.
         "forward" => &["p2pos.service.v1.Services"],
         "monitor" => &["p2pos.monitor.v1.Monitor"],
-        "tasks" => &["p2pos.tasks.v1.Tasks"],
+        "tasks" => &["p2pos.tasks.v1.Tasks", "p2pos.jobs.v1.Jobs"],
         "resources" => &["p2pos.resources.v1.Resources"],
         "groups" => &["p2pos.group.v1.Groups"],
         "gateway" => &["p2pos.node.v1.Node"],

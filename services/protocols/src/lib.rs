@@ -11,7 +11,7 @@
 //!
 //! # Layout
 //! - this file: one marker type per protocol ([`Overlay`], [`Monitor`], [`Apps`], [`Tasks`],
-//!   [`Services`], [`Forwarding`], [`Resources`], [`Groups`]) and one module of request types each.
+//!   [`Services`], [`Forwarding`], [`Resources`], [`Groups`], [`Jobs`]) and one module of request types each.
 //! - [`ids`]: [`AppId`](ids::AppId), [`ServiceName`](ids::ServiceName),
 //!   [`PeerRef`](ids::PeerRef).
 //! - [`network`]: the network handle other services use (streams by protocol id, inbound
@@ -102,6 +102,15 @@ pub enum Resources {}
 impl Protocol for Resources {
     const NAME: &'static str = "p2pos.resources.v1";
     type Request = resources::Request;
+}
+
+/// `p2pos.jobs.v1`: WebAssembly jobs run on peers that lend.
+#[derive(Debug)]
+pub enum Jobs {}
+
+impl Protocol for Jobs {
+    const NAME: &'static str = "p2pos.jobs.v1";
+    type Request = jobs::Request;
 }
 
 /// Requests of the [`Overlay`] protocol.
@@ -325,11 +334,74 @@ pub mod groups {
     }
 }
 
+/// Requests of the [`Jobs`] protocol.
+pub mod jobs {
+    use p2pos_proto::jobs::v1::{Job, JobSpec, ListReply};
+    use tokio::sync::mpsc;
+
+    use crate::Reply;
+
+    /// Who calls: `None` for the admin, else the app whose scope the gateway resolved.
+    pub type CallerApp = Option<String>;
+
+    /// One request.
+    #[derive(Debug)]
+    pub enum Request {
+        /// `Jobs.Submit`: the job's events, the first one at once; the job ends when the
+        /// receiver is dropped before it ends, unless `detach`.
+        Submit {
+            /// Who calls (the job's owner).
+            caller_app: CallerApp,
+            /// What to run (checked by the service).
+            spec: JobSpec,
+            /// Keep running when the receiver goes.
+            detach: bool,
+            /// The job's snapshots, one per change, until it ends.
+            reply: Reply<mpsc::Receiver<Job>>,
+        },
+        /// `Jobs.Watch`.
+        Watch {
+            /// Who calls (an app sees only its own jobs).
+            caller_app: CallerApp,
+            /// The job.
+            job_id: String,
+            /// Its snapshots.
+            reply: Reply<mpsc::Receiver<Job>>,
+        },
+        /// `Jobs.Get`.
+        Get {
+            /// Who calls.
+            caller_app: CallerApp,
+            /// The job.
+            job_id: String,
+            /// It, with its result.
+            reply: Reply<Job>,
+        },
+        /// `Jobs.List`.
+        List {
+            /// Who calls (an app sees only its own jobs, and no hosted runs).
+            caller_app: CallerApp,
+            /// The jobs.
+            reply: Reply<ListReply>,
+        },
+        /// `Jobs.Cancel`.
+        Cancel {
+            /// Who calls.
+            caller_app: CallerApp,
+            /// The job.
+            job_id: String,
+            /// It, as it is after the cancel.
+            reply: Reply<Job>,
+        },
+    }
+}
+
 /// Requests of the [`Resources`] protocol.
 pub mod resources {
     use libp2p::PeerId;
     use p2pos_proto::resources::v1::{
-        Amounts, FindReply, FindRequest, Inventory, LeaseReply, ListLeasesReply, Sharing,
+        Amounts, FindReply, FindRequest, Inventory, Lease, LeaseReply, ListLeasesReply, Refused,
+        Sharing,
     };
 
     use crate::Reply;
@@ -404,6 +476,16 @@ pub mod resources {
             caller_app: CallerApp,
             /// Granted and held leases.
             reply: Reply<ListLeasesReply>,
+        },
+        /// Another service's question (the jobs runner's): the lease `lease_id` that `holder`
+        /// holds on this node now, or why not (`NOT_SHARED`, `UNKNOWN_LEASE`).
+        CheckLease {
+            /// Who says it holds it.
+            holder: PeerId,
+            /// The lease.
+            lease_id: String,
+            /// It, or the refusal.
+            reply: Reply<Result<Lease, Refused>>,
         },
     }
 }

@@ -300,6 +300,22 @@ impl Lender {
         Ok(lease)
     }
 
+    /// The lease `lease_id` that `peer` holds here now, or why there is none: this node lends
+    /// nothing (and `peer` holds no lease from before), or no such lease of `peer`.
+    pub fn held(&self, peer: &PeerId, lease_id: &str) -> Result<Lease, Refused> {
+        let state = self.state();
+        match state.granted.get(lease_id).filter(|g| g.holder == *peer) {
+            Some(granted) => Ok(self.lease_of(lease_id, granted)),
+            None if !policy::lends(&state.sharing) => {
+                Err(refused(Refusal::NotShared, "this node lends nothing"))
+            }
+            None => Err(refused(
+                Refusal::UnknownLease,
+                format!("no lease {lease_id:?} of {peer} here"),
+            )),
+        }
+    }
+
     /// Extends a lease of `peer`, if the policy still lends to it now (a peer no longer
     /// allowed, or an owner now busy, keeps its lease only until it ends).
     fn renew(

@@ -373,6 +373,13 @@ impl Handler<Call<Resources>> for ResourcesService {
                 };
                 answer::<_, ServiceError>(reply, Ok(listed));
             }
+            Request::CheckLease {
+                holder,
+                lease_id,
+                reply,
+            } => {
+                answer::<_, ServiceError>(reply, Ok(self.lender.held(&holder, &lease_id)));
+            }
         }
     }
 }

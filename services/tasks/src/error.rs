@@ -153,6 +153,12 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A job spec is out of bounds.
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    /// No job of that id that the caller may see.
+    #[error("no job {0:?} (jobs are kept here until the node stops; an app sees only its own)")]
+    NoSuchJob(String),
     /// A background task failed unexpectedly.
     #[error("internal error: {0}")]
     Internal(String),
@@ -176,8 +182,11 @@ impl From<Error> for ServiceError {
             | Error::InvalidSpec(_)
             | Error::InvalidSignal { .. }
             | Error::HelperAppIdTooLong(_)
-            | Error::ProgramOutside { .. } => ErrorCode::InvalidArgument,
-            Error::ProgramNotFound { .. } | Error::NotFound { .. } => ErrorCode::NotFound,
+            | Error::ProgramOutside { .. }
+            | Error::InvalidJob(_) => ErrorCode::InvalidArgument,
+            Error::ProgramNotFound { .. } | Error::NotFound { .. } | Error::NoSuchJob(_) => {
+                ErrorCode::NotFound
+            }
             Error::ProgramNotRunnable { .. }
             | Error::StillRunning { .. }
             | Error::NotRunning { .. }

@@ -131,6 +131,26 @@ impl FsRules {
         rules
     }
 
+    /// The rules of one job's sandbox process: the system directories and the node's
+    /// executable `program` to read and run, its job directory `job_dir` (inside the data
+    /// directory) to read and write; nothing else of the data directory.
+    pub(crate) fn for_job(data_dir: &Path, job_dir: &Path, program: &Path) -> FsRules {
+        let hidden = data_dir
+            .canonicalize()
+            .unwrap_or_else(|_| data_dir.to_owned());
+        let mut read_exec = Grants::new(&hidden);
+        for dir in SYSTEM_DIRS {
+            read_exec.grant(Path::new(dir));
+        }
+        read_exec.paths.push(program.to_owned());
+        let mut read_write = vec![job_dir.to_owned()];
+        read_write.extend(DEVICES.iter().map(PathBuf::from).filter(|p| p.exists()));
+        FsRules {
+            read_exec: read_exec.paths,
+            read_write,
+        }
+    }
+
     /// The shim's command-line options for these rules: `--fs-rx PATH`, `--fs-rw PATH`.
     pub(crate) fn shim_args(&self) -> Vec<OsString> {
         let mut args = Vec::new();

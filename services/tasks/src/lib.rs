@@ -34,6 +34,7 @@
 //! - `logs`: the per-helper ring of output lines, its readers and followers.
 //! - `persist`: specs and helper tokens in the node's store.
 //! - `signal`: signal names.
+//! - `jobs`: WebAssembly jobs submitted to peers and run for them (`p2pos.jobs.v1`).
 //! - [`error`]: the service's [`Error`] and its mapping to `ServiceError`.
 
 mod cgroup;
@@ -42,6 +43,7 @@ mod control;
 mod enforce;
 pub mod error;
 mod fs_confine;
+mod jobs;
 mod lifecycle;
 mod limits;
 mod logs;

@@ -117,48 +117,42 @@ pub(crate) struct Spawned {
     pub(crate) readers: [JoinHandle<()>; 2],
 }
 
-/// Starts the process, its output going line by line into `log`. Must run on the actor's
-/// thread (see the module doc).
-pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned> {
-    let spec = launch.spec;
+/// A command running `program` that dies with the node: under the [`crate::shim`] `shim` if
+/// given (which then gets the cgroup, the rlimits and the file-system rules to enforce), else
+/// directly (in `group`, with `rlimits`); in a process group of its own, with a parent-death
+/// signal. Its arguments, environment and standard streams are the caller's to add. Must be
+/// spawned on the actor's thread (see the module doc).
+pub(crate) fn confined_command(
+    program: &Path,
+    shim: Option<&Path>,
+    group: Option<Arc<Group>>,
+    rlimits: Rlimits,
+    fs: FsRules,
+) -> Command {
     let node = nix::unistd::getpid();
-    let (mut cmd, death_signal) = match launch.shim {
+    let (mut cmd, death_signal) = match shim {
         Some(shim) => {
             let mut cmd = Command::new(shim);
             let node_pid = u32::try_from(node.as_raw()).unwrap_or(0);
             let options = shim::Options {
-                cgroups: launch.group.as_ref().map(|g| g.dirs()).unwrap_or_default(),
-                rlimits: launch.rlimits,
-                fs: launch.fs.clone(),
+                cgroups: group.as_ref().map(|g| g.dirs()).unwrap_or_default(),
+                rlimits,
+                fs,
             };
-            cmd.args(shim::command_line(node_pid, &options, launch.program));
+            cmd.args(shim::command_line(node_pid, &options, program));
             // The shim catches it and kills the helper's whole group.
             (cmd, Signal::SIGTERM)
         }
-        None => (Command::new(launch.program), Signal::SIGKILL),
+        None => (Command::new(program), Signal::SIGKILL),
     };
-    cmd.args(&spec.args)
-        .env_clear()
-        .envs(&spec.env)
-        .env(ENV_GATEWAY, format!("unix:{}", launch.gateway.display()))
-        .env(ENV_TOKEN, launch.token)
-        .env(ENV_APP_ID, launch.app_id)
-        .env(ENV_HELPER, &spec.name)
-        .env(ENV_HELPER_OWNER, &spec.app_id)
-        .env(ENV_HELPER_DIR, launch.dir)
-        .current_dir(spec.working_dir.as_deref().unwrap_or(launch.dir))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    cmd.process_group(0);
     // Without a shim, the node sets the program's rlimits itself.
-    let rlimits = if launch.shim.is_none() {
-        launch.rlimits
+    let rlimits = if shim.is_none() {
+        rlimits
     } else {
         Rlimits::default()
     };
-    let group = launch.group.clone();
-    let shimmed = launch.shim.is_some();
+    let shimmed = shim.is_some();
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (open, write, close, setrlimit, sigprocmask, prctl, getppid, _exit);
     // it allocates nothing.
@@ -184,6 +178,33 @@ pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned>
             Ok(())
         });
     }
+    cmd
+}
+
+/// Starts the process, its output going line by line into `log`. Must run on the actor's
+/// thread (see the module doc).
+pub(crate) fn spawn(launch: &Launch<'_>, log: &SharedLog) -> io::Result<Spawned> {
+    let spec = launch.spec;
+    let mut cmd = confined_command(
+        launch.program,
+        launch.shim,
+        launch.group.clone(),
+        launch.rlimits,
+        launch.fs.clone(),
+    );
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(&spec.env)
+        .env(ENV_GATEWAY, format!("unix:{}", launch.gateway.display()))
+        .env(ENV_TOKEN, launch.token)
+        .env(ENV_APP_ID, launch.app_id)
+        .env(ENV_HELPER, &spec.name)
+        .env(ENV_HELPER_OWNER, &spec.app_id)
+        .env(ENV_HELPER_DIR, launch.dir)
+        .current_dir(spec.working_dir.as_deref().unwrap_or(launch.dir))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let pid = child
         .id()

@@ -1,0 +1,529 @@
+//! The runner's side of `/p2pos/jobs/1`: a peer's job is taken only under a lease it holds
+//! here (the resource manager says so), checked again, written to a job directory, run in the
+//! sandbox process, stopped when the submitter goes away or its time is long past, and
+//! answered with what it produced.
+
+use std::{
+    collections::HashMap,
+    io,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use actix::Recipient;
+use libp2p::PeerId;
+use nix::sys::signal::Signal;
+use p2pos_kernel::{Registry, events::now_ms};
+use p2pos_proto::{
+    jobs::v1::{File, HostedRun, JobSpec, Reason, Result as JobResult, Usage},
+    resources::v1::{Amounts, Refusal, Refused},
+    wire::v1::{JobsAnswer, JobsAsk, JobsFinished, jobs_answer},
+};
+use p2pos_protocols::{
+    Resources,
+    network::InboundStream,
+    resources,
+    wire::{read_message, write_message},
+};
+use p2pos_sandbox::{Outcome, Report};
+use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tracing::{debug, warn};
+
+use super::{
+    check,
+    remote::{MAX_ASK, MAX_FRAME},
+    spawn::{SANDBOX_LOG, SpawnJob, Spawned},
+};
+use crate::process;
+
+/// Where job directories are, under the data directory.
+pub(crate) const JOBS_DIR: &str = "jobs";
+/// How long the submitter may take to send its ask, then the job.
+const ASK_WAIT: Duration = Duration::from_secs(30);
+const SPEC_WAIT: Duration = Duration::from_secs(120);
+/// How long an answer may take to be written.
+const ANSWER_WAIT: Duration = Duration::from_secs(60);
+/// The sandbox's time besides the job's own (starting, compiling, writing its report); past
+/// it, the sandbox is killed.
+const SANDBOX_GRACE: Duration = Duration::from_secs(90);
+/// Set in the node's environment, the node tampers with the results of jobs it runs (the
+/// test of replicas that disagree); never set it otherwise.
+pub(crate) const CORRUPT_ENV: &str = "P2POS_TEST_CORRUPT_JOB_RESULTS";
+
+/// The runner: cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Host {
+    pub(crate) registry: Registry,
+    pub(crate) spawner: Recipient<SpawnJob>,
+    pub(crate) data_dir: PathBuf,
+    runs: Arc<Mutex<HashMap<u64, HostedRun>>>,
+    next: Arc<AtomicU64>,
+    corrupt: bool,
+}
+
+/// Removes a hosted run from the list when it ends.
+struct Listed(Arc<Mutex<HashMap<u64, HostedRun>>>, u64);
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// Removes a job directory when its run ends, however it ends.
+struct JobDir(PathBuf);
+
+impl Drop for JobDir {
+    fn drop(&mut self) {
+        let dir = std::mem::take(&mut self.0);
+        std::thread::spawn(move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                warn!("cannot remove the job directory {}: {e}", dir.display());
+            }
+        });
+    }
+}
+
+fn answer(kind: jobs_answer::Kind) -> JobsAnswer {
+    JobsAnswer { kind: Some(kind) }
+}
+
+fn refused(reason: Refusal, message: impl Into<String>) -> JobsAnswer {
+    answer(jobs_answer::Kind::Refused(Refused {
+        reason: reason as i32,
+        message: message.into(),
+    }))
+}
+
+fn finished(reason: Reason, message: impl Into<String>, result: JobResult) -> JobsAnswer {
+    answer(jobs_answer::Kind::Finished(JobsFinished {
+        reason: reason as i32,
+        message: message.into(),
+        result: Some(result),
+    }))
+}
+
+impl Host {
+    /// A runner for this node; job directories left by an earlier run are removed.
+    pub(crate) fn new(registry: Registry, spawner: Recipient<SpawnJob>, data_dir: &Path) -> Self {
+        let dir = data_dir.join(JOBS_DIR);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            warn!(
+                "cannot remove old job directories in {}: {e}",
+                dir.display()
+            );
+        }
+        Host {
+            registry,
+            spawner,
+            data_dir: data_dir.to_owned(),
+            runs: Arc::default(),
+            next: Arc::new(AtomicU64::new(1)),
+            corrupt: std::env::var_os(CORRUPT_ENV).is_some(),
+        }
+    }
+
+    /// The runs this node does for peers now.
+    pub(crate) fn hosted(&self) -> Vec<HostedRun> {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<HostedRun> = runs.values().cloned().collect();
+        list.sort_by_key(|r| r.started_at_ms);
+        list
+    }
+
+    /// Serves one stream from `peer`.
+    pub(crate) async fn serve(self, peer: PeerId, stream: InboundStream) {
+        let (mut rx, mut tx) = tokio::io::split(stream.compat());
+        if let Err(e) = self.serve_on(peer, &mut rx, &mut tx).await {
+            debug!(%peer, "a job stream ended badly: {e}");
+        }
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tx).await;
+    }
+
+    async fn serve_on<R, W>(&self, peer: PeerId, rx: &mut R, tx: &mut W) -> io::Result<()>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let ask: JobsAsk = read_message(rx, MAX_ASK, ASK_WAIT).await?;
+        let checked = self
+            .registry
+            .ask::<Resources, _>(|reply| resources::Request::CheckLease {
+                holder: peer,
+                lease_id: ask.lease_id.clone(),
+                reply,
+            })
+            .await;
+        let lease = match checked {
+            Ok(Ok(lease)) => lease,
+            Ok(Err(no)) => {
+                return write_message(tx, &answer(jobs_answer::Kind::Refused(no)), ANSWER_WAIT)
+                    .await;
+            }
+            Err(e) => {
+                let why = format!("the resource manager cannot say: {}", e.message);
+                return write_message(tx, &refused(Refusal::Unreachable, why), ANSWER_WAIT).await;
+            }
+        };
+        write_message(tx, &answer(jobs_answer::Kind::Accepted(true)), ANSWER_WAIT).await?;
+        let spec: JobSpec = read_message(rx, MAX_FRAME, SPEC_WAIT).await?;
+        let amounts = lease.amounts.unwrap_or_default();
+        let spec = match check::check(spec).and_then(|s| within_lease(s, &amounts)) {
+            Ok(spec) => spec,
+            Err(why) => {
+                return write_message(tx, &refused(Refusal::Invalid, why), ANSWER_WAIT).await;
+            }
+        };
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        let _listed = self.list(number, peer, &ask, &spec, amounts);
+        let dir = self.data_dir.join(JOBS_DIR).join(format!("run-{number}"));
+        let _cleanup = JobDir(dir.clone());
+        let result = match self.start(&dir, number, &spec, amounts).await {
+            Ok(spawned) => {
+                write_message(tx, &answer(jobs_answer::Kind::Running(true)), ANSWER_WAIT).await?;
+                self.wait(spawned, &dir, &spec, rx).await
+            }
+            Err(why) => Some(finished(Reason::RunnerError, why, JobResult::default())),
+        };
+        match result {
+            Some(done) => write_message(tx, &done, ANSWER_WAIT).await,
+            None => Ok(()),
+        }
+    }
+
+    fn list(
+        &self,
+        number: u64,
+        peer: PeerId,
+        ask: &JobsAsk,
+        spec: &JobSpec,
+        amounts: Amounts,
+    ) -> Listed {
+        let run = HostedRun {
+            job_id: ask.job_id.chars().take(64).collect(),
+            submitter: peer.to_string(),
+            lease_id: ask.lease_id.clone(),
+            name: spec.name.clone(),
+            started_at_ms: now_ms(),
+            amounts: Some(amounts),
+        };
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(number, run);
+        Listed(self.runs.clone(), number)
+    }
+
+    /// Writes the job directory and starts the sandbox on it.
+    async fn start(
+        &self,
+        dir: &Path,
+        number: u64,
+        spec: &JobSpec,
+        amounts: Amounts,
+    ) -> Result<Spawned, String> {
+        let written = {
+            let (dir, spec) = (dir.to_owned(), spec.clone());
+            tokio::task::spawn_blocking(move || write_job(&dir, &spec))
+                .await
+                .map_err(|e| format!("cannot write the job: {e}"))?
+        };
+        written.map_err(|e| format!("cannot write the job directory {}: {e}", dir.display()))?;
+        let limits = spec.limits.unwrap_or_default();
+        let spawn = SpawnJob {
+            dir: dir.to_owned(),
+            leaf: format!("run-{number}"),
+            memory: limits.memory_bytes,
+            cpu_millis: (amounts.cpu.max(limits.cpu) * 1000.0).round() as u32,
+        };
+        self.spawner
+            .send(spawn)
+            .await
+            .map_err(|_| "the task-control service is stopping".to_owned())?
+    }
+
+    /// Waits for the sandbox, the submitter going away (`None`: nothing to answer), or its
+    /// time running out; then the answer.
+    async fn wait<R>(
+        &self,
+        spawned: Spawned,
+        dir: &Path,
+        spec: &JobSpec,
+        rx: &mut R,
+    ) -> Option<JobsAnswer>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        let Spawned {
+            mut child,
+            pid,
+            group,
+        } = spawned;
+        let limits = spec.limits.unwrap_or_default();
+        let deadline = Duration::from_millis(limits.timeout_ms) + SANDBOX_GRACE;
+        let started = Instant::now();
+        let mut probe = [0u8; 1];
+        let status = tokio::select! {
+            status = child.wait() => Some(status),
+            // The submitter sends nothing more: any byte, its end or an error is "stop".
+            _ = rx.read(&mut probe) => None,
+            () = tokio::time::sleep(deadline) => {
+                Some(Err(io::Error::new(io::ErrorKind::TimedOut, "killed")))
+            }
+        };
+        process::signal_group(pid, Signal::SIGKILL);
+        let oom_kills = group.as_ref().map_or(0, |g| g.oom_kills());
+        if let Some(group) = group {
+            group.kill_and_remove().await;
+        }
+        let _ = child.wait().await;
+        let status = status?;
+        let (dir, spec) = (dir.to_owned(), spec.clone());
+        let corrupt = self.corrupt;
+        let answer = tokio::task::spawn_blocking(move || {
+            let report = read_report(&dir);
+            let mut answer = judge(report, &status, oom_kills, started.elapsed(), &dir, &spec);
+            if corrupt
+                && let Some(jobs_answer::Kind::Finished(f)) = &mut answer.kind
+                && let Some(result) = &mut f.result
+            {
+                let mut stdout = result.stdout.to_vec();
+                stdout.extend_from_slice(b"corrupted by P2POS_TEST_CORRUPT_JOB_RESULTS\n");
+                result.stdout = stdout.into();
+                result.digest = check::digest(result).into();
+            }
+            answer
+        })
+        .await
+        .unwrap_or_else(|e| {
+            finished(
+                Reason::RunnerError,
+                format!("reading the results failed: {e}"),
+                JobResult::default(),
+            )
+        });
+        Some(answer)
+    }
+}
+
+/// The spec, if it asks for no more memory than the lease holds.
+fn within_lease(spec: JobSpec, amounts: &Amounts) -> Result<JobSpec, String> {
+    let memory = spec.limits.unwrap_or_default().memory_bytes;
+    if amounts.memory_bytes > 0 && memory > amounts.memory_bytes {
+        return Err(format!(
+            "the job asks for {memory} bytes of memory, its lease holds {}",
+            amounts.memory_bytes
+        ));
+    }
+    Ok(spec)
+}
+
+/// Writes the job directory: the spec, the module, stdin and the input files.
+fn write_job(dir: &Path, spec: &JobSpec) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let scratch = dir.join(p2pos_sandbox::SCRATCH_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&scratch)?;
+    let limits = spec.limits.unwrap_or_default();
+    let mut args = vec![spec.name.clone()];
+    args.extend(spec.args.iter().cloned());
+    let sandbox_spec = p2pos_sandbox::JobSpec {
+        args,
+        memory_bytes: limits.memory_bytes,
+        timeout_ms: limits.timeout_ms,
+        fuel: limits.fuel,
+        deterministic: spec.deterministic,
+        max_output_bytes: limits.max_output_bytes,
+    };
+    let json = serde_json::to_vec(&sandbox_spec).map_err(io::Error::other)?;
+    std::fs::write(dir.join(p2pos_sandbox::SPEC_FILE), json)?;
+    std::fs::write(dir.join(p2pos_sandbox::MODULE_FILE), &spec.module)?;
+    std::fs::write(dir.join(p2pos_sandbox::STDIN_FILE), &spec.stdin)?;
+    for file in &spec.files {
+        let path = scratch.join(&file.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, &file.data)?;
+    }
+    Ok(())
+}
+
+/// The sandbox's report, if it wrote one.
+fn read_report(dir: &Path) -> Option<Report> {
+    let bytes = std::fs::read(dir.join(p2pos_sandbox::RESULT_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The answer for a run: from the sandbox's report, or, without one, from how its process
+/// ended.
+fn judge(
+    report: Option<Report>,
+    status: &io::Result<std::process::ExitStatus>,
+    oom_kills: u64,
+    took: Duration,
+    dir: &Path,
+    spec: &JobSpec,
+) -> JobsAnswer {
+    let limits = spec.limits.unwrap_or_default();
+    let max_output = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+    let read_output = |name: &str| {
+        let mut bytes = std::fs::read(dir.join(name)).unwrap_or_default();
+        bytes.truncate(max_output);
+        bytes
+    };
+    let Some(report) = report else {
+        let (reason, message) = match status {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => (
+                Reason::TimedOut,
+                format!(
+                    "the sandbox was killed after {}s, past the job's time limit",
+                    took.as_secs()
+                ),
+            ),
+            _ if oom_kills > 0 => (
+                Reason::OutOfMemory,
+                format!(
+                    "the sandbox was killed at its memory limit ({} bytes for the job and the runtime)",
+                    limits.memory_bytes + super::spawn::RUNTIME_MEMORY
+                ),
+            ),
+            Ok(status) => (
+                Reason::RunnerError,
+                format!(
+                    "the sandbox ended ({status}) without a report: {}",
+                    last_line(dir)
+                ),
+            ),
+            Err(e) => (Reason::RunnerError, format!("the sandbox was lost: {e}")),
+        };
+        let result = JobResult {
+            exit_code: -1,
+            stdout: read_output(p2pos_sandbox::STDOUT_FILE).into(),
+            stderr: read_output(p2pos_sandbox::STDERR_FILE).into(),
+            ..JobResult::default()
+        };
+        return finished(reason, message, result);
+    };
+    let reason = match report.outcome {
+        Outcome::Exited => Reason::Unspecified,
+        Outcome::OutOfMemory => Reason::OutOfMemory,
+        Outcome::TimedOut => Reason::TimedOut,
+        Outcome::OutOfFuel => Reason::OutOfFuel,
+        Outcome::Trapped => Reason::Trapped,
+        Outcome::InvalidModule => Reason::InvalidModule,
+    };
+    let (files, files_error) =
+        match output_files(&dir.join(p2pos_sandbox::SCRATCH_DIR), &spec.files) {
+            Ok(files) => (files, None),
+            Err(why) => (Vec::new(), Some(why)),
+        };
+    let mut result = JobResult {
+        exit_code: report.exit_code,
+        stdout: read_output(p2pos_sandbox::STDOUT_FILE).into(),
+        stderr: read_output(p2pos_sandbox::STDERR_FILE).into(),
+        stdout_truncated: report.stdout_truncated,
+        stderr_truncated: report.stderr_truncated,
+        files,
+        usage: Some(Usage {
+            wall_ms: report.wall_ms,
+            cpu_ms: report.cpu_ms,
+            memory_peak_bytes: report.memory_peak_bytes,
+            fuel_used: report.fuel_used,
+        }),
+        digest: Default::default(),
+    };
+    result.digest = check::digest(&result).into();
+    match files_error {
+        Some(why) if reason == Reason::Unspecified => finished(Reason::RunnerError, why, result),
+        _ => finished(reason, report.message, result),
+    }
+}
+
+/// The sandbox's last line of its own log, for a run that ended without a report.
+fn last_line(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join(SANDBOX_LOG))
+        .ok()
+        .and_then(|log| log.lines().last().map(|l| l.chars().take(300).collect()))
+        .unwrap_or_else(|| "it said nothing".to_owned())
+}
+
+/// The files in `scratch` that the job created or changed (not the `inputs` as they were),
+/// within the bounds of a result.
+fn output_files(scratch: &Path, inputs: &[File]) -> Result<Vec<File>, String> {
+    let inputs: HashMap<&str, &[u8]> = inputs
+        .iter()
+        .map(|f| (f.path.as_str(), f.data.as_ref()))
+        .collect();
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut pending = vec![PathBuf::new()];
+    let mut seen = 0usize;
+    while let Some(rel) = pending.pop() {
+        let entries = std::fs::read_dir(scratch.join(&rel))
+            .map_err(|e| format!("cannot read the scratch directory: {e}"))?;
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > 16 * check::MAX_FILES {
+                return Err(format!(
+                    "the job left more than {} entries in its scratch directory",
+                    16 * check::MAX_FILES
+                ));
+            }
+            let path = rel.join(entry.file_name());
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            if !kind.is_file() {
+                continue;
+            }
+            let Some(name) = path.to_str().map(str::to_owned) else {
+                continue;
+            };
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            bytes = bytes.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
+            if bytes > check::MAX_FILE_BYTES {
+                return Err(format!(
+                    "the job's files are more than {} bytes, the most a result carries",
+                    check::MAX_FILE_BYTES
+                ));
+            }
+            let data = std::fs::read(scratch.join(&path))
+                .map_err(|e| format!("cannot read the job's file {name}: {e}"))?;
+            if inputs.get(name.as_str()) == Some(&data.as_slice()) {
+                bytes -= data.len();
+                continue;
+            }
+            out.push(File {
+                path: name,
+                data: data.into(),
+            });
+            if out.len() > check::MAX_FILES {
+                return Err(format!(
+                    "the job left more than {} files, the most a result carries",
+                    check::MAX_FILES
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}

@@ -186,8 +186,10 @@ fn init_tracing(filter: &str, logs: &p2pos_monitor::LogRing) {
 }
 
 fn main() -> ExitCode {
-    // `p2posd` also runs in front of each helper program, as its shim.
+    // `p2posd` also runs in front of each helper program, as its shim,
     p2pos_tasks::shim::run_if_requested();
+    // and runs each WebAssembly job, in a process of its own.
+    p2pos_sandbox::run_if_requested();
     let cli = Cli::parse();
     let logs = p2pos_monitor::LogRing::default();
     init_tracing(&cli.log, &logs);

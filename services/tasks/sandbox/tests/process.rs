@@ -12,8 +12,14 @@ fn main() {
     p2pos_sandbox::run_if_requested();
     let tests: [(&str, fn()); 3] = [
         ("a_job_process_exits_0_with_a_report", exits_0_with_a_report),
-        ("a_broken_job_dir_exits_2_with_one_line", exits_2_with_one_line),
-        ("a_job_blocked_in_a_host_call_is_given_up_on", gives_up_on_a_blocked_job),
+        (
+            "a_broken_job_dir_exits_2_with_one_line",
+            exits_2_with_one_line,
+        ),
+        (
+            "a_job_blocked_in_a_host_call_is_given_up_on",
+            gives_up_on_a_blocked_job,
+        ),
     ];
     for (name, test) in tests {
         test();
@@ -86,5 +92,9 @@ fn gives_up_on_a_blocked_job() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let report = report(dir.path());
     assert_eq!(report.outcome, Outcome::TimedOut, "{report:?}");
-    assert!(report.message.contains("did not stop"), "{}", report.message);
+    assert!(
+        report.message.contains("did not stop"),
+        "{}",
+        report.message
+    );
 }

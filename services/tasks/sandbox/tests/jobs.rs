@@ -155,6 +155,26 @@ fn an_initial_memory_past_the_limit_is_out_of_memory() {
 }
 
 #[test]
+fn a_table_past_the_memory_limit_is_out_of_memory() {
+    let spec = JobSpec {
+        memory_bytes: 1 << 20,
+        ..spec()
+    };
+    let wat = br#"(module (table 1000000 funcref) (func (export "_start")))"#;
+    let report = Job::new(wat, &spec).run();
+    assert_eq!(report.outcome, Outcome::OutOfMemory, "{report:?}");
+    assert!(report.message.contains("table"), "{}", report.message);
+}
+
+#[test]
+fn endless_recursion_is_trapped() {
+    let wat = br#"(module (func $f (call $f)) (func (export "_start") (call $f)))"#;
+    let report = Job::new(wat, &spec()).run();
+    assert_eq!(report.outcome, Outcome::Trapped, "{report:?}");
+    assert!(report.message.contains("stack"), "{}", report.message);
+}
+
+#[test]
 fn an_endless_loop_times_out() {
     let spec = JobSpec {
         timeout_ms: 500,

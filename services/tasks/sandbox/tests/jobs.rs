@@ -314,6 +314,44 @@ fn a_component_command_exits_0_or_1() {
 }
 
 #[test]
+fn a_component_prints_through_wasi_stdout() {
+    let spec = JobSpec {
+        max_output_bytes: 10,
+        ..spec()
+    };
+    let job = Job::from_file("component_hello", &spec);
+    let report = job.run();
+    assert_exited(&report, 0);
+    assert_eq!(job.stdout(), b"hello, com");
+    assert!(report.stdout_truncated);
+    assert_eq!(report.memory_peak_bytes, 65536);
+}
+
+#[test]
+fn a_component_calling_wasi_exit_exits_with_its_code() {
+    let report = Job::from_file("component_exit", &spec()).run();
+    assert_exited(&report, 1);
+}
+
+#[test]
+fn a_component_importing_what_is_not_offered_is_an_invalid_module() {
+    let wat = br#"(component
+        (import "example:nope/thing@1.0.0" (instance (export "f" (func))))
+        (core module $m (func (export "run") (result i32) (i32.const 0)))
+        (core instance $i (instantiate $m))
+        (func $run (result (result)) (canon lift (core func $i "run")))
+        (instance $run-instance (export "run" (func $run)))
+        (export "wasi:cli/run@0.2.0" (instance $run-instance)))"#;
+    let report = Job::new(wat, &spec()).run();
+    assert_eq!(report.outcome, Outcome::InvalidModule, "{report:?}");
+    assert!(
+        report.message.contains("example:nope"),
+        "{}",
+        report.message
+    );
+}
+
+#[test]
 fn a_component_binary_is_detected_by_its_header() {
     let text = module("component_ok");
     let binary = wat::parse_bytes(&text).expect("component text");

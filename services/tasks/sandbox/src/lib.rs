@@ -95,6 +95,10 @@ pub fn run_if_requested() {
 const MAX_RANDOM_BYTES: u64 = 64 << 20;
 
 /// Runs the job described in `dir`, writing its outputs there.
+///
+/// Blocks until the job ends; call it from a plain thread, not from inside an async runtime
+/// (WASI's host calls run on a runtime of their own). Unlike the job process, it cannot give up on
+/// a job blocked in a host call past its deadline (a long `poll_oneoff` sleep): it waits for it.
 pub fn run(dir: &Path) -> Result<Report, Error> {
     run_job(dir, false)
 }

@@ -186,7 +186,7 @@ fn init_tracing(filter: &str, logs: &p2pos_monitor::LogRing) {
 }
 
 fn main() -> ExitCode {
-    // `p2posd` also runs in front of each helper program, as its shim.
+    // `p2posd` also runs in front of each helper program, as its shim,
     p2pos_tasks::shim::run_if_requested();
     // ... and as the sandbox of each WebAssembly job it runs for a peer (behind the shim).
     p2pos_sandbox::run_if_requested();

@@ -63,13 +63,26 @@ pub fn run_if_requested() {
         return;
     }
     let code = match (args.next(), args.next()) {
-        (Some(dir), None) => match run_job(Path::new(&dir), true) {
-            Ok(_) => 0,
-            Err(e) => {
-                eprintln!("p2posd {JOB_COMMAND}: {}", job::one_line(&e.to_string()));
-                2
+        (Some(dir), None) => {
+            // This process is the job's: a panic is reported on one line, like any failure.
+            std::panic::set_hook(Box::new(|_| {}));
+            match std::panic::catch_unwind(|| run_job(Path::new(&dir), true)) {
+                Ok(Ok(_)) => 0,
+                Ok(Err(e)) => {
+                    eprintln!("p2posd {JOB_COMMAND}: {}", job::one_line(&e.to_string()));
+                    2
+                }
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    eprintln!("p2posd {JOB_COMMAND}: panicked: {}", job::one_line(&what));
+                    2
+                }
             }
-        },
+        }
         _ => {
             eprintln!("p2posd {JOB_COMMAND}: usage: p2posd {JOB_COMMAND} DIR");
             2
@@ -78,7 +91,14 @@ pub fn run_if_requested() {
     std::process::exit(code);
 }
 
+/// The most random bytes one `wasi:random` call may ask for (wasmtime-wasi's default).
+const MAX_RANDOM_BYTES: u64 = 64 << 20;
+
 /// Runs the job described in `dir`, writing its outputs there.
+///
+/// Blocks until the job ends; call it from a plain thread, not from inside an async runtime
+/// (WASI's host calls run on a runtime of their own). Unlike the job process, it cannot give up on
+/// a job blocked in a host call past its deadline (a long `poll_oneoff` sleep): it waits for it.
 pub fn run(dir: &Path) -> Result<Report, Error> {
     run_job(dir, false)
 }
@@ -114,7 +134,9 @@ fn run_job(dir: &Path, own_process: bool) -> Result<Report, Error> {
         .stderr(stderr.clone())
         .allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        .allow_ip_name_lookup(false)
+        // `wasi:random` answers into host memory first: no more than the job could hold.
+        .max_random_size(spec.memory_bytes.min(MAX_RANDOM_BYTES));
     wasi.preopened_dir(&scratch, "/", FsPerms::ReadWrite)
         .map_err(|e| Error::Setup(format!("cannot open {}: {e:#}", scratch.display())))?;
     if spec.deterministic {

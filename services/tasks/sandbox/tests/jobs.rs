@@ -155,6 +155,26 @@ fn an_initial_memory_past_the_limit_is_out_of_memory() {
 }
 
 #[test]
+fn a_table_past_the_memory_limit_is_out_of_memory() {
+    let spec = JobSpec {
+        memory_bytes: 1 << 20,
+        ..spec()
+    };
+    let wat = br#"(module (table 1000000 funcref) (func (export "_start")))"#;
+    let report = Job::new(wat, &spec).run();
+    assert_eq!(report.outcome, Outcome::OutOfMemory, "{report:?}");
+    assert!(report.message.contains("table"), "{}", report.message);
+}
+
+#[test]
+fn endless_recursion_is_trapped() {
+    let wat = br#"(module (func $f (call $f)) (func (export "_start") (call $f)))"#;
+    let report = Job::new(wat, &spec()).run();
+    assert_eq!(report.outcome, Outcome::Trapped, "{report:?}");
+    assert!(report.message.contains("stack"), "{}", report.message);
+}
+
+#[test]
 fn an_endless_loop_times_out() {
     let spec = JobSpec {
         timeout_ms: 500,
@@ -291,6 +311,44 @@ fn a_component_command_exits_0_or_1() {
     assert_exited(&report, 0);
     let report = Job::from_file("component_err", &spec()).run();
     assert_exited(&report, 1);
+}
+
+#[test]
+fn a_component_prints_through_wasi_stdout() {
+    let spec = JobSpec {
+        max_output_bytes: 10,
+        ..spec()
+    };
+    let job = Job::from_file("component_hello", &spec);
+    let report = job.run();
+    assert_exited(&report, 0);
+    assert_eq!(job.stdout(), b"hello, com");
+    assert!(report.stdout_truncated);
+    assert_eq!(report.memory_peak_bytes, 65536);
+}
+
+#[test]
+fn a_component_calling_wasi_exit_exits_with_its_code() {
+    let report = Job::from_file("component_exit", &spec()).run();
+    assert_exited(&report, 1);
+}
+
+#[test]
+fn a_component_importing_what_is_not_offered_is_an_invalid_module() {
+    let wat = br#"(component
+        (import "example:nope/thing@1.0.0" (instance (export "f" (func))))
+        (core module $m (func (export "run") (result i32) (i32.const 0)))
+        (core instance $i (instantiate $m))
+        (func $run (result (result)) (canon lift (core func $i "run")))
+        (instance $run-instance (export "run" (func $run)))
+        (export "wasi:cli/run@0.2.0" (instance $run-instance)))"#;
+    let report = Job::new(wat, &spec()).run();
+    assert_eq!(report.outcome, Outcome::InvalidModule, "{report:?}");
+    assert!(
+        report.message.contains("example:nope"),
+        "{}",
+        report.message
+    );
 }
 
 #[test]

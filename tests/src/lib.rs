@@ -107,6 +107,8 @@ pub struct Node {
     starts: u32,
     /// Whether it also listens on `/ip4/127.0.0.1/tcp/0` (all but [`Node::start_relayed`]).
     default_listen: bool,
+    /// Environment variables it gets besides the log level.
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -122,6 +124,17 @@ impl Node {
     pub fn start_in_netns(netns: &str, extra: &[&str]) -> Node {
         let mut node = Node::start_paused(extra);
         node.netns = Some(netns.to_owned());
+        node.spawn();
+        node
+    }
+
+    /// Starts a node as [`Node::start`] does, with `env` in its environment.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let mut node = Node::start_paused(extra);
+        node.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         node.spawn();
         node
     }
@@ -159,6 +172,7 @@ impl Node {
             child: None,
             starts: 0,
             default_listen: true,
+            env: Vec::new(),
         }
     }
 
@@ -194,6 +208,7 @@ impl Node {
                 std::env::var("P2POS_TEST_LOG")
                     .unwrap_or_else(|_| "info,libp2p=warn,libp2p_kad=error,sled=warn".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)

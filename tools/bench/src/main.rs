@@ -8,6 +8,7 @@
 //! - [`scenarios`]: the drivers (bulk, echo, message rate, first message), the same for all.
 //! - [`node`]: real `p2posd` processes driven through `p2pos-client`.
 //! - [`groups`]: group pubsub on N nodes, against a direct channel between two of them.
+//! - [`jobs`]: WebAssembly jobs on two runners, against the sandbox alone.
 //! - [`python`]: a Python app's channels, over gRPC messages and data sockets (`--python`).
 //! - [`raw`]: the bare rust-libp2p baseline.
 //! - [`ceiling`]: plain TCP to a child process, and through two relay processes.
@@ -16,6 +17,7 @@
 mod ceiling;
 mod control;
 mod groups;
+mod jobs;
 mod node;
 mod pipe;
 mod python;
@@ -78,6 +80,12 @@ struct Args {
     /// Run only the group pubsub scenario.
     #[arg(long)]
     groups_only: bool,
+    /// Small WebAssembly jobs run on two runners in the jobs scenario (0: none).
+    #[arg(long, default_value_t = 100)]
+    jobs: usize,
+    /// Run only the jobs scenario.
+    #[arg(long)]
+    jobs_only: bool,
     /// Run only the Python scenarios: a Python app's channel over gRPC messages and over a
     /// data socket, against the same Python code over a plain unix socket (needs a python with
     /// grpcio and the generated stubs: `P2POS_PYTHON`, or `userland/python/setup-venv`'s).
@@ -170,12 +178,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let mut rows = match args.groups_only {
+    let mut rows = match args.groups_only || args.jobs_only {
         true => Vec::new(),
         false => channel_rows(&args, &p2posd).await?,
     };
     let mut groups = Vec::new();
-    for &size in args.groups.iter().filter(|&&size| size > 0) {
+    let group_sizes = match args.jobs_only {
+        true => Vec::new(),
+        false => args.groups.clone(),
+    };
+    for &size in group_sizes.iter().filter(|&&size| size > 0) {
         progress(&format!("P2P OS group pubsub, {size} nodes"));
         let interval = args.group_interval_ms.map_or_else(
             || groups::interval_for(size),
@@ -185,6 +197,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("p2pos-bench: {}", figures.summary());
         rows.extend(figures.rows());
         groups.push(figures.details());
+    }
+    if args.jobs > 0 && !args.groups_only {
+        progress(&format!("P2P OS jobs, {} on two runners", args.jobs));
+        rows.extend(jobs::rows(&p2posd, args.jobs).await?);
     }
     if args.json {
         let machine = json!({

@@ -156,6 +156,17 @@ async fn a_job_placed_by_resources_runs_exactly_and_limits_end_jobs_with_their_r
     assert_eq!(result.exit_code, 63, "EPERM for ../outside: {files:?}");
     let names: Vec<&str> = result.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(names, ["out.txt"], "only what it made comes back");
+    // Its disk: a file stops growing at 16 MiB (EFBIG), the directory at 64 MiB.
+    let mut one_file = spec(module("tests/modules/jobs/fill.wat"), &[b]);
+    one_file.args = vec!["one".into()];
+    let one_file = run(&client, one_file).await;
+    assert_eq!(state(&one_file), State::Done, "{one_file:?}");
+    let result = one_file.result.as_ref().unwrap();
+    assert_eq!(result.exit_code, 22, "WASI's EFBIG");
+    assert_eq!(result.files[0].data.len(), 16 << 20);
+    let many = run(&client, spec(module("tests/modules/jobs/fill.wat"), &[b])).await;
+    assert_eq!((state(&many), reason(&many)), (State::Failed, Reason::OutOfDisk));
+    assert!(many.message.contains("64 MiB"), "{}", many.message);
     // No socket for it: the module is refused, naming what it asked for.
     let socket = run(&client, spec(module("tests/modules/jobs/socket.wat"), &[b])).await;
     assert_eq!(reason(&socket), Reason::InvalidModule);

@@ -91,6 +91,20 @@ pub fn run_if_requested() {
     std::process::exit(code);
 }
 
+/// Caps every file this process writes at `bytes` (`RLIMIT_FSIZE`): a write past it fails with
+/// `EFBIG` (`SIGXFSZ` ignored) rather than killing the process.
+fn limit_file_size(bytes: u64) -> Result<(), Error> {
+    use nix::sys::{
+        resource::{Resource, setrlimit},
+        signal::{SigHandler, Signal, signal},
+    };
+    // SAFETY: ignoring a signal installs no handler; nothing else runs in this process yet.
+    unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }
+        .map_err(|e| Error::Setup(format!("cannot ignore SIGXFSZ: {e}")))?;
+    setrlimit(Resource::RLIMIT_FSIZE, bytes, bytes)
+        .map_err(|e| Error::Setup(format!("cannot limit file sizes: {e}")))
+}
+
 /// The most random bytes one `wasi:random` call may ask for (wasmtime-wasi's default).
 const MAX_RANDOM_BYTES: u64 = 64 << 20;
 
@@ -113,6 +127,9 @@ fn run_job(dir: &Path, own_process: bool) -> Result<Report, Error> {
         path: spec_path,
         source,
     })?;
+    if own_process && spec.max_file_bytes > 0 {
+        limit_file_size(spec.max_file_bytes)?;
+    }
     let max_output = usize::try_from(spec.max_output_bytes)
         .map_err(|_| Error::InvalidSpec("max_output_bytes does not fit in memory".to_owned()))?;
     let module_path = dir.join(MODULE_FILE);

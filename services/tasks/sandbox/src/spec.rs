@@ -22,6 +22,10 @@ pub struct JobSpec {
     pub deterministic: bool,
     /// Most bytes kept of stdout, and of stderr, each; the rest is dropped and the report says so.
     pub max_output_bytes: u64,
+    /// The largest file the job process may write (`RLIMIT_FSIZE`; a write past it fails with
+    /// `EFBIG`); 0: not limited. Applied only in the job's own process.
+    #[serde(default)]
+    pub max_file_bytes: u64,
 }
 
 /// What a table element counts for against [`JobSpec::memory_bytes`]: a pointer.

@@ -65,6 +65,7 @@ fn spec() -> JobSpec {
         fuel: 0,
         deterministic: false,
         max_output_bytes: 1 << 20,
+        max_file_bytes: 0,
     }
 }
 

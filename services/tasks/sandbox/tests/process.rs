@@ -47,6 +47,7 @@ fn spec(timeout_ms: u64) -> JobSpec {
         fuel: 0,
         deterministic: true,
         max_output_bytes: 1 << 20,
+        max_file_bytes: 0,
     }
 }
 

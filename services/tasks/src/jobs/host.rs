@@ -51,6 +51,13 @@ const ANSWER_WAIT: Duration = Duration::from_secs(60);
 /// The sandbox's time besides the job's own (starting, compiling, writing its report); past
 /// it, the sandbox is killed.
 const SANDBOX_GRACE: Duration = Duration::from_secs(90);
+/// What a job's scratch directory may hold: bytes, entries, and bytes in one file (the
+/// sandbox's `RLIMIT_FSIZE`: a result carries no more).
+pub(crate) const MAX_SCRATCH_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_SCRATCH_ENTRIES: usize = 4096;
+const MAX_FILE_BYTES: u64 = check::MAX_FILE_BYTES as u64;
+/// How often the scratch directory is measured while the job runs.
+const SCRATCH_CHECK: Duration = Duration::from_millis(500);
 /// Set in the node's environment, the node tampers with the results of jobs it runs (the
 /// test of replicas that disagree); never set it otherwise.
 pub(crate) const CORRUPT_ENV: &str = "P2POS_TEST_CORRUPT_JOB_RESULTS";
@@ -275,13 +282,12 @@ impl Host {
         let deadline = Duration::from_millis(limits.timeout_ms) + SANDBOX_GRACE;
         let started = Instant::now();
         let mut probe = [0u8; 1];
-        let status = tokio::select! {
-            status = child.wait() => Some(status),
+        let stop = tokio::select! {
+            status = child.wait() => Stop::Exited(status),
             // The submitter sends nothing more: any byte, its end or an error is "stop".
-            _ = rx.read(&mut probe) => None,
-            () = tokio::time::sleep(deadline) => {
-                Some(Err(io::Error::new(io::ErrorKind::TimedOut, "killed")))
-            }
+            _ = rx.read(&mut probe) => Stop::Cancelled,
+            () = tokio::time::sleep(deadline) => Stop::Deadline,
+            full = watch_scratch(dir.join(p2pos_sandbox::SCRATCH_DIR)) => Stop::ScratchFull(full),
         };
         process::signal_group(pid, Signal::SIGKILL);
         let oom_kills = group.as_ref().map_or(0, |g| g.oom_kills());
@@ -289,12 +295,17 @@ impl Host {
             group.kill_and_remove().await;
         }
         let _ = child.wait().await;
-        let status = status?;
+        if matches!(stop, Stop::Cancelled) {
+            return None;
+        }
         let (dir, spec) = (dir.to_owned(), spec.clone());
         let corrupt = self.corrupt;
         let answer = tokio::task::spawn_blocking(move || {
-            let report = read_report(&dir);
-            let mut answer = judge(report, &status, oom_kills, started.elapsed(), &dir, &spec);
+            let report = match &stop {
+                Stop::Exited(_) => read_report(&dir),
+                _ => None,
+            };
+            let mut answer = judge(report, &stop, oom_kills, started.elapsed(), &dir, &spec);
             if corrupt
                 && let Some(jobs_answer::Kind::Finished(f)) = &mut answer.kind
                 && let Some(result) = &mut f.result
@@ -316,6 +327,66 @@ impl Host {
         });
         Some(answer)
     }
+}
+
+/// Why a run's sandbox was stopped.
+enum Stop {
+    /// It exited (or waiting for it failed).
+    Exited(io::Result<std::process::ExitStatus>),
+    /// The submitter went away or cancelled.
+    Cancelled,
+    /// It ran past the job's time and the sandbox's grace.
+    Deadline,
+    /// The job's scratch directory grew too big: how.
+    ScratchFull(String),
+}
+
+/// Measures `scratch` every [`SCRATCH_CHECK`]; returns how it is too big once it is.
+async fn watch_scratch(scratch: PathBuf) -> String {
+    loop {
+        tokio::time::sleep(SCRATCH_CHECK).await;
+        let dir = scratch.clone();
+        let measured = tokio::task::spawn_blocking(move || measure(&dir)).await;
+        if let Ok(Some(full)) = measured {
+            return full;
+        }
+    }
+}
+
+/// How `dir` is past the bounds of a scratch directory, if it is; stops counting there.
+fn measure(dir: &Path) -> Option<String> {
+    let mut entries = 0usize;
+    let mut bytes = 0u64;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(list) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in list.flatten() {
+            entries += 1;
+            if entries > MAX_SCRATCH_ENTRIES {
+                return Some(format!(
+                    "its scratch directory holds more than {MAX_SCRATCH_ENTRIES} entries"
+                ));
+            }
+            // Not followed: a symbolic link is one entry.
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                bytes = bytes.saturating_add(meta.len());
+            }
+            if bytes > MAX_SCRATCH_BYTES {
+                return Some(format!(
+                    "its scratch directory holds more than {} MiB",
+                    MAX_SCRATCH_BYTES >> 20
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The spec, if it asks for no more memory than the lease holds.
@@ -348,6 +419,7 @@ fn write_job(dir: &Path, spec: &JobSpec) -> io::Result<()> {
         fuel: limits.fuel,
         deterministic: spec.deterministic,
         max_output_bytes: limits.max_output_bytes,
+        max_file_bytes: MAX_FILE_BYTES,
     };
     let json = serde_json::to_vec(&sandbox_spec).map_err(io::Error::other)?;
     std::fs::write(dir.join(p2pos_sandbox::SPEC_FILE), json)?;
@@ -373,7 +445,7 @@ fn read_report(dir: &Path) -> Option<Report> {
 /// ended.
 fn judge(
     report: Option<Report>,
-    status: &io::Result<std::process::ExitStatus>,
+    stop: &Stop,
     oom_kills: u64,
     took: Duration,
     dir: &Path,
@@ -387,14 +459,15 @@ fn judge(
         bytes
     };
     let Some(report) = report else {
-        let (reason, message) = match status {
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => (
+        let (reason, message) = match stop {
+            Stop::Deadline => (
                 Reason::TimedOut,
                 format!(
                     "the sandbox was killed after {}s, past the job's time limit",
                     took.as_secs()
                 ),
             ),
+            Stop::ScratchFull(how) => (Reason::OutOfDisk, format!("stopped: {how}")),
             _ if oom_kills > 0 => (
                 Reason::OutOfMemory,
                 format!(
@@ -402,14 +475,15 @@ fn judge(
                     limits.memory_bytes + super::spawn::RUNTIME_MEMORY
                 ),
             ),
-            Ok(status) => (
+            Stop::Exited(Ok(status)) => (
                 Reason::RunnerError,
                 format!(
                     "the sandbox ended ({status}) without a report: {}",
                     last_line(dir)
                 ),
             ),
-            Err(e) => (Reason::RunnerError, format!("the sandbox was lost: {e}")),
+            Stop::Exited(Err(e)) => (Reason::RunnerError, format!("the sandbox was lost: {e}")),
+            Stop::Cancelled => (Reason::Unspecified, "cancelled".to_owned()),
         };
         let result = JobResult {
             exit_code: -1,

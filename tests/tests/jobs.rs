@@ -165,7 +165,10 @@ async fn a_job_placed_by_resources_runs_exactly_and_limits_end_jobs_with_their_r
     assert_eq!(result.exit_code, 22, "WASI's EFBIG");
     assert_eq!(result.files[0].data.len(), 16 << 20);
     let many = run(&client, spec(module("tests/modules/jobs/fill.wat"), &[b])).await;
-    assert_eq!((state(&many), reason(&many)), (State::Failed, Reason::OutOfDisk));
+    assert_eq!(
+        (state(&many), reason(&many)),
+        (State::Failed, Reason::OutOfDisk)
+    );
     assert!(many.message.contains("64 MiB"), "{}", many.message);
     // No socket for it: the module is refused, naming what it asked for.
     let socket = run(&client, spec(module("tests/modules/jobs/socket.wat"), &[b])).await;
@@ -349,8 +352,7 @@ async fn a_submitter_that_goes_away_stops_its_runs_and_cancel_stops_a_detached_j
             .hosted
             .len()
     };
-    let mut spin = spec(sandbox_module("spin"), &[b]);
-    spin.limits.as_mut().unwrap().timeout_ms = 600_000;
+    let spin = spin_spec(b);
     let mut events = client
         .jobs()
         .submit(SubmitRequest {
@@ -407,7 +409,59 @@ async fn a_submitter_that_goes_away_stops_its_runs_and_cancel_stops_a_detached_j
     .await;
     let (ok, out, err) = p2pctl(&nodes[0], &["jobs", "status", &id, "--json"]);
     assert!(ok && out.contains("CANCELLED"), "{out}{err}");
+
+    // The submitting node dies: its runs stop too.
+    let mut events = client
+        .jobs()
+        .submit(SubmitRequest {
+            spec: Some(spin_spec(b)),
+            detach: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    events.message().await.unwrap().unwrap();
+    wait_for("the third job to run", T, || async {
+        (hosted().await == 1).then_some(())
+    })
+    .await;
+    nodes[0].kill();
+    wait_for("the runner to stop the dead submitter's run", T, || async {
+        (hosted().await == 0).then_some(())
+    })
+    .await;
+    // Nothing of the run is left on the runner: no sandbox process, no job directory.
+    let jobs_dir = nodes[1].data_dir.join("jobs");
+    wait_for("the job directory to go", T, || {
+        let jobs_dir = jobs_dir.clone();
+        async move {
+            let left = std::fs::read_dir(&jobs_dir).map_or(0, |d| d.count());
+            (left == 0).then_some(())
+        }
+    })
+    .await;
+    let (_, ps, _) = run_ps();
+    assert!(!ps.contains(&jobs_dir.display().to_string()), "{ps}");
     nodes.clear();
+}
+
+fn spin_spec(on: &String) -> JobSpec {
+    let mut spin = spec(sandbox_module("spin"), &[on]);
+    spin.limits.as_mut().unwrap().timeout_ms = 600_000;
+    spin
+}
+
+/// Every process's command line.
+fn run_ps() -> (bool, String, String) {
+    let out = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

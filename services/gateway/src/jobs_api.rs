@@ -68,7 +68,7 @@ impl JobsRpc for JobsApi {
         let rx = self
             .ask(|reply| jobs::Request::Submit {
                 caller_app: caller_app(&scope),
-                spec,
+                spec: Box::new(spec),
                 detach,
                 reply,
             })

@@ -353,7 +353,7 @@ pub mod jobs {
             /// Who calls (the job's owner).
             caller_app: CallerApp,
             /// What to run (checked by the service).
-            spec: JobSpec,
+            spec: Box<JobSpec>,
             /// Keep running when the receiver goes.
             detach: bool,
             /// The job's snapshots, one per change, until it ends.
@@ -477,15 +477,17 @@ pub mod resources {
             /// Granted and held leases.
             reply: Reply<ListLeasesReply>,
         },
-        /// Another service's question (the jobs runner's): the lease `lease_id` that `holder`
-        /// holds on this node now, or why not (`NOT_SHARED`, `UNKNOWN_LEASE`).
-        CheckLease {
+        /// Another service's (the jobs runner's): claims the lease `lease_id` that `holder`
+        /// holds on this node for one run (a lease serves one run), or why not (`NOT_SHARED`,
+        /// `UNKNOWN_LEASE`, `INVALID` when a run claimed it already). The token is cancelled
+        /// when the lease ends: it expires, its holder gives it back, or the lender goes.
+        ClaimLease {
             /// Who says it holds it.
             holder: PeerId,
             /// The lease.
             lease_id: String,
-            /// It, or the refusal.
-            reply: Reply<Result<Lease, Refused>>,
+            /// It and its end, or the refusal.
+            reply: Reply<Result<(Lease, tokio_util::sync::CancellationToken), Refused>>,
         },
     }
 }

@@ -24,6 +24,7 @@ use p2pos_protocols::{
 use prost::Message;
 use tokio::sync::watch;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::policy;
@@ -55,6 +56,26 @@ struct Granted {
     until: Instant,
     until_ms: u64,
     app_id: String,
+    /// Set when a run claimed it (one run per lease); cancelled when the lease ends.
+    claimed: Option<CancellationToken>,
+}
+
+impl Drop for State {
+    /// The lender goes: no run may outlive the leases it holds.
+    fn drop(&mut self) {
+        for granted in self.granted.values() {
+            granted.end();
+        }
+    }
+}
+
+impl Granted {
+    /// The lease ends: the run that claimed it, if any, is told.
+    fn end(&self) {
+        if let Some(claimed) = &self.claimed {
+            claimed.cancel();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -146,7 +167,13 @@ impl Lender {
     fn state(&self) -> MutexGuard<'_, State> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        state.granted.retain(|_, g| g.until > now);
+        state.granted.retain(|_, g| {
+            let lasts = g.until > now;
+            if !lasts {
+                g.end();
+            }
+            lasts
+        });
         state
     }
 
@@ -240,8 +267,9 @@ impl Lender {
                     .granted
                     .get(&ask.lease_id)
                     .is_some_and(|g| g.holder == peer)
+                    && let Some(granted) = state.granted.remove(&ask.lease_id)
                 {
-                    state.granted.remove(&ask.lease_id);
+                    granted.end();
                 }
                 Kind::Released(true)
             }
@@ -294,21 +322,40 @@ impl Lender {
             until: Instant::now() + Duration::from_secs(u64::from(ttl)),
             until_ms: now_ms() + u64::from(ttl) * 1000,
             app_id,
+            claimed: None,
         };
         let lease = self.lease_of(&lease_id, &granted);
         state.granted.insert(lease_id, granted);
         Ok(lease)
     }
 
-    /// The lease `lease_id` that `peer` holds here now, or why there is none: this node lends
-    /// nothing (and `peer` holds no lease from before), or no such lease of `peer`.
-    pub fn held(&self, peer: &PeerId, lease_id: &str) -> Result<Lease, Refused> {
-        let state = self.state();
-        match state.granted.get(lease_id).filter(|g| g.holder == *peer) {
-            Some(granted) => Ok(self.lease_of(lease_id, granted)),
-            None if !policy::lends(&state.sharing) => {
-                Err(refused(Refusal::NotShared, "this node lends nothing"))
+    /// Claims the lease `lease_id` that `peer` holds here for one run: the lease, and a token
+    /// cancelled when the lease ends (it expires, or its holder gives it back); or why not:
+    /// this node lends nothing (and `peer` holds no lease from before), no such lease of
+    /// `peer`, or a run claimed it already.
+    pub fn claim(
+        &self,
+        peer: &PeerId,
+        lease_id: &str,
+    ) -> Result<(Lease, CancellationToken), Refused> {
+        let mut state = self.state();
+        let lends = policy::lends(&state.sharing);
+        match state
+            .granted
+            .get_mut(lease_id)
+            .filter(|g| g.holder == *peer)
+        {
+            Some(granted) if granted.claimed.is_some() => Err(refused(
+                Refusal::Invalid,
+                format!("lease {lease_id:?} is in use by another run (one run per lease)"),
+            )),
+            Some(granted) => {
+                let ends = CancellationToken::new();
+                granted.claimed = Some(ends.clone());
+                let granted = granted.clone();
+                Ok((self.lease_of(lease_id, &granted), ends))
             }
+            None if !lends => Err(refused(Refusal::NotShared, "this node lends nothing")),
             None => Err(refused(
                 Refusal::UnknownLease,
                 format!("no lease {lease_id:?} of {peer} here"),
@@ -474,6 +521,38 @@ mod tests {
             Ok(Some(resources_answer::Kind::Lease(lease))) => lease.lease_id,
             other => panic!("no lease: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_lease_serves_one_run_which_hears_when_it_ends() {
+        let (friend, other) = (PeerId::random(), PeerId::random());
+        let (lender, _inventory) = lender(&[friend, other], When::Always, 10.0);
+        let id = lease_id(lender.answer(friend, ask_lease(0.5, 100), false));
+        let refused_for = |peer: &PeerId, id: &str| {
+            lender
+                .claim(peer, id)
+                .err()
+                .and_then(|r| Refusal::try_from(r.reason).ok())
+        };
+        assert_eq!(refused_for(&other, &id), Some(Refusal::UnknownLease));
+        let (lease, ends) = lender.claim(&friend, &id).expect("claimed");
+        assert_eq!(lease.amounts.unwrap().cpu, 0.5);
+        assert_eq!(
+            refused_for(&friend, &id),
+            Some(Refusal::Invalid),
+            "one run only"
+        );
+        assert!(!ends.is_cancelled());
+        let release = ResourcesAsk {
+            kind: Some(resources_ask::Kind::Release(ResourcesReleaseAsk {
+                lease_id: id.clone(),
+            })),
+        };
+        lender.answer(friend, release, false).expect("released");
+        assert!(ends.is_cancelled(), "the run hears its lease ended");
+        // Lending nothing, and holding nothing: NOT_SHARED.
+        lender.set_sharing(Sharing::default());
+        assert_eq!(refused_for(&friend, "nope"), Some(Refusal::NotShared));
     }
 
     #[test]

@@ -373,12 +373,12 @@ impl Handler<Call<Resources>> for ResourcesService {
                 };
                 answer::<_, ServiceError>(reply, Ok(listed));
             }
-            Request::CheckLease {
+            Request::ClaimLease {
                 holder,
                 lease_id,
                 reply,
             } => {
-                answer::<_, ServiceError>(reply, Ok(self.lender.held(&holder, &lease_id)));
+                answer::<_, ServiceError>(reply, Ok(self.lender.claim(&holder, &lease_id)));
             }
         }
     }

@@ -77,6 +77,11 @@ pub(crate) fn execute(
     config.epoch_interruption(true);
     config.consume_fuel(spec.fuel > 0);
     config.wasm_component_model(true);
+    if spec.deterministic {
+        // The same bits on every machine: NaNs canonical, relaxed SIMD one way.
+        config.cranelift_nan_canonicalization(true);
+        config.relaxed_simd_deterministic(true);
+    }
     let engine = Engine::new(&config).map_err(|e| Error::Setup(e.to_string()))?;
     let timeout = Duration::from_millis(spec.timeout_ms);
     if is_component(&binary) {

@@ -37,14 +37,16 @@ use tracing::{debug, warn};
 use super::{
     check,
     remote::{MAX_ASK, MAX_FRAME},
-    spawn::{SANDBOX_LOG, SpawnJob, Spawned},
+    spawn::{RUNTIME_MEMORY, SANDBOX_LOG, SpawnJob, Spawned},
 };
+use crate::cgroup::Group;
 use crate::process;
+use tokio_util::sync::CancellationToken;
 
 /// Where job directories are, under the data directory.
 pub(crate) const JOBS_DIR: &str = "jobs";
 /// How long the submitter may take to send its ask, then the job.
-const ASK_WAIT: Duration = Duration::from_secs(30);
+const ASK_WAIT: Duration = Duration::from_secs(10);
 const SPEC_WAIT: Duration = Duration::from_secs(120);
 /// How long an answer may take to be written.
 const ANSWER_WAIT: Duration = Duration::from_secs(60);
@@ -70,6 +72,8 @@ pub(crate) struct Host {
     pub(crate) data_dir: PathBuf,
     runs: Arc<Mutex<HashMap<u64, HostedRun>>>,
     next: Arc<AtomicU64>,
+    /// Names this start's runs apart from an earlier start's.
+    nonce: u32,
     corrupt: bool,
 }
 
@@ -91,13 +95,18 @@ struct JobDir(PathBuf);
 impl Drop for JobDir {
     fn drop(&mut self) {
         let dir = std::mem::take(&mut self.0);
-        std::thread::spawn(move || {
-            if let Err(e) = std::fs::remove_dir_all(&dir)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                warn!("cannot remove the job directory {}: {e}", dir.display());
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("job-cleanup".into())
+            .spawn(move || {
+                if let Err(e) = std::fs::remove_dir_all(&dir)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    warn!("cannot remove the job directory {}: {e}", dir.display());
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("cannot remove a job directory: {e}");
+        }
     }
 }
 
@@ -138,6 +147,7 @@ impl Host {
             data_dir: data_dir.to_owned(),
             runs: Arc::default(),
             next: Arc::new(AtomicU64::new(1)),
+            nonce: rand::random(),
             corrupt: std::env::var_os(CORRUPT_ENV).is_some(),
         }
     }
@@ -165,16 +175,16 @@ impl Host {
         W: AsyncWrite + Unpin,
     {
         let ask: JobsAsk = read_message(rx, MAX_ASK, ASK_WAIT).await?;
-        let checked = self
+        let claimed = self
             .registry
-            .ask::<Resources, _>(|reply| resources::Request::CheckLease {
+            .ask::<Resources, _>(|reply| resources::Request::ClaimLease {
                 holder: peer,
                 lease_id: ask.lease_id.clone(),
                 reply,
             })
             .await;
-        let lease = match checked {
-            Ok(Ok(lease)) => lease,
+        let (lease, lease_ends) = match claimed {
+            Ok(Ok(claimed)) => claimed,
             Ok(Err(no)) => {
                 return write_message(tx, &answer(jobs_answer::Kind::Refused(no)), ANSWER_WAIT)
                     .await;
@@ -195,12 +205,36 @@ impl Host {
         };
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         let _listed = self.list(number, peer, &ask, &spec, amounts);
-        let dir = self.data_dir.join(JOBS_DIR).join(format!("run-{number}"));
+        // Named per start of the node too: a leftover of an earlier start is never reused.
+        let name = format!("run-{}-{number}", self.nonce);
+        let dir = self.data_dir.join(JOBS_DIR).join(&name);
         let _cleanup = JobDir(dir.clone());
-        let result = match self.start(&dir, number, &spec, amounts).await {
+        // The run ends with its lease at the latest.
+        let lease_left = Duration::from_millis(lease.expires_at_ms.saturating_sub(now_ms()));
+        let result = match self.start(&dir, name, &spec, amounts).await {
             Ok(spawned) => {
+                // From here on, however this returns, the sandbox is killed.
+                let Spawned { child, pid, group } = spawned;
+                let running = Running {
+                    child,
+                    guard: KillGuard {
+                        pid,
+                        group,
+                        armed: true,
+                    },
+                };
                 write_message(tx, &answer(jobs_answer::Kind::Running(true)), ANSWER_WAIT).await?;
-                self.wait(spawned, &dir, &spec, rx).await
+                let ends = Ends {
+                    lease: lease_ends,
+                    lease_left,
+                };
+                // The job's bytes are on disk: only its limits and input files are needed.
+                let spec = JobSpec {
+                    module: Default::default(),
+                    stdin: Default::default(),
+                    ..spec
+                };
+                self.wait(running, &dir, &spec, rx, ends).await
             }
             Err(why) => Some(finished(Reason::RunnerError, why, JobResult::default())),
         };
@@ -233,11 +267,11 @@ impl Host {
         Listed(self.runs.clone(), number)
     }
 
-    /// Writes the job directory and starts the sandbox on it.
+    /// Writes the job directory and starts the sandbox on it, in the cgroup `name`.
     async fn start(
         &self,
         dir: &Path,
-        number: u64,
+        name: String,
         spec: &JobSpec,
         amounts: Amounts,
     ) -> Result<Spawned, String> {
@@ -249,11 +283,13 @@ impl Host {
         };
         written.map_err(|e| format!("cannot write the job directory {}: {e}", dir.display()))?;
         let limits = spec.limits.unwrap_or_default();
+        // The lease's amounts, no more (the spec was checked to fit in them).
         let spawn = SpawnJob {
             dir: dir.to_owned(),
-            leaf: format!("run-{number}"),
-            memory: limits.memory_bytes,
-            cpu_millis: (amounts.cpu.max(limits.cpu) * 1000.0).round() as u32,
+            leaf: name,
+            memory: amounts.memory_bytes,
+            cpu_millis: (amounts.cpu * 1000.0).round() as u32,
+            job_memory: limits.memory_bytes,
         };
         self.spawner
             .send(spawn)
@@ -265,21 +301,22 @@ impl Host {
     /// time running out; then the answer.
     async fn wait<R>(
         &self,
-        spawned: Spawned,
+        running: Running,
         dir: &Path,
         spec: &JobSpec,
         rx: &mut R,
+        ends: Ends,
     ) -> Option<JobsAnswer>
     where
         R: tokio::io::AsyncRead + Unpin,
     {
-        let Spawned {
+        let Running {
             mut child,
-            pid,
-            group,
-        } = spawned;
+            mut guard,
+        } = running;
         let limits = spec.limits.unwrap_or_default();
-        let deadline = Duration::from_millis(limits.timeout_ms) + SANDBOX_GRACE;
+        let deadline =
+            (Duration::from_millis(limits.timeout_ms) + SANDBOX_GRACE).min(ends.lease_left);
         let started = Instant::now();
         let mut probe = [0u8; 1];
         let stop = tokio::select! {
@@ -287,13 +324,15 @@ impl Host {
             // The submitter sends nothing more: any byte, its end or an error is "stop".
             _ = rx.read(&mut probe) => Stop::Cancelled,
             () = tokio::time::sleep(deadline) => Stop::Deadline,
+            () = ends.lease.cancelled() => Stop::LeaseEnded,
             full = watch_scratch(dir.join(p2pos_sandbox::SCRATCH_DIR)) => Stop::ScratchFull(full),
         };
-        process::signal_group(pid, Signal::SIGKILL);
-        let oom_kills = group.as_ref().map_or(0, |g| g.oom_kills());
-        if let Some(group) = group {
+        process::signal_group(guard.pid, Signal::SIGKILL);
+        let oom_kills = guard.group.as_ref().map_or(0, |g| g.oom_kills());
+        if let Some(group) = &guard.group {
             group.kill_and_remove().await;
         }
+        guard.armed = false;
         let _ = child.wait().await;
         if matches!(stop, Stop::Cancelled) {
             return None;
@@ -329,6 +368,44 @@ impl Host {
     }
 }
 
+/// A started sandbox: its process, and the guard that kills it.
+struct Running {
+    child: tokio::process::Child,
+    guard: KillGuard,
+}
+
+/// Kills a sandbox's process group and cgroup when dropped, unless disarmed (it was killed
+/// and waited for already): a run whose stream breaks, or whose serving task is dropped (the
+/// service stops), leaves nothing behind.
+struct KillGuard {
+    pid: u32,
+    group: Option<Arc<Group>>,
+    armed: bool,
+}
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        process::signal_group(self.pid, Signal::SIGKILL);
+        if let Some(group) = self.group.take() {
+            let spawned = std::thread::Builder::new()
+                .name("job-cleanup".into())
+                .spawn(move || group.kill_and_remove_blocking());
+            if let Err(e) = spawned {
+                warn!("cannot remove a job's cgroup: {e}");
+            }
+        }
+    }
+}
+
+/// What else ends a run: its lease (ended, or as long as it had left when the run started).
+struct Ends {
+    lease: CancellationToken,
+    lease_left: Duration,
+}
+
 /// Why a run's sandbox was stopped.
 enum Stop {
     /// It exited (or waiting for it failed).
@@ -339,6 +416,8 @@ enum Stop {
     Deadline,
     /// The job's scratch directory grew too big: how.
     ScratchFull(String),
+    /// Its lease ended (given back, or expired) before it did.
+    LeaseEnded,
 }
 
 /// Measures `scratch` every [`SCRATCH_CHECK`]; returns how it is too big once it is.
@@ -389,13 +468,21 @@ fn measure(dir: &Path) -> Option<String> {
     None
 }
 
-/// The spec, if it asks for no more memory than the lease holds.
+/// The spec, if its memory (with the sandbox's own) and its CPU fit in the lease.
 fn within_lease(spec: JobSpec, amounts: &Amounts) -> Result<JobSpec, String> {
-    let memory = spec.limits.unwrap_or_default().memory_bytes;
-    if amounts.memory_bytes > 0 && memory > amounts.memory_bytes {
+    let limits = spec.limits.unwrap_or_default();
+    let memory = limits.memory_bytes.saturating_add(RUNTIME_MEMORY);
+    if memory > amounts.memory_bytes {
         return Err(format!(
-            "the job asks for {memory} bytes of memory, its lease holds {}",
-            amounts.memory_bytes
+            "the job needs {memory} bytes of memory ({} for itself, {RUNTIME_MEMORY} for the \
+             sandbox), its lease holds {}",
+            limits.memory_bytes, amounts.memory_bytes
+        ));
+    }
+    if limits.cpu > amounts.cpu + 1e-9 {
+        return Err(format!(
+            "the job asks for {} cores, its lease holds {}",
+            limits.cpu, amounts.cpu
         ));
     }
     Ok(spec)
@@ -468,11 +555,15 @@ fn judge(
                 ),
             ),
             Stop::ScratchFull(how) => (Reason::OutOfDisk, format!("stopped: {how}")),
+            Stop::LeaseEnded => (
+                Reason::RunnerError,
+                "stopped: its lease ended (given back or expired) before it did".to_owned(),
+            ),
             _ if oom_kills > 0 => (
                 Reason::OutOfMemory,
                 format!(
                     "the sandbox was killed at its memory limit ({} bytes for the job and the runtime)",
-                    limits.memory_bytes + super::spawn::RUNTIME_MEMORY
+                    limits.memory_bytes + RUNTIME_MEMORY
                 ),
             ),
             Stop::Exited(Ok(status)) => (
@@ -583,7 +674,7 @@ fn output_files(scratch: &Path, inputs: &[File]) -> Result<Vec<File>, String> {
             let data = std::fs::read(scratch.join(&path))
                 .map_err(|e| format!("cannot read the job's file {name}: {e}"))?;
             if inputs.get(name.as_str()) == Some(&data.as_slice()) {
-                bytes -= data.len();
+                bytes = bytes.saturating_sub(data.len());
                 continue;
             }
             out.push(File {

@@ -85,7 +85,11 @@ impl Jobs {
             .map_err(|e| Error::Internal(e.to_string()))?;
         Ok(Jobs {
             table: table::Table::default(),
-            deps: submit::Deps { net, registry },
+            deps: submit::Deps {
+                net,
+                registry,
+                placing: Arc::new(tokio::sync::Semaphore::new(submit::PLACING_AT_ONCE)),
+            },
             host,
             _accepting: Arc::new(accepting),
         })
@@ -99,7 +103,7 @@ impl Jobs {
                 spec,
                 detach,
                 reply,
-            } => answer(reply, self.submit(caller_app, spec, detach)),
+            } => answer(reply, self.submit(caller_app, *spec, detach)),
             Request::Watch {
                 caller_app,
                 job_id,
@@ -169,7 +173,10 @@ impl Jobs {
             limits: spec.limits,
             ..Job::default()
         };
-        let entry = self.table.insert(caller_app.clone(), job)?;
+        let bytes = spec.module.len()
+            + spec.stdin.len()
+            + spec.files.iter().map(|f| f.data.len()).sum::<usize>();
+        let entry = self.table.insert(caller_app.clone(), job, bytes)?;
         let events = follow(entry.clone(), (!detach).then(|| entry.cancel.clone()));
         tokio::spawn(submit::drive(
             self.deps.clone(),

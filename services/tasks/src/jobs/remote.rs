@@ -27,14 +27,16 @@ const SEND_WAIT: Duration = Duration::from_secs(120);
 /// How long the runner may take to take the job, and then to start its sandbox.
 const ACCEPT_WAIT: Duration = Duration::from_secs(60);
 const START_WAIT: Duration = Duration::from_secs(120);
-/// How much longer than the job's own time limit its finish may take to arrive.
-const FINISH_GRACE: Duration = Duration::from_secs(60);
+/// How much longer than the job's own time limit its finish may take to arrive (more than the
+/// runner's own grace for its sandbox, 90 s).
+const FINISH_GRACE: Duration = Duration::from_secs(120);
 
 /// A step of the run, as the runner reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
     Accepted,
     Running,
+    Finished,
 }
 
 /// How a run ended.
@@ -65,6 +67,9 @@ pub(crate) async fn run(
         job_id: job_id.to_owned(),
         lease_id: lease_id.to_owned(),
     };
+    // One deadline for the whole run, whatever the runner says on the way.
+    let deadline =
+        tokio::time::Instant::now() + SEND_WAIT + ACCEPT_WAIT + START_WAIT + timeout + FINISH_GRACE;
     let talk = async {
         let stream = tokio::time::timeout(SEND_WAIT, net.open_stream(runner, PROTOCOL))
             .await
@@ -74,14 +79,18 @@ pub(crate) async fn run(
         write_message(&mut io, &ask, SEND_WAIT)
             .await
             .map_err(|e| format!("cannot ask the runner: {e}"))?;
-        let mut wait = ACCEPT_WAIT;
+        // The answers in their one order: accepted, running, finished (or refused first).
+        let mut expect = Step::Accepted;
         loop {
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
             let answer: JobsAnswer = read_message(&mut io, MAX_FRAME, wait)
                 .await
                 .map_err(|e| format!("the runner stopped answering: {e}"))?;
-            match answer.kind {
-                Some(jobs_answer::Kind::Refused(refused)) => return Ok(Ended::Refused(refused)),
-                Some(jobs_answer::Kind::Accepted(_)) => {
+            match (answer.kind, expect) {
+                (Some(jobs_answer::Kind::Refused(refused)), _) => {
+                    return Ok(Ended::Refused(refused));
+                }
+                (Some(jobs_answer::Kind::Accepted(_)), Step::Accepted) => {
                     step(Step::Accepted);
                     let spec = JobSpec {
                         placement: None,
@@ -90,16 +99,21 @@ pub(crate) async fn run(
                     write_message(&mut io, &spec, SEND_WAIT)
                         .await
                         .map_err(|e| format!("cannot send the job: {e}"))?;
-                    wait = START_WAIT;
+                    expect = Step::Running;
                 }
-                Some(jobs_answer::Kind::Running(_)) => {
+                (Some(jobs_answer::Kind::Running(_)), Step::Running) => {
                     step(Step::Running);
-                    wait = timeout + FINISH_GRACE;
+                    expect = Step::Finished;
                 }
-                Some(jobs_answer::Kind::Finished(finished)) => {
+                (Some(jobs_answer::Kind::Finished(finished)), Step::Finished) => {
                     return Ok(Ended::Finished(finished));
                 }
-                None => return Err("the runner sent an empty answer".to_owned()),
+                (kind, _) => {
+                    return Err(format!(
+                        "the runner broke the protocol: {} when {expect:?} was due",
+                        name(kind.as_ref())
+                    ));
+                }
             }
         }
     };
@@ -107,5 +121,16 @@ pub(crate) async fn run(
         // Dropping `talk` drops the stream: the runner sees it reset and stops the run.
         () = cancel.cancelled() => Ended::Cancelled,
         ended = talk => ended.unwrap_or_else(Ended::Lost),
+    }
+}
+
+/// An answer's kind, for people.
+fn name(kind: Option<&jobs_answer::Kind>) -> &'static str {
+    match kind {
+        None => "an empty answer",
+        Some(jobs_answer::Kind::Refused(_)) => "refused",
+        Some(jobs_answer::Kind::Accepted(_)) => "accepted",
+        Some(jobs_answer::Kind::Running(_)) => "running",
+        Some(jobs_answer::Kind::Finished(_)) => "finished",
     }
 }

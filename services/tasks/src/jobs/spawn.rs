@@ -17,10 +17,14 @@ use crate::{cgroup::Group, enforce::Enforcer, fs_confine::FsRules, limits::Limit
 
 /// The cgroup (and helper-table owner) name jobs run under; no app id begins with `_`.
 pub(crate) const JOBS_GROUP: &str = "_jobs";
-/// Memory the sandbox needs besides the job's (the runtime, the compiler, the module).
-pub(crate) const RUNTIME_MEMORY: u64 = 256 << 20;
-/// Processes and threads the sandbox may have.
-const PIDS: u32 = 32;
+/// Memory the sandbox needs besides the job's (the runtime, the compiler, the module): the
+/// submitter leases it with the job's.
+pub(crate) const RUNTIME_MEMORY: u64 = 128 << 20;
+/// Processes and threads the sandbox may have (the runtime starts a thread per core).
+const PIDS: u32 = 256;
+/// Without cgroups, the sandbox's address space: the job's and the runtime's memory, and the
+/// room the runtime reserves for a memory and its guard (a bound, if a loose one).
+const RESERVED_ADDRESS_SPACE: u64 = 8 << 30;
 /// The sandbox process's own messages (not the job's output).
 pub(crate) const SANDBOX_LOG: &str = "sandbox.log";
 
@@ -32,8 +36,10 @@ pub(crate) struct SpawnJob {
     pub(crate) dir: PathBuf,
     /// Names its cgroup.
     pub(crate) leaf: String,
-    /// The job's memory limit, bytes.
+    /// The run's memory (the lease's: the job's and the sandbox's), bytes.
     pub(crate) memory: u64,
+    /// The job's own memory limit, bytes.
+    pub(crate) job_memory: u64,
     /// The lease's CPU share, in thousandths of a core.
     pub(crate) cpu_millis: u32,
 }
@@ -58,18 +64,23 @@ pub(crate) fn spawn(
         dir,
         leaf,
         memory,
+        job_memory,
         cpu_millis,
     } = job;
     let limits = Limits {
-        memory: Some(memory.saturating_add(RUNTIME_MEMORY)),
+        memory: Some(memory),
         cpu_millis: Some(cpu_millis.max(1)),
         pids: Some(PIDS),
     };
     let mut confinement = enforcer.confine(JOBS_GROUP, &leaf, Limits::default(), limits, true);
     if confinement.group.is_none() {
-        // An address-space rlimit would stop the runtime from reserving its memories' address
-        // space: the sandbox's own memory limit holds alone.
-        confinement.rlimits.address_space = None;
+        // The runtime reserves address space far past a memory's size: the rlimit allows for
+        // it (the sandbox's own limit holds the job's memories to `job_memory`).
+        confinement.rlimits.address_space = Some(
+            job_memory
+                .saturating_add(RUNTIME_MEMORY)
+                .saturating_add(RESERVED_ADDRESS_SPACE),
+        );
     }
     let log = File::create(dir.join(SANDBOX_LOG))
         .map_err(|e| format!("cannot create {}: {e}", dir.join(SANDBOX_LOG).display()))?;
@@ -90,8 +101,7 @@ pub(crate) fn spawn(
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log2))
-        .kill_on_drop(true);
+        .stderr(Stdio::from(log2));
     let child = cmd.spawn().map_err(|e| {
         if let Some(group) = &confinement.group {
             group.kill_and_remove_blocking();

@@ -23,6 +23,7 @@ use tracing::debug;
 use super::{
     check,
     remote::{self, Ended, Step},
+    spawn::RUNTIME_MEMORY,
 };
 
 /// How long a job waits for a runner while candidates are busy, and while none is found at
@@ -34,14 +35,23 @@ const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(2);
 /// Most candidates asked for at once.
 const CANDIDATES: u32 = 64;
-/// A lease lasts the job's time limit and this much more (preparing, compiling, answering).
-const LEASE_MARGIN_SECS: u64 = 120;
+/// A lease lasts the job's time limit and this much more (sending, preparing, compiling,
+/// answering: the run's own waits, see `remote`).
+const LEASE_MARGIN_SECS: u64 = 480;
+/// The longest message of a runner kept.
+const MAX_MESSAGE: usize = 1000;
+
+/// Placements (finding candidates and leasing) under way at once on this node: many jobs
+/// submitted together ask the lenders one batch at a time, within their per-peer limits.
+pub(crate) const PLACING_AT_ONCE: usize = 8;
 
 /// What a job's driving task needs.
 #[derive(Clone)]
 pub(crate) struct Deps {
     pub(crate) net: Network,
     pub(crate) registry: Registry,
+    /// [`PLACING_AT_ONCE`] permits.
+    pub(crate) placing: Arc<tokio::sync::Semaphore>,
 }
 
 /// How one replica ended.
@@ -228,7 +238,32 @@ async fn run_replica(
         match ended {
             Ended::Finished(finished) => {
                 let reason = Reason::try_from(finished.reason).unwrap_or(Reason::RunnerError);
+                let message: String = finished.message.chars().take(MAX_MESSAGE).collect();
                 let result = finished.result.unwrap_or_default();
+                // A runner may claim anything: the result is held to the spec's bounds, and its
+                // digest recomputed here (off the async threads: it may be 40 MiB).
+                let checked = tokio::task::spawn_blocking({
+                    let limits = spec.limits.unwrap_or_default();
+                    move || {
+                        within_bounds(&result, &limits)?;
+                        let digest = check::digest(&result);
+                        Ok::<_, String>(JobResult {
+                            digest: digest.into(),
+                            ..result
+                        })
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("checking the result failed: {e}")));
+                let result = match checked {
+                    Ok(result) => result,
+                    Err(why) => {
+                        let why = format!("its result is out of bounds: {why}");
+                        set_run(RunState::RunLost, Reason::RunnerLost, &why);
+                        lost.push(format!("{runner}: {why}"));
+                        continue;
+                    }
+                };
                 let state = if reason == Reason::Unspecified {
                     RunState::RunDone
                 } else {
@@ -238,21 +273,16 @@ async fn run_replica(
                     let run = &mut j.runs[index];
                     run.state = state as i32;
                     run.reason = reason as i32;
-                    run.message.clone_from(&finished.message);
+                    run.message.clone_from(&message);
                     run.exit_code = result.exit_code;
                     run.digest.clone_from(&result.digest);
                     run.usage = result.usage;
                 });
-                // A runner may claim anything: the digest is recomputed here.
-                let digest = check::digest(&result);
                 return Replica::Finished {
                     runner,
                     reason,
-                    message: finished.message,
-                    result: JobResult {
-                        digest: digest.into(),
-                        ..result
-                    },
+                    message,
+                    result,
                 };
             }
             Ended::Cancelled => {
@@ -282,6 +312,16 @@ async fn run_replica(
     )
 }
 
+/// Whether a runner's result keeps to the spec's bounds: output no longer than asked, files
+/// that could have been written to a scratch directory and no more than a result carries.
+fn within_bounds(result: &JobResult, limits: &p2pos_proto::jobs::v1::Limits) -> Result<(), String> {
+    let max = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+    if result.stdout.len() > max || result.stderr.len() > max {
+        return Err(format!("output longer than {max} bytes"));
+    }
+    check::check_files(&result.files, "output")
+}
+
 /// Whether a lender refusing for `reason` may say yes later (it is busy or full).
 fn temporary(reason: Refusal) -> bool {
     matches!(
@@ -292,6 +332,12 @@ fn temporary(reason: Refusal) -> bool {
             | Refusal::OwnerBusy
             | Refusal::TooManyLeases
     )
+}
+
+/// Whether a lender could not be asked (gone, or too many streams at once): worth asking
+/// again for a while.
+fn unreachable(reason: Refusal) -> bool {
+    reason == Refusal::Unreachable
 }
 
 /// The job's reason for a lender's refusal, and its line.
@@ -316,9 +362,10 @@ async fn place(
     cancel: &CancellationToken,
 ) -> Result<(PeerId, Lease), Replica> {
     let limits = spec.limits.unwrap_or_default();
+    // The job's memory and the sandbox's own (the runner checks that the lease holds both).
     let needs = Amounts {
         cpu: limits.cpu,
-        memory_bytes: limits.memory_bytes,
+        memory_bytes: limits.memory_bytes.saturating_add(RUNTIME_MEMORY),
         disk_bytes: 0,
     };
     let ttl = u32::try_from(limits.timeout_ms.div_ceil(1000) + LEASE_MARGIN_SECS)
@@ -338,6 +385,9 @@ async fn place(
             limit: CANDIDATES,
             group: placement.group.clone(),
         };
+        let Ok(_permit) = deps.placing.acquire().await else {
+            return Err(Replica::Cancelled);
+        };
         let found = deps
             .registry
             .ask::<Resources, _>(|reply| resources::Request::Find { request, reply })
@@ -345,7 +395,14 @@ async fn place(
             .map_err(|e| Replica::Failed(Reason::NoRunner, e.message))?;
         let mut refusals: Vec<(PeerId, Refused)> = Vec::new();
         let mut busy_only_by_us = false;
-        for matched in found.matches {
+        let mut matches = found.matches;
+        if spec.replicas > 1 {
+            // Replicas check each other only if no one picks all of them: not best first, but
+            // at random among those that match.
+            use rand::seq::SliceRandom;
+            matches.shuffle(&mut rand::thread_rng());
+        }
+        for matched in matches {
             let Some(peer) = matched
                 .offer
                 .as_ref()
@@ -386,12 +443,16 @@ async fn place(
                 refusals.push((peer, refused));
             }
         }
-        let waiting = refusals
+        drop(_permit);
+        let reasons: Vec<Refusal> = refusals
             .iter()
-            .any(|(_, r)| temporary(Refusal::try_from(r.reason).unwrap_or(Refusal::Unspecified)));
+            .map(|(_, r)| Refusal::try_from(r.reason).unwrap_or(Refusal::Unspecified))
+            .collect();
+        let busy = reasons.iter().any(|r| temporary(*r));
+        let unreached = reasons.iter().any(|r| unreachable(*r));
         let summary = summarize(&refusals);
         let none_found = refusals.is_empty() && !busy_only_by_us;
-        if !waiting && !none_found {
+        if !busy && !unreached && !none_found {
             return Err(no_runner(
                 &placement.peers,
                 &refusals,
@@ -399,16 +460,15 @@ async fn place(
                 busy_only_by_us,
             ));
         }
-        let limit = if none_found {
-            NONE_FOUND_LIMIT
-        } else {
-            QUEUE_LIMIT
-        };
+        // Busy lenders are waited for long; lenders not reached, or none found, briefly.
+        let limit = if busy { QUEUE_LIMIT } else { NONE_FOUND_LIMIT };
         if started.elapsed() >= limit {
             let why = if none_found {
                 "no peer that lends was found".to_owned()
-            } else {
+            } else if busy {
                 format!("every candidate stayed busy: {summary}")
+            } else {
+                format!("no candidate could be reached: {summary}")
             };
             return Err(Replica::Failed(
                 Reason::NoRunner,
@@ -457,7 +517,13 @@ fn summarize(refusals: &[(PeerId, Refused)]) -> String {
     let mut parts: Vec<String> = refusals
         .iter()
         .take(4)
-        .map(|(peer, r)| format!("{peer}: {}", r.message))
+        .map(|(peer, r)| {
+            let peer = peer.to_string();
+            match r.message.starts_with(&peer) {
+                true => r.message.clone(),
+                false => format!("{peer}: {}", r.message),
+            }
+        })
         .collect();
     if refusals.len() > 4 {
         parts.push(format!("and {} more", refusals.len() - 4));

@@ -18,6 +18,12 @@ pub(crate) const MAX_ACTIVE: usize = 4096;
 pub(crate) const MAX_ACTIVE_PER_APP: usize = 1024;
 /// Ended jobs kept for `Get` and `List`.
 pub(crate) const MAX_ENDED: usize = 1024;
+/// Bytes of the specs of jobs not ended (their modules, inputs and files), per app and in all.
+pub(crate) const MAX_ACTIVE_BYTES_PER_APP: usize = 1 << 30;
+pub(crate) const MAX_ACTIVE_BYTES: usize = 4 << 30;
+/// Bytes of ended jobs' results kept, in all: past it, the oldest results are dropped (the
+/// jobs stay, with their state and message).
+pub(crate) const MAX_RESULT_BYTES: usize = 512 << 20;
 
 /// Whether a job in `state` has ended.
 pub(crate) fn ended(state: i32) -> bool {
@@ -36,6 +42,8 @@ pub(crate) struct Entry {
     pub(crate) job: Arc<watch::Sender<Job>>,
     /// Cancels its runs.
     pub(crate) cancel: CancellationToken,
+    /// The size of its spec.
+    pub(crate) bytes: usize,
 }
 
 impl Entry {
@@ -61,9 +69,15 @@ impl Table {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a job of `owner` (its id in `job`), if the bounds allow; forgets the oldest ended
-    /// jobs past [`MAX_ENDED`].
-    pub(crate) fn insert(&self, owner: Option<String>, job: Job) -> Result<Entry, Error> {
+    /// Adds a job of `owner` (its id in `job`, its spec `bytes` long), if the bounds allow;
+    /// forgets the oldest ended jobs past [`MAX_ENDED`], and the oldest results past
+    /// [`MAX_RESULT_BYTES`].
+    pub(crate) fn insert(
+        &self,
+        owner: Option<String>,
+        job: Job,
+        bytes: usize,
+    ) -> Result<Entry, Error> {
         let mut inner = self.lock();
         let active: Vec<&Entry> = inner
             .jobs
@@ -82,11 +96,30 @@ impl Table {
                 limit: MAX_ACTIVE_PER_APP,
             });
         }
+        let in_all: usize = active.iter().map(|e| e.bytes).sum();
+        let of_app: usize = active
+            .iter()
+            .filter(|e| e.owner == owner)
+            .map(|e| e.bytes)
+            .sum();
+        if of_app + bytes > MAX_ACTIVE_BYTES_PER_APP {
+            return Err(Error::Limit {
+                what: "bytes of modules and inputs of one app's jobs not ended",
+                limit: MAX_ACTIVE_BYTES_PER_APP,
+            });
+        }
+        if in_all + bytes > MAX_ACTIVE_BYTES {
+            return Err(Error::Limit {
+                what: "bytes of modules and inputs of the jobs not ended on this node",
+                limit: MAX_ACTIVE_BYTES,
+            });
+        }
         let id = job.job_id.clone();
         let entry = Entry {
             owner,
             job: Arc::new(watch::Sender::new(job)),
             cancel: CancellationToken::new(),
+            bytes,
         };
         inner.jobs.insert(id.clone(), entry.clone());
         inner.order.push_back(id);
@@ -106,6 +139,24 @@ impl Table {
                 true
             }
         });
+        // Newest first: the results that fit in the budget stay.
+        let mut kept = 0usize;
+        for id in order.iter().rev() {
+            let Some(entry) = jobs.get(id) else { continue };
+            let size = entry.job.borrow().result.as_ref().map_or(0, |r| {
+                r.stdout.len()
+                    + r.stderr.len()
+                    + r.files.iter().map(|f| f.data.len()).sum::<usize>()
+            });
+            kept += size;
+            if size > 0 && kept > MAX_RESULT_BYTES && ended(entry.job.borrow().state) {
+                entry.job.send_modify(|j| {
+                    j.result = None;
+                    j.message
+                        .push_str(" (its result was dropped: newer jobs' results fill the room)");
+                });
+            }
+        }
         Ok(entry)
     }
 
@@ -153,8 +204,8 @@ mod tests {
     #[test]
     fn apps_see_only_their_own_jobs() {
         let table = Table::default();
-        table.insert(Some("chat".into()), job("a")).unwrap();
-        table.insert(Some("game".into()), job("b")).unwrap();
+        table.insert(Some("chat".into()), job("a"), 0).unwrap();
+        table.insert(Some("game".into()), job("b"), 0).unwrap();
         assert!(table.get(Some("chat"), "a").is_ok());
         assert!(matches!(
             table.get(Some("chat"), "b"),
@@ -174,25 +225,31 @@ mod tests {
     fn ended_jobs_are_forgotten_oldest_first_and_active_ones_bounded() {
         let table = Table::default();
         for i in 0..MAX_ENDED + 3 {
-            let e = table.insert(None, job(&i.to_string())).unwrap();
+            let e = table.insert(None, job(&i.to_string()), 0).unwrap();
             e.job.send_modify(|j| j.state = State::Done as i32);
         }
-        table.insert(None, job("new")).unwrap();
+        table.insert(None, job("new"), 0).unwrap();
         assert!(table.get(None, "0").is_err(), "the oldest is forgotten");
         assert!(table.get(None, &(MAX_ENDED + 2).to_string()).is_ok());
         assert!(table.get(None, "new").is_ok());
         for i in 1..MAX_ACTIVE_PER_APP {
             table
-                .insert(Some("x".into()), job(&format!("x{i}")))
+                .insert(Some("x".into()), job(&format!("x{i}")), 0)
                 .unwrap();
         }
-        table.insert(Some("x".into()), job("x0")).unwrap();
+        table.insert(Some("x".into()), job("x0"), 0).unwrap();
         let err = table
-            .insert(Some("x".into()), job("one-more"))
+            .insert(Some("x".into()), job("one-more"), 0)
             .err()
             .unwrap();
         assert!(matches!(err, Error::Limit { .. }), "{err}");
         // Another app is not held back by it.
-        table.insert(Some("y".into()), job("y")).unwrap();
+        table.insert(Some("y".into()), job("y"), 0).unwrap();
+        // Bytes are bounded per app too.
+        let err = table
+            .insert(Some("z".into()), job("huge"), MAX_ACTIVE_BYTES_PER_APP + 1)
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::Limit { .. }), "{err}");
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use p2pos_proto::app::v1::apps_client::AppsClient;
 use p2pos_proto::group::v1::groups_client::GroupsClient;
+use p2pos_proto::jobs::v1::jobs_client::JobsClient;
 use p2pos_proto::monitor::v1::monitor_client::MonitorClient;
 use p2pos_proto::node::v1::node_client::NodeClient;
 use p2pos_proto::overlay::v1::overlay_client::OverlayClient;
@@ -25,6 +26,9 @@ use crate::token_file::{TokenFile, bearer};
 /// Largest gRPC message the clients encode or decode: 2 MiB (frames and payloads are at most
 /// 1 MiB, plus framing).
 pub const MAX_MESSAGE_SIZE: usize = 2 * 1024 * 1024;
+/// The largest message of the jobs service (a job's module, input and files; a result's
+/// outputs and files): the gateway's bound for `p2pos.jobs.v1`.
+pub const MAX_JOB_MESSAGE_SIZE: usize = 40 << 20;
 
 /// How long to wait for a TCP connection to the gateway.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -175,6 +179,14 @@ impl Client {
         ResourcesClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The `p2pos.jobs.v1.Jobs` service: WebAssembly jobs run on peers that lend (messages up
+    /// to [`MAX_JOB_MESSAGE_SIZE`]).
+    pub fn jobs(&self) -> JobsClient<AuthChannel> {
+        JobsClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_JOB_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_JOB_MESSAGE_SIZE)
     }
 }
 

@@ -42,14 +42,7 @@ pub(crate) struct Live(Option<Spinner>);
 impl Live {
     /// A status line, shown from the first [`Live::set`] if progress may be drawn.
     pub(crate) fn new(json: bool) -> Self {
-        Self(None).wanted(json)
-    }
-
-    fn wanted(self, json: bool) -> Self {
-        match wanted(json) {
-            true => Self(Some(Spinner::start(Cow::Borrowed("")))),
-            false => self,
-        }
+        Self(wanted(json).then(|| Spinner::start(Cow::Borrowed(""))))
     }
 
     /// Shows `message` instead of the one before.

@@ -318,7 +318,13 @@ fn finish(job: &Job, json: bool, out: Option<&Path>) -> anyhow::Result<()> {
             )),
         }
         .into()),
-        _ => Err(failure(job)),
+        _ => {
+            // What a failed program wrote before it failed (a trap after some output).
+            if let (Some(result), false) = (&job.result, json) {
+                write_outputs(result)?;
+            }
+            Err(failure(job))
+        }
     }
 }
 
@@ -404,7 +410,8 @@ fn write_files(dir: &Path, files: &[File]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `jobs logs`: the result's output, once the job has one.
+/// `jobs logs`: the result's output, once the job has one (a failed job's too: what it wrote
+/// before it failed, then the failure, as an error).
 async fn logs(jobs: &mut JobsClient<AuthChannel>, id: String, follow: bool) -> anyhow::Result<()> {
     let mut job = get(jobs, id.clone()).await?;
     if follow && !job_view::ended(&job) {
@@ -428,7 +435,13 @@ async fn logs(jobs: &mut JobsClient<AuthChannel>, id: String, follow: bool) -> a
         }
     }
     match &job.result {
-        Some(result) => Ok(write_outputs(result)?),
+        Some(result) => {
+            write_outputs(result)?;
+            match State::try_from(job.state) {
+                Ok(State::Failed) => Err(failure(&job)),
+                _ => Ok(()),
+            }
+        }
         None if job_view::ended(&job) => Err(match State::try_from(job.state) {
             Ok(State::Failed) => anyhow::anyhow!("{}; it has no result", failure(&job)),
             _ => anyhow::anyhow!(

@@ -155,6 +155,9 @@ pub(crate) enum Command {
     /// Port forwarding: publish a local TCP port as a service, or reach one through a local port
     #[command(subcommand)]
     Forward(ForwardCommand),
+    /// WebAssembly jobs run on peers that lend their machines: run, list, status, logs, cancel
+    #[command(subcommand)]
+    Jobs(crate::cli_jobs::JobsCommand),
     /// Stop the node
     Shutdown,
     /// Print a one-time login link for the node's dashboard (`p2posd --dashboard

@@ -2,7 +2,8 @@
 //! in the DHT, a look-up of providers, a forward's first check): an `indicatif` spinner with
 //! what is being done and the time so far, shown only when stderr is a terminal, never with
 //! `--json`, and only once the call has taken [`SHOW_AFTER`] (a quick call draws nothing).
-//! It is cleared before anything is printed, so stdout and error lines stay clean.
+//! It is cleared before anything is printed, so stdout and error lines stay clean. [`Live`]
+//! is a line whose message changes as something goes on (a job's state).
 
 use std::{borrow::Cow, future::Future, io::IsTerminal, time::Duration};
 
@@ -32,6 +33,24 @@ pub(crate) async fn during<T>(
     let out = work.await;
     drop(spinner);
     out
+}
+
+/// A status line that follows something long (a job): a spinner with the latest message,
+/// drawn only when [`wanted`] says so (otherwise it does nothing), cleared when dropped.
+pub(crate) struct Live(Option<Spinner>);
+
+impl Live {
+    /// A status line, shown from the first [`Live::set`] if progress may be drawn.
+    pub(crate) fn new(json: bool) -> Self {
+        Self(wanted(json).then(|| Spinner::start(Cow::Borrowed(""))))
+    }
+
+    /// Shows `message` instead of the one before.
+    pub(crate) fn set(&self, message: impl Into<Cow<'static, str>>) {
+        if let Some(spinner) = &self.0 {
+            spinner.0.set_message(message);
+        }
+    }
 }
 
 /// Whether progress may be drawn: not with `--json`, only on a terminal that can redraw a

@@ -11,6 +11,8 @@ mod forward;
 mod groups;
 mod helper_view;
 mod helpers;
+mod job_view;
+mod jobs;
 mod logs;
 mod monitor;
 mod node;
@@ -19,6 +21,7 @@ mod payload;
 mod pubsub;
 mod resources;
 mod services;
+mod size;
 mod tokens;
 
 use p2pos_client::{Client, Target, describe_status};
@@ -47,6 +50,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Forward(command) => forward::run(&client, command).await,
         Command::Groups(command) => groups::run(&client, command).await,
         Command::Tokens(command) => tokens::run(&client, command).await,
+        Command::Jobs(command) => jobs::run(&client, command).await,
         Command::Id(flag) => node::id(&client, flag.json).await,
         Command::Shutdown => node::shutdown(&client).await,
         Command::Dashboard(flag) => dashboard::login_url(&client, flag.json).await,
@@ -86,3 +90,34 @@ impl<T> RpcResult<T> for Result<tonic::Response<T>, tonic::Status> {
             .map_err(|status| anyhow::anyhow!("{what}: {}", describe_status(&status)))
     }
 }
+
+/// How a command ends that neither succeeded nor failed with an error line and status 1: `jobs
+/// run` exits with its job's exit code, or 130 for a cancelled job.
+#[derive(Debug)]
+pub(crate) struct ExitWith {
+    /// The exit status.
+    pub(crate) code: u8,
+    /// A line said on stderr first (`error: ...`), if any.
+    pub(crate) message: Option<String>,
+}
+
+impl ExitWith {
+    /// Says the message, if any, and gives the exit status.
+    pub(crate) fn report(&self) -> std::process::ExitCode {
+        if let Some(message) = &self.message {
+            eprintln!("error: {message}");
+        }
+        std::process::ExitCode::from(self.code)
+    }
+}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.message {
+            Some(message) => write!(f, "{message} (exit status {})", self.code),
+            None => write!(f, "exit status {}", self.code),
+        }
+    }
+}
+
+impl std::error::Error for ExitWith {}

@@ -447,7 +447,7 @@ async fn a_submitter_that_goes_away_stops_its_runs_and_cancel_stops_a_detached_j
 
 fn spin_spec(on: &String) -> JobSpec {
     let mut spin = spec(sandbox_module("spin"), &[on]);
-    spin.limits.as_mut().unwrap().timeout_ms = 600_000;
+    spin.limits.as_mut().expect("limits").timeout_ms = 600_000;
     spin
 }
 

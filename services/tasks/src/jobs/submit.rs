@@ -61,7 +61,7 @@ enum Replica {
         runner: PeerId,
         reason: Reason,
         message: String,
-        result: JobResult,
+        result: Box<JobResult>,
     },
     /// It could not be run.
     Failed(Reason, String),
@@ -125,7 +125,7 @@ fn decide(ended: Vec<Replica>, cancelled: bool) -> (State, Reason, String, Optio
                 reason,
                 message,
                 result,
-            } => finished.push((runner, reason, message, result)),
+            } => finished.push((runner, reason, message, *result)),
         }
     }
     let Some((_, reason, message, result)) = finished.first().cloned() else {
@@ -282,7 +282,7 @@ async fn run_replica(
                     runner,
                     reason,
                     message,
-                    result,
+                    result: Box::new(result),
                 };
             }
             Ended::Cancelled => {

@@ -614,7 +614,7 @@ fn judge(
     };
     result.digest = check::digest(&result).into();
     match files_error {
-        Some(why) if reason == Reason::Unspecified => finished(Reason::RunnerError, why, result),
+        Some(why) if reason == Reason::Unspecified => finished(Reason::OutOfDisk, why, result),
         _ => finished(reason, report.message, result),
     }
 }

@@ -514,3 +514,52 @@ async fn a_rust_program_built_for_wasi_runs_on_a_peer() {
     let job = run(&client, job).await;
     assert_eq!(stdout(&job), "primes below 1000000: 78498\n", "{job:?}");
 }
+
+/// `p2pctl jobs run` as a user runs it: the job's output as it is, the job's exit code, one
+/// error line and exit 1 for a job that failed; `list` and `status` show them.
+#[tokio::test(flavor = "multi_thread")]
+async fn p2pctl_jobs_run_prints_the_output_and_exits_with_the_jobs_code() {
+    let (nodes, ids) = full_mesh_with(2, &[]).await;
+    share(&nodes[1], "1", &[&ids[0]]);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let modules = root.join("services/tasks/sandbox/tests/modules");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(p2pos_tests::bin("p2pctl"))
+            .arg("--data-dir")
+            .arg(&nodes[0].data_dir)
+            .args(["jobs", "run", "--on", &ids[1], "--memory", "16M"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("p2pctl");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let hello = modules.join("hello.wat").display().to_string();
+    assert_eq!(
+        run(&[&hello]),
+        (Some(0), "hello, world\n".into(), String::new())
+    );
+    let exit3 = modules.join("exit3.wat").display().to_string();
+    assert_eq!(run(&[&exit3]).0, Some(3));
+    let spin = modules.join("spin.wat").display().to_string();
+    let (code, out, err) = run(&["--timeout", "300ms", &spin]);
+    assert_eq!((code, out.as_str()), (Some(1), ""), "{err}");
+    assert!(
+        err.starts_with("error: job ") && err.contains("failed: timed_out: "),
+        "{err}"
+    );
+    let (ok, list, err) = p2pctl(&nodes[0], &["jobs", "list", "--json"]);
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let states: Vec<&str> = list["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(states, ["FAILED", "DONE", "DONE"], "newest first: {list}");
+}

@@ -231,8 +231,10 @@ fn main() -> ExitCode {
             p2pos_network::child_spec(network),
             p2pos_overlay::child_spec(overlay),
             p2pos_forward::child_spec(),
-            p2pos_tasks::child_spec(tasks),
+            p2pos_tasks::child_spec(tasks.clone()),
             p2pos_resources::child_spec(resources),
+            // Jobs after the resource manager they find and lease runners through.
+            p2pos_tasks::jobs_child_spec(tasks),
             p2pos_groups::child_spec(groups),
             p2pos_monitor::child_spec(monitor),
             p2pos_gateway::child_spec(gateway),

@@ -296,7 +296,8 @@ fn grpc_names(service: &str) -> &'static [&'static str] {
         // Port forwarding's calls are `Services` calls too.
         "forward" => &["p2pos.service.v1.Services"],
         "monitor" => &["p2pos.monitor.v1.Monitor"],
-        "tasks" => &["p2pos.tasks.v1.Tasks", "p2pos.jobs.v1.Jobs"],
+        "tasks" => &["p2pos.tasks.v1.Tasks"],
+        "jobs" => &["p2pos.jobs.v1.Jobs"],
         "resources" => &["p2pos.resources.v1.Resources"],
         "groups" => &["p2pos.group.v1.Groups"],
         "gateway" => &["p2pos.node.v1.Node"],

@@ -23,6 +23,32 @@ pub(crate) const RLIMITS: &str = "rlimits";
 /// Whether the fallback has been logged (once per node, though the service may restart).
 static SAID_FALLBACK: AtomicBool = AtomicBool::new(false);
 
+/// Whose processes an enforcer confines: each has a cgroup tree of its own, so that one part
+/// cleaning up what an earlier run left never touches the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Helpers: `p2pos-<hash>`.
+    Helpers,
+    /// Jobs run for peers: `p2pos-<hash>-jobs`.
+    Jobs,
+}
+
+impl Part {
+    fn suffix(self) -> &'static str {
+        match self {
+            Part::Helpers => "",
+            Part::Jobs => "-jobs",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Part::Helpers => "helper",
+            Part::Jobs => "job",
+        }
+    }
+}
+
 /// Cgroups, or the rlimit fallback.
 #[derive(Debug)]
 pub(crate) enum Enforcer {
@@ -41,18 +67,19 @@ pub(crate) struct Confinement {
 impl Enforcer {
     /// Cgroups under the node's own cgroup if `use_cgroups` and they are writable (emptying
     /// what an earlier run on `data_dir` left there), else rlimits, said once in the log.
-    pub(crate) fn new(use_cgroups: bool, data_dir: &Path) -> Enforcer {
+    pub(crate) fn new(use_cgroups: bool, data_dir: &Path, part: Part) -> Enforcer {
+        let noun = part.noun();
         let why = if use_cgroups {
-            match Cgroups::open(data_dir) {
+            match Cgroups::open(data_dir, part.suffix()) {
                 Ok(cgroups) => {
                     let killed = cgroups.clean_leftovers();
                     if killed > 0 {
                         warn!(
                             processes = killed,
-                            "killed helper processes left by an earlier run of the node"
+                            "killed {noun} processes left by an earlier run of the node"
                         );
                     }
-                    info!(version = cgroups.version().name(), "helpers run in cgroups");
+                    info!(version = cgroups.version().name(), "{noun}s run in cgroups");
                     return Enforcer::Cgroups(cgroups);
                 }
                 Err(e) => e,
@@ -62,9 +89,9 @@ impl Enforcer {
         };
         if !SAID_FALLBACK.swap(true, Ordering::Relaxed) {
             warn!(
-                "helpers' limits cannot use cgroups ({why}): falling back to rlimits (memory \
+                "{noun}s' limits cannot use cgroups ({why}): falling back to rlimits (memory \
                  as address space, processes counted per user, CPU not limited), and processes \
-                 that leave a helper's process group are not stopped with it"
+                 that leave a {noun}'s process group are not stopped with it"
             );
         }
         Enforcer::Rlimits

@@ -34,7 +34,8 @@
 //! - `logs`: the per-helper ring of output lines, its readers and followers.
 //! - `persist`: specs and helper tokens in the node's store.
 //! - `signal`: signal names.
-//! - `jobs`: WebAssembly jobs submitted to peers and run for them (`p2pos.jobs.v1`).
+//! - `jobs`: WebAssembly jobs submitted to peers and run for them (`p2pos.jobs.v1`), a service
+//!   of its own ([`jobs_child_spec`]) that shares the helpers' process and cgroup machinery.
 //! - [`error`]: the service's [`Error`] and its mapping to `ServiceError`.
 
 mod cgroup;
@@ -61,6 +62,7 @@ mod table;
 
 pub use config::{Config, Cores, DEFAULT_APP_CPU, DEFAULT_APP_MEMORY_BYTES, DEFAULT_APP_PIDS};
 pub use error::Error;
+pub use jobs::service::{NAME as JOBS_NAME, child_spec as jobs_child_spec};
 pub use limits::{MAX_CPU, MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU, MIN_MEMORY_BYTES};
 pub use logs::{FOLLOW_BUFFER, LOGS_CHANNEL, MAX_LINE_BYTES, MAX_LINES, MAX_RING_BYTES};
 pub use persist::HELPERS_TREE;

@@ -13,14 +13,13 @@ use p2pos_kernel::{
     Call, ChildHandle, ChildSpec, DeathGuard, InjectPanic, Protocol, RestartType, ServiceContext,
     StopService, Uses,
 };
-use p2pos_protocols::{Apps, Jobs, Resources, Tasks, network::NETWORK};
+use p2pos_protocols::{Apps, Tasks};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::{
     Config, Error,
-    enforce::Enforcer,
-    jobs::{self, spawn::SpawnJob},
+    enforce::{Enforcer, Part},
     limits::Limits,
     persist, process,
     scope::Key,
@@ -49,7 +48,7 @@ pub const STORE_CONTENTS: &[p2pos_kernel::store::Contents] = &[p2pos_kernel::sto
 }];
 
 /// The child spec the daemon hands to the kernel: a permanent service named `tasks` that
-/// answers `p2pos.tasks.v1` and `p2pos.jobs.v1`.
+/// answers `p2pos.tasks.v1`.
 pub fn child_spec(config: Config) -> ChildSpec {
     let config = Arc::new(config);
     ChildSpec {
@@ -57,12 +56,9 @@ pub fn child_spec(config: Config) -> ChildSpec {
         restart: RestartType::Permanent,
         uses: Uses {
             trees: &[persist::HELPERS_TREE],
-            // Helpers started by an app live by its sessions (`WatchSession`); jobs find and
-            // lease runners, and check the leases of the jobs they run.
-            calls: &[Apps::NAME, Resources::NAME],
-            // Jobs travel on their own protocol.
-            needs: &[NETWORK],
-            provides: &[Tasks::NAME, Jobs::NAME],
+            // Helpers started by an app live by its sessions (`WatchSession`).
+            calls: &[Apps::NAME],
+            provides: &[Tasks::NAME],
             ..Uses::default()
         },
         start: Box::new(move |ctx, guard| {
@@ -81,18 +77,11 @@ fn start(
         .map(|spec| (Key::of(&spec), Entry::new(spec, true)))
         .collect();
     let quota = config.app_quota().map_err(Error::Internal)?;
-    let enforcer = Enforcer::new(config.cgroups, &ctx.config.data_dir);
+    let enforcer = Enforcer::new(config.cgroups, &ctx.config.data_dir, Part::Helpers);
     if config.helper_shim.is_some() {
         crate::fs_confine::warn_if_unsupported();
     }
-    let net = ctx
-        .registry
-        .take(NETWORK)
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let data_dir = ctx.config.data_dir.clone();
-    let registry = ctx.registry.clone();
-    let mut service = TasksService {
-        jobs: None,
+    let service = TasksService {
         enforcer,
         quota,
         ctx,
@@ -104,23 +93,10 @@ fn start(
         stopping: false,
         log_readers: Arc::new(Semaphore::new(MAX_LOG_READERS)),
     };
-    let mut failed = None;
-    let addr = TasksService::create(|actor| {
-        let spawner = actor.address().recipient();
-        match jobs::Jobs::start(net, registry.clone(), spawner, &data_dir) {
-            Ok(jobs) => service.jobs = Some(jobs),
-            Err(e) => failed = Some(e),
-        }
-        service
-    });
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    let registry = service.ctx.registry.clone();
+    let addr = service.start();
     registry
         .register::<Tasks>(addr.clone().recipient())
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    registry
-        .register::<Jobs>(addr.clone().recipient())
         .map_err(|e| Error::Internal(e.to_string()))?;
     Ok(ChildHandle {
         stop: addr.clone().recipient(),
@@ -132,8 +108,6 @@ fn start(
 /// report exits back to it as [`Exited`] messages.
 pub(crate) struct TasksService {
     pub(crate) ctx: ServiceContext,
-    /// Jobs this node submits and runs (set as the actor is created).
-    jobs: Option<jobs::Jobs>,
     /// Where plug-ins are, and the helper shim.
     pub(crate) config: Arc<Config>,
     _guard: DeathGuard,
@@ -206,9 +180,6 @@ impl Handler<StopService> for TasksService {
     /// stops once they have all exited.
     fn handle(&mut self, _: StopService, ctx: &mut Self::Context) -> Self::Result {
         self.stopping = true;
-        if let Some(jobs) = &self.jobs {
-            jobs.cancel_all();
-        }
         let active: Vec<Key> = self
             .table
             .iter()
@@ -253,32 +224,5 @@ impl Handler<Call<Tasks>> for TasksService {
 
     fn handle(&mut self, Call(request): Call<Tasks>, ctx: &mut Self::Context) {
         self.control(request, ctx);
-    }
-}
-
-impl Handler<Call<Jobs>> for TasksService {
-    type Result = ();
-
-    fn handle(&mut self, Call(request): Call<Jobs>, _: &mut Self::Context) {
-        match &self.jobs {
-            Some(jobs) => jobs.control(request),
-            // Never: the part is set as the actor is created.
-            None => drop(request),
-        }
-    }
-}
-
-impl Handler<SpawnJob> for TasksService {
-    type Result = Result<jobs::spawn::Spawned, String>;
-
-    /// Starts a job's sandbox here, on the actor's thread (see `process`).
-    fn handle(&mut self, job: SpawnJob, _: &mut Self::Context) -> Self::Result {
-        if self.stopping {
-            return Err("the node is stopping".into());
-        }
-        let Some(node_exe) = &self.config.helper_shim else {
-            return Err("this node cannot run jobs: it does not know its own executable".into());
-        };
-        jobs::spawn::spawn(&self.enforcer, node_exe, &self.ctx.config.data_dir, job)
     }
 }

@@ -130,6 +130,13 @@ fn run_job(dir: &Path, own_process: bool) -> Result<Report, Error> {
     if own_process && spec.max_file_bytes > 0 {
         limit_file_size(spec.max_file_bytes)?;
     }
+    if own_process && spec.max_cpu_secs > 0 {
+        // Past the soft limit the kernel sends SIGXCPU (which ends the process), past the
+        // hard one SIGKILL.
+        let soft = spec.max_cpu_secs;
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CPU, soft, soft + 5)
+            .map_err(|e| Error::Setup(format!("cannot limit CPU time: {e}")))?;
+    }
     let max_output = usize::try_from(spec.max_output_bytes)
         .map_err(|_| Error::InvalidSpec("max_output_bytes does not fit in memory".to_owned()))?;
     let module_path = dir.join(MODULE_FILE);

@@ -26,6 +26,10 @@ pub struct JobSpec {
     /// `EFBIG`); 0: not limited. Applied only in the job's own process.
     #[serde(default)]
     pub max_file_bytes: u64,
+    /// CPU seconds the job process may use in all (`RLIMIT_CPU`: past it the kernel kills it
+    /// with `SIGXCPU`); 0: not limited. Applied only in the job's own process.
+    #[serde(default)]
+    pub max_cpu_secs: u64,
 }
 
 /// What a table element counts for against [`JobSpec::memory_bytes`]: a pointer.

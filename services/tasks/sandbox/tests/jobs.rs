@@ -66,6 +66,7 @@ fn spec() -> JobSpec {
         deterministic: false,
         max_output_bytes: 1 << 20,
         max_file_bytes: 0,
+        max_cpu_secs: 0,
     }
 }
 

@@ -21,12 +21,33 @@ fn main() {
             gives_up_on_a_blocked_job,
         ),
     ];
-    for (name, test) in tests {
+    // The test runners' protocol, as libtest speaks it: `--list [--ignored]` lists the tests
+    // (`NAME: test`), a name filter (with `--exact`: the whole name) picks those to run.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let exact = args.iter().any(|a| a == "--exact");
+    let filter = args.iter().find(|a| !a.starts_with("--") && *a != "terse");
+    let chosen: Vec<&(&str, fn())> = tests
+        .iter()
+        .filter(|(name, _)| match filter {
+            None => true,
+            Some(f) if exact => name == f,
+            Some(f) => name.contains(f.as_str()),
+        })
+        .collect();
+    if args.iter().any(|a| a == "--list") {
+        if !args.iter().any(|a| a == "--ignored") {
+            for (name, _) in &chosen {
+                println!("{name}: test");
+            }
+        }
+        return;
+    }
+    for (name, test) in &chosen {
         test();
         println!("test {name} ... ok");
     }
     println!();
-    println!("{} passed, 0 failed", tests.len());
+    println!("{} passed, 0 failed", chosen.len());
 }
 
 fn job_dir(module: &str, spec: &JobSpec) -> tempfile::TempDir {
@@ -48,6 +69,7 @@ fn spec(timeout_ms: u64) -> JobSpec {
         deterministic: true,
         max_output_bytes: 1 << 20,
         max_file_bytes: 0,
+        max_cpu_secs: 0,
     }
 }
 

@@ -120,13 +120,14 @@ fn mkdir(path: &Path) -> Result<(), String> {
 }
 
 impl Cgroups {
-    /// The node's parent groups for the data directory `data_dir`, created; an error says why
+    /// The node's parent groups for the data directory `data_dir` (`suffix` after its name:
+    /// one tree per part of the node), created; an error says why
     /// cgroups cannot be used here (not mounted, not writable, controllers missing).
-    pub(crate) fn open(data_dir: &Path) -> Result<Cgroups, String> {
+    pub(crate) fn open(data_dir: &Path, suffix: &str) -> Result<Cgroups, String> {
         let dir = data_dir
             .canonicalize()
             .unwrap_or_else(|_| data_dir.to_owned());
-        let name = format!("p2pos-{}", short_hash(dir.as_os_str().as_bytes()));
+        let name = format!("p2pos-{}{suffix}", short_hash(dir.as_os_str().as_bytes()));
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
         let mount = Path::new(MOUNT);

@@ -507,6 +507,11 @@ fn write_job(dir: &Path, spec: &JobSpec) -> io::Result<()> {
         deterministic: spec.deterministic,
         max_output_bytes: limits.max_output_bytes,
         max_file_bytes: MAX_FILE_BYTES,
+        // The most the run's CPU share allows over its time and the sandbox's grace: a bound
+        // of its own where no cgroup holds it to the share.
+        max_cpu_secs: ((limits.timeout_ms as f64 / 1000.0 + SANDBOX_GRACE.as_secs_f64())
+            * limits.cpu.max(1.0))
+        .ceil() as u64,
     };
     let json = serde_json::to_vec(&sandbox_spec).map_err(io::Error::other)?;
     std::fs::write(dir.join(p2pos_sandbox::SPEC_FILE), json)?;
@@ -566,6 +571,15 @@ fn judge(
                     limits.memory_bytes + RUNTIME_MEMORY
                 ),
             ),
+            Stop::Exited(Ok(status))
+                if std::os::unix::process::ExitStatusExt::signal(status)
+                    == Some(Signal::SIGXCPU as i32) =>
+            {
+                (
+                    Reason::TimedOut,
+                    "the sandbox used up the CPU time its run may take".to_owned(),
+                )
+            }
             Stop::Exited(Ok(status)) => (
                 Reason::RunnerError,
                 format!(

@@ -7,11 +7,12 @@
 //! again when its runner is lost, and accepts replicas' results only when their digests
 //! agree. The runner (`host`) takes a job only under a lease the submitter holds here, runs
 //! it in a sandbox process (`p2posd __p2pos-wasm-job DIR`: wasmtime, see `p2pos-sandbox`)
-//! started by the task-control actor (`spawn`) in a cgroup with the lease's share, and kills
-//! it when the submitter goes away.
+//! started by the jobs actor (`spawn`) in a cgroup with the lease's share, and kills it when
+//! the submitter goes away.
 //!
 //! # Layout
 //! - this file: the part's handle and the protocol's operations.
+//! - `service`: the `jobs` actor: its child spec, life cycle and sandbox starts.
 //! - `check`: specs checked against the bounds, defaults, and results' digests.
 //! - `table`: the submitted jobs, their snapshots and owners.
 //! - `submit`: driving one job: placement, runs, retries, agreement.
@@ -22,7 +23,8 @@
 mod check;
 mod host;
 mod remote;
-pub(crate) mod spawn;
+pub(crate) mod service;
+mod spawn;
 mod submit;
 mod table;
 

@@ -39,7 +39,6 @@ use super::{
     remote::{MAX_ASK, MAX_FRAME},
     spawn::{RUNTIME_MEMORY, SANDBOX_LOG, SpawnJob, Spawned},
 };
-use crate::cgroup::Group;
 use crate::process;
 use tokio_util::sync::CancellationToken;
 
@@ -212,17 +211,8 @@ impl Host {
         // The run ends with its lease at the latest.
         let lease_left = Duration::from_millis(lease.expires_at_ms.saturating_sub(now_ms()));
         let result = match self.start(&dir, name, &spec, amounts).await {
-            Ok(spawned) => {
-                // From here on, however this returns, the sandbox is killed.
-                let Spawned { child, pid, group } = spawned;
-                let running = Running {
-                    child,
-                    guard: KillGuard {
-                        pid,
-                        group,
-                        armed: true,
-                    },
-                };
+            Ok(running) => {
+                // From here on, however this returns, the sandbox is killed (its guard).
                 write_message(tx, &answer(jobs_answer::Kind::Running(true)), ANSWER_WAIT).await?;
                 let ends = Ends {
                     lease: lease_ends,
@@ -301,7 +291,7 @@ impl Host {
     /// time running out; then the answer.
     async fn wait<R>(
         &self,
-        running: Running,
+        running: Spawned,
         dir: &Path,
         spec: &JobSpec,
         rx: &mut R,
@@ -310,7 +300,7 @@ impl Host {
     where
         R: tokio::io::AsyncRead + Unpin,
     {
-        let Running {
+        let Spawned {
             mut child,
             mut guard,
         } = running;
@@ -365,38 +355,6 @@ impl Host {
             )
         });
         Some(answer)
-    }
-}
-
-/// A started sandbox: its process, and the guard that kills it.
-struct Running {
-    child: tokio::process::Child,
-    guard: KillGuard,
-}
-
-/// Kills a sandbox's process group and cgroup when dropped, unless disarmed (it was killed
-/// and waited for already): a run whose stream breaks, or whose serving task is dropped (the
-/// service stops), leaves nothing behind.
-struct KillGuard {
-    pid: u32,
-    group: Option<Arc<Group>>,
-    armed: bool,
-}
-
-impl Drop for KillGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        process::signal_group(self.pid, Signal::SIGKILL);
-        if let Some(group) = self.group.take() {
-            let spawned = std::thread::Builder::new()
-                .name("job-cleanup".into())
-                .spawn(move || group.kill_and_remove_blocking());
-            if let Err(e) = spawned {
-                warn!("cannot remove a job's cgroup: {e}");
-            }
-        }
     }
 }
 

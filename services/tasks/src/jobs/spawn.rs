@@ -11,7 +11,9 @@ use std::{
 };
 
 use actix::Message;
+use nix::sys::signal::Signal;
 use tokio::process::Child;
+use tracing::warn;
 
 use crate::{cgroup::Group, enforce::Enforcer, fs_confine::FsRules, limits::Limits, process};
 
@@ -44,13 +46,38 @@ pub(crate) struct SpawnJob {
     pub(crate) cpu_millis: u32,
 }
 
-/// A started sandbox.
+/// A started sandbox: its process, and the guard that kills it.
 pub(crate) struct Spawned {
     pub(crate) child: Child,
+    pub(crate) guard: KillGuard,
+}
+
+/// Kills a sandbox's process group and cgroup when dropped, unless disarmed (it was killed
+/// and waited for already): a run whose stream breaks, whose serving task is dropped (the
+/// service stops), or whose start is answered to no one, leaves nothing behind.
+pub(crate) struct KillGuard {
     /// Its process group.
     pub(crate) pid: u32,
     /// Its cgroup, if cgroups are used.
     pub(crate) group: Option<Arc<Group>>,
+    pub(crate) armed: bool,
+}
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        process::signal_group(self.pid, Signal::SIGKILL);
+        if let Some(group) = self.group.take() {
+            let spawned = std::thread::Builder::new()
+                .name("job-cleanup".into())
+                .spawn(move || group.kill_and_remove_blocking());
+            if let Err(e) = spawned {
+                warn!("cannot remove a job's cgroup: {e}");
+            }
+        }
+    }
 }
 
 /// Starts it: `node_exe` is the `p2posd` executable (also the shim), `data_dir` the node's.
@@ -111,7 +138,10 @@ pub(crate) fn spawn(
     let pid = child.id().unwrap_or(0);
     Ok(Spawned {
         child,
-        pid,
-        group: confinement.group,
+        guard: KillGuard {
+            pid,
+            group: confinement.group,
+            armed: true,
+        },
     })
 }

@@ -1,6 +1,7 @@
 //! The Python client (`userland/python`) against real daemons: the word-count example provider on
 //! node B and its client on node A, which finds the provider by service name through the DHT;
-//! the group-chat example between two members of a group; and the package's own unit tests.
+//! the group-chat example between two members of a group; the jobs-map example across a group
+//! whose members lend; and the package's own unit tests.
 //!
 //! Python comes from `P2POS_PYTHON`, else `target/python-venv/bin/python` when it exists, else
 //! `python3`; it needs grpcio and grpcio-tools, which `tools/run-tests` (through
@@ -355,7 +356,12 @@ fn python_unittest(module: &str, tests: usize) {
         text(&out.stdout)
     );
     assert!(!report.contains("skipped"), "{report}");
-    assert!(report.contains(&format!("Ran {tests} tests")), "{report}");
+    // unittest says "Ran 1 test", "Ran 2 tests".
+    let plural = if tests == 1 { "" } else { "s" };
+    assert!(
+        report.contains(&format!("Ran {tests} test{plural} ")),
+        "{report}"
+    );
 }
 
 /// The group-chat example (`examples/group_chat.py`) between two real nodes in a group: the
@@ -363,6 +369,14 @@ fn python_unittest(module: &str, tests: usize) {
 #[test]
 fn python_group_chat_between_two_members() {
     python_unittest("tests.test_group_chat", 2);
+}
+
+/// The jobs-map example (`examples/jobs_map.py`) across a group of three real nodes: the Python
+/// test `tests/test_jobs_map.py` has two members lend to the group and maps `collatz.wat` over
+/// 1-100 from the third; every result is exact and both lenders ran some.
+#[test]
+fn python_jobs_map_over_a_group() {
+    python_unittest("tests.test_jobs_map", 1);
 }
 
 /// `p2pos.Channel` between two real nodes (`tests/test_channel.py`): 1 MiB frame exact, 10,000

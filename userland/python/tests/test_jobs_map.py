@@ -75,13 +75,11 @@ class JobsMap(unittest.TestCase):
         lenders = {b.peer_id, c.peer_id}
         wait_for("A to find B and C lending", lambda: self._lenders(group) == lenders or None)
 
-        # Four in flight, not the default 16: a lender serves at most 4 resource asks per peer
-        # at once (INBOUND_PER_PEER) and drops the others' streams, which the submitting node
-        # takes as UNREACHABLE and fails the job with NO_RUNNER at once ("every candidate
-        # refused: ...: connection is closed" / "the stream ended") instead of asking again.
+        # The example's default: 16 jobs in flight, more than a lender serves resource asks
+        # from one peer at once (4): the submitting node places a few at a time and asks again.
         out = subprocess.run(
             [sys.executable, str(EXAMPLE), "--data-dir", str(a.dir), "--group", "crunchers"]
-            + ["--jobs", "4", "1-100"],
+            + ["1-100"],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -43,7 +43,7 @@ const MAX_MESSAGE: usize = 1000;
 
 /// Placements (finding candidates and leasing) under way at once on this node: many jobs
 /// submitted together ask the lenders one batch at a time, within their per-peer limits.
-pub(crate) const PLACING_AT_ONCE: usize = 8;
+pub(crate) const PLACING_AT_ONCE: usize = 4;
 
 /// What a job's driving task needs.
 #[derive(Clone)]

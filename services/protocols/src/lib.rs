@@ -489,6 +489,16 @@ pub mod resources {
             /// It and its end, or the refusal.
             reply: Reply<Result<(Lease, tokio_util::sync::CancellationToken), Refused>>,
         },
+        /// Another service's (the jobs runner's): the run that claimed the lease `lease_id`
+        /// of `holder` ended, and the lease with it.
+        EndLease {
+            /// Its holder.
+            holder: PeerId,
+            /// The lease.
+            lease_id: String,
+            /// Done (a lease already gone is not an error).
+            reply: Reply<()>,
+        },
     }
 }
 

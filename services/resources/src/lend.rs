@@ -363,6 +363,19 @@ impl Lender {
         }
     }
 
+    /// Ends the lease `lease_id` of `holder` (the run it served ended: a lease serves one).
+    pub fn end(&self, holder: &PeerId, lease_id: &str) {
+        let mut state = self.state();
+        if state
+            .granted
+            .get(lease_id)
+            .is_some_and(|g| g.holder == *holder)
+            && let Some(granted) = state.granted.remove(lease_id)
+        {
+            granted.end();
+        }
+    }
+
     /// Extends a lease of `peer`, if the policy still lends to it now (a peer no longer
     /// allowed, or an owner now busy, keeps its lease only until it ends).
     fn renew(
@@ -550,6 +563,16 @@ mod tests {
         };
         lender.answer(friend, release, false).expect("released");
         assert!(ends.is_cancelled(), "the run hears its lease ended");
+        // The runner ends a lease whose run ended: its room is free at once.
+        let id = lease_id(lender.answer(friend, ask_lease(1.0, 100), false));
+        assert_eq!(
+            reason(&lender.answer(friend, ask_lease(0.5, 100), false)),
+            Some(Refusal::InsufficientCpu)
+        );
+        lender.end(&other, &id);
+        assert_eq!(lender.granted().len(), 1, "only its holder's lease ends");
+        lender.end(&friend, &id);
+        assert!(lender.granted().is_empty());
         // Lending nothing, and holding nothing: NOT_SHARED.
         lender.set_sharing(Sharing::default());
         assert_eq!(refused_for(&friend, "nope"), Some(Refusal::NotShared));

@@ -373,6 +373,14 @@ impl Handler<Call<Resources>> for ResourcesService {
                 };
                 answer::<_, ServiceError>(reply, Ok(listed));
             }
+            Request::EndLease {
+                holder,
+                lease_id,
+                reply,
+            } => {
+                self.lender.end(&holder, &lease_id);
+                answer::<_, ServiceError>(reply, Ok(()));
+            }
             Request::ClaimLease {
                 holder,
                 lease_id,

@@ -1,4 +1,4 @@
-;; Sleeps 3 s (one poll_oneoff on the monotonic clock), then prints "done\n": a job that is
+;; Sleeps 6 s (one poll_oneoff on the monotonic clock), then prints "done\n": a job that is
 ;; still running when a test kills its runner.
 (module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
@@ -11,7 +11,7 @@
     (i64.store (i32.const 0) (i64.const 1))
     (i32.store8 (i32.const 8) (i32.const 0))
     (i32.store (i32.const 16) (i32.const 1))
-    (i64.store (i32.const 24) (i64.const 3000000000))
+    (i64.store (i32.const 24) (i64.const 6000000000))
     (i64.store (i32.const 32) (i64.const 0))
     (i32.store16 (i32.const 40) (i32.const 0))
     ;; one event out at 104 (8-aligned), its count at 96

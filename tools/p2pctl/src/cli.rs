@@ -374,12 +374,12 @@ pub(crate) struct AmountsArgs {
     /// CPU in cores (0.5: half a core)
     #[arg(long, default_value_t = 0.0)]
     pub(crate) cpu: f64,
-    /// Memory: bytes or a size such as 512MiB, 2G
-    #[arg(long, default_value = "0")]
-    pub(crate) memory: bytesize::ByteSize,
-    /// Disk: bytes or a size such as 10GiB
-    #[arg(long, default_value = "0")]
-    pub(crate) disk: bytesize::ByteSize,
+    /// Memory: bytes or a size such as 512M, 2G (binary: as 512MiB, 2GiB; 2GB is decimal)
+    #[arg(long, default_value = "0", value_parser = crate::commands::size::bytes)]
+    pub(crate) memory: u64,
+    /// Disk: bytes or a size such as 10G
+    #[arg(long, default_value = "0", value_parser = crate::commands::size::bytes)]
+    pub(crate) disk: u64,
 }
 
 /// `groups` subcommands; GROUP is a group's id or its name on this node.

@@ -25,7 +25,26 @@ fn main() {
     // (`NAME: test`), a name filter (with `--exact`: the whole name) picks those to run.
     let args: Vec<String> = std::env::args().skip(1).collect();
     let exact = args.iter().any(|a| a == "--exact");
-    let filter = args.iter().find(|a| !a.starts_with("--") && *a != "terse");
+    // None of these tests is ignored: asked for the ignored ones only, there is nothing to do.
+    let only_ignored = args.iter().any(|a| a == "--ignored");
+    // Options that take a value: the value is not a name filter.
+    let valued = [
+        "--format",
+        "--test-threads",
+        "--skip",
+        "--color",
+        "--logfile",
+        "-Z",
+    ];
+    let filter = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| {
+            let value_of_option = *i > 0 && valued.contains(&args[i - 1].as_str());
+            !a.starts_with('-') && !value_of_option
+        })
+        .map(|(_, a)| a)
+        .next();
     let chosen: Vec<&(&str, fn())> = tests
         .iter()
         .filter(|(name, _)| match filter {
@@ -35,11 +54,15 @@ fn main() {
         })
         .collect();
     if args.iter().any(|a| a == "--list") {
-        if !args.iter().any(|a| a == "--ignored") {
+        if !only_ignored {
             for (name, _) in &chosen {
                 println!("{name}: test");
             }
         }
+        return;
+    }
+    if only_ignored {
+        println!("0 passed, 0 failed");
         return;
     }
     for (name, test) in &chosen {

@@ -192,7 +192,7 @@ pub(crate) fn check_files(files: &[File], what: &str) -> Result<(), String> {
 }
 
 /// A relative path of plain components (no `..`, `.`, empty parts, NUL or backslash).
-fn check_path(path: &str) -> Result<(), &'static str> {
+pub(crate) fn check_path(path: &str) -> Result<(), &'static str> {
     if path.is_empty() || path.len() > MAX_PATH {
         return Err("a path is 1 to 255 bytes");
     }

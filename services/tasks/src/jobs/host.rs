@@ -193,6 +193,15 @@ impl Host {
                 return write_message(tx, &refused(Refusal::Unreachable, why), ANSWER_WAIT).await;
             }
         };
+        // The lease serves this run only: it ends with it, however it ends; and the run ends
+        // with the lease at the latest.
+        let _end = EndLease {
+            registry: self.registry.clone(),
+            holder: peer,
+            lease_id: lease.lease_id.clone(),
+        };
+        let until = tokio::time::Instant::now()
+            + Duration::from_millis(lease.expires_at_ms.saturating_sub(now_ms()));
         write_message(tx, &answer(jobs_answer::Kind::Accepted(true)), ANSWER_WAIT).await?;
         let spec: JobSpec = read_message(rx, MAX_FRAME, SPEC_WAIT).await?;
         let amounts = lease.amounts.unwrap_or_default();
@@ -208,15 +217,13 @@ impl Host {
         let name = format!("run-{}-{number}", self.nonce);
         let dir = self.data_dir.join(JOBS_DIR).join(&name);
         let _cleanup = JobDir(dir.clone());
-        // The run ends with its lease at the latest.
-        let lease_left = Duration::from_millis(lease.expires_at_ms.saturating_sub(now_ms()));
         let result = match self.start(&dir, name, &spec, amounts).await {
             Ok(running) => {
                 // From here on, however this returns, the sandbox is killed (its guard).
                 write_message(tx, &answer(jobs_answer::Kind::Running(true)), ANSWER_WAIT).await?;
                 let ends = Ends {
                     lease: lease_ends,
-                    lease_left,
+                    until,
                 };
                 // The job's bytes are on disk: only its limits and input files are needed.
                 let spec = JobSpec {
@@ -306,25 +313,32 @@ impl Host {
         } = running;
         let limits = spec.limits.unwrap_or_default();
         let deadline =
-            (Duration::from_millis(limits.timeout_ms) + SANDBOX_GRACE).min(ends.lease_left);
+            tokio::time::Instant::now() + Duration::from_millis(limits.timeout_ms) + SANDBOX_GRACE;
         let started = Instant::now();
         let mut probe = [0u8; 1];
         let stop = tokio::select! {
             status = child.wait() => Stop::Exited(status),
             // The submitter sends nothing more: any byte, its end or an error is "stop".
             _ = rx.read(&mut probe) => Stop::Cancelled,
-            () = tokio::time::sleep(deadline) => Stop::Deadline,
+            () = tokio::time::sleep_until(deadline) => Stop::Deadline,
             () = ends.lease.cancelled() => Stop::LeaseEnded,
+            () = tokio::time::sleep_until(ends.until) => Stop::LeaseEnded,
             full = watch_scratch(dir.join(p2pos_sandbox::SCRATCH_DIR)) => Stop::ScratchFull(full),
         };
-        process::signal_group(guard.pid, Signal::SIGKILL);
+        // A sandbox that exited was reaped: its group id may be another's now.
+        if !matches!(stop, Stop::Exited(_)) {
+            process::signal_group(guard.pid, Signal::SIGKILL);
+        }
         let oom_kills = guard.group.as_ref().map_or(0, |g| g.oom_kills());
         if let Some(group) = &guard.group {
             group.kill_and_remove().await;
         }
         guard.armed = false;
         let _ = child.wait().await;
-        if matches!(stop, Stop::Cancelled) {
+        // Cancelled: nobody to answer. The lease ended first (given back early, expired, or
+        // the lender's resource manager restarted): no answer either, so that the submitter
+        // takes the run as lost and places it again.
+        if matches!(stop, Stop::Cancelled | Stop::LeaseEnded) {
             return None;
         }
         let (dir, spec) = (dir.to_owned(), spec.clone());
@@ -358,10 +372,40 @@ impl Host {
     }
 }
 
-/// What else ends a run: its lease (ended, or as long as it had left when the run started).
+/// What else ends a run: its lease (ended, or when it would expire).
 struct Ends {
     lease: CancellationToken,
-    lease_left: Duration,
+    until: tokio::time::Instant,
+}
+
+/// Ends a run's lease on this node when the run is over, however it ends (a lease serves one
+/// run: its room is free again at once, whether or not its holder gives it back).
+struct EndLease {
+    registry: Registry,
+    holder: PeerId,
+    lease_id: String,
+}
+
+impl Drop for EndLease {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (registry, holder) = (self.registry.clone(), self.holder);
+        let lease_id = std::mem::take(&mut self.lease_id);
+        runtime.spawn(async move {
+            let ended = registry
+                .ask::<Resources, _>(|reply| resources::Request::EndLease {
+                    holder,
+                    lease_id,
+                    reply,
+                })
+                .await;
+            if let Err(e) = ended {
+                debug!("cannot end a job's lease: {}", e.message);
+            }
+        });
+    }
 }
 
 /// Why a run's sandbox was stopped.
@@ -518,10 +562,6 @@ fn judge(
                 ),
             ),
             Stop::ScratchFull(how) => (Reason::OutOfDisk, format!("stopped: {how}")),
-            Stop::LeaseEnded => (
-                Reason::RunnerError,
-                "stopped: its lease ended (given back or expired) before it did".to_owned(),
-            ),
             _ if oom_kills > 0 => (
                 Reason::OutOfMemory,
                 format!(
@@ -546,7 +586,7 @@ fn judge(
                 ),
             ),
             Stop::Exited(Err(e)) => (Reason::RunnerError, format!("the sandbox was lost: {e}")),
-            Stop::Cancelled => (Reason::Unspecified, "cancelled".to_owned()),
+            Stop::Cancelled | Stop::LeaseEnded => (Reason::Unspecified, "stopped".to_owned()),
         };
         let result = JobResult {
             exit_code: -1,
@@ -633,8 +673,16 @@ fn output_files(scratch: &Path, inputs: &[File]) -> Result<Vec<File>, String> {
                 continue;
             }
             let Some(name) = path.to_str().map(str::to_owned) else {
-                continue;
+                return Err(format!(
+                    "the job left a file whose name is not UTF-8 ({}): no result carries it",
+                    path.display()
+                ));
             };
+            if let Err(why) = check::check_path(&name) {
+                return Err(format!(
+                    "the job left a file {name:?} that no result carries: {why}"
+                ));
+            }
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
             bytes = bytes.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
             if bytes > check::MAX_FILE_BYTES {

@@ -70,6 +70,7 @@ impl Jobs {
         data_dir: &Path,
     ) -> Result<Jobs, Error> {
         let host = host::Host::new(registry.clone(), spawner, data_dir);
+        let table = table::Table::default();
         let serving = host.clone();
         let accepting = net
             .accept(
@@ -86,11 +87,12 @@ impl Jobs {
             )
             .map_err(|e| Error::Internal(e.to_string()))?;
         Ok(Jobs {
-            table: table::Table::default(),
+            table: table.clone(),
             deps: submit::Deps {
                 net,
                 registry,
                 placing: Arc::new(tokio::sync::Semaphore::new(submit::PLACING_AT_ONCE)),
+                table: table.clone(),
             },
             host,
             _accepting: Arc::new(accepting),
@@ -150,6 +152,16 @@ impl Jobs {
                 reply,
                 self.table.get(caller_app.as_deref(), &job_id).map(|e| {
                     e.cancel.cancel();
+                    // Cancelled from now on (its driving task stops its runs and gives its
+                    // leases back; its last snapshot says the same).
+                    e.job.send_if_modified(|j| {
+                        if table::ended(j.state) {
+                            return false;
+                        }
+                        j.state = State::Cancelled as i32;
+                        "cancelled".clone_into(&mut j.message);
+                        true
+                    });
                     e.job.borrow().clone()
                 }),
             ),

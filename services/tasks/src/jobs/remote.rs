@@ -87,7 +87,8 @@ pub(crate) async fn run(
                 .await
                 .map_err(|e| format!("the runner stopped answering: {e}"))?;
             match (answer.kind, expect) {
-                (Some(jobs_answer::Kind::Refused(refused)), _) => {
+                // Refused for its lease, or for its spec; never once it runs.
+                (Some(jobs_answer::Kind::Refused(refused)), Step::Accepted | Step::Running) => {
                     return Ok(Ended::Refused(refused));
                 }
                 (Some(jobs_answer::Kind::Accepted(_)), Step::Accepted) => {

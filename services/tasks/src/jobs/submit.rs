@@ -24,6 +24,7 @@ use super::{
     check,
     remote::{self, Ended, Step},
     spawn::RUNTIME_MEMORY,
+    table::Table,
 };
 
 /// How long a job waits for a runner while candidates are busy, and while none is found at
@@ -35,6 +36,8 @@ const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(2);
 /// Most candidates asked for at once.
 const CANDIDATES: u32 = 64;
+/// Most leases asked for in one round of placement.
+const LEASES_PER_ROUND: usize = 4;
 /// A lease lasts the job's time limit and this much more (sending, preparing, compiling,
 /// answering: the run's own waits, see `remote`).
 const LEASE_MARGIN_SECS: u64 = 480;
@@ -52,6 +55,8 @@ pub(crate) struct Deps {
     pub(crate) registry: Registry,
     /// [`PLACING_AT_ONCE`] permits.
     pub(crate) placing: Arc<tokio::sync::Semaphore>,
+    /// The jobs, whose kept results are trimmed as each job ends.
+    pub(crate) table: Table,
 }
 
 /// How one replica ended.
@@ -92,6 +97,7 @@ pub(crate) async fn drive(
     });
     let ended = futures::future::join_all(replicas).await;
     let (state, reason, message, result) = decide(ended, cancel.is_cancelled());
+    let _trim = TrimOnEnd(&deps.table);
     job.send_modify(|j| {
         j.state = state as i32;
         j.reason = reason as i32;
@@ -107,6 +113,15 @@ pub(crate) async fn drive(
             }
         }
     });
+}
+
+/// Trims the kept results when dropped (after the job's last snapshot is out).
+struct TrimOnEnd<'a>(&'a Table);
+
+impl Drop for TrimOnEnd<'_> {
+    fn drop(&mut self) {
+        self.0.trim_results();
+    }
 }
 
 /// The job's end from its replicas' (`cancelled`: the job itself was).
@@ -190,6 +205,17 @@ async fn run_replica(
     for attempt in 1..=spec.retries + 1 {
         let (runner, lease) = match place(deps, job, spec, owner, used, cancel).await {
             Ok(placed) => placed,
+            // No other runner for a run that lost its own: the losses are what matter.
+            Err(Replica::Failed(_, why)) if !lost.is_empty() => {
+                return Replica::Failed(
+                    Reason::RunnerLost,
+                    format!(
+                        "lost {} runners, and no other would take it ({why}): {}",
+                        lost.len(),
+                        lost.join("; ")
+                    ),
+                );
+            }
             Err(ended) => return ended,
         };
         let mut index = 0;
@@ -348,7 +374,7 @@ fn refusal_reason(refused: &Refused) -> (Reason, String) {
         Ok(Refusal::Invalid) => Reason::Invalid,
         _ => Reason::NoRunner,
     };
-    (reason, refused.message.clone())
+    (reason, refused.message.chars().take(MAX_MESSAGE).collect())
 }
 
 /// A runner for one replica, leased: the best candidate not used by this job yet; waits while
@@ -385,8 +411,12 @@ async fn place(
             limit: CANDIDATES,
             group: placement.group.clone(),
         };
-        let Ok(_permit) = deps.placing.acquire().await else {
-            return Err(Replica::Cancelled);
+        let _permit = tokio::select! {
+            () = cancel.cancelled() => return Err(Replica::Cancelled),
+            permit = deps.placing.acquire() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Err(Replica::Cancelled),
+            },
         };
         let found = deps
             .registry
@@ -402,7 +432,15 @@ async fn place(
             use rand::seq::SliceRandom;
             matches.shuffle(&mut rand::thread_rng());
         }
+        let mut asked = 0;
         for matched in matches {
+            if cancel.is_cancelled() {
+                return Err(Replica::Cancelled);
+            }
+            // A few lease asks per round: a permit is not held long by lenders that stall.
+            if asked == LEASES_PER_ROUND {
+                break;
+            }
             let Some(peer) = matched
                 .offer
                 .as_ref()
@@ -414,6 +452,7 @@ async fn place(
                 busy_only_by_us = true;
                 continue;
             }
+            asked += 1;
             let leased = deps
                 .registry
                 .ask::<Resources, _>(|reply| resources::Request::Lease {

@@ -139,10 +139,20 @@ impl Table {
                 true
             }
         });
-        // Newest first: the results that fit in the budget stay.
+        drop(inner);
+        self.trim_results();
+        Ok(entry)
+    }
+
+    /// Drops the results of the oldest ended jobs past [`MAX_RESULT_BYTES`] in all (newest
+    /// first: the results that fit stay).
+    pub(crate) fn trim_results(&self) {
+        let inner = self.lock();
         let mut kept = 0usize;
-        for id in order.iter().rev() {
-            let Some(entry) = jobs.get(id) else { continue };
+        for id in inner.order.iter().rev() {
+            let Some(entry) = inner.jobs.get(id) else {
+                continue;
+            };
             let size = entry.job.borrow().result.as_ref().map_or(0, |r| {
                 r.stdout.len()
                     + r.stderr.len()
@@ -157,7 +167,6 @@ impl Table {
                 });
             }
         }
-        Ok(entry)
     }
 
     /// The job `id`, if `caller` may see it.

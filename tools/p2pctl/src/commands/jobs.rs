@@ -100,16 +100,24 @@ async fn run_job(jobs: &mut JobsClient<AuthChannel>, args: RunArgs) -> anyhow::R
         .or_fail("cannot submit the job")?;
     let live = progress::Live::new(json || detach);
     let mut last: Option<Job> = None;
+    // Listening from now on: a Ctrl-C between two events is not lost.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let next = tokio::select! {
             next = events.message() => next,
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut interrupted => {
                 drop(live);
+                // Dropping the call cancels the job (a detached one keeps running).
                 drop(events);
-                let id = last.map(|job| job.job_id).unwrap_or_default();
+                let message = match (last.map(|job| job.job_id), detach) {
+                    (Some(id), false) => format!("interrupted: job {id} is cancelled"),
+                    (Some(id), true) => format!("interrupted: job {id} keeps running"),
+                    (None, _) => "interrupted before the node answered".to_owned(),
+                };
                 return Err(ExitWith {
                     code: CANCELLED_EXIT,
-                    message: Some(format!("interrupted: job {id} is cancelled")),
+                    message: Some(message),
                 }
                 .into());
             }

@@ -21,7 +21,7 @@ mod payload;
 mod pubsub;
 mod resources;
 mod services;
-mod size;
+pub(crate) mod size;
 mod tokens;
 
 use p2pos_client::{Client, Target, describe_status};

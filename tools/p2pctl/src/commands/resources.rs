@@ -180,8 +180,8 @@ pub(crate) async fn run(
 fn amounts_of(args: &AmountsArgs) -> Amounts {
     Amounts {
         cpu: args.cpu,
-        memory_bytes: args.memory.as_u64(),
-        disk_bytes: args.disk.as_u64(),
+        memory_bytes: args.memory,
+        disk_bytes: args.disk,
     }
 }
 

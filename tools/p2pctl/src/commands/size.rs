@@ -1,6 +1,6 @@
 //! Sizes people type: `512K`, `256M`, `1G` (binary units, as `KiB`, `MiB`, `GiB` are; `KB`,
-//! `MB`, `GB` are decimal), or a bare number of bytes. Parsed when the command runs, so that a
-//! bad one is a one-line error naming its option.
+//! `MB`, `GB` are decimal), or a bare number of bytes: one reading for every command (what
+//! `resources share --memory 1G` lends is what `jobs run --memory 1G` asks for).
 
 /// The size in bytes in `text`, the value of option `flag` (named in the error).
 pub(crate) fn parse(flag: &str, text: &str) -> anyhow::Result<u64> {
@@ -31,6 +31,13 @@ pub(crate) fn parse(flag: &str, text: &str) -> anyhow::Result<u64> {
         anyhow::bail!("{flag}: {text:?} is too large");
     }
     Ok(bytes.round() as u64)
+}
+
+/// [`parse`] as clap's value parser.
+pub(crate) fn bytes(text: &str) -> Result<u64, String> {
+    parse("", text).map_err(|_| {
+        "not a size: bytes, or a size such as 512K, 256M, 1G (binary), 2GB (decimal)".to_owned()
+    })
 }
 
 #[cfg(test)]

@@ -57,6 +57,14 @@ impl Scope {
         }
     }
 
+    /// The app the caller acts as: `None` for the admin.
+    pub fn app(&self) -> Option<String> {
+        match self {
+            Scope::Admin => None,
+            Scope::App(app) => Some(app.clone()),
+        }
+    }
+
     /// Fails unless admin.
     pub fn require_admin(&self) -> Result<(), Status> {
         match self {

@@ -12,11 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{
-    BoxStream,
-    auth::{Scope, caller},
-    cut_on_stop,
-};
+use crate::{BoxStream, auth::caller, cut_on_stop};
 
 /// The largest `Submit` (a 16 MiB module, 16 MiB of files, 4 MiB of input and the rest) and
 /// the largest job with its result.
@@ -45,14 +41,6 @@ impl JobsApi {
     }
 }
 
-/// The app a caller acts as: `None` for the admin.
-fn caller_app(scope: &Scope) -> Option<String> {
-    match scope {
-        Scope::Admin => None,
-        Scope::App(app) => Some(app.clone()),
-    }
-}
-
 #[tonic::async_trait]
 impl JobsRpc for JobsApi {
     type SubmitStream = BoxStream<JobEvent>;
@@ -67,7 +55,7 @@ impl JobsRpc for JobsApi {
         let spec = spec.ok_or_else(|| Status::invalid_argument("the request has no spec"))?;
         let rx = self
             .ask(|reply| jobs::Request::Submit {
-                caller_app: caller_app(&scope),
+                caller_app: scope.app(),
                 spec: Box::new(spec),
                 detach,
                 reply,
@@ -81,7 +69,7 @@ impl JobsRpc for JobsApi {
         let JobRef { job_id } = req.into_inner();
         let rx = self
             .ask(|reply| jobs::Request::Watch {
-                caller_app: caller_app(&scope),
+                caller_app: scope.app(),
                 job_id,
                 reply,
             })
@@ -94,7 +82,7 @@ impl JobsRpc for JobsApi {
         let JobRef { job_id } = req.into_inner();
         let job = self
             .ask(|reply| jobs::Request::Get {
-                caller_app: caller_app(&scope),
+                caller_app: scope.app(),
                 job_id,
                 reply,
             })
@@ -107,7 +95,7 @@ impl JobsRpc for JobsApi {
         let ListRequest {} = req.into_inner();
         let listed = self
             .ask(|reply| jobs::Request::List {
-                caller_app: caller_app(&scope),
+                caller_app: scope.app(),
                 reply,
             })
             .await?;
@@ -119,7 +107,7 @@ impl JobsRpc for JobsApi {
         let JobRef { job_id } = req.into_inner();
         let job = self
             .ask(|reply| jobs::Request::Cancel {
-                caller_app: caller_app(&scope),
+                caller_app: scope.app(),
                 job_id,
                 reply,
             })

@@ -31,14 +31,6 @@ impl ResourcesApi {
     }
 }
 
-/// The app a caller acts as, for the service: `None` for the admin.
-fn caller_app(scope: &Scope) -> Option<String> {
-    match scope {
-        Scope::Admin => None,
-        Scope::App(app) => Some(app.clone()),
-    }
-}
-
 #[tonic::async_trait]
 impl ResourcesRpc for ResourcesApi {
     async fn get_inventory(
@@ -132,7 +124,7 @@ impl ResourcesRpc for ResourcesApi {
         let RenewRequest { lease_id, ttl_secs } = req.into_inner();
         let renewed = self
             .ask(|reply| resources::Request::Renew {
-                caller_app: caller_app(&scope),
+                caller_app: scope.app(),
                 lease_id,
                 ttl_secs,
                 reply,
@@ -148,7 +140,7 @@ impl ResourcesRpc for ResourcesApi {
         let scope = caller(&req)?;
         let ReleaseRequest { lease_id } = req.into_inner();
         self.ask(|reply| resources::Request::Release {
-            caller_app: caller_app(&scope),
+            caller_app: scope.app(),
             lease_id,
             reply,
         })
@@ -164,7 +156,7 @@ impl ResourcesRpc for ResourcesApi {
         let ListLeasesRequest {} = req.into_inner();
         let listed = self
             .ask(|reply| resources::Request::ListLeases {
-                caller_app: caller_app(&scope),
+                caller_app: scope.app(),
                 reply,
             })
             .await?;

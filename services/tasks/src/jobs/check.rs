@@ -48,7 +48,7 @@ pub(crate) fn check(mut spec: JobSpec) -> Result<JobSpec, String> {
         stdin,
         files,
         limits,
-        placement: _,
+        placement,
         replicas,
         deterministic,
         retries,
@@ -89,6 +89,9 @@ pub(crate) fn check(mut spec: JobSpec) -> Result<JobSpec, String> {
         ));
     }
     check_files(files, "input")?;
+    if let Some(placement) = placement {
+        check_placement(placement)?;
+    }
     *limits = Some(check_limits(limits.unwrap_or_default())?);
     if *replicas == 0 {
         *replicas = 1;
@@ -111,6 +114,36 @@ pub(crate) fn check(mut spec: JobSpec) -> Result<JobSpec, String> {
         r => r,
     };
     Ok(spec)
+}
+
+/// Most peers a job may be placed among by name.
+pub(crate) const MAX_PEERS: usize = 64;
+
+/// Named peers are peer ids (at most [`MAX_PEERS`], no repeats); a group, a name or id of at
+/// most 128 characters.
+fn check_placement(placement: &p2pos_proto::jobs::v1::Placement) -> Result<(), String> {
+    if placement.peers.len() > MAX_PEERS {
+        return Err(format!(
+            "placement.peers names {} peers, more than {MAX_PEERS}",
+            placement.peers.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for peer in &placement.peers {
+        let id: libp2p::PeerId = peer.parse().map_err(|_| {
+            format!(
+                "placement.peers: {:?} is not a peer id",
+                peer.chars().take(80).collect::<String>()
+            )
+        })?;
+        if !seen.insert(id) {
+            return Err(format!("placement.peers names {id} twice"));
+        }
+    }
+    if placement.group.chars().count() > 128 {
+        return Err("placement.group is longer than 128 characters".into());
+    }
+    Ok(())
 }
 
 /// The limits with their defaults, checked.
@@ -264,6 +297,13 @@ mod tests {
         assert!(err(|s| s.module = Default::default()).contains("empty"));
         assert!(err(|s| s.replicas = 3).contains("deterministic"));
         assert!(err(|s| s.replicas = 9).contains("more than 7"));
+        assert!(
+            err(|s| s.placement = Some(p2pos_proto::jobs::v1::Placement {
+                peers: vec!["not-a-peer".into()],
+                group: String::new(),
+            }))
+            .contains("not a peer id")
+        );
         assert!(
             err(|s| s.files = vec![File {
                 path: "../x".into(),

@@ -12,7 +12,7 @@ use std::{
 use libp2p::PeerId;
 use p2pos_kernel::{Registry, events::now_ms};
 use p2pos_proto::{
-    jobs::v1::{Job, JobSpec, Reason, Result as JobResult, Run, RunState, State},
+    jobs::v1::{Job, JobSpec, Placement, Reason, Result as JobResult, Run, RunState, State},
     resources::v1::{Amounts, FindRequest, Lease, Refusal, Refused},
 };
 use p2pos_protocols::{Resources, network::Network, resources};
@@ -404,13 +404,6 @@ async fn place(
         if cancel.is_cancelled() {
             return Err(Replica::Cancelled);
         }
-        let request = FindRequest {
-            needs: Some(needs),
-            peers: placement.peers.clone(),
-            explain: true,
-            limit: CANDIDATES,
-            group: placement.group.clone(),
-        };
         let _permit = tokio::select! {
             () = cancel.cancelled() => return Err(Replica::Cancelled),
             permit = deps.placing.acquire() => match permit {
@@ -418,22 +411,16 @@ async fn place(
                 Err(_) => return Err(Replica::Cancelled),
             },
         };
-        let found = deps
-            .registry
-            .ask::<Resources, _>(|reply| resources::Request::Find { request, reply })
-            .await
-            .map_err(|e| Replica::Failed(Reason::NoRunner, e.message))?;
-        let mut refusals: Vec<(PeerId, Refused)> = Vec::new();
+        let (mut candidates, mut refusals) = candidates(deps, &placement, needs).await?;
         let mut busy_only_by_us = false;
-        let mut matches = found.matches;
         if spec.replicas > 1 {
             // Replicas check each other only if no one picks all of them: not best first, but
             // at random among those that match.
             use rand::seq::SliceRandom;
-            matches.shuffle(&mut rand::thread_rng());
+            candidates.shuffle(&mut rand::thread_rng());
         }
         let mut asked = 0;
-        for matched in matches {
+        for peer in candidates {
             if cancel.is_cancelled() {
                 return Err(Replica::Cancelled);
             }
@@ -441,13 +428,6 @@ async fn place(
             if asked == LEASES_PER_ROUND {
                 break;
             }
-            let Some(peer) = matched
-                .offer
-                .as_ref()
-                .and_then(|o| o.peer_id.parse::<PeerId>().ok())
-            else {
-                continue;
-            };
             if lock(used).contains(&peer) {
                 busy_only_by_us = true;
                 continue;
@@ -475,11 +455,6 @@ async fn place(
                 }
                 (None, Some(refused)) => refusals.push((peer, refused)),
                 (None, None) => {}
-            }
-        }
-        for other in found.others {
-            if let (Ok(peer), Some(refused)) = (other.peer_id.parse::<PeerId>(), other.refused) {
-                refusals.push((peer, refused));
             }
         }
         drop(_permit);
@@ -527,6 +502,48 @@ async fn place(
         }
         pause = (pause * 2).min(LONGEST_PAUSE);
     }
+}
+
+/// The peers to ask for a lease, in order, and those that refused already. Named peers are
+/// asked for a lease right away (its answer says as much as an offer would, one round trip
+/// sooner); a group's members, or the DHT's lenders, are found with `Resources.Find` first.
+async fn candidates(
+    deps: &Deps,
+    placement: &Placement,
+    needs: Amounts,
+) -> Result<(Vec<PeerId>, Vec<(PeerId, Refused)>), Replica> {
+    if !placement.peers.is_empty() && placement.group.is_empty() {
+        // Checked when the job was submitted.
+        let named = placement
+            .peers
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        return Ok((named, Vec::new()));
+    }
+    let request = FindRequest {
+        needs: Some(needs),
+        peers: placement.peers.clone(),
+        explain: true,
+        limit: CANDIDATES,
+        group: placement.group.clone(),
+    };
+    let found = deps
+        .registry
+        .ask::<Resources, _>(|reply| resources::Request::Find { request, reply })
+        .await
+        .map_err(|e| Replica::Failed(Reason::NoRunner, e.message))?;
+    let matched = found
+        .matches
+        .iter()
+        .filter_map(|m| m.offer.as_ref()?.peer_id.parse().ok())
+        .collect();
+    let refused = found
+        .others
+        .into_iter()
+        .filter_map(|o| Some((o.peer_id.parse().ok()?, o.refused?)))
+        .collect();
+    Ok((matched, refused))
 }
 
 /// The failure when no candidate will ever take the job: a single named peer's own refusal

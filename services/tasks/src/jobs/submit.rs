@@ -97,7 +97,6 @@ pub(crate) async fn drive(
     });
     let ended = futures::future::join_all(replicas).await;
     let (state, reason, message, result) = decide(ended, cancel.is_cancelled());
-    let _trim = TrimOnEnd(&deps.table);
     job.send_modify(|j| {
         j.state = state as i32;
         j.reason = reason as i32;
@@ -113,15 +112,8 @@ pub(crate) async fn drive(
             }
         }
     });
-}
-
-/// Trims the kept results when dropped (after the job's last snapshot is out).
-struct TrimOnEnd<'a>(&'a Table);
-
-impl Drop for TrimOnEnd<'_> {
-    fn drop(&mut self) {
-        self.0.trim_results();
-    }
+    // Its result counts against what the node keeps from now on.
+    deps.table.trim_results();
 }
 
 /// The job's end from its replicas' (`cancelled`: the job itself was).

@@ -369,6 +369,14 @@ async fn a_submitter_that_goes_away_stops_its_runs_and_cancel_stops_a_detached_j
         }
     };
     assert_eq!(hosted().await, 1);
+    // Its sandbox runs behind the shim, confined to its job directory, with no TCP at all.
+    let (_, ps, _) = run_ps();
+    let sandbox = ps
+        .lines()
+        .find(|l| l.contains("__p2pos-helper-shim") && l.contains("__p2pos-wasm-job"))
+        .unwrap_or_else(|| panic!("no sandbox among:\n{ps}"));
+    assert!(sandbox.contains("--no-tcp"), "{sandbox}");
+    assert!(sandbox.contains("--fs-rw"), "{sandbox}");
     drop(events);
     wait_for("the runner to stop the run", T, || async {
         (hosted().await == 0).then_some(())

@@ -26,7 +26,8 @@ use std::{
 };
 
 use landlock::{
-    ABI, Access, AccessFs, RulesetAttr, RulesetCreated, RulesetCreatedAttr, path_beneath_rules,
+    ABI, Access, AccessFs, AccessNet, RulesetAttr, RulesetCreated, RulesetCreatedAttr,
+    path_beneath_rules,
 };
 
 /// Directories every helper may read and run programs from.
@@ -73,6 +74,9 @@ pub(crate) struct FsRules {
     pub(crate) read_exec: Vec<PathBuf>,
     /// Everything beneath these.
     pub(crate) read_write: Vec<PathBuf>,
+    /// No TCP at all: neither bind nor connect (Landlock ABI 4 and later; unix sockets are
+    /// not concerned). A job's sandbox never needs the network.
+    pub(crate) no_tcp: bool,
 }
 
 /// Where one helper's files are.
@@ -148,6 +152,7 @@ impl FsRules {
         FsRules {
             read_exec: read_exec.paths,
             read_write,
+            no_tcp: true,
         }
     }
 
@@ -159,12 +164,15 @@ impl FsRules {
                 args.extend([OsString::from(flag), path.as_os_str().to_owned()]);
             }
         }
+        if self.no_tcp {
+            args.push(OsString::from("--no-tcp"));
+        }
         args
     }
 
     /// Whether there is nothing to enforce (a shim started without rules).
     pub(crate) fn is_empty(&self) -> bool {
-        self.read_exec.is_empty() && self.read_write.is_empty()
+        self.read_exec.is_empty() && self.read_write.is_empty() && !self.no_tcp
     }
 }
 
@@ -227,14 +235,24 @@ impl Ruleset {
     /// kernel without Landlock this succeeds and enforces nothing.
     pub(crate) fn build(rules: &FsRules) -> Result<Ruleset, landlock::RulesetError> {
         let all = AccessFs::from_all(HANDLED_ABI);
-        let created = landlock::Ruleset::default()
-            .handle_access(all)?
-            .create()?
-            .add_rules(path_beneath_rules(
-                &rules.read_exec,
-                AccessFs::from_read(HANDLED_ABI),
-            ))?
-            .add_rules(path_beneath_rules(&rules.read_write, all))?;
+        let confines_files = !rules.read_exec.is_empty() || !rules.read_write.is_empty();
+        let mut ruleset = landlock::Ruleset::default();
+        if confines_files {
+            ruleset = ruleset.handle_access(all)?;
+        }
+        if rules.no_tcp {
+            // Handled, and no rule allows any port: every TCP bind and connect is refused.
+            ruleset = ruleset.handle_access(AccessNet::from_all(ABI::V4))?;
+        }
+        let mut created = ruleset.create()?;
+        if confines_files {
+            created = created
+                .add_rules(path_beneath_rules(
+                    &rules.read_exec,
+                    AccessFs::from_read(HANDLED_ABI),
+                ))?
+                .add_rules(path_beneath_rules(&rules.read_write, all))?;
+        }
         Ok(Ruleset(created))
     }
 
@@ -383,8 +401,46 @@ mod tests {
         let rules = FsRules {
             read_exec: vec!["/usr".into(), "/no/such/dir".into()],
             read_write: vec!["/dev/null".into()],
+            no_tcp: false,
         };
         assert!(Ruleset::build(&rules).is_ok());
         assert!(kernel_abi() >= 0);
+    }
+
+    /// A job's sandbox is refused TCP (the kernels this runs on have Landlock ABI 4 or later;
+    /// one without is told here rather than passing unseen).
+    #[test]
+    fn no_tcp_refuses_connecting_and_nothing_else() {
+        assert!(
+            kernel_abi() >= 4,
+            "this kernel's Landlock (ABI {}) cannot refuse TCP",
+            kernel_abi()
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connects = |no_tcp: bool| {
+            let rules = FsRules {
+                no_tcp,
+                ..FsRules::default()
+            };
+            // Nothing handled is no ruleset at all (the shim builds none then either).
+            let mut ruleset = no_tcp.then(|| Ruleset::build(&rules).unwrap());
+            let mut cmd = std::process::Command::new("/bin/bash");
+            cmd.args([
+                "-c",
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo ok"),
+            ]);
+            cmd.stderr(std::process::Stdio::null());
+            // SAFETY: runs in the forked child before exec: landlock_restrict_self only.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    ruleset.take().map_or(Ok(()), Ruleset::restrict)
+                });
+            }
+            let out = cmd.output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim() == "ok"
+        };
+        assert!(connects(false), "bash connects without the rule");
+        assert!(!connects(true), "and not with it");
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! A parent-death signal reaches only the process that asked for it, not the processes a
 //! helper starts itself. So the node starts `p2posd __p2pos-helper-shim NODE_PID [--cgroup
-//! DIR]... [--rlimit-as BYTES] [--rlimit-nproc N] [--fs-rx PATH]... [--fs-rw PATH]... --
+//! DIR]... [--rlimit-as BYTES] [--rlimit-nproc N] [--fs-rx PATH]... [--fs-rw PATH]... [--no-tcp] --
 //! PROGRAM ARGS...` as the leader of a new
 //! process group, in the helper's cgroup (if any), with a parent-death signal; the shim
 //! - becomes a child subreaper (orphans of the helper's tree become its children, and it reaps
@@ -90,7 +90,7 @@ fn run(args: &[OsString]) -> i32 {
     let Some((node, options, program, program_args)) = parse(args) else {
         eprintln!(
             "p2posd: the helper shim needs NODE_PID [--cgroup DIR]... [--rlimit-as BYTES] \
-             [--rlimit-nproc N] [--fs-rx PATH]... [--fs-rw PATH]... -- PROGRAM [ARGS...]"
+             [--rlimit-nproc N] [--fs-rx PATH]... [--fs-rw PATH]... [--no-tcp] -- PROGRAM [ARGS...]"
         );
         return CANNOT_RUN;
     };
@@ -180,6 +180,11 @@ fn parse(args: &[OsString]) -> Option<(Pid, Options, &OsStr, &[OsString])> {
         if flag == "--" {
             rest = after;
             break;
+        }
+        if flag == "--no-tcp" {
+            options.fs.no_tcp = true;
+            rest = after;
+            continue;
         }
         let (value, after) = after.split_first()?;
         let number = || value.to_str()?.parse::<u64>().ok();
@@ -300,6 +305,7 @@ mod tests {
                 fs: FsRules {
                     read_exec: vec!["/usr".into(), "/opt/x y".into()],
                     read_write: vec!["/data/helpers/chat/voice".into()],
+                    no_tcp: true,
                 },
             },
         ] {

@@ -434,19 +434,26 @@ async fn watch_scratch(scratch: PathBuf) -> String {
     }
 }
 
-/// How `dir` is past the bounds of a scratch directory, if it is; stops counting there.
-fn measure(dir: &Path) -> Option<String> {
+/// Walks a job's scratch directory `dir` without following links, calling `visit` with each
+/// entry's path (relative to `dir`) and metadata, directories included; stops with an error past
+/// [`MAX_SCRATCH_ENTRIES`] entries, or at `visit`'s first error.
+fn walk_scratch(
+    dir: &Path,
+    mut visit: impl FnMut(&Path, &std::fs::Metadata) -> Result<(), String>,
+) -> Result<(), String> {
     let mut entries = 0usize;
-    let mut bytes = 0u64;
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        let Ok(list) = std::fs::read_dir(&dir) else {
-            continue;
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let list = match std::fs::read_dir(dir.join(&rel)) {
+            Ok(list) => list,
+            // Removed by the running job since it was listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read the scratch directory: {e}")),
         };
         for entry in list.flatten() {
             entries += 1;
             if entries > MAX_SCRATCH_ENTRIES {
-                return Some(format!(
+                return Err(format!(
                     "its scratch directory holds more than {MAX_SCRATCH_ENTRIES} entries"
                 ));
             }
@@ -454,20 +461,32 @@ fn measure(dir: &Path) -> Option<String> {
             let Ok(meta) = entry.path().symlink_metadata() else {
                 continue;
             };
+            let path = rel.join(entry.file_name());
+            visit(&path, &meta)?;
             if meta.is_dir() {
-                pending.push(entry.path());
-            } else {
-                bytes = bytes.saturating_add(meta.len());
-            }
-            if bytes > MAX_SCRATCH_BYTES {
-                return Some(format!(
-                    "its scratch directory holds more than {} MiB",
-                    MAX_SCRATCH_BYTES >> 20
-                ));
+                pending.push(path);
             }
         }
     }
-    None
+    Ok(())
+}
+
+/// How `dir` is past the bounds of a scratch directory, if it is; stops counting there.
+fn measure(dir: &Path) -> Option<String> {
+    let mut bytes = 0u64;
+    walk_scratch(dir, |_, meta| {
+        if !meta.is_dir() {
+            bytes = bytes.saturating_add(meta.len());
+        }
+        match bytes > MAX_SCRATCH_BYTES {
+            true => Err(format!(
+                "its scratch directory holds more than {} MiB",
+                MAX_SCRATCH_BYTES >> 20
+            )),
+            false => Ok(()),
+        }
+    })
+    .err()
 }
 
 /// The spec, if its memory (with the sandbox's own) and its CPU fit in the lease.
@@ -648,67 +667,46 @@ fn output_files(scratch: &Path, inputs: &[File]) -> Result<Vec<File>, String> {
         .collect();
     let mut out = Vec::new();
     let mut bytes = 0usize;
-    let mut pending = vec![PathBuf::new()];
-    let mut seen = 0usize;
-    while let Some(rel) = pending.pop() {
-        let entries = std::fs::read_dir(scratch.join(&rel))
-            .map_err(|e| format!("cannot read the scratch directory: {e}"))?;
-        for entry in entries.flatten() {
-            seen += 1;
-            if seen > 16 * check::MAX_FILES {
-                return Err(format!(
-                    "the job left more than {} entries in its scratch directory",
-                    16 * check::MAX_FILES
-                ));
-            }
-            let path = rel.join(entry.file_name());
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                pending.push(path);
-                continue;
-            }
-            if !kind.is_file() {
-                continue;
-            }
-            let Some(name) = path.to_str().map(str::to_owned) else {
-                return Err(format!(
-                    "the job left a file whose name is not UTF-8 ({}): no result carries it",
-                    path.display()
-                ));
-            };
-            if let Err(why) = check::check_path(&name) {
-                return Err(format!(
-                    "the job left a file {name:?} that no result carries: {why}"
-                ));
-            }
-            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            bytes = bytes.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
-            if bytes > check::MAX_FILE_BYTES {
-                return Err(format!(
-                    "the job's files are more than {} bytes, the most a result carries",
-                    check::MAX_FILE_BYTES
-                ));
-            }
-            let data = std::fs::read(scratch.join(&path))
-                .map_err(|e| format!("cannot read the job's file {name}: {e}"))?;
-            if inputs.get(name.as_str()) == Some(&data.as_slice()) {
-                bytes = bytes.saturating_sub(data.len());
-                continue;
-            }
-            out.push(File {
-                path: name,
-                data: data.into(),
-            });
-            if out.len() > check::MAX_FILES {
-                return Err(format!(
-                    "the job left more than {} files, the most a result carries",
-                    check::MAX_FILES
-                ));
-            }
+    walk_scratch(scratch, |path, meta| {
+        if !meta.is_file() {
+            return Ok(());
         }
-    }
+        let Some(name) = path.to_str().map(str::to_owned) else {
+            return Err(format!(
+                "the job left a file whose name is not UTF-8 ({}): no result carries it",
+                path.display()
+            ));
+        };
+        if let Err(why) = check::check_path(&name) {
+            return Err(format!(
+                "the job left a file {name:?} that no result carries: {why}"
+            ));
+        }
+        bytes = bytes.saturating_add(usize::try_from(meta.len()).unwrap_or(usize::MAX));
+        if bytes > check::MAX_FILE_BYTES {
+            return Err(format!(
+                "the job's files are more than {} bytes, the most a result carries",
+                check::MAX_FILE_BYTES
+            ));
+        }
+        let data = std::fs::read(scratch.join(path))
+            .map_err(|e| format!("cannot read the job's file {name}: {e}"))?;
+        if inputs.get(name.as_str()) == Some(&data.as_slice()) {
+            bytes = bytes.saturating_sub(data.len());
+            return Ok(());
+        }
+        out.push(File {
+            path: name,
+            data: data.into(),
+        });
+        match out.len() > check::MAX_FILES {
+            true => Err(format!(
+                "the job left more than {} files, the most a result carries",
+                check::MAX_FILES
+            )),
+            false => Ok(()),
+        }
+    })?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }

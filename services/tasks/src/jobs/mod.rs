@@ -54,7 +54,7 @@ const FOLLOW_QUEUE: usize = 16;
 /// The jobs part of the task-control service: cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Jobs {
-    table: table::Table,
+    /// What driving a job needs, the job table among it.
     deps: submit::Deps,
     host: host::Host,
     /// Serves `/p2pos/jobs/1` while it lives.
@@ -70,7 +70,6 @@ impl Jobs {
         data_dir: &Path,
     ) -> Result<Jobs, Error> {
         let host = host::Host::new(registry.clone(), spawner, data_dir);
-        let table = table::Table::default();
         let serving = host.clone();
         let accepting = net
             .accept(
@@ -87,12 +86,11 @@ impl Jobs {
             )
             .map_err(|e| Error::Internal(e.to_string()))?;
         Ok(Jobs {
-            table: table.clone(),
             deps: submit::Deps {
                 net,
                 registry,
                 placing: Arc::new(tokio::sync::Semaphore::new(submit::PLACING_AT_ONCE)),
-                table: table.clone(),
+                table: table::Table::default(),
             },
             host,
             _accepting: Arc::new(accepting),
@@ -114,7 +112,8 @@ impl Jobs {
                 reply,
             } => answer(
                 reply,
-                self.table
+                self.deps
+                    .table
                     .get(caller_app.as_deref(), &job_id)
                     .map(|entry| follow(entry, None)),
             ),
@@ -124,12 +123,14 @@ impl Jobs {
                 reply,
             } => answer(
                 reply,
-                self.table
+                self.deps
+                    .table
                     .get(caller_app.as_deref(), &job_id)
                     .map(|e| e.job.borrow().clone()),
             ),
             Request::List { caller_app, reply } => {
                 let jobs = self
+                    .deps
                     .table
                     .list(caller_app.as_deref())
                     .iter()
@@ -150,20 +151,23 @@ impl Jobs {
                 reply,
             } => answer(
                 reply,
-                self.table.get(caller_app.as_deref(), &job_id).map(|e| {
-                    e.cancel.cancel();
-                    // Cancelled from now on (its driving task stops its runs and gives its
-                    // leases back; its last snapshot says the same).
-                    e.job.send_if_modified(|j| {
-                        if table::ended(j.state) {
-                            return false;
-                        }
-                        j.state = State::Cancelled as i32;
-                        "cancelled".clone_into(&mut j.message);
-                        true
-                    });
-                    e.job.borrow().clone()
-                }),
+                self.deps
+                    .table
+                    .get(caller_app.as_deref(), &job_id)
+                    .map(|e| {
+                        e.cancel.cancel();
+                        // Cancelled from now on (its driving task stops its runs and gives its
+                        // leases back; its last snapshot says the same).
+                        e.job.send_if_modified(|j| {
+                            if table::ended(j.state) {
+                                return false;
+                            }
+                            j.state = State::Cancelled as i32;
+                            "cancelled".clone_into(&mut j.message);
+                            true
+                        });
+                        e.job.borrow().clone()
+                    }),
             ),
         }
     }
@@ -190,7 +194,7 @@ impl Jobs {
         let bytes = spec.module.len()
             + spec.stdin.len()
             + spec.files.iter().map(|f| f.data.len()).sum::<usize>();
-        let entry = self.table.insert(caller_app.clone(), job, bytes)?;
+        let entry = self.deps.table.insert(caller_app.clone(), job, bytes)?;
         let events = follow(entry.clone(), (!detach).then(|| entry.cancel.clone()));
         tokio::spawn(submit::drive(
             self.deps.clone(),
@@ -204,7 +208,7 @@ impl Jobs {
 
     /// Cancels every job (the service stops).
     pub(crate) fn cancel_all(&self) {
-        for entry in self.table.all() {
+        for entry in self.deps.table.all() {
             entry.cancel.cancel();
         }
     }

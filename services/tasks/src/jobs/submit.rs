@@ -149,7 +149,10 @@ fn decide(ended: Vec<Replica>, cancelled: bool) -> (State, Reason, String, Optio
                     Reason::Unspecified => format!("exit {}", result.exit_code),
                     other => other.as_str_name().to_lowercase(),
                 };
-                format!("{runner}: {how}, digest {}", hex_prefix(&result.digest))
+                format!(
+                    "{runner}: {how}, digest {}",
+                    data_encoding::HEXLOWER.encode(&result.digest[..result.digest.len().min(8)])
+                )
             })
             .collect();
         return (
@@ -174,11 +177,6 @@ fn decide(ended: Vec<Replica>, cancelled: bool) -> (State, Reason, String, Optio
         }
         failed => (State::Failed, failed, message, Some(result)),
     }
-}
-
-/// The first 8 bytes of a digest in hex.
-fn hex_prefix(digest: &[u8]) -> String {
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Places and runs replica `replica` until it finishes, its placement fails, its runners are

@@ -523,15 +523,18 @@ async fn the_doctor_explains_why_a_pair_stays_relayed() {
     let observer = Relay::start_on(&lab, 4002).await;
     let [home_a, home_b] = lab.homes(0);
     let a = HomeNode::start(&lab, &relay, &home_a.host, Transport::Both).await;
-    let allow = vec!["--allow-diagnosis".to_owned(), a.peer_id.clone()];
-    let b = HomeNode::start_with(
-        &lab,
-        &[&relay, &observer],
-        &home_b.host,
-        Transport::Both,
-        &allow,
-    )
-    .await;
+    // B knows the relay by its QUIC address and the observer by its TCP one: each sees B over
+    // one transport (as happens when each dial's fastest transport differs), so B must have
+    // one of them see it over the other transport too before it can judge its NAT.
+    let flags = [
+        "--bootstrap".to_owned(),
+        relay.bootstrap(Transport::Quic),
+        "--bootstrap".to_owned(),
+        observer.bootstrap(Transport::Tcp),
+        "--allow-diagnosis".to_owned(),
+        a.peer_id.clone(),
+    ];
+    let b = HomeNode::start_with(&lab, &[], &home_b.host, Transport::Both, &flags).await;
     let known = poll_until(Duration::from_secs(30), || async {
         (b.nat_mapping().await == "port-randomizing").then_some(())
     })

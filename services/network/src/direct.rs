@@ -24,6 +24,8 @@ use crate::{
 
 /// Most observations of this node's address kept (one per connected observer and transport).
 const MAX_OBSERVATIONS: usize = 64;
+/// Most addresses of an observer dialled to judge the NAT's mapping.
+const MAX_PROBE_ADDRS: usize = 4;
 /// The longest reason kept for a failed hole punch.
 const MAX_REASON: usize = 400;
 
@@ -253,6 +255,78 @@ impl EventLoop {
         }
         debug!(%observer, %observed, "a peer elsewhere sees this node at a mapped address");
         self.direct.observed.insert(key, observed);
+        self.probe_mapping();
+    }
+
+    /// Has a second observer see this node over a transport only one has seen it over, when
+    /// that is why its NAT's mapping cannot be judged: a node dials each peer over whichever
+    /// transport answers first, so one relay may see it over TCP and another over QUIC, and
+    /// ports of different transports say nothing about each other. An observer seen over the
+    /// other transport only is dialled over this one (a second connection to it, whose
+    /// identify tells where it saw this node): once per observer and transport while it is
+    /// connected, only at an address it claims at the IP it is connected from (a peer cannot
+    /// make this node dial someone else), and only while this node is not public.
+    fn probe_mapping(&mut self) {
+        if self.reachability == "public" || self.nat_mapping() != "unknown" {
+            return;
+        }
+        for quic in [false, true] {
+            let seen_over: Vec<PeerId> = self
+                .direct
+                .observed
+                .keys()
+                .filter(|(_, q)| *q == quic)
+                .map(|(p, _)| *p)
+                .collect();
+            if seen_over.len() != 1 {
+                continue;
+            }
+            let others: Vec<PeerId> = self
+                .direct
+                .observed
+                .keys()
+                .filter(|(p, q)| *q != quic && !seen_over.contains(p))
+                .filter(|(p, _)| !self.direct.mapping_probed.contains(&(*p, quic)))
+                .map(|(p, _)| *p)
+                .collect();
+            for other in others {
+                let from: Vec<_> = self
+                    .connection_addrs(&other)
+                    .iter()
+                    .filter(|a| !is_relayed(a))
+                    .filter_map(ip_of)
+                    .collect();
+                let addrs: Vec<Multiaddr> = self
+                    .identified
+                    .get(&other)
+                    .map(|i| i.listen.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|a| !is_relayed(a))
+                    .filter(|a| port_of(a).is_some_and(|(_, q)| q == quic))
+                    .filter(|a| ip_of(a).is_some_and(|ip| from.contains(&ip)))
+                    .take(MAX_PROBE_ADDRS)
+                    .cloned()
+                    .collect();
+                if addrs.is_empty() {
+                    continue;
+                }
+                self.direct.mapping_probed.insert((other, quic));
+                let opts = DialOpts::peer_id(other)
+                    .addresses(addrs)
+                    .condition(PeerCondition::Always)
+                    .build();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        debug!(peer = %other, quic, "dialling an observer over the other transport to judge the NAT's mapping")
+                    }
+                    Err(e) => {
+                        debug!(peer = %other, "cannot dial an observer over the other transport: {e}")
+                    }
+                }
+                return;
+            }
+        }
     }
 
     /// How this node's NAT maps ports: "none" when it is public.

@@ -112,6 +112,9 @@ pub(crate) struct Direct {
     /// (TCP, QUIC: an identify over one does not replace what was seen over the other), when
     /// they differ from every address this node listens on (so a NAT mapped them).
     pub(crate) observed: HashMap<(PeerId, bool), Multiaddr>,
+    /// Observers dialled over a transport to judge the NAT's mapping (`probe_mapping`), each
+    /// with that transport (whether QUIC); forgotten with the observer.
+    pub(crate) mapping_probed: HashSet<(PeerId, bool)>,
     /// Peers this node dialled through a relay (so DCUtR has it dial them as itself when
     /// hole punching; the other side dials in the listener's role), and peers that reached it
     /// through a relay.
@@ -149,6 +152,7 @@ impl Direct {
     pub(crate) fn forget(&mut self, peer: &PeerId) {
         self.punches.remove(peer);
         self.observed.retain(|(observer, _), _| observer != peer);
+        self.mapping_probed.retain(|(observer, _)| observer != peer);
         self.dialled_through_relay.remove(peer);
         self.accepted_through_relay.remove(peer);
         self.sprays.remove(peer);

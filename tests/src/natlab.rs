@@ -163,6 +163,9 @@ pub struct Config {
     /// Latency of the relay's link to the bridge, each way: a host reaches the relay through
     /// its router's link and this one. Default: 10 ms.
     pub relay_delay: Duration,
+    /// How long after the dial a trial waits for a direct connection. Default:
+    /// [`trials::DIRECT_DEADLINE`].
+    pub direct_within: Duration,
 }
 
 impl Default for Config {
@@ -173,6 +176,7 @@ impl Default for Config {
             pairs: 1,
             delay: Duration::from_millis(10),
             relay_delay: Duration::from_millis(10),
+            direct_within: trials::DIRECT_DEADLINE,
         }
     }
 }

@@ -24,6 +24,11 @@ use crate::{
 
 /// Most observations of this node's address kept (one per connected observer and transport).
 const MAX_OBSERVATIONS: usize = 64;
+/// How long after a failed hole punch it is tried again: longer than a router keeps the
+/// conntrack entry of an unanswered UDP flow (30 s on Linux), which may be what made it fail.
+const PUNCH_AGAIN_AFTER: Duration = Duration::from_secs(35);
+/// Most tries again per peer while it is connected.
+const PUNCH_AGAIN_TIMES: u32 = 2;
 /// Most addresses of an observer dialled to judge the NAT's mapping.
 const MAX_PROBE_ADDRS: usize = 4;
 /// The longest reason kept for a failed hole punch.
@@ -219,6 +224,7 @@ impl EventLoop {
             Err(e) => {
                 self.metrics.hole_punch_failures.inc();
                 debug!(%peer, "hole punching failed: {e}");
+                self.punch_again_later(peer);
                 // The last dial's error says more than "giving up after 3 attempts".
                 match self.direct.punches.get(&peer) {
                     Some(Punch::Failed(dial)) if !dial.starts_with(GAVE_UP) => {
@@ -233,6 +239,78 @@ impl EventLoop {
             || matches!(punch, Punch::Succeeded)
         {
             self.direct.punches.insert(peer, punch);
+        }
+    }
+
+    /// Hole punching with `peer` failed: another try is due after [`PUNCH_AGAIN_AFTER`] (at
+    /// most [`PUNCH_AGAIN_TIMES`] while it is connected). DCUtR tells only the side that
+    /// started it (the one that accepted the relayed connection) how it ended, so that side
+    /// tries again (when each side accepted one from the other, only the smaller peer id, so
+    /// that two tries never cross). A router that accepts unsolicited datagrams (its own stack
+    /// answers them) keeps a conntrack entry for each: when the peer's first datagram reached
+    /// it before this side's own had left, that entry gives this side's flow another port, and
+    /// every try within the entry's life (30 s after the last datagram, Linux's default for
+    /// unanswered UDP) fails the same way. Once it has expired, a try starts afresh.
+    fn punch_again_later(&mut self, peer: PeerId) {
+        let dialled = self.direct.dialled_through_relay.contains(&peer);
+        let accepted = self.direct.accepted_through_relay.contains(&peer);
+        let ours = accepted && (!dialled || *self.swarm.local_peer_id() < peer);
+        if !ours || self.nat_mapping() == "port-randomizing" {
+            return;
+        }
+        let again = self.direct.again.entry(peer).or_default();
+        if again.tries < PUNCH_AGAIN_TIMES {
+            again.due = Some(Instant::now() + PUNCH_AGAIN_AFTER);
+        }
+    }
+
+    /// Tries hole punching again with the peers whose try is due and that are still reached
+    /// only through relays: this node dials the peer through a relay it holds a reservation on
+    /// (the relayed addresses it listed in identify), and the peer, accepting that relayed
+    /// connection, starts DCUtR on it (the roles of the first try swapped).
+    pub(crate) fn punch_again(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .direct
+            .again
+            .iter()
+            .filter(|(_, a)| a.due.is_some_and(|at| at <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            let relayed_only = self
+                .connections
+                .get(&peer)
+                .is_some_and(|c| c.iter().all(|(_, a)| is_relayed(a)));
+            let through: Vec<Multiaddr> = match relayed_only {
+                true => self
+                    .identified
+                    .get(&peer)
+                    .map(|i| i.listen.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|a| is_relayed(a))
+                    .take(MAX_PROBE_ADDRS)
+                    .cloned()
+                    .collect(),
+                false => Vec::new(),
+            };
+            let Some(again) = self.direct.again.get_mut(&peer) else {
+                continue;
+            };
+            again.due = None;
+            if through.is_empty() {
+                continue;
+            }
+            again.tries += 1;
+            let opts = DialOpts::peer_id(peer)
+                .addresses(through)
+                .condition(PeerCondition::Always)
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) => info!(%peer, "hole punching again, through a new relayed connection"),
+                Err(e) => debug!(%peer, "cannot dial through a relay to punch again: {e}"),
+            }
         }
     }
 

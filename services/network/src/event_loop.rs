@@ -784,6 +784,7 @@ impl EventLoop {
         self.retry_announcements();
         self.reserve_relays();
         self.republish_peer_record();
+        self.punch_again();
     }
 }
 

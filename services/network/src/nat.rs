@@ -115,6 +115,8 @@ pub(crate) struct Direct {
     /// Observers dialled over a transport to judge the NAT's mapping (`probe_mapping`), each
     /// with that transport (whether QUIC); forgotten with the observer.
     pub(crate) mapping_probed: HashSet<(PeerId, bool)>,
+    /// Hole punching tried again per peer (`punch_again`).
+    pub(crate) again: HashMap<PeerId, Again>,
     /// Peers this node dialled through a relay (so DCUtR has it dial them as itself when
     /// hole punching; the other side dials in the listener's role), and peers that reached it
     /// through a relay.
@@ -127,6 +129,13 @@ pub(crate) struct Direct {
     /// through relays (DCUtR's, not its dials again), and how each DCUtR run ended; when (ms
     /// since the Unix epoch) and how.
     pub(crate) history: HashMap<PeerId, VecDeque<Attempt>>,
+}
+
+/// Hole punching with a peer tried again after a failure: how often, and when next.
+#[derive(Default)]
+pub(crate) struct Again {
+    pub(crate) tries: u32,
+    pub(crate) due: Option<tokio::time::Instant>,
 }
 
 /// A hole-punch attempt: when it ended (ms since the Unix epoch), and its error if it failed.
@@ -153,6 +162,7 @@ impl Direct {
         self.punches.remove(peer);
         self.observed.retain(|(observer, _), _| observer != peer);
         self.mapping_probed.retain(|(observer, _)| observer != peer);
+        self.again.remove(peer);
         self.dialled_through_relay.remove(peer);
         self.accepted_through_relay.remove(peer);
         self.sprays.remove(peer);

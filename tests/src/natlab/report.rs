@@ -3,7 +3,7 @@
 
 use std::{fmt, time::Duration};
 
-use super::trials::{DIAL_DEADLINE, DIRECT_DEADLINE, Outcome, RESERVATION_DEADLINE};
+use super::trials::{DIAL_DEADLINE, Outcome, RESERVATION_DEADLINE};
 
 /// The numbers of a set of trials.
 #[derive(Debug, Clone)]
@@ -12,6 +12,8 @@ pub struct Summary {
     pub label: String,
     /// The trials.
     pub outcomes: Vec<Outcome>,
+    /// How long each trial waited for a direct connection.
+    pub direct_within: Duration,
 }
 
 impl Summary {
@@ -85,7 +87,7 @@ impl fmt::Display for Summary {
         let n = self.trials();
         let reservations = self.reservations();
         let held = reservations.iter().filter(|r| r.is_some()).count();
-        let (rd, dd) = (RESERVATION_DEADLINE, DIRECT_DEADLINE);
+        let (rd, dd) = (RESERVATION_DEADLINE, self.direct_within);
         writeln!(f, "== {} ({n} trials)", self.label)?;
         writeln!(
             f,

@@ -28,7 +28,8 @@ use crate::{Node, poll_until};
 pub const RESERVATION_DEADLINE: Duration = Duration::from_secs(30);
 /// How long A's dial of B by peer id may take.
 pub const DIAL_DEADLINE: Duration = Duration::from_secs(10);
-/// How long after the dial a trial waits for a direct connection.
+/// How long after the dial a trial waits for a direct connection, unless its lab's
+/// [`Config::direct_within`](super::Config::direct_within) says otherwise.
 pub const DIRECT_DEADLINE: Duration = Duration::from_secs(15);
 /// The relay's port, for TCP and for QUIC.
 pub const RELAY_PORT: u16 = 4001;
@@ -266,10 +267,10 @@ impl HomeNode {
     }
 
     /// How long until the node holds a direct (not relayed) connection to `peer`; `None` if not
-    /// within [`DIRECT_DEADLINE`].
-    pub async fn direct(&self, peer: &str) -> Option<Duration> {
+    /// within `within`.
+    pub async fn direct(&self, peer: &str, within: Duration) -> Option<Duration> {
         let start = Instant::now();
-        poll_until(DIRECT_DEADLINE, || async {
+        poll_until(within, || async {
             let info = self.peer(peer).await?;
             info.direct.then(|| start.elapsed())
         })
@@ -324,7 +325,7 @@ pub struct Outcome {
     /// measured even so): how long it took, or its error.
     pub ticket_dial: Option<Result<Duration, String>>,
     /// How long after the (successful) dial A held a direct connection to B (`None`: not
-    /// within [`DIRECT_DEADLINE`], or no dial succeeded).
+    /// within the lab's `direct_within`, or no dial succeeded).
     pub direct: Option<Duration>,
     /// What A said of its connections to B at the end, and B of A.
     pub seen: [Option<PeerInfo>; 2],
@@ -380,8 +381,9 @@ pub async fn trial(
     let direct = match connected {
         true => {
             let start = Instant::now();
-            let a_sees = nodes.a.direct(&nodes.b.peer_id).await;
-            let b_sees = nodes.b.direct(&nodes.a.peer_id).await;
+            let within = lab.config().direct_within;
+            let a_sees = nodes.a.direct(&nodes.b.peer_id, within).await;
+            let b_sees = nodes.b.direct(&nodes.a.peer_id, within).await;
             a_sees.and(b_sees).map(|_| start.elapsed())
         }
         false => None,

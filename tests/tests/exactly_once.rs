@@ -102,19 +102,45 @@ impl Seen {
     }
 }
 
+/// How long the receiving app waits for its node to answer a call (a node killed while it
+/// answers leaves the call to the connection's end).
+const CALL_WAIT: Duration = Duration::from_secs(10);
+
+/// What the receiving app met, said once each time it changes (so that a run that stops
+/// delivering says why in its output).
+#[derive(Default)]
+struct Hitches {
+    last: Option<String>,
+}
+
+impl Hitches {
+    fn met(&mut self, what: String) {
+        if self.last.as_deref() != Some(what.as_str()) {
+            eprintln!("the receiving app: {what}");
+            self.last = Some(what);
+        }
+    }
+}
+
 /// The receiving app: reads every message of [`APP`] on its node and acknowledges them, opening
 /// `Receive` again whenever its node went away; until `done`.
 async fn receiving_app(client: Client, seen: Arc<Mutex<Seen>>, done: Arc<AtomicBool>) {
+    let mut hitches = Hitches::default();
     while !done.load(Ordering::Acquire) {
-        let stream = client
-            .apps()
-            .receive(ReceiveRequest { app_id: APP.into() })
-            .await;
-        let Ok(stream) = stream else {
-            // The node is down or starting: it is back in a moment.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let request = ReceiveRequest { app_id: APP.into() };
+        let stream = match tokio::time::timeout(CALL_WAIT, client.apps().receive(request)).await {
+            Ok(Ok(stream)) => stream,
+            failed => {
+                hitches.met(match failed {
+                    Ok(Err(status)) => format!("Receive: {status}"),
+                    _ => format!("Receive: no answer within {CALL_WAIT:?}"),
+                });
+                // The node is down or starting: it is back in a moment.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
+        hitches.met("receiving".into());
         let mut stream = stream.into_inner();
         let mut unacked: Option<u64> = None;
         let mut since_ack = 0;
@@ -122,7 +148,11 @@ async fn receiving_app(client: Client, seen: Arc<Mutex<Seen>>, done: Arc<AtomicB
             let next = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
             let message = match next {
                 Ok(Some(Ok(message))) => Some(message),
-                Ok(None | Some(Err(_))) => break,
+                Ok(None) => break,
+                Ok(Some(Err(status))) => {
+                    hitches.met(format!("Receive's stream: {status}"));
+                    break;
+                }
                 Err(_) if done.load(Ordering::Acquire) => break,
                 Err(_) => None,
             };
@@ -140,15 +170,20 @@ async fn receiving_app(client: Client, seen: Arc<Mutex<Seen>>, done: Arc<AtomicB
             }
             // Every ACK_EVERY messages, and when the stream is idle.
             if let Some(inbox_id) = unacked {
-                let acked = client
-                    .apps()
-                    .ack(AckRequest {
-                        app_id: APP.into(),
-                        inbox_id,
-                    })
-                    .await;
-                if acked.is_err() {
-                    break;
+                let ack = AckRequest {
+                    app_id: APP.into(),
+                    inbox_id,
+                };
+                match tokio::time::timeout(CALL_WAIT, client.apps().ack(ack)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(status)) => {
+                        hitches.met(format!("Ack: {status}"));
+                        break;
+                    }
+                    Err(_) => {
+                        hitches.met(format!("Ack: no answer within {CALL_WAIT:?}"));
+                        break;
+                    }
                 }
                 let mut seen = seen.lock().expect("seen");
                 seen.acked = seen.acked.max(inbox_id);

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 
 use libp2p::{
     Multiaddr, PeerId, TransportError, dcutr,
+    multiaddr::Protocol,
     swarm::{
         ConnectionId, DialError,
         dial_opts::{DialOpts, PeerCondition},
@@ -19,7 +20,7 @@ use tracing::{debug, info};
 use crate::{
     event_loop::EventLoop,
     nat::{Punch, Spray, port_of},
-    scope::{Scope, ip_of, is_relayed, scope},
+    scope::{Scope, ip_of, is_relayed, relay_of, scope},
 };
 
 /// Most observations of this node's address kept (one per connected observer and transport).
@@ -29,8 +30,10 @@ const MAX_OBSERVATIONS: usize = 64;
 const PUNCH_AGAIN_AFTER: Duration = Duration::from_secs(35);
 /// Most tries again per peer while it is connected.
 const PUNCH_AGAIN_TIMES: u32 = 2;
-/// Most addresses of an observer dialled to judge the NAT's mapping.
+/// Most addresses of a peer dialled to judge the NAT's mapping, or of a relay to punch again.
 const MAX_PROBE_ADDRS: usize = 4;
+/// Most relayed addresses a try again dials.
+const MAX_RELAYED_ADDRS: usize = 4;
 /// The longest reason kept for a failed hole punch.
 const MAX_REASON: usize = 400;
 
@@ -104,13 +107,21 @@ impl EventLoop {
         connection: ConnectionId,
         error: &DialError,
     ) {
-        let relayed_only = self
-            .connections
-            .get(&peer)
-            .is_some_and(|c| !c.is_empty() && c.iter().all(|(_, a)| is_relayed(a)));
-        if !relayed_only || matches!(self.direct.punches.get(&peer), Some(Punch::Succeeded)) {
+        if let Some(again) = self.direct.again.get_mut(&peer)
+            && again.dialling == Some(connection)
+        {
+            // The relayed dial of a try again: not a hole punch. Tried once more later.
+            debug!(%peer, "cannot dial through a relay to punch again: {error}");
+            again.dialling = None;
+            self.punch_again_later(peer);
             return;
         }
+        if !self.relayed_only(&peer)
+            || matches!(self.direct.punches.get(&peer), Some(Punch::Succeeded))
+        {
+            return;
+        }
+        self.punch_again_later(peer);
         let error_text = capped(error.to_string());
         self.direct
             .punches
@@ -224,7 +235,10 @@ impl EventLoop {
             Err(e) => {
                 self.metrics.hole_punch_failures.inc();
                 debug!(%peer, "hole punching failed: {e}");
-                self.punch_again_later(peer);
+                // Its dials failed (not: the peer does not speak DCUtR).
+                if e.to_string().contains(GAVE_UP) {
+                    self.punch_again_later(peer);
+                }
                 // The last dial's error says more than "giving up after 3 attempts".
                 match self.direct.punches.get(&peer) {
                     Some(Punch::Failed(dial)) if !dial.starts_with(GAVE_UP) => {
@@ -242,20 +256,23 @@ impl EventLoop {
         }
     }
 
-    /// Hole punching with `peer` failed: another try is due after [`PUNCH_AGAIN_AFTER`] (at
-    /// most [`PUNCH_AGAIN_TIMES`] while it is connected). DCUtR tells only the side that
-    /// started it (the one that accepted the relayed connection) how it ended, so that side
-    /// tries again (when each side accepted one from the other, only the smaller peer id, so
-    /// that two tries never cross). A router that accepts unsolicited datagrams (its own stack
-    /// answers them) keeps a conntrack entry for each: when the peer's first datagram reached
-    /// it before this side's own had left, that entry gives this side's flow another port, and
-    /// every try within the entry's life (30 s after the last datagram, Linux's default for
+    /// Whether `peer` is connected, through relays only.
+    fn relayed_only(&self, peer: &PeerId) -> bool {
+        self.connections
+            .get(peer)
+            .is_some_and(|c| !c.is_empty() && c.iter().all(|(_, a)| is_relayed(a)))
+    }
+
+    /// Hole punching with `peer` failed (DCUtR gave up, on the side that started it; or one of
+    /// its dials failed, on the other): another try is due [`PUNCH_AGAIN_AFTER`] after the last
+    /// failure, at most [`PUNCH_AGAIN_TIMES`] while it is connected. Only the side with the
+    /// smaller peer id tries again, so that two tries never cross. A router that accepts unsolicited datagrams (its own stack answers them)
+    /// keeps a conntrack entry for each: when the peer's first datagram reached it before this
+    /// side's own had left, that entry gives this side's flow another port, and every try
+    /// within the entry's life (30 s after the last datagram: the Linux kernel's default for
     /// unanswered UDP) fails the same way. Once it has expired, a try starts afresh.
     fn punch_again_later(&mut self, peer: PeerId) {
-        let dialled = self.direct.dialled_through_relay.contains(&peer);
-        let accepted = self.direct.accepted_through_relay.contains(&peer);
-        let ours = accepted && (!dialled || *self.swarm.local_peer_id() < peer);
-        if !ours || self.nat_mapping() == "port-randomizing" {
+        if *self.swarm.local_peer_id() > peer || self.nat_mapping() == "port-randomizing" {
             return;
         }
         let again = self.direct.again.entry(peer).or_default();
@@ -265,9 +282,10 @@ impl EventLoop {
     }
 
     /// Tries hole punching again with the peers whose try is due and that are still reached
-    /// only through relays: this node dials the peer through a relay it holds a reservation on
-    /// (the relayed addresses it listed in identify), and the peer, accepting that relayed
-    /// connection, starts DCUtR on it (the roles of the first try swapped).
+    /// only through relays: this node dials the peer through a relay the peer holds a
+    /// reservation on and this node is connected to directly (at that relay's address it knows,
+    /// never one the peer claims), and the peer, accepting that relayed connection, starts
+    /// DCUtR on it.
     pub(crate) fn punch_again(&mut self) {
         let now = Instant::now();
         let due: Vec<PeerId> = self
@@ -278,21 +296,8 @@ impl EventLoop {
             .map(|(p, _)| *p)
             .collect();
         for peer in due {
-            let relayed_only = self
-                .connections
-                .get(&peer)
-                .is_some_and(|c| c.iter().all(|(_, a)| is_relayed(a)));
-            let through: Vec<Multiaddr> = match relayed_only {
-                true => self
-                    .identified
-                    .get(&peer)
-                    .map(|i| i.listen.as_slice())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter(|a| is_relayed(a))
-                    .take(MAX_PROBE_ADDRS)
-                    .cloned()
-                    .collect(),
+            let through = match self.relayed_only(&peer) {
+                true => self.relayed_addrs_of(&peer),
                 false => Vec::new(),
             };
             let Some(again) = self.direct.again.get_mut(&peer) else {
@@ -300,6 +305,7 @@ impl EventLoop {
             };
             again.due = None;
             if through.is_empty() {
+                debug!(%peer, "not punching again: no longer relayed only, or no relay of it known");
                 continue;
             }
             again.tries += 1;
@@ -307,11 +313,65 @@ impl EventLoop {
                 .addresses(through)
                 .condition(PeerCondition::Always)
                 .build();
+            again.dialling = Some(opts.connection_id());
             match self.swarm.dial(opts) {
                 Ok(()) => info!(%peer, "hole punching again, through a new relayed connection"),
                 Err(e) => debug!(%peer, "cannot dial through a relay to punch again: {e}"),
             }
         }
+    }
+
+    /// Addresses of `peer` through the relays it lists in identify that this node is connected
+    /// to directly: each such relay's own listen addresses at the IPs of this node's connections
+    /// to it, then `/p2p/<relay>/p2p-circuit` (at most [`MAX_RELAYED_ADDRS`]).
+    fn relayed_addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        let relays: HashSet<PeerId> = self
+            .identified
+            .get(peer)
+            .map(|i| i.listen.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(relay_of)
+            .collect();
+        relays
+            .into_iter()
+            .flat_map(|relay| {
+                self.claimed_at_connected_ips(&relay, |_| true)
+                    .into_iter()
+                    .map(move |a| {
+                        a.with(Protocol::P2p(relay))
+                            .with(Protocol::P2pCircuit)
+                            .with(Protocol::P2p(*peer))
+                    })
+            })
+            .take(MAX_RELAYED_ADDRS)
+            .collect()
+    }
+
+    /// The direct listen addresses `peer` claims in identify at the IPs this node is connected
+    /// to it from directly, those that `keep` keeps: a peer cannot make this node dial
+    /// someone else's address.
+    fn claimed_at_connected_ips(
+        &self,
+        peer: &PeerId,
+        keep: impl Fn(&Multiaddr) -> bool,
+    ) -> Vec<Multiaddr> {
+        let from: Vec<_> = self
+            .connection_addrs(peer)
+            .iter()
+            .filter(|a| !is_relayed(a))
+            .filter_map(ip_of)
+            .collect();
+        self.identified
+            .get(peer)
+            .map(|i| i.listen.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| !is_relayed(a) && keep(a))
+            .filter(|a| ip_of(a).is_some_and(|ip| from.contains(&ip)))
+            .take(MAX_PROBE_ADDRS)
+            .cloned()
+            .collect()
     }
 
     /// `observer`, connected to this node, saw it at `observed`.
@@ -336,7 +396,7 @@ impl EventLoop {
         self.probe_mapping();
     }
 
-    /// Has a second observer see this node over a transport only one has seen it over, when
+    /// Asks a second observer to see this node over a transport only one has seen it over, when
     /// that is why its NAT's mapping cannot be judged: a node dials each peer over whichever
     /// transport answers first, so one relay may see it over TCP and another over QUIC, and
     /// ports of different transports say nothing about each other. An observer seen over the
@@ -368,24 +428,9 @@ impl EventLoop {
                 .map(|(p, _)| *p)
                 .collect();
             for other in others {
-                let from: Vec<_> = self
-                    .connection_addrs(&other)
-                    .iter()
-                    .filter(|a| !is_relayed(a))
-                    .filter_map(ip_of)
-                    .collect();
-                let addrs: Vec<Multiaddr> = self
-                    .identified
-                    .get(&other)
-                    .map(|i| i.listen.as_slice())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter(|a| !is_relayed(a))
-                    .filter(|a| port_of(a).is_some_and(|(_, q)| q == quic))
-                    .filter(|a| ip_of(a).is_some_and(|ip| from.contains(&ip)))
-                    .take(MAX_PROBE_ADDRS)
-                    .cloned()
-                    .collect();
+                let addrs = self.claimed_at_connected_ips(&other, |a| {
+                    port_of(a).is_some_and(|(_, q)| q == quic)
+                });
                 if addrs.is_empty() {
                     continue;
                 }
@@ -396,7 +441,7 @@ impl EventLoop {
                     .build();
                 match self.swarm.dial(opts) {
                     Ok(()) => {
-                        debug!(peer = %other, quic, "dialling an observer over the other transport to judge the NAT's mapping")
+                        info!(peer = %other, quic, "dialling an observer over the other transport to judge the NAT's mapping")
                     }
                     Err(e) => {
                         debug!(peer = %other, "cannot dial an observer over the other transport: {e}")

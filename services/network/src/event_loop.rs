@@ -62,7 +62,8 @@ const WHOIS_ANSWERS: usize = 64;
 pub(crate) struct Identified {
     pub(crate) agent: String,
     pub(crate) protocols: Vec<String>,
-    /// Its listen addresses as it sent them (unfiltered: for diagnosis only).
+    /// Its listen addresses as it sent them, unfiltered: shown for diagnosis, and dialled only
+    /// at the IPs this node is connected to the peer from (`claimed_at_connected_ips`).
     pub(crate) listen: Vec<Multiaddr>,
 }
 

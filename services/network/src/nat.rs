@@ -131,11 +131,13 @@ pub(crate) struct Direct {
     pub(crate) history: HashMap<PeerId, VecDeque<Attempt>>,
 }
 
-/// Hole punching with a peer tried again after a failure: how often, and when next.
+/// Hole punching with a peer tried again after a failure: how often, when next, and the
+/// relayed dial of the current try.
 #[derive(Default)]
 pub(crate) struct Again {
     pub(crate) tries: u32,
-    pub(crate) due: Option<tokio::time::Instant>,
+    pub(crate) due: Option<Instant>,
+    pub(crate) dialling: Option<ConnectionId>,
 }
 
 /// A hole-punch attempt: when it ended (ms since the Unix epoch), and its error if it failed.

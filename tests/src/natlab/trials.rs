@@ -383,7 +383,11 @@ pub async fn trial(
             let start = Instant::now();
             let within = lab.config().direct_within;
             let a_sees = nodes.a.direct(&nodes.b.peer_id, within).await;
-            let b_sees = nodes.b.direct(&nodes.a.peer_id, within).await;
+            // What is left of the wait (B sees it when A does, or a moment later).
+            let left = within
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_secs(2));
+            let b_sees = nodes.b.direct(&nodes.a.peer_id, left).await;
             a_sees.and(b_sees).map(|_| start.elapsed())
         }
         false => None,

@@ -3,7 +3,7 @@
 //! the direct connection, see `vendor/libp2p-stream`), and why a peer is still relayed — which
 //! includes how this node's NAT maps ports, judged from the addresses peers observe it at.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, num::NonZeroU8};
 
 use libp2p::{
     Multiaddr, PeerId, TransportError, dcutr,
@@ -241,7 +241,7 @@ impl EventLoop {
                 }
                 // The last dial's error says more than "giving up after 3 attempts".
                 match self.direct.punches.get(&peer) {
-                    Some(Punch::Failed(dial)) if !dial.starts_with(GAVE_UP) => {
+                    Some(Punch::Failed(dial)) if !dial.contains(GAVE_UP) => {
                         Punch::Failed(capped(format!("{e}; the last: {dial}")))
                     }
                     _ => Punch::Failed(capped(e.to_string())),
@@ -263,14 +263,16 @@ impl EventLoop {
             .is_some_and(|c| !c.is_empty() && c.iter().all(|(_, a)| is_relayed(a)))
     }
 
-    /// Hole punching with `peer` failed (DCUtR gave up, on the side that started it; or one of
-    /// its dials failed, on the other): another try is due [`PUNCH_AGAIN_AFTER`] after the last
-    /// failure, at most [`PUNCH_AGAIN_TIMES`] while it is connected. Only the side with the
-    /// smaller peer id tries again, so that two tries never cross. A router that accepts unsolicited datagrams (its own stack answers them)
-    /// keeps a conntrack entry for each: when the peer's first datagram reached it before this
-    /// side's own had left, that entry gives this side's flow another port, and every try
-    /// within the entry's life (30 s after the last datagram: the Linux kernel's default for
-    /// unanswered UDP) fails the same way. Once it has expired, a try starts afresh.
+    /// Hole punching with `peer` failed (DCUtR gave up, or one of its dials failed: each side
+    /// hears of its own): another try is due [`PUNCH_AGAIN_AFTER`] after the last failure, at
+    /// most [`PUNCH_AGAIN_TIMES`] while it is connected. Only the side with the smaller peer id
+    /// tries again, so that two tries never cross. A router that accepts unsolicited datagrams
+    /// (its own stack answers them) keeps a conntrack entry for each: when the peer's first
+    /// datagram reached it before this side's own had left, that entry gives this side's flow
+    /// another port, and every try within the entry's life (30 s after the last datagram: the
+    /// Linux kernel's default for unanswered UDP) fails the same way. Once it has expired, a
+    /// try starts afresh. (No try is possible when this side is connected to none of the
+    /// relays the peer holds a reservation on.)
     fn punch_again_later(&mut self, peer: PeerId) {
         if *self.swarm.local_peer_id() > peer || self.nat_mapping() == "port-randomizing" {
             return;
@@ -305,18 +307,24 @@ impl EventLoop {
             };
             again.due = None;
             if through.is_empty() {
-                debug!(%peer, "not punching again: no longer relayed only, or no relay of it known");
+                debug!(%peer, "not punching again: not relayed only, or no relay of it known");
                 continue;
             }
             again.tries += 1;
+            // One circuit at a time: the next address only if the one before failed.
             let opts = DialOpts::peer_id(peer)
                 .addresses(through)
                 .condition(PeerCondition::Always)
+                .override_dial_concurrency_factor(NonZeroU8::MIN)
                 .build();
             again.dialling = Some(opts.connection_id());
             match self.swarm.dial(opts) {
                 Ok(()) => info!(%peer, "hole punching again, through a new relayed connection"),
-                Err(e) => debug!(%peer, "cannot dial through a relay to punch again: {e}"),
+                Err(e) => {
+                    debug!(%peer, "cannot dial through a relay to punch again: {e}");
+                    again.dialling = None;
+                    self.punch_again_later(peer);
+                }
             }
         }
     }
@@ -440,12 +448,15 @@ impl EventLoop {
                     .condition(PeerCondition::Always)
                     .build();
                 match self.swarm.dial(opts) {
-                    Ok(()) => {
-                        info!(peer = %other, quic, "dialling an observer over the other transport to judge the NAT's mapping")
-                    }
-                    Err(e) => {
-                        debug!(peer = %other, "cannot dial an observer over the other transport: {e}")
-                    }
+                    Ok(()) => info!(
+                        peer = %other,
+                        quic,
+                        "dialling an observer over the other transport to judge the NAT's mapping"
+                    ),
+                    Err(e) => debug!(
+                        peer = %other,
+                        "cannot dial an observer over the other transport: {e}"
+                    ),
                 }
                 return;
             }

@@ -132,7 +132,7 @@ pub(crate) struct Direct {
 }
 
 /// Hole punching with a peer tried again after a failure: how often, when next, and the
-/// relayed dial of the current try.
+/// relayed dial of the latest try.
 #[derive(Default)]
 pub(crate) struct Again {
     pub(crate) tries: u32,

@@ -409,8 +409,8 @@ impl EventLoop {
     /// transport answers first, so one relay may see it over TCP and another over QUIC, and
     /// ports of different transports say nothing about each other. An observer seen over the
     /// other transport only is dialled over this one (a second connection to it, whose
-    /// identify tells where it saw this node): once per observer and transport while it is
-    /// connected, only at an address it claims at the IP it is connected from (a peer cannot
+    /// identify tells where it saw this node), one per transport: once per observer and
+    /// transport while it is connected, only at an address it claims at the IP it is connected from (a peer cannot
     /// make this node dial someone else), and only while this node is not public.
     fn probe_mapping(&mut self) {
         if self.reachability == "public" || self.nat_mapping() != "unknown" {
@@ -458,7 +458,9 @@ impl EventLoop {
                         "cannot dial an observer over the other transport: {e}"
                     ),
                 }
-                return;
+                // One observer per transport: when one was seen over each, both are dialled
+                // over the other's, so that either answer judges the mapping.
+                break;
             }
         }
     }

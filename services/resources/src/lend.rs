@@ -3,7 +3,7 @@
 //! is decided here, under one short lock; nothing is ever granted beyond the policy.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -366,13 +366,10 @@ impl Lender {
     /// Ends the lease `lease_id` of `holder` (the run it served ended: a lease serves one).
     pub fn end(&self, holder: &PeerId, lease_id: &str) {
         let mut state = self.state();
-        if state
-            .granted
-            .get(lease_id)
-            .is_some_and(|g| g.holder == *holder)
-            && let Some(granted) = state.granted.remove(lease_id)
+        if let Entry::Occupied(granted) = state.granted.entry(lease_id.to_owned())
+            && granted.get().holder == *holder
         {
-            granted.end();
+            granted.remove().end();
         }
     }
 

@@ -605,6 +605,7 @@ fn judge(
                 ),
             ),
             Stop::Exited(Err(e)) => (Reason::RunnerError, format!("the sandbox was lost: {e}")),
+            // Never judged: those runs go unanswered (see `run`).
             Stop::Cancelled | Stop::LeaseEnded => (Reason::Unspecified, "stopped".to_owned()),
         };
         let result = JobResult {

@@ -721,8 +721,29 @@ pub async fn provide(
     })
 }
 
-/// A loopback TCP port free a moment ago.
+/// A loopback TCP port free a moment ago, below the kernel's ephemeral range
+/// (`ip_local_port_range`): a port the kernel picks for a `:0` bind (a node's own listeners,
+/// started before the port is used) is never this one. Each test process starts from its own
+/// place in the range (tests run in processes of their own) and never hands a port out twice.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    let start = std::process::id().wrapping_mul(7919) % span.max(1);
+    for _ in 0..span {
+        let port = LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span.max(1);
+        if let Ok(port) = u16::try_from(port)
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    // No room below the ephemeral range: a port the kernel picks.
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
     l.local_addr().expect("addr").port()
 }
